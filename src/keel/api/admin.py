@@ -1,0 +1,158 @@
+"""Admin HTTP API under /api, guarded by the admin token. Same capability functions as the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
+from keel.errors import AuthError, InvalidRequest, KeelError, NotFound, PermissionDenied
+from keel.keys import issue_key
+from keel.runtime import Runtime
+from keel.store.protocols import KeyRow, TraceQuery
+from keel.types import TraceRecord
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data, default=str), status, None, JSON_TYPE)
+
+
+def key_json(k: KeyRow) -> dict[str, Any]:
+    out = asdict(k)
+    del out["key_hash"]  # never shown, not even hashed
+    return out
+
+
+def trace_json(r: TraceRecord, full: bool) -> dict[str, Any]:
+    out = asdict(r)
+    if not full:
+        out.pop("request")
+        out.pop("response")
+    return out
+
+
+def parse_window(since: str | None, until: str | None, now: float) -> tuple[float, float]:
+    """`since`/`until`: unix seconds, or a duration back from now such as 15m, 24h, 7d."""
+    return (now - 86400.0 if since is None else _instant(since, now, "since")), (
+        now + 1.0 if until is None else _instant(until, now, "until")
+    )
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _instant(text: str, now: float, name: str) -> float:
+    try:
+        if text[-1:] in _UNITS:
+            return now - float(text[:-1]) * _UNITS[text[-1]]
+        return float(text)
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be unix seconds or a duration like 15m, 24h, 7d.", name) from None
+
+
+def trace_query(params: dict[str, str], now: float) -> TraceQuery:
+    since, until = parse_window(params.get("since"), params.get("until"), now)
+    try:
+        limit = min(1000, max(1, int(params.get("limit", "50"))))
+    except ValueError:
+        raise InvalidRequest("'limit' must be an integer.", "limit") from None
+    filters = {k: params[k] for k in ("tenant", "key_id", "user", "feature", "session", "alias", "status") if k in params}
+    return TraceQuery(since=since, until=until, limit=limit, **filters)
+
+
+class Admin:
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self._token = (runtime.config.admin_token or "").encode()
+
+    def _check(self, request: Request) -> None:
+        if not self._token:
+            raise PermissionDenied("The admin API is disabled: set admin_token in keel.yaml.")
+        given = (bearer(request) or "").encode()
+        if not hmac.compare_digest(given, self._token):
+            raise AuthError("Invalid admin token.")
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/tenants", self._guard(self.list_tenants), methods=["GET"]),
+            Route("/api/tenants", self._guard(self.create_tenant), methods=["POST"]),
+            Route("/api/keys", self._guard(self.list_keys), methods=["GET"]),
+            Route("/api/keys", self._guard(self.create_key), methods=["POST"]),
+            Route("/api/keys/{key_id}/revoke", self._guard(self.revoke_key), methods=["POST"]),
+            Route("/api/traces", self._guard(self.list_traces), methods=["GET"]),
+            Route("/api/traces/{trace_id}", self._guard(self.get_trace), methods=["GET"]),
+        ]
+
+    def _guard(self, handler: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            try:
+                self._check(request)
+                return await handler(request)  # type: ignore[no-any-return]
+            except KeelError as err:
+                return error_response(err)
+
+        return endpoint
+
+    async def list_tenants(self, request: Request) -> Response:
+        rows = await asyncio.to_thread(self._rt.store.list_tenants)
+        return _json({"data": [asdict(t) for t in rows]})
+
+    async def create_tenant(self, request: Request) -> Response:
+        body = await read_json(request)
+        name = body.get("name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest("'name' is required.", "name")
+        try:
+            row = await asyncio.to_thread(self._rt.store.create_tenant, name)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), "name") from None
+        return _json(asdict(row), 201)
+
+    async def list_keys(self, request: Request) -> Response:
+        rows = await asyncio.to_thread(self._rt.store.list_keys, request.query_params.get("tenant"))
+        return _json({"data": [key_json(k) for k in rows]})
+
+    async def create_key(self, request: Request) -> Response:
+        body = await read_json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("tenant"), str):
+            raise InvalidRequest("'tenant' is required.", "tenant")
+        models = body.get("models")
+        if models is not None and not (isinstance(models, list) and all(isinstance(m, str) for m in models)):
+            raise InvalidRequest("'models' must be an array of aliases.", "models")
+        try:
+            issued = await asyncio.to_thread(
+                issue_key,
+                self._rt.store,
+                body["tenant"],
+                name=body.get("name"),
+                user=body.get("user"),
+                models=tuple(models) if models is not None else None,
+            )
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), "tenant") from None
+        return _json({"key": issued.key, **key_json(issued.row)}, 201)
+
+    async def revoke_key(self, request: Request) -> Response:
+        row = await asyncio.to_thread(self._rt.store.revoke_key, request.path_params["key_id"], time.time())
+        if row is None:
+            raise NotFound(f"No key with id '{request.path_params['key_id']}'.")
+        return _json(key_json(row))
+
+    async def list_traces(self, request: Request) -> Response:
+        query = trace_query(dict(request.query_params), time.time())
+        rows = await asyncio.to_thread(self._rt.store.list_traces, query)
+        return _json({"data": [trace_json(r, full=False) for r in rows], "since": query.since, "until": query.until})
+
+    async def get_trace(self, request: Request) -> Response:
+        row = await asyncio.to_thread(self._rt.store.get_trace, request.path_params["trace_id"])
+        if row is None:
+            raise NotFound(f"No trace with id '{request.path_params['trace_id']}'.")
+        return _json(trace_json(row, full=True))

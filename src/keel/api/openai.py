@@ -1,0 +1,190 @@
+"""The OpenAI-shaped HTTP edge: parse → Call → pipeline → render. The only place errors become JSON."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from keel.errors import InvalidRequest, KeelError, ProviderError
+from keel.gateway.call import Call, Reply
+from keel.providers import openai_chat as wire
+from keel.runtime import Runtime
+from keel.types import ChatRequest, EmbeddingRequest, Finish, TraceRecord, UsageEvent
+
+log = logging.getLogger("keel.api")
+JSON_TYPE = "application/json"
+
+
+def new_trace_id() -> str:
+    return f"{time.time_ns():x}{os.urandom(6).hex()}"
+
+
+def error_body(err: KeelError) -> bytes:
+    return orjson.dumps({"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}})
+
+
+def error_response(err: KeelError, trace_id: str | None = None) -> Response:
+    headers = err.headers()
+    if trace_id:
+        headers["x-keel-trace-id"] = trace_id
+    return Response(error_body(err), err.status, headers, JSON_TYPE)
+
+
+def bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth and auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("The request body is not valid JSON.", None) from None
+
+
+def _tags(header: str | None, metadata: Any) -> dict[str, Any]:
+    tags: dict[str, Any] = dict(metadata) if isinstance(metadata, dict) else {}
+    for part in (header or "").split(","):
+        key, _, value = part.strip().partition("=")
+        if key:
+            tags[key] = value
+    return tags
+
+
+def new_call(request: Request, model_request: ChatRequest | EmbeddingRequest, body: Any, endpoint: str, store_payloads: bool) -> Call:
+    h = request.headers
+    user = getattr(model_request, "user", None) or h.get("x-keel-user")
+    record = TraceRecord(
+        id=new_trace_id(),
+        started_at=time.time(),
+        endpoint=endpoint,
+        user=user,
+        feature=h.get("x-keel-feature"),
+        session=h.get("x-keel-session"),
+        tags=_tags(h.get("x-keel-tags"), getattr(model_request, "metadata", None)),
+        alias=model_request.model,
+        request=body if store_payloads else None,
+        stream=getattr(model_request, "stream", False),
+    )
+    return Call(model_request, record, api_key=bearer(request))
+
+
+def _headers(call: Call, reply: Reply) -> dict[str, str]:
+    overhead = (time.perf_counter() - call.t0 - reply.upstream_s) * 1000
+    call.trace.overhead_ms = overhead
+    target = call.target
+    return {
+        "x-keel-trace-id": call.trace.id,
+        "x-keel-provider": target.provider if target else "",
+        "x-keel-model": reply.model or (target.model if target else ""),
+        "x-keel-overhead-ms": f"{overhead:.3f}",
+    }
+
+
+class OpenAIEdge:
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self._payloads = runtime.config.traces.store_payloads
+
+    async def chat(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            body = await read_json(request)
+            chat = wire.parse_request(body)
+        except KeelError as err:
+            return error_response(err)
+        call = new_call(request, chat, body, "chat", self._payloads)
+        call.t0 = t0
+        try:
+            reply = await self._rt.pipeline(call)
+            if chat.stream:
+                return StreamingResponse(
+                    self._stream(call, chat, reply), headers=_headers(call, reply), media_type="text/event-stream"
+                )
+            response = await reply.collect()
+        except KeelError as err:
+            return error_response(err, call.trace.id)
+        except Exception:
+            log.exception("internal error on trace %s", call.trace.id)
+            return error_response(KeelError("Internal gateway error; see the trace."), call.trace.id)
+        payload = orjson.dumps(wire.response_json(response, chat.model, int(call.trace.started_at)))
+        return Response(payload, 200, _headers(call, reply), JSON_TYPE)
+
+    async def _stream(self, call: Call, chat: ChatRequest, reply: Reply) -> AsyncIterator[bytes]:
+        rid, alias, created = "", chat.model, int(call.trace.started_at)
+        usage = None
+        try:
+            async for event in reply:
+                if isinstance(event, UsageEvent):
+                    usage = event.usage
+                    continue
+                rid = rid or reply.id or f"chatcmpl-{call.trace.id}"
+                chunk = wire.chunk_json(rid, alias, created, event)
+                if chunk is not None:
+                    yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+                if isinstance(event, Finish):
+                    continue
+            if chat.include_usage and usage is not None:
+                yield b"data: " + orjson.dumps(wire.usage_chunk_json(rid, alias, created, usage)) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        except KeelError as err:
+            # After the first byte a failure must never look like success: an explicit error event, no [DONE].
+            yield b"data: " + error_body(err) + b"\n\n"
+        finally:
+            reply.abandon()
+
+    async def embeddings(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            body = await read_json(request)
+            emb = parse_embedding_request(body)
+        except KeelError as err:
+            return error_response(err)
+        call = new_call(request, emb, body, "embeddings", self._payloads)
+        call.t0 = t0
+        try:
+            reply = await self._rt.pipeline(call)
+            await reply.collect()
+        except KeelError as err:
+            return error_response(err, call.trace.id)
+        assert reply.embedding is not None
+        e = reply.embedding
+        data = [{"object": "embedding", "index": i, "embedding": list(v)} for i, v in enumerate(e.vectors)]
+        usage = {"prompt_tokens": e.usage.input_tokens, "total_tokens": e.usage.input_tokens}
+        payload = orjson.dumps({"object": "list", "data": data, "model": emb.model, "usage": usage})
+        return Response(payload, 200, _headers(call, reply), JSON_TYPE)
+
+    async def models(self, request: Request) -> Response:
+        try:
+            _, allowed = await self._rt.authenticator.resolve(bearer(request))
+        except KeelError as err:
+            return error_response(err)
+        data = [{"id": a, "object": "model", "created": 0, "owned_by": "keel"} for a in self._rt.router.aliases(allowed)]
+        return Response(orjson.dumps({"object": "list", "data": data}), 200, None, JSON_TYPE)
+
+
+def parse_embedding_request(body: Any) -> EmbeddingRequest:
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", None)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' is required and must be a non-empty string.", "model")
+    raw = body.get("input")
+    inputs = [raw] if isinstance(raw, str) else raw
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(s, str) for s in inputs):
+        raise InvalidRequest("'input' must be a string or a non-empty array of strings.", "input")
+    extra = {k: v for k, v in body.items() if k not in ("model", "input")}
+    return EmbeddingRequest(model, tuple(inputs), extra)
+
+
+__all__ = ["OpenAIEdge", "ProviderError", "error_response"]

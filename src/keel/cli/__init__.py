@@ -1,0 +1,1 @@
+"""The `keel` command line: one module per noun, each registering its subcommands."""

@@ -1,0 +1,35 @@
+"""`keel config check` and `keel init`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from keel import config
+from keel.cli.output import Failure
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("config", help="check the config file")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    check = verbs.add_parser("check", help="validate keel.yaml and print every problem")
+    check.set_defaults(run=run_check)
+    init = sub.add_parser("init", help="write a commented starter keel.yaml")
+    init.add_argument("path", nargs="?", default=config.DEFAULT_PATH)
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(run=run_init)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config)  # ConfigError → report, exit 2
+    print(f"ok: {len(cfg.providers)} provider(s), {len(cfg.models)} model alias(es), storage {cfg.storage.url}")
+    return 0
+
+
+def run_init(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise Failure(f"{path} already exists; pass --force to overwrite it")
+    path.write_text(config.STARTER)
+    print(f"wrote {path}; check it with `keel config check`")
+    return 0

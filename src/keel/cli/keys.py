@@ -1,0 +1,83 @@
+"""`keel keys create|list|revoke`. A new key is printed once; only its hash is stored."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from keel.api.admin import key_json
+from keel.cli.context import store
+from keel.cli.output import Failure, emit_json, table, when
+from keel.keys import issue_key
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("keys", help="manage virtual keys")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    create = verbs.add_parser("create", help="issue a key (printed once)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--user", help="attribute every call of this key to a user")
+    create.add_argument("--name", help="a label to recognise the key by")
+    create.add_argument("--models", help="comma-separated aliases this key may use (default: all)")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(run=run_create)
+    ls = verbs.add_parser("list", help="list keys (never the keys themselves)")
+    ls.add_argument("--tenant")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(run=run_list)
+    revoke = verbs.add_parser("revoke", help="revoke a key by id; refused everywhere within 1 s")
+    revoke.add_argument("key_id")
+    revoke.add_argument("--json", action="store_true")
+    revoke.set_defaults(run=run_revoke)
+
+
+def run_create(args: argparse.Namespace) -> int:
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
+    s = store(args)
+    try:
+        issued = issue_key(s, args.tenant, name=args.name, user=args.user, models=models)
+    except ValueError as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        s.close()
+    if args.json:
+        emit_json({"key": issued.key, **key_json(issued.row)})
+    else:
+        print(issued.key)
+        print(f"id {issued.row.id} for tenant {issued.row.tenant}; this key is shown only once", file=sys.stderr)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    s = store(args)
+    try:
+        rows = s.list_keys(args.tenant)
+    finally:
+        s.close()
+    if args.json:
+        emit_json([key_json(k) for k in rows])
+        return 0
+    table(
+        ["id", "tenant", "prefix", "name", "user", "models", "created", "revoked"],
+        [
+            (k.id, k.tenant, k.prefix + "…", k.name, k.user, ",".join(k.models) if k.models else "all", when(k.created_at), when(k.revoked_at) if k.revoked_at else "")
+            for k in rows
+        ],
+    )
+    return 0
+
+
+def run_revoke(args: argparse.Namespace) -> int:
+    s = store(args)
+    try:
+        row = s.revoke_key(args.key_id, time.time())
+    finally:
+        s.close()
+    if row is None:
+        raise Failure(f"no key with id '{args.key_id}'; see `keel keys list`")
+    if args.json:
+        emit_json(key_json(row))
+    else:
+        print(f"revoked {row.id} at {when(row.revoked_at)}")
+    return 0

@@ -1,0 +1,54 @@
+"""`keel serve`: check the config, open and migrate the store, then run the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from keel.cli.context import load_config
+from keel.keys import issue_key
+from keel.store.protocols import Store
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the gateway")
+    p.add_argument("--host", help="override server.host")
+    p.add_argument("--port", type=int, help="override server.port")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(run=run)
+
+
+def bootstrap(store: Store) -> None:
+    """On an empty store, create tenant 'default' and print one key, so the first call just works."""
+    if store.list_tenants():
+        return
+    store.create_tenant("default")
+    issued = issue_key(store, "default", name="bootstrap")
+    print(f"keel: created tenant 'default' and key {issued.key} (shown once; `keel keys list` shows its id)", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from keel.api.app import create_app
+    from keel.runtime import Runtime
+
+    cfg = load_config(args)  # a bad config stops here, before anything starts
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    runtime = Runtime.build(cfg)
+    bootstrap(runtime.store)
+    host = args.host or cfg.server.host
+    port = args.port if args.port is not None else cfg.server.port
+    print(f"keel: serving on http://{host}:{port}/v1 (storage {cfg.storage.url})", file=sys.stderr)
+    uvicorn.run(
+        create_app(runtime),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""The request path: Call, Reply, the pipeline and its stages."""

@@ -1,0 +1,121 @@
+"""Virtual keys: issue, hash, revoke, and resolve a bearer key to a Principal without SQL per call.
+
+Keys are 256-bit random tokens, so a plain SHA-256 is the right stored form (a slow KDF protects
+low-entropy passwords, not these). The Authenticator caches resolved keys in memory; a poller asks
+the store every `poll` seconds for revocations, so a revoked key is refused by every process that
+shares the store within one poll interval (≤ 1 s), while the hot path stays free of database reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+from keel.errors import AuthError
+from keel.store.protocols import KeyRow, KeyStore
+from keel.types import Principal
+
+KEY_PREFIX = "sk-keel-"
+log = logging.getLogger("keel.keys")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    key: str  # shown once, never stored
+    row: KeyRow
+
+
+def issue_key(
+    store: KeyStore,
+    tenant: str,
+    *,
+    name: str | None = None,
+    user: str | None = None,
+    models: tuple[str, ...] | None = None,
+) -> IssuedKey:
+    if store.get_tenant(tenant) is None:
+        raise ValueError(f"no tenant '{tenant}': create it first with `keel tenants create {tenant}`")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = KeyRow(
+        id="key_" + secrets.token_hex(8),
+        tenant=tenant,
+        key_hash=hash_key(key),
+        prefix=key[: len(KEY_PREFIX) + 4],
+        created_at=time.time(),
+        name=name,
+        user=user,
+        models=models,
+    )
+    store.create_key(row)
+    return IssuedKey(key, row)
+
+
+@dataclass(slots=True)
+class _Entry:
+    principal: Principal | None  # None: known bad key
+    models: tuple[str, ...] | None
+    expires: float
+
+
+class Authenticator:
+    """Bearer key → Principal, from memory; misses read the store in a worker thread."""
+
+    NEGATIVE_TTL = 1.0
+
+    def __init__(self, store: KeyStore, *, ttl: float = 30.0, poll: float = 0.5) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._poll = poll
+        self._cache: dict[str, _Entry] = {}
+        self._cursor = time.time() - 5.0
+
+    async def resolve(self, key: str | None) -> tuple[Principal, tuple[str, ...] | None]:
+        """The principal and the aliases its key may use (None: all). Raise AuthError."""
+        if not key:
+            raise AuthError("Missing API key. Send it as 'Authorization: Bearer <key>'.")
+        digest = hash_key(key)
+        entry = self._cache.get(digest)
+        now = time.monotonic()
+        if entry is None or entry.expires < now:
+            row = await asyncio.to_thread(self._store.find_key, digest)
+            entry = self._entry(row, now)
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[digest] = entry
+        if entry.principal is None:
+            raise AuthError("Incorrect API key provided, or the key was revoked.")
+        return entry.principal, entry.models
+
+    def _entry(self, row: KeyRow | None, now: float) -> _Entry:
+        if row is None or row.revoked_at is not None:
+            return _Entry(None, None, now + self.NEGATIVE_TTL)
+        principal = Principal(tenant=row.tenant, key_id=row.id, key_name=row.name, user=row.user)
+        return _Entry(principal, row.models, now + self._ttl)
+
+    def refresh_revocations(self) -> int:
+        """Drop revoked keys from the cache (blocking; run in a thread). Returns how many."""
+        rows = self._store.revoked_since(self._cursor)
+        dropped = 0
+        for digest, revoked_at in rows:
+            if self._cache.pop(digest, None) is not None:
+                dropped += 1
+            # revoked_at comes from another process's clock: keep a margin for skew
+            self._cursor = max(self._cursor, revoked_at - 5.0)
+        return dropped
+
+    async def run(self) -> None:
+        """Poll for revocations until cancelled."""
+        while True:
+            await asyncio.sleep(self._poll)
+            try:
+                await asyncio.to_thread(self.refresh_revocations)
+            except Exception:  # a flaky store must not stop the poller
+                log.exception("revocation poll failed; will retry")

@@ -1,0 +1,1 @@
+"""Model providers: pure wire codecs, one HTTP client, and the simulated provider."""

@@ -1,0 +1,62 @@
+"""Build the configured providers: a catalog row picks the wire format, auth style and defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+from keel.config import ProviderConfig
+from keel.providers.base import Codec, Provider
+from keel.catalog import CATALOG, CatalogRow
+from keel.providers.http import HttpProvider, Sessions
+from keel.providers.openai_chat import OpenAIChatCodec
+from keel.providers.simulated import SimulatedProvider
+
+
+def _anthropic(row: CatalogRow, cfg: ProviderConfig) -> Codec:
+    from keel.providers.anthropic_messages import AnthropicCodec
+
+    return AnthropicCodec()
+
+
+_CODECS: dict[str, Callable[[CatalogRow, ProviderConfig], Codec]] = {
+    "openai_chat": lambda row, cfg: OpenAIChatCodec(row.quirks, cfg.api_version),
+    "anthropic_messages": _anthropic,
+}
+
+_AUTH: dict[str, Callable[[str], dict[str, str]]] = {
+    "bearer": lambda key: {"authorization": f"Bearer {key}"},
+    "api-key": lambda key: {"api-key": key},
+    "x-api-key": lambda key: {"x-api-key": key},
+    "none": lambda key: {},
+}
+
+
+def build_provider(name: str, cfg: ProviderConfig, sessions: Sessions, env: Mapping[str, str] = os.environ) -> Provider:
+    row = CATALOG[cfg.type]
+    if row.wire == "simulated":
+        return SimulatedProvider(
+            name,
+            region=cfg.region,
+            latency_ms=cfg.latency_ms,
+            ttft_ms=cfg.ttft_ms,
+            tokens_per_second=cfg.tokens_per_second,
+            faults=list(cfg.faults),
+        )
+    key = cfg.api_key or (env.get(row.key_env, "") if row.key_env else "")
+    headers = (_AUTH[row.auth](key) if key else {}) | dict(cfg.headers)
+    if row.wire == "anthropic_messages":
+        headers.setdefault("anthropic-version", "2023-06-01")
+    base_url = cfg.base_url or row.base_url
+    assert base_url is not None  # config checking refuses a row without one
+    codec = _CODECS[row.wire](row, cfg)
+    return HttpProvider(
+        name,
+        codec,
+        base_url,
+        headers,
+        sessions,
+        region=cfg.region,
+        connect_timeout=cfg.connect_timeout_s,
+        timeout=cfg.timeout_s,
+    )

@@ -1,0 +1,27 @@
+"""Numbered SQL migrations per dialect with a ledger table (`keel_migrations`).
+
+Files live in `keel/store/<dialect>/migrations/NNNN_name.sql` and are applied in order, each in
+its own transaction together with its ledger row, so a failed migration leaves nothing half-done.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+
+def pending(dialect: str, applied: set[int]) -> list[tuple[int, str, str]]:
+    """(version, name, sql) for every migration file not yet in the ledger, in order."""
+    folder = resources.files(f"keel.store.{dialect}").joinpath("migrations")
+    out = []
+    for entry in folder.iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
+        version = int(entry.name.split("_", 1)[0])
+        if version not in applied:
+            out.append((version, entry.name.removesuffix(".sql"), entry.read_text()))
+    return sorted(out)
+
+
+def statements(sql: str) -> list[str]:
+    """Split a migration file into statements (files keep one statement per `;`-ended block)."""
+    return [s.strip() for s in sql.split(";") if s.strip()]

@@ -1,0 +1,23 @@
+"""Map a storage URL to its backend. The only module (besides runtime) that names concrete stores."""
+
+from __future__ import annotations
+
+from keel.store.protocols import Store
+
+
+def open_store(url: str, *, migrate: bool = True) -> Store:
+    """Open (and by default migrate) the store at `url`: sqlite:///path or postgresql://..."""
+    store: Store
+    if url.startswith("sqlite:///"):
+        from keel.store.sqlite import SqliteStore
+
+        store = SqliteStore(url)
+    elif url.startswith(("postgresql://", "postgres://")):
+        from keel.store.postgres import PostgresStore
+
+        store = PostgresStore(url)
+    else:
+        raise ValueError(f"unsupported storage URL {url!r}: use sqlite:///path or postgresql://...")
+    if migrate:
+        store.migrate()
+    return store

@@ -1,0 +1,197 @@
+"""PostgreSQL backend: psycopg 3 with a small connection pool, migrations applied on open.
+
+Connections run in autocommit; anything that must be atomic (a trace batch, a migration with its
+ledger row) opens an explicit transaction. JSON columns are JSONB: rows.py hands us JSON text,
+cast with `::jsonb` on the way in; psycopg decodes them (with orjson) on the way out.
+Migrations serialise on a transaction-level advisory lock, so processes starting together are safe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import orjson
+import psycopg
+from psycopg.rows import TupleRow
+from psycopg.types.json import set_json_loads
+from psycopg_pool import ConnectionPool
+
+from keel.store import migrations
+from keel.store.protocols import KeyRow, TenantRow, TraceQuery
+from keel.store.rows import (
+    KEY_COLUMNS,
+    TRACE_COLUMNS,
+    key_from_row,
+    key_to_row,
+    trace_from_row,
+    trace_to_row,
+    trace_where,
+)
+from keel.types import TraceRecord
+
+_JSONB = frozenset({"tags", "request", "response", "models"})
+
+
+def _marks(columns: Sequence[str]) -> str:
+    return ", ".join("%s::jsonb" if c in _JSONB else "%s" for c in columns)
+
+
+_KEYS = ", ".join(KEY_COLUMNS)
+_TRACES = ", ".join(TRACE_COLUMNS)
+_INSERT_KEY = f"INSERT INTO api_keys ({_KEYS}) VALUES ({_marks(KEY_COLUMNS)})"
+_INSERT_TRACE = f"INSERT INTO traces ({_TRACES}) VALUES ({_marks(TRACE_COLUMNS)}) ON CONFLICT (id) DO NOTHING"
+_LEDGER = (
+    "CREATE TABLE IF NOT EXISTS keel_migrations"
+    " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+)
+
+Conn = psycopg.Connection[TupleRow]
+
+
+def _configure(conn: Conn) -> None:
+    set_json_loads(orjson.loads, conn)
+
+
+class PostgresStore:
+    def __init__(self, url: str, *, max_size: int = 8) -> None:
+        self.url = url
+        self._pool: ConnectionPool[Conn] = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            kwargs={"autocommit": True},
+            configure=_configure,
+            name="keel-store",
+            open=True,
+        )
+
+    def close(self) -> None:
+        self._pool.close()
+
+    # ---- migrations
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations one per transaction, each under the advisory lock."""
+        done = []
+        while (name := self._migrate_next()) is not None:
+            done.append(name)
+        return done
+
+    def _migrate_next(self) -> str | None:
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('keel_migrations'))")
+            conn.execute(_LEDGER)
+            applied = {
+                version
+                for (version,) in conn.execute("SELECT version FROM keel_migrations")
+            }
+            todo = migrations.pending("postgres", applied)
+            if not todo:
+                return None
+            version, name, sql = todo[0]
+            for statement in migrations.statements(sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO keel_migrations VALUES (%s, %s, %s)",
+                (version, name, time.time()),
+            )
+            return name
+
+    # ---- KeyStore
+
+    def create_tenant(self, name: str) -> TenantRow:
+        row = TenantRow(name, time.time())
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(
+                    "INSERT INTO tenants VALUES (%s, %s)", (row.name, row.created_at)
+                )
+        except psycopg.errors.UniqueViolation:
+            raise ValueError(f"tenant '{name}' already exists") from None
+        return row
+
+    def list_tenants(self) -> list[TenantRow]:
+        with self._pool.connection() as conn:
+            return [
+                TenantRow(*r)
+                for r in conn.execute(
+                    "SELECT name, created_at FROM tenants ORDER BY name"
+                )
+            ]
+
+    def get_tenant(self, name: str) -> TenantRow | None:
+        with self._pool.connection() as conn:
+            r = conn.execute(
+                "SELECT name, created_at FROM tenants WHERE name = %s", (name,)
+            ).fetchone()
+        return TenantRow(*r) if r else None
+
+    def create_key(self, row: KeyRow) -> None:
+        try:
+            with self._pool.connection() as conn:
+                conn.execute(_INSERT_KEY, key_to_row(row))
+        except psycopg.IntegrityError as exc:
+            raise ValueError(f"cannot create key: {exc}") from None
+
+    def list_keys(self, tenant: str | None = None) -> list[KeyRow]:
+        sql = f"SELECT {_KEYS} FROM api_keys"
+        with self._pool.connection() as conn:
+            if tenant:
+                rows = conn.execute(
+                    sql + " WHERE tenant = %s ORDER BY created_at", (tenant,)
+                ).fetchall()
+            else:
+                rows = conn.execute(sql + " ORDER BY created_at").fetchall()
+        return [key_from_row(r) for r in rows]
+
+    def find_key(self, key_hash: str) -> KeyRow | None:
+        with self._pool.connection() as conn:
+            r = conn.execute(
+                f"SELECT {_KEYS} FROM api_keys WHERE key_hash = %s", (key_hash,)
+            ).fetchone()
+        return key_from_row(r) if r else None
+
+    def revoke_key(self, key_id: str, at: float) -> KeyRow | None:
+        with self._pool.connection() as conn:
+            conn.execute(
+                "UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
+                (at, key_id),
+            )
+            r = conn.execute(
+                f"SELECT {_KEYS} FROM api_keys WHERE id = %s", (key_id,)
+            ).fetchone()
+        return key_from_row(r) if r else None
+
+    def revoked_since(self, since: float) -> list[tuple[str, float]]:
+        sql = "SELECT key_hash, revoked_at FROM api_keys WHERE revoked_at IS NOT NULL AND revoked_at >= %s"
+        with self._pool.connection() as conn:
+            return [(h, at) for h, at in conn.execute(sql, (since,))]
+
+    # ---- TraceStore
+
+    def append_traces(self, records: Sequence[TraceRecord]) -> None:
+        if not records:
+            return
+        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.executemany(_INSERT_TRACE, [trace_to_row(r) for r in records])
+
+    def list_traces(self, query: TraceQuery) -> list[TraceRecord]:
+        where, params = trace_where(query, "%s")
+        sql = f"SELECT {_TRACES} FROM traces WHERE {where} ORDER BY started_at DESC LIMIT %s"
+        with self._pool.connection() as conn:
+            rows = conn.execute(sql, (*params, query.limit)).fetchall()
+        return [trace_from_row(r) for r in rows]
+
+    def get_trace(self, trace_id: str) -> TraceRecord | None:
+        with self._pool.connection() as conn:
+            r = conn.execute(
+                f"SELECT {_TRACES} FROM traces WHERE id = %s", (trace_id,)
+            ).fetchone()
+        return trace_from_row(r) if r else None
+
+    def count_traces(self, since: float, until: float) -> int:
+        sql = "SELECT count(*) FROM traces WHERE started_at >= %s AND started_at < %s"
+        with self._pool.connection() as conn:
+            r = conn.execute(sql, (since, until)).fetchone()
+        return int(r[0]) if r else 0

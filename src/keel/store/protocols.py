@@ -1,0 +1,98 @@
+"""Narrow storage interfaces, one per capability, and the rows they carry.
+
+Stores are synchronous and thread-safe: the request path never calls them directly. It reads from
+memory, and the few store calls it needs (a key cache miss) run in a worker thread; traces reach
+`TraceStore.append_traces` from the trace writer's own thread. Every backend passes one contract
+suite (tests/test_store_contract.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from keel.types import TraceRecord
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRow:
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    id: str
+    tenant: str
+    key_hash: str  # sha256 hex of the key; the key itself is never stored
+    prefix: str  # first characters, to recognise a key in listings
+    created_at: float
+    name: str | None = None
+    user: str | None = None
+    models: tuple[str, ...] | None = None  # aliases this key may use; None = all
+    revoked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TraceQuery:
+    """A bounded time window plus optional equality filters. Newest first."""
+
+    since: float
+    until: float
+    tenant: str | None = None
+    key_id: str | None = None
+    user: str | None = None
+    feature: str | None = None
+    session: str | None = None
+    alias: str | None = None
+    status: str | None = None
+    limit: int = 50
+
+
+class Migrator(Protocol):
+    def migrate(self) -> list[str]:
+        """Apply pending numbered migrations; return the names applied."""
+        ...
+
+
+class KeyStore(Protocol):
+    def create_tenant(self, name: str) -> TenantRow:
+        """Raise ValueError if it exists."""
+        ...
+
+    def list_tenants(self) -> list[TenantRow]: ...
+
+    def get_tenant(self, name: str) -> TenantRow | None: ...
+
+    def create_key(self, row: KeyRow) -> None: ...
+
+    def list_keys(self, tenant: str | None = None) -> list[KeyRow]: ...
+
+    def find_key(self, key_hash: str) -> KeyRow | None: ...
+
+    def revoke_key(self, key_id: str, at: float) -> KeyRow | None:
+        """Mark revoked (idempotent); None if no such key."""
+        ...
+
+    def revoked_since(self, since: float) -> list[tuple[str, float]]:
+        """(key_hash, revoked_at) for keys revoked at or after `since`."""
+        ...
+
+
+class TraceStore(Protocol):
+    def append_traces(self, records: Sequence[TraceRecord]) -> None:
+        """Insert in one transaction. Idempotent by record id, so a retried batch never duplicates."""
+        ...
+
+    def list_traces(self, query: TraceQuery) -> list[TraceRecord]: ...
+
+    def get_trace(self, trace_id: str) -> TraceRecord | None: ...
+
+    def count_traces(self, since: float, until: float) -> int: ...
+
+
+class Store(KeyStore, TraceStore, Migrator, Protocol):
+    url: str
+
+    def close(self) -> None: ...

@@ -1,0 +1,74 @@
+"""Row mapping shared by the SQL backends: one column order, one JSON encoding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from keel.store.protocols import KeyRow, TraceQuery
+from keel.types import TraceRecord
+
+TRACE_COLUMNS = (
+    "id", "started_at", "endpoint", "tenant", "key_id", "user_id", "feature", "session", "tags",
+    "alias", "provider", "model", "request", "response", "status", "error_kind", "error_message",
+    "http_status", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+    "reasoning_tokens", "cost_usd", "latency_ms", "ttft_ms", "attempts", "overhead_ms", "stream",
+)  # fmt: skip
+_JSON = frozenset({"tags", "request", "response"})
+_ATTR = {"user_id": "user"}
+
+KEY_COLUMNS = ("id", "tenant", "key_hash", "prefix", "created_at", "name", "user_id", "models", "revoked_at")
+
+
+def _dump(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value, default=str).decode()
+
+
+def trace_to_row(r: TraceRecord) -> tuple[Any, ...]:
+    return tuple(
+        _dump(getattr(r, c)) if c in _JSON else getattr(r, _ATTR.get(c, c)) for c in TRACE_COLUMNS
+    )
+
+
+def trace_from_row(row: Sequence[Any]) -> TraceRecord:
+    values = {}
+    for c, v in zip(TRACE_COLUMNS, row, strict=True):
+        if c in _JSON and isinstance(v, str):
+            v = orjson.loads(v)
+        values[_ATTR.get(c, c)] = v
+    values["stream"] = bool(values["stream"])
+    values["tags"] = values["tags"] or {}
+    return TraceRecord(**values)
+
+
+def key_to_row(k: KeyRow) -> tuple[Any, ...]:
+    models = None if k.models is None else _dump(list(k.models))
+    return (k.id, k.tenant, k.key_hash, k.prefix, k.created_at, k.name, k.user, models, k.revoked_at)
+
+
+def key_from_row(row: Sequence[Any]) -> KeyRow:
+    kid, tenant, key_hash, prefix, created, name, user, models, revoked = row
+    if isinstance(models, str):
+        models = orjson.loads(models)
+    return KeyRow(kid, tenant, key_hash, prefix, created, name, user, None if models is None else tuple(models), revoked)
+
+
+_FILTERS = ("tenant", "key_id", "user", "feature", "session", "alias", "status")
+
+
+def trace_where(q: TraceQuery, mark: str) -> tuple[str, list[Any]]:
+    """WHERE clause for a query; `mark` is the dialect's placeholder (? or %s)."""
+    clauses = [f"started_at >= {mark}", f"started_at < {mark}"]
+    params: list[Any] = [q.since, q.until]
+    for name in _FILTERS:
+        value = getattr(q, name)
+        if value is not None:
+            clauses.append(f"{_column(name)} = {mark}")
+            params.append(value)
+    return " AND ".join(clauses), params
+
+
+def _column(attr: str) -> str:
+    return "user_id" if attr == "user" else attr

@@ -1,0 +1,143 @@
+"""SQLite backend: WAL, one connection per thread, migrations applied on open.
+
+The trace writer's thread is the one steady writer; admin writes are rare and wait on
+`busy_timeout`. Readers (admin API, CLI) get their own connections, so reads never block writes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from keel.store import migrations
+from keel.store.protocols import KeyRow, TenantRow, TraceQuery
+from keel.store.rows import KEY_COLUMNS, TRACE_COLUMNS, key_from_row, key_to_row, trace_from_row, trace_to_row, trace_where
+from keel.types import TraceRecord
+
+_INSERT_TRACE = (
+    f"INSERT OR IGNORE INTO traces ({', '.join(TRACE_COLUMNS)}) VALUES ({', '.join('?' * len(TRACE_COLUMNS))})"
+)
+_KEYS = ", ".join(KEY_COLUMNS)
+_TRACES = ", ".join(TRACE_COLUMNS)
+
+
+class SqliteStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        path = url.removeprefix("sqlite:///")
+        self.path = path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # ---- migrations
+
+    def migrate(self) -> list[str]:
+        conn = self._conn()
+        conn.execute("CREATE TABLE IF NOT EXISTS keel_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
+        applied = {row[0] for row in conn.execute("SELECT version FROM keel_migrations")}
+        done = []
+        for version, name, sql in migrations.pending("sqlite", applied):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in migrations.statements(sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO keel_migrations VALUES (?, ?, ?)", (version, name, time.time()))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            done.append(name)
+        return done
+
+    # ---- KeyStore
+
+    def create_tenant(self, name: str) -> TenantRow:
+        row = TenantRow(name, time.time())
+        try:
+            self._conn().execute("INSERT INTO tenants VALUES (?, ?)", (row.name, row.created_at))
+        except sqlite3.IntegrityError:
+            raise ValueError(f"tenant '{name}' already exists") from None
+        return row
+
+    def list_tenants(self) -> list[TenantRow]:
+        return [TenantRow(*r) for r in self._conn().execute("SELECT name, created_at FROM tenants ORDER BY name")]
+
+    def get_tenant(self, name: str) -> TenantRow | None:
+        r = self._conn().execute("SELECT name, created_at FROM tenants WHERE name = ?", (name,)).fetchone()
+        return TenantRow(*r) if r else None
+
+    def create_key(self, row: KeyRow) -> None:
+        marks = ", ".join("?" * len(KEY_COLUMNS))
+        try:
+            self._conn().execute(f"INSERT INTO api_keys ({_KEYS}) VALUES ({marks})", key_to_row(row))
+        except sqlite3.IntegrityError as exc:
+            raise ValueError(f"cannot create key: {exc}") from None
+
+    def list_keys(self, tenant: str | None = None) -> list[KeyRow]:
+        sql = f"SELECT {_KEYS} FROM api_keys"
+        rows = self._conn().execute(sql + " WHERE tenant = ? ORDER BY created_at", (tenant,)) if tenant else self._conn().execute(sql + " ORDER BY created_at")
+        return [key_from_row(r) for r in rows]
+
+    def find_key(self, key_hash: str) -> KeyRow | None:
+        r = self._conn().execute(f"SELECT {_KEYS} FROM api_keys WHERE key_hash = ?", (key_hash,)).fetchone()
+        return key_from_row(r) if r else None
+
+    def revoke_key(self, key_id: str, at: float) -> KeyRow | None:
+        conn = self._conn()
+        conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (at, key_id))
+        r = conn.execute(f"SELECT {_KEYS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        return key_from_row(r) if r else None
+
+    def revoked_since(self, since: float) -> list[tuple[str, float]]:
+        sql = "SELECT key_hash, revoked_at FROM api_keys WHERE revoked_at IS NOT NULL AND revoked_at >= ?"
+        return [(h, at) for h, at in self._conn().execute(sql, (since,))]
+
+    # ---- TraceStore
+
+    def append_traces(self, records: Sequence[TraceRecord]) -> None:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(_INSERT_TRACE, [trace_to_row(r) for r in records])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def list_traces(self, query: TraceQuery) -> list[TraceRecord]:
+        where, params = trace_where(query, "?")
+        sql = f"SELECT {_TRACES} FROM traces WHERE {where} ORDER BY started_at DESC LIMIT ?"
+        return [trace_from_row(r) for r in self._conn().execute(sql, (*params, query.limit))]
+
+    def get_trace(self, trace_id: str) -> TraceRecord | None:
+        r = self._conn().execute(f"SELECT {_TRACES} FROM traces WHERE id = ?", (trace_id,)).fetchone()
+        return trace_from_row(r) if r else None
+
+    def count_traces(self, since: float, until: float) -> int:
+        sql = "SELECT count(*) FROM traces WHERE started_at >= ? AND started_at < ?"
+        return int(self._conn().execute(sql, (since, until)).fetchone()[0])

@@ -1,0 +1,317 @@
+"""A fake upstream LLM provider: a real HTTP server on 127.0.0.1 with per-request fault scripts.
+
+It speaks the OpenAI chat-completions/embeddings and the Anthropic Messages wire formats (SSE
+included) and stands for the outside world, so it imports nothing from Keel. It runs its own
+event loop in a daemon thread, so sync tests and gateways in other processes can use it alike.
+Each request pops the next queued `Script` (the default `Script()` when none is queued); a
+script's faults touch only its own request, and `stop()` closes hanging connections at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import socket
+import struct
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from aiohttp import web
+
+from . import fake_wire as wire
+
+Kind = Literal["chat", "messages", "embeddings", "models"]
+_SHUTDOWN_TIMEOUT = 1.0
+_START_TIMEOUT = 10.0
+
+
+@dataclass
+class Script:
+    """How the fake answers one request. Stream chunk numbers count content chunks from 0.
+
+    `cut_after=N` closes the connection once N content chunks are sent (no end marker);
+    `malformed_at=N` sends content chunk N as invalid JSON. `ttft` delays the first content
+    chunk of a stream, or the whole body of a non-streamed reply (after `delay`).
+    """
+
+    status: int = 200
+    error_body: dict[str, Any] | None = None
+    error_code: str | None = None
+    retry_after: float | None = None
+    delay: float = 0
+    ttft: float = 0
+    chunk_delay: float = 0
+    text: str | None = None
+    tool_call: bool = False
+    usage: dict[str, int] | None = None
+    cut_after: int | None = None
+    malformed_at: int | None = None
+    no_done: bool = False
+    hang: bool = False
+    reset: bool = False
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.usage or {}) - wire.USAGE_KEYS
+        if unknown:
+            raise ValueError(f"unknown usage keys {sorted(unknown)}; use {sorted(wire.USAGE_KEYS)}")
+
+
+class _Drop(Exception):
+    """Raised inside a handler to end its request by dropping the connection."""
+
+    def __init__(self, *, rst: bool) -> None:
+        super().__init__("drop connection")
+        self.rst = rst
+
+
+def _drop(request: web.BaseRequest, *, rst: bool) -> None:
+    transport = request.transport
+    if transport is None:
+        return
+    if rst:  # linger 0 makes close send a TCP RST instead of a FIN
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    else:
+        transport.close()
+
+
+class FakeUpstream:
+    """The fake provider. `url` is its base; OpenAI and Anthropic clients both use `url + "/v1"`."""
+
+    def __init__(self, port: int = 0) -> None:
+        self._wanted_port = port
+        self._port: int | None = None
+        self._lock = threading.Lock()
+        self._scripts: collections.deque[Script] = collections.deque()
+        self._requests: list[dict[str, Any]] = []
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+
+    # --- sync API, called from the test's thread ---------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if self._port is None:
+            raise RuntimeError("FakeUpstream is not running; call start() first")
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Recorded requests, oldest first: {"path", "headers" (lowercased names), "json"}."""
+        with self._lock:
+            return list(self._requests)
+
+    def script(self, *scripts: Script) -> None:
+        """Queue scripts; each incoming request takes the next one."""
+        with self._lock:
+            self._scripts.extend(scripts)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._scripts.clear()
+            self._requests.clear()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("FakeUpstream is already running")
+        self._ready.clear()
+        self._start_error = None
+        self._thread = threading.Thread(target=self._run, name="fake-upstream", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(_START_TIMEOUT):
+            raise RuntimeError("FakeUpstream did not start listening in time")
+        if self._start_error is not None or self._port is None:
+            self._thread.join()
+            self._thread = None
+            raise RuntimeError(
+                f"FakeUpstream could not start: {self._start_error}"
+            ) from self._start_error
+
+    def stop(self) -> None:
+        thread, loop, stopping = self._thread, self._loop, self._stopping
+        if thread is None:
+            return
+        if loop is not None and stopping is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stopping.set)
+        thread.join()
+        self._thread = None
+        self._port = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- the server, on its own loop ---------------------------------------------------------
+
+    def _run(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        runner = web.AppRunner(
+            self._app(),
+            handler_cancellation=True,
+            shutdown_timeout=_SHUTDOWN_TIMEOUT,
+            access_log=None,
+        )
+        try:
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self._wanted_port).start()
+            self._port = int(runner.addresses[0][1])
+        except OSError as exc:  # typically: the port is taken
+            self._start_error = exc
+            await runner.cleanup()
+            return
+        finally:
+            self._ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            await runner.cleanup()
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._handler("chat"))
+        app.router.add_post("/v1/messages", self._handler("messages"))
+        app.router.add_post("/v1/embeddings", self._handler("embeddings"))
+        app.router.add_get("/v1/models", self._handler("models"))
+        return app
+
+    def _handler(self, kind: Kind) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            try:
+                return await self._answer(request, kind)
+            except _Drop as drop:
+                _drop(request, rst=drop.rst)
+                return web.Response()  # never reaches the client: the connection is gone
+
+        return handle
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, or drop the request at once when the server stops meanwhile."""
+        assert self._stopping is not None
+        if seconds <= 0 and not self._stopping.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            return
+        raise _Drop(rst=False)
+
+    async def _record(self, request: web.Request) -> tuple[Any, Script]:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        with self._lock:
+            self._requests.append({"path": request.path, "headers": headers, "json": body})
+            script = self._scripts.popleft() if self._scripts else Script()
+        return body, script
+
+    async def _answer(self, request: web.Request, kind: Kind) -> web.StreamResponse:
+        body, script = await self._record(request)
+        if script.reset:
+            raise _Drop(rst=True)
+        if script.hang:  # until the client goes away (cancels this handler) or the server stops
+            assert self._stopping is not None
+            await self._stopping.wait()
+            raise _Drop(rst=False)
+        await self._pause(script.delay)
+        headers = {"x-request-id" if kind != "messages" else "request-id": wire.new_id("req_")}
+        if script.retry_after is not None:
+            headers["retry-after"] = f"{script.retry_after:g}"
+        if script.status != 200:
+            return _error(kind, script, headers)
+        if kind == "models":
+            return web.json_response(wire.models_list(), headers=headers)
+        if not isinstance(body, dict):
+            return _error(kind, Script(status=400), headers)
+        if kind == "embeddings":
+            data = wire.embeddings(body, script.model)
+            if data is None:
+                return _error(kind, Script(status=400), headers)
+            return web.json_response(data, headers=headers)
+        return await self._chat(request, kind, body, script, headers)
+
+    async def _chat(
+        self,
+        request: web.Request,
+        kind: Kind,
+        body: dict[str, Any],
+        script: Script,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        answer = wire.plan(
+            body,
+            text=script.text,
+            tool_call=script.tool_call,
+            usage=script.usage,
+            model=script.model,
+        )
+        anthropic = kind == "messages"
+        if body.get("stream") is True:
+            frames = wire.anthropic_frames(answer) if anthropic else wire.openai_frames(answer)
+            return await self._stream(request, script, frames, headers)
+        await self._pause(script.ttft)
+        reply = wire.anthropic_message(answer) if anthropic else wire.openai_completion(answer)
+        return web.json_response(reply, headers=headers)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        script: Script,
+        frames: list[wire.Frame],
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers=headers)
+        response.content_type = "text/event-stream"
+        response.headers["cache-control"] = "no-cache"
+        await response.prepare(request)
+        sent = 0  # content chunks sent so far
+        started = False
+        for frame in frames:
+            if frame.kind == "end" and script.no_done:
+                continue
+            if frame.kind != "head":
+                await self._pause(script.chunk_delay if started else script.ttft)
+                started = True
+                cut = script.cut_after is not None and (
+                    sent >= script.cut_after or frame.kind != "content"
+                )
+                if cut:
+                    raise _Drop(rst=False)
+            if frame.kind == "content":
+                frame = frame.malformed() if sent == script.malformed_at else frame
+                sent += 1
+            await response.write(frame.encode())
+        await response.write_eof()
+        return response
+
+
+def _error(kind: Kind, script: Script, headers: dict[str, str]) -> web.Response:
+    body = script.error_body
+    if body is None:
+        make = wire.anthropic_error if kind == "messages" else wire.openai_error
+        body = make(script.status, script.error_code)
+    return web.json_response(body, status=script.status, headers=headers)

@@ -1,0 +1,156 @@
+"""The trace writer: records leave the request path through a bounded queue to one writer thread.
+
+Invariants: `put` never blocks and never touches the database. Every record is either written,
+spilled to a local file (queue overflow, or a store that keeps failing) and loaded back later, or
+counted in `dropped` (only when the overflow buffer itself is full). A failed flush is retried, and
+because inserts are idempotent by record id a retried or reloaded batch never duplicates. `close`
+drains everything before it returns (the SIGTERM path).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+
+from keel.store.protocols import TraceStore
+from keel.types import TraceRecord
+
+log = logging.getLogger("keel.traces")
+
+
+@dataclass(slots=True)
+class WriterStats:
+    written: int = 0
+    spilled: int = 0
+    reloaded: int = 0
+    dropped: int = 0
+    failed_flushes: int = 0
+
+
+class TraceWriter:
+    RETRY_DELAYS = (0.05, 0.25, 1.0)
+
+    def __init__(
+        self,
+        store: TraceStore,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.05,
+        spill_dir: str | Path = ".keel/spill",
+        overflow_limit: int = 100_000,
+    ) -> None:
+        self._store = store
+        self._queue: queue.Queue[TraceRecord] = queue.Queue(maxsize=queue_size)
+        self._batch = batch_size
+        self._interval = flush_interval
+        self._spill_dir = Path(spill_dir)
+        self._overflow: list[TraceRecord] = []
+        self._overflow_limit = overflow_limit
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="keel-trace-writer", daemon=True)
+        self._spill_seq = 0
+        self.stats = WriterStats()
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize() + len(self._overflow)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, record: TraceRecord) -> None:
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            with self._lock:
+                if len(self._overflow) >= self._overflow_limit:
+                    self.stats.dropped += 1
+                    return
+                self._overflow.append(record)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop: write what is queued, spill what cannot be written, then return."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # ---- writer thread
+
+    def _run(self) -> None:
+        self._reload_spills()
+        while not (self._stop.is_set() and self._queue.empty() and not self._overflow):
+            batch = self._take()
+            if batch:
+                self._write(batch)
+            if self._overflow:
+                self._spill_overflow()
+            elif not self._stop.is_set() and self._queue.qsize() < self._batch:
+                self._reload_spills(limit=1)
+
+    def _take(self) -> list[TraceRecord]:
+        try:
+            batch = [self._queue.get(timeout=self._interval)]
+        except queue.Empty:
+            return []
+        while len(batch) < self._batch:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _write(self, batch: list[TraceRecord]) -> None:
+        for delay in (*self.RETRY_DELAYS, None):
+            try:
+                self._store.append_traces(batch)
+                self.stats.written += len(batch)
+                return
+            except Exception as exc:
+                self.stats.failed_flushes += 1
+                log.warning("trace flush of %d records failed (%s); %s", len(batch), exc, "retrying" if delay else "spilling")
+                if delay is None or self._stop.is_set():
+                    break
+                time.sleep(delay)
+        self._spill(batch)
+
+    def _spill_overflow(self) -> None:
+        with self._lock:
+            pending, self._overflow = self._overflow, []
+        if self._stop.is_set():
+            self._write(pending)  # at shutdown, try the store first
+        else:
+            self._spill(pending)
+
+    def _spill(self, records: list[TraceRecord]) -> None:
+        self._spill_dir.mkdir(parents=True, exist_ok=True)
+        self._spill_seq += 1
+        path = self._spill_dir / f"traces-{time.time_ns()}-{os.getpid()}-{self._spill_seq}.jsonl"
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            for r in records:
+                f.write(orjson.dumps(asdict(r), default=str) + b"\n")
+        tmp.rename(path)
+        self.stats.spilled += len(records)
+
+    def _reload_spills(self, limit: int | None = None) -> None:
+        if not self._spill_dir.is_dir():
+            return
+        for path in sorted(self._spill_dir.glob("traces-*.jsonl"))[:limit]:
+            records = [TraceRecord(**orjson.loads(line)) for line in path.read_bytes().splitlines() if line]
+            try:
+                self._store.append_traces(records)
+            except Exception as exc:
+                log.warning("reloading %s failed (%s); will retry later", path.name, exc)
+                return
+            path.unlink()
+            self.stats.reloaded += len(records)
+            self.stats.written += len(records)

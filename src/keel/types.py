@@ -1,0 +1,179 @@
+"""Keel's internal value types: frozen, slotted dataclasses shaped after OpenAI chat completions.
+
+Pydantic stays at the edges (config, admin bodies); inside, these plain types flow through the
+pipeline. Fields Keel does not model travel in `ChatRequest.extra` and reach OpenAI-compatible
+upstreams untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, exactly as the model produced it
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str  # system | developer | user | assistant | tool
+    content: str | list[JSON] | None = None  # str, or OpenAI content parts
+    name: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    extra: JSON | None = None  # unknown message fields, passed through to OpenAI-compatible upstreams
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    model: str
+    messages: tuple[Message, ...]
+    stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    tools: tuple[JSON, ...] = ()  # OpenAI tool definitions, as sent
+    tool_choice: str | JSON | None = None
+    response_format: JSON | None = None
+    user: str | None = None
+    metadata: JSON | None = None
+    extra: JSON = field(default_factory=dict)  # unknown fields, passed through
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    model: str
+    inputs: tuple[str, ...]
+    extra: JSON = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts in OpenAI's convention.
+
+    `input_tokens` counts every prompt token, including `cached_input_tokens` and
+    `cache_write_tokens`; `output_tokens` includes `reasoning_tokens`.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+# Events a provider yields, in order: Start, then any Text/ToolCallDelta, then Finish, then Usage.
+@dataclass(frozen=True, slots=True)
+class Start:
+    id: str
+    model: str  # the upstream model that served
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: str  # stop | length | tool_calls | content_filter
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    usage: Usage
+
+
+ChatEvent = Start | Text | ToolCallDelta | Finish | UsageEvent
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResponse:
+    id: str
+    model: str
+    content: str | None
+    tool_calls: tuple[ToolCall, ...]
+    finish_reason: str | None
+    usage: Usage | None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResponse:
+    model: str
+    vectors: tuple[tuple[float, ...], ...]
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    provider: str  # provider name from config
+    model: str  # upstream model id
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    alias: str
+    targets: tuple[Target, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    tenant: str
+    key_id: str
+    key_name: str | None = None
+    user: str | None = None
+
+
+Status = Literal["ok", "error", "partial"]
+
+
+@dataclass(slots=True)
+class TraceRecord:
+    """One call, as stored. Mutable while the call runs; frozen in spirit once emitted."""
+
+    id: str
+    started_at: float  # unix seconds
+    endpoint: str = "chat"
+    tenant: str | None = None
+    key_id: str | None = None
+    user: str | None = None
+    feature: str | None = None
+    session: str | None = None
+    tags: JSON = field(default_factory=dict)
+    alias: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    request: JSON | None = None
+    response: JSON | None = None
+    status: Status = "ok"
+    error_kind: str | None = None
+    error_message: str | None = None
+    http_status: int = 200
+    input_tokens: int | None = None
+    cached_input_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    output_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost_usd: float | None = None
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    attempts: int = 0
+    overhead_ms: float | None = None
+    stream: bool = False
