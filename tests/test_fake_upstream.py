@@ -312,7 +312,7 @@ def test_hang_times_out_without_blocking_others(up: FakeUpstream) -> None:
 
 
 def test_concurrent_requests_keep_their_own_scripts(up: FakeUpstream) -> None:
-    async def run() -> list[int]:
+    async def run() -> tuple[int, int, int]:
         timeout = aiohttp.ClientTimeout(total=5)
         async with aiohttp.ClientSession(timeout=timeout) as session:
 

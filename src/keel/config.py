@@ -105,8 +105,8 @@ def demo_config(base: Config) -> Config:
 
 def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
     """Read, expand and check a config file. Raise ConfigError listing every problem."""
-    source = Path(path or os.environ.get("KEEL_CONFIG", DEFAULT_PATH))
     env = dict(os.environ) if env is None else env
+    source = Path(path or env.get("KEEL_CONFIG", DEFAULT_PATH))
     if not source.exists():
         if path is not None:
             fix = "create it with `keel init`, or pass an existing file with --config"
@@ -124,13 +124,16 @@ def parse(raw: Any, env: dict[str, str], source: str = DEFAULT_PATH) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError([ConfigIssue("(top level)", "must be a mapping", "start from `keel init`")], source)
     expanded = _expand(raw, env, "", issues)
+    cfg: Config | None = None
+    later: list[ConfigIssue] = []
     try:
         cfg = Config.model_validate(expanded)
     except ValidationError as exc:
-        issues.extend(_issue_from(err) for err in exc.errors())
-        raise ConfigError(issues, source) from None
-    issues.extend(_cross_check(cfg))
-    if issues:
+        later.extend(_schema_issues(exc.errors()))
+    later.extend(_cross_check(expanded))
+    unset = {i.path for i in issues}  # an unset ${VAR} is one problem, not also a bad value
+    issues.extend(i for i in later if i.path not in unset)
+    if issues or cfg is None:
         raise ConfigError(issues, source)
     return cfg if cfg.providers else demo_config(cfg)
 
@@ -155,22 +158,41 @@ def _expand(node: Any, env: dict[str, str], path: str, issues: list[ConfigIssue]
     return _ENV.sub(sub, node)
 
 
+def _schema_issues(errors: list[Any]) -> list[ConfigIssue]:
+    """One issue per problem: a misspelt key is not reported again as its missing twin."""
+    typos = {(*e["loc"][:-1], _suggest(e["loc"])) for e in errors if e["type"] == "extra_forbidden"}
+    return [_issue_from(e) for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in typos)]
+
+
 def _issue_from(err: Any) -> ConfigIssue:
-    loc = [str(p) for p in err["loc"]]
-    path = ".".join(loc)
+    loc = err["loc"]
+    path = _path(loc)
     kind = err["type"]
     if kind == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        close = difflib.get_close_matches(loc[-1], allowed, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        return ConfigIssue(path, "unknown key", f"{hint}remove it; allowed here: {', '.join(sorted(allowed))}")
+        close = _suggest(loc)
+        hint = f"did you mean '{close}'? " if close else ""
+        allowed = ", ".join(sorted(_allowed_keys(loc[:-1])))
+        return ConfigIssue(path, "unknown key", f"{hint}remove it; allowed here: {allowed}")
     if kind == "missing":
         return ConfigIssue(path, "required key is missing", f"add '{loc[-1]}'")
     msg = err["msg"].removeprefix("Value error, ")
     return ConfigIssue(path, f"{msg} (got {err.get('input')!r})", "set a valid value; see `keel init` for an example")
 
 
-def _allowed_keys(loc: list[str]) -> list[str]:
+def _path(loc: tuple[str | int, ...]) -> str:
+    """Pydantic's loc as written in issues: models.a.targets[0].model."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
+
+
+def _suggest(loc: tuple[str | int, ...]) -> str | None:
+    close = difflib.get_close_matches(str(loc[-1]), _allowed_keys(loc[:-1]), n=1)
+    return close[0] if close else None
+
+
+def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
     model: Any = Config
     for part in loc:
         field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
@@ -182,30 +204,46 @@ def _allowed_keys(loc: list[str]) -> list[str]:
     return list(getattr(model, "model_fields", {}).keys())
 
 
-def _cross_check(cfg: Config) -> list[ConfigIssue]:
+def _cross_check(raw: dict[str, Any]) -> list[ConfigIssue]:
+    """Checks across sections. They read the expanded mapping, so they run beside schema errors too."""
+    providers = _mapping(raw.get("providers"))
+    issues = [issue for name, p in providers.items() for issue in _check_provider(name, _mapping(p))]
+    known = ", ".join(sorted(map(str, providers))) or "(none configured)"
+    for alias, a in _mapping(raw.get("models")).items():
+        targets = _mapping(a).get("targets")
+        for i, t in enumerate(targets if isinstance(targets, list) else []):
+            name = _mapping(t).get("provider")
+            if isinstance(name, str) and name not in providers:
+                path = f"models.{alias}.targets[{i}].provider"
+                issues.append(ConfigIssue(path, f"unknown provider '{name}'", f"use one of: {known}"))
+    if providers and not raw.get("models"):
+        fix = "add an alias under models: with its targets"
+        issues.append(ConfigIssue("models", "providers are configured but no model alias is", fix))
+    return issues
+
+
+def _check_provider(name: str, p: dict[str, Any]) -> list[ConfigIssue]:
     from keel.catalog import CATALOG
 
-    issues: list[ConfigIssue] = []
-    for name, p in cfg.providers.items():
-        row = CATALOG.get(p.type)
-        if row is None:
-            close = difflib.get_close_matches(p.type, list(CATALOG), n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            known = ", ".join(sorted(CATALOG))
-            issues.append(ConfigIssue(f"providers.{name}.type", f"unknown provider type '{p.type}'", f"{hint}use one of: {known}"))
-            continue
-        if row.wire != "simulated" and not (p.base_url or row.base_url):
-            issues.append(ConfigIssue(f"providers.{name}.base_url", "required for this provider type", "set base_url to the server's /v1 URL"))
-        if p.base_url and not p.base_url.startswith(("http://", "https://")):
-            issues.append(ConfigIssue(f"providers.{name}.base_url", f"not an http(s) URL: {p.base_url!r}", "use http://host:port/v1 or https://..."))
-    for alias, a in cfg.models.items():
-        for i, t in enumerate(a.targets):
-            if t.provider not in cfg.providers:
-                known = ", ".join(sorted(cfg.providers)) or "(none configured)"
-                issues.append(ConfigIssue(f"models.{alias}.targets[{i}].provider", f"unknown provider '{t.provider}'", f"use one of: {known}"))
-    if cfg.providers and not cfg.models:
-        issues.append(ConfigIssue("models", "providers are configured but no model alias is", "add an alias under models: with its targets"))
+    kind, base_url = p.get("type"), p.get("base_url")
+    if not isinstance(kind, str):
+        return []  # the schema check reports it
+    row = CATALOG.get(kind)
+    if row is None:
+        close = difflib.get_close_matches(kind, list(CATALOG), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        known = ", ".join(sorted(CATALOG))
+        return [ConfigIssue(f"providers.{name}.type", f"unknown provider type '{kind}'", f"{hint}use one of: {known}")]
+    path, issues = f"providers.{name}.base_url", []
+    if row.wire != "simulated" and not (base_url or row.base_url):
+        issues.append(ConfigIssue(path, "required for this provider type", "set base_url to the server's /v1 URL"))
+    if isinstance(base_url, str) and base_url and not base_url.startswith(("http://", "https://")):
+        issues.append(ConfigIssue(path, f"not an http(s) URL: {base_url!r}", "use http://host:port/v1 or https://..."))
     return issues
+
+
+def _mapping(node: Any) -> dict[str, Any]:
+    return node if isinstance(node, dict) else {}
 
 
 STARTER = """\

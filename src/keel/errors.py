@@ -20,10 +20,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class ErrorKind(str, Enum):
+class ErrorKind(StrEnum):
     rate_limited = "rate_limited"
     overloaded = "overloaded"
     server = "server"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import binascii
 import logging
 import os
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -159,7 +161,8 @@ class OpenAIEdge:
             return error_response(err, call.trace.id)
         assert reply.embedding is not None
         e = reply.embedding
-        data = [{"object": "embedding", "index": i, "embedding": list(v)} for i, v in enumerate(e.vectors)]
+        b64 = body.get("encoding_format") == "base64"
+        data = [{"object": "embedding", "index": i, "embedding": _vector_json(v, b64)} for i, v in enumerate(e.vectors)]
         usage = {"prompt_tokens": e.usage.input_tokens, "total_tokens": e.usage.input_tokens}
         payload = orjson.dumps({"object": "list", "data": data, "model": emb.model, "usage": usage})
         return Response(payload, 200, _headers(call, reply), JSON_TYPE)
@@ -183,8 +186,17 @@ def parse_embedding_request(body: Any) -> EmbeddingRequest:
     inputs = [raw] if isinstance(raw, str) else raw
     if not isinstance(inputs, list) or not inputs or not all(isinstance(s, str) for s in inputs):
         raise InvalidRequest("'input' must be a string or a non-empty array of strings.", "input")
-    extra = {k: v for k, v in body.items() if k not in ("model", "input")}
+    if body.get("encoding_format", "float") not in ("float", "base64"):
+        raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
+    # Keel always asks upstreams for floats and encodes for the client itself.
+    extra = {k: v for k, v in body.items() if k not in ("model", "input", "encoding_format")}
     return EmbeddingRequest(model, tuple(inputs), extra)
+
+
+def _vector_json(vector: tuple[float, ...], base64: bool) -> list[float] | str:
+    if not base64:
+        return list(vector)
+    return binascii.b2a_base64(struct.pack(f"<{len(vector)}f", *vector), newline=False).decode()
 
 
 __all__ = ["OpenAIEdge", "ProviderError", "error_response"]

@@ -11,8 +11,8 @@ from keel.gateway.call import Call, Outcome, Reply, no_events
 from keel.gateway.pipeline import Handler
 from keel.keys import Authenticator
 from keel.providers.base import Provider
-from keel.types import ChatEvent, ChatRequest, EmbeddingRequest, RoutePlan, Target, TraceRecord
 from keel.traces import TraceWriter
+from keel.types import ChatEvent, ChatRequest, EmbeddingRequest, RoutePlan, Target, TraceRecord
 
 
 class TraceStage:

@@ -6,7 +6,6 @@ one host reuses one connection pool. Tests inject a connector through `Sessions(
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
@@ -64,7 +63,7 @@ class HttpProvider:
         session = self._sessions.get(self._base)
         try:
             resp = await session.post(self._base + out.path, data=out.body, headers=self._headers, timeout=self._timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise self._error(ErrorKind.timeout, "upstream did not answer in time") from None
         except aiohttp.ClientError as exc:
             raise self._error(ErrorKind.network, f"cannot reach upstream: {type(exc).__name__}") from None
@@ -72,13 +71,16 @@ class HttpProvider:
             body = await self._read(resp)
             err = self._codec.classify(resp.status, body, resp.headers)
             err.provider = self.name
+            if err.error_kind is ErrorKind.auth:  # the upstream's text may echo part of our key
+                err.message = f"The upstream '{self.name}' rejected Keel's credentials; check providers.{self.name}.api_key."
+                err.args = (err.message,)
             raise err
         return resp
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         try:
             return await resp.read()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise self._error(ErrorKind.timeout, "upstream stopped sending") from None
         except aiohttp.ClientError as exc:
             raise self._error(ErrorKind.network, f"upstream connection broke: {type(exc).__name__}") from None
@@ -103,7 +105,7 @@ class HttpProvider:
         except ProviderError as err:
             err.provider = self.name
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise self._error(ErrorKind.timeout, "upstream stream timed out") from None
         except aiohttp.ClientError as exc:
             raise self._error(ErrorKind.network, f"upstream stream broke: {type(exc).__name__}") from None

@@ -228,7 +228,7 @@ def events_from_response(data: JSON) -> list[ChatEvent]:
 
 
 class OpenAIStreamDecoder:
-    __slots__ = ("done", "_started")
+    __slots__ = ("_started", "done")
 
     def __init__(self) -> None:
         self.done = False

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 
+from keel.catalog import CATALOG, CatalogRow
 from keel.config import ProviderConfig
 from keel.providers.base import Codec, Provider
-from keel.catalog import CATALOG, CatalogRow
 from keel.providers.http import HttpProvider, Sessions
 from keel.providers.openai_chat import OpenAIChatCodec
 from keel.providers.simulated import SimulatedProvider

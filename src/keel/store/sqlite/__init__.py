@@ -14,7 +14,15 @@ from pathlib import Path
 
 from keel.store import migrations
 from keel.store.protocols import KeyRow, TenantRow, TraceQuery
-from keel.store.rows import KEY_COLUMNS, TRACE_COLUMNS, key_from_row, key_to_row, trace_from_row, trace_to_row, trace_where
+from keel.store.rows import (
+    KEY_COLUMNS,
+    TRACE_COLUMNS,
+    key_from_row,
+    key_to_row,
+    trace_from_row,
+    trace_to_row,
+    trace_where,
+)
 from keel.types import TraceRecord
 
 _INSERT_TRACE = (

@@ -1,0 +1,192 @@
+"""Shared fixtures: loopback-only network, the fake upstream, real stores, a real gateway over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+import yaml
+
+from keel import config as keel_config
+from keel.api.app import create_app
+from keel.keys import issue_key
+from keel.runtime import Runtime
+from keel.testing import FakeUpstream
+
+PG_URL = os.environ.get("KEEL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+LOOPBACK = ("127.", "::1", "localhost")
+
+
+# ---- the network: loopback only ------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refuse any connection to a non-loopback address (no real provider is ever reached)."""
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def check(host: Any) -> None:
+        if isinstance(host, str) and not host.startswith(LOOPBACK) and "/" not in host:
+            raise ConnectionRefusedError(f"tests may only connect to loopback, not {host!r}")
+
+    def connect(self: socket.socket, address: Any) -> None:
+        if isinstance(address, tuple):
+            check(address[0])
+        real_connect(self, address)
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        check(host.decode() if isinstance(host, bytes) else host)
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+# ---- outside world ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    up = FakeUpstream()
+    up.start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture
+def up(upstream: FakeUpstream) -> FakeUpstream:
+    upstream.reset()
+    return upstream
+
+
+def postgres_url_or_skip() -> str:
+    import psycopg
+
+    try:
+        psycopg.connect(PG_URL, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        message = f"PostgreSQL is not reachable at {PG_URL} ({exc}); start it: pg_ctlcluster 15 main start"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return PG_URL
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[str]:
+    """A fresh schema in the real PostgreSQL, dropped afterwards."""
+    import psycopg
+
+    base = postgres_url_or_skip()
+    schema = "keel_test_" + secrets.token_hex(4)
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in base else "?"
+    yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/keel.db"
+    return str(request.getfixturevalue("pg_schema_url"))
+
+
+# ---- a real gateway over HTTP ----------------------------------------------------------------
+
+ADMIN = "admin-" + secrets.token_hex(8)
+
+
+@dataclass
+class Gateway:
+    url: str  # http://127.0.0.1:PORT
+    key: str  # a virtual key of tenant "t1"
+    runtime: Runtime
+    admin: str = ADMIN
+    extra_keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def traces(self) -> list[Any]:
+        """Every trace row, after the writer has flushed what is queued."""
+        import time
+
+        from keel.store.protocols import TraceQuery
+
+        deadline = time.monotonic() + 5
+        while self.runtime.writer.depth and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.15)  # one flush interval for the batch in hand
+        return self.runtime.store.list_traces(TraceQuery(since=0, until=time.time() + 10, limit=1000))
+
+
+def base_config(up: FakeUpstream, storage: str, tmp: Path) -> dict[str, Any]:
+    return {
+        "admin_token": ADMIN,
+        "storage": {"url": storage},
+        "traces": {"spill_dir": str(tmp / "spill"), "flush_interval_ms": 10},
+        "providers": {
+            "oai": {"type": "openai", "base_url": up.url + "/v1", "api_key": "sk-upstream-SECRET-openai", "region": "us"},
+            "ant": {"type": "anthropic", "base_url": up.url + "/v1", "api_key": "sk-ant-SECRET-anthropic"},
+            "sim": {"type": "simulated"},
+        },
+        "models": {
+            "gpt-4o-mini": {"targets": [{"provider": "oai", "model": "gpt-4o-mini"}]},
+            "claude": {"targets": [{"provider": "ant", "model": "claude-sonnet-4-5"}]},
+            "sim": {"targets": [{"provider": "sim", "model": "simulated-1"}]},
+            "embed": {"targets": [{"provider": "oai", "model": "text-embedding-3-small"}]},
+        },
+    }
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # runs in a thread
+        pass
+
+
+@pytest.fixture
+def make_gateway(tmp_path: Path) -> Iterator[Any]:
+    started: list[tuple[_Server, threading.Thread]] = []
+
+    def make(raw: dict[str, Any]) -> Gateway:
+        (tmp_path / "keel.yaml").write_text(yaml.safe_dump(raw))
+        cfg = keel_config.load(tmp_path / "keel.yaml", env={})
+        runtime = Runtime.build(cfg)
+        runtime.store.create_tenant("t1")
+        key = issue_key(runtime.store, "t1", name="test").key
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = _Server(uvicorn.Config(create_app(runtime), log_level="warning", access_log=False, loop="asyncio"))
+        thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+        thread.start()
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("gateway failed to start")
+            threading.Event().wait(0.01)
+        started.append((server, thread))
+        return Gateway(f"http://127.0.0.1:{port}", key, runtime)
+
+    yield make
+    for server, thread in started:
+        server.should_exit = True
+        thread.join(15)
+
+
+@pytest.fixture
+def gateway(make_gateway: Any, up: FakeUpstream, storage_url: str, tmp_path: Path) -> Gateway:
+    return make_gateway(base_config(up, storage_url, tmp_path))  # type: ignore[no-any-return]
