@@ -125,7 +125,7 @@ def test_migrate_applies_each_file_once_and_records_it(backend: Backend) -> None
 
 def test_concurrent_migrations_apply_each_file_exactly_once(backend: Backend) -> None:
     expected = sorted(name for _, name, _ in migrations.pending(backend.dialect, set()))
-    stores = [open_store(backend.url, migrate=False) for _ in range(4)]
+    stores = [open_store(backend.url, migrate=False) for _ in range(8)]
     start = threading.Barrier(len(stores))
 
     def migrate(one: Store) -> list[str]:

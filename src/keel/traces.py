@@ -95,6 +95,7 @@ class TraceWriter:
                 self._spill_overflow()
             elif not self._stop.is_set() and self._queue.qsize() < self._batch:
                 self._reload_spills(limit=1)
+        self._reload_spills()  # drain: spills of an outage that has ended go in before close returns
 
     def _take(self) -> list[TraceRecord]:
         try:
@@ -131,26 +132,39 @@ class TraceWriter:
             self._spill(pending)
 
     def _spill(self, records: list[TraceRecord]) -> None:
-        self._spill_dir.mkdir(parents=True, exist_ok=True)
         self._spill_seq += 1
         path = self._spill_dir / f"traces-{time.time_ns()}-{os.getpid()}-{self._spill_seq}.jsonl"
         tmp = path.with_suffix(".tmp")
-        with tmp.open("wb") as f:
-            for r in records:
-                f.write(orjson.dumps(asdict(r), default=str) + b"\n")
-        tmp.rename(path)
+        try:
+            self._spill_dir.mkdir(parents=True, exist_ok=True)
+            with tmp.open("wb") as f:
+                for r in records:
+                    f.write(orjson.dumps(asdict(r), default=str) + b"\n")
+            tmp.rename(path)
+        except OSError as exc:  # the writer thread must survive a full or unwritable disk
+            log.error("cannot spill %d trace records to %s (%s); dropped", len(records), self._spill_dir, exc)
+            with self._lock:
+                self.stats.dropped += len(records)
+            return
         self.stats.spilled += len(records)
 
     def _reload_spills(self, limit: int | None = None) -> None:
         if not self._spill_dir.is_dir():
             return
         for path in sorted(self._spill_dir.glob("traces-*.jsonl"))[:limit]:
-            records = [TraceRecord(**orjson.loads(line)) for line in path.read_bytes().splitlines() if line]
+            try:
+                records = [TraceRecord(**orjson.loads(line)) for line in path.read_bytes().splitlines() if line]
+            except FileNotFoundError:
+                continue  # another process sharing the spill dir took it
+            except (ValueError, TypeError) as exc:  # cut short by a crash, or another version's fields
+                log.error("cannot read spill %s (%s); set aside as .bad", path.name, exc)
+                path.rename(path.with_suffix(".bad"))
+                continue
             try:
                 self._store.append_traces(records)
             except Exception as exc:
                 log.warning("reloading %s failed (%s); will retry later", path.name, exc)
                 return
-            path.unlink()
+            path.unlink(missing_ok=True)
             self.stats.reloaded += len(records)
             self.stats.written += len(records)

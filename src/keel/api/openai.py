@@ -18,7 +18,7 @@ from keel.errors import InvalidRequest, KeelError, ProviderError
 from keel.gateway.call import Call, Reply
 from keel.providers import openai_chat as wire
 from keel.runtime import Runtime
-from keel.types import ChatRequest, EmbeddingRequest, Finish, TraceRecord, UsageEvent
+from keel.types import ChatRequest, EmbeddingRequest, TraceRecord, UsageEvent
 
 log = logging.getLogger("keel.api")
 JSON_TYPE = "application/json"
@@ -134,14 +134,15 @@ class OpenAIEdge:
                 chunk = wire.chunk_json(rid, alias, created, event)
                 if chunk is not None:
                     yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-                if isinstance(event, Finish):
-                    continue
             if chat.include_usage and usage is not None:
                 yield b"data: " + orjson.dumps(wire.usage_chunk_json(rid, alias, created, usage)) + b"\n\n"
             yield b"data: [DONE]\n\n"
         except KeelError as err:
             # After the first byte a failure must never look like success: an explicit error event, no [DONE].
             yield b"data: " + error_body(err) + b"\n\n"
+        except Exception:
+            log.exception("internal error mid-stream on trace %s", call.trace.id)
+            yield b"data: " + error_body(KeelError("Internal gateway error; see the trace.")) + b"\n\n"
         finally:
             reply.abandon()
 

@@ -6,7 +6,6 @@ import argparse
 import sys
 import time
 
-from keel.api.admin import key_json
 from keel.cli.context import store
 from keel.cli.output import Failure, emit_json, table, when
 from keel.keys import issue_key
@@ -33,6 +32,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
+    from keel.api.admin import key_json  # imported on use: it loads the whole server stack
+
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
     s = store(args)
     try:
@@ -50,6 +51,8 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from keel.api.admin import key_json
+
     s = store(args)
     try:
         rows = s.list_keys(args.tenant)
@@ -69,6 +72,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
+    from keel.api.admin import key_json
+
     s = store(args)
     try:
         row = s.revoke_key(args.key_id, time.time())

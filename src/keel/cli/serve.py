@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+from urllib.parse import urlsplit, urlunsplit
 
 from keel.cli.context import load_config
 from keel.keys import issue_key
@@ -28,6 +30,15 @@ def bootstrap(store: Store) -> None:
     print(f"keel: created tenant 'default' and key {issued.key} (shown once; `keel keys list` shows its id)", file=sys.stderr)
 
 
+def _redacted(url: str) -> str:
+    """The storage URL without its password, fit for a log line."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -40,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     bootstrap(runtime.store)
     host = args.host or cfg.server.host
     port = args.port if args.port is not None else cfg.server.port
-    print(f"keel: serving on http://{host}:{port}/v1 (storage {cfg.storage.url})", file=sys.stderr)
+    print(f"keel: serving on http://{host}:{port}/v1 (storage {_redacted(cfg.storage.url)})", file=sys.stderr)
+    # uvicorn drains on SIGTERM (the lifespan flushes traces), then re-raises the signal: make that a clean exit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         create_app(runtime),
         host=host,

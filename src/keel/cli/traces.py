@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 
-from keel.api.admin import trace_json, trace_query
 from keel.cli.context import store
 from keel.cli.output import Failure, emit_json, table, when
 from keel.errors import InvalidRequest
@@ -31,6 +30,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from keel.api.admin import trace_json, trace_query  # imported on use: it loads the whole server stack
+
     params = {k: v for k in (*FILTERS, "since", "until", "limit") if (v := getattr(args, k)) is not None}
     try:
         query = trace_query(params, time.time())
@@ -56,6 +57,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from keel.api.admin import trace_json
+
     s = store(args)
     try:
         row = s.get_trace(args.trace_id)

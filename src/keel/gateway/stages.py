@@ -16,15 +16,24 @@ from keel.types import ChatEvent, ChatRequest, EmbeddingRequest, RoutePlan, Targ
 
 
 class TraceStage:
-    """Opens nothing new (the edge made the record); emits it exactly once, whatever happens."""
+    """Emits the call's record (made at the edge) exactly once, whatever happens.
+
+    Calls refused before authentication are counted, not recorded: an unauthenticated flood must
+    not be able to write to the database.
+    """
 
     def __init__(self, writer: TraceWriter) -> None:
         self._writer = writer
+        self.unauthenticated = 0
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
         try:
             reply = await next(call)
-        except KeelError as err:
+        except Exception as exc:
+            if call.principal is None:
+                self.unauthenticated += 1
+                raise
+            err = exc if isinstance(exc, KeelError) else KeelError(f"internal error: {type(exc).__name__}")
             _fail(call.trace, err, call.t0)
             self._writer.put(call.trace)
             raise

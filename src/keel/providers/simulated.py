@@ -66,6 +66,9 @@ class SimulatedProvider:
         yield Start(f"sim-{self._count}", target.model)
         prompt_tokens = _prompt_tokens(request)
         words = _reply(request).split(" ")
+        finish = "stop"
+        if request.max_tokens is not None and len(words) > request.max_tokens:
+            words, finish = words[: request.max_tokens], "length"
         if request.tools and request.tool_choice != "none" and request.messages[-1].role != "tool":
             name = request.tools[0]["function"]["name"]
             yield ToolCallDelta(0, f"call_sim_{self._count}", name, '{"input": "simulated"}')
@@ -78,7 +81,7 @@ class SimulatedProvider:
             if self._token_gap and i:
                 await asyncio.sleep(self._token_gap)
             yield Text(word if i == 0 else " " + word)
-        yield Finish("stop")
+        yield Finish(finish)
         yield UsageEvent(Usage(input_tokens=prompt_tokens, output_tokens=len(words)))
 
     async def embed(self, request: EmbeddingRequest, target: Target) -> EmbeddingResponse:
@@ -107,10 +110,7 @@ def _prompt_tokens(request: ChatRequest) -> int:
 def _reply(request: ChatRequest) -> str:
     last = next((m for m in reversed(request.messages) if m.role in ("user", "tool")), request.messages[-1])
     words = _text_of(last.content).split()[:12]
-    reply = "Simulated answer to: " + " ".join(words) if words else "Simulated answer."
-    if request.max_tokens is not None:
-        reply = " ".join(reply.split(" ")[: request.max_tokens])
-    return reply
+    return "Simulated answer to: " + " ".join(words) if words else "Simulated answer."
 
 
 def _vector(text: str) -> tuple[float, ...]:
