@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 from typing import cast
@@ -146,10 +147,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--delay-ms", type=float, default=0.0)
     args = parser.parse_args()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         uvloop.run(serve(args.port, args.delay_ms))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def postgres_url() -> str:
     return PG_URL
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
     if request.param == "sqlite":
         path = tmp_path / "keel.db"
@@ -325,7 +325,7 @@ WINDOWED = [
     ],
     ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) if isinstance(v, dict) else None,
 )
-def test_list_traces_window_and_filters(store: Store, filters: dict[str, str], expected: list[str]) -> None:
+def test_list_traces_window_and_filters(store: Store, filters: dict[str, Any], expected: list[str]) -> None:
     store.append_traces(WINDOWED)
     found = store.list_traces(TraceQuery(since=1000.0, until=2000.0, **filters))
     assert [r.id for r in found] == expected
@@ -397,3 +397,15 @@ def test_concurrent_appends_all_land(store: Store) -> None:
     assert store.count_traces(0.0, 2e9) == workers * per_worker
     query = TraceQuery(0.0, 2e9, tenant="t3", limit=1000)
     assert len(store.list_traces(query)) == per_worker
+
+
+def test_nul_characters_in_user_content_never_fail_a_batch(store: Store) -> None:
+    # PostgreSQL refuses NUL in text and jsonb; a prompt carrying one must not sink its batch.
+    odd = _trace("nul", 1000.0, request={"messages": [{"role": "user", "content": "a\x00b \\u0000 literal"}]})
+    odd.error_message = "bad\x00byte"
+    store.append_traces([odd, _trace("plain", 1001.0)])
+    got = store.get_trace("nul")
+    assert got is not None and store.get_trace("plain") is not None
+    content = got.request["messages"][0]["content"]  # type: ignore[index]
+    assert content in ("a\x00b \\u0000 literal", "a\ufffdb \\u0000 literal")
+    assert got.error_message in ("bad\x00byte", "bad\ufffdbyte")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +31,19 @@ def trace_to_row(r: TraceRecord) -> tuple[Any, ...]:
     return tuple(
         _dump(getattr(r, c)) if c in _JSON else getattr(r, _ATTR.get(c, c)) for c in TRACE_COLUMNS
     )
+
+
+def without_nul(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """PostgreSQL text and jsonb refuse NUL characters, which user prompts may carry: mark them U+FFFD.
+
+    In JSON text a NUL is the escape \\u0000; an escaped backslash before it (\\\\u0000) is left alone.
+    """
+    return tuple(_clean(v) if isinstance(v, str) and ("\x00" in v or "\\u0000" in v) else v for v in row)
+
+
+def _clean(text: str) -> str:
+    text = text.replace("\x00", "\ufffd")
+    return re.sub(r"(?<!\\)((?:\\\\)*)\\u0000", r"\1\\ufffd", text)
 
 
 def trace_from_row(row: Sequence[Any]) -> TraceRecord:

@@ -26,6 +26,7 @@ from keel.store.rows import (
     key_to_row,
     trace_from_row,
     trace_to_row,
+    without_nul,
     trace_where,
 )
 from keel.types import TraceRecord
@@ -82,10 +83,7 @@ class PostgresStore:
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('keel_migrations'))")
             conn.execute(_LEDGER)
-            applied = {
-                version
-                for (version,) in conn.execute("SELECT version FROM keel_migrations")
-            }
+            applied = {version for (version,) in conn.execute("SELECT version FROM keel_migrations")}
             todo = migrations.pending("postgres", applied)
             if not todo:
                 return None
@@ -104,27 +102,18 @@ class PostgresStore:
         row = TenantRow(name, time.time())
         try:
             with self._pool.connection() as conn:
-                conn.execute(
-                    "INSERT INTO tenants VALUES (%s, %s)", (row.name, row.created_at)
-                )
+                conn.execute("INSERT INTO tenants VALUES (%s, %s)", (row.name, row.created_at))
         except psycopg.errors.UniqueViolation:
             raise ValueError(f"tenant '{name}' already exists") from None
         return row
 
     def list_tenants(self) -> list[TenantRow]:
         with self._pool.connection() as conn:
-            return [
-                TenantRow(*r)
-                for r in conn.execute(
-                    "SELECT name, created_at FROM tenants ORDER BY name"
-                )
-            ]
+            return [TenantRow(*r) for r in conn.execute("SELECT name, created_at FROM tenants ORDER BY name")]
 
     def get_tenant(self, name: str) -> TenantRow | None:
         with self._pool.connection() as conn:
-            r = conn.execute(
-                "SELECT name, created_at FROM tenants WHERE name = %s", (name,)
-            ).fetchone()
+            r = conn.execute("SELECT name, created_at FROM tenants WHERE name = %s", (name,)).fetchone()
         return TenantRow(*r) if r else None
 
     def create_key(self, row: KeyRow) -> None:
@@ -138,18 +127,14 @@ class PostgresStore:
         sql = f"SELECT {_KEYS} FROM api_keys"
         with self._pool.connection() as conn:
             if tenant:
-                rows = conn.execute(
-                    sql + " WHERE tenant = %s ORDER BY created_at", (tenant,)
-                ).fetchall()
+                rows = conn.execute(sql + " WHERE tenant = %s ORDER BY created_at", (tenant,)).fetchall()
             else:
                 rows = conn.execute(sql + " ORDER BY created_at").fetchall()
         return [key_from_row(r) for r in rows]
 
     def find_key(self, key_hash: str) -> KeyRow | None:
         with self._pool.connection() as conn:
-            r = conn.execute(
-                f"SELECT {_KEYS} FROM api_keys WHERE key_hash = %s", (key_hash,)
-            ).fetchone()
+            r = conn.execute(f"SELECT {_KEYS} FROM api_keys WHERE key_hash = %s", (key_hash,)).fetchone()
         return key_from_row(r) if r else None
 
     def revoke_key(self, key_id: str, at: float) -> KeyRow | None:
@@ -158,9 +143,7 @@ class PostgresStore:
                 "UPDATE api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
                 (at, key_id),
             )
-            r = conn.execute(
-                f"SELECT {_KEYS} FROM api_keys WHERE id = %s", (key_id,)
-            ).fetchone()
+            r = conn.execute(f"SELECT {_KEYS} FROM api_keys WHERE id = %s", (key_id,)).fetchone()
         return key_from_row(r) if r else None
 
     def revoked_since(self, since: float) -> list[tuple[str, float]]:
@@ -174,7 +157,7 @@ class PostgresStore:
         if not records:
             return
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.executemany(_INSERT_TRACE, [trace_to_row(r) for r in records])
+            cur.executemany(_INSERT_TRACE, [without_nul(trace_to_row(r)) for r in records])
 
     def list_traces(self, query: TraceQuery) -> list[TraceRecord]:
         where, params = trace_where(query, "%s")
@@ -185,9 +168,7 @@ class PostgresStore:
 
     def get_trace(self, trace_id: str) -> TraceRecord | None:
         with self._pool.connection() as conn:
-            r = conn.execute(
-                f"SELECT {_TRACES} FROM traces WHERE id = %s", (trace_id,)
-            ).fetchone()
+            r = conn.execute(f"SELECT {_TRACES} FROM traces WHERE id = %s", (trace_id,)).fetchone()
         return trace_from_row(r) if r else None
 
     def count_traces(self, since: float, until: float) -> int:

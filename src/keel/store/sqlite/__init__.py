@@ -26,10 +26,25 @@ from keel.store.rows import (
 from keel.types import TraceRecord
 
 _INSERT_TRACE = (
-    f"INSERT OR IGNORE INTO traces ({', '.join(TRACE_COLUMNS)}) VALUES ({', '.join('?' * len(TRACE_COLUMNS))})"
+    f"INSERT INTO traces ({', '.join(TRACE_COLUMNS)}) VALUES ({', '.join('?' * len(TRACE_COLUMNS))})"
+    " ON CONFLICT (id) DO NOTHING"
 )
 _KEYS = ", ".join(KEY_COLUMNS)
 _TRACES = ", ".join(TRACE_COLUMNS)
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL. On a brand-new file this can fail at once with "locked" (the busy timeout does
+    not apply to the switch) while other connections open it too: retry for a while."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 class SqliteStore:
@@ -47,7 +62,7 @@ class SqliteStore:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _set_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
@@ -65,22 +80,34 @@ class SqliteStore:
     # ---- migrations
 
     def migrate(self) -> list[str]:
-        conn = self._conn()
-        conn.execute("CREATE TABLE IF NOT EXISTS keel_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)")
-        applied = {row[0] for row in conn.execute("SELECT version FROM keel_migrations")}
         done = []
-        for version, name, sql in migrations.pending("sqlite", applied):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in migrations.statements(sql):
-                    conn.execute(statement)
-                conn.execute("INSERT INTO keel_migrations VALUES (?, ?, ?)", (version, name, time.time()))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        while (name := self._migrate_next()) is not None:
             done.append(name)
         return done
+
+    def _migrate_next(self) -> str | None:
+        """Apply the first pending migration under the write lock, so concurrent migrators agree."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS keel_migrations"
+                " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            applied = {row[0] for row in conn.execute("SELECT version FROM keel_migrations")}
+            todo = migrations.pending("sqlite", applied)
+            if not todo:
+                conn.execute("COMMIT")
+                return None
+            version, name, sql = todo[0]
+            for statement in migrations.statements(sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO keel_migrations VALUES (?, ?, ?)", (version, name, time.time()))
+            conn.execute("COMMIT")
+            return name
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     # ---- KeyStore
 
