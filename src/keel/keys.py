@@ -13,7 +13,8 @@ import hashlib
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from keel.errors import AuthError
 from keel.store.protocols import KeyRow, KeyStore
@@ -56,6 +57,13 @@ def issue_key(
     )
     store.create_key(row)
     return IssuedKey(key, row)
+
+
+def key_view(k: KeyRow) -> dict[str, Any]:
+    """A key as shown to people and programs: never the key, not even its hash."""
+    out = asdict(k)
+    del out["key_hash"]
+    return out
 
 
 @dataclass(slots=True)

@@ -16,10 +16,12 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from keel.store.protocols import TraceStore
+from keel.errors import InvalidRequest
+from keel.store.protocols import TraceQuery, TraceStore
 from keel.types import TraceRecord
 
 log = logging.getLogger("keel.traces")
@@ -168,3 +170,44 @@ class TraceWriter:
             path.unlink(missing_ok=True)
             self.stats.reloaded += len(records)
             self.stats.written += len(records)
+
+
+# ---- reading traces back (shared by the admin API and the CLI) --------------------------------
+
+FILTERS = ("tenant", "key_id", "user", "feature", "session", "alias", "status")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def trace_view(r: TraceRecord, full: bool) -> dict[str, Any]:
+    out = asdict(r)
+    if not full:
+        out.pop("request")
+        out.pop("response")
+    return out
+
+
+def parse_window(since: str | None, until: str | None, now: float) -> tuple[float, float]:
+    """`since`/`until`: unix seconds, or a duration back from now such as 15m, 24h, 7d."""
+    start = now - 86400.0 if since is None else _instant(since, now, "since")
+    end = now + 1.0 if until is None else _instant(until, now, "until")
+    return start, end
+
+
+def _instant(text: str, now: float, name: str) -> float:
+    try:
+        if text[-1:] in _UNITS:
+            return now - float(text[:-1]) * _UNITS[text[-1]]
+        return float(text)
+    except ValueError:
+        raise InvalidRequest(f"'{name}' must be unix seconds or a duration like 15m, 24h, 7d.", name) from None
+
+
+def trace_query(params: dict[str, str], now: float) -> TraceQuery:
+    """A bounded TraceQuery from string parameters (query string or CLI flags)."""
+    since, until = parse_window(params.get("since"), params.get("until"), now)
+    try:
+        limit = min(1000, max(1, int(params.get("limit", "50"))))
+    except ValueError:
+        raise InvalidRequest("'limit' must be an integer.", "limit") from None
+    filters = {k: params[k] for k in FILTERS if k in params}
+    return TraceQuery(since=since, until=until, limit=limit, **filters)

@@ -15,57 +15,13 @@ from starlette.routing import Route
 
 from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
 from keel.errors import AuthError, InvalidRequest, KeelError, NotFound, PermissionDenied
-from keel.keys import issue_key
+from keel.keys import issue_key, key_view
 from keel.runtime import Runtime
-from keel.store.protocols import KeyRow, TraceQuery
-from keel.types import TraceRecord
+from keel.traces import trace_query, trace_view
 
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data, default=str), status, None, JSON_TYPE)
-
-
-def key_json(k: KeyRow) -> dict[str, Any]:
-    out = asdict(k)
-    del out["key_hash"]  # never shown, not even hashed
-    return out
-
-
-def trace_json(r: TraceRecord, full: bool) -> dict[str, Any]:
-    out = asdict(r)
-    if not full:
-        out.pop("request")
-        out.pop("response")
-    return out
-
-
-def parse_window(since: str | None, until: str | None, now: float) -> tuple[float, float]:
-    """`since`/`until`: unix seconds, or a duration back from now such as 15m, 24h, 7d."""
-    return (now - 86400.0 if since is None else _instant(since, now, "since")), (
-        now + 1.0 if until is None else _instant(until, now, "until")
-    )
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _instant(text: str, now: float, name: str) -> float:
-    try:
-        if text[-1:] in _UNITS:
-            return now - float(text[:-1]) * _UNITS[text[-1]]
-        return float(text)
-    except ValueError:
-        raise InvalidRequest(f"'{name}' must be unix seconds or a duration like 15m, 24h, 7d.", name) from None
-
-
-def trace_query(params: dict[str, str], now: float) -> TraceQuery:
-    since, until = parse_window(params.get("since"), params.get("until"), now)
-    try:
-        limit = min(1000, max(1, int(params.get("limit", "50"))))
-    except ValueError:
-        raise InvalidRequest("'limit' must be an integer.", "limit") from None
-    filters = {k: params[k] for k in ("tenant", "key_id", "user", "feature", "session", "alias", "status") if k in params}
-    return TraceQuery(since=since, until=until, limit=limit, **filters)
 
 
 class Admin:
@@ -118,7 +74,7 @@ class Admin:
 
     async def list_keys(self, request: Request) -> Response:
         rows = await asyncio.to_thread(self._rt.store.list_keys, request.query_params.get("tenant"))
-        return _json({"data": [key_json(k) for k in rows]})
+        return _json({"data": [key_view(k) for k in rows]})
 
     async def create_key(self, request: Request) -> Response:
         body = await read_json(request)
@@ -138,21 +94,21 @@ class Admin:
             )
         except ValueError as exc:
             raise InvalidRequest(str(exc), "tenant") from None
-        return _json({"key": issued.key, **key_json(issued.row)}, 201)
+        return _json({"key": issued.key, **key_view(issued.row)}, 201)
 
     async def revoke_key(self, request: Request) -> Response:
         row = await asyncio.to_thread(self._rt.store.revoke_key, request.path_params["key_id"], time.time())
         if row is None:
             raise NotFound(f"No key with id '{request.path_params['key_id']}'.")
-        return _json(key_json(row))
+        return _json(key_view(row))
 
     async def list_traces(self, request: Request) -> Response:
         query = trace_query(dict(request.query_params), time.time())
         rows = await asyncio.to_thread(self._rt.store.list_traces, query)
-        return _json({"data": [trace_json(r, full=False) for r in rows], "since": query.since, "until": query.until})
+        return _json({"data": [trace_view(r, full=False) for r in rows], "since": query.since, "until": query.until})
 
     async def get_trace(self, request: Request) -> Response:
         row = await asyncio.to_thread(self._rt.store.get_trace, request.path_params["trace_id"])
         if row is None:
             raise NotFound(f"No trace with id '{request.path_params['trace_id']}'.")
-        return _json(trace_json(row, full=True))
+        return _json(trace_view(row, full=True))

@@ -8,7 +8,7 @@ import time
 
 from keel.cli.context import store
 from keel.cli.output import Failure, emit_json, table, when
-from keel.keys import issue_key
+from keel.keys import issue_key, key_view
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,7 +32,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_create(args: argparse.Namespace) -> int:
-    from keel.api.admin import key_json  # imported on use: it loads the whole server stack
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
     s = store(args)
@@ -43,7 +42,7 @@ def run_create(args: argparse.Namespace) -> int:
     finally:
         s.close()
     if args.json:
-        emit_json({"key": issued.key, **key_json(issued.row)})
+        emit_json({"key": issued.key, **key_view(issued.row)})
     else:
         print(issued.key)
         print(f"id {issued.row.id} for tenant {issued.row.tenant}; this key is shown only once", file=sys.stderr)
@@ -51,7 +50,6 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from keel.api.admin import key_json
 
     s = store(args)
     try:
@@ -59,7 +57,7 @@ def run_list(args: argparse.Namespace) -> int:
     finally:
         s.close()
     if args.json:
-        emit_json([key_json(k) for k in rows])
+        emit_json([key_view(k) for k in rows])
         return 0
     table(
         ["id", "tenant", "prefix", "name", "user", "models", "created", "revoked"],
@@ -72,7 +70,6 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
-    from keel.api.admin import key_json
 
     s = store(args)
     try:
@@ -82,7 +79,7 @@ def run_revoke(args: argparse.Namespace) -> int:
     if row is None:
         raise Failure(f"no key with id '{args.key_id}'; see `keel keys list`")
     if args.json:
-        emit_json(key_json(row))
+        emit_json(key_view(row))
     else:
         print(f"revoked {row.id} at {when(row.revoked_at)}")
     return 0

@@ -8,8 +8,7 @@ import time
 from keel.cli.context import store
 from keel.cli.output import Failure, emit_json, table, when
 from keel.errors import InvalidRequest
-
-FILTERS = ("tenant", "key_id", "user", "feature", "session", "alias", "status")
+from keel.traces import FILTERS, trace_query, trace_view
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,7 +29,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from keel.api.admin import trace_json, trace_query  # imported on use: it loads the whole server stack
 
     params = {k: v for k in (*FILTERS, "since", "until", "limit") if (v := getattr(args, k)) is not None}
     try:
@@ -43,7 +41,7 @@ def run_list(args: argparse.Namespace) -> int:
     finally:
         s.close()
     if args.json:
-        emit_json([trace_json(r, full=False) for r in rows])
+        emit_json([trace_view(r, full=False) for r in rows])
         return 0
     table(
         ["id", "time", "tenant", "alias", "model", "status", "in", "out", "cost", "ms"],
@@ -57,7 +55,6 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from keel.api.admin import trace_json
 
     s = store(args)
     try:
@@ -66,7 +63,7 @@ def run_show(args: argparse.Namespace) -> int:
         s.close()
     if row is None:
         raise Failure(f"no trace '{args.trace_id}'; see `keel traces list`")
-    data = trace_json(row, full=True)
+    data = trace_view(row, full=True)
     if args.json:
         emit_json(data)
     else:

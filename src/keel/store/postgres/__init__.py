@@ -26,8 +26,8 @@ from keel.store.rows import (
     key_to_row,
     trace_from_row,
     trace_to_row,
-    without_nul,
     trace_where,
+    without_nul,
 )
 from keel.types import TraceRecord
 
