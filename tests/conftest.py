@@ -140,7 +140,12 @@ def base_config(up: FakeUpstream, storage: str, tmp: Path) -> dict[str, Any]:
         "storage": {"url": storage},
         "traces": {"spill_dir": str(tmp / "spill"), "flush_interval_ms": 10},
         "providers": {
-            "oai": {"type": "openai", "base_url": up.url + "/v1", "api_key": "sk-upstream-SECRET-openai", "region": "us"},
+            "oai": {
+                "type": "openai",
+                "base_url": up.url + "/v1",
+                "api_key": "sk-upstream-SECRET-openai",
+                "region": "us",
+            },
             "ant": {"type": "anthropic", "base_url": up.url + "/v1", "api_key": "sk-ant-SECRET-anthropic"},
             "sim": {"type": "simulated"},
         },

@@ -11,9 +11,7 @@ from keel.accounting import Price, PriceBook, price_from_config
 from keel.types import Usage
 
 # OpenAI-shaped: prompt 1000 of which 400 cached; completion 500 of which 200 reasoning.
-OPENAI_USAGE = Usage(
-    input_tokens=1000, cached_input_tokens=400, output_tokens=500, reasoning_tokens=200
-)
+OPENAI_USAGE = Usage(input_tokens=1000, cached_input_tokens=400, output_tokens=500, reasoning_tokens=200)
 
 
 @pytest.fixture
@@ -43,9 +41,7 @@ def test_anthropic_usage_converted_on_claude_sonnet_4_5(book: PriceBook) -> None
     assert book.cost("claude-sonnet-4-5", usage) == pytest.approx(0.00885, abs=1e-12)
 
 
-def test_unknown_model_costs_none_and_warns_once(
-    book: PriceBook, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_unknown_model_costs_none_and_warns_once(book: PriceBook, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="keel.accounting"):
         assert book.cost("no-such-model", OPENAI_USAGE) is None
         assert book.cost("no-such-model", OPENAI_USAGE) is None
@@ -71,9 +67,7 @@ def test_override_beats_bundled_price() -> None:
         ("claude-3-5-haiku-latest", "claude-3-5-haiku"),
     ],
 )
-def test_dated_and_prefixed_ids_resolve(
-    book: PriceBook, model: str, known: str
-) -> None:
+def test_dated_and_prefixed_ids_resolve(book: PriceBook, model: str, known: str) -> None:
     price = book.lookup(model)
     assert price is not None
     assert price == book.lookup(known)
@@ -94,9 +88,7 @@ def test_prefix_needs_a_dash_after_the_known_id(book: PriceBook) -> None:
 def test_buckets_clamp_at_zero() -> None:
     book = PriceBook({"m": Price(input=1.0, output=2.0)}, version="test")
     # More cached than input and more reasoning than output: no negative buckets.
-    usage = Usage(
-        input_tokens=10, cached_input_tokens=20, output_tokens=5, reasoning_tokens=8
-    )
+    usage = Usage(input_tokens=10, cached_input_tokens=20, output_tokens=5, reasoning_tokens=8)
     assert book.cost("m", usage) == pytest.approx((20 * 1.0 + 8 * 2.0) / 1e6)
 
 

@@ -184,7 +184,11 @@ def test_tool_round_trip_becomes_tool_use_and_one_merged_tool_result_turn() -> N
             "role": "user",
             "content": [
                 {"type": "tool_result", "tool_use_id": "toolu_01A", "content": "18C, cloudy"},
-                {"type": "tool_result", "tool_use_id": "toolu_01B", "content": [{"type": "text", "text": "24C, sunny"}]},
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_01B",
+                    "content": [{"type": "text", "text": "24C, sunny"}],
+                },
                 {"type": "tool_result", "tool_use_id": "toolu_01C", "content": "12:00"},
                 {"type": "text", "text": "Which is warmer?"},
             ],
@@ -351,24 +355,30 @@ def test_decode_garbage_is_a_protocol_error(body: bytes) -> None:
 # ---- stream_decoder ---------------------------------------------------------------------------
 
 TEXT_STREAM = [
-    (b'{"type":"message_start","message":{"model":"claude-sonnet-4-5-20250929","id":"msg_01QC4g3HwBThD4BaNtBckFDJ",'
-     b'"type":"message","role":"assistant","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,'
-     b'"cache_creation_input_tokens":0,"cache_read_input_tokens":2048,"cache_creation":{"ephemeral_5m_input_tokens":0,'
-     b'"ephemeral_1h_input_tokens":0},"output_tokens":1,"service_tier":"standard"}}}'),
+    (
+        b'{"type":"message_start","message":{"model":"claude-sonnet-4-5-20250929","id":"msg_01QC4g3HwBThD4BaNtBckFDJ",'
+        b'"type":"message","role":"assistant","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,'
+        b'"cache_creation_input_tokens":0,"cache_read_input_tokens":2048,"cache_creation":{"ephemeral_5m_input_tokens":0,'
+        b'"ephemeral_1h_input_tokens":0},"output_tokens":1,"service_tier":"standard"}}}'
+    ),
     b'{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}',
     b'{"type": "ping"}',
     b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}',
     b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"! How are you?"}}',
     b'{"type":"content_block_stop","index":0}',
-    (b'{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"input_tokens":12,'
-     b'"cache_creation_input_tokens":0,"cache_read_input_tokens":2048,"output_tokens":30}}'),
+    (
+        b'{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"input_tokens":12,'
+        b'"cache_creation_input_tokens":0,"cache_read_input_tokens":2048,"output_tokens":30}}'
+    ),
     b'{"type":"message_stop"}',
 ]
 
 TOOL_STREAM = [
-    (b'{"type":"message_start","message":{"id":"msg_014p7gG3wDgGV9EUtLvnow3U","type":"message","role":"assistant",'
-     b'"model":"claude-sonnet-4-5-20250929","stop_sequence":null,"usage":{"input_tokens":472,"output_tokens":2},'
-     b'"content":[],"stop_reason":null}}'),
+    (
+        b'{"type":"message_start","message":{"id":"msg_014p7gG3wDgGV9EUtLvnow3U","type":"message","role":"assistant",'
+        b'"model":"claude-sonnet-4-5-20250929","stop_sequence":null,"usage":{"input_tokens":472,"output_tokens":2},'
+        b'"content":[],"stop_reason":null}}'
+    ),
     b'{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}',
     b'{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Need the weather."}}',
     b'{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCgIYAhIM"}}',
@@ -376,14 +386,18 @@ TOOL_STREAM = [
     b'{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}',
     b'{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Let me check."}}',
     b'{"type":"content_block_stop","index":1}',
-    (b'{"type":"content_block_start","index":2,"content_block":{"type":"tool_use","id":"toolu_01T1x1fJ34qAmk2tNTrN7Up6",'
-     b'"name":"get_weather","input":{}}}'),
+    (
+        b'{"type":"content_block_start","index":2,"content_block":{"type":"tool_use","id":"toolu_01T1x1fJ34qAmk2tNTrN7Up6",'
+        b'"name":"get_weather","input":{}}}'
+    ),
     b'{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":""}}',
     b'{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"{\\"city\\": \\"San"}}',
     b'{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":" Francisco\\"}"}}',
     b'{"type":"content_block_stop","index":2}',
-    (b'{"type":"content_block_start","index":3,"content_block":{"type":"tool_use","id":"toolu_02","name":"get_time",'
-     b'"input":{}}}'),
+    (
+        b'{"type":"content_block_start","index":3,"content_block":{"type":"tool_use","id":"toolu_02","name":"get_time",'
+        b'"input":{}}}'
+    ),
     b'{"type":"content_block_delta","index":3,"delta":{"type":"input_json_delta","partial_json":""}}',
     b'{"type":"content_block_stop","index":3}',
     b'{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":89}}',
@@ -446,20 +460,32 @@ def test_malformed_stream_payload_is_a_protocol_error(data: bytes) -> None:
 
 def anthropic_error(error_type: str, message: str) -> bytes:
     return orjson.dumps(
-        {"type": "error", "error": {"type": error_type, "message": message}, "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy"}
+        {
+            "type": "error",
+            "error": {"type": error_type, "message": message},
+            "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy",
+        }
     )
 
 
 @pytest.mark.parametrize(
     ("status", "body", "kind"),
     [
-        (429, anthropic_error("rate_limit_error", "Number of request tokens has exceeded your rate limit."), "rate_limited"),
+        (
+            429,
+            anthropic_error("rate_limit_error", "Number of request tokens has exceeded your rate limit."),
+            "rate_limited",
+        ),
         (529, anthropic_error("overloaded_error", "Overloaded"), "overloaded"),
         (401, anthropic_error("authentication_error", "invalid x-api-key"), "auth"),
         (403, anthropic_error("permission_error", "Your API key does not have permission."), "auth"),
         (404, anthropic_error("not_found_error", "model: claude-nope"), "not_found"),
         (400, anthropic_error("invalid_request_error", "messages: roles must alternate"), "bad_request"),
-        (400, anthropic_error("invalid_request_error", "prompt is too long: 208656 tokens > 200000 maximum"), "context_length"),
+        (
+            400,
+            anthropic_error("invalid_request_error", "prompt is too long: 208656 tokens > 200000 maximum"),
+            "context_length",
+        ),
         (
             400,
             anthropic_error(
@@ -469,7 +495,11 @@ def anthropic_error(error_type: str, message: str) -> bytes:
             ),
             "context_length",
         ),
-        (413, anthropic_error("request_too_large", "Request exceeds the maximum allowed number of bytes."), "bad_request"),
+        (
+            413,
+            anthropic_error("request_too_large", "Request exceeds the maximum allowed number of bytes."),
+            "bad_request",
+        ),
         (500, anthropic_error("api_error", "Internal server error"), "server"),
         (504, b"<html><body>Gateway Timeout</body></html>", "timeout"),
         (408, b"", "timeout"),

@@ -75,7 +75,9 @@ def test_chat_streaming_with_usage(gateway: Gateway, up: FakeUpstream) -> None:
 
 def test_streaming_without_include_usage_sends_no_usage_chunk(gateway: Gateway, up: FakeUpstream) -> None:
     with client(gateway) as c:
-        chunks = list(c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True))
+        chunks = list(
+            c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True)
+        )
     assert all(ch.usage is None for ch in chunks)
     # ...but Keel still asked the upstream for usage, so the call is billed.
     assert up.requests[-1]["json"]["stream_options"] == {"include_usage": True}
@@ -127,7 +129,12 @@ def test_tool_result_round_trip_to_anthropic(gateway: Gateway, up: FakeUpstream)
     assert r.choices[0].message.content
     sent = up.requests[-1]["json"]
     assert sent["system"] == "be brief"
-    assert sent["messages"][1]["content"][0] == {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}}
+    assert sent["messages"][1]["content"][0] == {
+        "type": "tool_use",
+        "id": "call_1",
+        "name": "get_weather",
+        "input": {"city": "Paris"},
+    }
     assert sent["messages"][2]["content"][0]["type"] == "tool_result"
     assert up.requests[-1]["headers"]["anthropic-version"] == "2023-06-01"
 
@@ -208,14 +215,18 @@ def test_revoked_key_is_refused_within_a_second(gateway: Gateway) -> None:
     ],
 )  # fmt: skip
 def test_malformed_body_is_400_naming_the_field(gateway: Gateway, body: dict[str, Any], param: str) -> None:
-    r = httpx.post(gateway.base_url + "/chat/completions", json=body, headers={"authorization": f"Bearer {gateway.key}"})
+    r = httpx.post(
+        gateway.base_url + "/chat/completions", json=body, headers={"authorization": f"Bearer {gateway.key}"}
+    )
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"]
 
 
 def test_invalid_json_is_400(gateway: Gateway) -> None:
-    r = httpx.post(gateway.base_url + "/chat/completions", content=b"{nope", headers={"authorization": f"Bearer {gateway.key}"})
+    r = httpx.post(
+        gateway.base_url + "/chat/completions", content=b"{nope", headers={"authorization": f"Bearer {gateway.key}"}
+    )
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
 
 
@@ -276,12 +287,16 @@ def test_attribution_headers_user_and_metadata(gateway: Gateway, up: FakeUpstrea
 
 def test_x_keel_user_header_when_no_user_field(gateway: Gateway) -> None:
     with client(gateway) as c:
-        c.chat.completions.create(model="sim", messages=[{"role": "user", "content": "x"}], extra_headers={"x-keel-user": "u7"})
+        c.chat.completions.create(
+            model="sim", messages=[{"role": "user", "content": "x"}], extra_headers={"x-keel-user": "u7"}
+        )
     assert only(gateway.traces()).user == "u7"
 
 
 def test_secrets_never_reach_traces(gateway: Gateway, up: FakeUpstream) -> None:
-    up.script(Script(), Script(status=401, error_body={"error": {"message": "Incorrect API key provided: sk-upstr***enai"}}))
+    up.script(
+        Script(), Script(status=401, error_body={"error": {"message": "Incorrect API key provided: sk-upstr***enai"}})
+    )
     with client(gateway) as c:
         c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
         with pytest.raises(openai.APIStatusError) as info:
@@ -300,10 +315,15 @@ GPT4O_MINI = {"input": 0.15, "cached_input": 0.075, "output": 0.60}
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_cost_openai_shaped_usage(gateway: Gateway, up: FakeUpstream, stream: bool) -> None:
-    up.script(Script(usage={"prompt_tokens": 1000, "cached_tokens": 400, "completion_tokens": 500, "reasoning_tokens": 200}))
+    up.script(
+        Script(usage={"prompt_tokens": 1000, "cached_tokens": 400, "completion_tokens": 500, "reasoning_tokens": 200})
+    )
     with client(gateway) as c:
         r = c.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=stream, stream_options={"include_usage": True} if stream else openai.NOT_GIVEN
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "x"}],
+            stream=stream,
+            stream_options={"include_usage": True} if stream else openai.NOT_GIVEN,
         )
         if stream:
             list(r)  # type: ignore[call-overload]
@@ -316,7 +336,11 @@ def test_cost_openai_shaped_usage(gateway: Gateway, up: FakeUpstream, stream: bo
 @pytest.mark.parametrize("stream", [False, True])
 def test_cost_anthropic_shaped_usage_with_cache_tokens(gateway: Gateway, up: FakeUpstream, stream: bool) -> None:
     # Anthropic reports input_tokens excluding cache reads/writes: 100 uncached + 1000 read + 2000 written.
-    up.script(Script(usage={"prompt_tokens": 3100, "cached_tokens": 1000, "cache_creation_tokens": 2000, "completion_tokens": 50}))
+    up.script(
+        Script(
+            usage={"prompt_tokens": 3100, "cached_tokens": 1000, "cache_creation_tokens": 2000, "completion_tokens": 50}
+        )
+    )
     with client(gateway) as c:
         r = c.chat.completions.create(model="claude", messages=[{"role": "user", "content": "x"}], stream=stream)
         if stream:
@@ -345,10 +369,14 @@ def test_admin_api_requires_the_token_and_lists_traces(gateway: Gateway) -> None
     assert httpx.get(gateway.url + "/api/traces").status_code == 401
     assert httpx.get(gateway.url + "/api/traces", headers={"authorization": "Bearer wrong"}).status_code == 401
     with client(gateway) as c:
-        c.chat.completions.create(model="sim", messages=[{"role": "user", "content": "x"}], extra_headers={"x-keel-feature": "f1"})
+        c.chat.completions.create(
+            model="sim", messages=[{"role": "user", "content": "x"}], extra_headers={"x-keel-feature": "f1"}
+        )
     gateway.traces()
     admin = {"authorization": f"Bearer {gateway.admin}"}
-    listed = httpx.get(gateway.url + "/api/traces", params={"since": "1h", "feature": "f1"}, headers=admin).json()["data"]
+    listed = httpx.get(gateway.url + "/api/traces", params={"since": "1h", "feature": "f1"}, headers=admin).json()[
+        "data"
+    ]
     assert len(listed) == 1 and "request" not in listed[0]
     full = httpx.get(gateway.url + f"/api/traces/{listed[0]['id']}", headers=admin).json()
     assert full["request"]["messages"][0]["content"] == "x"

@@ -41,9 +41,7 @@ def up(server: FakeUpstream) -> FakeUpstream:
     return server
 
 
-def post(
-    up: FakeUpstream, path: str, body: dict[str, Any], timeout: float = 5.0
-) -> tuple[int, dict[str, str], bytes]:
+def post(up: FakeUpstream, path: str, body: dict[str, Any], timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
     """One request on its own connection; returns status, lowercased headers and the raw body."""
     conn = http.client.HTTPConnection("127.0.0.1", int(up.url.rsplit(":", 1)[1]), timeout=timeout)
     try:
@@ -101,9 +99,7 @@ def test_default_openai_answer(up: FakeUpstream) -> None:
 
 
 def test_openai_tool_call_and_overrides(up: FakeUpstream) -> None:
-    up.script(
-        Script(tool_call=True, model="other", usage={"prompt_tokens": 50, "cached_tokens": 20})
-    )
+    up.script(Script(tool_call=True, model="other", usage={"prompt_tokens": 50, "cached_tokens": 20}))
     body = json.loads(post(up, CHAT, {**HELLO, "tools": TOOLS})[2])
     assert body["model"] == "other"
     assert body["choices"][0]["finish_reason"] == "tool_calls"
@@ -189,10 +185,7 @@ def test_anthropic_stream_event_order(up: FakeUpstream) -> None:
 def test_anthropic_stream_tool_use(up: FakeUpstream) -> None:
     up.script(Script(tool_call=True))
     tools = [{"name": "lookup", "input_schema": {"type": "object"}}]
-    payloads = [
-        json.loads(d)
-        for _, d in events(post(up, MESSAGES, {**CLAUDE, "stream": True, "tools": tools})[2])
-    ]
+    payloads = [json.loads(d) for _, d in events(post(up, MESSAGES, {**CLAUDE, "stream": True, "tools": tools})[2])]
     block = payloads[1]["content_block"]
     assert block["type"] == "tool_use"
     assert block["name"] == "lookup"

@@ -66,18 +66,14 @@ class PriceFields(Protocol):
 
 
 def price_from_config(obj: PriceFields) -> Price:
-    return Price(
-        obj.input, obj.output, obj.cached_input, obj.cache_write, obj.reasoning
-    )
+    return Price(obj.input, obj.output, obj.cached_input, obj.cache_write, obj.reasoning)
 
 
 def cost_of(price: Price, usage: Usage) -> float:
     """THE ONE RULE (see the module docstring)."""
     cached = max(0, usage.cached_input_tokens)
     written = max(0, usage.cache_write_tokens)
-    plain_in = max(
-        0, usage.input_tokens - usage.cached_input_tokens - usage.cache_write_tokens
-    )
+    plain_in = max(0, usage.input_tokens - usage.cached_input_tokens - usage.cache_write_tokens)
     reasoning = max(0, usage.reasoning_tokens)
     plain_out = max(0, usage.output_tokens - usage.reasoning_tokens)
     total = (
@@ -141,8 +137,6 @@ class PriceBook:
         if price is None:
             if model not in self._warned:
                 self._warned.add(model)
-                log.warning(
-                    "no price for model %r; its cost is recorded as unknown", model
-                )
+                log.warning("no price for model %r; its cost is recorded as unknown", model)
             return None
         return cost_of(price, usage)

@@ -29,11 +29,15 @@ CATALOG: dict[str, CatalogRow] = {
     "azure": CatalogRow("openai_chat", None, "api-key", "AZURE_OPENAI_API_KEY", frozenset({"azure_deployments"})),
     "groq": CatalogRow("openai_chat", "https://api.groq.com/openai/v1", "bearer", "GROQ_API_KEY"),
     "together": CatalogRow("openai_chat", "https://api.together.xyz/v1", "bearer", "TOGETHER_API_KEY"),
-    "mistral": CatalogRow("openai_chat", "https://api.mistral.ai/v1", "bearer", "MISTRAL_API_KEY", frozenset({"no_stream_options"})),
+    "mistral": CatalogRow(
+        "openai_chat", "https://api.mistral.ai/v1", "bearer", "MISTRAL_API_KEY", frozenset({"no_stream_options"})
+    ),
     "deepseek": CatalogRow("openai_chat", "https://api.deepseek.com/v1", "bearer", "DEEPSEEK_API_KEY"),
     "fireworks": CatalogRow("openai_chat", "https://api.fireworks.ai/inference/v1", "bearer", "FIREWORKS_API_KEY"),
     "openrouter": CatalogRow("openai_chat", "https://openrouter.ai/api/v1", "bearer", "OPENROUTER_API_KEY"),
-    "gemini": CatalogRow("openai_chat", "https://generativelanguage.googleapis.com/v1beta/openai", "bearer", "GEMINI_API_KEY"),
+    "gemini": CatalogRow(
+        "openai_chat", "https://generativelanguage.googleapis.com/v1beta/openai", "bearer", "GEMINI_API_KEY"
+    ),
     "vllm": CatalogRow("openai_chat", "http://127.0.0.1:8000/v1", "bearer", None),
     "ollama": CatalogRow("openai_chat", "http://127.0.0.1:11434/v1", "none", None),
     "anthropic": CatalogRow("anthropic_messages", "https://api.anthropic.com/v1", "x-api-key", "ANTHROPIC_API_KEY"),

@@ -115,7 +115,9 @@ def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> C
     try:
         raw = yaml.safe_load(source.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue("(file)", f"not valid YAML: {exc}", "fix the YAML syntax")], str(source)) from exc
+        raise ConfigError(
+            [ConfigIssue("(file)", f"not valid YAML: {exc}", "fix the YAML syntax")], str(source)
+        ) from exc
     return parse(raw, env, str(source))
 
 
@@ -152,7 +154,9 @@ def _expand(node: Any, env: dict[str, str], path: str, issues: list[ConfigIssue]
             return env[name]
         if default is not None:
             return default
-        issues.append(ConfigIssue(path, f"environment variable {name} is not set", f"export {name}=... before starting"))
+        issues.append(
+            ConfigIssue(path, f"environment variable {name} is not set", f"export {name}=... before starting")
+        )
         return ""
 
     return _ENV.sub(sub, node)

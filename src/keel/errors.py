@@ -89,7 +89,9 @@ class ModelNotFound(RequestError):
 
     def __init__(self, alias: str, allowed: list[str]) -> None:
         names = ", ".join(allowed) or "none"
-        super().__init__(f"The model '{alias}' does not exist or you do not have access to it. Allowed models: {names}.")
+        super().__init__(
+            f"The model '{alias}' does not exist or you do not have access to it. Allowed models: {names}."
+        )
 
 
 class RateLimited(RequestError):

@@ -124,7 +124,9 @@ class TraceWriter:
                 return
             except Exception as exc:
                 self.stats.failed_flushes += 1
-                log.warning("trace flush of %d records failed (%s); %s", len(batch), exc, "retrying" if delay else "spilling")
+                log.warning(
+                    "trace flush of %d records failed (%s); %s", len(batch), exc, "retrying" if delay else "spilling"
+                )
                 if delay is None or self._stop.is_set():
                     break
                 time.sleep(delay)

@@ -4,20 +4,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from keel.api.admin import Admin
+from keel.api.anthropic import AnthropicEdge
 from keel.api.openai import OpenAIEdge
 from keel.runtime import Runtime
 
+Endpoint = Callable[[Request], Awaitable[Response]]
 
-def create_app(runtime: Runtime) -> Starlette:
+
+class FastPath:
+    """Sends the model routes straight to their endpoints, past Starlette's router and middleware.
+
+    The endpoints catch their own errors and render them, so the middleware adds nothing there
+    but cost on the hottest path; every other route (admin, health, lifespan) goes to Starlette.
+    """
+
+    def __init__(self, app: Starlette, routes: dict[tuple[str, str], Endpoint]) -> None:
+        self.app = app
+        self._routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoint = self._routes.get((scope["method"], scope["path"]))
+            if endpoint is not None:
+                response = await endpoint(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(runtime: Runtime) -> FastPath:
     edge = OpenAIEdge(runtime)
+    anthropic = AnthropicEdge(runtime)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -33,6 +59,7 @@ def create_app(runtime: Runtime) -> Starlette:
     routes = [
         Route("/v1/chat/completions", edge.chat, methods=["POST"]),
         Route("/v1/embeddings", edge.embeddings, methods=["POST"]),
+        Route("/v1/messages", anthropic.messages, methods=["POST"]),
         Route("/v1/models", edge.models, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
@@ -47,4 +74,8 @@ def create_app(runtime: Runtime) -> Starlette:
         finally:
             await runtime.aclose()
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    hot = {
+        ("POST", r.path): r.endpoint for r in routes if r.path.startswith("/v1/") and r.methods and "POST" in r.methods
+    }
+    return FastPath(app, hot)

@@ -63,7 +63,9 @@ def _tags(header: str | None, metadata: Any) -> dict[str, Any]:
     return tags
 
 
-def new_call(request: Request, model_request: ChatRequest | EmbeddingRequest, body: Any, endpoint: str, store_payloads: bool) -> Call:
+def new_call(
+    request: Request, model_request: ChatRequest | EmbeddingRequest, body: Any, endpoint: str, store_payloads: bool
+) -> Call:
     h = request.headers
     user = getattr(model_request, "user", None) or h.get("x-keel-user")
     record = TraceRecord(
@@ -91,6 +93,9 @@ def _headers(call: Call, reply: Reply) -> dict[str, str]:
         "x-keel-model": reply.model or (target.model if target else ""),
         "x-keel-overhead-ms": f"{overhead:.3f}",
     }
+
+
+response_headers = _headers  # the Anthropic edge sends the same headers
 
 
 class OpenAIEdge:
@@ -173,7 +178,9 @@ class OpenAIEdge:
             _, allowed = await self._rt.authenticator.resolve(bearer(request))
         except KeelError as err:
             return error_response(err)
-        data = [{"id": a, "object": "model", "created": 0, "owned_by": "keel"} for a in self._rt.router.aliases(allowed)]
+        data = [
+            {"id": a, "object": "model", "created": 0, "owned_by": "keel"} for a in self._rt.router.aliases(allowed)
+        ]
         return Response(orjson.dumps({"object": "list", "data": data}), 200, None, JSON_TYPE)
 
 

@@ -62,7 +62,16 @@ def run_list(args: argparse.Namespace) -> int:
     table(
         ["id", "tenant", "prefix", "name", "user", "models", "created", "revoked"],
         [
-            (k.id, k.tenant, k.prefix + "…", k.name, k.user, ",".join(k.models) if k.models else "all", when(k.created_at), when(k.revoked_at) if k.revoked_at else "")
+            (
+                k.id,
+                k.tenant,
+                k.prefix + "…",
+                k.name,
+                k.user,
+                ",".join(k.models) if k.models else "all",
+                when(k.created_at),
+                when(k.revoked_at) if k.revoked_at else "",
+            )
             for k in rows
         ],
     )

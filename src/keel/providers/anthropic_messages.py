@@ -88,7 +88,9 @@ def _turn(m: Message, i: int) -> tuple[str, list[JSON]]:
         return "assistant", _blocks(m.content, i) + [_tool_use(c, i) for c in m.tool_calls]
     if m.role == "tool":
         return "user", [_tool_result(m, i)]
-    raise InvalidRequest(f"Anthropic targets do not accept '{m.role}' messages; use 'tool' messages.", f"messages[{i}].role")
+    raise InvalidRequest(
+        f"Anthropic targets do not accept '{m.role}' messages; use 'tool' messages.", f"messages[{i}].role"
+    )
 
 
 def _blocks(content: str | list[JSON] | None, i: int, text_only: bool = False) -> list[JSON]:

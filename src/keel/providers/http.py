@@ -28,7 +28,11 @@ class Sessions:
         host = f"{parts.scheme}://{parts.netloc}"
         session = self._by_host.get(host)
         if session is None or session.closed:
-            session = aiohttp.ClientSession(connector=self._factory(), auto_decompress=True, skip_auto_headers=("User-Agent",))
+            session = aiohttp.ClientSession(
+                connector=self._factory(),
+                cookie_jar=aiohttp.DummyCookieJar(),  # upstream APIs need no cookies; a jar costs on every call
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            )
             self._by_host[host] = session
         return session
 
@@ -62,7 +66,9 @@ class HttpProvider:
     async def _send(self, out: Outbound) -> aiohttp.ClientResponse:
         session = self._sessions.get(self._base)
         try:
-            resp = await session.post(self._base + out.path, data=out.body, headers=self._headers, timeout=self._timeout)
+            resp = await session.post(
+                self._base + out.path, data=out.body, headers=self._headers, timeout=self._timeout
+            )
         except TimeoutError:
             raise self._error(ErrorKind.timeout, "upstream did not answer in time") from None
         except aiohttp.ClientError as exc:
@@ -72,7 +78,9 @@ class HttpProvider:
             err = self._codec.classify(resp.status, body, resp.headers)
             err.provider = self.name
             if err.error_kind is ErrorKind.auth:  # the upstream's text may echo part of our key
-                err.message = f"The upstream '{self.name}' rejected Keel's credentials; check providers.{self.name}.api_key."
+                err.message = (
+                    f"The upstream '{self.name}' rejected Keel's credentials; check providers.{self.name}.api_key."
+                )
                 err.args = (err.message,)
             raise err
         return resp

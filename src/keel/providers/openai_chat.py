@@ -65,7 +65,9 @@ def parse_request(body: Any) -> ChatRequest:
         raise InvalidRequest("'stop' must be a string or an array of strings.", "stop")
     tools = _typed(body, "tools", list, None) or []
     for i, t in enumerate(tools):
-        if not (isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)):
+        if not (
+            isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)
+        ):
             raise InvalidRequest("Each tool needs a 'function' object with a 'name'.", f"tools[{i}].function.name")
     n = body.get("n")
     if n not in (None, 1):
@@ -146,7 +148,9 @@ def _parse_message(m: Any, i: int) -> Message:
                 ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "") for c in m["tool_calls"]
             )
         except (KeyError, TypeError):
-            raise InvalidRequest("Each tool call needs 'id' and 'function.name'.", f"messages[{i}].tool_calls") from None
+            raise InvalidRequest(
+                "Each tool call needs 'id' and 'function.name'.", f"messages[{i}].tool_calls"
+            ) from None
     if role == "tool" and not isinstance(m.get("tool_call_id"), str):
         raise InvalidRequest("A tool message needs 'tool_call_id'.", f"messages[{i}].tool_call_id")
     extra = {k: v for k, v in m.items() if k not in _MESSAGE_KNOWN} or None
@@ -184,7 +188,8 @@ def message_json(m: Message) -> JSON:
         out["name"] = m.name
     if m.tool_calls:
         out["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in m.tool_calls
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
         ]
     if m.tool_call_id is not None:
         out["tool_call_id"] = m.tool_call_id
@@ -270,7 +275,12 @@ class OpenAIStreamDecoder:
 
 _STATUS_KIND = {401: ErrorKind.auth, 403: ErrorKind.auth, 404: ErrorKind.not_found, 408: ErrorKind.timeout}
 _STATUS_KIND |= {409: ErrorKind.overloaded, 429: ErrorKind.rate_limited, 500: ErrorKind.server}
-_STATUS_KIND |= {502: ErrorKind.overloaded, 503: ErrorKind.overloaded, 504: ErrorKind.timeout, 529: ErrorKind.overloaded}
+_STATUS_KIND |= {
+    502: ErrorKind.overloaded,
+    503: ErrorKind.overloaded,
+    504: ErrorKind.timeout,
+    529: ErrorKind.overloaded,
+}
 
 
 def classify(status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
@@ -355,7 +365,8 @@ def response_json(r: ChatResponse, alias: str, created: int) -> JSON:
     message: JSON = {"role": "assistant", "content": r.content}
     if r.tool_calls:
         message["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in r.tool_calls
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in r.tool_calls
         ]
     out: JSON = {
         "id": r.id,

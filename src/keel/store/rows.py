@@ -28,9 +28,7 @@ def _dump(value: Any) -> str | None:
 
 
 def trace_to_row(r: TraceRecord) -> tuple[Any, ...]:
-    return tuple(
-        _dump(getattr(r, c)) if c in _JSON else getattr(r, _ATTR.get(c, c)) for c in TRACE_COLUMNS
-    )
+    return tuple(_dump(getattr(r, c)) if c in _JSON else getattr(r, _ATTR.get(c, c)) for c in TRACE_COLUMNS)
 
 
 def without_nul(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -66,7 +64,9 @@ def key_from_row(row: Sequence[Any]) -> KeyRow:
     kid, tenant, key_hash, prefix, created, name, user, models, revoked = row
     if isinstance(models, str):
         models = orjson.loads(models)
-    return KeyRow(kid, tenant, key_hash, prefix, created, name, user, None if models is None else tuple(models), revoked)
+    return KeyRow(
+        kid, tenant, key_hash, prefix, created, name, user, None if models is None else tuple(models), revoked
+    )
 
 
 _FILTERS = ("tenant", "key_id", "user", "feature", "session", "alias", "status")

@@ -133,9 +133,7 @@ class FakeUpstream:
         if self._start_error is not None or self._port is None:
             self._thread.join()
             self._thread = None
-            raise RuntimeError(
-                f"FakeUpstream could not start: {self._start_error}"
-            ) from self._start_error
+            raise RuntimeError(f"FakeUpstream could not start: {self._start_error}") from self._start_error
 
     def stop(self) -> None:
         thread, loop, stopping = self._thread, self._loop, self._stopping
@@ -296,9 +294,7 @@ class FakeUpstream:
             if frame.kind != "head":
                 await self._pause(script.chunk_delay if started else script.ttft)
                 started = True
-                cut = script.cut_after is not None and (
-                    sent >= script.cut_after or frame.kind != "content"
-                )
+                cut = script.cut_after is not None and (sent >= script.cut_after or frame.kind != "content")
                 if cut:
                     raise _Drop(rst=False)
             if frame.kind == "content":

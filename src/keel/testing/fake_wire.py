@@ -97,12 +97,8 @@ def plan(
 ) -> Answer:
     """Decide the reply to a chat request (either format) under a script's overrides."""
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
-    chars = len(_text_of(body.get("system"))) + sum(
-        len(_text_of(m.get("content"))) for m in messages
-    )
-    last_user = next(
-        (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
-    )
+    chars = len(_text_of(body.get("system"))) + sum(len(_text_of(m.get("content"))) for m in messages)
+    last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     reply = text if text is not None else "echo: " + last_user
     tool_name = _first_tool(body.get("tools")) if tool_call else None
     numbers = {key: 0 for key in USAGE_KEYS}
@@ -180,9 +176,7 @@ def openai_frames(a: Answer) -> list[Frame]:
         call["function"] = {"name": a.tool_name, "arguments": ""}
         frames.append(chunk("content", {"tool_calls": [call]}))
         for part in pieces(TOOL_ARGUMENTS):
-            frames.append(
-                chunk("content", {"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
-            )
+            frames.append(chunk("content", {"tool_calls": [{"index": 0, "function": {"arguments": part}}]}))
     else:
         frames += [chunk("content", {"content": part}) for part in pieces(a.text)]
     frames.append(chunk("tail", {}, "tool_calls" if a.tool_name else "stop"))
@@ -216,9 +210,7 @@ def openai_error(status: int, code: str | None) -> Json:
     )
     param = "messages" if code == "context_length_exceeded" else None
     message = _CODE_MESSAGES.get(code or "", message)
-    return {
-        "error": {"message": message, "type": kind, "param": param, "code": code or default_code}
-    }
+    return {"error": {"message": message, "type": kind, "param": param, "code": code or default_code}}
 
 
 def embeddings(body: Json, model: str | None) -> Json | None:
@@ -231,12 +223,8 @@ def embeddings(body: Json, model: str | None) -> Json | None:
     data = []
     for index, text in enumerate(texts):
         digest = hashlib.sha256(text.encode()).digest()
-        vector = [
-            round(int.from_bytes(digest[4 * i : 4 * i + 4], "big") / 2**31 - 1, 6) for i in range(8)
-        ]
-        encoded: object = (
-            base64.b64encode(struct.pack("<8f", *vector)).decode() if as_base64 else vector
-        )
+        vector = [round(int.from_bytes(digest[4 * i : 4 * i + 4], "big") / 2**31 - 1, 6) for i in range(8)]
+        encoded: object = base64.b64encode(struct.pack("<8f", *vector)).decode() if as_base64 else vector
         data.append({"object": "embedding", "index": index, "embedding": encoded})
     tokens = sum(len(t) for t in texts) // 4 + 1
     return {
@@ -331,16 +319,12 @@ _ANTHROPIC_ERRORS = {
     500: "api_error",
     529: "overloaded_error",
 }
-_ANTHROPIC_CODE_MESSAGES = {
-    "context_length_exceeded": "prompt is too long: 200001 tokens > 200000 maximum"
-}
+_ANTHROPIC_CODE_MESSAGES = {"context_length_exceeded": "prompt is too long: 200001 tokens > 200000 maximum"}
 
 
 def anthropic_error(status: int, code: str | None) -> Json:
     kind = _ANTHROPIC_ERRORS.get(status, "invalid_request_error" if status < 500 else "api_error")
-    message = _ANTHROPIC_CODE_MESSAGES.get(code or "") or (
-        f"{kind}: {code}" if code else f"Error {status}."
-    )
+    message = _ANTHROPIC_CODE_MESSAGES.get(code or "") or (f"{kind}: {code}" if code else f"Error {status}.")
     return {
         "type": "error",
         "error": {"type": kind, "message": message},

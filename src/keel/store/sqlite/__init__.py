@@ -135,7 +135,11 @@ class SqliteStore:
 
     def list_keys(self, tenant: str | None = None) -> list[KeyRow]:
         sql = f"SELECT {_KEYS} FROM api_keys"
-        rows = self._conn().execute(sql + " WHERE tenant = ? ORDER BY created_at", (tenant,)) if tenant else self._conn().execute(sql + " ORDER BY created_at")
+        rows = (
+            self._conn().execute(sql + " WHERE tenant = ? ORDER BY created_at", (tenant,))
+            if tenant
+            else self._conn().execute(sql + " ORDER BY created_at")
+        )
         return [key_from_row(r) for r in rows]
 
     def find_key(self, key_hash: str) -> KeyRow | None:
