@@ -10,7 +10,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -42,13 +42,56 @@ class ProviderConfig(_Model):
     faults: list[str] = []
 
 
+Capability = Literal["tools", "vision", "json"]
+
+
 class TargetConfig(_Model):
     provider: str
     model: str
+    weight: float = Field(1.0, gt=0)  # strategy: weighted
+    context_window: int | None = Field(None, gt=0)  # tokens; None = unknown, assumed large enough
+    capabilities: list[Capability] | None = None  # None = assumed to support everything
+
+
+class RuleConfig(_Model):
+    """A task rule: when every condition given matches, route to the alias `use` instead."""
+
+    use: str
+    min_prompt_tokens: int | None = Field(None, ge=0)
+    max_prompt_tokens: int | None = Field(None, ge=0)
+    tools: bool | None = None
+    feature: str | None = None
+    tier: str | None = None  # the tier the caller asks for with `x-keel-tier`
 
 
 class AliasConfig(_Model):
     targets: list[TargetConfig] = Field(min_length=1)
+    strategy: Literal["ordered", "weighted", "latency", "cost"] = "ordered"
+    rules: list[RuleConfig] = []
+    classifier: str | None = None  # "module:function" returning an alias name or None
+    fallbacks: list[str] = []  # degraded aliases, tried in order after this alias's own targets
+    static_answer: str | None = None  # last level before a clean 503
+
+
+class BreakerConfig(_Model):
+    failures: int = Field(5, ge=1)  # consecutive failures that open the breaker
+    error_rate: float = Field(0.5, gt=0, le=1)  # or this share of failures among the last `window` calls
+    window: int = Field(20, ge=2)
+    min_calls: int = Field(10, ge=1)
+    cooldown_s: float = Field(30.0, gt=0)  # open → half-open after this long
+
+
+class ResilienceConfig(_Model):
+    retries_per_target: int = Field(1, ge=0)  # extra tries of one target for transient kinds
+    max_attempts: int = Field(6, ge=1)  # across all targets and fallbacks
+    backoff_ms: float = Field(100.0, ge=0)  # base of exponential backoff with full jitter
+    backoff_max_ms: float = Field(2000.0, ge=0)
+    retry_after_cap_s: float = Field(2.0, ge=0)  # honour Retry-After up to this, else move on
+    ttft_timeout_s: float = Field(30.0, gt=0)  # until the first content event
+    idle_timeout_s: float = Field(30.0, gt=0)  # between stream events
+    total_timeout_s: float = Field(120.0, gt=0)  # per request across all attempts
+    max_total_timeout_s: float = Field(600.0, gt=0)  # the most `x-keel-timeout` may ask for
+    breaker: BreakerConfig = BreakerConfig()
 
 
 class PriceConfig(_Model):
@@ -85,8 +128,21 @@ class ServerConfig(_Model):
     revocation_poll_s: float = Field(0.5, gt=0, le=1.0)
 
 
+class RedisConfig(_Model):
+    url: str | None = None  # redis://host:6379/0 — shared breaker state across processes
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
+    resilience: ResilienceConfig = ResilienceConfig()
+    redis: RedisConfig = RedisConfig()
     admin_token: str | None = None
     storage: StorageConfig = StorageConfig()
     traces: TracesConfig = TracesConfig()
@@ -208,6 +264,27 @@ def _allowed_keys(loc: tuple[str | int, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}).keys())
 
 
+def _check_alias_references(models: dict[Any, Any]) -> list[ConfigIssue]:
+    """Fallbacks and rules name other aliases; a classifier names a Python function."""
+    issues: list[ConfigIssue] = []
+    known = ", ".join(sorted(map(str, models)))
+    for alias, a in models.items():
+        spec = _mapping(a)
+        refs = [(f"models.{alias}.fallbacks[{i}]", name) for i, name in enumerate(spec.get("fallbacks") or [])]
+        rules = spec.get("rules") or []
+        refs += [(f"models.{alias}.rules[{i}].use", _mapping(r).get("use")) for i, r in enumerate(rules)]
+        for path, name in refs:
+            if isinstance(name, str) and name not in models:
+                issues.append(ConfigIssue(path, f"unknown alias '{name}'", f"use one of: {known}"))
+            elif name == alias:
+                issues.append(ConfigIssue(path, "an alias cannot fall back or route to itself", "name another alias"))
+        classifier = spec.get("classifier")
+        if isinstance(classifier, str) and not re.fullmatch(r"[\w.]+:\w+", classifier):
+            fix = "write it as package.module:function"
+            issues.append(ConfigIssue(f"models.{alias}.classifier", f"not a module:function: {classifier!r}", fix))
+    return issues
+
+
 def _cross_check(raw: dict[str, Any]) -> list[ConfigIssue]:
     """Checks across sections. They read the expanded mapping, so they run beside schema errors too."""
     providers = _mapping(raw.get("providers"))
@@ -220,6 +297,7 @@ def _cross_check(raw: dict[str, Any]) -> list[ConfigIssue]:
             if isinstance(name, str) and name not in providers:
                 path = f"models.{alias}.targets[{i}].provider"
                 issues.append(ConfigIssue(path, f"unknown provider '{name}'", f"use one of: {known}"))
+    issues.extend(_check_alias_references(_mapping(raw.get("models"))))
     if providers and not raw.get("models"):
         fix = "add an alias under models: with its targets"
         issues.append(ConfigIssue("models", "providers are configured but no model alias is", fix))

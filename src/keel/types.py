@@ -124,13 +124,23 @@ class EmbeddingResponse:
 class Target:
     provider: str  # provider name from config
     model: str  # upstream model id
+    context_window: int | None = None  # tokens; None = unknown
+    capabilities: frozenset[str] | None = None  # tools, vision, json; None = assumed all
+    weight: float = 1.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.provider}/{self.model}"
 
 
 @dataclass(frozen=True, slots=True)
 class RoutePlan:
     alias: str
-    targets: tuple[Target, ...]
-    reason: str
+    targets: tuple[Target, ...]  # in the order to try
+    reason: str  # the rule that fired
+    explain: JSON = field(default_factory=dict)  # candidates, and why each skipped one was skipped
+    fallbacks: tuple[str, ...] = ()  # degraded aliases, tried after `targets`
+    static_answer: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +149,7 @@ class Principal:
     key_id: str
     key_name: str | None = None
     user: str | None = None
+    regions: tuple[str, ...] | None = None  # data residency: provider regions allowed; None = any
 
 
 Status = Literal["ok", "error", "partial"]
@@ -177,3 +188,6 @@ class TraceRecord:
     attempts: int = 0
     overhead_ms: float | None = None
     stream: bool = False
+    route: JSON | None = None  # the routing decision: rule, candidates, skipped and why
+    attempt_log: list[JSON] | None = None  # every attempt: target, outcome, error kind, ms
+    fallback: str | None = None  # which level served: primary, target, alias:<name>, static

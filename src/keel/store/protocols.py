@@ -92,6 +92,45 @@ class TraceStore(Protocol):
     def count_traces(self, since: float, until: float) -> int: ...
 
 
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    failures: int = 5  # consecutive failures that open the breaker
+    error_rate: float = 0.5  # or this share of failures among the last `window` calls...
+    window: int = 20
+    min_calls: int = 10  # ...once at least this many were seen
+    cooldown_s: float = 30.0  # open → half-open (one probe) after this long
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    target: str
+    state: str  # closed | open | half_open
+    consecutive_failures: int
+    recent_calls: int
+    recent_failures: int
+    opened_at: float | None
+
+
+class BreakerStore(Protocol):
+    """Circuit breakers per target: closed → open → half-open (one probe) → closed.
+
+    Async because the shared backend is one Redis round trip per call; the memory backend serves
+    one process. Both implement the same state machine and pass one contract suite.
+    """
+
+    async def allow(self, target: str, now: float) -> bool:
+        """May a call go to `target` now? In half-open, True for exactly one probe at a time."""
+        ...
+
+    async def record(self, target: str, ok: bool, now: float) -> str:
+        """Record an outcome; return the state after it."""
+        ...
+
+    async def states(self) -> list[BreakerState]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Store(KeyStore, TraceStore, Migrator, Protocol):
     url: str
 

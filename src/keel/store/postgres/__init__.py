@@ -31,7 +31,7 @@ from keel.store.rows import (
 )
 from keel.types import TraceRecord
 
-_JSONB = frozenset({"tags", "request", "response", "models"})
+_JSONB = frozenset({"tags", "request", "response", "models", "route", "attempt_log"})
 
 
 def _marks(columns: Sequence[str]) -> str:
@@ -102,7 +102,7 @@ class PostgresStore:
         row = TenantRow(name, time.time())
         try:
             with self._pool.connection() as conn:
-                conn.execute("INSERT INTO tenants VALUES (%s, %s)", (row.name, row.created_at))
+                conn.execute("INSERT INTO tenants (name, created_at) VALUES (%s, %s)", (row.name, row.created_at))
         except psycopg.errors.UniqueViolation:
             raise ValueError(f"tenant '{name}' already exists") from None
         return row

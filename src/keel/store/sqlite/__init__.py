@@ -114,7 +114,7 @@ class SqliteStore:
     def create_tenant(self, name: str) -> TenantRow:
         row = TenantRow(name, time.time())
         try:
-            self._conn().execute("INSERT INTO tenants VALUES (?, ?)", (row.name, row.created_at))
+            self._conn().execute("INSERT INTO tenants (name, created_at) VALUES (?, ?)", (row.name, row.created_at))
         except sqlite3.IntegrityError:
             raise ValueError(f"tenant '{name}' already exists") from None
         return row

@@ -1,0 +1,7 @@
+ALTER TABLE tenants ADD COLUMN regions JSONB;
+
+ALTER TABLE traces ADD COLUMN route JSONB;
+
+ALTER TABLE traces ADD COLUMN attempt_log JSONB;
+
+ALTER TABLE traces ADD COLUMN fallback TEXT;

@@ -1,0 +1,7 @@
+ALTER TABLE tenants ADD COLUMN regions TEXT;
+
+ALTER TABLE traces ADD COLUMN route TEXT;
+
+ALTER TABLE traces ADD COLUMN attempt_log TEXT;
+
+ALTER TABLE traces ADD COLUMN fallback TEXT;
