@@ -162,7 +162,7 @@ def test_config_check_reports_unset_env_var_and_missing_file(work: Path) -> None
 
 
 def test_db_migrate_applies_once(work: Path) -> None:
-    assert keel(work, "db", "migrate").stdout.splitlines() == ["applied 0001_init"]
+    assert keel(work, "db", "migrate").stdout.splitlines() == ["applied 0001_init", "applied 0002_resilience"]
     assert keel(work, "db", "migrate").stdout.splitlines() == ["up to date"]
 
 
@@ -175,6 +175,46 @@ def test_tenants_create_list_and_duplicate(db: Path) -> None:
     assert [t["name"] for t in tenants] == ["acme"]
     assert isinstance(tenants[0]["created_at"], float)
     assert finish(again, 1).stderr.strip() == "keel: tenant 'acme' already exists"
+
+
+def test_tenant_regions_create_list_update(db: Path) -> None:
+    created = start(db, "tenants", "create", "acme", "--regions", "eu, us")
+    plain = start(db, "tenants", "create", "globex", "--json")
+    blank = start(db, "tenants", "create", "initech", "--regions", " , ")
+    assert finish(created).stdout.strip() == "created tenant acme, restricted to regions eu,us"
+    assert json.loads(finish(plain).stdout)["regions"] is None
+    assert "--regions names no region" in finish(blank, 1).stderr
+
+    listed, table = start(db, "tenants", "list", "--json"), start(db, "tenants", "list")
+    assert [(t["name"], t["regions"]) for t in json.loads(finish(listed).stdout)] == [
+        ("acme", ["eu", "us"]),
+        ("globex", None),
+    ]
+    header, *rows = finish(table).stdout.splitlines()
+    assert header.split() == ["NAME", "REGIONS", "CREATED"]
+    assert [r.split()[:2] for r in rows] == [["acme", "eu,us"], ["globex", "any"]]
+
+    lifted = start(db, "tenants", "update", "acme", "--any-region")
+    narrowed = start(db, "tenants", "update", "globex", "--regions", "eu", "--json")
+    unknown = start(db, "tenants", "update", "nobody", "--regions", "eu")
+    assert finish(lifted).stdout.strip() == "tenant acme may use regions: any"
+    assert json.loads(finish(narrowed).stdout)["regions"] == ["eu"]
+    assert "no tenant 'nobody'; see `keel tenants list`" in finish(unknown, 1).stderr
+    store = open_store(f"sqlite:///{db}/k.db")
+    try:
+        assert [(t.name, t.regions) for t in store.list_tenants()] == [("acme", None), ("globex", ("eu",))]
+    finally:
+        store.close()
+
+
+def test_tenants_update_needs_exactly_one_of_regions_or_any_region(db: Path) -> None:
+    neither = start(db, "tenants", "update", "acme")
+    both = start(db, "tenants", "update", "acme", "--regions", "eu", "--any-region")
+    empty = start(db, "tenants", "update", "acme", "--regions", "")
+
+    assert "one of the arguments --regions --any-region is required" in finish(neither, 2).stderr
+    assert "not allowed with argument" in finish(both, 2).stderr
+    assert "--regions names no region" in finish(empty, 1).stderr
 
 
 def test_key_is_printed_once_and_stored_only_hashed(acme: Path) -> None:

@@ -247,7 +247,7 @@ def test_unknown_alias_is_not_found(gateway: Gateway) -> None:
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_upstream_500_is_an_anthropic_error_not_a_traceback(gateway: Gateway, up: FakeUpstream, stream: bool) -> None:
-    up.script(Script(status=500))
+    up.script(Script(status=500), Script(status=500))  # the one retry of a 5xx fails too
     with client(gateway) as c, pytest.raises(anthropic.APIStatusError) as info:
         if stream:
             with c.messages.stream(model="claude", max_tokens=10, messages=USER) as s:

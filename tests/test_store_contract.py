@@ -162,6 +162,55 @@ def test_duplicate_tenant_raises_value_error(store: Store) -> None:
     assert [t.name for t in store.list_tenants()] == ["acme"]
 
 
+@pytest.mark.parametrize("regions", [None, ("eu",), ("eu", "us-east", "région-é")])
+def test_tenant_regions_round_trip(store: Store, regions: tuple[str, ...] | None) -> None:
+    created = store.create_tenant("acme", regions)
+    assert created.regions == regions
+    assert store.get_tenant("acme") == created
+    assert store.list_tenants() == [created]
+
+
+def test_set_tenant_regions_updates_and_marks_the_tenant_changed(store: Store) -> None:
+    before = time.time()
+    acme = store.create_tenant("acme")
+    globex = store.create_tenant("globex", ("us",))
+    changed = dict(store.tenants_changed_since(before))
+    assert changed == {"acme": acme.created_at, "globex": globex.created_at}  # creation counts as a change
+    mark = time.time()
+    assert store.tenants_changed_since(mark + 1) == []
+
+    eu = store.set_tenant_regions("acme", ("eu", "ch"))
+    assert eu == dataclasses.replace(acme, regions=("eu", "ch"))
+    assert store.get_tenant("acme") == eu
+    assert store.list_tenants() == [eu, globex]
+    [(name, at)] = store.tenants_changed_since(mark)
+    assert name == "acme" and mark <= at <= time.time()
+
+    anywhere = store.set_tenant_regions("globex", None)
+    assert anywhere == dataclasses.replace(globex, regions=None)
+    assert store.get_tenant("globex") == anywhere
+    assert sorted(name for name, _ in store.tenants_changed_since(mark)) == ["acme", "globex"]
+
+
+def test_set_tenant_regions_of_unknown_tenant_is_none(store: Store) -> None:
+    assert store.set_tenant_regions("nope", ("eu",)) is None
+    assert store.get_tenant("nope") is None
+    assert store.list_tenants() == []
+
+
+@pytest.mark.parametrize("regions", [(), ("",), ("eu", " ")])
+def test_empty_regions_are_refused(store: Store, regions: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="at least one region"):
+        store.create_tenant("acme", regions)
+    assert store.list_tenants() == []
+    acme = store.create_tenant("acme", ("eu",))
+    with pytest.raises(ValueError, match="at least one region"):
+        store.set_tenant_regions("acme", regions)
+    with pytest.raises(ValueError, match="at least one region"):
+        store.set_tenant_regions("nope", regions)
+    assert store.get_tenant("acme") == acme
+
+
 def test_keys_create_list_find(store: Store) -> None:
     store.create_tenant("acme")
     store.create_tenant("globex")

@@ -168,10 +168,14 @@ class AllTargetsFailed(UpstreamError):
     status = 503
     code = "all_targets_failed"
 
-    def __init__(self, attempts: list[ProviderError]) -> None:
+    def __init__(self, attempts: list[ProviderError], retry_after: float = 1.0) -> None:
         detail = "; ".join(f"{e.provider}: {e.kind}" for e in attempts)
         super().__init__(f"Every target failed ({detail}).")
         self.attempts = attempts
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(max(1, int(self.retry_after + 0.999)))}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 """Virtual keys: issue, hash, revoke, and resolve a bearer key to a Principal without SQL per call.
 
 Keys are 256-bit random tokens, so a plain SHA-256 is the right stored form (a slow KDF protects
-low-entropy passwords, not these). The Authenticator caches resolved keys in memory; a poller asks
-the store every `poll` seconds for revocations, so a revoked key is refused by every process that
+low-entropy passwords, not these). The Authenticator caches resolved keys (with their tenant's
+regions) in memory; a poller asks the store every `poll` seconds for revocations and changed
+tenants, so a revoked key is refused, and a tenant's new regions apply, in every process that
 shares the store within one poll interval (≤ 1 s), while the hot path stays free of database reads.
 """
 
@@ -17,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from keel.errors import AuthError
-from keel.store.protocols import KeyRow, KeyStore
+from keel.store.protocols import KeyRow, KeyStore, TenantRow
 from keel.types import Principal
 
 KEY_PREFIX = "sk-keel-"
@@ -77,13 +78,17 @@ class Authenticator:
     """Bearer key → Principal, from memory; misses read the store in a worker thread."""
 
     NEGATIVE_TTL = 1.0
+    SKEW = 5.0  # change times come from other processes' clocks: poll this far back
 
     def __init__(self, store: KeyStore, *, ttl: float = 30.0, poll: float = 0.5) -> None:
         self._store = store
         self._ttl = ttl
         self._poll = poll
         self._cache: dict[str, _Entry] = {}
-        self._cursor = time.time() - 5.0
+        self._cursor = time.time() - self.SKEW
+        self._tenant_cursor = self._cursor
+        self._tenant_seen: dict[str, float] = {}  # tenant → updated_at already acted on
+        self._generation = 0  # bumped when tenants change: a lookup begun before must not be cached
 
     async def resolve(self, key: str | None) -> tuple[Principal, tuple[str, ...] | None]:
         """The principal and the aliases its key may use (None: all). Raise AuthError."""
@@ -93,34 +98,63 @@ class Authenticator:
         entry = self._cache.get(digest)
         now = time.monotonic()
         if entry is None or entry.expires < now:
-            row = await asyncio.to_thread(self._store.find_key, digest)
-            entry = self._entry(row, now)
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[digest] = entry
+            generation = self._generation
+            row, tenant = await asyncio.to_thread(self._lookup, digest)
+            entry = self._entry(row, tenant, now)
+            if generation == self._generation:
+                if len(self._cache) > 100_000:
+                    self._cache.clear()
+                self._cache[digest] = entry
         if entry.principal is None:
             raise AuthError("Incorrect API key provided, or the key was revoked.")
         return entry.principal, entry.models
 
-    def _entry(self, row: KeyRow | None, now: float) -> _Entry:
+    def _lookup(self, digest: str) -> tuple[KeyRow | None, TenantRow | None]:
+        """The key and its tenant, in one worker-thread call."""
+        row = self._store.find_key(digest)
         if row is None or row.revoked_at is not None:
+            return row, None
+        return row, self._store.get_tenant(row.tenant)
+
+    def _entry(self, row: KeyRow | None, tenant: TenantRow | None, now: float) -> _Entry:
+        if row is None or row.revoked_at is not None or tenant is None:
             return _Entry(None, None, now + self.NEGATIVE_TTL)
-        principal = Principal(tenant=row.tenant, key_id=row.id, key_name=row.name, user=row.user)
+        principal = Principal(
+            tenant=row.tenant, key_id=row.id, key_name=row.name, user=row.user, regions=tenant.regions
+        )
         return _Entry(principal, row.models, now + self._ttl)
 
     def refresh_revocations(self) -> int:
-        """Drop revoked keys from the cache (blocking; run in a thread). Returns how many."""
-        rows = self._store.revoked_since(self._cursor)
+        """Drop revoked keys, and keys of changed tenants, from the cache (blocking; run in a thread).
+
+        Returns how many entries were dropped.
+        """
         dropped = 0
-        for digest, revoked_at in rows:
+        for digest, revoked_at in self._store.revoked_since(self._cursor):
             if self._cache.pop(digest, None) is not None:
                 dropped += 1
-            # revoked_at comes from another process's clock: keep a margin for skew
-            self._cursor = max(self._cursor, revoked_at - 5.0)
-        return dropped
+            self._cursor = max(self._cursor, revoked_at - self.SKEW)
+        return dropped + self._refresh_tenants()
+
+    def _refresh_tenants(self) -> int:
+        """Drop cached keys of tenants changed since the last poll (each change acted on once)."""
+        changed = set()
+        for name, updated_at in self._store.tenants_changed_since(self._tenant_cursor):
+            if self._tenant_seen.get(name) != updated_at:
+                self._tenant_seen[name] = updated_at
+                changed.add(name)
+            self._tenant_cursor = max(self._tenant_cursor, updated_at - self.SKEW)
+        self._tenant_seen = {n: at for n, at in self._tenant_seen.items() if at >= self._tenant_cursor}
+        if not changed:
+            return 0
+        self._generation += 1
+        stale = [d for d, e in self._cache.copy().items() if e.principal and e.principal.tenant in changed]
+        for digest in stale:
+            self._cache.pop(digest, None)
+        return len(stale)
 
     async def run(self) -> None:
-        """Poll for revocations until cancelled."""
+        """Poll for revocations and tenant changes until cancelled."""
         while True:
             await asyncio.sleep(self._poll)
             try:

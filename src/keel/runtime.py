@@ -8,16 +8,21 @@ from dataclasses import dataclass, field
 
 from keel.accounting import PriceBook, price_from_config
 from keel.config import Config
+from keel.gateway.call import Call
+from keel.gateway.failover import FailoverStage, RetryPolicy
+from keel.gateway.health import HealthBook
+from keel.gateway.invoke import Invoker
 from keel.gateway.pipeline import Handler, Stage, build_pipeline
-from keel.gateway.stages import AuthStage, Invoker, Router, RouteStage, TraceStage
+from keel.gateway.routing import Router
+from keel.gateway.stages import AuthStage, RouteStage, TraceStage
 from keel.keys import Authenticator
 from keel.providers.base import Provider
 from keel.providers.http import Sessions
 from keel.providers.registry import build_provider
-from keel.store.open import open_store
-from keel.store.protocols import Store
+from keel.store.open import open_breakers, open_store
+from keel.store.protocols import BreakerPolicy, BreakerStore, Store
 from keel.traces import TraceWriter
-from keel.types import RoutePlan, Target
+from keel.types import RoutePlan
 
 
 @dataclass
@@ -30,6 +35,8 @@ class Runtime:
     providers: dict[str, Provider]
     sessions: Sessions
     prices: PriceBook
+    breakers: BreakerStore
+    health: HealthBook
     pipeline: Handler
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -45,17 +52,39 @@ class Runtime:
             spill_dir=t.spill_dir,
         )
         authenticator = Authenticator(store, ttl=config.server.key_cache_ttl_s, poll=config.server.revocation_poll_s)
-        plans = {
-            alias: RoutePlan(alias, tuple(Target(t.provider, t.model) for t in a.targets), "configured order")
-            for alias, a in config.models.items()
-        }
-        router = Router(plans)
         sessions = Sessions()
         providers = {name: build_provider(name, p, sessions) for name, p in config.providers.items()}
         prices = PriceBook.bundled({m: price_from_config(p) for m, p in config.prices.items()})
-        stages: list[Stage] = [TraceStage(writer), AuthStage(authenticator), RouteStage(router)]
-        pipeline = build_pipeline(stages, Invoker(providers, prices))
-        return cls(config, store, writer, authenticator, router, providers, sessions, prices, pipeline)
+        r = config.resilience
+        policy = RetryPolicy(
+            retries_per_target=r.retries_per_target,
+            max_attempts=r.max_attempts,
+            backoff_s=r.backoff_ms / 1000,
+            backoff_max_s=r.backoff_max_ms / 1000,
+            retry_after_cap_s=r.retry_after_cap_s,
+            total_timeout_s=r.total_timeout_s,
+            max_total_timeout_s=r.max_total_timeout_s,
+        )
+        b = r.breaker
+        breakers = open_breakers(
+            config.redis.url, BreakerPolicy(b.failures, b.error_rate, b.window, b.min_calls, b.cooldown_s)
+        )
+        health = HealthBook()
+        regions = {name: p.region for name, p in config.providers.items()}
+        router = Router(config.models, regions, prices, health)
+
+        def plan_for(call: Call, alias: str) -> RoutePlan:
+            # Fallbacks are the operator's policy: not limited by the key's aliases, but by residency.
+            assert call.principal is not None
+            return router.plan(alias, call.request, call.principal, None, follow_rules=False)
+
+        failover = FailoverStage(policy, breakers, health, plan_for)
+        stages: list[Stage] = [TraceStage(writer), AuthStage(authenticator), RouteStage(router), failover]
+        invoker = Invoker(providers, prices, ttft_timeout=r.ttft_timeout_s, idle_timeout=r.idle_timeout_s)
+        pipeline = build_pipeline(stages, invoker)
+        return cls(
+            config, store, writer, authenticator, router, providers, sessions, prices, breakers, health, pipeline
+        )
 
     async def start(self) -> None:
         self.writer.start()
@@ -69,5 +98,6 @@ class Runtime:
         for provider in self.providers.values():
             await provider.aclose()
         await self.sessions.aclose()
+        await self.breakers.aclose()
         await asyncio.to_thread(self.writer.close)
         self.store.close()

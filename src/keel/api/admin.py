@@ -24,6 +24,17 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data, default=str), status, None, JSON_TYPE)
 
 
+def _regions(value: Any) -> tuple[str, ...] | None:
+    """A tenant's regions from a request body: a non-empty array of region names, or null for any."""
+    if value is None:
+        return None
+    if not (isinstance(value, list) and value and all(isinstance(r, str) and r.strip() for r in value)):
+        raise InvalidRequest(
+            "'regions' must be a non-empty array of region names, or null to allow any region.", "regions"
+        )
+    return tuple(value)
+
+
 class Admin:
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
@@ -40,6 +51,7 @@ class Admin:
         return [
             Route("/api/tenants", self._guard(self.list_tenants), methods=["GET"]),
             Route("/api/tenants", self._guard(self.create_tenant), methods=["POST"]),
+            Route("/api/tenants/{name}", self._guard(self.update_tenant), methods=["PATCH"]),
             Route("/api/keys", self._guard(self.list_keys), methods=["GET"]),
             Route("/api/keys", self._guard(self.create_key), methods=["POST"]),
             Route("/api/keys/{key_id}/revoke", self._guard(self.revoke_key), methods=["POST"]),
@@ -66,11 +78,22 @@ class Admin:
         name = body.get("name") if isinstance(body, dict) else None
         if not isinstance(name, str) or not name:
             raise InvalidRequest("'name' is required.", "name")
+        regions = _regions(body.get("regions"))
         try:
-            row = await asyncio.to_thread(self._rt.store.create_tenant, name)
+            row = await asyncio.to_thread(self._rt.store.create_tenant, name, regions)
         except ValueError as exc:
             raise InvalidRequest(str(exc), "name") from None
         return _json(asdict(row), 201)
+
+    async def update_tenant(self, request: Request) -> Response:
+        body = await read_json(request)
+        if not isinstance(body, dict) or "regions" not in body:
+            raise InvalidRequest("'regions' is required: an array of regions, or null for any region.", "regions")
+        name = request.path_params["name"]
+        row = await asyncio.to_thread(self._rt.store.set_tenant_regions, name, _regions(body["regions"]))
+        if row is None:
+            raise NotFound(f"No tenant '{name}'.")
+        return _json(asdict(row))
 
     async def list_keys(self, request: Request) -> Response:
         rows = await asyncio.to_thread(self._rt.store.list_keys, request.query_params.get("tenant"))

@@ -80,17 +80,36 @@ def new_call(
         request=body if store_payloads else None,
         stream=getattr(model_request, "stream", False),
     )
-    return Call(model_request, record, api_key=bearer(request))
+    return Call(
+        model_request,
+        record,
+        api_key=bearer(request),
+        timeout_s=_timeout(h.get("x-keel-timeout")),
+        tier=h.get("x-keel-tier"),
+    )
+
+
+def _timeout(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise InvalidRequest("The x-keel-timeout header must be a positive number of seconds.", "x-keel-timeout")
+    return seconds
 
 
 def _headers(call: Call, reply: Reply) -> dict[str, str]:
-    overhead = (time.perf_counter() - call.t0 - reply.upstream_s) * 1000
-    call.trace.overhead_ms = overhead
-    target = call.target
+    overhead = (time.perf_counter() - call.t0 - reply.upstream_s - call.waited_s) * 1000
+    record = call.trace
+    record.overhead_ms = overhead
     return {
-        "x-keel-trace-id": call.trace.id,
-        "x-keel-provider": target.provider if target else "",
-        "x-keel-model": reply.model or (target.model if target else ""),
+        "x-keel-trace-id": record.id,
+        "x-keel-provider": record.provider or "",
+        "x-keel-model": reply.model or record.model or "",
+        "x-keel-fallback": record.fallback or "primary",
         "x-keel-overhead-ms": f"{overhead:.3f}",
     }
 

@@ -44,7 +44,10 @@ class Call:
     allowed: tuple[str, ...] | None = None  # aliases the key may use; None = all
     plan: RoutePlan | None = None
     target: Target | None = None
-    deadline: float | None = None  # perf_counter time by which the call must end
+    timeout_s: float | None = None  # the caller's total budget (x-keel-timeout), within config
+    tier: str | None = None  # the tier the caller asks for (x-keel-tier)
+    deadline: float | None = None  # event-loop time by which the call must end
+    waited_s: float = 0.0  # time in failed attempts and backoff: not gateway overhead
 
 
 Status = Literal["ok", "error", "cancelled"]

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
 
-from keel.accounting import PriceBook
-from keel.errors import AuthError, ErrorKind, KeelError, ModelNotFound, ProviderError
-from keel.gateway.call import Call, Outcome, Reply, no_events
+from keel.errors import AuthError, KeelError
+from keel.gateway.call import Call, Outcome, Reply
 from keel.gateway.pipeline import Handler
+from keel.gateway.routing import Router
 from keel.keys import Authenticator
-from keel.providers.base import Provider
 from keel.traces import TraceWriter
-from keel.types import ChatEvent, ChatRequest, EmbeddingRequest, RoutePlan, Target, TraceRecord
+from keel.types import ChatRequest, TraceRecord
 
 
 class TraceStage:
@@ -83,22 +81,6 @@ class AuthStage:
         return await next(call)
 
 
-class Router:
-    """Alias → RoutePlan. The spine's rule: the alias's targets, in configured order."""
-
-    def __init__(self, plans: Mapping[str, RoutePlan]) -> None:
-        self._plans = dict(plans)
-
-    def aliases(self, allowed: tuple[str, ...] | None) -> list[str]:
-        return [a for a in self._plans if allowed is None or a in allowed]
-
-    def plan(self, alias: str, allowed: tuple[str, ...] | None) -> RoutePlan:
-        plan = self._plans.get(alias)
-        if plan is None or (allowed is not None and alias not in allowed):
-            raise ModelNotFound(alias, self.aliases(allowed))
-        return plan
-
-
 class RouteStage:
     def __init__(self, router: Router) -> None:
         self._router = router
@@ -106,76 +88,8 @@ class RouteStage:
     async def __call__(self, call: Call, next: Handler) -> Reply:
         if call.principal is None:
             raise AuthError("unauthenticated call reached routing")
-        call.plan = self._router.plan(call.request.model, call.allowed)
+        call.plan = self._router.plan(
+            call.request.model, call.request, call.principal, call.allowed, feature=call.trace.feature, tier=call.tier
+        )
+        call.trace.route = call.plan.explain or None
         return await next(call)
-
-
-class Invoker:
-    """The last handler: calls the provider of `call.target` (default: the plan's first target).
-
-    For chat it waits for the first event before returning, so an upstream failure before any
-    output is raised here (a clean HTTP error, and later a fallback) rather than mid-stream.
-    """
-
-    def __init__(self, providers: Mapping[str, Provider], prices: PriceBook) -> None:
-        self._providers = dict(providers)
-        self._prices = prices
-
-    async def __call__(self, call: Call) -> Reply:
-        assert call.plan is not None
-        target = call.target or call.plan.targets[0]
-        call.target = target
-        record = call.trace
-        record.provider, record.model = target.provider, target.model
-        record.attempts += 1
-        provider = self._providers[target.provider]
-        started = time.perf_counter()
-        if isinstance(call.request, EmbeddingRequest):
-            embedding = await provider.embed(call.request, target)
-            reply = Reply(no_events(), call.t0, embedding=embedding)
-        else:
-            events = provider.chat(call.request, target)
-            first = await _first(events)
-            reply = Reply(_prepend(first, events), call.t0)
-        reply.upstream_s = time.perf_counter() - started
-        reply.on_done(lambda outcome: self._account(call, target, outcome))
-        return reply
-
-    def _account(self, call: Call, target: Target, outcome: Outcome) -> None:
-        record = call.trace
-        usage = outcome.usage
-        if usage is None:
-            return
-        record.input_tokens = usage.input_tokens
-        record.cached_input_tokens = usage.cached_input_tokens
-        record.cache_write_tokens = usage.cache_write_tokens
-        record.output_tokens = usage.output_tokens
-        record.reasoning_tokens = usage.reasoning_tokens
-        served = outcome.response.model
-        price_model = served if served and self._prices.lookup(served) else target.model
-        record.cost_usd = self._prices.cost(price_model, usage)
-
-
-async def _first(events: AsyncIterator[ChatEvent]) -> ChatEvent | None:
-    try:
-        return await events.__anext__()
-    except StopAsyncIteration:
-        return None
-    except ProviderError:
-        raise
-    except KeelError:
-        raise
-    except Exception as exc:  # a provider bug must still end as a clean error
-        raise ProviderError(ErrorKind.protocol, f"provider failed: {type(exc).__name__}") from exc
-
-
-async def _prepend(first: ChatEvent | None, rest: AsyncIterator[ChatEvent]) -> AsyncIterator[ChatEvent]:
-    try:
-        if first is not None:
-            yield first
-            async for event in rest:
-                yield event
-    finally:
-        closer = getattr(rest, "aclose", None)
-        if closer is not None:
-            await closer()

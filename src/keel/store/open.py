@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keel.store.protocols import Store
+from keel.store.protocols import BreakerPolicy, BreakerStore, Store
 
 
 def open_store(url: str, *, migrate: bool = True) -> Store:
@@ -21,3 +21,14 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
     if migrate:
         store.migrate()
     return store
+
+
+def open_breakers(redis_url: str | None, policy: BreakerPolicy) -> BreakerStore:
+    """Circuit breakers shared through Redis at `redis_url` (redis://...), else in this process only."""
+    if redis_url:
+        from keel.store.redis import RedisBreakers
+
+        return RedisBreakers(redis_url, policy)
+    from keel.store.memory import MemoryBreakers
+
+    return MemoryBreakers(policy)

@@ -19,6 +19,7 @@ from keel.types import TraceRecord
 class TenantRow:
     name: str
     created_at: float
+    regions: tuple[str, ...] | None = None  # data residency: provider regions allowed; None = any
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +58,24 @@ class Migrator(Protocol):
 
 
 class KeyStore(Protocol):
-    def create_tenant(self, name: str) -> TenantRow:
-        """Raise ValueError if it exists."""
+    def create_tenant(self, name: str, regions: tuple[str, ...] | None = None) -> TenantRow:
+        """Raise ValueError if it exists, or if `regions` is empty (use None for any region)."""
         ...
 
     def list_tenants(self) -> list[TenantRow]: ...
 
     def get_tenant(self, name: str) -> TenantRow | None: ...
+
+    def set_tenant_regions(self, name: str, regions: tuple[str, ...] | None) -> TenantRow | None:
+        """Restrict a tenant to `regions` (None: any region); None if no such tenant.
+
+        Raise ValueError if `regions` is empty. Marks the tenant changed for `tenants_changed_since`.
+        """
+        ...
+
+    def tenants_changed_since(self, since: float) -> list[tuple[str, float]]:
+        """(name, updated_at) for tenants created or changed at or after `since`."""
+        ...
 
     def create_key(self, row: KeyRow) -> None: ...
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from keel.store.protocols import KeyRow, TraceQuery
+from keel.store.protocols import KeyRow, TenantRow, TraceQuery
 from keel.types import TraceRecord
 
 TRACE_COLUMNS = (
@@ -21,6 +21,7 @@ TRACE_COLUMNS = (
 _JSON = frozenset({"tags", "request", "response", "route", "attempt_log"})
 _ATTR = {"user_id": "user"}
 
+TENANT_COLUMNS = ("name", "created_at", "regions")
 KEY_COLUMNS = ("id", "tenant", "key_hash", "prefix", "created_at", "name", "user_id", "models", "revoked_at")
 
 
@@ -68,6 +69,25 @@ def key_from_row(row: Sequence[Any]) -> KeyRow:
     return KeyRow(
         kid, tenant, key_hash, prefix, created, name, user, None if models is None else tuple(models), revoked
     )
+
+
+def regions_json(regions: tuple[str, ...] | None) -> str | None:
+    """A tenant's regions as stored: JSON text, or None for any region. Refuse an empty restriction."""
+    if regions is None:
+        return None
+    if not regions or not all(isinstance(r, str) and r.strip() for r in regions):
+        raise ValueError(
+            "regions must name at least one region (a tenant restricted to none could never be served);"
+            " to allow any region, set none"
+        )
+    return _dump(list(regions))
+
+
+def tenant_from_row(row: Sequence[Any]) -> TenantRow:
+    name, created_at, regions = row
+    if isinstance(regions, str):
+        regions = orjson.loads(regions)
+    return TenantRow(name, created_at, None if regions is None else tuple(regions))
 
 
 _FILTERS = ("tenant", "key_id", "user", "feature", "session", "alias", "status")

@@ -21,9 +21,12 @@ from keel.store import migrations
 from keel.store.protocols import KeyRow, TenantRow, TraceQuery
 from keel.store.rows import (
     KEY_COLUMNS,
+    TENANT_COLUMNS,
     TRACE_COLUMNS,
     key_from_row,
     key_to_row,
+    regions_json,
+    tenant_from_row,
     trace_from_row,
     trace_to_row,
     trace_where,
@@ -39,6 +42,7 @@ def _marks(columns: Sequence[str]) -> str:
 
 
 _KEYS = ", ".join(KEY_COLUMNS)
+_TENANTS = ", ".join(TENANT_COLUMNS)
 _TRACES = ", ".join(TRACE_COLUMNS)
 _INSERT_KEY = f"INSERT INTO api_keys ({_KEYS}) VALUES ({_marks(KEY_COLUMNS)})"
 _INSERT_TRACE = f"INSERT INTO traces ({_TRACES}) VALUES ({_marks(TRACE_COLUMNS)}) ON CONFLICT (id) DO NOTHING"
@@ -98,23 +102,36 @@ class PostgresStore:
 
     # ---- KeyStore
 
-    def create_tenant(self, name: str) -> TenantRow:
-        row = TenantRow(name, time.time())
+    def create_tenant(self, name: str, regions: tuple[str, ...] | None = None) -> TenantRow:
+        row = TenantRow(name, time.time(), regions)
+        sql = "INSERT INTO tenants (name, created_at, regions, updated_at) VALUES (%s, %s, %s::jsonb, %s)"
         try:
             with self._pool.connection() as conn:
-                conn.execute("INSERT INTO tenants (name, created_at) VALUES (%s, %s)", (row.name, row.created_at))
+                conn.execute(sql, (name, row.created_at, regions_json(regions), row.created_at))
         except psycopg.errors.UniqueViolation:
             raise ValueError(f"tenant '{name}' already exists") from None
         return row
 
     def list_tenants(self) -> list[TenantRow]:
         with self._pool.connection() as conn:
-            return [TenantRow(*r) for r in conn.execute("SELECT name, created_at FROM tenants ORDER BY name")]
+            rows = conn.execute(f"SELECT {_TENANTS} FROM tenants ORDER BY name").fetchall()
+        return [tenant_from_row(r) for r in rows]
 
     def get_tenant(self, name: str) -> TenantRow | None:
         with self._pool.connection() as conn:
-            r = conn.execute("SELECT name, created_at FROM tenants WHERE name = %s", (name,)).fetchone()
-        return TenantRow(*r) if r else None
+            r = conn.execute(f"SELECT {_TENANTS} FROM tenants WHERE name = %s", (name,)).fetchone()
+        return tenant_from_row(r) if r else None
+
+    def set_tenant_regions(self, name: str, regions: tuple[str, ...] | None) -> TenantRow | None:
+        sql = f"UPDATE tenants SET regions = %s::jsonb, updated_at = %s WHERE name = %s RETURNING {_TENANTS}"
+        with self._pool.connection() as conn:
+            r = conn.execute(sql, (regions_json(regions), time.time(), name)).fetchone()
+        return tenant_from_row(r) if r else None
+
+    def tenants_changed_since(self, since: float) -> list[tuple[str, float]]:
+        sql = "SELECT name, updated_at FROM tenants WHERE updated_at >= %s"
+        with self._pool.connection() as conn:
+            return [(name, at) for name, at in conn.execute(sql, (since,))]
 
     def create_key(self, row: KeyRow) -> None:
         try:

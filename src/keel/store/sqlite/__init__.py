@@ -16,9 +16,12 @@ from keel.store import migrations
 from keel.store.protocols import KeyRow, TenantRow, TraceQuery
 from keel.store.rows import (
     KEY_COLUMNS,
+    TENANT_COLUMNS,
     TRACE_COLUMNS,
     key_from_row,
     key_to_row,
+    regions_json,
+    tenant_from_row,
     trace_from_row,
     trace_to_row,
     trace_where,
@@ -30,6 +33,7 @@ _INSERT_TRACE = (
     " ON CONFLICT (id) DO NOTHING"
 )
 _KEYS = ", ".join(KEY_COLUMNS)
+_TENANTS = ", ".join(TENANT_COLUMNS)
 _TRACES = ", ".join(TRACE_COLUMNS)
 
 
@@ -111,20 +115,31 @@ class SqliteStore:
 
     # ---- KeyStore
 
-    def create_tenant(self, name: str) -> TenantRow:
-        row = TenantRow(name, time.time())
+    def create_tenant(self, name: str, regions: tuple[str, ...] | None = None) -> TenantRow:
+        row = TenantRow(name, time.time(), regions)
+        sql = "INSERT INTO tenants (name, created_at, regions, updated_at) VALUES (?, ?, ?, ?)"
         try:
-            self._conn().execute("INSERT INTO tenants (name, created_at) VALUES (?, ?)", (row.name, row.created_at))
+            self._conn().execute(sql, (name, row.created_at, regions_json(regions), row.created_at))
         except sqlite3.IntegrityError:
             raise ValueError(f"tenant '{name}' already exists") from None
         return row
 
     def list_tenants(self) -> list[TenantRow]:
-        return [TenantRow(*r) for r in self._conn().execute("SELECT name, created_at FROM tenants ORDER BY name")]
+        return [tenant_from_row(r) for r in self._conn().execute(f"SELECT {_TENANTS} FROM tenants ORDER BY name")]
 
     def get_tenant(self, name: str) -> TenantRow | None:
-        r = self._conn().execute("SELECT name, created_at FROM tenants WHERE name = ?", (name,)).fetchone()
-        return TenantRow(*r) if r else None
+        r = self._conn().execute(f"SELECT {_TENANTS} FROM tenants WHERE name = ?", (name,)).fetchone()
+        return tenant_from_row(r) if r else None
+
+    def set_tenant_regions(self, name: str, regions: tuple[str, ...] | None) -> TenantRow | None:
+        sql = f"UPDATE tenants SET regions = ?, updated_at = ? WHERE name = ? RETURNING {_TENANTS}"
+        # fetchall: the implicit transaction ends only once the statement has run to completion
+        rows = self._conn().execute(sql, (regions_json(regions), time.time(), name)).fetchall()
+        return tenant_from_row(rows[0]) if rows else None
+
+    def tenants_changed_since(self, since: float) -> list[tuple[str, float]]:
+        sql = "SELECT name, updated_at FROM tenants WHERE updated_at >= ?"
+        return [(name, at) for name, at in self._conn().execute(sql, (since,))]
 
     def create_key(self, row: KeyRow) -> None:
         marks = ", ".join("?" * len(KEY_COLUMNS))

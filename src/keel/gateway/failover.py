@@ -1,0 +1,235 @@
+"""The failover stage: walks the route plan, then its fallback chain, under one deadline.
+
+Levels, in order: the plan's first target (`primary`); its other targets (`target`, e.g. the same
+model on another provider); each fallback alias (`alias:<name>`, a degraded model); the alias's
+static answer (`static`); then a clean error. What happens after a failure is decided by one
+table keyed on `ErrorKind` (`ACTIONS`). Breakers skip open targets without paying their latency.
+Only the attempt that served is billed: failed attempts carry no usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from keel.errors import AllTargetsFailed, ErrorKind, KeelError, ProviderError
+from keel.gateway.call import Call, Outcome, Reply
+from keel.gateway.health import HealthBook
+from keel.gateway.pipeline import Handler
+from keel.store.protocols import BreakerStore
+from keel.types import ChatEvent, Finish, RoutePlan, Start, Target, Text, Usage, UsageEvent
+
+
+class Action(Enum):
+    retry = "retry"  # the same target again, after a backoff or Retry-After
+    next = "next"  # the next target
+    bigger = "bigger"  # only targets with a larger context window
+    stop = "stop"  # the caller's request is the problem: pass the error on
+
+
+ACTIONS: dict[ErrorKind, Action] = {
+    ErrorKind.rate_limited: Action.retry,  # if Retry-After fits under the cap, else next
+    ErrorKind.overloaded: Action.retry,
+    ErrorKind.server: Action.retry,
+    ErrorKind.timeout: Action.next,
+    ErrorKind.network: Action.next,
+    ErrorKind.protocol: Action.next,
+    ErrorKind.auth: Action.next,  # our credentials for that provider, not the caller's
+    ErrorKind.not_found: Action.next,
+    ErrorKind.context_length: Action.bigger,
+    ErrorKind.bad_request: Action.stop,
+    ErrorKind.content_filter: Action.stop,
+}
+# Kinds that say something about the target's health (the others are about the request).
+BREAKER_KINDS = frozenset(
+    {ErrorKind.rate_limited, ErrorKind.overloaded, ErrorKind.server, ErrorKind.timeout}
+    | {ErrorKind.network, ErrorKind.protocol, ErrorKind.auth}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    retries_per_target: int = 1
+    max_attempts: int = 6
+    backoff_s: float = 0.1
+    backoff_max_s: float = 2.0
+    retry_after_cap_s: float = 2.0
+    total_timeout_s: float = 120.0
+    max_total_timeout_s: float = 600.0
+
+
+PlanFor = Callable[[Call, str], RoutePlan]  # a fallback alias → its plan for this call
+
+
+class FailoverStage:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        breakers: BreakerStore,
+        health: HealthBook,
+        plan_for: PlanFor,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._policy = policy
+        self._breakers = breakers
+        self._health = health
+        self._plan_for = plan_for
+        self._rng = rng or random.Random()
+        self._pending: set[asyncio.Task[Any]] = set()
+
+    async def __call__(self, call: Call, next: Handler) -> Reply:
+        assert call.plan is not None
+        loop = asyncio.get_running_loop()
+        budget = min(call.timeout_s or self._policy.total_timeout_s, self._policy.max_total_timeout_s)
+        call.deadline = loop.time() + budget
+        walk = _Walk()
+        for level, target in self._levels(call, walk):
+            reply = await self._try_target(call, next, level, target, walk)
+            if reply is not None:
+                return reply
+            if walk.stopped is not None:
+                break
+        return self._give_up(call, walk)
+
+    def _levels(self, call: Call, walk: _Walk) -> Iterator[tuple[str, Target]]:
+        assert call.plan is not None
+        for i, target in enumerate(call.plan.targets):
+            yield ("primary" if i == 0 else "target"), target
+        for alias in call.plan.fallbacks:
+            try:
+                plan = self._plan_for(call, alias)
+            except KeelError as err:
+                walk.log.append({"level": f"alias:{alias}", "outcome": "skipped", "why": err.message})
+                continue
+            for target in plan.targets:
+                yield f"alias:{alias}", target
+
+    async def _try_target(self, call: Call, next: Handler, level: str, target: Target, walk: _Walk) -> Reply | None:
+        loop = asyncio.get_running_loop()
+        if walk.min_window is not None and (target.context_window or 0) <= walk.min_window:
+            walk.skip(level, target, "context window not larger than the one exceeded")
+            return None
+        if not await self._breakers.allow(target.key, loop.time()):
+            walk.skip(level, target, "circuit breaker open")
+            return None
+        for attempt in range(1 + self._policy.retries_per_target):
+            if len(walk.errors) >= self._policy.max_attempts or loop.time() >= call.deadline:  # type: ignore[operator]
+                walk.stopped = walk.stopped or "budget"
+                return None
+            call.target = target
+            started = loop.time()
+            try:
+                reply = await next(call)
+            except ProviderError as err:
+                err.provider = err.provider or target.provider
+                self._failed(target, err, started, level, walk)
+                delay = self._retry_delay(err, attempt, call.deadline - loop.time())  # type: ignore[operator]
+                if delay is not None:
+                    await asyncio.sleep(delay)
+                call.waited_s += loop.time() - started
+                if delay is None:
+                    return None
+                continue
+            self._served(call, reply, level, target, walk, started)
+            return reply
+        return None
+
+    def _retry_delay(self, err: ProviderError, attempt: int, remaining: float) -> float | None:
+        """Seconds to wait before retrying the same target, or None to leave it."""
+        action = ACTIONS[err.error_kind]
+        if action is not Action.retry or attempt >= self._policy.retries_per_target:
+            return None
+        if err.retry_after is not None:
+            if err.retry_after > self._policy.retry_after_cap_s or err.retry_after >= remaining:
+                return None
+            return err.retry_after
+        backoff = min(self._policy.backoff_max_s, self._policy.backoff_s * 2**attempt)
+        delay = self._rng.uniform(0, backoff)  # full jitter
+        return delay if delay < remaining else None
+
+    def _failed(self, target: Target, err: ProviderError, started: float, level: str, walk: _Walk) -> None:
+        loop = asyncio.get_running_loop()
+        walk.errors.append(err)
+        ms = round((loop.time() - started) * 1000, 3)
+        walk.log.append({"level": level, "target": target.key, "outcome": "error", "kind": err.kind, "ms": ms})
+        if err.error_kind in BREAKER_KINDS:
+            self._health.observe(target.key, False, None, None)
+            self._spawn(self._breakers.record(target.key, False, loop.time()))
+        action = ACTIONS[err.error_kind]
+        if action is Action.stop:
+            walk.stopped = "stop"
+        elif action is Action.bigger:
+            walk.min_window = max(walk.min_window or 0, target.context_window or 0)
+
+    def _served(self, call: Call, reply: Reply, level: str, target: Target, walk: _Walk, started: float) -> None:
+        loop = asyncio.get_running_loop()
+        walk.log.append({"level": level, "target": target.key, "outcome": "ok"})
+        record = call.trace
+        record.fallback = level
+        record.attempt_log = walk.log
+
+        def done(outcome: Outcome) -> None:
+            if outcome.status == "cancelled":
+                return  # the client left: says nothing about the target
+            ok = outcome.status == "ok"
+            if not ok:
+                walk.log[-1]["outcome"] = "failed mid-stream"
+            self._health.observe(target.key, ok, loop.time() - started, outcome.ttft_s)
+            self._spawn(self._breakers.record(target.key, ok, loop.time()))
+
+        reply.on_done(done)
+
+    def _give_up(self, call: Call, walk: _Walk) -> Reply:
+        assert call.plan is not None
+        record = call.trace
+        record.attempt_log = walk.log
+        if walk.stopped != "stop" and call.plan.static_answer is not None:
+            record.fallback, record.provider, record.model, record.cost_usd = "static", "static", "static", 0.0
+            walk.log.append({"level": "static", "outcome": "ok"})
+            return Reply(_static(call.plan.static_answer), call.t0)
+        raise _final_error(walk)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+
+class _Walk:
+    """What one call's walk through its levels has seen so far."""
+
+    def __init__(self) -> None:
+        self.errors: list[ProviderError] = []
+        self.log: list[dict[str, Any]] = []
+        self.min_window: int | None = None  # set after a context_length error
+        self.stopped: str | None = None  # "stop" (request at fault) or "budget"
+
+    def skip(self, level: str, target: Target, why: str) -> None:
+        self.log.append({"level": level, "target": target.key, "outcome": "skipped", "why": why})
+
+
+def _final_error(walk: _Walk) -> KeelError:
+    errors = walk.errors
+    if errors and (walk.stopped == "stop" or len({e.kind for e in errors}) == 1):
+        return errors[-1]  # one kind of failure: pass it on with its own status and Retry-After
+    if not errors and walk.stopped == "budget":
+        return ProviderError(ErrorKind.timeout, "The request's deadline passed before any target could answer.")
+    failed = AllTargetsFailed(errors)
+    if not errors:
+        failed.message = "Every target's circuit breaker is open; the providers are failing. Retry later."
+        failed.args = (failed.message,)
+    waits = [e.retry_after for e in errors if e.retry_after is not None]
+    failed.retry_after = max(waits) if waits else 1.0
+    return failed
+
+
+async def _static(text: str) -> AsyncIterator[ChatEvent]:
+    yield Start("static", "static")
+    yield Text(text)
+    yield Finish("stop")
+    yield UsageEvent(Usage())

@@ -1,0 +1,179 @@
+"""Circuit breakers shared by every gateway process through Redis.
+
+The same state machine as `MemoryBreakers`, run as two Lua scripts so that `allow` and `record` are
+each one atomic round trip (EVALSHA): concurrent callers in any process see one half-open probe.
+Per target, one hash holds state, consecutive, opened_at, probe_at and `recent`, the last `window`
+outcomes as a string of 0/1 (1 = failure); a set lists the targets for `states()`. Times are the
+caller's `now` (never Redis TIME), so processes sharing a Redis must pass wall-clock time. Keys
+expire after max(10 × cooldown, 1 day) without a record.
+
+Fail-safe: a Redis outage must not become a total outage, so when Redis is unreachable `allow` says
+yes and `record` answers "unknown", quickly (0.2 s socket timeouts, then Redis is left alone for a
+second), with a warning at most every 10 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from keel.store.protocols import BreakerPolicy, BreakerState
+
+log = logging.getLogger("keel.store.redis")
+
+_TIMEOUT_S = 0.2
+_HOLD_OFF_S = 1.0  # after a failure, answer fail-safe without trying Redis for this long
+_WARN_EVERY_S = 10.0
+
+# KEYS[1] the target's hash. ARGV: now, cooldown_s, ttl_ms. Returns 1 (allowed) or 0.
+_ALLOW = """
+local h = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'probe_at')
+local state = h[1]
+if not state or state == 'closed' then return 1 end
+local now, cooldown = tonumber(ARGV[1]), tonumber(ARGV[2])
+if state == 'open' then
+  if h[2] and now - tonumber(h[2]) < cooldown then return 0 end
+  redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_at', ARGV[1])
+else
+  -- half-open: one probe at a time; a probe that never reported frees its slot after a cooldown
+  if h[3] and now - tonumber(h[3]) < cooldown then return 0 end
+  redis.call('HSET', KEYS[1], 'probe_at', ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# KEYS[1] the target's hash, KEYS[2] the target set.
+# ARGV: target, ok (1/0), now, failures, error_rate, window, min_calls, ttl_ms. Returns the new state.
+_RECORD = """
+local key, ok, now, ttl = KEYS[1], ARGV[2] == '1', ARGV[3], ARGV[8]
+redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ttl)
+local h = redis.call('HMGET', key, 'state', 'consecutive', 'recent')
+local state = h[1] or 'closed'
+if state == 'half_open' then
+  if ok then
+    redis.call('DEL', key)
+    redis.call('HSET', key, 'state', 'closed', 'consecutive', 0, 'recent', '')
+    state = 'closed'
+  else
+    redis.call('HSET', key, 'state', 'open', 'opened_at', now)
+    redis.call('HDEL', key, 'probe_at')
+    state = 'open'
+  end
+  redis.call('PEXPIRE', key, ttl)
+  return state
+end
+if state == 'open' then return 'open' end  -- a straggler from before the breaker opened
+local window, min_calls = tonumber(ARGV[6]), tonumber(ARGV[7])
+local recent = (h[3] or '') .. (ok and '0' or '1')
+if #recent > window then recent = string.sub(recent, #recent - window + 1) end
+local consecutive = 0
+if not ok then consecutive = tonumber(h[2] or '0') + 1 end
+local _, failed = string.gsub(recent, '1', '')
+if consecutive >= tonumber(ARGV[4])
+  or (#recent >= min_calls and failed / #recent >= tonumber(ARGV[5])) then
+  state = 'open'
+  redis.call('HSET', key, 'opened_at', now)
+end
+redis.call('HSET', key, 'state', state, 'consecutive', consecutive, 'recent', recent)
+redis.call('PEXPIRE', key, ttl)
+return state
+"""
+
+
+class RedisBreakers:
+    def __init__(self, url: str, policy: BreakerPolicy, *, prefix: str = "keel:breaker:") -> None:
+        self._policy = policy
+        self._prefix = prefix
+        self._targets_key = f"{prefix}targets"
+        self._ttl_ms = str(int(max(10 * policy.cooldown_s, 86400.0) * 1000))
+        self._client = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=_TIMEOUT_S,
+            socket_connect_timeout=_TIMEOUT_S,
+            # one immediate retry heals a pooled connection dropped by a Redis restart; a timeout is not retried
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+        self._allow = self._client.register_script(_ALLOW)
+        self._record = self._client.register_script(_RECORD)
+        self._down_until = 0.0
+        self._warned_at = float("-inf")
+
+    def _key(self, target: str) -> str:
+        return f"{self._prefix}t:{target}"
+
+    async def allow(self, target: str, now: float) -> bool:
+        if time.monotonic() < self._down_until:
+            return True
+        try:
+            allowed = await self._allow(
+                keys=[self._key(target)], args=[repr(now), repr(self._policy.cooldown_s), self._ttl_ms]
+            )
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return True
+        return bool(allowed)
+
+    async def record(self, target: str, ok: bool, now: float) -> str:
+        if time.monotonic() < self._down_until:
+            return "unknown"
+        p = self._policy
+        args = [
+            target,
+            "1" if ok else "0",
+            repr(now),
+            p.failures,
+            repr(p.error_rate),
+            p.window,
+            p.min_calls,
+            self._ttl_ms,
+        ]
+        try:
+            state = await self._record(keys=[self._key(target), self._targets_key], args=args)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return "unknown"
+        return str(state)
+
+    def _failed(self, exc: Exception) -> None:
+        at = time.monotonic()
+        self._down_until = at + _HOLD_OFF_S
+        if at - self._warned_at >= _WARN_EVERY_S:
+            self._warned_at = at
+            log.warning("circuit breakers: Redis is unreachable (%s); letting calls through meanwhile", exc)
+
+    async def states(self) -> list[BreakerState]:
+        members = await self._client.smembers(self._targets_key)
+        targets = sorted(m if isinstance(m, str) else m.decode() for m in members)  # str: decode_responses
+        async with self._client.pipeline(transaction=False) as pipe:
+            for target in targets:
+                pipe.hgetall(self._key(target))
+            rows: list[dict[str, str]] = await pipe.execute()
+        gone = [t for t, row in zip(targets, rows, strict=True) if not row]
+        if gone:  # their hashes expired: forget them
+            await self._client.srem(self._targets_key, *gone)
+        return [_state(t, row) for t, row in zip(targets, rows, strict=True) if row]
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _state(target: str, row: dict[str, str]) -> BreakerState:
+    recent = row.get("recent", "")
+    opened_at = row.get("opened_at")
+    return BreakerState(
+        target=target,
+        state=row.get("state", "closed"),
+        consecutive_failures=int(row.get("consecutive", "0")),
+        recent_calls=len(recent),
+        recent_failures=recent.count("1"),
+        opened_at=float(opened_at) if opened_at is not None else None,
+    )
