@@ -57,6 +57,7 @@ class Admin:
             Route("/api/keys/{key_id}/revoke", self._guard(self.revoke_key), methods=["POST"]),
             Route("/api/traces", self._guard(self.list_traces), methods=["GET"]),
             Route("/api/traces/{trace_id}", self._guard(self.get_trace), methods=["GET"]),
+            Route("/api/targets", self._guard(self.list_targets), methods=["GET"]),
         ]
 
     def _guard(self, handler: Any) -> Any:
@@ -135,3 +136,32 @@ class Admin:
         if row is None:
             raise NotFound(f"No trace with id '{request.path_params['trace_id']}'.")
         return _json(trace_view(row, full=True))
+
+    async def list_targets(self, request: Request) -> Response:
+        """Every configured target with its breaker state and this process's health figures."""
+        rt = self._rt
+        breakers = {b.target: b for b in await rt.breakers.states()}
+        rows = []
+        seen: set[str] = set()
+        for alias, a in rt.config.models.items():
+            for t in a.targets:
+                key = f"{t.provider}/{t.model}"
+                if key in seen:
+                    continue
+                seen.add(key)
+                b = breakers.get(key)
+                h = rt.health.get(key)
+                rows.append(
+                    {
+                        "target": key,
+                        "alias": alias,
+                        "provider": t.provider,
+                        "model": t.model,
+                        "region": rt.config.providers[t.provider].region,
+                        "breaker": b.state if b else "closed",
+                        "consecutive_failures": b.consecutive_failures if b else 0,
+                        "opened_at": b.opened_at if b else None,
+                        **({k: v for k, v in h.view().items() if k != "target"} if h else {}),
+                    }
+                )
+        return _json({"data": rows})
