@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from keel.errors import ConfigError, ConfigIssue
+from keel.errors import ConfigError, ConfigIssue, ErrorKind
 
 DEFAULT_PATH = "keel.yaml"
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -40,6 +40,15 @@ class ProviderConfig(_Model):
     ttft_ms: float = Field(0.0, ge=0)
     tokens_per_second: float = Field(0.0, ge=0)
     faults: list[str] = []
+
+    @field_validator("faults")
+    @classmethod
+    def _faults(cls, v: list[str]) -> list[str]:
+        known = {"ok", "cut", *(k.value for k in ErrorKind)}
+        bad = [f for f in v if f not in known]
+        if bad:
+            raise ValueError(f"unknown fault(s) {bad}; use: {', '.join(sorted(known))}")
+        return v
 
 
 Capability = Literal["tools", "vision", "json"]
