@@ -1,4 +1,4 @@
-"""Tenant regions (data residency) from the admin API and the store to the Principal of every call.
+"""Tenant regions (data residency): admin API, store and poller to the Principal, and routing that fails closed.
 
 The admin API runs on a real gateway over HTTP, on SQLite and PostgreSQL; the Authenticator cases
 use a real SQLite store, with the revocation poll run by hand.
@@ -92,6 +92,33 @@ def test_region_change_reaches_the_running_gateway_within_a_poll(gateway: Gatewa
     while asyncio.run(auth.resolve(gateway.key))[0].regions != ("eu",):
         assert time.monotonic() - changed < 1.0, "new regions not applied after 1 s"
         time.sleep(0.02)
+
+
+def _chat(gateway: Gateway, model: str) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    return httpx.post(
+        gateway.base_url + "/chat/completions", json=body, headers={"authorization": f"Bearer {gateway.key}"}
+    )
+
+
+def _within_a_second(check: Any) -> None:
+    deadline = time.monotonic() + 1.0
+    while not check():
+        assert time.monotonic() < deadline, "the running gateway did not apply the change within 1 s"
+        time.sleep(0.02)
+
+
+def test_restricted_tenant_fails_closed_over_http(gateway: Gateway) -> None:
+    # provider oai is in region us; sim has no region, so no restriction ever admits it
+    assert _chat(gateway, "gpt-4o-mini").status_code == 200  # cached: unrestricted
+    api, admin = gateway.url + "/api/tenants/t1", _admin(gateway)
+    assert httpx.patch(api, json={"regions": ["eu"]}, headers=admin).status_code == 200
+    _within_a_second(lambda: _chat(gateway, "gpt-4o-mini").status_code == 403)
+    refused = _chat(gateway, "sim").json()["error"]
+    assert "restricted to regions eu" in refused["message"]
+    assert httpx.patch(api, json={"regions": ["eu", "us"]}, headers=admin).status_code == 200
+    _within_a_second(lambda: _chat(gateway, "gpt-4o-mini").status_code == 200)
+    assert _chat(gateway, "sim").status_code == 403
 
 
 # ---- the Authenticator over a real store ---------------------------------------------------------
