@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import itertools
 import logging
 import os
 import struct
@@ -24,8 +25,13 @@ log = logging.getLogger("keel.api")
 JSON_TYPE = "application/json"
 
 
+_PROCESS = os.urandom(4).hex()  # unique per process, so ids from many gateways never collide
+_SEQUENCE = itertools.count()
+
+
 def new_trace_id() -> str:
-    return f"{time.time_ns():x}{os.urandom(6).hex()}"
+    """Time-ordered and unique: nanoseconds, this process's random tag, a sequence number."""
+    return f"{time.time_ns():x}{_PROCESS}{next(_SEQUENCE) & 0xFFFFFF:06x}"
 
 
 def error_body(err: KeelError) -> bytes:

@@ -80,7 +80,8 @@ class FailoverStage:
         self._health = health
         self._plan_for = plan_for
         self._rng = rng or random.Random()
-        self._pending: set[asyncio.Task[Any]] = set()
+        self._outcomes: list[tuple[str, bool, float]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
         assert call.plan is not None
@@ -159,7 +160,7 @@ class FailoverStage:
         walk.log.append({"level": level, "target": target.key, "outcome": "error", "kind": err.kind, "ms": ms})
         if err.error_kind in BREAKER_KINDS:
             self._health.observe(target.key, False, None, None)
-            self._spawn(self._breakers.record(target.key, False, loop.time()))
+            self._note(target.key, False, loop.time())
         action = ACTIONS[err.error_kind]
         if action is Action.stop:
             walk.stopped = "stop"
@@ -180,7 +181,7 @@ class FailoverStage:
             if not ok:
                 walk.log[-1]["outcome"] = "failed mid-stream"
             self._health.observe(target.key, ok, loop.time() - started, outcome.ttft_s)
-            self._spawn(self._breakers.record(target.key, ok, loop.time()))
+            self._note(target.key, ok, loop.time())
 
         reply.on_done(done)
 
@@ -194,10 +195,17 @@ class FailoverStage:
             return Reply(_static(call.plan.static_answer), call.t0)
         raise _final_error(walk)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+    def _note(self, target: str, ok: bool, now: float) -> None:
+        """Queue an outcome for the breakers; one task records all that arrived meanwhile."""
+        self._outcomes.append((target, ok, now))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes, []
+            for target, ok, now in batch:
+                await self._breakers.record(target, ok, now)
 
 
 class _Walk:

@@ -56,10 +56,15 @@ class Invoker:
                     ErrorKind.timeout, "no answer before the deadline", provider=target.provider
                 ) from None
             reply = Reply(no_events(), call.t0, embedding=embedding)
-        else:
+        elif call.request.stream:
             events = provider.chat(call.request, target)
             head = await _prime(events, min(loop.time() + self._ttft, deadline), target)
             reply = Reply(_guarded(head, events, self._idle, deadline, target), call.t0)
+        else:
+            # One answer in one body: only the total deadline applies (a long answer is not a stall).
+            events = provider.chat(call.request, target)
+            head = await _prime(events, deadline, target, until_end=True)
+            reply = Reply(_replay(head), call.t0)
         reply.upstream_s = time.perf_counter() - started
         reply.on_done(lambda outcome: self._account(call, target, outcome))
         return reply
@@ -79,14 +84,16 @@ class Invoker:
         record.cost_usd = self._prices.cost(price_model, usage)
 
 
-async def _prime(events: AsyncIterator[ChatEvent], deadline: float, target: Target) -> list[ChatEvent]:
-    """Read up to and including the first content event; everything before it may still fail over."""
+async def _prime(
+    events: AsyncIterator[ChatEvent], deadline: float, target: Target, *, until_end: bool = False
+) -> list[ChatEvent]:
+    """Read up to and including the first content event (or every event); all before it may fail over."""
     head: list[ChatEvent] = []
     try:
         async with asyncio.timeout_at(deadline):
             async for event in events:
                 head.append(event)
-                if not isinstance(event, _HEAD):
+                if not until_end and not isinstance(event, _HEAD):
                     break
     except TimeoutError:
         await _close(events)
@@ -121,6 +128,11 @@ async def _guarded(
             yield event
     finally:
         await _close(rest)
+
+
+async def _replay(events: list[ChatEvent]) -> AsyncIterator[ChatEvent]:
+    for event in events:
+        yield event
 
 
 async def _close(events: AsyncIterator[ChatEvent]) -> None:
