@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from keel.errors import InvalidRequest
+from keel.providers.openai_chat import require_model
 from keel.types import JSON, ChatRequest, Message, ToolCall
 
 _KNOWN = frozenset(
@@ -27,11 +28,7 @@ _DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
 def parse_request(body: Any) -> ChatRequest:
     """Validate an Anthropic Messages body; raise InvalidRequest naming the offending field."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", None)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' is required and must be a non-empty string.", "model")
+    model = require_model(body)
     if body.get("max_tokens") is None:
         raise InvalidRequest("'max_tokens' is required.", "max_tokens")
     raw_messages = body.get("messages")

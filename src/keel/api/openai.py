@@ -210,11 +210,7 @@ class OpenAIEdge:
 
 
 def parse_embedding_request(body: Any) -> EmbeddingRequest:
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", None)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' is required and must be a non-empty string.", "model")
+    model = wire.require_model(body)
     raw = body.get("input")
     inputs = [raw] if isinstance(raw, str) else raw
     if not isinstance(inputs, list) or not inputs or not all(isinstance(s, str) for s in inputs):

@@ -43,13 +43,19 @@ _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "functio
 # ---- client JSON -> ChatRequest -------------------------------------------------------------
 
 
-def parse_request(body: Any) -> ChatRequest:
-    """Validate an OpenAI chat body; raise InvalidRequest naming the offending field."""
+def require_model(body: Any) -> str:
+    """Every model endpoint's first check: a JSON object with a non-empty `model`."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", None)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a non-empty string.", "model")
+    return model
+
+
+def parse_request(body: Any) -> ChatRequest:
+    """Validate an OpenAI chat body; raise InvalidRequest naming the offending field."""
+    model = require_model(body)
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise InvalidRequest("'messages' is required and must be a non-empty array.", "messages")
