@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from keel.types import TraceRecord
 
@@ -139,6 +139,54 @@ class BreakerStore(Protocol):
         ...
 
     async def states(self) -> list[BreakerState]: ...
+
+    async def aclose(self) -> None: ...
+
+
+Window = Literal["minute", "day", "month", "total", "concurrent"]
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What one call asks of one counter: e.g. 1 request of tenant=acme's rpm, or $0.02 of its usd_month."""
+
+    counter: str  # scope and kind, e.g. "tenant=acme|usd_month"
+    window: Window  # minute: sliding 60 s; day/month: UTC calendar period; total: forever; concurrent: in flight
+    limit: float
+    amount: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    id: str  # also the concurrency lease id
+    at: float  # when it was admitted (wall clock): settles adjust the buckets it was added to
+    charges: tuple[Charge, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    reservation: Reservation | None  # None: refused
+    refused: int | None  # index of the first charge that did not fit
+    retry_after: float | None  # seconds until it would fit; None if waiting cannot help (a total budget)
+    used: tuple[float, ...]  # each counter's usage after admission (at refusal: before), for soft thresholds
+
+
+class LimitStore(Protocol):
+    """Counters for rate limits, quotas, budgets and concurrency. Admission is all or nothing.
+
+    One atomic operation per call (one Lua script on Redis): either every charge fits under its
+    limit and all are added, or none is. `settle` replaces each reserved amount with the actual one
+    and ends concurrency leases; `release` undoes a reservation entirely (the call failed).
+    Concurrency leases expire on their own after `lease_s`, so a crashed process leaks nothing.
+    """
+
+    async def reserve(self, charges: Sequence[Charge], now: float) -> Admission: ...
+
+    async def settle(self, reservation: Reservation, actual: Sequence[float], now: float) -> None: ...
+
+    async def release(self, reservation: Reservation, now: float) -> None: ...
+
+    async def usage(self, counters: Sequence[tuple[str, Window]], now: float) -> list[float]: ...
 
     async def aclose(self) -> None: ...
 
