@@ -2,8 +2,9 @@
 
 POST /v1/chat/completions answers a canned chat.completion, or a canned SSE stream (chunked transfer
 encoding) when the body asks for `"stream": true`. GET /stats returns how many chat requests it
-answered. `--delay-ms` waits before each response. Keep-alive and pipelining are supported; parsing is
-the minimum: request line, Content-Length, body. It never imports keel, so its cost is not the gateway's.
+answered. `--delay-ms` waits before each response; `--status 503` makes every chat request fail with that
+status instead (a provider that is down but still answers). Keep-alive and pipelining are supported; parsing
+is the minimum: request line, Content-Length, body. It never imports keel, so its cost is not the gateway's.
 """
 
 from __future__ import annotations
@@ -71,11 +72,17 @@ STREAM_FIRST, STREAM_REST = _stream_parts()
 NOT_FOUND = _json_response(b'{"error":{"message":"not found","type":"invalid_request_error"}}', "404 Not Found")
 
 
+def _failure(status: int) -> bytes:
+    body = {"error": {"message": f"the bench upstream is down ({status})", "type": "server_error", "code": None}}
+    return _json_response(_compact(body), f"{status} Error")
+
+
 class Upstream(asyncio.Protocol):
     answered = 0  # chat requests answered, across connections
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, delay_s: float, failure: bytes | None = None) -> None:
         self._delay = delay_s
+        self._failure = failure
         self._buf = b""
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -105,6 +112,9 @@ class Upstream(asyncio.Protocol):
             self._write(NOT_FOUND)
             return
         Upstream.answered += 1
+        if self._failure is not None:
+            self._write(self._failure)
+            return
         stream = b'"stream":true' in body or b'"stream": true' in body
         if self._delay:
             self._loop.call_later(self._delay, self._reply, stream)
@@ -134,10 +144,11 @@ def _content_length(head: bytes) -> int:
     return int(head[i + 17 : j if j >= 0 else len(head)])
 
 
-async def serve(port: int, delay_ms: float) -> None:
+async def serve(port: int, delay_ms: float, status: int = 200) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Upstream(delay_ms / 1000), "127.0.0.1", port, backlog=1024)
-    print(f"upstream: listening on http://127.0.0.1:{port}/v1 (delay {delay_ms:g} ms)", flush=True)
+    failure = _failure(status) if status != 200 else None
+    server = await loop.create_server(lambda: Upstream(delay_ms / 1000, failure), "127.0.0.1", port, backlog=1024)
+    print(f"upstream: listening on http://127.0.0.1:{port}/v1 (delay {delay_ms:g} ms, status {status})", flush=True)
     async with server:
         await server.serve_forever()
 
@@ -146,9 +157,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="fake OpenAI upstream for bench/")
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--status", type=int, default=200, help="answer every chat request with this status")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(serve(args.port, args.delay_ms))
+        uvloop.run(serve(args.port, args.delay_ms, args.status))
 
 
 if __name__ == "__main__":

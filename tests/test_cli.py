@@ -162,7 +162,11 @@ def test_config_check_reports_unset_env_var_and_missing_file(work: Path) -> None
 
 
 def test_db_migrate_applies_once(work: Path) -> None:
-    assert keel(work, "db", "migrate").stdout.splitlines() == ["applied 0001_init", "applied 0002_resilience"]
+    assert keel(work, "db", "migrate").stdout.splitlines() == [
+        "applied 0001_init",
+        "applied 0002_resilience",
+        "applied 0003_limits",
+    ]
     assert keel(work, "db", "migrate").stdout.splitlines() == ["up to date"]
 
 
@@ -257,6 +261,82 @@ def test_revoke_a_key(acme: Path) -> None:
     [row] = json.loads(keel(acme, "keys", "list", "--tenant", "acme", "--json").stdout)
     assert row["id"] == key_id
     assert isinstance(row["revoked_at"], float)
+
+
+# ---- limits ----------------------------------------------------------------------------------------
+
+
+def test_limits_set_list_and_clear(acme: Path) -> None:
+    store = open_store(f"sqlite:///{acme}/k.db")
+    try:
+        key_id = issue_key(store, "acme", name="ci").row.id
+    finally:
+        store.close()
+
+    tenant = start(
+        acme, "limits", "set", "--tenant", "acme", "--rpm", "60", "--usd-month", "12.5", "--on-store-error", "closed"
+    )
+    key = start(acme, "limits", "set", "--key", key_id, "--concurrency", "2", "--json")
+    assert finish(tenant).stdout.strip() == (
+        "limits for tenant acme: rpm=60, usd_month=$12.5; fail-closed when Redis is unreachable"
+    )
+    shown = json.loads(finish(key).stdout)
+    assert (shown["scope"], shown["subject"], shown["limits"], shown["on_store_error"]) == (
+        "key",
+        key_id,
+        {"concurrency": 2.0},
+        None,
+    )
+
+    listed, table = start(acme, "limits", "list", "--json"), start(acme, "limits", "list")
+    assert [
+        (r["scope"], r["subject"], r["limits"], r["on_store_error"]) for r in json.loads(finish(listed).stdout)
+    ] == [
+        ("key", key_id, {"concurrency": 2.0}, None),
+        ("tenant", "acme", {"rpm": 60.0, "usd_month": 12.5}, "closed"),
+    ]
+    header, *rows = finish(table).stdout.splitlines()
+    assert header.split() == ["SCOPE", "SUBJECT", "LIMITS", "ON_STORE_ERROR", "UPDATED"]
+    assert [r.split()[:4] for r in rows] == [
+        ["key", key_id, "concurrency=2", "-"],
+        ["tenant", "acme", "rpm=60,usd_month=$12.5", "closed"],
+    ]
+
+    replaced = keel(acme, "limits", "set", "--tenant", "acme", "--tpm", "1000")  # replaces, never merges
+    assert replaced.stdout.strip() == "limits for tenant acme: tpm=1000"
+    cleared = keel(acme, "limits", "clear", "--key", key_id)
+    assert cleared.stdout.strip() == f"cleared the limits of key {key_id}; keel.yaml's defaults apply"
+    again = keel(acme, "limits", "clear", "--key", key_id, code=1)
+    assert f"no limits are set for key '{key_id}'; see `keel limits list`" in again.stderr
+    [(scope, limits)] = [(r["scope"], r["limits"]) for r in json.loads(keel(acme, "limits", "list", "--json").stdout)]
+    assert (scope, limits) == ("tenant", {"tpm": 1000.0})
+
+
+def test_limits_set_refuses_bad_values_with_a_clear_message(acme: Path) -> None:
+    cases = [
+        (("--tenant", "acme", "--rpm", "lots"), 2, "argument --rpm: invalid int value: 'lots'"),
+        (("--tenant", "acme", "--rpm", "1.5"), 2, "argument --rpm: invalid int value: '1.5'"),
+        (("--tenant", "acme", "--usd-day", "cheap"), 2, "argument --usd-day: invalid float value: 'cheap'"),
+        (("--tenant", "acme", "--on-store-error", "maybe"), 2, "argument --on-store-error: invalid choice: 'maybe'"),
+        (
+            (
+                "--rpm",
+                "5",
+            ),
+            2,
+            "one of the arguments --tenant --key is required",
+        ),
+        (("--tenant", "acme", "--rpm", "0"), 1, "limit 'rpm': input should be greater than or equal to 1 (got 0)"),
+        (("--tenant", "acme", "--usd-day", "-1"), 1, "limit 'usd_day': input should be greater than 0 (got -1.0)"),
+        (("--tenant", "acme"), 1, "nothing to set: give at least one limit or on_store_error"),
+        (("--tenant", "nobody", "--rpm", "5"), 1, "no tenant 'nobody'; see `keel tenants list`"),
+        (("--key", "key_nope", "--rpm", "5"), 1, "no key with id 'key_nope'; see `keel keys list`"),
+        (("--key", "key_nope", "--on-store-error", "open"), 1, "on_store_error is chosen per tenant"),
+    ]
+    procs = [(start(acme, "limits", "set", *args), code, message) for args, code, message in cases]
+    for proc, code, message in procs:
+        assert message in finish(proc, code).stderr
+    assert keel(acme, "limits", "list", "--json").stdout.strip() == "[]"
 
 
 # ---- traces and usage ----------------------------------------------------------------------------

@@ -458,3 +458,100 @@ def test_nul_characters_in_user_content_never_fail_a_batch(store: Store) -> None
     content = got.request["messages"][0]["content"]  # type: ignore[index]
     assert content in ("a\x00b \\u0000 literal", "a\ufffdb \\u0000 literal")
     assert got.error_message in ("bad\x00byte", "bad\ufffdbyte")
+
+
+# ---- limit overrides and alert claims
+
+
+def test_set_list_and_replace_limit_overrides(store: Store) -> None:
+    store.create_tenant("acme")
+    store.create_tenant("globex")
+    store.create_key(_key("k1", "acme", 1.0))
+    before = time.time()
+    acme = store.set_limits("tenant", "acme", {"rpm": 60, "usd_month": 12.5}, "closed")
+    assert (acme.scope, acme.subject, acme.limits, acme.on_store_error) == (
+        "tenant",
+        "acme",
+        {"rpm": 60.0, "usd_month": 12.5},
+        "closed",
+    )
+    assert before <= acme.updated_at <= time.time()
+    key = store.set_limits("key", "k1", {"concurrency": 2}, None)
+    globex = store.set_limits("tenant", "globex", {}, "open")  # a fail mode alone is an override too
+    assert store.list_limits() == [key, acme, globex]  # by scope, then subject
+
+    replaced = store.set_limits("tenant", "acme", {"tpm": 1000}, None)  # replaces, never merges
+    assert (replaced.limits, replaced.on_store_error) == ({"tpm": 1000.0}, None)
+    assert store.list_limits() == [key, replaced, globex]
+    assert all(isinstance(v, float) for o in store.list_limits() for v in o.limits.values())
+
+
+def test_clear_limits(store: Store) -> None:
+    store.create_tenant("acme")
+    store.set_limits("tenant", "acme", {"rpm": 5}, None)
+    assert store.clear_limits("key", "acme") is False  # another scope, same subject
+    assert store.clear_limits("tenant", "acme") is True
+    assert store.clear_limits("tenant", "acme") is False
+    assert store.list_limits() == []
+
+
+@pytest.mark.parametrize(
+    ("scope", "subject", "limits", "on_store_error", "message"),
+    [
+        ("tenant", "acme", {"rpmm": 5}, None, "unknown limit kind 'rpmm'; use: rpm, tpm"),
+        ("tenant", "acme", {"rpm": 0}, None, "limit 'rpm': input should be greater than or equal to 1"),
+        ("tenant", "acme", {"rpm": 1.5}, None, "limit 'rpm': input should be a valid integer"),
+        ("tenant", "acme", {"usd_day": -1.0}, None, "limit 'usd_day': input should be greater than 0"),
+        ("tenant", "acme", {"usd_day": float("inf")}, None, "limit 'usd_day' must be a number"),
+        ("tenant", "acme", {"tpm": True}, None, "limit 'tpm' must be a number"),
+        ("tenant", "acme", {}, None, "nothing to set"),
+        ("tenant", "acme", {"rpm": 5}, "maybe", "on_store_error must be 'open', 'closed' or none"),
+        ("key", "k1", {"rpm": 5}, "closed", "on_store_error is chosen per tenant"),
+        ("user", "ann", {"rpm": 5}, None, "scope must be 'tenant' or 'key', not 'user'"),
+        ("tenant", "nobody", {"rpm": 5}, None, "no tenant 'nobody'"),
+        ("key", "k-nope", {"rpm": 5}, None, "no key with id 'k-nope'"),
+        ("key", "acme", {"rpm": 5}, None, "no key with id 'acme'"),  # a tenant's name is not a key id
+    ],
+)
+def test_set_limits_refuses_what_it_cannot_apply(
+    store: Store, scope: str, subject: str, limits: dict[str, Any], on_store_error: str | None, message: str
+) -> None:
+    store.create_tenant("acme")
+    store.create_key(_key("k1", "acme", 1.0))
+    kept = store.set_limits("tenant", "acme", {"rpm": 9}, None)
+    with pytest.raises(ValueError) as refused:
+        store.set_limits(scope, subject, limits, on_store_error)
+    assert message in str(refused.value)
+    assert store.list_limits() == [kept]
+
+
+def test_limit_kinds_are_the_kinds_the_limits_book_knows() -> None:
+    from keel.limits import KINDS
+    from keel.store.rows import LIMIT_KINDS
+
+    assert set(LIMIT_KINDS) == set(KINDS)
+
+
+def test_claim_alert_is_true_once_per_crossing(store: Store) -> None:
+    assert store.claim_alert("tenant=acme|usd_day", "2025-01-02", 0.8, 100.0) is True
+    assert store.claim_alert("tenant=acme|usd_day", "2025-01-02", 0.8, 101.0) is False
+    assert store.claim_alert("tenant=acme|usd_day", "2025-01-02", 0.9, 102.0) is True  # another threshold
+    assert store.claim_alert("tenant=acme|usd_day", "2025-01-03", 0.8, 103.0) is True  # another period
+    assert store.claim_alert("tenant=globex|usd_day", "2025-01-02", 0.8, 104.0) is True  # another counter
+
+
+def test_claim_alert_from_many_threads_has_one_winner(backend: Backend) -> None:
+    stores = [open_store(backend.url) for _ in range(8)]  # one per thread, like separate processes
+    start = threading.Barrier(len(stores))
+
+    def claim(one: Store) -> bool:
+        start.wait()
+        return one.claim_alert("tenant=acme|usd_month", "2025-01", 0.8, time.time())
+
+    try:
+        with ThreadPoolExecutor(len(stores)) as pool:
+            won = list(pool.map(claim, stores))
+    finally:
+        for one in stores:
+            one.close()
+    assert won.count(True) == 1

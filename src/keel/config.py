@@ -137,6 +137,45 @@ class ServerConfig(_Model):
     revocation_poll_s: float = Field(0.5, gt=0, le=1.0)
 
 
+LimitScope = Literal["tenant", "key", "user", "feature", "alias"]
+
+
+class LimitRule(_Model):
+    """Limits on one scope, or a combination (e.g. [tenant, feature]: each tenant's each feature)."""
+
+    scope: list[LimitScope] = Field(min_length=1)
+    rpm: int | None = Field(None, ge=1)  # requests per sliding minute
+    tpm: int | None = Field(None, ge=1)  # tokens (input + output) per sliding minute
+    concurrency: int | None = Field(None, ge=1)  # requests in flight
+    tokens_day: int | None = Field(None, ge=1)  # UTC calendar day
+    tokens_month: int | None = Field(None, ge=1)  # UTC calendar month
+    usd_day: float | None = Field(None, gt=0)
+    usd_month: float | None = Field(None, gt=0)
+    usd_total: float | None = Field(None, gt=0)
+
+
+class WebhookConfig(_Model):
+    url: str
+    secret: str  # HMAC-SHA256 key for the x-keel-signature header
+    timeout_s: float = Field(5.0, gt=0)
+    retries: int = Field(5, ge=0)
+
+
+class LimitsConfig(_Model):
+    defaults: list[LimitRule] = []
+    on_store_error: Literal["open", "closed"] = "open"  # when Redis is unreachable; per tenant overridable
+    soft_thresholds: list[float] = [0.8]  # share of a quota or budget that warns (header + one webhook call)
+    webhook: WebhookConfig | None = None
+    default_output_tokens: int = Field(1024, ge=1)  # admission estimate when a call sets no max_tokens
+
+    @field_validator("soft_thresholds")
+    @classmethod
+    def _shares(cls, v: list[float]) -> list[float]:
+        if any(not 0 < t < 1 for t in v):
+            raise ValueError("each threshold must be a share between 0 and 1, e.g. 0.8")
+        return sorted(v)
+
+
 class RedisConfig(_Model):
     url: str | None = None  # redis://host:6379/0 — shared breaker state across processes
 
@@ -152,6 +191,7 @@ class Config(_Model):
     server: ServerConfig = ServerConfig()
     resilience: ResilienceConfig = ResilienceConfig()
     redis: RedisConfig = RedisConfig()
+    limits: LimitsConfig = LimitsConfig()
     admin_token: str | None = None
     storage: StorageConfig = StorageConfig()
     traces: TracesConfig = TracesConfig()

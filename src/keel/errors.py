@@ -8,13 +8,15 @@
     │   ├── NotFound                      404 (unknown route or record)
     │   ├── ModelNotFound(alias, allowed) 404 model_not_found
     │   ├── RateLimited(retry_after)      429 rate_limit_exceeded
+    │   │   └── Overloaded(retry_after)   429 target_saturated (a target's backpressure gate)
     │   └── BudgetExceeded                429 insufficient_quota
     ├── UpstreamError                     a provider failed (status mirrors the kind)
     │   ├── ProviderError(kind, ...)
     │   └── AllTargetsFailed(attempts)
     └── ConfigError(issues)               bad keel.yaml; never reaches HTTP
 
-`ErrorKind` classifies provider failures; one retry-policy table keys on it.
+`ErrorKind` classifies provider failures; one retry-policy table keys on it. A saturated target is
+429 (slow down, retry after the estimated wait), not 503: the gateway and provider are healthy.
 """
 
 from __future__ import annotations
@@ -107,10 +109,29 @@ class RateLimited(RequestError):
         return {"retry-after": str(max(1, int(self.retry_after + 0.999)))}
 
 
+class Overloaded(RateLimited):
+    """A target's concurrency cap is reached and the call cannot start before its deadline."""
+
+    code = "target_saturated"
+
+    def __init__(self, message: str, retry_after: float, target: str = "") -> None:
+        super().__init__(message, retry_after)
+        self.target = target
+
+
 class BudgetExceeded(RequestError):
     status = 429
     type = "insufficient_quota"
     code = "insufficient_quota"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"retry-after": str(max(1, int(self.retry_after + 0.999)))}
 
 
 _STATUS_BY_KIND = {

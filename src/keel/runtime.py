@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass, field
 
 from keel.accounting import PriceBook, price_from_config
@@ -12,17 +13,21 @@ from keel.gateway.call import Call
 from keel.gateway.failover import FailoverStage, RetryPolicy
 from keel.gateway.health import HealthBook
 from keel.gateway.invoke import Invoker
+from keel.gateway.limiting import LimitsStage
 from keel.gateway.pipeline import Handler, Stage, build_pipeline
 from keel.gateway.routing import Router
 from keel.gateway.stages import AuthStage, RouteStage, TraceStage
 from keel.keys import Authenticator
+from keel.limits import LimitBook, book_from
 from keel.providers.base import Provider
 from keel.providers.http import Sessions
 from keel.providers.registry import build_provider
-from keel.store.open import open_breakers, open_store
-from keel.store.protocols import BreakerPolicy, BreakerStore, Store
+from keel.store.open import open_breakers, open_limits, open_store
+from keel.store.protocols import BreakerPolicy, BreakerStore, LimitStore, Store
 from keel.traces import TraceWriter
 from keel.types import RoutePlan
+
+log = logging.getLogger("keel.runtime")
 
 
 @dataclass
@@ -37,6 +42,8 @@ class Runtime:
     prices: PriceBook
     breakers: BreakerStore
     health: HealthBook
+    limits: LimitStore
+    limits_stage: LimitsStage
     pipeline: Handler
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -79,16 +86,51 @@ class Runtime:
             return router.plan(alias, call.request, call.principal, None, follow_rules=False)
 
         failover = FailoverStage(policy, breakers, health, plan_for)
-        stages: list[Stage] = [TraceStage(writer), AuthStage(authenticator), RouteStage(router), failover]
+        limits = open_limits(config.redis.url)
+        limits_stage = LimitsStage(
+            limits,
+            book_from(config.limits, store.list_limits()),
+            prices,
+            default_output_tokens=config.limits.default_output_tokens,
+            thresholds=tuple(config.limits.soft_thresholds),
+        )
+        stages: list[Stage] = [TraceStage(writer), AuthStage(authenticator), RouteStage(router), limits_stage, failover]
         invoker = Invoker(providers, prices, ttft_timeout=r.ttft_timeout_s, idle_timeout=r.idle_timeout_s)
         pipeline = build_pipeline(stages, invoker)
         return cls(
-            config, store, writer, authenticator, router, providers, sessions, prices, breakers, health, pipeline
+            config,
+            store,
+            writer,
+            authenticator,
+            router,
+            providers,
+            sessions,
+            prices,
+            breakers,
+            health,
+            limits,
+            limits_stage,
+            pipeline,
         )
 
     async def start(self) -> None:
         self.writer.start()
         self._tasks.append(asyncio.create_task(self.authenticator.run(), name="keel-revocations"))
+        self._tasks.append(asyncio.create_task(self._refresh_limits(), name="keel-limit-overrides"))
+
+    def limits_book(self) -> LimitBook:
+        return self.limits_stage.book
+
+    async def _refresh_limits(self, every: float = 2.0) -> None:
+        """Per-tenant and per-key overrides reach every process within `every` seconds."""
+        while True:
+            await asyncio.sleep(every)
+            try:
+                overrides = await asyncio.to_thread(self.store.list_limits)
+            except Exception:  # a flaky store must not stop the refresher
+                log.exception("reloading limit overrides failed; will retry")
+                continue
+            self.limits_stage.book = book_from(self.config.limits, overrides)
 
     async def aclose(self) -> None:
         for task in self._tasks:
@@ -99,5 +141,6 @@ class Runtime:
             await provider.aclose()
         await self.sessions.aclose()
         await self.breakers.aclose()
+        await self.limits.aclose()
         await asyncio.to_thread(self.writer.close)
         self.store.close()

@@ -14,10 +14,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
-from keel.errors import AuthError, InvalidRequest, KeelError, NotFound, PermissionDenied
+from keel.errors import AuthError, ErrorKind, InvalidRequest, KeelError, NotFound, PermissionDenied, ProviderError
 from keel.keys import issue_key, key_view
+from keel.limits import KINDS, Estimate, Subject, kind_of
 from keel.runtime import Runtime
+from keel.store.protocols import Charge, LimitStoreUnavailable, UnknownSubject
 from keel.traces import trace_query, trace_view
+
+_USAGE_PARAMS = ("tenant", "key", "user", "feature", "alias")
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -33,6 +37,40 @@ def _regions(value: Any) -> tuple[str, ...] | None:
             "'regions' must be a non-empty array of region names, or null to allow any region.", "regions"
         )
     return tuple(value)
+
+
+def _limit_path(request: Request) -> tuple[str, str]:
+    scope, subject = request.path_params["scope"], request.path_params["subject"]
+    if scope not in ("tenant", "key"):
+        raise NotFound(f"No limit scope '{scope}': overrides are set per tenant or per key id.")
+    return scope, subject
+
+
+def _limits_body(body: Any, scope: str) -> tuple[dict[str, float], str | None]:
+    """`{"limits": {kind: limit}, "on_store_error": "open" | "closed" | null}`, checked field by field."""
+    if not isinstance(body, dict):
+        raise InvalidRequest('The body must be an object: {"limits": {"rpm": 60}, "on_store_error": null}.', None)
+    for field in body:
+        if field not in ("limits", "on_store_error"):
+            raise InvalidRequest(f"Unknown field '{field}'; use 'limits' and 'on_store_error'.", field)
+    limits = body.get("limits", {})
+    if not isinstance(limits, dict):
+        raise InvalidRequest("'limits' must be an object of kind → limit, e.g. {\"rpm\": 60}.", "limits")
+    for kind in limits:
+        if kind not in KINDS:
+            raise InvalidRequest(f"Unknown limit kind '{kind}'; use: {', '.join(KINDS)}.", f"limits.{kind}")
+    on_store_error = body.get("on_store_error")
+    if on_store_error not in (None, "open", "closed"):
+        raise InvalidRequest("'on_store_error' must be open, closed or null.", "on_store_error")
+    if on_store_error is not None and scope != "tenant":
+        raise InvalidRequest("'on_store_error' is chosen per tenant: set it on the key's tenant.", "on_store_error")
+    return limits, on_store_error
+
+
+def _usage_view(charge: Charge, used: float) -> dict[str, Any]:
+    share = used / charge.limit if charge.limit else None
+    view = {"counter": charge.counter, "kind": kind_of(charge), "window": charge.window, "limit": charge.limit}
+    return {**view, "used": used, "share": share}
 
 
 class Admin:
@@ -58,6 +96,10 @@ class Admin:
             Route("/api/traces", self._guard(self.list_traces), methods=["GET"]),
             Route("/api/traces/{trace_id}", self._guard(self.get_trace), methods=["GET"]),
             Route("/api/targets", self._guard(self.list_targets), methods=["GET"]),
+            Route("/api/limits", self._guard(self.list_limits), methods=["GET"]),
+            Route("/api/limits/usage", self._guard(self.limits_usage), methods=["GET"]),
+            Route("/api/limits/{scope}/{subject}", self._guard(self.set_limits), methods=["PUT"]),
+            Route("/api/limits/{scope}/{subject}", self._guard(self.clear_limits), methods=["DELETE"]),
         ]
 
     def _guard(self, handler: Any) -> Any:
@@ -165,3 +207,53 @@ class Admin:
                     }
                 )
         return _json({"data": rows})
+
+    async def list_limits(self, request: Request) -> Response:
+        rows = await asyncio.to_thread(self._rt.store.list_limits)
+        return _json({"data": [asdict(o) for o in rows]})
+
+    async def set_limits(self, request: Request) -> Response:
+        """Replace a tenant's or key's overrides; every gateway process applies them within seconds."""
+        scope, subject = _limit_path(request)
+        limits, on_store_error = _limits_body(await read_json(request), scope)
+        try:
+            row = await asyncio.to_thread(self._rt.store.set_limits, scope, subject, limits, on_store_error)
+        except UnknownSubject:
+            raise NotFound(f"No {'tenant' if scope == 'tenant' else 'key with id'} '{subject}'.") from None
+        except ValueError as exc:  # a limit out of range, or nothing to set
+            raise InvalidRequest(str(exc), "limits") from None
+        return _json(asdict(row))
+
+    async def clear_limits(self, request: Request) -> Response:
+        scope, subject = _limit_path(request)
+        if not await asyncio.to_thread(self._rt.store.clear_limits, scope, subject):
+            raise NotFound(f"No limits are set for {scope} '{subject}'.")
+        return _json({"scope": scope, "subject": subject, "cleared": True})
+
+    async def limits_usage(self, request: Request) -> Response:
+        """Every counter that applies to the subject named by the query, with its limit and usage now."""
+        who = await self._usage_subject(dict(request.query_params))
+        charges = self._rt.limits_book().charges(who, Estimate(0, 0))
+        try:
+            used = await self._rt.limits.usage([(c.counter, c.window) for c in charges], time.time())
+        except LimitStoreUnavailable:
+            message = "The limit counters cannot be reached right now; retry shortly."
+            raise ProviderError(ErrorKind.overloaded, message, retry_after=1.0) from None
+        return _json({"data": [_usage_view(c, u) for c, u in zip(charges, used, strict=True)]})
+
+    async def _usage_subject(self, query: dict[str, str]) -> Subject:
+        """A Subject from tenant (required) and optional key, user, feature and alias; each must make sense."""
+        for name in query:
+            if name not in _USAGE_PARAMS:
+                raise InvalidRequest(f"Unknown parameter '{name}'; use: {', '.join(_USAGE_PARAMS)}.", name)
+        tenant, key = query.get("tenant"), query.get("key") or None
+        if not tenant:
+            raise InvalidRequest("'tenant' is required.", "tenant")
+        if await asyncio.to_thread(self._rt.store.get_tenant, tenant) is None:
+            raise NotFound(f"No tenant '{tenant}'.")
+        if key is not None and key not in {k.id for k in await asyncio.to_thread(self._rt.store.list_keys, tenant)}:
+            raise NotFound(f"No key with id '{key}' in tenant '{tenant}'.")
+        alias = query.get("alias") or None
+        if alias is not None and alias not in self._rt.config.models:
+            raise InvalidRequest(f"Unknown alias '{alias}'; use: {', '.join(self._rt.config.models)}.", "alias")
+        return Subject(tenant, key, query.get("user") or None, query.get("feature") or None, alias)

@@ -111,13 +111,16 @@ def _headers(call: Call, reply: Reply) -> dict[str, str]:
     overhead = (time.perf_counter() - call.t0 - reply.upstream_s - call.waited_s) * 1000
     record = call.trace
     record.overhead_ms = overhead
-    return {
+    headers = {
         "x-keel-trace-id": record.id,
         "x-keel-provider": record.provider or "",
         "x-keel-model": reply.model or record.model or "",
         "x-keel-fallback": record.fallback or "primary",
         "x-keel-overhead-ms": f"{overhead:.3f}",
     }
+    if call.warnings:
+        headers["x-keel-limit-warning"] = "; ".join(call.warnings)
+    return headers
 
 
 response_headers = _headers  # the Anthropic edge sends the same headers

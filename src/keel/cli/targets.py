@@ -7,36 +7,20 @@ gateway's admin API rather than the database.
 from __future__ import annotations
 
 import argparse
-import json
-import urllib.error
-import urllib.request
 
-from keel.cli.context import load_config
-from keel.cli.output import Failure, emit_json, table
+from keel.cli.output import emit_json, table
+from keel.cli.remote import add_url, admin_get
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("targets", help="breaker state, latency and error rate per target (asks the running gateway)")
-    p.add_argument("--url", help="the gateway's base URL (default: from server.host/port in keel.yaml)")
+    add_url(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args)
-    if not cfg.admin_token:
-        raise Failure("the admin API is disabled: set admin_token in keel.yaml")
-    base = args.url or f"http://{cfg.server.host}:{cfg.server.port}"
-    req = urllib.request.Request(
-        base.rstrip("/") + "/api/targets", headers={"authorization": f"Bearer {cfg.admin_token}"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            rows = json.load(resp)["data"]
-    except urllib.error.HTTPError as exc:
-        raise Failure(f"the gateway at {base} answered HTTP {exc.code}; check admin_token") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise Failure(f"cannot reach the gateway at {base} ({exc}); is `keel serve` running? try --url") from None
+    rows = admin_get(args, "/api/targets")["data"]
     if args.json:
         emit_json(rows)
         return 0

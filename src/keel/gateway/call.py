@@ -48,6 +48,7 @@ class Call:
     tier: str | None = None  # the tier the caller asks for (x-keel-tier)
     deadline: float | None = None  # event-loop time by which the call must end
     waited_s: float = 0.0  # time in failed attempts and backoff: not gateway overhead
+    warnings: list[str] = field(default_factory=list)  # soft-limit warnings for the response header
 
 
 Status = Literal["ok", "error", "cancelled"]

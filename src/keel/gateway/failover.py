@@ -41,7 +41,7 @@ ACTIONS: dict[ErrorKind, Action] = {
     ErrorKind.auth: Action.next,  # our credentials for that provider, not the caller's
     ErrorKind.not_found: Action.next,
     ErrorKind.context_length: Action.bigger,
-    ErrorKind.bad_request: Action.stop,
+    ErrorKind.bad_request: Action.stop,  # from the upstream; Keel's codec refusing a shape moves on (_action)
     ErrorKind.content_filter: Action.stop,
 }
 # Kinds that say something about the target's health (the others are about the request).
@@ -49,6 +49,14 @@ BREAKER_KINDS = frozenset(
     {ErrorKind.rate_limited, ErrorKind.overloaded, ErrorKind.server, ErrorKind.timeout}
     | {ErrorKind.network, ErrorKind.protocol, ErrorKind.auth}
 )
+DEFAULT_RETRY_AFTER_S = 1.0  # a final 429 or 503 always tells the client when to come back
+
+
+def _action(err: ProviderError) -> Action:
+    if err.error_kind is ErrorKind.bad_request and err.upstream_status is None:
+        # Keel's codec refused this request's shape for this target (nothing was sent): another may take it.
+        return Action.next
+    return ACTIONS[err.error_kind]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +150,7 @@ class FailoverStage:
 
     def _retry_delay(self, err: ProviderError, attempt: int, remaining: float) -> float | None:
         """Seconds to wait before retrying the same target, or None to leave it."""
-        action = ACTIONS[err.error_kind]
+        action = _action(err)
         if action is not Action.retry or attempt >= self._policy.retries_per_target:
             return None
         if err.retry_after is not None:
@@ -161,7 +169,7 @@ class FailoverStage:
         if err.error_kind in BREAKER_KINDS:
             self._health.observe(target.key, False, None, None)
             self._note(target.key, False, loop.time())
-        action = ACTIONS[err.error_kind]
+        action = _action(err)
         if action is Action.stop:
             walk.stopped = "stop"
         elif action is Action.bigger:
@@ -224,7 +232,10 @@ class _Walk:
 def _final_error(walk: _Walk) -> KeelError:
     errors = walk.errors
     if errors and (walk.stopped == "stop" or len({e.kind for e in errors}) == 1):
-        return errors[-1]  # one kind of failure: pass it on with its own status and Retry-After
+        last = errors[-1]  # one kind of failure: pass it on with its own status and Retry-After
+        if last.retry_after is None and last.status in (429, 503):
+            last.retry_after = DEFAULT_RETRY_AFTER_S
+        return last
     if not errors and walk.stopped == "budget":
         return ProviderError(ErrorKind.timeout, "The request's deadline passed before any target could answer.")
     failed = AllTargetsFailed(errors)
@@ -232,7 +243,7 @@ def _final_error(walk: _Walk) -> KeelError:
         failed.message = "Every target's circuit breaker is open; the providers are failing. Retry later."
         failed.args = (failed.message,)
     waits = [e.retry_after for e in errors if e.retry_after is not None]
-    failed.retry_after = max(waits) if waits else 1.0
+    failed.retry_after = max(waits) if waits else DEFAULT_RETRY_AFTER_S
     return failed
 
 

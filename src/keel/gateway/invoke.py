@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator, Mapping
 from keel.accounting import PriceBook
 from keel.errors import ErrorKind, KeelError, ProviderError
 from keel.gateway.call import Call, Outcome, Reply, no_events
+from keel.gateway.routing import estimate_prompt_tokens
 from keel.providers.base import Provider
-from keel.types import ChatEvent, EmbeddingRequest, Start, Target, UsageEvent
+from keel.types import ChatEvent, EmbeddingRequest, Start, Target, Usage, UsageEvent
 
 _HEAD = (Start, UsageEvent)  # events that carry no content: a reply is not committed by them
 
@@ -60,6 +61,8 @@ class Invoker:
             events = provider.chat(call.request, target)
             head = await _prime(events, min(loop.time() + self._ttft, deadline), target)
             reply = Reply(_guarded(head, events, self._idle, deadline, target), call.t0)
+            # Response headers go out before the first event is read: name the model that is answering now.
+            reply.id, reply.model = next(((e.id, e.model) for e in head if isinstance(e, Start)), ("", ""))
         else:
             # One answer in one body: only the total deadline applies (a long answer is not a stall).
             events = provider.chat(call.request, target)
@@ -71,7 +74,7 @@ class Invoker:
 
     def _account(self, call: Call, target: Target, outcome: Outcome) -> None:
         record = call.trace
-        usage = outcome.usage
+        usage = outcome.usage or _consumed(call, outcome)
         if usage is None:
             return
         record.input_tokens = usage.input_tokens
@@ -82,6 +85,17 @@ class Invoker:
         served = outcome.response.model
         price_model = served if served and self._prices.lookup(served) else target.model
         record.cost_usd = self._prices.cost(price_model, usage)
+
+
+def _consumed(call: Call, outcome: Outcome) -> Usage | None:
+    """A stream cut short (client gone, upstream broke) never got its usage: estimate what it used,
+    so limits settle and the trace bills what was consumed rather than nothing."""
+    r = outcome.response
+    produced = len(r.content or "") + sum(len(c.arguments) + len(c.name) for c in r.tool_calls)
+    if outcome.status == "ok" or not produced:
+        return None
+    call.trace.tags["keel.usage"] = "estimated"
+    return Usage(input_tokens=estimate_prompt_tokens(call.request), output_tokens=produced // 4 + 1)
 
 
 async def _prime(

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from keel.errors import ErrorKind, ProviderError
+from keel.errors import ErrorKind, InvalidRequest, ProviderError
 from keel.providers.base import Codec, Outbound
 from keel.types import ChatEvent, ChatRequest, EmbeddingRequest, EmbeddingResponse, Target
 
@@ -99,7 +99,10 @@ class HttpProvider:
         return ProviderError(kind, message, provider=self.name)
 
     async def chat(self, request: ChatRequest, target: Target) -> AsyncIterator[ChatEvent]:
-        out = self._codec.encode_chat(request, target, request.stream)
+        try:
+            out = self._codec.encode_chat(request, target, request.stream)
+        except InvalidRequest as exc:  # this wire format cannot carry the request: another target may
+            raise ProviderError(ErrorKind.bad_request, exc.message, provider=self.name, param=exc.param) from None
         resp = await self._send(out)
         if not request.stream:
             for event in self._codec.decode_chat(await self._read(resp)):

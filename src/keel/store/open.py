@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keel.store.protocols import BreakerPolicy, BreakerStore, Store
+from keel.store.protocols import BreakerPolicy, BreakerStore, LimitStore, Store
 
 
 def open_store(url: str, *, migrate: bool = True) -> Store:
@@ -32,3 +32,14 @@ def open_breakers(redis_url: str | None, policy: BreakerPolicy) -> BreakerStore:
     from keel.store.memory import MemoryBreakers
 
     return MemoryBreakers(policy)
+
+
+def open_limits(redis_url: str | None) -> LimitStore:
+    """Limit counters shared through Redis at `redis_url` (redis://...), else in this process only."""
+    if redis_url:
+        from keel.store.redis_limits import RedisLimits
+
+        return RedisLimits(redis_url)
+    from keel.store.memory import MemoryLimits
+
+    return MemoryLimits()

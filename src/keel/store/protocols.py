@@ -8,7 +8,7 @@ suite (tests/test_store_contract.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -33,6 +33,17 @@ class KeyRow:
     user: str | None = None
     models: tuple[str, ...] | None = None  # aliases this key may use; None = all
     revoked_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitOverride:
+    """Limits set for one tenant or key, replacing the configured defaults kind by kind."""
+
+    scope: str  # "tenant" | "key"
+    subject: str  # the tenant name or the key id
+    limits: dict[str, float]  # kind (rpm, usd_month, ...) → limit
+    on_store_error: str | None  # tenants only: "open" | "closed" when Redis is unreachable; None = the default
+    updated_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +182,14 @@ class Admission:
     used: tuple[float, ...]  # each counter's usage after admission (at refusal: before), for soft thresholds
 
 
+class LimitStoreUnavailable(Exception):
+    """The shared counter store cannot be reached: `reserve` (or `usage`) could not count this call.
+
+    Raised quickly, never after a long wait. The limits stage applies the tenant's choice: serve
+    uncounted (fail open) or refuse (fail closed). `settle` and `release` never raise it.
+    """
+
+
 class LimitStore(Protocol):
     """Counters for rate limits, quotas, budgets and concurrency. Admission is all or nothing.
 
@@ -191,7 +210,37 @@ class LimitStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-class Store(KeyStore, TraceStore, Migrator, Protocol):
+class UnknownSubject(ValueError):
+    """Limits were set for a tenant or key id that does not exist."""
+
+
+class LimitConfigStore(Protocol):
+    """Per-tenant and per-key limit overrides, and the ledger that sends each soft-limit alert once."""
+
+    def set_limits(
+        self, scope: str, subject: str, limits: Mapping[str, float], on_store_error: str | None
+    ) -> LimitOverride:
+        """Create or replace the override of a tenant (scope "tenant") or a key id (scope "key").
+
+        Raise ValueError naming the problem: an unknown scope, kind or fail mode, a limit out of
+        range, nothing to set, a fail mode on a key; UnknownSubject (a ValueError) if no such tenant or key.
+        """
+        ...
+
+    def clear_limits(self, scope: str, subject: str) -> bool:
+        """Remove an override; False if there was none."""
+        ...
+
+    def list_limits(self) -> list[LimitOverride]:
+        """Every override, by scope then subject."""
+        ...
+
+    def claim_alert(self, counter: str, period: str, threshold: float, at: float) -> bool:
+        """Record that an alert for this crossing is being sent. True only for the first claimer, across processes."""
+        ...
+
+
+class Store(KeyStore, TraceStore, LimitConfigStore, Migrator, Protocol):
     url: str
 
     def close(self) -> None: ...

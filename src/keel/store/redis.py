@@ -8,7 +8,7 @@ caller's `now` (never Redis TIME), so processes sharing a Redis must pass wall-c
 expire after max(10 × cooldown, 1 day) without a record.
 
 Fail-safe: a Redis outage must not become a total outage, so when Redis is unreachable `allow` says
-yes and `record` answers "unknown", quickly (0.2 s socket timeouts, then Redis is left alone for a
+yes and `record` answers "unknown", quickly (0.5 s socket timeouts, 1 s to connect, then Redis is left alone for a
 second), with a warning at most every 10 s.
 """
 
@@ -27,7 +27,8 @@ from keel.store.protocols import BreakerPolicy, BreakerState
 
 log = logging.getLogger("keel.store.redis")
 
-_TIMEOUT_S = 0.2
+_TIMEOUT_S = 0.5
+_CONNECT_TIMEOUT_S = 1.0  # a loaded event loop opening many connections at once needs headroom
 _HOLD_OFF_S = 1.0  # after a failure, answer fail-safe without trying Redis for this long
 _WARN_EVERY_S = 10.0
 
@@ -98,7 +99,7 @@ class RedisBreakers:
             url,
             decode_responses=True,
             socket_timeout=_TIMEOUT_S,
-            socket_connect_timeout=_TIMEOUT_S,
+            socket_connect_timeout=_CONNECT_TIMEOUT_S,
             # one immediate retry heals a pooled connection dropped by a Redis restart; a timeout is not retried
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )

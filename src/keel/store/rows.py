@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
-from keel.store.protocols import KeyRow, TenantRow, TraceQuery
+from keel.config import LimitRule
+from keel.store.protocols import KeyRow, LimitOverride, TenantRow, TraceQuery
 from keel.types import TraceRecord
 
 TRACE_COLUMNS = (
@@ -23,6 +26,8 @@ _ATTR = {"user_id": "user"}
 
 TENANT_COLUMNS = ("name", "created_at", "regions")
 KEY_COLUMNS = ("id", "tenant", "key_hash", "prefix", "created_at", "name", "user_id", "models", "revoked_at")
+LIMIT_COLUMNS = ("scope", "subject", "limits", "on_store_error", "updated_at")
+LIMIT_KINDS = tuple(name for name in LimitRule.model_fields if name != "scope")  # as in keel.yaml
 
 
 def _dump(value: Any) -> str | None:
@@ -107,3 +112,39 @@ def trace_where(q: TraceQuery, mark: str) -> tuple[str, list[Any]]:
 
 def _column(attr: str) -> str:
     return "user_id" if attr == "user" else attr
+
+
+def limits_json(scope: str, limits: Mapping[str, float], on_store_error: str | None) -> str:
+    """An override's limits as stored: JSON text. Checked as keel.yaml checks its defaults."""
+    if scope not in ("tenant", "key"):
+        raise ValueError(f"scope must be 'tenant' or 'key', not {scope!r}")
+    if on_store_error not in (None, "open", "closed"):
+        raise ValueError(f"on_store_error must be 'open', 'closed' or none, not {on_store_error!r}")
+    if on_store_error is not None and scope != "tenant":
+        raise ValueError("on_store_error is chosen per tenant; set it with the tenant's limits")
+    if not limits and on_store_error is None:
+        raise ValueError("nothing to set: give at least one limit or on_store_error")
+    for kind, value in limits.items():
+        if kind not in LIMIT_KINDS:
+            raise ValueError(f"unknown limit kind '{kind}'; use: {', '.join(LIMIT_KINDS)}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"limit '{kind}' must be a number (got {value!r})")
+        try:
+            LimitRule.model_validate({"scope": [scope], kind: value})
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"].lower()
+            raise ValueError(f"limit '{kind}': {reason} (got {value!r})") from None
+    return orjson.dumps({kind: float(value) for kind, value in limits.items()}).decode()
+
+
+def limit_from_row(row: Sequence[Any]) -> LimitOverride:
+    scope, subject, limits, on_store_error, updated_at = row
+    if isinstance(limits, str):
+        limits = orjson.loads(limits)
+    return LimitOverride(scope, subject, {k: float(v) for k, v in limits.items()}, on_store_error, updated_at)
+
+
+def missing_owner(scope: str, subject: str) -> str:
+    if scope == "tenant":
+        return f"no tenant '{subject}'; see `keel tenants list`"
+    return f"no key with id '{subject}'; see `keel keys list`"

@@ -9,7 +9,7 @@ Migrations serialise on a transaction-level advisory lock, so processes starting
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import orjson
 import psycopg
@@ -18,13 +18,17 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool
 
 from keel.store import migrations
-from keel.store.protocols import KeyRow, TenantRow, TraceQuery
+from keel.store.protocols import KeyRow, LimitOverride, TenantRow, TraceQuery, UnknownSubject
 from keel.store.rows import (
     KEY_COLUMNS,
+    LIMIT_COLUMNS,
     TENANT_COLUMNS,
     TRACE_COLUMNS,
     key_from_row,
     key_to_row,
+    limit_from_row,
+    limits_json,
+    missing_owner,
     regions_json,
     tenant_from_row,
     trace_from_row,
@@ -44,6 +48,14 @@ def _marks(columns: Sequence[str]) -> str:
 _KEYS = ", ".join(KEY_COLUMNS)
 _TENANTS = ", ".join(TENANT_COLUMNS)
 _TRACES = ", ".join(TRACE_COLUMNS)
+_LIMITS = ", ".join(LIMIT_COLUMNS)
+# insert or replace, but only for a tenant or key that exists
+_SET_LIMITS = (
+    f"INSERT INTO limit_overrides ({_LIMITS}) SELECT %s, %s, %s::jsonb, %s, %s WHERE EXISTS ({{owner}})"
+    " ON CONFLICT (scope, subject) DO UPDATE SET limits = excluded.limits,"
+    " on_store_error = excluded.on_store_error, updated_at = excluded.updated_at"
+)
+_OWNER = {"tenant": "SELECT 1 FROM tenants WHERE name = %s", "key": "SELECT 1 FROM api_keys WHERE id = %s"}
 _INSERT_KEY = f"INSERT INTO api_keys ({_KEYS}) VALUES ({_marks(KEY_COLUMNS)})"
 _INSERT_TRACE = f"INSERT INTO traces ({_TRACES}) VALUES ({_marks(TRACE_COLUMNS)}) ON CONFLICT (id) DO NOTHING"
 _LEDGER = (
@@ -193,3 +205,34 @@ class PostgresStore:
         with self._pool.connection() as conn:
             r = conn.execute(sql, (since, until)).fetchone()
         return int(r[0]) if r else 0
+
+    # ---- LimitConfigStore
+
+    def set_limits(
+        self, scope: str, subject: str, limits: Mapping[str, float], on_store_error: str | None
+    ) -> LimitOverride:
+        text = limits_json(scope, limits, on_store_error)
+        at = time.time()
+        with self._pool.connection() as conn:
+            cur = conn.execute(
+                _SET_LIMITS.format(owner=_OWNER[scope]), (scope, subject, text, on_store_error, at, subject)
+            )
+            if cur.rowcount == 0:
+                raise UnknownSubject(missing_owner(scope, subject))
+        return limit_from_row((scope, subject, text, on_store_error, at))
+
+    def clear_limits(self, scope: str, subject: str) -> bool:
+        sql = "DELETE FROM limit_overrides WHERE scope = %s AND subject = %s"
+        with self._pool.connection() as conn:
+            return conn.execute(sql, (scope, subject)).rowcount > 0
+
+    def list_limits(self) -> list[LimitOverride]:
+        sql = f"SELECT {_LIMITS} FROM limit_overrides ORDER BY scope, subject"
+        with self._pool.connection() as conn:
+            rows = conn.execute(sql).fetchall()
+        return [limit_from_row(r) for r in rows]
+
+    def claim_alert(self, counter: str, period: str, threshold: float, at: float) -> bool:
+        sql = "INSERT INTO limit_alerts VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
+        with self._pool.connection() as conn:
+            return conn.execute(sql, (counter, period, threshold, at)).rowcount == 1

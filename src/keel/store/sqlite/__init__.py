@@ -9,17 +9,21 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from keel.store import migrations
-from keel.store.protocols import KeyRow, TenantRow, TraceQuery
+from keel.store.protocols import KeyRow, LimitOverride, TenantRow, TraceQuery, UnknownSubject
 from keel.store.rows import (
     KEY_COLUMNS,
+    LIMIT_COLUMNS,
     TENANT_COLUMNS,
     TRACE_COLUMNS,
     key_from_row,
     key_to_row,
+    limit_from_row,
+    limits_json,
+    missing_owner,
     regions_json,
     tenant_from_row,
     trace_from_row,
@@ -35,6 +39,14 @@ _INSERT_TRACE = (
 _KEYS = ", ".join(KEY_COLUMNS)
 _TENANTS = ", ".join(TENANT_COLUMNS)
 _TRACES = ", ".join(TRACE_COLUMNS)
+_LIMITS = ", ".join(LIMIT_COLUMNS)
+# insert or replace, but only for a tenant or key that exists
+_SET_LIMITS = (
+    f"INSERT INTO limit_overrides ({_LIMITS}) SELECT ?, ?, ?, ?, ? WHERE EXISTS ({{owner}})"
+    " ON CONFLICT (scope, subject) DO UPDATE SET limits = excluded.limits,"
+    " on_store_error = excluded.on_store_error, updated_at = excluded.updated_at"
+)
+_OWNER = {"tenant": "SELECT 1 FROM tenants WHERE name = ?", "key": "SELECT 1 FROM api_keys WHERE id = ?"}
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:
@@ -195,3 +207,27 @@ class SqliteStore:
     def count_traces(self, since: float, until: float) -> int:
         sql = "SELECT count(*) FROM traces WHERE started_at >= ? AND started_at < ?"
         return int(self._conn().execute(sql, (since, until)).fetchone()[0])
+
+    # ---- LimitConfigStore
+
+    def set_limits(
+        self, scope: str, subject: str, limits: Mapping[str, float], on_store_error: str | None
+    ) -> LimitOverride:
+        text = limits_json(scope, limits, on_store_error)
+        at = time.time()
+        sql = _SET_LIMITS.format(owner=_OWNER[scope])
+        if self._conn().execute(sql, (scope, subject, text, on_store_error, at, subject)).rowcount == 0:
+            raise UnknownSubject(missing_owner(scope, subject))
+        return limit_from_row((scope, subject, text, on_store_error, at))
+
+    def clear_limits(self, scope: str, subject: str) -> bool:
+        sql = "DELETE FROM limit_overrides WHERE scope = ? AND subject = ?"
+        return self._conn().execute(sql, (scope, subject)).rowcount > 0
+
+    def list_limits(self) -> list[LimitOverride]:
+        sql = f"SELECT {_LIMITS} FROM limit_overrides ORDER BY scope, subject"
+        return [limit_from_row(r) for r in self._conn().execute(sql)]
+
+    def claim_alert(self, counter: str, period: str, threshold: float, at: float) -> bool:
+        sql = "INSERT INTO limit_alerts VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
+        return self._conn().execute(sql, (counter, period, threshold, at)).rowcount == 1

@@ -1,0 +1,150 @@
+"""Limits as data: which counters a call charges, and how a refusal reads.
+
+A `LimitBook` holds the configured default rules plus per-tenant and per-key overrides (from the
+store, refreshed in the background). For one call it yields `Charge`s — one per (scope, kind) that
+applies — which a `LimitStore` admits all or nothing. Counter names spell the scope, e.g.
+`tenant=acme|feature=search|usd_day`, so usage views and refusals can say exactly which limit held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from keel.config import LimitsConfig
+from keel.errors import BudgetExceeded, RateLimited, RequestError
+from keel.store.protocols import Charge, LimitOverride, Window
+
+# kind → (window, what one call charges: "request" (1), "tokens" or "usd")
+KINDS: dict[str, tuple[Window, str]] = {
+    "rpm": ("minute", "request"),
+    "tpm": ("minute", "tokens"),
+    "concurrency": ("concurrent", "request"),
+    "tokens_day": ("day", "tokens"),
+    "tokens_month": ("month", "tokens"),
+    "usd_day": ("day", "usd"),
+    "usd_month": ("month", "usd"),
+    "usd_total": ("total", "usd"),
+}
+QUOTA_KINDS = frozenset({"tokens_day", "tokens_month", "usd_day", "usd_month", "usd_total"})
+SCOPES = ("tenant", "key", "user", "feature", "alias")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    scope: tuple[str, ...]
+    limits: Mapping[str, float]  # kind → limit
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who a call is, on every scope a rule can name. None: unknown, so rules naming it do not apply."""
+
+    tenant: str
+    key: str | None  # key id; a call always has one, a usage query may not
+    user: str | None
+    feature: str | None
+    alias: str | None
+
+    def get(self, scope: str) -> str | None:
+        return getattr(self, scope)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    tokens: float
+    usd: float
+
+
+class LimitBook:
+    def __init__(
+        self,
+        defaults: Iterable[Rule],
+        overrides: Mapping[tuple[str, str], Mapping[str, float]],
+        *,
+        on_store_error: str = "open",
+        fail_modes: Mapping[str, str] | None = None,
+    ) -> None:
+        self._defaults = tuple(defaults)
+        self._overrides = dict(overrides)  # (scope, subject) → kind → limit, for tenant and key scopes
+        self._default_fail = on_store_error
+        self._fail_modes = dict(fail_modes or {})  # tenant → "open" | "closed"
+
+    def fail_mode(self, tenant: str) -> str:
+        """What to do for this tenant when the counter store is unreachable."""
+        return self._fail_modes.get(tenant, self._default_fail)
+
+    def rules_for(self, who: Subject) -> list[tuple[str, str, float]]:
+        """(counter prefix, kind, limit) for every limit that applies to `who`."""
+        out: dict[tuple[str, str], float] = {}
+        for rule in self._defaults:
+            values = [who.get(s) for s in rule.scope]
+            if any(v is None for v in values):
+                continue  # e.g. a per-feature rule and a call without a feature
+            prefix = "|".join(f"{s}={v}" for s, v in zip(rule.scope, values, strict=True))
+            for kind, limit in rule.limits.items():
+                out[(prefix, kind)] = limit
+        for scope in ("tenant", "key"):
+            subject = who.get(scope)
+            for kind, limit in self._overrides.get((scope, subject or ""), {}).items():
+                out[(f"{scope}={subject}", kind)] = limit  # an override replaces the default
+        return [(prefix, kind, limit) for (prefix, kind), limit in out.items()]
+
+    def charges(self, who: Subject, estimate: Estimate) -> list[Charge]:
+        amounts = {"request": 1.0, "tokens": estimate.tokens, "usd": estimate.usd}
+        return [
+            Charge(f"{prefix}|{kind}", KINDS[kind][0], limit, amounts[KINDS[kind][1]])
+            for prefix, kind, limit in self.rules_for(who)
+        ]
+
+
+def actual_amounts(charges: Iterable[Charge], tokens: float, usd: float) -> list[float]:
+    """What each charge really cost once the call ended (requests stay 1)."""
+    by_unit = {"request": 1.0, "tokens": tokens, "usd": usd}
+    return [by_unit[KINDS[kind_of(c)][1]] for c in charges]
+
+
+def kind_of(charge: Charge) -> str:
+    return charge.counter.rsplit("|", 1)[1]
+
+
+def refusal(charge: Charge, used: float, retry_after: float | None) -> RequestError:
+    """The 429 for a charge that did not fit: names the scope and the limit."""
+    scope, kind = charge.counter.rsplit("|", 1)
+    limit = f"${charge.limit:g}" if kind.startswith("usd") else f"{charge.limit:g}"
+    if kind in QUOTA_KINDS:
+        when = "" if retry_after is None else f" It resets in {retry_after:.0f} s."
+        return BudgetExceeded(f"Quota exhausted: {kind} {limit} for {scope} (used {used:g}).{when}", retry_after)
+    wait = 1.0 if retry_after is None else retry_after
+    return RateLimited(f"Rate limit reached: {kind} {limit} for {scope}. Retry after {wait:.1f} s.", wait)
+
+
+def warnings(
+    charges: Iterable[Charge], used: Iterable[float], thresholds: Iterable[float]
+) -> list[tuple[Charge, float]]:
+    """(charge, highest threshold reached) for quota and budget charges at or over a soft threshold."""
+    marks = sorted(thresholds)
+    out = []
+    for charge, value in zip(charges, used, strict=True):
+        if kind_of(charge) not in QUOTA_KINDS or not charge.limit:
+            continue
+        reached = [t for t in marks if value >= t * charge.limit]
+        if reached:
+            out.append((charge, reached[-1]))
+    return out
+
+
+def book_from(config: LimitsConfig, overrides: Iterable[LimitOverride]) -> LimitBook:
+    """The book for keel.yaml's default rules plus the stored overrides (tenants' fail modes among them)."""
+    defaults = [
+        Rule(tuple(rule.scope), {kind: float(v) for kind in KINDS if (v := getattr(rule, kind)) is not None})
+        for rule in config.defaults
+    ]
+    rows = list(overrides)
+    fail_modes = {o.subject: o.on_store_error for o in rows if o.scope == "tenant" and o.on_store_error}
+    return LimitBook(
+        defaults,
+        {(o.scope, o.subject): o.limits for o in rows},
+        on_store_error=config.on_store_error,
+        fail_modes=fail_modes,
+    )
