@@ -8,7 +8,7 @@ applies — which a `LimitStore` admits all or nothing. Counter names spell the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from keel.config import LimitsConfig
@@ -90,11 +90,15 @@ class LimitBook:
                 out[(f"{scope}={subject}", kind)] = limit  # an override replaces the default
         return [(prefix, kind, limit) for (prefix, kind), limit in out.items()]
 
-    def charges(self, who: Subject, estimate: Estimate) -> list[Charge]:
-        amounts = {"request": 1.0, "tokens": estimate.tokens, "usd": estimate.usd}
+    def charges(self, who: Subject, estimate: Estimate | Callable[[], Estimate]) -> list[Charge]:
+        """The charges of one call. `estimate` may be a callable: it is only worked out if a limit applies."""
+        rules = self.rules_for(who)
+        if not rules:
+            return []
+        est = estimate() if callable(estimate) else estimate
+        amounts = {"request": 1.0, "tokens": est.tokens, "usd": est.usd}
         return [
-            Charge(f"{prefix}|{kind}", KINDS[kind][0], limit, amounts[KINDS[kind][1]])
-            for prefix, kind, limit in self.rules_for(who)
+            Charge(f"{prefix}|{kind}", KINDS[kind][0], limit, amounts[KINDS[kind][1]]) for prefix, kind, limit in rules
         ]
 
 

@@ -55,7 +55,7 @@ class LimitsStage:
         who = Subject(
             call.principal.tenant, call.principal.key_id, call.trace.user, call.trace.feature, call.request.model
         )
-        charges = book.charges(who, self._estimate(call))
+        charges = book.charges(who, lambda: self._estimate(call))
         if not charges:
             return await next(call)
         try:
