@@ -162,11 +162,11 @@ def test_config_check_reports_unset_env_var_and_missing_file(work: Path) -> None
 
 
 def test_db_migrate_applies_once(work: Path) -> None:
-    assert keel(work, "db", "migrate").stdout.splitlines() == [
-        "applied 0001_init",
-        "applied 0002_resilience",
-        "applied 0003_limits",
-    ]
+    from keel.store.migrations import pending
+
+    every = [f"applied {name}" for _, name, _ in pending("sqlite", set())]
+    assert every[:2] == ["applied 0001_init", "applied 0002_resilience"]
+    assert keel(work, "db", "migrate").stdout.splitlines() == every
     assert keel(work, "db", "migrate").stdout.splitlines() == ["up to date"]
 
 

@@ -60,6 +60,8 @@ class TargetConfig(_Model):
     weight: float = Field(1.0, gt=0)  # strategy: weighted
     context_window: int | None = Field(None, gt=0)  # tokens; None = unknown, assumed large enough
     capabilities: list[Capability] | None = None  # None = assumed to support everything
+    max_concurrency: int | None = Field(None, ge=1)  # calls in flight to this target, per gateway process
+    queue_limit: int = Field(100, ge=0)  # calls that may wait for a slot, by priority; beyond: 429 at once
 
 
 class RuleConfig(_Model):

@@ -42,7 +42,12 @@ def issue_key(
     name: str | None = None,
     user: str | None = None,
     models: tuple[str, ...] | None = None,
+    priority: int = 0,
+    max_priority: int | None = None,
 ) -> IssuedKey:
+    ceiling = priority if max_priority is None else max_priority
+    if ceiling < priority:
+        raise ValueError(f"max_priority {ceiling} is below the key's own priority {priority}")
     if store.get_tenant(tenant) is None:
         raise ValueError(f"no tenant '{tenant}': create it first with `keel tenants create {tenant}`")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -55,6 +60,8 @@ def issue_key(
         name=name,
         user=user,
         models=models,
+        priority=priority,
+        max_priority=ceiling,
     )
     store.create_key(row)
     return IssuedKey(key, row)
@@ -125,7 +132,13 @@ class Authenticator:
         if row is None or row.revoked_at is not None or tenant is None:
             return _Entry(None, None, now + self.NEGATIVE_TTL)
         principal = Principal(
-            tenant=row.tenant, key_id=row.id, key_name=row.name, user=row.user, regions=tenant.regions
+            tenant=row.tenant,
+            key_id=row.id,
+            key_name=row.name,
+            user=row.user,
+            regions=tenant.regions,
+            priority=row.priority,
+            max_priority=row.max_priority,
         )
         return _Entry(principal, row.models, now + self._ttl)
 

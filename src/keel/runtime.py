@@ -8,7 +8,9 @@ import logging
 from dataclasses import dataclass, field
 
 from keel.accounting import PriceBook, price_from_config
+from keel.alerts import AlertSender
 from keel.config import Config
+from keel.gateway.backpressure import Gates
 from keel.gateway.call import Call
 from keel.gateway.failover import FailoverStage, RetryPolicy
 from keel.gateway.health import HealthBook
@@ -44,6 +46,8 @@ class Runtime:
     health: HealthBook
     limits: LimitStore
     limits_stage: LimitsStage
+    gates: Gates
+    alerts: AlertSender | None
     pipeline: Handler
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -87,15 +91,29 @@ class Runtime:
 
         failover = FailoverStage(policy, breakers, health, plan_for)
         limits = open_limits(config.redis.url)
+        hook = config.limits.webhook
+        alerts = None
+        if hook is not None:
+            alerts = AlertSender(
+                hook.url, hook.secret, claim=store.claim_alert, timeout_s=hook.timeout_s, retries=hook.retries
+            )
         limits_stage = LimitsStage(
             limits,
             book_from(config.limits, store.list_limits()),
             prices,
             default_output_tokens=config.limits.default_output_tokens,
             thresholds=tuple(config.limits.soft_thresholds),
+            alert=alerts.threshold_crossed if alerts is not None else None,
         )
         stages: list[Stage] = [TraceStage(writer), AuthStage(authenticator), RouteStage(router), limits_stage, failover]
-        invoker = Invoker(providers, prices, ttft_timeout=r.ttft_timeout_s, idle_timeout=r.idle_timeout_s)
+        caps = {
+            f"{t.provider}/{t.model}": (t.max_concurrency, t.queue_limit)
+            for a in config.models.values()
+            for t in a.targets
+            if t.max_concurrency is not None
+        }
+        gates = Gates(caps)
+        invoker = Invoker(providers, prices, ttft_timeout=r.ttft_timeout_s, idle_timeout=r.idle_timeout_s, gates=gates)
         pipeline = build_pipeline(stages, invoker)
         return cls(
             config,
@@ -110,6 +128,8 @@ class Runtime:
             health,
             limits,
             limits_stage,
+            gates,
+            alerts,
             pipeline,
         )
 
@@ -117,6 +137,8 @@ class Runtime:
         self.writer.start()
         self._tasks.append(asyncio.create_task(self.authenticator.run(), name="keel-revocations"))
         self._tasks.append(asyncio.create_task(self._refresh_limits(), name="keel-limit-overrides"))
+        if self.alerts is not None:
+            self._tasks.append(asyncio.create_task(self.alerts.run(), name="keel-alerts"))
 
     def limits_book(self) -> LimitBook:
         return self.limits_stage.book
@@ -142,5 +164,7 @@ class Runtime:
         await self.sessions.aclose()
         await self.breakers.aclose()
         await self.limits.aclose()
+        if self.alerts is not None:
+            await self.alerts.aclose()  # sends what is queued, within its drain time
         await asyncio.to_thread(self.writer.close)
         self.store.close()

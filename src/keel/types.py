@@ -150,6 +150,8 @@ class Principal:
     key_name: str | None = None
     user: str | None = None
     regions: tuple[str, ...] | None = None  # data residency: provider regions allowed; None = any
+    priority: int = 0  # default priority of the key's calls in a saturated target's queue
+    max_priority: int = 0  # the most a call may ask for with x-keel-priority
 
 
 Status = Literal["ok", "error", "partial"]

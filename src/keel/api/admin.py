@@ -149,6 +149,9 @@ class Admin:
         models = body.get("models")
         if models is not None and not (isinstance(models, list) and all(isinstance(m, str) for m in models)):
             raise InvalidRequest("'models' must be an array of aliases.", "models")
+        for field in ("priority", "max_priority"):
+            if body.get(field) is not None and (not isinstance(body[field], int) or isinstance(body[field], bool)):
+                raise InvalidRequest(f"'{field}' must be an integer.", field)
         try:
             issued = await asyncio.to_thread(
                 issue_key,
@@ -157,9 +160,12 @@ class Admin:
                 name=body.get("name"),
                 user=body.get("user"),
                 models=tuple(models) if models is not None else None,
+                priority=body.get("priority") or 0,
+                max_priority=body.get("max_priority"),
             )
         except ValueError as exc:
-            raise InvalidRequest(str(exc), "tenant") from None
+            param = "max_priority" if "priority" in str(exc) else "tenant"
+            raise InvalidRequest(str(exc), param) from None
         return _json({"key": issued.key, **key_view(issued.row)}, 201)
 
     async def revoke_key(self, request: Request) -> Response:
@@ -183,6 +189,7 @@ class Admin:
         """Every configured target with its breaker state and this process's health figures."""
         rt = self._rt
         breakers = {b.target: b for b in await rt.breakers.states()}
+        gates = {g["target"]: g for g in rt.gates.view()}
         rows = []
         seen: set[str] = set()
         for alias, a in rt.config.models.items():
@@ -204,6 +211,7 @@ class Admin:
                         "consecutive_failures": b.consecutive_failures if b else 0,
                         "opened_at": b.opened_at if b else None,
                         **({k: v for k, v in h.view().items() if k != "target"} if h else {}),
+                        "queue": {k: v for k, v in gates[key].items() if k != "target"} if key in gates else None,
                     }
                 )
         return _json({"data": rows})

@@ -92,7 +92,17 @@ def new_call(
         api_key=bearer(request),
         timeout_s=_timeout(h.get("x-keel-timeout")),
         tier=h.get("x-keel-tier"),
+        asked_priority=_priority(h.get("x-keel-priority")),
     )
+
+
+def _priority(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequest("The x-keel-priority header must be an integer.", "x-keel-priority") from None
 
 
 def _timeout(value: str | None) -> float | None:

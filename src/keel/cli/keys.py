@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     create.add_argument("--user", help="attribute every call of this key to a user")
     create.add_argument("--name", help="a label to recognise the key by")
     create.add_argument("--models", help="comma-separated aliases this key may use (default: all)")
+    create.add_argument("--priority", type=int, default=0, help="its calls' priority when a target is saturated")
+    create.add_argument("--max-priority", type=int, help="the most x-keel-priority may ask for (default: --priority)")
     create.add_argument("--json", action="store_true")
     create.set_defaults(run=run_create)
     ls = verbs.add_parser("list", help="list keys (never the keys themselves)")
@@ -36,7 +38,15 @@ def run_create(args: argparse.Namespace) -> int:
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
     s = store(args)
     try:
-        issued = issue_key(s, args.tenant, name=args.name, user=args.user, models=models)
+        issued = issue_key(
+            s,
+            args.tenant,
+            name=args.name,
+            user=args.user,
+            models=models,
+            priority=args.priority,
+            max_priority=args.max_priority,
+        )
     except ValueError as exc:
         raise Failure(str(exc)) from None
     finally:

@@ -46,6 +46,8 @@ class Call:
     target: Target | None = None
     timeout_s: float | None = None  # the caller's total budget (x-keel-timeout), within config
     tier: str | None = None  # the tier the caller asks for (x-keel-tier)
+    asked_priority: int | None = None  # x-keel-priority, before clamping to the key's maximum
+    priority: int = 0  # in a saturated target's wait queue: higher first
     deadline: float | None = None  # event-loop time by which the call must end
     waited_s: float = 0.0  # time in failed attempts and backoff: not gateway overhead
     warnings: list[str] = field(default_factory=list)  # soft-limit warnings for the response header

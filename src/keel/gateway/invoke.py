@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from keel.accounting import PriceBook
 from keel.errors import ErrorKind, KeelError, ProviderError
+from keel.gateway.backpressure import Gates
 from keel.gateway.call import Call, Outcome, Reply, no_events
 from keel.gateway.routing import estimate_prompt_tokens
 from keel.providers.base import Provider
@@ -31,7 +32,9 @@ class Invoker:
         *,
         ttft_timeout: float = 30.0,
         idle_timeout: float = 30.0,
+        gates: Gates | None = None,
     ) -> None:
+        self._gates = gates  # per-target concurrency caps with priority queues
         self._providers = dict(providers)
         self._prices = prices
         self._ttft = ttft_timeout
@@ -43,10 +46,24 @@ class Invoker:
         call.target = target
         record = call.trace
         record.provider, record.model = target.provider, target.model
-        record.attempts += 1
-        provider = self._providers[target.provider]
         loop = asyncio.get_running_loop()
         deadline = call.deadline if call.deadline is not None else loop.time() + 3600.0
+        gate = self._gates.get(target.key) if self._gates is not None else None
+        if gate is None:
+            return await self._attempt(call, target, deadline)
+        call.waited_s += await gate.acquire(call.priority, deadline)  # raises Overloaded at once if hopeless
+        try:
+            reply = await self._attempt(call, target, deadline)
+        except BaseException:
+            gate.release()
+            raise
+        reply.on_done(lambda _: gate.release())  # a stream holds its slot until it ends
+        return reply
+
+    async def _attempt(self, call: Call, target: Target, deadline: float) -> Reply:
+        call.trace.attempts += 1
+        provider = self._providers[target.provider]
+        loop = asyncio.get_running_loop()
         started = time.perf_counter()
         if isinstance(call.request, EmbeddingRequest):
             try:

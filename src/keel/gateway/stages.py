@@ -75,6 +75,8 @@ class AuthStage:
     async def __call__(self, call: Call, next: Handler) -> Reply:
         principal, allowed = await self._auth.resolve(call.api_key)
         call.principal, call.allowed = principal, allowed
+        asked = call.asked_priority
+        call.priority = principal.priority if asked is None else min(asked, principal.max_priority)
         record = call.trace
         record.tenant, record.key_id = principal.tenant, principal.key_id
         record.user = record.user or principal.user

@@ -33,6 +33,8 @@ class KeyRow:
     user: str | None = None
     models: tuple[str, ...] | None = None  # aliases this key may use; None = all
     revoked_at: float | None = None
+    priority: int = 0  # its calls' priority in a saturated target's wait queue (higher first)
+    max_priority: int = 0  # the most an `x-keel-priority` header may ask for
 
 
 @dataclass(frozen=True, slots=True)

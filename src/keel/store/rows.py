@@ -25,7 +25,10 @@ _JSON = frozenset({"tags", "request", "response", "route", "attempt_log"})
 _ATTR = {"user_id": "user"}
 
 TENANT_COLUMNS = ("name", "created_at", "regions")
-KEY_COLUMNS = ("id", "tenant", "key_hash", "prefix", "created_at", "name", "user_id", "models", "revoked_at")
+KEY_COLUMNS = (
+    "id", "tenant", "key_hash", "prefix", "created_at", "name", "user_id", "models", "revoked_at",
+    "priority", "max_priority",
+)  # fmt: skip
 LIMIT_COLUMNS = ("scope", "subject", "limits", "on_store_error", "updated_at")
 LIMIT_KINDS = tuple(name for name in LimitRule.model_fields if name != "scope")  # as in keel.yaml
 
@@ -64,16 +67,18 @@ def trace_from_row(row: Sequence[Any]) -> TraceRecord:
 
 def key_to_row(k: KeyRow) -> tuple[Any, ...]:
     models = None if k.models is None else _dump(list(k.models))
-    return (k.id, k.tenant, k.key_hash, k.prefix, k.created_at, k.name, k.user, models, k.revoked_at)
+    return (
+        k.id, k.tenant, k.key_hash, k.prefix, k.created_at, k.name, k.user, models, k.revoked_at,
+        k.priority, k.max_priority,
+    )  # fmt: skip
 
 
 def key_from_row(row: Sequence[Any]) -> KeyRow:
-    kid, tenant, key_hash, prefix, created, name, user, models, revoked = row
+    kid, tenant, key_hash, prefix, created, name, user, models, revoked, priority, max_priority = row
     if isinstance(models, str):
         models = orjson.loads(models)
-    return KeyRow(
-        kid, tenant, key_hash, prefix, created, name, user, None if models is None else tuple(models), revoked
-    )
+    models = None if models is None else tuple(models)
+    return KeyRow(kid, tenant, key_hash, prefix, created, name, user, models, revoked, priority, max_priority)
 
 
 def regions_json(regions: tuple[str, ...] | None) -> str | None:
