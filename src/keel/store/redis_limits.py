@@ -17,7 +17,8 @@ is not supported (the keys of one call may live in different slots).
 
 Failures: when Redis is unreachable (or answers an error) `reserve` and `usage` raise
 `LimitStoreUnavailable` quickly (0.5 s socket timeouts, 1 s to connect, then Redis is left alone for a second, raising
-at once), and the limits stage applies the tenant's fail-open or fail-closed choice. `settle` and
+at once), and the limits stage applies the tenant's fail-open or fail-closed choice. A burst that
+outnumbers the connections queues for one, however long: congestion is not unreachability. `settle` and
 `release` log (at most every 10 s) and return; they try Redis even in that second, since a settlement
 skipped would hold a concurrency lease for `lease_s`. A connection that breaks is retried once, at
 once, to heal pooled connections after a Redis restart; should the break come after the script ran,
@@ -26,6 +27,7 @@ that call counts twice (the safe side).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import secrets
@@ -49,7 +51,7 @@ _CONNECT_TIMEOUT_S = 1.0  # a loaded event loop opening many connections at once
 _HOLD_OFF_S = 1.0  # after a failure, raise at once without trying Redis for this long
 _WARN_EVERY_S = 10.0
 _POOL_SIZE = 32  # one Lua call takes tens of microseconds in Redis: 32 connections carry thousands per second
-_POOL_WAIT_S = 0.5  # longer than this for a free connection counts as unreachable
+_POOL_WAIT_S = 0.5  # a safety net: `RedisLimits._slots` queues callers before they ask the pool
 _MINUTE_TTL_S = 2 * MINUTE_S
 _PERIOD_GRACE_S = 3600.0  # day/month keys outlive their period by this much
 _KIND: dict[Window, str] = {"minute": "m", "concurrent": "c", "day": "p", "month": "p", "total": "p"}
@@ -145,6 +147,9 @@ class RedisLimits:
         self._lease_s = lease_s
         self._lease_ttl = math.ceil(lease_s) + MINUTE_S
         self._client = _connect(url)
+        # Waiting for a connection is local congestion (a burst on a busy event loop), not Redis being
+        # down: callers queue here, unbounded, and only Redis's own answer (or silence) fails them.
+        self._slots = asyncio.Semaphore(_POOL_SIZE)
         self._reserve = self._client.register_script(_RESERVE)
         self._adjust = self._client.register_script(_ADJUST)
         self._down_until = 0.0
@@ -176,7 +181,10 @@ class RedisLimits:
         for c in charges:
             args += [_KIND[c.window], repr(c.limit), repr(demand(c)), str(self._ttl(c.window, now, now))]
         try:
-            out = await self._reserve(keys=keys, args=args)
+            async with self._slots:
+                if time.monotonic() < self._down_until:  # it failed while this call queued
+                    raise LimitStoreUnavailable("Redis was unreachable a moment ago")
+                out = await self._reserve(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             self._failed(exc, "admissions follow each tenant's fail-open/closed choice")
             raise LimitStoreUnavailable(f"Redis is unreachable: {exc}") from exc
@@ -215,13 +223,14 @@ class RedisLimits:
         if not keys:
             return
         try:
-            await self._adjust(keys=keys, args=args)
+            async with self._slots:
+                await self._adjust(keys=keys, args=args)
         except (RedisError, OSError) as exc:
             self._failed(exc, f"settling reservation {reservation.id} was lost")
 
     async def usage(self, counters: Sequence[tuple[str, Window]], now: float) -> list[float]:
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
+            async with self._slots, self._client.pipeline(transaction=False) as pipe:
                 for counter, window in counters:
                     key = self._key(counter, window, now)
                     if window == "minute":
