@@ -104,6 +104,46 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("pg_schema_url"))
 
 
+# ---- Redis (shared counters and breakers) ------------------------------------------------------
+
+REDIS_URL = os.environ.get("KEEL_TEST_REDIS", "redis://127.0.0.1:6379/0")
+REDIS_HOWTO = "start it: redis-server --daemonize yes --bind 127.0.0.1 --port 6379"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The real Redis; missing → a loud failure in CI, a skip elsewhere."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        reason = f"Redis is unreachable at {REDIS_URL}: {exc}".strip()
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}\nThese tests must run on Redis in CI: {REDIS_HOWTO}")
+        pytest.skip(f"{reason} ({REDIS_HOWTO})")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    import redis
+
+    prefix = f"keel:test:{secrets.token_hex(6)}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 # ---- a real gateway over HTTP ----------------------------------------------------------------
 
 ADMIN = "admin-" + secrets.token_hex(8)

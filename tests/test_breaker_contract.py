@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 import redis
@@ -23,8 +21,8 @@ from keel.store.open import open_breakers
 from keel.store.protocols import BreakerPolicy, BreakerState, BreakerStore
 from keel.store.redis import RedisBreakers
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
-REDIS_HOWTO = "start Redis on 127.0.0.1:6379, e.g. `docker run -d -p 127.0.0.1:6379:6379 redis:7`"
+from .conftest import REDIS_URL
+
 POLICY = BreakerPolicy(failures=3, error_rate=0.5, window=10, min_calls=6, cooldown_s=30.0)
 COOL = POLICY.cooldown_s
 T0 = 1_700_000_000.25  # wall-clock-like, so opened_at must survive the trip through Redis exactly
@@ -54,34 +52,6 @@ class Backend:
                 self._opened.clear()
 
         asyncio.run(main())
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        reason = f"Redis is unreachable at {REDIS_URL}: {exc}".strip()
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}\nThe breaker contract must run on Redis in CI: {REDIS_HOWTO}")
-        pytest.skip(f"{reason} ({REDIS_HOWTO})")
-    finally:
-        client.close()
-    return REDIS_URL
-
-
-@pytest.fixture
-def redis_prefix(redis_url: str) -> Iterator[str]:
-    prefix = f"keel:test:{secrets.token_hex(6)}:"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 def redis_backend(url: str, prefix: str) -> Backend:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -25,8 +23,8 @@ from keel.store.open import open_limits
 from keel.store.protocols import Admission, Charge, LimitStore, LimitStoreUnavailable, Reservation, Window
 from keel.store.redis_limits import RedisLimits
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
-REDIS_HOWTO = "start Redis on 127.0.0.1:6379, e.g. `docker run -d -p 127.0.0.1:6379:6379 redis:7`"
+from .conftest import REDIS_URL
+
 LEASE_S = 30.0
 
 
@@ -68,34 +66,6 @@ class Backend:
                 self._opened.clear()
 
         asyncio.run(main())
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        reason = f"Redis is unreachable at {REDIS_URL}: {exc}".strip()
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}\nThe limit contract must run on Redis in CI: {REDIS_HOWTO}")
-        pytest.skip(f"{reason} ({REDIS_HOWTO})")
-    finally:
-        client.close()
-    return REDIS_URL
-
-
-@pytest.fixture
-def redis_prefix(redis_url: str) -> Iterator[str]:
-    prefix = f"keel:test:{secrets.token_hex(6)}:"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 def redis_backend(url: str, prefix: str) -> Backend:

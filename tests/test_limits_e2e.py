@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import subprocess
 import time
@@ -33,25 +32,13 @@ import yaml
 from keel.keys import issue_key
 from keel.testing import FakeUpstream, Script
 
-from .conftest import ADMIN, Gateway, base_config
+from .conftest import ADMIN, REDIS_URL, Gateway, base_config
 from .test_serve_process import KEEL, free_port, wait_healthy
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 COUNTERS = "keel:limit:"  # RedisLimits' key prefix
 
 
 # ---- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_up() -> None:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2).ping()
-    except redis.RedisError as exc:
-        message = f"Redis is not reachable at {REDIS_URL} ({exc}); start it: redis-server --daemonize yes"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 def new_tenant() -> str:
@@ -60,7 +47,7 @@ def new_tenant() -> str:
 
 
 @pytest.fixture
-def tenant(redis_up: None) -> Iterator[str]:
+def tenant(redis_url: str) -> Iterator[str]:
     """A fresh tenant whose Redis counters are deleted afterwards."""
     name = new_tenant()
     yield name
