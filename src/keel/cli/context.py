@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 
 from keel import config
+from keel.cli.output import Failure
 from keel.store.open import open_store
 from keel.store.protocols import Store
 
@@ -13,5 +16,14 @@ def load_config(args: argparse.Namespace) -> config.Config:
     return config.load(args.config)
 
 
-def store(args: argparse.Namespace, *, migrate: bool = True) -> Store:
-    return open_store(load_config(args).storage.url, migrate=migrate)
+@contextlib.contextmanager
+def store(args: argparse.Namespace, *, migrate: bool = True) -> Iterator[Store]:
+    """The configured store, closed afterwards. Stores raise ValueError for what the user can fix:
+    it is printed as the command's failure (exit 1), without a traceback."""
+    s = open_store(load_config(args).storage.url, migrate=migrate)
+    try:
+        yield s
+    except ValueError as exc:
+        raise Failure(str(exc)) from None
+    finally:
+        s.close()

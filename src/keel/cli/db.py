@@ -14,10 +14,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_migrate(args: argparse.Namespace) -> int:
-    s = store(args, migrate=False)
-    try:
+    with store(args, migrate=False) as s:
         applied = s.migrate()
-    finally:
-        s.close()
     print("\n".join(f"applied {name}" for name in applied) if applied else "up to date")
     return 0

@@ -36,8 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run_create(args: argparse.Namespace) -> int:
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
-    s = store(args)
-    try:
+    with store(args) as s:
         issued = issue_key(
             s,
             args.tenant,
@@ -47,10 +46,6 @@ def run_create(args: argparse.Namespace) -> int:
             priority=args.priority,
             max_priority=args.max_priority,
         )
-    except ValueError as exc:
-        raise Failure(str(exc)) from None
-    finally:
-        s.close()
     if args.json:
         emit_json({"key": issued.key, **key_view(issued.row)})
     else:
@@ -61,11 +56,8 @@ def run_create(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
 
-    s = store(args)
-    try:
+    with store(args) as s:
         rows = s.list_keys(args.tenant)
-    finally:
-        s.close()
     if args.json:
         emit_json([key_view(k) for k in rows])
         return 0
@@ -90,11 +82,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_revoke(args: argparse.Namespace) -> int:
 
-    s = store(args)
-    try:
+    with store(args) as s:
         row = s.revoke_key(args.key_id, time.time())
-    finally:
-        s.close()
     if row is None:
         raise Failure(f"no key with id '{args.key_id}'; see `keel keys list`")
     if args.json:

@@ -80,13 +80,8 @@ def _shown(limits: dict[str, float], sep: str = ",") -> str:
 def run_set(args: argparse.Namespace) -> int:
     scope, subject = _scope(args)
     limits = {kind: getattr(args, kind) for kind in KINDS if getattr(args, kind) is not None}
-    s = store(args)
-    try:
+    with store(args) as s:
         row = s.set_limits(scope, subject, limits, args.on_store_error)
-    except ValueError as exc:
-        raise Failure(str(exc)) from None
-    finally:
-        s.close()
     if args.json:
         emit_json(asdict(row))
     else:
@@ -96,11 +91,8 @@ def run_set(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    s = store(args)
-    try:
+    with store(args) as s:
         rows = s.list_limits()
-    finally:
-        s.close()
     if args.json:
         emit_json([asdict(r) for r in rows])
         return 0
@@ -113,11 +105,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_clear(args: argparse.Namespace) -> int:
     scope, subject = _scope(args)
-    s = store(args)
-    try:
+    with store(args) as s:
         cleared = s.clear_limits(scope, subject)
-    finally:
-        s.close()
     if not cleared:
         raise Failure(f"no limits are set for {scope} '{subject}'; see `keel limits list`")
     print(f"cleared the limits of {scope} {subject}; keel.yaml's defaults apply")

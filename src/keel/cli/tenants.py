@@ -44,13 +44,8 @@ def _shown(regions: tuple[str, ...] | None) -> str:
 
 def run_create(args: argparse.Namespace) -> int:
     regions = _regions(args.regions)
-    s = store(args)
-    try:
+    with store(args) as s:
         row = s.create_tenant(args.name, regions)
-    except ValueError as exc:
-        raise Failure(str(exc)) from None
-    finally:
-        s.close()
     if args.json:
         emit_json(asdict(row))
     elif row.regions is None:
@@ -62,13 +57,8 @@ def run_create(args: argparse.Namespace) -> int:
 
 def run_update(args: argparse.Namespace) -> int:
     regions = None if args.any_region else _regions(args.regions)
-    s = store(args)
-    try:
+    with store(args) as s:
         row = s.set_tenant_regions(args.name, regions)
-    except ValueError as exc:
-        raise Failure(str(exc)) from None
-    finally:
-        s.close()
     if row is None:
         raise Failure(f"no tenant '{args.name}'; see `keel tenants list`")
     if args.json:
@@ -79,11 +69,8 @@ def run_update(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    s = store(args)
-    try:
+    with store(args) as s:
         rows = s.list_tenants()
-    finally:
-        s.close()
     if args.json:
         emit_json([asdict(r) for r in rows])
     else:

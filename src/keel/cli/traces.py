@@ -35,11 +35,8 @@ def run_list(args: argparse.Namespace) -> int:
         query = trace_query(params, time.time())
     except InvalidRequest as err:
         raise Failure(err.message) from None
-    s = store(args)
-    try:
+    with store(args) as s:
         rows = s.list_traces(query)
-    finally:
-        s.close()
     if args.json:
         emit_json([trace_view(r, full=False) for r in rows])
         return 0
@@ -56,11 +53,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
 
-    s = store(args)
-    try:
+    with store(args) as s:
         row = s.get_trace(args.trace_id)
-    finally:
-        s.close()
     if row is None:
         raise Failure(f"no trace '{args.trace_id}'; see `keel traces list`")
     data = trace_view(row, full=True)
