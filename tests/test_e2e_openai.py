@@ -389,5 +389,8 @@ def test_admin_api_requires_the_token_and_lists_traces(gateway: Gateway) -> None
 
 def test_health_and_readiness(gateway: Gateway) -> None:
     assert httpx.get(gateway.url + "/healthz").json() == {"status": "ok"}
+    with client(gateway, "sk-keel-wrong") as c, pytest.raises(openai.AuthenticationError):
+        c.chat.completions.create(model="sim", messages=[{"role": "user", "content": "x"}])
     ready = httpx.get(gateway.url + "/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    assert ready.json()["unauthenticated"] == 1 and gateway.traces() == []

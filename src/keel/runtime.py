@@ -48,6 +48,7 @@ class Runtime:
     limits_stage: LimitsStage
     gates: Gates
     alerts: AlertSender | None
+    trace_stage: TraceStage
     pipeline: Handler
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -105,7 +106,8 @@ class Runtime:
             thresholds=tuple(config.limits.soft_thresholds),
             alert=alerts.threshold_crossed if alerts is not None else None,
         )
-        stages: list[Stage] = [TraceStage(writer), AuthStage(authenticator), RouteStage(router), limits_stage, failover]
+        trace_stage = TraceStage(writer)
+        stages: list[Stage] = [trace_stage, AuthStage(authenticator), RouteStage(router), limits_stage, failover]
         caps = {
             f"{t.provider}/{t.model}": (t.max_concurrency, t.queue_limit)
             for a in config.models.values()
@@ -130,6 +132,7 @@ class Runtime:
             limits_stage,
             gates,
             alerts,
+            trace_stage,
             pipeline,
         )
 

@@ -54,7 +54,18 @@ def create_app(runtime: Runtime) -> FastPath:
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "reason": f"store: {type(exc).__name__}"}, 503)
         stats = runtime.writer.stats
-        return JSONResponse({"status": "ready", "trace_queue": runtime.writer.depth, "traces_dropped": stats.dropped})
+        return JSONResponse(
+            {
+                "status": "ready",
+                "trace_queue": runtime.writer.depth,
+                "traces_written": stats.written,
+                "traces_spilled": stats.spilled,
+                "traces_dropped": stats.dropped,
+                "trace_flush_failures": stats.failed_flushes,
+                "unauthenticated": runtime.trace_stage.unauthenticated,  # refused before auth: counted, not traced
+                "limits_store_unavailable": runtime.limits_stage.unavailable,
+            }
+        )
 
     routes = [
         Route("/v1/chat/completions", edge.chat, methods=["POST"]),
