@@ -61,6 +61,7 @@ class Sizes:
 class Bench:
     tmp: Path
     pinned: bool
+    limits: str = "none"  # none | memory | redis: the limits stage's counters
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     key: str = ""
@@ -113,6 +114,14 @@ def start_upstream(bench: Bench, name: str, delay_ms: int) -> None:
     wait_http(port, "/stats", bench.procs[name])
 
 
+LIMITS = """\
+limits:
+  defaults:
+    - {scope: [tenant], rpm: 100000000, tpm: 10000000000, usd_day: 1000000}
+    - {scope: [key], concurrency: 100000}
+"""
+
+
 def write_config(bench: Bench) -> Path:
     up0, up50 = bench.ports["up0"], bench.ports["up50"]
     text = f"""\
@@ -127,6 +136,10 @@ models:
   bench: {{targets: [{{provider: up, model: gpt-4o-mini}}]}}
   bench50: {{targets: [{{provider: up50, model: gpt-4o-mini}}]}}
 """
+    if bench.limits != "none":  # four counters per call, as a typical tenant has; far from refusing
+        text += LIMITS
+    if bench.limits == "redis":
+        text += f'redis: {{url: "redis://127.0.0.1:6379/0"}}\n'
     path = bench.tmp / "keel.yaml"
     path.write_text(text)
     return path
@@ -382,7 +395,8 @@ def render(report: dict[str, Any]) -> str:
         f"Keel bench — {report['when']}",
         f"machine: {m['nproc']} cores ({m['cpu']}), Python {m['python']}, {m['platform']}, commit {m['commit']}",
         f"pinning: {m['pinning']}",
-        "gateway: keel serve (uvicorn+uvloop+httptools), auth + tracing to SQLite + cost on; upstream: bench/upstream.py",
+        "gateway: keel serve (uvicorn+uvloop+httptools), auth + tracing to SQLite + cost on; "
+        f"limits: {report['limits']}; upstream: bench/upstream.py",
         "",
         f"{'figure':<44}{'measured':>18}   {'target':<12}",
     ]
@@ -409,11 +423,11 @@ def measure(bench: Bench, sizes: Sizes) -> dict[str, Any]:
     return results
 
 
-def run(sizes: Sizes) -> dict[str, Any]:
+def run(sizes: Sizes, limits: str) -> dict[str, Any]:
     pinned = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
     with tempfile.TemporaryDirectory(prefix="keel-bench-") as tmp:
         try:
-            with running(Bench(Path(tmp), pinned)) as bench:
+            with running(Bench(Path(tmp), pinned, limits)) as bench:
                 results = measure(bench, sizes)
         except BaseException:
             log = Path(tmp) / "gateway.log"
@@ -421,6 +435,7 @@ def run(sizes: Sizes) -> dict[str, Any]:
                 print("bench: gateway log tail:\n" + "\n".join(log.read_text().splitlines()[-30:]), file=sys.stderr)
             raise
     report: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(pinned)}
+    report["limits"] = limits
     report |= {"sizes": sizes.__dict__, "figures": figures(results), "checks": checks(results), "results": results}
     report["details"] = details(results)
     return report
@@ -430,10 +445,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Keel's gateway benchmark: one run, one machine, one report")
     parser.add_argument("--duration", type=int, default=10, help="seconds of wrk load at 50 connections (default 10)")
     parser.add_argument("--quick", action="store_true", help="a short smoke run: 3 s of load, fewer latency samples")
+    parser.add_argument(
+        "--limits",
+        choices=["none", "memory", "redis"],
+        default="none",
+        help="turn the limits stage on: rpm, tpm, usd_day per tenant and concurrency per key (never reached), "
+        "counted in process (memory) or in the Redis at 127.0.0.1:6379 (redis)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk not found; install it with `apt-get install -y wrk`")
-    report = run(Sizes.pick(args.duration, args.quick))
+    report = run(Sizes.pick(args.duration, args.quick), args.limits)
     print(render(report))
     out = HERE / "results" / "latest.json"
     out.parent.mkdir(exist_ok=True)
