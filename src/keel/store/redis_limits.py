@@ -1,7 +1,8 @@
 """Limit counters shared by every gateway process through Redis: one Lua call per admission.
 
 The same arithmetic as `MemoryLimits` (store/counters.py). `reserve` is one EVALSHA that checks every
-charge and adds them all only if all fit; `settle` and `release` are one EVALSHA each. Keys are
+charge and adds them all only if all fit; `settle` and `release` queue their adjustments, and one
+EVALSHA applies every adjustment that queued meanwhile (one per call when idle, shared under load). Keys are
 `{prefix}{counter}:{period}`, with the window's name for windows without a calendar period:
 - minute: a hash second → amount; the script sums fields within (now − 60, now], deletes older ones
   (so it holds at most ~61 fields) and sets EXPIRE 120 s;
@@ -141,6 +142,9 @@ return #KEYS
 )
 
 
+_BATCH = 64  # settlements per EVALSHA: under load they share round trips
+
+
 class RedisLimits:
     def __init__(self, url: str, *, prefix: str = "keel:limit:", lease_s: float = 900.0) -> None:
         self._prefix = prefix
@@ -152,6 +156,8 @@ class RedisLimits:
         self._slots = asyncio.Semaphore(_POOL_SIZE)
         self._reserve = self._client.register_script(_RESERVE)
         self._adjust = self._client.register_script(_ADJUST)
+        self._adjustments: list[tuple[list[str], list[str], str, asyncio.Future[None]]] = []
+        self._adjuster: asyncio.Task[None] | None = None
         self._down_until = 0.0
         self._warned_at = float("-inf")
 
@@ -222,11 +228,26 @@ class RedisLimits:
             args += [_KIND[c.window], field, repr(delta), str(ttl)]
         if not keys:
             return
-        try:
-            async with self._slots:
-                await self._adjust(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
-            self._failed(exc, f"settling reservation {reservation.id} was lost")
+        done = asyncio.get_running_loop().create_future()
+        self._adjustments.append((keys, args, reservation.id, done))
+        if self._adjuster is None or self._adjuster.done():
+            self._adjuster = asyncio.ensure_future(self._adjust_batches())
+        await done
+
+    async def _adjust_batches(self) -> None:
+        """Run every settlement that queued meanwhile as one EVALSHA (the script loops over its keys)."""
+        while self._adjustments:
+            batch, self._adjustments = self._adjustments[:_BATCH], self._adjustments[_BATCH:]
+            keys = [k for b in batch for k in b[0]]
+            args = [a for b in batch for a in b[1]]
+            try:
+                async with self._slots:
+                    await self._adjust(keys=keys, args=args)
+            except (RedisError, OSError) as exc:
+                self._failed(exc, f"settling reservations {', '.join(b[2] for b in batch)} was lost")
+            for b in batch:
+                if not b[3].done():
+                    b[3].set_result(None)
 
     async def usage(self, counters: Sequence[tuple[str, Window]], now: float) -> list[float]:
         try:
@@ -253,6 +274,8 @@ class RedisLimits:
             log.warning("limits: Redis is unreachable or failing (%s); %s", exc, meanwhile)
 
     async def aclose(self) -> None:
+        if self._adjuster is not None:
+            await self._adjuster
         await self._client.aclose()
 
 
