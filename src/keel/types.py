@@ -193,3 +193,5 @@ class TraceRecord:
     route: JSON | None = None  # the routing decision: rule, candidates, skipped and why
     attempt_log: list[JSON] | None = None  # every attempt: target, outcome, error kind, ms
     fallback: str | None = None  # which level served: primary, target, alias:<name>, static
+    cache: str | None = None  # hit | semantic | stale | miss; None when the call could not use the cache
+    cache_saved_usd: float | None = None  # what the cached answer cost when it was made

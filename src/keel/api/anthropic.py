@@ -48,9 +48,9 @@ class AnthropicEdge:
         try:
             body = await read_json(request)
             chat = parse_request(body)
+            call = new_call(request, chat, body, "messages", self._payloads)
         except KeelError as err:
             return error_response(err)
-        call = new_call(request, chat, body, "messages", self._payloads)
         call.t0 = t0
         message_id = f"msg_{call.trace.id}"
         try:

@@ -15,6 +15,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from keel.cache import HEADER as CACHE_HEADER
+from keel.cache import Directives
 from keel.errors import InvalidRequest, KeelError, ProviderError
 from keel.gateway.call import Call, Reply
 from keel.providers import openai_chat as wire
@@ -93,6 +95,7 @@ def new_call(
         timeout_s=_timeout(h.get("x-keel-timeout")),
         tier=h.get("x-keel-tier"),
         asked_priority=_priority(h.get("x-keel-priority")),
+        cache_control=Directives.parse(h.get(CACHE_HEADER)),
     )
 
 
@@ -130,6 +133,11 @@ def _headers(call: Call, reply: Reply) -> dict[str, str]:
     }
     if call.warnings:
         headers["x-keel-limit-warning"] = "; ".join(call.warnings)
+    cache = record.cache or record.tags.get("keel.cache")
+    if cache == "semantic":
+        headers["x-keel-cache"] = f"semantic; similarity={record.tags.get('keel.cache_similarity')}"
+    elif cache is not None:
+        headers["x-keel-cache"] = str(cache)
     return headers
 
 
@@ -146,9 +154,9 @@ class OpenAIEdge:
         try:
             body = await read_json(request)
             chat = wire.parse_request(body)
+            call = new_call(request, chat, body, "chat", self._payloads)
         except KeelError as err:
             return error_response(err)
-        call = new_call(request, chat, body, "chat", self._payloads)
         call.t0 = t0
         try:
             reply = await self._rt.pipeline(call)
@@ -194,9 +202,9 @@ class OpenAIEdge:
         try:
             body = await read_json(request)
             emb = parse_embedding_request(body)
+            call = new_call(request, emb, body, "embeddings", self._payloads)
         except KeelError as err:
             return error_response(err)
-        call = new_call(request, emb, body, "embeddings", self._payloads)
         call.t0 = t0
         try:
             reply = await self._rt.pipeline(call)

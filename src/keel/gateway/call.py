@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from keel.cache import Directives
 from keel.errors import KeelError
 from keel.types import (
     ChatEvent,
@@ -51,6 +52,8 @@ class Call:
     deadline: float | None = None  # event-loop time by which the call must end
     waited_s: float = 0.0  # time in failed attempts and backoff: not gateway overhead
     warnings: list[str] = field(default_factory=list)  # soft-limit warnings for the response header
+    cache_control: Directives = field(default_factory=Directives)  # x-keel-cache-control
+    stale_answer: bool = False  # the cache holds an expired answer: it, not the static one, follows the targets
 
 
 Status = Literal["ok", "error", "cancelled"]

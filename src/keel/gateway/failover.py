@@ -1,8 +1,9 @@
 """The failover stage: walks the route plan, then its fallback chain, under one deadline.
 
 Levels, in order: the plan's first target (`primary`); its other targets (`target`, e.g. the same
-model on another provider); each fallback alias (`alias:<name>`, a degraded model); the alias's
-static answer (`static`); then a clean error. What happens after a failure is decided by one
+model on another provider); each fallback alias (`alias:<name>`, a degraded model); an expired
+cached answer (`stale`, served by the cache stage around this one, which raises to let it); the
+alias's static answer (`static`); then a clean error. What happens after a failure is decided by one
 table keyed on `ErrorKind` (`ACTIONS`). Breakers skip open targets without paying their latency.
 Only the attempt that served is billed: failed attempts carry no usage.
 """
@@ -197,7 +198,7 @@ class FailoverStage:
         assert call.plan is not None
         record = call.trace
         record.attempt_log = walk.log
-        if walk.stopped != "stop" and call.plan.static_answer is not None:
+        if walk.stopped != "stop" and call.plan.static_answer is not None and not call.stale_answer:
             record.fallback, record.provider, record.model, record.cost_usd = "static", "static", "static", 0.0
             walk.log.append({"level": "static", "outcome": "ok"})
             return Reply(_static(call.plan.static_answer), call.t0)
