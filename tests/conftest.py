@@ -235,3 +235,59 @@ def make_gateway(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def gateway(make_gateway: Any, up: FakeUpstream, storage_url: str, tmp_path: Path) -> Gateway:
     return make_gateway(base_config(up, storage_url, tmp_path))  # type: ignore[no-any-return]
+
+
+# ---- PostgreSQL with pgvector (the semantic cache's shared index) -------------------------------
+
+PGSERVER_HOWTO = "install it: pip install pgserver (a PostgreSQL 16 with pgvector, started in a temp dir)"
+
+
+@pytest.fixture(scope="session")
+def pgvector_url() -> Iterator[str]:
+    """A real PostgreSQL with pgvector from `pgserver`; it failing → a loud failure in CI, a skip elsewhere.
+
+    Its data directory is straight under the temp dir: run as root, pgserver starts PostgreSQL as its
+    own user, who cannot enter pytest's private tmp_path. The extension lives in `public`, so each
+    test's own schema (`pgvector_schema_url`) can use it.
+    """
+    import shutil
+    import tempfile
+    import warnings
+
+    import psycopg
+
+    pgdata = tempfile.mkdtemp(prefix="keel-pgserver-")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            import pgserver
+
+            server = pgserver.get_server(pgdata, cleanup_mode="stop")
+            uri = server.get_uri()
+        with psycopg.connect(uri, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")
+    except Exception as exc:
+        shutil.rmtree(pgdata, ignore_errors=True)
+        reason = f"PostgreSQL with pgvector (pgserver) did not start: {exc!r}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}\nThese tests must run on pgvector in CI: {PGSERVER_HOWTO}")
+        pytest.skip(f"{reason} ({PGSERVER_HOWTO})")
+    yield uri
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        server.cleanup()
+    shutil.rmtree(pgdata, ignore_errors=True)
+
+
+@pytest.fixture
+def pgvector_schema_url(pgvector_url: str) -> Iterator[str]:
+    """A fresh schema in the pgvector server (then `public`, for the extension), dropped afterwards."""
+    import psycopg
+
+    schema = "keel_test_" + secrets.token_hex(4)
+    with psycopg.connect(pgvector_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in pgvector_url else "?"
+    yield f"{pgvector_url}{sep}options=-csearch_path%3D{schema}%2Cpublic"
+    with psycopg.connect(pgvector_url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keel.store.protocols import BreakerPolicy, BreakerStore, LimitStore, Store
+from keel.store.protocols import BreakerPolicy, BreakerStore, CacheStore, LimitStore, Store, VectorIndex
 
 
 def open_store(url: str, *, migrate: bool = True) -> Store:
@@ -43,3 +43,39 @@ def open_limits(redis_url: str | None) -> LimitStore:
     from keel.store.memory import MemoryLimits
 
     return MemoryLimits()
+
+
+def open_cache(url: str, *, max_entries: int) -> CacheStore:
+    """The exact-match cache at `url`: memory://, sqlite:///path or redis://... (rediss://, unix:// too)."""
+    if url == "memory://":
+        from keel.store.memory_cache import MemoryCache
+
+        return MemoryCache(max_entries)
+    if url.startswith("sqlite:///"):
+        from keel.store.sqlite_cache import SqliteCache
+
+        return SqliteCache(url, max_entries)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from keel.store.redis_cache import RedisCache
+
+        return RedisCache(url, max_entries)
+    raise ValueError(f"unsupported cache URL {url!r}: use memory://, sqlite:///path or redis://host:port/db")
+
+
+def open_vectors(url: str, *, max_entries: int) -> VectorIndex:
+    """The semantic cache's vector index at `url`: memory://, sqlite:///path or postgresql://... (pgvector)."""
+    if url == "memory://":
+        from keel.store.memory_vectors import MemoryVectors
+
+        return MemoryVectors(max_entries)
+    if url.startswith("sqlite:///"):
+        from keel.store.sqlite_vectors import SqliteVectors
+
+        return SqliteVectors(url, max_entries)
+    if url.startswith(("postgresql://", "postgres://")):
+        from keel.store.pg_vectors import PgVectors
+
+        return PgVectors(url, max_entries)
+    raise ValueError(
+        f"unsupported vector index URL {url!r}: use memory://, sqlite:///path or postgresql://... (with pgvector)"
+    )
