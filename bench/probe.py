@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 FIRST_CONTENT = b'"content":"Hello'  # the first content chunk of bench/upstream.py's stream
 
 
-def build_request(port: int, body: bytes, key: str | None = None) -> bytes:
-    auth = f"authorization: Bearer {key}\r\n" if key else ""
+def build_request(port: int, body: bytes, key: str | None = None, headers: str = "") -> bytes:
+    auth = (f"authorization: Bearer {key}\r\n" if key else "") + headers
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n{auth}"
         f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"

@@ -62,6 +62,7 @@ class Bench:
     tmp: Path
     pinned: bool
     limits: str = "none"  # none | memory | redis: the limits stage's counters
+    extra: str = ""  # more top-level YAML for keel.yaml (other benches' settings)
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     key: str = ""
@@ -139,7 +140,8 @@ models:
     if bench.limits != "none":  # four counters per call, as a typical tenant has; far from refusing
         text += LIMITS
     if bench.limits == "redis":
-        text += f'redis: {{url: "redis://127.0.0.1:6379/0"}}\n'
+        text += 'redis: {url: "redis://127.0.0.1:6379/0"}\n'
+    text += bench.extra
     path = bench.tmp / "keel.yaml"
     path.write_text(text)
     return path
