@@ -389,5 +389,7 @@ def test_a_small_partition_beside_a_large_one_is_still_found(vectors: Backend) -
         await index.add("acme", "small", "m", "lonely", unit(1, 1), T + 60)  # cos ≈ 0.7 with basis(0)
         hit = await index.nearest("acme", "small", "m", basis(0), 0.5, T)
         assert hit is not None and hit.key == "lonely"
+        hit = await index.nearest("acme", "big", "m", crowd[5], 0.999, T)  # memory: past THREAD_ROWS, in a thread
+        assert hit is not None and hit.key == "c5"
 
     vectors.run(body)

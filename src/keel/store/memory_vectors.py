@@ -90,6 +90,8 @@ class _Partition:
 
 def _best(matrix: Any, stale: Any, n: int, query: Any, now: float) -> tuple[int, float] | None:
     """Index and similarity of the most similar live row among the first `n`, or None."""
+    if n == 0:
+        return None
     np = _numpy()
     sims = matrix[:n] @ query
     sims = np.where(stale[:n] > now, sims, -np.inf)
