@@ -242,6 +242,32 @@ class RedisConfig(_Model):
         return v
 
 
+OtelPreset = Literal["langfuse", "phoenix", "mlflow"]
+
+
+class OtelConfig(_Model):
+    """OTLP/HTTP export of every call as a GenAI span; on when `endpoint` or `preset` is set."""
+
+    endpoint: str | None = None  # base URL; /v1/traces (or the preset's path) is added unless given
+    preset: OtelPreset | None = None  # fills the URL path and the auth header shape
+    headers: dict[str, str] = {}  # sent with every export; values may use ${ENV}, never logged
+    public_key: str | None = None  # langfuse
+    secret_key: str | None = None  # langfuse
+    api_key: str | None = None  # phoenix (optional)
+    experiment_id: str | None = None  # mlflow
+    capture_content: bool = False  # prompts and responses as gen_ai.input/output.messages
+    service_name: str = "keel"
+    queue_size: int = Field(10_000, ge=1)  # spans waiting; beyond it new spans are dropped and counted
+    batch_size: int = Field(512, ge=1)
+    flush_interval_ms: int = Field(1000, ge=1)
+    timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(4, ge=0)  # on 429, 5xx and connection errors, with exponential backoff
+
+    @property
+    def enabled(self) -> bool:
+        return self.endpoint is not None or self.preset is not None
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     resilience: ResilienceConfig = ResilienceConfig()
@@ -251,6 +277,7 @@ class Config(_Model):
     admin_token: str | None = None
     storage: StorageConfig = StorageConfig()
     traces: TracesConfig = TracesConfig()
+    otel: OtelConfig = OtelConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, AliasConfig] = {}
     prices: dict[str, PriceConfig] = {}
@@ -404,6 +431,7 @@ def _cross_check(raw: dict[str, Any]) -> list[ConfigIssue]:
                 issues.append(ConfigIssue(path, f"unknown provider '{name}'", f"use one of: {known}"))
     issues.extend(_check_alias_references(_mapping(raw.get("models"))))
     issues.extend(_check_cache(_mapping(raw.get("cache")), _mapping(raw.get("models"))))
+    issues.extend(_check_otel(_mapping(raw.get("otel"))))
     if providers and not raw.get("models"):
         fix = "add an alias under models: with its targets"
         issues.append(ConfigIssue("models", "providers are configured but no model alias is", fix))
@@ -448,6 +476,41 @@ def _check_provider(name: str, p: dict[str, Any]) -> list[ConfigIssue]:
         issues.append(ConfigIssue(path, "required for this provider type", "set base_url to the server's /v1 URL"))
     if isinstance(base_url, str) and base_url and not base_url.startswith(("http://", "https://")):
         issues.append(ConfigIssue(path, f"not an http(s) URL: {base_url!r}", "use http://host:port/v1 or https://..."))
+    return issues
+
+
+# Each preset's credential fields: (key, required, where to find it).
+OTEL_CREDENTIALS: dict[str, tuple[tuple[str, bool, str], ...]] = {
+    "langfuse": (
+        ("public_key", True, "the project's public key (pk-lf-...), e.g. ${LANGFUSE_PUBLIC_KEY}"),
+        ("secret_key", True, "the project's secret key (sk-lf-...), e.g. ${LANGFUSE_SECRET_KEY}"),
+    ),
+    "phoenix": (("api_key", False, "the Phoenix API key, e.g. ${PHOENIX_API_KEY}"),),
+    "mlflow": (("experiment_id", True, "the MLflow experiment id the traces belong to, e.g. '0'"),),
+}
+
+
+def _check_otel(otel: dict[str, Any]) -> list[ConfigIssue]:
+    """A preset's credentials are present, and no credential is set that the preset would ignore."""
+    issues: list[ConfigIssue] = []
+    endpoint = otel.get("endpoint")
+    if isinstance(endpoint, str) and not endpoint.startswith(("http://", "https://")):
+        fix = "use http://host:4318 or https://host/..., the collector's OTLP/HTTP base URL"
+        issues.append(ConfigIssue("otel.endpoint", f"not an http(s) URL: {endpoint!r}", fix))
+    preset = otel.get("preset")
+    if preset is not None and preset not in OTEL_CREDENTIALS:
+        return issues  # the schema check names the choices
+    fields = OTEL_CREDENTIALS.get(preset, ()) if isinstance(preset, str) else ()
+    for key, required, what in fields:
+        if required and not otel.get(key):
+            issues.append(ConfigIssue(f"otel.{key}", f"required by preset '{preset}'", f"set otel.{key}: {what}"))
+    used = {key for key, _, _ in fields}
+    for key in sorted({k for creds in OTEL_CREDENTIALS.values() for k, _, _ in creds} - used):
+        if otel.get(key) is not None:
+            users = " or ".join(p for p, creds in OTEL_CREDENTIALS.items() if key in {k for k, _, _ in creds})
+            fix = f"remove it, or set otel.preset: {users}"
+            why = f"not used by preset '{preset}'" if preset else "only used with a preset"
+            issues.append(ConfigIssue(f"otel.{key}", why, fix))
     return issues
 
 

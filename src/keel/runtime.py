@@ -24,9 +24,11 @@ from keel.gateway.routing import Router
 from keel.gateway.stages import AuthStage, RouteStage, TraceStage
 from keel.keys import Authenticator
 from keel.limits import LimitBook, book_from
+from keel.otel import SpanExporter
 from keel.providers.base import Provider
 from keel.providers.http import Sessions
 from keel.providers.registry import build_provider
+from keel.spans import upstreams
 from keel.store.open import open_breakers, open_cache, open_limits, open_store, open_vectors
 from keel.store.protocols import BreakerPolicy, BreakerStore, LimitStore, Store
 from keel.traces import TraceWriter
@@ -54,6 +56,7 @@ class Runtime:
     trace_stage: TraceStage
     cache_stage: CacheStage | None
     pipeline: Handler
+    exporter: SpanExporter | None = None  # OpenTelemetry export, when `otel:` is configured
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -110,7 +113,8 @@ class Runtime:
             thresholds=tuple(config.limits.soft_thresholds),
             alert=alerts.threshold_crossed if alerts is not None else None,
         )
-        trace_stage = TraceStage(writer)
+        exporter = SpanExporter(config.otel, upstreams(config)) if config.otel.enabled else None
+        trace_stage = TraceStage(writer, exporter.put if exporter is not None else None)
         stages: list[Stage] = [trace_stage, AuthStage(authenticator), RouteStage(router), limits_stage]
         cache_stage = build_cache(config, providers)
         stages += [cache_stage, failover] if cache_stage is not None else [failover]
@@ -141,10 +145,13 @@ class Runtime:
             trace_stage,
             cache_stage,
             pipeline,
+            exporter,
         )
 
     async def start(self) -> None:
         self.writer.start()
+        if self.exporter is not None:
+            self.exporter.start()
         self._tasks.append(asyncio.create_task(self.authenticator.run(), name="keel-revocations"))
         self._tasks.append(asyncio.create_task(self._refresh_limits(), name="keel-limit-overrides"))
         if self.alerts is not None:
@@ -179,6 +186,8 @@ class Runtime:
         if self.alerts is not None:
             await self.alerts.aclose()  # sends what is queued, within its drain time
         await asyncio.to_thread(self.writer.close)
+        if self.exporter is not None:
+            await asyncio.to_thread(self.exporter.close)  # sends what is queued, within its timeout
         self.store.close()
 
 

@@ -195,3 +195,8 @@ class TraceRecord:
     fallback: str | None = None  # which level served: primary, target, alias:<name>, static
     cache: str | None = None  # hit | semantic | stale | miss; None when the call could not use the cache
     cache_saved_usd: float | None = None  # what the cached answer cost when it was made
+    # W3C trace context of the caller (traceparent/tracestate), so the exported span joins its trace.
+    # Not stored in the database; only the OpenTelemetry export reads them.
+    otel_trace_id: str | None = None  # 32 lowercase hex
+    otel_parent_span_id: str | None = None  # 16 lowercase hex
+    otel_tracestate: str | None = None

@@ -54,6 +54,17 @@ def create_app(runtime: Runtime) -> FastPath:
         except Exception as exc:
             return JSONResponse({"status": "unavailable", "reason": f"store: {type(exc).__name__}"}, 503)
         stats = runtime.writer.stats
+        otel = runtime.exporter
+        spans = (
+            {}
+            if otel is None
+            else {
+                "otel_queue": otel.depth,
+                "otel_spans_exported": otel.stats.exported,
+                "otel_spans_dropped": otel.stats.dropped,
+                "otel_spans_failed": otel.stats.failed,
+            }
+        )
         return JSONResponse(
             {
                 "status": "ready",
@@ -64,6 +75,7 @@ def create_app(runtime: Runtime) -> FastPath:
                 "trace_flush_failures": stats.failed_flushes,
                 "unauthenticated": runtime.trace_stage.unauthenticated,  # refused before auth: counted, not traced
                 "limits_store_unavailable": runtime.limits_stage.unavailable,
+                **spans,
             }
         )
 

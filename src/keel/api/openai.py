@@ -19,6 +19,7 @@ from keel.cache import HEADER as CACHE_HEADER
 from keel.cache import Directives
 from keel.errors import InvalidRequest, KeelError, ProviderError
 from keel.gateway.call import Call, Reply
+from keel.otel import join_caller_trace
 from keel.providers import openai_chat as wire
 from keel.runtime import Runtime
 from keel.types import ChatRequest, EmbeddingRequest, TraceRecord, UsageEvent
@@ -88,6 +89,8 @@ def new_call(
         request=body if store_payloads else None,
         stream=getattr(model_request, "stream", False),
     )
+    if "traceparent" in h:
+        join_caller_trace(record, h.get("traceparent"), ", ".join(h.getlist("tracestate")))
     return Call(
         model_request,
         record,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from keel.errors import AuthError, KeelError
 from keel.gateway.call import Call, Outcome, Reply
@@ -10,18 +11,22 @@ from keel.gateway.pipeline import Handler
 from keel.gateway.routing import Router
 from keel.keys import Authenticator
 from keel.traces import TraceWriter
-from keel.types import ChatRequest, TraceRecord
+from keel.types import ChatRequest, EmbeddingRequest, TraceRecord
+
+Export = Callable[[TraceRecord, ChatRequest | EmbeddingRequest], None]
 
 
 class TraceStage:
     """Emits the call's record (made at the edge) exactly once, whatever happens.
 
     Calls refused before authentication are counted, not recorded: an unauthenticated flood must
-    not be able to write to the database.
+    not be able to write to the database. `export` (the OpenTelemetry exporter's non-blocking `put`)
+    receives the same records, with the parsed request it may describe.
     """
 
-    def __init__(self, writer: TraceWriter) -> None:
+    def __init__(self, writer: TraceWriter, export: Export | None = None) -> None:
         self._writer = writer
+        self._export = export
         self.unauthenticated = 0
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
@@ -33,7 +38,7 @@ class TraceStage:
                 raise
             err = exc if isinstance(exc, KeelError) else KeelError(f"internal error: {type(exc).__name__}")
             _fail(call.trace, err, call.t0)
-            self._writer.put(call.trace)
+            self._put(call)
             raise
         reply.on_done(lambda outcome: self._emit(call, outcome))
         return reply
@@ -57,7 +62,12 @@ class TraceStage:
         elif outcome.error is not None:
             record.status = "partial" if outcome.ttft_s is not None else "error"
             record.error_kind, record.error_message = outcome.error.kind, outcome.error.message
-        self._writer.put(record)
+        self._put(call)
+
+    def _put(self, call: Call) -> None:
+        self._writer.put(call.trace)
+        if self._export is not None:
+            self._export(call.trace, call.request)
 
 
 def _fail(record: TraceRecord, err: KeelError, t0: float) -> None:
