@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ import anthropic
 import httpx
 import openai
 import pytest
+import yaml
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -33,6 +36,7 @@ from keel.testing import FakeUpstream, Script
 from keel.types import ChatRequest, Message, TraceRecord
 
 from .conftest import Gateway, base_config
+from .test_serve_process import KEEL, bootstrap_key, free_port, wait_healthy
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -260,6 +264,20 @@ def test_embeddings_span(gw: Gateway, receiver: Receiver) -> None:
     assert span.name == "embeddings embed" and attrs(span)["gen_ai.operation.name"] == "embeddings"
 
 
+def test_cache_outcome_is_an_attribute(make_gateway: Any, up: FakeUpstream, tmp_path: Path, receiver: Receiver) -> None:
+    raw = base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path)
+    raw["cache"] = {"enabled": True, "ttl_s": 60, "url": "memory://"}
+    raw["otel"] = {"endpoint": receiver.url, "flush_interval_ms": 20}
+    gw = make_gateway(raw)
+    with client(gw) as c:
+        for _ in range(2):
+            c.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "same question"}], temperature=0
+            )  # deterministic: cacheable
+    first, second = sorted(receiver.wait_for(2), key=lambda s: s.start_time_unix_nano)
+    assert (attrs(first)["keel.cache"], attrs(second)["keel.cache"]) == ("miss", "hit")
+
+
 def test_receiver_503s_are_retried(gw: Gateway, receiver: Receiver) -> None:
     receiver.fail_next = 2
     with client(gw) as c:
@@ -274,6 +292,39 @@ def test_receiver_503s_are_retried(gw: Gateway, receiver: Receiver) -> None:
     assert (exporter.stats.exported, exporter.stats.failed) == (1, 0)
     ready = httpx.get(gw.url + "/readyz").json()
     assert (ready["otel_spans_exported"], ready["otel_spans_dropped"], ready["otel_spans_failed"]) == (1, 0, 0)
+
+
+def test_sigterm_sends_what_is_queued(tmp_path: Path, receiver: Receiver) -> None:
+    """`keel serve` as a real process: spans still queued (long flush interval) leave before exit."""
+    port, n = free_port(), 20
+    config = {
+        "server": {"port": port},
+        "storage": {"url": f"sqlite:///{tmp_path}/k.db"},
+        "traces": {"spill_dir": str(tmp_path / "spill")},
+        "otel": {"endpoint": receiver.url, "flush_interval_ms": 600_000, "batch_size": 1000},
+        "providers": {"sim": {"type": "simulated"}},
+        "models": {"demo": {"targets": [{"provider": "sim", "model": "simulated-1"}]}},
+    }
+    (tmp_path / "keel.yaml").write_text(yaml.safe_dump(config))
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*KEEL, "serve"], cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        key = bootstrap_key(proc, log)
+        wait_healthy(proc, url, log)
+        with openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=10) as c:
+            for i in range(n):
+                c.chat.completions.create(model="demo", messages=[{"role": "user", "content": f"call {i}"}])
+        assert receiver.spans == []  # nothing sent yet: the flush interval is ten minutes
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert len(receiver.spans) == n and len(receiver.exports) == 1
+    assert {attrs(s)["gen_ai.provider.name"] for s in receiver.spans} == {"simulated"}
 
 
 # ---- presets: the receiver sees each backend's path and auth headers --------------------------------

@@ -144,7 +144,8 @@ def keel_attributes(record: TraceRecord) -> dict[str, AttrValue | None]:
         "keel.latency_ms": record.latency_ms,
         "keel.ttft_ms": record.ttft_ms,
         "keel.overhead_ms": record.overhead_ms,
-        "keel.cache": getattr(record, "cache", None),  # the cache stage's outcome, once records carry one
+        "keel.cache": record.cache,  # hit | semantic | stale | miss
+        "keel.cache_saved_usd": record.cache_saved_usd,
     }
 
 
