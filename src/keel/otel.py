@@ -19,13 +19,14 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
 from keel.config import OtelConfig
 from keel.errors import ConfigError, ConfigIssue
-from keel.spans import SpanData, Upstream, span_data
+from keel.spans import AttrValue, SpanData, Upstream, span_data
 from keel.types import ChatRequest, EmbeddingRequest, TraceRecord
 
 if TYPE_CHECKING:
@@ -286,46 +287,48 @@ def _require_proto() -> None:
 
 
 def encode(spans: list[SpanData], resource: dict[str, str]) -> bytes:
-    """An ExportTraceServiceRequest holding `spans` under one resource and the `keel` scope."""
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-    from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
-    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
+    """An ExportTraceServiceRequest holding `spans` under one resource and the `keel` scope.
 
-    out = []
+    Built in place (`add()` on repeated fields): constructing and copying sub-messages costs several
+    times more per span.
+    """
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    _set_attributes(resource_spans.resource.attributes, resource)
+    scope = resource_spans.scope_spans.add()
+    scope.scope.name = "keel"
+    client, error = Span.SpanKind.SPAN_KIND_CLIENT, Status.StatusCode.STATUS_CODE_ERROR
     for s in spans:
-        span = Span(
-            trace_id=s.trace_id,
-            span_id=s.span_id,
-            parent_span_id=s.parent_span_id,
-            trace_state=s.trace_state,
-            name=s.name,
-            kind=Span.SpanKind.SPAN_KIND_CLIENT,
-            start_time_unix_nano=s.start_ns,
-            end_time_unix_nano=s.end_ns,
-            attributes=[_key_value(k, v) for k, v in s.attributes.items()],
-            flags=s.flags,
-        )
+        span = scope.spans.add()
+        span.trace_id, span.span_id, span.parent_span_id = s.trace_id, s.span_id, s.parent_span_id
+        span.trace_state, span.name, span.kind, span.flags = s.trace_state, s.name, client, s.flags
+        span.start_time_unix_nano, span.end_time_unix_nano = s.start_ns, s.end_ns
+        _set_attributes(span.attributes, s.attributes)
         if s.error is not None:
-            span.status.CopyFrom(Status(code=Status.StatusCode.STATUS_CODE_ERROR, message=s.error))
-        out.append(span)
-    resource_pb = Resource(attributes=[_key_value(k, v) for k, v in resource.items()])
-    scope = ScopeSpans(scope=InstrumentationScope(name="keel"), spans=out)
-    request = ExportTraceServiceRequest(resource_spans=[ResourceSpans(resource=resource_pb, scope_spans=[scope])])
+            span.status.code, span.status.message = error, s.error
     return request.SerializeToString()  # type: ignore[no-any-return]
 
 
-def _key_value(key: str, value: str | int | float | bool | list[str]) -> KeyValue:
-    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
+class _KeyValues(Protocol):
+    def add(self) -> KeyValue: ...
 
-    if isinstance(value, bool):  # before int: bool is an int
-        any_value = AnyValue(bool_value=value)
-    elif isinstance(value, int):
-        any_value = AnyValue(int_value=value)
-    elif isinstance(value, float):
-        any_value = AnyValue(double_value=value)
-    elif isinstance(value, list):
-        any_value = AnyValue(array_value=ArrayValue(values=[AnyValue(string_value=v) for v in value]))
-    else:
-        any_value = AnyValue(string_value=value)
-    return KeyValue(key=key, value=any_value)
+
+def _set_attributes(into: _KeyValues, attributes: Mapping[str, AttrValue]) -> None:
+    for key, value in attributes.items():
+        kv = into.add()
+        kv.key = key
+        v = kv.value
+        if isinstance(value, str):
+            v.string_value = value
+        elif isinstance(value, bool):  # before int: bool is an int
+            v.bool_value = value
+        elif isinstance(value, int):
+            v.int_value = value
+        elif isinstance(value, float):
+            v.double_value = value
+        else:
+            for x in value:
+                v.array_value.values.add().string_value = x
