@@ -536,6 +536,14 @@ traces:
   queue_size: 10000                 # bounded; overflow spills to spill_dir, never silently dropped
   spill_dir: .keel/spill
 
+# OpenTelemetry: every call as a GenAI span over OTLP/HTTP (pip install 'keel[otel]').
+# otel:
+#   endpoint: http://127.0.0.1:4318         # or a preset: langfuse | phoenix | mlflow
+#   preset: langfuse
+#   public_key: ${LANGFUSE_PUBLIC_KEY}
+#   secret_key: ${LANGFUSE_SECRET_KEY}
+#   capture_content: false                  # prompts and answers in spans only when true
+
 # Upstreams. `type` picks a catalog row (openai, azure, anthropic, groq, together, mistral,
 # vllm, ollama, deepseek, fireworks, openrouter, simulated); base_url defaults from the catalog.
 providers:
