@@ -193,3 +193,6 @@ class TraceRecord:
     route: JSON | None = None  # the routing decision: rule, candidates, skipped and why
     attempt_log: list[JSON] | None = None  # every attempt: target, outcome, error kind, ms
     fallback: str | None = None  # which level served: primary, target, alias:<name>, static
+    prompt_version: str | None = None  # header x-keel-prompt-version, else tag prompt_version
+    cache: str | None = None  # hit | semantic | stale | miss; None when the call was not eligible
+    cache_saved_usd: float | None = None  # what a cache hit saved: the cost of the answer it reused
