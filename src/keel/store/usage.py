@@ -172,9 +172,9 @@ def _ceil(t: float, step: int) -> int:
 def spans(since: float, until: float) -> list[tuple[str, int, int]]:
     """[since, until) widened to whole minutes, cut into (grain, start, end) pieces: whole days in
     the middle, whole hours beside them, minutes at the edges."""
-    start, end = _floor(since, 60), _ceil(until, 60)
-    if start >= end:
+    if since >= until:
         return []
+    start, end = _floor(since, 60), _ceil(until, 60)
     for grain in ("day", "hour"):
         step = GRAINS[grain]
         lo, hi = _ceil(start, step), _floor(end, step)

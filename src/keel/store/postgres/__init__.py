@@ -205,6 +205,9 @@ class PostgresStore:
     def append_traces(self, records: Sequence[TraceRecord]) -> None:
         if not records:
             return
+        # in id order: writers of overlapping batches (a spill reloaded by another process) lock
+        # the same ids in the same order, so they wait for each other instead of deadlocking
+        records = sorted(records, key=lambda r: r.id)
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             cur.executemany(_INSERT_TRACE, [without_nul(trace_to_row(r)) for r in records], returning=True)
             new = {row[0] for _ in cur.results() for row in cur.fetchall()}  # ids this batch inserted
