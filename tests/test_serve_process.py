@@ -1,4 +1,4 @@
-"""`keel serve` as a real process: trace parity across SIGTERM, and revocation by another process.
+"""`keel serve` as a real process: trace and rollup parity across SIGTERM, and revocation by another process.
 
 Each test starts its own server (a free port, SQLite in tmp_path, the simulated provider) and
 kills it in teardown whatever happened. Clients are the `openai` SDK, as a user would run it.
@@ -6,6 +6,7 @@ kills it in teardown whatever happened. Clients are the `openai` SDK, as a user 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import signal
@@ -22,6 +23,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import yaml
@@ -126,6 +128,33 @@ def counts(db: Path, column: str) -> dict[object, int]:
         return dict(conn.execute(f"SELECT {column}, count(*) FROM traces GROUP BY {column}").fetchall())
 
 
+_SUMMED = (
+    "count(*)",
+    "sum(input_tokens)",
+    "sum(output_tokens)",
+    "round(sum(cost_usd), 9)",
+    "round(sum(latency_ms), 6)",
+)
+_ROLLED = (
+    "sum(calls)",
+    "sum(input_tokens)",
+    "sum(output_tokens)",
+    "round(sum(cost_usd), 9)",
+    "round(sum(latency_sum_ms), 6)",
+)
+
+
+def assert_rollups_equal_traces(db: Path) -> None:
+    """Every grain and every dimension of the usage rollups adds up to the sums over the trace rows."""
+    with closing(sqlite3.connect(db)) as conn:
+        want = conn.execute(f"SELECT {', '.join(_SUMMED)} FROM traces").fetchone()
+        for grain in ("minute", "hour", "day"):
+            sql = f"SELECT dim, {', '.join(_ROLLED)} FROM usage_{grain} GROUP BY dim"
+            per_dim = {dim: tuple(sums) for dim, *sums in conn.execute(sql)}
+            assert len(per_dim) == 9, per_dim.keys()  # '*' and the eight attribution dimensions
+            assert all(sums == want for sums in per_dim.values()), (grain, per_dim, want)
+
+
 def test_n_successful_calls_leave_exactly_n_traces_after_sigterm(server: Server) -> None:
     n = 300
     with urllib.request.urlopen(server.url + "/readyz", timeout=5) as r:
@@ -141,6 +170,42 @@ def test_n_successful_calls_leave_exactly_n_traces_after_sigterm(server: Server)
     assert counts(server.db, "status") == {"ok": n}
     assert counts(server.db, "stream") == {0: n // 2, 1: n // 2}
     assert not list(server.spill.glob("traces-*")), "records left in the spill dir instead of the database"
+    assert_rollups_equal_traces(server.db)
+    assert code == 0, f"`keel serve` exited {code} after SIGTERM:\n{server.log.read_text()[-2000:]}"
+
+
+def test_sigterm_in_the_middle_of_a_load_run_loses_no_record_and_rollups_still_match(server: Server) -> None:
+    answered: list[str] = []  # trace ids of the calls that got an answer
+
+    def load(worker: int) -> None:
+        auth = {"authorization": f"Bearer {server.key}"}
+        with httpx.Client(base_url=server.url, headers=auth, timeout=10) as h:
+            for i in itertools.count():
+                body = {
+                    "model": "demo",
+                    "messages": [{"role": "user", "content": f"{worker}/{i}"}],
+                    "stream": i % 2 == 1,
+                }
+                try:
+                    r = h.post("/v1/chat/completions", json=body, headers={"x-keel-feature": f"f{worker % 3}"})
+                except httpx.HTTPError:
+                    return  # the server has gone
+                if r.status_code != 200:
+                    return
+                answered.append(r.headers["x-keel-trace-id"])
+
+    with ThreadPoolExecutor(6) as pool:
+        running = [pool.submit(load, w) for w in range(6)]
+        while len(answered) < 300 and not any(f.done() for f in running):
+            time.sleep(0.01)
+        server.proc.send_signal(signal.SIGTERM)  # calls are in flight
+    code = server.proc.wait(timeout=30)
+
+    with closing(sqlite3.connect(server.db)) as conn:
+        stored = {tid for (tid,) in conn.execute("SELECT id FROM traces")}
+    assert len(answered) >= 300 and not set(answered) - stored, "an answered call has no trace row"
+    assert not list(server.spill.glob("traces-*")), "records left in the spill dir instead of the database"
+    assert_rollups_equal_traces(server.db)
     assert code == 0, f"`keel serve` exited {code} after SIGTERM:\n{server.log.read_text()[-2000:]}"
 
 

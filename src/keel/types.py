@@ -193,8 +193,9 @@ class TraceRecord:
     route: JSON | None = None  # the routing decision: rule, candidates, skipped and why
     attempt_log: list[JSON] | None = None  # every attempt: target, outcome, error kind, ms
     fallback: str | None = None  # which level served: primary, target, alias:<name>, static
-    cache: str | None = None  # hit | semantic | stale | miss; None when the call could not use the cache
-    cache_saved_usd: float | None = None  # what the cached answer cost when it was made
+    prompt_version: str | None = None  # header x-keel-prompt-version, else tag prompt_version
+    cache: str | None = None  # hit | semantic | stale | miss | partial (embeddings); None: could not use it
+    cache_saved_usd: float | None = None  # what a cache hit saved: the cost of the answer it reused
     # W3C trace context of the caller (traceparent/tracestate), so the exported span joins its trace.
     # Not stored in the database; only the OpenTelemetry export reads them.
     otel_trace_id: str | None = None  # 32 lowercase hex

@@ -20,6 +20,7 @@ from keel.limits import KINDS, Estimate, Subject, kind_of
 from keel.runtime import Runtime
 from keel.store.protocols import Charge, LimitStoreUnavailable, UnknownSubject
 from keel.traces import trace_query, trace_view
+from keel.usage import usage_query, usage_view
 
 _USAGE_PARAMS = ("tenant", "key", "user", "feature", "alias")
 
@@ -95,6 +96,7 @@ class Admin:
             Route("/api/keys/{key_id}/revoke", self._guard(self.revoke_key), methods=["POST"]),
             Route("/api/traces", self._guard(self.list_traces), methods=["GET"]),
             Route("/api/traces/{trace_id}", self._guard(self.get_trace), methods=["GET"]),
+            Route("/api/usage", self._guard(self.usage), methods=["GET"]),
             Route("/api/targets", self._guard(self.list_targets), methods=["GET"]),
             Route("/api/limits", self._guard(self.list_limits), methods=["GET"]),
             Route("/api/limits/usage", self._guard(self.limits_usage), methods=["GET"]),
@@ -184,6 +186,13 @@ class Admin:
         if row is None:
             raise NotFound(f"No trace with id '{request.path_params['trace_id']}'.")
         return _json(trace_view(row, full=True))
+
+    async def usage(self, request: Request) -> Response:
+        """Usage and cost from rollups: ?by=feature&since=7d[&until=&grain=hour&tenant=&limit=]."""
+        query = usage_query(dict(request.query_params), time.time())
+        rows = await asyncio.to_thread(self._rt.store.usage, query)
+        data = [usage_view(r, query.by) for r in rows]
+        return _json({"data": data, "by": query.by, "grain": query.grain, "since": query.since, "until": query.until})
 
     async def list_targets(self, request: Request) -> Response:
         """Every configured target with its breaker state and this process's health figures."""

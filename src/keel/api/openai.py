@@ -77,6 +77,8 @@ def new_call(
 ) -> Call:
     h = request.headers
     user = getattr(model_request, "user", None) or h.get("x-keel-user")
+    tags = _tags(h.get("x-keel-tags"), getattr(model_request, "metadata", None))
+    prompt_version = h.get("x-keel-prompt-version") or tags.get("prompt_version")
     record = TraceRecord(
         id=new_trace_id(),
         started_at=time.time(),
@@ -84,10 +86,11 @@ def new_call(
         user=user,
         feature=h.get("x-keel-feature"),
         session=h.get("x-keel-session"),
-        tags=_tags(h.get("x-keel-tags"), getattr(model_request, "metadata", None)),
+        tags=tags,
         alias=model_request.model,
         request=body if store_payloads else None,
         stream=getattr(model_request, "stream", False),
+        prompt_version=str(prompt_version) if prompt_version is not None else None,
     )
     if "traceparent" in h:
         join_caller_trace(record, h.get("traceparent"), ", ".join(h.getlist("tracestate")))

@@ -6,11 +6,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from keel.cli import config_cmd, db, keys, limits, serve, targets, tenants, traces
+from keel.cli import config_cmd, db, keys, limits, serve, targets, tenants, traces, usage
 from keel.cli.output import Failure
 from keel.errors import ConfigError
 
-NOUNS = (serve, config_cmd, db, tenants, keys, limits, traces, targets)
+NOUNS = (serve, config_cmd, db, tenants, keys, limits, traces, usage, targets)
 
 
 def parser() -> argparse.ArgumentParser:

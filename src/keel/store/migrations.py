@@ -13,10 +13,14 @@ def pending(dialect: str, applied: set[int]) -> list[tuple[int, str, str]]:
     """(version, name, sql) for every migration file not yet in the ledger, in order."""
     folder = resources.files(f"keel.store.{dialect}").joinpath("migrations")
     out = []
+    seen: dict[int, str] = {}
     for entry in folder.iterdir():
         if not entry.name.endswith(".sql"):
             continue
         version = int(entry.name.split("_", 1)[0])
+        if version in seen:  # two branches both took the next number: the ledger would skip one
+            raise RuntimeError(f"migrations {seen[version]} and {entry.name} share version {version}; renumber one")
+        seen[version] = entry.name
         if version not in applied:
             out.append((version, entry.name.removesuffix(".sql"), entry.read_text()))
     return sorted(out)

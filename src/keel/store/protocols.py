@@ -64,6 +64,47 @@ class TraceQuery:
     limit: int = 50
 
 
+@dataclass(frozen=True, slots=True)
+class UsageQuery:
+    """Usage from rollups over a bounded window, grouped by one dimension.
+
+    `by`: tenant, key, user, feature, alias, provider, model, prompt_version, status or session.
+    Totals (`grain` None) cover [since, until) widened to whole minutes; a series covers it widened
+    to whole `grain` buckets. Sessions are whole sessions seen in the window (first/last seen).
+    """
+
+    since: float
+    until: float
+    by: str = "tenant"
+    grain: str | None = None  # minute | hour | day: one row per bucket and group
+    tenant: str | None = None
+    limit: int = 100  # totals: the most groups returned, costliest first
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    group: str | None  # the value of the `by` dimension; None when calls had none
+    bucket: int | None  # a series' bucket start (unix seconds, UTC); None for totals
+    calls: int
+    errors: int  # status error or partial
+    input_tokens: int
+    cached_input_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    cost_usd: float
+    latency_avg_ms: float | None
+    latency_p50_ms: float | None  # from the histogram: within one bucket's width (x√2)
+    latency_p95_ms: float | None
+    ttft_avg_ms: float | None
+    cache_lookups: int  # calls eligible for the cache
+    cache_hits: int  # served from it: exact, semantic or stale
+    cache_saved_usd: float
+    fallbacks: int  # served by anything but the primary target
+    first_seen: float | None = None  # sessions only
+    last_seen: float | None = None
+
+
 class Migrator(Protocol):
     def migrate(self) -> list[str]:
         """Apply pending numbered migrations; return the names applied."""
@@ -107,7 +148,10 @@ class KeyStore(Protocol):
 
 class TraceStore(Protocol):
     def append_traces(self, records: Sequence[TraceRecord]) -> None:
-        """Insert in one transaction. Idempotent by record id, so a retried batch never duplicates."""
+        """Insert in one transaction, with the usage rollups of the records actually inserted.
+
+        Idempotent by record id, so a retried batch never duplicates rows nor counts twice.
+        """
         ...
 
     def list_traces(self, query: TraceQuery) -> list[TraceRecord]: ...
@@ -115,6 +159,11 @@ class TraceStore(Protocol):
     def get_trace(self, trace_id: str) -> TraceRecord | None: ...
 
     def count_traces(self, since: float, until: float) -> int: ...
+
+    def usage(self, query: UsageQuery) -> list[UsageRow]:
+        """Read from rollups only, which `append_traces` keeps in its transaction, counting each
+        record once. Totals: costliest group first; series: by bucket, then costliest."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

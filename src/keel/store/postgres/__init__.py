@@ -17,8 +17,16 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool
 
-from keel.store import migrations
-from keel.store.protocols import KeyRow, LimitOverride, TenantRow, TraceQuery, UnknownSubject
+from keel.store import migrations, usage
+from keel.store.protocols import (
+    KeyRow,
+    LimitOverride,
+    TenantRow,
+    TraceQuery,
+    UnknownSubject,
+    UsageQuery,
+    UsageRow,
+)
 from keel.store.rows import (
     KEY_COLUMNS,
     LIMIT_COLUMNS,
@@ -57,7 +65,9 @@ _SET_LIMITS = (
 )
 _OWNER = {"tenant": "SELECT 1 FROM tenants WHERE name = %s", "key": "SELECT 1 FROM api_keys WHERE id = %s"}
 _INSERT_KEY = f"INSERT INTO api_keys ({_KEYS}) VALUES ({_marks(KEY_COLUMNS)})"
-_INSERT_TRACE = f"INSERT INTO traces ({_TRACES}) VALUES ({_marks(TRACE_COLUMNS)}) ON CONFLICT (id) DO NOTHING"
+_INSERT_TRACE = (
+    f"INSERT INTO traces ({_TRACES}) VALUES ({_marks(TRACE_COLUMNS)}) ON CONFLICT (id) DO NOTHING RETURNING id"
+)
 _LEDGER = (
     "CREATE TABLE IF NOT EXISTS keel_migrations"
     " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
@@ -68,6 +78,16 @@ Conn = psycopg.Connection[TupleRow]
 
 def _configure(conn: Conn) -> None:
     set_json_loads(orjson.loads, conn)
+
+
+def _first_of(records: Sequence[TraceRecord], ids: set[str]) -> list[TraceRecord]:
+    """The records whose id is in `ids`, each id once: a batch may carry one id twice, only the first went in."""
+    out = []
+    for r in records:
+        if r.id in ids:
+            ids.discard(r.id)
+            out.append(r)
+    return out
 
 
 class PostgresStore:
@@ -185,8 +205,14 @@ class PostgresStore:
     def append_traces(self, records: Sequence[TraceRecord]) -> None:
         if not records:
             return
+        # in id order: writers of overlapping batches (a spill reloaded by another process) lock
+        # the same ids in the same order, so they wait for each other instead of deadlocking
+        records = sorted(records, key=lambda r: r.id)
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.executemany(_INSERT_TRACE, [without_nul(trace_to_row(r)) for r in records])
+            cur.executemany(_INSERT_TRACE, [without_nul(trace_to_row(r)) for r in records], returning=True)
+            new = {row[0] for _ in cur.results() for row in cur.fetchall()}  # ids this batch inserted
+            for sql, rows in usage.upserts(_first_of(records, new), "%s", "LEAST", "GREATEST"):
+                cur.executemany(sql, rows)
 
     def list_traces(self, query: TraceQuery) -> list[TraceRecord]:
         where, params = trace_where(query, "%s")
@@ -205,6 +231,10 @@ class PostgresStore:
         with self._pool.connection() as conn:
             r = conn.execute(sql, (since, until)).fetchone()
         return int(r[0]) if r else 0
+
+    def usage(self, query: UsageQuery) -> list[UsageRow]:
+        with self._pool.connection() as conn:
+            return usage.read(query, lambda sql, params: conn.execute(sql, params).fetchall(), "%s")
 
     # ---- LimitConfigStore
 

@@ -12,8 +12,16 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from keel.store import migrations
-from keel.store.protocols import KeyRow, LimitOverride, TenantRow, TraceQuery, UnknownSubject
+from keel.store import migrations, usage
+from keel.store.protocols import (
+    KeyRow,
+    LimitOverride,
+    TenantRow,
+    TraceQuery,
+    UnknownSubject,
+    UsageQuery,
+    UsageRow,
+)
 from keel.store.rows import (
     KEY_COLUMNS,
     LIMIT_COLUMNS,
@@ -186,10 +194,15 @@ class SqliteStore:
     # ---- TraceStore
 
     def append_traces(self, records: Sequence[TraceRecord]) -> None:
+        if not records:
+            return
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_INSERT_TRACE, [trace_to_row(r) for r in records])
+            insert = conn.cursor().execute  # one cursor: its rowcount says whether the row went in
+            inserted = [r for r in records if insert(_INSERT_TRACE, trace_to_row(r)).rowcount == 1]
+            for sql, rows in usage.upserts(inserted, "?", "min", "max"):
+                conn.executemany(sql, rows)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -207,6 +220,9 @@ class SqliteStore:
     def count_traces(self, since: float, until: float) -> int:
         sql = "SELECT count(*) FROM traces WHERE started_at >= ? AND started_at < ?"
         return int(self._conn().execute(sql, (since, until)).fetchone()[0])
+
+    def usage(self, query: UsageQuery) -> list[UsageRow]:
+        return usage.read(query, self._conn().execute, "?")
 
     # ---- LimitConfigStore
 

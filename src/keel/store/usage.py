@@ -1,0 +1,279 @@
+"""Usage rollups shared by the SQL backends: what a batch of new traces adds, and how a query reads it.
+
+The trace writer inserts a batch and, in the same transaction, adds only the rows actually inserted
+(a re-sent batch adds nothing). Each batch is summed here first, so the database sees one upsert per
+distinct rollup row, not one per trace. Rows are keyed (dim, bucket, tenant, value): a dimension
+name, the UTC start of the minute/hour/day, the tenant, and the dimension's value ('' for none;
+dim '*' holds the tenant's totals). One row per dimension value, not per combination of values, so a
+query scans as many rows as the grouped dimension has values in the window, however many users,
+models and features there are together (docs/decisions/0002-usage-rollups.md).
+Queries read rollups only: totals over a window widened to whole minutes, read at the coarsest grain
+that fits (days in the middle, hours and minutes at the edges); series at one grain.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from keel.store.protocols import UsageQuery, UsageRow
+from keel.types import TraceRecord
+
+GRAINS = {"minute": 60, "hour": 3600, "day": 86400}
+# query name → (stored dim, TraceRecord attribute)
+DIMS = {
+    "tenant": ("*", None),
+    "key": ("key", "key_id"),
+    "user": ("user", "user"),
+    "feature": ("feature", "feature"),
+    "alias": ("alias", "alias"),
+    "provider": ("provider", "provider"),
+    "model": ("model", "model"),
+    "prompt_version": ("prompt_version", "prompt_version"),
+    "status": ("status", "status"),
+}
+_RECORD_DIMS = tuple((dim, attr) for dim, attr in DIMS.values() if attr is not None)
+
+SUMS = (
+    "calls", "errors", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+    "reasoning_tokens", "cost_usd", "latency_sum_ms", "latency_count", "ttft_sum_ms", "ttft_count",
+    "cache_lookups", "cache_hits", "cache_saved_usd", "fallbacks",
+)  # fmt: skip
+# Latency histogram: bucket 0 is [0, 1 ms); bucket i in 1..34 is [2^((i-1)/2), 2^(i/2)) ms, each √2
+# wide; bucket 35 is 2^17 ms (131 s) and above. A percentile is exact to within its bucket's width.
+HIST = 36
+HIST_COLUMNS = tuple(f"lat_{i:02d}" for i in range(HIST))
+MEASURES = SUMS + HIST_COLUMNS
+_H0 = len(SUMS)
+_CACHE_HITS = frozenset({"hit", "semantic", "stale"})
+
+Acc = list[Any]  # measures: ints, and floats for money and milliseconds
+Key = tuple[Any, ...]
+
+
+def hist_bucket(ms: float) -> int:
+    if ms < 1.0:
+        return 0
+    return min(HIST - 1, int(2.0 * math.log2(ms)) + 1)
+
+
+def hist_bounds(i: int) -> tuple[float, float]:
+    """[low, high) in ms of histogram bucket i; the last bucket's high is its low times √2."""
+    low = 0.0 if i == 0 else 2.0 ** ((i - 1) / 2)
+    return low, 2.0 ** (i / 2)
+
+
+def _sparse(r: TraceRecord) -> list[tuple[int, float]]:
+    """(measure index, amount) for what one trace adds; zeros left out."""
+    pairs: list[tuple[int, float]] = [(0, 1)]
+    if r.status != "ok":
+        pairs.append((1, 1))
+    for i, v in enumerate(
+        (r.input_tokens, r.cached_input_tokens, r.cache_write_tokens, r.output_tokens, r.reasoning_tokens, r.cost_usd),
+        start=2,
+    ):
+        if v:
+            pairs.append((i, v))
+    if r.latency_ms is not None:
+        pairs += [(8, r.latency_ms), (9, 1), (_H0 + hist_bucket(r.latency_ms), 1)]
+    if r.ttft_ms is not None:
+        pairs += [(10, r.ttft_ms), (11, 1)]
+    if r.cache is not None:
+        pairs.append((12, 1))
+        if r.cache in _CACHE_HITS:
+            pairs.append((13, 1))
+    if r.cache_saved_usd:
+        pairs.append((14, r.cache_saved_usd))
+    if r.fallback not in (None, "primary"):
+        pairs.append((15, 1))
+    return pairs
+
+
+def _add(rows: dict[Key, Acc], key: Key, pairs: list[tuple[int, float]]) -> None:
+    acc = rows.get(key)
+    if acc is None:
+        acc = rows[key] = [0] * len(MEASURES)
+    for i, v in pairs:
+        acc[i] += v
+
+
+def rollup(records: Iterable[TraceRecord]) -> tuple[dict[str, dict[Key, Acc]], dict[Key, Acc]]:
+    """What `records` add: per grain, (dim, bucket, tenant, value) → measures; and per
+    (tenant, session) → [first_seen, last_seen, *measures]."""
+    grains: dict[str, dict[Key, Acc]] = {g: {} for g in GRAINS}
+    sessions: dict[Key, Acc] = {}
+    steps = tuple((grains[g], s) for g, s in GRAINS.items())
+    for r in records:
+        pairs = _sparse(r)
+        tenant = r.tenant or ""
+        values = [("*", "")] + [(dim, getattr(r, attr) or "") for dim, attr in _RECORD_DIMS]
+        for rows, step in steps:
+            bucket = int(r.started_at // step) * step
+            for dim, value in values:
+                _add(rows, (dim, bucket, tenant, value), pairs)
+        if r.session:
+            key = (tenant, r.session)
+            acc = sessions.get(key)
+            if acc is None:
+                acc = sessions[key] = [r.started_at, r.started_at] + [0] * len(MEASURES)
+            acc[0], acc[1] = min(acc[0], r.started_at), max(acc[1], r.started_at)
+            for i, v in pairs:
+                acc[i + 2] += v
+    return grains, sessions
+
+
+def upsert_sql(table: str, keys: Sequence[str], mark: str, least: str, greatest: str) -> str:
+    """INSERT … ON CONFLICT DO UPDATE adding every measure (sessions also widen first/last seen)."""
+    extra = ("first_seen", "last_seen") if table == "usage_sessions" else ()
+    cols = (*keys, *extra, *MEASURES)
+    sets = [f"{m} = {table}.{m} + excluded.{m}" for m in MEASURES]
+    if extra:
+        sets = [
+            f"first_seen = {least}({table}.first_seen, excluded.first_seen)",
+            f"last_seen = {greatest}({table}.last_seen, excluded.last_seen)",
+            *sets,
+        ]
+    return (
+        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
+        f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(sets)}"
+    )
+
+
+def upserts(
+    records: Iterable[TraceRecord], mark: str, least: str, greatest: str
+) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """(statement, rows) to run for what `records` add. Rows sorted by key, so concurrent writers
+    (PostgreSQL, several processes) lock rollup rows in one order and never deadlock."""
+    grains, sessions = rollup(records)
+    out = []
+    for grain, rows in grains.items():
+        sql = upsert_sql(f"usage_{grain}", ("dim", "bucket", "tenant", "value"), mark, least, greatest)
+        out.append((sql, [(*k, *v) for k, v in sorted(rows.items())]))
+    if sessions:
+        sql = upsert_sql("usage_sessions", ("tenant", "session"), mark, least, greatest)
+        out.append((sql, [(*k, *v) for k, v in sorted(sessions.items())]))
+    return out
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+Fetch = Callable[[str, Sequence[Any]], Iterable[Sequence[Any]]]
+
+
+def _floor(t: float, step: int) -> int:
+    return int(t // step) * step
+
+
+def _ceil(t: float, step: int) -> int:
+    return -int(-t // step) * step
+
+
+def spans(since: float, until: float) -> list[tuple[str, int, int]]:
+    """[since, until) widened to whole minutes, cut into (grain, start, end) pieces: whole days in
+    the middle, whole hours beside them, minutes at the edges."""
+    if since >= until:
+        return []
+    start, end = _floor(since, 60), _ceil(until, 60)
+    for grain in ("day", "hour"):
+        step = GRAINS[grain]
+        lo, hi = _ceil(start, step), _floor(end, step)
+        if lo < hi:
+            return [*spans(start, lo), (grain, lo, hi), *spans(hi, end)]
+    return [("minute", start, end)]
+
+
+def _sums() -> str:
+    return ", ".join(f"SUM({m})" for m in MEASURES)
+
+
+def _statements(q: UsageQuery, mark: str) -> list[tuple[str, list[Any]]]:
+    if q.by == "session":
+        sql = (
+            f"SELECT NULL, session, MIN(first_seen), MAX(last_seen), {_sums()} FROM usage_sessions"
+            f" WHERE last_seen >= {mark} AND first_seen < {mark}"
+        )
+        params: list[Any] = [q.since, q.until]
+        if q.tenant is not None:
+            sql += f" AND tenant = {mark}"
+            params.append(q.tenant)
+        return [(sql + " GROUP BY session", params)]
+    dim = DIMS[q.by][0]
+    group = "tenant" if q.by == "tenant" else "value"
+    pieces = spans(q.since, q.until)
+    if q.grain is not None:
+        step = GRAINS[q.grain]
+        pieces = [(q.grain, _floor(q.since, step), _ceil(q.until, step))]
+    out = []
+    for grain, lo, hi in pieces:
+        bucket = "bucket" if q.grain else "NULL"
+        sql = (
+            f"SELECT {bucket}, {group}, NULL, NULL, {_sums()} FROM usage_{grain}"
+            f" WHERE dim = {mark} AND bucket >= {mark} AND bucket < {mark}"
+        )
+        params = [dim, lo, hi]
+        if q.tenant is not None:
+            sql += f" AND tenant = {mark}"
+            params.append(q.tenant)
+        out.append((sql + f" GROUP BY {'bucket, ' if q.grain else ''}{group}", params))
+    return out
+
+
+def read(q: UsageQuery, fetch: Fetch, mark: str) -> list[UsageRow]:
+    """Run the query's statements through `fetch(sql, params)` and merge their pieces into rows."""
+    merged: dict[tuple[Any, Any], list[Any]] = {}
+    for sql, params in _statements(q, mark):
+        for bucket, group, first, last, *sums in fetch(sql, params):
+            key = (None if bucket is None else int(bucket), group)
+            acc = merged.get(key)
+            if acc is None:
+                merged[key] = [first, last, *(float(v or 0) for v in sums)]
+                continue
+            for i, v in enumerate(sums, start=2):
+                acc[i] += float(v or 0)
+    rows = [_row(bucket, group, acc) for (bucket, group), acc in merged.items()]
+    rows.sort(key=lambda r: (r.bucket or 0, -r.cost_usd, -r.calls, r.group or ""))
+    return rows if q.grain else rows[: q.limit]
+
+
+def _row(bucket: int | None, group: str | None, acc: list[Any]) -> UsageRow:
+    first, last, *sums = acc
+    m = dict(zip(MEASURES, sums, strict=True))
+    hist = [int(m[c]) for c in HIST_COLUMNS]
+    return UsageRow(
+        group=group or None,
+        bucket=bucket,
+        calls=int(m["calls"]),
+        errors=int(m["errors"]),
+        input_tokens=int(m["input_tokens"]),
+        cached_input_tokens=int(m["cached_input_tokens"]),
+        cache_write_tokens=int(m["cache_write_tokens"]),
+        output_tokens=int(m["output_tokens"]),
+        reasoning_tokens=int(m["reasoning_tokens"]),
+        cost_usd=m["cost_usd"],
+        latency_avg_ms=m["latency_sum_ms"] / m["latency_count"] if m["latency_count"] else None,
+        latency_p50_ms=percentile(hist, 0.50),
+        latency_p95_ms=percentile(hist, 0.95),
+        ttft_avg_ms=m["ttft_sum_ms"] / m["ttft_count"] if m["ttft_count"] else None,
+        cache_lookups=int(m["cache_lookups"]),
+        cache_hits=int(m["cache_hits"]),
+        cache_saved_usd=m["cache_saved_usd"],
+        fallbacks=int(m["fallbacks"]),
+        first_seen=None if first is None else float(first),
+        last_seen=None if last is None else float(last),
+    )
+
+
+def percentile(hist: Sequence[int], q: float) -> float | None:
+    """The q-quantile from bucket counts, interpolated linearly inside its bucket."""
+    total = sum(hist)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(hist):
+        if n and seen + n >= rank:
+            low, high = hist_bounds(i)
+            return low + (high - low) * (rank - seen) / n
+        seen += n
+    return hist_bounds(len(hist) - 1)[1]  # unreachable: rank <= total
