@@ -94,7 +94,7 @@ def test_small_token_budget_splits_batches_without_changing_vectors(
 def test_concurrent_callers_get_their_own_rows(embedder: LocalEmbedder, reference: dict[str, Any]) -> None:
     import numpy as np
 
-    texts = reference["sentences"]
+    texts = [t for t, n in zip(reference["sentences"], reference["token_counts"], strict=True) if n < 32]
     chunks = [texts[i::4] for i in range(4)]
     expected = [embedder.embed(chunk) for chunk in chunks]
     with ThreadPoolExecutor(4) as pool:

@@ -8,8 +8,9 @@ located with `find_spec`, never imported.
 
 Invariants: `embed` returns float32 rows of unit length, one per input, in input order; `model_id` names the
 weights by their sha256, so vectors from different weights never meet in one index. After construction
-nothing is mutated, so `embed` is safe to call from several threads (numpy and the tokenizer release the
-GIL in their heavy parts). numpy, tokenizers and safetensors (the `semantic` extra) load only when a
+nothing is mutated; `embed` calls run one at a time (a lock): the forward pass already keeps every core
+busy through BLAS, and concurrent BLAS calls from several threads oversubscribe the cores, which on a
+loaded 2-core machine turned 4 concurrent callers into minutes. numpy, tokenizers and safetensors (the `semantic` extra) load only when a
 `LocalEmbedder` is built.
 """
 
@@ -19,6 +20,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -74,6 +76,7 @@ class LocalEmbedder:
         self._tokenizer.no_padding()  # batches are padded here, to their own longest row
         self._tokenizer.enable_truncation(self.max_tokens)
         self._token_budget = token_budget
+        self._lock = threading.Lock()
 
     def embed(self, texts: Sequence[str]) -> Floats:
         """One unit-length float32 row per text, (len(texts), 384). Blocking: run it in a worker thread."""
@@ -84,9 +87,10 @@ class LocalEmbedder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        ids = [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
-        for rows in _batches(ids, self._token_budget):
-            out[rows] = self._bert.encode([ids[i] for i in rows])
+        with self._lock:
+            ids = [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]
+            for rows in _batches(ids, self._token_budget):
+                out[rows] = self._bert.encode([ids[i] for i in rows])
         return out
 
 
