@@ -268,6 +268,14 @@ class OtelConfig(_Model):
         return self.endpoint is not None or self.preset is not None
 
 
+class MetricsConfig(_Model):
+    """`GET /metrics` in Prometheus text format, per process."""
+
+    enabled: bool = True
+    require_token: bool = False  # true: scrapers must send the admin token as a bearer token
+    tenant_label: bool = False  # add a tenant label to per-call series (one series set per tenant)
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     resilience: ResilienceConfig = ResilienceConfig()
@@ -278,6 +286,7 @@ class Config(_Model):
     storage: StorageConfig = StorageConfig()
     traces: TracesConfig = TracesConfig()
     otel: OtelConfig = OtelConfig()
+    metrics: MetricsConfig = MetricsConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, AliasConfig] = {}
     prices: dict[str, PriceConfig] = {}
@@ -432,6 +441,9 @@ def _cross_check(raw: dict[str, Any]) -> list[ConfigIssue]:
     issues.extend(_check_alias_references(_mapping(raw.get("models"))))
     issues.extend(_check_cache(_mapping(raw.get("cache")), _mapping(raw.get("models"))))
     issues.extend(_check_otel(_mapping(raw.get("otel"))))
+    if _mapping(raw.get("metrics")).get("require_token") is True and not raw.get("admin_token"):
+        fix = "set admin_token (scrapers send it as a bearer token), or set metrics.require_token: false"
+        issues.append(ConfigIssue("metrics.require_token", "needs an admin_token to check", fix))
     if providers and not raw.get("models"):
         fix = "add an alias under models: with its targets"
         issues.append(ConfigIssue("models", "providers are configured but no model alias is", fix))

@@ -21,9 +21,10 @@ from keel.gateway.invoke import Invoker
 from keel.gateway.limiting import LimitsStage
 from keel.gateway.pipeline import Handler, Stage, build_pipeline
 from keel.gateway.routing import Router
-from keel.gateway.stages import AuthStage, RouteStage, TraceStage
+from keel.gateway.stages import AuthStage, Export, RouteStage, TraceStage
 from keel.keys import Authenticator
 from keel.limits import LimitBook, book_from
+from keel.metrics import Metrics
 from keel.otel import SpanExporter
 from keel.providers.base import Provider
 from keel.providers.http import Sessions
@@ -57,6 +58,7 @@ class Runtime:
     cache_stage: CacheStage | None
     pipeline: Handler
     exporter: SpanExporter | None = None  # OpenTelemetry export, when `otel:` is configured
+    metrics: Metrics | None = None  # per-call Prometheus counters, unless `metrics.enabled: false`
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -114,7 +116,10 @@ class Runtime:
             alert=alerts.threshold_crossed if alerts is not None else None,
         )
         exporter = SpanExporter(config.otel, upstreams(config)) if config.otel.enabled else None
-        trace_stage = TraceStage(writer, exporter.put if exporter is not None else None)
+        metrics = Metrics(tenant_label=config.metrics.tenant_label) if config.metrics.enabled else None
+        consumers: list[Export] = [metrics.observe] if metrics is not None else []
+        consumers += [exporter.put] if exporter is not None else []
+        trace_stage = TraceStage(writer, consumers)
         stages: list[Stage] = [trace_stage, AuthStage(authenticator), RouteStage(router), limits_stage]
         cache_stage = build_cache(config, providers)
         stages += [cache_stage, failover] if cache_stage is not None else [failover]
@@ -146,6 +151,7 @@ class Runtime:
             cache_stage,
             pipeline,
             exporter,
+            metrics,
         )
 
     async def start(self) -> None:
