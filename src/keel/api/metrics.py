@@ -74,12 +74,19 @@ class MetricsEndpoint:
                 _one("keel_otel_spans_dropped_total", "counter", "Spans dropped: export queue full.", e.dropped),
                 _one("keel_otel_spans_failed_total", "counter", "Spans given up on after retries.", e.failed),
             ]  # fmt: skip
-        if rt.alerts is not None:
-            a = rt.alerts.stats
+        senders = [a.stats for a in (rt.alerts, rt.rule_alerts) if a is not None]
+        if senders:
             out += [
-                _one("keel_alerts_sent_total", "counter", "Alert webhooks delivered.", a.sent),
-                _one("keel_alerts_failed_total", "counter", "Alert webhooks given up on.", a.failed),
-            ]
+                _one("keel_alerts_sent_total", "counter", "Alert webhooks delivered.", sum(a.sent for a in senders)),
+                _one("keel_alerts_failed_total", "counter", "Alert webhooks given up on.", sum(a.failed for a in senders)),
+            ]  # fmt: skip
+        if rt.rules is not None:
+            firing = [({"rule": name}, float(n)) for name, n in sorted(rt.rules.firing.items())]
+            out.append(
+                Family(
+                    "keel_alert_rule_firing", "gauge", "Scope values over a rule's threshold at its last check.", firing
+                )
+            )
         return out
 
 
