@@ -120,6 +120,8 @@ def assert_row(row: UsageRow, records: list[TraceRecord]) -> None:
 
 
 def group_of(r: TraceRecord, by: str) -> str | None:
+    if by == "all":
+        return None  # one group: every record in the window
     value = getattr(r, ATTR.get(by, by))
     return value or None
 

@@ -268,6 +268,55 @@ class OtelConfig(_Model):
         return self.endpoint is not None or self.preset is not None
 
 
+AlertMetric = Literal["cost_usd", "error_rate", "p95_latency_ms"]
+AlertScope = Literal["global", "tenant", "feature", "alias"]
+_WINDOW = re.compile(r"([1-9][0-9]*)([mhd])")
+_WINDOW_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+class AlertRuleConfig(_Model):
+    """Fire once when `metric` over the last `window` reaches `threshold`, per value of `scope`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]+$")
+    metric: AlertMetric
+    threshold: float = Field(gt=0)  # USD, a share of calls (0.05 = 5%), or milliseconds
+    window: str = "5m"
+    scope: AlertScope = "global"
+    match: str | None = None  # only this tenant, feature or alias; unset: each one on its own
+    tenant: str | None = None  # only this tenant's calls (global, feature and alias scopes)
+    min_calls: int = Field(10, ge=1)  # error_rate and p95_latency_ms judge no fewer calls than this
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        m = _WINDOW.fullmatch(v)
+        if m is None or int(m.group(1)) * _WINDOW_UNITS[m.group(2)] > 31 * 86400:
+            raise ValueError("must be a duration in whole minutes, hours or days up to 31d, e.g. 5m, 1h, 1d")
+        return v
+
+    @property
+    def window_s(self) -> int:
+        m = _WINDOW.fullmatch(self.window)
+        assert m is not None
+        return int(m.group(1)) * _WINDOW_UNITS[m.group(2)]
+
+
+class AlertsConfig(_Model):
+    """Threshold rules evaluated from the usage rollups, off the request path; see README "Alert rules"."""
+
+    evaluate_every_s: float = Field(20.0, gt=0, le=3600)
+    webhook: WebhookConfig | None = None  # default: limits.webhook
+    rules: list[AlertRuleConfig] = []
+
+
+class MetricsConfig(_Model):
+    """`GET /metrics` in Prometheus text format, per process."""
+
+    enabled: bool = True
+    require_token: bool = False  # true: scrapers must send the admin token as a bearer token
+    tenant_label: bool = False  # add a tenant label to per-call series (one series set per tenant)
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     resilience: ResilienceConfig = ResilienceConfig()
@@ -278,6 +327,8 @@ class Config(_Model):
     storage: StorageConfig = StorageConfig()
     traces: TracesConfig = TracesConfig()
     otel: OtelConfig = OtelConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    alerts: AlertsConfig = AlertsConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, AliasConfig] = {}
     prices: dict[str, PriceConfig] = {}
@@ -432,6 +483,10 @@ def _cross_check(raw: dict[str, Any]) -> list[ConfigIssue]:
     issues.extend(_check_alias_references(_mapping(raw.get("models"))))
     issues.extend(_check_cache(_mapping(raw.get("cache")), _mapping(raw.get("models"))))
     issues.extend(_check_otel(_mapping(raw.get("otel"))))
+    issues.extend(_check_alert_rules(_mapping(raw.get("alerts")), _mapping(raw.get("limits"))))
+    if _mapping(raw.get("metrics")).get("require_token") is True and not raw.get("admin_token"):
+        fix = "set admin_token (scrapers send it as a bearer token), or set metrics.require_token: false"
+        issues.append(ConfigIssue("metrics.require_token", "needs an admin_token to check", fix))
     if providers and not raw.get("models"):
         fix = "add an alias under models: with its targets"
         issues.append(ConfigIssue("models", "providers are configured but no model alias is", fix))
@@ -476,6 +531,40 @@ def _check_provider(name: str, p: dict[str, Any]) -> list[ConfigIssue]:
         issues.append(ConfigIssue(path, "required for this provider type", "set base_url to the server's /v1 URL"))
     if isinstance(base_url, str) and base_url and not base_url.startswith(("http://", "https://")):
         issues.append(ConfigIssue(path, f"not an http(s) URL: {base_url!r}", "use http://host:port/v1 or https://..."))
+    return issues
+
+
+def _check_alert_rules(alerts: dict[str, Any], limits: dict[str, Any]) -> list[ConfigIssue]:
+    """Rules need a webhook, unique names, and a `match`/`tenant` that makes sense for their scope."""
+    rules = alerts.get("rules")
+    rules = rules if isinstance(rules, list) else []
+    issues: list[ConfigIssue] = []
+    if rules and not alerts.get("webhook") and not limits.get("webhook"):
+        fix = "set alerts.webhook: {url: https://..., secret: ${KEEL_ALERT_SECRET}} (or limits.webhook)"
+        issues.append(ConfigIssue("alerts.webhook", "alert rules are configured but no webhook to send them to", fix))
+    seen: set[Any] = set()
+    for i, r in enumerate(_mapping(r) for r in rules):
+        path, scope = f"alerts.rules[{i}]", r.get("scope", "global")
+        if r.get("name") in seen:
+            issues.append(
+                ConfigIssue(f"{path}.name", f"duplicate rule name {r['name']!r}", "give each rule its own name")
+            )
+        seen.add(r.get("name"))
+        if scope == "global" and r.get("match") is not None:
+            fix = "remove match, or set scope: tenant, feature or alias"
+            issues.append(ConfigIssue(f"{path}.match", "a global rule has no value to match", fix))
+        if scope == "tenant" and r.get("tenant") is not None:
+            issues.append(
+                ConfigIssue(
+                    f"{path}.tenant",
+                    "a tenant-scoped rule picks its tenant with match",
+                    "write match: <tenant> instead",
+                )
+            )
+        threshold = r.get("threshold")
+        if r.get("metric") == "error_rate" and isinstance(threshold, int | float) and threshold > 1:
+            fix = "write the share of failed calls, e.g. 0.05 for 5%"
+            issues.append(ConfigIssue(f"{path}.threshold", f"an error rate is at most 1 (got {threshold})", fix))
     return issues
 
 

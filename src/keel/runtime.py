@@ -8,9 +8,10 @@ import logging
 from dataclasses import dataclass, field
 
 from keel.accounting import PriceBook, price_from_config
+from keel.alert_rules import RuleEvaluator
 from keel.alerts import AlertSender
 from keel.cache import CachePolicy
-from keel.config import AliasCacheConfig, Config
+from keel.config import AliasCacheConfig, Config, WebhookConfig
 from keel.gateway.backpressure import Gates
 from keel.gateway.caching import CacheStage, TextEmbedder
 from keel.gateway.call import Call
@@ -21,9 +22,10 @@ from keel.gateway.invoke import Invoker
 from keel.gateway.limiting import LimitsStage
 from keel.gateway.pipeline import Handler, Stage, build_pipeline
 from keel.gateway.routing import Router
-from keel.gateway.stages import AuthStage, RouteStage, TraceStage
+from keel.gateway.stages import AuthStage, Export, RouteStage, TraceStage
 from keel.keys import Authenticator
 from keel.limits import LimitBook, book_from
+from keel.metrics import Metrics
 from keel.otel import SpanExporter
 from keel.providers.base import Provider
 from keel.providers.http import Sessions
@@ -57,6 +59,9 @@ class Runtime:
     cache_stage: CacheStage | None
     pipeline: Handler
     exporter: SpanExporter | None = None  # OpenTelemetry export, when `otel:` is configured
+    metrics: Metrics | None = None  # per-call Prometheus counters, unless `metrics.enabled: false`
+    rules: RuleEvaluator | None = None  # alert rules, when `alerts.rules` has any
+    rule_alerts: AlertSender | None = None  # their webhook sender, when it is not the limits' one
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -100,11 +105,7 @@ class Runtime:
         failover = FailoverStage(policy, breakers, health, plan_for)
         limits = open_limits(config.redis.url)
         hook = config.limits.webhook
-        alerts = None
-        if hook is not None:
-            alerts = AlertSender(
-                hook.url, hook.secret, claim=store.claim_alert, timeout_s=hook.timeout_s, retries=hook.retries
-            )
+        alerts = sender(hook, store) if hook is not None else None
         limits_stage = LimitsStage(
             limits,
             book_from(config.limits, store.list_limits()),
@@ -114,7 +115,10 @@ class Runtime:
             alert=alerts.threshold_crossed if alerts is not None else None,
         )
         exporter = SpanExporter(config.otel, upstreams(config)) if config.otel.enabled else None
-        trace_stage = TraceStage(writer, exporter.put if exporter is not None else None)
+        metrics = Metrics(tenant_label=config.metrics.tenant_label) if config.metrics.enabled else None
+        consumers: list[Export] = [metrics.observe] if metrics is not None else []
+        consumers += [exporter.put] if exporter is not None else []
+        trace_stage = TraceStage(writer, consumers)
         stages: list[Stage] = [trace_stage, AuthStage(authenticator), RouteStage(router), limits_stage]
         cache_stage = build_cache(config, providers)
         stages += [cache_stage, failover] if cache_stage is not None else [failover]
@@ -146,6 +150,8 @@ class Runtime:
             cache_stage,
             pipeline,
             exporter,
+            metrics,
+            *build_rules(config, store, alerts),
         )
 
     async def start(self) -> None:
@@ -156,6 +162,10 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self._refresh_limits(), name="keel-limit-overrides"))
         if self.alerts is not None:
             self._tasks.append(asyncio.create_task(self.alerts.run(), name="keel-alerts"))
+        if self.rule_alerts is not None:
+            self._tasks.append(asyncio.create_task(self.rule_alerts.run(), name="keel-rule-alerts"))
+        if self.rules is not None:
+            self._tasks.append(asyncio.create_task(self.rules.run(), name="keel-alert-rules"))
 
     def limits_book(self) -> LimitBook:
         return self.limits_stage.book
@@ -183,12 +193,32 @@ class Runtime:
         await self.limits.aclose()
         if self.cache_stage is not None:
             await self.cache_stage.aclose()
-        if self.alerts is not None:
-            await self.alerts.aclose()  # sends what is queued, within its drain time
+        for hooks in (self.alerts, self.rule_alerts):
+            if hooks is not None:
+                await hooks.aclose()  # sends what is queued, within its drain time
         await asyncio.to_thread(self.writer.close)
         if self.exporter is not None:
             await asyncio.to_thread(self.exporter.close)  # sends what is queued, within its timeout
         self.store.close()
+
+
+def sender(hook: WebhookConfig, store: Store) -> AlertSender:
+    return AlertSender(hook.url, hook.secret, claim=store.claim_alert, timeout_s=hook.timeout_s, retries=hook.retries)
+
+
+def build_rules(
+    config: Config, store: Store, limit_alerts: AlertSender | None
+) -> tuple[RuleEvaluator | None, AlertSender | None]:
+    """The rule evaluator, and a sender of its own unless the rules share the limits' webhook."""
+    a = config.alerts
+    if not a.rules:
+        return None, None
+    hook = a.webhook or config.limits.webhook
+    assert hook is not None  # the config check requires one
+    own = None if limit_alerts is not None and hook == config.limits.webhook else sender(hook, store)
+    out = own or limit_alerts
+    assert out is not None
+    return RuleEvaluator(a.rules, store, out.send, every_s=a.evaluate_every_s), own
 
 
 def build_cache(config: Config, providers: dict[str, Provider]) -> CacheStage | None:

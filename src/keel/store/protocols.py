@@ -68,7 +68,7 @@ class TraceQuery:
 class UsageQuery:
     """Usage from rollups over a bounded window, grouped by one dimension.
 
-    `by`: tenant, key, user, feature, alias, provider, model, prompt_version, status or session.
+    `by`: tenant, key, user, feature, alias, provider, model, prompt_version, status, session, or all (one row).
     Totals (`grain` None) cover [since, until) widened to whole minutes; a series covers it widened
     to whole `grain` buckets. Sessions are whole sessions seen in the window (first/last seen).
     """
@@ -288,6 +288,18 @@ class LimitConfigStore(Protocol):
 
     def claim_alert(self, counter: str, period: str, threshold: float, at: float) -> bool:
         """Record that an alert for this crossing is being sent. True only for the first claimer, across processes."""
+        ...
+
+    def flip_alert(self, key: str, firing: bool, at: float) -> bool:
+        """Set an alert rule's state for one scope value (`key`); True only if this call changed it.
+
+        Absent counts as not firing. Across processes, exactly one caller sees each change, so only it
+        sends the webhook. Turning it on records `at` as the episode's start (`alert_states`).
+        """
+        ...
+
+    def alert_states(self) -> dict[str, float]:
+        """Every key currently firing → when its episode started."""
         ...
 
 

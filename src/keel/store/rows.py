@@ -153,3 +153,19 @@ def missing_owner(scope: str, subject: str) -> str:
     if scope == "tenant":
         return f"no tenant '{subject}'; see `keel tenants list`"
     return f"no key with id '{subject}'; see `keel keys list`"
+
+
+# ---- alert rule states (flip_alert / alert_states), the same SQL on SQLite and PostgreSQL ---------
+
+ALERT_STATES_SQL = "SELECT key, since FROM alert_states WHERE firing"
+
+
+def flip_sql(firing: bool, key: str, at: float, mark: str) -> tuple[str, tuple[object, ...]]:
+    """A statement that changes the row only if its state differs: rowcount 1 means this caller flipped it."""
+    if firing:
+        sql = (
+            f"INSERT INTO alert_states (key, firing, since) VALUES ({mark}, TRUE, {mark})"
+            " ON CONFLICT (key) DO UPDATE SET firing = TRUE, since = excluded.since WHERE NOT alert_states.firing"
+        )
+        return sql, (key, at)
+    return f"UPDATE alert_states SET firing = FALSE WHERE key = {mark} AND firing", (key,)

@@ -24,6 +24,7 @@ GRAINS = {"minute": 60, "hour": 3600, "day": 86400}
 # query name → (stored dim, TraceRecord attribute)
 DIMS = {
     "tenant": ("*", None),
+    "all": ("*", None),  # one group: everything in the window (the tenant totals, summed)
     "key": ("key", "key_id"),
     "user": ("user", "user"),
     "feature": ("feature", "feature"),

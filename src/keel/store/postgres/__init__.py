@@ -28,10 +28,12 @@ from keel.store.protocols import (
     UsageRow,
 )
 from keel.store.rows import (
+    ALERT_STATES_SQL,
     KEY_COLUMNS,
     LIMIT_COLUMNS,
     TENANT_COLUMNS,
     TRACE_COLUMNS,
+    flip_sql,
     key_from_row,
     key_to_row,
     limit_from_row,
@@ -266,3 +268,12 @@ class PostgresStore:
         sql = "INSERT INTO limit_alerts VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
         with self._pool.connection() as conn:
             return conn.execute(sql, (counter, period, threshold, at)).rowcount == 1
+
+    def flip_alert(self, key: str, firing: bool, at: float) -> bool:
+        sql, params = flip_sql(firing, key, at, "%s")
+        with self._pool.connection() as conn:
+            return conn.execute(sql, params).rowcount == 1
+
+    def alert_states(self) -> dict[str, float]:
+        with self._pool.connection() as conn:
+            return {k: float(s) for k, s in conn.execute(ALERT_STATES_SQL).fetchall()}

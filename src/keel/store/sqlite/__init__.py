@@ -23,10 +23,12 @@ from keel.store.protocols import (
     UsageRow,
 )
 from keel.store.rows import (
+    ALERT_STATES_SQL,
     KEY_COLUMNS,
     LIMIT_COLUMNS,
     TENANT_COLUMNS,
     TRACE_COLUMNS,
+    flip_sql,
     key_from_row,
     key_to_row,
     limit_from_row,
@@ -247,3 +249,10 @@ class SqliteStore:
     def claim_alert(self, counter: str, period: str, threshold: float, at: float) -> bool:
         sql = "INSERT INTO limit_alerts VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
         return self._conn().execute(sql, (counter, period, threshold, at)).rowcount == 1
+
+    def flip_alert(self, key: str, firing: bool, at: float) -> bool:
+        sql, params = flip_sql(firing, key, at, "?")
+        return self._conn().execute(sql, params).rowcount == 1
+
+    def alert_states(self) -> dict[str, float]:
+        return {k: float(s) for k, s in self._conn().execute(ALERT_STATES_SQL)}
