@@ -28,6 +28,7 @@ from keel.otel import SpanExporter
 from keel.providers.base import Provider
 from keel.providers.http import Sessions
 from keel.providers.registry import build_provider
+from keel.redaction import Redactor
 from keel.spans import upstreams
 from keel.store.open import open_breakers, open_cache, open_limits, open_store, open_vectors
 from keel.store.protocols import BreakerPolicy, BreakerStore, LimitStore, Store
@@ -57,11 +58,13 @@ class Runtime:
     cache_stage: CacheStage | None
     pipeline: Handler
     exporter: SpanExporter | None = None  # OpenTelemetry export, when `otel:` is configured
+    redactor: Redactor | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     def build(cls, config: Config, store: Store | None = None) -> Runtime:
         store = store or open_store(config.storage.url)
+        redactor = Redactor.from_config(config)
         t = config.traces
         writer = TraceWriter(
             store,
@@ -69,6 +72,7 @@ class Runtime:
             batch_size=t.batch_size,
             flush_interval=t.flush_interval_ms / 1000,
             spill_dir=t.spill_dir,
+            scrub=redactor.scrub,
         )
         authenticator = Authenticator(store, ttl=config.server.key_cache_ttl_s, poll=config.server.revocation_poll_s)
         sessions = Sessions()
@@ -113,7 +117,7 @@ class Runtime:
             thresholds=tuple(config.limits.soft_thresholds),
             alert=alerts.threshold_crossed if alerts is not None else None,
         )
-        exporter = SpanExporter(config.otel, upstreams(config)) if config.otel.enabled else None
+        exporter = SpanExporter(config.otel, upstreams(config), redactor=redactor) if config.otel.enabled else None
         trace_stage = TraceStage(writer, exporter.put if exporter is not None else None)
         stages: list[Stage] = [trace_stage, AuthStage(authenticator), RouteStage(router), limits_stage]
         cache_stage = build_cache(config, providers)
@@ -146,6 +150,7 @@ class Runtime:
             cache_stage,
             pipeline,
             exporter,
+            redactor,
         )
 
     async def start(self) -> None:
