@@ -317,6 +317,42 @@ class MetricsConfig(_Model):
     tenant_label: bool = False  # add a tenant label to per-call series (one series set per tenant)
 
 
+Detector = Literal["api_keys", "secrets", "emails", "phones", "cards"]
+
+
+class CustomDetectorConfig(_Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")  # in the placeholder: [REDACTED:name]
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            compiled = re.compile(f"(?:{v})")
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        if compiled.groupindex:
+            raise ValueError("named groups are not allowed; use (?:...) or plain (...) groups")
+        if compiled.match(""):
+            raise ValueError("the pattern matches the empty string")
+        return v
+
+
+class RedactionPolicyConfig(_Model):
+    """A tenant's override: each field it sets replaces the default's."""
+
+    detectors: list[Detector] | None = None
+    custom: list[CustomDetectorConfig] | None = None
+
+
+class RedactionConfig(_Model):
+    """What is replaced by `[REDACTED:kind]` before a trace is stored or exported."""
+
+    detectors: list[Detector] = ["api_keys", "secrets"]
+    custom: list[CustomDetectorConfig] = []
+    tenants: dict[str, RedactionPolicyConfig] = {}
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     resilience: ResilienceConfig = ResilienceConfig()
@@ -329,6 +365,7 @@ class Config(_Model):
     otel: OtelConfig = OtelConfig()
     metrics: MetricsConfig = MetricsConfig()
     alerts: AlertsConfig = AlertsConfig()
+    redaction: RedactionConfig = RedactionConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, AliasConfig] = {}
     prices: dict[str, PriceConfig] = {}
@@ -632,6 +669,15 @@ traces:
 #   public_key: ${LANGFUSE_PUBLIC_KEY}
 #   secret_key: ${LANGFUSE_SECRET_KEY}
 #   capture_content: false                  # prompts and answers in spans only when true
+
+# Redaction: matches become [REDACTED:kind] before a trace is stored or exported. Keel's virtual
+# keys and the provider keys above are always redacted, whatever is listed here.
+# redaction:
+#   detectors: [api_keys, secrets]          # also: emails, phones, cards (Luhn-checked)
+#   custom:
+#     - {name: ticket, pattern: "TCK-[0-9]{6}"}
+#   tenants:
+#     acme: {detectors: [api_keys, secrets, emails, phones, cards]}
 
 # Upstreams. `type` picks a catalog row (openai, azure, anthropic, groq, together, mistral,
 # vllm, ollama, deepseek, fireworks, openrouter, simulated); base_url defaults from the catalog.

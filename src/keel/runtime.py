@@ -30,6 +30,7 @@ from keel.otel import SpanExporter
 from keel.providers.base import Provider
 from keel.providers.http import Sessions
 from keel.providers.registry import build_provider
+from keel.redaction import Redactor
 from keel.spans import upstreams
 from keel.store.open import open_breakers, open_cache, open_limits, open_store, open_vectors
 from keel.store.protocols import BreakerPolicy, BreakerStore, LimitStore, Store
@@ -62,11 +63,13 @@ class Runtime:
     metrics: Metrics | None = None  # per-call Prometheus counters, unless `metrics.enabled: false`
     rules: RuleEvaluator | None = None  # alert rules, when `alerts.rules` has any
     rule_alerts: AlertSender | None = None  # their webhook sender, when it is not the limits' one
+    redactor: Redactor | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     def build(cls, config: Config, store: Store | None = None) -> Runtime:
         store = store or open_store(config.storage.url)
+        redactor = Redactor.from_config(config)
         t = config.traces
         writer = TraceWriter(
             store,
@@ -74,6 +77,7 @@ class Runtime:
             batch_size=t.batch_size,
             flush_interval=t.flush_interval_ms / 1000,
             spill_dir=t.spill_dir,
+            scrub=redactor.scrub,
         )
         authenticator = Authenticator(store, ttl=config.server.key_cache_ttl_s, poll=config.server.revocation_poll_s)
         sessions = Sessions()
@@ -114,7 +118,7 @@ class Runtime:
             thresholds=tuple(config.limits.soft_thresholds),
             alert=alerts.threshold_crossed if alerts is not None else None,
         )
-        exporter = SpanExporter(config.otel, upstreams(config)) if config.otel.enabled else None
+        exporter = SpanExporter(config.otel, upstreams(config), redactor=redactor) if config.otel.enabled else None
         metrics = Metrics(tenant_label=config.metrics.tenant_label) if config.metrics.enabled else None
         consumers: list[Export] = [metrics.observe] if metrics is not None else []
         consumers += [exporter.put] if exporter is not None else []
@@ -152,6 +156,7 @@ class Runtime:
             exporter,
             metrics,
             *build_rules(config, store, alerts),
+            redactor,
         )
 
     async def start(self) -> None:

@@ -1,5 +1,8 @@
 """The trace writer: records leave the request path through a bounded queue to one writer thread.
 
+Redaction (`scrub`) runs in that thread as records leave the queue, so nothing is written or
+spilled unredacted, and its cost never lands on the event loop.
+
 Invariants: `put` never blocks and never touches the database. Every record is either written,
 spilled to a local file (queue overflow, or a store that keeps failing) and loaded back later, or
 counted in `dropped` (only when the overflow buffer itself is full). A failed flush is retried, and
@@ -14,6 +17,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +52,10 @@ class TraceWriter:
         flush_interval: float = 0.05,
         spill_dir: str | Path = ".keel/spill",
         overflow_limit: int = 100_000,
+        scrub: Callable[[TraceRecord], TraceRecord] | None = None,
     ) -> None:
         self._store = store
+        self._scrub = scrub  # redaction, in this thread: before a record is written or spilled
         self._queue: deque[TraceRecord] = deque()
         self._size = queue_size
         self._batch = batch_size
@@ -114,7 +120,11 @@ class TraceWriter:
                 batch.append(popleft())
         except IndexError:
             pass
-        return batch
+        return self._scrubbed(batch)
+
+    def _scrubbed(self, records: list[TraceRecord]) -> list[TraceRecord]:
+        scrub = self._scrub
+        return records if scrub is None else [scrub(r) for r in records]
 
     def _write(self, batch: list[TraceRecord]) -> None:
         for delay in (*self.RETRY_DELAYS, None):
@@ -135,6 +145,7 @@ class TraceWriter:
     def _spill_overflow(self) -> None:
         with self._lock:
             pending, self._overflow = self._overflow, []
+        pending = self._scrubbed(pending)
         if self._stop.is_set():
             self._write(pending)  # at shutdown, try the store first
         else:

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
+from keel.api.replay import ReplayAsk, replay
 from keel.errors import AuthError, ErrorKind, InvalidRequest, KeelError, NotFound, PermissionDenied, ProviderError
 from keel.keys import issue_key, key_view
 from keel.limits import KINDS, Estimate, Subject, kind_of
@@ -96,6 +97,7 @@ class Admin:
             Route("/api/keys/{key_id}/revoke", self._guard(self.revoke_key), methods=["POST"]),
             Route("/api/traces", self._guard(self.list_traces), methods=["GET"]),
             Route("/api/traces/{trace_id}", self._guard(self.get_trace), methods=["GET"]),
+            Route("/api/traces/{trace_id}/replay", self._guard(self.replay_trace), methods=["POST"]),
             Route("/api/usage", self._guard(self.usage), methods=["GET"]),
             Route("/api/targets", self._guard(self.list_targets), methods=["GET"]),
             Route("/api/limits", self._guard(self.list_limits), methods=["GET"]),
@@ -186,6 +188,11 @@ class Admin:
         if row is None:
             raise NotFound(f"No trace with id '{request.path_params['trace_id']}'.")
         return _json(trace_view(row, full=True))
+
+    async def replay_trace(self, request: Request) -> Response:
+        """Re-send a recorded call as its tenant: body {"alias": ..., "model": "provider/model"}, both optional."""
+        ask = ReplayAsk.from_body(await read_json(request) if await request.body() else None)
+        return _json(await replay(self._rt, request.path_params["trace_id"], ask))
 
     async def usage(self, request: Request) -> Response:
         """Usage and cost from rollups: ?by=feature&since=7d[&until=&grain=hour&tenant=&limit=]."""

@@ -80,12 +80,17 @@ def _fail(record: TraceRecord, err: KeelError, t0: float) -> None:
 
 
 class AuthStage:
+    """Bearer key → Principal. A Call that arrives with a principal was made by Keel itself (an admin
+    replay runs as the original call's tenant): the HTTP edges never set one, so every client call
+    still needs a valid key."""
+
     def __init__(self, authenticator: Authenticator) -> None:
         self._auth = authenticator
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
-        principal, allowed = await self._auth.resolve(call.api_key)
-        call.principal, call.allowed = principal, allowed
+        if call.principal is None:
+            call.principal, call.allowed = await self._auth.resolve(call.api_key)
+        principal = call.principal
         asked = call.asked_priority
         call.priority = principal.priority if asked is None else min(asked, principal.max_priority)
         record = call.trace
@@ -101,6 +106,8 @@ class RouteStage:
     async def __call__(self, call: Call, next: Handler) -> Reply:
         if call.principal is None:
             raise AuthError("unauthenticated call reached routing")
+        if call.plan is not None:  # preset by an admin replay aimed at one provider model
+            return await next(call)
         call.plan = self._router.plan(
             call.request.model, call.request, call.principal, call.allowed, feature=call.trace.feature, tier=call.tier
         )
