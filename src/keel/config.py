@@ -136,12 +136,47 @@ class StorageConfig(_Model):
         return v
 
 
+class S3Config(_Model):
+    """Where and how to reach an s3:// blob store; credentials usually ${ENV}."""
+
+    endpoint: str | None = None  # http(s)://host:port of MinIO, Ceph, R2...; None: AWS S3 itself
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+
 class TracesConfig(_Model):
     queue_size: int = Field(10_000, ge=1)
     batch_size: int = Field(500, ge=1)
     flush_interval_ms: int = Field(50, ge=1)
     spill_dir: str = ".keel/spill"
     store_payloads: bool = True
+    # request + response JSON above this goes to the blob store, the row keeps its key; None: always inline
+    blob_threshold_bytes: int | None = Field(65_536, ge=1)
+    blobs_url: str | None = None  # file:///path or s3://bucket/prefix; default: a directory beside a SQLite db
+    s3: S3Config = S3Config()
+
+    @field_validator("blobs_url")
+    @classmethod
+    def _blobs(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("file://", "s3://")):
+            raise ValueError("must be file:///path or s3://bucket/prefix")
+        return v
+
+
+class TenantRetention(_Model):
+    traces_days: float | None = Field(..., gt=0)  # null: keep this tenant's traces forever
+
+
+class RetentionConfig(_Model):
+    """Raw traces older than N days are deleted in bounded batches; rollups are kept."""
+
+    traces_days: float | None = Field(None, gt=0)  # every tenant's default; None: keep forever
+    tenants: dict[str, TenantRetention] = {}
+    sweep_every_s: float = Field(3600.0, gt=0)  # the gateway's background sweep
+    batch_size: int = Field(1000, ge=1, le=100_000)  # rows per DELETE statement
+    pause_ms: float = Field(50.0, ge=0)  # between statements, so the trace writer gets its turn
+    orphan_grace_s: float = Field(3600.0, ge=0)  # blobs without a trace row are deleted once this old
 
 
 class ServerConfig(_Model):
@@ -277,6 +312,7 @@ class Config(_Model):
     admin_token: str | None = None
     storage: StorageConfig = StorageConfig()
     traces: TracesConfig = TracesConfig()
+    retention: RetentionConfig = RetentionConfig()
     otel: OtelConfig = OtelConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, AliasConfig] = {}
@@ -432,6 +468,7 @@ def _cross_check(raw: dict[str, Any]) -> list[ConfigIssue]:
     issues.extend(_check_alias_references(_mapping(raw.get("models"))))
     issues.extend(_check_cache(_mapping(raw.get("cache")), _mapping(raw.get("models"))))
     issues.extend(_check_otel(_mapping(raw.get("otel"))))
+    issues.extend(_check_blobs(_mapping(raw.get("traces"))))
     if providers and not raw.get("models"):
         fix = "add an alias under models: with its targets"
         issues.append(ConfigIssue("models", "providers are configured but no model alias is", fix))
@@ -476,6 +513,22 @@ def _check_provider(name: str, p: dict[str, Any]) -> list[ConfigIssue]:
         issues.append(ConfigIssue(path, "required for this provider type", "set base_url to the server's /v1 URL"))
     if isinstance(base_url, str) and base_url and not base_url.startswith(("http://", "https://")):
         issues.append(ConfigIssue(path, f"not an http(s) URL: {base_url!r}", "use http://host:port/v1 or https://..."))
+    return issues
+
+
+def _check_blobs(traces: dict[str, Any]) -> list[ConfigIssue]:
+    """An s3:// blob store needs credentials; its endpoint is an http(s) URL."""
+    url, s3 = traces.get("blobs_url"), _mapping(traces.get("s3"))
+    issues: list[ConfigIssue] = []
+    if isinstance(url, str) and url.startswith("s3://"):
+        for key in ("access_key_id", "secret_access_key"):
+            if not s3.get(key):
+                fix = f"set traces.s3.{key}, e.g. ${{AWS_{key.upper()}}}"
+                issues.append(ConfigIssue(f"traces.s3.{key}", "required by an s3:// blobs_url", fix))
+    endpoint = s3.get("endpoint")
+    if isinstance(endpoint, str) and not endpoint.startswith(("http://", "https://")):
+        fix = "use http://host:9000 or https://..., the S3-compatible server's base URL"
+        issues.append(ConfigIssue("traces.s3.endpoint", f"not an http(s) URL: {endpoint!r}", fix))
     return issues
 
 
