@@ -11,6 +11,7 @@ stores from keel.yaml), one whole tenant through the admin API.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
@@ -176,3 +177,53 @@ def test_delete_tenant_revokes_its_keys_everywhere_then_deletes_keys_and_tenant(
     assert ask(gw, "When does bob ship?", key=keys["t1"], user="bob")[1]["x-keel-cache"] == "hit"
     bad = httpx.post(f"{gw.url}/api/tenants/t1/purge", json={"user": "bob", "delete_tenant": True}, headers=admin)
     assert bad.status_code == 400 and "whole tenant" in bad.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
+def test_a_blob_payload_reads_back_through_the_api_and_the_admin_sweep_deletes_old_traces(
+    make_gateway: Any, up: FakeUpstream, storage_url: str, tmp_path: Path
+) -> None:
+    raw = purge_config(up, storage_url, tmp_path)
+    raw["retention"] = {"traces_days": 1, "batch_size": 2}
+    gw = make_gateway(raw)
+    long = "a long question " * 300
+    _, h = ask(gw, long, user="ann")
+    rows = {t.id: t for t in gw.traces()}
+    row = rows[h["x-keel-trace-id"]]
+    assert row.payload_blob is not None and row.request is None  # the row holds the key only
+    admin = {"authorization": f"Bearer {gw.admin}"}
+    shown = httpx.get(f"{gw.url}/api/traces/{row.id}", headers=admin).json()
+    assert shown["request"]["messages"][-1]["content"] == long and "echo: " + long in json.dumps(shown["response"])
+    cli = json.loads(keel(tmp_path, "-c", str(tmp_path / "keel.yaml"), "traces", "show", row.id, "--json").stdout)
+    assert cli["request"] == shown["request"]
+
+    old = [
+        dataclasses.replace(row, id=f"old{i}", started_at=time.time() - 3 * 86400, payload_blob=None) for i in range(5)
+    ]
+    gw.runtime.store.append_traces(old)
+    r = httpx.post(f"{gw.url}/api/retention/sweep", headers=admin, timeout=30)
+    assert r.status_code == 200, r.text
+    assert (r.json()["traces"], r.json()["by_tenant"]) == (5, {"*": 5})
+    assert gw.runtime.store.get_trace("old0") is None
+    assert httpx.get(f"{gw.url}/api/traces/{row.id}", headers=admin).json()["request"] == shown["request"]
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
+def test_the_gateway_sweeps_on_its_own_clock(
+    make_gateway: Any, up: FakeUpstream, storage_url: str, tmp_path: Path
+) -> None:
+    raw = purge_config(up, storage_url, tmp_path)
+    raw["retention"] = {"traces_days": 1, "tenants": {"t2": {"traces_days": 5}}, "sweep_every_s": 0.2}
+    gw = make_gateway(raw)
+    ask(gw, "fresh", user="ann")
+    [fresh] = gw.traces()
+    old = [dataclasses.replace(fresh, id=f"old{i}", started_at=time.time() - 3 * 86400) for i in range(3)]
+    kept = dataclasses.replace(fresh, id="t2-old", tenant="t2", started_at=time.time() - 3 * 86400)
+    gw.runtime.store.append_traces([*old, kept])
+    deadline = time.monotonic() + 10
+    while gw.runtime.store.get_trace("old2") is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [r.id for r in gw.runtime.store.list_traces(TraceQuery(since=0, until=time.time() + 1))] == [
+        fresh.id,
+        "t2-old",
+    ]

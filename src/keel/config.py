@@ -588,6 +588,14 @@ storage:
 traces:
   queue_size: 10000                 # bounded; overflow spills to spill_dir, never silently dropped
   spill_dir: .keel/spill
+  blob_threshold_bytes: 65536       # larger payloads go to the blob store (default: keel-blobs/ beside the db)
+#  blobs_url: s3://bucket/prefix    # with traces.s3: {endpoint, region, access_key_id, secret_access_key}
+
+# Raw traces older than this are deleted in bounded batches; usage rollups are kept.
+# retention:
+#   traces_days: 30
+#   tenants:
+#     acme: {traces_days: 7}
 
 # OpenTelemetry: every call as a GenAI span over OTLP/HTTP (pip install 'keel[otel]').
 # otel:
