@@ -136,12 +136,47 @@ class StorageConfig(_Model):
         return v
 
 
+class S3Config(_Model):
+    """Where and how to reach an s3:// blob store; credentials usually ${ENV}."""
+
+    endpoint: str | None = None  # http(s)://host:port of MinIO, Ceph, R2...; None: AWS S3 itself
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+
 class TracesConfig(_Model):
     queue_size: int = Field(10_000, ge=1)
     batch_size: int = Field(500, ge=1)
     flush_interval_ms: int = Field(50, ge=1)
     spill_dir: str = ".keel/spill"
     store_payloads: bool = True
+    # request + response JSON above this goes to the blob store, the row keeps its key; None: always inline
+    blob_threshold_bytes: int | None = Field(65_536, ge=1)
+    blobs_url: str | None = None  # file:///path or s3://bucket/prefix; default: a directory beside a SQLite db
+    s3: S3Config = S3Config()
+
+    @field_validator("blobs_url")
+    @classmethod
+    def _blobs(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("file://", "s3://")):
+            raise ValueError("must be file:///path or s3://bucket/prefix")
+        return v
+
+
+class TenantRetention(_Model):
+    traces_days: float | None = Field(..., gt=0)  # null: keep this tenant's traces forever
+
+
+class RetentionConfig(_Model):
+    """Raw traces older than N days are deleted in bounded batches; rollups are kept."""
+
+    traces_days: float | None = Field(None, gt=0)  # every tenant's default; None: keep forever
+    tenants: dict[str, TenantRetention] = {}
+    sweep_every_s: float = Field(3600.0, gt=0)  # the gateway's background sweep
+    batch_size: int = Field(1000, ge=1, le=100_000)  # rows per DELETE statement
+    pause_ms: float = Field(50.0, ge=0)  # between statements, so the trace writer gets its turn
+    orphan_grace_s: float = Field(3600.0, ge=0)  # blobs without a trace row are deleted once this old
 
 
 class ServerConfig(_Model):
@@ -362,6 +397,7 @@ class Config(_Model):
     admin_token: str | None = None
     storage: StorageConfig = StorageConfig()
     traces: TracesConfig = TracesConfig()
+    retention: RetentionConfig = RetentionConfig()
     otel: OtelConfig = OtelConfig()
     metrics: MetricsConfig = MetricsConfig()
     alerts: AlertsConfig = AlertsConfig()
@@ -524,6 +560,7 @@ def _cross_check(raw: dict[str, Any]) -> list[ConfigIssue]:
     if _mapping(raw.get("metrics")).get("require_token") is True and not raw.get("admin_token"):
         fix = "set admin_token (scrapers send it as a bearer token), or set metrics.require_token: false"
         issues.append(ConfigIssue("metrics.require_token", "needs an admin_token to check", fix))
+    issues.extend(_check_blobs(_mapping(raw.get("traces"))))
     if providers and not raw.get("models"):
         fix = "add an alias under models: with its targets"
         issues.append(ConfigIssue("models", "providers are configured but no model alias is", fix))
@@ -602,6 +639,21 @@ def _check_alert_rules(alerts: dict[str, Any], limits: dict[str, Any]) -> list[C
         if r.get("metric") == "error_rate" and isinstance(threshold, int | float) and threshold > 1:
             fix = "write the share of failed calls, e.g. 0.05 for 5%"
             issues.append(ConfigIssue(f"{path}.threshold", f"an error rate is at most 1 (got {threshold})", fix))
+
+
+def _check_blobs(traces: dict[str, Any]) -> list[ConfigIssue]:
+    """An s3:// blob store needs credentials; its endpoint is an http(s) URL."""
+    url, s3 = traces.get("blobs_url"), _mapping(traces.get("s3"))
+    issues: list[ConfigIssue] = []
+    if isinstance(url, str) and url.startswith("s3://"):
+        for key in ("access_key_id", "secret_access_key"):
+            if not s3.get(key):
+                fix = f"set traces.s3.{key}, e.g. ${{AWS_{key.upper()}}}"
+                issues.append(ConfigIssue(f"traces.s3.{key}", "required by an s3:// blobs_url", fix))
+    endpoint = s3.get("endpoint")
+    if isinstance(endpoint, str) and not endpoint.startswith(("http://", "https://")):
+        fix = "use http://host:9000 or https://..., the S3-compatible server's base URL"
+        issues.append(ConfigIssue("traces.s3.endpoint", f"not an http(s) URL: {endpoint!r}", fix))
     return issues
 
 
@@ -661,6 +713,14 @@ storage:
 traces:
   queue_size: 10000                 # bounded; overflow spills to spill_dir, never silently dropped
   spill_dir: .keel/spill
+  blob_threshold_bytes: 65536       # larger payloads go to the blob store (default: keel-blobs/ beside the db)
+#  blobs_url: s3://bucket/prefix    # with traces.s3: {endpoint, region, access_key_id, secret_access_key}
+
+# Raw traces older than this are deleted in bounded batches; usage rollups are kept.
+# retention:
+#   traces_days: 30
+#   tenants:
+#     acme: {traces_days: 7}
 
 # OpenTelemetry: every call as a GenAI span over OTLP/HTTP (pip install 'keel[otel]').
 # otel:

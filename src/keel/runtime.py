@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 
 from keel.accounting import PriceBook, price_from_config
@@ -31,9 +32,10 @@ from keel.providers.base import Provider
 from keel.providers.http import Sessions
 from keel.providers.registry import build_provider
 from keel.redaction import Redactor
+from keel.retention import RetentionPolicy, sweep
 from keel.spans import upstreams
-from keel.store.open import open_breakers, open_cache, open_limits, open_store, open_vectors
-from keel.store.protocols import BreakerPolicy, BreakerStore, LimitStore, Store
+from keel.store.open import open_blobs, open_breakers, open_cache, open_limits, open_store, open_vectors
+from keel.store.protocols import BlobStore, BreakerPolicy, BreakerStore, LimitStore, Store
 from keel.traces import TraceWriter
 from keel.types import RoutePlan, Target
 
@@ -64,6 +66,7 @@ class Runtime:
     rules: RuleEvaluator | None = None  # alert rules, when `alerts.rules` has any
     rule_alerts: AlertSender | None = None  # their webhook sender, when it is not the limits' one
     redactor: Redactor | None = None
+    blobs: BlobStore | None = None  # large trace payloads
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -71,6 +74,7 @@ class Runtime:
         store = store or open_store(config.storage.url)
         redactor = Redactor.from_config(config)
         t = config.traces
+        blobs = blobs_from(config)
         writer = TraceWriter(
             store,
             queue_size=t.queue_size,
@@ -78,6 +82,8 @@ class Runtime:
             flush_interval=t.flush_interval_ms / 1000,
             spill_dir=t.spill_dir,
             scrub=redactor.scrub,
+            blobs=blobs,
+            blob_threshold=t.blob_threshold_bytes,
         )
         authenticator = Authenticator(store, ttl=config.server.key_cache_ttl_s, poll=config.server.revocation_poll_s)
         sessions = Sessions()
@@ -157,6 +163,7 @@ class Runtime:
             metrics,
             *build_rules(config, store, alerts),
             redactor,
+            blobs,
         )
 
     async def start(self) -> None:
@@ -171,6 +178,9 @@ class Runtime:
             self._tasks.append(asyncio.create_task(self.rule_alerts.run(), name="keel-rule-alerts"))
         if self.rules is not None:
             self._tasks.append(asyncio.create_task(self.rules.run(), name="keel-alert-rules"))
+        policy = RetentionPolicy.from_config(self.config.retention)
+        if policy.deletes_traces or self.blobs is not None:
+            self._tasks.append(asyncio.create_task(self._sweep_retention(policy), name="keel-retention"))
 
     def limits_book(self) -> LimitBook:
         return self.limits_stage.book
@@ -185,6 +195,24 @@ class Runtime:
                 log.exception("reloading limit overrides failed; will retry")
                 continue
             self.limits_stage.book = book_from(self.config.limits, overrides)
+
+    async def _sweep_retention(self, policy: RetentionPolicy) -> None:
+        """Old traces and orphan blobs leave every `sweep_every_s`, off the request path (in a thread)."""
+        every = self.config.retention.sweep_every_s
+        await asyncio.sleep(min(every, 60.0))  # a first pass soon after start, then on the clock
+        while True:
+            try:
+                report = await asyncio.to_thread(sweep, self.store, self.blobs, policy, time.time())
+                if report.traces or report.orphan_blobs:
+                    log.info(
+                        "retention: deleted %d traces, %d blobs, %d orphan blobs",
+                        report.traces,
+                        report.blobs,
+                        report.orphan_blobs,
+                    )
+            except Exception:  # a flaky store must not stop the sweeper
+                log.exception("retention sweep failed; will retry")
+            await asyncio.sleep(every)
 
     async def aclose(self) -> None:
         for task in self._tasks:
@@ -205,6 +233,44 @@ class Runtime:
         if self.exporter is not None:
             await asyncio.to_thread(self.exporter.close)  # sends what is queued, within its timeout
         self.store.close()
+        if self.blobs is not None:
+            self.blobs.close()
+
+
+def blobs_from(config: Config) -> BlobStore:
+    """The blob store for large trace payloads: `traces.blobs_url`, else a directory beside the database."""
+    t = config.traces
+    url = t.blobs_url or default_blobs_url(config)
+    s3 = t.s3
+    return open_blobs(
+        url,
+        endpoint=s3.endpoint,
+        region=s3.region,
+        access_key_id=s3.access_key_id,
+        secret_access_key=s3.secret_access_key,
+    )
+
+
+def default_blobs_url(config: Config) -> str:
+    """<db stem>-blobs beside a SQLite file; .keel/blobs otherwise (set an s3:// URL for several hosts)."""
+    storage = config.storage.url
+    if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
+        path = storage.removeprefix("sqlite:///")
+        return f"file://{path[: -len('.db')] if path.endswith('.db') else path}-blobs"
+    return "file://.keel/blobs"
+
+
+def cache_urls(config: Config) -> tuple[str | None, str | None]:
+    """(exact cache URL, vector index URL) as the gateway opens them; None where that part is off."""
+    c = config.cache
+    policies = [CachePolicy.resolve(c, a.cache) for a in config.models.values()]
+    policies.append(CachePolicy.resolve(c, AliasCacheConfig()))
+    if not any(p.enabled for p in policies):
+        return None, None
+    url = c.url or default_cache_url(config)
+    if not any(p.semantic for p in policies):
+        return url, None
+    return url, c.semantic.vectors_url or (url if url.startswith("sqlite:///") else "memory://")
 
 
 def sender(hook: WebhookConfig, store: Store) -> AlertSender:
@@ -231,13 +297,12 @@ def build_cache(config: Config, providers: dict[str, Provider]) -> CacheStage | 
     c = config.cache
     policies = {alias: CachePolicy.resolve(c, a.cache) for alias, a in config.models.items()}
     default = CachePolicy.resolve(c, AliasCacheConfig())
-    if not any(p.enabled for p in [*policies.values(), default]):
+    url, vectors_url = cache_urls(config)
+    if url is None:
         return None
-    url = c.url or default_cache_url(config)
     store = open_cache(url, max_entries=c.max_entries)
-    if not any(p.semantic for p in [*policies.values(), default]):
+    if vectors_url is None:
         return CacheStage(store, policies, default)
-    vectors_url = c.semantic.vectors_url or (url if url.startswith("sqlite:///") else "memory://")
     vectors = open_vectors(vectors_url, max_entries=c.max_entries)
     embedder: TextEmbedder
     if c.semantic.embedder == "local":

@@ -13,11 +13,12 @@ import textwrap
 import time
 from typing import Any
 
-from keel.cli.context import store
+from keel.cli.context import load_config, store
 from keel.cli.output import Failure, emit_json, table, when
 from keel.cli.remote import add_url, admin_post
 from keel.errors import InvalidRequest
-from keel.traces import FILTERS, trace_query, trace_view
+from keel.runtime import blobs_from
+from keel.traces import FILTERS, read_trace, trace_query, trace_view
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,8 +72,12 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
 
-    with store(args) as s:
-        row = s.get_trace(args.trace_id)
+    blobs = blobs_from(load_config(args))
+    try:
+        with store(args) as s:
+            row = read_trace(s, blobs, args.trace_id)  # a payload kept in the blob store is fetched back
+    finally:
+        blobs.close()
     if row is None:
         raise Failure(f"no trace '{args.trace_id}'; see `keel traces list`")
     data = trace_view(row, full=True)

@@ -91,6 +91,11 @@ class CacheStage:
         self.counts = CacheCounts()
         self._pending: set[asyncio.Task[Any]] = set()
 
+    @property
+    def stores(self) -> tuple[CacheStore, VectorIndex | None]:
+        """The exact cache and the vector index, for purges (drain first: writes may be in flight)."""
+        return self._store, self._vectors
+
     def policy(self, alias: str) -> CachePolicy:
         return self._policies.get(alias, self._default)
 

@@ -19,7 +19,7 @@ TRACE_COLUMNS = (
     "alias", "provider", "model", "request", "response", "status", "error_kind", "error_message",
     "http_status", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
     "reasoning_tokens", "cost_usd", "latency_ms", "ttft_ms", "attempts", "overhead_ms", "stream",
-    "route", "attempt_log", "fallback", "prompt_version", "cache", "cache_saved_usd",
+    "route", "attempt_log", "fallback", "prompt_version", "cache", "cache_saved_usd", "payload_blob",
 )  # fmt: skip
 _JSON = frozenset({"tags", "request", "response", "route", "attempt_log"})
 _ATTR = {"user_id": "user"}

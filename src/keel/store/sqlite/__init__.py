@@ -12,8 +12,9 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from keel.store import migrations, usage
+from keel.store import deletion, migrations, usage
 from keel.store.protocols import (
+    DeletedTraces,
     KeyRow,
     LimitOverride,
     TenantRow,
@@ -56,6 +57,7 @@ _SET_LIMITS = (
     " ON CONFLICT (scope, subject) DO UPDATE SET limits = excluded.limits,"
     " on_store_error = excluded.on_store_error, updated_at = excluded.updated_at"
 )
+_DELETE_BATCH = 1000  # rollup rows per DELETE statement
 _OWNER = {"tenant": "SELECT 1 FROM tenants WHERE name = ?", "key": "SELECT 1 FROM api_keys WHERE id = ?"}
 
 
@@ -225,6 +227,45 @@ class SqliteStore:
 
     def usage(self, query: UsageQuery) -> list[UsageRow]:
         return usage.read(query, self._conn().execute, "?")
+
+    # ---- TraceDeletion
+
+    def delete_traces(
+        self,
+        *,
+        limit: int,
+        tenant: str | None = None,
+        user: str | None = None,
+        before: float | None = None,
+        exclude: Sequence[str] = (),
+    ) -> DeletedTraces:
+        sql, params = deletion.trace_delete("?", limit=limit, tenant=tenant, user=user, before=before, exclude=exclude)
+        rows = self._conn().execute(sql, params).fetchall()  # fetchall: the statement runs to completion
+        return DeletedTraces(len(rows), tuple(b for b, _ in rows if b), tuple({s for _, s in rows if s}))
+
+    def delete_rollups(self, tenant: str, user: str | None = None, sessions: Sequence[str] = ()) -> int:
+        conn = self._conn()
+        statements = deletion.rollup_deletes("?", tenant, user, sessions, _DELETE_BATCH)
+        return deletion.run_all(lambda sql, params: conn.execute(sql, params).rowcount, statements, _DELETE_BATCH)
+
+    def trace_ids_present(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in deletion.chunks(list(ids), deletion.IN_CHUNK):
+            found.update(r[0] for r in self._conn().execute(*deletion.present_query("?", chunk)))
+        return found
+
+    def delete_tenant(self, name: str) -> dict[str, int]:
+        conn = self._conn()
+        counts = {"limit_overrides": 0, "keys": 0, "tenants": 0}
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for kind, sql, params in deletion.tenant_deletes("?", name):
+                counts[kind] += conn.execute(sql, params).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return counts
 
     # ---- LimitConfigStore
 
