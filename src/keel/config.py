@@ -639,6 +639,7 @@ def _check_alert_rules(alerts: dict[str, Any], limits: dict[str, Any]) -> list[C
         if r.get("metric") == "error_rate" and isinstance(threshold, int | float) and threshold > 1:
             fix = "write the share of failed calls, e.g. 0.05 for 5%"
             issues.append(ConfigIssue(f"{path}.threshold", f"an error rate is at most 1 (got {threshold})", fix))
+    return issues
 
 
 def _check_blobs(traces: dict[str, Any]) -> list[ConfigIssue]:

@@ -57,13 +57,11 @@ class TraceWriter:
         spill_dir: str | Path = ".keel/spill",
         overflow_limit: int = 100_000,
         scrub: Callable[[TraceRecord], TraceRecord] | None = None,
-    ) -> None:
-        self._store = store
-        self._scrub = scrub  # redaction, in this thread: before a record is written or spilled
         blobs: BlobStore | None = None,
         blob_threshold: int | None = None,
     ) -> None:
         self._store = store
+        self._scrub = scrub  # redaction, in this thread: before a record is written or spilled
         self._blobs = blobs
         self._blob_threshold = blob_threshold if blobs is not None else None
         self._queue: deque[TraceRecord] = deque()
