@@ -3,9 +3,11 @@
     python bench/embeddings.py            # about a minute
     python bench/embeddings.py --quick    # a few seconds per figure less
 
-Prints sentences/s at batch sizes 1, 8, 32 and 128 for ~20-token and ~100-token texts, and the latency of
+Prints sentences/s at batch sizes 1, 8, 32 and 128 for ~20-token and ~85-token texts, and the latency of
 one single-text call (p50/p99), the semantic cache's per-request cost. Texts are made here from a fixed word
-list (seeded), so every run embeds the same tokens; every text in a run is distinct.
+list (seeded), so every run embeds the same tokens; every text in a run is distinct. Figures are comparable
+only on an idle machine (the load average is printed); with other work on the cores, OPENBLAS_NUM_THREADS=1
+was about twice as fast as OpenBLAS's default of one thread per core.
 """
 
 from __future__ import annotations
@@ -62,9 +64,9 @@ def main() -> None:
     seconds = 1.0 if args.quick else 4.0
     started = time.perf_counter()
     embedder = LocalEmbedder()
-    print(
-        f"model {embedder.model_id}: loaded in {(time.perf_counter() - started) * 1000:.0f} ms; {os.cpu_count()} CPUs"
-    )
+    print(f"model {embedder.model_id}: loaded in {(time.perf_counter() - started) * 1000:.0f} ms")
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "unset (one per core)")
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; OPENBLAS_NUM_THREADS {blas}")
     shapes = {"short": 14, "long": 75}  # words per text: about 20 and 100 tokens with [CLS]/[SEP]
     for name, words in shapes.items():
         sample = texts(64, words, seed=1)

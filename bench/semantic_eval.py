@@ -11,7 +11,7 @@ Honest threshold: PAWS pairs with odd ids tune, even ids are held out. The recom
 whose false-hit rate (share of negatives at or above it) on the tuning half is at most --max-false-hits; every
 reported figure comes from the held-out half or from the MS MARCO queries, which nothing was tuned on. Each
 figure is shown for similarity alone and for similarity plus `keel.embedder.verify` (the cheap lexical check).
-Vectors are cached in the temp directory per model id, so reruns take seconds.
+Vectors are cached in the temp directory per model id and encoder source, so reruns take seconds.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from keel import embedder as embedder_module
 from keel.embedder import LocalEmbedder, verify
 
 PAWS = Path("/work/shared/data/paraphrase/paws-wiki/dev.tsv")
@@ -58,7 +59,8 @@ def embed_cached(embedder: LocalEmbedder, texts: list[str], name: str) -> np.nda
     """Embeddings of `texts`, kept in the temp directory under the model id and a digest of the texts."""
     import hashlib
 
-    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
+    code = Path(embedder_module.__file__).read_bytes()  # a change to the encoder invalidates the cache too
+    digest = hashlib.sha256(code + "\n".join(texts).encode()).hexdigest()[:12]
     path = Path(tempfile.gettempdir()) / f"keel-semantic-eval-{embedder.model_id}-{name}-{digest}.npy"
     if path.exists():
         return np.load(path)
