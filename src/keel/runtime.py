@@ -312,7 +312,10 @@ def build_cache(config: Config, providers: dict[str, Provider]) -> CacheStage | 
     else:
         t = config.models[c.semantic.embedder].targets[0]
         embedder = AliasTextEmbedder(providers[t.provider], Target(t.provider, t.model))
-    return CacheStage(store, policies, default, vectors=vectors, embedder=embedder)
+    from keel.embedder import verify
+
+    checker = verify if c.semantic.verify else None
+    return CacheStage(store, policies, default, vectors=vectors, embedder=embedder, verify=checker)
 
 
 def default_cache_url(config: Config) -> str:
