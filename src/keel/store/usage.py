@@ -193,14 +193,18 @@ def spans(since: float, until: float) -> list[tuple[str, int, int]]:
     return [("minute", start, end)]
 
 
-def _sums() -> str:
-    return ", ".join(f"SUM({m})" for m in MEASURES)
+def _sums(measures: Sequence[str]) -> str:
+    return ", ".join(f"SUM({m})" for m in measures)
 
 
-def _statements(q: UsageQuery, mark: str) -> list[tuple[str, list[Any]]]:
+def _statements(
+    q: UsageQuery, mark: str, measures: Sequence[str] = MEASURES, only: Sequence[str] | None = None
+) -> list[tuple[str, list[Any]]]:
+    """SELECT bucket, group, first_seen, last_seen, *SUM(measures) per piece of the window;
+    `only`: just these groups."""
     if q.by == "session":
         sql = (
-            f"SELECT NULL, session, MIN(first_seen), MAX(last_seen), {_sums()} FROM usage_sessions"
+            f"SELECT NULL, session, MIN(first_seen), MAX(last_seen), {_sums(measures)} FROM usage_sessions"
             f" WHERE last_seen >= {mark} AND first_seen < {mark}"
         )
         params: list[Any] = [q.since, q.until]
@@ -218,21 +222,24 @@ def _statements(q: UsageQuery, mark: str) -> list[tuple[str, list[Any]]]:
     for grain, lo, hi in pieces:
         bucket = "bucket" if q.grain else "NULL"
         sql = (
-            f"SELECT {bucket}, {group}, NULL, NULL, {_sums()} FROM usage_{grain}"
+            f"SELECT {bucket}, {group}, NULL, NULL, {_sums(measures)} FROM usage_{grain}"
             f" WHERE dim = {mark} AND bucket >= {mark} AND bucket < {mark}"
         )
         params = [dim, lo, hi]
         if q.tenant is not None:
             sql += f" AND tenant = {mark}"
             params.append(q.tenant)
+        if only is not None:
+            sql += f" AND {group} IN ({', '.join([mark] * len(only))})"
+            params += only
         out.append((sql + f" GROUP BY {'bucket, ' if q.grain else ''}{group}", params))
     return out
 
 
-def read(q: UsageQuery, fetch: Fetch, mark: str) -> list[UsageRow]:
-    """Run the query's statements through `fetch(sql, params)` and merge their pieces into rows."""
+def _merge(statements: list[tuple[str, list[Any]]], fetch: Fetch) -> dict[tuple[Any, Any], list[Any]]:
+    """(bucket, group) → [first_seen, last_seen, *sums], adding up the pieces of the window."""
     merged: dict[tuple[Any, Any], list[Any]] = {}
-    for sql, params in _statements(q, mark):
+    for sql, params in statements:
         for bucket, group, first, last, *sums in fetch(sql, params):
             key = (None if bucket is None else int(bucket), group)
             acc = merged.get(key)
@@ -241,6 +248,23 @@ def read(q: UsageQuery, fetch: Fetch, mark: str) -> list[UsageRow]:
                 continue
             for i, v in enumerate(sums, start=2):
                 acc[i] += float(v or 0)
+    return merged
+
+
+def _top_groups(q: UsageQuery, fetch: Fetch, mark: str) -> list[str] | None:
+    """The `limit` costliest groups, ranked on cost and calls alone (a cheap pass over many groups,
+    e.g. thousands of users), so only they get every measure summed; None if all groups fit."""
+    ranked = _merge(_statements(q, mark, ("cost_usd", "calls")), fetch)
+    if len(ranked) <= q.limit:
+        return None
+    order = sorted(ranked.items(), key=lambda kv: (-kv[1][2], -kv[1][3], kv[0][1] or ""))
+    return [group for (_, group), _ in order[: q.limit]]
+
+
+def read(q: UsageQuery, fetch: Fetch, mark: str) -> list[UsageRow]:
+    """Run the query's statements through `fetch(sql, params)` and merge their pieces into rows."""
+    only = _top_groups(q, fetch, mark) if q.grain is None and q.by != "session" else None
+    merged = _merge(_statements(q, mark, MEASURES, only), fetch)
     rows = [_row(bucket, group, acc) for (bucket, group), acc in merged.items()]
     rows.sort(key=lambda r: (r.bucket or 0, -r.cost_usd, -r.calls, r.group or ""))
     return rows if q.grain else rows[: q.limit]
