@@ -128,14 +128,14 @@ def bench_writer(n: int, tmp: Path) -> bool:
     now = time.time()
     batch = list(records(n, now, seed=2, days=n / WRITER_TARGET / 86400))  # as fast as the target rate
     writer.start()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for r in batch:
         while writer.depth >= 9_000:  # stay under the queue's bound: this measures the writer, not the spill
             time.sleep(0.0005)
         writer.put(r)
     while writer.stats.written < n and time.perf_counter() - start < 600:
         time.sleep(0.001)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     writer.close()
     rows = store.count_traces(0, now + 10)
     usage_calls = sum(r.calls for r in store.usage(usage_query({"by": "tenant", "since": "31d"}, now + 1)))
@@ -143,6 +143,8 @@ def bench_writer(n: int, tmp: Path) -> bool:
     s = writer.stats
     rate = n / elapsed
     print(f"trace writer into SQLite: {n:,} records in {elapsed:.2f} s = {rate:,.0f} records/s")
+    # on a shared machine the wall rate is what this process was given; CPU time says what it needs
+    print(f"    process CPU {cpu:.2f} s = {n / cpu:,.0f} records per CPU-second (writer and producer together)")
     print(f"    rows {rows:,}, rollup calls {usage_calls:,}, spilled {s.spilled}, dropped {s.dropped}")
     ok = rate >= WRITER_TARGET and rows == usage_calls == n and s.spilled == s.dropped == 0
     print(f"    {'ok' if ok else 'MISS'} (target ≥ {WRITER_TARGET:,.0f}/s, nothing lost)")
