@@ -215,7 +215,7 @@ class PostgresStore:
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             cur.executemany(_INSERT_TRACE, [without_nul(trace_to_row(r)) for r in records], returning=True)
             new = {row[0] for _ in cur.results() for row in cur.fetchall()}  # ids this batch inserted
-            for sql, rows in usage.upserts(_first_of(records, new), "%s", "LEAST", "GREATEST"):
+            for sql, rows in usage.upserts(_first_of(records, new), "%s", "LEAST", "GREATEST", ordered=True):
                 cur.executemany(sql, rows)
 
     def list_traces(self, query: TraceQuery) -> list[TraceRecord]:

@@ -203,9 +203,11 @@ class SqliteStore:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            insert = conn.cursor().execute  # one cursor: its rowcount says whether the row went in
+            insert = (
+                conn.cursor().execute
+            )  # one cursor: its rowcount says whether the row went in; one writer at a time, so no lock order
             inserted = [r for r in records if insert(_INSERT_TRACE, trace_to_row(r)).rowcount == 1]
-            for sql, rows in usage.upserts(inserted, "?", "min", "max"):
+            for sql, rows in usage.upserts(inserted, "?", "min", "max", ordered=False):
                 conn.executemany(sql, rows)
             conn.execute("COMMIT")
         except BaseException:
