@@ -6,7 +6,7 @@ distinct rollup row, not one per trace. Rows are keyed (dim, bucket, tenant, val
 name, the UTC start of the minute/hour/day, the tenant, and the dimension's value ('' for none;
 dim '*' holds the tenant's totals). One row per dimension value, not per combination of values, so a
 query scans as many rows as the grouped dimension has values in the window, however many users,
-models and features there are together (docs/decisions/0004-usage-rollups.md).
+models and features there are together (docs/decisions/0008-usage-rollups.md).
 Queries read rollups only: totals over a window widened to whole minutes, read at the coarsest grain
 that fits (days in the middle, hours and minutes at the edges); series at one grain.
 """
