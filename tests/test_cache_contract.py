@@ -385,7 +385,11 @@ def test_a_small_partition_beside_a_large_one_is_still_found(vectors: Backend) -
         await index.add("acme", "small", "m", "lonely", unit(1, 1), T + 60)  # cos ≈ 0.7 with basis(0)
         hit = await index.nearest("acme", "small", "m", basis(0), 0.5, T)
         assert hit is not None and hit.key == "lonely"
-        hit = await index.nearest("acme", "big", "m", crowd[5], 0.999, T)  # memory: past THREAD_ROWS, in a thread
-        assert hit is not None and hit.key == "c5"
+        found = 0
+        for i in range(0, 3000, 150):  # memory: past THREAD_ROWS, in a thread
+            hit = await index.nearest("acme", "big", "m", crowd[i], 0.999, T)
+            found += hit is not None and hit.key == f"c{i}"
+        # pgvector's HNSW is approximate, and a tight cluster of 3,000 is its hard case: most, not all
+        assert found >= (18 if vectors.name == "pgvector" else 20), found
 
     vectors.run(body)
