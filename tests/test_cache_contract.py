@@ -439,3 +439,22 @@ def test_near_duplicates_find_their_original(vectors: Backend) -> None:
             assert hit is not None and hit.key == f"k{i}" and hit.similarity == pytest.approx(exact, abs=1e-4)
 
     vectors.run(body)
+
+
+def test_searches_during_a_purge_name_the_right_keys(vectors: Backend) -> None:
+    """Searches running in worker threads while a purge moves rows under them."""
+    rng = random.Random(13)
+    vecs = [rand_unit(rng) for _ in range(2500)]  # memory: past THREAD_ROWS
+
+    async def body() -> None:
+        index: VectorIndex = vectors.open(max_entries=5000)
+        for chunk in range(0, len(vecs), 100):
+            batch = enumerate(vecs[chunk : chunk + 100], chunk)
+            await asyncio.gather(*(index.add("a", "p", "m", f"k{i}", v, T + 60, f"u{i % 2}") for i, v in batch))
+        kept = range(0, len(vecs), 2)
+        searches = [index.nearest("a", "p", "m", vecs[i], 0.999, T) for i in kept]
+        *hits, purged = await asyncio.gather(*searches, index.purge("a", "u1"))
+        assert purged == len(vecs) // 2
+        assert [h.key if h else None for h in hits] == [f"k{i}" for i in kept]
+
+    vectors.run(body)

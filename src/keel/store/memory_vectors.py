@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
 THREAD_ROWS = 2000  # past this many rows a search runs in a worker thread (~0.1 ms inline at 384-d)
-APPROX_ROWS = 10_000  # past this many rows a search goes through signatures (bench/cache_lookup.py --crossover)
+APPROX_ROWS = 5000  # past this many rows a search goes through signatures: the crossover (bench/cache_lookup.py)
 CANDIDATES = 64  # rows scored exactly after the signature scan
 Slot = tuple[str, str, str]  # tenant, partition, model
 Row = tuple[str, str, str, str]  # tenant, partition, model, key

@@ -12,7 +12,7 @@ is one contiguous pass. The hyperplanes come from a fixed seed: a signature neve
 from __future__ import annotations
 
 import math
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 BITS = 384
@@ -48,7 +48,7 @@ def distances(sigs: Any, n: int, query: Any) -> Any:
     return d
 
 
-@cache
+@lru_cache(maxsize=64)  # callers pass a configured threshold or two
 def cutoff(min_similarity: float) -> int:
     """The most bits a row with cosine ≥ min_similarity differs by, but for a chance below `_MISS`."""
     p = math.acos(max(-1.0, min(1.0, min_similarity))) / math.pi
