@@ -158,7 +158,10 @@ def build(slot: Slot, rows: Sequence[tuple[str, bytes, float, str | None]]) -> L
 
 
 class VectorBook:
-    """The index: partitions by (tenant, partition, model), and every row in the order it was added."""
+    """The index: partitions by (tenant, partition, model), and every row in the order it was added.
+
+    A partition of more than `approx_rows` rows is searched through signatures (0: every partition).
+    """
 
     def __init__(self, max_entries: int, approx_rows: int = APPROX_ROWS) -> None:
         if max_entries < 1:
