@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import signal
 import sys
 from urllib.parse import urlsplit, urlunsplit
@@ -44,6 +45,10 @@ def _redacted(url: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # numpy (semantic cache) loads later: one BLAS thread per call, since the event loop shares the cores
+    # and two spinning OpenBLAS threads made one embedding 5x slower at p50 (bench/README.md). Overridable.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     import uvicorn
 
     from keel.api.app import create_app
