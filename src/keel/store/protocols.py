@@ -68,7 +68,7 @@ class TraceQuery:
 class UsageQuery:
     """Usage from rollups over a bounded window, grouped by one dimension.
 
-    `by`: tenant, key, user, feature, alias, provider, model, prompt_version, status or session.
+    `by`: all (one group: every call), tenant, key, user, feature, alias, provider, model, prompt_version, status or session.
     Totals (`grain` None) cover [since, until) widened to whole minutes; a series covers it widened
     to whole `grain` buckets. Sessions are whole sessions seen in the window (first/last seen).
     """

@@ -23,6 +23,7 @@ from keel.types import TraceRecord
 GRAINS = {"minute": 60, "hour": 3600, "day": 86400}
 # query name → (stored dim, TraceRecord attribute)
 DIMS = {
+    "all": ("*", None),  # every call in the window as one group (a series across tenants keeps exact percentiles)
     "tenant": ("*", None),
     "key": ("key", "key_id"),
     "user": ("user", "user"),
@@ -199,7 +200,8 @@ def _statements(q: UsageQuery, mark: str) -> list[tuple[str, list[Any]]]:
             params.append(q.tenant)
         return [(sql + " GROUP BY session", params)]
     dim = DIMS[q.by][0]
-    group = "tenant" if q.by == "tenant" else "value"
+    group = {"tenant": "tenant", "all": "dim"}.get(q.by, "value")  # dim is constant here: one group
+    shown = "NULL" if q.by == "all" else group
     pieces = spans(q.since, q.until)
     if q.grain is not None:
         step = GRAINS[q.grain]
@@ -208,7 +210,7 @@ def _statements(q: UsageQuery, mark: str) -> list[tuple[str, list[Any]]]:
     for grain, lo, hi in pieces:
         bucket = "bucket" if q.grain else "NULL"
         sql = (
-            f"SELECT {bucket}, {group}, NULL, NULL, {_sums()} FROM usage_{grain}"
+            f"SELECT {bucket}, {shown}, NULL, NULL, {_sums()} FROM usage_{grain}"
             f" WHERE dim = {mark} AND bucket >= {mark} AND bucket < {mark}"
         )
         params = [dim, lo, hi]
