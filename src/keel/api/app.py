@@ -1,4 +1,4 @@
-"""The ASGI application: gateway routes, admin API, health probes; lifespan starts and drains the runtime."""
+"""The ASGI application: gateway routes, admin API, dashboard, health probes; lifespan starts and drains the runtime."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from keel.api.admin import Admin
 from keel.api.anthropic import AnthropicEdge
 from keel.api.openai import OpenAIEdge
+from keel.dashboard.pages import Dashboard
 from keel.runtime import Runtime
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -87,6 +88,7 @@ def create_app(runtime: Runtime) -> FastPath:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *Admin(runtime).routes(),
+        *Dashboard(runtime.store, runtime.config.admin_token).routes(),
     ]
 
     @contextlib.asynccontextmanager
