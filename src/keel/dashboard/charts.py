@@ -96,15 +96,15 @@ def chart(
     legend = join(h('<tspan fill="{}">■ {}</tspan> ', s.colour, s.name) for s in series)
     return h(
         '<div class="chart"><h3>{}</h3><svg viewBox="0 0 {} {}" role="img" aria-label="{}">{}{}'
-        '<text x="{}" y="{}" font-size="11" text-anchor="end">{}</text></svg></div>',
+        '<text x="{}" y="{}" font-size="11" text-anchor="middle">{}</text></svg></div>',
         title,
         W,
         H,
         title,
         _frame(top, fmt, buckets, step),
         join(marks),
-        W - PAD_R,
-        PAD_T + 9,
+        (W + PAD_L) // 2,
+        H - 6,
         legend,
     )
 

@@ -65,18 +65,18 @@ header a{color:#cfd8ff;text-decoration:none}header b{margin-right:1em}header for
 main{padding:1em 1.2em;max-width:1400px}h1{font-size:1.3em;margin:.2em 0 .6em}h2{font-size:1.05em;margin:1.2em 0 .4em}
 table{border-collapse:collapse;background:#fff;width:100%;margin-bottom:.6em}
 th,td{padding:.3em .6em;border-bottom:1px solid #e3e6ec;text-align:left;vertical-align:top}
-td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+td.n,th.n{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 .cards{display:flex;flex-wrap:wrap;gap:.6em}.card{background:#fff;padding:.6em 1em;border:1px solid #e3e6ec;min-width:9em}
 .card b{display:block;font-size:1.3em}.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:.6em}
 .chart{background:#fff;border:1px solid #e3e6ec;padding:.4em}.chart h3{font-size:.9em;margin:0 0 .2em}
-.grid3{display:grid;grid-template-columns:repeat(auto-fit,minmax(380px,1fr));gap:.8em}
+.grid3{display:grid;grid-template-columns:repeat(auto-fit,minmax(440px,1fr));gap:.8em}
 form.filters{display:flex;flex-wrap:wrap;gap:.5em;align-items:end;margin-bottom:.8em}
 label{display:flex;flex-direction:column;font-size:.85em}input,select,button{font:inherit;padding:.25em .4em}
 .error{color:#a40000}.status-error{color:#a40000}.status-partial{color:#a05a00}.muted{color:#6b7280}
 pre{white-space:pre-wrap;word-break:break-word;background:#fff;border:1px solid #e3e6ec;padding:.6em;margin:.2em 0}
 .msg{background:#fff;border:1px solid #e3e6ec;margin:.3em 0;padding:.4em .6em}.msg .role{font-weight:600}
 .login{max-width:340px;margin:10vh auto;background:#fff;padding:1.4em;border:1px solid #e3e6ec}
-.login form{display:flex;flex-direction:column;gap:.6em}nav.windows a{margin-right:.6em}nav.windows a.on{font-weight:700}
+#facts th{width:18em}.login form{display:flex;flex-direction:column;gap:.6em}nav.windows a{margin-right:.6em}nav.windows a.on{font-weight:700}
 """
 
 

@@ -128,11 +128,11 @@ def _charts(o: Overview) -> Safe:
 
 def _table(o: Overview, by: str) -> Safe:
     head = Safe(
-        '<tr><th></th><th class="n">Calls</th><th class="n">Errors</th><th class="n">Tokens in</th>'
-        '<th class="n">Tokens out</th><th class="n">p95</th><th class="n">Cost</th></tr>'
+        '<tr><th></th><th class="n">Calls</th><th class="n">Errors</th><th class="n">Tokens in/out</th>'
+        '<th class="n">p95</th><th class="n">Cost</th></tr>'
     )
     body = join(_table_row(o, by, r) for r in o.tables[by]) or Safe(
-        '<tr><td colspan="7" class="muted">No calls</td></tr>'
+        '<tr><td colspan="6" class="muted">No calls</td></tr>'
     )
     return h('<div><h2>Cost by {}</h2><table id="by-{}">{}{}</table></div>', by, by, head, body)
 
@@ -144,7 +144,7 @@ def _table_row(o: Overview, by: str, r: UsageRow) -> Safe:
         name = h('<a href="/ui/traces?{}">{}</a>', urlencode(filters), r.group)
     return h(
         '<tr data-group="{}"><td>{}</td><td class="n" data-col="calls">{}</td><td class="n" data-col="errors">{}</td>'
-        '<td class="n">{}</td><td class="n">{}</td><td class="n">{}</td><td class="n" data-col="cost">{}</td></tr>',
+        '<td class="n">{}&nbsp;/&nbsp;{}</td><td class="n">{}</td><td class="n" data-col="cost">{}</td></tr>',
         "" if r.group is None else r.group,
         name,
         num(r.calls),
