@@ -66,7 +66,7 @@ def fill(store: Store, rows: int, now: float) -> float:
 
 
 async def measure(store: Store, reps: int) -> None:
-    app = Starlette(routes=Dashboard(store, TOKEN).routes())
+    app = Starlette(routes=Dashboard(store, None, TOKEN).routes())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench") as client:
         r = await client.post("/ui/login", data={"token": TOKEN})
         assert r.status_code == 303, r.text

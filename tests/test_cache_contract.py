@@ -186,10 +186,8 @@ def test_purge_tenant_and_user_and_counts(caches: Backend) -> None:
     caches.run(body)
 
 
+@pytest.mark.parametrize("caches", ["sqlite", "redis"], indirect=True)  # memory lives and dies with its process
 def test_entries_survive_reopen(caches: Backend) -> None:
-    if caches.name == "memory":
-        pytest.skip("the memory cache lives and dies with its process")
-
     async def body() -> None:
         first: CacheStore = caches.open()
         e = entry("k", user="u1", cost_usd=0.5)
@@ -340,10 +338,8 @@ def test_vector_purge_and_counts(vectors: Backend) -> None:
     vectors.run(body)
 
 
+@pytest.mark.parametrize("vectors", ["sqlite", "pgvector"], indirect=True)  # memory lives and dies with its process
 def test_vectors_survive_reopen(vectors: Backend) -> None:
-    if vectors.name == "memory":
-        pytest.skip("the memory index lives and dies with its process")
-
     async def body() -> None:
         first: VectorIndex = vectors.open()
         await first.add("acme", "p", "m", "k", unit(3, 1), T + 60, "u1")

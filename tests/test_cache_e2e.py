@@ -302,3 +302,33 @@ def test_an_unreachable_redis_cache_is_a_miss_not_a_failure(
     settle(gw)
     _, h = ask(gw, nonce)
     assert h["x-keel-cache"] == "miss" and len(up.requests) == 2
+
+
+# ---- reporting ------------------------------------------------------------------------------
+
+
+def test_the_usage_api_reports_hit_rate_and_savings_per_tenant_feature_and_alias(
+    gw: Gateway, up: FakeUpstream, nonce: str
+) -> None:
+    with openai.OpenAI(base_url=gw.base_url, api_key=gw.key, max_retries=0) as c:
+        for feature in ("faq", "faq", "faq", "chat"):
+            c.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": f"{feature} {nonce}"}],
+                temperature=0,
+                extra_headers={"x-keel-feature": feature},
+            )
+            settle(gw)
+    gw.traces()  # flushed: the rollups are written with the rows
+    saved = next(t.cost_usd for t in gw.traces() if t.cache == "miss" and t.feature == "faq")
+    auth = {"authorization": f"Bearer {gw.admin}"}
+    for by, group in (("feature", "faq"), ("tenant", "t1"), ("alias", "gpt-4o-mini")):
+        rows = httpx.get(f"{gw.url}/api/usage", params={"by": by, "since": "1h"}, headers=auth).json()["data"]
+        row = next(r for r in rows if r[by] == group)
+        if by == "feature":
+            assert (row["calls"], row["cache_lookups"], row["cache_hits"]) == (3, 3, 2)
+            assert row["cache_hit_rate"] == pytest.approx(2 / 3, abs=1e-4)
+            assert row["cache_saved_usd"] == pytest.approx(2 * saved)
+        else:
+            assert (row["calls"], row["cache_hits"]) == (4, 2)
+            assert row["cache_hit_rate"] == 0.5

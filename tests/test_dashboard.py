@@ -145,3 +145,17 @@ def test_bad_parameters_get_a_clear_400(gw: Gateway) -> None:
         r = c.get("/ui/traces?status=<x>")
         assert r.status_code == 400 and 'value="&lt;x&gt;"' not in r.text  # status is a select
         assert c.get("/ui/traces/nope").status_code == 404
+
+
+def test_a_payload_kept_in_the_blob_store_is_shown_whole(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> None:
+    raw = base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path)
+    raw["traces"] |= {"blob_threshold_bytes": 200, "blobs_url": f"file://{tmp_path}/blobs"}
+    gw = make_gateway(raw)
+    long = "a long question " + "x" * 400
+    with openai.OpenAI(base_url=gw.base_url, api_key=gw.key, max_retries=0, timeout=10) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": long}])
+    (trace,) = gw.traces()
+    assert trace.payload_blob is not None and trace.request is None  # the row keeps only the blob's key
+    with login(gw) as c:
+        page = c.get(f"/ui/traces/{trace.id}")
+    assert page.status_code == 200 and long in page.text and "echo: a long question" in page.text

@@ -96,3 +96,24 @@ def test_vectors_of_another_embedding_model_never_match(make_gateway: Any, up: F
     _, h = ask(other, PARAPHRASE)
     assert h["x-keel-cache"] == "miss"
     assert [r["path"] for r in up.requests].count("/v1/embeddings") == 1  # the paraphrase was embedded upstream
+
+
+SWAPPED = ("Book flights from New York to Florida", "Book flights from Florida to New York")  # cosine ≈ 0.995
+
+
+def test_verify_turns_down_a_word_swap_the_embedding_cannot_see(gw: Gateway, up: FakeUpstream) -> None:
+    ask(gw, SWAPPED[0])
+    settle(gw)
+    text, h = ask(gw, SWAPPED[1])
+    assert (text, h["x-keel-cache"]) == (f"echo: {SWAPPED[1]}", "miss")
+    t = next(t for t in gw.traces() if t.id == h["x-keel-trace-id"])
+    assert t.tags["keel.cache_rejected"] >= 0.95  # the neighbour was found, and refused
+    assert gw.runtime.cache_stage is not None and gw.runtime.cache_stage.counts.verify_rejects == 1
+
+
+def test_without_verify_the_same_swap_would_be_served(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> None:
+    gw = make_gateway(semantic_config(up, tmp_path, "memory://", verify=False))
+    ask(gw, SWAPPED[0])
+    settle(gw)
+    text, h = ask(gw, SWAPPED[1])
+    assert h["x-keel-cache"].startswith("semantic") and text == f"echo: {SWAPPED[0]}"  # the wrong answer

@@ -555,3 +555,34 @@ def test_claim_alert_from_many_threads_has_one_winner(backend: Backend) -> None:
         for one in stores:
             one.close()
     assert won.count(True) == 1
+
+
+def test_flip_alert_reports_each_change_once(store: Store) -> None:
+    assert store.alert_states() == {}
+    assert store.flip_alert("errors|gpt-4o", False, 100.0) is False  # absent is not firing
+    assert store.flip_alert("errors|gpt-4o", True, 101.0) is True
+    assert store.flip_alert("errors|gpt-4o", True, 102.0) is False  # already firing
+    assert store.flip_alert("errors|claude", True, 103.0) is True
+    assert store.alert_states() == {"errors|gpt-4o": 101.0, "errors|claude": 103.0}
+    assert store.flip_alert("errors|gpt-4o", False, 104.0) is True
+    assert store.flip_alert("errors|gpt-4o", False, 105.0) is False
+    assert store.flip_alert("errors|gpt-4o", True, 106.0) is True  # a new episode, with its own start
+    assert store.alert_states() == {"errors|gpt-4o": 106.0, "errors|claude": 103.0}
+
+
+def test_flip_alert_from_many_threads_has_one_winner(backend: Backend) -> None:
+    stores = [open_store(backend.url) for _ in range(8)]
+    start = threading.Barrier(len(stores))
+
+    def flip(one: Store, firing: bool) -> bool:
+        start.wait()
+        return one.flip_alert("cost|acme", firing, time.time())
+
+    try:
+        with ThreadPoolExecutor(len(stores)) as pool:
+            on = list(pool.map(flip, stores, [True] * len(stores)))
+            off = list(pool.map(flip, stores, [False] * len(stores)))
+    finally:
+        for one in stores:
+            one.close()
+    assert on.count(True) == 1 and off.count(True) == 1

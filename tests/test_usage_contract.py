@@ -121,7 +121,7 @@ def assert_row(row: UsageRow, records: list[TraceRecord]) -> None:
 
 def group_of(r: TraceRecord, by: str) -> str | None:
     if by == "all":
-        return None
+        return None  # one group: every record in the window
     value = getattr(r, ATTR.get(by, by))
     return value or None
 
@@ -279,7 +279,10 @@ def test_totals_keep_the_costliest_groups_up_to_the_limit(store: Store) -> None:
     store.append_traces(random_records(300))
     full = store.usage(UsageQuery(DAY0, DAY0 + SPAN, by="user"))
     assert [r.cost_usd for r in full] == sorted((r.cost_usd for r in full), reverse=True)
-    assert store.usage(UsageQuery(DAY0, DAY0 + SPAN, by="user", limit=2)) == full[:2]
+    top = store.usage(UsageQuery(DAY0, DAY0 + SPAN, by="user", limit=2))  # ranked first, then summed
+    assert [(r.group, r.calls, r.output_tokens) for r in top] == [(r.group, r.calls, r.output_tokens) for r in full[:2]]
+    assert [r.cost_usd for r in top] == pytest.approx([r.cost_usd for r in full[:2]])
+    assert [r.latency_p95_ms for r in top] == pytest.approx([r.latency_p95_ms for r in full[:2]])
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,10 @@
-"""Soft-limit alerts: one signed webhook call per threshold crossing, retried, never repeated.
+"""Signed webhook alerts: soft-limit crossings and alert-rule events, each sent once, retried.
+
+Alert-rule events (`RuleEvent`, from `keel.alert_rules`) arrive already decided: the store's
+`flip_alert` picked the one process that sends each, so `send` only queues them for delivery, with
+the same signature, retries and at-most-once rule as crossings. Their body: `{"event":
+"alert.firing" | "alert.resolved", "rule", "metric", "scope", "value", "tenant", "threshold",
+"observed", "calls", "window", "since", "at", "id"}`; `id` is the sha256 hex of "key|since|event".
 
 A crossing is (counter, period, threshold): `tenant=acme|usd_day` reaching 80% on d20261123 is one
 crossing, reaching it again the next day another. Sliding-minute and concurrency counters have no
@@ -27,8 +33,9 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
@@ -70,6 +77,9 @@ class Crossing:
     def id(self) -> str:
         return hashlib.sha256(f"{self.counter}|{self.period}|{self.threshold}".encode()).hexdigest()
 
+    def describe(self) -> str:
+        return f"{self.counter} at {self.threshold:g} of {self.limit:g}, {self.period}"
+
     def body(self) -> bytes:
         scope, kind = self.counter.rsplit("|", 1)
         fields = {
@@ -87,6 +97,52 @@ class Crossing:
         return orjson.dumps(fields)
 
 
+@dataclass(frozen=True, slots=True)
+class RuleEvent:
+    """An alert rule started (`firing`) or stopped (`resolved`) holding for one scope value."""
+
+    event: str  # alert.firing | alert.resolved
+    rule: str
+    metric: str
+    scope: str
+    value: str | None  # the tenant, feature or alias; None for a global rule
+    tenant: str | None  # the rule's tenant filter
+    threshold: float
+    observed: float | None  # the metric now; None when the window holds too few calls to judge
+    calls: int
+    window: str
+    since: float  # when this episode started firing
+    at: float
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(f"{self.rule}|{self.value or ''}|{self.since}|{self.event}".encode()).hexdigest()
+
+    def describe(self) -> str:
+        return f"{self.event} {self.rule} {self.scope}={self.value or '*'}"
+
+    def body(self) -> bytes:
+        fields = {
+            "event": self.event,
+            "rule": self.rule,
+            "metric": self.metric,
+            "scope": self.scope,
+            "value": self.value,
+            "tenant": self.tenant,
+            "threshold": self.threshold,
+            "observed": self.observed,
+            "calls": self.calls,
+            "window": self.window,
+            "since": self.since,
+            "at": self.at,
+            "id": self.id,
+        }
+        return orjson.dumps(fields)
+
+
+Event = Crossing | RuleEvent
+
+
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """The `x-keel-signature` value for one attempt."""
     digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
@@ -98,7 +154,7 @@ def _retryable(status: int) -> bool:
 
 
 class AlertSender:
-    """Queues crossings from the request path and delivers each one once, from `run`."""
+    """Queues crossings (from the request path) and rule events, and delivers each one once, from `run`."""
 
     def __init__(
         self,
@@ -124,7 +180,7 @@ class AlertSender:
         self._drain_s = drain_s  # the most `aclose` waits for queued crossings
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
-        self._queue: asyncio.Queue[Crossing | None] = asyncio.Queue()  # None: stop, once what precedes it is sent
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()  # None: stop, once what precedes it is sent
         self._slots = asyncio.Semaphore(concurrency)  # deliveries at once: one hung receiver blocks no others
         self._inflight: set[asyncio.Task[None]] = set()
         self._seen: set[tuple[str, str, float]] = set()
@@ -153,6 +209,17 @@ class AlertSender:
         self.stats.queued += 1
         self._queue.put_nowait(crossing)
 
+    def send(self, event: RuleEvent) -> None:
+        """Queue a rule event that this process won the right to send. Never blocks, never raises."""
+        if self._closing:
+            self.stats.failed += 1
+            return
+        if self.stats.queued >= MAX_QUEUE:
+            self.stats.dropped += 1
+            return
+        self.stats.queued += 1
+        self._queue.put_nowait(event)
+
     def _remember(self, key: tuple[str, str, float], now: float) -> None:
         if len(self._seen) >= MAX_SEEN:  # the store's claim stays the truth: forgetting costs a claim
             current = {period_id("day", now), period_id("month", now), period_id("total", now)}
@@ -166,15 +233,15 @@ class AlertSender:
         while True:
             await self._slots.acquire()
             try:
-                crossing = await self._queue.get()
+                event = await self._queue.get()
             except BaseException:
                 self._slots.release()
                 raise
-            if crossing is None:
+            if event is None:
                 self._slots.release()
                 self._queue.put_nowait(None)  # for any other loop draining this queue
                 return
-            task = asyncio.create_task(self._deliver(crossing), name=f"keel-alert-{crossing.id[:8]}")
+            task = asyncio.create_task(self._deliver(event), name=f"keel-alert-{event.id[:8]}")
             self._inflight.add(task)
             task.add_done_callback(self._finished)
 
@@ -188,8 +255,11 @@ class AlertSender:
             self.stats.failed += 1
             log.error("alert delivery crashed", exc_info=exc)
 
-    async def _deliver(self, crossing: Crossing) -> None:
-        c = crossing
+    async def _deliver(self, event: Event) -> None:
+        if isinstance(event, RuleEvent):  # already claimed, through the store's flip_alert
+            await self._count(self._post(event))
+            return
+        c = event
         try:
             won = await asyncio.to_thread(self._claim, c.counter, c.period, c.threshold, c.at)
         except Exception:
@@ -199,20 +269,23 @@ class AlertSender:
         if not won:
             self.stats.deduped += 1  # another process, or an earlier run, has it
             return
-        if await self._post(c):
+        await self._count(self._post(c))
+
+    async def _count(self, delivery: Coroutine[Any, Any, bool]) -> None:
+        if await delivery:
             self.stats.sent += 1
         else:
             self.stats.failed += 1
 
-    async def _post(self, crossing: Crossing) -> bool:
+    async def _post(self, event: Event) -> bool:
         """POST with retries; False once retries run out or the receiver refuses the request."""
-        body, why, attempts = crossing.body(), "", 0
+        body, why, attempts = event.body(), "", 0
         for attempt in range(self._retries + 1):
             if attempt:
                 await asyncio.sleep(min(self._backoff * 2 ** (attempt - 1), MAX_BACKOFF_S))
             attempts += 1
             try:
-                status = await self._send(crossing.id, body)
+                status = await self._send(event.id, body)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 why = f"{type(exc).__name__} {exc}".strip()
                 continue
@@ -222,12 +295,9 @@ class AlertSender:
             if not _retryable(status):
                 break  # the receiver refuses this request: the same request again cannot help
         log.error(
-            "alert %s (%s at %g of %g, %s) not delivered after %d attempt(s): %s; it will not be sent again",
-            crossing.id[:12],
-            crossing.counter,
-            crossing.threshold,
-            crossing.limit,
-            crossing.period,
+            "alert %s (%s) not delivered after %d attempt(s): %s; it will not be sent again",
+            event.id[:12],
+            event.describe(),
             attempts,
             why,
         )

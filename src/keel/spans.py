@@ -10,6 +10,7 @@ W3C traceparent overrides the trace id and becomes the parent.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ from keel.config import Config
 from keel.types import ChatRequest, EmbeddingRequest, Message, TraceRecord
 
 AttrValue = str | int | float | bool | list[str]
+Redact = Callable[[Any], Any]  # a JSON-shaped value → the same with secrets and personal data replaced
 
 OPERATIONS = {"chat": "chat", "messages": "chat", "embeddings": "embeddings"}
 # Catalog types whose gen_ai.provider.name is spelled otherwise in the conventions' well-known values.
@@ -71,12 +73,17 @@ def span_ids(record: TraceRecord) -> tuple[bytes, bytes, bytes]:
 
 
 def span_data(
-    record: TraceRecord, request: ChatRequest | EmbeddingRequest, upstreams: dict[str, Upstream], capture: bool
+    record: TraceRecord,
+    request: ChatRequest | EmbeddingRequest,
+    upstreams: dict[str, Upstream],
+    capture: bool,
+    redact: Redact | None = None,
 ) -> SpanData:
+    """`record` is already redacted; `redact` applies to the captured input messages."""
     trace_id, span_id, parent = span_ids(record)
     start_ns = int(record.started_at * 1e9)
     end_ns = start_ns + int((record.latency_ms or 0.0) * 1e6)
-    attributes = span_attributes(record, request, upstreams.get(record.provider or ""), capture)
+    attributes = span_attributes(record, request, upstreams.get(record.provider or ""), capture, redact)
     failed = record.status != "ok"
     error = (record.error_message or record.error_kind or "failed") if failed else None
     flags = _SAMPLED | _HAS_IS_REMOTE | (_IS_REMOTE if parent else 0)
@@ -87,7 +94,11 @@ def span_data(
 
 
 def span_attributes(
-    record: TraceRecord, request: ChatRequest | EmbeddingRequest, upstream: Upstream | None, capture: bool
+    record: TraceRecord,
+    request: ChatRequest | EmbeddingRequest,
+    upstream: Upstream | None,
+    capture: bool,
+    redact: Redact | None = None,
 ) -> dict[str, AttrValue]:
     chat = request if isinstance(request, ChatRequest) else None
     response = record.response or {}
@@ -120,7 +131,8 @@ def span_attributes(
         **keel_attributes(record),
     }
     if capture and chat is not None:
-        pairs["gen_ai.input.messages"] = orjson.dumps([_message(m) for m in chat.messages]).decode()
+        messages = [_message(m) for m in chat.messages]
+        pairs["gen_ai.input.messages"] = orjson.dumps(redact(messages) if redact else messages).decode()
         if record.response is not None:
             pairs["gen_ai.output.messages"] = orjson.dumps([_output(record.response)]).decode()
     return {k: v for k, v in pairs.items() if v is not None}

@@ -1,27 +1,35 @@
 """The trace writer: records leave the request path through a bounded queue to one writer thread.
 
+Redaction (`scrub`) runs in that thread as records leave the queue, so nothing is written or
+spilled unredacted, and its cost never lands on the event loop.
+
 Invariants: `put` never blocks and never touches the database. Every record is either written,
 spilled to a local file (queue overflow, or a store that keeps failing) and loaded back later, or
 counted in `dropped` (only when the overflow buffer itself is full). A failed flush is retried, and
 because inserts are idempotent by record id a retried or reloaded batch never duplicates. `close`
 drains everything before it returns (the SIGTERM path).
+Payloads (request + response JSON) above the blob threshold go to the blob store just before their
+rows are inserted, so a row never points at a missing blob; spills keep the payloads inline, and a
+crash between the two leaves an orphan blob that the retention sweep deletes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from keel.errors import InvalidRequest
-from keel.store.protocols import TraceQuery, TraceStore
+from keel.store.protocols import BlobStore, TraceQuery, TraceStore
 from keel.types import TraceRecord
 
 log = logging.getLogger("keel.traces")
@@ -44,12 +52,18 @@ class TraceWriter:
         store: TraceStore,
         *,
         queue_size: int = 10_000,
-        batch_size: int = 500,
+        batch_size: int = 2000,
         flush_interval: float = 0.05,
         spill_dir: str | Path = ".keel/spill",
         overflow_limit: int = 100_000,
+        scrub: Callable[[TraceRecord], TraceRecord] | None = None,
+        blobs: BlobStore | None = None,
+        blob_threshold: int | None = None,
     ) -> None:
         self._store = store
+        self._scrub = scrub  # redaction, in this thread: before a record is written or spilled
+        self._blobs = blobs
+        self._blob_threshold = blob_threshold if blobs is not None else None
         self._queue: deque[TraceRecord] = deque()
         self._size = queue_size
         self._batch = batch_size
@@ -114,12 +128,16 @@ class TraceWriter:
                 batch.append(popleft())
         except IndexError:
             pass
-        return batch
+        return self._scrubbed(batch)
+
+    def _scrubbed(self, records: list[TraceRecord]) -> list[TraceRecord]:
+        scrub = self._scrub
+        return records if scrub is None else [scrub(r) for r in records]
 
     def _write(self, batch: list[TraceRecord]) -> None:
         for delay in (*self.RETRY_DELAYS, None):
             try:
-                self._store.append_traces(batch)
+                self._store.append_traces(self._externalise(batch))
                 self.stats.written += len(batch)
                 return
             except Exception as exc:
@@ -132,9 +150,25 @@ class TraceWriter:
                 time.sleep(delay)
         self._spill(batch)
 
+    def _externalise(self, batch: list[TraceRecord]) -> list[TraceRecord]:
+        """The batch with large payloads moved to the blob store (written first); others as they are."""
+        if self._blob_threshold is None or self._blobs is None:
+            return batch
+        out = []
+        for r in batch:
+            data = payload_bytes(r)
+            if data is None or len(data) <= self._blob_threshold or not _SAFE_ID.fullmatch(r.id):
+                out.append(r)
+                continue
+            key = blob_key(r)
+            self._blobs.put(key, data)
+            out.append(replace(r, request=None, response=None, payload_blob=key))
+        return out
+
     def _spill_overflow(self) -> None:
         with self._lock:
             pending, self._overflow = self._overflow, []
+        pending = self._scrubbed(pending)
         if self._stop.is_set():
             self._write(pending)  # at shutdown, try the store first
         else:
@@ -170,13 +204,56 @@ class TraceWriter:
                 path.rename(path.with_suffix(".bad"))
                 continue
             try:
-                self._store.append_traces(records)
+                self._store.append_traces(self._externalise(records))
             except Exception as exc:
                 log.warning("reloading %s failed (%s); will retry later", path.name, exc)
                 return
             path.unlink(missing_ok=True)
             self.stats.reloaded += len(records)
             self.stats.written += len(records)
+
+
+# ---- payload blobs ------------------------------------------------------------------------------
+
+BLOB_PREFIX = "traces/"
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def payload_bytes(r: TraceRecord) -> bytes | None:
+    if r.request is None and r.response is None:
+        return None
+    return orjson.dumps({"request": r.request, "response": r.response}, default=str)
+
+
+def blob_key(r: TraceRecord) -> str:
+    """traces/<UTC day>/<trace id>.json: the day keeps directories small; the id names the row."""
+    return f"{BLOB_PREFIX}{time.strftime('%Y-%m-%d', time.gmtime(r.started_at))}/{r.id}.json"
+
+
+def trace_id_of(key: str) -> str | None:
+    """The trace id a blob key stands for; None for a key Keel did not write."""
+    name = key.rsplit("/", 1)[-1]
+    if not key.startswith(BLOB_PREFIX) or not name.endswith(".json"):
+        return None
+    return name.removesuffix(".json")
+
+
+def with_payload(r: TraceRecord, blobs: BlobStore | None) -> TraceRecord:
+    """The record with its payload read back from the blob store, when it was kept there."""
+    if r.payload_blob is None or blobs is None:
+        return r
+    data = blobs.get(r.payload_blob)
+    if data is None:
+        log.warning("trace %s: payload blob %s is missing", r.id, r.payload_blob)
+        return r
+    payload = orjson.loads(data)
+    return replace(r, request=payload.get("request"), response=payload.get("response"))
+
+
+def read_trace(store: TraceStore, blobs: BlobStore | None, trace_id: str) -> TraceRecord | None:
+    """One trace in full (blocking: run it in a thread), its payload fetched from the blob store."""
+    row = store.get_trace(trace_id)
+    return None if row is None else with_payload(row, blobs)
 
 
 # ---- reading traces back (shared by the admin API and the CLI) --------------------------------

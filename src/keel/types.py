@@ -196,6 +196,7 @@ class TraceRecord:
     prompt_version: str | None = None  # header x-keel-prompt-version, else tag prompt_version
     cache: str | None = None  # hit | semantic | stale | miss | partial (embeddings); None: could not use it
     cache_saved_usd: float | None = None  # what a cache hit saved: the cost of the answer it reused
+    payload_blob: str | None = None  # blob store key holding request and response (then None here)
     # W3C trace context of the caller (traceparent/tracestate), so the exported span joins its trace.
     # Not stored in the database; only the OpenTelemetry export reads them.
     otel_trace_id: str | None = None  # 32 lowercase hex

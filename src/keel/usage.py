@@ -50,6 +50,7 @@ def usage_view(row: UsageRow, by: str) -> dict[str, Any]:
     """One row as the API and `--json` show it: the group under its dimension's name."""
     out = asdict(row)
     out[by] = out.pop("group")
+    out["cache_hit_rate"] = round(row.cache_hits / row.cache_lookups, 4) if row.cache_lookups else None
     if row.bucket is None:
         out.pop("bucket")
     if row.first_seen is None:

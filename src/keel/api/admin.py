@@ -14,12 +14,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
+from keel.api.replay import ReplayAsk, replay
 from keel.errors import AuthError, ErrorKind, InvalidRequest, KeelError, NotFound, PermissionDenied, ProviderError
 from keel.keys import issue_key, key_view
 from keel.limits import KINDS, Estimate, Subject, kind_of
+from keel.retention import RetentionPolicy, purge, sweep
 from keel.runtime import Runtime
 from keel.store.protocols import Charge, LimitStoreUnavailable, UnknownSubject
-from keel.traces import trace_query, trace_view
+from keel.traces import read_trace, trace_query, trace_view
 from keel.usage import usage_query, usage_view
 
 _USAGE_PARAMS = ("tenant", "key", "user", "feature", "alias")
@@ -38,6 +40,24 @@ def _regions(value: Any) -> tuple[str, ...] | None:
             "'regions' must be a non-empty array of region names, or null to allow any region.", "regions"
         )
     return tuple(value)
+
+
+def _purge_body(body: Any) -> tuple[str | None, bool, bool]:
+    """(user, revoke_keys, delete_tenant) from `{"user": ..., "revoke_keys": ..., "delete_tenant": ...}`."""
+    if not isinstance(body, dict):
+        raise InvalidRequest('The body must be an object: {"user": "u1"}, or {} for the whole tenant.', None)
+    for name in body:
+        if name not in ("user", "revoke_keys", "delete_tenant"):
+            raise InvalidRequest(f"Unknown field '{name}'; use 'user', 'revoke_keys' and 'delete_tenant'.", name)
+    user = body.get("user")
+    if user is not None and (not isinstance(user, str) or not user):
+        raise InvalidRequest("'user' must be a non-empty string, or absent for the whole tenant.", "user")
+    flags = []
+    for name in ("revoke_keys", "delete_tenant"):
+        if not isinstance(body.get(name, False), bool):
+            raise InvalidRequest(f"'{name}' must be true or false.", name)
+        flags.append(bool(body.get(name, False)))
+    return user, flags[0], flags[1]
 
 
 def _limit_path(request: Request) -> tuple[str, str]:
@@ -91,11 +111,14 @@ class Admin:
             Route("/api/tenants", self._guard(self.list_tenants), methods=["GET"]),
             Route("/api/tenants", self._guard(self.create_tenant), methods=["POST"]),
             Route("/api/tenants/{name}", self._guard(self.update_tenant), methods=["PATCH"]),
+            Route("/api/tenants/{name}/purge", self._guard(self.purge_tenant), methods=["POST"]),
+            Route("/api/retention/sweep", self._guard(self.sweep), methods=["POST"]),
             Route("/api/keys", self._guard(self.list_keys), methods=["GET"]),
             Route("/api/keys", self._guard(self.create_key), methods=["POST"]),
             Route("/api/keys/{key_id}/revoke", self._guard(self.revoke_key), methods=["POST"]),
             Route("/api/traces", self._guard(self.list_traces), methods=["GET"]),
             Route("/api/traces/{trace_id}", self._guard(self.get_trace), methods=["GET"]),
+            Route("/api/traces/{trace_id}/replay", self._guard(self.replay_trace), methods=["POST"]),
             Route("/api/usage", self._guard(self.usage), methods=["GET"]),
             Route("/api/targets", self._guard(self.list_targets), methods=["GET"]),
             Route("/api/limits", self._guard(self.list_limits), methods=["GET"]),
@@ -140,6 +163,39 @@ class Admin:
             raise NotFound(f"No tenant '{name}'.")
         return _json(asdict(row))
 
+    async def purge_tenant(self, request: Request) -> Response:
+        """Delete a tenant's data, or one user's: {"user": "u1"}; also {"revoke_keys": true} or
+        {"delete_tenant": true} (revokes, then deletes its keys, limits and the tenant itself)."""
+        body = await read_json(request) if await request.body() else {}
+        user, revoke, delete = _purge_body(body)
+        rt = self._rt
+        cache, vectors = None, None
+        if rt.cache_stage is not None:
+            await rt.cache_stage.drain()  # answers being written now would outlive the purge
+            cache, vectors = rt.cache_stage.stores
+        try:
+            report = await purge(
+                rt.store,
+                rt.blobs,
+                cache,
+                vectors,
+                request.path_params["name"],
+                user,
+                revoke_keys=revoke,
+                delete_tenant=delete,
+                revocation_wait_s=2 * rt.config.server.revocation_poll_s,
+                batch_size=rt.config.retention.batch_size,
+            )
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), "user") from None
+        return _json(asdict(report))
+
+    async def sweep(self, request: Request) -> Response:
+        """One retention pass now: old traces by the configured policy, then orphan blobs."""
+        policy = RetentionPolicy.from_config(self._rt.config.retention)
+        report = await asyncio.to_thread(sweep, self._rt.store, self._rt.blobs, policy, time.time())
+        return _json(asdict(report))
+
     async def list_keys(self, request: Request) -> Response:
         rows = await asyncio.to_thread(self._rt.store.list_keys, request.query_params.get("tenant"))
         return _json({"data": [key_view(k) for k in rows]})
@@ -182,10 +238,15 @@ class Admin:
         return _json({"data": [trace_view(r, full=False) for r in rows], "since": query.since, "until": query.until})
 
     async def get_trace(self, request: Request) -> Response:
-        row = await asyncio.to_thread(self._rt.store.get_trace, request.path_params["trace_id"])
+        row = await asyncio.to_thread(read_trace, self._rt.store, self._rt.blobs, request.path_params["trace_id"])
         if row is None:
             raise NotFound(f"No trace with id '{request.path_params['trace_id']}'.")
         return _json(trace_view(row, full=True))
+
+    async def replay_trace(self, request: Request) -> Response:
+        """Re-send a recorded call as its tenant: body {"alias": ..., "model": "provider/model"}, both optional."""
+        ask = ReplayAsk.from_body(await read_json(request) if await request.body() else None)
+        return _json(await replay(self._rt, request.path_params["trace_id"], ask))
 
     async def usage(self, request: Request) -> Response:
         """Usage and cost from rollups: ?by=feature&since=7d[&until=&grain=hour&tenant=&limit=]."""

@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from keel.api.admin import Admin
 from keel.api.anthropic import AnthropicEdge
+from keel.api.metrics import MetricsEndpoint
 from keel.api.openai import OpenAIEdge
 from keel.dashboard.pages import Dashboard
 from keel.runtime import Runtime
@@ -88,8 +89,10 @@ def create_app(runtime: Runtime) -> FastPath:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *Admin(runtime).routes(),
-        *Dashboard(runtime.store, runtime.config.admin_token).routes(),
+        *Dashboard(runtime.store, runtime.blobs, runtime.config.admin_token).routes(),
     ]
+    if runtime.metrics is not None:
+        routes.append(Route("/metrics", MetricsEndpoint(runtime).scrape, methods=["GET"]))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -19,16 +19,26 @@ def add_url(p: argparse.ArgumentParser) -> None:
 
 def admin_get(args: argparse.Namespace, path: str, params: dict[str, str | None] | None = None) -> Any:
     """GET `path` from the gateway's admin API (with the query `params` that are set); its decoded JSON."""
+    query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
+    return _admin(args, "GET", path + (f"?{query}" if query else ""), None, timeout=5)
+
+
+def admin_post(args: argparse.Namespace, path: str, body: Any, *, timeout: float = 300) -> Any:
+    """POST `body` as JSON to `path` of the gateway's admin API; its decoded JSON."""
+    return _admin(args, "POST", path, json.dumps(body).encode(), timeout=timeout)
+
+
+def _admin(args: argparse.Namespace, method: str, path: str, data: bytes | None, *, timeout: float) -> Any:
     cfg = load_config(args)
     if not cfg.admin_token:
         raise Failure("the admin API is disabled: set admin_token in keel.yaml")
     base = (args.url or f"http://{cfg.server.host}:{cfg.server.port}").rstrip("/")
-    query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
-    req = urllib.request.Request(
-        base + path + (f"?{query}" if query else ""), headers={"authorization": f"Bearer {cfg.admin_token}"}
-    )
+    headers = {"authorization": f"Bearer {cfg.admin_token}"}
+    if data is not None:
+        headers["content-type"] = "application/json"
+    req = urllib.request.Request(base + path, data=data, headers=headers, method=method)
     try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.load(resp)
     except urllib.error.HTTPError as exc:
         raise Failure(_refused(base, exc)) from None

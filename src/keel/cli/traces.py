@@ -1,14 +1,24 @@
-"""`keel traces list|show`: a bounded time window plus filters, newest first."""
+"""`keel traces list|show|replay`: a bounded time window plus filters, newest first; replay via the gateway.
+
+Replay always goes through the running gateway's admin API (never an in-process runtime): the
+replayed call must be traced by the gateway's writer, counted against the tenant's shared limits
+and routed with its live breakers, exactly like any other call.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import textwrap
 import time
+from typing import Any
 
-from keel.cli.context import store
+from keel.cli.context import load_config, store
 from keel.cli.output import Failure, emit_json, table, when
+from keel.cli.remote import add_url, admin_post
 from keel.errors import InvalidRequest
-from keel.traces import FILTERS, trace_query, trace_view
+from keel.runtime import blobs_from
+from keel.traces import FILTERS, read_trace, trace_query, trace_view
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,6 +36,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     show.add_argument("trace_id")
     show.add_argument("--json", action="store_true")
     show.set_defaults(run=run_show)
+    rp = verbs.add_parser(
+        "replay", help="re-send a recorded call through the running gateway; both answers side by side"
+    )
+    rp.add_argument("trace_id")
+    rp.add_argument("--alias", help="route the replay through this alias instead of the original one")
+    rp.add_argument("--model", help="send it to one provider model, bypassing alias routing: PROVIDER/MODEL")
+    rp.add_argument("--json", action="store_true")
+    add_url(rp)
+    rp.set_defaults(run=run_replay)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -53,8 +72,12 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
 
-    with store(args) as s:
-        row = s.get_trace(args.trace_id)
+    blobs = blobs_from(load_config(args))
+    try:
+        with store(args) as s:
+            row = read_trace(s, blobs, args.trace_id)  # a payload kept in the blob store is fetched back
+    finally:
+        blobs.close()
     if row is None:
         raise Failure(f"no trace '{args.trace_id}'; see `keel traces list`")
     data = trace_view(row, full=True)
@@ -64,3 +87,82 @@ def run_show(args: argparse.Namespace) -> int:
         for k, v in data.items():
             print(f"{k:>20}: {v}")
     return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    if args.alias and args.model:
+        raise Failure("give --alias or --model, not both")
+    body = {"alias": args.alias, "model": args.model}
+    result: dict[str, Any] = admin_post(args, f"/api/traces/{args.trace_id}/replay", body)
+    if args.json:
+        emit_json(result)
+        return 0
+    width = shutil.get_terminal_size((100, 24)).columns
+    print(side_by_side(result["original"], result["replay"], width))
+    if result["redacted"]:
+        kinds = ", ".join(result["redacted"])
+        print(f"\nnote: the recorded request was redacted ({kinds}); the replay sent the placeholders as they are")
+    if result["error"]:
+        print(f"\nreplay failed: {result['error']}")
+    return 0
+
+
+_LABEL = 14
+
+
+def side_by_side(original: dict[str, Any], replay: dict[str, Any], width: int) -> str:
+    """Two columns, one per call: what each answered, and its tokens, cost and latency."""
+    col = max(24, (width - _LABEL - 4) // 2)
+    rows = [("", "ORIGINAL", "REPLAY")] + [(label, f(original), f(replay)) for label, f in _FIELDS]
+    lines = []
+    for label, left, right in rows:
+        lines.append(_pair(label, _wrap(left, col), _wrap(right, col), col))
+    lines.append(_pair("answer", _wrap(_answer(original), col), _wrap(_answer(replay), col), col))
+    return "\n".join(lines)
+
+
+def _pair(label: str, left: list[str], right: list[str], col: int) -> str:
+    out = []
+    for i in range(max(len(left), len(right), 1)):
+        a = left[i] if i < len(left) else ""
+        b = right[i] if i < len(right) else ""
+        out.append(f"{label if i == 0 else '':<{_LABEL}}  {a:<{col}}  {b}".rstrip())
+    return "\n".join(out)
+
+
+def _money(v: Any) -> str:
+    return "-" if v is None else f"${v:.6f}"
+
+
+def _ms(side: dict[str, Any]) -> str:
+    if side["latency_ms"] is None:
+        return "-"
+    ttft = f" (first token {side['ttft_ms']:.1f} ms)" if side["stream"] and side["ttft_ms"] is not None else ""
+    return f"{side['latency_ms']:.1f} ms{ttft}"
+
+
+_FIELDS = (
+    ("trace", lambda s: s["trace_id"]),
+    ("alias", lambda s: s["alias"] or "-"),
+    ("target", lambda s: f"{s['provider'] or '-'}/{s['model'] or '-'}"),
+    ("status", lambda s: s["status"] + (f" ({s['finish_reason']})" if s["finish_reason"] else "")),
+    ("tokens in/out", lambda s: f"{_n(s['input_tokens'])} / {_n(s['output_tokens'])}"),
+    ("cost", lambda s: _money(s["cost_usd"])),
+    ("latency", _ms),
+)
+
+
+def _n(v: Any) -> str:
+    return "-" if v is None else str(v)
+
+
+def _answer(side: dict[str, Any]) -> str:
+    parts = [side["content"]] if side["content"] else []
+    parts += [f"→ {c['name']}({c['arguments']})" for c in side["tool_calls"]]
+    if side["error"]:
+        parts.append(f"error: {side['error']}")
+    return "\n".join(parts) or "-"
+
+
+def _wrap(text: str, col: int) -> list[str]:
+    return [line for para in text.splitlines() for line in (textwrap.wrap(para, col) or [""])]

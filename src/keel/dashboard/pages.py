@@ -24,8 +24,8 @@ from keel.dashboard.overview import WINDOWS, read_overview, render_overview
 from keel.dashboard.session import COOKIE, Sessions
 from keel.dashboard.tracepages import list_params, render_list, render_trace
 from keel.errors import InvalidRequest
-from keel.store.protocols import TraceStore
-from keel.traces import trace_query
+from keel.store.protocols import BlobStore, TraceStore
+from keel.traces import read_trace, trace_query
 
 _STYLE_HASH = base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
 HEADERS = {
@@ -57,8 +57,9 @@ def _next_path(value: str | None) -> str:
 
 
 class Dashboard:
-    def __init__(self, store: TraceStore, admin_token: str | None) -> None:
+    def __init__(self, store: TraceStore, blobs: BlobStore | None, admin_token: str | None) -> None:
         self._store = store
+        self._blobs = blobs  # large payloads live there; the trace page reads them back
         self._sessions = Sessions(admin_token)
 
     def routes(self) -> list[Route]:
@@ -160,7 +161,7 @@ class Dashboard:
 
     async def trace(self, request: Request) -> Response:
         trace_id = request.path_params["trace_id"]
-        row = await asyncio.to_thread(self._store.get_trace, trace_id)
+        row = await asyncio.to_thread(read_trace, self._store, self._blobs, trace_id)
         if row is None:
             return _page("Not found", h("<h1>No trace with id {}</h1>", trace_id), 404)
         return _page(f"Trace {trace_id[:12]}", render_trace(row))

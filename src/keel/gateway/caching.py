@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -71,6 +71,10 @@ class CacheCounts:
     misses: int = 0
     stored: int = 0
     store_errors: int = 0
+    verify_rejects: int = 0  # semantic neighbours over the threshold that verify() turned down
+
+
+Verify = Callable[[str, str], bool]  # (kept question, new question) → may the kept answer serve?
 
 
 class CacheStage:
@@ -82,14 +86,21 @@ class CacheStage:
         *,
         vectors: VectorIndex | None = None,
         embedder: TextEmbedder | None = None,
+        verify: Verify | None = None,
     ) -> None:
         self._store = store
         self._policies = dict(policies)
         self._default = default
         self._vectors = vectors
         self._embedder = embedder
+        self._verify = verify
         self.counts = CacheCounts()
         self._pending: set[asyncio.Task[Any]] = set()
+
+    @property
+    def stores(self) -> tuple[CacheStore, VectorIndex | None]:
+        """The exact cache and the vector index, for purges (drain first: writes may be in flight)."""
+        return self._store, self._vectors
 
     def policy(self, alias: str) -> CachePolicy:
         return self._policies.get(alias, self._default)
@@ -122,7 +133,7 @@ class CacheStage:
         if semantic is not None and self._embedder is not None:
             vector = await self._embed(semantic[1])
             if vector is not None and directives.read:
-                found = await self._nearest(call, tenant, semantic[0], vector, policy, now)
+                found = await self._nearest(call, tenant, semantic, vector, policy, now)
                 if found is not None:
                     return found
         call.stale_answer = entry is not None and policy.stale_s > 0
@@ -139,7 +150,8 @@ class CacheStage:
         call.trace.cache = "miss"
         if directives.write:
             where = None if semantic is None or vector is None else (semantic[0], vector)
-            reply.on_done(lambda outcome: self._keep(call, key, policy, where, outcome))
+            question = last_user_text(request)
+            reply.on_done(lambda outcome: self._keep(call, key, policy, where, question, outcome))
         return reply
 
     def _semantic_query(self, request: ChatRequest, policy: CachePolicy, tenant: str) -> tuple[str, str] | None:
@@ -149,9 +161,16 @@ class CacheStage:
         return None if text is None or not text.strip() else (partition(tenant, request), text)
 
     async def _nearest(
-        self, call: Call, tenant: str, part: str, vector: Sequence[float], policy: CachePolicy, now: float
+        self,
+        call: Call,
+        tenant: str,
+        semantic: tuple[str, str],
+        vector: Sequence[float],
+        policy: CachePolicy,
+        now: float,
     ) -> Reply | None:
         assert self._vectors is not None and self._embedder is not None
+        part, text = semantic
         try:
             near = await self._vectors.nearest(tenant, part, self._embedder.model_id, vector, policy.threshold, now)
         except Exception as exc:
@@ -162,11 +181,17 @@ class CacheStage:
         entry = await self._get(tenant, near.key, now)
         if entry is None or not _fresh(entry, now, call.cache_control):
             return None
+        asked = decode_answer(entry.value).question
+        if self._verify is not None and (asked is None or not self._verify(asked, text)):
+            self.counts.verify_rejects += 1
+            call.trace.tags["keel.cache_rejected"] = round(near.similarity, 4)
+            return None
         call.trace.tags["keel.cache_similarity"] = round(near.similarity, 4)
         return self._hit(call, entry, "semantic")
 
     def _hit(self, call: Call, entry: CacheEntry, kind: str) -> Reply:
-        response, provider = decode_answer(entry.value)
+        answer = decode_answer(entry.value)
+        response, provider = answer.response, answer.provider
         record = call.trace
         record.cache, record.cache_saved_usd = kind, entry.cost_usd or 0.0
         record.provider, record.model, record.cost_usd = f"cache:{provider or ''}", response.model, 0.0
@@ -183,6 +208,7 @@ class CacheStage:
         key: str,
         policy: CachePolicy,
         where: tuple[str, Sequence[float]] | None,
+        question: str | None,
         outcome: Outcome,
     ) -> None:
         record = call.trace
@@ -194,7 +220,7 @@ class CacheStage:
         entry = CacheEntry(
             call.principal.tenant,
             key,
-            encode_answer(outcome.response, record.provider),
+            encode_answer(outcome.response, record.provider, question),
             now,
             now + policy.ttl_s,
             now + policy.ttl_s + policy.stale_s,

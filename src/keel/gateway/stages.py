@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from keel.errors import AuthError, KeelError
 from keel.gateway.call import Call, Outcome, Reply
@@ -20,13 +20,14 @@ class TraceStage:
     """Emits the call's record (made at the edge) exactly once, whatever happens.
 
     Calls refused before authentication are counted, not recorded: an unauthenticated flood must
-    not be able to write to the database. `export` (the OpenTelemetry exporter's non-blocking `put`)
-    receives the same records, with the parsed request it may describe.
+    not be able to write to the database. Each of `consumers` (the metrics' `observe`, the
+    OpenTelemetry exporter's `put`) receives the same records, with the parsed request they may
+    describe; each must return at once and never raise.
     """
 
-    def __init__(self, writer: TraceWriter, export: Export | None = None) -> None:
+    def __init__(self, writer: TraceWriter, consumers: Sequence[Export] = ()) -> None:
         self._writer = writer
-        self._export = export
+        self._consumers = tuple(consumers)
         self.unauthenticated = 0
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
@@ -66,8 +67,8 @@ class TraceStage:
 
     def _put(self, call: Call) -> None:
         self._writer.put(call.trace)
-        if self._export is not None:
-            self._export(call.trace, call.request)
+        for consume in self._consumers:
+            consume(call.trace, call.request)
 
 
 def _fail(record: TraceRecord, err: KeelError, t0: float) -> None:
@@ -79,12 +80,17 @@ def _fail(record: TraceRecord, err: KeelError, t0: float) -> None:
 
 
 class AuthStage:
+    """Bearer key → Principal. A Call that arrives with a principal was made by Keel itself (an admin
+    replay runs as the original call's tenant): the HTTP edges never set one, so every client call
+    still needs a valid key."""
+
     def __init__(self, authenticator: Authenticator) -> None:
         self._auth = authenticator
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
-        principal, allowed = await self._auth.resolve(call.api_key)
-        call.principal, call.allowed = principal, allowed
+        if call.principal is None:
+            call.principal, call.allowed = await self._auth.resolve(call.api_key)
+        principal = call.principal
         asked = call.asked_priority
         call.priority = principal.priority if asked is None else min(asked, principal.max_priority)
         record = call.trace
@@ -100,6 +106,8 @@ class RouteStage:
     async def __call__(self, call: Call, next: Handler) -> Reply:
         if call.principal is None:
             raise AuthError("unauthenticated call reached routing")
+        if call.plan is not None:  # preset by an admin replay aimed at one provider model
+            return await next(call)
         call.plan = self._router.plan(
             call.request.model, call.request, call.principal, call.allowed, feature=call.trace.feature, tier=call.tier
         )

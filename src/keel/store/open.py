@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keel.store.protocols import BreakerPolicy, BreakerStore, CacheStore, LimitStore, Store, VectorIndex
+from keel.store.protocols import BlobStore, BreakerPolicy, BreakerStore, CacheStore, LimitStore, Store, VectorIndex
 
 
 def open_store(url: str, *, migrate: bool = True) -> Store:
@@ -79,3 +79,27 @@ def open_vectors(url: str, *, max_entries: int) -> VectorIndex:
     raise ValueError(
         f"unsupported vector index URL {url!r}: use memory://, sqlite:///path or postgresql://... (with pgvector)"
     )
+
+
+def open_blobs(
+    url: str,
+    *,
+    endpoint: str | None = None,
+    region: str = "us-east-1",
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+) -> BlobStore:
+    """The blob store at `url`: file:///path (a directory) or s3://bucket/prefix (S3-compatible)."""
+    if url.startswith("file://"):
+        from keel.store.blobs_fs import FileBlobs
+
+        return FileBlobs(url)
+    if url.startswith("s3://"):
+        from keel.store.blobs_s3 import S3Blobs
+
+        if not access_key_id or not secret_access_key:
+            raise ValueError("an s3:// blob store needs traces.s3.access_key_id and secret_access_key")
+        return S3Blobs(
+            url, endpoint=endpoint, region=region, access_key_id=access_key_id, secret_access_key=secret_access_key
+        )
+    raise ValueError(f"unsupported blob store URL {url!r}: use file:///path or s3://bucket/prefix")

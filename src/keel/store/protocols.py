@@ -8,7 +8,7 @@ suite (tests/test_store_contract.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -68,7 +68,7 @@ class TraceQuery:
 class UsageQuery:
     """Usage from rollups over a bounded window, grouped by one dimension.
 
-    `by`: all (one group: every call), tenant, key, user, feature, alias, provider, model, prompt_version, status or session.
+    `by`: tenant, key, user, feature, alias, provider, model, prompt_version, status, session, or all (one row).
     Totals (`grain` None) cover [since, until) widened to whole minutes; a series covers it widened
     to whole `grain` buckets. Sessions are whole sessions seen in the window (first/last seen).
     """
@@ -290,8 +290,89 @@ class LimitConfigStore(Protocol):
         """Record that an alert for this crossing is being sent. True only for the first claimer, across processes."""
         ...
 
+    def flip_alert(self, key: str, firing: bool, at: float) -> bool:
+        """Set an alert rule's state for one scope value (`key`); True only if this call changed it.
 
-class Store(KeyStore, TraceStore, LimitConfigStore, Migrator, Protocol):
+        Absent counts as not firing. Across processes, exactly one caller sees each change, so only it
+        sends the webhook. Turning it on records `at` as the episode's start (`alert_states`).
+        """
+        ...
+
+    def alert_states(self) -> dict[str, float]:
+        """Every key currently firing → when its episode started."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedTraces:
+    """What one bounded delete removed: how many rows, the blob keys they referenced, their sessions."""
+
+    rows: int
+    blobs: tuple[str, ...] = ()
+    sessions: tuple[str, ...] = ()
+
+
+class TraceDeletion(Protocol):
+    """Deleting raw traces in bounded batches (retention, purges) and what hangs off them.
+
+    Each call is one short statement touching at most `limit` rows, so the trace writer is never held
+    up behind one giant delete; callers loop until fewer than `limit` rows came back.
+    """
+
+    def delete_traces(
+        self,
+        *,
+        limit: int,
+        tenant: str | None = None,
+        user: str | None = None,
+        before: float | None = None,
+        exclude: Sequence[str] = (),
+    ) -> DeletedTraces:
+        """Delete up to `limit` traces of `tenant` (and of `user` within it), started before `before`.
+
+        With `tenant` None: traces of any tenant not in `exclude` (calls without a tenant included).
+        """
+        ...
+
+    def delete_rollups(self, tenant: str, user: str | None = None, sessions: Sequence[str] = ()) -> int:
+        """A whole tenant's usage rollups (user None); else the user's own rollup rows (dimension
+        `user`) and the rows of `sessions`. Returns the rows deleted."""
+        ...
+
+    def trace_ids_present(self, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` have a trace row (the orphan-blob sweep asks)."""
+        ...
+
+    def delete_tenant(self, name: str) -> dict[str, int]:
+        """Delete a tenant's keys, limit overrides and the tenant itself; counts per kind."""
+        ...
+
+
+class BlobStore(Protocol):
+    """Large payloads by key: a directory (file://) or an S3-compatible bucket (s3://).
+
+    Synchronous and thread-safe, like the SQL stores: the trace writer's thread writes, admin paths
+    read and delete from worker threads. `put` replaces; `delete` of a missing key is not an error.
+    """
+
+    url: str
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def delete(self, keys: Sequence[str]) -> int:
+        """Delete `keys`; returns how many existed (S3: how many were asked, it does not say)."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, float]]:
+        """(key, last modified, unix seconds) of every blob under `prefix`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Store(KeyStore, TraceStore, TraceDeletion, LimitConfigStore, Migrator, Protocol):
     url: str
 
     def close(self) -> None: ...

@@ -19,7 +19,7 @@ TRACE_COLUMNS = (
     "alias", "provider", "model", "request", "response", "status", "error_kind", "error_message",
     "http_status", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
     "reasoning_tokens", "cost_usd", "latency_ms", "ttft_ms", "attempts", "overhead_ms", "stream",
-    "route", "attempt_log", "fallback", "prompt_version", "cache", "cache_saved_usd",
+    "route", "attempt_log", "fallback", "prompt_version", "cache", "cache_saved_usd", "payload_blob",
 )  # fmt: skip
 _JSON = frozenset({"tags", "request", "response", "route", "attempt_log"})
 _ATTR = {"user_id": "user"}
@@ -153,3 +153,19 @@ def missing_owner(scope: str, subject: str) -> str:
     if scope == "tenant":
         return f"no tenant '{subject}'; see `keel tenants list`"
     return f"no key with id '{subject}'; see `keel keys list`"
+
+
+# ---- alert rule states (flip_alert / alert_states), the same SQL on SQLite and PostgreSQL ---------
+
+ALERT_STATES_SQL = "SELECT key, since FROM alert_states WHERE firing"
+
+
+def flip_sql(firing: bool, key: str, at: float, mark: str) -> tuple[str, tuple[object, ...]]:
+    """A statement that changes the row only if its state differs: rowcount 1 means this caller flipped it."""
+    if firing:
+        sql = (
+            f"INSERT INTO alert_states (key, firing, since) VALUES ({mark}, TRUE, {mark})"
+            " ON CONFLICT (key) DO UPDATE SET firing = TRUE, since = excluded.since WHERE NOT alert_states.firing"
+        )
+        return sql, (key, at)
+    return f"UPDATE alert_states SET firing = FALSE WHERE key = {mark} AND firing", (key,)

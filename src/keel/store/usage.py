@@ -6,15 +6,17 @@ distinct rollup row, not one per trace. Rows are keyed (dim, bucket, tenant, val
 name, the UTC start of the minute/hour/day, the tenant, and the dimension's value ('' for none;
 dim '*' holds the tenant's totals). One row per dimension value, not per combination of values, so a
 query scans as many rows as the grouped dimension has values in the window, however many users,
-models and features there are together (docs/decisions/0002-usage-rollups.md).
+models and features there are together (docs/decisions/0008-usage-rollups.md).
 Queries read rollups only: totals over a window widened to whole minutes, read at the coarsest grain
 that fits (days in the middle, hours and minutes at the edges); series at one grain.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
+from operator import attrgetter
 from typing import Any
 
 from keel.store.protocols import UsageQuery, UsageRow
@@ -23,8 +25,8 @@ from keel.types import TraceRecord
 GRAINS = {"minute": 60, "hour": 3600, "day": 86400}
 # query name → (stored dim, TraceRecord attribute)
 DIMS = {
-    "all": ("*", None),  # every call in the window as one group (a series across tenants keeps exact percentiles)
     "tenant": ("*", None),
+    "all": ("*", None),  # one group: everything in the window (the tenant totals, summed)
     "key": ("key", "key_id"),
     "user": ("user", "user"),
     "feature": ("feature", "feature"),
@@ -35,6 +37,8 @@ DIMS = {
     "status": ("status", "status"),
 }
 _RECORD_DIMS = tuple((dim, attr) for dim, attr in DIMS.values() if attr is not None)
+_DIM_NAMES = ("*", *(dim for dim, _ in _RECORD_DIMS))
+_dim_values = attrgetter(*(attr for _, attr in _RECORD_DIMS))
 
 SUMS = (
     "calls", "errors", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
@@ -91,39 +95,44 @@ def _sparse(r: TraceRecord) -> list[tuple[int, float]]:
     return pairs
 
 
-def _add(rows: dict[Key, Acc], key: Key, pairs: list[tuple[int, float]]) -> None:
-    acc = rows.get(key)
-    if acc is None:
-        acc = rows[key] = [0] * len(MEASURES)
-    for i, v in pairs:
-        acc[i] += v
-
-
 def rollup(records: Iterable[TraceRecord]) -> tuple[dict[str, dict[Key, Acc]], dict[Key, Acc]]:
     """What `records` add: per grain, (dim, bucket, tenant, value) → measures; and per
-    (tenant, session) → [first_seen, last_seen, *measures]."""
-    grains: dict[str, dict[Key, Acc]] = {g: {} for g in GRAINS}
+    (tenant, session) → [first_seen, last_seen, *measures]. Hours and days are summed from the
+    minutes, which costs little: a batch's calls mostly share a minute."""
+    minute: dict[Key, Acc] = {}
     sessions: dict[Key, Acc] = {}
-    steps = tuple((grains[g], s) for g, s in GRAINS.items())
+    width = len(MEASURES)
     for r in records:
         pairs = _sparse(r)
         tenant = r.tenant or ""
-        values = [("*", "")] + [(dim, getattr(r, attr) or "") for dim, attr in _RECORD_DIMS]
-        for rows, step in steps:
-            bucket = int(r.started_at // step) * step
-            for dim, value in values:
-                _add(rows, (dim, bucket, tenant, value), pairs)
-        if r.session:
-            key = (tenant, r.session)
-            acc = sessions.get(key)
+        bucket = int(r.started_at // 60) * 60
+        for dim, value in zip(_DIM_NAMES, ("", *_dim_values(r)), strict=True):
+            acc = minute.get(row := (dim, bucket, tenant, value or ""))
             if acc is None:
-                acc = sessions[key] = [r.started_at, r.started_at] + [0] * len(MEASURES)
+                acc = minute[row] = [0] * width
+            for i, v in pairs:
+                acc[i] += v
+        if r.session:
+            acc = sessions.get(key := (tenant, r.session))
+            if acc is None:
+                acc = sessions[key] = [r.started_at, r.started_at] + [0] * width
             acc[0], acc[1] = min(acc[0], r.started_at), max(acc[1], r.started_at)
             for i, v in pairs:
                 acc[i + 2] += v
+    grains = {"minute": minute, "hour": _coarsen(minute, GRAINS["hour"]), "day": _coarsen(minute, GRAINS["day"])}
     return grains, sessions
 
 
+def _coarsen(rows: dict[Key, Acc], step: int) -> dict[Key, Acc]:
+    out: dict[Key, Acc] = {}
+    for (dim, bucket, tenant, value), acc in rows.items():
+        key = (dim, bucket // step * step, tenant, value)
+        prev = out.get(key)
+        out[key] = acc if prev is None else [a + b for a, b in zip(prev, acc, strict=True)]  # never mutate `acc`
+    return out
+
+
+@functools.cache
 def upsert_sql(table: str, keys: Sequence[str], mark: str, least: str, greatest: str) -> str:
     """INSERT … ON CONFLICT DO UPDATE adding every measure (sessions also widen first/last seen)."""
     extra = ("first_seen", "last_seen") if table == "usage_sessions" else ()
@@ -142,18 +151,19 @@ def upsert_sql(table: str, keys: Sequence[str], mark: str, least: str, greatest:
 
 
 def upserts(
-    records: Iterable[TraceRecord], mark: str, least: str, greatest: str
+    records: Iterable[TraceRecord], mark: str, least: str, greatest: str, *, ordered: bool
 ) -> list[tuple[str, list[tuple[Any, ...]]]]:
-    """(statement, rows) to run for what `records` add. Rows sorted by key, so concurrent writers
-    (PostgreSQL, several processes) lock rollup rows in one order and never deadlock."""
+    """(statement, rows) to run for what `records` add. `ordered` sorts rows by key, so concurrent
+    writers (PostgreSQL, several processes) lock rollup rows in one order and never deadlock."""
     grains, sessions = rollup(records)
-    out = []
-    for grain, rows in grains.items():
-        sql = upsert_sql(f"usage_{grain}", ("dim", "bucket", "tenant", "value"), mark, least, greatest)
-        out.append((sql, [(*k, *v) for k, v in sorted(rows.items())]))
+    tables: list[tuple[str, tuple[str, ...], dict[Key, Acc]]]
+    tables = [(f"usage_{g}", ("dim", "bucket", "tenant", "value"), rows) for g, rows in grains.items()]
     if sessions:
-        sql = upsert_sql("usage_sessions", ("tenant", "session"), mark, least, greatest)
-        out.append((sql, [(*k, *v) for k, v in sorted(sessions.items())]))
+        tables.append(("usage_sessions", ("tenant", "session"), sessions))
+    out = []
+    for table, keys, rows in tables:
+        items = sorted(rows.items()) if ordered else rows.items()
+        out.append((upsert_sql(table, keys, mark, least, greatest), [(*k, *v) for k, v in items]))
     return out
 
 
@@ -184,14 +194,18 @@ def spans(since: float, until: float) -> list[tuple[str, int, int]]:
     return [("minute", start, end)]
 
 
-def _sums() -> str:
-    return ", ".join(f"SUM({m})" for m in MEASURES)
+def _sums(measures: Sequence[str]) -> str:
+    return ", ".join(f"SUM({m})" for m in measures)
 
 
-def _statements(q: UsageQuery, mark: str) -> list[tuple[str, list[Any]]]:
+def _statements(
+    q: UsageQuery, mark: str, measures: Sequence[str] = MEASURES, only: Sequence[str] | None = None
+) -> list[tuple[str, list[Any]]]:
+    """SELECT bucket, group, first_seen, last_seen, *SUM(measures) per piece of the window;
+    `only`: just these groups."""
     if q.by == "session":
         sql = (
-            f"SELECT NULL, session, MIN(first_seen), MAX(last_seen), {_sums()} FROM usage_sessions"
+            f"SELECT NULL, session, MIN(first_seen), MAX(last_seen), {_sums(measures)} FROM usage_sessions"
             f" WHERE last_seen >= {mark} AND first_seen < {mark}"
         )
         params: list[Any] = [q.since, q.until]
@@ -200,8 +214,7 @@ def _statements(q: UsageQuery, mark: str) -> list[tuple[str, list[Any]]]:
             params.append(q.tenant)
         return [(sql + " GROUP BY session", params)]
     dim = DIMS[q.by][0]
-    group = {"tenant": "tenant", "all": "dim"}.get(q.by, "value")  # dim is constant here: one group
-    shown = "NULL" if q.by == "all" else group
+    group = "tenant" if q.by == "tenant" else "value"
     pieces = spans(q.since, q.until)
     if q.grain is not None:
         step = GRAINS[q.grain]
@@ -210,21 +223,24 @@ def _statements(q: UsageQuery, mark: str) -> list[tuple[str, list[Any]]]:
     for grain, lo, hi in pieces:
         bucket = "bucket" if q.grain else "NULL"
         sql = (
-            f"SELECT {bucket}, {shown}, NULL, NULL, {_sums()} FROM usage_{grain}"
+            f"SELECT {bucket}, {group}, NULL, NULL, {_sums(measures)} FROM usage_{grain}"
             f" WHERE dim = {mark} AND bucket >= {mark} AND bucket < {mark}"
         )
         params = [dim, lo, hi]
         if q.tenant is not None:
             sql += f" AND tenant = {mark}"
             params.append(q.tenant)
+        if only is not None:
+            sql += f" AND {group} IN ({', '.join([mark] * len(only))})"
+            params += only
         out.append((sql + f" GROUP BY {'bucket, ' if q.grain else ''}{group}", params))
     return out
 
 
-def read(q: UsageQuery, fetch: Fetch, mark: str) -> list[UsageRow]:
-    """Run the query's statements through `fetch(sql, params)` and merge their pieces into rows."""
+def _merge(statements: list[tuple[str, list[Any]]], fetch: Fetch) -> dict[tuple[Any, Any], list[Any]]:
+    """(bucket, group) → [first_seen, last_seen, *sums], adding up the pieces of the window."""
     merged: dict[tuple[Any, Any], list[Any]] = {}
-    for sql, params in _statements(q, mark):
+    for sql, params in statements:
         for bucket, group, first, last, *sums in fetch(sql, params):
             key = (None if bucket is None else int(bucket), group)
             acc = merged.get(key)
@@ -233,6 +249,23 @@ def read(q: UsageQuery, fetch: Fetch, mark: str) -> list[UsageRow]:
                 continue
             for i, v in enumerate(sums, start=2):
                 acc[i] += float(v or 0)
+    return merged
+
+
+def _top_groups(q: UsageQuery, fetch: Fetch, mark: str) -> list[str] | None:
+    """The `limit` costliest groups, ranked on cost and calls alone (a cheap pass over many groups,
+    e.g. thousands of users), so only they get every measure summed; None if all groups fit."""
+    ranked = _merge(_statements(q, mark, ("cost_usd", "calls")), fetch)
+    if len(ranked) <= q.limit:
+        return None
+    order = sorted(ranked.items(), key=lambda kv: (-kv[1][2], -kv[1][3], kv[0][1] or ""))
+    return [group for (_, group), _ in order[: q.limit]]
+
+
+def read(q: UsageQuery, fetch: Fetch, mark: str) -> list[UsageRow]:
+    """Run the query's statements through `fetch(sql, params)` and merge their pieces into rows."""
+    only = _top_groups(q, fetch, mark) if q.grain is None and q.by != "session" else None
+    merged = _merge(_statements(q, mark, MEASURES, only), fetch)
     rows = [_row(bucket, group, acc) for (bucket, group), acc in merged.items()]
     rows.sort(key=lambda r: (r.bucket or 0, -r.cost_usd, -r.calls, r.group or ""))
     return rows if q.grain else rows[: q.limit]

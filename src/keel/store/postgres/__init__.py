@@ -17,8 +17,9 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool
 
-from keel.store import migrations, usage
+from keel.store import deletion, migrations, usage
 from keel.store.protocols import (
+    DeletedTraces,
     KeyRow,
     LimitOverride,
     TenantRow,
@@ -28,10 +29,12 @@ from keel.store.protocols import (
     UsageRow,
 )
 from keel.store.rows import (
+    ALERT_STATES_SQL,
     KEY_COLUMNS,
     LIMIT_COLUMNS,
     TENANT_COLUMNS,
     TRACE_COLUMNS,
+    flip_sql,
     key_from_row,
     key_to_row,
     limit_from_row,
@@ -63,6 +66,7 @@ _SET_LIMITS = (
     " ON CONFLICT (scope, subject) DO UPDATE SET limits = excluded.limits,"
     " on_store_error = excluded.on_store_error, updated_at = excluded.updated_at"
 )
+_DELETE_BATCH = 1000  # rollup rows per DELETE statement
 _OWNER = {"tenant": "SELECT 1 FROM tenants WHERE name = %s", "key": "SELECT 1 FROM api_keys WHERE id = %s"}
 _INSERT_KEY = f"INSERT INTO api_keys ({_KEYS}) VALUES ({_marks(KEY_COLUMNS)})"
 _INSERT_TRACE = (
@@ -211,7 +215,7 @@ class PostgresStore:
         with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             cur.executemany(_INSERT_TRACE, [without_nul(trace_to_row(r)) for r in records], returning=True)
             new = {row[0] for _ in cur.results() for row in cur.fetchall()}  # ids this batch inserted
-            for sql, rows in usage.upserts(_first_of(records, new), "%s", "LEAST", "GREATEST"):
+            for sql, rows in usage.upserts(_first_of(records, new), "%s", "LEAST", "GREATEST", ordered=True):
                 cur.executemany(sql, rows)
 
     def list_traces(self, query: TraceQuery) -> list[TraceRecord]:
@@ -235,6 +239,44 @@ class PostgresStore:
     def usage(self, query: UsageQuery) -> list[UsageRow]:
         with self._pool.connection() as conn:
             return usage.read(query, lambda sql, params: conn.execute(sql, params).fetchall(), "%s")
+
+    # ---- TraceDeletion
+
+    def delete_traces(
+        self,
+        *,
+        limit: int,
+        tenant: str | None = None,
+        user: str | None = None,
+        before: float | None = None,
+        exclude: Sequence[str] = (),
+    ) -> DeletedTraces:
+        # SKIP LOCKED: two sweeping processes take different rows instead of waiting on each other
+        sql, params = deletion.trace_delete(
+            "%s", limit=limit, tenant=tenant, user=user, before=before, exclude=exclude, lock=" FOR UPDATE SKIP LOCKED"
+        )
+        with self._pool.connection() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return DeletedTraces(len(rows), tuple(b for b, _ in rows if b), tuple({s for _, s in rows if s}))
+
+    def delete_rollups(self, tenant: str, user: str | None = None, sessions: Sequence[str] = ()) -> int:
+        statements = deletion.rollup_deletes("%s", tenant, user, sessions, _DELETE_BATCH)
+        with self._pool.connection() as conn:
+            return deletion.run_all(lambda sql, params: conn.execute(sql, params).rowcount, statements, _DELETE_BATCH)
+
+    def trace_ids_present(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        with self._pool.connection() as conn:
+            for chunk in deletion.chunks(list(ids), deletion.IN_CHUNK):
+                found.update(r[0] for r in conn.execute(*deletion.present_query("%s", chunk)).fetchall())
+        return found
+
+    def delete_tenant(self, name: str) -> dict[str, int]:
+        counts = {"limit_overrides": 0, "keys": 0, "tenants": 0}
+        with self._pool.connection() as conn, conn.transaction():
+            for kind, sql, params in deletion.tenant_deletes("%s", name):
+                counts[kind] += conn.execute(sql, params).rowcount
+        return counts
 
     # ---- LimitConfigStore
 
@@ -266,3 +308,12 @@ class PostgresStore:
         sql = "INSERT INTO limit_alerts VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
         with self._pool.connection() as conn:
             return conn.execute(sql, (counter, period, threshold, at)).rowcount == 1
+
+    def flip_alert(self, key: str, firing: bool, at: float) -> bool:
+        sql, params = flip_sql(firing, key, at, "%s")
+        with self._pool.connection() as conn:
+            return conn.execute(sql, params).rowcount == 1
+
+    def alert_states(self) -> dict[str, float]:
+        with self._pool.connection() as conn:
+            return {k: float(s) for k, s in conn.execute(ALERT_STATES_SQL).fetchall()}

@@ -12,8 +12,9 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from keel.store import migrations, usage
+from keel.store import deletion, migrations, usage
 from keel.store.protocols import (
+    DeletedTraces,
     KeyRow,
     LimitOverride,
     TenantRow,
@@ -23,10 +24,12 @@ from keel.store.protocols import (
     UsageRow,
 )
 from keel.store.rows import (
+    ALERT_STATES_SQL,
     KEY_COLUMNS,
     LIMIT_COLUMNS,
     TENANT_COLUMNS,
     TRACE_COLUMNS,
+    flip_sql,
     key_from_row,
     key_to_row,
     limit_from_row,
@@ -54,6 +57,7 @@ _SET_LIMITS = (
     " ON CONFLICT (scope, subject) DO UPDATE SET limits = excluded.limits,"
     " on_store_error = excluded.on_store_error, updated_at = excluded.updated_at"
 )
+_DELETE_BATCH = 1000  # rollup rows per DELETE statement
 _OWNER = {"tenant": "SELECT 1 FROM tenants WHERE name = ?", "key": "SELECT 1 FROM api_keys WHERE id = ?"}
 
 
@@ -199,9 +203,11 @@ class SqliteStore:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            insert = conn.cursor().execute  # one cursor: its rowcount says whether the row went in
+            insert = (
+                conn.cursor().execute
+            )  # one cursor: its rowcount says whether the row went in; one writer at a time, so no lock order
             inserted = [r for r in records if insert(_INSERT_TRACE, trace_to_row(r)).rowcount == 1]
-            for sql, rows in usage.upserts(inserted, "?", "min", "max"):
+            for sql, rows in usage.upserts(inserted, "?", "min", "max", ordered=False):
                 conn.executemany(sql, rows)
             conn.execute("COMMIT")
         except BaseException:
@@ -223,6 +229,45 @@ class SqliteStore:
 
     def usage(self, query: UsageQuery) -> list[UsageRow]:
         return usage.read(query, self._conn().execute, "?")
+
+    # ---- TraceDeletion
+
+    def delete_traces(
+        self,
+        *,
+        limit: int,
+        tenant: str | None = None,
+        user: str | None = None,
+        before: float | None = None,
+        exclude: Sequence[str] = (),
+    ) -> DeletedTraces:
+        sql, params = deletion.trace_delete("?", limit=limit, tenant=tenant, user=user, before=before, exclude=exclude)
+        rows = self._conn().execute(sql, params).fetchall()  # fetchall: the statement runs to completion
+        return DeletedTraces(len(rows), tuple(b for b, _ in rows if b), tuple({s for _, s in rows if s}))
+
+    def delete_rollups(self, tenant: str, user: str | None = None, sessions: Sequence[str] = ()) -> int:
+        conn = self._conn()
+        statements = deletion.rollup_deletes("?", tenant, user, sessions, _DELETE_BATCH)
+        return deletion.run_all(lambda sql, params: conn.execute(sql, params).rowcount, statements, _DELETE_BATCH)
+
+    def trace_ids_present(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for chunk in deletion.chunks(list(ids), deletion.IN_CHUNK):
+            found.update(r[0] for r in self._conn().execute(*deletion.present_query("?", chunk)))
+        return found
+
+    def delete_tenant(self, name: str) -> dict[str, int]:
+        conn = self._conn()
+        counts = {"limit_overrides": 0, "keys": 0, "tenants": 0}
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for kind, sql, params in deletion.tenant_deletes("?", name):
+                counts[kind] += conn.execute(sql, params).rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return counts
 
     # ---- LimitConfigStore
 
@@ -247,3 +292,10 @@ class SqliteStore:
     def claim_alert(self, counter: str, period: str, threshold: float, at: float) -> bool:
         sql = "INSERT INTO limit_alerts VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
         return self._conn().execute(sql, (counter, period, threshold, at)).rowcount == 1
+
+    def flip_alert(self, key: str, firing: bool, at: float) -> bool:
+        sql, params = flip_sql(firing, key, at, "?")
+        return self._conn().execute(sql, params).rowcount == 1
+
+    def alert_states(self) -> dict[str, float]:
+        return {k: float(s) for k, s in self._conn().execute(ALERT_STATES_SQL)}

@@ -1,0 +1,94 @@
+"""`GET /metrics`: the runtime's per-call counters plus gauges read at scrape time, in Prometheus text.
+
+Open on the bind address like /healthz unless `metrics.require_token` asks for the admin token.
+The gauges cost one breaker-store read (one Redis round trip when breakers are shared) per scrape.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import cast
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from keel.api.openai import bearer, error_response
+from keel.errors import AuthError
+from keel.metrics import CONTENT_TYPE, Family, Kind, Labels
+from keel.runtime import Runtime
+
+BREAKER_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
+
+class MetricsEndpoint:
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        cfg = runtime.config
+        self._token = (cfg.admin_token or "").encode() if cfg.metrics.require_token else None
+
+    async def scrape(self, request: Request) -> Response:
+        if self._token is not None and not hmac.compare_digest((bearer(request) or "").encode(), self._token):
+            return error_response(AuthError("/metrics needs the admin token (metrics.require_token is true)."))
+        assert self._rt.metrics is not None  # the route exists only when metrics are enabled
+        body = self._rt.metrics.render([*await self._breakers(), *self._process()])
+        return Response(body, 200, media_type=CONTENT_TYPE)
+
+    async def _breakers(self) -> list[Family]:
+        rt = self._rt
+        known = {b.target: b for b in await rt.breakers.states()}
+        targets = sorted({f"{t.provider}/{t.model}" for a in rt.config.models.values() for t in a.targets} | set(known))
+        state = [({"target": t}, BREAKER_VALUES.get(known[t].state, 0.0) if t in known else 0.0) for t in targets]
+        fails = [({"target": t}, float(known[t].consecutive_failures) if t in known else 0.0) for t in targets]
+        return [
+            Family("keel_breaker_state", "gauge", "Circuit breaker per target: 0 closed, 1 half-open, 2 open.", state),
+            Family("keel_breaker_consecutive_failures", "gauge", "Consecutive failures seen by the breaker.", fails),
+        ]
+
+    def _process(self) -> list[Family]:
+        """This process's queues and background writers."""
+        rt = self._rt
+        gates = rt.gates.view()
+
+        def per_gate(field: str) -> list[tuple[Labels, float]]:
+            return [({"target": str(g["target"])}, float(cast(int, g[field]))) for g in gates]
+
+        w = rt.writer.stats
+        out = [
+            Family("keel_queue_depth", "gauge", "Calls waiting for a slot of a capped target.", per_gate("queued")),
+            Family("keel_queue_in_flight", "gauge", "Calls holding a slot of a capped target.", per_gate("in_flight")),
+            Family("keel_queue_rejected_total", "counter", "Calls refused by a saturated target's queue.", per_gate("rejected")),
+            _one("keel_trace_queue_depth", "gauge", "Trace records waiting for the writer (its lag).", rt.writer.depth),
+            _one("keel_traces_written_total", "counter", "Trace records written to the store.", w.written),
+            _one("keel_traces_spilled_total", "counter", "Trace records spilled to local files.", w.spilled),
+            _one("keel_traces_reloaded_total", "counter", "Spilled trace records loaded back.", w.reloaded),
+            _one("keel_traces_dropped_total", "counter", "Trace records lost (overflow buffer and disk full).", w.dropped),
+            _one("keel_trace_flush_failures_total", "counter", "Failed trace flushes (retried, then spilled).", w.failed_flushes),
+            _one("keel_unauthenticated_total", "counter", "Calls refused before authentication (not traced).", rt.trace_stage.unauthenticated),
+            _one("keel_limits_store_unavailable_total", "counter", "Admissions that met an unreachable limit store.", rt.limits_stage.unavailable),
+        ]  # fmt: skip
+        if rt.exporter is not None:
+            e = rt.exporter.stats
+            out += [
+                _one("keel_otel_queue_depth", "gauge", "Spans waiting for the OpenTelemetry exporter.", rt.exporter.depth),
+                _one("keel_otel_spans_exported_total", "counter", "Spans the OTLP receiver accepted.", e.exported),
+                _one("keel_otel_spans_dropped_total", "counter", "Spans dropped: export queue full.", e.dropped),
+                _one("keel_otel_spans_failed_total", "counter", "Spans given up on after retries.", e.failed),
+            ]  # fmt: skip
+        senders = [a.stats for a in (rt.alerts, rt.rule_alerts) if a is not None]
+        if senders:
+            out += [
+                _one("keel_alerts_sent_total", "counter", "Alert webhooks delivered.", sum(a.sent for a in senders)),
+                _one("keel_alerts_failed_total", "counter", "Alert webhooks given up on.", sum(a.failed for a in senders)),
+            ]  # fmt: skip
+        if rt.rules is not None:
+            firing = [({"rule": name}, float(n)) for name, n in sorted(rt.rules.firing.items())]
+            out.append(
+                Family(
+                    "keel_alert_rule_firing", "gauge", "Scope values over a rule's threshold at its last check.", firing
+                )
+            )
+        return out
+
+
+def _one(name: str, kind: Kind, help: str, value: float) -> Family:
+    return Family(name, kind, help, [({}, float(value))])

@@ -1,0 +1,108 @@
+"""Deletion statements shared by the SQL backends: bounded trace deletes, rollups, a tenant's rows.
+
+Every delete touches at most `limit` rows (a subquery with LIMIT picks them), so each statement is
+a short transaction beside the trace writer's. `mark` is the dialect's placeholder (? or %s);
+`lock` lets PostgreSQL skip rows another sweeper holds (FOR UPDATE SKIP LOCKED).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+ROLLUP_TABLES = ("usage_minute", "usage_hour", "usage_day")
+_ROLLUP_KEY = "(dim, bucket, tenant, value)"
+IN_CHUNK = 500  # ids or sessions per IN (...) list
+
+
+def trace_delete(
+    mark: str,
+    *,
+    limit: int,
+    tenant: str | None,
+    user: str | None,
+    before: float | None,
+    exclude: Sequence[str],
+    lock: str = "",
+) -> tuple[str, list[Any]]:
+    """DELETE of at most `limit` matching traces, returning each one's blob key and session."""
+    if user is not None and tenant is None:
+        raise ValueError("a user's traces are deleted within one tenant: give the tenant")
+    if tenant is None and before is None:
+        raise ValueError("refusing to delete every trace: give a tenant or a cut-off time")
+    clauses: list[str] = []
+    params: list[Any] = []
+    if tenant is not None:
+        clauses.append(f"tenant = {mark}")
+        params.append(tenant)
+    elif exclude:
+        clauses.append(f"(tenant IS NULL OR tenant NOT IN ({', '.join([mark] * len(exclude))}))")
+        params.extend(exclude)
+    if user is not None:
+        clauses.append(f"user_id = {mark}")
+        params.append(user)
+    if before is not None:
+        clauses.append(f"started_at < {mark}")
+        params.append(before)
+    pick = f"SELECT id FROM traces WHERE {' AND '.join(clauses)} LIMIT {mark}{lock}"
+    return f"DELETE FROM traces WHERE id IN ({pick}) RETURNING payload_blob, session", [*params, limit]
+
+
+Statement = tuple[str, list[Any], bool]  # sql, params, bounded (repeat until a round deletes < limit)
+
+
+def rollup_deletes(mark: str, tenant: str, user: str | None, sessions: Sequence[str], limit: int) -> list[Statement]:
+    """DELETEs of rollup rows; the bounded ones are to be repeated (see `repeat`).
+
+    A whole tenant: every rollup row of it. A user: the rows of dimension `user` with their id as the
+    value, and the whole-session rows of `sessions` (their sessions; a session shared with other
+    users goes with them). Other dimensions hold no user id and keep the tenant's totals right.
+    """
+    out: list[Statement] = []
+    for table in ROLLUP_TABLES:
+        where, params = f"tenant = {mark}", [tenant]
+        if user is not None:
+            where, params = f"tenant = {mark} AND dim = 'user' AND value = {mark}", [tenant, user]
+        pick = f"SELECT dim, bucket, tenant, value FROM {table} WHERE {where} LIMIT {mark}"
+        out.append((f"DELETE FROM {table} WHERE {_ROLLUP_KEY} IN ({pick})", [*params, limit], True))
+    if user is None:
+        pick = f"SELECT tenant, session FROM usage_sessions WHERE tenant = {mark} LIMIT {mark}"
+        out.append((f"DELETE FROM usage_sessions WHERE (tenant, session) IN ({pick})", [tenant, limit], True))
+        return out
+    for chunk in chunks(sorted(set(sessions)), IN_CHUNK):
+        marks = ", ".join([mark] * len(chunk))
+        sql = f"DELETE FROM usage_sessions WHERE tenant = {mark} AND session IN ({marks})"
+        out.append((sql, [tenant, *chunk], False))
+    return out
+
+
+def tenant_deletes(mark: str, tenant: str) -> list[tuple[str, str, list[Any]]]:
+    """(kind, statement, params) removing a tenant's limit overrides, keys and row, in that order."""
+    keys = f"SELECT id FROM api_keys WHERE tenant = {mark}"
+    return [
+        ("limit_overrides", f"DELETE FROM limit_overrides WHERE scope = 'key' AND subject IN ({keys})", [tenant]),
+        ("limit_overrides", f"DELETE FROM limit_overrides WHERE scope = 'tenant' AND subject = {mark}", [tenant]),
+        ("keys", f"DELETE FROM api_keys WHERE tenant = {mark}", [tenant]),
+        ("tenants", f"DELETE FROM tenants WHERE name = {mark}", [tenant]),
+    ]
+
+
+def present_query(mark: str, ids: Sequence[str]) -> tuple[str, list[Any]]:
+    return f"SELECT id FROM traces WHERE id IN ({', '.join([mark] * len(ids))})", list(ids)
+
+
+def chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def run_all(run: Callable[[str, list[Any]], int], statements: Sequence[Statement], limit: int) -> int:
+    """Run each statement, a bounded one until a round deletes fewer than `limit` rows; the total deleted."""
+    total = 0
+    for sql, params, bounded in statements:
+        while True:
+            n = run(sql, params)
+            total += n
+            if not bounded or n < limit:
+                break
+    return total
