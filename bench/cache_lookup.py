@@ -4,9 +4,13 @@ Semantic: one partition (the worst case: every search scans or walks all of it) 
 random unit 384-d float32 vectors, the size of the default embedding model's output; random vectors
 suffice for a latency figure, the real model's are not needed. Each query is a stored vector plus
 noise (similarity ≈ 0.95), searched with min_similarity 0.9, one at a time; p50/p99 over --queries.
-Backends: `MemoryVectors`, `SqliteVectors` (first use of the partition loads it from the file: timed
-separately) and `PgVectors` on a `pgserver` PostgreSQL 16 + pgvector with an HNSW index. Bulk
-loading goes around the stores (executemany / COPY into the tables they created) to save minutes.
+Recall: how often the answer is the true nearest stored vector (numpy's exact argmax), for those
+near-duplicate queries and, apart, for 200 random unit queries searched with min_similarity -1.
+Backends: `MemoryVectors` (signature search past `APPROX_ROWS`, and forced exact for comparison),
+`SqliteVectors` (first use of the partition loads it from the file: timed separately) and
+`PgVectors` on a `pgserver` PostgreSQL 16 + pgvector with an HNSW index. Bulk loading goes around
+the stores (executemany / COPY into the tables they created) to save minutes.
+`--crossover` instead times the memory index's exact and signature searches at sizes up to --entries.
 Exact: `get` p50/p99 of --gets hits among 10,000 entries of 2 KB, for each CacheStore backend
 (Redis at --redis). Target (the Caches issue): ≤ 10 ms p50 semantic lookup at 100,000 entries.
 """
@@ -29,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from keel.store.memory_cache import MemoryCache
-from keel.store.memory_vectors import MemoryVectors
+from keel.store.memory_vectors import APPROX_ROWS, MemoryVectors
 from keel.store.pg_vectors import PgVectors
-from keel.store.protocols import CacheEntry, CacheStore, VectorIndex
+from keel.store.protocols import CacheEntry, CacheStore, VectorHit, VectorIndex
 from keel.store.redis_cache import RedisCache
 from keel.store.sqlite_cache import SqliteCache
 from keel.store.sqlite_vectors import SqliteVectors
@@ -46,10 +50,20 @@ def unit_rows(rng: np.random.Generator, n: int) -> Any:
     return m / np.linalg.norm(m, axis=1, keepdims=True)
 
 
-def queries_near(rng: np.random.Generator, stored: Any, n: int) -> list[list[float]]:
+def queries_near(rng: np.random.Generator, stored: Any, n: int) -> Any:
     picked = stored[rng.integers(0, len(stored), n)]
     noisy = picked + 0.33 * unit_rows(rng, n)  # cos ≈ 1/√(1 + 0.33²) ≈ 0.95
-    return [list(map(float, v / np.linalg.norm(v))) for v in noisy]
+    return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+
+
+class Queries:
+    """Near-duplicate and random queries, with the key of each one's true nearest stored vector."""
+
+    def __init__(self, rng: np.random.Generator, stored: Any, n: int) -> None:
+        self.near = queries_near(rng, stored, n)
+        self.random = unit_rows(rng, 200)
+        self.near_truth = [f"k{i}" for i in np.argmax(self.near @ stored.T, axis=1)]
+        self.random_truth = [f"k{i}" for i in np.argmax(self.random @ stored.T, axis=1)]
 
 
 def pct(samples: list[float], p: float) -> float:
@@ -57,34 +71,48 @@ def pct(samples: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
-async def timed(calls: list[Callable[[], Awaitable[Any]]]) -> tuple[list[float], int]:
-    """Milliseconds per call, one at a time; and how many answered something."""
-    ms, found = [], 0
+async def timed(calls: list[Callable[[], Awaitable[Any]]]) -> tuple[list[float], list[Any]]:
+    """Milliseconds per call, one at a time; and what each answered."""
+    ms, out = [], []
     for call in calls:
         t0 = time.perf_counter()
-        out = await call()
+        out.append(await call())
         ms.append((time.perf_counter() - t0) * 1000)
-        found += out is not None
-    return ms, found
+    return ms, out
 
 
-async def search(index: VectorIndex, queries: list[list[float]]) -> tuple[list[float], int]:
+def recall(hits: list[VectorHit | None], truth: list[str]) -> float:
+    return sum(h is not None and h.key == t for h, t in zip(hits, truth, strict=True)) / len(truth)
+
+
+async def search(index: VectorIndex, queries: Queries, name: str, note: str = "") -> dict[str, Any]:
     now = time.time()
-    for q in queries[:20]:  # warm-up: pools, plans, the first load
+    near = [list(map(float, q)) for q in queries.near]
+    for q in near[:20]:  # warm-up: pools, plans, the first load
         await index.nearest(*SLOT, q, 0.9, now)
-    return await timed([lambda q=q: index.nearest(*SLOT, q, 0.9, now) for q in queries])  # type: ignore[misc]
+    ms, hits = await timed([lambda q=q: index.nearest(*SLOT, q, 0.9, now) for q in near])  # type: ignore[misc]
+    anywhere = [await index.nearest(*SLOT, list(map(float, q)), -1.0, now) for q in queries.random]
+    return {
+        "backend": name,
+        "ms": ms,
+        "found": sum(h is not None for h in hits),
+        "recall": recall(hits, queries.near_truth),
+        "recall_random": recall(anywhere, queries.random_truth),
+        "note": note,
+    }
 
 
-async def bench_memory(stored: Any, queries: list[list[float]]) -> dict[str, Any]:
-    index = MemoryVectors(len(stored) + 1)
+async def bench_memory(stored: Any, queries: Queries, approx_rows: int, name: str) -> dict[str, Any]:
+    index = MemoryVectors(len(stored) + 1, approx_rows=approx_rows)
     stale = time.time() + 3600
+    t0 = time.perf_counter()
     for i, v in enumerate(stored):
         await index.add(*SLOT, f"k{i}", v, stale)
-    ms, found = await search(index, queries)
-    return {"backend": "MemoryVectors", "ms": ms, "found": found}
+    add_us = (time.perf_counter() - t0) / len(stored) * 1e6
+    return await search(index, queries, name, f"add {add_us:.0f} µs each")
 
 
-async def bench_sqlite(stored: Any, queries: list[list[float]], tmp: Path) -> dict[str, Any]:
+async def bench_sqlite(stored: Any, queries: Queries, tmp: Path) -> dict[str, Any]:
     url = f"sqlite:///{tmp}/keel-cache.db"
     index = SqliteVectors(url, len(stored) + 1)
     await index.add(*SLOT, "k0", stored[0], time.time() + 3600)  # the store creates its schema
@@ -98,19 +126,14 @@ async def bench_sqlite(stored: Any, queries: list[list[float]], tmp: Path) -> di
         )
     index = SqliteVectors(url, len(stored) + 1)
     t0 = time.perf_counter()
-    await index.nearest(*SLOT, queries[0], 0.9, time.time())
+    await index.nearest(*SLOT, list(map(float, queries.near[0])), 0.9, time.time())
     load_ms = (time.perf_counter() - t0) * 1000
-    ms, found = await search(index, queries)
+    row = await search(index, queries, "SqliteVectors", f"first use loads the partition: {load_ms:.0f} ms")
     await index.aclose()
-    return {
-        "backend": "SqliteVectors",
-        "ms": ms,
-        "found": found,
-        "note": f"first use loads the partition: {load_ms:.0f} ms",
-    }
+    return row
 
 
-async def bench_pg(stored: Any, queries: list[list[float]], uri: str) -> dict[str, Any]:
+async def bench_pg(stored: Any, queries: Queries, uri: str) -> dict[str, Any]:
     import psycopg
 
     index = PgVectors(uri, len(stored) + 1)
@@ -132,18 +155,27 @@ async def bench_pg(stored: Any, queries: list[list[float]], uri: str) -> dict[st
         plan = conn.execute(
             f"EXPLAIN SELECT key FROM {table} WHERE tenant = %s AND partition = %s AND model = %s AND stale_until > %s"
             " ORDER BY embedding <=> %s::vector LIMIT 1",
-            (*SLOT, time.time(), "[" + ",".join(map(repr, queries[0])) + "]"),
+            (*SLOT, time.time(), "[" + ",".join(map(repr, map(float, queries.near[0]))) + "]"),
         ).fetchall()
     build_s = time.perf_counter() - t0
     uses = "HNSW index" if any("hnsw" in line[0] for line in plan) else "no HNSW: " + plan[0][0].strip()
-    ms, found = await search(index, queries)
+    row = await search(index, queries, "PgVectors", f"plan: {uses}; load + index build {build_s:.0f} s")
     await index.aclose()
-    return {
-        "backend": "PgVectors",
-        "ms": ms,
-        "found": found,
-        "note": f"plan: {uses}; load + index build {build_s:.0f} s",
-    }
+    return row
+
+
+async def crossover(rng: np.random.Generator, largest: int, n: int) -> None:
+    """p50/p99 of the memory index's exact and signature searches, partition by partition size."""
+    print(f"\ncrossover: {n} near-duplicate queries per size, min_similarity 0.9")
+    print(f"{'rows':>8} {'exact p50':>10} {'exact p99':>10} {'approx p50':>11} {'approx p99':>11}")
+    for size in [s for s in (1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000) if s <= largest]:
+        stored = unit_rows(rng, size)
+        queries = Queries(rng, stored, n)
+        figures = []
+        for approx_rows in (size, 0):
+            row = await bench_memory(stored, queries, approx_rows, "")
+            figures += [statistics.median(row["ms"]), pct(row["ms"], 99)]
+        print(f"{size:>8,} " + " ".join(f"{f:>10.3f}" for f in figures))
 
 
 def start_pgserver() -> tuple[Any, str, str]:
@@ -163,17 +195,24 @@ async def bench_gets(store: CacheStore, name: str, n: int) -> dict[str, Any]:
     keys = [f"key-{i:05d}" for i in np.random.default_rng(3).integers(0, 10_000, n)]
     for k in keys[:50]:
         await store.get("acme", k, now)
-    ms, found = await timed([lambda k=k: store.get("acme", k, now) for k in keys])  # type: ignore[misc]
+    ms, got = await timed([lambda k=k: store.get("acme", k, now) for k in keys])  # type: ignore[misc]
     await store.aclose()
-    return {"backend": name, "ms": ms, "found": found}
+    return {"backend": name, "ms": ms, "found": sum(e is not None for e in got)}
 
 
 async def main(args: argparse.Namespace) -> None:
     rng = np.random.default_rng(1)
+    if args.crossover:
+        await crossover(rng, args.entries, args.queries)
+        return
     stored = unit_rows(rng, args.entries)
-    queries = queries_near(rng, stored, args.queries)
+    queries = Queries(rng, stored, args.queries)
     tmp = Path(tempfile.mkdtemp(prefix="keel-bench-cache-"))
-    rows = [await bench_memory(stored, queries), await bench_sqlite(stored, queries, tmp)]
+    rows = [
+        await bench_memory(stored, queries, APPROX_ROWS, "MemoryVectors"),
+        await bench_memory(stored, queries, len(stored) + 1, "exact scan"),
+        await bench_sqlite(stored, queries, tmp),
+    ]
     if not args.no_pg:
         server, uri, pgdata = start_pgserver()
         try:
@@ -202,12 +241,15 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def report(rows: list[dict[str, Any]], n: int, target: float | None) -> None:
-    print(f"{'backend':<15} {'p50 ms':>8} {'p99 ms':>8} {'found':>7}  {'verdict' if target else ''}")
+    recalls = "recall  random" if "recall" in rows[0] else ""
+    print(f"{'backend':<15} {'p50 ms':>8} {'p99 ms':>8} {'found':>8}  {recalls}  {'verdict' if target else ''}")
     for r in rows:
         p50 = statistics.median(r["ms"])
         verdict = ("PASS" if p50 <= target else "MISS") if target else ""
+        found = f"{r['found']:>4}/{n}" if "found" in r else ""
+        rec = f"{r['recall']:>6.1%} {r['recall_random']:>7.1%}" if "recall" in r else ""
         print(
-            f"{r['backend']:<15} {p50:>8.3f} {pct(r['ms'], 99):>8.3f} {r['found']:>4}/{n}  {verdict}  {r.get('note', '')}"
+            f"{r['backend']:<15} {p50:>8.3f} {pct(r['ms'], 99):>8.3f} {found:>8}  {rec}  {verdict:<4}  {r.get('note', '')}"
         )
 
 
@@ -218,4 +260,5 @@ if __name__ == "__main__":
     parser.add_argument("--gets", type=int, default=2000)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--no-pg", action="store_true")
+    parser.add_argument("--crossover", action="store_true", help="exact vs signature search by partition size")
     asyncio.run(main(parser.parse_args()))

@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 
+from keel.store.memory_vectors import MemoryVectors
 from keel.store.open import open_cache, open_vectors
 from keel.store.protocols import CacheEntry, CacheStore, VectorIndex
 from keel.store.redis_cache import RedisCache
+from keel.store.sqlite_vectors import SqliteVectors
 
 T = time.time()
 DIM = 16
@@ -62,12 +64,17 @@ def caches(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return Backend("redis", lambda n: RedisCache(url, n, prefix=prefix))
 
 
-@pytest.fixture(params=["memory", "sqlite", "pgvector"])
+@pytest.fixture(params=["memory", "sqlite", "pgvector", "memory-approx", "sqlite-approx"])
 def vectors(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """The `-approx` ones search every partition through signatures (approx_rows=0), however small."""
     if request.param == "memory":
         return Backend("memory", lambda n: open_vectors("memory://", max_entries=n))
     if request.param == "sqlite":
         return Backend("sqlite", lambda n: open_vectors(f"sqlite:///{tmp_path}/keel-cache.db", max_entries=n))
+    if request.param == "memory-approx":
+        return Backend("memory", lambda n: MemoryVectors(n, approx_rows=0))
+    if request.param == "sqlite-approx":
+        return Backend("sqlite", lambda n: SqliteVectors(f"sqlite:///{tmp_path}/keel-cache.db", n, approx_rows=0))
     url = request.getfixturevalue("pgvector_schema_url")
     return Backend("pgvector", lambda n: open_vectors(url, max_entries=n))
 
@@ -385,7 +392,69 @@ def test_a_small_partition_beside_a_large_one_is_still_found(vectors: Backend) -
         await index.add("acme", "small", "m", "lonely", unit(1, 1), T + 60)  # cos ≈ 0.7 with basis(0)
         hit = await index.nearest("acme", "small", "m", basis(0), 0.5, T)
         assert hit is not None and hit.key == "lonely"
-        hit = await index.nearest("acme", "big", "m", crowd[5], 0.999, T)  # memory: past THREAD_ROWS, in a thread
-        assert hit is not None and hit.key == "c5"
+        found = 0
+        for i in range(0, 3000, 150):  # memory: past THREAD_ROWS, in a thread
+            hit = await index.nearest("acme", "big", "m", crowd[i], 0.999, T)
+            found += hit is not None and hit.key == f"c{i}"
+        # pgvector's HNSW is approximate, and a tight cluster of 3,000 is its hard case: most, not all
+        assert found >= (18 if vectors.name == "pgvector" else 20), found
+
+    vectors.run(body)
+
+
+def test_expired_near_duplicates_never_hide_a_live_one(vectors: Backend) -> None:
+    """More expired rows closer to the query than the live one than the approximate search rescores."""
+    rng = random.Random(5)
+
+    async def body() -> None:
+        index: VectorIndex = vectors.open()
+        for i in range(100):
+            await index.add(
+                "acme", "p", "m", f"old{i}", unit(1, *(0.02 * rng.gauss(0, 1) for _ in range(DIM - 1))), T + 10
+            )
+        await index.add("acme", "p", "m", "live", unit(1, 0.3), T + 60)  # cos ≈ 0.958 with basis(0)
+        hit = await index.nearest("acme", "p", "m", basis(0), 0.9, T)
+        assert hit is not None and hit.key.startswith("old") and hit.similarity > 0.99
+        hit = await index.nearest("acme", "p", "m", basis(0), 0.9, T + 20)
+        assert hit is not None and hit.key == "live" and hit.similarity == pytest.approx(0.958, abs=1e-3)
+
+    vectors.run(body)
+
+
+def test_near_duplicates_find_their_original(vectors: Backend) -> None:
+    """Each query is a stored vector plus noise (cos ≈ 0.95): the answer is that vector, scored exactly."""
+    rng = random.Random(9)
+    stored = [rand_unit(rng) for _ in range(1000)]
+    picks = [rng.randrange(len(stored)) for _ in range(100)]
+    queries = [unit(*(a + 0.33 * b for a, b in zip(stored[i], rand_unit(rng), strict=True))) for i in picks]
+
+    async def body() -> None:
+        index: VectorIndex = vectors.open(max_entries=2000)
+        for chunk in range(0, len(stored), 100):
+            batch = enumerate(stored[chunk : chunk + 100], chunk)
+            await asyncio.gather(*(index.add("acme", "p", "m", f"k{i}", v, T + 60) for i, v in batch))
+        for i, q in zip(picks, queries, strict=True):
+            hit = await index.nearest("acme", "p", "m", q, 0.9, T)
+            exact = sum(a * b for a, b in zip(stored[i], q, strict=True))
+            assert hit is not None and hit.key == f"k{i}" and hit.similarity == pytest.approx(exact, abs=1e-4)
+
+    vectors.run(body)
+
+
+def test_searches_during_a_purge_name_the_right_keys(vectors: Backend) -> None:
+    """Searches running in worker threads while a purge moves rows under them."""
+    rng = random.Random(13)
+    vecs = [rand_unit(rng) for _ in range(2500)]  # memory: past THREAD_ROWS
+
+    async def body() -> None:
+        index: VectorIndex = vectors.open(max_entries=5000)
+        for chunk in range(0, len(vecs), 100):
+            batch = enumerate(vecs[chunk : chunk + 100], chunk)
+            await asyncio.gather(*(index.add("a", "p", "m", f"k{i}", v, T + 60, f"u{i % 2}") for i, v in batch))
+        kept = range(0, len(vecs), 2)
+        searches = [index.nearest("a", "p", "m", vecs[i], 0.999, T) for i in kept]
+        *hits, purged = await asyncio.gather(*searches, index.purge("a", "u1"))
+        assert purged == len(vecs) // 2
+        assert [h.key if h else None for h in hits] == [f"k{i}" for i in kept]
 
     vectors.run(body)

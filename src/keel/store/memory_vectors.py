@@ -1,10 +1,13 @@
 """Nearest-neighbour search in process memory: one float32 matrix per (tenant, partition, model).
 
-A search is one matrix-vector product over its partition's rows (exact, not approximate), run inline
-for small partitions and in a worker thread past `THREAD_ROWS`, so a large partition never stalls the
-event loop. Matrices grow by doubling; a removed row is replaced by the last one. `VectorBook` is the
-index itself, shared by `MemoryVectors` and `SqliteVectors` (which persists it). numpy is imported
-on first use, never at `import keel`.
+A small partition is searched by one matrix-vector product over its rows (exact). Past `approx_rows`
+rows that product is bound by memory bandwidth (~40 ms at 100,000 × 384-d), so a search first scans
+the rows' SimHash signatures (store/simhash.py: 48 bytes a row) for live rows that can be within
+`min_similarity`, and scores at most `CANDIDATES` of the closest exactly: the answer is then the
+exact best of those. Searches over `THREAD_ROWS` rows run in a worker thread, so a large partition
+never stalls the event loop. Matrices grow by doubling; a removed row is replaced by the last one.
+`VectorBook` is the index itself, shared by `MemoryVectors` and `SqliteVectors` (which persists it).
+numpy is imported on first use, never at `import keel`.
 
 Bound: at most `max_entries` vectors overall; past that the oldest added goes first. Expired rows
 (stale_until ≤ now) are never returned and leave with the bound or a purge.
@@ -17,13 +20,16 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from keel.store import simhash
 from keel.store.protocols import VectorHit
 
 if TYPE_CHECKING:
-    from numpy import float32, float64
+    from numpy import float32, float64, uint64
     from numpy.typing import NDArray
 
 THREAD_ROWS = 2000  # past this many rows a search runs in a worker thread (~0.1 ms inline at 384-d)
+APPROX_ROWS = 5000  # past this many rows a search goes through signatures: the crossover (bench/cache_lookup.py)
+CANDIDATES = 64  # rows scored exactly after the signature scan
 Slot = tuple[str, str, str]  # tenant, partition, model
 Row = tuple[str, str, str, str]  # tenant, partition, model, key
 
@@ -42,6 +48,7 @@ class _Partition:
         self.dim = dim
         self.matrix: NDArray[float32] = np.empty((16, dim), dtype=np.float32)
         self.stale: NDArray[float64] = np.empty(16, dtype=np.float64)
+        self.sigs: NDArray[uint64] = np.empty((simhash.WORDS, 16), dtype=np.uint64)  # column i: row i
         self.keys: list[str] = []
         self.users: list[str | None] = []
         self.rows: dict[str, int] = {}
@@ -61,6 +68,7 @@ class _Partition:
             self.version += 1
         self.matrix[i] = vector
         self.stale[i] = stale_until
+        self.sigs[:, i] = simhash.signatures(vector[None, :])[:, 0]
 
     def _grow(self) -> None:
         np = _numpy()
@@ -69,7 +77,9 @@ class _Partition:
         matrix[:n] = self.matrix
         stale = np.empty(2 * n, dtype=np.float64)
         stale[:n] = self.stale
-        self.matrix, self.stale = matrix, stale  # a search in flight keeps the old arrays, still valid
+        sigs = np.empty((simhash.WORDS, 2 * n), dtype=np.uint64)
+        sigs[:, :n] = self.sigs
+        self.matrix, self.stale, self.sigs = matrix, stale, sigs  # a search in flight keeps the old arrays
 
     def remove(self, key: str) -> bool:
         i = self.rows.pop(key, None)
@@ -79,6 +89,7 @@ class _Partition:
         if i != last:
             self.matrix[i] = self.matrix[last]
             self.stale[i] = self.stale[last]
+            self.sigs[:, i] = self.sigs[:, last]
             self.keys[i] = self.keys[last]
             self.users[i] = self.users[last]
             self.rows[self.keys[i]] = i
@@ -88,8 +99,12 @@ class _Partition:
         return True
 
 
-def _best(matrix: Any, stale: Any, n: int, query: Any, now: float) -> tuple[int, float] | None:
-    """Index and similarity of the most similar live row among the first `n`, or None."""
+def _best(
+    matrix: Any, stale: Any, sigs: Any, n: int, query: Any, min_similarity: float, now: float
+) -> tuple[int, float] | None:
+    """Index and similarity of the most similar live row among the first `n`, or None.
+
+    Exact: every row is scored (`sigs` and `min_similarity` serve `_approx`, which has this signature)."""
     if n == 0:
         return None
     np = _numpy()
@@ -98,6 +113,23 @@ def _best(matrix: Any, stale: Any, n: int, query: Any, now: float) -> tuple[int,
     i = int(np.argmax(sims))
     s = float(sims[i])
     return None if s == -np.inf else (i, s)
+
+
+def _approx(
+    matrix: Any, stale: Any, sigs: Any, n: int, query: Any, min_similarity: float, now: float
+) -> tuple[int, float] | None:
+    """Like `_best`, among the live rows whose signatures are within reach of `min_similarity`:
+    at most `CANDIDATES` of them, the closest by signature, scored exactly."""
+    np = _numpy()
+    d = simhash.distances(sigs, n, simhash.signatures(query[None, :])[:, 0])
+    rows = np.flatnonzero((d <= simhash.cutoff(min_similarity)) & (stale[:n] > now))
+    if len(rows) > CANDIDATES:
+        rows = rows[np.argpartition(d[rows], CANDIDATES)[:CANDIDATES]]
+    if len(rows) == 0:
+        return None
+    sims = matrix[rows] @ query
+    i = int(np.argmax(sims))
+    return int(rows[i]), float(sims[i])
 
 
 Loaded = tuple[_Partition, dict[Row, None]]
@@ -115,6 +147,10 @@ def build(slot: Slot, rows: Sequence[tuple[str, bytes, float, str | None]]) -> L
     part.matrix[:n] = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(n, dim)
     part.stale = np.empty(max(16, n), dtype=np.float64)
     part.stale[:n] = [r[2] for r in rows]
+    part.sigs = np.empty((simhash.WORDS, max(16, n)), dtype=np.uint64)
+    for start in range(0, n, 8192):  # in chunks: the projection's temporary is 1.5 KB a row
+        end = min(n, start + 8192)
+        part.sigs[:, start:end] = simhash.signatures(part.matrix[start:end])
     part.keys = [r[0] for r in rows]
     part.users = [r[3] for r in rows]
     part.rows = {k: i for i, k in enumerate(part.keys)}
@@ -122,12 +158,16 @@ def build(slot: Slot, rows: Sequence[tuple[str, bytes, float, str | None]]) -> L
 
 
 class VectorBook:
-    """The index: partitions by (tenant, partition, model), and every row in the order it was added."""
+    """The index: partitions by (tenant, partition, model), and every row in the order it was added.
 
-    def __init__(self, max_entries: int) -> None:
+    A partition of more than `approx_rows` rows is searched through signatures (0: every partition).
+    """
+
+    def __init__(self, max_entries: int, approx_rows: int = APPROX_ROWS) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self._max = max_entries
+        self._approx_rows = approx_rows
         self._parts: dict[Slot, _Partition] = {}
         self._order: OrderedDict[Row, None] = OrderedDict()  # oldest first
 
@@ -170,12 +210,13 @@ class VectorBook:
         if query.shape != (part.dim,):
             raise ValueError(f"vector has shape {query.shape}; this partition holds {part.dim}-d vectors")
         n, version = len(part.keys), part.version
+        search = _approx if n > self._approx_rows else _best
         if n > THREAD_ROWS:
-            found = await asyncio.to_thread(_best, part.matrix, part.stale, n, query, now)
+            found = await asyncio.to_thread(search, part.matrix, part.stale, part.sigs, n, query, min_similarity, now)
             if part.version != version:  # a row moved meanwhile: the index may name another key
-                found = _best(part.matrix, part.stale, len(part.keys), query, now)
+                found = search(part.matrix, part.stale, part.sigs, len(part.keys), query, min_similarity, now)
         else:
-            found = _best(part.matrix, part.stale, n, query, now)
+            found = search(part.matrix, part.stale, part.sigs, n, query, min_similarity, now)
         if found is None or found[1] < min_similarity:
             return None
         return VectorHit(part.keys[found[0]], found[1])
@@ -216,8 +257,8 @@ class VectorBook:
 class MemoryVectors:
     """`VectorIndex` for one process; nothing survives a restart."""
 
-    def __init__(self, max_entries: int) -> None:
-        self._book = VectorBook(max_entries)
+    def __init__(self, max_entries: int, approx_rows: int = APPROX_ROWS) -> None:
+        self._book = VectorBook(max_entries, approx_rows)
 
     async def add(
         self,

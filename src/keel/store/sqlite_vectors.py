@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from keel.store.memory_vectors import Loaded, Row, Slot, VectorBook, build
+from keel.store.memory_vectors import APPROX_ROWS, Loaded, Row, Slot, VectorBook, build
 from keel.store.protocols import VectorHit
 from keel.store.sqlite_thread import SqliteThread
 
@@ -46,8 +46,8 @@ _SWEEP_EVERY = 1000  # adds between deletions of rows past stale_until
 
 
 class SqliteVectors:
-    def __init__(self, url: str, max_entries: int) -> None:
-        self._book = VectorBook(max_entries)
+    def __init__(self, url: str, max_entries: int, approx_rows: int = APPROX_ROWS) -> None:
+        self._book = VectorBook(max_entries, approx_rows)
         self._max = max_entries
         self._keep = max_entries - max_entries // 20
         self._db = SqliteThread(url, _SCHEMA, "keel-vectors")
