@@ -200,6 +200,24 @@ def test_a_series_has_one_row_per_bucket_and_group(store: Store, grain: str) -> 
         assert_row(row, buckets[(row.bucket, row.group)])
 
 
+def test_a_series_of_all_calls_merges_tenants_before_percentiles(store: Store) -> None:
+    store.append_traces(random_records(300))
+    until = DAY0 + SPAN
+    rows = store.usage(UsageQuery(DAY0, until, by="all", grain="hour"))
+    buckets: dict[int, list[TraceRecord]] = {}
+    for r in all_traces(store):
+        buckets.setdefault(int(r.started_at // 3600) * 3600, []).append(r)
+    assert [row.bucket for row in rows] == sorted(buckets) and all(row.group is None for row in rows)
+    for row in rows:
+        assert row.bucket is not None
+        assert_row(row, buckets[row.bucket])
+        latencies = sorted(r.latency_ms for r in buckets[row.bucket] if r.latency_ms is not None)
+        if latencies:
+            exact = latencies[max(0, math.ceil(0.95 * len(latencies)) - 1)]
+            low, high = hist_bounds(hist_bucket(exact))
+            assert row.latency_p95_ms is not None and low <= row.latency_p95_ms <= high
+
+
 def test_percentiles_fall_within_one_histogram_bucket(store: Store) -> None:
     records = random_records(600)
     store.append_traces(records)

@@ -1,4 +1,4 @@
-"""The ASGI application: gateway routes, admin API, health probes; lifespan starts and drains the runtime."""
+"""The ASGI application: gateway routes, admin API, dashboard, health probes; lifespan starts and drains the runtime."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from keel.api.admin import Admin
 from keel.api.anthropic import AnthropicEdge
 from keel.api.metrics import MetricsEndpoint
 from keel.api.openai import OpenAIEdge
+from keel.dashboard.pages import Dashboard
 from keel.runtime import Runtime
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -88,6 +89,7 @@ def create_app(runtime: Runtime) -> FastPath:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *Admin(runtime).routes(),
+        *Dashboard(runtime.store, runtime.blobs, runtime.config.admin_token).routes(),
     ]
     if runtime.metrics is not None:
         routes.append(Route("/metrics", MetricsEndpoint(runtime).scrape, methods=["GET"]))

@@ -1,0 +1,171 @@
+"""The dashboard's routes: login and logout, the overview, the trace list and one trace.
+
+Every page but the login form needs a valid session cookie, else it redirects to the login form
+(which names only the path to come back to, never a credential). Store reads run in worker threads.
+Responses carry a Content-Security-Policy that allows no script and only the one inline stylesheet,
+so even a bug in escaping could not run a trace's content; `Server-Timing` says where the time went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qs, quote
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from keel.dashboard.markup import CSS, Safe, h, layout
+from keel.dashboard.overview import WINDOWS, read_overview, render_overview
+from keel.dashboard.session import COOKIE, Sessions
+from keel.dashboard.tracepages import list_params, render_list, render_trace
+from keel.errors import InvalidRequest
+from keel.store.protocols import BlobStore, TraceStore
+from keel.traces import read_trace, trace_query
+
+_STYLE_HASH = base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
+HEADERS = {
+    "content-security-policy": (
+        f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; img-src 'self' data:; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "cache-control": "no-store",
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+}
+MAX_FORM = 4096
+Page = Callable[[Request], Awaitable[Response]]
+
+
+def _page(title: str, body: Safe, status: int = 200, timing: str | None = None, signed_in: bool = True) -> Response:
+    headers = dict(HEADERS)
+    if timing:
+        headers["server-timing"] = timing
+    return HTMLResponse(str(layout(title, body, signed_in=signed_in)), status, headers)
+
+
+def _next_path(value: str | None) -> str:
+    """Where to go after login: a dashboard path only (no open redirect)."""
+    if value and value.startswith("/ui") and "\\" not in value:
+        return value
+    return "/ui"
+
+
+class Dashboard:
+    def __init__(self, store: TraceStore, blobs: BlobStore | None, admin_token: str | None) -> None:
+        self._store = store
+        self._blobs = blobs  # large payloads live there; the trace page reads them back
+        self._sessions = Sessions(admin_token)
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/ui/login", self.login_form, methods=["GET"]),
+            Route("/ui/login", self.login, methods=["POST"]),
+            Route("/ui/logout", self.logout, methods=["POST"]),
+            Route("/ui", self._guard(self.overview), methods=["GET"]),
+            Route("/ui/traces", self._guard(self.traces), methods=["GET"]),
+            Route("/ui/traces/{trace_id}", self._guard(self.trace), methods=["GET"]),
+        ]
+
+    def _guard(self, page: Page) -> Page:
+        async def endpoint(request: Request) -> Response:
+            if not self._sessions.enabled:
+                return self._disabled()
+            if not self._sessions.valid(request.cookies.get(COOKIE)):
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(f"/ui/login?next={quote(target, safe='')}", 303, HEADERS)
+            return await page(request)
+
+        return endpoint
+
+    def _disabled(self) -> Response:
+        body = h("<h1>Dashboard disabled</h1><p>{}</p>", "Set admin_token in keel.yaml to use the dashboard.")
+        return _page("Disabled", body, 403, signed_in=False)
+
+    # ---- login and logout
+
+    def _login_page(self, next_path: str, error: str | None = None, status: int = 200) -> Response:
+        message = h('<p class="error" id="login-error">{}</p>', error) if error else Safe("")
+        body = h(
+            '<div class="login"><h1>Keel dashboard</h1>{}<form method="post" action="/ui/login">'
+            '<input type="hidden" name="next" value="{}">'
+            '<label>Admin token<input type="password" name="token" autocomplete="current-password" autofocus></label>'
+            '<button type="submit">Log in</button></form></div>',
+            message,
+            next_path,
+        )
+        return _page("Log in", body, status, signed_in=False)
+
+    async def login_form(self, request: Request) -> Response:
+        if not self._sessions.enabled:
+            return self._disabled()
+        return self._login_page(_next_path(request.query_params.get("next")))
+
+    async def login(self, request: Request) -> Response:
+        if not self._sessions.enabled:
+            return self._disabled()
+        body = await request.body()
+        form = parse_qs(body[:MAX_FORM].decode("utf-8", "replace")) if len(body) <= MAX_FORM else {}
+        next_path = _next_path((form.get("next") or [""])[0])
+        if not self._sessions.check_token((form.get("token") or [""])[0]):
+            return self._login_page(next_path, "That is not the admin token.", 401)
+        response = RedirectResponse(next_path, 303, HEADERS)
+        response.set_cookie(
+            COOKIE,
+            self._sessions.issue(),
+            max_age=int(self._sessions.ttl_s),
+            path="/ui",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        response = RedirectResponse("/ui/login", 303, HEADERS)
+        response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
+        return response
+
+    # ---- pages
+
+    async def overview(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        window = request.query_params.get("window") or "24h"
+        if window not in WINDOWS:
+            body = h('<h1>Overview</h1><p class="error">{}</p>', f"'window' must be one of: {', '.join(WINDOWS)}.")
+            return _page("Overview", body, 400)
+        tenant = request.query_params.get("tenant") or None
+        data = await asyncio.to_thread(read_overview, self._store, window, tenant, time.time())
+        t1 = time.perf_counter()
+        body = render_overview(data)
+        t2 = time.perf_counter()
+        return _page("Overview", body, timing=_timing(t0, t1, t2))
+
+    async def traces(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        shown = dict(request.query_params)
+        try:
+            params = list_params(shown)
+            query = trace_query(params, time.time())
+        except InvalidRequest as err:
+            return _page("Traces", render_list(shown, [], err.message), 400)
+        rows = await asyncio.to_thread(self._store.list_traces, query)
+        t1 = time.perf_counter()
+        body = render_list(params, rows)
+        return _page("Traces", body, timing=_timing(t0, t1, time.perf_counter()))
+
+    async def trace(self, request: Request) -> Response:
+        trace_id = request.path_params["trace_id"]
+        row = await asyncio.to_thread(read_trace, self._store, self._blobs, trace_id)
+        if row is None:
+            return _page("Not found", h("<h1>No trace with id {}</h1>", trace_id), 404)
+        return _page(f"Trace {trace_id[:12]}", render_trace(row))
+
+
+def _timing(t0: float, t1: float, t2: float) -> str:
+    return f"db;dur={(t1 - t0) * 1000:.2f}, render;dur={(t2 - t1) * 1000:.2f}"
