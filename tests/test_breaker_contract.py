@@ -259,6 +259,20 @@ def test_processes_sharing_a_redis_share_state(shared: Backend) -> None:
     shared.run(body)
 
 
+def test_a_closed_answer_is_reused_for_a_quarter_second_then_asked_again(shared: Backend) -> None:
+    async def body() -> None:
+        one, two = shared.open(), shared.open()
+        assert await one.allow(A, T0)  # closed: read from Redis, reused until T0 + 0.25
+        await trip(two, now=T0 + 0.1)
+        assert await one.allow(A, T0 + 0.2)  # not asked again yet
+        assert not await one.allow(A, T0 + 0.3)  # asked: open
+        assert await one.allow(B, T0 + 0.3)
+        await trip(one, B, T0 + 0.31)  # its own record saw B open: the reused answer is dropped at once
+        assert not await one.allow(B, T0 + 0.32)
+
+    shared.run(body)
+
+
 def test_concurrent_callers_get_exactly_one_probe(shared: Backend) -> None:
     async def body() -> None:
         one, two = shared.open(), shared.open()

@@ -5,7 +5,9 @@ each one atomic round trip (EVALSHA): concurrent callers in any process see one 
 Per target, one hash holds state, consecutive, opened_at, probe_at and `recent`, the last `window`
 outcomes as a string of 0/1 (1 = failure); a set lists the targets for `states()`. Times are the
 caller's `now` (never Redis TIME), so processes sharing a Redis must pass wall-clock time. Keys
-expire after max(10 × cooldown, 1 day) without a record.
+expire after max(10 × cooldown, 1 day) without a record. A "closed" answer is reused for 0.25 s
+(of the caller's time) without asking again, so a healthy target costs one round trip per process per
+quarter second, not one per call; a breaker another process opens is seen that much later.
 
 Fail-safe: a Redis outage must not become a total outage, so when Redis is unreachable `allow` says
 yes and `record` answers "unknown", quickly (0.5 s socket timeouts, 1 s to connect, then Redis is left alone for a
@@ -31,12 +33,15 @@ _TIMEOUT_S = 0.5
 _CONNECT_TIMEOUT_S = 1.0  # a loaded event loop opening many connections at once needs headroom
 _HOLD_OFF_S = 1.0  # after a failure, answer fail-safe without trying Redis for this long
 _WARN_EVERY_S = 10.0
+# A "closed" answer is reused for this long: one round trip per target per interval instead of per call.
+# Another process opening the breaker is seen this much later; this process's own failures clear it.
+_CLOSED_READ_S = 0.25
 
-# KEYS[1] the target's hash. ARGV: now, cooldown_s, ttl_ms. Returns 1 (allowed) or 0.
+# KEYS[1] the target's hash. ARGV: now, cooldown_s, ttl_ms. Returns 2 (closed), 1 (allowed: a probe) or 0.
 _ALLOW = """
 local h = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'probe_at')
 local state = h[1]
-if not state or state == 'closed' then return 1 end
+if not state or state == 'closed' then return 2 end
 local now, cooldown = tonumber(ARGV[1]), tonumber(ARGV[2])
 if state == 'open' then
   if h[2] and now - tonumber(h[2]) < cooldown then return 0 end
@@ -107,12 +112,13 @@ class RedisBreakers:
         self._record = self._client.register_script(_RECORD)
         self._down_until = 0.0
         self._warned_at = float("-inf")
+        self._closed_until: dict[str, float] = {}  # target → caller time until which "closed" is taken as read
 
     def _key(self, target: str) -> str:
         return f"{self._prefix}t:{target}"
 
     async def allow(self, target: str, now: float) -> bool:
-        if time.monotonic() < self._down_until:
+        if time.monotonic() < self._down_until or now < self._closed_until.get(target, float("-inf")):
             return True
         try:
             allowed = await self._allow(
@@ -121,6 +127,8 @@ class RedisBreakers:
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return True
+        if allowed == 2:
+            self._closed_until[target] = now + _CLOSED_READ_S
         return bool(allowed)
 
     async def record(self, target: str, ok: bool, now: float) -> str:
@@ -142,6 +150,8 @@ class RedisBreakers:
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return "unknown"
+        if state != "closed":
+            self._closed_until.pop(target, None)  # this process saw it open: stop answering from the read
         return str(state)
 
     def _failed(self, exc: Exception) -> None:
