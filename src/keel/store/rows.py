@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -37,8 +38,15 @@ def _dump(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value, default=str).decode()
 
 
+_trace_values = attrgetter(*(_ATTR.get(c, c) for c in TRACE_COLUMNS))  # one C call per record
+_JSON_AT = tuple(i for i, c in enumerate(TRACE_COLUMNS) if c in _JSON)
+
+
 def trace_to_row(r: TraceRecord) -> tuple[Any, ...]:
-    return tuple(_dump(getattr(r, c)) if c in _JSON else getattr(r, _ATTR.get(c, c)) for c in TRACE_COLUMNS)
+    row = list(_trace_values(r))
+    for i in _JSON_AT:
+        row[i] = _dump(row[i])
+    return tuple(row)
 
 
 def without_nul(row: tuple[Any, ...]) -> tuple[Any, ...]:

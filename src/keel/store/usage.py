@@ -102,12 +102,14 @@ def rollup(records: Iterable[TraceRecord]) -> tuple[dict[str, dict[Key, Acc]], d
     minute: dict[Key, Acc] = {}
     sessions: dict[Key, Acc] = {}
     width = len(MEASURES)
+    get = minute.get
     for r in records:
         pairs = _sparse(r)
         tenant = r.tenant or ""
         bucket = int(r.started_at // 60) * 60
         for dim, value in zip(_DIM_NAMES, ("", *_dim_values(r)), strict=True):
-            acc = minute.get(row := (dim, bucket, tenant, value or ""))
+            row = (dim, bucket, tenant, value or "")
+            acc = get(row)
             if acc is None:
                 acc = minute[row] = [0] * width
             for i, v in pairs:

@@ -203,10 +203,19 @@ class SqliteStore:
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            insert = (
-                conn.cursor().execute
-            )  # one cursor: its rowcount says whether the row went in; one writer at a time, so no lock order
-            inserted = [r for r in records if insert(_INSERT_TRACE, trace_to_row(r)).rowcount == 1]
+            # Under the write lock no other writer can add ids meanwhile: the ones not there yet go in now.
+            ids = list({r.id for r in records})
+            present: set[str] = set()
+            for i in range(0, len(ids), 900):  # within SQLite's bound-parameter limit
+                chunk = ids[i : i + 900]
+                sql = f"SELECT id FROM traces WHERE id IN ({','.join('?' * len(chunk))})"
+                present.update(row[0] for row in conn.execute(sql, chunk))
+            inserted: list[TraceRecord] = []
+            for r in records:
+                if r.id not in present:
+                    present.add(r.id)  # a batch may carry one id twice: the first one counts
+                    inserted.append(r)
+            conn.executemany(_INSERT_TRACE, [trace_to_row(r) for r in inserted])
             for sql, rows in usage.upserts(inserted, "?", "min", "max", ordered=False):
                 conn.executemany(sql, rows)
             conn.execute("COMMIT")
