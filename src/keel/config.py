@@ -147,7 +147,7 @@ class S3Config(_Model):
 
 class TracesConfig(_Model):
     queue_size: int = Field(10_000, ge=1)
-    batch_size: int = Field(2000, ge=1)  # a full batch shares rollup rows: fewer upserts per record
+    batch_size: int = Field(5000, ge=1)  # a full batch shares rollup rows: fewer upserts per record (bench/usage.py)
     flush_interval_ms: int = Field(50, ge=1)
     spill_dir: str = ".keel/spill"
     store_payloads: bool = True

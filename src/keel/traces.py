@@ -52,7 +52,7 @@ class TraceWriter:
         store: TraceStore,
         *,
         queue_size: int = 10_000,
-        batch_size: int = 2000,
+        batch_size: int = 5000,
         flush_interval: float = 0.05,
         spill_dir: str | Path = ".keel/spill",
         overflow_limit: int = 100_000,
