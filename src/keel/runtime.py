@@ -13,6 +13,7 @@ from keel.alert_rules import RuleEvaluator
 from keel.alerts import AlertSender
 from keel.cache import CachePolicy
 from keel.config import AliasCacheConfig, Config, WebhookConfig
+from keel.errors import ConfigError, ConfigIssue
 from keel.gateway.backpressure import Gates
 from keel.gateway.caching import CacheStage, TextEmbedder
 from keel.gateway.call import Call
@@ -306,9 +307,13 @@ def build_cache(config: Config, providers: dict[str, Provider]) -> CacheStage | 
     vectors = open_vectors(vectors_url, max_entries=c.max_entries)
     embedder: TextEmbedder
     if c.semantic.embedder == "local":
-        from keel.embedder import LocalEmbedder
+        from keel.embedder import LocalEmbedder, ModelNotInstalled
 
-        embedder = LocalTextEmbedder(LocalEmbedder())
+        try:
+            embedder = LocalTextEmbedder(LocalEmbedder())
+        except ModelNotInstalled as exc:
+            fix = "install it as the message says, or set cache.semantic.embedder to an embeddings alias"
+            raise ConfigError([ConfigIssue("cache.semantic.embedder", str(exc), fix)]) from None
     else:
         t = config.models[c.semantic.embedder].targets[0]
         embedder = AliasTextEmbedder(providers[t.provider], Target(t.provider, t.model))
