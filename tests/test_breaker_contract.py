@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 import pytest
 import redis
@@ -21,6 +20,7 @@ from keel.store.open import open_breakers
 from keel.store.protocols import BreakerPolicy, BreakerState, BreakerStore
 from keel.store.redis import RedisBreakers
 
+from .backends import Backend as Backends
 from .conftest import REDIS_URL
 
 POLICY = BreakerPolicy(failures=3, error_rate=0.5, window=10, min_calls=6, cooldown_s=30.0)
@@ -28,40 +28,17 @@ COOL = POLICY.cooldown_s
 T0 = 1_700_000_000.25  # wall-clock-like, so opened_at must survive the trip through Redis exactly
 A = "openai:gpt-4o"  # targets may contain the key separator
 B = "anthropic:claude"
-
-
-class Backend:
-    """Opens stores of one kind; runs a test body in one event loop and closes what it opened."""
-
-    def __init__(self, make: Callable[[BreakerPolicy], BreakerStore]) -> None:
-        self._make = make
-        self._opened: list[BreakerStore] = []
-
-    def open(self, policy: BreakerPolicy = POLICY) -> BreakerStore:
-        store = self._make(policy)
-        self._opened.append(store)
-        return store
-
-    def run(self, body: Callable[[], Awaitable[None]]) -> None:
-        async def main() -> None:
-            try:
-                await body()
-            finally:
-                for store in self._opened:
-                    await store.aclose()
-                self._opened.clear()
-
-        asyncio.run(main())
+Backend = Backends[BreakerStore, BreakerPolicy]
 
 
 def redis_backend(url: str, prefix: str) -> Backend:
-    return Backend(lambda policy: RedisBreakers(url, policy, prefix=prefix))
+    return Backend(lambda policy: RedisBreakers(url, policy, prefix=prefix), POLICY)
 
 
 @pytest.fixture(params=["memory", "redis"])
 def backend(request: pytest.FixtureRequest) -> Backend:
     if request.param == "memory":
-        return Backend(MemoryBreakers)
+        return Backend(MemoryBreakers, POLICY)
     return redis_backend(request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"))
 
 
@@ -305,7 +282,7 @@ def test_keys_expire_and_states_forgets_expired_targets(shared: Backend, redis_u
 
 
 def test_unreachable_redis_lets_calls_through_quickly(caplog: pytest.LogCaptureFixture) -> None:
-    unreachable = Backend(lambda policy: RedisBreakers("redis://127.0.0.1:1/0", policy))
+    unreachable = Backend(lambda policy: RedisBreakers("redis://127.0.0.1:1/0", policy), POLICY)
 
     async def body() -> None:
         b = unreachable.open()

@@ -13,7 +13,6 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,58 +24,36 @@ from keel.store.protocols import CacheEntry, CacheStore, VectorIndex
 from keel.store.redis_cache import RedisCache
 from keel.store.sqlite_vectors import SqliteVectors
 
+from .backends import Backend as Backends
+
 T = time.time()
 DIM = 16
-
-
-class Backend:
-    """Opens stores of one kind (several on one URL: a reopen); runs a body; closes what it opened."""
-
-    def __init__(self, name: str, make: Callable[[int], Any]) -> None:
-        self.name = name
-        self._make = make
-        self._opened: list[Any] = []
-
-    def open(self, max_entries: int = 1000) -> Any:
-        store = self._make(max_entries)
-        self._opened.append(store)
-        return store
-
-    def run(self, body: Callable[[], Awaitable[None]]) -> None:
-        async def main() -> None:
-            try:
-                await body()
-            finally:
-                for store in self._opened:
-                    await store.aclose()
-                self._opened.clear()
-
-        asyncio.run(main())
+Backend = Backends[Any, int]  # stores of either protocol, opened with a max_entries bound
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
 def caches(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "memory":
-        return Backend("memory", lambda n: open_cache("memory://", max_entries=n))
+        return Backend(lambda n: open_cache("memory://", max_entries=n), 1000, "memory")
     if request.param == "sqlite":
-        return Backend("sqlite", lambda n: open_cache(f"sqlite:///{tmp_path}/keel-cache.db", max_entries=n))
+        return Backend(lambda n: open_cache(f"sqlite:///{tmp_path}/keel-cache.db", max_entries=n), 1000, "sqlite")
     url, prefix = request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
-    return Backend("redis", lambda n: RedisCache(url, n, prefix=prefix))
+    return Backend(lambda n: RedisCache(url, n, prefix=prefix), 1000, "redis")
 
 
 @pytest.fixture(params=["memory", "sqlite", "pgvector", "memory-approx", "sqlite-approx"])
 def vectors(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """The `-approx` ones search every partition through signatures (approx_rows=0), however small."""
     if request.param == "memory":
-        return Backend("memory", lambda n: open_vectors("memory://", max_entries=n))
+        return Backend(lambda n: open_vectors("memory://", max_entries=n), 1000, "memory")
     if request.param == "sqlite":
-        return Backend("sqlite", lambda n: open_vectors(f"sqlite:///{tmp_path}/keel-cache.db", max_entries=n))
+        return Backend(lambda n: open_vectors(f"sqlite:///{tmp_path}/keel-cache.db", max_entries=n), 1000, "sqlite")
     if request.param == "memory-approx":
-        return Backend("memory", lambda n: MemoryVectors(n, approx_rows=0))
+        return Backend(lambda n: MemoryVectors(n, approx_rows=0), 1000, "memory")
     if request.param == "sqlite-approx":
-        return Backend("sqlite", lambda n: SqliteVectors(f"sqlite:///{tmp_path}/keel-cache.db", n, approx_rows=0))
+        return Backend(lambda n: SqliteVectors(f"sqlite:///{tmp_path}/keel-cache.db", n, approx_rows=0), 1000, "sqlite")
     url = request.getfixturevalue("pgvector_schema_url")
-    return Backend("pgvector", lambda n: open_vectors(url, max_entries=n))
+    return Backend(lambda n: open_vectors(url, max_entries=n), 1000, "pgvector")
 
 
 def entry(key: str, tenant: str = "acme", *, at: float = T, value: bytes | None = None, **kw: Any) -> CacheEntry:
@@ -147,7 +124,7 @@ def test_tenants_never_cross(caches: Backend) -> None:
 
 def test_least_recently_used_goes_first(caches: Backend) -> None:
     async def body() -> None:
-        store: CacheStore = caches.open(max_entries=3)
+        store: CacheStore = caches.open(3)  # max_entries
         for i, k in enumerate("abc"):
             await store.put(entry(k, at=T + i))
         assert await store.get("acme", "a", T + 3) is not None  # a is now more recent than b
@@ -162,7 +139,7 @@ def test_least_recently_used_goes_first(caches: Backend) -> None:
 
 def test_bound_holds_under_many_puts(caches: Backend) -> None:
     async def body() -> None:
-        store: CacheStore = caches.open(max_entries=40)
+        store: CacheStore = caches.open(40)  # max_entries
         for i in range(100):
             await store.put(entry(f"k{i}", "t1" if i % 2 else "t2", at=T + i))
         assert 38 <= await store.count() <= 40  # the SQLite backend evicts down to 95% of the bound
@@ -315,7 +292,7 @@ def test_add_replaces_the_key(vectors: Backend) -> None:
 
 def test_oldest_vectors_go_past_the_bound(vectors: Backend) -> None:
     async def body() -> None:
-        index: VectorIndex = vectors.open(max_entries=5)
+        index: VectorIndex = vectors.open(5)  # max_entries
         for i in range(8):
             await index.add("acme", "p" if i % 2 else "q", "m", f"k{i}", basis(i), T + 60)
         assert await index.count() == 5
@@ -381,7 +358,7 @@ def test_a_small_partition_beside_a_large_one_is_still_found(vectors: Backend) -
     crowd = [unit(1, *(0.05 * rng.gauss(0, 1) for _ in range(DIM - 1))) for _ in range(3000)]
 
     async def body() -> None:
-        index: VectorIndex = vectors.open(max_entries=10_000)
+        index: VectorIndex = vectors.open(10_000)  # max_entries
         for chunk in range(0, len(crowd), 100):
             await asyncio.gather(
                 *(
@@ -429,7 +406,7 @@ def test_near_duplicates_find_their_original(vectors: Backend) -> None:
     queries = [unit(*(a + 0.33 * b for a, b in zip(stored[i], rand_unit(rng), strict=True))) for i in picks]
 
     async def body() -> None:
-        index: VectorIndex = vectors.open(max_entries=2000)
+        index: VectorIndex = vectors.open(2000)  # max_entries
         for chunk in range(0, len(stored), 100):
             batch = enumerate(stored[chunk : chunk + 100], chunk)
             await asyncio.gather(*(index.add("acme", "p", "m", f"k{i}", v, T + 60) for i, v in batch))
@@ -447,7 +424,7 @@ def test_searches_during_a_purge_name_the_right_keys(vectors: Backend) -> None:
     vecs = [rand_unit(rng) for _ in range(2500)]  # memory: past THREAD_ROWS
 
     async def body() -> None:
-        index: VectorIndex = vectors.open(max_entries=5000)
+        index: VectorIndex = vectors.open(5000)  # max_entries
         for chunk in range(0, len(vecs), 100):
             batch = enumerate(vecs[chunk : chunk + 100], chunk)
             await asyncio.gather(*(index.add("a", "p", "m", f"k{i}", v, T + 60, f"u{i % 2}") for i, v in batch))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -23,9 +22,11 @@ from keel.store.open import open_limits
 from keel.store.protocols import Admission, Charge, LimitStore, LimitStoreUnavailable, Reservation, Window
 from keel.store.redis_limits import RedisLimits
 
+from .backends import Backend as Backends
 from .conftest import REDIS_URL
 
 LEASE_S = 30.0
+Backend = Backends[LimitStore, float]
 
 
 def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
@@ -44,38 +45,14 @@ def charge(window: Window, limit: float, amount: float = 1.0, counter: str | Non
     return Charge(counter or f"tenant=acme|{window}", window, limit, amount)
 
 
-class Backend:
-    """Opens stores of one kind; runs a test body in one event loop and closes what it opened."""
-
-    def __init__(self, make: Callable[[float], LimitStore]) -> None:
-        self._make = make
-        self._opened: list[LimitStore] = []
-
-    def open(self, lease_s: float = LEASE_S) -> LimitStore:
-        store = self._make(lease_s)
-        self._opened.append(store)
-        return store
-
-    def run(self, body: Callable[[], Awaitable[None]]) -> None:
-        async def main() -> None:
-            try:
-                await body()
-            finally:
-                for store in self._opened:
-                    await store.aclose()
-                self._opened.clear()
-
-        asyncio.run(main())
-
-
 def redis_backend(url: str, prefix: str) -> Backend:
-    return Backend(lambda lease_s: RedisLimits(url, prefix=prefix, lease_s=lease_s))
+    return Backend(lambda lease_s: RedisLimits(url, prefix=prefix, lease_s=lease_s), LEASE_S)
 
 
 @pytest.fixture(params=["memory", "redis"])
 def backend(request: pytest.FixtureRequest) -> Backend:
     if request.param == "memory":
-        return Backend(lambda lease_s: MemoryLimits(lease_s=lease_s))
+        return Backend(lambda lease_s: MemoryLimits(lease_s=lease_s), LEASE_S)
     return redis_backend(request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix"))
 
 
@@ -447,7 +424,7 @@ def test_keys_expire_and_minute_hashes_stay_small(shared: Backend, redis_url: st
 
 
 def test_unreachable_redis_raises_quickly_and_settling_never_raises(caplog: pytest.LogCaptureFixture) -> None:
-    unreachable = Backend(lambda lease_s: RedisLimits("redis://127.0.0.1:1/0", lease_s=lease_s))
+    unreachable = Backend(lambda lease_s: RedisLimits("redis://127.0.0.1:1/0", lease_s=lease_s), LEASE_S)
 
     async def body() -> None:
         s = unreachable.open()
