@@ -20,23 +20,15 @@ from __future__ import annotations
 import logging
 import time
 
-import redis.asyncio as aioredis
-from redis.asyncio.connection import BlockingConnectionPool
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from keel.store.protocols import CacheEntry
+from keel.store.redis_limits import connect
 
 log = logging.getLogger("keel.store.redis_cache")
 
-_TIMEOUT_S = 0.5
-_CONNECT_TIMEOUT_S = 1.0
 _HOLD_OFF_S = 1.0
 _WARN_EVERY_S = 10.0
-_POOL_SIZE = 32
-_POOL_WAIT_S = 0.5
 _PURGE_BATCH = 500
 
 # ARGV[1] the prefix. Deletes an entry and its ids in the sets.
@@ -107,7 +99,7 @@ class RedisCache:
             raise ValueError("max_entries must be at least 1")
         self._max = max_entries
         self._prefix = prefix
-        self._client = _connect(url)
+        self._client = connect(url, decode_responses=False)
         self._get = self._client.register_script(_GET)
         self._put = self._client.register_script(_PUT)
         self._purge = self._client.register_script(_PURGE)
@@ -192,17 +184,3 @@ class RedisCache:
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-def _connect(url: str) -> aioredis.Redis:
-    """A bounded pool, as the limit store's: a burst queues for a connection instead of opening hundreds."""
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=_POOL_SIZE,
-        timeout=_POOL_WAIT_S,
-        socket_timeout=_TIMEOUT_S,
-        socket_connect_timeout=_CONNECT_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        driver_info=None,
-    )
-    return aioredis.Redis.from_pool(pool)

@@ -150,7 +150,7 @@ class RedisLimits:
         self._prefix = prefix
         self._lease_s = lease_s
         self._lease_ttl = math.ceil(lease_s) + MINUTE_S
-        self._client = _connect(url)
+        self._client = connect(url)
         # Waiting for a connection is local congestion (a burst on a busy event loop), not Redis being
         # down: callers queue here, unbounded, and only Redis's own answer (or silence) fails them.
         self._slots = asyncio.Semaphore(_POOL_SIZE)
@@ -279,13 +279,14 @@ class RedisLimits:
         await self._client.aclose()
 
 
-def _connect(url: str) -> aioredis.Redis:
-    """A bounded pool: a burst of admissions queues for a connection instead of opening hundreds at once."""
+def connect(url: str, *, decode_responses: bool = True) -> aioredis.Redis:
+    """A bounded pool: a burst queues for a connection instead of opening hundreds at once. Shared by the
+    limit counters and the response cache (which reads bytes: decode_responses=False)."""
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=_POOL_SIZE,
         timeout=_POOL_WAIT_S,
-        decode_responses=True,
+        decode_responses=decode_responses,
         socket_timeout=_TIMEOUT_S,
         socket_connect_timeout=_CONNECT_TIMEOUT_S,
         # one immediate retry heals a pooled connection dropped by a Redis restart; a timeout is not retried
