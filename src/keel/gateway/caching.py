@@ -111,7 +111,7 @@ class CacheStage:
         request = call.request
         if isinstance(request, EmbeddingRequest):
             if policy.enabled and policy.embeddings:
-                return await self._embeddings(call, request, next)
+                return await self._embeddings(call, request, policy, next)
             return await next(call)
         if not cacheable(request, policy, call.cache_control):
             if policy.enabled:
@@ -243,7 +243,7 @@ class CacheStage:
 
     # ---- embeddings -------------------------------------------------------------------------------
 
-    async def _embeddings(self, call: Call, request: EmbeddingRequest, next: Handler) -> Reply:
+    async def _embeddings(self, call: Call, request: EmbeddingRequest, policy: CachePolicy, next: Handler) -> Reply:
         assert call.principal is not None and call.plan is not None
         directives, now, tenant = call.cache_control, time.time(), call.principal.tenant
         primary = call.plan.targets[0].key
@@ -271,7 +271,8 @@ class CacheStage:
         fresh = reply.embedding.vectors
         call.trace.cache = "miss" if not known else "partial"
         if directives.write and call.target is not None and call.target.key == primary:
-            self._spawn(self._keep_vectors(tenant, [keys[i] for i in missing], fresh, call.trace.user, now))
+            expires = now + policy.ttl_s  # the alias's TTL; a vector is never served stale
+            self._spawn(self._keep_vectors(tenant, [keys[i] for i in missing], fresh, call.trace.user, now, expires))
         if known:
             merged = dict(known) | dict(zip(missing, fresh, strict=True))
             reply.embedding = replace(reply.embedding, vectors=tuple(merged[i] for i in range(len(keys))))
@@ -279,13 +280,16 @@ class CacheStage:
         return reply
 
     async def _keep_vectors(
-        self, tenant: str, keys: list[str], vectors: Sequence[Sequence[float]], user: str | None, now: float
+        self,
+        tenant: str,
+        keys: list[str],
+        vectors: Sequence[Sequence[float]],
+        user: str | None,
+        now: float,
+        expires: float,
     ) -> None:
-        policy = self._default
         for key, vector in zip(keys, vectors, strict=True):
-            entry = CacheEntry(
-                tenant, key, encode_vector(vector), now, now + policy.ttl_s, now + policy.ttl_s, 0.0, user
-            )
+            entry = CacheEntry(tenant, key, encode_vector(vector), now, expires, expires, 0.0, user)
             try:
                 await self._store.put(entry)
             except Exception as exc:
