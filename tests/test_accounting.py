@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from keel.accounting import Price, PriceBook, price_from_config
+from keel.accounting import MAX_PRICE, Price, PriceBook, cost_of, price_from_config
+from keel.providers.base import MAX_TOKENS
 from keel.types import Usage
 
 # OpenAI-shaped: prompt 1000 of which 400 cached; completion 500 of which 200 reasoning.
@@ -119,3 +120,15 @@ def test_price_from_config_copies_every_field() -> None:
 def test_negative_price_is_refused() -> None:
     with pytest.raises(ValueError, match="input"):
         Price(input=-1.0, output=0.0)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e9])
+def test_a_price_that_is_not_finite_or_absurd_is_refused(value: float) -> None:
+    with pytest.raises(ValueError, match="output"):
+        Price(input=1.0, output=value)
+
+
+def test_a_cost_from_clamped_usage_is_bounded() -> None:
+    # The most a codec lets through (keel.providers.base.MAX_TOKENS per count) at the dearest price allowed.
+    top = Price(MAX_PRICE, MAX_PRICE)
+    assert cost_of(top, Usage(input_tokens=MAX_TOKENS, output_tokens=MAX_TOKENS)) == 2 * MAX_TOKENS * MAX_PRICE / 1e6

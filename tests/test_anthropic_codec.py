@@ -9,13 +9,14 @@ import pytest
 
 from keel.errors import ErrorKind, InvalidRequest, ProviderError
 from keel.providers.anthropic_messages import AnthropicCodec
-from keel.providers.base import Codec
+from keel.providers.base import Codec, token_cap
 from keel.types import (
     ChatEvent,
     ChatRequest,
     EmbeddingRequest,
     Finish,
     Message,
+    Note,
     Start,
     Target,
     Text,
@@ -433,9 +434,28 @@ def test_tool_stream_numbers_calls_and_skips_thinking() -> None:
     ]
 
 
-def test_stream_is_not_done_before_message_stop() -> None:
-    _, done = feed_all(TEXT_STREAM[:-1])
-    assert not done
+def test_a_stream_without_message_stop_is_complete_after_its_stop_reason() -> None:
+    decoder = CODEC.stream_decoder()
+    events = [e for p in TEXT_STREAM[:-1] for e in decoder.feed(p)]
+    assert decoder.done and events[-1] == Finish("stop")
+    assert decoder.close() == [UsageEvent(Usage(input_tokens=2060, output_tokens=30, cached_input_tokens=2048))]
+
+
+def test_a_stream_that_ends_before_its_stop_reason_is_a_protocol_error() -> None:
+    decoder = CODEC.stream_decoder()
+    for p in TEXT_STREAM[:-2]:
+        decoder.feed(p)
+    assert not decoder.done
+    with pytest.raises(ProviderError) as info:
+        decoder.close()
+    assert info.value.error_kind is ErrorKind.protocol
+
+
+def test_after_message_stop_close_owes_nothing() -> None:
+    decoder = CODEC.stream_decoder()
+    for p in TEXT_STREAM:
+        decoder.feed(p)
+    assert decoder.close() == []
 
 
 def test_stream_error_event_raises_with_its_kind() -> None:
@@ -448,11 +468,84 @@ def test_stream_error_event_raises_with_its_kind() -> None:
     assert not decoder.done
 
 
-@pytest.mark.parametrize("data", [b'{"type":"content_block_delta","index":0,', b'"message_stop"'])
-def test_malformed_stream_payload_is_a_protocol_error(data: bytes) -> None:
+MALFORMED = [b'{"type":"content_block_delta","index":0,', b'"message_stop"', b'{"type":"message_start","message":7}']
+
+
+@pytest.mark.parametrize("data", MALFORMED)
+def test_one_malformed_stream_event_is_skipped_and_noted(data: bytes) -> None:
+    decoder = CODEC.stream_decoder()
+    events = [e for p in [*TEXT_STREAM[:3], data, *TEXT_STREAM[3:]] for e in decoder.feed(p)]
+    assert decoder.done
+    assert Note("keel.malformed_events", "1") in events
+    assert [e for e in events if not isinstance(e, Note)] == feed_all(TEXT_STREAM)[0]
+
+
+def test_a_second_malformed_stream_event_is_a_protocol_error() -> None:
+    decoder = CODEC.stream_decoder()
+    decoder.feed(TEXT_STREAM[0])
+    decoder.feed(MALFORMED[0])
     with pytest.raises(ProviderError) as info:
-        CODEC.stream_decoder().feed(data)
-    assert info.value.error_kind is ErrorKind.protocol
+        decoder.feed(MALFORMED[1])
+    assert info.value.error_kind is ErrorKind.protocol and "2 malformed" in info.value.message
+
+
+# ---- what a 200 may not be ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        ({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "overloaded"),
+        ({"type": "error", "error": {"type": "rate_limit_error", "message": "Slow down"}}, "rate_limited"),
+        ({"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}}, "bad_request"),
+        ({"error": {"type": "api_error", "message": "boom"}}, "server"),
+        ({"id": "msg_1", "type": "message", "model": "m", "stop_reason": "end_turn"}, "protocol"),
+        ({"id": "msg_1", "type": "message", "content": None}, "protocol"),
+        ({"id": "msg_1", "content": "Hello"}, "protocol"),
+        ({}, "protocol"),
+    ],
+)
+def test_a_200_that_is_an_error_or_not_a_message_is_an_upstream_error(body: dict[str, Any], kind: str) -> None:
+    with pytest.raises(ProviderError) as info:
+        CODEC.decode_chat(orjson.dumps(body))
+    assert info.value.kind == kind
+    assert info.value.upstream_status == 200 or kind == "protocol"
+
+
+# ---- usage is checked ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected", "flagged"),
+    [
+        ({"input_tokens": 5, "output_tokens": 7}, Usage(5, 7), None),
+        ({"input_tokens": -5, "output_tokens": 7}, Usage(0, 7), "input_tokens=-5"),
+        ({"input_tokens": 5, "output_tokens": 1e30}, Usage(5, 10_000_000), "output_tokens=1e+30"),
+        ({"input_tokens": 5.5, "output_tokens": True}, Usage(5, 0), "input_tokens=5.5, output_tokens=True"),
+        (
+            {"input_tokens": "12", "cache_read_input_tokens": 2**62},
+            Usage(10_000_000, 0, 10_000_000),
+            "cache_read_input_tokens=4611686018427387904, input_tokens=12",
+        ),
+        ("lots", Usage(), "usage=lots"),
+    ],
+)
+def test_usage_counts_are_clamped_and_noted(usage: Any, expected: Usage, flagged: str | None) -> None:
+    body = {"id": "m", "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn", "usage": usage}
+    events = CODEC.decode_chat(orjson.dumps(body))
+    assert UsageEvent(expected) in events
+    notes = [e for e in events if isinstance(e, Note)]
+    if flagged is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and notes[0].tag == "keel.usage" and notes[0].value.startswith("clamped: " + flagged)
+
+
+def test_usage_beyond_twice_the_targets_window_is_clamped_to_it() -> None:
+    cap = token_cap(Target("anthropic", "claude", context_window=1000))
+    body = {"id": "m", "content": [], "stop_reason": "end_turn", "usage": {"input_tokens": 1999, "output_tokens": 2001}}
+    events = CODEC.decode_chat(orjson.dumps(body), cap)
+    assert UsageEvent(Usage(1999, 2000)) in events and Note("keel.usage", "clamped: output_tokens=2001") in events
 
 
 # ---- classify ---------------------------------------------------------------------------------

@@ -304,3 +304,10 @@ def test_error_message_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(path, env={})
     assert info.value.message.splitlines()[0] == f"{path}: 2 problems"
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 1e9, -1])
+def test_a_price_must_be_finite_and_sane(value: float) -> None:
+    raw = good()
+    raw["prices"]["llama"]["output"] = value
+    issue_at(problems(raw), "prices.llama.output")

@@ -289,6 +289,74 @@ def test_no_done(up: FakeUpstream) -> None:
     assert names[-1] == "message_delta"
 
 
+def test_malformed_at_several_chunks(up: FakeUpstream) -> None:
+    up.script(Script(text="a b c", malformed_at=(0, 2)))
+    frames = events(post(up, CHAT, {**HELLO, "stream": True})[2])
+    bad = [data for _, data in frames[1:-2] if not data.startswith('{"id')]
+    assert len(bad) == 2 and frames[-1] == (None, "[DONE]")
+
+
+def test_end_after_ends_the_body_cleanly_before_the_finish(up: FakeUpstream) -> None:
+    up.script(Script(text="a b c", end_after=2), Script(text="a b c", end_after=1))
+    _, headers, raw = post(up, CHAT, {**HELLO, "stream": True})
+    frames = events(raw)
+    assert "x-test-incomplete" not in headers
+    assert openai_text(frames) == "a b "
+    assert not any('"finish_reason": "stop"' in data for _, data in frames) and (None, "[DONE]") not in frames
+    _, headers, raw = post(up, MESSAGES, {**CLAUDE, "stream": True})
+    assert "x-test-incomplete" not in headers
+    assert [name for name, _ in events(raw)] == ["message_start", "content_block_start", "ping", "content_block_delta"]
+
+
+def test_error_in_200(up: FakeUpstream) -> None:
+    up.script(*[Script(error_in_200=529)] * 4)
+    status, _, raw = post(up, CHAT, HELLO)
+    assert status == 200 and json.loads(raw)["error"]["code"] == "overloaded"
+    status, _, raw = post(up, CHAT, {**HELLO, "stream": True})
+    assert status == 200 and [json.loads(data)["error"]["code"] for _, data in events(raw)] == ["overloaded"]
+    status, _, raw = post(up, MESSAGES, CLAUDE)
+    assert status == 200 and json.loads(raw)["error"]["type"] == "overloaded_error"
+    status, _, raw = post(up, MESSAGES, {**CLAUDE, "stream": True})
+    ((name, data),) = events(raw)
+    assert status == 200 and name == "error" and json.loads(data)["type"] == "error"
+
+
+def test_error_in_200_after_some_content(up: FakeUpstream) -> None:
+    up.script(Script(text="a b c", error_in_200=500, error_after=2, error_body={"error": {"message": "x"}}))
+    frames = events(post(up, CHAT, {**HELLO, "stream": True})[2])
+    assert openai_text(frames[:-1]) == "a b " and json.loads(frames[-1][1]) == {"error": {"message": "x"}}
+
+
+def test_body_override(up: FakeUpstream) -> None:
+    up.script(Script(body_override={"id": "x", "choices": []}), Script(body_override=b"not json"))
+    status, _, raw = post(up, CHAT, HELLO)
+    assert status == 200 and json.loads(raw) == {"id": "x", "choices": []}
+    assert post(up, CHAT, HELLO)[2] == b"not json"
+
+
+def test_bad_usage_is_merged_into_the_usage_as_sent(up: FakeUpstream) -> None:
+    up.script(
+        Script(bad_usage={"prompt_tokens": -5, "completion_tokens": 1e30}),
+        Script(bad_usage={"output_tokens": "12"}),
+        Script(bad_usage={"output_tokens": "12"}),
+    )
+    usage = json.loads(post(up, CHAT, HELLO)[2])["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (-5, 1e30)
+    assert json.loads(post(up, MESSAGES, CLAUDE)[2])["usage"]["output_tokens"] == "12"
+    frames = events(post(up, MESSAGES, {**CLAUDE, "stream": True})[2])
+    assert [json.loads(d)["usage"]["output_tokens"] for name, d in frames if name == "message_delta"] == ["12"]
+
+
+def test_echo_headers_quotes_the_request_headers_in_the_error(up: FakeUpstream) -> None:
+    up.script(Script(status=400, echo_headers=True))
+    conn = http.client.HTTPConnection("127.0.0.1", int(up.url.rsplit(":", 1)[1]), timeout=5)
+    conn.request("POST", CHAT, json.dumps(HELLO), {"Authorization": "Bearer sk-secret-123"})
+    response = conn.getresponse()
+    message = json.loads(response.read())["error"]["message"]
+    conn.close()
+    assert response.status == 400 and "Authorization: Bearer sk-secret-123" in message
+
+
 def test_reset(up: FakeUpstream) -> None:
     up.script(Script(reset=True))
     with pytest.raises(ConnectionError):

@@ -229,8 +229,8 @@ def test_slow_first_token_falls_back_invisibly(gw: Gateway, up: FakeUpstream, b:
     assert steps(t) == [("primary", "error", "timeout"), ("target", "ok", None)]
 
 
-def test_malformed_chunk_before_first_content_falls_back(gw: Gateway, up: FakeUpstream, b: FakeUpstream) -> None:
-    up.script(Script(malformed_at=0))
+def test_malformed_chunks_before_first_content_fall_back(gw: Gateway, up: FakeUpstream, b: FakeUpstream) -> None:
+    up.script(Script(malformed_at=(0, 1)))  # one is skipped; the second fails the stream
     served(ask(gw, stream=True), "target", "backup")
     assert steps(trace(gw)) == [("primary", "error", "protocol"), ("target", "ok", None)]
 
@@ -284,19 +284,21 @@ def test_stream_stall_raises_in_the_sdk(gw: Gateway, up: FakeUpstream, b: FakeUp
     assert "stalled" in t.error_message
 
 
-def test_malformed_chunk_after_first_content_raises_in_the_sdk(gw: Gateway, up: FakeUpstream, b: FakeUpstream) -> None:
-    up.script(Script(malformed_at=2))
+def test_malformed_chunks_after_first_content_raise_in_the_sdk(gw: Gateway, up: FakeUpstream, b: FakeUpstream) -> None:
+    up.script(Script(malformed_at=(2, 3)))
     text, err = broken_stream(gw)
     assert text == "echo: tell "
     assert isinstance(err.body, dict) and err.body["code"] == "protocol"
     assert (trace(gw).status, trace(gw).error_kind) == ("partial", "protocol")
 
 
-def test_a_stream_without_done_ends_in_an_error_event(gw: Gateway, up: FakeUpstream, b: FakeUpstream) -> None:
-    # Every word arrived, but the upstream never said the answer was whole: the client must not be told it was.
-    up.script(Script(no_done=True))
-    text, err = broken_stream(gw, finished=True)  # the upstream's finish_reason is relayed, then the error
-    assert text == ANSWER
+def test_a_stream_that_ends_before_its_finish_ends_in_an_error_event(
+    gw: Gateway, up: FakeUpstream, b: FakeUpstream
+) -> None:
+    # The body ended cleanly, but the upstream never said the answer was whole: the client must not be told it was.
+    up.script(Script(end_after=2))
+    text, err = broken_stream(gw)
+    assert text == "echo: tell "
     assert isinstance(err.body, dict) and err.body["code"] == "protocol"
     t = trace(gw)
     assert (t.status, t.error_kind) == ("partial", "protocol")
@@ -472,7 +474,7 @@ def test_fallback_accounting(gw: Gateway, up: FakeUpstream, b: FakeUpstream, str
 
 def test_a_failed_attempt_that_reported_usage_is_not_billed(gw: Gateway, up: FakeUpstream, b: FakeUpstream) -> None:
     # `claude_first`: the Anthropic target sends message_start (with its input usage), then breaks.
-    b.script(Script(malformed_at=0, usage={"prompt_tokens": 9999}), Script(model=SERVED_MODEL, usage=SERVED_USAGE))
+    b.script(Script(malformed_at=(0, 1), usage={"prompt_tokens": 9999}), Script(model=SERVED_MODEL, usage=SERVED_USAGE))
     answer = ask(gw, "claude_first", stream=True)
     assert answer.text == ANSWER and answer.headers["x-keel-model"] == SERVED_MODEL
     t = trace(gw)

@@ -13,6 +13,8 @@ price falls back to the plain input or output price:
 Each token bucket is clamped at >= 0 and the total is rounded to 10 decimals. Providers whose
 wire format counts differently (Anthropic reports cache tokens beside input) are converted to
 this convention by their codec, never here. A model with no price costs None, not 0.
+A cost is never absurd: codecs clamp token counts (keel.providers.base.counted), and a price is
+finite and at most MAX_PRICE.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from keel.types import Usage
 
 log = logging.getLogger("keel.accounting")
 
+MAX_PRICE = 100_000.0  # USD per million tokens; today's dearest models cost under $1,000
 _DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")  # -2024-08-06, -20250929
 
 
@@ -46,8 +49,10 @@ class Price:
     def __post_init__(self) -> None:
         for name in ("input", "output", "cached_input", "cache_write", "reasoning"):
             value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"price {name} must be >= 0, got {value}")
+            if value is not None and not 0 <= value <= MAX_PRICE:  # NaN fails too
+                raise ValueError(
+                    f"price {name} must be between 0 and {MAX_PRICE:g} USD per million tokens, got {value}"
+                )
 
 
 class PriceFields(Protocol):

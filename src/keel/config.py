@@ -119,11 +119,13 @@ class ResilienceConfig(_Model):
 
 
 class PriceConfig(_Model):
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
-    cached_input: float | None = Field(None, ge=0)
-    cache_write: float | None = Field(None, ge=0)
-    reasoning: float | None = Field(None, ge=0)
+    """USD per million tokens: finite, 0 to 100,000 (keel.accounting.MAX_PRICE)."""
+
+    input: float = Field(ge=0, le=100_000, allow_inf_nan=False)
+    output: float = Field(ge=0, le=100_000, allow_inf_nan=False)
+    cached_input: float | None = Field(None, ge=0, le=100_000, allow_inf_nan=False)
+    cache_write: float | None = Field(None, ge=0, le=100_000, allow_inf_nan=False)
+    reasoning: float | None = Field(None, ge=0, le=100_000, allow_inf_nan=False)
 
 
 class StorageConfig(_Model):

@@ -12,6 +12,7 @@ only the credential detectors: they are identifiers people choose, and usage rol
 `Redactor.scrub` never mutates the record it is given (the writer and exporter threads read the same
 one): it returns a redacted copy tagged `keel.redacted=<kinds>`, or the record itself when nothing
 matched. If redaction itself fails, the payload fields are withheld rather than stored as they are.
+`Credentials` redacts free text (an upstream's error message) of credentials only, under any policy.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from keel.catalog import CATALOG
 from keel.config import Config, CustomDetectorConfig, Detector, RedactionConfig
 from keel.types import TraceRecord
 
@@ -32,7 +35,7 @@ log = logging.getLogger("keel.redaction")
 
 TAG = "keel.redacted"  # on a redacted record: the kinds that were replaced, comma-separated
 PLACEHOLDER = "[REDACTED:{}]"
-_CREDENTIALS: frozenset[str] = frozenset({"api_keys", "secrets"})
+_CREDENTIALS: tuple[Detector, ...] = ("api_keys", "secrets")
 
 Replace = Callable[[str, str], str | None]  # (matched text, kind) → replacement, or None to keep it
 
@@ -257,8 +260,8 @@ class Redactor:
     """Per-tenant policies, compiled once; `scrub` a record, or `redact` any JSON-shaped value."""
 
     def __init__(self, cfg: RedactionConfig, secrets: Iterable[str] = ()) -> None:
-        exact = sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True)
-        always = [VIRTUAL_KEY, *(Rule("api_key", re.escape(s), triggers=(s,)) for s in exact)]
+        always = _always(secrets)
+        self.credentials = Credentials(always=always)
         self._default = Policy(cfg.detectors, cfg.custom, always)
         self._tenants = {
             name: Policy(
@@ -319,9 +322,35 @@ class Redactor:
         return dataclasses.replace(record, **changes)
 
 
-def known_secrets(config: Config) -> list[str]:
-    """Credentials from keel.yaml that must never be stored, whatever the detectors say."""
+def _always(secrets: Iterable[str]) -> list[Rule]:
+    """Rules every policy applies: Keel's virtual keys by shape, and the known secrets exactly."""
+    exact = sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True)
+    return [VIRTUAL_KEY, *(Rule("api_key", re.escape(s), triggers=(s,)) for s in exact)]
+
+
+class Credentials:
+    """Redacts credentials in free text: the known secrets, virtual keys, and what the `api_keys` and
+    `secrets` detectors find (bearer tokens included), whatever the tenant policies enable. For text
+    Keel did not write, like an upstream's error message that echoes the request's headers."""
+
+    def __init__(self, secrets: Iterable[str] = (), *, always: list[Rule] | None = None) -> None:
+        rules = always if always is not None else _always(secrets)
+        self._rules = Policy(_CREDENTIALS, (), rules).credentials
+
+    def __call__(self, text: str) -> str:
+        lowered = text.lower()
+        rules = [c for c in self._rules if c.may_match(text, lowered)]
+        return _Pass().text(rules, text) if rules else text
+
+
+def known_secrets(config: Config, env: Mapping[str, str] = os.environ) -> list[str]:
+    """Credentials from keel.yaml (and provider keys it leaves to the environment) that must never be
+    stored or shown, whatever the detectors say."""
     found = [p.api_key for p in config.providers.values() if p.api_key]
+    for p in config.providers.values():
+        key_env = CATALOG[p.type].key_env if p.type in CATALOG else None
+        if not p.api_key and key_env and env.get(key_env):
+            found.append(env[key_env])
     found += [v for p in config.providers.values() for v in p.headers.values()]
     found += [s for s in (config.admin_token, config.otel.secret_key, config.otel.api_key) if s]
     found += [v for v in config.otel.headers.values()]

@@ -88,7 +88,9 @@ class Runtime:
         )
         authenticator = Authenticator(store, ttl=config.server.key_cache_ttl_s, poll=config.server.revocation_poll_s)
         sessions = Sessions()
-        providers = {name: build_provider(name, p, sessions) for name, p in config.providers.items()}
+        providers = {
+            name: build_provider(name, p, sessions, redact=redactor.credentials) for name, p in config.providers.items()
+        }
         prices = PriceBook.bundled({m: price_from_config(p) for m, p in config.prices.items()})
         r = config.resilience
         policy = RetryPolicy(

@@ -70,7 +70,8 @@ class Usage:
     reasoning_tokens: int = 0
 
 
-# Events a provider yields, in order: Start, then any Text/ToolCallDelta, then Finish, then Usage.
+# Events a provider yields, in order: Start, then any Text/ToolCallDelta, then Finish, then Usage;
+# a Note may come anywhere.
 @dataclass(frozen=True, slots=True)
 class Start:
     id: str
@@ -100,7 +101,16 @@ class UsageEvent:
     usage: Usage
 
 
-ChatEvent = Start | Text | ToolCallDelta | Finish | UsageEvent
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A fact about the attempt for its trace (a `keel.*` tag), e.g. that its usage was clamped; never
+    content, never shown to the client."""
+
+    tag: str
+    value: str
+
+
+ChatEvent = Start | Text | ToolCallDelta | Finish | UsageEvent | Note
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from keel.types import (
     EmbeddingRequest,
     EmbeddingResponse,
     Finish,
+    Note,
     Principal,
     RoutePlan,
     Start,
@@ -67,6 +68,7 @@ class Outcome:
     usage: Usage | None
     ttft_s: float | None  # from arrival to the first content event
     upstream_s: float  # time spent waiting on the provider
+    notes: dict[str, str] = field(default_factory=dict)  # the provider's Notes: `keel.*` trace tags
 
 
 class Reply:
@@ -90,6 +92,7 @@ class Reply:
         self.usage: Usage | None = embedding.usage if embedding else None
         self.first_token_at: float | None = None
         self.upstream_s = 0.0
+        self.notes: dict[str, str] = {}
 
     def on_done(self, callback: Callable[[Outcome], None]) -> None:
         self._callbacks.append(callback)
@@ -136,6 +139,9 @@ class Reply:
         elif isinstance(event, UsageEvent):
             self.usage = event.usage
             return
+        elif isinstance(event, Note):
+            self.notes[event.tag] = event.value
+            return
         if self.first_token_at is None:
             self.first_token_at = now
 
@@ -167,7 +173,7 @@ class Reply:
             return
         self._done = True
         ttft = None if self.first_token_at is None else self.first_token_at - self._t0
-        outcome = Outcome(status, error, self.response(), self.usage, ttft, self.upstream_s)
+        outcome = Outcome(status, error, self.response(), self.usage, ttft, self.upstream_s, self.notes)
         for callback in self._callbacks:
             callback(outcome)
 

@@ -19,9 +19,9 @@ from keel.gateway.backpressure import Gates
 from keel.gateway.call import Call, Outcome, Reply, no_events
 from keel.gateway.routing import estimate_prompt_tokens
 from keel.providers.base import Provider
-from keel.types import ChatEvent, EmbeddingRequest, Start, Target, Usage, UsageEvent
+from keel.types import ChatEvent, EmbeddingRequest, Note, Start, Target, Usage, UsageEvent
 
-_HEAD = (Start, UsageEvent)  # events that carry no content: a reply is not committed by them
+_HEAD = (Start, UsageEvent, Note)  # events that carry no content: a reply is not committed by them
 
 
 class Invoker:

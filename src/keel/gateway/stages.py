@@ -58,6 +58,8 @@ class TraceStage:
             }
         if r.model:
             record.model = r.model
+        if outcome.notes:
+            record.tags.update(outcome.notes)
         if outcome.status == "cancelled":
             record.status, record.error_kind = "partial", "client_closed"
         elif outcome.error is not None:

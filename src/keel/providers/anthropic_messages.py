@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from keel.errors import ErrorKind, InvalidRequest, ProviderError
-from keel.providers.base import Outbound, retry_after
+from keel.providers.base import MAX_TOKENS, Malformed, Outbound, counted, retry_after, usage_events
 from keel.providers.openai_chat import output_cap
 from keel.types import (
     JSON,
@@ -31,7 +31,6 @@ from keel.types import (
     ToolCall,
     ToolCallDelta,
     Usage,
-    UsageEvent,
 )
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI callers often omit it
@@ -203,48 +202,82 @@ def finish_reason(stop_reason: Any) -> str:
     return _FINISH.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
 
 
-def usage_from(u: Mapping[str, Any]) -> Usage:
-    """Anthropic counts uncached, cache-read and cache-written input apart; OpenAI sums them."""
-    read = u.get("cache_read_input_tokens") or 0
-    written = u.get("cache_creation_input_tokens") or 0
+def usage_from(u: Mapping[str, Any], cap: int = MAX_TOKENS, problems: list[str] | None = None) -> Usage:
+    """Anthropic counts uncached, cache-read and cache-written input apart; OpenAI sums them. Each count
+    is checked (`counted`); the clamped ones land in `problems`."""
+    found = problems if problems is not None else []
+    read = counted(u.get("cache_read_input_tokens"), cap, "cache_read_input_tokens", found)
+    written = counted(u.get("cache_creation_input_tokens"), cap, "cache_creation_input_tokens", found)
     return Usage(
-        input_tokens=(u.get("input_tokens") or 0) + read + written,
-        output_tokens=u.get("output_tokens") or 0,
+        input_tokens=counted(u.get("input_tokens"), cap, "input_tokens", found) + read + written,
+        output_tokens=counted(u.get("output_tokens"), cap, "output_tokens", found),
         cached_input_tokens=read,
         cache_write_tokens=written,
     )
 
 
-def events_from_message(data: JSON) -> list[ChatEvent]:
-    if data.get("type") == "error":
+def _usage_events(u: Any, cap: int) -> list[ChatEvent]:
+    problems: list[str] = []
+    if not isinstance(u, dict):
+        problems.append(f"usage={str(u)[:24]}")
+        u = {}
+    return usage_events(usage_from(u, cap, problems), problems)
+
+
+def events_from_message(data: JSON, cap: int = MAX_TOKENS) -> list[ChatEvent]:
+    """A whole answer's events. An error object, or a body that is not a message, is an upstream error
+    even under HTTP 200: passing it on as an empty answer would be a lie."""
+    if data.get("type") == "error" or data.get("error"):
         raise stream_error(data.get("error"))
-    events: list[ChatEvent] = [Start(data.get("id") or "", data.get("model") or "")]
-    blocks = [b for b in data.get("content") or () if isinstance(b, dict)]
-    text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
-    if text:
-        events.append(Text(text))
-    calls = [b for b in blocks if b.get("type") == "tool_use"]
-    for n, b in enumerate(calls):
-        events.append(ToolCallDelta(n, b.get("id"), b.get("name"), orjson.dumps(b.get("input") or {}).decode()))
-    events.append(Finish(finish_reason(data.get("stop_reason"))))
-    events.append(UsageEvent(usage_from(data.get("usage") or {})))
-    return events
+    if not isinstance(data.get("content"), list):
+        raise _protocol("Anthropic answer has no content list: it is not a message")
+    try:
+        events: list[ChatEvent] = [Start(data.get("id") or "", data.get("model") or "")]
+        blocks = [b for b in data["content"] if isinstance(b, dict)]
+        text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
+        if text:
+            events.append(Text(text))
+        calls = [b for b in blocks if b.get("type") == "tool_use"]
+        for n, b in enumerate(calls):
+            events.append(ToolCallDelta(n, b.get("id"), b.get("name"), orjson.dumps(b.get("input") or {}).decode()))
+        events.append(Finish(finish_reason(data.get("stop_reason"))))
+        return events + _usage_events(data.get("usage") or {}, cap)
+    except (AttributeError, TypeError):
+        raise _protocol("Anthropic answer is not shaped like a message") from None
+
+
+def _protocol(message: str) -> ProviderError:
+    return ProviderError(ErrorKind.protocol, message)
 
 
 class AnthropicStreamDecoder:
-    """Turns Messages SSE events into ChatEvents; tool calls are numbered from 0 in arrival order."""
+    """Turns Messages SSE events into ChatEvents; tool calls are numbered from 0 in arrival order.
 
-    __slots__ = ("_argless", "_tools", "_usage", "done")
+    Complete once message_delta has given a stop reason (message_stop, which carries the usage, may
+    then be missing: the usage is sent at the end). A malformed event is skipped once (`Malformed`)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_argless", "_cap", "_malformed", "_stopped", "_tools", "_usage", "done")
+
+    def __init__(self, cap: int = MAX_TOKENS) -> None:
         self.done = False
+        self._stopped = False  # message_stop seen: the usage is out
+        self._cap = cap
+        self._malformed = Malformed()
         self._usage: JSON = {}  # message_start's counts, overwritten by message_delta's cumulative ones
         self._tools: dict[int, int] = {}  # content block index -> tool call index
         self._argless: set[int] = set()  # tool calls that have streamed no argument text yet
 
     def feed(self, data: bytes) -> list[ChatEvent]:
-        event = _load(data, "stream event")
-        kind = event.get("type")
+        try:
+            event = orjson.loads(data)
+            kind = event.get("type")
+            if kind == "error" or event.get("error"):  # `event: error`, even without its type field
+                raise stream_error(event.get("error"))
+            return self._event(kind, event)
+        except (ValueError, TypeError, AttributeError):  # orjson.JSONDecodeError is a ValueError
+            return self._malformed.skip(data, "Anthropic stream event")
+
+    def _event(self, kind: Any, event: JSON) -> list[ChatEvent]:
         if kind == "message_start":
             message = event.get("message") or {}
             self._record(message.get("usage"))
@@ -258,13 +291,17 @@ class AnthropicStreamDecoder:
         if kind == "message_delta":
             self._record(event.get("usage"))
             reason = (event.get("delta") or {}).get("stop_reason")
+            self.done = self.done or bool(reason)
             return [Finish(finish_reason(reason))] if reason else []
         if kind == "message_stop":
-            self.done = True
-            return [UsageEvent(usage_from(self._usage))]
-        if kind == "error":
-            raise stream_error(event.get("error"))
+            self.done = self._stopped = True
+            return _usage_events(self._usage, self._cap)
         return []  # ping, and event types Anthropic may add
+
+    def close(self) -> list[ChatEvent]:
+        if not self.done:
+            raise _protocol("upstream stream ended before the answer finished (no stop reason)")
+        return [] if self._stopped else _usage_events(self._usage, self._cap)
 
     def _record(self, usage: Any) -> None:
         if isinstance(usage, dict):
@@ -338,10 +375,10 @@ def _error_fields(error: Any) -> tuple[str, str]:
 
 
 def stream_error(error: Any) -> ProviderError:
-    """An error Anthropic sent after answering 200, e.g. overloaded_error mid-stream."""
+    """An error Anthropic sent after answering 200 (in the body, or mid-stream, e.g. overloaded_error)."""
     error_type, message = _error_fields(error)
     kind = error_kind(None, error_type, message)
-    return ProviderError(kind, message or f"upstream stream error: {error_type or 'unknown'}")
+    return ProviderError(kind, message or f"upstream error: {error_type or 'unknown'}", status=200)
 
 
 def classify(status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
@@ -365,11 +402,11 @@ class AnthropicCodec:
     def encode_chat(self, request: ChatRequest, target: Target, stream: bool) -> Outbound:
         return Outbound("/messages", orjson.dumps(request_json(request, target.model, stream)))
 
-    def decode_chat(self, body: bytes) -> list[ChatEvent]:
-        return events_from_message(_load(body, "answer"))
+    def decode_chat(self, body: bytes, cap: int = MAX_TOKENS) -> list[ChatEvent]:
+        return events_from_message(_load(body, "answer"), cap)
 
-    def stream_decoder(self) -> AnthropicStreamDecoder:
-        return AnthropicStreamDecoder()
+    def stream_decoder(self, cap: int = MAX_TOKENS) -> AnthropicStreamDecoder:
+        return AnthropicStreamDecoder(cap)
 
     def encode_embed(self, request: EmbeddingRequest, target: Target) -> Outbound:
         raise _no_embeddings()

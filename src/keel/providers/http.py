@@ -2,6 +2,8 @@
 
 Sessions are shared per (scheme, host, port) through `Sessions`, so every provider row pointing at
 one host reuses one connection pool. Tests inject a connector through `Sessions(connector_factory)`.
+Every error leaves through `_own`, which redacts the upstream's text (`redact`): this is where
+upstream words enter Keel, so API errors, stream error events, traces and logs all get it clean.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from keel.errors import ErrorKind, InvalidRequest, ProviderError
-from keel.providers.base import Codec, Outbound
+from keel.providers.base import Codec, Outbound, token_cap
 from keel.types import ChatEvent, ChatRequest, EmbeddingRequest, EmbeddingResponse, Target
 
 
@@ -54,8 +56,10 @@ class HttpProvider:
         region: str | None = None,
         connect_timeout: float = 5.0,
         timeout: float = 600.0,
+        redact: Callable[[str], str],
     ) -> None:
         self.name = name
+        self._redact = redact  # credentials out of upstream text (keel.redaction.Credentials)
         self.region = region
         self._codec = codec
         self._base = base_url.rstrip("/")
@@ -76,14 +80,21 @@ class HttpProvider:
         if resp.status >= 400:
             body = await self._read(resp)
             err = self._codec.classify(resp.status, body, resp.headers)
-            err.provider = self.name
             if err.error_kind is ErrorKind.auth:  # the upstream's text may echo part of our key
                 err.message = (
                     f"The upstream '{self.name}' rejected Keel's credentials; check providers.{self.name}.api_key."
                 )
-                err.args = (err.message,)
-            raise err
+            raise self._own(err)
         return resp
+
+    def _own(self, err: ProviderError) -> ProviderError:
+        """`err` as this provider's, with the upstream's words redacted."""
+        err.provider = self.name
+        err.message = self._redact(err.message)
+        err.args = (err.message,)
+        if err.param:
+            err.param = self._redact(err.param)
+        return err
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         try:
@@ -104,30 +115,33 @@ class HttpProvider:
         except InvalidRequest as exc:  # this wire format cannot carry the request: another target may
             raise ProviderError(ErrorKind.bad_request, exc.message, provider=self.name, param=exc.param) from None
         resp = await self._send(out)
-        if not request.stream:
-            for event in self._codec.decode_chat(await self._read(resp)):
-                yield event
-            return
-        decoder = self._codec.stream_decoder()
+        cap = token_cap(target)
         try:
+            if not request.stream:
+                for event in self._codec.decode_chat(await self._read(resp), cap):
+                    yield event
+                return
+            decoder = self._codec.stream_decoder(cap)
             async for data in _sse_data(resp):
                 for event in decoder.feed(data):
                     yield event
+            for event in decoder.close():  # the body ended: complete only if the answer finished
+                yield event
         except ProviderError as err:
-            err.provider = self.name
-            raise
+            raise self._own(err) from None
         except TimeoutError:
             raise self._error(ErrorKind.timeout, "upstream stream timed out") from None
         except aiohttp.ClientError as exc:
             raise self._error(ErrorKind.network, f"upstream stream broke: {type(exc).__name__}") from None
         finally:
             resp.release()
-        if not decoder.done:
-            raise self._error(ErrorKind.protocol, "upstream stream ended without its end marker")
 
     async def embed(self, request: EmbeddingRequest, target: Target) -> EmbeddingResponse:
         resp = await self._send(self._codec.encode_embed(request, target))
-        return self._codec.decode_embed(await self._read(resp))
+        try:
+            return self._codec.decode_embed(await self._read(resp))
+        except ProviderError as err:
+            raise self._own(err) from None
 
     async def aclose(self) -> None:
         return None  # sessions are owned by `Sessions`

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from keel.errors import ErrorKind, InvalidRequest, ProviderError
-from keel.providers.base import Outbound, retry_after
+from keel.providers.base import MAX_TOKENS, Malformed, Outbound, counted, retry_after, usage_events
 from keel.types import (
     JSON,
     ChatEvent,
@@ -29,7 +29,6 @@ from keel.types import (
     ToolCall,
     ToolCallDelta,
     Usage,
-    UsageEvent,
 )
 
 _KNOWN = frozenset(
@@ -207,61 +206,93 @@ def message_json(m: Message) -> JSON:
 # ---- upstream JSON -> events ------------------------------------------------------------------
 
 
-def usage_from(u: JSON | None) -> Usage | None:
+def usage_from(u: Any, cap: int = MAX_TOKENS, problems: list[str] | None = None) -> Usage | None:
+    """Usage in Keel's convention, each count checked (`counted`); the clamped ones land in `problems`."""
     if not u:
         return None
-    prompt = u.get("prompt_tokens_details") or {}
-    completion = u.get("completion_tokens_details") or {}
+    found = problems if problems is not None else []
+    if not isinstance(u, dict):
+        found.append(f"usage={str(u)[:24]}")
+        return Usage()
+    prompt = _object(u.get("prompt_tokens_details"))
+    completion = _object(u.get("completion_tokens_details"))
     return Usage(
-        input_tokens=u.get("prompt_tokens") or 0,
-        output_tokens=u.get("completion_tokens") or 0,
-        cached_input_tokens=prompt.get("cached_tokens") or 0,
-        cache_write_tokens=prompt.get("cache_write_tokens") or 0,
-        reasoning_tokens=completion.get("reasoning_tokens") or 0,
+        input_tokens=counted(u.get("prompt_tokens"), cap, "prompt_tokens", found),
+        output_tokens=counted(u.get("completion_tokens"), cap, "completion_tokens", found),
+        cached_input_tokens=counted(prompt.get("cached_tokens"), cap, "cached_tokens", found),
+        cache_write_tokens=counted(prompt.get("cache_write_tokens"), cap, "cache_write_tokens", found),
+        reasoning_tokens=counted(completion.get("reasoning_tokens"), cap, "reasoning_tokens", found),
     )
 
 
-def events_from_response(data: JSON) -> list[ChatEvent]:
-    events: list[ChatEvent] = [Start(data.get("id") or "", data.get("model") or "")]
-    choices = data.get("choices") or []
-    if choices:
-        msg = choices[0].get("message") or {}
+def _object(value: Any) -> JSON:
+    return value if isinstance(value, dict) else {}
+
+
+def _usage_events(u: Any, cap: int) -> list[ChatEvent]:
+    problems: list[str] = []
+    usage = usage_from(u, cap, problems)
+    return [] if usage is None else usage_events(usage, problems)
+
+
+def events_from_response(data: Any, cap: int = MAX_TOKENS) -> list[ChatEvent]:
+    """A whole answer's events. An error object, or no choice to answer with, is an upstream error even
+    under HTTP 200: passing it on as an empty completion would be a lie."""
+    if not isinstance(data, dict):
+        raise _protocol("upstream answer is not a JSON object")
+    if data.get("error"):
+        raise error_from(data["error"], 200)
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise _protocol("upstream answer has no choices")
+    msg = choices[0].get("message")
+    if not isinstance(msg, dict):
+        raise _protocol("upstream answer's choice has no message")
+    try:
+        events: list[ChatEvent] = [Start(data.get("id") or "", data.get("model") or "")]
         if msg.get("content"):
             events.append(Text(msg["content"]))
         for i, c in enumerate(msg.get("tool_calls") or []):
             fn = c.get("function") or {}
             events.append(ToolCallDelta(i, c.get("id"), fn.get("name"), fn.get("arguments") or ""))
         events.append(Finish(choices[0].get("finish_reason") or "stop"))
-    usage = usage_from(data.get("usage"))
-    if usage is not None:
-        events.append(UsageEvent(usage))
-    return events
+        return events + _usage_events(data.get("usage"), cap)
+    except (AttributeError, TypeError):
+        raise _protocol("upstream answer is not shaped like a chat completion") from None
+
+
+def _protocol(message: str) -> ProviderError:
+    return ProviderError(ErrorKind.protocol, message)
 
 
 class OpenAIStreamDecoder:
-    __slots__ = ("_started", "done")
+    """Chunks → events. Complete once a finish reason (or `[DONE]` after content) has come; a chunk that
+    is not JSON or not shaped like one is malformed (`Malformed`: one is skipped, two fail the stream)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_cap", "_content", "_malformed", "_started", "done")
+
+    def __init__(self, cap: int = MAX_TOKENS) -> None:
         self.done = False
         self._started = False
+        self._content = False
+        self._cap = cap
+        self._malformed = Malformed()
 
     def feed(self, data: bytes) -> list[ChatEvent]:
         if data == b"[DONE]":
-            self.done = True
+            self.done = self.done or self._content
             return []
         try:
             chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise ProviderError(ErrorKind.protocol, f"malformed stream chunk: {data[:80]!r}") from None
-        if not isinstance(chunk, dict):
-            raise ProviderError(ErrorKind.protocol, "stream chunk is not an object")
-        if "error" in chunk:
-            err = chunk["error"] or {}
-            raise ProviderError(ErrorKind.server, f"upstream stream error: {err.get('message', err)}")
-        events: list[ChatEvent] = []
-        if not self._started:
-            self._started = True
-            events.append(Start(chunk.get("id") or "", chunk.get("model") or ""))
+            if chunk.get("error"):
+                raise error_from(chunk["error"], 200)
+            return self._events(chunk)
+        except (ValueError, TypeError, AttributeError):  # orjson.JSONDecodeError is a ValueError
+            return self._malformed.skip(data, "stream chunk")
+
+    def _events(self, chunk: JSON) -> list[ChatEvent]:
+        events: list[ChatEvent] = [] if self._started else [Start(chunk.get("id") or "", chunk.get("model") or "")]
+        head = len(events)
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             if delta.get("content"):
@@ -271,10 +302,17 @@ class OpenAIStreamDecoder:
                 events.append(ToolCallDelta(c.get("index", 0), c.get("id"), fn.get("name"), fn.get("arguments") or ""))
             if choice.get("finish_reason"):
                 events.append(Finish(choice["finish_reason"]))
-        usage = usage_from(chunk.get("usage"))
-        if usage is not None:
-            events.append(UsageEvent(usage))
+                self.done = True
+        self._started = True
+        self._content = self._content or len(events) > head
+        if chunk.get("usage"):
+            events += _usage_events(chunk["usage"], self._cap)
         return events
+
+    def close(self) -> list[ChatEvent]:
+        if not self.done:
+            raise _protocol("upstream stream ended before the answer finished (no finish reason)")
+        return []
 
 
 # ---- errors -----------------------------------------------------------------------------------
@@ -287,26 +325,51 @@ _STATUS_KIND |= {
     504: ErrorKind.timeout,
     529: ErrorKind.overloaded,
 }
+# An error object's own `code` or `type`, for errors that come under HTTP 200 (in a body or a stream).
+_CODE_KIND = {"rate_limit_exceeded": ErrorKind.rate_limited, "rate_limit_error": ErrorKind.rate_limited}
+_CODE_KIND |= {"requests": ErrorKind.rate_limited, "tokens": ErrorKind.rate_limited}
+_CODE_KIND |= {"overloaded": ErrorKind.overloaded, "overloaded_error": ErrorKind.overloaded}
+_CODE_KIND |= {"service_unavailable": ErrorKind.overloaded, "timeout": ErrorKind.timeout}
+_CODE_KIND |= {"server_error": ErrorKind.server, "api_error": ErrorKind.server, "internal_error": ErrorKind.server}
+_CODE_KIND |= {"invalid_request_error": ErrorKind.bad_request, "invalid_api_key": ErrorKind.auth}
+_CODE_KIND |= {"authentication_error": ErrorKind.auth, "permission_error": ErrorKind.auth}
+_CODE_KIND |= {"model_not_found": ErrorKind.not_found, "not_found_error": ErrorKind.not_found}
 
 
-def classify(status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
-    message, code, param = f"upstream answered HTTP {status}", "", None
-    try:
-        err = orjson.loads(body).get("error") or {}
-        if isinstance(err, dict):
-            message = str(err.get("message") or message)
-            code = str(err.get("code") or err.get("type") or "")
-            param = err.get("param")
-        elif isinstance(err, str):
-            message = err
-    except (orjson.JSONDecodeError, AttributeError):
-        pass
-    kind = _STATUS_KIND.get(status, ErrorKind.server if status >= 500 else ErrorKind.bad_request)
+def error_from(err: Any, status: int) -> ProviderError:
+    """A ProviderError from an OpenAI-style error object (or string) that came with HTTP `status`.
+
+    Under a 200 the HTTP status says nothing: the object's numeric code (some servers put the HTTP
+    status there), then its `code` or `type`, decide; an unknown error is a server error.
+    """
+    message, code, param, said = f"upstream answered HTTP {status}", "", None, status
+    if isinstance(err, dict):
+        message = str(err.get("message") or message)
+        code = str(err.get("code") or err.get("type") or "")
+        param = None if err.get("param") is None else str(err["param"])
+        if status < 400:
+            said = next((v for v in (err.get("code"), err.get("status")) if type(v) is int and v >= 400), status)
+    elif isinstance(err, str) and err:
+        message = err
+    if said >= 400:
+        kind = _STATUS_KIND.get(said, ErrorKind.server if said >= 500 else ErrorKind.bad_request)
+    else:
+        kind = _CODE_KIND.get(code, ErrorKind.server)
     if "context_length" in code or "maximum context length" in message:
         kind = ErrorKind.context_length
     elif "content_filter" in code or "content_policy" in code:
         kind = ErrorKind.content_filter
-    return ProviderError(kind, message, status=status, retry_after=retry_after(headers), param=param)
+    return ProviderError(kind, message, status=status, param=param)
+
+
+def classify(status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    err = error_from(data.get("error") if isinstance(data, dict) else None, status)
+    err.retry_after = retry_after(headers)
+    return err
 
 
 # ---- the codec --------------------------------------------------------------------------------
@@ -327,15 +390,15 @@ class OpenAIChatCodec:
         body = request_json(request, target.model, stream, self._stream_usage)
         return Outbound(self._path(target, "chat/completions"), orjson.dumps(body))
 
-    def decode_chat(self, body: bytes) -> list[ChatEvent]:
+    def decode_chat(self, body: bytes, cap: int = MAX_TOKENS) -> list[ChatEvent]:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise ProviderError(ErrorKind.protocol, "upstream answered with invalid JSON") from None
-        return events_from_response(data)
+            raise _protocol("upstream answered with invalid JSON") from None
+        return events_from_response(data, cap)
 
-    def stream_decoder(self) -> OpenAIStreamDecoder:
-        return OpenAIStreamDecoder()
+    def stream_decoder(self, cap: int = MAX_TOKENS) -> OpenAIStreamDecoder:
+        return OpenAIStreamDecoder(cap)
 
     def encode_embed(self, request: EmbeddingRequest, target: Target) -> Outbound:
         body = {"model": target.model, "input": list(request.inputs), **request.extra}
@@ -349,7 +412,8 @@ class OpenAIChatCodec:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise ProviderError(ErrorKind.protocol, "upstream embeddings answer is malformed") from None
         u = data.get("usage") or {}
-        return EmbeddingResponse(data.get("model") or "", vectors, Usage(input_tokens=u.get("prompt_tokens") or 0))
+        tokens = counted(u.get("prompt_tokens") if isinstance(u, dict) else None, MAX_TOKENS, "prompt_tokens", [])
+        return EmbeddingResponse(data.get("model") or "", vectors, Usage(input_tokens=tokens))
 
     classify = staticmethod(classify)
 

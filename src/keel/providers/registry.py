@@ -11,6 +11,7 @@ from keel.providers.base import Codec, Provider
 from keel.providers.http import HttpProvider, Sessions
 from keel.providers.openai_chat import OpenAIChatCodec
 from keel.providers.simulated import SimulatedProvider
+from keel.redaction import Credentials
 
 
 def _anthropic(row: CatalogRow, cfg: ProviderConfig) -> Codec:
@@ -32,7 +33,14 @@ _AUTH: dict[str, Callable[[str], dict[str, str]]] = {
 }
 
 
-def build_provider(name: str, cfg: ProviderConfig, sessions: Sessions, env: Mapping[str, str] = os.environ) -> Provider:
+def build_provider(
+    name: str,
+    cfg: ProviderConfig,
+    sessions: Sessions,
+    env: Mapping[str, str] = os.environ,
+    redact: Callable[[str], str] | None = None,
+) -> Provider:
+    """`redact` cleans the upstream's error text; by default of this provider's own credentials."""
     row = CATALOG[cfg.type]
     if row.wire == "simulated":
         return SimulatedProvider(
@@ -50,6 +58,8 @@ def build_provider(name: str, cfg: ProviderConfig, sessions: Sessions, env: Mapp
     base_url = cfg.base_url or row.base_url
     assert base_url is not None  # config checking refuses a row without one
     codec = _CODECS[row.wire](row, cfg)
+    if redact is None:
+        redact = Credentials([key, *cfg.headers.values()])
     return HttpProvider(
         name,
         codec,
@@ -59,4 +69,5 @@ def build_provider(name: str, cfg: ProviderConfig, sessions: Sessions, env: Mapp
         region=cfg.region,
         connect_timeout=cfg.connect_timeout_s,
         timeout=cfg.timeout_s,
+        redact=redact,
     )

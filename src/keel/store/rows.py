@@ -1,4 +1,10 @@
-"""Row mapping shared by the SQL backends: one column order, one JSON encoding."""
+"""Row mapping shared by the SQL backends: one column order, one JSON encoding, storable numbers.
+
+A trace's numbers are made storable before they reach a column or a rollup (`storable_count`,
+`storable_amount`), the same way for both, so rollups still equal the sums over the trace rows: a
+count beyond PostgreSQL's INTEGER or not an int, or an amount that is NaN or infinite, would
+otherwise fail its whole batch or poison every sum over its window.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,10 @@ TRACE_COLUMNS = (
     "route", "attempt_log", "fallback", "prompt_version", "cache", "cache_saved_usd", "payload_blob",
 )  # fmt: skip
 _JSON = frozenset({"tags", "request", "response", "route", "attempt_log"})
+_COUNTS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
+_AMOUNTS = ("cost_usd", "latency_ms", "ttft_ms", "overhead_ms", "cache_saved_usd")
+TOKENS_MAX = 2**31 - 1  # PostgreSQL INTEGER, the traces' token columns
+AMOUNT_MAX = 1e15  # USD or ms in one trace: beyond any real call, and sums of them stay finite
 _ATTR = {"user_id": "user"}
 
 TENANT_COLUMNS = ("name", "created_at", "regions")
@@ -40,13 +50,36 @@ def _dump(value: Any) -> str | None:
 
 _trace_values = attrgetter(*(_ATTR.get(c, c) for c in TRACE_COLUMNS))  # one C call per record
 _JSON_AT = tuple(i for i, c in enumerate(TRACE_COLUMNS) if c in _JSON)
+_COUNTS_AT = tuple(TRACE_COLUMNS.index(c) for c in _COUNTS)
+_AMOUNTS_AT = tuple(TRACE_COLUMNS.index(c) for c in _AMOUNTS)
 
 
 def trace_to_row(r: TraceRecord) -> tuple[Any, ...]:
     row = list(_trace_values(r))
     for i in _JSON_AT:
         row[i] = _dump(row[i])
+    for i in _COUNTS_AT:
+        row[i] = storable_count(row[i])
+    for i in _AMOUNTS_AT:
+        row[i] = storable_amount(row[i])
     return tuple(row)
+
+
+def storable_count(value: Any) -> int | None:
+    """A token count as stored: an int in [0, TOKENS_MAX] (a float or out-of-range int clamped, anything
+    else 0); None stays None."""
+    if value is None or (type(value) is int and 0 <= value <= TOKENS_MAX):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return 0
+    return int(max(0, min(value, TOKENS_MAX)))
+
+
+def storable_amount(value: Any) -> float | None:
+    """USD or milliseconds as stored: a float in [-AMOUNT_MAX, AMOUNT_MAX]; NaN and non-numbers are None."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return None
+    return float(max(-AMOUNT_MAX, min(value, AMOUNT_MAX)))
 
 
 def without_nul(row: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -8,7 +8,9 @@ dim '*' holds the tenant's totals). One row per dimension value, not per combina
 query scans as many rows as the grouped dimension has values in the window, however many users,
 models and features there are together (docs/decisions/0008-usage-rollups.md).
 Queries read rollups only: totals over a window widened to whole minutes, read at the coarsest grain
-that fits (days in the middle, hours and minutes at the edges); series at one grain.
+that fits (days in the middle, hours and minutes at the edges); series at one grain. One bad row never
+breaks a query: SQLite sums with TOTAL (a float; SUM raises on int64 overflow), and a count read back
+is clamped to what JSON's 64-bit integers hold (rows written before numbers were made storable).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from operator import attrgetter
 from typing import Any
 
 from keel.store.protocols import UsageQuery, UsageRow
+from keel.store.rows import storable_amount, storable_count
 from keel.types import TraceRecord
 
 GRAINS = {"minute": 60, "hour": 3600, "day": 86400}
@@ -70,26 +73,26 @@ def hist_bounds(i: int) -> tuple[float, float]:
 
 
 def _sparse(r: TraceRecord) -> list[tuple[int, float]]:
-    """(measure index, amount) for what one trace adds; zeros left out."""
+    """(measure index, amount) for what one trace adds, its numbers as its row stores them; zeros left out."""
     pairs: list[tuple[int, float]] = [(0, 1)]
     if r.status != "ok":
         pairs.append((1, 1))
-    for i, v in enumerate(
-        (r.input_tokens, r.cached_input_tokens, r.cache_write_tokens, r.output_tokens, r.reasoning_tokens, r.cost_usd),
-        start=2,
-    ):
-        if v:
+    counts = (r.input_tokens, r.cached_input_tokens, r.cache_write_tokens, r.output_tokens, r.reasoning_tokens)
+    for i, v in enumerate(counts, start=2):
+        if v and (v := storable_count(v)):
             pairs.append((i, v))
-    if r.latency_ms is not None:
-        pairs += [(8, r.latency_ms), (9, 1), (_H0 + hist_bucket(r.latency_ms), 1)]
-    if r.ttft_ms is not None:
-        pairs += [(10, r.ttft_ms), (11, 1)]
+    if r.cost_usd and (cost := storable_amount(r.cost_usd)):
+        pairs.append((7, cost))
+    if (latency := storable_amount(r.latency_ms)) is not None:
+        pairs += [(8, latency), (9, 1), (_H0 + hist_bucket(latency), 1)]
+    if (ttft := storable_amount(r.ttft_ms)) is not None:
+        pairs += [(10, ttft), (11, 1)]
     if r.cache is not None:
         pairs.append((12, 1))
         if r.cache in _CACHE_HITS:
             pairs.append((13, 1))
-    if r.cache_saved_usd:
-        pairs.append((14, r.cache_saved_usd))
+    if r.cache_saved_usd and (saved := storable_amount(r.cache_saved_usd)):
+        pairs.append((14, saved))
     if r.fallback not in (None, "primary"):
         pairs.append((15, 1))
     return pairs
@@ -196,18 +199,18 @@ def spans(since: float, until: float) -> list[tuple[str, int, int]]:
     return [("minute", start, end)]
 
 
-def _sums(measures: Sequence[str]) -> str:
-    return ", ".join(f"SUM({m})" for m in measures)
+def _sums(measures: Sequence[str], total: str) -> str:
+    return ", ".join(f"{total}({m})" for m in measures)
 
 
 def _statements(
-    q: UsageQuery, mark: str, measures: Sequence[str] = MEASURES, only: Sequence[str] | None = None
+    q: UsageQuery, mark: str, total: str, measures: Sequence[str] = MEASURES, only: Sequence[str] | None = None
 ) -> list[tuple[str, list[Any]]]:
-    """SELECT bucket, group, first_seen, last_seen, *SUM(measures) per piece of the window;
-    `only`: just these groups."""
+    """SELECT bucket, group, first_seen, last_seen, *total(measures) per piece of the window (`total`:
+    the dialect's sum that cannot overflow); `only`: just these groups."""
     if q.by == "session":
         sql = (
-            f"SELECT NULL, session, MIN(first_seen), MAX(last_seen), {_sums(measures)} FROM usage_sessions"
+            f"SELECT NULL, session, MIN(first_seen), MAX(last_seen), {_sums(measures, total)} FROM usage_sessions"
             f" WHERE last_seen >= {mark} AND first_seen < {mark}"
         )
         params: list[Any] = [q.since, q.until]
@@ -225,7 +228,7 @@ def _statements(
     for grain, lo, hi in pieces:
         bucket = "bucket" if q.grain else "NULL"
         sql = (
-            f"SELECT {bucket}, {group}, NULL, NULL, {_sums(measures)} FROM usage_{grain}"
+            f"SELECT {bucket}, {group}, NULL, NULL, {_sums(measures, total)} FROM usage_{grain}"
             f" WHERE dim = {mark} AND bucket >= {mark} AND bucket < {mark}"
         )
         params = [dim, lo, hi]
@@ -254,48 +257,58 @@ def _merge(statements: list[tuple[str, list[Any]]], fetch: Fetch) -> dict[tuple[
     return merged
 
 
-def _top_groups(q: UsageQuery, fetch: Fetch, mark: str) -> list[str] | None:
+def _top_groups(q: UsageQuery, fetch: Fetch, mark: str, total: str) -> list[str] | None:
     """The `limit` costliest groups, ranked on cost and calls alone (a cheap pass over many groups,
     e.g. thousands of users), so only they get every measure summed; None if all groups fit."""
-    ranked = _merge(_statements(q, mark, ("cost_usd", "calls")), fetch)
+    ranked = _merge(_statements(q, mark, total, ("cost_usd", "calls")), fetch)
     if len(ranked) <= q.limit:
         return None
     order = sorted(ranked.items(), key=lambda kv: (-kv[1][2], -kv[1][3], kv[0][1] or ""))
     return [group for (_, group), _ in order[: q.limit]]
 
 
-def read(q: UsageQuery, fetch: Fetch, mark: str) -> list[UsageRow]:
+def read(q: UsageQuery, fetch: Fetch, mark: str, total: str = "SUM") -> list[UsageRow]:
     """Run the query's statements through `fetch(sql, params)` and merge their pieces into rows."""
-    only = _top_groups(q, fetch, mark) if q.grain is None and q.by != "session" else None
-    merged = _merge(_statements(q, mark, MEASURES, only), fetch)
+    only = _top_groups(q, fetch, mark, total) if q.grain is None and q.by != "session" else None
+    merged = _merge(_statements(q, mark, total, MEASURES, only), fetch)
     rows = [_row(bucket, group, acc) for (bucket, group), acc in merged.items()]
     rows.sort(key=lambda r: (r.bucket or 0, -r.cost_usd, -r.calls, r.group or ""))
     return rows if q.grain else rows[: q.limit]
 
 
+_INT64_MAX = 2**63 - 1
+
+
+def _count(total: float) -> int:
+    """A summed count as an int that JSON's 64-bit integers hold; NaN (never written now) reads as 0."""
+    if 0 <= total < _INT64_MAX:
+        return int(total)
+    return _INT64_MAX if total >= _INT64_MAX else 0
+
+
 def _row(bucket: int | None, group: str | None, acc: list[Any]) -> UsageRow:
     first, last, *sums = acc
     m = dict(zip(MEASURES, sums, strict=True))
-    hist = [int(m[c]) for c in HIST_COLUMNS]
+    hist = [_count(m[c]) for c in HIST_COLUMNS]
     return UsageRow(
         group=group or None,
         bucket=bucket,
-        calls=int(m["calls"]),
-        errors=int(m["errors"]),
-        input_tokens=int(m["input_tokens"]),
-        cached_input_tokens=int(m["cached_input_tokens"]),
-        cache_write_tokens=int(m["cache_write_tokens"]),
-        output_tokens=int(m["output_tokens"]),
-        reasoning_tokens=int(m["reasoning_tokens"]),
+        calls=_count(m["calls"]),
+        errors=_count(m["errors"]),
+        input_tokens=_count(m["input_tokens"]),
+        cached_input_tokens=_count(m["cached_input_tokens"]),
+        cache_write_tokens=_count(m["cache_write_tokens"]),
+        output_tokens=_count(m["output_tokens"]),
+        reasoning_tokens=_count(m["reasoning_tokens"]),
         cost_usd=m["cost_usd"],
         latency_avg_ms=m["latency_sum_ms"] / m["latency_count"] if m["latency_count"] else None,
         latency_p50_ms=percentile(hist, 0.50),
         latency_p95_ms=percentile(hist, 0.95),
         ttft_avg_ms=m["ttft_sum_ms"] / m["ttft_count"] if m["ttft_count"] else None,
-        cache_lookups=int(m["cache_lookups"]),
-        cache_hits=int(m["cache_hits"]),
+        cache_lookups=_count(m["cache_lookups"]),
+        cache_hits=_count(m["cache_hits"]),
         cache_saved_usd=m["cache_saved_usd"],
-        fallbacks=int(m["fallbacks"]),
+        fallbacks=_count(m["fallbacks"]),
         first_seen=None if first is None else float(first),
         last_seen=None if last is None else float(last),
     )

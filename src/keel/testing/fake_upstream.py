@@ -34,8 +34,15 @@ class Script:
     """How the fake answers one request. Stream chunk numbers count content chunks from 0.
 
     `cut_after=N` closes the connection once N content chunks are sent (no end marker);
-    `malformed_at=N` sends content chunk N as invalid JSON. `ttft` delays the first content
-    chunk of a stream, or the whole body of a non-streamed reply (after `delay`).
+    `end_after=N` ends the body cleanly there instead (no finish reason, no end marker);
+    `malformed_at=N` (or a tuple of Ns) sends those content chunks as invalid JSON. `ttft` delays
+    the first content chunk of a stream, or the whole body of a non-streamed reply (after `delay`).
+    Lies under HTTP 200: `error_in_200=S` answers with status S's error object (or `error_body`) as
+    the whole body, or as a stream's event after `error_after` content chunks (0: the first event,
+    and the stream ends there); `body_override` replaces a non-streamed reply's body (JSON, or bytes
+    as they are); `bad_usage` is merged into the usage object as sent, in the format's own field
+    names (e.g. {"prompt_tokens": -5} for OpenAI, {"output_tokens": 1e30} for Anthropic).
+    `echo_headers` makes an error message quote the request's headers, as careless upstreams do.
     """
 
     status: int = 200
@@ -49,8 +56,14 @@ class Script:
     tool_call: bool = False
     usage: dict[str, int] | None = None
     cut_after: int | None = None
-    malformed_at: int | None = None
+    end_after: int | None = None
+    malformed_at: int | tuple[int, ...] | None = None
     no_done: bool = False
+    error_in_200: int | None = None
+    error_after: int = 0
+    body_override: Any = None
+    bad_usage: dict[str, Any] | None = None
+    echo_headers: bool = False
     hang: bool = False
     reset: bool = False
     model: str | None = None
@@ -240,15 +253,17 @@ class FakeUpstream:
         if script.retry_after is not None:
             headers["retry-after"] = f"{script.retry_after:g}"
         if script.status != 200:
-            return _error(kind, script, headers)
+            return web.json_response(
+                _error_body(kind, script, script.status, request), status=script.status, headers=headers
+            )
         if kind == "models":
             return web.json_response(wire.models_list(), headers=headers)
         if not isinstance(body, dict):
-            return _error(kind, Script(status=400), headers)
+            return _error(kind, headers)
         if kind == "embeddings":
             data = wire.embeddings(body, script.model)
             if data is None:
-                return _error(kind, Script(status=400), headers)
+                return _error(kind, headers)
             return web.json_response(data, headers=headers)
         return await self._chat(request, kind, body, script, headers)
 
@@ -266,13 +281,20 @@ class FakeUpstream:
             tool_call=script.tool_call,
             usage=script.usage,
             model=script.model,
+            bad_usage=script.bad_usage,
         )
         anthropic = kind == "messages"
+        lie = None if script.error_in_200 is None else _error_body(kind, script, script.error_in_200, request)
         if body.get("stream") is True:
             frames = wire.anthropic_frames(answer) if anthropic else wire.openai_frames(answer)
+            if lie is not None:
+                frames = wire.interrupted(frames, script.error_after, wire.error_frame(anthropic, lie))
             return await self._stream(request, script, frames, headers)
         await self._pause(script.ttft)
+        if isinstance(script.body_override, bytes):
+            return web.Response(body=script.body_override, headers=headers, content_type="application/json")
         reply = wire.anthropic_message(answer) if anthropic else wire.openai_completion(answer)
+        reply = lie or (reply if script.body_override is None else script.body_override)
         return web.json_response(reply, headers=headers)
 
     async def _stream(
@@ -297,17 +319,30 @@ class FakeUpstream:
                 cut = script.cut_after is not None and (sent >= script.cut_after or frame.kind != "content")
                 if cut:
                     raise _Drop(rst=False)
+                if script.end_after is not None and (sent >= script.end_after or frame.kind != "content"):
+                    break
             if frame.kind == "content":
-                frame = frame.malformed() if sent == script.malformed_at else frame
+                frame = frame.malformed() if _at(sent, script.malformed_at) else frame
                 sent += 1
             await response.write(frame.encode())
         await response.write_eof()
         return response
 
 
-def _error(kind: Kind, script: Script, headers: dict[str, str]) -> web.Response:
-    body = script.error_body
-    if body is None:
-        make = wire.anthropic_error if kind == "messages" else wire.openai_error
-        body = make(script.status, script.error_code)
-    return web.json_response(body, status=script.status, headers=headers)
+def _at(n: int, where: int | tuple[int, ...] | None) -> bool:
+    return n == where if isinstance(where, int) else where is not None and n in where
+
+
+def _error_body(kind: Kind, script: Script, status: int, request: web.Request) -> dict[str, Any]:
+    make = wire.anthropic_error if kind == "messages" else wire.openai_error
+    body: dict[str, Any] = json.loads(json.dumps(script.error_body or make(status, script.error_code)))
+    if script.echo_headers:  # into the message, where a careless upstream quotes what it was sent
+        quoted = "; ".join(f"{name}: {value}" for name, value in request.headers.items())
+        error = body["error"] if isinstance(body.get("error"), dict) else body
+        error["message"] = f"{error.get('message', '')} (request headers: {quoted})"
+    return body
+
+
+def _error(kind: Kind, headers: dict[str, str]) -> web.Response:
+    make = wire.anthropic_error if kind == "messages" else wire.openai_error
+    return web.json_response(make(400, None), status=400, headers=headers)

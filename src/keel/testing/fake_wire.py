@@ -43,6 +43,7 @@ class Answer:
     tool_name: str | None  # set when the reply is one tool call instead of text
     usage: dict[str, int]  # the USAGE_KEYS, prompt_tokens including cached ones
     include_usage: bool  # OpenAI stream_options.include_usage
+    bad_usage: Json | None = None  # merged into the usage object as sent, in the format's own field names
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ def plan(
     tool_call: bool,
     usage: dict[str, int] | None,
     model: str | None,
+    bad_usage: Json | None = None,
 ) -> Answer:
     """Decide the reply to a chat request (either format) under a script's overrides."""
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
@@ -112,6 +114,7 @@ def plan(
         tool_name=tool_name,
         usage=numbers,
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        bad_usage=bad_usage,
     )
 
 
@@ -130,6 +133,7 @@ def _openai_usage(a: Answer) -> Json:
         "total_tokens": u["prompt_tokens"] + u["completion_tokens"],
         "prompt_tokens_details": {"cached_tokens": u["cached_tokens"]},
         "completion_tokens_details": {"reasoning_tokens": u["reasoning_tokens"]},
+        **(a.bad_usage or {}),
     }
 
 
@@ -203,6 +207,25 @@ _CODE_MESSAGES = {
 }
 
 
+def error_frame(anthropic: bool, body: Json) -> Frame:
+    """An error event inside a stream that began with HTTP 200."""
+    return Frame("tail", json.dumps(body), "error" if anthropic else None)
+
+
+def interrupted(frames: list[Frame], after: int, error: Frame) -> list[Frame]:
+    """The frames up to `after` content frames (no frame at all for 0), then `error`, then nothing."""
+    if after == 0:
+        return [error]
+    out: list[Frame] = []
+    sent = 0
+    for frame in frames:
+        if sent == after:
+            break
+        out.append(frame)
+        sent += frame.kind == "content"
+    return [*out, error]
+
+
 def openai_error(status: int, code: str | None) -> Json:
     kind, default_code, message = _OPENAI_ERRORS.get(
         status,
@@ -251,6 +274,7 @@ def _anthropic_usage(a: Answer, output_tokens: int) -> Json:
         "output_tokens": output_tokens,
         "cache_read_input_tokens": u["cached_tokens"],
         "cache_creation_input_tokens": u["cache_creation_tokens"],
+        **(a.bad_usage or {}),
     }
 
 
@@ -302,7 +326,7 @@ def anthropic_frames(a: Answer) -> list[Frame]:
             "message_delta",
             {
                 "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                "usage": {"output_tokens": a.usage["completion_tokens"]},
+                "usage": {"output_tokens": a.usage["completion_tokens"], **(a.bad_usage or {})},
             },
         ),
         event("end", "message_stop", {}),

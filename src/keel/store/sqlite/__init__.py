@@ -237,7 +237,7 @@ class SqliteStore:
         return int(self._conn().execute(sql, (since, until)).fetchone()[0])
 
     def usage(self, query: UsageQuery) -> list[UsageRow]:
-        return usage.read(query, self._conn().execute, "?")
+        return usage.read(query, self._conn().execute, "?", total="TOTAL")  # TOTAL: no int64 overflow
 
     # ---- TraceDeletion
 
