@@ -59,4 +59,7 @@ def build_provider(name: str, cfg: ProviderConfig, sessions: Sessions, env: Mapp
         region=cfg.region,
         connect_timeout=cfg.connect_timeout_s,
         timeout=cfg.timeout_s,
+        max_response_bytes=cfg.max_response_bytes,
+        max_stream_bytes=cfg.max_stream_bytes,
+        overrun_tokens=cfg.overrun_tokens,
     )
