@@ -126,6 +126,21 @@ def test_a_body_with_a_length_or_chunked_is_read_whole_and_the_connection_reused
     run(main())
 
 
+def test_an_interim_answer_is_skipped_for_the_final_one() -> None:
+    early = b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n"
+
+    async def main() -> None:
+        async with Server(reply=early + answer(b"final", b"x-final: yes\r\n")) as server:
+            pool = Sessions().get(server.url())
+            for _ in range(2):
+                response = await post(pool)
+                assert (response.status, await response.read(100)) == (200, b"final")
+                assert "link" not in response.headers and response.headers["x-final"] == "yes"
+            assert server.connections == 1
+
+    run(main())
+
+
 def test_a_body_ended_by_close_is_read_whole_and_the_connection_not_reused() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         server.requests.append(await read_request(reader))

@@ -134,6 +134,7 @@ class Connection(asyncio.Protocol):
         self._response: Response | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
+        self._interim = False
         self.closed = False
         self.idle_since = 0.0
 
@@ -168,8 +169,13 @@ class Connection(asyncio.Protocol):
             self._response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        if self._response is not None:
-            self._response.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        if status < 200:  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+            self._interim = True
+            if self._response is not None:
+                self._response.headers.clear()
+        elif self._response is not None:
+            self._response.status = status
             self._response._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -177,6 +183,9 @@ class Connection(asyncio.Protocol):
             self._response._feed(body)
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         response, self._response = self._response, None
         if response is None:
             return
