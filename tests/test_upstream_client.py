@@ -12,10 +12,13 @@ import datetime
 import ipaddress
 import socket
 import ssl
+import struct
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -98,8 +101,14 @@ async def until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.001)
 
 
-def run(test: Awaitable[None]) -> None:
-    asyncio.run(asyncio.wait_for(test, 30))
+def run(test: Awaitable[None], loop: str = "asyncio") -> None:
+    """Run on asyncio's own loop, or on uvloop (what `keel serve` runs) where transports differ."""
+    factory = uvloop.new_event_loop if loop == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(asyncio.wait_for(test, 30))
+
+
+LOOPS = pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 
 
 # ---- bodies -------------------------------------------------------------------------------------
@@ -215,7 +224,8 @@ def test_malformed_http_is_a_protocol_error() -> None:
 # ---- streaming and backpressure -------------------------------------------------------------------
 
 
-def test_a_slow_consumer_pauses_reading_and_then_gets_every_byte() -> None:
+@LOOPS
+def test_a_slow_consumer_pauses_reading_and_then_gets_every_byte(loop: str) -> None:
     size = 8 * 2**20
     drained = asyncio.Event()
 
@@ -240,7 +250,7 @@ def test_a_slow_consumer_pauses_reading_and_then_gets_every_byte() -> None:
             assert got == size
             await drained.wait()
 
-    run(main())
+    run(main(), loop)
 
 
 def test_releasing_an_unfinished_response_closes_its_connection() -> None:
@@ -345,6 +355,48 @@ def test_a_connection_the_server_closed_while_idle_is_not_used_again() -> None:
             assert (server.connections, len(server.requests)) == (2, 2)
 
     run(main())
+
+
+@LOOPS
+def test_a_request_written_onto_a_connection_reset_while_idle_goes_on_a_new_one(loop: str) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    reset_now, was_reset = threading.Event(), threading.Event()
+    seen: list[bytes] = []
+
+    def serve_one(conn: socket.socket) -> None:
+        seen.append(conn.recv(65536))  # the small request arrives whole
+        conn.sendall(answer())
+
+    def server() -> None:  # a thread: it resets the connection while the client's loop is not looking
+        first, _ = listener.accept()
+        serve_one(first)
+        reset_now.wait(10)
+        first.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        first.close()  # linger 0: an RST, not a FIN
+        was_reset.set()
+        second, _ = listener.accept()
+        serve_one(second)
+        second.recv(1)  # until the client hangs up
+        second.close()
+
+    async def main() -> None:
+        pool = Sessions().get(f"http://127.0.0.1:{port}/v1")
+        assert await (await post(pool)).read(100) == OK_BODY
+        reset_now.set()
+        assert was_reset.wait(10)  # blocks the loop on purpose: the pool must not have seen the reset
+        assert pool.idle == 1
+        assert await (await post(pool)).read(100) == OK_BODY  # the write failed at once: sent anew
+        assert len(seen) == 2
+        pool.close()
+
+    thread = threading.Thread(target=server, daemon=True)
+    thread.start()
+    try:
+        run(main(), loop)
+    finally:
+        thread.join(10)
+        listener.close()
 
 
 def test_a_reused_connection_closed_without_an_answer_is_an_error_never_a_silent_retry() -> None:

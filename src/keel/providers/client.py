@@ -8,9 +8,10 @@ recently used first. A `Connection` carries one exchange at a time; its `Respons
 (the caller adds it): network, timeout, or protocol (a malformed or oversized answer).
 
 Invariants: a connection goes back to the pool only after a complete response that allows keep-alive;
-an error, a timeout or a response released unfinished closes it. A request is only ever written to a
-connection that has not seen the server close it; one that closes before any response byte is an
-error, never retried here (the request may have been read: failover decides).
+an error, a timeout or a response released unfinished closes it. A request is written only to a
+connection not seen closed, and is moved to another connection only when its write failed at once
+(nothing was sent); a connection that closes after the write, before any response byte, is an
+error, never retried here (the server may have read the request: failover decides).
 """
 
 from __future__ import annotations
@@ -260,10 +261,17 @@ class Pool:
         self._all: set[Connection] = set()
 
     async def send(self, data: bytes, deadline: float, connect_timeout: float) -> Response:
-        """Write one request (head and body, already encoded) and return its response."""
-        conn = self._take()
-        if conn is None:
-            conn = await self._open(deadline, connect_timeout)
+        """Write one request (head and body, already encoded) and return its response.
+
+        A reused connection whose write fails at once (the server reset it while idle, and the loop
+        had not seen it yet) sent nothing: the request goes on another connection instead.
+        """
+        while (conn := self._take()) is not None:
+            response = conn.send(data, deadline)
+            if conn.writable():
+                return response
+            conn.abort()
+        conn = await self._open(deadline, connect_timeout)
         return conn.send(data, deadline)
 
     @property

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 from keel.errors import ErrorKind, InvalidRequest, ProviderError
 from keel.providers.base import Codec, Outbound
 from keel.providers.client import Pool, Response
 from keel.types import ChatEvent, ChatRequest, EmbeddingRequest, EmbeddingResponse, Target, Text, ToolCallDelta
-
-_T = TypeVar("_T")
 
 
 class Sessions:
@@ -80,34 +77,36 @@ class HttpProvider:
         deadline = asyncio.get_running_loop().time() + self._timeout
         size = str(len(out.body)).encode()
         data = b"".join((b"POST ", self._path, out.path.encode(), self._head, size, b"\r\n\r\n", out.body))
-        resp = await self._call(self._pool.send(data, deadline, self._connect_timeout))
         try:
-            await self._call(resp.head())
-        except BaseException:
-            resp.release()
-            raise
-        if resp.status >= 400:
-            body = await self._read(resp)
-            err = self._codec.classify(resp.status, body, resp.headers)
-            err.provider = self.name
-            if err.error_kind is ErrorKind.auth:  # the upstream's text may echo part of our key
-                err.message = (
-                    f"The upstream '{self.name}' rejected Keel's credentials; check providers.{self.name}.api_key."
-                )
-                err.args = (err.message,)
-            raise err
-        return resp
-
-    async def _call(self, step: Awaitable[_T]) -> _T:
-        try:
-            return await step
+            resp = await self._pool.send(data, deadline, self._connect_timeout)
+            try:
+                await resp.head()
+            except BaseException:
+                resp.release()
+                raise
         except ProviderError as err:
             err.provider = self.name
             raise
+        if resp.status >= 400:
+            raise self._rejected(resp.status, await self._read(resp), resp.headers)
+        return resp
+
+    def _rejected(self, status: int, body: bytes, headers: dict[str, str]) -> ProviderError:
+        err = self._codec.classify(status, body, headers)
+        err.provider = self.name
+        if err.error_kind is ErrorKind.auth:  # the upstream's text may echo part of our key
+            err.message = (
+                f"The upstream '{self.name}' rejected Keel's credentials; check providers.{self.name}.api_key."
+            )
+            err.args = (err.message,)
+        return err
 
     async def _read(self, resp: Response) -> bytes:
         try:
-            return await self._call(resp.read(self._max_body))
+            return await resp.read(self._max_body)
+        except ProviderError as err:
+            err.provider = self.name
+            raise
         finally:
             resp.release()
 
