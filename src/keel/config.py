@@ -36,6 +36,10 @@ class ProviderConfig(_Model):
     connect_timeout_s: float = Field(5.0, gt=0)
     timeout_s: float = Field(600.0, gt=0)
     max_connections: int = Field(1000, ge=1)
+    # bounds on what an upstream may send: beyond them the answer is cut as a protocol error
+    max_response_bytes: int = Field(32 * 2**20, ge=1024)  # a non-streamed body
+    max_stream_bytes: int = Field(16 * 2**20, ge=1024)  # a stream's body
+    overrun_tokens: int = Field(1024, ge=0)  # streamed tokens beyond the request's max_tokens
     # simulated only
     latency_ms: float = Field(0.0, ge=0)
     ttft_ms: float = Field(0.0, ge=0)
@@ -154,6 +158,8 @@ class TracesConfig(_Model):
     flush_interval_ms: int = Field(50, ge=1)
     spill_dir: str = ".keel/spill"
     store_payloads: bool = True
+    # response text (content; each tool call's arguments) a trace keeps; beyond it, a truncation marker
+    max_response_chars: int = Field(2**20, ge=1024)
     # request + response JSON above this goes to the blob store, the row keeps its key; None: always inline
     blob_threshold_bytes: int | None = Field(65_536, ge=1)
     blobs_url: str | None = None  # file:///path or s3://bucket/prefix; default: a directory beside a SQLite db

@@ -131,7 +131,7 @@ class Runtime:
         metrics = Metrics(tenant_label=config.metrics.tenant_label) if config.metrics.enabled else None
         consumers: list[Export] = [metrics.observe] if metrics is not None else []
         consumers += [exporter.put] if exporter is not None else []
-        trace_stage = TraceStage(writer, consumers)
+        trace_stage = TraceStage(writer, consumers, max_response_chars=config.traces.max_response_chars)
         stages: list[Stage] = [trace_stage, AuthStage(authenticator), RouteStage(router), limits_stage]
         cache_stage = build_cache(config, providers)
         stages += [cache_stage, failover] if cache_stage is not None else [failover]

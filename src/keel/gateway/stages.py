@@ -25,9 +25,12 @@ class TraceStage:
     describe; each must return at once and never raise.
     """
 
-    def __init__(self, writer: TraceWriter, consumers: Sequence[Export] = ()) -> None:
+    def __init__(
+        self, writer: TraceWriter, consumers: Sequence[Export] = (), *, max_response_chars: int = 2**20
+    ) -> None:
         self._writer = writer
         self._consumers = tuple(consumers)
+        self._cap = max_response_chars  # a giant answer is not held a second time, whole, by its record
         self.unauthenticated = 0
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
@@ -50,10 +53,13 @@ class TraceStage:
         record.ttft_ms = None if outcome.ttft_s is None else outcome.ttft_s * 1000
         r = outcome.response
         if isinstance(call.request, ChatRequest):
+            cap = self._cap
             record.response = {
                 "id": r.id,
-                "content": r.content,
-                "tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in r.tool_calls],
+                "content": _capped(r.content, cap),
+                "tool_calls": [
+                    {"id": c.id, "name": c.name, "arguments": _capped(c.arguments, cap)} for c in r.tool_calls
+                ],
                 "finish_reason": r.finish_reason,
             }
         if r.model:
@@ -71,6 +77,12 @@ class TraceStage:
         self._writer.put(call.trace)
         for consume in self._consumers:
             consume(call.trace, call.request)
+
+
+def _capped(text: str | None, cap: int) -> str | None:
+    if text is None or len(text) <= cap:
+        return text
+    return f"{text[:cap]}…[truncated by Keel: {len(text) - cap} more characters]"
 
 
 def _fail(record: TraceRecord, err: KeelError, t0: float) -> None:

@@ -70,4 +70,7 @@ def build_provider(
         connect_timeout=cfg.connect_timeout_s,
         timeout=cfg.timeout_s,
         redact=redact,
+        max_response_bytes=cfg.max_response_bytes,
+        max_stream_bytes=cfg.max_stream_bytes,
+        overrun_tokens=cfg.overrun_tokens,
     )

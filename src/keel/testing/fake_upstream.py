@@ -27,6 +27,7 @@ from . import fake_wire as wire
 Kind = Literal["chat", "messages", "embeddings", "models"]
 _SHUTDOWN_TIMEOUT = 1.0
 _START_TIMEOUT = 10.0
+ENDLESS_BYTES = 256 * 2**20  # an endless stream still ends here, so a test of a client that never stops ends
 
 
 @dataclass
@@ -35,8 +36,10 @@ class Script:
 
     `cut_after=N` closes the connection once N content chunks are sent (no end marker);
     `end_after=N` ends the body cleanly there instead (no finish reason, no end marker);
-    `malformed_at=N` (or a tuple of Ns) sends those content chunks as invalid JSON. `ttft` delays
-    the first content chunk of a stream, or the whole body of a non-streamed reply (after `delay`).
+    `malformed_at=N` (or a tuple of Ns) sends those content chunks as invalid JSON; `endless` repeats
+    the content chunks until the client goes away (at most `ENDLESS_BYTES`; the request's record
+    counts `streamed` bytes). `ttft` delays the first content chunk of a stream, or the whole body of
+    a non-streamed reply (after `delay`).
     Lies under HTTP 200: `error_in_200=S` answers with status S's error object (or `error_body`) as
     the whole body, or as a stream's event after `error_after` content chunks (0: the first event,
     and the stream ends there); `body_override` replaces a non-streamed reply's body (JSON, or bytes
@@ -66,6 +69,7 @@ class Script:
     echo_headers: bool = False
     hang: bool = False
     reset: bool = False
+    endless: bool = False
     model: str | None = None
 
     def __post_init__(self) -> None:
@@ -120,7 +124,7 @@ class FakeUpstream:
 
     @property
     def requests(self) -> list[dict[str, Any]]:
-        """Recorded requests, oldest first: {"path", "headers" (lowercased names), "json"}."""
+        """Recorded requests, oldest first: {"path", "headers" (lowercased names), "json", "streamed"}."""
         with self._lock:
             return list(self._requests)
 
@@ -228,20 +232,21 @@ class FakeUpstream:
             return
         raise _Drop(rst=False)
 
-    async def _record(self, request: web.Request) -> tuple[Any, Script]:
+    async def _record(self, request: web.Request) -> tuple[Any, Script, dict[str, Any]]:
         raw = await request.read()
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
         headers = {name.lower(): value for name, value in request.headers.items()}
+        entry = {"path": request.path, "headers": headers, "json": body, "streamed": 0}
         with self._lock:
-            self._requests.append({"path": request.path, "headers": headers, "json": body})
+            self._requests.append(entry)
             script = self._scripts.popleft() if self._scripts else Script()
-        return body, script
+        return body, script, entry
 
     async def _answer(self, request: web.Request, kind: Kind) -> web.StreamResponse:
-        body, script = await self._record(request)
+        body, script, entry = await self._record(request)
         if script.reset:
             raise _Drop(rst=True)
         if script.hang:  # until the client goes away (cancels this handler) or the server stops
@@ -265,7 +270,7 @@ class FakeUpstream:
             if data is None:
                 return _error(kind, headers)
             return web.json_response(data, headers=headers)
-        return await self._chat(request, kind, body, script, headers)
+        return await self._chat(request, kind, body, script, headers, entry)
 
     async def _chat(
         self,
@@ -274,6 +279,7 @@ class FakeUpstream:
         body: dict[str, Any],
         script: Script,
         headers: dict[str, str],
+        entry: dict[str, Any],
     ) -> web.StreamResponse:
         answer = wire.plan(
             body,
@@ -289,6 +295,9 @@ class FakeUpstream:
             frames = wire.anthropic_frames(answer) if anthropic else wire.openai_frames(answer)
             if lie is not None:
                 frames = wire.interrupted(frames, script.error_after, wire.error_frame(anthropic, lie))
+            if script.endless:
+                content = [f for f in frames if f.kind == "content"]
+                return await self._endless(request, frames[0], content, headers, entry)
             return await self._stream(request, script, frames, headers)
         await self._pause(script.ttft)
         if isinstance(script.body_override, bytes):
@@ -327,6 +336,28 @@ class FakeUpstream:
             await response.write(frame.encode())
         await response.write_eof()
         return response
+
+    async def _endless(
+        self,
+        request: web.Request,
+        head: wire.Frame,
+        content: list[wire.Frame],
+        headers: dict[str, str],
+        entry: dict[str, Any],
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers=headers | {"content-type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(head.encode())
+        chunks = [frame.encode() for frame in content]
+        try:
+            while entry["streamed"] < ENDLESS_BYTES:
+                for chunk in chunks:
+                    await response.write(chunk)
+                    entry["streamed"] += len(chunk)
+                await self._pause(0)
+        except ConnectionError:
+            raise _Drop(rst=False) from None
+        raise _Drop(rst=False)
 
 
 def _at(n: int, where: int | tuple[int, ...] | None) -> bool:
