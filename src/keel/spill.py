@@ -118,17 +118,20 @@ class SpillDir:
         entry = _entry(record, reason, at=time.time())
         if len(entry) > self._max // 8:  # a huge payload: keep the record's facts, not its request
             entry = _entry(_without_payload(record), reason + " (payload omitted: too large)", at=time.time())
+        self._append(entry)
+
+    def _append(self, data: bytes) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         current = self.path / DEADLETTER
         try:
             size = current.stat().st_size
         except FileNotFoundError:
             size = 0
-        if size and size + len(entry) > self._max // 2:
+        if size and size + len(data) > self._max // 2:
             current.replace(self.path / ROTATED)
         fd = os.open(current, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, entry)
+            os.write(fd, data)
         finally:
             os.close(fd)
 
@@ -148,7 +151,8 @@ class SpillDir:
         return out
 
     def requeue(self) -> tuple[int, int]:
-        """Move dead-lettered records into a spill file for the writer to load again: (records, lines left out)."""
+        """Move dead-lettered records into a spill file for the writer to load again. Returns
+        (records requeued, entries kept in the dead letter: spill lines that held no record)."""
         taken = []
         for name in (ROTATED, DEADLETTER):
             path = self.path / name
@@ -158,17 +162,21 @@ class SpillDir:
             except FileNotFoundError:
                 continue
             taken.append(claimed)
-        records, skipped = [], 0
+        records, keep = [], []
         for path in taken:
             for line in path.read_bytes().splitlines():
                 try:
                     records.append(record_from(orjson.loads(line)["record"]))
                 except (ValueError, TypeError, KeyError):
-                    skipped += 1  # an unreadable spill line: nothing to write back
+                    keep.append(line + b"\n")
         refused = self.spill(records) if records else []
+        for r, reason in refused:
+            self.quarantine(r, reason)
+        if keep:
+            self._append(b"".join(keep))
         for path in taken:
             path.unlink()
-        return len(records) - len(refused), skipped + len(refused)
+        return len(records) - len(refused), len(keep) + len(refused)
 
 
 def _without_payload(record: TraceRecord | bytes) -> TraceRecord | bytes:
