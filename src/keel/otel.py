@@ -162,6 +162,7 @@ class SpanExporter:
         self._interval, self._timeout, self._retries = cfg.flush_interval_ms / 1000, cfg.timeout_s, cfg.retries
         self._queue: deque[Item] = deque()
         self._wake = threading.Event()
+        self._stopping = threading.Event()  # cuts a restart delay short
         self._closing = False
         self._deadline = float("inf")
         self._conn: http.client.HTTPConnection | None = None
@@ -205,6 +206,7 @@ class SpanExporter:
         """Send what is queued (retrying within `timeout`), then stop."""
         self._deadline = time.monotonic() + timeout
         self._closing = True
+        self._stopping.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout + self._timeout)
@@ -231,7 +233,9 @@ class SpanExporter:
                 crashes = 1 if time.monotonic() - began > 60 else crashes + 1
                 delay = self.RESTART_DELAYS[min(crashes, len(self.RESTART_DELAYS)) - 1]
                 log.critical("the OpenTelemetry exporter crashed (%s); restarting in %.1f s", self._crash, delay)
-                time.sleep(0.1 if self._closing else delay)  # closing: drain again soon, within close's timeout
+                self._stopping.wait(delay)
+                if self._closing:
+                    time.sleep(0.1)  # drain again soon, within close's timeout
 
     def _run(self) -> None:
         while not self._closing:
