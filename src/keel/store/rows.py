@@ -9,6 +9,7 @@ otherwise fail its whole batch or poison every sum over its window.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from operator import attrgetter
 from typing import Any
@@ -52,8 +53,12 @@ _trace_values = attrgetter(*(_ATTR.get(c, c) for c in TRACE_COLUMNS))  # one C c
 _JSON_AT = tuple(i for i, c in enumerate(TRACE_COLUMNS) if c in _JSON)
 _COUNTS_AT = tuple(TRACE_COLUMNS.index(c) for c in _COUNTS)
 _AMOUNTS_AT = tuple(TRACE_COLUMNS.index(c) for c in _AMOUNTS)
-_TEXT_AT = tuple(i for i, c in enumerate(TRACE_COLUMNS) if _ATTR.get(c, c) in TEXT_FIELDS)
-_KEY_AT = tuple(i for i, c in enumerate(TRACE_COLUMNS) if _ATTR.get(c, c) in KEY_FIELDS)
+# (index, longest value stored as it is) of each text column: attribution must fit an index entry
+_TEXT_AT = tuple(
+    (i, MAX_KEY_CHARS if _ATTR.get(c, c) in KEY_FIELDS else sys.maxsize)
+    for i, c in enumerate(TRACE_COLUMNS)
+    if _ATTR.get(c, c) in TEXT_FIELDS
+)
 
 
 def trace_to_row(r: TraceRecord) -> tuple[Any, ...]:
@@ -109,13 +114,9 @@ def clean_row(row: tuple[Any, ...]) -> bool:
         v = row[i]
         if v is not None and "\\u0000" in v:
             return False
-    for i in _TEXT_AT:
+    for i, longest in _TEXT_AT:
         v = row[i]
-        if v.__class__ is str and not clean_text(v):
-            return False
-    for i in _KEY_AT:
-        v = row[i]
-        if v.__class__ is str and len(v) > MAX_KEY_CHARS:
+        if v.__class__ is str and (len(v) > longest or not clean_text(v)):
             return False
     return True
 
