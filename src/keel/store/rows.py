@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from keel.config import LimitRule
 from keel.store.protocols import KeyRow, LimitOverride, TenantRow, TraceQuery
-from keel.store.storable import KEY_FIELDS, MAX_KEY_CHARS, TEXT_FIELDS, clean_text, storable
+from keel.store.storable import KEY_FIELDS, MAX_KEY_CHARS, SURROGATE, TEXT_FIELDS, storable
 from keel.types import TraceRecord
 
 TRACE_COLUMNS = (
@@ -108,15 +108,18 @@ def trace_rows(records: Sequence[TraceRecord]) -> tuple[list[tuple[Any, ...]], l
 
 
 def clean_row(row: tuple[Any, ...]) -> bool:
-    """True when no store refuses the row's text, and attribution fits an index. orjson writes NUL in JSON as the escape \\u0000 (a
-    false alarm when the backslash is itself escaped: storable then finds nothing) and never a surrogate."""
+    """True when no store refuses the row's text, and attribution fits an index. orjson writes NUL in
+    JSON as the escape \\u0000 (a false alarm when the backslash is itself escaped: storable then
+    finds nothing) and never a surrogate. Runs per record in the writer: checks inlined, no calls."""
     for i in _JSON_AT:
         v = row[i]
         if v is not None and "\\u0000" in v:
             return False
     for i, longest in _TEXT_AT:
         v = row[i]
-        if v.__class__ is str and (len(v) > longest or not clean_text(v)):
+        if v.__class__ is str and (
+            len(v) > longest or "\x00" in v or (not v.isascii() and SURROGATE.search(v) is not None)
+        ):
             return False
     return True
 

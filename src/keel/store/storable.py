@@ -27,7 +27,7 @@ MAX_KEY_CHARS = 256  # at most 1 kB of UTF-8: two of them fit in one PostgreSQL 
 TOO_DEEP = "[keel: nested too deep]"
 REPLACEMENT = "\ufffd"
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE = re.compile("[\ud800-\udfff]")
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson writes: i64 and u64
 TEXT_FIELDS = (
     "id", "endpoint", "tenant", "key_id", "user", "feature", "session", "alias", "provider", "model",
@@ -51,7 +51,7 @@ _JSON = ("tags", "request", "response", "route", "attempt_log")
 
 def clean_text(text: str) -> bool:
     """True when `text` can be stored as it is (the common case: one C scan, or two)."""
-    return "\x00" not in text and (text.isascii() or _SURROGATE.search(text) is None)
+    return "\x00" not in text and (text.isascii() or SURROGATE.search(text) is None)
 
 
 def storable(r: TraceRecord) -> TraceRecord:
@@ -87,9 +87,9 @@ class _Fix:
         if "\x00" in value:
             self.kinds.add("nul")
             value = value.replace("\x00", REPLACEMENT)
-        if not value.isascii() and _SURROGATE.search(value):
+        if not value.isascii() and SURROGATE.search(value):
             self.kinds.add("surrogate")
-            value = _SURROGATE.sub(REPLACEMENT, value)
+            value = SURROGATE.sub(REPLACEMENT, value)
         return value
 
     def json(self, value: Any, depth: int) -> Any:
