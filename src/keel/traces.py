@@ -51,7 +51,7 @@ class WriterStats:
     failed_flushes: int = 0
     quarantined: int = 0  # records no store would take, kept in the dead-letter file
     restarts: int = 0  # times the writer loop crashed and was started again
-    last_error: str | None = None  # the latest failure: a store write, a spill, a crash
+    last_error: str | None = None  # the latest failure's kind (a store write, a spill, a crash); details are logged
     last_error_at: float | None = None  # unix seconds
 
 
@@ -61,7 +61,14 @@ def refused(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
+    """The exception with its message, for logs and the dead letter (local, like the records)."""
     return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def kind(exc: BaseException) -> str:
+    """The exception's type, and its cause's: all /readyz shows, since a message may quote a record."""
+    cause = exc.__cause__
+    return type(exc).__name__ + (f" ({type(cause).__name__})" if cause is not None else "")
 
 
 class TraceWriter:
@@ -158,7 +165,7 @@ class TraceWriter:
                 return
             except BaseException as exc:  # even a driver's SystemExit must not end trace writing quietly
                 self.stats.restarts += 1
-                self._crash = describe(exc)
+                self._crash = kind(exc)
                 self._note(exc)
                 crashes = 1 if time.monotonic() - began > 60 else crashes + 1
                 delay = self.RESTART_DELAYS[min(crashes, len(self.RESTART_DELAYS)) - 1]
@@ -252,7 +259,7 @@ class TraceWriter:
         except Exception as exc:
             self.stats.failed_flushes += 1
             self._note(exc)
-            log.warning("trace write of %d records failed (%s)", len(records), self.stats.last_error)
+            log.warning("trace write of %d records failed (%s)", len(records), describe(exc))
             return exc
         finally:
             self._busy_since = None
@@ -375,7 +382,7 @@ class TraceWriter:
             self.stats.dropped += n
 
     def _note(self, exc: BaseException) -> None:
-        self.stats.last_error, self.stats.last_error_at = describe(exc), time.time()
+        self.stats.last_error, self.stats.last_error_at = kind(exc), time.time()
 
 
 # ---- payload blobs ------------------------------------------------------------------------------
