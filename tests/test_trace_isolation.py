@@ -22,7 +22,7 @@ import pytest
 from keel.spill import ROTATED, SpillDir
 from keel.store.open import open_store
 from keel.store.protocols import Store, TraceQuery, UsageQuery
-from keel.store.storable import TAG
+from keel.store.storable import TAG, storable
 from keel.traces import TraceWriter
 from keel.types import TraceRecord
 
@@ -327,3 +327,17 @@ def test_health_reports_records_that_can_be_neither_written_nor_spilled(
     flaky.down.clear()
     writer.put(record(1))
     wait_until(lambda: writer.health() is None, "a write to succeed again")
+
+
+# ---- storable: the rewrite itself ----------------------------------------------------------------
+
+
+def test_storable_returns_a_clean_record_itself_and_names_what_it_changed() -> None:
+    clean = record(0)
+    clean.request = {"messages": [{"role": "user", "content": "héllo ✓"}], "n": 2**63, "t": (1, 2)}
+    assert storable(clean) is clean
+    odd = record(1)
+    odd.tags = {1: "one", "ok": ["a", "b\x00"]}
+    got = storable(odd)
+    assert got.tags == {"1": "one", "ok": ["a", "b\ufffd"], TAG: "key,nul"}
+    assert odd.tags == {1: "one", "ok": ["a", "b\x00"]}  # the original is never changed
