@@ -35,17 +35,8 @@ TEXT_FIELDS = (
 )  # fmt: skip
 # what indexes and rollup rows key on (the id is Keel's own: never cut, it keeps writes idempotent)
 KEY_FIELDS = (
-    "tenant",
-    "key_id",
-    "user",
-    "feature",
-    "session",
-    "alias",
-    "provider",
-    "model",
-    "prompt_version",
-    "status",
-)
+    "tenant", "key_id", "user", "feature", "session", "alias", "provider", "model", "prompt_version", "status",
+)  # fmt: skip
 _JSON = ("tags", "request", "response", "route", "attempt_log")
 
 
