@@ -31,7 +31,7 @@ from .test_trace_writer import FAST_RETRIES, FlakyStore, ids, record, spill_file
 
 db, store, spill, make_writer = tw.db, tw.store, tw.spill, tw.make_writer  # its fixtures, used here too
 
-TOO_BIG = 2**63  # fits orjson (u64), not a signed 64-bit column: both SQL stores refuse it
+TOO_BIG = 2**63  # fits orjson (u64), not a signed 64-bit column: both SQL stores refuse it as a count of attempts
 
 
 @pytest.fixture
@@ -46,8 +46,9 @@ def stored_ids(store: Store) -> set[str]:
 
 
 def poisoned(i: int) -> TraceRecord:
+    """A record the store refuses for its content (token counts are clamped; `attempts` is not)."""
     r = record(i)
-    r.input_tokens = TOO_BIG
+    r.attempts = TOO_BIG
     return r
 
 
@@ -73,7 +74,7 @@ def test_a_refused_record_is_quarantined_and_the_rest_of_its_batch_written(
 
     assert stored_ids(real_store) == ids(201) - {"tr000057"}
     [entry] = writer.files.deadletters()
-    assert entry["record"]["id"] == "tr000057" and entry["record"]["input_tokens"] == TOO_BIG
+    assert entry["record"]["id"] == "tr000057" and entry["record"]["attempts"] == TOO_BIG
     assert "UnstorableRecords" in entry["reason"] or "OverflowError" in entry["reason"]
     assert (writer.stats.written, writer.stats.spilled, writer.stats.dropped) == (200, 0, 0)
     assert writer.health() is None and writer.stats.last_error is not None
@@ -165,7 +166,7 @@ def write_spill(spill: Path, name: str, lines: Sequence[bytes]) -> None:
 
 
 def line(r: TraceRecord) -> bytes:
-    return orjson.dumps({"id": r.id, "started_at": r.started_at, "alias": r.alias, "input_tokens": r.input_tokens})
+    return orjson.dumps({"id": r.id, "started_at": r.started_at, "alias": r.alias, "attempts": r.attempts})
 
 
 def test_a_poisoned_spill_file_is_skipped_past_and_its_good_records_loaded(
