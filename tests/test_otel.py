@@ -8,6 +8,7 @@ and what each request looked like (path, headers), and can answer 503 a given nu
 from __future__ import annotations
 
 import base64
+import http.client
 import http.server
 import json
 import signal
@@ -37,6 +38,7 @@ from keel.types import ChatRequest, Message, TraceRecord
 
 from .conftest import Gateway, base_config
 from .test_serve_process import KEEL, bootstrap_key, free_port, wait_healthy
+from .test_trace_writer import wait_until
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -431,6 +433,75 @@ def test_unreachable_receiver_never_raises() -> None:
     ex.put(*record(1))
     ex.close()
     assert (ex.stats.exported, ex.stats.failed) == (0, 1)
+
+
+def test_a_header_value_http_client_refuses_fails_the_export_not_the_exporter(receiver: Receiver) -> None:
+    """A token read from a file ends with a newline: http.client refuses to send it (ValueError)."""
+    ex = exporter(receiver.url, headers={"x-token": "s3cret\n"}, flush_interval_ms=10)
+    ex.start()
+    ex.put(*record(1))
+    wait_until(lambda: ex.stats.failed == 1, "the export to fail")
+    ex.put(*record(2))
+    wait_until(lambda: ex.stats.failed == 2, "the next export to be tried too")
+    assert ex.health() is None and ex.stats.restarts == 0
+    ex.close()
+
+
+class _CrashingTransport:
+    """http.client's request raising what no one expects (as a buggy transport might), while `on`."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.on = True
+        real = http.client.HTTPConnection.request
+
+        def request(conn: http.client.HTTPConnection, *args: Any, **kwargs: Any) -> None:
+            if self.on:
+                raise SystemExit("transport gave up (injected)")
+            real(conn, *args, **kwargs)
+
+        monkeypatch.setattr(http.client.HTTPConnection, "request", request)
+
+
+def test_the_exporter_restarts_after_anything_its_loop_raises(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crashing = _CrashingTransport(monkeypatch)
+    ex = exporter(receiver.url, flush_interval_ms=60_000, batch_size=1)  # a full batch wakes the thread
+    ex.RESTART_DELAYS = (0.05,)
+    ex.start()
+    ex.put(*record(1))
+    wait_until(lambda: ex.stats.restarts == 1, "the loop to crash and restart")
+    assert "SystemExit at" in str(ex.health()) and "transport gave up" not in str(ex.health())
+    assert ex.stats.failed == 1  # the batch in hand, counted
+    crashing.on = False
+    ex.put(*record(2))
+    receiver.wait_for(1)
+    wait_until(lambda: ex.health() is None, "a drain to complete")
+    ex.close()
+    assert (ex.stats.exported, ex.stats.failed, ex.stats.restarts) == (1, 1, 1)
+
+
+def test_readyz_and_metrics_show_a_crashed_exporter(
+    make_gateway: Any, up: FakeUpstream, tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw = otel_gateway(make_gateway, up, tmp_path, endpoint=receiver.url)
+    assert gw.runtime.exporter is not None
+    gw.runtime.exporter.RESTART_DELAYS = (60.0,)  # stays down for the test; close cuts the wait short
+    _CrashingTransport(monkeypatch)
+    client(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    wait_until(lambda: gw.runtime.exporter is not None and gw.runtime.exporter.stats.restarts == 1, "the crash")
+    body = httpx.get(gw.url + "/readyz").json()
+    assert body["otel_exporter"].startswith("crashed (SystemExit at") and body["otel_restarts"] == 1
+    assert body["status"] == "ready"  # spans are best effort: the trace writer decides readiness
+    scrape = httpx.get(gw.url + "/metrics").text
+    assert "keel_otel_exporter_up 0" in scrape and "keel_otel_exporter_restarts_total 1" in scrape
+
+
+def test_config_refuses_header_values_http_cannot_carry_without_echoing_them() -> None:
+    bad = err_paths({"endpoint": "http://x", "headers": {"authorization": "Bearer s3cret\n", "bad name": "v"}})
+    assert "line break" in bad["otel.headers.authorization"] and "s3cret" not in str(bad)
+    assert "header name" in bad["otel.headers.bad name"]
+    assert "otel.api_key" in err_paths({"preset": "phoenix", "api_key": "k\r\n"})
 
 
 # ---- pure pieces ------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from keel.store.open import open_store
@@ -255,19 +256,35 @@ def test_beyond_the_overflow_limit_records_are_dropped_and_counted(store: Store,
     assert writer.stats.written + writer.stats.dropped == 200
 
 
-def test_an_unreadable_spill_file_is_set_aside_and_the_writer_keeps_going(
+def test_unreadable_spill_lines_are_quarantined_and_the_rest_of_their_file_loaded(
     store: Store, db: Path, spill: Path, make_writer: Any
 ) -> None:
     spill.mkdir()
-    (spill / "traces-1-1-1.jsonl").write_bytes(b'{"id": "half a rec\n')  # cut short by a crash
+    good = orjson.dumps({"id": "tr900000", "started_at": 1.0, "alias": "demo"})
+    (spill / "traces-1-1-1.jsonl").write_bytes(good + b'\n{"id": "half a rec\n')  # cut short by a crash
     (spill / "traces-2-1-1.jsonl").write_bytes(b'{"id": "x", "started_at": 1.0, "no_such_field": 1}\n')
     writer = make_writer(store)
     for i in range(10):
         writer.put(record(i))
     writer.close()
 
-    assert sorted(rows(db)) == sorted(ids(10))
-    assert sorted(p.name for p in spill.iterdir()) == ["traces-1-1-1.bad", "traces-2-1-1.bad"]  # kept, not lost
+    assert sorted(rows(db)) == sorted(ids(10) | {"tr900000"})
+    assert sorted(p.name for p in spill.iterdir()) == ["deadletter.jsonl"]  # kept there, not lost
+    reasons = [e["reason"] for e in writer.files.deadletters()]
+    assert len(reasons) == 2 and "traces-1-1-1.jsonl" in reasons[0] and "no_such_field" in reasons[1]
+    assert (writer.stats.quarantined, writer.stats.reloaded) == (2, 1)
+
+
+def test_a_spill_path_that_cannot_be_read_is_set_aside_and_the_writer_keeps_going(
+    store: Store, db: Path, spill: Path, make_writer: Any
+) -> None:
+    (spill / "traces-1-1-1.jsonl").mkdir(parents=True)  # reading it raises IsADirectoryError
+    writer = make_writer(store)
+    for i in range(10):
+        writer.put(record(i))
+    wait_until(lambda: len(rows(db)) == 10, "the records after it to be written")
+    writer.close()
+    assert (spill / "traces-1-1-1.bad").is_dir()
 
 
 def test_a_batch_that_can_be_neither_written_nor_spilled_is_counted_as_dropped(

@@ -157,6 +157,9 @@ class TracesConfig(_Model):
     batch_size: int = Field(5000, ge=1)  # a full batch shares rollup rows: fewer upserts per record (bench/usage.py)
     flush_interval_ms: int = Field(50, ge=1)
     spill_dir: str = ".keel/spill"
+    # records no store will take go to <spill_dir>/deadletter.jsonl; it and its one rotated file stay under this
+    deadletter_max_bytes: int = Field(64 * 2**20, ge=65_536)
+    stall_after_s: float = Field(15.0, gt=0)  # a store write running longer makes /readyz answer 503
     store_payloads: bool = True
     # response text (content; each tool call's arguments) a trace keeps; beyond it, a truncation marker
     max_response_chars: int = Field(2**20, ge=1024)

@@ -169,6 +169,7 @@ def _check_otel(otel: dict[str, Any]) -> list[ConfigIssue]:
     if isinstance(endpoint, str) and not endpoint.startswith(("http://", "https://")):
         fix = "use http://host:4318 or https://host/..., the collector's OTLP/HTTP base URL"
         issues.append(ConfigIssue("otel.endpoint", f"not an http(s) URL: {endpoint!r}", fix))
+    issues += _check_otel_headers(otel)
     preset = otel.get("preset")
     if preset is not None and preset not in OTEL_CREDENTIALS:
         return issues  # the schema check names the choices
@@ -184,6 +185,34 @@ def _check_otel(otel: dict[str, Any]) -> list[ConfigIssue]:
             why = f"not used by preset '{preset}'" if preset else "only used with a preset"
             issues.append(ConfigIssue(f"otel.{key}", why, fix))
     return issues
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _check_otel_headers(otel: dict[str, Any]) -> list[ConfigIssue]:
+    """Values sent as HTTP headers must be sendable: no line breaks, Latin-1 only. A value is never
+    echoed back: it is usually a secret."""
+    values: list[tuple[str, str | None, Any]]
+    values = [(f"otel.headers.{k}", k, v) for k, v in _mapping(otel.get("headers")).items()]
+    values += [(f"otel.{k}", None, otel.get(k)) for k in ("api_key", "experiment_id")]
+    issues = []
+    for path, name, value in values:
+        if name is not None and not _HEADER_NAME.fullmatch(str(name)):
+            issues.append(ConfigIssue(path, "not a valid HTTP header name", "use letters, digits and - only"))
+        if isinstance(value, str) and not _sendable(value):
+            why = "holds a line break, NUL or a non-Latin-1 character, which an HTTP header cannot carry"
+            fix = "remove it (a token read from a file often ends with a newline)"
+            issues.append(ConfigIssue(path, why, fix))
+    return issues
+
+
+def _sendable(value: str) -> bool:
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return not any(c in value for c in "\r\n\x00")
 
 
 def _mapping(node: Any) -> dict[str, Any]:

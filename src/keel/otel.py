@@ -5,6 +5,9 @@ queue drops the span and counts it. One thread batches (up to `batch_size` spans
 interval), encodes with the generated `opentelemetry-proto` classes (imported only when export is
 configured, never at `import keel`) and POSTs over one keep-alive connection, retrying 429, 5xx and
 connection errors with backoff. `close` sends what is queued before it returns (the SIGTERM path).
+Whatever the loop raises, a supervisor counts the batch in hand as failed and starts it again;
+`health()` says so meanwhile (/readyz, /metrics). A crash is logged by type and place only: its
+message may quote a header value.
 Header values of the destination are never logged; provider and virtual keys never reach a span:
 the exporter thread redacts each record (and captured messages) with the same `Redactor` as the
 trace writer before mapping it.
@@ -20,9 +23,11 @@ import re
 import ssl
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
@@ -122,12 +127,15 @@ class ExportStats:
     exported: int = 0  # spans the receiver accepted
     dropped: int = 0  # spans refused because the queue was full
     failed: int = 0  # spans given up on after retries, or refused by the receiver (4xx)
+    restarts: int = 0  # times the exporter loop crashed and was started again
+    last_error: str | None = None  # the latest crash: exception type and where it was raised
 
 
 Item = tuple[TraceRecord, ChatRequest | EmbeddingRequest]
 
 
 class SpanExporter:
+    RESTART_DELAYS = (0.1, 0.5, 2.0, 5.0)
     BACKOFF_S = 0.2
     BACKOFF_MAX_S = 5.0
     RETRY_AFTER_CAP_S = 30.0
@@ -154,10 +162,14 @@ class SpanExporter:
         self._interval, self._timeout, self._retries = cfg.flush_interval_ms / 1000, cfg.timeout_s, cfg.retries
         self._queue: deque[Item] = deque()
         self._wake = threading.Event()
+        self._stopping = threading.Event()  # cuts a restart delay short
         self._closing = False
         self._deadline = float("inf")
         self._conn: http.client.HTTPConnection | None = None
-        self._thread = threading.Thread(target=self._run, name="keel-otel-exporter", daemon=True)
+        self._thread = threading.Thread(target=self._supervise, name="keel-otel-exporter", daemon=True)
+        self._started = False
+        self._in_hand = 0  # spans of the batch being sent: failed if the loop crashes
+        self._crash: str | None = None  # why the loop crashed, until it has drained again
         self.stats = ExportStats()
 
     @property
@@ -169,7 +181,16 @@ class SpanExporter:
         return len(self._queue)
 
     def start(self) -> None:
+        self._started = True
         self._thread.start()
+
+    def health(self) -> str | None:
+        """Why spans cannot leave now (for /readyz and /metrics); None while they can."""
+        if self._crash is not None:
+            return f"crashed ({self._crash}); restarting"
+        if self._started and not self._thread.is_alive() and not self._closing:
+            return "its thread is not running"
+        return None
 
     def put(self, record: TraceRecord, request: ChatRequest | EmbeddingRequest) -> None:
         # One producer (the event loop): deque.append is atomic, and only a full batch wakes the thread.
@@ -185,6 +206,7 @@ class SpanExporter:
         """Send what is queued (retrying within `timeout`), then stop."""
         self._deadline = time.monotonic() + timeout
         self._closing = True
+        self._stopping.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout + self._timeout)
@@ -193,11 +215,34 @@ class SpanExporter:
 
     # ---- exporter thread
 
+    def _supervise(self) -> None:
+        crashes = 0
+        while True:
+            began = time.monotonic()
+            try:
+                self._run()
+                return
+            except BaseException as exc:  # a crash must not end span export quietly
+                self.stats.restarts += 1
+                self.stats.failed += self._in_hand
+                self._in_hand = 0
+                self._reset()
+                frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+                where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+                self._crash = self.stats.last_error = f"{type(exc).__name__}{where}"
+                crashes = 1 if time.monotonic() - began > 60 else crashes + 1
+                delay = self.RESTART_DELAYS[min(crashes, len(self.RESTART_DELAYS)) - 1]
+                log.critical("the OpenTelemetry exporter crashed (%s); restarting in %.1f s", self._crash, delay)
+                self._stopping.wait(delay)
+                if self._closing:
+                    time.sleep(0.1)  # drain again soon, within close's timeout
+
     def _run(self) -> None:
         while not self._closing:
             self._wake.wait(self._interval)
             self._wake.clear()
             self._drain()
+            self._crash = None
         self._drain()
 
     def _drain(self) -> None:
@@ -206,13 +251,16 @@ class SpanExporter:
             popleft = self._queue.popleft
             while self._queue and len(batch) < self._batch:
                 batch.append(popleft())
+            self._in_hand = len(batch)
             try:
                 body = encode([self._span(r, q) for r, q in batch], self._resource())
             except Exception:  # a record the mapping cannot read must not stop the thread
                 log.exception("encoding %d spans failed; dropped", len(batch))
                 self.stats.failed += len(batch)
+                self._in_hand = 0
                 continue
             self._send(body, len(batch))
+            self._in_hand = 0
 
     def _span(self, record: TraceRecord, request: ChatRequest | EmbeddingRequest) -> SpanData:
         r = self._redactor
@@ -265,6 +313,9 @@ class SpanExporter:
                 if fresh:  # a reused connection the receiver had closed gets one immediate fresh try
                     return True, None, type(exc).__name__
                 continue
+            except ValueError as exc:  # a request http.client will not send (a header it refuses): never will
+                self._reset()
+                return False, None, type(exc).__name__
             if response.will_close:
                 self._reset()
             status = response.status

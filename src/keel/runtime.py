@@ -85,6 +85,8 @@ class Runtime:
             scrub=redactor.scrub,
             blobs=blobs,
             blob_threshold=t.blob_threshold_bytes,
+            deadletter_max_bytes=t.deadletter_max_bytes,
+            stall_after=t.stall_after_s,
         )
         authenticator = Authenticator(store, ttl=config.server.key_cache_ttl_s, poll=config.server.revocation_poll_s)
         sessions = Sessions()

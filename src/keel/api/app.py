@@ -61,25 +61,33 @@ def create_app(runtime: Runtime) -> FastPath:
             {}
             if otel is None
             else {
+                "otel_exporter": otel.health() or "ok",
                 "otel_queue": otel.depth,
                 "otel_spans_exported": otel.stats.exported,
                 "otel_spans_dropped": otel.stats.dropped,
                 "otel_spans_failed": otel.stats.failed,
+                "otel_restarts": otel.stats.restarts,
             }
         )
-        return JSONResponse(
-            {
-                "status": "ready",
-                "trace_queue": runtime.writer.depth,
-                "traces_written": stats.written,
-                "traces_spilled": stats.spilled,
-                "traces_dropped": stats.dropped,
-                "trace_flush_failures": stats.failed_flushes,
-                "unauthenticated": runtime.trace_stage.unauthenticated,  # refused before auth: counted, not traced
-                "limits_store_unavailable": runtime.limits_stage.unavailable,
-                **spans,
-            }
-        )
+        trouble = runtime.writer.health()
+        body = {
+            "status": "ready" if trouble is None else "unavailable",
+            "trace_writer": trouble or "ok",
+            "trace_queue": runtime.writer.depth,
+            "traces_written": stats.written,
+            "traces_spilled": stats.spilled,
+            "traces_dropped": stats.dropped,
+            "traces_quarantined": stats.quarantined,
+            "trace_flush_failures": stats.failed_flushes,
+            "trace_writer_restarts": stats.restarts,
+            "trace_writer_last_error": stats.last_error,
+            "unauthenticated": runtime.trace_stage.unauthenticated,  # refused before auth: counted, not traced
+            "limits_store_unavailable": runtime.limits_stage.unavailable,
+            **spans,
+        }
+        if trouble is not None:  # calls are served, but their traces are at risk: take this process out
+            return JSONResponse({**body, "reason": f"trace writer: {trouble}"}, 503)
+        return JSONResponse(body)
 
     routes = [
         Route("/v1/chat/completions", edge.chat, methods=["POST"]),

@@ -63,6 +63,10 @@ class MetricsEndpoint:
             _one("keel_traces_reloaded_total", "counter", "Spilled trace records loaded back.", w.reloaded),
             _one("keel_traces_dropped_total", "counter", "Trace records lost (overflow buffer and disk full).", w.dropped),
             _one("keel_trace_flush_failures_total", "counter", "Failed trace flushes (retried, then spilled).", w.failed_flushes),
+            _one("keel_traces_quarantined_total", "counter", "Trace records no store would take, in the dead-letter file.", w.quarantined),
+            _one("keel_trace_writer_up", "gauge", "1 while the trace writer can write; 0 crashed, stalled or losing records (see /readyz).", float(rt.writer.health() is None)),
+            _one("keel_trace_writer_restarts_total", "counter", "Times the trace writer loop crashed and was restarted.", w.restarts),
+            _one("keel_trace_writer_last_error_timestamp_seconds", "gauge", "When the trace writer last failed (0: never).", w.last_error_at or 0.0),
             _one("keel_unauthenticated_total", "counter", "Calls refused before authentication (not traced).", rt.trace_stage.unauthenticated),
             _one("keel_limits_store_unavailable_total", "counter", "Admissions that met an unreachable limit store.", rt.limits_stage.unavailable),
         ]  # fmt: skip
@@ -73,6 +77,8 @@ class MetricsEndpoint:
                 _one("keel_otel_spans_exported_total", "counter", "Spans the OTLP receiver accepted.", e.exported),
                 _one("keel_otel_spans_dropped_total", "counter", "Spans dropped: export queue full.", e.dropped),
                 _one("keel_otel_spans_failed_total", "counter", "Spans given up on after retries.", e.failed),
+                _one("keel_otel_exporter_up", "gauge", "1 while the OpenTelemetry exporter runs; 0 crashed (see /readyz).", float(rt.exporter.health() is None)),
+                _one("keel_otel_exporter_restarts_total", "counter", "Times the exporter loop crashed and was restarted.", e.restarts),
             ]  # fmt: skip
         senders = [a.stats for a in (rt.alerts, rt.rule_alerts) if a is not None]
         if senders:

@@ -1,4 +1,5 @@
-"""`keel traces list|show|replay`: a bounded time window plus filters, newest first; replay via the gateway.
+"""`keel traces list|show|replay|deadletter`: a bounded time window plus filters, newest first; replay via
+the gateway; the records no store would take, from the dead-letter file beside the spills.
 
 Replay always goes through the running gateway's admin API (never an in-process runtime): the
 replayed call must be traced by the gateway's writer, counted against the tenant's shared limits
@@ -18,6 +19,7 @@ from keel.cli.output import Failure, emit_json, table, when
 from keel.cli.remote import add_url, admin_post
 from keel.errors import InvalidRequest
 from keel.runtime import blobs_from
+from keel.spill import SpillDir
 from keel.traces import FILTERS, read_trace, trace_query, trace_view
 
 
@@ -45,6 +47,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rp.add_argument("--json", action="store_true")
     add_url(rp)
     rp.set_defaults(run=run_replay)
+    dl = verbs.add_parser("deadletter", help="list trace records no store would take (in traces.spill_dir)")
+    dl.add_argument("--requeue", action="store_true", help="hand them back to the writer to load again (after a fix)")
+    dl.add_argument("--json", action="store_true")
+    dl.set_defaults(run=run_deadletter)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -104,6 +110,29 @@ def run_replay(args: argparse.Namespace) -> int:
         print(f"\nnote: the recorded request was redacted ({kinds}); the replay sent the placeholders as they are")
     if result["error"]:
         print(f"\nreplay failed: {result['error']}")
+    return 0
+
+
+def run_deadletter(args: argparse.Namespace) -> int:
+    files = SpillDir(load_config(args).traces.spill_dir)
+    if args.requeue:
+        queued, kept = files.requeue()
+        if args.json:
+            emit_json({"requeued": queued, "kept": kept})
+            return 0
+        print(f"requeued {queued} records as a spill in {files.path}: a running gateway loads them within seconds")
+        if kept:
+            print(f"{kept} entries stay in the dead letter (no record to requeue, or not writable as JSON)")
+        return 0
+    entries = files.deadletters()
+    if args.json:
+        emit_json(entries)
+        return 0
+    rows = []
+    for e in entries:
+        r = e.get("record") or {}
+        rows.append((when(e.get("at")), r.get("id", e.get("id")), r.get("tenant"), str(e.get("reason"))[:120]))
+    table(["at", "id", "tenant", "reason"], rows)
     return 0
 
 

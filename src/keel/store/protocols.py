@@ -146,11 +146,19 @@ class KeyStore(Protocol):
         ...
 
 
+class UnstorableRecords(ValueError):
+    """`append_traces` refused a batch for what a record holds (a value out of a column's range, a
+    constraint), not because the store is away: the same records would be refused again."""
+
+
 class TraceStore(Protocol):
     def append_traces(self, records: Sequence[TraceRecord]) -> None:
         """Insert in one transaction, with the usage rollups of the records actually inserted.
 
-        Idempotent by record id, so a retried batch never duplicates rows nor counts twice.
+        Idempotent by record id, so a retried batch never duplicates rows nor counts twice. Text a
+        backend cannot hold is made storable first (keel.store.storable). Raises `UnstorableRecords`
+        (or another ValueError or TypeError) when a record is refused for its content; any other
+        exception means the store could not take the batch now.
         """
         ...
 

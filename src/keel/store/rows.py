@@ -9,7 +9,7 @@ otherwise fail its whole batch or poison every sum over its window.
 from __future__ import annotations
 
 import math
-import re
+import sys
 from collections.abc import Mapping, Sequence
 from operator import attrgetter
 from typing import Any
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from keel.config import LimitRule
 from keel.store.protocols import KeyRow, LimitOverride, TenantRow, TraceQuery
+from keel.store.storable import KEY_FIELDS, MAX_KEY_CHARS, SURROGATE, TEXT_FIELDS, storable
 from keel.types import TraceRecord
 
 TRACE_COLUMNS = (
@@ -52,6 +53,12 @@ _trace_values = attrgetter(*(_ATTR.get(c, c) for c in TRACE_COLUMNS))  # one C c
 _JSON_AT = tuple(i for i, c in enumerate(TRACE_COLUMNS) if c in _JSON)
 _COUNTS_AT = tuple(TRACE_COLUMNS.index(c) for c in _COUNTS)
 _AMOUNTS_AT = tuple(TRACE_COLUMNS.index(c) for c in _AMOUNTS)
+# (index, longest value stored as it is) of each text column: attribution must fit an index entry
+_TEXT_AT = tuple(
+    (i, MAX_KEY_CHARS if _ATTR.get(c, c) in KEY_FIELDS else sys.maxsize)
+    for i, c in enumerate(TRACE_COLUMNS)
+    if _ATTR.get(c, c) in TEXT_FIELDS
+)
 
 
 def trace_to_row(r: TraceRecord) -> tuple[Any, ...]:
@@ -82,17 +89,39 @@ def storable_amount(value: Any) -> float | None:
     return float(max(-AMOUNT_MAX, min(value, AMOUNT_MAX)))
 
 
-def without_nul(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """PostgreSQL text and jsonb refuse NUL characters, which user prompts may carry: mark them U+FFFD.
+def trace_rows(records: Sequence[TraceRecord]) -> tuple[list[tuple[Any, ...]], list[TraceRecord]]:
+    """Rows for `records`, and the records as stored: one that a store would refuse as it is (NUL,
+    lone surrogates, JSON orjson cannot write) is made storable first (keel.store.storable), so its
+    rollups add up the same values as its row. Raises TypeError for a record that still cannot be written."""
+    rows, stored = [], []
+    for r in records:
+        try:
+            row: tuple[Any, ...] | None = trace_to_row(r)
+        except TypeError:  # orjson refused a JSON value
+            row = None
+        if row is None or not clean_row(row):
+            r = storable(r)
+            row = trace_to_row(r)
+        rows.append(row)
+        stored.append(r)
+    return rows, stored
 
-    In JSON text a NUL is the escape \\u0000; an escaped backslash before it (\\\\u0000) is left alone.
-    """
-    return tuple(_clean(v) if isinstance(v, str) and ("\x00" in v or "\\u0000" in v) else v for v in row)
 
-
-def _clean(text: str) -> str:
-    text = text.replace("\x00", "\ufffd")
-    return re.sub(r"(?<!\\)((?:\\\\)*)\\u0000", r"\1\\ufffd", text)
+def clean_row(row: tuple[Any, ...]) -> bool:
+    """True when no store refuses the row's text, and attribution fits an index. orjson writes NUL in
+    JSON as the escape \\u0000 (a false alarm when the backslash is itself escaped: storable then
+    finds nothing) and never a surrogate. Runs per record in the writer: checks inlined, no calls."""
+    for i in _JSON_AT:
+        v = row[i]
+        if v is not None and "\\u0000" in v:
+            return False
+    for i, longest in _TEXT_AT:
+        v = row[i]
+        if v.__class__ is str and (
+            len(v) > longest or "\x00" in v or (not v.isascii() and SURROGATE.search(v) is not None)
+        ):
+            return False
+    return True
 
 
 def trace_from_row(row: Sequence[Any]) -> TraceRecord:

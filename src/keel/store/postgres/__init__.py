@@ -25,6 +25,7 @@ from keel.store.protocols import (
     TenantRow,
     TraceQuery,
     UnknownSubject,
+    UnstorableRecords,
     UsageQuery,
     UsageRow,
 )
@@ -43,9 +44,8 @@ from keel.store.rows import (
     regions_json,
     tenant_from_row,
     trace_from_row,
-    trace_to_row,
+    trace_rows,
     trace_where,
-    without_nul,
 )
 from keel.types import TraceRecord
 
@@ -66,6 +66,9 @@ _SET_LIMITS = (
     " ON CONFLICT (scope, subject) DO UPDATE SET limits = excluded.limits,"
     " on_store_error = excluded.on_store_error, updated_at = excluded.updated_at"
 )
+# SQLSTATE classes that blame a record's content: data exception, integrity, program limit (an
+# index row too large); psycopg's own DataError (NUL in text) has no SQLSTATE
+_REFUSED = ("22", "23", "54")
 _DELETE_BATCH = 1000  # rollup rows per DELETE statement
 _OWNER = {"tenant": "SELECT 1 FROM tenants WHERE name = %s", "key": "SELECT 1 FROM api_keys WHERE id = %s"}
 _INSERT_KEY = f"INSERT INTO api_keys ({_KEYS}) VALUES ({_marks(KEY_COLUMNS)})"
@@ -211,12 +214,17 @@ class PostgresStore:
             return
         # in id order: writers of overlapping batches (a spill reloaded by another process) lock
         # the same ids in the same order, so they wait for each other instead of deadlocking
-        records = sorted(records, key=lambda r: r.id)
-        with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.executemany(_INSERT_TRACE, [without_nul(trace_to_row(r)) for r in records], returning=True)
-            new = {row[0] for _ in cur.results() for row in cur.fetchall()}  # ids this batch inserted
-            for sql, rows in usage.upserts(_first_of(records, new), "%s", "LEAST", "GREATEST", ordered=True):
-                cur.executemany(sql, rows)
+        rows, stored = trace_rows(sorted(records, key=lambda r: r.id))
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                cur.executemany(_INSERT_TRACE, rows, returning=True)
+                new = {row[0] for _ in cur.results() for row in cur.fetchall()}  # ids this batch inserted
+                for sql, values in usage.upserts(_first_of(stored, new), "%s", "LEAST", "GREATEST", ordered=True):
+                    cur.executemany(sql, values)
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.DataError | psycopg.IntegrityError) or (exc.sqlstate or "")[:2] in _REFUSED:
+                raise UnstorableRecords(f"{type(exc).__name__}: {exc}") from exc
+            raise
 
     def list_traces(self, query: TraceQuery) -> list[TraceRecord]:
         where, params = trace_where(query, "%s")

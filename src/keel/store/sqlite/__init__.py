@@ -20,6 +20,7 @@ from keel.store.protocols import (
     TenantRow,
     TraceQuery,
     UnknownSubject,
+    UnstorableRecords,
     UsageQuery,
     UsageRow,
 )
@@ -38,7 +39,7 @@ from keel.store.rows import (
     regions_json,
     tenant_from_row,
     trace_from_row,
-    trace_to_row,
+    trace_rows,
     trace_where,
 )
 from keel.types import TraceRecord
@@ -57,6 +58,8 @@ _SET_LIMITS = (
     " ON CONFLICT (scope, subject) DO UPDATE SET limits = excluded.limits,"
     " on_store_error = excluded.on_store_error, updated_at = excluded.updated_at"
 )
+# what a record's content makes SQLite (or its binding) refuse: an int beyond 64 bits, a value too big
+_REFUSED = (OverflowError, UnicodeError, sqlite3.DataError, sqlite3.IntegrityError, sqlite3.InterfaceError)
 _DELETE_BATCH = 1000  # rollup rows per DELETE statement
 _OWNER = {"tenant": "SELECT 1 FROM tenants WHERE name = ?", "key": "SELECT 1 FROM api_keys WHERE id = ?"}
 
@@ -200,28 +203,40 @@ class SqliteStore:
     def append_traces(self, records: Sequence[TraceRecord]) -> None:
         if not records:
             return
+        rows, stored = trace_rows(records)
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            # Under the write lock no other writer can add ids meanwhile: the ones not there yet go in now.
-            ids = list({r.id for r in records})
-            present: set[str] = set()
-            for i in range(0, len(ids), 900):  # within SQLite's bound-parameter limit
-                chunk = ids[i : i + 900]
-                sql = f"SELECT id FROM traces WHERE id IN ({','.join('?' * len(chunk))})"
-                present.update(row[0] for row in conn.execute(sql, chunk))
-            inserted: list[TraceRecord] = []
-            for r in records:
-                if r.id not in present:
-                    present.add(r.id)  # a batch may carry one id twice: the first one counts
-                    inserted.append(r)
-            conn.executemany(_INSERT_TRACE, [trace_to_row(r) for r in inserted])
-            for sql, rows in usage.upserts(inserted, "?", "min", "max", ordered=False):
-                conn.executemany(sql, rows)
+            inserted = self._insert_new(conn, rows, stored)
+            for sql, values in usage.upserts(inserted, "?", "min", "max", ordered=False):
+                conn.executemany(sql, values)
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             conn.execute("ROLLBACK")
+            if isinstance(exc, _REFUSED):
+                raise UnstorableRecords(f"{type(exc).__name__}: {exc}") from exc
             raise
+
+    def _insert_new(
+        self, conn: sqlite3.Connection, rows: list[tuple[object, ...]], records: list[TraceRecord]
+    ) -> list[TraceRecord]:
+        """Insert the rows whose id is not there yet; the records inserted. Under the write lock no
+        other writer can add ids meanwhile."""
+        ids = list({r.id for r in records})
+        present: set[str] = set()
+        for i in range(0, len(ids), 900):  # within SQLite's bound-parameter limit
+            chunk = ids[i : i + 900]
+            sql = f"SELECT id FROM traces WHERE id IN ({','.join('?' * len(chunk))})"
+            present.update(row[0] for row in conn.execute(sql, chunk))
+        inserted: list[TraceRecord] = []
+        new_rows = []
+        for r, row in zip(records, rows, strict=True):
+            if r.id not in present:
+                present.add(r.id)  # a batch may carry one id twice: the first one counts
+                inserted.append(r)
+                new_rows.append(row)
+        conn.executemany(_INSERT_TRACE, new_rows)
+        return inserted
 
     def list_traces(self, query: TraceQuery) -> list[TraceRecord]:
         where, params = trace_where(query, "?")
