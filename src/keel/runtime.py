@@ -99,6 +99,7 @@ class Runtime:
             backoff_s=r.backoff_ms / 1000,
             backoff_max_s=r.backoff_max_ms / 1000,
             retry_after_cap_s=r.retry_after_cap_s,
+            rate_limit_floor_s=r.rate_limit_floor_ms / 1000,
             total_timeout_s=r.total_timeout_s,
             max_total_timeout_s=r.max_total_timeout_s,
         )

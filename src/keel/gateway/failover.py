@@ -4,8 +4,9 @@ Levels, in order: the plan's first target (`primary`); its other targets (`targe
 model on another provider); each fallback alias (`alias:<name>`, a degraded model); an expired
 cached answer (`stale`, served by the cache stage around this one, which raises to let it); the
 alias's static answer (`static`); then a clean error. What happens after a failure is decided by one
-table keyed on `ErrorKind` (`ACTIONS`). Breakers skip open targets without paying their latency.
-Only the attempt that served is billed: failed attempts carry no usage.
+table keyed on `ErrorKind` (`ACTIONS`). Breakers skip open targets without paying their latency; a
+half-open breaker's probe is one attempt. Only the attempt that served is billed: failed attempts
+carry no usage.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from keel.errors import AllTargetsFailed, ErrorKind, KeelError, ProviderError
 from keel.gateway.call import Call, Outcome, Reply
 from keel.gateway.health import HealthBook
 from keel.gateway.pipeline import Handler
-from keel.store.protocols import BreakerStore
+from keel.store.protocols import BreakerStore, Permit
 from keel.types import ChatEvent, Finish, RoutePlan, Start, Target, Text, Usage, UsageEvent
 
 
@@ -67,6 +68,7 @@ class RetryPolicy:
     backoff_s: float = 0.1
     backoff_max_s: float = 2.0
     retry_after_cap_s: float = 2.0
+    rate_limit_floor_s: float = 1.0  # a 429 without Retry-After waits at least this before its retry
     total_timeout_s: float = 120.0
     max_total_timeout_s: float = 600.0
 
@@ -124,10 +126,12 @@ class FailoverStage:
         if walk.min_window is not None and (target.context_window or 0) <= walk.min_window:
             walk.skip(level, target, "context window not larger than the one exceeded")
             return None
-        if not await self._breakers.allow(target.key, loop.time()):
+        permit = await self._breakers.allow(target.key, loop.time())
+        if not permit:
             walk.skip(level, target, "circuit breaker open")
             return None
-        for attempt in range(1 + self._policy.retries_per_target):
+        retries = 0 if permit is Permit.probe else self._policy.retries_per_target
+        for attempt in range(1 + retries):
             if len(walk.errors) >= self._policy.max_attempts or loop.time() >= call.deadline:  # type: ignore[operator]
                 walk.stopped = walk.stopped or "budget"
                 return None
@@ -138,7 +142,7 @@ class FailoverStage:
             except ProviderError as err:
                 err.provider = err.provider or target.provider
                 self._failed(target, err, started, level, walk)
-                delay = self._retry_delay(err, attempt, call.deadline - loop.time())  # type: ignore[operator]
+                delay = self._retry_delay(err, retries - attempt, call.deadline - loop.time())  # type: ignore[operator]
                 if delay is not None:
                     await asyncio.sleep(delay)
                 call.waited_s += loop.time() - started
@@ -149,16 +153,18 @@ class FailoverStage:
             return reply
         return None
 
-    def _retry_delay(self, err: ProviderError, attempt: int, remaining: float) -> float | None:
+    def _retry_delay(self, err: ProviderError, retries_left: int, remaining: float) -> float | None:
         """Seconds to wait before retrying the same target, or None to leave it."""
-        action = _action(err)
-        if action is not Action.retry or attempt >= self._policy.retries_per_target:
+        if retries_left <= 0 or _action(err) is not Action.retry:
             return None
-        if err.retry_after is not None:
-            if err.retry_after > self._policy.retry_after_cap_s or err.retry_after >= remaining:
-                return None
-            return err.retry_after
-        backoff = min(self._policy.backoff_max_s, self._policy.backoff_s * 2**attempt)
+        p = self._policy
+        attempt = p.retries_per_target - retries_left
+        backoff = min(p.backoff_max_s, p.backoff_s * 2**attempt)
+        wait = err.retry_after
+        if wait is None and err.error_kind is ErrorKind.rate_limited:
+            wait = max(p.rate_limit_floor_s, self._rng.uniform(0, backoff))  # a limiter needs time to refill
+        if wait is not None:
+            return None if wait > p.retry_after_cap_s or wait >= remaining else wait
         delay = self._rng.uniform(0, backoff)  # full jitter
         return delay if delay < remaining else None
 
