@@ -100,6 +100,9 @@ class AliasConfig(_Model):
     fallbacks: list[str] = []  # degraded aliases, tried in order after this alias's own targets
     static_answer: str | None = None  # last level before a clean 503
     cache: AliasCacheConfig = AliasCacheConfig()
+    # auto: a stream that breaks or stalls after content continues on the next target (prefill or
+    # restart past the text already sent); off: it ends with an error event
+    resume: Literal["auto", "off"] = "auto"
 
 
 class BreakerConfig(_Model):

@@ -12,6 +12,7 @@ from keel.accounting import PriceBook, price_from_config
 from keel.alert_rules import RuleEvaluator
 from keel.alerts import AlertSender
 from keel.cache import CachePolicy
+from keel.catalog import CATALOG
 from keel.config import AliasCacheConfig, Config, WebhookConfig
 from keel.errors import ConfigError, ConfigIssue
 from keel.gateway.backpressure import Gates
@@ -116,7 +117,8 @@ class Runtime:
             assert call.principal is not None
             return router.plan(alias, call.request, call.principal, None, follow_rules=False)
 
-        failover = FailoverStage(policy, breakers, health, plan_for)
+        prefill = [name for name, p in config.providers.items() if CATALOG[p.type].prefill]
+        failover = FailoverStage(policy, breakers, health, plan_for, prefill=prefill)
         limits = open_limits(config.redis.url)
         hook = config.limits.webhook
         alerts = sender(hook, store) if hook is not None else None
