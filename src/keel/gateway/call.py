@@ -170,7 +170,10 @@ class Reply:
             raise
         if other is None:
             self._finish("error", err)
-            raise err
+            try:
+                raise err
+            finally:
+                del err  # its traceback keeps this frame: the frame must not keep the error
         self._events, self._attempt_done = other._events, other._callbacks
         self.model = other.model or self.model
         self.upstream_s += other.upstream_s
@@ -242,7 +245,8 @@ class Reply:
             self._end_attempt(outcome or self._attempt_outcome(status, error))
         if outcome is None:  # resumed: the call's outcome spans every attempt
             outcome = Outcome(status, error, self.response(), self.usage, self._ttft(), self.upstream_s, self.notes)
-        for callback in self._callbacks:
+        callbacks, self._callbacks = self._callbacks, []  # their closures (call, payload) go with this reply's end
+        for callback in callbacks:
             callback(outcome)
 
     def _attempt_outcome(self, status: Status, error: KeelError | None) -> Outcome:

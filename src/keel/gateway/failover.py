@@ -8,7 +8,8 @@ table keyed on `ErrorKind` (`ACTIONS`). Breakers skip open targets without payin
 half-open breaker's probe is one attempt. Failed attempts before the commit carry no usage.
 
 A stream that breaks or stalls after content resumes on the levels left (gateway/resume.py): the
-attempt that broke and the one that continued are both billed.
+attempt that broke and the one that continued are both billed. Errors kept for the final answer
+carry no traceback: its frames would keep the request's payload alive until a full collection.
 """
 
 from __future__ import annotations
@@ -118,7 +119,12 @@ class FailoverStage:
         static = self._static(call, walk)
         if static is not None:
             return static
-        raise _final_error(walk)
+        err = _final_error(walk)
+        del walk, levels  # the error's traceback keeps this frame: nothing in it may lead back to the error
+        try:
+            raise err
+        finally:
+            del err
 
     def _levels(self, call: Call, walk: _Walk) -> Iterator[tuple[str, Target]]:
         assert call.plan is not None
@@ -182,6 +188,7 @@ class FailoverStage:
 
     def _failed(self, target: Target, err: ProviderError, started: float, level: str, walk: _Walk) -> None:
         loop = asyncio.get_running_loop()
+        err.__traceback__ = err.__context__ = err.__cause__ = None  # kept, so it must not keep frames and payloads
         walk.errors.append(err)
         ms = round((loop.time() - started) * 1000, 3)
         walk.log.append({"level": level, "target": target.key, "outcome": "error", "kind": err.kind, "ms": ms})

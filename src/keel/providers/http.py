@@ -125,6 +125,7 @@ class HttpProvider:
         except InvalidRequest as exc:  # this wire format cannot carry the request: another target may
             raise ProviderError(ErrorKind.bad_request, exc.message, provider=self.name, param=exc.param) from None
         resp = await self._send(out)
+        del out  # the encoded body is sent: a stream need not hold a second copy of the request
         cap = token_cap(target)
         try:
             if not request.stream:
