@@ -178,10 +178,11 @@ def test_a_cut_stream_continues_on_a_vllm_fallback_with_continue_final_message(
     gw: Gateway, up: FakeUpstream, b: FakeUpstream
 ) -> None:
     up.script(Script(cut_after=2))
-    whole(stream(gw, "to_vllm"))
+    whole(stream(gw, "to_vllm", max_tokens=50))
     (sent,) = b.requests
     body = sent["json"]
     assert (body["continue_final_message"], body["add_generation_prompt"]) == (True, False)
+    assert body["max_tokens"] == 50 - len(SENT) // 4  # only what is left of the caller's cap
     assert body["messages"][-1] == {"role": "assistant", "content": SENT.rstrip()}  # no `prefix`: vLLM's own dialect
     assert trace(gw).tags["keel.resumed"] == "prefill"
 
@@ -274,6 +275,13 @@ def test_resume_off_keeps_the_error_event(gw: Gateway, up: FakeUpstream, b: Fake
     assert s.text == SENT and isinstance(s.error, openai.APIError)
     assert not b.requests
     assert trace(gw).status == "partial"
+
+
+def test_a_stream_that_used_its_max_tokens_is_not_resumed(gw: Gateway, up: FakeUpstream, b: FakeUpstream) -> None:
+    up.script(Script(cut_after=2))  # "echo: tell ": as much as max_tokens=2 allows (a cut past the cap looks so)
+    s = stream(gw, "to_ant", max_tokens=2)
+    assert s.text == SENT and isinstance(s.error, openai.APIError)
+    assert not b.requests
 
 
 def test_a_stream_of_tool_calls_is_not_resumed(gw: Gateway, up: FakeUpstream, b: FakeUpstream) -> None:

@@ -26,7 +26,7 @@ from keel.errors import AllTargetsFailed, ErrorKind, KeelError, ProviderError
 from keel.gateway.call import Call, Outcome, Reply
 from keel.gateway.health import HealthBook
 from keel.gateway.pipeline import Handler
-from keel.gateway.resume import Diverged, continuation, with_prefill
+from keel.gateway.resume import Diverged, continuation, spent, with_prefill
 from keel.store.protocols import BreakerStore, Permit
 from keel.types import ChatEvent, ChatRequest, Finish, RoutePlan, Start, Target, Text, TraceRecord, Usage, UsageEvent
 
@@ -235,8 +235,10 @@ class FailoverStage:
         if not isinstance(err, ProviderError) or _action(err) is Action.stop or reply.has_tool_calls:
             return None
         assert isinstance(request, ChatRequest)
-        walk.breaks += 1  # an attempt of its own (not kept in `errors`: the reply raises it if this fails)
         sent = reply.text()
+        if spent(request, sent):
+            return None
+        walk.breaks += 1  # an attempt of its own (not kept in `errors`: the reply raises it if this fails)
         try:
             for level, target in levels:
                 resumed = await self._continue_on(call, next, level, target, walk, request, sent, err)

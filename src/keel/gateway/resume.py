@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from keel.errors import ErrorKind, ProviderError
+from keel.providers.openai_chat import output_cap
 from keel.types import PREFIX, ChatEvent, ChatRequest, Finish, Message, Start, Text, ToolCallDelta
 
 
@@ -21,11 +22,26 @@ class Diverged(ProviderError):
     """A restart did not repeat the text the client already has: the stream cannot continue there."""
 
 
+def spent(request: ChatRequest, sent: str) -> bool:
+    """Has `sent` already used the caller's output cap? Then nothing may follow it (this is also how a
+    stream cut for running past its cap ends: such a cut is not resumed)."""
+    cap = output_cap(request)
+    return cap is not None and len(sent) // 4 >= cap
+
+
 def with_prefill(request: ChatRequest, sent: str) -> ChatRequest:
     """`request` asking to continue `sent`: a trailing assistant message, without the trailing whitespace
-    Anthropic refuses (the continuation brings it back; `continuation` skips what the client has)."""
+    Anthropic refuses (the continuation brings it back; `continuation` skips what the client has). The
+    output cap is lowered by what was sent (characters / 4: under the true count, so never too low)."""
     prefill = Message("assistant", sent.rstrip(), extra={PREFIX: True})
-    return replace(request, messages=(*request.messages, prefill))
+    messages = (*request.messages, prefill)
+    cap = output_cap(request)
+    if cap is None:
+        return replace(request, messages=messages)
+    left = max(1, cap - len(sent) // 4)
+    extra = {**request.extra, "max_completion_tokens": left} if "max_completion_tokens" in request.extra else None
+    max_tokens = left if request.max_tokens is not None else None
+    return replace(request, messages=messages, max_tokens=max_tokens, extra=extra or request.extra)
 
 
 def continuation(
