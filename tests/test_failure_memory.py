@@ -78,8 +78,6 @@ FAILURES = {  # the scripts, the status and a fragment of the answer
 }
 
 
-# aiohttp warns when it sends a body over 1 MB from bytes; pytest would make that warning the failure
-@pytest.mark.filterwarnings("ignore:Sending a large body directly:ResourceWarning")
 @pytest.mark.parametrize("failure", list(FAILURES))
 def test_a_failed_call_leaves_nothing_of_its_payload_without_the_collector(
     make_gateway: Any, fake: FakeUpstream, tmp_path: Path, failure: str

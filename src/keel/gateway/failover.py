@@ -27,6 +27,7 @@ from keel.gateway.call import Call, Outcome, Reply
 from keel.gateway.health import HealthBook
 from keel.gateway.pipeline import Handler
 from keel.gateway.resume import Diverged, continuation, spent, with_prefill
+from keel.providers.base import Oversized
 from keel.store.protocols import BreakerStore, Permit
 from keel.types import ChatEvent, ChatRequest, Finish, RoutePlan, Start, Target, Text, TraceRecord, Usage, UsageEvent
 
@@ -232,7 +233,9 @@ class FailoverStage:
     ) -> Reply | None:
         """Continue `reply`, broken after content by `err`, on the levels left: the next attempt or None."""
         request = call.request
-        if not isinstance(err, ProviderError) or _action(err) is Action.stop or reply.has_tool_calls:
+        if not isinstance(err, ProviderError) or isinstance(err, Oversized) or _action(err) is Action.stop:
+            return None  # a cut for size or a refusal stands
+        if reply.has_tool_calls:
             return None
         assert isinstance(request, ChatRequest)
         sent = reply.text()
