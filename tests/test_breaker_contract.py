@@ -17,7 +17,7 @@ import redis
 
 from keel.store.memory import MemoryBreakers
 from keel.store.open import open_breakers
-from keel.store.protocols import BreakerPolicy, BreakerState, BreakerStore
+from keel.store.protocols import BreakerPolicy, BreakerState, BreakerStore, Permit
 from keel.store.redis import RedisBreakers
 
 from .backends import Backend as Backends
@@ -127,8 +127,8 @@ def test_one_probe_after_cooldown(backend: Backend) -> None:
         b = backend.open()
         await trip(b)
         assert not await b.allow(A, T0 + COOL - 0.001)
-        assert await b.allow(A, T0 + COOL)  # the probe
-        assert not await b.allow(A, T0 + COOL)
+        assert await b.allow(A, T0 + COOL) is Permit.probe  # the one probe, told apart from a closed breaker's yes
+        assert await b.allow(A, T0 + COOL) is Permit.refused
         assert not await b.allow(A, T0 + COOL + 1)
         assert (await state_of(b)).state == "half_open"
 
@@ -142,7 +142,7 @@ def test_probe_success_closes_and_resets(backend: Backend) -> None:
         assert await b.allow(A, T0 + COOL)
         assert await b.record(A, True, T0 + COOL + 1) == "closed"
         assert await b.states() == [BreakerState(A, "closed", 0, 0, 0, None)]
-        assert await b.allow(A, T0 + COOL + 1)
+        assert await b.allow(A, T0 + COOL + 1) is Permit.closed
         assert await b.allow(A, T0 + COOL + 1)
         for _ in range(POLICY.failures - 1):  # the old failures no longer count
             assert await b.record(A, False, T0 + COOL + 2) == "closed"

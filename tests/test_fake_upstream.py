@@ -432,3 +432,52 @@ def test_stop_closes_hanging_connections_promptly() -> None:
         socket.create_connection(("127.0.0.1", port), timeout=1),
     ):
         pass
+
+
+# ---- assistant prefills, stalls, large bodies -----------------------------------------------------
+
+
+def anthropic_text(frames: list[tuple[str | None, str]]) -> str:
+    deltas = [json.loads(data)["delta"] for name, data in frames if name == "content_block_delta"]
+    return "".join(d.get("text", "") for d in deltas)
+
+
+def test_a_prefill_is_continued_in_each_dialect(up: FakeUpstream) -> None:
+    prefill = {"role": "assistant", "content": "echo: hello"}
+    marked = {**HELLO, "stream": True, "messages": [*HELLO["messages"], {**prefill, "prefix": True}]}
+    assert openai_text(events(post(up, CHAT, marked)[2])) == " there"
+    vllm = {**HELLO, "messages": [*HELLO["messages"], prefill], "continue_final_message": True}
+    assert post(up, CHAT, {**vllm, "add_generation_prompt": False})[2].count(b" there") == 1
+    assert post(up, CHAT, vllm)[0] == 400  # vLLM refuses both flags at once
+    plain = {**HELLO, "messages": [*HELLO["messages"], prefill]}
+    assert json.loads(post(up, CHAT, plain)[2])["choices"][0]["message"]["content"] == "echo: hello there"
+    claude = {**CLAUDE, "stream": True, "messages": [*CLAUDE["messages"], {"role": "assistant", "content": "echo: hi"}]}
+    assert anthropic_text(events(post(up, MESSAGES, claude)[2])) == " claude"
+
+
+def test_a_prefill_is_refused_like_the_real_servers(up: FakeUpstream) -> None:
+    trailing = {**CLAUDE, "messages": [*CLAUDE["messages"], {"role": "assistant", "content": "echo: "}]}
+    status, _, raw = post(up, MESSAGES, trailing)
+    assert status == 400 and b"final assistant content cannot end with trailing whitespace" in raw
+    up.script(Script(refuse_prefill=True), Script(refuse_prefill=True))
+    assert (
+        post(up, MESSAGES, {**trailing, "messages": [*CLAUDE["messages"], {"role": "assistant", "content": "e"}]})[0]
+        == 400
+    )
+    assert post(up, CHAT, HELLO)[0] == 200  # no prefill: nothing to refuse
+
+
+def test_stall_after_sends_then_goes_silent(up: FakeUpstream) -> None:
+    up.script(Script(text="a b c", stall_after=2))
+    with pytest.raises(TimeoutError):
+        post(up, CHAT, {**HELLO, "stream": True}, timeout=0.5)
+    assert len(up.requests) == 1
+
+
+def test_large_bodies_can_be_kept_out_of_the_record() -> None:
+    with FakeUpstream(max_recorded_bytes=100) as fake:
+        post(fake, CHAT, HELLO)
+        post(fake, CHAT, {**HELLO, "user": "x" * 200})
+        small, large = fake.requests
+    assert small["json"] == HELLO and large["json"] is None and large["size"] > 200
+    assert large["at"] >= small["at"]

@@ -3,6 +3,11 @@
 `quirks` is a closed set; a codec reads the flags it knows:
 - no_stream_options: the server rejects `stream_options`; usage is not requested in streams
 - azure_deployments: URL is /openai/deployments/{model}/... with `api-version` query
+- continue_final_message: the server continues a trailing assistant message when asked with
+  `continue_final_message: true, add_generation_prompt: false` (vLLM)
+- prefix_message: the server continues a trailing assistant message marked `"prefix": true` (Mistral)
+The last two, and the Anthropic wire, accept an assistant prefill: a stream that broke after content
+resumes on them by continuing its text (gateway/resume.py) instead of restarting it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from typing import Literal
 
 Wire = Literal["openai_chat", "anthropic_messages", "simulated"]
 Auth = Literal["bearer", "api-key", "x-api-key", "none"]
-Quirk = Literal["no_stream_options", "azure_deployments"]
+Quirk = Literal["no_stream_options", "azure_deployments", "continue_final_message", "prefix_message"]
+PREFILL_QUIRKS: frozenset[Quirk] = frozenset({"continue_final_message", "prefix_message"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +29,11 @@ class CatalogRow:
     key_env: str | None
     quirks: frozenset[Quirk] = frozenset()
 
+    @property
+    def prefill(self) -> bool:
+        """Does the upstream continue a trailing assistant message (an assistant prefill)?"""
+        return self.wire == "anthropic_messages" or not self.quirks.isdisjoint(PREFILL_QUIRKS)
+
 
 CATALOG: dict[str, CatalogRow] = {
     "openai": CatalogRow("openai_chat", "https://api.openai.com/v1", "bearer", "OPENAI_API_KEY"),
@@ -30,7 +41,11 @@ CATALOG: dict[str, CatalogRow] = {
     "groq": CatalogRow("openai_chat", "https://api.groq.com/openai/v1", "bearer", "GROQ_API_KEY"),
     "together": CatalogRow("openai_chat", "https://api.together.xyz/v1", "bearer", "TOGETHER_API_KEY"),
     "mistral": CatalogRow(
-        "openai_chat", "https://api.mistral.ai/v1", "bearer", "MISTRAL_API_KEY", frozenset({"no_stream_options"})
+        "openai_chat",
+        "https://api.mistral.ai/v1",
+        "bearer",
+        "MISTRAL_API_KEY",
+        frozenset({"no_stream_options", "prefix_message"}),
     ),
     "deepseek": CatalogRow("openai_chat", "https://api.deepseek.com/v1", "bearer", "DEEPSEEK_API_KEY"),
     "fireworks": CatalogRow("openai_chat", "https://api.fireworks.ai/inference/v1", "bearer", "FIREWORKS_API_KEY"),
@@ -38,7 +53,9 @@ CATALOG: dict[str, CatalogRow] = {
     "gemini": CatalogRow(
         "openai_chat", "https://generativelanguage.googleapis.com/v1beta/openai", "bearer", "GEMINI_API_KEY"
     ),
-    "vllm": CatalogRow("openai_chat", "http://127.0.0.1:8000/v1", "bearer", None),
+    "vllm": CatalogRow(
+        "openai_chat", "http://127.0.0.1:8000/v1", "bearer", None, frozenset({"continue_final_message"})
+    ),
     "ollama": CatalogRow("openai_chat", "http://127.0.0.1:11434/v1", "none", None),
     "anthropic": CatalogRow("anthropic_messages", "https://api.anthropic.com/v1", "x-api-key", "ANTHROPIC_API_KEY"),
     "simulated": CatalogRow("simulated", None, "none", None),

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from keel.config_checks import cross_check
+from keel.config_checks import warnings as _warnings
 from keel.errors import ConfigError, ConfigIssue, ErrorKind
 
 DEFAULT_PATH = "keel.yaml"
@@ -99,6 +100,9 @@ class AliasConfig(_Model):
     fallbacks: list[str] = []  # degraded aliases, tried in order after this alias's own targets
     static_answer: str | None = None  # last level before a clean 503
     cache: AliasCacheConfig = AliasCacheConfig()
+    # auto: a stream that breaks or stalls after content continues on the next target (prefill or
+    # restart past the text already sent); off: it ends with an error event
+    resume: Literal["auto", "off"] = "auto"
 
 
 class BreakerConfig(_Model):
@@ -115,6 +119,8 @@ class ResilienceConfig(_Model):
     backoff_ms: float = Field(100.0, ge=0)  # base of exponential backoff with full jitter
     backoff_max_ms: float = Field(2000.0, ge=0)
     retry_after_cap_s: float = Field(2.0, ge=0)  # honour Retry-After up to this, else move on
+    # a 429 without Retry-After is retried after at least this (the shortest wait a Retry-After can say)
+    rate_limit_floor_ms: float = Field(1000.0, ge=0)
     ttft_timeout_s: float = Field(30.0, gt=0)  # until the first content event
     idle_timeout_s: float = Field(30.0, gt=0)  # between stream events
     total_timeout_s: float = Field(120.0, gt=0)  # per request across all attempts
@@ -426,6 +432,11 @@ def demo_config(base: Config) -> Config:
     models = {"demo": AliasConfig(targets=[TargetConfig(provider="simulated", model="simulated-1")])}
     models["demo-embed"] = AliasConfig(targets=[TargetConfig(provider="simulated", model="simulated-embed-1")])
     return base.model_copy(update={"providers": {"simulated": sim}, "models": models})
+
+
+def warnings(cfg: Config) -> list[ConfigIssue]:
+    """Valid settings that defeat themselves: `keel config check` and `keel serve` report them."""
+    return _warnings(cfg.model_dump())
 
 
 def load(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:

@@ -1,7 +1,8 @@
 """Checks across keel.yaml's sections that one field's schema cannot make: names that must exist
 elsewhere (providers, aliases, embedders), settings that need another (a semantic cache needs the
 cache, alert rules a webhook, a preset its credentials). They read the expanded mapping, not the
-parsed models, so they report beside schema errors in one list.
+parsed models, so they report beside schema errors in one list. `warnings` reads a valid config for
+settings that are allowed but defeat themselves: reported, never fatal.
 """
 
 from __future__ import annotations
@@ -11,6 +12,23 @@ import re
 from typing import Any
 
 from keel.errors import ConfigIssue
+
+
+def warnings(cfg: dict[str, Any]) -> list[ConfigIssue]:
+    """Valid settings that defeat themselves, in a parsed config's mapping (defaults filled in)."""
+    r = _mapping(cfg.get("resilience"))
+    ttft, total = r.get("ttft_timeout_s"), r.get("total_timeout_s")
+    models = {alias: _mapping(a) for alias, a in _mapping(cfg.get("models")).items()}
+    falling_back = [str(alias) for alias, a in models.items() if a.get("fallbacks") or len(a.get("targets") or ()) > 1]
+    issues: list[ConfigIssue] = []
+    if falling_back and isinstance(ttft, int | float) and isinstance(total, int | float) and ttft >= total:
+        message = (
+            f"{ttft:g} s is not below total_timeout_s ({total:g} s): after a first-token timeout no time"
+            f" is left for the fallbacks of {', '.join(falling_back)}"
+        )
+        fix = "set resilience.ttft_timeout_s well below total_timeout_s (e.g. 10 and 120)"
+        issues.append(ConfigIssue("resilience.ttft_timeout_s", message, fix))
+    return issues
 
 
 def _check_alias_references(models: dict[Any, Any]) -> list[ConfigIssue]:

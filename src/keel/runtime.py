@@ -12,6 +12,7 @@ from keel.accounting import PriceBook, price_from_config
 from keel.alert_rules import RuleEvaluator
 from keel.alerts import AlertSender
 from keel.cache import CachePolicy
+from keel.catalog import CATALOG
 from keel.config import AliasCacheConfig, Config, WebhookConfig
 from keel.errors import ConfigError, ConfigIssue
 from keel.gateway.backpressure import Gates
@@ -101,6 +102,7 @@ class Runtime:
             backoff_s=r.backoff_ms / 1000,
             backoff_max_s=r.backoff_max_ms / 1000,
             retry_after_cap_s=r.retry_after_cap_s,
+            rate_limit_floor_s=r.rate_limit_floor_ms / 1000,
             total_timeout_s=r.total_timeout_s,
             max_total_timeout_s=r.max_total_timeout_s,
         )
@@ -117,7 +119,8 @@ class Runtime:
             assert call.principal is not None
             return router.plan(alias, call.request, call.principal, None, follow_rules=False)
 
-        failover = FailoverStage(policy, breakers, health, plan_for)
+        prefill = [name for name, p in config.providers.items() if CATALOG[p.type].prefill]
+        failover = FailoverStage(policy, breakers, health, plan_for, prefill=prefill)
         limits = open_limits(config.redis.url)
         hook = config.limits.webhook
         alerts = sender(hook, store) if hook is not None else None

@@ -20,6 +20,11 @@ class ToolCall:
     arguments: str  # JSON text, exactly as the model produced it
 
 
+# `Message.extra` key marking a trailing assistant message as a prefill the model continues (the wire
+# name Mistral and DeepSeek use, so OpenAI-compatible codecs pass it on; vLLM's dialect is a quirk).
+PREFIX = "prefix"
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     role: str  # system | developer | user | assistant | tool
@@ -151,6 +156,7 @@ class RoutePlan:
     explain: JSON = field(default_factory=dict)  # candidates, and why each skipped one was skipped
     fallbacks: tuple[str, ...] = ()  # degraded aliases, tried after `targets`
     static_answer: str | None = None
+    resume: bool = True  # a stream that breaks after content continues on the next target
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,8 +55,9 @@ class AnthropicEdge:
         message_id = f"msg_{call.trace.id}"
         try:
             reply = await self._rt.pipeline(call)
+            model = reply.model or call.trace.model or chat.model  # the model answering, not the alias
             if chat.stream:
-                events = self._stream(call, reply, StreamEncoder(message_id, chat.model))
+                events = self._stream(call, reply, StreamEncoder(message_id, model))
                 return StreamingResponse(events, headers=response_headers(call, reply), media_type="text/event-stream")
             response = await reply.collect()
         except KeelError as err:
@@ -64,7 +65,7 @@ class AnthropicEdge:
         except Exception:
             log.exception("internal error on trace %s", call.trace.id)
             return error_response(_internal(), call.trace.id)
-        payload = orjson.dumps(message_json(response, message_id, chat.model))
+        payload = orjson.dumps(message_json(response, message_id, response.model or model))
         return Response(payload, 200, response_headers(call, reply), JSON_TYPE)
 
     async def _stream(self, call: Call, reply: Reply, encoder: StreamEncoder) -> AsyncIterator[bytes]:

@@ -45,7 +45,7 @@ def tool_use_id(call_id: str | None, message_id: str, n: int) -> str:
     return call_id or f"toolu_{message_id.removeprefix('msg_')}_{n}"
 
 
-def message_json(r: ChatResponse, message_id: str, alias: str) -> JSON:
+def message_json(r: ChatResponse, message_id: str, model: str) -> JSON:
     content: list[JSON] = [{"type": "text", "text": r.content}] if r.content else []
     content += [
         {"type": "tool_use", "id": tool_use_id(c.id, message_id, n), "name": c.name, "input": tool_input(c.arguments)}
@@ -55,7 +55,7 @@ def message_json(r: ChatResponse, message_id: str, alias: str) -> JSON:
         "id": message_id,
         "type": "message",
         "role": "assistant",
-        "model": alias,
+        "model": model,
         "content": content,
         "stop_reason": stop_reason(r.finish_reason),
         "stop_sequence": None,
@@ -78,10 +78,10 @@ def sse(event: str, data: JSON) -> bytes:
 class StreamEncoder:
     """ChatEvents → Anthropic SSE: message_start, content blocks (text, tool_use), message_delta, message_stop."""
 
-    __slots__ = ("_alias", "_blocks", "_finish", "_id", "_open", "_tools", "_usage")
+    __slots__ = ("_blocks", "_finish", "_id", "_model", "_open", "_tools", "_usage")
 
-    def __init__(self, message_id: str, alias: str) -> None:
-        self._id, self._alias = message_id, alias
+    def __init__(self, message_id: str, model: str) -> None:
+        self._id, self._model = message_id, model
         self._blocks = 0  # content blocks opened so far
         self._open: int | None = None  # index of the open block
         self._tools: dict[int, int] = {}  # tool call index -> content block index
@@ -93,7 +93,7 @@ class StreamEncoder:
             "id": self._id,
             "type": "message",
             "role": "assistant",
-            "model": self._alias,
+            "model": self._model,
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,

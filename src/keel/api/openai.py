@@ -134,6 +134,7 @@ def _headers(call: Call, reply: Reply) -> dict[str, str]:
         "x-keel-trace-id": record.id,
         "x-keel-provider": record.provider or "",
         "x-keel-model": reply.model or record.model or "",
+        "x-keel-alias": record.alias or "",
         "x-keel-fallback": record.fallback or "primary",
         "x-keel-overhead-ms": f"{overhead:.3f}",
     }
@@ -176,11 +177,13 @@ class OpenAIEdge:
         except Exception:
             log.exception("internal error on trace %s", call.trace.id)
             return error_response(KeelError("Internal gateway error; see the trace."), call.trace.id)
-        payload = orjson.dumps(wire.response_json(response, chat.model, int(call.trace.started_at)))
+        model = response.model or call.trace.model or chat.model  # the model that answered, as OpenAI names it
+        payload = orjson.dumps(wire.response_json(response, model, int(call.trace.started_at)))
         return Response(payload, 200, _headers(call, reply), JSON_TYPE)
 
     async def _stream(self, call: Call, chat: ChatRequest, reply: Reply) -> AsyncIterator[bytes]:
-        rid, alias, created = "", chat.model, int(call.trace.started_at)
+        rid, created = "", int(call.trace.started_at)
+        named = call.trace.model or chat.model  # until the reply names the model answering (a resume may change it)
         usage = None
         try:
             async for event in reply:
@@ -188,11 +191,12 @@ class OpenAIEdge:
                     usage = event.usage
                     continue
                 rid = rid or reply.id or f"chatcmpl-{call.trace.id}"
-                chunk = wire.chunk_json(rid, alias, created, event)
+                chunk = wire.chunk_json(rid, reply.model or named, created, event)
                 if chunk is not None:
                     yield b"data: " + orjson.dumps(chunk) + b"\n\n"
             if chat.include_usage and usage is not None:
-                yield b"data: " + orjson.dumps(wire.usage_chunk_json(rid, alias, created, usage)) + b"\n\n"
+                chunk = wire.usage_chunk_json(rid, reply.model or named, created, usage)
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
             yield b"data: [DONE]\n\n"
         except KeelError as err:
             # After the first byte a failure must never look like success: an explicit error event, no [DONE].
@@ -222,7 +226,7 @@ class OpenAIEdge:
         b64 = body.get("encoding_format") == "base64"
         data = [{"object": "embedding", "index": i, "embedding": _vector_json(v, b64)} for i, v in enumerate(e.vectors)]
         usage = {"prompt_tokens": e.usage.input_tokens, "total_tokens": e.usage.input_tokens}
-        payload = orjson.dumps({"object": "list", "data": data, "model": emb.model, "usage": usage})
+        payload = orjson.dumps({"object": "list", "data": data, "model": e.model or emb.model, "usage": usage})
         return Response(payload, 200, _headers(call, reply), JSON_TYPE)
 
     async def models(self, request: Request) -> Response:

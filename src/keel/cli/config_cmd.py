@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from keel import config
@@ -22,6 +24,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)  # ConfigError → report, exit 2
+    found = config.warnings(cfg)
+    if found:  # allowed, so not an error: the file still checks
+        source = args.config or os.environ.get("KEEL_CONFIG", config.DEFAULT_PATH)
+        head = f"{source}: {len(found)} warning{'s' if len(found) != 1 else ''}"
+        print("\n".join([head, *map(str, found)]), file=sys.stderr)
     print(f"ok: {len(cfg.providers)} provider(s), {len(cfg.models)} model alias(es), storage {cfg.storage.url}")
     return 0
 

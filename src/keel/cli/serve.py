@@ -10,6 +10,7 @@ import signal
 import sys
 from urllib.parse import urlsplit, urlunsplit
 
+from keel import config as keel_config
 from keel.cli.context import load_config
 from keel.keys import issue_key
 from keel.store.protocols import Store
@@ -56,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)  # a bad config stops here, before anything starts
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for issue in keel_config.warnings(cfg):
+        logging.getLogger("keel.config").warning("%s: %s (fix: %s)", issue.path, issue.message, issue.fix)
     runtime = Runtime.build(cfg)
     bootstrap(runtime.store)
     host = args.host or cfg.server.host

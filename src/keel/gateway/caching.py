@@ -3,8 +3,8 @@
 Between limits and failover. For a chat call that may use the cache (cache.py `cacheable`): an exact
 hit, else (semantic on) the nearest earlier last-user-turn in the same partition over the alias's
 threshold; on a miss the call goes on and its answer is kept when it ends complete (finished, not
-cut, not from a fallback alias or a static answer). When every target fails, an expired entry may
-answer instead (`stale`, before the static answer). `/v1/embeddings` vectors are kept per (model,
+cut, not resumed, not from a fallback alias or a static answer). When every target fails, an expired
+entry may answer instead (`stale`, before the static answer). `/v1/embeddings` vectors are kept per (model,
 input text): known texts cost nothing, unknown ones go upstream in one call. A cache store that
 fails is a miss, counted; it never fails a call. Hits bill nothing: the trace records zero tokens
 and cost, and what the answer cost once as `cache_saved_usd`; the response carries the original usage.
@@ -213,8 +213,14 @@ class CacheStage:
     ) -> None:
         record = call.trace
         complete = outcome.status == "ok" and outcome.response.finish_reason in ("stop", "length", "tool_calls")
-        if not complete or record.fallback not in ("primary", "target") or record.tags.get("keel.usage"):
-            return  # a cut, degraded, static or estimated answer is not worth repeating
+        tags = record.tags
+        if (
+            not complete
+            or record.fallback not in ("primary", "target")
+            or "keel.usage" in tags
+            or "keel.resumed" in tags
+        ):
+            return  # a cut, degraded, static, estimated or stitched answer is not worth repeating
         assert call.principal is not None
         now = time.time()
         entry = CacheEntry(

@@ -3,13 +3,18 @@
 A Reply is an async iterator of ChatEvents that accumulates the response as it passes and fires its
 `on_done` callbacks exactly once: when the events end, when they fail, or when the consumer closes
 it early (the client went away). Non-streaming callers use `collect()`.
+
+A resumable Reply (the failover stage makes streams so) may outlive the attempt that began it: when
+its events fail after content, `resume` may hand it another attempt's Reply to read on from. The
+callbacks registered before `resumable` belong to the attempt and fire when it ends, with its own
+outcome; those registered after belong to the call. A stream that does not break pays nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -71,6 +76,9 @@ class Outcome:
     notes: dict[str, str] = field(default_factory=dict)  # the provider's Notes: `keel.*` trace tags
 
 
+Resume = Callable[["Reply", KeelError], Awaitable["Reply | None"]]  # (broken reply, error) → the next attempt
+
+
 class Reply:
     def __init__(
         self,
@@ -93,9 +101,32 @@ class Reply:
         self.first_token_at: float | None = None
         self.upstream_s = 0.0
         self.notes: dict[str, str] = {}
+        self._resume: Resume | None = None
+        self._attempt_done: list[Callable[[Outcome], None]] = []  # the current attempt's, once resumable
+        self._mark = 0  # where the current attempt's text starts in `_text`
 
     def on_done(self, callback: Callable[[Outcome], None]) -> None:
         self._callbacks.append(callback)
+
+    def resumable(self, resume: Resume) -> None:
+        """Let `resume` continue this reply on another attempt when its events fail after content.
+
+        Callbacks registered so far are the attempt's: they fire when it ends, with its own outcome.
+        """
+        self._resume = resume
+        self._attempt_done, self._callbacks = self._callbacks, []
+
+    def splice(self, wrap: Callable[[AsyncIterator[ChatEvent]], AsyncIterator[ChatEvent]]) -> None:
+        """Pass this reply's events through `wrap`, before any is read."""
+        self._events = wrap(self._events)
+
+    def text(self) -> str:
+        """The text content forwarded so far."""
+        return "".join(self._text)
+
+    @property
+    def has_tool_calls(self) -> bool:
+        return bool(self._calls)
 
     def __aiter__(self) -> Reply:
         return self
@@ -109,6 +140,8 @@ class Reply:
             self._finish("ok", None)
             raise
         except KeelError as err:
+            if self._resume is not None and self.finish is None:
+                return await self._resumed(err)
             self._finish("error", err)
             raise
         except (asyncio.CancelledError, GeneratorExit):
@@ -121,6 +154,36 @@ class Reply:
         self.upstream_s += now - started
         self._absorb(event, now)
         return event
+
+    async def _resumed(self, err: KeelError) -> ChatEvent:
+        """The events failed after content: end this attempt, then read on from the next one, if any."""
+        resume, self._resume = self._resume, None
+        assert resume is not None
+        self._end_attempt(self._attempt_outcome("error", err))
+        try:
+            other = await resume(self, err)
+        except (asyncio.CancelledError, GeneratorExit):
+            self._finish("cancelled", None)
+            raise
+        except BaseException as exc:
+            self._finish("error", KeelError(f"internal error: {type(exc).__name__}"))
+            raise
+        if other is None:
+            self._finish("error", err)
+            try:
+                raise err
+            finally:
+                del err  # its traceback keeps this frame: the frame must not keep the error
+        self._events, self._attempt_done = other._events, other._callbacks
+        self.model = other.model or self.model
+        self.upstream_s += other.upstream_s
+        self.usage, self._mark, self._resume = None, len(self._text), resume
+        return await self.__anext__()
+
+    def _end_attempt(self, outcome: Outcome) -> None:
+        callbacks, self._attempt_done = self._attempt_done, []
+        for callback in callbacks:
+            callback(outcome)
 
     def _absorb(self, event: ChatEvent, now: float) -> None:
         if isinstance(event, Text):
@@ -164,18 +227,35 @@ class Reply:
         return self.response()
 
     def response(self) -> ChatResponse:
+        return self._response(0)
+
+    def _response(self, start: int) -> ChatResponse:
+        """The response from `_text[start]` on: the whole call's, or (after a resume) one attempt's."""
         calls = tuple(ToolCall(c[0], c[1], c[2]) for _, c in sorted(self._calls.items()))
-        text = "".join(self._text) if self._text else None
+        text = "".join(self._text[start:] if start else self._text) if len(self._text) > start else None
         return ChatResponse(self.id, self.model, text, calls, self.finish, self.usage)
 
     def _finish(self, status: Status, error: KeelError | None) -> None:
         if self._done:
             return
         self._done = True
-        ttft = None if self.first_token_at is None else self.first_token_at - self._t0
-        outcome = Outcome(status, error, self.response(), self.usage, ttft, self.upstream_s, self.notes)
-        for callback in self._callbacks:
+        self._resume = None
+        outcome = self._attempt_outcome(status, error) if self._mark == 0 else None
+        if self._attempt_done:
+            self._end_attempt(outcome or self._attempt_outcome(status, error))
+        if outcome is None:  # resumed: the call's outcome spans every attempt
+            outcome = Outcome(status, error, self.response(), self.usage, self._ttft(), self.upstream_s, self.notes)
+        callbacks, self._callbacks = self._callbacks, []  # their closures (call, payload) go with this reply's end
+        for callback in callbacks:
             callback(outcome)
+
+    def _attempt_outcome(self, status: Status, error: KeelError | None) -> Outcome:
+        """The current attempt's outcome: after a resume, its own text and usage, and no time to first token."""
+        ttft = self._ttft() if self._mark == 0 else None
+        return Outcome(status, error, self._response(self._mark), self.usage, ttft, self.upstream_s, self.notes)
+
+    def _ttft(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self._t0
 
     def fail(self, error: KeelError) -> None:
         """Report a failure that happened outside iteration (e.g. while rendering)."""

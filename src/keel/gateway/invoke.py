@@ -4,7 +4,7 @@ A chat reply is committed only after the first content event (text, tool call or
 then every failure — an error status, a reset, a malformed chunk, no first token before the TTFT
 deadline — is raised from here, so the failover stage can try another target invisibly. After the
 commit, a stall longer than the idle deadline or a call past its total deadline ends the stream
-with a timeout error: never a silent truncation.
+with a timeout error (which the failover stage may resume from): never a silent truncation.
 """
 
 from __future__ import annotations
@@ -90,18 +90,21 @@ class Invoker:
         return reply
 
     def _account(self, call: Call, target: Target, outcome: Outcome) -> None:
+        """Add this attempt's usage and cost to the trace: a resumed stream bills every attempt that served."""
         record = call.trace
         usage = outcome.usage or _consumed(call, outcome)
         if usage is None:
             return
-        record.input_tokens = usage.input_tokens
-        record.cached_input_tokens = usage.cached_input_tokens
-        record.cache_write_tokens = usage.cache_write_tokens
-        record.output_tokens = usage.output_tokens
-        record.reasoning_tokens = usage.reasoning_tokens
+        record.input_tokens = (record.input_tokens or 0) + usage.input_tokens
+        record.cached_input_tokens = (record.cached_input_tokens or 0) + usage.cached_input_tokens
+        record.cache_write_tokens = (record.cache_write_tokens or 0) + usage.cache_write_tokens
+        record.output_tokens = (record.output_tokens or 0) + usage.output_tokens
+        record.reasoning_tokens = (record.reasoning_tokens or 0) + usage.reasoning_tokens
         served = outcome.response.model
         price_model = served if served and self._prices.lookup(served) else target.model
-        record.cost_usd = self._prices.cost(price_model, usage)
+        cost = self._prices.cost(price_model, usage)
+        if cost is not None:  # unpriced: unknown, not free
+            record.cost_usd = (record.cost_usd or 0.0) + cost
 
 
 def _consumed(call: Call, outcome: Outcome) -> Usage | None:

@@ -87,6 +87,7 @@ class _Route:
     classifier: Classifier | None
     fallbacks: tuple[str, ...]
     static_answer: str | None
+    resume: bool
 
 
 class Router:
@@ -154,6 +155,7 @@ class Router:
             explain=explain,
             fallbacks=route.fallbacks,
             static_answer=route.static_answer,
+            resume=route.resume,
         )
 
     # ---- one hop: rules, then the classifier -------------------------------------------------
@@ -364,6 +366,7 @@ def _build_route(
         classifier=_import_classifier(name, alias.classifier, issues),
         fallbacks=tuple(alias.fallbacks),
         static_answer=alias.static_answer,
+        resume=alias.resume == "auto",
     )
 
 

@@ -40,8 +40,9 @@ class TraceStage:
             if call.principal is None:
                 self.unauthenticated += 1
                 raise
-            err = exc if isinstance(exc, KeelError) else KeelError(f"internal error: {type(exc).__name__}")
-            _fail(call.trace, err, call.t0)
+            # No local may hold the error: its traceback keeps this frame, and the cycle would keep the payload.
+            internal = None if isinstance(exc, KeelError) else KeelError(f"internal error: {type(exc).__name__}")
+            _fail(call.trace, internal or exc, call.t0)  # type: ignore[arg-type]
             self._put(call)
             raise
         reply.on_done(lambda outcome: self._emit(call, outcome))

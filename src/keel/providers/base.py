@@ -27,6 +27,14 @@ USAGE_TAG = "keel.usage"  # "clamped: <what the upstream said>"; "estimated" whe
 MALFORMED_TAG = "keel.malformed_events"
 
 
+class Oversized(ProviderError):
+    """An answer past a size bound (stream bytes, tokens past max_tokens): another target may answer
+    the request afresh, but no one continues this answer (the failover stage does not resume it)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorKind.protocol, message)
+
+
 @dataclass(frozen=True, slots=True)
 class Outbound:
     """An HTTP request a codec wants sent: path relative to the provider's base URL."""

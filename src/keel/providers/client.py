@@ -83,6 +83,7 @@ class Response:
 
     def release(self) -> None:
         """Done with this response: an unfinished one closes its connection."""
+        self._error = None  # raised, it holds the frames that hold this response: a cycle keeping the request
         conn, self._conn = self._conn, None
         if conn is not None and not self._done:
             conn.abort()

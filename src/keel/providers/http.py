@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 from keel.errors import ErrorKind, InvalidRequest, ProviderError
-from keel.providers.base import Codec, Outbound, token_cap
+from keel.providers.base import Codec, Outbound, Oversized, token_cap
 from keel.providers.client import Pool, Response
 from keel.types import ChatEvent, ChatRequest, EmbeddingRequest, EmbeddingResponse, Target, Text, ToolCallDelta
 
@@ -125,6 +125,7 @@ class HttpProvider:
         except InvalidRequest as exc:  # this wire format cannot carry the request: another target may
             raise ProviderError(ErrorKind.bad_request, exc.message, provider=self.name, param=exc.param) from None
         resp = await self._send(out)
+        del out  # the encoded body is sent: a stream need not hold a second copy of the request
         cap = token_cap(target)
         try:
             if not request.stream:
@@ -173,7 +174,7 @@ async def _sse_data(resp: Response, limit: int) -> AsyncIterator[bytes]:
     buf = bytearray()
     async for chunk in resp.chunks():
         if resp.received > limit:
-            raise ProviderError(ErrorKind.protocol, f"upstream stream exceeds {limit} bytes")
+            raise Oversized(f"upstream stream exceeds {limit} bytes")
         scan = len(buf)  # bytes before it hold no line break: never search them twice
         buf += chunk
         start = 0
@@ -219,7 +220,4 @@ class _Meter:
             return
         self._chunks += 1
         if min(self._chunks, self._chars // 4) > self._limit:
-            raise ProviderError(
-                ErrorKind.protocol,
-                f"upstream stream went past {self._limit} tokens (max_tokens plus the allowed overrun)",
-            )
+            raise Oversized(f"upstream stream went past {self._limit} tokens (max_tokens plus the allowed overrun)")

@@ -16,6 +16,7 @@ from keel.errors import ErrorKind, InvalidRequest, ProviderError
 from keel.providers.base import MAX_TOKENS, Malformed, Outbound, counted, retry_after, usage_events
 from keel.types import (
     JSON,
+    PREFIX,
     ChatEvent,
     ChatRequest,
     ChatResponse,
@@ -379,6 +380,7 @@ class OpenAIChatCodec:
     def __init__(self, quirks: frozenset[str] = frozenset(), api_version: str | None = None) -> None:
         self._stream_usage = "no_stream_options" not in quirks
         self._azure = "azure_deployments" in quirks
+        self._continue_final = "continue_final_message" in quirks
         self._query = f"?api-version={api_version}" if api_version else ""
 
     def _path(self, target: Target, leaf: str) -> str:
@@ -388,6 +390,9 @@ class OpenAIChatCodec:
 
     def encode_chat(self, request: ChatRequest, target: Target, stream: bool) -> Outbound:
         body = request_json(request, target.model, stream, self._stream_usage)
+        if self._continue_final and (request.messages[-1].extra or {}).get(PREFIX) is True:
+            del body["messages"][-1][PREFIX]  # vLLM's dialect of a prefill: two request flags
+            body["continue_final_message"], body["add_generation_prompt"] = True, False
         return Outbound(self._path(target, "chat/completions"), orjson.dumps(body))
 
     def decode_chat(self, body: bytes, cap: int = MAX_TOKENS) -> list[ChatEvent]:

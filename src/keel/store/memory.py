@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from keel.store.counters import MINUTE_S, demand, fits, live, period_id, retry_after, second
-from keel.store.protocols import Admission, BreakerPolicy, BreakerState, Charge, Reservation, Window
+from keel.store.protocols import Admission, BreakerPolicy, BreakerState, Charge, Permit, Reservation, Window
 
 
 @dataclass(slots=True)
@@ -30,21 +30,21 @@ class MemoryBreakers:
         self._policy = policy
         self._by_target: dict[str, _Breaker] = {}
 
-    async def allow(self, target: str, now: float) -> bool:
+    async def allow(self, target: str, now: float) -> Permit:
         b = self._by_target.get(target)
         if b is None or b.state == "closed":
-            return True
+            return Permit.closed
         cooldown = self._policy.cooldown_s
         if b.state == "open":
             if b.opened_at is not None and now - b.opened_at < cooldown:
-                return False
+                return Permit.refused
             b.state, b.probe_at = "half_open", now
-            return True
+            return Permit.probe
         # half-open: one probe at a time; a probe that never reported frees its slot after a cooldown
         if b.probe_at is not None and now - b.probe_at < cooldown:
-            return False
+            return Permit.refused
         b.probe_at = now
-        return True
+        return Permit.probe
 
     async def record(self, target: str, ok: bool, now: float) -> str:
         b = self._by_target.setdefault(target, _Breaker())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Literal, Protocol
 
 from keel.types import TraceRecord
@@ -193,6 +194,14 @@ class BreakerState:
     opened_at: float | None
 
 
+class Permit(IntEnum):
+    """A breaker's answer to `allow`; false only when the call may not go."""
+
+    refused = 0
+    probe = 1  # half-open: this call is the one probe, so it gets one attempt, not the retries
+    closed = 2
+
+
 class BreakerStore(Protocol):
     """Circuit breakers per target: closed → open → half-open (one probe) → closed.
 
@@ -200,8 +209,8 @@ class BreakerStore(Protocol):
     one process. Both implement the same state machine and pass one contract suite.
     """
 
-    async def allow(self, target: str, now: float) -> bool:
-        """May a call go to `target` now? In half-open, True for exactly one probe at a time."""
+    async def allow(self, target: str, now: float) -> Permit:
+        """May a call go to `target` now? In half-open, `probe` for exactly one call at a time."""
         ...
 
     async def record(self, target: str, ok: bool, now: float) -> str:

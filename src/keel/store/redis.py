@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from keel.store.protocols import BreakerPolicy, BreakerState
+from keel.store.protocols import BreakerPolicy, BreakerState, Permit
 
 log = logging.getLogger("keel.store.redis")
 
@@ -117,19 +117,19 @@ class RedisBreakers:
     def _key(self, target: str) -> str:
         return f"{self._prefix}t:{target}"
 
-    async def allow(self, target: str, now: float) -> bool:
+    async def allow(self, target: str, now: float) -> Permit:
         if time.monotonic() < self._down_until or now < self._closed_until.get(target, float("-inf")):
-            return True
+            return Permit.closed
         try:
             allowed = await self._allow(
                 keys=[self._key(target)], args=[repr(now), repr(self._policy.cooldown_s), self._ttl_ms]
             )
         except (RedisError, OSError) as exc:
             self._failed(exc)
-            return True
+            return Permit.closed
         if allowed == 2:
             self._closed_until[target] = now + _CLOSED_READ_S
-        return bool(allowed)
+        return Permit(allowed)
 
     async def record(self, target: str, ok: bool, now: float) -> str:
         if time.monotonic() < self._down_until:

@@ -5,6 +5,9 @@ included) and stands for the outside world, so it imports nothing from Keel. It 
 event loop in a daemon thread, so sync tests and gateways in other processes can use it alike.
 Each request pops the next queued `Script` (the default `Script()` when none is queued); a
 script's faults touch only its own request, and `stop()` closes hanging connections at once.
+Answers are deterministic, so a restarted answer repeats the first; a request that ends with an
+assistant prefill (Anthropic: any trailing assistant message; OpenAI: one marked `prefix: true`, or
+vLLM's `continue_final_message`) is answered with the rest of that answer, as a model continues it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import socket
 import struct
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -28,6 +32,7 @@ Kind = Literal["chat", "messages", "embeddings", "models"]
 _SHUTDOWN_TIMEOUT = 1.0
 _START_TIMEOUT = 10.0
 ENDLESS_BYTES = 256 * 2**20  # an endless stream still ends here, so a test of a client that never stops ends
+_MAX_BODY = 100 * 1024 * 1024  # real providers take bodies of tens of MB (images); aiohttp's default is 1 MB
 
 
 @dataclass
@@ -36,6 +41,7 @@ class Script:
 
     `cut_after=N` closes the connection once N content chunks are sent (no end marker);
     `end_after=N` ends the body cleanly there instead (no finish reason, no end marker);
+    `stall_after=N` sends N content chunks then nothing more, until the client leaves;
     `malformed_at=N` (or a tuple of Ns) sends those content chunks as invalid JSON; `endless` repeats
     the content chunks until the client goes away (at most `ENDLESS_BYTES`; the request's record
     counts `streamed` bytes). `ttft` delays the first content chunk of a stream, or the whole body of
@@ -46,6 +52,7 @@ class Script:
     as they are); `bad_usage` is merged into the usage object as sent, in the format's own field
     names (e.g. {"prompt_tokens": -5} for OpenAI, {"output_tokens": 1e30} for Anthropic).
     `echo_headers` makes an error message quote the request's headers, as careless upstreams do.
+    `refuse_prefill` answers a request carrying an assistant prefill with a 400.
     """
 
     status: int = 200
@@ -60,6 +67,7 @@ class Script:
     usage: dict[str, int] | None = None
     cut_after: int | None = None
     end_after: int | None = None
+    stall_after: int | None = None
     malformed_at: int | tuple[int, ...] | None = None
     no_done: bool = False
     error_in_200: int | None = None
@@ -71,6 +79,7 @@ class Script:
     reset: bool = False
     endless: bool = False
     model: str | None = None
+    refuse_prefill: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.usage or {}) - wire.USAGE_KEYS
@@ -100,10 +109,15 @@ def _drop(request: web.BaseRequest, *, rst: bool) -> None:
 
 
 class FakeUpstream:
-    """The fake provider. `url` is its base; OpenAI and Anthropic clients both use `url + "/v1"`."""
+    """The fake provider. `url` is its base; OpenAI and Anthropic clients both use `url + "/v1"`.
 
-    def __init__(self, port: int = 0) -> None:
+    `max_recorded_bytes` keeps bodies larger than it out of `requests` (their `json` is None), so a
+    test sending many large bodies does not hold them all.
+    """
+
+    def __init__(self, port: int = 0, *, max_recorded_bytes: int | None = None) -> None:
         self._wanted_port = port
+        self._max_recorded = max_recorded_bytes
         self._port: int | None = None
         self._lock = threading.Lock()
         self._scripts: collections.deque[Script] = collections.deque()
@@ -124,7 +138,8 @@ class FakeUpstream:
 
     @property
     def requests(self) -> list[dict[str, Any]]:
-        """Recorded requests, oldest first: {"path", "headers" (lowercased names), "json", "streamed"}."""
+        """Recorded requests, oldest first: {"path", "headers" (lowercased names), "json", "streamed",
+        "size" (body bytes), "at" (time.monotonic() of arrival)}."""
         with self._lock:
             return list(self._requests)
 
@@ -204,7 +219,7 @@ class FakeUpstream:
             await runner.cleanup()
 
     def _app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=_MAX_BODY)
         app.router.add_post("/v1/chat/completions", self._handler("chat"))
         app.router.add_post("/v1/messages", self._handler("messages"))
         app.router.add_post("/v1/embeddings", self._handler("embeddings"))
@@ -239,7 +254,9 @@ class FakeUpstream:
         except ValueError:
             body = None
         headers = {name.lower(): value for name, value in request.headers.items()}
-        entry = {"path": request.path, "headers": headers, "json": body, "streamed": 0}
+        kept = body if self._max_recorded is None or len(raw) <= self._max_recorded else None
+        entry = {"path": request.path, "headers": headers, "json": kept, "streamed": 0}
+        entry |= {"size": len(raw), "at": time.monotonic()}
         with self._lock:
             self._requests.append(entry)
             script = self._scripts.popleft() if self._scripts else Script()
@@ -281,6 +298,11 @@ class FakeUpstream:
         headers: dict[str, str],
         entry: dict[str, Any],
     ) -> web.StreamResponse:
+        anthropic = kind == "messages"
+        prefill = wire.prefill(body, anthropic=anthropic)
+        refusal = wire.prefill_refusal(body, prefill, anthropic=anthropic, refuse=script.refuse_prefill)
+        if refusal is not None:
+            return web.json_response(refusal, status=400, headers=headers)
         answer = wire.plan(
             body,
             text=script.text,
@@ -288,8 +310,8 @@ class FakeUpstream:
             usage=script.usage,
             model=script.model,
             bad_usage=script.bad_usage,
+            prefill=prefill,
         )
-        anthropic = kind == "messages"
         lie = None if script.error_in_200 is None else _error_body(kind, script, script.error_in_200, request)
         if body.get("stream") is True:
             frames = wire.anthropic_frames(answer) if anthropic else wire.openai_frames(answer)
@@ -330,6 +352,10 @@ class FakeUpstream:
                     raise _Drop(rst=False)
                 if script.end_after is not None and (sent >= script.end_after or frame.kind != "content"):
                     break
+                if script.stall_after is not None and (sent >= script.stall_after or frame.kind != "content"):
+                    assert self._stopping is not None
+                    await self._stopping.wait()  # silent until the client leaves (cancels this) or the server stops
+                    raise _Drop(rst=False)
             if frame.kind == "content":
                 frame = frame.malformed() if _at(sent, script.malformed_at) else frame
                 sent += 1

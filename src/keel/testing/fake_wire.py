@@ -88,6 +88,37 @@ def pieces(text: str) -> list[str]:
     return re.findall(r"\s*\S+\s*", text) or ([text] if text else [])
 
 
+def prefill(body: Json, *, anthropic: bool) -> str | None:
+    """The assistant text a request asks the model to continue, or None.
+
+    Anthropic continues any trailing assistant message; an OpenAI-compatible server only one marked
+    `prefix: true` (Mistral, DeepSeek) or asked with `continue_final_message` (vLLM).
+    """
+    messages = body.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if not isinstance(last, dict) or last.get("role") != "assistant":
+        return None
+    if anthropic or last.get("prefix") is True or body.get("continue_final_message") is True:
+        return _text_of(last.get("content"))
+    return None
+
+
+def prefill_refusal(body: Json, prefill: str | None, *, anthropic: bool, refuse: bool) -> Json | None:
+    """The 400 body a server answers a prefill it will not take with, or None when it takes it."""
+    if prefill is None:
+        return None
+    if anthropic and prefill != prefill.rstrip():
+        return anthropic_error_with("messages: final assistant content cannot end with trailing whitespace")
+    if not anthropic and body.get("continue_final_message") is True and body.get("add_generation_prompt") is not False:
+        message = "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+        return {"error": {"message": message, "type": "BadRequestError", "param": None, "code": 400}}
+    if refuse:
+        if anthropic:
+            return anthropic_error_with("messages: a final assistant message is not supported by this model")
+        return openai_error(400, None)
+    return None
+
+
 def plan(
     body: Json,
     *,
@@ -96,12 +127,18 @@ def plan(
     usage: dict[str, int] | None,
     model: str | None,
     bad_usage: Json | None = None,
+    prefill: str | None = None,
 ) -> Answer:
-    """Decide the reply to a chat request (either format) under a script's overrides."""
+    """Decide the reply to a chat request (either format) under a script's overrides.
+
+    With a prefill, the reply is the rest of the answer after it (the whole answer if it does not begin so).
+    """
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     chars = len(_text_of(body.get("system"))) + sum(len(_text_of(m.get("content"))) for m in messages)
     last_user = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     reply = text if text is not None else "echo: " + last_user
+    if prefill and reply.startswith(prefill):
+        reply = reply[len(prefill) :]
     tool_name = _first_tool(body.get("tools")) if tool_call else None
     numbers = {key: 0 for key in USAGE_KEYS}
     numbers["prompt_tokens"] = chars // 4 + 1
@@ -344,6 +381,10 @@ _ANTHROPIC_ERRORS = {
     529: "overloaded_error",
 }
 _ANTHROPIC_CODE_MESSAGES = {"context_length_exceeded": "prompt is too long: 200001 tokens > 200000 maximum"}
+
+
+def anthropic_error_with(message: str, kind: str = "invalid_request_error") -> Json:
+    return {"type": "error", "error": {"type": kind, "message": message}, "request_id": new_id("req_")}
 
 
 def anthropic_error(status: int, code: str | None) -> Json:
