@@ -190,12 +190,13 @@ class Runtime:
         """Per-tenant and per-key overrides reach every process within `every` seconds."""
         while True:
             await asyncio.sleep(every)
+            read_at = time.time()
             try:
                 overrides = await asyncio.to_thread(self.store.list_limits)
             except Exception:  # a flaky store must not stop the refresher
                 log.exception("reloading limit overrides failed; will retry")
                 continue
-            self.limits_stage.book = book_from(self.config.limits, overrides)
+            self.limits_stage.update(book_from(self.config.limits, overrides), read_at)
 
     async def _sweep_retention(self, policy: RetentionPolicy) -> None:
         """Old traces and orphan blobs leave every `sweep_every_s`, off the request path (in a thread)."""

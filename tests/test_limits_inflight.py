@@ -1,0 +1,104 @@
+"""Overrides set while calls are in flight: every call's spend lands on the counters the override adds.
+
+A PUT of a limit reaches each gateway process on its next limit refresh (every 2 s). Spend counts from
+the PUT on, even before the new limit is enforced: calls in flight at the PUT, calls that end between
+the PUT and the refresh, and calls admitted after it all charge the new counters, so the spend read
+back from /api/limits/usage equals the sum of the calls' costs. Over real HTTP, with the counters in
+memory and in the real Redis.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import redis
+
+from keel.keys import issue_key
+from keel.testing import FakeUpstream, Script
+
+from .conftest import ADMIN, REDIS_URL, Gateway, base_config
+
+PER_TOKEN = {"gpt-4o-mini": {"input": 1000, "output": 1000}}  # USD per million: $0.001 a token
+COUNTERS = "keel:limit:"  # RedisLimits' key prefix
+
+
+@pytest.fixture
+def tenant() -> Iterator[str]:
+    """A tenant of this test's own; its Redis counters (if any) are deleted afterwards."""
+    name = "t-" + secrets.token_hex(6)
+    yield name
+    with redis.Redis.from_url(REDIS_URL) as r:
+        try:
+            keys = list(r.scan_iter(match=f"{COUNTERS}tenant={name}|*", count=1000))
+        except redis.ConnectionError:
+            return  # the memory variant on a machine without Redis
+        if keys:
+            r.delete(*keys)
+
+
+def _admin(gw: Gateway, method: str, path: str, body: Any = None, **params: str) -> httpx.Response:
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    return httpx.request(method, gw.url + path, json=body, params=params, headers=headers, timeout=10)
+
+
+def _usage(gw: Gateway, tenant: str) -> dict[str, float]:
+    r = _admin(gw, "GET", "/api/limits/usage", tenant=tenant)
+    assert r.status_code == 200, r.text
+    return {row["kind"]: row["used"] for row in r.json()["data"]}
+
+
+def _until(check: Callable[[], bool], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize("counters", ["memory", "redis"])
+def test_spend_of_calls_in_flight_during_a_put_counts_on_the_new_limits(
+    counters: str, make_gateway: Any, up: FakeUpstream, tmp_path: Path, tenant: str, request: pytest.FixtureRequest
+) -> None:
+    raw = {**base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path), "prices": PER_TOKEN}
+    if counters == "redis":
+        raw["redis"] = {"url": request.getfixturevalue("redis_url")}
+    gw = make_gateway(raw)
+    gw.runtime.store.create_tenant(tenant)
+    key = issue_key(gw.runtime.store, tenant, name="inflight").key
+    # 30 calls held 1 to 3 s upstream (the PUT comes within that second; they end over more than a
+    # refresh interval after it), then 10 quick ones
+    slow = [Script(delay=1 + 0.07 * i, usage={"prompt_tokens": 7, "completion_tokens": i}) for i in range(30)]
+    fast = [Script(usage={"prompt_tokens": 5, "completion_tokens": 3}) for _ in range(10)]
+    up.script(*slow, *fast)
+
+    def call(_: int) -> None:
+        with openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=30) as c:
+            c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+
+    with ThreadPoolExecutor(30) as pool:
+        in_flight = list(pool.map(lambda i: pool.submit(call, i), range(30)))
+        assert _until(lambda: len(up.requests) == 30), "the slow calls never reached the upstream"
+        limits = {"usd_day": 1000, "tokens_day": 10**9, "rpm": 10_000}
+        put = _admin(gw, "PUT", f"/api/limits/tenant/{tenant}", {"limits": limits})
+        assert put.status_code == 200, put.text
+        for i in range(10):
+            call(i)  # admitted, most likely, before this process has read the new override
+        for f in in_flight:
+            f.result()
+
+    traces = [t for t in gw.traces() if t.tenant == tenant]
+    assert len(traces) == 40 and all(t.status == "ok" for t in traces)
+    spent = sum(t.cost_usd or 0.0 for t in traces)
+    tokens = sum((t.input_tokens or 0) + (t.output_tokens or 0) for t in traces)
+    assert spent > 0
+    expected = {"usd_day": pytest.approx(spent), "tokens_day": tokens, "rpm": 40}
+    assert _until(lambda: _usage(gw, tenant) == expected), (_usage(gw, tenant), expected)
