@@ -26,7 +26,8 @@ from keel.store.sqlite_vectors import SqliteVectors
 
 from .backends import Backend as Backends
 
-T = time.time() + 86400  # a day ahead: the vector stores sweep expired rows by the real clock, and the suite runs for minutes
+# a day ahead: the vector stores sweep expired rows by the real clock, and the suite runs for minutes
+T = time.time() + 86400
 DIM = 16
 Backend = Backends[Any, int]  # stores of either protocol, opened with a max_entries bound
 
