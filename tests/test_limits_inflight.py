@@ -9,9 +9,10 @@ memory and in the real Redis.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,16 @@ import openai
 import pytest
 import redis
 
+from keel.accounting import PriceBook
+from keel.config import LimitsConfig
+from keel.gateway.call import Call, Reply
+from keel.gateway.limiting import LimitsStage
 from keel.keys import issue_key
+from keel.limits import book_from
+from keel.store.memory import MemoryLimits
+from keel.store.protocols import LimitOverride
 from keel.testing import FakeUpstream, Script
+from keel.types import ChatEvent, ChatRequest, Message, Principal, RoutePlan, Target, TraceRecord
 
 from .conftest import ADMIN, REDIS_URL, Gateway, base_config
 
@@ -102,3 +111,55 @@ def test_spend_of_calls_in_flight_during_a_put_counts_on_the_new_limits(
     assert spent > 0
     expected = {"usd_day": pytest.approx(spent), "tokens_day": tokens, "rpm": 40}
     assert _until(lambda: _usage(gw, tenant) == expected), (_usage(gw, tenant), expected)
+
+
+# ---- the stage alone: two changes in a row charge each call once per counter -------------------
+
+
+def test_each_ended_call_is_charged_once_per_counter_across_successive_changes() -> None:
+    store = MemoryLimits()
+    config = LimitsConfig()
+    stage = LimitsStage(store, book_from(config, []), PriceBook.bundled())
+    plan = RoutePlan("fast", (Target("sim", "gpt-4o-mini"),), "default")
+
+    def tenant(at: float) -> LimitOverride:
+        return LimitOverride("tenant", "acme", {"usd_day": 100}, None, at)
+
+    def key(at: float) -> LimitOverride:
+        return LimitOverride("key", "k1", {"usd_month": 100}, None, at)
+
+    async def start(usd: float) -> tuple[Call, Reply]:
+        request = ChatRequest("fast", (Message("user", "hi"),), max_tokens=4)
+        call = Call(request, TraceRecord(secrets.token_hex(4), 0.0), principal=Principal("acme", "k1"), plan=plan)
+        reply = await stage(call, lambda c: _reply(c))
+        call.trace.input_tokens, call.trace.output_tokens, call.trace.cost_usd = 10, 0, usd
+        return call, reply
+
+    async def main() -> list[float]:
+        _, before = await start(1.0)
+        await before.collect()  # ends before any override: counts on none
+        _, d = await start(2.0)  # in flight across both changes below
+        x_at = time.time()
+        _, e = await start(4.0)
+        await e.collect()  # ends after X was set, before this process reads it
+        stage.update(book_from(config, [tenant(x_at)]), time.time())
+        await d.collect()  # ends under the book with X: charged X at once
+        y_at = time.time()
+        _, f = await start(8.0)
+        await f.collect()  # admitted on X; ends after Y was set, before it is read
+        stage.update(book_from(config, [tenant(x_at), key(y_at)]), time.time())
+        await asyncio.sleep(0.01)  # settlements are tasks
+        return await store.usage([("tenant=acme|usd_day", "day"), ("key=k1|usd_month", "month")], time.time())
+
+    usd_day, usd_month = asyncio.run(main())
+    assert usd_day == pytest.approx(2.0 + 4.0 + 8.0)  # each call ended after X was set, once
+    assert usd_month == pytest.approx(8.0)  # only the call that ended after Y was set
+
+
+async def _reply(call: Call) -> Reply:
+    return Reply(_no_events(), call.t0)
+
+
+async def _no_events() -> AsyncIterator[ChatEvent]:
+    return
+    yield  # pragma: no cover - makes this an async generator

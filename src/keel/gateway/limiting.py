@@ -20,7 +20,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from keel.accounting import PriceBook, cost_of
@@ -39,15 +39,9 @@ SKEW_S = 5.0  # override times come from other processes' clocks, and are stampe
 MAX_ENDED = 50_000  # ended calls kept for overrides read late; past it the oldest go (only while reads fail)
 
 
-@dataclass(slots=True)
-class _Ended:
-    """One ended call's spend, kept a few seconds in case an override read later must count it."""
-
-    at: float  # wall clock
-    who: Subject
-    tokens: float
-    usd: float
-    counters: set[str]  # the counters already charged with it
+# one ended call, kept a few seconds in case an override read later must count it: (when it ended (wall
+# clock), who, tokens, usd, the charges it was admitted on). A plain tuple: one is made per call.
+Ended = tuple[float, Subject, float, float, tuple[Charge, ...]]
 
 
 class LimitsStage:
@@ -64,7 +58,7 @@ class LimitsStage:
         self._store = store
         self._book = book  # replaced whole when overrides change (see `update`)
         self._read_at = time.time()  # when the book's overrides were read
-        self._ended: deque[_Ended] = deque()
+        self._ended: deque[Ended] = deque()
         self._prices = prices
         self._default_output = default_output_tokens
         self._thresholds = thresholds
@@ -78,15 +72,21 @@ class LimitsStage:
     def book(self) -> LimitBook:
         return self._book
 
+    @property
+    def read_at(self) -> float:
+        """When the overrides in force were read from the store (wall clock)."""
+        return self._read_at
+
     def update(self, book: LimitBook, read_at: float) -> None:
         """A book read from the store at `read_at`: if its overrides differ, count what they missed and use it."""
         changed = book.changed(self._book)
         self._read_at = read_at
         if changed:
-            self._book = book
+            before, self._book = self._book, book
             for ended in self._ended:
-                if ("tenant", ended.who.tenant) in changed or ("key", ended.who.key or "") in changed:
-                    self._charge_missed(ended)
+                who = ended[1]
+                if ("tenant", who.tenant) in changed or ("key", who.key or "") in changed:
+                    self._charge_missed(ended, before)
         self._trim()
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
@@ -145,39 +145,41 @@ class LimitsStage:
         tokens = (record.input_tokens or 0) + (record.output_tokens or 0)
         usd = record.cost_usd or 0.0
         now = time.time()
-        ended = _Ended(now, who, tokens, usd, set())
+        reserved = () if reservation is None else reservation.charges
         if reservation is not None:
-            actual = actual_amounts(reservation.charges, tokens, usd)
-            self._spawn(self._store.settle(reservation, actual, now))
-            ended.counters.update(c.counter for c in reservation.charges)
+            self._spawn(self._store.settle(reservation, actual_amounts(reserved, tokens, usd), now))
+        ended = (now, who, tokens, usd, reserved)
         if book is not self._book:
-            self._charge_missed(ended)
+            self._charge_missed(ended, None)
         self._ended.append(ended)
-        if self._ended[0].at < self._read_at - SKEW_S or len(self._ended) > MAX_ENDED:
+        if self._ended[0][0] < self._read_at - SKEW_S or len(self._ended) > MAX_ENDED:
             self._trim()
 
-    def _charge_missed(self, ended: _Ended) -> None:
-        """Charge `ended`'s spend on the book's counters it missed whose override was set before it ended."""
-        book = self._book
+    def _charge_missed(self, ended: Ended, before: LimitBook | None) -> None:
+        """Charge an ended call on the book's counters whose override was set before it ended, except those it
+        was admitted on and those of `before` (the book it was charged on up to now; None: it ends now)."""
+        at, who, tokens, usd, reserved = ended
+        book, charged = self._book, {c.counter for c in reserved}
+        if before is not None:
+            charged |= {c.counter for c in before.charges(who, Estimate(tokens, usd))}
         missed = [
             c
-            for c in book.charges(ended.who, Estimate(ended.tokens, ended.usd))
-            if c.counter not in ended.counters and c.window != "concurrent" and book.set_at(c.counter) <= ended.at
+            for c in book.charges(who, Estimate(tokens, usd))
+            if c.counter not in charged and c.window != "concurrent" and book.set_at(c.counter) <= at
         ]
         if not missed:
             return
-        ended.counters.update(c.counter for c in missed)
         self.late_charges += 1
         # a reservation of nothing, settled with what was spent: the amounts land where admission would have put them
-        nothing = Reservation("late", ended.at, tuple(replace(c, amount=0.0) for c in missed))
+        nothing = Reservation("late", at, tuple(replace(c, amount=0.0) for c in missed))
         self._spawn(self._store.settle(nothing, [c.amount for c in missed], time.time()))
 
     def _trim(self) -> None:
         """Forget ended calls no override still unread could need (set before the last read, give or take skew)."""
         keep_from = self._read_at - SKEW_S
         ended = self._ended
-        while ended and (ended[0].at < keep_from or len(ended) > MAX_ENDED):
-            if ended[0].at >= keep_from:
+        while ended and (ended[0][0] < keep_from or len(ended) > MAX_ENDED):
+            if ended[0][0] >= keep_from:
                 if self.forgotten % 10_000 == 0:
                     log.warning("limit overrides unread for long: an override set now may miss earlier spend")
                 self.forgotten += 1
