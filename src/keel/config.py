@@ -531,6 +531,7 @@ STARTER = """\
 server:
   host: 127.0.0.1
   port: 8080
+  key_stale_s: 3600                 # database unreachable: known keys keep working this long (0 = never)
 
 # Guards the admin API (/api/...). Leave unset to disable the admin API.
 admin_token: ${KEEL_ADMIN_TOKEN:-}
