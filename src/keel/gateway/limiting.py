@@ -40,8 +40,9 @@ MAX_ENDED = 50_000  # ended calls kept for overrides read late; past it the olde
 
 
 # one ended call, kept a few seconds in case an override read later must count it: (when it ended (wall
-# clock), who, tokens, usd, the charges it was admitted on). A plain tuple: one is made per call.
-Ended = tuple[float, Subject, float, float, tuple[Charge, ...]]
+# clock), who, tokens, usd, the book it was admitted on). A plain tuple of shared objects: one is made
+# per call and kept for seconds, so it holds no per-call garbage for the collector to walk.
+Ended = tuple[float, Subject, float, float, LimitBook]
 
 
 class LimitsStage:
@@ -145,10 +146,9 @@ class LimitsStage:
         tokens = (record.input_tokens or 0) + (record.output_tokens or 0)
         usd = record.cost_usd or 0.0
         now = time.time()
-        reserved = () if reservation is None else reservation.charges
         if reservation is not None:
-            self._spawn(self._store.settle(reservation, actual_amounts(reserved, tokens, usd), now))
-        ended = (now, who, tokens, usd, reserved)
+            self._spawn(self._store.settle(reservation, actual_amounts(reservation.charges, tokens, usd), now))
+        ended = (now, who, tokens, usd, book)
         if book is not self._book:
             self._charge_missed(ended, None)
         self._ended.append(ended)
@@ -158,13 +158,13 @@ class LimitsStage:
     def _charge_missed(self, ended: Ended, before: LimitBook | None) -> None:
         """Charge an ended call on the book's counters whose override was set before it ended, except those it
         was admitted on and those of `before` (the book it was charged on up to now; None: it ends now)."""
-        at, who, tokens, usd, reserved = ended
-        book, charged = self._book, {c.counter for c in reserved}
-        if before is not None:
-            charged |= {c.counter for c in before.charges(who, Estimate(tokens, usd))}
+        at, who, tokens, usd, admitted = ended
+        spent = Estimate(tokens, usd)
+        charged = {c.counter for b in (admitted, before) if b is not None for c in b.charges(who, spent)}
+        book = self._book
         missed = [
             c
-            for c in book.charges(who, Estimate(tokens, usd))
+            for c in book.charges(who, spent)
             if c.counter not in charged and c.window != "concurrent" and book.set_at(c.counter) <= at
         ]
         if not missed:
