@@ -6,12 +6,14 @@ queries hang (the nastier one). Keys expire from the cache within a second here,
 they are served from their last known state; the traces wait in the writer (or its spill files) and
 reach the database when it returns. Revocations seen before the outage still apply, an unknown key is
 told 503 with Retry-After (never a hang, never a false 401), a state older than `server.key_stale_s`
-is refused, and the background pollers catch up with changes made during the outage.
+is refused, and the background pollers catch up with changes made during the outage. A cache whose
+file is locked by another process is a miss, not a wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +30,7 @@ from keel.testing import FakeUpstream
 from keel.testing.proxy import TcpProxy
 
 from .conftest import ADMIN, Gateway, base_config
+from .test_cache_e2e import ask, cache_config, settle
 
 BODY = {"model": "sim", "messages": [{"role": "user", "content": "hi"}]}
 Make = Callable[[dict[str, Any]], Gateway]
@@ -229,3 +232,24 @@ def test_the_pollers_catch_up_with_changes_made_during_the_outage(
     assert until(lambda: chat(gw, key).status_code == 401, timeout=30)
     t1 = Subject("t1", None, None, None, None)
     assert until(lambda: gw.runtime.limits_book().rules_for(t1) == [("tenant=t1", "rpm", 1.0)], timeout=30)
+
+
+# ---- the cache on the request path ---------------------------------------------------------------
+
+
+def test_a_locked_cache_file_is_a_miss_not_a_wait(make_gateway: Make, up: FakeUpstream, tmp_path: Path) -> None:
+    gw = make_gateway(cache_config(up, tmp_path, f"sqlite:///{tmp_path}/cache.db"))
+    ask(gw, "kept?")
+    settle(gw)
+    assert ask(gw, "kept?")[1]["x-keel-cache"] == "hit"
+    lock = sqlite3.connect(tmp_path / "cache.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")  # another process holds the file's write lock
+    try:
+        ask(gw, "new?")  # a miss: keeping its answer now waits on the lock, in the cache's one thread
+        text, headers = ask(gw, "kept?")  # its lookup queues behind that write: given up, a miss
+        assert headers["x-keel-cache"] == "miss" and text == "echo: kept?"
+        stage = gw.runtime.cache_stage
+        assert stage is not None and stage.counts.store_errors >= 1
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()

@@ -7,9 +7,9 @@ tenants and applies them to the cache, so a revoked key is refused, and a tenant
 apply, in every process that shares the store within one poll interval (≤ 1 s), while the hot path
 stays free of database reads. A successful poll thus vouches for every cached entry as of its start.
 
-A store outage never holds a request for more than milliseconds (README "Keys during a database
-outage"). Store reads run on the Authenticator's own threads, at most one per key at a time
-(concurrent requests for one key share it); a key that failed is not read again for `HOLD_OFF_S`.
+A store outage never holds a request for more than milliseconds (README "A database outage").
+Store reads run on the Authenticator's own threads, at most one per key at a time (concurrent
+requests for one key share it); a key that failed is not read again for `HOLD_OFF_S`.
 A cached key is served until `ttl`, refreshed in the background once past half of it. Past `ttl` a
 request waits for its lookup only if that began within `STALE_WAIT_S`; otherwise, or if it fails,
 the last known state answers ("stale") while the store vouched for it within `stale` seconds, so
