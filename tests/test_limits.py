@@ -167,3 +167,23 @@ def test_warnings_are_for_quotas_and_budgets_only() -> None:
     tokens = Charge("tenant=acme|tokens_day", "day", 1000, 10)
     assert warnings([rate, inflight, tokens], [10, 2, 850], [0.8]) == [(tokens, 0.8)]
     assert warnings([tokens], [850], []) == []
+
+
+# ---- overrides changing under calls in flight
+
+
+def test_a_book_names_the_overrides_that_changed_and_when_each_was_set() -> None:
+    config = LimitsConfig(defaults=[LimitRule(scope=["tenant"], rpm=60)])
+    before = book_from(config, [LimitOverride("tenant", "acme", {"usd_day": 5}, None, 100.0)])
+    after = book_from(
+        config,
+        [
+            LimitOverride("tenant", "acme", {"usd_day": 5}, "closed", 100.0),
+            LimitOverride("key", "k1", {"tokens_day": 1000}, None, 200.0),
+        ],
+    )
+    assert after.changed(before) == {("tenant", "acme"), ("key", "k1")}  # a fail mode is a change too
+    assert after.changed(after) == set() and before.changed(after) == after.changed(before)
+    assert after.set_at("key=k1|tokens_day") == 200.0
+    assert after.set_at("tenant=acme|usd_day") == 100.0
+    assert after.set_at("tenant=globex|rpm") == float("-inf")  # a configured default: always in force

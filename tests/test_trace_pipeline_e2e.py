@@ -140,7 +140,8 @@ def test_a_poisoned_spill_file_does_not_hold_back_an_outage_worth_of_spills(
 def test_readyz_and_metrics_say_when_the_writer_cannot_write(
     make_gateway: Any, up: FakeUpstream, tmp_path: Path
 ) -> None:
-    """Another process holds SQLite's write lock: the writer waits in its insert, and says so."""
+    """Another process holds SQLite's write lock: the writer waits in its insert, and says so. The
+    process stays ready (calls are served, records wait): only records at risk take it out."""
     db = tmp_path / "keel.db"
     raw = base_config(up, f"sqlite:///{db}", tmp_path)
     raw["traces"]["stall_after_s"] = 0.3
@@ -151,12 +152,12 @@ def test_readyz_and_metrics_say_when_the_writer_cannot_write(
         other.execute("BEGIN IMMEDIATE")
         call = chat(gw)
         assert call.status_code == 200  # served: the request path never waits on the database
-        wait_until(lambda: ready(gw).status_code == 503, "/readyz to report the stall")
-        body = ready(gw).json()
-        assert body["status"] == "unavailable" and "stalled" in body["reason"] and "stalled" in body["trace_writer"]
+        wait_until(lambda: "stalled" in ready(gw).json()["trace_writer"], "/readyz to report the stall")
+        probe = ready(gw)
+        assert probe.status_code == 200 and probe.json()["status"] == "ready"
         assert metric(gw, "keel_trace_writer_up") == 0
         other.execute("ROLLBACK")
 
     wait_until(lambda: call.headers["x-keel-trace-id"] in rows(gw), "the trace once the lock is gone")
-    wait_until(lambda: ready(gw).status_code == 200, "/readyz to be ready again")
+    wait_until(lambda: ready(gw).json()["trace_writer"] == "ok", "/readyz to say the writer is fine again")
     assert metric(gw, "keel_trace_writer_up") == 1

@@ -202,6 +202,7 @@ class ServerConfig(_Model):
     port: int = Field(8080, ge=0, le=65535)
     key_cache_ttl_s: float = Field(30.0, gt=0)
     revocation_poll_s: float = Field(0.5, gt=0, le=1.0)
+    key_stale_s: float = Field(3600.0, ge=0)  # database unreachable: known keys serve from memory this long
 
 
 LimitScope = Literal["tenant", "key", "user", "feature", "alias"]
@@ -273,6 +274,7 @@ class CacheConfig(_Model):
     ttl_s: float = Field(3600.0, gt=0)
     stale_s: float = Field(86400.0, ge=0)  # after expiry, may answer when every target fails; 0 = never
     max_entries: int = Field(100_000, ge=1)
+    read_timeout_ms: float = Field(250.0, gt=0)  # a slower lookup (file, Redis, pgvector) is a miss: never a wait
     nondeterministic: bool = False  # also cache calls whose temperature is not 0
     embeddings: bool = True  # cache /v1/embeddings vectors per (model, input text) when enabled
     semantic: SemanticCacheConfig = SemanticCacheConfig()
@@ -551,6 +553,7 @@ STARTER = """\
 server:
   host: 127.0.0.1
   port: 8080
+  key_stale_s: 3600                 # database unreachable: known keys keep working this long (0 = never)
 
 # Guards the admin API (/api/...). Leave unset to disable the admin API.
 admin_token: ${KEEL_ADMIN_TOKEN:-}

@@ -13,6 +13,7 @@
     ├── UpstreamError                     a provider failed (status mirrors the kind)
     │   ├── ProviderError(kind, ...)
     │   └── AllTargetsFailed(attempts)
+    ├── Unavailable(retry_after)          503: a store Keel needs cannot answer now (not the caller's fault)
     └── ConfigError(issues)               bad keel.yaml; never reaches HTTP
 
 `ErrorKind` classifies provider failures; one retry-policy table keys on it. A saturated target is
@@ -147,6 +148,21 @@ _STATUS_BY_KIND = {
     ErrorKind.content_filter: 400,
     ErrorKind.protocol: 502,
 }
+
+
+class Unavailable(KeelError):
+    """Keel cannot serve the call now through no fault of the caller or a provider: a store is down."""
+
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(max(1, int(self.retry_after + 0.999)))}
 
 
 class UpstreamError(KeelError):

@@ -4,6 +4,8 @@ A `LimitBook` holds the configured default rules plus per-tenant and per-key ove
 store, refreshed in the background). For one call it yields `Charge`s — one per (scope, kind) that
 applies — which a `LimitStore` admits all or nothing. Counter names spell the scope, e.g.
 `tenant=acme|feature=search|usd_day`, so usage views and refusals can say exactly which limit held.
+A counter is named by scope and kind only, never by the limit's value: changing a limit keeps its
+count. Each override remembers when it was set (`set_at`): a counter it adds counts spend from then.
 """
 
 from __future__ import annotations
@@ -64,11 +66,25 @@ class LimitBook:
         *,
         on_store_error: str = "open",
         fail_modes: Mapping[str, str] | None = None,
+        set_at: Mapping[tuple[str, str], float] | None = None,
     ) -> None:
         self._defaults = tuple(defaults)
         self._overrides = dict(overrides)  # (scope, subject) → kind → limit, for tenant and key scopes
         self._default_fail = on_store_error
         self._fail_modes = dict(fail_modes or {})  # tenant → "open" | "closed"
+        self._set_at = {f"{scope}={subject}": at for (scope, subject), at in (set_at or {}).items()}
+
+    def changed(self, before: LimitBook) -> set[tuple[str, str]]:
+        """The (scope, subject) overrides that differ from `before`'s, fail modes included."""
+        subjects = self._overrides.keys() | before._overrides.keys()
+        out = {s for s in subjects if self._overrides.get(s) != before._overrides.get(s)}
+        tenants = self._fail_modes.keys() | before._fail_modes.keys()
+        out |= {("tenant", t) for t in tenants if self._fail_modes.get(t) != before._fail_modes.get(t)}
+        return out
+
+    def set_at(self, counter: str) -> float:
+        """When the override behind `counter` was set (wall clock); -inf for a configured default."""
+        return self._set_at.get(counter.rsplit("|", 1)[0], float("-inf"))
 
     def fail_mode(self, tenant: str) -> str:
         """What to do for this tenant when the counter store is unreachable."""
@@ -151,4 +167,5 @@ def book_from(config: LimitsConfig, overrides: Iterable[LimitOverride]) -> Limit
         {(o.scope, o.subject): o.limits for o in rows},
         on_store_error=config.on_store_error,
         fail_modes=fail_modes,
+        set_at={(o.scope, o.subject): o.updated_at for o in rows},
     )

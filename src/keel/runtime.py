@@ -89,7 +89,8 @@ class Runtime:
             deadletter_max_bytes=t.deadletter_max_bytes,
             stall_after=t.stall_after_s,
         )
-        authenticator = Authenticator(store, ttl=config.server.key_cache_ttl_s, poll=config.server.revocation_poll_s)
+        sc = config.server
+        authenticator = Authenticator(store, ttl=sc.key_cache_ttl_s, poll=sc.revocation_poll_s, stale=sc.key_stale_s)
         sessions = Sessions()
         providers = {
             name: build_provider(name, p, sessions, redact=redactor.credentials) for name, p in config.providers.items()
@@ -194,15 +195,21 @@ class Runtime:
         return self.limits_stage.book
 
     async def _refresh_limits(self, every: float = 2.0) -> None:
-        """Per-tenant and per-key overrides reach every process within `every` seconds."""
+        """Per-tenant and per-key overrides reach every process within `every` seconds; an outage never stops this."""
+        warned_at = float("-inf")
         while True:
             await asyncio.sleep(every)
+            read_at = time.time()
             try:
                 overrides = await asyncio.to_thread(self.store.list_limits)
-            except Exception:  # a flaky store must not stop the refresher
-                log.exception("reloading limit overrides failed; will retry")
+            except Exception as exc:
+                if time.monotonic() - warned_at >= 30.0:  # once per half minute of an outage, not every read
+                    warned_at = time.monotonic()
+                    log.warning(
+                        "reading limit overrides failed (%s: %s); keeping the last ones", type(exc).__name__, exc
+                    )
                 continue
-            self.limits_stage.book = book_from(self.config.limits, overrides)
+            self.limits_stage.update(book_from(self.config.limits, overrides), read_at)
 
     async def _sweep_retention(self, policy: RetentionPolicy) -> None:
         """Old traces and orphan blobs leave every `sweep_every_s`, off the request path (in a thread)."""
@@ -227,6 +234,7 @@ class Runtime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.authenticator.close()
         for provider in self.providers.values():
             await provider.aclose()
         await self.sessions.aclose()
@@ -309,8 +317,11 @@ def build_cache(config: Config, providers: dict[str, Provider]) -> CacheStage | 
     if url is None:
         return None
     store = open_cache(url, max_entries=c.max_entries)
+    # in-process stores cannot hang; a file, Redis or PostgreSQL can, and the request must not wait on it
+    local = url == "memory://" and vectors_url in (None, "memory://")
+    read_timeout = None if local else c.read_timeout_ms / 1000
     if vectors_url is None:
-        return CacheStage(store, policies, default)
+        return CacheStage(store, policies, default, read_timeout=read_timeout)
     vectors = open_vectors(vectors_url, max_entries=c.max_entries)
     embedder: TextEmbedder
     if c.semantic.embedder == "local":
@@ -327,7 +338,9 @@ def build_cache(config: Config, providers: dict[str, Provider]) -> CacheStage | 
     from keel.embedder import verify
 
     checker = verify if c.semantic.verify else None
-    return CacheStage(store, policies, default, vectors=vectors, embedder=embedder, verify=checker)
+    return CacheStage(
+        store, policies, default, vectors=vectors, embedder=embedder, verify=checker, read_timeout=read_timeout
+    )
 
 
 def default_cache_url(config: Config) -> str:

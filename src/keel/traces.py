@@ -142,13 +142,20 @@ class TraceWriter:
 
     def health(self) -> str | None:
         """Why the writer cannot write now (for /readyz and /metrics); None while it can."""
+        if (failing := self.failing()) is not None:
+            return failing
+        busy = self._busy_since
+        if busy is not None and (held := time.monotonic() - busy) > self._stall_after:
+            return f"stalled: a store write has not returned for {held:.0f} s"
+        return None
+
+    def failing(self) -> str | None:
+        """Why records may be lost now: crashed, not running, or neither written nor spilled. A stalled
+        store is not such a reason: records wait in the queue and the spill, and calls are served."""
         if self._crash is not None:
             return f"crashed ({self._crash}); restarting"
         if self._started and not self._thread.is_alive() and not self._stop.is_set():
             return "its thread is not running"
-        busy = self._busy_since
-        if busy is not None and (held := time.monotonic() - busy) > self._stall_after:
-            return f"stalled: a store write has not returned for {held:.0f} s"
         if self._losing:
             return f"losing records: they can be neither written nor spilled ({self.stats.last_error})"
         return None

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -51,10 +51,13 @@ def create_app(runtime: Runtime) -> FastPath:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        try:
-            await asyncio.wait_for(asyncio.to_thread(runtime.store.list_tenants), 2.0)
-        except Exception as exc:
-            return JSONResponse({"status": "unavailable", "reason": f"store: {type(exc).__name__}"}, 503)
+        # The key poller is the store probe (no query per probe): a database outage leaves the gateway
+        # ready while it can still vouch for known keys, so load balancers keep it in rotation.
+        auth, stale_s = runtime.authenticator, runtime.config.server.key_stale_s
+        down, age = auth.store_down(), auth.state_age()
+        if down and age > stale_s:
+            reason = f"store: unreachable, and key state older than server.key_stale_s ({stale_s:g} s)"
+            return JSONResponse({"status": "unavailable", "reason": reason}, 503)
         stats = runtime.writer.stats
         otel = runtime.exporter
         spans = (
@@ -69,9 +72,9 @@ def create_app(runtime: Runtime) -> FastPath:
                 "otel_restarts": otel.stats.restarts,
             }
         )
-        trouble = runtime.writer.health()
+        trouble, failing = runtime.writer.health(), runtime.writer.failing()
         body = {
-            "status": "ready" if trouble is None else "unavailable",
+            "status": "ready" if failing is None else "unavailable",
             "trace_writer": trouble or "ok",
             "trace_queue": runtime.writer.depth,
             "traces_written": stats.written,
@@ -83,10 +86,16 @@ def create_app(runtime: Runtime) -> FastPath:
             "trace_writer_last_error": stats.last_error,
             "unauthenticated": runtime.trace_stage.unauthenticated,  # refused before auth: counted, not traced
             "limits_store_unavailable": runtime.limits_stage.unavailable,
+            "store": "unreachable" if down else "ok",
+            "key_state_age_s": round(age, 3),
+            "keys_served_stale": auth.stats.stale,  # answered from the last known state (store silent)
+            "keys_refused_unavailable": auth.stats.unavailable,  # 503: no known state, store silent
+            "limit_overrides_age_s": round(time.time() - runtime.limits_stage.read_at, 3),
             **spans,
         }
-        if trouble is not None:  # calls are served, but their traces are at risk: take this process out
-            return JSONResponse({**body, "reason": f"trace writer: {trouble}"}, 503)
+        # Traces at risk take this process out; a stalled store does not (records wait, calls are served).
+        if failing is not None:
+            return JSONResponse({**body, "reason": f"trace writer: {failing}"}, 503)
         return JSONResponse(body)
 
     routes = [

@@ -52,7 +52,7 @@ class MetricsEndpoint:
         def per_gate(field: str) -> list[tuple[Labels, float]]:
             return [({"target": str(g["target"])}, float(cast(int, g[field]))) for g in gates]
 
-        w = rt.writer.stats
+        w, keys = rt.writer.stats, rt.authenticator
         out = [
             Family("keel_queue_depth", "gauge", "Calls waiting for a slot of a capped target.", per_gate("queued")),
             Family("keel_queue_in_flight", "gauge", "Calls holding a slot of a capped target.", per_gate("in_flight")),
@@ -69,6 +69,10 @@ class MetricsEndpoint:
             _one("keel_trace_writer_last_error_timestamp_seconds", "gauge", "When the trace writer last failed (0: never).", w.last_error_at or 0.0),
             _one("keel_unauthenticated_total", "counter", "Calls refused before authentication (not traced).", rt.trace_stage.unauthenticated),
             _one("keel_limits_store_unavailable_total", "counter", "Admissions that met an unreachable limit store.", rt.limits_stage.unavailable),
+            _one("keel_store_unreachable", "gauge", "1 while the database does not answer (keys serve from memory).", float(keys.store_down())),
+            _one("keel_key_state_age_seconds", "gauge", "Seconds since the database last vouched for cached keys.", keys.state_age()),
+            _one("keel_keys_served_stale_total", "counter", "Calls whose key was served from its last known state.", keys.stats.stale),
+            _one("keel_keys_unavailable_total", "counter", "Calls refused 503: key unknown while the database is silent.", keys.stats.unavailable),
         ]  # fmt: skip
         if rt.exporter is not None:
             e = rt.exporter.stats

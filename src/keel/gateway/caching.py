@@ -6,8 +6,11 @@ threshold; on a miss the call goes on and its answer is kept when it ends comple
 cut, not resumed, not from a fallback alias or a static answer). When every target fails, an expired
 entry may answer instead (`stale`, before the static answer). `/v1/embeddings` vectors are kept per (model,
 input text): known texts cost nothing, unknown ones go upstream in one call. A cache store that
-fails is a miss, counted; it never fails a call. Hits bill nothing: the trace records zero tokens
-and cost, and what the answer cost once as `cache_saved_usd`; the response carries the original usage.
+fails is a miss, counted; it never fails a call, nor holds it: a read that takes longer than
+`read_timeout` is a miss, and after a failure the store is left alone (reads miss, answers are not
+kept) for `HOLD_OFF_S`, so a database outage costs a call at most one bounded wait. Hits bill
+nothing: the trace records zero tokens and cost, and what the answer cost once as
+`cache_saved_usd`; the response carries the original usage.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from keel.cache import (
     CachePolicy,
@@ -53,6 +56,8 @@ from keel.types import (
 log = logging.getLogger("keel.cache")
 _CHUNK = 64  # characters per streamed chunk of a cached answer
 _NO_STALE = frozenset({ErrorKind.bad_request, ErrorKind.content_filter, ErrorKind.context_length})
+HOLD_OFF_S = 1.0  # after a store failure, leave it alone this long
+T = TypeVar("T")
 
 
 class TextEmbedder(Protocol):
@@ -71,6 +76,7 @@ class CacheCounts:
     misses: int = 0
     stored: int = 0
     store_errors: int = 0
+    store_skipped: int = 0  # reads and writes not tried: the store failed within HOLD_OFF_S
     verify_rejects: int = 0  # semantic neighbours over the threshold that verify() turned down
 
 
@@ -87,8 +93,11 @@ class CacheStage:
         vectors: VectorIndex | None = None,
         embedder: TextEmbedder | None = None,
         verify: Verify | None = None,
+        read_timeout: float | None = None,
     ) -> None:
         self._store = store
+        self._read_timeout = read_timeout  # None: stores in this process's memory, which cannot hang
+        self._skip_until = 0.0  # monotonic
         self._policies = dict(policies)
         self._default = default
         self._vectors = vectors
@@ -172,7 +181,9 @@ class CacheStage:
         assert self._vectors is not None and self._embedder is not None
         part, text = semantic
         try:
-            near = await self._vectors.nearest(tenant, part, self._embedder.model_id, vector, policy.threshold, now)
+            near = await self._read(
+                self._vectors.nearest(tenant, part, self._embedder.model_id, vector, policy.threshold, now)
+            )
         except Exception as exc:
             self._store_failed(exc)
             return None
@@ -221,6 +232,8 @@ class CacheStage:
             or "keel.resumed" in tags
         ):
             return  # a cut, degraded, static, estimated or stitched answer is not worth repeating
+        if self._holding_off():
+            return
         assert call.principal is not None
         now = time.time()
         entry = CacheEntry(
@@ -276,7 +289,7 @@ class CacheStage:
         assert reply.embedding is not None
         fresh = reply.embedding.vectors
         call.trace.cache = "miss" if not known else "partial"
-        if directives.write and call.target is not None and call.target.key == primary:
+        if directives.write and call.target is not None and call.target.key == primary and not self._holding_off():
             expires = now + policy.ttl_s  # the alias's TTL; a vector is never served stale
             self._spawn(self._keep_vectors(tenant, [keys[i] for i in missing], fresh, call.trace.user, now, expires))
         if known:
@@ -306,20 +319,43 @@ class CacheStage:
 
     async def _get(self, tenant: str, key: str, now: float) -> CacheEntry | None:
         try:
-            return await self._store.get(tenant, key, now)
+            return await self._read(self._store.get(tenant, key, now))
         except Exception as exc:
             self._store_failed(exc)
             return None
+
+    async def _read(self, read: Coroutine[Any, Any, T]) -> T | None:
+        """A store read on the request path: None (a miss) if the store is held off; TimeoutError past `read_timeout`."""
+        if self._read_timeout is None:
+            return await read
+        if self._holding_off():
+            read.close()
+            return None
+        task = asyncio.ensure_future(read)
+        done, _ = await asyncio.wait((task,), timeout=self._read_timeout)
+        if not done:
+            task.cancel()  # it ends in its own time: waiting for a cancelled database read can take seconds
+            task.add_done_callback(_retrieve)
+            raise TimeoutError(f"no answer within {self._read_timeout:g} s")
+        return task.result()
+
+    def _holding_off(self) -> bool:
+        if time.monotonic() < self._skip_until:
+            self.counts.store_skipped += 1
+            return True
+        return False
 
     async def _embed(self, text: str) -> Sequence[float] | None:
         assert self._embedder is not None
         try:
             return await self._embedder.embed(text)
         except Exception as exc:
-            self._store_failed(exc)
+            self._store_failed(exc, hold_off=False)
             return None
 
-    def _store_failed(self, exc: Exception) -> None:
+    def _store_failed(self, exc: Exception, *, hold_off: bool = True) -> None:
+        if hold_off:
+            self._skip_until = time.monotonic() + HOLD_OFF_S
         self.counts.store_errors += 1
         if self.counts.store_errors == 1 or self.counts.store_errors % 1000 == 0:
             log.warning("cache unavailable (%s: %s); answering as a miss", type(exc).__name__, exc)
@@ -361,3 +397,8 @@ async def _replay(response: ChatResponse) -> AsyncIterator[ChatEvent]:
         yield ToolCallDelta(index, c.id, c.name, c.arguments)
     yield Finish(response.finish_reason or "stop")
     yield UsageEvent(response.usage or Usage())
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a read given up on: its failure is already counted as a timeout

@@ -1,7 +1,8 @@
 """What turns a last user turn into a vector for the semantic cache: the local model or an alias.
 
 `LocalTextEmbedder` runs all-MiniLM-L6-v2 in this process (keel/embedder.py, numpy) in a worker
-thread, batching the texts that arrive while one batch runs. `AliasTextEmbedder` asks the first
+thread of its own (not the loop's default executor, where background store calls may hang during a
+database outage), batching the texts that arrive while one batch runs. `AliasTextEmbedder` asks the first
 target of an embeddings alias behind the gateway (any provider with `/v1/embeddings`). Both name
 their model and version in `model_id`, which the vector index keys on, so a model change starts a
 fresh set of vectors instead of mixing them.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from keel.providers.base import Provider
@@ -27,6 +29,7 @@ class LocalTextEmbedder:
         self.model_id = model.model_id
         self._queue: list[tuple[str, asyncio.Future[Sequence[float]]]] = []
         self._worker: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="keel-embedder")
 
     async def embed(self, text: str) -> Sequence[float]:
         done: asyncio.Future[Sequence[float]] = asyncio.get_running_loop().create_future()
@@ -39,7 +42,8 @@ class LocalTextEmbedder:
         while self._queue:
             batch, self._queue = self._queue[:64], self._queue[64:]
             try:
-                rows = await asyncio.to_thread(self._model.embed, [text for text, _ in batch])
+                texts = [text for text, _ in batch]
+                rows = await asyncio.get_running_loop().run_in_executor(self._thread, self._model.embed, texts)
             except Exception as exc:
                 for _, done in batch:
                     if not done.done():

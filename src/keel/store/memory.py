@@ -167,7 +167,7 @@ class MemoryLimits:
                 else:
                     buckets.pop(s, None)
         else:
-            periods = self._periods.get((c.counter, c.window), {})
+            periods = self._periods.setdefault((c.counter, c.window), {})
             pid = period_id(c.window, reservation.at)
-            if pid in periods:
-                periods[pid] = max(0.0, periods[pid] + delta)
+            if pid in periods or delta > 0:  # a reservation of nothing, settled late, starts its period
+                periods[pid] = max(0.0, periods.get(pid, 0.0) + delta)

@@ -30,6 +30,7 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
+from keel.store.postgres import POOL_WAIT_S, RECONNECT_S, link_options
 from keel.store.protocols import VectorHit
 
 _SWEEP_EVERY = 1000
@@ -75,7 +76,14 @@ class PgVectors:
         self._max = max_entries
         self._keep = max_entries - max_entries // 20
         self._pool = AsyncConnectionPool(
-            url, min_size=1, max_size=pool_size, open=False, configure=_configure, kwargs={"autocommit": True}
+            url,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            configure=_configure,
+            kwargs={"autocommit": True, **link_options(url)},
+            timeout=POOL_WAIT_S,
+            reconnect_timeout=RECONNECT_S,
         )
         self._opened = False
         self._lock = asyncio.Lock()

@@ -4,6 +4,13 @@ Connections run in autocommit; anything that must be atomic (a trace batch, a mi
 ledger row) opens an explicit transaction. JSON columns are JSONB: rows.py hands us JSON text,
 cast with `::jsonb` on the way in; psycopg decodes them (with orjson) on the way out.
 Migrations serialise on a transaction-level advisory lock, so processes starting together are safe.
+
+Outages: no request waits on this store (keys, limits and traces are served from memory and
+written from background threads), but those threads must come back when the database does. So a
+caller waits at most `POOL_WAIT_S` for a connection, a connection attempt at most 5 s, a pooled
+connection whose peer vanished is dropped by TCP keepalive and `tcp_user_timeout` within ~30 s, and
+the pool retries a failed connection for at most `RECONNECT_S` (its backoff would otherwise grow to
+minutes) before the next caller starts a fresh attempt. URL parameters of the same names win.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import orjson
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool
@@ -81,6 +89,22 @@ _LEDGER = (
 )
 
 Conn = psycopg.Connection[TupleRow]
+POOL_WAIT_S = 5.0
+RECONNECT_S = 10.0
+LINK_DEFAULTS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms that sent data may go unacknowledged before the connection is dropped
+}
+
+
+def link_options(url: str) -> dict[str, object]:
+    """Connection timeouts and keepalives for `url`, except those the URL sets itself."""
+    given = conninfo_to_dict(url)
+    return {k: v for k, v in LINK_DEFAULTS.items() if k not in given}
 
 
 def _configure(conn: Conn) -> None:
@@ -104,10 +128,12 @@ class PostgresStore:
             url,
             min_size=1,
             max_size=max_size,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, **link_options(url)},
             configure=_configure,
             name="keel-store",
             open=True,
+            timeout=POOL_WAIT_S,
+            reconnect_timeout=RECONNECT_S,
         )
 
     def close(self) -> None:
