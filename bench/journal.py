@@ -5,7 +5,7 @@ measures the loss window instead: it runs `keel serve` (SQLite, the simulated pr
 --rate requests/s for a few seconds, sends SIGKILL, and compares the calls answered with the rows
 stored, --runs times: how many were lost and how long before the kill the oldest lost one was answered.
 
-A SIGKILL loses the records queued for the trace writer (docs/decisions/00XX-trace-durability.md).
+A SIGKILL loses the records queued for the trace writer (docs/decisions/0012-trace-durability.md).
 An append-only journal written before a response ends would keep them, but its work would run on
 the event loop, per call: serialise the record, redact it (the journal must not be a plaintext copy
 of prompts and keys that redaction is there to remove), and append it with write(2). This prints the

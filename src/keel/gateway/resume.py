@@ -5,7 +5,7 @@ Two ways, chosen per target by the failover stage. A target that accepts an assi
 trailing assistant message and continues it. Any other target restarts the answer, and only what
 comes after the text the client already has is forwarded — provided the restart repeats that text
 exactly; if it does not, the stream ends with an explicit error (`Diverged`), as a break did before.
-Only plain text is resumed: a reply that was emitting tool calls is not (decision 00XX).
+Only plain text is resumed: a reply that was emitting tool calls is not (decision 0014).
 """
 
 from __future__ import annotations

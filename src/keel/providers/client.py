@@ -1,7 +1,7 @@
 """A lean pooled HTTP/1.1 client for upstream calls: asyncio Protocols and httptools' response parser.
 
 Why not aiohttp: its client was the largest single cost of the gateway's request path (decision
-00XX-upstream-client). One `Pool` per (scheme, host, port) keeps idle keep-alive connections, most
+0011-upstream-client). One `Pool` per (scheme, host, port) keeps idle keep-alive connections, most
 recently used first. A `Connection` carries one exchange at a time; its `Response` is read whole
 (`read`) or as body chunks (`chunks`), and reading from the socket pauses while more than
 `_HIGH_WATER` bytes wait for the consumer. Every failure is a `ProviderError` without a provider name
