@@ -22,6 +22,7 @@ crash between the two leaves an orphan blob that the retention sweep deletes.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -458,11 +459,12 @@ def parse_window(since: str | None, until: str | None, now: float) -> tuple[floa
 
 def _instant(text: str, now: float, name: str) -> float:
     try:
-        if text[-1:] in _UNITS:
-            return now - float(text[:-1]) * _UNITS[text[-1]]
-        return float(text)
+        value = now - float(text[:-1]) * _UNITS[text[-1]] if text[-1:] in _UNITS else float(text)
     except ValueError:
-        raise InvalidRequest(f"'{name}' must be unix seconds or a duration like 15m, 24h, 7d.", name) from None
+        value = math.nan
+    if not math.isfinite(value):  # nan, inf, 1e999 and 1e308d would reach the store as NaN or infinity
+        raise InvalidRequest(f"'{name}' must be unix seconds or a duration like 15m, 24h, 7d.", name)
+    return value
 
 
 def trace_query(params: dict[str, str], now: float) -> TraceQuery:

@@ -25,6 +25,40 @@ from keel.traces import read_trace, trace_query, trace_view
 from keel.usage import usage_query, usage_view
 
 _USAGE_PARAMS = ("tenant", "key", "user", "feature", "alias")
+MAX_NAME = 256  # characters of a tenant, key or user name: what every store can index
+PRIORITY = (-(2**31), 2**31 - 1)  # a key's priority fits every store's integer column
+
+
+def _text(body: dict[str, Any], field: str) -> str | None:
+    """An optional name-like body field: absent, or a string every store can hold."""
+    return None if body.get(field) is None else _name(body, field)
+
+
+def _name(body: dict[str, Any], field: str) -> str:
+    """A required name-like body field: 1 to MAX_NAME characters, no NUL (PostgreSQL refuses it)."""
+    value = body.get(field)
+    if type(value) is not str or not _storable_name(value):
+        raise InvalidRequest(f"'{field}' must be a string of 1 to {MAX_NAME} characters, without NUL.", field)
+    return value
+
+
+def _storable_name(value: Any) -> bool:
+    return type(value) is str and bool(value.strip()) and len(value) <= MAX_NAME and "\x00" not in value
+
+
+def _priority(body: dict[str, Any], field: str) -> int | None:
+    value = body.get(field)
+    if value is not None and (type(value) is not int or not PRIORITY[0] <= value <= PRIORITY[1]):
+        raise InvalidRequest(f"'{field}' must be an integer from {PRIORITY[0]} to {PRIORITY[1]}.", field)
+    return value
+
+
+def _stored(request: Request) -> None:
+    """Path and query parameters reach store queries: refuse NUL, which PostgreSQL cannot take."""
+    for name, value in (*request.path_params.items(), *request.query_params.multi_items()):
+        if "\x00" in name or "\x00" in value:
+            param = name.replace("\x00", "")
+            raise InvalidRequest(f"Parameter '{param}' must not contain NUL.", param)
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -35,7 +69,7 @@ def _regions(value: Any) -> tuple[str, ...] | None:
     """A tenant's regions from a request body: a non-empty array of region names, or null for any."""
     if value is None:
         return None
-    if not (isinstance(value, list) and value and all(isinstance(r, str) and r.strip() for r in value)):
+    if not (isinstance(value, list) and value and all(_storable_name(r) for r in value)):
         raise InvalidRequest(
             "'regions' must be a non-empty array of region names, or null to allow any region.", "regions"
         )
@@ -49,9 +83,7 @@ def _purge_body(body: Any) -> tuple[str | None, bool, bool]:
     for name in body:
         if name not in ("user", "revoke_keys", "delete_tenant"):
             raise InvalidRequest(f"Unknown field '{name}'; use 'user', 'revoke_keys' and 'delete_tenant'.", name)
-    user = body.get("user")
-    if user is not None and (not isinstance(user, str) or not user):
-        raise InvalidRequest("'user' must be a non-empty string, or absent for the whole tenant.", "user")
+    user = _text(body, "user")  # absent: the whole tenant
     flags = []
     for name in ("revoke_keys", "delete_tenant"):
         if not isinstance(body.get(name, False), bool):
@@ -131,6 +163,7 @@ class Admin:
         async def endpoint(request: Request) -> Response:
             try:
                 self._check(request)
+                _stored(request)
                 return await handler(request)  # type: ignore[no-any-return]
             except KeelError as err:
                 return error_response(err)
@@ -143,9 +176,9 @@ class Admin:
 
     async def create_tenant(self, request: Request) -> Response:
         body = await read_json(request)
-        name = body.get("name") if isinstance(body, dict) else None
-        if not isinstance(name, str) or not name:
-            raise InvalidRequest("'name' is required.", "name")
+        if not isinstance(body, dict):
+            raise InvalidRequest('The body must be an object: {"name": "acme", "regions": null}.', None)
+        name = _name(body, "name")
         regions = _regions(body.get("regions"))
         try:
             row = await asyncio.to_thread(self._rt.store.create_tenant, name, regions)
@@ -202,24 +235,22 @@ class Admin:
 
     async def create_key(self, request: Request) -> Response:
         body = await read_json(request)
-        if not isinstance(body, dict) or not isinstance(body.get("tenant"), str):
-            raise InvalidRequest("'tenant' is required.", "tenant")
+        if not isinstance(body, dict):
+            raise InvalidRequest('The body must be an object: {"tenant": "acme", "name": "ci"}.', None)
+        tenant = _name(body, "tenant")
         models = body.get("models")
-        if models is not None and not (isinstance(models, list) and all(isinstance(m, str) for m in models)):
+        if models is not None and not (isinstance(models, list) and all(_storable_name(m) for m in models)):
             raise InvalidRequest("'models' must be an array of aliases.", "models")
-        for field in ("priority", "max_priority"):
-            if body.get(field) is not None and (not isinstance(body[field], int) or isinstance(body[field], bool)):
-                raise InvalidRequest(f"'{field}' must be an integer.", field)
         try:
             issued = await asyncio.to_thread(
                 issue_key,
                 self._rt.store,
-                body["tenant"],
-                name=body.get("name"),
-                user=body.get("user"),
+                tenant,
+                name=_text(body, "name"),
+                user=_text(body, "user"),
                 models=tuple(models) if models is not None else None,
-                priority=body.get("priority") or 0,
-                max_priority=body.get("max_priority"),
+                priority=_priority(body, "priority") or 0,
+                max_priority=_priority(body, "max_priority"),
             )
         except ValueError as exc:
             param = "max_priority" if "priority" in str(exc) else "tenant"

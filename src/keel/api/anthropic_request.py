@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from keel.errors import InvalidRequest
+from keel.providers.base import MAX_TOKENS
 from keel.providers.openai_chat import require_model
 from keel.types import JSON, ChatRequest, Message, ToolCall
 
@@ -51,7 +52,7 @@ def parse_request(body: Any) -> ChatRequest:
         model=model,
         messages=tuple(messages),
         stream=_flag(body, "stream"),
-        max_tokens=_integer(body, "max_tokens", 1),
+        max_tokens=_integer(body, "max_tokens", 1, MAX_TOKENS),
         temperature=_number(body, "temperature"),
         top_p=_number(body, "top_p"),
         stop=_stop_sequences(body.get("stop_sequences")),
@@ -72,10 +73,10 @@ def _flag(body: JSON, key: str) -> bool:
     return bool(value)
 
 
-def _integer(body: JSON, key: str, least: int) -> int | None:
+def _integer(body: JSON, key: str, least: int, most: int = 2**63 - 1) -> int | None:
     value = body.get(key)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
-        raise InvalidRequest(f"'{key}' must be an integer of at least {least}.", key)
+    if value is not None and (type(value) is not int or not least <= value <= most):
+        raise InvalidRequest(f"'{key}' must be an integer from {least} to {most}.", key)
     return value
 
 
@@ -97,11 +98,15 @@ def _stop_sequences(value: Any) -> tuple[str, ...]:
 
 
 def _user_id(metadata: Any) -> str | None:
+    """Anthropic's metadata carries `user_id` only; a `keel.*` key there is refused like a tag would be."""
     if metadata is None:
         return None
     user = metadata.get("user_id") if isinstance(metadata, dict) else None
     if not isinstance(metadata, dict) or (user is not None and not isinstance(user, str)):
         raise InvalidRequest("'metadata' must be an object whose 'user_id' is a string.", "metadata.user_id")
+    for key in metadata:
+        if key.startswith("keel."):
+            raise InvalidRequest(f"'{key[:64]}' is reserved: keel.* tags are Keel's own.", f"metadata.{key[:64]}")
     return user
 
 

@@ -46,6 +46,7 @@ class FastPath:
 def create_app(runtime: Runtime) -> FastPath:
     edge = OpenAIEdge(runtime)
     anthropic = AnthropicEdge(runtime)
+    dashboard = Dashboard(runtime.store, runtime.blobs, runtime.config.admin_token)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -106,10 +107,10 @@ def create_app(runtime: Runtime) -> FastPath:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *Admin(runtime).routes(),
-        *Dashboard(runtime.store, runtime.blobs, runtime.config.admin_token).routes(),
+        *dashboard.routes(),
     ]
     if runtime.metrics is not None:
-        routes.append(Route("/metrics", MetricsEndpoint(runtime).scrape, methods=["GET"]))
+        routes.append(Route("/metrics", MetricsEndpoint(runtime, dashboard.throttle.stats).scrape, methods=["GET"]))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

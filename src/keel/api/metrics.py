@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from keel.api.openai import bearer, error_response
+from keel.dashboard.throttle import LoginStats
 from keel.errors import AuthError
 from keel.metrics import CONTENT_TYPE, Family, Kind, Labels
 from keel.runtime import Runtime
@@ -21,8 +22,9 @@ BREAKER_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 
 class MetricsEndpoint:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, logins: LoginStats | None = None) -> None:
         self._rt = runtime
+        self._logins = logins or LoginStats()
         cfg = runtime.config
         self._token = (cfg.admin_token or "").encode() if cfg.metrics.require_token else None
 
@@ -73,6 +75,8 @@ class MetricsEndpoint:
             _one("keel_key_state_age_seconds", "gauge", "Seconds since the database last vouched for cached keys.", keys.state_age()),
             _one("keel_keys_served_stale_total", "counter", "Calls whose key was served from its last known state.", keys.stats.stale),
             _one("keel_keys_unavailable_total", "counter", "Calls refused 503: key unknown while the database is silent.", keys.stats.unavailable),
+            _one("keel_dashboard_login_failures_total", "counter", "Dashboard logins with a wrong token.", self._logins.failures),
+            _one("keel_dashboard_login_throttled_total", "counter", "Dashboard logins refused 429 during a lockout.", self._logins.throttled),
         ]  # fmt: skip
         if rt.exporter is not None:
             e = rt.exporter.stats

@@ -63,12 +63,40 @@ async def read_json(request: Request) -> Any:
         raise InvalidRequest("The request body is not valid JSON.", None) from None
 
 
+RESERVED = "keel."  # tags Keel writes itself (cache, resumed, sanitized, replay_of, ...): never the client's
+MAX_TAGS = 32  # x-keel-tags: at most this many key=value pairs
+MAX_TAG_KEY = 64  # characters of one key
+MAX_TAG_VALUE = 256  # characters of one value (what a rollup or an index keys on, at most)
+
+
 def _tags(header: str | None, metadata: Any) -> dict[str, Any]:
-    tags: dict[str, Any] = dict(metadata) if isinstance(metadata, dict) else {}
-    for part in (header or "").split(","):
+    """The call's tags: the body's `metadata`, then `x-keel-tags: k=v,k2=v2` over it.
+
+    A client naming a reserved `keel.*` tag gets a 400 rather than a silent drop: it asked for
+    something Keel will not record, and a quiet loss would surface only later, as a wrong report.
+    """
+    tags: dict[str, Any] = {}
+    if isinstance(metadata, dict):
+        for key in metadata:
+            if key.startswith(RESERVED):
+                raise InvalidRequest(f"Tag '{key[:MAX_TAG_KEY]}' is reserved: keel.* tags are Keel's own.", "metadata")
+        tags.update(metadata)
+    if not header:
+        return tags
+    parts = header.split(",")
+    if len(parts) > MAX_TAGS:
+        raise InvalidRequest(f"The x-keel-tags header holds at most {MAX_TAGS} tags.", "x-keel-tags")
+    for part in parts:
         key, _, value = part.strip().partition("=")
-        if key:
-            tags[key] = value
+        if not key:
+            continue
+        if len(key) > MAX_TAG_KEY or len(value) > MAX_TAG_VALUE:
+            raise InvalidRequest(
+                f"x-keel-tags: a key holds at most {MAX_TAG_KEY} characters, a value {MAX_TAG_VALUE}.", "x-keel-tags"
+            )
+        if key.startswith(RESERVED):
+            raise InvalidRequest(f"Tag '{key}' is reserved: keel.* tags are Keel's own.", "x-keel-tags")
+        tags[key] = value
     return tags
 
 

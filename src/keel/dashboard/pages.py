@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, quote
@@ -22,6 +24,7 @@ from starlette.routing import Route
 from keel.dashboard.markup import CSS, Safe, h, layout
 from keel.dashboard.overview import WINDOWS, read_overview, render_overview
 from keel.dashboard.session import COOKIE, Sessions
+from keel.dashboard.throttle import LoginThrottle
 from keel.dashboard.tracepages import list_params, render_list, render_trace
 from keel.errors import InvalidRequest
 from keel.store.protocols import BlobStore, TraceStore
@@ -39,6 +42,7 @@ HEADERS = {
     "x-frame-options": "DENY",
 }
 MAX_FORM = 4096
+log = logging.getLogger("keel.dashboard")
 Page = Callable[[Request], Awaitable[Response]]
 
 
@@ -57,10 +61,13 @@ def _next_path(value: str | None) -> str:
 
 
 class Dashboard:
-    def __init__(self, store: TraceStore, blobs: BlobStore | None, admin_token: str | None) -> None:
+    def __init__(
+        self, store: TraceStore, blobs: BlobStore | None, admin_token: str | None, throttle: LoginThrottle | None = None
+    ) -> None:
         self._store = store
         self._blobs = blobs  # large payloads live there; the trace page reads them back
         self._sessions = Sessions(admin_token)
+        self.throttle = throttle or LoginThrottle()
 
     def routes(self) -> list[Route]:
         return [
@@ -79,6 +86,10 @@ class Dashboard:
             if not self._sessions.valid(request.cookies.get(COOKIE)):
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse(f"/ui/login?next={quote(target, safe='')}", 303, HEADERS)
+            for name, value in (*request.path_params.items(), *request.query_params.multi_items()):
+                if "\x00" in name or "\x00" in value:  # they reach store queries; PostgreSQL refuses NUL
+                    body = h('<h1>Bad request</h1><p class="error">{}</p>', "Parameters must not contain NUL.")
+                    return _page("Bad request", body, 400)
             return await page(request)
 
         return endpoint
@@ -112,8 +123,19 @@ class Dashboard:
         body = await request.body()
         form = parse_qs(body[:MAX_FORM].decode("utf-8", "replace")) if len(body) <= MAX_FORM else {}
         next_path = _next_path((form.get("next") or [""])[0])
+        client = request.client.host if request.client else "unknown"
+        wait = self.throttle.retry_after(client)
+        if wait > 0:  # locked out: not even the right token is checked, so guessing gains nothing
+            seconds = math.ceil(wait)
+            page = self._login_page(next_path, f"Too many failed logins: try again in {seconds} s.", 429)
+            page.headers["retry-after"] = str(seconds)
+            return page
         if not self._sessions.check_token((form.get("token") or [""])[0]):
+            failures, lock = self.throttle.failed(client)
+            locked = f", locked out for {lock:g} s" if lock else ""
+            log.warning("dashboard login failed from %s (%d in a row%s)", client, failures, locked)
             return self._login_page(next_path, "That is not the admin token.", 401)
+        self.throttle.succeeded(client)
         response = RedirectResponse(next_path, 303, HEADERS)
         response.set_cookie(
             COOKIE,

@@ -36,7 +36,7 @@ class Sessions:
         return f"{payload}.{self._sign(payload)}"
 
     def valid(self, cookie: str | None, now: float | None = None) -> bool:
-        if not (self.enabled and cookie):
+        if not (self.enabled and cookie and cookie.isascii()):  # ours is ASCII; compare_digest refuses other str
             return False
         payload, _, signature = cookie.rpartition(".")
         if not hmac.compare_digest(signature, self._sign(payload)):

@@ -54,7 +54,11 @@ def require_model(body: Any) -> str:
 
 
 def parse_request(body: Any) -> ChatRequest:
-    """Validate an OpenAI chat body; raise InvalidRequest naming the offending field."""
+    """Validate an OpenAI chat body; raise InvalidRequest naming the offending field.
+
+    Every value Keel itself reads later (adapters, the token estimate, the simulated provider, the
+    trace) is type-checked here, so a body that passes cannot fail further in: a 400, never a 500.
+    """
     model = require_model(body)
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
@@ -71,12 +75,9 @@ def parse_request(body: Any) -> ChatRequest:
         raise InvalidRequest("'stop' must be a string or an array of strings.", "stop")
     tools = _typed(body, "tools", list, None) or []
     for i, t in enumerate(tools):
-        if not (
-            isinstance(t, dict) and isinstance(t.get("function"), dict) and isinstance(t["function"].get("name"), str)
-        ):
-            raise InvalidRequest("Each tool needs a 'function' object with a 'name'.", f"tools[{i}].function.name")
+        _check_tool(t, i)
     n = body.get("n")
-    if n not in (None, 1):
+    if n is not None and (type(n) is not int or n != 1):  # `True == 1`: a boolean is not a count
         raise InvalidRequest("Only n=1 is supported.", "n")
     return ChatRequest(
         model=model,
@@ -107,9 +108,11 @@ _JSON_NAME = {bool: "boolean", dict: "object", list: "array", str: "string"}
 
 
 def _positive_int(body: JSON, key: str) -> int | None:
+    """A token count: 1 up to MAX_TOKENS (more than any model's window; beyond it is a mistake, and
+    would inflate every budget reservation made from it)."""
     value = body.get(key)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise InvalidRequest(f"'{key}' must be a positive integer.", key)
+    if value is not None and (type(value) is not int or not 1 <= value <= MAX_TOKENS):
+        raise InvalidRequest(f"'{key}' must be an integer from 1 to {MAX_TOKENS}.", key)
     return value
 
 
@@ -129,38 +132,87 @@ def _number(body: JSON, key: str, lo: float, hi: float) -> float | None:
 
 
 def _tool_choice(value: Any) -> str | JSON | None:
-    if value is None or value in ("auto", "none", "required") or isinstance(value, dict):
-        return value  # type: ignore[no-any-return]
+    if value is None or isinstance(value, dict) or (type(value) is str and value in ("auto", "none", "required")):
+        return value
     raise InvalidRequest("'tool_choice' must be 'auto', 'none', 'required' or an object.", "tool_choice")
 
 
+def _check_tool(t: Any, i: int) -> None:
+    fn = t.get("function") if type(t) is dict else None
+    if type(fn) is not dict or type(fn.get("name")) is not str or not fn["name"]:
+        raise InvalidRequest("Each tool needs a 'function' object with a 'name'.", f"tools[{i}].function.name")
+    if type(fn.get("parameters", {})) is not dict:
+        raise InvalidRequest("A tool's 'parameters' must be a JSON Schema object.", f"tools[{i}].function.parameters")
+    if type(fn.get("description", "")) is not str:
+        raise InvalidRequest("A tool's 'description' must be a string.", f"tools[{i}].function.description")
+
+
 def _parse_message(m: Any, i: int) -> Message:
-    if not isinstance(m, dict):
+    if type(m) is not dict:
         raise InvalidRequest("Each message must be an object.", f"messages[{i}]")
     role = m.get("role")
-    if role not in _ROLES:
+    if type(role) is not str or role not in _ROLES:
         raise InvalidRequest(
             "Each message needs a 'role': system, developer, user, assistant or tool.", f"messages[{i}].role"
         )
     content = m.get("content")
-    if content is not None and not isinstance(content, str | list):
+    if type(content) is list:
+        _check_parts(content, i)
+    elif content is not None and type(content) is not str:
         raise InvalidRequest("'content' must be a string or an array of content parts.", f"messages[{i}].content")
     if content is None and role in ("system", "developer", "user", "tool"):
         raise InvalidRequest(f"A {role} message needs 'content'.", f"messages[{i}].content")
-    calls: tuple[ToolCall, ...] = ()
-    if m.get("tool_calls"):
-        try:
-            calls = tuple(
-                ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "") for c in m["tool_calls"]
-            )
-        except (KeyError, TypeError):
-            raise InvalidRequest(
-                "Each tool call needs 'id' and 'function.name'.", f"messages[{i}].tool_calls"
-            ) from None
-    if role == "tool" and not isinstance(m.get("tool_call_id"), str):
-        raise InvalidRequest("A tool message needs 'tool_call_id'.", f"messages[{i}].tool_call_id")
+    raw_calls = m.get("tool_calls")
+    calls = _tool_calls(raw_calls, i) if raw_calls else ()
+    name, call_id = m.get("name"), m.get("tool_call_id")
+    if name is not None and type(name) is not str:
+        raise InvalidRequest("A message's 'name' must be a string.", f"messages[{i}].name")
+    if (role == "tool" or call_id is not None) and type(call_id) is not str:
+        raise InvalidRequest("A tool message needs 'tool_call_id', a string.", f"messages[{i}].tool_call_id")
     extra = {k: v for k, v in m.items() if k not in _MESSAGE_KNOWN} or None
-    return Message(role, content, m.get("name"), calls, m.get("tool_call_id"), extra)
+    return Message(role, content, name, calls, call_id, extra)
+
+
+def _check_parts(parts: list[Any], i: int) -> None:
+    """Content parts are objects with a string `type`; the kinds Keel reads (text, image_url) are
+    shaped as OpenAI documents them. Other kinds (audio, files) pass through to the upstream."""
+    for j, part in enumerate(parts):
+        kind = part.get("type") if type(part) is dict else None
+        if kind == "text":
+            if type(part.get("text")) is not str:
+                raise InvalidRequest("A text part needs a string 'text'.", f"messages[{i}].content[{j}].text")
+        elif kind == "image_url":
+            image = part.get("image_url")
+            if type(image) is not str and (type(image) is not dict or type(image.get("url")) is not str):
+                raise InvalidRequest(
+                    'An image part needs \'image_url\': {"url": "..."}.', f"messages[{i}].content[{j}].image_url"
+                )
+        elif type(kind) is not str:
+            raise InvalidRequest(
+                "Each content part must be an object with a string 'type'.", f"messages[{i}].content[{j}]"
+            )
+
+
+def _tool_calls(raw: Any, i: int) -> tuple[ToolCall, ...]:
+    if type(raw) is not list:
+        raise InvalidRequest("'tool_calls' must be an array.", f"messages[{i}].tool_calls")
+    calls = []
+    for j, c in enumerate(raw):
+        where = f"messages[{i}].tool_calls[{j}]"
+        fn = c.get("function") if type(c) is dict else None
+        if type(fn) is not dict:
+            raise InvalidRequest("Each tool call needs 'id' and a 'function' object.", f"{where}.function")
+        call_id, name, arguments = c.get("id"), fn.get("name"), fn.get("arguments")
+        if type(call_id) is not str:
+            raise InvalidRequest("A tool call's 'id' must be a string.", f"{where}.id")
+        if type(name) is not str or not name:
+            raise InvalidRequest("A tool call's 'function.name' must be a non-empty string.", f"{where}.function.name")
+        if arguments is not None and type(arguments) is not str:
+            raise InvalidRequest(
+                "A tool call's 'function.arguments' must be a string of JSON.", f"{where}.function.arguments"
+            )
+        calls.append(ToolCall(call_id, name, arguments or ""))
+    return tuple(calls)
 
 
 # ---- ChatRequest -> upstream JSON -------------------------------------------------------------
