@@ -141,9 +141,10 @@ def _check_tool(t: Any, i: int) -> None:
     fn = t.get("function") if type(t) is dict else None
     if type(fn) is not dict or type(fn.get("name")) is not str or not fn["name"]:
         raise InvalidRequest("Each tool needs a 'function' object with a 'name'.", f"tools[{i}].function.name")
-    if type(fn.get("parameters", {})) is not dict:
+    parameters, description = fn.get("parameters"), fn.get("description")
+    if parameters is not None and type(parameters) is not dict:
         raise InvalidRequest("A tool's 'parameters' must be a JSON Schema object.", f"tools[{i}].function.parameters")
-    if type(fn.get("description", "")) is not str:
+    if description is not None and type(description) is not str:
         raise InvalidRequest("A tool's 'description' must be a string.", f"tools[{i}].function.description")
 
 
@@ -198,21 +199,28 @@ def _tool_calls(raw: Any, i: int) -> tuple[ToolCall, ...]:
         raise InvalidRequest("'tool_calls' must be an array.", f"messages[{i}].tool_calls")
     calls = []
     for j, c in enumerate(raw):
-        where = f"messages[{i}].tool_calls[{j}]"
         fn = c.get("function") if type(c) is dict else None
-        if type(fn) is not dict:
-            raise InvalidRequest("Each tool call needs 'id' and a 'function' object.", f"{where}.function")
-        call_id, name, arguments = c.get("id"), fn.get("name"), fn.get("arguments")
-        if type(call_id) is not str:
-            raise InvalidRequest("A tool call's 'id' must be a string.", f"{where}.id")
-        if type(name) is not str or not name:
-            raise InvalidRequest("A tool call's 'function.name' must be a non-empty string.", f"{where}.function.name")
+        call_id, name, arguments = (c.get("id"), fn.get("name"), fn.get("arguments")) if type(fn) is dict else ("",) * 3
+        if type(fn) is not dict or type(call_id) is not str or type(name) is not str or not name:
+            raise _bad_call(c, i, j)
         if arguments is not None and type(arguments) is not str:
             raise InvalidRequest(
-                "A tool call's 'function.arguments' must be a string of JSON.", f"{where}.function.arguments"
+                "A tool call's 'function.arguments' must be a string of JSON.",
+                f"messages[{i}].tool_calls[{j}].function.arguments",
             )
         calls.append(ToolCall(call_id, name, arguments or ""))
     return tuple(calls)
+
+
+def _bad_call(c: Any, i: int, j: int) -> InvalidRequest:
+    """Which part of tool call j of message i is wrong (off the hot path: only for a refusal)."""
+    where = f"messages[{i}].tool_calls[{j}]"
+    fn = c.get("function") if type(c) is dict else None
+    if type(fn) is not dict:
+        return InvalidRequest("Each tool call needs 'id' and a 'function' object.", f"{where}.function")
+    if type(c.get("id")) is not str:
+        return InvalidRequest("A tool call's 'id' must be a string.", f"{where}.id")
+    return InvalidRequest("A tool call's 'function.name' must be a non-empty string.", f"{where}.function.name")
 
 
 # ---- ChatRequest -> upstream JSON -------------------------------------------------------------
