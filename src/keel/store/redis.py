@@ -19,18 +19,12 @@ from __future__ import annotations
 import logging
 import time
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-
 from keel.store.protocols import BreakerPolicy, BreakerState, Permit
+from keel.store.redis_client import RedisError, Script
+from keel.store.redis_limits import connect
 
 log = logging.getLogger("keel.store.redis")
 
-_TIMEOUT_S = 0.5
-_CONNECT_TIMEOUT_S = 1.0  # a loaded event loop opening many connections at once needs headroom
 _HOLD_OFF_S = 1.0  # after a failure, answer fail-safe without trying Redis for this long
 _WARN_EVERY_S = 10.0
 # A "closed" answer is reused for this long: one round trip per target per interval instead of per call.
@@ -38,7 +32,7 @@ _WARN_EVERY_S = 10.0
 _CLOSED_READ_S = 0.25
 
 # KEYS[1] the target's hash. ARGV: now, cooldown_s, ttl_ms. Returns 2 (closed), 1 (allowed: a probe) or 0.
-_ALLOW = """
+_ALLOW = Script("""
 local h = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'probe_at')
 local state = h[1]
 if not state or state == 'closed' then return 2 end
@@ -53,11 +47,11 @@ else
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
-"""
+""")
 
 # KEYS[1] the target's hash, KEYS[2] the target set.
 # ARGV: target, ok (1/0), now, failures, error_rate, window, min_calls, ttl_ms. Returns the new state.
-_RECORD = """
+_RECORD = Script("""
 local key, ok, now, ttl = KEYS[1], ARGV[2] == '1', ARGV[3], ARGV[8]
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ttl)
@@ -91,7 +85,7 @@ end
 redis.call('HSET', key, 'state', state, 'consecutive', consecutive, 'recent', recent)
 redis.call('PEXPIRE', key, ttl)
 return state
-"""
+""")
 
 
 class RedisBreakers:
@@ -100,16 +94,7 @@ class RedisBreakers:
         self._prefix = prefix
         self._targets_key = f"{prefix}targets"
         self._ttl_ms = str(int(max(10 * policy.cooldown_s, 86400.0) * 1000))
-        self._client = aioredis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=_TIMEOUT_S,
-            socket_connect_timeout=_CONNECT_TIMEOUT_S,
-            # one immediate retry heals a pooled connection dropped by a Redis restart; a timeout is not retried
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        )
-        self._allow = self._client.register_script(_ALLOW)
-        self._record = self._client.register_script(_RECORD)
+        self._client = connect(url)
         self._down_until = 0.0
         self._warned_at = float("-inf")
         self._closed_until: dict[str, float] = {}  # target → caller time until which "closed" is taken as read
@@ -121,8 +106,8 @@ class RedisBreakers:
         if time.monotonic() < self._down_until or now < self._closed_until.get(target, float("-inf")):
             return Permit.closed
         try:
-            allowed = await self._allow(
-                keys=[self._key(target)], args=[repr(now), repr(self._policy.cooldown_s), self._ttl_ms]
+            allowed = await self._client.evalsha(
+                _ALLOW, (self._key(target),), (repr(now), repr(self._policy.cooldown_s), self._ttl_ms)
             )
         except (RedisError, OSError) as exc:
             self._failed(exc)
@@ -146,7 +131,7 @@ class RedisBreakers:
             self._ttl_ms,
         ]
         try:
-            state = await self._record(keys=[self._key(target), self._targets_key], args=args)
+            state = await self._client.evalsha(_RECORD, (self._key(target), self._targets_key), args)
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return "unknown"
@@ -162,15 +147,12 @@ class RedisBreakers:
             log.warning("circuit breakers: Redis is unreachable (%s); letting calls through meanwhile", exc)
 
     async def states(self) -> list[BreakerState]:
-        members = await self._client.smembers(self._targets_key)
-        targets = sorted(m if isinstance(m, str) else m.decode() for m in members)  # str: decode_responses
-        async with self._client.pipeline(transaction=False) as pipe:
-            for target in targets:
-                pipe.hgetall(self._key(target))
-            rows: list[dict[str, str]] = await pipe.execute()
+        targets = sorted(await self._client.execute("SMEMBERS", self._targets_key))
+        flat = await self._client.pipeline([("HGETALL", self._key(t)) for t in targets])
+        rows = [dict(zip(f[::2], f[1::2], strict=True)) for f in flat]
         gone = [t for t, row in zip(targets, rows, strict=True) if not row]
         if gone:  # their hashes expired: forget them
-            await self._client.srem(self._targets_key, *gone)
+            await self._client.execute("SREM", self._targets_key, *gone)
         return [_state(t, row) for t, row in zip(targets, rows, strict=True) if row]
 
     async def aclose(self) -> None:

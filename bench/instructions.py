@@ -1,0 +1,129 @@
+"""Instructions per request, which the machine's load does not change: `python bench/instructions.py`.
+
+Starts bench/upstream.py (0 ms) and `keel serve` under `valgrind --tool=callgrind` with run.py's config
+(`--limits none|memory|redis`, as `bench/run.py --limits`), sends `--warmup` calls, zeroes the counters
+(`callgrind_control -z`), sends `--calls` more on `--connections` keep-alive connections (each
+sequential; several connections let settlements and breaker reports share round trips, as under load),
+dumps (`callgrind_control -d`) and prints the gateway's instructions per call, all threads (the trace
+writer too). Wall time under valgrind is ~50x native; the count is what to compare between commits.
+
+    python bench/instructions.py --limits redis                  # ~2 min
+    python bench/instructions.py --limits redis --connections 8  # concurrent callers
+    python bench/instructions.py --limits memory --stream        # streamed calls
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import probe
+from run import Bench, bootstrap_key, chat_body, free_port, start_upstream, wait_http, write_config
+
+
+def start_gateway(bench: Bench, out: Path) -> subprocess.Popen[bytes]:
+    bench.ports["gateway"] = free_port()
+    config = write_config(bench)
+    # the interpreter itself (`keel` may be a shell shim), so callgrind runs the gateway's process
+    cmd = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        "-m",
+        "keel.cli.main",
+        "--config",
+        str(config),
+        "serve",
+        "--log-level",
+        "warning",
+    ]
+    log = (bench.tmp / "gateway.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=bench.tmp)
+    wait_http(bench.ports["gateway"], "/healthz", proc, timeout=180)
+    bench.key = bootstrap_key(bench.tmp / "gateway.log")
+    return proc
+
+
+def send(port: int, request: bytes, n: int, connections: int) -> None:
+    """`n` calls over `connections` keep-alive connections, each sequential."""
+
+    def worker(count: int) -> None:
+        p = probe.Probe(port)
+        try:
+            for _ in range(count):
+                p.call(request)
+        finally:
+            p.close()
+
+    shares = [n // connections + (i < n % connections) for i in range(connections)]
+    threads = [threading.Thread(target=worker, args=(k,)) for k in shares]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def totals(path: Path) -> int:
+    for line in path.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise SystemExit(f"bench: no totals in {path}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Gateway instructions per call under callgrind")
+    parser.add_argument("--limits", choices=["none", "memory", "redis"], default="none")
+    parser.add_argument("--calls", type=int, default=1000, help="calls counted (default 1000)")
+    parser.add_argument("--warmup", type=int, default=300, help="calls before counting (default 300)")
+    parser.add_argument("--connections", type=int, default=1, help="keep-alive connections (default 1)")
+    parser.add_argument("--stream", action="store_true", help="streamed calls")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        raise SystemExit("bench: valgrind not found; install it with `apt-get install -y valgrind`")
+    with tempfile.TemporaryDirectory(prefix="keel-instr-") as tmp:
+        bench = Bench(Path(tmp), False, args.limits)
+        gateway: subprocess.Popen[bytes] | None = None
+        try:
+            start_upstream(bench, "up0", 0)
+            start_upstream(bench, "up50", 50)
+            gateway = start_gateway(bench, Path(tmp) / "callgrind.out.%p")
+            port = bench.ports["gateway"]
+            request = probe.build_request(port, chat_body("bench", args.stream), bench.key)
+            send(port, request, args.warmup, args.connections)
+            pid = gateway.pid
+            time.sleep(1.0)  # the warm-up's trace batch and settlements finish before counting
+            subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+            t0 = time.monotonic()
+            send(port, request, args.calls, args.connections)
+            wall = time.monotonic() - t0
+            time.sleep(1.0)  # the counted calls' trace batch (50 ms flushes) and settlements land
+            subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+            dumps = sorted(Path(tmp).glob(f"callgrind.out.{pid}.*"), key=lambda p: p.stat().st_mtime)
+            if not dumps:
+                raise SystemExit(f"bench: no callgrind dump in {tmp}")
+            total = totals(dumps[-1])
+        finally:
+            for proc in [gateway, *bench.procs.values()]:
+                if proc is not None:
+                    proc.terminate()
+            for proc in [gateway, *bench.procs.values()]:
+                if proc is not None:
+                    proc.wait(timeout=60)
+    kind = "streamed" if args.stream else "non-streamed"
+    print(
+        f"instructions: limits={args.limits}, {args.calls:,} {kind} calls on {args.connections} connection(s) "
+        f"after {args.warmup} warm-up calls (+1 s idle before and after, counted): "
+        f"{total / args.calls / 1e6:.3f} M instructions per call ({wall:.0f} s under callgrind)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
