@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 from keel.store.protocols import BreakerPolicy, BreakerState, Permit
 from keel.store.redis_client import RedisError, Script
@@ -49,43 +50,48 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """)
 
-# KEYS[1] the target's hash, KEYS[2] the target set.
-# ARGV: target, ok (1/0), now, failures, error_rate, window, min_calls, ttl_ms. Returns the new state.
+# KEYS[1] the target set, KEYS[1 + i] outcome i's hash. ARGV: failures, error_rate, window, min_calls,
+# ttl_ms, then for each outcome i: ARGV[3i+3..3i+5] = target, ok (1/0), now. Applies the outcomes in
+# order, as that many `record` calls would; returns each one's new state.
 _RECORD = Script("""
-local key, ok, now, ttl = KEYS[1], ARGV[2] == '1', ARGV[3], ARGV[8]
-redis.call('SADD', KEYS[2], ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ttl)
-local h = redis.call('HMGET', key, 'state', 'consecutive', 'recent')
-local state = h[1] or 'closed'
-if state == 'half_open' then
-  if ok then
-    redis.call('DEL', key)
-    redis.call('HSET', key, 'state', 'closed', 'consecutive', 0, 'recent', '')
-    state = 'closed'
-  else
-    redis.call('HSET', key, 'state', 'open', 'opened_at', now)
-    redis.call('HDEL', key, 'probe_at')
-    state = 'open'
+local failures, rate, window, min_calls = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ttl, out = ARGV[5], {}
+for i = 1, #KEYS - 1 do
+  local key, target, ok, now = KEYS[i + 1], ARGV[3 * i + 3], ARGV[3 * i + 4] == '1', ARGV[3 * i + 5]
+  redis.call('SADD', KEYS[1], target)
+  local h = redis.call('HMGET', key, 'state', 'consecutive', 'recent')
+  local state = h[1] or 'closed'
+  if state == 'half_open' then
+    if ok then
+      redis.call('DEL', key)
+      redis.call('HSET', key, 'state', 'closed', 'consecutive', 0, 'recent', '')
+      state = 'closed'
+    else
+      redis.call('HSET', key, 'state', 'open', 'opened_at', now)
+      redis.call('HDEL', key, 'probe_at')
+      state = 'open'
+    end
+    redis.call('PEXPIRE', key, ttl)
+  elseif state ~= 'open' then  -- (an outcome while open is a straggler from before it opened: ignored)
+    local recent = (h[3] or '') .. (ok and '0' or '1')
+    if #recent > window then recent = string.sub(recent, #recent - window + 1) end
+    local consecutive = 0
+    if not ok then consecutive = tonumber(h[2] or '0') + 1 end
+    local _, failed = string.gsub(recent, '1', '')
+    if consecutive >= failures or (#recent >= min_calls and failed / #recent >= rate) then
+      state = 'open'
+      redis.call('HSET', key, 'opened_at', now)
+    end
+    redis.call('HSET', key, 'state', state, 'consecutive', consecutive, 'recent', recent)
+    redis.call('PEXPIRE', key, ttl)
   end
-  redis.call('PEXPIRE', key, ttl)
-  return state
+  out[i] = state
 end
-if state == 'open' then return 'open' end  -- a straggler from before the breaker opened
-local window, min_calls = tonumber(ARGV[6]), tonumber(ARGV[7])
-local recent = (h[3] or '') .. (ok and '0' or '1')
-if #recent > window then recent = string.sub(recent, #recent - window + 1) end
-local consecutive = 0
-if not ok then consecutive = tonumber(h[2] or '0') + 1 end
-local _, failed = string.gsub(recent, '1', '')
-if consecutive >= tonumber(ARGV[4])
-  or (#recent >= min_calls and failed / #recent >= tonumber(ARGV[5])) then
-  state = 'open'
-  redis.call('HSET', key, 'opened_at', now)
-end
-redis.call('HSET', key, 'state', state, 'consecutive', consecutive, 'recent', recent)
-redis.call('PEXPIRE', key, ttl)
-return state
+redis.call('PEXPIRE', KEYS[1], ttl)
+return out
 """)
+
+_BATCH = 64  # outcomes per EVALSHA
 
 
 class RedisBreakers:
@@ -117,27 +123,32 @@ class RedisBreakers:
         return Permit(allowed)
 
     async def record(self, target: str, ok: bool, now: float) -> str:
-        if time.monotonic() < self._down_until:
-            return "unknown"
+        return (await self.record_many(((target, ok, now),)))[0]
+
+    async def record_many(self, outcomes: Sequence[tuple[str, bool, float]]) -> list[str]:
+        """Outcomes in order, one EVALSHA per 64 of them."""
+        states: list[str] = []
         p = self._policy
-        args = [
-            target,
-            "1" if ok else "0",
-            repr(now),
-            p.failures,
-            repr(p.error_rate),
-            p.window,
-            p.min_calls,
-            self._ttl_ms,
-        ]
-        try:
-            state = await self._client.evalsha(_RECORD, (self._key(target), self._targets_key), args)
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            return "unknown"
-        if state != "closed":
-            self._closed_until.pop(target, None)  # this process saw it open: stop answering from the read
-        return str(state)
+        for i in range(0, len(outcomes), _BATCH):
+            batch = outcomes[i : i + _BATCH]
+            if time.monotonic() < self._down_until:
+                states += ["unknown"] * len(batch)
+                continue
+            keys = [self._targets_key, *(self._key(t) for t, _, _ in batch)]
+            args: list[str | int] = [p.failures, repr(p.error_rate), p.window, p.min_calls, self._ttl_ms]
+            for target, ok, now in batch:
+                args += [target, "1" if ok else "0", repr(now)]
+            try:
+                got = await self._client.evalsha(_RECORD, keys, args)
+            except (RedisError, OSError) as exc:
+                self._failed(exc)
+                states += ["unknown"] * len(batch)
+                continue
+            for (target, _, _), state in zip(batch, got, strict=True):
+                if state != "closed":
+                    self._closed_until.pop(target, None)  # this process saw it open: stop answering from the read
+            states += got
+        return states
 
     def _failed(self, exc: Exception) -> None:
         at = time.monotonic()

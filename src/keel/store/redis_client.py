@@ -28,14 +28,14 @@ import asyncio
 import hashlib
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 try:
-    import hiredis
-except ImportError:  # pragma: no cover - exercised by forcing the fallback in tests
-    hiredis = None
+    import hiredis as _hiredis
+except ImportError:  # pragma: no cover - then PyReader and pack_py
+    _hiredis = None  # type: ignore[assignment]
 
 Arg = str | bytes | int | float
 
@@ -60,8 +60,8 @@ class ProtocolError(RedisError):
     """Redis sent bytes that are not RESP2."""
 
 
-def pack(args: Sequence[Arg]) -> bytes:
-    """One command in RESP2: an array of bulk strings."""
+def pack_py(args: tuple[Arg, ...]) -> bytes:
+    """One command in RESP2: an array of bulk strings (`pack` is hiredis's, when installed)."""
     out = [b"*%d\r\n" % len(args)]
     for a in args:
         if isinstance(a, str):
@@ -133,13 +133,12 @@ class PyReader:
         raise ProtocolError(f"unexpected RESP type byte {kind!r}")
 
 
-if hiredis is not None:
-    pack = hiredis.pack_command  # noqa: F811 - the same bytes, in C
+pack = cast(Callable[[tuple[Arg, ...]], bytes], _hiredis.pack_command) if _hiredis is not None else pack_py
 
 
 def _reader(encoding: str | None) -> Any:
-    if hiredis is not None:
-        return hiredis.Reader(replyError=ReplyError, protocolError=ProtocolError, encoding=encoding)
+    if _hiredis is not None:
+        return _hiredis.Reader(replyError=ReplyError, protocolError=ProtocolError, encoding=encoding)
     return PyReader(encoding)
 
 
@@ -162,7 +161,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._reader = _reader(client.encoding)
         self._waiters: deque[asyncio.Future[Any]] = deque()
-        self._deadlines: deque[float] = deque()
+        self._deadlines: deque[float] = deque()  # of the commands written, oldest first
         self._out: list[bytes] = []  # commands of this loop turn, written together
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
@@ -213,19 +212,21 @@ class _Connection(asyncio.Protocol):
             self._loop.call_soon(self._flush)
         self._out.append(payload)
         self._waiters.append(future)
-        deadline = self._loop.time() + self._client.timeout_s
-        self._deadlines.append(deadline)
-        if self._timer is None:
-            self._timer = self._loop.call_at(deadline, self._check)
         return future
 
     def close(self) -> None:
         self._end(RedisUnreachable("the client was closed"), graceful=True)
 
     def _flush(self) -> None:
+        """Write the commands of this loop turn; each one's deadline runs from here."""
         out, self._out = self._out, []
-        if self._transport is not None and not self.closed:
-            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self._transport is None or self.closed:
+            return
+        self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+        deadline = self._loop.time() + self._client.timeout_s
+        self._deadlines.extend([deadline] * len(out))
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._check)
 
     def _check(self, turns: int = 0) -> None:
         """The oldest command's deadline passed: give a reply already received two loop turns to be read."""
