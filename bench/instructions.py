@@ -15,12 +15,16 @@ writer too). Wall time under valgrind is ~50x native; the count is what to compa
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import probe
@@ -70,6 +74,39 @@ def send(port: int, request: bytes, n: int, connections: int) -> None:
         t.join()
 
 
+class Monitor:
+    """Redis's MONITOR on a raw socket: (client address, command) of every command Redis runs meanwhile."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_connection(("127.0.0.1", 6379))
+        self._sock.sendall(b"MONITOR\r\n")
+        self.seen: list[tuple[str, str]] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        buf = b""
+        while data := self._sock.recv(65536):
+            buf += data
+            *lines, buf = buf.split(b"\r\n")
+            for line in lines:  # +1733... [0 127.0.0.1:41114] "evalsha" "..."
+                m = re.match(rb'\+[\d.]+ \[\d+ ([^\]]+)\] "([^"]+)"', line)
+                if m:
+                    self.seen.append((m.group(1).decode(), m.group(2).decode().upper()))
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        self._thread.join(5)
+
+
+def redis_peers(pid: int) -> set[str]:
+    """The local addresses of `pid`'s connections to the Redis at 127.0.0.1:6379."""
+    out = subprocess.run(["ss", "-tnpH", "dst", "127.0.0.1:6379"], capture_output=True, text=True).stdout
+    return {line.split()[3] for line in out.splitlines() if f"pid={pid}," in line}
+
+
 def totals(path: Path) -> int:
     for line in path.read_text().splitlines():
         if line.startswith(("summary:", "totals:")):
@@ -90,6 +127,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="keel-instr-") as tmp:
         bench = Bench(Path(tmp), False, args.limits)
         gateway: subprocess.Popen[bytes] | None = None
+        commands: Counter[str] = Counter()
         try:
             start_upstream(bench, "up0", 0)
             start_upstream(bench, "up50", 50)
@@ -99,11 +137,17 @@ def main() -> int:
             send(port, request, args.warmup, args.connections)
             pid = gateway.pid
             time.sleep(1.0)  # the warm-up's trace batch and settlements finish before counting
+            peers = redis_peers(pid)
+            monitor = Monitor() if args.limits == "redis" else None
             subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
             t0 = time.monotonic()
             send(port, request, args.calls, args.connections)
             wall = time.monotonic() - t0
             time.sleep(1.0)  # the counted calls' trace batch (50 ms flushes) and settlements land
+            if monitor is not None:
+                monitor.stop()
+                peers |= redis_peers(pid)
+                commands = Counter(cmd for peer, cmd in monitor.seen if peer in peers)
             subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
             dumps = sorted(Path(tmp).glob(f"callgrind.out.{pid}.*"), key=lambda p: p.stat().st_mtime)
             if not dumps:
@@ -122,6 +166,9 @@ def main() -> int:
         f"after {args.warmup} warm-up calls (+1 s idle before and after, counted): "
         f"{total / args.calls / 1e6:.3f} M instructions per call ({wall:.0f} s under callgrind)"
     )
+    if commands:
+        per_call = ", ".join(f"{cmd} {n / args.calls:.2f}" for cmd, n in commands.most_common())
+        print(f"Redis commands per call (MONITOR): {sum(commands.values()) / args.calls:.2f} ({per_call})")
     return 0
 
 

@@ -16,7 +16,17 @@ import redis
 
 from keel.store.protocols import BreakerPolicy, Charge, LimitStoreUnavailable, Permit
 from keel.store.redis import RedisBreakers
-from keel.store.redis_client import PyReader, Redis, RedisTimeout, RedisUnreachable, ReplyError, Script, pack, pack_py
+from keel.store.redis_client import (
+    PyReader,
+    Redis,
+    RedisTimeout,
+    RedisUnreachable,
+    ReplyError,
+    Script,
+    pack,
+    pack_py,
+    shared,
+)
 from keel.store.redis_limits import RedisLimits
 from keel.testing.proxy import TcpProxy
 
@@ -209,6 +219,55 @@ def test_a_connection_redis_closed_is_replaced_without_an_error(redis_url: str) 
             await admin.aclose()
 
     run(body)
+
+
+def test_a_command_sent_later_rides_ahead_of_the_next_one_or_goes_alone(redis_url: str, redis_prefix: str) -> None:
+    sync = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    async def body() -> None:
+        client = Redis(redis_url, later_s=30.0)
+        alone = Redis(redis_url, later_s=0.05)
+        try:
+            await client.execute("PING")
+            waiting = asyncio.ensure_future(client.execute("SET", f"{redis_prefix}a", "1", later=True))
+            await asyncio.sleep(0.1)
+            assert sync.get(f"{redis_prefix}a") is None and not waiting.done()  # not sent yet
+            assert await client.execute("GET", f"{redis_prefix}a") == "1"  # written just before this GET
+            assert await waiting == "OK"
+            started = time.monotonic()
+            assert await alone.execute("SET", f"{redis_prefix}b", "2", later=True) == "OK"  # nothing to ride with
+            assert 0.05 <= time.monotonic() - started < 0.5
+            owed = asyncio.ensure_future(client.execute("SET", f"{redis_prefix}c", "3", later=True))
+            await asyncio.sleep(0)
+            await client.aclose()  # sends what is owed before closing
+            assert await owed == "OK" and sync.get(f"{redis_prefix}c") == "3"
+        finally:
+            await client.aclose()
+            await alone.aclose()
+
+    try:
+        run(body)
+    finally:
+        sync.close()
+
+
+def test_stores_in_one_event_loop_share_a_client_until_the_last_closes(redis_url: str) -> None:
+    async def body() -> None:
+        one, two = shared(redis_url), shared(redis_url)
+        other = shared(redis_url, decode=False)
+        assert one is two and other is not one
+        await one.aclose()
+        assert await two.execute("PING") == "PONG"  # still open for its other holder
+        await two.aclose()
+        with pytest.raises(RedisUnreachable):
+            await two.execute("PING")
+        three = shared(redis_url)
+        assert three is not one and await three.execute("PING") == "PONG"
+        await three.aclose()
+        await other.aclose()
+
+    run(body)
+    assert shared(redis_url) is not shared(redis_url)  # outside an event loop: a client each
 
 
 REPLIES = [

@@ -139,7 +139,7 @@ class RedisBreakers:
             for target, ok, now in batch:
                 args += [target, "1" if ok else "0", repr(now)]
             try:
-                got = await self._client.evalsha(_RECORD, keys, args)
+                got = await self._client.evalsha(_RECORD, keys, args, later=True)
             except (RedisError, OSError) as exc:
                 self._failed(exc)
                 states += ["unknown"] * len(batch)

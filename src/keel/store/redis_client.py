@@ -203,8 +203,9 @@ class _Connection(asyncio.Protocol):
         self._end(RedisUnreachable("Redis closed the connection"))
 
     # -- used by Redis
-    def send(self, payload: bytes) -> asyncio.Future[Any]:
-        future = self._loop.create_future()
+    def send(self, payload: bytes, future: asyncio.Future[Any] | None = None) -> asyncio.Future[Any]:
+        if future is None:
+            future = self._loop.create_future()
         if self.closed:
             future.set_exception(RedisUnreachable("Redis closed the connection"))
             return future
@@ -268,19 +269,43 @@ class Redis:
         connections: int = 2,
         timeout_s: float = 0.5,
         connect_timeout_s: float = 1.0,
+        later_s: float = 0.005,
     ) -> None:
         self._target = _parse_url(url)
         self.encoding: str | None = "utf-8" if decode else None
         self.timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
+        self._later_s = later_s
         self._size = max(1, connections)
         self._conns: list[_Connection] = []
         self._opening: asyncio.Future[_Connection] | None = None
+        self._later: list[tuple[bytes, asyncio.Future[Any]]] = []  # commands waiting for a ride
+        self._later_timer: asyncio.TimerHandle | None = None
+        self._later_opener: asyncio.Task[None] | None = None
+        self._refs = 1  # holders of a shared client (`shared`); the last aclose closes it
+        self._release: Callable[[], object] | None = None
         self._closed = False
 
-    async def execute(self, *args: Arg) -> Any:
-        """One command's reply; a broken connection is retried once on a fresh one."""
+    async def execute(self, *args: Arg, later: bool = False) -> Any:
+        """One command's reply; a broken connection is retried once on a fresh one.
+
+        `later`: the command is in no hurry (a settlement, a report): it waits up to `later_s` and
+        goes out ahead of the next command that is, in the same write, sharing its round trip.
+        """
         payload = pack(args)
+        if later:
+            future = asyncio.get_running_loop().create_future()
+            self._later.append((payload, future))
+            if self._later_timer is None:
+                self._later_timer = asyncio.get_running_loop().call_later(self._later_s, self._send_later)
+            try:
+                return await future
+            except RedisTimeout:
+                raise
+            except RedisUnreachable:
+                if self._closed:
+                    raise
+            return await (await self._connection()).send(payload)
         conn = await self._connection()  # failing to connect is not retried
         try:
             return await conn.send(payload)
@@ -291,10 +316,10 @@ class Redis:
                 raise
         return await (await self._connection()).send(payload)
 
-    async def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+    async def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg], *, later: bool = False) -> Any:
         """EVALSHA, or EVAL when Redis does not have the script (a restart, SCRIPT FLUSH): it keeps it."""
         try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args, later=later)
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
@@ -313,11 +338,55 @@ class Redis:
         return done
 
     async def aclose(self) -> None:
+        self._refs -= 1
+        if self._refs > 0:
+            return
+        if self._release is not None:
+            self._release()
+        if self._later_timer is not None:
+            self._later_timer.cancel()
+        if self._later:  # settlements and reports still owed go out first
+            waiting = [f for _, f in self._later]
+            self._send_later()
+            await asyncio.gather(*waiting, return_exceptions=True)
         self._closed = True
         if self._opening is not None:
             self._opening.cancel()
         for conn in list(self._conns):
             conn.close()
+
+    # -- commands sent later
+    def _ride(self, conn: _Connection) -> None:
+        """Put the commands waiting for a ride on `conn`, ahead of the one about to be sent."""
+        if self._later_timer is not None:
+            self._later_timer.cancel()
+            self._later_timer = None
+        waiting, self._later = self._later, []
+        for payload, future in waiting:
+            if not future.done():  # (a caller cancelled meanwhile: not sent)
+                conn.send(payload, future)
+
+    def _send_later(self) -> None:
+        """No command came by to ride with: send them on their own."""
+        self._later_timer = None
+        if not self._later:
+            return
+        for conn in self._conns:
+            if not conn.closed:
+                self._ride(conn)
+                return
+        self._later_opener = asyncio.ensure_future(self._open_for_later())
+
+    async def _open_for_later(self) -> None:
+        try:
+            conn = await self._connection()
+        except RedisError as exc:
+            waiting, self._later = self._later, []
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self._ride(conn)
 
     # -- connections
     async def _connection(self) -> _Connection:
@@ -326,16 +395,20 @@ class Redis:
         best: _Connection | None = None
         for conn in self._conns:
             if not conn.busy:
-                return conn
+                best = conn
+                break
             if best is None or conn.busy < best.busy:
                 best = conn
-        if len(self._conns) < self._size and self._opening is None:
-            self._opening = asyncio.ensure_future(self._open())
-            self._opening.add_done_callback(self._opened)
-        if best is not None:
-            return best  # a busy connection now beats waiting for a new one
-        assert self._opening is not None
-        return await asyncio.shield(self._opening)
+        else:
+            if len(self._conns) < self._size and self._opening is None:
+                self._opening = asyncio.ensure_future(self._open())
+                self._opening.add_done_callback(self._opened)
+        if best is None:  # a busy connection now beats waiting for a new one
+            assert self._opening is not None
+            best = await asyncio.shield(self._opening)
+        if self._later:
+            self._ride(best)
+        return best
 
     def _opened(self, future: asyncio.Future[_Connection]) -> None:
         self._opening = None
@@ -379,6 +452,33 @@ class Redis:
     def _forget(self, conn: _Connection) -> None:
         if conn in self._conns:
             self._conns.remove(conn)
+
+
+_SHARED: dict[tuple[asyncio.AbstractEventLoop, str, bool, int, float, float], Redis] = {}
+
+
+def shared(
+    url: str, *, decode: bool = True, connections: int = 2, timeout_s: float = 0.5, connect_timeout_s: float = 1.0
+) -> Redis:
+    """One client per event loop and settings: the stores on one Redis share its connections, so what one
+    sends later rides with what another sends now. Each holder calls `aclose` once; the last one closes it.
+    Outside a running event loop, a client of its own."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return Redis(
+            url, decode=decode, connections=connections, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
+        )
+    key = (loop, url, decode, connections, timeout_s, connect_timeout_s)
+    client = _SHARED.get(key)
+    if client is None or client._refs <= 0:
+        client = _SHARED[key] = Redis(
+            url, decode=decode, connections=connections, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
+        )
+        client._release = lambda: _SHARED.pop(key, None)
+    else:
+        client._refs += 1
+    return client
 
 
 class _Target:

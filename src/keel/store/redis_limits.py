@@ -37,7 +37,7 @@ from collections.abc import Sequence
 
 from keel.store.counters import MINUTE_S, demand, live, minute_usage, period_end, period_id, retry_after, second
 from keel.store.protocols import Admission, Charge, LimitStoreUnavailable, Reservation, Window
-from keel.store.redis_client import Redis, RedisError, Script
+from keel.store.redis_client import Redis, RedisError, Script, shared
 
 log = logging.getLogger("keel.store.redis_limits")
 
@@ -226,7 +226,7 @@ class RedisLimits:
             keys = [k for b in batch for k in b[0]]
             args = [a for b in batch for a in b[1]]
             try:
-                await self._client.evalsha(_ADJUST, keys, args)
+                await self._client.evalsha(_ADJUST, keys, args, later=True)
             except (RedisError, OSError) as exc:
                 self._failed(exc, f"settling reservations {', '.join(b[2] for b in batch)} was lost")
             for b in batch:
@@ -264,9 +264,10 @@ class RedisLimits:
 
 
 def connect(url: str, *, decode: bool = True) -> Redis:
-    """Keel's Redis client with the stores' timeouts. Used by the limit counters, the circuit breakers
-    and the response cache (which reads bytes: decode=False)."""
-    return Redis(
+    """Keel's Redis client with the stores' timeouts, shared within the event loop: the limit counters and
+    the circuit breakers use one (their settlements and reports ride with admissions); the response cache
+    reads bytes (decode=False), so it has its own."""
+    return shared(
         url, decode=decode, connections=_CONNECTIONS, timeout_s=_TIMEOUT_S, connect_timeout_s=_CONNECT_TIMEOUT_S
     )
 
