@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import redis
 
+from keel.store import redis_client
 from keel.store.protocols import BreakerPolicy, Charge, LimitStoreUnavailable, Permit
 from keel.store.redis import RedisBreakers
 from keel.store.redis_client import (
@@ -299,6 +300,24 @@ def test_the_python_parser_reads_what_hiredis_reads(encoding: str | None) -> Non
         want.append(reply)
     assert [repr(x) for x in got] == [repr(x) for x in want]
     assert len(got) == len(REPLIES)
+
+
+def test_without_hiredis_the_python_parser_serves(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_client, "_hiredis", None)
+
+    async def body() -> None:
+        client = Redis(redis_url, decode=False)
+        try:
+            await client.execute("SET", f"{redis_prefix}k", b"\x00\r\n" * 50_000)
+            got = await asyncio.gather(*(client.execute("GET", f"{redis_prefix}k") for _ in range(20)))
+            assert got == [b"\x00\r\n" * 50_000] * 20
+            assert isinstance(client._conns[0]._reader, PyReader)
+        finally:
+            await client.aclose()
+
+    run(body)
 
 
 def test_pack_writes_resp_arrays_of_bulk_strings() -> None:

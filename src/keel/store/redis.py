@@ -8,9 +8,12 @@ caller's `now` (never Redis TIME), so processes sharing a Redis must pass wall-c
 expire after max(10 × cooldown, 1 day) without a record. A "closed" answer is reused for 0.25 s
 (of the caller's time) without asking again, so a healthy target costs one round trip per process per
 quarter second, not one per call; a breaker another process opens is seen that much later.
+Outcomes are recorded in batches (`record_many`: the outcomes that queued meanwhile, in order, one
+EVALSHA per 64), sent "later": each batch waits up to 5 ms to go out in the same write as the next
+admission or `allow` (keel.store.redis_client), so other processes see an outcome up to 5 ms later.
 
 Fail-safe: a Redis outage must not become a total outage, so when Redis is unreachable `allow` says
-yes and `record` answers "unknown", quickly (0.5 s socket timeouts, 1 s to connect, then Redis is left alone for a
+yes and `record` answers "unknown", quickly (0.5 s without a reply, 1 s to connect, then Redis is left alone for a
 second), with a warning at most every 10 s.
 """
 

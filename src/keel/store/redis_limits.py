@@ -2,7 +2,9 @@
 
 The same arithmetic as `MemoryLimits` (store/counters.py). `reserve` is one EVALSHA that checks every
 charge and adds them all only if all fit; `settle` and `release` queue their adjustments, and one
-EVALSHA applies every adjustment that queued meanwhile (one per call when idle, shared under load). Keys are
+EVALSHA applies every adjustment that queued meanwhile (shared under load), sent "later": it waits up
+to 5 ms to go out in the same write as the next admission (keel.store.redis_client), so a call costs
+one round trip, not two. Keys are
 `{prefix}{counter}:{period}`, with the window's name for windows without a calendar period:
 - minute: a hash second → amount; the script sums fields within (now − 60, now], deletes older ones
   (so it holds at most ~61 fields) and sets EXPIRE 120 s;
@@ -17,13 +19,14 @@ wall-clock time. Counters within one call are distinct (the limit book guarantee
 is not supported (the keys of one call may live in different slots).
 
 Failures: when Redis is unreachable (or answers an error) `reserve` and `usage` raise
-`LimitStoreUnavailable` quickly (0.5 s socket timeouts, 1 s to connect, then Redis is left alone for a second, raising
-at once), and the limits stage applies the tenant's fail-open or fail-closed choice. A burst that
-outnumbers the connections queues for one, however long: congestion is not unreachability. `settle` and
-`release` log (at most every 10 s) and return; they try Redis even in that second, since a settlement
-skipped would hold a concurrency lease for `lease_s`. A connection that breaks is retried once, at
-once, to heal pooled connections after a Redis restart; should the break come after the script ran,
-that call counts twice (the safe side).
+`LimitStoreUnavailable` quickly (0.5 s without a reply, 1 s to connect, then Redis is left alone for a
+second, raising at once), and the limits stage applies the tenant's fail-open or fail-closed choice.
+Commands are pipelined on a connection or two (keel.store.redis_client), so a burst does not queue
+for a connection; the 0.5 s runs from each command's write. `settle` and `release` log (at most every
+10 s) and return; they try Redis even in that second, since a settlement skipped would hold a
+concurrency lease for `lease_s`. A connection that breaks is retried once, at once, to heal
+connections after a Redis restart; should the break come after the script ran, that call counts
+twice (the safe side).
 """
 
 from __future__ import annotations
