@@ -26,7 +26,6 @@ from keel.store.redis_client import (
     Script,
     pack,
     pack_py,
-    shared,
 )
 from keel.store.redis_limits import RedisLimits
 from keel.testing.proxy import TcpProxy
@@ -48,7 +47,7 @@ def test_concurrent_commands_share_a_few_connections_and_get_their_own_replies(
             await asyncio.gather(*(client.execute("SET", f"{redis_prefix}{i}", f"v{i}") for i in range(n)))
             got = await asyncio.gather(*(client.execute("GET", f"{redis_prefix}{i}") for i in range(n)))
             assert got == [f"v{i}" for i in range(n)]
-            assert len(client._conns) <= 2
+            assert len(client._bind()._conns) <= 2
             assert await client.pipeline([("INCR", f"{redis_prefix}c"), ("INCRBY", f"{redis_prefix}c", 41)]) == [1, 42]
         finally:
             await client.aclose()
@@ -252,23 +251,28 @@ def test_a_command_sent_later_rides_ahead_of_the_next_one_or_goes_alone(redis_ur
         sync.close()
 
 
-def test_stores_in_one_event_loop_share_a_client_until_the_last_closes(redis_url: str) -> None:
+def test_shared_handles_made_before_the_loop_share_connections_until_the_last_closes(redis_url: str) -> None:
+    one, two = Redis(redis_url, shared=True), Redis(redis_url, shared=True)  # as the runtime makes them
+    other, alone = Redis(redis_url, shared=True, decode=False), Redis(redis_url)
+
     async def body() -> None:
-        one, two = shared(redis_url), shared(redis_url)
-        other = shared(redis_url, decode=False)
-        assert one is two and other is not one
+        for client in (one, two, other, alone):
+            assert await client.execute("PING") in ("PONG", b"PONG")
+        pool = one._bind()
+        assert two._bind() is pool and other._bind() is not pool and alone._bind() is not pool
         await one.aclose()
         assert await two.execute("PING") == "PONG"  # still open for its other holder
-        await two.aclose()
         with pytest.raises(RedisUnreachable):
-            await two.execute("PING")
-        three = shared(redis_url)
-        assert three is not one and await three.execute("PING") == "PONG"
+            await one.execute("PING")
+        await two.aclose()
+        assert not pool._conns
+        three = Redis(redis_url, shared=True)
+        assert await three.execute("PING") == "PONG" and three._bind() is not pool
         await three.aclose()
         await other.aclose()
+        await alone.aclose()
 
     run(body)
-    assert shared(redis_url) is not shared(redis_url)  # outside an event loop: a client each
 
 
 REPLIES = [
@@ -313,7 +317,7 @@ def test_without_hiredis_the_python_parser_serves(
             await client.execute("SET", f"{redis_prefix}k", b"\x00\r\n" * 50_000)
             got = await asyncio.gather(*(client.execute("GET", f"{redis_prefix}k") for _ in range(20)))
             assert got == [b"\x00\r\n" * 50_000] * 20
-            assert isinstance(client._conns[0]._reader, PyReader)
+            assert isinstance(client._bind()._conns[0]._reader, PyReader)
         finally:
             await client.aclose()
 

@@ -28,7 +28,7 @@ import asyncio
 import hashlib
 import ssl
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -155,7 +155,7 @@ class Script:
 class _Connection(asyncio.Protocol):
     """One connection; replies are matched to the commands in flight, first in, first out."""
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: _Pool) -> None:
         self._client = client
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -258,8 +258,8 @@ class _Connection(asyncio.Protocol):
                 waiter.set_exception(error)
 
 
-class Redis:
-    """Commands and scripts over a few pipelined connections to one Redis (see the module's docstring)."""
+class _Pool:
+    """Commands and scripts over a few pipelined connections to one Redis, in one event loop."""
 
     def __init__(
         self,
@@ -282,7 +282,7 @@ class Redis:
         self._later: list[tuple[bytes, asyncio.Future[Any]]] = []  # commands waiting for a ride
         self._later_timer: asyncio.TimerHandle | None = None
         self._later_opener: asyncio.Task[None] | None = None
-        self._refs = 1  # holders of a shared client (`shared`); the last aclose closes it
+        self._refs = 1  # handles sharing this pool (`Redis(shared=True)`); the last aclose closes it
         self._release: Callable[[], object] | None = None
         self._closed = False
 
@@ -454,31 +454,77 @@ class Redis:
             self._conns.remove(conn)
 
 
-_SHARED: dict[tuple[asyncio.AbstractEventLoop, str, bool, int, float, float], Redis] = {}
+Settings = tuple[str, bool, int, float, float, float]  # url, decode, connections, timeouts, later_s
+_SHARED: dict[tuple[asyncio.AbstractEventLoop, Settings], _Pool] = {}
 
 
-def shared(
-    url: str, *, decode: bool = True, connections: int = 2, timeout_s: float = 0.5, connect_timeout_s: float = 1.0
-) -> Redis:
-    """One client per event loop and settings: the stores on one Redis share its connections, so what one
-    sends later rides with what another sends now. Each holder calls `aclose` once; the last one closes it.
-    Outside a running event loop, a client of its own."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return Redis(
-            url, decode=decode, connections=connections, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
-        )
-    key = (loop, url, decode, connections, timeout_s, connect_timeout_s)
-    client = _SHARED.get(key)
-    if client is None or client._refs <= 0:
-        client = _SHARED[key] = Redis(
-            url, decode=decode, connections=connections, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s
-        )
-        client._release = lambda: _SHARED.pop(key, None)
-    else:
-        client._refs += 1
-    return client
+class Redis:
+    """Keel's Redis client (see the module's docstring): a handle on a pool of pipelined connections,
+    bound to the event loop it is first used in. `shared=True`: the handles with the same settings used
+    in one event loop share one pool (the stores on one Redis: what one sends later rides with what
+    another sends now); the last of them to close closes it. Handles may be made before the loop runs."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        decode: bool = True,
+        connections: int = 2,
+        timeout_s: float = 0.5,
+        connect_timeout_s: float = 1.0,
+        later_s: float = 0.005,
+        shared: bool = False,
+    ) -> None:
+        _parse_url(url)  # a bad URL fails here, not at the first command
+        self._settings: Settings = (url, decode, connections, timeout_s, connect_timeout_s, later_s)
+        self._shared = shared
+        self._pool: _Pool | None = None
+        self._closed = False
+
+    def execute(self, *args: Arg, later: bool = False) -> Coroutine[Any, Any, Any]:
+        """One command's reply (see `_Pool.execute`; `later`: in no hurry, rides with the next command)."""
+        return (self._pool or self._bind()).execute(*args, later=later)
+
+    def evalsha(
+        self, script: Script, keys: Sequence[Arg], args: Sequence[Arg], *, later: bool = False
+    ) -> Coroutine[Any, Any, Any]:
+        """EVALSHA, or EVAL when Redis does not have the script (a restart, SCRIPT FLUSH): it keeps it."""
+        return (self._pool or self._bind()).evalsha(script, keys, args, later=later)
+
+    def pipeline(self, commands: Sequence[Sequence[Arg]]) -> Coroutine[Any, Any, list[Any]]:
+        """Several commands in one write; their replies in order. An error reply raises (the first one)."""
+        return (self._pool or self._bind()).pipeline(commands)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.aclose()
+
+    def _bind(self) -> _Pool:
+        if self._pool is not None:
+            return self._pool
+        if self._closed:
+            raise RedisUnreachable("the client was closed")
+        url, decode, connections, timeout_s, connect_timeout_s, later_s = self._settings
+        key = (asyncio.get_running_loop(), self._settings)
+        pool = _SHARED.get(key) if self._shared else None
+        if pool is None:
+            pool = _Pool(
+                url,
+                decode=decode,
+                connections=connections,
+                timeout_s=timeout_s,
+                connect_timeout_s=connect_timeout_s,
+                later_s=later_s,
+            )
+            if self._shared:
+                _SHARED[key] = pool
+                pool._release = lambda: _SHARED.pop(key, None)
+        else:
+            pool._refs += 1
+        self._pool = pool
+        return pool
 
 
 class _Target:

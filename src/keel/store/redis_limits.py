@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 from keel.store.counters import MINUTE_S, demand, live, minute_usage, period_end, period_id, retry_after, second
 from keel.store.protocols import Admission, Charge, LimitStoreUnavailable, Reservation, Window
-from keel.store.redis_client import Redis, RedisError, Script, shared
+from keel.store.redis_client import Redis, RedisError, Script
 
 log = logging.getLogger("keel.store.redis_limits")
 
@@ -267,11 +267,16 @@ class RedisLimits:
 
 
 def connect(url: str, *, decode: bool = True) -> Redis:
-    """Keel's Redis client with the stores' timeouts, shared within the event loop: the limit counters and
-    the circuit breakers use one (their settlements and reports ride with admissions); the response cache
-    reads bytes (decode=False), so it has its own."""
-    return shared(
-        url, decode=decode, connections=_CONNECTIONS, timeout_s=_TIMEOUT_S, connect_timeout_s=_CONNECT_TIMEOUT_S
+    """Keel's Redis client with the stores' timeouts, its connections shared within the event loop: the limit
+    counters and the circuit breakers use the same ones (their settlements and reports ride with
+    admissions); the response cache reads bytes (decode=False), so it has its own."""
+    return Redis(
+        url,
+        decode=decode,
+        connections=_CONNECTIONS,
+        timeout_s=_TIMEOUT_S,
+        connect_timeout_s=_CONNECT_TIMEOUT_S,
+        shared=True,
     )
 
 
