@@ -5,7 +5,9 @@ Starts bench/upstream.py (0 ms) and `keel serve` under `valgrind --tool=callgrin
 (`callgrind_control -z`), sends `--calls` more on `--connections` keep-alive connections (each
 sequential; several connections let settlements and breaker reports share round trips, as under load),
 dumps (`callgrind_control -d`) and prints the gateway's instructions per call, all threads (the trace
-writer too). Wall time under valgrind is ~50x native; the count is what to compare between commits.
+writer too). Wall time under valgrind is ~50x native and depends on the machine's load, and the
+gateway's periodic work (pollers, the writer's 50 ms ticks) runs per second, not per call: so `--idle`
+seconds with no traffic are counted first, and that rate times the counted seconds is subtracted.
 
     python bench/instructions.py --limits redis                  # ~2 min
     python bench/instructions.py --limits redis --connections 8  # concurrent callers
@@ -107,6 +109,20 @@ def redis_peers(pid: int) -> set[str]:
     return {line.split()[3] for line in out.splitlines() if f"pid={pid}," in line}
 
 
+def zero(pid: int) -> float:
+    subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+    return time.monotonic()
+
+
+def dump(pid: int, where: Path) -> int:
+    """Instructions since the last zeroing (callgrind writes one file per dump)."""
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    dumps = sorted(where.glob(f"callgrind.out.{pid}.*"), key=lambda p: p.stat().st_mtime)
+    if not dumps:
+        raise SystemExit(f"bench: no callgrind dump in {where}")
+    return totals(dumps[-1])
+
+
 def totals(path: Path) -> int:
     for line in path.read_text().splitlines():
         if line.startswith(("summary:", "totals:")):
@@ -121,6 +137,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=300, help="calls before counting (default 300)")
     parser.add_argument("--connections", type=int, default=1, help="keep-alive connections (default 1)")
     parser.add_argument("--stream", action="store_true", help="streamed calls")
+    parser.add_argument(
+        "--idle",
+        type=float,
+        default=10.0,
+        help="seconds of no traffic measured first, subtracted pro rata (default 10)",
+    )
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("bench: valgrind not found; install it with `apt-get install -y valgrind`")
@@ -138,21 +160,21 @@ def main() -> int:
             pid = gateway.pid
             time.sleep(1.0)  # the warm-up's trace batch and settlements finish before counting
             peers = redis_peers(pid)
+            idle_rate = 0.0
+            if args.idle > 0:  # what the pollers and the writer's ticks cost per second with no traffic
+                zeroed = zero(pid)
+                time.sleep(args.idle)
+                idle_rate = dump(pid, Path(tmp)) / (time.monotonic() - zeroed)
             monitor = Monitor() if args.limits == "redis" else None
-            subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
-            t0 = time.monotonic()
+            t0 = zero(pid)
             send(port, request, args.calls, args.connections)
-            wall = time.monotonic() - t0
             time.sleep(1.0)  # the counted calls' trace batch (50 ms flushes) and settlements land
+            counted_s = time.monotonic() - t0
             if monitor is not None:
                 monitor.stop()
                 peers |= redis_peers(pid)
                 commands = Counter(cmd for peer, cmd in monitor.seen if peer in peers)
-            subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
-            dumps = sorted(Path(tmp).glob(f"callgrind.out.{pid}.*"), key=lambda p: p.stat().st_mtime)
-            if not dumps:
-                raise SystemExit(f"bench: no callgrind dump in {tmp}")
-            total = totals(dumps[-1])
+            total = dump(pid, Path(tmp))
         finally:
             for proc in [gateway, *bench.procs.values()]:
                 if proc is not None:
@@ -161,10 +183,12 @@ def main() -> int:
                 if proc is not None:
                     proc.wait(timeout=60)
     kind = "streamed" if args.stream else "non-streamed"
+    net = total - idle_rate * counted_s
     print(
         f"instructions: limits={args.limits}, {args.calls:,} {kind} calls on {args.connections} connection(s) "
-        f"after {args.warmup} warm-up calls (+1 s idle before and after, counted): "
-        f"{total / args.calls / 1e6:.3f} M instructions per call ({wall:.0f} s under callgrind)"
+        f"after {args.warmup} warm-up calls: {net / args.calls / 1e6:.3f} M per call net of idle work "
+        f"({total / args.calls / 1e6:.3f} M counted in {counted_s:.0f} s under callgrind, "
+        f"idle {idle_rate / 1e6:.2f} M/s)"
     )
     if commands:
         per_call = ", ".join(f"{cmd} {n / args.calls:.2f}" for cmd, n in commands.most_common())
