@@ -51,8 +51,8 @@ def start_gateway(bench: Bench, out: Path) -> subprocess.Popen[bytes]:
         "warning",
     ]
     log = (bench.tmp / "gateway.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=bench.tmp)
-    wait_http(bench.ports["gateway"], "/healthz", proc, timeout=180)
+    proc = bench.procs["gateway"] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=bench.tmp)
+    wait_http(bench.ports["gateway"], "/healthz", proc, timeout=900)  # start-up under callgrind on a busy machine
     bench.key = bootstrap_key(bench.tmp / "gateway.log")
     return proc
 
@@ -148,7 +148,6 @@ def main() -> int:
         raise SystemExit("bench: valgrind not found; install it with `apt-get install -y valgrind`")
     with tempfile.TemporaryDirectory(prefix="keel-instr-") as tmp:
         bench = Bench(Path(tmp), False, args.limits)
-        gateway: subprocess.Popen[bytes] | None = None
         commands: Counter[str] = Counter()
         try:
             start_upstream(bench, "up0", 0)
@@ -176,12 +175,10 @@ def main() -> int:
                 commands = Counter(cmd for peer, cmd in monitor.seen if peer in peers)
             total = dump(pid, Path(tmp))
         finally:
-            for proc in [gateway, *bench.procs.values()]:
-                if proc is not None:
-                    proc.terminate()
-            for proc in [gateway, *bench.procs.values()]:
-                if proc is not None:
-                    proc.wait(timeout=60)
+            for proc in bench.procs.values():
+                proc.terminate()
+            for proc in bench.procs.values():
+                proc.wait(timeout=60)
     kind = "streamed" if args.stream else "non-streamed"
     net = total - idle_rate * counted_s
     print(
