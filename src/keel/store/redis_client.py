@@ -13,7 +13,10 @@ did: a connection whose replies are overdue is in an unknown state). A connectio
 commands with `RedisUnreachable`; `execute` and `evalsha` retry such a command once, at once, on a
 fresh connection (this heals connections dropped by a Redis restart; a command whose connection broke
 after Redis ran it runs twice). Opening a connection (TCP or TLS, then AUTH and SELECT) is bounded by
-`connect_timeout_s`. An error reply raises `ReplyError`; all three are `RedisError`.
+`connect_timeout_s`. An error reply raises `ReplyError`; all three are `RedisError`. A command sent
+`later=True` (a settlement, a breaker report) waits up to `later_s` (5 ms) and goes out in the same
+write as the next command, ahead of it; `Redis(url, shared=True)` handles with the same settings share
+one pool per event loop, so the stores on one Redis share those writes.
 
 URLs as redis-py reads them: `redis://[[user]:password@]host[:port][/db]`, `rediss://…` (TLS with the
 system's trust store; `?ssl_cert_reqs=none|optional|required`, `?ssl_ca_certs=/path`), and
