@@ -9,6 +9,7 @@ client belongs to the event loop it first connected on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -215,6 +216,25 @@ def test_states_lists_every_target_with_counters(backend: Backend) -> None:
             BreakerState(B, "open", 3, 3, 3, T0 + 2),
             BreakerState(A, "closed", 1, 4, 2, None),
         ]
+
+    backend.run(body)
+
+
+def test_a_batch_of_outcomes_is_recorded_as_one_by_one(backend: Backend) -> None:
+    async def body() -> None:
+        one, batched = backend.open(), backend.open()
+        outcomes = [(t, i % 3 == 0, T0 + i) for i in range(70) for t in (f"one:{A}", f"one:{B}")]  # > one round trip
+        outcomes += [(f"one:{A}", True, T0 + COOL + 100)]  # A opened: a straggler changes nothing
+        singles = [await one.record(t, ok, now) for t, ok, now in outcomes]
+        assert "open" in singles
+        assert await batched.record_many([(t.replace("one:", "two:"), ok, now) for t, ok, now in outcomes]) == singles
+        mine = {s.target: s for s in await one.states()}
+        theirs = {s.target: s for s in await batched.states() if s.target.startswith("two:")}
+        for target, state in mine.items():
+            if target.startswith("one:"):
+                twin = target.replace("one:", "two:")
+                assert theirs[twin] == dataclasses.replace(state, target=twin)
+        assert await batched.record_many([]) == []
 
     backend.run(body)
 

@@ -299,8 +299,7 @@ class FailoverStage:
     async def _flush(self) -> None:
         while self._outcomes:
             batch, self._outcomes = self._outcomes, []
-            for target, ok, now in batch:
-                await self._breakers.record(target, ok, now)
+            await self._breakers.record_many(batch)
 
 
 class _Walk:

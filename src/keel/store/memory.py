@@ -66,6 +66,9 @@ class MemoryBreakers:
             b.state, b.opened_at = "open", now
         return b.state
 
+    async def record_many(self, outcomes: Sequence[tuple[str, bool, float]]) -> list[str]:
+        return [await self.record(target, ok, now) for target, ok, now in outcomes]
+
     async def states(self) -> list[BreakerState]:
         return [
             BreakerState(t, b.state, b.consecutive, len(b.recent), sum(b.recent), b.opened_at)

@@ -20,9 +20,8 @@ from __future__ import annotations
 import logging
 import time
 
-from redis.exceptions import RedisError
-
 from keel.store.protocols import CacheEntry
+from keel.store.redis_client import RedisError, Script
 from keel.store.redis_limits import connect
 
 log = logging.getLogger("keel.store.redis_cache")
@@ -44,18 +43,18 @@ end
 """
 
 # KEYS: entry, lru, tenant set, clock. ARGV: id, now. Returns {v, c, x, s, k, u} or nil.
-_GET = """
+_GET = Script("""
 local h = redis.call('HMGET', KEYS[1], 'v', 'c', 'x', 's', 'k', 'u')
 if not h[1] or tonumber(h[4]) <= tonumber(ARGV[2]) then return false end
 local t = redis.call('INCR', KEYS[4])
 redis.call('ZADD', KEYS[2], t, ARGV[1])
 redis.call('ZADD', KEYS[3], t, ARGV[1])
 return h
-"""
+""")
 
 # KEYS: entry, lru, tenant set, clock. ARGV: prefix, id, value, created, expires, stale, cost ('' none),
 # user ('' none, else '=' .. user), ttl_ms, max_entries. Returns how many entries it evicted.
-_PUT = (
+_PUT = Script(
     _FORGET
     + """
 local prefix, id = ARGV[1], ARGV[2]
@@ -78,7 +77,7 @@ return over
 )
 
 # ARGV: prefix, user ('' any, else '=' .. user), ids... Returns how many live entries it deleted.
-_PURGE = (
+_PURGE = Script(
     _FORGET
     + """
 local prefix, n = ARGV[1], 0
@@ -99,10 +98,7 @@ class RedisCache:
             raise ValueError("max_entries must be at least 1")
         self._max = max_entries
         self._prefix = prefix
-        self._client = connect(url, decode_responses=False)
-        self._get = self._client.register_script(_GET)
-        self._put = self._client.register_script(_PUT)
-        self._purge = self._client.register_script(_PURGE)
+        self._client = connect(url, decode=False)
         self.failures = 0  # gets answered as misses and puts dropped because Redis failed
         self._down_until = 0.0
         self._warned_at = float("-inf")
@@ -118,7 +114,7 @@ class RedisCache:
             return None
         id_, keys = self._keys(tenant, key)
         try:
-            h = await self._get(keys=keys, args=[id_, repr(now)])
+            h = await self._client.evalsha(_GET, keys, (id_, repr(now)))
         except (RedisError, OSError) as exc:
             self._failed(exc, "lookups are misses")
             return None
@@ -155,7 +151,7 @@ class RedisCache:
             str(self._max),
         ]
         try:
-            await self._put(keys=keys, args=args)
+            await self._client.evalsha(_PUT, keys, args)
         except (RedisError, OSError) as exc:
             self._failed(exc, "answers are not cached")
 
@@ -168,19 +164,25 @@ class RedisCache:
             log.warning("cache: Redis is unreachable or failing (%s); %s", exc, meanwhile)
 
     async def purge(self, tenant: str, user: str | None = None) -> int:
-        ids: list[bytes] = [
-            m async for m, _ in self._client.zscan_iter(f"{self._prefix}t:{tenant}", count=_PURGE_BATCH)
-        ]
+        ids: list[bytes] = []
+        cursor: bytes = b"0"
+        while True:
+            cursor, flat = await self._client.execute(
+                "ZSCAN", f"{self._prefix}t:{tenant}", cursor, "COUNT", _PURGE_BATCH
+            )
+            ids += flat[::2]  # member, score, member, score...
+            if cursor == b"0":
+                break
         who = "=" + user if user is not None else ""
         n = 0
         for i in range(0, len(ids), _PURGE_BATCH):
             args: list[str | bytes] = [self._prefix, who, *ids[i : i + _PURGE_BATCH]]
-            n += int(await self._purge(args=args))
+            n += int(await self._client.evalsha(_PURGE, (), args))
         return n
 
     async def count(self, tenant: str | None = None) -> int:
         key = f"{self._prefix}lru" if tenant is None else f"{self._prefix}t:{tenant}"
-        return int(await self._client.zcard(key))
+        return int(await self._client.execute("ZCARD", key))
 
     async def aclose(self) -> None:
         await self._client.aclose()

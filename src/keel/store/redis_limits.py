@@ -2,7 +2,9 @@
 
 The same arithmetic as `MemoryLimits` (store/counters.py). `reserve` is one EVALSHA that checks every
 charge and adds them all only if all fit; `settle` and `release` queue their adjustments, and one
-EVALSHA applies every adjustment that queued meanwhile (one per call when idle, shared under load). Keys are
+EVALSHA applies every adjustment that queued meanwhile (shared under load), sent "later": it waits up
+to 5 ms to go out in the same write as the next admission (keel.store.redis_client), so a call costs
+one round trip, not two. Keys are
 `{prefix}{counter}:{period}`, with the window's name for windows without a calendar period:
 - minute: a hash second → amount; the script sums fields within (now − 60, now], deletes older ones
   (so it holds at most ~61 fields) and sets EXPIRE 120 s;
@@ -17,13 +19,14 @@ wall-clock time. Counters within one call are distinct (the limit book guarantee
 is not supported (the keys of one call may live in different slots).
 
 Failures: when Redis is unreachable (or answers an error) `reserve` and `usage` raise
-`LimitStoreUnavailable` quickly (0.5 s socket timeouts, 1 s to connect, then Redis is left alone for a second, raising
-at once), and the limits stage applies the tenant's fail-open or fail-closed choice. A burst that
-outnumbers the connections queues for one, however long: congestion is not unreachability. `settle` and
-`release` log (at most every 10 s) and return; they try Redis even in that second, since a settlement
-skipped would hold a concurrency lease for `lease_s`. A connection that breaks is retried once, at
-once, to heal pooled connections after a Redis restart; should the break come after the script ran,
-that call counts twice (the safe side).
+`LimitStoreUnavailable` quickly (0.5 s without a reply, 1 s to connect, then Redis is left alone for a
+second, raising at once), and the limits stage applies the tenant's fail-open or fail-closed choice.
+Commands are pipelined on a connection or two (keel.store.redis_client), so a burst does not queue
+for a connection; the 0.5 s runs from each command's write. `settle` and `release` log (at most every
+10 s) and return; they try Redis even in that second, since a settlement skipped would hold a
+concurrency lease for `lease_s`. A connection that breaks is retried once, at once, to heal
+connections after a Redis restart; should the break come after the script ran, that call counts
+twice (the safe side).
 """
 
 from __future__ import annotations
@@ -35,15 +38,9 @@ import secrets
 import time
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
-from redis.asyncio.connection import BlockingConnectionPool
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-
 from keel.store.counters import MINUTE_S, demand, live, minute_usage, period_end, period_id, retry_after, second
 from keel.store.protocols import Admission, Charge, LimitStoreUnavailable, Reservation, Window
+from keel.store.redis_client import Redis, RedisError, Script
 
 log = logging.getLogger("keel.store.redis_limits")
 
@@ -51,8 +48,7 @@ _TIMEOUT_S = 0.5
 _CONNECT_TIMEOUT_S = 1.0  # a loaded event loop opening many connections at once needs headroom
 _HOLD_OFF_S = 1.0  # after a failure, raise at once without trying Redis for this long
 _WARN_EVERY_S = 10.0
-_POOL_SIZE = 32  # one Lua call takes tens of microseconds in Redis: 32 connections carry thousands per second
-_POOL_WAIT_S = 0.5  # a safety net: `RedisLimits._slots` queues callers before they ask the pool
+_CONNECTIONS = 2  # commands are pipelined: one connection carries thousands of Lua calls per second
 _MINUTE_TTL_S = 2 * MINUTE_S
 _PERIOD_GRACE_S = 3600.0  # day/month keys outlive their period by this much
 _KIND: dict[Window, str] = {"minute": "m", "concurrent": "c", "day": "p", "month": "p", "total": "p"}
@@ -63,7 +59,7 @@ _LUA_FMT = "local function fmt(x) return string.format('%.17g', x) end\n"
 # charge i: ARGV[4i+1..4i+4] = kind (m|c|p), limit, amount, ttl_s (0: none).
 # Returns {1, 0, used after...} or {0, refused (1-based), used before..., [second, amount]... of a
 # refused minute charge}.
-_RESERVE = (
+_RESERVE = Script(
     _LUA_FMT
     + """
 local now_s, n = tonumber(ARGV[2]), #KEYS
@@ -116,7 +112,7 @@ return out
 
 # KEYS[i]: a key to adjust. ARGV[4i-3..4i] = kind (m|c|p), field (a second, or the lease id), delta,
 # ttl_s (0: none). Adds delta (never below 0) or, for c, ends the lease.
-_ADJUST = (
+_ADJUST = Script(
     _LUA_FMT
     + """
 for i = 1, #KEYS do
@@ -151,11 +147,6 @@ class RedisLimits:
         self._lease_s = lease_s
         self._lease_ttl = math.ceil(lease_s) + MINUTE_S
         self._client = connect(url)
-        # Waiting for a connection is local congestion (a burst on a busy event loop), not Redis being
-        # down: callers queue here, unbounded, and only Redis's own answer (or silence) fails them.
-        self._slots = asyncio.Semaphore(_POOL_SIZE)
-        self._reserve = self._client.register_script(_RESERVE)
-        self._adjust = self._client.register_script(_ADJUST)
         self._adjustments: list[tuple[list[str], list[str], str, asyncio.Future[None]]] = []
         self._adjuster: asyncio.Task[None] | None = None
         self._down_until = 0.0
@@ -187,10 +178,7 @@ class RedisLimits:
         for c in charges:
             args += [_KIND[c.window], repr(c.limit), repr(demand(c)), str(self._ttl(c.window, now, now))]
         try:
-            async with self._slots:
-                if time.monotonic() < self._down_until:  # it failed while this call queued
-                    raise LimitStoreUnavailable("Redis was unreachable a moment ago")
-                out = await self._reserve(keys=keys, args=args)
+            out = await self._client.evalsha(_RESERVE, keys, args)
         except (RedisError, OSError) as exc:
             self._failed(exc, "admissions follow each tenant's fail-open/closed choice")
             raise LimitStoreUnavailable(f"Redis is unreachable: {exc}") from exc
@@ -241,8 +229,7 @@ class RedisLimits:
             keys = [k for b in batch for k in b[0]]
             args = [a for b in batch for a in b[1]]
             try:
-                async with self._slots:
-                    await self._adjust(keys=keys, args=args)
+                await self._client.evalsha(_ADJUST, keys, args, later=True)
             except (RedisError, OSError) as exc:
                 self._failed(exc, f"settling reservations {', '.join(b[2] for b in batch)} was lost")
             for b in batch:
@@ -250,17 +237,17 @@ class RedisLimits:
                     b[3].set_result(None)
 
     async def usage(self, counters: Sequence[tuple[str, Window]], now: float) -> list[float]:
+        commands: list[tuple[str, ...]] = []
+        for counter, window in counters:
+            key = self._key(counter, window, now)
+            if window == "minute":
+                commands.append(("HGETALL", key))
+            elif window == "concurrent":
+                commands.append(("ZCOUNT", key, repr(now), "+inf"))
+            else:
+                commands.append(("GET", key))
         try:
-            async with self._slots, self._client.pipeline(transaction=False) as pipe:
-                for counter, window in counters:
-                    key = self._key(counter, window, now)
-                    if window == "minute":
-                        pipe.hgetall(key)
-                    elif window == "concurrent":
-                        pipe.zcount(key, repr(now), "+inf")
-                    else:
-                        pipe.get(key)
-                rows = await pipe.execute()
+            rows = await self._client.pipeline(commands)
         except (RedisError, OSError) as exc:
             self._failed(exc, "usage is unknown")
             raise LimitStoreUnavailable(f"Redis is unreachable: {exc}") from exc
@@ -279,27 +266,24 @@ class RedisLimits:
         await self._client.aclose()
 
 
-def connect(url: str, *, decode_responses: bool = True) -> aioredis.Redis:
-    """A bounded pool: a burst queues for a connection instead of opening hundreds at once. Shared by the
-    limit counters and the response cache (which reads bytes: decode_responses=False)."""
-    pool = BlockingConnectionPool.from_url(
+def connect(url: str, *, decode: bool = True) -> Redis:
+    """Keel's Redis client with the stores' timeouts, its connections shared within the event loop: the limit
+    counters and the circuit breakers use the same ones (their settlements and reports ride with
+    admissions); the response cache reads bytes (decode=False), so it has its own."""
+    return Redis(
         url,
-        max_connections=_POOL_SIZE,
-        timeout=_POOL_WAIT_S,
-        decode_responses=decode_responses,
-        socket_timeout=_TIMEOUT_S,
-        socket_connect_timeout=_CONNECT_TIMEOUT_S,
-        # one immediate retry heals a pooled connection dropped by a Redis restart; a timeout is not retried
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        driver_info=None,  # no CLIENT SETINFO round trips on connect
+        decode=decode,
+        connections=_CONNECTIONS,
+        timeout_s=_TIMEOUT_S,
+        connect_timeout_s=_CONNECT_TIMEOUT_S,
+        shared=True,
     )
-    return aioredis.Redis.from_pool(pool)
 
 
 def _usage(window: Window, row: object, now: float) -> float:
     if window == "minute":
-        assert isinstance(row, dict)
-        return minute_usage(((int(s), float(v)) for s, v in row.items()), now)
+        assert isinstance(row, list)  # HGETALL: field, value, field, value...
+        return minute_usage(((int(row[i]), float(row[i + 1])) for i in range(0, len(row), 2)), now)
     if window == "concurrent":
         assert isinstance(row, int)
         return float(row)
