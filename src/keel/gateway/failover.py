@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -145,7 +146,7 @@ class FailoverStage:
         if walk.min_window is not None and (target.context_window or 0) <= walk.min_window:
             walk.skip(level, target, "context window not larger than the one exceeded")
             return None
-        permit = await self._breakers.allow(target.key, loop.time())
+        permit = await self._breakers.allow(target.key, time.time())  # wall clock: breakers may be shared across hosts
         if not permit:
             walk.skip(level, target, "circuit breaker open")
             return None
@@ -195,7 +196,7 @@ class FailoverStage:
         walk.log.append({"level": level, "target": target.key, "outcome": "error", "kind": err.kind, "ms": ms})
         if err.error_kind in BREAKER_KINDS:
             self._health.observe(target.key, False, None, None)
-            self._note(target.key, False, loop.time())
+            self._note(target.key, False, time.time())
         action = _action(err)
         if action is Action.stop:
             walk.stopped = "stop"
@@ -224,7 +225,7 @@ class FailoverStage:
             if not ok or "resumed" in entry:
                 walk.bill(entry, record)
             self._health.observe(target.key, ok, loop.time() - started, outcome.ttft_s)
-            self._note(target.key, ok, loop.time())
+            self._note(target.key, ok, time.time())
 
         reply.on_done(done)
 
