@@ -9,7 +9,8 @@ includes whatever it does in the background while traffic is light.
 `--preload S` first loads the gateway at 50 connections for S seconds (wrk, the 0 ms upstream), as a
 side-by-side run does before its one-connection phase: a large database, a large WAL, a trace backlog.
 
-`--attribute` samples every thread of the gateway (/proc/PID/task/*/schedstat, ns of CPU) every ~2 ms
+`--attribute` runs the gateway with two probes (each garbage collection and each trace-writer write,
+timed), samples every thread of the gateway (/proc/PID/task/*/schedstat, ns of CPU) every ~2 ms
 and, for each slow gateway call (added > 4 ms over the direct p50), prints the CPU each thread burned
 while it was in flight; threads are named from a `py-spy dump` taken at the end (when py-spy is
 installed), else by thread id.
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
+import json
 import os
 import re
 import shutil
@@ -36,6 +39,31 @@ import probe
 import run as bench_run
 
 SLOW_MS = 4.0
+# `keel` with two probes, for --attribute: each garbage collection and each trace-writer write, as
+# (what, monotonic start, seconds) lines in $KEEL_TAIL_EVENTS (CLOCK_MONOTONIC is one clock system-wide).
+INSTRUMENTED = """
+import gc, os, sys, time
+from keel import traces
+out = open(os.environ["KEEL_TAIL_EVENTS"], "w", buffering=1 << 16)
+began = [0.0]
+def on_gc(phase, info):
+    if phase == "start":
+        began[0] = time.monotonic()
+    else:
+        out.write(f"gc{info['generation']} {began[0]:.6f} {time.monotonic() - began[0]:.6f}\\n")
+gc.callbacks.append(on_gc)
+write = traces.TraceWriter._write
+def timed(self, batch):
+    t = time.monotonic()
+    write(self, batch)
+    out.write(f"write:{len(batch)} {t:.6f} {time.monotonic() - t:.6f}\\n")
+traces.TraceWriter._write = timed
+import atexit
+atexit.register(out.flush)
+from keel.cli.main import main
+sys.argv[0] = "keel"
+sys.exit(main())
+"""
 
 
 @dataclass
@@ -88,6 +116,22 @@ class ThreadSampler:
         return {tid: ms for tid, ms in out.items() if ms > 0}
 
 
+def drop_spill(bench: bench_run.Bench, n: int, seq: int) -> None:
+    """A spill file of `n` records in the gateway's spill dir, as an outage leaves: the writer loads it back
+    within a second, while the calls of the block that follows run."""
+    from keel.spill import SpillDir
+    from keel.types import TraceRecord
+
+    now = time.time()
+    records = [
+        TraceRecord(id=f"spill-{seq}-{i}", started_at=now - 60, tenant="default", alias="bench50",
+                    provider="up50", model="gpt-4o-mini", user=f"u{i % 500}", input_tokens=12, output_tokens=9,
+                    request={"messages": [{"role": "user", "content": f"spilled {i}"}]}, response={"text": "Hello"})
+        for i in range(n)
+    ]  # fmt: skip
+    SpillDir(bench.tmp / "spill", 2**26).spill(records)
+
+
 def thread_names(pid: int) -> dict[int, str]:
     """tid → Python thread name, from py-spy (when installed); empty otherwise."""
     spy = shutil.which("py-spy")
@@ -102,7 +146,9 @@ def thread_names(pid: int) -> dict[int, str]:
     return names
 
 
-def measure(bench: bench_run.Bench, calls: int, attribute: bool, profile: str | None = None) -> dict[str, Any]:
+def measure(
+    bench: bench_run.Bench, calls: int, attribute: bool, profile: str | None = None, spills: int = 0
+) -> dict[str, Any]:
     up_port, gw_port = bench.ports["up50"], bench.ports["gateway"]
     paths = {
         "direct": (probe.Probe(up_port), probe.build_request(up_port, bench_run.chat_body("gpt-4o-mini"))),
@@ -125,6 +171,8 @@ def measure(bench: bench_run.Bench, calls: int, attribute: bool, profile: str | 
     while done < calls:
         step = min(50, calls - done)
         for name, (p, request) in paths.items():
+            if name == "gateway" and spills:
+                drop_spill(bench, spills, done)
             for _ in range(step):
                 t = time.monotonic()
                 _, total = p.call(request)
@@ -140,6 +188,31 @@ def measure(bench: bench_run.Bench, calls: int, attribute: bool, profile: str | 
         bench.gateway_calls += p.calls if p is paths["gateway"][0] else 0
         p.close()
     return {"log": log, "cpu_s": cpu, "wall_s": wall, "sampler": sampler if attribute else None}
+
+
+def writer(bench: bench_run.Bench) -> str:
+    """The trace writer's figures from /readyz."""
+    conn = http.client.HTTPConnection("127.0.0.1", bench.ports["gateway"], timeout=10)
+    conn.request("GET", "/readyz")
+    ready = json.loads(conn.getresponse().read())
+    keys = ("trace_queue", "traces_written", "traces_spilled", "traces_dropped")
+    return ", ".join(f"{k} {ready.get(k)}" for k in keys)
+
+
+def read_events(path: Path) -> list[tuple[str, float, float]]:
+    """(what, monotonic start, seconds) of each gc and trace write the instrumented gateway logged."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        what, start, seconds = line.split()
+        out.append((what, float(start), float(seconds)))
+    return out
+
+
+def overlapping(events: list[tuple[str, float, float]], t0: float, t1: float) -> str:
+    hits = [f"{what} {seconds * 1000:.1f} ms" for what, start, seconds in events if start < t1 and start + seconds > t0]
+    return ", ".join(hits) or "-"
 
 
 def report(result: dict[str, Any], names: dict[int, str]) -> list[str]:
@@ -165,13 +238,25 @@ def report(result: dict[str, Any], names: dict[int, str]) -> list[str]:
     base = pct(direct, 50)
     whole = sampler.between(sampler.samples[0][0], sampler.samples[-1][0]) if sampler.samples else {}
     lines.append("CPU per thread over the phase (ms): " + _threads(whole, names))
-    lines.append("each slow call: CPU ms per thread while it was in flight | ms its threads waited for a CPU")
+    events = result["events"]
+    for kind in ("gc0", "gc1", "gc2", "write"):
+        mine = [e for e in events if e[0].startswith(kind)]
+        if mine:
+            ms = sorted(e[2] * 1000 for e in mine)
+            lines.append(f"{kind}: {len(mine)} in the run, p50 {pct(ms, 50):.2f} ms, max {ms[-1]:.2f} ms")
+            if kind in ("gc1", "gc2"):
+                at = ", ".join(f"{start - log[0].start:.1f} s ({seconds * 1000:.1f} ms)" for _, start, seconds in mine)
+                lines.append(f"  at {at}")
+    lines.append(
+        "each slow call: CPU ms per thread while it was in flight | ms its threads waited for a CPU | gc and writes"
+    )
     slow = sorted((c for c in gateway if c.ms - base > SLOW_MS), key=lambda c: -c.ms)
     lines.append(f"{len(slow)} gateway calls more than {SLOW_MS} ms over the direct p50 ({base:.2f} ms):")
     for c in slow[:25]:
         t0, t1 = c.start, c.start + c.ms / 1000
         lines.append(f"  +{c.ms - base:6.2f} ms at {c.start - log[0].start:7.3f} s: " + _threads(
-            sampler.between(t0, t1), names) + " | " + _threads(sampler.between(t0, t1, 1), names))  # fmt: skip
+            sampler.between(t0, t1), names) + " | " + _threads(sampler.between(t0, t1, 1), names)
+            + " | " + overlapping(events, t0, t1))  # fmt: skip
     return lines
 
 
@@ -185,22 +270,32 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=600, help="gateway calls measured (as many direct ones)")
     parser.add_argument("--preload", type=float, default=0, help="seconds of wrk load at 50 connections first")
     parser.add_argument("--attribute", action="store_true", help="which gateway thread ran during each slow call")
+    parser.add_argument(
+        "--spills", type=int, default=0, help="drop a spill file of this many records before each gateway block"
+    )
     parser.add_argument("--profile", help="write py-spy's raw (collapsed) stacks of the phase to this file")
     parser.add_argument("--extra", default="", help="more top-level YAML for keel.yaml")
     args = parser.parse_args()
     pinned = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
     with tempfile.TemporaryDirectory(prefix="keel-tail-") as tmp:
-        with bench_run.running(bench_run.Bench(Path(tmp), pinned, extra=args.extra)) as bench:
+        bench = bench_run.Bench(Path(tmp), pinned, extra=args.extra)
+        events = Path(tmp) / "events.txt"
+        if args.attribute:
+            os.environ["KEEL_TAIL_EVENTS"] = str(events)
+            bench.command = [sys.executable, "-c", INSTRUMENTED]
+        with bench_run.running(bench):
             if args.preload:
                 if shutil.which("wrk") is None:
                     raise SystemExit("tail: --preload needs wrk (apt-get install -y wrk)")
                 w = bench_run.run_wrk(bench, max(1, round(args.preload)))
-                print(f"preload: {w['requests']} calls at 50 connections ({w['rps']:.0f}/s)")
-            result = measure(bench, args.calls, args.attribute, args.profile)
+                print(f"preload: {w['requests']} calls at 50 connections ({w['rps']:.0f}/s); writer: {writer(bench)}")
+            result = measure(bench, args.calls, args.attribute, args.profile, args.spills)
             names = thread_names(bench.procs["gateway"].pid) if args.attribute else {}
+            print(f"after the phase, writer: {writer(bench)}")
             db = bench.db.stat().st_size / 2**20
             wal = Path(f"{bench.db}-wal")
             walsize = wal.stat().st_size / 2**20 if wal.exists() else 0.0
+        result["events"] = read_events(events) if args.attribute else []
         print("\n".join(report(result, names)))
         print(f"SQLite: {db:.1f} MB, WAL {walsize:.1f} MB at the end")
     return 0

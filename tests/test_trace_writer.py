@@ -306,3 +306,66 @@ def test_a_batch_that_can_be_neither_written_nor_spilled_is_counted_as_dropped(
     writer.close()
     assert sorted(rows(db)) == sorted(ids(5, start=5))
     assert (writer.stats.written, writer.stats.dropped) == (5, 5)
+
+
+class CountingStore(FlakyStore):
+    """Records the size of each write; goes down after `up_for` successful writes (None: never)."""
+
+    def __init__(self, inner: Store, up_for: int | None = None) -> None:
+        super().__init__(inner)
+        self.sizes: list[int] = []
+        self.up_for = up_for
+
+    def append_traces(self, records: Sequence[TraceRecord]) -> None:
+        if self.up_for is not None and len(self.sizes) >= self.up_for:
+            self.down.set()
+        super().append_traces(records)
+        self.sizes.append(len(records))
+
+
+def test_a_large_spill_file_is_loaded_back_in_slices(store: Store, db: Path, spill: Path, make_writer: Any) -> None:
+    # One transaction over a whole spill file held the GIL for its row building and rollup sums:
+    # hundreds of ms of a stalled event loop at 5,000 records (bench/tail.py --spills).
+    flaky = CountingStore(store)
+    flaky.down.set()
+    first = make_writer(flaky, batch_size=2000)
+    first.RETRY_DELAYS = FAST_RETRIES
+    for i in range(2000):
+        first.put(record(i))
+    wait_until(lambda: first.stats.spilled == 2000, "the batch to spill")
+    first.close()
+    assert len(spill_files(spill)) == 1
+
+    flaky.down.clear()
+    second = make_writer(flaky)
+    second.close()  # its first pass loads the file
+
+    assert sorted(rows(db)) == sorted(ids(2000)) and spill_files(spill) == []
+    assert flaky.sizes and max(flaky.sizes) <= TraceWriter.RELOAD_SLICE, flaky.sizes
+    assert second.stats.reloaded == 2000
+
+
+def test_a_store_lost_in_the_middle_of_a_spill_file_keeps_the_rest_for_later(
+    store: Store, db: Path, spill: Path, make_writer: Any
+) -> None:
+    flaky = CountingStore(store)
+    flaky.down.set()
+    first = make_writer(flaky, batch_size=1000)
+    first.RETRY_DELAYS = FAST_RETRIES
+    for i in range(1000):
+        first.put(record(i))
+    wait_until(lambda: first.stats.spilled == 1000, "the batch to spill")
+    first.close()
+
+    flaky.down.clear()
+    flaky.sizes.clear()
+    flaky.up_for = 2  # two slices go in, then the store is away
+    second = make_writer(flaky)
+    wait_until(lambda: second.stats.reloaded == 2 * TraceWriter.RELOAD_SLICE, "two slices to load")
+    wait_until(lambda: len(spill_files(spill)) == 1 and flaky.down.is_set(), "the rest to be spilled again")
+    assert len(rows(db)) == 2 * TraceWriter.RELOAD_SLICE
+
+    flaky.up_for = None
+    flaky.down.clear()
+    second.close()
+    assert sorted(rows(db)) == sorted(ids(1000)) and spill_files(spill) == []

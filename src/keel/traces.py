@@ -74,6 +74,11 @@ def kind(exc: BaseException) -> str:
 class TraceWriter:
     RETRY_DELAYS = (0.05, 0.25, 1.0)
     RESTART_DELAYS = (0.1, 0.5, 2.0, 5.0)
+    # A spill file is loaded back in slices with a pause between them: reloads run when traffic is
+    # light, and one transaction over a whole file (up to the overflow limit) holds the GIL for long
+    # stretches of row building and rollup sums, stalling the event loop (bench/tail.py --spills).
+    RELOAD_SLICE = 250
+    RELOAD_PAUSE = 0.005
 
     def __init__(
         self,
@@ -360,7 +365,7 @@ class TraceWriter:
         failed = self._failed_spills.get(path)
         before = self.stats.written
         blame = failed is not None and self._last_ok > failed
-        left = self._store_records(records, retry=False, blame=blame) if records else []
+        left = self._store_slices(records, blame)
         self.stats.reloaded += self.stats.written - before
         if left and len(left) == len(records) and not bad:
             self._failed_spills[path] = time.monotonic()
@@ -369,6 +374,20 @@ class TraceWriter:
             self._spill(left)
         path.unlink(missing_ok=True)
         return not left
+
+    def _store_slices(self, records: list[TraceRecord], blame: bool) -> list[TraceRecord]:
+        """`_store_records` a slice at a time, pausing between slices; once the store is away, the
+        rest is not tried. Returns the records left unwritten."""
+        left: list[TraceRecord] = []
+        for i in range(0, len(records), self.RELOAD_SLICE):
+            part = records[i : i + self.RELOAD_SLICE]
+            if left:  # the store went away mid-file: the rest waits for the next pass
+                left += part
+                continue
+            if i:
+                self._stop.wait(self.RELOAD_PAUSE)  # the event loop's turn (no pause while stopping)
+            left = self._store_records(part, retry=False, blame=blame)
+        return left
 
     # ---- failures
 
