@@ -379,8 +379,8 @@ def details(results: dict[str, Any]) -> list[str]:
     return [
         f"  wrk -t1 -c50: {wrk['requests']} requests in {wrk['duration_us'] / 1e6:.1f} s, non-2xx {wrk['non2xx']}, "
         f"socket errors {wrk['socket_errors']}, latency p50 {wrk['p50_us'] / 1000:.2f} ms p99 {wrk['p99_us'] / 1000:.2f} ms",
-        f"  gateway CPU {wrk['cpu_s']:.2f} s for {wrk['requests']} requests; its core was "
-        f"{100 * wrk['gateway_core_busy']:.0f}% busy (wrk + upstream: {100 * wrk['side_core_busy']:.0f}% of a core)",
+        f"  gateway CPU {wrk['cpu_s']:.2f} s for {wrk['requests']} requests; it used "
+        f"{100 * wrk['gateway_core_busy']:.0f}% of a core (wrk + upstream: {100 * wrk['side_core_busy']:.0f}% of a core)",
         row("1 connection, 0 ms upstream, full response", results["latency_0ms"]),
         row("1 connection, 50 ms upstream, full response", results["latency_50ms"]),
         row("1 connection, stream, first content chunk", results["ttfb_0ms"]),

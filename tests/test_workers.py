@@ -43,10 +43,10 @@ def wait_for(what: str, check: Any, timeout: float = 20.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def config(tmp_path: Path, port: int, **extra: Any) -> dict[str, Any]:
+def config(tmp_path: Path, port: int, storage: str | None = None, **extra: Any) -> dict[str, Any]:
     return {
         "server": {"port": port},
-        "storage": {"url": f"sqlite:///{tmp_path / 'k.db'}"},
+        "storage": {"url": storage or f"sqlite:///{tmp_path / 'k.db'}"},
         "traces": {"spill_dir": str(tmp_path / "spill")},
         "providers": {"sim": {"type": "simulated", "ttft_ms": 0}},
         "models": {"demo": {"targets": [{"provider": "sim", "model": "simulated-1"}]}},
@@ -54,10 +54,17 @@ def config(tmp_path: Path, port: int, **extra: Any) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_schema_url"))
+    return f"sqlite:///{tmp_path / 'k.db'}"
+
+
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Server]:
+def workers(tmp_path: Path, storage: str) -> Iterator[Server]:
     port = free_port()
-    (tmp_path / "keel.yaml").write_text(yaml.safe_dump(config(tmp_path, port)))
+    (tmp_path / "keel.yaml").write_text(yaml.safe_dump(config(tmp_path, port, storage)))
     log = tmp_path / "serve.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(
@@ -87,9 +94,15 @@ def call(server: Server, i: int) -> tuple[int, str]:
     return int(r.headers["x-keel-worker"]), r.headers["x-keel-trace-id"]
 
 
-def stored(db: Path) -> set[str]:
-    with closing(sqlite3.connect(db)) as conn:
-        return {tid for (tid,) in conn.execute("SELECT id FROM traces")}
+def stored(url: str) -> set[str]:
+    """Every trace id in the store at `url`, read on a connection of its own."""
+    if url.startswith("sqlite:///"):
+        with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
+            return {tid for (tid,) in conn.execute("SELECT id FROM traces")}
+    import psycopg
+
+    with psycopg.connect(url) as pg:
+        return {tid for (tid,) in pg.execute("SELECT id FROM traces")}
 
 
 def started_pids(server: Server) -> list[int]:
@@ -97,7 +110,7 @@ def started_pids(server: Server) -> list[int]:
 
 
 @pytest.mark.timeout(150)
-def test_two_workers_answer_a_killed_one_is_replaced_and_sigterm_drains_both(workers: Server) -> None:
+def test_two_workers_answer_a_killed_one_is_replaced_and_sigterm_drains_both(workers: Server, storage: str) -> None:
     server = workers
     first = started_pids(server)
     assert len(first) == 2 and all(pid_alive(p) for p in first), server.log.read_text()
@@ -117,7 +130,7 @@ def test_two_workers_answer_a_killed_one_is_replaced_and_sigterm_drains_both(wor
     assert set(answered.values()) <= set(first)
 
     # traces are written before the kill (a SIGKILL loses the last flush interval: README)
-    wait_for("the traces of the calls so far", lambda: set(answered) <= stored(server.db))
+    wait_for("the traces of the calls so far", lambda: set(answered) <= stored(storage))
     victim, survivor = first
     os.kill(victim, signal.SIGKILL)
     replacement = wait_for("a new worker", lambda: next((p for p in started_pids(server) if p not in first), None))
@@ -132,7 +145,7 @@ def test_two_workers_answer_a_killed_one_is_replaced_and_sigterm_drains_both(wor
     code = server.proc.wait(timeout=90)
 
     assert code == 0, f"`keel serve --workers 2` exited {code} after SIGTERM:\n{server.log.read_text()[-3000:]}"
-    assert not set(answered) - stored(server.db), "an answered call has no trace row"
+    assert not set(answered) - stored(storage), "an answered call has no trace row"
     assert not list(server.spill.glob("traces-*")), "records left in the spill dir instead of the database"
     assert not any(pid_alive(p) for p in (survivor, replacement)), "a worker outlived the supervisor"
 
