@@ -9,6 +9,9 @@ includes whatever it does in the background while traffic is light.
 `--preload S` first loads the gateway at 50 connections for S seconds (wrk, the 0 ms upstream), as a
 side-by-side run does before its one-connection phase: a large database, a large WAL, a trace backlog.
 
+`--spills N` drops a spill file of N records into the gateway's spill dir before each block of gateway
+calls, as a store outage or a queue overflow leaves; the writer loads it back while the calls run.
+
 `--attribute` runs the gateway with two probes (each garbage collection and each trace-writer write,
 timed), samples every thread of the gateway (/proc/PID/task/*/schedstat, ns of CPU) every ~2 ms
 and, for each slow gateway call (added > 4 ms over the direct p50), prints the CPU each thread burned

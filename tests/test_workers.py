@@ -72,8 +72,8 @@ def workers(tmp_path: Path, storage: str) -> Iterator[Server]:
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        key = bootstrap_key(proc, log)
-        wait_healthy(proc, url, log)
+        key = bootstrap_key(proc, log, timeout=45)  # N processes start on a loaded machine
+        wait_healthy(proc, url, log, timeout=45)
         yield Server(proc, tmp_path, url, key, tmp_path / "k.db", tmp_path / "spill", log)
     finally:
         if proc.poll() is None:

@@ -74,13 +74,6 @@ def kind(exc: BaseException) -> str:
 class TraceWriter:
     RETRY_DELAYS = (0.05, 0.25, 1.0)
     RESTART_DELAYS = (0.1, 0.5, 2.0, 5.0)
-    # A spill file is loaded back in slices, each followed by a pause as long as it took times
-    # RELOAD_YIELD: reloads run when traffic is light, and one transaction over a whole file (up to
-    # the overflow limit) held the GIL and the core for up to seconds while calls waited
-    # (bench/tail.py --spills, bench/README.md).
-    RELOAD_SLICE = 250
-    RELOAD_YIELD = 1.0
-    RELOAD_PAUSE = 0.005  # at least
 
     def __init__(
         self,
@@ -367,7 +360,7 @@ class TraceWriter:
         failed = self._failed_spills.get(path)
         before = self.stats.written
         blame = failed is not None and self._last_ok > failed
-        left = self._store_slices(records, blame)
+        left = self._store_records(records, retry=False, blame=blame) if records else []
         self.stats.reloaded += self.stats.written - before
         if left and len(left) == len(records) and not bad:
             self._failed_spills[path] = time.monotonic()
@@ -376,23 +369,6 @@ class TraceWriter:
             self._spill(left)
         path.unlink(missing_ok=True)
         return not left
-
-    def _store_slices(self, records: list[TraceRecord], blame: bool) -> list[TraceRecord]:
-        """`_store_records` a slice at a time, pausing between slices; once the store is away, the
-        rest is not tried. Returns the records left unwritten."""
-        left: list[TraceRecord] = []
-        pause = 0.0
-        for i in range(0, len(records), self.RELOAD_SLICE):
-            part = records[i : i + self.RELOAD_SLICE]
-            if left:  # the store went away mid-file: the rest waits for the next pass
-                left += part
-                continue
-            if pause:
-                self._stop.wait(pause)  # the event loop's turn (no pause while stopping)
-            began = time.monotonic()
-            left = self._store_records(part, retry=False, blame=blame)
-            pause = max(self.RELOAD_PAUSE, self.RELOAD_YIELD * (time.monotonic() - began))
-        return left
 
     # ---- failures
 
