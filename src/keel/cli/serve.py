@@ -330,7 +330,7 @@ class Supervisor:
                 deadline, clean = time.monotonic() + 5, False
                 continue
             info = signal.sigtimedwait(self.SIGNALS, min(left, 1.0))
-            if info is not None and info.si_signo == signal.SIGINT:  # a second Ctrl-C: stop waiting for calls
+            if info is not None and info.si_signo == signal.SIGINT:  # a second Ctrl-C: force exit, no drain
                 self._signal_all(signal.SIGINT)
 
     def _running(self) -> list[int]:
