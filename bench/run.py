@@ -63,6 +63,8 @@ class Bench:
     pinned: bool
     limits: str = "none"  # none | memory | redis: the limits stage's counters
     extra: str = ""  # more top-level YAML for keel.yaml (other benches' settings)
+    workers: int = 1  # keel serve --workers
+    command: list[str] = field(default_factory=list)  # how to run `keel` (default: the keel script)
     ports: dict[str, int] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     key: str = ""
@@ -150,8 +152,10 @@ models:
 def start_gateway(bench: Bench) -> None:
     bench.ports["gateway"] = free_port()
     config = write_config(bench)
-    keel = shutil.which("keel") or str(Path(sys.executable).parent / "keel")
-    cmd = [*bench.pin(GATEWAY_CPU), keel, "--config", str(config), "serve", "--log-level", "warning"]
+    keel = bench.command or [shutil.which("keel") or str(Path(sys.executable).parent / "keel")]
+    cmd = [*bench.pin(GATEWAY_CPU), *keel, "--config", str(config), "serve", "--log-level", "warning"]
+    if bench.workers > 1:
+        cmd += ["--workers", str(bench.workers)]
     log = (bench.tmp / "gateway.log").open("wb")
     bench.procs["gateway"] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=bench.tmp)
     wait_http(bench.ports["gateway"], "/healthz", bench.procs["gateway"])
@@ -226,9 +230,13 @@ def run_wrk(bench: Bench, seconds: int, connections: int = 50) -> dict[str, Any]
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of `pid`, from /proc."""
+    """utime + stime of every thread of `pid` and of its running child processes (workers), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return own + sum(cpu_seconds(int(c)) for c in children)
+    return own
 
 
 def side_cpu_seconds(bench: Bench) -> float:
@@ -314,7 +322,7 @@ def machine(pinned: bool) -> dict[str, Any]:
     pinning = (
         f"taskset: gateway alone on cpu{GATEWAY_CPU}; wrk, upstreams and the 1-connection probe on cpu{SIDE_CPU}"
         if pinned
-        else "not pinned (taskset missing or one core)"
+        else "not pinned (--no-pin, several workers, taskset missing or one core)"
     )
     return {
         "nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
@@ -371,8 +379,8 @@ def details(results: dict[str, Any]) -> list[str]:
     return [
         f"  wrk -t1 -c50: {wrk['requests']} requests in {wrk['duration_us'] / 1e6:.1f} s, non-2xx {wrk['non2xx']}, "
         f"socket errors {wrk['socket_errors']}, latency p50 {wrk['p50_us'] / 1000:.2f} ms p99 {wrk['p99_us'] / 1000:.2f} ms",
-        f"  gateway CPU {wrk['cpu_s']:.2f} s for {wrk['requests']} requests; its core was "
-        f"{100 * wrk['gateway_core_busy']:.0f}% busy (wrk + upstream: {100 * wrk['side_core_busy']:.0f}% of a core)",
+        f"  gateway CPU {wrk['cpu_s']:.2f} s for {wrk['requests']} requests; it used "
+        f"{100 * wrk['gateway_core_busy']:.0f}% of a core (wrk + upstream: {100 * wrk['side_core_busy']:.0f}% of a core)",
         row("1 connection, 0 ms upstream, full response", results["latency_0ms"]),
         row("1 connection, 50 ms upstream, full response", results["latency_50ms"]),
         row("1 connection, stream, first content chunk", results["ttfb_0ms"]),
@@ -398,7 +406,7 @@ def render(report: dict[str, Any]) -> str:
         f"machine: {m['nproc']} cores ({m['cpu']}), Python {m['python']}, {m['platform']}, commit {m['commit']}",
         f"pinning: {m['pinning']}",
         "gateway: keel serve (uvicorn+uvloop+httptools), auth + tracing to SQLite + cost on; "
-        f"limits: {report['limits']}; upstream: bench/upstream.py",
+        f"limits: {report['limits']}; workers: {report.get('workers', 1)}; upstream: bench/upstream.py",
         "",
         f"{'figure':<44}{'measured':>18}   {'target':<12}",
     ]
@@ -425,11 +433,12 @@ def measure(bench: Bench, sizes: Sizes) -> dict[str, Any]:
     return results
 
 
-def run(sizes: Sizes, limits: str) -> dict[str, Any]:
-    pinned = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+def run(sizes: Sizes, limits: str, workers: int = 1, pin: bool = True) -> dict[str, Any]:
+    # several workers need the cores: nothing is pinned then, and wrk and the upstream share them
+    pinned = pin and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2 and workers == 1
     with tempfile.TemporaryDirectory(prefix="keel-bench-") as tmp:
         try:
-            with running(Bench(Path(tmp), pinned, limits)) as bench:
+            with running(Bench(Path(tmp), pinned, limits, workers=workers)) as bench:
                 results = measure(bench, sizes)
         except BaseException:
             log = Path(tmp) / "gateway.log"
@@ -438,6 +447,7 @@ def run(sizes: Sizes, limits: str) -> dict[str, Any]:
             raise
     report: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(pinned)}
     report["limits"] = limits
+    report["workers"] = workers
     report |= {"sizes": sizes.__dict__, "figures": figures(results), "checks": checks(results), "results": results}
     report["details"] = details(results)
     return report
@@ -454,10 +464,17 @@ def main() -> int:
         help="turn the limits stage on: rpm, tpm, usd_day per tenant and concurrency per key (never reached), "
         "counted in process (memory) or in the Redis at 127.0.0.1:6379 (redis)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="keel serve --workers N (N > 1: nothing is pinned; the gateway, wrk and the upstream share the cores)",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="pin nothing (compare one worker with several)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk not found; install it with `apt-get install -y wrk`")
-    report = run(Sizes.pick(args.duration, args.quick), args.limits)
+    report = run(Sizes.pick(args.duration, args.quick), args.limits, args.workers, not args.no_pin)
     print(render(report))
     out = HERE / "results" / "latest.json"
     out.parent.mkdir(exist_ok=True)

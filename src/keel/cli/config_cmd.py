@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("config", help="check the config file")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     check = verbs.add_parser("check", help="validate keel.yaml and print every problem")
+    check.add_argument(
+        "--workers", type=int, default=1, help="also check for `keel serve --workers N`: state kept per process"
+    )
     check.set_defaults(run=run_check)
     init = sub.add_parser("init", help="write a commented starter keel.yaml")
     init.add_argument("path", nargs="?", default=config.DEFAULT_PATH)
@@ -23,12 +26,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    from keel.cli.serve import per_process_state
+
     cfg = config.load(args.config)  # ConfigError → report, exit 2
     found = config.warnings(cfg)
+    source = args.config or os.environ.get("KEEL_CONFIG", config.DEFAULT_PATH)
     if found:  # allowed, so not an error: the file still checks
-        source = args.config or os.environ.get("KEEL_CONFIG", config.DEFAULT_PATH)
         head = f"{source}: {len(found)} warning{'s' if len(found) != 1 else ''}"
         print("\n".join([head, *map(str, found)]), file=sys.stderr)
+    refusals, per_worker = per_process_state(cfg, 0, args.workers)  # (limit overrides in the store: serve checks)
+    for line in per_worker:
+        print(f"{source}: --workers {args.workers}: {line}", file=sys.stderr)
+    if refusals:
+        raise Failure(f"--workers {args.workers}: " + "; ".join(refusals))
     print(f"ok: {len(cfg.providers)} provider(s), {len(cfg.models)} model alias(es), storage {cfg.storage.url}")
     return 0
 

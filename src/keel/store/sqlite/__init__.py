@@ -64,6 +64,17 @@ _DELETE_BATCH = 1000  # rollup rows per DELETE statement
 _OWNER = {"tenant": "SELECT 1 FROM tenants WHERE name = ?", "key": "SELECT 1 FROM api_keys WHERE id = ?"}
 
 
+_GIL_ROWS = 256  # rows per executemany call in the trace writer's transaction (see _executemany)
+
+
+def _executemany(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[object]]) -> None:
+    """executemany in slices: one call over thousands of rows holds the GIL throughout (5,000 trace rows:
+    ~75 ms during which the event loop cannot run); between slices the loop gets it back. Same
+    transaction, same statement: the cost is the same (bench/tail.py, bench/README.md)."""
+    for i in range(0, len(rows), _GIL_ROWS):
+        conn.executemany(sql, rows[i : i + _GIL_ROWS])
+
+
 def _set_wal(conn: sqlite3.Connection) -> None:
     """Switch to WAL. On a brand-new file this can fail at once with "locked" (the busy timeout does
     not apply to the switch) while other connections open it too: retry for a while."""
@@ -209,7 +220,7 @@ class SqliteStore:
         try:
             inserted = self._insert_new(conn, rows, stored)
             for sql, values in usage.upserts(inserted, "?", "min", "max", ordered=False):
-                conn.executemany(sql, values)
+                _executemany(conn, sql, values)
             conn.execute("COMMIT")
         except BaseException as exc:
             conn.execute("ROLLBACK")
@@ -235,7 +246,7 @@ class SqliteStore:
                 present.add(r.id)  # a batch may carry one id twice: the first one counts
                 inserted.append(r)
                 new_rows.append(row)
-        conn.executemany(_INSERT_TRACE, new_rows)
+        _executemany(conn, _INSERT_TRACE, new_rows)
         return inserted
 
     def list_traces(self, query: TraceQuery) -> list[TraceRecord]:
