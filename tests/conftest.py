@@ -213,7 +213,7 @@ def make_gateway(tmp_path: Path) -> Iterator[Any]:
         runtime = Runtime.build(cfg)
         runtime.store.create_tenant("t1")
         key = issue_key(runtime.store, "t1", name="test").key
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY: see tests/served.py
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         server = _Server(uvicorn.Config(create_app(runtime), log_level="warning", access_log=False, loop="asyncio"))

@@ -181,7 +181,9 @@ def serve_workers(cfg: keel_config.Config, args: argparse.Namespace, host: str, 
 def listen(host: str, port: int) -> socket.socket:
     """The listening socket the workers share, bound as uvicorn binds its own."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that name their protocol, and without it
+    # a keep-alive answer written in two parts waits ~40 ms for the client's delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
