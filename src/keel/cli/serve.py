@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from keel.api.app import create_app
+    from keel.api.connections import uvicorn_options
     from keel.runtime import Runtime
 
     cfg = load_config(args)  # a bad config stops here, before anything starts
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        **uvicorn_options(cfg.server),  # httptools, within the server.* bounds
         access_log=False,
         log_level=args.log_level,
         timeout_graceful_shutdown=30,

@@ -1,0 +1,222 @@
+"""Connection-level bounds: header size and count (431), read timeouts (408), and a connection cap.
+
+uvicorn's httptools protocol bounds none of these: a connection that never sends a byte, or drips
+its headers or body a byte a second, is held forever, and headers grow without limit. `Protocol`
+adds, per connection:
+- a head clock: a request line and headers must arrive within `header_timeout_s` (from the connect,
+  or from the first byte of a keep-alive request; an idle keep-alive connection is uvicorn's own
+  `keepalive_timeout_s`); a body clock: the body within `body_timeout_s` after the headers;
+- head size (`max_header_bytes`, request line included) and count (`max_headers`), checked exactly
+  when the head ends, and never buffered past the size plus one read while it is still arriving;
+- a cap on open connections (`max_connections`): past it a new connection gets a canned 503 and is
+  closed at once, so established clients keep being served and descriptors are never exhausted.
+A request that arrives in one read (the usual case) starts no timer. `uvicorn_options` is the one
+entry point serve.py uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from itertools import chain
+from typing import Any, ClassVar
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+
+from keel.api.anthropic_response import error_json
+from keel.config import ServerConfig
+from keel.errors import KeelError, RequestError, Unavailable
+
+log = logging.getLogger("keel.api")
+
+_HEAD, _BODY, _DONE = 1, 2, 3
+_LINGER_S = 2.0  # after refusing, input is read and discarded this long at most (see Protocol._refuse)  # where the current request is: its head, its body, or all received
+
+
+class HeadersTooLarge(RequestError):
+    status = 431
+    code = "request_header_fields_too_large"
+
+
+class TimedOut(RequestError):
+    status = 408
+    code = "request_timeout"
+
+
+def response_bytes(err: KeelError, anthropic: bool) -> bytes:
+    """A complete `connection: close` HTTP response for `err`, in the caller's error format."""
+    body = orjson.dumps(
+        error_json(err)
+        if anthropic
+        else {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+    )
+    head = [STATUS_LINE[err.status], b"content-type: application/json\r\n"]
+    head += [f"{k}: {v}\r\n".encode() for k, v in err.headers().items()]
+    head += [b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)]
+    return b"".join(head) + body
+
+
+_OVER_CAPACITY = response_bytes(
+    Unavailable("The gateway has too many open connections (server.max_connections); retry shortly.", 1), False
+)
+
+
+class Protocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol within `settings` (a subclass per config sets it: see `uvicorn_options`)."""
+
+    settings: ClassVar[ServerConfig]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._phase = _HEAD
+        self._begun = False  # a byte of the current request has arrived
+        self._head_seen = 0  # bytes read while the head was incomplete (a memory guard, not the exact size)
+        self._timer: asyncio.TimerHandle | None = None
+        self._refused = False  # answered by this class and closing: the parser's further callbacks are ignored
+
+    # -- the connection cap
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.settings.max_connections:
+            self.transport, self._refused = transport, True
+            transport.write(_OVER_CAPACITY)
+            transport.close()
+            return
+        super().connection_made(transport)
+        self._timer = self.loop.call_later(self.settings.header_timeout_s, self._expired)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    # -- reads
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._phase != _BODY:
+            if self._head_seen > self.settings.max_header_bytes:  # the head so far, all of it unparsed headers
+                self._refuse(HeadersTooLarge(self._head_message()))
+                return
+            self._head_seen += len(data)
+        super().data_received(data)
+        if self._timer is None and self._phase != _DONE and not self._refused:
+            timeout = self.settings.header_timeout_s if self._phase == _HEAD else self.settings.body_timeout_s
+            self._timer = self.loop.call_later(timeout, self._expired)
+
+    def on_message_begin(self) -> None:
+        if self._phase != _HEAD:
+            self._phase = _HEAD  # a keep-alive request: its head clock starts with this read
+        self._begun = True
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        if self._refused:
+            return
+        self._disarm()
+        self._phase, self._head_seen = _BODY, 0
+        headers = self.headers
+        if len(headers) > self.settings.max_headers:
+            self._refuse(
+                HeadersTooLarge(f"The request has more than {self.settings.max_headers} headers (server.max_headers).")
+            )
+            return
+        if (
+            len(self.url) + sum(map(len, chain.from_iterable(headers))) + 4 * len(headers)
+            > self.settings.max_header_bytes
+        ):
+            self._refuse(HeadersTooLarge(self._head_message()))
+            return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        self._disarm()
+        self._phase, self._begun = _DONE, False
+        super().on_message_complete()
+
+    # -- refusals
+
+    def _head_message(self) -> str:
+        limit = self.settings.max_header_bytes
+        return f"The request line and headers are larger than {limit} bytes (server.max_header_bytes)."
+
+    def _anthropic(self) -> bool:
+        return bool(getattr(self, "url", b"").startswith(b"/v1/messages"))
+
+    def _refuse(self, err: KeelError, cycle: RequestResponseCycle | None = None) -> None:
+        """Answer `err` in place of the app, and close. `cycle`: the request's own, once the app has it."""
+        self._refused = True
+        self._disarm()
+        previous = self.cycle if cycle is None else None  # the connection's last request, if this one has none
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's pending read ends, and whatever it sends is dropped
+            cycle.message_event.set()
+        clear = not self.pipeline and (cycle is None or not cycle.response_started)
+        transport = self.transport
+        if not clear or (previous is not None and not previous.response_complete) or transport.is_closing():
+            transport.close()  # a response is under way on this connection: no room for ours
+            return
+        transport.write(response_bytes(err, self._anthropic()))
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        # A lingering close: closing with unread input would reset the connection, and the client could
+        # lose the answer. So: end our side, discard what still comes, and close at its end or soon after.
+        transport.write_eof()
+        if self.flow is not None:
+            self.flow.resume_reading()
+        self.loop.call_later(_LINGER_S, transport.close)
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self._refused or self.transport.is_closing():
+            return
+        if self._phase == _HEAD and not self._begun:
+            self._refused = True
+            self.transport.close()  # a connection that never sent a request: nothing to answer
+            return
+        head = self._phase == _HEAD
+        what, key = ("headers", "header_timeout_s") if head else ("body", "body_timeout_s")
+        limit = getattr(self.settings, key)
+        err = TimedOut(f"The request {what} did not arrive within {limit:g} s (server.{key}).")
+        self._refuse(err, None if head else self.cycle)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def uvicorn_options(server: ServerConfig) -> dict[str, Any]:
+    """The uvicorn settings that bound connections: pass them to `uvicorn.run` or `uvicorn.Config`.
+
+    Also lifts this process's soft open-file limit (towards its hard limit) to fit the connection cap,
+    so that the cap, not EMFILE, is what refuses connections.
+    """
+    _fit_open_files(server.max_connections)
+    protocol = type("KeelHttpProtocol", (Protocol,), {"settings": server})
+    return {"http": protocol, "timeout_keep_alive": server.keepalive_timeout_s}
+
+
+def _fit_open_files(connections: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + 1024  # the store, upstream pools, logs, the listening socket
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < want:
+        log.warning(
+            "open-file limit %d is below server.max_connections + 1024 (%d): raise `ulimit -n` or lower the cap",
+            target,
+            want,
+        )
