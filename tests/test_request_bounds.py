@@ -123,6 +123,20 @@ def test_a_chunked_body_is_cut_once_it_passes_the_cap(gateway: Gateway) -> None:
     assert status == 413 and openai_error(body)["code"] == "request_too_large"
 
 
+def test_a_route_that_reads_its_body_raw_is_bounded_too(gateway: Gateway) -> None:
+    """The dashboard's login form is read by Starlette itself: the protocol cuts its body at the cap."""
+    chunk = b"x" * 65536
+    frame = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+    with connect(gateway) as sock:
+        sock.sendall(
+            head("/ui/login", {"content-type": "application/x-www-form-urlencoded", "transfer-encoding": "chunked"})
+        )
+        for _ in range(MB // len(chunk) + 2):
+            sock.sendall(frame)
+        status, _, body = response(sock)
+    assert status == 413 and openai_error(body)["code"] == "request_too_large"
+
+
 def test_a_body_within_the_cap_is_served(gateway: Gateway) -> None:
     big = {**CHAT, "messages": [{"role": "user", "content": "x" * (MB - 4096)}]}
     r = httpx.post(gateway.base_url + "/chat/completions", json=big, headers={"authorization": f"Bearer {gateway.key}"})

@@ -41,7 +41,7 @@ class Bounds:
         return cls(server.max_body_bytes, server.max_json_depth)
 
 
-def _too_large(limit: int) -> TooLarge:
+def too_large(limit: int) -> TooLarge:
     return TooLarge(f"The request body is larger than {limit} bytes (server.max_body_bytes); send a smaller request.")
 
 
@@ -49,14 +49,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, or TooLarge as soon as it is known to pass `limit` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise _too_large(limit)
+                raise too_large(limit)
             chunks.append(chunk)
     except ClientDisconnect:
         raise ClientGone("The client stopped sending the request body.") from None
