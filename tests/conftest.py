@@ -18,6 +18,7 @@ import yaml
 
 from keel import config as keel_config
 from keel.api.app import create_app
+from keel.api.connections import uvicorn_options
 from keel.keys import issue_key
 from keel.runtime import Runtime
 from keel.testing import FakeUpstream
@@ -207,7 +208,8 @@ class _Server(uvicorn.Server):
 def make_gateway(tmp_path: Path) -> Iterator[Any]:
     started: list[tuple[_Server, threading.Thread]] = []
 
-    def make(raw: dict[str, Any]) -> Gateway:
+    def make(raw: dict[str, Any], bounded: bool = False) -> Gateway:
+        """`bounded`: uvicorn runs with the connection bounds `keel serve` uses (keel.api.connections)."""
         (tmp_path / "keel.yaml").write_text(yaml.safe_dump(raw))
         cfg = keel_config.load(tmp_path / "keel.yaml", env={})
         runtime = Runtime.build(cfg)
@@ -216,7 +218,9 @@ def make_gateway(tmp_path: Path) -> Iterator[Any]:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY: see tests/served.py
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        server = _Server(uvicorn.Config(create_app(runtime), log_level="warning", access_log=False, loop="asyncio"))
+        options = uvicorn_options(cfg.server) if bounded else {}
+        config = uvicorn.Config(create_app(runtime), log_level="warning", access_log=False, loop="asyncio", **options)
+        server = _Server(config)
         thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
         thread.start()
         while not server.started:

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from keel.api.bounds import Bounds, read_body
 from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
 from keel.api.replay import ReplayAsk, replay
 from keel.errors import AuthError, ErrorKind, InvalidRequest, KeelError, NotFound, PermissionDenied, ProviderError
@@ -130,6 +131,7 @@ class Admin:
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
         self._token = (runtime.config.admin_token or "").encode()
+        self._bounds = Bounds.of(runtime.config.server)
 
     def _check(self, request: Request) -> None:
         if not self._token:
@@ -137,6 +139,12 @@ class Admin:
         given = (bearer(request) or "").encode()
         if not hmac.compare_digest(given, self._token):
             raise AuthError("Invalid admin token.")
+
+    async def _json_or(self, request: Request, empty: Any) -> Any:
+        """The JSON body, or `empty` when the request has none."""
+        if not await read_body(request, self._bounds.max_body_bytes):
+            return empty
+        return await read_json(request, self._bounds)
 
     def routes(self) -> list[Route]:
         return [
@@ -175,7 +183,7 @@ class Admin:
         return _json({"data": [asdict(t) for t in rows]})
 
     async def create_tenant(self, request: Request) -> Response:
-        body = await read_json(request)
+        body = await read_json(request, self._bounds)
         if not isinstance(body, dict):
             raise InvalidRequest('The body must be an object: {"name": "acme", "regions": null}.', None)
         name = _name(body, "name")
@@ -187,7 +195,7 @@ class Admin:
         return _json(asdict(row), 201)
 
     async def update_tenant(self, request: Request) -> Response:
-        body = await read_json(request)
+        body = await read_json(request, self._bounds)
         if not isinstance(body, dict) or "regions" not in body:
             raise InvalidRequest("'regions' is required: an array of regions, or null for any region.", "regions")
         name = request.path_params["name"]
@@ -199,7 +207,7 @@ class Admin:
     async def purge_tenant(self, request: Request) -> Response:
         """Delete a tenant's data, or one user's: {"user": "u1"}; also {"revoke_keys": true} or
         {"delete_tenant": true} (revokes, then deletes its keys, limits and the tenant itself)."""
-        body = await read_json(request) if await request.body() else {}
+        body = await self._json_or(request, {})
         user, revoke, delete = _purge_body(body)
         rt = self._rt
         cache, vectors = None, None
@@ -234,7 +242,7 @@ class Admin:
         return _json({"data": [key_view(k) for k in rows]})
 
     async def create_key(self, request: Request) -> Response:
-        body = await read_json(request)
+        body = await read_json(request, self._bounds)
         if not isinstance(body, dict):
             raise InvalidRequest('The body must be an object: {"tenant": "acme", "name": "ci"}.', None)
         tenant = _name(body, "tenant")
@@ -276,7 +284,7 @@ class Admin:
 
     async def replay_trace(self, request: Request) -> Response:
         """Re-send a recorded call as its tenant: body {"alias": ..., "model": "provider/model"}, both optional."""
-        ask = ReplayAsk.from_body(await read_json(request) if await request.body() else None)
+        ask = ReplayAsk.from_body(await self._json_or(request, None))
         return _json(await replay(self._rt, request.path_params["trace_id"], ask))
 
     async def usage(self, request: Request) -> Response:
@@ -324,7 +332,7 @@ class Admin:
     async def set_limits(self, request: Request) -> Response:
         """Replace a tenant's or key's overrides; every gateway process applies them within seconds."""
         scope, subject = _limit_path(request)
-        limits, on_store_error = _limits_body(await read_json(request), scope)
+        limits, on_store_error = _limits_body(await read_json(request, self._bounds), scope)
         try:
             row = await asyncio.to_thread(self._rt.store.set_limits, scope, subject, limits, on_store_error)
         except UnknownSubject:

@@ -19,7 +19,8 @@ from starlette.responses import Response, StreamingResponse
 
 from keel.api.anthropic_request import parse_request
 from keel.api.anthropic_response import StreamEncoder, error_json, message_json, sse
-from keel.api.openai import JSON_TYPE, new_call, read_json, response_headers
+from keel.api.bounds import Bounds
+from keel.api.openai import JSON_TYPE, authenticate, new_call, read_json, response_headers
 from keel.errors import KeelError
 from keel.gateway.call import Call, Reply
 from keel.runtime import Runtime
@@ -42,16 +43,18 @@ class AnthropicEdge:
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
         self._payloads = runtime.config.traces.store_payloads
+        self._bounds = Bounds.of(runtime.config.server)
 
     async def messages(self, request: Request) -> Response:
         t0 = time.perf_counter()
         try:
-            body = await read_json(request)
+            principal, allowed = await authenticate(self._rt, request)
+            body = await read_json(request, self._bounds)
             chat = parse_request(body)
             call = new_call(request, chat, body, "messages", self._payloads)
         except KeelError as err:
             return error_response(err)
-        call.t0 = t0
+        call.t0, call.principal, call.allowed = t0, principal, allowed
         message_id = f"msg_{call.trace.id}"
         try:
             reply = await self._rt.pipeline(call)

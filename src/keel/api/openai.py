@@ -15,6 +15,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from keel.api.bounds import Bounds, check_depth, deep_message, read_body
 from keel.cache import HEADER as CACHE_HEADER
 from keel.cache import Directives
 from keel.errors import InvalidRequest, KeelError, ProviderError
@@ -22,7 +23,7 @@ from keel.gateway.call import Call, Reply
 from keel.otel import join_caller_trace
 from keel.providers import openai_chat as wire
 from keel.runtime import Runtime
-from keel.types import ChatRequest, EmbeddingRequest, TraceRecord, UsageEvent
+from keel.types import ChatRequest, EmbeddingRequest, Principal, TraceRecord, UsageEvent
 
 log = logging.getLogger("keel.api")
 JSON_TYPE = "application/json"
@@ -55,12 +56,30 @@ def bearer(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-async def read_json(request: Request) -> Any:
-    body = await request.body()
+async def read_json(request: Request, bounds: Bounds) -> Any:
+    """The body parsed, within `bounds`: 413 past `max_body_bytes`, 400 if invalid or nested too deep."""
+    body = await read_body(request, bounds.max_body_bytes)
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc):  # orjson's own limit (1024), far past ours
+            raise InvalidRequest(deep_message(bounds.max_json_depth, "in the body"), None) from None
         raise InvalidRequest("The request body is not valid JSON.", None) from None
+    check_depth(body, value, bounds.max_json_depth)
+    return value
+
+
+async def authenticate(runtime: Runtime, request: Request) -> tuple[Principal, tuple[str, ...] | None]:
+    """The caller's key, resolved before its body is read: a stranger's large body is never read or parsed.
+
+    The pipeline's auth stage then reuses the principal (one key lookup per call). A refusal is counted
+    with the trace stage's unauthenticated calls, and not traced, as before.
+    """
+    try:
+        return await runtime.authenticator.resolve(bearer(request))
+    except KeelError:
+        runtime.trace_stage.unauthenticated += 1
+        raise
 
 
 RESERVED = "keel."  # tags Keel writes itself (cache, resumed, sanitized, replay_of, ...): never the client's
@@ -183,16 +202,18 @@ class OpenAIEdge:
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
         self._payloads = runtime.config.traces.store_payloads
+        self._bounds = Bounds.of(runtime.config.server)
 
     async def chat(self, request: Request) -> Response:
         t0 = time.perf_counter()
         try:
-            body = await read_json(request)
+            principal, allowed = await authenticate(self._rt, request)
+            body = await read_json(request, self._bounds)
             chat = wire.parse_request(body)
             call = new_call(request, chat, body, "chat", self._payloads)
         except KeelError as err:
             return error_response(err)
-        call.t0 = t0
+        call.t0, call.principal, call.allowed = t0, principal, allowed
         try:
             reply = await self._rt.pipeline(call)
             if chat.stream:
@@ -238,12 +259,13 @@ class OpenAIEdge:
     async def embeddings(self, request: Request) -> Response:
         t0 = time.perf_counter()
         try:
-            body = await read_json(request)
+            principal, allowed = await authenticate(self._rt, request)
+            body = await read_json(request, self._bounds)
             emb = parse_embedding_request(body)
             call = new_call(request, emb, body, "embeddings", self._payloads)
         except KeelError as err:
             return error_response(err)
-        call.t0 = t0
+        call.t0, call.principal, call.allowed = t0, principal, allowed
         try:
             reply = await self._rt.pipeline(call)
             await reply.collect()

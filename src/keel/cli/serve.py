@@ -75,14 +75,20 @@ def _redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def uvicorn_options(args: argparse.Namespace) -> dict[str, Any]:
-    """uvicorn's settings: the one place they are built, for the single process and for each worker."""
+def uvicorn_options(cfg: keel_config.Config, args: argparse.Namespace) -> dict[str, Any]:
+    """uvicorn's settings: the one place they are built, for the single process and for each worker.
+
+    The HTTP protocol is httptools within the server.* bounds (keel.api.connections); call this in the
+    process that serves (it raises that process's open-file limit to fit server.max_connections).
+    """
+    from keel.api.connections import uvicorn_options as bounded
+
     return {
         "loop": "uvloop",
-        "http": "httptools",
         "access_log": False,
         "log_level": args.log_level,
         "timeout_graceful_shutdown": GRACEFUL_S,
+        **bounded(cfg.server),  # http: the bounded httptools protocol; timeout_keep_alive
     }
 
 
@@ -120,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     _tune_gc()
     # uvicorn drains on SIGTERM (the lifespan flushes traces), then re-raises the signal: make that a clean exit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(create_app(runtime), host=host, port=port, **uvicorn_options(args))
+    uvicorn.run(create_app(runtime), host=host, port=port, **uvicorn_options(cfg, args))
     return 0
 
 
@@ -210,7 +216,7 @@ def _worker(cfg: keel_config.Config, args: argparse.Namespace, sock: socket.sock
     _tune_gc()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # uvicorn re-raises it after the drain
     headers = [(WORKER_HEADER, str(os.getpid()))]  # uvicorn adds it as it adds `server`: no per-call code
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime), headers=headers, **uvicorn_options(args)))
+    server = uvicorn.Server(uvicorn.Config(create_app(runtime), headers=headers, **uvicorn_options(cfg, args)))
     server.run(sockets=[sock])
     return 0
 

@@ -95,9 +95,9 @@ def _fail(record: TraceRecord, err: KeelError, t0: float) -> None:
 
 
 class AuthStage:
-    """Bearer key → Principal. A Call that arrives with a principal was made by Keel itself (an admin
-    replay runs as the original call's tenant): the HTTP edges never set one, so every client call
-    still needs a valid key."""
+    """Bearer key → Principal. A Call that arrives with a principal was resolved already: by the HTTP
+    edge, before it read the body (one key lookup per call), or by Keel itself (an admin replay runs as
+    the original call's tenant)."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self._auth = authenticator
