@@ -10,7 +10,7 @@ calls. Each figure is the median of --repeats runs. Target (the Limits issue): â
 admission with Redis; judged here on the reserve and its settlement together.
 
 `RedisLimits` talks to Redis through Keel's own client (keel.store.redis_client); until decision
-00XX-redis-client it used redis-py's, and this bench's "bare asyncio protocol" what-if row showed
+0018-redis-client it used redis-py's, and this bench's "bare asyncio protocol" what-if row showed
 that half of its CPU was redis-py's.
 """
 

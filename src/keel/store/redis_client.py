@@ -2,7 +2,7 @@
 
 Why not redis-py: its asyncio client (a connection pool, a retry object and a lock per command, one
 command per connection at a time) cost more CPU per round trip than the Lua scripts it carried
-(decision 00XX-redis-client). Here every command is written at once to a shared connection and its
+(decision 0018-redis-client). Here every command is written at once to a shared connection and its
 reply is matched in order (RESP answers in the order asked), so concurrent callers pipeline: the
 commands of one event-loop turn go out in one write, and their replies come back in one read.
 
