@@ -39,7 +39,9 @@ def _name(body: dict[str, Any], field: str) -> str:
     """A required name-like body field: 1 to MAX_NAME characters, no NUL (PostgreSQL refuses it)."""
     value = body.get(field)
     if type(value) is not str or not _storable_name(value):
-        raise InvalidRequest(f"'{field}' must be a string of 1 to {MAX_NAME} characters, without NUL.", field)
+        raise InvalidRequest(
+            f"'{field}' must be a string of 1 to {MAX_NAME} characters, not blank, without NUL.", field
+        )
     return value
 
 

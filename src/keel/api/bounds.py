@@ -33,8 +33,8 @@ class ClientGone(RequestError):
 
 @dataclass(frozen=True, slots=True)
 class Bounds:
-    max_body_bytes: int = 20 * 2**20
-    max_json_depth: int = 64
+    max_body_bytes: int
+    max_json_depth: int
 
     @classmethod
     def of(cls, server: ServerConfig) -> Bounds:

@@ -32,8 +32,8 @@ from keel.errors import KeelError, RequestError, Unavailable
 
 log = logging.getLogger("keel.api")
 
-_HEAD, _BODY, _DONE = 1, 2, 3
-_LINGER_S = 2.0  # after refusing, input is read and discarded this long at most (see Protocol._refuse)  # where the current request is: its head, its body, or all received
+_HEAD, _BODY, _DONE = 1, 2, 3  # where the current request is: its head, its body, or all received
+_LINGER_S = 2.0  # after refusing, input is read and discarded this long at most (see Protocol._refuse)
 
 
 _base = HttpToolsProtocol

@@ -181,7 +181,7 @@ def serve_workers(cfg: keel_config.Config, args: argparse.Namespace, host: str, 
     )
     sys.stderr.flush()
     sys.stdout.flush()
-    return Supervisor(args.workers, lambda: _worker(cfg, args, sock)).run()
+    return Supervisor(args.workers, lambda: _worker(cfg, args, sock), sock).run()
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -244,6 +244,7 @@ class Supervisor:
 
     n: int
     target: Any  # () -> int: the worker's body, run in the child; its return value is the exit code
+    sock: socket.socket | None = None  # the shared listening socket: closed here when stopping
     slots: list[_Slot] = field(default_factory=list)
     SIGNALS = frozenset({signal.SIGCHLD, signal.SIGTERM, signal.SIGINT})
 
@@ -324,6 +325,8 @@ class Supervisor:
         log.info("%s: stopping %d workers", sig.name, len(self._running()))
         for slot in self.slots:
             slot.restart_at = None
+        if self.sock is not None:  # else the kernel keeps queueing connections no worker will accept
+            self.sock.close()
         self._signal_all(signal.SIGTERM)
         clean = True
         deadline = time.monotonic() + DRAIN_S

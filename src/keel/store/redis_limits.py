@@ -25,8 +25,9 @@ Commands are pipelined on a connection or two (keel.store.redis_client), so a bu
 for a connection; the 0.5 s runs from each command's write. `settle` and `release` log (at most every
 10 s) and return; they try Redis even in that second, since a settlement skipped would hold a
 concurrency lease for `lease_s`. A connection that breaks is retried once, at once, to heal
-connections after a Redis restart; should the break come after the script ran, that call counts
-twice (the safe side).
+connections after a Redis restart; should the break come after the script ran, the script runs
+twice: a reservation then counts twice (the safe side), but a settlement or release applies its
+delta twice (counters under-count until the window passes).
 """
 
 from __future__ import annotations
