@@ -7,7 +7,8 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,19 @@ def upstream() -> Iterator[FakeUpstream]:
 def up(upstream: FakeUpstream) -> FakeUpstream:
     upstream.reset()
     return upstream
+
+
+@pytest.fixture(scope="session")
+def upstream_b() -> Iterator[FakeUpstream]:
+    """A second upstream, for fallbacks that must answer from elsewhere."""
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture
+def b(upstream_b: FakeUpstream) -> FakeUpstream:
+    upstream_b.reset()
+    return upstream_b
 
 
 def postgres_url_or_skip() -> str:
@@ -295,3 +309,13 @@ def pgvector_schema_url(pgvector_url: str) -> Iterator[str]:
     yield f"{pgvector_url}{sep}options=-csearch_path%3D{schema}%2Cpublic"
     with psycopg.connect(pgvector_url, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def until(check: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Poll `check` every 50 ms until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from keel.store.protocols import LimitOverride
 from keel.testing import FakeUpstream, Script
 from keel.types import ChatEvent, ChatRequest, Message, Principal, RoutePlan, Target, TraceRecord
 
-from .conftest import ADMIN, REDIS_URL, Gateway, base_config
+from .conftest import ADMIN, REDIS_URL, Gateway, base_config, until
 
 PER_TOKEN = {"gpt-4o-mini": {"input": 1000, "output": 1000}}  # USD per million: $0.001 a token
 COUNTERS = "keel:limit:"  # RedisLimits' key prefix
@@ -64,15 +64,6 @@ def _usage(gw: Gateway, tenant: str) -> dict[str, float]:
     return {row["kind"]: row["used"] for row in r.json()["data"]}
 
 
-def _until(check: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @pytest.mark.parametrize("counters", ["memory", "redis"])
 def test_spend_of_calls_in_flight_during_a_put_counts_on_the_new_limits(
     counters: str, make_gateway: Any, up: FakeUpstream, tmp_path: Path, tenant: str, request: pytest.FixtureRequest
@@ -94,7 +85,7 @@ def test_spend_of_calls_in_flight_during_a_put_counts_on_the_new_limits(
 
     with ThreadPoolExecutor(30) as pool:
         in_flight = list(pool.map(lambda i: pool.submit(call, i), range(30)))
-        assert _until(lambda: len(up.requests) == 30), "the slow calls never reached the upstream"
+        assert until(lambda: len(up.requests) == 30, timeout=15), "the slow calls never reached the upstream"
         limits = {"usd_day": 1000, "tokens_day": 10**9, "rpm": 10_000}
         put = _admin(gw, "PUT", f"/api/limits/tenant/{tenant}", {"limits": limits})
         assert put.status_code == 200, put.text
@@ -113,7 +104,7 @@ def test_spend_of_calls_in_flight_during_a_put_counts_on_the_new_limits(
     tokens = sum((t.input_tokens or 0) + (t.output_tokens or 0) for t in after)
     assert spent > 0
     expected = {"usd_day": pytest.approx(spent), "tokens_day": tokens, "rpm": len(after)}
-    assert _until(lambda: _usage(gw, tenant) == expected), (_usage(gw, tenant), expected)
+    assert until(lambda: _usage(gw, tenant) == expected, timeout=15), (_usage(gw, tenant), expected)
 
 
 # ---- the stage alone: two changes in a row charge each call once per counter -------------------

@@ -29,7 +29,7 @@ from keel.limits import Subject
 from keel.testing import FakeUpstream
 from keel.testing.proxy import TcpProxy
 
-from .conftest import ADMIN, Gateway, base_config
+from .conftest import ADMIN, Gateway, base_config, until
 from .test_cache_e2e import ask, cache_config, settle
 
 BODY = {"model": "sim", "messages": [{"role": "user", "content": "hi"}]}
@@ -62,15 +62,6 @@ def chat(gw: Gateway, key: str, timeout: float = WAIT_S) -> httpx.Response:
 
 def _auth(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
-
-
-def until(check: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def rows(url: str) -> int:

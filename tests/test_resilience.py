@@ -10,7 +10,6 @@ deadline (elapsed < deadline + 1 s) and Retry-After (honoured when under the cap
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,18 +76,6 @@ def config(a: FakeUpstream, b: FakeUpstream, tmp: Path, **resilience: Any) -> di
             "ctx_small": {"targets": [target("primary", "gpt-4o-mini", 1000), target("backup", "gpt-4o-mini", 1000)]},
         },
     }
-
-
-@pytest.fixture(scope="module")
-def upstream_b() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-def b(upstream_b: FakeUpstream) -> FakeUpstream:
-    upstream_b.reset()
-    return upstream_b
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ Upstream A (the session `up`) is the primary that breaks; upstream B (`b`) serve
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,18 +65,6 @@ def config(a: FakeUpstream, b: FakeUpstream, tmp: Path) -> dict[str, Any]:
             "small": {"targets": [{"provider": "plain", "model": "gpt-4o-mini"}]},
         },
     }
-
-
-@pytest.fixture(scope="module")
-def upstream_b() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-def b(upstream_b: FakeUpstream) -> FakeUpstream:
-    upstream_b.reset()
-    return upstream_b
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ timeout would leave no time for the fallbacks.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +45,6 @@ def settings(up: FakeUpstream, backup: FakeUpstream, tmp: Path, **resilience: An
             }
         },
     }
-
-
-@pytest.fixture(scope="module")
-def upstream_b() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture
-def b(upstream_b: FakeUpstream) -> FakeUpstream:
-    upstream_b.reset()
-    return upstream_b
 
 
 @pytest.fixture
