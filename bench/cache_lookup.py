@@ -32,13 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from keel.store.memory_cache import MemoryCache
-from keel.store.memory_vectors import APPROX_ROWS, MemoryVectors
-from keel.store.pg_vectors import PgVectors
+from keel.store.memory.cache import MemoryCache
+from keel.store.memory.vectors import APPROX_ROWS, MemoryVectors
+from keel.store.postgres.vectors import PgVectors
 from keel.store.protocols import CacheEntry, CacheStore, VectorHit, VectorIndex
-from keel.store.redis_cache import RedisCache
-from keel.store.sqlite_cache import SqliteCache
-from keel.store.sqlite_vectors import SqliteVectors
+from keel.store.redis.cache import RedisCache
+from keel.store.sqlite.cache import SqliteCache
+from keel.store.sqlite.vectors import SqliteVectors
 
 DIM = 384
 TARGET_MS = 10.0

@@ -18,7 +18,7 @@ import random
 import statistics
 import time
 
-from keel.embedder import LocalEmbedder
+from keel.embedding.model import LocalEmbedder
 
 WORD_TEXT = (
     "how can i make my python service answer faster when the database is slow and the cache misses often "

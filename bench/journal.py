@@ -38,7 +38,7 @@ import orjson
 import yaml
 
 from keel.config import RedactionConfig
-from keel.redaction import Redactor
+from keel.traces.redaction import Redactor
 from keel.types import TraceRecord
 
 WORDS = [

@@ -19,12 +19,12 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from keel.accounting import PriceBook
 from keel.gateway.call import Call, Reply
-from keel.gateway.limiting import LimitsStage
-from keel.keys import Authenticator, issue_key
-from keel.limits import LimitBook, Rule
-from keel.store.memory import MemoryLimits
+from keel.keys.auth import Authenticator, issue_key
+from keel.limits.book import LimitBook, Rule
+from keel.limits.stage import LimitsStage
+from keel.providers.prices import PriceBook
+from keel.store.memory.counters import MemoryLimits
 from keel.store.open import open_store
 from keel.types import ChatEvent, ChatRequest, Message, Principal, RoutePlan, Target, TraceRecord
 

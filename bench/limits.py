@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import redis
 
-from keel.store.memory import MemoryLimits
+from keel.store.memory.counters import MemoryLimits
 from keel.store.protocols import Charge, LimitStore
-from keel.store.redis_limits import RedisLimits
+from keel.store.redis.limits import RedisLimits
 
 TARGET_MS = 0.3
 CHARGES = [

@@ -15,8 +15,7 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
-from keel.api import anthropic_request
-from keel.providers import openai_chat
+from keel.wire import anthropic_request, openai_chat
 
 SMALL = {
     "model": "gpt-4o-mini",

@@ -15,7 +15,7 @@ import random
 import time
 
 from keel.config import RedactionConfig
-from keel.redaction import Redactor
+from keel.traces.redaction import Redactor
 from keel.types import TraceRecord
 
 TEXT = (

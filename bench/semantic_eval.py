@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from keel import embedder as embedder_module
-from keel.embedder import LocalEmbedder, verify
+from keel.embedding.model import LocalEmbedder, verify
 
 PAWS = Path("/work/shared/data/paraphrase/paws-wiki/dev.tsv")
 QUERIES = Path("/work/shared/data/retrieval/msmarco-5k/queries.jsonl")

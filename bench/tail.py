@@ -122,7 +122,7 @@ class ThreadSampler:
 def drop_spill(bench: bench_run.Bench, n: int, seq: int) -> None:
     """A spill file of `n` records in the gateway's spill dir, as an outage leaves: the writer loads it back
     within a second, while the calls of the block that follows run."""
-    from keel.spill import SpillDir
+    from keel.traces.spill import SpillDir
     from keel.types import TraceRecord
 
     now = time.time()

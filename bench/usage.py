@@ -28,9 +28,9 @@ import psycopg
 
 from keel.store.open import open_store
 from keel.store.protocols import Store
-from keel.traces import TraceWriter
+from keel.traces.rollups import usage_query
+from keel.traces.writer import TraceWriter
 from keel.types import TraceRecord
-from keel.usage import usage_query
 
 QUERY_TARGET_MS = 200.0
 WRITER_TARGET = 10_000.0

@@ -20,8 +20,8 @@ import yaml
 from keel import config as keel_config
 from keel.api.app import create_app
 from keel.api.connections import uvicorn_options
-from keel.keys import issue_key
-from keel.runtime import Runtime
+from keel.keys.auth import issue_key
+from keel.runtime.components import Runtime
 from keel.testing import FakeUpstream
 
 PG_URL = os.environ.get("KEEL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")

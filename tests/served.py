@@ -18,8 +18,8 @@ import yaml
 
 from keel import config as keel_config
 from keel.api.app import create_app
-from keel.keys import issue_key
-from keel.runtime import Runtime
+from keel.keys.auth import issue_key
+from keel.runtime.components import Runtime
 
 from .conftest import Gateway, _Server, postgres_url_or_skip
 

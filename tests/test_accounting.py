@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from keel.accounting import MAX_PRICE, Price, PriceBook, cost_of, price_from_config
-from keel.providers.base import MAX_TOKENS
+from keel.providers.prices import MAX_PRICE, Price, PriceBook, cost_of, price_from_config
 from keel.types import Usage
+from keel.wire.base import MAX_TOKENS
 
 # OpenAI-shaped: prompt 1000 of which 400 cached; completion 500 of which 200 reasoning.
 OPENAI_USAGE = Usage(input_tokens=1000, cached_input_tokens=400, output_tokens=500, reasoning_tokens=200)

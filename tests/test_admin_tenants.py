@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from keel.errors import AuthError
-from keel.keys import Authenticator, issue_key
+from keel.keys.auth import Authenticator, issue_key
 from keel.store.open import open_store
 from keel.store.protocols import Store, TenantRow
 from keel.types import Principal

@@ -19,8 +19,8 @@ import openai
 import pytest
 
 from keel import config as keel_config
-from keel.alert_rules import RuleEvaluator
-from keel.alerts import RuleEvent
+from keel.alerts.rules import RuleEvaluator
+from keel.alerts.sender import RuleEvent
 from keel.config import AlertRuleConfig
 from keel.errors import ConfigError
 from keel.store.open import open_store

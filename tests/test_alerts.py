@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from keel.alerts import AlertSender, Claim
+from keel.alerts.sender import AlertSender, Claim
 from keel.store.protocols import Charge
 
 SECRET = "whsec-test"

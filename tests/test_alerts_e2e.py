@@ -8,7 +8,7 @@ from typing import Any
 
 import openai
 
-from keel.alerts import sign
+from keel.alerts.sender import sign
 from keel.testing import FakeUpstream
 
 from .conftest import base_config

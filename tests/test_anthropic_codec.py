@@ -8,8 +8,6 @@ import orjson
 import pytest
 
 from keel.errors import ErrorKind, InvalidRequest, ProviderError
-from keel.providers.anthropic_messages import AnthropicCodec
-from keel.providers.base import Codec, token_cap
 from keel.types import (
     ChatEvent,
     ChatRequest,
@@ -25,6 +23,8 @@ from keel.types import (
     Usage,
     UsageEvent,
 )
+from keel.wire.anthropic_messages import AnthropicCodec
+from keel.wire.base import Codec, token_cap
 
 CODEC: Codec = AnthropicCodec()
 TARGET = Target("anthropic", "claude-sonnet-4-5-20250929")

@@ -24,13 +24,13 @@ import orjson
 import psycopg
 import pytest
 
-from keel.accounting import PriceBook
-from keel.providers.base import MAX_TOKENS
+from keel.providers.prices import PriceBook
 from keel.store.open import open_store
 from keel.store.protocols import Store, TraceQuery, UsageQuery
 from keel.testing import FakeUpstream, Script
+from keel.traces.rollups import usage_view
 from keel.types import TraceRecord, Usage
-from keel.usage import usage_view
+from keel.wire.base import MAX_TOKENS
 
 from .conftest import Gateway
 

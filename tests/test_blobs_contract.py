@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from keel.store.blobs_s3 import S3Blobs
+from keel.store.blobs.s3 import S3Blobs
 from keel.store.open import open_blobs
 from keel.store.protocols import BlobStore
 

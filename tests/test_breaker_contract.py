@@ -16,10 +16,10 @@ import time
 import pytest
 import redis
 
-from keel.store.memory import MemoryBreakers
+from keel.store.memory.counters import MemoryBreakers
 from keel.store.open import open_breakers
 from keel.store.protocols import BreakerPolicy, BreakerState, BreakerStore, Permit
-from keel.store.redis import RedisBreakers
+from keel.store.redis.breakers import RedisBreakers
 
 from .backends import Backend as Backends
 from .conftest import REDIS_URL

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from keel.store.memory_vectors import MemoryVectors
+from keel.store.memory.vectors import MemoryVectors
 from keel.store.open import open_cache, open_vectors
 from keel.store.protocols import CacheEntry, CacheStore, VectorIndex
-from keel.store.redis_cache import RedisCache
-from keel.store.sqlite_vectors import SqliteVectors
+from keel.store.redis.cache import RedisCache
+from keel.store.sqlite.vectors import SqliteVectors
 
 from .backends import Backend as Backends
 

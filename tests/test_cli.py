@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from keel.keys import KEY_PREFIX, hash_key, issue_key
+from keel.keys.auth import KEY_PREFIX, hash_key, issue_key
 from keel.store.open import open_store
 
 # the installed entry point; `python -m` only where it is not installed beside this interpreter

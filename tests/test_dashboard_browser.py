@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from keel.keys import issue_key
+from keel.keys.auth import issue_key
 from keel.testing import FakeUpstream, Script
 
 from .conftest import Gateway, base_config

@@ -168,7 +168,7 @@ def test_embeddings(gateway: Gateway, up: FakeUpstream) -> None:
 
 
 def test_models_lists_aliases_the_key_may_use(gateway: Gateway) -> None:
-    from keel.keys import issue_key
+    from keel.keys.auth import issue_key
 
     limited = issue_key(gateway.runtime.store, "t1", models=("sim",)).key
     with client(gateway) as c:

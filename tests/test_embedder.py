@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from keel import embedder as embedder_module
-from keel.embedder import LocalEmbedder, ModelNotInstalled, verify
+from keel.embedding.model import LocalEmbedder, ModelNotInstalled, verify
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.json"
 

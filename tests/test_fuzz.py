@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keel.api.app import create_app
-from keel.keys import issue_key
+from keel.keys.auth import issue_key
 from keel.testing import FakeUpstream
 
 from .conftest import Gateway, base_config

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from keel.errors import AuthError, Unavailable
-from keel.keys import Authenticator, issue_key
+from keel.keys.auth import Authenticator, issue_key
 from keel.store.open import open_store
 from keel.store.protocols import KeyRow, Store
 

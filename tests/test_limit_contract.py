@@ -17,10 +17,10 @@ import pytest
 import redis
 
 from keel.store.counters import period_end, period_id, retry_after
-from keel.store.memory import MemoryLimits
+from keel.store.memory.counters import MemoryLimits
 from keel.store.open import open_limits
 from keel.store.protocols import Admission, Charge, LimitStore, LimitStoreUnavailable, Reservation, Window
-from keel.store.redis_limits import RedisLimits
+from keel.store.redis.limits import RedisLimits
 
 from .backends import Backend as Backends
 from .conftest import REDIS_URL

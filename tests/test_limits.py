@@ -6,7 +6,7 @@ import pytest
 
 from keel.config import LimitRule, LimitsConfig
 from keel.errors import BudgetExceeded, RateLimited
-from keel.limits import Estimate, LimitBook, Rule, Subject, book_from, refusal, warnings
+from keel.limits.book import Estimate, LimitBook, Rule, Subject, book_from, refusal, warnings
 from keel.store.protocols import Charge, LimitOverride
 
 ANN = Subject(tenant="acme", key="k1", user="ann", feature="search", alias="fast")

@@ -29,7 +29,7 @@ import pytest
 import redis
 import yaml
 
-from keel.keys import issue_key
+from keel.keys.auth import issue_key
 from keel.testing import FakeUpstream, Script
 
 from .conftest import ADMIN, REDIS_URL, Gateway, base_config

@@ -22,13 +22,13 @@ import openai
 import pytest
 import redis
 
-from keel.accounting import PriceBook
 from keel.config import LimitsConfig
 from keel.gateway.call import Call, Reply
-from keel.gateway.limiting import LimitsStage
-from keel.keys import issue_key
-from keel.limits import book_from
-from keel.store.memory import MemoryLimits
+from keel.keys.auth import issue_key
+from keel.limits.book import book_from
+from keel.limits.stage import LimitsStage
+from keel.providers.prices import PriceBook
+from keel.store.memory.counters import MemoryLimits
 from keel.store.protocols import LimitOverride
 from keel.testing import FakeUpstream, Script
 from keel.types import ChatEvent, ChatRequest, Message, Principal, RoutePlan, Target, TraceRecord

@@ -17,8 +17,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from keel.metrics import Metrics
 from keel.testing import FakeUpstream, Script
+from keel.traces.metrics import Metrics
 from keel.types import TraceRecord
 
 from .conftest import Gateway, base_config

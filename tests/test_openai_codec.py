@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from keel.errors import ErrorKind, ProviderError
-from keel.providers.base import MAX_TOKENS, Codec, counted, token_cap
-from keel.providers.openai_chat import OpenAIChatCodec
 from keel.types import ChatEvent, Finish, Note, Start, Target, Text, Usage, UsageEvent
+from keel.wire.base import MAX_TOKENS, Codec, counted, token_cap
+from keel.wire.openai_chat import OpenAIChatCodec
 
 CODEC: Codec = OpenAIChatCodec()
 

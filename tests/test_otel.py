@@ -31,9 +31,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from keel import config as keel_config
 from keel.config import OtelConfig
 from keel.errors import ConfigError
-from keel.otel import SpanExporter, destination, parse_traceparent
-from keel.spans import Upstream
 from keel.testing import FakeUpstream, Script
+from keel.traces.genai import Upstream
+from keel.traces.otel import SpanExporter, destination, parse_traceparent
 from keel.types import ChatRequest, Message, TraceRecord
 
 from .conftest import Gateway, base_config

@@ -24,8 +24,8 @@ import httpx
 import psycopg
 import pytest
 
-from keel.keys import issue_key
-from keel.limits import Subject
+from keel.keys.auth import issue_key
+from keel.limits.book import Subject
 from keel.testing import FakeUpstream
 from keel.testing.proxy import TcpProxy
 

@@ -13,7 +13,7 @@ import anthropic
 import openai
 import pytest
 
-from keel.accounting import PriceBook
+from keel.providers.prices import PriceBook
 from keel.testing import FakeUpstream, Script
 from keel.types import Usage
 

@@ -23,7 +23,7 @@ import httpx
 import openai
 import pytest
 
-from keel.keys import issue_key
+from keel.keys.auth import issue_key
 from keel.store.protocols import TraceQuery, UsageQuery
 from keel.testing import FakeUpstream
 

@@ -13,12 +13,12 @@ import pytest
 from keel import config as keel_config
 from keel.config import RedactionConfig
 from keel.errors import ConfigError
-from keel.keys import issue_key
-from keel.redaction import Redactor, entropy, luhn
+from keel.keys.auth import issue_key
 from keel.store.open import open_store
 from keel.store.protocols import TraceQuery
 from keel.testing import FakeUpstream, Script
-from keel.traces import TraceWriter
+from keel.traces.redaction import Redactor, entropy, luhn
+from keel.traces.writer import TraceWriter
 from keel.types import TraceRecord
 
 from . import test_otel

@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable
 import pytest
 import redis
 
-from keel.store import redis_client
 from keel.store.protocols import BreakerPolicy, Charge, LimitStoreUnavailable, Permit
-from keel.store.redis import RedisBreakers
-from keel.store.redis_client import (
+from keel.store.redis import client as redis_client
+from keel.store.redis.breakers import RedisBreakers
+from keel.store.redis.client import (
     PyReader,
     Redis,
     RedisTimeout,
@@ -27,7 +27,7 @@ from keel.store.redis_client import (
     pack,
     pack_py,
 )
-from keel.store.redis_limits import RedisLimits
+from keel.store.redis.limits import RedisLimits
 from keel.testing.proxy import TcpProxy
 
 T0 = 1_700_000_000.25

@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from keel.accounting import PriceBook
+from keel.providers.prices import PriceBook
 from keel.testing import FakeUpstream, Script
 from keel.types import Usage
 

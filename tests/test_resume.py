@@ -20,13 +20,13 @@ import httpx
 import openai
 import pytest
 
-from keel.accounting import PriceBook
 from keel.errors import ErrorKind, ProviderError
 from keel.gateway.resume import Diverged, continuation
 from keel.gateway.routing import estimate_prompt_tokens
-from keel.providers.openai_chat import parse_request
+from keel.providers.prices import PriceBook
 from keel.testing import FakeUpstream, Script
 from keel.types import ChatEvent, Finish, Start, Text, ToolCallDelta, Usage, UsageEvent
+from keel.wire.openai_chat import parse_request
 
 from .conftest import ADMIN, Gateway
 

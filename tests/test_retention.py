@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from keel.retention import RetentionPolicy, orphan_blobs, sweep
 from keel.store.open import open_blobs, open_store
 from keel.store.protocols import BlobStore, DeletedTraces, Store, TraceQuery, UsageQuery
-from keel.traces import TraceWriter, blob_key, read_trace
+from keel.traces.retention import RetentionPolicy, orphan_blobs, sweep
+from keel.traces.writer import TraceWriter, blob_key, read_trace
 from keel.types import TraceRecord
 
 from .test_cli import keel

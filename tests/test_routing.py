@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from keel.accounting import PriceBook
 from keel.config import parse
 from keel.errors import ConfigError, InvalidRequest, ModelNotFound, PermissionDenied
 from keel.gateway.health import HealthBook
 from keel.gateway.routing import Router, estimate_prompt_tokens, needs
+from keel.providers.prices import PriceBook
 from keel.types import ChatRequest, EmbeddingRequest, Message, Principal, RoutePlan, ToolCall
 
 PROVIDERS = {

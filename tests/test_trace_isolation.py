@@ -19,11 +19,11 @@ from typing import Any
 import orjson
 import pytest
 
-from keel.spill import ROTATED, SpillDir
 from keel.store.open import open_store
 from keel.store.protocols import Store, TraceQuery, UsageQuery
 from keel.store.storable import TAG, storable
-from keel.traces import TraceWriter
+from keel.traces.spill import ROTATED, SpillDir
+from keel.traces.writer import TraceWriter
 from keel.types import TraceRecord
 
 from . import test_trace_writer as tw

@@ -19,7 +19,7 @@ import pytest
 
 from keel.store.open import open_store
 from keel.store.protocols import Store, TraceQuery, TraceStore
-from keel.traces import TraceWriter
+from keel.traces.writer import TraceWriter
 from keel.types import TraceRecord
 
 FAST_RETRIES = (0.001, 0.001, 0.001)

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from keel.testing import FakeUpstream, Script
-from keel.traces import read_trace
+from keel.traces.writer import read_trace
 from tests.conftest import Gateway, base_config
 
 MiB = 2**20

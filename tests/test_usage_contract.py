@@ -22,8 +22,8 @@ from keel.errors import InvalidRequest
 from keel.store.open import open_store
 from keel.store.protocols import Store, TraceQuery, UsageQuery, UsageRow
 from keel.store.usage import hist_bounds, hist_bucket, spans
+from keel.traces.rollups import BY, usage_query
 from keel.types import TraceRecord
-from keel.usage import BY, usage_query
 
 DAY0 = 1_700_006_400.0  # a UTC midnight
 SPAN = 3 * 86400.0

@@ -17,13 +17,13 @@ from keel.api.bounds import Bounds, read_body
 from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
 from keel.api.replay import ReplayAsk, replay
 from keel.errors import AuthError, ErrorKind, InvalidRequest, KeelError, NotFound, PermissionDenied, ProviderError
-from keel.keys import issue_key, key_view
-from keel.limits import KINDS, Estimate, Subject, kind_of
-from keel.retention import RetentionPolicy, purge, sweep
-from keel.runtime import Runtime
+from keel.keys.auth import issue_key, key_view
+from keel.limits.book import KINDS, Estimate, Subject, kind_of
+from keel.runtime.components import Runtime
 from keel.store.protocols import Charge, LimitStoreUnavailable, UnknownSubject
-from keel.traces import read_trace, trace_query, trace_view
-from keel.usage import usage_query, usage_view
+from keel.traces.retention import RetentionPolicy, purge, sweep
+from keel.traces.rollups import usage_query, usage_view
+from keel.traces.writer import read_trace, trace_query, trace_view
 
 _USAGE_PARAMS = ("tenant", "key", "user", "feature", "alias")
 MAX_NAME = 256  # characters of a tenant, key or user name: what every store can index

@@ -17,13 +17,13 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from keel.api.anthropic_request import parse_request
-from keel.api.anthropic_response import StreamEncoder, error_json, message_json, sse
 from keel.api.bounds import Bounds
 from keel.api.openai import JSON_TYPE, authenticate, new_call, read_json, response_headers
 from keel.errors import KeelError
 from keel.gateway.call import Call, Reply
-from keel.runtime import Runtime
+from keel.runtime.components import Runtime
+from keel.wire.anthropic_request import parse_request
+from keel.wire.anthropic_response import StreamEncoder, error_json, message_json, sse
 
 log = logging.getLogger("keel.api")
 

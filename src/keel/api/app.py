@@ -17,7 +17,7 @@ from keel.api.anthropic import AnthropicEdge
 from keel.api.metrics import MetricsEndpoint
 from keel.api.openai import OpenAIEdge
 from keel.dashboard.pages import Dashboard
-from keel.runtime import Runtime
+from keel.runtime.components import Runtime
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 

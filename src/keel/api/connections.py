@@ -25,10 +25,10 @@ from typing import Any, ClassVar
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from keel.api.anthropic_response import error_json
 from keel.api.bounds import too_large
 from keel.config import ServerConfig
 from keel.errors import KeelError, RequestError, Unavailable
+from keel.wire.anthropic_response import error_json
 
 log = logging.getLogger("keel.api")
 

@@ -15,8 +15,8 @@ from starlette.responses import Response
 from keel.api.openai import bearer, error_response
 from keel.dashboard.throttle import LoginStats
 from keel.errors import AuthError
-from keel.metrics import CONTENT_TYPE, Family, Kind, Labels
-from keel.runtime import Runtime
+from keel.runtime.components import Runtime
+from keel.traces.metrics import CONTENT_TYPE, Family, Kind, Labels
 
 BREAKER_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 

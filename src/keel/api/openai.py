@@ -16,14 +16,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from keel.api.bounds import Bounds, check_depth, deep_message, read_body
-from keel.cache import HEADER as CACHE_HEADER
-from keel.cache import Directives
 from keel.errors import InvalidRequest, KeelError, ProviderError
 from keel.gateway.call import Call, Reply
-from keel.otel import join_caller_trace
-from keel.providers import openai_chat as wire
-from keel.runtime import Runtime
+from keel.gateway.directives import HEADER as CACHE_HEADER
+from keel.gateway.directives import Directives
+from keel.runtime.components import Runtime
+from keel.traces.otel import join_caller_trace
 from keel.types import ChatRequest, EmbeddingRequest, Principal, TraceRecord, UsageEvent
+from keel.wire import openai_chat as wire
 
 log = logging.getLogger("keel.api")
 JSON_TYPE = "application/json"

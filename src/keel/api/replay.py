@@ -16,15 +16,15 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from keel.api.anthropic_request import parse_request as parse_messages
 from keel.api.openai import new_trace_id
-from keel.cache import Directives
 from keel.errors import InvalidRequest, KeelError, NotFound, PermissionDenied
 from keel.gateway.call import Call
-from keel.providers.openai_chat import parse_request as parse_chat
-from keel.redaction import TAG as REDACTED_TAG
-from keel.runtime import Runtime
+from keel.gateway.directives import Directives
+from keel.runtime.components import Runtime
+from keel.traces.redaction import TAG as REDACTED_TAG
 from keel.types import ChatRequest, Principal, RoutePlan, Target, TraceRecord
+from keel.wire.anthropic_request import parse_request as parse_messages
+from keel.wire.openai_chat import parse_request as parse_chat
 
 REPLAY_TAG = "keel.replay_of"
 _PARSERS = {"chat": parse_chat, "messages": parse_messages}

@@ -8,8 +8,8 @@ from dataclasses import asdict
 
 from keel.cli.context import load_config, store
 from keel.cli.output import emit_json
-from keel.retention import RetentionPolicy, sweep
-from keel.runtime import blobs_from
+from keel.runtime.components import blobs_from
+from keel.traces.retention import RetentionPolicy, sweep
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

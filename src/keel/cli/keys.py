@@ -8,7 +8,7 @@ import time
 
 from keel.cli.context import store
 from keel.cli.output import Failure, emit_json, table, when
-from keel.keys import issue_key, key_view
+from keel.keys.auth import issue_key, key_view
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from keel.cli.context import store
 from keel.cli.output import Failure, emit_json, table, when
 from keel.cli.remote import add_url, admin_get
-from keel.limits import KINDS
+from keel.limits.book import KINDS
 
 _UNIT = {"request": "requests", "tokens": "tokens", "usd": "USD"}
 _WINDOW = {

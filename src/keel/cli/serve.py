@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 from keel import config as keel_config
 from keel.cli.context import load_config
 from keel.cli.output import Failure
-from keel.keys import issue_key
+from keel.keys.auth import issue_key
 from keel.store.open import open_store
 from keel.store.protocols import Store
 
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from keel.api.app import create_app
-    from keel.runtime import Runtime
+    from keel.runtime.components import Runtime
 
     cfg = load_config(args)  # a bad config stops here, before anything starts
     if not 1 <= args.workers <= MAX_WORKERS:
@@ -208,7 +208,7 @@ def _worker(cfg: keel_config.Config, args: argparse.Namespace, sock: socket.sock
     import uvicorn
 
     from keel.api.app import create_app
-    from keel.runtime import Runtime
+    from keel.runtime.components import Runtime
 
     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which forwards one SIGTERM
     _die_with_parent()

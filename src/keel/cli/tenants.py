@@ -14,10 +14,10 @@ from dataclasses import asdict
 from keel.cli.context import load_config, store
 from keel.cli.output import Failure, emit_json, table, when
 from keel.config import Config
-from keel.retention import PurgeReport, purge
-from keel.runtime import blobs_from, cache_urls
+from keel.runtime.components import blobs_from, cache_urls
 from keel.store.open import open_cache, open_vectors
 from keel.store.protocols import CacheStore, Store, VectorIndex
+from keel.traces.retention import PurgeReport, purge
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -18,9 +18,9 @@ from keel.cli.context import load_config, store
 from keel.cli.output import Failure, emit_json, table, when
 from keel.cli.remote import add_url, admin_post
 from keel.errors import InvalidRequest
-from keel.runtime import blobs_from
-from keel.spill import SpillDir
-from keel.traces import FILTERS, read_trace, trace_query, trace_view
+from keel.runtime.components import blobs_from
+from keel.traces.spill import SpillDir
+from keel.traces.writer import FILTERS, read_trace, trace_query, trace_view
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

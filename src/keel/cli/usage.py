@@ -13,7 +13,7 @@ from keel.cli.context import store
 from keel.cli.output import Failure, emit_json, table, when
 from keel.errors import InvalidRequest
 from keel.store.protocols import UsageRow
-from keel.usage import BY, usage_query, usage_view
+from keel.traces.rollups import BY, usage_query, usage_view
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

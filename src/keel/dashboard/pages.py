@@ -28,7 +28,7 @@ from keel.dashboard.throttle import LoginThrottle
 from keel.dashboard.tracepages import list_params, render_list, render_trace
 from keel.errors import InvalidRequest
 from keel.store.protocols import BlobStore, TraceStore
-from keel.traces import read_trace, trace_query
+from keel.traces.writer import read_trace, trace_query
 
 _STYLE_HASH = base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
 HEADERS = {

@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from keel.cache import Directives
 from keel.errors import KeelError
+from keel.gateway.directives import Directives
 from keel.types import (
     ChatEvent,
     ChatRequest,

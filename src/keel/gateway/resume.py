@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from keel.errors import ErrorKind, ProviderError
-from keel.providers.openai_chat import output_cap
 from keel.types import PREFIX, ChatEvent, ChatRequest, Finish, Message, Start, Text, ToolCallDelta
+from keel.wire.openai_chat import output_cap
 
 
 class Diverged(ProviderError):

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import orjson
 
-from keel.accounting import Price, PriceBook, cost_of
 from keel.config import AliasConfig, RuleConfig
 from keel.errors import ConfigError, ConfigIssue, InvalidRequest, ModelNotFound, PermissionDenied
 from keel.gateway.health import HealthBook, TargetHealth
+from keel.providers.prices import Price, PriceBook, cost_of
 from keel.types import JSON, ChatRequest, EmbeddingRequest, Principal, RoutePlan, Target, Usage
 
 Request = ChatRequest | EmbeddingRequest

@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 from keel.errors import ErrorKind, InvalidRequest, ProviderError
-from keel.providers.base import Codec, Outbound, Oversized, token_cap
 from keel.providers.client import Pool, Response
 from keel.types import ChatEvent, ChatRequest, EmbeddingRequest, EmbeddingResponse, Target, Text, ToolCallDelta
+from keel.wire.base import Codec, Outbound, Oversized, token_cap
 
 
 class Sessions:

@@ -7,15 +7,15 @@ from collections.abc import Callable, Mapping
 
 from keel.catalog import CATALOG, CatalogRow
 from keel.config import ProviderConfig
-from keel.providers.base import Codec, Provider
+from keel.providers.base import Provider
 from keel.providers.http import HttpProvider, Sessions
-from keel.providers.openai_chat import OpenAIChatCodec
 from keel.providers.simulated import SimulatedProvider
-from keel.redaction import Credentials
+from keel.wire.base import Codec
+from keel.wire.openai_chat import OpenAIChatCodec
 
 
 def _anthropic(row: CatalogRow, cfg: ProviderConfig) -> Codec:
-    from keel.providers.anthropic_messages import AnthropicCodec
+    from keel.wire.anthropic_messages import AnthropicCodec
 
     return AnthropicCodec()
 
@@ -38,9 +38,10 @@ def build_provider(
     cfg: ProviderConfig,
     sessions: Sessions,
     env: Mapping[str, str] = os.environ,
-    redact: Callable[[str], str] | None = None,
+    *,
+    redact: Callable[[str], str],
 ) -> Provider:
-    """`redact` cleans the upstream's error text; by default of this provider's own credentials."""
+    """`redact` cleans the upstream's error text of credentials (the runtime passes the redactor's)."""
     row = CATALOG[cfg.type]
     if row.wire == "simulated":
         return SimulatedProvider(
@@ -58,8 +59,6 @@ def build_provider(
     base_url = cfg.base_url or row.base_url
     assert base_url is not None  # config checking refuses a row without one
     codec = _CODECS[row.wire](row, cfg)
-    if redact is None:
-        redact = Credentials([key, *cfg.headers.values()])
     return HttpProvider(
         name,
         codec,

@@ -26,10 +26,10 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
 def open_breakers(redis_url: str | None, policy: BreakerPolicy) -> BreakerStore:
     """Circuit breakers shared through Redis at `redis_url` (redis://...), else in this process only."""
     if redis_url:
-        from keel.store.redis import RedisBreakers
+        from keel.store.redis.breakers import RedisBreakers
 
         return RedisBreakers(redis_url, policy)
-    from keel.store.memory import MemoryBreakers
+    from keel.store.memory.counters import MemoryBreakers
 
     return MemoryBreakers(policy)
 
@@ -37,10 +37,10 @@ def open_breakers(redis_url: str | None, policy: BreakerPolicy) -> BreakerStore:
 def open_limits(redis_url: str | None) -> LimitStore:
     """Limit counters shared through Redis at `redis_url` (redis://...), else in this process only."""
     if redis_url:
-        from keel.store.redis_limits import RedisLimits
+        from keel.store.redis.limits import RedisLimits
 
         return RedisLimits(redis_url)
-    from keel.store.memory import MemoryLimits
+    from keel.store.memory.counters import MemoryLimits
 
     return MemoryLimits()
 
@@ -48,15 +48,15 @@ def open_limits(redis_url: str | None) -> LimitStore:
 def open_cache(url: str, *, max_entries: int) -> CacheStore:
     """The exact-match cache at `url`: memory://, sqlite:///path or redis://... (rediss://, unix:// too)."""
     if url == "memory://":
-        from keel.store.memory_cache import MemoryCache
+        from keel.store.memory.cache import MemoryCache
 
         return MemoryCache(max_entries)
     if url.startswith("sqlite:///"):
-        from keel.store.sqlite_cache import SqliteCache
+        from keel.store.sqlite.cache import SqliteCache
 
         return SqliteCache(url, max_entries)
     if url.startswith(("redis://", "rediss://", "unix://")):
-        from keel.store.redis_cache import RedisCache
+        from keel.store.redis.cache import RedisCache
 
         return RedisCache(url, max_entries)
     raise ValueError(f"unsupported cache URL {url!r}: use memory://, sqlite:///path or redis://host:port/db")
@@ -65,15 +65,15 @@ def open_cache(url: str, *, max_entries: int) -> CacheStore:
 def open_vectors(url: str, *, max_entries: int) -> VectorIndex:
     """The semantic cache's vector index at `url`: memory://, sqlite:///path or postgresql://... (pgvector)."""
     if url == "memory://":
-        from keel.store.memory_vectors import MemoryVectors
+        from keel.store.memory.vectors import MemoryVectors
 
         return MemoryVectors(max_entries)
     if url.startswith("sqlite:///"):
-        from keel.store.sqlite_vectors import SqliteVectors
+        from keel.store.sqlite.vectors import SqliteVectors
 
         return SqliteVectors(url, max_entries)
     if url.startswith(("postgresql://", "postgres://")):
-        from keel.store.pg_vectors import PgVectors
+        from keel.store.postgres.vectors import PgVectors
 
         return PgVectors(url, max_entries)
     raise ValueError(
@@ -91,11 +91,11 @@ def open_blobs(
 ) -> BlobStore:
     """The blob store at `url`: file:///path (a directory) or s3://bucket/prefix (S3-compatible)."""
     if url.startswith("file://"):
-        from keel.store.blobs_fs import FileBlobs
+        from keel.store.blobs.fs import FileBlobs
 
         return FileBlobs(url)
     if url.startswith("s3://"):
-        from keel.store.blobs_s3 import S3Blobs
+        from keel.store.blobs.s3 import S3Blobs
 
         if not access_key_id or not secret_access_key:
             raise ValueError("an s3:// blob store needs traces.s3.access_key_id and secret_access_key")

@@ -1,0 +1,24 @@
+"""The route slot: alias + principal → the call's RoutePlan."""
+
+from __future__ import annotations
+
+from keel.errors import AuthError
+from keel.gateway.call import Call, Reply
+from keel.gateway.pipeline import Handler
+from keel.gateway.routing import Router
+
+
+class RouteStage:
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    async def __call__(self, call: Call, next: Handler) -> Reply:
+        if call.principal is None:
+            raise AuthError("unauthenticated call reached routing")
+        if call.plan is not None:  # preset by an admin replay aimed at one provider model
+            return await next(call)
+        call.plan = self._router.plan(
+            call.request.model, call.request, call.principal, call.allowed, feature=call.trace.feature, tier=call.tier
+        )
+        call.trace.route = call.plan.explain or None
+        return await next(call)

@@ -1,0 +1,199 @@
+"""Retention and deletion: old raw traces swept away, and a tenant's or one user's data purged on request.
+
+Traces leave in bounded batches (`batch_size` rows per DELETE, a short pause between), so neither a
+sweep nor a purge ever holds the trace writer up behind one giant statement; each batch's payload
+blobs are deleted right after their rows (rows first: a row never points at a deleted blob, and a
+blob left behind by a failure is an orphan the next sweep finds). Retention keeps the rollups, so
+usage and cost over any window stay answerable. A purge also deletes rollups: a whole tenant's, or a
+user's own rows (dimension `user`) and sessions. Store calls block: `sweep` runs in a thread; `purge`
+is async because the caches are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from keel.config import RetentionConfig
+from keel.store.protocols import BlobStore, CacheStore, KeyStore, TraceDeletion, VectorIndex
+from keel.traces.writer import BLOB_PREFIX, trace_id_of
+
+log = logging.getLogger("keel.retention")
+DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    default_days: float | None  # None: keep forever
+    tenants: dict[str, float | None]  # per-tenant days, replacing the default
+    batch_size: int = 1000
+    pause_s: float = 0.05
+    orphan_grace_s: float = 3600.0
+
+    @classmethod
+    def from_config(cls, c: RetentionConfig) -> RetentionPolicy:
+        tenants = {name: t.traces_days for name, t in c.tenants.items()}
+        return cls(c.traces_days, tenants, c.batch_size, c.pause_ms / 1000, c.orphan_grace_s)
+
+    @property
+    def deletes_traces(self) -> bool:
+        return self.default_days is not None or any(d is not None for d in self.tenants.values())
+
+
+@dataclass(slots=True)
+class SweepReport:
+    traces: int = 0
+    blobs: int = 0
+    orphan_blobs: int = 0
+    by_tenant: dict[str, int] = field(default_factory=dict)  # "*": every tenant on the default
+
+
+@dataclass(slots=True)
+class PurgeReport:
+    tenant: str
+    user: str | None
+    traces: int = 0
+    blobs: int = 0
+    cache_entries: int | None = None  # None: no cache, or one this process cannot reach (see notes)
+    vectors: int | None = None
+    rollups: int = 0
+    keys_revoked: int = 0
+    keys_deleted: int = 0
+    limit_overrides: int = 0
+    tenant_deleted: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Deleted:
+    rows: int = 0
+    blobs: int = 0
+    sessions: set[str] = field(default_factory=set)
+
+
+def delete_batches(
+    store: TraceDeletion,
+    blobs: BlobStore | None,
+    *,
+    batch_size: int,
+    pause_s: float,
+    tenant: str | None = None,
+    user: str | None = None,
+    before: float | None = None,
+    exclude: Sequence[str] = (),
+) -> _Deleted:
+    """Delete every matching trace, `batch_size` rows per statement, and the blobs they referenced."""
+    out = _Deleted()
+    while True:
+        d = store.delete_traces(limit=batch_size, tenant=tenant, user=user, before=before, exclude=exclude)
+        out.rows += d.rows
+        out.sessions.update(d.sessions)
+        if d.blobs and blobs is not None:
+            try:
+                out.blobs += blobs.delete(d.blobs)
+            except Exception as exc:  # the rows are gone: their blobs are orphans for the next sweep
+                log.warning("deleting %d payload blobs failed (%s); the next sweep retries", len(d.blobs), exc)
+        if d.rows < batch_size:
+            return out
+        if pause_s:
+            time.sleep(pause_s)
+
+
+def sweep(store: TraceDeletion, blobs: BlobStore | None, policy: RetentionPolicy, now: float) -> SweepReport:
+    """One retention pass (blocking): each tenant's old traces, everyone else's by the default, then orphan blobs."""
+    report = SweepReport()
+    passes: list[tuple[str, str | None, float]] = [
+        (tenant, tenant, days) for tenant, days in sorted(policy.tenants.items()) if days is not None
+    ]
+    if policy.default_days is not None:
+        passes.append(("*", None, policy.default_days))
+    for name, tenant, days in passes:
+        d = delete_batches(
+            store,
+            blobs,
+            batch_size=policy.batch_size,
+            pause_s=policy.pause_s,
+            tenant=tenant,
+            before=now - days * DAY,
+            exclude=tuple(policy.tenants) if tenant is None else (),
+        )
+        report.by_tenant[name] = d.rows
+        report.traces += d.rows
+        report.blobs += d.blobs
+    if blobs is not None:
+        orphans = orphan_blobs(store, blobs, now - policy.orphan_grace_s)
+        report.orphan_blobs = blobs.delete(orphans) if orphans else 0
+    return report
+
+
+def orphan_blobs(store: TraceDeletion, blobs: BlobStore, older_than: float) -> list[str]:
+    """Keys of trace blobs last written before `older_than` whose trace row does not exist."""
+    candidates: dict[str, str] = {}
+    for key, modified in blobs.list(BLOB_PREFIX):
+        trace_id = trace_id_of(key)
+        if trace_id is not None and modified < older_than:
+            candidates[trace_id] = key
+    ids = list(candidates)
+    present: set[str] = set()
+    for i in range(0, len(ids), 500):
+        present |= store.trace_ids_present(ids[i : i + 500])
+    return [key for trace_id, key in candidates.items() if trace_id not in present]
+
+
+class PurgeStore(TraceDeletion, KeyStore, Protocol):
+    """What a purge needs of the store."""
+
+
+async def purge(
+    store: PurgeStore,
+    blobs: BlobStore | None,
+    cache: CacheStore | None,
+    vectors: VectorIndex | None,
+    tenant: str,
+    user: str | None = None,
+    *,
+    revoke_keys: bool = False,
+    delete_tenant: bool = False,
+    revocation_wait_s: float = 0.0,
+    batch_size: int = 1000,
+) -> PurgeReport:
+    """Delete a tenant's data (or one user's within it): traces, payload blobs, cache entries, rollups.
+
+    `revoke_keys` first revokes the keys (the user's own keys, for a user purge) and waits
+    `revocation_wait_s` so every gateway has dropped them before data is deleted; `delete_tenant`
+    (whole tenant only) implies it and finally deletes the keys, limit overrides and the tenant row.
+    """
+    if delete_tenant and user is not None:
+        raise ValueError("delete_tenant removes a whole tenant: leave out the user")
+    report = PurgeReport(tenant, user)
+    if revoke_keys or delete_tenant:
+        report.keys_revoked = await asyncio.to_thread(_revoke, store, tenant, user)
+        if report.keys_revoked:
+            await asyncio.sleep(revocation_wait_s)
+    d = await asyncio.to_thread(
+        delete_batches, store, blobs, batch_size=batch_size, pause_s=0.0, tenant=tenant, user=user
+    )
+    report.traces, report.blobs = d.rows, d.blobs
+    if cache is not None:
+        report.cache_entries = await cache.purge(tenant, user)
+    if vectors is not None:
+        report.vectors = await vectors.purge(tenant, user)
+    report.rollups = await asyncio.to_thread(store.delete_rollups, tenant, user, sorted(d.sessions))
+    if delete_tenant:
+        counts = await asyncio.to_thread(store.delete_tenant, tenant)
+        report.keys_deleted, report.limit_overrides = counts["keys"], counts["limit_overrides"]
+        report.tenant_deleted = counts["tenants"] > 0
+    return report
+
+
+def _revoke(store: KeyStore, tenant: str, user: str | None) -> int:
+    now, n = time.time(), 0
+    for key in store.list_keys(tenant):
+        if key.revoked_at is None and (user is None or key.user == user):
+            store.revoke_key(key.id, now)
+            n += 1
+    return n
