@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keel import embedder as embedder_module
+from keel.embedding import model as embedder_module
 from keel.embedding.model import LocalEmbedder, verify
 
 PAWS = Path("/work/shared/data/paraphrase/paws-wiki/dev.tsv")

@@ -46,7 +46,7 @@ SLOW_MS = 4.0
 # (what, monotonic start, seconds) lines in $KEEL_TAIL_EVENTS (CLOCK_MONOTONIC is one clock system-wide).
 INSTRUMENTED = """
 import gc, os, sys, time
-from keel import traces
+from keel.traces import writer as traces
 out = open(os.environ["KEEL_TAIL_EVENTS"], "w", buffering=1 << 16)
 began = [0.0]
 def on_gc(phase, info):

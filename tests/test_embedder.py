@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from keel import embedder as embedder_module
+from keel.embedding import model as embedder_module
 from keel.embedding.model import LocalEmbedder, ModelNotInstalled, verify
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.json"
