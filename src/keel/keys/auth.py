@@ -126,13 +126,15 @@ class KeyStats:
 
 
 class _Threads:
-    """A few daemon threads for store reads: one stuck on an unreachable database never holds up exit."""
+    """A few daemon threads for store reads: one stuck on an unreachable database never holds up exit
+    for longer than `close`'s timeout."""
 
     def __init__(self, size: int, name: str) -> None:
         self._size = size
         self._name = name
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._started = 0
+        self._threads: list[threading.Thread] = []
 
     def run(self, fn: Callable[[], T], future: Future[T]) -> None:
         """Run `fn` on a thread; its result or exception lands in `future`."""
@@ -146,16 +148,25 @@ class _Threads:
 
         if self._started < self._size:
             self._started += 1
-            threading.Thread(target=self._work, name=f"{self._name}-{self._started}", daemon=True).start()
+            thread = threading.Thread(target=self._work, name=f"{self._name}-{self._started}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
         self._jobs.put(job)
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
             job()
 
-    def close(self) -> None:
+    def close(self, timeout: float) -> bool:
+        """Stop the threads once their queued reads are done, waiting up to `timeout` seconds for them:
+        the store must not be closed under a read in progress (closing an SQLite connection another
+        thread is using crashes the process). True when every thread has ended."""
         for _ in range(self._started):
             self._jobs.put(None)
+        end = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, end - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
 
 
 class Authenticator:
@@ -375,9 +386,12 @@ class Authenticator:
             with contextlib.suppress(Exception):  # counted and logged (at most every LOG_EVERY_S) by the poll
                 await asyncio.wrap_future(done)
 
-    def close(self) -> None:
-        self._threads.close()
-        self._poller.close()
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the lookup and poll threads, waiting for a read in progress (up to `timeout` seconds)."""
+        end = time.monotonic() + timeout
+        ended = self._threads.close(timeout) & self._poller.close(max(0.0, end - time.monotonic()))
+        if not ended:
+            log.warning("a key lookup still runs after %.0f s; closing the store under it", timeout)
 
 
 async def _outcome(lookup: _Lookup, wait: float) -> _Entry | None:

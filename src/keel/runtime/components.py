@@ -236,7 +236,7 @@ class Runtime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.authenticator.close()
+        await asyncio.to_thread(self.authenticator.close)  # its reads end before the store closes
         for provider in self.providers.values():
             await provider.aclose()
         await self.sessions.aclose()
