@@ -49,7 +49,7 @@ def test_spans_read_back_whole_and_in_start_order(store: Store) -> None:
 def test_appending_again_never_duplicates(store: Store) -> None:
     batch = [span("t1", "a"), span("t1", "b"), span("t2", "a")]
     store.append_spans(batch)
-    store.append_spans(batch + [span("t1", "c")])  # a retried batch, or a reloaded spill, plus one new
+    store.append_spans([*batch, span("t1", "c")])  # a retried batch, or a reloaded spill, plus one new
     store.append_spans([span("t1", "a"), span("t1", "a")])  # one id twice in a batch
 
     assert [s.span_id for s in store.trace_spans("t1")] == ["a", "b", "c"]

@@ -5,8 +5,11 @@ retention sweep take them away with their rows. A call with one attempt writes n
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +27,22 @@ from keel.types import TraceRecord
 
 from .conftest import Gateway, base_config, until
 from .test_cli import keel
-from .test_otel import Receiver, attrs, receiver  # noqa: F401  (the receiver fixture)
+from .test_otel import Receiver, _handler, attrs
 
 ASK: Any = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def collector() -> Iterator[Receiver]:
+    """tests/test_otel.py's OTLP/HTTP receiver."""
+    rx = Receiver()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(rx))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    rx.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield rx
+    server.shutdown()
+    server.server_close()
 
 
 def spans_config(up: FakeUpstream, b: FakeUpstream, storage: str, tmp: Path, otel: str) -> dict[str, Any]:
@@ -61,9 +77,9 @@ def written(gw: Gateway, trace_id: str, spans: int) -> TraceRecord:
 
 
 def test_a_fallback_call_has_its_attempts_as_spans_read_back_exported_and_purged(
-    make_gateway: Any, up: FakeUpstream, b: FakeUpstream, storage_url: str, tmp_path: Path, receiver: Receiver
+    make_gateway: Any, up: FakeUpstream, b: FakeUpstream, storage_url: str, tmp_path: Path, collector: Receiver
 ) -> None:
-    gw = make_gateway(spans_config(up, b, storage_url, tmp_path, receiver.url))
+    gw = make_gateway(spans_config(up, b, storage_url, tmp_path, collector.url))
     plain = call(gw)  # one attempt: no span
     up.script(Script(status=503))  # the first target fails, the fallback answers
     failover = call(gw)
@@ -104,7 +120,7 @@ def test_a_fallback_call_has_its_attempts_as_spans_read_back_exported_and_purged
     assert {s["span_id"] for s in shown["spans"]} == set(by_id)
 
     # OTLP: the call's span and its children in one trace, each child under its parent
-    exported = receiver.wait_for(1 + 1 + 4)
+    exported = collector.wait_for(1 + 1 + 4)
     trace_id, call_span, _ = span_ids(record)
     mine = [s for s in exported if s.trace_id == trace_id]
     names = {attrs(s).get("keel.span_id", "call"): s for s in mine}
@@ -122,11 +138,10 @@ def test_a_fallback_call_has_its_attempts_as_spans_read_back_exported_and_purged
     assert gw.runtime.store.trace_spans(failover) == []
 
 
-@pytest.mark.parametrize("storage", ["sqlite"])
 def test_retention_removes_spans_with_their_rows(
-    make_gateway: Any, up: FakeUpstream, b: FakeUpstream, tmp_path: Path, receiver: Receiver, storage: str
+    make_gateway: Any, up: FakeUpstream, b: FakeUpstream, storage_url: str, tmp_path: Path, collector: Receiver
 ) -> None:
-    gw = make_gateway(spans_config(up, b, f"sqlite:///{tmp_path}/keel.db", tmp_path, receiver.url))
+    gw = make_gateway(spans_config(up, b, storage_url, tmp_path, collector.url))
     up.script(Script(status=503))
     trace_id = call(gw)
     written(gw, trace_id, 2)
