@@ -135,6 +135,9 @@ def run_deadletter(args: argparse.Namespace) -> int:
     rows = []
     for e in entries:
         r = e.get("record") or {}
+        span = e.get("span")
+        if isinstance(span, dict):  # a child span: its trace id and span id
+            r = {"id": f"{span.get('trace_id')} span {span.get('span_id')}", "tenant": span.get("tenant")}
         rows.append((when(e.get("at")), r.get("id", e.get("id")), r.get("tenant"), str(e.get("reason"))[:120]))
     table(["at", "id", "tenant", "reason"], rows)
     return 0
