@@ -288,7 +288,8 @@ class TraceWriter:
         records, spans = self._split(items)
         self._busy_since = time.monotonic()
         try:
-            self._store.append_traces(self._externalise(records))
+            if records:
+                self._store.append_traces(self._externalise(records))
             if spans and self._spans is not None:
                 self._spans.append_spans(spans)
         except Exception as exc:
