@@ -19,8 +19,9 @@ import pytest
 
 from keel.dashboard.session import COOKIE, Sessions
 from keel.testing import FakeUpstream, Script
+from keel.traces.spans import child_span
 
-from .conftest import Gateway, base_config
+from .conftest import Gateway, base_config, until
 
 XSS = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
 
@@ -159,3 +160,20 @@ def test_a_payload_kept_in_the_blob_store_is_shown_whole(make_gateway: Any, up: 
     with login(gw) as c:
         page = c.get(f"/ui/traces/{trace.id}")
     assert page.status_code == 200 and long in page.text and "echo: a long question" in page.text
+
+
+def test_the_trace_page_shows_the_span_tree_escaped(gw: Gateway) -> None:
+    with openai.OpenAI(base_url=gw.base_url, api_key=gw.key, max_retries=0, timeout=10) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    (trace,) = gw.traces()
+    at = trace.started_at
+    gw.runtime.put_span(child_span(trace, "retrieval", XSS, at, at + 0.012, span_id="r", cost_usd=0.5))
+    gw.runtime.put_span(child_span(trace, "tool", "lookup", at, at + 0.003, span_id="t", parent_id="r", status="error"))
+    assert until(lambda: len(gw.runtime.store.trace_spans(trace.id)) == 2)
+    with login(gw) as c:
+        page = c.get(f"/ui/traces/{trace.id}")
+    assert page.status_code == 200 and markup_of(page.text) == []
+    rows = re.findall(r'<tr data-span="([^"]*)" data-depth="(\d)"><td>(.*?)</td><td>(\w+)</td>', page.text)
+    assert [(s, d, kind) for s, d, _, kind in rows] == [(trace.id, "0", "call"), ("r", "1", "retrieval"), ("t", "2", "tool")]  # fmt: skip
+    assert "&lt;script&gt;window.__xss = 1&lt;/script&gt;" in rows[1][2] and "12.0 ms" in page.text
+    assert 'class="status-error">error' in page.text and "$0.500000" in page.text

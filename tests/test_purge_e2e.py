@@ -26,8 +26,9 @@ import pytest
 from keel.keys.auth import issue_key
 from keel.store.protocols import TraceQuery, UsageQuery
 from keel.testing import FakeUpstream
+from keel.traces.spans import child_span
 
-from .conftest import Gateway, base_config
+from .conftest import Gateway, base_config, until
 from .test_cache_e2e import ask, settle
 from .test_cli import keel
 
@@ -94,6 +95,21 @@ def snapshot(gw: Gateway, tmp: Path) -> dict[tuple[str, str], dict[str, int]]:
     return out
 
 
+def emit_spans(gw: Gateway) -> dict[tuple[str, str], list[str]]:
+    """One child span under every trace, as a capability emits it; the trace ids per (tenant, user)."""
+    store, now = gw.runtime.store, time.time()
+    owned: dict[tuple[str, str], list[str]] = {}
+    for r in store.list_traces(TraceQuery(since=0, until=now + 60, limit=1000)):
+        gw.runtime.put_span(child_span(r, "retrieval", "docs", r.started_at, span_id="r"))
+        owned.setdefault((r.tenant or "", r.user or ""), []).append(r.id)
+    assert until(lambda: all(store.trace_spans(i) for ids in owned.values() for i in ids))
+    return owned
+
+
+def span_counts(gw: Gateway, owned: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str], int]:
+    return {who: sum(len(gw.runtime.store.trace_spans(i)) for i in ids) for who, ids in owned.items()}
+
+
 def blob_files(tmp: Path) -> set[str]:
     return {p.relative_to(tmp / "blobs").as_posix() for p in (tmp / "blobs").rglob("*.json")}
 
@@ -109,6 +125,8 @@ def test_purging_a_user_then_a_tenant_deletes_theirs_and_nothing_else(
     files = blob_files(tmp_path)
     assert len(files) == 4
     t1_total = _tenant_calls(gw, "t1")
+    owned = emit_spans(gw)
+    assert span_counts(gw, owned) == dict.fromkeys(before, 4)
 
     # one user, with the CLI: a separate process opening the stores named in keel.yaml
     report = json.loads(keel(tmp_path, "-c", str(tmp_path / "keel.yaml"), "tenants", "purge", "t1", "--user", "alice", "--yes", "--json").stdout)  # fmt: skip
@@ -116,6 +134,7 @@ def test_purging_a_user_then_a_tenant_deletes_theirs_and_nothing_else(
         "traces": 4, "blobs": 1, "cache_entries": 3, "vectors": 3,
     }  # fmt: skip
     assert report["rollups"] > 0
+    assert report["spans"] == 4 and span_counts(gw, owned) == {**dict.fromkeys(before, 4), ("t1", "alice"): 0}
     after = snapshot(gw, tmp_path)
     assert after[("t1", "alice")] == dict.fromkeys(before[("t1", "alice")], 0)
     assert {w: c for w, c in after.items() if w != ("t1", "alice")} == {
@@ -137,6 +156,7 @@ def test_purging_a_user_then_a_tenant_deletes_theirs_and_nothing_else(
     assert {k: body[k] for k in ("traces", "blobs", "cache_entries", "vectors")} == {
         "traces": 8, "blobs": 2, "cache_entries": 6, "vectors": 6,
     }  # fmt: skip
+    assert body["spans"] == 8 and span_counts(gw, owned) == {**dict.fromkeys(owned, 0), ("t1", "bob"): 4}
     after = snapshot(gw, tmp_path)
     for user in USERS["t2"]:
         assert after[("t2", user)] == dict.fromkeys(before[("t2", user)], 0)

@@ -4,6 +4,7 @@ payload blobs follow their rows, orphans are swept; and the trace writer's blob 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -15,9 +16,10 @@ import yaml
 
 from keel.store.open import open_blobs, open_store
 from keel.store.protocols import BlobStore, DeletedTraces, Store, TraceQuery, UsageQuery
-from keel.traces.retention import RetentionPolicy, orphan_blobs, sweep
+from keel.traces.retention import RetentionPolicy, orphan_blobs, purge, sweep
+from keel.traces.spans import child_span
 from keel.traces.writer import TraceWriter, blob_key, read_trace
-from keel.types import TraceRecord
+from keel.types import Span, TraceRecord
 
 from .test_cli import keel
 
@@ -112,6 +114,32 @@ def test_sweep_deletes_old_traces_per_tenant_in_bounded_batches_and_keeps_rollup
     assert usage_calls(store) == before  # rollups kept: usage over the old days is still there
     assert report.blobs == 0 and report.orphan_blobs == 0  # those blobs were never referenced by a row...
     assert len(list(blobs.list())) == 2  # ...and they are younger than the orphan grace
+
+
+def spans_of(store: Store, rows: Sequence[TraceRecord]) -> int:
+    return sum(len(store.trace_spans(r.id)) for r in rows)
+
+
+def test_spans_leave_with_their_rows_by_retention_and_purge(store: Store) -> None:
+    old, young = traces("acme", 40, 5), traces("acme", 1, 3)
+    alice, globex = traces("acme", 1, 2, start=10, user="alice"), traces("globex", 1, 2)
+    rows = old + young + alice + globex
+    store.append_traces(rows)
+    store.append_spans([child_span(r, "tool", f"t{j}", r.started_at, span_id=f"s{j}") for r in rows for j in range(2)])
+    rowless = Span("agent-run", "s", None, "job", "agent", NOW - 50 * DAY, tenant="acme")  # a trace with no call row
+    store.append_spans([rowless])
+
+    report = sweep(store, None, RetentionPolicy(30, {}, batch_size=3, pause_s=0), NOW)
+
+    assert (report.traces, report.spans) == (5, 5 * 2 + 1)
+    assert (spans_of(store, old), spans_of(store, young), store.trace_spans("agent-run")) == (0, 6, [])
+
+    user = asyncio.run(purge(store, None, None, None, "acme", "alice"))  # one user: their traces' spans only
+    assert (user.traces, user.spans, spans_of(store, alice), spans_of(store, young)) == (2, 4, 0, 6)
+    store.append_spans([Span("agent-2", "s", None, "job", "agent", NOW, tenant="acme")])
+    whole = asyncio.run(purge(store, None, None, None, "acme"))  # a tenant: every span of it
+    assert (whole.traces, whole.spans, spans_of(store, young), store.trace_spans("agent-2")) == (3, 7, 0, [])
+    assert spans_of(store, globex) == 4  # another tenant's: untouched
 
 
 def test_retention_deletes_the_blobs_of_the_rows_it_deletes(store: Store, blobs: BlobStore, tmp_path: Path) -> None:

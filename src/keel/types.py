@@ -218,3 +218,33 @@ class TraceRecord:
     otel_trace_id: str | None = None  # 32 lowercase hex
     otel_parent_span_id: str | None = None  # 16 lowercase hex
     otel_tracestate: str | None = None
+
+
+SpanKind = Literal["model", "retrieval", "tool", "approval", "score", "job"]
+SPAN_KINDS: tuple[SpanKind, ...] = ("model", "retrieval", "tool", "approval", "score", "job")
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One step of a trace below its call: an upstream attempt, a retrieval, a tool call, an approval,
+    a score, a job. The call itself is the trace row (`TraceRecord`); its span id is the record id, so
+    a span directly under the call has `parent_id == trace_id`. Append-only, idempotent by
+    (trace_id, span_id). A span's usage and cost are its own part of the call's, never added to them:
+    the call row already holds the totals.
+    """
+
+    trace_id: str  # the call record's id
+    span_id: str  # unique within the trace
+    parent_id: str | None  # the parent span's id (the trace id for the call span); None: a root
+    kind: SpanKind
+    name: str
+    started_at: float  # unix seconds
+    ended_at: float | None = None
+    status: Status = "ok"
+    tenant: str | None = None  # the call's tenant: isolation and purge
+    attributes: JSON = field(default_factory=dict)  # bounded when stored (keel.store.storable)
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    # The caller's W3C trace id when it sent a traceparent, so an exported child joins the call's trace.
+    # Not stored; only the OpenTelemetry export reads it.
+    otel_trace_id: str | None = None

@@ -23,7 +23,7 @@ from keel.runtime.components import Runtime
 from keel.store.protocols import Charge, LimitStoreUnavailable, UnknownSubject
 from keel.traces.retention import RetentionPolicy, purge, sweep
 from keel.traces.rollups import usage_query, usage_view
-from keel.traces.writer import read_trace, trace_query, trace_view
+from keel.traces.writer import read_spans, read_trace, trace_query, trace_view
 
 _USAGE_PARAMS = ("tenant", "key", "user", "feature", "alias")
 MAX_NAME = 256  # characters of a tenant, key or user name: what every store can index
@@ -282,7 +282,8 @@ class Admin:
         row = await asyncio.to_thread(read_trace, self._rt.store, self._rt.blobs, request.path_params["trace_id"])
         if row is None:
             raise NotFound(f"No trace with id '{request.path_params['trace_id']}'.")
-        return _json(trace_view(row, full=True))
+        spans = await asyncio.to_thread(read_spans, self._rt.store, row.id)
+        return _json(trace_view(row, full=True, spans=spans))
 
     async def replay_trace(self, request: Request) -> Response:
         """Re-send a recorded call as its tenant: body {"alias": ..., "model": "provider/model"}, both optional."""

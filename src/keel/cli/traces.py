@@ -19,8 +19,9 @@ from keel.cli.output import Failure, emit_json, table, when
 from keel.cli.remote import add_url, admin_post
 from keel.errors import InvalidRequest
 from keel.runtime.components import blobs_from
+from keel.traces.spans import tree_lines
 from keel.traces.spill import SpillDir
-from keel.traces.writer import FILTERS, read_trace, trace_query, trace_view
+from keel.traces.writer import FILTERS, read_spans, read_trace, trace_query, trace_view
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -82,16 +83,19 @@ def run_show(args: argparse.Namespace) -> int:
     try:
         with store(args) as s:
             row = read_trace(s, blobs, args.trace_id)  # a payload kept in the blob store is fetched back
+            spans = read_spans(s, args.trace_id) if row is not None else []
     finally:
         blobs.close()
     if row is None:
         raise Failure(f"no trace '{args.trace_id}'; see `keel traces list`")
-    data = trace_view(row, full=True)
     if args.json:
-        emit_json(data)
-    else:
-        for k, v in data.items():
-            print(f"{k:>20}: {v}")
+        emit_json(trace_view(row, full=True, spans=spans))
+        return 0
+    for k, v in trace_view(row, full=True).items():
+        print(f"{k:>20}: {v}")
+    print("\nspans:")  # the call, then its child spans as a tree
+    for line in tree_lines(row, spans):
+        print(f"  {line}")
     return 0
 
 
@@ -131,6 +135,9 @@ def run_deadletter(args: argparse.Namespace) -> int:
     rows = []
     for e in entries:
         r = e.get("record") or {}
+        span = e.get("span")
+        if isinstance(span, dict):  # a child span: its trace id and span id
+            r = {"id": f"{span.get('trace_id')} span {span.get('span_id')}", "tenant": span.get("tenant")}
         rows.append((when(e.get("at")), r.get("id", e.get("id")), r.get("tenant"), str(e.get("reason"))[:120]))
     table(["at", "id", "tenant", "reason"], rows)
     return 0

@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 from urllib.parse import parse_qs, quote
 
 from starlette.requests import Request
@@ -27,8 +28,8 @@ from keel.dashboard.session import COOKIE, Sessions
 from keel.dashboard.throttle import LoginThrottle
 from keel.dashboard.tracepages import list_params, render_list, render_trace
 from keel.errors import InvalidRequest
-from keel.store.protocols import BlobStore, TraceStore
-from keel.traces.writer import read_trace, trace_query
+from keel.store.protocols import BlobStore, SpanStore, TraceStore
+from keel.traces.writer import read_spans, read_trace, trace_query
 
 _STYLE_HASH = base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
 HEADERS = {
@@ -60,9 +61,13 @@ def _next_path(value: str | None) -> str:
     return "/ui"
 
 
+class PageStore(TraceStore, SpanStore, Protocol):
+    """What the pages read: traces, their rollups and spans."""
+
+
 class Dashboard:
     def __init__(
-        self, store: TraceStore, blobs: BlobStore | None, admin_token: str | None, throttle: LoginThrottle | None = None
+        self, store: PageStore, blobs: BlobStore | None, admin_token: str | None, throttle: LoginThrottle | None = None
     ) -> None:
         self._store = store
         self._blobs = blobs  # large payloads live there; the trace page reads them back
@@ -186,7 +191,8 @@ class Dashboard:
         row = await asyncio.to_thread(read_trace, self._store, self._blobs, trace_id)
         if row is None:
             return _page("Not found", h("<h1>No trace with id {}</h1>", trace_id), 404)
-        return _page(f"Trace {trace_id[:12]}", render_trace(row))
+        spans = await asyncio.to_thread(read_spans, self._store, trace_id)
+        return _page(f"Trace {trace_id[:12]}", render_trace(row, spans))
 
 
 def _timing(t0: float, t1: float, t2: float) -> str:

@@ -14,7 +14,8 @@ import orjson
 from keel.dashboard.markup import Safe, h, join, ms, num, usd, when
 from keel.dashboard.overview import WINDOWS
 from keel.errors import InvalidRequest
-from keel.types import TraceRecord
+from keel.traces.spans import duration_ms, tree
+from keel.types import Span, TraceRecord
 
 FILTERS = ("tenant", "user", "feature", "alias", "status")
 STATUSES = ("ok", "error", "partial")
@@ -97,17 +98,44 @@ def _list_row(r: TraceRecord) -> Safe:
 # ---- one trace ------------------------------------------------------------------------------------
 
 
-def render_trace(r: TraceRecord) -> Safe:
+def render_trace(r: TraceRecord, spans: list[Span] | None = None) -> Safe:
     return join(
         [
             h('<h1>Trace <code id="trace-id">{}</code></h1>', r.id),
             _facts(r),
+            h("<h2>Spans</h2>{}", _spans(r, spans or [])),
             h('<h2>Messages</h2><div id="messages">{}</div>', _messages(r.request)),
             h('<h2>Response</h2><div id="response">{}</div>', _response(r)),
             h("<h2>Attempts</h2>{}", _attempts(r.attempt_log)),
             h('<h2>Routing decision</h2><pre id="route">{}</pre>', _json(r.route) if r.route else "–"),
             h("<h2>Raw request</h2><details><summary>JSON</summary><pre>{}</pre></details>", _json(r.request)),
         ]
+    )
+
+
+def _spans(r: TraceRecord, spans: list[Span]) -> Safe:
+    """The call and its child spans as an indented tree: kind, name, duration, status, cost."""
+    head = Safe('<tr><th>Span</th><th>Kind</th><th class="n">Duration</th><th>Status</th><th class="n">Cost</th></tr>')
+    call = _span_row(0, r.id, "call", f"{r.endpoint} {r.alias or r.model or ''}", r.latency_ms, r.status, r.cost_usd)
+    rows = [_span_row(d, s.span_id, s.kind, s.name, duration_ms(s), s.status, s.cost_usd) for d, s in tree(r.id, spans)]
+    return h('<table id="spans">{}{}</table>', head, join([call, *rows]))
+
+
+def _span_row(
+    depth: int, span_id: str, kind: str, name: str, took: float | None, status: str, cost: float | None
+) -> Safe:
+    return h(
+        '<tr data-span="{}" data-depth="{}"><td>{}{}</td><td>{}</td><td class="n">{}</td>'
+        '<td class="status-{}">{}</td><td class="n">{}</td></tr>',
+        span_id,
+        depth,
+        "\u2003" * (depth - 1) + "\u2514 " if depth else "",  # indented by depth (the policy allows no inline style)
+        name,
+        kind,
+        ms(took),
+        status,
+        status,
+        usd(cost),
     )
 
 

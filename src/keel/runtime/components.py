@@ -41,7 +41,7 @@ from keel.traces.redaction import Redactor
 from keel.traces.retention import RetentionPolicy, sweep
 from keel.traces.stage import Export, TraceStage
 from keel.traces.writer import TraceWriter
-from keel.types import RoutePlan, Target
+from keel.types import RoutePlan, Span, Target
 
 log = logging.getLogger("keel.runtime")
 
@@ -90,6 +90,8 @@ class Runtime:
             blob_threshold=t.blob_threshold_bytes,
             deadletter_max_bytes=t.deadletter_max_bytes,
             stall_after=t.stall_after_s,
+            spans=store,
+            scrub_span=redactor.scrub_span,
         )
         sc = config.server
         authenticator = Authenticator(store, ttl=sc.key_cache_ttl_s, poll=sc.revocation_poll_s, stale=sc.key_stale_s)
@@ -253,6 +255,13 @@ class Runtime:
         self.store.close()
         if self.blobs is not None:
             self.blobs.close()
+
+    def put_span(self, span: Span) -> None:
+        """Emit a child span of a call (keel.traces.spans.child_span): stored beside its trace row by the
+        trace writer, exported under the call's span when OpenTelemetry is configured. Never blocks."""
+        self.writer.put_span(span)
+        if self.exporter is not None:
+            self.exporter.put_span(span)
 
 
 def blobs_from(config: Config) -> BlobStore:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from keel.store.protocols import DeletedTraces
+
 ROLLUP_TABLES = ("usage_minute", "usage_hour", "usage_day")
 _ROLLUP_KEY = "(dim, bucket, tenant, value)"
 IN_CHUNK = 500  # ids or sessions per IN (...) list
@@ -25,7 +27,7 @@ def trace_delete(
     exclude: Sequence[str],
     lock: str = "",
 ) -> tuple[str, list[Any]]:
-    """DELETE of at most `limit` matching traces, returning each one's blob key and session."""
+    """DELETE of at most `limit` matching traces, returning each one's blob key, session and id."""
     if user is not None and tenant is None:
         raise ValueError("a user's traces are deleted within one tenant: give the tenant")
     if tenant is None and before is None:
@@ -45,7 +47,7 @@ def trace_delete(
         clauses.append(f"started_at < {mark}")
         params.append(before)
     pick = f"SELECT id FROM traces WHERE {' AND '.join(clauses)} LIMIT {mark}{lock}"
-    return f"DELETE FROM traces WHERE id IN ({pick}) RETURNING payload_blob, session", [*params, limit]
+    return f"DELETE FROM traces WHERE id IN ({pick}) RETURNING payload_blob, session, id", [*params, limit]
 
 
 Statement = tuple[str, list[Any], bool]  # sql, params, bounded (repeat until a round deletes < limit)
@@ -85,6 +87,13 @@ def tenant_deletes(mark: str, tenant: str) -> list[tuple[str, str, list[Any]]]:
         ("keys", f"DELETE FROM api_keys WHERE tenant = {mark}", [tenant]),
         ("tenants", f"DELETE FROM tenants WHERE name = {mark}", [tenant]),
     ]
+
+
+def deleted(rows: Sequence[Sequence[Any]]) -> DeletedTraces:
+    """What `trace_delete`'s returned rows (blob key, session, id) say was deleted."""
+    return DeletedTraces(
+        len(rows), tuple(b for b, _, _ in rows if b), tuple({s for _, s, _ in rows if s}), tuple(i for _, _, i in rows)
+    )
 
 
 def present_query(mark: str, ids: Sequence[str]) -> tuple[str, list[Any]]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Literal, Protocol
 
-from keel.types import TraceRecord
+from keel.types import Span, TraceRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,11 +326,12 @@ class LimitConfigStore(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class DeletedTraces:
-    """What one bounded delete removed: how many rows, the blob keys they referenced, their sessions."""
+    """What one bounded delete removed: how many rows, the blob keys they referenced, their sessions, their ids."""
 
     rows: int
     blobs: tuple[str, ...] = ()
     sessions: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()  # the deleted traces' ids: their spans go next
 
 
 class TraceDeletion(Protocol):
@@ -393,7 +394,32 @@ class BlobStore(Protocol):
     def close(self) -> None: ...
 
 
-class Store(KeyStore, TraceStore, TraceDeletion, LimitConfigStore, Migrator, Protocol):
+class SpanStore(Protocol):
+    """A trace's child spans (`Span`), beside its call row. Written by the trace writer's thread in
+    batches; read per trace; deleted with their trace rows, by tenant, and by age (retention)."""
+
+    def append_spans(self, spans: Sequence[Span]) -> None:
+        """Insert `spans`, skipping any (trace_id, span_id) already stored, in one transaction.
+        Raises UnstorableRecords when their content is refused."""
+        ...
+
+    def trace_spans(self, trace_id: str) -> list[Span]:
+        """The spans of one trace, in start order."""
+        ...
+
+    def delete_trace_spans(self, trace_ids: Sequence[str]) -> int:
+        """Delete every span of `trace_ids` (their rows were just deleted); the spans deleted."""
+        ...
+
+    def delete_spans(
+        self, *, limit: int, tenant: str | None = None, before: float | None = None, exclude: Sequence[str] = ()
+    ) -> int:
+        """Delete up to `limit` spans of `tenant` started before `before` (either may be None, not both);
+        with `tenant` None, spans of any tenant not in `exclude`. Returns the spans deleted."""
+        ...
+
+
+class Store(KeyStore, TraceStore, TraceDeletion, LimitConfigStore, Migrator, SpanStore, Protocol):
     url: str
 
     def close(self) -> None: ...

@@ -19,7 +19,9 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from keel.types import TraceRecord
+import orjson
+
+from keel.types import Span, TraceRecord
 
 TAG = "keel.sanitized"  # on a rewritten record: what was replaced, comma-separated
 MAX_DEPTH = 200  # JSON nesting kept; below orjson's 254 with room for the envelopes around a payload
@@ -114,3 +116,46 @@ class _Fix:
             changed = changed or key is not k or new is not v
             out[key] = new
         return out if changed else value
+
+
+# ---- spans ---------------------------------------------------------------------------------------
+
+MAX_SPAN_ATTRIBUTES = 16 * 1024  # bytes of JSON a span's attributes may take
+MAX_SPAN_VALUE_CHARS = 1024  # a longer string attribute is cut when the whole is too large
+_SPAN_TEXT = ("kind", "name", "status", "tenant", "parent_id")
+
+
+def storable_span(s: Span) -> Span:
+    """`s` rewritten so every store can hold it (as `storable` does a record) and its attributes
+    bounded to `MAX_SPAN_ATTRIBUTES` bytes of JSON: long strings cut first, then the attributes
+    replaced by their size. Tagged `keel.sanitized=<kinds>` in the attributes; `s` itself if clean."""
+    fix = _Fix()
+    changes: dict[str, Any] = {}
+    for name in ("trace_id", "span_id", *_SPAN_TEXT):
+        value = getattr(s, name)
+        if isinstance(value, str) and not clean_text(value):
+            changes[name] = value = fix.text(value)
+        if name in _SPAN_TEXT and isinstance(value, str) and len(value) > MAX_KEY_CHARS:
+            fix.kinds.add("long")
+            changes[name] = value[: MAX_KEY_CHARS - 1] + "\u2026"
+    attributes = fix.json(s.attributes if isinstance(s.attributes, dict) else {"value": s.attributes}, 1)
+    size = len(orjson.dumps(attributes, default=str))
+    if size > MAX_SPAN_ATTRIBUTES:
+        fix.kinds.add("size")
+        attributes = {k: _cut(v) for k, v in attributes.items()}
+        if len(orjson.dumps(attributes, default=str)) > MAX_SPAN_ATTRIBUTES:
+            attributes = {"keel.attributes_bytes": size}
+    if attributes is not s.attributes:
+        changes["attributes"] = attributes
+    if not fix.kinds:
+        return replace(s, **changes) if changes else s
+    changes["attributes"] = {**attributes, TAG: ",".join(sorted(fix.kinds))}
+    return replace(s, **changes)
+
+
+def _cut(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_SPAN_VALUE_CHARS:
+        return value[: MAX_SPAN_VALUE_CHARS - 1] + "\u2026"
+    if isinstance(value, dict | list) and len(orjson.dumps(value, default=str)) > MAX_SPAN_VALUE_CHARS:
+        return "[keel: too large]"
+    return value

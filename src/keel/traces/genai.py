@@ -19,7 +19,7 @@ import orjson
 
 from keel.catalog import CATALOG
 from keel.config import Config
-from keel.types import ChatRequest, EmbeddingRequest, Message, TraceRecord
+from keel.types import ChatRequest, EmbeddingRequest, Message, Span, TraceRecord
 
 AttrValue = str | int | float | bool | list[str]
 Redact = Callable[[Any], Any]  # a JSON-shaped value → the same with secrets and personal data replaced
@@ -62,6 +62,7 @@ class SpanData:
     attributes: dict[str, AttrValue]
     error: str | None  # the status message when the call failed
     flags: int
+    internal: bool = False  # an INTERNAL span (a step inside Keel); else a CLIENT span (a call out)
 
 
 def span_ids(record: TraceRecord) -> tuple[bytes, bytes, bytes]:
@@ -70,6 +71,59 @@ def span_ids(record: TraceRecord) -> tuple[bytes, bytes, bytes]:
     trace_id = bytes.fromhex(record.otel_trace_id) if record.otel_trace_id else digest[:16]
     parent = bytes.fromhex(record.otel_parent_span_id) if record.otel_parent_span_id else b""
     return trace_id, digest[16:], parent
+
+
+def child_ids(span: Span) -> tuple[bytes, bytes, bytes]:
+    """(trace id, span id, parent span id) of a child span: the call's trace, and a parent that is the
+    call's span (`span_ids`) when `parent_id` is the trace id, else the parent span's own id."""
+    digest = hashlib.blake2b(span.trace_id.encode(), digest_size=24).digest()
+    trace_id = bytes.fromhex(span.otel_trace_id) if span.otel_trace_id else digest[:16]
+    if span.parent_id is None:
+        parent = b""
+    elif span.parent_id == span.trace_id:
+        parent = digest[16:]
+    else:
+        parent = _child_id(span.trace_id, span.parent_id)
+    return trace_id, _child_id(span.trace_id, span.span_id), parent
+
+
+def _child_id(trace_id: str, span_id: str) -> bytes:
+    return hashlib.blake2b(f"{trace_id}/{span_id}".encode(), digest_size=8).digest()
+
+
+def child_span_data(span: Span) -> SpanData:
+    """A child span (already redacted) as an OpenTelemetry span under its call's: `model` spans are
+    CLIENT spans named like the call's (`chat <provider/model>`), the others INTERNAL (`<kind> <name>`)."""
+    trace_id, span_id, parent = child_ids(span)
+    start_ns = int(span.started_at * 1e9)
+    end_ns = int(span.ended_at * 1e9) if span.ended_at is not None else start_ns
+    u = span.usage
+    pairs: dict[str, AttrValue | None] = {
+        "keel.span.kind": span.kind,
+        "keel.trace_id": span.trace_id,
+        "keel.span_id": span.span_id,
+        "keel.tenant": span.tenant,
+        "keel.status": span.status,
+        "keel.cost_usd": span.cost_usd,
+        "gen_ai.usage.input_tokens": u.input_tokens if u else None,
+        "gen_ai.usage.output_tokens": u.output_tokens if u else None,
+    }
+    for key, value in span.attributes.items():
+        pairs[str(key)] = _attr(value)
+    attributes = {k: v for k, v in pairs.items() if v is not None}
+    error = str(span.attributes.get("keel.error_kind") or "failed") if span.status != "ok" else None
+    model = span.kind == "model"
+    name = f"chat {span.name}" if model else f"{span.kind} {span.name}"
+    return SpanData(trace_id, span_id, parent, "", name, start_ns, end_ns, attributes, error, _SAMPLED, not model)
+
+
+def _attr(value: Any) -> AttrValue | None:
+    """A span attribute as OTLP holds it: scalars and lists of strings as they are, anything else as JSON."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    return orjson.dumps(value, default=str).decode()
 
 
 def span_data(

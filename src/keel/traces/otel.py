@@ -11,7 +11,9 @@ message may quote a header value.
 Header values of the destination are never logged; provider and virtual keys never reach a span:
 the exporter thread redacts each record (and captured messages) with the same `Redactor` as the
 trace writer before mapping it.
-What a span says is `keel.spans`; this module is where it goes and how.
+What a span says is `keel.traces.genai`; this module is where it goes and how. A call's child spans
+(its attempts when it made more than one, derived here on this thread; spans a capability emits with
+`put_span`) go in the same batches, under the call's span.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from urllib.parse import urlsplit
 
 from keel.config import OtelConfig
 from keel.errors import ConfigError, ConfigIssue
-from keel.traces.genai import AttrValue, SpanData, Upstream, span_data
+from keel.traces.genai import AttrValue, SpanData, Upstream, child_span_data, span_data
 from keel.traces.redaction import Redactor
-from keel.types import ChatRequest, EmbeddingRequest, TraceRecord
+from keel.traces.spans import attempt_spans
+from keel.types import ChatRequest, EmbeddingRequest, Span, TraceRecord
 
 if TYPE_CHECKING:
     from opentelemetry.proto.common.v1.common_pb2 import KeyValue
@@ -131,7 +134,7 @@ class ExportStats:
     last_error: str | None = None  # the latest crash: exception type and where it was raised
 
 
-Item = tuple[TraceRecord, ChatRequest | EmbeddingRequest]
+Item = tuple[TraceRecord, ChatRequest | EmbeddingRequest] | Span
 
 
 class SpanExporter:
@@ -202,6 +205,16 @@ class SpanExporter:
         if queued + 1 == self._batch:
             self._wake.set()
 
+    def put_span(self, span: Span) -> None:
+        """Queue a child span of a call (keel.traces.spans.child_span); like `put`, never blocks."""
+        queued = len(self._queue)
+        if queued >= self._size:
+            self.stats.dropped += 1
+            return
+        self._queue.append(span)
+        if queued + 1 == self._batch:
+            self._wake.set()
+
     def close(self, timeout: float = 10.0) -> None:
         """Send what is queued (retrying within `timeout`), then stop."""
         self._deadline = time.monotonic() + timeout
@@ -253,14 +266,31 @@ class SpanExporter:
                 batch.append(popleft())
             self._in_hand = len(batch)
             try:
-                body = encode([self._span(r, q) for r, q in batch], self._resource())
+                spans = self._spans(batch)
+                body = encode(spans, self._resource())
             except Exception:  # a record the mapping cannot read must not stop the thread
                 log.exception("encoding %d spans failed; dropped", len(batch))
                 self.stats.failed += len(batch)
                 self._in_hand = 0
                 continue
-            self._send(body, len(batch))
+            self._send(body, len(spans))
             self._in_hand = 0
+
+    def _spans(self, batch: list[Item]) -> list[SpanData]:
+        """Each record's span (and its attempts', when it made more than one); each child span's."""
+        out = []
+        for item in batch:
+            if isinstance(item, Span):
+                out.append(self._child(item))
+                continue
+            record, request = item
+            out.append(self._span(record, request))
+            if record.attempt_log is not None and len(record.attempt_log) > 1:
+                out += [self._child(s) for s in attempt_spans(record)]
+        return out
+
+    def _child(self, span: Span) -> SpanData:
+        return child_span_data(span if self._redactor is None else self._redactor.scrub_span(span))
 
     def _span(self, record: TraceRecord, request: ChatRequest | EmbeddingRequest) -> SpanData:
         r = self._redactor
@@ -375,10 +405,12 @@ def encode(spans: list[SpanData], resource: dict[str, str]) -> bytes:
     scope = resource_spans.scope_spans.add()
     scope.scope.name = "keel"
     client, error = Span.SpanKind.SPAN_KIND_CLIENT, Status.StatusCode.STATUS_CODE_ERROR
+    internal = Span.SpanKind.SPAN_KIND_INTERNAL
     for s in spans:
         span = scope.spans.add()
         span.trace_id, span.span_id, span.parent_span_id = s.trace_id, s.span_id, s.parent_span_id
-        span.trace_state, span.name, span.kind, span.flags = s.trace_state, s.name, client, s.flags
+        span.trace_state, span.name, span.flags = s.trace_state, s.name, s.flags
+        span.kind = internal if s.internal else client
         span.start_time_unix_nano, span.end_time_unix_nano = s.start_ns, s.end_ns
         _set_attributes(span.attributes, s.attributes)
         if s.error is not None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from keel.catalog import CATALOG
 from keel.config import Config, CustomDetectorConfig, Detector, RedactionConfig
-from keel.types import TraceRecord
+from keel.types import Span, TraceRecord
 
 log = logging.getLogger("keel.redaction")
 
@@ -281,6 +281,20 @@ class Redactor:
 
     def redact(self, tenant: str | None, value: Any) -> Any:
         return _Pass().walk(self.policy(tenant).full, value)
+
+    def scrub_span(self, span: Span) -> Span:
+        """A span with its attributes redacted by its tenant's policy (`span` itself when nothing matched);
+        never raises: on a bug its attributes are withheld."""
+        if not span.attributes:
+            return span
+        try:
+            attributes = self.redact(span.tenant, span.attributes)
+        except Exception:
+            log.exception(
+                "redacting span %s of trace %s failed; its attributes are withheld", span.span_id, span.trace_id
+            )
+            return dataclasses.replace(span, attributes={TAG: "failed"})
+        return span if attributes is span.attributes else dataclasses.replace(span, attributes=attributes)
 
     def scrub(self, record: TraceRecord, *, request: bool = True) -> TraceRecord:
         """A redacted copy of `record` (or `record` itself when nothing matched); never raises."""

@@ -5,8 +5,11 @@ sweep nor a purge ever holds the trace writer up behind one giant statement; eac
 blobs are deleted right after their rows (rows first: a row never points at a deleted blob, and a
 blob left behind by a failure is an orphan the next sweep finds). Retention keeps the rollups, so
 usage and cost over any window stay answerable. A purge also deletes rollups: a whole tenant's, or a
-user's own rows (dimension `user`) and sessions. Store calls block: `sweep` runs in a thread; `purge`
-is async because the caches are.
+user's own rows (dimension `user`) and sessions. A trace's child spans go right after its row (by the
+ids each batch deleted); a sweep then deletes spans older than the cut-off by their own start (spans
+of traces without a row, or left behind by a crash between the two deletes), and a tenant purge
+deletes all of the tenant's. Store calls block: `sweep` runs in a thread; `purge` is async because
+the caches are.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from keel.config import RetentionConfig
-from keel.store.protocols import BlobStore, CacheStore, KeyStore, TraceDeletion, VectorIndex
+from keel.store.protocols import BlobStore, CacheStore, KeyStore, SpanStore, TraceDeletion, VectorIndex
 from keel.traces.writer import BLOB_PREFIX, trace_id_of
 
 log = logging.getLogger("keel.retention")
@@ -50,6 +53,7 @@ class SweepReport:
     blobs: int = 0
     orphan_blobs: int = 0
     by_tenant: dict[str, int] = field(default_factory=dict)  # "*": every tenant on the default
+    spans: int = 0
 
 
 @dataclass(slots=True)
@@ -66,6 +70,7 @@ class PurgeReport:
     limit_overrides: int = 0
     tenant_deleted: bool = False
     notes: list[str] = field(default_factory=list)
+    spans: int = 0
 
 
 @dataclass(slots=True)
@@ -73,10 +78,15 @@ class _Deleted:
     rows: int = 0
     blobs: int = 0
     sessions: set[str] = field(default_factory=set)
+    spans: int = 0
+
+
+class SweepStore(TraceDeletion, SpanStore, Protocol):
+    """What a sweep needs of the store."""
 
 
 def delete_batches(
-    store: TraceDeletion,
+    store: SweepStore,
     blobs: BlobStore | None,
     *,
     batch_size: int,
@@ -86,12 +96,14 @@ def delete_batches(
     before: float | None = None,
     exclude: Sequence[str] = (),
 ) -> _Deleted:
-    """Delete every matching trace, `batch_size` rows per statement, and the blobs they referenced."""
+    """Delete every matching trace, `batch_size` rows per statement, their spans, and the blobs they referenced."""
     out = _Deleted()
     while True:
         d = store.delete_traces(limit=batch_size, tenant=tenant, user=user, before=before, exclude=exclude)
         out.rows += d.rows
         out.sessions.update(d.sessions)
+        if d.ids:
+            out.spans += store.delete_trace_spans(d.ids)
         if d.blobs and blobs is not None:
             try:
                 out.blobs += blobs.delete(d.blobs)
@@ -103,7 +115,27 @@ def delete_batches(
             time.sleep(pause_s)
 
 
-def sweep(store: TraceDeletion, blobs: BlobStore | None, policy: RetentionPolicy, now: float) -> SweepReport:
+def delete_spans(
+    store: SpanStore,
+    *,
+    batch_size: int,
+    pause_s: float,
+    tenant: str | None = None,
+    before: float | None = None,
+    exclude: Sequence[str] = (),
+) -> int:
+    """Delete every matching span, `batch_size` per statement."""
+    total = 0
+    while True:
+        n = store.delete_spans(limit=batch_size, tenant=tenant, before=before, exclude=exclude)
+        total += n
+        if n < batch_size:
+            return total
+        if pause_s:
+            time.sleep(pause_s)
+
+
+def sweep(store: SweepStore, blobs: BlobStore | None, policy: RetentionPolicy, now: float) -> SweepReport:
     """One retention pass (blocking): each tenant's old traces, everyone else's by the default, then orphan blobs."""
     report = SweepReport()
     passes: list[tuple[str, str | None, float]] = [
@@ -112,18 +144,15 @@ def sweep(store: TraceDeletion, blobs: BlobStore | None, policy: RetentionPolicy
     if policy.default_days is not None:
         passes.append(("*", None, policy.default_days))
     for name, tenant, days in passes:
-        d = delete_batches(
-            store,
-            blobs,
-            batch_size=policy.batch_size,
-            pause_s=policy.pause_s,
-            tenant=tenant,
-            before=now - days * DAY,
-            exclude=tuple(policy.tenants) if tenant is None else (),
-        )
+        before, exclude = now - days * DAY, tuple(policy.tenants) if tenant is None else ()
+        size, pause = policy.batch_size, policy.pause_s
+        d = delete_batches(store, blobs, batch_size=size, pause_s=pause, tenant=tenant, before=before, exclude=exclude)
         report.by_tenant[name] = d.rows
         report.traces += d.rows
         report.blobs += d.blobs
+        report.spans += d.spans + delete_spans(
+            store, batch_size=size, pause_s=pause, tenant=tenant, before=before, exclude=exclude
+        )
     if blobs is not None:
         orphans = orphan_blobs(store, blobs, now - policy.orphan_grace_s)
         report.orphan_blobs = blobs.delete(orphans) if orphans else 0
@@ -144,7 +173,7 @@ def orphan_blobs(store: TraceDeletion, blobs: BlobStore, older_than: float) -> l
     return [key for trace_id, key in candidates.items() if trace_id not in present]
 
 
-class PurgeStore(TraceDeletion, KeyStore, Protocol):
+class PurgeStore(TraceDeletion, SpanStore, KeyStore, Protocol):
     """What a purge needs of the store."""
 
 
@@ -177,7 +206,9 @@ async def purge(
     d = await asyncio.to_thread(
         delete_batches, store, blobs, batch_size=batch_size, pause_s=0.0, tenant=tenant, user=user
     )
-    report.traces, report.blobs = d.rows, d.blobs
+    report.traces, report.blobs, report.spans = d.rows, d.blobs, d.spans
+    if user is None:  # a whole tenant: also spans whose trace has no row
+        report.spans += await asyncio.to_thread(delete_spans, store, batch_size=batch_size, pause_s=0.0, tenant=tenant)
     if cache is not None:
         report.cache_entries = await cache.purge(tenant, user)
     if vectors is not None:

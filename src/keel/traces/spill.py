@@ -1,13 +1,14 @@
 """The trace writer's local files: spills waiting to be loaded back, and the dead letter.
 
 A spill file (`traces-<ns>-<pid>-<seq>.jsonl`) holds records the store could not take when they
-were due (an outage, a full queue), one JSON object per line with the `TraceRecord` fields. It is
+were due (an outage, a full queue), one JSON object per line with the `TraceRecord` fields, or
+`{"span": {...}}` for a child span (`Span`, keel.store.spans.span_dict). It is
 written whole to a `.tmp` file and renamed, so a crash never leaves half of one; the writer loads
 spill files back in name order and deletes each once its records are stored or quarantined.
 
 The dead letter (`deadletter.jsonl`) holds records no store will take as they are, one JSON line
-each: `{"at": unix seconds, "reason": "...", "record": {...}}` (or `"line": "..."` for a spill line
-that could not even be read). Its size is bounded: once it holds half of `max_bytes` it becomes
+each: `{"at": unix seconds, "reason": "...", "record": {...}}` (`"span": {...}` for a span, `"line": "..."`
+for a spill line that could not even be read). Its size is bounded: once it holds half of `max_bytes` it becomes
 `deadletter.1.jsonl` (replacing the previous one) and a new file starts, so the two stay under
 `max_bytes`. `keel traces deadletter` lists both; `--requeue` turns them back into a spill file
 for the running writer (after a fix: a record refused again returns to the dead letter).
@@ -25,26 +26,33 @@ from typing import Any
 
 import orjson
 
+from keel.store.spans import span_dict, span_from_dict
 from keel.store.storable import storable
-from keel.types import TraceRecord
+from keel.types import Span, TraceRecord
 
 DEADLETTER = "deadletter.jsonl"
 ROTATED = "deadletter.1.jsonl"
 _FIELDS = frozenset(f.name for f in fields(TraceRecord))
+Item = TraceRecord | Span  # what the trace writer carries
 
 
-def record_line(r: TraceRecord) -> bytes:
-    """One record as a JSON line; a record orjson cannot write is made storable first. Raises
+def record_line(r: Item) -> bytes:
+    """One record (or span) as a JSON line; a record orjson cannot write is made storable first. Raises
     TypeError or RecursionError for one that still cannot be written."""
+    if isinstance(r, Span):
+        return orjson.dumps({"span": span_dict(r)}, default=str) + b"\n"
     try:
         return orjson.dumps(asdict(r), default=str) + b"\n"
     except (TypeError, RecursionError):
         return orjson.dumps(asdict(storable(r)), default=str) + b"\n"
 
 
-def parse_record(line: bytes) -> TraceRecord:
-    """A record from a spill line. Raises ValueError for a line that does not hold one."""
-    return record_from(orjson.loads(line))
+def parse_record(line: bytes) -> Item:
+    """A record (or span) from a spill line. Raises ValueError for a line that does not hold one."""
+    value = orjson.loads(line)
+    if isinstance(value, dict) and value.keys() == {"span"}:
+        return span_from_dict(value["span"])
+    return record_from(value)
 
 
 def record_from(value: Any) -> TraceRecord:
@@ -65,7 +73,7 @@ class SpillDir:
 
     # ---- spills
 
-    def spill(self, records: list[TraceRecord]) -> list[tuple[TraceRecord, str]]:
+    def spill(self, records: list[Item]) -> list[tuple[Item, str]]:
         """Write `records` to a new spill file; the ones that cannot be written as JSON, with why.
         Raises OSError when the file cannot be written (nothing is then spilled)."""
         lines, refused = [], []
@@ -94,7 +102,7 @@ class SpillDir:
             return []
         return sorted(self.path.glob("traces-*.jsonl"))
 
-    def read(self, path: Path) -> tuple[list[TraceRecord], list[tuple[bytes, str]]]:
+    def read(self, path: Path) -> tuple[list[Item], list[tuple[bytes, str]]]:
         """The records of a spill file, and its lines that hold none (with why). Raises OSError."""
         records, bad = [], []
         for line in path.read_bytes().splitlines():
@@ -113,7 +121,7 @@ class SpillDir:
 
     # ---- the dead letter
 
-    def quarantine(self, record: TraceRecord | bytes, reason: str) -> None:
+    def quarantine(self, record: Item | bytes, reason: str) -> None:
         """Append one entry to the dead letter. Raises OSError when it cannot be written."""
         entry = _entry(record, reason, at=time.time())
         if len(entry) > self._max // 8:  # a huge payload: keep the record's facts, not its request
@@ -162,11 +170,13 @@ class SpillDir:
             except FileNotFoundError:
                 continue
             taken.append(claimed)
-        records, keep = [], []
+        records: list[Item] = []
+        keep = []
         for path in taken:
             for line in path.read_bytes().splitlines():
                 try:
-                    records.append(record_from(orjson.loads(line)["record"]))
+                    entry = orjson.loads(line)
+                    records.append(span_from_dict(entry["span"]) if "span" in entry else record_from(entry["record"]))
                 except (ValueError, TypeError, KeyError):
                     keep.append(line + b"\n")
         refused = self.spill(records) if records else []
@@ -179,13 +189,15 @@ class SpillDir:
         return len(records) - len(refused), len(keep) + len(refused)
 
 
-def _without_payload(record: TraceRecord | bytes) -> TraceRecord | bytes:
+def _without_payload(record: Item | bytes) -> Item | bytes:
     if isinstance(record, bytes):
         return record[:4096]
+    if isinstance(record, Span):
+        return replace(record, attributes={})
     return replace(record, request=None, response=None, attempt_log=None)
 
 
-def _entry(record: TraceRecord | bytes, reason: str, at: float) -> bytes:
+def _entry(record: Item | bytes, reason: str, at: float) -> bytes:
     head: dict[str, Any] = {"at": at, "reason": reason}
     if isinstance(record, bytes):
         return orjson.dumps({**head, "line": record.decode("utf-8", "replace")}) + b"\n"
@@ -193,5 +205,9 @@ def _entry(record: TraceRecord | bytes, reason: str, at: float) -> bytes:
         body = record_line(record)
     except (TypeError, RecursionError) as exc:  # keep what identifies the call
         head["reason"] += f"; record not writable as JSON ({type(exc).__name__})"
+        if isinstance(record, Span):
+            return orjson.dumps({**head, "span": {"trace_id": record.trace_id, "span_id": record.span_id}}) + b"\n"
         return orjson.dumps({**head, "id": record.id, "started_at": record.started_at}) + b"\n"
+    if isinstance(record, Span):  # its line is {"span": {...}}: the entry takes its object as it is
+        return orjson.dumps(head)[:-1] + b"," + body.rstrip(b"\n")[1:] + b"\n"
     return orjson.dumps(head)[:-1] + b',"record":' + body.rstrip(b"\n") + b"}\n"

@@ -17,6 +17,10 @@ writer cannot write (crashed, stalled in a store call, or losing records) for /r
 Payloads (request + response JSON) above the blob threshold go to the blob store just before their
 rows are inserted, so a row never points at a missing blob; spills keep the payloads inline, and a
 crash between the two leaves an orphan blob that the retention sweep deletes.
+Child spans (`put_span`; keel.traces.spans) travel the same way: the same queue, batches, spill files
+and dead letter, written beside their records (`SpanStore.append_spans`, idempotent by span id). A
+call's upstream attempts become spans here, on this thread, and only for a call that made more than
+one; a writer built without a span store carries records only.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ from typing import Any
 import orjson
 
 from keel.errors import InvalidRequest
-from keel.store.protocols import BlobStore, TraceQuery, TraceStore
+from keel.store.protocols import BlobStore, SpanStore, TraceQuery, TraceStore
+from keel.store.spans import span_dict
 from keel.store.storable import storable
-from keel.traces.spill import SpillDir
-from keel.types import TraceRecord
+from keel.traces.spans import attempt_spans
+from keel.traces.spill import Item, SpillDir
+from keel.types import Span, TraceRecord
 
 log = logging.getLogger("keel.traces")
 
@@ -46,6 +52,7 @@ log = logging.getLogger("keel.traces")
 @dataclass(slots=True)
 class WriterStats:
     written: int = 0
+    spans: int = 0  # child spans written (besides the records counted in `written`)
     spilled: int = 0
     reloaded: int = 0
     dropped: int = 0
@@ -90,24 +97,28 @@ class TraceWriter:
         blob_threshold: int | None = None,
         deadletter_max_bytes: int = 64 * 2**20,
         stall_after: float = 15.0,
+        spans: SpanStore | None = None,
+        scrub_span: Callable[[Span], Span] | None = None,
     ) -> None:
         self._store = store
+        self._spans = spans  # None: spans are not kept (put_span drops them), nor derived from attempts
+        self._scrub_span = scrub_span  # redaction of a span's attributes, in this thread
         self._scrub = scrub  # redaction, in this thread: before a record is written or spilled
         self._blobs = blobs
         self._blob_threshold = blob_threshold if blobs is not None else None
-        self._queue: deque[TraceRecord] = deque()
+        self._queue: deque[Item] = deque()
         self._size = queue_size
         self._batch = batch_size
         self._interval = flush_interval
         self.files = SpillDir(spill_dir, deadletter_max_bytes)
-        self._overflow: list[TraceRecord] = []
+        self._overflow: list[Item] = []
         self._overflow_limit = overflow_limit
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name="keel-trace-writer", daemon=True)
         self._started = False
         self._stall_after = stall_after
-        self._in_hand: list[TraceRecord] = []  # the batch being written: spilled if the loop crashes
+        self._in_hand: list[Item] = []  # the batch being written: spilled if the loop crashes
         self._busy_since: float | None = None  # monotonic start of the store call in progress
         self._crash: str | None = None  # why the loop crashed, until it has run a whole cycle again
         self._losing = False  # the last batch could be neither written nor spilled
@@ -123,7 +134,7 @@ class TraceWriter:
         self._started = True
         self._thread.start()
 
-    def put(self, record: TraceRecord) -> None:
+    def put(self, record: Item) -> None:
         # One producer (the event loop); deque.append is atomic. No wake-up per record: the writer
         # drains on its own clock, so a busy gateway pays one transaction per flush interval.
         if len(self._queue) < self._size:
@@ -134,6 +145,11 @@ class TraceWriter:
                     self.stats.dropped += 1
                     return
                 self._overflow.append(record)
+
+    def put_span(self, span: Span) -> None:
+        """Queue a child span of a call (keel.traces.spans.child_span): as cheap as `put`, never blocks."""
+        if self._spans is not None:
+            self.put(span)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop: write what is queued, spill what cannot be written, then return."""
@@ -209,8 +225,8 @@ class TraceWriter:
                 last_reload = time.monotonic()
         self._reload_spills()  # drain: spills of an outage that has ended go in before close returns
 
-    def _take(self) -> list[TraceRecord]:
-        batch: list[TraceRecord] = []
+    def _take(self) -> list[Item]:
+        batch: list[Item] = []
         popleft = self._queue.popleft
         try:
             while len(batch) < self._batch:
@@ -219,18 +235,26 @@ class TraceWriter:
             pass
         return self._scrubbed(batch)
 
-    def _scrubbed(self, records: list[TraceRecord]) -> list[TraceRecord]:
-        scrub = self._scrub
-        return records if scrub is None else [scrub(r) for r in records]
+    def _scrubbed(self, items: list[Item]) -> list[Item]:
+        scrub, scrub_span = self._scrub, self._scrub_span
+        if scrub is None and scrub_span is None:
+            return items
+        out: list[Item] = []
+        for r in items:
+            if isinstance(r, TraceRecord):
+                out.append(r if scrub is None else scrub(r))
+            else:
+                out.append(r if scrub_span is None else scrub_span(r))
+        return out
 
-    def _write(self, batch: list[TraceRecord]) -> None:
+    def _write(self, batch: list[Item]) -> None:
         self._in_hand = batch
         left = self._store_records(batch, retry=True)
         if left:
             self._spill(left)
         self._in_hand = []
 
-    def _store_records(self, records: list[TraceRecord], *, retry: bool, blame: bool = False) -> list[TraceRecord]:
+    def _store_records(self, records: list[Item], *, retry: bool, blame: bool = False) -> list[Item]:
         """Write `records`, retrying a store failure; the records the store refuses go to the dead
         letter. Returns those left unwritten because the store is away."""
         exc = self._attempt(records)
@@ -241,7 +265,7 @@ class TraceWriter:
             exc = self._attempt(records)
         return [] if exc is None else self._isolate(records, exc, blame)
 
-    def _isolate(self, records: list[TraceRecord], exc: Exception, blame: bool) -> list[TraceRecord]:
+    def _isolate(self, records: list[Item], exc: Exception, blame: bool) -> list[Item]:
         """After `records` failed with `exc`: if the records are to blame (the error says so, or the
         store just took their sibling half), split them until each refused record is alone and
         quarantine it. Returns the records left unwritten because the store is away."""
@@ -253,17 +277,21 @@ class TraceWriter:
         half = len(records) // 2
         parts = [(part, self._attempt(part)) for part in (records[:half], records[half:])]
         took = any(e is None for _, e in parts)
-        left: list[TraceRecord] = []
+        left: list[Item] = []
         for part, e in parts:
             if e is not None:
                 left += self._isolate(part, e, took)
         return left
 
-    def _attempt(self, records: list[TraceRecord]) -> Exception | None:
-        """One store write of `records`: None when it took them, else what it raised."""
+    def _attempt(self, items: list[Item]) -> Exception | None:
+        """One store write of `items` (records, then spans): None when it took them, else what it raised."""
+        records, spans = self._split(items)
         self._busy_since = time.monotonic()
         try:
-            self._store.append_traces(self._externalise(records))
+            if records:
+                self._store.append_traces(self._externalise(records))
+            if spans and self._spans is not None:
+                self._spans.append_spans(spans)
         except Exception as exc:
             self.stats.failed_flushes += 1
             self._note(exc)
@@ -272,9 +300,25 @@ class TraceWriter:
         finally:
             self._busy_since = None
         self.stats.written += len(records)
+        self.stats.spans += len(spans)
         self._last_ok = time.monotonic()
         self._losing = False
         return None
+
+    def _split(self, items: list[Item]) -> tuple[list[TraceRecord], list[Span]]:
+        """The records of `items`, and the spans to write with them: those put, and the attempts of
+        each record that made more than one (none without a span store)."""
+        records: list[TraceRecord] = []
+        spans: list[Span] = []
+        derive = self._spans is not None
+        for r in items:
+            if isinstance(r, TraceRecord):
+                records.append(r)
+                if derive and r.attempt_log is not None and len(r.attempt_log) > 1:
+                    spans += attempt_spans(r)
+            else:
+                spans.append(r)
+        return records, spans
 
     def _externalise(self, batch: list[TraceRecord]) -> list[TraceRecord]:
         """The batch with large payloads moved to the blob store (written first); others as they are."""
@@ -306,7 +350,7 @@ class TraceWriter:
         self._spill(pending)
         self._in_hand = []
 
-    def _spill(self, records: list[TraceRecord]) -> None:
+    def _spill(self, records: list[Item]) -> None:
         try:
             unwritable = self.files.spill(records)
         except Exception as exc:  # the writer thread must survive a full or unwritable disk
@@ -373,8 +417,11 @@ class TraceWriter:
 
     # ---- failures
 
-    def _quarantine(self, record: TraceRecord | bytes, reason: str) -> None:
-        what = record.id if isinstance(record, TraceRecord) else "(a spill line)"
+    def _quarantine(self, record: Item | bytes, reason: str) -> None:
+        if isinstance(record, Span):
+            what = f"{record.trace_id} span {record.span_id}"
+        else:
+            what = record.id if isinstance(record, TraceRecord) else "(a spill line)"
         try:
             self.files.quarantine(record, reason)
         except Exception as exc:
@@ -436,17 +483,25 @@ def read_trace(store: TraceStore, blobs: BlobStore | None, trace_id: str) -> Tra
     return None if row is None else with_payload(row, blobs)
 
 
+def read_spans(store: SpanStore, trace_id: str) -> list[Span]:
+    """The child spans of one trace, in start order (blocking: run it in a thread)."""
+    return store.trace_spans(trace_id)
+
+
 # ---- reading traces back (shared by the admin API and the CLI) --------------------------------
 
 FILTERS = ("tenant", "key_id", "user", "feature", "session", "alias", "status")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def trace_view(r: TraceRecord, full: bool) -> dict[str, Any]:
+def trace_view(r: TraceRecord, full: bool, spans: list[Span] | None = None) -> dict[str, Any]:
+    """A trace as JSON; with `spans` (its child spans, read_spans) under the key `spans`."""
     out = asdict(r)
     if not full:
         out.pop("request")
         out.pop("response")
+    if spans is not None:
+        out["spans"] = [span_dict(s) for s in spans]
     return out
 
 

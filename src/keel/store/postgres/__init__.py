@@ -26,6 +26,7 @@ from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool
 
 from keel.store import deletion, migrations, usage
+from keel.store import spans as span_sql
 from keel.store.protocols import (
     DeletedTraces,
     KeyRow,
@@ -55,7 +56,7 @@ from keel.store.rows import (
     trace_rows,
     trace_where,
 )
-from keel.types import TraceRecord
+from keel.types import Span, TraceRecord
 
 _JSONB = frozenset({"tags", "request", "response", "models", "route", "attempt_log"})
 
@@ -291,7 +292,7 @@ class PostgresStore:
         )
         with self._pool.connection() as conn:
             rows = conn.execute(sql, params).fetchall()
-        return DeletedTraces(len(rows), tuple(b for b, _ in rows if b), tuple({s for _, s in rows if s}))
+        return deletion.deleted(rows)
 
     def delete_rollups(self, tenant: str, user: str | None = None, sessions: Sequence[str] = ()) -> int:
         statements = deletion.rollup_deletes("%s", tenant, user, sessions, _DELETE_BATCH)
@@ -351,3 +352,35 @@ class PostgresStore:
     def alert_states(self) -> dict[str, float]:
         with self._pool.connection() as conn:
             return {k: float(s) for k, s in conn.execute(ALERT_STATES_SQL).fetchall()}
+
+    # ---- SpanStore (statements in keel/store/spans.py)
+
+    def append_spans(self, spans: Sequence[Span]) -> None:
+        if not spans:
+            return
+        rows = [span_sql.span_to_row(s) for s in sorted(spans, key=lambda s: (s.trace_id, s.span_id))]  # lock order
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                cur.executemany(span_sql.insert_sql("%s", "::jsonb"), rows)
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.DataError | psycopg.IntegrityError) or (exc.sqlstate or "")[:2] in _REFUSED:
+                raise UnstorableRecords(f"{type(exc).__name__}: {exc}") from exc
+            raise
+
+    def trace_spans(self, trace_id: str) -> list[Span]:
+        with self._pool.connection() as conn:
+            rows = conn.execute(span_sql.select_sql("%s"), (trace_id,)).fetchall()
+        return [span_sql.span_from_row(r) for r in rows]
+
+    def delete_trace_spans(self, trace_ids: Sequence[str]) -> int:
+        with self._pool.connection() as conn:
+            return sum(conn.execute(sql, params).rowcount for sql, params in span_sql.delete_of_traces("%s", trace_ids))
+
+    def delete_spans(
+        self, *, limit: int, tenant: str | None = None, before: float | None = None, exclude: Sequence[str] = ()
+    ) -> int:
+        sql, params = span_sql.delete_where(
+            "%s", limit=limit, tenant=tenant, before=before, exclude=exclude, lock=" FOR UPDATE SKIP LOCKED"
+        )
+        with self._pool.connection() as conn:
+            return int(conn.execute(sql, params).rowcount)

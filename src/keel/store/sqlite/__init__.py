@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from keel.store import deletion, migrations, usage
+from keel.store import spans as span_sql
 from keel.store.protocols import (
     DeletedTraces,
     KeyRow,
@@ -42,7 +43,7 @@ from keel.store.rows import (
     trace_rows,
     trace_where,
 )
-from keel.types import TraceRecord
+from keel.types import Span, TraceRecord
 
 _INSERT_TRACE = (
     f"INSERT INTO traces ({', '.join(TRACE_COLUMNS)}) VALUES ({', '.join('?' * len(TRACE_COLUMNS))})"
@@ -278,7 +279,7 @@ class SqliteStore:
     ) -> DeletedTraces:
         sql, params = deletion.trace_delete("?", limit=limit, tenant=tenant, user=user, before=before, exclude=exclude)
         rows = self._conn().execute(sql, params).fetchall()  # fetchall: the statement runs to completion
-        return DeletedTraces(len(rows), tuple(b for b, _ in rows if b), tuple({s for _, s in rows if s}))
+        return deletion.deleted(rows)
 
     def delete_rollups(self, tenant: str, user: str | None = None, sessions: Sequence[str] = ()) -> int:
         conn = self._conn()
@@ -334,3 +335,32 @@ class SqliteStore:
 
     def alert_states(self) -> dict[str, float]:
         return {k: float(s) for k, s in self._conn().execute(ALERT_STATES_SQL)}
+
+    # ---- SpanStore (statements in keel/store/spans.py)
+
+    def append_spans(self, spans: Sequence[Span]) -> None:
+        if not spans:
+            return
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _executemany(conn, span_sql.insert_sql("?"), [span_sql.span_to_row(s) for s in spans])
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            conn.execute("ROLLBACK")
+            if isinstance(exc, _REFUSED):
+                raise UnstorableRecords(f"{type(exc).__name__}: {exc}") from exc
+            raise
+
+    def trace_spans(self, trace_id: str) -> list[Span]:
+        return [span_sql.span_from_row(r) for r in self._conn().execute(span_sql.select_sql("?"), (trace_id,))]
+
+    def delete_trace_spans(self, trace_ids: Sequence[str]) -> int:
+        conn = self._conn()
+        return sum(conn.execute(sql, params).rowcount for sql, params in span_sql.delete_of_traces("?", trace_ids))
+
+    def delete_spans(
+        self, *, limit: int, tenant: str | None = None, before: float | None = None, exclude: Sequence[str] = ()
+    ) -> int:
+        sql, params = span_sql.delete_where("?", limit=limit, tenant=tenant, before=before, exclude=exclude)
+        return int(self._conn().execute(sql, params).rowcount)

@@ -1,0 +1,123 @@
+"""Span storage shared by the SQL backends: one column order, the statements, rows to spans and back.
+
+A trace's child spans live in table `spans`, keyed (trace_id, span_id): inserts are idempotent, so a
+retried or reloaded batch never duplicates. Statements take the dialect's placeholder `mark` (? or
+%s) and, for PostgreSQL, `json` (the cast of the attributes, `::jsonb`). Deletes are bounded like the
+traces' (keel.store.deletion): at most `limit` rows per statement. The JSON form (`span_dict`,
+`span_from_dict`) is the spill files' and the admin API's.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+
+from keel.store.rows import storable_amount, storable_count
+from keel.store.storable import storable_span
+from keel.types import Span, Usage
+
+SPAN_COLUMNS = (
+    "trace_id", "span_id", "parent_id", "kind", "name", "tenant", "started_at", "ended_at", "status",
+    "attributes", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
+    "reasoning_tokens", "cost_usd",
+)  # fmt: skip
+_USAGE = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
+_STORED = frozenset(SPAN_COLUMNS) - frozenset(_USAGE) | {"usage", "otel_trace_id"}
+IN_CHUNK = 500  # trace ids per IN (...) list
+
+
+def span_to_row(s: Span) -> tuple[Any, ...]:
+    """The row of `s`, made storable first (text every store takes, attributes bounded)."""
+    s = storable_span(s)
+    u = s.usage
+    counts = (None,) * 5 if u is None else tuple(storable_count(getattr(u, n)) for n in _USAGE)
+    attributes = orjson.dumps(s.attributes, default=str).decode()
+    head = (s.trace_id, s.span_id, s.parent_id, s.kind, s.name, s.tenant)
+    times = (float(s.started_at), storable_amount(s.ended_at), s.status, attributes)
+    return (*head, *times, *counts, storable_amount(s.cost_usd))
+
+
+def span_from_row(row: Sequence[Any]) -> Span:
+    v = dict(zip(SPAN_COLUMNS, row, strict=True))
+    attributes = v.pop("attributes")
+    counts = [v.pop(n) for n in _USAGE]
+    usage = (
+        None if all(c is None for c in counts) else Usage(**{n: c or 0 for n, c in zip(_USAGE, counts, strict=True)})
+    )
+    if isinstance(attributes, str):
+        attributes = orjson.loads(attributes)
+    return Span(**v, attributes=attributes or {}, usage=usage)
+
+
+def span_dict(s: Span) -> dict[str, Any]:
+    """`s` as JSON (spill lines, dead letter, admin API), made storable first; without `otel_trace_id`
+    unless it is set."""
+    out = asdict(storable_span(s))
+    if out["otel_trace_id"] is None:
+        del out["otel_trace_id"]
+    return out
+
+
+def span_from_dict(value: Any) -> Span:
+    """A span from its JSON object. Raises ValueError for anything else."""
+    if not isinstance(value, dict) or not {"trace_id", "span_id", "kind", "name", "started_at"} <= value.keys():
+        raise ValueError("not a span (no trace_id, span_id, kind, name and started_at)")
+    unknown = value.keys() - _STORED
+    if unknown:
+        raise ValueError(f"unknown span fields {sorted(unknown)}")
+    usage = value.get("usage")
+    return Span(**{**value, "usage": Usage(**usage) if isinstance(usage, dict) else None})
+
+
+# ---- statements ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def insert_sql(mark: str, json: str = "") -> str:
+    marks = ", ".join(f"{mark}{json}" if c == "attributes" else mark for c in SPAN_COLUMNS)
+    return f"INSERT INTO spans ({', '.join(SPAN_COLUMNS)}) VALUES ({marks}) ON CONFLICT (trace_id, span_id) DO NOTHING"
+
+
+def select_sql(mark: str) -> str:
+    """A trace's spans, in start order."""
+    return f"SELECT {', '.join(SPAN_COLUMNS)} FROM spans WHERE trace_id = {mark} ORDER BY started_at, span_id"
+
+
+def delete_of_traces(mark: str, trace_ids: Sequence[str]) -> list[tuple[str, list[Any]]]:
+    """DELETEs of every span of `trace_ids`, `IN_CHUNK` traces per statement."""
+    out = []
+    for i in range(0, len(trace_ids), IN_CHUNK):
+        chunk = list(trace_ids[i : i + IN_CHUNK])
+        out.append((f"DELETE FROM spans WHERE trace_id IN ({', '.join([mark] * len(chunk))})", chunk))
+    return out
+
+
+def delete_where(
+    mark: str,
+    *,
+    limit: int,
+    tenant: str | None,
+    before: float | None,
+    exclude: Sequence[str],
+    lock: str = "",
+) -> tuple[str, list[Any]]:
+    """DELETE of at most `limit` spans of `tenant` (else of any tenant not in `exclude`) started before `before`."""
+    if tenant is None and before is None:
+        raise ValueError("refusing to delete every span: give a tenant or a cut-off time")
+    clauses: list[str] = []
+    params: list[Any] = []
+    if tenant is not None:
+        clauses.append(f"tenant = {mark}")
+        params.append(tenant)
+    elif exclude:
+        clauses.append(f"(tenant IS NULL OR tenant NOT IN ({', '.join([mark] * len(exclude))}))")
+        params.extend(exclude)
+    if before is not None:
+        clauses.append(f"started_at < {mark}")
+        params.append(before)
+    pick = f"SELECT trace_id, span_id FROM spans WHERE {' AND '.join(clauses)} LIMIT {mark}{lock}"
+    return f"DELETE FROM spans WHERE (trace_id, span_id) IN ({pick})", [*params, limit]
