@@ -1,4 +1,4 @@
-"""Throughput and latency of Keel's local embedding model (keel.embedder, all-MiniLM-L6-v2 in numpy).
+"""Throughput and latency of Keel's local embedding model (keel.embedding.model, all-MiniLM-L6-v2 in numpy).
 
     python bench/embeddings.py            # about a minute
     python bench/embeddings.py --quick    # a few seconds per figure less

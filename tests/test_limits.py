@@ -1,4 +1,4 @@
-"""`keel.limits` as pure data: which counters a call charges, how a refusal reads, when a quota warns."""
+"""`keel.limits.book` as pure data: which counters a call charges, how a refusal reads, when a quota warns."""
 
 from __future__ import annotations
 

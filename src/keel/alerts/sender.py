@@ -1,6 +1,6 @@
 """Signed webhook alerts: soft-limit crossings and alert-rule events, each sent once, retried.
 
-Alert-rule events (`RuleEvent`, from `keel.alert_rules`) arrive already decided: the store's
+Alert-rule events (`RuleEvent`, from `keel.alerts.rules`) arrive already decided: the store's
 `flip_alert` picked the one process that sends each, so `send` only queues them for delivery, with
 the same signature, retries and at-most-once rule as crossings. Their body: `{"event":
 "alert.firing" | "alert.resolved", "rule", "metric", "scope", "value", "tenant", "threshold",

@@ -64,7 +64,7 @@ class HttpProvider:
         redact: Callable[[str], str],
     ) -> None:
         self.name = name
-        self._redact = redact  # credentials out of upstream text (keel.redaction.Credentials)
+        self._redact = redact  # credentials out of upstream text (keel.traces.redaction.Credentials)
         self.region = region
         self._codec = codec
         self._pool = sessions.get(base_url)
