@@ -527,7 +527,7 @@ def test_set_limits_refuses_what_it_cannot_apply(
 
 def test_limit_kinds_are_the_kinds_the_limits_book_knows() -> None:
     from keel.limits.book import KINDS
-    from keel.store.rows import LIMIT_KINDS
+    from keel.store.sql.rows import LIMIT_KINDS
 
     assert set(LIMIT_KINDS) == set(KINDS)
 
