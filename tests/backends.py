@@ -1,10 +1,19 @@
-"""One helper for every store contract suite: open stores of one kind, run a body, close them all."""
+"""The backend matrix of the store contract suites.
+
+`Backend`: open async stores of one kind (memory, Redis, SQLite cache, pgvector), run a body, close
+them all. `SqlBackend`: one of the SQL stores' URLs from conftest's `storage_url` matrix (SQLite on
+a temporary file, a fresh schema in the real PostgreSQL), with its dialect and raw SQL on a fresh
+connection for what a protocol does not expose (the migrations ledger).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
-from typing import Generic, Protocol, TypeVar
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 
 class Closable(Protocol):
@@ -40,3 +49,23 @@ class Backend(Generic[S, A]):
                 self._opened.clear()
 
         asyncio.run(main())
+
+
+@dataclass(frozen=True)
+class SqlBackend:
+    dialect: str  # the folder name of its migrations
+    url: str
+
+    @classmethod
+    def of(cls, url: str) -> SqlBackend:
+        return cls("sqlite" if url.startswith("sqlite:///") else "postgres", url)
+
+    def query(self, text: str) -> list[tuple[Any, ...]]:
+        """Raw SQL on a fresh connection."""
+        if self.dialect == "sqlite":
+            with closing(sqlite3.connect(self.url.removeprefix("sqlite:///"))) as conn:
+                return conn.execute(text).fetchall()
+        import psycopg
+
+        with psycopg.connect(self.url) as pg:
+            return pg.execute(text.encode()).fetchall()

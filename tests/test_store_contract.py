@@ -1,4 +1,4 @@
-"""One contract suite for the `Store` protocol, run against every backend.
+"""One contract suite for the `Store` protocol, run against every SQL backend (tests/backends.py).
 
 SQLite runs on a temporary file. PostgreSQL runs on the real server at 127.0.0.1:5432 (trust
 auth, database `test`); each test gets its own schema, dropped afterwards. Without that server the
@@ -9,86 +9,29 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import secrets
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
-from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from keel.store import migrations
 from keel.store.open import open_store
 from keel.store.protocols import KeyRow, Store, TraceQuery
 from keel.types import TraceRecord
 
-PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
-PG_HOWTO = (
-    "start PostgreSQL on 127.0.0.1:5432 with trust auth for user postgres and a database named"
-    " `test`, e.g. `docker run -d -p 127.0.0.1:5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust"
-    " -e POSTGRES_DB=test postgres:16`"
-)
-
-
-@dataclass(frozen=True)
-class Backend:
-    dialect: str  # the folder name of its migrations
-    url: str
-    # raw SQL on a fresh connection, for what the protocol does not expose (the ledger)
-    query: Callable[[str], list[tuple[Any, ...]]]
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> str:
-    try:
-        with psycopg.connect(PG_URL, connect_timeout=3):
-            pass
-    except psycopg.OperationalError as exc:
-        reason = f"PostgreSQL is unreachable at {PG_URL}: {exc}".strip()
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}\nThe store contract must run on PostgreSQL in CI: {PG_HOWTO}")
-        pytest.skip(f"{reason} ({PG_HOWTO})")
-    return PG_URL
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        path = tmp_path / "keel.db"
-
-        def sqlite_query(text: str) -> list[tuple[Any, ...]]:
-            with closing(sqlite3.connect(path)) as conn:
-                return conn.execute(text).fetchall()
-
-        yield Backend("sqlite", f"sqlite:///{path}", sqlite_query)
-        return
-
-    base = request.getfixturevalue("postgres_url")
-    schema = sql.Identifier(f"keel_test_{secrets.token_hex(6)}")
-    with psycopg.connect(base, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
-    url = f"{base}?options=-csearch_path%3D{schema.as_string()}"
-
-    def postgres_query(text: str) -> list[tuple[Any, ...]]:
-        with psycopg.connect(url) as conn:
-            return conn.execute(text.encode()).fetchall()
-
-    try:
-        yield Backend("postgres", url, postgres_query)
-    finally:
-        with psycopg.connect(base, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(schema))
+from .backends import SqlBackend
 
 
 @pytest.fixture
-def store(backend: Backend) -> Iterator[Store]:
+def backend(storage_url: str) -> SqlBackend:
+    return SqlBackend.of(storage_url)
+
+
+@pytest.fixture
+def store(backend: SqlBackend) -> Iterator[Store]:
     opened = open_store(backend.url)
     try:
         yield opened
@@ -108,7 +51,7 @@ def _trace(tid: str, at: float, **fields: Any) -> TraceRecord:
 # ---- migrations
 
 
-def test_migrate_applies_each_file_once_and_records_it(backend: Backend) -> None:
+def test_migrate_applies_each_file_once_and_records_it(backend: SqlBackend) -> None:
     files = [(version, name) for version, name, _ in migrations.pending(backend.dialect, set())]
     assert "0001_init" in [name for _, name in files]
     fresh = open_store(backend.url, migrate=False)
@@ -123,7 +66,7 @@ def test_migrate_applies_each_file_once_and_records_it(backend: Backend) -> None
     assert all(0 < applied_at <= time.time() for _, _, applied_at in ledger)
 
 
-def test_concurrent_migrations_apply_each_file_exactly_once(backend: Backend) -> None:
+def test_concurrent_migrations_apply_each_file_exactly_once(backend: SqlBackend) -> None:
     expected = sorted(name for _, name, _ in migrations.pending(backend.dialect, set()))
     stores = [open_store(backend.url, migrate=False) for _ in range(8)]
     start = threading.Barrier(len(stores))
@@ -527,7 +470,7 @@ def test_set_limits_refuses_what_it_cannot_apply(
 
 def test_limit_kinds_are_the_kinds_the_limits_book_knows() -> None:
     from keel.limits.book import KINDS
-    from keel.store.rows import LIMIT_KINDS
+    from keel.store.sql.rows import LIMIT_KINDS
 
     assert set(LIMIT_KINDS) == set(KINDS)
 
@@ -540,7 +483,7 @@ def test_claim_alert_is_true_once_per_crossing(store: Store) -> None:
     assert store.claim_alert("tenant=globex|usd_day", "2025-01-02", 0.8, 104.0) is True  # another counter
 
 
-def test_claim_alert_from_many_threads_has_one_winner(backend: Backend) -> None:
+def test_claim_alert_from_many_threads_has_one_winner(backend: SqlBackend) -> None:
     stores = [open_store(backend.url) for _ in range(8)]  # one per thread, like separate processes
     start = threading.Barrier(len(stores))
 
@@ -570,7 +513,7 @@ def test_flip_alert_reports_each_change_once(store: Store) -> None:
     assert store.alert_states() == {"errors|gpt-4o": 106.0, "errors|claude": 103.0}
 
 
-def test_flip_alert_from_many_threads_has_one_winner(backend: Backend) -> None:
+def test_flip_alert_from_many_threads_has_one_winner(backend: SqlBackend) -> None:
     stores = [open_store(backend.url) for _ in range(8)]
     start = threading.Barrier(len(stores))
 

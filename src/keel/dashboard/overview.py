@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 from keel.dashboard.charts import Series, chart
 from keel.dashboard.markup import Safe, h, join, ms, num, usd
 from keel.store.protocols import TraceStore, UsageQuery, UsageRow
-from keel.store.usage import GRAINS
+from keel.store.sql.usage import GRAINS
 
 # window → (seconds, series grain): at most 168 buckets per chart
 WINDOWS = {"1h": (3600, "minute"), "24h": (86400, "hour"), "7d": (7 * 86400, "hour"), "30d": (30 * 86400, "day")}

@@ -12,7 +12,7 @@ from typing import Any
 
 from keel.errors import InvalidRequest
 from keel.store.protocols import UsageQuery, UsageRow
-from keel.store.usage import DIMS, GRAINS
+from keel.store.sql.usage import DIMS, GRAINS
 from keel.traces.writer import parse_window
 
 BY = (*DIMS, "session")

@@ -40,7 +40,7 @@ import orjson
 
 from keel.errors import InvalidRequest
 from keel.store.protocols import BlobStore, SpanStore, TraceQuery, TraceStore
-from keel.store.spans import span_dict
+from keel.store.sql.spans import span_dict
 from keel.store.storable import storable
 from keel.traces.spans import attempt_spans
 from keel.traces.spill import Item, SpillDir

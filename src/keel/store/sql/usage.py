@@ -22,7 +22,7 @@ from operator import attrgetter
 from typing import Any
 
 from keel.store.protocols import UsageQuery, UsageRow
-from keel.store.rows import storable_amount, storable_count
+from keel.store.sql.rows import storable_amount, storable_count
 from keel.types import TraceRecord
 
 GRAINS = {"minute": 60, "hour": 3600, "day": 86400}

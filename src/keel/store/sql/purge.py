@@ -1,4 +1,4 @@
-"""Deletion statements shared by the SQL backends: bounded trace deletes, rollups, a tenant's rows.
+"""Deleting traces, rollups and a tenant's rows over any SQL dialect (`TraceDeletion`).
 
 Every delete touches at most `limit` rows (a subquery with LIMIT picks them), so each statement is
 a short transaction beside the trace writer's. `mark` is the dialect's placeholder (? or %s);
@@ -11,10 +11,12 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from keel.store.protocols import DeletedTraces
+from keel.store.sql.dialect import Database
 
 ROLLUP_TABLES = ("usage_minute", "usage_hour", "usage_day")
 _ROLLUP_KEY = "(dim, bucket, tenant, value)"
 IN_CHUNK = 500  # ids or sessions per IN (...) list
+_DELETE_BATCH = 1000  # rollup rows per DELETE statement
 
 
 def trace_delete(
@@ -115,3 +117,44 @@ def run_all(run: Callable[[str, list[Any]], int], statements: Sequence[Statement
             if not bounded or n < limit:
                 break
     return total
+
+
+class SqlPurge:
+    _db: Database
+
+    def delete_traces(
+        self,
+        *,
+        limit: int,
+        tenant: str | None = None,
+        user: str | None = None,
+        before: float | None = None,
+        exclude: Sequence[str] = (),
+    ) -> DeletedTraces:
+        d = self._db.dialect
+        # PostgreSQL's SKIP LOCKED: two sweeping processes take different rows instead of waiting on each other
+        sql, params = trace_delete(
+            d.mark, limit=limit, tenant=tenant, user=user, before=before, exclude=exclude, lock=d.skip_locked
+        )
+        with self._db.session() as s:
+            rows = s.fetchall(sql, params)  # fetchall: the statement runs to completion
+        return deleted(rows)
+
+    def delete_rollups(self, tenant: str, user: str | None = None, sessions: Sequence[str] = ()) -> int:
+        statements = rollup_deletes(self._db.dialect.mark, tenant, user, sessions, _DELETE_BATCH)
+        with self._db.session() as s:
+            return run_all(s.execute, statements, _DELETE_BATCH)
+
+    def trace_ids_present(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        with self._db.session() as s:
+            for chunk in chunks(list(ids), IN_CHUNK):
+                found.update(r[0] for r in s.fetchall(*present_query(self._db.dialect.mark, chunk)))
+        return found
+
+    def delete_tenant(self, name: str) -> dict[str, int]:
+        counts = {"limit_overrides": 0, "keys": 0, "tenants": 0}
+        with self._db.transaction() as s:
+            for kind, sql, params in tenant_deletes(self._db.dialect.mark, name):
+                counts[kind] += s.execute(sql, params)
+        return counts

@@ -1,9 +1,9 @@
 """Span storage shared by the SQL backends: one column order, the statements, rows to spans and back.
 
 A trace's child spans live in table `spans`, keyed (trace_id, span_id): inserts are idempotent, so a
-retried or reloaded batch never duplicates. Statements take the dialect's placeholder `mark` (? or
-%s) and, for PostgreSQL, `json` (the cast of the attributes, `::jsonb`). Deletes are bounded like the
-traces' (keel.store.deletion): at most `limit` rows per statement. The JSON form (`span_dict`,
+retried or reloaded batch never duplicates. Statements are written once over the `Dialect`
+(`SqlSpans`, the `SpanStore` of every SQL backend). Deletes are bounded like the traces'
+(keel.store.sql.purge): at most `limit` rows per statement. The JSON form (`span_dict`,
 `span_from_dict`) is the spill files' and the admin API's.
 """
 
@@ -16,7 +16,9 @@ from typing import Any
 
 import orjson
 
-from keel.store.rows import storable_amount, storable_count
+from keel.store.protocols import UnstorableRecords
+from keel.store.sql.dialect import Database, Dialect
+from keel.store.sql.rows import storable_amount, storable_count
 from keel.store.storable import storable_span
 from keel.types import Span, Usage
 
@@ -77,8 +79,8 @@ def span_from_dict(value: Any) -> Span:
 
 
 @functools.cache
-def insert_sql(mark: str, json: str = "") -> str:
-    marks = ", ".join(f"{mark}{json}" if c == "attributes" else mark for c in SPAN_COLUMNS)
+def insert_sql(d: Dialect) -> str:
+    marks = d.values(SPAN_COLUMNS, frozenset({"attributes"}))
     return f"INSERT INTO spans ({', '.join(SPAN_COLUMNS)}) VALUES ({marks}) ON CONFLICT (trace_id, span_id) DO NOTHING"
 
 
@@ -121,3 +123,43 @@ def delete_where(
         params.append(before)
     pick = f"SELECT trace_id, span_id FROM spans WHERE {' AND '.join(clauses)} LIMIT {mark}{lock}"
     return f"DELETE FROM spans WHERE (trace_id, span_id) IN ({pick})", [*params, limit]
+
+
+class SqlSpans:
+    """`SpanStore` over any SQL dialect."""
+
+    _db: Database
+
+    def append_spans(self, spans: Sequence[Span]) -> None:
+        if not spans:
+            return
+        db = self._db
+        d = db.dialect
+        # in key order where several processes write, so overlapping batches wait instead of deadlocking
+        ordered = sorted(spans, key=lambda s: (s.trace_id, s.span_id)) if d.ordered else spans
+        try:
+            with db.transaction() as s:
+                s.executemany(insert_sql(d), [span_to_row(span) for span in ordered])
+        except Exception as exc:
+            if db.refused(exc):
+                raise UnstorableRecords(f"{type(exc).__name__}: {exc}") from exc
+            raise
+
+    def trace_spans(self, trace_id: str) -> list[Span]:
+        with self._db.session() as s:
+            rows = s.fetchall(select_sql(self._db.dialect.mark), (trace_id,))
+        return [span_from_row(r) for r in rows]
+
+    def delete_trace_spans(self, trace_ids: Sequence[str]) -> int:
+        with self._db.session() as s:
+            return sum(s.execute(sql, params) for sql, params in delete_of_traces(self._db.dialect.mark, trace_ids))
+
+    def delete_spans(
+        self, *, limit: int, tenant: str | None = None, before: float | None = None, exclude: Sequence[str] = ()
+    ) -> int:
+        d = self._db.dialect
+        sql, params = delete_where(
+            d.mark, limit=limit, tenant=tenant, before=before, exclude=exclude, lock=d.skip_locked
+        )
+        with self._db.session() as s:
+            return s.execute(sql, params)

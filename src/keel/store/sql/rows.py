@@ -29,7 +29,7 @@ TRACE_COLUMNS = (
     "reasoning_tokens", "cost_usd", "latency_ms", "ttft_ms", "attempts", "overhead_ms", "stream",
     "route", "attempt_log", "fallback", "prompt_version", "cache", "cache_saved_usd", "payload_blob",
 )  # fmt: skip
-_JSON = frozenset({"tags", "request", "response", "route", "attempt_log"})
+TRACE_JSON = frozenset({"tags", "request", "response", "route", "attempt_log"})
 _COUNTS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
 _AMOUNTS = ("cost_usd", "latency_ms", "ttft_ms", "overhead_ms", "cache_saved_usd")
 TOKENS_MAX = 2**31 - 1  # PostgreSQL INTEGER, the traces' token columns
@@ -50,7 +50,7 @@ def _dump(value: Any) -> str | None:
 
 
 _trace_values = attrgetter(*(_ATTR.get(c, c) for c in TRACE_COLUMNS))  # one C call per record
-_JSON_AT = tuple(i for i, c in enumerate(TRACE_COLUMNS) if c in _JSON)
+_JSON_AT = tuple(i for i, c in enumerate(TRACE_COLUMNS) if c in TRACE_JSON)
 _COUNTS_AT = tuple(TRACE_COLUMNS.index(c) for c in _COUNTS)
 _AMOUNTS_AT = tuple(TRACE_COLUMNS.index(c) for c in _AMOUNTS)
 # (index, longest value stored as it is) of each text column: attribution must fit an index entry
@@ -127,7 +127,7 @@ def clean_row(row: tuple[Any, ...]) -> bool:
 def trace_from_row(row: Sequence[Any]) -> TraceRecord:
     values = {}
     for c, v in zip(TRACE_COLUMNS, row, strict=True):
-        if c in _JSON and isinstance(v, str):
+        if c in TRACE_JSON and isinstance(v, str):
             v = orjson.loads(v)
         values[_ATTR.get(c, c)] = v
     values["stream"] = bool(values["stream"])

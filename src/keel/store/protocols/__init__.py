@@ -1,0 +1,66 @@
+"""Narrow storage interfaces, one module per capability, and the rows they carry.
+
+Stores are synchronous and thread-safe unless a protocol says async: the request path never calls a
+synchronous one directly. It reads from memory, and the few store calls it needs (a key cache miss)
+run in a worker thread; traces reach `TraceStore.append_traces` from the trace writer's own thread.
+Every backend of a protocol passes that protocol's contract suite (tests/test_*_contract.py).
+
+Every public name is re-exported here, so `from keel.store.protocols import X` works whichever
+module X lives in; a new capability adds its module and its names to this list.
+"""
+
+from keel.store.protocols.blobs import BlobStore
+from keel.store.protocols.breakers import BreakerPolicy, BreakerState, BreakerStore, Permit
+from keel.store.protocols.cache import CacheEntry, CacheStore
+from keel.store.protocols.keys import KeyRow, KeyStore, TenantRow
+from keel.store.protocols.limits import (
+    Admission,
+    Charge,
+    LimitConfigStore,
+    LimitOverride,
+    LimitStore,
+    LimitStoreUnavailable,
+    Reservation,
+    UnknownSubject,
+    Window,
+)
+from keel.store.protocols.purge import DeletedTraces, TraceDeletion
+from keel.store.protocols.spans import SpanStore
+from keel.store.protocols.store import Migrator, Store
+from keel.store.protocols.traces import TraceQuery, TraceStore, UnstorableRecords
+from keel.store.protocols.usage import UsageQuery, UsageRow
+from keel.store.protocols.vectors import VectorHit, VectorIndex
+
+__all__ = [
+    "Admission",
+    "BlobStore",
+    "BreakerPolicy",
+    "BreakerState",
+    "BreakerStore",
+    "CacheEntry",
+    "CacheStore",
+    "Charge",
+    "DeletedTraces",
+    "KeyRow",
+    "KeyStore",
+    "LimitConfigStore",
+    "LimitOverride",
+    "LimitStore",
+    "LimitStoreUnavailable",
+    "Migrator",
+    "Permit",
+    "Reservation",
+    "SpanStore",
+    "Store",
+    "TenantRow",
+    "TraceDeletion",
+    "TraceQuery",
+    "TraceStore",
+    "UnknownSubject",
+    "UnstorableRecords",
+    "UsageQuery",
+    "UsageRow",
+    "VectorHit",
+    "VectorIndex",
+    "Window",
+]

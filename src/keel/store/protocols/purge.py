@@ -1,0 +1,53 @@
+"""Deleting traces and what hangs off them in bounded batches: retention and purges."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedTraces:
+    """What one bounded delete removed: how many rows, the blob keys they referenced, their sessions, their ids."""
+
+    rows: int
+    blobs: tuple[str, ...] = ()
+    sessions: tuple[str, ...] = ()
+    ids: tuple[str, ...] = ()  # the deleted traces' ids: their spans go next
+
+
+class TraceDeletion(Protocol):
+    """Deleting raw traces in bounded batches (retention, purges) and what hangs off them.
+
+    Each call is one short statement touching at most `limit` rows, so the trace writer is never held
+    up behind one giant delete; callers loop until fewer than `limit` rows came back.
+    """
+
+    def delete_traces(
+        self,
+        *,
+        limit: int,
+        tenant: str | None = None,
+        user: str | None = None,
+        before: float | None = None,
+        exclude: Sequence[str] = (),
+    ) -> DeletedTraces:
+        """Delete up to `limit` traces of `tenant` (and of `user` within it), started before `before`.
+
+        With `tenant` None: traces of any tenant not in `exclude` (calls without a tenant included).
+        """
+        ...
+
+    def delete_rollups(self, tenant: str, user: str | None = None, sessions: Sequence[str] = ()) -> int:
+        """A whole tenant's usage rollups (user None); else the user's own rollup rows (dimension
+        `user`) and the rows of `sessions`. Returns the rows deleted."""
+        ...
+
+    def trace_ids_present(self, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` have a trace row (the orphan-blob sweep asks)."""
+        ...
+
+    def delete_tenant(self, name: str) -> dict[str, int]:
+        """Delete a tenant's keys, limit overrides and the tenant itself; counts per kind."""
+        ...

@@ -1,0 +1,23 @@
+"""The SQL store: every capability the SQL backends serve together, and its migrations."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from keel.store.protocols.keys import KeyStore
+from keel.store.protocols.limits import LimitConfigStore
+from keel.store.protocols.purge import TraceDeletion
+from keel.store.protocols.spans import SpanStore
+from keel.store.protocols.traces import TraceStore
+
+
+class Migrator(Protocol):
+    def migrate(self) -> list[str]:
+        """Apply pending numbered migrations; return the names applied."""
+        ...
+
+
+class Store(KeyStore, TraceStore, TraceDeletion, LimitConfigStore, Migrator, SpanStore, Protocol):
+    url: str
+
+    def close(self) -> None: ...
