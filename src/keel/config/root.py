@@ -81,11 +81,7 @@ def _check_cache(cfg: Config, outline: Outline) -> list[ConfigIssue]:
     aliases = cfg.models.values()
     wants_semantic = semantic.enabled or any(a.cache.semantic is True for a in aliases)
     enabled = cfg.cache.enabled or any(a.cache.enabled is True for a in aliases)
-    # a cache setting or an alias the schema rejected may turn it on: only what the file shows is off
-    rejected = any(
-        p in ("cache", "cache.enabled") or p.endswith((".cache", ".cache.enabled")) for p in outline.rejected
-    )
-    enabled = enabled or rejected or len(cfg.models) < len(outline.aliases)
+    enabled = enabled or len(cfg.models) < len(outline.aliases)  # an alias the schema rejected may turn it on
     if wants_semantic and not enabled:
         fix = "set cache.enabled: true (semantic matches answer from the same cache)"
         issues.append(ConfigIssue("cache.semantic.enabled", "the semantic cache is on but the cache is off", fix))
