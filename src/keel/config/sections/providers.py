@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import difflib
-
 from pydantic import Field, field_validator
 
 from keel.config.parts import Model, Outline
@@ -55,6 +53,8 @@ class PriceConfig(Model):
 
 def check(name: str, p: ProviderConfig, outline: Outline) -> list[ConfigIssue]:
     """A known catalog type, and a base URL that is an http(s) URL, required where the row has none."""
+    import difflib
+
     from keel.catalog import CATALOG  # the catalog's rows are only needed once a provider is configured
 
     row = CATALOG.get(p.type)
