@@ -129,7 +129,7 @@ class Reply:
         self._resume: Resume | None = None
         self._attempt_done: list[Callable[[Outcome], None]] = []  # the current attempt's, once resumable
         self._mark = 0  # where the current attempt's text starts in `_text`
-        self.cost_usd: float | None = None  # an answer that costs nothing (cache, static) sets 0.0
+        self.cost_usd: float | None = None  # a cost known up front: 0.0 for a free answer (cache, static)
         self._billed: Usage | None = None  # after a resume: the ended attempts' billed usage and cost, summed
         self._spent: float | None = None
 
