@@ -8,7 +8,7 @@ from keel.cache.stage import CacheStage, TextEmbedder
 from keel.config import AliasCacheConfig, Config
 from keel.embedding.text import AliasTextEmbedder, LocalTextEmbedder
 from keel.errors import ConfigError, ConfigIssue
-from keel.gateway.builder import Upstreams
+from keel.gateway.builder import GatewayParts
 from keel.gateway.capability import Context, Contribution
 from keel.providers.base import Provider
 from keel.store.open import open_cache, open_vectors
@@ -16,7 +16,7 @@ from keel.types import Target
 
 
 def build(ctx: Context) -> Contribution:
-    stage = build_cache(ctx.config, ctx.get(Upstreams).providers)
+    stage = build_cache(ctx.config, ctx.get(GatewayParts).providers)
     if stage is None:
         return Contribution()
     ctx.add(stage)

@@ -23,8 +23,8 @@ from keel.types import RoutePlan
 
 
 @dataclass(frozen=True, slots=True)
-class Upstreams:
-    """The gateway core's shared parts, for other builders and the edges (`ctx.get(Upstreams)`)."""
+class GatewayParts:
+    """The gateway core's shared parts, for other builders and the edges (`ctx.get(GatewayParts)`)."""
 
     providers: dict[str, Provider]
     sessions: Sessions
@@ -75,7 +75,7 @@ def build(ctx: Context) -> Contribution:
     }
     gates = Gates(caps)
     invoker = Invoker(providers, prices, ttft_timeout=r.ttft_timeout_s, idle_timeout=r.idle_timeout_s, gates=gates)
-    ctx.add(Upstreams(providers, sessions, prices, router, health, breakers, gates))
+    ctx.add(GatewayParts(providers, sessions, prices, router, health, breakers, gates))
     ctx.add(prices)
 
     async def close() -> None:

@@ -23,7 +23,7 @@ from keel.cache.stage import CacheStage
 from keel.config import Config
 from keel.gateway import builder as gateway
 from keel.gateway.backpressure import Gates
-from keel.gateway.builder import Upstreams
+from keel.gateway.builder import GatewayParts
 from keel.gateway.capability import Builder, Context, Contribution
 from keel.gateway.health import HealthBook
 from keel.gateway.pipeline import Handler, build_pipeline, in_slot_order
@@ -100,7 +100,7 @@ class Runtime:
         self.cache_stage = ctx.find(CacheStage)
         found = ctx.find(Alerts) or Alerts(None, None, None)
         self.alerts, self.rules, self.rule_alerts = found.limits, found.rules, found.rule_sender
-        up = ctx.get(Upstreams)
+        up = ctx.get(GatewayParts)
         self.router, self.providers, self.sessions, self.prices = up.router, up.providers, up.sessions, up.prices
         self.breakers, self.health, self.gates = up.breakers, up.health, up.gates
 
