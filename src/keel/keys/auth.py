@@ -176,6 +176,7 @@ class Authenticator:
         self._lookups: dict[str, _Lookup] = {}  # digest -> its lookup in flight, or failed within HOLD_OFF_S
         self._threads = _Threads(threads, "keel-keys")
         self._poller = _Threads(1, "keel-key-poll")  # its own: lookups stuck on a dead store cannot starve it
+        self._polling: Future[int] | None = None  # the poll on the poller thread, if one runs
         self._cursor = time.time() - self.SKEW
         self._tenant_cursor = self._cursor
         self._tenant_seen: dict[str, float] = {}  # tenant → updated_at already acted on
@@ -369,9 +370,18 @@ class Authenticator:
     async def poll(self) -> None:
         """One poll for revocations and tenant changes (every `poll_s`); a failing store is counted, not raised."""
         done: Future[int] = Future()
+        self._polling = done
         self._poller.run(self.refresh_revocations, done)
         with contextlib.suppress(Exception):  # counted and logged (at most every LOG_EVERY_S) by the poll
             await asyncio.wrap_future(done)
+
+    async def aclose(self, wait_s: float = 2.0) -> None:
+        """Let a poll still reading the store end (within `wait_s`: a dead store never holds up exit), then close:
+        the store closes after this, and a read on a closed SQLite connection can crash the process."""
+        polling = self._polling
+        if polling is not None and not polling.done():
+            await asyncio.wait({asyncio.wrap_future(polling)}, timeout=wait_s)
+        self.close()
 
     def close(self) -> None:
         self._threads.close()

@@ -12,8 +12,5 @@ def build(ctx: Context) -> Contribution:
     authenticator = Authenticator(ctx.store, ttl=sc.key_cache_ttl_s, poll=sc.revocation_poll_s, stale=sc.key_stale_s)
     ctx.add(authenticator)
 
-    async def close() -> None:
-        authenticator.close()
-
     revocations = Worker("revocations", authenticator.poll, authenticator.poll_s)
-    return Contribution([("auth", AuthStage(authenticator))], workers=[revocations], close=[close])
+    return Contribution([("auth", AuthStage(authenticator))], workers=[revocations], close=[authenticator.aclose])
