@@ -8,7 +8,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,11 +222,12 @@ class _Server(uvicorn.Server):
 def make_gateway(tmp_path: Path) -> Iterator[Any]:
     started: list[tuple[_Server, threading.Thread]] = []
 
-    def make(raw: dict[str, Any], bounded: bool = False) -> Gateway:
-        """`bounded`: uvicorn runs with the connection bounds `keel serve` uses (keel.api.connections)."""
+    def make(raw: dict[str, Any], bounded: bool = False, extra: Sequence[Any] = ()) -> Gateway:
+        """`bounded`: uvicorn runs with the connection bounds `keel serve` uses (keel.api.connections);
+        `extra`: capability builders added after the runtime's own (`Runtime.build(extra=...)`)."""
         (tmp_path / "keel.yaml").write_text(yaml.safe_dump(raw))
         cfg = keel_config.load(tmp_path / "keel.yaml", env={})
-        runtime = Runtime.build(cfg)
+        runtime = Runtime.build(cfg, extra=extra)
         runtime.store.create_tenant("t1")
         key = issue_key(runtime.store, "t1", name="test").key
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY: see tests/served.py

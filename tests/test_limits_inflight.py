@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from keel.config import LimitsConfig
-from keel.gateway.call import Call, Reply
+from keel.gateway.call import Call, Outcome, Reply
 from keel.keys.auth import issue_key
 from keel.limits.book import book_from
 from keel.limits.stage import LimitsStage
@@ -31,7 +31,7 @@ from keel.providers.prices import PriceBook
 from keel.store.memory.counters import MemoryLimits
 from keel.store.protocols import LimitOverride
 from keel.testing import FakeUpstream, Script
-from keel.types import ChatEvent, ChatRequest, Message, Principal, RoutePlan, Target, TraceRecord
+from keel.types import ChatEvent, ChatRequest, Message, Principal, RoutePlan, Target, TraceRecord, Usage
 
 from .conftest import ADMIN, REDIS_URL, Gateway, base_config, until
 
@@ -125,8 +125,7 @@ def test_each_ended_call_is_charged_once_per_counter_across_successive_changes()
     async def start(usd: float) -> tuple[Call, Reply]:
         request = ChatRequest("fast", (Message("user", "hi"),), max_tokens=4)
         call = Call(request, TraceRecord(secrets.token_hex(4), 0.0), principal=Principal("acme", "k1"), plan=plan)
-        reply = await stage(call, lambda c: _reply(c))
-        call.trace.input_tokens, call.trace.output_tokens, call.trace.cost_usd = 10, 0, usd
+        reply = await stage(call, lambda c: _reply(c, usd))
         return call, reply
 
     async def main() -> list[float]:
@@ -150,8 +149,15 @@ def test_each_ended_call_is_charged_once_per_counter_across_successive_changes()
     assert usd_month == pytest.approx(8.0)  # only the call that ended after Y was set
 
 
-async def _reply(call: Call) -> Reply:
-    return Reply(_no_events(), call.t0)
+async def _reply(call: Call, usd: float) -> Reply:
+    """A reply billed as the invoke slot bills one: 10 input tokens and `usd`, on its outcome."""
+    reply = Reply(_no_events(), call.t0)
+
+    def bill(outcome: Outcome) -> None:
+        outcome.billed, outcome.cost_usd = Usage(input_tokens=10), usd
+
+    reply.on_done(bill)
+    return reply
 
 
 async def _no_events() -> AsyncIterator[ChatEvent]:

@@ -71,20 +71,19 @@ class RuleEvaluator:
         self._rules = tuple(rules)
         self._store = store
         self._send = send
-        self._every = every_s
+        self.every_s = every_s  # how often `tick` runs (the runtime's `alert-rules` worker)
         self._clock = clock
         self.firing: dict[str, int] = {r.name: 0 for r in rules}  # scope values firing per rule, last tick
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self._every)
-            try:
-                events = await asyncio.to_thread(self.evaluate, self._clock())
-            except Exception:  # a flaky store must not stop the evaluator
-                log.exception("evaluating alert rules failed; will retry")
-                continue
-            for event in events:
-                self._send(event)
+    async def tick(self) -> None:
+        """One evaluation, off the event loop; a flaky store is logged and tried again next tick."""
+        try:
+            events = await asyncio.to_thread(self.evaluate, self._clock())
+        except Exception:
+            log.exception("evaluating alert rules failed; will retry")
+            return
+        for event in events:
+            self._send(event)
 
     def evaluate(self, now: float) -> list[RuleEvent]:
         """One tick, in a worker thread: the events whose state change this process made."""

@@ -93,6 +93,8 @@ def create_app(runtime: Runtime) -> FastPath:
             "keys_refused_unavailable": auth.stats.unavailable,  # 503: no known state, store silent
             "limit_overrides_age_s": round(time.time() - runtime.limits_stage.read_at, 3),
             **spans,
+            # background workers (runtime/workers.py): "ok", or why one is not running until it restarts
+            "workers": {name: why or "ok" for name, why in runtime.workers.health().items()},
         }
         # Traces at risk take this process out; a stalled store does not (records wait, calls are served).
         if failing is not None:

@@ -88,6 +88,14 @@ class MetricsEndpoint:
                 _one("keel_otel_exporter_up", "gauge", "1 while the OpenTelemetry exporter runs; 0 crashed (see /readyz).", float(rt.exporter.health() is None)),
                 _one("keel_otel_exporter_restarts_total", "counter", "Times the exporter loop crashed and was restarted.", e.restarts),
             ]  # fmt: skip
+        states = rt.workers.states
+        if states:
+            up = [({"worker": n}, float(s.failing is None)) for n, s in states.items()]
+            restarts = [({"worker": n}, float(s.restarts)) for n, s in states.items()]
+            out += [
+                Family("keel_worker_up", "gauge", "1 while a background worker runs; 0 crashed, until it restarts (see /readyz).", up),
+                Family("keel_worker_restarts_total", "counter", "Times a background worker failed and was restarted.", restarts),
+            ]  # fmt: skip
         senders = [a.stats for a in (rt.alerts, rt.rule_alerts) if a is not None]
         if senders:
             out += [

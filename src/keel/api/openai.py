@@ -16,10 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from keel.api.bounds import Bounds, check_depth, deep_message, read_body
+from keel.cache.stage import CacheState
 from keel.errors import InvalidRequest, KeelError, ProviderError
 from keel.gateway.call import Call, Reply
 from keel.gateway.directives import HEADER as CACHE_HEADER
 from keel.gateway.directives import Directives
+from keel.limits.stage import LimitState
 from keel.runtime.components import Runtime
 from keel.traces.otel import join_caller_trace
 from keel.types import ChatRequest, EmbeddingRequest, Principal, TraceRecord, UsageEvent
@@ -130,10 +132,6 @@ def new_call(
         id=new_trace_id(),
         started_at=time.time(),
         endpoint=endpoint,
-        user=user,
-        feature=h.get("x-keel-feature"),
-        session=h.get("x-keel-session"),
-        tags=tags,
         alias=model_request.model,
         request=body if store_payloads else None,
         stream=getattr(model_request, "stream", False),
@@ -141,15 +139,22 @@ def new_call(
     )
     if "traceparent" in h:
         join_caller_trace(record, h.get("traceparent"), ", ".join(h.getlist("tracestate")))
-    return Call(
+    call = Call(
         model_request,
         record,
         api_key=bearer(request),
+        user=user,
+        feature=h.get("x-keel-feature"),
+        session=h.get("x-keel-session"),
+        tags=tags or None,
         timeout_s=_timeout(h.get("x-keel-timeout")),
         tier=h.get("x-keel-tier"),
         asked_priority=_priority(h.get("x-keel-priority")),
-        cache_control=Directives.parse(h.get(CACHE_HEADER)),
     )
+    cache_control = h.get(CACHE_HEADER)
+    if cache_control:
+        call.state(CacheState).directives = Directives.parse(cache_control)
+    return call
 
 
 def _priority(value: str | None) -> int | None:
@@ -185,8 +190,9 @@ def _headers(call: Call, reply: Reply) -> dict[str, str]:
         "x-keel-fallback": record.fallback or "primary",
         "x-keel-overhead-ms": f"{overhead:.3f}",
     }
-    if call.warnings:
-        headers["x-keel-limit-warning"] = "; ".join(call.warnings)
+    limits = call.find(LimitState)
+    if limits is not None and limits.warnings:
+        headers["x-keel-limit-warning"] = "; ".join(limits.warnings)
     cache = record.cache or record.tags.get("keel.cache")
     if cache == "semantic":
         headers["x-keel-cache"] = f"semantic; similarity={record.tags.get('keel.cache_similarity')}"

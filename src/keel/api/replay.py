@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from keel.api.openai import new_trace_id
+from keel.cache.stage import CacheState
 from keel.errors import InvalidRequest, KeelError, NotFound, PermissionDenied
 from keel.gateway.call import Call
 from keel.gateway.directives import Directives
@@ -63,8 +64,10 @@ async def replay(rt: Runtime, trace_id: str, ask: ReplayAsk) -> dict[str, Any]:
     if tenant is None:
         raise NotFound(f"Trace '{trace_id}' belongs to tenant '{row.tenant}', which no longer exists.")
     principal = Principal(tenant.name, row.key_id or "replay", user=row.user, regions=tenant.regions)
-    call = Call(chat, _record(row, body, chat, rt.config.traces.store_payloads), principal=principal)
-    call.cache_control = _SKIP_CACHE
+    tags = {k: v for k, v in row.tags.items() if not k.startswith("keel.")}
+    record = _record(row, body, chat, rt.config.traces.store_payloads)
+    call = Call(chat, record, principal=principal, user=row.user, feature=row.feature, tags=tags or None)
+    call.state(CacheState).directives = _SKIP_CACHE
     if ask.model is not None:
         call.plan = direct_plan(rt, ask.model, chat.model, principal)
         call.trace.route = {"replay_target": ask.model}
@@ -101,16 +104,13 @@ def _recorded(row: TraceRecord, alias: str | None) -> tuple[dict[str, Any], Chat
 
 
 def _record(row: TraceRecord, body: dict[str, Any], chat: ChatRequest, store_payloads: bool) -> TraceRecord:
-    """The replay's trace: the original's attribution (not its session: a replay is no part of that
-    workflow) and its own tags, without the keel.* facts of the original call."""
-    tags = {k: v for k, v in row.tags.items() if not k.startswith("keel.")}
+    """The replay's trace. The call carries the original's attribution (not its session: a replay is no
+    part of that workflow) and its tags, without the keel.* facts of the original call."""
     return TraceRecord(
         id=new_trace_id(),
         started_at=time.time(),
         endpoint=row.endpoint,
-        user=row.user,
-        feature=row.feature,
-        tags={**tags, REPLAY_TAG: row.id},
+        tags={REPLAY_TAG: row.id},
         alias=chat.model,
         request=body if store_payloads else None,
         stream=chat.stream,

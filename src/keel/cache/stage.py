@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from keel.cache.policy import (
@@ -38,6 +38,7 @@ from keel.errors import ErrorKind, KeelError, ProviderError, UpstreamError
 from keel.gateway.call import Call, Outcome, Reply, no_events
 from keel.gateway.directives import Directives
 from keel.gateway.pipeline import Handler
+from keel.gateway.stages.failover import FailoverState
 from keel.store.protocols import CacheEntry, CacheStore, VectorIndex
 from keel.types import (
     ChatEvent,
@@ -81,6 +82,20 @@ class CacheCounts:
 
 
 Verify = Callable[[str, str], bool]  # (kept question, new question) → may the kept answer serve?
+_NO_DIRECTIVES = Directives()
+
+
+@dataclass(slots=True)
+class CacheState:
+    """The cache slot's per-call state (`call.state(CacheState)`): what the caller asks of the cache
+    (`x-keel-cache-control`, set by the edge when the header is present; an admin replay skips the cache)."""
+
+    directives: Directives = field(default=_NO_DIRECTIVES)
+
+
+def directives(call: Call) -> Directives:
+    state = call.find(CacheState)
+    return _NO_DIRECTIVES if state is None else state.directives
 
 
 class CacheStage:
@@ -122,7 +137,7 @@ class CacheStage:
             if policy.enabled and policy.embeddings:
                 return await self._embeddings(call, request, policy, next)
             return await next(call)
-        if not cacheable(request, policy, call.cache_control):
+        if not cacheable(request, policy, directives(call)):
             if policy.enabled:
                 call.trace.tags["keel.cache"] = "bypass"
             return await next(call)
@@ -132,24 +147,26 @@ class CacheStage:
 
     async def _chat(self, call: Call, request: ChatRequest, policy: CachePolicy, next: Handler) -> Reply:
         assert call.principal is not None
-        tenant, directives, now = call.principal.tenant, call.cache_control, time.time()
+        tenant, asked, now = call.principal.tenant, directives(call), time.time()
         key = exact_key(tenant, request)
         entry = await self._get(tenant, key, now)
-        if entry is not None and directives.read and _fresh(entry, now, directives):
+        if entry is not None and asked.read and _fresh(entry, now, asked):
             return self._hit(call, entry, "hit")
         semantic = self._semantic_query(request, policy, tenant)
         vector: Sequence[float] | None = None
         if semantic is not None and self._embedder is not None:
             vector = await self._embed(semantic[1])
-            if vector is not None and directives.read:
-                found = await self._nearest(call, tenant, semantic, vector, policy, now)
+            if vector is not None and asked.read:
+                found = await self._nearest(call, tenant, semantic, vector, policy, now, asked)
                 if found is not None:
                     return found
-        call.stale_answer = entry is not None and policy.stale_s > 0
+        stale = entry is not None and policy.stale_s > 0
+        if stale:
+            call.state(FailoverState).stale_held = True  # it, not the static answer, follows the targets
         try:
             reply = await next(call)
         except UpstreamError as err:
-            if entry is None or not call.stale_answer or _request_at_fault(err):
+            if entry is None or not stale or _request_at_fault(err):
                 raise
             self.counts.stale += 1
             call.trace.fallback = "stale"
@@ -157,7 +174,7 @@ class CacheStage:
             return self._hit(call, entry, "stale")
         self.counts.misses += 1
         call.trace.cache = "miss"
-        if directives.write:
+        if asked.write:
             where = None if semantic is None or vector is None else (semantic[0], vector)
             question = last_user_text(request)
             reply.on_done(lambda outcome: self._keep(call, key, policy, where, question, outcome))
@@ -177,6 +194,7 @@ class CacheStage:
         vector: Sequence[float],
         policy: CachePolicy,
         now: float,
+        asked: Directives,
     ) -> Reply | None:
         assert self._vectors is not None and self._embedder is not None
         part, text = semantic
@@ -190,10 +208,10 @@ class CacheStage:
         if near is None:
             return None
         entry = await self._get(tenant, near.key, now)
-        if entry is None or not _fresh(entry, now, call.cache_control):
+        if entry is None or not _fresh(entry, now, asked):
             return None
-        asked = decode_answer(entry.value).question
-        if self._verify is not None and (asked is None or not self._verify(asked, text)):
+        kept = decode_answer(entry.value).question
+        if self._verify is not None and (kept is None or not self._verify(kept, text)):
             self.counts.verify_rejects += 1
             call.trace.tags["keel.cache_rejected"] = round(near.similarity, 4)
             return None
@@ -205,13 +223,15 @@ class CacheStage:
         response, provider = answer.response, answer.provider
         record = call.trace
         record.cache, record.cache_saved_usd = kind, entry.cost_usd or 0.0
-        record.provider, record.model, record.cost_usd = f"cache:{provider or ''}", response.model, 0.0
+        record.provider, record.model = f"cache:{provider or ''}", response.model
         record.tags["keel.cache_age_s"] = round(time.time() - entry.created_at, 3)
         if kind == "hit":
             self.counts.hits += 1
         elif kind == "semantic":
             self.counts.semantic_hits += 1
-        return Reply(_replay(response), call.t0)
+        reply = Reply(_replay(response), call.t0)
+        reply.cost_usd = 0.0  # a hit bills nothing
+        return reply
 
     def _keep(
         self,
@@ -222,14 +242,14 @@ class CacheStage:
         question: str | None,
         outcome: Outcome,
     ) -> None:
-        record = call.trace
         complete = outcome.status == "ok" and outcome.response.finish_reason in ("stop", "length", "tool_calls")
-        tags = record.tags
+        failover = call.find(FailoverState)
+        notes = outcome.notes
         if (
             not complete
-            or record.fallback not in ("primary", "target")
-            or "keel.usage" in tags
-            or "keel.resumed" in tags
+            or (failover is not None and failover.degraded is not None)
+            or "keel.usage" in notes
+            or "keel.resumed" in notes
         ):
             return  # a cut, degraded, static, estimated or stitched answer is not worth repeating
         if self._holding_off():
@@ -239,12 +259,12 @@ class CacheStage:
         entry = CacheEntry(
             call.principal.tenant,
             key,
-            encode_answer(outcome.response, record.provider, question),
+            encode_answer(outcome.response, call.target.provider if call.target is not None else None, question),
             now,
             now + policy.ttl_s,
             now + policy.ttl_s + policy.stale_s,
-            record.cost_usd,
-            record.user,
+            outcome.cost_usd,
+            call.user,
         )
         self._spawn(self._put(entry, where))
 
@@ -264,23 +284,26 @@ class CacheStage:
 
     async def _embeddings(self, call: Call, request: EmbeddingRequest, policy: CachePolicy, next: Handler) -> Reply:
         assert call.principal is not None and call.plan is not None
-        directives, now, tenant = call.cache_control, time.time(), call.principal.tenant
+        asked, now, tenant = directives(call), time.time(), call.principal.tenant
         primary = call.plan.targets[0].key
         keys = [embedding_key(tenant, primary, request, text) for text in request.inputs]
         known: dict[int, tuple[float, ...]] = {}
-        if directives.read:
+        if asked.read:
             for i, key in enumerate(keys):
                 entry = await self._get(tenant, key, now)
-                if entry is not None and _fresh(entry, now, directives):
+                if entry is not None and _fresh(entry, now, asked):
                     known[i] = decode_vector(entry.value)
         missing = [i for i in range(len(keys)) if i not in known]
         if not missing:
             self.counts.hits += 1
             record = call.trace
-            record.cache, record.cache_saved_usd, record.cost_usd = "hit", 0.0, 0.0
-            record.provider, record.model = "cache", call.plan.targets[0].model
+            record.cache, record.cache_saved_usd = "hit", 0.0
+            model = call.plan.targets[0].model
+            record.provider, record.model = "cache", model
             vectors = tuple(known[i] for i in range(len(keys)))
-            return Reply(no_events(), call.t0, embedding=EmbeddingResponse(record.model, vectors, Usage()))
+            reply = Reply(no_events(), call.t0, embedding=EmbeddingResponse(model, vectors, Usage()))
+            reply.cost_usd = 0.0
+            return reply
         call.request = replace(request, inputs=tuple(request.inputs[i] for i in missing)) if known else request
         try:
             reply = await next(call)
@@ -289,9 +312,9 @@ class CacheStage:
         assert reply.embedding is not None
         fresh = reply.embedding.vectors
         call.trace.cache = "miss" if not known else "partial"
-        if directives.write and call.target is not None and call.target.key == primary and not self._holding_off():
+        if asked.write and call.target is not None and call.target.key == primary and not self._holding_off():
             expires = now + policy.ttl_s  # the alias's TTL; a vector is never served stale
-            self._spawn(self._keep_vectors(tenant, [keys[i] for i in missing], fresh, call.trace.user, now, expires))
+            self._spawn(self._keep_vectors(tenant, [keys[i] for i in missing], fresh, call.user, now, expires))
         if known:
             merged = dict(known) | dict(zip(missing, fresh, strict=True))
             reply.embedding = replace(reply.embedding, vectors=tuple(merged[i] for i in range(len(keys))))

@@ -1,4 +1,9 @@
-"""`Call` (typed per-request state) and `Reply` (one shape for streaming and non-streaming).
+"""`Call` (the request and its attribution), `Outcome` (how it ended, usage and cost) and `Reply`.
+
+A capability's per-call state is not a `Call` field: it is a small typed object of its own, made on
+first use by `call.state(Kind)` (a slots dataclass whose fields all have defaults) and read, without
+making one, by `call.find(Kind)`. The trace record (`call.trace`) is output: stages may write their
+facts to it, never read request input back from it (that is on `Call`) nor cost (that is on `Outcome`).
 
 A Reply is an async iterator of ChatEvents that accumulates the response as it passes and fires its
 `on_done` callbacks exactly once: when the events end, when they fail, or when the consumer closes
@@ -16,10 +21,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from keel.errors import KeelError
-from keel.gateway.directives import Directives
 from keel.types import (
     ChatEvent,
     ChatRequest,
@@ -40,14 +44,20 @@ from keel.types import (
     UsageEvent,
 )
 
+S = TypeVar("S")
+
 
 @dataclass(slots=True)
 class Call:
     request: ChatRequest | EmbeddingRequest
-    trace: TraceRecord
+    trace: TraceRecord  # the record this call writes (output only; see the module docstring)
     api_key: str | None = field(default=None, repr=False)  # never stored or logged
     t0: float = field(default_factory=time.perf_counter)
-    principal: Principal | None = None
+    principal: Principal | None = None  # tenant, key and its limits, once authenticated
+    user: str | None = None  # the body's `user` or x-keel-user, else the key's user (set by auth)
+    feature: str | None = None  # x-keel-feature
+    session: str | None = None  # x-keel-session
+    tags: dict[str, Any] | None = None  # the caller's tags (metadata, x-keel-tags); None: none given
     allowed: tuple[str, ...] | None = None  # aliases the key may use; None = all
     plan: RoutePlan | None = None
     target: Target | None = None
@@ -57,9 +67,22 @@ class Call:
     priority: int = 0  # in a saturated target's wait queue: higher first
     deadline: float | None = None  # event-loop time by which the call must end
     waited_s: float = 0.0  # time in failed attempts and backoff: not gateway overhead
-    warnings: list[str] = field(default_factory=list)  # soft-limit warnings for the response header
-    cache_control: Directives = field(default_factory=Directives)  # x-keel-cache-control
-    stale_answer: bool = False  # the cache holds an expired answer: it, not the static one, follows the targets
+    _states: dict[type, Any] | None = field(default=None, repr=False)  # capabilities' per-call state, by type
+
+    def state(self, kind: type[S]) -> S:
+        """This call's `kind` state, made (with its defaults) on first use."""
+        states = self._states
+        if states is None:
+            states = self._states = {}
+        found = states.get(kind)
+        if found is None:
+            found = states[kind] = kind()
+        return found
+
+    def find(self, kind: type[S]) -> S | None:
+        """This call's `kind` state if a stage or the edge made one; None otherwise (nothing is made)."""
+        states = self._states
+        return None if states is None else states.get(kind)
 
 
 Status = Literal["ok", "error", "cancelled"]
@@ -74,6 +97,8 @@ class Outcome:
     ttft_s: float | None  # from arrival to the first content event
     upstream_s: float  # time spent waiting on the provider
     notes: dict[str, str] = field(default_factory=dict)  # the provider's Notes: `keel.*` trace tags
+    billed: Usage | None = None  # what the call is billed for (set by the invoke slot; None: nothing)
+    cost_usd: float | None = None  # its price (None: unpriced, or nothing billed); 0.0 for free answers
 
 
 Resume = Callable[["Reply", KeelError], Awaitable["Reply | None"]]  # (broken reply, error) → the next attempt
@@ -104,6 +129,9 @@ class Reply:
         self._resume: Resume | None = None
         self._attempt_done: list[Callable[[Outcome], None]] = []  # the current attempt's, once resumable
         self._mark = 0  # where the current attempt's text starts in `_text`
+        self.cost_usd: float | None = None  # a cost known up front: 0.0 for a free answer (cache, static)
+        self._billed: Usage | None = None  # after a resume: the ended attempts' billed usage and cost, summed
+        self._spent: float | None = None
 
     def on_done(self, callback: Callable[[Outcome], None]) -> None:
         self._callbacks.append(callback)
@@ -183,7 +211,11 @@ class Reply:
     def _end_attempt(self, outcome: Outcome) -> None:
         callbacks, self._attempt_done = self._attempt_done, []
         for callback in callbacks:
-            callback(outcome)
+            callback(outcome)  # the invoke slot's, first, bills the attempt on `outcome`
+        if outcome.billed is not None:
+            self._billed = _added(self._billed, outcome.billed)
+        if outcome.cost_usd is not None:
+            self._spent = (self._spent or 0.0) + outcome.cost_usd
 
     def _absorb(self, event: ChatEvent, now: float) -> None:
         if isinstance(event, Text):
@@ -245,6 +277,7 @@ class Reply:
             self._end_attempt(outcome or self._attempt_outcome(status, error))
         if outcome is None:  # resumed: the call's outcome spans every attempt
             outcome = Outcome(status, error, self.response(), self.usage, self._ttft(), self.upstream_s, self.notes)
+            outcome.billed, outcome.cost_usd = self._billed, self._spent  # every attempt that served
         callbacks, self._callbacks = self._callbacks, []  # their closures (call, payload) go with this reply's end
         for callback in callbacks:
             callback(outcome)
@@ -252,7 +285,9 @@ class Reply:
     def _attempt_outcome(self, status: Status, error: KeelError | None) -> Outcome:
         """The current attempt's outcome: after a resume, its own text and usage, and no time to first token."""
         ttft = self._ttft() if self._mark == 0 else None
-        return Outcome(status, error, self._response(self._mark), self.usage, ttft, self.upstream_s, self.notes)
+        outcome = Outcome(status, error, self._response(self._mark), self.usage, ttft, self.upstream_s, self.notes)
+        outcome.cost_usd = self.cost_usd
+        return outcome
 
     def _ttft(self) -> float | None:
         return None if self.first_token_at is None else self.first_token_at - self._t0
@@ -260,6 +295,18 @@ class Reply:
     def fail(self, error: KeelError) -> None:
         """Report a failure that happened outside iteration (e.g. while rendering)."""
         self._finish("error", error)
+
+
+def _added(a: Usage | None, b: Usage) -> Usage:
+    if a is None:
+        return b
+    return Usage(
+        a.input_tokens + b.input_tokens,
+        a.output_tokens + b.output_tokens,
+        a.cached_input_tokens + b.cached_input_tokens,
+        a.cache_write_tokens + b.cache_write_tokens,
+        a.reasoning_tokens + b.reasoning_tokens,
+    )
 
 
 def _ignore_result(task: asyncio.Future[None]) -> None:

@@ -179,7 +179,7 @@ class Authenticator:
     ) -> None:
         self._store = store
         self._ttl = ttl
-        self._poll = poll
+        self.poll_s = poll  # how often `poll` runs (the runtime's `revocations` worker)
         self._stale = stale
         self._down_after = max(2.0, 4 * poll)  # a poll running this long means the store is not answering
         self._cache: dict[str, _Entry] = {}
@@ -377,14 +377,16 @@ class Authenticator:
             count += 1
         return count
 
-    async def run(self) -> None:
-        """Poll for revocations and tenant changes until cancelled; a failing store never stops it."""
-        while True:
-            await asyncio.sleep(self._poll)
-            done: Future[int] = Future()
-            self._poller.run(self.refresh_revocations, done)
-            with contextlib.suppress(Exception):  # counted and logged (at most every LOG_EVERY_S) by the poll
-                await asyncio.wrap_future(done)
+    async def poll(self) -> None:
+        """One poll for revocations and tenant changes (every `poll_s`); a failing store is counted, not raised."""
+        done: Future[int] = Future()
+        self._poller.run(self.refresh_revocations, done)
+        with contextlib.suppress(Exception):  # counted and logged (at most every LOG_EVERY_S) by the poll
+            await asyncio.wrap_future(done)
+
+    async def aclose(self) -> None:
+        """Close off the event loop: `close` waits for a read in progress (the store closes after this)."""
+        await asyncio.to_thread(self.close)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the lookup and poll threads, waiting for a read in progress (up to `timeout` seconds)."""

@@ -21,7 +21,5 @@ class AuthStage:
         principal = call.principal
         asked = call.asked_priority
         call.priority = principal.priority if asked is None else min(asked, principal.max_priority)
-        record = call.trace
-        record.tenant, record.key_id = principal.tenant, principal.key_id
-        record.user = record.user or principal.user
+        call.user = call.user or principal.user
         return await next(call)

@@ -20,11 +20,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from keel.errors import ErrorKind, ProviderError
-from keel.gateway.call import Call, Reply
+from keel.gateway.call import Call, Outcome, Reply
 from keel.gateway.pipeline import Handler
 from keel.gateway.routing import estimate_prompt_tokens
 from keel.limits.book import Estimate, LimitBook, Subject, actual_amounts, refusal, warnings
@@ -43,6 +43,13 @@ MAX_ENDED = 50_000  # ended calls kept for overrides read late; past it the olde
 # clock), who, tokens, usd, the book it was admitted on). A plain tuple of shared objects: one is made
 # per call and kept for seconds, so it holds no per-call garbage for the collector to walk.
 Ended = tuple[float, Subject, float, float, LimitBook]
+
+
+@dataclass(slots=True)
+class LimitState:
+    """The limits slot's per-call state (`call.state(LimitState)`), made only when a soft limit warns."""
+
+    warnings: list[str] = field(default_factory=list)  # for the x-keel-limit-warning response header
 
 
 class LimitsStage:
@@ -93,13 +100,11 @@ class LimitsStage:
     async def __call__(self, call: Call, next: Handler) -> Reply:
         assert call.principal is not None and call.plan is not None
         book = self._book
-        who = Subject(
-            call.principal.tenant, call.principal.key_id, call.trace.user, call.trace.feature, call.request.model
-        )
+        who = Subject(call.principal.tenant, call.principal.key_id, call.user, call.feature, call.request.model)
         charges = book.charges(who, lambda: self._estimate(call))
         if not charges:
             reply = await next(call)
-            reply.on_done(lambda outcome: self._end(call, who, book, None))
+            reply.on_done(lambda outcome: self._end(outcome, who, book, None))
             return reply
         try:
             admission = await self._store.reserve(charges, time.time())
@@ -121,7 +126,7 @@ class LimitsStage:
         except BaseException:
             self._spawn(self._store.release(reservation, time.time()))
             raise
-        reply.on_done(lambda outcome: self._end(call, who, book, reservation))
+        reply.on_done(lambda outcome: self._end(outcome, who, book, reservation))
         return reply
 
     def _estimate(self, call: Call) -> Estimate:
@@ -136,15 +141,17 @@ class LimitsStage:
     def _warn(self, call: Call, charges: list[Charge], used: tuple[float, ...]) -> None:
         for charge, threshold in warnings(charges, used, self._thresholds):
             value = used[charges.index(charge)]
-            call.warnings.append(f"{charge.counter} at {value / charge.limit:.0%} of {charge.limit:g}")
+            call.state(LimitState).warnings.append(
+                f"{charge.counter} at {value / charge.limit:.0%} of {charge.limit:g}"
+            )
             if self._alert is not None:
                 self._alert(charge, threshold, value)
 
-    def _end(self, call: Call, who: Subject, book: LimitBook, reservation: Reservation | None) -> None:
+    def _end(self, outcome: Outcome, who: Subject, book: LimitBook, reservation: Reservation | None) -> None:
         """Settle what was reserved, charge counters the book gained since admission, keep the spend a while."""
-        record = call.trace
-        tokens = (record.input_tokens or 0) + (record.output_tokens or 0)
-        usd = record.cost_usd or 0.0
+        billed = outcome.billed
+        tokens = 0 if billed is None else billed.input_tokens + billed.output_tokens
+        usd = outcome.cost_usd or 0.0
         now = time.time()
         if reservation is not None:
             self._spawn(self._store.settle(reservation, actual_amounts(reservation.charges, tokens, usd), now))

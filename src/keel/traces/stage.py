@@ -1,4 +1,8 @@
-"""The trace slot: the one stage that emits a call's record, exactly once, whatever happens."""
+"""The trace slot: the one stage that emits a call's record, exactly once, whatever happens.
+
+The record is written here from the `Call` (attribution, route) and its `Outcome` (usage, cost, status,
+the provider's notes); other stages may add their own facts to it, and no stage reads it back.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ class TraceStage:
             # No local may hold the error: its traceback keeps this frame, and the cycle would keep the payload.
             internal = None if isinstance(exc, KeelError) else KeelError(f"internal error: {type(exc).__name__}")
             _fail(call.trace, internal or exc, call.t0)  # type: ignore[arg-type]
-            self._put(call)
+            self._put(call, None)
             raise
         reply.on_done(lambda outcome: self._emit(call, outcome))
         return reply
@@ -70,12 +74,33 @@ class TraceStage:
         elif outcome.error is not None:
             record.status = "partial" if outcome.ttft_s is not None else "error"
             record.error_kind, record.error_message = outcome.error.kind, outcome.error.message
-        self._put(call)
+        self._put(call, outcome)
 
-    def _put(self, call: Call) -> None:
-        self._writer.put(call.trace)
+    def _put(self, call: Call, outcome: Outcome | None) -> None:
+        record = call.trace
+        principal = call.principal
+        if principal is not None:
+            record.tenant, record.key_id = principal.tenant, principal.key_id
+        record.user, record.feature, record.session = call.user, call.feature, call.session
+        if call.tags:
+            record.tags = {**call.tags, **record.tags}  # the caller's tags, then Keel's own keel.* ones
+        if record.route is None and call.plan is not None:
+            record.route = call.plan.explain or None
+        if outcome is not None:
+            _bill(record, outcome)
+        self._writer.put(record)
         for consume in self._consumers:
-            consume(call.trace, call.request)
+            consume(record, call.request)
+
+
+def _bill(record: TraceRecord, outcome: Outcome) -> None:
+    usage = outcome.billed
+    if usage is not None:
+        record.input_tokens, record.output_tokens = usage.input_tokens, usage.output_tokens
+        record.cached_input_tokens, record.cache_write_tokens = usage.cached_input_tokens, usage.cache_write_tokens
+        record.reasoning_tokens = usage.reasoning_tokens
+    if outcome.cost_usd is not None:
+        record.cost_usd = outcome.cost_usd
 
 
 def _capped(text: str | None, cap: int) -> str | None:

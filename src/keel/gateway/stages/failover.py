@@ -29,7 +29,7 @@ from keel.gateway.health import HealthBook
 from keel.gateway.pipeline import Handler
 from keel.gateway.resume import Diverged, continuation, spent, with_prefill
 from keel.store.protocols import BreakerStore, Permit
-from keel.types import ChatEvent, ChatRequest, Finish, RoutePlan, Start, Target, Text, TraceRecord, Usage, UsageEvent
+from keel.types import ChatEvent, ChatRequest, Finish, RoutePlan, Start, Target, Text, Usage, UsageEvent
 from keel.wire.base import Oversized
 
 
@@ -81,6 +81,20 @@ class RetryPolicy:
 
 
 PlanFor = Callable[[Call, str], RoutePlan]  # a fallback alias → its plan for this call
+_OWN_LEVELS = frozenset({"primary", "target"})  # the plan's own targets; the others are degraded answers
+
+
+@dataclass(slots=True)
+class FailoverState:
+    """Per-call state of the failover slot (`call.state(FailoverState)`), made only off the common path.
+
+    `stale_held`: a stage above holds an expired answer for when every target fails (the cache slot
+    sets it); the alias's static answer then gives way to it. `degraded`: the level that served when
+    it was not one of the plan's own targets (a fallback alias, `static`), for stages above to read.
+    """
+
+    stale_held: bool = False
+    degraded: str | None = None
 
 
 class FailoverStage:
@@ -210,6 +224,8 @@ class FailoverStage:
         record = call.trace
         record.fallback = level
         record.attempt_log = walk.log
+        if level not in _OWN_LEVELS:
+            call.state(FailoverState).degraded = level
 
         def done(outcome: Outcome) -> None:
             if outcome.status == "cancelled":
@@ -220,10 +236,10 @@ class FailoverStage:
                 entry["outcome"] = "diverged" if diverged else "failed mid-stream"
                 entry["kind"] = outcome.error.kind if outcome.error is not None else None
                 if diverged:
-                    walk.bill(entry, record)
+                    walk.bill(entry, outcome)
                     return  # it answered; only not the same words again
             if not ok or "resumed" in entry:
-                walk.bill(entry, record)
+                walk.bill(entry, outcome)
             self._health.observe(target.key, ok, loop.time() - started, outcome.ttft_s)
             self._note(target.key, ok, time.time())
 
@@ -246,6 +262,8 @@ class FailoverStage:
         try:
             for level, target in levels:
                 resumed = await self._continue_on(call, next, level, target, walk, request, sent, err)
+                if resumed is not None:
+                    reply.notes["keel.resumed"] = walk.log[-1]["resumed"]  # the call's outcome carries it
                 if resumed is not None or walk.stopped is not None:
                     return resumed
         except KeelError:
@@ -271,24 +289,28 @@ class FailoverStage:
             failed = len(walk.errors)
             reply = await self._try_target(call, next, level, target, walk)
             if reply is not None:
-                return _spliced(call, reply, walk, "prefill", sent[len(sent.rstrip()) :], broke, target)
+                return _spliced(reply, walk, "prefill", sent[len(sent.rstrip()) :], broke, target)
             refused = len(walk.errors) > failed and walk.errors[-1].error_kind is ErrorKind.bad_request
             if not refused:
                 return None
             walk.stopped = None  # it refused the prefill, not the request: restart on it
             call.request = request
         reply = await self._try_target(call, next, level, target, walk)
-        return None if reply is None else _spliced(call, reply, walk, "restart", sent, broke, target)
+        return None if reply is None else _spliced(reply, walk, "restart", sent, broke, target)
 
     def _static(self, call: Call, walk: _Walk) -> Reply | None:
         """The alias's static answer when the walk may end with one, else None."""
         assert call.plan is not None
         record = call.trace
         record.attempt_log = walk.log
-        if walk.stopped != "stop" and call.plan.static_answer is not None and not call.stale_answer:
-            record.fallback, record.provider, record.model, record.cost_usd = "static", "static", "static", 0.0
+        state = call.find(FailoverState)
+        if walk.stopped != "stop" and call.plan.static_answer is not None and (state is None or not state.stale_held):
+            record.fallback, record.provider, record.model = "static", "static", "static"
+            call.state(FailoverState).degraded = "static"
             walk.log.append({"level": "static", "outcome": "ok"})
-            return Reply(_static(call.plan.static_answer), call.t0)
+            reply = Reply(_static(call.plan.static_answer), call.t0)
+            reply.cost_usd = 0.0
+            return reply
         return None
 
     def _note(self, target: str, ok: bool, now: float) -> None:
@@ -312,25 +334,21 @@ class _Walk:
         self.min_window: int | None = None  # set after a context_length error
         self.stopped: str | None = None  # "stop" (request at fault) or "budget"
         self.breaks = 0  # streams that broke after content and were resumed from
-        self.billed: tuple[int, int, float] = (0, 0, 0.0)  # the trace's usage and cost after the last billed attempt
 
     def skip(self, level: str, target: Target, why: str) -> None:
         self.log.append({"level": level, "target": target.key, "outcome": "skipped", "why": why})
 
-    def bill(self, entry: dict[str, Any], record: TraceRecord) -> None:
-        """Note in `entry` what its attempt added to the trace's usage and cost: a resumed stream bills each."""
-        now = (record.input_tokens or 0, record.output_tokens or 0, record.cost_usd or 0.0)
-        before, self.billed = self.billed, now
-        entry["input_tokens"], entry["output_tokens"] = now[0] - before[0], now[1] - before[1]
-        entry["cost_usd"] = round(now[2] - before[2], 12)
+    def bill(self, entry: dict[str, Any], outcome: Outcome) -> None:
+        """Note in `entry` what its attempt was billed (on its outcome): a resumed stream bills each attempt."""
+        usage = outcome.billed
+        entry["input_tokens"] = usage.input_tokens if usage is not None else 0
+        entry["output_tokens"] = usage.output_tokens if usage is not None else 0
+        entry["cost_usd"] = round(outcome.cost_usd or 0.0, 12)
 
 
-def _spliced(
-    call: Call, reply: Reply, walk: _Walk, how: str, expect: str, broke: ProviderError, target: Target
-) -> Reply:
+def _spliced(reply: Reply, walk: _Walk, how: str, expect: str, broke: ProviderError, target: Target) -> Reply:
     """`reply` resuming a broken stream: marked in the trace, its events past what the client has."""
     walk.log[-1]["resumed"] = how
-    call.trace.tags["keel.resumed"] = how
     strict = how == "restart"
     reply.splice(lambda events: continuation(events, expect, strict, broke, target.key))
     return reply

@@ -1,4 +1,4 @@
-"""The last handler: one attempt on `call.target`, with its deadlines, priced when it ends.
+"""The invoke slot, the last handler: one attempt on `call.target`, with its deadlines, priced when it ends.
 
 A chat reply is committed only after the first content event (text, tool call or finish): until
 then every failure — an error status, a reset, a malformed chunk, no first token before the TTFT
@@ -90,21 +90,15 @@ class Invoker:
         return reply
 
     def _account(self, call: Call, target: Target, outcome: Outcome) -> None:
-        """Add this attempt's usage and cost to the trace: a resumed stream bills every attempt that served."""
-        record = call.trace
+        """Bill this attempt on its outcome (the first of its callbacks): a resumed stream bills every attempt
+        that served (the Reply sums them on the call's outcome); unpriced usage has no cost, not a zero one."""
         usage = outcome.usage or _consumed(call, outcome)
         if usage is None:
             return
-        record.input_tokens = (record.input_tokens or 0) + usage.input_tokens
-        record.cached_input_tokens = (record.cached_input_tokens or 0) + usage.cached_input_tokens
-        record.cache_write_tokens = (record.cache_write_tokens or 0) + usage.cache_write_tokens
-        record.output_tokens = (record.output_tokens or 0) + usage.output_tokens
-        record.reasoning_tokens = (record.reasoning_tokens or 0) + usage.reasoning_tokens
+        outcome.billed = usage
         served = outcome.response.model
         price_model = served if served and self._prices.lookup(served) else target.model
-        cost = self._prices.cost(price_model, usage)
-        if cost is not None:  # unpriced: unknown, not free
-            record.cost_usd = (record.cost_usd or 0.0) + cost
+        outcome.cost_usd = self._prices.cost(price_model, usage)
 
 
 def _consumed(call: Call, outcome: Outcome) -> Usage | None:
@@ -114,7 +108,7 @@ def _consumed(call: Call, outcome: Outcome) -> Usage | None:
     produced = len(r.content or "") + sum(len(c.arguments) + len(c.name) for c in r.tool_calls)
     if outcome.status == "ok" or not produced:
         return None
-    call.trace.tags["keel.usage"] = "estimated"
+    outcome.notes["keel.usage"] = "estimated"
     return Usage(input_tokens=estimate_prompt_tokens(call.request), output_tokens=produced // 4 + 1)
 
 

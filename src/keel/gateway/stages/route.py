@@ -18,7 +18,6 @@ class RouteStage:
         if call.plan is not None:  # preset by an admin replay aimed at one provider model
             return await next(call)
         call.plan = self._router.plan(
-            call.request.model, call.request, call.principal, call.allowed, feature=call.trace.feature, tier=call.tier
+            call.request.model, call.request, call.principal, call.allowed, feature=call.feature, tier=call.tier
         )
-        call.trace.route = call.plan.explain or None
         return await next(call)

@@ -1,0 +1,61 @@
+"""The alerts capability's builder: the webhook senders (soft limits' and rules') and the rule evaluator.
+
+It offers the `limits.webhook` sender to the limits capability through the `ThresholdAlert` port.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from keel.alerts.rules import RuleEvaluator
+from keel.alerts.sender import AlertSender
+from keel.config import WebhookConfig
+from keel.gateway.capability import Context, Contribution, ThresholdAlert, Worker
+from keel.store.protocols import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Alerts:
+    """What alerting runs (`ctx.get(Alerts)`): each part None when not configured."""
+
+    limits: AlertSender | None  # soft-limit crossings, to `limits.webhook`
+    rules: RuleEvaluator | None  # `alerts.rules`
+    rule_sender: AlertSender | None  # the rules' own sender, when it is not the limits' one
+
+
+def build(ctx: Context) -> Contribution:
+    config, store = ctx.config, ctx.store
+    hook = config.limits.webhook
+    limits = sender(hook, store) if hook is not None else None
+    rules, own = _rules(ctx, limits)
+    ctx.add(Alerts(limits, rules, own))
+    if limits is not None:
+        ctx.add(limits.threshold_crossed, as_=ThresholdAlert)
+    workers = [Worker("alerts", limits.run)] if limits is not None else []
+    workers += [Worker("rule-alerts", own.run)] if own is not None else []
+    workers += [Worker("alert-rules", rules.tick, rules.every_s)] if rules is not None else []
+
+    async def close() -> None:
+        for s in (limits, own):
+            if s is not None:
+                await s.aclose()  # sends what is queued, within its drain time
+
+    return Contribution(workers=workers, close=[close])
+
+
+def sender(hook: WebhookConfig, store: Store) -> AlertSender:
+    return AlertSender(hook.url, hook.secret, claim=store.claim_alert, timeout_s=hook.timeout_s, retries=hook.retries)
+
+
+def _rules(ctx: Context, limit_alerts: AlertSender | None) -> tuple[RuleEvaluator | None, AlertSender | None]:
+    """The rule evaluator, and a sender of its own unless the rules share the limits' webhook."""
+    config = ctx.config
+    a = config.alerts
+    if not a.rules:
+        return None, None
+    hook = a.webhook or config.limits.webhook
+    assert hook is not None  # the config check requires one
+    own = None if limit_alerts is not None and hook == config.limits.webhook else sender(hook, ctx.store)
+    out = own or limit_alerts
+    assert out is not None
+    return RuleEvaluator(a.rules, ctx.store, out.send, every_s=a.evaluate_every_s), own
