@@ -40,8 +40,7 @@ STEADY_S = 30.0  # a worker that ran this long before dying starts again without
 WORKER_HEADER = "x-keel-worker"  # with --workers > 1: the pid of the process that answered
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="run the gateway")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="override server.host")
     p.add_argument("--port", type=int, help="override server.port")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
