@@ -12,14 +12,10 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-
-from keel.cli.output import Failure
-from keel.errors import ConfigError
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Noun:
+class Noun(NamedTuple):  # not a dataclass: `dataclasses` (and its `inspect`) would cost --help ~10 ms
     name: str
     help: str
     module: str  # in keel.cli; its `register(parser)` adds the noun's verbs and options
@@ -55,7 +51,10 @@ def parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parser(argv).parse_args(argv)
+    args = parser(argv).parse_args(argv)  # --help and usage errors exit here, before the imports below
+    from keel.cli.output import Failure
+    from keel.errors import ConfigError
+
     try:
         return int(args.run(args) or 0)
     except ConfigError as err:
