@@ -117,8 +117,8 @@ def test_missing_model_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_import_loads_no_numeric_libraries() -> None:
-    code = "import sys, keel.embedder; print(sorted(m for m in ('numpy', 'tokenizers', 'safetensors') if m in sys.modules))"
-    env = {**os.environ, "PYTHONPATH": str(Path(embedder_module.__file__).parents[1])}
+    code = "import sys, keel.embedding.model; print(sorted(m for m in ('numpy', 'tokenizers', 'safetensors') if m in sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(Path(embedder_module.__file__).parents[2])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
 
