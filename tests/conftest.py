@@ -182,10 +182,10 @@ class Gateway:
 
         from keel.store.protocols import TraceQuery
 
-        deadline = time.monotonic() + 5
-        while self.runtime.writer.depth and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.15)  # one flush interval for the batch in hand
+        writer, deadline = self.runtime.writer, time.monotonic() + 5
+        put = writer.accepted  # the records of every call answered so far (a trace is put before its answer ends)
+        while writer.settled < put and time.monotonic() < deadline:
+            time.sleep(0.005)
         return self.runtime.store.list_traces(TraceQuery(since=0, until=time.time() + 10, limit=1000))
 
 

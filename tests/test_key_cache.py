@@ -62,7 +62,8 @@ def test_concurrent_requests_for_one_key_share_one_store_read(store: Gated) -> N
 
     async def main() -> list[Any]:
         waiting = [asyncio.ensure_future(auth.resolve(key)) for _ in range(50)]
-        await asyncio.sleep(0.2)  # all 50 are waiting on the one read
+        while auth.stats.misses < 50 or store.reads < 1:  # all 50 have asked and wait on the one read, held
+            await asyncio.sleep(0.005)
         store.open.set()
         return await asyncio.gather(*waiting)
 

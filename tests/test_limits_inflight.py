@@ -141,7 +141,8 @@ def test_each_ended_call_is_charged_once_per_counter_across_successive_changes()
         _, f = await start(8.0)
         await f.collect()  # admitted on X; ends after Y was set, before it is read
         stage.update(book_from(config, [tenant(x_at), key(y_at)]), time.time())
-        await asyncio.sleep(0.01)  # settlements are tasks
+        while stage._pending:  # settlements are tasks: wait for them, not for a while
+            await asyncio.gather(*stage._pending)
         return await store.usage([("tenant=acme|usd_day", "day"), ("key=k1|usd_month", "month")], time.time())
 
     usd_day, usd_month = asyncio.run(main())

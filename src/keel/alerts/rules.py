@@ -74,6 +74,7 @@ class RuleEvaluator:
         self.every_s = every_s  # how often `tick` runs (the runtime's `alert-rules` worker)
         self._clock = clock
         self.firing: dict[str, int] = {r.name: 0 for r in rules}  # scope values firing per rule, last tick
+        self.evaluations = 0  # ticks completed: a test waits for later ticks instead of sleeping through them
 
     async def tick(self) -> None:
         """One evaluation, off the event loop; a flaky store is logged and tried again next tick."""
@@ -96,6 +97,7 @@ class RuleEvaluator:
                 log.exception("alert rule %s: reading usage failed; skipped this tick", rule.name)
                 continue
             events += self._judge(rule, rows, states, now)
+        self.evaluations += 1
         return events
 
     def _judge(

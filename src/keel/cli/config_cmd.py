@@ -11,15 +11,16 @@ from keel import config
 from keel.cli.output import Failure
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("config", help="check the config file")
+def register(p: argparse.ArgumentParser) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     check = verbs.add_parser("check", help="validate keel.yaml and print every problem")
     check.add_argument(
         "--workers", type=int, default=1, help="also check for `keel serve --workers N`: state kept per process"
     )
     check.set_defaults(run=run_check)
-    init = sub.add_parser("init", help="write a commented starter keel.yaml")
+
+
+def register_init(init: argparse.ArgumentParser) -> None:
     init.add_argument("path", nargs="?", default=config.DEFAULT_PATH)
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.set_defaults(run=run_init)

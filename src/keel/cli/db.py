@@ -8,12 +8,10 @@ from dataclasses import asdict
 
 from keel.cli.context import load_config, store
 from keel.cli.output import emit_json
-from keel.runtime.components import blobs_from
 from keel.traces.retention import RetentionPolicy, sweep
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("db", help="database maintenance")
+def register(p: argparse.ArgumentParser) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     verbs.add_parser("migrate", help="apply pending migrations").set_defaults(run=run_migrate)
     sw = verbs.add_parser("sweep", help="delete traces past retention (rollups are kept) and orphan payload blobs")
@@ -29,6 +27,8 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    from keel.traces.builder import blobs_from  # the traces capability's imports only for this verb
+
     cfg = load_config(args)
     policy = RetentionPolicy.from_config(cfg.retention)
     blobs = blobs_from(cfg)

@@ -11,8 +11,7 @@ from keel.cli.output import Failure, emit_json, table, when
 from keel.keys.auth import issue_key, key_view
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("keys", help="manage virtual keys")
+def register(p: argparse.ArgumentParser) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     create = verbs.add_parser("create", help="issue a key (printed once)")
     create.add_argument("--tenant", required=True)

@@ -25,8 +25,7 @@ _WINDOW = {
 }
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("limits", help="per-tenant and per-key limits, and usage against them")
+def register(p: argparse.ArgumentParser) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     put = verbs.add_parser("set", help="replace a tenant's or key's limits (kinds not given fall back to keel.yaml)")
     _subject(put)

@@ -21,15 +21,15 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from keel import config as keel_config
 from keel.cli.context import load_config
 from keel.cli.output import Failure
-from keel.keys.auth import issue_key
-from keel.store.open import open_store
-from keel.store.protocols import Store
+
+if TYPE_CHECKING:  # `keel config check` imports this module for per_process_state: no store, no keys for it
+    from keel.store.protocols import Store
 
 log = logging.getLogger("keel.serve")
 MAX_WORKERS = 64
@@ -40,8 +40,7 @@ STEADY_S = 30.0  # a worker that ran this long before dying starts again without
 WORKER_HEADER = "x-keel-worker"  # with --workers > 1: the pid of the process that answered
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="run the gateway")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="override server.host")
     p.add_argument("--port", type=int, help="override server.port")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -56,6 +55,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def bootstrap(store: Store) -> None:
     """On an empty store, create tenant 'default' and print one key, so the first call just works."""
+    from keel.keys.auth import issue_key
+
     if store.list_tenants():
         return
     store.create_tenant("default")
@@ -159,6 +160,8 @@ def per_process_state(cfg: keel_config.Config, overrides: int, workers: int) -> 
 
 
 def serve_workers(cfg: keel_config.Config, args: argparse.Namespace, host: str, port: int) -> int:
+    from keel.store.open import open_store
+
     store = open_store(cfg.storage.url)  # migrations run here, once, before any worker starts
     try:
         bootstrap(store)

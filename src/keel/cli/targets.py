@@ -12,8 +12,7 @@ from keel.cli.output import emit_json, table
 from keel.cli.remote import add_url, admin_get
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("targets", help="breaker state, latency and error rate per target (asks the running gateway)")
+def register(p: argparse.ArgumentParser) -> None:
     add_url(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run)

@@ -14,14 +14,12 @@ from dataclasses import asdict
 from keel.cli.context import load_config, store
 from keel.cli.output import Failure, emit_json, table, when
 from keel.config import Config
-from keel.runtime.components import blobs_from, cache_urls
 from keel.store.open import open_cache, open_vectors
 from keel.store.protocols import CacheStore, Store, VectorIndex
 from keel.traces.retention import PurgeReport, purge
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("tenants", help="manage tenants")
+def register(p: argparse.ArgumentParser) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     create = verbs.add_parser("create", help="create a tenant")
     create.add_argument("name")
@@ -124,6 +122,9 @@ def run_purge(args: argparse.Namespace) -> int:
 
 async def _purge(cfg: Config, s: Store, args: argparse.Namespace) -> PurgeReport:
     """Open the caches the gateway uses (memory ones cannot be reached from here), then purge."""
+    from keel.cache.builder import cache_urls  # the capabilities' imports only for this verb
+    from keel.traces.builder import blobs_from
+
     url, vectors_url = cache_urls(cfg)
     notes = []
     cache: CacheStore | None = None

@@ -18,14 +18,12 @@ from keel.cli.context import load_config, store
 from keel.cli.output import Failure, emit_json, table, when
 from keel.cli.remote import add_url, admin_post
 from keel.errors import InvalidRequest
-from keel.runtime.components import blobs_from
 from keel.traces.spans import tree_lines
 from keel.traces.spill import SpillDir
 from keel.traces.writer import FILTERS, read_spans, read_trace, trace_query, trace_view
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("traces", help="inspect call traces")
+def register(p: argparse.ArgumentParser) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     ls = verbs.add_parser("list", help="list traces in a time window")
     ls.add_argument("--since", default="24h", help="unix seconds or a duration back from now (15m, 24h, 7d)")
@@ -78,6 +76,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from keel.traces.builder import blobs_from  # the traces capability's imports only for this verb
 
     blobs = blobs_from(load_config(args))
     try:

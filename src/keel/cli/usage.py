@@ -16,8 +16,7 @@ from keel.store.protocols import UsageRow
 from keel.traces.rollups import BY, usage_query, usage_view
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("usage", help="usage and cost over a time window, grouped by a dimension")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--by", default="tenant", choices=BY, help="the dimension to group by (default: tenant)")
     p.add_argument("--since", default="24h", help="unix seconds or a duration back from now (15m, 24h, 7d)")
     p.add_argument("--until", help="unix seconds or a duration back from now (default: now)")

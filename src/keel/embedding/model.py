@@ -15,6 +15,7 @@ numpy, tokenizers and safetensors (the `semantic` extra) load only when a `Local
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -23,6 +24,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,25 +64,16 @@ class LocalEmbedder:
 
     def __init__(self, directory: Path | None = None, token_budget: int = TOKEN_BUDGET) -> None:
         try:
-            from safetensors.numpy import load
-            from tokenizers import Tokenizer
+            import safetensors.numpy  # noqa: F401
+            import tokenizers  # noqa: F401
         except ImportError as exc:
             raise ModelNotInstalled(
                 f"{exc.name} is missing for the local embedding model; run: {INSTALL_HINT}"
             ) from exc
-        directory = directory or model_dir()
-        blob = (directory / "model.safetensors").read_bytes()
-        self.model_id = f"all-MiniLM-L6-v2@{hashlib.sha256(blob).hexdigest()[:12]}"
-        config = json.loads((directory / "config.json").read_text())
-        self.max_tokens = int(json.loads((directory / "sentence_bert_config.json").read_text())["max_seq_length"])
-        self._bert = _Bert(load(blob), config)
-        if self._bert.width != self.dim:
-            raise ModelNotInstalled(f"{directory} holds a {self._bert.width}-wide model, not all-MiniLM-L6-v2")
-        self._tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
-        self._tokenizer.no_padding()  # batches are padded here, to their own longest row
-        self._tokenizer.enable_truncation(self.max_tokens)
+        model = _load(directory or model_dir())
+        self.model_id, self.max_tokens = model.model_id, model.max_tokens
+        self._bert, self._tokenizer, self._forward = model.bert, model.tokenizer, model.forward
         self._token_budget = token_budget
-        self._forward = threading.Lock()  # one forward pass at a time: BLAS already uses every core
 
     def embed(self, texts: Sequence[str]) -> Floats:
         """One unit-length float32 row per text, (len(texts), 384). Blocking: run it in a worker thread."""
@@ -96,6 +89,35 @@ class LocalEmbedder:
             with self._forward:
                 out[rows] = self._bert.encode([ids[i] for i in rows])
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Model:
+    model_id: str
+    max_tokens: int
+    bert: _Bert
+    tokenizer: Any  # tokenizers.Tokenizer
+    forward: threading.Lock  # one forward pass at a time: BLAS already uses every core
+
+
+@functools.cache
+def _load(directory: Path) -> _Model:
+    """The model in `directory`, read once per process: every LocalEmbedder of the process shares it (it is never
+    mutated; several gateways in one test process would otherwise each read and hash the 90 MB of weights)."""
+    from safetensors.numpy import load
+    from tokenizers import Tokenizer
+
+    blob = (directory / "model.safetensors").read_bytes()
+    model_id = f"all-MiniLM-L6-v2@{hashlib.sha256(blob).hexdigest()[:12]}"
+    config = json.loads((directory / "config.json").read_text())
+    max_tokens = int(json.loads((directory / "sentence_bert_config.json").read_text())["max_seq_length"])
+    bert = _Bert(load(blob), config)
+    if bert.width != LocalEmbedder.dim:
+        raise ModelNotInstalled(f"{directory} holds a {bert.width}-wide model, not all-MiniLM-L6-v2")
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    tokenizer.no_padding()  # batches are padded here, to their own longest row
+    tokenizer.enable_truncation(max_tokens)
+    return _Model(model_id, max_tokens, bert, tokenizer, threading.Lock())
 
 
 def _batches(ids: list[list[int]], token_budget: int) -> list[list[int]]:

@@ -125,6 +125,10 @@ class TraceWriter:
         self._last_ok = 0.0  # monotonic time of the last write the store took
         self._failed_spills: dict[Path, float] = {}  # spill file → when the store last failed to take it
         self.stats = WriterStats()
+        # A flush barrier: every record put before `accepted` read n has been written, spilled, quarantined or
+        # dropped once `settled` reaches n (tests wait on it instead of sleeping a flush interval).
+        self.accepted = 0
+        self.settled = 0
 
     @property
     def depth(self) -> int:
@@ -145,6 +149,7 @@ class TraceWriter:
                     self.stats.dropped += 1
                     return
                 self._overflow.append(record)
+        self.accepted += 1
 
     def put_span(self, span: Span) -> None:
         """Queue a child span of a call (keel.traces.spans.child_span): as cheap as `put`, never blocks."""
@@ -207,6 +212,7 @@ class TraceWriter:
             except BaseException as exc:
                 self._note(exc)
                 self._drop(len(pending))
+            self.settled += len(pending)
 
     def _run(self) -> None:
         self._reload_spills()
@@ -253,6 +259,7 @@ class TraceWriter:
         if left:
             self._spill(left)
         self._in_hand = []
+        self.settled += len(batch)
 
     def _store_records(self, records: list[Item], *, retry: bool, blame: bool = False) -> list[Item]:
         """Write `records`, retrying a store failure; the records the store refuses go to the dead
@@ -349,6 +356,7 @@ class TraceWriter:
         self._in_hand = pending
         self._spill(pending)
         self._in_hand = []
+        self.settled += len(pending)
 
     def _spill(self, records: list[Item]) -> None:
         try:
