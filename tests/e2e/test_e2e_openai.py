@@ -352,7 +352,7 @@ def test_cost_anthropic_shaped_usage_with_cache_tokens(gateway: Gateway, up: Fak
 
 
 def test_unpriced_model_has_null_cost_not_zero(make_gateway: Any, up: FakeUpstream, tmp_path: Any) -> None:
-    from .conftest import base_config
+    from tests.conftest import base_config
 
     raw = base_config(up, f"sqlite:///{tmp_path}/k.db", tmp_path)
     raw["models"]["mystery"] = {"targets": [{"provider": "oai", "model": "mystery-model-1"}]}

@@ -28,7 +28,7 @@ EU_ONLY = Principal(tenant="acme", key_id="k1", regions=("eu", "eu-west"))
 
 
 def classify(request: ChatRequest, *, feature: str | None, tier: str | None) -> str | None:
-    """The classifier hook the tests configure as "tests.test_routing:classify"."""
+    """The classifier hook the tests configure as "tests.e2e.test_routing:classify"."""
     if feature == "boom":
         raise RuntimeError("classifier exploded")
     return {"hard": "big", "nowhere": "missing", "forbidden": "secret"}.get(feature or "")
@@ -317,7 +317,7 @@ def test_unmatched_rules_say_which_condition_failed() -> None:
 # ---- the classifier hook ------------------------------------------------------------------------
 
 CLASSIFIED = {
-    "m": {"targets": targets("us/small"), "classifier": "tests.test_routing:classify", "rules": [{"use": "big"}]},
+    "m": {"targets": targets("us/small"), "classifier": "tests.e2e.test_routing:classify", "rules": [{"use": "big"}]},
     "big": {"targets": targets("us/large")},
     "secret": {"targets": targets("us/secret")},
 }
@@ -350,7 +350,7 @@ def test_classifier_failures_are_explained_and_ignored(feature: str, why: str) -
 
 
 @pytest.mark.parametrize(
-    "spec", ["tests.no_such_module:classify", "tests.test_routing:nope", "tests.test_routing:NOT_CALLABLE"]
+    "spec", ["tests.no_such_module:classify", "tests.e2e.test_routing:nope", "tests.e2e.test_routing:NOT_CALLABLE"]
 )
 def test_a_classifier_that_cannot_be_imported_is_a_config_error(spec: str) -> None:
     with pytest.raises(ConfigError) as exc:

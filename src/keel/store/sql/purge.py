@@ -34,6 +34,16 @@ def trace_delete(
         raise ValueError("a user's traces are deleted within one tenant: give the tenant")
     if tenant is None and before is None:
         raise ValueError("refusing to delete every trace: give a tenant or a cut-off time")
+    where, params = scope_where(mark, tenant=tenant, user=user, before=before, exclude=exclude)
+    pick = f"SELECT id FROM traces WHERE {where} LIMIT {mark}{lock}"
+    return f"DELETE FROM traces WHERE id IN ({pick}) RETURNING payload_blob, session, id", [*params, limit]
+
+
+def scope_where(
+    mark: str, *, tenant: str | None, before: float | None, exclude: Sequence[str], user: str | None = None
+) -> tuple[str, list[Any]]:
+    """The WHERE of a bounded delete: one tenant (and user), else every tenant not in `exclude`, started before
+    `before`. Callers refuse the scope with neither a tenant nor a cut-off."""
     clauses: list[str] = []
     params: list[Any] = []
     if tenant is not None:
@@ -48,8 +58,7 @@ def trace_delete(
     if before is not None:
         clauses.append(f"started_at < {mark}")
         params.append(before)
-    pick = f"SELECT id FROM traces WHERE {' AND '.join(clauses)} LIMIT {mark}{lock}"
-    return f"DELETE FROM traces WHERE id IN ({pick}) RETURNING payload_blob, session, id", [*params, limit]
+    return " AND ".join(clauses), params
 
 
 Statement = tuple[str, list[Any], bool]  # sql, params, bounded (repeat until a round deletes < limit)

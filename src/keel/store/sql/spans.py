@@ -18,6 +18,7 @@ import orjson
 
 from keel.store.protocols import UnstorableRecords
 from keel.store.sql.dialect import Database, Dialect
+from keel.store.sql.purge import scope_where
 from keel.store.sql.rows import storable_amount, storable_count
 from keel.store.storable import storable_span
 from keel.types import Span, Usage
@@ -110,18 +111,8 @@ def delete_where(
     """DELETE of at most `limit` spans of `tenant` (else of any tenant not in `exclude`) started before `before`."""
     if tenant is None and before is None:
         raise ValueError("refusing to delete every span: give a tenant or a cut-off time")
-    clauses: list[str] = []
-    params: list[Any] = []
-    if tenant is not None:
-        clauses.append(f"tenant = {mark}")
-        params.append(tenant)
-    elif exclude:
-        clauses.append(f"(tenant IS NULL OR tenant NOT IN ({', '.join([mark] * len(exclude))}))")
-        params.extend(exclude)
-    if before is not None:
-        clauses.append(f"started_at < {mark}")
-        params.append(before)
-    pick = f"SELECT trace_id, span_id FROM spans WHERE {' AND '.join(clauses)} LIMIT {mark}{lock}"
+    where, params = scope_where(mark, tenant=tenant, before=before, exclude=exclude)
+    pick = f"SELECT trace_id, span_id FROM spans WHERE {where} LIMIT {mark}{lock}"
     return f"DELETE FROM spans WHERE (trace_id, span_id) IN ({pick})", [*params, limit]
 
 
