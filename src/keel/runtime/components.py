@@ -20,7 +20,6 @@ from keel.alerts.builder import Alerts
 from keel.alerts.rules import RuleEvaluator
 from keel.alerts.sender import AlertSender
 from keel.cache import builder as cache
-from keel.cache.builder import cache_urls
 from keel.cache.stage import CacheStage
 from keel.config import Config
 from keel.gateway import builder as gateway
@@ -42,7 +41,6 @@ from keel.runtime.workers import Workers
 from keel.store.open import open_store
 from keel.store.protocols import BlobStore, BreakerStore, LimitStore, Store
 from keel.traces import builder as traces
-from keel.traces.builder import blobs_from
 from keel.traces.metrics import Metrics
 from keel.traces.otel import SpanExporter
 from keel.traces.redaction import Redactor
@@ -50,7 +48,7 @@ from keel.traces.stage import TraceStage
 from keel.traces.writer import TraceWriter
 from keel.types import Span
 
-__all__ = ["BUILDERS", "Runtime", "blobs_from", "cache_urls"]
+__all__ = ["BUILDERS", "Runtime"]
 T = TypeVar("T")
 
 BUILDERS: tuple[Builder, ...] = (

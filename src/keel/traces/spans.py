@@ -15,7 +15,10 @@ ones last their `ms`; the serving one ends with the call), so their times are ma
 from __future__ import annotations
 
 import secrets
+from dataclasses import asdict, fields
+from typing import Any
 
+from keel.store.storable import storable_span
 from keel.types import JSON, Span, SpanKind, Status, TraceRecord, Usage
 
 
@@ -176,3 +179,28 @@ def _line(depth: int, kind: str, name: str, ms: float | None, status: str, cost:
     label = f"{'  ' * depth}{kind} {name}"
     took = "-" if ms is None else f"{ms:.1f} ms"
     return f"{label:<48} {took:>12}  {status:<7} {'-' if cost is None else f'${cost:.6f}'}"
+
+
+# ---- the JSON form (spill lines, dead letter, admin API)
+
+_FIELDS = frozenset(f.name for f in fields(Span))
+
+
+def span_dict(s: Span) -> dict[str, Any]:
+    """`s` as JSON (spill lines, dead letter, admin API), made storable first; without `otel_trace_id`
+    unless it is set."""
+    out = asdict(storable_span(s))
+    if out["otel_trace_id"] is None:
+        del out["otel_trace_id"]
+    return out
+
+
+def span_from_dict(value: Any) -> Span:
+    """A span from its JSON object. Raises ValueError for anything else."""
+    if not isinstance(value, dict) or not {"trace_id", "span_id", "kind", "name", "started_at"} <= value.keys():
+        raise ValueError("not a span (no trace_id, span_id, kind, name and started_at)")
+    unknown = value.keys() - _FIELDS
+    if unknown:
+        raise ValueError(f"unknown span fields {sorted(unknown)}")
+    usage = value.get("usage")
+    return Span(**{**value, "usage": Usage(**usage) if isinstance(usage, dict) else None})

@@ -2,7 +2,7 @@
 
 A spill file (`traces-<ns>-<pid>-<seq>.jsonl`) holds records the store could not take when they
 were due (an outage, a full queue), one JSON object per line with the `TraceRecord` fields, or
-`{"span": {...}}` for a child span (`Span`, keel.store.sql.spans.span_dict). It is
+`{"span": {...}}` for a child span (`Span`, keel.traces.spans.span_dict). It is
 written whole to a `.tmp` file and renamed, so a crash never leaves half of one; the writer loads
 spill files back in name order and deletes each once its records are stored or quarantined.
 
@@ -26,8 +26,8 @@ from typing import Any
 
 import orjson
 
-from keel.store.sql.spans import span_dict, span_from_dict
 from keel.store.storable import storable
+from keel.traces.spans import span_dict, span_from_dict
 from keel.types import Span, TraceRecord
 
 DEADLETTER = "deadletter.jsonl"

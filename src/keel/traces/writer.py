@@ -40,9 +40,8 @@ import orjson
 
 from keel.errors import InvalidRequest
 from keel.store.protocols import BlobStore, SpanStore, TraceQuery, TraceStore
-from keel.store.sql.spans import span_dict
 from keel.store.storable import storable
-from keel.traces.spans import attempt_spans
+from keel.traces.spans import attempt_spans, span_dict
 from keel.traces.spill import Item, SpillDir
 from keel.types import Span, TraceRecord
 

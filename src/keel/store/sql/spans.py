@@ -3,15 +3,13 @@
 A trace's child spans live in table `spans`, keyed (trace_id, span_id): inserts are idempotent, so a
 retried or reloaded batch never duplicates. Statements are written once over the `Dialect`
 (`SqlSpans`, the `SpanStore` of every SQL backend). Deletes are bounded like the traces'
-(keel.store.sql.purge): at most `limit` rows per statement. The JSON form (`span_dict`,
-`span_from_dict`) is the spill files' and the admin API's.
+(keel.store.sql.purge): at most `limit` rows per statement.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -29,7 +27,6 @@ SPAN_COLUMNS = (
     "reasoning_tokens", "cost_usd",
 )  # fmt: skip
 _USAGE = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
-_STORED = frozenset(SPAN_COLUMNS) - frozenset(_USAGE) | {"usage", "otel_trace_id"}
 IN_CHUNK = 500  # trace ids per IN (...) list
 
 
@@ -54,26 +51,6 @@ def span_from_row(row: Sequence[Any]) -> Span:
     if isinstance(attributes, str):
         attributes = orjson.loads(attributes)
     return Span(**v, attributes=attributes or {}, usage=usage)
-
-
-def span_dict(s: Span) -> dict[str, Any]:
-    """`s` as JSON (spill lines, dead letter, admin API), made storable first; without `otel_trace_id`
-    unless it is set."""
-    out = asdict(storable_span(s))
-    if out["otel_trace_id"] is None:
-        del out["otel_trace_id"]
-    return out
-
-
-def span_from_dict(value: Any) -> Span:
-    """A span from its JSON object. Raises ValueError for anything else."""
-    if not isinstance(value, dict) or not {"trace_id", "span_id", "kind", "name", "started_at"} <= value.keys():
-        raise ValueError("not a span (no trace_id, span_id, kind, name and started_at)")
-    unknown = value.keys() - _STORED
-    if unknown:
-        raise ValueError(f"unknown span fields {sorted(unknown)}")
-    usage = value.get("usage")
-    return Span(**{**value, "usage": Usage(**usage) if isinstance(usage, dict) else None})
 
 
 # ---- statements ---------------------------------------------------------------------------------
