@@ -19,9 +19,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -77,16 +78,19 @@ def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: fl
     raise AssertionError(f"`keel serve` never became healthy (exit {proc.poll()}):\n{log.read_text()}")
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+@contextmanager
+def serving(
+    tmp_path: Path, server: dict[str, Any] | None = None, alias: str = "demo"
+) -> Iterator[tuple[subprocess.Popen[bytes], str, str, Path]]:
+    """`keel serve` in `tmp_path` on a fresh SQLite file and the simulated provider behind `alias`, with
+    `server` settings on top of a free port: (process, URL, bootstrap key, log), killed at the end."""
     port = free_port()
-    db, spill = tmp_path / "k.db", tmp_path / "spill"
     config = {
-        "server": {"port": port},
-        "storage": {"url": f"sqlite:///{db}"},
-        "traces": {"spill_dir": str(spill)},
+        "server": {"port": port, **(server or {})},
+        "storage": {"url": f"sqlite:///{tmp_path / 'k.db'}"},
+        "traces": {"spill_dir": str(tmp_path / "spill")},
         "providers": {"sim": {"type": "simulated", "ttft_ms": 0}},
-        "models": {"demo": {"targets": [{"provider": "sim", "model": "simulated-1"}]}},
+        "models": {alias: {"targets": [{"provider": "sim", "model": "simulated-1"}]}},
     }
     (tmp_path / "keel.yaml").write_text(yaml.safe_dump(config))
     log = tmp_path / "serve.log"
@@ -96,11 +100,17 @@ def server(tmp_path: Path) -> Iterator[Server]:
         url = f"http://127.0.0.1:{port}"
         key = bootstrap_key(proc, log)
         wait_healthy(proc, url, log)
-        yield Server(proc, tmp_path, url, key, db, spill, log)
+        yield proc, url, key, log
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    with serving(tmp_path) as (proc, url, key, log):
+        yield Server(proc, tmp_path, url, key, tmp_path / "k.db", tmp_path / "spill", log)
 
 
 def keel(server: Server, *args: str) -> str:

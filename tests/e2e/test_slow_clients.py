@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from keel.testing import FakeUpstream
 from tests.conftest import Gateway, base_config
 from tests.e2e.test_request_bounds import anthropic_error, connect, head, openai_error, response
-from tests.e2e.test_serve_process import KEEL, bootstrap_key, free_port, wait_healthy
+from tests.e2e.test_serve_process import serving
 
 CHAT = json.dumps({"model": "sim", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
@@ -109,31 +108,9 @@ CAP, HEADER_TIMEOUT_S = 300, 3.0
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, str]]:
-    port = free_port()
-    config = {
-        "server": {
-            "port": port,
-            "max_connections": CAP,
-            "header_timeout_s": HEADER_TIMEOUT_S,
-            "keepalive_timeout_s": 60,
-        },
-        "storage": {"url": f"sqlite:///{tmp_path / 'k.db'}"},
-        "traces": {"spill_dir": str(tmp_path / "spill")},
-        "providers": {"sim": {"type": "simulated", "ttft_ms": 0}},
-        "models": {"sim": {"targets": [{"provider": "sim", "model": "simulated-1"}]}},
-    }
-    (tmp_path / "keel.yaml").write_text(yaml.safe_dump(config))
-    log = tmp_path / "serve.log"
-    with log.open("wb") as err:
-        proc = subprocess.Popen([*KEEL, "serve"], cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        key = bootstrap_key(proc, log)
-        wait_healthy(proc, url, log)
+    limits = {"max_connections": CAP, "header_timeout_s": HEADER_TIMEOUT_S, "keepalive_timeout_s": 60}
+    with serving(tmp_path, limits, alias="sim") as (proc, url, key, _):
         yield proc, url, key
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def open_files(pid: int) -> int:
