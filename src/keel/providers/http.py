@@ -13,12 +13,20 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable
+from typing import Literal
 from urllib.parse import urlsplit
 
 from keel.errors import ErrorKind, InvalidRequest, ProviderError
 from keel.providers.client import Pool, Response
 from keel.types import ChatEvent, ChatRequest, EmbeddingRequest, EmbeddingResponse, Target, Text, ToolCallDelta
+from keel.wire.aws_eventstream import Frames
 from keel.wire.base import Codec, Outbound, Oversized, token_cap
+
+# Headers computed per request from its path (with query) and body, e.g. an AWS SigV4 signature.
+Signer = Callable[[str, bytes], dict[str, str]]
+# How a streamed body is cut into the pieces a stream decoder's `feed` takes: SSE `data` payloads,
+# or whole AWS event-stream messages (Bedrock).
+Framing = Literal["sse", "aws_eventstream"]
 
 
 class Sessions:
@@ -62,6 +70,8 @@ class HttpProvider:
         max_stream_bytes: int = 16 * 2**20,
         overrun_tokens: int = 1024,
         redact: Callable[[str], str],
+        signer: Signer | None = None,
+        framing: Framing = "sse",
     ) -> None:
         self.name = name
         self._redact = redact  # credentials out of upstream text (keel.traces.redaction.Credentials)
@@ -70,7 +80,11 @@ class HttpProvider:
         self._pool = sessions.get(base_url)
         parts = urlsplit(base_url.rstrip("/"))
         self._path = parts.path.encode()
-        self._head = _head(parts.netloc.rpartition("@")[2], {"content-type": "application/json", **headers})
+        self._host = parts.netloc.rpartition("@")[2]
+        self._headers = {"content-type": "application/json", **headers}
+        self._head = _head(self._host, self._headers)
+        self._signer = signer  # None for all but signed upstreams: their head is built once, above
+        self._framing = framing
         self._connect_timeout = connect_timeout
         self._timeout = timeout
         self._max_body = max_response_bytes
@@ -80,7 +94,11 @@ class HttpProvider:
     async def _send(self, out: Outbound) -> Response:
         deadline = asyncio.get_running_loop().time() + self._timeout
         size = str(len(out.body)).encode()
-        data = b"".join((b"POST ", self._path, out.path.encode(), self._head, size, b"\r\n\r\n", out.body))
+        path = self._path + out.path.encode()
+        head = self._head
+        if self._signer is not None:
+            head = _head(self._host, {**self._headers, **self._signer(path.decode(), out.body)})
+        data = b"".join((b"POST ", path, head, size, b"\r\n\r\n", out.body))
         try:
             resp = await self._pool.send(data, deadline, self._connect_timeout)
             try:
@@ -134,7 +152,8 @@ class HttpProvider:
                 return
             decoder = self._codec.stream_decoder(cap)
             meter = _Meter(request, self._overrun)
-            async for data in _sse_data(resp, self._max_stream):
+            pieces = _sse_data if self._framing == "sse" else _event_messages
+            async for data in pieces(resp, self._max_stream):
                 for event in decoder.feed(data):
                     meter.see(event)
                     yield event
@@ -192,6 +211,16 @@ async def _sse_data(resp: Response, limit: int) -> AsyncIterator[bytes]:
         parts.append(bytes(buf).rstrip(b"\r")[5:].lstrip(b" "))
     if parts:
         yield b"\n".join(parts)
+
+
+async def _event_messages(resp: Response, limit: int) -> AsyncIterator[bytes]:
+    """Yield each whole AWS event-stream message (CRC-checked); more than `limit` bytes is an error."""
+    frames = Frames()
+    async for chunk in resp.chunks():
+        if resp.received > limit:
+            raise Oversized(f"upstream stream exceeds {limit} bytes")
+        for message in frames.feed(chunk):
+            yield message
 
 
 class _Meter:
