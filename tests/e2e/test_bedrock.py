@@ -246,3 +246,20 @@ def test_a_stream_cut_mid_message_is_an_error(gw: Gateway, up: FakeUpstream) -> 
         for _ in c.chat.completions.create(model="haiku", messages=ASK, stream=True):
             pass
     assert only(gw.traces()).status in ("error", "partial")
+
+
+def test_one_malformed_event_is_skipped_and_noted(gw: Gateway, up: FakeUpstream) -> None:
+    up.script(Script(malformed_at=1))  # a well-framed message (CRCs right) whose JSON is broken
+    with client(gw) as c:
+        text = text_of(list(c.chat.completions.create(model="haiku", messages=ASK, stream=True)))
+    assert text == "echo: there"
+    t = only(gw.traces())
+    assert (t.status, t.tags["keel.malformed_events"]) == ("ok", "1")
+
+
+def test_absurd_usage_is_clamped_and_noted(gw: Gateway, up: FakeUpstream) -> None:
+    up.script(Script(bad_usage={"outputTokens": -5}))
+    with client(gw) as c:
+        c.chat.completions.create(model="haiku", messages=ASK)
+    t = only(gw.traces())
+    assert t.output_tokens == 0 and t.tags["keel.usage"] == "clamped: outputTokens=-5"

@@ -212,3 +212,11 @@ def test_an_error_inside_the_stream_fails_it(gw: Gateway, up: FakeUpstream) -> N
         for _ in c.chat.completions.create(model="gemini", messages=ASK, stream=True):
             pass
     assert only(gw.traces()).status in ("error", "partial")
+
+
+def test_absurd_usage_is_clamped_and_noted(gw: Gateway, up: FakeUpstream) -> None:
+    up.script(Script(bad_usage={"candidatesTokenCount": 1e30}))
+    with client(gw) as c:
+        c.chat.completions.create(model="gemini", messages=ASK)
+    t = only(gw.traces())
+    assert t.tags["keel.usage"].startswith("clamped: candidatesTokenCount=") and t.output_tokens < 1e30
