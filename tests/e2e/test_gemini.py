@@ -12,6 +12,7 @@ import pytest
 
 from keel.providers.prices import PriceBook
 from keel.testing import FakeUpstream, Script
+from keel.testing.fake_cloud import thought_signature
 from keel.types import Usage
 from tests.conftest import Gateway
 
@@ -138,10 +139,9 @@ def test_tool_call_then_the_second_turn_with_its_result(gw: Gateway, up: FakeUps
         second = c.chat.completions.create(model="gemini", messages=turn, tools=TOOLS)
     assert second.choices[0].message.content == "It is sunny in Paris."
     contents = up.requests[-1]["json"]["contents"]
-    assert contents[1] == {
-        "role": "model",
-        "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}],
-    }
+    call = {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}
+    signed = {**call, "thoughtSignature": thought_signature("get_weather")}  # carried in the call id and back
+    assert contents[1] == {"role": "model", "parts": [signed]}
     assert contents[2] == {
         "role": "user",
         "parts": [{"functionResponse": {"name": "get_weather", "response": {"output": {"sky": "sunny"}}}}],

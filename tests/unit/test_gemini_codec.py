@@ -319,3 +319,28 @@ def test_embeddings_use_batch_embed_contents() -> None:
     assert orjson.loads(out.body)["requests"][0] == one
     reply = CODEC.decode_embed(b'{"embeddings": [{"values": [0.1, 0.2]}, {"values": [0.3, 0.4]}]}')
     assert reply.vectors == ((0.1, 0.2), (0.3, 0.4))
+
+
+def test_a_thought_signature_rides_in_the_call_id_and_goes_back() -> None:
+    signature = "CiQBcsjafE+7/xZ1dK2Qq8Rm0w=="
+    body = {
+        "candidates": [
+            {
+                "content": {"parts": [{"functionCall": {"name": "f", "args": {}}, "thoughtSignature": signature}]},
+                "finishReason": "STOP",
+            }
+        ]
+    }
+    call = next(e for e in CODEC.decode_chat(orjson.dumps(body)) if isinstance(e, ToolCallDelta))
+    assert (
+        call.id
+        and call.id.startswith("call_0_ts_")
+        and set(call.id) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+    )
+    request = ask(
+        Message("user", "go"),
+        Message("assistant", None, tool_calls=(ToolCall(call.id, "f", "{}"),)),
+        Message("tool", "done", tool_call_id=call.id),
+    )
+    part = encode(request)[1]["contents"][1]["parts"][0]
+    assert part == {"functionCall": {"name": "f", "args": {}}, "thoughtSignature": signature}

@@ -11,6 +11,7 @@ as a bearer token; `check_aws_auth` recomputes the signature and names what is w
 
 from __future__ import annotations
 
+import base64
 import calendar
 import hashlib
 import hmac
@@ -79,9 +80,15 @@ def _gemini_chunk(a: Answer, rid: str, parts: list[Json], finish: str | None) ->
     return {"candidates": [candidate], "usageMetadata": _gemini_usage(a), "modelVersion": a.model, "responseId": rid}
 
 
+def thought_signature(name: str) -> str:
+    """The opaque signature the fake puts on a function call part (Gemini 3 wants it back next turn)."""
+    return base64.b64encode(hashlib.sha256(b"fake-thought:" + name.encode()).digest()).decode()
+
+
 def _gemini_parts(a: Answer) -> list[Json]:
     if a.tool_name:
-        return [{"functionCall": {"name": a.tool_name, "args": json.loads(TOOL_ARGUMENTS)}}]
+        call = {"name": a.tool_name, "args": json.loads(TOOL_ARGUMENTS)}
+        return [{"functionCall": call, "thoughtSignature": thought_signature(a.tool_name)}]
     return [{"text": a.text}]
 
 

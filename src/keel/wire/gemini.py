@@ -12,11 +12,15 @@ than 1 is refused (Keel answers one choice).
 Usage in Keel's OpenAI convention: `promptTokenCount` already includes `cachedContentTokenCount`;
 output is `candidatesTokenCount` plus `thoughtsTokenCount` (the reasoning tokens). A stream is SSE
 (`alt=sse`) of GenerateContentResponse objects; the one carrying `finishReason` completes it.
-Gemini gives function calls no ids (or optional ones): Keel numbers them `call_<n>`.
+Gemini gives function calls no ids (or optional ones): Keel numbers them `call_<n>`. A call's
+`thoughtSignature` (Gemini 3 refuses a follow-up turn whose function calls lack theirs) rides in
+the id the client echoes back, `call_<n>_ts_<signature as base64url>`, and is restored on the way out.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -131,7 +135,11 @@ def _turn(m: Message, i: int, names: dict[str, str]) -> tuple[str, list[JSON]]:
         calls = []
         for call in m.tool_calls:
             names[call.id] = call.name
-            calls.append({"functionCall": {"name": call.name, "args": _arguments(call.arguments, call.id, i)}})
+            part: JSON = {"functionCall": {"name": call.name, "args": _arguments(call.arguments, call.id, i)}}
+            signature = _signature_of(call.id)
+            if signature:
+                part["thoughtSignature"] = signature
+            calls.append(part)
         return "model", _parts(m.content, i) + calls
     if m.role == "tool":
         name = names.get(m.tool_call_id or "")
@@ -300,8 +308,34 @@ class _Reader:
         if isinstance(call, dict):
             n, self.calls = self.calls, self.calls + 1
             arguments = orjson.dumps(call.get("args") or {}).decode()
-            return [ToolCallDelta(n, str(call.get("id") or f"call_{n}"), str(call.get("name") or ""), arguments)]
+            call_id = str(call.get("id") or f"call_{n}")
+            if isinstance(part.get("thoughtSignature"), str):
+                call_id = _with_signature(call_id, part["thoughtSignature"])
+            return [ToolCallDelta(n, call_id, str(call.get("name") or ""), arguments)]
         return []
+
+
+_SIGNED = "_ts_"
+
+
+def _with_signature(call_id: str, signature: str) -> str:
+    """The signature in base64url (no padding), so the id stays within [A-Za-z0-9_-] as Anthropic's are."""
+    try:
+        raw = base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError):
+        return call_id  # not base64: Keel cannot carry it faithfully, so it does not try
+    return call_id + _SIGNED + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _signature_of(call_id: str) -> str | None:
+    _, marked, encoded = call_id.partition(_SIGNED)
+    if not marked or not encoded:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return base64.b64encode(raw).decode()
 
 
 def events_from_response(data: Any, cap: int = MAX_TOKENS) -> list[ChatEvent]:
