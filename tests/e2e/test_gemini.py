@@ -41,6 +41,7 @@ def config(up: FakeUpstream, b: FakeUpstream, tmp: Path) -> dict[str, Any]:
         },
         "models": {
             "gemini": {"targets": [{"provider": "gem", "model": "gemini-2.5-flash"}]},
+            "gemini-embed": {"targets": [{"provider": "gem", "model": "text-embedding-004"}]},
             "gemini_first": {
                 "targets": [
                     {"provider": "gem", "model": "gemini-2.5-flash"},
@@ -220,3 +221,18 @@ def test_absurd_usage_is_clamped_and_noted(gw: Gateway, up: FakeUpstream) -> Non
         c.chat.completions.create(model="gemini", messages=ASK)
     t = only(gw.traces())
     assert t.tags["keel.usage"].startswith("clamped: candidatesTokenCount=") and t.output_tokens < 1e30
+
+
+def test_embeddings_go_out_as_batch_embed_contents(gw: Gateway, up: FakeUpstream) -> None:
+    with client(gw) as c:
+        r = c.embeddings.create(model="gemini-embed", input=["first text", "second text"], dimensions=8)
+    assert [len(d.embedding) for d in r.data] == [8, 8] and r.data[0].embedding != r.data[1].embedding
+    sent = up.requests[-1]
+    assert sent["path"] == "/v1beta/models/text-embedding-004:batchEmbedContents"
+    one = {
+        "model": "models/text-embedding-004",
+        "content": {"parts": [{"text": "first text"}]},
+        "outputDimensionality": 8,
+    }
+    assert sent["json"]["requests"][0] == one and len(sent["json"]["requests"]) == 2
+    assert only(gw.traces()).status == "ok"

@@ -105,6 +105,18 @@ def gemini_frames(a: Answer) -> list[Frame]:
     return [*frames, Frame("tail", json.dumps(_gemini_chunk(a, rid, [{"text": ""}], "STOP")))]
 
 
+def gemini_embeddings(body: Json) -> Json:
+    """`batchEmbedContents`: one 8-dimension vector per request, from a hash of its text (no usage:
+    Gemini reports none for embeddings)."""
+    vectors = []
+    for one in body.get("requests") or []:
+        digest = hashlib.sha256(_text((one or {}).get("content")).encode()).digest()
+        vectors.append(
+            {"values": [round(int.from_bytes(digest[4 * i : 4 * i + 4], "big") / 2**31 - 1, 6) for i in range(8)]}
+        )
+    return {"embeddings": vectors}
+
+
 _GEMINI_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND"}
 _GEMINI_STATUS |= {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 

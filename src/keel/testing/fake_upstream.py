@@ -418,11 +418,9 @@ class FakeUpstream:
         await self._pause(script.delay)
         gemini = kind == "gemini"
         headers = {"x-request-id" if gemini else "x-amzn-requestid": wire.new_id("req_")}
-        if not gemini:
-            why = cloud.check_aws_auth("POST", request.raw_path, entry["headers"], await request.read(), time.time())
-            if why is not None:
-                name = "InvalidSignatureException" if "signature" in why.lower() else "UnrecognizedClientException"
-                return web.json_response({"message": why}, status=403, headers=headers | {"x-amzn-errortype": name})
+        refusal = None if gemini else _aws_refusal(request.raw_path, entry["headers"], await request.read(), headers)
+        if refusal is not None:
+            return refusal
         if script.retry_after is not None:
             headers["retry-after"] = f"{script.retry_after:g}"
         if script.status != 200:
@@ -433,6 +431,8 @@ class FakeUpstream:
         model, stream = called
         if not isinstance(body, dict):
             return _cloud_error(gemini, 400, Script(), headers)
+        if model.endswith(":embed"):
+            return web.json_response(cloud.gemini_embeddings(body), headers=headers)
         chat = cloud.gemini_as_chat(body, model) if gemini else cloud.converse_as_chat(body, model)
         answer = wire.plan(
             chat, text=script.text, tool_call=script.tool_call, usage=script.usage, model=script.model,
@@ -460,9 +460,20 @@ def _cloud_call(request: web.Request, kind: str) -> tuple[str, bool] | None:
         return request.match_info["model"], kind == "converse-stream"
     model, _, method = request.match_info["call"].partition(":")
     stream = method == "streamGenerateContent"
+    if method == "batchEmbedContents":
+        return model + ":embed", False
     if method not in ("generateContent", "streamGenerateContent") or (stream and request.query.get("alt") != "sse"):
         return None
     return model, stream
+
+
+def _aws_refusal(raw_path: str, headers: dict[str, str], body: bytes, reply: dict[str, str]) -> web.Response | None:
+    """AWS's 403 for a request not signed with the fake's keys (nor bearing its Bedrock API key)."""
+    why = cloud.check_aws_auth("POST", raw_path, headers, body, time.time())
+    if why is None:
+        return None
+    name = "InvalidSignatureException" if "signature" in why.lower() else "UnrecognizedClientException"
+    return web.json_response({"message": why}, status=403, headers=reply | {"x-amzn-errortype": name})
 
 
 def _cloud_error(gemini: bool, status: int, script: Script, headers: dict[str, str]) -> web.Response:
