@@ -53,3 +53,19 @@ def test_the_signer_signs_path_and_body_for_the_base_urls_host() -> None:
     two = signer("/model/m%3A0/converse", b"{ }")
     assert set(one) == {"x-amz-date", "x-amz-content-sha256", "x-amz-security-token", "authorization"}
     assert "/eu-west-1/bedrock/aws4_request" in one["authorization"] and one["authorization"] != two["authorization"]
+
+
+def test_aws_secrets_are_known_to_the_redactor() -> None:
+    from keel import config
+    from keel.traces.redaction import known_secrets
+
+    raw = {
+        "providers": {
+            "aws": {"type": "bedrock", "aws_secret_access_key": "yaml-secret", "aws_session_token": "yaml-token"},
+            "aws_env": {"type": "bedrock"},
+        },
+        "models": {"m": {"targets": [{"provider": "aws", "model": "amazon.nova-lite-v1:0"}]}},
+    }
+    env = {"AWS_SECRET_ACCESS_KEY": "env-secret", "AWS_BEARER_TOKEN_BEDROCK": "env-bearer"}
+    found = known_secrets(config.parse(raw, {}), env)
+    assert {"yaml-secret", "yaml-token", "env-secret", "env-bearer"} <= set(found)
