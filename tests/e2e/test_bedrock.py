@@ -268,10 +268,12 @@ def test_absurd_usage_is_clamped_and_noted(gw: Gateway, up: FakeUpstream) -> Non
 def test_anthropic_clients_reach_it_too(gw: Gateway, up: FakeUpstream) -> None:
     import anthropic
 
-    with anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0, timeout=10) as c:
-        with c.messages.stream(
+    with (
+        anthropic.Anthropic(base_url=gw.url, api_key=gw.key, max_retries=0, timeout=10) as c,
+        c.messages.stream(
             model="haiku", max_tokens=50, system="be brief", messages=[{"role": "user", "content": "hello there"}]
-        ) as s:
-            text = "".join(s.text_stream)
-            final = s.get_final_message()
+        ) as s,
+    ):
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
     assert text == "echo: hello there" and final.stop_reason == "end_turn" and final.usage.output_tokens == 3
