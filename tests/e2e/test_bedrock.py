@@ -193,7 +193,8 @@ def test_a_wrong_signature_is_refused_by_the_upstream_and_never_retried(gw: Gate
     with client(gw) as c, pytest.raises(openai.APIStatusError) as info:
         c.chat.completions.create(model="haiku_wrong", messages=ASK)
     assert info.value.status_code == 502  # Keel's own credentials are wrong: not the caller's fault
-    assert "aws_wrong" in str(info.value.body) and "not-the-secret" not in str(info.value.body)
+    assert "providers.aws_wrong.aws_access_key_id" in str(info.value.body)
+    assert "not-the-secret" not in str(info.value.body)
     assert len(up.requests) == 1
     t = only(gw.traces())
     assert (t.status, t.error_kind) == ("error", "auth")

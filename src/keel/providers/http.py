@@ -115,9 +115,8 @@ class HttpProvider:
     def _rejected(self, status: int, body: bytes, headers: dict[str, str]) -> ProviderError:
         err = self._codec.classify(status, body, headers)
         if err.error_kind is ErrorKind.auth:  # the upstream's text may echo part of our key
-            err.message = (
-                f"The upstream '{self.name}' rejected Keel's credentials; check providers.{self.name}.api_key."
-            )
+            keys = "aws_access_key_id and aws_secret_access_key" if self._signer else "api_key"
+            err.message = f"The upstream '{self.name}' rejected Keel's credentials; check providers.{self.name}.{keys}."
         return self._own(err)
 
     def _own(self, err: ProviderError) -> ProviderError:
