@@ -344,3 +344,24 @@ def test_a_thought_signature_rides_in_the_call_id_and_goes_back() -> None:
     )
     part = encode(request)[1]["contents"][1]["parts"][0]
     assert part == {"functionCall": {"name": "f", "args": {}}, "thoughtSignature": signature}
+
+
+@pytest.mark.parametrize(
+    ("model", "effort", "thinking"),
+    [
+        ("gemini-2.5-flash", "low", {"thinkingBudget": 1024}),
+        ("gemini-2.5-flash", "none", {"thinkingBudget": 0}),
+        ("gemini-2.5-pro", "high", {"thinkingBudget": 24576}),
+        ("gemini-3-pro-preview", "high", {"thinkingLevel": "high"}),
+        ("models/gemini-3-flash", "none", {"thinkingLevel": "minimal"}),
+    ],
+)
+def test_reasoning_effort_becomes_a_thinking_config(model: str, effort: str, thinking: Any) -> None:
+    out = CODEC.encode_chat(ask(Message("user", "hi"), extra={"reasoning_effort": effort}), Target("gem", model), False)
+    assert orjson.loads(out.body)["generationConfig"]["thinkingConfig"] == thinking
+
+
+def test_an_unknown_reasoning_effort_is_refused() -> None:
+    with pytest.raises(InvalidRequest) as info:
+        CODEC.encode_chat(ask(Message("user", "hi"), extra={"reasoning_effort": "max"}), TARGET, False)
+    assert info.value.param == "reasoning_effort"

@@ -5,7 +5,8 @@ Requests arrive OpenAI-shaped. System/developer text becomes `systemInstruction`
 `functionCall` parts and a tool message a `functionResponse` part named after the call it answers
 (Gemini matches results by function name). Tools go out as `functionDeclarations` with their JSON
 Schema as `parametersJsonSchema`, `tool_choice` as `toolConfig.functionCallingConfig`, and
-`response_format` as `responseMimeType` plus `responseJsonSchema`. Images must be base64 data URLs.
+`response_format` as `responseMimeType` plus `responseJsonSchema`, `reasoning_effort` as
+`thinkingConfig` (a budget for Gemini 2.x, a level for later models). Images must be base64 data URLs.
 OpenAI fields Gemini has no place for (`user`, `metadata`, logprobs, ...) are dropped; `n` other
 than 1 is refused (Keel answers one choice).
 
@@ -58,12 +59,15 @@ def model_path(model: str, method: str) -> str:
     return f"/models/{quote(model.removeprefix('models/'), safe='')}:{method}"
 
 
-def request_json(request: ChatRequest) -> JSON:
+def request_json(request: ChatRequest, model: str = "") -> JSON:
     system, contents = split_messages(request.messages)
     body: JSON = {"contents": contents}
     if system:
         body["systemInstruction"] = {"parts": system}
     config = _generation_config(request)
+    thinking = _thinking(request.extra.get("reasoning_effort"), model.removeprefix("models/"))
+    if thinking is not None:
+        config["thinkingConfig"] = thinking
     if config:
         body["generationConfig"] = config
     if request.tools:
@@ -91,6 +95,21 @@ def _generation_config(request: ChatRequest) -> JSON:
     )
     config.update(_response_format(request.response_format))
     return config
+
+
+# reasoning_effort -> Gemini 2.x thinkingBudget, as Google's own OpenAI-compatible endpoint maps it
+_BUDGETS = {"none": 0, "minimal": 1024, "low": 1024, "medium": 8192, "high": 24576}
+
+
+def _thinking(effort: Any, model: str) -> JSON | None:
+    """Gemini 2.x thinks within a token budget; Gemini 3 and later by level (`none` is their `minimal`)."""
+    if effort is None:
+        return None
+    if not isinstance(effort, str) or effort not in _BUDGETS:
+        raise InvalidRequest(f"'reasoning_effort' must be one of {', '.join(_BUDGETS)}.", "reasoning_effort")
+    if model.startswith(("gemini-2", "gemini-1")):
+        return {"thinkingBudget": _BUDGETS[effort]}
+    return {"thinkingLevel": "minimal" if effort == "none" else effort}
 
 
 def _response_format(fmt: JSON | None) -> JSON:
@@ -456,7 +475,7 @@ def _load(body: bytes, what: str) -> Any:
 class GeminiCodec:
     def encode_chat(self, request: ChatRequest, target: Target, stream: bool) -> Outbound:
         path = model_path(target.model, "streamGenerateContent?alt=sse" if stream else "generateContent")
-        return Outbound(path, orjson.dumps(request_json(request)))
+        return Outbound(path, orjson.dumps(request_json(request, target.model)))
 
     def decode_chat(self, body: bytes, cap: int = MAX_TOKENS) -> list[ChatEvent]:
         return events_from_response(_load(body, "answer"), cap)
