@@ -269,3 +269,11 @@ def test_errors_by_exception_name(status: int, name: str, message: str, kind: Er
     err = CODEC.classify(status, orjson.dumps({"message": message}), {"x-amzn-errortype": name} if name else {})
     assert (err.error_kind, err.upstream_status) == (kind, status)
     assert err.message == (message or f"upstream answered HTTP {status}")
+
+
+def test_json_object_asks_for_any_object_and_a_schemaless_json_schema_is_refused() -> None:
+    _, body = encode(ask(Message("user", "hi"), response_format={"type": "json_object"}))
+    assert orjson.loads(body["outputConfig"]["textFormat"]["structure"]["jsonSchema"]["schema"]) == {"type": "object"}
+    with pytest.raises(InvalidRequest) as info:
+        encode(ask(Message("user", "hi"), response_format={"type": "json_schema", "json_schema": {"name": "x"}}))
+    assert info.value.param == "response_format"

@@ -78,15 +78,19 @@ def request_json(request: ChatRequest) -> JSON:
     return body
 
 
+_ANY_OBJECT: JSON = {"name": "json", "schema": {"type": "object"}}  # json_object: any JSON object
+
+
 def _text_format(fmt: JSON) -> JSON:
-    spec = (
-        fmt.get("json_schema") if fmt.get("type") == "json_schema" else {"name": "json", "schema": {"type": "object"}}
-    )
-    if fmt.get("type") not in ("json_schema", "json_object") or not isinstance((spec or {}).get("schema"), dict):
+    spec = fmt.get("json_schema") if fmt.get("type") == "json_schema" else _ANY_OBJECT
+    if (
+        fmt.get("type") not in ("json_schema", "json_object")
+        or not isinstance(spec, dict)
+        or not isinstance(spec.get("schema"), dict)
+    ):
         raise InvalidRequest(
             "'response_format' must be text, json_object or json_schema with a 'schema' object.", "response_format"
         )
-    assert spec is not None
     definition: JSON = {"schema": orjson.dumps(spec["schema"]).decode(), "name": str(spec.get("name") or "response")}
     if spec.get("description"):
         definition["description"] = spec["description"]
