@@ -69,3 +69,19 @@ def test_aws_secrets_are_known_to_the_redactor() -> None:
     env = {"AWS_SECRET_ACCESS_KEY": "env-secret", "AWS_BEARER_TOKEN_BEDROCK": "env-bearer"}
     found = known_secrets(config.parse(raw, {}), env)
     assert {"yaml-secret", "yaml-token", "env-secret", "env-bearer"} <= set(found)
+
+
+@pytest.mark.parametrize(
+    ("model", "known"),
+    [
+        ("amazon.nova-pro-v1:0", "amazon.nova-pro"),
+        ("us.amazon.nova-lite-v1:0", "amazon.nova-lite"),
+        ("eu.anthropic.claude-sonnet-4-5-20250929-v1:0", "anthropic.claude-sonnet-4-5"),
+        ("global.anthropic.claude-3-5-haiku-20241022-v1:0", "anthropic.claude-3-5-haiku"),
+    ],
+)
+def test_bedrock_model_ids_and_inference_profiles_are_priced(model: str, known: str) -> None:
+    from keel.providers.prices import PriceBook
+
+    book = PriceBook.bundled()
+    assert book.lookup(model) is not None and book.lookup(model) == book.lookup(known)
