@@ -4,6 +4,9 @@ Pools are shared per (scheme, host, port) through `Sessions`, so every provider 
 host reuses one set of keep-alive connections (keel.providers.client). Tests reach an https upstream
 with a self-signed certificate through `Sessions(tls=...)`. Proxy variables (HTTPS_PROXY, ...) are
 not used: upstream calls go direct, as they always have.
+Two hooks, off unless a catalog row asks for them: a `signer` adds per-request headers computed
+from the path and body (AWS SigV4 for Bedrock; other providers keep a head built once), and
+`framing` cuts a stream into SSE payloads or whole AWS event-stream messages for the decoder.
 Every error leaves through `_own`, which redacts the upstream's text (`redact`): this is where
 upstream words enter Keel, so API errors, stream error events, traces and logs all get it clean.
 """
