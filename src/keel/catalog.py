@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Wire = Literal["openai_chat", "anthropic_messages", "simulated"]
-Auth = Literal["bearer", "api-key", "x-api-key", "none"]
+Wire = Literal["openai_chat", "anthropic_messages", "gemini", "bedrock_converse", "simulated"]
+# aws-sigv4: requests are signed per request (AWS keys); a configured `api_key` is sent as a bearer token
+Auth = Literal["bearer", "api-key", "x-api-key", "x-goog-api-key", "aws-sigv4", "none"]
 Quirk = Literal["no_stream_options", "azure_deployments", "continue_final_message", "prefix_message"]
 PREFILL_QUIRKS: frozenset[Quirk] = frozenset({"continue_final_message", "prefix_message"})
 
@@ -58,5 +59,12 @@ CATALOG: dict[str, CatalogRow] = {
     ),
     "ollama": CatalogRow("openai_chat", "http://127.0.0.1:11434/v1", "none", None),
     "anthropic": CatalogRow("anthropic_messages", "https://api.anthropic.com/v1", "x-api-key", "ANTHROPIC_API_KEY"),
+    "google": CatalogRow(
+        "gemini", "https://generativelanguage.googleapis.com/v1beta", "x-goog-api-key", "GEMINI_API_KEY"
+    ),
+    # {region}: the provider's aws_region (or AWS_REGION); the key variable holds a Bedrock API key
+    "bedrock": CatalogRow(
+        "bedrock_converse", "https://bedrock-runtime.{region}.amazonaws.com", "aws-sigv4", "AWS_BEARER_TOKEN_BEDROCK"
+    ),
     "simulated": CatalogRow("simulated", None, "none", None),
 }

@@ -4,6 +4,9 @@ Pools are shared per (scheme, host, port) through `Sessions`, so every provider 
 host reuses one set of keep-alive connections (keel.providers.client). Tests reach an https upstream
 with a self-signed certificate through `Sessions(tls=...)`. Proxy variables (HTTPS_PROXY, ...) are
 not used: upstream calls go direct, as they always have.
+Two hooks, off unless a catalog row asks for them: a `signer` adds per-request headers computed
+from the path and body (AWS SigV4 for Bedrock; other providers keep a head built once), and
+`framing` cuts a stream into SSE payloads or whole AWS event-stream messages for the decoder.
 Every error leaves through `_own`, which redacts the upstream's text (`redact`): this is where
 upstream words enter Keel, so API errors, stream error events, traces and logs all get it clean.
 """
@@ -13,12 +16,20 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable
+from typing import Literal
 from urllib.parse import urlsplit
 
 from keel.errors import ErrorKind, InvalidRequest, ProviderError
 from keel.providers.client import Pool, Response
 from keel.types import ChatEvent, ChatRequest, EmbeddingRequest, EmbeddingResponse, Target, Text, ToolCallDelta
+from keel.wire.aws_eventstream import Frames
 from keel.wire.base import Codec, Outbound, Oversized, token_cap
+
+# Headers computed per request from its path (with query) and body, e.g. an AWS SigV4 signature.
+Signer = Callable[[str, bytes], dict[str, str]]
+# How a streamed body is cut into the pieces a stream decoder's `feed` takes: SSE `data` payloads,
+# or whole AWS event-stream messages (Bedrock).
+Framing = Literal["sse", "aws_eventstream"]
 
 
 class Sessions:
@@ -62,6 +73,8 @@ class HttpProvider:
         max_stream_bytes: int = 16 * 2**20,
         overrun_tokens: int = 1024,
         redact: Callable[[str], str],
+        signer: Signer | None = None,
+        framing: Framing = "sse",
     ) -> None:
         self.name = name
         self._redact = redact  # credentials out of upstream text (keel.traces.redaction.Credentials)
@@ -70,7 +83,11 @@ class HttpProvider:
         self._pool = sessions.get(base_url)
         parts = urlsplit(base_url.rstrip("/"))
         self._path = parts.path.encode()
-        self._head = _head(parts.netloc.rpartition("@")[2], {"content-type": "application/json", **headers})
+        self._host = parts.netloc.rpartition("@")[2]
+        self._headers = {"content-type": "application/json", **headers}
+        self._head = _head(self._host, self._headers)
+        self._signer = signer  # None for all but signed upstreams: their head is built once, above
+        self._framing = framing
         self._connect_timeout = connect_timeout
         self._timeout = timeout
         self._max_body = max_response_bytes
@@ -80,7 +97,11 @@ class HttpProvider:
     async def _send(self, out: Outbound) -> Response:
         deadline = asyncio.get_running_loop().time() + self._timeout
         size = str(len(out.body)).encode()
-        data = b"".join((b"POST ", self._path, out.path.encode(), self._head, size, b"\r\n\r\n", out.body))
+        path = self._path + out.path.encode()
+        head = self._head
+        if self._signer is not None:
+            head = _head(self._host, {**self._headers, **self._signer(path.decode(), out.body)})
+        data = b"".join((b"POST ", path, head, size, b"\r\n\r\n", out.body))
         try:
             resp = await self._pool.send(data, deadline, self._connect_timeout)
             try:
@@ -97,9 +118,8 @@ class HttpProvider:
     def _rejected(self, status: int, body: bytes, headers: dict[str, str]) -> ProviderError:
         err = self._codec.classify(status, body, headers)
         if err.error_kind is ErrorKind.auth:  # the upstream's text may echo part of our key
-            err.message = (
-                f"The upstream '{self.name}' rejected Keel's credentials; check providers.{self.name}.api_key."
-            )
+            keys = "aws_access_key_id and aws_secret_access_key" if self._signer else "api_key"
+            err.message = f"The upstream '{self.name}' rejected Keel's credentials; check providers.{self.name}.{keys}."
         return self._own(err)
 
     def _own(self, err: ProviderError) -> ProviderError:
@@ -134,7 +154,8 @@ class HttpProvider:
                 return
             decoder = self._codec.stream_decoder(cap)
             meter = _Meter(request, self._overrun)
-            async for data in _sse_data(resp, self._max_stream):
+            pieces = _sse_data if self._framing == "sse" else _event_messages
+            async for data in pieces(resp, self._max_stream):
                 for event in decoder.feed(data):
                     meter.see(event)
                     yield event
@@ -192,6 +213,16 @@ async def _sse_data(resp: Response, limit: int) -> AsyncIterator[bytes]:
         parts.append(bytes(buf).rstrip(b"\r")[5:].lstrip(b" "))
     if parts:
         yield b"\n".join(parts)
+
+
+async def _event_messages(resp: Response, limit: int) -> AsyncIterator[bytes]:
+    """Yield each whole AWS event-stream message (CRC-checked); more than `limit` bytes is an error."""
+    frames = Frames()
+    async for chunk in resp.chunks():
+        if resp.received > limit:
+            raise Oversized(f"upstream stream exceeds {limit} bytes")
+        for message in frames.feed(chunk):
+            yield message
 
 
 class _Meter:

@@ -34,6 +34,7 @@ log = logging.getLogger("keel.accounting")
 
 MAX_PRICE = 100_000.0  # USD per million tokens; today's dearest models cost under $1,000
 _DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")  # -2024-08-06, -20250929
+_BEDROCK_PROFILE = re.compile(r"^(?:us|eu|apac|jp|au|ca|us-gov|global)\.(?=[a-z]+\.)")  # us.amazon.nova-pro-v1:0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +106,9 @@ def _bundled() -> tuple[str, Mapping[str, Price]]:
 
 
 def _normalise(model: str) -> str:
-    """`openai/gpt-4o-2024-08-06` -> `gpt-4o`: drop a provider prefix and a date suffix."""
-    return _DATE_SUFFIX.sub("", model.rsplit("/", 1)[-1])
+    """`openai/gpt-4o-2024-08-06` -> `gpt-4o`: drop a provider prefix and a date suffix; a Bedrock
+    cross-region inference profile (`us.amazon.nova-pro-v1:0`) is priced as its model."""
+    return _DATE_SUFFIX.sub("", _BEDROCK_PROFILE.sub("", model.rsplit("/", 1)[-1]))
 
 
 class PriceBook:

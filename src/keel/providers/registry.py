@@ -1,4 +1,8 @@
-"""Build the configured providers: a catalog row picks the wire format, auth style and defaults."""
+"""Build the configured providers: a catalog row picks the wire format, auth style and defaults.
+
+AWS-signed rows (Bedrock) get a per-request SigV4 `Signer` (keel.sigv4) unless an API key is given,
+which goes as a bearer token; their base URL names the region (`{region}` in the row).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,11 @@ from collections.abc import Callable, Mapping
 
 from keel.catalog import CATALOG, CatalogRow
 from keel.config import ProviderConfig
+from keel.errors import ConfigError, ConfigIssue
 from keel.providers.base import Provider
-from keel.providers.http import HttpProvider, Sessions
+from keel.providers.http import Framing, HttpProvider, Sessions, Signer
 from keel.providers.simulated import SimulatedProvider
+from keel.sigv4 import Credentials, sign
 from keel.wire.base import Codec
 from keel.wire.openai_chat import OpenAIChatCodec
 
@@ -20,15 +26,32 @@ def _anthropic(row: CatalogRow, cfg: ProviderConfig) -> Codec:
     return AnthropicCodec()
 
 
+def _gemini(row: CatalogRow, cfg: ProviderConfig) -> Codec:
+    from keel.wire.gemini import GeminiCodec
+
+    return GeminiCodec()
+
+
+def _bedrock(row: CatalogRow, cfg: ProviderConfig) -> Codec:
+    from keel.wire.bedrock import BedrockCodec
+
+    return BedrockCodec()
+
+
 _CODECS: dict[str, Callable[[CatalogRow, ProviderConfig], Codec]] = {
     "openai_chat": lambda row, cfg: OpenAIChatCodec(row.quirks, cfg.api_version),
     "anthropic_messages": _anthropic,
+    "gemini": _gemini,
+    "bedrock_converse": _bedrock,
 }
+_FRAMING: dict[str, Framing] = {"bedrock_converse": "aws_eventstream"}  # every other wire streams SSE
 
 _AUTH: dict[str, Callable[[str], dict[str, str]]] = {
     "bearer": lambda key: {"authorization": f"Bearer {key}"},
     "api-key": lambda key: {"api-key": key},
     "x-api-key": lambda key: {"x-api-key": key},
+    "x-goog-api-key": lambda key: {"x-goog-api-key": key},
+    "aws-sigv4": lambda key: {"authorization": f"Bearer {key}"},  # a Bedrock API key; else requests are signed
     "none": lambda key: {},
 }
 
@@ -58,6 +81,15 @@ def build_provider(
         headers.setdefault("anthropic-version", "2023-06-01")
     base_url = cfg.base_url or row.base_url
     assert base_url is not None  # config checking refuses a row without one
+    signer: Signer | None = None
+    if row.auth == "aws-sigv4":
+        region = cfg.aws_region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or ""
+        if "{region}" in base_url:
+            base_url = base_url.replace("{region}", region or _missing(name, "aws_region", "AWS_REGION"))
+        if not key:
+            signer = aws_signer(
+                base_url, region or _missing(name, "aws_region", "AWS_REGION"), _aws_keys(name, cfg, env)
+            )
     codec = _CODECS[row.wire](row, cfg)
     return HttpProvider(
         name,
@@ -72,4 +104,41 @@ def build_provider(
         max_response_bytes=cfg.max_response_bytes,
         max_stream_bytes=cfg.max_stream_bytes,
         overrun_tokens=cfg.overrun_tokens,
+        signer=signer,
+        framing=_FRAMING.get(row.wire, "sse"),
     )
+
+
+def aws_signer(base_url: str, region: str, credentials: Credentials, service: str = "bedrock") -> Signer:
+    """SigV4 headers for each request to `base_url`: its path (as sent) and body are signed."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(base_url).netloc.rpartition("@")[2]
+
+    def signer(path: str, body: bytes) -> dict[str, str]:
+        path, _, query = path.partition("?")
+        headers = {"content-type": "application/json"}
+        signed = sign(
+            "POST", host, path, query, headers, body,
+            service=service, region=region, credentials=credentials, escape_path=True,
+        )  # fmt: skip
+        del signed["host"], signed["content-type"]  # HttpProvider writes both, with these values
+        return signed
+
+    return signer
+
+
+def _aws_keys(name: str, cfg: ProviderConfig, env: Mapping[str, str]) -> Credentials:
+    key_id = cfg.aws_access_key_id or env.get("AWS_ACCESS_KEY_ID")
+    secret = cfg.aws_secret_access_key or env.get("AWS_SECRET_ACCESS_KEY")
+    if not key_id or not secret:
+        fix = "set aws_access_key_id and aws_secret_access_key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), "
+        fix += "or api_key (or AWS_BEARER_TOKEN_BEDROCK) for a Bedrock API key"
+        raise ConfigError([ConfigIssue(f"providers.{name}.aws_access_key_id", "no AWS credentials", fix)])
+    token = cfg.aws_session_token or (env.get("AWS_SESSION_TOKEN") if not cfg.aws_access_key_id else None)
+    return Credentials(key_id, secret, token or None)
+
+
+def _missing(name: str, key: str, variable: str) -> str:
+    issue = ConfigIssue(f"providers.{name}.{key}", "required for this provider type", f"set it or {variable}")
+    raise ConfigError([issue])

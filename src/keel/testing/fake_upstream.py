@@ -26,6 +26,7 @@ from typing import Any, Literal, Self
 
 from aiohttp import web
 
+from . import fake_cloud as cloud
 from . import fake_wire as wire
 
 Kind = Literal["chat", "messages", "embeddings", "models"]
@@ -224,6 +225,7 @@ class FakeUpstream:
         app.router.add_post("/v1/messages", self._handler("messages"))
         app.router.add_post("/v1/embeddings", self._handler("embeddings"))
         app.router.add_get("/v1/models", self._handler("models"))
+        self._cloud_routes(app)
         return app
 
     def _handler(self, kind: Kind) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -334,9 +336,10 @@ class FakeUpstream:
         script: Script,
         frames: list[wire.Frame],
         headers: dict[str, str],
+        content_type: str = "text/event-stream",
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers=headers)
-        response.content_type = "text/event-stream"
+        response.content_type = content_type
         response.headers["cache-control"] = "no-cache"
         await response.prepare(request)
         sent = 0  # content chunks sent so far
@@ -384,6 +387,112 @@ class FakeUpstream:
         except ConnectionError:
             raise _Drop(rst=False) from None
         raise _Drop(rst=False)
+
+    # --- Gemini and Bedrock Converse (fake_cloud) ----------------------------------------------
+
+    def _cloud_routes(self, app: web.Application) -> None:
+        """Gemini `models/{model}:generateContent` / `:streamGenerateContent?alt=sse`, and Bedrock's
+        `/model/{id}/converse` / `converse-stream` (event-stream framing; SigV4 or an API key required)."""
+        app.router.add_post("/v1beta/models/{call}", self._cloud_handler("gemini"))
+        app.router.add_post("/model/{model}/converse", self._cloud_handler("converse"))
+        app.router.add_post("/model/{model}/converse-stream", self._cloud_handler("converse-stream"))
+
+    def _cloud_handler(self, kind: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            try:
+                return await self._cloud(request, kind)
+            except _Drop as drop:
+                _drop(request, rst=drop.rst)
+                return web.Response()
+
+        return handle
+
+    async def _cloud(self, request: web.Request, kind: str) -> web.StreamResponse:
+        body, script, entry = await self._record(request)
+        if script.reset:
+            raise _Drop(rst=True)
+        if script.hang:
+            assert self._stopping is not None
+            await self._stopping.wait()
+            raise _Drop(rst=False)
+        await self._pause(script.delay)
+        gemini = kind == "gemini"
+        headers = {"x-request-id" if gemini else "x-amzn-requestid": wire.new_id("req_")}
+        refusal = None if gemini else _aws_refusal(request.raw_path, entry["headers"], await request.read(), headers)
+        if refusal is not None:
+            return refusal
+        if script.retry_after is not None:
+            headers["retry-after"] = f"{script.retry_after:g}"
+        if script.status != 200:
+            return _cloud_error(gemini, script.status, script, headers)
+        called = _cloud_call(request, kind)
+        if called is None:
+            return _cloud_error(gemini, 404, Script(), headers)
+        model, stream = called
+        if not isinstance(body, dict):
+            return _cloud_error(gemini, 400, Script(), headers)
+        if model.endswith(":embed"):
+            return web.json_response(cloud.gemini_embeddings(body), headers=headers)
+        chat = cloud.gemini_as_chat(body, model) if gemini else cloud.converse_as_chat(body, model)
+        answer = wire.plan(
+            chat, text=script.text, tool_call=script.tool_call, usage=script.usage, model=script.model,
+            bad_usage=script.bad_usage,
+        )  # fmt: skip
+        lie = None if script.error_in_200 is None else _cloud_lie(gemini, script)
+        if stream:
+            frames = cloud.gemini_frames(answer) if gemini else cloud.converse_frames(answer)
+            if lie is not None:
+                frames = wire.interrupted(frames, script.error_after, lie)
+            return await self._stream(
+                request, script, frames, headers, "text/event-stream" if gemini else cloud.EVENTSTREAM
+            )
+        await self._pause(script.ttft)
+        reply = cloud.gemini_response(answer) if gemini else cloud.converse_response(answer)
+        if lie is not None and gemini:
+            reply = json.loads(lie.data)
+        return web.json_response(reply if script.body_override is None else script.body_override, headers=headers)
+
+
+def _cloud_call(request: web.Request, kind: str) -> tuple[str, bool] | None:
+    """The model and whether to stream, or None for a method Gemini does not have (or a stream
+    asked for without `alt=sse`, which this fake does not speak)."""
+    if kind != "gemini":
+        return request.match_info["model"], kind == "converse-stream"
+    model, _, method = request.match_info["call"].partition(":")
+    stream = method == "streamGenerateContent"
+    if method == "batchEmbedContents":
+        return model + ":embed", False
+    if method not in ("generateContent", "streamGenerateContent") or (stream and request.query.get("alt") != "sse"):
+        return None
+    return model, stream
+
+
+def _aws_refusal(raw_path: str, headers: dict[str, str], body: bytes, reply: dict[str, str]) -> web.Response | None:
+    """AWS's 403 for a request not signed with the fake's keys (nor bearing its Bedrock API key)."""
+    why = cloud.check_aws_auth("POST", raw_path, headers, body, time.time())
+    if why is None:
+        return None
+    name = "InvalidSignatureException" if "signature" in why.lower() else "UnrecognizedClientException"
+    return web.json_response({"message": why}, status=403, headers=reply | {"x-amzn-errortype": name})
+
+
+def _cloud_error(gemini: bool, status: int, script: Script, headers: dict[str, str]) -> web.Response:
+    if gemini:
+        return web.json_response(
+            script.error_body or cloud.gemini_error(status, script.error_code), status=status, headers=headers
+        )
+    name, body = cloud.bedrock_error(status, script.error_code)
+    return web.json_response(script.error_body or body, status=status, headers=headers | {"x-amzn-errortype": name})
+
+
+def _cloud_lie(gemini: bool, script: Script) -> wire.Frame:
+    """An error inside a stream (or a 200 body) that began well: Gemini's error object, or a Converse
+    exception event."""
+    assert script.error_in_200 is not None
+    if gemini:
+        return wire.Frame("tail", json.dumps(cloud.gemini_error(script.error_in_200, script.error_code)))
+    name, body = cloud.bedrock_error(script.error_in_200, script.error_code)
+    return cloud.exception_frame(name, body)
 
 
 def _at(n: int, where: int | tuple[int, ...] | None) -> bool:

@@ -27,6 +27,7 @@ Redact = Callable[[Any], Any]  # a JSON-shaped value → the same with secrets a
 OPERATIONS = {"chat": "chat", "messages": "chat", "embeddings": "embeddings"}
 # Catalog types whose gen_ai.provider.name is spelled otherwise in the conventions' well-known values.
 PROVIDER_NAMES = {"azure": "azure.ai.openai", "mistral": "mistral_ai", "gemini": "gcp.gemini"}
+PROVIDER_NAMES |= {"google": "gcp.gemini", "bedrock": "aws.bedrock"}
 _SAMPLED = 0x01
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200  # OTLP span flags: whether the parent came from another process
 

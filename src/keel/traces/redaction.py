@@ -366,6 +366,9 @@ def known_secrets(config: Config, env: Mapping[str, str] = os.environ) -> list[s
         if not p.api_key and key_env and env.get(key_env):
             found.append(env[key_env])
     found += [v for p in config.providers.values() for v in p.headers.values()]
+    found += [s for p in config.providers.values() for s in (p.aws_secret_access_key, p.aws_session_token) if s]
+    if any(p.type == "bedrock" for p in config.providers.values()):  # SigV4 keys left to the environment
+        found += [env[k] for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN") if env.get(k)]
     found += [s for s in (config.admin_token, config.otel.secret_key, config.otel.api_key) if s]
     found += [v for v in config.otel.headers.values()]
     return found

@@ -17,6 +17,13 @@ class ProviderConfig(Model):
     api_key: str | None = None
     region: str | None = None
     api_version: str | None = None  # Azure OpenAI
+    # bedrock only: SigV4 credentials (else AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN)
+    # and the AWS region (else AWS_REGION, AWS_DEFAULT_REGION); `api_key` (a Bedrock API key) instead
+    # of signing
+    aws_region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
     headers: dict[str, str] = {}
     connect_timeout_s: float = Field(5.0, gt=0)
     timeout_s: float = Field(600.0, gt=0)

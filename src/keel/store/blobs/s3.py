@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import calendar
 import hashlib
-import hmac
 import time
 import urllib.error
 import urllib.parse
@@ -21,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
+from keel.sigv4 import Credentials, sign
 from keel.store.blobs.fs import check_key
 
 _NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
@@ -157,30 +157,11 @@ class S3Blobs:
     ) -> dict[str, str]:
         """AWS Signature Version 4 headers for one request (`now`: UTC, for test vectors)."""
         parts = urllib.parse.urlsplit(url)
-        now = now or time.gmtime()
-        amz_date, day = time.strftime("%Y%m%dT%H%M%SZ", now), time.strftime("%Y%m%d", now)
-        payload = hashlib.sha256(body).hexdigest()
-        headers.update({"host": parts.netloc, "x-amz-content-sha256": payload, "x-amz-date": amz_date})
-        names = sorted(headers)
-        canonical = "\n".join(
-            [
-                method,
-                parts.path or "/",
-                canonical_query,
-                "".join(f"{n}:{headers[n].strip()}\n" for n in names),
-                ";".join(names),
-                payload,
-            ]
-        )
-        scope = f"{day}/{self._region}/s3/aws4_request"
-        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
-        key = f"AWS4{self._secret}".encode()
-        for part in (day, self._region, "s3", "aws4_request"):
-            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-        signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-        headers["authorization"] = (
-            f"AWS4-HMAC-SHA256 Credential={self._access}/{scope}, SignedHeaders={';'.join(names)}, Signature={signature}"
-        )
+        creds = Credentials(self._access, self._secret)
+        headers = sign(
+            method, parts.netloc, parts.path, canonical_query, headers, body,
+            service="s3", region=self._region, credentials=creds, now=now,
+        )  # fmt: skip
         del headers["host"]  # urllib sets it, from the same URL
         return headers
 
