@@ -5,14 +5,16 @@ request names tools or a `response_format` schema, so structured-output clients 
 Covers what those clients send: types (and type lists), `enum`/`const`, `required` and every listed
 property, nested objects and arrays (`items`, `minItems`/`maxItems`), `$ref` into `$defs`/`definitions`,
 `anyOf`/`oneOf` (the first non-null choice), `allOf` (merged), string `format`s and length bounds,
-numeric bounds. The same schema always gives the same value; recursion stops at a fixed depth.
+numeric bounds. The same schema always gives the same value; deep down only required properties and
+the fewest items allowed are made, so a recursive schema (a tree) ends.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-_MAX_DEPTH = 8
+_MAX_DEPTH = 12  # past it: None (only a schema nesting this deep without end reaches it)
+_SHALLOW = 4  # past it: only required properties and the fewest items allowed, so recursive schemas end
 _FORMATS = {
     "date-time": "2025-01-01T00:00:00Z",
     "date": "2025-01-01",
@@ -61,12 +63,16 @@ def _typed(schema: dict[str, Any], kind: str, root: Any, name: str, depth: int) 
         props = schema.get("properties")
         if not isinstance(props, dict):
             return {}
+        if depth > _SHALLOW:
+            required = schema.get("required") if isinstance(schema.get("required"), list) else []
+            props = {k: v for k, v in props.items() if k in required}
         return {key: sample(sub, root, name=key, depth=depth + 1) for key, sub in props.items()}
     if kind == "array":
         items = schema.get("items")
         if isinstance(schema.get("prefixItems"), list):
             return [sample(s, root, name=name, depth=depth + 1) for s in schema["prefixItems"]]
-        count = max(1, int(schema.get("minItems", 1)))
+        count = int(schema.get("minItems", 0 if depth > _SHALLOW else 1))
+        count = count if depth > _SHALLOW else max(1, count)
         count = min(count, int(schema.get("maxItems", count)))
         return [sample(items, root, name=f"{name} {i + 1}", depth=depth + 1) for i in range(count)]
     if kind in ("integer", "number"):
