@@ -154,7 +154,8 @@ def test_unknown_routes_under_messages_answer_anthropic_json(gw: Gateway, method
     r = httpx.request(method, gw.url + path, headers={"x-api-key": gw.key})
     assert r.status_code == status and r.headers["content-type"] == "application/json"
     body = r.json()
-    assert body["type"] == "error" and body["error"]["type"] == "not_found_error" or status == 405
+    kind = "not_found_error" if status == 404 else "invalid_request_error"
+    assert body["type"] == "error" and body["error"]["type"] == kind
     assert path in body["error"]["message"]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,7 @@ from keel.providers.schema_sample import sample
 from tests.conftest import ADMIN, Gateway
 
 
-class Color(str, Enum):
+class Color(StrEnum):
     red = "red"
     blue = "blue"
 

@@ -64,7 +64,8 @@ def _typed(schema: dict[str, Any], kind: str, root: Any, name: str, depth: int) 
         if not isinstance(props, dict):
             return {}
         if depth > _SHALLOW:
-            required = schema.get("required") if isinstance(schema.get("required"), list) else []
+            required = schema.get("required")
+            required = required if isinstance(required, list) else []
             props = {k: v for k, v in props.items() if k in required}
         return {key: sample(sub, root, name=key, depth=depth + 1) for key, sub in props.items()}
     if kind == "array":
