@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 from starlette.requests import Request
@@ -29,10 +29,19 @@ from keel.api.openai import (
 )
 from keel.catalog import CATALOG, Endpoint
 from keel.errors import InvalidRequest, KeelError
-from keel.providers.http import HttpProvider
 from keel.runtime.components import Runtime
 from keel.types import EmbeddingRequest, Principal, Target, TraceRecord
 from keel.wire import openai_chat as wire
+
+
+@runtime_checkable
+class Forwarding(Protocol):
+    """A provider that can pass a body through to its upstream (keel.providers.http.HttpProvider)."""
+
+    async def forward(self, path: str, body: bytes) -> bytes: ...
+
+    def forward_stream(self, path: str, body: bytes) -> AsyncIterator[bytes]: ...
+
 
 _PATHS: dict[Endpoint, str] = {
     "completions": "/completions",
@@ -47,7 +56,7 @@ class Passage:
 
     __slots__ = ("body", "provider", "record", "t0", "target")
 
-    def __init__(self, body: dict[str, Any], record: TraceRecord, target: Target, provider: HttpProvider) -> None:
+    def __init__(self, body: dict[str, Any], record: TraceRecord, target: Target, provider: Forwarding) -> None:
         self.body, self.record, self.target, self.provider = body, record, target, provider
         self.t0 = time.perf_counter()
 
@@ -70,13 +79,13 @@ class Forwarder:
         allowed: tuple[str, ...] | None,
         *,
         first: bool = False,
-    ) -> tuple[Target, HttpProvider] | None:
+    ) -> tuple[Target, Forwarding] | None:
         """The first target of `model`'s plan whose upstream offers `endpoint` (with `first`: only if the
         plan's first target does), or None. An unknown or forbidden model raises ModelNotFound."""
         plan = self._rt.router.plan(model, EmbeddingRequest(model, ()), principal, allowed)
         for target in plan.targets[:1] if first else plan.targets:
             provider = self._rt.providers.get(target.provider)
-            if endpoint in self._offers.get(target.provider, ()) and isinstance(provider, HttpProvider):
+            if endpoint in self._offers.get(target.provider, ()) and isinstance(provider, Forwarding):
                 return target, provider
         return None
 
@@ -86,7 +95,7 @@ class Forwarder:
         body: dict[str, Any],
         principal: Principal,
         allowed: tuple[str, ...] | None,
-        found: tuple[Target, HttpProvider] | None = None,
+        found: tuple[Target, Forwarding] | None = None,
     ) -> Passage | None:
         model = wire.require_model(body)
         found = found or self.offering(endpoint, model, principal, allowed)
