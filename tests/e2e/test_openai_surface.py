@@ -109,6 +109,14 @@ def test_completions_pass_through_to_a_target_that_offers_them(gw: Gateway, up: 
     assert len(traces) == 2 and all(t.provider == "oai" and t.status == "ok" for t in traces)
 
 
+def test_a_refused_forwarded_stream_is_an_error_status_not_a_200(gw: Gateway, up: FakeUpstream) -> None:
+    up.script(Script(status=400, error_code="invalid_value"))
+    with sdk(gw) as c, pytest.raises(openai.BadRequestError):
+        list(c.completions.create(model="gpt-4o-mini", prompt="x", stream=True))
+    t = next(t for t in gw.traces() if t.endpoint == "completions")
+    assert t.status == "error" and t.http_status == 400
+
+
 def test_completions_served_as_chat_where_the_target_has_none(gw: Gateway, up: FakeUpstream) -> None:
     with sdk(gw) as c:
         out = c.completions.create(model="chat-only", prompt="hello there", max_tokens=20, stop=["\n"])

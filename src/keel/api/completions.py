@@ -74,9 +74,9 @@ class Completions:
             if found is not None:
                 passage = self._forward.passage("completions", body, principal, allowed, found)
                 assert passage is not None
-                return (
-                    self._forward.stream(passage) if body.get("stream") is True else await self._forward.send(passage)
-                )
+                if body.get("stream") is True:
+                    return await self._forward.stream(passage)
+                return await self._forward.send(passage)
             chat = wire.parse_request(chat_body(body))
             call = new_call(request, chat, body, "completions", self._payloads)
         except KeelError as err:

@@ -116,21 +116,29 @@ class Forwarder:
         self.finish(passage, None)
         return Response(answer, 200, self.headers(passage), JSON_TYPE)
 
-    def stream(self, passage: Passage) -> Response:
-        """A streamed answer passed through chunk by chunk (SSE), traced when it ends."""
-        return StreamingResponse(
-            self._relay(passage), headers=self.headers(passage) | SSE_HEADERS, media_type="text/event-stream"
-        )
+    async def stream(self, passage: Passage) -> Response:
+        """A streamed answer passed through chunk by chunk (SSE), traced when it ends. The upstream's
+        refusal (an error status) is an error response, not a 200 stream: its first bytes are read first."""
+        chunks = passage.provider.forward_stream(_PATHS[_endpoint(passage)], passage.payload)
+        try:
+            first = await anext(chunks, b"")
+        except KeelError as err:
+            self.finish(passage, err)
+            raise
+        relay = self._relay(passage, first, chunks)
+        return StreamingResponse(relay, headers=self.headers(passage) | SSE_HEADERS, media_type="text/event-stream")
 
-    async def _relay(self, passage: Passage) -> AsyncIterator[bytes]:
+    async def _relay(self, passage: Passage, first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         error: KeelError | None = None
         try:
-            async for chunk in passage.provider.forward_stream(_PATHS[_endpoint(passage)], passage.payload):
+            yield first
+            async for chunk in chunks:
                 yield chunk
         except KeelError as err:
             error = err
             yield b"data: " + orjson.dumps({"error": {"message": err.message, "type": err.type}}) + b"\n\n"
         finally:
+            await _close(chunks)
             self.finish(passage, error)
 
     def headers(self, passage: Passage) -> dict[str, str]:
@@ -167,6 +175,12 @@ class Forwarder:
             return await self.send(passage)
         except KeelError as err:
             return error_response(err)
+
+
+async def _close(chunks: AsyncIterator[bytes]) -> None:
+    closer = getattr(chunks, "aclose", None)
+    if closer is not None:
+        await closer()
 
 
 def _endpoint(passage: Passage) -> Endpoint:
