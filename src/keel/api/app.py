@@ -13,7 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from keel.api.admin import Admin
 from keel.api.anthropic import AnthropicEdge
@@ -23,7 +23,7 @@ from keel.api.metrics import MetricsEndpoint
 from keel.api.openai import OpenAIEdge, error_body
 from keel.config.sections.server import CorsConfig
 from keel.dashboard.pages import Dashboard
-from keel.errors import KeelError, NotFound
+from keel.errors import KeelError, NotFound, RequestError
 from keel.runtime.components import Runtime
 from keel.wire.anthropic_response import error_json as anthropic_error_json
 
@@ -35,31 +35,13 @@ class FastPath:
 
     The endpoints catch their own errors and render them, so the middleware adds nothing there
     but cost on the hottest path; every other route (admin, health, lifespan) goes to Starlette.
-    With `server.cors` set, CORS wraps both (preflights are answered there, before any key check).
     """
 
-    def __init__(self, app: Starlette, routes: dict[tuple[str, str], Endpoint], cors: CorsConfig | None = None) -> None:
+    def __init__(self, app: Starlette, routes: dict[tuple[str, str], Endpoint]) -> None:
         self.app = app
         self._routes = routes
-        self._outer: ASGIApp | None = None
-        if cors is not None and cors.origins:
-            self._outer = CORSMiddleware(
-                self._route,
-                allow_origins=cors.origins,
-                allow_methods=cors.methods,
-                allow_headers=cors.headers,
-                allow_credentials=cors.credentials,
-                expose_headers=cors.expose_headers,
-                max_age=cors.max_age_s,
-            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._outer is not None:
-            await self._outer(scope, receive, send)
-        else:
-            await self._route(scope, receive, send)
-
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             endpoint = self._routes.get((scope["method"], scope["path"]))
             if endpoint is not None:
@@ -67,6 +49,31 @@ class FastPath:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class CorsFastPath(FastPath):
+    """The FastPath behind CORS (`server.cors`): preflights are answered there, before any key check.
+    A separate class, so that with CORS off the model routes pay nothing for it."""
+
+    def __init__(self, app: Starlette, routes: dict[tuple[str, str], Endpoint], cors: CorsConfig) -> None:
+        super().__init__(app, routes)
+        self._cors = CORSMiddleware(
+            super().__call__,
+            allow_origins=cors.origins,
+            allow_methods=cors.methods,
+            allow_headers=cors.headers,
+            allow_credentials=cors.credentials,
+            expose_headers=cors.expose_headers,
+            max_age=cors.max_age_s,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._cors(scope, receive, send)
+
+
+class MethodNotAllowed(RequestError):
+    status = 405
+    code = "method_not_allowed"
 
 
 def unprefixed(routes: list[Route]) -> list[Route]:
@@ -95,8 +102,7 @@ async def not_routed(request: Request, exc: Exception) -> Response:
     headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
     path, method = request.url.path, request.method
     if status == 405:
-        err: KeelError = NotFound(f"Method {method} is not allowed on {path}; allowed: {headers.get('allow', '')}.")
-        err.status, err.code = 405, "method_not_allowed"
+        err: KeelError = MethodNotAllowed(f"Method {method} is not allowed on {path}; allowed: {headers.get('allow')}.")
     else:
         err = NotFound(f"Unknown route: {method} {path}. The model routes are under /v1 (see /v1/models).")
     if path.startswith(("/v1/messages", "/messages")):
@@ -203,4 +209,5 @@ def create_app(runtime: Runtime) -> FastPath:
         for r in (*model_routes, *unprefixed(model_routes))
         if r.methods and "POST" in r.methods and "{" not in r.path
     }
-    return FastPath(app, hot, runtime.config.server.cors)
+    cors = runtime.config.server.cors
+    return CorsFastPath(app, hot, cors) if cors.origins else FastPath(app, hot)
