@@ -174,7 +174,7 @@ def test_anthropic_tool_use_fits_the_schema(demo: Gateway) -> None:
     assert Flight.model_validate(block.input).passengers >= 1
 
 
-@pytest.mark.parametrize("mode", [instructor.Mode.TOOLS, instructor.Mode.JSON_SCHEMA])
+@pytest.mark.parametrize("mode", [instructor.Mode.TOOLS, instructor.Mode.JSON_SCHEMA, instructor.Mode.JSON])
 def test_instructor(demo: Gateway, mode: instructor.Mode) -> None:
     with client(demo) as c:
         ic = instructor.from_openai(c, mode=mode)

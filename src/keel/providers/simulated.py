@@ -7,8 +7,8 @@ stream half-way with a network error).
 
 Given tools (and `tool_choice` not "none", and no tool result to answer), it calls the chosen tool (the
 named one, else the first) with arguments that fit its parameters' schema; given a `response_format`,
-its text is JSON: a value of the json_schema (keel.providers.schema_sample), or an object for
-json_object. All deterministic, so structured-output clients work on the demo alias.
+its text is JSON: a value of the json_schema (keel.providers.schema_sample); for json_object, a value
+of a schema quoted in the messages (as instructor's JSON mode sends it), else `{"answer": ...}`. All deterministic, so structured-output clients work on the demo alias.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import json
 import math
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -148,8 +149,28 @@ def _answer(request: ChatRequest) -> str:
         spec = fmt.get("json_schema") or {}
         return orjson.dumps(sample(spec.get("schema") or {"type": "object"})).decode()
     if fmt.get("type") == "json_object":
-        return orjson.dumps({"answer": _reply(request)}).decode()
+        schema = _schema_in(request)
+        return orjson.dumps(sample(schema) if schema else {"answer": _reply(request)}).decode()
     return _reply(request)
+
+
+def _schema_in(request: ChatRequest) -> dict[str, Any] | None:
+    """A JSON schema quoted in the messages (instructor's JSON mode puts the model's schema in the system
+    prompt): the first JSON object in a message's text that has `properties`."""
+    decoder, tries = json.JSONDecoder(), 64  # bounded: a prompt full of braces costs little
+    for message in request.messages:
+        text = _text_of(message.content)
+        start = text.find("{")
+        while start >= 0 and tries:
+            tries -= 1
+            try:
+                value, _ = decoder.raw_decode(text, start)
+            except ValueError:
+                value = None
+            if isinstance(value, dict) and isinstance(value.get("properties"), dict):
+                return value
+            start = text.find("{", start + 1)
+    return None
 
 
 def _vector(text: str) -> tuple[float, ...]:
