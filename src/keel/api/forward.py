@@ -52,12 +52,14 @@ _PATHS: dict[Endpoint, str] = {
 
 
 class Passage:
-    """One forwarded call: its principal, trace record and the target that offers the endpoint."""
+    """One forwarded call: the body, its upstream path, its trace record and the target that offers it."""
 
-    __slots__ = ("body", "provider", "record", "t0", "target")
+    __slots__ = ("body", "path", "provider", "record", "t0", "target")
 
-    def __init__(self, body: dict[str, Any], record: TraceRecord, target: Target, provider: Forwarding) -> None:
-        self.body, self.record, self.target, self.provider = body, record, target, provider
+    def __init__(
+        self, body: dict[str, Any], path: str, record: TraceRecord, target: Target, provider: Forwarding
+    ) -> None:
+        self.body, self.path, self.record, self.target, self.provider = body, path, record, target, provider
         self.t0 = time.perf_counter()
 
     @property
@@ -104,12 +106,12 @@ class Forwarder:
         record = TraceRecord(id=new_trace_id(), started_at=time.time(), endpoint=endpoint, alias=model)
         record.tenant, record.key_id = principal.tenant, principal.key_id
         record.provider, record.model = found[0].provider, found[0].model
-        return Passage(body, record, *found)
+        return Passage(body, _PATHS[endpoint], record, *found)
 
     async def send(self, passage: Passage) -> Response:
         """The upstream's answer as it is, traced; an upstream error in OpenAI's format."""
         try:
-            answer = await passage.provider.forward(_PATHS[_endpoint(passage)], passage.payload)
+            answer = await passage.provider.forward(passage.path, passage.payload)
         except KeelError as err:
             self.finish(passage, err)
             raise
@@ -119,7 +121,7 @@ class Forwarder:
     async def stream(self, passage: Passage) -> Response:
         """A streamed answer passed through chunk by chunk (SSE), traced when it ends. The upstream's
         refusal (an error status) is an error response, not a 200 stream: its first bytes are read first."""
-        chunks = passage.provider.forward_stream(_PATHS[_endpoint(passage)], passage.payload)
+        chunks = passage.provider.forward_stream(passage.path, passage.payload)
         try:
             first = await anext(chunks, b"")
         except KeelError as err:
@@ -181,9 +183,3 @@ async def _close(chunks: AsyncIterator[bytes]) -> None:
     closer = getattr(chunks, "aclose", None)
     if closer is not None:
         await closer()
-
-
-def _endpoint(passage: Passage) -> Endpoint:
-    endpoint = passage.record.endpoint
-    assert endpoint in _PATHS
-    return endpoint
