@@ -105,8 +105,9 @@ def test_completions_pass_through_to_a_target_that_offers_them(gw: Gateway, up: 
             ch.choices[0].text for ch in c.completions.create(model="gpt-4o-mini", prompt="x y", stream=True)
         )
     assert text == "echo: x y"
-    traces = [t for t in gw.traces() if t.endpoint == "completions"]
+    traces = sorted((t for t in gw.traces() if t.endpoint == "completions"), key=lambda t: t.started_at)
     assert len(traces) == 2 and all(t.provider == "oai" and t.status == "ok" for t in traces)
+    assert traces[0].input_tokens == 2 and traces[0].output_tokens == 3 and traces[0].cost_usd  # the upstream's usage
 
 
 def test_a_refused_forwarded_stream_is_an_error_status_not_a_200(gw: Gateway, up: FakeUpstream) -> None:

@@ -5,7 +5,8 @@ The caller's key is checked and its `model` routed like any call (aliases, allow
 the body goes, with `model` set to the target's upstream model, to the first target of the plan whose
 catalog row lists the endpoint (`CatalogRow.endpoints`). No target offering it is a 400 naming
 `model` and the endpoint. These calls are traced (endpoint, alias, target, status, latency), not
-cached, limited or failed over: their answers are the upstream's, byte for byte.
+cached, limited or failed over: their answers are the upstream's, byte for byte. A whole answer's
+`usage` (completions, rerank) is recorded and priced on the trace; a streamed one's is not read.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from keel.api.openai import (
 from keel.catalog import CATALOG, Endpoint
 from keel.errors import InvalidRequest, KeelError
 from keel.runtime.components import Runtime
-from keel.types import EmbeddingRequest, Principal, Target, TraceRecord
+from keel.types import EmbeddingRequest, Principal, Target, TraceRecord, Usage
 from keel.wire import openai_chat as wire
 
 
@@ -115,8 +116,26 @@ class Forwarder:
         except KeelError as err:
             self.finish(passage, err)
             raise
+        self._bill(passage.record, answer)
         self.finish(passage, None)
         return Response(answer, 200, self.headers(passage), JSON_TYPE)
+
+    def _bill(self, record: TraceRecord, answer: bytes) -> None:
+        """Usage and cost from the answer's `usage`, when it has one (completions, rerank): best effort."""
+        try:
+            usage = orjson.loads(answer).get("usage")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        if not isinstance(usage, dict):
+            return
+        counts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")]
+        if not all(c is None or (type(c) is int and 0 <= c < 10**9) for c in counts):
+            return
+        prompt, completion, total = counts
+        spent = Usage(input_tokens=prompt if prompt is not None else total or 0, output_tokens=completion or 0)
+        record.input_tokens, record.output_tokens = spent.input_tokens, spent.output_tokens
+        if record.model is not None:
+            record.cost_usd = self._rt.prices.cost(record.model, spent)
 
     async def stream(self, passage: Passage) -> Response:
         """A streamed answer passed through chunk by chunk (SSE), traced when it ends. The upstream's
