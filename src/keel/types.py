@@ -82,6 +82,8 @@ class Usage:
 class Start:
     id: str
     model: str  # the upstream model that served
+    # The prompt's counts when the upstream reports them up front (Anthropic streams); not part of equality.
+    prompt: Usage | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

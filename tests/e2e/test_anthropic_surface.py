@@ -83,7 +83,8 @@ def test_count_tokens_errors_in_anthropic_format(gw: Gateway) -> None:
 
 
 @pytest.mark.parametrize("alias", ["claude", "gpt-4o-mini"])
-def test_stream_starts_with_usage_and_a_ping(gw: Gateway, alias: str) -> None:
+def test_stream_starts_with_usage_and_a_ping(gw: Gateway, up: FakeUpstream, alias: str) -> None:
+    up.script(Script(usage={"prompt_tokens": 77}))
     body = {"model": alias, "max_tokens": 50, "stream": True, "messages": USER}
     with httpx.stream("POST", gw.url + "/v1/messages", json=body, headers={"x-api-key": gw.key}) as r:
         raw = r.read().decode()
@@ -94,6 +95,8 @@ def test_stream_starts_with_usage_and_a_ping(gw: Gateway, alias: str) -> None:
     assert start["input_tokens"] > 0 and start["output_tokens"] == 0
     final = next(d for e, d in events if e == "message_delta")
     assert final["usage"]["output_tokens"] > 0 and final["usage"]["input_tokens"] > 0  # the exact counts end it
+    if alias == "claude":  # the upstream's own count, known from its message_start
+        assert start["input_tokens"] == final["usage"]["input_tokens"]
 
 
 def test_idle_stream_sends_pings(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ SSE stream (anthropic_response). Call, trace and header plumbing are the OpenAI 
 leave in Anthropic's format (an overloaded upstream is Anthropic's 529 `overloaded_error`); after the
 first streamed byte a failure is an `event: error`, never a clean `message_stop`.
 
-Streams open with `message_start` carrying the prompt's estimated `input_tokens` (the exact count
-follows in `message_delta`), then a `ping`, and send another `ping` whenever no event came for
+Streams open with `message_start` carrying the prompt's `input_tokens`: the upstream's when it reports
+them up front (an Anthropic upstream), else Keel's estimate (the exact count follows in `message_delta`), then a `ping`, and send another `ping` whenever no event came for
 `server.sse_ping_s`, as Anthropic does. `POST /v1/messages/count_tokens` asks an Anthropic target's
 own counter; any other target gets Keel's estimate (characters / 4 plus framing).
 """
@@ -31,9 +31,9 @@ from keel.errors import AllTargetsFailed, ErrorKind, InvalidRequest, KeelError, 
 from keel.gateway.call import Call, Reply
 from keel.gateway.routing import estimate_prompt_tokens
 from keel.runtime.components import Runtime
-from keel.types import ChatEvent
+from keel.types import ChatEvent, Start
 from keel.wire.anthropic_request import parse_request
-from keel.wire.anthropic_response import StreamEncoder, error_json, message_json, sse
+from keel.wire.anthropic_response import StreamEncoder, error_json, message_json, sse, usage_json
 
 log = logging.getLogger("keel.api")
 
@@ -109,8 +109,14 @@ class AnthropicEdge:
     ) -> AsyncIterator[bytes]:
         pending: asyncio.Future[ChatEvent] | None = None
         try:
-            yield encoder.start(input_tokens) + PING
-            while True:
+            first = await anext(reply, None)  # buffered: the reply was primed up to its first content
+            prompt = first.prompt if isinstance(first, Start) else None
+            start = usage_json(prompt) if prompt else {"input_tokens": input_tokens, "output_tokens": 0}
+            yield encoder.start(start | {"output_tokens": 0}) + PING
+            frame = encoder.feed(first) if first is not None else b""
+            if frame:
+                yield frame
+            while first is not None:
                 pending = pending or asyncio.ensure_future(reply.__anext__())
                 done, _ = await asyncio.wait((pending,), timeout=self._ping_s)
                 if not done:

@@ -88,8 +88,8 @@ class StreamEncoder:
         self._finish: str | None = None
         self._usage: Usage | None = None
 
-    def start(self, input_tokens: int = 0) -> bytes:
-        """`message_start`; `input_tokens` as known before the answer (an estimate: the exact count ends the stream)."""
+    def start(self, usage: JSON | None = None) -> bytes:
+        """`message_start`, with the prompt's `usage` as known before the answer (the final counts end the stream)."""
         message: JSON = {
             "id": self._id,
             "type": "message",
@@ -98,7 +98,7 @@ class StreamEncoder:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": input_tokens, "output_tokens": 0},
+            "usage": usage or {"input_tokens": 0, "output_tokens": 0},
         }
         return sse("message_start", {"type": "message_start", "message": message})
 
