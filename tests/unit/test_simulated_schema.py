@@ -6,6 +6,7 @@ official SDKs (`chat.completions.parse`, `pydantic_function_tool`) and instructo
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 from enum import StrEnum
@@ -180,3 +181,17 @@ def test_instructor(demo: Gateway, mode: instructor.Mode) -> None:
         ic = instructor.from_openai(c, mode=mode)
         person = ic.chat.completions.create(model="demo", response_model=Person, messages=ASK, max_retries=0)
     assert isinstance(person, Person) and person.role == "admin"
+
+
+def test_pydantic_ai_structured_output(demo: Gateway) -> None:
+    from pydantic_ai import Agent
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    async def run() -> Person:
+        async with openai.AsyncOpenAI(base_url=demo.base_url, api_key=demo.key, max_retries=0) as c:
+            model = OpenAIChatModel("demo", provider=OpenAIProvider(openai_client=c))
+            return (await Agent(model, output_type=Person).run("Invent a person.")).output
+
+    person = asyncio.run(run())
+    assert isinstance(person, Person) and person.address.city
