@@ -6,7 +6,9 @@
 - continue_final_message: the server continues a trailing assistant message when asked with
   `continue_final_message: true, add_generation_prompt: false` (vLLM)
 - prefix_message: the server continues a trailing assistant message marked `"prefix": true` (Mistral)
-The last two, and the Anthropic wire, accept an assistant prefill: a stream that broke after content
+`endpoints` names the routes Keel passes through as they are (keel.api.forward) because the upstream
+offers them: completions (legacy; others are mapped to chat), moderations, rerank, count_tokens.
+The last two quirks, and the Anthropic wire, accept an assistant prefill: a stream that broke after content
 resumes on them by continuing its text (gateway/resume.py) instead of restarting it.
 """
 
@@ -19,6 +21,7 @@ Wire = Literal["openai_chat", "anthropic_messages", "gemini", "bedrock_converse"
 # aws-sigv4: requests are signed per request (AWS keys); a configured `api_key` is sent as a bearer token
 Auth = Literal["bearer", "api-key", "x-api-key", "x-goog-api-key", "aws-sigv4", "none"]
 Quirk = Literal["no_stream_options", "azure_deployments", "continue_final_message", "prefix_message"]
+Endpoint = Literal["completions", "moderations", "rerank", "count_tokens"]
 PREFILL_QUIRKS: frozenset[Quirk] = frozenset({"continue_final_message", "prefix_message"})
 
 
@@ -29,6 +32,7 @@ class CatalogRow:
     auth: Auth
     key_env: str | None
     quirks: frozenset[Quirk] = frozenset()
+    endpoints: frozenset[Endpoint] = frozenset()
 
     @property
     def prefill(self) -> bool:
@@ -37,10 +41,22 @@ class CatalogRow:
 
 
 CATALOG: dict[str, CatalogRow] = {
-    "openai": CatalogRow("openai_chat", "https://api.openai.com/v1", "bearer", "OPENAI_API_KEY"),
+    "openai": CatalogRow(
+        "openai_chat",
+        "https://api.openai.com/v1",
+        "bearer",
+        "OPENAI_API_KEY",
+        endpoints=frozenset({"completions", "moderations"}),
+    ),
     "azure": CatalogRow("openai_chat", None, "api-key", "AZURE_OPENAI_API_KEY", frozenset({"azure_deployments"})),
     "groq": CatalogRow("openai_chat", "https://api.groq.com/openai/v1", "bearer", "GROQ_API_KEY"),
-    "together": CatalogRow("openai_chat", "https://api.together.xyz/v1", "bearer", "TOGETHER_API_KEY"),
+    "together": CatalogRow(
+        "openai_chat",
+        "https://api.together.xyz/v1",
+        "bearer",
+        "TOGETHER_API_KEY",
+        endpoints=frozenset({"completions", "rerank"}),
+    ),
     "mistral": CatalogRow(
         "openai_chat",
         "https://api.mistral.ai/v1",
@@ -49,16 +65,41 @@ CATALOG: dict[str, CatalogRow] = {
         frozenset({"no_stream_options", "prefix_message"}),
     ),
     "deepseek": CatalogRow("openai_chat", "https://api.deepseek.com/v1", "bearer", "DEEPSEEK_API_KEY"),
-    "fireworks": CatalogRow("openai_chat", "https://api.fireworks.ai/inference/v1", "bearer", "FIREWORKS_API_KEY"),
-    "openrouter": CatalogRow("openai_chat", "https://openrouter.ai/api/v1", "bearer", "OPENROUTER_API_KEY"),
+    "fireworks": CatalogRow(
+        "openai_chat",
+        "https://api.fireworks.ai/inference/v1",
+        "bearer",
+        "FIREWORKS_API_KEY",
+        endpoints=frozenset({"completions"}),
+    ),
+    "openrouter": CatalogRow(
+        "openai_chat",
+        "https://openrouter.ai/api/v1",
+        "bearer",
+        "OPENROUTER_API_KEY",
+        endpoints=frozenset({"completions"}),
+    ),
     "gemini": CatalogRow(
         "openai_chat", "https://generativelanguage.googleapis.com/v1beta/openai", "bearer", "GEMINI_API_KEY"
     ),
     "vllm": CatalogRow(
-        "openai_chat", "http://127.0.0.1:8000/v1", "bearer", None, frozenset({"continue_final_message"})
+        "openai_chat",
+        "http://127.0.0.1:8000/v1",
+        "bearer",
+        None,
+        frozenset({"continue_final_message"}),
+        frozenset({"completions", "rerank"}),
     ),
-    "ollama": CatalogRow("openai_chat", "http://127.0.0.1:11434/v1", "none", None),
-    "anthropic": CatalogRow("anthropic_messages", "https://api.anthropic.com/v1", "x-api-key", "ANTHROPIC_API_KEY"),
+    "ollama": CatalogRow(
+        "openai_chat", "http://127.0.0.1:11434/v1", "none", None, endpoints=frozenset({"completions"})
+    ),
+    "anthropic": CatalogRow(
+        "anthropic_messages",
+        "https://api.anthropic.com/v1",
+        "x-api-key",
+        "ANTHROPIC_API_KEY",
+        endpoints=frozenset({"count_tokens"}),
+    ),
     "google": CatalogRow(
         "gemini", "https://generativelanguage.googleapis.com/v1beta", "x-goog-api-key", "GEMINI_API_KEY"
     ),

@@ -56,8 +56,9 @@ class ChatRequest:
 @dataclass(frozen=True, slots=True)
 class EmbeddingRequest:
     model: str
-    inputs: tuple[str, ...]
+    inputs: tuple[str, ...]  # text inputs; empty when the client sent token arrays
     extra: JSON = field(default_factory=dict)
+    tokens: tuple[tuple[int, ...], ...] = ()  # token-id inputs, passed to OpenAI-compatible upstreams as they are
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,8 @@ class Usage:
 class Start:
     id: str
     model: str  # the upstream model that served
+    # The prompt's counts when the upstream reports them up front (Anthropic streams); not part of equality.
+    prompt: Usage | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

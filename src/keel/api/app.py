@@ -6,7 +6,10 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -14,10 +17,15 @@ from starlette.types import Receive, Scope, Send
 
 from keel.api.admin import Admin
 from keel.api.anthropic import AnthropicEdge
+from keel.api.completions import Completions
+from keel.api.forward import Forwarder
 from keel.api.metrics import MetricsEndpoint
-from keel.api.openai import OpenAIEdge
+from keel.api.openai import OpenAIEdge, error_body
+from keel.config.sections.server import CorsConfig
 from keel.dashboard.pages import Dashboard
+from keel.errors import KeelError, NotFound, RequestError
 from keel.runtime.components import Runtime
+from keel.wire.anthropic_response import error_json as anthropic_error_json
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -43,9 +51,72 @@ class FastPath:
         await self.app(scope, receive, send)
 
 
+class CorsFastPath(FastPath):
+    """The FastPath behind CORS (`server.cors`): preflights are answered there, before any key check.
+    A separate class, so that with CORS off the model routes pay nothing for it."""
+
+    def __init__(self, app: Starlette, routes: dict[tuple[str, str], Endpoint], cors: CorsConfig) -> None:
+        super().__init__(app, routes)
+        self._cors = CORSMiddleware(
+            super().__call__,
+            allow_origins=cors.origins,
+            allow_methods=cors.methods,
+            allow_headers=cors.headers,
+            allow_credentials=cors.credentials,
+            expose_headers=cors.expose_headers,
+            max_age=cors.max_age_s,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._cors(scope, receive, send)
+
+
+class MethodNotAllowed(RequestError):
+    status = 405
+    code = "method_not_allowed"
+
+
+def unprefixed(routes: list[Route]) -> list[Route]:
+    """Each `/v1/...` model route also without its prefix (`/chat/completions`): clients whose base URL
+    lacks `/v1` (Azure-style and some SDK defaults) reach the same endpoint."""
+    return [
+        Route(r.path[3:], r.endpoint, methods=sorted(r.methods or ()))
+        for r in routes
+        if r.path.startswith("/v1/") and isinstance(r, Route)
+    ]
+
+
+def azure_routes(edge: OpenAIEdge, completions: Completions) -> list[Route]:
+    """Azure OpenAI's URL shape; the deployment names the alias (`?api-version=` is accepted and ignored)."""
+    base = "/openai/deployments/{deployment}/"
+    return [
+        Route(base + "chat/completions", edge.chat, methods=["POST"]),
+        Route(base + "embeddings", edge.embeddings, methods=["POST"]),
+        Route(base + "completions", completions.create, methods=["POST"]),
+    ]
+
+
+async def not_routed(request: Request, exc: Exception) -> Response:
+    """Unknown route (404) or method (405), as JSON in the caller's format (Anthropic's under /v1/messages)."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 404
+    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+    path, method = request.url.path, request.method
+    if status == 405:
+        err: KeelError = MethodNotAllowed(f"Method {method} is not allowed on {path}; allowed: {headers.get('allow')}.")
+    else:
+        err = NotFound(f"Unknown route: {method} {path}. The model routes are under /v1 (see /v1/models).")
+    if path.startswith(("/v1/messages", "/messages")):
+        body = orjson.dumps(anthropic_error_json(err))
+    else:
+        body = error_body(err)
+    return Response(body, status, headers, "application/json")
+
+
 def create_app(runtime: Runtime) -> FastPath:
     edge = OpenAIEdge(runtime)
-    anthropic = AnthropicEdge(runtime)
+    forward = Forwarder(runtime)
+    anthropic = AnthropicEdge(runtime, forward)
+    completions = Completions(runtime, forward)
     dashboard = Dashboard(runtime.store, runtime.blobs, runtime.config.admin_token)
 
     async def healthz(request: Request) -> Response:
@@ -101,11 +172,21 @@ def create_app(runtime: Runtime) -> FastPath:
             return JSONResponse({**body, "reason": f"trace writer: {failing}"}, 503)
         return JSONResponse(body)
 
-    routes = [
+    model_routes = [
         Route("/v1/chat/completions", edge.chat, methods=["POST"]),
+        Route("/v1/completions", completions.create, methods=["POST"]),
         Route("/v1/embeddings", edge.embeddings, methods=["POST"]),
+        Route("/v1/moderations", forward.moderations, methods=["POST"]),
+        Route("/v1/rerank", forward.rerank, methods=["POST"]),
         Route("/v1/messages", anthropic.messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", anthropic.count_tokens, methods=["POST"]),
         Route("/v1/models", edge.models, methods=["GET"]),
+        Route("/v1/models/{model:path}", edge.model, methods=["GET"]),
+    ]
+    routes = [
+        *model_routes,
+        *unprefixed(model_routes),
+        *azure_routes(edge, completions),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *Admin(runtime).routes(),
@@ -122,8 +203,11 @@ def create_app(runtime: Runtime) -> FastPath:
         finally:
             await runtime.aclose()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_routed, 405: not_routed})
     hot = {
-        ("POST", r.path): r.endpoint for r in routes if r.path.startswith("/v1/") and r.methods and "POST" in r.methods
+        ("POST", r.path): r.endpoint
+        for r in (*model_routes, *unprefixed(model_routes))
+        if r.methods and "POST" in r.methods and "{" not in r.path
     }
-    return FastPath(app, hot)
+    cors = runtime.config.server.cors
+    return CorsFastPath(app, hot, cors) if cors.origins else FastPath(app, hot)

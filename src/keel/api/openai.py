@@ -17,7 +17,7 @@ from starlette.responses import Response, StreamingResponse
 
 from keel.api.bounds import Bounds, check_depth, deep_message, read_body
 from keel.cache.stage import CacheState
-from keel.errors import InvalidRequest, KeelError, ProviderError
+from keel.errors import InvalidRequest, KeelError, ModelNotFound, ProviderError
 from keel.gateway.call import Call, Reply
 from keel.gateway.directives import HEADER as CACHE_HEADER
 from keel.gateway.directives import Directives
@@ -29,6 +29,8 @@ from keel.wire import openai_chat as wire
 
 log = logging.getLogger("keel.api")
 JSON_TYPE = "application/json"
+# Streams must reach the client as they are made: no cache, and no buffering in nginx-style proxies.
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
 _PROCESS = os.urandom(4).hex()  # unique per process, so ids from many gateways never collide
@@ -55,11 +57,13 @@ def bearer(request: Request) -> str | None:
     auth = request.headers.get("authorization")
     if auth and auth[:7].lower() == "bearer ":
         return auth[7:].strip()
-    return request.headers.get("x-api-key")
+    return request.headers.get("x-api-key") or request.headers.get("api-key")  # Anthropic's, Azure's
 
 
 async def read_json(request: Request, bounds: Bounds) -> Any:
-    """The body parsed, within `bounds`: 413 past `max_body_bytes`, 400 if invalid or nested too deep."""
+    """The body parsed, within `bounds`: 413 past `max_body_bytes`, 400 if invalid or nested too deep.
+
+    On Azure's URL shape (`/openai/deployments/{deployment}/...`) the deployment names the model."""
     body = await read_body(request, bounds.max_body_bytes)
     try:
         value = orjson.loads(body)
@@ -68,6 +72,9 @@ async def read_json(request: Request, bounds: Bounds) -> Any:
             raise InvalidRequest(deep_message(bounds.max_json_depth, "in the body"), None) from None
         raise InvalidRequest("The request body is not valid JSON.", None) from None
     check_depth(body, value, bounds.max_json_depth)
+    params = request.scope.get("path_params")
+    if params and "deployment" in params and isinstance(value, dict):
+        value["model"] = params["deployment"]
     return value
 
 
@@ -223,8 +230,9 @@ class OpenAIEdge:
         try:
             reply = await self._rt.pipeline(call)
             if chat.stream:
+                headers = _headers(call, reply) | SSE_HEADERS
                 return StreamingResponse(
-                    self._stream(call, chat, reply), headers=_headers(call, reply), media_type="text/event-stream"
+                    self._stream(call, chat, reply), headers=headers, media_type="text/event-stream"
                 )
             response = await reply.collect()
         except KeelError as err:
@@ -290,23 +298,55 @@ class OpenAIEdge:
             _, allowed = await self._rt.authenticator.resolve(bearer(request))
         except KeelError as err:
             return error_response(err)
-        data = [
-            {"id": a, "object": "model", "created": 0, "owned_by": "keel"} for a in self._rt.router.aliases(allowed)
-        ]
+        data = [_model_json(a) for a in self._rt.router.aliases(allowed)]
         return Response(orjson.dumps({"object": "list", "data": data}), 200, None, JSON_TYPE)
+
+    async def model(self, request: Request) -> Response:
+        """`GET /v1/models/{id}`: one alias this key may use, or OpenAI's 404 (unknown and not allowed alike)."""
+        try:
+            _, allowed = await self._rt.authenticator.resolve(bearer(request))
+            name = request.path_params["model"]
+            aliases = self._rt.router.aliases(allowed)
+            if name not in aliases:
+                raise ModelNotFound(name, aliases)
+        except KeelError as err:
+            return error_response(err)
+        return Response(orjson.dumps(_model_json(name)), 200, None, JSON_TYPE)
+
+
+def _model_json(alias: str) -> dict[str, Any]:
+    return {"id": alias, "object": "model", "created": 0, "owned_by": "keel"}
+
+
+_INPUT_SHAPES = "a string, an array of strings, an array of token ids, or an array of token-id arrays"
 
 
 def parse_embedding_request(body: Any) -> EmbeddingRequest:
+    """Text inputs, or token arrays (`[1, 2]`, `[[1, 2], [3]]`: what LangChain's OpenAIEmbeddings sends),
+    which reach OpenAI-compatible upstreams as arrays of token arrays."""
     model = wire.require_model(body)
     raw = body.get("input")
     inputs = [raw] if isinstance(raw, str) else raw
-    if not isinstance(inputs, list) or not inputs or not all(isinstance(s, str) for s in inputs):
-        raise InvalidRequest("'input' must be a string or a non-empty array of strings.", "input")
+    if not isinstance(inputs, list) or not inputs:
+        raise InvalidRequest(f"'input' must be {_INPUT_SHAPES}, and not empty.", "input")
     if body.get("encoding_format", "float") not in ("float", "base64"):
         raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
     # Keel always asks upstreams for floats and encodes for the client itself.
     extra = {k: v for k, v in body.items() if k not in ("model", "input", "encoding_format")}
-    return EmbeddingRequest(model, tuple(inputs), extra)
+    if all(isinstance(s, str) for s in inputs):
+        return EmbeddingRequest(model, tuple(inputs), extra)
+    return EmbeddingRequest(model, (), extra, tokens=_token_arrays(inputs))
+
+
+def _token_arrays(inputs: list[Any]) -> tuple[tuple[int, ...], ...]:
+    arrays = [inputs] if all(_token(t) for t in inputs) else inputs
+    if not all(isinstance(a, list) and a and all(_token(t) for t in a) for a in arrays):
+        raise InvalidRequest(f"'input' must be {_INPUT_SHAPES} (non-negative integers, no empty array).", "input")
+    return tuple(tuple(a) for a in arrays)
+
+
+def _token(value: Any) -> bool:
+    return type(value) is int and value >= 0
 
 
 def _vector_json(vector: tuple[float, ...], base64: bool) -> list[float] | str:

@@ -134,7 +134,7 @@ class CacheStage:
         policy = self.policy(call.plan.alias)
         request = call.request
         if isinstance(request, EmbeddingRequest):
-            if policy.enabled and policy.embeddings:
+            if policy.enabled and policy.embeddings and request.inputs:  # token-array inputs are not cached
                 return await self._embeddings(call, request, policy, next)
             return await next(call)
         if not cacheable(request, policy, directives(call)):

@@ -42,7 +42,7 @@ def estimate_prompt_tokens(request: Request) -> int:
     Images are not counted. Runs on every request, so it never tokenises.
     """
     if isinstance(request, EmbeddingRequest):
-        return sum(map(len, request.inputs)) // 4
+        return sum(map(len, request.inputs)) // 4 + sum(map(len, request.tokens))
     chars = 0
     for message in request.messages:
         content = message.content
@@ -309,7 +309,7 @@ def _in_region(route: _Route, principal: Principal, skipped: list[JSON]) -> list
 def _window_need(request: Request, tokens: int) -> int:
     """Tokens that must fit the context window: prompt plus asked-for output; embeddings per input."""
     if isinstance(request, EmbeddingRequest):
-        return max(map(len, request.inputs), default=0) // 4
+        return max(map(len, request.inputs), default=0) // 4 + max(map(len, request.tokens), default=0)
     return tokens + (request.max_tokens or 0)
 
 

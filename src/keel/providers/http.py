@@ -173,6 +173,24 @@ class HttpProvider:
         except ProviderError as err:
             raise self._own(err) from None
 
+    async def forward(self, path: str, body: bytes) -> bytes:
+        """POST `body` as it is to `path` under the base URL (a route Keel passes through: moderations,
+        rerank, legacy completions, count_tokens) and return the answer's body; errors raise as in `chat`."""
+        return await self._read(await self._send(Outbound(path, body)))
+
+    async def forward_stream(self, path: str, body: bytes) -> AsyncIterator[bytes]:
+        """As `forward`, for a streamed answer: its body's bytes as they arrive (at most `max_stream_bytes`)."""
+        resp = await self._send(Outbound(path, body))
+        try:
+            async for chunk in resp.chunks():
+                if resp.received > self._max_stream:
+                    raise self._own(Oversized(f"upstream stream exceeds {self._max_stream} bytes"))
+                yield chunk
+        except ProviderError as err:
+            raise self._own(err) from None
+        finally:
+            resp.release()
+
     async def aclose(self) -> None:
         return None  # pools are owned by `Sessions`
 

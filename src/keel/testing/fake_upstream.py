@@ -1,7 +1,8 @@
 """A fake upstream LLM provider: a real HTTP server on 127.0.0.1 with per-request fault scripts.
 
 It speaks the OpenAI chat-completions/embeddings and the Anthropic Messages wire formats (SSE
-included) and stands for the outside world, so it imports nothing from Keel. It runs its own
+included), and small answers for the routes Keel passes through (legacy completions, moderations,
+rerank, Anthropic's count_tokens) and stands for the outside world, so it imports nothing from Keel. It runs its own
 event loop in a daemon thread, so sync tests and gateways in other processes can use it alike.
 Each request pops the next queued `Script` (the default `Script()` when none is queued); a
 script's faults touch only its own request, and `stop()` closes hanging connections at once.
@@ -29,7 +30,7 @@ from aiohttp import web
 from . import fake_cloud as cloud
 from . import fake_wire as wire
 
-Kind = Literal["chat", "messages", "embeddings", "models"]
+Kind = Literal["chat", "messages", "embeddings", "models", "completions", "moderations", "rerank", "count_tokens"]
 _SHUTDOWN_TIMEOUT = 1.0
 _START_TIMEOUT = 10.0
 ENDLESS_BYTES = 256 * 2**20  # an endless stream still ends here, so a test of a client that never stops ends
@@ -225,6 +226,10 @@ class FakeUpstream:
         app.router.add_post("/v1/messages", self._handler("messages"))
         app.router.add_post("/v1/embeddings", self._handler("embeddings"))
         app.router.add_get("/v1/models", self._handler("models"))
+        app.router.add_post("/v1/completions", self._handler("completions"))
+        app.router.add_post("/v1/moderations", self._handler("moderations"))
+        app.router.add_post("/v1/rerank", self._handler("rerank"))
+        app.router.add_post("/v1/messages/count_tokens", self._handler("count_tokens"))
         self._cloud_routes(app)
         return app
 
@@ -289,7 +294,25 @@ class FakeUpstream:
             if data is None:
                 return _error(kind, headers)
             return web.json_response(data, headers=headers)
+        if kind in _SMALL:
+            return await self._small(request, kind, body, headers)
         return await self._chat(request, kind, body, script, headers, entry)
+
+    async def _small(
+        self, request: web.Request, kind: Kind, body: dict[str, Any], headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """Routes Keel passes through: completions (streamed too), moderations, rerank, count_tokens."""
+        data = _SMALL[kind](body)
+        if data is None:
+            return _error("messages" if kind == "count_tokens" else kind, headers)
+        if kind != "completions" or body.get("stream") is not True:
+            return web.json_response(data, headers=headers)
+        response = web.StreamResponse(headers=headers | {"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for frame in wire.text_completion_frames(data):
+            await response.write(frame)
+        await response.write_eof()
+        return response
 
     async def _chat(
         self,
@@ -493,6 +516,14 @@ def _cloud_lie(gemini: bool, script: Script) -> wire.Frame:
         return wire.Frame("tail", json.dumps(cloud.gemini_error(script.error_in_200, script.error_code)))
     name, body = cloud.bedrock_error(script.error_in_200, script.error_code)
     return cloud.exception_frame(name, body)
+
+
+_SMALL: dict[str, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
+    "completions": wire.text_completion,
+    "moderations": wire.moderation,
+    "rerank": wire.rerank,
+    "count_tokens": wire.count_tokens,
+}
 
 
 def _at(n: int, where: int | tuple[int, ...] | None) -> bool:

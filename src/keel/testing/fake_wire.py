@@ -273,12 +273,18 @@ def openai_error(status: int, code: str | None) -> Json:
     return {"error": {"message": message, "type": kind, "param": param, "code": code or default_code}}
 
 
+def _is_tokens(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(type(t) is int for t in value)
+
+
 def embeddings(body: Json, model: str | None) -> Json | None:
-    """An embeddings list for a string or list-of-strings input, or None when the input is neither."""
+    """An embeddings list for a string, list-of-strings, token-array or list-of-token-arrays input (as
+    OpenAI takes them; a token array stands for its text `[1, 2]`), or None when the input is none of these."""
     raw = body.get("input")
-    texts = [raw] if isinstance(raw, str) else raw
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+    given: object = [raw] if isinstance(raw, str) or _is_tokens(raw) else raw
+    if not isinstance(given, list) or not all(isinstance(t, str) or _is_tokens(t) for t in given):
         return None
+    texts: list[str] = [t if isinstance(t, str) else json.dumps(t) for t in given]
     as_base64 = body.get("encoding_format") == "base64"
     data = []
     for index, text in enumerate(texts):
@@ -293,6 +299,86 @@ def embeddings(body: Json, model: str | None) -> Json | None:
         "model": model or str(body.get("model") or MODEL_ID),
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
+
+
+def text_completion(body: Json) -> Json | None:
+    """A legacy completions answer ("echo: <prompt>"), or None when `prompt` is not a string."""
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        return None
+    text, tokens = f"echo: {prompt}", len(prompt) // 4 + 1
+    choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": "stop"}
+    usage = {
+        "prompt_tokens": tokens,
+        "completion_tokens": len(pieces(text)),
+        "total_tokens": tokens + len(pieces(text)),
+    }
+    model = str(body.get("model") or MODEL_ID)
+    return {
+        "id": new_id("cmpl-"),
+        "object": "text_completion",
+        "created": 1700000000,
+        "model": model,
+        "choices": [choice],
+        "usage": usage,
+    }
+
+
+def text_completion_frames(answer: Json) -> list[bytes]:
+    """The same answer streamed: one chunk per word piece, then one with the finish reason, then [DONE]."""
+    head = {k: answer[k] for k in ("id", "object", "created", "model")}
+    chunks = [
+        head | {"choices": [{"text": piece, "index": 0, "logprobs": None, "finish_reason": None}]}
+        for piece in pieces(answer["choices"][0]["text"])
+    ]
+    chunks.append(head | {"choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}]})
+    return [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
+
+
+def moderation(body: Json) -> Json | None:
+    """OpenAI's moderation shape: an input is flagged for `violence` when it holds the word "kill"."""
+    raw = body.get("input")
+    texts = [raw] if isinstance(raw, str) else raw
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        return None
+    results = [
+        {
+            "flagged": "kill" in t,
+            "categories": {"violence": "kill" in t},
+            "category_scores": {"violence": 0.9 if "kill" in t else 0.01},
+        }
+        for t in texts
+    ]
+    return {"id": new_id("modr-"), "model": str(body.get("model") or "omni-moderation-latest"), "results": results}
+
+
+def rerank(body: Json) -> Json | None:
+    """Cohere/Jina's rerank shape: documents scored by the share of the query's words they hold, best first."""
+    query, docs = body.get("query"), body.get("documents")
+    if not isinstance(query, str) or not isinstance(docs, list):
+        return None
+    texts = [d if isinstance(d, str) else str(d.get("text", "")) if isinstance(d, dict) else "" for d in docs]
+    words = set(query.lower().split())
+    scored = [(len(words & set(t.lower().split())) / (len(words) or 1), i) for i, t in enumerate(texts)]
+    scored.sort(key=lambda s: (-s[0], s[1]))
+    top = body.get("top_n")
+    kept = scored[: top if isinstance(top, int) else len(scored)]
+    results = [{"index": i, "relevance_score": round(score, 4), "document": {"text": texts[i]}} for score, i in kept]
+    tokens = (len(query) + sum(map(len, texts))) // 4 + 1
+    return {
+        "id": new_id("rerank-"),
+        "model": str(body.get("model") or MODEL_ID),
+        "results": results,
+        "usage": {"total_tokens": tokens},
+    }
+
+
+def count_tokens(body: Json) -> Json | None:
+    """Anthropic's count_tokens: a deterministic count, characters / 3 of the messages and system (so a
+    test can tell it from Keel's own estimate, characters / 4)."""
+    if not isinstance(body.get("messages"), list):
+        return None
+    return {"input_tokens": len(json.dumps([body.get("system"), body["messages"], body.get("tools")])) // 3}
 
 
 def models_list() -> Json:

@@ -280,8 +280,10 @@ class AnthropicStreamDecoder:
     def _event(self, kind: Any, event: JSON) -> list[ChatEvent]:
         if kind == "message_start":
             message = event.get("message") or {}
-            self._record(message.get("usage"))
-            return [Start(message.get("id") or "", message.get("model") or "")]
+            usage = message.get("usage")
+            self._record(usage)
+            prompt = usage_from(usage, self._cap) if isinstance(usage, dict) and "input_tokens" in usage else None
+            return [Start(message.get("id") or "", message.get("model") or "", prompt)]
         if kind == "content_block_start":
             return self._block_start(event.get("index"), event.get("content_block") or {})
         if kind == "content_block_delta":

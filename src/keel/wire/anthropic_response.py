@@ -88,7 +88,8 @@ class StreamEncoder:
         self._finish: str | None = None
         self._usage: Usage | None = None
 
-    def start(self) -> bytes:
+    def start(self, usage: JSON | None = None) -> bytes:
+        """`message_start`, with the prompt's `usage` as known before the answer (the final counts end the stream)."""
         message: JSON = {
             "id": self._id,
             "type": "message",
@@ -97,7 +98,7 @@ class StreamEncoder:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0},  # Keel learns usage only at the end
+            "usage": usage or {"input_tokens": 0, "output_tokens": 0},
         }
         return sse("message_start", {"type": "message_start", "message": message})
 

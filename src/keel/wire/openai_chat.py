@@ -466,7 +466,8 @@ class OpenAIChatCodec:
         return OpenAIStreamDecoder(cap)
 
     def encode_embed(self, request: EmbeddingRequest, target: Target) -> Outbound:
-        body = {"model": target.model, "input": list(request.inputs), **request.extra}
+        inputs = list(request.inputs) if request.inputs else [list(t) for t in request.tokens]
+        body = {"model": target.model, "input": inputs, **request.extra}
         return Outbound(self._path(target, "embeddings"), orjson.dumps(body))
 
     def decode_embed(self, body: bytes) -> EmbeddingResponse:

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from keel.config.parts import Model
+
+
+class CorsConfig(Model):
+    """Browser clients (keel.api.app): off while `origins` is empty; preflights are answered without a key."""
+
+    origins: tuple[str, ...] = ()  # exact origins, or "*" for any (not with credentials)
+    headers: tuple[str, ...] = ("authorization", "content-type", "x-api-key", "api-key", "anthropic-version")
+    methods: tuple[str, ...] = ("GET", "POST", "DELETE", "OPTIONS")
+    credentials: bool = False  # allow cookies / Authorization from the browser's credential store
+    expose_headers: tuple[str, ...] = ("x-keel-trace-id", "x-keel-provider", "x-keel-model", "x-keel-cache")
+    max_age_s: int = Field(600, ge=0, le=86400)  # how long a browser may reuse a preflight answer
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> CorsConfig:
+        if self.credentials and "*" in self.origins:
+            raise ValueError("credentials: true cannot be combined with origin '*'; list the origins instead")
+        return self
 
 
 class ServerConfig(Model):
@@ -22,3 +39,5 @@ class ServerConfig(Model):
     body_timeout_s: float = Field(60.0, gt=0, le=3600)  # its body, within this after the headers; else 408
     keepalive_timeout_s: float = Field(5.0, gt=0, le=3600)  # an idle keep-alive connection is closed after this
     max_connections: int = Field(1000, ge=1, le=1_000_000)  # open client connections; past it, 503 and close
+    sse_ping_s: float = Field(10.0, gt=0, le=300)  # Anthropic streams: a `ping` event after this long idle
+    cors: CorsConfig = CorsConfig()
