@@ -57,6 +57,7 @@ CATALOG: dict[str, CatalogRow] = {
         "openai_chat", "http://127.0.0.1:8000/v1", "bearer", None, frozenset({"continue_final_message"})
     ),
     "ollama": CatalogRow("openai_chat", "http://127.0.0.1:11434/v1", "none", None),
+    "tgi": CatalogRow("openai_chat", "http://127.0.0.1:8080/v1", "bearer", None),  # text-generation-inference
     "anthropic": CatalogRow("anthropic_messages", "https://api.anthropic.com/v1", "x-api-key", "ANTHROPIC_API_KEY"),
     "simulated": CatalogRow("simulated", None, "none", None),
 }

@@ -17,6 +17,7 @@ from keel.api.anthropic import AnthropicEdge
 from keel.api.metrics import MetricsEndpoint
 from keel.api.openai import OpenAIEdge
 from keel.dashboard.pages import Dashboard
+from keel.gateway.warmth import WarmthBook
 from keel.runtime.components import Runtime
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -47,6 +48,7 @@ def create_app(runtime: Runtime) -> FastPath:
     edge = OpenAIEdge(runtime)
     anthropic = AnthropicEdge(runtime)
     dashboard = Dashboard(runtime.store, runtime.blobs, runtime.config.admin_token)
+    warmth = runtime.find(WarmthBook)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -96,6 +98,8 @@ def create_app(runtime: Runtime) -> FastPath:
             # background workers (runtime/workers.py): "ok", or why one is not running until it restarts
             "workers": {name: why or "ok" for name, why in runtime.workers.health().items()},
         }
+        if warmth:  # self-hosted servers' readiness; a warming one leaves the gateway ready (it reroutes)
+            body["targets"] = {key: w.state for key, w in warmth.targets()}
         # Traces at risk take this process out; a stalled store does not (records wait, calls are served).
         if failing is not None:
             return JSONResponse({**body, "reason": f"trace writer: {failing}"}, 503)

@@ -52,8 +52,7 @@ def build_provider(
             tokens_per_second=cfg.tokens_per_second,
             faults=list(cfg.faults),
         )
-    key = cfg.api_key or (env.get(row.key_env, "") if row.key_env else "")
-    headers = (_AUTH[row.auth](key) if key else {}) | dict(cfg.headers)
+    headers = upstream_headers(cfg, env)
     if row.wire == "anthropic_messages":
         headers.setdefault("anthropic-version", "2023-06-01")
     base_url = cfg.base_url or row.base_url
@@ -73,3 +72,10 @@ def build_provider(
         max_stream_bytes=cfg.max_stream_bytes,
         overrun_tokens=cfg.overrun_tokens,
     )
+
+
+def upstream_headers(cfg: ProviderConfig, env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """What every request to the provider's server carries: its credentials, then the configured headers."""
+    row = CATALOG[cfg.type]
+    key = cfg.api_key or (env.get(row.key_env, "") if row.key_env else "")
+    return (_AUTH[row.auth](key) if key else {}) | dict(cfg.headers)
