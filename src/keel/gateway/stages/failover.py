@@ -175,6 +175,7 @@ class FailoverStage:
             walk.skip(level, target, "circuit breaker open")
             return None
         retries = 0 if permit is Permit.probe else self._policy.retries_per_target
+        cold: str | None = None  # the error kind of an attempt that found the server cold
         for attempt in range(1 + retries):
             if len(walk.errors) + walk.breaks >= self._policy.max_attempts or loop.time() >= call.deadline:  # type: ignore[operator]
                 walk.stopped = walk.stopped or "budget"
@@ -186,12 +187,8 @@ class FailoverStage:
             except ProviderError as err:
                 err.provider = err.provider or target.provider
                 if warm is not None and may_be_cold(err) and await warm.recheck():
-                    # loading, not failing: no breaker failure; hold the call once, or move on
-                    entry = {"level": level, "target": target.key, "outcome": "cold", "kind": err.kind}
-                    walk.log.append(entry)
-                    if await self._held(call, level, target, warm, walk):
-                        return await self._try_target(call, next, level, target, walk)
-                    return None
+                    cold = err.kind  # loading, not failing: no breaker failure
+                    break
                 self._failed(target, err, started, level, walk)
                 delay = self._retry_delay(err, retries - attempt, call.deadline - loop.time())  # type: ignore[operator]
                 if delay is not None:
@@ -202,6 +199,11 @@ class FailoverStage:
                 continue
             self._served(call, reply, level, target, walk, started)
             return reply
+        if cold is None or warm is None:
+            return None
+        walk.log.append({"level": level, "target": target.key, "outcome": "cold", "kind": cold})
+        if await self._held(call, level, target, warm, walk):  # held once, then tried again
+            return await self._try_target(call, next, level, target, walk)
         return None
 
     async def _held(self, call: Call, level: str, target: Target, warm: Warmth, walk: _Walk) -> bool:
