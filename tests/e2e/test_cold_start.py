@@ -23,7 +23,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from keel.testing import FakeUpstream
+from keel.testing import FakeUpstream, Script
 from tests.conftest import ADMIN, Gateway
 from tests.e2e.test_targets import targets_cli
 from tests.unit.test_warmth import wake_receiver
@@ -108,12 +108,16 @@ def metric(gw: Gateway, name: str, **labels: str) -> float | None:
     return metrics(gw).get((name, tuple(sorted(labels.items()))))
 
 
-def chat(gw: Gateway, **headers: str) -> tuple[str, str, float]:
-    """(serving provider, trace id, seconds) of one call to the `llama` alias."""
+def chat(gw: Gateway, stream: bool = False, **headers: str) -> tuple[str, str, float]:
+    """(serving provider, trace id, seconds) of one call to the `llama` alias, read to its end."""
     started = time.monotonic()
     with openai.OpenAI(base_url=gw.base_url, api_key=gw.key, max_retries=0) as c:
-        raw = c.chat.completions.with_raw_response.create(model="llama", messages=ASK, extra_headers=headers)
-    raw.parse()
+        raw = c.chat.completions.with_raw_response.create(
+            model="llama", messages=ASK, stream=stream, extra_headers=headers
+        )
+        answer = raw.parse()
+        if stream:
+            assert "".join(chunk.choices[0].delta.content or "" for chunk in answer if chunk.choices)
     return raw.headers["x-keel-provider"], raw.headers["x-keel-trace-id"], time.monotonic() - started
 
 
@@ -139,7 +143,7 @@ def test_a_cold_server_holds_calls_that_can_wait_and_reroutes_those_that_cannot(
 
     # Calls whose deadline outlasts cold_start_wait_s are held until the server is up.
     with ThreadPoolExecutor(2) as pool:
-        held = [pool.submit(chat, gw) for _ in range(2)]
+        held = [pool.submit(chat, gw), pool.submit(chat, gw, stream=True)]
         wait_for(lambda: metric(gw, "keel_target_cold_start_waiting", target=TARGET) == 2, what="two held calls")
         assert not any(f.done() for f in held)
         time.sleep(max(0.0, started + COLD_S - time.monotonic()))  # the server takes COLD_S to load
@@ -153,6 +157,7 @@ def test_a_cold_server_holds_calls_that_can_wait_and_reroutes_those_that_cannot(
             assert paths[0] == "/health" and len(chats) == 3
             assert chats[0]["max_tokens"] == 1 and chats[0]["messages"] == [{"role": "user", "content": "Hi"}]
             assert [c["messages"] for c in chats[1:]] == [ASK, ASK]
+            assert sorted(bool(c.get("stream")) for c in chats[1:]) == [False, True]
 
             row = cli_state(gw, tmp_path)[TARGET]
             assert row["state"] == "ready" and row["time_to_ready_s"] >= COLD_S - 0.5
@@ -210,3 +215,24 @@ def test_with_no_other_target_a_short_deadline_gets_a_503_saying_the_server_is_w
     assert "warming" in info.value.message and "not listening yet" in info.value.message
     assert int(info.value.response.headers["retry-after"]) >= 1
     wait_for(lambda: len(wakes) == 1, what="the wake POST")  # woken even though the call could not wait
+
+
+def test_a_503_from_a_server_whose_health_url_answers_is_an_ordinary_failure_not_a_cold_start(
+    make_gateway: Any, up: FakeUpstream, b: FakeUpstream, hooks: Any, tmp_path: Path
+) -> None:
+    wake_url, wakes = hooks
+    port = int(up.url.rsplit(":", 1)[1])
+    gw: Gateway = make_gateway(config(tmp_path, port, b, wake_url))
+    wait_for(lambda: admin_targets(gw)[TARGET]["state"] == "ready", what="the server ready")
+    up.reset()
+    up.script(Script(status=503))  # overloaded for one call: retried once on the same target
+    provider, trace_id, _ = chat(gw)
+    assert provider == "local"
+    assert [r["path"] for r in up.requests] == ["/v1/chat/completions", "/health", "/v1/chat/completions"]
+    row = admin_targets(gw)[TARGET]
+    assert row["state"] == "ready" and row["time_to_ready_s"] is not None
+    assert metric(gw, "keel_provider_cold_starts_total", provider="local") == 1  # the start's only
+    (trace,) = [t for t in gw.traces() if t.id == trace_id]
+    assert "keel.cold_start" not in trace.tags
+    assert [e["outcome"] for e in trace.attempt_log] == ["error", "ok"]
+    assert wakes == []
