@@ -202,7 +202,8 @@ class Warmth:
         if state != "ready":
             self.went_cold(state, why)
             return
-        self.why = f"warming up: {self.spec.warmup} call(s) per model" if self.spec.warmup else self.why
+        if self.spec.warmup:  # up, and loading what the first calls need: held calls may wait for it
+            self.went_cold("warming", f"warming up: {self.spec.warmup} call(s) per model")
         trouble = await self._warm_up()
         if trouble is not None:
             self.went_cold("warming", trouble)
