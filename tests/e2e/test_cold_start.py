@@ -236,3 +236,23 @@ def test_a_503_from_a_server_whose_health_url_answers_is_an_ordinary_failure_not
     assert "keel.cold_start" not in trace.tags
     assert [e["outcome"] for e in trace.attempt_log] == ["error", "ok"]
     assert wakes == []
+
+
+def test_a_server_whose_readiness_url_fails_is_down_and_its_calls_go_on_at_once(
+    make_gateway: Any, up: FakeUpstream, b: FakeUpstream, hooks: Any, tmp_path: Path
+) -> None:
+    wake_url, wakes = hooks
+    raw = config(tmp_path, int(up.url.rsplit(":", 1)[1]), b, wake_url)
+    raw["providers"]["local"]["readiness"] = "/not-a-health-url"  # answers 404: down, not loading
+    gw: Gateway = make_gateway(raw)
+    wait_for(lambda: admin_targets(gw)[TARGET]["state"] == "down", what="the server down")
+    row = cli_state(gw, tmp_path)[TARGET]
+    assert row["state"] == "down" and "readiness answered 404" in row["why"]
+    provider, trace_id, _ = chat(gw)  # a default deadline could wait, but a down server is not loading
+    assert provider == "api"
+    assert metric(gw, "keel_target_cold_start_waiting", target=TARGET) == 0
+    (trace,) = [t for t in gw.traces() if t.id == trace_id]
+    assert trace.tags["keel.cold_start"] == "rerouted"
+    assert trace.attempt_log[0]["outcome"] == "skipped" and trace.attempt_log[0]["why"].startswith("down: ")
+    assert all(r["path"] != "/v1/chat/completions" for r in up.requests)  # not even one attempt
+    wait_for(lambda: len(wakes) == 1, what="the wake POST")  # a scaled-to-zero server may answer so too
