@@ -93,6 +93,7 @@ CATALOG: dict[str, CatalogRow] = {
     "ollama": CatalogRow(
         "openai_chat", "http://127.0.0.1:11434/v1", "none", None, endpoints=frozenset({"completions"})
     ),
+    "tgi": CatalogRow("openai_chat", "http://127.0.0.1:8080/v1", "bearer", None),  # text-generation-inference
     "anthropic": CatalogRow(
         "anthropic_messages",
         "https://api.anthropic.com/v1",

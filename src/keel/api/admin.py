@@ -17,6 +17,7 @@ from keel.api.bounds import Bounds, read_body
 from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
 from keel.api.replay import ReplayAsk, replay
 from keel.errors import AuthError, ErrorKind, InvalidRequest, KeelError, NotFound, PermissionDenied, ProviderError
+from keel.gateway.warmth import WarmthBook
 from keel.keys.auth import issue_key, key_view
 from keel.limits.book import KINDS, Estimate, Subject, kind_of
 from keel.runtime.components import Runtime
@@ -298,8 +299,10 @@ class Admin:
         return _json({"data": data, "by": query.by, "grain": query.grain, "since": query.since, "until": query.until})
 
     async def list_targets(self, request: Request) -> Response:
-        """Every configured target with its breaker state and this process's health figures."""
+        """Every configured target with its breaker state, this process's health figures, and its server's
+        readiness (`state`: ready, warming, down; None when the provider declares no readiness)."""
         rt = self._rt
+        warmth = rt.find(WarmthBook)
         breakers = {b.target: b for b in await rt.breakers.states()}
         gates = {g["target"]: g for g in rt.gates.view()}
         rows = []
@@ -312,6 +315,7 @@ class Admin:
                 seen.add(key)
                 b = breakers.get(key)
                 h = rt.health.get(key)
+                warm = warmth.get(t.provider) if warmth else None
                 rows.append(
                     {
                         "target": key,
@@ -324,6 +328,7 @@ class Admin:
                         "opened_at": b.opened_at if b else None,
                         **({k: v for k, v in h.view().items() if k != "target"} if h else {}),
                         "queue": {k: v for k, v in gates[key].items() if k != "target"} if key in gates else None,
+                        **(warm.view() if warm else {"state": None}),
                     }
                 )
         return _json({"data": rows})

@@ -24,6 +24,7 @@ from keel.api.openai import OpenAIEdge, error_body
 from keel.config.sections.server import CorsConfig
 from keel.dashboard.pages import Dashboard
 from keel.errors import KeelError, NotFound, RequestError
+from keel.gateway.warmth import WarmthBook
 from keel.runtime.components import Runtime
 from keel.wire.anthropic_response import error_json as anthropic_error_json
 
@@ -118,6 +119,7 @@ def create_app(runtime: Runtime) -> FastPath:
     anthropic = AnthropicEdge(runtime, forward)
     completions = Completions(runtime, forward)
     dashboard = Dashboard(runtime.store, runtime.blobs, runtime.config.admin_token)
+    warmth = runtime.find(WarmthBook)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -167,6 +169,8 @@ def create_app(runtime: Runtime) -> FastPath:
             # background workers (runtime/workers.py): "ok", or why one is not running until it restarts
             "workers": {name: why or "ok" for name, why in runtime.workers.health().items()},
         }
+        if warmth:  # self-hosted servers' readiness; a warming one leaves the gateway ready (it reroutes)
+            body["targets"] = {key: w.state for key, w in warmth.targets()}
         # Traces at risk take this process out; a stalled store does not (records wait, calls are served).
         if failing is not None:
             return JSONResponse({**body, "reason": f"trace writer: {failing}"}, 503)

@@ -15,6 +15,7 @@ from starlette.responses import Response
 from keel.api.openai import bearer, error_response
 from keel.dashboard.throttle import LoginStats
 from keel.errors import AuthError
+from keel.gateway.warmth import STATES, WarmthBook
 from keel.runtime.components import Runtime
 from keel.traces.metrics import CONTENT_TYPE, Family, Kind, Labels
 
@@ -27,12 +28,13 @@ class MetricsEndpoint:
         self._logins = logins or LoginStats()
         cfg = runtime.config
         self._token = (cfg.admin_token or "").encode() if cfg.metrics.require_token else None
+        self._warmth = runtime.find(WarmthBook) or None  # None: no provider declares readiness
 
     async def scrape(self, request: Request) -> Response:
         if self._token is not None and not hmac.compare_digest((bearer(request) or "").encode(), self._token):
             return error_response(AuthError("/metrics needs the admin token (metrics.require_token is true)."))
         assert self._rt.metrics is not None  # the route exists only when metrics are enabled
-        body = self._rt.metrics.render([*await self._breakers(), *self._process()])
+        body = self._rt.metrics.render([*await self._breakers(), *self._process(), *self._cold_starts()])
         return Response(body, 200, media_type=CONTENT_TYPE)
 
     async def _breakers(self) -> list[Family]:
@@ -110,6 +112,29 @@ class MetricsEndpoint:
                 )
             )
         return out
+
+    def _cold_starts(self) -> list[Family]:
+        """Self-hosted servers' readiness (gateway/warmth.py), per target and per provider."""
+        if self._warmth is None:
+            return []
+        targets = self._warmth.targets()
+        providers = self._warmth.items()
+        state = [({"target": t, "state": s}, float(w.state == s)) for t, w in targets for s in STATES]
+        ttr = [({"target": t}, w.time_to_ready_s or 0.0) for t, w in targets if w.time_to_ready_s is not None]
+        waiting = [({"target": t}, float(w.waiting)) for t, w in targets]
+        calls = [({"target": t, "outcome": o}, float(n)) for _, w in providers for (t, o), n in sorted(w.calls.items())]
+        starts = [({"provider": p}, float(w.cold_starts)) for p, w in providers]
+        wakes = [({"provider": p}, float(w.wakes)) for p, w in providers]
+        warmups = [({"provider": p, "outcome": o}, float(n)) for p, w in providers for o, n in w.warmups.items()]
+        return [
+            Family("keel_target_state", "gauge", "Readiness of a self-hosted target's server: 1 for its current state (ready, warming, down).", state),
+            Family("keel_target_time_to_ready_seconds", "gauge", "How long the target's server took to become ready (and warm) in its last cold period.", ttr),
+            Family("keel_target_cold_start_waiting", "gauge", "Calls held right now for the target's server to become ready.", waiting),
+            Family("keel_cold_start_calls_total", "counter", "Calls that met the target warming: waited for it, or rerouted at once or after the wait.", calls),
+            Family("keel_provider_cold_starts_total", "counter", "Cold periods a self-hosted server came out of (it became ready).", starts),
+            Family("keel_provider_wakes_total", "counter", "wake_url POSTs sent (once per cold period that got traffic).", wakes),
+            Family("keel_provider_warmup_calls_total", "counter", "Warm-up calls sent when the server became ready.", warmups),
+        ]  # fmt: skip
 
 
 def _one(name: str, kind: Kind, help: str, value: float) -> Family:

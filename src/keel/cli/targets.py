@@ -1,4 +1,7 @@
-"""`keel targets`: breaker state and health of every target, as the running gateway sees them.
+"""`keel targets`: breaker state, health and readiness of every target, as the running gateway sees them.
+
+`state` is the target's server's readiness when its provider declares `readiness` (ready, warming while
+it loads, down), else `-`; a warming target is not failing, so its breaker stays closed.
 
 Breakers and latency averages live in the gateway process (or Redis), so this asks the running
 gateway's admin API rather than the database.
@@ -24,11 +27,12 @@ def run(args: argparse.Namespace) -> int:
         emit_json(rows)
         return 0
     table(
-        ["target", "region", "breaker", "latency_ms", "ttft_ms", "error_rate", "calls"],
+        ["target", "region", "state", "breaker", "latency_ms", "ttft_ms", "error_rate", "calls"],
         [
             (
                 r["target"],
                 r["region"],
+                r.get("state") or "-",
                 r["breaker"],
                 _ms(r.get("latency_ms")),
                 _ms(r.get("ttft_ms")),

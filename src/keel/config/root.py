@@ -104,4 +104,12 @@ def warnings(cfg: Config) -> list[ConfigIssue]:
         )
         fix = "set resilience.ttft_timeout_s well below total_timeout_s (e.g. 10 and 120)"
         issues.append(ConfigIssue("resilience.ttft_timeout_s", message, fix))
+    for name, p in cfg.providers.items():  # a call is held only if its deadline outlasts the wait
+        if p.readiness not in (None, False) and p.cold_start_wait_s >= r.total_timeout_s:
+            message = (
+                f"{p.cold_start_wait_s:g} s is not below resilience.total_timeout_s ({r.total_timeout_s:g} s):"
+                " calls without a longer x-keel-timeout are never held, they go to the next target at once"
+            )
+            fix = "lower cold_start_wait_s, or raise resilience.total_timeout_s above it"
+            issues.append(ConfigIssue(f"providers.{name}.cold_start_wait_s", message, fix))
     return issues

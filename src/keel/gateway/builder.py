@@ -9,14 +9,16 @@ from keel.gateway.backpressure import Gates
 from keel.gateway.call import Call
 from keel.gateway.capability import Context, Contribution, CredentialScrub
 from keel.gateway.health import HealthBook
+from keel.gateway.pipeline import Stage
 from keel.gateway.routing import Router
 from keel.gateway.stages.failover import FailoverStage, RetryPolicy
 from keel.gateway.stages.invoke import Invoker
 from keel.gateway.stages.route import RouteStage
+from keel.gateway.warmth import build_warmth
 from keel.providers.base import Provider
 from keel.providers.http import Sessions
 from keel.providers.prices import PriceBook, price_from_config
-from keel.providers.registry import build_provider
+from keel.providers.registry import build_provider, upstream_headers
 from keel.store.open import open_breakers
 from keel.store.protocols import BreakerPolicy, BreakerStore
 from keel.types import RoutePlan
@@ -66,7 +68,8 @@ def build(ctx: Context) -> Contribution:
         return router.plan(alias, call.request, call.principal, None, follow_rules=False)
 
     prefill = [name for name, p in config.providers.items() if CATALOG[p.type].prefill]
-    failover = FailoverStage(policy, breakers, health, plan_for, prefill=prefill)
+    warmth = build_warmth(config, providers, lambda name: upstream_headers(config.providers[name]))
+    failover = FailoverStage(policy, breakers, health, plan_for, prefill=prefill, warmth=warmth)
     caps = {
         f"{t.provider}/{t.model}": (t.max_concurrency, t.queue_limit)
         for a in config.models.values()
@@ -77,14 +80,17 @@ def build(ctx: Context) -> Contribution:
     invoker = Invoker(providers, prices, ttft_timeout=r.ttft_timeout_s, idle_timeout=r.idle_timeout_s, gates=gates)
     ctx.add(GatewayParts(providers, sessions, prices, router, health, breakers, gates))
     ctx.add(prices)
+    ctx.add(warmth)  # self-hosted servers' readiness, for the edges (keel targets, /readyz, /metrics)
 
     async def close() -> None:
         for provider in providers.values():
             await provider.aclose()
         await sessions.aclose()
         await breakers.aclose()
+        await warmth.aclose()
 
-    return Contribution([("route", RouteStage(router)), ("failover", failover)], invoke=invoker, close=[close])
+    stages: list[tuple[str, Stage]] = [("route", RouteStage(router)), ("failover", failover)]
+    return Contribution(stages, invoke=invoker, workers=warmth.workers(), close=[close])
 
 
 def _unchanged(text: str) -> str:

@@ -75,8 +75,7 @@ def build_provider(
             tokens_per_second=cfg.tokens_per_second,
             faults=list(cfg.faults),
         )
-    key = cfg.api_key or (env.get(row.key_env, "") if row.key_env else "")
-    headers = (_AUTH[row.auth](key) if key else {}) | dict(cfg.headers)
+    headers = upstream_headers(cfg, env)
     if row.wire == "anthropic_messages":
         headers.setdefault("anthropic-version", "2023-06-01")
     base_url = cfg.base_url or row.base_url
@@ -86,7 +85,7 @@ def build_provider(
         region = cfg.aws_region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or ""
         if "{region}" in base_url:
             base_url = base_url.replace("{region}", region or _missing(name, "aws_region", "AWS_REGION"))
-        if not key:
+        if not _key(cfg, row, env):
             signer = aws_signer(
                 base_url, region or _missing(name, "aws_region", "AWS_REGION"), _aws_keys(name, cfg, env)
             )
@@ -142,3 +141,14 @@ def _aws_keys(name: str, cfg: ProviderConfig, env: Mapping[str, str]) -> Credent
 def _missing(name: str, key: str, variable: str) -> str:
     issue = ConfigIssue(f"providers.{name}.{key}", "required for this provider type", f"set it or {variable}")
     raise ConfigError([issue])
+
+
+def upstream_headers(cfg: ProviderConfig, env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """What every request to the provider's server carries: its credentials, then the configured headers."""
+    row = CATALOG[cfg.type]
+    key = _key(cfg, row, env)
+    return (_AUTH[row.auth](key) if key else {}) | dict(cfg.headers)
+
+
+def _key(cfg: ProviderConfig, row: CatalogRow, env: Mapping[str, str]) -> str:
+    return cfg.api_key or (env.get(row.key_env, "") if row.key_env else "")

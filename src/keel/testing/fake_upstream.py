@@ -231,7 +231,15 @@ class FakeUpstream:
         app.router.add_post("/v1/rerank", self._handler("rerank"))
         app.router.add_post("/v1/messages/count_tokens", self._handler("count_tokens"))
         self._cloud_routes(app)
+        app.router.add_get("/health", self._health)
         return app
+
+    async def _health(self, request: web.Request) -> web.Response:
+        """A self-hosted server's health URL (vLLM, TGI): 200 once listening. Recorded; takes no script."""
+        entry = {"path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()}, "json": None}
+        with self._lock:
+            self._requests.append(entry | {"streamed": 0, "size": 0, "at": time.monotonic()})
+        return web.Response(text="")
 
     def _handler(self, kind: Kind) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:

@@ -37,6 +37,12 @@ class ProviderConfig(Model):
     ttft_ms: float = Field(0.0, ge=0)
     tokens_per_second: float = Field(0.0, ge=0)
     faults: list[str] = []
+    # self-hosted servers that start cold (keel.gateway.warmth; README "Self-hosted targets that start cold")
+    readiness: bool | str | None = None  # true: the type's health URL; or a URL, or a /path on the server
+    readiness_interval_s: float = Field(1.0, gt=0)  # poll period while the server is not ready
+    warmup: int = Field(0, ge=0, le=100)  # one-token chat calls per model each time the server becomes ready
+    cold_start_wait_s: float = Field(0.0, ge=0)  # how long a call may be held for the server to be ready
+    wake_url: str | None = None  # POSTed once per cold period when traffic meets the server not ready
 
     @field_validator("faults")
     @classmethod
@@ -80,4 +86,30 @@ def check(name: str, p: ProviderConfig, outline: Outline) -> list[ConfigIssue]:
         issues.append(
             ConfigIssue(path, f"not an http(s) URL: {p.base_url!r}", "use http://host:port/v1 or https://...")
         )
+    return issues + _check_cold_start(name, p, row.wire)
+
+
+_COLD_KEYS = ("warmup", "cold_start_wait_s", "wake_url")
+
+
+def _check_cold_start(name: str, p: ProviderConfig, wire: str) -> list[ConfigIssue]:
+    """The cold-start keys need `readiness` (nothing else says when the server is ready); URLs are http(s)."""
+    path = f"providers.{name}"
+    if p.readiness in (None, False):
+        set_keys = [k for k in _COLD_KEYS if getattr(p, k) not in (0, 0.0, None)]
+        fix = "add readiness: true (polls the type's health URL) or readiness: <URL or /path>, or remove {}"
+        return [
+            ConfigIssue(f"{path}.{k}", "needs readiness to know when the server is ready", fix.format(k))
+            for k in set_keys
+        ]
+    if wire == "simulated":
+        fix = "remove readiness (and the other cold-start keys) from this provider"
+        return [ConfigIssue(f"{path}.readiness", "a simulated provider is always ready", fix)]
+    issues = []
+    if isinstance(p.readiness, str) and not p.readiness.startswith(("http://", "https://", "/")):
+        fix = "use true, a path from the server's root (/health) or a full URL (http://host:port/health)"
+        issues.append(ConfigIssue(f"{path}.readiness", f"not a URL or /path: {p.readiness!r}", fix))
+    if p.wake_url is not None and not p.wake_url.startswith(("http://", "https://")):
+        fix = "use the http(s) URL your scaler takes a POST on, e.g. https://scaler/wake/llama"
+        issues.append(ConfigIssue(f"{path}.wake_url", f"not an http(s) URL: {p.wake_url!r}", fix))
     return issues

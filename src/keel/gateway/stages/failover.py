@@ -7,6 +7,10 @@ alias's static answer (`static`); then a clean error. What happens after a failu
 table keyed on `ErrorKind` (`ACTIONS`). Breakers skip open targets without paying their latency; a
 half-open breaker's probe is one attempt. Failed attempts before the commit carry no usage.
 
+A self-hosted server that is loading its model (gateway/warmth.py) is `warming`, not failing: the call
+is held until it is ready when its deadline outlasts `cold_start_wait_s`, else goes to the next level
+at once; either way its trace carries `keel.cold_start`, and the breaker hears nothing of it.
+
 A stream that breaks or stalls after content resumes on the levels left (gateway/resume.py): the
 attempt that broke and the one that continued are both billed. Errors kept for the final answer
 carry no traceback: its frames would keep the request's payload alive until a full collection.
@@ -28,6 +32,7 @@ from keel.gateway.call import Call, Outcome, Reply
 from keel.gateway.health import HealthBook
 from keel.gateway.pipeline import Handler
 from keel.gateway.resume import Diverged, continuation, spent, with_prefill
+from keel.gateway.warmth import Warmth, WarmthBook, may_be_cold
 from keel.store.protocols import BreakerStore, Permit
 from keel.types import ChatEvent, ChatRequest, Finish, RoutePlan, Start, Target, Text, Usage, UsageEvent
 from keel.wire.base import Oversized
@@ -107,6 +112,7 @@ class FailoverStage:
         *,
         prefill: Collection[str] = (),
         rng: random.Random | None = None,
+        warmth: WarmthBook | None = None,
     ) -> None:
         self._policy = policy
         self._breakers = breakers
@@ -114,6 +120,7 @@ class FailoverStage:
         self._plan_for = plan_for
         self._prefill = frozenset(prefill)  # providers that continue a trailing assistant message
         self._rng = rng or random.Random()
+        self._warmth = warmth or None  # None when no server is tracked: the common path asks nothing
         self._outcomes: list[tuple[str, bool, float]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -160,11 +167,15 @@ class FailoverStage:
         if walk.min_window is not None and (target.context_window or 0) <= walk.min_window:
             walk.skip(level, target, "context window not larger than the one exceeded")
             return None
+        warm = self._warmth.get(target.provider) if self._warmth is not None else None
+        if warm is not None and not warm.ready and not await self._held(call, level, target, warm, walk):
+            return None
         permit = await self._breakers.allow(target.key, time.time())  # wall clock: breakers may be shared across hosts
         if not permit:
             walk.skip(level, target, "circuit breaker open")
             return None
         retries = 0 if permit is Permit.probe else self._policy.retries_per_target
+        cold: str | None = None  # the error kind of an attempt that found the server cold
         for attempt in range(1 + retries):
             if len(walk.errors) + walk.breaks >= self._policy.max_attempts or loop.time() >= call.deadline:  # type: ignore[operator]
                 walk.stopped = walk.stopped or "budget"
@@ -175,6 +186,9 @@ class FailoverStage:
                 reply = await next(call)
             except ProviderError as err:
                 err.provider = err.provider or target.provider
+                if warm is not None and may_be_cold(err) and await warm.recheck():
+                    cold = err.kind  # loading, not failing: no breaker failure
+                    break
                 self._failed(target, err, started, level, walk)
                 delay = self._retry_delay(err, retries - attempt, call.deadline - loop.time())  # type: ignore[operator]
                 if delay is not None:
@@ -185,7 +199,40 @@ class FailoverStage:
                 continue
             self._served(call, reply, level, target, walk, started)
             return reply
+        if cold is None or warm is None:
+            return None
+        walk.log.append({"level": level, "target": target.key, "outcome": "cold", "kind": cold})
+        if await self._held(call, level, target, warm, walk):  # held once, then tried again
+            return await self._try_target(call, next, level, target, walk)
         return None
+
+    async def _held(self, call: Call, level: str, target: Target, warm: Warmth, walk: _Walk) -> bool:
+        """`target`'s server is not ready: wait for it if the call's deadline allows (once per target and
+        call); True when it is ready, False to move on. Wakes a scaled-to-zero server either way."""
+        loop = asyncio.get_running_loop()
+        warm.wake()
+        key = target.key
+        hold = 0.0 if key in walk.held else warm.hold_for(call.deadline - loop.time())  # type: ignore[operator]
+        waited = 0.0
+        if hold > 0:
+            walk.held += (key,)
+            started = loop.time()
+            ready = await warm.wait_ready(hold)
+            waited = loop.time() - started
+            call.waited_s += waited
+            if ready:
+                warm.counted(key, "waited")
+                call.trace.tags["keel.cold_start"] = f"waited {waited:.1f}s"
+                walk.log.append({"level": level, "target": key, "outcome": "waited", "ms": round(waited * 1000, 3)})
+                return True
+        warm.counted(key, "rerouted")
+        call.trace.tags["keel.cold_start"] = f"waited {waited:.1f}s, rerouted" if waited else "rerouted"
+        walk.skip(level, target, f"{warm.state}: {warm.why}")
+        message = f"Target '{key}' is {warm.state} ({warm.why}); retry shortly."
+        walk.cold = ProviderError(
+            ErrorKind.overloaded, message, provider=target.provider, retry_after=warm.retry_after()
+        )
+        return False
 
     def _retry_delay(self, err: ProviderError, retries_left: int, remaining: float) -> float | None:
         """Seconds to wait before retrying the same target, or None to leave it."""
@@ -334,6 +381,8 @@ class _Walk:
         self.min_window: int | None = None  # set after a context_length error
         self.stopped: str | None = None  # "stop" (request at fault) or "budget"
         self.breaks = 0  # streams that broke after content and were resumed from
+        self.held: tuple[str, ...] = ()  # targets this call already waited for, while their server warmed
+        self.cold: ProviderError | None = None  # a target skipped as not ready: the answer if nothing serves
 
     def skip(self, level: str, target: Target, why: str) -> None:
         self.log.append({"level": level, "target": target.key, "outcome": "skipped", "why": why})
@@ -361,6 +410,8 @@ def _final_error(walk: _Walk) -> KeelError:
         if last.retry_after is None and last.status in (429, 503):
             last.retry_after = DEFAULT_RETRY_AFTER_S
         return last
+    if not errors and walk.cold is not None:
+        return walk.cold  # only warming servers were met: say so, with when to come back
     if not errors and walk.stopped == "budget":
         return ProviderError(ErrorKind.timeout, "The request's deadline passed before any target could answer.")
     failed = AllTargetsFailed(errors)
