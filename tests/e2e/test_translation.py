@@ -121,6 +121,8 @@ def test_reasoning_effort_becomes_thinking_and_comes_back_as_reasoning_content(g
     message = done.choices[0].message
     assert message.content == "Paris."
     assert (message.model_extra or {})["reasoning_content"] == "The capital of France."
+    assert "keel.dropped" not in tags(gw)
+    assert gw.traces()[0].response["reasoning"] == "The capital of France."  # the trace keeps the thinking
 
     up.script(Script(text="Paris.", thinking="The capital of France."))
     with oai(gw) as c:

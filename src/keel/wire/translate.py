@@ -29,6 +29,8 @@ TOOL_ERROR = "[tool error] "  # how an Anthropic `is_error` tool result reads on
 BUDGETS = {"minimal": 1024, "low": 1024, "medium": 4096, "high": 16384, "xhigh": 32768}
 _EFFORTS = ((4096, "low"), (16384, "medium"))  # budget below the bound -> effort; else "high"
 
+_EFFORT_NAMES = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}  # output_config
+
 # OpenAI fields an Anthropic target cannot honour and whose loss the caller would notice (the value
 # given, when it asks for something: `logprobs: false` asks nothing).
 OPENAI_REFUSED = frozenset(
@@ -96,8 +98,13 @@ def to_openai(request: ChatRequest, quirks: Collection[str]) -> tuple[ChatReques
             if effort is not None:
                 _carry(extra, dropped, "reasoning_effort" in quirks, "reasoning_effort", effort, key)
         elif key in ("output_config", "output_format"):
-            # the format is in `response_format` already (parsed at the edge); anything else is a hint
-            dropped.extend(f"{key}.{k}" for k in (value if isinstance(value, dict) else {}) if k != "format")
+            # the format is in `response_format` already (parsed at the edge); `effort` is reasoning effort
+            for k, v in (value if isinstance(value, dict) else {}).items():
+                if k == "effort" and v in _EFFORT_NAMES:
+                    ok = "reasoning_effort" in quirks
+                    _carry(extra, dropped, ok, "reasoning_effort", _EFFORT_NAMES[v], f"{key}.effort")
+                elif k != "format":
+                    dropped.append(f"{key}.{k}")
         elif key in ANTHROPIC_REFUSED:
             raise refusal(key, "OpenAI-compatible")
         else:
@@ -110,7 +117,7 @@ def to_openai(request: ChatRequest, quirks: Collection[str]) -> tuple[ChatReques
 
 def _carry(extra: JSON, dropped: list[str], ok: bool, key: str, value: Any, name: str | None = None) -> None:
     if ok:
-        extra[key] = value
+        extra.setdefault(key, value)  # `thinking` before `output_config.effort`: the first one given wins
     else:
         dropped.append(name or key)
 
