@@ -205,6 +205,23 @@ def test_messages_parse_thinking_top_k_and_betas_reach_anthropic_intact(gw: Gate
     assert "keel.dropped" not in tags(gw)
 
 
+def test_the_beta_output_format_and_its_beta_header_reach_anthropic_intact(gw: Gateway, up: FakeUpstream) -> None:
+    up.script(Script(text=CITY))
+    fmt = {"type": "json_schema", "schema": City.model_json_schema()}
+    with ant(gw) as c:
+        message = c.beta.messages.create(
+            model="claude",
+            max_tokens=500,
+            messages=ASK,
+            betas=["structured-outputs-2025-11-13"],
+            extra_body={"output_format": fmt},
+        )
+    assert City.model_validate_json(message.content[0].text) == City(name="Paris", population=2100000)  # type: ignore[union-attr]
+    request = up.requests[-1]
+    assert request["json"]["output_format"] == fmt and "output_config" not in request["json"]
+    assert request["headers"]["anthropic-beta"] == "structured-outputs-2025-11-13"
+
+
 def test_streamed_thinking_comes_back_signed(gw: Gateway, up: FakeUpstream) -> None:
     up.script(Script(text="Paris.", thinking="Capital of France."))
     thinking: Any = {"type": "enabled", "budget_tokens": 1024}

@@ -163,6 +163,12 @@ def test_thinking_maps_back_to_an_effort(thinking: Any, effort: str | None) -> N
     assert effort_of(thinking) == effort
 
 
+def test_an_openai_client_may_send_anthropics_own_thinking() -> None:
+    thinking = {"type": "enabled", "budget_tokens": 2000}
+    body = anthropic_body(max_tokens=5000, extra={"thinking": thinking, "reasoning_effort": "high"})
+    assert body["thinking"] == thinking and body["max_tokens"] == 5000
+
+
 def test_thinking_and_a_forced_tool_cannot_go_together() -> None:
     with pytest.raises(InvalidRequest) as info:
         anthropic_body(HAIKU, response_format=JSON_SCHEMA, extra={"reasoning_effort": "low"})

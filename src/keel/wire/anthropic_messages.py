@@ -2,9 +2,12 @@
 
 Requests arrive OpenAI-shaped. Encoding hoists system/developer text to the top-level `system`,
 folds tool results into user turns and merges same-role neighbours, because Anthropic requires
-user/assistant alternation. `cache_control` on content parts survives. OpenAI-only `extra` fields
-are dropped; `response_format` is refused rather than silently ignored. Usage is reported in
-Keel's OpenAI convention: `input_tokens` includes cache reads and cache writes.
+user/assistant alternation. `cache_control` on content parts survives. A request in the Anthropic
+dialect passes its own fields on as sent; an OpenAI-dialect one is translated, its untranslatable
+fields dropped (named for the trace) or refused (keel/wire/translate.py): `response_format` becomes
+native structured output or a forced answer tool, `reasoning_effort` a thinking budget. Thinking
+blocks come back as Reasoning events. Usage is reported in Keel's OpenAI convention: `input_tokens`
+includes cache reads and cache writes.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI callers often
 ANSWER_TOOL = "keel_structured_output"
 _ANY_OBJECT: JSON = {"type": "object", "additionalProperties": True}
 _SHARED = frozenset({"parallel_tool_calls", "top_k", "max_completion_tokens"})  # keys both edges may set
-_OPENAI_KEPT = frozenset({"reasoning_effort", "stream_options"})  # read here, not sent as they are
+_OPENAI_KEPT = frozenset({"reasoning_effort", "thinking", "stream_options"})  # read here, not sent as they are
 
 
 def request_json(request: ChatRequest, model: str, stream: bool, native_schema: bool = False) -> tuple[JSON, list[str]]:
@@ -61,7 +64,9 @@ def request_json(request: ChatRequest, model: str, stream: bool, native_schema: 
     system, messages = split_messages(request.messages, dropped if not own else None)
     extra = request.extra
     thinking, max_tokens = (None, output_cap(request) or DEFAULT_MAX_TOKENS)
-    if not own:
+    if not own and isinstance(extra.get("thinking"), dict):  # Anthropic's own, sent the LiteLLM way
+        thinking = extra["thinking"]
+    elif not own:
         thinking, max_tokens = thinking_of(extra.get("reasoning_effort"), output_cap(request), DEFAULT_MAX_TOKENS)
     body: JSON = {"model": model, "max_tokens": max_tokens, "messages": messages}
     if system is not None:
