@@ -353,3 +353,34 @@ def test_tool_calls_still_stream_after_thinking() -> None:
     encoder = StreamEncoder("msg_1", "m")
     frames = encoder.feed(Reasoning("a")) + encoder.feed(ToolCallDelta(0, "t1", "f", "{}"))
     assert b'"type":"tool_use"' in frames and b'"index":1' in frames
+
+
+def test_documents_reach_anthropic_whole_and_openai_as_file_or_text_parts() -> None:
+    pdf = {
+        "type": "document",
+        "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBE"},
+        "title": "a.pdf",
+        "citations": {"enabled": True},
+        "cache_control": {"type": "ephemeral"},
+    }
+    url = {"type": "document", "source": {"type": "url", "url": "https://example.com/b.pdf"}}
+    text = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Plain words."}}
+    blocks = [pdf, url, text, {"type": "text", "text": "Summarise."}]
+    request = parse_request({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": blocks}]})
+    assert orjson.loads(NATIVE.encode_chat(request, CLAUDE, False).body)["messages"][0]["content"] == blocks
+    parts = orjson.loads(OpenAIChatCodec().encode_chat(request, GPT, False).body)["messages"][0]["content"]
+    assert parts == [
+        {
+            "type": "file",
+            "file": {"file_data": "data:application/pdf;base64,JVBE", "filename": "a.pdf"},
+            "cache_control": {"type": "ephemeral"},
+        },
+        {"type": "file", "file": {"file_data": "https://example.com/b.pdf"}},
+        {"type": "text", "text": "Plain words."},
+        {"type": "text", "text": "Summarise."},
+    ]
+    uploaded = {"type": "document", "source": {"type": "file", "file_id": "file_1"}}
+    request = parse_request({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": [uploaded]}]})
+    with pytest.raises(InvalidRequest) as info:
+        OpenAIChatCodec().encode_chat(request, GPT, False)
+    assert info.value.param == "messages[0].content[0]"

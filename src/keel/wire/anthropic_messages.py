@@ -215,6 +215,8 @@ def _part(part: Any, where: str, text_only: bool) -> JSON:
         block = _image(part.get("image_url"), where)
     elif kind == "file" and not text_only:
         block = _document(part.get("file"), where)
+    elif kind == "document" and not text_only:
+        return dict(part)  # Anthropic's own block, as an Anthropic client sent it
     else:
         allowed = "text" if text_only else "text, image_url and file"
         raise InvalidRequest(f"Anthropic targets accept only {allowed} content parts here.", f"{where}.type")

@@ -3,7 +3,7 @@
 The reverse of the encoder in providers/anthropic_messages.py: `system` becomes a system message,
 `tool_use` blocks become `tool_calls`, `tool_result` blocks become `tool` messages placed before the
 rest of their user turn, images become `image_url` parts, and `cache_control` survives on content
-parts and tools, `document` blocks become `file` parts. The request is in the Anthropic dialect
+parts and tools, `document` blocks stay whole as parts. The request is in the Anthropic dialect
 (keel/wire/translate.py): unknown top-level fields, `thinking`, `top_k` and `output_config` ride in
 `extra` as sent, `thinking` blocks echoed back in assistant turns and `tool_result.is_error` in
 `Message.extra`, so an Anthropic upstream gets them intact and another wire translates or drops them.
@@ -224,7 +224,7 @@ def _part(block: Any, where: str) -> JSON:
     elif kind == "image":
         part = {"type": "image_url", "image_url": {"url": _image_url(block.get("source"), f"{where}.source")}}
     elif kind == "document":
-        part = {"type": "file", "file": {"file_data": _document(block.get("source"), f"{where}.source")}}
+        return dict(block)  # kept whole (source, title, context, citations): keel.wire.translate reads it for OpenAI
     else:
         hint = "text, image and document blocks, plus tool_use in assistant turns and tool_result in user turns"
         raise InvalidRequest(f"Keel does not accept '{kind}' blocks here; it takes {hint}.", f"{where}.type")
@@ -241,17 +241,6 @@ def _image_url(source: Any, where: str) -> str:
     if kind == "url" and isinstance(url, str):
         return url
     raise InvalidRequest("An image 'source' must be {type: base64, media_type, data} or {type: url, url}.", where)
-
-
-def _document(source: Any, where: str) -> str:
-    """A PDF as a data URL, or its http(s) URL (an OpenAI `file` part's `file_data`)."""
-    source = source if isinstance(source, dict) else {}
-    kind, media_type, data, url = (source.get(k) for k in ("type", "media_type", "data", "url"))
-    if kind == "base64" and isinstance(media_type, str) and isinstance(data, str):
-        return f"data:{media_type};base64,{data}"
-    if kind == "url" and isinstance(url, str) and url.startswith(("http://", "https://")):
-        return url
-    raise InvalidRequest("A document 'source' must be {type: base64, media_type, data} or {type: url, url}.", where)
 
 
 def _content(parts: list[JSON]) -> str | list[JSON]:

@@ -111,7 +111,7 @@ def to_openai(request: ChatRequest, quirks: Collection[str]) -> tuple[ChatReques
             dropped.append(key)
     if request.betas:
         dropped.append("anthropic-beta")
-    messages = tuple(_openai_message(m, dropped) for m in request.messages)
+    messages = tuple(_openai_message(m, i, dropped) for i, m in enumerate(request.messages))
     return replace(request, messages=messages, extra=extra, dialect=OPENAI, betas=()), dropped
 
 
@@ -122,10 +122,12 @@ def _carry(extra: JSON, dropped: list[str], ok: bool, key: str, value: Any, name
         dropped.append(name or key)
 
 
-def _openai_message(m: Message, dropped: list[str]) -> Message:
-    if not m.extra:
-        return m
+def _openai_message(m: Message, i: int, dropped: list[str]) -> Message:
     content = m.content
+    if isinstance(content, list) and any(p.get("type") == "document" for p in content):
+        content = [_file_part(p, f"messages[{i}].content[{j}]") for j, p in enumerate(content)]
+    if not m.extra:
+        return m if content is m.content else replace(m, content=content)
     if m.extra.get(IS_ERROR) is True:
         if isinstance(content, list):
             content = [{"type": "text", "text": TOOL_ERROR.strip()}, *content]
@@ -135,3 +137,26 @@ def _openai_message(m: Message, dropped: list[str]) -> Message:
         dropped.append("messages[].thinking")
     kept = {PREFIX: True} if m.extra.get(PREFIX) is True else None
     return replace(m, content=content, extra=kept)
+
+
+def _file_part(part: JSON, where: str) -> JSON:
+    """An Anthropic `document` block as an OpenAI part: a PDF (base64 or URL) as a `file` part, plain
+    text as a text part; other sources (Anthropic's Files API, content blocks) have no OpenAI form."""
+    if part.get("type") != "document":
+        return part
+    source = part.get("source")
+    kind = source.get("type") if isinstance(source, dict) else None
+    out: JSON
+    if kind == "base64" and isinstance(source, dict):
+        out = {"type": "file", "file": {"file_data": f"data:{source.get('media_type')};base64,{source.get('data')}"}}
+    elif kind == "url" and isinstance(source, dict):
+        out = {"type": "file", "file": {"file_data": source.get("url")}}
+    elif kind == "text" and isinstance(source, dict):
+        out = {"type": "text", "text": str(source.get("data") or "")}
+    else:
+        raise InvalidRequest(f"A '{kind}' document source cannot be carried to an OpenAI-compatible target.", where)
+    if isinstance(part.get("title"), str) and out["type"] == "file":
+        out["file"]["filename"] = part["title"]
+    if "cache_control" in part:
+        out["cache_control"] = part["cache_control"]
+    return out
