@@ -143,6 +143,14 @@ def test_reasoning_effort_maps_to_a_thinking_budget(
     assert thinking_of(effort, cap, 4096) == (thinking, max_tokens)
 
 
+def test_sampling_that_thinking_cannot_run_with_is_dropped_and_noted() -> None:
+    request = ChatRequest("m", HI, temperature=0.2, top_p=0.97, extra={"reasoning_effort": "low", "top_k": 5})
+    out = NATIVE.encode_chat(request, CLAUDE, False)
+    body = orjson.loads(out.body)
+    assert "temperature" not in body and "top_k" not in body and body["top_p"] == 0.97
+    assert out.notes == (Note("keel.dropped", "temperature, top_k"),)
+
+
 def test_a_cap_too_small_to_think_in_is_refused() -> None:
     with pytest.raises(InvalidRequest) as info:
         thinking_of("low", 1024, 4096)

@@ -12,7 +12,7 @@ includes cache reads and cache writes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -81,10 +81,11 @@ def request_json(request: ChatRequest, model: str, stream: bool, native_schema: 
         choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
     if request.metadata is not None and not own:
         dropped.append("metadata")
+    sampling: JSON = {"temperature": request.temperature, "top_p": request.top_p, "top_k": extra.get("top_k")}
+    if thinking is not None and not own:
+        dropped += _unthinkable(sampling)
     optional = (
-        ("temperature", request.temperature),
-        ("top_p", request.top_p),
-        ("top_k", extra.get("top_k")),
+        *sampling.items(),
         ("stop_sequences", list(request.stop) or None),
         ("tools", tools or None),
         ("tool_choice", choice),
@@ -103,6 +104,23 @@ def request_json(request: ChatRequest, model: str, stream: bool, native_schema: 
             "reasoning_effort",
         )
     return body, dropped
+
+
+# Anthropic thinks only at temperature 1, top_p of at least 0.95 and without top_k
+_THINKABLE: dict[str, Callable[[Any], bool]] = {
+    "temperature": lambda v: v == 1,
+    "top_p": lambda v: v >= 0.95,
+    "top_k": lambda v: False,
+}
+
+
+def _unthinkable(sampling: JSON) -> list[str]:
+    """The sampling fields of a translated call that thinking cannot run with, taken out of `sampling`:
+    dropped, as the caller asked for thinking over them (Anthropic would refuse the whole call)."""
+    bad = [k for k, v in sampling.items() if v is not None and not _THINKABLE[k](v)]
+    for k in bad:
+        sampling[k] = None
+    return bad
 
 
 def _openai_extra(extra: JSON) -> list[str]:
