@@ -302,3 +302,19 @@ def test_anthropic_fields_whose_loss_changes_the_answer_are_refused(gw: Gateway,
         c.messages.create(model="gpt-4o-mini", max_tokens=64, messages=ASK, extra_body={"mcp_servers": [server]})
     assert "mcp_servers" in str(info.value)
     assert not up.requests
+
+
+def test_a_cached_answer_keeps_its_signed_thinking(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> None:
+    raw = base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path)
+    raw["cache"] = {"enabled": True, "url": "memory://", "ttl_s": 60, "nondeterministic": True}
+    gateway = make_gateway(raw)
+    up.script(Script(text="Paris.", thinking="Capital of France."))
+    thinking: Any = {"type": "enabled", "budget_tokens": 1024}
+    with ant(gateway) as c:
+        answers = [
+            c.messages.with_raw_response.create(model="claude", max_tokens=2048, messages=ASK, thinking=thinking)
+            for _ in range(2)
+        ]
+    assert [a.headers["x-keel-cache"] for a in answers] == ["miss", "hit"] and len(up.requests) == 1
+    first, again = (a.parse().content for a in answers)
+    assert again == first and first[0].type == "thinking" and first[0].signature == SIGNATURE
