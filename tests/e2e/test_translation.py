@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from keel.testing import FakeUpstream, Script
 from keel.testing.fake_wire import SIGNATURE
-from keel.wire.anthropic_messages import ANSWER_TOOL
+from keel.wire.translate import ANSWER_TOOL
 from tests.conftest import Gateway, base_config
 
 CITY = '{"name": "Paris", "population": 2100000}'

@@ -25,11 +25,11 @@ from keel.types import (
     Text,
     ToolCallDelta,
 )
-from keel.wire.anthropic_messages import ANSWER_TOOL, AnthropicCodec
+from keel.wire.anthropic_messages import AnthropicCodec
 from keel.wire.anthropic_request import parse_request
 from keel.wire.anthropic_response import StreamEncoder, message_json
 from keel.wire.openai_chat import OpenAIChatCodec, chunk_json, events_from_response, response_json
-from keel.wire.translate import BUDGETS, effort_of, thinking_of
+from keel.wire.translate import ANSWER_TOOL, BUDGETS, effort_of, thinking_of
 
 NATIVE = AnthropicCodec(("claude-sonnet-4-5",))
 CLAUDE = Target("ant", "claude-sonnet-4-5-20250929")

@@ -12,7 +12,7 @@ includes cache reads and cache writes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -39,18 +39,21 @@ from keel.types import (
 )
 from keel.wire.base import MAX_TOKENS, Malformed, Outbound, counted, retry_after, usage_events
 from keel.wire.openai_chat import output_cap
-from keel.wire.translate import ANTHROPIC, OPENAI_REFUSED, dropped_notes, refusal, thinking_of
+from keel.wire.translate import (
+    ANSWER_TOOL,
+    ANTHROPIC,
+    dropped_notes,
+    openai_extra,
+    structured,
+    thinking_of,
+    unthinkable,
+)
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI callers often omit it
 
 # ---- ChatRequest -> Anthropic JSON ------------------------------------------------------------
 
-# The forced tool standing in for `response_format` where the model has no native structured output:
-# its call's arguments come back as the message's text (the decoders below turn them so).
-ANSWER_TOOL = "keel_structured_output"
-_ANY_OBJECT: JSON = {"type": "object", "additionalProperties": True}
 _SHARED = frozenset({"parallel_tool_calls", "top_k", "max_completion_tokens"})  # keys both edges may set
-_OPENAI_KEPT = frozenset({"reasoning_effort", "thinking", "stream_options"})  # read here, not sent as they are
 
 
 def request_json(request: ChatRequest, model: str, stream: bool, native_schema: bool = False) -> tuple[JSON, list[str]]:
@@ -76,14 +79,14 @@ def request_json(request: ChatRequest, model: str, stream: bool, native_schema: 
     tools = [_tool_json(t) for t in request.tools]
     choice = _tool_choice(request.tool_choice) if tools else None  # Anthropic refuses it without tools
     if not (own and ("output_config" in extra or "output_format" in extra)):
-        tools, choice = _structured(request.response_format, tools, choice, native_schema, body)
+        tools, choice = structured(request.response_format, tools, choice, native_schema, body)
     if tools and extra.get("parallel_tool_calls") is False:
         choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
     if request.metadata is not None and not own:
         dropped.append("metadata")
     sampling: JSON = {"temperature": request.temperature, "top_p": request.top_p, "top_k": extra.get("top_k")}
     if thinking is not None and not own:
-        dropped += _unthinkable(sampling)
+        dropped += unthinkable(sampling)
     optional = (
         *sampling.items(),
         ("stop_sequences", list(request.stop) or None),
@@ -96,7 +99,7 @@ def request_json(request: ChatRequest, model: str, stream: bool, native_schema: 
     if own:
         body.update((k, v) for k, v in extra.items() if k not in _SHARED)
     else:
-        dropped += _openai_extra(extra)
+        dropped += openai_extra(extra)
     if thinking is not None and choice is not None and choice.get("type") in ("any", "tool"):
         raise InvalidRequest(
             "Anthropic models cannot think while a tool call is forced (tool_choice or response_format on a "
@@ -104,74 +107,6 @@ def request_json(request: ChatRequest, model: str, stream: bool, native_schema: 
             "reasoning_effort",
         )
     return body, dropped
-
-
-# Anthropic thinks only at temperature 1, top_p of at least 0.95 and without top_k
-_THINKABLE: dict[str, Callable[[Any], bool]] = {
-    "temperature": lambda v: v == 1,
-    "top_p": lambda v: v >= 0.95,
-    "top_k": lambda v: False,
-}
-
-
-def _unthinkable(sampling: JSON) -> list[str]:
-    """The sampling fields of a translated call that thinking cannot run with, taken out of `sampling`:
-    dropped, as the caller asked for thinking over them (Anthropic would refuse the whole call)."""
-    bad = [k for k, v in sampling.items() if v is not None and not _THINKABLE[k](v)]
-    for k in bad:
-        sampling[k] = None
-    return bad
-
-
-def _openai_extra(extra: JSON) -> list[str]:
-    """The OpenAI-dialect fields an Anthropic body cannot carry: a refusal for those whose loss changes
-    the answer (when they ask for anything), else their names, dropped."""
-    dropped = []
-    for key, value in extra.items():
-        if key in _SHARED or key in _OPENAI_KEPT:
-            continue
-        if key in OPENAI_REFUSED and value not in (None, False, [], {}, 0):
-            raise refusal(key, "Anthropic")
-        if key == "modalities" and value not in (None, ["text"]):
-            raise refusal(key, "Anthropic")
-        dropped.append(key)
-    return dropped
-
-
-def _structured(
-    fmt: JSON | None, tools: list[JSON], choice: JSON | None, native: bool, body: JSON
-) -> tuple[list[JSON], JSON | None]:
-    """`response_format` as Anthropic takes it: `output_config.format` where the model has structured
-    outputs, else a forced call of ANSWER_TOOL (beside the caller's tools: then any tool may be called)."""
-    kind = fmt.get("type") if fmt is not None else "text"
-    if kind == "text":
-        return tools, choice
-    if kind == "json_schema":
-        spec = fmt.get("json_schema") if fmt is not None else None
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise InvalidRequest(
-                "A json_schema response_format needs 'json_schema.schema', an object.", "response_format"
-            )
-        if native:
-            body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
-            return tools, choice
-    elif kind == "json_object":
-        schema = _ANY_OBJECT
-    else:
-        raise InvalidRequest(
-            "'response_format.type' must be 'text', 'json_object' or 'json_schema'.", "response_format"
-        )
-    if any(t["name"] == ANSWER_TOOL for t in tools):
-        raise InvalidRequest(f"The tool name '{ANSWER_TOOL}' is Keel's own; rename the tool.", "tools")
-    answer = {
-        "name": ANSWER_TOOL,
-        "description": "Give the answer: its input is the whole reply.",
-        "input_schema": schema,
-    }
-    if not tools or (choice or {}).get("type") == "none":
-        return [answer], {"type": "tool", "name": ANSWER_TOOL}
-    return [*tools, answer], choice if (choice or {}).get("type") == "tool" else {"type": "any"}
 
 
 def split_messages(

@@ -13,7 +13,7 @@ Pure data and functions; README "Translation between shapes" has the table.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
 
@@ -81,6 +81,87 @@ def effort_of(thinking: Any) -> str | None:
     budget = thinking.get("budget_tokens")
     budget = budget if isinstance(budget, int) else BUDGETS["medium"]
     return next((effort for bound, effort in _EFFORTS if budget < bound), "high")
+
+
+# ---- OpenAI dialect -> an Anthropic target (the body itself: keel.wire.anthropic_messages) ---------
+
+# The forced tool standing in for `response_format` where the model has no native structured output:
+# its call's arguments come back as the message's text (the Anthropic decoders turn them so).
+ANSWER_TOOL = "keel_structured_output"
+_ANY_OBJECT: JSON = {"type": "object", "additionalProperties": True}
+_OPENAI_KEPT = frozenset({"reasoning_effort", "thinking", "stream_options"})  # read here, not sent as they are
+_ANTHROPIC_READS = frozenset({"parallel_tool_calls", "top_k", "max_completion_tokens"}) | _OPENAI_KEPT
+
+
+def structured(
+    fmt: JSON | None, tools: list[JSON], choice: JSON | None, native: bool, body: JSON
+) -> tuple[list[JSON], JSON | None]:
+    """`response_format` as Anthropic takes it: `output_config.format` where the model has structured
+    outputs, else a forced call of ANSWER_TOOL (beside the caller's tools: then any tool may be called)."""
+    kind = fmt.get("type") if fmt is not None else "text"
+    if kind == "text":
+        return tools, choice
+    if kind == "json_schema":
+        spec = fmt.get("json_schema") if fmt is not None else None
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidRequest(
+                "A json_schema response_format needs 'json_schema.schema', an object.", "response_format"
+            )
+        if native:
+            body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+            return tools, choice
+    elif kind == "json_object":
+        schema = _ANY_OBJECT
+    else:
+        raise InvalidRequest(
+            "'response_format.type' must be 'text', 'json_object' or 'json_schema'.", "response_format"
+        )
+    if any(t["name"] == ANSWER_TOOL for t in tools):
+        raise InvalidRequest(f"The tool name '{ANSWER_TOOL}' is Keel's own; rename the tool.", "tools")
+    answer = {
+        "name": ANSWER_TOOL,
+        "description": "Give the answer: its input is the whole reply.",
+        "input_schema": schema,
+    }
+    if not tools or (choice or {}).get("type") == "none":
+        return [answer], {"type": "tool", "name": ANSWER_TOOL}
+    return [*tools, answer], choice if (choice or {}).get("type") == "tool" else {"type": "any"}
+
+
+# Anthropic thinks only at temperature 1, top_p of at least 0.95 and without top_k
+_THINKABLE: dict[str, Callable[[Any], bool]] = {
+    "temperature": lambda v: v == 1,
+    "top_p": lambda v: v >= 0.95,
+    "top_k": lambda v: False,
+}
+
+
+def unthinkable(sampling: JSON) -> list[str]:
+    """The sampling fields of a translated call that thinking cannot run with, taken out of `sampling`:
+    dropped, as the caller asked for thinking over them (Anthropic would refuse the whole call)."""
+    bad = [k for k, v in sampling.items() if v is not None and not _THINKABLE[k](v)]
+    for k in bad:
+        sampling[k] = None
+    return bad
+
+
+def openai_extra(extra: JSON) -> list[str]:
+    """The OpenAI-dialect fields an Anthropic body cannot carry: a refusal for those whose loss changes
+    the answer (when they ask for anything), else their names, dropped."""
+    dropped = []
+    for key, value in extra.items():
+        if key in _ANTHROPIC_READS:
+            continue
+        if key in OPENAI_REFUSED and value not in (None, False, [], {}, 0):
+            raise refusal(key, "Anthropic")
+        if key == "modalities" and value not in (None, ["text"]):
+            raise refusal(key, "Anthropic")
+        dropped.append(key)
+    return dropped
+
+
+# ---- Anthropic dialect -> an OpenAI-compatible target ------------------------------------------
 
 
 def to_openai(request: ChatRequest, quirks: Collection[str]) -> tuple[ChatRequest, list[str]]:
