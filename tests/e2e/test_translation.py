@@ -318,3 +318,22 @@ def test_a_cached_answer_keeps_its_signed_thinking(make_gateway: Any, up: FakeUp
     assert [a.headers["x-keel-cache"] for a in answers] == ["miss", "hit"] and len(up.requests) == 1
     first, again = (a.parse().content for a in answers)
     assert again == first and first[0].type == "thinking" and first[0].signature == SIGNATURE
+
+
+def test_an_openai_compatible_reasoners_thinking_reaches_both_clients(gw: Gateway, up: FakeUpstream) -> None:
+    up.script(*[Script(text="4", thinking="Two and two.") for _ in range(4)])
+    with oai(gw) as c:
+        done = c.chat.completions.create(model="gpt-4o-mini", messages=ASK)
+        chunks = list(c.chat.completions.create(model="gpt-4o-mini", messages=ASK, stream=True))
+    assert (done.choices[0].message.model_extra or {})["reasoning_content"] == "Two and two."
+    streamed = "".join(
+        (ch.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for ch in chunks if ch.choices
+    )
+    assert streamed == "Two and two."
+    with ant(gw) as c:
+        message = c.messages.create(model="gpt-4o-mini", max_tokens=64, messages=ASK)
+        with c.messages.stream(model="gpt-4o-mini", max_tokens=64, messages=ASK) as s:
+            final = s.get_final_message()
+    for content in (message.content, final.content):
+        assert [b.type for b in content] == ["thinking", "text"]
+        assert content[0].thinking == "Two and two." and content[1].text == "4"  # type: ignore[union-attr]
