@@ -392,3 +392,19 @@ def test_documents_reach_anthropic_whole_and_openai_as_file_or_text_parts() -> N
     with pytest.raises(InvalidRequest) as info:
         OpenAIChatCodec().encode_chat(request, GPT, False)
     assert info.value.param == "messages[0].content[0]"
+
+
+def test_tool_strictness_and_anthropics_own_tool_fields() -> None:
+    tool = {**{k: v for k, v in TOOL.items()}, "function": {**TOOL["function"], "strict": True}}
+    assert anthropic_body(tools=(tool,))["tools"][0]["strict"] is True  # a structured-output model takes it
+    out = NATIVE.encode_chat(ChatRequest("m", HI, tools=(tool,)), HAIKU, False)
+    assert "strict" not in orjson.loads(out.body)["tools"][0]
+    assert out.notes == (Note("keel.dropped", "tools[].function.strict"),)
+    own = {"name": "f", "input_schema": {"type": "object"}, "strict": True, "input_examples": [{"a": 1}]}
+    request = anthropic_client({"tools": [own]})
+    assert orjson.loads(NATIVE.encode_chat(request, HAIKU, False).body)["tools"] == [own]
+    plain = OpenAIChatCodec().encode_chat(request, GPT, False)
+    assert orjson.loads(plain.body)["tools"] == [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": True}}
+    ]
+    assert plain.notes == (Note("keel.dropped", "tools[].input_examples"),)

@@ -76,7 +76,7 @@ def request_json(request: ChatRequest, model: str, stream: bool, native_schema: 
         body["system"] = system
     if stream:
         body["stream"] = True
-    tools = [_tool_json(t) for t in request.tools]
+    tools = [_tool_json(t, own, native_schema, dropped) for t in request.tools]
     choice = _tool_choice(request.tool_choice) if tools else None  # Anthropic refuses it without tools
     if not (own and ("output_config" in extra or "output_format" in extra)):
         tools, choice = structured(request.response_format, tools, choice, native_schema, body)
@@ -245,14 +245,22 @@ def _compact(blocks: list[JSON]) -> str | list[JSON]:
     return blocks
 
 
-def _tool_json(tool: JSON) -> JSON:
+def _tool_json(tool: JSON, own: bool, native: bool, dropped: list[str]) -> JSON:
+    """An OpenAI tool as Anthropic's; `strict` goes where the model takes it (the structured-output
+    models), an Anthropic client's own tool fields (`own`) as they came."""
     fn = tool.get("function") or {}
     out: JSON = {"name": fn.get("name")}
     if fn.get("description"):
         out["description"] = fn["description"]
     out["input_schema"] = fn.get("parameters") or {"type": "object", "properties": {}}
+    if "strict" in fn and (own or native or not fn["strict"]):
+        out["strict"] = fn["strict"]
+    elif "strict" in fn:
+        dropped.append("tools[].function.strict")
     if "cache_control" in tool:
         out["cache_control"] = tool["cache_control"]
+    if own:
+        out.update((k, v) for k, v in tool.items() if k not in ("type", "function"))
     return out
 
 

@@ -308,10 +308,15 @@ def _tool(tool: Any, where: str) -> JSON:
     if isinstance(tool.get("description"), str):
         function["description"] = tool["description"]
     function["parameters"] = schema
+    if isinstance(tool.get("strict"), bool):
+        function["strict"] = tool["strict"]
     out: JSON = {"type": "function", "function": function}
-    if "cache_control" in tool:
-        out["cache_control"] = tool["cache_control"]
+    # cache_control and Anthropic's other tool fields (input_examples, defer_loading, ...) ride beside it
+    out.update((k, v) for k, v in tool.items() if k not in _TOOL_FIELDS)
     return out
+
+
+_TOOL_FIELDS = frozenset({"type", "name", "description", "input_schema", "strict"})
 
 
 def _tool_choice(raw: Any) -> tuple[str | JSON | None, bool]:

@@ -193,7 +193,16 @@ def to_openai(request: ChatRequest, quirks: Collection[str]) -> tuple[ChatReques
     if request.betas:
         dropped.append("anthropic-beta")
     messages = tuple(_openai_message(m, i, dropped) for i, m in enumerate(request.messages))
-    return replace(request, messages=messages, extra=extra, dialect=OPENAI, betas=()), dropped
+    tools = tuple(_openai_tool(t, dropped) for t in request.tools)
+    return replace(request, messages=messages, tools=tools, extra=extra, dialect=OPENAI, betas=()), dropped
+
+
+def _openai_tool(tool: JSON, dropped: list[str]) -> JSON:
+    """An Anthropic client's tool without the fields of Anthropic's own (cache_control stays: OpenAI-
+    compatible servers that cache take it)."""
+    kept = {k: v for k, v in tool.items() if k in ("type", "function", "cache_control")}
+    dropped.extend(f"tools[].{k}" for k in tool if k not in kept)
+    return kept
 
 
 def _carry(extra: JSON, dropped: list[str], ok: bool, key: str, value: Any, name: str | None = None) -> None:
