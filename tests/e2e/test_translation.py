@@ -337,3 +337,16 @@ def test_an_openai_compatible_reasoners_thinking_reaches_both_clients(gw: Gatewa
     for content in (message.content, final.content):
         assert [b.type for b in content] == ["thinking", "text"]
         assert content[0].thinking == "Two and two." and content[1].text == "4"  # type: ignore[union-attr]
+
+
+def test_a_callers_betas_join_the_providers_configured_ones(
+    make_gateway: Any, up: FakeUpstream, tmp_path: Path
+) -> None:
+    raw = base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path)
+    raw["providers"]["ant"]["headers"] = {"Anthropic-Beta": "context-1m-2025-08-07"}
+    gateway = make_gateway(raw)
+    with ant(gateway) as c:
+        c.messages.create(model="claude", max_tokens=64, messages=ASK, extra_headers={"anthropic-beta": BETA})
+        c.messages.create(model="claude", max_tokens=64, messages=ASK)
+    with_beta, without = (r["headers"]["anthropic-beta"] for r in up.requests[-2:])
+    assert (with_beta, without) == (f"context-1m-2025-08-07,{BETA}", "context-1m-2025-08-07")

@@ -70,7 +70,9 @@ class HttpProvider:
         self._pool = sessions.get(base_url)
         parts = urlsplit(base_url.rstrip("/"))
         self._path = parts.path.encode()
-        self._head = _head(parts.netloc.rpartition("@")[2], {"content-type": "application/json", **headers})
+        self._host = parts.netloc.rpartition("@")[2]
+        self._headers = {"content-type": "application/json", **headers}
+        self._head = _head(self._host, self._headers)
         self._connect_timeout = connect_timeout
         self._timeout = timeout
         self._max_body = max_response_bytes
@@ -80,8 +82,13 @@ class HttpProvider:
     async def _send(self, out: Outbound) -> Response:
         deadline = asyncio.get_running_loop().time() + self._timeout
         size = str(len(out.body)).encode()
-        own = "".join(f"\r\n{k}: {v}" for k, v in out.headers).encode()  # codecs admit no line breaks in them
-        data = b"".join((b"POST ", self._path, out.path.encode(), self._head, size, own, b"\r\n\r\n", out.body))
+        head, own = self._head, b""
+        if out.headers:  # this request's own (e.g. anthropic-beta), joined to a configured one of that name
+            named = {k.lower(): k for k in self._headers}
+            joined = {named[k]: f"{self._headers[named[k]]},{v}" for k, v in out.headers if k in named}
+            head = _head(self._host, self._headers | joined) if joined else head
+            own = "".join(f"\r\n{k}: {v}" for k, v in out.headers if k not in named).encode()
+        data = b"".join((b"POST ", self._path, out.path.encode(), head, size, own, b"\r\n\r\n", out.body))
         try:
             resp = await self._pool.send(data, deadline, self._connect_timeout)
             try:
