@@ -57,7 +57,8 @@ def anthropic_client(body: dict[str, Any], betas: str | None = None) -> ChatRequ
 
 def test_json_schema_goes_native_where_the_model_has_structured_output() -> None:
     body = anthropic_body(response_format=JSON_SCHEMA)
-    assert body["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
+    closed = {**SCHEMA, "additionalProperties": False}  # Anthropic's subset: objects are closed
+    assert body["output_config"] == {"format": {"type": "json_schema", "schema": closed}}
     assert "tools" not in body
 
 
@@ -408,3 +409,35 @@ def test_tool_strictness_and_anthropics_own_tool_fields() -> None:
         {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}, "strict": True}}
     ]
     assert plain.notes == (Note("keel.dropped", "tools[].input_examples"),)
+
+
+def test_a_native_schema_is_rewritten_into_anthropics_subset() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "age": {"type": "integer", "minimum": 0, "description": "years"},
+            "email": {"type": "string", "format": "email", "maxLength": 99},
+            "pet": {"oneOf": [{"type": "string"}, {"type": "null"}]},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+            "kind": {"enum": ["a", "b"], "type": "string"},
+        },
+        "required": ["age"],
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "P", "schema": schema}}
+    sent = anthropic_body(response_format=fmt)["output_config"]["format"]["schema"]
+    assert sent == {
+        "type": "object",
+        "properties": {
+            "age": {"type": "integer", "description": "years\n\n{minimum: 0}"},
+            "email": {"type": "string", "format": "email", "description": "{maxLength: 99}"},
+            "pet": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            "tags": {"type": "array", "items": {"type": "string"}, "description": "{minItems: 2}"},
+            "kind": {"enum": ["a", "b"]},
+        },
+        "additionalProperties": False,
+        "required": ["age"],
+    }
+    deep: dict[str, Any] = {"type": "string"}
+    for _ in range(200):  # a schema nested past any model's limit is sent on, not a crash
+        deep = {"type": "array", "items": deep}
+    assert anthropic_body(response_format={"type": "json_schema", "json_schema": {"schema": deep}})["output_config"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from keel.errors import InvalidRequest
 from keel.types import IS_ERROR, JSON, PREFIX, THINKING, ChatRequest, Message, Note
+from keel.wire.anthropic_schema import anthropic_schema
 
 DROPPED_TAG = "keel.dropped"
 OPENAI = "openai_chat"
@@ -109,7 +110,7 @@ def structured(
                 "A json_schema response_format needs 'json_schema.schema', an object.", "response_format"
             )
         if native:
-            body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+            body["output_config"] = {"format": {"type": "json_schema", "schema": anthropic_schema(schema)}}
             return tools, choice
     elif kind == "json_object":
         schema = _ANY_OBJECT
