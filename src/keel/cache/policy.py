@@ -133,6 +133,7 @@ def encode_answer(response: ChatResponse, provider: str | None, question: str | 
             "tool_calls": [[c.id, c.name, c.arguments] for c in response.tool_calls],
             "finish_reason": response.finish_reason,
             "usage": [u.input_tokens, u.output_tokens, u.cached_input_tokens, u.cache_write_tokens, u.reasoning_tokens],
+            "reasoning": list(response.reasoning),
         }
     )
 
@@ -148,7 +149,8 @@ def decode_answer(value: bytes) -> Answer:
     d = orjson.loads(value)
     calls = tuple(ToolCall(*c) for c in d["tool_calls"])
     usage = Usage(*d["usage"])
-    response = ChatResponse(d["id"], d["model"], d["content"], calls, d["finish_reason"], usage)
+    reasoning = tuple(d.get("reasoning") or ())  # answers kept before thinking was carried have none
+    response = ChatResponse(d["id"], d["model"], d["content"], calls, d["finish_reason"], usage, reasoning)
     return Answer(response, d["provider"], d.get("question"))
 
 

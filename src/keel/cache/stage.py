@@ -47,6 +47,7 @@ from keel.types import (
     EmbeddingRequest,
     EmbeddingResponse,
     Finish,
+    Reasoning,
     Start,
     Text,
     ToolCallDelta,
@@ -413,6 +414,11 @@ def _request_at_fault(err: KeelError) -> bool:
 async def _replay(response: ChatResponse) -> AsyncIterator[ChatEvent]:
     """A kept answer as the events a provider would yield: streamed calls get it as a stream."""
     yield Start(response.id, response.model)
+    for block in response.reasoning:  # thinking, signed as it was
+        if block.get("type") == "redacted_thinking":
+            yield Reasoning(redacted=str(block.get("data") or ""))
+        else:
+            yield Reasoning(str(block.get("thinking") or ""), str(block.get("signature") or "") or None)
     text = response.content or ""
     for i in range(0, len(text), _CHUNK):
         yield Text(text[i : i + _CHUNK])

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from keel.errors import ErrorKind, ProviderError
-from keel.types import PREFIX, ChatEvent, ChatRequest, Finish, Message, Start, Text, ToolCallDelta
+from keel.types import PREFIX, ChatEvent, ChatRequest, Finish, Message, Reasoning, Start, Text, ToolCallDelta
 from keel.wire.openai_chat import output_cap
 
 
@@ -49,7 +49,8 @@ def continuation(
 ) -> AsyncIterator[ChatEvent]:
     """A resumed attempt's events without what the client already has.
 
-    The client has seen the role chunk, so Start is dropped. Then text must begin with `expect`, which
+    The client has seen the role chunk, so Start is dropped, as is thinking before the first text (the
+    client has the broken attempt's; a second train of thought would read as a repeat). Then text must begin with `expect`, which
     is skipped: strictly (a restart must repeat the text sent, or it `Diverged`), or as far as it
     matches (after a prefill, the trailing whitespace the prefill left out may or may not come back).
     """
@@ -63,11 +64,12 @@ Why = tuple[ErrorKind, str, str]  # what broke the stream: kind, message, provid
 async def _continuation(
     events: AsyncIterator[ChatEvent], expect: str, strict: bool, broke: Why, target: str
 ) -> AsyncIterator[ChatEvent]:
-    matched = 0
+    matched, texted = 0, False
     try:
         async for event in events:
-            if isinstance(event, Start):
+            if isinstance(event, Start) or (isinstance(event, Reasoning) and not texted):
                 continue
+            texted = texted or isinstance(event, Text)
             if matched < len(expect):
                 if isinstance(event, Text):
                     text = event.text

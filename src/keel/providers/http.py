@@ -98,10 +98,16 @@ class HttpProvider:
         deadline = asyncio.get_running_loop().time() + self._timeout
         size = str(len(out.body)).encode()
         path = self._path + out.path.encode()
-        head = self._head
+        headers, head, own = self._headers, self._head, b""
         if self._signer is not None:
-            head = _head(self._host, {**self._headers, **self._signer(path.decode(), out.body)})
-        data = b"".join((b"POST ", path, head, size, b"\r\n\r\n", out.body))
+            headers = {**headers, **self._signer(path.decode(), out.body)}
+            head = _head(self._host, headers)
+        if out.headers:  # this request's own (e.g. anthropic-beta), joined to a configured one of that name
+            named = {k.lower(): k for k in headers}
+            joined = {named[k]: f"{headers[named[k]]},{v}" for k, v in out.headers if k in named}
+            head = _head(self._host, headers | joined) if joined else head
+            own = "".join(f"\r\n{k}: {v}" for k, v in out.headers if k not in named).encode()
+        data = b"".join((b"POST ", path, head, size, own, b"\r\n\r\n", out.body))
         try:
             resp = await self._pool.send(data, deadline, self._connect_timeout)
             try:
@@ -145,9 +151,12 @@ class HttpProvider:
         except InvalidRequest as exc:  # this wire format cannot carry the request: another target may
             raise ProviderError(ErrorKind.bad_request, exc.message, provider=self.name, param=exc.param) from None
         resp = await self._send(out)
+        notes = out.notes
         del out  # the encoded body is sent: a stream need not hold a second copy of the request
         cap = token_cap(target)
         try:
+            for note in notes:
+                yield note
             if not request.stream:
                 for event in self._codec.decode_chat(await self._read(resp), cap):
                     yield event

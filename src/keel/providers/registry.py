@@ -23,7 +23,7 @@ from keel.wire.openai_chat import OpenAIChatCodec
 def _anthropic(row: CatalogRow, cfg: ProviderConfig) -> Codec:
     from keel.wire.anthropic_messages import AnthropicCodec
 
-    return AnthropicCodec()
+    return AnthropicCodec(row.schema_models)
 
 
 def _gemini(row: CatalogRow, cfg: ProviderConfig) -> Codec:

@@ -65,6 +65,9 @@ class TraceStage:
                 ],
                 "finish_reason": r.finish_reason,
             }
+            if r.reasoning:  # the thinking text; signatures and redacted blocks are opaque
+                thought = "".join(str(b.get("thinking") or "") for b in r.reasoning)
+                record.response["reasoning"] = _capped(thought, cap)
         if r.model:
             record.model = r.model
         if outcome.notes:
