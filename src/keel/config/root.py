@@ -9,7 +9,7 @@ the names the file declares, whether it sets a part at all, which values the sch
 from __future__ import annotations
 
 from keel.config.parts import Model, Outline
-from keel.config.sections import alerts, providers, routing, traces
+from keel.config.sections import alerts, jobs, providers, routing, traces
 from keel.config.sections.alerts import AlertsConfig
 from keel.config.sections.cache import CacheConfig
 from keel.config.sections.jobs import JobsConfig
@@ -58,6 +58,7 @@ def cross_check(cfg: Config, outline: Outline) -> list[ConfigIssue]:
         fix = "set admin_token (scrapers send it as a bearer token), or set metrics.require_token: false"
         issues.append(ConfigIssue("metrics.require_token", "needs an admin_token to check", fix))
     issues += traces.check_blobs(cfg.traces, outline)
+    issues += jobs.check(cfg.jobs, outline)
     if outline.providers and "models" not in outline.given:
         fix = "add an alias under models: with its targets"
         issues.append(ConfigIssue("models", "providers are configured but no model alias is", fix))
