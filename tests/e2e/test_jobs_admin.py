@@ -138,3 +138,21 @@ def test_cli_lists_shows_cancels_and_retries_jobs(gw: Gateway, tmp_path: Path) -
     assert refused.returncode == 1 and "only dead or cancelled" in refused.stderr
     missing = keel(tmp_path, "jobs", "show", "job_nope")
     assert missing.returncode == 1 and "no job job_nope" in missing.stderr
+
+
+def test_dashboard_jobs_page_shows_depths_and_stuck_jobs_escaped(gw: Gateway) -> None:
+    store = gw.runtime.store
+    (hostile,) = store.enqueue_jobs([JobSpec("<script>x</script>", tenant="t1")], time.time())
+    stuck = make_stuck(gw)
+    with httpx.Client(base_url=gw.url) as c:
+        assert c.get("/ui/jobs").status_code == 303  # a session first
+        assert c.post("/ui/login", data={"token": gw.admin, "next": "/ui/jobs"}).status_code == 303
+        page = c.get("/ui/jobs").text
+        only_stuck = c.get("/ui/jobs", params={"state": "stuck"}).text
+        bad = c.get("/ui/jobs", params={"state": "lost"})
+
+    assert 'data-queue="default" data-state="queued"' in page and "1 stuck" in page
+    assert f'data-job="{hostile.id}"' in page and "<script>x" not in page and "&lt;script&gt;x" in page
+    assert f'data-job="{stuck}"' in only_stuck and hostile.id not in only_stuck
+    assert '<td class="status-error">stuck</td>' in only_stuck
+    assert bad.status_code == 400 and "state must be one of" in bad.text

@@ -46,7 +46,9 @@ class FastPath:
 def create_app(runtime: Runtime) -> FastPath:
     edge = OpenAIEdge(runtime)
     anthropic = AnthropicEdge(runtime)
-    dashboard = Dashboard(runtime.store, runtime.blobs, runtime.config.admin_token)
+    dashboard = Dashboard(
+        runtime.store, runtime.blobs, runtime.config.admin_token, stuck_after=runtime.config.jobs.stuck_after
+    )
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -94,7 +94,8 @@ class JobPool:
 
     async def run(self) -> None:
         """Claim and run jobs until cancelled; then drain."""
-        self.queue.listen()
+        if self.registry.kinds:  # nothing to run here: no connection held for news of jobs
+            self.queue.listen()
         poll = self.queue.config.poll_s
         try:
             while True:
