@@ -443,3 +443,47 @@ def test_finishes_written_together_each_answer_for_their_own_claim(store: Store)
     assert got[0] is not None and got[0].result == {"n": 0} and got[0].finished_at == NOW + 1
     assert got[3] is not None and got[3].result == [3]
     assert store.get_job(b.id).state == "running"  # type: ignore[union-attr]
+
+
+def test_two_pools_on_their_own_stores_run_each_job_once(storage_url: str) -> None:
+    """As two worker processes would: every job runs exactly once, and both take a share."""
+    ran: dict[str, list[str]] = {}
+
+    def handler(name: str) -> Any:
+        async def run(job: Job, ctx: JobContext) -> Any:
+            ran.setdefault(job.id, []).append(name)
+            await asyncio.sleep(0.01)
+
+        return run
+
+    async def main() -> None:
+        stores = [open_store(storage_url), open_store(storage_url, migrate=False)]
+        pools = [await run_pool(s, {"work": handler(f"pool{i}")}, concurrency=3) for i, s in enumerate(stores)]
+        jobs = await pools[0][0].enqueue_many([JobSpec("work", i) for i in range(90)])
+        for j in jobs:
+            assert (await pools[1][0].wait(j.id, 20)).state == "succeeded"
+        for queue, _, task in pools:
+            await stop(queue, task)
+        for s in stores:
+            s.close()
+        assert sorted(ran) == sorted(j.id for j in jobs)
+
+    asyncio.run(main())
+    assert all(len(names) == 1 for names in ran.values())
+    assert {names[0] for names in ran.values()} == {"pool0", "pool1"}
+
+
+def test_the_retention_sweep_deletes_what_finished_before_the_cut(store: Store) -> None:
+    jobs = store.enqueue_jobs([JobSpec("echo", i) for i in range(3)], NOW)
+    for run in claim(store, limit=2):
+        store.finish_job(run.id, run.claim or "", Outcome("succeeded"), NOW)
+    queue = JobQueue(store, JobsConfig(retention_days=1), clock=lambda: NOW + 86400 + 1)
+
+    async def main() -> int:
+        try:
+            return await queue.purge(batch=1)
+        finally:
+            await queue.aclose()
+
+    assert asyncio.run(main()) == 2
+    assert [j.id for j in store.list_jobs(JobQuery())] == [jobs[2].id]

@@ -126,7 +126,16 @@ class JobPool:
             n = min(room, self.concurrency - len(self.running))
             if not group or n <= 0:
                 continue
-            jobs = await self.queue.claim(worker=self.name, queues=self.queues, kinds=group, limit=n)
+            claiming = asyncio.ensure_future(
+                self.queue.claim(worker=self.name, queues=self.queues, kinds=group, limit=n)
+            )
+            try:
+                jobs = await asyncio.shield(claiming)
+            except asyncio.CancelledError:  # stopping mid-claim: what the store gave us goes back at once
+                with contextlib.suppress(Exception):
+                    for job in await asyncio.wait_for(claiming, RELEASE_WAIT_S):
+                        await self.queue.finish(job, Outcome("released"))
+                raise
             asked, got = asked + n, got + len(jobs)
             for job in jobs:
                 self._start(job)
