@@ -16,7 +16,6 @@ import pytest
 from keel.config import JobKindConfig, JobsConfig
 from keel.jobs import Cancelled, JobQueue, JobRegistry, Permanent
 from keel.jobs.pool import JobPool
-from keel.jobs.queue import backoff_s
 from keel.store.open import open_job_wakeups, open_store
 from keel.store.protocols import Job, JobContext, JobQuery, JobSpec, Outcome, Progress, Store
 
@@ -178,12 +177,6 @@ def test_failed_attempts_retry_after_a_growing_backoff_then_go_dead(store: Store
     dead = store.finish_job(job.id, run2.claim, last, NOW + 3)
     assert dead is not None and (dead.state, dead.error, dead.attempts) == ("dead", "ValueError: again", 2)
     assert claim(store, now=NOW + 999) == []
-
-
-def test_backoff_doubles_per_attempt_with_jitter_and_a_cap() -> None:
-    assert [backoff_s(n, 2.0, 60.0, rand=lambda: 0.5) for n in (1, 2, 3, 6, 50)] == [2.0, 4.0, 8.0, 60.0, 60.0]
-    assert backoff_s(1, 2.0, 60.0, rand=lambda: 0.0) == 1.5
-    assert backoff_s(1, 2.0, 60.0, rand=lambda: 1.0) == 2.5
 
 
 def test_a_lease_expiring_on_the_last_attempt_goes_dead(store: Store) -> None:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from keel.gateway.capability import Pipeline
 from keel.store.protocols import JobSpec
 from keel.testing import FakeUpstream
 
@@ -103,6 +104,7 @@ def test_the_gateways_embedded_pool_runs_jobs(gw: Gateway, tmp_path: Path) -> No
     done = wait_finished(gw, job.id)
 
     assert (done["state"], done["attempts"]) == ("succeeded", 1)
+    assert gw.runtime.get(Pipeline).handler is gw.runtime.pipeline  # what a handler calls the gateway through
     m = job_metrics(gw)
     assert m["keel_jobs_attempts_total", (("outcome", "succeeded"),)] == 1
 
