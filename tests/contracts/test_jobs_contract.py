@@ -480,3 +480,38 @@ def test_the_retention_sweep_deletes_what_finished_before_the_cut(store: Store) 
 
     assert asyncio.run(main()) == 2
     assert [j.id for j in store.list_jobs(JobQuery())] == [jobs[2].id]
+
+
+def test_a_handler_whose_lease_is_lost_is_stopped_and_writes_nothing(store: Store) -> None:
+    """The lease sweep took the job back (its worker looked dead): the next heartbeat finds the claim
+    gone, the handler is cancelled, its result is never written; the job runs again."""
+    stopped = []
+
+    async def main() -> None:
+        started: asyncio.Event = asyncio.Event()
+
+        async def once(job: Job, ctx: JobContext) -> Any:
+            if job.attempts == 1:
+                started.set()
+                try:
+                    await asyncio.sleep(60)
+                except asyncio.CancelledError:
+                    stopped.append(job.attempts)
+                    raise
+            return "second"
+
+        cfg = FAST.model_copy(update={"heartbeat_s": 0.05})
+        queue, pool, task = await run_pool(store, {"once": once}, cfg)
+        job = await queue.enqueue("once")
+        await asyncio.wait_for(started.wait(), 10)
+        running = store.get_job(job.id)
+        assert running is not None and running.lease_until is not None
+        # as if its lease had run out (0.5 s past it: a heartbeat landing meanwhile moves it by 0.05 s)
+        assert store.recover_jobs(running.lease_until + 0.5).requeued == [job.id]
+        done = await queue.wait(job.id, 10)
+        await stop(queue, task)
+        assert (done.state, done.result, done.attempts, done.expiries) == ("succeeded", "second", 2, 1)
+        assert pool.finished.get("lost") == 1
+
+    asyncio.run(main())
+    assert stopped == [1]
