@@ -101,9 +101,9 @@ def test_concurrent_claimers_never_hold_one_job_at_once(storage_url: str) -> Non
 
     def claimer(i: int) -> None:
         stores[i].get_job("job_warm")  # its connection open before the race starts
-        start.wait()
-        while batch := claim(stores[i], limit=3):
-            taken[i] += [j.id for j in batch]
+        for _ in range(n_jobs // (3 * n_claimers) + 2):  # rounds: all four claim at once in each
+            start.wait()
+            taken[i] += [j.id for j in claim(stores[i], limit=3)]
 
     threads = [threading.Thread(target=claimer, args=(i,)) for i in range(n_claimers)]
     for t in threads:
@@ -116,7 +116,7 @@ def test_concurrent_claimers_never_hold_one_job_at_once(storage_url: str) -> Non
     every = [job_id for ids in taken for job_id in ids]
     assert len(every) == n_jobs
     assert len(set(every)) == n_jobs  # nobody got a job twice
-    assert sum(1 for ids in taken if ids) >= 2  # they really ran side by side
+    assert all(taken)  # every claimer took part
 
 
 def test_an_expired_lease_goes_back_to_the_queue_and_its_old_holder_writes_nothing(store: Store) -> None:
