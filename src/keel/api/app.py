@@ -118,7 +118,9 @@ def create_app(runtime: Runtime) -> FastPath:
     forward = Forwarder(runtime)
     anthropic = AnthropicEdge(runtime, forward)
     completions = Completions(runtime, forward)
-    dashboard = Dashboard(runtime.store, runtime.blobs, runtime.config.admin_token)
+    dashboard = Dashboard(
+        runtime.store, runtime.blobs, runtime.config.admin_token, stuck_after=runtime.config.jobs.stuck_after
+    )
     warmth = runtime.find(WarmthBook)
 
     async def healthz(request: Request) -> Response:

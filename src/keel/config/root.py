@@ -9,9 +9,10 @@ the names the file declares, whether it sets a part at all, which values the sch
 from __future__ import annotations
 
 from keel.config.parts import Model, Outline
-from keel.config.sections import alerts, providers, routing, traces
+from keel.config.sections import alerts, jobs, providers, routing, traces
 from keel.config.sections.alerts import AlertsConfig
 from keel.config.sections.cache import CacheConfig
+from keel.config.sections.jobs import JobsConfig
 from keel.config.sections.limits import LimitsConfig
 from keel.config.sections.providers import PriceConfig, ProviderConfig
 from keel.config.sections.resilience import ResilienceConfig
@@ -35,6 +36,7 @@ class Config(Model):
     otel: OtelConfig = OtelConfig()
     metrics: MetricsConfig = MetricsConfig()
     alerts: AlertsConfig = AlertsConfig()
+    jobs: JobsConfig = JobsConfig()
     redaction: RedactionConfig = RedactionConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, AliasConfig] = {}
@@ -56,6 +58,7 @@ def cross_check(cfg: Config, outline: Outline) -> list[ConfigIssue]:
         fix = "set admin_token (scrapers send it as a bearer token), or set metrics.require_token: false"
         issues.append(ConfigIssue("metrics.require_token", "needs an admin_token to check", fix))
     issues += traces.check_blobs(cfg.traces, outline)
+    issues += jobs.check(cfg.jobs, outline)
     if outline.providers and "models" not in outline.given:
         fix = "add an alias under models: with its targets"
         issues.append(ConfigIssue("models", "providers are configured but no model alias is", fix))

@@ -12,6 +12,23 @@ module X lives in; a new capability adds its module and its names to this list.
 from keel.store.protocols.blobs import BlobStore
 from keel.store.protocols.breakers import BreakerPolicy, BreakerState, BreakerStore, Permit
 from keel.store.protocols.cache import CacheEntry, CacheStore
+from keel.store.protocols.jobs import (
+    FINAL_STATES,
+    JOB_STATES,
+    Beat,
+    Job,
+    JobContext,
+    JobHandler,
+    JobQuery,
+    JobSpec,
+    JobState,
+    JobStore,
+    JobWakeups,
+    Outcome,
+    Progress,
+    QueueDepth,
+    Recovered,
+)
 from keel.store.protocols.keys import KeyRow, KeyStore, TenantRow
 from keel.store.protocols.limits import (
     Admission,
@@ -32,7 +49,10 @@ from keel.store.protocols.usage import UsageQuery, UsageRow
 from keel.store.protocols.vectors import VectorHit, VectorIndex
 
 __all__ = [
+    "FINAL_STATES",
+    "JOB_STATES",
     "Admission",
+    "Beat",
     "BlobStore",
     "BreakerPolicy",
     "BreakerState",
@@ -41,6 +61,14 @@ __all__ = [
     "CacheStore",
     "Charge",
     "DeletedTraces",
+    "Job",
+    "JobContext",
+    "JobHandler",
+    "JobQuery",
+    "JobSpec",
+    "JobState",
+    "JobStore",
+    "JobWakeups",
     "KeyRow",
     "KeyStore",
     "LimitConfigStore",
@@ -48,7 +76,11 @@ __all__ = [
     "LimitStore",
     "LimitStoreUnavailable",
     "Migrator",
+    "Outcome",
     "Permit",
+    "Progress",
+    "QueueDepth",
+    "Recovered",
     "Reservation",
     "SpanStore",
     "Store",
