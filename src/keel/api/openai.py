@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import binascii
-import itertools
 import logging
-import os
-import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,21 +19,14 @@ from keel.gateway.directives import HEADER as CACHE_HEADER
 from keel.gateway.directives import Directives
 from keel.limits.stage import LimitState
 from keel.runtime.components import Runtime
+from keel.traces.ids import new_trace_id
 from keel.traces.otel import join_caller_trace
 from keel.types import ChatRequest, EmbeddingRequest, Principal, TraceRecord, UsageEvent
 from keel.wire import openai_chat as wire
+from keel.wire.openai_embeddings import embedding_json, parse_embedding_request
 
 log = logging.getLogger("keel.api")
 JSON_TYPE = "application/json"
-
-
-_PROCESS = os.urandom(4).hex()  # unique per process, so ids from many gateways never collide
-_SEQUENCE = itertools.count()
-
-
-def new_trace_id() -> str:
-    """Time-ordered and unique: nanoseconds, this process's random tag, a sequence number."""
-    return f"{time.time_ns():x}{_PROCESS}{next(_SEQUENCE) & 0xFFFFFF:06x}"
 
 
 def error_body(err: KeelError) -> bytes:
@@ -278,11 +267,7 @@ class OpenAIEdge:
         except KeelError as err:
             return error_response(err, call.trace.id)
         assert reply.embedding is not None
-        e = reply.embedding
-        b64 = body.get("encoding_format") == "base64"
-        data = [{"object": "embedding", "index": i, "embedding": _vector_json(v, b64)} for i, v in enumerate(e.vectors)]
-        usage = {"prompt_tokens": e.usage.input_tokens, "total_tokens": e.usage.input_tokens}
-        payload = orjson.dumps({"object": "list", "data": data, "model": e.model or emb.model, "usage": usage})
+        payload = orjson.dumps(embedding_json(reply.embedding, emb.model, body.get("encoding_format") == "base64"))
         return Response(payload, 200, _headers(call, reply), JSON_TYPE)
 
     async def models(self, request: Request) -> Response:
@@ -296,23 +281,4 @@ class OpenAIEdge:
         return Response(orjson.dumps({"object": "list", "data": data}), 200, None, JSON_TYPE)
 
 
-def parse_embedding_request(body: Any) -> EmbeddingRequest:
-    model = wire.require_model(body)
-    raw = body.get("input")
-    inputs = [raw] if isinstance(raw, str) else raw
-    if not isinstance(inputs, list) or not inputs or not all(isinstance(s, str) for s in inputs):
-        raise InvalidRequest("'input' must be a string or a non-empty array of strings.", "input")
-    if body.get("encoding_format", "float") not in ("float", "base64"):
-        raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
-    # Keel always asks upstreams for floats and encodes for the client itself.
-    extra = {k: v for k, v in body.items() if k not in ("model", "input", "encoding_format")}
-    return EmbeddingRequest(model, tuple(inputs), extra)
-
-
-def _vector_json(vector: tuple[float, ...], base64: bool) -> list[float] | str:
-    if not base64:
-        return list(vector)
-    return binascii.b2a_base64(struct.pack(f"<{len(vector)}f", *vector), newline=False).decode()
-
-
-__all__ = ["OpenAIEdge", "ProviderError", "error_response"]
+__all__ = ["OpenAIEdge", "ProviderError", "error_response", "new_trace_id", "parse_embedding_request"]

@@ -9,6 +9,7 @@ Every public name is re-exported here, so `from keel.store.protocols import X` w
 module X lives in; a new capability adds its module and its names to this list.
 """
 
+from keel.store.protocols.batches import BatchRow, BatchStore, FileRow, LineResult
 from keel.store.protocols.blobs import BlobStore
 from keel.store.protocols.breakers import BreakerPolicy, BreakerState, BreakerStore, Permit
 from keel.store.protocols.cache import CacheEntry, CacheStore
@@ -33,6 +34,8 @@ from keel.store.protocols.vectors import VectorHit, VectorIndex
 
 __all__ = [
     "Admission",
+    "BatchRow",
+    "BatchStore",
     "BlobStore",
     "BreakerPolicy",
     "BreakerState",
@@ -41,12 +44,14 @@ __all__ = [
     "CacheStore",
     "Charge",
     "DeletedTraces",
+    "FileRow",
     "KeyRow",
     "KeyStore",
     "LimitConfigStore",
     "LimitOverride",
     "LimitStore",
     "LimitStoreUnavailable",
+    "LineResult",
     "Migrator",
     "Permit",
     "Reservation",

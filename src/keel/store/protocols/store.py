@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from keel.store.protocols.batches import BatchStore
 from keel.store.protocols.keys import KeyStore
 from keel.store.protocols.limits import LimitConfigStore
 from keel.store.protocols.purge import TraceDeletion
@@ -17,7 +18,7 @@ class Migrator(Protocol):
         ...
 
 
-class Store(KeyStore, TraceStore, TraceDeletion, LimitConfigStore, Migrator, SpanStore, Protocol):
+class Store(KeyStore, TraceStore, TraceDeletion, LimitConfigStore, Migrator, SpanStore, BatchStore, Protocol):
     url: str
 
     def close(self) -> None: ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from keel.store import migrations
+from keel.store.sql.batches import SqlBatches
 from keel.store.sql.dialect import Database
 from keel.store.sql.keys import SqlKeys
 from keel.store.sql.limits import SqlLimits
@@ -17,7 +18,7 @@ from keel.store.sql.spans import SqlSpans
 from keel.store.sql.traces import SqlTraces
 
 
-class SqlStore(SqlKeys, SqlTraces, SqlPurge, SqlLimits, SqlSpans):
+class SqlStore(SqlKeys, SqlTraces, SqlPurge, SqlLimits, SqlSpans, SqlBatches):
     def __init__(self, url: str, db: Database) -> None:
         self.url = url
         self._db = db
