@@ -19,6 +19,7 @@ from keel.config.parts import WebhookConfig
 from keel.config.root import Config, warnings
 from keel.config.sections.alerts import AlertMetric, AlertRuleConfig, AlertsConfig, AlertScope
 from keel.config.sections.cache import CacheConfig, SemanticCacheConfig
+from keel.config.sections.jobs import JobKindConfig, JobsConfig
 from keel.config.sections.limits import LimitRule, LimitsConfig, LimitScope
 from keel.config.sections.providers import PriceConfig, ProviderConfig
 from keel.config.sections.resilience import BreakerConfig, ResilienceConfig
@@ -58,6 +59,8 @@ __all__ = [
     "Config",
     "CustomDetectorConfig",
     "Detector",
+    "JobKindConfig",
+    "JobsConfig",
     "LimitRule",
     "LimitScope",
     "LimitsConfig",

@@ -12,6 +12,7 @@ from keel.config.parts import Model, Outline
 from keel.config.sections import alerts, providers, routing, traces
 from keel.config.sections.alerts import AlertsConfig
 from keel.config.sections.cache import CacheConfig
+from keel.config.sections.jobs import JobsConfig
 from keel.config.sections.limits import LimitsConfig
 from keel.config.sections.providers import PriceConfig, ProviderConfig
 from keel.config.sections.resilience import ResilienceConfig
@@ -35,6 +36,7 @@ class Config(Model):
     otel: OtelConfig = OtelConfig()
     metrics: MetricsConfig = MetricsConfig()
     alerts: AlertsConfig = AlertsConfig()
+    jobs: JobsConfig = JobsConfig()
     redaction: RedactionConfig = RedactionConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, AliasConfig] = {}

@@ -8,7 +8,9 @@ reads its config section from `ctx.config`, finds the objects earlier builders o
 - `stages`: (slot, stage) pairs; `gateway.pipeline.SLOTS` orders the slots, the list order breaks ties;
 - `invoke`: the last handler (the gateway core gives it);
 - `workers`: background work the runtime supervises (`Worker`, run by `runtime/workers.py`);
-- `start` / `close`: hooks run in builder order at start-up, in reverse at shutdown.
+- `start` / `close`: hooks run in builder order at start-up, in reverse at shutdown;
+- `jobs`: handlers of job kinds (`{kind: async def handle(job, ctx) -> result}`), run by keel.jobs'
+  workers; a kind has one handler across all builders.
 
 What other builders and the edges need, a builder offers with `ctx.add(obj)`; they find it by type
 (`ctx.get(Authenticator)`, `runtime.get(Authenticator)`).
@@ -20,13 +22,13 @@ builder adds it with `ctx.add(value, as_=Port)`, the using one finds it with `ct
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from keel.config import Config
 from keel.gateway.pipeline import Handler, Stage
-from keel.store.protocols import Charge, Store
+from keel.store.protocols import Charge, JobHandler, Store
 
 T = TypeVar("T")
 
@@ -54,6 +56,7 @@ class Contribution:
     workers: Sequence[Worker] = ()
     start: Sequence[Callable[[], None]] = ()
     close: Sequence[Callable[[], Awaitable[None]]] = ()
+    jobs: Mapping[str, JobHandler] = field(default_factory=dict)
 
 
 class CredentialScrub(Protocol):
@@ -68,6 +71,14 @@ class ThresholdAlert(Protocol):
     `limits.webhook` sender), used by limits."""
 
     def __call__(self, charge: Charge, threshold: float, used: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """The composed pipeline (trace → … → invoke), offered once every builder has run: a job handler
+    that makes model calls finds it at run time with `ctx.get(Pipeline)`."""
+
+    handler: Handler
 
 
 class Context:

@@ -25,10 +25,14 @@ from keel.config import Config
 from keel.gateway import builder as gateway
 from keel.gateway.backpressure import Gates
 from keel.gateway.builder import GatewayParts
-from keel.gateway.capability import Builder, Context, Contribution
+from keel.gateway.capability import Builder, Context, Contribution, Pipeline
 from keel.gateway.health import HealthBook
 from keel.gateway.pipeline import Handler, build_pipeline, in_slot_order
 from keel.gateway.routing import Router
+from keel.jobs import builder as jobs
+from keel.jobs.plugins import load_builders
+from keel.jobs.queue import JobQueue
+from keel.jobs.registry import JobRegistry
 from keel.keys import builder as keys
 from keel.keys.auth import Authenticator
 from keel.limits import builder as limits
@@ -58,6 +62,7 @@ BUILDERS: tuple[Builder, ...] = (
     alerts.build,  # webhook senders and alert rules workers; offers the ThresholdAlert port
     limits.build,  # limits slot; overrides refresh worker
     cache.build,  # cache slot (when any alias caches)
+    jobs.build,  # the job queue, its workers and the registry every builder's `jobs` handlers join
 )
 
 
@@ -90,6 +95,7 @@ class Runtime:
     breakers: BreakerStore = field(init=False)
     health: HealthBook = field(init=False)
     gates: Gates = field(init=False)
+    jobs: JobQueue | None = field(init=False)
 
     def __post_init__(self) -> None:
         ctx = self.context
@@ -104,6 +110,7 @@ class Runtime:
         up = ctx.get(GatewayParts)
         self.router, self.providers, self.sessions, self.prices = up.router, up.providers, up.sessions, up.prices
         self.breakers, self.health, self.gates = up.breakers, up.health, up.gates
+        self.jobs = ctx.find(JobQueue)
 
     @classmethod
     def build(
@@ -114,13 +121,20 @@ class Runtime:
         builders: Sequence[Builder] = BUILDERS,
         extra: Sequence[Builder] = (),
     ) -> Runtime:
-        """Run the builders in order (then `extra`, e.g. a test's capability) and compose what they give."""
+        """Run the builders in order (then `extra`, e.g. a test's capability, then `jobs.plugins`) and
+        compose what they give."""
         ctx = Context(config, store or open_store(config.storage.url))
-        made = tuple(build(ctx) for build in (*builders, *extra))
+        made = tuple(build(ctx) for build in (*builders, *extra, *load_builders(config.jobs.plugins)))
         last = [c.invoke for c in made if c.invoke is not None]
         if len(last) != 1:
             raise ValueError(f"exactly one builder must give the invoke handler; {len(last)} did")
         pipeline = build_pipeline(in_slot_order(s for c in made for s in c.stages), last[0])
+        ctx.add(Pipeline(pipeline))
+        registry = ctx.find(JobRegistry)
+        if registry is not None:
+            registry.register_all(c.jobs for c in made)
+        elif any(c.jobs for c in made):
+            raise ValueError("a builder gives job handlers but no builder runs the job queue (keel.jobs.builder)")
         workers = Workers([w for c in made for w in c.workers])
         return cls(config, ctx.store, pipeline, workers, ctx, made)
 

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from keel.store.protocols import BlobStore, BreakerPolicy, BreakerStore, CacheStore, LimitStore, Store, VectorIndex
+from keel.store.protocols import (
+    BlobStore,
+    BreakerPolicy,
+    BreakerStore,
+    CacheStore,
+    JobWakeups,
+    LimitStore,
+    Store,
+    VectorIndex,
+)
 
 
 def open_store(url: str, *, migrate: bool = True) -> Store:
@@ -21,6 +30,16 @@ def open_store(url: str, *, migrate: bool = True) -> Store:
     if migrate:
         store.migrate()
     return store
+
+
+def open_job_wakeups(url: str) -> JobWakeups | None:
+    """News of jobs queued by other processes on the store at `url`: LISTEN on PostgreSQL; None on
+    SQLite (its workers poll)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from keel.store.postgres.wakeups import PgWakeups
+
+        return PgWakeups(url)
+    return None
 
 
 def open_breakers(redis_url: str | None, policy: BreakerPolicy) -> BreakerStore:

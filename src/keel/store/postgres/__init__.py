@@ -31,6 +31,7 @@ from psycopg_pool import ConnectionPool
 from keel.store.sql.dialect import Dialect, Row, Session, insert_sql
 from keel.store.sql.store import SqlStore
 
+JOBS_CHANNEL = "keel_jobs"  # LISTEN/NOTIFY: jobs were queued (keel.store.postgres.wakeups)
 POSTGRES = Dialect(
     name="postgres",
     mark="%s",
@@ -45,6 +46,7 @@ POSTGRES = Dialect(
         " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
     ),
     migration_lock="SELECT pg_advisory_xact_lock(hashtext('keel_migrations'))",
+    notify=f"SELECT pg_notify('{JOBS_CHANNEL}', %s)",
 )
 # SQLSTATE classes that blame a record's content: data exception, integrity, program limit (an
 # index row too large); psycopg's own DataError (NUL in text) has no SQLSTATE

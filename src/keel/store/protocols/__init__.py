@@ -13,6 +13,23 @@ from keel.store.protocols.batches import BatchRow, BatchStore, FileRow, LineResu
 from keel.store.protocols.blobs import BlobStore
 from keel.store.protocols.breakers import BreakerPolicy, BreakerState, BreakerStore, Permit
 from keel.store.protocols.cache import CacheEntry, CacheStore
+from keel.store.protocols.jobs import (
+    FINAL_STATES,
+    JOB_STATES,
+    Beat,
+    Job,
+    JobContext,
+    JobHandler,
+    JobQuery,
+    JobSpec,
+    JobState,
+    JobStore,
+    JobWakeups,
+    Outcome,
+    Progress,
+    QueueDepth,
+    Recovered,
+)
 from keel.store.protocols.keys import KeyRow, KeyStore, TenantRow
 from keel.store.protocols.limits import (
     Admission,
@@ -33,9 +50,12 @@ from keel.store.protocols.usage import UsageQuery, UsageRow
 from keel.store.protocols.vectors import VectorHit, VectorIndex
 
 __all__ = [
+    "FINAL_STATES",
+    "JOB_STATES",
     "Admission",
     "BatchRow",
     "BatchStore",
+    "Beat",
     "BlobStore",
     "BreakerPolicy",
     "BreakerState",
@@ -45,6 +65,14 @@ __all__ = [
     "Charge",
     "DeletedTraces",
     "FileRow",
+    "Job",
+    "JobContext",
+    "JobHandler",
+    "JobQuery",
+    "JobSpec",
+    "JobState",
+    "JobStore",
+    "JobWakeups",
     "KeyRow",
     "KeyStore",
     "LimitConfigStore",
@@ -53,7 +81,11 @@ __all__ = [
     "LimitStoreUnavailable",
     "LineResult",
     "Migrator",
+    "Outcome",
     "Permit",
+    "Progress",
+    "QueueDepth",
+    "Recovered",
     "Reservation",
     "SpanStore",
     "Store",

@@ -31,6 +31,7 @@ class Dialect:
     ordered: bool  # several writer processes: write rows in key order so their locks never deadlock
     ledger: str  # CREATE TABLE IF NOT EXISTS keel_migrations, in its types
     migration_lock: str | None  # a statement serialising migrators inside their transaction
+    notify: str | None = None  # wakes other processes' job workers (one parameter: the queue); None: they poll
 
     def marks(self, n: int) -> str:
         return ", ".join([self.mark] * n)
