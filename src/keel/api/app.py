@@ -14,6 +14,9 @@ from starlette.types import Receive, Scope, Send
 
 from keel.api.admin import Admin
 from keel.api.anthropic import AnthropicEdge
+from keel.api.batches import BatchesEdge
+from keel.api.deferred import AsyncEdge
+from keel.api.files import FilesEdge
 from keel.api.metrics import MetricsEndpoint
 from keel.api.openai import OpenAIEdge
 from keel.dashboard.pages import Dashboard
@@ -44,7 +47,8 @@ class FastPath:
 
 
 def create_app(runtime: Runtime) -> FastPath:
-    edge = OpenAIEdge(runtime)
+    deferral = AsyncEdge(runtime)
+    edge = OpenAIEdge(runtime, deferral)
     anthropic = AnthropicEdge(runtime)
     dashboard = Dashboard(runtime.store, runtime.blobs, runtime.config.admin_token)
 
@@ -106,6 +110,9 @@ def create_app(runtime: Runtime) -> FastPath:
         Route("/v1/embeddings", edge.embeddings, methods=["POST"]),
         Route("/v1/messages", anthropic.messages, methods=["POST"]),
         Route("/v1/models", edge.models, methods=["GET"]),
+        *FilesEdge(runtime).routes(),  # the OpenAI Files and Batch APIs, async calls' jobs
+        *BatchesEdge(runtime).routes(),
+        *deferral.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *Admin(runtime).routes(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.requests import Request
@@ -193,11 +193,20 @@ def _headers(call: Call, reply: Reply) -> dict[str, str]:
 response_headers = _headers  # the Anthropic edge sends the same headers
 
 
+class Deferral(Protocol):
+    """Sends a call to the job queue instead of answering it now (keel.api.deferred.AsyncEdge)."""
+
+    def wanted(self, request: Request, model_request: ChatRequest | EmbeddingRequest) -> str | None: ...
+
+    async def submit(self, request: Request, call: Call, body: Any, url: str, reason: str) -> Response: ...
+
+
 class OpenAIEdge:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, deferral: Deferral | None = None) -> None:
         self._rt = runtime
         self._payloads = runtime.config.traces.store_payloads
         self._bounds = Bounds.of(runtime.config.server)
+        self._defer = deferral  # Prefer: respond-async, async_only aliases: queued, answered 202
 
     async def chat(self, request: Request) -> Response:
         t0 = time.perf_counter()
@@ -209,6 +218,8 @@ class OpenAIEdge:
         except KeelError as err:
             return error_response(err)
         call.t0, call.principal, call.allowed = t0, principal, allowed
+        if self._defer is not None and (why := self._defer.wanted(request, chat)) is not None:
+            return await self._defer.submit(request, call, body, "/v1/chat/completions", why)
         try:
             reply = await self._rt.pipeline(call)
             if chat.stream:
@@ -261,6 +272,8 @@ class OpenAIEdge:
         except KeelError as err:
             return error_response(err)
         call.t0, call.principal, call.allowed = t0, principal, allowed
+        if self._defer is not None and (why := self._defer.wanted(request, emb)) is not None:
+            return await self._defer.submit(request, call, body, "/v1/embeddings", why)
         try:
             reply = await self._rt.pipeline(call)
             await reply.collect()
