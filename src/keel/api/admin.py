@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from keel.api import jobs_admin
 from keel.api.bounds import Bounds, read_body
 from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
 from keel.api.replay import ReplayAsk, replay
@@ -167,7 +168,14 @@ class Admin:
             Route("/api/limits/usage", self._guard(self.limits_usage), methods=["GET"]),
             Route("/api/limits/{scope}/{subject}", self._guard(self.set_limits), methods=["PUT"]),
             Route("/api/limits/{scope}/{subject}", self._guard(self.clear_limits), methods=["DELETE"]),
+            *(Route(path, self._guard(self._on_runtime(fn)), methods=[m]) for path, fn, m in jobs_admin.ROUTES),
         ]
+
+    def _on_runtime(self, endpoint: jobs_admin.Endpoint) -> Any:
+        async def handler(request: Request) -> Response:
+            return await endpoint(self._rt, request)
+
+        return handler
 
     def _guard(self, handler: Any) -> Any:
         async def endpoint(request: Request) -> Response:

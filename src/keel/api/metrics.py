@@ -15,6 +15,7 @@ from starlette.responses import Response
 from keel.api.openai import bearer, error_response
 from keel.dashboard.throttle import LoginStats
 from keel.errors import AuthError
+from keel.jobs.pool import JobPool
 from keel.runtime.components import Runtime
 from keel.traces.metrics import CONTENT_TYPE, Family, Kind, Labels
 
@@ -32,7 +33,7 @@ class MetricsEndpoint:
         if self._token is not None and not hmac.compare_digest((bearer(request) or "").encode(), self._token):
             return error_response(AuthError("/metrics needs the admin token (metrics.require_token is true)."))
         assert self._rt.metrics is not None  # the route exists only when metrics are enabled
-        body = self._rt.metrics.render([*await self._breakers(), *self._process()])
+        body = self._rt.metrics.render([*await self._breakers(), *self._process(), *await self._jobs()])
         return Response(body, 200, media_type=CONTENT_TYPE)
 
     async def _breakers(self) -> list[Family]:
@@ -45,6 +46,32 @@ class MetricsEndpoint:
             Family("keel_breaker_state", "gauge", "Circuit breaker per target: 0 closed, 1 half-open, 2 open.", state),
             Family("keel_breaker_consecutive_failures", "gauge", "Consecutive failures seen by the breaker.", fails),
         ]
+
+    async def _jobs(self) -> list[Family]:
+        """The job queue's depth and oldest age per queue and state (one store read), and this process's pool."""
+        rt = self._rt
+        out: list[Family] = []
+        pool = rt.find(JobPool)
+        if pool is not None:
+            done = [({"outcome": k}, float(n)) for k, n in sorted(pool.finished.items())]
+            out += [
+                _one("keel_jobs_running", "gauge", "Jobs running in this process.", len(pool.running)),
+                Family("keel_jobs_attempts_total", "counter", "Job attempts ended in this process, by outcome.", done),
+            ]  # fmt: skip
+        if rt.jobs is None:
+            return out
+        try:
+            depths = await rt.jobs.depths()
+        except Exception:  # the store is down: /readyz says so; the scrape still answers
+            return [*out, _one("keel_jobs_store_up", "gauge", "1 when the job queue's depths could be read.", 0.0)]
+        labels = [({"queue": d.queue, "state": d.state}, d) for d in depths]
+        out += [
+            _one("keel_jobs_store_up", "gauge", "1 when the job queue's depths could be read.", 1.0),
+            Family("keel_jobs", "gauge", "Jobs per queue and state (queued, running, dead).", [(k, float(d.count)) for k, d in labels]),
+            Family("keel_jobs_oldest_age_seconds", "gauge", "Age of the oldest job per queue and state (queued: since due; running: since started).", [(k, d.oldest_s) for k, d in labels if d.state != "dead"]),
+            Family("keel_jobs_stuck", "gauge", "Unfinished jobs whose lease expired jobs.stuck_after times in a row with no progress.", [(k, float(d.stuck)) for k, d in labels if d.state != "dead"]),
+        ]  # fmt: skip
+        return out
 
     def _process(self) -> list[Family]:
         """This process's queues and background writers."""

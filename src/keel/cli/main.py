@@ -24,6 +24,7 @@ class Noun(NamedTuple):  # not a dataclass: `dataclasses` (and its `inspect`) wo
 
 NOUNS = (
     Noun("serve", "run the gateway", "serve"),
+    Noun("worker", "run job workers alone, no HTTP listener", "worker"),
     Noun("config", "check the config file", "config_cmd"),
     Noun("init", "write a commented starter keel.yaml", "config_cmd", "register_init"),
     Noun("db", "database maintenance", "db"),
@@ -31,6 +32,7 @@ NOUNS = (
     Noun("keys", "manage virtual keys", "keys"),
     Noun("limits", "per-tenant and per-key limits, and usage against them", "limits"),
     Noun("traces", "inspect call traces", "traces"),
+    Noun("jobs", "inspect, cancel and retry background jobs", "jobs"),
     Noun("usage", "usage and cost over a time window, grouped by a dimension", "usage"),
     Noun("targets", "breaker state, latency and error rate per target (asks the running gateway)", "targets"),
 )

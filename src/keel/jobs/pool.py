@@ -89,6 +89,7 @@ class JobPool:
         self.name = name or worker_name()
         self.running: dict[str, _Running] = {}
         self.stopping = False
+        self.finished: dict[str, int] = {}  # attempts ended in this process, by outcome (lost: lease lost)
         self._limits = {k: c.concurrency for k, c in queue.config.kinds.items() if c.concurrency is not None}
 
     async def run(self) -> None:
@@ -142,6 +143,8 @@ class JobPool:
     async def _run(self, job: Job) -> None:
         try:
             outcome = await self._attempt(job)
+            key = "lost" if outcome is None else ("retried" if outcome.state == "queued" else outcome.state)
+            self.finished[key] = self.finished.get(key, 0) + 1
             if outcome is not None:
                 await self.queue.finish(job, outcome)
         except Exception:
