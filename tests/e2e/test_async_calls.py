@@ -77,8 +77,8 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-def config(up: FakeUpstream, tmp_path: Path, **async_calls: Any) -> dict[str, Any]:
-    raw = base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path)
+def config(up: FakeUpstream, tmp_path: Path, storage: str | None = None, **async_calls: Any) -> dict[str, Any]:
+    raw = base_config(up, storage or f"sqlite:///{tmp_path}/keel.db", tmp_path)
     raw["models"]["big"] = {"targets": [{"provider": "sim", "model": "simulated-1"}]}
     raw["jobs"] = {"poll_s": 0.2, "backoff_s": 0.1, "backoff_max_s": 0.5}
     raw["async_calls"] = {
@@ -92,8 +92,9 @@ def config(up: FakeUpstream, tmp_path: Path, **async_calls: Any) -> dict[str, An
 
 
 @pytest.fixture
-def gw(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> Gateway:
-    return make_gateway(config(up, tmp_path))  # type: ignore[no-any-return]
+def gw(make_gateway: Any, up: FakeUpstream, tmp_path: Path, storage_url: str) -> Gateway:
+    """A gateway on SQLite and on PostgreSQL."""
+    return make_gateway(config(up, tmp_path, storage_url))  # type: ignore[no-any-return]
 
 
 def auth(key: str) -> dict[str, str]:

@@ -19,8 +19,8 @@ from keel.testing import FakeUpstream
 from tests.conftest import Gateway, base_config, until
 
 
-def config(up: FakeUpstream, tmp_path: Path, **batches: Any) -> dict[str, Any]:
-    raw = base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path)
+def config(up: FakeUpstream, tmp_path: Path, storage: str | None = None, **batches: Any) -> dict[str, Any]:
+    raw = base_config(up, storage or f"sqlite:///{tmp_path}/keel.db", tmp_path)
     raw["providers"]["slow"] = {"type": "simulated", "latency_ms": 150}
     raw["models"]["slow"] = {"targets": [{"provider": "slow", "model": "simulated-1"}]}
     raw["jobs"] = {"poll_s": 0.2}
@@ -61,8 +61,9 @@ def parse(text: str) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture
-def gw(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> Gateway:
-    return make_gateway(config(up, tmp_path))  # type: ignore[no-any-return]
+def gw(make_gateway: Any, up: FakeUpstream, tmp_path: Path, storage_url: str) -> Gateway:
+    """A gateway on SQLite and on PostgreSQL (the job queue's LISTEN/NOTIFY wake-ups included)."""
+    return make_gateway(config(up, tmp_path, storage_url))  # type: ignore[no-any-return]
 
 
 def test_sdk_uploads_runs_and_downloads_a_batch_with_a_malformed_line_in_the_error_file(gw: Gateway) -> None:
@@ -245,3 +246,30 @@ def test_tenants_never_see_each_others_files_or_batches(gw: Gateway) -> None:
     assert c.files.delete(f.id).deleted
     with pytest.raises(openai.NotFoundError):
         c.files.retrieve(f.id)
+
+
+def test_batch_lines_yield_a_saturated_target_to_live_calls(
+    make_gateway: Any, up: FakeUpstream, tmp_path: Path
+) -> None:
+    raw = config(up, tmp_path, concurrency=8)
+    raw["models"]["slow"] = {"targets": [{"provider": "slow", "model": "simulated-1", "max_concurrency": 1}]}
+    gw = make_gateway(raw)
+    c = client(gw)
+    f = c.files.create(file=("s.jsonl", jsonl([line(f"s{i}", model="slow") for i in range(24)])), purpose="batch")
+    b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert until(lambda: c.batches.retrieve(b.id).request_counts.completed >= 2, 30)
+
+    # one line holds the slot, up to 7 wait for it at batches.priority (-10); the live call comes at 0
+    live = c.chat.completions.with_raw_response.create(model="slow", messages=[{"role": "user", "content": "now"}])
+    assert finished(c, b.id).status == "completed"
+
+    traces = gw.traces()
+    [mine] = [t for t in traces if t.id == live.headers["x-keel-trace-id"]]
+    live_end = mine.started_at + (mine.latency_ms or 0) / 1000
+    lines = [
+        (t.started_at, t.started_at + (t.latency_ms or 0) / 1000) for t in traces if t.tags.get("batch_id") == b.id
+    ]
+    arrived = mine.started_at
+    pending = [end for start, end in lines if start < arrived < end]  # in flight or waiting when the live call came
+    overtaken = [end for end in pending if end > live_end]
+    assert len(pending) >= 6 and len(overtaken) >= len(pending) - 2, (len(pending), len(overtaken))
