@@ -168,9 +168,14 @@ def test_what_cannot_run_later_is_refused_now(gw: Gateway, make_gateway: Any, up
         assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
     assert httpx.post(url, json=CHAT, headers={**ASYNC}).status_code == 401
 
-    strict = make_gateway(config(up, tmp_path / "strict", allow_private_webhooks=False, webhook_secret=None))
-    r = httpx.post(f"{strict.base_url}/chat/completions", json={**CHAT, "webhook_url": "https://example.com/hook"},
-                   headers={**auth(strict.key), **ASYNC})  # fmt: skip
+    strict = make_gateway(config(up, tmp_path / "strict", allow_private_webhooks=False))
+    for hook in ("http://127.0.0.1:9/x", "http://localhost/x", "http://[::1]/x", "https://10.1.2.3/x"):
+        r = httpx.post(f"{strict.base_url}/chat/completions", json={**CHAT, "webhook_url": hook},
+                       headers={**auth(strict.key), **ASYNC})  # fmt: skip
+        assert r.status_code == 400 and "allow_private_webhooks" in r.json()["error"]["message"], hook
+    unsigned = make_gateway(config(up, tmp_path / "unsigned", webhook_secret=None))
+    r = httpx.post(f"{unsigned.base_url}/chat/completions", json={**CHAT, "webhook_url": "https://example.com/hook"},
+                   headers={**auth(unsigned.key), **ASYNC})  # fmt: skip
     assert r.status_code == 400 and "async_calls.webhook_secret" in r.json()["error"]["message"]
 
 
@@ -216,7 +221,9 @@ def test_webhook_is_signed_retried_and_delivered_once(gw: Gateway, receiver: Rec
 
 def test_webhook_url_from_the_header(gw: Gateway, receiver: Receiver) -> None:
     receiver.fail_first = 0
-    h = {**auth(gw.key), **ASYNC, "x-keel-webhook-url": receiver.url}
-    job = httpx.post(f"{gw.base_url}/chat/completions", json=CHAT, headers=h).json()
+    h = {**auth(gw.key), "x-keel-webhook-url": receiver.url}  # a webhook alone asks for an async answer
+    r = httpx.post(f"{gw.base_url}/chat/completions", json=CHAT, headers=h)
+    assert r.status_code == 202 and "webhook_url given" in r.headers["x-keel-async-reason"]
+    job = r.json()
     assert until(lambda: len(receiver.accepted) == 1, 30)
     assert next(iter(receiver.accepted.values()))["data"]["id"] == job["id"]

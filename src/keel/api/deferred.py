@@ -5,8 +5,8 @@ a live call would be (key, body), then queued: `202 Accepted` with the `keel.job
 and `Preference-Applied: respond-async`. A call to an alias in `async_calls.async_only_aliases`, or
 asking for more than `async_calls.async_only_max_tokens`, is queued the same way without being asked,
 and its 202 says why in `x-keel-async-reason`. `webhook_url` (a body field Keel removes before the
-call runs, or the `x-keel-webhook-url` header) receives the finished job by a signed POST
-(keel.jobs.webhooks). `GET /v1/jobs/{id}` shows the calling key its own jobs only: any other is 404.
+call runs, or the `x-keel-webhook-url` header; either alone also queues the call) receives the finished job by a signed
+POST (keel.jobs.webhooks). `GET /v1/jobs/{id}` shows the calling key its own jobs only: any other is 404.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ class AsyncEdge:
         prefer = h.get("prefer")
         if prefer is not None and "respond-async" in prefer.lower():
             return "requested"
+        if "webhook_url" in model_request.extra or h.get("x-keel-webhook-url") is not None:
+            return "webhook_url given: the answer is delivered there (and by GET on the job)"
         if model_request.model in self._aliases:
             return f"alias '{model_request.model}' is async_only (async_calls.async_only_aliases)"
         limit = self._max_tokens

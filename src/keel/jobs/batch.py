@@ -93,13 +93,15 @@ class BatchRunner:
             raise Permanent(f"batch {batch_id} is gone")
         if batch.status in ("completed", "failed", "expired", "cancelled"):
             return {"status": batch.status}
-        if batch.status == "validating":
-            lines = await self._validate(batch)
+        if batch.status in ("validating", "in_progress"):
+            lines = await self._validate(batch)  # again after a crash: the file may be gone since
             if lines is None:
                 return {"status": "failed"}
-            batch = await self._update(batch, {"status": "in_progress", "in_progress_at": time.time()}, ("validating",))
-        if batch.status in ("in_progress", "cancelling"):
-            batch = await self._run(batch, ctx)
+            if batch.status == "validating":
+                changes = {"status": "in_progress", "in_progress_at": time.time()}
+                batch = await self._update(batch, changes, ("validating",))
+            if batch.status == "in_progress":
+                batch = await self._run(batch, ctx, lines)
         final = await self._finalize(batch)
         return {"status": final.status, "completed": final.completed, "failed": final.failed}
 
@@ -123,7 +125,8 @@ class BatchRunner:
             ]  # fmt: skip
             await self._fail(batch, errors)
             return None
-        await self._update(batch, {"total": len(lines)}, None)
+        if batch.total != len(lines):
+            await self._update(batch, {"total": len(lines)}, None)
         return lines
 
     async def _lines(self, batch: BatchRow) -> list[BatchLine]:
@@ -138,10 +141,7 @@ class BatchRunner:
 
     # ---- in progress -----------------------------------------------------------------------------
 
-    async def _run(self, batch: BatchRow, ctx: JobContext) -> BatchRow:
-        if batch.status == "cancelling":
-            return batch
-        lines = await self._lines(batch)
+    async def _run(self, batch: BatchRow, ctx: JobContext, lines: Sequence[BatchLine]) -> BatchRow:
         recorded = await asyncio.to_thread(self._store.recorded_ids, batch.id)
         todo = [ln for ln in lines if ln.custom_id not in recorded]
         resolved = await asyncio.to_thread(resolve_key, self._store, batch.tenant, batch.key_id)
@@ -152,7 +152,7 @@ class BatchRunner:
         principal, allowed = resolved
         caller = Caller(principal, allowed, priority=self._cfg.priority, timeout_s=self._cfg.line_timeout_s)
         run = _Run(batch, ctx, caller, [], len(recorded), time.monotonic())
-        if todo:
+        if todo and time.time() < batch.expires_at:
             await self._lines_in_flight(run, todo, len(lines))
         await self._flush(run, len(lines))
         return await self._current(batch)
