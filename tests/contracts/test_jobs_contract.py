@@ -422,3 +422,24 @@ def test_a_worker_elsewhere_wakes_for_a_job_queued_here(storage_url: str) -> Non
         producer.close()
 
     asyncio.run(main())
+
+
+def test_finishes_written_together_each_answer_for_their_own_claim(store: Store) -> None:
+    jobs = store.enqueue_jobs([JobSpec("echo", i, max_attempts=3) for i in range(5)], NOW)
+    runs = {j.id: j for j in claim(store)}
+    a, b, c, d, e = (runs[j.id] for j in jobs)
+    assert all(r.claim is not None for r in (a, b, c, d, e))
+    ends = [
+        (a.id, a.claim or "", Outcome("succeeded", result={"n": 0})),
+        (b.id, "not-its-claim", Outcome("succeeded", result=1)),
+        (c.id, c.claim or "", Outcome("queued", error="boom", retry_at=NOW + 5)),
+        (d.id, d.claim or "", Outcome("succeeded", result=[3])),
+        (e.id, e.claim or "", Outcome("dead", error="Permanent: no")),
+    ]
+
+    got = store.finish_jobs(ends, NOW + 1)
+
+    assert [None if j is None else j.state for j in got] == ["succeeded", None, "queued", "succeeded", "dead"]
+    assert got[0] is not None and got[0].result == {"n": 0} and got[0].finished_at == NOW + 1
+    assert got[3] is not None and got[3].result == [3]
+    assert store.get_job(b.id).state == "running"  # type: ignore[union-attr]

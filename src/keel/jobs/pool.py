@@ -195,8 +195,12 @@ class JobPool:
             await asyncio.wait({task}, timeout=min(every, left))
             if task.done() or loop.time() >= deadline:
                 continue
-            with contextlib.suppress(LeaseLost):
+            try:
                 await ctx.heartbeat()
+            except LeaseLost:
+                pass
+            except Exception as exc:  # the store did not answer: beat again next time; the lease may lapse
+                log.warning("job %s: heartbeat failed (%s); retrying", job.id, _describe(exc))
             if ctx.lost:
                 task.cancel()
                 await asyncio.wait({task})

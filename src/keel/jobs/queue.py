@@ -59,6 +59,8 @@ class JobQueue:
         self._listener: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = threading.Event()
+        self._ends: list[tuple[str, str, Outcome, asyncio.Future[Job | None]]] = []
+        self._writing: asyncio.Task[None] | None = None
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` on the queue's threads."""
@@ -136,11 +138,30 @@ class JobQueue:
         )
 
     async def finish(self, job: Job, outcome: Outcome) -> Job | None:
+        """Record how an attempt ended; None when its claim was lost. Finishes that arrive while one
+        is being written go together in the next transaction (one commit for many)."""
         assert job.claim is not None
-        done = await self.call(self.store.finish_job, job.id, job.claim, outcome, self.clock())
-        if outcome.state in ("queued", "released"):
-            self.wakeup.set()
-        return done
+        done: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
+        self._ends.append((job.id, job.claim, outcome, done))
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.create_task(self._write_ends())
+        return await done
+
+    async def _write_ends(self) -> None:
+        while self._ends:
+            batch, self._ends = self._ends, []
+            try:
+                found = await self.call(self.store.finish_jobs, [(i, c, o) for i, c, o, _ in batch], self.clock())
+            except Exception as exc:
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for (*_, done), job in zip(batch, found, strict=True):
+                if not done.done():
+                    done.set_result(job)
+            if any(o.state in ("queued", "released") for _, _, o, _ in batch):
+                self.wakeup.set()
 
     async def recover(self) -> None:
         """Expired leases back to the queue (or dead on their last attempt); a pass of the sweep worker."""

@@ -131,6 +131,11 @@ class JobStore(Protocol):
         """End the running attempt under `claim`; None (nothing written) when the claim is lost."""
         ...
 
+    def finish_jobs(self, ends: Sequence[tuple[str, str, Outcome]], now: float) -> list[Job | None]:
+        """`finish_job` for each (job id, claim, outcome), in one transaction (one commit for many
+        workers' results); one answer per item, in order."""
+        ...
+
     def recover_jobs(self, now: float) -> Recovered:
         """Running jobs whose lease ended before `now`: back to queued (expiries + 1), or dead when that
         was their last attempt."""

@@ -38,6 +38,8 @@ JOB_COLUMNS = (
     "result", "error",
 )  # fmt: skip
 _COLS = ", ".join(JOB_COLUMNS)
+_JOBS_COLS = ", ".join(f"jobs.{c}" for c in JOB_COLUMNS)
+_FINISH_CHUNK = 200  # jobs per batched finish statement (3 parameters each)
 _INSERTED = (*JOB_COLUMNS[:13], "cancel_requested", "expiries")
 _RUNNING = "state = 'running'"
 
@@ -150,28 +152,49 @@ class SqlJobs:
         return None if row is None else Beat(bool(row[0]))
 
     def finish_job(self, job_id: str, claim: str, outcome: Outcome, now: float) -> Job | None:
+        return self.finish_jobs([(job_id, claim, outcome)], now)[0]
+
+    def finish_jobs(self, ends: Sequence[tuple[str, str, Outcome]], now: float) -> list[Job | None]:
         d = self._db.dialect
-        m = d.mark
+        done: dict[int, Job | None] = {}
+        succeeded = [i for i, (_, _, o) in enumerate(ends) if o.state == "succeeded"]
+        with self._db.transaction() as s:
+            for i in range(0, len(succeeded), _FINISH_CHUNK):  # the common case: one statement for many
+                chunk = succeeded[i : i + _FINISH_CHUNK]
+                sql = (
+                    f"WITH ended(id, claim, result) AS (VALUES {', '.join([f'({d.marks(3)})'] * len(chunk))})"
+                    f" UPDATE jobs SET state = 'succeeded', result = ended.result, error = NULL, finished_at = {d.mark},"
+                    f" lease_until = NULL FROM ended WHERE jobs.id = ended.id AND jobs.claim = ended.claim"
+                    f" AND jobs.state = 'running' RETURNING {_JOBS_COLS}"
+                )
+                params = [v for j in chunk for v in (ends[j][0], ends[j][1], _json(ends[j][2].result))]
+                found = {r[0]: job_from_row(r) for r in s.fetchall(sql, (*params, now))}
+                done.update((j, found.get(ends[j][0])) for j in chunk)
+            for i, (job_id, claim, outcome) in enumerate(ends):
+                if i in done:
+                    continue
+                sets, values = self._finish_sets(outcome, now)
+                sql = (
+                    f"UPDATE jobs SET {sets} WHERE id = {d.mark} AND claim = {d.mark} AND {_RUNNING} RETURNING {_COLS}"
+                )
+                row = s.fetchone(sql, (*values, job_id, claim))
+                done[i] = None if row is None else job_from_row(row)
+            self._notify(s, [j.queue for j in done.values() if j is not None and j.state == "queued"])
+        return [done[i] for i in range(len(ends))]
+
+    def _finish_sets(self, outcome: Outcome, now: float) -> tuple[str, tuple[Any, ...]]:
+        m = self._db.dialect.mark
         ended = f"finished_at = {m}, lease_until = NULL"
-        sets: str
-        params: tuple[Any, ...]
         if outcome.state == "succeeded":
-            sets, params = f"state = 'succeeded', result = {m}, error = NULL, {ended}", (_json(outcome.result), now)
-        elif outcome.state in ("dead", "cancelled"):
-            sets, params = f"state = '{outcome.state}', error = {m}, {ended}", (outcome.error, now)
-        elif outcome.state == "queued":
+            return f"state = 'succeeded', result = {m}, error = NULL, {ended}", (_json(outcome.result), now)
+        if outcome.state in ("dead", "cancelled"):
+            return f"state = '{outcome.state}', error = {m}, {ended}", (outcome.error, now)
+        if outcome.state == "queued":
             retry_at = now if outcome.retry_at is None else outcome.retry_at
             sets = f"state = 'queued', run_at = {m}, error = {m}, lease_until = NULL, claim = NULL"
-            params = (retry_at, outcome.error)
-        else:  # released: handed back, not an attempt
-            sets = f"state = 'queued', run_at = {m}, attempts = attempts - 1, lease_until = NULL, claim = NULL"
-            params = (now,)
-        sql = f"UPDATE jobs SET {sets} WHERE id = {m} AND claim = {m} AND {_RUNNING} RETURNING {_COLS}"
-        with self._db.transaction() as s:
-            row = s.fetchone(sql, (*params, job_id, claim))
-            if row is not None and outcome.state in ("queued", "released"):
-                self._notify(s, [row[2]])
-        return None if row is None else job_from_row(row)
+            return sets, (retry_at, outcome.error)
+        # released: handed back, not an attempt
+        return f"state = 'queued', run_at = {m}, attempts = attempts - 1, lease_until = NULL, claim = NULL", (now,)
 
     def recover_jobs(self, now: float) -> Recovered:
         m = self._db.dialect.mark
