@@ -1,6 +1,7 @@
-"""A batch survives its worker's death: `keel serve` (embedded job workers) is killed with SIGKILL
-mid-batch; a second `keel serve` on the same database takes the job back once its lease expires,
-resumes from the recorded lines, and completes the batch with every output line exactly once."""
+"""Deferred work survives its worker's death: `keel serve` (embedded job workers) is killed with
+SIGKILL mid-batch, or mid async call; a second `keel serve` on the same database takes the job back
+once its lease expires. The batch resumes from the recorded lines and completes with every output
+line exactly once; the async call runs again and its webhook lands once."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import yaml
 
 from tests.conftest import until
+from tests.e2e.test_async_calls import SECRET, Receiver
 from tests.e2e.test_serve_process import KEEL, bootstrap_key, free_port, wait_healthy
 
 LINES = 400
@@ -27,10 +30,17 @@ def config(tmp_path: Path, port: int) -> dict[str, Any]:
         "server": {"port": port},
         "storage": {"url": f"sqlite:///{tmp_path / 'k.db'}"},
         "traces": {"spill_dir": str(tmp_path / "spill")},
-        "providers": {"sim": {"type": "simulated", "latency_ms": 40}},
-        "models": {"demo": {"targets": [{"provider": "sim", "model": "simulated-1"}]}},
+        "providers": {
+            "sim": {"type": "simulated", "latency_ms": 40},
+            "slow": {"type": "simulated", "latency_ms": 4000},
+        },
+        "models": {
+            "demo": {"targets": [{"provider": "sim", "model": "simulated-1"}]},
+            "slow": {"targets": [{"provider": "slow", "model": "simulated-1"}]},
+        },
         "jobs": {"lease_s": 2.0, "poll_s": 0.2},
         "batches": {"concurrency": 8},
+        "async_calls": {"webhook_secret": SECRET, "allow_private_webhooks": True},
     }
 
 
@@ -99,3 +109,31 @@ def recorded(tmp_path: Path, batch_id: str) -> int:
 def b_job(db: sqlite3.Connection, batch_id: str) -> str:
     [(job_id,)] = db.execute("SELECT job_id FROM batches WHERE id = ?", (batch_id,)).fetchall()
     return str(job_id)
+
+
+def test_an_async_call_runs_again_after_kill_9_and_its_webhook_lands_once(tmp_path: Path) -> None:
+    receiver = Receiver(fail_first=0)
+    try:
+        with serve(tmp_path, "first") as (proc, url, log):
+            key = bootstrap_key(proc, log)
+            wait_healthy(proc, url, log)
+            body = {"model": "slow", "messages": [{"role": "user", "content": "later"}], "webhook_url": receiver.url}
+            headers = {"authorization": f"Bearer {key}", "prefer": "respond-async"}
+            job = httpx.post(url + "/v1/chat/completions", json=body, headers=headers).json()
+            status = job["status_url"].removeprefix(url)
+            assert until(lambda: httpx.get(url + status, headers=headers).json()["status"] == "in_progress", 30)
+            proc.send_signal(signal.SIGKILL)  # mid-call: its 4 s answer never came
+            proc.wait()
+        assert receiver.attempts == []
+
+        with serve(tmp_path, "second") as (proc, url, log):
+            wait_healthy(proc, url, log)
+            assert until(lambda: len(receiver.accepted) == 1, 60), log.read_text()
+            assert until(lambda: httpx.get(url + status, headers=headers).json()["status"] == "completed", 30)
+            done = httpx.get(url + status, headers=headers).json()
+    finally:
+        receiver.close()
+    [event] = receiver.accepted.values()
+    assert event["data"]["id"] == job["id"] and event["data"]["response"] == done["response"]
+    assert len(receiver.attempts) == 1 and receiver.attempts[0]["valid"]
+    assert done["attempts"] == 2
