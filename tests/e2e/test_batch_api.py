@@ -273,3 +273,18 @@ def test_batch_lines_yield_a_saturated_target_to_live_calls(
     pending = [end for start, end in lines if start < arrived < end]  # in flight or waiting when the live call came
     overtaken = [end for end in pending if end > live_end]
     assert len(pending) >= 6 and len(overtaken) >= len(pending) - 2, (len(pending), len(overtaken))
+
+
+def test_lines_over_the_keys_limits_wait_and_run_again(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> None:
+    raw = config(up, tmp_path, concurrency=6)
+    raw["limits"] = {"defaults": [{"scope": ["key"], "concurrency": 2}]}
+    gw = make_gateway(raw)
+    c = client(gw)
+    f = c.files.create(file=("l.jsonl", jsonl([line(f"l{i}", model="slow") for i in range(12)])), purpose="batch")
+    b = finished(c, c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h").id)
+
+    assert b.status == "completed" and (b.request_counts.completed, b.request_counts.failed) == (12, 0)
+    mine = [t for t in gw.traces() if t.tags.get("batch_id") == b.id]
+    refused = [t for t in mine if t.status == "error"]
+    assert refused and len(mine) == 12 + len(refused)  # the limit refused some tries; each line then ran
+    assert all("concurrency" in (t.error_message or "") for t in refused)
