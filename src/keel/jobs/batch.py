@@ -19,7 +19,6 @@ finalize under ids derived from the batch id, so a finalize that runs twice writ
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,8 +33,8 @@ from keel.jobs.batchfile import BatchLine, blob_key, parse_lines
 from keel.jobs.calls import Answer, Caller, resolve_key, run_body
 from keel.jobs.errors import Permanent
 from keel.store.protocols import BatchRow, BlobStore, FileRow, Job, JobContext, LineResult, Store
+from keel.store.protocols.batches import FINAL_STATUSES
 
-log = logging.getLogger("keel.jobs.batch")
 KIND = "openai.batch"
 FLUSH_LINES = 256  # answers recorded per store write
 FLUSH_S = 0.5  # ... or at least this often
@@ -91,7 +90,7 @@ class BatchRunner:
         batch = await asyncio.to_thread(self._store.get_batch, None, batch_id)
         if batch is None:
             raise Permanent(f"batch {batch_id} is gone")
-        if batch.status in ("completed", "failed", "expired", "cancelled"):
+        if batch.status in FINAL_STATUSES:
             return {"status": batch.status}
         if batch.status in ("validating", "in_progress"):
             lines = await self._validate(batch)  # again after a crash: the file may be gone since
@@ -185,7 +184,7 @@ class BatchRunner:
         tags = {"batch_id": run.batch.id, "custom_id": line.custom_id}
         while True:
             answer = await run_body(pipeline, line.url, line.body, run.caller, tags=tags, store_payloads=self._payloads)
-            if answer.retry_after is None or answer.status == 401:
+            if answer.retry_after is None:
                 return answer
             if time.time() >= run.batch.expires_at:
                 return answer

@@ -12,9 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-BATCH_STATUSES = (
-    "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled",
-)  # fmt: skip
+# validating → in_progress → finalizing → completed | expired; validating → failed; cancelling → cancelled
 FINAL_STATUSES = frozenset({"failed", "completed", "expired", "cancelled"})
 
 
