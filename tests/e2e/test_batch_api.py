@@ -7,6 +7,9 @@ each other's files or batches."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 from keel.keys.auth import issue_key
 from keel.testing import FakeUpstream
 from tests.conftest import Gateway, base_config, until
+from tests.e2e.test_serve_process import KEEL
 
 
 def config(up: FakeUpstream, tmp_path: Path, storage: str | None = None, **batches: Any) -> dict[str, Any]:
@@ -288,3 +292,32 @@ def test_lines_over_the_keys_limits_wait_and_run_again(make_gateway: Any, up: Fa
     refused = [t for t in mine if t.status == "error"]
     assert refused and len(mine) == 12 + len(refused)  # the limit refused some tries; each line then ran
     assert all("concurrency" in (t.error_message or "") for t in refused)
+
+
+def test_keel_worker_runs_batches_and_one_whose_window_ended_expires(
+    make_gateway: Any, up: FakeUpstream, tmp_path: Path
+) -> None:
+    idle = config(up, tmp_path)
+    idle["jobs"]["enabled"] = False  # this gateway queues batches; a `keel worker` process runs them
+    gw = make_gateway(idle)
+    c = client(gw)
+    f = c.files.create(file=("x.jsonl", jsonl([line("a"), line("b")])), purpose="batch")
+    late = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert gw.runtime.store.update_batch(late.id, {"expires_at": time.time() - 1}) is not None  # a day went by
+    fine = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert c.batches.retrieve(fine.id).status == "validating"
+
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen([*KEEL, "worker"], cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        late_b, fine_b = finished(c, late.id), finished(c, fine.id)
+        assert until(lambda: len([t for t in gw.traces() if t.tags.get("batch_id") == fine.id]) == 2, 10)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+
+    assert late_b.status == "expired" and late_b.expired_at is not None, log.read_text()
+    assert (late_b.request_counts.total, late_b.request_counts.completed, late_b.output_file_id) == (2, 0, None)
+    assert fine_b.status == "completed" and fine_b.request_counts.completed == 2
+    assert not [t for t in gw.traces() if t.tags.get("batch_id") == late.id]  # no line of the late batch ran
