@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keel.api.bounds import Bounds
-from keel.api.files import json_response, list_json, new_id, page_limit
+from keel.api.files import ID, cursor, json_response, list_json, new_id, page_limit, path_id
 from keel.api.openai import authenticate, error_response, read_json
 from keel.errors import InvalidRequest, KeelError, NotFound, RequestError
 from keel.jobs.batch import KIND, WINDOWS
@@ -65,6 +65,17 @@ def batch_json(b: BatchRow) -> dict[str, Any]:
     }
 
 
+def _text(value: Any, most: int) -> bool:
+    """A string every store keeps as given: at most `most` characters, no NUL, valid UTF-8."""
+    if not isinstance(value, str) or len(value) > most or "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _metadata(value: Any) -> dict[str, str] | None:
     if value is None:
         return None
@@ -105,11 +116,11 @@ class BatchesEdge:
             endpoint, window = body.get("endpoint"), body.get("completion_window")
             if endpoint not in ENDPOINTS:
                 raise InvalidRequest(f"'endpoint' must be one of: {', '.join(ENDPOINTS)}.", "endpoint")
-            if window not in WINDOWS:
+            if not isinstance(window, str) or window not in WINDOWS:
                 raise InvalidRequest(f"'completion_window' must be one of: {', '.join(WINDOWS)}.", "completion_window")
             metadata = _metadata(body.get("metadata"))
             file_id = body.get("input_file_id")
-            if not isinstance(file_id, str) or not file_id:
+            if not isinstance(file_id, str) or ID.fullmatch(file_id) is None:
                 raise InvalidRequest("'input_file_id' must be the id of an uploaded file.", "input_file_id")
             found = await asyncio.to_thread(self._store.get_file, principal.tenant, file_id)
             if found is None:
@@ -146,7 +157,7 @@ class BatchesEdge:
         try:
             principal, _ = await authenticate(self._rt, request)
             limit = page_limit(request, 20, 100)
-            after = request.query_params.get("after")
+            after = cursor(request)
             rows = await asyncio.to_thread(self._store.list_batches, principal.tenant, after=after, limit=limit + 1)
         except KeelError as err:
             return error_response(err)
@@ -173,7 +184,7 @@ class BatchesEdge:
 
     async def _find(self, request: Request) -> BatchRow:
         principal, _ = await authenticate(self._rt, request)
-        batch_id = request.path_params["batch_id"]
+        batch_id = path_id(request, "batch_id", "batch")
         row = await asyncio.to_thread(self._store.get_batch, principal.tenant, batch_id)
         if row is None:
             raise NotFound(f"No such batch: '{batch_id}'.")

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from keel.api.files import path_id
 from keel.api.openai import JSON_TYPE, authenticate, error_response
 from keel.errors import InvalidRequest, KeelError, NotFound
 from keel.gateway.call import Call
@@ -117,7 +118,7 @@ class AsyncEdge:
     async def show(self, request: Request) -> Response:
         try:
             principal, _ = await authenticate(self._rt, request)
-            job_id = request.path_params["job_id"]
+            job_id = path_id(request, "job_id", "job")
             job = await self._deferred.queue.get(job_id)
             mine = (
                 job is not None

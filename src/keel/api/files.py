@@ -9,12 +9,15 @@ another tenant is a 404, exactly like one that does not exist.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from typing import Any
 
 import orjson
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -26,6 +29,8 @@ from keel.jobs.batchfile import blob_key, parse_lines
 from keel.runtime.components import Runtime
 from keel.store.protocols import BlobStore, FileRow
 
+ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # file-…, batch_…, job_…: anything else names nothing
+MAX_FILENAME = 255
 PURPOSES = ("batch",)  # what a client may upload; Keel writes batch_output files itself
 FORM_SLACK = 64 * 1024  # multipart framing and the small fields beside the file
 
@@ -60,6 +65,27 @@ def page_limit(request: Request, default: int, most: int) -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= most:
         raise InvalidRequest(f"'limit' must be an integer from 1 to {most}.", "limit")
     return int(raw)
+
+
+def path_id(request: Request, name: str, what: str) -> str:
+    """The id in the path; one that cannot be an id is a 404 like any unknown one (never a query)."""
+    value = str(request.path_params[name])
+    if ID.fullmatch(value) is None:
+        raise NotFound(f"No such {what}: '{value[:128]}'.")
+    return value
+
+
+def cursor(request: Request) -> str | None:
+    """The `after` of a page: the last id of the previous one."""
+    value = request.query_params.get("after")
+    if value is not None and ID.fullmatch(value) is None:
+        raise InvalidRequest("'after' must be the id of the last item of the previous page.", "after")
+    return value
+
+
+def _filename(raw: str | None) -> str:
+    name = (raw or "").replace("\x00", "").encode("utf-8", "replace").decode()[:MAX_FILENAME]
+    return name or "upload.jsonl"
 
 
 def list_json(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
@@ -109,14 +135,22 @@ class FilesEdge:
             raise _too_large(limit) from None
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise InvalidRequest("Upload the file as multipart/form-data with fields 'file' and 'purpose'.", "file")
-        async with request.form(max_files=1, max_fields=8) as form:
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except (HTTPException, MultiPartException) as exc:
+            raise InvalidRequest(
+                f"The multipart body could not be read: {getattr(exc, 'detail', exc)}.", "file"
+            ) from None
+        try:
             purpose, upload = form.get("purpose"), form.get("file")
             if purpose not in PURPOSES:
                 raise InvalidRequest(f"'purpose' must be one of: {', '.join(PURPOSES)}.", "purpose")
             if not isinstance(upload, UploadFile):
                 raise InvalidRequest("The form has no 'file' part.", "file")
             data = await upload.read(limit + 1)
-            name = upload.filename or "upload.jsonl"
+            name = _filename(upload.filename)
+        finally:
+            await form.close()
         if len(data) > limit:
             raise _too_large(limit)
         return name, data, str(purpose)
@@ -157,7 +191,7 @@ class FilesEdge:
     async def delete(self, request: Request) -> Response:
         try:
             principal, _ = await authenticate(self._rt, request)
-            file_id = request.path_params["file_id"]
+            file_id = path_id(request, "file_id", "file")
             row = await asyncio.to_thread(self._store.delete_file, principal.tenant, file_id)
             if row is None:
                 raise NotFound(f"No such file: '{file_id}'.")
@@ -168,7 +202,7 @@ class FilesEdge:
 
     async def _find(self, request: Request) -> FileRow:
         principal, _ = await authenticate(self._rt, request)
-        file_id = request.path_params["file_id"]
+        file_id = path_id(request, "file_id", "file")
         row = await asyncio.to_thread(self._store.get_file, principal.tenant, file_id)
         if row is None:
             raise NotFound(f"No such file: '{file_id}'.")

@@ -66,8 +66,11 @@ def _line(n: int, raw: bytes) -> BatchLine:
     if not isinstance(value, dict):
         raise InvalidRequest(f"Line {n} must be a JSON object with custom_id, method, url and body.", "file")
     custom_id = value.get("custom_id")
-    if not isinstance(custom_id, str) or not custom_id or len(custom_id) > MAX_CUSTOM_ID:
-        raise InvalidRequest(f"Line {n}: 'custom_id' must be a non-empty string of at most {MAX_CUSTOM_ID}.", "file")
+    if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID or "\x00" in custom_id:
+        raise InvalidRequest(
+            f"Line {n}: 'custom_id' must be a non-empty string of at most {MAX_CUSTOM_ID} characters, without NUL.",
+            "file",
+        )
     if value.get("method") != "POST":
         raise InvalidRequest(f"Line {n}: 'method' must be \"POST\".", "file")
     url = value.get("url")
