@@ -447,7 +447,8 @@ def _headers(draw: st.DrawFn, t: Target, route: Route) -> list[tuple[bytes, byte
     names = [
         b"x-keel-user", b"x-keel-feature", b"x-keel-session", b"x-keel-tags", b"x-keel-priority", b"x-keel-tier",
         b"x-keel-prompt-version", b"x-keel-cache-control", b"traceparent", b"tracestate", b"x-keel-timeout",
-        b"content-type", b"cookie", b"x-forwarded-for",
+        b"content-type", b"cookie", b"x-forwarded-for", b"prefer", b"x-keel-async", b"x-keel-webhook-url",
+        b"idempotency-key",
     ]  # fmt: skip
     if draw(st.integers(0, 2)) == 0:  # a third of the requests: a bad header would mask the body's faults
         for name, value in draw(st.lists(st.tuples(st.sampled_from(names), header_bytes), min_size=1, max_size=3)):
