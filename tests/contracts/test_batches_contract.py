@@ -108,3 +108,20 @@ def test_line_results_are_recorded_once_and_read_in_line_order(store: Store) -> 
     assert store.count_results("none") == (0, 0)
     with pytest.raises(ValueError, match="one batch"):
         store.record_results([LineResult("b1", "x", 9, True, ""), LineResult("b2", "y", 9, True, "")])
+
+
+def test_a_tenant_purge_takes_its_files_batches_and_results_only(store: Store) -> None:
+    store.put_file(file(1))
+    store.put_file(file(2, tenant="globex"))
+    store.create_batch(batch(1))
+    store.create_batch(batch(2, tenant="globex"))
+    store.record_results([LineResult("batch_0001", "a", 1, True, "{}")])
+    store.record_results([LineResult("batch_0002", "a", 1, True, "{}")])
+
+    assert store.delete_tenant_batches("acme") == (1, ["files/acme/1"])
+
+    assert store.get_file(None, "file-0001") is None and store.get_batch(None, "batch_0001") is None
+    assert store.batch_results("batch_0001") == []
+    assert store.get_batch("globex", "batch_0002") is not None and len(store.batch_results("batch_0002")) == 1
+    assert store.get_file("globex", "file-0002") is not None
+    assert store.delete_tenant_batches("acme") == (0, [])

@@ -25,6 +25,7 @@ from tests.e2e.test_serve_process import KEEL
 
 def config(up: FakeUpstream, tmp_path: Path, storage: str | None = None, **batches: Any) -> dict[str, Any]:
     raw = base_config(up, storage or f"sqlite:///{tmp_path}/keel.db", tmp_path)
+    raw["traces"]["blobs_url"] = f"file://{tmp_path}/blobs"  # files' bytes too (PostgreSQL's default is ./.keel)
     raw["providers"]["slow"] = {"type": "simulated", "latency_ms": 150}
     raw["models"]["slow"] = {"targets": [{"provider": "slow", "model": "simulated-1"}]}
     raw["jobs"] = {"poll_s": 0.2}
@@ -321,3 +322,19 @@ def test_keel_worker_runs_batches_and_one_whose_window_ended_expires(
     assert (late_b.request_counts.total, late_b.request_counts.completed, late_b.output_file_id) == (2, 0, None)
     assert fine_b.status == "completed" and fine_b.request_counts.completed == 2
     assert not [t for t in gw.traces() if t.tags.get("batch_id") == late.id]  # no line of the late batch ran
+
+
+def test_a_tenant_purge_deletes_its_files_and_batches(gw: Gateway) -> None:
+    c = client(gw)
+    f = c.files.create(file=("x.jsonl", jsonl([line("a")])), purpose="batch")
+    b = finished(c, c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h").id)
+    blobs = gw.runtime.blobs
+    assert blobs is not None and len(list(blobs.list("files/"))) == 2  # the input and the output file
+
+    r = httpx.post(f"{gw.url}/api/tenants/t1/purge", json={}, headers={"authorization": f"Bearer {gw.admin}"})
+
+    assert r.status_code == 200 and (r.json()["batches"], r.json()["files"]) == (1, 2)
+    assert c.files.list().data == [] and c.batches.list().data == []
+    with pytest.raises(openai.NotFoundError):
+        c.files.content(b.output_file_id)
+    assert list(blobs.list("files/")) == []

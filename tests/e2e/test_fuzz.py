@@ -78,7 +78,9 @@ class _Errors(logging.Handler):
 @pytest.fixture(scope="module")
 def target(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    with storage("postgres", tmp) as url, serve(base_config(upstream, url, tmp), tmp) as gw:
+    raw = base_config(upstream, "", tmp)
+    raw["traces"]["blobs_url"] = f"file://{tmp}/blobs"  # uploaded files' bytes (PostgreSQL's default is ./.keel)
+    with storage("postgres", tmp) as url, serve({**raw, "storage": {"url": url}}, tmp) as gw:
         store = gw.runtime.store
         store.create_tenant("fz")  # the tenant fuzzed admin calls may purge, limit or delete
         key_id = issue_key(store, "fz", name="sacrificial").row.id
