@@ -16,7 +16,6 @@ import pytest
 from keel.config import JobKindConfig, JobsConfig
 from keel.jobs import Cancelled, JobQueue, JobRegistry, Permanent
 from keel.jobs.pool import JobPool
-from keel.jobs.queue import backoff_s
 from keel.store.open import open_job_wakeups, open_store
 from keel.store.protocols import Job, JobContext, JobQuery, JobSpec, Outcome, Progress, Store
 
@@ -178,12 +177,6 @@ def test_failed_attempts_retry_after_a_growing_backoff_then_go_dead(store: Store
     dead = store.finish_job(job.id, run2.claim, last, NOW + 3)
     assert dead is not None and (dead.state, dead.error, dead.attempts) == ("dead", "ValueError: again", 2)
     assert claim(store, now=NOW + 999) == []
-
-
-def test_backoff_doubles_per_attempt_with_jitter_and_a_cap() -> None:
-    assert [backoff_s(n, 2.0, 60.0, rand=lambda: 0.5) for n in (1, 2, 3, 6, 50)] == [2.0, 4.0, 8.0, 60.0, 60.0]
-    assert backoff_s(1, 2.0, 60.0, rand=lambda: 0.0) == 1.5
-    assert backoff_s(1, 2.0, 60.0, rand=lambda: 1.0) == 2.5
 
 
 def test_a_lease_expiring_on_the_last_attempt_goes_dead(store: Store) -> None:
@@ -443,3 +436,82 @@ def test_finishes_written_together_each_answer_for_their_own_claim(store: Store)
     assert got[0] is not None and got[0].result == {"n": 0} and got[0].finished_at == NOW + 1
     assert got[3] is not None and got[3].result == [3]
     assert store.get_job(b.id).state == "running"  # type: ignore[union-attr]
+
+
+def test_two_pools_on_their_own_stores_run_each_job_once(storage_url: str) -> None:
+    """As two worker processes would: every job runs exactly once, and both take a share."""
+    ran: dict[str, list[str]] = {}
+
+    def handler(name: str) -> Any:
+        async def run(job: Job, ctx: JobContext) -> Any:
+            ran.setdefault(job.id, []).append(name)
+            await asyncio.sleep(0.01)
+
+        return run
+
+    async def main() -> None:
+        stores = [open_store(storage_url), open_store(storage_url, migrate=False)]
+        pools = [await run_pool(s, {"work": handler(f"pool{i}")}, concurrency=3) for i, s in enumerate(stores)]
+        jobs = await pools[0][0].enqueue_many([JobSpec("work", i) for i in range(90)])
+        for j in jobs:
+            assert (await pools[1][0].wait(j.id, 20)).state == "succeeded"
+        for queue, _, task in pools:
+            await stop(queue, task)
+        for s in stores:
+            s.close()
+        assert sorted(ran) == sorted(j.id for j in jobs)
+
+    asyncio.run(main())
+    assert all(len(names) == 1 for names in ran.values())
+    assert {names[0] for names in ran.values()} == {"pool0", "pool1"}
+
+
+def test_the_retention_sweep_deletes_what_finished_before_the_cut(store: Store) -> None:
+    jobs = store.enqueue_jobs([JobSpec("echo", i) for i in range(3)], NOW)
+    for run in claim(store, limit=2):
+        store.finish_job(run.id, run.claim or "", Outcome("succeeded"), NOW)
+    queue = JobQueue(store, JobsConfig(retention_days=1), clock=lambda: NOW + 86400 + 1)
+
+    async def main() -> int:
+        try:
+            return await queue.purge(batch=1)
+        finally:
+            await queue.aclose()
+
+    assert asyncio.run(main()) == 2
+    assert [j.id for j in store.list_jobs(JobQuery())] == [jobs[2].id]
+
+
+def test_a_handler_whose_lease_is_lost_is_stopped_and_writes_nothing(store: Store) -> None:
+    """The lease sweep took the job back (its worker looked dead): the next heartbeat finds the claim
+    gone, the handler is cancelled, its result is never written; the job runs again."""
+    stopped = []
+
+    async def main() -> None:
+        started: asyncio.Event = asyncio.Event()
+
+        async def once(job: Job, ctx: JobContext) -> Any:
+            if job.attempts == 1:
+                started.set()
+                try:
+                    await asyncio.sleep(60)
+                except asyncio.CancelledError:
+                    stopped.append(job.attempts)
+                    raise
+            return "second"
+
+        cfg = FAST.model_copy(update={"heartbeat_s": 0.05})
+        queue, pool, task = await run_pool(store, {"once": once}, cfg)
+        job = await queue.enqueue("once")
+        await asyncio.wait_for(started.wait(), 10)
+        running = store.get_job(job.id)
+        assert running is not None and running.lease_until is not None
+        # as if its lease had run out (0.5 s past it: a heartbeat landing meanwhile moves it by 0.05 s)
+        assert store.recover_jobs(running.lease_until + 0.5).requeued == [job.id]
+        done = await queue.wait(job.id, 10)
+        await stop(queue, task)
+        assert (done.state, done.result, done.attempts, done.expiries) == ("succeeded", "second", 2, 1)
+        assert pool.finished.get("lost") == 1
+
+    asyncio.run(main())
+    assert stopped == [1]

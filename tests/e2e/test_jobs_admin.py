@@ -15,6 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from keel.gateway.capability import Pipeline
 from keel.store.protocols import JobSpec
 from keel.testing import FakeUpstream
 
@@ -103,6 +104,7 @@ def test_the_gateways_embedded_pool_runs_jobs(gw: Gateway, tmp_path: Path) -> No
     done = wait_finished(gw, job.id)
 
     assert (done["state"], done["attempts"]) == ("succeeded", 1)
+    assert gw.runtime.get(Pipeline).handler is gw.runtime.pipeline  # what a handler calls the gateway through
     m = job_metrics(gw)
     assert m["keel_jobs_attempts_total", (("outcome", "succeeded"),)] == 1
 
@@ -138,3 +140,21 @@ def test_cli_lists_shows_cancels_and_retries_jobs(gw: Gateway, tmp_path: Path) -
     assert refused.returncode == 1 and "only dead or cancelled" in refused.stderr
     missing = keel(tmp_path, "jobs", "show", "job_nope")
     assert missing.returncode == 1 and "no job job_nope" in missing.stderr
+
+
+def test_dashboard_jobs_page_shows_depths_and_stuck_jobs_escaped(gw: Gateway) -> None:
+    store = gw.runtime.store
+    (hostile,) = store.enqueue_jobs([JobSpec("<script>x</script>", tenant="t1")], time.time())
+    stuck = make_stuck(gw)
+    with httpx.Client(base_url=gw.url) as c:
+        assert c.get("/ui/jobs").status_code == 303  # a session first
+        assert c.post("/ui/login", data={"token": gw.admin, "next": "/ui/jobs"}).status_code == 303
+        page = c.get("/ui/jobs").text
+        only_stuck = c.get("/ui/jobs", params={"state": "stuck"}).text
+        bad = c.get("/ui/jobs", params={"state": "lost"})
+
+    assert 'data-queue="default" data-state="queued"' in page and "1 stuck" in page
+    assert f'data-job="{hostile.id}"' in page and "<script>x" not in page and "&lt;script&gt;x" in page
+    assert f'data-job="{stuck}"' in only_stuck and hostile.id not in only_stuck
+    assert '<td class="status-error">stuck</td>' in only_stuck
+    assert bad.status_code == 400 and "state must be one of" in bad.text

@@ -50,7 +50,9 @@ def create_app(runtime: Runtime) -> FastPath:
     deferral = AsyncEdge(runtime)
     edge = OpenAIEdge(runtime, deferral)
     anthropic = AnthropicEdge(runtime)
-    dashboard = Dashboard(runtime.store, runtime.blobs, runtime.config.admin_token)
+    dashboard = Dashboard(
+        runtime.store, runtime.blobs, runtime.config.admin_token, stuck_after=runtime.config.jobs.stuck_after
+    )
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

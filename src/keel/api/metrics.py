@@ -56,6 +56,7 @@ class MetricsEndpoint:
             done = [({"outcome": k}, float(n)) for k, n in sorted(pool.finished.items())]
             out += [
                 _one("keel_jobs_running", "gauge", "Jobs running in this process.", len(pool.running)),
+                _one("keel_jobs_claiming_up", "gauge", "1 while this process's job workers can claim (0: the store does not answer).", float(pool.trouble is None)),
                 Family("keel_jobs_attempts_total", "counter", "Job attempts ended in this process, by outcome.", done),
             ]  # fmt: skip
         if rt.jobs is None:

@@ -9,7 +9,7 @@ the names the file declares, whether it sets a part at all, which values the sch
 from __future__ import annotations
 
 from keel.config.parts import Model, Outline
-from keel.config.sections import alerts, batches, providers, routing, traces
+from keel.config.sections import alerts, batches, jobs, providers, routing, traces
 from keel.config.sections.alerts import AlertsConfig
 from keel.config.sections.batches import AsyncCallsConfig, BatchesConfig
 from keel.config.sections.cache import CacheConfig
@@ -62,6 +62,7 @@ def cross_check(cfg: Config, outline: Outline) -> list[ConfigIssue]:
         issues.append(ConfigIssue("metrics.require_token", "needs an admin_token to check", fix))
     issues += traces.check_blobs(cfg.traces, outline)
     issues += batches.check(cfg.async_calls, outline)
+    issues += jobs.check(cfg.jobs, outline)
     if outline.providers and "models" not in outline.given:
         fix = "add an alias under models: with its targets"
         issues.append(ConfigIssue("models", "providers are configured but no model alias is", fix))

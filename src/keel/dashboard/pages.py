@@ -22,13 +22,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from keel.dashboard.jobpages import jobs_query, render_jobs
 from keel.dashboard.markup import CSS, Safe, h, layout
 from keel.dashboard.overview import WINDOWS, read_overview, render_overview
 from keel.dashboard.session import COOKIE, Sessions
 from keel.dashboard.throttle import LoginThrottle
 from keel.dashboard.tracepages import list_params, render_list, render_trace
 from keel.errors import InvalidRequest
-from keel.store.protocols import BlobStore, SpanStore, TraceStore
+from keel.store.protocols import BlobStore, JobStore, SpanStore, TraceStore
 from keel.traces.writer import read_spans, read_trace, trace_query
 
 _STYLE_HASH = base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
@@ -61,18 +62,24 @@ def _next_path(value: str | None) -> str:
     return "/ui"
 
 
-class PageStore(TraceStore, SpanStore, Protocol):
-    """What the pages read: traces, their rollups and spans."""
+class PageStore(TraceStore, SpanStore, JobStore, Protocol):
+    """What the pages read: traces, their rollups and spans; jobs."""
 
 
 class Dashboard:
     def __init__(
-        self, store: PageStore, blobs: BlobStore | None, admin_token: str | None, throttle: LoginThrottle | None = None
+        self,
+        store: PageStore,
+        blobs: BlobStore | None,
+        admin_token: str | None,
+        throttle: LoginThrottle | None = None,
+        stuck_after: int = 2,  # jobs.stuck_after
     ) -> None:
         self._store = store
         self._blobs = blobs  # large payloads live there; the trace page reads them back
         self._sessions = Sessions(admin_token)
         self.throttle = throttle or LoginThrottle()
+        self._stuck_after = stuck_after
 
     def routes(self) -> list[Route]:
         return [
@@ -82,6 +89,7 @@ class Dashboard:
             Route("/ui", self._guard(self.overview), methods=["GET"]),
             Route("/ui/traces", self._guard(self.traces), methods=["GET"]),
             Route("/ui/traces/{trace_id}", self._guard(self.trace), methods=["GET"]),
+            Route("/ui/jobs", self._guard(self.jobs), methods=["GET"]),
         ]
 
     def _guard(self, page: Page) -> Page:
@@ -193,6 +201,19 @@ class Dashboard:
             return _page("Not found", h("<h1>No trace with id {}</h1>", trace_id), 404)
         spans = await asyncio.to_thread(read_spans, self._store, trace_id)
         return _page(f"Trace {trace_id[:12]}", render_trace(row, spans))
+
+    async def jobs(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            params, query = jobs_query(dict(request.query_params), self._stuck_after)
+        except ValueError as exc:
+            body = render_jobs(dict(request.query_params), [], [], self._stuck_after, str(exc))
+            return _page("Jobs", body, 400)
+        depths = await asyncio.to_thread(self._store.job_depths, time.time(), self._stuck_after)
+        rows = await asyncio.to_thread(self._store.list_jobs, query)
+        t1 = time.perf_counter()
+        body = render_jobs(params, depths, rows, self._stuck_after)
+        return _page("Jobs", body, timing=_timing(t0, t1, time.perf_counter()))
 
 
 def _timing(t0: float, t1: float, t2: float) -> str:

@@ -28,6 +28,7 @@ from keel.store.protocols import Job, Outcome, Progress
 
 log = logging.getLogger("keel.jobs")
 RELEASE_WAIT_S = 5.0  # handing back the unfinished jobs on stop: at most this long
+STORE_RETRY_MAX_S = 5.0  # claims failing (the store is down): the longest wait between tries
 
 
 def worker_name() -> str:
@@ -89,17 +90,30 @@ class JobPool:
         self.name = name or worker_name()
         self.running: dict[str, _Running] = {}
         self.stopping = False
+        self.trouble: str | None = None  # why claims fail now (the store does not answer), else None
         self.finished: dict[str, int] = {}  # attempts ended in this process, by outcome (lost: lease lost)
         self._limits = {k: c.concurrency for k, c in queue.config.kinds.items() if c.concurrency is not None}
 
     async def run(self) -> None:
         """Claim and run jobs until cancelled; then drain."""
-        self.queue.listen()
+        if self.registry.kinds:  # nothing to run here: no connection held for news of jobs
+            self.queue.listen()
         poll = self.queue.config.poll_s
+        failures = 0
         try:
             while True:
                 self.queue.wakeup.clear()
-                full = await self._claim_round()
+                try:
+                    full = await self._claim_round()
+                    failures = 0
+                except Exception as exc:  # the store did not answer: try again soon, not at the seam's backoff
+                    failures += 1
+                    self.trouble = f"claims failing ({_describe(exc)})"
+                    if failures == 1:
+                        log.warning("jobs: claiming failed (%s); retrying", _describe(exc))
+                    await asyncio.sleep(min(STORE_RETRY_MAX_S, poll * 2 ** min(failures, 10)))
+                    continue
+                self.trouble = None
                 if full:
                     continue  # a whole batch: more may be waiting
                 with contextlib.suppress(TimeoutError):
@@ -125,7 +139,16 @@ class JobPool:
             n = min(room, self.concurrency - len(self.running))
             if not group or n <= 0:
                 continue
-            jobs = await self.queue.claim(worker=self.name, queues=self.queues, kinds=group, limit=n)
+            claiming = asyncio.ensure_future(
+                self.queue.claim(worker=self.name, queues=self.queues, kinds=group, limit=n)
+            )
+            try:
+                jobs = await asyncio.shield(claiming)
+            except asyncio.CancelledError:  # stopping mid-claim: what the store gave us goes back at once
+                with contextlib.suppress(Exception):
+                    for job in await asyncio.wait_for(claiming, RELEASE_WAIT_S):
+                        await self.queue.finish(job, Outcome("released"))
+                raise
             asked, got = asked + n, got + len(jobs)
             for job in jobs:
                 self._start(job)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import random
 import threading
 import time
@@ -32,6 +33,7 @@ from keel.store.protocols import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("keel.jobs")
 
 
 def backoff_s(attempts: int, base_s: float, max_s: float, rand: Callable[[], float] = random.random) -> float:
@@ -168,6 +170,13 @@ class JobQueue:
         found = await self.call(self.store.recover_jobs, self.clock())
         if found.requeued:
             self.wakeup.set()
+            log.warning(
+                "jobs: %d lease(s) expired, queued again: %s", len(found.requeued), ", ".join(found.requeued[:20])
+            )
+        if found.dead:
+            log.warning(
+                "jobs: %d lease(s) expired on the last attempt, dead: %s", len(found.dead), ", ".join(found.dead[:20])
+            )
 
     async def sweep(self) -> None:
         """A pass of the retention worker."""

@@ -6,9 +6,10 @@ them alone. Leases, heartbeats and polling are per process; the queue itself is 
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from keel.config.parts import Model
+from keel.config.parts import Model, Outline
+from keel.errors import ConfigIssue
 
 
 class JobKindConfig(Model):
@@ -36,12 +37,23 @@ class JobsConfig(Model):
     kinds: dict[str, JobKindConfig] = {}
     plugins: list[str] = []  # extra capability builders, "module:attr" (e.g. a test's job kinds)
 
-    @model_validator(mode="after")
-    def _heartbeat_within_lease(self) -> JobsConfig:
-        if self.heartbeat_s is not None and self.heartbeat_s >= self.lease_s:
-            raise ValueError("jobs.heartbeat_s must be below jobs.lease_s (default: a third of it)")
-        return self
-
     @property
     def beat_s(self) -> float:
         return self.heartbeat_s if self.heartbeat_s is not None else self.lease_s / 3
+
+
+def check(jobs: JobsConfig, outline: Outline) -> list[ConfigIssue]:
+    """A heartbeat inside the lease, plugins written as module:attr."""
+    issues: list[ConfigIssue] = []
+    if jobs.heartbeat_s is not None and jobs.heartbeat_s >= jobs.lease_s and "jobs.lease_s" not in outline.rejected:
+        message = (
+            f"{jobs.heartbeat_s:g} s is not below lease_s ({jobs.lease_s:g} s): every lease would lapse between beats"
+        )
+        fix = "set jobs.heartbeat_s below jobs.lease_s, or leave it out (a third of the lease)"
+        issues.append(ConfigIssue("jobs.heartbeat_s", message, fix))
+    for i, spec in enumerate(jobs.plugins):
+        module, _, attr = spec.partition(":")
+        if not module or not attr:
+            fix = "write the builder as module:attr, e.g. mypackage.jobs:build"
+            issues.append(ConfigIssue(f"jobs.plugins[{i}]", f"{spec!r} is not module:attr", fix))
+    return issues
