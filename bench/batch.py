@@ -2,6 +2,7 @@
 
     python bench/batch.py                 # 10,000 lines, the target: completed in <= 30 s
     python bench/batch.py --lines 2000    # a quicker run
+    python bench/batch.py --storage postgresql://user@127.0.0.1:5432/db   # a fresh schema in it, dropped after
 
 Starts `keel serve` (SQLite in a temp dir, its embedded job workers, the simulated provider with no
 latency), uploads a JSONL file of chat lines with the `openai` SDK, creates the batch and polls it
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import secrets
 import signal
 import socket
 import sqlite3
@@ -24,7 +26,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import openai
@@ -41,11 +44,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(tmp: Path, port: int, concurrency: int) -> tuple[subprocess.Popen[bytes], str]:
+def start(tmp: Path, port: int, concurrency: int, storage: str) -> tuple[subprocess.Popen[bytes], str]:
     config = {
         "server": {"port": port},
-        "storage": {"url": f"sqlite:///{tmp / 'k.db'}"},
-        "traces": {"spill_dir": str(tmp / "spill")},
+        "storage": {"url": storage},
+        "traces": {"spill_dir": str(tmp / "spill"), "blobs_url": f"file://{tmp / 'blobs'}"},
         "providers": {"sim": {"type": "simulated"}},
         "models": {"demo": {"targets": [{"provider": "sim", "model": "simulated-1"}]}},
         "batches": {"concurrency": concurrency},
@@ -70,15 +73,50 @@ def start(tmp: Path, port: int, concurrency: int) -> tuple[subprocess.Popen[byte
     raise SystemExit(f"bench: keel serve did not start:\n{log.read_text()}")
 
 
+@contextmanager
+def schema(base: str | None) -> Iterator[str | None]:
+    """A fresh schema in the PostgreSQL at `base` (its URL with search_path set), dropped after; None: SQLite."""
+    if base is None:
+        yield None
+        return
+    import psycopg
+
+    name = "keel_bench_" + secrets.token_hex(4)
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+    try:
+        yield f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{name}"
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {name} CASCADE")
+
+
+def count_traced(storage: str, tmp: Path, batch_id: str) -> int:
+    """Distinct custom_ids among the traces tagged with the batch's id."""
+    if storage.startswith("sqlite:///"):
+        with closing(sqlite3.connect(tmp / "k.db")) as db:
+            sql = "SELECT COUNT(DISTINCT json_extract(tags, '$.custom_id')) FROM traces WHERE json_extract(tags, '$.batch_id') = ?"
+            [(n,)] = db.execute(sql, (batch_id,)).fetchall()
+        return int(n)
+    import psycopg
+
+    with psycopg.connect(storage) as pg:
+        sql = "SELECT COUNT(DISTINCT tags->>'custom_id') FROM traces WHERE tags->>'batch_id' = %s"
+        row = pg.execute(sql.encode(), (batch_id,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=10_000)
     ap.add_argument("--concurrency", type=int, default=64, help="batches.concurrency")
+    ap.add_argument("--storage", help="a PostgreSQL URL (default: SQLite in a temp dir)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="keel-bench-batch-") as name:
+    with tempfile.TemporaryDirectory(prefix="keel-bench-batch-") as name, schema(args.storage) as pg:
         tmp = Path(name)
         port = free_port()
-        proc, key = start(tmp, port, args.concurrency)
+        storage = pg or f"sqlite:///{tmp / 'k.db'}"
+        proc, key = start(tmp, port, args.concurrency, storage)
         try:
             c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=60)
             lines = [
@@ -100,15 +138,11 @@ def main() -> int:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
-        with closing(sqlite3.connect(tmp / "k.db")) as db:
-            [(traced,)] = db.execute(
-                "SELECT COUNT(DISTINCT json_extract(tags, '$.custom_id')) FROM traces"
-                " WHERE json_extract(tags, '$.batch_id') = ?",
-                (batch.id,),
-            ).fetchall()
+        traced = count_traced(storage, tmp, batch.id)
     counts = batch.request_counts
     ok = batch.status == "completed" and run_s <= TARGET_S and traced == args.lines and len(out) == args.lines
-    print(f"batch of {args.lines} chat lines (simulated provider, batches.concurrency {args.concurrency})")
+    where = "PostgreSQL" if pg else "SQLite"
+    print(f"batch of {args.lines} chat lines (simulated provider, {where}, batches.concurrency {args.concurrency})")
     print(f"  upload ({len(data) / 1e6:.1f} MB, every line checked): {upload_s:.2f} s")
     print(f"  create -> {batch.status}: {run_s:.2f} s ({args.lines / run_s:,.0f} lines/s); target <= {TARGET_S:g} s")
     assert counts is not None
