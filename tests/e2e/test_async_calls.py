@@ -209,6 +209,7 @@ def test_webhook_is_signed_retried_and_delivered_once(gw: Gateway, receiver: Rec
     [(delivery, event)] = receiver.accepted.items()
     assert event["event"] == "keel.job.completed" and event["id"] == delivery
     assert event["data"]["id"] == job["id"] and event["data"]["status"] == "completed"
+    assert event["data"]["status_url"] == job["status_url"]
     assert event["data"]["response"] == polled["response"]  # the webhook and the poll tell one answer
     assert all(a["valid"] for a in receiver.attempts)
     assert len(receiver.attempts) == 2 and {a["delivery"] for a in receiver.attempts} == {delivery}

@@ -103,6 +103,7 @@ class AsyncEdge:
             "session": call.session,
             "user": call.user,
             "tags": call.tags,
+            "base_url": str(request.base_url).rstrip("/"),  # the webhook's status_url, as the caller reached Keel
         }
         return await self._deferred.queue.enqueue(
             CALL_KIND,

@@ -126,7 +126,8 @@ class Deferred:
 
     async def _deliver(self, job: Job, result: dict[str, Any]) -> dict[str, Any]:
         """Queue the webhook delivery (once per job); the result it carries is the job's result."""
-        view = job_json(job, status_path(job.id), state="succeeded", result=result)
+        link = str(job.payload.get("base_url") or "") + status_path(job.id)
+        view = job_json(job, link, state="succeeded", result=result)
         view["completed_at"] = int(time.time())
         event = "keel.job.completed" if view["status"] == "completed" else "keel.job.failed"
         delivery_id = f"whd_{job.id}"
