@@ -228,3 +228,20 @@ def test_webhook_url_from_the_header(gw: Gateway, receiver: Receiver) -> None:
     job = r.json()
     assert until(lambda: len(receiver.accepted) == 1, 30)
     assert next(iter(receiver.accepted.values()))["data"]["id"] == job["id"]
+
+
+def test_a_call_failing_on_every_provider_is_retried_then_fails_with_the_last_answer(
+    make_gateway: Any, up: FakeUpstream, tmp_path: Path
+) -> None:
+    raw = config(up, tmp_path)
+    raw["providers"]["down"] = {"type": "simulated", "faults": ["server"]}
+    raw["models"]["down"] = {"targets": [{"provider": "down", "model": "simulated-1"}]}
+    raw["jobs"]["max_attempts"] = 3
+    raw["resilience"] = {"retries_per_target": 0}
+    gw = make_gateway(raw)
+    r = httpx.post(f"{gw.base_url}/chat/completions", json={**CHAT, "model": "down"}, headers={**auth(gw.key), **ASYNC})
+
+    failed = done(gw, r.json())
+
+    assert failed["status"] == "failed" and failed["attempts"] == 3  # the queue retried it twice, with backoff
+    assert failed["response"]["status_code"] == 502 and failed["error"]["type"] == "upstream_error"

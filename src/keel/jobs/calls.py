@@ -39,8 +39,12 @@ class Answer:
 
     @property
     def transient(self) -> bool:
-        """Would the same call likely succeed later: refused for now, or every provider failed."""
-        return self.retry_after is not None or self.status in (500, 502, 503, 504)
+        """Would the same call likely succeed later: refused for now (a rate limit, not a spent budget), or
+        every provider failed."""
+        if self.retry_after is not None or self.status in (500, 502, 503, 504):
+            return True
+        error = self.body.get("error") or {}
+        return self.status == 429 and error.get("type") != "insufficient_quota"
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,6 @@ from keel.store.protocols import BlobStore, Job, JobContext
 
 CALL_KIND = "openai.call"
 CALL_KINDS = (CALL_KIND,)
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 def job_status(state: str, result: Any) -> str:
@@ -117,7 +116,7 @@ class Deferred:
             answer = await run_body(
                 self.pipeline(), p["url"], p["body"], caller, tags=p.get("tags"), store_payloads=self._payloads
             )
-            if answer.status in RETRY_STATUSES and job.attempts < job.max_attempts:
+            if answer.transient and job.attempts < job.max_attempts:
                 raise RuntimeError(f"the call failed for now ({answer.status}); retried with backoff")
             result = {"status_code": answer.status, "body": answer.body, "trace_id": answer.trace_id}
         if p.get("webhook_url"):
