@@ -6,7 +6,8 @@ $KEEL_TEST_PG or the test server):
 - claim + complete of no-op jobs: jobs/s with 4 worker processes, each a `JobPool` (concurrency 32; $BENCH_JOBS_CONCURRENCY)
   as `keel worker` runs it, from the first claim to the last finish;
 - enqueue → start: p50/p90/p99 of (claim time − enqueue time) for single jobs sent 30 ms apart to an
-  idle queue with one worker process (PostgreSQL: woken by NOTIFY; SQLite: its `jobs.poll_s` = 0.05 poll).
+  idle queue with one worker process (PostgreSQL: woken by NOTIFY; SQLite: its `jobs.poll_s` = 0.05 poll),
+  and with the pool in the enqueueing process (an asyncio event: `keel serve`'s embedded pool).
 A figure on a shared 2-core machine is indicative only.
 """
 
@@ -144,6 +145,30 @@ def bench_latency(url: str, samples: int) -> list[float]:
     return lat
 
 
+def bench_latency_in_process(url: str, samples: int) -> list[float]:
+    """The embedded case (`keel serve`): the enqueue sets the pool's event in the same process."""
+
+    async def main() -> list[float]:
+        store = open_store(url)
+        queue = JobQueue(store, CONFIG, threads=1 if url.startswith("sqlite") else 4)
+        registry = JobRegistry()
+        registry.register("noop", noop)
+        task = asyncio.create_task(JobPool(queue, registry, queues=["default"], concurrency=4).run())
+        ids = []
+        for _ in range(samples):
+            ids.append((await queue.enqueue("noop")).id)
+            await asyncio.sleep(0.03)
+        jobs = [await queue.wait(i, 30) for i in ids]
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await queue.aclose()
+        store.close()
+        return [((j.started_at or 0) - j.created_at) * 1000 for j in jobs]
+
+    return asyncio.run(main())
+
+
 @contextmanager
 def pg_schema(base: str) -> Iterator[str]:
     import psycopg
@@ -177,6 +202,12 @@ def run_backend(name: str, url_for: Any, n: int, samples: int) -> None:
         print(
             f"{name:8} enqueue->start on an idle queue: p50 {pct(lat, 50):6.1f} ms, p90 {pct(lat, 90):6.1f} ms,"
             f" p99 {pct(lat, 99):6.1f} ms ({samples} jobs)"
+        )
+    with url_for() as url:
+        lat = bench_latency_in_process(url, samples)
+        print(
+            f"{name:8} enqueue->start in one process (keel serve): p50 {pct(lat, 50):6.1f} ms,"
+            f" p90 {pct(lat, 90):6.1f} ms, p99 {pct(lat, 99):6.1f} ms ({samples} jobs)"
         )
 
 

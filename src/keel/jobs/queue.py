@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import orjson
+
 from keel.config import JobsConfig
 from keel.store.protocols import (
     FINAL_STATES,
@@ -34,6 +36,15 @@ from keel.store.protocols import (
 
 T = TypeVar("T")
 log = logging.getLogger("keel.jobs")
+
+
+MAX_TEXT = 4000  # characters of an error or progress message kept
+
+
+def storable_text(text: str) -> str:
+    """Text every store takes (no NUL, no lone surrogate), bounded: an error message is not trusted."""
+    clean = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    return clean if len(clean) <= MAX_TEXT else clean[: MAX_TEXT - 1] + "…"
 
 
 def backoff_s(attempts: int, base_s: float, max_s: float, rand: Callable[[], float] = random.random) -> float:
@@ -135,6 +146,8 @@ class JobQueue:
         assert job.claim is not None
         now = self.clock()
         store, lease, claim = self.store, self.config.lease_s, job.claim
+        if progress is not None and progress.message is not None:
+            progress = dataclasses.replace(progress, message=storable_text(progress.message))
         return await self.call(
             lambda: store.beat_job(job.id, claim, lease_until=now + lease, now=now, progress=progress)
         )
@@ -143,6 +156,13 @@ class JobQueue:
         """Record how an attempt ended; None when its claim was lost. Finishes that arrive while one
         is being written go together in the next transaction (one commit for many)."""
         assert job.claim is not None
+        if outcome.state == "succeeded":
+            try:  # here, not in the batch's transaction, where it would fail its neighbours too
+                orjson.dumps(outcome.result)
+            except TypeError as exc:
+                outcome = Outcome("dead", error=f"the handler's result is not JSON: {exc}")
+        if outcome.error is not None:
+            outcome = dataclasses.replace(outcome, error=storable_text(outcome.error))
         done: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
         self._ends.append((job.id, job.claim, outcome, done))
         if self._writing is None or self._writing.done():
