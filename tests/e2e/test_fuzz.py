@@ -60,6 +60,7 @@ class Target:
     trace_id: str  # a real trace, for /api/traces/{id} and the trace page
     key_id: str  # a sacrificial key, for revoke
     errors: list[logging.LogRecord] = field(default_factory=list)
+    ids: dict[str, str] = field(default_factory=dict)  # a real file, batch and async job of the key's tenant
 
     def __repr__(self) -> str:
         return f"Target({self.gw.url})"
@@ -77,7 +78,9 @@ class _Errors(logging.Handler):
 @pytest.fixture(scope="module")
 def target(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     tmp = tmp_path_factory.mktemp("fuzz")
-    with storage("postgres", tmp) as url, serve(base_config(upstream, url, tmp), tmp) as gw:
+    raw = base_config(upstream, "", tmp)
+    raw["traces"]["blobs_url"] = f"file://{tmp}/blobs"  # uploaded files' bytes (PostgreSQL's default is ./.keel)
+    with storage("postgres", tmp) as url, serve({**raw, "storage": {"url": url}}, tmp) as gw:
         store = gw.runtime.store
         store.create_tenant("fz")  # the tenant fuzzed admin calls may purge, limit or delete
         key_id = issue_key(store, "fz", name="sacrificial").row.id
@@ -88,6 +91,7 @@ def target(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> 
                 headers={"authorization": f"Bearer {gw.key}"},
             )
             assert r.status_code == 200, r.text
+            ids = _seed_deferred(client, gw.key)
             login = client.post("/ui/login", data={"token": gw.admin, "next": "/ui"})
             assert login.status_code == 303
             session = login.cookies["keel_ui"]
@@ -97,10 +101,33 @@ def target(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> 
             logging.getLogger("keel").addHandler(handler)
             logging.getLogger("uvicorn.error").addHandler(handler)
             try:
-                yield Target(gw, client, session, r.headers["x-keel-trace-id"], key_id, errors)
+                yield Target(gw, client, session, r.headers["x-keel-trace-id"], key_id, errors, ids)
             finally:
                 logging.getLogger("keel").removeHandler(handler)
                 logging.getLogger("uvicorn.error").removeHandler(handler)
+
+
+def _seed_deferred(client: httpx.Client, key: str) -> dict[str, str]:
+    """A file, a batch and an async call's job, for the routes that name them."""
+    auth = {"authorization": f"Bearer {key}"}
+    line = {
+        "custom_id": "a",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "sim", "messages": [USER]},
+    }
+    f = client.post(
+        "/v1/files", files={"file": ("in.jsonl", json.dumps(line).encode())}, data={"purpose": "batch"}, headers=auth
+    )
+    assert f.status_code == 200, f.text
+    b = client.post("/v1/batches", json={"input_file_id": f.json()["id"], "endpoint": "/v1/chat/completions",
+                                         "completion_window": "24h"}, headers=auth)  # fmt: skip
+    assert b.status_code == 200, b.text
+    j = client.post(
+        "/v1/chat/completions", json={"model": "sim", "messages": [USER]}, headers={**auth, "prefer": "respond-async"}
+    )
+    assert j.status_code == 202, j.text
+    return {"file_id": f.json()["id"], "batch_id": b.json()["id"], "job_id": j.json()["id"]}
 
 
 # ---- values -------------------------------------------------------------------------------------------
@@ -261,6 +288,7 @@ class Route:
     body: Any = None  # a valid JSON body to mutate; None: no JSON body
     query: tuple[str, ...] = ()  # parameters the route reads
     form: bool = False
+    multipart: bool = False  # a file upload: multipart/form-data with `purpose` and `file`
 
 
 ROUTES = [
@@ -291,12 +319,28 @@ ROUTES = [
     Route("GET", "/api/limits/usage", "admin", query=("tenant", "key", "user", "feature", "alias")),
     Route("PUT", "/api/limits/{scope}/{subject}", "admin", {"limits": {"rpm": 1000, "daily_usd": 5.5}, "on_store_error": "open"}),
     Route("DELETE", "/api/limits/{scope}/{subject}", "admin"),
+    Route("POST", "/v1/files", "openai", multipart=True),
+    Route("GET", "/v1/files", "openai", query=("after", "limit", "purpose")),
+    Route("GET", "/v1/files/{file_id}", "openai"),
+    Route("GET", "/v1/files/{file_id}/content", "openai"),
+    Route("DELETE", "/v1/files/{file_id}", "openai"),
+    Route("POST", "/v1/batches", "openai", {"input_file_id": "{file_id}", "endpoint": "/v1/chat/completions",
+                                            "completion_window": "24h", "metadata": {"run": "1"}}),
+    Route("GET", "/v1/batches", "openai", query=("after", "limit")),
+    Route("GET", "/v1/batches/{batch_id}", "openai"),
+    Route("POST", "/v1/batches/{batch_id}/cancel", "openai"),
+    Route("GET", "/v1/jobs/{job_id}", "openai"),
+    Route("GET", "/api/jobs", "admin", query=("state", "kind", "tenant", "queue", "limit", "before")),
+    Route("GET", "/api/jobs/{job_id}", "admin"),
+    Route("POST", "/api/jobs/{job_id}/cancel", "admin"),
+    Route("POST", "/api/jobs/{job_id}/retry", "admin"),
     Route("GET", "/ui/login", "dashboard", query=("next",)),
     Route("POST", "/ui/login", "dashboard", form=True),
     Route("POST", "/ui/logout", "dashboard"),
     Route("GET", "/ui", "dashboard", query=("window", "tenant")),
     Route("GET", "/ui/traces", "dashboard", query=("window", "tenant", "user", "feature", "alias", "status", "limit")),
     Route("GET", "/ui/traces/{trace_id}", "dashboard"),
+    Route("GET", "/ui/jobs", "dashboard", query=("state", "kind", "tenant", "queue", "limit", "before")),
     Route("GET", "/healthz", "probe"),
     Route("GET", "/readyz", "probe"),
     Route("GET", "/metrics", "probe"),
@@ -340,6 +384,7 @@ def _param_values(t: Target, name: str) -> st.SearchStrategy[str]:
         "subject": ["fz", t.key_id],
         "model:path": ["gpt-4o-mini", "claude", "nope"],
         "deployment": ["gpt-4o-mini", "sim", "nope"],
+        **{k: [v, v[:-1] + "0"] for k, v in t.ids.items()},
     }[name]
     return st.one_of(st.sampled_from(known), url_text.filter(lambda s: s and "/" not in s and s not in (".", "..")))
 
@@ -347,7 +392,18 @@ def _param_values(t: Target, name: str) -> st.SearchStrategy[str]:
 @st.composite
 def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
     path = route.path
-    for name in ("name", "key_id", "trace_id", "scope", "subject", "model:path", "deployment"):
+    for name in (
+        "name",
+        "key_id",
+        "trace_id",
+        "scope",
+        "subject",
+        "model:path",
+        "deployment",
+        "file_id",
+        "batch_id",
+        "job_id",
+    ):
         if "{" + name + "}" in path:
             value = draw(_param_values(t, name))
             path = path.replace("{" + name + "}", quote(value, safe=""))
@@ -356,7 +412,10 @@ def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
     url = str(httpx.URL(path, params=query)) if query else path
     headers = draw(_headers(t, route))
     body: bytes | None = None
-    if route.form:
+    if route.multipart:
+        body = draw(_upload())
+        headers.append((b"content-type", b"multipart/form-data; boundary=" + BOUNDARY))
+    elif route.form:
         token = draw(st.one_of(st.just(t.gw.admin), url_text))
         fields = draw(st.lists(st.tuples(st.sampled_from(["token", "next", "x"]), url_text), max_size=3))
         body = str(httpx.QueryParams([("token", token), *fields])).encode()
@@ -364,13 +423,44 @@ def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
     elif route.body is not None or route.method in ("POST", "PUT", "PATCH"):
         kinds = ["mutated", "mutated", "mutated", "junk", "valid"] if route.body is not None else ["junk", "none"]
         kind = draw(st.sampled_from(kinds))
+        valid = _with_ids(route.body, t.ids)
         if kind == "valid":
-            body = _dumps(route.body)
+            body = _dumps(valid)
         elif kind == "mutated":
-            body = _dumps(draw(mutated(route.body)))
+            body = _dumps(draw(mutated(valid)))
         elif kind == "junk":
             body = draw(junk_body)
     return Sent(route, route.method, url, headers, body)
+
+
+BOUNDARY = b"keel-fuzz-boundary"
+
+
+def _with_ids(body: Any, ids: dict[str, str]) -> Any:
+    """`body` with "{file_id}"-style placeholders replaced by the real ids."""
+    text = json.dumps(body)
+    for name, value in ids.items():
+        text = text.replace(json.dumps("{" + name + "}"), json.dumps(value))
+    return json.loads(text)
+
+
+@st.composite
+def _upload(draw: st.DrawFn) -> bytes:
+    """A multipart upload: a valid, mutated or junk JSONL line as the file, a good or odd purpose and name;
+    or junk bytes altogether."""
+    if draw(st.integers(0, 4)) == 0:
+        return draw(junk_body)
+    line = {"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions", "body": CHAT}
+    kind = draw(st.sampled_from(["valid", "mutated", "mutated", "junk"]))
+    content = _dumps(line) if kind == "valid" else _dumps(draw(mutated(line))) if kind == "mutated" else draw(junk_body)
+    purpose = draw(st.one_of(st.just("batch"), st.text(max_size=20))).encode("utf-8", "replace")
+    name = draw(st.one_of(st.just("in.jsonl"), st.text(max_size=30))).encode("utf-8", "replace").replace(b'"', b"")
+    b = b"--" + BOUNDARY
+    return (
+        b + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n' + purpose + b"\r\n"
+        + b + b'\r\nContent-Disposition: form-data; name="file"; filename="' + name + b'"\r\n'
+        + b"Content-Type: application/jsonl\r\n\r\n" + content + b"\r\n" + b + b"--\r\n"
+    )  # fmt: skip
 
 
 @st.composite
@@ -390,7 +480,8 @@ def _headers(draw: st.DrawFn, t: Target, route: Route) -> list[tuple[bytes, byte
     names = [
         b"x-keel-user", b"x-keel-feature", b"x-keel-session", b"x-keel-tags", b"x-keel-priority", b"x-keel-tier",
         b"x-keel-prompt-version", b"x-keel-cache-control", b"traceparent", b"tracestate", b"x-keel-timeout",
-        b"content-type", b"cookie", b"x-forwarded-for",
+        b"content-type", b"cookie", b"x-forwarded-for", b"prefer", b"x-keel-async", b"x-keel-webhook-url",
+        b"idempotency-key",
     ]  # fmt: skip
     if draw(st.integers(0, 2)) == 0:  # a third of the requests: a bad header would mask the body's faults
         for name, value in draw(st.lists(st.tuples(st.sampled_from(names), header_bytes), min_size=1, max_size=3)):

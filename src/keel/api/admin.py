@@ -19,6 +19,7 @@ from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
 from keel.api.replay import ReplayAsk, replay
 from keel.errors import AuthError, ErrorKind, InvalidRequest, KeelError, NotFound, PermissionDenied, ProviderError
 from keel.gateway.warmth import WarmthBook
+from keel.jobs.batch import purge_batches
 from keel.keys.auth import issue_key, key_view
 from keel.limits.book import KINDS, Estimate, Subject, kind_of
 from keel.runtime.components import Runtime
@@ -240,7 +241,10 @@ class Admin:
             )
         except ValueError as exc:
             raise InvalidRequest(str(exc), "user") from None
-        return _json(asdict(report))
+        gone: dict[str, int] = {}
+        if user is None:  # a whole tenant: its batches and uploaded files too
+            gone = await asyncio.to_thread(purge_batches, rt.store, rt.blobs, request.path_params["name"])
+        return _json({**asdict(report), **gone})
 
     async def sweep(self, request: Request) -> Response:
         """One retention pass now: old traces by the configured policy, then orphan blobs."""

@@ -17,7 +17,10 @@ from starlette.types import Receive, Scope, Send
 
 from keel.api.admin import Admin
 from keel.api.anthropic import AnthropicEdge
+from keel.api.batches import BatchesEdge
 from keel.api.completions import Completions
+from keel.api.deferred import AsyncEdge
+from keel.api.files import FilesEdge
 from keel.api.forward import Forwarder
 from keel.api.metrics import MetricsEndpoint
 from keel.api.openai import OpenAIEdge, error_body
@@ -114,7 +117,8 @@ async def not_routed(request: Request, exc: Exception) -> Response:
 
 
 def create_app(runtime: Runtime) -> FastPath:
-    edge = OpenAIEdge(runtime)
+    deferral = AsyncEdge(runtime)
+    edge = OpenAIEdge(runtime, deferral)
     forward = Forwarder(runtime)
     anthropic = AnthropicEdge(runtime, forward)
     completions = Completions(runtime, forward)
@@ -193,6 +197,9 @@ def create_app(runtime: Runtime) -> FastPath:
         *model_routes,
         *unprefixed(model_routes),
         *azure_routes(edge, completions),
+        *FilesEdge(runtime).routes(),  # the OpenAI Files and Batch APIs, async calls' jobs
+        *BatchesEdge(runtime).routes(),
+        *deferral.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *Admin(runtime).routes(),

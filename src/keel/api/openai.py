@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import binascii
-import itertools
 import logging
-import os
-import struct
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.requests import Request
@@ -23,23 +19,16 @@ from keel.gateway.directives import HEADER as CACHE_HEADER
 from keel.gateway.directives import Directives
 from keel.limits.stage import LimitState
 from keel.runtime.components import Runtime
+from keel.traces.ids import new_trace_id
 from keel.traces.otel import join_caller_trace
 from keel.types import ChatRequest, EmbeddingRequest, Principal, TraceRecord, UsageEvent
 from keel.wire import openai_chat as wire
+from keel.wire.openai_embeddings import embedding_json, parse_embedding_request
 
 log = logging.getLogger("keel.api")
 JSON_TYPE = "application/json"
 # Streams must reach the client as they are made: no cache, and no buffering in nginx-style proxies.
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-
-
-_PROCESS = os.urandom(4).hex()  # unique per process, so ids from many gateways never collide
-_SEQUENCE = itertools.count()
-
-
-def new_trace_id() -> str:
-    """Time-ordered and unique: nanoseconds, this process's random tag, a sequence number."""
-    return f"{time.time_ns():x}{_PROCESS}{next(_SEQUENCE) & 0xFFFFFF:06x}"
 
 
 def error_body(err: KeelError) -> bytes:
@@ -211,11 +200,20 @@ def _headers(call: Call, reply: Reply) -> dict[str, str]:
 response_headers = _headers  # the Anthropic edge sends the same headers
 
 
+class Deferral(Protocol):
+    """Sends a call to the job queue instead of answering it now (keel.api.deferred.AsyncEdge)."""
+
+    def wanted(self, request: Request, model_request: ChatRequest | EmbeddingRequest) -> str | None: ...
+
+    async def submit(self, request: Request, call: Call, body: Any, url: str, reason: str) -> Response: ...
+
+
 class OpenAIEdge:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, deferral: Deferral | None = None) -> None:
         self._rt = runtime
         self._payloads = runtime.config.traces.store_payloads
         self._bounds = Bounds.of(runtime.config.server)
+        self._defer = deferral  # Prefer: respond-async, async_only aliases: queued, answered 202
 
     async def chat(self, request: Request) -> Response:
         t0 = time.perf_counter()
@@ -227,6 +225,8 @@ class OpenAIEdge:
         except KeelError as err:
             return error_response(err)
         call.t0, call.principal, call.allowed = t0, principal, allowed
+        if self._defer is not None and (why := self._defer.wanted(request, chat)) is not None:
+            return await self._defer.submit(request, call, body, "/v1/chat/completions", why)
         try:
             reply = await self._rt.pipeline(call)
             if chat.stream:
@@ -280,17 +280,15 @@ class OpenAIEdge:
         except KeelError as err:
             return error_response(err)
         call.t0, call.principal, call.allowed = t0, principal, allowed
+        if self._defer is not None and (why := self._defer.wanted(request, emb)) is not None:
+            return await self._defer.submit(request, call, body, "/v1/embeddings", why)
         try:
             reply = await self._rt.pipeline(call)
             await reply.collect()
         except KeelError as err:
             return error_response(err, call.trace.id)
         assert reply.embedding is not None
-        e = reply.embedding
-        b64 = body.get("encoding_format") == "base64"
-        data = [{"object": "embedding", "index": i, "embedding": _vector_json(v, b64)} for i, v in enumerate(e.vectors)]
-        usage = {"prompt_tokens": e.usage.input_tokens, "total_tokens": e.usage.input_tokens}
-        payload = orjson.dumps({"object": "list", "data": data, "model": e.model or emb.model, "usage": usage})
+        payload = orjson.dumps(embedding_json(reply.embedding, emb.model, body.get("encoding_format") == "base64"))
         return Response(payload, 200, _headers(call, reply), JSON_TYPE)
 
     async def models(self, request: Request) -> Response:
@@ -318,41 +316,4 @@ def _model_json(alias: str) -> dict[str, Any]:
     return {"id": alias, "object": "model", "created": 0, "owned_by": "keel"}
 
 
-_INPUT_SHAPES = "a string, an array of strings, an array of token ids, or an array of token-id arrays"
-
-
-def parse_embedding_request(body: Any) -> EmbeddingRequest:
-    """Text inputs, or token arrays (`[1, 2]`, `[[1, 2], [3]]`: what LangChain's OpenAIEmbeddings sends),
-    which reach OpenAI-compatible upstreams as arrays of token arrays."""
-    model = wire.require_model(body)
-    raw = body.get("input")
-    inputs = [raw] if isinstance(raw, str) else raw
-    if not isinstance(inputs, list) or not inputs:
-        raise InvalidRequest(f"'input' must be {_INPUT_SHAPES}, and not empty.", "input")
-    if body.get("encoding_format", "float") not in ("float", "base64"):
-        raise InvalidRequest("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
-    # Keel always asks upstreams for floats and encodes for the client itself.
-    extra = {k: v for k, v in body.items() if k not in ("model", "input", "encoding_format")}
-    if all(isinstance(s, str) for s in inputs):
-        return EmbeddingRequest(model, tuple(inputs), extra)
-    return EmbeddingRequest(model, (), extra, tokens=_token_arrays(inputs))
-
-
-def _token_arrays(inputs: list[Any]) -> tuple[tuple[int, ...], ...]:
-    arrays = [inputs] if all(_token(t) for t in inputs) else inputs
-    if not all(isinstance(a, list) and a and all(_token(t) for t in a) for a in arrays):
-        raise InvalidRequest(f"'input' must be {_INPUT_SHAPES} (non-negative integers, no empty array).", "input")
-    return tuple(tuple(a) for a in arrays)
-
-
-def _token(value: Any) -> bool:
-    return type(value) is int and value >= 0
-
-
-def _vector_json(vector: tuple[float, ...], base64: bool) -> list[float] | str:
-    if not base64:
-        return list(vector)
-    return binascii.b2a_base64(struct.pack(f"<{len(vector)}f", *vector), newline=False).decode()
-
-
-__all__ = ["OpenAIEdge", "ProviderError", "error_response"]
+__all__ = ["OpenAIEdge", "ProviderError", "error_response", "new_trace_id", "parse_embedding_request"]

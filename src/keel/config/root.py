@@ -9,8 +9,9 @@ the names the file declares, whether it sets a part at all, which values the sch
 from __future__ import annotations
 
 from keel.config.parts import Model, Outline
-from keel.config.sections import alerts, jobs, providers, routing, traces
+from keel.config.sections import alerts, batches, jobs, providers, routing, traces
 from keel.config.sections.alerts import AlertsConfig
+from keel.config.sections.batches import AsyncCallsConfig, BatchesConfig
 from keel.config.sections.cache import CacheConfig
 from keel.config.sections.jobs import JobsConfig
 from keel.config.sections.limits import LimitsConfig
@@ -41,6 +42,8 @@ class Config(Model):
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, AliasConfig] = {}
     prices: dict[str, PriceConfig] = {}
+    batches: BatchesConfig = BatchesConfig()
+    async_calls: AsyncCallsConfig = AsyncCallsConfig()
 
 
 def cross_check(cfg: Config, outline: Outline) -> list[ConfigIssue]:
@@ -58,6 +61,7 @@ def cross_check(cfg: Config, outline: Outline) -> list[ConfigIssue]:
         fix = "set admin_token (scrapers send it as a bearer token), or set metrics.require_token: false"
         issues.append(ConfigIssue("metrics.require_token", "needs an admin_token to check", fix))
     issues += traces.check_blobs(cfg.traces, outline)
+    issues += batches.check(cfg.async_calls, outline)
     issues += jobs.check(cfg.jobs, outline)
     if outline.providers and "models" not in outline.given:
         fix = "add an alias under models: with its targets"

@@ -30,6 +30,7 @@ from keel.gateway.health import HealthBook
 from keel.gateway.pipeline import Handler, build_pipeline, in_slot_order
 from keel.gateway.routing import Router
 from keel.jobs import builder as jobs
+from keel.jobs import deferred
 from keel.jobs.plugins import load_builders
 from keel.jobs.queue import JobQueue
 from keel.jobs.registry import JobRegistry
@@ -63,6 +64,7 @@ BUILDERS: tuple[Builder, ...] = (
     limits.build,  # limits slot; overrides refresh worker
     cache.build,  # cache slot (when any alias caches)
     jobs.build,  # the job queue, its workers and the registry every builder's `jobs` handlers join
+    deferred.build,  # async calls, their webhook deliveries and OpenAI batches, as job kinds
 )
 
 

@@ -9,6 +9,7 @@ Every public name is re-exported here, so `from keel.store.protocols import X` w
 module X lives in; a new capability adds its module and its names to this list.
 """
 
+from keel.store.protocols.batches import BatchRow, BatchStore, FileRow, LineResult
 from keel.store.protocols.blobs import BlobStore
 from keel.store.protocols.breakers import BreakerPolicy, BreakerState, BreakerStore, Permit
 from keel.store.protocols.cache import CacheEntry, CacheStore
@@ -52,6 +53,8 @@ __all__ = [
     "FINAL_STATES",
     "JOB_STATES",
     "Admission",
+    "BatchRow",
+    "BatchStore",
     "Beat",
     "BlobStore",
     "BreakerPolicy",
@@ -61,6 +64,7 @@ __all__ = [
     "CacheStore",
     "Charge",
     "DeletedTraces",
+    "FileRow",
     "Job",
     "JobContext",
     "JobHandler",
@@ -75,6 +79,7 @@ __all__ = [
     "LimitOverride",
     "LimitStore",
     "LimitStoreUnavailable",
+    "LineResult",
     "Migrator",
     "Outcome",
     "Permit",

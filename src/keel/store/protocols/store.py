@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from keel.store.protocols.batches import BatchStore
 from keel.store.protocols.jobs import JobStore
 from keel.store.protocols.keys import KeyStore
 from keel.store.protocols.limits import LimitConfigStore
@@ -18,7 +19,7 @@ class Migrator(Protocol):
         ...
 
 
-class Store(KeyStore, TraceStore, TraceDeletion, LimitConfigStore, Migrator, SpanStore, JobStore, Protocol):
+class Store(KeyStore, TraceStore, TraceDeletion, LimitConfigStore, Migrator, SpanStore, JobStore, BatchStore, Protocol):
     url: str
 
     def close(self) -> None: ...

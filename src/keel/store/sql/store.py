@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from keel.store import migrations
+from keel.store.sql.batches import SqlBatches
 from keel.store.sql.dialect import Database
 from keel.store.sql.jobs import SqlJobs
 from keel.store.sql.keys import SqlKeys
@@ -18,7 +19,7 @@ from keel.store.sql.spans import SqlSpans
 from keel.store.sql.traces import SqlTraces
 
 
-class SqlStore(SqlKeys, SqlTraces, SqlPurge, SqlLimits, SqlSpans, SqlJobs):
+class SqlStore(SqlKeys, SqlTraces, SqlPurge, SqlLimits, SqlSpans, SqlJobs, SqlBatches):
     def __init__(self, url: str, db: Database) -> None:
         self.url = url
         self._db = db
