@@ -16,6 +16,7 @@ from keel.api.admin import Admin
 from keel.api.anthropic import AnthropicEdge
 from keel.api.metrics import MetricsEndpoint
 from keel.api.openai import OpenAIEdge
+from keel.api.responses import ResponsesEdge
 from keel.dashboard.pages import Dashboard
 from keel.runtime.components import Runtime
 
@@ -46,6 +47,7 @@ class FastPath:
 def create_app(runtime: Runtime) -> FastPath:
     edge = OpenAIEdge(runtime)
     anthropic = AnthropicEdge(runtime)
+    responses = ResponsesEdge(runtime)
     dashboard = Dashboard(runtime.store, runtime.blobs, runtime.config.admin_token)
 
     async def healthz(request: Request) -> Response:
@@ -106,6 +108,10 @@ def create_app(runtime: Runtime) -> FastPath:
         Route("/v1/embeddings", edge.embeddings, methods=["POST"]),
         Route("/v1/messages", anthropic.messages, methods=["POST"]),
         Route("/v1/models", edge.models, methods=["GET"]),
+        Route("/v1/responses", responses.create, methods=["POST"]),
+        Route("/v1/responses/{response_id}", responses.retrieve, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses.delete, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/input_items", responses.input_items, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *Admin(runtime).routes(),

@@ -7,6 +7,7 @@ from typing import Protocol
 from keel.store.protocols.keys import KeyStore
 from keel.store.protocols.limits import LimitConfigStore
 from keel.store.protocols.purge import TraceDeletion
+from keel.store.protocols.responses import ResponseStore
 from keel.store.protocols.spans import SpanStore
 from keel.store.protocols.traces import TraceStore
 
@@ -17,7 +18,7 @@ class Migrator(Protocol):
         ...
 
 
-class Store(KeyStore, TraceStore, TraceDeletion, LimitConfigStore, Migrator, SpanStore, Protocol):
+class Store(KeyStore, TraceStore, TraceDeletion, LimitConfigStore, Migrator, SpanStore, ResponseStore, Protocol):
     url: str
 
     def close(self) -> None: ...

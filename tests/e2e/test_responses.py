@@ -1,0 +1,321 @@
+"""End to end over real HTTP: the official openai SDK's Responses calls → Keel's /v1/responses → the fake
+upstream, answering as an OpenAI-compatible server or as Anthropic.
+
+Every test runs on SQLite and PostgreSQL (the `gateway` fixture), since conversation state lives in
+the store; most run against an OpenAI-served and an Anthropic-served alias.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from pydantic import BaseModel
+
+from keel.keys.auth import issue_key
+from keel.testing import FakeUpstream, Script
+from tests.conftest import Gateway
+
+ALIASES = ["gpt-4o-mini", "claude"]
+SERVED = {"gpt-4o-mini": "gpt-4o-mini", "claude": "claude-sonnet-4-5"}
+WEATHER: Any = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    "strict": False,
+}
+
+
+def client(gw: Gateway, key: str | None = None) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key=key or gw.key, max_retries=0, timeout=10)
+
+
+def post(gw: Gateway, body: Any, key: str | None = None) -> httpx.Response:
+    return httpx.post(gw.url + "/v1/responses", json=body, headers={"authorization": f"Bearer {key or gw.key}"})
+
+
+def sent(up: FakeUpstream) -> Any:
+    return up.requests[-1]["json"]
+
+
+def conversation(body: Any, alias: str) -> list[tuple[str, Any]]:
+    """(role, content) of what the upstream was sent, in OpenAI's shape or Anthropic's."""
+    turns = [("system", body["system"])] if alias == "claude" and "system" in body else []
+    return turns + [(m["role"], m.get("content")) for m in body["messages"]]
+
+
+# ---- plain, both modes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_create_plain(gateway: Gateway, up: FakeUpstream, alias: str) -> None:
+    with client(gateway) as c:
+        raw = c.responses.with_raw_response.create(
+            model=alias, input="hello there", instructions="be brief", max_output_tokens=50, metadata={"team": "a"}
+        )
+    r = raw.parse()
+    assert r.output_text == "echo: hello there"
+    assert (r.object, r.status, r.model, r.error) == ("response", "completed", SERVED[alias], None)
+    assert r.id.startswith("resp_") and r.id == f"resp_{raw.headers['x-keel-trace-id']}"
+    assert r.output[0].type == "message" and r.output[0].role == "assistant" and r.output[0].status == "completed"
+    assert r.usage is not None and r.usage.output_tokens == 3 and r.usage.input_tokens > 0
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    assert (r.instructions, r.max_output_tokens, r.metadata, r.store) == ("be brief", 50, {"team": "a"}, True)
+    body = sent(up)
+    assert conversation(body, alias) == [("system", "be brief"), ("user", "hello there")]
+    assert body["max_tokens"] == 50
+    assert raw.headers["x-keel-provider"] == ("ant" if alias == "claude" else "oai")
+    t = gateway.traces()[0]
+    assert (t.endpoint, t.tenant, t.status, t.alias, t.id) == (
+        "responses",
+        "t1",
+        "ok",
+        alias,
+        raw.headers["x-keel-trace-id"],
+    )
+    assert t.output_tokens == 3 and t.cost_usd is not None and t.cost_usd > 0 and t.tags == {"team": "a"}
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_stream(gateway: Gateway, up: FakeUpstream, alias: str) -> None:
+    kinds: list[str] = []
+    deltas: list[str] = []
+    numbers: list[int] = []
+    with client(gateway) as c, c.responses.stream(model=alias, input="hello there", instructions="be brief") as s:
+        for event in s:
+            kinds.append(event.type)
+            numbers.append(event.sequence_number)
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+        final = s.get_final_response()
+    assert "".join(deltas) == "echo: hello there" == final.output_text
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert numbers == list(range(len(kinds)))
+    assert final.status == "completed" and final.model == SERVED[alias]
+    assert final.usage is not None and final.usage.output_tokens == 3 and final.usage.input_tokens > 0
+    with client(gateway) as c:  # stored before `response.completed` went out
+        assert c.responses.retrieve(final.id).output_text == "echo: hello there"
+    t = gateway.traces()[0]
+    assert t.stream and t.endpoint == "responses" and t.output_tokens == 3 and t.ttft_ms is not None
+
+
+def test_raw_stream_is_well_formed_sse(gateway: Gateway, up: FakeUpstream) -> None:
+    body = {"model": "gpt-4o-mini", "input": "hi", "stream": True}
+    headers = {"authorization": f"Bearer {gateway.key}"}
+    with httpx.stream("POST", gateway.url + "/v1/responses", json=body, headers=headers) as r:
+        raw = r.read().decode()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["cache-control"] == "no-cache" and r.headers["x-accel-buffering"] == "no"
+    frames = [frame.split("\n") for frame in raw.strip().split("\n\n")]
+    assert all(f[0].startswith("event: response.") and f[1].startswith("data: {") for f in frames)
+    assert frames[-1][0] == "event: response.completed"
+
+
+# ---- tools, and the second turn by previous_response_id ---------------------------------------
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+@pytest.mark.parametrize("stream", [False, True])
+def test_tools_second_turn(gateway: Gateway, up: FakeUpstream, alias: str, stream: bool) -> None:
+    up.script(Script(tool_call=True))
+    with client(gateway) as c:
+        first: Any
+        if stream:
+            with c.responses.stream(model=alias, input="weather in Paris?", tools=[WEATHER]) as s:
+                kinds = [e.type for e in s]
+                first = s.get_final_response()
+            assert "response.function_call_arguments.delta" in kinds
+            assert "response.function_call_arguments.done" in kinds
+        else:
+            first = c.responses.create(model=alias, input="weather in Paris?", tools=[WEATHER], tool_choice="auto")
+        call = first.output[-1]
+        assert call.type == "function_call" and call.name == "get_weather"
+        assert call.arguments.replace(" ", "") == '{"city":"Paris"}' and call.call_id
+        assert first.tools[0].name == "get_weather"
+        tool_sent = sent(up)["tools"][0]
+        assert tool_sent["name" if alias == "claude" else "function"] == (
+            "get_weather" if alias == "claude" else {k: v for k, v in WEATHER.items() if k != "type"}
+        )
+        second = c.responses.create(
+            model=alias,
+            previous_response_id=first.id,
+            input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}],
+            tools=[WEATHER],
+        )
+    assert second.previous_response_id == first.id
+    # the fake echoes the last user turn: Anthropic's carries the tool result
+    assert second.output_text == ("echo: sunny, 21 C" if alias == "claude" else "echo: weather in Paris?")
+    body = sent(up)
+    if alias == "claude":
+        assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+        use, result = body["messages"][1]["content"][-1], body["messages"][2]["content"][0]
+        assert (use["type"], use["id"], use["input"]) == ("tool_use", call.call_id, {"city": "Paris"})
+        assert (result["type"], result["tool_use_id"], result["content"]) == (
+            "tool_result",
+            call.call_id,
+            "sunny, 21 C",
+        )
+    else:
+        assert [m["role"] for m in body["messages"]] == ["user", "assistant", "tool"]
+        assert body["messages"][1]["tool_calls"][0]["id"] == call.call_id
+        assert body["messages"][2] == {"role": "tool", "content": "sunny, 21 C", "tool_call_id": call.call_id}
+
+
+def test_three_turns_keep_the_whole_conversation(gateway: Gateway, up: FakeUpstream) -> None:
+    with client(gateway) as c:
+        r1 = c.responses.create(model="gpt-4o-mini", input="one", instructions="first rules")
+        r2 = c.responses.create(model="gpt-4o-mini", input="two", previous_response_id=r1.id)
+        c.responses.create(model="gpt-4o-mini", input="three", previous_response_id=r2.id, instructions="new rules")
+    assert conversation(sent(up), "gpt-4o-mini") == [
+        ("system", "new rules"),  # instructions are never carried over
+        ("user", "one"),
+        ("assistant", "echo: one"),
+        ("user", "two"),
+        ("assistant", "echo: two"),
+        ("user", "three"),
+    ]
+
+
+# ---- structured output --------------------------------------------------------------------------
+
+
+class Weather(BaseModel):
+    city: str
+    celsius: int
+
+
+@pytest.mark.parametrize("alias", ["gpt-4o-mini"])
+def test_parse_with_a_pydantic_model(gateway: Gateway, up: FakeUpstream, alias: str) -> None:
+    up.script(Script(text='{"city": "Paris", "celsius": 21}'))
+    with client(gateway) as c:
+        r = c.responses.parse(model=alias, input="weather in Paris?", text_format=Weather)
+    assert r.output_parsed == Weather(city="Paris", celsius=21)
+    fmt = sent(up)["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "Weather"
+    assert fmt["json_schema"]["strict"] is True and fmt["json_schema"]["schema"]["required"] == ["city", "celsius"]
+
+
+# ---- stored responses: retrieve, input items, delete, tenants -----------------------------------
+
+
+def test_retrieve_list_input_items_and_delete(gateway: Gateway, up: FakeUpstream) -> None:
+    items: Any = [
+        {"role": "developer", "content": "be brief"},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello"}]},
+    ]
+    with client(gateway) as c:
+        r = c.responses.create(model="gpt-4o-mini", input=items)
+        got = c.responses.retrieve(r.id)
+        assert got.model_dump() == r.model_dump()
+        listed = c.responses.input_items.list(r.id, order="asc")
+        assert [(i.type, i.role) for i in listed.data] == [("message", "developer"), ("message", "user")]  # type: ignore[union-attr]
+        assert listed.data[1].content[0].text == "hello"  # type: ignore[union-attr]
+        newest = c.responses.input_items.list(r.id, limit=1)
+        assert newest.data[0].id == listed.data[1].id and newest.has_more
+        c.responses.delete(r.id)
+        with pytest.raises(openai.NotFoundError) as err:
+            c.responses.retrieve(r.id)
+        assert err.value.body["message"] == f"Response with id '{r.id}' not found."  # type: ignore[index]
+        with pytest.raises(openai.NotFoundError):
+            c.responses.delete(r.id)
+
+
+def test_unknown_previous_response_is_404(gateway: Gateway, up: FakeUpstream) -> None:
+    r = post(gateway, {"model": "gpt-4o-mini", "input": "hi", "previous_response_id": "resp_nope"})
+    assert r.status_code == 404
+    assert r.json()["error"] == {
+        "message": "Previous response with id 'resp_nope' not found.",
+        "type": "invalid_request_error",
+        "param": "previous_response_id",
+        "code": "previous_response_not_found",
+    }
+    assert up.requests == []
+
+
+def test_store_false_keeps_nothing(gateway: Gateway, up: FakeUpstream) -> None:
+    with client(gateway) as c:
+        r = c.responses.create(model="gpt-4o-mini", input="hi", store=False)
+        assert r.store is False and r.output_text == "echo: hi"
+        with pytest.raises(openai.NotFoundError):
+            c.responses.retrieve(r.id)
+        with pytest.raises(openai.NotFoundError):
+            c.responses.create(model="gpt-4o-mini", input="again", previous_response_id=r.id)
+
+
+def test_another_tenant_sees_nothing(gateway: Gateway, up: FakeUpstream) -> None:
+    gateway.runtime.store.create_tenant("t2")
+    other = issue_key(gateway.runtime.store, "t2", name="other").key
+    with client(gateway) as c:
+        r = c.responses.create(model="gpt-4o-mini", input="secret plans")
+    with client(gateway, other) as c2:
+        with pytest.raises(openai.NotFoundError):
+            c2.responses.retrieve(r.id)
+        with pytest.raises(openai.NotFoundError):
+            c2.responses.input_items.list(r.id)
+        with pytest.raises(openai.NotFoundError):
+            c2.responses.delete(r.id)
+        with pytest.raises(openai.NotFoundError):
+            c2.responses.create(model="gpt-4o-mini", input="continue", previous_response_id=r.id)
+    with client(gateway) as c:
+        assert c.responses.retrieve(r.id).output_text == "echo: secret plans"  # still there for its owner
+
+
+def test_purge_and_retention_delete_stored_responses(gateway: Gateway, up: FakeUpstream) -> None:
+    with client(gateway) as c:
+        r = c.responses.create(model="gpt-4o-mini", input="hi", user="u1")
+        kept = c.responses.create(model="gpt-4o-mini", input="hi", user="u2")
+    admin = {"authorization": f"Bearer {gateway.admin}"}
+    report = httpx.post(gateway.url + "/api/tenants/t1/purge", json={"user": "u1"}, headers=admin).json()
+    assert report["responses"] == 1
+    store = gateway.runtime.store
+    assert store.get_response("t1", r.id) is None and store.get_response("t1", kept.id) is not None
+    assert store.delete_responses(limit=10, before=time.time() + 1) == 1  # what a sweep past its cut-off runs
+
+
+# ---- refusals name the field --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": [{"role": "user", "content": "a"}, {"type": "web_search_call", "id": "x"}]}, "input[1].type"),
+        ({"input": "a", "tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"input": "a", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name"),
+        ({"input": "a", "reasoning": {"effort": "huge"}}, "reasoning.effort"),
+        ({"input": "a", "frobnicate": True}, "frobnicate"),
+        ({"input": "a", "background": True}, "background"),
+        ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
+        ({"input": 5}, "input"),
+    ],
+)
+def test_refusals_name_the_field(gateway: Gateway, up: FakeUpstream, body: Any, param: str) -> None:
+    r = post(gateway, {"model": "gpt-4o-mini", **body})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param and r.json()["error"]["type"] == "invalid_request_error"
+    assert up.requests == []
+
+
+def test_failure_mid_stream_is_response_failed(gateway: Gateway, up: FakeUpstream) -> None:
+    up.script(Script(text="one two three four", cut_after=2), Script(status=500), Script(status=500))
+    body = {"model": "gpt-4o-mini", "input": "hi", "stream": True}
+    headers = {"authorization": f"Bearer {gateway.key}"}
+    with httpx.stream("POST", gateway.url + "/v1/responses", json=body, headers=headers) as r:
+        raw = r.read().decode()
+    kinds = [frame.split("\n")[0].removeprefix("event: ") for frame in raw.strip().split("\n\n")]
+    assert "response.output_text.delta" in kinds
+    assert kinds[-2:] == ["error", "response.failed"] and "response.completed" not in kinds
