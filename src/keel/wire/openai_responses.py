@@ -623,7 +623,7 @@ class StreamEncoder:
         head = b""
         index = self._calls.get(event.index)
         if index is None:
-            head = self._close(self._text) if self._text is not None else b""
+            head = self._close_all()  # upstreams stream one call after another
             n = len(self.output)
             call_id = event.id or f"call_{self.prefix}_{n}"
             item = call_item(f"fc_{self.prefix}_{n}", call_id, event.name or "", "", "in_progress")

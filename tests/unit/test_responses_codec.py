@@ -1,0 +1,233 @@
+"""The Responses codec (keel.wire.openai_responses) on recorded payloads, no I/O.
+
+Requests are bodies as the openai SDK and pydantic-ai send them; what the codec renders is checked
+against the openai SDK's own pydantic models (validated, not merely constructed), which are the
+spec of what clients parse.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
+from pydantic import TypeAdapter
+
+from keel.errors import ErrorKind, InvalidRequest, ProviderError
+from keel.types import ChatResponse, Finish, Message, Start, Text, ToolCall, ToolCallDelta, Usage, UsageEvent
+from keel.wire import openai_responses as wire
+
+EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+ITEMS: TypeAdapter[Any] = TypeAdapter(list[ResponseItem])
+
+# pydantic-ai's second model request of a tool run (its OpenAIResponsesModel, store off), as sent
+PYDANTIC_AI_TURN: Any = {
+    "model": "gpt-4o-mini",
+    "input": [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"id": "rs_1", "type": "reasoning", "summary": [], "encrypted_content": "gAAAA"},
+        {
+            "type": "function_call",
+            "call_id": "call_abc",
+            "name": "get_weather",
+            "arguments": '{"city": "Paris"}',
+            "id": "fc_1",
+        },
+        {"type": "function_call_output", "call_id": "call_abc", "output": "sunny"},
+    ],
+    "instructions": "Be concise.",
+    "parallel_tool_calls": False,
+    "tools": [
+        {
+            "type": "function",
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            "strict": True,
+            "description": "Weather in a city",
+        }
+    ],
+    "tool_choice": "auto",
+    "reasoning": {"effort": "low", "summary": "auto"},
+    "text": {"format": {"type": "text"}, "verbosity": "low"},
+    "truncation": "disabled",
+    "include": ["reasoning.encrypted_content"],
+    "store": False,
+    "stream": True,
+    "stream_options": {"include_obfuscation": False},
+    "max_output_tokens": 300,
+    "temperature": 0.2,
+}
+
+
+def test_a_tool_turn_becomes_chat_messages() -> None:
+    parsed = wire.parse_request(PYDANTIC_AI_TURN)
+    chat = wire.chat_request(parsed)
+    assert chat.messages == (
+        Message("system", "Be concise."),
+        Message("user", "What is the weather in Paris?"),
+        Message("assistant", None, tool_calls=(ToolCall("call_abc", "get_weather", '{"city": "Paris"}'),)),
+        Message("tool", "sunny", tool_call_id="call_abc"),
+    )
+    function = {k: v for k, v in PYDANTIC_AI_TURN["tools"][0].items() if k != "type"}
+    assert chat.tools == ({"type": "function", "function": function},)
+    assert (chat.tool_choice, chat.max_tokens, chat.temperature, chat.stream) == ("auto", 300, 0.2, True)
+    assert chat.response_format is None and not parsed.store
+    assert chat.extra == {"reasoning_effort": "low", "verbosity": "low", "parallel_tool_calls": False}
+
+
+def test_history_then_input_and_assistant_text_merges_with_its_calls() -> None:
+    history: Any = [
+        {"id": "msg_1", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+        wire.message_item("msg_2", "let me look"),
+        wire.call_item("fc_3", "call_1", "lookup", '{"q": 1}'),
+        wire.call_item("fc_4", "call_2", "lookup", '{"q": 2}'),
+    ]
+    outputs = [{"type": "function_call_output", "call_id": f"call_{n}", "output": str(n)} for n in (1, 2)]
+    chat = wire.chat_request(wire.parse_request({"model": "m", "input": outputs}), history)
+    calls = (ToolCall("call_1", "lookup", '{"q": 1}'), ToolCall("call_2", "lookup", '{"q": 2}'))
+    assert chat.messages == (
+        Message("user", "hi"),
+        Message("assistant", "let me look", tool_calls=calls),
+        Message("tool", "1", tool_call_id="call_1"),
+        Message("tool", "2", tool_call_id="call_2"),
+    )
+
+
+def test_parts_images_files_and_formats() -> None:
+    body: Any = {
+        "model": "m",
+        "input": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "what is this?"},
+                    {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "high"},
+                    {"type": "input_file", "file_data": "data:application/pdf;base64,BBBB", "filename": "a.pdf"},
+                ],
+            }
+        ],
+        "text": {"format": {"type": "json_schema", "name": "Thing", "schema": {"type": "object"}, "strict": True}},
+        "tools": [
+            {"type": "function", "name": "a", "parameters": None, "strict": None},
+            {"type": "function", "name": "b"},
+        ],
+        "tool_choice": {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "b"}]},
+    }
+    chat = wire.chat_request(wire.parse_request(body))
+    assert chat.messages[0].content == [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "high"}},
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64,BBBB", "filename": "a.pdf"}},
+    ]
+    schema = {"name": "Thing", "schema": {"type": "object"}, "strict": True}
+    assert chat.response_format == {"type": "json_schema", "json_schema": schema}
+    assert chat.tools == ({"type": "function", "function": {"name": "b"}},) and chat.tool_choice == "required"
+    one = wire.parse_request({"model": "m", "input": "x", "text": {"format": {"type": "json_object"}}})
+    assert wire.chat_request(one).response_format == {"type": "json_object"}
+    named = wire.parse_request(
+        {"model": "m", "input": "x", "tools": body["tools"], "tool_choice": {"type": "function", "name": "a"}}
+    )
+    assert wire.chat_request(named).tool_choice == {"type": "function", "function": {"name": "a"}}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": [{"role": "user", "content": "a"}, {"type": "item_reference", "id": "x"}]}, "input[1].type"),
+        ({"input": [{"role": "critic", "content": "a"}]}, "input[0].role"),
+        ({"input": [{"role": "user", "content": [{"type": "output_text", "text": "a"}]}]}, "input[0].content[0].type"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
+            "input[0].content[0].image_url",
+        ),
+        ({"input": [{"type": "function_call", "call_id": "c", "name": "f"}]}, "input[0].arguments"),
+        ({"input": "a", "tools": [{"type": "function"}]}, "tools[0].name"),
+        ({"input": "a", "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice.name"),
+        ({"input": "a", "text": {"format": {"type": "grammar"}}}, "text.format.type"),
+        ({"input": "a", "max_output_tokens": 0}, "max_output_tokens"),
+        ({"input": "a", "temperature": 3}, "temperature"),
+        ({"input": "a", "metadata": {"k": 1}}, "k"),
+        ({"input": "a", "conversation": "conv_1"}, "conversation"),
+        ({"input": "a", "previous_response_id": 7}, "previous_response_id"),
+        ({"input": []}, "input"),
+    ],
+)
+def test_refusals_name_the_field(body: Any, param: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        wire.chat_request(wire.parse_request({"model": "m", **body}))
+    assert err.value.param == param
+
+
+def test_response_json_is_what_the_sdk_parses() -> None:
+    parsed = wire.parse_request({**PYDANTIC_AI_TURN, "stream": False, "store": True, "metadata": {"a": "b"}})
+    answer = ChatResponse(
+        "chatcmpl-1", "gpt-4o-mini-2024", "It is sunny.", (ToolCall("call_9", "get_weather", "{}"),), "tool_calls",
+        Usage(input_tokens=30, output_tokens=7, cached_input_tokens=10, reasoning_tokens=2),
+    )  # fmt: skip
+    out = wire.response_json(
+        parsed, "resp_t1", 1_700_000_000.5, answer.model, output=wire.output_items(answer, "t1"), usage=answer.usage
+    )
+    r = Response.model_validate(out)
+    assert r.output_text == "It is sunny." and r.status == "completed" and r.model == "gpt-4o-mini-2024"
+    assert [o.type for o in r.output] == ["message", "function_call"]
+    assert r.output[1].call_id == "call_9"  # type: ignore[union-attr]
+    assert r.usage is not None and (r.usage.total_tokens, r.usage.input_tokens_details.cached_tokens) == (37, 10)
+    assert r.usage.output_tokens_details.reasoning_tokens == 2
+    assert r.reasoning is not None and r.reasoning.effort == "low" and r.parallel_tool_calls is False
+    assert wire.status_of("length") == ("incomplete", {"reason": "max_output_tokens"})
+    ITEMS.validate_python(wire.with_ids(parsed.items, "t1"))
+
+
+def _decode(frames: bytes) -> list[Any]:
+    events = []
+    for frame in frames.decode().strip().split("\n\n"):
+        head, data = frame.split("\n")
+        event = orjson.loads(data.removeprefix("data: "))
+        assert head == f"event: {event['type']}"
+        events.append(EVENTS.validate_python(event))
+    return events
+
+
+def test_stream_encoder_event_sequence() -> None:
+    parsed = wire.parse_request({"model": "m", "input": "weather?", "stream": True})
+    enc = wire.StreamEncoder(parsed, "resp_t9", 1_700_000_000.0, "m-1")
+    feed = [
+        Start("x", "m-1"), Text("Let me "), Text("check."), ToolCallDelta(0, "call_1", "get_weather", ""),
+        ToolCallDelta(0, None, None, '{"city":'), ToolCallDelta(0, None, None, ' "Paris"}'),
+        ToolCallDelta(1, "call_2", "get_time", "{}"), Finish("tool_calls"), UsageEvent(Usage(12, 9)),
+    ]  # fmt: skip
+    raw = enc.start() + b"".join(enc.feed(e) for e in feed)
+    frames, final = enc.close()
+    events = _decode(raw + frames + enc.completed(final))
+    assert [e.type for e in events] == [
+        "response.created", "response.in_progress",
+        "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta", "response.output_text.delta",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done", "response.output_item.done",
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.done", "response.output_item.done",
+        "response.completed",
+    ]  # fmt: skip
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    done = events[-1].response
+    assert done.output_text == "Let me check." and done.usage.total_tokens == 21
+    assert [o.type for o in done.output] == ["message", "function_call", "function_call"]
+    assert {o.status for o in done.output} == {"completed"}
+    assert done.output[1].arguments == '{"city": "Paris"}' and done.output[1].id == events[9].item.id
+
+
+def test_stream_encoder_failure_is_an_error_then_response_failed() -> None:
+    enc = wire.StreamEncoder(wire.parse_request({"model": "m", "input": "hi"}), "resp_t8", 1.0, "m")
+    raw = enc.start() + enc.feed(Text("partial"))
+    events = _decode(raw + enc.failed(_overloaded()))
+    assert [e.type for e in events[-2:]] == ["error", "response.failed"]
+    failed = events[-1].response
+    assert failed.status == "failed" and failed.error.code == "server_error" and failed.output_text == "partial"
+
+
+def _overloaded() -> ProviderError:
+    return ProviderError(ErrorKind.overloaded, "upstream overloaded", status=503)
