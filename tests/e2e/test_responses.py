@@ -7,6 +7,7 @@ the store; most run against an OpenAI-served and an Anthropic-served alias.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -319,3 +320,44 @@ def test_failure_mid_stream_is_response_failed(gateway: Gateway, up: FakeUpstrea
     kinds = [frame.split("\n")[0].removeprefix("event: ") for frame in raw.strip().split("\n\n")]
     assert "response.output_text.delta" in kinds
     assert kinds[-2:] == ["error", "response.failed"] and "response.completed" not in kinds
+
+
+# ---- pydantic-ai's default OpenAI model (the Responses API) ------------------------------------
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+@pytest.mark.parametrize("stream", [False, True])
+def test_pydantic_ai_agent_with_a_tool(gateway: Gateway, up: FakeUpstream, alias: str, stream: bool) -> None:
+    from pydantic_ai import Agent
+    from pydantic_ai.models.openai import OpenAIResponsesModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    up.script(Script(tool_call=True), Script(text="It is sunny in Paris."))
+    asked: list[str] = []
+
+    def get_weather(city: str) -> str:
+        """Weather in a city."""
+        asked.append(city)
+        return "sunny, 21 C"
+
+    async def run() -> str:
+        # the SDK client, closed here: no socket outlives this event loop
+        async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key=gateway.key, max_retries=0) as sdk:
+            model = OpenAIResponsesModel(alias, provider=OpenAIProvider(openai_client=sdk))
+            agent = Agent(model, instructions="Be concise.", tools=[get_weather])
+            if not stream:
+                return (await agent.run("Weather in Paris?")).output
+            async with agent.run_stream("Weather in Paris?") as result:
+                return await result.get_output()
+
+    assert asyncio.run(run()) == "It is sunny in Paris."
+    assert asked == ["Paris"]
+    first, second = (r["json"] for r in up.requests[-2:])
+    assert conversation(first, alias)[0] == ("system", "Be concise.")
+    if alias == "claude":
+        blocks = [b for m in second["messages"] if isinstance(m["content"], list) for b in m["content"]]
+        results = [b["content"] for b in blocks if b["type"] == "tool_result"]
+    else:
+        results = [m["content"] for m in second["messages"] if m["role"] == "tool"]
+    assert results == ["sunny, 21 C"]
+    assert [t.endpoint for t in gateway.traces()] == ["responses", "responses"]
