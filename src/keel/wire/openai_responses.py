@@ -19,6 +19,7 @@ field, like OpenAI's own "Unknown parameter".
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -514,6 +515,7 @@ def response_json(
         "id": response_id,
         "object": "response",
         "created_at": int(created_at),
+        "completed_at": None if status in ("in_progress", "failed") else int(time.time()),
         "status": status,
         "error": error,
         "incomplete_details": incomplete,
@@ -528,12 +530,20 @@ def response_json(
         "temperature": 1.0 if r.temperature is None else r.temperature,
         "text": r.text,
         "tool_choice": r.tool_choice,
-        "tools": list(r.tools),
+        "tools": [{"description": None, "parameters": None, "strict": None} | t for t in r.tools],
         "top_p": 1.0 if r.top_p is None else r.top_p,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "top_logprobs": 0,
+        "max_tool_calls": None,
         "truncation": r.truncation,
         "usage": None if usage is None and status == "in_progress" else usage_json(usage),
         "user": r.user,
         "metadata": r.metadata or {},
+        "background": False,
+        "service_tier": r.extra.get("service_tier") or "default",
+        "safety_identifier": r.extra.get("safety_identifier"),
+        "prompt_cache_key": r.extra.get("prompt_cache_key"),
     }
 
 
