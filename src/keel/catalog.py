@@ -6,6 +6,10 @@
 - continue_final_message: the server continues a trailing assistant message when asked with
   `continue_final_message: true, add_generation_prompt: false` (vLLM)
 - prefix_message: the server continues a trailing assistant message marked `"prefix": true` (Mistral)
+- top_k: the server takes a `top_k` sampling parameter (an Anthropic client's reaches it; else dropped)
+- reasoning_effort: the server takes `reasoning_effort` (an Anthropic client's `thinking` maps to it)
+`schema_models` are the model id prefixes that take native structured output (Anthropic's
+`output_config.format`); other models get `response_format` as a forced tool call.
 The last two, and the Anthropic wire, accept an assistant prefill: a stream that broke after content
 resumes on them by continuing its text (gateway/resume.py) instead of restarting it.
 """
@@ -17,7 +21,19 @@ from typing import Literal
 
 Wire = Literal["openai_chat", "anthropic_messages", "simulated"]
 Auth = Literal["bearer", "api-key", "x-api-key", "none"]
-Quirk = Literal["no_stream_options", "azure_deployments", "continue_final_message", "prefix_message"]
+Quirk = Literal[
+    "no_stream_options", "azure_deployments", "continue_final_message", "prefix_message", "top_k", "reasoning_effort"
+]
+# Claude models with structured outputs (`output_config.format`), from Anthropic's structured-outputs docs
+ANTHROPIC_SCHEMA_MODELS = (
+    "claude-opus-4-7",
+    "claude-opus-4-6",
+    "claude-sonnet-4-6",
+    "claude-opus-4-5",
+    "claude-sonnet-4-5",
+    "claude-haiku-4-5",
+    "claude-opus-4-1",
+)
 PREFILL_QUIRKS: frozenset[Quirk] = frozenset({"continue_final_message", "prefix_message"})
 
 
@@ -28,6 +44,7 @@ class CatalogRow:
     auth: Auth
     key_env: str | None
     quirks: frozenset[Quirk] = frozenset()
+    schema_models: tuple[str, ...] = ()
 
     @property
     def prefill(self) -> bool:
@@ -36,10 +53,18 @@ class CatalogRow:
 
 
 CATALOG: dict[str, CatalogRow] = {
-    "openai": CatalogRow("openai_chat", "https://api.openai.com/v1", "bearer", "OPENAI_API_KEY"),
-    "azure": CatalogRow("openai_chat", None, "api-key", "AZURE_OPENAI_API_KEY", frozenset({"azure_deployments"})),
-    "groq": CatalogRow("openai_chat", "https://api.groq.com/openai/v1", "bearer", "GROQ_API_KEY"),
-    "together": CatalogRow("openai_chat", "https://api.together.xyz/v1", "bearer", "TOGETHER_API_KEY"),
+    "openai": CatalogRow(
+        "openai_chat", "https://api.openai.com/v1", "bearer", "OPENAI_API_KEY", frozenset({"reasoning_effort"})
+    ),
+    "azure": CatalogRow(
+        "openai_chat", None, "api-key", "AZURE_OPENAI_API_KEY", frozenset({"azure_deployments", "reasoning_effort"})
+    ),
+    "groq": CatalogRow(
+        "openai_chat", "https://api.groq.com/openai/v1", "bearer", "GROQ_API_KEY", frozenset({"reasoning_effort"})
+    ),
+    "together": CatalogRow(
+        "openai_chat", "https://api.together.xyz/v1", "bearer", "TOGETHER_API_KEY", frozenset({"top_k"})
+    ),
     "mistral": CatalogRow(
         "openai_chat",
         "https://api.mistral.ai/v1",
@@ -48,15 +73,37 @@ CATALOG: dict[str, CatalogRow] = {
         frozenset({"no_stream_options", "prefix_message"}),
     ),
     "deepseek": CatalogRow("openai_chat", "https://api.deepseek.com/v1", "bearer", "DEEPSEEK_API_KEY"),
-    "fireworks": CatalogRow("openai_chat", "https://api.fireworks.ai/inference/v1", "bearer", "FIREWORKS_API_KEY"),
-    "openrouter": CatalogRow("openai_chat", "https://openrouter.ai/api/v1", "bearer", "OPENROUTER_API_KEY"),
+    "fireworks": CatalogRow(
+        "openai_chat",
+        "https://api.fireworks.ai/inference/v1",
+        "bearer",
+        "FIREWORKS_API_KEY",
+        frozenset({"top_k", "reasoning_effort"}),
+    ),
+    "openrouter": CatalogRow(
+        "openai_chat",
+        "https://openrouter.ai/api/v1",
+        "bearer",
+        "OPENROUTER_API_KEY",
+        frozenset({"top_k", "reasoning_effort"}),
+    ),
     "gemini": CatalogRow(
-        "openai_chat", "https://generativelanguage.googleapis.com/v1beta/openai", "bearer", "GEMINI_API_KEY"
+        "openai_chat",
+        "https://generativelanguage.googleapis.com/v1beta/openai",
+        "bearer",
+        "GEMINI_API_KEY",
+        frozenset({"reasoning_effort"}),
     ),
     "vllm": CatalogRow(
-        "openai_chat", "http://127.0.0.1:8000/v1", "bearer", None, frozenset({"continue_final_message"})
+        "openai_chat", "http://127.0.0.1:8000/v1", "bearer", None, frozenset({"continue_final_message", "top_k"})
     ),
     "ollama": CatalogRow("openai_chat", "http://127.0.0.1:11434/v1", "none", None),
-    "anthropic": CatalogRow("anthropic_messages", "https://api.anthropic.com/v1", "x-api-key", "ANTHROPIC_API_KEY"),
+    "anthropic": CatalogRow(
+        "anthropic_messages",
+        "https://api.anthropic.com/v1",
+        "x-api-key",
+        "ANTHROPIC_API_KEY",
+        schema_models=ANTHROPIC_SCHEMA_MODELS,
+    ),
     "simulated": CatalogRow("simulated", None, "none", None),
 }

@@ -1,8 +1,10 @@
 """Keel's internal value types: frozen, slotted dataclasses shaped after OpenAI chat completions.
 
 Pydantic stays at the edges (config, admin bodies); inside, these plain types flow through the
-pipeline. Fields Keel does not model travel in `ChatRequest.extra` and reach OpenAI-compatible
-upstreams untouched.
+pipeline. Fields Keel does not model travel in `ChatRequest.extra`, in the wire dialect of the edge
+that parsed them (`dialect`): a codec of that wire passes them on untouched; a codec of another wire
+translates the ones it can, refuses the ones whose loss would change the answer and drops the rest,
+recording each drop on the trace (keel/wire/translate.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ class ToolCall:
 # `Message.extra` key marking a trailing assistant message as a prefill the model continues (the wire
 # name Mistral and DeepSeek use, so OpenAI-compatible codecs pass it on; vLLM's dialect is a quirk).
 PREFIX = "prefix"
+# `Message.extra` keys of the Anthropic dialect: a tool result that reports an error, and the thinking
+# blocks (with their signatures) an assistant turn carried, which Anthropic wants back as they were.
+IS_ERROR = "is_error"
+THINKING = "thinking"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +56,9 @@ class ChatRequest:
     response_format: JSON | None = None
     user: str | None = None
     metadata: JSON | None = None
-    extra: JSON = field(default_factory=dict)  # unknown fields, passed through
+    extra: JSON = field(default_factory=dict)  # unknown fields, passed through to upstreams of `dialect`
+    dialect: str = "openai_chat"  # the wire `extra` (and Message.extra) is written in
+    betas: tuple[str, ...] = ()  # the caller's `anthropic-beta` header values, for Anthropic upstreams
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +83,7 @@ class Usage:
     reasoning_tokens: int = 0
 
 
-# Events a provider yields, in order: Start, then any Text/ToolCallDelta, then Finish, then Usage;
+# Events a provider yields, in order: Start, then any Reasoning/Text/ToolCallDelta, then Finish, then Usage;
 # a Note may come anywhere.
 @dataclass(frozen=True, slots=True)
 class Start:
@@ -97,6 +105,17 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class Reasoning:
+    """The model's thinking: text as it streams, then the block's `signature` (Anthropic), or a whole
+    redacted block (`redacted`, opaque data). Rendered as `reasoning_content` (OpenAI chat) or as
+    thinking blocks (Anthropic)."""
+
+    text: str = ""
+    signature: str | None = None
+    redacted: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     reason: str  # stop | length | tool_calls | content_filter
 
@@ -115,7 +134,7 @@ class Note:
     value: str
 
 
-ChatEvent = Start | Text | ToolCallDelta | Finish | UsageEvent | Note
+ChatEvent = Start | Reasoning | Text | ToolCallDelta | Finish | UsageEvent | Note
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +145,9 @@ class ChatResponse:
     tool_calls: tuple[ToolCall, ...]
     finish_reason: str | None
     usage: Usage | None
+    # thinking blocks, Anthropic-shaped: {"type": "thinking", "thinking", "signature"} or
+    # {"type": "redacted_thinking", "data"}
+    reasoning: tuple[JSON, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

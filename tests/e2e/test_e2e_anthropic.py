@@ -172,10 +172,13 @@ def test_tool_choice_and_sampling_parameters_are_mapped(gateway: Gateway, up: Fa
         c.messages.create(model="claude", max_tokens=64, messages=USER, tools=[WEATHER], tool_choice=pick)
     openai_body, anthropic_body = (r["json"] for r in up.requests[-2:])
     assert openai_body["tool_choice"] == "required" and openai_body["parallel_tool_calls"] is False
-    assert (openai_body["temperature"], openai_body["top_p"], openai_body["top_k"]) == (0.5, 0.9, 40)
+    assert (openai_body["temperature"], openai_body["top_p"]) == (0.5, 0.9)
+    assert "top_k" not in openai_body  # OpenAI takes no top_k: dropped, and the trace says so
     assert openai_body["stop"] == ["END"] and openai_body["user"] == "end-user-7"
     assert anthropic_body["tool_choice"] == {"type": "tool", "name": "get_weather"}
-    assert [t.user for t in gateway.traces()].count("end-user-7") == 1
+    traces = gateway.traces()
+    assert [t.user for t in traces].count("end-user-7") == 1
+    assert next(t for t in traces if t.user == "end-user-7").tags["keel.dropped"] == "top_k"
 
 
 def test_cache_control_and_images_survive(gateway: Gateway, up: FakeUpstream) -> None:

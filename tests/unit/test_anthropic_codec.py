@@ -15,6 +15,7 @@ from keel.types import (
     Finish,
     Message,
     Note,
+    Reasoning,
     Start,
     Target,
     Text,
@@ -64,7 +65,24 @@ def test_minimal_request_hoists_system_and_defaults_max_tokens() -> None:
     }
 
 
-def test_sampling_fields_stream_and_user_map_and_openai_extras_are_dropped() -> None:
+def test_sampling_fields_stream_and_user_map_and_openai_extras_are_dropped_and_noted() -> None:
+    out = CODEC.encode_chat(
+        ChatRequest(
+            model="smart",
+            messages=(Message("user", "Hi"),),
+            stream=True,
+            max_tokens=300,
+            temperature=0.2,
+            top_p=0.9,
+            stop=("END", "###"),
+            user="user-42",
+            metadata={"feature": "chat"},
+            extra={"seed": 7, "logprobs": False, "anthropic_beta": "x", "max_completion_tokens": 999},
+        ),
+        TARGET,
+        True,
+    )
+    assert out.notes == (Note("keel.dropped", "anthropic_beta, logprobs, metadata, seed"),)
     body = encode(
         Message("user", "Hi"),
         stream=True,
@@ -74,7 +92,7 @@ def test_sampling_fields_stream_and_user_map_and_openai_extras_are_dropped() -> 
         stop=("END", "###"),
         user="user-42",
         metadata={"feature": "chat"},
-        extra={"seed": 7, "logprobs": True, "anthropic_beta": "x", "max_completion_tokens": 999},
+        extra={"seed": 7, "anthropic_beta": "x", "max_completion_tokens": 999},
     )
     assert body == {
         "model": "claude-sonnet-4-5-20250929",
@@ -264,14 +282,6 @@ def test_tool_choice_without_tools_is_not_sent() -> None:
     assert "tool_choice" not in encode(Message("user", "Hi"), tool_choice="none")
 
 
-def test_response_format_is_refused() -> None:
-    with pytest.raises(ProviderError) as info:
-        encode(Message("user", "Hi"), response_format={"type": "json_object"})
-    assert info.value.error_kind is ErrorKind.bad_request
-    assert info.value.param == "response_format"
-    assert info.value.status == 400
-
-
 # ---- decode_chat ------------------------------------------------------------------------------
 
 TEXT_ANSWER = b"""{
@@ -320,13 +330,14 @@ def test_decode_text_answer_with_cache_usage() -> None:
 
 def test_decode_tool_answer_numbers_calls_from_zero() -> None:
     events = CODEC.decode_chat(TOOL_ANSWER)
-    assert events[1:5] == [
+    assert events[1:6] == [
+        Reasoning("Two cities.", "EqQB"),
         Text("I'll check both."),
         ToolCallDelta(0, "toolu_01A", "get_weather", '{"city":"Paris"}'),
         ToolCallDelta(1, "toolu_01B", "get_weather", '{"city":"Rome"}'),
         Finish("tool_calls"),
     ]
-    assert events[5] == UsageEvent(Usage(input_tokens=410, output_tokens=88))
+    assert events[6] == UsageEvent(Usage(input_tokens=410, output_tokens=88))
 
 
 @pytest.mark.parametrize(
@@ -418,11 +429,13 @@ def test_text_stream() -> None:
     ]
 
 
-def test_tool_stream_numbers_calls_and_skips_thinking() -> None:
+def test_tool_stream_numbers_calls_and_carries_thinking() -> None:
     events, done = feed_all(TOOL_STREAM)
     assert done
     assert events == [
         Start("msg_014p7gG3wDgGV9EUtLvnow3U", "claude-sonnet-4-5-20250929"),
+        Reasoning("Need the weather."),
+        Reasoning(signature="EqQBCgIYAhIM"),
         Text("Let me check."),
         ToolCallDelta(0, "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "get_weather", ""),
         ToolCallDelta(0, arguments='{"city": "San'),

@@ -50,7 +50,7 @@ class AnthropicEdge:
         try:
             principal, allowed = await authenticate(self._rt, request)
             body = await read_json(request, self._bounds)
-            chat = parse_request(body)
+            chat = parse_request(body, request.headers.get("anthropic-beta"))
             call = new_call(request, chat, body, "messages", self._payloads)
         except KeelError as err:
             return error_response(err)

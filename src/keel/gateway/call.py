@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar
 
 from keel.errors import KeelError
 from keel.types import (
+    JSON,
     ChatEvent,
     ChatRequest,
     ChatResponse,
@@ -33,6 +34,7 @@ from keel.types import (
     Finish,
     Note,
     Principal,
+    Reasoning,
     RoutePlan,
     Start,
     Target,
@@ -121,6 +123,7 @@ class Reply:
         self.model = embedding.model if embedding else ""
         self._text: list[str] = []
         self._calls: dict[int, list[str]] = {}  # index -> [id, name, arguments]
+        self._reasoning: list[JSON] = []  # thinking blocks, as ChatResponse.reasoning holds them
         self.finish: str | None = None
         self.usage: Usage | None = embedding.usage if embedding else None
         self.first_token_at: float | None = None
@@ -220,6 +223,8 @@ class Reply:
     def _absorb(self, event: ChatEvent, now: float) -> None:
         if isinstance(event, Text):
             self._text.append(event.text)
+        elif isinstance(event, Reasoning):
+            _think(self._reasoning, event)
         elif isinstance(event, ToolCallDelta):
             slot = self._calls.setdefault(event.index, ["", "", ""])
             slot[0] = event.id or slot[0]
@@ -265,7 +270,7 @@ class Reply:
         """The response from `_text[start]` on: the whole call's, or (after a resume) one attempt's."""
         calls = tuple(ToolCall(c[0], c[1], c[2]) for _, c in sorted(self._calls.items()))
         text = "".join(self._text[start:] if start else self._text) if len(self._text) > start else None
-        return ChatResponse(self.id, self.model, text, calls, self.finish, self.usage)
+        return ChatResponse(self.id, self.model, text, calls, self.finish, self.usage, tuple(self._reasoning))
 
     def _finish(self, status: Status, error: KeelError | None) -> None:
         if self._done:
@@ -295,6 +300,19 @@ class Reply:
     def fail(self, error: KeelError) -> None:
         """Report a failure that happened outside iteration (e.g. while rendering)."""
         self._finish("error", error)
+
+
+def _think(blocks: list[JSON], event: Reasoning) -> None:
+    """Fold a Reasoning event into thinking blocks: text extends the open block, a signature closes it."""
+    if event.redacted is not None:
+        blocks.append({"type": "redacted_thinking", "data": event.redacted})
+        return
+    last = blocks[-1] if blocks else None
+    if last is None or last["type"] != "thinking" or last["signature"]:
+        last = {"type": "thinking", "thinking": "", "signature": ""}
+        blocks.append(last)
+    last["thinking"] += event.text
+    last["signature"] = event.signature or ""
 
 
 def _added(a: Usage | None, b: Usage) -> Usage:

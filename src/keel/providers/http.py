@@ -80,7 +80,8 @@ class HttpProvider:
     async def _send(self, out: Outbound) -> Response:
         deadline = asyncio.get_running_loop().time() + self._timeout
         size = str(len(out.body)).encode()
-        data = b"".join((b"POST ", self._path, out.path.encode(), self._head, size, b"\r\n\r\n", out.body))
+        own = "".join(f"\r\n{k}: {v}" for k, v in out.headers).encode()  # codecs admit no line breaks in them
+        data = b"".join((b"POST ", self._path, out.path.encode(), self._head, size, own, b"\r\n\r\n", out.body))
         try:
             resp = await self._pool.send(data, deadline, self._connect_timeout)
             try:
@@ -125,9 +126,12 @@ class HttpProvider:
         except InvalidRequest as exc:  # this wire format cannot carry the request: another target may
             raise ProviderError(ErrorKind.bad_request, exc.message, provider=self.name, param=exc.param) from None
         resp = await self._send(out)
+        notes = out.notes
         del out  # the encoded body is sent: a stream need not hold a second copy of the request
         cap = token_cap(target)
         try:
+            for note in notes:
+                yield note
             if not request.stream:
                 for event in self._codec.decode_chat(await self._read(resp), cap):
                     yield event

@@ -17,7 +17,7 @@ from keel.wire.openai_chat import OpenAIChatCodec
 def _anthropic(row: CatalogRow, cfg: ProviderConfig) -> Codec:
     from keel.wire.anthropic_messages import AnthropicCodec
 
-    return AnthropicCodec()
+    return AnthropicCodec(row.schema_models)
 
 
 _CODECS: dict[str, Callable[[CatalogRow, ProviderConfig], Codec]] = {

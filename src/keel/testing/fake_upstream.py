@@ -53,6 +53,10 @@ class Script:
     names (e.g. {"prompt_tokens": -5} for OpenAI, {"output_tokens": 1e30} for Anthropic).
     `echo_headers` makes an error message quote the request's headers, as careless upstreams do.
     `refuse_prefill` answers a request carrying an assistant prefill with a 400.
+    `arguments` is the JSON a tool call (`tool_call`, or an Anthropic tool_choice that forces one)
+    carries; `thinking` is reasoning the model shows first (OpenAI: `reasoning_content`; Anthropic: a
+    signed thinking block, when the request enables thinking). `strict` refuses, as OpenAI does, an
+    OpenAI chat request with a top-level field OpenAI does not take.
     """
 
     status: int = 200
@@ -80,6 +84,9 @@ class Script:
     endless: bool = False
     model: str | None = None
     refuse_prefill: bool = False
+    arguments: str | None = None
+    thinking: str | None = None
+    strict: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.usage or {}) - wire.USAGE_KEYS
@@ -301,6 +308,10 @@ class FakeUpstream:
         anthropic = kind == "messages"
         prefill = wire.prefill(body, anthropic=anthropic)
         refusal = wire.prefill_refusal(body, prefill, anthropic=anthropic, refuse=script.refuse_prefill)
+        unknown = sorted(set(body) - wire.OPENAI_CHAT_FIELDS) if script.strict and not anthropic else []
+        if unknown:
+            refusal = {"error": {"message": f"Unrecognized request argument supplied: {unknown[0]}"}}
+            refusal["error"] |= {"type": "invalid_request_error", "param": None, "code": None}
         if refusal is not None:
             return web.json_response(refusal, status=400, headers=headers)
         answer = wire.plan(
@@ -311,6 +322,9 @@ class FakeUpstream:
             model=script.model,
             bad_usage=script.bad_usage,
             prefill=prefill,
+            arguments=script.arguments,
+            thinking=script.thinking,
+            anthropic=anthropic,
         )
         lie = None if script.error_in_200 is None else _error_body(kind, script, script.error_in_200, request)
         if body.get("stream") is True:

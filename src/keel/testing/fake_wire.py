@@ -29,6 +29,15 @@ USAGE_KEYS = frozenset(
 TOOL_ARGUMENTS = '{"city": "Paris"}'
 DEFAULT_TOOL = "get_weather"
 MODEL_ID = "fake-model"
+SIGNATURE = "EqQBCgIYAhIMfake"  # the signature the fake puts on its thinking blocks
+# The top-level fields OpenAI's chat completions take; a `strict` script refuses any other, as OpenAI does.
+OPENAI_CHAT_FIELDS = frozenset(
+    {"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature"}
+    | {"top_p", "stop", "tools", "tool_choice", "parallel_tool_calls", "response_format", "user", "metadata"}
+    | {"n", "seed", "logprobs", "top_logprobs", "logit_bias", "presence_penalty", "frequency_penalty"}
+    | {"reasoning_effort", "store", "service_tier", "modalities", "audio", "prediction", "web_search_options"}
+    | {"prompt_cache_key", "safety_identifier", "verbosity", "functions", "function_call"}
+)
 
 Json = dict[str, Any]
 FrameKind = Literal["head", "content", "tail", "end"]
@@ -44,6 +53,8 @@ class Answer:
     usage: dict[str, int]  # the USAGE_KEYS, prompt_tokens including cached ones
     include_usage: bool  # OpenAI stream_options.include_usage
     bad_usage: Json | None = None  # merged into the usage object as sent, in the format's own field names
+    arguments: str = TOOL_ARGUMENTS  # the tool call's arguments (JSON text)
+    thinking: str | None = None  # reasoning shown before the reply (Anthropic: when the request enables it)
 
 
 @dataclass(frozen=True)
@@ -128,10 +139,15 @@ def plan(
     model: str | None,
     bad_usage: Json | None = None,
     prefill: str | None = None,
+    arguments: str | None = None,
+    thinking: str | None = None,
+    anthropic: bool = False,
 ) -> Answer:
     """Decide the reply to a chat request (either format) under a script's overrides.
 
     With a prefill, the reply is the rest of the answer after it (the whole answer if it does not begin so).
+    A tool_choice naming a tool is obeyed (Anthropic's `{"type": "tool"}` forces the call, as the model
+    does); Anthropic shows `thinking` only when the request enables it, an OpenAI-compatible reasoner always.
     """
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
     chars = len(_text_of(body.get("system"))) + sum(len(_text_of(m.get("content"))) for m in messages)
@@ -139,10 +155,16 @@ def plan(
     reply = text if text is not None else "echo: " + last_user
     if prefill and reply.startswith(prefill):
         reply = reply[len(prefill) :]
-    tool_name = _first_tool(body.get("tools")) if tool_call else None
+    forced = _forced_tool(body.get("tool_choice"))
+    tool_call = tool_call or (anthropic and forced is not None)
+    tool_name = (forced or _first_tool(body.get("tools"))) if tool_call else None
+    arguments = arguments or TOOL_ARGUMENTS
+    config = body.get("thinking")
+    if anthropic and not (isinstance(config, dict) and config.get("type") in ("enabled", "adaptive")):
+        thinking = None
     numbers = {key: 0 for key in USAGE_KEYS}
     numbers["prompt_tokens"] = chars // 4 + 1
-    numbers["completion_tokens"] = len((TOOL_ARGUMENTS if tool_name else reply).split())
+    numbers["completion_tokens"] = len((arguments if tool_name else reply).split())
     numbers.update(usage or {})
     options = body.get("stream_options")
     return Answer(
@@ -152,7 +174,18 @@ def plan(
         usage=numbers,
         include_usage=isinstance(options, dict) and options.get("include_usage") is True,
         bad_usage=bad_usage,
+        arguments=arguments,
+        thinking=thinking,
     )
+
+
+def _forced_tool(choice: object) -> str | None:
+    """The tool a tool_choice names: Anthropic {type: tool, name} or OpenAI {type: function, function: {name}}."""
+    if not isinstance(choice, dict):
+        return None
+    function = choice.get("function")
+    name = function.get("name") if isinstance(function, dict) else choice.get("name")
+    return name if isinstance(name, str) and choice.get("type") in ("tool", "function") else None
 
 
 def new_id(prefix: str) -> str:
@@ -176,8 +209,10 @@ def _openai_usage(a: Answer) -> Json:
 
 def openai_completion(a: Answer) -> Json:
     message: Json = {"role": "assistant", "content": a.text, "refusal": None}
+    if a.thinking:
+        message["reasoning_content"] = a.thinking
     if a.tool_name:
-        call = {"name": a.tool_name, "arguments": TOOL_ARGUMENTS}
+        call = {"name": a.tool_name, "arguments": a.arguments}
         message["content"] = None
         message["tool_calls"] = [{"id": new_id("call_"), "type": "function", "function": call}]
     return {
@@ -212,11 +247,12 @@ def openai_frames(a: Answer) -> list[Frame]:
         return Frame(kind, json.dumps({**base, "choices": [choice], **extra}))
 
     frames = [chunk("head", {"role": "assistant", "content": ""})]
+    frames += [chunk("content", {"reasoning_content": part}) for part in pieces(a.thinking or "")]
     if a.tool_name:
         call = {"index": 0, "id": new_id("call_"), "type": "function"}
         call["function"] = {"name": a.tool_name, "arguments": ""}
         frames.append(chunk("content", {"tool_calls": [call]}))
-        for part in pieces(TOOL_ARGUMENTS):
+        for part in pieces(a.arguments):
             frames.append(chunk("content", {"tool_calls": [{"index": 0, "function": {"arguments": part}}]}))
     else:
         frames += [chunk("content", {"content": part}) for part in pieces(a.text)]
@@ -317,7 +353,7 @@ def _anthropic_usage(a: Answer, output_tokens: int) -> Json:
 
 def _anthropic_block(a: Answer, tool_id: str, *, empty: bool) -> Json:
     if a.tool_name:
-        tool_input = {} if empty else json.loads(TOOL_ARGUMENTS)
+        tool_input = {} if empty else json.loads(a.arguments)
         return {"type": "tool_use", "id": tool_id, "name": a.tool_name, "input": tool_input}
     return {"type": "text", "text": "" if empty else a.text}
 
@@ -328,11 +364,15 @@ def anthropic_message(a: Answer) -> Json:
         "type": "message",
         "role": "assistant",
         "model": a.model,
-        "content": [_anthropic_block(a, new_id("toolu_"), empty=False)],
+        "content": [*_thinking_blocks(a), _anthropic_block(a, new_id("toolu_"), empty=False)],
         "stop_reason": "tool_use" if a.tool_name else "end_turn",
         "stop_sequence": None,
         "usage": _anthropic_usage(a, a.usage["completion_tokens"]),
     }
+
+
+def _thinking_blocks(a: Answer) -> list[Json]:
+    return [{"type": "thinking", "thinking": a.thinking, "signature": SIGNATURE}] if a.thinking else []
 
 
 def anthropic_frames(a: Answer) -> list[Frame]:
@@ -344,20 +384,29 @@ def anthropic_frames(a: Answer) -> list[Frame]:
     start = {**anthropic_message(a), "content": [], "stop_reason": None}
     start["usage"] = _anthropic_usage(a, 1)
     block = _anthropic_block(a, new_id("toolu_"), empty=True)
-    frames = [
-        event("head", "message_start", {"message": start}),
-        event("head", "content_block_start", {"index": 0, "content_block": block}),
+    frames = [event("head", "message_start", {"message": start})]
+    at = 0
+    if a.thinking:  # a thinking block first: its text, then its signature
+        empty = {"type": "thinking", "thinking": "", "signature": ""}
+        frames.append(event("head", "content_block_start", {"index": 0, "content_block": empty}))
+        thoughts = [{"type": "thinking_delta", "thinking": p} for p in pieces(a.thinking)]
+        thoughts.append({"type": "signature_delta", "signature": SIGNATURE})
+        frames += [event("content", "content_block_delta", {"index": 0, "delta": d}) for d in thoughts]
+        frames.append(event("content", "content_block_stop", {"index": 0}))
+        at = 1
+    frames += [
+        event("head" if at == 0 else "content", "content_block_start", {"index": at, "content_block": block}),
         event("head", "ping", {}),
     ]
     if a.tool_name:
-        deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces(TOOL_ARGUMENTS)]
+        deltas = [{"type": "input_json_delta", "partial_json": p} for p in pieces(a.arguments)]
     else:
         deltas = [{"type": "text_delta", "text": p} for p in pieces(a.text)]
-    frames += [event("content", "content_block_delta", {"index": 0, "delta": d}) for d in deltas]
+    frames += [event("content", "content_block_delta", {"index": at, "delta": d}) for d in deltas]
     stop_reason = "tool_use" if a.tool_name else "end_turn"
     return [
         *frames,
-        event("tail", "content_block_stop", {"index": 0}),
+        event("tail", "content_block_stop", {"index": at}),
         event(
             "tail",
             "message_delta",

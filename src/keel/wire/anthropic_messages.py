@@ -16,13 +16,17 @@ import orjson
 
 from keel.errors import ErrorKind, InvalidRequest, ProviderError
 from keel.types import (
+    IS_ERROR,
     JSON,
+    PREFIX,
+    THINKING,
     ChatEvent,
     ChatRequest,
     EmbeddingRequest,
     EmbeddingResponse,
     Finish,
     Message,
+    Reasoning,
     Start,
     Target,
     Text,
@@ -32,45 +36,137 @@ from keel.types import (
 )
 from keel.wire.base import MAX_TOKENS, Malformed, Outbound, counted, retry_after, usage_events
 from keel.wire.openai_chat import output_cap
+from keel.wire.translate import ANTHROPIC, OPENAI_REFUSED, dropped_notes, refusal, thinking_of
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI callers often omit it
 
 # ---- ChatRequest -> Anthropic JSON ------------------------------------------------------------
 
+# The forced tool standing in for `response_format` where the model has no native structured output:
+# its call's arguments come back as the message's text (the decoders below turn them so).
+ANSWER_TOOL = "keel_structured_output"
+_ANY_OBJECT: JSON = {"type": "object", "additionalProperties": True}
+_SHARED = frozenset({"parallel_tool_calls", "top_k", "max_completion_tokens"})  # keys both edges may set
+_OPENAI_KEPT = frozenset({"reasoning_effort", "stream_options"})  # read here, not sent as they are
 
-def request_json(request: ChatRequest, model: str, stream: bool) -> JSON:
-    if request.response_format is not None:
-        raise ProviderError(
-            ErrorKind.bad_request, "response_format is not supported by Anthropic targets", param="response_format"
-        )
-    system, messages = split_messages(request.messages)
-    body: JSON = {"model": model, "max_tokens": output_cap(request) or DEFAULT_MAX_TOKENS, "messages": messages}
+
+def request_json(request: ChatRequest, model: str, stream: bool, native_schema: bool = False) -> tuple[JSON, list[str]]:
+    """The Anthropic body for `request`, and the names of the fields it had to drop (for the trace).
+
+    `native_schema`: the model takes `output_config.format` (structured outputs); else a json_schema
+    `response_format` becomes a forced call of `ANSWER_TOOL`.
+    """
+    dropped: list[str] = []
+    own = request.dialect == ANTHROPIC
+    system, messages = split_messages(request.messages, dropped if not own else None)
+    extra = request.extra
+    thinking, max_tokens = (None, output_cap(request) or DEFAULT_MAX_TOKENS)
+    if not own:
+        thinking, max_tokens = thinking_of(extra.get("reasoning_effort"), output_cap(request), DEFAULT_MAX_TOKENS)
+    body: JSON = {"model": model, "max_tokens": max_tokens, "messages": messages}
     if system is not None:
         body["system"] = system
     if stream:
         body["stream"] = True
     tools = [_tool_json(t) for t in request.tools]
+    choice = _tool_choice(request.tool_choice) if tools else None  # Anthropic refuses it without tools
+    if not (own and ("output_config" in extra or "output_format" in extra)):
+        tools, choice = _structured(request.response_format, tools, choice, native_schema, body)
+    if tools and extra.get("parallel_tool_calls") is False:
+        choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
+    if request.metadata is not None and not own:
+        dropped.append("metadata")
     optional = (
         ("temperature", request.temperature),
         ("top_p", request.top_p),
+        ("top_k", extra.get("top_k")),
         ("stop_sequences", list(request.stop) or None),
         ("tools", tools or None),
-        ("tool_choice", _tool_choice(request.tool_choice) if tools else None),  # Anthropic refuses it without tools
+        ("tool_choice", choice),
         ("metadata", {"user_id": request.user} if request.user else None),
+        ("thinking", thinking),
     )
     body.update((k, v) for k, v in optional if v is not None)
-    return body
+    if own:
+        body.update((k, v) for k, v in extra.items() if k not in _SHARED)
+    else:
+        dropped += _openai_extra(extra)
+    if thinking is not None and choice is not None and choice.get("type") in ("any", "tool"):
+        raise InvalidRequest(
+            "Anthropic models cannot think while a tool call is forced (tool_choice or response_format on a "
+            "model without native structured output); drop 'reasoning_effort' or the forcing.",
+            "reasoning_effort",
+        )
+    return body, dropped
 
 
-def split_messages(messages: Sequence[Message]) -> tuple[str | list[JSON] | None, list[JSON]]:
-    """The top-level `system`, and the conversation as alternating user/assistant turns."""
+def _openai_extra(extra: JSON) -> list[str]:
+    """The OpenAI-dialect fields an Anthropic body cannot carry: a refusal for those whose loss changes
+    the answer (when they ask for anything), else their names, dropped."""
+    dropped = []
+    for key, value in extra.items():
+        if key in _SHARED or key in _OPENAI_KEPT:
+            continue
+        if key in OPENAI_REFUSED and value not in (None, False, [], {}, 0):
+            raise refusal(key, "Anthropic")
+        if key == "modalities" and value not in (None, ["text"]):
+            raise refusal(key, "Anthropic")
+        dropped.append(key)
+    return dropped
+
+
+def _structured(
+    fmt: JSON | None, tools: list[JSON], choice: JSON | None, native: bool, body: JSON
+) -> tuple[list[JSON], JSON | None]:
+    """`response_format` as Anthropic takes it: `output_config.format` where the model has structured
+    outputs, else a forced call of ANSWER_TOOL (beside the caller's tools: then any tool may be called)."""
+    kind = fmt.get("type") if fmt is not None else "text"
+    if kind == "text":
+        return tools, choice
+    if kind == "json_schema":
+        spec = fmt.get("json_schema") if fmt is not None else None
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidRequest(
+                "A json_schema response_format needs 'json_schema.schema', an object.", "response_format"
+            )
+        if native:
+            body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+            return tools, choice
+    elif kind == "json_object":
+        schema = _ANY_OBJECT
+    else:
+        raise InvalidRequest(
+            "'response_format.type' must be 'text', 'json_object' or 'json_schema'.", "response_format"
+        )
+    if any(t["name"] == ANSWER_TOOL for t in tools):
+        raise InvalidRequest(f"The tool name '{ANSWER_TOOL}' is Keel's own; rename the tool.", "tools")
+    answer = {
+        "name": ANSWER_TOOL,
+        "description": "Give the answer: its input is the whole reply.",
+        "input_schema": schema,
+    }
+    if not tools or (choice or {}).get("type") == "none":
+        return [answer], {"type": "tool", "name": ANSWER_TOOL}
+    return [*tools, answer], choice if (choice or {}).get("type") == "tool" else {"type": "any"}
+
+
+def split_messages(
+    messages: Sequence[Message], dropped: list[str] | None = None
+) -> tuple[str | list[JSON] | None, list[JSON]]:
+    """The top-level `system`, and the conversation as alternating user/assistant turns.
+
+    `dropped` (OpenAI-dialect messages) collects the names of message fields Anthropic has no place for;
+    None: the messages are Anthropic's own, whose `extra` carries thinking blocks and `is_error`."""
     system: list[JSON] = []
     turns: list[JSON] = []
     for i, m in enumerate(messages):
         if m.role in ("system", "developer"):
             system.extend(_blocks(m.content, i, text_only=True))
             continue
-        role, blocks = _turn(m, i)
+        if dropped is not None and m.extra:
+            dropped.extend(f"messages[].{k}" for k in m.extra if k != PREFIX)
+        role, blocks = _turn(m, i, dropped is None)
         if not blocks:
             continue  # Anthropic rejects empty turns
         if turns and turns[-1]["role"] == role:
@@ -80,13 +176,18 @@ def split_messages(messages: Sequence[Message]) -> tuple[str | list[JSON] | None
     return _system(system), [{"role": t["role"], "content": _compact(t["content"])} for t in turns]
 
 
-def _turn(m: Message, i: int) -> tuple[str, list[JSON]]:
+def _turn(m: Message, i: int, own: bool) -> tuple[str, list[JSON]]:
+    extra = (m.extra or {}) if own else {}
     if m.role == "user":
         return "user", _blocks(m.content, i)
     if m.role == "assistant":
-        return "assistant", _blocks(m.content, i) + [_tool_use(c, i) for c in m.tool_calls]
+        thinking = [b for b in extra.get(THINKING) or () if isinstance(b, dict)]
+        return "assistant", thinking + _blocks(m.content, i) + [_tool_use(c, i) for c in m.tool_calls]
     if m.role == "tool":
-        return "user", [_tool_result(m, i)]
+        block = _tool_result(m, i)
+        if extra.get(IS_ERROR) is True:
+            block["is_error"] = True
+        return "user", [block]
     raise InvalidRequest(
         f"Anthropic targets do not accept '{m.role}' messages; use 'tool' messages.", f"messages[{i}].role"
     )
@@ -107,8 +208,10 @@ def _part(part: Any, where: str, text_only: bool) -> JSON:
         block: JSON = {"type": "text", "text": part["text"]}
     elif kind == "image_url" and not text_only:
         block = _image(part.get("image_url"), where)
+    elif kind == "file" and not text_only:
+        block = _document(part.get("file"), where)
     else:
-        allowed = "text" if text_only else "text and image_url"
+        allowed = "text" if text_only else "text, image_url and file"
         raise InvalidRequest(f"Anthropic targets accept only {allowed} content parts here.", f"{where}.type")
     if "cache_control" in part:
         block["cache_control"] = part["cache_control"]
@@ -126,6 +229,24 @@ def _image(image: Any, where: str) -> JSON:
         return {"type": "image", "source": {"type": "url", "url": url}}
     raise InvalidRequest(
         "An image needs an http(s) URL or a base64 data URL (data:image/png;base64,...).", f"{where}.image_url.url"
+    )
+
+
+def _document(file: Any, where: str) -> JSON:
+    """An OpenAI `file` part (a PDF as a base64 data URL, or an http(s) URL) as a `document` block; a
+    `file_id` names an OpenAI upload, which an Anthropic model cannot read."""
+    data = file.get("file_data") if isinstance(file, dict) else None
+    if isinstance(data, str) and data.startswith("data:"):
+        head, comma, payload = data[5:].partition(",")
+        media_type, *params = head.split(";")
+        if comma and media_type and "base64" in params:
+            return {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": payload}}
+    elif isinstance(data, str) and data.startswith(("http://", "https://")):
+        return {"type": "document", "source": {"type": "url", "url": data}}
+    raise InvalidRequest(
+        "A file part needs 'file.file_data': a base64 data URL (data:application/pdf;base64,...) or an http(s) "
+        "URL; OpenAI file ids cannot be read by Anthropic targets.",
+        f"{where}.file",
     )
 
 
@@ -234,16 +355,33 @@ def events_from_message(data: JSON, cap: int = MAX_TOKENS) -> list[ChatEvent]:
     try:
         events: list[ChatEvent] = [Start(data.get("id") or "", data.get("model") or "")]
         blocks = [b for b in data["content"] if isinstance(b, dict)]
+        events += [r for r in map(_reasoning, blocks) if r is not None]
         text = "".join(b.get("text") or "" for b in blocks if b.get("type") == "text")
+        text += "".join(orjson.dumps(b.get("input") or {}).decode() for b in blocks if _answer(b))
         if text:
             events.append(Text(text))
-        calls = [b for b in blocks if b.get("type") == "tool_use"]
+        calls = [b for b in blocks if b.get("type") == "tool_use" and not _answer(b)]
         for n, b in enumerate(calls):
             events.append(ToolCallDelta(n, b.get("id"), b.get("name"), orjson.dumps(b.get("input") or {}).decode()))
-        events.append(Finish(finish_reason(data.get("stop_reason"))))
+        reason = finish_reason(data.get("stop_reason"))
+        answered = reason == "tool_calls" and not calls and any(map(_answer, blocks))
+        events.append(Finish("stop" if answered else reason))
         return events + _usage_events(data.get("usage") or {}, cap)
     except (AttributeError, TypeError):
         raise _protocol("Anthropic answer is not shaped like a message") from None
+
+
+def _answer(block: JSON) -> bool:
+    """A call of the forced answer tool: its input is the reply's text, not a tool call."""
+    return block.get("type") == "tool_use" and block.get("name") == ANSWER_TOOL
+
+
+def _reasoning(block: JSON) -> Reasoning | None:
+    if block.get("type") == "thinking":
+        return Reasoning(str(block.get("thinking") or ""), str(block.get("signature") or "") or None)
+    if block.get("type") == "redacted_thinking":
+        return Reasoning(redacted=str(block.get("data") or ""))
+    return None
 
 
 def _protocol(message: str) -> ProviderError:
@@ -256,7 +394,7 @@ class AnthropicStreamDecoder:
     Complete once message_delta has given a stop reason (message_stop, which carries the usage, may
     then be missing: the usage is sent at the end). A malformed event is skipped once (`Malformed`)."""
 
-    __slots__ = ("_argless", "_cap", "_malformed", "_stopped", "_tools", "_usage", "done")
+    __slots__ = ("_answers", "_argless", "_cap", "_malformed", "_stopped", "_tools", "_usage", "done")
 
     def __init__(self, cap: int = MAX_TOKENS) -> None:
         self.done = False
@@ -266,6 +404,7 @@ class AnthropicStreamDecoder:
         self._usage: JSON = {}  # message_start's counts, overwritten by message_delta's cumulative ones
         self._tools: dict[int, int] = {}  # content block index -> tool call index
         self._argless: set[int] = set()  # tool calls that have streamed no argument text yet
+        self._answers: set[int] = set()  # content block indexes of forced answer-tool calls (text)
 
     def feed(self, data: bytes) -> list[ChatEvent]:
         try:
@@ -292,6 +431,8 @@ class AnthropicStreamDecoder:
             self._record(event.get("usage"))
             reason = (event.get("delta") or {}).get("stop_reason")
             self.done = self.done or bool(reason)
+            if reason == "tool_use" and self._answers and not self._tools:  # only the answer tool was called
+                reason = "end_turn"
             return [Finish(finish_reason(reason))] if reason else []
         if kind == "message_stop":
             self.done = self._stopped = True
@@ -308,17 +449,30 @@ class AnthropicStreamDecoder:
             self._usage.update((k, v) for k, v in usage.items() if v is not None)
 
     def _block_start(self, index: Any, block: JSON) -> list[ChatEvent]:
+        if _answer(block):
+            self._answers.add(index)
+            return []
+        if block.get("type") in ("thinking", "redacted_thinking"):
+            reasoning = _reasoning(block)
+            return [reasoning] if reasoning is not None and (reasoning.text or reasoning.redacted) else []
         if block.get("type") == "tool_use":
             n = self._tools[index] = len(self._tools)
             self._argless.add(n)
             return [ToolCallDelta(n, block.get("id"), block.get("name"), "")]
         if block.get("type") == "text" and block.get("text"):
             return [Text(block["text"])]
-        return []  # thinking and server-tool blocks are not part of the OpenAI shape
+        return []  # server-tool blocks are not part of the OpenAI shape
 
     def _block_delta(self, index: Any, delta: JSON) -> list[ChatEvent]:
-        if delta.get("type") == "text_delta" and delta.get("text"):
+        kind = delta.get("type")
+        if kind == "text_delta" and delta.get("text"):
             return [Text(delta["text"])]
+        if kind == "thinking_delta" and delta.get("thinking"):
+            return [Reasoning(str(delta["thinking"]))]
+        if kind == "signature_delta" and delta.get("signature"):
+            return [Reasoning(signature=str(delta["signature"]))]
+        if kind == "input_json_delta" and index in self._answers and delta.get("partial_json"):
+            return [Text(delta["partial_json"])]
         n = self._tools.get(index)
         if delta.get("type") == "input_json_delta" and n is not None and delta.get("partial_json"):
             self._argless.discard(n)
@@ -399,8 +553,16 @@ def _no_embeddings() -> ProviderError:
 
 
 class AnthropicCodec:
+    """`schema_models`: prefixes of the model ids with native structured output (the catalog's)."""
+
+    def __init__(self, schema_models: tuple[str, ...] = ()) -> None:
+        self._schema_models = schema_models
+
     def encode_chat(self, request: ChatRequest, target: Target, stream: bool) -> Outbound:
-        return Outbound("/messages", orjson.dumps(request_json(request, target.model, stream)))
+        native = target.model.startswith(self._schema_models) if self._schema_models else False
+        body, dropped = request_json(request, target.model, stream, native)
+        headers = (("anthropic-beta", ",".join(request.betas)),) if request.betas else ()
+        return Outbound("/messages", orjson.dumps(body), headers, dropped_notes(dropped))
 
     def decode_chat(self, body: bytes, cap: int = MAX_TOKENS) -> list[ChatEvent]:
         return events_from_message(_load(body, "answer"), cap)

@@ -3,32 +3,39 @@
 The reverse of the encoder in providers/anthropic_messages.py: `system` becomes a system message,
 `tool_use` blocks become `tool_calls`, `tool_result` blocks become `tool` messages placed before the
 rest of their user turn, images become `image_url` parts, and `cache_control` survives on content
-parts and tools. `thinking` blocks echoed back in assistant turns are dropped (Keel's shape has no
-thinking), as is `tool_result.is_error`. Unknown top-level fields and `top_k` ride in `extra`.
+parts and tools, `document` blocks become `file` parts. The request is in the Anthropic dialect
+(keel/wire/translate.py): unknown top-level fields, `thinking`, `top_k` and `output_config` ride in
+`extra` as sent, `thinking` blocks echoed back in assistant turns and `tool_result.is_error` in
+`Message.extra`, so an Anthropic upstream gets them intact and another wire translates or drops them.
+The structured-output format (`output_config.format`, or the older `output_format`) is also given as
+OpenAI's `response_format`, and the `anthropic-beta` header's values as `betas`.
 Every refusal is an InvalidRequest naming the field in Anthropic's dotted style (`messages.0.content`).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 
 from keel.errors import InvalidRequest
-from keel.types import JSON, ChatRequest, Message, ToolCall
+from keel.types import IS_ERROR, JSON, THINKING, ChatRequest, Message, ToolCall
 from keel.wire.base import MAX_TOKENS
 from keel.wire.openai_chat import require_model
+from keel.wire.translate import ANTHROPIC
 
 _KNOWN = frozenset(
     {"model", "messages", "system", "max_tokens", "temperature", "top_p", "top_k", "stop_sequences"}
     | {"stream", "tools", "tool_choice", "metadata"}
 )
 _CHOICES = {"auto": "auto", "any": "required", "none": "none"}
-_DROPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
+_THINKING_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
 
-def parse_request(body: Any) -> ChatRequest:
-    """Validate an Anthropic Messages body; raise InvalidRequest naming the offending field."""
+def parse_request(body: Any, betas: str | None = None) -> ChatRequest:
+    """Validate an Anthropic Messages body (and the `anthropic-beta` header's value); raise
+    InvalidRequest naming the offending field."""
     model = require_model(body)
     if body.get("max_tokens") is None:
         raise InvalidRequest("'max_tokens' is required.", "max_tokens")
@@ -58,9 +65,35 @@ def parse_request(body: Any) -> ChatRequest:
         stop=_stop_sequences(body.get("stop_sequences")),
         tools=tools,
         tool_choice=tool_choice,
+        response_format=_response_format(body),
         user=_user_id(body.get("metadata")),
         extra=extra,
+        dialect=ANTHROPIC,
+        betas=_betas(betas),
     )
+
+
+def _response_format(body: JSON) -> JSON | None:
+    """The structured-output format as OpenAI's `response_format` (for routing and for other wires)."""
+    config = body.get("output_config")
+    if config is not None and not isinstance(config, dict):
+        raise InvalidRequest("'output_config' must be an object.", "output_config")
+    where, fmt = ("output_config.format", config.get("format")) if config else ("output_format", None)
+    if fmt is None:
+        where, fmt = "output_format", body.get("output_format")
+    if fmt is None:
+        return None
+    schema = fmt.get("schema") if isinstance(fmt, dict) else None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(schema, dict):
+        raise InvalidRequest("The output format must be {type: json_schema, schema: {...}}.", where)
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": True}}
+
+
+def _betas(header: str | None) -> tuple[str, ...]:
+    names = tuple(b.strip() for b in (header or "").split(",") if b.strip())
+    if any(not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", b) for b in names):
+        raise InvalidRequest("'anthropic-beta' must be a comma-separated list of beta names.", "anthropic-beta")
+    return names
 
 
 # ---- scalar fields ----------------------------------------------------------------------------
@@ -161,13 +194,17 @@ def _user(blocks: list[tuple[Any, str]]) -> list[Message]:
 def _assistant(blocks: list[tuple[Any, str]]) -> Message:
     parts: list[JSON] = []
     calls: list[ToolCall] = []
+    thinking: list[JSON] = []
     for block, where in blocks:
         kind = _kind(block, where)
         if kind == "tool_use":
             calls.append(_tool_use(block, where))
-        elif kind not in _DROPPED_BLOCKS:
+        elif kind in _THINKING_BLOCKS:
+            thinking.append(block)
+        else:
             parts.append(_part(block, where))
-    return Message("assistant", _content(parts) if parts else None, tool_calls=tuple(calls))
+    extra = {THINKING: thinking} if thinking else None
+    return Message("assistant", _content(parts) if parts else None, tool_calls=tuple(calls), extra=extra)
 
 
 def _kind(block: Any, where: str) -> str:
@@ -186,8 +223,10 @@ def _part(block: Any, where: str) -> JSON:
         part: JSON = {"type": "text", "text": block["text"]}
     elif kind == "image":
         part = {"type": "image_url", "image_url": {"url": _image_url(block.get("source"), f"{where}.source")}}
+    elif kind == "document":
+        part = {"type": "file", "file": {"file_data": _document(block.get("source"), f"{where}.source")}}
     else:
-        hint = "text and image blocks, plus tool_use in assistant turns and tool_result in user turns"
+        hint = "text, image and document blocks, plus tool_use in assistant turns and tool_result in user turns"
         raise InvalidRequest(f"Keel does not accept '{kind}' blocks here; it takes {hint}.", f"{where}.type")
     if "cache_control" in block:
         part["cache_control"] = block["cache_control"]
@@ -202,6 +241,17 @@ def _image_url(source: Any, where: str) -> str:
     if kind == "url" and isinstance(url, str):
         return url
     raise InvalidRequest("An image 'source' must be {type: base64, media_type, data} or {type: url, url}.", where)
+
+
+def _document(source: Any, where: str) -> str:
+    """A PDF as a data URL, or its http(s) URL (an OpenAI `file` part's `file_data`)."""
+    source = source if isinstance(source, dict) else {}
+    kind, media_type, data, url = (source.get(k) for k in ("type", "media_type", "data", "url"))
+    if kind == "base64" and isinstance(media_type, str) and isinstance(data, str):
+        return f"data:{media_type};base64,{data}"
+    if kind == "url" and isinstance(url, str) and url.startswith(("http://", "https://")):
+        return url
+    raise InvalidRequest("A document 'source' must be {type: base64, media_type, data} or {type: url, url}.", where)
 
 
 def _content(parts: list[JSON]) -> str | list[JSON]:
@@ -235,7 +285,11 @@ def _tool_result(block: JSON, where: str) -> Message:
         raise InvalidRequest("A tool_result's 'content' must be a string or an array of blocks.", f"{where}.content")
     if parts and "cache_control" in block:  # Anthropic marks the result block; OpenAI parts carry it
         parts[-1] = {**parts[-1], "cache_control": block["cache_control"]}
-    return Message("tool", _content(parts) if parts else "", tool_call_id=call_id)
+    is_error = block.get("is_error")
+    if is_error is not None and not isinstance(is_error, bool):
+        raise InvalidRequest("A tool_result's 'is_error' must be a boolean.", f"{where}.is_error")
+    extra = {IS_ERROR: True} if is_error else None
+    return Message("tool", _content(parts) if parts else "", tool_call_id=call_id, extra=extra)
 
 
 # ---- tools ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import orjson
 
 from keel.errors import KeelError
-from keel.types import JSON, ChatEvent, ChatResponse, Finish, Text, ToolCallDelta, Usage, UsageEvent
+from keel.types import JSON, ChatEvent, ChatResponse, Finish, Reasoning, Text, ToolCallDelta, Usage, UsageEvent
 
 _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error"}
@@ -46,7 +46,8 @@ def tool_use_id(call_id: str | None, message_id: str, n: int) -> str:
 
 
 def message_json(r: ChatResponse, message_id: str, model: str) -> JSON:
-    content: list[JSON] = [{"type": "text", "text": r.content}] if r.content else []
+    content: list[JSON] = [dict(b) for b in r.reasoning]
+    content += [{"type": "text", "text": r.content}] if r.content else []
     content += [
         {"type": "tool_use", "id": tool_use_id(c.id, message_id, n), "name": c.name, "input": tool_input(c.arguments)}
         for n, c in enumerate(r.tool_calls)
@@ -76,14 +77,16 @@ def sse(event: str, data: JSON) -> bytes:
 
 
 class StreamEncoder:
-    """ChatEvents → Anthropic SSE: message_start, content blocks (text, tool_use), message_delta, message_stop."""
+    """ChatEvents → Anthropic SSE: message_start, content blocks (thinking, text, tool_use), message_delta,
+    message_stop. A thinking block stays open for more text until its signature comes."""
 
-    __slots__ = ("_blocks", "_finish", "_id", "_model", "_open", "_tools", "_usage")
+    __slots__ = ("_blocks", "_finish", "_id", "_kind", "_model", "_open", "_tools", "_usage")
 
     def __init__(self, message_id: str, model: str) -> None:
         self._id, self._model = message_id, model
         self._blocks = 0  # content blocks opened so far
         self._open: int | None = None  # index of the open block
+        self._kind = ""  # the open block's kind: text, thinking (unsigned), signed, tool_use, redacted_thinking
         self._tools: dict[int, int] = {}  # tool call index -> content block index
         self._finish: str | None = None
         self._usage: Usage | None = None
@@ -104,6 +107,8 @@ class StreamEncoder:
     def feed(self, event: ChatEvent) -> bytes:
         if isinstance(event, Text):
             return self._text(event.text)
+        if isinstance(event, Reasoning):
+            return self._thinking(event)
         if isinstance(event, ToolCallDelta):
             return self._tool(event)
         if isinstance(event, Finish):
@@ -121,9 +126,22 @@ class StreamEncoder:
         if not text:
             return b""
         head = b""
-        if self._open is None or self._open in self._tools.values():
+        if self._kind != "text":
             head = self._close() + self._begin({"type": "text", "text": ""})
         return head + self._delta(self._blocks - 1, {"type": "text_delta", "text": text})
+
+    def _thinking(self, event: Reasoning) -> bytes:
+        if event.redacted is not None:
+            return self._close() + self._begin({"type": "redacted_thinking", "data": event.redacted})
+        head = b""
+        if self._kind != "thinking":
+            head = self._close() + self._begin({"type": "thinking", "thinking": "", "signature": ""})
+        if event.text:
+            head += self._delta(self._blocks - 1, {"type": "thinking_delta", "thinking": event.text})
+        if event.signature:
+            head += self._delta(self._blocks - 1, {"type": "signature_delta", "signature": event.signature})
+            self._kind = "signed"
+        return head
 
     def _tool(self, event: ToolCallDelta) -> bytes:
         head = b""
@@ -139,7 +157,7 @@ class StreamEncoder:
         return head + self._delta(index, {"type": "input_json_delta", "partial_json": event.arguments})
 
     def _begin(self, block: JSON) -> bytes:
-        self._open = self._blocks
+        self._open, self._kind = self._blocks, block["type"]
         self._blocks += 1
         return sse("content_block_start", {"type": "content_block_start", "index": self._open, "content_block": block})
 
@@ -149,5 +167,5 @@ class StreamEncoder:
     def _close(self) -> bytes:
         if self._open is None:
             return b""
-        index, self._open = self._open, None
+        index, self._open, self._kind = self._open, None, ""
         return sse("content_block_stop", {"type": "content_block_stop", "index": index})

@@ -37,10 +37,14 @@ class Oversized(ProviderError):
 
 @dataclass(frozen=True, slots=True)
 class Outbound:
-    """An HTTP request a codec wants sent: path relative to the provider's base URL."""
+    """An HTTP request a codec wants sent: path relative to the provider's base URL, headers of this
+    request only (beside the provider's own), and notes for the trace about the encoding (the fields
+    it dropped), which the provider yields before the answer's events."""
 
     path: str
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    notes: tuple[Note, ...] = ()
 
 
 class StreamDecoder(Protocol):

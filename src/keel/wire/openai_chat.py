@@ -23,6 +23,7 @@ from keel.types import (
     EmbeddingResponse,
     Finish,
     Message,
+    Reasoning,
     Start,
     Target,
     Text,
@@ -31,6 +32,7 @@ from keel.types import (
     Usage,
 )
 from keel.wire.base import MAX_TOKENS, Malformed, Outbound, counted, retry_after, usage_events
+from keel.wire.translate import ANTHROPIC, dropped_notes, to_openai
 
 _KNOWN = frozenset(
     {"model", "messages", "stream", "stream_options", "max_tokens", "temperature", "top_p"}
@@ -311,6 +313,7 @@ def events_from_response(data: Any, cap: int = MAX_TOKENS) -> list[ChatEvent]:
         raise _protocol("upstream answer's choice has no message")
     try:
         events: list[ChatEvent] = [Start(data.get("id") or "", data.get("model") or "")]
+        events += _reasoning(msg)
         if msg.get("content"):
             events.append(Text(msg["content"]))
         for i, c in enumerate(msg.get("tool_calls") or []):
@@ -320,6 +323,13 @@ def events_from_response(data: Any, cap: int = MAX_TOKENS) -> list[ChatEvent]:
         return events + _usage_events(data.get("usage"), cap)
     except (AttributeError, TypeError):
         raise _protocol("upstream answer is not shaped like a chat completion") from None
+
+
+def _reasoning(message: JSON) -> list[ChatEvent]:
+    """The thinking text of a message or delta: `reasoning_content` (DeepSeek, vLLM) or `reasoning`
+    (OpenRouter, newer vLLM)."""
+    text = message.get("reasoning_content") or message.get("reasoning")
+    return [Reasoning(text)] if isinstance(text, str) and text else []
 
 
 def _protocol(message: str) -> ProviderError:
@@ -356,6 +366,7 @@ class OpenAIStreamDecoder:
         head = len(events)
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
+            events += _reasoning(delta)
             if delta.get("content"):
                 events.append(Text(delta["content"]))
             for c in delta.get("tool_calls") or ():
@@ -441,6 +452,7 @@ class OpenAIChatCodec:
         self._stream_usage = "no_stream_options" not in quirks
         self._azure = "azure_deployments" in quirks
         self._continue_final = "continue_final_message" in quirks
+        self._quirks = quirks
         self._query = f"?api-version={api_version}" if api_version else ""
 
     def _path(self, target: Target, leaf: str) -> str:
@@ -449,11 +461,14 @@ class OpenAIChatCodec:
         return f"/{leaf}{self._query}"
 
     def encode_chat(self, request: ChatRequest, target: Target, stream: bool) -> Outbound:
+        dropped: list[str] = []
+        if request.dialect == ANTHROPIC:
+            request, dropped = to_openai(request, self._quirks)
         body = request_json(request, target.model, stream, self._stream_usage)
         if self._continue_final and (request.messages[-1].extra or {}).get(PREFIX) is True:
             del body["messages"][-1][PREFIX]  # vLLM's dialect of a prefill: two request flags
             body["continue_final_message"], body["add_generation_prompt"] = True, False
-        return Outbound(self._path(target, "chat/completions"), orjson.dumps(body))
+        return Outbound(self._path(target, "chat/completions"), orjson.dumps(body), notes=dropped_notes(dropped))
 
     def decode_chat(self, body: bytes, cap: int = MAX_TOKENS) -> list[ChatEvent]:
         try:
@@ -498,6 +513,9 @@ def usage_json(u: Usage) -> JSON:
 
 def response_json(r: ChatResponse, alias: str, created: int) -> JSON:
     message: JSON = {"role": "assistant", "content": r.content}
+    thinking = "".join(b.get("thinking") or "" for b in r.reasoning)
+    if thinking:
+        message["reasoning_content"] = thinking  # DeepSeek's, vLLM's and LiteLLM's name for it
     if r.tool_calls:
         message["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
@@ -520,6 +538,10 @@ def chunk_json(rid: str, alias: str, created: int, event: ChatEvent) -> JSON | N
     if isinstance(event, Text):
         delta: JSON = {"content": event.text}
         finish = None
+    elif isinstance(event, Reasoning):
+        if not event.text:
+            return None  # a signature or a redacted block has no OpenAI form
+        delta, finish = {"reasoning_content": event.text}, None
     elif isinstance(event, ToolCallDelta):
         call: JSON = {"index": event.index, "function": {"arguments": event.arguments}}
         if event.id:
