@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from keel.keys.auth import issue_key
 from keel.testing import FakeUpstream, Script
-from tests.conftest import Gateway
+from tests.conftest import Gateway, base_config
 
 ALIASES = ["gpt-4o-mini", "claude"]
 SERVED = {"gpt-4o-mini": "gpt-4o-mini", "claude": "claude-sonnet-4-5"}
@@ -78,7 +78,7 @@ def test_create_plain(gateway: Gateway, up: FakeUpstream, alias: str) -> None:
         alias,
         raw.headers["x-keel-trace-id"],
     )
-    assert t.output_tokens == 3 and t.cost_usd is not None and t.cost_usd > 0 and t.tags == {"team": "a"}
+    assert t.output_tokens == 3 and t.cost_usd is not None and t.cost_usd > 0 and t.tags["team"] == "a"
 
 
 @pytest.mark.parametrize("alias", ALIASES)
@@ -200,15 +200,40 @@ class Weather(BaseModel):
     celsius: int
 
 
-@pytest.mark.parametrize("alias", ["gpt-4o-mini"])
-def test_parse_with_a_pydantic_model(gateway: Gateway, up: FakeUpstream, alias: str) -> None:
+@pytest.mark.parametrize("alias", ALIASES)
+@pytest.mark.parametrize("stream", [False, True])
+def test_parse_with_a_pydantic_model(gateway: Gateway, up: FakeUpstream, alias: str, stream: bool) -> None:
     up.script(Script(text='{"city": "Paris", "celsius": 21}'))
     with client(gateway) as c:
-        r = c.responses.parse(model=alias, input="weather in Paris?", text_format=Weather)
+        if stream:
+            with c.responses.stream(model=alias, input="weather in Paris?", text_format=Weather) as s:
+                r = s.get_final_response()
+        else:
+            r = c.responses.parse(model=alias, input="weather in Paris?", text_format=Weather)
     assert r.output_parsed == Weather(city="Paris", celsius=21)
-    fmt = sent(up)["response_format"]
-    assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "Weather"
-    assert fmt["json_schema"]["strict"] is True and fmt["json_schema"]["schema"]["required"] == ["city", "celsius"]
+    assert r.text is not None and r.text.format.type == "json_schema"
+    body = sent(up)
+    if alias == "claude":  # the model's native structured output (the translation's, see test_translation.py)
+        fmt = body["output_config"]["format"]
+        assert fmt["type"] == "json_schema" and fmt["schema"]["required"] == ["city", "celsius"]
+    else:
+        fmt = body["response_format"]
+        assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "Weather"
+        assert fmt["json_schema"]["strict"] is True and fmt["json_schema"]["schema"]["required"] == ["city", "celsius"]
+
+
+def test_parse_through_a_forced_answer_tool(make_gateway: Any, up: FakeUpstream, tmp_path: Any) -> None:
+    """An Anthropic model without native structured output answers through a forced tool; the Response
+    still carries the JSON as its text, not as a function call."""
+    raw = base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path)
+    raw["models"]["claude-old"] = {"targets": [{"provider": "ant", "model": "claude-3-5-haiku-latest"}]}
+    gw = make_gateway(raw)
+    up.script(Script(arguments='{"city": "Paris", "celsius": 21}'))
+    with client(gw) as c:
+        r = c.responses.parse(model="claude-old", input="weather in Paris?", text_format=Weather)
+    assert r.output_parsed == Weather(city="Paris", celsius=21)
+    assert [o.type for o in r.output] == ["message"] and r.status == "completed"
+    assert sent(up)["tool_choice"]["type"] == "tool"
 
 
 # ---- stored responses: retrieve, input items, delete, tenants -----------------------------------
