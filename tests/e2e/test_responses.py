@@ -386,3 +386,23 @@ def test_pydantic_ai_agent_with_a_tool(gateway: Gateway, up: FakeUpstream, alias
         results = [m["content"] for m in second["messages"] if m["role"] == "tool"]
     assert results == ["sunny, 21 C"]
     assert [t.endpoint for t in gateway.traces()] == ["responses", "responses"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reasoning_effort_thinks_on_anthropic_and_returns_reasoning_items(
+    gateway: Gateway, up: FakeUpstream, stream: bool
+) -> None:
+    up.script(Script(text="Paris.", thinking="The capital of France."))
+    args: Any = {"model": "claude", "input": "Capital of France?", "reasoning": {"effort": "medium"}}
+    with client(gateway) as c:
+        if stream:
+            with c.responses.stream(**args) as s:
+                kinds = [e.type for e in s]
+                r = s.get_final_response()
+            assert "response.reasoning_text.delta" in kinds and "response.reasoning_text.done" in kinds
+        else:
+            r = c.responses.create(**args)
+    assert sent(up)["thinking"]["type"] == "enabled"
+    assert [o.type for o in r.output] == ["reasoning", "message"] and r.output_text == "Paris."
+    assert r.output[0].content[0].text == "The capital of France."  # type: ignore[union-attr,index]
+    assert r.reasoning is not None and r.reasoning.effort == "medium"

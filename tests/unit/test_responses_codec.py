@@ -15,8 +15,9 @@ from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from keel.errors import ErrorKind, InvalidRequest, ProviderError
-from keel.types import ChatResponse, Finish, Message, Start, Text, ToolCall, ToolCallDelta, Usage, UsageEvent
+from keel.types import ChatResponse, Finish, Message, Reasoning, Start, Text, ToolCall, ToolCallDelta, Usage, UsageEvent
 from keel.wire import openai_responses as wire
+from keel.wire import openai_responses_reply as reply
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 ITEMS: TypeAdapter[Any] = TypeAdapter(list[ResponseItem])
@@ -79,9 +80,9 @@ def test_a_tool_turn_becomes_chat_messages() -> None:
 def test_history_then_input_and_assistant_text_merges_with_its_calls() -> None:
     history: Any = [
         {"id": "msg_1", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
-        wire.message_item("msg_2", "let me look"),
-        wire.call_item("fc_3", "call_1", "lookup", '{"q": 1}'),
-        wire.call_item("fc_4", "call_2", "lookup", '{"q": 2}'),
+        reply.message_item("msg_2", "let me look"),
+        reply.call_item("fc_3", "call_1", "lookup", '{"q": 1}'),
+        reply.call_item("fc_4", "call_2", "lookup", '{"q": 2}'),
     ]
     outputs = [{"type": "function_call_output", "call_id": f"call_{n}", "output": str(n)} for n in (1, 2)]
     chat = wire.chat_request(wire.parse_request({"model": "m", "input": outputs}), history)
@@ -165,8 +166,8 @@ def test_response_json_is_what_the_sdk_parses() -> None:
         "chatcmpl-1", "gpt-4o-mini-2024", "It is sunny.", (ToolCall("call_9", "get_weather", "{}"),), "tool_calls",
         Usage(input_tokens=30, output_tokens=7, cached_input_tokens=10, reasoning_tokens=2),
     )  # fmt: skip
-    out = wire.response_json(
-        parsed, "resp_t1", 1_700_000_000.5, answer.model, output=wire.output_items(answer, "t1"), usage=answer.usage
+    out = reply.response_json(
+        parsed, "resp_t1", 1_700_000_000.5, answer.model, output=reply.output_items(answer, "t1"), usage=answer.usage
     )
     r = Response.model_validate(out)
     assert r.output_text == "It is sunny." and r.status == "completed" and r.model == "gpt-4o-mini-2024"
@@ -175,7 +176,7 @@ def test_response_json_is_what_the_sdk_parses() -> None:
     assert r.usage is not None and (r.usage.total_tokens, r.usage.input_tokens_details.cached_tokens) == (37, 10)
     assert r.usage.output_tokens_details.reasoning_tokens == 2
     assert r.reasoning is not None and r.reasoning.effort == "low" and r.parallel_tool_calls is False
-    assert wire.status_of("length") == ("incomplete", {"reason": "max_output_tokens"})
+    assert reply.status_of("length") == ("incomplete", {"reason": "max_output_tokens"})
     ITEMS.validate_python(wire.with_ids(parsed.items, "t1"))
 
 
@@ -191,7 +192,7 @@ def _decode(frames: bytes) -> list[Any]:
 
 def test_stream_encoder_event_sequence() -> None:
     parsed = wire.parse_request({"model": "m", "input": "weather?", "stream": True})
-    enc = wire.StreamEncoder(parsed, "resp_t9", 1_700_000_000.0, "m-1")
+    enc = reply.StreamEncoder(parsed, "resp_t9", 1_700_000_000.0, "m-1")
     feed = [
         Start("x", "m-1"), Text("Let me "), Text("check."), ToolCallDelta(0, "call_1", "get_weather", ""),
         ToolCallDelta(0, None, None, '{"city":'), ToolCallDelta(0, None, None, ' "Paris"}'),
@@ -221,7 +222,7 @@ def test_stream_encoder_event_sequence() -> None:
 
 
 def test_stream_encoder_failure_is_an_error_then_response_failed() -> None:
-    enc = wire.StreamEncoder(wire.parse_request({"model": "m", "input": "hi"}), "resp_t8", 1.0, "m")
+    enc = reply.StreamEncoder(wire.parse_request({"model": "m", "input": "hi"}), "resp_t8", 1.0, "m")
     raw = enc.start() + enc.feed(Text("partial"))
     events = _decode(raw + enc.failed(_overloaded()))
     assert [e.type for e in events[-2:]] == ["error", "response.failed"]
@@ -231,3 +232,42 @@ def test_stream_encoder_failure_is_an_error_then_response_failed() -> None:
 
 def _overloaded() -> ProviderError:
     return ProviderError(ErrorKind.overloaded, "upstream overloaded", status=503)
+
+
+def test_thinking_becomes_reasoning_items() -> None:
+    parsed = wire.parse_request({"model": "m", "input": "why?", "reasoning": {"effort": "low"}})
+    answer = ChatResponse(
+        "x", "claude", "Because.", (), "stop", Usage(5, 9, reasoning_tokens=4),
+        ({"type": "thinking", "thinking": "Let me think.", "signature": "sig"}, {"type": "redacted_thinking", "data": "opaque"}),
+    )  # fmt: skip
+    r = Response.model_validate(
+        reply.response_json(parsed, "resp_t7", 1.0, "claude", output=reply.output_items(answer, "t7"))
+    )
+    assert [o.type for o in r.output] == ["reasoning", "reasoning", "message"]
+    assert r.output[0].content[0].text == "Let me think." and r.output[1].encrypted_content == "opaque"  # type: ignore[union-attr]
+
+    enc = reply.StreamEncoder(parsed, "resp_t6", 1.0, "claude")
+    feed = [
+        Reasoning("Let me "),
+        Reasoning("think."),
+        Reasoning(signature="sig"),
+        Reasoning(redacted="opaque"),
+        Text("Because."),
+        Finish("stop"),
+    ]
+    raw = enc.start() + b"".join(enc.feed(e) for e in feed)
+    frames, final = enc.close()
+    events = _decode(raw + frames + enc.completed(final))
+    assert [e.type for e in events] == [
+        "response.created", "response.in_progress",
+        "response.output_item.added", "response.content_part.added",
+        "response.reasoning_text.delta", "response.reasoning_text.delta",
+        "response.reasoning_text.done", "response.content_part.done", "response.output_item.done",
+        "response.output_item.added", "response.output_item.done",
+        "response.output_item.added", "response.content_part.added", "response.output_text.delta",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.completed",
+    ]  # fmt: skip
+    done = events[-1].response
+    assert [o.type for o in done.output] == ["reasoning", "reasoning", "message"]
+    assert done.output[0].content[0].text == "Let me think." and done.output_text == "Because."

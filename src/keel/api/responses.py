@@ -29,6 +29,7 @@ from keel.runtime.components import Runtime
 from keel.store.protocols import StoredResponse
 from keel.types import JSON, Principal
 from keel.wire import openai_responses as wire
+from keel.wire import openai_responses_reply as reply_wire
 
 log = logging.getLogger("keel.api")
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
@@ -72,7 +73,7 @@ class ResponsesEdge:
             reply = await self._rt.pipeline(call)
             model = reply.model or call.trace.model or parsed.model
             if parsed.stream:
-                encoder = wire.StreamEncoder(parsed, response_id, call.trace.started_at, model)
+                encoder = reply_wire.StreamEncoder(parsed, response_id, call.trace.started_at, model)
                 headers = response_headers(call, reply) | SSE_HEADERS
                 events = self._stream(call, reply, parsed, encoder)
                 return StreamingResponse(events, headers=headers, media_type="text/event-stream")
@@ -83,9 +84,9 @@ class ResponsesEdge:
             log.exception("internal error on trace %s", call.trace.id)
             return error_response(_internal(), call.trace.id)
         headers = response_headers(call, reply)
-        status, incomplete = wire.status_of(answer.finish_reason)
-        output = wire.output_items(answer, call.trace.id)
-        out = wire.response_json(
+        status, incomplete = reply_wire.status_of(answer.finish_reason)
+        output = reply_wire.output_items(answer, call.trace.id)
+        out = reply_wire.response_json(
             parsed,
             response_id,
             call.trace.started_at,
@@ -99,7 +100,7 @@ class ResponsesEdge:
         return Response(orjson.dumps(out), 200, headers, JSON_TYPE)
 
     async def _stream(
-        self, call: Call, reply: Reply, parsed: wire.ResponsesRequest, encoder: wire.StreamEncoder
+        self, call: Call, reply: Reply, parsed: wire.ResponsesRequest, encoder: reply_wire.StreamEncoder
     ) -> AsyncIterator[bytes]:
         try:
             yield encoder.start()
