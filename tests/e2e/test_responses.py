@@ -8,7 +8,10 @@ the store; most run against an OpenAI-served and an Anthropic-served alias.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -406,3 +409,33 @@ def test_reasoning_effort_thinks_on_anthropic_and_returns_reasoning_items(
     assert [o.type for o in r.output] == ["reasoning", "message"] and r.output_text == "Paris."
     assert r.output[0].content[0].text == "The capital of France."  # type: ignore[union-attr,index]
     assert r.reasoning is not None and r.reasoning.effort == "medium"
+
+
+# ---- the Vercel AI SDK's default OpenAI model (the Responses API), in Node --------------------------
+
+JS = Path(__file__).parent / "js"
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_vercel_ai_sdk(gateway: Gateway, up: FakeUpstream, alias: str) -> None:
+    if not (JS / "node_modules").is_dir():
+        pytest.fail(f"the AI SDK is not installed: npm ci --prefix {JS} (scripts/test does)")
+    up.script(
+        Script(tool_call=True),
+        Script(text="It is sunny in Paris."),
+        Script(),
+        Script(text='{"city": "Paris", "celsius": 21}'),
+    )
+    done = subprocess.run(
+        ["node", str(JS / "responses.mjs"), gateway.base_url, gateway.key, alias],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["loop"] == {"text": "It is sunny in Paris.", "steps": 2, "asked": ["Paris"]}
+    assert out["stream"]["text"] == "echo: hello there" and out["stream"]["usage"]["outputTokens"] == 3
+    assert out["object"] == {"city": "Paris", "celsius": 21}
+    assert [t.endpoint for t in gateway.traces()] == ["responses"] * 4
