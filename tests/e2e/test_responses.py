@@ -438,4 +438,33 @@ def test_vercel_ai_sdk(gateway: Gateway, up: FakeUpstream, alias: str) -> None:
     assert out["loop"] == {"text": "It is sunny in Paris.", "steps": 2, "asked": ["Paris"]}
     assert out["stream"]["text"] == "echo: hello there" and out["stream"]["usage"]["outputTokens"] == 3
     assert out["object"] == {"city": "Paris", "celsius": 21}
-    assert [t.endpoint for t in gateway.traces()] == ["responses"] * 4
+    assert out["recall"] == "echo: what is my name?"
+    second = up.requests[-1]["json"]
+    assert [t.endpoint for t in gateway.traces()] == ["responses"] * 6
+    last = max(gateway.traces(), key=lambda t: t.started_at)
+    assert last.request["input"][1]["type"] == "item_reference"  # the SDK named its stored first answer
+    turns = conversation(second, alias)
+    assert turns[-2:] == [("assistant", "echo: my name is Ada"), ("user", "what is my name?")]
+
+
+def test_item_references_name_stored_items(gateway: Gateway, up: FakeUpstream) -> None:
+    """The AI SDK sends earlier assistant turns as `item_reference`s when responses are stored."""
+    with client(gateway) as c:
+        first = c.responses.create(model="gpt-4o-mini", input="my name is Ada")
+        items: Any = [
+            {"role": "user", "content": "my name is Ada"},
+            {"type": "item_reference", "id": first.output[0].id},
+            {"role": "user", "content": "what is my name?"},
+        ]
+        c.responses.create(model="gpt-4o-mini", input=items)
+        assert conversation(sent(up), "gpt-4o-mini") == [
+            ("user", "my name is Ada"),
+            ("assistant", "echo: my name is Ada"),
+            ("user", "what is my name?"),
+        ]
+        with pytest.raises(openai.NotFoundError):
+            c.responses.create(model="gpt-4o-mini", input=[{"type": "item_reference", "id": "msg_nope_0"}])
+    gateway.runtime.store.create_tenant("t2")
+    other = issue_key(gateway.runtime.store, "t2", name="other").key
+    with client(gateway, other) as c2, pytest.raises(openai.NotFoundError):
+        c2.responses.create(model="gpt-4o-mini", input=[{"type": "item_reference", "id": first.output[0].id}])

@@ -135,7 +135,10 @@ def test_parts_images_files_and_formats() -> None:
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"input": [{"role": "user", "content": "a"}, {"type": "item_reference", "id": "x"}]}, "input[1].type"),
+        (
+            {"input": [{"role": "user", "content": "a"}, {"type": "computer_call_output", "call_id": "x"}]},
+            "input[1].type",
+        ),
         ({"input": [{"role": "critic", "content": "a"}]}, "input[0].role"),
         ({"input": [{"role": "user", "content": [{"type": "output_text", "text": "a"}]}]}, "input[0].content[0].type"),
         (

@@ -61,7 +61,7 @@ class ResponsesEdge:
         try:
             principal, allowed = await authenticate(self._rt, request)
             body = await read_json(request, self._bounds)
-            parsed = wire.parse_request(body)
+            parsed = await self._resolve(principal.tenant, wire.parse_request(body))
             history = await self._history(principal.tenant, parsed.previous_response_id)
             chat = wire.chat_request(parsed, history)
             call = new_call(request, chat, body, "responses", self._payloads)
@@ -133,6 +133,15 @@ class ResponsesEdge:
             items += stored.input_items
             items += stored.response.get("output") or []
         return items
+
+    async def _resolve(self, tenant: str, parsed: wire.ResponsesRequest) -> wire.ResponsesRequest:
+        """The request with its item references replaced by the stored items they name (the tenant's own)."""
+        found: dict[str, JSON] = {}
+        for response_id in wire.referenced(parsed):
+            stored = await asyncio.to_thread(self._store.get_response, tenant, response_id)
+            if stored is not None:
+                found.update((item["id"], item) for item in (*stored.input_items, *stored.response.get("output", [])))
+        return wire.resolve(parsed, found)
 
     async def _keep(self, call: Call, parsed: wire.ResponsesRequest, response: JSON) -> None:
         """Store the response for `previous_response_id` and retrieval; a store failure is logged, and the

@@ -18,11 +18,11 @@ field, like OpenAI's own "Unknown parameter".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from keel.errors import InvalidRequest
+from keel.errors import InvalidRequest, NotFound
 from keel.types import (
     JSON,
     ChatRequest,
@@ -266,31 +266,42 @@ def _input(value: Any) -> tuple[JSON, ...]:
 def _item(item: Any, where: str) -> JSON | None:
     if not isinstance(item, dict):
         raise InvalidRequest("Each input item must be an object.", where)
-    kind = item.get("type", "message" if "role" in item else None)
-    if kind == "message":
-        return _message(item, where)
-    if kind == "function_call":
-        for key in ("call_id", "name", "arguments"):
-            if not isinstance(item.get(key), str):
-                raise InvalidRequest(f"A function_call item needs a string '{key}'.", f"{where}.{key}")
-        return {k: item[k] for k in ("type", "id", "call_id", "name", "arguments", "status") if k in item}
-    if kind == "function_call_output":
-        if not isinstance(item.get("call_id"), str):
-            raise InvalidRequest("A function_call_output item needs a string 'call_id'.", f"{where}.call_id")
-        output = item.get("output")
-        if isinstance(output, list):
-            output = [_part(p, f"{where}.output[{j}]", _INPUT_PARTS) for j, p in enumerate(output)]
-        elif not isinstance(output, str):
-            raise InvalidRequest("'output' must be a string or an array of content parts.", f"{where}.output")
-        return {"type": kind, "call_id": item["call_id"], "output": output} | (
-            {"id": item["id"]} if "id" in item else {}
-        )
+    kind = item.get("type") or ("message" if "role" in item else "item_reference" if "id" in item else None)
+    check = _ITEMS.get(kind) if isinstance(kind, str) else None
+    if check is not None:
+        return check(item, where)
     if kind in _DROPPED_ITEMS:
         return None
-    hint = "message, function_call, function_call_output or reasoning"
+    hint = "message, function_call, function_call_output, item_reference or reasoning"
     raise InvalidRequest(
         f"Keel does not accept input items of type '{str(kind)[:40]}'; it takes {hint}.", f"{where}.type"
     )
+
+
+def _call(item: JSON, where: str) -> JSON:
+    for key in ("call_id", "name", "arguments"):
+        if not isinstance(item.get(key), str):
+            raise InvalidRequest(f"A function_call item needs a string '{key}'.", f"{where}.{key}")
+    out: JSON = {"type": "function_call"} | {k: item[k] for k in ("call_id", "name", "arguments")}
+    return out | ({"id": item["id"]} if isinstance(item.get("id"), str) else {})
+
+
+def _call_output(item: JSON, where: str) -> JSON:
+    if not isinstance(item.get("call_id"), str):
+        raise InvalidRequest("A function_call_output item needs a string 'call_id'.", f"{where}.call_id")
+    output = item.get("output")
+    if isinstance(output, list):
+        output = [_part(p, f"{where}.output[{j}]", _INPUT_PARTS) for j, p in enumerate(output)]
+    elif not isinstance(output, str):
+        raise InvalidRequest("'output' must be a string or an array of content parts.", f"{where}.output")
+    out: JSON = {"type": "function_call_output", "call_id": item["call_id"], "output": output}
+    return out | ({"id": item["id"]} if isinstance(item.get("id"), str) else {})
+
+
+def _reference(item: JSON, where: str) -> JSON:
+    if not isinstance(item.get("id"), str) or not item["id"]:
+        raise InvalidRequest("An item_reference needs a string 'id'.", f"{where}.id")
+    return {"type": "item_reference", "id": item["id"]}
 
 
 def _message(item: JSON, where: str) -> JSON:
@@ -329,13 +340,58 @@ def _part(part: Any, where: str, allowed: frozenset[str]) -> JSON:
     return dict(part)
 
 
+_ITEMS: dict[str, Callable[[JSON, str], JSON]] = {
+    "message": _message,
+    "function_call": _call,
+    "function_call_output": _call_output,
+    "item_reference": _reference,
+}
+
+
 def with_ids(items: Sequence[JSON], prefix: str) -> list[JSON]:
     """The items as stored and listed (`input_items`): each with an id and a status."""
     out = []
     for n, item in enumerate(items):
-        tag = {"message": "msg", "function_call": "fc", "function_call_output": "fco"}[item["type"]]
+        tag = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs"}[item["type"]]
         out.append({"id": item.get("id") or f"{tag}_{prefix}_in{n}", **item, "status": "completed"})
     return out
+
+
+# ---- item references ------------------------------------------------------------------------------
+
+MAX_REFERENCED = 100  # stored responses one request's item references may name
+
+
+def referenced(r: ResponsesRequest) -> set[str]:
+    """The stored responses r's item references point into: Keel's item ids carry their response's id
+    (`msg_<trace id>_0` belongs to `resp_<trace id>`). An id of another shape is not Keel's: not found."""
+    out = set()
+    for item in r.items:
+        if item["type"] == "item_reference":
+            tag, _, rest = item["id"].partition("_")
+            trace = rest.rpartition("_")[0]
+            if tag in ("msg", "fc", "fco", "rs") and trace:
+                out.add(f"resp_{trace}")
+    if len(out) > MAX_REFERENCED:
+        raise InvalidRequest(f"Item references may point into at most {MAX_REFERENCED} responses.", "input")
+    return out
+
+
+def resolve(r: ResponsesRequest, found: Mapping[str, JSON]) -> ResponsesRequest:
+    """r with each item reference replaced by the stored item `found` holds under its id; 404 when none."""
+    if not any(item["type"] == "item_reference" for item in r.items):
+        return r
+    items = []
+    for item in r.items:
+        if item["type"] == "item_reference":
+            stored = found.get(item["id"])
+            if stored is None:
+                err = NotFound(f"Item with id '{item['id'][:100]}' not found.")
+                err.param = "input"
+                raise err
+            item = {k: v for k, v in stored.items() if k != "status"}
+        items.append(item)
+    return replace(r, items=tuple(items))
 
 
 # ---- items -> ChatRequest ------------------------------------------------------------------------

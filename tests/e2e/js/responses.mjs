@@ -1,5 +1,5 @@
-// The Vercel AI SDK's default OpenAI model (the Responses API) against Keel: a tool loop, a stream and a
-// structured object. Usage: node responses.mjs <base_url> <api_key> <alias>; prints one JSON line.
+// The Vercel AI SDK's default OpenAI model (the Responses API) against Keel: a tool loop, a stream, a
+// structured object, and a second turn that names the first answer by `item_reference` (stored responses). Usage: node responses.mjs <base_url> <api_key> <alias>; prints one JSON line.
 import { createOpenAI } from "@ai-sdk/openai";
 import { generateObject, generateText, stepCountIs, streamText, tool } from "ai";
 import { z } from "zod";
@@ -28,10 +28,15 @@ const object = await generateObject({
   schema: z.object({ city: z.string(), celsius: z.number() }),
   prompt: "Weather in Paris as JSON",
 });
+const ask = { role: "user", content: "my name is Ada" };
+const first = await generateText({ model, messages: [ask] });
+const messages = [ask, ...first.response.messages, { role: "user", content: "what is my name?" }];
+const second = await generateText({ model, messages });
 console.log(
   JSON.stringify({
     loop: { text: loop.text, steps: loop.steps.length, asked },
     stream: { text, usage: await streamed.usage },
     object: object.object,
+    recall: second.text,
   }),
 );
