@@ -468,3 +468,17 @@ def test_item_references_name_stored_items(gateway: Gateway, up: FakeUpstream) -
     other = issue_key(gateway.runtime.store, "t2", name="other").key
     with client(gateway, other) as c2, pytest.raises(openai.NotFoundError):
         c2.responses.create(model="gpt-4o-mini", input=[{"type": "item_reference", "id": first.output[0].id}])
+
+
+def test_a_responses_call_replays_unless_it_continues_a_conversation(gateway: Gateway, up: FakeUpstream) -> None:
+    admin = {"authorization": f"Bearer {gateway.admin}"}
+    with client(gateway) as c:
+        raw = c.responses.with_raw_response.create(model="gpt-4o-mini", input="hello", instructions="be brief")
+        first = raw.parse()
+        sent_first = sent(up)
+        later = c.responses.with_raw_response.create(model="gpt-4o-mini", input="more", previous_response_id=first.id)
+    r = httpx.post(f"{gateway.url}/api/traces/{raw.headers['x-keel-trace-id']}/replay", headers=admin, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["replay"]["content"] == "echo: hello" and sent(up) == sent_first
+    r = httpx.post(f"{gateway.url}/api/traces/{later.headers['x-keel-trace-id']}/replay", headers=admin, timeout=30)
+    assert r.status_code == 400 and "continues a stored conversation" in r.json()["error"]["message"]
