@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Wire = Literal["openai_chat", "anthropic_messages", "simulated"]
+Wire = Literal["openai_chat", "openai_responses", "anthropic_messages", "simulated"]
 Auth = Literal["bearer", "api-key", "x-api-key", "none"]
 Quirk = Literal[
     "no_stream_options", "azure_deployments", "continue_final_message", "prefix_message", "top_k", "reasoning_effort"
@@ -55,6 +55,10 @@ class CatalogRow:
 CATALOG: dict[str, CatalogRow] = {
     "openai": CatalogRow(
         "openai_chat", "https://api.openai.com/v1", "bearer", "OPENAI_API_KEY", frozenset({"reasoning_effort"})
+    ),
+    # OpenAI through its Responses API (wire/openai_responses_upstream.py): the models served only there
+    "openai-responses": CatalogRow(
+        "openai_responses", "https://api.openai.com/v1", "bearer", "OPENAI_API_KEY", frozenset({"reasoning_effort"})
     ),
     "azure": CatalogRow(
         "openai_chat", None, "api-key", "AZURE_OPENAI_API_KEY", frozenset({"azure_deployments", "reasoning_effort"})

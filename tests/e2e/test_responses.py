@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -482,3 +483,83 @@ def test_a_responses_call_replays_unless_it_continues_a_conversation(gateway: Ga
     assert r.json()["replay"]["content"] == "echo: hello" and sent(up) == sent_first
     r = httpx.post(f"{gateway.url}/api/traces/{later.headers['x-keel-trace-id']}/replay", headers=admin, timeout=30)
     assert r.status_code == 400 and "continues a stored conversation" in r.json()["error"]["message"]
+
+
+# ---- a target that speaks the Responses API itself (catalog type openai-responses) -----------------
+
+
+@pytest.fixture
+def resp_gw(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> Gateway:
+    raw = base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path)
+    raw["providers"]["oair"] = {"type": "openai-responses", "base_url": up.url + "/v1", "api_key": "sk-up"}
+    raw["models"]["resp"] = {"targets": [{"provider": "oair", "model": "gpt-5"}]}
+    return make_gateway(raw)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_clients_reach_a_responses_upstream(resp_gw: Gateway, up: FakeUpstream, stream: bool) -> None:
+    up.script(Script(tool_call=True), Script(text="Sunny."))
+    ask: Any = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "weather in Paris?"}]
+    tools: Any = [{"type": "function", "function": {k: v for k, v in WEATHER.items() if k != "type"}}]
+    with openai.OpenAI(base_url=resp_gw.base_url, api_key=resp_gw.key, max_retries=0, timeout=10) as c:
+        if stream:
+            usage: Any = {"include_usage": True}
+            with c.chat.completions.stream(
+                model="resp", messages=ask, tools=tools, max_tokens=99, stream_options=usage
+            ) as s:
+                first = s.get_final_completion()
+        else:
+            first = c.chat.completions.create(model="resp", messages=ask, tools=tools, max_tokens=99)
+        call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+        assert first.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"  # type: ignore[union-attr]
+        assert first.usage is not None and first.usage.completion_tokens > 0
+        body = sent(up)
+        assert up.requests[-1]["path"] == "/v1/responses" and body["store"] is False
+        assert body["input"] == [
+            {"type": "message", "role": "system", "content": "be brief"},
+            {"type": "message", "role": "user", "content": "weather in Paris?"},
+        ]
+        assert body["max_output_tokens"] == 99 and body["tools"][0]["name"] == "get_weather"
+        turn: Any = [
+            *ask,
+            first.choices[0].message.model_dump(exclude_none=True, exclude={"parsed"}),
+            {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
+        ]
+        second = c.chat.completions.create(model="resp", messages=turn, tools=tools)
+    assert second.choices[0].message.content == "Sunny."
+    items = sent(up)["input"]
+    assert items[2] == {
+        "type": "function_call",
+        "call_id": call.id,
+        "name": "get_weather",
+        "arguments": call.function.arguments,
+    }  # type: ignore[union-attr]
+    assert items[3] == {"type": "function_call_output", "call_id": call.id, "output": "sunny"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_and_anthropic_clients_reach_a_responses_upstream(
+    resp_gw: Gateway, up: FakeUpstream, stream: bool
+) -> None:
+    up.script(Script(text="Paris.", thinking="France's capital."))
+    with client(resp_gw) as c:
+        args: Any = {"model": "resp", "input": "Capital of France?", "reasoning": {"effort": "low"}}
+        if stream:
+            with c.responses.stream(**args) as s:
+                r = s.get_final_response()
+        else:
+            r = c.responses.create(**args)
+    assert r.output_text == "Paris." and [o.type for o in r.output] == ["reasoning", "message"]
+    assert sent(up)["reasoning"] == {"effort": "low"}
+    with anthropic.Anthropic(base_url=resp_gw.url, api_key=resp_gw.key, max_retries=0, timeout=10) as a:
+        m = a.messages.create(model="resp", max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+    assert m.content[-1].type == "text" and m.content[-1].text == "echo: hi"
+    assert sent(up)["max_output_tokens"] == 50
+
+
+def test_stop_cannot_reach_a_responses_upstream(resp_gw: Gateway, up: FakeUpstream) -> None:
+    c = openai.OpenAI(base_url=resp_gw.base_url, api_key=resp_gw.key, max_retries=0, timeout=10)
+    with c, pytest.raises(openai.BadRequestError) as err:
+        c.chat.completions.create(model="resp", messages=[{"role": "user", "content": "hi"}], stop=["x"])
+    assert err.value.body["param"] == "stop"  # type: ignore[index]
+    assert up.requests == []

@@ -1,4 +1,5 @@
-"""The Responses codec (keel.wire.openai_responses) on recorded payloads, no I/O.
+"""The Responses codecs on recorded payloads, no I/O: the edge's (keel.wire.openai_responses and
+openai_responses_reply) and the one for Responses API upstreams (openai_responses_upstream).
 
 Requests are bodies as the openai SDK and pydantic-ai send them; what the codec renders is checked
 against the openai SDK's own pydantic models (validated, not merely constructed), which are the
@@ -15,9 +16,23 @@ from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from keel.errors import ErrorKind, InvalidRequest, ProviderError
-from keel.types import ChatResponse, Finish, Message, Reasoning, Start, Text, ToolCall, ToolCallDelta, Usage, UsageEvent
+from keel.types import (
+    ChatRequest,
+    ChatResponse,
+    Finish,
+    Message,
+    Reasoning,
+    Start,
+    Target,
+    Text,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    UsageEvent,
+)
 from keel.wire import openai_responses as wire
 from keel.wire import openai_responses_reply as reply
+from keel.wire.openai_responses_upstream import OpenAIResponsesCodec
 
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 ITEMS: TypeAdapter[Any] = TypeAdapter(list[ResponseItem])
@@ -274,3 +289,104 @@ def test_thinking_becomes_reasoning_items() -> None:
     done = events[-1].response
     assert [o.type for o in done.output] == ["reasoning", "reasoning", "message"]
     assert done.output[0].content[0].text == "Let me think." and done.output_text == "Because."
+
+
+# ---- the codec for Responses API upstreams -----------------------------------------------------
+
+
+# an answer of OpenAI's /v1/responses, as recorded (ids shortened)
+OPENAI_ANSWER: Any = {
+    "id": "resp_68af",
+    "object": "response",
+    "created_at": 1756000000,
+    "status": "completed",
+    "model": "gpt-5-2025-08-07",
+    "output": [
+        {"id": "rs_1", "type": "reasoning", "summary": []},
+        {"id": "fc_2", "type": "function_call", "status": "completed", "arguments": '{"city":"Paris"}',
+         "call_id": "call_Xy", "name": "get_weather"},
+    ],
+    "usage": {"input_tokens": 75, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 83,
+              "output_tokens_details": {"reasoning_tokens": 64}, "total_tokens": 158},
+}  # fmt: skip
+
+
+def test_upstream_encoding_of_a_chat_request() -> None:
+    tool: Any = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    request = ChatRequest(
+        "alias",
+        (
+            Message("system", "be brief"),
+            Message("user", [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]),
+            Message("assistant", None, tool_calls=(ToolCall("call_1", "get_weather", '{"city":"Paris"}'),)),
+            Message("tool", "sunny", tool_call_id="call_1"),
+        ),
+        max_tokens=100,
+        tools=(tool,),
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        response_format={"type": "json_schema", "json_schema": {"name": "W", "schema": {"type": "object"}, "strict": True}},
+        extra={"reasoning_effort": "low", "seed": 7, "parallel_tool_calls": False},
+    )  # fmt: skip
+    out = OpenAIResponsesCodec().encode_chat(request, Target("oair", "gpt-5"), stream=True)
+    body = orjson.loads(out.body)
+    assert out.path == "/responses"
+    assert body["input"] == [
+        {"type": "message", "role": "system", "content": "be brief"},
+        {"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": "look"}, {"type": "input_image", "image_url": "https://x/y.png", "detail": "auto"}]},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Paris"}'},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+    ]  # fmt: skip
+    assert body["tools"] == [
+        {"type": "function", "name": "get_weather", "strict": False, "parameters": {"type": "object"}}
+    ]
+    assert body["tool_choice"] == {"type": "function", "name": "get_weather"}
+    assert body["text"] == {
+        "format": {"type": "json_schema", "name": "W", "schema": {"type": "object"}, "strict": True}
+    }
+    assert (body["model"], body["max_output_tokens"], body["stream"], body["store"]) == ("gpt-5", 100, True, False)
+    assert body["reasoning"] == {"effort": "low"} and body["parallel_tool_calls"] is False and "seed" not in body
+    assert [(n.tag, n.value) for n in out.notes] == [("keel.dropped", "seed")]
+
+
+def test_upstream_decoding_of_an_answer_and_its_stream() -> None:
+    codec = OpenAIResponsesCodec()
+    events = codec.decode_chat(orjson.dumps(OPENAI_ANSWER))
+    assert events == [
+        Start("resp_68af", "gpt-5-2025-08-07"),
+        ToolCallDelta(0, "call_Xy", "get_weather", '{"city":"Paris"}'),
+        Finish("tool_calls"),
+        UsageEvent(Usage(75, 83, reasoning_tokens=64)),
+    ]
+    decoder = codec.stream_decoder()
+    stream: list[Any] = [
+        {"type": "response.created", "response": {**OPENAI_ANSWER, "status": "in_progress", "output": []}},
+        {"type": "response.output_item.added", "output_index": 0, "item": {"type": "reasoning", "id": "rs_1"}},
+        {"type": "response.reasoning_summary_text.delta", "output_index": 0, "delta": "Thinking"},
+        {
+            "type": "response.output_item.added",
+            "output_index": 1,
+            "item": {"type": "message", "id": "m", "content": []},
+        },
+        {"type": "response.output_text.delta", "output_index": 1, "delta": "It is "},
+        {"type": "response.output_text.delta", "output_index": 1, "delta": "sunny."},
+        {"type": "response.completed", "response": {**OPENAI_ANSWER, "output": []}},
+    ]
+    got = [e for chunk in stream for e in decoder.feed(orjson.dumps(chunk))]
+    assert got == [
+        Start("resp_68af", "gpt-5-2025-08-07"),
+        Reasoning("Thinking"),
+        Text("It is "),
+        Text("sunny."),
+        Finish("stop"),
+        UsageEvent(Usage(75, 83, reasoning_tokens=64)),
+    ]
+    assert decoder.done and decoder.close() == []
+    failed = codec.stream_decoder()
+    with pytest.raises(ProviderError) as err:
+        failed.feed(
+            orjson.dumps(
+                {"type": "response.failed", "response": {"error": {"code": "server_error", "message": "boom"}}}
+            )
+        )
+    assert err.value.kind == ErrorKind.server

@@ -20,8 +20,15 @@ def _anthropic(row: CatalogRow, cfg: ProviderConfig) -> Codec:
     return AnthropicCodec(row.schema_models)
 
 
+def _responses(row: CatalogRow, cfg: ProviderConfig) -> Codec:
+    from keel.wire.openai_responses_upstream import OpenAIResponsesCodec
+
+    return OpenAIResponsesCodec(row.quirks)
+
+
 _CODECS: dict[str, Callable[[CatalogRow, ProviderConfig], Codec]] = {
     "openai_chat": lambda row, cfg: OpenAIChatCodec(row.quirks, cfg.api_version),
+    "openai_responses": _responses,
     "anthropic_messages": _anthropic,
 }
 
