@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai.types.responses import Response, ResponseItem, ResponseStreamEvent
 from pydantic import TypeAdapter
 
@@ -34,6 +36,12 @@ from keel.wire import openai_responses as wire
 from keel.wire import openai_responses_reply as reply
 from keel.wire.openai_responses_upstream import OpenAIResponsesCodec
 
+# keys the fuzz test draws from: the body's own fields, and the fields of its items, parts and tools
+FIELDS = [
+    "input", "instructions", "tools", "tool_choice", "text", "format", "reasoning", "effort", "type", "role",
+    "content", "text", "name", "call_id", "arguments", "output", "image_url", "mode", "schema", "parameters",
+    "metadata", "truncation", "include", "max_output_tokens", "temperature", "id", "verbosity",
+]  # fmt: skip
 EVENTS: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 ITEMS: TypeAdapter[Any] = TypeAdapter(list[ResponseItem])
 
@@ -390,3 +398,19 @@ def test_upstream_decoding_of_an_answer_and_its_stream() -> None:
             )
         )
     assert err.value.kind == ErrorKind.server
+
+
+JSONS = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.sampled_from(["", "x", "user", "function", "message", "auto"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(FIELDS), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(FIELDS), JSONS, max_size=6))
+def test_any_body_is_an_answer_or_a_400_naming_a_field(body: dict[str, Any]) -> None:
+    try:
+        wire.chat_request(wire.parse_request({"model": "m", **body}))
+    except InvalidRequest as err:
+        assert err.param, err.message

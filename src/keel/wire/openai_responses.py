@@ -18,7 +18,7 @@ field, like OpenAI's own "Unknown parameter".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -129,6 +129,11 @@ def parse_request(body: Any) -> ResponsesRequest:
     )
 
 
+def _one_of(value: Any, options: Collection[str]) -> bool:
+    """`value` is one of the strings `options` (a list or an object never is: no TypeError on hashing)."""
+    return isinstance(value, str) and value in options
+
+
 def _typed(body: JSON, key: str, kind: type) -> Any:
     value = body.get(key)
     if value is not None and not isinstance(value, kind):
@@ -198,7 +203,7 @@ def _reasoning(value: Any, extra: JSON) -> JSON | None:
         raise InvalidRequest("'reasoning' must be an object.", "reasoning")
     effort = value.get("effort")
     if effort is not None:
-        if effort not in _EFFORTS:
+        if not _one_of(effort, _EFFORTS):
             raise InvalidRequest(
                 f"'reasoning.effort' must be one of {', '.join(sorted(_EFFORTS))}.", "reasoning.effort"
             )
@@ -235,7 +240,7 @@ def _tool_choice(value: Any, tools: tuple[JSON, ...]) -> str | JSON:
     kind = choice.get("type")
     names = {t["name"] for t in tools}
     if kind == "function":
-        if choice.get("name") not in names:
+        if not _one_of(choice.get("name"), names):
             raise InvalidRequest("tool_choice names a function that is not in 'tools'.", "tool_choice.name")
         return choice
     if kind == "allowed_tools":
@@ -243,7 +248,7 @@ def _tool_choice(value: Any, tools: tuple[JSON, ...]) -> str | JSON:
         if choice.get("mode") not in ("auto", "required") or not isinstance(allowed, list):
             raise InvalidRequest("allowed_tools needs 'mode' (auto or required) and 'tools'.", "tool_choice")
         for j, t in enumerate(allowed):
-            if not isinstance(t, dict) or t.get("type") != "function" or t.get("name") not in names:
+            if not isinstance(t, dict) or t.get("type") != "function" or not _one_of(t.get("name"), names):
                 raise InvalidRequest("Each allowed tool must be a function in 'tools'.", f"tool_choice.tools[{j}]")
         return choice
     raise InvalidRequest(
@@ -270,7 +275,7 @@ def _item(item: Any, where: str) -> JSON | None:
     check = _ITEMS.get(kind) if isinstance(kind, str) else None
     if check is not None:
         return check(item, where)
-    if kind in _DROPPED_ITEMS:
+    if _one_of(kind, _DROPPED_ITEMS):
         return None
     hint = "message, function_call, function_call_output, item_reference or reasoning"
     raise InvalidRequest(
@@ -306,7 +311,7 @@ def _reference(item: JSON, where: str) -> JSON:
 
 def _message(item: JSON, where: str) -> JSON:
     role = item.get("role")
-    if role not in _ROLES:
+    if not _one_of(role, _ROLES):
         raise InvalidRequest("A message needs a 'role': user, assistant, system or developer.", f"{where}.role")
     allowed = _OUTPUT_PARTS if role == "assistant" else _INPUT_PARTS
     content = item.get("content")
@@ -325,7 +330,7 @@ def _message(item: JSON, where: str) -> JSON:
 
 def _part(part: Any, where: str, allowed: frozenset[str]) -> JSON:
     kind = part.get("type") if isinstance(part, dict) else None
-    if kind not in allowed:
+    if not _one_of(kind, allowed):
         raise InvalidRequest(f"Content parts here must be of type {', '.join(sorted(allowed))}.", f"{where}.type")
     if kind in ("input_text", "output_text") and not isinstance(part.get("text"), str):
         raise InvalidRequest("A text part needs a string 'text'.", f"{where}.text")
