@@ -1,8 +1,9 @@
 """The Open Responses compliance cases (openresponses.org/compliance), run against Keel over HTTP.
 
 The official runner (bin/compliance-test.ts in github.com/openresponses/openresponses) is TypeScript
-under bun, validating with zod schemas generated from the spec's OpenAPI document. Here the same
-seven cases (same request bodies, same semantic checks) validate Keel's answers with
+under bun, validating with zod schemas generated from the spec's OpenAPI document; its repository
+cannot be fetched here. Here its seven cases (same request bodies, same semantic checks; the
+newer suite's opt-in file_search and web_search cases need hosted tools, which Keel refuses) validate Keel's answers with
 `openresponses-types`, pydantic models generated from the same document (spec 2026-04-24): every
 final Response as a `ResponseResource`, every streamed event as one of the spec's streaming events.
 Each case runs on an OpenAI-served and an Anthropic-served alias, with the fake upstream answering.
@@ -48,7 +49,7 @@ WEATHER: Any = {
         "required": ["location"],
     },
 }
-PIXEL = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+IMAGE = "https://www.google.com/images/branding/googlelogo/2x/googlelogo_color_272x92dp.png"  # Keel never fetches it
 
 
 def user(text: str) -> Any:
@@ -80,7 +81,7 @@ CASES: dict[str, tuple[Any, bool]] = {  # id: (body, streamed)
                     "role": "user",
                     "content": [
                         {"type": "input_text", "text": "What do you see in this image? Answer in one sentence."},
-                        {"type": "input_image", "image_url": PIXEL},
+                        {"type": "input_image", "image_url": IMAGE},
                     ],
                 }
             ]
