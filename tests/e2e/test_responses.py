@@ -563,3 +563,14 @@ def test_stop_cannot_reach_a_responses_upstream(resp_gw: Gateway, up: FakeUpstre
         c.chat.completions.create(model="resp", messages=[{"role": "user", "content": "hi"}], stop=["x"])
     assert err.value.body["param"] == "stop"  # type: ignore[index]
     assert up.requests == []
+
+
+def test_a_conversation_with_a_deleted_turn_is_404_not_a_shorter_history(gateway: Gateway, up: FakeUpstream) -> None:
+    with client(gateway) as c:
+        a = c.responses.create(model="gpt-4o-mini", input="one")
+        b = c.responses.create(model="gpt-4o-mini", input="two", previous_response_id=a.id)
+        last = c.responses.create(model="gpt-4o-mini", input="three", previous_response_id=b.id)
+        c.responses.delete(b.id)
+        with pytest.raises(openai.NotFoundError) as err:
+            c.responses.create(model="gpt-4o-mini", input="four", previous_response_id=last.id)
+    assert err.value.body["message"] == f"Previous response with id '{b.id}' not found."  # type: ignore[index]

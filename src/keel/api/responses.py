@@ -27,6 +27,7 @@ from keel.errors import InvalidRequest, KeelError, NotFound
 from keel.gateway.call import Call, Reply
 from keel.runtime.components import Runtime
 from keel.store.protocols import StoredResponse
+from keel.store.protocols.responses import MAX_CHAIN
 from keel.types import JSON, Principal
 from keel.wire import openai_responses as wire
 from keel.wire import openai_responses_reply as reply_wire
@@ -128,6 +129,9 @@ class ResponsesEdge:
         chain = await asyncio.to_thread(self._store.response_chain, tenant, previous_id)
         if not chain:
             raise _not_found(previous_id, "previous_response_id")
+        gone = chain[0].previous_id
+        if gone is not None and len(chain) < MAX_CHAIN:  # a link was deleted (by a client or retention)
+            raise _not_found(gone, "previous_response_id")
         items: list[JSON] = []
         for stored in chain:
             items += stored.input_items
