@@ -574,3 +574,21 @@ def test_a_conversation_with_a_deleted_turn_is_404_not_a_shorter_history(gateway
         with pytest.raises(openai.NotFoundError) as err:
             c.responses.create(model="gpt-4o-mini", input="four", previous_response_id=last.id)
     assert err.value.body["message"] == f"Previous response with id '{b.id}' not found."  # type: ignore[index]
+
+
+def test_an_unreadable_store_is_a_503_to_retry(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> None:
+    import sqlite3
+
+    gw = make_gateway(base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path))
+    with client(gw) as c:
+        first = c.responses.create(model="gpt-4o-mini", input="hi")
+        with sqlite3.connect(tmp_path / "keel.db") as db:  # the table goes from under the gateway
+            db.execute("DROP TABLE responses")
+        r = post(gw, {"model": "gpt-4o-mini", "input": "more", "previous_response_id": first.id})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "service_unavailable"
+        assert (
+            httpx.get(f"{gw.base_url}/responses/{first.id}", headers={"authorization": f"Bearer {gw.key}"}).status_code
+            == 503
+        )
+        assert c.responses.create(model="gpt-4o-mini", input="still served").output_text == "echo: still served"

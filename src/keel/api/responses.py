@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -23,7 +23,7 @@ from starlette.responses import Response, StreamingResponse
 
 from keel.api.bounds import Bounds
 from keel.api.openai import JSON_TYPE, authenticate, error_response, new_call, read_json, response_headers
-from keel.errors import InvalidRequest, KeelError, NotFound
+from keel.errors import InvalidRequest, KeelError, NotFound, Unavailable
 from keel.gateway.call import Call, Reply
 from keel.runtime.components import Runtime
 from keel.store.protocols import StoredResponse
@@ -33,6 +33,7 @@ from keel.wire import openai_responses as wire
 from keel.wire import openai_responses_reply as reply_wire
 
 log = logging.getLogger("keel.api")
+T = TypeVar("T")
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -126,7 +127,7 @@ class ResponsesEdge:
         """The items of the conversation ending at `previous_id`: each response's input, then its output."""
         if previous_id is None:
             return []
-        chain = await asyncio.to_thread(self._store.response_chain, tenant, previous_id)
+        chain = await _read(self._store.response_chain, tenant, previous_id)
         if not chain:
             raise _not_found(previous_id, "previous_response_id")
         gone = chain[0].previous_id
@@ -142,7 +143,7 @@ class ResponsesEdge:
         """The request with its item references replaced by the stored items they name (the tenant's own)."""
         found: dict[str, JSON] = {}
         for response_id in wire.referenced(parsed):
-            stored = await asyncio.to_thread(self._store.get_response, tenant, response_id)
+            stored = await _read(self._store.get_response, tenant, response_id)
             if stored is not None:
                 found.update((item["id"], item) for item in (*stored.input_items, *stored.response.get("output", [])))
         return wire.resolve(parsed, found)
@@ -182,7 +183,7 @@ class ResponsesEdge:
         try:
             principal, _ = await authenticate(self._rt, request)
             response_id = request.path_params["response_id"]
-            if not await asyncio.to_thread(self._store.delete_response, principal.tenant, response_id):
+            if not await _read(self._store.delete_response, principal.tenant, response_id):
                 raise _not_found(response_id)
         except KeelError as err:
             return error_response(err)
@@ -200,10 +201,19 @@ class ResponsesEdge:
 
     async def _stored(self, principal: Principal, request: Request) -> StoredResponse:
         response_id = request.path_params["response_id"]
-        stored = await asyncio.to_thread(self._store.get_response, principal.tenant, response_id)
+        stored = await _read(self._store.get_response, principal.tenant, response_id)
         if stored is None:
             raise _not_found(response_id)
         return stored
+
+
+async def _read(fn: Callable[..., T], *args: Any) -> T:
+    """A store call in a worker thread; the store failing is a 503 to retry, in OpenAI's format."""
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except Exception as exc:
+        log.warning("response store call %s failed: %s", getattr(fn, "__name__", fn), exc)
+        raise Unavailable("The response store is unreachable; stored responses cannot be read now.", 1.0) from None
 
 
 def _page(items: list[JSON], query: Any) -> JSON:
