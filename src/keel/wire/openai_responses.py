@@ -7,8 +7,9 @@ through its own codec. The answer goes back through `openai_responses_reply`.
 
 Mapping: `instructions` → a leading system message (never carried over from a previous response);
 `message` items → messages; `function_call` items → the assistant's `tool_calls`, merged into the
-assistant message before them; `function_call_output` → `tool` messages; `reasoning` items are
-dropped (another model cannot read them); function tools, `tool_choice` (incl. `allowed_tools`),
+assistant message before them; `function_call_output` → `tool` messages; `item_reference` items
+are replaced by the stored items they name (`referenced`, `resolve`: the edge reads them); `reasoning`
+items are dropped (another model cannot read them); function tools, `tool_choice` (incl. `allowed_tools`),
 `text.format` → `response_format`, `max_output_tokens` → `max_tokens`, `reasoning.effort` →
 `reasoning_effort`, `text.verbosity`, `parallel_tool_calls` (with tools), `service_tier`,
 `safety_identifier` and `prompt_cache_key` ride as chat fields. What Keel cannot honour (hosted
