@@ -356,7 +356,12 @@ def test_failure_mid_stream_is_response_failed(gateway: Gateway, up: FakeUpstrea
 
 @pytest.mark.parametrize("alias", ALIASES)
 @pytest.mark.parametrize("stream", [False, True])
-def test_pydantic_ai_agent_with_a_tool(gateway: Gateway, up: FakeUpstream, alias: str, stream: bool) -> None:
+@pytest.mark.parametrize("chained", [False, True])
+def test_pydantic_ai_agent_with_a_tool(
+    gateway: Gateway, up: FakeUpstream, alias: str, stream: bool, chained: bool
+) -> None:
+    """`chained`: pydantic-ai's `openai_previous_response_id='auto'`, sending only what is new after
+    the previous response, which Keel's store then supplies."""
     from pydantic_ai import Agent
     from pydantic_ai.models.openai import OpenAIResponsesModel
     from pydantic_ai.providers.openai import OpenAIProvider
@@ -372,7 +377,8 @@ def test_pydantic_ai_agent_with_a_tool(gateway: Gateway, up: FakeUpstream, alias
     async def run() -> str:
         # the SDK client, closed here: no socket outlives this event loop
         async with openai.AsyncOpenAI(base_url=gateway.base_url, api_key=gateway.key, max_retries=0) as sdk:
-            model = OpenAIResponsesModel(alias, provider=OpenAIProvider(openai_client=sdk))
+            settings: Any = {"openai_previous_response_id": "auto"} if chained else {}
+            model = OpenAIResponsesModel(alias, provider=OpenAIProvider(openai_client=sdk), settings=settings)
             agent = Agent(model, instructions="Be concise.", tools=[get_weather])
             if not stream:
                 return (await agent.run("Weather in Paris?")).output
@@ -389,7 +395,9 @@ def test_pydantic_ai_agent_with_a_tool(gateway: Gateway, up: FakeUpstream, alias
     else:
         results = [m["content"] for m in second["messages"] if m["role"] == "tool"]
     assert results == ["sunny, 21 C"]
-    assert [t.endpoint for t in gateway.traces()] == ["responses", "responses"]
+    rows = sorted(gateway.traces(), key=lambda t: t.started_at)
+    assert [t.endpoint for t in rows] == ["responses", "responses"]
+    assert ("previous_response_id" in rows[1].request) is chained
 
 
 @pytest.mark.parametrize("stream", [False, True])

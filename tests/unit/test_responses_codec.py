@@ -414,3 +414,17 @@ def test_any_body_is_an_answer_or_a_400_naming_a_field(body: dict[str, Any]) -> 
         wire.chat_request(wire.parse_request({"model": "m", **body}))
     except InvalidRequest as err:
         assert err.param, err.message
+
+
+def test_a_cut_answer_is_incomplete_not_completed() -> None:
+    enc = reply.StreamEncoder(
+        wire.parse_request({"model": "m", "input": "hi", "max_output_tokens": 2}), "resp_t5", 1.0, "m"
+    )
+    raw = enc.start() + enc.feed(Text("one two")) + enc.feed(Finish("length"))
+    frames, final = enc.close()
+    events = _decode(raw + frames + enc.completed(final))
+    assert events[-1].type == "response.incomplete"
+    assert (
+        events[-1].response.status == "incomplete"
+        and events[-1].response.incomplete_details.reason == "max_output_tokens"
+    )
