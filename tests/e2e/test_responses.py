@@ -600,3 +600,17 @@ def test_an_unreadable_store_is_a_503_to_retry(make_gateway: Any, up: FakeUpstre
             == 503
         )
         assert c.responses.create(model="gpt-4o-mini", input="still served").output_text == "echo: still served"
+
+
+def test_a_gateway_configured_to_keep_no_responses(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> None:
+    raw = base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path) | {"responses": {"store": False}}
+    gw = make_gateway(raw)
+    with client(gw) as c:
+        r = c.responses.create(model="gpt-4o-mini", input="hi")  # `store` defaults to true: Keel says false
+        assert r.store is False and r.output_text == "echo: hi"
+        with pytest.raises(openai.NotFoundError):
+            c.responses.retrieve(r.id)
+    refused = post(gw, {"model": "gpt-4o-mini", "input": "more", "previous_response_id": r.id})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "previous_response_id"
+    assert "responses.store: false" in refused.json()["error"]["message"]
+    assert gw.runtime.store.response_chain("t1", r.id) == []

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import orjson
@@ -55,6 +56,7 @@ class ResponsesEdge:
         self._store = runtime.store
         self._payloads = runtime.config.traces.store_payloads
         self._bounds = Bounds.of(runtime.config.server)
+        self._keeps = runtime.config.responses.store  # false: no response is ever stored
 
     # ---- POST /v1/responses ---------------------------------------------------------------------
 
@@ -63,7 +65,7 @@ class ResponsesEdge:
         try:
             principal, allowed = await authenticate(self._rt, request)
             body = await read_json(request, self._bounds)
-            parsed = await self._resolve(principal.tenant, wire.parse_request(body))
+            parsed = await self._resolve(principal.tenant, self._storable(wire.parse_request(body)))
             history = await self._history(principal.tenant, parsed.previous_response_id)
             chat = wire.chat_request(parsed, history)
             call = new_call(request, chat, body, "responses", self._payloads)
@@ -138,6 +140,18 @@ class ResponsesEdge:
             items += stored.input_items
             items += stored.response.get("output") or []
         return items
+
+    def _storable(self, parsed: wire.ResponsesRequest) -> wire.ResponsesRequest:
+        """With `responses.store: false`, nothing is stored (the Response says `store: false`), and a request
+        that needs stored state is a 400 saying so rather than a 404 for a response that never existed."""
+        if self._keeps:
+            return parsed
+        fix = "this gateway keeps no responses (responses.store: false); send the whole conversation as input."
+        if parsed.previous_response_id is not None:
+            raise InvalidRequest(f"'previous_response_id' cannot be used: {fix}", "previous_response_id")
+        if any(item["type"] == "item_reference" for item in parsed.items):
+            raise InvalidRequest(f"'item_reference' items cannot be used: {fix}", "input")
+        return replace(parsed, store=False)
 
     async def _resolve(self, tenant: str, parsed: wire.ResponsesRequest) -> wire.ResponsesRequest:
         """The request with its item references replaced by the stored items they name (the tenant's own)."""
