@@ -20,8 +20,7 @@ from keel.wire.openai_responses import ResponsesRequest
 # ---- the answer -> Response JSON ---------------------------------------------------------------
 
 
-def usage_json(u: Usage | None) -> JSON:
-    u = u or Usage()
+def usage_json(u: Usage) -> JSON:
     return {
         "input_tokens": u.input_tokens,
         "input_tokens_details": {"cached_tokens": u.cached_input_tokens, "cache_write_tokens": u.cache_write_tokens},
@@ -122,7 +121,7 @@ def response_json(
         "top_logprobs": 0,
         "max_tool_calls": None,
         "truncation": r.truncation,
-        "usage": None if usage is None and status == "in_progress" else usage_json(usage),
+        "usage": None if usage is None else usage_json(usage),  # None: the upstream reported none
         "user": r.user,
         "metadata": r.metadata or {},
         "background": False,
