@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Wire = Literal["openai_chat", "anthropic_messages", "gemini", "bedrock_converse", "simulated"]
+Wire = Literal["openai_chat", "openai_responses", "anthropic_messages", "gemini", "bedrock_converse", "simulated"]
 # aws-sigv4: requests are signed per request (AWS keys); a configured `api_key` is sent as a bearer token
 Auth = Literal["bearer", "api-key", "x-api-key", "x-goog-api-key", "aws-sigv4", "none"]
 Quirk = Literal[
@@ -65,6 +65,10 @@ CATALOG: dict[str, CatalogRow] = {
         "OPENAI_API_KEY",
         frozenset({"reasoning_effort"}),
         frozenset({"completions", "moderations"}),
+    ),
+    # OpenAI through its Responses API (wire/openai_responses_upstream.py): the models served only there
+    "openai-responses": CatalogRow(
+        "openai_responses", "https://api.openai.com/v1", "bearer", "OPENAI_API_KEY", frozenset({"reasoning_effort"})
     ),
     "azure": CatalogRow(
         "openai_chat", None, "api-key", "AZURE_OPENAI_API_KEY", frozenset({"azure_deployments", "reasoning_effort"})

@@ -24,6 +24,7 @@ from keel.api.files import FilesEdge
 from keel.api.forward import Forwarder
 from keel.api.metrics import MetricsEndpoint
 from keel.api.openai import OpenAIEdge, error_body
+from keel.api.responses import ResponsesEdge
 from keel.config.sections.server import CorsConfig
 from keel.dashboard.pages import Dashboard
 from keel.errors import KeelError, NotFound, RequestError
@@ -122,6 +123,7 @@ def create_app(runtime: Runtime) -> FastPath:
     forward = Forwarder(runtime)
     anthropic = AnthropicEdge(runtime, forward)
     completions = Completions(runtime, forward)
+    responses = ResponsesEdge(runtime)
     dashboard = Dashboard(
         runtime.store, runtime.blobs, runtime.config.admin_token, stuck_after=runtime.config.jobs.stuck_after
     )
@@ -192,6 +194,10 @@ def create_app(runtime: Runtime) -> FastPath:
         Route("/v1/messages/count_tokens", anthropic.count_tokens, methods=["POST"]),
         Route("/v1/models", edge.models, methods=["GET"]),
         Route("/v1/models/{model:path}", edge.model, methods=["GET"]),
+        Route("/v1/responses", responses.create, methods=["POST"]),
+        Route("/v1/responses/{response_id}", responses.retrieve, methods=["GET"]),
+        Route("/v1/responses/{response_id}", responses.delete, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/input_items", responses.input_items, methods=["GET"]),
     ]
     routes = [
         *model_routes,

@@ -24,11 +24,23 @@ from keel.gateway.directives import Directives
 from keel.runtime.components import Runtime
 from keel.traces.redaction import TAG as REDACTED_TAG
 from keel.types import ChatRequest, Principal, RoutePlan, Target, TraceRecord
+from keel.wire import openai_responses as responses
 from keel.wire.anthropic_request import parse_request as parse_messages
 from keel.wire.openai_chat import parse_request as parse_chat
 
 REPLAY_TAG = "keel.replay_of"
-_PARSERS = {"chat": parse_chat, "messages": parse_messages}
+
+
+def _parse_responses(body: Any) -> ChatRequest:
+    """A Responses call replays on its own input; one that continued a stored conversation cannot
+    (the conversation may be gone, and its replay would answer another question)."""
+    parsed = responses.parse_request(body)
+    if parsed.previous_response_id is not None or any(i["type"] == "item_reference" for i in parsed.items):
+        raise InvalidRequest("A responses call that continues a stored conversation cannot be replayed.", None)
+    return responses.chat_request(parsed)
+
+
+_PARSERS = {"chat": parse_chat, "messages": parse_messages, "responses": _parse_responses}
 _SKIP_CACHE = Directives(read=False, write=False)
 
 

@@ -44,5 +44,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         print("no retention configured (retention.traces_days): traces are kept")
     for tenant, n in report.by_tenant.items():
         print(f"{'tenants on the default' if tenant == '*' else f'tenant {tenant}'}: {n} traces deleted")
-    print(f"deleted {report.traces} traces, {report.blobs} payload blobs, {report.orphan_blobs} orphan blobs")
+    print(
+        f"deleted {report.traces} traces, {report.blobs} payload blobs, {report.orphan_blobs} orphan blobs,"
+        f" {report.responses} stored responses"
+    )
     return 0

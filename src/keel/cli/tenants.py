@@ -166,6 +166,7 @@ def _counts(r: PurgeReport) -> list[tuple[str, object]]:
     rows: list[tuple[str, object]] = [("traces", r.traces), ("payload blobs", r.blobs)]
     rows += [("cache entries", "-" if r.cache_entries is None else r.cache_entries)]
     rows += [("cache vectors", "-" if r.vectors is None else r.vectors), ("rollup rows", r.rollups)]
+    rows.append(("stored responses", r.responses))
     if r.keys_revoked:
         rows.append(("keys revoked", r.keys_revoked))
     if r.tenant_deleted or r.keys_deleted:

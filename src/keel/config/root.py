@@ -17,6 +17,7 @@ from keel.config.sections.jobs import JobsConfig
 from keel.config.sections.limits import LimitsConfig
 from keel.config.sections.providers import PriceConfig, ProviderConfig
 from keel.config.sections.resilience import ResilienceConfig
+from keel.config.sections.responses import ResponsesConfig
 from keel.config.sections.routing import AliasConfig
 from keel.config.sections.server import ServerConfig
 from keel.config.sections.storage import RedisConfig, StorageConfig
@@ -39,6 +40,7 @@ class Config(Model):
     alerts: AlertsConfig = AlertsConfig()
     jobs: JobsConfig = JobsConfig()
     redaction: RedactionConfig = RedactionConfig()
+    responses: ResponsesConfig = ResponsesConfig()
     providers: dict[str, ProviderConfig] = {}
     models: dict[str, AliasConfig] = {}
     prices: dict[str, PriceConfig] = {}

@@ -38,8 +38,15 @@ def _bedrock(row: CatalogRow, cfg: ProviderConfig) -> Codec:
     return BedrockCodec()
 
 
+def _responses(row: CatalogRow, cfg: ProviderConfig) -> Codec:
+    from keel.wire.openai_responses_upstream import OpenAIResponsesCodec
+
+    return OpenAIResponsesCodec(row.quirks)
+
+
 _CODECS: dict[str, Callable[[CatalogRow, ProviderConfig], Codec]] = {
     "openai_chat": lambda row, cfg: OpenAIChatCodec(row.quirks, cfg.api_version),
+    "openai_responses": _responses,
     "anthropic_messages": _anthropic,
     "gemini": _gemini,
     "bedrock_converse": _bedrock,

@@ -28,9 +28,12 @@ from typing import Any, Literal, Self
 from aiohttp import web
 
 from . import fake_cloud as cloud
+from . import fake_responses
 from . import fake_wire as wire
 
-Kind = Literal["chat", "messages", "embeddings", "models", "completions", "moderations", "rerank", "count_tokens"]
+Kind = Literal[
+    "chat", "messages", "embeddings", "models", "completions", "moderations", "rerank", "count_tokens", "responses"
+]
 _SHUTDOWN_TIMEOUT = 1.0
 _START_TIMEOUT = 10.0
 ENDLESS_BYTES = 256 * 2**20  # an endless stream still ends here, so a test of a client that never stops ends
@@ -231,6 +234,7 @@ class FakeUpstream:
         app = web.Application(client_max_size=_MAX_BODY)
         app.router.add_post("/v1/chat/completions", self._handler("chat"))
         app.router.add_post("/v1/messages", self._handler("messages"))
+        app.router.add_post("/v1/responses", self._handler("responses"))
         app.router.add_post("/v1/embeddings", self._handler("embeddings"))
         app.router.add_get("/v1/models", self._handler("models"))
         app.router.add_post("/v1/completions", self._handler("completions"))
@@ -338,6 +342,8 @@ class FakeUpstream:
         headers: dict[str, str],
         entry: dict[str, Any],
     ) -> web.StreamResponse:
+        if kind == "responses":
+            return await self._responses(request, body, script, headers)
         anthropic = kind == "messages"
         prefill = wire.prefill(body, anthropic=anthropic)
         refusal = wire.prefill_refusal(body, prefill, anthropic=anthropic, refuse=script.refuse_prefill)
@@ -374,6 +380,25 @@ class FakeUpstream:
         reply = wire.anthropic_message(answer) if anthropic else wire.openai_completion(answer)
         reply = lie or (reply if script.body_override is None else script.body_override)
         return web.json_response(reply, headers=headers)
+
+    async def _responses(
+        self, request: web.Request, body: dict[str, Any], script: Script, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        """The Responses API (fake_responses): the same planner, the Responses shapes."""
+        chat = fake_responses.as_chat(body)
+        answer = wire.plan(
+            chat,
+            text=script.text,
+            tool_call=script.tool_call,
+            usage=script.usage,
+            model=script.model,
+            arguments=script.arguments,
+            thinking=script.thinking,
+        )
+        if body.get("stream") is True:
+            return await self._stream(request, script, fake_responses.frames(answer), headers)
+        await self._pause(script.ttft)
+        return web.json_response(fake_responses.response(answer), headers=headers)
 
     async def _stream(
         self,

@@ -71,9 +71,11 @@ async def _sweep(store: Store, blobs: BlobStore, policy: RetentionPolicy) -> Non
     except Exception:
         log.exception("retention sweep failed; will retry")
         return
-    if report.traces or report.orphan_blobs:
+    if report.traces or report.orphan_blobs or report.responses:
+        r = report
         log.info(
-            "retention: deleted %d traces, %d blobs, %d orphan blobs", report.traces, report.blobs, report.orphan_blobs
+            "retention: deleted %d traces, %d blobs, %d orphan blobs, %d stored responses",
+            *(r.traces, r.blobs, r.orphan_blobs, r.responses),
         )
 
 

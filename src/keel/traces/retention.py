@@ -8,7 +8,8 @@ usage and cost over any window stay answerable. A purge also deletes rollups: a 
 user's own rows (dimension `user`) and sessions. A trace's child spans go right after its row (by the
 ids each batch deleted); a sweep then deletes spans older than the cut-off by their own start (spans
 of traces without a row, or left behind by a crash between the two deletes), and a tenant purge
-deletes all of the tenant's. Store calls block: `sweep` runs in a thread; `purge` is async because
+deletes all of the tenant's. Stored Responses API responses (`previous_response_id` state) are
+raw content too: they follow the same cut-offs, and a purge deletes the tenant's or the user's. Store calls block: `sweep` runs in a thread; `purge` is async because
 the caches are.
 """
 
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from keel.config import RetentionConfig
-from keel.store.protocols import BlobStore, CacheStore, KeyStore, SpanStore, TraceDeletion, VectorIndex
+from keel.store.protocols import BlobStore, CacheStore, KeyStore, ResponseStore, SpanStore, TraceDeletion, VectorIndex
 from keel.traces.writer import BLOB_PREFIX, trace_id_of
 
 log = logging.getLogger("keel.retention")
@@ -54,6 +55,7 @@ class SweepReport:
     orphan_blobs: int = 0
     by_tenant: dict[str, int] = field(default_factory=dict)  # "*": every tenant on the default
     spans: int = 0
+    responses: int = 0  # stored Responses API responses
 
 
 @dataclass(slots=True)
@@ -71,6 +73,7 @@ class PurgeReport:
     tenant_deleted: bool = False
     notes: list[str] = field(default_factory=list)
     spans: int = 0
+    responses: int = 0  # stored Responses API responses
 
 
 @dataclass(slots=True)
@@ -81,7 +84,7 @@ class _Deleted:
     spans: int = 0
 
 
-class SweepStore(TraceDeletion, SpanStore, Protocol):
+class SweepStore(TraceDeletion, SpanStore, ResponseStore, Protocol):
     """What a sweep needs of the store."""
 
 
@@ -135,6 +138,27 @@ def delete_spans(
             time.sleep(pause_s)
 
 
+def delete_responses(
+    store: ResponseStore,
+    *,
+    batch_size: int,
+    pause_s: float,
+    tenant: str | None = None,
+    user: str | None = None,
+    before: float | None = None,
+    exclude: Sequence[str] = (),
+) -> int:
+    """Delete every matching stored response, `batch_size` per statement."""
+    total = 0
+    while True:
+        n = store.delete_responses(limit=batch_size, tenant=tenant, user=user, before=before, exclude=exclude)
+        total += n
+        if n < batch_size:
+            return total
+        if pause_s:
+            time.sleep(pause_s)
+
+
 def sweep(store: SweepStore, blobs: BlobStore | None, policy: RetentionPolicy, now: float) -> SweepReport:
     """One retention pass (blocking): each tenant's old traces, everyone else's by the default, then orphan blobs."""
     report = SweepReport()
@@ -151,6 +175,9 @@ def sweep(store: SweepStore, blobs: BlobStore | None, policy: RetentionPolicy, n
         report.traces += d.rows
         report.blobs += d.blobs
         report.spans += d.spans + delete_spans(
+            store, batch_size=size, pause_s=pause, tenant=tenant, before=before, exclude=exclude
+        )
+        report.responses += delete_responses(
             store, batch_size=size, pause_s=pause, tenant=tenant, before=before, exclude=exclude
         )
     if blobs is not None:
@@ -173,7 +200,7 @@ def orphan_blobs(store: TraceDeletion, blobs: BlobStore, older_than: float) -> l
     return [key for trace_id, key in candidates.items() if trace_id not in present]
 
 
-class PurgeStore(TraceDeletion, SpanStore, KeyStore, Protocol):
+class PurgeStore(TraceDeletion, SpanStore, ResponseStore, KeyStore, Protocol):
     """What a purge needs of the store."""
 
 
@@ -207,6 +234,9 @@ async def purge(
         delete_batches, store, blobs, batch_size=batch_size, pause_s=0.0, tenant=tenant, user=user
     )
     report.traces, report.blobs, report.spans = d.rows, d.blobs, d.spans
+    report.responses = await asyncio.to_thread(
+        delete_responses, store, batch_size=batch_size, pause_s=0.0, tenant=tenant, user=user
+    )
     if user is None:  # a whole tenant: also spans whose trace has no row
         report.spans += await asyncio.to_thread(delete_spans, store, batch_size=batch_size, pause_s=0.0, tenant=tenant)
     if cache is not None:

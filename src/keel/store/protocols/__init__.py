@@ -43,6 +43,7 @@ from keel.store.protocols.limits import (
     Window,
 )
 from keel.store.protocols.purge import DeletedTraces, TraceDeletion
+from keel.store.protocols.responses import ResponseStore, StoredResponse
 from keel.store.protocols.spans import SpanStore
 from keel.store.protocols.store import Migrator, Store
 from keel.store.protocols.traces import TraceQuery, TraceStore, UnstorableRecords
@@ -87,8 +88,10 @@ __all__ = [
     "QueueDepth",
     "Recovered",
     "Reservation",
+    "ResponseStore",
     "SpanStore",
     "Store",
+    "StoredResponse",
     "TenantRow",
     "TraceDeletion",
     "TraceQuery",

@@ -9,6 +9,7 @@ from keel.store.protocols.jobs import JobStore
 from keel.store.protocols.keys import KeyStore
 from keel.store.protocols.limits import LimitConfigStore
 from keel.store.protocols.purge import TraceDeletion
+from keel.store.protocols.responses import ResponseStore
 from keel.store.protocols.spans import SpanStore
 from keel.store.protocols.traces import TraceStore
 
@@ -19,7 +20,18 @@ class Migrator(Protocol):
         ...
 
 
-class Store(KeyStore, TraceStore, TraceDeletion, LimitConfigStore, Migrator, SpanStore, JobStore, BatchStore, Protocol):
+class Store(
+    KeyStore,
+    TraceStore,
+    TraceDeletion,
+    LimitConfigStore,
+    Migrator,
+    SpanStore,
+    JobStore,
+    BatchStore,
+    ResponseStore,
+    Protocol,
+):
     url: str
 
     def close(self) -> None: ...

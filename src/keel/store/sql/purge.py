@@ -40,10 +40,16 @@ def trace_delete(
 
 
 def scope_where(
-    mark: str, *, tenant: str | None, before: float | None, exclude: Sequence[str], user: str | None = None
+    mark: str,
+    *,
+    tenant: str | None,
+    before: float | None,
+    exclude: Sequence[str],
+    user: str | None = None,
+    at: str = "started_at",
 ) -> tuple[str, list[Any]]:
-    """The WHERE of a bounded delete: one tenant (and user), else every tenant not in `exclude`, started before
-    `before`. Callers refuse the scope with neither a tenant nor a cut-off."""
+    """The WHERE of a bounded delete: one tenant (and user), else every tenant not in `exclude`, with time
+    column `at` before `before`. Callers refuse the scope with neither a tenant nor a cut-off."""
     clauses: list[str] = []
     params: list[Any] = []
     if tenant is not None:
@@ -56,7 +62,7 @@ def scope_where(
         clauses.append(f"user_id = {mark}")
         params.append(user)
     if before is not None:
-        clauses.append(f"started_at < {mark}")
+        clauses.append(f"{at} < {mark}")
         params.append(before)
     return " AND ".join(clauses), params
 
