@@ -347,14 +347,15 @@ def test_content_filter_400_is_passed_on_not_retried(
 
 # ---- a fallback that cannot take the request's shape ---------------------------------------
 
-JSON_MODE: Any = {"type": "json_object"}
+# A field Anthropic targets refuse (a 400 naming it: their answer has no logprobs), which OpenAI targets take.
+SHAPE: Any = {"logprobs": True}
 
 
 def test_a_fallback_that_rejects_the_shape_ends_in_a_clean_503(gw: Gateway, up: FakeUpstream, b: FakeUpstream) -> None:
-    # Primary down; the fallback is an Anthropic target, whose codec refuses response_format.
+    # Primary down; the fallback is an Anthropic target, whose codec refuses logprobs.
     up.script(DOWN, DOWN)
     with client(gw) as c, pytest.raises(openai.APIStatusError) as info:
-        c.chat.completions.create(model="shape", messages=ASK, response_format=JSON_MODE)
+        c.chat.completions.create(model="shape", messages=ASK, **SHAPE)
     # Not a 400: the request is fine, and would be served once the primary is back.
     assert (info.value.status_code, info.value.code) == (503, "all_targets_failed")
     assert info.value.response.headers["retry-after"]
@@ -367,16 +368,16 @@ def test_a_fallback_that_rejects_the_shape_ends_in_a_clean_503(gw: Gateway, up: 
 def test_a_target_that_rejects_the_shape_does_not_block_the_next(
     gw: Gateway, up: FakeUpstream, b: FakeUpstream
 ) -> None:
-    answer = ask(gw, "claude_first", response_format=JSON_MODE)
+    answer = ask(gw, "claude_first", **SHAPE)
     assert answer.text == ANSWER and answer.headers["x-keel-provider"] == "backup"
     assert steps(trace(gw)) == [("primary", "error", "bad_request"), ("target", "ok", None)]
-    assert b.requests[0]["json"]["response_format"] == JSON_MODE
+    assert b.requests[0]["json"]["logprobs"] is True
 
 
 def test_a_shape_no_target_can_take_is_the_honest_400(gw: Gateway, up: FakeUpstream, b: FakeUpstream) -> None:
     with client(gw) as c, pytest.raises(openai.BadRequestError) as info:
-        c.chat.completions.create(model="claude", messages=ASK, response_format=JSON_MODE)
-    assert info.value.param == "response_format"
+        c.chat.completions.create(model="claude", messages=ASK, **SHAPE)
+    assert info.value.param == "logprobs"
     assert not b.requests
 
 
