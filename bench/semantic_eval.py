@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
+import json
 import sys
 import tempfile
 import time
@@ -36,6 +38,7 @@ from keel.embedding.model import LocalEmbedder
 from keel.embedding.model import verify as old_verify
 
 DATA = Path("/work/shared/data/paraphrase")
+QUERIES = Path("/work/shared/data/retrieval/msmarco-5k/queries.jsonl")
 SETS = {"PAWS": (DATA / "paws-wiki/dev.tsv", 1, 2, 3), "QQP": (DATA / "qqp-dev/pairs.tsv", 3, 4, 5)}
 OLD_DEFAULT = 0.988  # the threshold shipped with the old verify
 
@@ -262,6 +265,23 @@ def sweep(sets: dict[str, Pairs], thresholds: list[float]) -> None:
         side_by_side(f"sweep, {m}, whole dev sets", cells, list(sets))
 
 
+def report_queries(embedder: LocalEmbedder, cache: Path, threshold: float) -> None:
+    """Every pair of the 50 distinct real MS MARCO queries is a different question: none may be served."""
+    queries = [json.loads(line)["text"] for line in QUERIES.read_text(encoding="utf-8").splitlines() if line.strip()]
+    vectors = embed_cached(embedder, queries, "msmarco-queries", cache)
+    pairs = list(itertools.combinations(queries, 2))
+    similarity = np.array([float(vectors[a] @ vectors[b]) for a, b in pairs])
+    served = sum(
+        (score := pair.adjusted(a, b, s)) is not None and score >= threshold
+        for (a, b), s in zip(pairs, similarity, strict=True)
+    )
+    top = int(similarity.argmax())
+    print(
+        f"\nMS MARCO: {len(pairs)} pairs of distinct real user queries; highest cosine {similarity[top]:.3f} "
+        f"({pairs[top][0]!r} / {pairs[top][1]!r}); served at {threshold:.3f}: {served}"
+    )
+
+
 def cross_fit(sets: dict[str, Pairs], budget: float, floor: float) -> None:
     """Does the scorer generalise? Fit on one set's tuning half, tune its threshold there, report on the other set."""
     names = list(sets)
@@ -288,7 +308,8 @@ def main() -> None:
     args = parser.parse_args()
     global CONFIDENT
     CONFIDENT = not args.measured
-    sets = load(load_embedder(), args.cache)
+    embedder = load_embedder()
+    sets = load(embedder, args.cache)
     default = pair.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     if args.fit:
         weights = fit([p.tune() for p in sets.values()], 0.7)
@@ -300,6 +321,7 @@ def main() -> None:
         default = t if args.threshold is None else default
         cross_fit(sets, args.max_false_hits, 0.7)
     report(sets, args.max_false_hits, default)
+    report_queries(embedder, args.cache, default)
     if args.sweep:
         sweep(sets, [round(0.95 + 0.003 * i, 3) for i in range(14)])
 
