@@ -129,7 +129,8 @@ def main() -> None:
     distinct = sorted({t for rows in data.values() for r in rows for t in r[1:3]})
     cache = Path("/tmp/keel-semantic") / f"mpnet-{m.blob_id}-{len(distinct)}.npy"
     started = time.time()
-    mp_v = np.load(cache) if cache.exists() else m.embed(distinct)
+    cached = cache.exists()
+    mp_v = np.load(cache) if cached else m.embed(distinct)
     mp_s = time.time() - started
     np.save(cache, mp_v)
     e = LocalEmbedder()
