@@ -435,3 +435,24 @@ def test_searches_during_a_purge_name_the_right_keys(vectors: Backend) -> None:
         assert [h.key if h else None for h in hits] == [f"k{i}" for i in kept]
 
     vectors.run(body)
+
+
+def test_an_upgraded_models_old_vectors_never_match_and_age_out(vectors: Backend) -> None:
+    """After a model upgrade (a new model id: name@weights-hash) the old rows are never compared with new
+    vectors, even identical ones, and they are the first to go as the new model's rows fill the bound."""
+
+    async def body() -> None:
+        index: VectorIndex = vectors.open(4)
+        for i in range(4):
+            await index.add("acme", "p", "minilm@old", f"old{i}", basis(i), T + 60)
+        for i in range(4):  # the same vectors, asked under the new model: no match however low the threshold
+            assert await index.nearest("acme", "p", "minilm@new", basis(i), -1.0, T) is None
+        for i in range(4):
+            await index.add("acme", "p", "minilm@new", f"new{i}", basis(i), T + 60)
+        assert await index.count() == 4
+        for i in range(4):
+            assert await index.nearest("acme", "p", "minilm@old", basis(i), -1.0, T) is None  # gone
+            hit = await index.nearest("acme", "p", "minilm@new", basis(i), 0.99, T)
+            assert hit is not None and hit.key == f"new{i}"
+
+    vectors.run(body)

@@ -63,11 +63,17 @@ def build_cache(config: Config, providers: dict[str, Provider]) -> CacheStage | 
     else:
         t = config.models[c.semantic.embedder].targets[0]
         embedder = AliasTextEmbedder(providers[t.provider], Target(t.provider, t.model))
-    from keel.embedding.model import verify
+    from keel.cache import pair
 
-    checker = verify if c.semantic.verify else None
     return CacheStage(
-        store, policies, default, vectors=vectors, embedder=embedder, verify=checker, read_timeout=read_timeout
+        store,
+        policies,
+        default,
+        vectors=vectors,
+        embedder=embedder,
+        judge=pair.adjusted if c.semantic.verify else None,
+        search_margin=pair.MAX_BOOST,
+        read_timeout=read_timeout,
     )
 
 

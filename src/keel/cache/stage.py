@@ -1,8 +1,9 @@
 """The cache stage: answer from the tenant's cache, keep new answers, and serve stale ones on error.
 
 Between limits and failover. For a chat call that may use the cache (cache.py `cacheable`): an exact
-hit, else (semantic on) the nearest earlier last-user-turn in the same partition over the alias's
-threshold; on a miss the call goes on and its answer is kept when it ends complete (finished, not
+hit, else (semantic on) the nearest earlier last-user-turn in the same partition, served when the pair
+judge (keel/cache/pair.py: `verify`, then cosine plus lexical evidence) scores it at or over the alias's
+threshold (without a judge: the cosine alone); on a miss the call goes on and its answer is kept when it ends complete (finished, not
 cut, not resumed, not from a fallback alias or a static answer). When every target fails, an expired
 entry may answer instead (`stale`, before the static answer). `/v1/embeddings` vectors are kept per (model,
 input text): known texts cost nothing, unknown ones go upstream in one call. A cache store that
@@ -79,10 +80,10 @@ class CacheCounts:
     stored: int = 0
     store_errors: int = 0
     store_skipped: int = 0  # reads and writes not tried: the store failed within HOLD_OFF_S
-    verify_rejects: int = 0  # semantic neighbours over the threshold that verify() turned down
+    verify_rejects: int = 0  # semantic neighbours the pair judge turned down
 
 
-Verify = Callable[[str, str], bool]  # (kept question, new question) → may the kept answer serve?
+Judge = Callable[[str, str, float], float | None]  # (kept question, new question, cosine) → score, None: never
 _NO_DIRECTIVES = Directives()
 
 
@@ -108,7 +109,8 @@ class CacheStage:
         *,
         vectors: VectorIndex | None = None,
         embedder: TextEmbedder | None = None,
-        verify: Verify | None = None,
+        judge: Judge | None = None,
+        search_margin: float = 0.0,
         read_timeout: float | None = None,
     ) -> None:
         self._store = store
@@ -118,7 +120,8 @@ class CacheStage:
         self._default = default
         self._vectors = vectors
         self._embedder = embedder
-        self._verify = verify
+        self._judge = judge
+        self._margin = search_margin  # the judge may score a pair this much over its cosine
         self.counts = CacheCounts()
         self._pending: set[asyncio.Task[Any]] = set()
 
@@ -199,10 +202,9 @@ class CacheStage:
     ) -> Reply | None:
         assert self._vectors is not None and self._embedder is not None
         part, text = semantic
+        floor = policy.threshold - self._margin if self._judge is not None else policy.threshold
         try:
-            near = await self._read(
-                self._vectors.nearest(tenant, part, self._embedder.model_id, vector, policy.threshold, now)
-            )
+            near = await self._read(self._vectors.nearest(tenant, part, self._embedder.model_id, vector, floor, now))
         except Exception as exc:
             self._store_failed(exc)
             return None
@@ -211,11 +213,16 @@ class CacheStage:
         entry = await self._get(tenant, near.key, now)
         if entry is None or not _fresh(entry, now, asked):
             return None
-        kept = decode_answer(entry.value).question
-        if self._verify is not None and (kept is None or not self._verify(kept, text)):
-            self.counts.verify_rejects += 1
-            call.trace.tags["keel.cache_rejected"] = round(near.similarity, 4)
-            return None
+        if self._judge is not None:
+            kept = decode_answer(entry.value).question
+            score = None if kept is None else self._judge(kept, text, near.similarity)
+            if score is None or score < policy.threshold:
+                self.counts.verify_rejects += 1
+                call.trace.tags["keel.cache_rejected"] = round(near.similarity, 4)
+                if score is not None:
+                    call.trace.tags["keel.cache_score"] = round(score, 4)
+                return None
+            call.trace.tags["keel.cache_score"] = round(score, 4)
         call.trace.tags["keel.cache_similarity"] = round(near.similarity, 4)
         return self._hit(call, entry, "semantic")
 

@@ -256,7 +256,8 @@ def verify(a: str, b: str) -> bool:
 
     Embeddings barely see word order, numbers or negation ("flights from New York to Florida" and back score
     0.995). So: the numbers must be the same in the same order, the negations as many, and the content words
-    both texts use once must come in the same order. Measured in bench/semantic_eval.py.
+    both texts use once must come in the same order. Superseded by keel.cache.pair.verify (which the cache
+    uses); kept as the "old verify" column of bench/semantic_eval.py.
     """
     numbers_a, negations_a, words_a = _lexical(a)
     numbers_b, negations_b, words_b = _lexical(b)

