@@ -41,6 +41,7 @@ from keel.store.protocols.limits import (
     UnknownSubject,
     Window,
 )
+from keel.store.protocols.prompts import PromptContent, PromptLabel, PromptStore, PromptVersion
 from keel.store.protocols.purge import DeletedTraces, TraceDeletion
 from keel.store.protocols.spans import SpanStore
 from keel.store.protocols.store import Migrator, Store
@@ -79,6 +80,10 @@ __all__ = [
     "Outcome",
     "Permit",
     "Progress",
+    "PromptContent",
+    "PromptLabel",
+    "PromptStore",
+    "PromptVersion",
     "QueueDepth",
     "Recovered",
     "Reservation",

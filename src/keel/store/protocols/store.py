@@ -7,6 +7,7 @@ from typing import Protocol
 from keel.store.protocols.jobs import JobStore
 from keel.store.protocols.keys import KeyStore
 from keel.store.protocols.limits import LimitConfigStore
+from keel.store.protocols.prompts import PromptStore
 from keel.store.protocols.purge import TraceDeletion
 from keel.store.protocols.spans import SpanStore
 from keel.store.protocols.traces import TraceStore
@@ -18,7 +19,9 @@ class Migrator(Protocol):
         ...
 
 
-class Store(KeyStore, TraceStore, TraceDeletion, LimitConfigStore, Migrator, SpanStore, JobStore, Protocol):
+class Store(
+    KeyStore, TraceStore, TraceDeletion, LimitConfigStore, Migrator, SpanStore, JobStore, PromptStore, Protocol
+):
     url: str
 
     def close(self) -> None: ...

@@ -1,0 +1,188 @@
+"""Prompts served by the gateway, end to end: the official openai SDK names a prompt (`extra_body`),
+Keel renders the labelled version and calls its alias with its parameters; the fake upstream shows what
+was sent. Labels move; missing variables and unknown prompts are OpenAI-shaped errors; pushes are
+idempotent; a protected label refuses a tenant's key. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from keel.testing import FakeUpstream
+from tests.conftest import ADMIN, Gateway
+
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
+
+V1: dict[str, Any] = {
+    "name": "support",
+    "messages": [
+        {"role": "system", "content": 'You help {{ customer }} with {{product}}. Reply as JSON: {"a": 1}}'},
+        {"role": "user", "content": "Question: {{ question }}"},
+    ],
+    "alias": "gpt-4o-mini",
+    "params": {"temperature": 0.2, "max_tokens": 50, "seed": 7},
+    "message": "first cut",
+}
+V2: dict[str, Any] = {
+    **V1,
+    "messages": [{"role": "system", "content": "v2 for {{customer}} / {{product}}: {{question}}"}],
+    "message": "shorter",
+}
+VARS = {"customer": "Ada", "product": "Keel", "question": "{{customer}} how?"}
+
+
+def client(gw: Gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key=gw.key, max_retries=0, timeout=10)
+
+
+def push(gw: Gateway, body: dict[str, Any], auth: dict[str, str] | None = None) -> httpx.Response:
+    headers = auth or ADMIN_AUTH
+    return httpx.post(gw.url + "/api/prompts", json={"tenant": "t1", **body} if auth is None else body, headers=headers)
+
+
+def label(gw: Gateway, name: str, lbl: str, version: int, **extra: Any) -> httpx.Response:
+    return httpx.put(
+        f"{gw.url}/api/prompts/{name}/labels/{lbl}",
+        json={"tenant": "t1", "version": version, **extra},
+        headers=ADMIN_AUTH,
+    )
+
+
+def by_prompt(c: openai.OpenAI, prompt: dict[str, Any], **kw: Any) -> Any:
+    return c.chat.completions.with_raw_response.create(
+        model=kw.pop("model", "prompt"), messages=kw.pop("messages", []), extra_body={"prompt": prompt}, **kw
+    )
+
+
+def test_a_call_by_label_renders_the_labelled_version_and_follows_the_label(gateway: Gateway, up: FakeUpstream) -> None:
+    first, second = push(gateway, V1), push(gateway, V2)
+    assert (first.status_code, first.json()["version"], second.json()["version"]) == (201, 1, 2)
+    assert label(gateway, "support", "production", 1).json()["version"] == 1
+
+    with client(gateway) as c:
+        raw = by_prompt(
+            c, {"id": "support", "label": "production", "variables": VARS},
+            messages=[{"role": "user", "content": "and one more turn"}], temperature=0.9,
+        )  # fmt: skip
+        assert raw.parse().choices[0].message.content.startswith("echo:")
+        sent = up.requests[-1]["json"]
+        assert sent["model"] == "gpt-4o-mini"  # the version's alias
+        assert sent["messages"] == [
+            {"role": "system", "content": 'You help Ada with Keel. Reply as JSON: {"a": 1}}'},
+            {"role": "user", "content": "Question: {{customer}} how?"},  # a value is never rendered again
+            {"role": "user", "content": "and one more turn"},  # the call's own messages follow
+        ]
+        assert (sent["temperature"], sent["max_tokens"], sent["seed"]) == (0.9, 50, 7)  # the call's own wins
+        assert "prompt" not in sent
+        assert raw.headers["x-keel-prompt-version"] == "support@1"
+
+        assert label(gateway, "support", "production", 2).status_code == 200  # the label moves: later calls follow
+        raw2 = by_prompt(c, {"id": "support", "label": "production", "variables": VARS})
+        assert up.requests[-1]["json"]["messages"] == [
+            {"role": "system", "content": "v2 for Ada / Keel: {{customer}} how?"}
+        ]
+        assert raw2.headers["x-keel-prompt-version"] == "support@2"
+        by_number = by_prompt(c, {"id": "support", "version": 1, "variables": VARS}, model="sim")
+        assert by_number.headers["x-keel-prompt-version"] == "support@1"
+
+    traces = {t.id: t for t in gateway.traces()}
+    t = traces[raw.headers["x-keel-trace-id"]]
+    assert (t.prompt_version, t.alias) == ("support@1", "gpt-4o-mini")
+    assert t.tags["keel.prompt"] == "support" and t.tags["keel.prompt_version"] == "1"
+    assert t.tags["keel.prompt_label"] == "production" and json.loads(t.tags["keel.prompt_variables"]) == VARS
+    t3 = traces[by_number.headers["x-keel-trace-id"]]
+    assert (t3.prompt_version, t3.alias, t3.provider) == ("support@1", "sim", "sim")  # the call's model overrides
+    assert "keel.prompt_label" not in t3.tags
+
+
+def test_prompt_errors_are_openai_shaped(gateway: Gateway, up: FakeUpstream) -> None:
+    push(gateway, V1)
+    label(gateway, "support", "production", 1)
+    calls = len(up.requests)
+    with client(gateway) as c:
+        with pytest.raises(openai.BadRequestError) as missing:
+            by_prompt(c, {"id": "support", "label": "production", "variables": {"customer": "Ada", "product": "K"}})
+        err = missing.value.body
+        assert isinstance(err, dict) and err["param"] == "prompt.variables.question"
+        assert "question" in err["message"]
+        with pytest.raises(openai.BadRequestError) as extra:
+            by_prompt(c, {"id": "support", "version": 1, "variables": {**VARS, "mood": "sunny"}})
+        assert isinstance(extra.value.body, dict) and extra.value.body["param"] == "prompt.variables.mood"
+        with pytest.raises(openai.NotFoundError) as unknown:
+            by_prompt(c, {"id": "nope", "variables": VARS})
+        assert isinstance(unknown.value.body, dict) and unknown.value.body["param"] == "prompt.id"
+        with pytest.raises(openai.NotFoundError) as no_label:
+            by_prompt(c, {"id": "support", "label": "staging", "variables": VARS})
+        assert isinstance(no_label.value.body, dict) and "production" in no_label.value.body["message"]
+        with pytest.raises(openai.NotFoundError):
+            by_prompt(c, {"id": "support", "version": 9, "variables": VARS})
+    assert len(up.requests) == calls  # nothing reached the upstream
+    other = httpx.post(gateway.url + "/api/prompts", json={"tenant": "t2", **V1}, headers=ADMIN_AUTH)
+    assert other.status_code == 201  # another tenant's prompt of the same name is not t1's
+    with client(gateway) as c, pytest.raises(openai.NotFoundError):
+        by_prompt(c, {"id": "support", "version": 2, "variables": VARS})
+
+
+def test_push_is_content_addressed_and_checked(gateway: Gateway) -> None:
+    first = push(gateway, V1).json()
+    again = push(gateway, {**V1, "message": "same content, other words"})
+    assert again.status_code == 200 and again.json()["version"] == 1 and again.json()["created"] is False
+    assert again.json()["hash"] == first["hash"]
+    reordered = {k: V1[k] for k in reversed(list(V1))}
+    assert push(gateway, reordered).json()["version"] == 1
+    bad = push(gateway, {**V1, "messages": [{"role": "user", "content": "hi {{ user.name }}"}]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages[0].content"
+    bad = push(gateway, {**V1, "params": {"temperature": "hot"}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "params.temperature"
+
+
+def test_get_serves_a_version_with_an_etag_and_protected_labels_refuse_keys(gateway: Gateway) -> None:
+    push(gateway, V1)
+    push(gateway, V2)
+    assert label(gateway, "support", "production", 1, protected=True).json()["protected"] is True
+    key = {"Authorization": f"Bearer {gateway.key}"}
+    shown = httpx.get(gateway.url + "/api/prompts/support", params={"label": "production"}, headers=key)
+    assert shown.status_code == 200 and shown.json()["version"] == 1 and shown.json()["labels"] == ["production"]
+    etag = shown.headers["etag"]
+    same = httpx.get(
+        gateway.url + "/api/prompts/support", params={"label": "production"}, headers={**key, "if-none-match": etag}
+    )
+    assert same.status_code == 304
+    assert httpx.get(gateway.url + "/api/prompts/support", params={"version": 2}, headers=key).headers["etag"] != etag
+
+    url = gateway.url + "/api/prompts/support/labels/"
+    refused = httpx.put(url + "production", json={"version": 2}, headers=key)
+    assert refused.status_code == 403 and "protected" in refused.json()["error"]["message"]
+    assert httpx.put(url + "staging", json={"version": 2}, headers=key).json()["updated_by"].startswith("key:")
+    assert httpx.put(url + "staging", json={"version": 2, "protected": True}, headers=key).status_code == 403
+    assert httpx.put(url + "production", json={"version": 2, "tenant": "t1"}, headers=ADMIN_AUTH).status_code == 200
+    assert httpx.put(url + "production", json={"version": 7, "tenant": "t1"}, headers=ADMIN_AUTH).status_code == 404
+    assert httpx.get(gateway.url + "/api/prompts", headers={"Authorization": "Bearer nope"}).status_code == 401
+    listed = httpx.get(gateway.url + "/api/prompts", headers=key).json()["data"]
+    assert [(p["name"], p["latest"], p["labels"]) for p in listed] == [("support", 2, {"production": 2, "staging": 2})]
+    # a key's own push lands in its tenant
+    pushed = httpx.post(gateway.url + "/api/prompts", json={**V1, "name": "mine"}, headers=key)
+    assert pushed.status_code == 201 and pushed.json()["tenant"] == "t1" and pushed.json()["author"].startswith("key:")
+
+
+def test_another_process_sees_a_label_move_within_its_refresh(gateway: Gateway, up: FakeUpstream) -> None:
+    """A label moved straight in the store (another gateway, or `keel prompts label`) is served after the
+    refresh worker's next pass, with no admin write in this process."""
+    from tests.conftest import until
+
+    push(gateway, V1)
+    push(gateway, V2)
+    label(gateway, "support", "production", 1)
+    store = gateway.runtime.store
+    store.set_prompt_label("t1", "support", "production", 2, protected=None, by="elsewhere", now=0.0)
+    with client(gateway) as c:
+
+        def served_v2() -> bool:
+            raw = by_prompt(c, {"id": "support", "label": "production", "variables": VARS})
+            return bool(raw.headers["x-keel-prompt-version"] == "support@2")
+
+        assert until(served_v2, timeout=10)
