@@ -186,3 +186,88 @@ def test_another_process_sees_a_label_move_within_its_refresh(gateway: Gateway, 
             return bool(raw.headers["x-keel-prompt-version"] == "support@2")
 
         assert until(served_v2, timeout=10)
+
+
+def test_keel_prompts_cli_pushes_files_idempotently_and_the_gateway_serves_them(
+    gateway: Gateway, up: FakeUpstream, tmp_path: Any
+) -> None:
+    """`keel prompts push|list|show|diff|label` on the gateway's own store; the running gateway serves the
+    label the CLI moved."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.conftest import until
+
+    def keel(*args: str, code: int = 0) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "KEEL_CONFIG"}
+        done = subprocess.run(
+            [sys.executable, "-m", "keel.cli.main", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == code, done.stderr
+        return done.stdout + done.stderr
+
+    (tmp_path / "support.yaml").write_text(yaml.safe_dump({k: v for k, v in V1.items()}))
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump_all([V2, {**V1, "name": "other"}]))
+    pushed = json.loads(keel("prompts", "push", "support.yaml", "two.yaml", "--tenant", "t1", "--json"))
+    assert [(p["name"], p["version"], p["created"]) for p in pushed] == [
+        ("support", 1, True), ("support", 2, True), ("other", 1, True)
+    ]  # fmt: skip
+    assert "support v1 (unchanged)" in keel("prompts", "push", "support.yaml", "--tenant", "t1")
+    listed = json.loads(keel("prompts", "list", "--json"))
+    assert [(r["name"], r["latest"]) for r in listed] == [("other", 1), ("support", 2)]
+    assert "production → v1 (protected)" in keel(
+        "prompts", "label", "support", "production", "v1", "--tenant", "t1", "--protect"
+    )
+    shown = json.loads(keel("prompts", "show", "support@production", "--tenant", "t1", "--json"))
+    assert (shown["version"], shown["labels"]) == (1, ["production"])
+    assert "Question: {{ question }}" in keel("prompts", "show", "support@1", "--tenant", "t1")
+    diff = keel("prompts", "diff", "support", "v1", "v2", "--tenant", "t1")
+    assert diff.startswith("--- support@v1\n+++ support@v2\n")
+    assert "\n+- content: 'v2 for {{customer}} / {{product}}: {{question}}'" in diff
+    assert "\n-- content: 'Question: {{ question }}'" in diff and "\n alias: gpt-4o-mini" in diff
+    assert "no version 9" in keel("prompts", "label", "support", "production", "9", "--tenant", "t1", code=1)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**V1, "messages": [{"role": "user", "content": "{{ a.b }}"}]}))
+    assert "bad.yaml: messages[0].content:" in keel("prompts", "push", "bad.yaml", "--tenant", "t1", code=1)
+
+    keel("prompts", "label", "support", "production", "2", "--tenant", "t1")
+    with client(gateway) as c:
+        assert until(
+            lambda: (
+                by_prompt(c, {"id": "support", "label": "production", "variables": VARS}).headers[
+                    "x-keel-prompt-version"
+                ]
+                == "support@2"
+            ),
+            timeout=10,
+        )
+
+
+def test_keel_client_renders_a_fetched_version_as_the_gateway_does(gateway: Gateway, up: FakeUpstream) -> None:
+    from keel.client.prompts import TemplateError, render
+
+    schema = {"type": "object", "properties": {"customer": {"type": "string"}}, "required": ["customer"]}
+    push(gateway, {**V1, "variables": schema})
+    key = {"Authorization": f"Bearer {gateway.key}"}
+    version = httpx.get(gateway.url + "/api/prompts/support", params={"version": 1}, headers=key).json()
+    turn = [{"role": "user", "content": "more"}]
+    call = render(version, VARS, messages=turn)
+    with client(gateway) as c:
+        c.chat.completions.create(**call)
+        mine = up.requests[-1]["json"]
+        by_prompt(c, {"id": "support", "version": 1, "variables": VARS}, messages=turn)
+        theirs = up.requests[-1]["json"]
+        with pytest.raises(openai.BadRequestError) as typed:
+            by_prompt(c, {"id": "support", "version": 1, "variables": {**VARS, "customer": 3}})
+    assert mine == theirs
+    assert isinstance(typed.value.body, dict) and typed.value.body["param"] == "prompt.variables.customer"
+    with pytest.raises(TemplateError) as bad:
+        render(version, {**VARS, "customer": 3})
+    assert bad.value.where == "variables.customer"
