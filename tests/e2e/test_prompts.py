@@ -237,6 +237,11 @@ def test_keel_prompts_cli_pushes_files_idempotently_and_the_gateway_serves_them(
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**V1, "messages": [{"role": "user", "content": "{{ a.b }}"}]}))
     assert "bad.yaml: messages[0].content:" in keel("prompts", "push", "bad.yaml", "--tenant", "t1", code=1)
 
+    rolled = keel(
+        "prompts", "rollout", "support", "--label", "production", "--to", "v2", "--weight", "10", "--tenant", "t1"
+    )
+    assert "support production: v1 stable, v2 10%" in rolled
+    assert "v1 stable\n" in keel("prompts", "rollback", "support", "--label", "production", "--tenant", "t1")
     keel("prompts", "label", "support", "production", "2", "--tenant", "t1")
     with client(gateway) as c:
         assert until(
@@ -271,3 +276,36 @@ def test_keel_client_renders_a_fetched_version_as_the_gateway_does(gateway: Gate
     with pytest.raises(TemplateError) as bad:
         render(version, {**VARS, "customer": 3})
     assert bad.value.where == "variables.customer"
+
+
+def test_a_rollout_splits_users_stickily_and_ends_on_rollback(gateway: Gateway, up: FakeUpstream) -> None:
+    push(gateway, V1)
+    push(gateway, V2)
+    started = label(gateway, "support", "production", 1, rollout=[{"version": 2, "weight": 50}])
+    assert started.json()["rollout"] == [{"version": 2, "weight": 50.0}]
+    bad = label(gateway, "support", "production", 1, rollout=[{"version": 2, "weight": 101}])
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "rollout[0].weight"
+    assert label(gateway, "support", "production", 1, rollout=[{"version": 9, "weight": 5}]).status_code == 404
+    ref = {"id": "support", "label": "production", "variables": VARS}
+    seen: dict[str, set[str]] = {}
+    trace_ids = []
+    with client(gateway) as c:
+        for i in range(24):
+            for _ in range(2):  # a user's later call keeps the variant
+                raw = by_prompt(c, ref, user=f"user-{i}")
+                seen.setdefault(f"user-{i}", set()).add(raw.headers["x-keel-prompt-version"])
+                trace_ids.append(raw.headers["x-keel-trace-id"])
+        assert all(len(v) == 1 for v in seen.values()), seen
+        assert {v for vs in seen.values() for v in vs} == {"support@1", "support@2"}  # both variants served
+        session = c.chat.completions.with_raw_response.create(
+            model="prompt", messages=[], extra_body={"prompt": ref}, extra_headers={"x-keel-session": "s-1"}
+        )
+        assert session.headers["x-keel-prompt-version"] in ("support@1", "support@2")
+
+        assert label(gateway, "support", "production", 1).json()["rollout"] == []  # rollback: a plain label
+        after = {by_prompt(c, ref, user=f"user-{i}").headers["x-keel-prompt-version"] for i in range(24)}
+        assert after == {"support@1"}
+    traces = {t.id: t for t in gateway.traces()}
+    for tid in trace_ids:
+        t = traces[tid]
+        assert t.tags["keel.prompt_variant"] == ("rollout" if t.prompt_version == "support@2" else "stable")

@@ -130,7 +130,8 @@ class PromptsAdmin:
         return _json({"data": [version_view(v) for v in rows]})
 
     async def set_label(self, request: Request, caller: Caller) -> Response:
-        """Body {"version": N, "protected"?: bool}."""
+        """Body {"version": N, "protected"?: bool, "rollout"?: [{"version": M, "weight": percent}, …]}: the
+        stable version and the shares of others (none: a plain label, which is also how a rollout ends)."""
         name, label = request.path_params["name"], check_name(request.path_params["label"], "label")
         body = await self._body(request)
         tenant = caller.of(body.get("tenant"))
@@ -140,16 +141,32 @@ class PromptsAdmin:
         protected = body.get("protected")
         if protected is not None and type(protected) is not bool:
             raise InvalidRequest("'protected' must be true or false.", "protected")
+        rollout = _rollout(body.get("rollout"))
         registry = self._prompts.registry
         moved = await asyncio.to_thread(
             lambda: registry.set_label(
-                tenant, name, label, version, by=caller.who, admin=caller.admin, protected=protected
+                tenant, name, label, version, by=caller.who, admin=caller.admin, protected=protected, rollout=rollout
             )
         )
         if moved is None:
-            raise NotFound(f"Prompt '{name}' has no version {version}.")
+            wanted = ", ".join(str(v) for v in sorted({version, *(v for v, _ in rollout)}))
+            raise NotFound(f"Prompt '{name}' lacks one of the versions {wanted}.")
         await self._prompts.sync.refresh()
         return _json(label_view(moved))
+
+
+def _rollout(value: Any) -> tuple[tuple[int, float], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidRequest("'rollout' must be an array of {version, weight}.", "rollout")
+    shares = []
+    for i, share in enumerate(value):
+        v, w = (share.get("version"), share.get("weight")) if isinstance(share, dict) else (None, None)
+        if type(v) is not int or v < 1 or not isinstance(w, int | float) or isinstance(w, bool):
+            raise InvalidRequest("Each rollout share is {version: N, weight: percent}.", f"rollout[{i}]")
+        shares.append((v, float(w)))
+    return tuple(shares)
 
 
 def _which(version: str | None, label: str | None) -> tuple[int | None, str | None]:

@@ -51,6 +51,7 @@ def register(p: argparse.ArgumentParser) -> None:
     protect.add_argument("--unprotect", dest="protected", action="store_const", const=False)
     label.add_argument("--json", action="store_true")
     label.set_defaults(run=run_label)
+    register_rollout(verbs)
 
 
 def _docs(path: str) -> list[dict[str, Any]]:
@@ -185,3 +186,50 @@ def run_label(args: argparse.Namespace) -> int:
     else:
         print(f"{args.name} {args.label} → v{moved.version}{' (protected)' if moved.protected else ''}")
     return 0
+
+
+def register_rollout(verbs: Any) -> None:
+    roll = verbs.add_parser("rollout", help="send a share of a label's calls to another version (sticky per user)")
+    roll.add_argument("name")
+    roll.add_argument("--label", required=True)
+    roll.add_argument("--to", required=True, metavar="VERSION")
+    roll.add_argument("--weight", required=True, type=float, metavar="PERCENT")
+    roll.add_argument("--tenant", required=True)
+    roll.set_defaults(run=run_rollout)
+    back = verbs.add_parser("rollback", help="end a label's rollout: every call gets its stable version")
+    back.add_argument("name")
+    back.add_argument("--label", required=True)
+    back.add_argument("--tenant", required=True)
+    back.set_defaults(run=run_rollback)
+
+
+def _move(args: argparse.Namespace, rollout: tuple[tuple[int, float], ...]) -> int:
+    from keel.prompts.registry import ContentError, Registry
+
+    with store(args) as s:
+        registry = Registry(s)
+        current = registry.label(args.tenant, args.name, args.label)
+        if current is None:
+            raise Failure(f"prompt {args.name} has no label {args.label} in tenant {args.tenant}")
+        try:
+            moved = registry.set_label(
+                args.tenant, args.name, args.label, current.version, by="cli", admin=True, rollout=rollout
+            )
+        except ContentError as err:
+            raise Failure(err.message) from None
+    if moved is None:
+        raise Failure(f"prompt {args.name} has no version {rollout[0][0] if rollout else current.version}")
+    shares = ", ".join(f"v{v} {w:g}%" for v, w in moved.rollout)
+    print(f"{args.name} {args.label}: v{moved.version} stable" + (f", {shares}" if shares else ""))
+    return 0
+
+
+def run_rollout(args: argparse.Namespace) -> int:
+    version, _ = _which(args.to)
+    if version is None:
+        raise Failure(f"'{args.to}' is not a version number (3 or v3)")
+    return _move(args, ((version, args.weight),))
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    return _move(args, ())

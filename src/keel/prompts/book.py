@@ -10,6 +10,7 @@ processes see it within one refresh period.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Iterable
@@ -22,6 +23,39 @@ from keel.store.protocols import PromptLabel, PromptStore, PromptVersion
 
 log = logging.getLogger("keel.prompts")
 MARGIN_S = 60.0  # versions re-read on each refresh: what a commit may lag its created_at by
+BUCKETS = 10_000  # a rollout's shares are cut in hundredths of a percent
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a label sends a call: the stable version, unless the caller's bucket falls in a rollout's
+    share. Shares are stacked from bucket 0 up, so raising a share keeps everyone it had."""
+
+    stable: int
+    shares: tuple[tuple[int, int], ...] = ()  # (bucket bound, version), bounds increasing
+
+    @classmethod
+    def of(cls, label: PromptLabel) -> Route:
+        bound, shares = 0, []
+        for version, percent in label.rollout:
+            bound += round(percent * BUCKETS / 100)
+            shares.append((bound, version))
+        return cls(label.version, tuple(shares))
+
+    def pick(self, tenant: str, name: str, label: str, subject: str) -> tuple[int, str]:
+        """The version for `subject` (user, else session, else key) and its variant: stable | rollout."""
+        if not self.shares:
+            return self.stable, "stable"
+        b = bucket(f"{tenant}\x00{name}\x00{label}\x00{subject}")
+        for bound, version in self.shares:
+            if b < bound:
+                return version, "rollout"
+        return self.stable, "stable"
+
+
+def bucket(key: str) -> int:
+    """A stable bucket in [0, BUCKETS) for `key`: the same in every process and every release."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % BUCKETS
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +82,7 @@ class Served:
 @dataclass(slots=True)
 class Entry:
     versions: dict[int, Served] = field(default_factory=dict)
-    labels: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, Route] = field(default_factory=dict)
     latest: int = 0
 
 
@@ -56,8 +90,12 @@ class PromptBook:
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str], Entry] = {}
 
-    def resolve(self, tenant: str, name: str, version: int | None, label: str | None) -> Served:
-        """The version a call names: by number, by label, or (neither) the latest. 404 when unknown."""
+    def resolve(
+        self, tenant: str, name: str, version: int | None, label: str | None, subject: str = ""
+    ) -> tuple[Served, str | None]:
+        """The version a call names: by number, by label (for `subject`, when the label has a rollout), or
+        (neither) the latest; and the label's variant (None without a label). 404 when unknown."""
+        variant = None
         entry = self._entries.get((tenant, name))
         if entry is None or not entry.versions:
             raise _not_found(f"No prompt named '{name}'.", "prompt.id")
@@ -65,15 +103,15 @@ class PromptBook:
             if label is None:
                 version = entry.latest
             else:
-                found = entry.labels.get(label)
-                if found is None:
+                route = entry.labels.get(label)
+                if route is None:
                     known = ", ".join(sorted(entry.labels)) or "none"
                     raise _not_found(f"Prompt '{name}' has no label '{label}' (labels: {known}).", "prompt.label")
-                version = found
+                version, variant = route.pick(tenant, name, label, subject)
         served = entry.versions.get(version)
         if served is None:
             raise _not_found(f"Prompt '{name}' has no version {version} (latest: {entry.latest}).", "prompt.version")
-        return served
+        return served, variant
 
     def update(self, versions: Iterable[PromptVersion], labels: Iterable[PromptLabel]) -> None:
         """Add `versions` (compiled once each) and replace every label with `labels`."""
@@ -86,9 +124,9 @@ class PromptBook:
             if v.version not in entry.versions:
                 entry.versions[v.version] = Served.of(v)
                 entry.latest = max(entry.latest, v.version)
-        moved: dict[tuple[str, str], dict[str, int]] = {}
+        moved: dict[tuple[str, str], dict[str, Route]] = {}
         for lb in labels:
-            moved.setdefault((lb.tenant, lb.name), {})[lb.label] = lb.version
+            moved.setdefault((lb.tenant, lb.name), {})[lb.label] = Route.of(lb)
         for key, entry in entries.items():
             entry.labels = moved.get(key, {})
         self._entries = entries  # one assignment: a call sees the old book or the new one

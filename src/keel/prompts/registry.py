@@ -50,18 +50,24 @@ class Registry:
 
     def set_label(
         self, tenant: str, name: str, label: str, version: int, *, by: str | None, admin: bool,
-        protected: bool | None = None,
+        protected: bool | None = None, rollout: tuple[tuple[int, float], ...] = (),
     ) -> PromptLabel | None:  # fmt: skip
-        """Move `label` to `version`; None when there is no such version. LabelRefused for a protected
-        label (or a change of protection) without admin rights."""
+        """Move `label` to `version` (with `rollout` shares of other versions); None when a version is
+        missing. LabelRefused for a protected label (or a change of protection) without admin rights."""
         check_name(label, "label")
+        check_rollout(version, rollout)
         if not admin:
             if protected is not None:
                 raise LabelRefused("Only the admin token may protect or unprotect a label.")
             current = next((lb for lb in self._store.list_prompt_labels(tenant, name) if lb.label == label), None)
             if current is not None and current.protected:
                 raise LabelRefused(f"Label '{label}' of prompt '{name}' is protected: only the admin token moves it.")
-        return self._store.set_prompt_label(tenant, name, label, version, protected=protected, by=by, now=time.time())
+        return self._store.set_prompt_label(
+            tenant, name, label, version, protected=protected, by=by, now=time.time(), rollout=rollout
+        )
+
+    def label(self, tenant: str, name: str, label: str) -> PromptLabel | None:
+        return next((lb for lb in self._store.list_prompt_labels(tenant, name) if lb.label == label), None)
 
     def find(
         self, tenant: str, name: str, *, version: int | None = None, label: str | None = None
@@ -100,9 +106,23 @@ def version_view(v: PromptVersion, labels: list[PromptLabel] | None = None) -> d
     return view
 
 
+def check_rollout(stable: int, rollout: tuple[tuple[int, float], ...]) -> None:
+    """Shares of versions other than the stable one, each once, each above 0, together at most 100%."""
+    seen = {stable}
+    for i, (version, percent) in enumerate(rollout):
+        if version in seen:
+            raise ContentError(f"Version {version} appears twice in the label's split.", f"rollout[{i}].version")
+        seen.add(version)
+        if not 0 < percent <= 100:
+            raise ContentError("A rollout's weight is a percent above 0, at most 100.", f"rollout[{i}].weight")
+    if sum(p for _, p in rollout) > 100:
+        raise ContentError("A rollout's weights add up to more than 100%.", "rollout")
+
+
 def label_view(lb: PromptLabel) -> dict[str, Any]:
     return {
         "tenant": lb.tenant, "name": lb.name, "label": lb.label, "version": lb.version, "protected": lb.protected,
+        "rollout": [{"version": v, "weight": w} for v, w in lb.rollout],
         "updated_at": lb.updated_at, "updated_by": lb.updated_by,
     }  # fmt: skip
 

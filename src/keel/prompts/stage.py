@@ -4,7 +4,8 @@
 `extra_body`) → the version's rendered messages, then the call's own messages (conversation turns);
 the version's alias when the call's `model` is absent, "" or "prompt"; the version's parameters, tools
 and response format wherever the call does not set its own. The trace records the prompt, version,
-label and variables; `prompt_version` (the rollups' dimension) is `name@version`.
+label and variables; `prompt_version` (the rollups' dimension) is `name@version`. A label in rollout
+picks its version by a hash of the user, else the session, else the key: a user keeps one variant.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class PromptStage:
         assert call.principal is not None  # the auth slot runs first
         ref = request.extra["prompt"]
         name, version, label, variables = _reference(ref)
-        served = self._book.resolve(call.principal.tenant, name, version, label)
+        subject = call.user or call.session or call.principal.key_id  # a rollout is sticky per subject
+        served, variant = self._book.resolve(call.principal.tenant, name, version, label, subject)
         try:
             values = check_variables(served.names, variables)
         except TemplateError as err:
@@ -57,6 +59,7 @@ class PromptStage:
         record.tags["keel.prompt_version"] = str(v.version)
         if label is not None:
             record.tags["keel.prompt_label"] = label
+            record.tags["keel.prompt_variant"] = variant
         if variables:
             record.tags["keel.prompt_variables"] = orjson.dumps(variables).decode()
 

@@ -53,10 +53,12 @@ class PromptLabel:
     tenant: str
     name: str
     label: str
-    version: int
+    version: int  # the stable version: every call not in a rollout's share
     protected: bool  # only the admin token moves it
     updated_at: float
     updated_by: str | None
+    # A rollout: (version, percent of calls) pairs, the stable version taking the rest; () for none.
+    rollout: tuple[tuple[int, float], ...] = ()
 
 
 class PromptStore(Protocol):
@@ -79,10 +81,19 @@ class PromptStore(Protocol):
     def list_prompt_labels(self, tenant: str | None = None, name: str | None = None) -> list[PromptLabel]: ...
 
     def set_prompt_label(
-        self, tenant: str, name: str, label: str, version: int, *, protected: bool | None, by: str | None, now: float
+        self,
+        tenant: str,
+        name: str,
+        label: str,
+        version: int,
+        *,
+        protected: bool | None,
+        by: str | None,
+        now: float,
+        rollout: tuple[tuple[int, float], ...] = (),
     ) -> PromptLabel | None:
-        """Point `label` at `version` (None when the prompt has no such version). `protected` None keeps
-        the label's flag (a new label is unprotected)."""
+        """Point `label` at `version` with `rollout` shares of other versions (None when the prompt lacks one
+        of them). `protected` None keeps the label's flag (a new label is unprotected)."""
         ...
 
 

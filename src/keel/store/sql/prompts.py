@@ -15,7 +15,7 @@ from keel.store.protocols.prompts import PromptContent, PromptLabel, PromptVersi
 from keel.store.sql.dialect import Database, Row
 
 _VERSION_COLS = "tenant, name, version, hash, content, message, author, created_at"
-_LABEL_COLS = "tenant, name, label, version, protected, updated_at, updated_by"
+_LABEL_COLS = "tenant, name, label, version, protected, updated_at, updated_by, rollout"
 _PUSH_TRIES = 20
 
 
@@ -35,7 +35,8 @@ def _version(r: Row) -> PromptVersion:
 
 
 def _label(r: Row) -> PromptLabel:
-    return PromptLabel(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6])
+    rollout = tuple((int(v), float(w)) for v, w in orjson.loads(r[7])) if r[7] else ()
+    return PromptLabel(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6], rollout)
 
 
 def _where(clauses: list[tuple[str, Any]], mark: str) -> tuple[str, tuple[Any, ...]]:
@@ -96,20 +97,36 @@ class SqlPrompts:
             return [_label(r) for r in s.fetchall(sql, params)]
 
     def set_prompt_label(
-        self, tenant: str, name: str, label: str, version: int, *, protected: bool | None, by: str | None, now: float
+        self,
+        tenant: str,
+        name: str,
+        label: str,
+        version: int,
+        *,
+        protected: bool | None,
+        by: str | None,
+        now: float,
+        rollout: tuple[tuple[int, float], ...] = (),
     ) -> PromptLabel | None:
         d = self._db.dialect
         m = d.mark
-        exists = f"SELECT 1 FROM prompt_versions WHERE tenant = {m} AND name = {m} AND version = {m}"
+        wanted = sorted({version, *(v for v, _ in rollout)})
+        exists = (
+            f"SELECT COUNT(*) FROM prompt_versions WHERE tenant = {m} AND name = {m}"
+            f" AND version IN ({d.marks(len(wanted))})"
+        )
         keep = "prompt_labels.protected" if protected is None else "excluded.protected"
         upsert = (
-            f"INSERT INTO prompt_labels ({_LABEL_COLS}) VALUES ({d.marks(7)})"
+            f"INSERT INTO prompt_labels ({_LABEL_COLS}) VALUES ({d.marks(8)})"
             f" ON CONFLICT (tenant, name, label) DO UPDATE SET version = excluded.version, protected = {keep},"
-            f" updated_at = excluded.updated_at, updated_by = excluded.updated_by RETURNING {_LABEL_COLS}"
+            f" updated_at = excluded.updated_at, updated_by = excluded.updated_by, rollout = excluded.rollout"
+            f" RETURNING {_LABEL_COLS}"
         )
+        shares = orjson.dumps([[v, w] for v, w in rollout]).decode() if rollout else None
         with self._db.transaction() as s:
-            if s.fetchone(exists, (tenant, name, version)) is None:
+            found = s.fetchone(exists, (tenant, name, *wanted))
+            if found is None or found[0] != len(wanted):
                 return None
-            row = s.fetchone(upsert, (tenant, name, label, version, bool(protected), now, by))
+            row = s.fetchone(upsert, (tenant, name, label, version, bool(protected), now, by, shares))
         assert row is not None
         return _label(row)

@@ -2,7 +2,8 @@
 -- variables schema, alias, parameters, tools, response format) is JSON text, addressed by its sha256 so
 -- a push of identical content finds the version it made (unique per prompt). Labels point at versions
 -- and move, and a protected label is moved only with the admin token. Indexes: versions by creation time
--- (the gateways' incremental refresh).
+-- (the gateways' incremental refresh). A label's rollout is JSON text: [[version, percent], ...], the
+-- stable version taking the rest.
 CREATE TABLE prompt_versions (
     tenant TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -27,5 +28,6 @@ CREATE TABLE prompt_labels (
     protected INTEGER NOT NULL,
     updated_at REAL NOT NULL,
     updated_by TEXT,
+    rollout TEXT,
     PRIMARY KEY (tenant, name, label)
 );
