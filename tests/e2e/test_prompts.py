@@ -309,3 +309,9 @@ def test_a_rollout_splits_users_stickily_and_ends_on_rollback(gateway: Gateway, 
     for tid in trace_ids:
         t = traces[tid]
         assert t.tags["keel.prompt_variant"] == ("rollout" if t.prompt_version == "support@2" else "stable")
+    # usage per prompt version (the rollups' dimension) matches the traces
+    rows = httpx.get(gateway.url + "/api/usage", params={"by": "prompt_version"}, headers=ADMIN_AUTH).json()["data"]
+    counted: dict[str, int] = {}
+    for t in traces.values():
+        counted[t.prompt_version] = counted.get(t.prompt_version, 0) + 1
+    assert {r["prompt_version"]: r["calls"] for r in rows} == counted
