@@ -88,6 +88,9 @@ def target(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> 
                 headers={"authorization": f"Bearer {gw.key}"},
             )
             assert r.status_code == 200, r.text
+            admin = {"authorization": f"Bearer {gw.admin}"}
+            for version in (PROMPT, {**PROMPT, "messages": [{"role": "user", "content": "v2 {{x}}"}]}):
+                assert client.post("/api/prompts", json=version, headers=admin).status_code == 201
             login = client.post("/ui/login", data={"token": gw.admin, "next": "/ui"})
             assert login.status_code == 303
             session = login.cookies["keel_ui"]
@@ -251,6 +254,13 @@ MESSAGES = {
     "stop_sequences": ["END"],
 }  # fmt: skip
 MODELS = ["gpt-4o-mini", "claude", "sim", "embed", "nope"]
+PROMPT = {
+    "tenant": "t1", "name": "fz", "alias": "sim", "params": {"temperature": 0.1, "max_tokens": 8}, "message": "m",
+    "messages": [{"role": "system", "content": "be {{x}}"}, {"role": "user", "content": [{"type": "text", "text": "{{ x }}"}]}],
+    "variables": {"type": "object", "properties": {"x": {"type": "string"}}}, "label": "production",
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    "response_format": {"type": "json_object"},
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -291,6 +301,12 @@ ROUTES = [
     Route("GET", "/api/limits/usage", "admin", query=("tenant", "key", "user", "feature", "alias")),
     Route("PUT", "/api/limits/{scope}/{subject}", "admin", {"limits": {"rpm": 1000, "daily_usd": 5.5}, "on_store_error": "open"}),
     Route("DELETE", "/api/limits/{scope}/{subject}", "admin"),
+    Route("GET", "/api/prompts", "admin", query=("tenant",)),
+    Route("POST", "/api/prompts", "admin", PROMPT),
+    Route("GET", "/api/prompts/{name}", "admin", query=("tenant", "version", "label")),
+    Route("GET", "/api/prompts/{name}/versions", "admin", query=("tenant",)),
+    Route("PUT", "/api/prompts/{name}/labels/{label}", "admin", {"tenant": "t1", "version": 1, "protected": False, "rollout": [{"version": 2, "weight": 10}]}),
+    Route("POST", "/v1/chat/completions", "openai", {"model": "prompt", "messages": [USER], "prompt": {"id": "fz", "label": "production", "variables": {"x": "1"}}, "user": "u1"}),
     Route("GET", "/ui/login", "dashboard", query=("next",)),
     Route("POST", "/ui/login", "dashboard", form=True),
     Route("POST", "/ui/logout", "dashboard"),
@@ -340,6 +356,7 @@ def _param_values(t: Target, name: str) -> st.SearchStrategy[str]:
         "subject": ["fz", t.key_id],
         "model:path": ["gpt-4o-mini", "claude", "nope"],
         "deployment": ["gpt-4o-mini", "sim", "nope"],
+        "label": ["production", "staging"],
     }[name]
     return st.one_of(st.sampled_from(known), url_text.filter(lambda s: s and "/" not in s and s not in (".", "..")))
 
@@ -347,7 +364,7 @@ def _param_values(t: Target, name: str) -> st.SearchStrategy[str]:
 @st.composite
 def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
     path = route.path
-    for name in ("name", "key_id", "trace_id", "scope", "subject", "model:path", "deployment"):
+    for name in ("name", "key_id", "trace_id", "scope", "subject", "model:path", "deployment", "label"):
         if "{" + name + "}" in path:
             value = draw(_param_values(t, name))
             path = path.replace("{" + name + "}", quote(value, safe=""))

@@ -33,8 +33,8 @@ class Caller:
 
     def of(self, asked: Any) -> str:
         """The tenant a request acts on: the key's own, or (admin) the one it names."""
-        if asked is not None and not isinstance(asked, str):
-            raise InvalidRequest("'tenant' must be a tenant name.", "tenant")
+        if asked is not None and (not isinstance(asked, str) or "\x00" in asked or len(asked) > 256):
+            raise InvalidRequest("'tenant' must be a tenant name (at most 256 characters, no NUL).", "tenant")
         if not self.admin:
             if asked is not None and asked != self.tenant:
                 raise PermissionDenied("A virtual key reaches only its own tenant's prompts.")

@@ -50,7 +50,7 @@ def content_of(body: dict[str, Any]) -> PromptContent:
     if not isinstance(messages, list) or not messages:
         raise ContentError("'messages' must be a non-empty array of chat messages.", "messages")
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or m["role"] not in ROLES:
             raise ContentError(f"Each message needs a 'role': {', '.join(sorted(ROLES))}.", f"messages[{i}].role")
         if not isinstance(m.get("content"), str | list):
             raise ContentError("'content' must be a string or an array of content parts.", f"messages[{i}].content")

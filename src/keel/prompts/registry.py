@@ -129,8 +129,8 @@ def label_view(lb: PromptLabel) -> dict[str, Any]:
 
 def _text(body: dict[str, Any], field: str) -> str | None:
     value = body.get(field)
-    if value is not None and not isinstance(value, str):
-        raise ContentError(f"'{field}' must be a string.", field)
+    if value is not None and (not isinstance(value, str) or "\x00" in value or len(value) > 10_000):
+        raise ContentError(f"'{field}' must be a string (at most 10,000 characters, no NUL).", field)
     return value
 
 
