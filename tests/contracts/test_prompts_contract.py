@@ -110,3 +110,14 @@ def test_labels_move_keep_protection_hold_rollouts_and_need_their_versions(store
         ("staging", 2, ()),
     ]
     assert store.list_prompt_labels("t2") == []
+
+
+def test_deleting_a_tenant_deletes_its_prompts_only(store: Store) -> None:
+    for tenant in ("gone", "kept"):
+        store.create_tenant(tenant)
+        push(store, "p", content("x"), tenant=tenant)
+        store.set_prompt_label(tenant, "p", "production", 1, protected=None, by=None, now=NOW)
+    counts = store.delete_tenant("gone")
+    assert counts["prompts"] == 2  # one version, one label
+    assert [v.tenant for v in store.list_prompt_versions()] == ["kept"]
+    assert [lb.tenant for lb in store.list_prompt_labels()] == ["kept"]
