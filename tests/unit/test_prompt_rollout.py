@@ -61,3 +61,11 @@ def test_a_version_pinned_by_number_ignores_the_rollout() -> None:
     b = book((8, 100.0))
     served, variant = b.resolve("t1", "support", 7, None, "user-1")
     assert (served.version.version, variant) == (7, None)
+
+
+def test_a_stored_version_that_does_not_compile_is_skipped_not_fatal() -> None:
+    bad = PromptContent(({"role": "user", "content": "{{ a.b }}"},), alias="a")
+    broken = PromptVersion("t1", "broken", 1, content_hash(bad), bad, None, None, 0.0)
+    b = PromptBook()
+    b.update([broken, version(7)], [])
+    assert b.resolve("t1", "support", 7, None)[0].version.version == 7

@@ -122,7 +122,11 @@ class PromptBook:
             if entry is None:
                 entry = entries[key] = Entry()
             if v.version not in entry.versions:
-                entry.versions[v.version] = Served.of(v)
+                try:
+                    entry.versions[v.version] = Served.of(v)
+                except Exception as exc:  # written around the registry's checks: one bad row must not stop the rest
+                    log.warning("prompt %s@%d of tenant %s is not servable: %s", v.name, v.version, v.tenant, exc)
+                    continue
                 entry.latest = max(entry.latest, v.version)
         moved: dict[tuple[str, str], dict[str, Route]] = {}
         for lb in labels:
