@@ -315,3 +315,22 @@ def test_a_rollout_splits_users_stickily_and_ends_on_rollback(gateway: Gateway, 
     for t in traces.values():
         counted[t.prompt_version] = counted.get(t.prompt_version, 0) + 1
     assert {r["prompt_version"]: r["calls"] for r in rows} == counted
+
+
+def test_a_streamed_call_by_prompt_renders_and_names_its_version(gateway: Gateway, up: FakeUpstream) -> None:
+    push(gateway, V1)
+    with (
+        client(gateway) as c,
+        c.chat.completions.with_streaming_response.create(
+            model="prompt",
+            messages=[],
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"prompt": {"id": "support", "version": 1, "variables": VARS}},
+        ) as raw,
+    ):
+        assert raw.headers["x-keel-prompt-version"] == "support@1"
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in raw.parse() if chunk.choices)
+    sent = up.requests[-1]["json"]
+    assert sent["stream"] is True and sent["messages"][1] == {"role": "user", "content": "Question: {{customer}} how?"}
+    assert text.startswith("echo:")
