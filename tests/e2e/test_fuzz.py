@@ -92,6 +92,9 @@ def target(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> 
             )
             assert r.status_code == 200, r.text
             ids = _seed_deferred(client, gw.key)
+            admin = {"authorization": f"Bearer {gw.admin}"}
+            for version in (PROMPT, {**PROMPT, "messages": [{"role": "user", "content": "v2 {{x}}"}]}):
+                assert client.post("/api/prompts", json=version, headers=admin).status_code == 201
             login = client.post("/ui/login", data={"token": gw.admin, "next": "/ui"})
             assert login.status_code == 303
             session = login.cookies["keel_ui"]
@@ -278,6 +281,13 @@ MESSAGES = {
     "stop_sequences": ["END"],
 }  # fmt: skip
 MODELS = ["gpt-4o-mini", "claude", "sim", "embed", "nope"]
+PROMPT = {
+    "tenant": "t1", "name": "fz", "alias": "sim", "params": {"temperature": 0.1, "max_tokens": 8}, "message": "m",
+    "messages": [{"role": "system", "content": "be {{x}}"}, {"role": "user", "content": [{"type": "text", "text": "{{ x }}"}]}],
+    "variables": {"type": "object", "properties": {"x": {"type": "string"}}}, "label": "production",
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    "response_format": {"type": "json_object"},
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -334,6 +344,12 @@ ROUTES = [
     Route("GET", "/api/jobs/{job_id}", "admin"),
     Route("POST", "/api/jobs/{job_id}/cancel", "admin"),
     Route("POST", "/api/jobs/{job_id}/retry", "admin"),
+    Route("GET", "/api/prompts", "admin", query=("tenant",)),
+    Route("POST", "/api/prompts", "admin", PROMPT),
+    Route("GET", "/api/prompts/{name}", "admin", query=("tenant", "version", "label")),
+    Route("GET", "/api/prompts/{name}/versions", "admin", query=("tenant",)),
+    Route("PUT", "/api/prompts/{name}/labels/{label}", "admin", {"tenant": "t1", "version": 1, "protected": False, "rollout": [{"version": 2, "weight": 10}]}),
+    Route("POST", "/v1/chat/completions", "openai", {"model": "prompt", "messages": [USER], "prompt": {"id": "fz", "label": "production", "variables": {"x": "1"}}, "user": "u1"}),
     Route("GET", "/ui/login", "dashboard", query=("next",)),
     Route("POST", "/ui/login", "dashboard", form=True),
     Route("POST", "/ui/logout", "dashboard"),
@@ -385,6 +401,7 @@ def _param_values(t: Target, name: str) -> st.SearchStrategy[str]:
         "model:path": ["gpt-4o-mini", "claude", "nope"],
         "deployment": ["gpt-4o-mini", "sim", "nope"],
         **{k: [v, v[:-1] + "0"] for k, v in t.ids.items()},
+        "label": ["production", "staging"],
     }[name]
     return st.one_of(st.sampled_from(known), url_text.filter(lambda s: s and "/" not in s and s not in (".", "..")))
 
@@ -403,6 +420,7 @@ def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
         "file_id",
         "batch_id",
         "job_id",
+        "label",
     ):
         if "{" + name + "}" in path:
             value = draw(_param_values(t, name))

@@ -186,6 +186,8 @@ def _headers(call: Call, reply: Reply) -> dict[str, str]:
         "x-keel-fallback": record.fallback or "primary",
         "x-keel-overhead-ms": f"{overhead:.3f}",
     }
+    if record.prompt_version is not None:
+        headers["x-keel-prompt-version"] = record.prompt_version
     limits = call.find(LimitState)
     if limits is not None and limits.warnings:
         headers["x-keel-limit-warning"] = "; ".join(limits.warnings)

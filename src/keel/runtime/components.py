@@ -39,6 +39,7 @@ from keel.keys.auth import Authenticator
 from keel.limits import builder as limits
 from keel.limits.book import LimitBook
 from keel.limits.stage import LimitsStage
+from keel.prompts import builder as prompts
 from keel.providers.base import Provider
 from keel.providers.http import Sessions
 from keel.providers.prices import PriceBook
@@ -65,6 +66,7 @@ BUILDERS: tuple[Builder, ...] = (
     cache.build,  # cache slot (when any alias caches)
     jobs.build,  # the job queue, its workers and the registry every builder's `jobs` handlers join
     deferred.build,  # async calls, their webhook deliveries and OpenAI batches, as job kinds
+    prompts.build,  # prompt slot; versions and labels in memory; their refresh worker
 )
 
 

@@ -61,9 +61,11 @@ def parse_request(body: Any) -> ChatRequest:
     Every value Keel itself reads later (adapters, the token estimate, the simulated provider, the
     trace) is type-checked here, so a body that passes cannot fail further in: a 400, never a 500.
     """
-    model = require_model(body)
-    raw_messages = body.get("messages")
-    if not isinstance(raw_messages, list) or not raw_messages:
+    # A call naming a prompt (keel.prompts) may leave out `model` and `messages`: the prompt slot fills them.
+    prompted = isinstance(body, dict) and isinstance(body.get("prompt"), dict)
+    model = "" if prompted and body.get("model") in (None, "") else require_model(body)
+    raw_messages = body.get("messages", [] if prompted else None)
+    if not isinstance(raw_messages, list) or not (raw_messages or prompted):
         raise InvalidRequest("'messages' is required and must be a non-empty array.", "messages")
     messages = tuple(_parse_message(m, i) for i, m in enumerate(raw_messages))
     stream = _typed(body, "stream", bool, False)
@@ -97,6 +99,11 @@ def parse_request(body: Any) -> ChatRequest:
         metadata=_typed(body, "metadata", dict, None),
         extra={k: v for k, v in body.items() if k not in _KNOWN},
     )
+
+
+def parse_message(m: Any, i: int) -> Message:
+    """One chat message, checked as a client's `messages[i]` is (the prompt slot's rendered messages)."""
+    return _parse_message(m, i)
 
 
 def _typed(body: JSON, key: str, kind: type, default: Any) -> Any:

@@ -42,6 +42,7 @@ from keel.store.protocols.limits import (
     UnknownSubject,
     Window,
 )
+from keel.store.protocols.prompts import PromptContent, PromptLabel, PromptStore, PromptVersion
 from keel.store.protocols.purge import DeletedTraces, TraceDeletion
 from keel.store.protocols.responses import ResponseStore, StoredResponse
 from keel.store.protocols.spans import SpanStore
@@ -85,6 +86,10 @@ __all__ = [
     "Outcome",
     "Permit",
     "Progress",
+    "PromptContent",
+    "PromptLabel",
+    "PromptStore",
+    "PromptVersion",
     "QueueDepth",
     "Recovered",
     "Reservation",

@@ -49,5 +49,5 @@ class TraceDeletion(Protocol):
         ...
 
     def delete_tenant(self, name: str) -> dict[str, int]:
-        """Delete a tenant's keys, limit overrides and the tenant itself; counts per kind."""
+        """Delete a tenant's keys, limit overrides, prompts and the tenant itself; counts per kind."""
         ...

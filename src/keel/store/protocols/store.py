@@ -8,6 +8,7 @@ from keel.store.protocols.batches import BatchStore
 from keel.store.protocols.jobs import JobStore
 from keel.store.protocols.keys import KeyStore
 from keel.store.protocols.limits import LimitConfigStore
+from keel.store.protocols.prompts import PromptStore
 from keel.store.protocols.purge import TraceDeletion
 from keel.store.protocols.responses import ResponseStore
 from keel.store.protocols.spans import SpanStore
@@ -30,6 +31,7 @@ class Store(
     JobStore,
     BatchStore,
     ResponseStore,
+    PromptStore,
     Protocol,
 ):
     url: str

@@ -14,13 +14,14 @@ from keel.store.sql.dialect import Database
 from keel.store.sql.jobs import SqlJobs
 from keel.store.sql.keys import SqlKeys
 from keel.store.sql.limits import SqlLimits
+from keel.store.sql.prompts import SqlPrompts
 from keel.store.sql.purge import SqlPurge
 from keel.store.sql.responses import SqlResponses
 from keel.store.sql.spans import SqlSpans
 from keel.store.sql.traces import SqlTraces
 
 
-class SqlStore(SqlKeys, SqlTraces, SqlPurge, SqlLimits, SqlSpans, SqlJobs, SqlBatches, SqlResponses):
+class SqlStore(SqlKeys, SqlTraces, SqlPurge, SqlLimits, SqlSpans, SqlJobs, SqlBatches, SqlResponses, SqlPrompts):
     def __init__(self, url: str, db: Database) -> None:
         self.url = url
         self._db = db

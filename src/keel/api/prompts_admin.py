@@ -1,0 +1,181 @@
+"""The prompt registry over HTTP (`/api/prompts…`): list, push, show (with an ETag), move a label.
+
+Either token works: the admin token (every tenant; `tenant` in the query or body names one) or a
+tenant's virtual key (its own tenant only), so clients that render prompts themselves read them with
+the key they call with. A protected label moves only with the admin token. A write refreshes this
+process's served prompts at once; other gateways within their refresh period (2 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from keel.api.bounds import Bounds
+from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
+from keel.errors import InvalidRequest, KeelError, NotFound, PermissionDenied
+from keel.prompts.builder import Prompts
+from keel.prompts.content import ContentError, check_name
+from keel.prompts.registry import LabelRefused, label_view, version_view
+from keel.runtime.components import Runtime
+
+
+class Caller:
+    def __init__(self, tenant: str | None, admin: bool, who: str) -> None:
+        self.tenant, self.admin, self.who = tenant, admin, who
+
+    def of(self, asked: Any) -> str:
+        """The tenant a request acts on: the key's own, or (admin) the one it names."""
+        if asked is not None and (not isinstance(asked, str) or "\x00" in asked or len(asked) > 256):
+            raise InvalidRequest("'tenant' must be a tenant name (at most 256 characters, no NUL).", "tenant")
+        if not self.admin:
+            if asked is not None and asked != self.tenant:
+                raise PermissionDenied("A virtual key reaches only its own tenant's prompts.")
+            assert self.tenant is not None
+            return self.tenant
+        if not asked:
+            raise InvalidRequest("Name the tenant: 'tenant' in the query or body (admin token).", "tenant")
+        return str(asked)
+
+
+class PromptsAdmin:
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self._prompts = runtime.get(Prompts)
+        self._token = (runtime.config.admin_token or "").encode()
+        self._bounds = Bounds.of(runtime.config.server)
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/api/prompts", self._guard(self.list_prompts), methods=["GET"]),
+            Route("/api/prompts", self._guard(self.push), methods=["POST"]),
+            Route("/api/prompts/{name}", self._guard(self.show), methods=["GET"]),
+            Route("/api/prompts/{name}/versions", self._guard(self.versions), methods=["GET"]),
+            Route("/api/prompts/{name}/labels/{label}", self._guard(self.set_label), methods=["PUT"]),
+        ]
+
+    async def _caller(self, request: Request) -> Caller:
+        given = bearer(request) or ""
+        if self._token and hmac.compare_digest(given.encode(), self._token):
+            return Caller(None, True, "admin")
+        principal, _ = await self._rt.authenticator.resolve(given or None)
+        return Caller(principal.tenant, False, f"key:{principal.key_id}")
+
+    def _guard(self, handler: Callable[[Request, Caller], Awaitable[Response]]) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                for value in (*request.path_params.values(), *request.query_params.values()):
+                    if "\x00" in value:
+                        raise InvalidRequest("Parameters must not contain NUL.", None)
+                return await handler(request, await self._caller(request))
+            except ContentError as err:
+                return error_response(InvalidRequest(err.message, err.field))
+            except LabelRefused as err:
+                return error_response(PermissionDenied(str(err)))
+            except KeelError as err:
+                return error_response(err)
+
+        return endpoint
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        body = await read_json(request, self._bounds)
+        if not isinstance(body, dict):
+            raise InvalidRequest("The request body must be a JSON object.", None)
+        return body
+
+    async def list_prompts(self, request: Request, caller: Caller) -> Response:
+        asked = request.query_params.get("tenant")
+        tenant = caller.of(asked) if asked or not caller.admin else None
+        rows = await asyncio.to_thread(self._prompts.registry.summaries, tenant)
+        return _json({"data": rows})
+
+    async def push(self, request: Request, caller: Caller) -> Response:
+        body = await self._body(request)
+        tenant = caller.of(body.get("tenant"))
+        registry = self._prompts.registry
+        pushed = await asyncio.to_thread(registry.push, tenant, body, author=caller.who, admin=caller.admin)
+        await self._prompts.sync.refresh()
+        view = {**version_view(pushed.version), "created": pushed.created}
+        if pushed.label is not None:
+            view["label"] = label_view(pushed.label)
+        return _json(view, 201 if pushed.created else 200)
+
+    async def show(self, request: Request, caller: Caller) -> Response:
+        """?version=N | ?label=NAME (neither: the latest); ETag is the version's content hash."""
+        name = request.path_params["name"]
+        tenant = caller.of(request.query_params.get("tenant"))
+        version, label = _which(request.query_params.get("version"), request.query_params.get("label"))
+        found = await asyncio.to_thread(self._prompts.registry.find, tenant, name, version=version, label=label)
+        if found is None:
+            what = f"version {version}" if version else f"label '{label}'" if label else "versions"
+            raise NotFound(f"Prompt '{name}' has no {what}.")
+        etag = f'"{found.hash}"'
+        headers = {"etag": etag, "cache-control": "no-cache"}
+        if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+            return Response(status_code=304, headers=headers)
+        labels = await asyncio.to_thread(self._rt.store.list_prompt_labels, tenant, name)
+        return Response(orjson.dumps(version_view(found, labels)), 200, headers, JSON_TYPE)
+
+    async def versions(self, request: Request, caller: Caller) -> Response:
+        name = request.path_params["name"]
+        tenant = caller.of(request.query_params.get("tenant"))
+        rows = await asyncio.to_thread(self._rt.store.list_prompt_versions, tenant, name)
+        return _json({"data": [version_view(v) for v in rows]})
+
+    async def set_label(self, request: Request, caller: Caller) -> Response:
+        """Body {"version": N, "protected"?: bool, "rollout"?: [{"version": M, "weight": percent}, …]}: the
+        stable version and the shares of others (none: a plain label, which is also how a rollout ends)."""
+        name, label = request.path_params["name"], check_name(request.path_params["label"], "label")
+        body = await self._body(request)
+        tenant = caller.of(body.get("tenant"))
+        version = body.get("version")
+        if type(version) is not int or version < 1:
+            raise InvalidRequest("'version' must be a version number (1, 2, …).", "version")
+        protected = body.get("protected")
+        if protected is not None and type(protected) is not bool:
+            raise InvalidRequest("'protected' must be true or false.", "protected")
+        rollout = _rollout(body.get("rollout"))
+        registry = self._prompts.registry
+        moved = await asyncio.to_thread(
+            lambda: registry.set_label(
+                tenant, name, label, version, by=caller.who, admin=caller.admin, protected=protected, rollout=rollout
+            )
+        )
+        if moved is None:
+            wanted = ", ".join(str(v) for v in sorted({version, *(v for v, _ in rollout)}))
+            raise NotFound(f"Prompt '{name}' lacks one of the versions {wanted}.")
+        await self._prompts.sync.refresh()
+        return _json(label_view(moved))
+
+
+def _rollout(value: Any) -> tuple[tuple[int, float], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise InvalidRequest("'rollout' must be an array of {version, weight}.", "rollout")
+    shares = []
+    for i, share in enumerate(value):
+        v, w = (share.get("version"), share.get("weight")) if isinstance(share, dict) else (None, None)
+        if type(v) is not int or v < 1 or not isinstance(w, int | float) or isinstance(w, bool):
+            raise InvalidRequest("Each rollout share is {version: N, weight: percent}.", f"rollout[{i}]")
+        shares.append((v, float(w)))
+    return tuple(shares)
+
+
+def _which(version: str | None, label: str | None) -> tuple[int | None, str | None]:
+    if version is not None and label is not None:
+        raise InvalidRequest("Ask for a 'version' or a 'label', not both.", "version")
+    if version is not None and not (version.isdigit() and int(version) >= 1):
+        raise InvalidRequest("'version' must be a version number (1, 2, …).", "version")
+    return (int(version) if version is not None else None), label
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status, None, JSON_TYPE)

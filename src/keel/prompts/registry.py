@@ -1,0 +1,137 @@
+"""The registry's writes and views, the same for the admin API and the CLI.
+
+`Registry` is synchronous (store calls); the admin API runs it in a thread. A protected label moves
+only for an admin (the admin token, or an operator with the store: the CLI); a tenant's virtual key
+may push versions and move the tenant's other labels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from keel.prompts.content import ContentError, check_name, content_hash, content_of
+from keel.store.protocols import PromptLabel, PromptStore, PromptVersion
+
+DEFAULT_LABELS = ("production",)
+
+
+class LabelRefused(PermissionError):
+    """A protected label, moved without the admin token."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pushed:
+    version: PromptVersion
+    created: bool
+    label: PromptLabel | None = None
+
+
+class Registry:
+    def __init__(self, store: PromptStore) -> None:
+        self._store = store
+
+    def push(self, tenant: str, body: dict[str, Any], *, author: str | None, admin: bool) -> Pushed:
+        """Store `body` ({name, messages, …, message?, label?}) as a version, or find the equal one; point
+        `label` at it when given."""
+        name = check_name(body.get("name"))
+        content = content_of(body)
+        message = _text(body, "message")
+        author = _text(body, "author") or author
+        version, created = self._store.push_prompt(
+            tenant, name, content, content_hash(content), message=message, author=author, now=time.time()
+        )
+        label = body.get("label")
+        moved = None
+        if label is not None:
+            moved = self.set_label(tenant, name, check_name(label, "label"), version.version, by=author, admin=admin)
+        return Pushed(version, created, moved)
+
+    def set_label(
+        self, tenant: str, name: str, label: str, version: int, *, by: str | None, admin: bool,
+        protected: bool | None = None, rollout: tuple[tuple[int, float], ...] = (),
+    ) -> PromptLabel | None:  # fmt: skip
+        """Move `label` to `version` (with `rollout` shares of other versions); None when a version is
+        missing. LabelRefused for a protected label (or a change of protection) without admin rights."""
+        check_name(label, "label")
+        check_rollout(version, rollout)
+        if not admin:
+            if protected is not None:
+                raise LabelRefused("Only the admin token may protect or unprotect a label.")
+            current = next((lb for lb in self._store.list_prompt_labels(tenant, name) if lb.label == label), None)
+            if current is not None and current.protected:
+                raise LabelRefused(f"Label '{label}' of prompt '{name}' is protected: only the admin token moves it.")
+        return self._store.set_prompt_label(
+            tenant, name, label, version, protected=protected, by=by, now=time.time(), rollout=rollout
+        )
+
+    def label(self, tenant: str, name: str, label: str) -> PromptLabel | None:
+        return next((lb for lb in self._store.list_prompt_labels(tenant, name) if lb.label == label), None)
+
+    def find(
+        self, tenant: str, name: str, *, version: int | None = None, label: str | None = None
+    ) -> PromptVersion | None:
+        """A version by number, by label, or (neither) the latest."""
+        if version is None and label is not None:
+            found = next((lb for lb in self._store.list_prompt_labels(tenant, name) if lb.label == label), None)
+            if found is None:
+                return None
+            version = found.version
+        if version is None:
+            versions = self._store.list_prompt_versions(tenant, name)
+            return versions[-1] if versions else None
+        return self._store.get_prompt_version(tenant, name, version)
+
+    def summaries(self, tenant: str | None) -> list[dict[str, Any]]:
+        """One row per prompt: its latest version and labels."""
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for v in self._store.list_prompt_versions(tenant):
+            row = rows.setdefault((v.tenant, v.name), {"tenant": v.tenant, "name": v.name, "labels": {}})
+            row.update(latest=v.version, updated_at=v.created_at, author=v.author, message=v.message)
+        for lb in self._store.list_prompt_labels(tenant):
+            found = rows.get((lb.tenant, lb.name))
+            if found is not None:
+                found["labels"][lb.label] = lb.version
+        return [rows[k] for k in sorted(rows)]
+
+
+def version_view(v: PromptVersion, labels: list[PromptLabel] | None = None) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "tenant": v.tenant, "name": v.name, "version": v.version, "hash": v.hash, **v.content.json(),
+        "message": v.message, "author": v.author, "created_at": v.created_at,
+    }  # fmt: skip
+    if labels is not None:
+        view["labels"] = sorted(lb.label for lb in labels if lb.version == v.version)
+    return view
+
+
+def check_rollout(stable: int, rollout: tuple[tuple[int, float], ...]) -> None:
+    """Shares of versions other than the stable one, each once, each above 0, together at most 100%."""
+    seen = {stable}
+    for i, (version, percent) in enumerate(rollout):
+        if version in seen:
+            raise ContentError(f"Version {version} appears twice in the label's split.", f"rollout[{i}].version")
+        seen.add(version)
+        if not 0 < percent <= 100:
+            raise ContentError("A rollout's weight is a percent above 0, at most 100.", f"rollout[{i}].weight")
+    if sum(p for _, p in rollout) > 100:
+        raise ContentError("A rollout's weights add up to more than 100%.", "rollout")
+
+
+def label_view(lb: PromptLabel) -> dict[str, Any]:
+    return {
+        "tenant": lb.tenant, "name": lb.name, "label": lb.label, "version": lb.version, "protected": lb.protected,
+        "rollout": [{"version": v, "weight": w} for v, w in lb.rollout],
+        "updated_at": lb.updated_at, "updated_by": lb.updated_by,
+    }  # fmt: skip
+
+
+def _text(body: dict[str, Any], field: str) -> str | None:
+    value = body.get(field)
+    if value is not None and (not isinstance(value, str) or "\x00" in value or len(value) > 10_000):
+        raise ContentError(f"'{field}' must be a string (at most 10,000 characters, no NUL).", field)
+    return value
+
+
+__all__ = ["ContentError", "LabelRefused", "Pushed", "Registry", "label_view", "version_view"]
