@@ -13,9 +13,11 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from pydantic import BaseModel
@@ -56,15 +58,23 @@ def tiktoken_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 # ---- LangChain --------------------------------------------------------------------------------------
 
 
-def chat_model(gw: Gateway, model: str, **options: Any) -> Any:
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    """The HTTP client LangChain's models use, closed after the test (LangChain never closes its own: a
+    connection left open would warn, unraisably, inside some later test)."""
+    with httpx.Client(timeout=10) as client:
+        yield client
+
+
+def chat_model(gw: Gateway, http: httpx.Client, model: str, **options: Any) -> Any:
     from langchain_openai import ChatOpenAI
 
-    return ChatOpenAI(model=model, base_url=gw.base_url, api_key=gw.key, max_retries=0, timeout=10, **options)
+    return ChatOpenAI(model=model, base_url=gw.base_url, api_key=gw.key, max_retries=0, http_client=http, **options)
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "claude"])
-def test_langchain_invoke_and_stream_with_usage(gw: Gateway, up: FakeUpstream, model: str) -> None:
-    llm = chat_model(gw, model, stream_usage=True)
+def test_langchain_invoke_and_stream_with_usage(gw: Gateway, up: FakeUpstream, http: httpx.Client, model: str) -> None:
+    llm = chat_model(gw, http, model, stream_usage=True)
     answer = llm.invoke("hello from langchain")
     assert answer.content == "echo: hello from langchain"
     assert answer.usage_metadata["output_tokens"] == 4 and answer.usage_metadata["input_tokens"] > 0
@@ -77,21 +87,21 @@ def test_langchain_invoke_and_stream_with_usage(gw: Gateway, up: FakeUpstream, m
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "claude"])
-def test_langchain_tool_calls(gw: Gateway, up: FakeUpstream, model: str) -> None:
+def test_langchain_tool_calls(gw: Gateway, up: FakeUpstream, http: httpx.Client, model: str) -> None:
     def get_weather(city: str) -> str:
         """Weather in a city."""
         return "21 degrees"
 
     up.script(Script(tool_call=True))
-    answer = chat_model(gw, model).bind_tools([get_weather]).invoke("weather in Paris?")
+    answer = chat_model(gw, http, model).bind_tools([get_weather]).invoke("weather in Paris?")
     assert answer.tool_calls[0]["name"] == "get_weather" and answer.tool_calls[0]["args"] == {"city": "Paris"}
 
 
 @pytest.mark.parametrize("model", ["gpt-4o-mini", "claude"])
-def test_langchain_with_structured_output(gw: Gateway, up: FakeUpstream, model: str) -> None:
+def test_langchain_with_structured_output(gw: Gateway, up: FakeUpstream, http: httpx.Client, model: str) -> None:
     city = '{"name": "Paris", "population": 2100000}'
     up.script(Script(text=city, arguments=city))
-    out = chat_model(gw, model).with_structured_output(City).invoke("Which city?")
+    out = chat_model(gw, http, model).with_structured_output(City).invoke("Which city?")
     assert out == City(name="Paris", population=2100000)
     sent = up.requests[-1]["json"]
     if model == "claude":  # claude-sonnet-4-5 takes native structured output
@@ -100,10 +110,14 @@ def test_langchain_with_structured_output(gw: Gateway, up: FakeUpstream, model: 
         assert sent["response_format"]["type"] == "json_schema"
 
 
-def test_langchain_default_embeddings_send_token_arrays(gw: Gateway, up: FakeUpstream, tiktoken_cache: None) -> None:
+def test_langchain_default_embeddings_send_token_arrays(
+    gw: Gateway, up: FakeUpstream, http: httpx.Client, tiktoken_cache: None
+) -> None:
     from langchain_openai import OpenAIEmbeddings
 
-    embeddings = OpenAIEmbeddings(model="text-embedding-3-small", base_url=gw.base_url, api_key=gw.key, max_retries=0)
+    embeddings = OpenAIEmbeddings(
+        model="text-embedding-3-small", base_url=gw.base_url, api_key=gw.key, max_retries=0, http_client=http
+    )
     vectors = embeddings.embed_documents(["hello world", "goodbye"])
     one = embeddings.embed_query("hello world")
     assert len(vectors) == 2 and len(vectors[0]) > 0 and one == vectors[0]
