@@ -250,3 +250,15 @@ def test_anthropic_clients_reach_it_too(gw: Gateway, up: FakeUpstream) -> None:
         text = "".join(s.text_stream)
         final = s.get_final_message()
     assert text == "echo: hello there" and final.stop_reason == "end_turn" and final.usage.output_tokens == 3
+
+
+def test_dropped_fields_are_named_in_the_trace_and_logprobs_is_refused(gw: Gateway, up: FakeUpstream) -> None:
+    with client(gw) as c:
+        c.chat.completions.create(model="gemini", messages=ASK, user="ann", seed=7, store=True, service_tier="flex")
+        with pytest.raises(openai.BadRequestError) as info:
+            c.chat.completions.create(model="gemini", messages=ASK, logprobs=True)
+    assert "logprobs" in str(info.value) and len(up.requests) == 1  # refused before anything was sent
+    sent = up.requests[-1]["json"]
+    assert sent["generationConfig"] == {"seed": 7} and "ann" not in json.dumps(sent)
+    ok = next(t for t in gw.traces() if t.status == "ok")
+    assert ok.tags["keel.dropped"] == "service_tier, store, user"

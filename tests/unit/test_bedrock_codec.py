@@ -277,3 +277,81 @@ def test_json_object_asks_for_any_object_and_a_schemaless_json_schema_is_refused
     with pytest.raises(InvalidRequest) as info:
         encode(ask(Message("user", "hi"), response_format={"type": "json_schema", "json_schema": {"name": "x"}}))
     assert info.value.param == "response_format"
+
+
+# ---- what is carried, dropped (recorded in keel.dropped) or refused: translate.py's policy ------------
+
+
+def dropped(request: ChatRequest) -> str | None:
+    notes = CODEC.encode_chat(request, TARGET, False).notes
+    assert all(n.tag == "keel.dropped" for n in notes)
+    return notes[0].value if notes else None
+
+
+def test_fields_converse_has_no_place_for_are_dropped_and_named_for_the_trace() -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}}
+    request = ask(
+        Message("user", [image], name="ann"),
+        Message("assistant", "hello", extra={"refusal": None}),
+        Message("user", "again"),
+        user="u1",
+        metadata={"feature": "x"},
+        tools=({**TOOL, "function": {**TOOL["function"], "strict": True}},),
+        extra={"seed": 7, "presence_penalty": 0.5, "reasoning_effort": "high", "store": False, "top_k": 4},
+    )
+    body = encode(request)[1]
+    assert body["additionalModelRequestFields"] == {"top_k": 4}  # carried
+    assert dropped(request) == (
+        "image_url.detail, messages[].name, messages[].refusal, metadata, presence_penalty, reasoning_effort, "
+        "seed, store, tools[].function.strict, user"
+    )
+
+
+def test_a_request_converse_carries_whole_records_nothing_and_tool_cache_control_is_a_cache_point() -> None:
+    request = ask(
+        Message("system", "brief"),
+        Message("user", "hi"),
+        temperature=0.2,
+        max_tokens=50,
+        tools=({**TOOL, "cache_control": {"type": "ephemeral"}},),
+        extra={"top_k": 3, "n": 1, "parallel_tool_calls": True, "max_completion_tokens": 9},
+    )
+    assert encode(request)[1]["toolConfig"]["tools"][1] == {"cachePoint": {"type": "default"}}
+    assert dropped(request) is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"modalities": ["audio"]}, "modalities"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"logit_bias": {"1": 5}}, "logit_bias"),
+    ],
+)
+def test_fields_the_caller_would_read_back_are_refused(extra: Any, param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        CODEC.encode_chat(ask(Message("user", "hi"), extra=extra), TARGET, False)
+    assert info.value.param == param
+    assert "Bedrock" in info.value.message
+
+
+def test_an_anthropic_client_is_translated_first() -> None:
+    request = ChatRequest(
+        model="alias",
+        messages=(
+            Message("user", "hi"),
+            Message("assistant", None, tool_calls=(ToolCall("t1", "get_weather", "{}"),)),
+            Message("tool", "boom", tool_call_id="t1", extra={"is_error": True}),
+        ),
+        tools=(TOOL,),
+        extra={"top_k": 5, "thinking": {"type": "enabled", "budget_tokens": 2000}, "parallel_tool_calls": False},
+        dialect="anthropic_messages",
+        betas=("interleaved-thinking-2025-05-14",),
+    )
+    body = encode(request)[1]
+    assert body["additionalModelRequestFields"] == {"top_k": 5}
+    assert body["messages"][2]["content"][0]["toolResult"]["content"] == [{"text": "[tool error] boom"}]
+    assert dropped(request) == "anthropic-beta, parallel_tool_calls, thinking"

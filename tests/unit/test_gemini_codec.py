@@ -365,3 +365,95 @@ def test_an_unknown_reasoning_effort_is_refused() -> None:
     with pytest.raises(InvalidRequest) as info:
         CODEC.encode_chat(ask(Message("user", "hi"), extra={"reasoning_effort": "max"}), TARGET, False)
     assert info.value.param == "reasoning_effort"
+
+
+# ---- what is carried, dropped (recorded in keel.dropped) or refused: translate.py's policy ------------
+
+
+def dropped(request: ChatRequest) -> str | None:
+    notes = CODEC.encode_chat(request, TARGET, False).notes
+    assert all(n.tag == "keel.dropped" for n in notes)
+    return notes[0].value if notes else None
+
+
+def test_fields_gemini_has_no_place_for_are_dropped_and_named_for_the_trace() -> None:
+    request = ask(
+        Message("user", [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}], name="ann"),
+        Message("assistant", "hello", extra={"reasoning_content": "thought"}),
+        Message("user", "again"),
+        user="u1",
+        metadata={"feature": "x"},
+        tools=({**TOOL, "function": {**TOOL["function"], "strict": True}},),
+        extra={"store": True, "service_tier": "flex", "parallel_tool_calls": False, "seed": 7, "logprobs": False},
+    )
+    body = encode(request)[1]
+    assert body["generationConfig"] == {"seed": 7}  # carried
+    assert "strict" not in body["tools"][0]["functionDeclarations"][0]
+    assert dropped(request) == (
+        "cache_control, logprobs, messages[].name, messages[].reasoning_content, metadata, parallel_tool_calls, "
+        "service_tier, store, tools[].function.strict, user"
+    )
+
+
+def test_a_request_gemini_carries_whole_records_nothing() -> None:
+    request = ask(
+        Message("system", "brief"),
+        Message("user", "hi"),
+        temperature=0.2,
+        max_tokens=50,
+        tools=(TOOL,),
+        extra={"top_k": 3, "n": 1, "parallel_tool_calls": True, "reasoning_effort": "low", "max_completion_tokens": 9},
+    )
+    assert dropped(request) is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"prediction": {"type": "content", "content": "x"}}, "prediction"),
+        ({"web_search_options": {"search_context_size": "low"}}, "web_search_options"),
+    ],
+)
+def test_fields_the_caller_would_read_back_are_refused(extra: Any, param: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        CODEC.encode_chat(ask(Message("user", "hi"), extra=extra), TARGET, False)
+    assert info.value.param == param
+    assert "Gemini" in info.value.message
+
+
+def test_anthropic_thinking_becomes_a_thinking_config() -> None:
+    request = ask(Message("user", "hi"), extra={"thinking": {"type": "enabled", "budget_tokens": 2000}})
+    assert encode(request)[1]["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 1024}
+    assert dropped(request) is None
+
+
+def test_an_anthropic_client_is_translated_first() -> None:
+    pdf = {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0x"}}
+    request = ChatRequest(
+        model="alias",
+        messages=(
+            Message("user", [{"type": "text", "text": "read"}, pdf]),
+            Message("assistant", None, tool_calls=(ToolCall("t1", "get_weather", "{}"),), extra={"thinking": "x"}),
+            Message("tool", "boom", tool_call_id="t1", extra={"is_error": True}),
+        ),
+        extra={"top_k": 5, "thinking": {"type": "enabled", "budget_tokens": 20000}, "service_tier": "auto"},
+        dialect="anthropic_messages",
+        betas=("pdfs-2024-09-25",),
+    )
+    body = encode(request)[1]
+    assert body["generationConfig"] == {"topK": 5, "thinkingConfig": {"thinkingBudget": 24576}}
+    assert body["contents"][0]["parts"][1] == {"inlineData": {"mimeType": "application/pdf", "data": "JVBERi0x"}}
+    result = body["contents"][2]["parts"][0]["functionResponse"]["response"]["output"]
+    assert result == "[tool error] boom"
+    assert dropped(request) == "anthropic-beta, messages[].thinking, service_tier"
+
+
+def test_token_array_embeddings_are_refused_naming_input() -> None:
+    with pytest.raises(ProviderError) as info:
+        CODEC.encode_embed(EmbeddingRequest("e", (), tokens=((1, 2),)), Target("gem", "text-embedding-004"))
+    assert (info.value.error_kind, info.value.param) == (ErrorKind.bad_request, "input")

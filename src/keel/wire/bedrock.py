@@ -7,6 +7,10 @@ a `cachePoint` after it. Sampling goes in `inferenceConfig`, tools in `toolConfi
 `inputSchema.json`), `top_k` in `additionalModelRequestFields`, `response_format` in
 `outputConfig.textFormat`. `tool_choice: none` has no Converse form: the tools are left out (kept,
 without a choice, when the conversation already holds tool blocks, which Converse then requires).
+Other fields are dropped and recorded or refused as keel/wire/translate.py decides for an Anthropic
+target: Converse has no place for `seed`, penalties, `reasoning_effort`, `user`, `metadata`, ... (named
+in the trace's `keel.dropped` tag), and what the caller would read back (logprobs, audio, ...) is a 400
+naming it. An Anthropic-dialect request is first put in the OpenAI dialect by translate.to_openai.
 
 The stream is the AWS event-stream binary framing (keel.wire.aws_eventstream); HttpProvider cuts
 the body into messages and the decoder here reads one message per `feed`. Usage is converted to
@@ -41,6 +45,7 @@ from keel.types import (
 from keel.wire import aws_eventstream
 from keel.wire.base import MAX_TOKENS, Malformed, Outbound, counted, retry_after, usage_events
 from keel.wire.openai_chat import output_cap
+from keel.wire.translate import ANTHROPIC, dropped_notes, openai_extra, to_openai
 
 CACHE_POINT: JSON = {"cachePoint": {"type": "default"}}
 
@@ -51,8 +56,18 @@ def model_path(model: str, stream: bool) -> str:
     return f"/model/{quote(model, safe='')}/{'converse-stream' if stream else 'converse'}"
 
 
-def request_json(request: ChatRequest) -> JSON:
-    system, messages = split_messages(request.messages)
+# the extra fields this codec reads (`parallel_tool_calls: false` is recorded as dropped by itself);
+# translate.openai_extra refuses or drops the rest
+_READS = frozenset({"top_k", "max_completion_tokens", "n", "parallel_tool_calls"})
+_TAKES = frozenset({"top_k"})  # what Converse takes of an Anthropic-dialect request (translate.to_openai)
+
+
+def request_json(request: ChatRequest) -> tuple[JSON, list[str]]:
+    """The Converse body for `request`, and the names of the fields it dropped (for the trace)."""
+    dropped: list[str] = []
+    if request.dialect == ANTHROPIC:
+        request, dropped = to_openai(request, _TAKES)
+    system, messages = split_messages(request.messages, dropped)
     body: JSON = {"messages": messages}
     if system:
         body["system"] = system
@@ -68,14 +83,18 @@ def request_json(request: ChatRequest) -> JSON:
     }
     if inference:
         body["inferenceConfig"] = inference
-    tools = _tool_config(request, _holds_tool_blocks(messages))
+    tools = _tool_config(request, _holds_tool_blocks(messages), dropped)
     if tools is not None:
         body["toolConfig"] = tools
     if request.extra.get("top_k") is not None:
         body["additionalModelRequestFields"] = {"top_k": request.extra["top_k"]}
     if request.response_format is not None and request.response_format.get("type") != "text":
         body["outputConfig"] = {"textFormat": _text_format(request.response_format)}
-    return body
+    dropped += [name for name, value in (("user", request.user), ("metadata", request.metadata)) if value]
+    if request.extra.get("parallel_tool_calls") is False:
+        dropped.append("parallel_tool_calls")
+    dropped += openai_extra(request.extra, _READS, "Bedrock")
+    return body, dropped
 
 
 _ANY_OBJECT: JSON = {"name": "json", "schema": {"type": "object"}}  # json_object: any JSON object
@@ -97,17 +116,22 @@ def _text_format(fmt: JSON) -> JSON:
     return {"type": "json_schema", "structure": {"jsonSchema": definition}}
 
 
-def split_messages(messages: Sequence[Message]) -> tuple[list[JSON], list[JSON]]:
+def split_messages(messages: Sequence[Message], dropped: list[str]) -> tuple[list[JSON], list[JSON]]:
+    """The `system` blocks and the alternating turns; message fields Converse has no place for are
+    named in `dropped`."""
     system: list[JSON] = []
     turns: list[JSON] = []
     for i, m in enumerate(messages):
+        if m.name is not None and m.role != "tool":
+            dropped.append("messages[].name")
+        dropped.extend(f"messages[].{k}" for k in m.extra or {})
         if m.role in ("system", "developer"):
-            blocks = _blocks(m.content, i)
+            blocks = _blocks(m.content, i, dropped)
             if any("image" in b for b in blocks):
                 raise InvalidRequest("Bedrock takes only text in system prompts.", f"messages[{i}].content")
             system.extend(blocks)
             continue
-        role, blocks = _turn(m, i)
+        role, blocks = _turn(m, i, dropped)
         if not blocks:
             continue
         if turns and turns[-1]["role"] == role:
@@ -117,15 +141,15 @@ def split_messages(messages: Sequence[Message]) -> tuple[list[JSON], list[JSON]]
     return system, turns
 
 
-def _turn(m: Message, i: int) -> tuple[str, list[JSON]]:
+def _turn(m: Message, i: int, dropped: list[str]) -> tuple[str, list[JSON]]:
     if m.role == "user":
-        return "user", _blocks(m.content, i)
+        return "user", _blocks(m.content, i, dropped)
     if m.role == "assistant":
         uses = [
             {"toolUse": {"toolUseId": c.id, "name": c.name, "input": _arguments(c.arguments, c.id, i)}}
             for c in m.tool_calls
         ]
-        return "assistant", _blocks(m.content, i) + uses
+        return "assistant", _blocks(m.content, i, dropped) + uses
     if m.role == "tool":
         text = m.content if isinstance(m.content, str) else "".join(str(p.get("text") or "") for p in m.content or [])
         result: JSON = {"toolUseId": m.tool_call_id or "", "content": [{"text": text}]}
@@ -145,7 +169,7 @@ def _arguments(arguments: str, call_id: str, i: int) -> JSON:
     return value
 
 
-def _blocks(content: str | list[JSON] | None, i: int) -> list[JSON]:
+def _blocks(content: str | list[JSON] | None, i: int, dropped: list[str]) -> list[JSON]:
     if not content:
         return []
     if isinstance(content, str):
@@ -157,7 +181,10 @@ def _blocks(content: str | list[JSON] | None, i: int) -> list[JSON]:
             if part["text"]:
                 blocks.append({"text": part["text"]})
         elif kind == "image_url":
-            blocks.append(_image(part.get("image_url"), f"messages[{i}].content[{j}].image_url.url"))
+            image = part.get("image_url")
+            if isinstance(image, dict) and image.get("detail") not in (None, "auto"):
+                dropped.append("image_url.detail")
+            blocks.append(_image(image, f"messages[{i}].content[{j}].image_url.url"))
         else:
             raise InvalidRequest(
                 "Bedrock targets accept text and image_url content parts.", f"messages[{i}].content[{j}].type"
@@ -182,7 +209,7 @@ def _holds_tool_blocks(messages: list[JSON]) -> bool:
     return any("toolUse" in b or "toolResult" in b for m in messages for b in m["content"])
 
 
-def _tool_config(request: ChatRequest, required: bool) -> JSON | None:
+def _tool_config(request: ChatRequest, required: bool, dropped: list[str]) -> JSON | None:
     if not request.tools:
         return None
     choice = request.tool_choice
@@ -198,6 +225,10 @@ def _tool_config(request: ChatRequest, required: bool) -> JSON | None:
             spec["description"] = fn["description"]
         spec["inputSchema"] = {"json": fn.get("parameters") or {"type": "object", "properties": {}}}
         specs.append({"toolSpec": spec})
+        if fn.get("strict"):
+            dropped.append("tools[].function.strict")
+        if "cache_control" in tool:
+            specs.append(dict(CACHE_POINT))
     config: JSON = {"tools": specs}
     picked = _tool_choice(choice)
     if picked is not None:
@@ -401,7 +432,8 @@ def _no_embeddings() -> ProviderError:
 
 class BedrockCodec:
     def encode_chat(self, request: ChatRequest, target: Target, stream: bool) -> Outbound:
-        return Outbound(model_path(target.model, stream), orjson.dumps(request_json(request)))
+        body, dropped = request_json(request)
+        return Outbound(model_path(target.model, stream), orjson.dumps(body), notes=dropped_notes(dropped))
 
     def decode_chat(self, body: bytes, cap: int = MAX_TOKENS) -> list[ChatEvent]:
         try:

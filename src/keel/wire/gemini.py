@@ -6,9 +6,12 @@ Requests arrive OpenAI-shaped. System/developer text becomes `systemInstruction`
 (Gemini matches results by function name). Tools go out as `functionDeclarations` with their JSON
 Schema as `parametersJsonSchema`, `tool_choice` as `toolConfig.functionCallingConfig`, and
 `response_format` as `responseMimeType` plus `responseJsonSchema`, `reasoning_effort` as
-`thinkingConfig` (a budget for Gemini 2.x, a level for later models). Images must be base64 data URLs.
-OpenAI fields Gemini has no place for (`user`, `metadata`, logprobs, ...) are dropped; `n` other
-than 1 is refused (Keel answers one choice).
+`thinkingConfig` (a budget for Gemini 2.x, a level for later models). Images and PDFs must be base64
+data URLs. Fields are carried, dropped and recorded or refused as keel/wire/translate.py decides for
+an Anthropic target: fields Gemini has no place for (`user`, `metadata`, `store`, `cache_control`, ...)
+are named in the trace's `keel.dropped` tag, those the caller would read back (logprobs, audio, ...)
+are a 400 naming them; `n` other than 1 is refused (Keel answers one choice). An Anthropic-dialect
+request is first put in the OpenAI dialect by translate.to_openai (its `thinking` becomes an effort).
 
 Usage in Keel's OpenAI convention: `promptTokenCount` already includes `cachedContentTokenCount`;
 output is `candidatesTokenCount` plus `thoughtsTokenCount` (the reasoning tokens). A stream is SSE
@@ -46,6 +49,7 @@ from keel.types import (
 )
 from keel.wire.base import MAX_TOKENS, Malformed, Outbound, counted, retry_after, usage_events
 from keel.wire.openai_chat import output_cap
+from keel.wire.translate import ANTHROPIC, dropped_notes, effort_of, openai_extra, to_openai
 
 # ---- ChatRequest -> Gemini JSON ---------------------------------------------------------------
 
@@ -53,29 +57,47 @@ _CHOICE_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 # extra (OpenAI or Anthropic-shaped) field -> generationConfig field
 _EXTRA_CONFIG = {"top_k": "topK", "seed": "seed", "presence_penalty": "presencePenalty"}
 _EXTRA_CONFIG |= {"frequency_penalty": "frequencyPenalty"}
+# the extra fields this codec reads (`parallel_tool_calls: false` is recorded as dropped by itself);
+# translate.openai_extra refuses or drops the rest
+_READS = frozenset(_EXTRA_CONFIG) | {"reasoning_effort", "thinking", "max_completion_tokens", "n"}
+_READS |= {"parallel_tool_calls"}
+# what Gemini takes of an Anthropic-dialect request, as translate.to_openai's catalog flags
+_TAKES = frozenset({"top_k", "reasoning_effort"})
 
 
 def model_path(model: str, method: str) -> str:
     return f"/models/{quote(model.removeprefix('models/'), safe='')}:{method}"
 
 
-def request_json(request: ChatRequest, model: str = "") -> JSON:
-    system, contents = split_messages(request.messages)
+def request_json(request: ChatRequest, model: str = "") -> tuple[JSON, list[str]]:
+    """The Gemini body for `request`, and the names of the fields it dropped (for the trace)."""
+    dropped: list[str] = []
+    if request.dialect == ANTHROPIC:
+        request, dropped = to_openai(request, _TAKES)
+    system, contents = split_messages(request.messages, dropped)
     body: JSON = {"contents": contents}
     if system:
         body["systemInstruction"] = {"parts": system}
     config = _generation_config(request)
-    thinking = _thinking(request.extra.get("reasoning_effort"), model.removeprefix("models/"))
+    effort = request.extra.get("reasoning_effort")
+    if effort is None:  # Anthropic's `thinking` object, sent by an OpenAI client the LiteLLM way
+        effort = effort_of(request.extra.get("thinking"))
+    thinking = _thinking(effort, model.removeprefix("models/"))
     if thinking is not None:
         config["thinkingConfig"] = thinking
     if config:
         body["generationConfig"] = config
     if request.tools:
-        body["tools"] = [{"functionDeclarations": [_declaration(t, i) for i, t in enumerate(request.tools)]}]
+        declarations = [_declaration(t, i, dropped) for i, t in enumerate(request.tools)]
+        body["tools"] = [{"functionDeclarations": declarations}]
         choice = _tool_config(request.tool_choice)
         if choice is not None:
             body["toolConfig"] = {"functionCallingConfig": choice}
-    return body
+    dropped += [name for name, value in (("user", request.user), ("metadata", request.metadata)) if value]
+    if request.extra.get("parallel_tool_calls") is False:
+        dropped.append("parallel_tool_calls")
+    dropped += openai_extra(request.extra, _READS, "Gemini")
+    return body, dropped
 
 
 def _generation_config(request: ChatRequest) -> JSON:
@@ -125,19 +147,23 @@ def _response_format(fmt: JSON | None) -> JSON:
     return {"responseMimeType": "application/json", "responseJsonSchema": schema}
 
 
-def split_messages(messages: Sequence[Message]) -> tuple[list[JSON], list[JSON]]:
-    """The system instruction's parts, and the conversation as `contents` (same roles merged)."""
+def split_messages(messages: Sequence[Message], dropped: list[str]) -> tuple[list[JSON], list[JSON]]:
+    """The system instruction's parts, and the conversation as `contents` (same roles merged); the
+    message fields Gemini has no place for are named in `dropped`."""
     system: list[JSON] = []
     contents: list[JSON] = []
     names: dict[str, str] = {}  # tool call id -> function name, for the functionResponse parts
     for i, m in enumerate(messages):
+        if m.name is not None and m.role != "tool":
+            dropped.append("messages[].name")
+        dropped.extend(f"messages[].{k}" for k in m.extra or {})
         if m.role in ("system", "developer"):
-            parts = _parts(m.content, i)
+            parts = _parts(m.content, i, dropped)
             if any("text" not in p for p in parts):
                 raise InvalidRequest("Gemini takes only text in system instructions.", f"messages[{i}].content")
             system.extend(parts)
             continue
-        role, parts = _turn(m, i, names)
+        role, parts = _turn(m, i, names, dropped)
         if not parts:
             continue
         if contents and contents[-1]["role"] == role:
@@ -147,9 +173,9 @@ def split_messages(messages: Sequence[Message]) -> tuple[list[JSON], list[JSON]]
     return system, contents
 
 
-def _turn(m: Message, i: int, names: dict[str, str]) -> tuple[str, list[JSON]]:
+def _turn(m: Message, i: int, names: dict[str, str], dropped: list[str]) -> tuple[str, list[JSON]]:
     if m.role == "user":
-        return "user", _parts(m.content, i)
+        return "user", _parts(m.content, i, dropped)
     if m.role == "assistant":
         calls = []
         for call in m.tool_calls:
@@ -159,7 +185,7 @@ def _turn(m: Message, i: int, names: dict[str, str]) -> tuple[str, list[JSON]]:
             if signature:
                 part["thoughtSignature"] = signature
             calls.append(part)
-        return "model", _parts(m.content, i) + calls
+        return "model", _parts(m.content, i, dropped) + calls
     if m.role == "tool":
         name = names.get(m.tool_call_id or "")
         if name is None:
@@ -192,7 +218,7 @@ def _arguments(arguments: str, call_id: str, i: int) -> JSON:
     return value
 
 
-def _parts(content: str | list[JSON] | None, i: int) -> list[JSON]:
+def _parts(content: str | list[JSON] | None, i: int, dropped: list[str]) -> list[JSON]:
     if not content:
         return []
     if isinstance(content, str):
@@ -200,33 +226,47 @@ def _parts(content: str | list[JSON] | None, i: int) -> list[JSON]:
     parts = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
+        where = f"messages[{i}].content[{j}]"
         if kind == "text" and isinstance(part.get("text"), str):
             if part["text"]:
                 parts.append({"text": part["text"]})
         elif kind == "image_url":
-            parts.append(_image(part.get("image_url"), f"messages[{i}].content[{j}].image_url.url"))
+            image = part.get("image_url")
+            if isinstance(image, dict) and image.get("detail") not in (None, "auto"):
+                dropped.append("image_url.detail")
+            parts.append(_inline(image, f"{where}.image_url.url"))
+        elif kind == "file":
+            file = part.get("file")
+            parts.append(_inline((file or {}).get("file_data") if isinstance(file, dict) else None, f"{where}.file"))
         else:
-            raise InvalidRequest(
-                "Gemini targets accept text and image_url content parts.", f"messages[{i}].content[{j}].type"
-            )
+            raise InvalidRequest("Gemini targets accept text, image_url and file content parts.", f"{where}.type")
+        if "cache_control" in part:
+            dropped.append("cache_control")  # Gemini caches by itself (implicit caching)
     return parts
 
 
 _DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+);base64,(.*)", re.S)
 
 
-def _image(image: Any, where: str) -> JSON:
+def _inline(image: Any, where: str) -> JSON:
+    """An image or a file (a PDF) given as a base64 data URL, as an `inlineData` part."""
     url = image.get("url") if isinstance(image, dict) else image
     match = _DATA_URL.fullmatch(url) if isinstance(url, str) else None
     if match is None:
-        raise InvalidRequest("Gemini targets take images as base64 data URLs (data:image/png;base64,...).", where)
+        raise InvalidRequest(
+            "Gemini targets take images and files as base64 data URLs (data:image/png;base64,...).", where
+        )
     return {"inlineData": {"mimeType": match.group(1), "data": match.group(2)}}
 
 
-def _declaration(tool: JSON, i: int) -> JSON:
+def _declaration(tool: JSON, i: int, dropped: list[str]) -> JSON:
     fn = tool.get("function") if isinstance(tool, dict) else None
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
         raise InvalidRequest("Gemini targets take function tools with a 'name'.", f"tools[{i}]")
+    if fn.get("strict"):
+        dropped.append("tools[].function.strict")
+    if "cache_control" in tool:
+        dropped.append("tools[].cache_control")
     out: JSON = {"name": fn["name"]}
     if fn.get("description"):
         out["description"] = fn["description"]
@@ -475,7 +515,8 @@ def _load(body: bytes, what: str) -> Any:
 class GeminiCodec:
     def encode_chat(self, request: ChatRequest, target: Target, stream: bool) -> Outbound:
         path = model_path(target.model, "streamGenerateContent?alt=sse" if stream else "generateContent")
-        return Outbound(path, orjson.dumps(request_json(request, target.model)))
+        body, dropped = request_json(request, target.model)
+        return Outbound(path, orjson.dumps(body), notes=dropped_notes(dropped))
 
     def decode_chat(self, body: bytes, cap: int = MAX_TOKENS) -> list[ChatEvent]:
         return events_from_response(_load(body, "answer"), cap)
@@ -484,6 +525,8 @@ class GeminiCodec:
         return GeminiStreamDecoder(cap)
 
     def encode_embed(self, request: EmbeddingRequest, target: Target) -> Outbound:
+        if request.tokens:
+            raise ProviderError(ErrorKind.bad_request, "Gemini targets embed text, not token arrays.", param="input")
         name = "models/" + target.model.removeprefix("models/")
         dimensions = request.extra.get("dimensions")
         requests = []

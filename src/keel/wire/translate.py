@@ -147,17 +147,18 @@ def unthinkable(sampling: JSON) -> list[str]:
     return bad
 
 
-def openai_extra(extra: JSON) -> list[str]:
-    """The OpenAI-dialect fields an Anthropic body cannot carry: a refusal for those whose loss changes
-    the answer (when they ask for anything), else their names, dropped."""
+def openai_extra(extra: JSON, reads: Collection[str] = _ANTHROPIC_READS, target: str = "Anthropic") -> list[str]:
+    """The OpenAI-dialect fields a `target` body cannot carry (all but those its codec `reads`): a
+    refusal for those whose loss changes the answer (when they ask for anything), else their names,
+    dropped. The Gemini and Bedrock codecs use it too, with their own `reads`."""
     dropped = []
     for key, value in extra.items():
-        if key in _ANTHROPIC_READS:
+        if key in reads:
             continue
         if key in OPENAI_REFUSED and value not in (None, False, [], {}, 0):
-            raise refusal(key, "Anthropic")
+            raise refusal(key, target)
         if key == "modalities" and value not in (None, ["text"]):
-            raise refusal(key, "Anthropic")
+            raise refusal(key, target)
         dropped.append(key)
     return dropped
 

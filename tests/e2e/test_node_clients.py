@@ -1,0 +1,178 @@
+"""Node clients driving Keel over real HTTP: the official openai Node SDK and the Vercel AI SDK
+(`ai` + `@ai-sdk/openai`), run by `node` from the scripts in tests/e2e/node/, against the fake upstream.
+
+Their packages are pinned by tests/e2e/node/package-lock.json and installed once (`npm ci`, bounded by
+a timeout) into a cache directory named after the lock's hash (KEEL_NODE_CACHE, else
+~/.cache/keel/node-clients); node or npm missing is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keel.testing import FakeUpstream, Script
+from tests.conftest import Gateway, base_config
+
+pytestmark = pytest.mark.timeout(400)  # the first test may install the packages (npm ci, at most 300 s)
+
+SOURCE = Path(__file__).parent / "node"
+INSTALL_TIMEOUT_S = 300
+RUN_TIMEOUT_S = 60
+
+
+def node_dir() -> Path:
+    """The installed packages (npm ci into a cache directory keyed by the lock) with the scripts beside them."""
+    for tool in ("node", "npm"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"'{tool}' is not installed: these tests drive Node clients (apt-get install nodejs npm)")
+    lock = (SOURCE / "package-lock.json").read_bytes()
+    root = Path(os.environ.get("KEEL_NODE_CACHE") or Path.home() / ".cache" / "keel" / "node-clients")
+    home = root / hashlib.sha256(lock + (SOURCE / "package.json").read_bytes()).hexdigest()[:16]
+    if not (home / "node_modules").is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="install-", dir=root))
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy(SOURCE / name, work / name)
+        try:
+            done = subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=work,
+                capture_output=True,
+                text=True,
+                timeout=INSTALL_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            shutil.rmtree(work, ignore_errors=True)
+            pytest.fail(f"npm ci in {work} took longer than {INSTALL_TIMEOUT_S} s")
+        if done.returncode != 0:
+            shutil.rmtree(work, ignore_errors=True)
+            pytest.fail(f"npm ci failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        try:
+            work.rename(home)  # atomic: a concurrent session that won the race keeps its own
+        except OSError:
+            shutil.rmtree(work, ignore_errors=True)
+    for script in SOURCE.glob("*.mjs"):
+        shutil.copy(script, home / script.name)
+    return home
+
+
+@pytest.fixture(scope="session")
+def node() -> Path:
+    return node_dir()
+
+
+@pytest.fixture
+def gw(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> Gateway:
+    return make_gateway(base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path))  # type: ignore[no-any-return]
+
+
+def run(node: Path, gw: Gateway, script: str, case: str, model: str, *args: str) -> Any:
+    env = {**os.environ, "KEEL_BASE_URL": gw.base_url, "KEEL_KEY": gw.key, "KEEL_MODEL": model}
+    env["NODE_NO_WARNINGS"] = "1"
+    done = subprocess.run(
+        ["node", script, case, *args], cwd=node, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+    )
+    assert done.returncode == 0, f"node {script} {case} failed:\n{done.stdout}\n{done.stderr}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def requests_to(up: FakeUpstream, path: str) -> list[Any]:
+    return [r for r in up.requests if r["path"] == path]
+
+
+# ---- the openai Node SDK ---------------------------------------------------------------------------
+
+CHAT = "/v1/chat/completions"
+NODE_ECHO = "echo: hello from node"
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude"])
+def test_openai_node_chat(node: Path, gw: Gateway, up: FakeUpstream, model: str) -> None:
+    out = run(node, gw, "openai_sdk.mjs", "chat", model)
+    assert (out["content"], out["finish"]) == (NODE_ECHO, "stop")
+    assert out["usage"]["completion_tokens"] == 4 and out["usage"]["prompt_tokens"] > 0
+    sent = up.requests[-1]
+    assert sent["path"] == (CHAT if model == "gpt-4o-mini" else "/v1/messages")
+    assert [t.status for t in gw.traces()] == ["ok"]
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude"])
+def test_openai_node_stream_with_usage(node: Path, gw: Gateway, up: FakeUpstream, model: str) -> None:
+    out = run(node, gw, "openai_sdk.mjs", "stream", model)
+    assert (out["content"], out["finish"]) == (NODE_ECHO, "stop")
+    assert out["usage"]["completion_tokens"] == 4
+    assert up.requests[-1]["json"]["stream"] is True
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude"])
+def test_openai_node_tool_call_and_second_turn(node: Path, gw: Gateway, up: FakeUpstream, model: str) -> None:
+    up.script(Script(tool_call=True), Script(text="21 degrees in Paris"))
+    out = run(node, gw, "openai_sdk.mjs", "tools", model)
+    assert (out["finish"], out["name"], out["arguments"]) == ("tool_calls", "get_weather", {"city": "Paris"})
+    assert out["content"] == "21 degrees in Paris"
+    assert "temp" in json.dumps(up.requests[-1]["json"])  # the tool's result reached the upstream
+
+
+def test_openai_node_embeddings_in_base64(node: Path, gw: Gateway, up: FakeUpstream) -> None:
+    out = run(node, gw, "openai_sdk.mjs", "embed", "embed")
+    assert out["count"] == 2 and out["dims"] > 0
+    assert all(isinstance(x, float) for x in out["first"])
+    assert up.requests[-1]["json"].get("encoding_format") in (None, "float")  # Keel asks for floats, encodes itself
+
+
+def test_openai_node_unknown_alias_is_a_404_the_sdk_names(node: Path, gw: Gateway) -> None:
+    out = run(node, gw, "openai_sdk.mjs", "error", "gpt-4o-mini")
+    assert (out["status"], out["name"]) == (404, "NotFoundError")
+
+
+# ---- the Vercel AI SDK, chat completions (`openai.chat(model)`) ----------------------------------
+
+AI_ECHO = "echo: hello from the ai sdk"
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude"])
+def test_ai_sdk_generate_text(node: Path, gw: Gateway, up: FakeUpstream, model: str) -> None:
+    out = run(node, gw, "ai_sdk.mjs", "generate", model)
+    assert (out["text"], out["finish"]) == (AI_ECHO, "stop")
+    assert out["usage"]["outputTokens"] == 6 and out["usage"]["inputTokens"] > 0
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude"])
+def test_ai_sdk_stream_text(node: Path, gw: Gateway, up: FakeUpstream, model: str) -> None:
+    out = run(node, gw, "ai_sdk.mjs", "stream", model)
+    assert (out["text"], out["finish"]) == (AI_ECHO, "stop")
+    assert out["usage"]["outputTokens"] == 6
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude"])
+def test_ai_sdk_tool_loop(node: Path, gw: Gateway, up: FakeUpstream, model: str) -> None:
+    up.script(Script(tool_call=True), Script(text="21 degrees in Paris"))
+    out = run(node, gw, "ai_sdk.mjs", "tools", model)
+    assert out["calls"] == [{"city": "Paris"}]
+    assert (out["text"], out["steps"], out["finish"]) == ("21 degrees in Paris", 2, "stop")
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude"])
+def test_ai_sdk_structured_output(node: Path, gw: Gateway, up: FakeUpstream, model: str) -> None:
+    up.script(Script(text='{"city": "Paris"}', arguments='{"city": "Paris"}'))
+    out = run(node, gw, "ai_sdk.mjs", "object", model)
+    assert out["output"] == {"city": "Paris"}
+    sent = up.requests[-1]["json"]
+    if model == "gpt-4o-mini":
+        assert sent["response_format"]["type"] == "json_schema"
+    else:  # claude-sonnet-4-5 has native structured output
+        assert sent["output_config"]["format"]["type"] == "json_schema"
+
+
+def test_ai_sdk_embed_many(node: Path, gw: Gateway, up: FakeUpstream) -> None:
+    out = run(node, gw, "ai_sdk.mjs", "embed", "embed")
+    assert out["count"] == 2 and out["dims"] > 0
