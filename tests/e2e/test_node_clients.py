@@ -176,3 +176,17 @@ def test_ai_sdk_structured_output(node: Path, gw: Gateway, up: FakeUpstream, mod
 def test_ai_sdk_embed_many(node: Path, gw: Gateway, up: FakeUpstream) -> None:
     out = run(node, gw, "ai_sdk.mjs", "embed", "embed")
     assert out["count"] == 2 and out["dims"] > 0
+
+
+# ---- the Vercel AI SDK's default model, `openai(model)`: the Responses API -------------------------
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude"])
+@pytest.mark.parametrize("case", ["generate", "stream"])
+def test_ai_sdk_default_model_on_the_responses_api(
+    node: Path, gw: Gateway, up: FakeUpstream, model: str, case: str
+) -> None:
+    out = run(node, gw, "ai_sdk.mjs", case, model, "responses")
+    assert (out["text"], out["finish"]) == (AI_ECHO, "stop")
+    assert out["usage"]["outputTokens"] == 6
+    assert [t.status for t in gw.traces()] == ["ok"]

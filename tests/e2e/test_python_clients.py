@@ -223,10 +223,19 @@ def test_llm_prompt_and_schema(gw: Gateway, up: FakeUpstream, llm_home: dict[str
 # ---- the OpenAI Agents SDK ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("api", ["chat", "responses"])
 @pytest.mark.parametrize("alias", ["gpt-4o-mini", "claude"])
-def test_agents_sdk_turn_with_a_function_tool_on_chat_completions(gw: Gateway, up: FakeUpstream, alias: str) -> None:
+def test_agents_sdk_turn_with_a_function_tool(gw: Gateway, up: FakeUpstream, alias: str, api: str) -> None:
+    """`responses`: the SDK's default model (OpenAIResponsesModel); `chat`: OpenAIChatCompletionsModel."""
     import openai
-    from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
+    from agents import (
+        Agent,
+        OpenAIChatCompletionsModel,
+        OpenAIResponsesModel,
+        Runner,
+        function_tool,
+        set_tracing_disabled,
+    )
 
     set_tracing_disabled(True)  # the SDK would export its traces to OpenAI
     calls: list[str] = []
@@ -239,7 +248,8 @@ def test_agents_sdk_turn_with_a_function_tool_on_chat_completions(gw: Gateway, u
 
     async def turn() -> Any:
         async with openai.AsyncOpenAI(base_url=gw.base_url, api_key=gw.key, max_retries=0) as client:
-            model = OpenAIChatCompletionsModel(model=alias, openai_client=client)
+            kind = OpenAIResponsesModel if api == "responses" else OpenAIChatCompletionsModel
+            model = kind(model=alias, openai_client=client)
             agent = Agent(name="weather", instructions="Answer briefly.", tools=[get_weather], model=model)
             return await Runner.run(agent, "Weather in Paris?")
 
