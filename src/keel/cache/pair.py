@@ -14,7 +14,7 @@ different questions on one topic. So a pair is served only when
   changes, length ratio), in cosine units: 0 for identical texts, at most +MAX_BOOST.
 
 WEIGHTS were fitted offline by `python bench/semantic_eval.py --fit` on the tuning halves of PAWS-Wiki
-dev and QQP dev; the figures (held-out halves, across sets) are in decision 00XX-semantic-pair-decision.
+dev and QQP dev; the figures (held-out halves, across sets) are in decision 0033-semantic-pair-decision.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Weights:
     coefficients: tuple[float, ...]
 
 
-# fitted by `python bench/semantic_eval.py --fit` (tuning halves of PAWS dev and QQP dev); see decision 00XX
+# fitted by `python bench/semantic_eval.py --fit` (tuning halves of PAWS dev and QQP dev); see decision 0033
 WEIGHTS = Weights(-9.8537, (14.4058, -1.4159, -0.3198, -0.026, -0.2096, 0.197, -0.0476, -0.3733))
 IDENTICAL = (1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)  # FEATURES of a text paired with itself, similarity aside
 MAX_BOOST = 0.05  # lexical evidence may raise a pair's score by at most this much over its cosine
