@@ -111,7 +111,7 @@ def target(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def _seed_deferred(client: httpx.Client, key: str) -> dict[str, str]:
-    """A file, a batch and an async call's job, for the routes that name them."""
+    """A file, a batch, an async call's job and a stored response, for the routes that name them."""
     auth = {"authorization": f"Bearer {key}"}
     line = {
         "custom_id": "a",
@@ -130,7 +130,14 @@ def _seed_deferred(client: httpx.Client, key: str) -> dict[str, str]:
         "/v1/chat/completions", json={"model": "sim", "messages": [USER]}, headers={**auth, "prefer": "respond-async"}
     )
     assert j.status_code == 202, j.text
-    return {"file_id": f.json()["id"], "batch_id": b.json()["id"], "job_id": j.json()["id"]}
+    r = client.post("/v1/responses", json={"model": "sim", "input": "seed"}, headers=auth)  # a stored response
+    assert r.status_code == 200, r.text
+    return {
+        "file_id": f.json()["id"],
+        "batch_id": b.json()["id"],
+        "job_id": j.json()["id"],
+        "response_id": r.json()["id"],
+    }
 
 
 # ---- values -------------------------------------------------------------------------------------------
@@ -306,6 +313,11 @@ ROUTES = [
     Route("POST", "/v1/embeddings", "openai", {"model": "embed", "input": ["a", "b"], "encoding_format": "base64"}),
     Route("GET", "/v1/models", "openai"),
     Route("GET", "/v1/models/{model:path}", "openai"),
+    Route("POST", "/v1/responses", "openai", {"model": "sim", "input": [{"role": "user", "content": "hi"}], "instructions": "be brief",
+                                              "max_output_tokens": 20, "text": {"format": {"type": "text"}}, "store": True}),
+    Route("GET", "/v1/responses/{response_id}", "openai"),
+    Route("GET", "/v1/responses/{response_id}/input_items", "openai", query=("after", "limit", "order")),
+    Route("DELETE", "/v1/responses/{response_id}", "openai"),
     Route("POST", "/v1/completions", "openai", {"model": "sim", "prompt": "hi", "max_tokens": 5, "stream": False, "stop": ["x"]}),
     Route("POST", "/v1/moderations", "openai", {"model": "gpt-4o-mini", "input": ["hi", "kill"]}),
     Route("POST", "/v1/rerank", "openai", {"model": "gpt-4o-mini", "query": "q", "documents": ["a", "b"], "top_n": 1}),
@@ -420,6 +432,7 @@ def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
         "file_id",
         "batch_id",
         "job_id",
+        "response_id",
         "label",
     ):
         if "{" + name + "}" in path:

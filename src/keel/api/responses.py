@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -129,7 +130,7 @@ class ResponsesEdge:
         """The items of the conversation ending at `previous_id`: each response's input, then its output."""
         if previous_id is None:
             return []
-        chain = await _read(self._store.response_chain, tenant, previous_id)
+        chain = await _read(self._store.response_chain, tenant, _own(previous_id, "previous_response_id"))
         if not chain:
             raise _not_found(previous_id, "previous_response_id")
         gone = chain[0].previous_id
@@ -197,7 +198,7 @@ class ResponsesEdge:
         try:
             principal, _ = await authenticate(self._rt, request)
             response_id = request.path_params["response_id"]
-            if not await _read(self._store.delete_response, principal.tenant, response_id):
+            if not await _read(self._store.delete_response, principal.tenant, _own(response_id)):
                 raise _not_found(response_id)
         except KeelError as err:
             return error_response(err)
@@ -215,10 +216,21 @@ class ResponsesEdge:
 
     async def _stored(self, principal: Principal, request: Request) -> StoredResponse:
         response_id = request.path_params["response_id"]
-        stored = await _read(self._store.get_response, principal.tenant, response_id)
+        stored = await _read(self._store.get_response, principal.tenant, _own(response_id))
         if stored is None:
             raise _not_found(response_id)
         return stored
+
+
+# Keel's response ids are `resp_` + a trace id; any other string (NUL bytes, slashes, megabytes) is not
+# one of them: a 404 without a store read, so a malformed id can never pass for a store outage.
+_OWN_ID = re.compile(r"resp_[A-Za-z0-9_-]{1,128}")
+
+
+def _own(response_id: str, param: str | None = None) -> str:
+    if _OWN_ID.fullmatch(response_id) is None:
+        raise _not_found(response_id, param)
+    return response_id
 
 
 async def _read(fn: Callable[..., T], *args: Any) -> T:
