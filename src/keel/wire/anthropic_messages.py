@@ -37,7 +37,7 @@ from keel.types import (
     ToolCallDelta,
     Usage,
 )
-from keel.wire.base import MAX_TOKENS, Malformed, Outbound, counted, retry_after, usage_events
+from keel.wire.base import MAX_TOKENS, Malformed, Outbound, call_arguments, checked_usage, counted, retry_after
 from keel.wire.openai_chat import output_cap
 from keel.wire.translate import (
     ANSWER_TOOL,
@@ -211,15 +211,7 @@ def _document(file: Any, where: str) -> JSON:
 
 
 def _tool_use(call: ToolCall, i: int) -> JSON:
-    try:
-        arguments = orjson.loads(call.arguments) if call.arguments.strip() else {}
-    except orjson.JSONDecodeError:
-        arguments = None
-    if not isinstance(arguments, dict):
-        raise InvalidRequest(
-            f"The arguments of tool call '{call.id}' must be a JSON object.", f"messages[{i}].tool_calls"
-        )
-    return {"type": "tool_use", "id": call.id, "name": call.name, "input": arguments}
+    return {"type": "tool_use", "id": call.id, "name": call.name, "input": call_arguments(call.arguments, call.id, i)}
 
 
 def _tool_result(m: Message, i: int) -> JSON:
@@ -305,14 +297,6 @@ def usage_from(u: Mapping[str, Any], cap: int = MAX_TOKENS, problems: list[str] 
     )
 
 
-def _usage_events(u: Any, cap: int) -> list[ChatEvent]:
-    problems: list[str] = []
-    if not isinstance(u, dict):
-        problems.append(f"usage={str(u)[:24]}")
-        u = {}
-    return usage_events(usage_from(u, cap, problems), problems)
-
-
 def events_from_message(data: JSON, cap: int = MAX_TOKENS) -> list[ChatEvent]:
     """A whole answer's events. An error object, or a body that is not a message, is an upstream error
     even under HTTP 200: passing it on as an empty answer would be a lie."""
@@ -334,7 +318,7 @@ def events_from_message(data: JSON, cap: int = MAX_TOKENS) -> list[ChatEvent]:
         reason = finish_reason(data.get("stop_reason"))
         answered = reason == "tool_calls" and not calls and any(map(_answer, blocks))
         events.append(Finish("stop" if answered else reason))
-        return events + _usage_events(data.get("usage") or {}, cap)
+        return events + checked_usage(data.get("usage") or {}, cap, usage_from)
     except (AttributeError, TypeError):
         raise _protocol("Anthropic answer is not shaped like a message") from None
 
@@ -406,13 +390,13 @@ class AnthropicStreamDecoder:
             return [Finish(finish_reason(reason))] if reason else []
         if kind == "message_stop":
             self.done = self._stopped = True
-            return _usage_events(self._usage, self._cap)
+            return checked_usage(self._usage, self._cap, usage_from)
         return []  # ping, and event types Anthropic may add
 
     def close(self) -> list[ChatEvent]:
         if not self.done:
             raise _protocol("upstream stream ended before the answer finished (no stop reason)")
-        return [] if self._stopped else _usage_events(self._usage, self._cap)
+        return [] if self._stopped else checked_usage(self._usage, self._cap, usage_from)
 
     def _record(self, usage: Any) -> None:
         if isinstance(usage, dict):

@@ -13,11 +13,13 @@ usage object can neither bill absurd sums nor break a store; a stream is complet
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from keel.errors import ErrorKind, ProviderError
+import orjson
+
+from keel.errors import ErrorKind, InvalidRequest, ProviderError
 from keel.types import ChatEvent, ChatRequest, EmbeddingRequest, EmbeddingResponse, Note, Target, Usage, UsageEvent
 
 # Token counts beyond this are a broken upstream when the target's window is unknown: the largest
@@ -127,6 +129,32 @@ def usage_events(usage: Usage, problems: list[str]) -> list[ChatEvent]:
     if not problems:
         return [UsageEvent(usage)]
     return [UsageEvent(usage), Note(USAGE_TAG, "clamped: " + ", ".join(problems))]
+
+
+def checked_usage(
+    u: Any, cap: int, usage_from: Callable[[Mapping[str, Any], int, list[str]], Usage], name: str = "usage"
+) -> list[ChatEvent]:
+    """The events of a wire's usage object read by its `usage_from`; one that is not an object counts
+    as zero, noted like any clamped count."""
+    problems: list[str] = []
+    if not isinstance(u, dict):
+        problems.append(f"{name}={str(u)[:24]}")
+        u = {}
+    return usage_events(usage_from(u, cap, problems), problems)
+
+
+def call_arguments(arguments: str, call_id: str, i: int) -> dict[str, Any]:
+    """A tool call's arguments as the object the Anthropic, Gemini and Bedrock wires want: empty is `{}`;
+    anything but a JSON object is a 400 naming the message (`i`) it came in."""
+    try:
+        value = orjson.loads(arguments) if arguments.strip() else {}
+    except orjson.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidRequest(
+            f"The arguments of tool call '{call_id}' must be a JSON object.", f"messages[{i}].tool_calls"
+        )
+    return value
 
 
 class Malformed:

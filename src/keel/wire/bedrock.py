@@ -43,7 +43,7 @@ from keel.types import (
     Usage,
 )
 from keel.wire import aws_eventstream
-from keel.wire.base import MAX_TOKENS, Malformed, Outbound, counted, retry_after, usage_events
+from keel.wire.base import MAX_TOKENS, Malformed, Outbound, call_arguments, checked_usage, counted, retry_after
 from keel.wire.openai_chat import output_cap
 from keel.wire.translate import ANTHROPIC, dropped_notes, openai_extra, to_openai
 
@@ -146,7 +146,7 @@ def _turn(m: Message, i: int, dropped: list[str]) -> tuple[str, list[JSON]]:
         return "user", _blocks(m.content, i, dropped)
     if m.role == "assistant":
         uses = [
-            {"toolUse": {"toolUseId": c.id, "name": c.name, "input": _arguments(c.arguments, c.id, i)}}
+            {"toolUse": {"toolUseId": c.id, "name": c.name, "input": call_arguments(c.arguments, c.id, i)}}
             for c in m.tool_calls
         ]
         return "assistant", _blocks(m.content, i, dropped) + uses
@@ -155,18 +155,6 @@ def _turn(m: Message, i: int, dropped: list[str]) -> tuple[str, list[JSON]]:
         result: JSON = {"toolUseId": m.tool_call_id or "", "content": [{"text": text}]}
         return "user", [{"toolResult": result}]
     raise InvalidRequest(f"Bedrock targets do not accept '{m.role}' messages.", f"messages[{i}].role")
-
-
-def _arguments(arguments: str, call_id: str, i: int) -> JSON:
-    try:
-        value = orjson.loads(arguments) if arguments.strip() else {}
-    except orjson.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        raise InvalidRequest(
-            f"The arguments of tool call '{call_id}' must be a JSON object.", f"messages[{i}].tool_calls"
-        )
-    return value
 
 
 def _blocks(content: str | list[JSON] | None, i: int, dropped: list[str]) -> list[JSON]:
@@ -274,14 +262,6 @@ def usage_from(u: Mapping[str, Any], cap: int = MAX_TOKENS, problems: list[str] 
     )
 
 
-def _usage_events(u: Any, cap: int) -> list[ChatEvent]:
-    problems: list[str] = []
-    if not isinstance(u, dict):
-        problems.append(f"usage={str(u)[:24]}")
-        u = {}
-    return usage_events(usage_from(u, cap, problems), problems)
-
-
 def events_from_response(data: Any, cap: int = MAX_TOKENS) -> list[ChatEvent]:
     try:
         content = data["output"]["message"]["content"]
@@ -298,7 +278,7 @@ def events_from_response(data: Any, cap: int = MAX_TOKENS) -> list[ChatEvent]:
         events.append(Finish(finish_reason(data.get("stopReason"))))
     except (KeyError, TypeError, AttributeError):
         raise _protocol("Bedrock answer is not shaped like a Converse response") from None
-    return events + _usage_events(data.get("usage") or {}, cap)
+    return events + checked_usage(data.get("usage") or {}, cap, usage_from)
 
 
 def _protocol(message: str) -> ProviderError:
@@ -356,7 +336,7 @@ class BedrockStreamDecoder:
             return [Finish(finish_reason(event.get("stopReason")))]
         if kind == "metadata" and not self._metered:
             self._metered = True
-            return _usage_events(event.get("usage") or {}, self._cap)
+            return checked_usage(event.get("usage") or {}, self._cap, usage_from)
         return []
 
     def _delta(self, index: Any, delta: JSON) -> list[ChatEvent]:
@@ -372,7 +352,7 @@ class BedrockStreamDecoder:
     def close(self) -> list[ChatEvent]:
         if not self.done:
             raise _protocol("upstream stream ended before the answer finished (no messageStop)")
-        return [] if self._metered else _usage_events({}, self._cap)
+        return [] if self._metered else checked_usage({}, self._cap, usage_from)
 
 
 # ---- errors -----------------------------------------------------------------------------------

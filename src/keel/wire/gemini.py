@@ -47,7 +47,7 @@ from keel.types import (
     ToolCallDelta,
     Usage,
 )
-from keel.wire.base import MAX_TOKENS, Malformed, Outbound, counted, retry_after, usage_events
+from keel.wire.base import MAX_TOKENS, Malformed, Outbound, call_arguments, checked_usage, counted, retry_after
 from keel.wire.openai_chat import output_cap
 from keel.wire.translate import ANTHROPIC, dropped_notes, effort_of, openai_extra, to_openai
 
@@ -180,7 +180,7 @@ def _turn(m: Message, i: int, names: dict[str, str], dropped: list[str]) -> tupl
         calls = []
         for call in m.tool_calls:
             names[call.id] = call.name
-            part: JSON = {"functionCall": {"name": call.name, "args": _arguments(call.arguments, call.id, i)}}
+            part: JSON = {"functionCall": {"name": call.name, "args": call_arguments(call.arguments, call.id, i)}}
             signature = _signature_of(call.id)
             if signature:
                 part["thoughtSignature"] = signature
@@ -204,18 +204,6 @@ def _result(content: str | list[JSON] | None) -> Any:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return text
-
-
-def _arguments(arguments: str, call_id: str, i: int) -> JSON:
-    try:
-        value = orjson.loads(arguments) if arguments.strip() else {}
-    except orjson.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        raise InvalidRequest(
-            f"The arguments of tool call '{call_id}' must be a JSON object.", f"messages[{i}].tool_calls"
-        )
-    return value
 
 
 def _parts(content: str | list[JSON] | None, i: int, dropped: list[str]) -> list[JSON]:
@@ -316,14 +304,6 @@ def usage_from(u: Mapping[str, Any], cap: int = MAX_TOKENS, problems: list[str] 
     )
 
 
-def _usage_events(u: Any, cap: int) -> list[ChatEvent]:
-    problems: list[str] = []
-    if not isinstance(u, dict):
-        problems.append(f"usageMetadata={str(u)[:24]}")
-        u = {}
-    return usage_events(usage_from(u, cap, problems), problems)
-
-
 class _Reader:
     """Turns GenerateContentResponse objects (one whole answer, or a stream's chunks) into events."""
 
@@ -406,7 +386,7 @@ def events_from_response(data: Any, cap: int = MAX_TOKENS) -> list[ChatEvent]:
         raise _protocol("Gemini answer is not shaped like a GenerateContentResponse") from None
     if not reader.finished:
         raise _protocol("Gemini answer has no candidate with a finishReason")
-    return events + _usage_events(data.get("usageMetadata") or {}, cap)
+    return events + checked_usage(data.get("usageMetadata") or {}, cap, usage_from, "usageMetadata")
 
 
 def _protocol(message: str) -> ProviderError:
@@ -436,7 +416,7 @@ class GeminiStreamDecoder:
             self._usage = chunk["usageMetadata"]
         if self._reader.finished and not self.done:
             self.done = True
-            events += _usage_events(self._usage or {}, self._cap)
+            events += checked_usage(self._usage or {}, self._cap, usage_from, "usageMetadata")
         return events
 
     def close(self) -> list[ChatEvent]:
