@@ -1,0 +1,1 @@
+"""Agents: a tool runtime (registry, sandbox, secrets, policy and approvals, the loop) and MCP both ways."""
