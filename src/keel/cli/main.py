@@ -36,6 +36,11 @@ NOUNS = (
     Noun("prompts", "push, list, show, diff and label versioned prompts", "prompts"),
     Noun("usage", "usage and cost over a time window, grouped by a dimension", "usage"),
     Noun("cache", "semantic cache tuning: calibrate the threshold on labelled pairs", "cache"),
+    Noun(
+        "loadtest",
+        "replay a traffic profile at 1x-10x against simulated providers; name the first bottleneck",
+        "loadtest",
+    ),
     Noun("targets", "breaker state, latency and error rate per target (asks the running gateway)", "targets"),
 )
 

@@ -81,6 +81,7 @@ def build_provider(
             ttft_ms=cfg.ttft_ms,
             tokens_per_second=cfg.tokens_per_second,
             faults=list(cfg.faults),
+            rpm=cfg.rpm,
         )
     headers = upstream_headers(cfg, env)
     if row.wire == "anthropic_messages":

@@ -14,10 +14,12 @@ of a schema quoted in the messages (as instructor's JSON mode sends it), else `{
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import itertools
 import json
 import math
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -52,6 +54,7 @@ class SimulatedProvider:
         ttft_ms: float = 0.0,
         tokens_per_second: float = 0.0,
         faults: list[str] | None = None,
+        rpm: int | None = None,
     ) -> None:
         self.name = name
         self.region = region
@@ -60,11 +63,30 @@ class SimulatedProvider:
         self._token_gap = 1 / tokens_per_second if tokens_per_second else 0.0
         self._faults: Iterator[str] | None = itertools.cycle(faults) if faults else None
         self._count = 0
+        self._rpm = rpm
+        self._recent: collections.deque[float] = collections.deque()  # call times in the last minute, with rpm
 
     def _fault(self) -> str:
         return next(self._faults) if self._faults else "ok"
 
+    def _over_rpm(self) -> float | None:
+        """With `rpm`, the seconds until a slot frees when this minute's calls are all taken (a 429)."""
+        if self._rpm is None:
+            return None
+        now = time.monotonic()
+        while self._recent and now - self._recent[0] >= 60.0:
+            self._recent.popleft()
+        if len(self._recent) >= self._rpm:
+            return 60.0 - (now - self._recent[0])
+        self._recent.append(now)
+        return None
+
     async def chat(self, request: ChatRequest, target: Target) -> AsyncIterator[ChatEvent]:
+        wait = self._over_rpm()
+        if wait is not None:
+            raise ProviderError(
+                ErrorKind.rate_limited, "simulated rate limit", provider=self.name, status=429, retry_after=wait
+            )
         fault = self._fault()
         self._count += 1
         if self._latency:

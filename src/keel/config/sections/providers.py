@@ -37,6 +37,7 @@ class ProviderConfig(Model):
     ttft_ms: float = Field(0.0, ge=0)
     tokens_per_second: float = Field(0.0, ge=0)
     faults: list[str] = []
+    rpm: int | None = Field(None, ge=1)  # simulated: answers 429 beyond this many calls a minute (a rate limit)
     # self-hosted servers that start cold (keel.gateway.warmth; README "Self-hosted targets that start cold")
     readiness: bool | str | None = None  # true: the type's health URL; or a URL, or a /path on the server
     readiness_interval_s: float = Field(1.0, gt=0)  # poll period while the server is not ready
