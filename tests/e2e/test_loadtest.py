@@ -58,7 +58,9 @@ def write_config(tmp_path: Path, target: dict[str, object]) -> Path:
 
 def test_names_a_saturated_target_as_the_first_bottleneck_and_writes_the_report(tmp_path: Path) -> None:
     write_config(tmp_path, {"max_concurrency": 1, "queue_limit": 1})
-    out = keel_cli("-c", "keel.yaml", "loadtest", "run", "profile.yaml", "--html", "report.html", "--json", cwd=tmp_path)
+    out = keel_cli(
+        "-c", "keel.yaml", "loadtest", "run", "profile.yaml", "--html", "report.html", "--json", cwd=tmp_path
+    )
     report = json.loads(out.stdout)
     phases = {p["multiple"]: p for p in report["phases"]}
     assert sorted(phases) == [1, 2, 5, 10]
