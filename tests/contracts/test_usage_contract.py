@@ -21,7 +21,8 @@ import pytest
 from keel.errors import InvalidRequest
 from keel.store.open import open_store
 from keel.store.protocols import Store, TraceQuery, UsageQuery, UsageRow
-from keel.store.sql.usage import hist_bounds, hist_bucket, spans
+from keel.store.protocols.usage import hist_bounds, hist_bucket
+from keel.store.sql.usage import spans
 from keel.traces.rollups import BY, usage_query
 from keel.types import TraceRecord
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from keel.alerts.rules import RuleEvaluator
 from keel.alerts.sender import AlertSender
+from keel.alerts.slo import SloEvaluator, slos_of
 from keel.config import WebhookConfig
 from keel.gateway.capability import Context, Contribution, ThresholdAlert, Worker
 from keel.store.protocols import Store
@@ -21,6 +22,7 @@ class Alerts:
     limits: AlertSender | None  # soft-limit crossings, to `limits.webhook`
     rules: RuleEvaluator | None  # `alerts.rules`
     rule_sender: AlertSender | None  # the rules' own sender, when it is not the limits' one
+    slo: SloEvaluator | None = None  # aliases' `slo:` burn-rate alerts, when a webhook is configured
 
 
 def build(ctx: Context) -> Contribution:
@@ -28,15 +30,18 @@ def build(ctx: Context) -> Contribution:
     hook = config.limits.webhook
     limits = sender(hook, store) if hook is not None else None
     rules, own = _rules(ctx, limits)
-    ctx.add(Alerts(limits, rules, own))
+    slo, slo_own = _slo(ctx, limits, own)
+    ctx.add(Alerts(limits, rules, own, slo))
     if limits is not None:
         ctx.add(limits.threshold_crossed, as_=ThresholdAlert)
     workers = [Worker("alerts", limits.run)] if limits is not None else []
     workers += [Worker("rule-alerts", own.run)] if own is not None else []
     workers += [Worker("alert-rules", rules.tick, rules.every_s)] if rules is not None else []
+    workers += [Worker("slo-alerts", slo_own.run)] if slo_own is not None else []
+    workers += [Worker("slo-burn", slo.tick, slo.every_s)] if slo is not None else []
 
     async def close() -> None:
-        for s in (limits, own):
+        for s in (limits, own, slo_own):
             if s is not None:
                 await s.aclose()  # sends what is queued, within its drain time
 
@@ -59,3 +64,21 @@ def _rules(ctx: Context, limit_alerts: AlertSender | None) -> tuple[RuleEvaluato
     out = own or limit_alerts
     assert out is not None
     return RuleEvaluator(a.rules, ctx.store, out.send, every_s=a.evaluate_every_s), own
+
+
+def _slo(
+    ctx: Context, limit_alerts: AlertSender | None, rule_alerts: AlertSender | None
+) -> tuple[SloEvaluator | None, AlertSender | None]:
+    """The SLO burn-rate evaluator (aliases with `slo:` and a webhook), and a sender of its own if needed."""
+    config = ctx.config
+    slos = slos_of(config.models)
+    hook = config.alerts.webhook or config.limits.webhook
+    if not slos or hook is None:
+        return None, None
+    shared = rule_alerts if rule_alerts is not None and hook == config.alerts.webhook else None
+    if shared is None and limit_alerts is not None and hook == config.limits.webhook:
+        shared = limit_alerts
+    own = None if shared is not None else sender(hook, ctx.store)
+    out = shared or own
+    assert out is not None
+    return SloEvaluator(slos, ctx.store, out.send, every_s=config.alerts.evaluate_every_s), own

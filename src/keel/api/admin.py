@@ -13,6 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from keel.alerts.slo import slos_of, statuses
+from keel.alerts.slo import view as slo_view
 from keel.api import jobs_admin
 from keel.api.bounds import Bounds, read_body
 from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
@@ -165,6 +167,7 @@ class Admin:
             Route("/api/traces/{trace_id}", self._guard(self.get_trace), methods=["GET"]),
             Route("/api/traces/{trace_id}/replay", self._guard(self.replay_trace), methods=["POST"]),
             Route("/api/usage", self._guard(self.usage), methods=["GET"]),
+            Route("/api/slo", self._guard(self.slo), methods=["GET"]),
             Route("/api/targets", self._guard(self.list_targets), methods=["GET"]),
             Route("/api/limits", self._guard(self.list_limits), methods=["GET"]),
             Route("/api/limits/usage", self._guard(self.limits_usage), methods=["GET"]),
@@ -309,6 +312,11 @@ class Admin:
         rows = await asyncio.to_thread(self._rt.store.usage, query)
         data = [usage_view(r, query.by) for r in rows]
         return _json({"data": data, "by": query.by, "grain": query.grain, "since": query.since, "until": query.until})
+
+    async def slo(self, request: Request) -> Response:
+        """Each alias's SLO: objectives over its window, error budget left, burn rates (5m, 30m, 1h, 6h)."""
+        found = await asyncio.to_thread(statuses, slos_of(self._rt.config.models), self._rt.store, time.time())
+        return _json({"data": [slo_view(st) for st in found]})
 
     async def list_targets(self, request: Request) -> Response:
         """Every configured target with its breaker state, this process's health figures, and its server's

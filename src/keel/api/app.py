@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from keel.alerts.slo import slos_of
 from keel.api.admin import Admin
 from keel.api.anthropic import AnthropicEdge
 from keel.api.batches import BatchesEdge
@@ -126,7 +127,11 @@ def create_app(runtime: Runtime) -> FastPath:
     completions = Completions(runtime, forward)
     responses = ResponsesEdge(runtime)
     dashboard = Dashboard(
-        runtime.store, runtime.blobs, runtime.config.admin_token, stuck_after=runtime.config.jobs.stuck_after
+        runtime.store,
+        runtime.blobs,
+        runtime.config.admin_token,
+        stuck_after=runtime.config.jobs.stuck_after,
+        slos=slos_of(runtime.config.models),
     )
     warmth = runtime.find(WarmthBook)
 

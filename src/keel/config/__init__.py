@@ -23,7 +23,7 @@ from keel.config.sections.jobs import JobKindConfig, JobsConfig
 from keel.config.sections.limits import LimitRule, LimitsConfig, LimitScope
 from keel.config.sections.providers import PriceConfig, ProviderConfig
 from keel.config.sections.resilience import BreakerConfig, ResilienceConfig
-from keel.config.sections.routing import AliasCacheConfig, AliasConfig, Capability, RuleConfig, TargetConfig
+from keel.config.sections.routing import AliasCacheConfig, AliasConfig, Capability, RuleConfig, SloConfig, TargetConfig
 from keel.config.sections.server import ServerConfig
 from keel.config.sections.storage import RedisConfig, StorageConfig
 from keel.config.sections.traces import (
@@ -78,6 +78,7 @@ __all__ = [
     "S3Config",
     "SemanticCacheConfig",
     "ServerConfig",
+    "SloConfig",
     "StorageConfig",
     "TargetConfig",
     "TenantRetention",

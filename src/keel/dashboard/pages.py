@@ -14,7 +14,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 from urllib.parse import parse_qs, quote
 
@@ -22,10 +22,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from keel.alerts.slo import statuses
+from keel.config import SloConfig
 from keel.dashboard.jobpages import jobs_query, render_jobs
 from keel.dashboard.markup import CSS, Safe, h, layout
 from keel.dashboard.overview import WINDOWS, read_overview, render_overview
 from keel.dashboard.session import COOKIE, Sessions
+from keel.dashboard.slopages import render_slo
 from keel.dashboard.throttle import LoginThrottle
 from keel.dashboard.tracepages import list_params, render_list, render_trace
 from keel.errors import InvalidRequest
@@ -74,12 +77,14 @@ class Dashboard:
         admin_token: str | None,
         throttle: LoginThrottle | None = None,
         stuck_after: int = 2,  # jobs.stuck_after
+        slos: Mapping[str, SloConfig] | None = None,  # aliases' `slo:`
     ) -> None:
         self._store = store
         self._blobs = blobs  # large payloads live there; the trace page reads them back
         self._sessions = Sessions(admin_token)
         self.throttle = throttle or LoginThrottle()
         self._stuck_after = stuck_after
+        self._slos = dict(slos or {})
 
     def routes(self) -> list[Route]:
         return [
@@ -90,6 +95,7 @@ class Dashboard:
             Route("/ui/traces", self._guard(self.traces), methods=["GET"]),
             Route("/ui/traces/{trace_id}", self._guard(self.trace), methods=["GET"]),
             Route("/ui/jobs", self._guard(self.jobs), methods=["GET"]),
+            Route("/ui/slo", self._guard(self.slo), methods=["GET"]),
         ]
 
     def _guard(self, page: Page) -> Page:
@@ -214,6 +220,12 @@ class Dashboard:
         t1 = time.perf_counter()
         body = render_jobs(params, depths, rows, self._stuck_after)
         return _page("Jobs", body, timing=_timing(t0, t1, time.perf_counter()))
+
+    async def slo(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        found = await asyncio.to_thread(statuses, self._slos, self._store, time.time())
+        t1 = time.perf_counter()
+        return _page("SLOs", render_slo(found), timing=_timing(t0, t1, time.perf_counter()))
 
 
 def _timing(t0: float, t1: float, t2: float) -> str:

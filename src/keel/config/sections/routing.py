@@ -51,6 +51,14 @@ class AliasCacheConfig(Model):
     with_tools: bool | None = None  # semantic matching for calls that carry tools
 
 
+class SloConfig(Model):
+    """An alias's objectives over a rolling window (README "SLOs"): availability, and optionally latency."""
+
+    availability: float = Field(gt=0, lt=100)  # percent of calls that succeed, e.g. 99.9
+    p95_ms: float | None = Field(None, gt=0)  # 95% of calls answer within this many milliseconds
+    window_days: int = Field(30, ge=1, le=90)
+
+
 class AliasConfig(Model):
     targets: list[TargetConfig] = Field(min_length=1)
     strategy: Literal["ordered", "weighted", "latency", "cost"] = "ordered"
@@ -62,6 +70,7 @@ class AliasConfig(Model):
     # auto: a stream that breaks or stalls after content continues on the next target (prefill or
     # restart past the text already sent); off: it ends with an error event
     resume: Literal["auto", "off"] = "auto"
+    slo: SloConfig | None = None  # objectives, burn-rate alerts, `keel slo`
 
 
 def check(models: Mapping[str, AliasConfig], names: Collection[str]) -> list[ConfigIssue]:

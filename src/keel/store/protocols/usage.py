@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+# Latency histogram: bucket 0 is [0, 1 ms); bucket i in 1..34 is [2^((i-1)/2), 2^(i/2)) ms, each √2
+# wide; bucket 35 is 2^17 ms (131 s) and above. A percentile is exact to within its bucket's width.
+HIST = 36
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,5 +48,45 @@ class UsageRow:
     cache_hits: int  # served from it: exact, semantic or stale
     cache_saved_usd: float
     fallbacks: int  # served by anything but the primary target
+    latency_hist: tuple[int, ...] = ()  # calls per latency bucket (HIST of them; see hist_bounds)
     first_seen: float | None = None  # sessions only
     last_seen: float | None = None
+
+
+def hist_bucket(ms: float) -> int:
+    if ms < 1.0:
+        return 0
+    return min(HIST - 1, int(2.0 * math.log2(ms)) + 1)
+
+
+def hist_bounds(i: int) -> tuple[float, float]:
+    """[low, high) in ms of histogram bucket i; the last bucket's high is its low times √2."""
+    low = 0.0 if i == 0 else 2.0 ** ((i - 1) / 2)
+    return low, 2.0 ** (i / 2)
+
+
+def percentile(hist: Sequence[int], q: float) -> float | None:
+    """The q-quantile from bucket counts, interpolated linearly inside its bucket."""
+    total = sum(hist)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(hist):
+        if n and seen + n >= rank:
+            low, high = hist_bounds(i)
+            return low + (high - low) * (rank - seen) / n
+        seen += n
+    return hist_bounds(len(hist) - 1)[1]  # unreachable: rank <= total
+
+
+def count_over(hist: Sequence[int], ms: float) -> float:
+    """The calls slower than `ms`, interpolated linearly inside the bucket that holds `ms`."""
+    over = 0.0
+    for i, n in enumerate(hist):
+        low, high = hist_bounds(i)
+        if low >= ms:
+            over += n
+        elif high > ms and n:
+            over += n * (high - ms) / (high - low)
+    return over

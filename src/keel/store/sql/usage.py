@@ -16,12 +16,12 @@ is clamped to what JSON's 64-bit integers hold (rows written before numbers were
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterable, Sequence
 from operator import attrgetter
 from typing import Any
 
 from keel.store.protocols import UsageQuery, UsageRow
+from keel.store.protocols.usage import HIST, hist_bucket, percentile
 from keel.store.sql.rows import storable_amount, storable_count
 from keel.types import TraceRecord
 
@@ -48,9 +48,6 @@ SUMS = (
     "reasoning_tokens", "cost_usd", "latency_sum_ms", "latency_count", "ttft_sum_ms", "ttft_count",
     "cache_lookups", "cache_hits", "cache_saved_usd", "fallbacks",
 )  # fmt: skip
-# Latency histogram: bucket 0 is [0, 1 ms); bucket i in 1..34 is [2^((i-1)/2), 2^(i/2)) ms, each √2
-# wide; bucket 35 is 2^17 ms (131 s) and above. A percentile is exact to within its bucket's width.
-HIST = 36
 HIST_COLUMNS = tuple(f"lat_{i:02d}" for i in range(HIST))
 MEASURES = SUMS + HIST_COLUMNS
 _H0 = len(SUMS)
@@ -58,18 +55,6 @@ _CACHE_HITS = frozenset({"hit", "semantic", "stale"})
 
 Acc = list[Any]  # measures: ints, and floats for money and milliseconds
 Key = tuple[Any, ...]
-
-
-def hist_bucket(ms: float) -> int:
-    if ms < 1.0:
-        return 0
-    return min(HIST - 1, int(2.0 * math.log2(ms)) + 1)
-
-
-def hist_bounds(i: int) -> tuple[float, float]:
-    """[low, high) in ms of histogram bucket i; the last bucket's high is its low times √2."""
-    low = 0.0 if i == 0 else 2.0 ** ((i - 1) / 2)
-    return low, 2.0 ** (i / 2)
 
 
 def _sparse(r: TraceRecord) -> list[tuple[int, float]]:
@@ -309,21 +294,7 @@ def _row(bucket: int | None, group: str | None, acc: list[Any]) -> UsageRow:
         cache_hits=_count(m["cache_hits"]),
         cache_saved_usd=m["cache_saved_usd"],
         fallbacks=_count(m["fallbacks"]),
+        latency_hist=tuple(hist),
         first_seen=None if first is None else float(first),
         last_seen=None if last is None else float(last),
     )
-
-
-def percentile(hist: Sequence[int], q: float) -> float | None:
-    """The q-quantile from bucket counts, interpolated linearly inside its bucket."""
-    total = sum(hist)
-    if not total:
-        return None
-    rank = q * total
-    seen = 0
-    for i, n in enumerate(hist):
-        if n and seen + n >= rank:
-            low, high = hist_bounds(i)
-            return low + (high - low) * (rank - seen) / n
-        seen += n
-    return hist_bounds(len(hist) - 1)[1]  # unreachable: rank <= total
