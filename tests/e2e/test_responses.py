@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from keel.keys.auth import issue_key
 from keel.testing import FakeUpstream, Script
 from tests.conftest import Gateway, base_config
+from tests.e2e.nodeclients import node_dir
 
 ALIASES = ["gpt-4o-mini", "claude"]
 SERVED = {"gpt-4o-mini": "gpt-4o-mini", "claude": "claude-sonnet-4-5"}
@@ -422,13 +423,11 @@ def test_reasoning_effort_thinks_on_anthropic_and_returns_reasoning_items(
 
 # ---- the Vercel AI SDK's default OpenAI model (the Responses API), in Node --------------------------
 
-JS = Path(__file__).parent / "js"
 
-
+@pytest.mark.timeout(400)  # the first Node test may install the packages (npm ci, at most 300 s)
 @pytest.mark.parametrize("alias", ALIASES)
 def test_vercel_ai_sdk(gateway: Gateway, up: FakeUpstream, alias: str) -> None:
-    if not (JS / "node_modules").is_dir():
-        pytest.fail(f"the AI SDK is not installed: npm ci --prefix {JS} (scripts/test does)")
+    node = node_dir()
     up.script(
         Script(tool_call=True),
         Script(text="It is sunny in Paris."),
@@ -436,7 +435,7 @@ def test_vercel_ai_sdk(gateway: Gateway, up: FakeUpstream, alias: str) -> None:
         Script(text='{"city": "Paris", "celsius": 21}'),
     )
     done = subprocess.run(
-        ["node", str(JS / "responses.mjs"), gateway.base_url, gateway.key, alias],
+        ["node", str(node / "responses.mjs"), gateway.base_url, gateway.key, alias],
         capture_output=True,
         text=True,
         timeout=60,
