@@ -15,9 +15,10 @@ fresh connection (this heals connections dropped by a Redis restart; a command w
 after Redis ran it runs twice). Opening a connection (TCP or TLS, then AUTH and SELECT) is bounded by
 `connect_timeout_s`. An error reply raises `ReplyError`; all three are `RedisError`. A command sent
 `later=True` (a settlement, a breaker report) waits up to `later_s` (5 ms) and goes out in the same
-write as the next command, ahead of it, while Redis is busy; when no reply has come for `wake_s` (1 ms)
-it goes at once, so that Redis is awake for the command that follows; `Redis(url, shared=True)` handles with the same settings share
-one pool per event loop, so the stores on one Redis share those writes.
+write as the next command, ahead of it, while Redis is busy; when no reply has come for `wake_s`
+(1 ms) it is written at once, so that Redis is awake for the command that follows. `Redis(url,
+shared=True)` handles with the same settings share one pool per event loop, so the stores on one
+Redis share those writes.
 
 URLs as redis-py reads them: `redis://[[user]:password@]host[:port][/db]`, `rediss://…` (TLS with the
 system's trust store; `?ssl_cert_reqs=none|optional|required`, `?ssl_ca_certs=/path`), and
@@ -226,8 +227,8 @@ class _Connection(asyncio.Protocol):
     def _flush(self) -> None:
         """Write the commands of this loop turn; each one's deadline runs from here."""
         out, self._out = self._out, []
-        if self._transport is None or self.closed:
-            return
+        if not out or self._transport is None or self.closed:
+            return  # (nothing: written already, by a command sent at once)
         self._transport.write(out[0] if len(out) == 1 else b"".join(out))
         deadline = self._loop.time() + self._client.timeout_s
         self._deadlines.extend([deadline] * len(out))
@@ -300,9 +301,9 @@ class _Pool:
         `later`: the command is in no hurry (a settlement, a report): while Redis is busy (a reply
         read within `wake_s`, or commands in flight) it waits up to `later_s` and goes out ahead of
         the next command that is, in the same write, sharing its round trip. After a quieter spell it
-        goes at the end of this loop turn instead: Redis has gone to sleep, and waking it costs the
-        next command ~0.15 ms on a VM (bench/README.md, "Waking Redis"), so this command pays that
-        for the admission that usually follows.
+        is written at once instead: Redis has gone to sleep, and waking it costs the next command
+        ~0.15 ms on a VM (bench/README.md, "Waking Redis"), so this command pays that for the
+        admission that usually follows.
         """
         payload = pack(args)
         if later:
@@ -313,7 +314,7 @@ class _Pool:
                 if loop.time() - self.heard_at < self._wake_s or any(c.busy for c in self._conns):
                     self._later_timer = loop.call_later(self._later_s, self._send_later)
                 else:
-                    self._later_timer = loop.call_soon(self._send_later)
+                    self._send_now()
             try:
                 return await future
             except RedisTimeout:
@@ -381,6 +382,16 @@ class _Pool:
         for payload, future in waiting:
             if not future.done():  # (a caller cancelled meanwhile: not sent)
                 conn.send(payload, future)
+
+    def _send_now(self) -> None:
+        """Redis has been quiet: write what waits for a ride now, not at the end of the loop turn (by then
+        the next request may have come in, and its admission would wake Redis itself)."""
+        for conn in self._conns:
+            if not conn.closed:
+                self._ride(conn)
+                conn._flush()
+                return
+        self._later_timer = asyncio.get_running_loop().call_soon(self._send_later)  # (opens a connection)
 
     def _send_later(self) -> None:
         """No command came by to ride with: send them on their own."""
