@@ -127,7 +127,7 @@ class RedisBreakers:
             return Permit.closed
         until = self._closed_until.get(target)
         if until is not None and now < until:
-            if now >= until - _CLOSED_READ_S / 2 and target not in self._rereads:
+            if now >= until - _CLOSED_READ_S / 2 and (target not in self._rereads or self._rereads[target].done()):
                 self._rereads[target] = asyncio.ensure_future(self._reread(target, now))
             return Permit.closed
         try:
@@ -149,7 +149,7 @@ class RedisBreakers:
             self._failed(exc)
             return
         finally:
-            del self._rereads[target]
+            self._rereads.pop(target, None)
         if state != 2:
             self._closed_until.pop(target, None)  # the next call asks with _ALLOW (and may take the probe)
         elif target in self._closed_until:  # (a record that saw it open meanwhile removed it: stays removed)

@@ -302,7 +302,7 @@ class _Pool:
         read within `wake_s`, or commands in flight) it waits up to `later_s` and goes out ahead of
         the next command that is, in the same write, sharing its round trip. After a quieter spell it
         is written at once instead: Redis has gone to sleep, and waking it costs the next command
-        ~0.15 ms on a VM (bench/README.md, "Waking Redis"), so this command pays that for the
+        ~0.15 ms on a VM (bench/README.md, "An idle-then-busy call"), so this command pays that for the
         admission that usually follows.
         """
         payload = pack(args)
