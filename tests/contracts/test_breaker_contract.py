@@ -269,6 +269,25 @@ def test_a_closed_answer_is_reused_for_a_quarter_second_then_asked_again(shared:
     shared.run(body)
 
 
+def test_a_closed_answer_half_its_age_is_read_again_in_the_background(shared: Backend) -> None:
+    async def body() -> None:
+        one, two = shared.open(), shared.open()
+        assert isinstance(one, RedisBreakers)
+        assert await one.allow(A, T0)  # read: closed until T0 + 0.25
+        assert await one.allow(A, T0 + 0.2)  # answered from the read, which is read again meanwhile
+        await asyncio.gather(*one._rereads.values())
+        await trip(two, now=T0 + 0.3)
+        assert await one.allow(A, T0 + 0.4)  # the second read (at T0 + 0.2) holds until T0 + 0.45
+        assert not await one.allow(A, T0 + 0.5)  # asked: open
+        assert await one.allow(B, T0)
+        await trip(two, B, T0 + 0.1)
+        assert await one.allow(B, T0 + 0.2)  # its background read finds B open...
+        await asyncio.gather(*one._rereads.values())
+        assert not await one.allow(B, T0 + 0.21)  # ...so this call asks, before the first read ran out
+
+    shared.run(body)
+
+
 def test_concurrent_callers_get_exactly_one_probe(shared: Backend) -> None:
     async def body() -> None:
         one, two = shared.open(), shared.open()

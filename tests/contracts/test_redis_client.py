@@ -225,10 +225,11 @@ def test_a_command_sent_later_rides_ahead_of_the_next_one_or_goes_alone(redis_ur
     sync = redis.Redis.from_url(redis_url, decode_responses=True)
 
     async def body() -> None:
-        client = Redis(redis_url, later_s=30.0)
-        alone = Redis(redis_url, later_s=0.05)
+        client = Redis(redis_url, later_s=30.0, wake_s=60.0)  # Redis counts as awake: a later command waits
+        alone = Redis(redis_url, later_s=0.05, wake_s=60.0)
         try:
             await client.execute("PING")
+            await alone.execute("PING")
             waiting = asyncio.ensure_future(client.execute("SET", f"{redis_prefix}a", "1", later=True))
             await asyncio.sleep(0.1)
             assert sync.get(f"{redis_prefix}a") is None and not waiting.done()  # not sent yet
@@ -244,6 +245,26 @@ def test_a_command_sent_later_rides_ahead_of_the_next_one_or_goes_alone(redis_ur
         finally:
             await client.aclose()
             await alone.aclose()
+
+    try:
+        run(body)
+    finally:
+        sync.close()
+
+
+def test_a_command_sent_later_goes_at_once_when_redis_has_been_quiet(redis_url: str, redis_prefix: str) -> None:
+    """No reply for `wake_s`: Redis is likely asleep, so a later command wakes it now, not with the next one."""
+    sync = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    async def body() -> None:
+        client = Redis(redis_url, later_s=30.0, wake_s=0.01)
+        try:
+            await client.execute("PING")
+            await asyncio.sleep(0.02)  # quieter than wake_s
+            assert await client.execute("SET", f"{redis_prefix}a", "1", later=True) == "OK"  # not after 30 s
+            assert sync.get(f"{redis_prefix}a") == "1"
+        finally:
+            await client.aclose()
 
     try:
         run(body)

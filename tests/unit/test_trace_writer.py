@@ -7,6 +7,7 @@ that fails (a number of times, or while `down` is set) or blocks (until `gate` i
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +20,8 @@ import pytest
 
 from keel.store.open import open_store
 from keel.store.protocols import Store, TraceQuery, TraceStore
-from keel.traces.writer import TraceWriter
+from keel.traces.spill import SpillDir
+from keel.traces.writer import RELOAD_SWITCH_S, TraceWriter
 from keel.types import TraceRecord
 
 FAST_RETRIES = (0.001, 0.001, 0.001)
@@ -306,3 +308,32 @@ def test_a_batch_that_can_be_neither_written_nor_spilled_is_counted_as_dropped(
     writer.close()
     assert sorted(rows(db)) == sorted(ids(5, start=5))
     assert (writer.stats.written, writer.stats.dropped) == (5, 5)
+
+
+class SwitchNotingStore(FlakyStore):
+    """Notes the GIL's switch interval each time the writer hands it records."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner)
+        self.switch: list[tuple[int, float]] = []  # (records, switch interval)
+
+    def append_traces(self, records: Sequence[TraceRecord]) -> None:
+        self.switch.append((len(records), sys.getswitchinterval()))
+        super().append_traces(records)
+
+
+def test_spills_load_back_with_a_short_gil_switch_interval_and_it_is_restored(
+    store: Store, db: Path, spill: Path, make_writer: Any
+) -> None:
+    default = sys.getswitchinterval()
+    SpillDir(spill).spill([record(i) for i in range(300)])  # as an outage leaves
+    noting = SwitchNotingStore(store)
+    writer = make_writer(noting)
+    wait_until(lambda: writer.stats.reloaded == 300, "the spill to load back")
+    writer.put(record(300))
+    writer.close()
+
+    assert noting.switch[0] == (300, RELOAD_SWITCH_S)  # the event loop waits at most this for the GIL
+    assert noting.switch[-1] == (1, default)  # an ordinary batch: Python's own
+    assert sys.getswitchinterval() == default
+    assert sorted(rows(db)) == sorted(ids(301))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 import threading
 import time
 from collections import deque
@@ -46,6 +47,7 @@ from keel.traces.spill import Item, SpillDir
 from keel.types import Span, TraceRecord
 
 log = logging.getLogger("keel.traces")
+RELOAD_SWITCH_S = 0.0005  # the GIL's switch interval while spill files load back (see _reload_spills)
 
 
 @dataclass(slots=True)
@@ -374,13 +376,27 @@ class TraceWriter:
     def _reload_spills(self, limit: int | None = None) -> None:
         """Load spill files back, oldest first. A file the store fails to take for the store's sake
         is skipped and the next one tried: a second such failure means the store is away (until
-        the next pass); a success means the first file's records are to blame, so it is split."""
+        the next pass); a success means the first file's records are to blame, so it is split.
+
+        Meanwhile the GIL changes hands every RELOAD_SWITCH_S instead of Python's 5 ms: a reload is
+        seconds of Python work beside the event loop, which would otherwise wait up to 5 ms for the
+        GIL each time a socket wakes it (bench/reload_lag.py)."""
         try:
             paths = self.files.spills()
         except OSError as exc:
             self._note(exc)
             return
         self._failed_spills = {p: t for p, t in self._failed_spills.items() if p in paths}
+        if not paths:
+            return
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, RELOAD_SWITCH_S))
+        try:
+            self._reload_paths(paths, limit)
+        finally:
+            sys.setswitchinterval(switch)
+
+    def _reload_paths(self, paths: list[Path], limit: int | None) -> None:
         blocked: Path | None = None
         loaded = 0
         for path in paths:

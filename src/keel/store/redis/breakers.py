@@ -7,7 +7,9 @@ outcomes as a string of 0/1 (1 = failure); a set lists the targets for `states()
 caller's `now` (never Redis TIME), so processes sharing a Redis must pass wall-clock time. Keys
 expire after max(10 × cooldown, 1 day) without a record. A "closed" answer is reused for 0.25 s
 (of the caller's time) without asking again, so a healthy target costs one round trip per process per
-quarter second, not one per call; a breaker another process opens is seen that much later.
+quarter second, not one per call; a breaker another process opens is seen that much later. Once the
+answer is half that old, the call that uses it also asks again in the background (a read that takes no
+probe slot, sent "later"), so a target in steady use is never waited on before its call.
 Outcomes are recorded in batches (`record_many`: the outcomes that queued meanwhile, in order, one
 EVALSHA per 64), sent "later": each batch waits up to 5 ms to go out in the same write as the next
 admission or `allow` (keel.store.redis_client), so other processes see an outcome up to 5 ms later.
@@ -19,6 +21,7 @@ second), with a warning at most every 10 s.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -51,6 +54,13 @@ else
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
+""")
+
+# KEYS[1] the target's hash. Returns 2 (closed) or 0 (anything else: ask with _ALLOW). Changes nothing.
+_READ = Script("""
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'closed' then return 2 end
+return 0
 """)
 
 # KEYS[1] the target set, KEYS[1 + i] outcome i's hash. ARGV: failures, error_rate, window, min_calls,
@@ -107,12 +117,18 @@ class RedisBreakers:
         self._down_until = 0.0
         self._warned_at = float("-inf")
         self._closed_until: dict[str, float] = {}  # target → caller time until which "closed" is taken as read
+        self._rereads: dict[str, asyncio.Task[None]] = {}  # target → its background read, while one runs
 
     def _key(self, target: str) -> str:
         return f"{self._prefix}t:{target}"
 
     async def allow(self, target: str, now: float) -> Permit:
-        if time.monotonic() < self._down_until or now < self._closed_until.get(target, float("-inf")):
+        if time.monotonic() < self._down_until:
+            return Permit.closed
+        until = self._closed_until.get(target)
+        if until is not None and now < until:
+            if now >= until - _CLOSED_READ_S / 2 and (target not in self._rereads or self._rereads[target].done()):
+                self._rereads[target] = asyncio.ensure_future(self._reread(target, now))
             return Permit.closed
         try:
             allowed = await self._client.evalsha(
@@ -124,6 +140,20 @@ class RedisBreakers:
         if allowed == 2:
             self._closed_until[target] = now + _CLOSED_READ_S
         return Permit(allowed)
+
+    async def _reread(self, target: str, now: float) -> None:
+        """Ask again, off the call's path, whether `target` is still closed: extends the reuse, or ends it."""
+        try:
+            state = await self._client.evalsha(_READ, (self._key(target),), (), later=True)
+        except (RedisError, OSError) as exc:
+            self._failed(exc)
+            return
+        finally:
+            self._rereads.pop(target, None)
+        if state != 2:
+            self._closed_until.pop(target, None)  # the next call asks with _ALLOW (and may take the probe)
+        elif target in self._closed_until:  # (a record that saw it open meanwhile removed it: stays removed)
+            self._closed_until[target] = max(self._closed_until[target], now + _CLOSED_READ_S)
 
     async def record(self, target: str, ok: bool, now: float) -> str:
         return (await self.record_many(((target, ok, now),)))[0]
@@ -170,6 +200,7 @@ class RedisBreakers:
         return [_state(t, row) for t, row in zip(targets, rows, strict=True) if row]
 
     async def aclose(self) -> None:
+        await asyncio.gather(*self._rereads.values(), return_exceptions=True)
         await self._client.aclose()
 
 

@@ -15,8 +15,10 @@ fresh connection (this heals connections dropped by a Redis restart; a command w
 after Redis ran it runs twice). Opening a connection (TCP or TLS, then AUTH and SELECT) is bounded by
 `connect_timeout_s`. An error reply raises `ReplyError`; all three are `RedisError`. A command sent
 `later=True` (a settlement, a breaker report) waits up to `later_s` (5 ms) and goes out in the same
-write as the next command, ahead of it; `Redis(url, shared=True)` handles with the same settings share
-one pool per event loop, so the stores on one Redis share those writes.
+write as the next command, ahead of it, while Redis is busy; when no reply has come for `wake_s`
+(1 ms) it is written at once, so that Redis is awake for the command that follows. `Redis(url,
+shared=True)` handles with the same settings share one pool per event loop, so the stores on one
+Redis share those writes.
 
 URLs as redis-py reads them: `redis://[[user]:password@]host[:port][/db]`, `rediss://…` (TLS with the
 system's trust store; `?ssl_cert_reqs=none|optional|required`, `?ssl_ca_certs=/path`), and
@@ -178,6 +180,7 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
 
     def data_received(self, data: bytes) -> None:
+        self._client.heard_at = self._loop.time()
         self._reader.feed(data)
         waiters = self._waiters
         while True:
@@ -224,8 +227,8 @@ class _Connection(asyncio.Protocol):
     def _flush(self) -> None:
         """Write the commands of this loop turn; each one's deadline runs from here."""
         out, self._out = self._out, []
-        if self._transport is None or self.closed:
-            return
+        if not out or self._transport is None or self.closed:
+            return  # (nothing: written already, by a command sent at once)
         self._transport.write(out[0] if len(out) == 1 else b"".join(out))
         deadline = self._loop.time() + self._client.timeout_s
         self._deadlines.extend([deadline] * len(out))
@@ -273,17 +276,20 @@ class _Pool:
         timeout_s: float = 0.5,
         connect_timeout_s: float = 1.0,
         later_s: float = 0.005,
+        wake_s: float = 0.001,
     ) -> None:
         self._target = _parse_url(url)
         self.encoding: str | None = "utf-8" if decode else None
         self.timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._later_s = later_s
+        self._wake_s = wake_s
+        self.heard_at = float("-inf")  # loop time of the last reply read, on any connection
         self._size = max(1, connections)
         self._conns: list[_Connection] = []
         self._opening: asyncio.Future[_Connection] | None = None
         self._later: list[tuple[bytes, asyncio.Future[Any]]] = []  # commands waiting for a ride
-        self._later_timer: asyncio.TimerHandle | None = None
+        self._later_timer: asyncio.Handle | None = None
         self._later_opener: asyncio.Task[None] | None = None
         self._refs = 1  # handles sharing this pool (`Redis(shared=True)`); the last aclose closes it
         self._release: Callable[[], object] | None = None
@@ -292,15 +298,23 @@ class _Pool:
     async def execute(self, *args: Arg, later: bool = False) -> Any:
         """One command's reply; a broken connection is retried once on a fresh one.
 
-        `later`: the command is in no hurry (a settlement, a report): it waits up to `later_s` and
-        goes out ahead of the next command that is, in the same write, sharing its round trip.
+        `later`: the command is in no hurry (a settlement, a report): while Redis is busy (a reply
+        read within `wake_s`, or commands in flight) it waits up to `later_s` and goes out ahead of
+        the next command that is, in the same write, sharing its round trip. After a quieter spell it
+        is written at once instead: Redis has gone to sleep, and waking it costs the next command
+        ~0.15 ms on a VM (bench/README.md, "An idle-then-busy call"), so this command pays that for the
+        admission that usually follows.
         """
         payload = pack(args)
         if later:
-            future = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
             self._later.append((payload, future))
             if self._later_timer is None:
-                self._later_timer = asyncio.get_running_loop().call_later(self._later_s, self._send_later)
+                if loop.time() - self.heard_at < self._wake_s or any(c.busy for c in self._conns):
+                    self._later_timer = loop.call_later(self._later_s, self._send_later)
+                else:
+                    self._send_now()
             try:
                 return await future
             except RedisTimeout:
@@ -368,6 +382,16 @@ class _Pool:
         for payload, future in waiting:
             if not future.done():  # (a caller cancelled meanwhile: not sent)
                 conn.send(payload, future)
+
+    def _send_now(self) -> None:
+        """Redis has been quiet: write what waits for a ride now, not at the end of the loop turn (by then
+        the next request may have come in, and its admission would wake Redis itself)."""
+        for conn in self._conns:
+            if not conn.closed:
+                self._ride(conn)
+                conn._flush()
+                return
+        self._later_timer = asyncio.get_running_loop().call_soon(self._send_later)  # (opens a connection)
 
     def _send_later(self) -> None:
         """No command came by to ride with: send them on their own."""
@@ -457,7 +481,7 @@ class _Pool:
             self._conns.remove(conn)
 
 
-Settings = tuple[str, bool, int, float, float, float]  # url, decode, connections, timeouts, later_s
+Settings = tuple[str, bool, int, float, float, float, float]  # url, decode, connections, timeouts, later_s, wake_s
 _SHARED: dict[tuple[asyncio.AbstractEventLoop, Settings], _Pool] = {}
 
 
@@ -476,10 +500,11 @@ class Redis:
         timeout_s: float = 0.5,
         connect_timeout_s: float = 1.0,
         later_s: float = 0.005,
+        wake_s: float = 0.001,
         shared: bool = False,
     ) -> None:
         _parse_url(url)  # a bad URL fails here, not at the first command
-        self._settings: Settings = (url, decode, connections, timeout_s, connect_timeout_s, later_s)
+        self._settings: Settings = (url, decode, connections, timeout_s, connect_timeout_s, later_s, wake_s)
         self._shared = shared
         self._pool: _Pool | None = None
         self._closed = False
@@ -509,7 +534,7 @@ class Redis:
             return self._pool
         if self._closed:
             raise RedisUnreachable("the client was closed")
-        url, decode, connections, timeout_s, connect_timeout_s, later_s = self._settings
+        url, decode, connections, timeout_s, connect_timeout_s, later_s, wake_s = self._settings
         key = (asyncio.get_running_loop(), self._settings)
         pool = _SHARED.get(key) if self._shared else None
         if pool is None:
@@ -520,6 +545,7 @@ class Redis:
                 timeout_s=timeout_s,
                 connect_timeout_s=connect_timeout_s,
                 later_s=later_s,
+                wake_s=wake_s,
             )
             if self._shared:
                 _SHARED[key] = pool
