@@ -97,9 +97,10 @@ class Index:
         self.fusion = fusion
         self._clock = clock
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="keel-rag-index")
-        self.vectors = VectorCache(self._run, store.rag_vectors, store.rag_count)
+        self.vectors = VectorCache(self.run, store.rag_vectors, store.rag_count)
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store call in the index's threads."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def aclose(self) -> None:
@@ -108,7 +109,7 @@ class Index:
     # ---- builds ------------------------------------------------------------------------------
 
     async def builds(self, tenant: str, collection: str) -> list[BuildRow]:
-        return await self._run(self.store.rag_builds, tenant, collection)
+        return await self.run(self.store.rag_builds, tenant, collection)
 
     async def active(self, tenant: str, collection: str) -> BuildRow | None:
         return next((b for b in await self.builds(tenant, collection) if b.state == "active"), None)
@@ -130,22 +131,22 @@ class Index:
             "b_" + secrets.token_hex(8), tenant, collection, model.model_id, spec.json(), state,  # type: ignore[arg-type]
             self._clock(),
         )  # fmt: skip
-        return await self._run(self.store.rag_add_build, row)
+        return await self.run(self.store.rag_add_build, row)
 
     async def activate(self, tenant: str, collection: str, build: str) -> None:
         old = await self.active(tenant, collection)
-        await self._run(self.store.rag_activate, tenant, collection, build)
+        await self.run(self.store.rag_activate, tenant, collection, build)
         if old is not None and old.id != build:
             self.vectors.forget(old.id)
 
     async def fail(self, build: str, error: str) -> None:
-        await self._run(self.store.rag_set_state, build, "failed", error[:2000])
+        await self.run(self.store.rag_set_state, build, "failed", error[:2000])
         self.vectors.forget(build)
 
     async def purge(self, tenant: str, collection: str | None = None) -> int:
-        for b in await self._run(self.store.rag_builds, tenant, collection):
+        for b in await self.run(self.store.rag_builds, tenant, collection):
             self.vectors.forget(b.id)
-        return await self._run(self.store.rag_purge, tenant, collection)
+        return await self.run(self.store.rag_purge, tenant, collection)
 
     # ---- writes ------------------------------------------------------------------------------
 
@@ -193,10 +194,10 @@ class Index:
             doc.tenant, doc.collection, doc.document_id, doc.version, doc.title, dict(doc.metadata),
             tuple(doc.users), tuple(doc.groups), doc.valid_until, doc.updated_at, doc.source,
         )  # fmt: skip
-        return await self._run(lambda: self.store.rag_write(row, rows, dim=dim))
+        return await self.run(lambda: self.store.rag_write(row, rows, dim=dim))
 
     async def remove(self, tenant: str, collection: str, document_id: str) -> int:
-        return await self._run(self.store.rag_remove, tenant, collection, document_id)
+        return await self.run(self.store.rag_remove, tenant, collection, document_id)
 
     # ---- search ------------------------------------------------------------------------------
 
@@ -216,10 +217,10 @@ class Index:
             model = await self.models.get(orjson.loads(build.spec)["model"])
             vector = (await model.embed([query.text]))[0].tobytes()
             ms["embed"] = _ms(t)
-        lexical, vectors, extra, admitted = await self._candidates(query, build, access, now, vector, ms)
+        lexical, vectors, matrix, admitted = await self._candidates(query, build, access, now, vector, ms)
         t = time.perf_counter()
-        fused = fuse(self.fusion, _pairs(lexical), _pairs(vectors), extra)[: query.top_k]
-        views = {v.id: v for v in await self._run(self.store.rag_chunks, [f.id for f in fused])}
+        fused = self._fuse(query, lexical, vectors, matrix, vector)[: query.top_k]
+        views = {v.id: v for v in await self.run(self.store.rag_chunks, [f.id for f in fused])}
         hits = tuple(_hit(f, views[f.id], access, query) for f in fused if f.id in views)
         ms["fuse"] = _ms(t)
         ms["total"] = _ms(started)
@@ -229,14 +230,14 @@ class Index:
 
     async def _candidates(
         self, q: SearchQuery, build: BuildRow, access: Access, now: float, vector: bytes | None, ms: dict[str, float]
-    ) -> tuple[Candidates, Candidates, dict[int, float], int]:
+    ) -> tuple[Candidates, Candidates, BuildVectors | None, int]:
         empty = Candidates([], [])
 
         async def lexical() -> Candidates:
             if q.mode == "vector":
                 return empty
             t = time.perf_counter()
-            found = await self._run(
+            found = await self.run(
                 self.store.rag_lexical, build.id, q.collection, q.text, access, q.filters, now, q.candidates
             )
             ms["lexical"] = _ms(t)
@@ -246,14 +247,14 @@ class Index:
             if vector is None or build.dim is None:
                 return empty, None, -1
             t = time.perf_counter()
-            found = await self._run(
+            found = await self.run(
                 self.store.rag_vector_search, build.id, q.collection, vector, access, q.filters, now, q.candidates
             )
             if found is not None:
                 ms["vector"] = _ms(t)
                 return found, None, -1
             allowed, matrix = await asyncio.gather(
-                self._run(self.store.rag_allowed, q.tenant, q.collection, access, q.filters, now),
+                self.run(self.store.rag_allowed, q.tenant, q.collection, access, q.filters, now),
                 self.vectors.current(build.id, build.dim),
             )
             found = matrix.top(vector, allowed, q.candidates)
@@ -261,14 +262,28 @@ class Index:
             return found, matrix, len(allowed)
 
         lex, (vec, matrix, admitted) = await asyncio.gather(lexical(), nearest())
-        extra: dict[int, float] = {}
-        if q.mode == "hybrid" and vector is not None and lex.ids:
-            missing = [i for i in lex.ids if i not in set(vec.ids)]
-            if matrix is not None:
-                extra = matrix.similarity(missing, vector)
         if q.mode == "lexical":
             vec = empty
-        return lex, vec, extra, admitted
+        return lex, vec, matrix, admitted
+
+    def _fuse(
+        self, q: SearchQuery, lex: Candidates, vec: Candidates, matrix: BuildVectors | None, vector: bytes | None
+    ) -> list[Fused]:
+        """Fusion (hybrid) or one list's order; in process, lexical candidates get their exact cosine and
+        the query vector its feedback (keel.rag.fusion)."""
+        if q.mode != "hybrid" or vector is None or matrix is None:
+            return fuse(self.fusion, _pairs(lex), _pairs(vec))
+        seen = set(vec.ids)
+        extra = matrix.similarity([i for i in lex.ids if i not in seen], vector)
+        fused = fuse(self.fusion, _pairs(lex), _pairs(vec), extra)
+        if self.fusion.feedback and fused:
+            import numpy as np
+
+            top = matrix.rows([f.id for f in fused[: self.fusion.feedback]])
+            moved = np.frombuffer(vector, dtype=np.float32) + self.fusion.feedback_weight * top.mean(axis=0)
+            moved /= max(float(np.linalg.norm(moved)), 1e-12)
+            fused = fuse(self.fusion, _pairs(lex), _pairs(vec), matrix.similarity([f.id for f in fused], moved))
+        return fused
 
 
 def _pairs(c: Candidates) -> list[tuple[int, float]]:

@@ -148,8 +148,9 @@ class RagIndexStore(Protocol):
         """Delete builds, documents and chunks of a tenant (or one collection); the chunks removed."""
         ...
 
-    def rag_source_chunks(self, build: str, after: int, limit: int) -> list[tuple[int, int, int, ChunkRow]]:
-        """(chunk id, doc row id, version, chunk) of `build` with id > after, in id order, for a re-index."""
+    def rag_source_chunks(self, build: str, after: int, limit: int) -> list[tuple[int, int, str, ChunkRow]]:
+        """(doc row id, version, title, chunk) of the next `limit` documents of `build` whose row id > after,
+        every chunk of each, in (document, ordinal) order: what a re-index reads."""
         ...
 
     def rag_count(self, build: str) -> int: ...
@@ -183,6 +184,12 @@ class RagIndexStore(Protocol):
         ...
 
     def rag_chunks(self, ids: Sequence[int]) -> list[ChunkView]: ...
+
+    def rag_key_groups(self, key_id: str) -> tuple[str, ...]:
+        """The groups a virtual key searches as (none when never set)."""
+        ...
+
+    def rag_set_key_groups(self, tenant: str, key_id: str, groups: Sequence[str], now: float) -> None: ...
 
 
 __all__ = [

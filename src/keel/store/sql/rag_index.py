@@ -385,20 +385,24 @@ class SqlRagIndex:
             n += self._drop_chunks(s, f"doc IN (SELECT id FROM rag_index_docs WHERE {where})", params)
             for table in ("rag_access", "rag_index_docs", "rag_builds"):
                 s.execute(f"DELETE FROM {table} WHERE {where}", params)
+            if collection is None:
+                s.execute(f"DELETE FROM rag_key_groups WHERE tenant = {m}", (tenant,))
             return n
 
     # ---- reads -------------------------------------------------------------------------------
 
-    def rag_source_chunks(self, build: str, after: int, limit: int) -> list[tuple[int, int, int, ChunkRow]]:
+    def rag_source_chunks(self, build: str, after: int, limit: int) -> list[tuple[int, int, str, ChunkRow]]:
         m = self._db.dialect.mark
         with self._db.session() as s:
             rows = s.fetchall(
-                f"SELECT id, doc, version, ordinal, text, heading_path, content_hash, tokens, embedding FROM rag_chunks"
-                f" WHERE build = {m} AND id > {m} ORDER BY id LIMIT {m}",
-                (build, after, limit),
+                "SELECT c.doc, c.version, d.title, c.ordinal, c.text, c.heading_path, c.content_hash, c.tokens,"
+                " c.embedding FROM rag_chunks c JOIN rag_index_docs d ON d.id = c.doc"
+                f" WHERE c.build = {m} AND c.doc IN (SELECT DISTINCT doc FROM rag_chunks WHERE build = {m} AND doc > {m}"
+                f" ORDER BY doc LIMIT {m}) ORDER BY c.doc, c.ordinal",
+                (build, build, after, limit),
             )
         return [
-            (int(r[0]), int(r[1]), int(r[2]), ChunkRow(r[3], r[4], tuple(orjson.loads(r[5])), r[6], r[7], bytes(r[8])))
+            (int(r[0]), int(r[1]), r[2], ChunkRow(r[3], r[4], tuple(orjson.loads(r[5])), r[6], r[7], bytes(r[8])))
             for r in rows
         ]
 
@@ -484,3 +488,18 @@ class SqlRagIndex:
                     ChunkView(int(r[0]), r[1], int(r[2]), r[3], tuple(orjson.loads(r[4])), _doc(r[5:])) for r in rows
                 )
         return out
+
+    def rag_key_groups(self, key_id: str) -> tuple[str, ...]:
+        with self._db.session() as s:
+            row = s.fetchone(f"SELECT groups_ FROM rag_key_groups WHERE key_id = {self._db.dialect.mark}", (key_id,))
+        return tuple(orjson.loads(row[0])) if row else ()
+
+    def rag_set_key_groups(self, tenant: str, key_id: str, groups: Sequence[str], now: float) -> None:
+        d = self._db.dialect
+        with self._db.session() as s:
+            s.execute(
+                f"INSERT INTO rag_key_groups (key_id, tenant, groups_, updated_at) VALUES ({d.marks(4)})"
+                " ON CONFLICT (key_id) DO UPDATE SET tenant = excluded.tenant, groups_ = excluded.groups_,"
+                " updated_at = excluded.updated_at",
+                (key_id, tenant, orjson.dumps(list(groups)).decode(), now),
+            )
