@@ -36,6 +36,7 @@ NOUNS = (
     Noun("prompts", "push, list, show, diff and label versioned prompts", "prompts"),
     Noun("usage", "usage and cost over a time window, grouped by a dimension", "usage"),
     Noun("cache", "semantic cache tuning: calibrate the threshold on labelled pairs", "cache"),
+    Noun("rag", "RAG index: search, re-index for a model change, retrieval evals, key groups", "rag_search"),
     Noun("targets", "breaker state, latency and error rate per target (asks the running gateway)", "targets"),
 )
 
