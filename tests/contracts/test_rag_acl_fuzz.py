@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,9 +35,14 @@ class Doc:
     chunks: list[ChunkIn]
 
 
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "pgvector"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """SQLite (vectors in process), PostgreSQL without pgvector (in process too), with pgvector (HNSW)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/keel.db"
+    else:
+        url = request.getfixturevalue("pg_schema_url" if request.param == "postgres" else "pgvector_schema_url")
+    opened = open_store(url)
     try:
         yield opened
     finally:
@@ -64,6 +70,7 @@ def may_read(doc: DocumentRef, tenant: str, user: str | None, groups: set[str]) 
     return (user is not None and user in doc.users) or bool(groups & set(doc.groups))
 
 
+@pytest.mark.timeout(300)  # 1,500 searches and 250 writes: on a busy PostgreSQL this passes a minute
 def test_acl_fuzz_zero_leaks_and_brute_force_equal(store: Store) -> None:
     rng = random.Random(20261203)
 

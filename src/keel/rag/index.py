@@ -15,6 +15,7 @@ process (index_vectors.py); either way only over the documents the caller may se
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,10 +30,20 @@ from keel.rag.fusion import DEFAULT, Fused, Fusion, fuse
 from keel.rag.index_models import BATCH, Models
 from keel.rag.index_vectors import BuildVectors, VectorCache
 from keel.rag.search import Hit, SearchQuery, SearchResult
-from keel.store.protocols.rag_index import Access, BuildRow, Candidates, ChunkRow, ChunkView, DocRow, RagIndexStore
+from keel.store.protocols.rag_index import (
+    Access,
+    BuildRow,
+    BuildsChanged,
+    Candidates,
+    ChunkRow,
+    ChunkView,
+    DocRow,
+    RagIndexStore,
+)
 
 __all__ = ["ChunkIn", "DocumentRef", "Index", "IndexSpec", "NoIndex", "SearchQuery", "SearchResult"]
 T = TypeVar("T")
+WRITE_TRIES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,43 +169,54 @@ class Index:
         build: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Embed and write a document's chunks into `build`, or into the active build and every shadow."""
+        """Embed and write a document's chunks into `build`, or into the active build and every shadow
+        (again, if a shadow opens or a swap happens while embedding)."""
+        row = DocRow(
+            doc.tenant, doc.collection, doc.document_id, doc.version, doc.title, dict(doc.metadata),
+            tuple(doc.users), tuple(doc.groups), doc.valid_until, doc.updated_at, doc.source,
+        )  # fmt: skip
+        embedded: dict[str, list[bytes]] = {}  # per model name: kept across tries
+        for _ in range(WRITE_TRIES):
+            targets = await self._targets(doc, build)
+            rows: dict[str, list[ChunkRow]] = {}
+            for b in targets:
+                name = orjson.loads(b.spec)["model"]
+                if name not in embedded:
+                    embedded[name] = await self._embed(name, doc.title, chunks, progress)
+                rows[b.id] = [
+                    ChunkRow(c.ordinal, c.text, tuple(c.heading_path), c.content_hash, c.tokens, blob)
+                    for c, blob in zip(chunks, embedded[name], strict=True)
+                ]
+            try:
+                return await self.run(functools.partial(self.store.rag_write, row, rows, every=build is None))
+            except BuildsChanged:
+                continue
+        raise BuildsChanged(f"{doc.tenant}/{doc.collection}: its builds kept changing during {WRITE_TRIES} writes")
+
+    async def _targets(self, doc: DocumentRef, build: str | None) -> list[BuildRow]:
         builds = await self.builds(doc.tenant, doc.collection)
         if build is not None:
             targets = [b for b in builds if b.id == build]
             if not targets:
                 raise NoIndex(f"no build {build!r} in {doc.tenant}/{doc.collection}")
-        else:
-            targets = [b for b in builds if b.state in ("active", "shadow")]
-            if not targets:
-                raise NoIndex(f"{doc.tenant}/{doc.collection} has no index: call ensure first")
-        rows: dict[str, list[ChunkRow]] = {}
-        done = 0
-        by_spec: dict[str, list[BuildRow]] = {}
-        for b in targets:
-            by_spec.setdefault(orjson.loads(b.spec)["model"], []).append(b)
-        dim = 0
-        for name, group in by_spec.items():
-            model = await self.models.get(name)
-            texts = [embed_text(doc.title, c) for c in chunks]
-            blobs: list[bytes] = []
-            for i in range(0, len(texts), BATCH):
-                matrix = await model.embed(texts[i : i + BATCH])
-                dim = int(matrix.shape[1])
-                blobs.extend(row.tobytes() for row in matrix)
-                done += len(matrix)
-                if progress is not None:
-                    progress(done)
-            for b in group:
-                rows[b.id] = [
-                    ChunkRow(c.ordinal, c.text, tuple(c.heading_path), c.content_hash, c.tokens, blob)
-                    for c, blob in zip(chunks, blobs, strict=True)
-                ]
-        row = DocRow(
-            doc.tenant, doc.collection, doc.document_id, doc.version, doc.title, dict(doc.metadata),
-            tuple(doc.users), tuple(doc.groups), doc.valid_until, doc.updated_at, doc.source,
-        )  # fmt: skip
-        return await self.run(lambda: self.store.rag_write(row, rows, dim=dim))
+            return targets
+        targets = [b for b in builds if b.state in ("active", "shadow")]
+        if not targets:
+            raise NoIndex(f"{doc.tenant}/{doc.collection} has no index: call ensure first")
+        return targets
+
+    async def _embed(
+        self, name: str, title: str, chunks: Sequence[ChunkIn], progress: Callable[[int], None] | None
+    ) -> list[bytes]:
+        model = await self.models.get(name)
+        texts = [embed_text(title, c) for c in chunks]
+        blobs: list[bytes] = []
+        for i in range(0, len(texts), BATCH):
+            matrix = await model.embed(texts[i : i + BATCH])
+            blobs.extend(row.tobytes() for row in matrix)
+            if progress is not None:
+                progress(len(blobs))
+        return blobs
 
     async def remove(self, tenant: str, collection: str, document_id: str) -> int:
         return await self.run(self.store.rag_remove, tenant, collection, document_id)
@@ -264,6 +286,10 @@ class Index:
         lex, (vec, matrix, admitted) = await asyncio.gather(lexical(), nearest())
         if q.mode == "lexical":
             vec = empty
+        if matrix is None and q.mode == "hybrid" and vector is not None and build.dim is not None:
+            # searched in the database: the candidates' own vectors, for exact cosines and feedback
+            matrix = BuildVectors(build.dim)
+            matrix.extend(await self.run(self.store.rag_embeddings, sorted({*lex.ids, *vec.ids})))
         return lex, vec, matrix, admitted
 
     def _fuse(

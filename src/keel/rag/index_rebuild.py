@@ -49,10 +49,8 @@ async def reindex(
         while rows := await index.run(store.rag_source_chunks, active.id, after, DOCS_PER_READ):
             texts = [embed_text(title, chunk) for _, _, title, chunk in rows]
             blobs: list[bytes] = []
-            dim = 0
             for i in range(0, len(texts), BATCH):
                 matrix = await model.embed(texts[i : i + BATCH])
-                dim = int(matrix.shape[1])
                 blobs.extend(row.tobytes() for row in matrix)
             by_doc: dict[tuple[int, int], list[ChunkRow]] = {}
             for (doc, version, _, c), blob in zip(rows, blobs, strict=True):
@@ -60,7 +58,7 @@ async def reindex(
                     ChunkRow(c.ordinal, c.text, c.heading_path, c.content_hash, c.tokens, blob)
                 )
             for (doc, version), chunks in by_doc.items():
-                n = await index.run(functools.partial(store.rag_copy, shadow, doc, version, chunks, dim=dim))
+                n = await index.run(functools.partial(store.rag_copy, shadow, doc, version, chunks))
                 copied += n
                 documents += n > 0
             after = rows[-1][0]
