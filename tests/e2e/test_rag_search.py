@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 
 from keel.cli.main import main as keel_main
 from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec
@@ -115,3 +116,48 @@ def test_search_api_as_key_and_as_admin(make_gateway: Any, up: FakeUpstream, tmp
     missing = httpx.post(f"{gw.url}/api/rag/collections/nope/search", json={"query": "x"}, headers=as_key)
     assert missing.status_code == 404
     assert httpx.post(url, json={"query": "x"}).status_code == 401
+
+
+def keel(config: Path, *argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = keel_main(["--config", str(config), *argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_search_reindex_builds_and_eval(up: FakeUpstream, tmp_path: Path) -> None:
+    import yaml
+
+    from keel.store.open import open_store
+
+    config = tmp_path / "keel.yaml"
+    config.write_text(yaml.safe_dump(base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path)))
+    store = open_store(f"sqlite:///{tmp_path}/keel.db")
+    try:
+        seed(store)
+    finally:
+        store.close()
+    code, out, _ = keel(config, "rag", "search", "kb", "vacation days", "--tenant", "t1", "--user", "alice")
+    assert code == 0 and "[1] handbook" in out and "alice-review" in out and "eng-runbook" not in out
+    code, out, _ = keel(
+        config, "rag", "search", "kb", "vacation", "--tenant", "t1", "--filters", '{"kind": {"$bad": 1}}'
+    )
+    assert code == 1
+    code, out, err = keel(config, "rag", "reindex", "kb", "--tenant", "t1", "--model", "hash:128")
+    assert code == 0, err
+    assert "4/4 chunks" in err and "hash-128@1" in out
+    code, out, _ = keel(config, "rag", "builds", "kb", "--tenant", "t1", "--json")
+    states = sorted((b["state"], b["model"], b["chunks"]) for b in orjson.loads(out))
+    assert states == [("active", "hash-128@1", 4), ("retired", "hash-256@1", 4)]
+    code, _, err = keel(config, "rag", "reindex", "kb", "--tenant", "t1", "--model", "nope")
+    assert code == 1 and "unknown embedding model" in err
+    (tmp_path / "q.jsonl").write_text('{"_id": "q1", "text": "vacation days"}\n{"_id": "q2", "text": "lunch"}\n')
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\thandbook\t2\nq2\tlunch\t1\n")
+    code, out, _ = keel(config, "rag", "eval", "kb", "--tenant", "t1", "--queries", str(tmp_path / "q.jsonl"),
+                        "--qrels", str(tmp_path / "qrels.tsv"), "--json")  # fmt: skip
+    scores = orjson.loads(out)
+    assert code == 0 and set(scores) == {"hybrid", "BM25 only", "vector only"}
+    assert scores["hybrid"]["ndcg@10"] == 1.0 and scores["hybrid"]["queries"] == 2
+    code, out, _ = keel(config, "rag", "eval", "kb", "--tenant", "t1", "--queries", str(tmp_path / "q.jsonl"),
+                        "--qrels", str(tmp_path / "qrels.tsv"))  # fmt: skip
+    assert code == 0 and "NDCG@10" in out and "BM25 only" in out

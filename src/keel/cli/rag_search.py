@@ -96,9 +96,14 @@ def _with_index(args: argparse.Namespace, body: Callable[[Index], Awaitable[T]])
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from keel.rag.search import SearchQuery, parse_filters
+    from keel.rag.search import BadSearch, SearchQuery, parse_filters
 
-    filters = parse_filters(orjson.loads(args.filters) if args.filters else None)
+    try:
+        filters = parse_filters(orjson.loads(args.filters) if args.filters else None)
+    except orjson.JSONDecodeError as exc:
+        raise Failure(f"--filters is not JSON: {exc}") from None
+    except BadSearch as exc:
+        raise Failure(f"--{exc.param}: {exc}") from None
     groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())
     q = SearchQuery(args.tenant, args.collection, args.query, min(args.top_k, 100), args.user, groups, args.all,
                     filters, args.mode)  # fmt: skip
