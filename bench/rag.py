@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import hashlib
 import itertools
+import itertools
 import json
 import random
 import statistics
@@ -123,10 +124,13 @@ async def quality(args: argparse.Namespace) -> None:
 
 
 WORDS = [f"w{i}" for i in range(20000)]
+ZIPF = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(WORDS))))  # word frequency ~ 1/rank
 
 
-def synthetic_text(rng: random.Random, n: int) -> str:
-    return " ".join(WORDS[min(int(rng.paretovariate(1.1)) - 1, len(WORDS) - 1)] for _ in range(n))
+def synthetic_text(rng: random.Random, n: int, *, query: bool = False) -> str:
+    """n words drawn by Zipf's law; a query's skip the 50 most frequent (what a stopword list would)."""
+    words = rng.choices(WORDS[50:] if query else WORDS, cum_weights=ZIPF[50:] if query else ZIPF, k=n)
+    return " ".join(words)
 
 
 async def fill(index: Index, chunks: int, per_doc: int = 5) -> None:
@@ -146,7 +150,7 @@ async def fill(index: Index, chunks: int, per_doc: int = 5) -> None:
 async def timed_queries(index: Index, n: int, rng: random.Random, mode: Mode = "hybrid") -> list[float]:
     out = []
     for _ in range(n):
-        text = synthetic_text(rng, 6)
+        text = synthetic_text(rng, 4, query=True)
         t = time.perf_counter()
         result = await index.search(SearchQuery("t", "big", text, top_k=10, groups=("readers",), mode=mode))
         out.append((time.perf_counter() - t) * 1000)
@@ -202,7 +206,7 @@ async def rebuild(index: Index) -> None:
         while not done.is_set():
             t = time.perf_counter()
             try:
-                result = await index.search(SearchQuery("t", "big", synthetic_text(rng, 6), groups=("readers",)))
+                result = await index.search(SearchQuery("t", "big", synthetic_text(rng, 4, query=True), groups=("readers",)))
                 builds.append(result.build)
             except Exception as exc:  # counted, never expected
                 failures += 1

@@ -9,6 +9,7 @@ joined through `rag_access`, freshness (`valid_until`) and the caller's filters,
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,8 @@ _COLUMNS["document_id"] = "d.document_id"
 _WORD = re.compile(r"[^\W_]+")
 _MAX_TERMS = 32
 _IN_CHUNK = 500
+_PRUNE_FROM = 2000  # full-text rows from which very common query terms are left out
+_DF_TTL_S = 600.0
 _STOPWORDS = frozenset(
     [
         "a",
@@ -451,11 +454,15 @@ class SqlRagIndex:
     ) -> list[tuple[int, int]]:
         c = Conditions(self._db.dialect)
         doc_conditions(c, tenant, collection, access, filters, now)
+        sql = f"SELECT d.id, d.version FROM rag_index_docs d WHERE {c.sql()}"
+        if not access.everything:  # from the access list's key: the caller's documents, not the collection's
+            sql = sql.replace(" FROM rag_index_docs d WHERE ", " FROM rag_access x CROSS JOIN rag_index_docs d WHERE ")
+            sql += f" AND x.doc = d.id AND x.tenant = {c.d.mark} AND x.collection = {c.d.mark}"
+            sql += f" AND x.principal IN ({c.d.marks(len(access.principals()))})"
+            sql = sql.replace("SELECT d.id", "SELECT DISTINCT d.id", 1)
+            c.params += [tenant, collection, *access.principals()]
         with self._db.session() as s:
-            return [
-                (int(r[0]), int(r[1]))
-                for r in s.fetchall(f"SELECT d.id, d.version FROM rag_index_docs d WHERE {c.sql()}", c.params)
-            ]
+            return [(int(r[0]), int(r[1])) for r in s.fetchall(sql, c.params)]
 
     def rag_lexical(
         self, build: str, collection: str, text: str, access: Access, filters: Sequence[Filter], now: float, limit: int
@@ -467,6 +474,9 @@ class SqlRagIndex:
             return Candidates([], [])
         c = Conditions(d)
         if d.name == "sqlite":
+            terms = self._informative(terms)
+            if not terms:
+                return Candidates([], [])
             c.add(f"rag_fts MATCH {m}", " OR ".join('"' + t + '"' for t in terms))
             c.add(f"c.build = {m} AND c.version = d.version", build)
             doc_conditions(c, access.tenant, collection, access, filters, now)
@@ -486,6 +496,33 @@ class SqlRagIndex:
         with self._db.session() as s:
             rows = s.fetchall(sql, params)
         return Candidates([int(r[0]) for r in rows], [float(r[1]) for r in rows])
+
+    def _informative(self, terms: list[str]) -> list[str]:
+        """The terms found in at most a quarter of the full-text rows (SQLite): BM25 gives the others
+        almost no weight (IDF ≤ log 3), and scoring every row that holds one costs seconds at 100,000.
+        Counts are bounded scans, kept per process for `_DF_TTL_S`."""
+        cache: dict[str, tuple[float, int]] = self.__dict__.setdefault("_rag_df", {})
+        now = time.monotonic()
+        with self._db.session() as s:
+            row = s.fetchone("SELECT max(rowid) FROM rag_fts")
+            total = int(row[0] or 0) if row else 0
+            if total < _PRUNE_FROM:
+                return terms
+            cap = total // 4
+            kept = []
+            for term in terms:
+                known = cache.get(term)
+                if known is None or known[0] < now:
+                    found = s.fetchone(
+                        "SELECT count(*) FROM (SELECT 1 FROM rag_fts WHERE rag_fts MATCH ? LIMIT ?)",
+                        ('"' + term + '"', cap + 1),
+                    )
+                    if len(cache) > 50_000:
+                        cache.clear()
+                    known = cache[term] = (now + _DF_TTL_S, int(found[0]) if found else 0)
+                if known[1] <= cap:
+                    kept.append(term)
+        return kept
 
     def rag_vector_search(
         self,
