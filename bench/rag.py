@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import hashlib
 import itertools
-import itertools
 import json
 import random
 import statistics
@@ -206,7 +205,9 @@ async def rebuild(index: Index) -> None:
         while not done.is_set():
             t = time.perf_counter()
             try:
-                result = await index.search(SearchQuery("t", "big", synthetic_text(rng, 4, query=True), groups=("readers",)))
+                result = await index.search(
+                    SearchQuery("t", "big", synthetic_text(rng, 4, query=True), groups=("readers",))
+                )
                 builds.append(result.build)
             except Exception as exc:  # counted, never expected
                 failures += 1
