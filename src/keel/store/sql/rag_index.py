@@ -372,7 +372,8 @@ class SqlRagIndex:
         )  # fmt: skip
         if d.name == "sqlite":
             s.execute(
-                f"INSERT INTO rag_fts (rowid, text) SELECT id, text FROM rag_chunks WHERE doc = {d.mark} AND build = {d.mark}",
+                "INSERT INTO rag_fts (rowid, text, build, doc, version) SELECT id, text, build, doc, version FROM rag_chunks"
+                f" WHERE doc = {d.mark} AND build = {d.mark}",
                 (doc, build),
             )
         s.execute(f"UPDATE rag_builds SET dim = {d.mark} WHERE id = {d.mark} AND dim IS NULL", (dim, build))
@@ -477,14 +478,16 @@ class SqlRagIndex:
             terms = self._informative(terms)
             if not terms:
                 return Candidates([], [])
-            c.add(f"rag_fts MATCH {m}", " OR ".join('"' + t + '"' for t in terms))
-            c.add(f"c.build = {m} AND c.version = d.version", build)
-            doc_conditions(c, access.tenant, collection, access, filters, now)
+            # the chunk's build, document and version are copied into rag_fts: no join per matching row,
+            # only a probe of the admitted (document, version) set, built once per query
+            docs = Conditions(d)
+            doc_conditions(docs, access.tenant, collection, access, filters, now)
             sql = (
-                "SELECT c.id, -bm25(rag_fts) AS score FROM rag_fts JOIN rag_chunks c ON c.id = rag_fts.rowid"
-                f" JOIN rag_index_docs d ON d.id = c.doc WHERE {c.sql()} ORDER BY bm25(rag_fts) LIMIT {m}"
+                f"SELECT rowid, -bm25(rag_fts) AS score FROM rag_fts WHERE rag_fts MATCH {m} AND build = {m}"
+                f" AND (doc, version) IN (SELECT d.id, d.version FROM rag_index_docs d WHERE {docs.sql()})"
+                f" ORDER BY bm25(rag_fts) LIMIT {m}"
             )
-            params = [*c.params, limit]
+            params = [" OR ".join('"' + t + '"' for t in terms), build, *docs.params, limit]
         else:
             c.add(f"c.tsv @@ q.q AND c.build = {m} AND c.version = d.version", build)
             doc_conditions(c, access.tenant, collection, access, filters, now)

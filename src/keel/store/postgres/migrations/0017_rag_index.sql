@@ -1,10 +1,11 @@
--- RAG indexes (keel/store/sql/rag_index.py), and the groups a virtual key searches as (rag_key_groups). A build is one collection's index under one embedding model
--- version: shadow while it fills, active while it serves (one per collection), then retired. Documents are
--- per collection and shared by its builds, with their access list spread into rag_access (principals '*',
--- 'u:<user>', 'g:<group>') so the access filter is an indexed join inside every candidate query. Chunks are
--- per build and carry the document version they were cut from, and tsv is their full text (english). Vectors
--- are float32 bytes here, and where pgvector is installed the store keeps them also in rag_vectors_<dim>
--- (HNSW), created on first use, since a vector column has one dimension.
+-- RAG indexes (keel/store/sql/rag_index.py), and the groups a virtual key searches as (rag_key_groups). A
+-- build is one collection's index under one embedding model version: shadow while it fills, active while it
+-- serves (one per collection), then retired. Documents are per collection and shared by its builds, with
+-- their access list spread into rag_access (principals '*', 'u:<user>', 'g:<group>') so the access filter
+-- is an indexed join inside every candidate query. Chunks are per build and carry the document version they
+-- were cut from, and tsv is their full text (english). Vectors are float32 bytes here, and where pgvector
+-- is installed the store keeps them also in rag_vectors_<dim> (HNSW), created on first use, since a vector
+-- column has one dimension.
 CREATE TABLE rag_builds (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,

@@ -1,9 +1,11 @@
--- RAG indexes (keel/store/sql/rag_index.py), and the groups a virtual key searches as (rag_key_groups). A build is one collection's index under one embedding model
--- version: shadow while it fills, active while it serves (one per collection), then retired. Documents are
--- per collection and shared by its builds, with their access list spread into rag_access (principals '*',
--- 'u:<user>', 'g:<group>') so the access filter is an indexed join inside every candidate query. Chunks are
--- per build and carry the document version they were cut from. rag_fts is the chunks' full text (BM25),
--- its rowid the chunk id. Chunk ids only grow (AUTOINCREMENT): an in-process vector index loads what is new.
+-- RAG indexes (keel/store/sql/rag_index.py), and the groups a virtual key searches as (rag_key_groups). A
+-- build is one collection's index under one embedding model version: shadow while it fills, active while it
+-- serves (one per collection), then retired. Documents are per collection and shared by its builds, with
+-- their access list spread into rag_access (principals '*', 'u:<user>', 'g:<group>') so the access filter
+-- is an indexed join inside every candidate query. Chunks are per build and carry the document version they
+-- were cut from. rag_fts is the chunks' full text (BM25), its rowid the chunk id, with the chunk's build,
+-- document and version beside it (no join per match). Chunk ids only grow (AUTOINCREMENT): an in-process
+-- vector index loads what is new.
 CREATE TABLE rag_builds (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,
@@ -61,7 +63,7 @@ CREATE INDEX rag_chunks_build ON rag_chunks(build, id);
 
 CREATE INDEX rag_chunks_doc ON rag_chunks(doc, build);
 
-CREATE VIRTUAL TABLE rag_fts USING fts5(text, tokenize = 'porter unicode61');
+CREATE VIRTUAL TABLE rag_fts USING fts5(text, build UNINDEXED, doc UNINDEXED, version UNINDEXED, tokenize = 'porter unicode61');
 
 CREATE TABLE rag_key_groups (
     key_id TEXT PRIMARY KEY,
