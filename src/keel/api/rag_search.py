@@ -40,12 +40,14 @@ _ADMIN_ONLY = ("tenant", "user", "groups", "all", "build")
 class RagSearchEdge:
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
-        self._index = runtime.get(Index)
-        self._groups = runtime.get(KeyGroups)
+        self._index = runtime.find(Index)  # absent when a runtime is built without keel.rag.builder
+        self._groups = runtime.find(KeyGroups)
         self._token = (runtime.config.admin_token or "").encode()
         self._bounds = Bounds.of(runtime.config.server)
 
     def routes(self) -> list[Route]:
+        if self._index is None:
+            return []
         return [Route("/api/rag/collections/{collection}/search", self.search, methods=["POST"])]
 
     async def search(self, request: Request) -> Response:
@@ -55,6 +57,7 @@ class RagSearchEdge:
                 raise InvalidRequest("The request body must be a JSON object.", None)
             collection = request.path_params["collection"]
             query = await self._query(request, body, collection)
+            assert self._index is not None
             try:
                 result = await self._index.search(query)
             except NoIndex:
@@ -89,6 +92,7 @@ class RagSearchEdge:
                 raise PermissionDenied(f"'{named}' needs the admin token; a key searches as itself.")
             principal, _ = await self._rt.authenticator.resolve(given or None)
             tenant, user, everything, build = principal.tenant, principal.user, False, None
+            assert self._groups is not None
             groups = await self._groups.of(principal.key_id)
         return SearchQuery(tenant, collection, text, top_k, user, groups, everything, filters, mode, candidates,
                            build=build)  # fmt: skip
