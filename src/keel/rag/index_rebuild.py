@@ -3,8 +3,8 @@
 The active build's chunks are read document by document, embedded again with the new model and copied
 into a shadow build; meanwhile ingestion's writes (`Index.replace` with no build) go into both builds and
 win over the copy (`rag_copy` skips a document the shadow already has or whose version moved on). When
-every document is copied the shadow is activated in one transaction: searches switch from one build to
-the other between two queries. Any failure marks the shadow failed and leaves the old build serving.
+every document is copied, the shadow's vectors are loaded in this process, and it is activated in one
+transaction: searches switch from one build to the other between two queries. Any failure marks the shadow failed and leaves the old build serving.
 A chunking change needs the documents' parsed text, so ingestion (keel.rag.ingest) re-chunks instead.
 """
 
@@ -65,6 +65,9 @@ async def reindex(
             done += len(rows)
             if progress is not None:
                 progress(done, total)
+        built = next((b for b in await index.builds(tenant, collection) if b.id == shadow), None)
+        if built is not None and built.dim is not None:  # this process's first queries on it need no load
+            await index.vectors.current(shadow, built.dim)
         await index.activate(tenant, collection, shadow)
     except BaseException as exc:
         await index.fail(shadow, f"{type(exc).__name__}: {exc}")
