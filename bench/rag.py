@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import itertools
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -191,7 +192,8 @@ async def speed(index: Index) -> None:
     for mode in ("hybrid", "lexical", "vector"):
         ms = await timed_queries(index, 300, rng, mode)  # type: ignore[arg-type]
         print(
-            f"{mode:>8}: p50 {statistics.median(ms):.1f} ms  p99 {pct(ms, 0.99):.1f} ms  (300 queries, ACL admits 10%)"
+            f"{mode:>8}: p50 {statistics.median(ms):.1f} ms  p99 {pct(ms, 0.99):.1f} ms  CPU {CPU[-1]:.1f} ms/query"
+            f"  (300 queries, ACL admits 10%; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
         )
 
 
