@@ -42,6 +42,7 @@ NOUNS = (
         "replay a traffic profile at 1x-10x against simulated providers; name the first bottleneck",
         "loadtest",
     ),
+    Noun("rag", "RAG index: search, re-index for a model change, retrieval evals, key groups", "rag_search"),
     Noun("targets", "breaker state, latency and error rate per target (asks the running gateway)", "targets"),
 )
 

@@ -44,6 +44,7 @@ from keel.store.protocols.limits import (
 )
 from keel.store.protocols.prompts import PromptContent, PromptLabel, PromptStore, PromptVersion
 from keel.store.protocols.purge import DeletedTraces, TraceDeletion
+from keel.store.protocols.rag_index import Access, BuildRow, RagIndexStore
 from keel.store.protocols.responses import ResponseStore, StoredResponse
 from keel.store.protocols.spans import SpanStore
 from keel.store.protocols.store import Migrator, Store
@@ -54,6 +55,7 @@ from keel.store.protocols.vectors import VectorHit, VectorIndex
 __all__ = [
     "FINAL_STATES",
     "JOB_STATES",
+    "Access",
     "Admission",
     "BatchRow",
     "BatchStore",
@@ -62,6 +64,7 @@ __all__ = [
     "BreakerPolicy",
     "BreakerState",
     "BreakerStore",
+    "BuildRow",
     "CacheEntry",
     "CacheStore",
     "Charge",
@@ -91,6 +94,7 @@ __all__ = [
     "PromptStore",
     "PromptVersion",
     "QueueDepth",
+    "RagIndexStore",
     "Recovered",
     "Reservation",
     "ResponseStore",
