@@ -44,6 +44,15 @@ from keel.store.protocols.limits import (
 )
 from keel.store.protocols.prompts import PromptContent, PromptLabel, PromptStore, PromptVersion
 from keel.store.protocols.purge import DeletedTraces, TraceDeletion
+from keel.store.protocols.rag_docs import (
+    CollectionRow,
+    DocStatus,
+    DocumentIn,
+    DocumentRow,
+    DocUpdate,
+    PutResult,
+    RagDocStore,
+)
 from keel.store.protocols.responses import ResponseStore, StoredResponse
 from keel.store.protocols.spans import SpanStore
 from keel.store.protocols.store import Migrator, Store
@@ -65,7 +74,12 @@ __all__ = [
     "CacheEntry",
     "CacheStore",
     "Charge",
+    "CollectionRow",
     "DeletedTraces",
+    "DocStatus",
+    "DocUpdate",
+    "DocumentIn",
+    "DocumentRow",
     "FileRow",
     "Job",
     "JobContext",
@@ -90,7 +104,9 @@ __all__ = [
     "PromptLabel",
     "PromptStore",
     "PromptVersion",
+    "PutResult",
     "QueueDepth",
+    "RagDocStore",
     "Recovered",
     "Reservation",
     "ResponseStore",

@@ -10,6 +10,7 @@ from keel.store.protocols.keys import KeyStore
 from keel.store.protocols.limits import LimitConfigStore
 from keel.store.protocols.prompts import PromptStore
 from keel.store.protocols.purge import TraceDeletion
+from keel.store.protocols.rag_docs import RagDocStore
 from keel.store.protocols.responses import ResponseStore
 from keel.store.protocols.spans import SpanStore
 from keel.store.protocols.traces import TraceStore
@@ -32,6 +33,7 @@ class Store(
     BatchStore,
     ResponseStore,
     PromptStore,
+    RagDocStore,
     Protocol,
 ):
     url: str
