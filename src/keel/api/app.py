@@ -25,6 +25,7 @@ from keel.api.forward import Forwarder
 from keel.api.metrics import MetricsEndpoint
 from keel.api.openai import OpenAIEdge, error_body
 from keel.api.prompts_admin import PromptsAdmin
+from keel.api.rag_admin import RagAdmin
 from keel.api.responses import ResponsesEdge
 from keel.config.sections.server import CorsConfig
 from keel.dashboard.pages import Dashboard
@@ -211,6 +212,7 @@ def create_app(runtime: Runtime) -> FastPath:
         Route("/readyz", readyz, methods=["GET"]),
         *Admin(runtime).routes(),
         *PromptsAdmin(runtime).routes(),
+        *RagAdmin(runtime).routes(),  # RAG collections and documents
         *dashboard.routes(),
     ]
     if runtime.metrics is not None:

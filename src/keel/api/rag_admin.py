@@ -33,7 +33,7 @@ from keel.rag.documents import KIND_RECHUNK, Library, check_id, document_view, f
 from keel.rag.ingest import Ingestor
 from keel.rag.parse import kind_of
 from keel.runtime.components import Runtime
-from keel.store.protocols import DOC_STATUSES
+from keel.store.protocols.rag_docs import DOC_STATUSES
 
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024  # one document's bytes, as JSON text or a file
 FORM_SLACK = 256 * 1024  # multipart framing and the fields beside the file
@@ -151,7 +151,10 @@ class RagAdmin:
     async def rechunk(self, request: Request, caller: Caller) -> Response:
         """Body {"chunking": {...}}: re-chunk the stored text into a shadow index, then swap (a job)."""
         body = await self._json(request, self._body_limit)
-        tenant, name = caller.of(body.get("tenant", request.query_params.get("tenant"))), request.path_params["collection"]
+        tenant, name = (
+            caller.of(body.get("tenant", request.query_params.get("tenant"))),
+            request.path_params["collection"],
+        )
         try:
             spec = ChunkingSpec.from_json(body.get("chunking"))
         except ValueError as exc:
@@ -160,7 +163,7 @@ class RagAdmin:
         await asyncio.to_thread(lib.collection, tenant, name)
         payload = {"tenant": tenant, "collection": name, "chunking": spec.json()}
         key = f"rag.rechunk:{name}:{orjson.dumps(spec.json(), option=orjson.OPT_SORT_KEYS).decode()}"
-        job = await asyncio.to_thread(lib._enqueue, KIND_RECHUNK, payload, tenant, key[:256])
+        job = await asyncio.to_thread(lib.enqueue, KIND_RECHUNK, payload, tenant, key[:256])
         self._wake()
         return _json({"object": "rag.rechunk", "collection": name, "job_id": job.id, "state": job.state}, 202)
 
@@ -196,7 +199,9 @@ class RagAdmin:
         try:
             form = await request.form(max_files=1, max_fields=16)
         except (HTTPException, MultiPartException) as exc:
-            raise InvalidRequest(f"The multipart body could not be read: {getattr(exc, 'detail', exc)}.", "file") from None
+            raise InvalidRequest(
+                f"The multipart body could not be read: {getattr(exc, 'detail', exc)}.", "file"
+            ) from None
         try:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):

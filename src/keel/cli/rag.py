@@ -157,7 +157,7 @@ def _put_all(library: Library, args: argparse.Namespace) -> dict[str, Any]:
             report["unknown_kind"].append(str(file))
             continue
         try:
-            row, result = library.put(
+            _, result = library.put(
                 args.tenant, args.collection, doc_id, file.read_bytes(), Fields(source=str(file)), filename=file.name
             )
         except KeelError as err:
@@ -172,8 +172,8 @@ def _put_all(library: Library, args: argparse.Namespace) -> dict[str, Any]:
         for doc_id, (_, _, gone) in library.store.document_hashes(args.tenant, args.collection).items():
             if gone or doc_id in seen:
                 continue
-            row = library.store.get_document(args.tenant, args.collection, doc_id)
-            if row is not None and any(row.source.startswith(r.rstrip("/") + "/") for r in roots):
+            gone_row = library.store.get_document(args.tenant, args.collection, doc_id)
+            if gone_row is not None and any(gone_row.source.startswith(r.rstrip("/") + "/") for r in roots):
                 library.delete(args.tenant, args.collection, doc_id)
                 report["deleted"] += 1
     return report

@@ -7,8 +7,9 @@ Strategies (`ChunkingSpec.strategy`):
   the previous one, up to `overlap` tokens. A record (a JSONL/CSV row) is a chunk of its own.
 - `sentences`: the same cuts, ignoring headings (one stream of sentences).
 
-A chunk's text starts with its heading path (`Guide > Install > Linux`, on its own line), so both the
-lexical and the vector index see the context; `heading_path` keeps the path apart for citations.
+A chunk keeps its heading path (`("Guide", "Install", "Linux")`) beside its text: the index embeds the
+document title and the path before the text (keel.rag.index.embed_text), so the budget for the text is
+`max_tokens` less the path's tokens, and the text itself stays what the document says (citations).
 Tokens are counted as words and punctuation marks (`\\w+|[^\\w\\s]`), close to what a WordPiece
 tokenizer makes of prose (a little under it for rare words: keep `max_tokens` below the model's window).
 
@@ -32,14 +33,16 @@ Strategy = Literal["structure", "sentences"]
 STRATEGIES: tuple[str, ...] = ("structure", "sentences")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])[\"'”’)\]]*\s+(?=\S)|\n+")
+DEFAULT_MAX_TOKENS = 200  # under MiniLM's 256-token window with the title and heading path before it
+DEFAULT_OVERLAP = 30
 NEAR_BITS = 3  # SimHash distance at or under which two chunks are near-duplicates
 _MASK64 = (1 << 64) - 1
 
 
 @dataclass(frozen=True, slots=True)
 class ChunkingSpec:
-    max_tokens: int = 200
-    overlap: int = 30
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    overlap: int = DEFAULT_OVERLAP
     strategy: Strategy = "structure"
 
     def json(self) -> dict[str, Any]:
@@ -55,10 +58,10 @@ class ChunkingSpec:
         unknown = set(value) - {"max_tokens", "overlap", "strategy"}
         if unknown:
             raise ValueError(f"chunking.{sorted(unknown)[0]}: unknown key; use max_tokens, overlap, strategy")
-        max_tokens = value.get("max_tokens", cls.max_tokens)
+        max_tokens = value.get("max_tokens", DEFAULT_MAX_TOKENS)
         if type(max_tokens) is not int or not 16 <= max_tokens <= 8192:
             raise ValueError("chunking.max_tokens: an integer from 16 to 8192")
-        overlap = value.get("overlap", min(cls.overlap, max_tokens // 4))
+        overlap = value.get("overlap", min(DEFAULT_OVERLAP, max_tokens // 4))
         if type(overlap) is not int or not 0 <= overlap <= max_tokens // 2:
             raise ValueError(f"chunking.overlap: an integer from 0 to max_tokens / 2 ({max_tokens // 2})")
         strategy = value.get("strategy", "structure")
@@ -204,6 +207,5 @@ def _dedup(pieces: Sequence[tuple[tuple[str, ...], str]]) -> list[ChunkIn]:
         seen.add(digest)
         for i, k in enumerate(keys):
             bands[i].setdefault(k, []).append(sig)
-        text = f"{' > '.join(path)}\n{body}" if path else body
-        kept.append(ChunkIn(len(kept), text, path, digest, count_tokens(text)))
+        kept.append(ChunkIn(len(kept), body, path, digest, count_tokens(body)))
     return kept

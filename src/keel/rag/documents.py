@@ -140,7 +140,9 @@ def parsed_key(raw: str) -> str:
 
 
 class Library:
-    def __init__(self, store: Store, blobs: BlobStore, jobs: JobsConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: Store, blobs: BlobStore, jobs: JobsConfig, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
         self.blobs = blobs
         self.jobs = jobs
@@ -153,8 +155,7 @@ class Library:
         if not created and not same_spec(row, c):
             raise Conflict(
                 f"Collection '{c.name}' exists with model '{row.model}' and chunking {dict(row.chunking)}:"
-                " change them by re-indexing it, not by creating it again.",
-                "name",
+                " change them by re-indexing it, not by creating it again."
             )
         return row, created
 

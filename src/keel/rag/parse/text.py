@@ -26,12 +26,6 @@ def markdown(data: bytes) -> Parsed:
     blocks: list[Block] = []
     para: list[str] = []
     code: list[str] | None = None
-
-    def flush() -> None:
-        if para:
-            blocks.append(Block("para", " ".join(" ".join(para).split())))
-            para.clear()
-
     for line in lines:
         if code is not None:
             if _FENCE.match(line):
@@ -39,32 +33,42 @@ def markdown(data: bytes) -> Parsed:
                 code = None
             else:
                 code.append(line)
-            continue
-        if _FENCE.match(line):
-            flush()
+        elif _FENCE.match(line):
+            _flush(blocks, para)
             code = []
-            continue
-        if (m := _ATX.match(line)) is not None:
-            flush()
-            blocks.append(Block("heading", m.group(2), len(m.group(1))))
-        elif _SETEXT.match(line) and len(para) == 1:
-            title = para.pop()
-            blocks.append(Block("heading", title.strip(), 1 if line.lstrip().startswith("=") else 2))
-        elif (m := _ITEM.match(line)) is not None:
-            flush()
-            blocks.append(Block("item", m.group(1).strip()))
-        elif not line.strip():
-            flush()
-        elif blocks and blocks[-1].kind == "item" and not para and line.startswith((" ", "\t")):
-            last = blocks.pop()  # a list item's continuation line
-            blocks.append(Block("item", f"{last.text} {line.strip()}"))
         else:
-            para.append(line.strip())
-    flush()
+            _line(line, blocks, para)
+    _flush(blocks, para)
     if code:
         blocks.append(Block("code", "\n".join(code)))
     title = next((b.text for b in blocks if b.kind == "heading" and b.level == 1), None)
     return Parsed(title, tuple(b for b in blocks if b.text.strip()))
+
+
+def _flush(blocks: list[Block], para: list[str]) -> None:
+    if para:
+        blocks.append(Block("para", " ".join(" ".join(para).split())))
+        para.clear()
+
+
+def _line(line: str, blocks: list[Block], para: list[str]) -> None:
+    """One line outside code fences: a heading, a setext underline, a list item, a break, or text."""
+    if (m := _ATX.match(line)) is not None:
+        _flush(blocks, para)
+        blocks.append(Block("heading", m.group(2), len(m.group(1))))
+    elif _SETEXT.match(line) and len(para) == 1:
+        title = para.pop()
+        blocks.append(Block("heading", title.strip(), 1 if line.lstrip().startswith("=") else 2))
+    elif (m := _ITEM.match(line)) is not None:
+        _flush(blocks, para)
+        blocks.append(Block("item", m.group(1).strip()))
+    elif not line.strip():
+        _flush(blocks, para)
+    elif blocks and blocks[-1].kind == "item" and not para and line.startswith((" ", "\t")):
+        last = blocks.pop()  # a list item's continuation line
+        blocks.append(Block("item", f"{last.text} {line.strip()}"))
+    else:
+        para.append(line.strip())
 
 
 def _drop_front_matter(lines: list[str]) -> list[str]:

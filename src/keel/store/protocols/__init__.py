@@ -53,6 +53,7 @@ from keel.store.protocols.rag_docs import (
     PutResult,
     RagDocStore,
 )
+from keel.store.protocols.rag_index import Access, BuildRow, RagIndexStore
 from keel.store.protocols.responses import ResponseStore, StoredResponse
 from keel.store.protocols.spans import SpanStore
 from keel.store.protocols.store import Migrator, Store
@@ -63,6 +64,7 @@ from keel.store.protocols.vectors import VectorHit, VectorIndex
 __all__ = [
     "FINAL_STATES",
     "JOB_STATES",
+    "Access",
     "Admission",
     "BatchRow",
     "BatchStore",
@@ -71,6 +73,7 @@ __all__ = [
     "BreakerPolicy",
     "BreakerState",
     "BreakerStore",
+    "BuildRow",
     "CacheEntry",
     "CacheStore",
     "Charge",
@@ -107,6 +110,7 @@ __all__ = [
     "PutResult",
     "QueueDepth",
     "RagDocStore",
+    "RagIndexStore",
     "Recovered",
     "Reservation",
     "ResponseStore",

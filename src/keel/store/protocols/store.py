@@ -11,6 +11,7 @@ from keel.store.protocols.limits import LimitConfigStore
 from keel.store.protocols.prompts import PromptStore
 from keel.store.protocols.purge import TraceDeletion
 from keel.store.protocols.rag_docs import RagDocStore
+from keel.store.protocols.rag_index import RagIndexStore
 from keel.store.protocols.responses import ResponseStore
 from keel.store.protocols.spans import SpanStore
 from keel.store.protocols.traces import TraceStore
@@ -34,6 +35,7 @@ class Store(
     ResponseStore,
     PromptStore,
     RagDocStore,
+    RagIndexStore,
     Protocol,
 ):
     url: str

@@ -178,7 +178,8 @@ class SqlRagDocs:
         self, tenant: str, collection: str, id: str, version: int, update: DocUpdate, now: float
     ) -> bool:
         m = self._db.dialect.mark
-        sets, params = [f"status = {m}", f"updated_at = {m}"], [update.status, now]
+        sets: list[str] = [f"status = {m}", f"updated_at = {m}"]
+        params: list[Any] = [update.status, now]
         for column, value in (
             ("stage", update.stage),
             ("error", update.error),

@@ -1,0 +1,299 @@
+"""The RAG index: one build per (collection, embedding model version), written by ingestion and searched
+hybrid (full text + vectors, fused), with the access filter inside both candidate queries.
+
+This is the contract with ingestion (keel.rag.ingest): `ensure` gives a collection's active build,
+`replace` embeds a document's chunks and writes them atomically into the active build and any shadow
+being built (idempotent per document version), `remove` forgets a document, `open_shadow` + `activate`
+re-index and swap in one transaction, `purge` deletes a tenant's (or a collection's) index, `search`
+answers a `SearchQuery`. Store calls run in the index's own threads, never on the event loop.
+
+A search reads the active build once, so it is answered wholly from the old build or wholly from the
+new one across a swap. Vectors are searched in the database where the backend can (pgvector), else in
+process (index_vectors.py); either way only over the documents the caller may see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+
+from keel.rag.acl import admitted_because
+from keel.rag.fusion import DEFAULT, Fused, Fusion, fuse
+from keel.rag.index_models import BATCH, Models
+from keel.rag.index_vectors import BuildVectors, VectorCache
+from keel.rag.search import Hit, SearchQuery, SearchResult
+from keel.store.protocols.rag_index import Access, BuildRow, Candidates, ChunkRow, ChunkView, DocRow, RagIndexStore
+
+__all__ = ["ChunkIn", "DocumentRef", "Index", "IndexSpec", "NoIndex", "SearchQuery", "SearchResult"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentRef:
+    """What the index keeps of a document, to filter and to cite."""
+
+    tenant: str
+    collection: str
+    document_id: str
+    version: int
+    title: str
+    metadata: Mapping[str, object]
+    users: tuple[str, ...]  # users and groups both empty: the whole tenant may read it
+    groups: tuple[str, ...]
+    valid_until: float | None
+    updated_at: float
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkIn:
+    ordinal: int
+    text: str
+    heading_path: tuple[str, ...]
+    content_hash: str
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class IndexSpec:
+    model: str  # keel.rag.index_models: "local", "hash:<dim>", "alias:<name>"
+    chunking: Mapping[str, object]
+
+    def json(self) -> str:
+        return orjson.dumps(
+            {"model": self.model, "chunking": dict(self.chunking)}, option=orjson.OPT_SORT_KEYS
+        ).decode()
+
+
+class NoIndex(LookupError):
+    """The collection has no active build (nothing was ever indexed into it)."""
+
+
+def embed_text(title: str, chunk: ChunkIn | ChunkRow) -> str:
+    """What a chunk's vector is computed from: its document title and heading path, then its text."""
+    context = " > ".join(p for p in (title, *chunk.heading_path) if p)
+    return f"{context}\n{chunk.text}" if context else chunk.text
+
+
+class Index:
+    def __init__(
+        self,
+        store: RagIndexStore,
+        models: Models | None = None,
+        *,
+        fusion: Fusion = DEFAULT,
+        threads: int = 4,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.models = models or Models()
+        self.fusion = fusion
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="keel-rag-index")
+        self.vectors = VectorCache(self._run, store.rag_vectors, store.rag_count)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def aclose(self) -> None:
+        self._pool.shutdown(wait=False)
+
+    # ---- builds ------------------------------------------------------------------------------
+
+    async def builds(self, tenant: str, collection: str) -> list[BuildRow]:
+        return await self._run(self.store.rag_builds, tenant, collection)
+
+    async def active(self, tenant: str, collection: str) -> BuildRow | None:
+        return next((b for b in await self.builds(tenant, collection) if b.state == "active"), None)
+
+    async def ensure(self, tenant: str, collection: str, spec: IndexSpec) -> str:
+        """The collection's active build, made (empty) under `spec` when it has none."""
+        found = await self.active(tenant, collection)
+        if found is not None:
+            return found.id
+        return (await self._new_build(tenant, collection, spec, "active")).id
+
+    async def open_shadow(self, tenant: str, collection: str, spec: IndexSpec) -> str:
+        """A new build that every `replace` also writes until it is activated (or fails)."""
+        return (await self._new_build(tenant, collection, spec, "shadow")).id
+
+    async def _new_build(self, tenant: str, collection: str, spec: IndexSpec, state: str) -> BuildRow:
+        model = await self.models.get(spec.model)
+        row = BuildRow(
+            "b_" + secrets.token_hex(8), tenant, collection, model.model_id, spec.json(), state,  # type: ignore[arg-type]
+            self._clock(),
+        )  # fmt: skip
+        return await self._run(self.store.rag_add_build, row)
+
+    async def activate(self, tenant: str, collection: str, build: str) -> None:
+        old = await self.active(tenant, collection)
+        await self._run(self.store.rag_activate, tenant, collection, build)
+        if old is not None and old.id != build:
+            self.vectors.forget(old.id)
+
+    async def fail(self, build: str, error: str) -> None:
+        await self._run(self.store.rag_set_state, build, "failed", error[:2000])
+        self.vectors.forget(build)
+
+    async def purge(self, tenant: str, collection: str | None = None) -> int:
+        for b in await self._run(self.store.rag_builds, tenant, collection):
+            self.vectors.forget(b.id)
+        return await self._run(self.store.rag_purge, tenant, collection)
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    async def replace(
+        self,
+        doc: DocumentRef,
+        chunks: Sequence[ChunkIn],
+        *,
+        build: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Embed and write a document's chunks into `build`, or into the active build and every shadow."""
+        builds = await self.builds(doc.tenant, doc.collection)
+        if build is not None:
+            targets = [b for b in builds if b.id == build]
+            if not targets:
+                raise NoIndex(f"no build {build!r} in {doc.tenant}/{doc.collection}")
+        else:
+            targets = [b for b in builds if b.state in ("active", "shadow")]
+            if not targets:
+                raise NoIndex(f"{doc.tenant}/{doc.collection} has no index: call ensure first")
+        rows: dict[str, list[ChunkRow]] = {}
+        done = 0
+        by_spec: dict[str, list[BuildRow]] = {}
+        for b in targets:
+            by_spec.setdefault(orjson.loads(b.spec)["model"], []).append(b)
+        dim = 0
+        for name, group in by_spec.items():
+            model = await self.models.get(name)
+            texts = [embed_text(doc.title, c) for c in chunks]
+            blobs: list[bytes] = []
+            for i in range(0, len(texts), BATCH):
+                matrix = await model.embed(texts[i : i + BATCH])
+                dim = int(matrix.shape[1])
+                blobs.extend(row.tobytes() for row in matrix)
+                done += len(matrix)
+                if progress is not None:
+                    progress(done)
+            for b in group:
+                rows[b.id] = [
+                    ChunkRow(c.ordinal, c.text, tuple(c.heading_path), c.content_hash, c.tokens, blob)
+                    for c, blob in zip(chunks, blobs, strict=True)
+                ]
+        row = DocRow(
+            doc.tenant, doc.collection, doc.document_id, doc.version, doc.title, dict(doc.metadata),
+            tuple(doc.users), tuple(doc.groups), doc.valid_until, doc.updated_at, doc.source,
+        )  # fmt: skip
+        return await self._run(lambda: self.store.rag_write(row, rows, dim=dim))
+
+    async def remove(self, tenant: str, collection: str, document_id: str) -> int:
+        return await self._run(self.store.rag_remove, tenant, collection, document_id)
+
+    # ---- search ------------------------------------------------------------------------------
+
+    async def search(self, query: SearchQuery) -> SearchResult:
+        started = time.perf_counter()
+        builds = await self.builds(query.tenant, query.collection)
+        wanted = query.build
+        build = next((b for b in builds if (b.id == wanted if wanted else b.state == "active")), None)
+        if build is None:
+            raise NoIndex(f"collection {query.collection!r} has no index" + (f" build {wanted}" if wanted else ""))
+        access = Access(query.tenant, query.user, query.groups, query.everything)
+        now = query.now if query.now is not None else self._clock()
+        ms: dict[str, float] = {}
+        vector: bytes | None = None
+        if query.mode != "lexical" and build.dim is not None:
+            t = time.perf_counter()
+            model = await self.models.get(orjson.loads(build.spec)["model"])
+            vector = (await model.embed([query.text]))[0].tobytes()
+            ms["embed"] = _ms(t)
+        lexical, vectors, extra, admitted = await self._candidates(query, build, access, now, vector, ms)
+        t = time.perf_counter()
+        fused = fuse(self.fusion, _pairs(lexical), _pairs(vectors), extra)[: query.top_k]
+        views = {v.id: v for v in await self._run(self.store.rag_chunks, [f.id for f in fused])}
+        hits = tuple(_hit(f, views[f.id], access, query) for f in fused if f.id in views)
+        ms["fuse"] = _ms(t)
+        ms["total"] = _ms(started)
+        counts = {"lexical": len(lexical.ids), "vector": len(vectors.ids), "documents": admitted}
+        fusion = self.fusion.describe() if query.mode == "hybrid" else query.mode
+        return SearchResult(build.id, build.model, query.mode, fusion, hits, counts, ms)
+
+    async def _candidates(
+        self, q: SearchQuery, build: BuildRow, access: Access, now: float, vector: bytes | None, ms: dict[str, float]
+    ) -> tuple[Candidates, Candidates, dict[int, float], int]:
+        empty = Candidates([], [])
+
+        async def lexical() -> Candidates:
+            if q.mode == "vector":
+                return empty
+            t = time.perf_counter()
+            found = await self._run(
+                self.store.rag_lexical, build.id, q.collection, q.text, access, q.filters, now, q.candidates
+            )
+            ms["lexical"] = _ms(t)
+            return found
+
+        async def nearest() -> tuple[Candidates, BuildVectors | None, int]:
+            if vector is None or build.dim is None:
+                return empty, None, -1
+            t = time.perf_counter()
+            found = await self._run(
+                self.store.rag_vector_search, build.id, q.collection, vector, access, q.filters, now, q.candidates
+            )
+            if found is not None:
+                ms["vector"] = _ms(t)
+                return found, None, -1
+            allowed, matrix = await asyncio.gather(
+                self._run(self.store.rag_allowed, q.tenant, q.collection, access, q.filters, now),
+                self.vectors.current(build.id, build.dim),
+            )
+            found = matrix.top(vector, allowed, q.candidates)
+            ms["vector"] = _ms(t)
+            return found, matrix, len(allowed)
+
+        lex, (vec, matrix, admitted) = await asyncio.gather(lexical(), nearest())
+        extra: dict[int, float] = {}
+        if q.mode == "hybrid" and vector is not None and lex.ids:
+            missing = [i for i in lex.ids if i not in set(vec.ids)]
+            if matrix is not None:
+                extra = matrix.similarity(missing, vector)
+        if q.mode == "lexical":
+            vec = empty
+        return lex, vec, extra, admitted
+
+
+def _pairs(c: Candidates) -> list[tuple[int, float]]:
+    return list(zip(c.ids, c.scores, strict=True))
+
+
+def _ms(t: float) -> float:
+    return round((time.perf_counter() - t) * 1000, 3)
+
+
+def _hit(f: Fused, view: ChunkView, access: Access, q: SearchQuery) -> Hit:
+    doc = view.doc
+    found = []
+    if f.lexical_rank is not None:
+        found.append(f"full text #{f.lexical_rank}")
+    if f.vector_rank is not None:
+        found.append(f"vector #{f.vector_rank}")
+    why = f"{' and '.join(found) or 'vector similarity'}; {admitted_because(doc, access)}"
+    if doc.valid_until is not None:
+        why += "; valid until " + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(doc.valid_until))
+    if q.filters:
+        why += f"; passed {len(q.filters)} filter(s)"
+    return Hit(
+        view.id, doc.document_id, doc.title, doc.version, view.ordinal, view.text, view.heading_path, doc.metadata,
+        doc.source, doc.updated_at,
+        {"lexical": f.lexical, "vector": f.vector, "fused": round(f.score, 6), "rerank": None},
+        {"lexical": f.lexical_rank, "vector": f.vector_rank}, why,
+    )  # fmt: skip

@@ -1,0 +1,138 @@
+"""Vector search in process over a build's chunk vectors (SQLite; PostgreSQL without pgvector).
+
+A build's vectors are read from the store on its first search in this process, into one float32 matrix
+with the chunk id, document row and document version of each row; every search first reads the rows
+written since (chunk ids only grow), so writes of this process and others are seen at once. A search
+scores only the rows whose (document, version) the store admitted for the caller (`rag_allowed`: the
+tenant, the access list, filters, freshness), so the access filter is inside the candidate set, never
+applied to a top-k after the fact. Rows of replaced or removed documents stay until the matrix holds
+twice the build's live rows; then it is read again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+from keel.store.protocols.rag_index import Candidates, VectorRows
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+Run = Callable[..., Awaitable[object]]
+
+
+class BuildVectors:
+    """One build's vectors. Mutated only under its owner's lock; searches read a consistent prefix."""
+
+    def __init__(self, dim: int) -> None:
+        import numpy as np
+
+        self.dim = dim
+        self.n = 0
+        self.last = 0  # the highest chunk id loaded
+        self.matrix: npt.NDArray[np.float32] = np.zeros((0, dim), dtype=np.float32)
+        self.ids: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self.docs: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self.versions: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+
+    def extend(self, rows: VectorRows) -> None:
+        import numpy as np
+
+        k = len(rows.ids)
+        if not k:
+            return
+        need = self.n + k
+        if need > len(self.ids):
+            size = max(need, 2 * len(self.ids), 1024)
+            self.matrix = _grow(self.matrix, (size, self.dim))
+            self.ids, self.docs, self.versions = (_grow(a, (size,)) for a in (self.ids, self.docs, self.versions))
+        block = np.frombuffer(b"".join(rows.embeddings), dtype=np.float32)
+        if block.size != k * self.dim:
+            raise ValueError(f"a chunk vector is not {self.dim}-d in this build")
+        self.matrix[self.n : need] = block.reshape(k, self.dim)
+        self.ids[self.n : need] = rows.ids
+        self.docs[self.n : need] = rows.docs
+        self.versions[self.n : need] = rows.versions
+        self.n, self.last = need, int(rows.ids[-1])
+
+    def top(self, vector: Sequence[float] | bytes, allowed: Sequence[tuple[int, int]], k: int) -> Candidates:
+        """The k rows most similar to `vector` among those of the allowed (document, version) pairs."""
+        import numpy as np
+
+        n = self.n
+        if not allowed or n == 0 or k <= 0:
+            return Candidates([], [])
+        pairs = np.asarray(allowed, dtype=np.int64)
+        docs, versions = self.docs[:n], self.versions[:n]
+        table = np.full(int(max(pairs[:, 0].max(), docs.max())) + 1, -1, dtype=np.int64)
+        table[pairs[:, 0]] = pairs[:, 1]
+        rows = np.flatnonzero(table[docs] == versions)
+        if rows.size == 0:
+            return Candidates([], [])
+        q = np.frombuffer(vector, dtype=np.float32) if isinstance(vector, bytes) else np.asarray(vector, np.float32)
+        scores = self.matrix[rows] @ q
+        best = np.argpartition(-scores, k - 1)[:k] if rows.size > k else np.arange(rows.size)
+        best = best[np.lexsort((self.ids[rows[best]], -scores[best]))]
+        return Candidates(self.ids[rows[best]].tolist(), scores[best].astype(float).tolist())
+
+    def similarity(self, ids: Sequence[int], vector: Sequence[float] | bytes) -> dict[int, float]:
+        """Cosine similarity of the given chunks (those loaded) with `vector`."""
+        import numpy as np
+
+        if not ids or self.n == 0:
+            return {}
+        wanted = np.asarray(ids, dtype=np.int64)
+        at = np.searchsorted(self.ids[: self.n], wanted)
+        at = np.minimum(at, self.n - 1)
+        found = self.ids[at] == wanted
+        q = np.frombuffer(vector, dtype=np.float32) if isinstance(vector, bytes) else np.asarray(vector, np.float32)
+        scores = self.matrix[at[found]] @ q
+        return dict(zip(wanted[found].tolist(), scores.astype(float).tolist(), strict=True))
+
+
+G = TypeVar("G", bound="np.generic")
+
+
+def _grow(a: npt.NDArray[G], shape: tuple[int, ...]) -> npt.NDArray[G]:
+    import numpy as np
+
+    out: npt.NDArray[G] = np.zeros(shape, dtype=a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+class VectorCache:
+    """Loaded builds of this process: read lazily, kept current by reading new rows before each search."""
+
+    def __init__(self, run: Run, vectors: Callable[[str, int], VectorRows], count: Callable[[str], int]) -> None:
+        self._run = run  # runs a store call off the event loop
+        self._vectors = vectors
+        self._count = count
+        self._builds: dict[str, BuildVectors] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def current(self, build: str, dim: int) -> BuildVectors:
+        """The build's vectors including every row committed before this call."""
+        lock = self._locks.setdefault(build, asyncio.Lock())
+        async with lock:
+            found = self._builds.get(build)
+            if found is None or found.dim != dim:
+                found = self._builds[build] = BuildVectors(dim)
+            rows = await self._run(self._vectors, build, found.last)
+            assert isinstance(rows, VectorRows)
+            found.extend(rows)
+            if rows.ids and found.n > 1024:
+                live = await self._run(self._count, build)
+                assert isinstance(live, int)
+                if found.n > 2 * live:  # mostly rows of replaced documents: read the build again
+                    fresh = BuildVectors(dim)
+                    fresh.extend(await self._run(self._vectors, build, 0))  # type: ignore[arg-type]
+                    found = self._builds[build] = fresh
+            return found
+
+    def forget(self, build: str) -> None:
+        self._builds.pop(build, None)
+        self._locks.pop(build, None)

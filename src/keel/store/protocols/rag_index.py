@@ -1,0 +1,200 @@
+"""RAG indexes: builds (one per collection and embedding model version), the documents they cite and
+filter on, their chunks with vectors, and the candidate queries of hybrid search.
+
+A build is `shadow` while it fills, `active` while it serves (at most one per collection), then
+`retired`; `rag_activate` swaps the two in one transaction, so every search sees the old or the new
+build, never a mix. Documents are per collection, shared by its builds; chunks are per build and
+carry the document version they were cut from, so a chunk of an older version never matches.
+
+The access filter is part of every candidate query (`Access`): the tenant, then the document's
+access list (principals `*` for the whole tenant, `u:<user>`, `g:<group>`) against the caller's,
+so a query never returns what it must then throw away. Synchronous and thread-safe like every SQL
+store (decision 0001): keel.rag calls it off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+BuildState = Literal["shadow", "active", "retired", "failed"]
+FilterOp = Literal["eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "exists"]
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRow:
+    id: str
+    tenant: str
+    collection: str
+    model: str  # the embedding model's id with its version (e.g. all-MiniLM-L6-v2@53aa51172d14)
+    spec: str  # the IndexSpec as canonical JSON: model as asked for, and chunking
+    state: BuildState
+    created_at: float
+    dim: int | None = None  # set by the first vectors written
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Who searches: a tenant, and within it a user and groups. `everything` (admin) skips the access
+    list but never the tenant."""
+
+    tenant: str
+    user: str | None = None
+    groups: tuple[str, ...] = ()
+    everything: bool = False
+
+    def principals(self) -> list[str]:
+        names = ["*"]
+        if self.user:
+            names.append("u:" + self.user)
+        names.extend("g:" + g for g in self.groups)
+        return names
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """One condition on a document: a metadata key (or `updated_at`, `source`, `document_id`)."""
+
+    key: str
+    op: FilterOp
+    value: object
+
+
+@dataclass(frozen=True, slots=True)
+class DocRow:
+    tenant: str
+    collection: str
+    document_id: str
+    version: int
+    title: str
+    metadata: Mapping[str, object]
+    users: tuple[str, ...]
+    groups: tuple[str, ...]
+    valid_until: float | None
+    updated_at: float
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRow:
+    ordinal: int
+    text: str
+    heading_path: tuple[str, ...]
+    content_hash: str
+    tokens: int
+    embedding: bytes  # float32, unit length
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkView:
+    """A chunk as search returns it: its text and the document it cites."""
+
+    id: int
+    build: str
+    ordinal: int
+    text: str
+    heading_path: tuple[str, ...]
+    doc: DocRow
+
+
+@dataclass(frozen=True, slots=True)
+class VectorRows:
+    """A build's chunk vectors with id > some id, in id order: what an in-process index loads."""
+
+    ids: Sequence[int]
+    docs: Sequence[int]  # the document's row id
+    versions: Sequence[int]
+    embeddings: Sequence[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """Ranked chunk ids with their scores (higher is better), best first."""
+
+    ids: Sequence[int]
+    scores: Sequence[float]
+
+
+class RagIndexStore(Protocol):
+    def rag_builds(self, tenant: str, collection: str | None = None) -> list[BuildRow]: ...
+
+    def rag_add_build(self, build: BuildRow) -> BuildRow:
+        """Insert a build; an `active` one only when the collection has none (else that one is returned)."""
+        ...
+
+    def rag_set_state(self, build: str, state: BuildState, error: str | None = None) -> None: ...
+
+    def rag_activate(self, tenant: str, collection: str, build: str) -> None:
+        """Make `build` (a shadow of this collection) the active one and retire the old, in one transaction."""
+        ...
+
+    def rag_write(self, doc: DocRow, builds: Mapping[str, Sequence[ChunkRow]], *, dim: int) -> int:
+        """Record `doc` and replace its chunks in each build by the given ones, atomically; the chunks written.
+        Nothing changes (0) when the document already has this version and chunks in every build."""
+        ...
+
+    def rag_copy(self, build: str, doc: int, version: int, chunks: Sequence[ChunkRow], *, dim: int) -> int:
+        """A re-index writes a document's chunks into `build`: only while the document is still at `version`
+        and the build has none of its chunks (a concurrent write won). The chunks written."""
+        ...
+
+    def rag_remove(self, tenant: str, collection: str, document_id: str) -> int:
+        """Forget a document and its chunks in every build; the chunks removed."""
+        ...
+
+    def rag_purge(self, tenant: str, collection: str | None = None) -> int:
+        """Delete builds, documents and chunks of a tenant (or one collection); the chunks removed."""
+        ...
+
+    def rag_source_chunks(self, build: str, after: int, limit: int) -> list[tuple[int, int, int, ChunkRow]]:
+        """(chunk id, doc row id, version, chunk) of `build` with id > after, in id order, for a re-index."""
+        ...
+
+    def rag_count(self, build: str) -> int: ...
+
+    def rag_vectors(self, build: str, after: int) -> VectorRows: ...
+
+    def rag_allowed(
+        self, tenant: str, collection: str, access: Access, filters: Sequence[Filter], now: float
+    ) -> list[tuple[int, int]]:
+        """(doc row id, version) of every document the caller may see that passes the filters and is fresh."""
+        ...
+
+    def rag_lexical(
+        self, build: str, collection: str, text: str, access: Access, filters: Sequence[Filter], now: float, limit: int
+    ) -> Candidates:
+        """Full-text candidates of `build` (BM25 on SQLite, ts_rank on PostgreSQL), access and filters inside."""
+        ...
+
+    def rag_vector_search(
+        self,
+        build: str,
+        collection: str,
+        vector: bytes,
+        access: Access,
+        filters: Sequence[Filter],
+        now: float,
+        limit: int,
+    ) -> Candidates | None:
+        """Nearest chunks by cosine similarity inside the database (pgvector), access and filters inside;
+        None when this backend searches vectors in process (`rag_vectors`)."""
+        ...
+
+    def rag_chunks(self, ids: Sequence[int]) -> list[ChunkView]: ...
+
+
+__all__ = [
+    "Access",
+    "BuildRow",
+    "BuildState",
+    "Candidates",
+    "ChunkRow",
+    "ChunkView",
+    "DocRow",
+    "Filter",
+    "FilterOp",
+    "RagIndexStore",
+    "VectorRows",
+]

@@ -1,0 +1,486 @@
+"""RAG index builds, documents, chunks and candidate queries over SQLite and PostgreSQL (`RagIndexStore`).
+
+The two dialects differ in full text (FTS5 `bm25()` over `rag_fts` / `tsvector` with `ts_rank`) and in how
+a metadata value is read (`json_extract` / `jsonb ->`); everything else is written once. Every candidate
+query carries the same document conditions (`_doc_conditions`): tenant and collection, the access list
+joined through `rag_access`, freshness (`valid_until`) and the caller's filters, all before the LIMIT.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from keel.store.protocols.rag_index import (
+    Access,
+    BuildRow,
+    BuildState,
+    Candidates,
+    ChunkRow,
+    ChunkView,
+    DocRow,
+    Filter,
+    VectorRows,
+)
+from keel.store.sql.dialect import Database, Dialect, Row, Session
+
+_BUILD_COLS = "id, tenant, collection, model, spec, state, created_at, dim, error"
+_DOC_COLS = "tenant, collection, document_id, version, title, metadata, users, groups_, valid_until, updated_at, source"
+_CHUNK_COLS = "build, doc, version, ordinal, text, heading_path, content_hash, tokens, embedding"
+_COLUMNS = {"updated_at": "d.updated_at", "valid_until": "d.valid_until", "source": "d.source", "title": "d.title"}
+_COLUMNS["document_id"] = "d.document_id"
+_WORD = re.compile(r"[^\W_]+")
+_MAX_TERMS = 32
+_IN_CHUNK = 500
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "if",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "from",
+        "by",
+        "for",
+        "with",
+        "as",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "this",
+        "that",
+        "these",
+        "those",
+        "it",
+        "its",
+        "do",
+        "does",
+        "did",
+        "have",
+        "has",
+        "had",
+        "what",
+        "which",
+        "who",
+        "whom",
+        "when",
+        "where",
+        "why",
+        "how",
+        "there",
+        "here",
+        "than",
+        "so",
+        "into",
+        "about",
+        "can",
+        "will",
+        "i",
+        "me",
+        "my",
+        "you",
+        "your",
+        "we",
+        "our",
+        "they",
+        "them",
+        "their",
+        "he",
+        "she",
+        "his",
+        "her",
+        "not",
+        "no",
+    ]
+)
+
+
+def query_terms(text: str) -> list[str]:
+    """The words of a query that full text looks for: lower-cased, no stopwords, each once, at most 32."""
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(text.lower()):
+        if word not in _STOPWORDS and len(word) < 64:
+            seen.setdefault(word, None)
+    terms = list(seen)[:_MAX_TERMS]
+    return terms or [w for w in dict.fromkeys(_WORD.findall(text.lower())) if len(w) < 64][:_MAX_TERMS]
+
+
+def _build(r: Row) -> BuildRow:
+    return BuildRow(r[0], r[1], r[2], r[3], r[4], r[5], float(r[6]), r[7], r[8])
+
+
+def _doc(r: Row) -> DocRow:
+    metadata = r[5] if isinstance(r[5], dict) else orjson.loads(r[5])
+    return DocRow(
+        r[0], r[1], r[2], int(r[3]), r[4], metadata, tuple(orjson.loads(r[6])), tuple(orjson.loads(r[7])),
+        r[8], float(r[9]), r[10],
+    )  # fmt: skip
+
+
+def _principals(doc: DocRow) -> list[str]:
+    if not doc.users and not doc.groups:
+        return ["*"]
+    return sorted({"u:" + u for u in doc.users} | {"g:" + g for g in doc.groups})
+
+
+class _Conditions:
+    """SQL text and parameters of a WHERE clause, built in order."""
+
+    def __init__(self, d: Dialect) -> None:
+        self.d = d
+        self.parts: list[str] = []
+        self.params: list[Any] = []
+
+    def add(self, sql: str, *params: Any) -> None:
+        self.parts.append(sql)
+        self.params.extend(params)
+
+    def sql(self) -> str:
+        return " AND ".join(self.parts)
+
+
+def _doc_conditions(
+    c: _Conditions, tenant: str, collection: str, access: Access, filters: Sequence[Filter], now: float
+) -> None:
+    m = c.d.mark
+    c.add(f"d.tenant = {m} AND d.collection = {m}", tenant, collection)
+    if not access.everything:
+        principals = access.principals()
+        c.add(
+            f"d.id IN (SELECT a.doc FROM rag_access a WHERE a.tenant = {m} AND a.collection = {m}"
+            f" AND a.principal IN ({c.d.marks(len(principals))}))",
+            tenant,
+            collection,
+            *principals,
+        )
+    c.add(f"(d.valid_until IS NULL OR d.valid_until > {m})", now)
+    for f in filters:
+        _filter(c, f)
+
+
+def _filter(c: _Conditions, f: Filter) -> None:
+    """One filter on a column or a metadata value; a value of another type than the bound never matches."""
+    m, pg = c.d.mark, c.d.name == "postgres"
+    column = _COLUMNS.get(f.key)
+    args: tuple[str, ...]
+    kind: str | None
+    if column is not None:
+        value, kind, args = column, None, ()
+    elif pg:
+        value, kind, args = f"(d.metadata -> {m})", f"jsonb_typeof(d.metadata -> {m})", (f.key,)
+    else:
+        path = '$."' + f.key + '"'
+        value, kind, args = f"json_extract(d.metadata, {m})", f"json_type(d.metadata, {m})", (path,)
+    bound = c.d.json_mark if (pg and column is None) else m
+
+    def enc(v: object) -> object:
+        return orjson.dumps(v).decode() if (pg and column is None) else v
+
+    if f.op == "exists":
+        c.add(f"{value} IS {'NOT ' if f.value else ''}NULL", *args)
+    elif f.op == "eq":
+        c.add(f"{value} = {bound}", *args, enc(f.value))
+    elif f.op == "ne":
+        c.add(f"{value} IS DISTINCT FROM {bound}" if pg else f"{value} IS NOT {bound}", *args, enc(f.value))
+    elif f.op in ("in", "nin"):
+        values = list(f.value) if isinstance(f.value, (list, tuple)) else [f.value]
+        marks = ", ".join([bound] * len(values)) or "NULL"
+        test = f"{value} IN ({marks})"
+        if f.op == "nin":
+            test = f"({value} IS NULL OR NOT {test})"
+            c.add(test, *args, *args, *map(enc, values))
+        else:
+            c.add(test, *args, *map(enc, values))
+    else:
+        op = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}[f.op]
+        numeric = isinstance(f.value, (int, float)) and not isinstance(f.value, bool)
+        if column is not None:
+            c.add(f"{value} {op} {bound}", f.value)
+        elif pg:
+            c.add(
+                f"{kind} = {m} AND {value} {op} {bound}", *args, "number" if numeric else "string", *args, enc(f.value)
+            )
+        else:
+            kinds = "('integer', 'real')" if numeric else "('text')"
+            c.add(f"{kind} IN {kinds} AND {value} {op} {bound}", *args, *args, f.value)
+
+
+class SqlRagIndex:
+    _db: Database
+
+    # ---- builds ------------------------------------------------------------------------------
+
+    def rag_builds(self, tenant: str, collection: str | None = None) -> list[BuildRow]:
+        m = self._db.dialect.mark
+        sql = f"SELECT {_BUILD_COLS} FROM rag_builds WHERE tenant = {m}"
+        params: list[Any] = [tenant]
+        if collection is not None:
+            sql += f" AND collection = {m}"
+            params.append(collection)
+        with self._db.session() as s:
+            return [_build(r) for r in s.fetchall(sql + " ORDER BY created_at, id", params)]
+
+    def rag_add_build(self, build: BuildRow) -> BuildRow:
+        d = self._db.dialect
+        with self._db.transaction() as s:
+            if build.state == "active":
+                found = s.fetchone(
+                    f"SELECT {_BUILD_COLS} FROM rag_builds WHERE tenant = {d.mark} AND collection = {d.mark}"
+                    " AND state = 'active'",
+                    (build.tenant, build.collection),
+                )
+                if found is not None:
+                    return _build(found)
+            s.execute(
+                f"INSERT INTO rag_builds ({_BUILD_COLS}) VALUES ({d.marks(9)})",
+                (build.id, build.tenant, build.collection, build.model, build.spec, build.state, build.created_at,
+                 build.dim, build.error),
+            )  # fmt: skip
+        return build
+
+    def rag_set_state(self, build: str, state: BuildState, error: str | None = None) -> None:
+        m = self._db.dialect.mark
+        with self._db.session() as s:
+            s.execute(f"UPDATE rag_builds SET state = {m}, error = {m} WHERE id = {m}", (state, error, build))
+
+    def rag_activate(self, tenant: str, collection: str, build: str) -> None:
+        m = self._db.dialect.mark
+        with self._db.transaction() as s:
+            row = s.fetchone(
+                f"SELECT state FROM rag_builds WHERE id = {m} AND tenant = {m} AND collection = {m}",
+                (build, tenant, collection),
+            )
+            if row is None or row[0] not in ("shadow", "active"):
+                raise ValueError(f"build {build!r} is not a shadow of {tenant}/{collection}")
+            s.execute(
+                f"UPDATE rag_builds SET state = 'retired' WHERE tenant = {m} AND collection = {m}"
+                f" AND state = 'active' AND id <> {m}",
+                (tenant, collection, build),
+            )
+            s.execute(f"UPDATE rag_builds SET state = 'active' WHERE id = {m}", (build,))
+
+    # ---- writes ------------------------------------------------------------------------------
+
+    def rag_write(self, doc: DocRow, builds: Mapping[str, Sequence[ChunkRow]], *, dim: int) -> int:
+        d = self._db.dialect
+        m = d.mark
+        with self._db.transaction() as s:
+            found = s.fetchone(
+                f"SELECT id, version FROM rag_index_docs WHERE tenant = {m} AND collection = {m} AND document_id = {m}",
+                (doc.tenant, doc.collection, doc.document_id),
+            )
+            if found is not None and int(found[1]) == doc.version and builds:
+                marks = d.marks(len(builds))
+                have = s.fetchall(
+                    f"SELECT DISTINCT build FROM rag_chunks WHERE doc = {m} AND version = {m} AND build IN ({marks})",
+                    (found[0], doc.version, *builds),
+                )
+                if len(have) == len(builds):
+                    return 0
+            values = (
+                doc.tenant, doc.collection, doc.document_id, doc.version, doc.title, orjson.dumps(dict(doc.metadata)).decode(),
+                orjson.dumps(list(doc.users)).decode(), orjson.dumps(list(doc.groups)).decode(), doc.valid_until,
+                doc.updated_at, doc.source,
+            )  # fmt: skip
+            if found is None:
+                cols = _DOC_COLS.split(", ")
+                row = s.fetchone(
+                    f"INSERT INTO rag_index_docs ({_DOC_COLS}) VALUES ({d.values(cols, frozenset({'metadata'}))})"
+                    " RETURNING id",
+                    values,
+                )
+                assert row is not None
+                doc_id = int(row[0])
+            else:
+                doc_id = int(found[0])
+                sets = ", ".join(f"{c} = {d.json_mark if c == 'metadata' else m}" for c in _DOC_COLS.split(", ")[3:])
+                s.execute(f"UPDATE rag_index_docs SET {sets} WHERE id = {m}", (*values[3:], doc_id))
+            s.execute(f"DELETE FROM rag_access WHERE doc = {m}", (doc_id,))
+            s.executemany(
+                f"INSERT INTO rag_access (tenant, collection, principal, doc) VALUES ({d.marks(4)})",
+                [(doc.tenant, doc.collection, p, doc_id) for p in _principals(doc)],
+            )
+            written = 0
+            for build, chunks in builds.items():
+                self._drop_chunks(s, f"doc = {m} AND build = {m}", (doc_id, build))
+                written += self._insert_chunks(s, build, doc_id, doc.version, chunks, dim)
+            return written
+
+    def rag_copy(self, build: str, doc: int, version: int, chunks: Sequence[ChunkRow], *, dim: int) -> int:
+        m = self._db.dialect.mark
+        with self._db.transaction() as s:
+            row = s.fetchone(f"SELECT version FROM rag_index_docs WHERE id = {m}", (doc,))
+            if row is None or int(row[0]) != version:
+                return 0
+            if s.fetchone(f"SELECT 1 FROM rag_chunks WHERE doc = {m} AND build = {m} LIMIT 1", (doc, build)):
+                return 0
+            return self._insert_chunks(s, build, doc, version, chunks, dim)
+
+    def _insert_chunks(
+        self, s: Session, build: str, doc: int, version: int, chunks: Sequence[ChunkRow], dim: int
+    ) -> int:
+        d = self._db.dialect
+        if not chunks:
+            return 0
+        s.executemany(
+            f"INSERT INTO rag_chunks ({_CHUNK_COLS}) VALUES ({d.marks(9)})",
+            [
+                (build, doc, version, c.ordinal, c.text, orjson.dumps(list(c.heading_path)).decode(), c.content_hash,
+                 c.tokens, c.embedding)
+                for c in chunks
+            ],
+        )  # fmt: skip
+        if d.name == "sqlite":
+            s.execute(
+                f"INSERT INTO rag_fts (rowid, text) SELECT id, text FROM rag_chunks WHERE doc = {d.mark} AND build = {d.mark}",
+                (doc, build),
+            )
+        s.execute(f"UPDATE rag_builds SET dim = {d.mark} WHERE id = {d.mark} AND dim IS NULL", (dim, build))
+        self._after_insert(s, build, doc, dim)
+        return len(chunks)
+
+    def _after_insert(self, s: Session, build: str, doc: int, dim: int) -> None:
+        """A backend that keeps vectors elsewhere too (pgvector) copies the new chunks' there."""
+
+    def _drop_chunks(self, s: Session, where: str, params: Sequence[Any]) -> int:
+        if self._db.dialect.name == "sqlite":
+            s.execute(f"DELETE FROM rag_fts WHERE rowid IN (SELECT id FROM rag_chunks WHERE {where})", params)
+        return s.execute(f"DELETE FROM rag_chunks WHERE {where}", params)
+
+    def rag_remove(self, tenant: str, collection: str, document_id: str) -> int:
+        m = self._db.dialect.mark
+        with self._db.transaction() as s:
+            row = s.fetchone(
+                f"SELECT id FROM rag_index_docs WHERE tenant = {m} AND collection = {m} AND document_id = {m}",
+                (tenant, collection, document_id),
+            )
+            if row is None:
+                return 0
+            n = self._drop_chunks(s, f"doc = {m}", (row[0],))
+            s.execute(f"DELETE FROM rag_access WHERE doc = {m}", (row[0],))
+            s.execute(f"DELETE FROM rag_index_docs WHERE id = {m}", (row[0],))
+            return n
+
+    def rag_purge(self, tenant: str, collection: str | None = None) -> int:
+        m = self._db.dialect.mark
+        where, params = f"tenant = {m}", [tenant]
+        if collection is not None:
+            where, params = where + f" AND collection = {m}", [tenant, collection]
+        with self._db.transaction() as s:
+            n = self._drop_chunks(s, f"build IN (SELECT id FROM rag_builds WHERE {where})", params)
+            n += self._drop_chunks(s, f"doc IN (SELECT id FROM rag_index_docs WHERE {where})", params)
+            for table in ("rag_access", "rag_index_docs", "rag_builds"):
+                s.execute(f"DELETE FROM {table} WHERE {where}", params)
+            return n
+
+    # ---- reads -------------------------------------------------------------------------------
+
+    def rag_source_chunks(self, build: str, after: int, limit: int) -> list[tuple[int, int, int, ChunkRow]]:
+        m = self._db.dialect.mark
+        with self._db.session() as s:
+            rows = s.fetchall(
+                f"SELECT id, doc, version, ordinal, text, heading_path, content_hash, tokens, embedding FROM rag_chunks"
+                f" WHERE build = {m} AND id > {m} ORDER BY id LIMIT {m}",
+                (build, after, limit),
+            )
+        return [
+            (int(r[0]), int(r[1]), int(r[2]), ChunkRow(r[3], r[4], tuple(orjson.loads(r[5])), r[6], r[7], bytes(r[8])))
+            for r in rows
+        ]
+
+    def rag_count(self, build: str) -> int:
+        with self._db.session() as s:
+            row = s.fetchone(f"SELECT count(*) FROM rag_chunks WHERE build = {self._db.dialect.mark}", (build,))
+        return int(row[0]) if row else 0
+
+    def rag_vectors(self, build: str, after: int) -> VectorRows:
+        m = self._db.dialect.mark
+        with self._db.session() as s:
+            rows = s.fetchall(
+                f"SELECT id, doc, version, embedding FROM rag_chunks WHERE build = {m} AND id > {m} ORDER BY id",
+                (build, after),
+            )
+        return VectorRows([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [bytes(r[3]) for r in rows])
+
+    def rag_allowed(
+        self, tenant: str, collection: str, access: Access, filters: Sequence[Filter], now: float
+    ) -> list[tuple[int, int]]:
+        c = _Conditions(self._db.dialect)
+        _doc_conditions(c, tenant, collection, access, filters, now)
+        with self._db.session() as s:
+            return [
+                (int(r[0]), int(r[1]))
+                for r in s.fetchall(f"SELECT d.id, d.version FROM rag_index_docs d WHERE {c.sql()}", c.params)
+            ]
+
+    def rag_lexical(
+        self, build: str, collection: str, text: str, access: Access, filters: Sequence[Filter], now: float, limit: int
+    ) -> Candidates:
+        d = self._db.dialect
+        m = d.mark
+        terms = query_terms(text)
+        if not terms:
+            return Candidates([], [])
+        c = _Conditions(d)
+        if d.name == "sqlite":
+            c.add(f"rag_fts MATCH {m}", " OR ".join('"' + t + '"' for t in terms))
+            c.add(f"c.build = {m} AND c.version = d.version", build)
+            _doc_conditions(c, access.tenant, collection, access, filters, now)
+            sql = (
+                "SELECT c.id, -bm25(rag_fts) AS score FROM rag_fts JOIN rag_chunks c ON c.id = rag_fts.rowid"
+                f" JOIN rag_index_docs d ON d.id = c.doc WHERE {c.sql()} ORDER BY bm25(rag_fts) LIMIT {m}"
+            )
+            params = [*c.params, limit]
+        else:
+            c.add(f"c.tsv @@ q.q AND c.build = {m} AND c.version = d.version", build)
+            _doc_conditions(c, access.tenant, collection, access, filters, now)
+            sql = (
+                f"SELECT c.id, ts_rank(c.tsv, q.q) AS score FROM (SELECT to_tsquery('english', {m}) AS q) q,"
+                f" rag_chunks c JOIN rag_index_docs d ON d.id = c.doc WHERE {c.sql()} ORDER BY score DESC, c.id LIMIT {m}"
+            )
+            params = [" | ".join(terms), *c.params, limit]
+        with self._db.session() as s:
+            rows = s.fetchall(sql, params)
+        return Candidates([int(r[0]) for r in rows], [float(r[1]) for r in rows])
+
+    def rag_vector_search(
+        self,
+        build: str,
+        collection: str,
+        vector: bytes,
+        access: Access,
+        filters: Sequence[Filter],
+        now: float,
+        limit: int,
+    ) -> Candidates | None:
+        return None
+
+    def rag_chunks(self, ids: Sequence[int]) -> list[ChunkView]:
+        out: list[ChunkView] = []
+        doc_cols = ", ".join("d." + c for c in _DOC_COLS.split(", "))
+        with self._db.session() as s:
+            for i in range(0, len(ids), _IN_CHUNK):
+                part = list(ids[i : i + _IN_CHUNK])
+                rows = s.fetchall(
+                    f"SELECT c.id, c.build, c.ordinal, c.text, c.heading_path, {doc_cols} FROM rag_chunks c"
+                    f" JOIN rag_index_docs d ON d.id = c.doc WHERE c.id IN ({self._db.dialect.marks(len(part))})",
+                    part,
+                )
+                out.extend(
+                    ChunkView(int(r[0]), r[1], int(r[2]), r[3], tuple(orjson.loads(r[4])), _doc(r[5:])) for r in rows
+                )
+        return out

@@ -1,0 +1,64 @@
+-- RAG indexes (keel/store/sql/rag_index.py). A build is one collection's index under one embedding model
+-- version: shadow while it fills, active while it serves (one per collection), then retired. Documents are
+-- per collection and shared by its builds, with their access list spread into rag_access (principals '*',
+-- 'u:<user>', 'g:<group>') so the access filter is an indexed join inside every candidate query. Chunks are
+-- per build and carry the document version they were cut from. rag_fts is the chunks' full text (BM25),
+-- its rowid the chunk id. Chunk ids only grow (AUTOINCREMENT): an in-process vector index loads what is new.
+CREATE TABLE rag_builds (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    model TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    dim INTEGER,
+    error TEXT
+);
+
+CREATE UNIQUE INDEX rag_builds_active ON rag_builds(tenant, collection) WHERE state = 'active';
+
+CREATE TABLE rag_index_docs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    tenant TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    document_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    title TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    users TEXT NOT NULL,
+    groups_ TEXT NOT NULL,
+    valid_until REAL,
+    updated_at REAL NOT NULL,
+    source TEXT NOT NULL,
+    UNIQUE (tenant, collection, document_id)
+);
+
+CREATE TABLE rag_access (
+    tenant TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    doc INTEGER NOT NULL,
+    PRIMARY KEY (tenant, collection, principal, doc)
+);
+
+CREATE INDEX rag_access_doc ON rag_access(doc);
+
+CREATE TABLE rag_chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    build TEXT NOT NULL,
+    doc INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    heading_path TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    embedding BLOB NOT NULL
+);
+
+CREATE INDEX rag_chunks_build ON rag_chunks(build, id);
+
+CREATE INDEX rag_chunks_doc ON rag_chunks(doc, build);
+
+CREATE VIRTUAL TABLE rag_fts USING fts5(text, tokenize = 'porter unicode61')
