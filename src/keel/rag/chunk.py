@@ -14,8 +14,9 @@ Tokens are counted as words and punctuation marks (`\\w+|[^\\w\\s]`), close to w
 tokenizer makes of prose (a little under it for rare words: keep `max_tokens` below the model's window).
 
 Duplicates are dropped within a document: exact ones by the hash of their normalised body, near ones by
-a 64-bit SimHash of word 3-shingles within 3 bits (found through four 16-bit bands: by pigeonhole a
-pair within 3 bits shares a band).
+a 64-bit SimHash of word 3-shingles within 8 bits (found through nine bands of 7-8 bits: by pigeonhole a
+pair within 8 bits agrees on a whole band). Measured on 80-word texts: one word changed lands within 8
+bits four times in five; unrelated texts were never closer than 20.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])[\"'”’)\]]*\s+(?=\S)|\n+")
 DEFAULT_MAX_TOKENS = 200  # under MiniLM's 256-token window with the title and heading path before it
 DEFAULT_OVERLAP = 30
-NEAR_BITS = 3  # SimHash distance at or under which two chunks are near-duplicates
+NEAR_BITS = 8  # SimHash distance at or under which two chunks are near-duplicates
+_BANDS = tuple((64 * i // (NEAR_BITS + 1), 64 * (i + 1) // (NEAR_BITS + 1)) for i in range(NEAR_BITS + 1))
 _MASK64 = (1 << 64) - 1
 
 
@@ -116,7 +118,7 @@ def _pack(blocks: Sequence[Block], budget: int, overlap: int) -> Iterator[str]:
         if n <= budget:
             units.append((b.text, n, True))
             continue
-        for i, piece in enumerate(_split(b.text, budget)):
+        for i, piece in enumerate(_split(b.text, budget - overlap)):  # room left for the overlap
             units.append((piece, count_tokens(piece), i == 0))
     current: list[tuple[str, int, bool]] = []
     size = 0
@@ -157,15 +159,26 @@ def _split(text: str, budget: int) -> Iterator[str]:
 
 
 def _tail(units: list[tuple[str, int, bool]], overlap: int, room: int) -> list[tuple[str, int, bool]]:
-    """The last units of a chunk, up to `overlap` tokens (and the room the next unit leaves)."""
+    """The end of a chunk to start the next one with: its last whole units up to `overlap` tokens (and
+    the room the next unit leaves), else the last words of its last unit."""
+    limit = min(overlap, room)
     kept: list[tuple[str, int, bool]] = []
     size = 0
     for text, n, starts in reversed(units):
-        if size + n > min(overlap, room):
+        if size + n > limit:
             break
         kept.insert(0, (text, n, starts))
         size += n
-    return kept
+    if kept or limit <= 0 or not units:
+        return kept
+    words: list[str] = []
+    for word in reversed(units[-1][0].split()):
+        n = count_tokens(word)
+        if size + n > limit:
+            break
+        words.insert(0, word)
+        size += n
+    return [(" ".join(words), size, True)] if words else []
 
 
 def _join(units: Sequence[tuple[str, int, bool]]) -> str:
@@ -193,14 +206,14 @@ def simhash(text: str) -> int:
 
 def _dedup(pieces: Sequence[tuple[tuple[str, ...], str]]) -> list[ChunkIn]:
     seen: set[str] = set()
-    bands: list[dict[int, list[int]]] = [{}, {}, {}, {}]
+    bands: list[dict[int, list[int]]] = [{} for _ in _BANDS]
     kept: list[ChunkIn] = []
     for path, body in pieces:
         digest = hashlib.sha256(_normal(body).encode()).hexdigest()
         if digest in seen:
             continue
         sig = simhash(body)
-        keys = [(sig >> (16 * i)) & 0xFFFF for i in range(4)]
+        keys = [(sig >> lo) & ((1 << (hi - lo)) - 1) for lo, hi in _BANDS]
         near = {j for i, k in enumerate(keys) for j in bands[i].get(k, ())}
         if any(bin(sig ^ other).count("1") <= NEAR_BITS for other in near):
             continue
