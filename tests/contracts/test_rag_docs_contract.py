@@ -95,6 +95,8 @@ def test_listing_pages_blob_keys_and_tenant_deletion(store: Store) -> None:
     store.update_document("t1", "kb", "d3", 1, DocUpdate("failed", stage="parsing", error="bad"), 2.0)
     assert [d.id for d in store.list_documents("t1", "kb", limit=2)] == ["d0", "d1"]
     assert [d.id for d in store.list_documents("t1", "kb", after="d1", limit=10)] == ["d2", "d3", "d4"]
+    assert sorted(d.id for d in store.working_documents(1.5, 10)) == ["d0", "d1", "d2", "d4"]
+    assert store.working_documents(0.5, 10) == []
     (failed,) = store.list_documents("t1", "kb", status="failed")
     assert (failed.id, failed.stage, failed.error) == ("d3", "parsing", "bad")
     store.add_blob_key("t1", "kb", "d0", 1, "extra")

@@ -247,3 +247,23 @@ def test_a_tenant_purge_removes_collections_documents_blobs_and_the_index(rag: G
     assert rag.runtime.store.list_collections("t1") == []
     assert indexed_chunks(rag.runtime, "gone") == {}
     assert not [p for p in (tmp_path / "blobs" / "rag").rglob("*") if p.is_file()]
+
+
+def test_a_document_left_without_its_job_is_queued_again_by_the_sweep(rag: Gateway) -> None:
+    """A crash between a document's row and its job (or a job cancelled by hand) leaves it `queued`: the
+    sweep (the `rag-orphans` worker's pass) queues it again and it gets indexed."""
+    from keel.rag.documents import Library, raw_key
+    from keel.store.protocols import DocumentIn
+
+    create(rag, "orphans")
+    rt = rag.runtime
+    library = rt.get(Library)
+    key = raw_key("t1", "orphans", "lost.txt", "0" * 64, "txt")
+    rt.blobs.put(key, b"Nobody queued the ingestion of this text.")  # type: ignore[union-attr]
+    long_ago = time.time() - 3600
+    rt.store.put_document(
+        DocumentIn("t1", "orphans", "lost.txt", "Lost", "lost.txt", "0" * 64, "txt", 41), key, long_ago
+    )
+    assert library.requeue_orphans() == ["lost.txt"]
+    assert until(lambda: docs(rt, "orphans")["lost.txt"].status == "indexed", 30)
+    assert library.requeue_orphans() == []

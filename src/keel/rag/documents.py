@@ -38,7 +38,6 @@ from keel.store.protocols import (
     PutResult,
     Store,
 )
-from keel.store.protocols.rag_docs import WORKING
 
 KIND_INGEST = "rag.ingest"
 KIND_PURGE = "rag.purge"
@@ -235,22 +234,12 @@ class Library:
         )
         return self.store.enqueue_jobs([spec], self.clock())[0]
 
-    def requeue_orphans(self, tenant: str | None = None) -> list[str]:
+    def requeue_orphans(self, limit: int = 500) -> list[str]:
         """Working documents whose job is missing or finished while they still work: queued again (a job
         that died without marking its document marks it failed instead). Returns the ids touched."""
-        touched = []
         now = self.clock()
-        for c in self.store.list_collections(tenant):
-            after = None
-            while True:
-                page = self.store.list_documents(c.tenant, c.name, after=after, limit=500)
-                for d in page:
-                    if d.status in WORKING and now - d.updated_at > ORPHAN_AFTER_S and self._revive(d, now):
-                        touched.append(d.id)
-                if len(page) < 500:
-                    break
-                after = page[-1].id
-        return touched
+        stale = self.store.working_documents(now - ORPHAN_AFTER_S, limit)
+        return [d.id for d in stale if self._revive(d, now)]
 
     def _revive(self, d: DocumentRow, now: float) -> bool:
         job = self.store.get_job(d.job_id) if d.job_id else None

@@ -167,6 +167,11 @@ class RagDocStore(Protocol):
         """Delete the rows (tombstones after their purge); how many went."""
         ...
 
+    def working_documents(self, before: float, limit: int) -> list[DocumentRow]:
+        """Up to `limit` documents still being ingested (queued … embedding) not updated since `before`,
+        oldest first: the sweep checks their jobs."""
+        ...
+
     def expired_tombstones(self, before: float, limit: int) -> list[tuple[str, str, str]]:
         """(tenant, collection, id) of up to `limit` documents tombstoned before `before`."""
         ...

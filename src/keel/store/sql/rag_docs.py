@@ -287,6 +287,15 @@ class SqlRagDocs:
                 n += s.execute(f"DELETE FROM rag_documents WHERE {where}", (tenant, collection, *part))
         return n
 
+    def working_documents(self, before: float, limit: int) -> list[DocumentRow]:
+        m = self._db.dialect.mark
+        sql = (
+            f"SELECT {_DOC} FROM rag_documents WHERE status IN ('queued', 'parsing', 'chunking', 'embedding')"
+            f" AND updated_at < {m} ORDER BY updated_at LIMIT {m}"
+        )
+        with self._db.session() as s:
+            return [_document(r) for r in s.fetchall(sql, (before, limit))]
+
     def expired_tombstones(self, before: float, limit: int) -> list[tuple[str, str, str]]:
         m = self._db.dialect.mark
         sql = (

@@ -3,7 +3,8 @@
 -- hash, title, metadata and access lists (JSON), its ingestion status (the stage and reason when failed)
 -- and the version the index serves. A tombstone keeps its row (status 'deleted', deleted_at) until
 -- retention. rag_blobs records every blob a document's versions wrote, so purges find them all.
--- Indexes: documents by status (listings filtered by it), tombstones by time (retention).
+-- Indexes: documents by status (listings filtered by it), tombstones by time (retention), documents by
+-- status and age (the sweep for working documents whose job is gone).
 CREATE TABLE rag_collections (
     tenant TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -46,6 +47,8 @@ CREATE TABLE rag_documents (
 CREATE INDEX rag_documents_status ON rag_documents(tenant, collection, status);
 
 CREATE INDEX rag_documents_deleted ON rag_documents(deleted_at);
+
+CREATE INDEX rag_documents_working ON rag_documents(status, updated_at);
 
 CREATE TABLE rag_blobs (
     tenant TEXT NOT NULL,
