@@ -30,6 +30,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 
+from tests.e2e.rag_files import docx, html, pdf  # noqa: E402
+
 from keel import config as keel_config  # noqa: E402
 from keel.rag.chunk import ChunkingSpec, chunk  # noqa: E402
 from keel.rag.collections import collection_in  # noqa: E402
@@ -38,7 +40,6 @@ from keel.rag.index import ChunkIn, embed_text  # noqa: E402
 from keel.rag.index_models import BATCH  # noqa: E402
 from keel.rag.parse import kind_of, parse  # noqa: E402
 from keel.runtime.components import Runtime  # noqa: E402
-from tests.e2e.rag_files import docx, html, pdf  # noqa: E402
 
 CORPUS = ROOT.parent.parent / "shared" / "data" / "retrieval" / "msmarco-5k" / "corpus.jsonl"
 PER_DOC = 12
