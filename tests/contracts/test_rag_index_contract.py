@@ -8,21 +8,27 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec, NoIndex
 from keel.rag.search import SearchQuery, parse_filters
 from keel.store.open import open_store
-from keel.store.protocols import Store
+from keel.store.protocols import Access, Store
 
 SPEC = IndexSpec("hash:64", {"max_tokens": 200})
 NOW = time.time()
 
 
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "pgvector"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """SQLite (vectors in process), PostgreSQL without pgvector (in process too), with pgvector (HNSW)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/keel.db"
+    else:
+        url = request.getfixturevalue("pg_schema_url" if request.param == "postgres" else "pgvector_schema_url")
+    opened = open_store(url)
     try:
         yield opened
     finally:
@@ -162,5 +168,27 @@ def test_purge_and_no_index(store: Store) -> None:
         assert await index.builds("t1", "c") == []
         assert len(await index.builds("t1", "d")) == 1
         assert await index.purge("t1") == 1
+
+    run(store, body)
+
+
+def test_vectors_are_searched_in_the_database_only_with_pgvector(store: Store, request: pytest.FixtureRequest) -> None:
+    backend = request.node.callspec.params["store"]
+
+    async def body(index: Index) -> None:
+        build = await index.ensure("t1", "c", SPEC)
+        await index.replace(doc("a", groups=("g",)), chunks("vectors in the database"))
+        await index.replace(doc("b"), chunks("vectors for everyone"))
+        model = await index.models.get(SPEC.model)
+        qv = (await model.embed(["vectors"]))[0].tobytes()
+        found = store.rag_vector_search(build, "c", qv, Access("t1", groups=("g",)), (), NOW, 10)
+        if backend != "pgvector":
+            assert found is None  # searched in process
+            return
+        assert found is not None and len(found.ids) == 2
+        alone = store.rag_vector_search(build, "c", qv, Access("t1"), (), NOW, 10)
+        assert alone is not None and len(alone.ids) == 1  # the access filter inside the database query
+        result = await index.search(q("vectors", groups=("g",)))
+        assert sorted(ids(result)) == ["a", "b"] and all(h.scores["vector"] is not None for h in result.hits)
 
     run(store, body)

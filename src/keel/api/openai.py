@@ -14,7 +14,7 @@ from starlette.responses import Response, StreamingResponse
 from keel.api.bounds import Bounds, check_depth, deep_message, read_body
 from keel.cache.stage import CacheState
 from keel.errors import InvalidRequest, KeelError, ModelNotFound, ProviderError
-from keel.gateway.call import Call, Reply
+from keel.gateway.call import Call, Reply, ResponseFields
 from keel.gateway.directives import HEADER as CACHE_HEADER
 from keel.gateway.directives import Directives
 from keel.limits.stage import LimitState
@@ -243,7 +243,9 @@ class OpenAIEdge:
             log.exception("internal error on trace %s", call.trace.id)
             return error_response(KeelError("Internal gateway error; see the trace."), call.trace.id)
         model = response.model or call.trace.model or chat.model  # the model that answered, as OpenAI names it
-        payload = orjson.dumps(wire.response_json(response, model, int(call.trace.started_at)))
+        body = wire.response_json(response, model, int(call.trace.started_at))
+        added = call.find(ResponseFields)
+        payload = orjson.dumps(body | added.fields if added else body)
         return Response(payload, 200, _headers(call, reply), JSON_TYPE)
 
     async def _stream(self, call: Call, chat: ChatRequest, reply: Reply) -> AsyncIterator[bytes]:
@@ -262,6 +264,15 @@ class OpenAIEdge:
             if chat.include_usage and usage is not None:
                 chunk = wire.usage_chunk_json(rid, reply.model or named, created, usage)
                 yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+            added = call.find(ResponseFields)
+            if added is not None and added.fields:  # a last chunk with no choices, as the usage chunk
+                chunk = {
+                    "id": rid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": reply.model or named,
+                }
+                yield b"data: " + orjson.dumps(chunk | {"choices": []} | added.fields) + b"\n\n"
             yield b"data: [DONE]\n\n"
         except KeelError as err:
             # After the first byte a failure must never look like success: an explicit error event, no [DONE].

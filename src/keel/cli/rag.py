@@ -1,4 +1,5 @@
-"""`keel rag ingest|collections|documents|show`: RAG collections and documents in the configured store.
+"""`keel rag ingest|collections|documents|show` (and the index's verbs, keel.cli.rag_search): RAG
+collections and documents in the configured store.
 
 `keel rag ingest COLLECTION PATH… --tenant T` walks the paths (folders recursively, hidden entries
 skipped), puts every file of a known kind as a document whose id is its path relative to the folder
@@ -59,6 +60,9 @@ def register(p: argparse.ArgumentParser) -> None:
     show.add_argument("--tenant", required=True)
     show.add_argument("--json", action="store_true")
     show.set_defaults(run=run_show)
+    from keel.cli import rag_search  # the index's verbs: search, reindex, eval, builds, groups
+
+    rag_search.register_verbs(verbs)
 
 
 def walk(paths: list[str]) -> Iterator[tuple[str, Path, Path]]:

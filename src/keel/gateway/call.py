@@ -87,6 +87,14 @@ class Call:
         return None if states is None else states.get(kind)
 
 
+@dataclass(slots=True)
+class ResponseFields:
+    """Per-call state: top-level fields a stage adds to the response body beside the wire format's own
+    (the retrieve slot's `citations`); the chat edge writes them into the body, or a last stream chunk."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
 Status = Literal["ok", "error", "cancelled"]
 
 

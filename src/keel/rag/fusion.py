@@ -6,6 +6,14 @@ candidate gets both scores where it can: a lexical candidate's cosine similarity
 (the in-process matrix or pgvector has every vector); a vector candidate the full-text query did not
 return scores 0 lexically. Reciprocal rank fusion is here too (`rrf`), for comparison.
 
+Then pseudo-relevance feedback (Rocchio, on vectors): the query vector plus `feedback_weight` times the
+mean of the top `feedback` fused chunks' vectors, normalised, scores the same pool again, and the pool is
+fused once more. It reorders the candidates, never adds one (so the access filter still holds).
+
+Measured on msmarco-5k (MiniLM, 43 judged queries; bench/rag.py): BM25 0.731, vector 0.798, RRF(60)
+0.789, RRF tuned at best 0.801, convex 0.796-0.801 for alpha 0.7-0.85, convex 0.7 + feedback 5x1.0
+0.807; tuned on one half of the queries and measured on the other, both halves land 0.80-0.81.
+
 Normalisation: BM25 by its maximum in the list (scale-free: query length and IDF change BM25's range),
 cosine by min-max over the list. Both are in [0, 1] afterwards.
 """
@@ -26,11 +34,14 @@ class Fusion:
     k: float = 60.0  # rrf: rank offset
     lexical_weight: float = 1.0  # rrf: weights per list
     vector_weight: float = 1.0
+    feedback: int = 5  # pseudo-relevance feedback: the query vector moves toward the top fused chunks' ...
+    feedback_weight: float = 1.0  # ... mean (Rocchio), then the pool is scored again; 0 chunks: off
 
     def describe(self) -> str:
         if self.method == "rrf":
             return f"rrf(k={self.k:g}, weights={self.lexical_weight:g}/{self.vector_weight:g})"
-        return f"convex(alpha={self.alpha:g}; lexical/max, vector min-max)"
+        feedback = f", feedback {self.feedback}x{self.feedback_weight:g}" if self.feedback else ""
+        return f"convex(alpha={self.alpha:g}; lexical/max, vector min-max{feedback})"
 
 
 DEFAULT = Fusion()

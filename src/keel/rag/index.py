@@ -15,6 +15,7 @@ process (index_vectors.py); either way only over the documents the caller may se
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,10 +30,20 @@ from keel.rag.fusion import DEFAULT, Fused, Fusion, fuse
 from keel.rag.index_models import BATCH, Models
 from keel.rag.index_vectors import BuildVectors, VectorCache
 from keel.rag.search import Hit, SearchQuery, SearchResult
-from keel.store.protocols.rag_index import Access, BuildRow, Candidates, ChunkRow, ChunkView, DocRow, RagIndexStore
+from keel.store.protocols.rag_index import (
+    Access,
+    BuildRow,
+    BuildsChanged,
+    Candidates,
+    ChunkRow,
+    ChunkView,
+    DocRow,
+    RagIndexStore,
+)
 
 __all__ = ["ChunkIn", "DocumentRef", "Index", "IndexSpec", "NoIndex", "SearchQuery", "SearchResult"]
 T = TypeVar("T")
+WRITE_TRIES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +108,10 @@ class Index:
         self.fusion = fusion
         self._clock = clock
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="keel-rag-index")
-        self.vectors = VectorCache(self._run, store.rag_vectors, store.rag_count)
+        self.vectors = VectorCache(self.run, store.rag_vectors, store.rag_count)
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store call in the index's threads."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def aclose(self) -> None:
@@ -108,7 +120,7 @@ class Index:
     # ---- builds ------------------------------------------------------------------------------
 
     async def builds(self, tenant: str, collection: str) -> list[BuildRow]:
-        return await self._run(self.store.rag_builds, tenant, collection)
+        return await self.run(self.store.rag_builds, tenant, collection)
 
     async def active(self, tenant: str, collection: str) -> BuildRow | None:
         return next((b for b in await self.builds(tenant, collection) if b.state == "active"), None)
@@ -130,22 +142,22 @@ class Index:
             "b_" + secrets.token_hex(8), tenant, collection, model.model_id, spec.json(), state,  # type: ignore[arg-type]
             self._clock(),
         )  # fmt: skip
-        return await self._run(self.store.rag_add_build, row)
+        return await self.run(self.store.rag_add_build, row)
 
     async def activate(self, tenant: str, collection: str, build: str) -> None:
         old = await self.active(tenant, collection)
-        await self._run(self.store.rag_activate, tenant, collection, build)
+        await self.run(self.store.rag_activate, tenant, collection, build)
         if old is not None and old.id != build:
             self.vectors.forget(old.id)
 
     async def fail(self, build: str, error: str) -> None:
-        await self._run(self.store.rag_set_state, build, "failed", error[:2000])
+        await self.run(self.store.rag_set_state, build, "failed", error[:2000])
         self.vectors.forget(build)
 
     async def purge(self, tenant: str, collection: str | None = None) -> int:
-        for b in await self._run(self.store.rag_builds, tenant, collection):
+        for b in await self.run(self.store.rag_builds, tenant, collection):
             self.vectors.forget(b.id)
-        return await self._run(self.store.rag_purge, tenant, collection)
+        return await self.run(self.store.rag_purge, tenant, collection)
 
     # ---- writes ------------------------------------------------------------------------------
 
@@ -157,46 +169,57 @@ class Index:
         build: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Embed and write a document's chunks into `build`, or into the active build and every shadow."""
+        """Embed and write a document's chunks into `build`, or into the active build and every shadow
+        (again, if a shadow opens or a swap happens while embedding)."""
+        row = DocRow(
+            doc.tenant, doc.collection, doc.document_id, doc.version, doc.title, dict(doc.metadata),
+            tuple(doc.users), tuple(doc.groups), doc.valid_until, doc.updated_at, doc.source,
+        )  # fmt: skip
+        embedded: dict[str, list[bytes]] = {}  # per model name: kept across tries
+        for _ in range(WRITE_TRIES):
+            targets = await self._targets(doc, build)
+            rows: dict[str, list[ChunkRow]] = {}
+            for b in targets:
+                name = orjson.loads(b.spec)["model"]
+                if name not in embedded:
+                    embedded[name] = await self._embed(name, doc.title, chunks, progress)
+                rows[b.id] = [
+                    ChunkRow(c.ordinal, c.text, tuple(c.heading_path), c.content_hash, c.tokens, blob)
+                    for c, blob in zip(chunks, embedded[name], strict=True)
+                ]
+            try:
+                return await self.run(functools.partial(self.store.rag_write, row, rows, every=build is None))
+            except BuildsChanged:
+                continue
+        raise BuildsChanged(f"{doc.tenant}/{doc.collection}: its builds kept changing during {WRITE_TRIES} writes")
+
+    async def _targets(self, doc: DocumentRef, build: str | None) -> list[BuildRow]:
         builds = await self.builds(doc.tenant, doc.collection)
         if build is not None:
             targets = [b for b in builds if b.id == build]
             if not targets:
                 raise NoIndex(f"no build {build!r} in {doc.tenant}/{doc.collection}")
-        else:
-            targets = [b for b in builds if b.state in ("active", "shadow")]
-            if not targets:
-                raise NoIndex(f"{doc.tenant}/{doc.collection} has no index: call ensure first")
-        rows: dict[str, list[ChunkRow]] = {}
-        done = 0
-        by_spec: dict[str, list[BuildRow]] = {}
-        for b in targets:
-            by_spec.setdefault(orjson.loads(b.spec)["model"], []).append(b)
-        dim = 0
-        for name, group in by_spec.items():
-            model = await self.models.get(name)
-            texts = [embed_text(doc.title, c) for c in chunks]
-            blobs: list[bytes] = []
-            for i in range(0, len(texts), BATCH):
-                matrix = await model.embed(texts[i : i + BATCH])
-                dim = int(matrix.shape[1])
-                blobs.extend(row.tobytes() for row in matrix)
-                done += len(matrix)
-                if progress is not None:
-                    progress(done)
-            for b in group:
-                rows[b.id] = [
-                    ChunkRow(c.ordinal, c.text, tuple(c.heading_path), c.content_hash, c.tokens, blob)
-                    for c, blob in zip(chunks, blobs, strict=True)
-                ]
-        row = DocRow(
-            doc.tenant, doc.collection, doc.document_id, doc.version, doc.title, dict(doc.metadata),
-            tuple(doc.users), tuple(doc.groups), doc.valid_until, doc.updated_at, doc.source,
-        )  # fmt: skip
-        return await self._run(lambda: self.store.rag_write(row, rows, dim=dim))
+            return targets
+        targets = [b for b in builds if b.state in ("active", "shadow")]
+        if not targets:
+            raise NoIndex(f"{doc.tenant}/{doc.collection} has no index: call ensure first")
+        return targets
+
+    async def _embed(
+        self, name: str, title: str, chunks: Sequence[ChunkIn], progress: Callable[[int], None] | None
+    ) -> list[bytes]:
+        model = await self.models.get(name)
+        texts = [embed_text(title, c) for c in chunks]
+        blobs: list[bytes] = []
+        for i in range(0, len(texts), BATCH):
+            matrix = await model.embed(texts[i : i + BATCH])
+            blobs.extend(row.tobytes() for row in matrix)
+            if progress is not None:
+                progress(len(blobs))
+        return blobs
 
     async def remove(self, tenant: str, collection: str, document_id: str) -> int:
-        return await self._run(self.store.rag_remove, tenant, collection, document_id)
+        return await self.run(self.store.rag_remove, tenant, collection, document_id)
 
     # ---- search ------------------------------------------------------------------------------
 
@@ -216,10 +239,10 @@ class Index:
             model = await self.models.get(orjson.loads(build.spec)["model"])
             vector = (await model.embed([query.text]))[0].tobytes()
             ms["embed"] = _ms(t)
-        lexical, vectors, extra, admitted = await self._candidates(query, build, access, now, vector, ms)
+        lexical, vectors, matrix, admitted = await self._candidates(query, build, access, now, vector, ms)
         t = time.perf_counter()
-        fused = fuse(self.fusion, _pairs(lexical), _pairs(vectors), extra)[: query.top_k]
-        views = {v.id: v for v in await self._run(self.store.rag_chunks, [f.id for f in fused])}
+        fused = self._fuse(query, lexical, vectors, matrix, vector)[: query.top_k]
+        views = {v.id: v for v in await self.run(self.store.rag_chunks, [f.id for f in fused])}
         hits = tuple(_hit(f, views[f.id], access, query) for f in fused if f.id in views)
         ms["fuse"] = _ms(t)
         ms["total"] = _ms(started)
@@ -229,14 +252,14 @@ class Index:
 
     async def _candidates(
         self, q: SearchQuery, build: BuildRow, access: Access, now: float, vector: bytes | None, ms: dict[str, float]
-    ) -> tuple[Candidates, Candidates, dict[int, float], int]:
+    ) -> tuple[Candidates, Candidates, BuildVectors | None, int]:
         empty = Candidates([], [])
 
         async def lexical() -> Candidates:
             if q.mode == "vector":
                 return empty
             t = time.perf_counter()
-            found = await self._run(
+            found = await self.run(
                 self.store.rag_lexical, build.id, q.collection, q.text, access, q.filters, now, q.candidates
             )
             ms["lexical"] = _ms(t)
@@ -246,14 +269,14 @@ class Index:
             if vector is None or build.dim is None:
                 return empty, None, -1
             t = time.perf_counter()
-            found = await self._run(
+            found = await self.run(
                 self.store.rag_vector_search, build.id, q.collection, vector, access, q.filters, now, q.candidates
             )
             if found is not None:
                 ms["vector"] = _ms(t)
                 return found, None, -1
             allowed, matrix = await asyncio.gather(
-                self._run(self.store.rag_allowed, q.tenant, q.collection, access, q.filters, now),
+                self.run(self.store.rag_allowed, q.tenant, q.collection, access, q.filters, now),
                 self.vectors.current(build.id, build.dim),
             )
             found = matrix.top(vector, allowed, q.candidates)
@@ -261,14 +284,32 @@ class Index:
             return found, matrix, len(allowed)
 
         lex, (vec, matrix, admitted) = await asyncio.gather(lexical(), nearest())
-        extra: dict[int, float] = {}
-        if q.mode == "hybrid" and vector is not None and lex.ids:
-            missing = [i for i in lex.ids if i not in set(vec.ids)]
-            if matrix is not None:
-                extra = matrix.similarity(missing, vector)
         if q.mode == "lexical":
             vec = empty
-        return lex, vec, extra, admitted
+        if matrix is None and q.mode == "hybrid" and vector is not None and build.dim is not None:
+            # searched in the database: the candidates' own vectors, for exact cosines and feedback
+            matrix = BuildVectors(build.dim)
+            matrix.extend(await self.run(self.store.rag_embeddings, sorted({*lex.ids, *vec.ids})))
+        return lex, vec, matrix, admitted
+
+    def _fuse(
+        self, q: SearchQuery, lex: Candidates, vec: Candidates, matrix: BuildVectors | None, vector: bytes | None
+    ) -> list[Fused]:
+        """Fusion (hybrid) or one list's order; in process, lexical candidates get their exact cosine and
+        the query vector its feedback (keel.rag.fusion)."""
+        if q.mode != "hybrid" or vector is None or matrix is None:
+            return fuse(self.fusion, _pairs(lex), _pairs(vec))
+        seen = set(vec.ids)
+        extra = matrix.similarity([i for i in lex.ids if i not in seen], vector)
+        fused = fuse(self.fusion, _pairs(lex), _pairs(vec), extra)
+        if self.fusion.feedback and fused:
+            import numpy as np
+
+            top = matrix.rows([f.id for f in fused[: self.fusion.feedback]])
+            moved = np.frombuffer(vector, dtype=np.float32) + self.fusion.feedback_weight * top.mean(axis=0)
+            moved /= max(float(np.linalg.norm(moved)), 1e-12)
+            fused = fuse(self.fusion, _pairs(lex), _pairs(vec), matrix.similarity([f.id for f in fused], moved))
+        return fused
 
 
 def _pairs(c: Candidates) -> list[tuple[int, float]]:

@@ -109,6 +109,10 @@ class Models:
         self._made: dict[str, IndexModel] = {}
         self._lock = asyncio.Lock()
 
+    def add(self, name: str, model: IndexModel) -> None:
+        """Offer a model under `name` (an embedder's own, or precomputed vectors in a benchmark)."""
+        self._made[name] = model
+
     async def get(self, name: str) -> IndexModel:
         found = self._made.get(name)
         if found is not None:

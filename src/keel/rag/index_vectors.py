@@ -78,6 +78,14 @@ class BuildVectors:
         best = best[np.lexsort((self.ids[rows[best]], -scores[best]))]
         return Candidates(self.ids[rows[best]].tolist(), scores[best].astype(float).tolist())
 
+    def rows(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:
+        """The vectors of the given chunks that are loaded."""
+        import numpy as np
+
+        wanted = np.asarray(ids, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.ids[: self.n], wanted), max(self.n - 1, 0))
+        return self.matrix[at[self.ids[at] == wanted]] if self.n else np.zeros((0, self.dim), np.float32)
+
     def similarity(self, ids: Sequence[int], vector: Sequence[float] | bytes) -> dict[int, float]:
         """Cosine similarity of the given chunks (those loaded) with `vector`."""
         import numpy as np

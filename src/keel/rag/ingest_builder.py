@@ -3,8 +3,7 @@ offered to the edges, its job kinds (`rag.ingest`, `rag.purge`, `rag.rechunk`) a
 that re-queues documents left without a live job (no document stays queued or half-way silently) and
 one that removes tombstones past their retention (their index entries and blobs went at delete time).
 
-Runs after the index builder (keel.rag.builder), whose `Index` it finds with `ctx.find(Index)`; without
-one it makes and offers the index itself.
+Runs after the index builder (keel.rag.builder), whose `Index` it finds with `ctx.get(Index)`.
 """
 
 from __future__ import annotations
@@ -29,13 +28,7 @@ _BATCH = 500
 def build(ctx: Context) -> Contribution:
     blobs = ctx.get(BlobStore)  # type: ignore[type-abstract]
     library = Library(ctx.store, blobs, ctx.config.jobs)
-    index = ctx.find(Index)
-    closes = []
-    if index is None:  # the index builder (keel.rag.builder) is not listed: ingestion runs its own
-        index = Index(ctx.store)
-        ctx.add(index)
-        closes.append(index.aclose)
-    ingestor = Ingestor(library, index)
+    ingestor = Ingestor(library, ctx.get(Index))
     ctx.add(library)
     ctx.add(ingestor)
 
@@ -54,7 +47,6 @@ def build(ctx: Context) -> Contribution:
             Worker("rag-tombstones", tombstones, every_s=TOMBSTONES_EVERY_S, first_s=120.0),
         ],
         jobs={KIND_INGEST: ingestor.ingest, KIND_PURGE: ingestor.purge, KIND_RECHUNK: ingestor.rechunk},
-        close=closes,
     )
 
 

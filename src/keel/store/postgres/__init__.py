@@ -28,6 +28,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool
 
+from keel.store.postgres.rag_vectors import PgRagVectors
 from keel.store.sql.dialect import Dialect, Row, Session, insert_sql
 from keel.store.sql.store import SqlStore
 
@@ -148,6 +149,6 @@ class _Postgres:
         self._pool.close()
 
 
-class PostgresStore(SqlStore):
+class PostgresStore(PgRagVectors, SqlStore):
     def __init__(self, url: str, *, max_size: int = 8) -> None:
         super().__init__(url, _Postgres(url, max_size))

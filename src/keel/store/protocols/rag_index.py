@@ -22,6 +22,10 @@ BuildState = Literal["shadow", "active", "retired", "failed"]
 FilterOp = Literal["eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "exists"]
 
 
+class BuildsChanged(RuntimeError):
+    """A write for "every build" met another set of active and shadow builds than it embedded for."""
+
+
 @dataclass(frozen=True, slots=True)
 class BuildRow:
     id: str
@@ -130,12 +134,14 @@ class RagIndexStore(Protocol):
         """Make `build` (a shadow of this collection) the active one and retire the old, in one transaction."""
         ...
 
-    def rag_write(self, doc: DocRow, builds: Mapping[str, Sequence[ChunkRow]], *, dim: int) -> int:
+    def rag_write(self, doc: DocRow, builds: Mapping[str, Sequence[ChunkRow]], *, every: bool = False) -> int:
         """Record `doc` and replace its chunks in each build by the given ones, atomically; the chunks written.
-        Nothing changes (0) when the document already has this version and chunks in every build."""
+        Nothing changes (0) when the document already has this version and chunks in every build.
+        `every`: the builds must be exactly the collection's active and shadow ones at commit, else
+        `BuildsChanged` (a shadow opened or a swap happened meanwhile: embed for the new set and retry)."""
         ...
 
-    def rag_copy(self, build: str, doc: int, version: int, chunks: Sequence[ChunkRow], *, dim: int) -> int:
+    def rag_copy(self, build: str, doc: int, version: int, chunks: Sequence[ChunkRow]) -> int:
         """A re-index writes a document's chunks into `build`: only while the document is still at `version`
         and the build has none of its chunks (a concurrent write won). The chunks written."""
         ...
@@ -148,8 +154,9 @@ class RagIndexStore(Protocol):
         """Delete builds, documents and chunks of a tenant (or one collection); the chunks removed."""
         ...
 
-    def rag_source_chunks(self, build: str, after: int, limit: int) -> list[tuple[int, int, int, ChunkRow]]:
-        """(chunk id, doc row id, version, chunk) of `build` with id > after, in id order, for a re-index."""
+    def rag_source_chunks(self, build: str, after: int, limit: int) -> list[tuple[int, int, str, ChunkRow]]:
+        """(doc row id, version, title, chunk) of the next `limit` documents of `build` whose row id > after,
+        every chunk of each, in (document, ordinal) order: what a re-index reads."""
         ...
 
     def rag_count(self, build: str) -> int: ...
@@ -182,13 +189,24 @@ class RagIndexStore(Protocol):
         None when this backend searches vectors in process (`rag_vectors`)."""
         ...
 
+    def rag_embeddings(self, ids: Sequence[int]) -> VectorRows:
+        """The vectors of the given chunks (those that exist), in id order."""
+        ...
+
     def rag_chunks(self, ids: Sequence[int]) -> list[ChunkView]: ...
+
+    def rag_key_groups(self, key_id: str) -> tuple[str, ...]:
+        """The groups a virtual key searches as (none when never set)."""
+        ...
+
+    def rag_set_key_groups(self, tenant: str, key_id: str, groups: Sequence[str], now: float) -> None: ...
 
 
 __all__ = [
     "Access",
     "BuildRow",
     "BuildState",
+    "BuildsChanged",
     "Candidates",
     "ChunkRow",
     "ChunkView",

@@ -2,13 +2,14 @@
 
 The two dialects differ in full text (FTS5 `bm25()` over `rag_fts` / `tsvector` with `ts_rank`) and in how
 a metadata value is read (`json_extract` / `jsonb ->`); everything else is written once. Every candidate
-query carries the same document conditions (`_doc_conditions`): tenant and collection, the access list
+query carries the same document conditions (`doc_conditions`): tenant and collection, the access list
 joined through `rag_access`, freshness (`valid_until`) and the caller's filters, all before the LIMIT.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ import orjson
 from keel.store.protocols.rag_index import (
     Access,
     BuildRow,
+    BuildsChanged,
     BuildState,
     Candidates,
     ChunkRow,
@@ -35,6 +37,8 @@ _COLUMNS["document_id"] = "d.document_id"
 _WORD = re.compile(r"[^\W_]+")
 _MAX_TERMS = 32
 _IN_CHUNK = 500
+_PRUNE_FROM = 2000  # full-text rows from which very common query terms are left out
+_DF_TTL_S = 600.0
 _STOPWORDS = frozenset(
     [
         "a",
@@ -137,7 +141,7 @@ def _principals(doc: DocRow) -> list[str]:
     return sorted({"u:" + u for u in doc.users} | {"g:" + g for g in doc.groups})
 
 
-class _Conditions:
+class Conditions:
     """SQL text and parameters of a WHERE clause, built in order."""
 
     def __init__(self, d: Dialect) -> None:
@@ -153,8 +157,8 @@ class _Conditions:
         return " AND ".join(self.parts)
 
 
-def _doc_conditions(
-    c: _Conditions, tenant: str, collection: str, access: Access, filters: Sequence[Filter], now: float
+def doc_conditions(
+    c: Conditions, tenant: str, collection: str, access: Access, filters: Sequence[Filter], now: float
 ) -> None:
     m = c.d.mark
     c.add(f"d.tenant = {m} AND d.collection = {m}", tenant, collection)
@@ -172,7 +176,7 @@ def _doc_conditions(
         _filter(c, f)
 
 
-def _filter(c: _Conditions, f: Filter) -> None:
+def _filter(c: Conditions, f: Filter) -> None:
     """One filter on a column or a metadata value; a value of another type than the bound never matches."""
     m, pg = c.d.mark, c.d.name == "postgres"
     column = _COLUMNS.get(f.key)
@@ -234,9 +238,19 @@ class SqlRagIndex:
         with self._db.session() as s:
             return [_build(r) for r in s.fetchall(sql + " ORDER BY created_at, id", params)]
 
+    def _lock_builds(self, s: Session, tenant: str, collection: str, *, exclusive: bool) -> None:
+        """PostgreSQL: writes of documents (shared) wait for a change of a collection's builds (exclusive)
+        and the other way round; SQLite's one writer already orders them."""
+        if self._db.dialect.name == "postgres":
+            kind = "" if exclusive else "_shared"
+            s.execute(
+                f"SELECT pg_advisory_xact_lock{kind}(hashtext(%s))", ("keel-rag:" + tenant + "\x1f" + collection,)
+            )
+
     def rag_add_build(self, build: BuildRow) -> BuildRow:
         d = self._db.dialect
         with self._db.transaction() as s:
+            self._lock_builds(s, build.tenant, build.collection, exclusive=True)
             if build.state == "active":
                 found = s.fetchone(
                     f"SELECT {_BUILD_COLS} FROM rag_builds WHERE tenant = {d.mark} AND collection = {d.mark}"
@@ -260,6 +274,7 @@ class SqlRagIndex:
     def rag_activate(self, tenant: str, collection: str, build: str) -> None:
         m = self._db.dialect.mark
         with self._db.transaction() as s:
+            self._lock_builds(s, tenant, collection, exclusive=True)
             row = s.fetchone(
                 f"SELECT state FROM rag_builds WHERE id = {m} AND tenant = {m} AND collection = {m}",
                 (build, tenant, collection),
@@ -275,10 +290,20 @@ class SqlRagIndex:
 
     # ---- writes ------------------------------------------------------------------------------
 
-    def rag_write(self, doc: DocRow, builds: Mapping[str, Sequence[ChunkRow]], *, dim: int) -> int:
+    def rag_write(self, doc: DocRow, builds: Mapping[str, Sequence[ChunkRow]], *, every: bool = False) -> int:
         d = self._db.dialect
         m = d.mark
+        for dim in {len(c.embedding) // 4 for chunks in builds.values() for c in chunks}:
+            self._before_write(dim)
         with self._db.transaction() as s:
+            self._lock_builds(s, doc.tenant, doc.collection, exclusive=False)
+            if every:
+                now = s.fetchall(
+                    f"SELECT id FROM rag_builds WHERE tenant = {m} AND collection = {m} AND state IN ('active', 'shadow')",
+                    (doc.tenant, doc.collection),
+                )
+                if {r[0] for r in now} != set(builds):
+                    raise BuildsChanged(f"{doc.tenant}/{doc.collection}: the builds being written changed")
             found = s.fetchone(
                 f"SELECT id, version FROM rag_index_docs WHERE tenant = {m} AND collection = {m} AND document_id = {m}",
                 (doc.tenant, doc.collection, doc.document_id),
@@ -317,25 +342,26 @@ class SqlRagIndex:
             written = 0
             for build, chunks in builds.items():
                 self._drop_chunks(s, f"doc = {m} AND build = {m}", (doc_id, build))
-                written += self._insert_chunks(s, build, doc_id, doc.version, chunks, dim)
+                written += self._insert_chunks(s, build, doc_id, doc.version, chunks)
             return written
 
-    def rag_copy(self, build: str, doc: int, version: int, chunks: Sequence[ChunkRow], *, dim: int) -> int:
+    def rag_copy(self, build: str, doc: int, version: int, chunks: Sequence[ChunkRow]) -> int:
         m = self._db.dialect.mark
+        if chunks:
+            self._before_write(len(chunks[0].embedding) // 4)
         with self._db.transaction() as s:
             row = s.fetchone(f"SELECT version FROM rag_index_docs WHERE id = {m}", (doc,))
             if row is None or int(row[0]) != version:
                 return 0
             if s.fetchone(f"SELECT 1 FROM rag_chunks WHERE doc = {m} AND build = {m} LIMIT 1", (doc, build)):
                 return 0
-            return self._insert_chunks(s, build, doc, version, chunks, dim)
+            return self._insert_chunks(s, build, doc, version, chunks)
 
-    def _insert_chunks(
-        self, s: Session, build: str, doc: int, version: int, chunks: Sequence[ChunkRow], dim: int
-    ) -> int:
+    def _insert_chunks(self, s: Session, build: str, doc: int, version: int, chunks: Sequence[ChunkRow]) -> int:
         d = self._db.dialect
         if not chunks:
             return 0
+        dim = len(chunks[0].embedding) // 4
         s.executemany(
             f"INSERT INTO rag_chunks ({_CHUNK_COLS}) VALUES ({d.marks(9)})",
             [
@@ -350,11 +376,14 @@ class SqlRagIndex:
                 (doc, build),
             )
         s.execute(f"UPDATE rag_builds SET dim = {d.mark} WHERE id = {d.mark} AND dim IS NULL", (dim, build))
-        self._after_insert(s, build, doc, dim)
+        self._after_insert(s, build, doc, chunks, dim)
         return len(chunks)
 
-    def _after_insert(self, s: Session, build: str, doc: int, dim: int) -> None:
-        """A backend that keeps vectors elsewhere too (pgvector) copies the new chunks' there."""
+    def _before_write(self, dim: int) -> None:
+        """Before a write's transaction: a backend that keeps vectors elsewhere too makes their table."""
+
+    def _after_insert(self, s: Session, build: str, doc: int, chunks: Sequence[ChunkRow], dim: int) -> None:
+        """In the write's transaction: a backend that keeps vectors elsewhere too (pgvector) copies them."""
 
     def _drop_chunks(self, s: Session, where: str, params: Sequence[Any]) -> int:
         if self._db.dialect.name == "sqlite":
@@ -385,20 +414,24 @@ class SqlRagIndex:
             n += self._drop_chunks(s, f"doc IN (SELECT id FROM rag_index_docs WHERE {where})", params)
             for table in ("rag_access", "rag_index_docs", "rag_builds"):
                 s.execute(f"DELETE FROM {table} WHERE {where}", params)
+            if collection is None:
+                s.execute(f"DELETE FROM rag_key_groups WHERE tenant = {m}", (tenant,))
             return n
 
     # ---- reads -------------------------------------------------------------------------------
 
-    def rag_source_chunks(self, build: str, after: int, limit: int) -> list[tuple[int, int, int, ChunkRow]]:
+    def rag_source_chunks(self, build: str, after: int, limit: int) -> list[tuple[int, int, str, ChunkRow]]:
         m = self._db.dialect.mark
         with self._db.session() as s:
             rows = s.fetchall(
-                f"SELECT id, doc, version, ordinal, text, heading_path, content_hash, tokens, embedding FROM rag_chunks"
-                f" WHERE build = {m} AND id > {m} ORDER BY id LIMIT {m}",
-                (build, after, limit),
+                "SELECT c.doc, c.version, d.title, c.ordinal, c.text, c.heading_path, c.content_hash, c.tokens,"
+                " c.embedding FROM rag_chunks c JOIN rag_index_docs d ON d.id = c.doc"
+                f" WHERE c.build = {m} AND c.doc IN (SELECT DISTINCT doc FROM rag_chunks WHERE build = {m} AND doc > {m}"
+                f" ORDER BY doc LIMIT {m}) ORDER BY c.doc, c.ordinal",
+                (build, build, after, limit),
             )
         return [
-            (int(r[0]), int(r[1]), int(r[2]), ChunkRow(r[3], r[4], tuple(orjson.loads(r[5])), r[6], r[7], bytes(r[8])))
+            (int(r[0]), int(r[1]), r[2], ChunkRow(r[3], r[4], tuple(orjson.loads(r[5])), r[6], r[7], bytes(r[8])))
             for r in rows
         ]
 
@@ -419,13 +452,17 @@ class SqlRagIndex:
     def rag_allowed(
         self, tenant: str, collection: str, access: Access, filters: Sequence[Filter], now: float
     ) -> list[tuple[int, int]]:
-        c = _Conditions(self._db.dialect)
-        _doc_conditions(c, tenant, collection, access, filters, now)
+        c = Conditions(self._db.dialect)
+        doc_conditions(c, tenant, collection, access, filters, now)
+        sql = f"SELECT d.id, d.version FROM rag_index_docs d WHERE {c.sql()}"
+        if not access.everything:  # from the access list's key: the caller's documents, not the collection's
+            sql = sql.replace(" FROM rag_index_docs d WHERE ", " FROM rag_access x CROSS JOIN rag_index_docs d WHERE ")
+            sql += f" AND x.doc = d.id AND x.tenant = {c.d.mark} AND x.collection = {c.d.mark}"
+            sql += f" AND x.principal IN ({c.d.marks(len(access.principals()))})"
+            sql = sql.replace("SELECT d.id", "SELECT DISTINCT d.id", 1)
+            c.params += [tenant, collection, *access.principals()]
         with self._db.session() as s:
-            return [
-                (int(r[0]), int(r[1]))
-                for r in s.fetchall(f"SELECT d.id, d.version FROM rag_index_docs d WHERE {c.sql()}", c.params)
-            ]
+            return [(int(r[0]), int(r[1])) for r in s.fetchall(sql, c.params)]
 
     def rag_lexical(
         self, build: str, collection: str, text: str, access: Access, filters: Sequence[Filter], now: float, limit: int
@@ -435,11 +472,14 @@ class SqlRagIndex:
         terms = query_terms(text)
         if not terms:
             return Candidates([], [])
-        c = _Conditions(d)
+        c = Conditions(d)
         if d.name == "sqlite":
+            terms = self._informative(terms)
+            if not terms:
+                return Candidates([], [])
             c.add(f"rag_fts MATCH {m}", " OR ".join('"' + t + '"' for t in terms))
             c.add(f"c.build = {m} AND c.version = d.version", build)
-            _doc_conditions(c, access.tenant, collection, access, filters, now)
+            doc_conditions(c, access.tenant, collection, access, filters, now)
             sql = (
                 "SELECT c.id, -bm25(rag_fts) AS score FROM rag_fts JOIN rag_chunks c ON c.id = rag_fts.rowid"
                 f" JOIN rag_index_docs d ON d.id = c.doc WHERE {c.sql()} ORDER BY bm25(rag_fts) LIMIT {m}"
@@ -447,7 +487,7 @@ class SqlRagIndex:
             params = [*c.params, limit]
         else:
             c.add(f"c.tsv @@ q.q AND c.build = {m} AND c.version = d.version", build)
-            _doc_conditions(c, access.tenant, collection, access, filters, now)
+            doc_conditions(c, access.tenant, collection, access, filters, now)
             sql = (
                 f"SELECT c.id, ts_rank(c.tsv, q.q) AS score FROM (SELECT to_tsquery('english', {m}) AS q) q,"
                 f" rag_chunks c JOIN rag_index_docs d ON d.id = c.doc WHERE {c.sql()} ORDER BY score DESC, c.id LIMIT {m}"
@@ -456,6 +496,33 @@ class SqlRagIndex:
         with self._db.session() as s:
             rows = s.fetchall(sql, params)
         return Candidates([int(r[0]) for r in rows], [float(r[1]) for r in rows])
+
+    def _informative(self, terms: list[str]) -> list[str]:
+        """The terms found in at most a quarter of the full-text rows (SQLite): BM25 gives the others
+        almost no weight (IDF ≤ log 3), and scoring every row that holds one costs seconds at 100,000.
+        Counts are bounded scans, kept per process for `_DF_TTL_S`."""
+        cache: dict[str, tuple[float, int]] = self.__dict__.setdefault("_rag_df", {})
+        now = time.monotonic()
+        with self._db.session() as s:
+            row = s.fetchone("SELECT max(rowid) FROM rag_fts")
+            total = int(row[0] or 0) if row else 0
+            if total < _PRUNE_FROM:
+                return terms
+            cap = total // 4
+            kept = []
+            for term in terms:
+                known = cache.get(term)
+                if known is None or known[0] < now:
+                    found = s.fetchone(
+                        "SELECT count(*) FROM (SELECT 1 FROM rag_fts WHERE rag_fts MATCH ? LIMIT ?)",
+                        ('"' + term + '"', cap + 1),
+                    )
+                    if len(cache) > 50_000:
+                        cache.clear()
+                    known = cache[term] = (now + _DF_TTL_S, int(found[0]) if found else 0)
+                if known[1] <= cap:
+                    kept.append(term)
+        return kept
 
     def rag_vector_search(
         self,
@@ -468,6 +535,18 @@ class SqlRagIndex:
         limit: int,
     ) -> Candidates | None:
         return None
+
+    def rag_embeddings(self, ids: Sequence[int]) -> VectorRows:
+        rows: list[Row] = []
+        with self._db.session() as s:
+            for i in range(0, len(ids), _IN_CHUNK):
+                part = list(ids[i : i + _IN_CHUNK])
+                rows += s.fetchall(
+                    f"SELECT id, doc, version, embedding FROM rag_chunks WHERE id IN ({self._db.dialect.marks(len(part))})",
+                    part,
+                )
+        rows.sort(key=lambda r: int(r[0]))
+        return VectorRows([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [bytes(r[3]) for r in rows])
 
     def rag_chunks(self, ids: Sequence[int]) -> list[ChunkView]:
         out: list[ChunkView] = []
@@ -484,3 +563,18 @@ class SqlRagIndex:
                     ChunkView(int(r[0]), r[1], int(r[2]), r[3], tuple(orjson.loads(r[4])), _doc(r[5:])) for r in rows
                 )
         return out
+
+    def rag_key_groups(self, key_id: str) -> tuple[str, ...]:
+        with self._db.session() as s:
+            row = s.fetchone(f"SELECT groups_ FROM rag_key_groups WHERE key_id = {self._db.dialect.mark}", (key_id,))
+        return tuple(orjson.loads(row[0])) if row else ()
+
+    def rag_set_key_groups(self, tenant: str, key_id: str, groups: Sequence[str], now: float) -> None:
+        d = self._db.dialect
+        with self._db.session() as s:
+            s.execute(
+                f"INSERT INTO rag_key_groups (key_id, tenant, groups_, updated_at) VALUES ({d.marks(4)})"
+                " ON CONFLICT (key_id) DO UPDATE SET tenant = excluded.tenant, groups_ = excluded.groups_,"
+                " updated_at = excluded.updated_at",
+                (key_id, tenant, orjson.dumps(list(groups)).decode(), now),
+            )

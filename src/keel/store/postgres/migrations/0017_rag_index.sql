@@ -1,4 +1,4 @@
--- RAG indexes (keel/store/sql/rag_index.py). A build is one collection's index under one embedding model
+-- RAG indexes (keel/store/sql/rag_index.py), and the groups a virtual key searches as (rag_key_groups). A build is one collection's index under one embedding model
 -- version: shadow while it fills, active while it serves (one per collection), then retired. Documents are
 -- per collection and shared by its builds, with their access list spread into rag_access (principals '*',
 -- 'u:<user>', 'g:<group>') so the access filter is an indexed join inside every candidate query. Chunks are
@@ -63,4 +63,11 @@ CREATE INDEX rag_chunks_build ON rag_chunks(build, id);
 
 CREATE INDEX rag_chunks_doc ON rag_chunks(doc, build);
 
-CREATE INDEX rag_chunks_tsv ON rag_chunks USING gin(tsv)
+CREATE INDEX rag_chunks_tsv ON rag_chunks USING gin(tsv);
+
+CREATE TABLE rag_key_groups (
+    key_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    groups_ TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+)

@@ -1,0 +1,253 @@
+"""RAG search: quality on msmarco-5k, query latency at 100,000 chunks under an ACL, re-index under load.
+
+    python bench/rag.py quality            # nDCG@10, Recall@10/100, MRR@10: hybrid beside BM25-only and vector-only
+    python bench/rag.py speed              # p50/p99 of hybrid queries at 100,000 chunks, the ACL admitting 10%
+    python bench/rag.py reindex            # the same index re-built for another model under continuous queries
+
+Quality reads /work/shared/data/retrieval/msmarco-5k in place (never copied) and embeds with the local
+MiniLM; its vectors are cached under $TMPDIR/keel-rag-bench (5,050 texts take minutes on 2 busy cores).
+The hybrid row is also printed on each half of the queries (odd/even position), since the fusion was
+chosen on this set. Speed and reindex use synthetic text (Zipf-distributed words) and synthetic unit
+vectors, 384-d, seeded per text, through the real index on SQLite (FTS5 + in-process vectors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import itertools
+import json
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from keel.rag import evaluate
+from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec
+from keel.rag.index_models import Models
+from keel.rag.index_rebuild import reindex
+from keel.rag.search import Mode, SearchQuery
+from keel.store.open import open_store
+
+DATA = Path("/work/shared/data/retrieval/msmarco-5k")
+CACHE = Path(tempfile.gettempdir()) / "keel-rag-bench"
+
+
+class CachedMiniLM:
+    """The local MiniLM with its vectors cached on disk by text hash (the bench's, not the product's)."""
+
+    def __init__(self) -> None:
+        from keel.embedding.model import LocalEmbedder
+
+        self._model = LocalEmbedder()
+        self.model_id = self._model.model_id
+        CACHE.mkdir(exist_ok=True)
+        self._path = CACHE / f"{self.model_id}.npz"
+        self._known: dict[str, np.ndarray] = {}
+        if self._path.exists():
+            stored = np.load(self._path)
+            self._known = dict(zip(stored["keys"].tolist(), stored["rows"], strict=True))
+
+    def warm(self, texts: Sequence[str]) -> None:
+        todo = [t for t in dict.fromkeys(texts) if _key(t) not in self._known]
+        for i in range(0, len(todo), 256):
+            rows = self._model.embed(todo[i : i + 256])
+            self._known.update(zip(map(_key, todo[i : i + 256]), rows, strict=True))
+            print(f"  embedded {min(i + 256, len(todo))}/{len(todo)}", flush=True)
+        if todo:
+            np.savez(self._path, keys=np.array(list(self._known)), rows=np.stack(list(self._known.values())))
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return np.stack([self._known[_key(t)] for t in texts]).astype(np.float32)
+
+
+class Synthetic:
+    """Unit vectors seeded by each text's hash: the cost of real vectors without a model."""
+
+    def __init__(self, dim: int = 384, seed: str = "a") -> None:
+        self.dim, self._seed = dim, seed
+        self.model_id = f"synthetic-{dim}-{seed}"
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            rng = np.random.default_rng(
+                int.from_bytes(hashlib.blake2b((self._seed + t).encode(), digest_size=8).digest())
+            )
+            v = rng.standard_normal(self.dim).astype(np.float32)
+            out[i] = v / np.linalg.norm(v)
+        return out
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+async def quality(args: argparse.Namespace) -> None:
+    docs = [json.loads(line) for line in (DATA / "corpus.jsonl").read_text().split("\n") if line.strip()]
+    queries = evaluate.read_queries(DATA / "queries.jsonl")
+    qrels = evaluate.read_qrels(DATA / "qrels" / "test.tsv")
+    model = CachedMiniLM()
+    model.warm([d["text"] for d in docs] + list(queries.values()))
+    models = Models()
+    models.add("minilm", model)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(f"sqlite:///{tmp}/rag.db")
+        index = Index(store, models)
+        await index.ensure("t", "ms", IndexSpec("minilm", {}))
+        started = time.perf_counter()
+        for d in docs:
+            ref = DocumentRef("t", "ms", d["_id"], 1, d.get("title") or "", {}, (), (), None, 0.0, "msmarco")
+            await index.replace(ref, [ChunkIn(0, d["text"], (), _key(d["text"]), len(d["text"].split()))])
+        print(f"indexed {len(docs)} passages in {time.perf_counter() - started:.1f} s (vectors cached)")
+        order = list(queries)
+        for mode in ("lexical", "vector", "hybrid"):
+            run: dict[str, list[str]] = {}
+            for qid in order:
+                result = await index.search(SearchQuery("t", "ms", queries[qid], top_k=100, mode=mode))
+                run[qid] = [h.document_id for h in result.hits]
+            name = {"lexical": "BM25 only (FTS5)", "vector": "vector only", "hybrid": index.fusion.describe()}[mode]
+            print(f"{name:>58}  {evaluate.score(run, qrels).row()}")
+            if mode == "hybrid":
+                for half in (0, 1):
+                    only = order[half::2]
+                    print(f"{'  hybrid, half ' + str(half):>58}  {evaluate.score(run, qrels, only).row()}")
+        await index.aclose()
+        store.close()
+
+
+WORDS = [f"w{i}" for i in range(20000)]
+ZIPF = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(WORDS))))  # word frequency ~ 1/rank
+
+
+def synthetic_text(rng: random.Random, n: int, *, query: bool = False) -> str:
+    """n words drawn by Zipf's law; a query's skip the 50 most frequent (what a stopword list would)."""
+    words = rng.choices(WORDS[50:] if query else WORDS, cum_weights=ZIPF[50:] if query else ZIPF, k=n)
+    return " ".join(words)
+
+
+async def fill(index: Index, chunks: int, per_doc: int = 5) -> None:
+    rng = random.Random(1)
+    await index.ensure("t", "big", IndexSpec("synthetic", {}))
+    started = time.perf_counter()
+    for d in range(chunks // per_doc):
+        allowed = d % 10 == 0  # 10% of the documents admit group "readers"
+        groups = ("readers",) if allowed else (f"team{d % 97}",)
+        ref = DocumentRef("t", "big", f"d{d}", 1, f"doc {d}", {"n": d}, (), groups, None, 0.0, "synthetic")
+        body = [ChunkIn(i, synthetic_text(rng, 60), (), f"{d}-{i}", 60) for i in range(per_doc)]
+        await index.replace(ref, body)
+        if d % 2000 == 0:
+            print(f"  {d * per_doc} chunks, {time.perf_counter() - started:.0f} s", flush=True)
+
+
+async def timed_queries(index: Index, n: int, rng: random.Random, mode: Mode = "hybrid") -> list[float]:
+    out = []
+    for _ in range(n):
+        text = synthetic_text(rng, 4, query=True)
+        t = time.perf_counter()
+        result = await index.search(SearchQuery("t", "big", text, top_k=10, groups=("readers",), mode=mode))
+        out.append((time.perf_counter() - t) * 1000)
+        assert all(int(h.document_id[1:]) % 10 == 0 for h in result.hits)
+    return out
+
+
+def pct(values: list[float], p: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(len(values) * p))]
+
+
+async def with_index(args: argparse.Namespace, body: Any) -> None:
+    models = Models()
+    models.add("synthetic", Synthetic(seed="a"))
+    models.add("synthetic-b", Synthetic(seed="b"))
+    db = Path(args.db) if args.db else Path(tempfile.mkdtemp()) / "rag.db"
+    fresh = not db.exists()
+    store = open_store(f"sqlite:///{db}")
+    index = Index(store, models)
+    if fresh:
+        await fill(index, args.chunks)
+    await body(index)
+    await index.aclose()
+    store.close()
+
+
+async def speed(index: Index) -> None:
+    rng = random.Random(2)
+    started = time.perf_counter()
+    await timed_queries(index, 1, rng)
+    print(f"first query (loads the build's vectors): {(time.perf_counter() - started) * 1000:.0f} ms")
+    for mode in ("hybrid", "lexical", "vector"):
+        ms = await timed_queries(index, 300, rng, mode)  # type: ignore[arg-type]
+        print(
+            f"{mode:>8}: p50 {statistics.median(ms):.1f} ms  p99 {pct(ms, 0.99):.1f} ms  (300 queries, ACL admits 10%)"
+        )
+
+
+async def rebuild(index: Index) -> None:
+    rng = random.Random(3)
+    base = await timed_queries(index, 200, rng)
+    p99 = pct(base, 0.99)
+    print(f"before: p50 {statistics.median(base):.1f} ms  p99 {p99:.1f} ms")
+    active = await index.active("t", "big")
+    assert active is not None
+    builds: list[str] = []
+    latencies: list[float] = []
+    failures = 0
+    done = asyncio.Event()
+
+    async def load() -> None:
+        nonlocal failures
+        while not done.is_set():
+            t = time.perf_counter()
+            try:
+                result = await index.search(
+                    SearchQuery("t", "big", synthetic_text(rng, 4, query=True), groups=("readers",))
+                )
+                builds.append(result.build)
+            except Exception as exc:  # counted, never expected
+                failures += 1
+                print("query failed:", exc)
+            latencies.append((time.perf_counter() - t) * 1000)
+
+    def progress(n: int, total: int) -> None:
+        if n % 20000 < 400:
+            print(f"  re-indexed {n}/{total} chunks", flush=True)
+
+    loader = asyncio.create_task(load())
+    started = time.perf_counter()
+    rebuilt = await reindex(index, "t", "big", IndexSpec("synthetic-b", {}), progress=progress)
+    took = time.perf_counter() - started
+    await asyncio.sleep(0.5)
+    done.set()
+    await loader
+    switches = sum(1 for a, b in itertools.pairwise(builds) if a != b)
+    slow = sum(1 for ms in latencies if ms > 2 * p99)
+    print(
+        f"re-index of {rebuilt.chunks} chunks in {took:.0f} s under load: {len(latencies)} queries, {failures} failed,"
+        f" {slow} slower than 2 x p99 ({2 * p99:.0f} ms), p50 {statistics.median(latencies):.1f} ms"
+        f" p99 {pct(latencies, 0.99):.1f} ms max {max(latencies):.0f} ms; builds served: {builds[0]} then"
+        f" {builds[-1]}, {switches} switch(es)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["quality", "speed", "reindex"])
+    parser.add_argument("--chunks", type=int, default=100_000)
+    parser.add_argument("--db", help="keep the synthetic index in this SQLite file (reused when it exists)")
+    args = parser.parse_args()
+    if args.what == "quality":
+        asyncio.run(quality(args))
+    elif args.what == "speed":
+        asyncio.run(with_index(args, speed))
+    else:
+        asyncio.run(with_index(args, rebuild))
+
+
+if __name__ == "__main__":
+    main()

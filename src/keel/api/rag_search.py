@@ -1,0 +1,146 @@
+"""`POST /api/rag/collections/{collection}/search`: hybrid search over HTTP, hits with their document,
+scores per stage (lexical, vector, fused, rerank) and why each was kept.
+
+Body: `{"query", "top_k"?, "filters"?, "mode"?, "candidates"?}`. With a virtual key the search runs as
+that key (its tenant, its user, its groups: keel.rag.acl); the body cannot name anyone else. With the
+admin token the body names `tenant`, and may name `user` and `groups` to search as them, or
+`"all": true` for the tenant's every document, and `build` to search a shadow build.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from keel.api.bounds import Bounds
+from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
+from keel.errors import InvalidRequest, KeelError, NotFound, PermissionDenied
+from keel.rag.index import Index, NoIndex
+from keel.rag.retrieve import KeyGroups
+from keel.rag.search import (
+    MAX_CANDIDATES,
+    MAX_QUERY_CHARS,
+    MAX_TOP_K,
+    BadSearch,
+    SearchQuery,
+    SearchResult,
+    parse_filters,
+)
+from keel.runtime.components import Runtime
+
+_FIELDS = {"query", "top_k", "filters", "mode", "candidates", "tenant", "user", "groups", "all", "build"}
+_ADMIN_ONLY = ("tenant", "user", "groups", "all", "build")
+
+
+class RagSearchEdge:
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self._index = runtime.get(Index)
+        self._groups = runtime.get(KeyGroups)
+        self._token = (runtime.config.admin_token or "").encode()
+        self._bounds = Bounds.of(runtime.config.server)
+
+    def routes(self) -> list[Route]:
+        return [Route("/api/rag/collections/{collection}/search", self.search, methods=["POST"])]
+
+    async def search(self, request: Request) -> Response:
+        try:
+            body = await read_json(request, self._bounds)
+            if not isinstance(body, dict):
+                raise InvalidRequest("The request body must be a JSON object.", None)
+            collection = request.path_params["collection"]
+            query = await self._query(request, body, collection)
+            try:
+                result = await self._index.search(query)
+            except NoIndex:
+                raise NotFound(f"Collection '{collection}' has no index in tenant '{query.tenant}'.") from None
+            return Response(orjson.dumps(result_json(collection, result)), 200, media_type=JSON_TYPE)
+        except BadSearch as err:
+            return error_response(InvalidRequest(str(err), err.param))
+        except KeelError as err:
+            return error_response(err)
+
+    async def _query(self, request: Request, body: dict[str, Any], collection: str) -> SearchQuery:
+        unknown = sorted(set(body) - _FIELDS)
+        if unknown:
+            raise InvalidRequest(f"Unknown field '{unknown[0]}'.", unknown[0])
+        if "\x00" in collection or len(collection) > 128:
+            raise InvalidRequest("The collection name is at most 128 characters, no NUL.", "collection")
+        text = body.get("query")
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_QUERY_CHARS:
+            raise InvalidRequest(f"'query' must be text of 1..{MAX_QUERY_CHARS} characters.", "query")
+        top_k = _int(body, "top_k", 10, MAX_TOP_K)
+        candidates = _int(body, "candidates", 100, MAX_CANDIDATES)
+        mode = body.get("mode", "hybrid")
+        if mode not in ("hybrid", "lexical", "vector"):
+            raise InvalidRequest("'mode' must be hybrid, lexical or vector.", "mode")
+        filters = parse_filters(body.get("filters"))
+        given = bearer(request) or ""
+        if self._token and hmac.compare_digest(given.encode(), self._token):
+            tenant, user, groups, everything, build = _as_admin(body)
+        else:
+            named = next((f for f in _ADMIN_ONLY if f in body), None)
+            if named is not None:
+                raise PermissionDenied(f"'{named}' needs the admin token; a key searches as itself.")
+            principal, _ = await self._rt.authenticator.resolve(given or None)
+            tenant, user, everything, build = principal.tenant, principal.user, False, None
+            groups = await self._groups.of(principal.key_id)
+        return SearchQuery(tenant, collection, text, top_k, user, groups, everything, filters, mode, candidates,
+                           build=build)  # fmt: skip
+
+
+def _int(body: dict[str, Any], name: str, default: int, most: int) -> int:
+    value = body.get(name, default)
+    if type(value) is not int or not 1 <= value <= most:
+        raise InvalidRequest(f"'{name}' must be an integer within 1..{most}.", name)
+    return value
+
+
+def _as_admin(body: dict[str, Any]) -> tuple[str, str | None, tuple[str, ...], bool, str | None]:
+    tenant = body.get("tenant")
+    if not isinstance(tenant, str) or not tenant or len(tenant) > 256:
+        raise InvalidRequest("Name the tenant: 'tenant' in the body (admin token).", "tenant")
+    user = body.get("user")
+    if user is not None and (not isinstance(user, str) or len(user) > 256):
+        raise InvalidRequest("'user' must be a user id.", "user")
+    groups = body.get("groups", [])
+    if not isinstance(groups, list) or len(groups) > 64 or not all(isinstance(g, str) and g for g in groups):
+        raise InvalidRequest("'groups' must be a list of at most 64 group names.", "groups")
+    everything = body.get("all", False)
+    if not isinstance(everything, bool):
+        raise InvalidRequest("'all' must be true or false.", "all")
+    build = body.get("build")
+    if build is not None and not isinstance(build, str):
+        raise InvalidRequest("'build' must be a build id.", "build")
+    return tenant, user, tuple(groups), everything, build
+
+
+def result_json(collection: str, result: SearchResult) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "collection": collection,
+        "build": result.build,
+        "model": result.model,
+        "mode": result.mode,
+        "fusion": result.fusion,
+        "candidates": dict(result.candidates),
+        "timings_ms": dict(result.ms),
+        "data": [
+            {
+                "document": {
+                    "id": h.document_id, "title": h.title, "version": h.version, "source": h.source,
+                    "metadata": dict(h.metadata), "updated_at": h.updated_at,
+                },
+                "chunk": {"id": h.chunk_id, "ordinal": h.ordinal, "heading_path": list(h.heading_path), "text": h.text},
+                "scores": dict(h.scores),
+                "ranks": dict(h.ranks),
+                "why": h.why,
+            }
+            for h in result.hits
+        ],
+    }  # fmt: skip

@@ -1,0 +1,39 @@
+"""The RAG index's builder: the `Index` (offered to ingestion and the edges), the `retrieve` slot, and
+embedding models by alias through the gateway's providers."""
+
+from __future__ import annotations
+
+from keel.gateway.builder import GatewayParts
+from keel.gateway.capability import Context, Contribution
+from keel.providers.base import Provider
+from keel.rag.index import Index
+from keel.rag.index_models import Models
+from keel.rag.retrieve import KeyGroups, RetrieveStage
+from keel.traces.otel import SpanExporter
+from keel.traces.writer import TraceWriter
+from keel.types import Span, Target
+
+
+def build(ctx: Context) -> Contribution:
+    parts = ctx.get(GatewayParts)
+    config = ctx.config
+
+    def alias(name: str) -> tuple[Provider, Target] | None:
+        found = config.models.get(name)
+        if found is None or not found.targets:
+            return None
+        t = found.targets[0]
+        return parts.providers[t.provider], Target(t.provider, t.model)
+
+    index = Index(ctx.store, Models(alias))
+    ctx.add(index)
+    groups = KeyGroups(ctx.store, index.run)
+    ctx.add(groups)
+    writer, exporter = ctx.get(TraceWriter), ctx.find(SpanExporter)
+
+    def put_span(span: Span) -> None:
+        writer.put_span(span)
+        if exporter is not None:
+            exporter.put_span(span)
+
+    return Contribution([("retrieve", RetrieveStage(index, groups, put_span))], close=[index.aclose])

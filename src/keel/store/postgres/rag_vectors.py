@@ -1,0 +1,118 @@
+"""pgvector for the RAG index: chunk vectors also in `rag_vectors_<dim>` with an HNSW index, searched in
+the database with the access filter and the caller's filters in the same query.
+
+The table of a dimension is made on the first write of vectors that wide (pgvector's column has one
+dimension), outside the write's transaction and under an advisory lock; where the extension cannot be
+created the index searches vectors in process as on SQLite (`rag_vector_search` → None). Rows go with
+their chunk (ON DELETE CASCADE). pgvector before 0.8 filters after the HNSW scan, which can come back
+short of `limit` when the caller may read a small share of the build: then the same query runs again
+exact (index scans off), so a filter never starves the candidates; from 0.8 on, iterative scans do it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from keel.store.protocols.rag_index import Access, Candidates, ChunkRow, Filter
+from keel.store.sql.dialect import Database, Session
+from keel.store.sql.rag_index import Conditions, doc_conditions
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS rag_vectors_{dim} (
+  chunk BIGINT PRIMARY KEY REFERENCES rag_chunks(id) ON DELETE CASCADE,
+  build TEXT NOT NULL,
+  doc BIGINT NOT NULL,
+  version INTEGER NOT NULL,
+  embedding vector({dim}) NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rag_vectors_{dim}_hnsw ON rag_vectors_{dim} USING hnsw (embedding vector_cosine_ops);
+CREATE INDEX IF NOT EXISTS rag_vectors_{dim}_build ON rag_vectors_{dim} (build, doc)
+"""
+EF_SEARCH = 200
+
+
+def _literal(blob: bytes) -> str:
+    import numpy as np
+
+    return "[" + ",".join(map(repr, np.frombuffer(blob, dtype=np.float32).astype(float).tolist())) + "]"
+
+
+class PgRagVectors:
+    _db: Database
+    _rag_dims: dict[int, bool]
+    _rag_lock: threading.Lock
+
+    def _before_write(self, dim: int) -> None:
+        self._vector_table(dim)
+
+    def _vector_table(self, dim: int) -> bool:
+        """Is there a pgvector table for `dim` (made now if the extension can be had)?"""
+        if not hasattr(self, "_rag_dims"):
+            self._rag_dims, self._rag_lock = {}, threading.Lock()
+        known = self._rag_dims.get(dim)
+        if known is not None:
+            return known
+        if not 1 <= dim <= 16000:
+            return False
+        with self._rag_lock:
+            if dim not in self._rag_dims:
+                self._rag_dims[dim] = self._make_table(dim)
+        return self._rag_dims[dim]
+
+    def _make_table(self, dim: int) -> bool:
+        try:
+            with self._db.transaction() as s:
+                s.execute("SELECT pg_advisory_xact_lock(hashtext('keel_rag_vectors'))")
+                if s.fetchone("SELECT 1 FROM pg_extension WHERE extname = 'vector'") is None:
+                    if s.fetchone("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'") is None:
+                        return False
+                    s.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                for statement in _DDL.format(dim=int(dim)).split(";"):
+                    s.execute(statement)
+        except Exception as exc:
+            if not self._db.refused(exc) and "vector" not in str(exc):
+                raise
+            return False
+        return True
+
+    def _after_insert(self, s: Session, build: str, doc: int, chunks: Sequence[ChunkRow], dim: int) -> None:
+        if not self._rag_dims.get(dim):
+            return
+        found = s.fetchall("SELECT ordinal, id FROM rag_chunks WHERE doc = %s AND build = %s", (doc, build))
+        ids = {int(r[0]): int(r[1]) for r in found}
+        s.executemany(
+            f"INSERT INTO rag_vectors_{int(dim)} (chunk, build, doc, version, embedding)"
+            " SELECT %s, build, doc, version, %s::vector FROM rag_chunks WHERE id = %s",
+            [(ids[c.ordinal], _literal(c.embedding), ids[c.ordinal]) for c in chunks],
+        )
+
+    def rag_vector_search(
+        self,
+        build: str,
+        collection: str,
+        vector: bytes,
+        access: Access,
+        filters: Sequence[Filter],
+        now: float,
+        limit: int,
+    ) -> Candidates | None:
+        dim = len(vector) // 4
+        if not self._vector_table(dim):
+            return None
+        c = Conditions(self._db.dialect)
+        c.add("v.build = %s AND v.version = d.version", build)
+        doc_conditions(c, access.tenant, collection, access, filters, now)
+        q = _literal(vector)
+        sql = (
+            f"SELECT v.chunk, 1 - (v.embedding <=> %s::vector) FROM rag_vectors_{dim} v"
+            f" JOIN rag_index_docs d ON d.id = v.doc WHERE {c.sql()} ORDER BY v.embedding <=> %s::vector LIMIT %s"
+        )
+        params = [q, *c.params, q, limit]
+        with self._db.transaction() as s:
+            s.execute(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH, min(limit, 1000))}")
+            rows = s.fetchall(sql, params)
+            if len(rows) < limit:  # perhaps starved by the filter after the HNSW scan: exact, to be sure
+                s.execute("SET LOCAL enable_indexscan = off")
+                rows = s.fetchall(sql, params)
+        return Candidates([int(r[0]) for r in rows], [float(r[1]) for r in rows])

@@ -1,0 +1,134 @@
+"""Shadow re-index for a model change under continuous queries, on SQLite and PostgreSQL: every query is
+answered, results switch from the old build to the new at one instant, documents written and removed
+during the rebuild are in the new build as they are in the old; a rebuild that fails midway leaves the
+old build serving and the shadow marked failed."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec
+from keel.rag.index_models import HashModel
+from keel.rag.index_rebuild import reindex
+from keel.rag.search import SearchQuery
+from keel.store.open import open_store
+from keel.store.protocols import Store
+
+WORDS = [f"wd{i}x" for i in range(60)]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    url = f"sqlite:///{tmp_path}/keel.db" if request.param == "sqlite" else request.getfixturevalue("pg_schema_url")
+    opened = open_store(url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def ref(n: int, version: int = 1) -> DocumentRef:
+    return DocumentRef("t1", "kb", f"d{n}", version, f"doc {n}", {}, (), (), None, time.time(), "test")
+
+
+def body_of(rng: random.Random, n: int) -> list[ChunkIn]:
+    return [ChunkIn(i, " ".join(rng.choices(WORDS, k=8)), (), f"{n}-{i}", 8) for i in range(2)]
+
+
+class Failing:
+    """An embedder that breaks after some calls (an upstream going away midway)."""
+
+    def __init__(self, after: int) -> None:
+        self.model_id = "failing@1"
+        self._left = after
+        self._inner = HashModel(32)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self._left -= 1
+        if self._left < 0:
+            raise ConnectionError("embedding upstream went away")
+        return await self._inner.embed(texts)
+
+
+async def _load(index: Index, stop: asyncio.Event, seen: list[tuple[str, str]], errors: list[BaseException]) -> None:
+    rng = random.Random(5)
+    while not stop.is_set():
+        try:
+            result = await index.search(SearchQuery("t1", "kb", " ".join(rng.sample(WORDS, 3)), top_k=5))
+            seen.append((result.build, result.model))
+        except Exception as exc:
+            errors.append(exc)
+        await asyncio.sleep(0)
+
+
+@pytest.mark.timeout(180)
+def test_reindex_under_load_switches_at_one_instant(store: Store) -> None:
+    async def body() -> None:
+        rng = random.Random(1)
+        index = Index(store)
+        old = await index.ensure("t1", "kb", IndexSpec("hash:64", {"max_tokens": 100}))
+        for n in range(150):
+            await index.replace(ref(n), body_of(rng, n))
+        stop, seen, errors = asyncio.Event(), [], []
+        loader = asyncio.create_task(_load(index, stop, seen, errors))
+        progress: list[tuple[int, int]] = []
+
+        async def ingest_meanwhile() -> None:
+            await asyncio.sleep(0.01)
+            await index.replace(ref(3, 2), [ChunkIn(0, "changed during the rebuild", (), "c", 4)])
+            await index.replace(ref(500), [ChunkIn(0, "added during the rebuild", (), "a", 4)])
+            await index.remove("t1", "kb", "d7")
+
+        rebuilt, _ = await asyncio.gather(
+            reindex(index, "t1", "kb", IndexSpec("hash:128", {}), progress=lambda d, t: progress.append((d, t))),
+            ingest_meanwhile(),
+        )
+        count = len(seen)
+        while len(seen) < count + 20 and not errors:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await loader
+        assert errors == []
+        builds = [b for b, _ in seen]
+        switches = [i for i in range(1, len(builds)) if builds[i] != builds[i - 1]]
+        assert len(switches) == 1 and builds[0] == old and builds[-1] == rebuilt.build
+        assert {m for b, m in seen if b == rebuilt.build} == {"hash-128@1"}
+        assert progress and progress[-1][0] >= 290 and rebuilt.previous == old
+        states = {b.id: b.state for b in await index.builds("t1", "kb")}
+        assert states == {old: "retired", rebuilt.build: "active"}
+        assert await index.run(store.rag_count, rebuilt.build) == 2 * 148 + 1 + 1  # d3 now one chunk, d7 gone, d500
+        changed = await index.search(SearchQuery("t1", "kb", "changed during the rebuild", top_k=1, mode="lexical"))
+        assert [(h.document_id, h.version) for h in changed.hits] == [("d3", 2)]
+        added = await index.search(SearchQuery("t1", "kb", "added during the rebuild", top_k=1, mode="lexical"))
+        assert [h.document_id for h in added.hits] == ["d500"]
+        await index.aclose()
+
+    asyncio.run(body())
+
+
+def test_a_failed_rebuild_leaves_the_old_index_serving(store: Store) -> None:
+    async def body() -> None:
+        rng = random.Random(2)
+        index = Index(store)
+        index.models.add("failing", Failing(after=2))
+        old = await index.ensure("t1", "kb", IndexSpec("hash:64", {}))
+        for n in range(200):
+            await index.replace(ref(n), body_of(rng, n))
+        with pytest.raises(ConnectionError):
+            await reindex(index, "t1", "kb", IndexSpec("failing", {}))
+        builds = {b.state: b for b in await index.builds("t1", "kb")}
+        assert builds["active"].id == old and "went away" in (builds["failed"].error or "")
+        result = await index.search(SearchQuery("t1", "kb", WORDS[0], top_k=3))
+        assert result.build == old and result.hits
+        await index.replace(ref(900), [ChunkIn(0, "after the failure", (), "f", 3)])  # not into the failed build
+        assert await index.run(store.rag_count, builds["failed"].id) < 400
+        await index.aclose()
+
+    asyncio.run(body())
