@@ -63,15 +63,21 @@ def settled(rt: Runtime, collection: str, n: int) -> bool:
 
 def indexed_chunks(rt: Runtime, collection: str) -> dict[str, list[tuple[int, str]]]:
     """What the active build holds: document id → [(version, content hash)] of its chunks."""
-    store = rt.store
-    active = [b for b in store.rag_builds("t1", collection) if b.state == "active"]
+    return {d: [(v, h) for v, _, h in found] for d, found in chunks_of(rt.store, "t1", collection).items()}
+
+
+def chunks_of(store: Any, tenant: str, collection: str) -> dict[str, list[tuple[int, int, str]]]:
+    """Document id → [(version, ordinal, content hash)] of its chunks in the active build."""
+    active = [b for b in store.rag_builds(tenant, collection) if b.state == "active"]
     if not active:
         return {}
-    rows = store.rag_source_chunks(active[0].id, 0, 100_000)
-    views = {v.id: v for v in store.rag_chunks([cid for cid, _, _, _ in rows])}
-    out: dict[str, list[tuple[int, str]]] = {}
-    for cid, _, version, chunk in rows:
-        out.setdefault(views[cid].doc.document_id, []).append((version, chunk.content_hash))
+    m = store._db.dialect.mark  # the index's document rows, read where they are (ids → caller's ids)
+    with store._db.session() as s:
+        sql = f"SELECT id, document_id FROM rag_index_docs WHERE tenant = {m} AND collection = {m}"
+        names = dict(s.fetchall(sql, (tenant, collection)))
+    out: dict[str, list[tuple[int, int, str]]] = {}
+    for doc, version, _, chunk in store.rag_source_chunks(active[0].id, 0, 100_000):
+        out.setdefault(names[doc], []).append((version, chunk.ordinal, chunk.content_hash))
     return out
 
 

@@ -20,6 +20,7 @@ from keel.store.protocols import JobQuery, Store
 from keel.traces.builder import blobs_from
 
 from .test_jobs_crash import until, worker
+from .test_rag_ingest import chunks_of
 
 WORDS = [
     *("river", "stone", "harbour", "lantern", "orchard", "meadow", "copper", "signal", "quarry", "timber"),
@@ -86,12 +87,7 @@ def test_a_worker_killed_mid_ingestion_resumes_without_duplicate_chunks(storage_
         with worker(tmp_path, "second", "worker"):
             until(done, 180)
         rows = {d.id: d for d in store.list_documents("t1", "crash")}
-        (build,) = [b for b in store.rag_builds("t1", "crash") if b.state == "active"]
-        chunks = store.rag_source_chunks(build.id, 0, 100_000)
-        views = {v.id: v.doc.document_id for v in store.rag_chunks([c for c, _, _, _ in chunks])}
-        per_doc: dict[str, list[tuple[int, int, str]]] = {}
-        for cid, _, version, chunk in chunks:
-            per_doc.setdefault(views[cid], []).append((version, chunk.ordinal, chunk.content_hash))
+        per_doc = chunks_of(store, "t1", "crash")
         assert set(per_doc) == set(rows)
         for doc_id, found in per_doc.items():
             assert len(found) == rows[doc_id].chunks, doc_id  # exactly the chunks of one attempt
