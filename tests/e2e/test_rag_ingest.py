@@ -241,15 +241,22 @@ def test_documents_over_http_json_and_multipart_with_status_list_delete_and_tena
         assert c.get("/api/rag/collections/kb").json()["error"]["param"] == "tenant"
 
 
-def test_a_tenant_purge_removes_collections_documents_blobs_and_the_index(rag: Gateway, tmp_path: Path) -> None:
+@pytest.mark.parametrize("via", ["api", "cli"])
+def test_a_tenant_purge_removes_collections_documents_blobs_and_the_index(
+    rag: Gateway, tmp_path: Path, via: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     create(rag, "gone")
     with admin(rag) as c:
         r = c.put("/api/rag/collections/gone/documents/a.md", json={"tenant": "t1", "text": "# A\n\nAlpha text."})
         assert r.status_code == 201
         assert until(lambda: docs(rag.runtime, "gone")["a.md"].status == "indexed", 30)
         assert any((tmp_path / "blobs" / "rag").rglob("*"))
-        report = c.post("/api/tenants/t1/purge", json={}).json()
-    assert report["rag_documents"] == 1 and report["rag_collections"] == 1 and report["rag_chunks"] >= 1
+        if via == "api":
+            report = c.post("/api/tenants/t1/purge", json={}).json()
+            assert report["rag_documents"] == 1 and report["rag_collections"] == 1 and report["rag_chunks"] >= 1
+        else:
+            assert keel(["--config", str(tmp_path / "keel.yaml"), "tenants", "purge", "t1", "--yes"]) == 0
+            assert "note: rag: rag_blob_rows 1, rag_documents 1, rag_collections 1" in capsys.readouterr().out
     assert rag.runtime.store.list_collections("t1") == []
     assert indexed_chunks(rag.runtime, "gone") == {}
     assert not [p for p in (tmp_path / "blobs" / "rag").rglob("*") if p.is_file()]
