@@ -24,6 +24,7 @@ from keel.gateway.warmth import WarmthBook
 from keel.jobs.batch import purge_batches
 from keel.keys.auth import issue_key, key_view
 from keel.limits.book import KINDS, Estimate, Subject, kind_of
+from keel.rag.ingest import Ingestor
 from keel.runtime.components import Runtime
 from keel.store.protocols import Charge, LimitStoreUnavailable, UnknownSubject
 from keel.traces.retention import RetentionPolicy, purge, sweep
@@ -245,8 +246,10 @@ class Admin:
         except ValueError as exc:
             raise InvalidRequest(str(exc), "user") from None
         gone: dict[str, int] = {}
-        if user is None:  # a whole tenant: its batches and uploaded files too
+        if user is None:  # a whole tenant: its batches and uploaded files too, and its RAG collections
             gone = await asyncio.to_thread(purge_batches, rt.store, rt.blobs, request.path_params["name"])
+            if (rag := rt.find(Ingestor)) is not None:
+                gone |= await rag.purge_tenant(request.path_params["name"])
         return _json({**asdict(report), **gone})
 
     async def sweep(self, request: Request) -> Response:

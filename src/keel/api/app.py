@@ -26,6 +26,7 @@ from keel.api.forward import Forwarder
 from keel.api.metrics import MetricsEndpoint
 from keel.api.openai import OpenAIEdge, error_body
 from keel.api.prompts_admin import PromptsAdmin
+from keel.api.rag_admin import RagAdmin
 from keel.api.rag_search import RagSearchEdge
 from keel.api.responses import ResponsesEdge
 from keel.config.sections.server import CorsConfig
@@ -218,6 +219,7 @@ def create_app(runtime: Runtime) -> FastPath:
         *Admin(runtime).routes(),
         *PromptsAdmin(runtime).routes(),
         *RagSearchEdge(runtime).routes(),
+        *RagAdmin(runtime).routes(),  # RAG collections and documents
         *dashboard.routes(),
     ]
     if runtime.metrics is not None:

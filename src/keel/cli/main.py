@@ -34,6 +34,7 @@ NOUNS = (
     Noun("traces", "inspect call traces", "traces"),
     Noun("jobs", "inspect, cancel and retry background jobs", "jobs"),
     Noun("prompts", "push, list, show, diff and label versioned prompts", "prompts"),
+    Noun("rag", "RAG: ingest folders, list documents, search, re-index, evaluate retrieval", "rag"),
     Noun("slo", "per-alias SLOs: objectives, error budget left, burn rates", "slo"),
     Noun("usage", "usage and cost over a time window, grouped by a dimension", "usage"),
     Noun("cache", "semantic cache tuning: calibrate the threshold on labelled pairs", "cache"),
@@ -42,7 +43,6 @@ NOUNS = (
         "replay a traffic profile at 1x-10x against simulated providers; name the first bottleneck",
         "loadtest",
     ),
-    Noun("rag", "RAG index: search, re-index for a model change, retrieval evals, key groups", "rag_search"),
     Noun("targets", "breaker state, latency and error rate per target (asks the running gateway)", "targets"),
 )
 

@@ -15,7 +15,7 @@ from keel.cli.context import load_config, store
 from keel.cli.output import Failure, emit_json, table, when
 from keel.config import Config
 from keel.store.open import open_cache, open_vectors
-from keel.store.protocols import CacheStore, Store, VectorIndex
+from keel.store.protocols import BlobStore, CacheStore, Store, VectorIndex
 from keel.traces.retention import PurgeReport, purge
 
 
@@ -153,6 +153,8 @@ async def _purge(cfg: Config, s: Store, args: argparse.Namespace) -> PurgeReport
             revocation_wait_s=2 * cfg.server.revocation_poll_s,
             batch_size=cfg.retention.batch_size,
         )
+        if args.user is None:  # a whole tenant: its RAG collections, documents, index and blobs too
+            notes.append(await _purge_rag(cfg, s, blobs, args.name))
     finally:
         for c in (cache, vectors):
             if c is not None:
@@ -160,6 +162,19 @@ async def _purge(cfg: Config, s: Store, args: argparse.Namespace) -> PurgeReport
         blobs.close()
     report.notes.extend(notes)
     return report
+
+
+async def _purge_rag(cfg: Config, s: Store, blobs: BlobStore, tenant: str) -> str:
+    from keel.rag.documents import Library
+    from keel.rag.index import Index
+    from keel.rag.ingest import Ingestor
+
+    index = Index(s)
+    try:
+        gone = await Ingestor(Library(s, blobs, cfg.jobs), index).purge_tenant(tenant)
+    finally:
+        await index.aclose()
+    return "rag: " + ", ".join(f"{kind} {n}" for kind, n in gone.items())
 
 
 def _counts(r: PurgeReport) -> list[tuple[str, object]]:

@@ -44,6 +44,7 @@ from keel.providers.base import Provider
 from keel.providers.http import Sessions
 from keel.providers.prices import PriceBook
 from keel.rag import builder as rag_index
+from keel.rag import ingest_builder as rag_ingest
 from keel.runtime.workers import Workers
 from keel.store.open import open_store
 from keel.store.protocols import BlobStore, BreakerStore, LimitStore, Store
@@ -69,6 +70,7 @@ BUILDERS: tuple[Builder, ...] = (
     deferred.build,  # async calls, their webhook deliveries and OpenAI batches, as job kinds
     prompts.build,  # prompt slot; versions and labels in memory; their refresh worker
     rag_index.build,  # the RAG index (offered as Index), the retrieve slot
+    rag_ingest.build,  # RAG collections and documents; ingestion, purge and re-chunk job kinds; orphan sweep
 )
 
 

@@ -44,6 +44,15 @@ from keel.store.protocols.limits import (
 )
 from keel.store.protocols.prompts import PromptContent, PromptLabel, PromptStore, PromptVersion
 from keel.store.protocols.purge import DeletedTraces, TraceDeletion
+from keel.store.protocols.rag_docs import (
+    CollectionRow,
+    DocStatus,
+    DocumentIn,
+    DocumentRow,
+    DocUpdate,
+    PutResult,
+    RagDocStore,
+)
 from keel.store.protocols.rag_index import Access, BuildRow, RagIndexStore
 from keel.store.protocols.responses import ResponseStore, StoredResponse
 from keel.store.protocols.spans import SpanStore
@@ -68,7 +77,12 @@ __all__ = [
     "CacheEntry",
     "CacheStore",
     "Charge",
+    "CollectionRow",
     "DeletedTraces",
+    "DocStatus",
+    "DocUpdate",
+    "DocumentIn",
+    "DocumentRow",
     "FileRow",
     "Job",
     "JobContext",
@@ -93,7 +107,9 @@ __all__ = [
     "PromptLabel",
     "PromptStore",
     "PromptVersion",
+    "PutResult",
     "QueueDepth",
+    "RagDocStore",
     "RagIndexStore",
     "Recovered",
     "Reservation",

@@ -10,6 +10,7 @@ from keel.store.protocols.keys import KeyStore
 from keel.store.protocols.limits import LimitConfigStore
 from keel.store.protocols.prompts import PromptStore
 from keel.store.protocols.purge import TraceDeletion
+from keel.store.protocols.rag_docs import RagDocStore
 from keel.store.protocols.rag_index import RagIndexStore
 from keel.store.protocols.responses import ResponseStore
 from keel.store.protocols.spans import SpanStore
@@ -33,6 +34,7 @@ class Store(
     BatchStore,
     ResponseStore,
     PromptStore,
+    RagDocStore,
     RagIndexStore,
     Protocol,
 ):

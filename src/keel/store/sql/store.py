@@ -16,6 +16,7 @@ from keel.store.sql.keys import SqlKeys
 from keel.store.sql.limits import SqlLimits
 from keel.store.sql.prompts import SqlPrompts
 from keel.store.sql.purge import SqlPurge
+from keel.store.sql.rag_docs import SqlRagDocs
 from keel.store.sql.rag_index import SqlRagIndex
 from keel.store.sql.responses import SqlResponses
 from keel.store.sql.spans import SqlSpans
@@ -23,7 +24,17 @@ from keel.store.sql.traces import SqlTraces
 
 
 class SqlStore(
-    SqlKeys, SqlTraces, SqlPurge, SqlLimits, SqlSpans, SqlJobs, SqlBatches, SqlResponses, SqlPrompts, SqlRagIndex
+    SqlKeys,
+    SqlTraces,
+    SqlPurge,
+    SqlLimits,
+    SqlSpans,
+    SqlJobs,
+    SqlBatches,
+    SqlResponses,
+    SqlPrompts,
+    SqlRagDocs,
+    SqlRagIndex,
 ):
     def __init__(self, url: str, db: Database) -> None:
         self.url = url

@@ -1,0 +1,98 @@
+"""Collections: a tenant's named sets of documents, each tied to one embedding model and chunking spec.
+
+`collection_in` checks what a caller sends (`POST /api/rag/collections`, `keel rag ingest --create`) and
+names the field at fault; the store keeps the row (keel.store.protocols.rag_docs). Creating a collection
+that exists with the same spec returns it; with another spec it is refused (a spec changes by re-index).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from keel.rag.chunk import ChunkingSpec
+from keel.rag.index import IndexSpec
+from keel.store.protocols import CollectionRow
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+DEFAULT_MODEL = "local"  # the bundled all-MiniLM-L6-v2 (keel.rag.index_models)
+MAX_DESCRIPTION = 2000
+
+
+class SpecError(ValueError):
+    """A collection's fields are wrong: `field` names the one, the message says what it takes."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionIn:
+    name: str
+    model: str
+    chunking: ChunkingSpec
+    description: str | None
+
+
+def check_name(name: Any, field: str = "name") -> str:
+    if not isinstance(name, str) or NAME.fullmatch(name) is None:
+        raise SpecError(
+            f"'{field}' must be a collection name: 1-64 letters, digits, '.', '_' or '-', starting with a letter"
+            " or digit.",
+            field,
+        )
+    return name
+
+
+def collection_in(body: Mapping[str, Any]) -> CollectionIn:
+    """A collection from a request body {name, model?, chunking?, description?}."""
+    unknown = set(body) - {"name", "model", "chunking", "description", "tenant"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise SpecError(f"Unknown field '{key}': use name, model, chunking, description.", key)
+    name = check_name(body.get("name"))
+    model = body.get("model", DEFAULT_MODEL)
+    if not isinstance(model, str) or not 1 <= len(model) <= 256 or "\x00" in model:
+        raise SpecError("'model' must be an embedding model: 'local', 'hash:<dim>' or 'alias:<name>'.", "model")
+    try:
+        chunking = ChunkingSpec.from_json(body.get("chunking"))
+    except ValueError as exc:
+        field = str(exc).split(":", 1)[0]
+        raise SpecError(str(exc), field) from None
+    description = body.get("description")
+    if description is not None and (not isinstance(description, str) or len(description) > MAX_DESCRIPTION):
+        raise SpecError(f"'description' must be a string of at most {MAX_DESCRIPTION} characters.", "description")
+    return CollectionIn(name, model, chunking, description)
+
+
+def new_row(tenant: str, c: CollectionIn, now: float | None = None) -> CollectionRow:
+    at = time.time() if now is None else now
+    return CollectionRow(tenant, c.name, c.model, c.chunking.json(), c.description, at, at)
+
+
+def same_spec(row: CollectionRow, c: CollectionIn) -> bool:
+    return row.model == c.model and ChunkingSpec.from_json(row.chunking) == c.chunking
+
+
+def index_spec(row: CollectionRow) -> IndexSpec:
+    return IndexSpec(row.model, dict(row.chunking))
+
+
+def collection_view(row: CollectionRow, counts: Mapping[str, int] | None = None) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "object": "rag.collection",
+        "tenant": row.tenant,
+        "name": row.name,
+        "model": row.model,
+        "chunking": dict(row.chunking),
+        "description": row.description,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+    if counts is not None:
+        view["documents"] = dict(counts)
+    return view
