@@ -42,6 +42,7 @@ from keel.store.protocols.limits import (
     UnknownSubject,
     Window,
 )
+from keel.store.protocols.online import OnlineEvalStore, OnlineRule, ScoreGroup, ScoreQuery, ScoreRow
 from keel.store.protocols.prompts import PromptContent, PromptLabel, PromptStore, PromptVersion
 from keel.store.protocols.purge import DeletedTraces, TraceDeletion
 from keel.store.protocols.responses import ResponseStore, StoredResponse
@@ -83,6 +84,8 @@ __all__ = [
     "LimitStoreUnavailable",
     "LineResult",
     "Migrator",
+    "OnlineEvalStore",
+    "OnlineRule",
     "Outcome",
     "Permit",
     "Progress",
@@ -94,6 +97,9 @@ __all__ = [
     "Recovered",
     "Reservation",
     "ResponseStore",
+    "ScoreGroup",
+    "ScoreQuery",
+    "ScoreRow",
     "SpanStore",
     "Store",
     "StoredResponse",

@@ -8,6 +8,7 @@ from keel.store.protocols.batches import BatchStore
 from keel.store.protocols.jobs import JobStore
 from keel.store.protocols.keys import KeyStore
 from keel.store.protocols.limits import LimitConfigStore
+from keel.store.protocols.online import OnlineEvalStore
 from keel.store.protocols.prompts import PromptStore
 from keel.store.protocols.purge import TraceDeletion
 from keel.store.protocols.responses import ResponseStore
@@ -32,6 +33,7 @@ class Store(
     BatchStore,
     ResponseStore,
     PromptStore,
+    OnlineEvalStore,
     Protocol,
 ):
     url: str

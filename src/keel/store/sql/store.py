@@ -14,6 +14,7 @@ from keel.store.sql.dialect import Database
 from keel.store.sql.jobs import SqlJobs
 from keel.store.sql.keys import SqlKeys
 from keel.store.sql.limits import SqlLimits
+from keel.store.sql.online import SqlOnline
 from keel.store.sql.prompts import SqlPrompts
 from keel.store.sql.purge import SqlPurge
 from keel.store.sql.responses import SqlResponses
@@ -21,7 +22,7 @@ from keel.store.sql.spans import SqlSpans
 from keel.store.sql.traces import SqlTraces
 
 
-class SqlStore(SqlKeys, SqlTraces, SqlPurge, SqlLimits, SqlSpans, SqlJobs, SqlBatches, SqlResponses, SqlPrompts):
+class SqlStore(SqlKeys, SqlTraces, SqlPurge, SqlLimits, SqlSpans, SqlJobs, SqlBatches, SqlResponses, SqlPrompts, SqlOnline):
     def __init__(self, url: str, db: Database) -> None:
         self.url = url
         self._db = db
