@@ -235,7 +235,9 @@ def compare(
     else:
         missing["output_length"] = "a window has no calls with output tokens"
     if reference.answered and recent.answered:
-        tests["refusal_rate"] = two_proportions(reference.refusals, reference.answered, recent.refusals, recent.answered)
+        tests["refusal_rate"] = two_proportions(
+            reference.refusals, reference.answered, recent.refusals, recent.answered
+        )
         tests["tool_call_rate"] = two_proportions(
             reference.tool_calls, reference.answered, recent.tool_calls, recent.answered
         )

@@ -26,14 +26,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from keel.evals.assertions import Output, Scoring, check, parse_assertion
+from keel.evals.assertions import Judge, Output, Scoring, check, parse_assertion
 from keel.gateway.call import Call, Outcome, Reply
 from keel.gateway.pipeline import Handler
 from keel.jobs.queue import JobQueue
 from keel.store.protocols import BlobStore, Job, JobContext, JobSpec, OnlineRule, ScoreRow, Store
 from keel.traces.spans import child_span
 from keel.traces.writer import read_trace
-from keel.types import ChatRequest, Span, TraceRecord
+from keel.types import ChatRequest, Span, Status, TraceRecord
 
 log = logging.getLogger("keel.evals.online")
 JOB_KIND = "online.score"
@@ -122,7 +122,9 @@ class Selections:
             await self._queue.enqueue_many(specs)
         except Exception:
             self.stats.failed += calls
-            log.exception("enqueueing %d online scoring job(s) failed; %d selected call(s) go unscored", len(specs), calls)
+            log.exception(
+                "enqueueing %d online scoring job(s) failed; %d selected call(s) go unscored", len(specs), calls
+            )
             return
         self.stats.enqueued += calls
 
@@ -130,14 +132,22 @@ class Selections:
 class OnlineSampler:
     """The `trace` slot's online-eval stage: picks finished chat calls for the rules. Never raises."""
 
-    def __init__(self, book: RuleBook, selections: Selections, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        book: RuleBook,
+        selections: Selections,
+        *,
+        skip_feature: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._book = book
         self._selections = selections
+        self._skip = skip_feature  # the judges' own calls: never scored
         self._clock = clock
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
         reply = await next(call)
-        if self._book.rules and isinstance(call.request, ChatRequest):
+        if self._book.rules and isinstance(call.request, ChatRequest) and call.feature != self._skip:
             reply.on_done(lambda outcome: self.select(call, outcome))
         return reply
 
@@ -195,12 +205,12 @@ def output_of(record: TraceRecord) -> Output:
     )
 
 
-def scoring_of(record: TraceRecord, base: Scoring) -> Scoring:
+def scoring_of(record: TraceRecord, base: Scoring, judge: Judge | None) -> Scoring:
     request = record.request if isinstance(record.request, dict) else {}
     tools = request.get("tools")
     return Scoring(
         vars={"prompt": _last_user_text(request)},
-        judge=base.judge,
+        judge=judge,
         embed=base.embed,
         grader=base.grader,
         tools=tuple(tools) if isinstance(tools, list) else (),
@@ -228,6 +238,8 @@ class Scorer:
         book: RuleBook,
         put_span: Callable[[Span], None],
         scoring: Scoring,
+        *,
+        judge_for: Callable[[str], Judge] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -235,6 +247,7 @@ class Scorer:
         self._book = book
         self._put_span = put_span
         self._scoring = scoring
+        self._judge_for = judge_for  # a judge calling as the scored call's tenant
         self._clock = clock
 
     async def run(self, job: Job, ctx: JobContext) -> Any:
@@ -258,7 +271,8 @@ class Scorer:
 
     async def score(self, rule: OnlineRule, record: TraceRecord) -> list[ScoreRow]:
         """Every scorer of `rule` on one trace: its score rows, its spans emitted."""
-        output, scoring = output_of(record), scoring_of(record, self._scoring)
+        judge = self._judge_for(record.tenant or "") if self._judge_for is not None else None
+        output, scoring = output_of(record), scoring_of(record, self._scoring, judge)
         rows = []
         for obj in rule.scorers:
             name = scorer_name(obj)
@@ -273,7 +287,7 @@ class Scorer:
             }
             if verdict.error:
                 attributes["keel.score.error"] = verdict.error[:500]
-            status = "error" if verdict.error else "ok"
+            status: Status = "error" if verdict.error else "ok"
             span_id = f"score:{rule.name}:{name}"
             self._put_span(
                 child_span(record, "score", name, started, self._clock(), span_id=span_id, status=status,
@@ -301,15 +315,15 @@ class Scorer:
 
 def validate_scorers(scorers: Sequence[Any]) -> tuple[dict[str, Any], ...]:
     """The rule's scorers, each parsed once to refuse what cannot run online; raises ValueError naming it."""
-    from keel.evals.assertions import needs_expected
+    from keel.evals.assertions import NEEDS_VALUE, needs_expected
 
     out = []
     names: set[str] = set()
     for i, obj in enumerate(scorers):
         if not isinstance(obj, dict):
             raise ValueError(f"scorers[{i}] must be an assertion object, e.g. {{'type': 'icontains', 'value': 'x'}}")
-        assertion = parse_assertion(obj)
-        if needs_expected(assertion):
+        assertion = parse_assertion(obj, f"scorers[{i}]")
+        if needs_expected(assertion) or (assertion.value is None and assertion.kind in NEEDS_VALUE):
             raise ValueError(f"scorers[{i}]: '{obj.get('type')}' needs an expected output, which live traffic lacks")
         name = scorer_name(obj)
         if name in names:

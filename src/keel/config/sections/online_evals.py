@@ -96,11 +96,15 @@ class OnlineEvalsConfig(Model):
 def check(section: OnlineEvalsConfig, outline: Outline) -> list[ConfigIssue]:
     """Unique monitor and drift check names."""
     issues: list[ConfigIssue] = []
-    for kind, items in (("monitors", section.monitors), ("drift", section.drift)):
+    lists: list[tuple[str, list[str]]] = [
+        ("monitors", [m.name for m in section.monitors]),
+        ("drift", [d.name for d in section.drift]),
+    ]
+    for kind, names in lists:
         seen: set[str] = set()
-        for i, item in enumerate(items):
-            if item.name in seen:
+        for i, name in enumerate(names):
+            if name in seen:
                 path = f"online_evals.{kind}[{i}].name"
-                issues.append(ConfigIssue(path, f"duplicate name {item.name!r}", "give each one its own name"))
-            seen.add(item.name)
+                issues.append(ConfigIssue(path, f"duplicate name {name!r}", "give each one its own name"))
+            seen.add(name)
     return issues

@@ -118,4 +118,12 @@ class OnlineEvalStore(Protocol):
         ...
 
 
-__all__ = ["SCORE_DIMENSIONS", "OnlineEvalStore", "OnlineRule", "ScoreDimension", "ScoreGroup", "ScoreQuery", "ScoreRow"]
+__all__ = [
+    "SCORE_DIMENSIONS",
+    "OnlineEvalStore",
+    "OnlineRule",
+    "ScoreDimension",
+    "ScoreGroup",
+    "ScoreQuery",
+    "ScoreRow",
+]

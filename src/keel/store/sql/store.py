@@ -22,7 +22,9 @@ from keel.store.sql.spans import SqlSpans
 from keel.store.sql.traces import SqlTraces
 
 
-class SqlStore(SqlKeys, SqlTraces, SqlPurge, SqlLimits, SqlSpans, SqlJobs, SqlBatches, SqlResponses, SqlPrompts, SqlOnline):
+class SqlStore(
+    SqlKeys, SqlTraces, SqlPurge, SqlLimits, SqlSpans, SqlJobs, SqlBatches, SqlResponses, SqlPrompts, SqlOnline
+):
     def __init__(self, url: str, db: Database) -> None:
         self.url = url
         self._db = db

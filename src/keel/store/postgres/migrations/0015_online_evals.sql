@@ -1,6 +1,6 @@
 -- Online evals (keel/store/sql/online.py). A rule is JSON text under its name. A score is one scorer's
 -- verdict on one trace under one rule, unique per (trace_id, rule, scorer) so a scoring job run twice
--- writes it once; it carries the trace's attribution so windows roll up per feature, model, alias and
+-- writes it once. It carries the trace's attribution so windows roll up per feature, model, alias and
 -- prompt version with no join. Index: by the scored call's start time (every read is a window).
 CREATE TABLE online_rules (
     name TEXT PRIMARY KEY,
