@@ -23,6 +23,7 @@ from keel.api.deferred import AsyncEdge
 from keel.api.files import FilesEdge
 from keel.api.forward import Forwarder
 from keel.api.metrics import MetricsEndpoint
+from keel.api.online_evals import OnlineEvalsAdmin
 from keel.api.openai import OpenAIEdge, error_body
 from keel.api.prompts_admin import PromptsAdmin
 from keel.api.responses import ResponsesEdge
@@ -211,6 +212,7 @@ def create_app(runtime: Runtime) -> FastPath:
         Route("/readyz", readyz, methods=["GET"]),
         *Admin(runtime).routes(),
         *PromptsAdmin(runtime).routes(),
+        *OnlineEvalsAdmin(runtime).routes(),
         *dashboard.routes(),
     ]
     if runtime.metrics is not None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from keel.evals.stats import TestResult, mann_whitney, mmd_test, two_proportions
-from keel.store.protocols import BlobStore, TraceQuery, TraceStore
+from keel.store.protocols import BlobStore, OnlineEvalStore, ScoreQuery, TraceQuery, TraceStore
 from keel.traces.writer import with_payload
 from keel.types import TraceRecord
 
@@ -253,3 +253,17 @@ def _no_bodies(reference: WindowSample, recent: WindowSample, what: str) -> str:
     if min(reference.calls, recent.calls) < 2:
         return f"too few calls in a window ({reference.calls} reference, {recent.calls} recent)"
     return f"the traces hold no {what}: payloads are not stored (traces.store_payloads: false)"
+
+
+def window_scores(store: OnlineEvalStore, spec: DriftSpec, window: tuple[float, float]) -> dict[str, list[float]]:
+    """The online scorers' values of the window's calls (the newest ones, bounded), per scorer."""
+    query = ScoreQuery(
+        since=window[0], until=window[1], feature=spec.feature, alias=spec.alias, tenant=spec.tenant,
+        limit=min(10_000, spec.max_samples * 5),
+    )  # fmt: skip
+    out: dict[str, list[float]] = {}
+    for row in store.list_scores(query):
+        values = out.setdefault(row.scorer, [])
+        if len(values) < spec.max_samples:
+            values.append(row.value)
+    return out

@@ -171,7 +171,8 @@ class DriftChecks:
         )  # fmt: skip
         before = drift.sample(self._store, self._blobs, spec, reference)
         after = drift.sample(self._store, self._blobs, spec, recent)
-        return drift.compare(spec, before, after, self._embed)
+        scores = drift.window_scores(self._store, spec, reference), drift.window_scores(self._store, spec, recent)
+        return drift.compare(spec, before, after, self._embed, scores)
 
     def judge(self, report: drift.DriftReport, now: float) -> list[RuleEvent]:
         c = self._check
