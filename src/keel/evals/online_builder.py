@@ -42,6 +42,7 @@ class OnlineEvals:
     scorer: Scorer
     monitors: Monitors | None
     drift: tuple[DriftChecks, ...]
+    sender: AlertSender | None  # this capability's own webhook sender, when it does not share the alerts' one
 
 
 class LocalEmbed:
@@ -102,7 +103,7 @@ def build(ctx: Context) -> Contribution:
     send, own = _sender(ctx)
     monitors = Monitors(oe.monitors, store, send, every_s=oe.evaluate_every_s) if oe.monitors and send else None
     checks = tuple(DriftChecks(c, store, blobs, embed, send) for c in oe.drift) if send is not None else ()
-    ctx.add(OnlineEvals(book, selections, scorer, monitors, checks))
+    ctx.add(OnlineEvals(book, selections, scorer, monitors, checks, own))
     workers = [
         Worker("online-rules", book.refresh, oe.rules_refresh_s),
         Worker("online-selections", selections.flush, oe.flush_ms / 1000),
