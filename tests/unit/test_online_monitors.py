@@ -1,0 +1,98 @@
+"""Online eval monitors on a real SQLite store with a clock of the test's: below a threshold, dropping
+against the previous window, one episode per group; and the sampling decision and the score store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from keel.alerts.sender import RuleEvent
+from keel.config.sections.online_evals import MonitorConfig
+from keel.evals.monitors import Monitors
+from keel.evals.online import picked
+from keel.store.open import open_store
+from keel.store.protocols import OnlineRule, ScoreQuery, ScoreRow, Store
+
+HOUR = 3600.0
+
+
+def scores(store: Store, start: float, values: list[float], feature: str = "support", prefix: str = "t") -> None:
+    rows = [
+        ScoreRow(f"{prefix}{start}-{i}", "r", "quality", start + i, v, v >= 0.5, "t1", feature, "gpt", "m1", "v3")
+        for i, v in enumerate(values)
+    ]
+    store.add_scores(rows)
+
+
+def monitors(store: Store, **fields: Any) -> Monitors:
+    """`evaluate` returns the events this process won; `send` (the webhook) is not exercised here."""
+    sent: list[RuleEvent] = []
+    config = MonitorConfig(name="q", scorer="quality", window="1h", min_samples=10, **fields)
+    return Monitors([config], store, sent.append, every_s=1)
+
+
+def test_a_drop_against_the_previous_window_fires_once_and_resolves_once(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/keel.db")
+    try:
+        m = monitors(store, drop=0.2)
+        t0 = 1_000_000.0
+        scores(store, t0, [0.9] * 30)  # hour 1: 0.9
+        assert m.evaluate(t0 + HOUR) == []  # no previous window yet
+        scores(store, t0 + HOUR, [0.6] * 30)  # hour 2: 0.6, a drop of 0.3
+        [fired] = m.evaluate(t0 + 2 * HOUR)
+        assert (fired.event, fired.metric, fired.observed, fired.threshold) == (
+            "alert.firing",
+            "score_mean:quality",
+            0.6,
+            0.2,
+        )
+        assert m.evaluate(t0 + 2 * HOUR + 1) == []  # still holds: nothing more
+        scores(store, t0 + 2 * HOUR, [0.6] * 30)  # hour 3 level with hour 2: no longer a drop
+        [resolved] = m.evaluate(t0 + 3 * HOUR)
+        assert (resolved.event, resolved.since) == ("alert.resolved", fired.since)
+        assert m.evaluate(t0 + 3 * HOUR + 1) == []
+    finally:
+        store.close()
+
+
+def test_below_a_threshold_per_feature_each_its_own_episode(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/keel.db")
+    try:
+        m = monitors(store, below=0.7, by="feature")
+        t0 = 2_000_000.0
+        scores(store, t0, [0.9] * 20, "search", prefix="a")
+        scores(store, t0, [0.5] * 20, "support", prefix="b")
+        scores(store, t0, [0.1] * 5, "tiny", prefix="c")  # fewer than min_samples: no verdict
+        [fired] = m.evaluate(t0 + 60)
+        assert (fired.scope, fired.value, fired.observed, fired.calls) == ("feature", "support", 0.5, 20)
+        scores(store, t0 + 60, [1.0] * 40, "support", prefix="d")  # mean 0.83
+        [resolved] = m.evaluate(t0 + 120)
+        assert (resolved.event, resolved.value) == ("alert.resolved", "support")
+    finally:
+        store.close()
+
+
+def test_scores_are_written_once_and_roll_up_per_dimension(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/keel.db")
+    try:
+        scores(store, 100.0, [1.0, 0.0, 0.5, 1.0])
+        scores(store, 100.0, [1.0, 0.0, 0.5, 1.0])  # a job run twice
+        [group] = store.score_rollup(ScoreQuery(since=0, until=1000, by="prompt_version"))
+        assert (group.scorer, group.group, group.count, group.mean, group.passed) == ("quality", "v3", 4, 0.625, 3)
+        assert [g.group for g in store.score_rollup(ScoreQuery(since=0, until=1000, by="model"))] == ["m1"]
+        assert store.score_rollup(ScoreQuery(since=200, until=1000)) == []  # another window
+        rule = OnlineRule("r", 0.25, ({"type": "is-json"},), feature="support", tags=(("team", "a"),), delay_s=5.0)
+        store.put_online_rule(rule)
+        assert store.list_online_rules() == [rule]
+        assert store.delete_online_rule("r") and store.list_online_rules() == []
+    finally:
+        store.close()
+
+
+def test_the_sampling_decision_is_stable_per_rule_and_call() -> None:
+    ids = [f"{i:016x}abcdef01{i & 0xFFFFFF:06x}" for i in range(20_000)]  # time-ordered ids, like new_trace_id
+    kept = [t for t in ids if picked("r", t, 0.1)]
+    assert 1800 <= len(kept) <= 2200
+    assert kept == [t for t in ids if picked("r", t, 0.1)]  # the same calls every time
+    assert set(kept) != {t for t in ids if picked("other", t, 0.1)}  # each rule draws its own
+    assert not any(picked("r", t, 0.0) for t in ids[:1000]) and all(picked("r", t, 1.0) for t in ids[:1000])
