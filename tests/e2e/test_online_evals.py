@@ -174,3 +174,33 @@ def test_a_monitor_fires_once_on_a_quality_drop_and_resolves_once(
     assert (resolved["event"], resolved["since"]) == ("alert.resolved", fired["since"])
     assert resolved["observed"] >= 0.7
     assert len(settled()) == 2  # more ticks, nothing more sent
+
+
+def test_a_judge_scores_a_live_call_through_the_gateway_traced_and_never_sampled_itself(
+    make_gateway: Any, up: FakeUpstream, tmp_path: Path
+) -> None:
+    raw = base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path)
+    raw["online_evals"] = {"flush_ms": 20, "judge": "gpt-4o-mini"}
+    raw["prices"] = {"gpt-4o-mini": {"input": 1.0, "output": 2.0}}
+    gw = make_gateway(raw)
+    rubric = {"type": "llm-rubric", "value": "Names the capital of France", "metric": "capital"}
+    with admin(gw) as a:
+        assert a.post(RULES, json={"name": "judged", "rate": 1.0, "scorers": [rubric]}).status_code == 201
+    verdict = '{"reason": "it names Paris", "pass": true, "score": 0.9}'
+    up.script(Script(text="Paris."), Script(text=verdict))  # the call, then the judge's call
+    with openai.OpenAI(base_url=gw.base_url, api_key=gw.key, max_retries=0) as c:
+        r = c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Capital of France?"}]
+        )
+    trace_id = r.headers["x-keel-trace-id"]
+    assert until(lambda: score_count(gw, "judged") == 1)
+    [row] = gw.runtime.store.list_scores(ScoreQuery(since=0, until=time.time() + 60, rule="judged"))
+    assert (row.trace_id, row.scorer, row.value, row.passed) == (trace_id, "capital", 0.9, True)
+    traces = gw.traces()
+    [judge] = [t for t in traces if t.feature == "keel.online-evals"]
+    assert judge.status == "ok" and judge.cost_usd and judge.cost_usd > 0  # traced and priced
+    assert judge.request["messages"][1]["content"].startswith("<Output>\nParis.")
+    online = gw.runtime.get(OnlineEvals)
+    assert online.selections.stats.selected == 1  # the judge's own call was not picked
+    [span] = [s for s in gw.runtime.store.trace_spans(trace_id) if s.kind == "score"]
+    assert span.attributes["keel.score.reason"].startswith("llm-rubric")
