@@ -66,17 +66,33 @@ class RuleBook:
         self._store = store
         self.rules: tuple[OnlineRule, ...] = ()
         self.by_name: dict[str, OnlineRule] = {}
+        self._lock = asyncio.Lock()
+        self._warned = Warned()
 
     def load(self) -> None:
         found = self._store.list_online_rules()
         self.by_name = {r.name: r for r in found}
-        self.rules = tuple(r for r in found if r.enabled and r.rate > 0)
+        self.rules = tuple(r for r in found if r.enabled and r.rate > 0)  # one assignment: a call sees old or new
 
     async def refresh(self) -> None:
-        try:
-            await asyncio.to_thread(self.load)
-        except Exception:
-            log.exception("reading online eval rules failed; keeping the ones loaded")
+        async with self._lock:  # the worker's pass and an admin write's refresh never overlap
+            try:
+                await asyncio.to_thread(self.load)
+            except Exception as exc:
+                self._warned.warn("reading online eval rules failed (%s: %s); keeping the last ones", exc)
+
+
+class Warned:
+    """A warning logged at most every `every_s` while a store stays away (workers retry far more often)."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self._every = every_s
+        self._at = float("-inf")
+
+    def warn(self, message: str, exc: Exception, *args: object) -> None:
+        if time.monotonic() - self._at >= self._every:
+            self._at = time.monotonic()
+            log.warning(message, type(exc).__name__, exc, *args)
 
 
 @dataclass(slots=True)
@@ -98,6 +114,7 @@ class Selections:
         self._max = max_pending
         self._batch = batch_size
         self._job_queue = job_queue
+        self._warned = Warned()
         self.stats = SelectionStats()
 
     def add(self, rule: OnlineRule, tenant: str, trace_id: str, now: float) -> None:
