@@ -95,10 +95,11 @@ class SqlOnline:
         d = self._db.dialect
         where, params = _where(query, d.mark)
         group = _GROUP_COLUMN[query.by]
+        grouped = "scorer" if query.by == "none" else f"scorer, {group}"
         passed = "SUM(CASE WHEN passed THEN 1 ELSE 0 END)"
         sql = (
             f"SELECT scorer, {group}, COUNT(*), AVG(value), {passed} FROM eval_scores WHERE {where}"
-            f" GROUP BY scorer, {group} ORDER BY COUNT(*) DESC, scorer LIMIT {d.mark}"
+            f" GROUP BY {grouped} ORDER BY COUNT(*) DESC, scorer LIMIT {d.mark}"
         )
         with self._db.session() as s:
             rows = s.fetchall(sql, (*params, min(max(1, query.limit), MAX_LIMIT)))
