@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from keel.alerts.sender import RuleEvent
-from keel.config.sections.online_evals import MonitorConfig
-from keel.evals.monitors import Monitors
+from keel.config.sections.online_evals import DriftCheckConfig, MonitorConfig
+from keel.evals.monitors import DriftChecks, Monitors
 from keel.evals.online import picked
 from keel.store.open import open_store
 from keel.store.protocols import OnlineRule, ScoreQuery, ScoreRow, Store
+from keel.types import TraceRecord
 
 HOUR = 3600.0
 
@@ -96,3 +97,37 @@ def test_the_sampling_decision_is_stable_per_rule_and_call() -> None:
     assert kept == [t for t in ids if picked("r", t, 0.1)]  # the same calls every time
     assert set(kept) != {t for t in ids if picked("other", t, 0.1)}  # each rule draws its own
     assert not any(picked("r", t, 0.0) for t in ids[:1000]) and all(picked("r", t, 1.0) for t in ids[:1000])
+
+
+def test_a_scheduled_drift_check_fires_on_a_change_and_resolves_when_it_is_gone(tmp_path: Path) -> None:
+    """Output drift only (no embedder): refusals appear in the recent day, then the window moves on."""
+    store = open_store(f"sqlite:///{tmp_path}/keel.db")
+    day = 86400.0
+    now = 50 * day
+
+    def calls(start: float, n: int, refusing: bool, first: int) -> list[TraceRecord]:
+        answer = "I'm sorry, but I can't help with that." if refusing else "Sure, here it is."
+        return [
+            TraceRecord(f"c{first + i}", start + i * 60, tenant="t1", feature="support", output_tokens=30,
+                        request={"messages": [{"role": "user", "content": "q"}]},
+                        response={"content": answer if i % 2 else "Sure.", "finish_reason": "stop"})
+            for i in range(n)
+        ]  # fmt: skip
+
+    try:
+        store.append_traces(calls(now - 5 * day, 100, False, 0) + calls(now - day / 2, 100, True, 1000))
+        sent: list[RuleEvent] = []
+        config = DriftCheckConfig(name="support-out", feature="support", since="1d", reference="7d..1d")
+        check = DriftChecks(config, store, None, None, sent.append)
+        report = check.report(now)
+        assert report.drifted == ["refusal_rate"] and "input" in report.unavailable
+        [fired] = check.judge(report, now)
+        assert (fired.event, fired.rule, fired.metric, fired.scope, fired.value) == (
+            "alert.firing", "support-out", "drift:refusal_rate", "feature", "support",
+        )  # fmt: skip
+        assert check.judge(check.report(now + 60), now + 60) == []  # still drifted: nothing more
+        later = now + 8 * day  # nothing recent, nothing in the reference: no test is significant
+        [resolved] = check.judge(check.report(later), later)
+        assert (resolved.event, resolved.since) == ("alert.resolved", fired.since)
+    finally:
+        store.close()
