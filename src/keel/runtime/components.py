@@ -22,6 +22,7 @@ from keel.alerts.sender import AlertSender
 from keel.cache import builder as cache
 from keel.cache.stage import CacheStage
 from keel.config import Config
+from keel.evals import builder as evals
 from keel.gateway import builder as gateway
 from keel.gateway.backpressure import Gates
 from keel.gateway.builder import GatewayParts
@@ -67,6 +68,7 @@ BUILDERS: tuple[Builder, ...] = (
     jobs.build,  # the job queue, its workers and the registry every builder's `jobs` handlers join
     deferred.build,  # async calls, their webhook deliveries and OpenAI batches, as job kinds
     prompts.build,  # prompt slot; versions and labels in memory; their refresh worker
+    evals.build,  # eval suite runs as jobs (through the pipeline), datasets
 )
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "grade",
     "needs_expected",
     "parse_assertion",
+    "template",
 ]
 
 Result = tuple[bool, float, str]
