@@ -28,8 +28,8 @@ from keel.store.protocols import EvalResult, EvalRun, Job, JobContext, Store
 from keel.traces.ids import new_trace_id
 
 KIND = "eval.run"
-FLUSH_RESULTS = 64  # results recorded per store write
-FLUSH_S = 0.5  # ... or at least this often
+FLUSH_RESULTS = 32  # results recorded per store write
+FLUSH_S = 0.2  # ... or at least this often: a crash re-runs at most what was scored since
 MAX_REPEAT = 100
 MAX_CONCURRENCY = 64
 RUN_TIMEOUT_S = 24 * 3600.0
