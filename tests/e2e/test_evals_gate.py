@@ -6,6 +6,7 @@ tests set, so exactly those outputs change."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from keel.testing import FakeUpstream
+from keel.testing import FakeUpstream, Script
 from tests.conftest import Gateway, base_config
 
 BROKEN = {3, 17, 42, 64, 99}
@@ -88,3 +89,26 @@ def test_errors_exit_1_with_a_message(gw: Gateway, tmp_path: Path) -> None:
     (tmp_path / "v1.yaml").write_text(yaml.safe_dump(suite("Answer: {{q}}")))
     missing = keel(gw, tmp_path, "eval", "run", "v1.yaml", "--baseline", "no-such-label")
     assert missing.returncode == 1 and "no baseline" in missing.stderr
+
+
+def test_promptfoos_getting_started_example_runs_unchanged(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> None:
+    raw = base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path)
+    for model in ("gpt-4.1", "o4-mini"):  # the aliases its provider ids name
+        raw["models"][model] = {"targets": [{"provider": "oai", "model": model}]}
+    gw = make_gateway(raw)
+    # items run in order at concurrency 1: test 1 × (2 prompts × 2 providers), then test 2
+    up.script(*[Script(text="Bonjour le monde !")] * 4, *[Script(text="¿DÓNDE ESTÁ LA BIBLIOTECA?")] * 4)
+    example = Path(__file__).parents[1] / "data" / "evals" / "promptfoo-getting-started.yaml"
+    done = keel(gw, example.parent, "eval", "run", example.name, "--concurrency", "1", "--json")
+    assert done.returncode == 0, done.stderr + done.stdout
+    result = json.loads(done.stdout)
+    summary = result["run"]["summary"]
+    assert (summary["results"], summary["passed"]) == (8, 8)
+    assert result["run"]["suite"] == "Getting started"
+    sent = [(r["json"]["model"], r["json"]["messages"][-1]["content"]) for r in up.requests]
+    assert sent[0] == ("gpt-4.1", "Convert this English to French: Hello world")
+    assert sent[1] == ("o4-mini", "Convert this English to French: Hello world")
+    assert sent[2] == ("gpt-4.1", "Translate to French: Hello world")
+    # without a baseline the rule is promptfoo's: every test passes, else exit 100 (the fake now echoes)
+    echoed = keel(gw, example.parent, "eval", "run", example.name)
+    assert echoed.returncode == 100 and "0/8 passed" in echoed.stdout, echoed.stdout + echoed.stderr

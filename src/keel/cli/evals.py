@@ -36,7 +36,7 @@ def register(p: argparse.ArgumentParser) -> None:
     run.add_argument("--label", help="label this run (e.g. the branch), so later runs can name it as baseline")
     run.add_argument("--name", help="the suite's name (default: its description, else the file name)")
     run.add_argument("--max-regressions", type=int, default=0)
-    run.add_argument("--min-pass-rate", type=float)
+    run.add_argument("--min-pass-rate", type=float, help="default without --baseline: 1 (every test passes)")
     run.add_argument("--alpha", type=float, default=0.05, help="significance of a regression over repeats")
     run.add_argument("--junit", metavar="FILE", help="write JUnit XML here")
     run.add_argument("--html", metavar="FILE", help="write a self-contained HTML report here")
@@ -223,8 +223,8 @@ def run_eval(args: argparse.Namespace) -> int:
     query = {"max_regressions": str(args.max_regressions), "alpha": str(args.alpha)}
     if args.baseline:
         query["baseline"] = args.baseline
-    if args.min_pass_rate is not None:
-        query["min_pass_rate"] = str(args.min_pass_rate)
+    if args.min_pass_rate is not None or not args.baseline:  # no baseline: promptfoo's rule, every test passes
+        query["min_pass_rate"] = str(1.0 if args.min_pass_rate is None else args.min_pass_rate)
     comparison = _call(args, "GET", f"/api/evals/runs/{run_id}/compare?{urllib.parse.urlencode(query)}")
     if args.junit or args.html:
         _reports(args, run_id, comparison)
