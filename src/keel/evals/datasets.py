@@ -136,10 +136,11 @@ def item_from_trace(record: TraceRecord) -> DatasetItem | None:
     if not isinstance(request, Mapping) or not isinstance(request.get("messages"), list):
         return None
     expected = None
-    if isinstance(response, Mapping):
+    if isinstance(response, Mapping):  # the trace's own shape ({content, tool_calls, ...}), or OpenAI's
+        content = response.get("content")
         choices = response.get("choices") or []
-        if choices and isinstance(choices[0], Mapping):
+        if content is None and choices and isinstance(choices[0], Mapping):
             content = (choices[0].get("message") or {}).get("content")
-            expected = content if isinstance(content, str) else None
+        expected = content if isinstance(content, str) else None
     metadata = {k: v for k, v in (("alias", record.alias), ("model", record.model), ("feature", record.feature)) if v}
     return DatasetItem({"messages": request["messages"]}, expected, (), metadata, record.id)
