@@ -139,3 +139,20 @@ def test_bad_suites_are_400_naming_the_field(gw: Gateway) -> None:
     r = create({**SUITE, "scenarios": []})
     assert r.status_code == 400 and "scenarios" in r.json()["error"]["message"]
     assert start_run(gw, SUITE)["status"] == "queued"
+
+
+def test_a_keel_prompt_version_is_rendered_by_the_gateway(gw: Gateway, up: FakeUpstream) -> None:
+    headers = {"authorization": f"Bearer {gw.key}"}
+    for text in ("Reply to: {{q}}", "Answer politely: {{q}}"):
+        body = {"name": "support", "messages": [{"role": "user", "content": text}], "label": "production"}
+        assert httpx.post(gw.url + "/api/prompts", json=body, headers=headers).status_code == 201
+    suite = {
+        "prompts": ["keel:support@1", "keel:support@production"],
+        "providers": ["gpt-4o-mini"],
+        "tests": [{"vars": {"q": "refund?"}, "assert": [{"type": "contains", "value": "refund?"}]}],
+    }
+    run = run_suite(gw, suite)
+    outputs = {r["item"]: r["output"] for r in run["results"]}
+    assert outputs == {"t1|p1": "echo: Reply to: refund?", "t1|p2": "echo: Answer politely: refund?"}
+    traces = [t for t in gw.traces() if (t.tags or {}).get("eval_run") == run["id"]]
+    assert sorted(t.prompt_version or "" for t in traces) == ["support@1", "support@2"]

@@ -29,6 +29,7 @@ __all__ = [
     "check",
     "grade",
     "needs_expected",
+    "needs_judge",
     "parse_assertion",
     "template",
 ]
