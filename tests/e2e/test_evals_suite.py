@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from keel.testing import FakeUpstream, Script
-from tests.conftest import Gateway, base_config
+from tests.conftest import Gateway, base_config, until
 from tests.e2e.evals_helpers import run_suite, start_run
 
 PASS_JUDGE = json.dumps({"pass": True, "score": 0.9, "reason": "polite"})
@@ -156,3 +156,22 @@ def test_a_keel_prompt_version_is_rendered_by_the_gateway(gw: Gateway, up: FakeU
     assert outputs == {"t1|p1": "echo: Reply to: refund?", "t1|p2": "echo: Answer politely: refund?"}
     traces = [t for t in gw.traces() if (t.tags or {}).get("eval_run") == run["id"]]
     assert sorted(t.prompt_version or "" for t in traces) == ["support@1", "support@2"]
+
+
+def test_runs_skip_the_cache_unless_asked(make_gateway: Any, up: FakeUpstream, tmp_path: Any) -> None:
+    raw = base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path)
+    raw["cache"] = {"enabled": True, "ttl_s": 60, "url": "memory://"}
+    gw = make_gateway(raw)
+    suite = {"prompts": ["{{q}}"], "providers": [{"id": "gpt-4o-mini", "config": {"temperature": 0}}],
+             "tests": [{"vars": {"q": "same"}, "assert": [{"type": "contains", "value": "same"}]}]}  # fmt: skip
+    traces: dict[str, Any] = {}
+
+    def hit() -> bool:  # a cached run: the cache is filled by the first answer (written off the reply path)
+        run = run_suite(gw, suite, cache=True)
+        traces.update({t.id: t for t in gw.traces()})
+        return traces[run["results"][0]["trace_id"]].cache == "hit"
+
+    assert until(hit, 20)
+    asked = len(up.requests)
+    run_suite(gw, suite, repeat=3, concurrency=1)
+    assert len(up.requests) == asked + 3  # by default every repeat asks the model, cache or not

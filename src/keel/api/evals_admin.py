@@ -74,7 +74,7 @@ class EvalsAdmin:
         return endpoint
 
     async def create(self, request: Request, who: _Who) -> Response:
-        """{suite: {...}, repeat?, concurrency?, label?, name?} (admin token: also tenant and key_id)."""
+        """{suite: {...}, repeat?, concurrency?, label?, name?, cache?} (admin token: also tenant and key_id)."""
         body = await read_json(request, self._bounds)
         if not isinstance(body, dict) or not isinstance(body.get("suite"), dict):
             raise InvalidRequest("The body is {suite: {...}, repeat?, concurrency?, label?, name?}.", "suite")
@@ -86,7 +86,7 @@ class EvalsAdmin:
         assert key_id is not None
         options = Options(
             repeat=_int(body, "repeat", 1), concurrency=_int(body, "concurrency", 4),
-            label=_text(body, "label"), name=_text(body, "name"),
+            label=_text(body, "label"), name=_text(body, "name"), cache=_flag(body, "cache"),
         )  # fmt: skip
         run = await create_run(self._evals.store, self._evals.queue, tenant, key_id, body["suite"], options)
         return _json(run_view(run), 201)
@@ -150,6 +150,13 @@ def _int(body: dict[str, Any], name: str, default: int) -> int:
     value = body.get(name, default)
     if type(value) is not int:
         raise InvalidRequest(f"'{name}' must be an integer.", name)
+    return value
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"'{name}' must be true or false.", name)
     return value
 
 

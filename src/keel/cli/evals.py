@@ -40,6 +40,7 @@ def register(p: argparse.ArgumentParser) -> None:
     run.add_argument("--alpha", type=float, default=0.05, help="significance of a regression over repeats")
     run.add_argument("--junit", metavar="FILE", help="write JUnit XML here")
     run.add_argument("--html", metavar="FILE", help="write a self-contained HTML report here")
+    run.add_argument("--cache", action="store_true", help="let the aliases' response cache answer (default: skip it)")
     run.add_argument("--resume", metavar="RUN", help="follow this run instead of creating one")
     run.add_argument("--json", action="store_true", help="print the comparison as JSON")
     _common(run)
@@ -213,7 +214,7 @@ def run_eval(args: argparse.Namespace) -> int:
         doc = load_suite(path)
         body = {
             "suite": doc, "repeat": args.repeat, "concurrency": args.concurrency, "label": args.label,
-            "name": args.name or doc.get("description") or path.stem,
+            "name": args.name or doc.get("description") or path.stem, "cache": args.cache,
         }  # fmt: skip
         run_id = _call(args, "POST", "/api/evals/runs", body)["id"]
         print(f"run {run_id}", file=sys.stderr)

@@ -11,9 +11,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from keel.cache.stage import CacheState
 from keel.errors import KeelError, RateLimited, Unavailable
 from keel.evals.assertions import Output
 from keel.gateway.call import Call
+from keel.gateway.directives import Directives
 from keel.gateway.pipeline import Handler
 from keel.jobs.calls import Caller, parse
 from keel.traces.ids import new_trace_id
@@ -35,11 +37,17 @@ class CallFailed(RuntimeError):
 
 
 class GatewayCalls:
-    def __init__(self, pipeline: Handler, caller: Caller, run_id: str, *, store_payloads: bool = True) -> None:
+    """`cache`: False (the default of a run) skips the response cache, so repeats and reruns measure fresh
+    answers; True lets the aliases' cache answer, as for any caller."""
+
+    def __init__(
+        self, pipeline: Handler, caller: Caller, run_id: str, *, store_payloads: bool = True, cache: bool = False
+    ) -> None:
         self._pipeline = pipeline
         self._caller = caller
         self._run_id = run_id
         self._payloads = store_payloads
+        self._directives = None if cache else Directives.parse("skip")
 
     async def chat(self, body: Mapping[str, Any], tags: Mapping[str, str]) -> Output:
         """The item's answer; CallFailed when the gateway refuses or every target fails."""
@@ -69,6 +77,8 @@ class GatewayCalls:
             request, record, principal=c.principal, allowed=c.allowed, user=c.user, feature=c.feature,
             session=c.session, tags=all_tags, timeout_s=c.timeout_s, asked_priority=c.priority,
         )  # fmt: skip
+        if self._directives is not None:
+            call.state(CacheState).directives = self._directives
         try:
             reply = await self._pipeline(call)
             response = await reply.collect()

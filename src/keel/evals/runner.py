@@ -43,6 +43,7 @@ class Options:
     concurrency: int = 4
     label: str | None = None
     name: str | None = None
+    cache: bool = False  # let the aliases' response cache answer (default: skip it, fresh answers)
 
 
 def resolve_datasets(store: Store, tenant: str, doc: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -75,7 +76,10 @@ async def create_run(
     suite = parse_suite(expanded, options.name or "suite")
     items = suite.items()
     run_id = "evr_" + new_trace_id()
-    spec = {"suite": expanded, "repeat": options.repeat, "concurrency": options.concurrency, "dataset": dataset}
+    spec = {
+        "suite": expanded, "repeat": options.repeat, "concurrency": options.concurrency, "dataset": dataset,
+        "cache": options.cache,
+    }  # fmt: skip
     run = EvalRun(
         id=run_id, tenant=tenant, key_id=key_id, suite=options.name or suite.name, label=options.label,
         status="queued", spec=spec, total=len(items) * options.repeat, done=0, created_at=time.time(),
@@ -122,7 +126,8 @@ class EvalRunner:
         if resolved is None:
             return await self._end(run, "failed", error="the run's API key was revoked")
         caller = Caller(resolved[0], resolved[1], feature="eval")
-        calls = GatewayCalls(self._pipeline(), caller, run.id, store_payloads=self._payloads)
+        cache = bool(run.spec.get("cache", False))
+        calls = GatewayCalls(self._pipeline(), caller, run.id, store_payloads=self._payloads, cache=cache)
         await asyncio.to_thread(self._store.update_eval_run, run.id, {"status": "running"})
         await self._score_all(run, suite, calls, ctx)
         if ctx.cancelled:
