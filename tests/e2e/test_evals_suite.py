@@ -67,7 +67,9 @@ SUITE = {"description": "every type", "prompts": ["{{q}}"], "providers": ["opena
 
 @pytest.fixture
 def gw(make_gateway: Any, up: FakeUpstream, tmp_path: Any) -> Gateway:
-    return make_gateway(base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path))  # type: ignore[no-any-return]
+    raw = base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path)
+    raw["evals"] = {"python_modules": ["tests.unit.eval_scorers"]}  # the operator allows these scorers
+    return make_gateway(raw)  # type: ignore[no-any-return]
 
 
 def by_description(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -136,6 +138,10 @@ def test_bad_suites_are_400_naming_the_field(gw: Gateway) -> None:
     r = create({**SUITE, "tests": [{"vars": {"q": "x"}, "assert": [{"type": "javascript", "value": "1"}]}]})
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "tests[0].assert[0].type" and "javascript" in r.json()["error"]["message"]
+    python = {"type": "python", "value": "builtins:exec"}  # the gateway's process: only allowed modules
+    r = create({**SUITE, "tests": [{"vars": {"q": "x"}, "assert": [python]}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tests[0].assert[0].value"
+    assert "evals.python_modules" in r.json()["error"]["message"]
     r = create({**SUITE, "scenarios": []})
     assert r.status_code == 400 and "scenarios" in r.json()["error"]["message"]
     assert start_run(gw, SUITE)["status"] == "queued"

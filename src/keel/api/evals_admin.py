@@ -88,7 +88,8 @@ class EvalsAdmin:
             repeat=_int(body, "repeat", 1), concurrency=_int(body, "concurrency", 4),
             label=_text(body, "label"), name=_text(body, "name"), cache=_flag(body, "cache"),
         )  # fmt: skip
-        run = await create_run(self._evals.store, self._evals.queue, tenant, key_id, body["suite"], options)
+        e = self._evals
+        run = await create_run(e.store, e.queue, tenant, key_id, body["suite"], options, e.python_modules)
         return _json(run_view(run), 201)
 
     async def list_runs(self, request: Request, who: _Who) -> Response:

@@ -41,10 +41,13 @@ class _LazyEmbedder:
 class Evals:
     store: Store
     queue: JobQueue
+    python_modules: tuple[str, ...] = ()
 
 
 def build(ctx: Context) -> Contribution:
     queue = ctx.get(JobQueue)
-    ctx.add(Evals(ctx.store, queue))
-    runner = EvalRunner(ctx.store, lambda: ctx.get(Pipeline).handler, _LazyEmbedder(), ctx.config.traces.store_payloads)
+    python = tuple(ctx.config.evals.python_modules)
+    ctx.add(Evals(ctx.store, queue, python))
+    payloads = ctx.config.traces.store_payloads
+    runner = EvalRunner(ctx.store, lambda: ctx.get(Pipeline).handler, _LazyEmbedder(), payloads, python)
     return Contribution(jobs={KIND: runner})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +65,13 @@ def resolve_datasets(store: Store, tenant: str, doc: Mapping[str, Any]) -> tuple
 
 
 async def create_run(
-    store: Store, queue: JobQueue, tenant: str, key_id: str, doc: Mapping[str, Any], options: Options
+    store: Store,
+    queue: JobQueue,
+    tenant: str,
+    key_id: str,
+    doc: Mapping[str, Any],
+    options: Options,
+    python_modules: Sequence[str] = (),
 ) -> EvalRun:
     """Check the suite (InvalidSuite names what is wrong), store the run, queue its job."""
     if not 1 <= options.repeat <= MAX_REPEAT:
@@ -73,7 +79,7 @@ async def create_run(
     if not 1 <= options.concurrency <= MAX_CONCURRENCY:
         raise InvalidSuite(f"concurrency is 1..{MAX_CONCURRENCY}", "concurrency")
     expanded, dataset = await asyncio.to_thread(resolve_datasets, store, tenant, doc)
-    suite = parse_suite(expanded, options.name or "suite")
+    suite = parse_suite(expanded, options.name or "suite", python_modules)
     items = suite.items()
     run_id = "evr_" + new_trace_id()
     spec = {
@@ -105,8 +111,14 @@ class EvalRunner:
     """The `eval.run` job handler."""
 
     def __init__(
-        self, store: Store, pipeline: Callable[[], Handler], embed: Callable[[], Embed | None], payloads: bool
-    ):
+        self,
+        store: Store,
+        pipeline: Callable[[], Handler],
+        embed: Callable[[], Embed | None],
+        payloads: bool,
+        python_modules: Sequence[str] = (),
+    ) -> None:
+        self._python = tuple(python_modules)
         self._store = store
         self._pipeline = pipeline
         self._embed = embed
@@ -119,7 +131,7 @@ class EvalRunner:
         if run.status in ("finished", "failed", "cancelled"):
             return {"status": run.status}
         try:
-            suite = parse_suite(run.spec["suite"], run.suite)
+            suite = parse_suite(run.spec["suite"], run.suite, self._python)
         except InvalidSuite as err:  # e.g. a python scorer this worker cannot import
             return await self._end(run, "failed", error=str(err))
         resolved = await asyncio.to_thread(resolve_key, self._store, run.tenant, run.key_id)

@@ -111,10 +111,13 @@ class Suite:
         return out
 
 
-def parse_suite(doc: Any, name: str = "suite") -> Suite:
-    """The suite of a loaded YAML document whose `tests` are a list (dataset references resolved)."""
+def parse_suite(doc: Any, name: str = "suite", python_modules: Sequence[str] = ()) -> Suite:
+    """The suite of a loaded YAML document whose `tests` are a list (dataset references resolved).
+    `python` assertions may name functions of `python_modules` (and their submodules) only; the check
+    runs before any import."""
     if not isinstance(doc, Mapping):
         raise InvalidSuite("a suite is a mapping (prompts, providers, tests)", "suite")
+    _check_python(doc, python_modules)
     unknown = sorted(set(doc) - TOP_KEYS - IGNORED_TOP)
     if unknown:
         raise InvalidSuite(f"unsupported key(s) {unknown}; a suite takes {sorted(TOP_KEYS)}", unknown[0])
@@ -131,6 +134,24 @@ def parse_suite(doc: Any, name: str = "suite") -> Suite:
     if len(parsed) * len(prompts) * len(providers) > MAX_ITEMS:
         raise InvalidSuite(f"more than {MAX_ITEMS} items (tests × prompts × providers)", "tests")
     return suite
+
+
+def _check_python(doc: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    default = doc.get("defaultTest")
+    places = [("defaultTest", default)] if isinstance(default, Mapping) else []
+    tests = doc.get("tests")
+    places += [(f"tests[{i}]", t) for i, t in enumerate(tests)] if isinstance(tests, list) else []
+    for where, test in places:
+        asserts = test.get("assert") if isinstance(test, Mapping) else None
+        for j, a in enumerate(asserts if isinstance(asserts, list) else ()):
+            if not isinstance(a, Mapping) or a.get("type") not in ("python", "not-python"):
+                continue
+            module = str(a.get("value") or "").partition(":")[0]
+            if not any(module == m or module.startswith(m + ".") for m in allowed):
+                fix = f"list {module!r} in evals.python_modules in keel.yaml" if module else "value is module:function"
+                raise InvalidSuite(
+                    f"python scorers of module {module!r} are not allowed here: {fix}", f"{where}.assert[{j}].value"
+                )
 
 
 def alias_of(provider_id: str) -> str:
