@@ -90,6 +90,7 @@ def test_rules_refuse_what_cannot_run_online_naming_the_field(make_gateway: Any,
         ({"name": "r", "rate": 1.5, "scorers": [{"type": "is-json"}]}, "rate"),
         ({"name": "r", "rate": 0.1, "scorers": [{"type": "equals"}]}, "scorers"),  # needs an expected output
         ({"name": "r", "rate": 0.1, "scorers": [{"type": "nope"}]}, "scorers[0].type"),
+        ({"name": "r", "rate": 0.1, "scorers": [{"type": "python", "value": "os:system"}]}, "scorers[0].value"),
         ({"name": "r", "rate": 0.1, "scorers": []}, "scorers"),
         ({"name": "r r", "rate": 0.1, "scorers": [{"type": "is-json"}]}, "name"),
         ({"name": "r", "rate": 0.1, "scorers": [{"type": "is-json"}], "colour": 1}, "colour"),

@@ -20,6 +20,7 @@ from keel.api.anthropic import AnthropicEdge
 from keel.api.batches import BatchesEdge
 from keel.api.completions import Completions
 from keel.api.deferred import AsyncEdge
+from keel.api.evals_admin import EvalsAdmin
 from keel.api.files import FilesEdge
 from keel.api.forward import Forwarder
 from keel.api.metrics import MetricsEndpoint
@@ -213,6 +214,7 @@ def create_app(runtime: Runtime) -> FastPath:
         *Admin(runtime).routes(),
         *PromptsAdmin(runtime).routes(),
         *OnlineEvalsAdmin(runtime).routes(),
+        *EvalsAdmin(runtime).routes(),
         *dashboard.routes(),
     ]
     if runtime.metrics is not None:

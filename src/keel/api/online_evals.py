@@ -34,6 +34,7 @@ class OnlineEvalsAdmin:
         self._online = runtime.get(OnlineEvals)
         self._token = (runtime.config.admin_token or "").encode()
         self._bounds = Bounds.of(runtime.config.server)
+        self._python = tuple(runtime.config.evals.python_modules)
 
     def routes(self) -> list[Route]:
         return [
@@ -65,7 +66,7 @@ class OnlineEvalsAdmin:
         return _json({"data": [r.json() for r in rules]})
 
     async def put_rule(self, request: Request) -> Response:
-        rule = rule_from_body(await read_json(request, self._bounds), time.time())
+        rule = rule_from_body(await read_json(request, self._bounds), time.time(), self._python)
         existed = rule.name in self._online.book.by_name
         await asyncio.to_thread(self._store.put_online_rule, rule)
         await self._online.book.refresh()

@@ -35,6 +35,8 @@ NOUNS = (
     Noun("jobs", "inspect, cancel and retry background jobs", "jobs"),
     Noun("prompts", "push, list, show, diff and label versioned prompts", "prompts"),
     Noun("drift", "compare a feature's or alias's recent traffic with a reference window", "drift"),
+    Noun("eval", "run eval suites on the gateway and gate them against a baseline (CI)", "evals"),
+    Noun("datasets", "eval datasets: import, add (from traces too), export, list", "datasets"),
     Noun("usage", "usage and cost over a time window, grouped by a dimension", "usage"),
     Noun("cache", "semantic cache tuning: calibrate the threshold on labelled pairs", "cache"),
     Noun("targets", "breaker state, latency and error rate per target (asks the running gateway)", "targets"),

@@ -9,10 +9,11 @@ the names the file declares, whether it sets a part at all, which values the sch
 from __future__ import annotations
 
 from keel.config.parts import Model, Outline
-from keel.config.sections import alerts, batches, jobs, online_evals, providers, routing, traces
+from keel.config.sections import alerts, batches, evals, jobs, online_evals, providers, routing, traces
 from keel.config.sections.alerts import AlertsConfig
 from keel.config.sections.batches import AsyncCallsConfig, BatchesConfig
 from keel.config.sections.cache import CacheConfig
+from keel.config.sections.evals import EvalsConfig
 from keel.config.sections.jobs import JobsConfig
 from keel.config.sections.limits import LimitsConfig
 from keel.config.sections.online_evals import OnlineEvalsConfig
@@ -48,6 +49,7 @@ class Config(Model):
     batches: BatchesConfig = BatchesConfig()
     async_calls: AsyncCallsConfig = AsyncCallsConfig()
     online_evals: OnlineEvalsConfig = OnlineEvalsConfig()
+    evals: EvalsConfig = EvalsConfig()
 
 
 def cross_check(cfg: Config, outline: Outline) -> list[ConfigIssue]:
@@ -66,6 +68,7 @@ def cross_check(cfg: Config, outline: Outline) -> list[ConfigIssue]:
         issues.append(ConfigIssue("metrics.require_token", "needs an admin_token to check", fix))
     issues += traces.check_blobs(cfg.traces, outline)
     issues += batches.check(cfg.async_calls, outline)
+    issues += evals.check(cfg.evals)
     issues += jobs.check(cfg.jobs, outline)
     issues += online_evals.check(cfg.online_evals, outline)
     oe = cfg.online_evals

@@ -15,13 +15,14 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, quote
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from keel.dashboard.evalpages import render_run, render_runs
 from keel.dashboard.jobpages import jobs_query, render_jobs
 from keel.dashboard.markup import CSS, Safe, h, layout
 from keel.dashboard.overview import WINDOWS, read_overview, render_overview
@@ -29,7 +30,8 @@ from keel.dashboard.session import COOKIE, Sessions
 from keel.dashboard.throttle import LoginThrottle
 from keel.dashboard.tracepages import list_params, render_list, render_trace
 from keel.errors import InvalidRequest
-from keel.store.protocols import BlobStore, JobStore, SpanStore, TraceStore
+from keel.evals.gate import Rule, compare_runs
+from keel.store.protocols import BlobStore, EvalStore, JobStore, SpanStore, TraceStore
 from keel.traces.writer import read_spans, read_trace, trace_query
 
 _STYLE_HASH = base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
@@ -62,8 +64,8 @@ def _next_path(value: str | None) -> str:
     return "/ui"
 
 
-class PageStore(TraceStore, SpanStore, JobStore, Protocol):
-    """What the pages read: traces, their rollups and spans; jobs."""
+class PageStore(TraceStore, SpanStore, JobStore, EvalStore, Protocol):
+    """What the pages read: traces, their rollups and spans; jobs; eval runs."""
 
 
 class Dashboard:
@@ -90,6 +92,8 @@ class Dashboard:
             Route("/ui/traces", self._guard(self.traces), methods=["GET"]),
             Route("/ui/traces/{trace_id}", self._guard(self.trace), methods=["GET"]),
             Route("/ui/jobs", self._guard(self.jobs), methods=["GET"]),
+            Route("/ui/evals", self._guard(self.evals), methods=["GET"]),
+            Route("/ui/evals/{run_id}", self._guard(self.eval_run), methods=["GET"]),
         ]
 
     def _guard(self, page: Page) -> Page:
@@ -214,6 +218,31 @@ class Dashboard:
         t1 = time.perf_counter()
         body = render_jobs(params, depths, rows, self._stuck_after)
         return _page("Jobs", body, timing=_timing(t0, t1, time.perf_counter()))
+
+    async def evals(self, request: Request) -> Response:
+        runs = await asyncio.to_thread(self._store.list_eval_runs, None, limit=100)
+        return _page("Evals", render_runs(runs))
+
+    async def eval_run(self, request: Request) -> Response:
+        """?baseline=RUN|LABEL (default: the newest other finished run of the suite)."""
+        run = await asyncio.to_thread(self._store.get_eval_run, None, request.path_params["run_id"])
+        if run is None:
+            return _page("Not found", h("<h1>No eval run with id {}</h1>", request.path_params["run_id"]), 404)
+        results = await asyncio.to_thread(self._store.eval_results, run.id)
+        ref = request.query_params.get("baseline") or await asyncio.to_thread(self._previous, run)
+        comparison = None
+        if ref:
+            try:
+                comparison = await asyncio.to_thread(compare_runs, self._store, run, ref, Rule())
+            except LookupError as exc:
+                return _page("Not found", h('<h1>Eval run {}</h1><p class="error">{}</p>', run.id, str(exc)), 404)
+        return _page(f"Eval {run.id[-8:]}", render_run(run, results, comparison))
+
+    def _previous(self, run: Any) -> str | None:
+        for other in self._store.list_eval_runs(run.tenant, suite=run.suite, limit=50):
+            if other.id != run.id and other.status == "finished" and other.created_at < run.created_at:
+                return str(other.id)
+        return None
 
 
 def _timing(t0: float, t1: float, t2: float) -> str:

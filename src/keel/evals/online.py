@@ -343,8 +343,10 @@ class Scorer:
         return rows
 
 
-def validate_scorers(scorers: Sequence[Any]) -> tuple[dict[str, Any], ...]:
-    """The rule's scorers, each parsed once to refuse what cannot run online; raises ValueError naming it."""
+def validate_scorers(scorers: Sequence[Any], python_modules: Sequence[str] = ()) -> tuple[dict[str, Any], ...]:
+    """The rule's scorers, each parsed once to refuse what cannot run online; raises ValueError naming it.
+    `python` scorers may name functions of `python_modules` (evals.python_modules) only, checked before
+    any import, as suites are."""
     from keel.evals.assertions import NEEDS_VALUE, needs_expected
 
     out = []
@@ -352,6 +354,13 @@ def validate_scorers(scorers: Sequence[Any]) -> tuple[dict[str, Any], ...]:
     for i, obj in enumerate(scorers):
         if not isinstance(obj, dict):
             raise ValueError(f"scorers[{i}] must be an assertion object, e.g. {{'type': 'icontains', 'value': 'x'}}")
+        if obj.get("type") in ("python", "not-python"):
+            module = str(obj.get("value") or "").partition(":")[0]
+            if not any(module == m or module.startswith(m + ".") for m in python_modules):
+                fix = f"list {module!r} in evals.python_modules in keel.yaml" if module else "value is module:function"
+                raise InvalidSuite(
+                    f"python scorers of module {module!r} are not allowed here: {fix}", f"scorers[{i}].value"
+                )
         assertion = parse_assertion(obj, f"scorers[{i}]")
         if needs_expected(assertion) or (assertion.value is None and assertion.kind in NEEDS_VALUE):
             raise ValueError(f"scorers[{i}]: '{obj.get('type')}' needs an expected output, which live traffic lacks")
@@ -373,7 +382,7 @@ MAX_SCORERS = 20
 MAX_DELAY_S = 7 * 86400.0
 
 
-def rule_from_body(body: Any, now: float) -> OnlineRule:
+def rule_from_body(body: Any, now: float, python_modules: Sequence[str] = ()) -> OnlineRule:
     """An `OnlineRule` from its JSON form; InvalidRequest naming the field otherwise."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", None)
@@ -393,7 +402,7 @@ def rule_from_body(body: Any, now: float) -> OnlineRule:
     if not isinstance(scorers, list) or not 1 <= len(scorers) <= MAX_SCORERS:
         raise InvalidRequest(f"'scorers' must be a list of 1 to {MAX_SCORERS} assertion objects.", "scorers")
     try:
-        parsed = validate_scorers(scorers)
+        parsed = validate_scorers(scorers, python_modules)
     except InvalidSuite as err:
         raise InvalidRequest(f"{err.where}: {err.message}", err.where) from None
     except ValueError as err:

@@ -22,6 +22,7 @@ from keel.alerts.sender import AlertSender
 from keel.cache import builder as cache
 from keel.cache.stage import CacheStage
 from keel.config import Config
+from keel.evals import builder as evals
 from keel.evals import online_builder as online_evals
 from keel.gateway import builder as gateway
 from keel.gateway.backpressure import Gates
@@ -69,6 +70,7 @@ BUILDERS: tuple[Builder, ...] = (
     deferred.build,  # async calls, their webhook deliveries and OpenAI batches, as job kinds
     prompts.build,  # prompt slot; versions and labels in memory; their refresh worker
     online_evals.build,  # online eval rules (a trace-slot sampler), scoring jobs, score monitors, drift checks
+    evals.build,  # eval suite runs as jobs (through the pipeline), datasets
 )
 
 

@@ -29,7 +29,9 @@ __all__ = [
     "check",
     "grade",
     "needs_expected",
+    "needs_judge",
     "parse_assertion",
+    "template",
 ]
 
 Result = tuple[bool, float, str]

@@ -13,6 +13,7 @@ from keel.store.protocols.batches import BatchRow, BatchStore, FileRow, LineResu
 from keel.store.protocols.blobs import BlobStore
 from keel.store.protocols.breakers import BreakerPolicy, BreakerState, BreakerStore, Permit
 from keel.store.protocols.cache import CacheEntry, CacheStore
+from keel.store.protocols.evals import Dataset, DatasetItem, EvalResult, EvalRun, EvalStore
 from keel.store.protocols.jobs import (
     FINAL_STATES,
     JOB_STATES,
@@ -66,7 +67,12 @@ __all__ = [
     "CacheEntry",
     "CacheStore",
     "Charge",
+    "Dataset",
+    "DatasetItem",
     "DeletedTraces",
+    "EvalResult",
+    "EvalRun",
+    "EvalStore",
     "FileRow",
     "Job",
     "JobContext",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from keel.store.protocols.batches import BatchStore
+from keel.store.protocols.evals import EvalStore
 from keel.store.protocols.jobs import JobStore
 from keel.store.protocols.keys import KeyStore
 from keel.store.protocols.limits import LimitConfigStore
@@ -34,6 +35,7 @@ class Store(
     ResponseStore,
     PromptStore,
     OnlineEvalStore,
+    EvalStore,
     Protocol,
 ):
     url: str
