@@ -200,6 +200,7 @@ def test_a_judge_scores_a_live_call_through_the_gateway_traced_and_never_sampled
     traces = gw.traces()
     [judge] = [t for t in traces if t.feature == "keel.online-evals"]
     assert judge.status == "ok" and judge.cost_usd and judge.cost_usd > 0  # traced and priced
+    assert (judge.tags["eval_run"], judge.tags["eval_item"], judge.tenant) == ("online", trace_id, "t1")
     assert judge.request["messages"][1]["content"].startswith("<Output>\nParis.")
     online = gw.runtime.get(OnlineEvals)
     assert online.selections.stats.selected == 1  # the judge's own call was not picked

@@ -269,7 +269,7 @@ class Scorer:
         put_span: Callable[[Span], None],
         scoring: Scoring,
         *,
-        judge_for: Callable[[str], Judge] | None = None,
+        judge_for: Callable[[TraceRecord], Judge] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
@@ -301,7 +301,7 @@ class Scorer:
 
     async def score(self, rule: OnlineRule, record: TraceRecord) -> list[ScoreRow]:
         """Every scorer of `rule` on one trace: its score rows, its spans emitted."""
-        judge = self._judge_for(record.tenant or "") if self._judge_for is not None else None
+        judge = self._judge_for(record) if self._judge_for is not None else None
         output, scoring = output_of(record), scoring_of(record, self._scoring, judge)
         rows = []
         for obj in rule.scorers:

@@ -1,30 +1,31 @@
 """The online evals' builder: the sampler in the `trace` slot, the `online.score` job kind, and the
 workers that refresh rules, turn selections into jobs, judge monitors and run scheduled drift checks.
 
-Judges (llm-rubric, …) call through the composed pipeline as the scored call's tenant, with feature
-`keel.online-evals` so the sampler never picks a judge's own call. Alerts go through a signed webhook
+Judges (llm-rubric, …) call through the composed pipeline as the scored call's tenant (the eval runs'
+`GatewayCalls`), with feature `keel.online-evals` so the sampler never picks a judge's own call. Alerts go through a signed webhook
 sender: the alerts capability's when the hook is the same, else one of its own.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from keel.alerts.builder import Alerts, sender
 from keel.alerts.sender import AlertSender, RuleEvent
-from keel.evals.assertions import Output, Scoring
+from keel.evals.assertions import Judge, Scoring
+from keel.evals.calls import GatewayCalls
 from keel.evals.monitors import DriftChecks, Monitors
 from keel.evals.online import JOB_KIND, OnlineSampler, RuleBook, Scorer, Selections
 from keel.gateway.capability import Context, Contribution, Pipeline, Worker
-from keel.jobs.calls import CHAT, Caller, run_body
+from keel.jobs.calls import Caller
 from keel.jobs.queue import JobQueue
 from keel.store.protocols import BlobStore
 from keel.traces.otel import SpanExporter
 from keel.traces.writer import TraceWriter
-from keel.types import Principal, Span
+from keel.types import Principal, Span, TraceRecord
 
 if TYPE_CHECKING:
     from keel.embedding.model import LocalEmbedder
@@ -62,22 +63,18 @@ class LocalEmbed:
         return self._model.embed(texts)
 
 
-class GatewayJudge:
-    """A judge's call through the gateway pipeline, as one tenant: traced, priced and limited."""
+def judges(ctx: Context) -> Callable[[TraceRecord], Judge]:
+    """The judge of one scored call: the grader alias through the pipeline as the call's tenant (the eval
+    runs' `GatewayCalls`), tagged `eval_run=online`, `eval_item=<the scored trace id>`, `eval_judge=1`."""
+    payloads = ctx.config.traces.store_payloads
 
-    def __init__(self, ctx: Context, tenant: str) -> None:
-        self._ctx = ctx
-        self._principal = Principal(tenant=tenant, key_id=JUDGE_KEY, key_name="online evals")
+    def judge_for(record: TraceRecord) -> Judge:
+        caller = Caller(Principal(record.tenant or "", JUDGE_KEY, "online evals"), feature=JUDGE_FEATURE)
+        calls = GatewayCalls(ctx.get(Pipeline).handler, caller, "online", store_payloads=payloads)
+        judge: Judge = calls.judge(record.id)
+        return judge
 
-    async def __call__(self, messages: Sequence[Mapping[str, object]], *, alias: str) -> Output:
-        pipeline = self._ctx.get(Pipeline).handler
-        body = {"model": alias, "messages": [dict(m) for m in messages], "temperature": 0}
-        answer = await run_body(pipeline, CHAT, body, Caller(self._principal, feature=JUDGE_FEATURE))
-        if answer.status != 200:
-            error = answer.body.get("error") or {}
-            raise RuntimeError(f"HTTP {answer.status}: {error.get('message')}")
-        message = answer.body["choices"][0]["message"]
-        return Output(text=str(message.get("content") or ""), trace_id=answer.trace_id, raw=answer.body)
+    return judge_for
 
 
 def build(ctx: Context) -> Contribution:
@@ -97,9 +94,7 @@ def build(ctx: Context) -> Contribution:
 
     blobs = ctx.find(BlobStore)  # type: ignore[type-abstract]
     embed = LocalEmbed()
-    scorer = Scorer(
-        store, blobs, book, put_span, Scoring(embed=embed, grader=oe.judge), judge_for=lambda t: GatewayJudge(ctx, t)
-    )
+    scorer = Scorer(store, blobs, book, put_span, Scoring(embed=embed, grader=oe.judge), judge_for=judges(ctx))
     send, own = _sender(ctx)
     monitors = Monitors(oe.monitors, store, send, every_s=oe.evaluate_every_s) if oe.monitors and send else None
     checks = tuple(DriftChecks(c, store, blobs, embed, send) for c in oe.drift) if send is not None else ()
