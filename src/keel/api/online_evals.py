@@ -21,8 +21,8 @@ from starlette.routing import Route
 from keel.api.bounds import Bounds
 from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
 from keel.errors import AuthError, InvalidRequest, KeelError, NotFound, PermissionDenied
-from keel.evals.online import rule_from_body, score_query, score_view
 from keel.evals.online_builder import OnlineEvals
+from keel.evals.online_rules import rule_from_body, score_query, score_view
 from keel.runtime.components import Runtime
 
 BASE = "/api/evals/online-rules"
