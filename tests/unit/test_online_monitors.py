@@ -131,3 +131,34 @@ def test_a_scheduled_drift_check_fires_on_a_change_and_resolves_when_it_is_gone(
         assert (resolved.event, resolved.since) == ("alert.resolved", fired.since)
     finally:
         store.close()
+
+
+def test_a_scoring_job_for_a_rule_written_by_another_process_reads_it_from_the_store(tmp_path: Path) -> None:
+    """A worker process's rules may be up to a refresh old: a job naming an unknown rule re-reads them."""
+    import asyncio
+
+    from keel.evals.assertions import Scoring
+    from keel.evals.online import JOB_KIND, RuleBook, Scorer
+    from keel.store.protocols import JobSpec
+    from keel.types import Span
+
+    store = open_store(f"sqlite:///{tmp_path}/keel.db")
+    try:
+        book = RuleBook(store)
+        book.load()  # before the rule exists, as in a worker that has not refreshed yet
+        store.put_online_rule(OnlineRule("fresh", 1.0, ({"type": "icontains", "value": "paris", "metric": "paris"},)))
+        response = {"content": "Paris.", "tool_calls": [], "finish_reason": "stop"}
+        store.append_traces([TraceRecord("c1", 100.0, tenant="t1", feature="f", model="m", response=response)])
+        [job] = store.enqueue_jobs([JobSpec(JOB_KIND, {"rule": "fresh", "traces": ["c1"]})], 100.0)
+        spans: list[Span] = []
+        scorer = Scorer(store, None, book, spans.append, Scoring())
+        result = asyncio.run(scorer.run(job, None))  # type: ignore[arg-type]  # the handler reads no context
+        assert result == {"scored": 1, "scores": 1, "new": 1}
+        [row] = store.list_scores(ScoreQuery(since=0, until=1000))
+        assert (row.rule, row.scorer, row.value, row.feature, row.model) == ("fresh", "paris", 1.0, "f", "m")
+        assert [(s.kind, s.span_id, s.parent_id) for s in spans] == [("score", "score:fresh:paris", "c1")]
+        store.delete_online_rule("fresh")
+        book.load()
+        assert asyncio.run(scorer.run(job, None))["skipped"] == "rule deleted"  # type: ignore[arg-type]
+    finally:
+        store.close()

@@ -277,7 +277,11 @@ class Scorer:
 
     async def run(self, job: Job, ctx: JobContext) -> Any:
         payload = job.payload if isinstance(job.payload, dict) else {}
-        rule = self._book.by_name.get(str(payload.get("rule")))
+        name = str(payload.get("rule"))
+        rule = self._book.by_name.get(name)
+        if rule is None:  # written moments ago through another process, or deleted: the store says which
+            await self._book.refresh()
+            rule = self._book.by_name.get(name)
         if rule is None:
             return {"scored": 0, "skipped": "rule deleted"}
         ids = [str(t) for t in payload.get("traces") or ()]
