@@ -126,7 +126,10 @@ def _every(text: str) -> float:
     return float(seconds(text))
 
 
-def _sender(ctx: Context) -> tuple[Any, AlertSender | None]:
+Send = Callable[[RuleEvent], None]
+
+
+def _sender(ctx: Context) -> tuple[Send | None, AlertSender | None]:
     """Where monitor and drift events go, and the sender this builder runs itself (if any)."""
     config = ctx.config
     hook = config.online_evals.webhook or config.alerts.webhook or config.limits.webhook
@@ -145,8 +148,5 @@ def _sender(ctx: Context) -> tuple[Any, AlertSender | None]:
     return _send(own), own
 
 
-def _send(s: AlertSender) -> Any:
-    def send(event: RuleEvent) -> None:
-        s.send(event)
-
-    return send
+def _send(s: AlertSender) -> Send:
+    return s.send
