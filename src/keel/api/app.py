@@ -21,9 +21,11 @@ from keel.api.anthropic import AnthropicEdge
 from keel.api.batches import BatchesEdge
 from keel.api.completions import Completions
 from keel.api.deferred import AsyncEdge
+from keel.api.evals_admin import EvalsAdmin
 from keel.api.files import FilesEdge
 from keel.api.forward import Forwarder
 from keel.api.metrics import MetricsEndpoint
+from keel.api.online_evals import OnlineEvalsAdmin
 from keel.api.openai import OpenAIEdge, error_body
 from keel.api.prompts_admin import PromptsAdmin
 from keel.api.rag_admin import RagAdmin
@@ -220,6 +222,8 @@ def create_app(runtime: Runtime) -> FastPath:
         *PromptsAdmin(runtime).routes(),
         *RagSearchEdge(runtime).routes(),
         *RagAdmin(runtime).routes(),  # RAG collections and documents
+        *OnlineEvalsAdmin(runtime).routes(),
+        *EvalsAdmin(runtime).routes(),
         *dashboard.routes(),
     ]
     if runtime.metrics is not None:

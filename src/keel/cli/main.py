@@ -36,6 +36,9 @@ NOUNS = (
     Noun("prompts", "push, list, show, diff and label versioned prompts", "prompts"),
     Noun("rag", "RAG: ingest folders, list documents, search, re-index, evaluate retrieval", "rag"),
     Noun("slo", "per-alias SLOs: objectives, error budget left, burn rates", "slo"),
+    Noun("drift", "compare a feature's or alias's recent traffic with a reference window", "drift"),
+    Noun("eval", "run eval suites on the gateway and gate them against a baseline (CI)", "evals"),
+    Noun("datasets", "eval datasets: import, add (from traces too), export, list", "datasets"),
     Noun("usage", "usage and cost over a time window, grouped by a dimension", "usage"),
     Noun("cache", "semantic cache tuning: calibrate the threshold on labelled pairs", "cache"),
     Noun(

@@ -9,12 +9,14 @@ the names the file declares, whether it sets a part at all, which values the sch
 from __future__ import annotations
 
 from keel.config.parts import Model, Outline
-from keel.config.sections import alerts, batches, jobs, providers, routing, traces
+from keel.config.sections import alerts, batches, evals, jobs, online_evals, providers, routing, traces
 from keel.config.sections.alerts import AlertsConfig
 from keel.config.sections.batches import AsyncCallsConfig, BatchesConfig
 from keel.config.sections.cache import CacheConfig
+from keel.config.sections.evals import EvalsConfig
 from keel.config.sections.jobs import JobsConfig
 from keel.config.sections.limits import LimitsConfig
+from keel.config.sections.online_evals import OnlineEvalsConfig
 from keel.config.sections.providers import PriceConfig, ProviderConfig
 from keel.config.sections.resilience import ResilienceConfig
 from keel.config.sections.responses import ResponsesConfig
@@ -46,6 +48,8 @@ class Config(Model):
     prices: dict[str, PriceConfig] = {}
     batches: BatchesConfig = BatchesConfig()
     async_calls: AsyncCallsConfig = AsyncCallsConfig()
+    online_evals: OnlineEvalsConfig = OnlineEvalsConfig()
+    evals: EvalsConfig = EvalsConfig()
 
 
 def cross_check(cfg: Config, outline: Outline) -> list[ConfigIssue]:
@@ -64,7 +68,13 @@ def cross_check(cfg: Config, outline: Outline) -> list[ConfigIssue]:
         issues.append(ConfigIssue("metrics.require_token", "needs an admin_token to check", fix))
     issues += traces.check_blobs(cfg.traces, outline)
     issues += batches.check(cfg.async_calls, outline)
+    issues += evals.check(cfg.evals)
     issues += jobs.check(cfg.jobs, outline)
+    issues += online_evals.check(cfg.online_evals, outline)
+    oe = cfg.online_evals
+    if (oe.monitors or oe.drift) and not outline.given & {"online_evals.webhook", "alerts.webhook", "limits.webhook"}:
+        fix = "set online_evals.webhook: {url: https://..., secret: ${KEEL_ALERT_SECRET}} (or alerts.webhook)"
+        issues.append(ConfigIssue("online_evals.webhook", "monitors or drift checks need a webhook to alert", fix))
     if outline.providers and "models" not in outline.given:
         fix = "add an alias under models: with its targets"
         issues.append(ConfigIssue("models", "providers are configured but no model alias is", fix))

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, quote
 
 from starlette.requests import Request
@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from keel.alerts.slo import statuses
 from keel.config import SloConfig
+from keel.dashboard.evalpages import render_run, render_runs
 from keel.dashboard.jobpages import jobs_query, render_jobs
 from keel.dashboard.markup import CSS, Safe, h, layout
 from keel.dashboard.overview import WINDOWS, read_overview, render_overview
@@ -32,7 +33,8 @@ from keel.dashboard.slopages import render_slo
 from keel.dashboard.throttle import LoginThrottle
 from keel.dashboard.tracepages import list_params, render_list, render_trace
 from keel.errors import InvalidRequest
-from keel.store.protocols import BlobStore, JobStore, SpanStore, TraceStore
+from keel.evals.gate import Rule, compare_runs
+from keel.store.protocols import BlobStore, EvalStore, JobStore, SpanStore, TraceStore
 from keel.traces.writer import read_spans, read_trace, trace_query
 
 _STYLE_HASH = base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
@@ -65,8 +67,8 @@ def _next_path(value: str | None) -> str:
     return "/ui"
 
 
-class PageStore(TraceStore, SpanStore, JobStore, Protocol):
-    """What the pages read: traces, their rollups and spans; jobs."""
+class PageStore(TraceStore, SpanStore, JobStore, EvalStore, Protocol):
+    """What the pages read: traces, their rollups and spans; jobs; eval runs."""
 
 
 class Dashboard:
@@ -96,6 +98,8 @@ class Dashboard:
             Route("/ui/traces/{trace_id}", self._guard(self.trace), methods=["GET"]),
             Route("/ui/jobs", self._guard(self.jobs), methods=["GET"]),
             Route("/ui/slo", self._guard(self.slo), methods=["GET"]),
+            Route("/ui/evals", self._guard(self.evals), methods=["GET"]),
+            Route("/ui/evals/{run_id}", self._guard(self.eval_run), methods=["GET"]),
         ]
 
     def _guard(self, page: Page) -> Page:
@@ -226,6 +230,31 @@ class Dashboard:
         found = await asyncio.to_thread(statuses, self._slos, self._store, time.time())
         t1 = time.perf_counter()
         return _page("SLOs", render_slo(found), timing=_timing(t0, t1, time.perf_counter()))
+
+    async def evals(self, request: Request) -> Response:
+        runs = await asyncio.to_thread(self._store.list_eval_runs, None, limit=100)
+        return _page("Evals", render_runs(runs))
+
+    async def eval_run(self, request: Request) -> Response:
+        """?baseline=RUN|LABEL (default: the newest other finished run of the suite)."""
+        run = await asyncio.to_thread(self._store.get_eval_run, None, request.path_params["run_id"])
+        if run is None:
+            return _page("Not found", h("<h1>No eval run with id {}</h1>", request.path_params["run_id"]), 404)
+        results = await asyncio.to_thread(self._store.eval_results, run.id)
+        ref = request.query_params.get("baseline") or await asyncio.to_thread(self._previous, run)
+        comparison = None
+        if ref:
+            try:
+                comparison = await asyncio.to_thread(compare_runs, self._store, run, ref, Rule())
+            except LookupError as exc:
+                return _page("Not found", h('<h1>Eval run {}</h1><p class="error">{}</p>', run.id, str(exc)), 404)
+        return _page(f"Eval {run.id[-8:]}", render_run(run, results, comparison))
+
+    def _previous(self, run: Any) -> str | None:
+        for other in self._store.list_eval_runs(run.tenant, suite=run.suite, limit=50):
+            if other.id != run.id and other.status == "finished" and other.created_at < run.created_at:
+                return str(other.id)
+        return None
 
 
 def _timing(t0: float, t1: float, t2: float) -> str:

@@ -22,6 +22,8 @@ from keel.alerts.sender import AlertSender
 from keel.cache import builder as cache
 from keel.cache.stage import CacheStage
 from keel.config import Config
+from keel.evals import builder as evals
+from keel.evals import online_builder as online_evals
 from keel.gateway import builder as gateway
 from keel.gateway.backpressure import Gates
 from keel.gateway.builder import GatewayParts
@@ -71,6 +73,8 @@ BUILDERS: tuple[Builder, ...] = (
     prompts.build,  # prompt slot; versions and labels in memory; their refresh worker
     rag_index.build,  # the RAG index (offered as Index), the retrieve slot
     rag_ingest.build,  # RAG collections and documents; ingestion, purge and re-chunk job kinds; orphan sweep
+    online_evals.build,  # online eval rules (a trace-slot sampler), scoring jobs, score monitors, drift checks
+    evals.build,  # eval suite runs as jobs (through the pipeline), datasets
 )
 
 

@@ -13,6 +13,7 @@ from keel.store.protocols.batches import BatchRow, BatchStore, FileRow, LineResu
 from keel.store.protocols.blobs import BlobStore
 from keel.store.protocols.breakers import BreakerPolicy, BreakerState, BreakerStore, Permit
 from keel.store.protocols.cache import CacheEntry, CacheStore
+from keel.store.protocols.evals import Dataset, DatasetItem, EvalResult, EvalRun, EvalStore
 from keel.store.protocols.jobs import (
     FINAL_STATES,
     JOB_STATES,
@@ -42,6 +43,7 @@ from keel.store.protocols.limits import (
     UnknownSubject,
     Window,
 )
+from keel.store.protocols.online import OnlineEvalStore, OnlineRule, ScoreGroup, ScoreQuery, ScoreRow
 from keel.store.protocols.prompts import PromptContent, PromptLabel, PromptStore, PromptVersion
 from keel.store.protocols.purge import DeletedTraces, TraceDeletion
 from keel.store.protocols.rag_docs import (
@@ -78,11 +80,16 @@ __all__ = [
     "CacheStore",
     "Charge",
     "CollectionRow",
+    "Dataset",
+    "DatasetItem",
     "DeletedTraces",
     "DocStatus",
     "DocUpdate",
     "DocumentIn",
     "DocumentRow",
+    "EvalResult",
+    "EvalRun",
+    "EvalStore",
     "FileRow",
     "Job",
     "JobContext",
@@ -100,6 +107,8 @@ __all__ = [
     "LimitStoreUnavailable",
     "LineResult",
     "Migrator",
+    "OnlineEvalStore",
+    "OnlineRule",
     "Outcome",
     "Permit",
     "Progress",
@@ -114,6 +123,9 @@ __all__ = [
     "Recovered",
     "Reservation",
     "ResponseStore",
+    "ScoreGroup",
+    "ScoreQuery",
+    "ScoreRow",
     "SpanStore",
     "Store",
     "StoredResponse",

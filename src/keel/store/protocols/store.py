@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from keel.store.protocols.batches import BatchStore
+from keel.store.protocols.evals import EvalStore
 from keel.store.protocols.jobs import JobStore
 from keel.store.protocols.keys import KeyStore
 from keel.store.protocols.limits import LimitConfigStore
+from keel.store.protocols.online import OnlineEvalStore
 from keel.store.protocols.prompts import PromptStore
 from keel.store.protocols.purge import TraceDeletion
 from keel.store.protocols.rag_docs import RagDocStore
@@ -36,6 +38,8 @@ class Store(
     PromptStore,
     RagDocStore,
     RagIndexStore,
+    OnlineEvalStore,
+    EvalStore,
     Protocol,
 ):
     url: str

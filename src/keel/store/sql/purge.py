@@ -96,13 +96,15 @@ def rollup_deletes(mark: str, tenant: str, user: str | None, sessions: Sequence[
 
 
 def tenant_deletes(mark: str, tenant: str) -> list[tuple[str, str, list[Any]]]:
-    """(kind, statement, params) removing a tenant's limit overrides, prompts, keys and row, in that order."""
+    """(kind, statement, params) removing a tenant's limit overrides, prompts, online scores, keys and row,
+    in that order."""
     keys = f"SELECT id FROM api_keys WHERE tenant = {mark}"
     return [
         ("limit_overrides", f"DELETE FROM limit_overrides WHERE scope = 'key' AND subject IN ({keys})", [tenant]),
         ("limit_overrides", f"DELETE FROM limit_overrides WHERE scope = 'tenant' AND subject = {mark}", [tenant]),
         ("prompts", f"DELETE FROM prompt_labels WHERE tenant = {mark}", [tenant]),
         ("prompts", f"DELETE FROM prompt_versions WHERE tenant = {mark}", [tenant]),
+        ("eval_scores", f"DELETE FROM eval_scores WHERE tenant = {mark}", [tenant]),
         ("keys", f"DELETE FROM api_keys WHERE tenant = {mark}", [tenant]),
         ("tenants", f"DELETE FROM tenants WHERE name = {mark}", [tenant]),
     ]
@@ -170,7 +172,7 @@ class SqlPurge:
         return found
 
     def delete_tenant(self, name: str) -> dict[str, int]:
-        counts = {"limit_overrides": 0, "prompts": 0, "keys": 0, "tenants": 0}
+        counts = {"limit_overrides": 0, "prompts": 0, "eval_scores": 0, "keys": 0, "tenants": 0}
         with self._db.transaction() as s:
             for kind, sql, params in tenant_deletes(self._db.dialect.mark, name):
                 counts[kind] += s.execute(sql, params)

@@ -11,9 +11,11 @@ import time
 from keel.store import migrations
 from keel.store.sql.batches import SqlBatches
 from keel.store.sql.dialect import Database
+from keel.store.sql.evals import SqlEvals
 from keel.store.sql.jobs import SqlJobs
 from keel.store.sql.keys import SqlKeys
 from keel.store.sql.limits import SqlLimits
+from keel.store.sql.online import SqlOnline
 from keel.store.sql.prompts import SqlPrompts
 from keel.store.sql.purge import SqlPurge
 from keel.store.sql.rag_docs import SqlRagDocs
@@ -35,6 +37,8 @@ class SqlStore(
     SqlPrompts,
     SqlRagDocs,
     SqlRagIndex,
+    SqlOnline,
+    SqlEvals,
 ):
     def __init__(self, url: str, db: Database) -> None:
         self.url = url
