@@ -11,6 +11,7 @@ promptfoo does. `check` never raises for a bad answer or an unreachable judge: t
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -39,6 +40,7 @@ TYPES = frozenset(deterministic.CHECKS) | frozenset(judged.CHECKS) | {"python"}
 KEYS = frozenset({"type", "value", "threshold", "weight", "metric", "provider"})
 EXPECTED_FALLBACK = deterministic.EXPECTED_FALLBACK | judged.EXPECTED_FALLBACK
 NEEDS_VALUE = deterministic.NEEDS_VALUE | judged.NEEDS_VALUE | {"python"}
+OFF_LOOP = frozenset({"regex"})  # a suite's pattern may take up to its timeout: off the event loop
 _VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
