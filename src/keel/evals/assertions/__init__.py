@@ -131,9 +131,12 @@ async def check(a: Assertion, output: Output, scoring: Scoring) -> Verdict:
         return _errored(a, "no value and the item has no expected output")
     try:
         sync = _SYNC.get(a.kind)
-        passed, score, reason = (
-            sync(a, value, output, scoring) if sync else await _ASYNC[a.kind](a, value, output, scoring)
-        )
+        if sync is None:
+            passed, score, reason = await _ASYNC[a.kind](a, value, output, scoring)
+        elif a.kind in OFF_LOOP:
+            passed, score, reason = await asyncio.to_thread(sync, a, value, output, scoring)
+        else:
+            passed, score, reason = sync(a, value, output, scoring)
     except judged.Unscorable as exc:
         return _errored(a, str(exc))
     except Exception as exc:  # a scorer's own bug (a python assertion, a bad regex) fails this verdict only
