@@ -93,7 +93,7 @@ def test_a_run_resumes_after_kill_9_without_rerunning_finished_items(tmp_path: P
     assert all(calls[f"item {key[1:]}"] == 1 for key in at_kill)  # finished before the kill: never run again
     assert set(calls) == {f"item {i}" for i in range(1, ITEMS + 1)}
     again = {c for c, n in calls.items() if n > 1}  # answered but not yet recorded, or in flight, at the kill
-    assert len(again) <= FLUSH_RESULTS + 4
+    assert len(again) <= 2 * FLUSH_RESULTS + 4  # a chunk being written, a chunk gathering, the calls in flight
     with closing(sqlite3.connect(tmp_path / "k.db")) as db:
         [(attempts,)] = db.execute("SELECT attempts FROM jobs WHERE kind = 'eval.run'").fetchall()
-    assert attempts == 2
+    assert attempts >= 2  # the killed attempt, then the one that finished (a loaded machine may lose a lease too)
