@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from keel.evals.runner import FLUSH_RESULTS
@@ -23,6 +24,7 @@ from tests.conftest import until
 from tests.e2e.test_serve_process import KEEL, bootstrap_key, free_port, wait_healthy
 
 ITEMS = 200
+pytestmark = pytest.mark.timeout(180)  # keel processes started per test: slow on a loaded machine
 
 
 def config(tmp_path: Path, port: int, up: FakeUpstream) -> dict[str, Any]:

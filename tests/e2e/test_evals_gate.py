@@ -21,6 +21,7 @@ from keel.testing import FakeUpstream, Script
 from tests.conftest import Gateway, base_config
 
 BROKEN = {3, 17, 42, 64, 99}
+pytestmark = pytest.mark.timeout(180)  # keel processes started per test: slow on a loaded machine
 KEEL = [sys.executable, "-m", "keel.cli.main"]
 
 
