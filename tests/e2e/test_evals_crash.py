@@ -69,7 +69,7 @@ def test_a_run_resumes_after_kill_9_without_rerunning_finished_items(tmp_path: P
     }
     with serve(tmp_path, "first", up) as (proc, url, log):
         key = bootstrap_key(proc, log)
-        wait_healthy(proc, url, log)
+        wait_healthy(proc, url, log, timeout=90)
         headers = {"authorization": f"Bearer {key}"}
         r = httpx.post(url + "/api/evals/runs", json={"suite": suite, "concurrency": 4}, headers=headers)
         assert r.status_code == 201, r.text
@@ -81,7 +81,7 @@ def test_a_run_resumes_after_kill_9_without_rerunning_finished_items(tmp_path: P
     assert 40 <= len(at_kill) < ITEMS, "the worker died mid-run"
 
     with serve(tmp_path, "second", up) as (proc, url, log):
-        wait_healthy(proc, url, log)
+        wait_healthy(proc, url, log, timeout=90)
 
         def status() -> str:
             return str(httpx.get(url + f"/api/evals/runs/{run_id}", headers=headers).json()["status"])
