@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from keel.evals.runner import FLUSH_RESULTS
@@ -23,6 +24,7 @@ from tests.conftest import until
 from tests.e2e.test_serve_process import KEEL, bootstrap_key, free_port, wait_healthy
 
 ITEMS = 200
+pytestmark = pytest.mark.timeout(180)  # keel processes started per test: slow on a loaded machine
 
 
 def config(tmp_path: Path, port: int, up: FakeUpstream) -> dict[str, Any]:
@@ -67,7 +69,7 @@ def test_a_run_resumes_after_kill_9_without_rerunning_finished_items(tmp_path: P
     }
     with serve(tmp_path, "first", up) as (proc, url, log):
         key = bootstrap_key(proc, log)
-        wait_healthy(proc, url, log)
+        wait_healthy(proc, url, log, timeout=90)
         headers = {"authorization": f"Bearer {key}"}
         r = httpx.post(url + "/api/evals/runs", json={"suite": suite, "concurrency": 4}, headers=headers)
         assert r.status_code == 201, r.text
@@ -79,7 +81,7 @@ def test_a_run_resumes_after_kill_9_without_rerunning_finished_items(tmp_path: P
     assert 40 <= len(at_kill) < ITEMS, "the worker died mid-run"
 
     with serve(tmp_path, "second", up) as (proc, url, log):
-        wait_healthy(proc, url, log)
+        wait_healthy(proc, url, log, timeout=90)
 
         def status() -> str:
             return str(httpx.get(url + f"/api/evals/runs/{run_id}", headers=headers).json()["status"])
@@ -93,7 +95,7 @@ def test_a_run_resumes_after_kill_9_without_rerunning_finished_items(tmp_path: P
     assert all(calls[f"item {key[1:]}"] == 1 for key in at_kill)  # finished before the kill: never run again
     assert set(calls) == {f"item {i}" for i in range(1, ITEMS + 1)}
     again = {c for c, n in calls.items() if n > 1}  # answered but not yet recorded, or in flight, at the kill
-    assert len(again) <= FLUSH_RESULTS + 4
+    assert len(again) <= 2 * FLUSH_RESULTS + 4  # a chunk being written, a chunk gathering, the calls in flight
     with closing(sqlite3.connect(tmp_path / "k.db")) as db:
         [(attempts,)] = db.execute("SELECT attempts FROM jobs WHERE kind = 'eval.run'").fetchall()
-    assert attempts == 2
+    assert attempts >= 2  # the killed attempt, then the one that finished (a loaded machine may lose a lease too)

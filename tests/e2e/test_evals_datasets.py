@@ -44,14 +44,17 @@ def test_import_export_and_versions(gw: Gateway, tmp_path: Path) -> None:
         {"vars": {"q": "2+2?"}, "expected": "4", "metadata": {"description": "math"}},
     ]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "b.csv").write_text('q,__expected,__description\n"capital of Italy?",Rome,geo\n')
+    (tmp_path / "b.csv").write_text(
+        'q,expected,__expected,__description\n"capital of Italy?",Rome,icontains: rome,geo\n'
+    )
     out = keel(tmp_path, "datasets", "import", "geo", "a.jsonl", "--tenant", "t1", "--json")
     assert json.loads(out.stdout) == {"name": "geo", "version": 1, "items": 2, "tenant": "t1"}
     keel(tmp_path, "datasets", "add", "geo", "b.csv", "--tenant", "t1", "--note", "italy")
     exported = keel(tmp_path, "datasets", "export", "geo", "--tenant", "t1").stdout.splitlines()
     items = [json.loads(x) for x in exported]
     assert [i["input"]["vars"]["q"] for i in items] == ["capital of France?", "2+2?", "capital of Italy?"]
-    assert items[0]["context"] == ["France's capital is Paris."] and items[2]["metadata"] == {"description": "geo"}
+    assert items[0]["context"] == ["France's capital is Paris."] and items[2]["expected"] == "Rome"
+    assert items[2]["metadata"] == {"description": "geo", "assert": [{"type": "icontains", "value": "rome"}]}
     v1 = keel(tmp_path, "datasets", "export", "geo@1", "--tenant", "t1", "--format", "csv").stdout
     assert v1.splitlines()[0] == "q,expected,context,__description,__trace_id" and "Italy" not in v1
     listed = json.loads(keel(tmp_path, "datasets", "list", "--json").stdout)

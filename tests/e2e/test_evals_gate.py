@@ -21,6 +21,7 @@ from keel.testing import FakeUpstream, Script
 from tests.conftest import Gateway, base_config
 
 BROKEN = {3, 17, 42, 64, 99}
+pytestmark = pytest.mark.timeout(180)  # keel processes started per test: slow on a loaded machine
 KEEL = [sys.executable, "-m", "keel.cli.main"]
 
 
@@ -112,3 +113,26 @@ def test_promptfoos_getting_started_example_runs_unchanged(make_gateway: Any, up
     # without a baseline the rule is promptfoo's: every test passes, else exit 100 (the fake now echoes)
     echoed = keel(gw, example.parent, "eval", "run", example.name)
     assert echoed.returncode == 100 and "0/8 passed" in echoed.stdout, echoed.stdout + echoed.stderr
+
+
+def test_file_references_are_read_beside_the_suite_and_a_run_can_be_followed(gw: Gateway, tmp_path: Path) -> None:
+    (tmp_path / "prompt.txt").write_text("Translate: {{text}}")
+    (tmp_path / "chat.json").write_text(
+        json.dumps([{"role": "system", "content": "be brief"}, {"role": "user", "content": "Say {{text}}"}])
+    )
+    (tmp_path / "tests.csv").write_text(
+        "text,__expected,__description\nhello,contains: hello,greeting\nbye,icontains: BYE,farewell\n"
+    )
+    (tmp_path / "long.txt").write_text("a long document")
+    doc = {
+        "prompts": ["file://prompt.txt", "file://chat.json"],
+        "providers": ["gpt-4o-mini"],
+        "tests": ["file://tests.csv", {"vars": {"text": "file://long.txt"}, "assert": [{"type": "contains", "value": "long document"}]}],
+    }  # fmt: skip
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))
+    done = keel(gw, tmp_path, "eval", "run", "s.yaml", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = json.loads(done.stdout)["run"]
+    assert run["summary"]["results"] == 6 and run["summary"]["passed"] == 6
+    again = keel(gw, tmp_path, "eval", "run", "s.yaml", "--resume", run["id"], "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["run"]["id"] == run["id"]

@@ -369,6 +369,13 @@ ROUTES = [
     Route("GET", "/ui/traces", "dashboard", query=("window", "tenant", "user", "feature", "alias", "status", "limit")),
     Route("GET", "/ui/traces/{trace_id}", "dashboard"),
     Route("GET", "/ui/jobs", "dashboard", query=("state", "kind", "tenant", "queue", "limit", "before")),
+    Route("GET", "/ui/evals", "dashboard"),
+    Route("GET", "/ui/evals/{run_id}", "dashboard", query=("baseline",)),
+    Route("POST", "/api/evals/runs", "admin", {"tenant": "t1", "key_id": "k", "repeat": 1, "concurrency": 2, "suite": {
+        "prompts": ["{{q}}"], "providers": ["sim"], "tests": [{"vars": {"q": "x"}, "assert": [{"type": "contains", "value": "x"}]}]}}),
+    Route("GET", "/api/evals/runs", "admin", query=("tenant", "suite", "label", "limit")),
+    Route("GET", "/api/evals/runs/{run_id}", "admin", query=("results",)),
+    Route("GET", "/api/evals/runs/{run_id}/compare", "admin", query=("baseline", "max_regressions", "min_pass_rate", "alpha")),
     Route("GET", "/healthz", "probe"),
     Route("GET", "/readyz", "probe"),
     Route("GET", "/metrics", "probe"),

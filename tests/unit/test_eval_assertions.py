@@ -125,3 +125,17 @@ def test_grade_weights_and_test_threshold() -> None:
     assert grade(verdicts, threshold=0.7) == (True, 0.75)
     assert grade(verdicts, threshold=0.8) == (False, 0.75)
     assert grade([Verdict("a", True, 1.0, ""), Verdict("c", False, 0.0, "", 0.0)]) == (True, 1.0)
+
+
+def test_levenshtein_is_exact_within_its_bound() -> None:
+    from keel.evals.assertions.deterministic import levenshtein_distance
+
+    assert levenshtein_distance("kitten", "sitting", 5) == 3
+    assert levenshtein_distance("kitten", "sitting", 2) == 3  # over the bound: bound + 1
+    assert levenshtein_distance("", "abc", 5) == 3
+    assert levenshtein_distance("a" * 20_000, "b" * 20_000, 5) == 6  # banded: fast on long outputs
+
+
+def test_a_catastrophic_regex_fails_its_verdict_in_bounded_time() -> None:
+    v = run({"type": "regex", "value": r"^(a|aa)+$"}, Output("a" * 40 + "!"))
+    assert not v.passed and v.error and "Timeout" in v.error

@@ -172,7 +172,7 @@ def _read(folder: Path, ref: str) -> str:
 def _prompt_file(folder: Path, p: Any) -> Any:
     if isinstance(p, dict) and _is_file(p.get("id")):
         return {**{k: v for k, v in p.items() if k != "id"}, **_prompt_file_body(folder, p["id"])}
-    return _prompt_file_body(folder, p)["raw"] if _is_file(p) else p
+    return _prompt_file_body(folder, p) if _is_file(p) else p
 
 
 def _prompt_file_body(folder: Path, ref: str) -> dict[str, Any]:

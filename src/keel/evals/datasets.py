@@ -76,16 +76,29 @@ def read_jsonl(text: str, name: str = "jsonl") -> list[DatasetItem]:
 
 
 def read_csv(text: str, name: str = "csv") -> list[DatasetItem]:
+    """promptfoo's test CSV: `__expected` is an assertion (`contains: x`, `not-icontains: y`; plain text
+    is `equals`), kept in metadata `assert`; `expected` is the expected output itself."""
     items = []
     for n, row in enumerate(csv.DictReader(io.StringIO(text)), 2):
         variables = {k: v for k, v in row.items() if k and not k.startswith("__") and k not in ("expected", "context")}
-        expected = row.get("expected") or row.get("__expected") or None
-        metadata = {"description": row["__description"]} if row.get("__description") else {}
+        expected = row.get("expected") or None
+        metadata: dict[str, Any] = {"description": row["__description"]} if row.get("__description") else {}
+        if row.get("__expected"):
+            metadata["assert"] = [_csv_assertion(row["__expected"])]
         context = (row["context"],) if row.get("context") else ()
         items.append(DatasetItem({"vars": variables}, expected, context, metadata))
         if len(items) > MAX_ITEMS:
             raise InvalidSuite(f"more than {MAX_ITEMS} items", f"{name}:{n}")
     return items
+
+
+def _csv_assertion(text: str) -> dict[str, Any]:
+    from keel.evals.assertions import TYPES
+
+    kind, colon, value = text.partition(":")
+    if colon and kind.strip().removeprefix("not-") in TYPES:
+        return {"type": kind.strip(), "value": value.strip()}
+    return {"type": "equals", "value": text}
 
 
 def write_jsonl(items: Iterable[DatasetItem]) -> str:

@@ -10,13 +10,12 @@ once per pair, recorded exactly once. The run ends `finished` with its summary, 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from keel.evals.assertions import Embed, InvalidSuite, Output, Scoring, Verdict, check, grade
+from keel.evals.assertions import Embed, InvalidSuite, Scoring, Verdict, check, grade
 from keel.evals.calls import CallFailed, GatewayCalls
 from keel.evals.gate import summarize
 from keel.evals.suite import Item, Suite, dataset_tests, parse_suite
@@ -34,7 +33,6 @@ MAX_REPEAT = 100
 MAX_CONCURRENCY = 64
 RUN_TIMEOUT_S = 24 * 3600.0
 MAX_OUTPUT = 20_000  # characters of an output kept per result
-log = logging.getLogger("keel.evals")
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,8 +223,3 @@ def _verdict_json(v: Verdict) -> dict[str, Any]:
     if v.error:
         out["error"] = v.error
     return out
-
-
-def output_of(result: EvalResult) -> Output:
-    """A stored result's output, as an assertion sees it (re-scoring a run offline)."""
-    return Output(result.output, latency_ms=result.latency_ms, cost_usd=result.cost_usd, trace_id=result.trace_id)

@@ -344,6 +344,8 @@ def dataset_tests(items: Sequence[Any]) -> list[dict[str, Any]]:
         if it.input.get("messages"):
             keel["messages"] = list(it.input["messages"])
         test: dict[str, Any] = {"vars": dict(it.input.get("vars") or {}), "keel": keel}
+        if isinstance(it.metadata.get("assert"), list):  # a promptfoo CSV's __expected
+            test["assert"] = list(it.metadata["assert"])
         if it.metadata.get("description"):
             test["description"] = str(it.metadata["description"])
         tests.append(test)

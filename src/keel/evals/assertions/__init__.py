@@ -11,6 +11,7 @@ promptfoo does. `check` never raises for a bad answer or an unreachable judge: t
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -39,6 +40,7 @@ TYPES = frozenset(deterministic.CHECKS) | frozenset(judged.CHECKS) | {"python"}
 KEYS = frozenset({"type", "value", "threshold", "weight", "metric", "provider"})
 EXPECTED_FALLBACK = deterministic.EXPECTED_FALLBACK | judged.EXPECTED_FALLBACK
 NEEDS_VALUE = deterministic.NEEDS_VALUE | judged.NEEDS_VALUE | {"python"}
+OFF_LOOP = frozenset({"regex"})  # a suite's pattern may take up to its timeout: off the event loop
 _VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
@@ -129,9 +131,12 @@ async def check(a: Assertion, output: Output, scoring: Scoring) -> Verdict:
         return _errored(a, "no value and the item has no expected output")
     try:
         sync = _SYNC.get(a.kind)
-        passed, score, reason = (
-            sync(a, value, output, scoring) if sync else await _ASYNC[a.kind](a, value, output, scoring)
-        )
+        if sync is None:
+            passed, score, reason = await _ASYNC[a.kind](a, value, output, scoring)
+        elif a.kind in OFF_LOOP:
+            passed, score, reason = await asyncio.to_thread(sync, a, value, output, scoring)
+        else:
+            passed, score, reason = sync(a, value, output, scoring)
     except judged.Unscorable as exc:
         return _errored(a, str(exc))
     except Exception as exc:  # a scorer's own bug (a python assertion, a bad regex) fails this verdict only

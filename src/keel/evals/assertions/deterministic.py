@@ -4,6 +4,7 @@ unless the type measures something (levenshtein reports the distance's closeness
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -12,6 +13,7 @@ from typing import Any
 from keel.evals.assertions.model import Assertion, Output, Scoring
 
 Result = tuple[bool, float, str]
+REGEX_TIMEOUT_S = 1.0
 MAX_JSON_SCAN = 64  # JSON candidates tried per output by contains-json: bounds work on a hostile output
 
 
@@ -65,8 +67,17 @@ def _many(fold: bool, every: bool) -> Callable[[Assertion, object, Output, Scori
 
 
 def regex(a: Assertion, value: object, out: Output, s: Scoring) -> Result:
-    found = re.search(_text(value), out.text) is not None
+    """A suite's pattern runs with a time bound (the `regex` engine's timeout): a catastrophic pattern
+    fails this verdict instead of stalling the worker's event loop."""
+    found = _compiled(_text(value)).search(out.text, timeout=REGEX_TIMEOUT_S, concurrent=True) is not None
     return _bool(found, f"{'matches' if found else 'does not match'} /{_text(value)}/")
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> Any:
+    import regex as engine  # type: ignore[import-untyped]
+
+    return engine.compile(pattern)
 
 
 def starts_with(a: Assertion, value: object, out: Output, s: Scoring) -> Result:
@@ -158,23 +169,30 @@ def _tool_call_problem(call: Mapping[str, object], offered: Mapping[str, Mapping
     return f"tool call {name!r}: {problem}" if problem else None
 
 
-def levenshtein_distance(a: str, b: str) -> int:
+def levenshtein_distance(a: str, b: str, bound: int) -> int:
+    """The edit distance if it is at most `bound`, else `bound + 1`: only the diagonal band |i - j| ≤ bound
+    is computed, O(len · bound), so long outputs cost little."""
+    if abs(len(a) - len(b)) > bound:
+        return bound + 1
     if len(a) < len(b):
         a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+    over = bound + 1
+    previous = [j if j <= bound else over for j in range(len(b) + 1)]
+    for i in range(1, len(a) + 1):
+        current = [i if i <= bound else over] + [over] * len(b)
+        for j in range(max(1, i - bound), min(len(b), i + bound) + 1):
+            cost = previous[j - 1] + (a[i - 1] != b[j - 1])
+            current[j] = min(over, previous[j] + 1, current[j - 1] + 1, cost)
         previous = current
-    return previous[-1]
+    return min(previous[-1], over)
 
 
 def levenshtein(a: Assertion, value: object, out: Output, s: Scoring) -> Result:
     limit = 5.0 if a.threshold is None else a.threshold
-    distance = levenshtein_distance(out.text, _text(value))
+    distance = levenshtein_distance(out.text, _text(value), int(limit))
     longest = max(len(out.text), len(_text(value)), 1)
-    return distance <= limit, 1.0 - distance / longest, f"edit distance {distance} (at most {limit:g})"
+    shown = f"{distance}" if distance <= limit else f"over {int(limit)}"
+    return distance <= limit, 1.0 - distance / longest, f"edit distance {shown} (at most {limit:g})"
 
 
 def latency(a: Assertion, value: object, out: Output, s: Scoring) -> Result:
