@@ -13,6 +13,7 @@ from keel.store.protocols.batches import BatchRow, BatchStore, FileRow, LineResu
 from keel.store.protocols.blobs import BlobStore
 from keel.store.protocols.breakers import BreakerPolicy, BreakerState, BreakerStore, Permit
 from keel.store.protocols.cache import CacheEntry, CacheStore
+from keel.store.protocols.feedback import FEEDBACK_BY, Feedback, FeedbackRow, FeedbackStore
 from keel.store.protocols.jobs import (
     FINAL_STATES,
     JOB_STATES,
@@ -42,7 +43,15 @@ from keel.store.protocols.limits import (
     UnknownSubject,
     Window,
 )
-from keel.store.protocols.prompts import PromptContent, PromptLabel, PromptStore, PromptVersion
+from keel.store.protocols.prompts import (
+    LabelMove,
+    PromptContent,
+    PromptLabel,
+    PromptRollout,
+    PromptStore,
+    PromptVersion,
+    RolloutPlan,
+)
 from keel.store.protocols.purge import DeletedTraces, TraceDeletion
 from keel.store.protocols.responses import ResponseStore, StoredResponse
 from keel.store.protocols.spans import SpanStore
@@ -52,6 +61,7 @@ from keel.store.protocols.usage import UsageQuery, UsageRow
 from keel.store.protocols.vectors import VectorHit, VectorIndex
 
 __all__ = [
+    "FEEDBACK_BY",
     "FINAL_STATES",
     "JOB_STATES",
     "Admission",
@@ -66,6 +76,9 @@ __all__ = [
     "CacheStore",
     "Charge",
     "DeletedTraces",
+    "Feedback",
+    "FeedbackRow",
+    "FeedbackStore",
     "FileRow",
     "Job",
     "JobContext",
@@ -77,6 +90,7 @@ __all__ = [
     "JobWakeups",
     "KeyRow",
     "KeyStore",
+    "LabelMove",
     "LimitConfigStore",
     "LimitOverride",
     "LimitStore",
@@ -88,12 +102,14 @@ __all__ = [
     "Progress",
     "PromptContent",
     "PromptLabel",
+    "PromptRollout",
     "PromptStore",
     "PromptVersion",
     "QueueDepth",
     "Recovered",
     "Reservation",
     "ResponseStore",
+    "RolloutPlan",
     "SpanStore",
     "Store",
     "StoredResponse",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from keel.store.protocols.batches import BatchStore
+from keel.store.protocols.feedback import FeedbackStore
 from keel.store.protocols.jobs import JobStore
 from keel.store.protocols.keys import KeyStore
 from keel.store.protocols.limits import LimitConfigStore
@@ -32,6 +33,7 @@ class Store(
     BatchStore,
     ResponseStore,
     PromptStore,
+    FeedbackStore,
     Protocol,
 ):
     url: str

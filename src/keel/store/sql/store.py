@@ -11,6 +11,7 @@ import time
 from keel.store import migrations
 from keel.store.sql.batches import SqlBatches
 from keel.store.sql.dialect import Database
+from keel.store.sql.feedback import SqlFeedback
 from keel.store.sql.jobs import SqlJobs
 from keel.store.sql.keys import SqlKeys
 from keel.store.sql.limits import SqlLimits
@@ -21,7 +22,9 @@ from keel.store.sql.spans import SqlSpans
 from keel.store.sql.traces import SqlTraces
 
 
-class SqlStore(SqlKeys, SqlTraces, SqlPurge, SqlLimits, SqlSpans, SqlJobs, SqlBatches, SqlResponses, SqlPrompts):
+class SqlStore(
+    SqlKeys, SqlTraces, SqlPurge, SqlLimits, SqlSpans, SqlJobs, SqlBatches, SqlResponses, SqlPrompts, SqlFeedback
+):
     def __init__(self, url: str, db: Database) -> None:
         self.url = url
         self._db = db
