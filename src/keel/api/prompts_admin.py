@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,11 +22,13 @@ from starlette.routing import Route
 from keel.api.bounds import Bounds
 from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
 from keel.errors import InvalidRequest, KeelError, NotFound, PermissionDenied
+from keel.prompts import feedback
 from keel.prompts.builder import Prompts
 from keel.prompts.content import ContentError, check_name
 from keel.prompts.guards import plan_of
 from keel.prompts.registry import LabelRefused, label_view, move_view, rollout_view, version_view
 from keel.runtime.components import Runtime
+from keel.traces.writer import parse_window
 
 
 class Caller:
@@ -64,6 +67,8 @@ class PromptsAdmin:
             Route("/api/prompts/{name}/rollouts", self._guard(self.start_rollout), methods=["POST"]),
             Route("/api/prompts/{name}/rollouts", self._guard(self.list_rollouts), methods=["GET"]),
             Route("/api/prompts/{name}/history", self._guard(self.history), methods=["GET"]),
+            Route("/api/feedback", self._guard(self.feedback), methods=["POST"]),
+            Route("/api/feedback", self._guard(self.feedback_summary), methods=["GET"]),
         ]
 
     async def _caller(self, request: Request) -> Caller:
@@ -212,6 +217,25 @@ class PromptsAdmin:
             raise InvalidRequest("'limit' must be an integer.", "limit") from None
         rows = await asyncio.to_thread(self._prompts.registry.history, tenant, name, label, limit)
         return _json({"data": [move_view(m) for m in rows]})
+
+    async def feedback(self, request: Request, caller: Caller) -> Response:
+        """Body {trace_id, score (0 to 1), comment?, user?}: a score on one call, by its x-keel-trace-id."""
+        body = await self._body(request)
+        tenant = None if caller.admin else caller.of(None)
+        stored = await asyncio.to_thread(feedback.record, self._rt.store, tenant, body)
+        view = {"trace_id": stored.trace_id, "score": stored.score, "prompt_version": stored.prompt_version,
+                "model": stored.model, "user": stored.rater or None}  # fmt: skip
+        return _json(view, 201)
+
+    async def feedback_summary(self, request: Request, caller: Caller) -> Response:
+        """?by=prompt_version|model&since=24h&until=…: count and mean score per group."""
+        q = request.query_params
+        asked = q.get("tenant")
+        tenant = caller.of(asked) if asked or not caller.admin else None
+        since, until = parse_window(q.get("since", "24h"), q.get("until"), time.time())
+        by = q.get("by", "prompt_version")
+        rows = await asyncio.to_thread(feedback.summary, self._rt.store, tenant, since, until, by)
+        return _json({"data": rows})
 
 
 def _rollout(value: Any) -> tuple[tuple[int, float], ...]:

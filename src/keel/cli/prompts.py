@@ -52,6 +52,13 @@ def register(p: argparse.ArgumentParser) -> None:
     label.add_argument("--json", action="store_true")
     label.set_defaults(run=run_label)
     register_rollout(verbs)
+    fb = verbs.add_parser("feedback", help="feedback scores per prompt version or model: count and mean")
+    fb.add_argument("--by", default="prompt_version", choices=["prompt_version", "model"])
+    fb.add_argument("--since", default="24h", help="unix seconds or a duration back from now (15m, 24h, 7d)")
+    fb.add_argument("--until")
+    fb.add_argument("--tenant")
+    fb.add_argument("--json", action="store_true")
+    fb.set_defaults(run=run_feedback)
 
 
 def _docs(path: str) -> list[dict[str, Any]]:
@@ -304,4 +311,24 @@ def run_history(args: argparse.Namespace) -> int:
             for m in moves
         ],
     )  # fmt: skip
+    return 0
+
+
+def run_feedback(args: argparse.Namespace) -> int:
+    import time
+
+    from keel.errors import InvalidRequest
+    from keel.prompts.feedback import summary
+    from keel.traces.writer import parse_window
+
+    try:
+        since, until = parse_window(args.since, args.until, time.time())
+    except InvalidRequest as err:
+        raise Failure(err.message) from None
+    with store(args) as s:
+        rows = summary(s, args.tenant, since, until, args.by)
+    if args.json:
+        emit_json(rows)
+        return 0
+    table([args.by, "scores", "mean"], [(r[args.by] or "-", r["count"], f"{r['mean_score']:.3f}") for r in rows])
     return 0
