@@ -32,6 +32,10 @@ MAX_GROUPS = 10_000
 
 
 class RolloutStore(Protocol):
+    def usage(self, query: UsageQuery) -> list[UsageRow]: ...
+
+    def feedback_summary(self, tenant: str, since: float, until: float, by: str) -> list[FeedbackRow]: ...
+
     def list_prompt_rollouts(
         self, tenant: str | None = None, name: str | None = None, *, running: bool = False
     ) -> list[PromptRollout]: ...
@@ -39,10 +43,6 @@ class RolloutStore(Protocol):
     def advance_prompt_rollout(
         self, rollout: PromptRollout, *, label: tuple[int, tuple[tuple[int, float], ...]] | None, actor: str
     ) -> bool: ...
-
-    def usage(self, query: UsageQuery) -> list[UsageRow]: ...
-
-    def feedback_summary(self, tenant: str, since: float, until: float, by: str) -> list[FeedbackRow]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +107,33 @@ def decide(r: PromptRollout, new: Figures, stable: Figures, now: float) -> Step 
     return Step(up, (r.stable, ((r.version, weight),)), "prompt.rollout.stepped")
 
 
+class FigureStore(Protocol):
+    def usage(self, query: UsageQuery) -> list[UsageRow]: ...
+
+    def feedback_summary(self, tenant: str, since: float, until: float, by: str) -> list[FeedbackRow]: ...
+
+
+def figures(store: FigureStore, r: PromptRollout, now: float, *, scores: bool | None = None) -> tuple[Figures, Figures]:
+    """The new and the stable version's figures over the window (not before the rollout started).
+    Feedback is read when a guard needs it (or `scores` says so)."""
+    since = max(now - r.plan.window_s, r.started_at)
+    query = UsageQuery(since=since, until=now + 60, by="prompt_version", tenant=r.tenant, limit=MAX_GROUPS)
+    rows = {row.group: row for row in store.usage(query)}
+    fb: dict[str | None, FeedbackRow] = {}
+    if scores or (scores is None and any(g.startswith("feedback") for g in r.plan.guards)):
+        fb = {f.group: f for f in store.feedback_summary(r.tenant, since, now + 60, "prompt_version")}
+
+    def of(version: int) -> Figures:
+        key = f"{r.name}@{version}"
+        u, f = rows.get(key), fb.get(key)
+        return Figures(
+            u.calls if u else 0, u.errors if u else 0, u.latency_p95_ms if u else None, u.cost_usd if u else 0.0,
+            f.count if f else 0, f.score_sum if f else 0.0,
+        )  # fmt: skip
+
+    return of(r.version), of(r.stable)
+
+
 class Rollouts:
     """The guard worker: `tick` judges every running rollout once."""
 
@@ -158,23 +185,7 @@ class Rollouts:
         return RolloutEvent(step.event, after) if step.event is not None else None
 
     def figures(self, r: PromptRollout, now: float) -> tuple[Figures, Figures]:
-        """The new and the stable version's figures over the window (not before the rollout started)."""
-        since = max(now - r.plan.window_s, r.started_at)
-        query = UsageQuery(since=since, until=now + 60, by="prompt_version", tenant=r.tenant, limit=MAX_GROUPS)
-        rows = {row.group: row for row in self._store.usage(query)}
-        scores: dict[str | None, FeedbackRow] = {}
-        if any(g.startswith("feedback") for g in r.plan.guards):
-            scores = {f.group: f for f in self._store.feedback_summary(r.tenant, since, now + 60, "prompt_version")}
-
-        def of(version: int) -> Figures:
-            key = f"{r.name}@{version}"
-            u, f = rows.get(key), scores.get(key)
-            return Figures(
-                u.calls if u else 0, u.errors if u else 0, u.latency_p95_ms if u else None, u.cost_usd if u else 0.0,
-                f.count if f else 0, f.score_sum if f else 0.0,
-            )  # fmt: skip
-
-        return of(r.version), of(r.stable)
+        return figures(self._store, r, now)
 
     def _emit(self, event: RolloutEvent) -> None:
         self.events = [*self.events[-99:], event]
