@@ -13,7 +13,7 @@ import pytest
 
 from keel.prompts.content import content_hash
 from keel.store.open import open_store
-from keel.store.protocols import PromptContent, PromptVersion, Store
+from keel.store.protocols import Feedback, FeedbackRow, PromptContent, PromptVersion, Store
 
 NOW = time.time()
 
@@ -117,10 +117,13 @@ def test_deleting_a_tenant_deletes_its_prompts_only(store: Store) -> None:
         store.create_tenant(tenant)
         push(store, "p", content("x"), tenant=tenant)
         store.set_prompt_label(tenant, "p", "production", 1, protected=None, by=None, now=NOW)
+        store.put_feedback(Feedback(f"trace-{tenant}", "", tenant, 1.0, "ok", "p@1", "m", NOW))
     counts = store.delete_tenant("gone")
-    assert counts["prompts"] == 2  # one version, one label
+    assert counts["prompts"] == 4  # one version, one label, its history entry, one feedback score
     assert [v.tenant for v in store.list_prompt_versions()] == ["kept"]
     assert [lb.tenant for lb in store.list_prompt_labels()] == ["kept"]
+    assert store.prompt_label_history("gone", "p") == [] and len(store.prompt_label_history("kept", "p")) == 1
+    assert store.feedback_summary(None, NOW - 1, NOW + 1, "prompt_version") == [FeedbackRow("p@1", 1, 1.0)]
 
 
 def test_a_rollout_moves_the_label_once_per_transition_and_every_move_is_in_the_history(store: Store) -> None:
