@@ -182,3 +182,18 @@ def test_keel_prompts_rollout_and_rollback_on_the_command_line(gw: Gateway, tmp_
     assert r["state"] == "rolled_back" and r["reason"] == "rolled back by cli"
     history = keel("history", "greet", "--tenant", "t1")
     assert "rolled back by cli" in history and "rollout started: v2 10%" in history
+
+    protect = {"tenant": "t1", "version": 1, "protected": True}
+    assert httpx.put(gw.url + "/api/prompts/greet/labels/production", json=protect, headers=AUTH).status_code == 200
+    key = {"Authorization": f"Bearer {gw.key}"}
+    by_key = httpx.post(
+        gw.url + "/api/prompts/greet/rollouts", json={"label": "production", "to": 2, "weight": 5}, headers=key
+    )
+    assert by_key.status_code == 403  # a protected label: only the admin token rolls it out
+    assert httpx.post(gw.url + "/api/prompts/greet/labels/production/rollback", headers=key).status_code == 403
+    missing = httpx.post(
+        gw.url + "/api/prompts/greet/rollouts",
+        json={"tenant": "t1", "label": "beta", "to": 2, "weight": 5},
+        headers=AUTH,
+    )
+    assert missing.status_code == 404

@@ -149,8 +149,6 @@ class Rollouts:
         self._moved = moved  # async: refresh this process's served labels
         self._send = send
         self._clock = clock
-        self.passes = 0  # finished passes (tests wait on it)
-        self.events: list[RolloutEvent] = []  # the last events this process sent (at most 100)
 
     async def tick(self) -> None:
         try:
@@ -167,10 +165,10 @@ class Rollouts:
                 continue
             if event is not None:
                 moved = True
-                self._emit(event)
+                if self._send is not None:
+                    self._send(event)
         if moved and self._moved is not None:
             await self._moved()
-        self.passes += 1
 
     def advance(self, r: PromptRollout) -> RolloutEvent | None:
         """Judge one rollout and write its transition; the event when this process made one."""
@@ -186,8 +184,3 @@ class Rollouts:
 
     def figures(self, r: PromptRollout, now: float) -> tuple[Figures, Figures]:
         return figures(self._store, r, now)
-
-    def _emit(self, event: RolloutEvent) -> None:
-        self.events = [*self.events[-99:], event]
-        if self._send is not None:
-            self._send(event)
