@@ -145,7 +145,7 @@ class Router:
         need = needs(request)
         skipped: list[JSON] = []
         label = None
-        variant = None
+        variant, asked = None, route
         if follow_rules and route.split and subject is not None:
             variant = self._variant(route, principal, allowed, subject, skipped)
         if variant is not None:
@@ -163,7 +163,7 @@ class Router:
         }
         eligible = self._eligible(route, request, principal, tokens, need, skipped, explain)
         ranked = self._order(route, eligible, request, tokens)
-        if route.split or variant is not None:
+        if follow_rules and asked.split:
             explain["split"] = variant or "control"
         explain["candidates"] = [candidate for _, candidate in ranked]
         explain["skipped"] = skipped
