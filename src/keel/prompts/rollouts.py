@@ -149,13 +149,16 @@ class Rollouts:
         self._moved = moved  # async: refresh this process's served labels
         self._send = send
         self._clock = clock
+        self._warned_at = float("-inf")
 
     async def tick(self) -> None:
         try:
             running = await asyncio.to_thread(self._store.list_prompt_rollouts, running=True)
-        except Exception as exc:
-            log.warning("reading rollouts failed (%s: %s); trying again next pass", type(exc).__name__, exc)
-            running = []
+        except Exception as exc:  # a store outage: said once per 30 s, not every pass
+            if time.monotonic() - self._warned_at >= 30.0:
+                self._warned_at = time.monotonic()
+                log.warning("reading rollouts failed (%s: %s); trying again each pass", type(exc).__name__, exc)
+            return
         moved = False
         for r in running:
             try:
