@@ -204,7 +204,8 @@ def test_the_prompt_pages_in_chromium_show_a_rollouts_variants_side_by_side(
             if i < 4:
                 gw.traces()
                 fb = {"trace_id": raw.headers["x-keel-trace-id"], "score": 1}
-                assert httpx.post(gw.url + "/api/feedback", json=fb, headers={"Authorization": f"Bearer {gw.key}"})
+                scored = httpx.post(gw.url + "/api/feedback", json=fb, headers={"Authorization": f"Bearer {gw.key}"})
+                assert scored.status_code == 201, scored.text
     gw.traces()
     usage = {r["prompt_version"]: r for r in api(gw, "/api/usage", by="prompt_version", since="1h")}
 

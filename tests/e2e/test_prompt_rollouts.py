@@ -93,7 +93,10 @@ def signed_events(hook: Receiver) -> list[dict[str, Any]]:
 
 def test_a_failing_rollout_rolls_back_by_itself_and_says_so_signed(gw: Gateway, receiver: Receiver) -> None:  # noqa: F811
     assert push(gw, STABLE) == 1 and push(gw, FLAKY) == 2
-    assert httpx.put(gw.url + "/api/prompts/greet/labels/production", json={"tenant": "t1", "version": 1}, headers=AUTH)
+    moved = httpx.put(
+        gw.url + "/api/prompts/greet/labels/production", json={"tenant": "t1", "version": 1}, headers=AUTH
+    )
+    assert moved.status_code == 200
     bad = rollout(gw, label="production", to=2, weight=50, guards=["error_rate<0.02", "p95 < 4000"])
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "guards[1]"
     started = rollout(
