@@ -214,9 +214,9 @@ end
 """
 
 
-def run_wrk(bench: Bench, seconds: int, connections: int = 50) -> dict[str, Any]:
+def run_wrk(bench: Bench, seconds: int, connections: int = 50, body: bytes | None = None) -> dict[str, Any]:
     script = bench.tmp / "chat.lua"
-    script.write_text(WRK_LUA.format(body=chat_body("bench").decode(), key=bench.key))
+    script.write_text(WRK_LUA.format(body=(body or chat_body("bench")).decode(), key=bench.key))
     url = f"http://127.0.0.1:{bench.ports['gateway']}/v1/chat/completions"
     cmd = [*bench.pin(SIDE_CPU), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -419,6 +419,58 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ---- calls by prompt against calls with messages (--prompt-ab) -----------------------------------
+
+PROMPT = {"name": "bench", "messages": [{"role": "user", "content": "Say hello to {{who}}."}], "alias": "bench"}
+
+
+def prompt_body() -> bytes:
+    """The same call as chat_body("bench"), naming a prompt that renders MESSAGES."""
+    ref = {"id": "bench", "version": 1, "variables": {"who": "the benchmark"}}
+    return json.dumps({"model": "prompt", "messages": [], "max_tokens": 16, "prompt": ref}).encode()
+
+
+def prompt_ab(bench: Bench, seconds: int, rounds: int) -> dict[str, Any]:
+    """Gateway CPU per request under wrk, calls with messages and calls by prompt alternately, `rounds`
+    times each (A B A B …), so a busy machine weighs on both alike; medians and their difference."""
+    conn = http.client.HTTPConnection("127.0.0.1", bench.ports["gateway"], timeout=10)
+    headers = {"authorization": f"Bearer {bench.key}", "content-type": "application/json"}
+    conn.request("POST", "/api/prompts", json.dumps(PROMPT), headers)
+    pushed = conn.getresponse()
+    if pushed.status not in (200, 201):
+        raise SystemExit(f"bench: pushing the prompt failed: {pushed.status} {pushed.read()[:300]!r}")
+    conn.close()
+    pid = bench.procs["gateway"].pid
+    bodies = {"messages": chat_body("bench"), "prompt": prompt_body()}
+    runs: dict[str, list[float]] = {kind: [] for kind in bodies}
+    for body in bodies.values():
+        run_wrk(bench, 1, body=body)  # warm both paths
+    for _ in range(rounds):
+        for kind, body in bodies.items():
+            time.sleep(0.3)  # the trace writer's flush of the last run is not this one's
+            cpu0 = cpu_seconds(pid)
+            result = run_wrk(bench, seconds, body=body)
+            if result["non2xx"]:
+                raise SystemExit(f"bench: {kind} calls failed under load: {result}")
+            if result["socket_errors"]:  # wrk's 2 s timeout on a busy machine: counted, the CPU figure stands
+                print(f"bench: {kind}: {result['socket_errors']} socket errors (timeouts) in this run", file=sys.stderr)
+            time.sleep(0.3)
+            runs[kind].append((cpu_seconds(pid) - cpu0) * 1000 / max(1, result["requests"]))
+    median = {kind: sorted(v)[len(v) // 2] for kind, v in runs.items()}
+    return {"rounds": runs, "median_ms": median, "added_ms": median["prompt"] - median["messages"]}
+
+
+def render_prompt_ab(ab: dict[str, Any], seconds: int) -> str:
+    lines = [f"gateway CPU per request under wrk -c50, {seconds} s a run, alternating (ms):"]
+    for kind, values in ab["rounds"].items():
+        lines.append(f"  {kind:<9} " + "  ".join(f"{v:.4f}" for v in values) + f"   median {ab['median_ms'][kind]:.4f}")
+    ok = ab["added_ms"] <= 0.05
+    lines.append(
+        f"calls by prompt add {ab['added_ms']:+.4f} ms CPU per call (target <= 0.05): {'PASS' if ok else 'MISS'}"
+    )
+    return "\n".join(lines)
+
+
 # ---- main -----------------------------------------------------------------------------------------
 
 
@@ -471,9 +523,23 @@ def main() -> int:
         help="keel serve --workers N (N > 1: nothing is pinned; the gateway, wrk and the upstream share the cores)",
     )
     parser.add_argument("--no-pin", action="store_true", help="pin nothing (compare one worker with several)")
+    parser.add_argument(
+        "--prompt-ab",
+        type=int,
+        metavar="ROUNDS",
+        help="only compare calls by prompt with the same calls sent with messages: gateway CPU per request, "
+        "ROUNDS wrk runs of --duration seconds each, alternating",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk not found; install it with `apt-get install -y wrk`")
+    if args.prompt_ab:
+        sizes = Sizes.pick(args.duration, args.quick)
+        pinned = not args.no_pin and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+        with tempfile.TemporaryDirectory(prefix="keel-bench-") as tmp, running(Bench(Path(tmp), pinned)) as bench:
+            ab = prompt_ab(bench, sizes.duration, args.prompt_ab)
+        print(render_prompt_ab(ab, sizes.duration))
+        return 0 if ab["added_ms"] <= 0.05 else 1
     report = run(Sizes.pick(args.duration, args.quick), args.limits, args.workers, not args.no_pin)
     print(render(report))
     out = HERE / "results" / "latest.json"

@@ -13,7 +13,7 @@ import pytest
 
 from keel.prompts.content import content_hash
 from keel.store.open import open_store
-from keel.store.protocols import PromptContent, PromptVersion, Store
+from keel.store.protocols import Feedback, FeedbackRow, PromptContent, PromptVersion, Store
 
 NOW = time.time()
 
@@ -117,7 +117,45 @@ def test_deleting_a_tenant_deletes_its_prompts_only(store: Store) -> None:
         store.create_tenant(tenant)
         push(store, "p", content("x"), tenant=tenant)
         store.set_prompt_label(tenant, "p", "production", 1, protected=None, by=None, now=NOW)
+        store.put_feedback(Feedback(f"trace-{tenant}", "", tenant, 1.0, "ok", "p@1", "m", NOW))
     counts = store.delete_tenant("gone")
-    assert counts["prompts"] == 2  # one version, one label
+    assert counts["prompts"] == 4  # one version, one label, its history entry, one feedback score
     assert [v.tenant for v in store.list_prompt_versions()] == ["kept"]
     assert [lb.tenant for lb in store.list_prompt_labels()] == ["kept"]
+    assert store.prompt_label_history("gone", "p") == [] and len(store.prompt_label_history("kept", "p")) == 1
+    assert store.feedback_summary(None, NOW - 1, NOW + 1, "prompt_version") == [FeedbackRow("p@1", 1, 1.0)]
+
+
+def test_a_rollout_moves_the_label_once_per_transition_and_every_move_is_in_the_history(store: Store) -> None:
+    import dataclasses
+
+    from keel.store.protocols import PromptRollout, RolloutPlan
+
+    push(store, "r", content("one"))
+    push(store, "r", content("two"))
+    store.set_prompt_label("t1", "r", "production", 1, protected=None, by="admin", now=NOW)
+    plan = RolloutPlan(("error_rate<0.02",), (50.0,), 60.0, 120.0, 5)
+    started = PromptRollout("t1", "r", "production", 1, 2, 10.0, plan, "running", NOW, "admin", NOW, None, NOW, None)
+    assert store.start_prompt_rollout(dataclasses.replace(started, version=9)) is None  # a missing version
+    moved = store.start_prompt_rollout(started)
+    assert moved is not None and (moved.version, moved.rollout) == (1, ((2, 10.0),))
+    (read,) = store.list_prompt_rollouts("t1", "r", running=True)
+    assert (read.plan, read.state, read.rev) == (plan, "running", 0)
+
+    up = dataclasses.replace(read, weight=50.0, stepped_at=NOW + 1, updated_at=NOW + 1, reason="held")
+    assert store.advance_prompt_rollout(up, label=(1, ((2, 50.0),)), actor="guard")
+    assert not store.advance_prompt_rollout(up, label=(1, ()), actor="guard")  # a stale rev: another got there first
+    (read,) = store.list_prompt_rollouts("t1", "r")
+    assert (read.weight, read.rev) == (50.0, 1)
+    assert store.list_prompt_labels("t1", "r")[0].rollout == ((2, 50.0),)
+
+    back = store.set_prompt_label("t1", "r", "production", 1, protected=None, by="ops", now=NOW + 2, reason="by hand")
+    assert back is not None and back.rollout == ()
+    (read,) = store.list_prompt_rollouts("t1", "r")
+    assert (read.state, read.reason) == ("rolled_back", "by hand")  # a hand that moves the label ends the rollout
+    assert store.list_prompt_rollouts(running=True) == []
+    history = store.prompt_label_history("t1", "r")
+    assert [(m.version, m.rollout, m.actor) for m in history] == [
+        (1, (), "ops"), (1, ((2, 50.0),), "guard"), (1, ((2, 10.0),), "admin"), (1, (), "admin")
+    ]  # fmt: skip
+    assert store.prompt_label_history("t1", "r", "staging") == []

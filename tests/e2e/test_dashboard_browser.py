@@ -175,3 +175,68 @@ def test_the_dashboard_in_chromium_shows_what_the_api_says(
     assert not [u for u in urls if gw.admin in u]  # the token never travelled in a URL
     assert all(u.startswith(gw.url) for u in urls)  # nothing fetched from anywhere else
     context.close()
+
+
+def test_the_prompt_pages_in_chromium_show_a_rollouts_variants_side_by_side(
+    browser: Any, make_gateway: Any, up: FakeUpstream, tmp_path: Path
+) -> None:
+    gw: Gateway = make_gateway(base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path))
+    admin = {"Authorization": f"Bearer {gw.admin}"}
+    v1 = {"tenant": "t1", "name": "greet", "alias": "sim", "message": "first",
+          "messages": [{"role": "user", "content": "Hello {{who}}"}]}  # fmt: skip
+    v2 = {**v1, "message": XSS, "messages": [{"role": "user", "content": "Hello there {{who}} " + XSS}]}
+    for body in (v1, v2):
+        assert httpx.post(gw.url + "/api/prompts", json=body, headers=admin).status_code == 201
+    httpx.put(gw.url + "/api/prompts/greet/labels/production", json={"tenant": "t1", "version": 1}, headers=admin)
+    started = httpx.post(
+        gw.url + "/api/prompts/greet/rollouts",
+        json={"tenant": "t1", "label": "production", "to": 2, "weight": 50, "guards": ["error_rate<0.5"],
+              "min_calls": 1000},
+        headers=admin,
+    )  # fmt: skip
+    assert started.status_code == 201
+    with openai.OpenAI(base_url=gw.base_url, api_key=gw.key, max_retries=0, timeout=10) as c:
+        for i in range(30):
+            raw = c.chat.completions.with_raw_response.create(
+                model="prompt", messages=[], user=f"u{i}",
+                extra_body={"prompt": {"id": "greet", "label": "production", "variables": {"who": "Ada"}}},
+            )  # fmt: skip
+            if i < 4:
+                gw.traces()
+                fb = {"trace_id": raw.headers["x-keel-trace-id"], "score": 1}
+                scored = httpx.post(gw.url + "/api/feedback", json=fb, headers={"Authorization": f"Bearer {gw.key}"})
+                assert scored.status_code == 201, scored.text
+    gw.traces()
+    usage = {r["prompt_version"]: r for r in api(gw, "/api/usage", by="prompt_version", since="1h")}
+
+    context = browser.new_context()
+    page = context.new_page()
+    page.on("dialog", lambda d: pytest.fail(f"a dialog opened: {d.message}"))
+    page.goto(gw.url + "/ui/prompts")
+    page.fill('input[name="token"]', gw.admin)
+    page.click('button[type="submit"]')
+    assert page.url == gw.url + "/ui/prompts"
+    row = page.locator('tr[data-prompt="greet"]')
+    assert "v2" in row.inner_text() and "production=v1" in row.inner_text()
+    row.locator("a").click()
+    assert page.inner_text("#prompt-name").startswith("greet")
+    assert "v2 50%" in page.inner_text('#labels tr[data-label="production"]')
+    rollout = page.locator('.rollout[data-rollout="production"]')
+    assert rollout.locator("[data-state]").inner_text() == "running"
+    calls = rollout.locator('tr[data-metric="calls"]')
+    assert figure(calls.locator('[data-variant="stable"]').inner_text()) == usage["greet@1"]["calls"]
+    assert figure(calls.locator('[data-variant="new"]').inner_text()) == usage["greet@2"]["calls"]
+    assert rollout.locator('tr[data-metric="error_rate"] td').last.inner_text() == "error_rate<0.5"
+    feedback = rollout.locator('tr[data-metric="feedback"]')
+    shown = [feedback.locator(f'[data-variant="{v}"]').inner_text() for v in ("stable", "new")]
+    assert sum(int(s.split("(")[1].rstrip(")")) for s in shown if s != "–") == 4  # the four scores, by variant
+    assert page.locator("#versions tr[data-version]").count() == 2
+    diff = page.inner_text("#diff")
+    assert '-      "content": "Hello {{who}}",' in diff and XSS in diff  # the new text shown, never run
+    assert page.evaluate("window.__xss") is None
+    assert "rollout started: v2 50%" in page.inner_text("#history")
+    page.goto(gw.url + "/ui/prompts/t1/greet?diff=2..9")
+    assert "OLD..NEW" in page.inner_text("#error")
+    page.goto(gw.url + "/ui/prompts/t1/nope")
+    assert "No prompt nope" in page.inner_text("h1")
+    context.close()

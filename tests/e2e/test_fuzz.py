@@ -362,6 +362,14 @@ ROUTES = [
     Route("GET", "/api/prompts/{name}/versions", "admin", query=("tenant",)),
     Route("PUT", "/api/prompts/{name}/labels/{label}", "admin", {"tenant": "t1", "version": 1, "protected": False, "rollout": [{"version": 2, "weight": 10}]}),
     Route("POST", "/v1/chat/completions", "openai", {"model": "prompt", "messages": [USER], "prompt": {"id": "fz", "label": "production", "variables": {"x": "1"}}, "user": "u1"}),
+    Route("POST", "/api/prompts/{name}/rollouts", "admin", {"tenant": "t1", "label": "production", "to": 2, "weight": 10, "guards": ["error_rate<0.02", "feedback>=0.5"],
+                                                            "steps": [50], "every": "1h", "window": "5m", "min_calls": 5}),
+    Route("GET", "/api/prompts/{name}/rollouts", "admin", query=("tenant",)),
+    Route("POST", "/api/prompts/{name}/labels/{label}/rollback", "admin", query=("tenant",)),
+    Route("GET", "/api/prompts/{name}/history", "admin", query=("tenant", "label", "limit")),
+    Route("POST", "/api/feedback", "openai", {"trace_id": "0" * 30, "score": 0.5, "comment": "fine", "user": "u1"}),
+    Route("GET", "/api/feedback", "admin", query=("by", "since", "until", "tenant")),
+    Route("POST", "/v1/messages", "anthropic", {"model": "prompt", "max_tokens": 8, "messages": [], "prompt": {"id": "fz", "version": 1, "variables": {"x": "1"}}}),
     Route("GET", "/ui/login", "dashboard", query=("next",)),
     Route("POST", "/ui/login", "dashboard", form=True),
     Route("POST", "/ui/logout", "dashboard"),
@@ -376,6 +384,8 @@ ROUTES = [
     Route("GET", "/api/evals/runs", "admin", query=("tenant", "suite", "label", "limit")),
     Route("GET", "/api/evals/runs/{run_id}", "admin", query=("results",)),
     Route("GET", "/api/evals/runs/{run_id}/compare", "admin", query=("baseline", "max_regressions", "min_pass_rate", "alpha")),
+    Route("GET", "/ui/prompts", "dashboard", query=("tenant",)),
+    Route("GET", "/ui/prompts/{tenant}/{name}", "dashboard", query=("diff",)),
     Route("GET", "/healthz", "probe"),
     Route("GET", "/readyz", "probe"),
     Route("GET", "/metrics", "probe"),
@@ -421,6 +431,7 @@ def _param_values(t: Target, name: str) -> st.SearchStrategy[str]:
         "deployment": ["gpt-4o-mini", "sim", "nope"],
         **{k: [v, v[:-1] + "0"] for k, v in t.ids.items()},
         "label": ["production", "staging"],
+        "tenant": ["t1", "fz"],
     }[name]
     return st.one_of(st.sampled_from(known), url_text.filter(lambda s: s and "/" not in s and s not in (".", "..")))
 
@@ -441,6 +452,7 @@ def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
         "job_id",
         "response_id",
         "label",
+        "tenant",
     ):
         if "{" + name + "}" in path:
             value = draw(_param_values(t, name))

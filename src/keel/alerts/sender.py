@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -142,7 +142,19 @@ class RuleEvent:
         return orjson.dumps(fields)
 
 
-Event = Crossing | RuleEvent
+class Decided(Protocol):
+    """An event some store transition already picked this process to send (a rule's flip, a prompt
+    rollout's move): queued by `send`, delivered once, signed like a crossing."""
+
+    @property
+    def id(self) -> str: ...
+
+    def describe(self) -> str: ...
+
+    def body(self) -> bytes: ...
+
+
+Event = Crossing | Decided
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -213,8 +225,8 @@ class AlertSender:
         self.stats.queued += 1
         self._queue.put_nowait(crossing)
 
-    def send(self, event: RuleEvent) -> None:
-        """Queue a rule event that this process won the right to send. Never blocks, never raises."""
+    def send(self, event: Decided) -> None:
+        """Queue an event (a rule's, a rollout's) this process won the right to send. Never blocks, never raises."""
         if self._closing:
             self.stats.failed += 1
             return
@@ -260,7 +272,7 @@ class AlertSender:
             log.error("alert delivery crashed", exc_info=exc)
 
     async def _deliver(self, event: Event) -> None:
-        if isinstance(event, RuleEvent):  # already claimed, through the store's flip_alert
+        if not isinstance(event, Crossing):  # already decided, by the store transition that made it
             await self._count(self._post(event))
             return
         c = event

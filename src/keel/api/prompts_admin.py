@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,10 +22,13 @@ from starlette.routing import Route
 from keel.api.bounds import Bounds
 from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
 from keel.errors import InvalidRequest, KeelError, NotFound, PermissionDenied
+from keel.prompts import feedback
 from keel.prompts.builder import Prompts
 from keel.prompts.content import ContentError, check_name
-from keel.prompts.registry import LabelRefused, label_view, version_view
+from keel.prompts.guards import plan_of
+from keel.prompts.registry import LabelRefused, label_view, move_view, rollout_view, version_view
 from keel.runtime.components import Runtime
+from keel.traces.writer import parse_window
 
 
 class Caller:
@@ -59,6 +63,12 @@ class PromptsAdmin:
             Route("/api/prompts/{name}", self._guard(self.show), methods=["GET"]),
             Route("/api/prompts/{name}/versions", self._guard(self.versions), methods=["GET"]),
             Route("/api/prompts/{name}/labels/{label}", self._guard(self.set_label), methods=["PUT"]),
+            Route("/api/prompts/{name}/labels/{label}/rollback", self._guard(self.rollback), methods=["POST"]),
+            Route("/api/prompts/{name}/rollouts", self._guard(self.start_rollout), methods=["POST"]),
+            Route("/api/prompts/{name}/rollouts", self._guard(self.list_rollouts), methods=["GET"]),
+            Route("/api/prompts/{name}/history", self._guard(self.history), methods=["GET"]),
+            Route("/api/feedback", self._guard(self.feedback), methods=["POST"]),
+            Route("/api/feedback", self._guard(self.feedback_summary), methods=["GET"]),
         ]
 
     async def _caller(self, request: Request) -> Caller:
@@ -153,6 +163,79 @@ class PromptsAdmin:
             raise NotFound(f"Prompt '{name}' lacks one of the versions {wanted}.")
         await self._prompts.sync.refresh()
         return _json(label_view(moved))
+
+    async def start_rollout(self, request: Request, caller: Caller) -> Response:
+        """Body {label, to, weight, guards?: ["error_rate<0.02", …], steps?: [50], every?: "1h", window?: "5m",
+        min_calls?: 50}: `weight`% of the label's calls to version `to`, judged by the guard worker."""
+        name = request.path_params["name"]
+        body = await self._body(request)
+        tenant = caller.of(body.get("tenant"))
+        label = check_name(body.get("label"), "label")
+        to = body.get("to")
+        if type(to) is not int or to < 1:
+            raise InvalidRequest("'to' must be a version number (1, 2, …).", "to")
+        weight = body.get("weight")
+        if not isinstance(weight, int | float) or isinstance(weight, bool) or not 0 < weight <= 100:
+            raise InvalidRequest("'weight' must be a percent above 0, at most 100.", "weight")
+        plan = plan_of(body, float(weight))
+        registry = self._prompts.registry
+        started = await asyncio.to_thread(
+            lambda: registry.start_rollout(
+                tenant, name, label, to, float(weight), plan, by=caller.who, admin=caller.admin
+            )
+        )
+        if started is None:
+            raise NotFound(f"Prompt '{name}' has no label '{label}' or no version {to}.")
+        await self._prompts.sync.refresh()
+        return _json({"label": label_view(started[0]), "rollout": rollout_view(started[1])}, 201)
+
+    async def list_rollouts(self, request: Request, caller: Caller) -> Response:
+        name = request.path_params["name"]
+        tenant = caller.of(request.query_params.get("tenant"))
+        rows = await asyncio.to_thread(self._prompts.registry.rollouts, tenant, name)
+        return _json({"data": [rollout_view(r) for r in rows]})
+
+    async def rollback(self, request: Request, caller: Caller) -> Response:
+        name, label = request.path_params["name"], request.path_params["label"]
+        tenant = caller.of(request.query_params.get("tenant"))  # no body: `tenant` in the query (admin token)
+        registry = self._prompts.registry
+        moved = await asyncio.to_thread(
+            lambda: registry.rollback(tenant, name, label, by=caller.who, admin=caller.admin)
+        )
+        if moved is None:
+            raise NotFound(f"Prompt '{name}' has no label '{label}'.")
+        await self._prompts.sync.refresh()
+        return _json(label_view(moved))
+
+    async def history(self, request: Request, caller: Caller) -> Response:
+        name = request.path_params["name"]
+        tenant = caller.of(request.query_params.get("tenant"))
+        label = request.query_params.get("label")
+        try:
+            limit = min(10_000, max(1, int(request.query_params.get("limit", "100"))))
+        except ValueError:
+            raise InvalidRequest("'limit' must be an integer.", "limit") from None
+        rows = await asyncio.to_thread(self._prompts.registry.history, tenant, name, label, limit)
+        return _json({"data": [move_view(m) for m in rows]})
+
+    async def feedback(self, request: Request, caller: Caller) -> Response:
+        """Body {trace_id, score (0 to 1), comment?, user?}: a score on one call, by its x-keel-trace-id."""
+        body = await self._body(request)
+        tenant = None if caller.admin else caller.of(None)
+        stored = await asyncio.to_thread(feedback.record, self._rt.store, tenant, body)
+        view = {"trace_id": stored.trace_id, "score": stored.score, "prompt_version": stored.prompt_version,
+                "model": stored.model, "user": stored.rater or None}  # fmt: skip
+        return _json(view, 201)
+
+    async def feedback_summary(self, request: Request, caller: Caller) -> Response:
+        """?by=prompt_version|model&since=24h&until=…: count and mean score per group."""
+        q = request.query_params
+        asked = q.get("tenant")
+        tenant = caller.of(asked) if asked or not caller.admin else None
+        since, until = parse_window(q.get("since", "24h"), q.get("until"), time.time())
+        by = q.get("by", "prompt_version")
+        rows = await asyncio.to_thread(feedback.summary, self._rt.store, tenant, since, until, by)
+        return _json({"data": rows})
 
 
 def _rollout(value: Any) -> tuple[tuple[int, float], ...]:

@@ -48,6 +48,7 @@ _SKIP_CACHE = Directives(read=False, write=False)
 class ReplayAsk:
     alias: str | None = None
     model: str | None = None  # provider/model
+    prompt_version: int | None = None  # a call by prompt: render this version instead, with its variables
 
     @classmethod
     def from_body(cls, body: Any) -> ReplayAsk:
@@ -56,14 +57,17 @@ class ReplayAsk:
         if not isinstance(body, dict):
             raise InvalidRequest('The body must be an object: {"alias": null, "model": null}.', None)
         for field in body:
-            if field not in ("alias", "model"):
-                raise InvalidRequest(f"Unknown field '{field}'; use 'alias' or 'model'.", field)
+            if field not in ("alias", "model", "prompt_version"):
+                raise InvalidRequest(f"Unknown field '{field}'; use 'alias', 'model' or 'prompt_version'.", field)
+        version = body.get("prompt_version")
+        if version is not None and (type(version) is not int or version < 1):
+            raise InvalidRequest("'prompt_version' must be a version number (1, 2, …).", "prompt_version")
         for field in ("alias", "model"):
             if body.get(field) is not None and not (isinstance(body[field], str) and body[field]):
                 raise InvalidRequest(f"'{field}' must be a non-empty string.", field)
         if body.get("alias") and body.get("model"):
             raise InvalidRequest("Give 'alias' or 'model' (provider/model), not both.", "model")
-        return cls(body.get("alias"), body.get("model"))
+        return cls(body.get("alias"), body.get("model"), version)
 
 
 async def replay(rt: Runtime, trace_id: str, ask: ReplayAsk) -> dict[str, Any]:
@@ -71,7 +75,7 @@ async def replay(rt: Runtime, trace_id: str, ask: ReplayAsk) -> dict[str, Any]:
     row = await asyncio.to_thread(rt.store.get_trace, trace_id)
     if row is None:
         raise NotFound(f"No trace with id '{trace_id}'.")
-    body, chat = _recorded(row, ask.alias)
+    body, chat = _recorded(row, ask.alias, ask.prompt_version)
     tenant = await asyncio.to_thread(rt.store.get_tenant, row.tenant or "")
     if tenant is None:
         raise NotFound(f"Trace '{trace_id}' belongs to tenant '{row.tenant}', which no longer exists.")
@@ -101,8 +105,9 @@ async def replay(rt: Runtime, trace_id: str, ask: ReplayAsk) -> dict[str, Any]:
     }
 
 
-def _recorded(row: TraceRecord, alias: str | None) -> tuple[dict[str, Any], ChatRequest]:
-    """The stored request body (with `alias` as its model, if given) and its parsed ChatRequest."""
+def _recorded(row: TraceRecord, alias: str | None, version: int | None) -> tuple[dict[str, Any], ChatRequest]:
+    """The stored request body (with `alias` as its model, and its prompt pinned to `version`, if given)
+    and its parsed ChatRequest."""
     if row.request is None:
         why = "traces.store_payloads was off" if REDACTED_TAG not in row.tags else "its payload was withheld"
         raise InvalidRequest(f"Trace '{row.id}' has no stored request ({why}); there is nothing to replay.", None)
@@ -112,6 +117,11 @@ def _recorded(row: TraceRecord, alias: str | None) -> tuple[dict[str, Any], Chat
     body = dict(row.request)
     if alias is not None:
         body["model"] = alias
+    if version is not None:
+        ref = body.get("prompt")
+        if not isinstance(ref, dict):
+            raise InvalidRequest(f"Trace '{row.id}' is not a call by prompt: no version to change.", "prompt_version")
+        body["prompt"] = {**{k: v for k, v in ref.items() if k != "label"}, "version": version}
     return body, parse(body)
 
 

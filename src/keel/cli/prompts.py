@@ -52,6 +52,13 @@ def register(p: argparse.ArgumentParser) -> None:
     label.add_argument("--json", action="store_true")
     label.set_defaults(run=run_label)
     register_rollout(verbs)
+    fb = verbs.add_parser("feedback", help="feedback scores per prompt version or model: count and mean")
+    fb.add_argument("--by", default="prompt_version", choices=["prompt_version", "model"])
+    fb.add_argument("--since", default="24h", help="unix seconds or a duration back from now (15m, 24h, 7d)")
+    fb.add_argument("--until")
+    fb.add_argument("--tenant")
+    fb.add_argument("--json", action="store_true")
+    fb.set_defaults(run=run_feedback)
 
 
 def _docs(path: str) -> list[dict[str, Any]]:
@@ -189,47 +196,139 @@ def run_label(args: argparse.Namespace) -> int:
 
 
 def register_rollout(verbs: Any) -> None:
-    roll = verbs.add_parser("rollout", help="send a share of a label's calls to another version (sticky per user)")
+    roll = verbs.add_parser(
+        "rollout", help="send a share of a label's calls to another version (sticky per user), guarded"
+    )
     roll.add_argument("name")
     roll.add_argument("--label", required=True)
     roll.add_argument("--to", required=True, metavar="VERSION")
     roll.add_argument("--weight", required=True, type=float, metavar="PERCENT")
+    roll.add_argument(
+        "--guard", action="append", default=[], metavar="EXPR",
+        help="error_rate<0.02, p95_ms<4000, cost_per_call<0.01, feedback>=0.7 (repeatable); a breach rolls back",
+    )  # fmt: skip
+    roll.add_argument(
+        "--step", action="append", type=float, default=[], metavar="PERCENT", help="weights to step up to"
+    )
+    roll.add_argument("--every", metavar="DURATION", help="how long the guards hold before each step (1h, 10m)")
+    roll.add_argument("--window", default="5m", metavar="DURATION", help="the guards' window (default 5m)")
+    roll.add_argument("--min-calls", type=int, default=50, help="calls of the new version before judging it")
     roll.add_argument("--tenant", required=True)
+    roll.add_argument("--json", action="store_true")
     roll.set_defaults(run=run_rollout)
     back = verbs.add_parser("rollback", help="end a label's rollout: every call gets its stable version")
     back.add_argument("name")
     back.add_argument("--label", required=True)
     back.add_argument("--tenant", required=True)
+    back.add_argument("--json", action="store_true")
     back.set_defaults(run=run_rollback)
+    hist = verbs.add_parser("history", help="a prompt's label moves: who, when, to what, why; and its rollouts")
+    hist.add_argument("name")
+    hist.add_argument("--label")
+    hist.add_argument("--tenant", required=True)
+    hist.add_argument("--limit", type=int, default=50)
+    hist.add_argument("--json", action="store_true")
+    hist.set_defaults(run=run_history)
 
 
-def _move(args: argparse.Namespace, rollout: tuple[tuple[int, float], ...]) -> int:
-    from keel.prompts.registry import ContentError, Registry
-
-    with store(args) as s:
-        registry = Registry(s)
-        current = registry.label(args.tenant, args.name, args.label)
-        if current is None:
-            raise Failure(f"prompt {args.name} has no label {args.label} in tenant {args.tenant}")
-        try:
-            moved = registry.set_label(
-                args.tenant, args.name, args.label, current.version, by="cli", admin=True, rollout=rollout
-            )
-        except ContentError as err:
-            raise Failure(err.message) from None
-    if moved is None:
-        raise Failure(f"prompt {args.name} has no version {rollout[0][0] if rollout else current.version}")
-    shares = ", ".join(f"v{v} {w:g}%" for v, w in moved.rollout)
-    print(f"{args.name} {args.label}: v{moved.version} stable" + (f", {shares}" if shares else ""))
-    return 0
+def _label_line(name: str, lb: Any) -> str:
+    shares = ", ".join(f"v{v} {w:g}%" for v, w in lb.rollout)
+    return f"{name} {lb.label}: v{lb.version} stable" + (f", {shares}" if shares else "")
 
 
 def run_rollout(args: argparse.Namespace) -> int:
+    from keel.prompts.guards import plan_of
+    from keel.prompts.registry import ContentError, LabelRefused, Registry, label_view, rollout_view
+
     version, _ = _which(args.to)
     if version is None:
         raise Failure(f"'{args.to}' is not a version number (3 or v3)")
-    return _move(args, ((version, args.weight),))
+    body: dict[str, Any] = {
+        "guards": args.guard,
+        "steps": args.step,
+        "window": args.window,
+        "min_calls": args.min_calls,
+    }
+    if args.every is not None:
+        body["every"] = args.every
+    try:
+        plan = plan_of(body, args.weight)
+        with store(args) as s:
+            started = Registry(s).start_rollout(
+                args.tenant, args.name, args.label, version, args.weight, plan, by="cli", admin=True
+            )
+    except (ContentError, LabelRefused) as err:
+        raise Failure(f"{getattr(err, 'field', 'rollout')}: {err}") from None
+    if started is None:
+        raise Failure(f"prompt {args.name} has no label {args.label} or no version {version} in tenant {args.tenant}")
+    moved, rollout = started
+    if args.json:
+        emit_json({"label": label_view(moved), "rollout": rollout_view(rollout)})
+        return 0
+    print(_label_line(args.name, moved))
+    if plan.guards:
+        print(f"guards: {', '.join(plan.guards)} over {plan.window_s:g} s, from {plan.min_calls} calls")
+    if plan.every_s is not None:
+        steps = " → ".join(f"{w:g}%" for w in (args.weight, *plan.steps, 100.0))
+        print(f"steps: {steps}, each after {plan.every_s:g} s held")
+    return 0
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    return _move(args, ())
+    from keel.prompts.registry import ContentError, Registry, label_view
+
+    with store(args) as s:
+        try:
+            moved = Registry(s).rollback(args.tenant, args.name, args.label, by="cli", admin=True)
+        except ContentError as err:
+            raise Failure(err.message) from None
+    if moved is None:
+        raise Failure(f"prompt {args.name} has no label {args.label} in tenant {args.tenant}")
+    if args.json:
+        emit_json(label_view(moved))
+    else:
+        print(_label_line(args.name, moved))
+    return 0
+
+
+def run_history(args: argparse.Namespace) -> int:
+    from keel.prompts.registry import Registry, move_view, rollout_view
+
+    with store(args) as s:
+        registry = Registry(s)
+        moves = registry.history(args.tenant, args.name, args.label, max(1, min(args.limit, 10_000)))
+        rollouts = [r for r in registry.rollouts(args.tenant, args.name) if args.label in (None, r.label)]
+    if args.json:
+        emit_json({"moves": [move_view(m) for m in moves], "rollouts": [rollout_view(r) for r in rollouts]})
+        return 0
+    for r in rollouts:
+        print(f"rollout {r.label}: v{r.stable} → v{r.version} {r.weight:g}% {r.state}  {r.reason or ''}".rstrip())
+    table(
+        ["when", "label", "version", "rollout", "actor", "reason"],
+        [
+            (when(m.at), m.label, f"v{m.version}", ", ".join(f"v{v} {w:g}%" for v, w in m.rollout),
+             m.actor or "-", (m.reason or "")[:80])
+            for m in moves
+        ],
+    )  # fmt: skip
+    return 0
+
+
+def run_feedback(args: argparse.Namespace) -> int:
+    import time
+
+    from keel.errors import InvalidRequest
+    from keel.prompts.feedback import summary
+    from keel.traces.writer import parse_window
+
+    try:
+        since, until = parse_window(args.since, args.until, time.time())
+    except InvalidRequest as err:
+        raise Failure(err.message) from None
+    with store(args) as s:
+        rows = summary(s, args.tenant, since, until, args.by)
+    if args.json:
+        emit_json(rows)
+        return 0
+    table([args.by, "scores", "mean"], [(r[args.by] or "-", r["count"], f"{r['mean_score']:.3f}") for r in rows])
+    return 0

@@ -43,6 +43,7 @@ def register(p: argparse.ArgumentParser) -> None:
     rp.add_argument("trace_id")
     rp.add_argument("--alias", help="route the replay through this alias instead of the original one")
     rp.add_argument("--model", help="send it to one provider model, bypassing alias routing: PROVIDER/MODEL")
+    rp.add_argument("--prompt-version", type=int, help="a call by prompt: render this version of it instead")
     rp.add_argument("--json", action="store_true")
     add_url(rp)
     rp.set_defaults(run=run_replay)
@@ -101,7 +102,7 @@ def run_show(args: argparse.Namespace) -> int:
 def run_replay(args: argparse.Namespace) -> int:
     if args.alias and args.model:
         raise Failure("give --alias or --model, not both")
-    body = {"alias": args.alias, "model": args.model}
+    body = {"alias": args.alias, "model": args.model, "prompt_version": args.prompt_version}
     result: dict[str, Any] = admin_post(args, f"/api/traces/{args.trace_id}/replay", body)
     if args.json:
         emit_json(result)

@@ -76,14 +76,15 @@ label{display:flex;flex-direction:column;font-size:.85em}input,select,button{fon
 pre{white-space:pre-wrap;word-break:break-word;background:#fff;border:1px solid #e3e6ec;padding:.6em;margin:.2em 0}
 .msg{background:#fff;border:1px solid #e3e6ec;margin:.3em 0;padding:.4em .6em}.msg .role{font-weight:600}
 .login{max-width:340px;margin:10vh auto;background:#fff;padding:1.4em;border:1px solid #e3e6ec}
+.add{color:#0a6b2a}.del{color:#a40000}.rollout{background:#fff;border:1px solid #e3e6ec;padding:.4em .8em;margin:.4em 0}
 #facts th{width:18em}.login form{display:flex;flex-direction:column;gap:.6em}nav.windows a{margin-right:.6em}nav.windows a.on{font-weight:700}
 """
 
 
 def layout(title: str, body: Safe, *, signed_in: bool = True) -> Safe:
     nav = Safe(
-        '<a href="/ui">Overview</a><a href="/ui/traces">Traces</a><a href="/ui/jobs">Jobs</a><a href="/ui/evals">Evals</a>'
-        '<a href="/ui/slo">SLOs</a>'
+        '<a href="/ui">Overview</a><a href="/ui/traces">Traces</a><a href="/ui/jobs">Jobs</a><a href="/ui/prompts">Prompts</a>'
+        '<a href="/ui/evals">Evals</a><a href="/ui/slo">SLOs</a>'
         '<form method="post" action="/ui/logout"><button type="submit">Log out</button></form>'
     )
     return h(

@@ -28,6 +28,8 @@ from keel.dashboard.evalpages import render_run, render_runs
 from keel.dashboard.jobpages import jobs_query, render_jobs
 from keel.dashboard.markup import CSS, Safe, h, layout
 from keel.dashboard.overview import WINDOWS, read_overview, render_overview
+from keel.dashboard.promptpages import PromptPageStore, read_list, read_prompt, render_prompt
+from keel.dashboard.promptpages import render_list as render_prompts
 from keel.dashboard.session import COOKIE, Sessions
 from keel.dashboard.slopages import render_slo
 from keel.dashboard.throttle import LoginThrottle
@@ -67,8 +69,8 @@ def _next_path(value: str | None) -> str:
     return "/ui"
 
 
-class PageStore(TraceStore, SpanStore, JobStore, EvalStore, Protocol):
-    """What the pages read: traces, their rollups and spans; jobs; eval runs."""
+class PageStore(TraceStore, SpanStore, JobStore, EvalStore, PromptPageStore, Protocol):
+    """What the pages read: traces, their rollups and spans; jobs; eval runs; prompts, rollouts and feedback."""
 
 
 class Dashboard:
@@ -100,6 +102,8 @@ class Dashboard:
             Route("/ui/slo", self._guard(self.slo), methods=["GET"]),
             Route("/ui/evals", self._guard(self.evals), methods=["GET"]),
             Route("/ui/evals/{run_id}", self._guard(self.eval_run), methods=["GET"]),
+            Route("/ui/prompts", self._guard(self.prompts), methods=["GET"]),
+            Route("/ui/prompts/{tenant}/{name}", self._guard(self.prompt), methods=["GET"]),
         ]
 
     def _guard(self, page: Page) -> Page:
@@ -255,6 +259,24 @@ class Dashboard:
             if other.id != run.id and other.status == "finished" and other.created_at < run.created_at:
                 return str(other.id)
         return None
+
+    async def prompts(self, request: Request) -> Response:
+        rows = await asyncio.to_thread(read_list, self._store, request.query_params.get("tenant") or None)
+        return _page("Prompts", render_prompts(rows))
+
+    async def prompt(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        tenant, name = request.path_params["tenant"], request.path_params["name"]
+        try:
+            view = await asyncio.to_thread(
+                read_prompt, self._store, tenant, name, request.query_params.get("diff"), time.time()
+            )
+        except ValueError as exc:
+            return _page("Bad request", h('<h1>Bad request</h1><p class="error" id="error">{}</p>', str(exc)), 400)
+        if view is None:
+            return _page("Not found", h("<h1>No prompt {} in tenant {}</h1>", name, tenant), 404)
+        t1 = time.perf_counter()
+        return _page(f"Prompt {name}", render_prompt(view), timing=_timing(t0, t1, time.perf_counter()))
 
 
 def _timing(t0: float, t1: float, t2: float) -> str:

@@ -12,6 +12,7 @@ precomputed at construction.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -72,6 +73,14 @@ def needs(request: Request) -> frozenset[str]:
     return frozenset(name for name, on in flags if on)
 
 
+BUCKETS = 10_000  # a split's (and a prompt rollout's) shares are cut in hundredths of a percent
+
+
+def bucket(key: str) -> int:
+    """A stable bucket in [0, BUCKETS) for `key`: the same in every process and every release."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % BUCKETS
+
+
 @dataclass(frozen=True, slots=True)
 class _Route:
     """One alias, precomputed: targets with their keys, provider regions and prices."""
@@ -84,6 +93,7 @@ class _Route:
     region_set: frozenset[str]
     strategy: str
     rules: tuple[tuple[str, RuleConfig], ...]  # (label, rule)
+    split: tuple[tuple[int, str], ...]  # (bucket bound, alias), bounds increasing: an A/B test's variants
     classifier: Classifier | None
     fallbacks: tuple[str, ...]
     static_answer: str | None
@@ -123,9 +133,11 @@ class Router:
         feature: str | None = None,
         tier: str | None = None,
         follow_rules: bool = True,
+        subject: str | None = None,
     ) -> RoutePlan:
         """The targets to try for `alias`, in order. Raises ModelNotFound, PermissionDenied or
-        InvalidRequest; with follow_rules=False (fallback aliases) rules and classifier are ignored."""
+        InvalidRequest; with follow_rules=False (fallback aliases) split, rules and classifier are ignored.
+        `subject` (user, else session, else key) keeps a caller on one variant of a split."""
         route = self._routes.get(alias)
         if route is None or (allowed is not None and alias not in allowed):
             raise ModelNotFound(alias, self.aliases(allowed))
@@ -133,7 +145,12 @@ class Router:
         need = needs(request)
         skipped: list[JSON] = []
         label = None
-        if follow_rules:
+        variant, asked = None, route
+        if follow_rules and route.split and subject is not None:
+            variant = self._variant(route, principal, allowed, subject, skipped)
+        if variant is not None:
+            route, label = self._routes[variant], f"split → {variant}"
+        elif follow_rules:
             route, label = self._redirect(route, request, principal, allowed, tokens, feature, tier, skipped)
         explain: JSON = {
             "requested": alias,
@@ -146,6 +163,8 @@ class Router:
         }
         eligible = self._eligible(route, request, principal, tokens, need, skipped, explain)
         ranked = self._order(route, eligible, request, tokens)
+        if follow_rules and asked.split:
+            explain["split"] = variant or "control"
         explain["candidates"] = [candidate for _, candidate in ranked]
         explain["skipped"] = skipped
         return RoutePlan(
@@ -157,6 +176,20 @@ class Router:
             static_answer=route.static_answer,
             resume=route.resume,
         )
+
+    def _variant(
+        self, route: _Route, principal: Principal, allowed: tuple[str, ...] | None, subject: str, skipped: list[JSON]
+    ) -> str | None:
+        """The split's variant alias for `subject`, or None for the alias's own targets (the control)."""
+        b = bucket(f"{principal.tenant}\x00{route.name}\x00{subject}")
+        for bound, alias in route.split:
+            if b < bound:
+                why = self._refusal(alias, principal, allowed)
+                if why is None:
+                    return alias
+                skipped.append({"rule": f"split → {alias}", "why": why})
+                return None
+        return None
 
     # ---- one hop: rules, then the classifier -------------------------------------------------
 
@@ -363,11 +396,20 @@ def _build_route(
         region_set=frozenset(r for r in target_regions if r is not None),
         strategy=alias.strategy,
         rules=tuple((f"rules[{i}] → {r.use}", r) for i, r in enumerate(alias.rules)),
+        split=_split(alias),
         classifier=_import_classifier(name, alias.classifier, issues),
         fallbacks=tuple(alias.fallbacks),
         static_answer=alias.static_answer,
         resume=alias.resume == "auto",
     )
+
+
+def _split(alias: AliasConfig) -> tuple[tuple[int, str], ...]:
+    bound, out = 0, []
+    for v in alias.split:
+        bound += round(v.weight * BUCKETS / 100)
+        out.append((bound, v.use))
+    return tuple(out)
 
 
 def _import_classifier(alias: str, spec: str | None, issues: list[ConfigIssue]) -> Classifier | None:

@@ -10,7 +10,6 @@ processes see it within one refresh period.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Iterable
@@ -18,12 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from keel.errors import NotFound
+from keel.gateway.routing import BUCKETS, bucket
 from keel.prompts.render import CompiledMessage, compile_messages
 from keel.store.protocols import PromptLabel, PromptStore, PromptVersion
 
 log = logging.getLogger("keel.prompts")
 MARGIN_S = 60.0  # versions re-read on each refresh: what a commit may lag its created_at by
-BUCKETS = 10_000  # a rollout's shares are cut in hundredths of a percent
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +50,6 @@ class Route:
             if b < bound:
                 return version, "rollout"
         return self.stable, "stable"
-
-
-def bucket(key: str) -> int:
-    """A stable bucket in [0, BUCKETS) for `key`: the same in every process and every release."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % BUCKETS
 
 
 @dataclass(frozen=True, slots=True)

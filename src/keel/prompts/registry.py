@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from keel.prompts.content import ContentError, check_name, content_hash, content_of
-from keel.store.protocols import PromptLabel, PromptStore, PromptVersion
+from keel.store.protocols import LabelMove, PromptLabel, PromptRollout, PromptStore, PromptVersion, RolloutPlan
 
 DEFAULT_LABELS = ("production",)
 
@@ -50,7 +50,7 @@ class Registry:
 
     def set_label(
         self, tenant: str, name: str, label: str, version: int, *, by: str | None, admin: bool,
-        protected: bool | None = None, rollout: tuple[tuple[int, float], ...] = (),
+        protected: bool | None = None, rollout: tuple[tuple[int, float], ...] = (), reason: str | None = None,
     ) -> PromptLabel | None:  # fmt: skip
         """Move `label` to `version` (with `rollout` shares of other versions); None when a version is
         missing. LabelRefused for a protected label (or a change of protection) without admin rights."""
@@ -63,8 +63,49 @@ class Registry:
             if current is not None and current.protected:
                 raise LabelRefused(f"Label '{label}' of prompt '{name}' is protected: only the admin token moves it.")
         return self._store.set_prompt_label(
-            tenant, name, label, version, protected=protected, by=by, now=time.time(), rollout=rollout
+            tenant, name, label, version, protected=protected, by=by, now=time.time(), rollout=rollout, reason=reason
         )
+
+    def start_rollout(
+        self, tenant: str, name: str, label: str, to: int, weight: float, plan: RolloutPlan, *, by: str, admin: bool
+    ) -> tuple[PromptLabel, PromptRollout] | None:
+        """Send `weight`% of the label's calls to version `to`, its current version staying the stable
+        one, under `plan`'s guards and steps. None when the label or a version is missing."""
+        current = self.label(tenant, name, check_name(label, "label"))
+        if current is None:
+            return None
+        self._may_move(current, admin)
+        if to == current.version:
+            raise ContentError(f"Label '{label}' already points at v{to}: roll out another version.", "to")
+        if not 0 < weight <= 100:
+            raise ContentError("A rollout's weight is a percent above 0, at most 100.", "weight")
+        now = time.time()
+        rollout = PromptRollout(
+            tenant, name, label, current.version, to, weight, plan, "running", now, by, now, None, now, None
+        )
+        moved = self._store.start_prompt_rollout(rollout)
+        return None if moved is None else (moved, rollout)
+
+    def rollback(self, tenant: str, name: str, label: str, *, by: str, admin: bool) -> PromptLabel | None:
+        """Every call of the label to its stable version (its running rollout, if any, rolled back)."""
+        current = self.label(tenant, name, check_name(label, "label"))
+        if current is None:
+            return None
+        self._may_move(current, admin)
+        return self.set_label(tenant, name, label, current.version, by=by, admin=admin, reason=f"rolled back by {by}")
+
+    def rollouts(self, tenant: str, name: str) -> list[PromptRollout]:
+        return self._store.list_prompt_rollouts(tenant, name)
+
+    def history(self, tenant: str, name: str, label: str | None = None, limit: int = 100) -> list[LabelMove]:
+        return self._store.prompt_label_history(tenant, name, label, limit=limit)
+
+    @staticmethod
+    def _may_move(current: PromptLabel, admin: bool) -> None:
+        if current.protected and not admin:
+            raise LabelRefused(
+                f"Label '{current.label}' of prompt '{current.name}' is protected: only the admin token moves it."
+            )
 
     def label(self, tenant: str, name: str, label: str) -> PromptLabel | None:
         return next((lb for lb in self._store.list_prompt_labels(tenant, name) if lb.label == label), None)
@@ -119,6 +160,22 @@ def check_rollout(stable: int, rollout: tuple[tuple[int, float], ...]) -> None:
         raise ContentError("A rollout's weights add up to more than 100%.", "rollout")
 
 
+def rollout_view(r: PromptRollout) -> dict[str, Any]:
+    return {
+        "tenant": r.tenant, "name": r.name, "label": r.label, "stable": r.stable, "version": r.version,
+        "weight": r.weight, "state": r.state, **r.plan.json(), "started_at": r.started_at,
+        "started_by": r.started_by, "stepped_at": r.stepped_at, "held_since": r.held_since,
+        "updated_at": r.updated_at, "reason": r.reason,
+    }  # fmt: skip
+
+
+def move_view(m: LabelMove) -> dict[str, Any]:
+    return {
+        "label": m.label, "at": m.at, "version": m.version, "rollout": [{"version": v, "weight": w} for v, w in m.rollout],
+        "actor": m.actor, "reason": m.reason,
+    }  # fmt: skip
+
+
 def label_view(lb: PromptLabel) -> dict[str, Any]:
     return {
         "tenant": lb.tenant, "name": lb.name, "label": lb.label, "version": lb.version, "protected": lb.protected,
@@ -134,4 +191,6 @@ def _text(body: dict[str, Any], field: str) -> str | None:
     return value
 
 
-__all__ = ["ContentError", "LabelRefused", "Pushed", "Registry", "label_view", "version_view"]
+__all__ = [
+    "ContentError", "LabelRefused", "Pushed", "Registry", "label_view", "move_view", "rollout_view", "version_view"
+]  # fmt: skip

@@ -37,10 +37,11 @@ def parse_request(body: Any, betas: str | None = None) -> ChatRequest:
     """Validate an Anthropic Messages body (and the `anthropic-beta` header's value); raise
     InvalidRequest naming the offending field."""
     model = require_model(body)
-    if body.get("max_tokens") is None:
+    prompted = "prompt" in body  # Keel's prompt slot renders the messages (and may set max_tokens)
+    if body.get("max_tokens") is None and not prompted:
         raise InvalidRequest("'max_tokens' is required.", "max_tokens")
-    raw_messages = body.get("messages")
-    if not isinstance(raw_messages, list) or not raw_messages:
+    raw_messages = body.get("messages", [] if prompted else None)
+    if not isinstance(raw_messages, list) or not (raw_messages or prompted):
         raise InvalidRequest("'messages' is required and must be a non-empty array.", "messages")
     messages = _system(body.get("system"))
     for i, m in enumerate(raw_messages):

@@ -40,6 +40,14 @@ class RuleConfig(Model):
     tier: str | None = None  # the tier the caller asks for with `x-keel-tier`
 
 
+class SplitConfig(Model):
+    """A model A/B test: `weight`% of the alias's callers (sticky per user, else session, else key) go
+    to the alias `use` (another target set); the rest stay on this alias's own targets."""
+
+    use: str
+    weight: float = Field(gt=0, le=100)
+
+
 class AliasCacheConfig(Model):
     """Per-alias changes to the `cache:` defaults; unset keys keep them."""
 
@@ -63,6 +71,7 @@ class AliasConfig(Model):
     targets: list[TargetConfig] = Field(min_length=1)
     strategy: Literal["ordered", "weighted", "latency", "cost"] = "ordered"
     rules: list[RuleConfig] = []
+    split: list[SplitConfig] = []  # A/B variants, before rules; the shares stack from bucket 0 like a rollout's
     classifier: str | None = None  # "module:function" returning an alias name or None
     fallbacks: list[str] = []  # degraded aliases, tried in order after this alias's own targets
     static_answer: str | None = None  # last level before a clean 503
@@ -81,6 +90,11 @@ def check(models: Mapping[str, AliasConfig], names: Collection[str]) -> list[Con
     for alias, a in models.items():
         refs = [(f"models.{alias}.fallbacks[{i}]", name) for i, name in enumerate(a.fallbacks)]
         refs += [(f"models.{alias}.rules[{i}].use", r.use) for i, r in enumerate(a.rules)]
+        refs += [(f"models.{alias}.split[{i}].use", v.use) for i, v in enumerate(a.split)]
+        if sum(v.weight for v in a.split) > 100:
+            issues.append(
+                ConfigIssue(f"models.{alias}.split", "the split's weights add up to more than 100", "lower them")
+            )
         for path, name in refs:
             if name not in names:
                 issues.append(ConfigIssue(path, f"unknown alias '{name}'", f"use one of: {known}"))

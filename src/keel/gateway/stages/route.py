@@ -17,7 +17,13 @@ class RouteStage:
             raise AuthError("unauthenticated call reached routing")
         if call.plan is not None:  # preset by an admin replay aimed at one provider model
             return await next(call)
-        call.plan = self._router.plan(
-            call.request.model, call.request, call.principal, call.allowed, feature=call.feature, tier=call.tier
-        )
+        subject = call.user or call.session or call.principal.key_id  # a split's variant is sticky per subject
+        plan = self._router.plan(
+            call.request.model, call.request, call.principal, call.allowed, feature=call.feature, tier=call.tier,
+            subject=subject,
+        )  # fmt: skip
+        variant = plan.explain.get("split") if plan.explain else None
+        if variant is not None:
+            call.trace.tags["keel.split"] = f"{call.request.model}:{variant}"
+        call.plan = plan
         return await next(call)

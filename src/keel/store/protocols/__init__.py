@@ -14,6 +14,7 @@ from keel.store.protocols.blobs import BlobStore
 from keel.store.protocols.breakers import BreakerPolicy, BreakerState, BreakerStore, Permit
 from keel.store.protocols.cache import CacheEntry, CacheStore
 from keel.store.protocols.evals import Dataset, DatasetItem, EvalResult, EvalRun, EvalStore
+from keel.store.protocols.feedback import FEEDBACK_BY, Feedback, FeedbackRow, FeedbackStore
 from keel.store.protocols.jobs import (
     FINAL_STATES,
     JOB_STATES,
@@ -44,7 +45,15 @@ from keel.store.protocols.limits import (
     Window,
 )
 from keel.store.protocols.online import OnlineEvalStore, OnlineRule, ScoreGroup, ScoreQuery, ScoreRow
-from keel.store.protocols.prompts import PromptContent, PromptLabel, PromptStore, PromptVersion
+from keel.store.protocols.prompts import (
+    LabelMove,
+    PromptContent,
+    PromptLabel,
+    PromptRollout,
+    PromptStore,
+    PromptVersion,
+    RolloutPlan,
+)
 from keel.store.protocols.purge import DeletedTraces, TraceDeletion
 from keel.store.protocols.rag_docs import (
     CollectionRow,
@@ -64,6 +73,7 @@ from keel.store.protocols.usage import UsageQuery, UsageRow
 from keel.store.protocols.vectors import VectorHit, VectorIndex
 
 __all__ = [
+    "FEEDBACK_BY",
     "FINAL_STATES",
     "JOB_STATES",
     "Access",
@@ -90,6 +100,9 @@ __all__ = [
     "EvalResult",
     "EvalRun",
     "EvalStore",
+    "Feedback",
+    "FeedbackRow",
+    "FeedbackStore",
     "FileRow",
     "Job",
     "JobContext",
@@ -101,6 +114,7 @@ __all__ = [
     "JobWakeups",
     "KeyRow",
     "KeyStore",
+    "LabelMove",
     "LimitConfigStore",
     "LimitOverride",
     "LimitStore",
@@ -114,6 +128,7 @@ __all__ = [
     "Progress",
     "PromptContent",
     "PromptLabel",
+    "PromptRollout",
     "PromptStore",
     "PromptVersion",
     "PutResult",
@@ -123,6 +138,7 @@ __all__ = [
     "Recovered",
     "Reservation",
     "ResponseStore",
+    "RolloutPlan",
     "ScoreGroup",
     "ScoreQuery",
     "ScoreRow",

@@ -6,6 +6,7 @@ from typing import Protocol
 
 from keel.store.protocols.batches import BatchStore
 from keel.store.protocols.evals import EvalStore
+from keel.store.protocols.feedback import FeedbackStore
 from keel.store.protocols.jobs import JobStore
 from keel.store.protocols.keys import KeyStore
 from keel.store.protocols.limits import LimitConfigStore
@@ -40,6 +41,7 @@ class Store(
     RagIndexStore,
     OnlineEvalStore,
     EvalStore,
+    FeedbackStore,
     Protocol,
 ):
     url: str

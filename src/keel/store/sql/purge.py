@@ -96,12 +96,15 @@ def rollup_deletes(mark: str, tenant: str, user: str | None, sessions: Sequence[
 
 
 def tenant_deletes(mark: str, tenant: str) -> list[tuple[str, str, list[Any]]]:
-    """(kind, statement, params) removing a tenant's limit overrides, prompts, online scores, keys and row,
-    in that order."""
+    """(kind, statement, params) removing a tenant's limit overrides, prompts (with their feedback, rollouts
+    and label history), online scores, keys and row, in that order."""
     keys = f"SELECT id FROM api_keys WHERE tenant = {mark}"
     return [
         ("limit_overrides", f"DELETE FROM limit_overrides WHERE scope = 'key' AND subject IN ({keys})", [tenant]),
         ("limit_overrides", f"DELETE FROM limit_overrides WHERE scope = 'tenant' AND subject = {mark}", [tenant]),
+        ("prompts", f"DELETE FROM prompt_feedback WHERE tenant = {mark}", [tenant]),
+        ("prompts", f"DELETE FROM prompt_label_history WHERE tenant = {mark}", [tenant]),
+        ("prompts", f"DELETE FROM prompt_rollouts WHERE tenant = {mark}", [tenant]),
         ("prompts", f"DELETE FROM prompt_labels WHERE tenant = {mark}", [tenant]),
         ("prompts", f"DELETE FROM prompt_versions WHERE tenant = {mark}", [tenant]),
         ("eval_scores", f"DELETE FROM eval_scores WHERE tenant = {mark}", [tenant]),

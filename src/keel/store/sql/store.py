@@ -12,6 +12,7 @@ from keel.store import migrations
 from keel.store.sql.batches import SqlBatches
 from keel.store.sql.dialect import Database
 from keel.store.sql.evals import SqlEvals
+from keel.store.sql.feedback import SqlFeedback
 from keel.store.sql.jobs import SqlJobs
 from keel.store.sql.keys import SqlKeys
 from keel.store.sql.limits import SqlLimits
@@ -39,6 +40,7 @@ class SqlStore(
     SqlRagIndex,
     SqlOnline,
     SqlEvals,
+    SqlFeedback,
 ):
     def __init__(self, url: str, db: Database) -> None:
         self.url = url
