@@ -178,6 +178,7 @@ def _load(directory: Path) -> _Model:
     tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
     tokenizer.no_padding()  # batches are padded here, to their own longest row
     counter = Tokenizer.from_str(tokenizer.to_str())
+    counter.no_truncation()  # the file's own setting is 128
     tokenizer.enable_truncation(max_tokens)
     return _Model(model_id, max_tokens, bert, tokenizer, counter)
 
