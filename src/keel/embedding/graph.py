@@ -24,8 +24,13 @@ MS = "com.microsoft"
 OPSET = 17
 
 
-def build(bert: _Bert) -> Any:
-    """An onnx.ModelProto computing the pooled (unnormalised) sentence vectors of `bert`'s weights."""
+def build(bert: _Bert, attention_bias: bool = False) -> Any:
+    """An onnx.ModelProto computing the pooled (unnormalised) sentence vectors of `bert`'s weights.
+
+    `bert` is read by attribute (words, positions, token_type, norm, eps, width, heads, layers with the
+    fields of `_Layer`), so another BERT-shaped encoder can use it; `attention_bias` adds an input of that
+    name, float32 (1, heads, length, length), added to every layer's attention scores (MPNet's relative
+    positions: the bench's candidate models)."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -64,9 +69,10 @@ def build(bert: _Bert) -> Any:
         qkv_bias = layer.qkv_bias.copy()
         qkv[:, : bert.width] *= scale
         qkv_bias[: bert.width] *= scale
+        bias_inputs = ["", "attention_bias"] if attention_bias else []
         attended = node(
             "Attention",
-            [x, const(p + "qkv", qkv), const(p + "qkv_b", qkv_bias), "attention_mask"],
+            [x, const(p + "qkv", qkv), const(p + "qkv_b", qkv_bias), "attention_mask", *bias_inputs],
             p + "attention",
             domain=MS,
             num_heads=bert.heads,
@@ -121,14 +127,18 @@ def build(bert: _Bert) -> Any:
     )
     counted = node("ReduceSum", [mask, const("axis_1b", np.array([1], dtype=np.int64))], "counted", keepdims=0)
     node("Div", [summed, counted], "pooled")
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "length"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT32, ["batch", "length"]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, [1, "length"]),
+    ]
+    if attention_bias:
+        shape: list[str | int | None] = [1, bert.heads, "length", "length"]
+        inputs.append(helper.make_tensor_value_info("attention_bias", TensorProto.FLOAT, shape))
     graph = helper.make_graph(
         nodes,
-        "minilm",
-        [
-            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "length"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT32, ["batch", "length"]),
-            helper.make_tensor_value_info("position_ids", TensorProto.INT64, [1, "length"]),
-        ],
+        "encoder",
+        inputs,
         [helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", bert.width])],
         inits,
     )
@@ -137,8 +147,10 @@ def build(bert: _Bert) -> Any:
     )
 
 
-def quantized(model: Any) -> Any:
-    """The int8 variant of `model` (ONNX Runtime dynamic quantization: int8 weights, per-batch activation scales)."""
+def quantized(model: Any, attention: bool = True) -> Any:
+    """The int8 variant of `model` (ONNX Runtime dynamic quantization: int8 weights, per-batch activation scales).
+
+    `attention=False` leaves the Attention nodes in fp32 (QAttention has no attention_bias input)."""
     import tempfile
     from pathlib import Path
 
@@ -153,6 +165,7 @@ def quantized(model: Any) -> Any:
             target,
             weight_type=QuantType.QInt8,
             per_channel=True,
+            op_types_to_quantize=["MatMul", "Attention"] if attention else ["MatMul"],
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
         return onnx.load(target)
