@@ -151,23 +151,32 @@ def quantized(model: Any, attention: bool = True) -> Any:
     """The int8 variant of `model` (ONNX Runtime dynamic quantization: int8 weights, per-batch activation scales).
 
     `attention=False` leaves the Attention nodes in fp32 (QAttention has no attention_bias input)."""
+    import logging
     import tempfile
     from pathlib import Path
 
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    def not_preprocessing_advice(record: logging.LogRecord) -> bool:  # the quantizer's advice for image models
+        return "pre-processing before quantization" not in record.getMessage()
+
+    root = logging.getLogger()
     with tempfile.TemporaryDirectory(prefix="keel-embed-") as tmp:
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, source)
-        quantize_dynamic(
-            source,
-            target,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=["MatMul", "Attention"] if attention else ["MatMul"],
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+        root.addFilter(not_preprocessing_advice)
+        try:
+            quantize_dynamic(
+                source,
+                target,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=["MatMul", "Attention"] if attention else ["MatMul"],
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
+        finally:
+            root.removeFilter(not_preprocessing_advice)
         return onnx.load(target)
 
 
