@@ -21,6 +21,7 @@ within budget) and reported on the held-out half; then "one threshold for both":
 sets' tuned thresholds, for verify + cosine and for verify + a scorer refitted for that model on both
 tuning halves (as `--fit` does for the shipped one), reported on both held-out halves. Speed: short texts
 per CPU-second while embedding the dev sets (one thread), and one text's latency p50 (idle).
+`--retrieval`: MS MARCO 5k (/work/shared/data/retrieval/msmarco-5k) nDCG@10 per model instead.
 """
 
 from __future__ import annotations
@@ -176,14 +177,53 @@ def row(name: str, model: Any, cache: Path, budget: float, sample: int | None) -
         print(f"  {label:<18}{cell}")
 
 
+RETRIEVAL = Path("/work/shared/data/retrieval/msmarco-5k")
+
+
+def ndcg_at_10(model: Any, cache: Path) -> float:
+    """MS MARCO 5k: mean nDCG@10 over the 50 queries (graded qrels, linear gains), cosine ranking of all 5,000
+    passages (title and text)."""
+    import json
+
+    def read(name: str) -> dict[str, str]:
+        rows = [json.loads(line) for line in (RETRIEVAL / name).read_text(encoding="utf-8").split("\n") if line]
+        return {r["_id"]: (r.get("title", "") + " " + r["text"]).strip() for r in rows}
+
+    corpus, queries = read("corpus.jsonl"), read("queries.jsonl")
+    qrels: dict[str, dict[str, int]] = {}
+    for line in (RETRIEVAL / "qrels/test.tsv").read_text().splitlines():
+        q, d, rel = line.split("\t")
+        qrels.setdefault(q, {})[d] = int(rel)
+    ids = list(corpus)
+    passages = se.embed_cached(model, [corpus[i] for i in ids], "msmarco-corpus", cache)
+    matrix = np.stack([passages[corpus[i]] for i in ids])
+    asked = se.embed_cached(model, list(queries.values()), "msmarco-queries", cache)
+    scores = []
+    for q, text in queries.items():
+        ranked = np.argsort(-(matrix @ asked[text]))[:10]
+        gains = [qrels.get(q, {}).get(ids[i], 0) for i in ranked]
+        dcg = sum(g / math.log2(r + 2) for r, g in enumerate(gains))
+        ideal = sorted(qrels.get(q, {}).values(), reverse=True)[:10]
+        scores.append(dcg / sum(g / math.log2(r + 2) for r, g in enumerate(ideal)) if ideal else 0.0)
+    return float(np.mean(scores))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mpnet", type=Path, help="the unzipped all-mpnet-base-v2 directory (see the docstring)")
     parser.add_argument("--max-false-hits", type=float, default=0.01)
     parser.add_argument("--sample", type=int, help="only the first N pairs of each dev set (every model alike)")
     parser.add_argument("--only", choices=["minilm", "mpnet"], help="one model family")
+    parser.add_argument("--retrieval", action="store_true", help="MS MARCO 5k nDCG@10 instead of the pair sets")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "keel-semantic")
     args = parser.parse_args()
+    if args.retrieval:
+        models = [(f"all-MiniLM-L6-v2 {r}", lambda r=r: LocalEmbedder(runtime=r)) for r in ("onnx", "onnx-int8")]
+        if args.mpnet:
+            models.append(("all-mpnet-base-v2 fp32", lambda: MPNet(args.mpnet, False)))
+        for name, make in models:
+            print(f"{name}: MS MARCO 5k nDCG@10 {ndcg_at_10(make(), args.cache):.3f}")
+        return
     print("QQP columns: threshold tuned on the tuning half: recall on the held-out half; 'both': PAWS / QQP held-out")
     for runtime in ("onnx", "onnx-int8") if args.only != "mpnet" else ():
         row(f"all-MiniLM-L6-v2 {runtime}", LocalEmbedder(runtime=runtime), args.cache, args.max_false_hits, args.sample)

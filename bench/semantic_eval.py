@@ -3,6 +3,7 @@
     python bench/semantic_eval.py                  # the report (embeddings cached under $TMPDIR/keel-semantic)
     python bench/semantic_eval.py --fit            # also refit the pair scorer and print WEIGHTS for keel/cache/pair.py
     python bench/semantic_eval.py --max-false-hits 0.005
+    python bench/semantic_eval.py --runtime onnx-int8   # another LocalEmbedder runtime (int8: its own model id)
 
 Data (read in place, never copied): PAWS-Wiki dev (/work/shared/data/paraphrase/paws-wiki/dev.tsv, 8,000 pairs whose
 negatives are mostly word swaps) and QQP dev (/work/shared/data/paraphrase/qqp-dev/pairs.tsv, 11,674 real Quora
