@@ -3,6 +3,7 @@
     python bench/semantic_eval.py                  # the report (embeddings cached under $TMPDIR/keel-semantic)
     python bench/semantic_eval.py --fit            # also refit the pair scorer and print WEIGHTS for keel/cache/pair.py
     python bench/semantic_eval.py --max-false-hits 0.005
+    python bench/semantic_eval.py --runtime onnx-int8   # another LocalEmbedder runtime (int8: its own model id)
 
 Data (read in place, never copied): PAWS-Wiki dev (/work/shared/data/paraphrase/paws-wiki/dev.tsv, 8,000 pairs whose
 negatives are mostly word swaps) and QQP dev (/work/shared/data/paraphrase/qqp-dev/pairs.tsv, 11,674 real Quora
@@ -76,8 +77,8 @@ class Pairs:
         return self.part(self.ids % 2 == 0)
 
 
-def load_embedder() -> LocalEmbedder:
-    return LocalEmbedder()
+def load_embedder(runtime: str = "auto") -> LocalEmbedder:
+    return LocalEmbedder(runtime=runtime)
 
 
 def embed_cached(embedder: LocalEmbedder, texts: list[str], name: str, cache: Path) -> dict[str, np.ndarray]:
@@ -119,10 +120,11 @@ def build(name: str, rows: list[tuple[int, str, str, bool]], vectors: dict[str, 
     )
 
 
-def load(embedder: LocalEmbedder, cache: Path) -> dict[str, Pairs]:
+def load(embedder: LocalEmbedder, cache: Path, sample: int | None = None) -> dict[str, Pairs]:
+    """Both dev sets (`sample`: only the first that many pairs of each, for slow candidate models)."""
     out = {}
     for name, (path, a, b, label) in SETS.items():
-        rows = read_pairs(path, a, b, label)
+        rows = read_pairs(path, a, b, label)[:sample]
         vectors = embed_cached(embedder, [t for r in rows for t in r[1:3]], name.lower(), cache)
         out[name] = build(name, rows, vectors)
     return out
@@ -304,11 +306,13 @@ def main() -> None:
     parser.add_argument("--fit", action="store_true", help="refit the pair scorer on both tuning halves")
     parser.add_argument("--measured", action="store_true", help="tune to the measured rate, not its 95%% bound")
     parser.add_argument("--sweep", action="store_true", help="also print false hits and recall over thresholds")
+    parser.add_argument("--runtime", default="auto", help="LocalEmbedder runtime: auto, onnx, onnx-int8, numpy")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "keel-semantic")
     args = parser.parse_args()
     global CONFIDENT
     CONFIDENT = not args.measured
-    embedder = load_embedder()
+    embedder = load_embedder(args.runtime)
+    print(f"model {embedder.model_id} ({embedder.runtime})")
     sets = load(embedder, args.cache)
     default = pair.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     if args.fit:

@@ -24,9 +24,9 @@ REFERENCE = Path(__file__).parents[1] / "data" / "minilm_reference.json"
 
 @pytest.fixture(scope="module")
 def embedder() -> LocalEmbedder:
-    """The real local model; missing → a loud failure in CI, a skip elsewhere."""
+    """The real local model (ONNX Runtime, fp32); missing → a loud failure in CI, a skip elsewhere."""
     try:
-        return LocalEmbedder()
+        return LocalEmbedder(runtime="onnx")
     except ModelNotInstalled as exc:
         if os.environ.get("CI"):
             pytest.fail(str(exc))
@@ -86,7 +86,7 @@ def test_small_token_budget_splits_batches_without_changing_vectors(
 ) -> None:
     import numpy as np
 
-    tight = LocalEmbedder(token_budget=32)  # most rows alone or in pairs
+    tight = LocalEmbedder(token_budget=32, runtime=embedder.runtime)  # most rows alone or in pairs
     texts = reference["sentences"]
     assert np.abs(tight.embed(texts) - embedder.embed(texts)).max() < 1e-5
 
@@ -117,7 +117,8 @@ def test_missing_model_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_import_loads_no_numeric_libraries() -> None:
-    code = "import sys, keel.embedding.model; print(sorted(m for m in ('numpy', 'tokenizers', 'safetensors') if m in sys.modules))"
+    heavy = "('numpy', 'tokenizers', 'safetensors', 'onnx', 'onnxruntime')"
+    code = f"import sys, keel.embedding.model; print(sorted(m for m in {heavy} if m in sys.modules))"
     env = {**os.environ, "PYTHONPATH": str(Path(embedder_module.__file__).parents[2])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "[]"
@@ -145,3 +146,75 @@ def test_embeddings_alone_cannot_tell_word_swaps(embedder: LocalEmbedder) -> Non
     """Why verify exists: a swap of two places scores as a near-duplicate."""
     forward, backward = embedder.embed(["flights from New York to Florida", "flights from Florida to New York"])
     assert float(forward @ backward) > 0.98
+
+
+@pytest.mark.timeout(600)  # quantizing the graph at load is seconds of Python on an idle machine, minutes on a busy one
+def test_int8_is_its_own_model_and_stays_close_to_fp32(embedder: LocalEmbedder, reference: dict[str, Any]) -> None:
+    """int8 vectors differ slightly: another model id (never compared with fp32 rows), cosines near 1, same order."""
+    import numpy as np
+
+    int8 = LocalEmbedder(runtime="onnx-int8")  # built once per process (the second parameter reuses it)
+    assert int8.model_id == embedder.model_id + "+int8"
+    texts = reference["sentences"][:12]
+    quantized, exact = int8.embed(texts), embedder.embed(texts)
+    assert np.allclose(np.linalg.norm(quantized, axis=1), 1.0, atol=1e-5)
+    assert float((quantized * exact).sum(axis=1).min()) > 0.98
+    swap = int8.embed(["flights from New York to Florida", "flights from Florida to New York", "how do I bake bread"])
+    assert float(swap[0] @ swap[1]) > float(swap[0] @ swap[2]) + 0.5
+
+
+@pytest.mark.timeout(300)  # numpy's forward pass is several times slower than ONNX Runtime's on a busy machine
+def test_numpy_runtime_gives_the_same_vectors_and_model_id(embedder: LocalEmbedder, reference: dict[str, Any]) -> None:
+    import numpy as np
+
+    numpy_runtime = LocalEmbedder(runtime="numpy")
+    assert numpy_runtime.model_id == embedder.model_id  # the same vectors within 2e-5: an index keeps its rows
+    texts = reference["sentences"]
+    assert np.abs(numpy_runtime.embed(texts) - embedder.embed(texts)).max() < 5e-5
+    assert np.abs(numpy_runtime.embed(texts) - np.array(reference["vectors"], dtype=np.float32)).max() < 1e-4
+    assert LocalEmbedder().runtime == "onnx"  # auto: ONNX Runtime when installed
+
+
+def test_embed_many_yields_the_rows_of_embed_in_blocks(embedder: LocalEmbedder, reference: dict[str, Any]) -> None:
+    import numpy as np
+
+    texts = reference["sentences"]
+    blocks = list(embedder.embed_many(iter(texts), rows=3))
+    assert [len(b) for b in blocks] == [3] * (len(texts) // 3) + ([len(texts) % 3] if len(texts) % 3 else [])
+    assert np.abs(np.vstack(blocks) - embedder.embed(texts)).max() < 1e-5
+    assert list(embedder.embed_many([])) == []
+    with pytest.raises(TypeError):
+        list(embedder.embed_many("one string"))
+
+
+def test_count_tokens_counts_past_the_truncation(embedder: LocalEmbedder) -> None:
+    assert embedder.count_tokens(["hello world", "word " * 300]) == [4, 302]
+    assert embedder.max_tokens == 256
+
+
+def test_bad_runtime_or_threads_are_refused() -> None:
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        LocalEmbedder(runtime="tensorflow")
+    with pytest.raises(ValueError, match="threads"):
+        LocalEmbedder(threads=0)
+
+
+def test_text_embedder_takes_single_texts_and_lists_in_its_worker(embedder: LocalEmbedder) -> None:
+    """The gateway's wrapper: one text per cache lookup, a list for RAG, both the model's own rows."""
+    import asyncio
+
+    import numpy as np
+
+    from keel.embedding.text import LocalTextEmbedder
+
+    texts = ["How do I reset my password?", "a longer question about the invoice total and its taxes", "hi"]
+
+    async def both() -> tuple[list[Any], Any]:
+        wrapper = LocalTextEmbedder(embedder)
+        singles = await asyncio.gather(*(wrapper.embed(t) for t in texts))
+        return singles, await wrapper.embed_texts(texts)
+
+    singles, listed = asyncio.run(both())
+    expected = embedder.embed(texts)
+    assert np.abs(np.array(singles) - expected).max() < 1e-5
+    assert listed.shape == (3, embedder.dim) and np.abs(listed - expected).max() < 1e-5

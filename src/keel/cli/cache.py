@@ -12,6 +12,7 @@ and reports the even rows too, as a check that the choice carries over to pairs 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ def calibrate(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         raise Failure(f"--pairs: {err}") from None
     try:
-        embedder = LocalEmbedder()
+        embedder = LocalEmbedder(threads=os.cpu_count() or 1)  # an offline command: every core
     except ModelNotInstalled as err:
         raise Failure(str(err)) from None
     distinct = sorted({t for p in pairs for t in (p.first, p.second)})

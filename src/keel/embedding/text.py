@@ -1,8 +1,10 @@
 """What turns a last user turn into a vector for the semantic cache: the local model or an alias.
 
-`LocalTextEmbedder` runs all-MiniLM-L6-v2 in this process (keel/embedder.py, numpy) in a worker
-thread of its own (not the loop's default executor, where background store calls may hang during a
-database outage), batching the texts that arrive while one batch runs. `AliasTextEmbedder` asks the first
+`LocalTextEmbedder` runs all-MiniLM-L6-v2 in this process (keel/embedding/model.py: ONNX Runtime on one
+intra-op thread, or numpy) in a worker thread of its own (not the loop's default executor, where
+background store calls may hang during a database outage), batching the texts that arrive while one
+batch runs; `embed_texts` hands it a whole list (RAG: a query's chunks, an ingestion block), run in the
+same worker so it takes turns with the cache's lookups instead of competing for the cores. `AliasTextEmbedder` asks the first
 target of an embeddings alias behind the gateway (any provider with `/v1/embeddings`). Both name
 their model and version in `model_id`, which the vector index keys on, so a model change starts a
 fresh set of vectors instead of mixing them.
@@ -20,7 +22,7 @@ from keel.providers.base import Provider
 from keel.types import EmbeddingRequest, Target
 
 if TYPE_CHECKING:
-    from keel.embedding.model import LocalEmbedder
+    from keel.embedding.model import Floats, LocalEmbedder
 
 
 class LocalTextEmbedder:
@@ -37,6 +39,10 @@ class LocalTextEmbedder:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.ensure_future(self._run())
         return await done
+
+    async def embed_texts(self, texts: Sequence[str]) -> Floats:
+        """Unit float32 rows, one per text, in order: `LocalEmbedder.embed` in this embedder's worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._model.embed, list(texts))
 
     async def _run(self) -> None:
         while self._queue:
