@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from keel.api.admin import Admin
+from keel.api.agents_admin import AgentsAdmin
 from keel.api.anthropic import AnthropicEdge
 from keel.api.batches import BatchesEdge
 from keel.api.completions import Completions
@@ -211,6 +212,7 @@ def create_app(runtime: Runtime) -> FastPath:
         Route("/readyz", readyz, methods=["GET"]),
         *Admin(runtime).routes(),
         *PromptsAdmin(runtime).routes(),
+        *AgentsAdmin(runtime).routes(),
         *dashboard.routes(),
     ]
     if runtime.metrics is not None:

@@ -34,6 +34,7 @@ NOUNS = (
     Noun("traces", "inspect call traces", "traces"),
     Noun("jobs", "inspect, cancel and retry background jobs", "jobs"),
     Noun("prompts", "push, list, show, diff and label versioned prompts", "prompts"),
+    Noun("audit", "verify and export the hash-chained audit log", "audit"),
     Noun("usage", "usage and cost over a time window, grouped by a dimension", "usage"),
     Noun("cache", "semantic cache tuning: calibrate the threshold on labelled pairs", "cache"),
     Noun("targets", "breaker state, latency and error rate per target (asks the running gateway)", "targets"),

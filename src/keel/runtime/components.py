@@ -19,6 +19,7 @@ from keel.alerts import builder as alerts
 from keel.alerts.builder import Alerts
 from keel.alerts.rules import RuleEvaluator
 from keel.alerts.sender import AlertSender
+from keel.audit import builder as audit
 from keel.cache import builder as cache
 from keel.cache.stage import CacheStage
 from keel.config import Config
@@ -67,6 +68,7 @@ BUILDERS: tuple[Builder, ...] = (
     jobs.build,  # the job queue, its workers and the registry every builder's `jobs` handlers join
     deferred.build,  # async calls, their webhook deliveries and OpenAI batches, as job kinds
     prompts.build,  # prompt slot; versions and labels in memory; their refresh worker
+    audit.build,  # the hash-chained audit log (AuditLog) that agents, prompts and tenancy append to
 )
 
 

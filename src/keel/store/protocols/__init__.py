@@ -9,6 +9,7 @@ Every public name is re-exported here, so `from keel.store.protocols import X` w
 module X lives in; a new capability adds its module and its names to this list.
 """
 
+from keel.store.protocols.audit import GENESIS, AuditDraft, AuditEntry, AuditStore, entry_hash
 from keel.store.protocols.batches import BatchRow, BatchStore, FileRow, LineResult
 from keel.store.protocols.blobs import BlobStore
 from keel.store.protocols.breakers import BreakerPolicy, BreakerState, BreakerStore, Permit
@@ -53,8 +54,12 @@ from keel.store.protocols.vectors import VectorHit, VectorIndex
 
 __all__ = [
     "FINAL_STATES",
+    "GENESIS",
     "JOB_STATES",
     "Admission",
+    "AuditDraft",
+    "AuditEntry",
+    "AuditStore",
     "BatchRow",
     "BatchStore",
     "Beat",
@@ -108,4 +113,5 @@ __all__ = [
     "VectorHit",
     "VectorIndex",
     "Window",
+    "entry_hash",
 ]

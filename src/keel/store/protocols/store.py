@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from keel.store.protocols.audit import AuditStore
 from keel.store.protocols.batches import BatchStore
 from keel.store.protocols.jobs import JobStore
 from keel.store.protocols.keys import KeyStore
@@ -32,6 +33,7 @@ class Store(
     BatchStore,
     ResponseStore,
     PromptStore,
+    AuditStore,
     Protocol,
 ):
     url: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from keel.store import migrations
+from keel.store.sql.audit import SqlAudit
 from keel.store.sql.batches import SqlBatches
 from keel.store.sql.dialect import Database
 from keel.store.sql.jobs import SqlJobs
@@ -21,7 +22,9 @@ from keel.store.sql.spans import SqlSpans
 from keel.store.sql.traces import SqlTraces
 
 
-class SqlStore(SqlKeys, SqlTraces, SqlPurge, SqlLimits, SqlSpans, SqlJobs, SqlBatches, SqlResponses, SqlPrompts):
+class SqlStore(
+    SqlKeys, SqlTraces, SqlPurge, SqlLimits, SqlSpans, SqlJobs, SqlBatches, SqlResponses, SqlPrompts, SqlAudit
+):
     def __init__(self, url: str, db: Database) -> None:
         self.url = url
         self._db = db
