@@ -9,6 +9,7 @@ Every public name is re-exported here, so `from keel.store.protocols import X` w
 module X lives in; a new capability adds its module and its names to this list.
 """
 
+from keel.store.protocols.agents import CALL_STATES, AgentStore, CallRow, CallState, RunRow, SecretRow, ToolRow
 from keel.store.protocols.audit import GENESIS, AuditDraft, AuditEntry, AuditStore, entry_hash
 from keel.store.protocols.batches import BatchRow, BatchStore, FileRow, LineResult
 from keel.store.protocols.blobs import BlobStore
@@ -53,10 +54,12 @@ from keel.store.protocols.usage import UsageQuery, UsageRow
 from keel.store.protocols.vectors import VectorHit, VectorIndex
 
 __all__ = [
+    "CALL_STATES",
     "FINAL_STATES",
     "GENESIS",
     "JOB_STATES",
     "Admission",
+    "AgentStore",
     "AuditDraft",
     "AuditEntry",
     "AuditStore",
@@ -69,6 +72,8 @@ __all__ = [
     "BreakerStore",
     "CacheEntry",
     "CacheStore",
+    "CallRow",
+    "CallState",
     "Charge",
     "DeletedTraces",
     "FileRow",
@@ -99,10 +104,13 @@ __all__ = [
     "Recovered",
     "Reservation",
     "ResponseStore",
+    "RunRow",
+    "SecretRow",
     "SpanStore",
     "Store",
     "StoredResponse",
     "TenantRow",
+    "ToolRow",
     "TraceDeletion",
     "TraceQuery",
     "TraceStore",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from keel.store.protocols.agents import AgentStore
 from keel.store.protocols.audit import AuditStore
 from keel.store.protocols.batches import BatchStore
 from keel.store.protocols.jobs import JobStore
@@ -34,6 +35,7 @@ class Store(
     ResponseStore,
     PromptStore,
     AuditStore,
+    AgentStore,
     Protocol,
 ):
     url: str

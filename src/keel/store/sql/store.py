@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from keel.store import migrations
+from keel.store.sql.agents import SqlAgents
 from keel.store.sql.audit import SqlAudit
 from keel.store.sql.batches import SqlBatches
 from keel.store.sql.dialect import Database
@@ -23,7 +24,17 @@ from keel.store.sql.traces import SqlTraces
 
 
 class SqlStore(
-    SqlKeys, SqlTraces, SqlPurge, SqlLimits, SqlSpans, SqlJobs, SqlBatches, SqlResponses, SqlPrompts, SqlAudit
+    SqlKeys,
+    SqlTraces,
+    SqlPurge,
+    SqlLimits,
+    SqlSpans,
+    SqlJobs,
+    SqlBatches,
+    SqlResponses,
+    SqlPrompts,
+    SqlAudit,
+    SqlAgents,
 ):
     def __init__(self, url: str, db: Database) -> None:
         self.url = url
