@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from keel.agents import builder as agents
 from keel.alerts import builder as alerts
 from keel.alerts.builder import Alerts
 from keel.alerts.rules import RuleEvaluator
@@ -69,6 +70,7 @@ BUILDERS: tuple[Builder, ...] = (
     deferred.build,  # async calls, their webhook deliveries and OpenAI batches, as job kinds
     prompts.build,  # prompt slot; versions and labels in memory; their refresh worker
     audit.build,  # the hash-chained audit log (AuditLog) that agents, prompts and tenancy append to
+    agents.build,  # tools, secrets, sandbox, runs and approvals; the runs worker
 )
 
 

@@ -94,6 +94,13 @@ class AgentStore(Protocol):
         """Newest first."""
         ...
 
+    def claim_run(
+        self, run_id: str, source: str, to: str, *, now: float, updated_before: float | None = None
+    ) -> RunRow | None:
+        """Move the run from `source` to `to` (and, with `updated_before`, only if untouched since): one
+        statement, so one claimant wins. The moved run, else None."""
+        ...
+
     def add_call(self, row: CallRow) -> CallRow:
         """Insert the call unless its id is there; the stored row either way."""
         ...

@@ -124,6 +124,17 @@ class SqlAgents:
         with self._db.session() as s:
             return [_run(r) for r in s.fetchall(sql, params)]
 
+    def claim_run(
+        self, run_id: str, source: str, to: str, *, now: float, updated_before: float | None = None
+    ) -> RunRow | None:
+        m = self._db.dialect.mark
+        stale = f" AND updated_at < {m}" if updated_before is not None else ""
+        sql = f"UPDATE agent_runs SET state = {m}, updated_at = {m} WHERE id = {m} AND state = {m}{stale} RETURNING {_RUN}"
+        params = (to, now, run_id, source, *(() if updated_before is None else (updated_before,)))
+        with self._db.transaction() as s:
+            row = s.fetchone(sql, params)
+        return None if row is None else _run(row)
+
     def add_call(self, row: CallRow) -> CallRow:
         d = self._db.dialect
         sql = f"INSERT INTO agent_calls ({_CALL}) VALUES ({d.marks(11)}) ON CONFLICT (id) DO NOTHING"
