@@ -106,7 +106,7 @@ def test_kill_9_between_approval_and_execution_and_a_double_approval_pay_once(
                 capture_output=True,
                 text=True,
                 timeout=60,
-            )  # fmt: skip
+            )
             for who in ("alice", "bob")
         ]
         print(f"\n  first approval:  {approvals[0].stdout.strip()}\n  second approval: {approvals[1].stdout.strip()}")

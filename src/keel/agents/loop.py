@@ -345,6 +345,39 @@ class Runs:
                               "state": state, "decided_by": row.decided_by, "result": text[:4000],
                               "started_at": started, "ended_at": time.time()})  # fmt: skip
 
+    # ---- one call outside a run (Keel's MCP server) -----------------------------------------------------
+
+    async def call_tool(self, caller: Caller, name: str, args: Any) -> tuple[bool, str]:
+        """Validate, decide and run one tool call of the caller's tenant, audited: (ok, scrubbed output). A
+        tool whose policy asks for approval is refused here: approvals pause runs, and this call has none."""
+        tenant = caller.principal.tenant
+        spec = await asyncio.to_thread(self.tool, tenant, name)
+        if spec is None:
+            return False, f"error: no tool '{name}'"
+        problem = _invalid(spec, args)
+        if problem is not None:
+            return False, f"error: invalid arguments for '{name}': {problem}"
+        verdict = decide(spec, args)
+        if verdict != "allow":
+            why = "is denied by policy" if verdict == "deny" else "needs a person's approval: start it in an agent run"
+            await self._audit.record(caller.actor, "tool.denied", name, tenant=tenant, arguments=args,
+                                     source_ip=caller.source_ip, result={"policy": verdict, "via": "mcp"})  # fmt: skip
+            return False, f"error: tool '{name}' {why}"
+        wait = self._rates.admit(tenant, name, spec.rate_per_minute)
+        if wait is not None:
+            return False, f"error: tool '{name}' is rate-limited; retry in {wait:.0f} s"
+        now = time.time()
+        key = "mcp_" + secrets.token_hex(12)
+        row = CallRow(key, "mcp", tenant, name, args, "running", None, "policy", now, now, now)
+        await asyncio.to_thread(self._store.add_call, row)
+        result = await self._exec.run(tenant, spec, args, key, caller.actor)
+        text = result.output
+        await asyncio.to_thread(self._store.move_call, key, ("running",), "done" if result.ok else "failed", now=time.time(),
+                                result=text)  # fmt: skip
+        await self._audit.record(caller.actor, "tool.run", name, tenant=tenant, arguments=args, source_ip=caller.source_ip,
+                                 result={"ok": result.ok, "call": key, "via": "mcp", "chars": len(text)})  # fmt: skip
+        return result.ok, text
+
     # ---- approvals and resumption ------------------------------------------------------------------
 
     async def decide(

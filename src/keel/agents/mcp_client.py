@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from keel.agents.sandbox.runner import Limits
@@ -28,10 +29,11 @@ async def session(server: McpTool, env: Mapping[str, str], limits: Limits) -> As
 
     if server.transport == "stdio":
         spec = {"command": list(server.command), "limits": asdict(limits), "env": dict(env)}
+        here = str(Path(__file__).resolve().parents[2])  # this keel, not another one on the default path
         params = StdioServerParameters(
             command=sys.executable,
             args=["-m", "keel.agents.sandbox.launch", json.dumps(spec)],
-            env={"PATH": "/usr/bin:/bin"},
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": here},  # the launcher's; the sandbox gets `env` only
         )
         async with stdio_client(params) as (read, write), ClientSession(read, write) as s:
             await s.initialize()

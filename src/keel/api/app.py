@@ -23,6 +23,7 @@ from keel.api.completions import Completions
 from keel.api.deferred import AsyncEdge
 from keel.api.files import FilesEdge
 from keel.api.forward import Forwarder
+from keel.api.mcp import McpEdge
 from keel.api.metrics import MetricsEndpoint
 from keel.api.openai import OpenAIEdge, error_body
 from keel.api.prompts_admin import PromptsAdmin
@@ -130,6 +131,7 @@ def create_app(runtime: Runtime) -> FastPath:
         runtime.store, runtime.blobs, runtime.config.admin_token, stuck_after=runtime.config.jobs.stuck_after
     )
     warmth = runtime.find(WarmthBook)
+    mcp = McpEdge(runtime)  # Keel's tools as an MCP server at /mcp
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -213,6 +215,7 @@ def create_app(runtime: Runtime) -> FastPath:
         *Admin(runtime).routes(),
         *PromptsAdmin(runtime).routes(),
         *AgentsAdmin(runtime).routes(),
+        *mcp.routes(),
         *dashboard.routes(),
     ]
     if runtime.metrics is not None:
@@ -222,7 +225,8 @@ def create_app(runtime: Runtime) -> FastPath:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
         try:
-            yield
+            async with mcp.running():
+                yield
         finally:
             await runtime.aclose()
 
