@@ -219,3 +219,36 @@ def test_bad_input_is_a_4xx_naming_the_field(agw: Gateway, service: ToolService)
         assert r.status_code == 400 and r.json()["error"]["param"] == "input"
         r = k.get("/api/agents/tools", params={"tenant": "other"})
         assert r.status_code == 403
+
+
+def test_a_chat_call_with_keel_tools_runs_them_and_hands_client_tools_back(
+    agw: Gateway, up: FakeUpstream, service: ToolService
+) -> None:
+    import openai
+
+    register(agw, service)
+    client = openai.OpenAI(base_url=agw.base_url, api_key=agw.key)
+    up.script(Script(body_override=completion(("c1", "lookup", {"q": "acme"}))), Script(text="ACME is a customer."))
+    r = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "who is acme?"}],
+        extra_body={"keel_tools": ["lookup"]},
+    )
+    assert r.choices[0].message.content == "ACME is a customer."
+    sent = up.requests[-1]["json"]
+    assert [m["role"] for m in sent["messages"]] == ["user", "assistant", "tool"]
+    assert "keel_tools" not in sent and SECRET not in json.dumps(sent)
+
+    weather = {
+        "type": "function",
+        "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+    }
+    up.script(Script(body_override=completion(("c9", "get_weather", {}))))
+    r = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "weather?"}], tools=[weather],  # type: ignore[list-item]
+        extra_body={"keel_tools": ["lookup"]},
+    )  # fmt: skip
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert [c.function.name for c in r.choices[0].message.tool_calls or []] == ["get_weather"]
+    assert {t["function"]["name"] for t in up.requests[-1]["json"]["tools"]} == {"lookup", "get_weather"}
+    client.close()

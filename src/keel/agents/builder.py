@@ -9,6 +9,7 @@ from keel.agents.executor import Executor
 from keel.agents.loop import Runs
 from keel.agents.sandbox import Sandbox
 from keel.agents.secrets import MasterKey, SecretError, Vault
+from keel.agents.stage import AgentStage
 from keel.audit.log import AuditLog
 from keel.gateway.capability import Context, Contribution, Pipeline, Worker
 from keel.traces.writer import TraceWriter
@@ -34,4 +35,6 @@ def build(ctx: Context) -> Contribution:
     runs = Runs(ctx.store, lambda: ctx.get(Pipeline).handler, executor, audit, writer.put_span, writer.put)
     ctx.add(vault)
     ctx.add(runs)
-    return Contribution([], workers=[Worker("agent-runs", runs.sweep, SWEEP_S)], close=[executor.aclose])
+    return Contribution(
+        [("prompt", AgentStage(runs))], workers=[Worker("agent-runs", runs.sweep, SWEEP_S)], close=[executor.aclose]
+    )

@@ -105,6 +105,7 @@ class Runs:
         return await self._advance(run, emit)
 
     def _new_run(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        client_tools = body.get("client_tools") or []
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequest("'model' names the alias the run's model steps call.", "model")
@@ -135,6 +136,7 @@ class Runs:
             "deadline": time.time() + float(seconds), "max_cost_usd": budget, "cost_usd": 0.0,
             "principal": _principal_json(caller), "trace_id": "trc_" + secrets.token_hex(12),
             "started_at": time.time(), "steps": [], "pending": [], "answer": None, "error": None,
+            "client_tools": client_tools,
         }  # fmt: skip
 
     async def _advance(self, run: RunRow, emit: Emit) -> RunRow:
@@ -201,6 +203,8 @@ class Runs:
         body = {"model": data["model"], "messages": data["messages"]}
         if specs:
             body["tools"] = [s.function() for s in specs if s is not None]
+        if data.get("client_tools"):
+            body["tools"] = [*body.get("tools", []), *data["client_tools"]]
         request = wire.parse_request(body)
         n = sum(1 for s in data["steps"] if s["kind"] == "model") + 1
         started = time.time()
@@ -231,8 +235,11 @@ class Runs:
                    attributes={"step": n, "call_trace_id": record.id, "tool_calls": [c["function"]["name"] for c in calls]})  # fmt: skip
         await emit({"type": "step.completed", "run_id": run_id, "step": n, "content": response.content,
                     "tool_calls": calls})  # fmt: skip
-        if not calls:
+        client = {t.get("function", {}).get("name") for t in data.get("client_tools") or []}
+        if not calls or any(c["function"]["name"] in client for c in calls):
+            # an answer, or a call of a tool the client runs: the turn goes back to the client as it is
             data["answer"] = response.content
+            data["handoff"] = [c for c in calls if c["function"]["name"] in client]
             return True
         data["pending"] = [await self._propose(run_id, caller, data, c, emit) for c in calls]
         return False
