@@ -167,6 +167,31 @@ def test_a_multi_step_run_pauses_for_approval_and_completes_once(
     assert "answer: Paid ACME's invoice of 250." in tree
     assert SECRET not in tree
 
+    # Replay: the model steps again, with the recorded tool results (no tool runs: the payment count stays 1).
+    def replay() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "keel.cli.main", "runs", "replay", run["id"]], cwd=tmp_path, capture_output=True,
+            text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "KEEL_CONFIG"},
+        )  # fmt: skip
+
+    up.script(
+        Script(body_override=completion(("call_a", "lookup", {"q": "acme"}))),
+        Script(body_override=completion(("call_b", "pay", {"amount": 250}))),
+        Script(text="Paid ACME's invoice of 250."),
+    )
+    same = replay()
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "no divergence in 3 steps" in same.stdout
+    up.script(
+        Script(body_override=completion(("call_a", "lookup", {"q": "acme"}))),
+        Script(body_override=completion(("call_b", "pay", {"amount": 2500}))),
+        Script(text="Paid."),
+    )
+    other = replay()
+    print(other.stdout)
+    assert other.returncode == 1 and "diverges at step 2" in other.stdout and '{"amount":2500}' in other.stdout
+    assert len(service.payments) == 1
+
 
 def test_denials_bad_arguments_and_unknown_tools_go_back_to_the_model(
     agw: Gateway, up: FakeUpstream, service: ToolService

@@ -20,6 +20,9 @@ def register(p: argparse.ArgumentParser) -> None:
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true")
     show.set_defaults(run=run_show)
+    rp = verbs.add_parser("replay", help="send the model steps again with the recorded tool results; show divergence")
+    rp.add_argument("run_id")
+    rp.set_defaults(run=run_replay)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -49,3 +52,34 @@ def run_show(args: argparse.Namespace) -> int:
         return 0
     print("\n".join(step_tree(row, calls)))
     return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """Build the runtime from the config (no HTTP listener), replay, print each step; exit 1 on divergence."""
+    import asyncio
+
+    from keel.agents.replay import replay
+    from keel.cli.context import load_config
+    from keel.runtime.components import Runtime
+
+    async def go() -> int:
+        runtime = Runtime.build(load_config(args))
+        try:
+            row = runtime.store.get_run(args.run_id)
+            if row is None:
+                raise Failure(f"no run '{args.run_id}'")
+            tools = [{"type": "function", "function": {"name": r.name, "description": r.spec.get("description", ""),
+                      "parameters": r.spec["parameters"]}} for r in runtime.store.list_tools(row.tenant)
+                     if r.name in row.data["tools"]]  # fmt: skip
+            steps = await replay(runtime.pipeline, row, tools)
+        finally:
+            await runtime.aclose()
+        diverged = next((s for s in steps if not s.same), None)
+        for s in steps:
+            print(
+                f"step {s.n}: {'same' if s.same else 'DIVERGES'}\n  recorded: {s.recorded[:300]}\n  replayed: {s.replayed[:300]}"
+            )
+        print(f"diverges at step {diverged.n}" if diverged else f"no divergence in {len(steps)} steps")
+        return 1 if diverged else 0
+
+    return asyncio.run(go())
