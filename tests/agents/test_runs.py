@@ -181,7 +181,7 @@ def test_a_multi_step_run_pauses_for_approval_and_completes_once(
     )
     same = replay()
     assert same.returncode == 0, same.stdout + same.stderr
-    assert "no divergence in 3 steps" in same.stdout
+    assert "no divergence in 3 steps" in same.stdout, same.stdout + same.stderr
     up.script(
         Script(body_override=completion(("call_a", "lookup", {"q": "acme"}))),
         Script(body_override=completion(("call_b", "pay", {"amount": 2500}))),

@@ -84,6 +84,7 @@ class Runs:
         self._put_span, self._put_record = put_span, put_record
         self._rates = RateWindow()
         self._mine: set[str] = set()  # runs this process is advancing now
+        self._store_down = False
 
     # ---- tools -------------------------------------------------------------------------------------
 
@@ -423,11 +424,24 @@ class Runs:
         return await self._advance(claimed, emit)
 
     async def sweep(self) -> None:
-        """The runs worker: resume every run that can go on."""
-        for state in ("waiting", "running"):
-            for run in await asyncio.to_thread(self._store.list_runs, None, state, 100):
-                with contextlib.suppress(KeelError):
-                    await self.resume(run.id)
+        """The runs worker: resume every run that can go on. A store outage is logged once, and waited out."""
+        try:
+            found = [
+                r
+                for state in ("waiting", "running")
+                for r in await asyncio.to_thread(self._store.list_runs, None, state, 100)
+            ]
+        except Exception as exc:
+            if not self._store_down:
+                log.warning(
+                    "agent runs: the store is unreachable (%s); runs resume when it is back", type(exc).__name__
+                )
+            self._store_down = True
+            return
+        self._store_down = False
+        for run in found:
+            with contextlib.suppress(KeelError):
+                await self.resume(run.id)
 
 
 def _invalid(spec: ToolSpec, args: Any) -> str | None:
