@@ -391,8 +391,6 @@ ROUTES = [
     Route("POST", "/api/approvals/{call_id}/approve", "admin"),
     Route("POST", "/api/approvals/{call_id}/deny", "admin"),
     Route("POST", "/mcp", "mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fz_tool", "arguments": {"amount": 1}}}),
-    Route("GET", "/mcp", "mcp"),
-    Route("DELETE", "/mcp", "mcp"),
     Route("GET", "/healthz", "probe"),
     Route("GET", "/readyz", "probe"),
     Route("GET", "/metrics", "probe"),

@@ -35,7 +35,8 @@ class McpEdge:
         self._lock = asyncio.Lock()
 
     def routes(self) -> list[Route]:
-        return [Route("/mcp", _Asgi(self), methods=["GET", "POST", "DELETE"])]
+        # stateless JSON answers: POST only (a GET would open a standalone SSE stream that never ends)
+        return [Route("/mcp", _Asgi(self), methods=["POST"])]
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
