@@ -296,6 +296,12 @@ PROMPT = {
     "response_format": {"type": "json_object"},
 }  # fmt: skip
 
+TOOL = {
+    "tenant": "t1", "name": "fz_tool", "kind": "http", "description": "d", "http": {"method": "POST", "url": "http://127.0.0.1:9/x"},
+    "parameters": {"type": "object", "properties": {"amount": {"type": "number"}}},
+    "policy": {"default": "allow", "rules": [{"when": "amount > 100", "action": "approve"}]}, "timeout_s": 1,
+}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Route:
@@ -386,6 +392,22 @@ ROUTES = [
     Route("GET", "/api/evals/runs/{run_id}/compare", "admin", query=("baseline", "max_regressions", "min_pass_rate", "alpha")),
     Route("GET", "/ui/prompts", "dashboard", query=("tenant",)),
     Route("GET", "/ui/prompts/{tenant}/{name}", "dashboard", query=("diff",)),
+    Route("GET", "/api/audit", "admin", query=("since", "until", "tenant", "after", "limit")),
+    Route("GET", "/api/audit/verify", "admin"),
+    Route("GET", "/api/agents/tools", "admin", query=("tenant",)),
+    Route("POST", "/api/agents/tools", "admin", TOOL),
+    Route("GET", "/api/agents/tools/{name}", "admin", query=("tenant",)),
+    Route("DELETE", "/api/agents/tools/{name}", "admin", query=("tenant",)),
+    Route("GET", "/api/agents/secrets", "admin", query=("tenant",)),
+    Route("PUT", "/api/agents/secrets/{name}", "admin", {"tenant": "t1", "value": "v"}),
+    Route("DELETE", "/api/agents/secrets/{name}", "admin", query=("tenant",)),
+    Route("POST", "/api/agents/runs", "openai", {"model": "sim", "input": "hi", "tools": [], "max_steps": 2, "max_seconds": 30}),
+    Route("GET", "/api/agents/runs", "openai", query=("tenant", "state", "limit")),
+    Route("GET", "/api/agents/runs/{run_id}", "openai"),
+    Route("GET", "/api/approvals", "admin", query=("tenant", "state")),
+    Route("POST", "/api/approvals/{call_id}/approve", "admin"),
+    Route("POST", "/api/approvals/{call_id}/deny", "admin"),
+    Route("POST", "/mcp", "mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fz_tool", "arguments": {"amount": 1}}}),
     Route("GET", "/healthz", "probe"),
     Route("GET", "/readyz", "probe"),
     Route("GET", "/metrics", "probe"),
@@ -549,6 +571,12 @@ def _check(sent: Sent, r: httpx.Response) -> None:
         status = 400  # the caller's own x-keel-timeout ran out: their deadline, not a failure
     assert status < 500, f"{status} for {where}: {r.text[:500]}"
     family, ctype = sent.route.family, r.headers.get("content-type", "")
+    if family == "mcp":  # past our key check (401 in our format), the MCP SDK answers in its own forms
+        if status == 401:
+            assert set(r.json()) == {"error"}, where
+        elif ctype.startswith("application/json"):
+            r.json()
+        return
     if family == "dashboard":
         assert status in (303, 307) or ctype.startswith("text/html"), f"{status} {ctype} for {where}"
         if status in (303, 307):

@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from keel.alerts.slo import slos_of
 from keel.api.admin import Admin
+from keel.api.agents_admin import AgentsAdmin
 from keel.api.anthropic import AnthropicEdge
 from keel.api.batches import BatchesEdge
 from keel.api.completions import Completions
@@ -24,6 +25,7 @@ from keel.api.deferred import AsyncEdge
 from keel.api.evals_admin import EvalsAdmin
 from keel.api.files import FilesEdge
 from keel.api.forward import Forwarder
+from keel.api.mcp import McpEdge
 from keel.api.metrics import MetricsEndpoint
 from keel.api.online_evals import OnlineEvalsAdmin
 from keel.api.openai import OpenAIEdge, error_body
@@ -138,6 +140,7 @@ def create_app(runtime: Runtime) -> FastPath:
         slos=slos_of(runtime.config.models),
     )
     warmth = runtime.find(WarmthBook)
+    mcp = McpEdge(runtime)  # Keel's tools as an MCP server at /mcp
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -224,6 +227,8 @@ def create_app(runtime: Runtime) -> FastPath:
         *RagAdmin(runtime).routes(),  # RAG collections and documents
         *OnlineEvalsAdmin(runtime).routes(),
         *EvalsAdmin(runtime).routes(),
+        *AgentsAdmin(runtime).routes(),
+        *mcp.routes(),
         *dashboard.routes(),
     ]
     if runtime.metrics is not None:
@@ -233,7 +238,8 @@ def create_app(runtime: Runtime) -> FastPath:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
         try:
-            yield
+            async with mcp.running():
+                yield
         finally:
             await runtime.aclose()
 

@@ -39,6 +39,10 @@ NOUNS = (
     Noun("drift", "compare a feature's or alias's recent traffic with a reference window", "drift"),
     Noun("eval", "run eval suites on the gateway and gate them against a baseline (CI)", "evals"),
     Noun("datasets", "eval datasets: import, add (from traces too), export, list", "datasets"),
+    Noun("audit", "verify and export the hash-chained audit log", "audit"),
+    Noun("tools", "a tenant's agent tools and secrets", "tools"),
+    Noun("approvals", "approve or deny agents' pending tool calls", "approvals"),
+    Noun("runs", "agent runs and their step trees", "runs"),
     Noun("usage", "usage and cost over a time window, grouped by a dimension", "usage"),
     Noun("cache", "semantic cache tuning: calibrate the threshold on labelled pairs", "cache"),
     Noun(

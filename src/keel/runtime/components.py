@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from keel.agents import builder as agents
 from keel.alerts import builder as alerts
 from keel.alerts.builder import Alerts
 from keel.alerts.rules import RuleEvaluator
 from keel.alerts.sender import AlertSender
+from keel.audit import builder as audit
 from keel.cache import builder as cache
 from keel.cache.stage import CacheStage
 from keel.config import Config
@@ -67,6 +69,7 @@ BUILDERS: tuple[Builder, ...] = (
     keys.build,  # auth slot; revocation poll worker
     alerts.build,  # webhook senders and alert rules workers; offers the ThresholdAlert port
     limits.build,  # limits slot; overrides refresh worker
+    audit.build,  # the hash-chained audit log (AuditLog) that agents, prompts and tenancy append to
     cache.build,  # cache slot (when any alias caches)
     jobs.build,  # the job queue, its workers and the registry every builder's `jobs` handlers join
     deferred.build,  # async calls, their webhook deliveries and OpenAI batches, as job kinds
@@ -75,6 +78,7 @@ BUILDERS: tuple[Builder, ...] = (
     rag_ingest.build,  # RAG collections and documents; ingestion, purge and re-chunk job kinds; orphan sweep
     online_evals.build,  # online eval rules (a trace-slot sampler), scoring jobs, score monitors, drift checks
     evals.build,  # eval suite runs as jobs (through the pipeline), datasets
+    agents.build,  # tools, secrets, sandbox, runs and approvals; the runs worker
 )
 
 

@@ -9,6 +9,8 @@ Every public name is re-exported here, so `from keel.store.protocols import X` w
 module X lives in; a new capability adds its module and its names to this list.
 """
 
+from keel.store.protocols.agents import CALL_STATES, AgentStore, CallRow, CallState, RunRow, SecretRow, ToolRow
+from keel.store.protocols.audit import GENESIS, AuditDraft, AuditEntry, AuditStore, entry_hash
 from keel.store.protocols.batches import BatchRow, BatchStore, FileRow, LineResult
 from keel.store.protocols.blobs import BlobStore
 from keel.store.protocols.breakers import BreakerPolicy, BreakerState, BreakerStore, Permit
@@ -73,11 +75,17 @@ from keel.store.protocols.usage import UsageQuery, UsageRow
 from keel.store.protocols.vectors import VectorHit, VectorIndex
 
 __all__ = [
+    "CALL_STATES",
     "FEEDBACK_BY",
     "FINAL_STATES",
+    "GENESIS",
     "JOB_STATES",
     "Access",
     "Admission",
+    "AgentStore",
+    "AuditDraft",
+    "AuditEntry",
+    "AuditStore",
     "BatchRow",
     "BatchStore",
     "Beat",
@@ -88,6 +96,8 @@ __all__ = [
     "BuildRow",
     "CacheEntry",
     "CacheStore",
+    "CallRow",
+    "CallState",
     "Charge",
     "CollectionRow",
     "Dataset",
@@ -139,13 +149,16 @@ __all__ = [
     "Reservation",
     "ResponseStore",
     "RolloutPlan",
+    "RunRow",
     "ScoreGroup",
     "ScoreQuery",
     "ScoreRow",
+    "SecretRow",
     "SpanStore",
     "Store",
     "StoredResponse",
     "TenantRow",
+    "ToolRow",
     "TraceDeletion",
     "TraceQuery",
     "TraceStore",
@@ -156,4 +169,5 @@ __all__ = [
     "VectorHit",
     "VectorIndex",
     "Window",
+    "entry_hash",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from keel.store.protocols.agents import AgentStore
+from keel.store.protocols.audit import AuditStore
 from keel.store.protocols.batches import BatchStore
 from keel.store.protocols.evals import EvalStore
 from keel.store.protocols.feedback import FeedbackStore
@@ -42,6 +44,8 @@ class Store(
     OnlineEvalStore,
     EvalStore,
     FeedbackStore,
+    AuditStore,
+    AgentStore,
     Protocol,
 ):
     url: str

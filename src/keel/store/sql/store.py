@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 
 from keel.store import migrations
+from keel.store.sql.agents import SqlAgents
+from keel.store.sql.audit import SqlAudit
 from keel.store.sql.batches import SqlBatches
 from keel.store.sql.dialect import Database
 from keel.store.sql.evals import SqlEvals
@@ -41,6 +43,8 @@ class SqlStore(
     SqlOnline,
     SqlEvals,
     SqlFeedback,
+    SqlAudit,
+    SqlAgents,
 ):
     def __init__(self, url: str, db: Database) -> None:
         self.url = url

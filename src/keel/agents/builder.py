@@ -1,0 +1,40 @@
+"""The agents capability's builder: the vault, the sandbox, the executor and `Runs`, with the runs worker
+that resumes runs whose approvals are decided (here or by another process) or whose process died."""
+
+from __future__ import annotations
+
+import logging
+
+from keel.agents.executor import Executor
+from keel.agents.loop import Runs
+from keel.agents.sandbox import Sandbox
+from keel.agents.secrets import MasterKey, SecretError, Vault
+from keel.agents.stage import AgentStage
+from keel.audit.log import AuditLog
+from keel.gateway.capability import Context, Contribution, Pipeline, Worker
+from keel.traces.writer import TraceWriter
+
+log = logging.getLogger("keel.agents")
+SWEEP_S = 0.5  # a decision made by another process (keel approvals approve) is picked up within this
+
+
+def master_key() -> MasterKey | None:
+    try:
+        return MasterKey.from_env()
+    except SecretError as exc:
+        if "need a master key" not in str(exc):
+            raise
+        return None  # secrets refused (with the message) until one is set
+
+
+def build(ctx: Context) -> Contribution:
+    audit = ctx.get(AuditLog)
+    vault = Vault(ctx.store, master_key(), audit)
+    executor = Executor(vault, Sandbox())
+    writer = ctx.get(TraceWriter)
+    runs = Runs(ctx.store, lambda: ctx.get(Pipeline).handler, executor, audit, writer.put_span, writer.put)
+    ctx.add(vault)
+    ctx.add(runs)
+    return Contribution(
+        [("prompt", AgentStage(runs))], workers=[Worker("agent-runs", runs.sweep, SWEEP_S)], close=[executor.aclose]
+    )

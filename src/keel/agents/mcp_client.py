@@ -1,0 +1,72 @@
+"""Keel as an MCP client (the official `mcp` SDK): list and call the tools of a registered server, over
+stdio (the server started inside the sandbox, one session per call) or streamable HTTP. A stdio server's
+secrets are environment variables in its sandbox; an HTTP server's are request headers (the `env` name is
+the header name)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from keel.agents.sandbox.runner import Limits
+
+if TYPE_CHECKING:
+    from mcp import ClientSession
+
+    from keel.agents.tools import McpTool
+
+
+@contextlib.asynccontextmanager
+async def session(server: McpTool, env: Mapping[str, str], limits: Limits) -> AsyncIterator[ClientSession]:
+    from mcp import ClientSession, StdioServerParameters
+    from mcp.client.stdio import stdio_client
+    from mcp.client.streamable_http import streamable_http_client
+
+    if server.transport == "stdio":
+        spec = {"command": list(server.command), "limits": asdict(limits), "env": dict(env)}
+        here = str(Path(__file__).resolve().parents[2])  # this keel, not another one on the default path
+        params = StdioServerParameters(
+            command=sys.executable,
+            args=["-m", "keel.agents.sandbox.launch", json.dumps(spec)],
+            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": here},  # the launcher's; the sandbox gets `env` only
+        )
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as s:
+            await s.initialize()
+            yield s
+        return
+    assert server.url is not None
+    import httpx2
+
+    async with (
+        httpx2.AsyncClient(headers=dict(env), timeout=limits.wall_s) as http,
+        streamable_http_client(server.url, http_client=http) as (read, write),
+        ClientSession(read, write) as s,
+    ):
+        await s.initialize()
+        yield s
+
+
+async def list_tools(server: McpTool, env: Mapping[str, str] = {}, limits: Limits = Limits()) -> list[dict[str, Any]]:  # noqa: B008
+    async with session(server, env, limits) as s:
+        listed = await s.list_tools()
+    return [{"name": t.name, "description": t.description or "", "parameters": t.input_schema} for t in listed.tools]
+
+
+async def call_tool(
+    server: McpTool, name: str, args: dict[str, Any], env: Mapping[str, str], limits: Limits
+) -> tuple[bool, str]:
+    """(ok, text): the tool's text content joined; ok False when the server says it is an error."""
+    async with session(server, env, limits) as s:
+        result = await s.call_tool(name, args, read_timeout_seconds=limits.wall_s)
+    parts = []
+    for item in result.content:
+        text = getattr(item, "text", None)
+        parts.append(text if isinstance(text, str) else item.model_dump_json())
+    if result.structured_content is not None and not parts:
+        parts.append(json.dumps(result.structured_content))
+    return not result.is_error, "\n".join(parts)

@@ -1,0 +1,92 @@
+"""Policy: a tool's decision for one call (allow, deny, approve), from its rules' conditions on the
+call's arguments, and per-tool rate limits.
+
+A condition is `<argument path> <operator> <JSON literal>` (`amount > 100`, `to.country in ["US", "CA"]`,
+`dry_run == false`): no expressions, nothing evaluated. A condition whose argument is missing or of another
+type does not hold.
+"""
+
+from __future__ import annotations
+
+import collections
+import operator
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from keel.agents.tools import ToolSpec
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    "!=": operator.ne,
+    "==": operator.eq,
+    ">": operator.gt,
+    "<": operator.lt,
+    "not in": lambda a, b: a not in b,
+    "in": lambda a, b: a in b,
+}
+_SHAPE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s+(>=|<=|!=|==|>|<|not in|in)\s+(.+?)\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    path: tuple[str, ...]
+    op: str
+    value: Any
+
+    @classmethod
+    def parse(cls, text: str) -> Condition:
+        m = _SHAPE.match(text)
+        if m is None:
+            raise ValueError(f"condition '{text}': write <argument> <op> <JSON value>, e.g. amount > 100")
+        try:
+            value = orjson.loads(m.group(3))
+        except orjson.JSONDecodeError:
+            raise ValueError(f"condition '{text}': the value must be JSON (strings in double quotes)") from None
+        if m.group(2) in ("in", "not in") and not isinstance(value, list):
+            raise ValueError(f"condition '{text}': 'in' takes a JSON list")
+        return cls(tuple(m.group(1).split(".")), m.group(2), value)
+
+    def holds(self, args: Any) -> bool:
+        for key in self.path:
+            if not isinstance(args, dict) or key not in args:
+                return False
+            args = args[key]
+        try:
+            return bool(_OPS[self.op](args, self.value))
+        except TypeError:
+            return False
+
+
+def decide(spec: ToolSpec, args: dict[str, Any]) -> str:
+    """allow | deny | approve for this call of `spec`."""
+    for rule in spec.policy.rules:
+        if rule.when is None or Condition.parse(rule.when).holds(args):
+            return rule.action
+    return spec.policy.default
+
+
+class RateWindow:
+    """Calls per minute per (tenant, tool) in this process: a sliding window of call times."""
+
+    def __init__(self) -> None:
+        self._calls: dict[tuple[str, str], collections.deque[float]] = {}
+
+    def admit(self, tenant: str, tool: str, per_minute: int | None, now: float | None = None) -> float | None:
+        """None when admitted (and counted); else the seconds until a call would be."""
+        if per_minute is None:
+            return None
+        now = time.monotonic() if now is None else now
+        q = self._calls.setdefault((tenant, tool), collections.deque())
+        while q and q[0] <= now - 60.0:
+            q.popleft()
+        if len(q) >= per_minute:
+            return q[0] + 60.0 - now
+        q.append(now)
+        return None

@@ -1,0 +1,273 @@
+"""One sandboxed process: `Sandbox.run(argv, …)` and `Sandbox.run_python(code, args, …)`.
+
+The process runs under bubblewrap as an unprivileged uid of its own (picked per run, so the process
+limit counts only its processes), in new user, PID, IPC, UTS, cgroup and network namespaces (the network
+namespace has only a loopback of its own: nothing outside is reachable), with:
+- a read-only root holding a read-only /usr (the interpreter and libraries) and nothing else of the host:
+  no /etc, /home, /root, /work, /tmp or /var; private, size-capped tmpfs as its work dir (/sandbox) and
+  /tmp; a fresh /proc (its own PID namespace) and a minimal /dev;
+- every capability dropped, a new session (no terminal injection), --die-with-parent;
+- a seccomp filter (seccomp.py); rlimits on CPU seconds, address space, processes, open files, file size;
+- an environment of PATH, HOME, LANG and only the variables the caller passes (a tool's declared secrets);
+- a wall clock (the whole process group is killed past it) and an output cap (killed past it, truncated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import resource
+import shutil
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from keel.agents.sandbox.seccomp import SeccompUnavailable, filter_bpf
+
+WORK_DIR = "/sandbox"
+PYTHON = "/usr/bin/python3"
+UID_BASE, UID_SPAN = 3_000_000, 1_000_000  # uids no account uses: one per run
+# A code tool reads its arguments as `args` and prints its result; the bootstrap keeps that off the tool's code.
+BOOT = (
+    "import json,sys\n"
+    "d=json.loads(sys.stdin.buffer.read())\n"
+    "exec(compile(d['code'],'<tool>','exec'),{'__name__':'__main__','args':d['args']})\n"
+)
+MAX_CODE = 256 * 1024
+
+
+class SandboxUnavailable(RuntimeError):
+    """The sandbox cannot run here; the message names the package or setting that is missing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    cpu_s: int = 5
+    memory_mb: int = 512  # address space (RLIMIT_AS)
+    processes: int = 32
+    open_files: int = 64
+    file_size_mb: int = 16
+    wall_s: float = 10.0
+    output_bytes: int = 64 * 1024  # stdout; stderr keeps at most 8 KiB
+    disk_mb: int = 64  # each of the private tmpfs (/sandbox, /tmp)
+
+    def rlimits(self) -> list[tuple[int, int]]:
+        mb = 1024 * 1024
+        return [
+            (resource.RLIMIT_CPU, self.cpu_s),
+            (resource.RLIMIT_AS, self.memory_mb * mb),
+            (resource.RLIMIT_NPROC, self.processes),
+            (resource.RLIMIT_NOFILE, self.open_files),
+            (resource.RLIMIT_FSIZE, self.file_size_mb * mb),
+            (resource.RLIMIT_CORE, 0),
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    exit_code: int | None  # None: killed by the sandbox (wall clock or output cap)
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    truncated: bool = False  # stdout passed the cap: cut there, the process killed
+    signal: int | None = None  # the signal that ended it (a negative return code)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and not self.truncated
+
+
+def _limit(pairs: list[tuple[int, int]]) -> None:
+    for kind, value in pairs:
+        resource.setrlimit(kind, (value, value))
+
+
+class Sandbox:
+    def __init__(self, *, bwrap: str | None = None, python: str = PYTHON, ro_binds: Sequence[str] = ("/usr",)) -> None:
+        self.bwrap = bwrap or shutil.which("bwrap") or "bwrap"
+        self.python = python
+        self.ro_binds = tuple(ro_binds)
+        self._checked = False
+
+    def argv(self, command: Sequence[str], seccomp_fd: int, tmpfs_mb: int = 64) -> list[str]:
+        """bubblewrap's command line around `command`."""
+        out = [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+        for path in self.ro_binds:
+            out += ["--ro-bind", path, path]
+        for name in ("lib", "lib64", "bin", "sbin"):  # merged /usr: the root's links
+            if os.path.islink(f"/{name}"):
+                out += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
+        size = str(tmpfs_mb * 1024 * 1024)
+        out += [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--size",
+            size,
+            "--tmpfs",
+            "/tmp",
+            "--size",
+            size,
+            "--tmpfs",
+            WORK_DIR,
+        ]
+        out += [
+            "--remount-ro",
+            "/",
+            "--chdir",
+            WORK_DIR,
+            "--hostname",
+            "sandbox",
+            "--seccomp",
+            str(seccomp_fd),
+            "--",
+            *command,
+        ]
+        return out
+
+    def _prepare(self) -> bytes:
+        if shutil.which(self.bwrap) is None:
+            raise SandboxUnavailable(
+                f"bubblewrap ('{self.bwrap}') is not installed: apt-get install bubblewrap. "
+                "Keel refuses to run code tools and stdio MCP servers without it."
+            )
+        try:
+            return filter_bpf()
+        except SeccompUnavailable as exc:
+            raise SandboxUnavailable(str(exc)) from None
+
+    async def check(self) -> None:
+        """Run `true` in the sandbox once; SandboxUnavailable says why it cannot run here."""
+        if self._checked:
+            return
+        out = await self.run(["/usr/bin/true"], limits=Limits(wall_s=10))
+        if out.exit_code != 0:
+            why = out.stderr.strip()[:500]
+            raise SandboxUnavailable(
+                f"bubblewrap could not start a sandbox ({why}): it needs unprivileged user namespaces "
+                "(sysctl kernel.unprivileged_userns_clone=1 and user.max_user_namespaces > 0)"
+            )
+        self._checked = True
+
+    async def run(
+        self,
+        command: Sequence[str],
+        *,
+        stdin: bytes = b"",
+        env: Mapping[str, str] | None = None,
+        limits: Limits = Limits(),
+    ) -> Outcome:
+        bpf = self._prepare()
+        uid = UID_BASE + random.randrange(UID_SPAN)
+        fd = os.memfd_create("keel-seccomp", 0)
+        try:
+            os.write(fd, bpf)
+            os.lseek(fd, 0, os.SEEK_SET)
+            base = {"PATH": "/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv(command, fd, limits.disk_mb),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={**base, **(env or {})},
+                pass_fds=(fd,),
+                user=uid,
+                group=uid,
+                extra_groups=[],
+                process_group=0,
+                preexec_fn=lambda: _limit(limits.rlimits()),
+            )
+        except FileNotFoundError as exc:
+            raise SandboxUnavailable(f"bubblewrap is not installed ({exc}): apt-get install bubblewrap") from None
+        finally:
+            os.close(fd)
+        return await _finish(proc, stdin, limits, started)
+
+    async def run_python(
+        self,
+        code: str,
+        args: object,
+        *,
+        env: Mapping[str, str] | None = None,
+        limits: Limits = Limits(),
+    ) -> Outcome:
+        """Run a code tool: `code` sees its arguments as `args`; what it prints is its result."""
+        import orjson
+
+        if len(code) > MAX_CODE:
+            raise ValueError(f"a code tool's code is at most {MAX_CODE} characters")
+        stdin = orjson.dumps({"code": code, "args": args})
+        return await self.run([self.python, "-I", "-S", "-c", BOOT], stdin=stdin, env=env, limits=limits)
+
+
+async def _finish(proc: asyncio.subprocess.Process, stdin: bytes, limits: Limits, started: float) -> Outcome:
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+    async def feed(pipe: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            pipe.write(stdin)
+            await pipe.drain()
+            pipe.close()
+
+    async def read(stream: asyncio.StreamReader, limit: int, kill: bool) -> tuple[bytes, bool]:
+        """Up to `limit` bytes; past it, kill (stdout) and keep draining to the end (the pipe closes)."""
+        got, over = bytearray(), False
+        while chunk := await stream.read(65536):
+            if not over:
+                got += chunk
+                if len(got) > limit:
+                    over = True
+                    if kill:
+                        _kill(proc)
+        return bytes(got[:limit]), over
+
+    tasks = [
+        asyncio.ensure_future(read(proc.stdout, limits.output_bytes, True)),
+        asyncio.ensure_future(read(proc.stderr, 8192, False)),
+        asyncio.ensure_future(feed(proc.stdin)),
+    ]
+    timed_out = False
+    try:
+        await asyncio.wait_for(asyncio.shield(asyncio.gather(proc.wait(), *tasks)), limits.wall_s)
+    except TimeoutError:
+        timed_out = True
+    finally:
+        if proc.returncode is None:
+            _kill(proc)
+        await proc.wait()
+        with contextlib.suppress(TimeoutError):  # the pipes end with the sandbox's last process
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5.0)
+    out, truncated = _read(tasks[0])
+    err, _ = _read(tasks[1])
+    code = proc.returncode
+    killed = timed_out or truncated
+    # bwrap exits 128+N when its child died of signal N (CPU limit: SIGKILL after SIGXCPU)
+    sig = -code if code is not None and code < 0 else (code - 128 if code is not None and code > 128 else None)
+    return Outcome(
+        None if killed else code,
+        out.decode("utf-8", "replace"),
+        err.decode("utf-8", "replace"),
+        timed_out,
+        truncated,
+        sig,
+        time.monotonic() - started,
+    )
+
+
+def _read(task: asyncio.Future[tuple[bytes, bool] | None]) -> tuple[bytes, bool]:
+    if task.done() and not task.cancelled() and task.exception() is None:
+        got = task.result()
+        if got is not None:
+            return got
+    return b"", False
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,161 @@
+"""A tenant's tool: what the model sees (name, description, JSON-schema parameters), how Keel runs it
+(`http`, `code` in the sandbox, or `mcp`: a tool of a registered MCP server), its bounds (timeout, output
+cap, calls per minute), the secrets it may use and where they go, and its policy.
+
+Specs arrive as JSON (admin API, CLI YAML) and are checked whole here (`parse_spec`): unknown keys are
+refused, and each error names its field.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from keel.agents.policy import Condition
+
+NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+Action = Literal["allow", "deny", "approve"]
+
+
+class SpecError(ValueError):
+    def __init__(self, message: str, field: str | None) -> None:
+        super().__init__(message)
+        self.message, self.field = message, field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretUse(_Strict):
+    """Where a declared secret goes: an HTTP header or query parameter, or an environment variable."""
+
+    name: str = Field(min_length=1, max_length=128)
+    header: str | None = None
+    query: str | None = None
+    env: str | None = None
+    format: str = "{value}"  # e.g. "Bearer {value}"
+
+    @model_validator(mode="after")
+    def one_place(self) -> SecretUse:
+        if sum(x is not None for x in (self.header, self.query, self.env)) != 1:
+            raise ValueError("a secret goes to exactly one of header, query or env")
+        if "{value}" not in self.format:
+            raise ValueError("format must contain {value}")
+        return self
+
+
+class Rule(_Strict):
+    when: str | None = None  # a condition on the arguments: "amount > 100"
+    action: Action
+
+    @field_validator("when")
+    @classmethod
+    def parses(cls, v: str | None) -> str | None:
+        if v is not None:
+            Condition.parse(v)
+        return v
+
+
+class Policy(_Strict):
+    """The first rule whose condition holds decides; else `default`."""
+
+    default: Action = "allow"
+    rules: tuple[Rule, ...] = ()
+    approval_ttl_s: float = Field(3600.0, gt=0, le=30 * 86400)
+
+
+class HttpTool(_Strict):
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    url: str = Field(pattern=r"^https?://", max_length=2048)  # {param} placeholders are filled, URL-quoted
+    headers: dict[str, str] = {}
+
+
+class CodeTool(_Strict):
+    source: str = Field(min_length=1, max_length=256 * 1024)  # sees `args`; prints its result
+    memory_mb: int = Field(256, ge=16, le=4096)
+    cpu_s: int = Field(5, ge=1, le=300)
+
+
+class McpTool(_Strict):
+    transport: Literal["stdio", "http"]
+    command: tuple[str, ...] = ()  # stdio: the server's command line, run in the sandbox
+    url: str | None = None  # http: the server's streamable HTTP endpoint
+    tool: str | None = None  # the server's tool name (default: this tool's name)
+
+    @model_validator(mode="after")
+    def where(self) -> McpTool:
+        if self.transport == "stdio" and not self.command:
+            raise ValueError("a stdio MCP server needs its command")
+        if self.transport == "http" and not self.url:
+            raise ValueError("an http MCP server needs its url")
+        return self
+
+
+class ToolSpec(_Strict):
+    name: str
+    kind: Literal["http", "code", "mcp"]
+    description: str = Field("", max_length=4096)
+    parameters: dict[str, Any] = {"type": "object", "properties": {}}
+    timeout_s: float = Field(10.0, gt=0, le=300)
+    max_output: int = Field(16_384, ge=64, le=1024 * 1024)
+    rate_per_minute: int | None = Field(None, ge=1, le=1_000_000)
+    secrets: tuple[SecretUse, ...] = ()
+    policy: Policy = Policy()
+    http: HttpTool | None = None
+    code: CodeTool | None = None
+    mcp: McpTool | None = None
+
+    @field_validator("name")
+    @classmethod
+    def named(cls, v: str) -> str:
+        if not NAME.match(v):
+            raise ValueError("1 to 64 letters, digits, '_' or '-'")
+        return v
+
+    @field_validator("parameters")
+    @classmethod
+    def a_schema(cls, v: dict[str, Any]) -> dict[str, Any]:
+        import jsonschema  # type: ignore[import-untyped]
+
+        try:
+            jsonschema.Draft202012Validator.check_schema(v)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"not a JSON schema: {exc.message}") from None
+        if v.get("type") != "object":
+            raise ValueError("a tool's parameters are an object schema (type: object)")
+        return v
+
+    @model_validator(mode="after")
+    def section(self) -> ToolSpec:
+        if getattr(self, self.kind) is None:
+            raise ValueError(f"a tool of kind '{self.kind}' needs its '{self.kind}' section")
+        if self.kind == "http" and any(s.env for s in self.secrets):
+            raise ValueError("an http tool's secrets go to a header or a query parameter, not env")
+        if self.kind != "http" and any(s.header or s.query for s in self.secrets):
+            raise ValueError(f"a {self.kind} tool's secrets go to env")
+        return self
+
+    def function(self) -> dict[str, Any]:
+        """The OpenAI tool definition the model sees."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+
+def parse_spec(data: Any) -> ToolSpec:
+    if not isinstance(data, dict):
+        raise SpecError("a tool spec is an object: name, kind, description, parameters, ...", None)
+    try:
+        return ToolSpec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        return _raise(f"{field or 'spec'}: {err['msg']}", field)
+
+
+def _raise(message: str, field: str | None) -> ToolSpec:
+    raise SpecError(message, field)

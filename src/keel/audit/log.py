@@ -1,0 +1,178 @@
+"""`AuditLog`: append redacted entries to the hash chain, verify the chain, export it for an auditor.
+
+An entry says who (actor), did what (action) to what (target), with which arguments, before and after
+values and result summary (all in `detail`, redacted: values under secret-looking keys and any value
+the caller names as secret are replaced before anything is hashed or stored), from where, when.
+
+`verify` walks the chain from the first entry and names the first one that does not hold: a gap in the
+numbering (a deleted entry), a link to a hash other than the previous entry's (reordered or deleted), an
+entry whose content no longer matches its hash (edited), or a head that the last entry does not reach
+(the newest entries deleted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from keel.store.protocols.audit import GENESIS, AuditDraft, AuditEntry, AuditStore, entry_hash
+
+REDACTED = "[redacted]"
+SECRET_KEYS = re.compile(r"pass(word)?|secret|token|api[_-]?key|authorization|cookie|credential|private", re.I)
+MAX_DETAIL = 16_384  # characters of an entry's detail JSON; longer values are cut
+MAX_STRING = 2_048  # characters of one string inside the detail
+PAGE = 1000
+
+
+def redact(value: Any, secrets: Iterable[str] = ()) -> Any:
+    """`value` with secret-looking keys' values and any occurrence of `secrets` replaced, long strings cut."""
+    known = [s for s in secrets if s]
+
+    def walk(v: Any, key: str | None) -> Any:
+        if key is not None and SECRET_KEYS.search(key):
+            return REDACTED
+        if isinstance(v, dict):
+            return {str(k): walk(x, str(k)) for k, x in v.items()}
+        if isinstance(v, list | tuple):
+            return [walk(x, None) for x in v]
+        if isinstance(v, str):
+            for s in known:
+                v = v.replace(s, REDACTED)
+            return v if len(v) <= MAX_STRING else v[:MAX_STRING] + "…"
+        if v is None or isinstance(v, bool | int | float):
+            return v
+        return walk(str(v), None)
+
+    return walk(value, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    ok: bool
+    checked: int  # entries that held, before the first bad one
+    bad_seq: int | None = None
+    reason: str | None = None
+
+    def json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checked": self.checked, "bad_seq": self.bad_seq, "reason": self.reason}
+
+
+def entry_json(e: AuditEntry) -> dict[str, Any]:
+    return {
+        "seq": e.seq,
+        "at": e.at,
+        "tenant": e.tenant,
+        "actor": e.actor,
+        "action": e.action,
+        "target": e.target,
+        "detail": orjson.loads(e.detail),
+        "detail_json": e.detail,  # the exact text hashed
+        "source_ip": e.source_ip,
+        "prev_hash": e.prev_hash,
+        "hash": e.hash,
+    }
+
+
+class AuditLog:
+    """The audit capability's public API; synchronous calls hit the store, `record` runs one off the loop."""
+
+    def __init__(self, store: AuditStore) -> None:
+        self._store = store
+
+    def append(
+        self,
+        actor: str,
+        action: str,
+        target: str | None = None,
+        *,
+        tenant: str | None = None,
+        arguments: Any = None,
+        before: Any = None,
+        after: Any = None,
+        result: Any = None,
+        source_ip: str | None = None,
+        secrets: Iterable[str] = (),
+        now: float | None = None,
+    ) -> AuditEntry:
+        fields = {"arguments": arguments, "before": before, "after": after, "result": result}
+        detail = orjson.dumps(redact({k: v for k, v in fields.items() if v is not None}, secrets)).decode()
+        if len(detail) > MAX_DETAIL:
+            detail = orjson.dumps({"truncated": detail[:MAX_DETAIL]}).decode()
+        draft = AuditDraft(time.time() if now is None else now, tenant, actor, action, target, detail, source_ip)
+        return self._store.append_audit(draft)
+
+    async def record(self, actor: str, action: str, target: str | None = None, **kw: Any) -> AuditEntry:
+        return await asyncio.to_thread(lambda: self.append(actor, action, target, **kw))
+
+    def entries(
+        self, *, since: float | None = None, until: float | None = None, tenant: str | None = None
+    ) -> Iterator[AuditEntry]:
+        after = 0
+        while True:
+            page = self._store.list_audit(after_seq=after, since=since, until=until, tenant=tenant, limit=PAGE)
+            yield from page
+            if len(page) < PAGE:
+                return
+            after = page[-1].seq
+
+    def verify(self) -> Verdict:
+        head_seq, head_hash = self._store.audit_head()  # first: entries appended while walking are not judged
+        prev_seq, prev_hash, checked = 0, GENESIS, 0
+        for e in self.entries():
+            if e.seq > head_seq:
+                break
+            if e.seq != prev_seq + 1:
+                return Verdict(False, checked, prev_seq + 1, f"entry {prev_seq + 1} is missing (deleted)")
+            if e.prev_hash != prev_hash:
+                why = f"entry {e.seq} does not follow entry {prev_seq}: its link names another hash (reordered or deleted)"
+                return Verdict(False, checked, e.seq, why)
+            if entry_hash(e.seq, e, e.prev_hash) != e.hash:
+                return Verdict(False, checked, e.seq, f"entry {e.seq} does not match its hash (edited)")
+            prev_seq, prev_hash, checked = e.seq, e.hash, checked + 1
+        if (head_seq, head_hash) != (prev_seq, prev_hash):
+            return Verdict(
+                False,
+                checked,
+                prev_seq + 1,
+                f"the chain ends at entry {prev_seq} but its head is entry {head_seq} (later entries deleted)",
+            )
+        return Verdict(True, checked)
+
+    def export(
+        self, *, since: float | None = None, until: float | None = None, tenant: str | None = None
+    ) -> Iterator[bytes]:
+        """JSONL lines, each entry with its chain (prev_hash, hash, detail_json): a slice verifies on its own
+        from its first entry's prev_hash."""
+        for e in self.entries(since=since, until=until, tenant=tenant):
+            yield orjson.dumps(entry_json(e)) + b"\n"
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_instant(text: str, name: str, now: float | None = None) -> float:
+    """Unix seconds, an ISO 8601 time (UTC unless it names a zone), or a duration back from now (15m, 24h, 7d).
+    ValueError names `name`."""
+    import datetime
+    import math
+
+    now = time.time() if now is None else now
+    try:
+        if text[-1:] in _UNITS and text[:-1].replace(".", "", 1).isdigit():
+            value = now - float(text[:-1]) * _UNITS[text[-1]]
+        elif text.replace(".", "", 1).isdigit():
+            value = float(text)
+        else:
+            at = datetime.datetime.fromisoformat(text)
+            value = (at if at.tzinfo else at.replace(tzinfo=datetime.UTC)).timestamp()
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"'{name}' must be unix seconds, an ISO 8601 time or a duration like 15m, 24h, 7d")
+    return value
