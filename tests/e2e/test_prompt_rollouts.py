@@ -200,3 +200,28 @@ def test_keel_prompts_rollout_and_rollback_on_the_command_line(gw: Gateway, tmp_
         headers=AUTH,
     )
     assert missing.status_code == 404
+
+
+def test_an_online_eval_score_guards_a_rollout(gw: Gateway, receiver: Receiver) -> None:  # noqa: F811
+    """The new version answers without the greeting an online eval rule checks on every call: its mean
+    score falls under the guard's bound while its error rate and latency are fine, and it is rolled back."""
+    rule = {"name": "greets", "rate": 1.0, "scorers": [{"type": "icontains", "value": "hello", "metric": "greeting"}]}
+    assert httpx.post(gw.url + "/api/evals/online-rules", json=rule, headers=AUTH).status_code == 201
+    assert push(gw, STABLE) == 1 and push(gw, STEADY) == 2
+    moved = httpx.put(
+        gw.url + "/api/prompts/greet/labels/production", json={"tenant": "t1", "version": 1}, headers=AUTH
+    )
+    assert moved.status_code == 200
+    bad = rollout(gw, label="production", to=2, weight=50, guards=["score:<bad>>=0.8"])
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "guards[0]"
+    guards = ["error_rate<0.02", "score:greeting>=0.8"]
+    started = rollout(gw, label="production", to=2, weight=50, guards=guards, window="1m", min_calls=10)
+    assert started.status_code == 201, started.text
+
+    drive(gw, lambda: state(gw)["state"] != "running")
+    r = state(gw)
+    assert r["state"] == "rolled_back", r
+    assert "score:greeting>=0.8 breached" in r["reason"] and "v2 0 over" in r["reason"], r["reason"]
+    assert until(lambda: len(receiver.requests) >= 1, timeout=15)
+    (event,) = signed_events(receiver)
+    assert event["event"] == "prompt.rollout.rolled_back" and event["version"] == 2

@@ -23,6 +23,7 @@ from keel.prompts.rollouts import figures
 from keel.store.protocols import (
     FeedbackStore,
     LabelMove,
+    OnlineEvalStore,
     PromptLabel,
     PromptRollout,
     PromptStore,
@@ -32,8 +33,8 @@ from keel.store.protocols import (
 HISTORY_ROWS = 50
 
 
-class PromptPageStore(PromptStore, FeedbackStore, Protocol):
-    """What the prompt pages read (and the usage rollups, which every page store has)."""
+class PromptPageStore(PromptStore, FeedbackStore, OnlineEvalStore, Protocol):
+    """What the prompt pages read (and the usage rollups, which every page store has); online scores for guards."""
 
 
 @dataclass(frozen=True, slots=True)

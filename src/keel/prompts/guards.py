@@ -1,6 +1,7 @@
 """A rollout's guards and plan: parsed from text, judged on the new and the stable version's figures.
 
-A guard is `metric op bound` (`error_rate<0.02`, `p95_ms<4000`, `cost_per_call<0.01`, `feedback>=0.7`).
+A guard is `metric op bound` (`error_rate<0.02`, `p95_ms<4000`, `cost_per_call<0.01`, `feedback>=0.7`,
+`score:llm-rubric>=0.8`: the mean of an online eval scorer's scores on the version's calls).
 It is judged on the new version once that version has `min_calls` calls (feedback: scores) in the
 window; until then the rollout waits. A guard the new version fails is a *breach* unless the stable
 version, judged on as many, fails it as badly (an outage of the provider both use is not the new
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from keel.prompts.content import ContentError
@@ -23,7 +24,10 @@ METRICS = {"error_rate": True, "p95_ms": True, "cost_per_call": True, "feedback"
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge
 }  # fmt: skip
-_GUARD = re.compile(r"\s*([a-z_0-9]+)\s*(<=|>=|<|>)\s*([0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)\s*\Z")
+SCORE = "score:"  # score:NAME — the mean of an online eval scorer's scores (keel.evals online rules), 0..1
+_GUARD = re.compile(
+    r"\s*([a-z_0-9]+|score:[A-Za-z0-9_.-]{1,64})\s*(<=|>=|<|>)\s*([0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)\s*\Z"
+)
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)?\Z")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 MAX_GUARDS = 16
@@ -46,10 +50,10 @@ class Guard:
 
 def parse_guard(text: Any, field: str = "guards") -> Guard:
     m = _GUARD.match(text) if isinstance(text, str) and len(text) <= 100 else None
-    if m is None or m.group(1) not in METRICS:
+    if m is None or not (m.group(1) in METRICS or m.group(1).startswith(SCORE)):
         raise ContentError(
-            f"A guard is METRIC OP NUMBER (e.g. 'error_rate<0.02'), METRIC one of {', '.join(METRICS)}, "
-            "OP one of < <= > >=.",
+            f"A guard is METRIC OP NUMBER (e.g. 'error_rate<0.02'), METRIC one of {', '.join(METRICS)} or "
+            "score:SCORER (an online eval scorer's mean, e.g. 'score:llm-rubric>=0.8'), OP one of < <= > >=.",
             field,
         )
     return Guard(m.group(1), m.group(2), float(m.group(3)))
@@ -107,11 +111,15 @@ class Figures:
     cost_usd: float = 0.0
     scores: int = 0  # feedback scores
     score_sum: float = 0.0
+    evals: Mapping[str, tuple[int, float]] = field(default_factory=dict)  # online scorer → (count, mean)
 
     def of(self, metric: str) -> tuple[float | None, int]:
         """The metric's value and how many calls (or scores) it stands on."""
         if metric == "feedback":
             return (self.score_sum / self.scores if self.scores else None), self.scores
+        if metric.startswith(SCORE):
+            count, mean = self.evals.get(metric.removeprefix(SCORE), (0, 0.0))
+            return (mean if count else None), count
         if not self.calls:
             return None, 0
         if metric == "error_rate":
@@ -141,7 +149,7 @@ def judge(guards: Sequence[str], min_calls: int, new: Figures, stable: Figures, 
             continue
         was, m = stable.of(g.metric)
         seen = f"{names[0]} {value:.4g} over {n}" + (f", {names[1]} {was:.4g} over {m}" if was is not None else "")
-        higher_worse = METRICS[g.metric]
+        higher_worse = METRICS.get(g.metric, False)  # score:… — higher is better
         if was is not None and m >= min_calls and not g.holds(was) and (was >= value if higher_worse else was <= value):
             failing.append(f"{g.text} fails on both ({seen})")
             continue

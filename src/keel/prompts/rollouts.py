@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from keel.prompts.guards import Figures, judge
-from keel.store.protocols import FeedbackRow, PromptRollout, UsageQuery, UsageRow
+from keel.prompts.guards import SCORE, Figures, judge
+from keel.store.protocols import FeedbackRow, PromptRollout, ScoreGroup, ScoreQuery, UsageQuery, UsageRow
 
 log = logging.getLogger("keel.prompts.rollouts")
 ACTOR = "keel:rollout-guard"
@@ -35,6 +35,8 @@ class RolloutStore(Protocol):
     def usage(self, query: UsageQuery) -> list[UsageRow]: ...
 
     def feedback_summary(self, tenant: str, since: float, until: float, by: str) -> list[FeedbackRow]: ...
+
+    def score_rollup(self, query: ScoreQuery) -> list[ScoreGroup]: ...
 
     def list_prompt_rollouts(
         self, tenant: str | None = None, name: str | None = None, *, running: bool = False
@@ -112,6 +114,8 @@ class FigureStore(Protocol):
 
     def feedback_summary(self, tenant: str, since: float, until: float, by: str) -> list[FeedbackRow]: ...
 
+    def score_rollup(self, query: ScoreQuery) -> list[ScoreGroup]: ...
+
 
 def figures(store: FigureStore, r: PromptRollout, now: float, *, scores: bool | None = None) -> tuple[Figures, Figures]:
     """The new and the stable version's figures over the window (not before the rollout started).
@@ -123,12 +127,18 @@ def figures(store: FigureStore, r: PromptRollout, now: float, *, scores: bool | 
     if scores or (scores is None and any(g.startswith("feedback") for g in r.plan.guards)):
         fb = {f.group: f for f in store.feedback_summary(r.tenant, since, now + 60, "prompt_version")}
 
+    evals: dict[str, dict[str, tuple[int, float]]] = {}  # prompt version → scorer → (count, mean)
+    if any(g.startswith(SCORE) for g in r.plan.guards):
+        scored = ScoreQuery(since=since, until=now + 60, by="prompt_version", tenant=r.tenant, limit=MAX_GROUPS)
+        for g in store.score_rollup(scored):
+            evals.setdefault(g.group or "", {})[g.scorer] = (g.count, g.mean)
+
     def of(version: int) -> Figures:
         key = f"{r.name}@{version}"
         u, f = rows.get(key), fb.get(key)
         return Figures(
             u.calls if u else 0, u.errors if u else 0, u.latency_p95_ms if u else None, u.cost_usd if u else 0.0,
-            f.count if f else 0, f.score_sum if f else 0.0,
+            f.count if f else 0, f.score_sum if f else 0.0, evals.get(key, {}),
         )  # fmt: skip
 
     return of(r.version), of(r.stable)
