@@ -130,6 +130,17 @@ def test_a_failing_rollout_rolls_back_by_itself_and_says_so_signed(gw: Gateway, 
     assert "breached" in latest["reason"]
     assert [m["actor"] for m in history[1:3]] == ["admin", "admin"]  # the rollout's start, the label's first move
 
+    # every label move and the rollout's start are entries of the hash-chained audit log, which verifies
+    audit = httpx.get(gw.url + "/api/audit", params={"tenant": "t1"}, headers=AUTH).json()["data"]
+    moves = [(e["actor"], e["action"], e["target"], e["detail"]["after"]["version"]) for e in audit]
+    assert moves[-3:] == [
+        ("admin", "prompt.label.move", "greet:production", 1),
+        ("admin", "prompt.rollout.start", "greet:production", 2),
+        ("keel:rollout-guard", "prompt.label.move", "greet:production", 1),
+    ]
+    assert "breached" in audit[-1]["detail"]["result"]
+    assert httpx.get(gw.url + "/api/audit/verify", headers=AUTH).json()["ok"] is True
+
 
 def test_a_healthy_rollout_steps_up_to_the_whole_label(gw: Gateway, receiver: Receiver) -> None:  # noqa: F811
     push(gw, STABLE)

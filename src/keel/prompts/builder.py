@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from keel.alerts.builder import sender
+from keel.audit.log import AuditLog
 from keel.gateway.capability import Context, Contribution, Worker
 from keel.prompts.book import PromptBook, PromptSync
 from keel.prompts.registry import Registry
@@ -35,8 +36,9 @@ def build(ctx: Context) -> Contribution:
     sync.load()
     hook = ctx.config.alerts.webhook or ctx.config.limits.webhook
     out = sender(hook, ctx.store) if hook is not None else None
-    rollouts = Rollouts(ctx.store, moved=sync.refresh, send=out.send if out is not None else None)
-    ctx.add(Prompts(Registry(ctx.store), book, sync, rollouts))
+    audit = ctx.find(AuditLog)
+    rollouts = Rollouts(ctx.store, moved=sync.refresh, send=out.send if out is not None else None, audit=audit)
+    ctx.add(Prompts(Registry(ctx.store, audit), book, sync, rollouts))
     workers = [Worker("prompt-refresh", sync.refresh, REFRESH_S), Worker("prompt-rollouts", rollouts.tick, GUARD_S)]
     close: list[Callable[[], Awaitable[None]]] = []
     if out is not None:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from keel.audit.log import AuditLog
 from keel.prompts.content import ContentError, check_name, content_hash, content_of
 from keel.store.protocols import LabelMove, PromptLabel, PromptRollout, PromptStore, PromptVersion, RolloutPlan
 
@@ -29,8 +30,11 @@ class Pushed:
 
 
 class Registry:
-    def __init__(self, store: PromptStore) -> None:
+    """`audit`: where every label move and rollout start is recorded (the runtime's hash-chained log)."""
+
+    def __init__(self, store: PromptStore, audit: AuditLog | None = None) -> None:
         self._store = store
+        self._audit = audit
 
     def push(self, tenant: str, body: dict[str, Any], *, author: str | None, admin: bool) -> Pushed:
         """Store `body` ({name, messages, …, message?, label?}) as a version, or find the equal one; point
@@ -62,9 +66,15 @@ class Registry:
             current = next((lb for lb in self._store.list_prompt_labels(tenant, name) if lb.label == label), None)
             if current is not None and current.protected:
                 raise LabelRefused(f"Label '{label}' of prompt '{name}' is protected: only the admin token moves it.")
-        return self._store.set_prompt_label(
+        moved = self._store.set_prompt_label(
             tenant, name, label, version, protected=protected, by=by, now=time.time(), rollout=rollout, reason=reason
         )
+        if moved is not None and self._audit is not None:
+            after = {"version": version, "rollout": [list(r) for r in rollout], "protected": moved.protected}
+            self._audit.append(
+                by or "unknown", "prompt.label.move", f"{name}:{label}", tenant=tenant, after=after, result=reason
+            )
+        return moved
 
     def start_rollout(
         self, tenant: str, name: str, label: str, to: int, weight: float, plan: RolloutPlan, *, by: str, admin: bool
@@ -84,7 +94,12 @@ class Registry:
             tenant, name, label, current.version, to, weight, plan, "running", now, by, now, None, now, None
         )
         moved = self._store.start_prompt_rollout(rollout)
-        return None if moved is None else (moved, rollout)
+        if moved is None:
+            return None
+        if self._audit is not None:
+            after = {"stable": current.version, "version": to, "weight": weight, "guards": list(plan.guards)}
+            self._audit.append(by, "prompt.rollout.start", f"{name}:{label}", tenant=tenant, after=after)
+        return moved, rollout
 
     def rollback(self, tenant: str, name: str, label: str, *, by: str, admin: bool) -> PromptLabel | None:
         """Every call of the label to its stable version (its running rollout, if any, rolled back)."""

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from keel.audit.log import AuditLog
 from keel.prompts.guards import SCORE, Figures, judge
 from keel.store.protocols import FeedbackRow, PromptRollout, ScoreGroup, ScoreQuery, UsageQuery, UsageRow
 
@@ -154,10 +155,12 @@ class Rollouts:
         moved: Callable[[], Any] | None = None,
         send: Callable[[RolloutEvent], None] | None = None,
         clock: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
     ) -> None:
         self._store = store
         self._moved = moved  # async: refresh this process's served labels
         self._send = send
+        self._audit = audit  # every label move the guards make is an audit entry
         self._clock = clock
         self._warned_at = float("-inf")
 
@@ -190,6 +193,13 @@ class Rollouts:
         step = decide(r, new, stable, now)
         if step is None or not self._store.advance_prompt_rollout(step.rollout, label=step.label, actor=ACTOR):
             return None
+        if self._audit is not None and step.label is not None:
+            version, shares = step.label
+            placed = {"version": version, "rollout": [list(x) for x in shares], "state": step.rollout.state}
+            target = f"{r.name}:{r.label}"
+            self._audit.append(
+                ACTOR, "prompt.label.move", target, tenant=r.tenant, after=placed, result=step.rollout.reason
+            )
         if step.event is not None:
             log.warning("prompt %s@%s (tenant %s): %s", r.name, r.label, r.tenant, step.rollout.reason)
         after = dataclasses.replace(step.rollout, rev=r.rev + 1)
