@@ -80,6 +80,7 @@ def target(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> 
     tmp = tmp_path_factory.mktemp("fuzz")
     raw = base_config(upstream, "", tmp)
     raw["traces"]["blobs_url"] = f"file://{tmp}/blobs"  # uploaded files' bytes (PostgreSQL's default is ./.keel)
+    raw["models"]["sim"]["slo"] = {"availability": 99.9, "p95_ms": 3000}  # /api/slo and /ui/slo compute one
     with storage("postgres", tmp) as url, serve({**raw, "storage": {"url": url}}, tmp) as gw:
         store = gw.runtime.store
         store.create_tenant("fz")  # the tenant fuzzed admin calls may purge, limit or delete
@@ -95,6 +96,12 @@ def target(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> 
             admin = {"authorization": f"Bearer {gw.admin}"}
             for version in (PROMPT, {**PROMPT, "messages": [{"role": "user", "content": "v2 {{x}}"}]}):
                 assert client.post("/api/prompts", json=version, headers=admin).status_code == 201
+            rag = {"tenant": "t1", "name": "fzc", "model": "hash:64"}
+            assert client.post("/api/rag/collections", json=rag, headers=admin).status_code == 201
+            for doc in ("doc1", "dir/doc2"):
+                put = {"tenant": "t1", "text": "hello world", "groups": ["g"]}
+                stored = client.put(f"/api/rag/collections/fzc/documents/{doc}", json=put, headers=admin)
+                assert stored.status_code in (200, 201, 202), stored.text
             login = client.post("/ui/login", data={"token": gw.admin, "next": "/ui"})
             assert login.status_code == 303
             session = login.cookies["keel_ui"]
@@ -408,6 +415,27 @@ ROUTES = [
     Route("POST", "/api/approvals/{call_id}/approve", "admin"),
     Route("POST", "/api/approvals/{call_id}/deny", "admin"),
     Route("POST", "/mcp", "mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fz_tool", "arguments": {"amount": 1}}}),
+    Route("GET", "/api/slo", "admin"),
+    Route("GET", "/ui/slo", "dashboard"),
+    Route("GET", "/api/evals/online-rules", "admin"),
+    Route("POST", "/api/evals/online-rules", "admin", {"name": "fz", "rate": 0.1, "feature": "f", "delay_s": 0,
+        "scorers": [{"type": "icontains", "value": "x", "metric": "m"}]}),
+    Route("GET", "/api/evals/online-rules/{name}", "admin"),
+    Route("DELETE", "/api/evals/online-rules/{name}", "admin"),
+    Route("GET", "/api/evals/online-scores", "admin", query=("since", "until", "by", "rule", "scorer", "feature", "alias", "tenant", "limit")),
+    Route("POST", "/api/rag/collections", "admin", {"tenant": "t1", "name": "fz-new", "model": "hash:64",
+        "chunking": {"max_tokens": 64, "overlap": 8}}),
+    Route("GET", "/api/rag/collections", "admin", query=("tenant",)),
+    Route("GET", "/api/rag/collections/{collection}", "admin", query=("tenant",)),
+    Route("DELETE", "/api/rag/collections/{collection}", "admin", query=("tenant",)),
+    Route("POST", "/api/rag/collections/{collection}/rechunk", "admin", {"tenant": "t1", "chunking": {"max_tokens": 32}}),
+    Route("GET", "/api/rag/collections/{collection}/documents", "admin", query=("tenant", "status", "after", "limit")),
+    Route("PUT", "/api/rag/collections/{collection}/documents/{id:path}", "admin", {"tenant": "t1", "text": "# H\n\nhello",
+        "title": "t", "metadata": {"lang": "en", "year": 2024}, "users": ["u1"], "groups": ["g"], "valid_until": 4102444800}),
+    Route("GET", "/api/rag/collections/{collection}/documents/{id:path}", "admin", query=("tenant",)),
+    Route("DELETE", "/api/rag/collections/{collection}/documents/{id:path}", "admin", query=("tenant",)),
+    Route("POST", "/api/rag/collections/{collection}/search", "admin", {"tenant": "t1", "query": "hello", "top_k": 3,
+        "mode": "hybrid", "filters": {"lang": "en", "year": {"$gte": 2020}}, "user": "u1", "groups": ["g"]}),
     Route("GET", "/healthz", "probe"),
     Route("GET", "/readyz", "probe"),
     Route("GET", "/metrics", "probe"),
@@ -454,6 +482,8 @@ def _param_values(t: Target, name: str) -> st.SearchStrategy[str]:
         **{k: [v, v[:-1] + "0"] for k, v in t.ids.items()},
         "label": ["production", "staging"],
         "tenant": ["t1", "fz"],
+        "collection": ["fzc", "missing"],
+        "id:path": ["doc1", "dir/doc2", "missing"],
     }[name]
     return st.one_of(st.sampled_from(known), url_text.filter(lambda s: s and "/" not in s and s not in (".", "..")))
 
@@ -475,6 +505,8 @@ def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
         "response_id",
         "label",
         "tenant",
+        "collection",
+        "id:path",
     ):
         if "{" + name + "}" in path:
             value = draw(_param_values(t, name))
