@@ -1,6 +1,6 @@
 """Hybrid fusion: lexical and vector candidates into one ranking.
 
-Chosen by measurement (bench/rag.py, decision XXXX-rag-search): a convex combination of the two
+Chosen by measurement (bench/rag.py, decision 0044-rag-search): a convex combination of the two
 scores after normalising each over its candidate list, `alpha·vector + (1 − alpha)·lexical`. Every
 candidate gets both scores where it can: a lexical candidate's cosine similarity is computed exactly
 (the in-process matrix or pgvector has every vector); a vector candidate the full-text query did not
