@@ -146,6 +146,19 @@ def test_bad_config_is_reported_whole_and_serve_starts_nothing(work: Path) -> No
     assert not (work / "spill").exists()
 
 
+def test_an_sqlite_file_in_a_folder_that_cannot_exist_is_named_before_serving(work: Path) -> None:
+    (work / "a-file").write_text("not a folder")
+    raw = write_config(work, storage={"url": f"sqlite:///{work}/a-file/k.db"})
+    served = keel(work, "serve", "--port", str(raw["server"]["port"]), code=2)
+    assert "storage.url: sqlite:///" in served.stderr and "a-file cannot be created" in served.stderr
+    assert "fix: point storage.url at a writable folder" in served.stderr
+    with (
+        pytest.raises(ConnectionRefusedError),
+        socket.create_connection(("127.0.0.1", raw["server"]["port"]), timeout=1),
+    ):
+        pass
+
+
 def test_config_check_reports_unset_env_var_and_missing_file(work: Path) -> None:
     write_config(work, admin_token="${KEEL_TEST_NEVER_SET_TOKEN}")
 

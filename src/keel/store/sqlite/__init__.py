@@ -8,6 +8,7 @@ The statements are keel.store.sql's; this module holds the connections, the writ
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -16,6 +17,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+from keel.errors import ConfigError, ConfigIssue
 from keel.store.sql.dialect import Dialect, Row, Session, insert_sql
 from keel.store.sql.store import SqlStore
 
@@ -155,5 +157,18 @@ class SqliteStore(SqlStore):
         path = url.removeprefix("sqlite:///")
         self.path = path
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _writable_dir(url, Path(path).parent)
         super().__init__(url, _Sqlite(path))
+
+
+def _writable_dir(url: str, folder: Path) -> None:
+    """Create the database's folder; refuse, naming the setting, when it cannot be created or written
+    (SQLite itself only says "unable to open database file", at the first statement)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        problem = None if os.access(folder, os.W_OK | os.X_OK) else "is not writable"
+    except OSError as exc:
+        problem = f"cannot be created ({exc.strerror})"
+    if problem is not None:
+        fix = "point storage.url at a writable folder (in a container: mount a volume there)"
+        raise ConfigError([ConfigIssue("storage.url", f"{url}: the folder {folder} {problem}", fix)])
