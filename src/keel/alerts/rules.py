@@ -56,7 +56,29 @@ def observed(rule: AlertRuleConfig, row: UsageRow) -> float | None:
     return row.latency_p95_ms
 
 
-class RuleEvaluator:
+class Evaluator:
+    """A clocked evaluator (alert rules, SLO burn rates, score monitors): `tick` runs `evaluate(now)` in a
+    worker thread and hands the events this process won to `_send`; a failing pass is logged and retried."""
+
+    what = "alert rules"  # for the log line of a failed pass
+    _send: Callable[[RuleEvent], None]
+    _clock: Callable[[], float]
+
+    def evaluate(self, now: float) -> list[RuleEvent]:
+        raise NotImplementedError
+
+    async def tick(self) -> None:
+        """One evaluation, off the event loop; a flaky store is logged and tried again next tick."""
+        try:
+            events = await asyncio.to_thread(self.evaluate, self._clock())
+        except Exception:
+            log.exception("evaluating %s failed; will retry", self.what)
+            return
+        for event in events:
+            self._send(event)
+
+
+class RuleEvaluator(Evaluator):
     """Checks every rule on a clock and hands the events this process won to `send`."""
 
     def __init__(
@@ -75,16 +97,6 @@ class RuleEvaluator:
         self._clock = clock
         self.firing: dict[str, int] = {r.name: 0 for r in rules}  # scope values firing per rule, last tick
         self.evaluations = 0  # ticks completed: a test waits for later ticks instead of sleeping through them
-
-    async def tick(self) -> None:
-        """One evaluation, off the event loop; a flaky store is logged and tried again next tick."""
-        try:
-            events = await asyncio.to_thread(self.evaluate, self._clock())
-        except Exception:
-            log.exception("evaluating alert rules failed; will retry")
-            return
-        for event in events:
-            self._send(event)
 
     def evaluate(self, now: float) -> list[RuleEvent]:
         """One tick, in a worker thread: the events whose state change this process made."""

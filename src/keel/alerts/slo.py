@@ -16,14 +16,13 @@ every process agrees and one sends each `alert.firing` / `alert.resolved` to the
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from keel.alerts.rules import RuleStore
+from keel.alerts.rules import Evaluator, RuleStore
 from keel.alerts.sender import RuleEvent
 from keel.config import AliasConfig, SloConfig
 from keel.store.protocols import UsageQuery, UsageRow
@@ -135,8 +134,10 @@ def _rows(store: UsageReader, since: float, until: float) -> dict[str, UsageRow]
     return {r.group: r for r in rows if r.group is not None}
 
 
-class SloEvaluator:
+class SloEvaluator(Evaluator):
     """Checks every alias's burn rates on a clock and hands the events this process won to `send`."""
+
+    what = "SLO burn rates"
 
     def __init__(
         self,
@@ -153,15 +154,6 @@ class SloEvaluator:
         self.every_s = every_s
         self._clock = clock
         self.evaluations = 0
-
-    async def tick(self) -> None:
-        try:
-            events = await asyncio.to_thread(self.evaluate, self._clock())
-        except Exception:
-            log.exception("evaluating SLO burn rates failed; will retry")
-            return
-        for event in events:
-            self._send(event)
 
     def evaluate(self, now: float) -> list[RuleEvent]:
         states = self._store.alert_states()

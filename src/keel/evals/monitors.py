@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from keel.alerts.rules import Evaluator
 from keel.alerts.sender import RuleEvent
 from keel.config.sections.online_evals import DriftCheckConfig, MonitorConfig
 from keel.evals import drift
@@ -45,8 +46,10 @@ def holds(monitor: MonitorConfig, now: float | None, before: float | None) -> bo
     return monitor.drop is not None and before is not None and before - now >= monitor.drop - 1e-12
 
 
-class Monitors:
+class Monitors(Evaluator):
     """Judges every monitor on a clock (`tick`, the runtime's `online-monitors` worker)."""
+
+    what = "online eval monitors"
 
     def __init__(
         self,
@@ -64,15 +67,6 @@ class Monitors:
         self._clock = clock
         self.evaluations = 0  # ticks completed: tests wait for later ticks instead of sleeping
         self.firing: dict[str, int] = {m.name: 0 for m in monitors}
-
-    async def tick(self) -> None:
-        try:
-            events = await asyncio.to_thread(self.evaluate, self._clock())
-        except Exception:
-            log.exception("evaluating online eval monitors failed; will retry")
-            return
-        for event in events:
-            self._send(event)
 
     def evaluate(self, now: float) -> list[RuleEvent]:
         states = self._store.alert_states()
