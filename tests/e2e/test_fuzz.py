@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from keel.api.app import create_app
 from keel.keys.auth import issue_key
 from keel.testing import FakeUpstream
+from keel.testing.oidc import FakeIssuer, FakeUser
 from tests.conftest import Gateway, base_config
 from tests.served import serve, storage
 
@@ -81,7 +82,13 @@ def target(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> 
     raw = base_config(upstream, "", tmp)
     raw["traces"]["blobs_url"] = f"file://{tmp}/blobs"  # uploaded files' bytes (PostgreSQL's default is ./.keel)
     raw["models"]["sim"]["slo"] = {"availability": 99.9, "p95_ms": 3000}  # /api/slo and /ui/slo compute one
-    with storage("postgres", tmp) as url, serve({**raw, "storage": {"url": url}}, tmp) as gw:
+    users = {"ann": FakeUser("pw", groups=("admins",))}  # /ui/sso/corp/... signs in at a real issuer
+    corp = {"client_id": "keel", "tenant": "t1", "roles": {"admins": "admin"}}
+    with (
+        FakeIssuer(users, {"keel": None}) as idp,
+        storage("postgres", tmp) as url,
+        serve({**raw, "storage": {"url": url}, "sso": {"providers": {"corp": {**corp, "issuer": idp.url}}}}, tmp) as gw,
+    ):
         store = gw.runtime.store
         store.create_tenant("fz")  # the tenant fuzzed admin calls may purge, limit or delete
         key_id = issue_key(store, "fz", name="sacrificial").row.id
@@ -417,6 +424,9 @@ ROUTES = [
     Route("POST", "/mcp", "mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fz_tool", "arguments": {"amount": 1}}}),
     Route("GET", "/api/slo", "admin"),
     Route("GET", "/ui/slo", "dashboard"),
+    Route("GET", "/ui/sso/{provider}/login", "sso", query=("next",)),
+    Route("GET", "/ui/sso/{provider}/callback", "sso", query=("code", "state", "error")),
+    Route("GET", "/api/whoami", "admin"),
     Route("GET", "/api/evals/online-rules", "admin"),
     Route("POST", "/api/evals/online-rules", "admin", {"name": "fz", "rate": 0.1, "feature": "f", "delay_s": 0,
         "scorers": [{"type": "icontains", "value": "x", "metric": "m"}]}),
@@ -484,6 +494,7 @@ def _param_values(t: Target, name: str) -> st.SearchStrategy[str]:
         "tenant": ["t1", "fz"],
         "collection": ["fzc", "missing"],
         "id:path": ["doc1", "dir/doc2", "missing"],
+        "provider": ["corp", "missing"],
     }[name]
     return st.one_of(st.sampled_from(known), url_text.filter(lambda s: s and "/" not in s and s not in (".", "..")))
 
@@ -507,6 +518,7 @@ def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
         "tenant",
         "collection",
         "id:path",
+        "provider",
     ):
         if "{" + name + "}" in path:
             value = draw(_param_values(t, name))
@@ -609,10 +621,8 @@ def _check(sent: Sent, r: httpx.Response) -> None:
         elif ctype.startswith("application/json"):
             r.json()
         return
-    if family == "dashboard":
-        assert status in (303, 307) or ctype.startswith("text/html"), f"{status} {ctype} for {where}"
-        if status in (303, 307):
-            assert r.headers["location"].startswith("/ui"), where
+    if family in ("dashboard", "sso"):
+        _check_page(sent, r, where)
         return
     if ctype.startswith("text/event-stream"):
         assert "Internal gateway error" not in r.text, f"stream hid an internal error for {where}: {r.text[-500:]}"
@@ -626,6 +636,15 @@ def _check(sent: Sent, r: httpx.Response) -> None:
         assert body.get("type") == "error" and set(body["error"]) == {"type", "message"}, (where, body)
     else:
         assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, (where, body)
+
+
+def _check_page(sent: Sent, r: httpx.Response, where: str) -> None:
+    """HTML or a redirect within the dashboard; SSO sign-in also starts at the (loopback) issuer."""
+    status, ctype = r.status_code, r.headers.get("content-type", "")
+    assert status in (303, 307) or ctype.startswith("text/html"), f"{status} {ctype} for {where}"
+    if status in (303, 307):
+        allowed = ("/ui", "http://127.0.0.1:") if sent.route.family == "sso" else ("/ui",)
+        assert r.headers["location"].startswith(allowed), where
 
 
 def _asked_timeout(sent: Sent) -> bool:

@@ -33,11 +33,13 @@ from keel.api.prompts_admin import PromptsAdmin
 from keel.api.rag_admin import RagAdmin
 from keel.api.rag_search import RagSearchEdge
 from keel.api.responses import ResponsesEdge
+from keel.api.sso_admin import SsoAdmin
 from keel.config.sections.server import CorsConfig
 from keel.dashboard.pages import Dashboard
 from keel.errors import KeelError, NotFound, RequestError
 from keel.gateway.warmth import WarmthBook
 from keel.runtime.components import Runtime
+from keel.tenancy.sso import SignOn
 from keel.wire.anthropic_response import error_json as anthropic_error_json
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -138,6 +140,10 @@ def create_app(runtime: Runtime) -> FastPath:
         runtime.config.admin_token,
         stuck_after=runtime.config.jobs.stuck_after,
         slos=slos_of(runtime.config.models),
+        sign_on=runtime.find(SignOn),
+        session_secret=runtime.config.sso.session_secret,
+        session_ttl_s=runtime.config.sso.session_ttl_s,
+        public_url=runtime.config.sso.public_url,
     )
     warmth = runtime.find(WarmthBook)
     mcp = McpEdge(runtime)  # Keel's tools as an MCP server at /mcp
@@ -228,6 +234,7 @@ def create_app(runtime: Runtime) -> FastPath:
         *OnlineEvalsAdmin(runtime).routes(),
         *EvalsAdmin(runtime).routes(),
         *AgentsAdmin(runtime).routes(),
+        *SsoAdmin(runtime).routes(),  # /api/whoami: the admin token's operator or a JWT bearer's user
         *mcp.routes(),
         *dashboard.routes(),
     ]

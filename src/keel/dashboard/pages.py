@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from typing import Any, Protocol
 from urllib.parse import parse_qs, quote
 
@@ -30,13 +31,15 @@ from keel.dashboard.markup import CSS, Safe, h, layout
 from keel.dashboard.overview import WINDOWS, read_overview, render_overview
 from keel.dashboard.promptpages import PromptPageStore, read_list, read_prompt, render_prompt
 from keel.dashboard.promptpages import render_list as render_prompts
-from keel.dashboard.session import COOKIE, Sessions
+from keel.dashboard.session import COOKIE, TTL_S, Sessions, landing
 from keel.dashboard.slopages import render_slo
+from keel.dashboard.ssopages import SignIn, SsoPages, as_is
 from keel.dashboard.throttle import LoginThrottle
 from keel.dashboard.tracepages import list_params, render_list, render_trace
 from keel.errors import InvalidRequest
 from keel.evals.gate import Rule, compare_runs
 from keel.store.protocols import BlobStore, EvalStore, JobStore, SpanStore, TraceStore
+from keel.tenancy.sso import SignOn
 from keel.traces.writer import read_spans, read_trace, trace_query
 
 _STYLE_HASH = base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
@@ -59,14 +62,11 @@ def _page(title: str, body: Safe, status: int = 200, timing: str | None = None, 
     headers = dict(HEADERS)
     if timing:
         headers["server-timing"] = timing
-    return HTMLResponse(str(layout(title, body, signed_in=signed_in)), status, headers)
+    return HTMLResponse(str(layout(title, body, signed_in=signed_in, who=_WHO.get())), status, headers)
 
 
-def _next_path(value: str | None) -> str:
-    """Where to go after login: a dashboard path only (no open redirect)."""
-    if value and value.startswith("/ui") and "\\" not in value:
-        return value
-    return "/ui"
+_next_path = landing
+_WHO: ContextVar[str | None] = ContextVar("keel_dashboard_who", default=None)  # the signed-in label, per request
 
 
 class PageStore(TraceStore, SpanStore, JobStore, EvalStore, PromptPageStore, Protocol):
@@ -82,10 +82,16 @@ class Dashboard:
         throttle: LoginThrottle | None = None,
         stuck_after: int = 2,  # jobs.stuck_after
         slos: Mapping[str, SloConfig] | None = None,  # aliases' `slo:`
+        sign_on: SignOn | None = None,  # `sso.providers`: "Sign in with ..." beside the admin-token form
+        session_secret: str | None = None,  # `sso.session_secret`; default: derived from the admin token
+        session_ttl_s: float = TTL_S,
+        sign_in: SignIn = as_is,
+        public_url: str | None = None,
     ) -> None:
         self._store = store
         self._blobs = blobs  # large payloads live there; the trace page reads them back
-        self._sessions = Sessions(admin_token)
+        self._sessions = Sessions(admin_token, session_ttl_s, session_secret)
+        self.sso = SsoPages(self._sessions, sign_on, HEADERS, sign_in, public_url)
         self.throttle = throttle or LoginThrottle()
         self._stuck_after = stuck_after
         self._slos = dict(slos or {})
@@ -95,6 +101,7 @@ class Dashboard:
             Route("/ui/login", self.login_form, methods=["GET"]),
             Route("/ui/login", self.login, methods=["POST"]),
             Route("/ui/logout", self.logout, methods=["POST"]),
+            *self.sso.routes(),
             Route("/ui", self._guard(self.overview), methods=["GET"]),
             Route("/ui/traces", self._guard(self.traces), methods=["GET"]),
             Route("/ui/traces/{trace_id}", self._guard(self.trace), methods=["GET"]),
@@ -110,19 +117,26 @@ class Dashboard:
         async def endpoint(request: Request) -> Response:
             if not self._sessions.enabled:
                 return self._disabled()
-            if not self._sessions.valid(request.cookies.get(COOKIE)):
+            who = self._sessions.read(request.cookies.get(COOKIE))
+            if who is None:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse(f"/ui/login?next={quote(target, safe='')}", 303, HEADERS)
             for name, value in (*request.path_params.items(), *request.query_params.multi_items()):
                 if "\x00" in name or "\x00" in value:  # they reach store queries; PostgreSQL refuses NUL
                     body = h('<h1>Bad request</h1><p class="error">{}</p>', "Parameters must not contain NUL.")
                     return _page("Bad request", body, 400)
-            return await page(request)
+            request.state.signed_in = who
+            label = _WHO.set(who.label)
+            try:
+                return await page(request)
+            finally:
+                _WHO.reset(label)
 
         return endpoint
 
     def _disabled(self) -> Response:
-        body = h("<h1>Dashboard disabled</h1><p>{}</p>", "Set admin_token in keel.yaml to use the dashboard.")
+        fix = "Set admin_token (or sso.session_secret with sso.providers) in keel.yaml to use the dashboard."
+        body = h("<h1>Dashboard disabled</h1><p>{}</p>", fix)
         return _page("Disabled", body, 403, signed_in=False)
 
     # ---- login and logout
@@ -130,11 +144,12 @@ class Dashboard:
     def _login_page(self, next_path: str, error: str | None = None, status: int = 200) -> Response:
         message = h('<p class="error" id="login-error">{}</p>', error) if error else Safe("")
         body = h(
-            '<div class="login"><h1>Keel dashboard</h1>{}<form method="post" action="/ui/login">'
+            '<div class="login"><h1>Keel dashboard</h1>{}{}<form method="post" action="/ui/login">'
             '<input type="hidden" name="next" value="{}">'
             '<label>Admin token<input type="password" name="token" autocomplete="current-password" autofocus></label>'
             '<button type="submit">Log in</button></form></div>',
             message,
+            self.sso.links(next_path),
             next_path,
         )
         return _page("Log in", body, status, signed_in=False)
@@ -176,7 +191,8 @@ class Dashboard:
         return response
 
     async def logout(self, request: Request) -> Response:
-        response = RedirectResponse("/ui/login", 303, HEADERS)
+        ended = await self.sso.logout(request, self._sessions.read(request.cookies.get(COOKIE)))
+        response = ended or RedirectResponse("/ui/login", 303, HEADERS)
         response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
         return response
 
