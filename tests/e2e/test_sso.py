@@ -236,3 +236,15 @@ def test_without_an_admin_token_sso_alone_runs_the_dashboard(
     assert "Bob Viewer (viewer in t1)" in c.get("/ui").text
     r = httpx.post(gw.url + "/ui/login", data={"token": ""})
     assert r.status_code == 401 and "set-cookie" not in r.headers  # no admin token: none matches
+
+
+def test_an_unreachable_issuer_is_a_503_not_a_refusal(
+    make_gateway: Any, up: FakeUpstream, tmp_path: Path, idp: FakeIssuer
+) -> None:
+    raw = sso_config(up, tmp_path, idp)
+    raw["sso"]["providers"]["corp"]["issuer"] = "http://127.0.0.1:9"  # discard port: nothing listens
+    gw = make_gateway(raw)
+    token = idp.mint("ann", issuer="http://127.0.0.1:9")
+    r = whoami(gw, token)
+    assert r.status_code == 503 and "did not answer" in r.json()["error"]["message"], r.text
+    assert r.headers["retry-after"] and token not in r.text
