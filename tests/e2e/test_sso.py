@@ -232,6 +232,7 @@ def test_without_an_admin_token_sso_alone_runs_the_dashboard(
     raw = sso_config(up, tmp_path, idp)
     raw.pop("admin_token")
     gw = make_gateway(raw)
+    assert 'name="token"' not in httpx.get(gw.url + "/ui/login").text  # no admin token to type
     c = sign_in(clients(gw), idp, "bob", "bob-pw")
     assert "Bob Viewer (viewer in t1)" in c.get("/ui").text
     r = httpx.post(gw.url + "/ui/login", data={"token": ""})

@@ -143,15 +143,14 @@ class Dashboard:
 
     def _login_page(self, next_path: str, error: str | None = None, status: int = 200) -> Response:
         message = h('<p class="error" id="login-error">{}</p>', error) if error else Safe("")
-        body = h(
-            '<div class="login"><h1>Keel dashboard</h1>{}{}<form method="post" action="/ui/login">'
-            '<input type="hidden" name="next" value="{}">'
+        form = h(
+            '<form method="post" action="/ui/login"><input type="hidden" name="next" value="{}">'
             '<label>Admin token<input type="password" name="token" autocomplete="current-password" autofocus></label>'
-            '<button type="submit">Log in</button></form></div>',
-            message,
-            self.sso.links(next_path),
+            '<button type="submit">Log in</button></form>',
             next_path,
         )
+        form = form if self._sessions.has_token else Safe("")  # SSO only: no token to type
+        body = h('<div class="login"><h1>Keel dashboard</h1>{}{}{}</div>', message, self.sso.links(next_path), form)
         return _page("Log in", body, status, signed_in=False)
 
     async def login_form(self, request: Request) -> Response:

@@ -68,6 +68,11 @@ class Sessions:
         """A key to sign with: from the admin token or `sso.session_secret`."""
         return bool(self._key)
 
+    @property
+    def has_token(self) -> bool:
+        """An admin token to log in with (else only SSO signs in)."""
+        return bool(self._token)
+
     def check_token(self, given: str) -> bool:
         return bool(self._token) and hmac.compare_digest(given.encode(), self._token)
 

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from keel.dashboard.markup import Safe, h, join, layout
 from keel.dashboard.session import COOKIE, FLOW_COOKIE, Sessions, SignedIn, landing
 from keel.errors import KeelError
-from keel.tenancy.actor import Actor, Identity
+from keel.tenancy.actor import ROLES, Actor, Identity
 from keel.tenancy.oidc import FLOW_TTL_S, OidcProvider
 from keel.tenancy.sso import SignOn, actor_of
 
@@ -121,9 +121,10 @@ class SsoPages:
         except KeelError as err:
             log.warning("sso %s: sign-in refused: %s", provider.name, err.message)
             return self._failed(err.message, err.status)
-        who = SignedIn(
-            actor.id, actor.tenant, tuple(sorted(actor.roles)), 0, identity.name or identity.email, provider.name
-        )
+        roles = tuple(
+            sorted(actor.roles, key=lambda r: ROLES.index(r) if r in ROLES else len(ROLES))
+        )  # strongest first
+        who = SignedIn(actor.id, actor.tenant, roles, 0, identity.name or identity.email, provider.name)
         log.info("sso %s: %s signed in to tenant %s as %s", provider.name, actor.id, actor.tenant, ", ".join(who.roles))
         response = self._page("Signed in", h('<p><a href="{}">Continue</a></p>', flow.next), refresh=flow.next)
         response.set_cookie(
