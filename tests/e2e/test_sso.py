@@ -96,6 +96,9 @@ def test_bad_jwts_are_refused_without_echoing_them(gw: Gateway, idp: FakeIssuer)
             raise AssertionError(f"{name}: {exc}") from None
     r = whoami(gw, "eyJhbGciOiJSUzI1NiJ9.e30.c2ln")  # shaped like a JWT, payload {} with no issuer
     assert r.status_code == 401 and "c2ln" not in r.text
+    odd = idp.mint("ann", extra={"aud": [["keel"], {"a": 1}]})  # JSON, but odd shapes: refused, not a 500
+    assert whoami(gw, odd).status_code == 401
+    assert whoami(gw, idp.mint("ann", extra={"aud": [["x"], "keel"]})).status_code == 200  # one of its audiences
 
 
 def test_hs256_signed_with_the_public_key_is_refused(gw: Gateway, idp: FakeIssuer) -> None:

@@ -285,7 +285,13 @@ class Bearers:
         self._policy = Policy(tuple(config.algorithms), config.leeway_s)
 
     def candidates(self, iss: Any, aud: Any) -> Sequence[str]:
-        auds = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
+        auds = (
+            {aud}
+            if isinstance(aud, str)
+            else {a for a in aud if isinstance(a, str)}
+            if isinstance(aud, list)
+            else set()
+        )
         return [
             name
             for name, p in self._providers.items()
