@@ -252,3 +252,17 @@ def test_an_unreachable_issuer_is_a_503_not_a_refusal(
     r = whoami(gw, token)
     assert r.status_code == 503 and "did not answer" in r.json()["error"]["message"], r.text
     assert r.headers["retry-after"] and token not in r.text
+
+
+def test_groups_missing_from_the_id_token_come_from_userinfo(
+    make_gateway: Any, up: FakeUpstream, tmp_path: Path, clients: Any
+) -> None:
+    with FakeIssuer(USERS, {"keel": None}, groups_in_id_token=False, end_session=False) as lean:
+        raw = sso_config(up, tmp_path, lean)
+        raw["sso"]["providers"]["corp"].pop("client_secret")  # a public client: PKCE alone
+        gw = make_gateway(raw)
+        c = sign_in(clients(gw), lean, "ann", "ann-pw")
+        assert "Ann Admin (admin, viewer in t1)" in c.get("/ui").text
+        logout = c.post("/ui/logout")  # no end_session_endpoint: only Keel's session ends
+        assert logout.status_code == 303 and logout.headers["location"] == "/ui/login"
+        assert lean.log.token_errors == [] and lean.log.logouts == []

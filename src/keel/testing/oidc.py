@@ -339,3 +339,24 @@ class FakeIssuer:
         if target:
             raise web.HTTPFound(target)
         return web.Response(text="Signed out of the fake issuer.", content_type="text/html")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m keel.testing.oidc --user ann:pw:eng-admins,everyone`: an issuer for a demo, until Ctrl-C."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A fake OpenID Connect issuer on 127.0.0.1 (tests and demos).")
+    parser.add_argument("--user", action="append", default=[], help="NAME:PASSWORD[:GROUP,GROUP...]")
+    parser.add_argument("--client", default="keel", help="client_id (a public client: PKCE, no secret)")
+    args = parser.parse_args(argv)
+    users = {}
+    for spec in args.user or ["ann:ann:eng-admins"]:
+        name, password, groups = [*spec.split(":", 2), ""][:3]
+        users[name] = FakeUser(password, tuple(g for g in groups.split(",") if g))
+    with FakeIssuer(users, {args.client: None}) as issuer:
+        print(f"issuer: {issuer.url}  (client_id {args.client}; users: {', '.join(users)})", flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
