@@ -44,8 +44,8 @@ from keel.config.sections.traces import (
 STARTER = (files(__name__) / "starter.yaml").read_text(encoding="utf-8")  # `keel init` writes it as is
 
 __all__ = [
-    "LOCAL_THRESHOLDS",
     "DEFAULT_PATH",
+    "LOCAL_THRESHOLDS",
     "OTEL_CREDENTIALS",
     "STARTER",
     "AlertMetric",
