@@ -30,14 +30,14 @@ async def run(idp: FakeIssuer, n: int) -> None:
         idp.mint("ann", unpublished_key=True),
         idp.mint("ann", alg_none=True),
     ] * (n // 3)
-    await sign_on.bearers.identity(good[0])  # discovery and JWKS, once
+    await sign_on.bearers.identify(good[0])  # discovery and JWKS, once
     t0 = time.perf_counter()
     for token in good:
-        await sign_on.bearers.identity(token)
+        await sign_on.bearers.identify(token)
     t1 = time.perf_counter()
     for token in bad:
         with contextlib.suppress(AuthError):
-            await sign_on.bearers.identity(token)
+            await sign_on.bearers.identify(token)
     t2 = time.perf_counter()
     await sign_on.aclose()
     print(f"accepted: {(t1 - t0) / n * 1e6:,.0f} µs per token ({n} RS256 tokens)")

@@ -446,6 +446,17 @@ ROUTES = [
     Route("DELETE", "/api/rag/collections/{collection}/documents/{id:path}", "admin", query=("tenant",)),
     Route("POST", "/api/rag/collections/{collection}/search", "admin", {"tenant": "t1", "query": "hello", "top_k": 3,
         "mode": "hybrid", "filters": {"lang": "en", "year": {"$gte": 2020}}, "user": "u1", "groups": ["g"]}),
+    Route("GET", "/api/users", "admin", query=("tenant",)),
+    Route("POST", "/api/users", "admin", {"tenant": "t1", "id": "fz-user", "roles": ["developer"], "email": "a@b.c", "name": "n"}),
+    Route("GET", "/api/users/{user_id}", "admin"),
+    Route("PATCH", "/api/users/{user_id}", "admin", {"roles": ["viewer"], "team": None, "disabled": False, "email": "x@y.z", "name": "n"}),
+    Route("DELETE", "/api/users/{user_id}", "admin"),
+    Route("GET", "/api/teams", "admin", query=("tenant",)),
+    Route("POST", "/api/teams", "admin", {"tenant": "t1", "name": "fz-team"}),
+    Route("DELETE", "/api/teams/{name}", "admin", query=("tenant",)),
+    Route("GET", "/api/tokens", "admin", query=("user",)),
+    Route("POST", "/api/tokens", "admin", {"user": "fz-user", "name": "ci", "scopes": ["keys.read"], "expires_in": 3600}),
+    Route("POST", "/api/tokens/{token_id}/revoke", "admin"),
     Route("GET", "/healthz", "probe"),
     Route("GET", "/readyz", "probe"),
     Route("GET", "/metrics", "probe"),
@@ -494,6 +505,8 @@ def _param_values(t: Target, name: str) -> st.SearchStrategy[str]:
         "tenant": ["t1", "fz"],
         "collection": ["fzc", "missing"],
         "id:path": ["doc1", "dir/doc2", "missing"],
+        "user_id": ["fz-user", "missing"],
+        "token_id": ["pat_missing"],
         "provider": ["corp", "missing"],
     }[name]
     return st.one_of(st.sampled_from(known), url_text.filter(lambda s: s and "/" not in s and s not in (".", "..")))
@@ -518,6 +531,8 @@ def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
         "tenant",
         "collection",
         "id:path",
+        "user_id",
+        "token_id",
         "provider",
     ):
         if "{" + name + "}" in path:

@@ -9,6 +9,7 @@ flow with PKCE, state checked, the session cookie naming the user and their mapp
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from keel.tenancy.directory import Directory
 from keel.testing import FakeUpstream
 from keel.testing.oidc import FakeIssuer, FakeUser
 from tests.conftest import Gateway, base_config
@@ -71,10 +73,46 @@ def test_a_valid_jwt_is_the_user_with_the_roles_their_groups_map_to(gw: Gateway,
     r = whoami(gw, idp.mint("ann"))
     assert r.status_code == 200, r.text
     me = r.json()
-    assert me["kind"] == "user" and me["tenant"] == "t1" and me["roles"] == ["admin", "viewer"]
-    assert me["email"] == "ann@example.com" and me["groups"] == ["eng-admins", "everyone"]
+    assert me["kind"] == "user" and me["id"].startswith("user:") and me["tenant"] == "t1"
+    assert me["roles"] == ["admin", "viewer"]
+    admin = {"authorization": f"Bearer {gw.admin}"}
+    (ann,) = httpx.get(gw.url + "/api/users", params={"tenant": "t1"}, headers=admin).json()["data"]
+    assert f"user:{ann['id']}" == me["id"]  # created at first sight (jit), linked to the issuer's subject
+    assert (ann["issuer"], ann["subject"], ann["email"]) == (idp.url, "sub-ann", "ann@example.com")
+    assert whoami(gw, idp.mint("ann")).json()["id"] == me["id"]  # the same user next time
     assert whoami(gw, idp.mint("bob")).json()["roles"] == ["viewer"]
-    assert whoami(gw, gw.admin).json() == {"kind": "operator", "id": "admin", "tenant": None, "roles": ["operator"]}
+    assert whoami(gw, gw.admin).json() == {"kind": "operator", "id": "admin", "tenant": None, "roles": ["operator"],
+                                           "team": None}  # fmt: skip
+
+
+def test_the_admin_api_acts_as_the_jwts_user_with_their_mapped_role(gw: Gateway, idp: FakeIssuer) -> None:
+    ann, bob = ({"authorization": f"Bearer {idp.mint(u)}"} for u in ("ann", "bob"))
+    made = httpx.post(gw.url + "/api/keys", json={"tenant": "t1", "name": "from-sso"}, headers=ann)
+    assert made.status_code in (200, 201), made.text  # admin: keys.write in their own tenant
+    refused = httpx.post(gw.url + "/api/keys", json={"tenant": "t1", "name": "nope"}, headers=bob)
+    assert refused.status_code == 403 and "keys.write" in refused.json()["error"]["message"]  # viewer
+    assert httpx.get(gw.url + "/api/keys", params={"tenant": "t1"}, headers=bob).status_code == 200
+    other = httpx.get(gw.url + "/api/keys", params={"tenant": "t2"}, headers=ann)
+    assert other.status_code == 403  # another tenant is out of reach
+    entries = httpx.get(gw.url + "/api/audit", headers={"authorization": f"Bearer {gw.admin}"}).json()["data"]
+    me = whoami(gw, idp.mint("ann")).json()["id"]
+    assert any(e["actor"] == me and "POST /api/keys" in e["action"] for e in entries), entries
+
+
+def test_a_provider_without_jit_signs_in_only_users_added_beforehand(
+    make_gateway: Any, up: FakeUpstream, tmp_path: Path, idp: FakeIssuer
+) -> None:
+    raw = sso_config(up, tmp_path, idp)
+    raw["sso"]["providers"]["corp"]["jit"] = False
+    gw = make_gateway(raw)
+    r = whoami(gw, idp.mint("ann"))
+    assert r.status_code == 403 and "ask an admin to add you" in r.json()["error"]["message"]
+    admin = {"authorization": f"Bearer {gw.admin}"}
+    assert httpx.get(gw.url + "/api/users", params={"tenant": "t1"}, headers=admin).json()["data"] == []
+    directory = gw.runtime.get(Directory)
+    added = asyncio.run(directory.add_user("t1", ("viewer",), user_id="ann", issuer=idp.url, subject="sub-ann"))
+    me = whoami(gw, idp.mint("ann")).json()
+    assert me["id"] == f"user:{added.id}" and me["roles"] == ["admin", "viewer"]  # roles follow the mapping
 
 
 def test_bad_jwts_are_refused_without_echoing_them(gw: Gateway, idp: FakeIssuer) -> None:

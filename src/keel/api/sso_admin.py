@@ -1,62 +1,45 @@
-"""`GET /api/whoami`: who the admin API takes the caller for (the admin token's operator, or the user a
-JWT bearer names, with the roles its groups map to). The JWT resolver here is the one the admin guard
-plugs in for every admin route: the token checked against its issuer's JWKS, never echoed back."""
+"""JWT bearers on the admin API, and `GET /api/whoami`.
+
+`SsoAdmin` plugs a resolver into the one admin guard (keel.api.guard): a bearer shaped like a JWT is
+checked against its issuer's JWKS (keel.tenancy.jwt) and becomes the directory user it names, who then
+holds exactly the permissions of the roles the provider's group mapping gives them. A refused token is
+a 401 naming the failed check, never echoing the token. `GET /api/whoami` says who the guard took the
+caller for, whatever the credential (admin token, personal access token, JWT, virtual key).
+"""
 
 from __future__ import annotations
-
-import hmac
-from typing import TYPE_CHECKING
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from keel.api.openai import JSON_TYPE, bearer, error_response
-from keel.errors import AuthError, KeelError
+from keel.api.guard import Guard, client_ip
+from keel.api.openai import JSON_TYPE
 from keel.runtime.components import Runtime
-from keel.tenancy.actor import OPERATOR, Actor, Identity
-from keel.tenancy.sso import SignOn, actor_of, looks_like_jwt
-
-if TYPE_CHECKING:
-    from keel.tenancy.jwt import Bearers
-
-
-class JwtResolver:
-    """A JWT bearer → the Identity its issuer vouches for; None for a bearer that is no JWT (someone else's)."""
-
-    def __init__(self, bearers: Bearers | None) -> None:
-        self._bearers = bearers
-
-    async def identity(self, request: Request) -> Identity | None:
-        token = bearer(request)
-        if self._bearers is None or not token or not looks_like_jwt(token):
-            return None
-        return await self._bearers.identity(token)
+from keel.tenancy.actor import ROLES, Actor
+from keel.tenancy.sso import SignOn, looks_like_jwt
 
 
 class SsoAdmin:
-    def __init__(self, runtime: Runtime) -> None:
-        sign_on = runtime.find(SignOn)
-        self.jwt = JwtResolver(sign_on.bearers if sign_on else None)
-        self._token = (runtime.config.admin_token or "").encode()
+    def __init__(self, runtime: Runtime, guard: Guard) -> None:
+        self._sign_on = runtime.find(SignOn)
+        self._guard = guard
+        if self._sign_on is not None:
+            guard.resolvers.append(self.resolve)
+
+    async def resolve(self, request: Request, given: str | None) -> Actor | None:
+        """The user a JWT bearer names; None for any other credential (the guard tries the next)."""
+        if self._sign_on is None or not given or not looks_like_jwt(given):
+            return None
+        return await self._sign_on.bearer(given, client_ip(request))
 
     def routes(self) -> list[Route]:
-        return [Route("/api/whoami", self.whoami, methods=["GET"])]
+        return [self._guard.route("/api/whoami", self.whoami, ["GET"], "tenants.read")]
 
-    async def whoami(self, request: Request) -> Response:
-        ip = request.client.host if request.client else None
-        try:
-            identity = await self.jwt.identity(request)
-            if identity is not None:
-                actor = actor_of(identity, ip)
-            elif self._token and hmac.compare_digest((bearer(request) or "").encode(), self._token):
-                actor = Actor("operator", "admin", None, frozenset({OPERATOR}), ip=ip)
-            else:
-                raise AuthError("Invalid admin token or JWT bearer.")
-        except KeelError as err:
-            return error_response(err)
-        body = {"kind": actor.kind, "id": actor.id, "tenant": actor.tenant, "roles": sorted(actor.roles)}
-        if identity is not None:
-            body |= {"email": identity.email, "name": identity.name, "groups": list(identity.groups)}
+    async def whoami(self, request: Request, actor: Actor) -> Response:
+        roles = sorted(actor.roles, key=lambda r: ROLES.index(r) if r in ROLES else -1)  # operator, then strongest
+        body = {"kind": actor.kind, "id": actor.id, "tenant": actor.tenant, "roles": roles, "team": actor.team}
+        if actor.scopes is not None:
+            body["scopes"] = sorted(actor.scopes)
         return Response(orjson.dumps(body), 200, None, JSON_TYPE)

@@ -33,7 +33,7 @@ from keel.dashboard.promptpages import PromptPageStore, read_list, read_prompt, 
 from keel.dashboard.promptpages import render_list as render_prompts
 from keel.dashboard.session import COOKIE, TTL_S, Sessions, landing
 from keel.dashboard.slopages import render_slo
-from keel.dashboard.ssopages import SignIn, SsoPages, as_is
+from keel.dashboard.ssopages import SsoPages
 from keel.dashboard.throttle import LoginThrottle
 from keel.dashboard.tracepages import list_params, render_list, render_trace
 from keel.errors import InvalidRequest
@@ -85,13 +85,12 @@ class Dashboard:
         sign_on: SignOn | None = None,  # `sso.providers`: "Sign in with ..." beside the admin-token form
         session_secret: str | None = None,  # `sso.session_secret`; default: derived from the admin token
         session_ttl_s: float = TTL_S,
-        sign_in: SignIn = as_is,
         public_url: str | None = None,
     ) -> None:
         self._store = store
         self._blobs = blobs  # large payloads live there; the trace page reads them back
         self._sessions = Sessions(admin_token, session_ttl_s, session_secret)
-        self.sso = SsoPages(self._sessions, sign_on, HEADERS, sign_in, public_url)
+        self.sso = SsoPages(self._sessions, sign_on, HEADERS, public_url)
         self.throttle = throttle or LoginThrottle()
         self._stuck_after = stuck_after
         self._slos = dict(slos or {})

@@ -11,7 +11,6 @@ session cookie with it. Errors name what failed, never a code or token.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -21,16 +20,11 @@ from starlette.routing import Route
 from keel.dashboard.markup import Safe, h, join, layout
 from keel.dashboard.session import COOKIE, FLOW_COOKIE, Sessions, SignedIn, landing
 from keel.errors import KeelError
-from keel.tenancy.actor import ROLES, Actor, Identity
+from keel.tenancy.actor import ROLES
 from keel.tenancy.oidc import FLOW_TTL_S, OidcProvider
-from keel.tenancy.sso import SignOn, actor_of
+from keel.tenancy.sso import SignOn
 
 log = logging.getLogger("keel.dashboard")
-SignIn = Callable[[Identity], Awaitable[Actor]]  # an identity → the user it is (tenancy's Directory.sign_in)
-
-
-async def as_is(identity: Identity) -> Actor:
-    return actor_of(identity)
 
 
 class SsoPages:
@@ -39,13 +33,12 @@ class SsoPages:
         sessions: Sessions,
         sign_on: SignOn | None,
         headers: dict[str, str],
-        sign_in: SignIn = as_is,
         public_url: str | None = None,
     ) -> None:
         self._sessions = sessions
+        self._sign_on = sign_on
         self._providers = sign_on.providers if sign_on else {}
         self._headers = headers
-        self.sign_in = sign_in  # replaced by the composition root once users exist
         self._public_url = public_url.rstrip("/") if public_url else None
 
     def routes(self) -> list[Route]:
@@ -117,7 +110,8 @@ class SsoPages:
         params = {k: v for k, v in request.query_params.items() if k in ("code", "state", "error")}
         try:
             identity = await provider.finish(flow, params, redirect_uri)
-            actor = await self.sign_in(identity)
+            assert self._sign_on is not None  # a provider was found
+            actor = await self._sign_on.actor(provider.name, identity, request.client.host if request.client else None)
         except KeelError as err:
             log.warning("sso %s: sign-in refused: %s", provider.name, err.message)
             return self._failed(err.message, err.status)

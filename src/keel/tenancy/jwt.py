@@ -298,7 +298,8 @@ class Bearers:
             if self._issuers[name].url == iss and (p.audience or p.client_id) in auds
         ]
 
-    async def identity(self, token: str, now: float | None = None) -> Identity:
+    async def identify(self, token: str, now: float | None = None) -> tuple[str, Identity]:
+        """(the provider that vouches for `token`, the Identity it names); AuthError (401) when refused."""
         claims = unverified_claims(token)
         names = self.candidates(claims.get("iss"), claims.get("aud"))
         if not names:
@@ -307,7 +308,7 @@ class Bearers:
         provider = self._providers[name]
         issuer = self._issuers[name]
         verified = await verify(token, issuer, provider.audience or provider.client_id, self._policy, now=now)
-        return identity_of(verified, provider, issuer.url)
+        return name, identity_of(verified, provider, issuer.url)
 
 
 class AiohttpClient:
