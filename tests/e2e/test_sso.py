@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
+from keel.dashboard.session import Sessions
 from keel.tenancy.directory import Directory
 from keel.testing import FakeUpstream
 from keel.testing.oidc import FakeIssuer, FakeUser
@@ -235,6 +236,12 @@ def test_sign_in_through_the_issuer_lands_as_the_user_with_mapped_roles(
     page = c.get("/ui/traces")
     assert page.status_code == 200
     assert re.search(r'id="whoami">Ann Admin \(admin, viewer in t1\)<', page.text), page.text[:2000]
+    admin = {"authorization": f"Bearer {gw.admin}"}
+    (ann,) = httpx.get(gw.url + "/api/users", params={"tenant": "t1"}, headers=admin).json()["data"]
+    assert (ann["subject"], ann["roles"]) == ("sub-ann", ["admin", "viewer"])  # the sign-in made the user
+    who = Sessions(gw.admin, secret="s" * 40).read(c.cookies["keel_ui"])
+    assert who is not None and who.as_actor().id == f"user:{ann['id']}" and who.as_actor().tenant == "t1"
+    assert who.roles == ("admin", "viewer") and who.provider == "corp"
     logout = c.post("/ui/logout")
     assert logout.status_code == 200 and 'http-equiv="refresh"' in logout.text
     assert f"{idp.url}/end_session?client_id=keel" in logout.text.replace("&amp;", "&")
