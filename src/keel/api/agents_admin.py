@@ -1,6 +1,6 @@
 """The agents' and audit log's admin routes.
 
-- `/api/audit`, `/api/audit/verify`: the admin token.
+- The audit log's routes are in api/audit_admin.py.
 - `/api/agents/tools`, `/api/agents/secrets`: the admin token (naming `tenant`) or a tenant's virtual key
   (its own tenant). A secret's value goes in once (PUT) and never comes back out.
 - `/api/agents/runs`: a virtual key (the run's model steps are calls of that key); `"stream": true` answers
@@ -28,12 +28,10 @@ from keel.agents.tools import SpecError, parse_spec
 from keel.agents.views import call_view, run_view, secret_view, tool_view
 from keel.api.bounds import Bounds
 from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
-from keel.audit.log import AuditLog, entry_json, parse_instant
+from keel.audit.log import AuditLog
 from keel.errors import AuthError, InvalidRequest, KeelError, NotFound, PermissionDenied
 from keel.runtime.components import Runtime
 from keel.store.protocols.agents import ToolRow
-
-MAX_AUDIT_PAGE = 1000
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -93,8 +91,6 @@ class AgentsAdmin:
     def routes(self) -> list[Route]:
         either = self._either
         return [
-            Route("/api/audit", self._admin(self.list_audit), methods=["GET"]),
-            Route("/api/audit/verify", self._admin(self.verify_audit), methods=["GET"]),
             Route("/api/agents/tools", either(self.list_tools), methods=["GET"]),
             Route("/api/agents/tools", either(self.add_tool), methods=["POST"]),
             Route("/api/agents/tools/{name}", either(self.show_tool), methods=["GET"]),
@@ -146,31 +142,6 @@ class AgentsAdmin:
                 return error_response(err)
 
         return endpoint
-
-    async def list_audit(self, request: Request) -> Response:
-        """?since=&until=&tenant=&after=<seq>&limit= — entries in chain order with their hashes."""
-        q = request.query_params
-        bounds: dict[str, float | None] = {}
-        for name in ("since", "until"):
-            try:
-                bounds[name] = None if q.get(name) is None else parse_instant(q[name], name)
-            except ValueError as exc:
-                raise InvalidRequest(str(exc), name) from None
-        after = _int(q, "after", 0, 0, 2**62)
-        limit = _int(q, "limit", 100, 1, MAX_AUDIT_PAGE)
-        tenant = q.get("tenant")
-        store = self._rt.store
-        rows = await asyncio.to_thread(
-            lambda: store.list_audit(
-                after_seq=after, since=bounds["since"], until=bounds["until"], tenant=tenant, limit=limit
-            )
-        )
-        data = [entry_json(e) for e in rows]
-        return _json({"data": data, "next_after": rows[-1].seq if len(rows) == limit else None})
-
-    async def verify_audit(self, request: Request) -> Response:
-        verdict = await asyncio.to_thread(self._audit.verify)
-        return _json(verdict.json(), 200 if verdict.ok else 409)
 
     # ---- tools -----------------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from keel.alerts.slo import slos_of
 from keel.api.admin import Admin
 from keel.api.agents_admin import AgentsAdmin
 from keel.api.anthropic import AnthropicEdge
+from keel.api.audit_admin import AuditAdmin
 from keel.api.batches import BatchesEdge
 from keel.api.completions import Completions
 from keel.api.deferred import AsyncEdge
@@ -228,6 +229,7 @@ def create_app(runtime: Runtime) -> FastPath:
         *OnlineEvalsAdmin(runtime).routes(),
         *EvalsAdmin(runtime).routes(),
         *AgentsAdmin(runtime).routes(),
+        *AuditAdmin(runtime).routes(),  # audit queries, verify, range export
         *mcp.routes(),
         *dashboard.routes(),
     ]
