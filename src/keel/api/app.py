@@ -34,6 +34,7 @@ from keel.api.prompts_admin import PromptsAdmin
 from keel.api.rag_admin import RagAdmin
 from keel.api.rag_search import RagSearchEdge
 from keel.api.responses import ResponsesEdge
+from keel.audit.siem import SiemShipper
 from keel.config.sections.server import CorsConfig
 from keel.dashboard.pages import Dashboard
 from keel.errors import KeelError, NotFound, RequestError
@@ -141,6 +142,7 @@ def create_app(runtime: Runtime) -> FastPath:
         slos=slos_of(runtime.config.models),
     )
     warmth = runtime.find(WarmthBook)
+    siem = runtime.find(SiemShipper)
     mcp = McpEdge(runtime)  # Keel's tools as an MCP server at /mcp
 
     async def healthz(request: Request) -> Response:
@@ -191,6 +193,8 @@ def create_app(runtime: Runtime) -> FastPath:
             # background workers (runtime/workers.py): "ok", or why one is not running until it restarts
             "workers": {name: why or "ok" for name, why in runtime.workers.health().items()},
         }
+        if siem is not None:  # the audit log's streaming export: its lag and failures (never unready for it)
+            body["audit_siem"] = siem.stats.json()
         if warmth:  # self-hosted servers' readiness; a warming one leaves the gateway ready (it reroutes)
             body["targets"] = {key: w.state for key, w in warmth.targets()}
         # Traces at risk take this process out; a stalled store does not (records wait, calls are served).
