@@ -65,13 +65,16 @@ def flatten(cfg: Config) -> dict[str, tuple[Any, str]]:
     return out
 
 
-def diff(before: dict[str, Any], after: dict[str, tuple[Any, str]]) -> dict[str, dict[str, Any]]:
-    """Changed, added and removed paths with their shown values (None: absent)."""
-    changed: dict[str, dict[str, Any]] = {}
+def diff(before: dict[str, Any], after: dict[str, tuple[Any, str]]) -> list[dict[str, Any]]:
+    """Changed, added and removed paths with their shown values (None: absent). A list of {key, before,
+    after}: key paths as values, so the log's own redaction (by key name) leaves counts like max_tokens."""
+    changed: list[dict[str, Any]] = []
     for path in sorted(before.keys() | after.keys()):
         old, new = before.get(path), after.get(path)
         if old is None or new is None or old[1] != new[1]:
-            changed[path] = {"before": None if old is None else old[0], "after": None if new is None else new[0]}
+            changed.append(
+                {"key": path, "before": None if old is None else old[0], "after": None if new is None else new[0]}
+            )
     return changed
 
 
@@ -90,9 +93,8 @@ def record_config(audit: AuditLog, store: AuditStore, cfg: Config, now: float) -
             changed = diff(before, current)
             if not changed:
                 return None
-            named = dict(list(changed.items())[:MAX_KEYS])
             result = {"changed": len(changed), "digest": digest}
-            audit.append(ACTOR, "config.change", "config", before=None, after=named, result=result, now=now)
+            audit.append(ACTOR, "config.change", "config", after=changed[:MAX_KEYS], result=result, now=now)
             action = "config.change"
         store.set_audit_mark(MARK, orjson.dumps({k: list(v) for k, v in current.items()}).decode(), now)
         return action
