@@ -95,17 +95,32 @@ class Snapshot:
     anchor: str | None = None  # prev_hash of the first entry exported
     last_seq: int | None = None
     last_hash: str | None = None
+    stop: int | None = None  # the last seq to export (None: the head)
+    by_seq: bool = False  # page by seq alone (an unfiltered time range turned into its seq range)
 
     @classmethod
     def begin(cls, store: AuditStore, query: AuditQuery) -> Snapshot:
+        """Up to the head as it is now. An unfiltered time range becomes the seq range from its first entry
+        to its last, every entry between included: one unbroken piece of the chain, even where clocks of
+        several processes put an entry's `at` a little out of order."""
         head_seq, head_hash = store.audit_head()
-        return cls(query, head_seq, head_hash)
+        if query.filtered or (query.since is None and query.until is None):
+            return cls(query, head_seq, head_hash)
+        bounds = store.audit_seq_range(query.since, query.until)
+        if bounds is None:
+            return cls(query, head_seq, head_hash, after=head_seq)
+        return cls(query, head_seq, head_hash, after=bounds[0] - 1, stop=min(bounds[1], head_seq), by_seq=True)
+
+    @property
+    def last(self) -> int:
+        return self.head_seq if self.stop is None else self.stop
 
     def next_page(self, store: AuditStore) -> list[AuditEntry]:
         """The next page (empty when done); synchronous: the API runs it in a thread."""
-        if self.after >= self.head_seq:
+        if self.after >= self.last:
             return []
-        page = [e for e in self.query.page(store, self.after, PAGE) if e.seq <= self.head_seq]
+        query = AuditQuery() if self.by_seq else self.query
+        page = [e for e in query.page(store, self.after, PAGE) if e.seq <= self.last]
         if page:
             self.after = page[-1].seq
             if self.first_seq is None:
@@ -113,7 +128,7 @@ class Snapshot:
             self.last_seq, self.last_hash = page[-1].seq, page[-1].hash
             self.count += len(page)
         else:
-            self.after = self.head_seq
+            self.after = self.last
         return page
 
     def trailer(self) -> bytes:

@@ -75,6 +75,10 @@ class AuditStore(Protocol):
         """The chain's last seq and hash as the appenders left them ((0, GENESIS) when empty)."""
         ...
 
+    def audit_seq_range(self, since: float | None, until: float | None) -> tuple[int, int] | None:
+        """The first and last seq of the entries with `at` in [since, until), None if there are none."""
+        ...
+
     def audit_mark(self, name: str) -> str | None:
         """A named value the audit capability keeps between runs (the SIEM cursor), None if never set."""
         ...

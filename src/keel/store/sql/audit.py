@@ -70,6 +70,14 @@ class SqlAudit:
         assert row is not None, "audit_head has no chain row: run `keel db migrate`"
         return int(row[0]), str(row[1])
 
+    def audit_seq_range(self, since: float | None, until: float | None) -> tuple[int, int] | None:
+        m = self._db.dialect.mark
+        kept = [(c, v) for c, v in (("at >=", since), ("at <", until)) if v is not None]
+        where = " AND ".join(f"{c} {m}" for c, _ in kept) or "TRUE"
+        with self._db.session() as s:
+            row = s.fetchone(f"SELECT MIN(seq), MAX(seq) FROM audit_log WHERE {where}", tuple(v for _, v in kept))
+        return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
+
     def audit_mark(self, name: str) -> str | None:
         m = self._db.dialect.mark
         with self._db.session() as s:
