@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -34,7 +35,8 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status, media_type=JSON_TYPE)
 
 
-def _query(request: Request) -> AuditQuery:
+def _query(request: Request, tenant: str | None) -> AuditQuery:
+    """The request's filters; `tenant`, when the caller is bound to one, replaces the query's."""
     params = request.query_params
     for name, value in params.multi_items():
         if name not in KNOWN:
@@ -42,9 +44,10 @@ def _query(request: Request) -> AuditQuery:
         if "\x00" in value or len(value) > 512:
             raise InvalidRequest("Parameters must be at most 512 characters, without NUL.", name)
     try:
-        return AuditQuery.parse({k: params.get(k) for k in KNOWN})
+        query = AuditQuery.parse({k: params.get(k) for k in KNOWN})
     except QueryError as exc:
         raise InvalidRequest(f"{exc}.", exc.param) from None
+    return query if tenant is None else dataclasses.replace(query, tenant=tenant)
 
 
 def _int(params: Any, name: str, default: int, low: int, high: int) -> int:
@@ -73,33 +76,37 @@ class AuditAdmin:
             Route("/api/audit/export", self._admin(self.export_audit), methods=["GET"]),
         ]
 
-    def _admin(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Any]:
+    def _admin(self, handler: Callable[[Request, str | None], Awaitable[Response]]) -> Callable[[Request], Any]:
+        """The admin token: every tenant (`scope` None). A guard with roles passes a tenant-bound caller's
+        tenant as `scope` instead, and the handlers keep to it."""
+
         async def endpoint(request: Request) -> Response:
             try:
                 if not self._token:
                     raise PermissionDenied("The admin API is disabled: set admin_token in keel.yaml.")
                 if not hmac.compare_digest((bearer(request) or "").encode(), self._token):
                     raise AuthError("Invalid admin token.")
-                return await handler(request)
+                return await handler(request, None)
             except KeelError as err:
                 return error_response(err)
 
         return endpoint
 
-    async def list_audit(self, request: Request) -> Response:
-        query = _query(request)
+    async def list_audit(self, request: Request, scope: str | None) -> Response:
+        query = _query(request, scope)
         after = _int(request.query_params, "after", 0, 0, 2**62)
         limit = _int(request.query_params, "limit", 100, 1, MAX_PAGE)
         rows = await asyncio.to_thread(query.page, self._store, after, limit)
         data = [entry_json(e) for e in rows]
         return _json({"data": data, "next_after": rows[-1].seq if len(rows) == limit else None})
 
-    async def verify_audit(self, request: Request) -> Response:
+    async def verify_audit(self, request: Request, scope: str | None) -> Response:
+        """The whole chain (a verdict, no entry's content), whoever asks."""
         verdict = await asyncio.to_thread(self._audit.verify)
         return _json(verdict.json(), 200 if verdict.ok else 409)
 
-    async def export_audit(self, request: Request) -> Response:
-        query = _query(request)
+    async def export_audit(self, request: Request, scope: str | None) -> Response:
+        query = _query(request, scope)
         fmt = request.query_params.get("format", "jsonl")
         if fmt not in FORMATS:
             raise InvalidRequest(f"'format' must be one of {', '.join(FORMATS)}.", "format")

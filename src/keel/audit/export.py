@@ -1,8 +1,9 @@
 """Audit queries and range exports that verify on their own, without Keel or its database.
 
 `AuditQuery` is the one filter the API, the CLI and the SIEM shipper share (time range, tenant, actor,
-action prefix, target). `jsonl` and `csv_rows` stream a query page by page (memory bounded by a page),
-up to the chain's head as it was when the export began (a stable snapshot).
+action prefix, target). A `Snapshot` pages an export (memory bounded by a page) up to the chain's head as
+it was when the export began; `export` streams one whole (the CLI), the API drives a Snapshot in a thread.
+An unfiltered time range is exported as the seq range of its first to last entry: one unbroken piece.
 
 A JSONL export is self-verifying: each line is an entry with its chain fields (the exact `detail_json`
 that was hashed, `prev_hash`, `hash`), and the last line is a trailer `{"keel_audit_export": {...}}` with
