@@ -152,6 +152,17 @@ def test_a_days_changes_export_complete_in_order_and_verified(
         csv_text = admin.get("/api/audit/export", params={"since": since, "until": until_, "format": "csv"}).text
         chain = admin.get("/api/audit/verify").json()
 
+        # the same day through GET /api/audit: filtered, a page at a time by the seq cursor
+        pages, after = [], 0
+        while after is not None:
+            params = {"since": since, "until": until_, "actor": "cli", "action": "key.", "after": after, "limit": 1}
+            page = admin.get("/api/audit", params=params).json()
+            pages += [(e["action"], e["target"]) for e in page["data"]]
+            after = page["next_after"]
+        assert pages == [("key.create", key["id"]), ("key.revoke", key["id"])]
+        refused = admin.get("/api/audit", params={"since": "yesterday-ish"})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "since"
+
     rows = [json.loads(line) for line in jsonl.text.splitlines()]
     entries, trailer = rows[:-1], rows[-1]["keel_audit_export"]
     seqs = [e["seq"] for e in entries]
