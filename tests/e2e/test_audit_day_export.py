@@ -190,6 +190,10 @@ def test_a_days_changes_export_complete_in_order_and_verified(
     cli(tmp_path, "audit", "export", "--since", since, "--until", until_, "--format", "csv", "-o", "day.csv")
     assert (tmp_path / "day.jsonl").read_bytes() == jsonl.content, "the CLI and the API export the same bytes"
     assert (tmp_path / "day.csv").read_text() == csv_text
+    listed = json.loads(
+        cli(tmp_path, "audit", "list", "--since", since, "--actor", "cli", "--action", "key.", "--json").stdout
+    )
+    assert [(e["action"], e["target"]) for e in listed] == [("key.create", key["id"]), ("key.revoke", key["id"])]
     ok = cli(tmp_path, "audit", "verify", "--file", "day.jsonl")
     print(f"  keel audit verify --file day.jsonl: {ok.stdout.strip()}")
     assert f"ok: {len(entries)} entries (seq {seqs[0]} to {seqs[-1]})" in ok.stdout

@@ -123,7 +123,8 @@ def run_list(args: argparse.Namespace) -> int:
 
     query = _query(args)
     with store(args) as s:
-        snap, entries = Snapshot.begin(s, query), deque[AuditEntry](maxlen=200)
+        snap = Snapshot.begin(s, query)
+        entries: deque[AuditEntry] = deque(maxlen=200)
         while page := snap.next_page(s):
             entries.extend(page)
     if args.json:
