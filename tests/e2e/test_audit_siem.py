@@ -11,9 +11,11 @@ import hashlib
 import hmac
 import json
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -184,3 +186,35 @@ def test_the_siem_section_refuses_unknown_keys_and_non_http_urls(tmp_path: Path)
         with pytest.raises(ConfigError) as info:
             keel_config.load(tmp_path / "keel.yaml", env={})
         assert named in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
+def test_the_shipper_restarts_when_it_dies_and_loses_nothing(
+    up: FakeUpstream, storage_url: str, tmp_path: Path
+) -> None:
+    receiver = Receiver(0, [])
+    raw = base_config(up, storage_url, tmp_path)
+    raw["audit"] = {"siem": {"url": f"http://127.0.0.1:{receiver.port}/intake", "secret": SECRET, "interval_s": 0.05}}
+    db = storage_url.removeprefix("sqlite:///")
+    try:
+        with serve(raw, tmp_path, {}) as (url, runtime):
+            runtime.store.create_tenant("t1")
+            shipper = runtime.get(SiemShipper)
+            wait_for(lambda: shipper.stats.cursor == runtime.store.audit_head()[0], "the config entry delivered")
+            with closing(sqlite3.connect(db)) as conn:  # the cursor's table goes away: its write raises
+                conn.execute("ALTER TABLE audit_marks RENAME TO audit_marks_away")
+                conn.commit()
+            register_tools(url, ["x"])
+            state = runtime.workers.states["audit-siem"]
+            wait_for(lambda: state.restarts >= 1, "the shipper to die and be restarted")
+            assert httpx.get(url + "/readyz").json()["workers"]["audit-siem"].startswith("crashed")
+            with closing(sqlite3.connect(db)) as conn:
+                conn.execute("ALTER TABLE audit_marks_away RENAME TO audit_marks")
+                conn.commit()
+            head = runtime.store.audit_head()[0]
+            wait_for(lambda: runtime.store.audit_mark("siem") == str(head), "delivery to resume", timeout=60)
+            wait_for(lambda: httpx.get(url + "/readyz").json()["workers"]["audit-siem"] == "ok", "the worker healthy")
+    finally:
+        receiver.close()
+    seqs = [e["seq"] for _, body in receiver.requests for e in json.loads(body)["entries"]]
+    assert sorted(set(seqs)) == list(range(1, head + 1)) and seqs.count(head) == 2, "resent once, none lost"
