@@ -19,6 +19,7 @@ from keel.alerts.slo import slos_of
 from keel.api.admin import Admin
 from keel.api.agents_admin import AgentsAdmin
 from keel.api.anthropic import AnthropicEdge
+from keel.api.audit_admin import AuditAdmin
 from keel.api.batches import BatchesEdge
 from keel.api.completions import Completions
 from keel.api.deferred import AsyncEdge
@@ -35,6 +36,7 @@ from keel.api.rag_admin import RagAdmin
 from keel.api.rag_search import RagSearchEdge
 from keel.api.responses import ResponsesEdge
 from keel.api.tenancy_admin import TenancyAdmin
+from keel.audit.siem import SiemShipper
 from keel.config.sections.server import CorsConfig
 from keel.dashboard.pages import Dashboard
 from keel.errors import KeelError, NotFound, RequestError
@@ -142,6 +144,7 @@ def create_app(runtime: Runtime) -> FastPath:
         slos=slos_of(runtime.config.models),
     )
     warmth = runtime.find(WarmthBook)
+    siem = runtime.find(SiemShipper)
     mcp = McpEdge(runtime)  # Keel's tools as an MCP server at /mcp
     guard = Guard(runtime)  # every admin route's: who is asking, may they, on which tenant; audit
 
@@ -193,6 +196,8 @@ def create_app(runtime: Runtime) -> FastPath:
             # background workers (runtime/workers.py): "ok", or why one is not running until it restarts
             "workers": {name: why or "ok" for name, why in runtime.workers.health().items()},
         }
+        if siem is not None:  # the audit log's streaming export: its lag and failures (never unready for it)
+            body["audit_siem"] = siem.stats.json()
         if warmth:  # self-hosted servers' readiness; a warming one leaves the gateway ready (it reroutes)
             body["targets"] = {key: w.state for key, w in warmth.targets()}
         # Traces at risk take this process out; a stalled store does not (records wait, calls are served).
@@ -232,6 +237,7 @@ def create_app(runtime: Runtime) -> FastPath:
         *EvalsAdmin(runtime, guard).routes(),
         *AgentsAdmin(runtime, guard).routes(),
         *TenancyAdmin(runtime, guard).routes(),  # users, teams, personal access tokens
+        *AuditAdmin(runtime, guard).routes(),  # audit queries, verify, range export
         *mcp.routes(),
         *dashboard.routes(),
     ]
