@@ -406,8 +406,9 @@ ROUTES = [
     Route("GET", "/api/evals/runs/{run_id}/compare", "admin", query=("baseline", "max_regressions", "min_pass_rate", "alpha")),
     Route("GET", "/ui/prompts", "dashboard", query=("tenant",)),
     Route("GET", "/ui/prompts/{tenant}/{name}", "dashboard", query=("diff",)),
-    Route("GET", "/api/audit", "admin", query=("since", "until", "tenant", "after", "limit")),
+    Route("GET", "/api/audit", "admin", query=("since", "until", "tenant", "actor", "action", "target", "after", "limit")),
     Route("GET", "/api/audit/verify", "admin"),
+    Route("GET", "/api/audit/export", "admin", query=("since", "until", "tenant", "actor", "action", "target", "format")),
     Route("GET", "/api/agents/tools", "admin", query=("tenant",)),
     Route("POST", "/api/agents/tools", "admin", TOOL),
     Route("GET", "/api/agents/tools/{name}", "admin", query=("tenant",)),
@@ -643,7 +644,9 @@ def _check(sent: Sent, r: httpx.Response) -> None:
         assert "Internal gateway error" not in r.text, f"stream hid an internal error for {where}: {r.text[-500:]}"
         return
     if status < 400:
-        if family != "probe" or sent.route.path != "/metrics":
+        if ctype.startswith(("application/x-ndjson", "text/csv")):
+            _export(r, where)
+        elif family != "probe" or sent.route.path != "/metrics":
             r.json()
         return
     body = r.json()
@@ -651,6 +654,14 @@ def _check(sent: Sent, r: httpx.Response) -> None:
         assert body.get("type") == "error" and set(body["error"]) == {"type", "message"}, (where, body)
     else:
         assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, (where, body)
+
+
+def _export(r: httpx.Response, where: str) -> None:
+    """The audit export: JSONL (an object a line) or CSV (its header first)."""
+    if r.headers["content-type"].startswith("text/csv"):
+        assert r.text.startswith("seq,at,"), where
+    else:
+        assert all(isinstance(json.loads(line), dict) for line in r.text.splitlines()), where
 
 
 def _check_page(sent: Sent, r: httpx.Response, where: str) -> None:

@@ -19,6 +19,7 @@ from keel.alerts.slo import slos_of
 from keel.api.admin import Admin
 from keel.api.agents_admin import AgentsAdmin
 from keel.api.anthropic import AnthropicEdge
+from keel.api.audit_admin import AuditAdmin
 from keel.api.batches import BatchesEdge
 from keel.api.completions import Completions
 from keel.api.deferred import AsyncEdge
@@ -36,6 +37,7 @@ from keel.api.rag_search import RagSearchEdge
 from keel.api.responses import ResponsesEdge
 from keel.api.sso_admin import SsoAdmin
 from keel.api.tenancy_admin import TenancyAdmin
+from keel.audit.siem import SiemShipper
 from keel.config.sections.server import CorsConfig
 from keel.dashboard.pages import Dashboard
 from keel.errors import KeelError, NotFound, RequestError
@@ -148,6 +150,7 @@ def create_app(runtime: Runtime) -> FastPath:
         public_url=runtime.config.sso.public_url,
     )
     warmth = runtime.find(WarmthBook)
+    siem = runtime.find(SiemShipper)
     mcp = McpEdge(runtime)  # Keel's tools as an MCP server at /mcp
     guard = Guard(runtime)  # every admin route's: who is asking, may they, on which tenant; audit
 
@@ -199,6 +202,8 @@ def create_app(runtime: Runtime) -> FastPath:
             # background workers (runtime/workers.py): "ok", or why one is not running until it restarts
             "workers": {name: why or "ok" for name, why in runtime.workers.health().items()},
         }
+        if siem is not None:  # the audit log's streaming export: its lag and failures (never unready for it)
+            body["audit_siem"] = siem.stats.json()
         if warmth:  # self-hosted servers' readiness; a warming one leaves the gateway ready (it reroutes)
             body["targets"] = {key: w.state for key, w in warmth.targets()}
         # Traces at risk take this process out; a stalled store does not (records wait, calls are served).
@@ -238,6 +243,7 @@ def create_app(runtime: Runtime) -> FastPath:
         *EvalsAdmin(runtime, guard).routes(),
         *AgentsAdmin(runtime, guard).routes(),
         *TenancyAdmin(runtime, guard).routes(),  # users, teams, personal access tokens
+        *AuditAdmin(runtime, guard).routes(),  # audit queries, verify, range export
         *SsoAdmin(runtime, guard).routes(),  # JWT bearers (a guard resolver); /api/whoami
         *mcp.routes(),
         *dashboard.routes(),

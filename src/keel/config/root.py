@@ -11,6 +11,7 @@ from __future__ import annotations
 from keel.config.parts import Model, Outline
 from keel.config.sections import alerts, batches, evals, jobs, online_evals, providers, routing, sso, traces
 from keel.config.sections.alerts import AlertsConfig
+from keel.config.sections.audit import AuditConfig
 from keel.config.sections.batches import AsyncCallsConfig, BatchesConfig
 from keel.config.sections.cache import LOCAL_THRESHOLDS, CacheConfig
 from keel.config.sections.evals import EvalsConfig
@@ -51,6 +52,7 @@ class Config(Model):
     async_calls: AsyncCallsConfig = AsyncCallsConfig()
     online_evals: OnlineEvalsConfig = OnlineEvalsConfig()
     evals: EvalsConfig = EvalsConfig()
+    audit: AuditConfig = AuditConfig()  # the audit log's streaming export to a SIEM
     sso: SsoConfig = SsoConfig()
 
 
