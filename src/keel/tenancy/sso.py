@@ -28,7 +28,7 @@ def looks_like_jwt(token: str) -> bool:
 
 
 def actor_of(identity: Identity, ip: str | None = None) -> Actor:
-    """Until a directory of users is wired in: the identity as it is, named by its issuer and subject."""
+    """Without a directory (a SignOn on its own, as in bench/sso.py): the identity as it is, by issuer and subject."""
     return Actor("user", f"sso:{identity.issuer}#{identity.subject}", identity.tenant, frozenset(identity.roles), ip=ip)
 
 
@@ -40,7 +40,7 @@ class SignOn:
     bearers: Bearers
     http: Http
     issuers: dict[str, Issuer] = field(default_factory=dict)
-    directory: Directory | None = None  # None: identities act as they are (no users to link them to)
+    directory: Directory | None = None  # the runtime's; None only for a SignOn used on its own
 
     async def actor(self, provider: str, identity: Identity, ip: str | None = None) -> Actor:
         """The user `identity` is, signed in through `provider` (a name in `providers`)."""
