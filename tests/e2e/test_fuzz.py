@@ -697,6 +697,9 @@ def _budget(route: Route) -> int:
     return EXAMPLES if route.body is not None or route.query or route.form or "{" in route.path else EXAMPLES // 3
 
 
+# The gateway under test runs in this process: its background threads (jitter, sampling) draw from the
+# global `random` while Hypothesis draws an example, which Hypothesis reads as a strategy using `random`
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 @pytest.mark.parametrize("route", ROUTES, ids=[f"{r.method} {r.path}" for r in ROUTES])
 def test_fuzz(target: Target, route: Route) -> None:
     @settings(SETTINGS, max_examples=_budget(route) * max(1, EXPLORE))
