@@ -11,7 +11,7 @@ the process answers, the trace writer is healthy (/readyz 200) and no internal e
 
 One server for the module (PostgreSQL, the strictest store: NUL, index sizes) with the fake
 upstream; examples are bounded and derandomized, so a CI run is stable and takes well under a
-minute. schemathesis would need an OpenAPI document, which Keel does not publish yet.
+minute. schemathesis runs against the admin API's OpenAPI document in test_openapi.py.
 """
 
 from __future__ import annotations
@@ -436,6 +436,7 @@ ROUTES = [
     Route("DELETE", "/api/rag/collections/{collection}/documents/{id:path}", "admin", query=("tenant",)),
     Route("POST", "/api/rag/collections/{collection}/search", "admin", {"tenant": "t1", "query": "hello", "top_k": 3,
         "mode": "hybrid", "filters": {"lang": "en", "year": {"$gte": 2020}}, "user": "u1", "groups": ["g"]}),
+    Route("GET", "/api/openapi.json", "probe"),  # public, like the probes
     Route("GET", "/healthz", "probe"),
     Route("GET", "/readyz", "probe"),
     Route("GET", "/metrics", "probe"),
