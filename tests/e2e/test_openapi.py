@@ -40,14 +40,16 @@ from keel.keys.auth import issue_key
 from keel.testing import FakeUpstream
 from tests.conftest import Gateway, base_config
 from tests.e2e.test_fuzz import PROMPT, TOOL, _seed_deferred
-from tests.served import serve
+from tests.served import serve, storage
 
-EXAMPLES = 12  # per operation: 68 operations in ~40 s on 2 cores
+EXAMPLES = 12  # per operation: 68 operations in 20-40 s on 2 cores
+EXPLORE = int(os.environ.get("KEEL_OPENAPI_EXPLORE", "0"))  # N > 0: N times the examples, random seeds (a local hunt)
+STORE = os.environ.get("KEEL_OPENAPI_STORE", "sqlite")  # postgres: the strictest store, for a local hunt
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance, content_type_conformance]
 SETTINGS = settings(
-    max_examples=EXAMPLES,
+    max_examples=EXAMPLES * max(1, EXPLORE),
     deadline=None,
-    derandomize=True,
+    derandomize=not EXPLORE,
     database=None,
     suppress_health_check=list(HealthCheck),
 )
@@ -78,7 +80,7 @@ def api(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Ite
     raw["traces"]["blobs_url"] = f"file://{tmp}/blobs"
     raw["models"]["sim"]["slo"] = {"availability": 99.9, "p95_ms": 3000}
     os.environ["KEEL_MASTER_KEY"] = "11" * 32  # agents' secrets are sealed with it (read when the runtime builds)
-    with serve({**raw, "storage": {"url": f"sqlite:///{tmp}/keel.db"}}, tmp) as gw:
+    with storage(STORE, tmp) as url, serve({**raw, "storage": {"url": url}}, tmp) as gw:
         gw.runtime.store.create_tenant("fz")  # the tenant generated calls may purge, limit or delete
         del os.environ["KEEL_MASTER_KEY"]
         known = {"key_id": issue_key(gw.runtime.store, "fz", name="sacrificial").row.id}
@@ -228,6 +230,14 @@ def test_errors_use_the_openai_format(api: Api) -> None:
     assert r.status_code == 401 and set(r.json()["error"]) == {"message", "type", "param", "code"}
 
 
+def test_what_schemathesis_found(api: Api) -> None:
+    """Answers schemathesis got wrong once (a 500 on PostgreSQL), now refused as bad input on every store."""
+    admin = {"authorization": f"Bearer {api.gw.admin}"}
+    body = {"tenant": "t1", "name": "nul-description", "model": "hash:64", "description": "M\x00:"}
+    r = httpx.post(api.gw.url + "/api/rag/collections", json=body, headers=admin)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "description", r.text
+
+
 # ---- schemathesis -----------------------------------------------------------------------------------
 
 
@@ -242,11 +252,14 @@ def _operations() -> list[tuple[str, str]]:
     return sorted(ops, key=lambda op: (last(op), -op[1].count("/")))  # a collection's documents before it
 
 
+# schemathesis' generators call `random` inside some strategies (seen on random seeds): hypothesis warns, and
+# the suite's filterwarnings=error would turn that into a failure of schemathesis' own making
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 @pytest.mark.parametrize(("method", "path"), _operations(), ids=[f"{m} {p}" for m, p in _operations()])
 def test_schemathesis(api: Api, method: str, path: str) -> None:
     operation = api.schema[path][method]
-    runs_need_a_key = path == "/api/agents/runs" and method == "POST"
-    token = api.gw.key if runs_need_a_key else api.gw.admin
+    security = {name for entry in document()["paths"][path][method.lower()]["security"] for name in entry}
+    key_only = path == "/api/agents/runs" and method == "POST"  # a run's steps are a key's calls
     started = time.monotonic()
 
     @SETTINGS
@@ -254,6 +267,8 @@ def test_schemathesis(api: Api, method: str, path: str) -> None:
     def run(seeded: int, case: Any) -> None:
         if seeded:  # three in four: on seeded rows; the rest fully generated (mostly unknown names)
             _seeded(api, case, path)
+        # routes a virtual key may call: with tenant t1's key one time in four (the same seeded rows)
+        token = api.gw.key if key_only or ("virtualKey" in security and seeded == 3) else api.gw.admin
         response = case.call(base_url=api.gw.url, headers={"authorization": f"Bearer {token}"}, timeout=30)
         STATS[(method, path, response.status_code)] += 1
         if response.status_code == 400 and os.environ.get("KEEL_OPENAPI_STATS"):
