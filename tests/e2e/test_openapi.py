@@ -122,11 +122,21 @@ def _seed(c: httpx.Client, gw: Gateway) -> dict[str, str]:
     assert eval_run.status_code == 201, eval_run.text
     agent_run = c.post("/api/agents/runs", json={"model": "sim", "input": "hi"}, headers=key)
     assert agent_run.status_code == 200, agent_run.text
+    waits = {"tenant": "t1", "name": "fz_wait", "kind": "http", "http": {"url": "http://127.0.0.1:9/x"},
+             "policy": {"default": "approve"}}  # fmt: skip
+    assert c.post("/api/agents/tools", json=waits, headers=admin).status_code == 201
+    pending = []  # a tool call waiting for approval each, for approve and deny
+    for _ in range(2):
+        paused = c.post("/api/agents/runs", json={"model": "sim", "input": "hi", "tools": ["fz_wait"]}, headers=key)
+        assert paused.status_code == 200 and paused.json()["pending"], paused.text
+        pending.append(paused.json()["pending"][0])
     return {
         "trace_id": r.headers["x-keel-trace-id"],
         "job_id": ids["job_id"],
         "eval_run": eval_run.json()["id"],
         "agent_run": agent_run.json()["id"],
+        "approve": pending[0],
+        "deny": pending[1],
     }
 
 
@@ -177,6 +187,7 @@ def _known_params(api: Api, path: str) -> dict[str, str]:
         "label": "production",
         "collection": "fzc",
         "id": "doc1",
+        "call_id": k["approve"] if path.endswith("/approve") else k["deny"],
     }
     return {p: values[p] for p in values if "{" + p + "}" in path}
 
