@@ -218,6 +218,10 @@ def test_document_is_valid_and_served_without_a_token(api: Api) -> None:
     schemes = r.json()["components"]["securitySchemes"]
     assert {s["scheme"] for s in schemes.values()} == {"bearer"}
     assert set(schemes) == {"adminToken", "virtualKey", "personalAccessToken", "jwtBearer"}
+    named = r.json()["components"]["schemas"]
+    assert {"Error", "Tenant", "Key", "Job", "PromptVersion", "Collection", "Tool", "AuditEntry"} <= set(named)
+    keys = r.json()["paths"]["/api/keys"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert keys["properties"]["data"]["items"] == {"$ref": "#/components/schemas/Key"}
 
 
 def test_keel_openapi_prints_the_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -238,3 +238,14 @@ AGENTS: tuple[Op, ...] = (
         body_required=False,
     ),
 )
+
+NAMED: dict[str, Schema] = {
+    "AuditEntry": ENTRY,
+    "AuditVerdict": VERDICT,
+    "Tool": TOOL,
+    "ToolSpec": TOOL_SPEC,
+    "Secret": SECRET,
+    "AgentRun": RUN,
+    "AgentRunDetail": FULL_RUN,
+    "ToolCall": CALL,
+}

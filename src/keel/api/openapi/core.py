@@ -278,3 +278,18 @@ CORE: tuple[Op, ...] = (
         path_params={"scope": enum("tenant", "key")},
     ),
 )
+
+NAMED: dict[str, Schema] = {
+    "Tenant": TENANT,
+    "Key": KEY,
+    "Trace": TRACE,
+    "TraceDetail": FULL_TRACE,
+    "ReplayedCall": CALL,
+    "PurgeReport": PURGE,
+    "SweepReport": SWEEP,
+    "UsageRow": USAGE_ROW,
+    "Slo": SLO,
+    "Target": TARGET,
+    "LimitOverride": OVERRIDE,
+    "LimitCounter": COUNTER,
+}

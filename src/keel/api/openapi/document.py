@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from keel import __version__
+from keel.api.openapi import agents, core, evals, jobs, prompts, rag
 from keel.api.openapi.agents import AGENTS
 from keel.api.openapi.core import CORE
 from keel.api.openapi.evals import EVALS
@@ -32,6 +33,11 @@ AREAS: dict[str, tuple[Op, ...]] = {
     "meta": META,
 }
 
+# Shapes shown by name under components/schemas (each area's NAMED): where an Op uses that very schema
+# object, the document refers to it by name instead of repeating it.
+NAMED: dict[str, Schema] = {
+    name: schema for area in (core, jobs, prompts, evals, rag, agents) for name, schema in area.NAMED.items()
+}
 ERROR: Schema = obj(
     ("error",),
     error=obj(("message", "type", "param", "code"), message=STR, type=STR, param=null(STR), code=null(STR)),
@@ -75,6 +81,17 @@ def openapi_path(route_path: str) -> str:
     return _PARAM.sub(r"{\1}", route_path)
 
 
+def refs(schema: Any, names: dict[int, str], top: bool = False) -> Any:
+    """`schema` with every named sub-schema replaced by a $ref to it (a named schema itself when `top`)."""
+    if isinstance(schema, dict):
+        if not top and id(schema) in names:
+            return {"$ref": f"#/components/schemas/{names[id(schema)]}"}
+        return {k: refs(v, names) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [refs(v, names) for v in schema]
+    return schema
+
+
 def operation(op: Op, tag: str) -> dict[str, Any]:
     params: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": op.path_params.get(name, SLUG)}
@@ -116,6 +133,8 @@ def document() -> dict[str, Any]:
     for tag, ops in AREAS.items():
         for op in ops:
             paths.setdefault(openapi_path(op.path), {})[op.method.lower()] = operation(op, tag)
+    names = {id(schema): name for name, schema in NAMED.items()}
+    schemas = {name: refs(schema, names, top=True) for name, schema in sorted(NAMED.items())}
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     return {
         "openapi": "3.1.0",
@@ -126,9 +145,9 @@ def document() -> dict[str, Any]:
             "sent as `Authorization: Bearer`.",
         },
         "tags": [{"name": tag} for tag in AREAS],
-        "paths": paths,
+        "paths": refs(paths, names),
         "components": {
-            "schemas": {"Error": ERROR},
+            "schemas": {**schemas, "Error": ERROR},
             "responses": {f"E{s}": {"description": reason, "content": error} for s, reason in sorted(_REASONS.items())},
             "securitySchemes": SECURITY_SCHEMES,
         },

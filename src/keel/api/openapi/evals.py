@@ -166,3 +166,5 @@ EVALS: tuple[Op, ...] = (
         ),
     ),
 )
+
+NAMED: dict[str, Schema] = {"EvalRun": RUN, "OnlineRule": RULE, "OnlineScore": SCORE}

@@ -50,3 +50,5 @@ JOBS: tuple[Op, ...] = (
     Op("POST", "/api/jobs/{job_id}/cancel", "Cancel a job (a running one stops at its next heartbeat)", {200: JOB}),
     Op("POST", "/api/jobs/{job_id}/retry", "Retry a dead or cancelled job", {200: JOB}),
 )
+
+NAMED: dict[str, Schema] = {"Job": JOB}

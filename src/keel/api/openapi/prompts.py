@@ -218,3 +218,13 @@ PROMPTS: tuple[Op, ...] = (
         security=EITHER,
     ),
 )
+
+NAMED: dict[str, Schema] = {
+    "PromptVersion": VERSION,
+    "PromptLabel": LABEL,
+    "PromptRollout": ROLLOUT,
+    "LabelMove": MOVE,
+    "PromptSummary": SUMMARY,
+    "PromptPush": PUSH,
+    "PromptPushed": PUSHED,
+}

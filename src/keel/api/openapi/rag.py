@@ -216,3 +216,11 @@ RAG: tuple[Op, ...] = (
         security=EITHER,
     ),
 )
+
+NAMED: dict[str, Schema] = {
+    "Collection": COLLECTION,
+    "Document": DOCUMENT,
+    "DocumentIn": PUT_DOC,
+    "SearchHit": HIT,
+    "SearchResult": SEARCH,
+}
