@@ -1,11 +1,13 @@
 """The admin API's OpenAPI document (issue 19 §8): every /api route documented, the document valid,
 served without a token and printed by `keel openapi`; then schemathesis against a served gateway.
 
-schemathesis generates requests from the document (positive mode: values the schemas allow), half of
-them with path parameters naming seeded rows (a tenant, keys, a trace, a job, prompt versions, a RAG
-collection and documents, a tool, an online rule, eval and agent runs), and checks each answer: no 5xx,
-a status code the document lists, a body and content type matching its schema. Examples are bounded
-per operation and derandomized, so a CI run is stable; destructive operations run last.
+schemathesis generates requests from the document (positive mode: values the schemas allow), three in
+four pointed at seeded rows (a tenant, keys, a trace, a job, prompt versions, a RAG collection and
+documents, tools, a secret, an online rule, eval and agent runs, tool calls waiting for approval), and
+checks each answer: no 5xx, a status code the document lists, a body and content type matching its
+schema. Examples are bounded per operation and derandomized, so a CI run is stable; destructive
+operations run last. KEEL_OPENAPI_EXPLORE=N (random seeds, N times the examples) and
+KEEL_OPENAPI_STORE=postgres make a local hunt; KEEL_OPENAPI_STATS=1 prints the statuses seen.
 """
 
 from __future__ import annotations
