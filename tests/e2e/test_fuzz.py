@@ -11,7 +11,7 @@ the process answers, the trace writer is healthy (/readyz 200) and no internal e
 
 One server for the module (PostgreSQL, the strictest store: NUL, index sizes) with the fake
 upstream; examples are bounded and derandomized, so a CI run is stable and takes well under a
-minute. schemathesis would need an OpenAPI document, which Keel does not publish yet.
+minute. schemathesis runs against the admin API's OpenAPI document in test_openapi.py.
 """
 
 from __future__ import annotations
@@ -458,6 +458,7 @@ ROUTES = [
     Route("GET", "/api/tokens", "admin", query=("user",)),
     Route("POST", "/api/tokens", "admin", {"user": "fz-user", "name": "ci", "scopes": ["keys.read"], "expires_in": 3600}),
     Route("POST", "/api/tokens/{token_id}/revoke", "admin"),
+    Route("GET", "/api/openapi.json", "probe"),  # public, like the probes
     Route("GET", "/healthz", "probe"),
     Route("GET", "/readyz", "probe"),
     Route("GET", "/metrics", "probe"),

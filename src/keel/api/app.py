@@ -157,6 +157,11 @@ def create_app(runtime: Runtime) -> FastPath:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def openapi(request: Request) -> Response:
+        from keel.api.openapi.document import document_bytes  # built on first ask, then cached
+
+        return Response(document_bytes(), 200, media_type="application/json")
+
     async def readyz(request: Request) -> Response:
         # The key poller is the store probe (no query per probe): a database outage leaves the gateway
         # ready while it can still vouch for known keys, so load balancers keep it in rotation.
@@ -235,6 +240,7 @@ def create_app(runtime: Runtime) -> FastPath:
         *deferral.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/api/openapi.json", openapi, methods=["GET"]),  # public: the admin API's OpenAPI document
         *Admin(runtime, guard).routes(),
         *PromptsAdmin(runtime, guard).routes(),
         *RagSearchEdge(runtime, guard).routes(),
