@@ -83,14 +83,24 @@ class Runs:
         self._store, self._pipeline, self._exec, self._audit = store, pipeline, executor, audit
         self._put_span, self._put_record = put_span, put_record
         self._rates = RateWindow()
+        self._specs: dict[tuple[str, bytes], ToolSpec] = {}
         self._mine: set[str] = set()  # runs this process is advancing now
         self._store_down = False
 
     # ---- tools -------------------------------------------------------------------------------------
 
     def tool(self, tenant: str, name: str) -> ToolSpec | None:
+        """The tool as stored now; parsed (and its schema checked) once per version of its spec."""
         row = self._store.get_tool(tenant, name)
-        return None if row is None else parse_spec({**row.spec, "name": name})
+        if row is None:
+            return None
+        key = (name, orjson.dumps(row.spec, option=orjson.OPT_SORT_KEYS))
+        spec = self._specs.get(key)
+        if spec is None:
+            if len(self._specs) >= 4096:
+                self._specs.clear()
+            spec = self._specs[key] = parse_spec({**row.spec, "name": name})
+        return spec
 
     # ---- starting and advancing --------------------------------------------------------------------
 
@@ -292,12 +302,12 @@ class Runs:
         """Run or refuse each pending tool call; True while any still waits for an approver."""
         rows = [await asyncio.to_thread(self._store.get_call, p["call_id"]) for p in data["pending"]]
         now = time.time()
-        for row in rows:
+        for i, row in enumerate(rows):
             assert row is not None
             if row.state == "pending" and now > row.expires_at:
-                await asyncio.to_thread(self._store.move_call, row.id, ("pending",), "expired", now=now,
+                moved = await asyncio.to_thread(self._store.move_call, row.id, ("pending",), "expired", now=now,
                                         result=f"error: the approval for '{row.tool}' expired", decided_by="expiry")  # fmt: skip
-        rows = [await asyncio.to_thread(self._store.get_call, p["call_id"]) for p in data["pending"]]
+                rows[i] = moved or await asyncio.to_thread(self._store.get_call, row.id)  # decided meanwhile
         if any(r is not None and r.state == "pending" for r in rows):
             return True
         for pending, row in zip(data["pending"], rows, strict=True):
@@ -338,9 +348,12 @@ class Runs:
             else (result.output if result.output.startswith("error") else f"error: {result.output}")
         )
         state: CallState = "done" if result.ok else "failed"
-        await asyncio.to_thread(self._store.move_call, row.id, ("running",), state, now=time.time(), result=text)
-        await self._audit.record(caller.actor, "tool.run", row.tool, tenant=row.tenant, arguments=row.arguments,
-                                 result={"ok": result.ok, "call": row.id, "chars": len(text)})  # fmt: skip
+        # the call's outcome and its audit entry commit side by side: both durable before the model hears it
+        await asyncio.gather(
+            asyncio.to_thread(self._store.move_call, row.id, ("running",), state, now=time.time(), result=text),
+            self._audit.record(caller.actor, "tool.run", row.tool, tenant=row.tenant, arguments=row.arguments,
+                               result={"ok": result.ok, "call": row.id, "chars": len(text)}),
+        )  # fmt: skip
         self._step_tool(data, row, state, text, started)
         self._span(data, "tool", row.tool, started, status="ok" if result.ok else "error",
                    attributes={"call_id": row.id, "arguments": row.arguments, "result": text[:1000],
@@ -380,10 +393,12 @@ class Runs:
         await asyncio.to_thread(self._store.add_call, row)
         result = await self._exec.run(tenant, spec, args, key, caller.actor)
         text = result.output
-        await asyncio.to_thread(self._store.move_call, key, ("running",), "done" if result.ok else "failed", now=time.time(),
-                                result=text)  # fmt: skip
-        await self._audit.record(caller.actor, "tool.run", name, tenant=tenant, arguments=args, source_ip=caller.source_ip,
-                                 result={"ok": result.ok, "call": key, "via": "mcp", "chars": len(text)})  # fmt: skip
+        await asyncio.gather(
+            asyncio.to_thread(self._store.move_call, key, ("running",), "done" if result.ok else "failed",
+                              now=time.time(), result=text),
+            self._audit.record(caller.actor, "tool.run", name, tenant=tenant, arguments=args, source_ip=caller.source_ip,
+                               result={"ok": result.ok, "call": key, "via": "mcp", "chars": len(text)}),
+        )  # fmt: skip
         return result.ok, text
 
     # ---- approvals and resumption ------------------------------------------------------------------
@@ -444,12 +459,21 @@ class Runs:
                 await self.resume(run.id)
 
 
+_VALIDATORS: dict[bytes, Any] = {}  # a tool's parameter schema (canonical JSON) -> its compiled validator
+
+
 def _invalid(spec: ToolSpec, args: Any) -> str | None:
     import jsonschema  # type: ignore[import-untyped]
 
     if not isinstance(args, dict):
         return "the arguments must be a JSON object"
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(spec.parameters).iter_errors(args))
+    key = orjson.dumps(spec.parameters, option=orjson.OPT_SORT_KEYS)
+    validator = _VALIDATORS.get(key)
+    if validator is None:
+        if len(_VALIDATORS) >= 1024:
+            _VALIDATORS.clear()
+        validator = _VALIDATORS[key] = jsonschema.Draft202012Validator(spec.parameters)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(args))
     return None if error is None else f"{'/'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}"[:500]
 
 

@@ -9,6 +9,7 @@ type does not hold.
 from __future__ import annotations
 
 import collections
+import functools
 import operator
 import re
 import time
@@ -64,10 +65,13 @@ class Condition:
             return False
 
 
+_compiled = functools.lru_cache(maxsize=4096)(Condition.parse)  # a condition's text parses once
+
+
 def decide(spec: ToolSpec, args: dict[str, Any]) -> str:
     """allow | deny | approve for this call of `spec`."""
     for rule in spec.policy.rules:
-        if rule.when is None or Condition.parse(rule.when).holds(args):
+        if rule.when is None or _compiled(rule.when).holds(args):
             return rule.action
     return spec.policy.default
 
