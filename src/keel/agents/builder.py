@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from keel.agents.budgets import ToolBudgets
 from keel.agents.executor import Executor
 from keel.agents.loop import Runs
 from keel.agents.sandbox import Sandbox
@@ -12,6 +13,7 @@ from keel.agents.secrets import MasterKey, SecretError, Vault
 from keel.agents.stage import AgentStage
 from keel.audit.log import AuditLog
 from keel.gateway.capability import Context, Contribution, Pipeline, Worker
+from keel.store.protocols import LimitStore
 from keel.traces.writer import TraceWriter
 
 log = logging.getLogger("keel.agents")
@@ -32,7 +34,8 @@ def build(ctx: Context) -> Contribution:
     vault = Vault(ctx.store, master_key(), audit)
     executor = Executor(vault, Sandbox())
     writer = ctx.get(TraceWriter)
-    runs = Runs(ctx.store, lambda: ctx.get(Pipeline).handler, executor, audit, writer.put_span, writer.put)
+    budgets = ToolBudgets(ctx.get(LimitStore))  # type: ignore[type-abstract]
+    runs = Runs(ctx.store, lambda: ctx.get(Pipeline).handler, executor, audit, writer.put_span, writer.put, budgets)
     ctx.add(vault)
     ctx.add(runs)
     return Contribution(

@@ -27,8 +27,9 @@ from typing import Any
 import orjson
 
 from keel.agents.approvals import decide as decide_call
+from keel.agents.budgets import ToolBudgets
 from keel.agents.executor import Executor, ToolResult
-from keel.agents.policy import RateWindow, decide
+from keel.agents.policy import decide
 from keel.agents.tools import ToolSpec, parse_spec
 from keel.audit.log import AuditLog
 from keel.errors import InvalidRequest, KeelError
@@ -78,11 +79,11 @@ class Runs:
 
     def __init__(
         self, store: Store, pipeline: Callable[[], Handler], executor: Executor, audit: AuditLog, put_span: Callable[[Span], None],
-        put_record: Callable[[TraceRecord], None],
+        put_record: Callable[[TraceRecord], None], budgets: ToolBudgets,
     ) -> None:  # fmt: skip
         self._store, self._pipeline, self._exec, self._audit = store, pipeline, executor, audit
         self._put_span, self._put_record = put_span, put_record
-        self._rates = RateWindow()
+        self._budgets = budgets
         self._specs: dict[tuple[str, bytes], ToolSpec] = {}
         self._mine: set[str] = set()  # runs this process is advancing now
         self._store_down = False
@@ -277,11 +278,11 @@ class Runs:
                 state, result = "failed", f"error: invalid arguments for '{name}': {problem}"
             else:
                 verdict = decide(spec, args)
-                wait = self._rates.admit(tenant, name, spec.rate_per_minute)
+                refused = None if verdict == "deny" else await self._budgets.admit(tenant, spec)
                 if verdict == "deny":
                     state, result = "denied", f"error: tool '{name}' is denied by policy"
-                elif wait is not None:
-                    state, result = "failed", f"error: tool '{name}' is rate-limited; retry in {wait:.0f} s"
+                elif refused is not None:
+                    state, result = "failed", refused
                 elif verdict == "approve":
                     state = "pending"
         row = CallRow(key, run_id, tenant, name, args if isinstance(args, dict) else {}, state, result,  # type: ignore[arg-type]
@@ -384,9 +385,9 @@ class Runs:
             await self._audit.record(caller.actor, "tool.denied", name, tenant=tenant, arguments=args,
                                      source_ip=caller.source_ip, result={"policy": verdict, "via": "mcp"})  # fmt: skip
             return False, f"error: tool '{name}' {why}"
-        wait = self._rates.admit(tenant, name, spec.rate_per_minute)
-        if wait is not None:
-            return False, f"error: tool '{name}' is rate-limited; retry in {wait:.0f} s"
+        refused = await self._budgets.admit(tenant, spec)
+        if refused is not None:
+            return False, refused
         now = time.time()
         key = "mcp_" + secrets.token_hex(12)
         row = CallRow(key, "mcp", tenant, name, args, "running", None, "policy", now, now, now)

@@ -1,6 +1,6 @@
 """A tenant's tool: what the model sees (name, description, JSON-schema parameters), how Keel runs it
 (`http`, `code` in the sandbox, or `mcp`: a tool of a registered MCP server), its bounds (timeout, output
-cap, calls per minute), the secrets it may use and where they go, and its policy.
+cap, rate limits and budgets on the shared counters), the secrets it may use and where they go, and its policy.
 
 Specs arrive as JSON (admin API, CLI YAML) and are checked whole here (`parse_spec`): unknown keys are
 refused, and each error names its field.
@@ -67,6 +67,21 @@ class Policy(_Strict):
     approval_ttl_s: float = Field(3600.0, gt=0, le=30 * 86400)
 
 
+class ToolLimits(_Strict):
+    """Per-tool limits on the shared counters (keel.agents.budgets), per tenant."""
+
+    rpm: int | None = Field(None, ge=1, le=1_000_000)  # calls per minute
+    calls_day: int | None = Field(None, ge=1, le=100_000_000)  # calls per UTC day
+    usd_day: float | None = Field(None, gt=0)  # spend per UTC day, at usd_per_call a call
+    usd_per_call: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def priced(self) -> ToolLimits:
+        if self.usd_day is not None and not self.usd_per_call:
+            raise ValueError("usd_day needs usd_per_call (what one call of the tool costs)")
+        return self
+
+
 class HttpTool(_Strict):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     url: str = Field(pattern=r"^https?://", max_length=2048)  # {param} placeholders are filled, URL-quoted
@@ -101,7 +116,8 @@ class ToolSpec(_Strict):
     parameters: dict[str, Any] = {"type": "object", "properties": {}}
     timeout_s: float = Field(10.0, gt=0, le=300)
     max_output: int = Field(16_384, ge=64, le=1024 * 1024)
-    rate_per_minute: int | None = Field(None, ge=1, le=1_000_000)
+    rate_per_minute: int | None = Field(None, ge=1, le=1_000_000)  # the same as limits.rpm
+    limits: ToolLimits | None = None
     secrets: tuple[SecretUse, ...] = ()
     policy: Policy = Policy()
     http: HttpTool | None = None

@@ -1,6 +1,6 @@
 """`keel tools add|list|show|remove` and `keel tools secrets set|list|remove|rotate`: a tenant's tools and
 secrets in the configured store. A tool is a YAML (or JSON) file holding its spec (name, kind, description,
-parameters, http|code|mcp, secrets, policy, timeout_s, max_output, rate_per_minute). A secret's value is
+parameters, http|code|mcp, secrets, policy, timeout_s, max_output, limits: {rpm, calls_day, usd_day, usd_per_call}). A secret's value is
 read from stdin or --value-env, never from the command line, and never printed.
 """
 
