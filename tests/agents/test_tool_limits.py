@@ -59,9 +59,9 @@ def test_limits_are_checked_whole() -> None:
     base = {"name": "t", "kind": "http", "http": {"url": "http://127.0.0.1/x"}}
     with pytest.raises(SpecError, match="usd_per_call"):
         parse_spec({**base, "limits": {"usd_day": 5}})
-    with pytest.raises(SpecError, match="limits.rpm"):
+    with pytest.raises(SpecError, match=r"limits\.rpm"):
         parse_spec({**base, "limits": {"rpm": 0}})
-    with pytest.raises(SpecError, match="limits.hourly"):
+    with pytest.raises(SpecError, match=r"limits\.hourly"):
         parse_spec({**base, "limits": {"hourly": 3}})
 
 
