@@ -412,8 +412,10 @@ ROUTES = [
     Route("GET", "/api/agents/runs", "openai", query=("tenant", "state", "limit")),
     Route("GET", "/api/agents/runs/{run_id}", "openai"),
     Route("GET", "/api/approvals", "admin", query=("tenant", "state")),
-    Route("POST", "/api/approvals/{call_id}/approve", "admin"),
-    Route("POST", "/api/approvals/{call_id}/deny", "admin"),
+    Route("POST", "/api/approvals/{call_id}/approve", "admin", query=("exp", "sig")),
+    Route("POST", "/api/approvals/{call_id}/deny", "admin", query=("exp", "sig")),
+    Route("GET", "/api/approvals/{call_id}/approve", "admin", query=("exp", "sig")),  # a signed link's page
+    Route("GET", "/api/approvals/{call_id}/deny", "admin", query=("exp", "sig")),
     Route("POST", "/mcp", "mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fz_tool", "arguments": {"amount": 1}}}),
     Route("GET", "/api/slo", "admin"),
     Route("GET", "/ui/slo", "dashboard"),

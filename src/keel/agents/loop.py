@@ -84,6 +84,7 @@ class Runs:
         self._store, self._pipeline, self._exec, self._audit = store, pipeline, executor, audit
         self._put_span, self._put_record = put_span, put_record
         self._budgets = budgets
+        self.on_pending: Callable[[CallRow], None] | None = None  # a call now waits for a person (the webhook)
         self._specs: dict[tuple[str, bytes], ToolSpec] = {}
         self._mine: set[str] = set()  # runs this process is advancing now
         self._store_down = False
@@ -294,6 +295,8 @@ class Runs:
                 caller.actor, action, name, tenant=tenant, arguments=args, result={"call": key, "run": run_id}
             )
         if state == "pending":
+            if row.state == "pending" and self.on_pending is not None:
+                self.on_pending(row)
             await emit({"type": "approval.required", "run_id": run_id, "call_id": key, "tool": name, "arguments": args})
         return {"call_id": key, "tool_call_id": call["id"]}
 

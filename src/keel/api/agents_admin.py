@@ -6,13 +6,15 @@
 - `/api/agents/runs`: a virtual key (the run's model steps are calls of that key); `"stream": true` answers
   with the run's events as SSE.
 - `/api/approvals`: the admin token (approvers are operators); approve or deny a pending tool call. A second
-  decision changes nothing and says so.
+  decision changes nothing and says so. `/api/approvals/{id}/approve|deny?exp=&sig=`: a signed link from the
+  approval webhook instead of the token (GET shows the call and a button, POST decides; keel.agents.links).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import html
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,16 +24,17 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from keel.agents.links import Links
 from keel.agents.loop import Caller, Runs
 from keel.agents.secrets import SecretError, Vault
 from keel.agents.tools import SpecError, parse_spec
 from keel.agents.views import call_view, run_view, secret_view, tool_view
 from keel.api.bounds import Bounds
 from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
-from keel.audit.log import AuditLog, entry_json, parse_instant
+from keel.audit.log import AuditLog, entry_json, parse_instant, redact
 from keel.errors import AuthError, InvalidRequest, KeelError, NotFound, PermissionDenied
 from keel.runtime.components import Runtime
-from keel.store.protocols.agents import ToolRow
+from keel.store.protocols.agents import CallRow, ToolRow
 
 MAX_AUDIT_PAGE = 1000
 
@@ -106,8 +109,12 @@ class AgentsAdmin:
             Route("/api/agents/runs", either(self.list_runs), methods=["GET"]),
             Route("/api/agents/runs/{run_id}", either(self.show_run), methods=["GET"]),
             Route("/api/approvals", self._admin(self.list_approvals), methods=["GET"]),
-            Route("/api/approvals/{call_id}/approve", self._admin(self.approve), methods=["POST"]),
-            Route("/api/approvals/{call_id}/deny", self._admin(self.deny), methods=["POST"]),
+            Route(
+                "/api/approvals/{call_id}/approve", self._signed(self._admin(self.approve), "approve"), methods=["POST"]
+            ),
+            Route("/api/approvals/{call_id}/deny", self._signed(self._admin(self.deny), "deny"), methods=["POST"]),
+            Route("/api/approvals/{call_id}/approve", self._link_page("approve"), methods=["GET"]),
+            Route("/api/approvals/{call_id}/deny", self._link_page("deny"), methods=["GET"]),
         ]
 
     # ---- who is asking -------------------------------------------------------------------------------
@@ -309,3 +316,62 @@ class AgentsAdmin:
             raise NotFound(f"No tool call '{call_id}'.")
         # the run goes on from the runs worker of whichever gateway claims it (within 0.5 s)
         return _json({**call_view(row), "changed": moved}, 200 if moved else 409)
+
+    # ---- signed approval links (keel.agents.links) ----------------------------------------------------
+
+    def _signed(self, admin: Callable[[Request], Any], action: str) -> Callable[[Request], Any]:
+        """A POST carrying `sig` is a signed link's decision (no admin token); any other goes to `admin`."""
+
+        async def endpoint(request: Request) -> Response:
+            if "sig" not in request.query_params:
+                return await admin(request)  # type: ignore[no-any-return]
+            try:
+                call_id = self._link(request, action)
+                row, moved = await self._runs.decide(call_id, action == "approve", by="link")
+                if row is None:
+                    raise NotFound(f"No tool call '{call_id}'.")
+                return _json({**call_view(row), "changed": moved}, 200 if moved else 409)
+            except KeelError as err:
+                return error_response(err)
+
+        return endpoint
+
+    def _link_page(self, action: str) -> Callable[[Request], Any]:
+        """GET of a link: what it would do, and a button that POSTs the decision (opening it decides nothing)."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                call_id = self._link(request, action)
+                row = await asyncio.to_thread(self._rt.store.get_call, call_id)
+                if row is None:
+                    raise NotFound(f"No tool call '{call_id}'.")
+            except KeelError as err:
+                return error_response(err)
+            return Response(_link_html(row, action), media_type="text/html; charset=utf-8")
+
+        return endpoint
+
+    def _link(self, request: Request, action: str) -> str:
+        _no_nul(request)
+        links = self._rt.find(Links)
+        if links is None:
+            raise PermissionDenied("Approval links are off: set admin_token in keel.yaml.")
+        q, call_id = request.query_params, request.path_params["call_id"]
+        why = links.check(call_id, action, q.get("sig", ""), q.get("exp", ""), time.time())
+        if why is not None:
+            raise PermissionDenied(f"This approval link cannot be used: {why}.")
+        return str(call_id)
+
+
+def _link_html(row: CallRow, action: str) -> str:
+    args = html.escape(orjson.dumps(redact(row.arguments), option=orjson.OPT_INDENT_2).decode())
+    if row.state != "pending":
+        act = f"<p>This call is already <b>{html.escape(row.state)}</b>: the link changes nothing.</p>"
+    else:
+        act = f'<form method="post"><button type="submit">{action.capitalize()} this call</button></form>'
+    return (
+        f"<!doctype html><title>Keel: {action} {html.escape(row.tool)}</title>"
+        f"<h1>{action.capitalize()} a call of <code>{html.escape(row.tool)}</code>?</h1>"
+        f"<p>Tenant <code>{html.escape(row.tenant)}</code>, run <code>{html.escape(row.run_id)}</code>.</p>"
+        f"<pre>{args}</pre>{act}"
+    )
