@@ -87,7 +87,7 @@ class Executor:
             if mark in url:
                 url = url.replace(mark, quote(str(rest.pop(key)), safe=""))
         headers = {**spec.http.headers, "Idempotency-Key": call_id, "User-Agent": "keel-tools"}
-        query: dict[str, str] = {}
+        query = {k: _text(rest.pop(k)) for k in spec.http.query if k in rest}
         for s in spec.secrets:
             value = s.format.replace("{value}", values[s.name])
             if s.header:
@@ -96,7 +96,7 @@ class Executor:
                 query[s.query] = value
         body = None
         if spec.http.method in ("GET", "DELETE"):
-            query.update({k: v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in rest.items()})
+            query.update({k: _text(v) for k, v in rest.items()})
         else:
             body = orjson.dumps(rest)
             headers["Content-Type"] = "application/json"
@@ -112,3 +112,7 @@ class Executor:
             if resp.status >= 400:
                 return False, f"HTTP {resp.status}: {text}"
             return True, text
+
+
+def _text(v: Any) -> str:
+    return v if isinstance(v, str) else orjson.dumps(v).decode()

@@ -86,6 +86,7 @@ class HttpTool(_Strict):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     url: str = Field(pattern=r"^https?://", max_length=2048)  # {param} placeholders are filled, URL-quoted
     headers: dict[str, str] = {}
+    query: tuple[str, ...] = ()  # arguments sent in the query string whatever the method (OpenAPI `in: query`)
 
 
 class CodeTool(_Strict):
