@@ -28,8 +28,9 @@ import orjson
 
 from keel.agents.approvals import decide as decide_call
 from keel.agents.budgets import ToolBudgets
+from keel.agents.definitions import AgentSpec, parse_agent
 from keel.agents.executor import Executor, ToolResult
-from keel.agents.policy import decide
+from keel.agents.policy import Subject, decide
 from keel.agents.tools import ToolSpec, parse_spec
 from keel.audit.log import AuditLog
 from keel.errors import InvalidRequest, KeelError
@@ -57,12 +58,14 @@ class Caller:
     allowed: tuple[str, ...] | None
     actor: str  # who, for the audit log: key:<id> or admin
     source_ip: str | None = None
+    roles: tuple[str, ...] = ()  # the caller's roles, when the edge knows them (tool policies' `roles`)
 
 
 def _principal_json(c: Caller) -> dict[str, Any]:
     p = c.principal
     return {"tenant": p.tenant, "key_id": p.key_id, "key_name": p.key_name, "user": p.user, "regions": p.regions,
-            "priority": p.priority, "max_priority": p.max_priority, "allowed": c.allowed, "actor": c.actor}  # fmt: skip
+            "priority": p.priority, "max_priority": p.max_priority, "allowed": c.allowed, "actor": c.actor,
+            "roles": list(c.roles)}  # fmt: skip
 
 
 def _caller(data: dict[str, Any]) -> Caller:
@@ -71,7 +74,7 @@ def _caller(data: dict[str, Any]) -> Caller:
     principal = Principal(p["tenant"], p["key_id"], p.get("key_name"), p.get("user"), regions, p.get("priority", 0),
                           p.get("max_priority", 0))  # fmt: skip
     allowed = tuple(p["allowed"]) if p.get("allowed") is not None else None
-    return Caller(principal, allowed, p.get("actor") or f"key:{p['key_id']}")
+    return Caller(principal, allowed, p.get("actor") or f"key:{p['key_id']}", roles=tuple(p.get("roles") or ()))
 
 
 class Runs:
@@ -117,7 +120,34 @@ class Runs:
         await emit({"type": "run.started", "run_id": run.id, "trace_id": data["trace_id"]})
         return await self._advance(run, emit)
 
+    def _named(self, tenant: str, body: dict[str, Any]) -> tuple[dict[str, Any], AgentSpec | None]:
+        """`body` with a named agent's settings filled in (its alias, tools, step limit, system prompt)."""
+        name = body.get("agent")
+        if name is None:
+            return body, None
+        row = self._store.get_agent(tenant, name) if isinstance(name, str) else None
+        if row is None:
+            raise InvalidRequest(f"No agent '{name}' for this tenant (keel agents add).", "agent")
+        if body.get("model") is not None or body.get("tools") is not None:
+            raise InvalidRequest(
+                "A named agent brings its model and tools: give 'agent' or 'model', not both.", "agent"
+            )
+        agent = parse_agent({**row.spec, "name": row.name})
+        out = {**body, "model": agent.model, "tools": list(agent.tools)}
+        asked = body.get("max_steps")  # at most the agent's own limit; a bad value is refused below
+        out["max_steps"] = (
+            agent.max_steps if asked is None else min(asked, agent.max_steps) if type(asked) is int else asked
+        )
+        if agent.system:
+            messages = body.get("messages")
+            if messages is None and isinstance(body.get("input"), str):
+                messages = [{"role": "user", "content": body["input"]}]
+            if isinstance(messages, list):
+                out["messages"] = [{"role": "system", "content": agent.system}, *messages]
+        return out, agent
+
     def _new_run(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        body, agent = self._named(caller.principal.tenant, body)
         client_tools = body.get("client_tools") or []
         model = body.get("model")
         if not isinstance(model, str) or not model:
@@ -149,7 +179,8 @@ class Runs:
             "deadline": time.time() + float(seconds), "max_cost_usd": budget, "cost_usd": 0.0,
             "principal": _principal_json(caller), "trace_id": "trc_" + secrets.token_hex(12),
             "started_at": time.time(), "steps": [], "pending": [], "answer": None, "error": None,
-            "client_tools": client_tools,
+            "client_tools": client_tools, "agent": agent.name if agent else None,
+            "roles": sorted({*caller.roles, *(agent.roles if agent else ())}),
         }  # fmt: skip
 
     async def _advance(self, run: RunRow, emit: Emit) -> RunRow:
@@ -278,7 +309,7 @@ class Runs:
             if problem is not None:
                 state, result = "failed", f"error: invalid arguments for '{name}': {problem}"
             else:
-                verdict = decide(spec, args)
+                verdict = decide(spec, args, Subject(data.get("agent"), frozenset(data.get("roles") or ())))
                 refused = None if verdict == "deny" else await self._budgets.admit(tenant, spec)
                 if verdict == "deny":
                     state, result = "denied", f"error: tool '{name}' is denied by policy"
@@ -382,7 +413,7 @@ class Runs:
         problem = _invalid(spec, args)
         if problem is not None:
             return False, f"error: invalid arguments for '{name}': {problem}"
-        verdict = decide(spec, args)
+        verdict = decide(spec, args, Subject(None, frozenset(caller.roles)))
         if verdict != "allow":
             why = "is denied by policy" if verdict == "deny" else "needs a person's approval: start it in an agent run"
             await self._audit.record(caller.actor, "tool.denied", name, tenant=tenant, arguments=args,

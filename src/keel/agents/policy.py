@@ -3,7 +3,7 @@ call's arguments (per-tool rate limits and budgets: keel.agents.budgets).
 
 A condition is `<argument path> <operator> <JSON literal>` (`amount > 100`, `to.country in ["US", "CA"]`,
 `dry_run == false`): no expressions, nothing evaluated. A condition whose argument is missing or of another
-type does not hold.
+type does not hold. A rule may also name the roles and the named agents it is for.
 """
 
 from __future__ import annotations
@@ -66,9 +66,24 @@ class Condition:
 _compiled = functools.lru_cache(maxsize=4096)(Condition.parse)  # a condition's text parses once
 
 
-def decide(spec: ToolSpec, args: dict[str, Any]) -> str:
-    """allow | deny | approve for this call of `spec`."""
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who a call is made for, as rules name it: the run's named agent (if any) and the roles in play."""
+
+    agent: str | None = None
+    roles: frozenset[str] = frozenset()
+
+
+ANYONE = Subject()
+
+
+def decide(spec: ToolSpec, args: dict[str, Any], who: Subject = ANYONE) -> str:
+    """allow | deny | approve for this call of `spec` by `who`: the first rule that applies decides."""
     for rule in spec.policy.rules:
+        if rule.roles is not None and who.roles.isdisjoint(rule.roles):
+            continue
+        if rule.agents is not None and who.agent not in rule.agents:
+            continue
         if rule.when is None or _compiled(rule.when).holds(args):
             return rule.action
     return spec.policy.default

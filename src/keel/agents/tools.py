@@ -48,7 +48,12 @@ class SecretUse(_Strict):
 
 
 class Rule(_Strict):
+    """Applies when its condition holds and the run's subject matches: one of `roles` (the caller's or the
+    named agent's), one of `agents` (the run's named agent). Unset: any."""
+
     when: str | None = None  # a condition on the arguments: "amount > 100"
+    roles: tuple[str, ...] | None = None
+    agents: tuple[str, ...] | None = None
     action: Action
 
     @field_validator("when")

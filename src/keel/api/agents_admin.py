@@ -247,8 +247,6 @@ class AgentsAdmin:
         body = await read_json(request, self._bounds)
         if not isinstance(body, dict):
             raise InvalidRequest("The body is {model, input | messages, tools, max_steps, stream}.", None)
-        if body.get("agent") is not None and body.get("model") is None:
-            body["model"] = body["agent"]  # an agent is, for now, the alias its steps call
         if not body.get("stream"):
             run = await self._runs.start(caller, body)
             return _json(run_view(run), 200)
