@@ -66,7 +66,9 @@ class Executor:
             assert spec.code is not None
             limits = Limits(wall_s=spec.timeout_s, output_bytes=spec.max_output * 4, cpu_s=spec.code.cpu_s,
                             memory_mb=spec.code.memory_mb)  # fmt: skip
-            out = await self._sandbox.run_python(spec.code.source, args, env=env, limits=limits)
+            out = await self._sandbox.run_python(
+                spec.code.source, args, env=env, limits=limits, network=spec.code.network
+            )
             if out.timed_out:
                 return False, f"timed out after {spec.timeout_s:g} s"
             if out.exit_code != 0 and not out.truncated:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from keel.agents.policy import Condition
+from keel.agents.sandbox.netproxy import parse_entry
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 Action = Literal["allow", "deny", "approve"]
@@ -98,6 +99,14 @@ class CodeTool(_Strict):
     source: str = Field(min_length=1, max_length=256 * 1024)  # sees `args`; prints its result
     memory_mb: int = Field(256, ge=16, le=4096)
     cpu_s: int = Field(5, ge=1, le=300)
+    network: tuple[str, ...] = Field((), max_length=32)  # host:port it may reach, through the sandbox's proxy
+
+    @field_validator("network")
+    @classmethod
+    def reachable(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in v:
+            parse_entry(entry)
+        return v
 
 
 class McpTool(_Strict):
