@@ -4,9 +4,9 @@
    committed, on SQLite and, with --postgres, PostgreSQL; sequential (one commit each) and from
    `--concurrency` callers at once through the group-commit writer (`AuditLog.record`: callers queued
    together share one commit; the figure is wall time / entries).
-2. the loop's per-step overhead: a run of `--steps` model steps through a real gateway (the fake upstream
-   answering at once; each step but the last calls one HTTP tool), against the same model calls and tool
-   calls made directly over HTTP; (run - direct) / steps.
+2. the loop's per-step overhead: a run of `--steps` model steps through `keel serve` in a process of its
+   own (SQLite; the fake upstream answering at once; each step but the last calls one HTTP tool), against
+   the same model calls and tool calls made directly over HTTP; (run - direct) / steps.
 
     PYTHONPATH=src python bench/agents.py [--calls 500] [--postgres postgresql://127.0.0.1/test] [--steps 20]
 
@@ -18,21 +18,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import pathlib
+import re
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import yaml
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from tests.agents.tool_service import tool_service
 from tests.conftest import base_config
-from tests.served import serve
 
 from keel.agents.loop import _invalid
 from keel.agents.policy import decide
@@ -131,52 +136,97 @@ async def direct_tools(url: str, n: int) -> float:
         return time.perf_counter() - t
 
 
+@contextlib.contextmanager
+def gateway(up: FakeUpstream, tmp: pathlib.Path) -> Iterator[tuple[str, str, str]]:
+    """`keel serve` in a process of its own (so the fake upstream, the tool service and this client do not
+    share its GIL): (url, virtual key, admin token)."""
+    raw = base_config(up, f"sqlite:///{tmp}/keel.db", tmp)
+    port = free_port()
+    raw["server"] = {"port": port}
+    (tmp / "keel.yaml").write_text(yaml.safe_dump(raw))
+    log = tmp / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "KEEL_CONFIG"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "keel.cli.main", "serve"], cwd=tmp, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=out, env=env)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            found = re.search(r"created tenant 'default' and key (sk-keel-\S+)", log.read_text(errors="replace"))
+            if found:
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).raise_for_status()
+                    break
+                except httpx.HTTPError:
+                    pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"bench: keel serve did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", found.group(1), raw["admin_token"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def bench_loop(steps: int, rounds: int) -> float:
-    """(run - direct model calls - direct tool calls) / steps, the median over `rounds` runs."""
-    os.environ.setdefault("KEEL_MASTER_KEY", "22" * 32)
+    """(run - direct model calls - direct tool calls) / steps, from the medians over `rounds` runs."""
     took: list[tuple[float, float, float]] = []
-    with FakeUpstream() as up, tool_service() as svc, tempfile.TemporaryDirectory() as d:
-        tmp = pathlib.Path(d)
-        raw = base_config(up, f"sqlite:///{tmp}/keel.db", tmp)
-        with serve(raw, tmp) as gw:
-            admin = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {gw.admin}"}, timeout=30)
-            keyed = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {gw.key}"}, timeout=30)
-            tool = {"tenant": "t1", "name": "lookup", "kind": "http", "description": "find a customer",
-                    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
-                    "http": {"method": "GET", "url": svc.url + "/echo"}}  # fmt: skip
-            admin.post("/api/agents/tools", json=tool).raise_for_status()
-            function = {"type": "function", "function": {"name": "lookup", "description": "find a customer",
-                                                         "parameters": tool["parameters"]}}  # fmt: skip
+    with (
+        FakeUpstream() as up,
+        tool_service() as svc,
+        tempfile.TemporaryDirectory() as d,
+        gateway(up, pathlib.Path(d)) as (url, key, token),
+    ):
+        admin = httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=30)
+        keyed = httpx.Client(base_url=url, headers={"authorization": f"Bearer {key}"}, timeout=30)
+        tool = {"tenant": "default", "name": "lookup", "kind": "http", "description": "find a customer",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+                "http": {"method": "GET", "url": svc.url + "/echo"}}  # fmt: skip
+        admin.post("/api/agents/tools", json=tool).raise_for_status()
+        function = {"type": "function", "function": {"name": "lookup", "description": "find a customer",
+                                                     "parameters": tool["parameters"]}}  # fmt: skip
 
-            def script() -> None:
-                up.script(
-                    *[Script(body_override=completion(f"call_{i}")) for i in range(steps - 1)], Script(text="done")
-                )
+        def script() -> None:
+            up.script(*[Script(body_override=completion(f"call_{i}")) for i in range(steps - 1)], Script(text="done"))
 
-            for r in range(rounds + 1):
-                script()
-                t = time.perf_counter()
-                res = keyed.post("/api/agents/runs", json={"model": "gpt-4o-mini", "input": "find acme",
-                                                           "tools": ["lookup"], "max_steps": steps})  # fmt: skip
-                run_s = time.perf_counter() - t
-                run = res.json()
-                assert run["state"] == "done", run
-                run = admin.get(f"/api/agents/runs/{run['id']}").json()
-                messages = run["messages"]
-                # the same model calls, made directly: each step's input is the messages before its answer
-                inputs = [messages[:i] for i, m in enumerate(messages) if m["role"] == "assistant"]
-                assert len(inputs) == steps, (len(inputs), steps)
-                script()
-                t = time.perf_counter()
-                for msgs in inputs:
-                    keyed.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": msgs,
-                                                             "tools": [function]}).raise_for_status()  # fmt: skip
-                model_s = time.perf_counter() - t
-                tool_s = asyncio.run(direct_tools(svc.url + "/echo", steps - 1))
-                if r:  # the first round warms up
-                    took.append((run_s, model_s, tool_s))
-                    print(f"  run {run_s * 1000:7.1f} ms   model calls {model_s * 1000:7.1f} ms   tool calls "
-                          f"{tool_s * 1000:6.1f} ms")  # fmt: skip
+        for r in range(rounds + 1):
+            script()
+            t = time.perf_counter()
+            res = keyed.post("/api/agents/runs", json={"model": "gpt-4o-mini", "input": "find acme",
+                                                       "tools": ["lookup"], "max_steps": steps})  # fmt: skip
+            run_s = time.perf_counter() - t
+            run = res.json()
+            assert run["state"] == "done", run
+            run = admin.get(f"/api/agents/runs/{run['id']}").json()
+            messages = run["messages"]
+            # the same model calls, made directly: each step's input is the messages before its answer
+            inputs = [messages[:i] for i, m in enumerate(messages) if m["role"] == "assistant"]
+            assert len(inputs) == steps, (len(inputs), steps)
+            script()
+            t = time.perf_counter()
+            for msgs in inputs:
+                keyed.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": msgs,
+                                                         "tools": [function]}).raise_for_status()  # fmt: skip
+            model_s = time.perf_counter() - t
+            tool_s = asyncio.run(direct_tools(svc.url + "/echo", steps - 1))
+            if r:  # the first round warms up
+                took.append((run_s, model_s, tool_s))
+                print(f"  run {run_s * 1000:7.1f} ms   model calls {model_s * 1000:7.1f} ms   tool calls "
+                      f"{tool_s * 1000:6.1f} ms")  # fmt: skip
+        admin.close()
+        keyed.close()
     run_s, model_s, tool_s = (statistics.median(x[i] for x in took) for i in range(3))
     over = (run_s - model_s - tool_s) / steps
     print(

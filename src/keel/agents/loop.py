@@ -87,6 +87,7 @@ class Runs:
         self._store, self._pipeline, self._exec, self._audit = store, pipeline, executor, audit
         self._put_span, self._put_record = put_span, put_record
         self._budgets = budgets
+        self._fresh: dict[str, CallRow] = {}  # calls this process just stored, not waiting for anyone
         self.on_pending: Callable[[CallRow], None] | None = None  # a call now waits for a person (the webhook)
         self._specs: dict[tuple[str, bytes], ToolSpec] = {}
         self._mine: set[str] = set()  # runs this process is advancing now
@@ -208,6 +209,8 @@ class Runs:
             return await self._save(run, "failed", data, final=True)
         finally:
             self._mine.discard(run.id)
+            for key in [k for k in self._fresh if k.startswith(run.id + ":")]:
+                del self._fresh[key]  # left by a step that failed before its calls were settled
 
     def _over(self, data: dict[str, Any], steps: int) -> str | None:
         if steps >= data["max_steps"]:
@@ -285,18 +288,20 @@ class Runs:
             data["answer"] = response.content
             data["handoff"] = [c for c in calls if c["function"]["name"] in client]
             return True
-        data["pending"] = [await self._propose(run_id, caller, data, c, emit) for c in calls]
+        known = {s.name: s for s in specs if s is not None}  # read for this step already
+        data["pending"] = [await self._propose(run_id, caller, data, c, emit, known) for c in calls]
         return False
 
     async def _propose(
-        self, run_id: str, caller: Caller, data: dict[str, Any], call: dict[str, Any], emit: Emit
-    ) -> dict[str, str]:
+        self, run_id: str, caller: Caller, data: dict[str, Any], call: dict[str, Any], emit: Emit,
+        known: dict[str, ToolSpec],
+    ) -> dict[str, str]:  # fmt: skip
         """Store the model's tool call with the policy's decision; {call id, tool call id} for _settle."""
         tenant, fn = caller.principal.tenant, call["function"]
         name, now = fn["name"], time.time()
         key = f"{run_id}:{call['id']}"  # the idempotency key: stable across restarts of this run
         state, result, args, ttl = "allowed", None, {}, 3600.0
-        spec = self.tool(tenant, name) if name in data["tools"] else None
+        spec = known.get(name) if name in data["tools"] else None
         if spec is None:
             state, result = "failed", f"error: '{name}' is not a tool of this run"
         else:
@@ -320,6 +325,8 @@ class Runs:
         row = CallRow(key, run_id, tenant, name, args if isinstance(args, dict) else {}, state, result,  # type: ignore[arg-type]
                       "policy" if state in ("denied", "allowed") else None, now + ttl, now, now)  # fmt: skip
         row = await asyncio.to_thread(self._store.add_call, row)
+        if row.state != "pending":
+            self._fresh[row.id] = row  # only this process moves it now: _settle need not read it back
         if state in ("denied", "pending"):
             action = "tool.denied" if state == "denied" else "approval.requested"
             await self._audit.record(
@@ -335,7 +342,8 @@ class Runs:
 
     async def _settle(self, run_id: str, caller: Caller, data: dict[str, Any], emit: Emit) -> bool:
         """Run or refuse each pending tool call; True while any still waits for an approver."""
-        rows = [await asyncio.to_thread(self._store.get_call, p["call_id"]) for p in data["pending"]]
+        rows = [self._fresh.pop(p["call_id"], None) or await asyncio.to_thread(self._store.get_call, p["call_id"])
+                for p in data["pending"]]  # fmt: skip
         now = time.time()
         for i, row in enumerate(rows):
             assert row is not None
