@@ -399,6 +399,8 @@ ROUTES = [
     Route("GET", "/api/evals/runs/{run_id}/compare", "admin", query=("baseline", "max_regressions", "min_pass_rate", "alpha")),
     Route("GET", "/ui/prompts", "dashboard", query=("tenant",)),
     Route("GET", "/ui/prompts/{tenant}/{name}", "dashboard", query=("diff",)),
+    Route("GET", "/ui/approvals", "dashboard", query=("tenant", "call", "result")),
+    Route("POST", "/ui/approvals/{call_id}/{action}", "dashboard"),
     Route("GET", "/api/audit", "admin", query=("since", "until", "tenant", "after", "limit")),
     Route("GET", "/api/audit/verify", "admin"),
     Route("GET", "/api/agents/tools", "admin", query=("tenant",)),
@@ -486,6 +488,8 @@ def _param_values(t: Target, name: str) -> st.SearchStrategy[str]:
         "tenant": ["t1", "fz"],
         "collection": ["fzc", "missing"],
         "id:path": ["doc1", "dir/doc2", "missing"],
+        "call_id": ["run_0:call_0", "missing"],
+        "action": ["approve", "deny", "other"],
     }[name]
     return st.one_of(st.sampled_from(known), url_text.filter(lambda s: s and "/" not in s and s not in (".", "..")))
 
@@ -509,6 +513,8 @@ def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
         "tenant",
         "collection",
         "id:path",
+        "call_id",
+        "action",
     ):
         if "{" + name + "}" in path:
             value = draw(_param_values(t, name))

@@ -361,6 +361,18 @@ class AgentsAdmin:
         return str(call_id)
 
 
+def dashboard_decide(runtime: Runtime) -> Callable[[str, bool, str], Awaitable[tuple[CallRow | None, bool]]] | None:
+    """The dashboard's approve/deny: the same decision as the admin API's (None without the agents)."""
+    runs = runtime.find(Runs)
+    if runs is None:
+        return None
+
+    async def decide(call_id: str, approve: bool, by: str) -> tuple[CallRow | None, bool]:
+        return await runs.decide(call_id, approve, by=by)
+
+    return decide
+
+
 def _link_html(row: CallRow, action: str) -> str:
     args = html.escape(orjson.dumps(redact(row.arguments), option=orjson.OPT_INDENT_2).decode())
     if row.state != "pending":

@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from keel.alerts.slo import slos_of
 from keel.api.admin import Admin
-from keel.api.agents_admin import AgentsAdmin
+from keel.api.agents_admin import AgentsAdmin, dashboard_decide
 from keel.api.anthropic import AnthropicEdge
 from keel.api.batches import BatchesEdge
 from keel.api.completions import Completions
@@ -138,6 +138,7 @@ def create_app(runtime: Runtime) -> FastPath:
         runtime.config.admin_token,
         stuck_after=runtime.config.jobs.stuck_after,
         slos=slos_of(runtime.config.models),
+        decide=dashboard_decide(runtime),  # approvals in the dashboard
     )
     warmth = runtime.find(WarmthBook)
     mcp = McpEdge(runtime)  # Keel's tools as an MCP server at /mcp

@@ -84,7 +84,7 @@ pre{white-space:pre-wrap;word-break:break-word;background:#fff;border:1px solid 
 def layout(title: str, body: Safe, *, signed_in: bool = True) -> Safe:
     nav = Safe(
         '<a href="/ui">Overview</a><a href="/ui/traces">Traces</a><a href="/ui/jobs">Jobs</a><a href="/ui/prompts">Prompts</a>'
-        '<a href="/ui/evals">Evals</a><a href="/ui/slo">SLOs</a>'
+        '<a href="/ui/evals">Evals</a><a href="/ui/slo">SLOs</a><a href="/ui/approvals">Approvals</a>'
         '<form method="post" action="/ui/logout"><button type="submit">Log out</button></form>'
     )
     return h(
