@@ -5,7 +5,10 @@ direct socket stay refused; a tool without the list has no way out at all. Each 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,3 +77,29 @@ def test_network_entries_are_checked() -> None:
     for bad in ("api.example.com", "host:0", ":80", "host:http"):
         with pytest.raises(SpecError, match="host:port"):
             parse_spec({**base, "code": {"source": "x", "network": [bad]}})
+
+
+MCP_SERVER = (Path(__file__).parent / "mini_mcp_server.py").read_text()
+
+
+def test_a_stdio_mcp_server_gets_the_same_allow_list(svc: ToolService) -> None:
+    from keel.agents import mcp_client
+    from keel.agents.tools import McpTool
+
+    port = int(svc.url.rsplit(":", 1)[1])
+    command = ("/usr/bin/python3", "-I", "-S", "-c", MCP_SERVER)
+    server = McpTool(transport="stdio", command=command, network=(f"127.0.0.1:{port}",))
+
+    async def call(s: McpTool, target: str) -> dict[str, Any]:
+        ok, text = await mcp_client.call_tool(s, "whoami", {"connect": target}, {}, LIMITS)
+        assert ok, text
+        return json.loads(text)  # type: ignore[no-any-return]
+
+    allowed = asyncio.run(call(server, f"127.0.0.1:{port}"))
+    refused = asyncio.run(call(server, "127.0.0.1:6379"))
+    print(f"\nstdio MCP server: listed -> {allowed['connect']!r}, Redis -> {refused['connect']!r}")
+    assert allowed["net_socket"] == "/run/keel/net.sock" and allowed["connect"] == "HTTP/1.1 200 Connection established"
+    assert refused["connect"] == "HTTP/1.1 403 Forbidden"
+    plain = McpTool(transport="stdio", command=command)
+    ok, text = asyncio.run(mcp_client.call_tool(plain, "whoami", {}, {}, LIMITS))
+    assert ok and json.loads(text)["net_socket"] == ""  # no list, no socket

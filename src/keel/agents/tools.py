@@ -114,6 +114,7 @@ class McpTool(_Strict):
     command: tuple[str, ...] = ()  # stdio: the server's command line, run in the sandbox
     url: str | None = None  # http: the server's streamable HTTP endpoint
     tool: str | None = None  # the server's tool name (default: this tool's name)
+    network: tuple[str, ...] = Field((), max_length=32)  # stdio: host:port it may reach (sandbox netproxy)
 
     @model_validator(mode="after")
     def where(self) -> McpTool:
@@ -121,6 +122,10 @@ class McpTool(_Strict):
             raise ValueError("a stdio MCP server needs its command")
         if self.transport == "http" and not self.url:
             raise ValueError("an http MCP server needs its url")
+        if self.network and self.transport != "stdio":
+            raise ValueError("network applies to a stdio server's sandbox")
+        for entry in self.network:
+            parse_entry(entry)
         return self
 
 
