@@ -14,7 +14,12 @@ import pytest
 
 from keel.agents.sandbox import Limits, Outcome, Sandbox, SandboxUnavailable
 from keel.agents.tools import SpecError, parse_spec
+from keel.audit.log import AuditLog
+from keel.testing import FakeUpstream
+from keel.testing.fake_upstream import Script
 
+from ..conftest import Gateway
+from .test_runs import admin, agw, completion, keyed  # noqa: F401  (fixtures and helpers)
 from .tool_service import ToolService, tool_service
 
 SANDBOX = Sandbox()
@@ -103,3 +108,20 @@ def test_a_stdio_mcp_server_gets_the_same_allow_list(svc: ToolService) -> None:
     plain = McpTool(transport="stdio", command=command)
     ok, text = asyncio.run(mcp_client.call_tool(plain, "whoami", {}, {}, LIMITS))
     assert ok and json.loads(text)["net_socket"] == ""  # no list, no socket
+
+
+def test_a_runs_network_decisions_are_in_its_audit_entry(svc: ToolService, agw: Gateway, up: FakeUpstream) -> None:  # noqa: F811
+    port = int(svc.url.rsplit(":", 1)[1])
+    code = TRY.format(body=f"connect('127.0.0.1', {port}).close(); connect('127.0.0.1', 6379)") + "print('done')\n"
+    spec = {"tenant": "t1", "name": "net", "kind": "code", "code": {"source": code, "network": [f"127.0.0.1:{port}"]}}
+    with admin(agw) as a:
+        assert a.post("/api/agents/tools", json=spec).status_code == 201
+    up.script(Script(body_override=completion(("c1", "net", {}))), Script(text="ok"))
+    with keyed(agw) as k:
+        run = k.post("/api/agents/runs", json={"model": "gpt-4o-mini", "input": "go", "tools": ["net"]}).json()
+    assert run["state"] == "done", run
+    (entry,) = [e for e in AuditLog(agw.runtime.store).entries() if e.action == "tool.run"]
+    network = json.loads(entry.detail)["result"]["network"]
+    print(f"\naudited: {network}")
+    assert network[0] == f"127.0.0.1:{port} allowed"
+    assert network[1].startswith("127.0.0.1:6379 refused: ") and "allow-list" in network[1]

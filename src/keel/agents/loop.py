@@ -395,7 +395,7 @@ class Runs:
         await asyncio.gather(
             asyncio.to_thread(self._store.move_call, row.id, ("running",), state, now=time.time(), result=text),
             self._audit.record(caller.actor, "tool.run", row.tool, tenant=row.tenant, arguments=row.arguments,
-                               result={"ok": result.ok, "call": row.id, "chars": len(text)}),
+                               result={"ok": result.ok, "call": row.id, "chars": len(text), **_egress(result)}),
         )  # fmt: skip
         self._step_tool(data, row, state, text, started)
         self._span(data, "tool", row.tool, started, status="ok" if result.ok else "error",
@@ -440,7 +440,7 @@ class Runs:
             asyncio.to_thread(self._store.move_call, key, ("running",), "done" if result.ok else "failed",
                               now=time.time(), result=text),
             self._audit.record(caller.actor, "tool.run", name, tenant=tenant, arguments=args, source_ip=caller.source_ip,
-                               result={"ok": result.ok, "call": key, "via": "mcp", "chars": len(text)}),
+                               result={"ok": result.ok, "call": key, "via": "mcp", "chars": len(text), **_egress(result)}),
         )  # fmt: skip
         return result.ok, text
 
@@ -500,6 +500,11 @@ class Runs:
         for run in found:
             with contextlib.suppress(KeelError):
                 await self.resume(run.id)
+
+
+def _egress(result: ToolResult) -> dict[str, Any]:
+    """The audit entry's network part: what the tool's sandbox tried to reach, and the proxy's answer."""
+    return {"network": list(result.network)} if result.network else {}
 
 
 _VALIDATORS: dict[bytes, Any] = {}  # a tool's parameter schema (canonical JSON) -> its compiled validator
