@@ -407,6 +407,9 @@ ROUTES = [
     Route("GET", "/ui/prompts", "dashboard", query=("tenant",)),
     Route("GET", "/ui/prompts/{tenant}/{name}", "dashboard", query=("diff",)),
     Route("GET", "/api/audit", "admin", query=("since", "until", "tenant", "actor", "action", "target", "after", "limit")),
+    Route("GET", "/ui/approvals", "dashboard", query=("tenant", "call", "result")),
+    Route("POST", "/ui/approvals/{call_id}/{action}", "dashboard"),
+    Route("GET", "/api/audit", "admin", query=("since", "until", "tenant", "after", "limit")),
     Route("GET", "/api/audit/verify", "admin"),
     Route("GET", "/api/audit/export", "admin", query=("since", "until", "tenant", "actor", "action", "target", "format")),
     Route("GET", "/api/agents/tools", "admin", query=("tenant",)),
@@ -420,8 +423,10 @@ ROUTES = [
     Route("GET", "/api/agents/runs", "openai", query=("tenant", "state", "limit")),
     Route("GET", "/api/agents/runs/{run_id}", "openai"),
     Route("GET", "/api/approvals", "admin", query=("tenant", "state")),
-    Route("POST", "/api/approvals/{call_id}/approve", "admin"),
-    Route("POST", "/api/approvals/{call_id}/deny", "admin"),
+    Route("POST", "/api/approvals/{call_id}/approve", "admin", query=("exp", "sig")),
+    Route("POST", "/api/approvals/{call_id}/deny", "admin", query=("exp", "sig")),
+    Route("GET", "/api/approvals/{call_id}/approve", "admin", query=("exp", "sig")),  # a signed link's page
+    Route("GET", "/api/approvals/{call_id}/deny", "admin", query=("exp", "sig")),
     Route("POST", "/mcp", "mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fz_tool", "arguments": {"amount": 1}}}),
     Route("GET", "/api/slo", "admin"),
     Route("GET", "/ui/slo", "dashboard"),
@@ -510,6 +515,8 @@ def _param_values(t: Target, name: str) -> st.SearchStrategy[str]:
         "user_id": ["fz-user", "missing"],
         "token_id": ["pat_missing"],
         "provider": ["corp", "missing"],
+        "call_id": ["run_0:call_0", "missing"],
+        "action": ["approve", "deny", "other"],
     }[name]
     return st.one_of(st.sampled_from(known), url_text.filter(lambda s: s and "/" not in s and s not in (".", "..")))
 
@@ -536,6 +543,8 @@ def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
         "user_id",
         "token_id",
         "provider",
+        "call_id",
+        "action",
     ):
         if "{" + name + "}" in path:
             value = draw(_param_values(t, name))

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from keel.audit.group import GroupCommit
 from keel.store.protocols.audit import GENESIS, AuditDraft, AuditEntry, AuditStore, entry_hash
 
 REDACTED = "[redacted]"
@@ -50,6 +51,17 @@ def redact(value: Any, secrets: Iterable[str] = ()) -> Any:
         return walk(str(v), None)
 
     return walk(value, None)
+
+
+def _draft(
+    actor: str, action: str, target: str | None, tenant: str | None, arguments: Any, before: Any, after: Any,
+    result: Any, source_ip: str | None, secrets: Iterable[str], now: float | None,
+) -> AuditDraft:  # fmt: skip
+    fields = {"arguments": arguments, "before": before, "after": after, "result": result}
+    detail = orjson.dumps(redact({k: v for k, v in fields.items() if v is not None}, secrets)).decode()
+    if len(detail) > MAX_DETAIL:
+        detail = orjson.dumps({"truncated": detail[:MAX_DETAIL]}).decode()
+    return AuditDraft(time.time() if now is None else now, tenant, actor, action, target, detail, source_ip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +96,7 @@ class AuditLog:
 
     def __init__(self, store: AuditStore) -> None:
         self._store = store
+        self._group = GroupCommit(store)
 
     def append(
         self,
@@ -100,15 +113,30 @@ class AuditLog:
         secrets: Iterable[str] = (),
         now: float | None = None,
     ) -> AuditEntry:
-        fields = {"arguments": arguments, "before": before, "after": after, "result": result}
-        detail = orjson.dumps(redact({k: v for k, v in fields.items() if v is not None}, secrets)).decode()
-        if len(detail) > MAX_DETAIL:
-            detail = orjson.dumps({"truncated": detail[:MAX_DETAIL]}).decode()
-        draft = AuditDraft(time.time() if now is None else now, tenant, actor, action, target, detail, source_ip)
+        draft = _draft(actor, action, target, tenant, arguments, before, after, result, source_ip, secrets, now)
         return self._store.append_audit(draft)
 
-    async def record(self, actor: str, action: str, target: str | None = None, **kw: Any) -> AuditEntry:
-        return await asyncio.to_thread(lambda: self.append(actor, action, target, **kw))
+    async def record(
+        self,
+        actor: str,
+        action: str,
+        target: str | None = None,
+        *,
+        tenant: str | None = None,
+        arguments: Any = None,
+        before: Any = None,
+        after: Any = None,
+        result: Any = None,
+        source_ip: str | None = None,
+        secrets: Iterable[str] = (),
+    ) -> AuditEntry:
+        """`append` off the event loop, through the group-commit writer: returns once the entry is committed,
+        sharing the commit with whatever other callers queued meanwhile."""
+        draft = _draft(actor, action, target, tenant, arguments, before, after, result, source_ip, secrets, None)
+        return await asyncio.wrap_future(self._group.submit(draft))
+
+    def close(self) -> None:
+        self._group.close()
 
     def entries(
         self, *, since: float | None = None, until: float | None = None, tenant: str | None = None

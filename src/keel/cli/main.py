@@ -44,6 +44,7 @@ NOUNS = (
     Noun("datasets", "eval datasets: import, add (from traces too), export, list", "datasets"),
     Noun("audit", "verify and export the hash-chained audit log", "audit"),
     Noun("tools", "a tenant's agent tools and secrets", "tools"),
+    Noun("agents", "named agents: a model, tools, a step limit, a system prompt and roles", "agents"),
     Noun("approvals", "approve or deny agents' pending tool calls", "approvals"),
     Noun("runs", "agent runs and their step trees", "runs"),
     Noun("usage", "usage and cost over a time window, grouped by a dimension", "usage"),

@@ -84,7 +84,7 @@ pre{white-space:pre-wrap;word-break:break-word;background:#fff;border:1px solid 
 def layout(title: str, body: Safe, *, signed_in: bool = True, who: str | None = None) -> Safe:
     nav = Safe(
         '<a href="/ui">Overview</a><a href="/ui/traces">Traces</a><a href="/ui/jobs">Jobs</a><a href="/ui/prompts">Prompts</a>'
-        '<a href="/ui/evals">Evals</a><a href="/ui/slo">SLOs</a>'
+        '<a href="/ui/evals">Evals</a><a href="/ui/slo">SLOs</a><a href="/ui/approvals">Approvals</a>'
         + (str(h('<span id="whoami">{}</span>', who)) if who else "")
         + '<form method="post" action="/ui/logout"><button type="submit">Log out</button></form>'
     )

@@ -1,4 +1,5 @@
-"""The dashboard's routes: login and logout, the overview, the trace list and one trace.
+"""The dashboard's routes: login and logout, the overview, the trace list and one trace, jobs, SLOs, evals,
+prompts, and the approvals waiting for a person (the one page that changes something: POST, same-origin).
 
 Every page but the login form needs a valid session cookie, else it redirects to the login form
 (which names only the path to come back to, never a credential). Store reads run in worker threads.
@@ -25,6 +26,7 @@ from starlette.routing import Route
 
 from keel.alerts.slo import statuses
 from keel.config import SloConfig
+from keel.dashboard.approvalpages import render_approvals
 from keel.dashboard.evalpages import render_run, render_runs
 from keel.dashboard.jobpages import jobs_query, render_jobs
 from keel.dashboard.markup import CSS, Safe, h, layout
@@ -38,7 +40,7 @@ from keel.dashboard.throttle import LoginThrottle
 from keel.dashboard.tracepages import list_params, render_list, render_trace
 from keel.errors import InvalidRequest
 from keel.evals.gate import Rule, compare_runs
-from keel.store.protocols import BlobStore, EvalStore, JobStore, SpanStore, TraceStore
+from keel.store.protocols import AgentStore, BlobStore, CallRow, EvalStore, JobStore, SpanStore, TraceStore
 from keel.tenancy.sso import SignOn
 from keel.traces.writer import read_spans, read_trace, trace_query
 
@@ -56,6 +58,7 @@ HEADERS = {
 MAX_FORM = 4096
 log = logging.getLogger("keel.dashboard")
 Page = Callable[[Request], Awaitable[Response]]
+Decide = Callable[[str, bool, str], Awaitable[tuple[CallRow | None, bool]]]  # (call id, approve, by)
 
 
 def _page(title: str, body: Safe, status: int = 200, timing: str | None = None, signed_in: bool = True) -> Response:
@@ -69,8 +72,9 @@ _next_path = landing
 _WHO: ContextVar[str | None] = ContextVar("keel_dashboard_who", default=None)  # the signed-in label, per request
 
 
-class PageStore(TraceStore, SpanStore, JobStore, EvalStore, PromptPageStore, Protocol):
-    """What the pages read: traces, their rollups and spans; jobs; eval runs; prompts, rollouts and feedback."""
+class PageStore(TraceStore, SpanStore, JobStore, EvalStore, PromptPageStore, AgentStore, Protocol):
+    """What the pages read: traces, their rollups and spans; jobs; eval runs; prompts, rollouts and feedback;
+    tool calls waiting for approval."""
 
 
 class Dashboard:
@@ -86,6 +90,7 @@ class Dashboard:
         session_secret: str | None = None,  # `sso.session_secret`; default: derived from the admin token
         session_ttl_s: float = TTL_S,
         public_url: str | None = None,
+        decide: Decide | None = None,  # approve or deny a pending tool call (keel.agents: Runs.decide)
     ) -> None:
         self._store = store
         self._blobs = blobs  # large payloads live there; the trace page reads them back
@@ -94,6 +99,7 @@ class Dashboard:
         self.throttle = throttle or LoginThrottle()
         self._stuck_after = stuck_after
         self._slos = dict(slos or {})
+        self._decide = decide
 
     def routes(self) -> list[Route]:
         return [
@@ -110,6 +116,8 @@ class Dashboard:
             Route("/ui/evals/{run_id}", self._guard(self.eval_run), methods=["GET"]),
             Route("/ui/prompts", self._guard(self.prompts), methods=["GET"]),
             Route("/ui/prompts/{tenant}/{name}", self._guard(self.prompt), methods=["GET"]),
+            Route("/ui/approvals", self._guard(self.approvals), methods=["GET"]),
+            Route("/ui/approvals/{call_id}/{action}", self._guard(self.decide), methods=["POST"]),
         ]
 
     def _guard(self, page: Page) -> Page:
@@ -248,6 +256,25 @@ class Dashboard:
         found = await asyncio.to_thread(statuses, self._slos, self._store, time.time())
         t1 = time.perf_counter()
         return _page("SLOs", render_slo(found), timing=_timing(t0, t1, time.perf_counter()))
+
+    async def approvals(self, request: Request) -> Response:
+        q = request.query_params
+        tenant = (q.get("tenant") or "").strip()
+        rows = await asyncio.to_thread(lambda: self._store.list_calls(tenant=tenant or None, state="pending"))
+        return _page("Approvals", render_approvals(tenant, rows, q.get("call"), q.get("result")))
+
+    async def decide(self, request: Request) -> Response:
+        call_id, action = request.path_params["call_id"], request.path_params["action"]
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+            return _page("Forbidden", h('<h1>Forbidden</h1><p class="error">{}</p>', "A cross-site form."), 403)
+        if action not in ("approve", "deny") or self._decide is None:
+            return _page("Not found", h("<h1>Not found</h1><p>{}</p>", "No such decision."), 404)
+        row, moved = await self._decide(call_id, action == "approve", "dashboard")
+        if row is None:
+            return _page("Not found", h("<h1>Not found</h1><p>{}</p>", f"No tool call '{call_id}'."), 404)
+        result = ("approved" if action == "approve" else "denied") if moved else "unchanged"
+        return RedirectResponse(f"/ui/approvals?call={quote(call_id, safe='')}&result={result}", 303, HEADERS)
 
     async def evals(self, request: Request) -> Response:
         runs = await asyncio.to_thread(self._store.list_eval_runs, None, limit=100)

@@ -8,6 +8,7 @@ nothing. The store never updates or deletes an entry; `keel.audit` verifies what
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,6 +54,10 @@ def entry_hash(seq: int, draft: AuditDraft | AuditEntry, prev_hash: str) -> str:
 class AuditStore(Protocol):
     def append_audit(self, draft: AuditDraft) -> AuditEntry:
         """Number, seal and store one entry after the chain's head, serialised with every other appender."""
+        ...
+
+    def append_audits(self, drafts: Sequence[AuditDraft]) -> list[AuditEntry]:
+        """`append_audit` for several entries in one transaction, chained in the given order (group commit)."""
         ...
 
     def list_audit(

@@ -7,6 +7,7 @@ is sealed with the hash of the one committed before it, whatever the number of p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from keel.store.protocols.audit import AuditDraft, AuditEntry, entry_hash
@@ -39,6 +40,30 @@ class SqlAudit:
                                draft.source_ip, prev, sealed))  # fmt: skip
             s.execute(seal, (sealed, CHAIN))
         return entry
+
+    def append_audits(self, drafts: Sequence[AuditDraft]) -> list[AuditEntry]:
+        """Several entries in one transaction (one commit flush), numbered and chained in the given order."""
+        if not drafts:
+            return []
+        m = self._db.dialect.mark
+        take = f"UPDATE audit_head SET seq = seq + {m} WHERE chain = {m} RETURNING seq, hash"
+        insert = f"INSERT INTO audit_log ({_COLS}) VALUES ({self._db.dialect.marks(10)})"
+        seal = f"UPDATE audit_head SET hash = {m} WHERE chain = {m}"
+        entries: list[AuditEntry] = []
+        with self._db.transaction() as s:
+            head = s.fetchone(take, (len(drafts), CHAIN))
+            assert head is not None, "audit_head has no chain row: run `keel db migrate`"
+            seq, prev = int(head[0]) - len(drafts), str(head[1])
+            for d in drafts:
+                seq += 1
+                sealed = entry_hash(seq, d, prev)
+                entries.append(AuditEntry(seq, d.at, d.tenant, d.actor, d.action, d.target, d.detail, d.source_ip,
+                                          prev, sealed))  # fmt: skip
+                prev = sealed
+            s.executemany(insert, [(e.seq, e.at, e.tenant, e.actor, e.action, e.target, e.detail, e.source_ip,
+                                    e.prev_hash, e.hash) for e in entries])  # fmt: skip
+            s.execute(seal, (prev, CHAIN))
+        return entries
 
     def list_audit(
         self,
