@@ -671,7 +671,8 @@ def _export(r: httpx.Response, where: str) -> None:
     if r.headers["content-type"].startswith("text/csv"):
         assert r.text.startswith("seq,at,"), where
     else:
-        assert all(isinstance(json.loads(line), dict) for line in r.text.splitlines()), where
+        # split on "\n" only: a JSON string may hold U+2028 or U+0085 raw, which str.splitlines() splits on
+        assert all(isinstance(json.loads(line), dict) for line in r.text.split("\n") if line), where
 
 
 def _check_page(sent: Sent, r: httpx.Response, where: str) -> None:
