@@ -19,7 +19,7 @@ from keel.api.bounds import Bounds, read_body
 from keel.api.guard import Guard, Handler
 from keel.api.openai import JSON_TYPE, read_json
 from keel.api.replay import ReplayAsk, replay
-from keel.errors import ErrorKind, InvalidRequest, NotFound, ProviderError
+from keel.errors import ErrorKind, InvalidRequest, NotFound, PermissionDenied, ProviderError
 from keel.gateway.warmth import WarmthBook
 from keel.jobs.batch import purge_batches
 from keel.keys.auth import issue_key, key_view
@@ -28,12 +28,12 @@ from keel.rag.ingest import Ingestor
 from keel.runtime.components import Runtime
 from keel.store.protocols import Charge, LimitStoreUnavailable, UnknownSubject
 from keel.tenancy.actor import Actor
-from keel.tenancy.roles import sees_content
+from keel.tenancy.roles import sees_content, team_bound
 from keel.traces.retention import RetentionPolicy, purge, sweep
 from keel.traces.rollups import usage_query, usage_view
 from keel.traces.writer import read_spans, read_trace, trace_query, trace_view
 
-_USAGE_PARAMS = ("tenant", "key", "user", "feature", "alias")
+_USAGE_PARAMS = ("tenant", "key", "user", "feature", "alias", "team")
 MAX_NAME = 256  # characters of a tenant, key or user name: what every store can index
 PRIORITY = (-(2**31), 2**31 - 1)  # a key's priority fits every store's integer column
 
@@ -113,8 +113,8 @@ def _purge_body(body: Any) -> tuple[str | None, bool, bool]:
 
 def _limit_path(request: Request) -> tuple[str, str]:
     scope, subject = request.path_params["scope"], request.path_params["subject"]
-    if scope not in ("tenant", "key"):
-        raise NotFound(f"No limit scope '{scope}': overrides are set per tenant or per key id.")
+    if scope not in ("tenant", "key", "team"):
+        raise NotFound(f"No limit scope '{scope}': overrides are set per tenant, key id or team (tenant:team).")
     return scope, subject
 
 
@@ -265,6 +265,8 @@ class Admin:
 
     async def list_keys(self, request: Request, actor: Actor) -> Response:
         rows = await asyncio.to_thread(self._rt.store.list_keys, actor.scope(request.query_params.get("tenant")))
+        if team_bound(actor):
+            rows = [k for k in rows if k.team is not None and k.team == actor.team]
         return _json({"data": [key_view(k) for k in rows]})
 
     async def create_key(self, request: Request, actor: Actor) -> Response:
@@ -272,6 +274,13 @@ class Admin:
         if not isinstance(body, dict):
             raise InvalidRequest('The body must be an object: {"tenant": "acme", "name": "ci"}.', None)
         tenant = actor.tenant_for(body.get("tenant"), "keys") if actor.tenant else _name(body, "tenant")
+        team = _text(body, "team")
+        if team_bound(actor) and team != actor.team:
+            raise PermissionDenied(f"{actor.id} creates keys of its own team only: 'team': {actor.team!r}.")
+        if team is not None and team not in {
+            t.name for t in await asyncio.to_thread(self._rt.store.list_teams, tenant)
+        }:
+            raise NotFound(f"No team '{team}' in tenant '{tenant}': add it first (keel teams add).")
         models = body.get("models")
         if models is not None and not (isinstance(models, list) and all(_storable_name(m) for m in models)):
             raise InvalidRequest("'models' must be an array of aliases.", "models")
@@ -285,6 +294,7 @@ class Admin:
                 models=tuple(models) if models is not None else None,
                 priority=_priority(body, "priority") or 0,
                 max_priority=_priority(body, "max_priority"),
+                team=team,
             )
         except ValueError as exc:
             param = "max_priority" if "priority" in str(exc) else "tenant"
@@ -321,7 +331,7 @@ class Admin:
         if actor.tenant is None:
             return
         keys = {k.id: k for k in await asyncio.to_thread(self._rt.store.list_keys, actor.tenant)}
-        if key_id not in keys:
+        if key_id not in keys or (team_bound(actor) and (keys[key_id].team is None or keys[key_id].team != actor.team)):
             raise NotFound(f"No key with id '{key_id}'.")
 
     async def replay_trace(self, request: Request, actor: Actor) -> Response:
@@ -384,7 +394,14 @@ class Admin:
         rows = await asyncio.to_thread(self._rt.store.list_limits)
         if actor.tenant is not None:
             keys = {k.id for k in await asyncio.to_thread(self._rt.store.list_keys, actor.tenant)}
-            rows = [o for o in rows if (o.scope, o.subject) == ("tenant", actor.tenant) or o.subject in keys]
+            team_of = f"{actor.tenant}:"
+            rows = [
+                o
+                for o in rows
+                if (o.scope, o.subject) == ("tenant", actor.tenant)
+                or (o.scope == "key" and o.subject in keys)
+                or (o.scope == "team" and o.subject.startswith(team_of) and ":" not in o.subject[len(team_of) :])
+            ]
         return _json({"data": [asdict(o) for o in rows]})
 
     async def set_limits(self, request: Request, actor: Actor) -> Response:
@@ -422,7 +439,11 @@ class Admin:
         if actor.tenant is not None and (scope, subject) != ("tenant", actor.tenant):
             if scope == "tenant":
                 raise NotFound(f"No tenant '{subject}'.")
-            await self._own_key(actor, subject)
+            if scope == "team":
+                if subject.rpartition(":")[0] != actor.tenant:
+                    raise NotFound(f"No team '{subject}' (tenant:team).")
+            else:
+                await self._own_key(actor, subject)
         return scope, subject
 
     async def _usage_subject(self, query: dict[str, str]) -> Subject:
@@ -435,9 +456,12 @@ class Admin:
             raise InvalidRequest("'tenant' is required.", "tenant")
         if await asyncio.to_thread(self._rt.store.get_tenant, tenant) is None:
             raise NotFound(f"No tenant '{tenant}'.")
-        if key is not None and key not in {k.id for k in await asyncio.to_thread(self._rt.store.list_keys, tenant)}:
+        keys = {k.id: k for k in await asyncio.to_thread(self._rt.store.list_keys, tenant)}
+        if key is not None and key not in keys:
             raise NotFound(f"No key with id '{key}' in tenant '{tenant}'.")
         alias = query.get("alias") or None
         if alias is not None and alias not in self._rt.config.models:
             raise InvalidRequest(f"Unknown alias '{alias}'; use: {', '.join(self._rt.config.models)}.", "alias")
-        return Subject(tenant, key, query.get("user") or None, query.get("feature") or None, alias)
+        team = query.get("team") or (keys[key].team if key is not None else None)
+        user, feature = query.get("user") or None, query.get("feature") or None
+        return Subject(tenant, key, user, feature, alias, None if team is None else f"{tenant}:{team}")
