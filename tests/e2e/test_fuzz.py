@@ -341,6 +341,7 @@ ROUTES = [
     Route("POST", "/api/tenants", "admin", {"name": "fz-new", "regions": ["us"]}),
     Route("PATCH", "/api/tenants/{name}", "admin", {"regions": ["us", "eu"]}),
     Route("POST", "/api/tenants/{name}/purge", "admin", {"user": "u1", "revoke_keys": False, "delete_tenant": False}),
+    Route("DELETE", "/api/tenants/{name}/users/{user}", "admin"),
     Route("POST", "/api/retention/sweep", "admin"),
     Route("GET", "/api/keys", "admin", query=("tenant",)),
     Route("POST", "/api/keys", "admin", {"tenant": "fz", "name": "k", "user": "u", "models": ["sim"], "priority": 1, "max_priority": 2}),
@@ -484,6 +485,7 @@ def _param_values(t: Target, name: str) -> st.SearchStrategy[str]:
         "tenant": ["t1", "fz"],
         "collection": ["fzc", "missing"],
         "id:path": ["doc1", "dir/doc2", "missing"],
+        "user": ["u1", "missing"],
     }[name]
     return st.one_of(st.sampled_from(known), url_text.filter(lambda s: s and "/" not in s and s not in (".", "..")))
 
@@ -507,6 +509,7 @@ def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
         "tenant",
         "collection",
         "id:path",
+        "user",
     ):
         if "{" + name + "}" in path:
             value = draw(_param_values(t, name))

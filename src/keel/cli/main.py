@@ -30,6 +30,7 @@ NOUNS = (
     Noun("db", "database maintenance", "db"),
     Noun("tenants", "manage tenants", "tenants"),
     Noun("keys", "manage virtual keys", "keys"),
+    Noun("users", "a tenant's users: purge one user's data", "users_purge", "register_noun"),
     Noun("limits", "per-tenant and per-key limits, and usage against them", "limits"),
     Noun("traces", "inspect call traces", "traces"),
     Noun("jobs", "inspect, cancel and retry background jobs", "jobs"),
