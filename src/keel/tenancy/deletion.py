@@ -228,7 +228,7 @@ async def purge(stores: Stores, tenant: str, user: str | None = None, *, actor: 
     receipt.counts["jobs_cancelled"] = await asyncio.to_thread(_cancel_jobs, stores.store, subject)
     for name, purger in PURGERS:
         n = await purger(run)
-        if n or name not in ("rag", "orphan_spans"):
+        if name != "rag":
             receipt.counts[name] = receipt.counts.get(name, 0) + n
     receipt.finished_at = time.time()
     receipt.seal()

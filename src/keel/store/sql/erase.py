@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from keel.store.sql.dialect import Database
 
 M = "{m}"  # replaced by the dialect's placeholder
@@ -25,6 +27,10 @@ TENANT_KEYS = "SELECT id FROM api_keys WHERE tenant = {m}"
 USER_BATCHES = f"SELECT id FROM batches WHERE tenant = {{m}} AND key_id IN ({USER_KEYS})"
 USER_RUNS = f"SELECT id FROM eval_runs WHERE tenant = {{m}} AND key_id IN ({USER_KEYS})"
 _TU = ("tenant", "user")  # the params of a subquery over (tenant, user)
+_PAYLOAD_BY_KEY = (  # a job's JSON payload naming one of the user's keys (orjson: no spaces)
+    "EXISTS (SELECT 1 FROM api_keys k WHERE k.tenant = {m} AND k.user_id = {m}"
+    " AND jobs.payload LIKE ({m} || k.id || {m}))"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +139,14 @@ USER_SCOPE: dict[str, tuple[Step, ...]] = {
         Step("prompt_rollouts", (), "tenant = {m} AND started_by = {m}", _TU, null="started_by"),
         Step("prompt_label_history", (), "tenant = {m} AND actor = {m}", _TU, null="actor"),
     ),
-    # jobs of the user's batches and eval runs
+    # the user's async calls (queued with their keys or naming them), and jobs of their batches and eval runs
     "jobs": (
+        Step(
+            "jobs",
+            ("id",),
+            f"tenant = {{m}} AND ({_PAYLOAD_BY_KEY} OR payload LIKE {{m}} ESCAPE '!')",
+            ("tenant", *_TU, "key_pre", "key_post", "json_user"),
+        ),
         Step(
             "jobs",
             ("id",),
@@ -184,6 +196,9 @@ def _bind(step: Step, tenant: str, user: str | None) -> list[Any]:
         "user": user,
         "like_tenant": f"%tenant={_like(tenant)}|%",
         "like_user": f"%user={_like(user or '')}|%",
+        "key_pre": '%"key_id":"',
+        "key_post": '"%',
+        "json_user": '%"user":' + _like(orjson.dumps(user).decode()) + "%",
     }
     return [values[p] for p in step.params]
 
