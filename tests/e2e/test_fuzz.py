@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from keel.api.app import create_app
 from keel.keys.auth import issue_key
 from keel.testing import FakeUpstream
-from tests.conftest import Gateway, base_config
+from tests.conftest import Gateway, base_config, until
 from tests.served import serve, storage
 
 EXAMPLES = 50  # per route taking input; x3 for the model routes' bodies, /3 for routes without input
@@ -102,6 +102,14 @@ def target(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> 
                 put = {"tenant": "t1", "text": "hello world", "groups": ["g"]}
                 stored = client.put(f"/api/rag/collections/fzc/documents/{doc}", json=put, headers=admin)
                 assert stored.status_code in (200, 201, 202), stored.text
+            docs = "/api/rag/collections/fzc/documents"
+
+            def indexed() -> bool:
+                data = client.get(docs, params={"tenant": "t1"}, headers=admin).json()["data"]
+                return len(data) == 2 and all(d["status"] == "indexed" for d in data)
+
+            # indexing imports numpy in a worker thread: done before hypothesis draws (it looks numpy up)
+            assert until(indexed)
             login = client.post("/ui/login", data={"token": gw.admin, "next": "/ui"})
             assert login.status_code == 303
             session = login.cookies["keel_ui"]
