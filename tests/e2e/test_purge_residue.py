@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -23,8 +24,9 @@ import pytest
 
 from keel.audit.log import AuditLog
 from keel.store.open import open_store
+from keel.store.protocols import JobQuery
 from keel.store.sql.erase import TENANT_SCOPE
-from keel.tenancy.deletion import PURGERS, Receipt, Stores, Subject, _Run
+from keel.tenancy.deletion import PURGERS, Receipt, Stores, Subject, _Run, purge
 from keel.testing import FakeUpstream
 from keel.testing.fake_upstream import Script
 from tests.agents.test_runs import completion
@@ -309,7 +311,8 @@ def purge_and_scan(gw: Gateway, seed: Seeder, storage_url: str, tmp_path: Path) 
 
     r = seed.admin.post(f"/api/tenants/{GONE}/purge", json={})
     receipt = seed.ok(r)
-    print("\n  receipt:", json.dumps(receipt["counts"], sort_keys=True))
+    took = receipt["finished_at"] - receipt["started_at"]
+    print(f"\n  receipt ({took * 1000:.0f} ms):", json.dumps(receipt["counts"], sort_keys=True))
     counts = receipt["counts"]
     for kind, n in expected.items():
         assert counts[kind] == n, (kind, counts[kind], n)
@@ -370,3 +373,21 @@ def test_every_table_naming_a_tenant_has_a_purger(tmp_path: Path) -> None:
     rag = {t for t in naming if t.startswith("rag_")}  # RAG's own purge (Ingestor.purge_tenant)
     audit = {"audit_log"}  # erased, not deleted
     assert naming - erased - own - rag - audit == set()
+
+
+def test_the_subjects_queued_jobs_are_cancelled_before_anything_is_deleted(tmp_path: Path) -> None:
+    from keel.store.protocols import JobSpec
+
+    store = open_store(f"sqlite:///{tmp_path}/k.db")
+    try:
+        for tenant in ("acme", "globex"):
+            store.create_tenant(tenant)
+        later = time.time() + 3600
+        specs = [JobSpec("x", {"n": i}, tenant=t, max_attempts=1, timeout_s=5, run_at=later) for i, t in enumerate(("acme", "acme", "globex"))]  # fmt: skip
+        store.enqueue_jobs(specs, time.time())
+        counts = asyncio.run(purge(Stores(store), "acme")).counts
+        assert (counts["jobs_cancelled"], counts["jobs"], counts["tenant"]) == (2, 2, 1)
+        left = store.list_jobs(JobQuery(limit=10))
+        assert [(j.tenant, j.state) for j in left] == [("globex", "queued")]
+    finally:
+        store.close()
