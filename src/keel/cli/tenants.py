@@ -126,7 +126,10 @@ def show_receipt(args: argparse.Namespace, receipt: Receipt, whose: str) -> None
         return
     print(f"purged {whose} (audit entry {receipt.audit_seq}, receipt digest {receipt.digest}):")
     for kind, n in sorted(receipt.counts.items()):
-        print(f"  {kind:<18} {n}")
+        if n:
+            print(f"  {kind:<18} {n}")
+    if none := sorted(kind for kind, n in receipt.counts.items() if not n):
+        print(f"  nothing held in: {', '.join(none)}")
     for note in receipt.notes:
         print(f"  note: {note}")
 
