@@ -167,14 +167,14 @@ async def _rollups(r: _Run) -> int:
 
 
 async def _rag(r: _Run) -> int:
-    """A whole tenant's collections, documents, their blobs, chunks and vectors."""
+    """A whole tenant's collections, documents, their blobs, chunks and vectors (counted per kind)."""
     if r.subject.user is not None:
         return 0
     if r.stores.rag is None:
-        rows = await asyncio.to_thread(r.stores.store.delete_rag_tenant, r.subject.tenant)
+        counts = await asyncio.to_thread(r.stores.store.delete_rag_tenant, r.subject.tenant)
         r.receipt.notes.append("RAG is not configured here: its rows deleted, its index and blobs not reached")
-        return sum(rows.values())
-    counts = await r.stores.rag.purge_tenant(r.subject.tenant)
+    else:
+        counts = await r.stores.rag.purge_tenant(r.subject.tenant)
     for kind, n in counts.items():
         key = kind if kind.startswith("rag_") else f"rag_{kind}"
         r.receipt.counts[key] = r.receipt.counts.get(key, 0) + n
