@@ -36,7 +36,7 @@ from keel.api.app import create_app
 from keel.keys.auth import issue_key
 from keel.testing import FakeUpstream
 from keel.testing.oidc import FakeIssuer, FakeUser
-from tests.conftest import Gateway, base_config
+from tests.conftest import Gateway, base_config, until
 from tests.served import serve, storage
 
 EXAMPLES = 50  # per route taking input; x3 for the model routes' bodies, /3 for routes without input
@@ -109,6 +109,14 @@ def target(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> 
                 put = {"tenant": "t1", "text": "hello world", "groups": ["g"]}
                 stored = client.put(f"/api/rag/collections/fzc/documents/{doc}", json=put, headers=admin)
                 assert stored.status_code in (200, 201, 202), stored.text
+            docs = "/api/rag/collections/fzc/documents"
+
+            def indexed() -> bool:
+                data = client.get(docs, params={"tenant": "t1"}, headers=admin).json()["data"]
+                return len(data) == 2 and all(d["status"] == "indexed" for d in data)
+
+            # indexing imports numpy in a worker thread: done before hypothesis draws (it looks numpy up)
+            assert until(indexed)
             login = client.post("/ui/login", data={"token": gw.admin, "next": "/ui"})
             assert login.status_code == 303
             session = login.cookies["keel_ui"]
@@ -348,6 +356,7 @@ ROUTES = [
     Route("POST", "/api/tenants", "admin", {"name": "fz-new", "regions": ["us"]}),
     Route("PATCH", "/api/tenants/{name}", "admin", {"regions": ["us", "eu"]}),
     Route("POST", "/api/tenants/{name}/purge", "admin", {"user": "u1", "revoke_keys": False, "delete_tenant": False}),
+    Route("DELETE", "/api/tenants/{name}/users/{user}", "admin"),
     Route("POST", "/api/retention/sweep", "admin"),
     Route("GET", "/api/keys", "admin", query=("tenant",)),
     Route("POST", "/api/keys", "admin", {"tenant": "fz", "name": "k", "user": "u", "models": ["sim"], "priority": 1, "max_priority": 2, "team": "fzt"}),
@@ -517,6 +526,7 @@ def _param_values(t: Target, name: str) -> st.SearchStrategy[str]:
         "provider": ["corp", "missing"],
         "call_id": ["run_0:call_0", "missing"],
         "action": ["approve", "deny", "other"],
+        "user": ["u1", "missing"],
     }[name]
     return st.one_of(st.sampled_from(known), url_text.filter(lambda s: s and "/" not in s and s not in (".", "..")))
 
@@ -545,6 +555,7 @@ def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
         "provider",
         "call_id",
         "action",
+        "user",
     ):
         if "{" + name + "}" in path:
             value = draw(_param_values(t, name))

@@ -21,15 +21,15 @@ from keel.api.openai import JSON_TYPE, read_json
 from keel.api.replay import ReplayAsk, replay
 from keel.errors import ErrorKind, InvalidRequest, NotFound, PermissionDenied, ProviderError
 from keel.gateway.warmth import WarmthBook
-from keel.jobs.batch import purge_batches
 from keel.keys.auth import issue_key, key_view
 from keel.limits.book import KINDS, Estimate, Subject, kind_of
 from keel.rag.ingest import Ingestor
 from keel.runtime.components import Runtime
 from keel.store.protocols import Charge, LimitStoreUnavailable, UnknownSubject
 from keel.tenancy.actor import Actor
+from keel.tenancy.deletion import Stores, purge
 from keel.tenancy.roles import sees_content, team_bound
-from keel.traces.retention import RetentionPolicy, purge, sweep
+from keel.traces.retention import RetentionPolicy, sweep
 from keel.traces.rollups import usage_query, usage_view
 from keel.traces.writer import read_spans, read_trace, trace_query, trace_view
 
@@ -163,7 +163,18 @@ class Admin:
             g.route("/api/tenants", self.list_tenants, ["GET"], "tenants.read"),
             g.route("/api/tenants", self.create_tenant, ["POST"], "tenants.manage"),
             g.route("/api/tenants/{name}", self.update_tenant, ["PATCH"], "tenants.write", tenant_param="name"),
-            g.route("/api/tenants/{name}/purge", self.purge_tenant, ["POST"], "data.purge", tenant_param="name"),
+            # a purge writes its own entry (tenant.purge, user.purge): the generic one would name the subject again
+            g.route(
+                "/api/tenants/{name}/purge", self.purge_tenant, ["POST"], "data.purge", tenant_param="name", audit=False
+            ),
+            g.route(
+                "/api/tenants/{name}/users/{user}",
+                self.purge_user,
+                ["DELETE"],
+                "data.purge",
+                tenant_param="name",
+                audit=False,
+            ),
             g.route("/api/retention/sweep", self.sweep, ["POST"], "retention.run"),
             g.route("/api/keys", self.list_keys, ["GET"], "keys.read"),
             g.route("/api/keys", self.create_key, ["POST"], "keys.write"),
@@ -226,36 +237,35 @@ class Admin:
         return _json(asdict(row))
 
     async def purge_tenant(self, request: Request, actor: Actor) -> Response:
-        """Delete a tenant's data, or one user's: {"user": "u1"}; also {"revoke_keys": true} or
-        {"delete_tenant": true} (revokes, then deletes its keys, limits and the tenant itself)."""
-        body = await self._json_or(request, {})
-        user, revoke, delete = _purge_body(body)
+        """Delete a tenant from every store (its keys and row too), or one user's data: {"user": "u1"}.
+        Answers the receipt (keel.tenancy.deletion). `revoke_keys` and `delete_tenant` are accepted for
+        old callers: both always happen now."""
+        user, _, delete = _purge_body(await self._json_or(request, {}))
+        if delete and user is not None:
+            raise InvalidRequest("delete_tenant removes a whole tenant: leave out the user", "user")
+        return await self._purge(request.path_params["name"], user, actor)
+
+    async def purge_user(self, request: Request, actor: Actor) -> Response:
+        """DELETE /api/tenants/{name}/users/{user}: one user's data within the tenant; answers the receipt."""
+        return await self._purge(request.path_params["name"], request.path_params["user"], actor)
+
+    async def _purge(self, tenant: str, user: str | None, actor: Actor) -> Response:
         rt = self._rt
         cache, vectors = None, None
         if rt.cache_stage is not None:
             await rt.cache_stage.drain()  # answers being written now would outlive the purge
             cache, vectors = rt.cache_stage.stores
-        try:
-            report = await purge(
-                rt.store,
-                rt.blobs,
-                cache,
-                vectors,
-                request.path_params["name"],
-                user,
-                revoke_keys=revoke,
-                delete_tenant=delete,
-                revocation_wait_s=2 * rt.config.server.revocation_poll_s,
-                batch_size=rt.config.retention.batch_size,
-            )
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), "user") from None
-        gone: dict[str, int] = {}
-        if user is None:  # a whole tenant: its batches and uploaded files too, and its RAG collections
-            gone = await asyncio.to_thread(purge_batches, rt.store, rt.blobs, request.path_params["name"])
-            if (rag := rt.find(Ingestor)) is not None:
-                gone |= await rag.purge_tenant(request.path_params["name"])
-        return _json({**asdict(report), **gone})
+        stores = Stores(
+            rt.store,
+            rt.blobs,
+            cache,
+            vectors,
+            rt.find(Ingestor),
+            rt.config.retention.batch_size,
+            revocation_wait_s=2 * rt.config.server.revocation_poll_s,
+        )
+        receipt = await purge(stores, tenant, user, actor=actor.id)
+        return _json(receipt.json())
 
     async def sweep(self, request: Request, actor: Actor) -> Response:
         """One retention pass now: old traces by the configured policy, then orphan blobs."""

@@ -30,7 +30,7 @@ NOUNS = (
     Noun("db", "database maintenance", "db"),
     Noun("tenants", "manage tenants", "tenants"),
     Noun("keys", "manage virtual keys", "keys"),
-    Noun("users", "people of a tenant and their roles; operators", "users"),
+    Noun("users", "people of a tenant and their roles; operators; purge one user's data", "users"),
     Noun("teams", "a tenant's teams", "teams"),
     Noun("tokens", "personal access tokens for the admin API", "tokens"),
     Noun("limits", "per-tenant and per-key limits, and usage against them", "limits"),
