@@ -46,6 +46,10 @@ log = logging.getLogger("keel.api.guard")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 AUDIT_BODY_BYTES = 64 * 1024  # bodies past this are summarised by size in the audit entry
 TENANT_PARAMS = ("tenant",)
+# permissions whose request bodies are content (prompt templates, eval cases, documents, feedback, run inputs):
+# their entries keep the body's shape (field names, size, the tenant), never its text, so the audit log holds
+# no copy of data that retention and purges must reach
+CONTENT = frozenset({"prompts.write", "feedback.write", "evals.run", "rag.write", "agents.run", "traces.replay"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,9 +172,10 @@ class Guard:
         outcome = "ok" if status < 400 else "refused" if status in (401, 403) else "failed"
         body = await self._body(request)
         tenant = actor.tenant or _named_tenant(request, body, self._tenant_param(template, request.method))
+        arguments = _shape(body) if permission in CONTENT else body
         await self._audit.record(
             actor.id, f"{permission} {request.method} {template}", target, tenant=tenant, source_ip=actor.ip,
-            arguments=body, result={"status": status, "outcome": outcome},
+            arguments=arguments, result={"status": status, "outcome": outcome},
         )  # fmt: skip
 
     def _tenant_param(self, path: str, method: str) -> str | None:
@@ -190,6 +195,14 @@ class Guard:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
             return {"bytes": len(raw), "json": False}
+
+
+def _shape(body: Any) -> Any:
+    """A content body as the audit entry keeps it: its top-level field names and its size, not its text."""
+    if body is None:
+        return None
+    size = len(orjson.dumps(body))
+    return {"fields": sorted(str(k) for k in body), "bytes": size} if isinstance(body, dict) else {"bytes": size}
 
 
 def _named_tenant(request: Request, body: Any, tenant_param: str | None) -> str | None:

@@ -32,7 +32,7 @@ PAGE = 500
 TRAILER = "keel_audit_export"
 FILTERS = ("tenant", "actor", "action", "target")
 CSV_COLUMNS = ("seq", "at", "at_iso", "tenant", "actor", "action", "target", "source_ip", "detail_json",
-               "prev_hash", "hash")  # fmt: skip
+               "prev_hash", "hash", "salts", "digests")  # fmt: skip
 FORMATS = ("jsonl", "csv")
 
 
@@ -158,7 +158,7 @@ def csv_header() -> bytes:
 
 def csv_lines(page: Iterable[AuditEntry]) -> bytes:
     return _csv([(e.seq, repr(e.at), _iso(e.at), e.tenant, e.actor, e.action, e.target, e.source_ip, e.detail,
-                  e.prev_hash, e.hash) for e in page])  # fmt: skip
+                  e.prev_hash, e.hash, e.salts, e.digests) for e in page])  # fmt: skip
 
 
 def _csv(rows: Iterable[Iterable[Any]]) -> bytes:
@@ -220,7 +220,8 @@ class FileVerdict:
 def _entry(d: Mapping[str, Any]) -> AuditEntry:
     return AuditEntry(int(d["seq"]), float(d["at"]), d.get("tenant") or None, str(d["actor"]), str(d["action"]),
                       d.get("target") or None, str(d["detail_json"]), d.get("source_ip") or None,
-                      str(d["prev_hash"]), str(d["hash"]))  # fmt: skip
+                      str(d["prev_hash"]), str(d["hash"]), d.get("salts") or None,
+                      d.get("digests") or None)  # fmt: skip
 
 
 def read_jsonl(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:

@@ -106,6 +106,8 @@ def entry_json(e: AuditEntry) -> dict[str, Any]:
         "source_ip": e.source_ip,
         "prev_hash": e.prev_hash,
         "hash": e.hash,
+        "salts": e.salts,  # hashing scheme 2: the salted digests of tenant, actor, target, detail, source_ip
+        "digests": e.digests,  # the erased fields' digests (a purge), so the chain still verifies
     }
 
 

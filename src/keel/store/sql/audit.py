@@ -127,12 +127,16 @@ class SqlAudit:
 
     def audit_naming(self, tenant: str, user: str | None, *, after_seq: int, limit: int) -> list[AuditEntry]:
         m = self._db.dialect.mark
+        # a target is a name, or the JSON of an admin route's path parameters (the guard's entries)
         if user is None:
-            who = f"(tenant = {m} OR target = {m} OR detail LIKE {m} ESCAPE '!')"
-            params: list[Any] = [tenant, tenant, _json_string(tenant)]
+            who = f"(tenant = {m} OR target = {m} OR target LIKE {m} ESCAPE '!' OR detail LIKE {m} ESCAPE '!')"
+            params: list[Any] = [tenant, tenant, _json_string(tenant), _json_string(tenant)]
         else:
-            who = f"tenant = {m} AND (actor = {m} OR actor = {m} OR target = {m} OR detail LIKE {m} ESCAPE '!')"
-            params = [tenant, user, f"user:{user}", user, _json_string(user)]
+            who = (
+                f"tenant = {m} AND (actor = {m} OR actor = {m} OR target = {m} OR target LIKE {m} ESCAPE '!'"
+                f" OR detail LIKE {m} ESCAPE '!')"
+            )
+            params = [tenant, user, f"user:{user}", user, _json_string(user), _json_string(user)]
         skip = ", ".join([m] * len(PURGE_ACTIONS))
         sql = f"SELECT {_COLS} FROM audit_log WHERE seq > {m} AND {who} AND action NOT IN ({skip}) ORDER BY seq"
         with self._db.session() as s:
