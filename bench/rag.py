@@ -113,7 +113,7 @@ async def quality(args: argparse.Namespace) -> None:
             for qid in order:
                 result = await index.search(SearchQuery("t", "ms", queries[qid], top_k=100, mode=mode))
                 run[qid] = [h.document_id for h in result.hits]
-            name = {"lexical": "BM25 only (FTS5)", "vector": "vector only", "hybrid": index.fusion.describe()}[mode]
+            name = {"lexical": "BM25 only", "vector": "vector only", "hybrid": index.fusion.describe()}[mode]
             print(f"{name:>58}  {evaluate.score(run, qrels).row()}")
             if mode == "hybrid":
                 for half in (0, 1):
@@ -152,17 +152,21 @@ async def timed_queries(index: Index, n: int, rng: random.Random, mode: Mode = "
     threads), which a busy machine inflates far less than wall time."""
     out = []
     cpu = time.process_time()
+    STAGES.clear()
     for _ in range(n):
         text = synthetic_text(rng, 4, query=True)
         t = time.perf_counter()
         result = await index.search(SearchQuery("t", "big", text, top_k=10, groups=("readers",), mode=mode))
         out.append((time.perf_counter() - t) * 1000)
         assert all(int(h.document_id[1:]) % 10 == 0 for h in result.hits)
+        for stage, ms in result.ms.items():
+            STAGES.setdefault(stage, []).append(ms)
     CPU.append((time.process_time() - cpu) * 1000 / n)
     return out
 
 
 CPU: list[float] = []
+STAGES: dict[str, list[float]] = {}  # the last run's milliseconds per stage (SearchResult.ms)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -194,6 +198,12 @@ async def speed(index: Index) -> None:
         print(
             f"{mode:>8}: p50 {statistics.median(ms):.1f} ms  p99 {pct(ms, 0.99):.1f} ms  CPU {CPU[-1]:.1f} ms/query"
             f"  (300 queries, ACL admits 10%; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+        )
+        stages = [s for s in ("embed", "admitted", "lexical", "vector", "fuse", "fetch") if s in STAGES]
+        print(
+            " " * 10
+            + "  ".join(f"{s} {statistics.median(STAGES[s]):.1f}/{pct(STAGES[s], 0.99):.1f}" for s in stages)
+            + "  (p50/p99 ms per stage)"
         )
 
 

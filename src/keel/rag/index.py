@@ -39,6 +39,7 @@ from keel.store.protocols.rag_index import (
     ChunkView,
     DocRow,
     RagIndexStore,
+    query_terms,
 )
 
 __all__ = ["ChunkIn", "DocumentRef", "Index", "IndexSpec", "NoIndex", "SearchQuery", "SearchResult"]
@@ -242,15 +243,45 @@ class Index:
         lexical, vectors, matrix, admitted = await self._candidates(query, build, access, now, vector, ms)
         t = time.perf_counter()
         fused = self._fuse(query, lexical, vectors, matrix, vector)[: query.top_k]
+        ms["fuse"] = _ms(t)
+        t = time.perf_counter()
         views = {v.id: v for v in await self.run(self.store.rag_chunks, [f.id for f in fused])}
         hits = tuple(_hit(f, views[f.id], access, query) for f in fused if f.id in views)
-        ms["fuse"] = _ms(t)
+        ms["fetch"] = _ms(t)
         ms["total"] = _ms(started)
         counts = {"lexical": len(lexical.ids), "vector": len(vectors.ids), "documents": admitted}
         fusion = self.fusion.describe() if query.mode == "hybrid" else query.mode
         return SearchResult(build.id, build.model, query.mode, fusion, hits, counts, ms)
 
     async def _candidates(
+        self, q: SearchQuery, build: BuildRow, access: Access, now: float, vector: bytes | None, ms: dict[str, float]
+    ) -> tuple[Candidates, Candidates, BuildVectors | None, int]:
+        """Both candidate lists, the access filter inside each: in process over the build's rows (one
+        admitted-rows mask for both), or in the database where it searches vectors (pgvector)."""
+        empty = Candidates([], [])
+        if build.dim is None:  # nothing was ever written to this build
+            return empty, empty, None, 0
+        if await self.run(self.store.rag_searches_vectors, build.dim):
+            return await self._in_database(q, build, access, now, vector, ms)
+        t = time.perf_counter()
+        allowed, matrix = await asyncio.gather(
+            self.run(self.store.rag_allowed, q.tenant, q.collection, access, q.filters, now),
+            self.vectors.current(build.id, build.dim),
+        )
+        admitted = matrix.admitted(allowed)
+        ms["admitted"] = _ms(t)
+        lex = vec = empty
+        if q.mode != "vector":
+            t = time.perf_counter()
+            lex = matrix.lexical(query_terms(q.text), admitted, q.candidates)
+            ms["lexical"] = _ms(t)
+        if q.mode != "lexical" and vector is not None:
+            t = time.perf_counter()
+            vec = matrix.top(vector, admitted, q.candidates)
+            ms["vector"] = _ms(t)
+        return lex, vec, matrix, len(allowed)
+
+    async def _in_database(
         self, q: SearchQuery, build: BuildRow, access: Access, now: float, vector: bytes | None, ms: dict[str, float]
     ) -> tuple[Candidates, Candidates, BuildVectors | None, int]:
         empty = Candidates([], [])
@@ -265,32 +296,22 @@ class Index:
             ms["lexical"] = _ms(t)
             return found
 
-        async def nearest() -> tuple[Candidates, BuildVectors | None, int]:
-            if vector is None or build.dim is None:
-                return empty, None, -1
+        async def nearest() -> Candidates:
+            if vector is None or q.mode == "lexical":
+                return empty
             t = time.perf_counter()
             found = await self.run(
                 self.store.rag_vector_search, build.id, q.collection, vector, access, q.filters, now, q.candidates
             )
-            if found is not None:
-                ms["vector"] = _ms(t)
-                return found, None, -1
-            allowed, matrix = await asyncio.gather(
-                self.run(self.store.rag_allowed, q.tenant, q.collection, access, q.filters, now),
-                self.vectors.current(build.id, build.dim),
-            )
-            found = matrix.top(vector, allowed, q.candidates)
             ms["vector"] = _ms(t)
-            return found, matrix, len(allowed)
+            return found or empty
 
-        lex, (vec, matrix, admitted) = await asyncio.gather(lexical(), nearest())
-        if q.mode == "lexical":
-            vec = empty
-        if matrix is None and q.mode == "hybrid" and vector is not None and build.dim is not None:
-            # searched in the database: the candidates' own vectors, for exact cosines and feedback
-            matrix = BuildVectors(build.dim)
+        lex, vec = await asyncio.gather(lexical(), nearest())
+        matrix = None
+        if q.mode == "hybrid" and vector is not None:  # the candidates' own vectors, for exact cosines and feedback
+            matrix = BuildVectors(build.dim or 0)
             matrix.extend(await self.run(self.store.rag_embeddings, sorted({*lex.ids, *vec.ids})))
-        return lex, vec, matrix, admitted
+        return lex, vec, matrix, -1
 
     def _fuse(
         self, q: SearchQuery, lex: Candidates, vec: Candidates, matrix: BuildVectors | None, vector: bytes | None

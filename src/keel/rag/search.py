@@ -77,7 +77,7 @@ class SearchResult:
     fusion: str
     hits: tuple[Hit, ...]
     candidates: Mapping[str, int] = field(default_factory=dict)  # lexical, vector, admitted documents
-    ms: Mapping[str, float] = field(default_factory=dict)  # embed, lexical, vector, fuse, total
+    ms: Mapping[str, float] = field(default_factory=dict)  # embed, admitted, lexical, vector, fuse, fetch, total
 
 
 def parse_filters(raw: object, param: str = "filters") -> tuple[Filter, ...]:

@@ -1,0 +1,146 @@
+"""BM25 in process over a build's chunk texts: an inverted index beside the build's vectors (index_vectors.py).
+
+It is loaded and kept current with the vectors (the same rows, read once, in chunk id order), so a row of
+the postings is a row of the vector matrix and one admitted-rows mask (the caller's access list, filters
+and freshness, computed before any scoring) serves both searches: only admitted rows are scored, never
+a top-k filtered after the fact. Scoring is numpy over the query terms' postings, no Python per matching
+row: at 100,000 chunks a query costs about a millisecond where FTS5's bm25() over the ~15,000 matching
+rows cost ~50 ms.
+
+Tokens: `\\w+` runs, lower-cased, Snowball English stems (PyStemmer, the `rag` extra; without it, words as
+they are), the stopwords of keel.store.protocols.rag_index.query_terms left out of queries. BM25 is Lucene's
+(k1 1.2, b 0.75, idf ln(1 + (N - df + 0.5) / (df + 0.5)), never negative); N, df and the average length
+count every loaded row, rows of replaced documents too until the matrix is read again (index_vectors).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from keel.store.protocols.rag_index import Candidates
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+K1 = 1.2
+B = 0.75
+_WORD = re.compile(r"[^\W_]+")
+_MERGE_AT = 8  # blocks of one term's postings merged into one array on read
+
+
+def _stemmer() -> Callable[[list[str]], list[str]]:
+    try:
+        import Stemmer  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # the rag extra is not installed: words are matched as they are
+        return lambda words: words
+    stem: Callable[[list[str]], list[str]] = Stemmer.Stemmer("english").stemWords
+    return stem
+
+
+class Tokens:
+    """Text to term numbers: words to stems to numbers, cached (vocabularies are small beside the text)."""
+
+    def __init__(self) -> None:
+        self._stem = _stemmer()
+        self._known: dict[str, int] = {}  # word -> term number
+        self._terms: dict[str, int] = {}  # stem -> term number
+
+    def __call__(self, text: str) -> list[int]:
+        words = _WORD.findall(text.lower())
+        known = self._known
+        new = [w for w in dict.fromkeys(words) if w not in known and len(w) < 64]
+        if new:
+            for word, stem in zip(new, self._stem(new), strict=True):
+                known[word] = self._terms.setdefault(stem, len(self._terms))
+        return [known[w] for w in words if w in known]
+
+
+class BuildTerms:
+    """Postings per term: blocks of (row, term frequency) arrays, appended as rows load."""
+
+    def __init__(self, tokens: Tokens) -> None:
+        import numpy as np
+
+        self._tokens = tokens
+        self.n = 0
+        self.total = 0  # tokens over every row
+        self.lengths: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
+        self._postings: dict[int, list[tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]]] = {}
+        self._df: dict[int, int] = {}
+
+    def extend(self, texts: Sequence[str]) -> None:
+        """Index the next rows (row numbers n, n+1, ... in the order given): numpy groups the block's
+        (term, row) pairs, Python only maps words to term numbers."""
+        import numpy as np
+
+        if not texts:
+            return
+        per_row = [self._tokens(t) for t in texts]
+        lengths = np.fromiter((len(t) for t in per_row), dtype=np.int64, count=len(per_row))
+        terms = np.fromiter(itertools.chain.from_iterable(per_row), dtype=np.int64, count=int(lengths.sum()))
+        rows = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
+        pairs, tf = np.unique(terms * len(texts) + rows, return_counts=True)  # sorted by term, then row
+        term_of, row_of = np.divmod(pairs, len(texts))
+        starts = np.flatnonzero(np.r_[True, term_of[1:] != term_of[:-1]])
+        ends = np.r_[starts[1:], len(pairs)]
+        row_of = (row_of + self.n).astype(np.int32)
+        tf32 = tf.astype(np.float32)
+        for term, a, b in zip(term_of[starts].tolist(), starts.tolist(), ends.tolist(), strict=True):
+            self._postings.setdefault(term, []).append((row_of[a:b], tf32[a:b]))
+            self._df[term] = self._df.get(term, 0) + b - a
+        self.lengths = np.concatenate([self.lengths, lengths.astype(np.float32)])
+        self.total += int(lengths.sum())
+        self.n += len(texts)
+
+    def _of(self, term: int) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]] | None:
+        import numpy as np
+
+        blocks = self._postings.get(term)
+        if not blocks:
+            return None
+        if len(blocks) > _MERGE_AT:  # many small writes since: one array again
+            blocks[:] = [(np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks]))]
+        if len(blocks) == 1:
+            return blocks[0]
+        return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+
+    def top(
+        self, words: Sequence[str], admitted: npt.NDArray[np.bool_], ids: npt.NDArray[np.int64], k: int
+    ) -> Candidates:
+        """The k admitted rows of best BM25 for the query words (each row holding one of them), best first,
+        ties by chunk id; `admitted` is a mask over the rows, `ids` their chunk ids."""
+        import numpy as np
+
+        n = min(self.n, len(admitted))
+        if n == 0 or k <= 0 or not words:
+            return Candidates([], [])
+        average = self.total / self.n or 1.0
+        rows_of, weights = [], []
+        for term in dict.fromkeys(self._tokens(" ".join(words))):
+            found = self._of(term)
+            if found is None:
+                continue
+            rows, tf = found
+            keep = rows < n
+            keep[keep] = admitted[rows[keep]]
+            rows, tf = rows[keep], tf[keep]
+            if not rows.size:
+                continue
+            df = self._df[term]
+            idf = math.log(1 + (self.n - df + 0.5) / (df + 0.5))
+            norm = K1 * (1 - B + B * self.lengths[rows] / average)
+            rows_of.append(rows)
+            weights.append(idf * tf * (K1 + 1) / (tf + norm))
+        if not rows_of:
+            return Candidates([], [])
+        scores = np.bincount(np.concatenate(rows_of), weights=np.concatenate(weights), minlength=n)
+        matched = np.flatnonzero(scores)
+        best = np.argpartition(-scores[matched], k - 1)[:k] if matched.size > k else np.arange(matched.size)
+        top = matched[best]
+        top = top[np.lexsort((ids[top], -scores[top]))]
+        return Candidates(ids[top].tolist(), scores[top].astype(float).tolist())
