@@ -242,7 +242,7 @@ class Index:
             ms["embed"] = _ms(t)
         lexical, vectors, matrix, admitted = await self._candidates(query, build, access, now, vector, ms)
         t = time.perf_counter()
-        fused = self._fuse(query, lexical, vectors, matrix, vector)[: query.top_k]
+        fused = (await self._fuse(query, lexical, vectors, matrix, vector))[: query.top_k]
         ms["fuse"] = _ms(t)
         t = time.perf_counter()
         views = {v.id: v for v in await self.run(self.store.rag_chunks, [f.id for f in fused])}
@@ -313,23 +313,30 @@ class Index:
             matrix.extend(await self.run(self.store.rag_embeddings, sorted({*lex.ids, *vec.ids})))
         return lex, vec, matrix, -1
 
-    def _fuse(
+    async def _fuse(
         self, q: SearchQuery, lex: Candidates, vec: Candidates, matrix: BuildVectors | None, vector: bytes | None
     ) -> list[Fused]:
-        """Fusion (hybrid) or one list's order; in process, lexical candidates get their exact cosine and
-        the query vector its feedback (keel.rag.fusion)."""
+        """Fusion (hybrid) or one list's order; lexical candidates get their exact cosine, and in process
+        vector candidates their exact BM25; then feedback from the top fused chunks (keel.rag.fusion)."""
         if q.mode != "hybrid" or vector is None or matrix is None:
             return fuse(self.fusion, _pairs(lex), _pairs(vec))
-        seen = set(vec.ids)
+        seen, found, words = set(vec.ids), set(lex.ids), query_terms(q.text)
         extra = matrix.similarity([i for i in lex.ids if i not in seen], vector)
-        fused = fuse(self.fusion, _pairs(lex), _pairs(vec), extra)
-        if self.fusion.feedback and fused:
+        bm25 = matrix.bm25(words, [i for i in vec.ids if i not in found])  # in process only, else {}
+        fused = fuse(self.fusion, _pairs(lex), _pairs(vec), extra, bm25)
+        f = self.fusion
+        if f.feedback and fused:
             import numpy as np
 
-            top = matrix.rows([f.id for f in fused[: self.fusion.feedback]])
-            moved = np.frombuffer(vector, dtype=np.float32) + self.fusion.feedback_weight * top.mean(axis=0)
+            best = [x.id for x in fused[: f.feedback]]
+            moved = np.frombuffer(vector, dtype=np.float32) + f.feedback_weight * matrix.rows(best).mean(axis=0)
             moved /= max(float(np.linalg.norm(moved)), 1e-12)
-            fused = fuse(self.fusion, _pairs(lex), _pairs(vec), matrix.similarity([f.id for f in fused], moved))
+            pool = [x.id for x in fused]
+            again = matrix.similarity(pool, moved)
+            if f.feedback_terms and matrix.terms is not None:
+                texts = [v.text for v in await self.run(self.store.rag_chunks, best)]
+                bm25 = matrix.bm25(words, pool, texts, f.feedback_terms, f.feedback_terms_weight)
+            fused = fuse(f, _pairs(lex), _pairs(vec), again, bm25)
         return fused
 
 

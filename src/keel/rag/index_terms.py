@@ -18,7 +18,8 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from keel.store.protocols.rag_index import Candidates
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-K1 = 1.2
-B = 0.75
+K1 = 0.9  # Anserini's defaults for passages (Lucene's 1.2 / 0.75 are for whole documents)
+B = 0.4
 _WORD = re.compile(r"[^\W_]+")
 _MERGE_AT = 8  # blocks of one term's postings merged into one array on read
 
@@ -109,19 +110,24 @@ class BuildTerms:
             return blocks[0]
         return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
 
-    def top(
-        self, words: Sequence[str], admitted: npt.NDArray[np.bool_], ids: npt.NDArray[np.int64], k: int
-    ) -> Candidates:
-        """The k admitted rows of best BM25 for the query words (each row holding one of them), best first,
-        ties by chunk id; `admitted` is a mask over the rows, `ids` their chunk ids."""
+    def terms(self, words: Sequence[str]) -> list[int]:
+        """The query words' term numbers, each once."""
+        return list(dict.fromkeys(self._tokens(" ".join(words))))
+
+    def scores(
+        self, terms: Sequence[int] | Mapping[int, float], admitted: npt.NDArray[np.bool_]
+    ) -> npt.NDArray[np.float64] | None:
+        """BM25 of every admitted row for the terms, each weighted (1 when a sequence): 0 where a row holds
+        none; None when no row does."""
         import numpy as np
 
         n = min(self.n, len(admitted))
-        if n == 0 or k <= 0 or not words:
-            return Candidates([], [])
+        if n == 0 or not terms:
+            return None
+        weighted = terms if isinstance(terms, Mapping) else dict.fromkeys(terms, 1.0)
         average = self.total / self.n or 1.0
         rows_of, weights = [], []
-        for term in dict.fromkeys(self._tokens(" ".join(words))):
+        for term, weight in weighted.items():
             found = self._of(term)
             if found is None:
                 continue
@@ -132,13 +138,41 @@ class BuildTerms:
             if not rows.size:
                 continue
             df = self._df[term]
-            idf = math.log(1 + (self.n - df + 0.5) / (df + 0.5))
             norm = K1 * (1 - B + B * self.lengths[rows] / average)
             rows_of.append(rows)
-            weights.append(idf * tf * (K1 + 1) / (tf + norm))
+            weights.append(weight * self._idf(df) * tf * (K1 + 1) / (tf + norm))
         if not rows_of:
+            return None
+        summed = np.bincount(np.concatenate(rows_of), weights=np.concatenate(weights), minlength=n)
+        return summed.astype(np.float64, copy=False)
+
+    def _idf(self, df: int) -> float:
+        return math.log(1 + (self.n - df + 0.5) / (df + 0.5))
+
+    def feedback(self, texts: Sequence[str], query: Sequence[int], count: int) -> dict[int, float]:
+        """Expansion terms from the top chunks' texts (RM3's relevance model, idf-weighted so that common
+        words do not lead): each term's mean share of a chunk's tokens times its idf, the best `count`
+        terms that are not in the query, weighted relative to the best (1.0)."""
+        asked, weight = set(query), dict[int, float]()
+        for text in texts:
+            terms = self._tokens(text)
+            for term, tf in Counter(terms).items():
+                df = self._df.get(term, 0)
+                if term not in asked and df > 1:  # a word of one chunk says nothing about the others
+                    weight[term] = weight.get(term, 0.0) + tf / len(terms) * self._idf(df)
+        best = sorted(weight.items(), key=lambda tw: (-tw[1], tw[0]))[:count]
+        return {term: w / best[0][1] for term, w in best} if best else {}
+
+    def top(
+        self, words: Sequence[str], admitted: npt.NDArray[np.bool_], ids: npt.NDArray[np.int64], k: int
+    ) -> Candidates:
+        """The k admitted rows of best BM25 for the query words (each row holding one of them), best first,
+        ties by chunk id; `admitted` is a mask over the rows, `ids` their chunk ids."""
+        import numpy as np
+
+        scores = self.scores(self.terms(words), admitted) if k > 0 else None
+        if scores is None:
             return Candidates([], [])
-        scores = np.bincount(np.concatenate(rows_of), weights=np.concatenate(weights), minlength=n)
         matched = np.flatnonzero(scores)
         best = np.argpartition(-scores[matched], k - 1)[:k] if matched.size > k else np.arange(matched.size)
         top = matched[best]

@@ -99,6 +99,29 @@ class BuildVectors:
             raise ValueError("this build's rows were read without their texts")
         return self.terms.top(words, admitted, self.ids[: self.n], k)
 
+    def bm25(
+        self, words: Sequence[str], ids: Sequence[int], feedback: Sequence[str] = (), terms: int = 0, weight: float = 0
+    ) -> dict[int, float]:
+        """BM25 of the given chunks (those loaded) for the query words, 0 for one holding none of them; with
+        `feedback` texts, plus `weight` times the BM25 of their best `terms` expansion terms (RM3)."""
+        import numpy as np
+
+        if self.terms is None or not ids or self.n == 0:
+            return {}
+        wanted = np.asarray(ids, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.ids[: self.n], wanted), self.n - 1)
+        found = self.ids[at] == wanted
+        mask = np.zeros(self.n, dtype=bool)
+        mask[at[found]] = True
+        asked = self.terms.terms(words)
+        weights = dict.fromkeys(asked, 1.0)
+        if feedback and terms > 0 and weight > 0:
+            for term, w in self.terms.feedback(feedback, asked, terms).items():
+                weights[term] = weights.get(term, 0.0) + weight * w
+        scores = self.terms.scores(weights, mask)
+        values = scores[at[found]] if scores is not None else np.zeros(int(found.sum()))
+        return dict(zip(wanted[found].tolist(), values.astype(float).tolist(), strict=True))
+
     def rows(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:
         """The vectors of the given chunks that are loaded."""
         import numpy as np
