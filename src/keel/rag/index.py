@@ -15,6 +15,7 @@ process (index_vectors.py); either way only over the documents the caller may se
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import secrets
 import time
@@ -242,11 +243,17 @@ class Index:
             ms["embed"] = _ms(t)
         lexical, vectors, matrix, admitted = await self._candidates(query, build, access, now, vector, ms)
         t = time.perf_counter()
-        fused = (await self._fuse(query, lexical, vectors, matrix, vector))[: query.top_k]
+        fused = await self._fuse(query, lexical, vectors, matrix, vector)
         ms["fuse"] = _ms(t)
         t = time.perf_counter()
-        views = {v.id: v for v in await self.run(self.store.rag_chunks, [f.id for f in fused])}
-        hits = tuple(_hit(f, views[f.id], access, query) for f in fused if f.id in views)
+        views: dict[int, ChunkView] = {}
+        if query.half_life_days is not None:  # decay by age reorders the whole pool, so it reads every chunk
+            views = {v.id: v for v in await self.run(self.store.rag_chunks, [f.id for f in fused])}
+            fused = _decayed(fused, views, now, query.half_life_days)
+        fused = fused[: query.top_k]
+        if not views:
+            views = {v.id: v for v in await self.run(self.store.rag_chunks, [f.id for f in fused])}
+        hits = tuple(_hit(f, views[f.id], access, query, now) for f in fused if f.id in views)
         ms["fetch"] = _ms(t)
         ms["total"] = _ms(started)
         counts = {"lexical": len(lexical.ids), "vector": len(vectors.ids), "documents": admitted}
@@ -348,7 +355,21 @@ def _ms(t: float) -> float:
     return round((time.perf_counter() - t) * 1000, 3)
 
 
-def _hit(f: Fused, view: ChunkView, access: Access, q: SearchQuery) -> Hit:
+def _decay(view: ChunkView, now: float, half_life_days: float) -> float:
+    """The share of its score a chunk keeps at its document's age: 1/2 per half-life (none if dated ahead)."""
+    age_days = max(0.0, now - view.doc.updated_at) / 86400
+    return float(0.5 ** (age_days / half_life_days))
+
+
+def _decayed(fused: list[Fused], views: Mapping[int, ChunkView], now: float, half_life_days: float) -> list[Fused]:
+    out = [
+        dataclasses.replace(f, score=f.score * _decay(views[f.id], now, half_life_days)) for f in fused if f.id in views
+    ]
+    out.sort(key=lambda f: (-f.score, f.id))
+    return out
+
+
+def _hit(f: Fused, view: ChunkView, access: Access, q: SearchQuery, now: float) -> Hit:
     doc = view.doc
     found = []
     if f.lexical_rank is not None:
@@ -360,9 +381,14 @@ def _hit(f: Fused, view: ChunkView, access: Access, q: SearchQuery) -> Hit:
         why += "; valid until " + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(doc.valid_until))
     if q.filters:
         why += f"; passed {len(q.filters)} filter(s)"
+    freshness = None
+    if q.half_life_days is not None:
+        freshness = round(_decay(view, now, q.half_life_days), 6)
+        age = max(0.0, now - doc.updated_at) / 86400
+        why += f"; {age:.0f} days old, score x{freshness:.3g} (half-life {q.half_life_days:g} days)"
     return Hit(
         view.id, doc.document_id, doc.title, doc.version, view.ordinal, view.text, view.heading_path, doc.metadata,
         doc.source, doc.updated_at,
-        {"lexical": f.lexical, "vector": f.vector, "fused": round(f.score, 6), "rerank": None},
+        {"lexical": f.lexical, "vector": f.vector, "fused": round(f.score, 6), "rerank": None, "freshness": freshness},
         {"lexical": f.lexical_rank, "vector": f.vector_rank}, why,
     )  # fmt: skip
