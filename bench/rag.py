@@ -3,6 +3,7 @@
     python bench/rag.py quality            # nDCG@10, Recall@10/100, MRR@10: hybrid beside BM25-only and vector-only
     python bench/rag.py speed              # p50/p99 of hybrid queries at 100,000 chunks, the ACL admitting 10%
     python bench/rag.py reindex            # the same index re-built for another model under continuous queries
+    python bench/rag.py speed --url postgresql://…   # the same on PostgreSQL (filled once per schema)
 
 Quality reads /work/shared/data/retrieval/msmarco-5k in place (never copied) and embeds with the local
 MiniLM; its vectors are cached under $TMPDIR/keel-rag-bench (5,050 texts take minutes on 2 busy cores).
@@ -178,10 +179,9 @@ async def with_index(args: argparse.Namespace, body: Any) -> None:
     models.add("synthetic", Synthetic(seed="a"))
     models.add("synthetic-b", Synthetic(seed="b"))
     db = Path(args.db) if args.db else Path(tempfile.mkdtemp()) / "rag.db"
-    fresh = not db.exists()
-    store = open_store(f"sqlite:///{db}")
+    store = open_store(args.url or f"sqlite:///{db}")
     index = Index(store, models)
-    if fresh:
+    if await index.active("t", "big") is None:
         await fill(index, args.chunks)
     await body(index)
     await index.aclose()
@@ -261,6 +261,7 @@ def main() -> None:
     parser.add_argument("what", choices=["quality", "speed", "reindex"])
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--db", help="keep the synthetic index in this SQLite file (reused when it exists)")
+    parser.add_argument("--url", help="a store URL instead (e.g. postgresql://…?options=-csearch_path%%3Dbench)")
     args = parser.parse_args()
     if args.what == "quality":
         asyncio.run(quality(args))

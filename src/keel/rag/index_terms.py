@@ -52,13 +52,26 @@ class Tokens:
         self._terms: dict[str, int] = {}  # stem -> term number
 
     def __call__(self, text: str) -> list[int]:
-        words = _WORD.findall(text.lower())
+        terms: list[int] = self.many([text])[0].tolist()
+        return terms
+
+    def many(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """The term numbers of all the texts one after the other, and how many each text has."""
+        import numpy as np
+
+        words = [_WORD.findall(t.lower()) for t in texts]
+        flat = list(itertools.chain.from_iterable(words))
         known = self._known
-        new = [w for w in dict.fromkeys(words) if w not in known and len(w) < 64]
+        new = list(set(flat).difference(known))
         if new:
+            if len(known) > 1_000_000:  # a cache, not a vocabulary: the stems keep their numbers
+                known.clear()
             for word, stem in zip(new, self._stem(new), strict=True):
-                known[word] = self._terms.setdefault(stem, len(self._terms))
-        return [known[w] for w in words if w in known]
+                known[word] = self._terms.setdefault(stem, len(self._terms)) if len(word) < 64 else -1
+        terms = np.fromiter(map(known.__getitem__, flat), dtype=np.int64, count=len(flat))
+        rows = np.repeat(np.arange(len(texts)), [len(w) for w in words])
+        kept = terms >= 0  # words of 64 characters or more are no terms
+        return terms[kept], np.bincount(rows[kept], minlength=len(texts)).astype(np.int64)
 
 
 class BuildTerms:
@@ -81,9 +94,7 @@ class BuildTerms:
 
         if not texts:
             return
-        per_row = [self._tokens(t) for t in texts]
-        lengths = np.fromiter((len(t) for t in per_row), dtype=np.int64, count=len(per_row))
-        terms = np.fromiter(itertools.chain.from_iterable(per_row), dtype=np.int64, count=int(lengths.sum()))
+        terms, lengths = self._tokens.many(texts)
         rows = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
         pairs, tf = np.unique(terms * len(texts) + rows, return_counts=True)  # sorted by term, then row
         term_of, row_of = np.divmod(pairs, len(texts))
