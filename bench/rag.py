@@ -183,6 +183,11 @@ async def with_index(args: argparse.Namespace, body: Any) -> None:
     index = Index(store, models)
     if await index.active("t", "big") is None:
         await fill(index, args.chunks)
+    if args.url and args.url.startswith("postgres"):  # what autovacuum would have done by now
+        import psycopg
+
+        with psycopg.connect(args.url, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
     await body(index)
     await index.aclose()
     store.close()

@@ -75,10 +75,20 @@ class Conditions:
 
 
 def doc_conditions(
-    c: Conditions, tenant: str, collection: str, access: Access, filters: Sequence[Filter], now: float
+    c: Conditions,
+    tenant: str,
+    collection: str,
+    access: Access,
+    filters: Sequence[Filter],
+    now: float,
+    *,
+    scoped: bool = True,
 ) -> None:
+    """`scoped=False`: the caller already holds the documents to one tenant and collection (through their
+    access rows), and the planner must not be offered the (tenant, collection) index instead of the key."""
     m = c.d.mark
-    c.add(f"d.tenant = {m} AND d.collection = {m}", tenant, collection)
+    if scoped:
+        c.add(f"d.tenant = {m} AND d.collection = {m}", tenant, collection)
     if not access.everything:
         principals = access.principals()
         c.add(
@@ -385,7 +395,9 @@ class SqlRagIndex:
             principals = access.principals()
             c.add(f"x.tenant = {m} AND x.collection = {m}", tenant, collection)
             c.add(f"x.principal IN ({c.d.marks(len(principals))})", *principals)
-            doc_conditions(c, tenant, collection, dataclasses.replace(access, everything=True), filters, now)
+            # the access rows carry their document's tenant and collection: d is reached by its key
+            everything = dataclasses.replace(access, everything=True)
+            doc_conditions(c, tenant, collection, everything, filters, now, scoped=False)
             sql = f"SELECT DISTINCT d.id, d.version FROM rag_access x JOIN rag_index_docs d ON d.id = x.doc WHERE {c.sql()}"
         with self._db.session() as s:
             return [(int(r[0]), int(r[1])) for r in s.fetchall(sql, c.params)]
