@@ -53,6 +53,9 @@ def test_bm25_equals_the_formula_over_admitted_rows_only() -> None:
         for cid, score in zip(got.ids, got.scores, strict=True):
             assert abs(score - expect[cid - 1000]) < 1e-4
         assert list(got.scores) == sorted(got.scores, reverse=True)
+        pool = np.flatnonzero(admitted)[::3]
+        at = terms.scores_at(dict.fromkeys(terms.terms(query), 1.0), pool)
+        assert np.allclose(at, [expect.get(int(r), 0.0) for r in pool], atol=1e-4)
         best = terms.top(query, admitted, ids, 5)
         assert list(best.ids) == list(got.ids[:5]) or [round(s, 4) for s in best.scores] == [
             round(s, 4) for s in got.scores[:5]

@@ -62,7 +62,7 @@ class Tokens:
         words = [_WORD.findall(t.lower()) for t in texts]
         flat = list(itertools.chain.from_iterable(words))
         known = self._known
-        new = list(set(flat).difference(known))
+        new = [w for w in dict.fromkeys(flat) if w not in known]  # numbered in order of appearance
         if new:
             if len(known) > 1_000_000:  # a cache, not a vocabulary: the stems keep their numbers
                 known.clear()
@@ -156,6 +156,29 @@ class BuildTerms:
             return None
         summed = np.bincount(np.concatenate(rows_of), weights=np.concatenate(weights), minlength=n)
         return summed.astype(np.float64, copy=False)
+
+    def scores_at(self, terms: Mapping[int, float], rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """BM25 of the given rows (ascending) for weighted terms: a binary search of each row in the terms'
+        postings (rows ascend within them), for a pool of a few hundred rows out of many thousands."""
+        import numpy as np
+
+        out = np.zeros(len(rows), dtype=np.float64)
+        if not len(rows) or self.n == 0:
+            return out
+        average = self.total / self.n or 1.0
+        for term, weight in terms.items():
+            found = self._of(term)
+            if found is None:
+                continue
+            posted, tf = found
+            at = np.minimum(np.searchsorted(posted, rows), len(posted) - 1)
+            hit = posted[at] == rows
+            if not hit.any():
+                continue
+            f = tf[at[hit]]
+            norm = K1 * (1 - B + B * self.lengths[rows[hit]] / average)
+            out[hit] += weight * self._idf(self._df[term]) * f * (K1 + 1) / (f + norm)
+        return out
 
     def _idf(self, df: int) -> float:
         return math.log(1 + (self.n - df + 0.5) / (df + 0.5))

@@ -108,19 +108,16 @@ class BuildVectors:
 
         if self.terms is None or not ids or self.n == 0:
             return {}
-        wanted = np.asarray(ids, dtype=np.int64)
+        wanted = np.unique(np.asarray(ids, dtype=np.int64))
         at = np.minimum(np.searchsorted(self.ids[: self.n], wanted), self.n - 1)
         found = self.ids[at] == wanted
-        mask = np.zeros(self.n, dtype=bool)
-        mask[at[found]] = True
         asked = self.terms.terms(words)
         weights = dict.fromkeys(asked, 1.0)
         if feedback and terms > 0 and weight > 0:
             for term, w in self.terms.feedback(feedback, asked, terms).items():
                 weights[term] = weights.get(term, 0.0) + weight * w
-        scores = self.terms.scores(weights, mask)
-        values = scores[at[found]] if scores is not None else np.zeros(int(found.sum()))
-        return dict(zip(wanted[found].tolist(), values.astype(float).tolist(), strict=True))
+        values = self.terms.scores_at(weights, at[found])  # chunk ids ascend with rows
+        return dict(zip(wanted[found].tolist(), values.tolist(), strict=True))
 
     def rows(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:
         """The vectors of the given chunks that are loaded."""
