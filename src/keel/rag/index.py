@@ -111,6 +111,7 @@ class Index:
         self._clock = clock
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="keel-rag-index")
         self.vectors = VectorCache(self.run, store.rag_vectors, store.rag_count)
+        self._inside: dict[int, bool] = {}  # vector width -> searched in the database (pgvector)?
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call in the index's threads."""
@@ -268,7 +269,10 @@ class Index:
         empty = Candidates([], [])
         if build.dim is None:  # nothing was ever written to this build
             return empty, empty, None, 0
-        if await self.run(self.store.rag_searches_vectors, build.dim):
+        inside = self._inside.get(build.dim)
+        if inside is None:  # asked once per width: the answer is the backend's, not the build's
+            inside = self._inside[build.dim] = await self.run(self.store.rag_searches_vectors, build.dim)
+        if inside:
             return await self._in_database(q, build, access, now, vector, ms)
         t = time.perf_counter()
         allowed, matrix = await asyncio.gather(
