@@ -37,13 +37,15 @@ def _brute(texts: list[str], query: list[str], admitted: np.ndarray) -> dict[int
 def test_bm25_equals_the_formula_over_admitted_rows_only() -> None:
     rng = random.Random(7)
     texts = [" ".join(rng.choices(WORDS, k=rng.randint(1, 30))) for _ in range(400)]
-    terms = BuildTerms(Tokens())
+    tokens = Tokens()
+    terms = BuildTerms(tokens)
     at = 0
     while at < len(texts):  # rows arrive in blocks of any size, as searches read what was written since
         step = rng.randint(1, 50)
         terms.extend(texts[at : at + step])
         at += step
     ids = np.arange(1000, 1000 + len(texts), dtype=np.int64)
+    assert all(terms.row_terms(r).tolist() == tokens(texts[r]) for r in range(len(texts)))  # across blocks
     for _ in range(50):
         query = rng.sample(WORDS, rng.randint(1, 4))
         admitted = np.asarray([rng.random() < 0.3 for _ in texts])
@@ -75,8 +77,9 @@ def test_feedback_terms_are_the_top_chunks_distinctive_words() -> None:
     corpus = ["apple orchard harvest season", "apple pie recipe", "orchard harvest tools", "city traffic report"]
     terms.extend(corpus * 3)
     asked = terms.terms(["apple"])
-    chosen = terms.feedback(["apple orchard harvest season"], asked, 2)
+    assert terms.row_terms(9).tolist() == terms.terms(["apple", "pie", "recipe"])  # the forward index
+    chosen = terms.feedback([0], asked, 2)
     season, orchard = terms.terms(["season", "orchard"])
     assert chosen.keys() == {season, orchard}  # rarest first; orchard and harvest tie: the first seen
     assert chosen[season] == 1.0 and abs(chosen[orchard] - math.log(1 + 6.5 / 6.5) / math.log(1 + 9.5 / 3.5)) < 1e-9
-    assert terms.feedback(["city traffic report"], terms.terms(["city", "traffic", "report"]), 5) == {}
+    assert terms.feedback([3], terms.terms(["city", "traffic", "report"]), 5) == {}

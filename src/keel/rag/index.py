@@ -345,8 +345,7 @@ class Index:
             pool = [x.id for x in fused]
             again = matrix.similarity(pool, moved)
             if f.feedback_terms and matrix.terms is not None:
-                texts = [v.text for v in await self.run(self.store.rag_chunks, best)]
-                bm25 = matrix.bm25(words, pool, texts, f.feedback_terms, f.feedback_terms_weight)
+                bm25 = matrix.bm25(words, pool, best, f.feedback_terms, f.feedback_terms_weight)
             fused = fuse(f, _pairs(lex), _pairs(vec), again, bm25)
         return fused
 

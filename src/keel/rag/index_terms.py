@@ -15,6 +15,7 @@ count every loaded row, rows of replaced documents too until the matrix is read 
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import re
@@ -86,6 +87,8 @@ class BuildTerms:
         self.lengths: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
         self._postings: dict[int, list[tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]]] = {}
         self._df: dict[int, int] = {}
+        # blocks as loaded: (first row, offsets of each row's terms, the terms one row after the other)
+        self._forward: list[tuple[int, npt.NDArray[np.int64], npt.NDArray[np.int32]]] = []
 
     def extend(self, texts: Sequence[str]) -> None:
         """Index the next rows (row numbers n, n+1, ... in the order given): numpy groups the block's
@@ -106,8 +109,14 @@ class BuildTerms:
             self._postings.setdefault(term, []).append((row_of[a:b], tf32[a:b]))
             self._df[term] = self._df.get(term, 0) + b - a
         self.lengths = np.concatenate([self.lengths, lengths.astype(np.float32)])
+        self._forward.append((self.n, np.r_[0, np.cumsum(lengths)], terms.astype(np.int32)))
         self.total += int(lengths.sum())
         self.n += len(texts)
+
+    def row_terms(self, row: int) -> npt.NDArray[np.int32]:
+        """A row's terms in text order (the forward index: feedback reads the top chunks' words here)."""
+        first, offsets, terms = self._forward[bisect.bisect_right(self._forward, row, key=lambda b: b[0]) - 1]
+        return terms[offsets[row - first] : offsets[row - first + 1]]
 
     def _of(self, term: int) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]] | None:
         import numpy as np
@@ -183,13 +192,13 @@ class BuildTerms:
     def _idf(self, df: int) -> float:
         return math.log(1 + (self.n - df + 0.5) / (df + 0.5))
 
-    def feedback(self, texts: Sequence[str], query: Sequence[int], count: int) -> dict[int, float]:
-        """Expansion terms from the top chunks' texts (RM3's relevance model, idf-weighted so that common
-        words do not lead): each term's mean share of a chunk's tokens times its idf, the best `count`
-        terms that are not in the query, weighted relative to the best (1.0)."""
+    def feedback(self, rows: Sequence[int], query: Sequence[int], count: int) -> dict[int, float]:
+        """Expansion terms from the top chunks (RM3's relevance model, idf-weighted so that common words do
+        not lead): each term's mean share of a chunk's tokens times its idf, the best `count` terms that
+        are not in the query, weighted relative to the best (1.0)."""
         asked, weight = set(query), dict[int, float]()
-        for text in texts:
-            terms = self._tokens(text)
+        for row in rows:
+            terms = self.row_terms(row).tolist()
             for term, tf in Counter(terms).items():
                 df = self._df.get(term, 0)
                 if term not in asked and df > 1:  # a word of one chunk says nothing about the others

@@ -100,10 +100,10 @@ class BuildVectors:
         return self.terms.top(words, admitted, self.ids[: self.n], k)
 
     def bm25(
-        self, words: Sequence[str], ids: Sequence[int], feedback: Sequence[str] = (), terms: int = 0, weight: float = 0
+        self, words: Sequence[str], ids: Sequence[int], feedback: Sequence[int] = (), terms: int = 0, weight: float = 0
     ) -> dict[int, float]:
         """BM25 of the given chunks (those loaded) for the query words, 0 for one holding none of them; with
-        `feedback` texts, plus `weight` times the BM25 of their best `terms` expansion terms (RM3)."""
+        `feedback` chunks, plus `weight` times the BM25 of their best `terms` expansion terms (RM3)."""
         import numpy as np
 
         if self.terms is None or not ids or self.n == 0:
@@ -114,7 +114,10 @@ class BuildVectors:
         asked = self.terms.terms(words)
         weights = dict.fromkeys(asked, 1.0)
         if feedback and terms > 0 and weight > 0:
-            for term, w in self.terms.feedback(feedback, asked, terms).items():
+            top = np.asarray(feedback, dtype=np.int64)
+            rows = np.minimum(np.searchsorted(self.ids[: self.n], top), self.n - 1)
+            rows = rows[self.ids[rows] == top]
+            for term, w in self.terms.feedback(rows.tolist(), asked, terms).items():
                 weights[term] = weights.get(term, 0.0) + weight * w
         values = self.terms.scores_at(weights, at[found])  # chunk ids ascend with rows
         return dict(zip(wanted[found].tolist(), values.tolist(), strict=True))
