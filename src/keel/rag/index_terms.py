@@ -19,6 +19,7 @@ import bisect
 import itertools
 import math
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -51,6 +52,7 @@ class Tokens:
         self._stem = _stemmer()
         self._known: dict[str, int] = {}  # word -> term number
         self._terms: dict[str, int] = {}  # stem -> term number
+        self._lock = threading.Lock()
 
     def __call__(self, text: str) -> list[int]:
         terms: list[int] = self.many([text])[0].tolist()
@@ -65,10 +67,11 @@ class Tokens:
         known = self._known
         new = [w for w in dict.fromkeys(flat) if w not in known]  # numbered in order of appearance
         if new:
-            if len(known) > 1_000_000:  # a cache, not a vocabulary: the stems keep their numbers
-                known.clear()
-            for word, stem in zip(new, self._stem(new), strict=True):
-                known[word] = self._terms.setdefault(stem, len(self._terms)) if len(word) < 64 else -1
+            with self._lock:  # a build's first read runs in a thread: one numbering for all
+                if len(known) > 1_000_000:  # a cache, not a vocabulary: the stems keep their numbers
+                    known.clear()
+                for word, stem in zip(new, self._stem(new), strict=True):
+                    known[word] = self._terms.setdefault(stem, len(self._terms)) if len(word) < 64 else -1
         terms = np.fromiter(map(known.__getitem__, flat), dtype=np.int64, count=len(flat))
         rows = np.repeat(np.arange(len(texts)), [len(w) for w in words])
         kept = terms >= 0  # words of 64 characters or more are no terms

@@ -176,13 +176,16 @@ class VectorCache:
                 found = self._builds[build] = BuildVectors(dim, self._tokens)
             rows = await self._run(self._vectors, build, found.last)
             assert isinstance(rows, VectorRows)
-            found.extend(rows)
+            if found.n == 0:  # a first read (seconds at 100,000 rows): off the event loop; no search holds it yet
+                await self._run(found.extend, rows)
+            else:
+                found.extend(rows)
             if rows.ids and found.n > 1024:
                 live = await self._run(self._count, build)
                 assert isinstance(live, int)
                 if found.n > 2 * live:  # mostly rows of replaced documents: read the build again
                     fresh = BuildVectors(dim, self._tokens)
-                    fresh.extend(await self._run(self._vectors, build, 0))  # type: ignore[arg-type]
+                    await self._run(fresh.extend, await self._run(self._vectors, build, 0))
                     found = self._builds[build] = fresh
             return found
 
