@@ -3,6 +3,7 @@
     python bench/rag.py quality            # nDCG@10, Recall@10/100, MRR@10: hybrid beside BM25-only and vector-only
     python bench/rag.py speed              # p50/p99 of hybrid queries at 100,000 chunks, the ACL admitting 10%
     python bench/rag.py reindex            # the same index re-built for another model under continuous queries
+    python bench/rag.py speed --url postgresql://…   # the same on PostgreSQL (filled once per schema)
 
 Quality reads /work/shared/data/retrieval/msmarco-5k in place (never copied) and embeds with the local
 MiniLM; its vectors are cached under $TMPDIR/keel-rag-bench (5,050 texts take minutes on 2 busy cores).
@@ -113,7 +114,7 @@ async def quality(args: argparse.Namespace) -> None:
             for qid in order:
                 result = await index.search(SearchQuery("t", "ms", queries[qid], top_k=100, mode=mode))
                 run[qid] = [h.document_id for h in result.hits]
-            name = {"lexical": "BM25 only (FTS5)", "vector": "vector only", "hybrid": index.fusion.describe()}[mode]
+            name = {"lexical": "BM25 only", "vector": "vector only", "hybrid": index.fusion.describe()}[mode]
             print(f"{name:>58}  {evaluate.score(run, qrels).row()}")
             if mode == "hybrid":
                 for half in (0, 1):
@@ -152,17 +153,21 @@ async def timed_queries(index: Index, n: int, rng: random.Random, mode: Mode = "
     threads), which a busy machine inflates far less than wall time."""
     out = []
     cpu = time.process_time()
+    STAGES.clear()
     for _ in range(n):
         text = synthetic_text(rng, 4, query=True)
         t = time.perf_counter()
         result = await index.search(SearchQuery("t", "big", text, top_k=10, groups=("readers",), mode=mode))
         out.append((time.perf_counter() - t) * 1000)
         assert all(int(h.document_id[1:]) % 10 == 0 for h in result.hits)
+        for stage, ms in result.ms.items():
+            STAGES.setdefault(stage, []).append(ms)
     CPU.append((time.process_time() - cpu) * 1000 / n)
     return out
 
 
 CPU: list[float] = []
+STAGES: dict[str, list[float]] = {}  # the last run's milliseconds per stage (SearchResult.ms)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -174,11 +179,15 @@ async def with_index(args: argparse.Namespace, body: Any) -> None:
     models.add("synthetic", Synthetic(seed="a"))
     models.add("synthetic-b", Synthetic(seed="b"))
     db = Path(args.db) if args.db else Path(tempfile.mkdtemp()) / "rag.db"
-    fresh = not db.exists()
-    store = open_store(f"sqlite:///{db}")
+    store = open_store(args.url or f"sqlite:///{db}")
     index = Index(store, models)
-    if fresh:
+    if await index.active("t", "big") is None:
         await fill(index, args.chunks)
+    if args.url and args.url.startswith("postgres"):  # what autovacuum would have done by now
+        import psycopg
+
+        with psycopg.connect(args.url, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
     await body(index)
     await index.aclose()
     store.close()
@@ -194,6 +203,12 @@ async def speed(index: Index) -> None:
         print(
             f"{mode:>8}: p50 {statistics.median(ms):.1f} ms  p99 {pct(ms, 0.99):.1f} ms  CPU {CPU[-1]:.1f} ms/query"
             f"  (300 queries, ACL admits 10%; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+        )
+        stages = [s for s in ("embed", "admitted", "lexical", "vector", "fuse", "fetch") if s in STAGES]
+        print(
+            " " * 10
+            + "  ".join(f"{s} {statistics.median(STAGES[s]):.1f}/{pct(STAGES[s], 0.99):.1f}" for s in stages)
+            + "  (p50/p99 ms per stage)"
         )
 
 
@@ -251,6 +266,7 @@ def main() -> None:
     parser.add_argument("what", choices=["quality", "speed", "reindex"])
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--db", help="keep the synthetic index in this SQLite file (reused when it exists)")
+    parser.add_argument("--url", help="a store URL instead (e.g. postgresql://…?options=-csearch_path%%3Dbench)")
     args = parser.parse_args()
     if args.what == "quality":
         asyncio.run(quality(args))

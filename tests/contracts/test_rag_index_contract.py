@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec, NoIndex
-from keel.rag.search import SearchQuery, parse_filters
+from keel.rag.search import BadSearch, SearchQuery, parse_filters, parse_freshness
 from keel.store.open import open_store
 from keel.store.protocols import Access, Store
 
@@ -130,6 +130,34 @@ def test_filters_freshness_and_tenants(store: Store) -> None:
         assert await found({"updated_at": {"$gt": NOW + 1}}) == []
         other = await index.search(SearchQuery("t2", "c", "shared words", top_k=20))
         assert ids(other) == ["y1"]
+
+    run(store, body)
+
+
+def test_decay_by_age_reorders_and_expired_documents_stay_out(store: Store) -> None:
+    day = 86400.0
+
+    async def body(index: Index) -> None:
+        await index.ensure("t1", "c", SPEC)
+        same = chunks("quarterly revenue report")  # and one title: equal vectors, equal BM25
+        await index.replace(doc("old", updated_at=NOW - 60 * day, title="Q"), same)
+        await index.replace(doc("new", updated_at=NOW - 1 * day, title="Q"), same)
+        await index.replace(doc("gone", updated_at=NOW, valid_until=NOW - 1, title="Q"), same)
+        plain = await index.search(q("quarterly revenue", top_k=5, now=NOW))
+        assert ids(plain) == ["old", "new"]  # equal scores: the older chunk id first; "gone" expired
+        assert plain.hits[0].scores["freshness"] is None
+        decayed = await index.search(q("quarterly revenue", top_k=5, now=NOW, half_life_days=30))
+        assert ids(decayed) == ["new", "old"]
+        old = decayed.hits[1]
+        assert abs(old.scores["freshness"] - 0.25) < 1e-6  # type: ignore[operator]  # two half-lives
+        assert abs(old.scores["fused"] - plain.hits[0].scores["fused"] * 0.25) < 1e-5  # type: ignore[operator]
+        assert "60 days old" in old.why and "half-life 30 days" in old.why
+        ahead = await index.search(q("quarterly revenue", top_k=5, now=NOW - 90 * day, half_life_days=30))
+        assert [h.scores["freshness"] for h in ahead.hits] == [1.0, 1.0, 1.0]  # dated after "now": no decay
+        for bad in ({"half_life_days": 0}, {"half_life_days": True}, {"days": 3}, 7):
+            with pytest.raises(BadSearch):
+                parse_freshness(bad)
+        assert parse_freshness({"half_life_days": 7}) == 7.0 and parse_freshness(None) is None
 
     run(store, body)
 

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import numpy  # noqa: F401  # imported whole before the gateway's threads import it lazily: hypothesis reads sys.modules["numpy"]
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -460,7 +461,8 @@ ROUTES = [
     Route("GET", "/api/rag/collections/{collection}/documents/{id:path}", "admin", query=("tenant",)),
     Route("DELETE", "/api/rag/collections/{collection}/documents/{id:path}", "admin", query=("tenant",)),
     Route("POST", "/api/rag/collections/{collection}/search", "admin", {"tenant": "t1", "query": "hello", "top_k": 3,
-        "mode": "hybrid", "filters": {"lang": "en", "year": {"$gte": 2020}}, "user": "u1", "groups": ["g"]}),
+        "mode": "hybrid", "filters": {"lang": "en", "year": {"$gte": 2020}}, "user": "u1", "groups": ["g"],
+        "freshness": {"half_life_days": 30}}),
     Route("GET", "/api/users", "admin", query=("tenant",)),
     Route("POST", "/api/users", "admin", {"tenant": "t1", "id": "fz-user", "roles": ["developer"], "email": "a@b.c", "name": "n"}),
     Route("GET", "/api/users/{user_id}", "admin"),

@@ -76,11 +76,12 @@ def test_chat_with_rag_returns_citations_and_a_retrieval_span(
     hits = retrieval.attributes["hits"]
     assert [h["document_id"] for h in hits] == cited and "group eng" in str([h["why"] for h in hits])
     assert retrieval.attributes["caller"] == {"user": None, "groups": ["eng"]}
+    assert retrieval.attributes["half_life_days"] is None
 
     streamed = client.chat.completions.create(
         model="sim",
         messages=[{"role": "user", "content": "vacation"}],
-        extra_body={"rag": {"collection": "kb", "top_k": 2}},
+        extra_body={"rag": {"collection": "kb", "top_k": 2, "freshness": {"half_life_days": 90}}},
         stream=True,
     )
     extras = [c.model_extra.get("citations") for c in streamed if c.model_extra and "citations" in c.model_extra]
@@ -98,7 +99,10 @@ def test_search_api_as_key_and_as_admin(make_gateway: Any, up: FakeUpstream, tmp
     assert {h["document"]["id"] for h in body["data"]} == {"handbook", "lunch"}  # no groups yet: tenant-wide only
     hit = body["data"][0]
     assert hit["document"]["id"] == "handbook" and hit["ranks"]["lexical"] == 1
-    assert set(hit["scores"]) == {"lexical", "vector", "fused", "rerank"} and "whole tenant" in hit["why"]
+    assert set(hit["scores"]) == {"lexical", "vector", "fused", "rerank", "freshness"} and "whole tenant" in hit["why"]
+    assert hit["scores"]["freshness"] is None
+    decayed = httpx.post(url, json={"query": "vacation", "freshness": {"half_life_days": 30}}, headers=as_key).json()
+    assert all(0 < h["scores"]["freshness"] <= 1 and "half-life 30 days" in h["why"] for h in decayed["data"])
     assert hit["document"]["metadata"] == {"kind": "policy"} and body["build"] and body["fusion"].startswith("convex")
     admin = {"authorization": f"Bearer {gw.admin}"}
     as_alice = httpx.post(url, json={"query": "vacation", "tenant": "t1", "user": "alice"}, headers=admin).json()
@@ -111,6 +115,8 @@ def test_search_api_as_key_and_as_admin(make_gateway: Any, up: FakeUpstream, tmp
     assert refused.status_code == 403
     bad = httpx.post(url, json={"query": "x", "filters": {"year": {"$near": 1}}}, headers=as_key)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "filters.year.$near"
+    bad = httpx.post(url, json={"query": "x", "freshness": {"half_life_days": -1}}, headers=as_key)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "freshness.half_life_days"
     bad = httpx.post(url, json={"query": "x", "top_k": 1000}, headers=as_key)
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_k"
     missing = httpx.post(f"{gw.url}/api/rag/collections/nope/search", json={"query": "x"}, headers=as_key)

@@ -1,8 +1,8 @@
 """`POST /api/rag/collections/{collection}/search`: hybrid search over HTTP, hits with their document,
 scores per stage (lexical, vector, fused, rerank) and why each was kept.
 
-Body: `{"query", "top_k"?, "filters"?, "mode"?, "candidates"?}`. With a virtual key the search runs as
-that key (its tenant, its user, its groups: keel.rag.acl); the body cannot name anyone else. A person
+Body: `{"query", "top_k"?, "filters"?, "mode"?, "candidates"?, "freshness"?: {"half_life_days"}}`. With a
+virtual key the search runs as that key (its tenant, its user, its groups: keel.rag.acl); the body cannot name anyone else. A person
 (an operator, or a user holding `rag.search`) names the `tenant` (a user: only their own, the default),
 and may name `user` and `groups` to search as them, or `"all": true` for the tenant's every document,
 and `build` to search a shadow build.
@@ -31,11 +31,12 @@ from keel.rag.search import (
     SearchQuery,
     SearchResult,
     parse_filters,
+    parse_freshness,
 )
 from keel.runtime.components import Runtime
 from keel.tenancy.actor import Actor
 
-_FIELDS = {"query", "top_k", "filters", "mode", "candidates", "tenant", "user", "groups", "all", "build"}
+_FIELDS = {"query", "top_k", "filters", "mode", "candidates", "freshness", "tenant", "user", "groups", "all", "build"}
 _ADMIN_ONLY = ("tenant", "user", "groups", "all", "build")
 
 
@@ -81,6 +82,7 @@ class RagSearchEdge:
         if mode not in ("hybrid", "lexical", "vector"):
             raise InvalidRequest("'mode' must be hybrid, lexical or vector.", "mode")
         filters = parse_filters(body.get("filters"))
+        half_life = parse_freshness(body.get("freshness"))
         principal = actor.principal
         if principal is None:
             tenant, user, groups, everything, build = _as_admin(body)
@@ -93,7 +95,7 @@ class RagSearchEdge:
             assert self._groups is not None
             groups = await self._groups.of(principal.key_id)
         return SearchQuery(tenant, collection, text, top_k, user, groups, everything, filters, mode, candidates,
-                           build=build)  # fmt: skip
+                           build=build, half_life_days=half_life)  # fmt: skip
 
 
 def _int(body: dict[str, Any], name: str, default: int, most: int) -> int:

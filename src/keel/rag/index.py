@@ -15,6 +15,7 @@ process (index_vectors.py); either way only over the documents the caller may se
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import secrets
 import time
@@ -39,6 +40,7 @@ from keel.store.protocols.rag_index import (
     ChunkView,
     DocRow,
     RagIndexStore,
+    query_terms,
 )
 
 __all__ = ["ChunkIn", "DocumentRef", "Index", "IndexSpec", "NoIndex", "SearchQuery", "SearchResult"]
@@ -109,6 +111,7 @@ class Index:
         self._clock = clock
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="keel-rag-index")
         self.vectors = VectorCache(self.run, store.rag_vectors, store.rag_count)
+        self._inside: dict[int, bool] = {}  # vector width -> searched in the database (pgvector)?
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call in the index's threads."""
@@ -241,16 +244,55 @@ class Index:
             ms["embed"] = _ms(t)
         lexical, vectors, matrix, admitted = await self._candidates(query, build, access, now, vector, ms)
         t = time.perf_counter()
-        fused = self._fuse(query, lexical, vectors, matrix, vector)[: query.top_k]
-        views = {v.id: v for v in await self.run(self.store.rag_chunks, [f.id for f in fused])}
-        hits = tuple(_hit(f, views[f.id], access, query) for f in fused if f.id in views)
+        fused = await self._fuse(query, lexical, vectors, matrix, vector)
         ms["fuse"] = _ms(t)
+        t = time.perf_counter()
+        views: dict[int, ChunkView] = {}
+        if query.half_life_days is not None:  # decay by age reorders the whole pool, so it reads every chunk
+            views = {v.id: v for v in await self.run(self.store.rag_chunks, [f.id for f in fused])}
+            fused = _decayed(fused, views, now, query.half_life_days)
+        fused = fused[: query.top_k]
+        if not views:
+            views = {v.id: v for v in await self.run(self.store.rag_chunks, [f.id for f in fused])}
+        hits = tuple(_hit(f, views[f.id], access, query, now) for f in fused if f.id in views)
+        ms["fetch"] = _ms(t)
         ms["total"] = _ms(started)
         counts = {"lexical": len(lexical.ids), "vector": len(vectors.ids), "documents": admitted}
         fusion = self.fusion.describe() if query.mode == "hybrid" else query.mode
         return SearchResult(build.id, build.model, query.mode, fusion, hits, counts, ms)
 
     async def _candidates(
+        self, q: SearchQuery, build: BuildRow, access: Access, now: float, vector: bytes | None, ms: dict[str, float]
+    ) -> tuple[Candidates, Candidates, BuildVectors | None, int]:
+        """Both candidate lists, the access filter inside each: in process over the build's rows (one
+        admitted-rows mask for both), or in the database where it searches vectors (pgvector)."""
+        empty = Candidates([], [])
+        if build.dim is None:  # nothing was ever written to this build
+            return empty, empty, None, 0
+        inside = self._inside.get(build.dim)
+        if inside is None:  # asked once per width: the answer is the backend's, not the build's
+            inside = self._inside[build.dim] = await self.run(self.store.rag_searches_vectors, build.dim)
+        if inside:
+            return await self._in_database(q, build, access, now, vector, ms)
+        t = time.perf_counter()
+        allowed, matrix = await asyncio.gather(
+            self.run(self.store.rag_allowed, q.tenant, q.collection, access, q.filters, now),
+            self.vectors.current(build.id, build.dim),
+        )
+        admitted = matrix.admitted(allowed)
+        ms["admitted"] = _ms(t)
+        lex = vec = empty
+        if q.mode != "vector":
+            t = time.perf_counter()
+            lex = matrix.lexical(query_terms(q.text), admitted, q.candidates)
+            ms["lexical"] = _ms(t)
+        if q.mode != "lexical" and vector is not None:
+            t = time.perf_counter()
+            vec = matrix.top(vector, admitted, q.candidates)
+            ms["vector"] = _ms(t)
+        return lex, vec, matrix, len(allowed)
+
+    async def _in_database(
         self, q: SearchQuery, build: BuildRow, access: Access, now: float, vector: bytes | None, ms: dict[str, float]
     ) -> tuple[Candidates, Candidates, BuildVectors | None, int]:
         empty = Candidates([], [])
@@ -265,50 +307,46 @@ class Index:
             ms["lexical"] = _ms(t)
             return found
 
-        async def nearest() -> tuple[Candidates, BuildVectors | None, int]:
-            if vector is None or build.dim is None:
-                return empty, None, -1
+        async def nearest() -> Candidates:
+            if vector is None or q.mode == "lexical":
+                return empty
             t = time.perf_counter()
             found = await self.run(
                 self.store.rag_vector_search, build.id, q.collection, vector, access, q.filters, now, q.candidates
             )
-            if found is not None:
-                ms["vector"] = _ms(t)
-                return found, None, -1
-            allowed, matrix = await asyncio.gather(
-                self.run(self.store.rag_allowed, q.tenant, q.collection, access, q.filters, now),
-                self.vectors.current(build.id, build.dim),
-            )
-            found = matrix.top(vector, allowed, q.candidates)
             ms["vector"] = _ms(t)
-            return found, matrix, len(allowed)
+            return found or empty
 
-        lex, (vec, matrix, admitted) = await asyncio.gather(lexical(), nearest())
-        if q.mode == "lexical":
-            vec = empty
-        if matrix is None and q.mode == "hybrid" and vector is not None and build.dim is not None:
-            # searched in the database: the candidates' own vectors, for exact cosines and feedback
-            matrix = BuildVectors(build.dim)
+        lex, vec = await asyncio.gather(lexical(), nearest())
+        matrix = None
+        if q.mode == "hybrid" and vector is not None:  # the candidates' own vectors, for exact cosines and feedback
+            matrix = BuildVectors(build.dim or 0)
             matrix.extend(await self.run(self.store.rag_embeddings, sorted({*lex.ids, *vec.ids})))
-        return lex, vec, matrix, admitted
+        return lex, vec, matrix, -1
 
-    def _fuse(
+    async def _fuse(
         self, q: SearchQuery, lex: Candidates, vec: Candidates, matrix: BuildVectors | None, vector: bytes | None
     ) -> list[Fused]:
-        """Fusion (hybrid) or one list's order; in process, lexical candidates get their exact cosine and
-        the query vector its feedback (keel.rag.fusion)."""
+        """Fusion (hybrid) or one list's order; lexical candidates get their exact cosine, and in process
+        vector candidates their exact BM25; then feedback from the top fused chunks (keel.rag.fusion)."""
         if q.mode != "hybrid" or vector is None or matrix is None:
             return fuse(self.fusion, _pairs(lex), _pairs(vec))
-        seen = set(vec.ids)
+        seen, found, words = set(vec.ids), set(lex.ids), query_terms(q.text)
         extra = matrix.similarity([i for i in lex.ids if i not in seen], vector)
-        fused = fuse(self.fusion, _pairs(lex), _pairs(vec), extra)
-        if self.fusion.feedback and fused:
+        bm25 = matrix.bm25(words, [i for i in vec.ids if i not in found])  # in process only, else {}
+        fused = fuse(self.fusion, _pairs(lex), _pairs(vec), extra, bm25)
+        f = self.fusion
+        if f.feedback and fused:
             import numpy as np
 
-            top = matrix.rows([f.id for f in fused[: self.fusion.feedback]])
-            moved = np.frombuffer(vector, dtype=np.float32) + self.fusion.feedback_weight * top.mean(axis=0)
+            best = [x.id for x in fused[: f.feedback]]
+            moved = np.frombuffer(vector, dtype=np.float32) + f.feedback_weight * matrix.rows(best).mean(axis=0)
             moved /= max(float(np.linalg.norm(moved)), 1e-12)
-            fused = fuse(self.fusion, _pairs(lex), _pairs(vec), matrix.similarity([f.id for f in fused], moved))
+            pool = [x.id for x in fused]
+            again = matrix.similarity(pool, moved)
+            if f.feedback_terms and matrix.terms is not None:
+                bm25 = matrix.bm25(words, pool, best, f.feedback_terms, f.feedback_terms_weight)
+            fused = fuse(f, _pairs(lex), _pairs(vec), again, bm25)
         return fused
 
 
@@ -320,7 +358,21 @@ def _ms(t: float) -> float:
     return round((time.perf_counter() - t) * 1000, 3)
 
 
-def _hit(f: Fused, view: ChunkView, access: Access, q: SearchQuery) -> Hit:
+def _decay(view: ChunkView, now: float, half_life_days: float) -> float:
+    """The share of its score a chunk keeps at its document's age: 1/2 per half-life (none if dated ahead)."""
+    age_days = max(0.0, now - view.doc.updated_at) / 86400
+    return float(0.5 ** (age_days / half_life_days))
+
+
+def _decayed(fused: list[Fused], views: Mapping[int, ChunkView], now: float, half_life_days: float) -> list[Fused]:
+    out = [
+        dataclasses.replace(f, score=f.score * _decay(views[f.id], now, half_life_days)) for f in fused if f.id in views
+    ]
+    out.sort(key=lambda f: (-f.score, f.id))
+    return out
+
+
+def _hit(f: Fused, view: ChunkView, access: Access, q: SearchQuery, now: float) -> Hit:
     doc = view.doc
     found = []
     if f.lexical_rank is not None:
@@ -332,9 +384,14 @@ def _hit(f: Fused, view: ChunkView, access: Access, q: SearchQuery) -> Hit:
         why += "; valid until " + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(doc.valid_until))
     if q.filters:
         why += f"; passed {len(q.filters)} filter(s)"
+    freshness = None
+    if q.half_life_days is not None:
+        freshness = round(_decay(view, now, q.half_life_days), 6)
+        age = max(0.0, now - doc.updated_at) / 86400
+        why += f"; {age:.0f} days old, score x{freshness:.3g} (half-life {q.half_life_days:g} days)"
     return Hit(
         view.id, doc.document_id, doc.title, doc.version, view.ordinal, view.text, view.heading_path, doc.metadata,
         doc.source, doc.updated_at,
-        {"lexical": f.lexical, "vector": f.vector, "fused": round(f.score, 6), "rerank": None},
+        {"lexical": f.lexical, "vector": f.vector, "fused": round(f.score, 6), "rerank": None, "freshness": freshness},
         {"lexical": f.lexical_rank, "vector": f.vector_rank}, why,
     )  # fmt: skip

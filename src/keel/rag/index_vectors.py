@@ -1,10 +1,11 @@
-"""Vector search in process over a build's chunk vectors (SQLite; PostgreSQL without pgvector).
+"""Vector and full-text search in process over a build's chunks (SQLite; PostgreSQL without pgvector).
 
-A build's vectors are read from the store on its first search in this process, into one float32 matrix
-with the chunk id, document row and document version of each row; every search first reads the rows
-written since (chunk ids only grow), so writes of this process and others are seen at once. A search
-scores only the rows whose (document, version) the store admitted for the caller (`rag_allowed`: the
-tenant, the access list, filters, freshness), so the access filter is inside the candidate set, never
+A build's rows are read from the store on its first search in this process: one float32 matrix of
+vectors and an inverted index of texts (index_terms.py), with the chunk id, document row and document
+version of each row; every search first reads the rows written since (chunk ids only grow), so writes of
+this process and others are seen at once. A search scores, by cosine and by BM25, only the rows whose
+(document, version) the store admitted for the caller (`rag_allowed`: the tenant, the access list,
+filters, freshness; one mask for both), so the access filter is inside the candidate sets, never
 applied to a top-k after the fact. Rows of replaced or removed documents stay until the matrix holds
 twice the build's live rows; then it is read again.
 """
@@ -15,6 +16,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
+from keel.rag.index_terms import BuildTerms, Tokens
 from keel.store.protocols.rag_index import Candidates, VectorRows
 
 if TYPE_CHECKING:
@@ -27,10 +29,11 @@ Run = Callable[..., Awaitable[object]]
 class BuildVectors:
     """One build's vectors. Mutated only under its owner's lock; searches read a consistent prefix."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, tokens: Tokens | None = None) -> None:
         import numpy as np
 
         self.dim = dim
+        self.terms = BuildTerms(tokens) if tokens is not None else None  # full text, row for row
         self.n = 0
         self.last = 0  # the highest chunk id loaded
         self.matrix: npt.NDArray[np.float32] = np.zeros((0, dim), dtype=np.float32)
@@ -56,27 +59,68 @@ class BuildVectors:
         self.ids[self.n : need] = rows.ids
         self.docs[self.n : need] = rows.docs
         self.versions[self.n : need] = rows.versions
+        if self.terms is not None:
+            if len(rows.texts) != k:
+                raise ValueError("full text in process needs the rows' texts")
+            self.terms.extend(rows.texts)
         self.n, self.last = need, int(rows.ids[-1])
 
-    def top(self, vector: Sequence[float] | bytes, allowed: Sequence[tuple[int, int]], k: int) -> Candidates:
-        """The k rows most similar to `vector` among those of the allowed (document, version) pairs."""
+    def admitted(self, allowed: Sequence[tuple[int, int]]) -> npt.NDArray[np.bool_]:
+        """The mask of rows whose (document, version) is among the allowed pairs: what a search scores."""
         import numpy as np
 
         n = self.n
-        if not allowed or n == 0 or k <= 0:
-            return Candidates([], [])
+        if not allowed or n == 0:
+            return np.zeros(n, dtype=bool)
         pairs = np.asarray(allowed, dtype=np.int64)
         docs, versions = self.docs[:n], self.versions[:n]
         table = np.full(int(max(pairs[:, 0].max(), docs.max())) + 1, -1, dtype=np.int64)
         table[pairs[:, 0]] = pairs[:, 1]
-        rows = np.flatnonzero(table[docs] == versions)
-        if rows.size == 0:
+        mask: npt.NDArray[np.bool_] = table[docs] == versions
+        return mask
+
+    def top(self, vector: Sequence[float] | bytes, admitted: npt.NDArray[np.bool_], k: int) -> Candidates:
+        """The k admitted rows most similar to `vector`, best first, ties by chunk id."""
+        import numpy as np
+
+        rows = np.flatnonzero(admitted[: self.n])
+        if rows.size == 0 or k <= 0:
             return Candidates([], [])
         q = np.frombuffer(vector, dtype=np.float32) if isinstance(vector, bytes) else np.asarray(vector, np.float32)
-        scores = self.matrix[rows] @ q
+        # most rows admitted: one pass over the matrix beats gathering them first
+        scores = (self.matrix[: self.n] @ q)[rows] if rows.size * 3 > self.n else self.matrix[rows] @ q
         best = np.argpartition(-scores, k - 1)[:k] if rows.size > k else np.arange(rows.size)
         best = best[np.lexsort((self.ids[rows[best]], -scores[best]))]
         return Candidates(self.ids[rows[best]].tolist(), scores[best].astype(float).tolist())
+
+    def lexical(self, words: Sequence[str], admitted: npt.NDArray[np.bool_], k: int) -> Candidates:
+        """BM25 over the admitted rows (keel.rag.index_terms); the rows must have been read with texts."""
+        if self.terms is None:
+            raise ValueError("this build's rows were read without their texts")
+        return self.terms.top(words, admitted, self.ids[: self.n], k)
+
+    def bm25(
+        self, words: Sequence[str], ids: Sequence[int], feedback: Sequence[int] = (), terms: int = 0, weight: float = 0
+    ) -> dict[int, float]:
+        """BM25 of the given chunks (those loaded) for the query words, 0 for one holding none of them; with
+        `feedback` chunks, plus `weight` times the BM25 of their best `terms` expansion terms (RM3)."""
+        import numpy as np
+
+        if self.terms is None or not ids or self.n == 0:
+            return {}
+        wanted = np.unique(np.asarray(ids, dtype=np.int64))
+        at = np.minimum(np.searchsorted(self.ids[: self.n], wanted), self.n - 1)
+        found = self.ids[at] == wanted
+        asked = self.terms.terms(words)
+        weights = dict.fromkeys(asked, 1.0)
+        if feedback and terms > 0 and weight > 0:
+            top = np.asarray(feedback, dtype=np.int64)
+            rows = np.minimum(np.searchsorted(self.ids[: self.n], top), self.n - 1)
+            rows = rows[self.ids[rows] == top]
+            for term, w in self.terms.feedback(rows.tolist(), asked, terms).items():
+                weights[term] = weights.get(term, 0.0) + weight * w
+        values = self.terms.scores_at(weights, at[found])  # chunk ids ascend with rows
+        return dict(zip(wanted[found].tolist(), values.tolist(), strict=True))
 
     def rows(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:
         """The vectors of the given chunks that are loaded."""
@@ -119,6 +163,7 @@ class VectorCache:
         self._run = run  # runs a store call off the event loop
         self._vectors = vectors
         self._count = count
+        self._tokens = Tokens()
         self._builds: dict[str, BuildVectors] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -128,16 +173,19 @@ class VectorCache:
         async with lock:
             found = self._builds.get(build)
             if found is None or found.dim != dim:
-                found = self._builds[build] = BuildVectors(dim)
+                found = self._builds[build] = BuildVectors(dim, self._tokens)
             rows = await self._run(self._vectors, build, found.last)
             assert isinstance(rows, VectorRows)
-            found.extend(rows)
+            if found.n == 0:  # a first read (seconds at 100,000 rows): off the event loop; no search holds it yet
+                await self._run(found.extend, rows)
+            else:
+                found.extend(rows)
             if rows.ids and found.n > 1024:
                 live = await self._run(self._count, build)
                 assert isinstance(live, int)
                 if found.n > 2 * live:  # mostly rows of replaced documents: read the build again
-                    fresh = BuildVectors(dim)
-                    fresh.extend(await self._run(self._vectors, build, 0))  # type: ignore[arg-type]
+                    fresh = BuildVectors(dim, self._tokens)
+                    await self._run(fresh.extend, await self._run(self._vectors, build, 0))
                     found = self._builds[build] = fresh
             return found
 

@@ -1,4 +1,4 @@
-"""The `retrieve` slot: a chat call with `rag: {collection, top_k, filters, mode, template}` (extra_body)
+"""The `retrieve` slot: a chat call with `rag: {collection, top_k, filters, mode, template, freshness}` (extra_body)
 is answered over the collection's chunks that its caller may read.
 
 The caller is the virtual key's: its tenant, its user (the key's, never the body's `user`, which any key
@@ -20,7 +20,7 @@ from keel.errors import InvalidRequest, NotFound
 from keel.gateway.call import Call, Reply, ResponseFields
 from keel.gateway.pipeline import Handler
 from keel.rag.index import Index, NoIndex
-from keel.rag.search import MAX_TOP_K, BadSearch, Hit, SearchQuery, SearchResult, parse_filters
+from keel.rag.search import MAX_TOP_K, BadSearch, Hit, SearchQuery, SearchResult, parse_filters, parse_freshness
 from keel.store.protocols.rag_index import RagIndexStore
 from keel.traces.spans import child_span
 from keel.types import ChatRequest, Message, Span
@@ -75,12 +75,20 @@ class RetrieveStage:
 
     async def _retrieve(self, call: Call, request: ChatRequest) -> None:
         assert call.principal is not None  # the auth slot runs first
-        collection, top_k, filters, mode, template = _options(request.extra["rag"])
+        collection, top_k, filters, mode, template, half_life = _options(request.extra["rag"])
         text = _question(request)
         principal = call.principal
         groups = await self._groups.of(principal.key_id)
         query = SearchQuery(
-            principal.tenant, collection, text, top_k, principal.user, groups, filters=filters, mode=mode
+            principal.tenant,
+            collection,
+            text,
+            top_k,
+            principal.user,
+            groups,
+            filters=filters,
+            mode=mode,
+            half_life_days=half_life,
         )
         started = time.time()
         try:
@@ -101,10 +109,10 @@ class RetrieveStage:
                                   attributes=_span_attributes(query, result, hits, template, groups)))  # fmt: skip
 
 
-def _options(raw: Any) -> tuple[str, int, Any, Any, str]:
+def _options(raw: Any) -> tuple[str, int, Any, Any, str, float | None]:
     if not isinstance(raw, dict):
-        raise InvalidRequest("'rag' must be an object: {collection, top_k, filters, mode, template}.", "rag")
-    unknown = set(raw) - {"collection", "top_k", "filters", "mode", "template"}
+        raise InvalidRequest("'rag' must be an object: {collection, top_k, filters, mode, template, freshness}.", "rag")
+    unknown = set(raw) - {"collection", "top_k", "filters", "mode", "template", "freshness"}
     if unknown:
         raise InvalidRequest(f"Unknown field 'rag.{sorted(unknown)[0]}'.", f"rag.{sorted(unknown)[0]}")
     collection = raw.get("collection")
@@ -121,9 +129,10 @@ def _options(raw: Any) -> tuple[str, int, Any, Any, str]:
         raise InvalidRequest(f"'rag.template' must be one of {', '.join(TEMPLATES)}.", "rag.template")
     try:
         filters = parse_filters(raw.get("filters"), "rag.filters")
+        half_life = parse_freshness(raw.get("freshness"), "rag.freshness")
     except BadSearch as err:
         raise InvalidRequest(str(err), err.param) from None
-    return collection, top_k, filters, mode, template
+    return collection, top_k, filters, mode, template, half_life
 
 
 def _question(request: ChatRequest) -> str:
@@ -185,6 +194,7 @@ def _span_attributes(
         "model": result.model,
         "mode": result.mode,
         "fusion": result.fusion,
+        "half_life_days": q.half_life_days,
         "template": template,
         "caller": {"user": q.user, "groups": list(groups)},
         "candidates": dict(result.candidates),

@@ -50,6 +50,7 @@ class SearchQuery:
     candidates: int = 100  # per list (lexical, vector) before fusion
     now: float | None = None  # freshness is judged at this time (default: now)
     build: str | None = None  # a given build instead of the active one (evals of a shadow)
+    half_life_days: float | None = None  # decay by age: a document's fused score halves every this many days
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +65,7 @@ class Hit:
     metadata: Mapping[str, object]
     source: str
     updated_at: float
-    scores: Mapping[str, float | None]  # lexical, vector, fused, rerank
+    scores: Mapping[str, float | None]  # lexical, vector, fused (after any decay), rerank, freshness (its factor)
     ranks: Mapping[str, int | None]  # lexical, vector (1-based, within their candidate lists)
     why: str
 
@@ -77,7 +78,25 @@ class SearchResult:
     fusion: str
     hits: tuple[Hit, ...]
     candidates: Mapping[str, int] = field(default_factory=dict)  # lexical, vector, admitted documents
-    ms: Mapping[str, float] = field(default_factory=dict)  # embed, lexical, vector, fuse, total
+    ms: Mapping[str, float] = field(default_factory=dict)  # embed, admitted, lexical, vector, fuse, fetch, total
+
+
+MAX_HALF_LIFE_DAYS = 36500.0
+
+
+def parse_freshness(raw: object, param: str = "freshness") -> float | None:
+    """`{"half_life_days": N}` (N > 0, at most 100 years): the half-life of a decay by age; None: no decay.
+    Documents past their `valid_until` are excluded either way."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or set(raw) != {"half_life_days"}:
+        raise BadSearch(param, f"{param} must be an object {{half_life_days: N}}")
+    days = raw["half_life_days"]
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days <= MAX_HALF_LIFE_DAYS:
+        raise BadSearch(
+            f"{param}.half_life_days", f"half_life_days must be a number of days in (0, {MAX_HALF_LIFE_DAYS:g}]"
+        )
+    return float(days)
 
 
 def parse_filters(raw: object, param: str = "filters") -> tuple[Filter, ...]:

@@ -87,6 +87,9 @@ class PgRagVectors:
             [(ids[c.ordinal], _literal(c.embedding), ids[c.ordinal]) for c in chunks],
         )
 
+    def rag_searches_vectors(self, dim: int) -> bool:
+        return self._vector_table(dim)
+
     def rag_vector_search(
         self,
         build: str,

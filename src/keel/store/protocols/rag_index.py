@@ -14,6 +14,7 @@ store (decision 0001): keel.rag calls it off the event loop.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -24,6 +25,92 @@ FilterOp = Literal["eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", "exists"]
 
 class BuildsChanged(RuntimeError):
     """A write for "every build" met another set of active and shadow builds than it embedded for."""
+
+
+_WORD = re.compile(r"[^\W_]+")
+_MAX_TERMS = 32
+_STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "if",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "from",
+        "by",
+        "for",
+        "with",
+        "as",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "this",
+        "that",
+        "these",
+        "those",
+        "it",
+        "its",
+        "do",
+        "does",
+        "did",
+        "have",
+        "has",
+        "had",
+        "what",
+        "which",
+        "who",
+        "whom",
+        "when",
+        "where",
+        "why",
+        "how",
+        "there",
+        "here",
+        "than",
+        "so",
+        "into",
+        "about",
+        "can",
+        "will",
+        "i",
+        "me",
+        "my",
+        "you",
+        "your",
+        "we",
+        "our",
+        "they",
+        "them",
+        "their",
+        "he",
+        "she",
+        "his",
+        "her",
+        "not",
+        "no",
+    ]
+)
+
+
+def query_terms(text: str) -> list[str]:
+    """The words of a query that full text looks for: lower-cased, no stopwords, each once, at most 32."""
+    seen: dict[str, None] = {}
+    for word in _WORD.findall(text.lower()):
+        if word not in _STOPWORDS and len(word) < 64:
+            seen.setdefault(word, None)
+    terms = list(seen)[:_MAX_TERMS]
+    return terms or [w for w in dict.fromkeys(_WORD.findall(text.lower())) if len(w) < 64][:_MAX_TERMS]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +198,7 @@ class VectorRows:
     docs: Sequence[int]  # the document's row id
     versions: Sequence[int]
     embeddings: Sequence[bytes]
+    texts: Sequence[str] = ()  # the chunks' texts, for full text in process (empty: not read)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +277,11 @@ class RagIndexStore(Protocol):
         None when this backend searches vectors in process (`rag_vectors`)."""
         ...
 
+    def rag_searches_vectors(self, dim: int) -> bool:
+        """Does this backend search vectors of `dim` (and full text) in the database (pgvector)? Else the
+        index searches both in process over `rag_vectors` rows (keel.rag.index_vectors, index_terms)."""
+        ...
+
     def rag_embeddings(self, ids: Sequence[int]) -> VectorRows:
         """The vectors of the given chunks (those that exist), in id order."""
         ...
@@ -215,4 +308,5 @@ __all__ = [
     "FilterOp",
     "RagIndexStore",
     "VectorRows",
+    "query_terms",
 ]

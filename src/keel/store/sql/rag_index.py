@@ -8,7 +8,7 @@ joined through `rag_access`, freshness (`valid_until`) and the caller's filters,
 
 from __future__ import annotations
 
-import re
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -26,6 +26,7 @@ from keel.store.protocols.rag_index import (
     DocRow,
     Filter,
     VectorRows,
+    query_terms,
 )
 from keel.store.sql.dialect import Database, Dialect, Row, Session
 
@@ -34,93 +35,9 @@ _DOC_COLS = "tenant, collection, document_id, version, title, metadata, users, g
 _CHUNK_COLS = "build, doc, version, ordinal, text, heading_path, content_hash, tokens, embedding"
 _COLUMNS = {"updated_at": "d.updated_at", "valid_until": "d.valid_until", "source": "d.source", "title": "d.title"}
 _COLUMNS["document_id"] = "d.document_id"
-_WORD = re.compile(r"[^\W_]+")
-_MAX_TERMS = 32
 _IN_CHUNK = 500
 _PRUNE_FROM = 2000  # full-text rows from which very common query terms are left out
 _DF_TTL_S = 600.0
-_STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "and",
-        "or",
-        "but",
-        "if",
-        "of",
-        "in",
-        "on",
-        "at",
-        "to",
-        "from",
-        "by",
-        "for",
-        "with",
-        "as",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "being",
-        "this",
-        "that",
-        "these",
-        "those",
-        "it",
-        "its",
-        "do",
-        "does",
-        "did",
-        "have",
-        "has",
-        "had",
-        "what",
-        "which",
-        "who",
-        "whom",
-        "when",
-        "where",
-        "why",
-        "how",
-        "there",
-        "here",
-        "than",
-        "so",
-        "into",
-        "about",
-        "can",
-        "will",
-        "i",
-        "me",
-        "my",
-        "you",
-        "your",
-        "we",
-        "our",
-        "they",
-        "them",
-        "their",
-        "he",
-        "she",
-        "his",
-        "her",
-        "not",
-        "no",
-    ]
-)
-
-
-def query_terms(text: str) -> list[str]:
-    """The words of a query that full text looks for: lower-cased, no stopwords, each once, at most 32."""
-    seen: dict[str, None] = {}
-    for word in _WORD.findall(text.lower()):
-        if word not in _STOPWORDS and len(word) < 64:
-            seen.setdefault(word, None)
-    terms = list(seen)[:_MAX_TERMS]
-    return terms or [w for w in dict.fromkeys(_WORD.findall(text.lower())) if len(w) < 64][:_MAX_TERMS]
 
 
 def _build(r: Row) -> BuildRow:
@@ -158,10 +75,20 @@ class Conditions:
 
 
 def doc_conditions(
-    c: Conditions, tenant: str, collection: str, access: Access, filters: Sequence[Filter], now: float
+    c: Conditions,
+    tenant: str,
+    collection: str,
+    access: Access,
+    filters: Sequence[Filter],
+    now: float,
+    *,
+    scoped: bool = True,
 ) -> None:
+    """`scoped=False`: the caller already holds the documents to one tenant and collection (through their
+    access rows), and the planner must not be offered the (tenant, collection) index instead of the key."""
     m = c.d.mark
-    c.add(f"d.tenant = {m} AND d.collection = {m}", tenant, collection)
+    if scoped:
+        c.add(f"d.tenant = {m} AND d.collection = {m}", tenant, collection)
     if not access.everything:
         principals = access.principals()
         c.add(
@@ -349,8 +276,11 @@ class SqlRagIndex:
         m = self._db.dialect.mark
         if chunks:
             self._before_write(len(chunks[0].embedding) // 4)
+        lock = " FOR UPDATE" if self._db.dialect.name == "postgres" else ""  # SQLite: its one writer
         with self._db.transaction() as s:
-            row = s.fetchone(f"SELECT version FROM rag_index_docs WHERE id = {m}", (doc,))
+            # the document's row stays locked to commit: a write or removal of it racing this copy either
+            # commits first (the version check fails, or the row is gone) or waits and replaces the copy
+            row = s.fetchone(f"SELECT version FROM rag_index_docs WHERE id = {m}{lock}", (doc,))
             if row is None or int(row[0]) != version:
                 return 0
             if s.fetchone(f"SELECT 1 FROM rag_chunks WHERE doc = {m} AND build = {m} LIMIT 1", (doc, build)):
@@ -445,23 +375,30 @@ class SqlRagIndex:
         m = self._db.dialect.mark
         with self._db.session() as s:
             rows = s.fetchall(
-                f"SELECT id, doc, version, embedding FROM rag_chunks WHERE build = {m} AND id > {m} ORDER BY id",
+                f"SELECT id, doc, version, embedding, text FROM rag_chunks WHERE build = {m} AND id > {m} ORDER BY id",
                 (build, after),
             )
-        return VectorRows([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [bytes(r[3]) for r in rows])
+        return VectorRows(
+            [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [bytes(r[3]) for r in rows],
+            [r[4] for r in rows],
+        )  # fmt: skip
 
     def rag_allowed(
         self, tenant: str, collection: str, access: Access, filters: Sequence[Filter], now: float
     ) -> list[tuple[int, int]]:
         c = Conditions(self._db.dialect)
-        doc_conditions(c, tenant, collection, access, filters, now)
-        sql = f"SELECT d.id, d.version FROM rag_index_docs d WHERE {c.sql()}"
-        if not access.everything:  # from the access list's key: the caller's documents, not the collection's
-            sql = sql.replace(" FROM rag_index_docs d WHERE ", " FROM rag_access x CROSS JOIN rag_index_docs d WHERE ")
-            sql += f" AND x.doc = d.id AND x.tenant = {c.d.mark} AND x.collection = {c.d.mark}"
-            sql += f" AND x.principal IN ({c.d.marks(len(access.principals()))})"
-            sql = sql.replace("SELECT d.id", "SELECT DISTINCT d.id", 1)
-            c.params += [tenant, collection, *access.principals()]
+        m = c.d.mark
+        if access.everything:
+            doc_conditions(c, tenant, collection, access, filters, now)
+            sql = f"SELECT d.id, d.version FROM rag_index_docs d WHERE {c.sql()}"
+        else:  # from the access list's key: the caller's documents, not the collection's
+            principals = access.principals()
+            c.add(f"x.tenant = {m} AND x.collection = {m}", tenant, collection)
+            c.add(f"x.principal IN ({c.d.marks(len(principals))})", *principals)
+            # the access rows carry their document's tenant and collection: d is reached by its key
+            everything = dataclasses.replace(access, everything=True)
+            doc_conditions(c, tenant, collection, everything, filters, now, scoped=False)
+            sql = f"SELECT DISTINCT d.id, d.version FROM rag_access x JOIN rag_index_docs d ON d.id = x.doc WHERE {c.sql()}"
         with self._db.session() as s:
             return [(int(r[0]), int(r[1])) for r in s.fetchall(sql, c.params)]
 
@@ -538,6 +475,9 @@ class SqlRagIndex:
         limit: int,
     ) -> Candidates | None:
         return None
+
+    def rag_searches_vectors(self, dim: int) -> bool:
+        return False
 
     def rag_embeddings(self, ids: Sequence[int]) -> VectorRows:
         rows: list[Row] = []
