@@ -417,6 +417,12 @@ ROUTES = [
     Route("POST", "/mcp", "mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fz_tool", "arguments": {"amount": 1}}}),
     Route("GET", "/api/slo", "admin"),
     Route("GET", "/ui/slo", "dashboard"),
+    Route("GET", "/ui/keys", "dashboard", query=("tenant", "state", "revoked")),
+    Route("POST", "/ui/keys", "dashboard", form=True),
+    Route("GET", "/ui/keys/{key_id}/revoke", "dashboard"),
+    Route("POST", "/ui/keys/{key_id}/revoke", "dashboard", form=True),
+    Route("GET", "/ui/audit", "dashboard", query=("since", "until", "actor", "action", "tenant", "after")),
+    Route("GET", "/ui/audit/export", "dashboard", query=("since", "until", "actor", "action", "tenant")),
     Route("GET", "/api/evals/online-rules", "admin"),
     Route("POST", "/api/evals/online-rules", "admin", {"name": "fz", "rate": 0.1, "feature": "f", "delay_s": 0,
         "scorers": [{"type": "icontains", "value": "x", "metric": "m"}]}),
@@ -610,7 +616,8 @@ def _check(sent: Sent, r: httpx.Response) -> None:
             r.json()
         return
     if family == "dashboard":
-        assert status in (303, 307) or ctype.startswith("text/html"), f"{status} {ctype} for {where}"
+        download = status == 200 and sent.route.path == "/ui/audit/export" and ctype == "application/x-ndjson"
+        assert status in (303, 307) or ctype.startswith("text/html") or download, f"{status} {ctype} for {where}"
         if status in (303, 307):
             assert r.headers["location"].startswith("/ui"), where
         return

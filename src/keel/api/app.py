@@ -33,6 +33,7 @@ from keel.api.prompts_admin import PromptsAdmin
 from keel.api.rag_admin import RagAdmin
 from keel.api.rag_search import RagSearchEdge
 from keel.api.responses import ResponsesEdge
+from keel.audit.log import AuditLog
 from keel.config.sections.server import CorsConfig
 from keel.dashboard.pages import Dashboard
 from keel.errors import KeelError, NotFound, RequestError
@@ -138,6 +139,7 @@ def create_app(runtime: Runtime) -> FastPath:
         runtime.config.admin_token,
         stuck_after=runtime.config.jobs.stuck_after,
         slos=slos_of(runtime.config.models),
+        audit=runtime.find(AuditLog),
     )
     warmth = runtime.find(WarmthBook)
     mcp = McpEdge(runtime)  # Keel's tools as an MCP server at /mcp

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import parse_qs, quote
 
@@ -23,10 +23,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from keel.alerts.slo import statuses
+from keel.audit.log import AuditLog
 from keel.config import SloConfig
+from keel.dashboard.auditpages import Verifier, audit_query, export_response, read_audit, render_audit, render_error
 from keel.dashboard.evalpages import render_run, render_runs
 from keel.dashboard.jobpages import jobs_query, render_jobs
-from keel.dashboard.markup import CSS, Safe, h, layout
+from keel.dashboard.keypages import KeyPages, KeyPageStore
+from keel.dashboard.markup import CSS, NAV, Safe, View, h, layout
 from keel.dashboard.overview import WINDOWS, read_overview, render_overview
 from keel.dashboard.promptpages import PromptPageStore, read_list, read_prompt, render_prompt
 from keel.dashboard.promptpages import render_list as render_prompts
@@ -37,6 +40,8 @@ from keel.dashboard.tracepages import list_params, render_list, render_trace
 from keel.errors import InvalidRequest
 from keel.evals.gate import Rule, compare_runs
 from keel.store.protocols import BlobStore, EvalStore, JobStore, SpanStore, TraceStore
+from keel.store.protocols.audit import AuditStore
+from keel.tenancy.actor import OPERATOR, Actor
 from keel.traces.writer import read_spans, read_trace, trace_query
 
 _STYLE_HASH = base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
@@ -55,11 +60,18 @@ log = logging.getLogger("keel.dashboard")
 Page = Callable[[Request], Awaitable[Response]]
 
 
-def _page(title: str, body: Safe, status: int = 200, timing: str | None = None, signed_in: bool = True) -> Response:
+def _page(
+    title: str,
+    body: Safe,
+    status: int = 200,
+    timing: str | None = None,
+    signed_in: bool = True,
+    nav: Sequence[tuple[str, str]] = NAV,
+) -> Response:
     headers = dict(HEADERS)
     if timing:
         headers["server-timing"] = timing
-    return HTMLResponse(str(layout(title, body, signed_in=signed_in)), status, headers)
+    return HTMLResponse(str(layout(title, body, signed_in=signed_in, nav=nav)), status, headers)
 
 
 def _next_path(value: str | None) -> str:
@@ -69,8 +81,22 @@ def _next_path(value: str | None) -> str:
     return "/ui"
 
 
-class PageStore(TraceStore, SpanStore, JobStore, EvalStore, PromptPageStore, Protocol):
-    """What the pages read: traces, their rollups and spans; jobs; eval runs; prompts, rollouts and feedback."""
+class PageStore(TraceStore, SpanStore, JobStore, EvalStore, PromptPageStore, KeyPageStore, AuditStore, Protocol):
+    """What the pages read: traces, their rollups and spans; jobs; eval runs; prompts, rollouts and feedback;
+    keys (and write: create, revoke); the audit log."""
+
+
+# Each page and form, the permission it needs (tenancy's matrix says which roles hold it), and the nav.
+PAGES: dict[str, tuple[str, str | None]] = {  # path -> (permission, nav label or None)
+    "/ui": ("usage.read", "Overview"),
+    "/ui/traces": ("traces.read", "Traces"),
+    "/ui/jobs": ("jobs.read", "Jobs"),
+    "/ui/prompts": ("prompts.read", "Prompts"),
+    "/ui/evals": ("evals.read", "Evals"),
+    "/ui/slo": ("usage.read", "SLOs"),
+    "/ui/keys": ("keys.read", "Keys"),
+    "/ui/audit": ("audit.read", "Audit"),
+}
 
 
 class Dashboard:
@@ -82,6 +108,7 @@ class Dashboard:
         throttle: LoginThrottle | None = None,
         stuck_after: int = 2,  # jobs.stuck_after
         slos: Mapping[str, SloConfig] | None = None,  # aliases' `slo:`
+        audit: AuditLog | None = None,  # where the pages' changes are recorded; the audit page reads its chain
     ) -> None:
         self._store = store
         self._blobs = blobs  # large payloads live there; the trace page reads them back
@@ -89,37 +116,67 @@ class Dashboard:
         self.throttle = throttle or LoginThrottle()
         self._stuck_after = stuck_after
         self._slos = dict(slos or {})
+        self._keys = KeyPages(store, audit)
+        self._audit = audit or AuditLog(store)
+        self._verifier = Verifier(self._audit, store)
 
     def routes(self) -> list[Route]:
         return [
             Route("/ui/login", self.login_form, methods=["GET"]),
             Route("/ui/login", self.login, methods=["POST"]),
             Route("/ui/logout", self.logout, methods=["POST"]),
-            Route("/ui", self._guard(self.overview), methods=["GET"]),
-            Route("/ui/traces", self._guard(self.traces), methods=["GET"]),
-            Route("/ui/traces/{trace_id}", self._guard(self.trace), methods=["GET"]),
-            Route("/ui/jobs", self._guard(self.jobs), methods=["GET"]),
-            Route("/ui/slo", self._guard(self.slo), methods=["GET"]),
-            Route("/ui/evals", self._guard(self.evals), methods=["GET"]),
-            Route("/ui/evals/{run_id}", self._guard(self.eval_run), methods=["GET"]),
-            Route("/ui/prompts", self._guard(self.prompts), methods=["GET"]),
-            Route("/ui/prompts/{tenant}/{name}", self._guard(self.prompt), methods=["GET"]),
+            Route("/ui", self._guard(self.overview, PAGES["/ui"][0]), methods=["GET"]),
+            Route("/ui/traces", self._guard(self.traces, PAGES["/ui/traces"][0]), methods=["GET"]),
+            Route("/ui/traces/{trace_id}", self._guard(self.trace, PAGES["/ui/traces"][0]), methods=["GET"]),
+            Route("/ui/jobs", self._guard(self.jobs, PAGES["/ui/jobs"][0]), methods=["GET"]),
+            Route("/ui/slo", self._guard(self.slo, PAGES["/ui/slo"][0]), methods=["GET"]),
+            Route("/ui/evals", self._guard(self.evals, PAGES["/ui/evals"][0]), methods=["GET"]),
+            Route("/ui/evals/{run_id}", self._guard(self.eval_run, PAGES["/ui/evals"][0]), methods=["GET"]),
+            Route("/ui/prompts", self._guard(self.prompts, PAGES["/ui/prompts"][0]), methods=["GET"]),
+            Route("/ui/prompts/{tenant}/{name}", self._guard(self.prompt, PAGES["/ui/prompts"][0]), methods=["GET"]),
+            Route("/ui/keys", self._guard(self.keys, "keys.read"), methods=["GET"]),
+            Route("/ui/keys", self._guard(self.create_key, "keys.write"), methods=["POST"]),
+            Route("/ui/keys/{key_id}/revoke", self._guard(self.confirm_revoke, "keys.write"), methods=["GET"]),
+            Route("/ui/keys/{key_id}/revoke", self._guard(self.revoke_key, "keys.write"), methods=["POST"]),
+            Route("/ui/audit", self._guard(self.audit, "audit.read"), methods=["GET"]),
+            Route("/ui/audit/export", self._guard(self.audit_export, "audit.read"), methods=["GET"]),
         ]
 
-    def _guard(self, page: Page) -> Page:
+    def _guard(self, page: Page, permission: str) -> Page:
+        """Signed in (else to the login form), no NUL in parameters, and the actor holds `permission`;
+        the page then finds the actor in `request.state.actor`."""
+
         async def endpoint(request: Request) -> Response:
             if not self._sessions.enabled:
                 return self._disabled()
-            if not self._sessions.valid(request.cookies.get(COOKIE)):
+            actor = self.actor(request)
+            if actor is None:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse(f"/ui/login?next={quote(target, safe='')}", 303, HEADERS)
+            request.state.actor = actor
             for name, value in (*request.path_params.items(), *request.query_params.multi_items()):
                 if "\x00" in name or "\x00" in value:  # they reach store queries; PostgreSQL refuses NUL
                     body = h('<h1>Bad request</h1><p class="error">{}</p>', "Parameters must not contain NUL.")
-                    return _page("Bad request", body, 400)
+                    return self._view(request, View("Bad request", body, 400))
+            if not can(actor, permission):
+                return self._view(request, _refused(permission))
             return await page(request)
 
         return endpoint
+
+    def actor(self, request: Request) -> Actor | None:
+        """Who is signed in: the one place a session becomes an Actor (None: nobody, or a bad cookie).
+        An admin-token session is the platform operator."""
+        if not self._sessions.valid(request.cookies.get(COOKIE)):
+            return None
+        ip = request.client.host if request.client else None
+        return Actor("operator", "admin", None, frozenset({OPERATOR}), ip=ip)
+
+    def _view(self, request: Request, view: View, timing: str | None = None) -> Response:
+        """`view` laid out with the nav entries the signed-in actor may open."""
+        actor: Actor | None = getattr(request.state, "actor", None)
+        nav = [(p, label) for p, (perm, label) in PAGES.items() if label and actor is not None and can(actor, perm)]
+        return _page(view.title, view.body, view.status, timing, nav=nav)
 
     def _disabled(self) -> Response:
         body = h("<h1>Dashboard disabled</h1><p>{}</p>", "Set admin_token in keel.yaml to use the dashboard.")
@@ -187,13 +244,13 @@ class Dashboard:
         window = request.query_params.get("window") or "24h"
         if window not in WINDOWS:
             body = h('<h1>Overview</h1><p class="error">{}</p>', f"'window' must be one of: {', '.join(WINDOWS)}.")
-            return _page("Overview", body, 400)
+            return self._view(request, View("Overview", body, 400))
         tenant = request.query_params.get("tenant") or None
         data = await asyncio.to_thread(read_overview, self._store, window, tenant, time.time())
         t1 = time.perf_counter()
         body = render_overview(data)
         t2 = time.perf_counter()
-        return _page("Overview", body, timing=_timing(t0, t1, t2))
+        return self._view(request, View("Overview", body), _timing(t0, t1, t2))
 
     async def traces(self, request: Request) -> Response:
         t0 = time.perf_counter()
@@ -202,19 +259,19 @@ class Dashboard:
             params = list_params(shown)
             query = trace_query(params, time.time())
         except InvalidRequest as err:
-            return _page("Traces", render_list(shown, [], err.message), 400)
+            return self._view(request, View("Traces", render_list(shown, [], err.message), 400))
         rows = await asyncio.to_thread(self._store.list_traces, query)
         t1 = time.perf_counter()
         body = render_list(params, rows)
-        return _page("Traces", body, timing=_timing(t0, t1, time.perf_counter()))
+        return self._view(request, View("Traces", body), _timing(t0, t1, time.perf_counter()))
 
     async def trace(self, request: Request) -> Response:
         trace_id = request.path_params["trace_id"]
         row = await asyncio.to_thread(read_trace, self._store, self._blobs, trace_id)
         if row is None:
-            return _page("Not found", h("<h1>No trace with id {}</h1>", trace_id), 404)
+            return self._view(request, View("Not found", h("<h1>No trace with id {}</h1>", trace_id), 404))
         spans = await asyncio.to_thread(read_spans, self._store, trace_id)
-        return _page(f"Trace {trace_id[:12]}", render_trace(row, spans))
+        return self._view(request, View(f"Trace {trace_id[:12]}", render_trace(row, spans)))
 
     async def jobs(self, request: Request) -> Response:
         t0 = time.perf_counter()
@@ -222,28 +279,30 @@ class Dashboard:
             params, query = jobs_query(dict(request.query_params), self._stuck_after)
         except ValueError as exc:
             body = render_jobs(dict(request.query_params), [], [], self._stuck_after, str(exc))
-            return _page("Jobs", body, 400)
+            return self._view(request, View("Jobs", body, 400))
         depths = await asyncio.to_thread(self._store.job_depths, time.time(), self._stuck_after)
         rows = await asyncio.to_thread(self._store.list_jobs, query)
         t1 = time.perf_counter()
         body = render_jobs(params, depths, rows, self._stuck_after)
-        return _page("Jobs", body, timing=_timing(t0, t1, time.perf_counter()))
+        return self._view(request, View("Jobs", body), _timing(t0, t1, time.perf_counter()))
 
     async def slo(self, request: Request) -> Response:
         t0 = time.perf_counter()
         found = await asyncio.to_thread(statuses, self._slos, self._store, time.time())
         t1 = time.perf_counter()
-        return _page("SLOs", render_slo(found), timing=_timing(t0, t1, time.perf_counter()))
+        return self._view(request, View("SLOs", render_slo(found)), _timing(t0, t1, time.perf_counter()))
 
     async def evals(self, request: Request) -> Response:
         runs = await asyncio.to_thread(self._store.list_eval_runs, None, limit=100)
-        return _page("Evals", render_runs(runs))
+        return self._view(request, View("Evals", render_runs(runs)))
 
     async def eval_run(self, request: Request) -> Response:
         """?baseline=RUN|LABEL (default: the newest other finished run of the suite)."""
         run = await asyncio.to_thread(self._store.get_eval_run, None, request.path_params["run_id"])
         if run is None:
-            return _page("Not found", h("<h1>No eval run with id {}</h1>", request.path_params["run_id"]), 404)
+            return self._view(
+                request, View("Not found", h("<h1>No eval run with id {}</h1>", request.path_params["run_id"]), 404)
+            )
         results = await asyncio.to_thread(self._store.eval_results, run.id)
         ref = request.query_params.get("baseline") or await asyncio.to_thread(self._previous, run)
         comparison = None
@@ -251,8 +310,10 @@ class Dashboard:
             try:
                 comparison = await asyncio.to_thread(compare_runs, self._store, run, ref, Rule())
             except LookupError as exc:
-                return _page("Not found", h('<h1>Eval run {}</h1><p class="error">{}</p>', run.id, str(exc)), 404)
-        return _page(f"Eval {run.id[-8:]}", render_run(run, results, comparison))
+                return self._view(
+                    request, View("Not found", h('<h1>Eval run {}</h1><p class="error">{}</p>', run.id, str(exc)), 404)
+                )
+        return self._view(request, View(f"Eval {run.id[-8:]}", render_run(run, results, comparison)))
 
     def _previous(self, run: Any) -> str | None:
         for other in self._store.list_eval_runs(run.tenant, suite=run.suite, limit=50):
@@ -262,7 +323,7 @@ class Dashboard:
 
     async def prompts(self, request: Request) -> Response:
         rows = await asyncio.to_thread(read_list, self._store, request.query_params.get("tenant") or None)
-        return _page("Prompts", render_prompts(rows))
+        return self._view(request, View("Prompts", render_prompts(rows)))
 
     async def prompt(self, request: Request) -> Response:
         t0 = time.perf_counter()
@@ -272,11 +333,61 @@ class Dashboard:
                 read_prompt, self._store, tenant, name, request.query_params.get("diff"), time.time()
             )
         except ValueError as exc:
-            return _page("Bad request", h('<h1>Bad request</h1><p class="error" id="error">{}</p>', str(exc)), 400)
+            return self._view(
+                request, View("Bad request", h('<h1>Bad request</h1><p class="error" id="error">{}</p>', str(exc)), 400)
+            )
         if view is None:
-            return _page("Not found", h("<h1>No prompt {} in tenant {}</h1>", name, tenant), 404)
+            return self._view(request, View("Not found", h("<h1>No prompt {} in tenant {}</h1>", name, tenant), 404))
         t1 = time.perf_counter()
-        return _page(f"Prompt {name}", render_prompt(view), timing=_timing(t0, t1, time.perf_counter()))
+        return self._view(request, View(f"Prompt {name}", render_prompt(view)), _timing(t0, t1, time.perf_counter()))
+
+    # ---- keys and audit
+
+    async def keys(self, request: Request) -> Response:
+        actor = request.state.actor
+        return self._view(request, await self._keys.list(request, actor, can(actor, "keys.write")))
+
+    async def create_key(self, request: Request) -> Response:
+        return self._view(request, await self._keys.create(request, request.state.actor))
+
+    async def confirm_revoke(self, request: Request) -> Response:
+        return self._view(request, await self._keys.confirm(request, request.state.actor))
+
+    async def revoke_key(self, request: Request) -> Response:
+        done = await self._keys.revoke(request, request.state.actor)
+        return done if isinstance(done, Response) else self._view(request, done)
+
+    async def audit(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        actor: Actor = request.state.actor
+        try:
+            query = audit_query(request, actor)
+        except ValueError as exc:
+            shown = {k: request.query_params.get(k, "") for k in ("since", "until", "actor", "action", "tenant")}
+            return self._view(request, render_error(shown, str(exc), actor.tenant is not None))
+        page, verdict, at = await read_audit(self._store, self._verifier, query)
+        t1 = time.perf_counter()
+        body = render_audit(query, page, verdict, at, actor.tenant is not None)
+        return self._view(request, View("Audit", body), _timing(t0, t1, time.perf_counter()))
+
+    async def audit_export(self, request: Request) -> Response:
+        actor: Actor = request.state.actor
+        try:
+            query = audit_query(request, actor)
+        except ValueError as exc:
+            shown = {k: request.query_params.get(k, "") for k in ("since", "until", "actor", "action", "tenant")}
+            return self._view(request, render_error(shown, str(exc), actor.tenant is not None))
+        return export_response(self._audit, query)
+
+
+def can(actor: Actor, permission: str) -> bool:
+    """Does `actor` hold `permission`? The platform operator holds every one."""
+    return OPERATOR in actor.roles
+
+
+def _refused(permission: str) -> View:
+    body = h('<h1>Not allowed</h1><p class="error" id="refused">Your role does not allow this ({}).</p>', permission)
+    return View("Not allowed", body, 403)
 
 
 def _timing(t0: float, t1: float, t2: float) -> str:

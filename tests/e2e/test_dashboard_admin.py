@@ -1,0 +1,189 @@
+"""The dashboard's control-plane pages over plain HTTP: keys (list, create once, revoke after a confirm step)
+and the audit log (filters, paging, chain status, JSONL export), their CSRF tokens and refusals.
+
+A real gateway on SQLite with the fake upstream; keys made on the page are used for real calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from keel.audit.log import AuditLog
+from keel.keys.auth import KEY_PREFIX
+from keel.store.protocols.audit import GENESIS, entry_hash
+from keel.testing import FakeUpstream
+from tests.conftest import Gateway, base_config, until
+from tests.e2e.test_dashboard import XSS, markup_of
+
+CSRF = re.compile(r'name="csrf" value="([0-9a-f]{64})"')
+
+
+@pytest.fixture
+def gw(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> Gateway:
+    return make_gateway(base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path))  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def login(gw: Gateway) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gw.url, timeout=10) as c:
+        assert c.post("/ui/login", data={"token": gw.admin, "next": "/ui"}).status_code == 303
+        yield c
+
+
+def csrf(page: httpx.Response) -> str:
+    found = CSRF.search(page.text)
+    assert found, page.text[:2000]
+    return found.group(1)
+
+
+def chat(gw: Gateway, key: str) -> int:
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(gw.base_url + "/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+    return r.status_code
+
+
+def create(c: httpx.Client, **fields: str) -> httpx.Response:
+    token = csrf(c.get("/ui/keys"))
+    return c.post("/ui/keys", data={"csrf": token, **fields})
+
+
+def test_a_key_is_created_on_the_page_shown_once_and_works(gw: Gateway) -> None:
+    with login(gw) as c:
+        listing = c.get("/ui/keys")
+        assert listing.status_code == 200 and 'id="create-key"' in listing.text
+        assert '<option value="t1"' in listing.text  # the tenants to choose from
+        r = create(c, tenant="t1", name="ci", user="ann", models="gpt-4o-mini, claude")
+        assert r.status_code == 201, r.text
+        (key,) = re.findall(r'<pre id="new-key">([^<]+)</pre>', r.text)
+        assert key.startswith(KEY_PREFIX) and "shown only this once" in r.text
+        assert r.headers["cache-control"] == "no-store" and key not in str(r.url)
+        assert chat(gw, key) == 200
+        after = c.get("/ui/keys?tenant=t1")
+        assert key not in after.text and key[: len(KEY_PREFIX) + 4] in after.text
+        (row,) = [k for k in gw.runtime.store.list_keys("t1") if k.name == "ci"]
+        assert row.user == "ann" and row.models == ("gpt-4o-mini", "claude") and row.key_hash not in after.text
+        (entry,) = [e for e in AuditLog(gw.runtime.store).entries() if e.target == row.id]
+        assert (entry.actor, entry.action, entry.tenant) == ("admin", "keys.write POST /ui/keys", "t1")
+        assert key not in entry.detail and row.key_hash not in entry.detail
+
+
+def test_creating_a_key_is_refused_without_the_sessions_csrf_token_or_with_bad_fields(gw: Gateway) -> None:
+    before = len(gw.runtime.store.list_keys())
+    with login(gw) as c:
+        assert c.post("/ui/keys", data={"tenant": "t1", "name": "x"}).status_code == 403
+        assert c.post("/ui/keys", data={"tenant": "t1", "csrf": "0" * 64}).status_code == 403
+        with login(gw) as other:  # another session's token does not fit this one
+            assert c.post("/ui/keys", data={"tenant": "t1", "csrf": csrf(other.get("/ui/keys"))}).status_code == 403
+        r = create(c, tenant="nope")
+        assert r.status_code == 400 and "no tenant" in r.text
+        r = create(c, tenant="t1", name="n" * 300)
+        assert r.status_code == 400 and "&#x27;name&#x27; must be 1 to 256 characters" in r.text
+        r = create(c, tenant="t1", name=XSS)
+        assert r.status_code == 201 and markup_of(r.text) == []
+    assert len(gw.runtime.store.list_keys()) == before + 1
+    r = httpx.post(gw.url + "/ui/keys", data={"tenant": "t1"})  # no session: to the login form
+    assert r.status_code == 303 and r.headers["location"].startswith("/ui/login")
+
+
+def test_a_key_is_revoked_after_a_confirm_step(gw: Gateway) -> None:
+    with login(gw) as c:
+        r = create(c, tenant="t1", name="doomed")
+        (key,) = re.findall(r'<pre id="new-key">([^<]+)</pre>', r.text)
+        (row,) = [k for k in gw.runtime.store.list_keys("t1") if k.name == "doomed"]
+        listing = c.get("/ui/keys")
+        assert f'href="/ui/keys/{row.id}/revoke"' in listing.text
+        confirm = c.get(f"/ui/keys/{row.id}/revoke")
+        assert (
+            confirm.status_code == 200 and "cannot be undone" in confirm.text and 'id="confirm-revoke"' in confirm.text
+        )
+        assert next(k for k in gw.runtime.store.list_keys("t1") if k.id == row.id).revoked_at is None  # GET: no change
+        assert c.post(f"/ui/keys/{row.id}/revoke", data={}).status_code == 403
+        assert chat(gw, key) == 200
+        done = c.post(f"/ui/keys/{row.id}/revoke", data={"csrf": csrf(confirm)})
+        assert done.status_code == 303 and done.headers["location"].startswith(f"/ui/keys?revoked={row.id}")
+        assert until(lambda: chat(gw, key) == 401, timeout=10)
+        notice = c.get(done.headers["location"] + "&state=revoked")
+        assert f"Key {row.id} revoked." in notice.text and f'data-key="{row.id}"' in notice.text
+        assert f'data-key="{row.id}"' not in c.get("/ui/keys?state=active").text
+        again = c.get(f"/ui/keys/{row.id}/revoke")
+        assert again.status_code == 200 and "Already revoked" in again.text
+        actions = [e.action for e in AuditLog(gw.runtime.store).entries() if e.target == row.id]
+        assert actions == ["keys.write POST /ui/keys", f"keys.write POST /ui/keys/{row.id}/revoke"]
+        assert c.get("/ui/keys/key_missing/revoke").status_code == 404
+        assert c.post("/ui/keys/key_missing/revoke", data={"csrf": csrf(confirm)}).status_code == 404
+        assert c.get("/ui/keys?state=odd").status_code == 400
+
+
+def _entries(gw: Gateway, n: int, tenant: str = "t1", actor: str = "user:ann") -> None:
+    log = AuditLog(gw.runtime.store)
+    for i in range(n):
+        log.append(actor, f"prompts.write step{i}", f"p{i}", tenant=tenant, after={"i": i, "api_key": "sk-hidden"})
+
+
+def test_the_audit_page_filters_pages_and_shows_the_chain_verified(gw: Gateway) -> None:
+    _entries(gw, 150)
+    _entries(gw, 3, tenant="t2", actor="key:k2")
+    AuditLog(gw.runtime.store).append("admin", "tenants.manage POST /api/tenants", "t3", after={"name": XSS})
+    with login(gw) as c:
+        page = c.get("/ui/audit")
+        assert page.status_code == 200 and 'data-ok="true"' in page.text and "all 154 entries hold" in page.text
+        assert markup_of(page.text) == []
+        seqs = [int(s) for s in re.findall(r'<tr data-seq="(\d+)">', page.text)]
+        assert seqs == list(range(1, 101)) and "sk-hidden" not in page.text and "[redacted]" in page.text
+        (nxt,) = re.findall(r'<a id="next" href="([^"]+)"', page.text)
+        rest = c.get(nxt.replace("&amp;", "&"))
+        assert [int(s) for s in re.findall(r'<tr data-seq="(\d+)">', rest.text)] == list(range(101, 155))
+        assert 'id="next"' not in rest.text
+        by_actor = c.get("/ui/audit", params={"actor": "key:"})
+        assert re.findall(r'<tr data-seq="(\d+)">', by_actor.text) == ["151", "152", "153"]
+        by_action = c.get("/ui/audit", params={"action": "tenants.", "tenant": ""})
+        assert re.findall(r'<tr data-seq="(\d+)">', by_action.text) == ["154"]
+        assert markup_of(by_action.text) == [] and "&lt;script&gt;" in by_action.text
+        by_tenant = c.get("/ui/audit", params={"tenant": "t2"})
+        assert re.findall(r'<tr data-seq="(\d+)">', by_tenant.text) == ["151", "152", "153"]
+        future = c.get("/ui/audit", params={"since": "2999-01-01T00:00:00"})
+        assert "No entries" in future.text
+        bad = c.get("/ui/audit", params={"since": "yesterday"})
+        assert bad.status_code == 400 and "&#x27;since&#x27; must be" in bad.text
+        assert c.get("/ui/audit", params={"after": "-1"}).status_code == 400
+
+
+def test_the_audit_export_holds_the_shown_range_with_its_chain(gw: Gateway) -> None:
+    _entries(gw, 5)
+    _entries(gw, 2, tenant="t2", actor="key:k2")
+    with login(gw) as c:
+        page = c.get("/ui/audit", params={"tenant": "t1"})
+        (link,) = re.findall(r'<a id="export" href="([^"]+)"', page.text)
+        r = c.get(link.replace("&amp;", "&"))
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+        assert r.headers["content-disposition"].startswith("attachment; filename=")
+        lines = [orjson.loads(x) for x in r.text.splitlines()]
+        assert [x["seq"] for x in lines] == [1, 2, 3, 4, 5] and {x["tenant"] for x in lines} == {"t1"}
+        prev = GENESIS
+        for x in lines:  # a contiguous range verifies on its own from its first entry's link
+            assert x["prev_hash"] == prev
+            store_entry = next(e for e in AuditLog(gw.runtime.store).entries() if e.seq == x["seq"])
+            assert entry_hash(x["seq"], store_entry, prev) == x["hash"]
+            prev = x["hash"]
+        everything = c.get("/ui/audit/export", params={"since": "1h", "tenant": ""})
+        assert len(everything.text.splitlines()) == 7
+
+
+def test_the_audit_page_says_where_the_chain_breaks(gw: Gateway, tmp_path: Path) -> None:
+    _entries(gw, 4)
+    with login(gw) as c:
+        assert 'data-ok="true"' in c.get("/ui/audit").text
+        with sqlite3.connect(tmp_path / "keel.db") as db:
+            db.execute("UPDATE audit_log SET detail = ? WHERE seq = 3", ('{"after":{"i":99}}',))
+        _entries(gw, 1)  # the head moves: the page verifies again at once
+        page = c.get("/ui/audit")
+        assert 'data-ok="false"' in page.text and "Chain broken at entry 3" in page.text, page.text
