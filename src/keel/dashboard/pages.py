@@ -93,7 +93,7 @@ PAGES: dict[str, tuple[str, str | None]] = {  # path -> (permission, nav label o
     "/ui/jobs": ("jobs.read", "Jobs"),
     "/ui/prompts": ("prompts.read", "Prompts"),
     "/ui/evals": ("evals.read", "Evals"),
-    "/ui/slo": ("usage.read", "SLOs"),
+    "/ui/slo": ("platform.read", "SLOs"),
     "/ui/keys": ("keys.read", "Keys"),
     "/ui/audit": ("audit.read", "Audit"),
 }
@@ -245,7 +245,7 @@ class Dashboard:
         if window not in WINDOWS:
             body = h('<h1>Overview</h1><p class="error">{}</p>', f"'window' must be one of: {', '.join(WINDOWS)}.")
             return self._view(request, View("Overview", body, 400))
-        tenant = request.query_params.get("tenant") or None
+        tenant = request.state.actor.tenant or request.query_params.get("tenant") or None
         data = await asyncio.to_thread(read_overview, self._store, window, tenant, time.time())
         t1 = time.perf_counter()
         body = render_overview(data)
@@ -254,7 +254,7 @@ class Dashboard:
 
     async def traces(self, request: Request) -> Response:
         t0 = time.perf_counter()
-        shown = dict(request.query_params)
+        shown = _scoped(request)
         try:
             params = list_params(shown)
             query = trace_query(params, time.time())
@@ -267,16 +267,25 @@ class Dashboard:
 
     async def trace(self, request: Request) -> Response:
         trace_id = request.path_params["trace_id"]
+        actor: Actor = request.state.actor
         row = await asyncio.to_thread(read_trace, self._store, self._blobs, trace_id)
-        if row is None:
+        if row is None or (actor.tenant is not None and row.tenant != actor.tenant):
             return self._view(request, View("Not found", h("<h1>No trace with id {}</h1>", trace_id), 404))
         spans = await asyncio.to_thread(read_spans, self._store, trace_id)
-        return self._view(request, View(f"Trace {trace_id[:12]}", render_trace(row, spans)))
+        content = await self._sees_content(actor, row.tenant)
+        return self._view(request, View(f"Trace {trace_id[:12]}", render_trace(row, spans, content=content)))
+
+    async def _sees_content(self, actor: Actor, tenant: str | None) -> bool:
+        """Prompts and responses: with traces.content, else a viewer where the tenant allows it."""
+        if can(actor, "traces.content"):
+            return True
+        row = await asyncio.to_thread(self._store.get_tenant, tenant) if tenant else None
+        return sees_content(actor, bool(getattr(row, "viewer_content", False)))
 
     async def jobs(self, request: Request) -> Response:
         t0 = time.perf_counter()
         try:
-            params, query = jobs_query(dict(request.query_params), self._stuck_after)
+            params, query = jobs_query(_scoped(request), self._stuck_after)
         except ValueError as exc:
             body = render_jobs(dict(request.query_params), [], [], self._stuck_after, str(exc))
             return self._view(request, View("Jobs", body, 400))
@@ -293,12 +302,13 @@ class Dashboard:
         return self._view(request, View("SLOs", render_slo(found)), _timing(t0, t1, time.perf_counter()))
 
     async def evals(self, request: Request) -> Response:
-        runs = await asyncio.to_thread(self._store.list_eval_runs, None, limit=100)
+        runs = await asyncio.to_thread(self._store.list_eval_runs, request.state.actor.tenant, limit=100)
         return self._view(request, View("Evals", render_runs(runs)))
 
     async def eval_run(self, request: Request) -> Response:
         """?baseline=RUN|LABEL (default: the newest other finished run of the suite)."""
-        run = await asyncio.to_thread(self._store.get_eval_run, None, request.path_params["run_id"])
+        tenant = request.state.actor.tenant
+        run = await asyncio.to_thread(self._store.get_eval_run, tenant, request.path_params["run_id"])
         if run is None:
             return self._view(
                 request, View("Not found", h("<h1>No eval run with id {}</h1>", request.path_params["run_id"]), 404)
@@ -322,12 +332,15 @@ class Dashboard:
         return None
 
     async def prompts(self, request: Request) -> Response:
-        rows = await asyncio.to_thread(read_list, self._store, request.query_params.get("tenant") or None)
+        tenant = request.state.actor.tenant or request.query_params.get("tenant") or None
+        rows = await asyncio.to_thread(read_list, self._store, tenant)
         return self._view(request, View("Prompts", render_prompts(rows)))
 
     async def prompt(self, request: Request) -> Response:
         t0 = time.perf_counter()
         tenant, name = request.path_params["tenant"], request.path_params["name"]
+        if request.state.actor.tenant not in (None, tenant):
+            return self._view(request, View("Not found", h("<h1>No prompt {} in tenant {}</h1>", name, tenant), 404))
         try:
             view = await asyncio.to_thread(
                 read_prompt, self._store, tenant, name, request.query_params.get("diff"), time.time()
@@ -383,6 +396,18 @@ class Dashboard:
 def can(actor: Actor, permission: str) -> bool:
     """Does `actor` hold `permission`? The platform operator holds every one."""
     return OPERATOR in actor.roles
+
+
+def sees_content(actor: Actor, viewer_content: bool) -> bool:
+    return viewer_content and "viewer" in actor.roles
+
+
+def _scoped(request: Request) -> dict[str, str]:
+    """The query's parameters, `tenant` forced to the actor's own when it has one."""
+    params = dict(request.query_params)
+    if request.state.actor.tenant is not None:
+        params["tenant"] = request.state.actor.tenant
+    return params
 
 
 def _refused(permission: str) -> View:
