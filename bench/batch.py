@@ -16,61 +16,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
 import openai
-import yaml
 
-KEEL = [sys.executable, "-m", "keel.cli.main"]
-BOOTSTRAP = re.compile(r"created tenant 'default' and key (sk-keel-\S+)")
+from served import free_port, serve
+
 TARGET_S = 30.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start(tmp: Path, port: int, concurrency: int, storage: str) -> tuple[subprocess.Popen[bytes], str]:
-    config = {
-        "server": {"port": port},
-        "storage": {"url": storage},
-        "traces": {"spill_dir": str(tmp / "spill"), "blobs_url": f"file://{tmp / 'blobs'}"},
-        "providers": {"sim": {"type": "simulated"}},
-        "models": {"demo": {"targets": [{"provider": "sim", "model": "simulated-1"}]}},
-        "batches": {"concurrency": concurrency},
-    }
-    (tmp / "keel.yaml").write_text(yaml.safe_dump(config))
-    log = tmp / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([*KEEL, "serve"], cwd=tmp, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = BOOTSTRAP.search(log.read_text(errors="replace"))
-        if found:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    return proc, found.group(1)
-            except OSError:
-                pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"bench: keel serve did not start:\n{log.read_text()}")
+    traces = {"blobs_url": f"file://{tmp / 'blobs'}"}
+    return serve(tmp, port, storage=storage, traces=traces, batches={"concurrency": concurrency})
 
 
 @contextmanager

@@ -13,57 +13,22 @@ Noisy on a shared machine: read it as indicative. Exit code 0 when the run met t
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import httpx
-import yaml
 
-KEEL = [sys.executable, "-m", "keel.cli.main"]
-BOOTSTRAP = re.compile(r"created tenant 'default' and key (sk-keel-\S+)")
+from served import free_port, serve
+
 TARGET = 200.0  # items/s
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start(tmp: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
-    config = {
-        "server": {"port": port},
-        "storage": {"url": f"sqlite:///{tmp / 'k.db'}"},
-        "traces": {"spill_dir": str(tmp / "spill")},
-        "providers": {"sim": {"type": "simulated"}},
-        "models": {"demo": {"targets": [{"provider": "sim", "model": "simulated-1"}]}},
-    }
-    (tmp / "keel.yaml").write_text(yaml.safe_dump(config))
-    log = tmp / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([*KEEL, "serve"], cwd=tmp, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = BOOTSTRAP.search(log.read_text(errors="replace"))
-        if found:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    return proc, found.group(1)
-            except OSError:
-                pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"bench: keel serve did not start:\n{log.read_text()}")
+    return serve(tmp, port)
 
 
 def suite(items: int) -> dict[str, object]:

@@ -20,11 +20,9 @@ import argparse
 import os
 import random
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,8 +33,8 @@ from pathlib import Path
 
 import httpx
 import orjson
-import yaml
 
+import served
 from keel.config import RedactionConfig
 from keel.traces.redaction import Redactor
 from keel.types import TraceRecord
@@ -162,33 +160,9 @@ def bench(size: int, n: int, directory: Path) -> None:
 
 def serve(cwd: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     """`keel serve` in `cwd`: (process, base URL, its bootstrap key)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = {
-        "server": {"port": port},
-        "storage": {"url": f"sqlite:///{cwd}/k.db"},
-        "traces": {"spill_dir": str(cwd / "spill")},
-        "providers": {"sim": {"type": "simulated", "ttft_ms": 0}},
-        "models": {"demo": {"targets": [{"provider": "sim", "model": "simulated-1"}]}},
-    }
-    (cwd / "keel.yaml").write_text(yaml.safe_dump(config))
-    log = (cwd / "serve.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "keel.cli.main", "serve"], cwd=cwd, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        text = (cwd / "serve.log").read_text(errors="replace")
-        if "sk-keel-" in text:
-            key = "sk-keel-" + text.split("sk-keel-", 1)[1].split()[0]
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    return proc, url, key
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"keel serve did not start:\n{(cwd / 'serve.log').read_text()}")
+    port = served.free_port()
+    proc, key = served.serve(cwd, port, providers={"sim": {"type": "simulated", "ttft_ms": 0}})
+    return proc, f"http://127.0.0.1:{port}", key
 
 
 def load(url: str, key: str, rate: float, answered: list[tuple[str, float]], stop: threading.Event) -> None:

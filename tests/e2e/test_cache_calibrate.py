@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import keel
 from keel.cache import calibrate
 
@@ -30,10 +32,13 @@ def keel_cli(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
     return out
 
 
-def test_the_chosen_threshold_holds_on_the_held_back_half() -> None:
+@pytest.mark.parametrize("embedder", ["local", "local-int8"])
+def test_the_chosen_threshold_holds_on_the_held_back_half(embedder: str) -> None:
     budget = 0.05
-    out = keel_cli("cache", "calibrate", "--pairs", str(PAIRS), "--max-false-hits", str(budget), "--hold-out", "--json")
+    args = ("--max-false-hits", str(budget), "--hold-out", "--json", "--embedder", embedder)
+    out = keel_cli("cache", "calibrate", "--pairs", str(PAIRS), *args)
     report = json.loads(out.stdout)
+    assert report["model"].endswith("+int8") == (embedder == "local-int8")
     chosen, held = report["chosen"], report["held_out"]
     tune, back = calibrate.halves(calibrate.read_pairs(PAIRS))
     assert chosen["pairs"] == len(tune) and held["pairs"] == len(back)

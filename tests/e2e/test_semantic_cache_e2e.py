@@ -116,3 +116,26 @@ def test_without_verify_the_same_swap_would_be_served(make_gateway: Any, up: Fak
     settle(gw)
     text, h = ask(gw, SWAPPED[1])
     assert h["x-keel-cache"].startswith("semantic") and text == f"echo: {SWAPPED[0]}"  # the wrong answer
+
+
+def test_the_int8_embedder_serves_paraphrases_with_its_own_vectors_and_threshold(
+    make_gateway: Any, up: FakeUpstream, tmp_path: Path
+) -> None:
+    """`embedder: local-int8`: the same model with int8 weights, its own model id (fp32 rows in the same
+    vector file never match it) and its own calibrated threshold when none is set."""
+    vectors = f"sqlite:///{tmp_path}/vectors.db"
+    fp32 = make_gateway(semantic_config(up, tmp_path, vectors))
+    ask(fp32, ASKED)
+    settle(fp32)
+    (tmp_path / "b").mkdir()
+    raw = semantic_config(up, tmp_path / "b", vectors, embedder="local-int8")
+    del raw["cache"]["semantic"]["threshold"]
+    int8 = make_gateway(raw)
+    assert int8.runtime.config.cache.semantic.served_threshold == 0.966
+    _, h = ask(int8, PARAPHRASE)
+    assert h["x-keel-cache"] == "miss"  # the fp32 row of ASKED is another model's
+    settle(int8)
+    text, h = ask(int8, "How can I cancel my subscription ?")
+    kind, similarity = h["x-keel-cache"].split("; similarity=")
+    assert kind == "semantic" and float(similarity) >= 0.966 and text == f"echo: {PARAPHRASE}"
+    assert len(up.requests) == 2

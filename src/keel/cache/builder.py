@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from keel.cache.policy import CachePolicy
 from keel.cache.stage import CacheStage, TextEmbedder
-from keel.config import AliasCacheConfig, Config
+from keel.config import LOCAL_THRESHOLDS, AliasCacheConfig, Config
 from keel.embedding.text import AliasTextEmbedder, LocalTextEmbedder
 from keel.errors import ConfigError, ConfigIssue
 from keel.gateway.builder import GatewayParts
@@ -52,11 +52,12 @@ def build_cache(config: Config, providers: dict[str, Provider]) -> CacheStage | 
         return CacheStage(store, policies, default, read_timeout=read_timeout)
     vectors = open_vectors(vectors_url, max_entries=c.max_entries)
     embedder: TextEmbedder
-    if c.semantic.embedder == "local":
+    if c.semantic.embedder in LOCAL_THRESHOLDS:
         from keel.embedding.model import LocalEmbedder, ModelNotInstalled
 
+        runtime = "onnx-int8" if c.semantic.embedder == "local-int8" else "auto"
         try:
-            embedder = LocalTextEmbedder(LocalEmbedder())
+            embedder = LocalTextEmbedder(LocalEmbedder(runtime=runtime))
         except ModelNotInstalled as exc:
             fix = "install it as the message says, or set cache.semantic.embedder to an embeddings alias"
             raise ConfigError([ConfigIssue("cache.semantic.embedder", str(exc), fix)]) from None

@@ -50,7 +50,7 @@ class CachePolicy:
             stale_s=base.stale_s,
             nondeterministic=pick(alias.nondeterministic, base.nondeterministic),
             semantic=pick(alias.semantic, base.semantic.enabled),
-            threshold=pick(alias.threshold, base.semantic.threshold),
+            threshold=pick(alias.threshold, base.semantic.served_threshold),
             with_tools=pick(alias.with_tools, base.semantic.with_tools),
             embeddings=base.embeddings,
         )

@@ -1,6 +1,7 @@
 """`keel cache calibrate`: the semantic threshold that keeps false hits within a budget on labelled pairs.
 
-    keel cache calibrate --pairs pairs.tsv [--max-false-hits 0.01] [--alias NAME] [--hold-out] [--json]
+    keel cache calibrate --pairs pairs.tsv [--max-false-hits 0.01] [--alias NAME] [--embedder local|local-int8]
+        [--hold-out] [--json]
 
 Embeds every text with the local model (all-MiniLM-L6-v2, as the gateway does), scores each pair as the
 cache would (keel/cache/pair.py), and prints the lowest threshold whose false-hit rate on the file is
@@ -29,6 +30,12 @@ def register(p: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--measured", action="store_true", help="keep the measured false-hit rate within budget, not its 95%% bound"
     )
+    c.add_argument(
+        "--embedder",
+        choices=("local", "local-int8"),
+        default="local",
+        help="the local embedder to calibrate, as cache.semantic.embedder (local)",
+    )
     c.add_argument("--no-verify", action="store_true", help="cosine alone, as with cache.semantic.verify: false")
     c.add_argument("--json", action="store_true")
     c.set_defaults(run=calibrate)
@@ -46,7 +53,8 @@ def calibrate(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         raise Failure(f"--pairs: {err}") from None
     try:
-        embedder = LocalEmbedder(threads=os.cpu_count() or 1)  # an offline command: every core
+        runtime = "onnx-int8" if args.embedder == "local-int8" else "auto"
+        embedder = LocalEmbedder(runtime=runtime, threads=os.cpu_count() or 1)  # an offline command: every core
     except ModelNotInstalled as err:
         raise Failure(str(err)) from None
     distinct = sorted({t for p in pairs for t in (p.first, p.second)})

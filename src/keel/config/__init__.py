@@ -18,7 +18,7 @@ from keel.config.load import DEFAULT_PATH, demo_config, load, parse
 from keel.config.parts import WebhookConfig
 from keel.config.root import Config, warnings
 from keel.config.sections.alerts import AlertMetric, AlertRuleConfig, AlertsConfig, AlertScope
-from keel.config.sections.cache import CacheConfig, SemanticCacheConfig
+from keel.config.sections.cache import LOCAL_THRESHOLDS, CacheConfig, SemanticCacheConfig
 from keel.config.sections.jobs import JobKindConfig, JobsConfig
 from keel.config.sections.limits import LimitRule, LimitsConfig, LimitScope
 from keel.config.sections.providers import PriceConfig, ProviderConfig
@@ -45,6 +45,7 @@ STARTER = (files(__name__) / "starter.yaml").read_text(encoding="utf-8")  # `kee
 
 __all__ = [
     "DEFAULT_PATH",
+    "LOCAL_THRESHOLDS",
     "OTEL_CREDENTIALS",
     "STARTER",
     "AlertMetric",

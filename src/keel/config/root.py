@@ -12,7 +12,7 @@ from keel.config.parts import Model, Outline
 from keel.config.sections import alerts, batches, evals, jobs, online_evals, providers, routing, traces
 from keel.config.sections.alerts import AlertsConfig
 from keel.config.sections.batches import AsyncCallsConfig, BatchesConfig
-from keel.config.sections.cache import CacheConfig
+from keel.config.sections.cache import LOCAL_THRESHOLDS, CacheConfig
 from keel.config.sections.evals import EvalsConfig
 from keel.config.sections.jobs import JobsConfig
 from keel.config.sections.limits import LimitsConfig
@@ -104,9 +104,9 @@ def _check_cache(cfg: Config, outline: Outline) -> list[ConfigIssue]:
     if wants_semantic and not enabled:
         fix = "set cache.enabled: true (semantic matches answer from the same cache)"
         issues.append(ConfigIssue("cache.semantic.enabled", "the semantic cache is on but the cache is off", fix))
-    if semantic.embedder != "local" and semantic.embedder not in outline.aliases:
+    if semantic.embedder not in LOCAL_THRESHOLDS and semantic.embedder not in outline.aliases:
         known = ", ".join(sorted(outline.aliases)) or "(none configured)"
-        fix = f"use local (the bundled all-MiniLM-L6-v2) or an embeddings alias: {known}"
+        fix = f"use local or local-int8 (the bundled all-MiniLM-L6-v2) or an embeddings alias: {known}"
         issues.append(ConfigIssue("cache.semantic.embedder", f"unknown alias '{semantic.embedder}'", fix))
     return issues
 

@@ -27,5 +27,31 @@ def pending(dialect: str, applied: set[int]) -> list[tuple[int, str, str]]:
 
 
 def statements(sql: str) -> list[str]:
-    """Split a migration file into statements (files keep one statement per `;`-ended block)."""
-    return [s.strip() for s in sql.split(";") if s.strip()]
+    """Split a migration file into statements at each `;` outside a quoted string or a `--` comment.
+
+    Comments are dropped (a `;` in one no longer splits a statement); quoted text is kept as written.
+    """
+    out: list[str] = []
+    current: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch == "-" and sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end
+        elif ch in "'\"":
+            end = sql.find(ch, i + 1)
+            while end >= 0 and sql.startswith(ch, end + 1):  # a doubled quote is the quote itself
+                end = sql.find(ch, end + 2)
+            end = n - 1 if end < 0 else end
+            current.append(sql[i : end + 1])
+            i = end + 1
+        elif ch == ";":
+            out.append("".join(current))
+            current = []
+            i += 1
+        else:
+            current.append(ch)
+            i += 1
+    out.append("".join(current))
+    return [s.strip() for s in out if s.strip()]
