@@ -20,6 +20,7 @@ import pytest
 from keel.audit.log import AuditLog
 from keel.keys.auth import KEY_PREFIX
 from keel.store.protocols.audit import GENESIS, entry_hash
+from keel.tenancy.roles import KEY_PERMISSIONS, MATRIX, PERMISSIONS
 from keel.testing import FakeUpstream
 from tests.conftest import Gateway, base_config, until
 from tests.e2e.test_dashboard import XSS, markup_of
@@ -187,3 +188,79 @@ def test_the_audit_page_says_where_the_chain_breaks(gw: Gateway, tmp_path: Path)
         _entries(gw, 1)  # the head moves: the page verifies again at once
         page = c.get("/ui/audit")
         assert 'data-ok="false"' in page.text and "Chain broken at entry 3" in page.text, page.text
+
+
+# ---- users, teams and roles
+
+
+def test_the_roles_page_is_the_matrix_tenancy_enforces(gw: Gateway) -> None:
+    with login(gw) as c:
+        page = c.get("/ui/roles")
+    assert page.status_code == 200
+    rows = re.findall(r'<tr data-permission="([^"]+)">(.*?)</tr>', page.text)
+    assert [p for p, _ in rows] == list(PERMISSIONS)
+    for permission, cells in rows:
+        marks = dict(re.findall(r'<td class="matrix" data-role="([^"]+)">(✓?)</td>', cells))
+        for role, held in MATRIX.items():
+            assert (marks[role] == "✓") == (permission in held), (permission, role)
+        assert (marks["key"] == "✓") == (permission in KEY_PERMISSIONS), permission
+
+
+def test_teams_are_added_on_the_page(gw: Gateway) -> None:
+    with login(gw) as c:
+        page = c.get("/ui/teams")
+        assert page.status_code == 200 and 'id="add-team"' in page.text
+        assert c.post("/ui/teams", data={"tenant": "t1", "name": "ml"}).status_code == 403  # no CSRF token
+        r = c.post("/ui/teams", data={"csrf": csrf(page), "tenant": "t1", "name": "ml"})
+        assert r.status_code == 303 and r.headers["location"].startswith("/ui/teams?done=")
+        listing = c.get(r.headers["location"])
+        assert 'data-team="ml"' in listing.text and "Team ml added." in listing.text
+        again = c.post("/ui/teams", data={"csrf": csrf(page), "tenant": "t1", "name": "ml"})
+        assert again.status_code == 400
+        bad = c.post("/ui/teams", data={"csrf": csrf(page), "tenant": "t1", "name": "<b>x</b>"})
+        assert bad.status_code == 400 and "<b>x</b>" not in bad.text
+        missing = c.post("/ui/teams", data={"csrf": csrf(page), "tenant": "nope", "name": "ml"})
+        assert missing.status_code == 404
+    assert [(t.tenant, t.name) for t in gw.runtime.store.list_teams("t1")] == [("t1", "ml")]
+    (entry,) = [e for e in AuditLog(gw.runtime.store).entries() if e.action == "users.manage POST /ui/teams"]
+    assert (entry.actor, entry.target, entry.tenant) == ("admin", "ml", "t1")
+
+
+def test_users_are_added_given_a_role_disabled_and_enabled_on_the_page(gw: Gateway) -> None:
+    store = gw.runtime.store
+    store.create_team("t1", "ml")
+    with login(gw) as c:
+        page = c.get("/ui/users?tenant=t1")
+        assert page.status_code == 200 and 'id="add-user"' in page.text and '<option value="ml">' in page.text
+        token = csrf(page)
+        add = {"csrf": token, "tenant": "t1", "id": "ann", "email": "ann@example.com", "name": XSS, "role": "viewer",
+               "team": "ml"}  # fmt: skip
+        assert c.post("/ui/users", data={**add, "csrf": ""}).status_code == 403
+        r = c.post("/ui/users", data=add)
+        assert r.status_code == 303, r.text
+        listing = c.get(r.headers["location"])
+        assert 'data-user="ann"' in listing.text and markup_of(listing.text) == []
+        user = store.get_user("ann")
+        assert user is not None and (user.tenant, user.roles, user.team) == ("t1", ("viewer",), "ml")
+        assert c.post("/ui/users", data=add).status_code == 400  # the id is taken
+        assert c.post("/ui/users", data={**add, "id": "bob", "role": "operator"}).status_code == 403
+        assert c.post("/ui/users", data={**add, "id": "bob", "tenant": "nope"}).status_code == 404
+
+        r = c.post("/ui/users/ann/role", data={"csrf": token, "role": "developer"})
+        assert r.status_code == 303 and store.get_user("ann").roles == ("developer",)  # type: ignore[union-attr]
+        assert c.post("/ui/users/ann/role", data={"csrf": token, "role": "king"}).status_code == 403
+        assert c.post("/ui/users/nobody/role", data={"csrf": token, "role": "viewer"}).status_code == 404
+        r = c.post("/ui/users/ann/disable", data={"csrf": token, "disabled": "1"})
+        assert r.status_code == 303 and store.get_user("ann").disabled_at is not None  # type: ignore[union-attr]
+        shown = c.get("/ui/users?tenant=t1")
+        assert re.search(r'data-user="ann".*?<td data-col="disabled">\d{4}-', shown.text)
+        assert ">Enable</button>" in shown.text
+        r = c.post("/ui/users/ann/disable", data={"csrf": token, "disabled": "0"})
+        assert r.status_code == 303 and store.get_user("ann").disabled_at is None  # type: ignore[union-attr]
+    actions = [e.action for e in AuditLog(store).entries() if e.target == "user:ann"]
+    assert actions == [
+        "users.manage POST /ui/users",
+        "users.manage POST /ui/users/ann/role",
+        "users.manage POST /ui/users/ann/disable",
+        "users.manage POST /ui/users/ann/disable",
+    ]

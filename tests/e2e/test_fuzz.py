@@ -423,6 +423,13 @@ ROUTES = [
     Route("POST", "/ui/keys/{key_id}/revoke", "dashboard", form=True),
     Route("GET", "/ui/audit", "dashboard", query=("since", "until", "actor", "action", "tenant", "after")),
     Route("GET", "/ui/audit/export", "dashboard", query=("since", "until", "actor", "action", "tenant")),
+    Route("GET", "/ui/users", "dashboard", query=("tenant", "done")),
+    Route("POST", "/ui/users", "dashboard", form=True),
+    Route("POST", "/ui/users/{user_id}/role", "dashboard", form=True),
+    Route("POST", "/ui/users/{user_id}/disable", "dashboard", form=True),
+    Route("GET", "/ui/teams", "dashboard", query=("tenant", "done")),
+    Route("POST", "/ui/teams", "dashboard", form=True),
+    Route("GET", "/ui/roles", "dashboard"),
     Route("GET", "/api/evals/online-rules", "admin"),
     Route("POST", "/api/evals/online-rules", "admin", {"name": "fz", "rate": 0.1, "feature": "f", "delay_s": 0,
         "scorers": [{"type": "icontains", "value": "x", "metric": "m"}]}),
@@ -442,6 +449,17 @@ ROUTES = [
     Route("DELETE", "/api/rag/collections/{collection}/documents/{id:path}", "admin", query=("tenant",)),
     Route("POST", "/api/rag/collections/{collection}/search", "admin", {"tenant": "t1", "query": "hello", "top_k": 3,
         "mode": "hybrid", "filters": {"lang": "en", "year": {"$gte": 2020}}, "user": "u1", "groups": ["g"]}),
+    Route("GET", "/api/users", "admin", query=("tenant",)),
+    Route("POST", "/api/users", "admin", {"tenant": "t1", "id": "fz-user", "roles": ["developer"], "email": "a@b.c", "name": "n"}),
+    Route("GET", "/api/users/{user_id}", "admin"),
+    Route("PATCH", "/api/users/{user_id}", "admin", {"roles": ["viewer"], "team": None, "disabled": False, "email": "x@y.z", "name": "n"}),
+    Route("DELETE", "/api/users/{user_id}", "admin"),
+    Route("GET", "/api/teams", "admin", query=("tenant",)),
+    Route("POST", "/api/teams", "admin", {"tenant": "t1", "name": "fz-team"}),
+    Route("DELETE", "/api/teams/{name}", "admin", query=("tenant",)),
+    Route("GET", "/api/tokens", "admin", query=("user",)),
+    Route("POST", "/api/tokens", "admin", {"user": "fz-user", "name": "ci", "scopes": ["keys.read"], "expires_in": 3600}),
+    Route("POST", "/api/tokens/{token_id}/revoke", "admin"),
     Route("GET", "/healthz", "probe"),
     Route("GET", "/readyz", "probe"),
     Route("GET", "/metrics", "probe"),
@@ -490,6 +508,8 @@ def _param_values(t: Target, name: str) -> st.SearchStrategy[str]:
         "tenant": ["t1", "fz"],
         "collection": ["fzc", "missing"],
         "id:path": ["doc1", "dir/doc2", "missing"],
+        "user_id": ["fz-user", "missing"],
+        "token_id": ["pat_missing"],
     }[name]
     return st.one_of(st.sampled_from(known), url_text.filter(lambda s: s and "/" not in s and s not in (".", "..")))
 
@@ -513,6 +533,8 @@ def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
         "tenant",
         "collection",
         "id:path",
+        "user_id",
+        "token_id",
     ):
         if "{" + name + "}" in path:
             value = draw(_param_values(t, name))

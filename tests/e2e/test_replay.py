@@ -153,7 +153,7 @@ def test_errors_are_clear(gw: Gateway, up: FakeUpstream, tmp_path: Path) -> None
         (replay(gw, original, model="nowhere/x"), 400, "configured provider"),
         (replay(gw, original, model="oai/x", alias="claude"), 400, "not both"),
         (replay(gw, original, temperature=1), 400, "Unknown field 'temperature'"),
-        (replay(gw, original, token=gw.key), 401, "admin token"),
+        (replay(gw, original, token=gw.key), 403, "lacks the permission 'traces.replay'"),  # keys do not replay
     ]
     for response, status, text in cases:
         assert response.status_code == status, response.text

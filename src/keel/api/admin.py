@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from dataclasses import asdict
 from typing import Any
@@ -17,9 +16,10 @@ from keel.alerts.slo import slos_of, statuses
 from keel.alerts.slo import view as slo_view
 from keel.api import jobs_admin
 from keel.api.bounds import Bounds, read_body
-from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
+from keel.api.guard import Guard, Handler
+from keel.api.openai import JSON_TYPE, read_json
 from keel.api.replay import ReplayAsk, replay
-from keel.errors import AuthError, ErrorKind, InvalidRequest, KeelError, NotFound, PermissionDenied, ProviderError
+from keel.errors import ErrorKind, InvalidRequest, NotFound, ProviderError
 from keel.gateway.warmth import WarmthBook
 from keel.jobs.batch import purge_batches
 from keel.keys.auth import issue_key, key_view
@@ -27,6 +27,8 @@ from keel.limits.book import KINDS, Estimate, Subject, kind_of
 from keel.rag.ingest import Ingestor
 from keel.runtime.components import Runtime
 from keel.store.protocols import Charge, LimitStoreUnavailable, UnknownSubject
+from keel.tenancy.actor import Actor
+from keel.tenancy.roles import sees_content
 from keel.traces.retention import RetentionPolicy, purge, sweep
 from keel.traces.rollups import usage_query, usage_view
 from keel.traces.writer import read_spans, read_trace, trace_query, trace_view
@@ -68,6 +70,14 @@ def _stored(request: Request) -> None:
         if "\x00" in name or "\x00" in value:
             param = name.replace("\x00", "")
             raise InvalidRequest(f"Parameter '{param}' must not contain NUL.", param)
+
+
+def _scoped(request: Request, actor: Actor) -> dict[str, str]:
+    """The query's parameters, with `tenant` forced to the actor's own (an operator's as given)."""
+    params = dict(request.query_params)
+    if actor.tenant is not None:
+        params["tenant"] = actor.tenant
+    return params
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -136,17 +146,10 @@ def _usage_view(charge: Charge, used: float) -> dict[str, Any]:
 
 
 class Admin:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, guard: Guard) -> None:
         self._rt = runtime
-        self._token = (runtime.config.admin_token or "").encode()
+        self._guard = guard
         self._bounds = Bounds.of(runtime.config.server)
-
-    def _check(self, request: Request) -> None:
-        if not self._token:
-            raise PermissionDenied("The admin API is disabled: set admin_token in keel.yaml.")
-        given = (bearer(request) or "").encode()
-        if not hmac.compare_digest(given, self._token):
-            raise AuthError("Invalid admin token.")
 
     async def _json_or(self, request: Request, empty: Any) -> Any:
         """The JSON body, or `empty` when the request has none."""
@@ -155,50 +158,40 @@ class Admin:
         return await read_json(request, self._bounds)
 
     def routes(self) -> list[Route]:
+        g = self._guard
         return [
-            Route("/api/tenants", self._guard(self.list_tenants), methods=["GET"]),
-            Route("/api/tenants", self._guard(self.create_tenant), methods=["POST"]),
-            Route("/api/tenants/{name}", self._guard(self.update_tenant), methods=["PATCH"]),
-            Route("/api/tenants/{name}/purge", self._guard(self.purge_tenant), methods=["POST"]),
-            Route("/api/retention/sweep", self._guard(self.sweep), methods=["POST"]),
-            Route("/api/keys", self._guard(self.list_keys), methods=["GET"]),
-            Route("/api/keys", self._guard(self.create_key), methods=["POST"]),
-            Route("/api/keys/{key_id}/revoke", self._guard(self.revoke_key), methods=["POST"]),
-            Route("/api/traces", self._guard(self.list_traces), methods=["GET"]),
-            Route("/api/traces/{trace_id}", self._guard(self.get_trace), methods=["GET"]),
-            Route("/api/traces/{trace_id}/replay", self._guard(self.replay_trace), methods=["POST"]),
-            Route("/api/usage", self._guard(self.usage), methods=["GET"]),
-            Route("/api/slo", self._guard(self.slo), methods=["GET"]),
-            Route("/api/targets", self._guard(self.list_targets), methods=["GET"]),
-            Route("/api/limits", self._guard(self.list_limits), methods=["GET"]),
-            Route("/api/limits/usage", self._guard(self.limits_usage), methods=["GET"]),
-            Route("/api/limits/{scope}/{subject}", self._guard(self.set_limits), methods=["PUT"]),
-            Route("/api/limits/{scope}/{subject}", self._guard(self.clear_limits), methods=["DELETE"]),
-            *(Route(path, self._guard(self._on_runtime(fn)), methods=[m]) for path, fn, m in jobs_admin.ROUTES),
+            g.route("/api/tenants", self.list_tenants, ["GET"], "tenants.read"),
+            g.route("/api/tenants", self.create_tenant, ["POST"], "tenants.manage"),
+            g.route("/api/tenants/{name}", self.update_tenant, ["PATCH"], "tenants.write", tenant_param="name"),
+            g.route("/api/tenants/{name}/purge", self.purge_tenant, ["POST"], "data.purge", tenant_param="name"),
+            g.route("/api/retention/sweep", self.sweep, ["POST"], "retention.run"),
+            g.route("/api/keys", self.list_keys, ["GET"], "keys.read"),
+            g.route("/api/keys", self.create_key, ["POST"], "keys.write"),
+            g.route("/api/keys/{key_id}/revoke", self.revoke_key, ["POST"], "keys.write"),
+            g.route("/api/traces", self.list_traces, ["GET"], "traces.read"),
+            g.route("/api/traces/{trace_id}", self.get_trace, ["GET"], "traces.read"),
+            g.route("/api/traces/{trace_id}/replay", self.replay_trace, ["POST"], "traces.replay"),
+            g.route("/api/usage", self.usage, ["GET"], "usage.read"),
+            g.route("/api/slo", self.slo, ["GET"], "platform.read"),
+            g.route("/api/targets", self.list_targets, ["GET"], "platform.read"),
+            g.route("/api/limits", self.list_limits, ["GET"], "limits.read"),
+            g.route("/api/limits/usage", self.limits_usage, ["GET"], "limits.read"),
+            g.route("/api/limits/{scope}/{subject}", self.set_limits, ["PUT"], "limits.write"),
+            g.route("/api/limits/{scope}/{subject}", self.clear_limits, ["DELETE"], "limits.write"),
+            *(g.route(path, self._on_runtime(fn), [m], perm) for path, fn, m, perm in jobs_admin.ROUTES),
         ]
 
-    def _on_runtime(self, endpoint: jobs_admin.Endpoint) -> Any:
-        async def handler(request: Request) -> Response:
-            return await endpoint(self._rt, request)
+    def _on_runtime(self, endpoint: jobs_admin.Endpoint) -> Handler:
+        async def handler(request: Request, actor: Actor) -> Response:
+            return await endpoint(self._rt, request, actor)
 
         return handler
 
-    def _guard(self, handler: Any) -> Any:
-        async def endpoint(request: Request) -> Response:
-            try:
-                self._check(request)
-                _stored(request)
-                return await handler(request)  # type: ignore[no-any-return]
-            except KeelError as err:
-                return error_response(err)
-
-        return endpoint
-
-    async def list_tenants(self, request: Request) -> Response:
+    async def list_tenants(self, request: Request, actor: Actor) -> Response:
         rows = await asyncio.to_thread(self._rt.store.list_tenants)
-        return _json({"data": [asdict(t) for t in rows]})
+        return _json({"data": [asdict(t) for t in rows if actor.tenant in (None, t.name)]})
 
-    async def create_tenant(self, request: Request) -> Response:
+    async def create_tenant(self, request: Request, actor: Actor) -> Response:
         body = await read_json(request, self._bounds)
         if not isinstance(body, dict):
             raise InvalidRequest('The body must be an object: {"name": "acme", "regions": null}.', None)
@@ -210,17 +203,29 @@ class Admin:
             raise InvalidRequest(str(exc), "name") from None
         return _json(asdict(row), 201)
 
-    async def update_tenant(self, request: Request) -> Response:
+    async def update_tenant(self, request: Request, actor: Actor) -> Response:
+        """Body {"regions"?: [...] | null, "viewer_content"?: bool}: at least one of them."""
         body = await read_json(request, self._bounds)
-        if not isinstance(body, dict) or "regions" not in body:
-            raise InvalidRequest("'regions' is required: an array of regions, or null for any region.", "regions")
-        name = request.path_params["name"]
-        row = await asyncio.to_thread(self._rt.store.set_tenant_regions, name, _regions(body["regions"]))
+        if not isinstance(body, dict) or not ({"regions", "viewer_content"} & set(body)):
+            raise InvalidRequest(
+                "Send 'regions' (an array of regions, or null for any region) or 'viewer_content' (true or false).",
+                "regions",
+            )
+        viewer_content = body.get("viewer_content")
+        if "viewer_content" in body and type(viewer_content) is not bool:
+            raise InvalidRequest("'viewer_content' must be true or false.", "viewer_content")
+        name, store = request.path_params["name"], self._rt.store
+        regions = _regions(body["regions"]) if "regions" in body else None
+        row = await asyncio.to_thread(store.get_tenant, name)
+        if row is not None and "regions" in body:
+            row = await asyncio.to_thread(store.set_tenant_regions, name, regions)
+        if row is not None and type(viewer_content) is bool:
+            row = await asyncio.to_thread(store.set_tenant_viewer_content, name, viewer_content)
         if row is None:
             raise NotFound(f"No tenant '{name}'.")
         return _json(asdict(row))
 
-    async def purge_tenant(self, request: Request) -> Response:
+    async def purge_tenant(self, request: Request, actor: Actor) -> Response:
         """Delete a tenant's data, or one user's: {"user": "u1"}; also {"revoke_keys": true} or
         {"delete_tenant": true} (revokes, then deletes its keys, limits and the tenant itself)."""
         body = await self._json_or(request, {})
@@ -252,21 +257,21 @@ class Admin:
                 gone |= await rag.purge_tenant(request.path_params["name"])
         return _json({**asdict(report), **gone})
 
-    async def sweep(self, request: Request) -> Response:
+    async def sweep(self, request: Request, actor: Actor) -> Response:
         """One retention pass now: old traces by the configured policy, then orphan blobs."""
         policy = RetentionPolicy.from_config(self._rt.config.retention)
         report = await asyncio.to_thread(sweep, self._rt.store, self._rt.blobs, policy, time.time())
         return _json(asdict(report))
 
-    async def list_keys(self, request: Request) -> Response:
-        rows = await asyncio.to_thread(self._rt.store.list_keys, request.query_params.get("tenant"))
+    async def list_keys(self, request: Request, actor: Actor) -> Response:
+        rows = await asyncio.to_thread(self._rt.store.list_keys, actor.scope(request.query_params.get("tenant")))
         return _json({"data": [key_view(k) for k in rows]})
 
-    async def create_key(self, request: Request) -> Response:
+    async def create_key(self, request: Request, actor: Actor) -> Response:
         body = await read_json(request, self._bounds)
         if not isinstance(body, dict):
             raise InvalidRequest('The body must be an object: {"tenant": "acme", "name": "ci"}.', None)
-        tenant = _name(body, "tenant")
+        tenant = actor.tenant_for(body.get("tenant"), "keys") if actor.tenant else _name(body, "tenant")
         models = body.get("models")
         if models is not None and not (isinstance(models, list) and all(_storable_name(m) for m in models)):
             raise InvalidRequest("'models' must be an array of aliases.", "models")
@@ -286,42 +291,61 @@ class Admin:
             raise InvalidRequest(str(exc), param) from None
         return _json({"key": issued.key, **key_view(issued.row)}, 201)
 
-    async def revoke_key(self, request: Request) -> Response:
+    async def revoke_key(self, request: Request, actor: Actor) -> Response:
+        await self._own_key(actor, request.path_params["key_id"])
         row = await asyncio.to_thread(self._rt.store.revoke_key, request.path_params["key_id"], time.time())
         if row is None:
             raise NotFound(f"No key with id '{request.path_params['key_id']}'.")
         return _json(key_view(row))
 
-    async def list_traces(self, request: Request) -> Response:
-        query = trace_query(dict(request.query_params), time.time())
+    async def list_traces(self, request: Request, actor: Actor) -> Response:
+        query = trace_query(_scoped(request, actor), time.time())
         rows = await asyncio.to_thread(self._rt.store.list_traces, query)
         return _json({"data": [trace_view(r, full=False) for r in rows], "since": query.since, "until": query.until})
 
-    async def get_trace(self, request: Request) -> Response:
+    async def get_trace(self, request: Request, actor: Actor) -> Response:
         row = await asyncio.to_thread(read_trace, self._rt.store, self._rt.blobs, request.path_params["trace_id"])
-        if row is None:
+        if row is None or actor.tenant not in (None, row.tenant):
             raise NotFound(f"No trace with id '{request.path_params['trace_id']}'.")
         spans = await asyncio.to_thread(read_spans, self._rt.store, row.id)
-        return _json(trace_view(row, full=True, spans=spans))
+        return _json(trace_view(row, full=await self._sees_content(actor, row.tenant), spans=spans))
 
-    async def replay_trace(self, request: Request) -> Response:
+    async def _sees_content(self, actor: Actor, tenant: str | None) -> bool:
+        if actor.can("traces.content"):
+            return True
+        found = await asyncio.to_thread(self._rt.store.get_tenant, tenant) if tenant else None
+        return sees_content(actor, found is not None and found.viewer_content)
+
+    async def _own_key(self, actor: Actor, key_id: str) -> None:
+        """NotFound unless the key is in the actor's tenant (and, for a developer, their team's)."""
+        if actor.tenant is None:
+            return
+        keys = {k.id: k for k in await asyncio.to_thread(self._rt.store.list_keys, actor.tenant)}
+        if key_id not in keys:
+            raise NotFound(f"No key with id '{key_id}'.")
+
+    async def replay_trace(self, request: Request, actor: Actor) -> Response:
         """Re-send a recorded call as its tenant: body {"alias": ..., "model": "provider/model"}, both optional."""
         ask = ReplayAsk.from_body(await self._json_or(request, None))
+        if actor.tenant is not None:
+            row = await asyncio.to_thread(read_trace, self._rt.store, None, request.path_params["trace_id"])
+            if row is None or row.tenant != actor.tenant:
+                raise NotFound(f"No trace with id '{request.path_params['trace_id']}'.")
         return _json(await replay(self._rt, request.path_params["trace_id"], ask))
 
-    async def usage(self, request: Request) -> Response:
+    async def usage(self, request: Request, actor: Actor) -> Response:
         """Usage and cost from rollups: ?by=feature&since=7d[&until=&grain=hour&tenant=&limit=]."""
-        query = usage_query(dict(request.query_params), time.time())
+        query = usage_query(_scoped(request, actor), time.time())
         rows = await asyncio.to_thread(self._rt.store.usage, query)
         data = [usage_view(r, query.by) for r in rows]
         return _json({"data": data, "by": query.by, "grain": query.grain, "since": query.since, "until": query.until})
 
-    async def slo(self, request: Request) -> Response:
+    async def slo(self, request: Request, actor: Actor) -> Response:
         """Each alias's SLO: objectives over its window, error budget left, burn rates (5m, 30m, 1h, 6h)."""
         found = await asyncio.to_thread(statuses, slos_of(self._rt.config.models), self._rt.store, time.time())
         return _json({"data": [slo_view(st) for st in found]})
 
-    async def list_targets(self, request: Request) -> Response:
+    async def list_targets(self, request: Request, actor: Actor) -> Response:
         """Every configured target with its breaker state, this process's health figures, and its server's
         readiness (`state`: ready, warming, down; None when the provider declares no readiness)."""
         rt = self._rt
@@ -356,13 +380,16 @@ class Admin:
                 )
         return _json({"data": rows})
 
-    async def list_limits(self, request: Request) -> Response:
+    async def list_limits(self, request: Request, actor: Actor) -> Response:
         rows = await asyncio.to_thread(self._rt.store.list_limits)
+        if actor.tenant is not None:
+            keys = {k.id for k in await asyncio.to_thread(self._rt.store.list_keys, actor.tenant)}
+            rows = [o for o in rows if (o.scope, o.subject) == ("tenant", actor.tenant) or o.subject in keys]
         return _json({"data": [asdict(o) for o in rows]})
 
-    async def set_limits(self, request: Request) -> Response:
+    async def set_limits(self, request: Request, actor: Actor) -> Response:
         """Replace a tenant's or key's overrides; every gateway process applies them within seconds."""
-        scope, subject = _limit_path(request)
+        scope, subject = await self._own_subject(request, actor)
         limits, on_store_error = _limits_body(await read_json(request, self._bounds), scope)
         try:
             row = await asyncio.to_thread(self._rt.store.set_limits, scope, subject, limits, on_store_error)
@@ -372,15 +399,15 @@ class Admin:
             raise InvalidRequest(str(exc), "limits") from None
         return _json(asdict(row))
 
-    async def clear_limits(self, request: Request) -> Response:
-        scope, subject = _limit_path(request)
+    async def clear_limits(self, request: Request, actor: Actor) -> Response:
+        scope, subject = await self._own_subject(request, actor)
         if not await asyncio.to_thread(self._rt.store.clear_limits, scope, subject):
             raise NotFound(f"No limits are set for {scope} '{subject}'.")
         return _json({"scope": scope, "subject": subject, "cleared": True})
 
-    async def limits_usage(self, request: Request) -> Response:
+    async def limits_usage(self, request: Request, actor: Actor) -> Response:
         """Every counter that applies to the subject named by the query, with its limit and usage now."""
-        who = await self._usage_subject(dict(request.query_params))
+        who = await self._usage_subject(_scoped(request, actor))
         charges = self._rt.limits_book().charges(who, Estimate(0, 0))
         try:
             used = await self._rt.limits.usage([(c.counter, c.window) for c in charges], time.time())
@@ -388,6 +415,15 @@ class Admin:
             message = "The limit counters cannot be reached right now; retry shortly."
             raise ProviderError(ErrorKind.overloaded, message, retry_after=1.0) from None
         return _json({"data": [_usage_view(c, u) for c, u in zip(charges, used, strict=True)]})
+
+    async def _own_subject(self, request: Request, actor: Actor) -> tuple[str, str]:
+        """The limit path's scope and subject, which must be the actor's tenant or one of its keys."""
+        scope, subject = _limit_path(request)
+        if actor.tenant is not None and (scope, subject) != ("tenant", actor.tenant):
+            if scope == "tenant":
+                raise NotFound(f"No tenant '{subject}'.")
+            await self._own_key(actor, subject)
+        return scope, subject
 
     async def _usage_subject(self, query: dict[str, str]) -> Subject:
         """A Subject from tenant (required) and optional key, user, feature and alias; each must make sense."""

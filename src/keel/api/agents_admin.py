@@ -1,20 +1,19 @@
 """The agents' and audit log's admin routes.
 
-- `/api/audit`, `/api/audit/verify`: the admin token.
-- `/api/agents/tools`, `/api/agents/secrets`: the admin token (naming `tenant`) or a tenant's virtual key
-  (its own tenant). A secret's value goes in once (PUT) and never comes back out.
-- `/api/agents/runs`: a virtual key (the run's model steps are calls of that key); `"stream": true` answers
-  with the run's events as SSE.
-- `/api/approvals`: the admin token (approvers are operators); approve or deny a pending tool call. A second
-  decision changes nothing and says so.
+All behind the admin guard (api/guard.py), each route naming its permission:
+- `/api/audit`, `/api/audit/verify`: `audit.read` (a tenant's people: their tenant's entries).
+- `/api/agents/tools`, `/api/agents/secrets`: an operator (naming `tenant`), a user or a tenant's virtual
+  key (its own tenant). A secret's value goes in once (PUT) and never comes back out.
+- `/api/agents/runs`: started with a virtual key (the run's model steps are calls of that key); `"stream":
+  true` answers with the run's events as SSE.
+- `/api/approvals`: `approvals.decide`; approve or deny a pending tool call. A second decision changes
+  nothing and says so.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -27,11 +26,13 @@ from keel.agents.secrets import SecretError, Vault
 from keel.agents.tools import SpecError, parse_spec
 from keel.agents.views import call_view, run_view, secret_view, tool_view
 from keel.api.bounds import Bounds
-from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
+from keel.api.guard import Guard, Handler
+from keel.api.openai import JSON_TYPE, read_json
 from keel.audit.log import AuditLog, entry_json, parse_instant
-from keel.errors import AuthError, InvalidRequest, KeelError, NotFound, PermissionDenied
+from keel.errors import InvalidRequest, KeelError, NotFound
 from keel.runtime.components import Runtime
 from keel.store.protocols.agents import ToolRow
+from keel.tenancy.actor import Actor
 
 MAX_AUDIT_PAGE = 1000
 
@@ -53,101 +54,62 @@ def _int(params: Any, name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def _no_nul(request: Request) -> None:
+def _short(request: Request) -> None:
     for value in (*request.path_params.values(), *request.query_params.values()):
-        if "\x00" in value or len(value) > 512:
+        if len(value) > 512:
             raise InvalidRequest("Parameters must be at most 512 characters, without NUL.", None)
 
 
-def _ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
+def _translate(err: Exception) -> KeelError | None:
+    if isinstance(err, SpecError):
+        return InvalidRequest(err.message, err.field)
+    if isinstance(err, SecretError):
+        return InvalidRequest(str(err), "value")
+    return None
 
 
-class Who:
-    """An admin (tenant None: names one per request) or a virtual key of one tenant."""
-
-    def __init__(self, tenant: str | None, caller: Caller | None, actor: str, request: Request) -> None:
-        self.own, self.caller, self.actor, self.ip = tenant, caller, actor, _ip(request)
-
-    def tenant(self, asked: Any) -> str:
-        if asked is not None and (not isinstance(asked, str) or not asked or len(asked) > 256):
-            raise InvalidRequest("'tenant' must be a tenant name (1 to 256 characters).", "tenant")
-        if self.own is not None:
-            if asked is not None and asked != self.own:
-                raise PermissionDenied("A virtual key reaches only its own tenant's tools, secrets and runs.")
-            return self.own
-        if not asked:
-            raise InvalidRequest("Name the tenant: 'tenant' in the query or body (admin token).", "tenant")
-        return str(asked)
+def _caller(who: Actor) -> Caller:
+    """A run's caller: the virtual key its model steps are calls of."""
+    if who.principal is None:
+        raise InvalidRequest("Start a run with a virtual key: its model steps are that key's calls.", "authorization")
+    return Caller(who.principal, who.models, who.id, who.ip)
 
 
 class AgentsAdmin:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, guard: Guard) -> None:
         self._rt = runtime
         self._audit = runtime.get(AuditLog)
-        self._token = (runtime.config.admin_token or "").encode()
+        self._guard = guard
         self._runs = runtime.get(Runs)
         self._vault = runtime.get(Vault)
         self._bounds = Bounds.of(runtime.config.server)
 
     def routes(self) -> list[Route]:
-        either = self._either
+        def r(path: str, handler: Handler, method: str, permission: str) -> Route:
+            # every change here writes its own, richer audit entry (tool.register, secret.put, approvals…)
+            return self._guard.route(path, handler, [method], permission, audit=False, translate=_translate,
+                                     check=_short)  # fmt: skip
+
+        tools, secrets, runs = "/api/agents/tools", "/api/agents/secrets", "/api/agents/runs"
         return [
-            Route("/api/audit", self._admin(self.list_audit), methods=["GET"]),
-            Route("/api/audit/verify", self._admin(self.verify_audit), methods=["GET"]),
-            Route("/api/agents/tools", either(self.list_tools), methods=["GET"]),
-            Route("/api/agents/tools", either(self.add_tool), methods=["POST"]),
-            Route("/api/agents/tools/{name}", either(self.show_tool), methods=["GET"]),
-            Route("/api/agents/tools/{name}", either(self.remove_tool), methods=["DELETE"]),
-            Route("/api/agents/secrets", either(self.list_secrets), methods=["GET"]),
-            Route("/api/agents/secrets/{name}", either(self.set_secret), methods=["PUT"]),
-            Route("/api/agents/secrets/{name}", either(self.remove_secret), methods=["DELETE"]),
-            Route("/api/agents/runs", either(self.start_run), methods=["POST"]),
-            Route("/api/agents/runs", either(self.list_runs), methods=["GET"]),
-            Route("/api/agents/runs/{run_id}", either(self.show_run), methods=["GET"]),
-            Route("/api/approvals", self._admin(self.list_approvals), methods=["GET"]),
-            Route("/api/approvals/{call_id}/approve", self._admin(self.approve), methods=["POST"]),
-            Route("/api/approvals/{call_id}/deny", self._admin(self.deny), methods=["POST"]),
+            r("/api/audit", self.list_audit, "GET", "audit.read"),
+            r("/api/audit/verify", self.verify_audit, "GET", "audit.read"),
+            r(tools, self.list_tools, "GET", "agents.read"),
+            r(tools, self.add_tool, "POST", "agents.write"),
+            r(tools + "/{name}", self.show_tool, "GET", "agents.read"),
+            r(tools + "/{name}", self.remove_tool, "DELETE", "agents.write"),
+            r(secrets, self.list_secrets, "GET", "secrets.read"),
+            r(secrets + "/{name}", self.set_secret, "PUT", "secrets.write"),
+            r(secrets + "/{name}", self.remove_secret, "DELETE", "secrets.write"),
+            r(runs, self.start_run, "POST", "agents.run"),
+            r(runs, self.list_runs, "GET", "agents.read"),
+            r(runs + "/{run_id}", self.show_run, "GET", "agents.read"),
+            r("/api/approvals", self.list_approvals, "GET", "approvals.decide"),
+            r("/api/approvals/{call_id}/approve", self.approve, "POST", "approvals.decide"),
+            r("/api/approvals/{call_id}/deny", self.deny, "POST", "approvals.decide"),
         ]
 
-    # ---- who is asking -------------------------------------------------------------------------------
-
-    def _either(self, handler: Callable[[Request, Who], Awaitable[Response]]) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                _no_nul(request)
-                given = bearer(request) or ""
-                if self._token and hmac.compare_digest(given.encode(), self._token):
-                    who = Who(None, None, "admin", request)
-                else:
-                    principal, allowed = await self._rt.authenticator.resolve(given or None)
-                    caller = Caller(principal, allowed, f"key:{principal.key_id}", _ip(request))
-                    who = Who(principal.tenant, caller, f"key:{principal.key_id}", request)
-                return await handler(request, who)
-            except SpecError as err:
-                return error_response(InvalidRequest(err.message, err.field))
-            except SecretError as err:
-                return error_response(InvalidRequest(str(err), "value"))
-            except KeelError as err:
-                return error_response(err)
-
-        return endpoint
-
-    def _admin(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                if not self._token:
-                    raise PermissionDenied("The admin API is disabled: set admin_token in keel.yaml.")
-                if not hmac.compare_digest((bearer(request) or "").encode(), self._token):
-                    raise AuthError("Invalid admin token.")
-                _no_nul(request)
-                return await handler(request)
-            except KeelError as err:
-                return error_response(err)
-
-        return endpoint
-
-    async def list_audit(self, request: Request) -> Response:
+    async def list_audit(self, request: Request, who: Actor) -> Response:
         """?since=&until=&tenant=&after=<seq>&limit= — entries in chain order with their hashes."""
         q = request.query_params
         bounds: dict[str, float | None] = {}
@@ -158,7 +120,7 @@ class AgentsAdmin:
                 raise InvalidRequest(str(exc), name) from None
         after = _int(q, "after", 0, 0, 2**62)
         limit = _int(q, "limit", 100, 1, MAX_AUDIT_PAGE)
-        tenant = q.get("tenant")
+        tenant = who.scope(q.get("tenant"))
         store = self._rt.store
         rows = await asyncio.to_thread(
             lambda: store.list_audit(
@@ -168,75 +130,76 @@ class AgentsAdmin:
         data = [entry_json(e) for e in rows]
         return _json({"data": data, "next_after": rows[-1].seq if len(rows) == limit else None})
 
-    async def verify_audit(self, request: Request) -> Response:
+    async def verify_audit(self, request: Request, who: Actor) -> Response:
         verdict = await asyncio.to_thread(self._audit.verify)
         return _json(verdict.json(), 200 if verdict.ok else 409)
 
     # ---- tools -----------------------------------------------------------------------------------------
 
-    async def list_tools(self, request: Request, who: Who) -> Response:
-        tenant = who.tenant(request.query_params.get("tenant"))
+    async def list_tools(self, request: Request, who: Actor) -> Response:
+        tenant = who.tenant_for(request.query_params.get("tenant"))
         rows = await asyncio.to_thread(self._rt.store.list_tools, tenant)
         return _json({"data": [tool_view(r) for r in rows]})
 
-    async def add_tool(self, request: Request, who: Who) -> Response:
+    async def add_tool(self, request: Request, who: Actor) -> Response:
         body = await read_json(request, self._bounds)
         if not isinstance(body, dict):
             raise InvalidRequest("The body is a tool spec: {name, kind, description, parameters, ...}.", None)
-        tenant = who.tenant(body.pop("tenant", None) or request.query_params.get("tenant"))
+        tenant = who.tenant_for(body.pop("tenant", None) or request.query_params.get("tenant"))
         spec = parse_spec(body)
         before = await asyncio.to_thread(self._rt.store.get_tool, tenant, spec.name)
         stored = spec.model_dump(mode="json", exclude={"name"})
         row = ToolRow(tenant, spec.name, stored, time.time())
         await asyncio.to_thread(self._rt.store.put_tool, row)
-        await self._audit.record(who.actor, "tool.register", spec.name, tenant=tenant, source_ip=who.ip,
+        await self._audit.record(who.id, "tool.register", spec.name, tenant=tenant, source_ip=who.ip,
                                  before=before.spec if before else None, after=stored)  # fmt: skip
         return _json(tool_view(row), 200 if before else 201)
 
-    async def show_tool(self, request: Request, who: Who) -> Response:
-        tenant, name = who.tenant(request.query_params.get("tenant")), request.path_params["name"]
+    async def show_tool(self, request: Request, who: Actor) -> Response:
+        tenant, name = who.tenant_for(request.query_params.get("tenant")), request.path_params["name"]
         row = await asyncio.to_thread(self._rt.store.get_tool, tenant, name)
         if row is None:
             raise NotFound(f"No tool '{name}' for tenant '{tenant}'.")
         return _json(tool_view(row))
 
-    async def remove_tool(self, request: Request, who: Who) -> Response:
-        tenant, name = who.tenant(request.query_params.get("tenant")), request.path_params["name"]
+    async def remove_tool(self, request: Request, who: Actor) -> Response:
+        tenant, name = who.tenant_for(request.query_params.get("tenant")), request.path_params["name"]
         before = await asyncio.to_thread(self._rt.store.get_tool, tenant, name)
         if before is None or not await asyncio.to_thread(self._rt.store.delete_tool, tenant, name):
             raise NotFound(f"No tool '{name}' for tenant '{tenant}'.")
-        await self._audit.record(who.actor, "tool.remove", name, tenant=tenant, source_ip=who.ip, before=before.spec)
+        await self._audit.record(who.id, "tool.remove", name, tenant=tenant, source_ip=who.ip, before=before.spec)
         return _json({"deleted": name})
 
     # ---- secrets ---------------------------------------------------------------------------------------
 
-    async def list_secrets(self, request: Request, who: Who) -> Response:
-        tenant = who.tenant(request.query_params.get("tenant"))
+    async def list_secrets(self, request: Request, who: Actor) -> Response:
+        tenant = who.tenant_for(request.query_params.get("tenant"))
         rows = await asyncio.to_thread(self._rt.store.list_secrets, tenant)
         return _json({"data": [secret_view(r) for r in rows]})
 
-    async def set_secret(self, request: Request, who: Who) -> Response:
+    async def set_secret(self, request: Request, who: Actor) -> Response:
         body = await read_json(request, self._bounds)
         if not isinstance(body, dict) or not isinstance(body.get("value"), str):
             raise InvalidRequest('The body is {"value": "..."} (a string).', "value")
-        tenant, name = who.tenant(body.get("tenant") or request.query_params.get("tenant")), request.path_params["name"]
+        tenant, name = (
+            who.tenant_for(body.get("tenant") or request.query_params.get("tenant")),
+            request.path_params["name"],
+        )
         row = await asyncio.to_thread(
-            lambda: self._vault.put(tenant, name, body["value"], actor=who.actor, source_ip=who.ip)
+            lambda: self._vault.put(tenant, name, body["value"], actor=who.id, source_ip=who.ip)
         )
         return _json(secret_view(row), 201)
 
-    async def remove_secret(self, request: Request, who: Who) -> Response:
-        tenant, name = who.tenant(request.query_params.get("tenant")), request.path_params["name"]
-        if not await asyncio.to_thread(lambda: self._vault.delete(tenant, name, actor=who.actor)):
+    async def remove_secret(self, request: Request, who: Actor) -> Response:
+        tenant, name = who.tenant_for(request.query_params.get("tenant")), request.path_params["name"]
+        if not await asyncio.to_thread(lambda: self._vault.delete(tenant, name, actor=who.id)):
             raise NotFound(f"No secret '{name}' for tenant '{tenant}'.")
         return _json({"deleted": name})
 
     # ---- runs ------------------------------------------------------------------------------------------
 
-    async def start_run(self, request: Request, who: Who) -> Response:
-        if who.caller is None:
-            raise PermissionDenied("Start a run with a virtual key: its model steps are that key's calls.")
-        caller = who.caller
+    async def start_run(self, request: Request, who: Actor) -> Response:
+        caller = _caller(who)
         body = await read_json(request, self._bounds)
         if not isinstance(body, dict):
             raise InvalidRequest("The body is {model, input | messages, tools, max_steps, stream}.", None)
@@ -272,39 +235,45 @@ class AgentsAdmin:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    async def list_runs(self, request: Request, who: Who) -> Response:
-        tenant = who.tenant(request.query_params.get("tenant"))
+    async def list_runs(self, request: Request, who: Actor) -> Response:
+        tenant = who.tenant_for(request.query_params.get("tenant"))
         limit = _int(request.query_params, "limit", 50, 1, 500)
         rows = await asyncio.to_thread(self._rt.store.list_runs, tenant, request.query_params.get("state"), limit)
         return _json({"data": [run_view(r, full=False) for r in rows]})
 
-    async def show_run(self, request: Request, who: Who) -> Response:
+    async def show_run(self, request: Request, who: Actor) -> Response:
         run_id = request.path_params["run_id"]
         row = await asyncio.to_thread(self._rt.store.get_run, run_id)
-        if row is None or (who.own is not None and row.tenant != who.own):
+        if row is None or (who.tenant is not None and row.tenant != who.tenant):
             raise NotFound(f"No run '{run_id}'.")
         calls = await asyncio.to_thread(lambda: self._rt.store.list_calls(run_id=run_id))
         return _json({**run_view(row), "calls": [call_view(c) for c in calls]})
 
     # ---- approvals -------------------------------------------------------------------------------------
 
-    async def list_approvals(self, request: Request) -> Response:
+    async def list_approvals(self, request: Request, who: Actor) -> Response:
         q = request.query_params
         state = q.get("state", "pending")
-        rows = await asyncio.to_thread(lambda: self._rt.store.list_calls(tenant=q.get("tenant"), state=state))
+        tenant = who.scope(q.get("tenant"))
+        rows = await asyncio.to_thread(lambda: self._rt.store.list_calls(tenant=tenant, state=state))
         return _json({"data": [call_view(r) for r in rows]})
 
-    async def approve(self, request: Request) -> Response:
-        return await self._decide(request, True)
+    async def approve(self, request: Request, who: Actor) -> Response:
+        return await self._decide(request, who, True)
 
-    async def deny(self, request: Request) -> Response:
-        return await self._decide(request, False)
+    async def deny(self, request: Request, who: Actor) -> Response:
+        return await self._decide(request, who, False)
 
-    async def _decide(self, request: Request, approve: bool) -> Response:
+    async def _decide(self, request: Request, who: Actor, approve: bool) -> Response:
         call_id = request.path_params["call_id"]
+        if who.tenant is not None:
+            found = await asyncio.to_thread(self._rt.store.get_call, call_id)
+            if found is None or found.tenant != who.tenant:
+                raise NotFound(f"No tool call '{call_id}'.")
         body = await read_json(request, self._bounds) if await request.body() else {}
         by = body.get("by") if isinstance(body, dict) and isinstance(body.get("by"), str) else "admin"
-        row, moved = await self._runs.decide(call_id, approve, by=f"admin:{by}"[:200])
+        decider = f"admin:{by}" if who.id == "admin" else who.id  # the admin token names its person in `by`
+        row, moved = await self._runs.decide(call_id, approve, by=decider[:200])
         if row is None:
             raise NotFound(f"No tool call '{call_id}'.")
         # the run goes on from the runs worker of whichever gateway claims it (within 0.5 s)

@@ -25,6 +25,7 @@ from keel.api.deferred import AsyncEdge
 from keel.api.evals_admin import EvalsAdmin
 from keel.api.files import FilesEdge
 from keel.api.forward import Forwarder
+from keel.api.guard import Guard
 from keel.api.mcp import McpEdge
 from keel.api.metrics import MetricsEndpoint
 from keel.api.online_evals import OnlineEvalsAdmin
@@ -33,12 +34,14 @@ from keel.api.prompts_admin import PromptsAdmin
 from keel.api.rag_admin import RagAdmin
 from keel.api.rag_search import RagSearchEdge
 from keel.api.responses import ResponsesEdge
+from keel.api.tenancy_admin import TenancyAdmin
 from keel.audit.log import AuditLog
 from keel.config.sections.server import CorsConfig
 from keel.dashboard.pages import Dashboard
 from keel.errors import KeelError, NotFound, RequestError
 from keel.gateway.warmth import WarmthBook
 from keel.runtime.components import Runtime
+from keel.tenancy.directory import Directory
 from keel.wire.anthropic_response import error_json as anthropic_error_json
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -140,9 +143,11 @@ def create_app(runtime: Runtime) -> FastPath:
         stuck_after=runtime.config.jobs.stuck_after,
         slos=slos_of(runtime.config.models),
         audit=runtime.find(AuditLog),
+        directory=runtime.find(Directory),
     )
     warmth = runtime.find(WarmthBook)
     mcp = McpEdge(runtime)  # Keel's tools as an MCP server at /mcp
+    guard = Guard(runtime)  # every admin route's: who is asking, may they, on which tenant; audit
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -223,13 +228,14 @@ def create_app(runtime: Runtime) -> FastPath:
         *deferral.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
-        *Admin(runtime).routes(),
-        *PromptsAdmin(runtime).routes(),
-        *RagSearchEdge(runtime).routes(),
-        *RagAdmin(runtime).routes(),  # RAG collections and documents
-        *OnlineEvalsAdmin(runtime).routes(),
-        *EvalsAdmin(runtime).routes(),
-        *AgentsAdmin(runtime).routes(),
+        *Admin(runtime, guard).routes(),
+        *PromptsAdmin(runtime, guard).routes(),
+        *RagSearchEdge(runtime, guard).routes(),
+        *RagAdmin(runtime, guard).routes(),  # RAG collections and documents
+        *OnlineEvalsAdmin(runtime, guard).routes(),
+        *EvalsAdmin(runtime, guard).routes(),
+        *AgentsAdmin(runtime, guard).routes(),
+        *TenancyAdmin(runtime, guard).routes(),  # users, teams, personal access tokens
         *mcp.routes(),
         *dashboard.routes(),
     ]
@@ -246,6 +252,7 @@ def create_app(runtime: Runtime) -> FastPath:
             await runtime.aclose()
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_routed, 405: not_routed})
+    app.state.guard = guard  # its rules: every admin route's permission (the permission matrix test reads them)
     hot = {
         ("POST", r.path): r.endpoint
         for r in (*model_routes, *unprefixed(model_routes))

@@ -1,15 +1,14 @@
 """Eval runs over HTTP (`/api/evals…`): create a run of a suite, follow it, read its results and compare
 it with a baseline (the gate `keel eval run` applies in CI).
 
-A tenant's virtual key creates runs that call the gateway as that key, and reads its tenant's runs; the
-admin token reads every tenant's, and creates a run only naming `tenant` and `key_id` in the body.
+A tenant's virtual key creates runs that call the gateway as that key, and reads its tenant's runs; a
+user creates a run naming the `key_id` it calls as (of their tenant); an operator reads every tenant's,
+and creates a run naming `tenant` and `key_id` in the body.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -18,7 +17,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keel.api.bounds import Bounds
-from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
+from keel.api.guard import Guard, Handler
+from keel.api.openai import JSON_TYPE, read_json
 from keel.errors import InvalidRequest, KeelError, NotFound
 from keel.evals.assertions import InvalidSuite
 from keel.evals.builder import Evals
@@ -26,64 +26,45 @@ from keel.evals.gate import Rule, compare_runs, item_stats, run_view
 from keel.evals.runner import Options, create_run
 from keel.runtime.components import Runtime
 from keel.store.protocols import EvalRun
+from keel.tenancy.actor import Actor
 
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status, media_type=JSON_TYPE)
 
 
-class _Who:
-    def __init__(self, tenant: str | None, key_id: str | None) -> None:
-        self.tenant, self.key_id = tenant, key_id
-
-
 class EvalsAdmin:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, guard: Guard) -> None:
         self._rt = runtime
         self._evals = runtime.get(Evals)
-        self._token = (runtime.config.admin_token or "").encode()
+        self._guard = guard
         self._bounds = Bounds.of(runtime.config.server)
 
     def routes(self) -> list[Route]:
+        def r(path: str, handler: Handler, method: str, permission: str) -> Route:
+            return self._guard.route(path, handler, [method], permission, translate=_translate, check=_short)
+
         return [
-            Route("/api/evals/runs", self._guard(self.create), methods=["POST"]),
-            Route("/api/evals/runs", self._guard(self.list_runs), methods=["GET"]),
-            Route("/api/evals/runs/{run_id}", self._guard(self.show), methods=["GET"]),
-            Route("/api/evals/runs/{run_id}/compare", self._guard(self.compare), methods=["GET"]),
+            r("/api/evals/runs", self.create, "POST", "evals.run"),
+            r("/api/evals/runs", self.list_runs, "GET", "evals.read"),
+            r("/api/evals/runs/{run_id}", self.show, "GET", "evals.read"),
+            r("/api/evals/runs/{run_id}/compare", self.compare, "GET", "evals.read"),
         ]
 
-    async def _who(self, request: Request) -> _Who:
-        given = bearer(request) or ""
-        if self._token and hmac.compare_digest(given.encode(), self._token):
-            return _Who(None, None)
-        principal, _ = await self._rt.authenticator.resolve(given or None)
-        return _Who(principal.tenant, principal.key_id)
-
-    def _guard(self, handler: Callable[[Request, _Who], Awaitable[Response]]) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                for value in (*request.path_params.values(), *request.query_params.values()):
-                    if "\x00" in value or len(value) > 1024:
-                        raise InvalidRequest("Parameters must be under 1024 characters, without NUL.", None)
-                return await handler(request, await self._who(request))
-            except InvalidSuite as err:
-                return error_response(InvalidRequest(err.message, err.where))
-            except KeelError as err:
-                return error_response(err)
-
-        return endpoint
-
-    async def create(self, request: Request, who: _Who) -> Response:
+    async def create(self, request: Request, who: Actor) -> Response:
         """{suite: {...}, repeat?, concurrency?, label?, name?, cache?} (admin token: also tenant and key_id)."""
         body = await read_json(request, self._bounds)
         if not isinstance(body, dict) or not isinstance(body.get("suite"), dict):
             raise InvalidRequest("The body is {suite: {...}, repeat?, concurrency?, label?, name?}.", "suite")
-        tenant, key_id = who.tenant, who.key_id
-        if tenant is None:
-            tenant, key_id = body.get("tenant"), body.get("key_id")
-            if not isinstance(tenant, str) or not isinstance(key_id, str):
-                raise InvalidRequest("With the admin token, name the run's 'tenant' and 'key_id'.", "key_id")
-        assert key_id is not None
+        if who.principal is not None:
+            tenant, key_id = who.principal.tenant, who.principal.key_id
+        else:  # a person names the key the run calls as (of their own tenant, unless an operator)
+            tenant, named = who.tenant_for(body.get("tenant"), "eval runs"), body.get("key_id")
+            if not isinstance(named, str):
+                raise InvalidRequest("Name the key the run calls the gateway as: 'key_id' (and 'tenant').", "key_id")
+            key_id = named
+            if key_id not in {k.id for k in await asyncio.to_thread(self._rt.store.list_keys, tenant)}:
+                raise NotFound(f"No key with id '{key_id}' in tenant '{tenant}'.")
         options = Options(
             repeat=_int(body, "repeat", 1), concurrency=_int(body, "concurrency", 4),
             label=_text(body, "label"), name=_text(body, "name"), cache=_flag(body, "cache"),
@@ -92,23 +73,23 @@ class EvalsAdmin:
         run = await create_run(e.store, e.queue, tenant, key_id, body["suite"], options, e.python_modules)
         return _json(run_view(run), 201)
 
-    async def list_runs(self, request: Request, who: _Who) -> Response:
+    async def list_runs(self, request: Request, who: Actor) -> Response:
         q = request.query_params
         limit = min(int(q["limit"]) if q.get("limit", "").isdigit() else 50, 500)
         runs = await asyncio.to_thread(
-            self._evals.store.list_eval_runs, who.tenant or q.get("tenant"),
+            self._evals.store.list_eval_runs, who.scope(q.get("tenant")),
             suite=q.get("suite"), label=q.get("label"), limit=limit,
         )  # fmt: skip
         return _json({"data": [run_view(r) for r in runs]})
 
-    async def _run(self, request: Request, who: _Who) -> EvalRun:
+    async def _run(self, request: Request, who: Actor) -> EvalRun:
         run_id = request.path_params["run_id"]
         run = await asyncio.to_thread(self._evals.store.get_eval_run, who.tenant, run_id)
         if run is None:
             raise NotFound(f"No eval run '{run_id}'.")
         return run
 
-    async def show(self, request: Request, who: _Who) -> Response:
+    async def show(self, request: Request, who: Actor) -> Response:
         """?results=1 adds every result (per item and repeat, with verdicts) and per-item stats."""
         run = await self._run(request, who)
         view = run_view(run)
@@ -121,7 +102,7 @@ class EvalsAdmin:
             ]
         return _json(view)
 
-    async def compare(self, request: Request, who: _Who) -> Response:
+    async def compare(self, request: Request, who: Actor) -> Response:
         """?baseline=RUN_ID|LABEL&max_regressions=0&min_pass_rate=0.9&alpha=0.05"""
         run = await self._run(request, who)
         if run.status not in ("finished",):
@@ -137,6 +118,16 @@ class EvalsAdmin:
         except LookupError as exc:
             raise NotFound(str(exc)) from None
         return _json(comparison.json())
+
+
+def _translate(err: Exception) -> KeelError | None:
+    return InvalidRequest(err.message, err.where) if isinstance(err, InvalidSuite) else None
+
+
+def _short(request: Request) -> None:
+    for value in (*request.path_params.values(), *request.query_params.values()):
+        if len(value) > 1024:
+            raise InvalidRequest("Parameters must be under 1024 characters, without NUL.", None)
 
 
 def _result_json(r: Any) -> dict[str, Any]:

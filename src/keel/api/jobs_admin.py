@@ -1,5 +1,6 @@
 """The admin API's job routes (`/api/jobs…`): the same views and filters as `keel jobs`
-(keel.jobs.views), over the runtime's queue. Mounted by admin.py behind the admin token."""
+(keel.jobs.views), over the runtime's queue. Mounted by admin.py behind the guard: an operator sees
+every tenant's jobs, anyone else their own tenant's only."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from keel.jobs.queue import JobQueue
 from keel.jobs.views import job_query, job_view
 from keel.runtime.components import Runtime
 from keel.store.protocols import Job
+from keel.tenancy.actor import Actor
 
-Endpoint = Callable[[Runtime, Request], Awaitable[Response]]
+Endpoint = Callable[[Runtime, Request, Actor], Awaitable[Response]]
 
 
 def _queue(rt: Runtime) -> JobQueue:
@@ -35,9 +37,19 @@ def _found(rt: Runtime, job: Job | None, job_id: str) -> Response:
     return _json(job_view(job, rt.config.jobs.stuck_after))
 
 
-async def list_jobs(rt: Runtime, request: Request) -> Response:
+async def _own(rt: Runtime, actor: Actor, job_id: str) -> Job | None:
+    """The job, if it is the actor's tenant's (an operator: any job)."""
+    job = await _queue(rt).get(job_id)
+    if job is None or actor.tenant not in (None, job.tenant):
+        raise NotFound(f"No job with id '{job_id}'.")
+    return job
+
+
+async def list_jobs(rt: Runtime, request: Request, actor: Actor) -> Response:
     """?state=queued|running|succeeded|dead|cancelled|stuck&kind=&tenant=&queue=&limit=&before=<job id>"""
     params = dict(request.query_params)
+    if actor.tenant is not None:
+        params["tenant"] = actor.tenant
     try:
         query = job_query(params, rt.config.jobs.stuck_after)
     except ValueError as exc:
@@ -48,27 +60,28 @@ async def list_jobs(rt: Runtime, request: Request) -> Response:
     return _json({"data": data, "next_before": jobs[-1].id if len(jobs) == query.limit else None})
 
 
-async def get_job(rt: Runtime, request: Request) -> Response:
+async def get_job(rt: Runtime, request: Request, actor: Actor) -> Response:
     job_id = request.path_params["job_id"]
-    return _found(rt, await _queue(rt).get(job_id), job_id)
+    return _found(rt, await _own(rt, actor, job_id), job_id)
 
 
-async def cancel_job(rt: Runtime, request: Request) -> Response:
+async def cancel_job(rt: Runtime, request: Request, actor: Actor) -> Response:
     job_id = request.path_params["job_id"]
+    await _own(rt, actor, job_id)
     return _found(rt, await _queue(rt).cancel(job_id), job_id)
 
 
-async def retry_job(rt: Runtime, request: Request) -> Response:
+async def retry_job(rt: Runtime, request: Request, actor: Actor) -> Response:
     job_id = request.path_params["job_id"]
-    before = await _queue(rt).get(job_id)
+    before = await _own(rt, actor, job_id)
     if before is not None and before.state not in ("dead", "cancelled"):
         raise InvalidRequest(f"Job '{job_id}' is {before.state}: only dead or cancelled jobs can be retried.", "job_id")
     return _found(rt, await _queue(rt).retry(job_id), job_id)
 
 
-ROUTES: tuple[tuple[str, Endpoint, str], ...] = (
-    ("/api/jobs", list_jobs, "GET"),
-    ("/api/jobs/{job_id}", get_job, "GET"),
-    ("/api/jobs/{job_id}/cancel", cancel_job, "POST"),
-    ("/api/jobs/{job_id}/retry", retry_job, "POST"),
+ROUTES: tuple[tuple[str, Endpoint, str, str], ...] = (  # path, endpoint, method, permission
+    ("/api/jobs", list_jobs, "GET", "jobs.read"),
+    ("/api/jobs/{job_id}", get_job, "GET", "jobs.read"),
+    ("/api/jobs/{job_id}/cancel", cancel_job, "POST", "jobs.write"),
+    ("/api/jobs/{job_id}/retry", retry_job, "POST", "jobs.write"),
 )

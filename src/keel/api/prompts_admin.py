@@ -1,17 +1,16 @@
 """The prompt registry over HTTP (`/api/prompts…`): list, push, show (with an ETag), move a label.
 
-Either token works: the admin token (every tenant; `tenant` in the query or body names one) or a
-tenant's virtual key (its own tenant only), so clients that render prompts themselves read them with
-the key they call with. A protected label moves only with the admin token. A write refreshes this
+Behind the admin guard (api/guard.py): an operator names the tenant (`tenant` in the query or body);
+a user or a tenant's virtual key acts on its own tenant only, so clients that render prompts themselves
+read them with the key they call with. A protected label moves only for `prompts.protected` (operators,
+owners, admins). A write refreshes this
 process's served prompts at once; other gateways within their refresh period (2 s).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -20,7 +19,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keel.api.bounds import Bounds
-from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
+from keel.api.guard import Guard, Handler
+from keel.api.openai import JSON_TYPE, read_json
 from keel.errors import InvalidRequest, KeelError, NotFound, PermissionDenied
 from keel.prompts import feedback
 from keel.prompts.builder import Prompts
@@ -28,71 +28,43 @@ from keel.prompts.content import ContentError, check_name
 from keel.prompts.guards import plan_of
 from keel.prompts.registry import LabelRefused, label_view, move_view, rollout_view, version_view
 from keel.runtime.components import Runtime
+from keel.tenancy.actor import Actor
 from keel.traces.writer import parse_window
 
 
-class Caller:
-    def __init__(self, tenant: str | None, admin: bool, who: str) -> None:
-        self.tenant, self.admin, self.who = tenant, admin, who
-
-    def of(self, asked: Any) -> str:
-        """The tenant a request acts on: the key's own, or (admin) the one it names."""
-        if asked is not None and (not isinstance(asked, str) or "\x00" in asked or len(asked) > 256):
-            raise InvalidRequest("'tenant' must be a tenant name (at most 256 characters, no NUL).", "tenant")
-        if not self.admin:
-            if asked is not None and asked != self.tenant:
-                raise PermissionDenied("A virtual key reaches only its own tenant's prompts.")
-            assert self.tenant is not None
-            return self.tenant
-        if not asked:
-            raise InvalidRequest("Name the tenant: 'tenant' in the query or body (admin token).", "tenant")
-        return str(asked)
-
-
 class PromptsAdmin:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, guard: Guard) -> None:
         self._rt = runtime
         self._prompts = runtime.get(Prompts)
-        self._token = (runtime.config.admin_token or "").encode()
+        self._guard = guard
         self._bounds = Bounds.of(runtime.config.server)
 
     def routes(self) -> list[Route]:
-        return [
-            Route("/api/prompts", self._guard(self.list_prompts), methods=["GET"]),
-            Route("/api/prompts", self._guard(self.push), methods=["POST"]),
-            Route("/api/prompts/{name}", self._guard(self.show), methods=["GET"]),
-            Route("/api/prompts/{name}/versions", self._guard(self.versions), methods=["GET"]),
-            Route("/api/prompts/{name}/labels/{label}", self._guard(self.set_label), methods=["PUT"]),
-            Route("/api/prompts/{name}/labels/{label}/rollback", self._guard(self.rollback), methods=["POST"]),
-            Route("/api/prompts/{name}/rollouts", self._guard(self.start_rollout), methods=["POST"]),
-            Route("/api/prompts/{name}/rollouts", self._guard(self.list_rollouts), methods=["GET"]),
-            Route("/api/prompts/{name}/history", self._guard(self.history), methods=["GET"]),
-            Route("/api/feedback", self._guard(self.feedback), methods=["POST"]),
-            Route("/api/feedback", self._guard(self.feedback_summary), methods=["GET"]),
+        def r(path: str, handler: Handler, method: str, permission: str, audit: bool = True) -> Route:
+            return self._guard.route(path, handler, [method], permission, audit=audit, translate=self._translate)
+
+        labels = "/api/prompts/{name}/labels/{label}"
+        return [  # label moves and rollouts write their own audit entries (keel.prompts.registry)
+            r("/api/prompts", self.list_prompts, "GET", "prompts.read"),
+            r("/api/prompts", self.push, "POST", "prompts.write"),
+            r("/api/prompts/{name}", self.show, "GET", "prompts.read"),
+            r("/api/prompts/{name}/versions", self.versions, "GET", "prompts.read"),
+            r(labels, self.set_label, "PUT", "prompts.write", audit=False),
+            r(labels + "/rollback", self.rollback, "POST", "prompts.write", audit=False),
+            r("/api/prompts/{name}/rollouts", self.start_rollout, "POST", "prompts.write", audit=False),
+            r("/api/prompts/{name}/rollouts", self.list_rollouts, "GET", "prompts.read"),
+            r("/api/prompts/{name}/history", self.history, "GET", "prompts.read"),
+            r("/api/feedback", self.feedback, "POST", "feedback.write"),
+            r("/api/feedback", self.feedback_summary, "GET", "feedback.read"),
         ]
 
-    async def _caller(self, request: Request) -> Caller:
-        given = bearer(request) or ""
-        if self._token and hmac.compare_digest(given.encode(), self._token):
-            return Caller(None, True, "admin")
-        principal, _ = await self._rt.authenticator.resolve(given or None)
-        return Caller(principal.tenant, False, f"key:{principal.key_id}")
-
-    def _guard(self, handler: Callable[[Request, Caller], Awaitable[Response]]) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                for value in (*request.path_params.values(), *request.query_params.values()):
-                    if "\x00" in value:
-                        raise InvalidRequest("Parameters must not contain NUL.", None)
-                return await handler(request, await self._caller(request))
-            except ContentError as err:
-                return error_response(InvalidRequest(err.message, err.field))
-            except LabelRefused as err:
-                return error_response(PermissionDenied(str(err)))
-            except KeelError as err:
-                return error_response(err)
-
-        return endpoint
+    @staticmethod
+    def _translate(err: Exception) -> KeelError | None:
+        if isinstance(err, ContentError):
+            return InvalidRequest(err.message, err.field)
+        if isinstance(err, LabelRefused):
+            return PermissionDenied(str(err))
+        return None
 
     async def _body(self, request: Request) -> dict[str, Any]:
         body = await read_json(request, self._bounds)
@@ -100,27 +72,28 @@ class PromptsAdmin:
             raise InvalidRequest("The request body must be a JSON object.", None)
         return body
 
-    async def list_prompts(self, request: Request, caller: Caller) -> Response:
-        asked = request.query_params.get("tenant")
-        tenant = caller.of(asked) if asked or not caller.admin else None
+    async def list_prompts(self, request: Request, caller: Actor) -> Response:
+        tenant = caller.scope(request.query_params.get("tenant"))
         rows = await asyncio.to_thread(self._prompts.registry.summaries, tenant)
         return _json({"data": rows})
 
-    async def push(self, request: Request, caller: Caller) -> Response:
+    async def push(self, request: Request, caller: Actor) -> Response:
         body = await self._body(request)
-        tenant = caller.of(body.get("tenant"))
+        tenant = caller.tenant_for(body.get("tenant"))
         registry = self._prompts.registry
-        pushed = await asyncio.to_thread(registry.push, tenant, body, author=caller.who, admin=caller.admin)
+        pushed = await asyncio.to_thread(
+            registry.push, tenant, body, author=caller.id, admin=caller.can("prompts.protected")
+        )
         await self._prompts.sync.refresh()
         view = {**version_view(pushed.version), "created": pushed.created}
         if pushed.label is not None:
             view["label"] = label_view(pushed.label)
         return _json(view, 201 if pushed.created else 200)
 
-    async def show(self, request: Request, caller: Caller) -> Response:
+    async def show(self, request: Request, caller: Actor) -> Response:
         """?version=N | ?label=NAME (neither: the latest); ETag is the version's content hash."""
         name = request.path_params["name"]
-        tenant = caller.of(request.query_params.get("tenant"))
+        tenant = caller.tenant_for(request.query_params.get("tenant"))
         version, label = _which(request.query_params.get("version"), request.query_params.get("label"))
         found = await asyncio.to_thread(self._prompts.registry.find, tenant, name, version=version, label=label)
         if found is None:
@@ -133,18 +106,18 @@ class PromptsAdmin:
         labels = await asyncio.to_thread(self._rt.store.list_prompt_labels, tenant, name)
         return Response(orjson.dumps(version_view(found, labels)), 200, headers, JSON_TYPE)
 
-    async def versions(self, request: Request, caller: Caller) -> Response:
+    async def versions(self, request: Request, caller: Actor) -> Response:
         name = request.path_params["name"]
-        tenant = caller.of(request.query_params.get("tenant"))
+        tenant = caller.tenant_for(request.query_params.get("tenant"))
         rows = await asyncio.to_thread(self._rt.store.list_prompt_versions, tenant, name)
         return _json({"data": [version_view(v) for v in rows]})
 
-    async def set_label(self, request: Request, caller: Caller) -> Response:
+    async def set_label(self, request: Request, caller: Actor) -> Response:
         """Body {"version": N, "protected"?: bool, "rollout"?: [{"version": M, "weight": percent}, …]}: the
         stable version and the shares of others (none: a plain label, which is also how a rollout ends)."""
         name, label = request.path_params["name"], check_name(request.path_params["label"], "label")
         body = await self._body(request)
-        tenant = caller.of(body.get("tenant"))
+        tenant = caller.tenant_for(body.get("tenant"))
         version = body.get("version")
         if type(version) is not int or version < 1:
             raise InvalidRequest("'version' must be a version number (1, 2, …).", "version")
@@ -155,7 +128,14 @@ class PromptsAdmin:
         registry = self._prompts.registry
         moved = await asyncio.to_thread(
             lambda: registry.set_label(
-                tenant, name, label, version, by=caller.who, admin=caller.admin, protected=protected, rollout=rollout
+                tenant,
+                name,
+                label,
+                version,
+                by=caller.id,
+                admin=caller.can("prompts.protected"),
+                protected=protected,
+                rollout=rollout,
             )
         )
         if moved is None:
@@ -164,12 +144,12 @@ class PromptsAdmin:
         await self._prompts.sync.refresh()
         return _json(label_view(moved))
 
-    async def start_rollout(self, request: Request, caller: Caller) -> Response:
+    async def start_rollout(self, request: Request, caller: Actor) -> Response:
         """Body {label, to, weight, guards?: ["error_rate<0.02", …], steps?: [50], every?: "1h", window?: "5m",
         min_calls?: 50}: `weight`% of the label's calls to version `to`, judged by the guard worker."""
         name = request.path_params["name"]
         body = await self._body(request)
-        tenant = caller.of(body.get("tenant"))
+        tenant = caller.tenant_for(body.get("tenant"))
         label = check_name(body.get("label"), "label")
         to = body.get("to")
         if type(to) is not int or to < 1:
@@ -181,7 +161,7 @@ class PromptsAdmin:
         registry = self._prompts.registry
         started = await asyncio.to_thread(
             lambda: registry.start_rollout(
-                tenant, name, label, to, float(weight), plan, by=caller.who, admin=caller.admin
+                tenant, name, label, to, float(weight), plan, by=caller.id, admin=caller.can("prompts.protected")
             )
         )
         if started is None:
@@ -189,27 +169,27 @@ class PromptsAdmin:
         await self._prompts.sync.refresh()
         return _json({"label": label_view(started[0]), "rollout": rollout_view(started[1])}, 201)
 
-    async def list_rollouts(self, request: Request, caller: Caller) -> Response:
+    async def list_rollouts(self, request: Request, caller: Actor) -> Response:
         name = request.path_params["name"]
-        tenant = caller.of(request.query_params.get("tenant"))
+        tenant = caller.tenant_for(request.query_params.get("tenant"))
         rows = await asyncio.to_thread(self._prompts.registry.rollouts, tenant, name)
         return _json({"data": [rollout_view(r) for r in rows]})
 
-    async def rollback(self, request: Request, caller: Caller) -> Response:
+    async def rollback(self, request: Request, caller: Actor) -> Response:
         name, label = request.path_params["name"], request.path_params["label"]
-        tenant = caller.of(request.query_params.get("tenant"))  # no body: `tenant` in the query (admin token)
+        tenant = caller.tenant_for(request.query_params.get("tenant"))  # no body: `tenant` in the query (admin token)
         registry = self._prompts.registry
         moved = await asyncio.to_thread(
-            lambda: registry.rollback(tenant, name, label, by=caller.who, admin=caller.admin)
+            lambda: registry.rollback(tenant, name, label, by=caller.id, admin=caller.can("prompts.protected"))
         )
         if moved is None:
             raise NotFound(f"Prompt '{name}' has no label '{label}'.")
         await self._prompts.sync.refresh()
         return _json(label_view(moved))
 
-    async def history(self, request: Request, caller: Caller) -> Response:
+    async def history(self, request: Request, caller: Actor) -> Response:
         name = request.path_params["name"]
-        tenant = caller.of(request.query_params.get("tenant"))
+        tenant = caller.tenant_for(request.query_params.get("tenant"))
         label = request.query_params.get("label")
         try:
             limit = min(10_000, max(1, int(request.query_params.get("limit", "100"))))
@@ -218,20 +198,19 @@ class PromptsAdmin:
         rows = await asyncio.to_thread(self._prompts.registry.history, tenant, name, label, limit)
         return _json({"data": [move_view(m) for m in rows]})
 
-    async def feedback(self, request: Request, caller: Caller) -> Response:
+    async def feedback(self, request: Request, caller: Actor) -> Response:
         """Body {trace_id, score (0 to 1), comment?, user?}: a score on one call, by its x-keel-trace-id."""
         body = await self._body(request)
-        tenant = None if caller.admin else caller.of(None)
+        tenant = caller.tenant
         stored = await asyncio.to_thread(feedback.record, self._rt.store, tenant, body)
         view = {"trace_id": stored.trace_id, "score": stored.score, "prompt_version": stored.prompt_version,
                 "model": stored.model, "user": stored.rater or None}  # fmt: skip
         return _json(view, 201)
 
-    async def feedback_summary(self, request: Request, caller: Caller) -> Response:
+    async def feedback_summary(self, request: Request, caller: Actor) -> Response:
         """?by=prompt_version|model&since=24h&until=…: count and mean score per group."""
         q = request.query_params
-        asked = q.get("tenant")
-        tenant = caller.of(asked) if asked or not caller.admin else None
+        tenant = caller.scope(q.get("tenant"))
         since, until = parse_window(q.get("since", "24h"), q.get("until"), time.time())
         by = q.get("by", "prompt_version")
         rows = await asyncio.to_thread(feedback.summary, self._rt.store, tenant, since, until, by)

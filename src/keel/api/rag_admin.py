@@ -1,7 +1,7 @@
 """RAG collections and documents over HTTP (`/api/rag/collections…`).
 
-Either token works: the admin token (any tenant, named by `tenant` in the query or a JSON body) or a
-tenant's virtual key (its own tenant only). A document is put as JSON (`{"text": …, "title"?, "kind"?,
+Behind the admin guard (api/guard.py): an operator names the tenant (`tenant` in the query or a JSON
+body); a user or a tenant's virtual key acts on its own tenant only. A document is put as JSON (`{"text": …, "title"?, "kind"?,
 "metadata"?, "users"?, "groups"?, "valid_until"?, "source"?}`) or as multipart/form-data (a `file` part,
 the same fields as form fields, `metadata`/`users`/`groups` as JSON text). The answer is the document
 with its status: 201 for a new document, 200 for a new version or an unchanged one (`"result"` says
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -25,8 +23,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keel.api.bounds import TooLarge, check_depth, read_body
-from keel.api.openai import JSON_TYPE, bearer, error_response
-from keel.errors import InvalidRequest, KeelError, NotFound, PermissionDenied
+from keel.api.guard import Guard, Handler
+from keel.api.openai import JSON_TYPE
+from keel.errors import InvalidRequest, KeelError, NotFound
 from keel.rag.chunk import ChunkingSpec
 from keel.rag.collections import SpecError, check_name, collection_in, collection_view
 from keel.rag.documents import KIND_RECHUNK, Library, check_id, document_view, fields_from
@@ -34,6 +33,7 @@ from keel.rag.ingest import Ingestor
 from keel.rag.parse import kind_of
 from keel.runtime.components import Runtime
 from keel.store.protocols.rag_docs import DOC_STATUSES
+from keel.tenancy.actor import Actor
 
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024  # one document's bytes, as JSON text or a file
 FORM_SLACK = 256 * 1024  # multipart framing and the fields beside the file
@@ -41,28 +41,10 @@ TEXT_KINDS = ("txt", "md", "html", "jsonl", "csv")
 _FORM_FIELDS = ("title", "source", "kind", "metadata", "users", "groups", "valid_until")
 
 
-class Caller:
-    def __init__(self, tenant: str | None, admin: bool) -> None:
-        self.tenant, self.admin = tenant, admin
-
-    def of(self, asked: Any) -> str:
-        """The tenant a request acts on: the key's own, or (admin) the one it names."""
-        if asked is not None and (not isinstance(asked, str) or "\x00" in asked or not 1 <= len(asked) <= 256):
-            raise InvalidRequest("'tenant' must be a tenant name (1-256 characters, no NUL).", "tenant")
-        if not self.admin:
-            if asked is not None and asked != self.tenant:
-                raise PermissionDenied("A virtual key reaches only its own tenant's collections.")
-            assert self.tenant is not None
-            return self.tenant
-        if not asked:
-            raise InvalidRequest("Name the tenant: 'tenant' in the query or body (admin token).", "tenant")
-        return str(asked)
-
-
 class RagAdmin:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, guard: Guard) -> None:
         self._rt = runtime
-        self._token = (runtime.config.admin_token or "").encode()
+        self._guard = guard
         self._depth = runtime.config.server.max_json_depth
         self._body_limit = runtime.config.server.max_body_bytes
 
@@ -73,42 +55,22 @@ class RagAdmin:
     def routes(self) -> list[Route]:
         if self._rt.find(Library) is None:
             return []
+
+        def r(path: str, handler: Handler, method: str, permission: str) -> Route:
+            return self._guard.route(path, handler, [method], permission, translate=_translate, check=_collection)
+
         base, doc = "/api/rag/collections", "/api/rag/collections/{collection}/documents"
         return [
-            Route(base, self._guard(self.create), methods=["POST"]),
-            Route(base, self._guard(self.list_collections), methods=["GET"]),
-            Route(base + "/{collection}", self._guard(self.get_collection), methods=["GET"]),
-            Route(base + "/{collection}", self._guard(self.drop_collection), methods=["DELETE"]),
-            Route(base + "/{collection}/rechunk", self._guard(self.rechunk), methods=["POST"]),
-            Route(doc, self._guard(self.list_documents), methods=["GET"]),
-            Route(doc + "/{id:path}", self._guard(self.put), methods=["PUT"]),
-            Route(doc + "/{id:path}", self._guard(self.get_document), methods=["GET"]),
-            Route(doc + "/{id:path}", self._guard(self.delete), methods=["DELETE"]),
+            r(base, self.create, "POST", "rag.write"),
+            r(base, self.list_collections, "GET", "rag.read"),
+            r(base + "/{collection}", self.get_collection, "GET", "rag.read"),
+            r(base + "/{collection}", self.drop_collection, "DELETE", "rag.write"),
+            r(base + "/{collection}/rechunk", self.rechunk, "POST", "rag.write"),
+            r(doc, self.list_documents, "GET", "rag.read"),
+            r(doc + "/{id:path}", self.put, "PUT", "rag.write"),
+            r(doc + "/{id:path}", self.get_document, "GET", "rag.read"),
+            r(doc + "/{id:path}", self.delete, "DELETE", "rag.write"),
         ]
-
-    async def _caller(self, request: Request) -> Caller:
-        given = bearer(request) or ""
-        if self._token and hmac.compare_digest(given.encode(), self._token):
-            return Caller(None, True)
-        principal, _ = await self._rt.authenticator.resolve(given or None)
-        return Caller(principal.tenant, False)
-
-    def _guard(self, handler: Callable[[Request, Caller], Awaitable[Response]]) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                for value in (*request.path_params.values(), *request.query_params.values()):
-                    if "\x00" in value:
-                        raise InvalidRequest("Parameters must not contain NUL.", None)
-                caller = await self._caller(request)
-                if "collection" in request.path_params:
-                    check_name(request.path_params["collection"], "collection")
-                return await handler(request, caller)
-            except SpecError as err:
-                return error_response(InvalidRequest(str(err), err.field))
-            except KeelError as err:
-                return error_response(err)
-
-        return endpoint
 
     async def _json(self, request: Request, limit: int) -> dict[str, Any]:
         raw = await read_body(request, limit)
@@ -123,36 +85,35 @@ class RagAdmin:
 
     # ---- collections -----------------------------------------------------------------------------
 
-    async def create(self, request: Request, caller: Caller) -> Response:
+    async def create(self, request: Request, caller: Actor) -> Response:
         body = await self._json(request, self._body_limit)
-        tenant = caller.of(body.get("tenant", request.query_params.get("tenant")))
+        tenant = caller.tenant_for(body.get("tenant", request.query_params.get("tenant")))
         c = collection_in(body)
         row, created = await asyncio.to_thread(self._library.create_collection, tenant, c)
         return _json(collection_view(row), 201 if created else 200)
 
-    async def list_collections(self, request: Request, caller: Caller) -> Response:
-        asked = request.query_params.get("tenant")
-        tenant = caller.of(asked) if asked or not caller.admin else None
+    async def list_collections(self, request: Request, caller: Actor) -> Response:
+        tenant = caller.scope(request.query_params.get("tenant"))
         rows = await asyncio.to_thread(self._library.store.list_collections, tenant)
         return _json({"object": "list", "data": [collection_view(r) for r in rows]})
 
-    async def get_collection(self, request: Request, caller: Caller) -> Response:
-        tenant, name = caller.of(request.query_params.get("tenant")), request.path_params["collection"]
+    async def get_collection(self, request: Request, caller: Actor) -> Response:
+        tenant, name = caller.tenant_for(request.query_params.get("tenant")), request.path_params["collection"]
         lib = self._library
         row = await asyncio.to_thread(lib.collection, tenant, name)
         return _json(collection_view(row, await asyncio.to_thread(lib.counts, tenant, name)))
 
-    async def drop_collection(self, request: Request, caller: Caller) -> Response:
-        tenant, name = caller.of(request.query_params.get("tenant")), request.path_params["collection"]
+    async def drop_collection(self, request: Request, caller: Actor) -> Response:
+        tenant, name = caller.tenant_for(request.query_params.get("tenant")), request.path_params["collection"]
         await asyncio.to_thread(self._library.collection, tenant, name)
         gone = await self._rt.get(Ingestor).drop_collection(tenant, name)
         return _json({"object": "rag.collection", "name": name, "deleted": True, **gone})
 
-    async def rechunk(self, request: Request, caller: Caller) -> Response:
+    async def rechunk(self, request: Request, caller: Actor) -> Response:
         """Body {"chunking": {...}}: re-chunk the stored text into a shadow index, then swap (a job)."""
         body = await self._json(request, self._body_limit)
         tenant, name = (
-            caller.of(body.get("tenant", request.query_params.get("tenant"))),
+            caller.tenant_for(body.get("tenant", request.query_params.get("tenant"))),
             request.path_params["collection"],
         )
         try:
@@ -169,14 +130,14 @@ class RagAdmin:
 
     # ---- documents -------------------------------------------------------------------------------
 
-    async def put(self, request: Request, caller: Caller) -> Response:
+    async def put(self, request: Request, caller: Actor) -> Response:
         name, doc_id = request.path_params["collection"], check_id(request.path_params["id"])
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            tenant = caller.of(request.query_params.get("tenant"))
+            tenant = caller.tenant_for(request.query_params.get("tenant"))
             fields, data, filename, media = await self._form(request)
         else:
             body = await self._json(request, MAX_DOCUMENT_BYTES + FORM_SLACK)
-            tenant = caller.of(body.get("tenant", request.query_params.get("tenant")))
+            tenant = caller.tenant_for(body.get("tenant", request.query_params.get("tenant")))
             text = body.get("text")
             if not isinstance(text, str) or not text.strip():
                 raise InvalidRequest("'text' must be the document's text (or upload a file as multipart).", "text")
@@ -220,9 +181,9 @@ class RagAdmin:
             raise _too_large()
         return fields_from(values), data, filename, media
 
-    async def list_documents(self, request: Request, caller: Caller) -> Response:
+    async def list_documents(self, request: Request, caller: Actor) -> Response:
         q = request.query_params
-        tenant, name = caller.of(q.get("tenant")), request.path_params["collection"]
+        tenant, name = caller.tenant_for(q.get("tenant")), request.path_params["collection"]
         status = q.get("status")
         if status is not None and status not in DOC_STATUSES:
             raise InvalidRequest(f"'status' must be one of {', '.join(DOC_STATUSES)}.", "status")
@@ -239,8 +200,8 @@ class RagAdmin:
         return _json({"object": "list", "data": data, "has_more": len(rows) > limit,
                       "last_id": data[-1]["id"] if data else None})  # fmt: skip
 
-    async def get_document(self, request: Request, caller: Caller) -> Response:
-        tenant, name = caller.of(request.query_params.get("tenant")), request.path_params["collection"]
+    async def get_document(self, request: Request, caller: Actor) -> Response:
+        tenant, name = caller.tenant_for(request.query_params.get("tenant")), request.path_params["collection"]
         doc_id = check_id(request.path_params["id"])
         row = await asyncio.to_thread(self._library.store.get_document, tenant, name, doc_id)
         if row is None:
@@ -248,8 +209,8 @@ class RagAdmin:
         job = await self._rt.jobs.get(row.job_id) if row.job_id and self._rt.jobs is not None else None
         return _json(document_view(row, job, self._rt.config.jobs.stuck_after))
 
-    async def delete(self, request: Request, caller: Caller) -> Response:
-        tenant, name = caller.of(request.query_params.get("tenant")), request.path_params["collection"]
+    async def delete(self, request: Request, caller: Actor) -> Response:
+        tenant, name = caller.tenant_for(request.query_params.get("tenant")), request.path_params["collection"]
         doc_id = check_id(request.path_params["id"])
         row = await asyncio.to_thread(self._library.delete, tenant, name, doc_id)
         self._wake()
@@ -258,6 +219,15 @@ class RagAdmin:
     def _wake(self) -> None:
         if self._rt.jobs is not None:
             self._rt.jobs.wakeup.set()
+
+
+def _translate(err: Exception) -> KeelError | None:
+    return InvalidRequest(str(err), err.field) if isinstance(err, SpecError) else None
+
+
+def _collection(request: Request) -> None:
+    if "collection" in request.path_params:
+        check_name(request.path_params["collection"], "collection")
 
 
 def _form_value(key: str, value: str) -> Any:

@@ -2,14 +2,14 @@
 scores per stage (lexical, vector, fused, rerank) and why each was kept.
 
 Body: `{"query", "top_k"?, "filters"?, "mode"?, "candidates"?}`. With a virtual key the search runs as
-that key (its tenant, its user, its groups: keel.rag.acl); the body cannot name anyone else. With the
-admin token the body names `tenant`, and may name `user` and `groups` to search as them, or
-`"all": true` for the tenant's every document, and `build` to search a shadow build.
+that key (its tenant, its user, its groups: keel.rag.acl); the body cannot name anyone else. A person
+(an operator, or a user holding `rag.search`) names the `tenant` (a user: only their own, the default),
+and may name `user` and `groups` to search as them, or `"all": true` for the tenant's every document,
+and `build` to search a shadow build.
 """
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import orjson
@@ -18,7 +18,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from keel.api.bounds import Bounds
-from keel.api.openai import JSON_TYPE, bearer, error_response, read_json
+from keel.api.guard import Guard
+from keel.api.openai import JSON_TYPE, read_json
 from keel.errors import InvalidRequest, KeelError, NotFound, PermissionDenied
 from keel.rag.index import Index, NoIndex
 from keel.rag.retrieve import KeyGroups
@@ -32,43 +33,40 @@ from keel.rag.search import (
     parse_filters,
 )
 from keel.runtime.components import Runtime
+from keel.tenancy.actor import Actor
 
 _FIELDS = {"query", "top_k", "filters", "mode", "candidates", "tenant", "user", "groups", "all", "build"}
 _ADMIN_ONLY = ("tenant", "user", "groups", "all", "build")
 
 
 class RagSearchEdge:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, guard: Guard) -> None:
         self._rt = runtime
         self._index = runtime.find(Index)  # absent when a runtime is built without keel.rag.builder
         self._groups = runtime.find(KeyGroups)
-        self._token = (runtime.config.admin_token or "").encode()
+        self._guard = guard
         self._bounds = Bounds.of(runtime.config.server)
 
     def routes(self) -> list[Route]:
         if self._index is None:
             return []
-        return [Route("/api/rag/collections/{collection}/search", self.search, methods=["POST"])]
+        path = "/api/rag/collections/{collection}/search"  # a read: no audit entry
+        return [self._guard.route(path, self.search, ["POST"], "rag.search", audit=False, translate=_translate)]
 
-    async def search(self, request: Request) -> Response:
+    async def search(self, request: Request, actor: Actor) -> Response:
+        body = await read_json(request, self._bounds)
+        if not isinstance(body, dict):
+            raise InvalidRequest("The request body must be a JSON object.", None)
+        collection = request.path_params["collection"]
+        query = await self._query(actor, body, collection)
+        assert self._index is not None
         try:
-            body = await read_json(request, self._bounds)
-            if not isinstance(body, dict):
-                raise InvalidRequest("The request body must be a JSON object.", None)
-            collection = request.path_params["collection"]
-            query = await self._query(request, body, collection)
-            assert self._index is not None
-            try:
-                result = await self._index.search(query)
-            except NoIndex:
-                raise NotFound(f"Collection '{collection}' has no index in tenant '{query.tenant}'.") from None
-            return Response(orjson.dumps(result_json(collection, result)), 200, media_type=JSON_TYPE)
-        except BadSearch as err:
-            return error_response(InvalidRequest(str(err), err.param))
-        except KeelError as err:
-            return error_response(err)
+            result = await self._index.search(query)
+        except NoIndex:
+            raise NotFound(f"Collection '{collection}' has no index in tenant '{query.tenant}'.") from None
+        return Response(orjson.dumps(result_json(collection, result)), 200, media_type=JSON_TYPE)
 
-    async def _query(self, request: Request, body: dict[str, Any], collection: str) -> SearchQuery:
+    async def _query(self, actor: Actor, body: dict[str, Any], collection: str) -> SearchQuery:
         unknown = sorted(set(body) - _FIELDS)
         if unknown:
             raise InvalidRequest(f"Unknown field '{unknown[0]}'.", unknown[0])
@@ -83,14 +81,14 @@ class RagSearchEdge:
         if mode not in ("hybrid", "lexical", "vector"):
             raise InvalidRequest("'mode' must be hybrid, lexical or vector.", "mode")
         filters = parse_filters(body.get("filters"))
-        given = bearer(request) or ""
-        if self._token and hmac.compare_digest(given.encode(), self._token):
+        principal = actor.principal
+        if principal is None:
             tenant, user, groups, everything, build = _as_admin(body)
+            tenant = actor.tenant_for(tenant, "collections")
         else:
             named = next((f for f in _ADMIN_ONLY if f in body), None)
             if named is not None:
-                raise PermissionDenied(f"'{named}' needs the admin token; a key searches as itself.")
-            principal, _ = await self._rt.authenticator.resolve(given or None)
+                raise PermissionDenied(f"'{named}' is for people, not keys: a key searches as itself.")
             tenant, user, everything, build = principal.tenant, principal.user, False, None
             assert self._groups is not None
             groups = await self._groups.of(principal.key_id)
@@ -105,10 +103,14 @@ def _int(body: dict[str, Any], name: str, default: int, most: int) -> int:
     return value
 
 
-def _as_admin(body: dict[str, Any]) -> tuple[str, str | None, tuple[str, ...], bool, str | None]:
+def _translate(err: Exception) -> KeelError | None:
+    return InvalidRequest(str(err), err.param) if isinstance(err, BadSearch) else None
+
+
+def _as_admin(body: dict[str, Any]) -> tuple[str | None, str | None, tuple[str, ...], bool, str | None]:
     tenant = body.get("tenant")
-    if not isinstance(tenant, str) or not tenant or len(tenant) > 256:
-        raise InvalidRequest("Name the tenant: 'tenant' in the body (admin token).", "tenant")
+    if tenant is not None and (not isinstance(tenant, str) or not tenant or len(tenant) > 256):
+        raise InvalidRequest("Name the tenant: 'tenant' in the body.", "tenant")
     user = body.get("user")
     if user is not None and (not isinstance(user, str) or len(user) > 256):
         raise InvalidRequest("'user' must be a user id.", "user")

@@ -37,11 +37,15 @@ from keel.dashboard.session import COOKIE, Sessions
 from keel.dashboard.slopages import render_slo
 from keel.dashboard.throttle import LoginThrottle
 from keel.dashboard.tracepages import list_params, render_list, render_trace
+from keel.dashboard.userpages import UserPages, render_roles
 from keel.errors import InvalidRequest
 from keel.evals.gate import Rule, compare_runs
 from keel.store.protocols import BlobStore, EvalStore, JobStore, SpanStore, TraceStore
 from keel.store.protocols.audit import AuditStore
+from keel.store.protocols.tenancy import TenancyStore
 from keel.tenancy.actor import OPERATOR, Actor
+from keel.tenancy.directory import Directory
+from keel.tenancy.roles import may, sees_content
 from keel.traces.writer import read_spans, read_trace, trace_query
 
 _STYLE_HASH = base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
@@ -81,7 +85,9 @@ def _next_path(value: str | None) -> str:
     return "/ui"
 
 
-class PageStore(TraceStore, SpanStore, JobStore, EvalStore, PromptPageStore, KeyPageStore, AuditStore, Protocol):
+class PageStore(
+    TraceStore, SpanStore, JobStore, EvalStore, PromptPageStore, KeyPageStore, AuditStore, TenancyStore, Protocol
+):
     """What the pages read: traces, their rollups and spans; jobs; eval runs; prompts, rollouts and feedback;
     keys (and write: create, revoke); the audit log."""
 
@@ -96,6 +102,9 @@ PAGES: dict[str, tuple[str, str | None]] = {  # path -> (permission, nav label o
     "/ui/slo": ("platform.read", "SLOs"),
     "/ui/keys": ("keys.read", "Keys"),
     "/ui/audit": ("audit.read", "Audit"),
+    "/ui/users": ("users.read", "Users"),
+    "/ui/teams": ("users.read", "Teams"),
+    "/ui/roles": ("users.read", "Roles"),
 }
 
 
@@ -109,6 +118,7 @@ class Dashboard:
         stuck_after: int = 2,  # jobs.stuck_after
         slos: Mapping[str, SloConfig] | None = None,  # aliases' `slo:`
         audit: AuditLog | None = None,  # where the pages' changes are recorded; the audit page reads its chain
+        directory: Directory | None = None,  # users and teams (default: one over `store`)
     ) -> None:
         self._store = store
         self._blobs = blobs  # large payloads live there; the trace page reads them back
@@ -119,6 +129,7 @@ class Dashboard:
         self._keys = KeyPages(store, audit)
         self._audit = audit or AuditLog(store)
         self._verifier = Verifier(self._audit, store)
+        self._people = UserPages(directory or Directory(store), audit)
 
     def routes(self) -> list[Route]:
         return [
@@ -140,6 +151,13 @@ class Dashboard:
             Route("/ui/keys/{key_id}/revoke", self._guard(self.revoke_key, "keys.write"), methods=["POST"]),
             Route("/ui/audit", self._guard(self.audit, "audit.read"), methods=["GET"]),
             Route("/ui/audit/export", self._guard(self.audit_export, "audit.read"), methods=["GET"]),
+            Route("/ui/users", self._guard(self.users, "users.read"), methods=["GET"]),
+            Route("/ui/users", self._guard(self.add_user, "users.manage"), methods=["POST"]),
+            Route("/ui/users/{user_id}/role", self._guard(self.set_role, "users.manage"), methods=["POST"]),
+            Route("/ui/users/{user_id}/disable", self._guard(self.set_disabled, "users.manage"), methods=["POST"]),
+            Route("/ui/teams", self._guard(self.teams, "users.read"), methods=["GET"]),
+            Route("/ui/teams", self._guard(self.add_team, "users.manage"), methods=["POST"]),
+            Route("/ui/roles", self._guard(self.roles, "users.read"), methods=["GET"]),
         ]
 
     def _guard(self, page: Page, permission: str) -> Page:
@@ -280,7 +298,7 @@ class Dashboard:
         if can(actor, "traces.content"):
             return True
         row = await asyncio.to_thread(self._store.get_tenant, tenant) if tenant else None
-        return sees_content(actor, bool(getattr(row, "viewer_content", False)))
+        return sees_content(actor, row is not None and row.viewer_content)
 
     async def jobs(self, request: Request) -> Response:
         t0 = time.perf_counter()
@@ -392,14 +410,38 @@ class Dashboard:
             return self._view(request, render_error(shown, str(exc), actor.tenant is not None))
         return export_response(self._audit, query)
 
+    # ---- users, teams, roles
+
+    async def users(self, request: Request) -> Response:
+        actor: Actor = request.state.actor
+        return self._view(request, await self._people.users(request, actor, can(actor, "users.manage")))
+
+    async def add_user(self, request: Request) -> Response:
+        return self._respond(request, await self._people.add_user(request, request.state.actor))
+
+    async def set_role(self, request: Request) -> Response:
+        return self._respond(request, await self._people.set_role(request, request.state.actor))
+
+    async def set_disabled(self, request: Request) -> Response:
+        return self._respond(request, await self._people.set_disabled(request, request.state.actor))
+
+    async def teams(self, request: Request) -> Response:
+        actor: Actor = request.state.actor
+        return self._view(request, await self._people.teams(request, actor, can(actor, "users.manage")))
+
+    async def add_team(self, request: Request) -> Response:
+        return self._respond(request, await self._people.add_team(request, request.state.actor))
+
+    async def roles(self, request: Request) -> Response:
+        return self._view(request, View("Roles", render_roles()))
+
+    def _respond(self, request: Request, done: View | Response) -> Response:
+        return done if isinstance(done, Response) else self._view(request, done)
+
 
 def can(actor: Actor, permission: str) -> bool:
-    """Does `actor` hold `permission`? The platform operator holds every one."""
-    return OPERATOR in actor.roles
-
-
-def sees_content(actor: Actor, viewer_content: bool) -> bool:
-    return viewer_content and "viewer" in actor.roles
+    """Does `actor` hold `permission` (keel.tenancy.roles' matrix, scopes applied)?"""
+    return may(actor, permission)
 
 
 def _scoped(request: Request) -> dict[str, str]:

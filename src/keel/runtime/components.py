@@ -52,6 +52,7 @@ from keel.rag import ingest_builder as rag_ingest
 from keel.runtime.workers import Workers
 from keel.store.open import open_store
 from keel.store.protocols import BlobStore, BreakerStore, LimitStore, Store
+from keel.tenancy import builder as tenancy
 from keel.traces import builder as traces
 from keel.traces.metrics import Metrics
 from keel.traces.otel import SpanExporter
@@ -79,6 +80,7 @@ BUILDERS: tuple[Builder, ...] = (
     online_evals.build,  # online eval rules (a trace-slot sampler), scoring jobs, score monitors, drift checks
     evals.build,  # eval suite runs as jobs (through the pipeline), datasets
     agents.build,  # tools, secrets, sandbox, runs and approvals; the runs worker
+    tenancy.build,  # users, teams, roles and personal access tokens (Directory) the admin guard resolves
 )
 
 

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from keel.errors import InvalidRequest, PermissionDenied
+from keel.types import Principal
 
 ROLES = ("owner", "admin", "developer", "viewer", "auditor")  # per tenant, strongest first
 OPERATOR = "operator"  # the platform operator: every tenant; the admin token acts as one
@@ -36,3 +39,32 @@ class Actor:
     team: str | None = None
     scopes: frozenset[str] | None = None  # a token's scopes (permissions); None: all its roles allow
     ip: str | None = None
+    principal: Principal | None = None  # a virtual key's, when kind == "key"
+    models: tuple[str, ...] | None = None  # the aliases a virtual key may call (None: all)
+
+    @property
+    def operator(self) -> bool:
+        return OPERATOR in self.roles
+
+    def can(self, permission: str) -> bool:
+        """Whether this actor holds `permission` (on its own tenant, or on every one as an operator)."""
+        from keel.tenancy.roles import may  # the matrix imports this module
+
+        return may(self, permission)
+
+    def tenant_for(self, asked: Any, what: str = "data") -> str:
+        """The tenant a request acts on: the one it names (`tenant` in its query or body), which must be
+        this actor's own unless it is an operator; an actor of one tenant may leave it out."""
+        if asked is not None and (not isinstance(asked, str) or not asked or len(asked) > 256 or "\x00" in asked):
+            raise InvalidRequest("'tenant' must be a tenant name (1 to 256 characters, no NUL).", "tenant")
+        if self.tenant is None:
+            if not asked:
+                raise InvalidRequest("Name the tenant: 'tenant' in the query or body.", "tenant")
+            return str(asked)
+        if asked is not None and asked != self.tenant:
+            raise PermissionDenied(f"{self.id} reaches only its own tenant's {what} ('{self.tenant}').")
+        return self.tenant
+
+    def scope(self, asked: str | None) -> str | None:
+        """The tenant filter of a listing: an operator's choice (None: every tenant), else its own."""
+        return (asked or None) if self.tenant is None else self.tenant_for(asked)

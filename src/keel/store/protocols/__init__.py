@@ -70,6 +70,7 @@ from keel.store.protocols.rag_index import Access, BuildRow, RagIndexStore
 from keel.store.protocols.responses import ResponseStore, StoredResponse
 from keel.store.protocols.spans import SpanStore
 from keel.store.protocols.store import Migrator, Store
+from keel.store.protocols.tenancy import TeamRow, TenancyStore, TokenRow, UserRow
 from keel.store.protocols.traces import TraceQuery, TraceStore, UnstorableRecords
 from keel.store.protocols.usage import UsageQuery, UsageRow
 from keel.store.protocols.vectors import VectorHit, VectorIndex
@@ -157,7 +158,10 @@ __all__ = [
     "SpanStore",
     "Store",
     "StoredResponse",
+    "TeamRow",
+    "TenancyStore",
     "TenantRow",
+    "TokenRow",
     "ToolRow",
     "TraceDeletion",
     "TraceQuery",
@@ -166,6 +170,7 @@ __all__ = [
     "UnstorableRecords",
     "UsageQuery",
     "UsageRow",
+    "UserRow",
     "VectorHit",
     "VectorIndex",
     "Window",

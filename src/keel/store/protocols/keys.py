@@ -11,6 +11,7 @@ class TenantRow:
     name: str
     created_at: float
     regions: tuple[str, ...] | None = None  # data residency: provider regions allowed; None = any
+    viewer_content: bool = False  # viewers see traces' prompts and responses (keel.tenancy.roles)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,10 @@ class KeyStore(Protocol):
 
         Raise ValueError if `regions` is empty. Marks the tenant changed for `tenants_changed_since`.
         """
+        ...
+
+    def set_tenant_viewer_content(self, name: str, allowed: bool) -> TenantRow | None:
+        """Whether the tenant's viewers see traces' content; None if no such tenant."""
         ...
 
     def tenants_changed_since(self, since: float) -> list[tuple[str, float]]:

@@ -19,6 +19,7 @@ from keel.store.protocols.rag_docs import RagDocStore
 from keel.store.protocols.rag_index import RagIndexStore
 from keel.store.protocols.responses import ResponseStore
 from keel.store.protocols.spans import SpanStore
+from keel.store.protocols.tenancy import TenancyStore
 from keel.store.protocols.traces import TraceStore
 
 
@@ -46,6 +47,7 @@ class Store(
     FeedbackStore,
     AuditStore,
     AgentStore,
+    TenancyStore,
     Protocol,
 ):
     url: str

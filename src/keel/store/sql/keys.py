@@ -45,6 +45,13 @@ class SqlKeys:
             rows = s.fetchall(sql, (regions_json(regions), time.time(), name))
         return tenant_from_row(rows[0]) if rows else None
 
+    def set_tenant_viewer_content(self, name: str, allowed: bool) -> TenantRow | None:
+        d = self._db.dialect
+        sql = f"UPDATE tenants SET viewer_content = {d.mark}, updated_at = {d.mark} WHERE name = {d.mark} RETURNING {_TENANTS}"
+        with self._db.session() as s:
+            rows = s.fetchall(sql, (int(allowed), time.time(), name))
+        return tenant_from_row(rows[0]) if rows else None
+
     def tenants_changed_since(self, since: float) -> list[tuple[str, float]]:
         sql = f"SELECT name, updated_at FROM tenants WHERE updated_at >= {self._db.dialect.mark}"
         with self._db.session() as s:

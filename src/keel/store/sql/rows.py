@@ -36,7 +36,7 @@ TOKENS_MAX = 2**31 - 1  # PostgreSQL INTEGER, the traces' token columns
 AMOUNT_MAX = 1e15  # USD or ms in one trace: beyond any real call, and sums of them stay finite
 _ATTR = {"user_id": "user"}
 
-TENANT_COLUMNS = ("name", "created_at", "regions")
+TENANT_COLUMNS = ("name", "created_at", "regions", "viewer_content")
 KEY_COLUMNS = (
     "id", "tenant", "key_hash", "prefix", "created_at", "name", "user_id", "models", "revoked_at",
     "priority", "max_priority",
@@ -164,10 +164,10 @@ def regions_json(regions: tuple[str, ...] | None) -> str | None:
 
 
 def tenant_from_row(row: Sequence[Any]) -> TenantRow:
-    name, created_at, regions = row
+    name, created_at, regions, viewer_content = row
     if isinstance(regions, str):
         regions = orjson.loads(regions)
-    return TenantRow(name, created_at, None if regions is None else tuple(regions))
+    return TenantRow(name, created_at, None if regions is None else tuple(regions), bool(viewer_content))
 
 
 _FILTERS = ("tenant", "key_id", "user", "feature", "session", "alias", "status")

@@ -25,6 +25,7 @@ from keel.store.sql.rag_docs import SqlRagDocs
 from keel.store.sql.rag_index import SqlRagIndex
 from keel.store.sql.responses import SqlResponses
 from keel.store.sql.spans import SqlSpans
+from keel.store.sql.tenancy import SqlTenancy
 from keel.store.sql.traces import SqlTraces
 
 
@@ -45,6 +46,7 @@ class SqlStore(
     SqlFeedback,
     SqlAudit,
     SqlAgents,
+    SqlTenancy,
 ):
     def __init__(self, url: str, db: Database) -> None:
         self.url = url
