@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from keel.audit.log import AuditLog
-from keel.keys.auth import KEY_PREFIX
+from keel.keys.auth import KEY_PREFIX, issue_key
 from keel.store.protocols.audit import GENESIS, entry_hash
 from keel.tenancy.roles import KEY_PERMISSIONS, MATRIX, PERMISSIONS
 from keel.testing import FakeUpstream
@@ -264,3 +264,104 @@ def test_users_are_added_given_a_role_disabled_and_enabled_on_the_page(gw: Gatew
         "users.manage POST /ui/users/ann/disable",
         "users.manage POST /ui/users/ann/disable",
     ]
+
+
+# ---- every page gated by the actor's role (a personal access token as the credential)
+
+
+def pat(gw: Gateway, user: str, tenant: str, role: str) -> dict[str, str]:
+    """A user of `tenant` with `role`, and the Authorization header of a personal access token of theirs."""
+    admin = {"authorization": f"Bearer {gw.admin}"}
+    r = httpx.post(gw.url + "/api/users", json={"tenant": tenant, "id": user, "roles": [role]}, headers=admin)
+    assert r.status_code == 201, r.text
+    r = httpx.post(gw.url + "/api/tokens", json={"user": user}, headers=admin)
+    assert r.status_code == 201, r.text
+    return {"authorization": f"Bearer {r.json()['token']}"}
+
+
+def nav(page: httpx.Response) -> list[str]:
+    return re.findall(r'<a href="(/ui[^"]*)">[^<]+</a>', page.text.split("</header>")[0])
+
+
+def two_tenants(gw: Gateway) -> tuple[str, str]:
+    """A call in t1 and one in t2 (their trace ids), a key and an audit entry in each."""
+    store = gw.runtime.store
+    store.create_tenant("t2")
+    t2_key = issue_key(store, "t2", name="t2-key").key
+    ids = []
+    for key in (gw.key, t2_key):
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "secret question " + XSS}]}
+        r = httpx.post(gw.base_url + "/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+        assert r.status_code == 200, r.text
+        ids.append(r.headers["x-keel-trace-id"])
+    gw.traces()
+    _entries(gw, 2, tenant="t1")
+    _entries(gw, 2, tenant="t2", actor="user:zed")
+    return ids[0], ids[1]
+
+
+def test_a_viewer_reads_its_tenants_pages_without_forms_or_content(gw: Gateway) -> None:
+    mine, theirs = two_tenants(gw)
+    viewer = pat(gw, "vic", "t1", "viewer")
+    with httpx.Client(base_url=gw.url, timeout=10, headers=viewer) as c:
+        home = c.get("/ui")
+        assert home.status_code == 200
+        assert nav(home) == ["/ui", "/ui/traces", "/ui/jobs", "/ui/prompts", "/ui/evals", "/ui/slo", "/ui/keys"]
+        listing = c.get("/ui/traces", params={"since": "1h", "tenant": "t2"})  # the tenant filter is forced to t1
+        assert f'data-trace="{mine}"' in listing.text and f'data-trace="{theirs}"' not in listing.text
+        trace = c.get(f"/ui/traces/{mine}")
+        assert trace.status_code == 200 and 'id="content-hidden"' in trace.text and "secret question" not in trace.text
+        assert c.get(f"/ui/traces/{theirs}").status_code == 404
+        keys = c.get("/ui/keys")
+        assert keys.status_code == 200 and 'id="create-key"' not in keys.text and 'class="revoke"' not in keys.text
+        assert 'data-key="' in keys.text and "t2-key" not in keys.text
+        refused = c.post("/ui/keys", data={"tenant": "t1", "name": "x"})
+        assert refused.status_code == 403 and "(keys.write)" in refused.text
+        for path in ("/ui/audit", "/ui/audit/export", "/ui/users", "/ui/teams", "/ui/roles"):
+            assert c.get(path).status_code == 403, path
+        assert c.post("/ui/users", data={"role": "owner"}).status_code == 403
+    gw.runtime.store.set_tenant_viewer_content("t1", True)  # the tenant lets its viewers see content
+    with httpx.Client(base_url=gw.url, timeout=10, headers=viewer) as c:
+        trace = c.get(f"/ui/traces/{mine}")
+        assert (
+            "secret question" in trace.text and 'id="content-hidden"' not in trace.text and markup_of(trace.text) == []
+        )
+
+
+def test_an_auditor_sees_its_tenants_audit_and_usage_only(gw: Gateway) -> None:
+    mine, _ = two_tenants(gw)
+    auditor = pat(gw, "aud", "t1", "auditor")
+    with httpx.Client(base_url=gw.url, timeout=10, headers=auditor) as c:
+        home = c.get("/ui")
+        assert home.status_code == 200 and nav(home) == ["/ui", "/ui/audit"]
+        page = c.get("/ui/audit", params={"tenant": "t2"})  # forced to its own tenant
+        assert page.status_code == 200 and 'name="tenant"' not in page.text
+        tenants = set(re.findall(r'<tr data-seq="\d+"><td class="n">\d+</td><td>[^<]+</td><td>([^<]+)</td>', page.text))
+        assert tenants == {"t1"}
+        export = c.get("/ui/audit/export", params={"since": "1h"})
+        assert {orjson.loads(x)["tenant"] for x in export.text.splitlines()} == {"t1"}
+        for path in ("/ui/traces", f"/ui/traces/{mine}", "/ui/keys", "/ui/jobs", "/ui/prompts", "/ui/users"):
+            assert c.get(path).status_code == 403, path
+
+
+def test_a_tenant_admin_manages_its_own_tenant_below_owner(gw: Gateway) -> None:
+    two_tenants(gw)
+    admin = pat(gw, "ada", "t1", "admin")
+    pat(gw, "zed", "t2", "viewer")
+    pat(gw, "own", "t1", "owner")
+    with httpx.Client(base_url=gw.url, timeout=10, headers=admin) as c:
+        users = c.get("/ui/users", params={"tenant": "t2"})
+        assert users.status_code == 200 and 'data-user="ada"' in users.text and 'data-user="zed"' not in users.text
+        assert '<option value="owner">' not in users.text  # an admin grants admin and below
+        keys = c.get("/ui/keys")
+        assert 'id="create-key"' in keys.text and "t2-key" not in keys.text
+        (t2_key,) = [k for k in gw.runtime.store.list_keys("t2")]
+        assert c.get(f"/ui/keys/{t2_key.id}/revoke").status_code == 404  # another tenant's key: not found
+        assert c.get("/ui/roles").status_code == 200
+        assert c.get("/ui/audit").status_code == 403  # admins hold no audit.read
+        # A browser's forms need the session's CSRF token: a bearer alone changes nothing.
+        assert c.post("/ui/keys", data={"tenant": "t1", "name": "x"}).status_code == 403
+    with login(gw) as operator:  # the operator may do what the admin may not
+        token = csrf(operator.get("/ui/users"))
+        r = operator.post("/ui/users/own/role", data={"csrf": token, "role": "viewer"})
+        assert r.status_code == 303 and gw.runtime.store.get_user("own").roles == ("viewer",)  # type: ignore[union-attr]

@@ -38,13 +38,13 @@ from keel.dashboard.slopages import render_slo
 from keel.dashboard.throttle import LoginThrottle
 from keel.dashboard.tracepages import list_params, render_list, render_trace
 from keel.dashboard.userpages import UserPages, render_roles
-from keel.errors import InvalidRequest
+from keel.errors import AuthError, InvalidRequest
 from keel.evals.gate import Rule, compare_runs
 from keel.store.protocols import BlobStore, EvalStore, JobStore, SpanStore, TraceStore
 from keel.store.protocols.audit import AuditStore
 from keel.store.protocols.tenancy import TenancyStore
 from keel.tenancy.actor import OPERATOR, Actor
-from keel.tenancy.directory import Directory
+from keel.tenancy.directory import PAT_PREFIX, Directory
 from keel.tenancy.roles import may, sees_content
 from keel.traces.writer import read_spans, read_trace, trace_query
 
@@ -129,7 +129,8 @@ class Dashboard:
         self._keys = KeyPages(store, audit)
         self._audit = audit or AuditLog(store)
         self._verifier = Verifier(self._audit, store)
-        self._people = UserPages(directory or Directory(store), audit)
+        self._directory = directory or Directory(store)
+        self._people = UserPages(self._directory, audit)
 
     def routes(self) -> list[Route]:
         return [
@@ -167,7 +168,7 @@ class Dashboard:
         async def endpoint(request: Request) -> Response:
             if not self._sessions.enabled:
                 return self._disabled()
-            actor = self.actor(request)
+            actor = await self.actor(request)
             if actor is None:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse(f"/ui/login?next={quote(target, safe='')}", 303, HEADERS)
@@ -182,13 +183,22 @@ class Dashboard:
 
         return endpoint
 
-    def actor(self, request: Request) -> Actor | None:
-        """Who is signed in: the one place a session becomes an Actor (None: nobody, or a bad cookie).
-        An admin-token session is the platform operator."""
-        if not self._sessions.valid(request.cookies.get(COOKIE)):
-            return None
+    async def actor(self, request: Request) -> Actor | None:
+        """Who is asking: the one place a credential becomes an Actor (None: nobody, or a bad credential).
+        A session cookie from the admin-token login is the platform operator. A personal access token as
+        `Authorization: Bearer keel_pat_…` is its user (scripts reading pages or the audit export; never
+        a browser's forms, which need the session's CSRF token)."""
         ip = request.client.host if request.client else None
-        return Actor("operator", "admin", None, frozenset({OPERATOR}), ip=ip)
+        if self._sessions.valid(request.cookies.get(COOKIE)):
+            return Actor("operator", "admin", None, frozenset({OPERATOR}), ip=ip)
+        auth = request.headers.get("authorization") or ""
+        token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if token.startswith(PAT_PREFIX):
+            try:
+                return await self._directory.resolve(token, ip)
+            except AuthError:
+                return None
+        return None
 
     def _view(self, request: Request, view: View, timing: str | None = None) -> Response:
         """`view` laid out with the nav entries the signed-in actor may open."""
