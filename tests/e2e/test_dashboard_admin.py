@@ -317,6 +317,12 @@ def test_a_viewer_reads_its_tenants_pages_without_forms_or_content(gw: Gateway) 
         assert 'data-key="' in keys.text and "t2-key" not in keys.text
         refused = c.post("/ui/keys", data={"tenant": "t1", "name": "x"})
         assert refused.status_code == 403 and "(keys.write)" in refused.text
+        (entry,) = [e for e in AuditLog(gw.runtime.store).entries() if e.actor == "user:vic"]
+        assert (entry.action, entry.tenant, orjson.loads(entry.detail)["result"]["outcome"]) == (
+            "keys.write POST /ui/keys",
+            "t1",
+            "refused",
+        )
         for path in ("/ui/audit", "/ui/audit/export", "/ui/users", "/ui/teams", "/ui/roles"):
             assert c.get(path).status_code == 403, path
         assert c.post("/ui/users", data={"role": "owner"}).status_code == 403

@@ -178,6 +178,12 @@ class Dashboard:
                     body = h('<h1>Bad request</h1><p class="error">{}</p>', "Parameters must not contain NUL.")
                     return self._view(request, View("Bad request", body, 400))
             if not can(actor, permission):
+                if request.method == "POST":  # a refused change is audited like the admin API's
+                    action = f"{permission} POST {request.url.path}"
+                    result = {"status": 403, "outcome": "refused"}
+                    await self._audit.record(
+                        actor.id, action, None, tenant=actor.tenant, source_ip=actor.ip, result=result
+                    )
                 return self._view(request, _refused(permission))
             return await page(request)
 
