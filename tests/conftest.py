@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# numpy is imported here, once, before any test starts a gateway: its background workers import it lazily
+# in their threads, and Hypothesis reads `numpy.ndarray` whenever numpy is in sys.modules, so a worker
+# mid-import made a fuzz example fail with "partially initialized module 'numpy'"
+import numpy  # noqa: F401
 import pytest
 import uvicorn
 import yaml

@@ -19,7 +19,7 @@ import pytest
 
 from keel.audit.log import AuditLog
 from keel.keys.auth import KEY_PREFIX, issue_key
-from keel.store.protocols.audit import GENESIS, entry_hash
+from keel.store.protocols.audit import entry_hash
 from keel.tenancy.roles import KEY_PERMISSIONS, MATRIX, PERMISSIONS
 from keel.testing import FakeUpstream
 from tests.conftest import Gateway, base_config, until
@@ -131,26 +131,29 @@ def _entries(gw: Gateway, n: int, tenant: str = "t1", actor: str = "user:ann") -
 
 
 def test_the_audit_page_filters_pages_and_shows_the_chain_verified(gw: Gateway) -> None:
+    base = gw.runtime.store.audit_head()[0]  # the gateway's own entries at start (its config)
     _entries(gw, 150)
     _entries(gw, 3, tenant="t2", actor="key:k2")
     AuditLog(gw.runtime.store).append("admin", "tenants.manage POST /api/tenants", "t3", after={"name": XSS})
     with login(gw) as c:
         page = c.get("/ui/audit")
-        assert page.status_code == 200 and 'data-ok="true"' in page.text and "all 154 entries hold" in page.text
+        assert (
+            page.status_code == 200 and 'data-ok="true"' in page.text and f"all {base + 154} entries hold" in page.text
+        )
         assert markup_of(page.text) == []
         seqs = [int(s) for s in re.findall(r'<tr data-seq="(\d+)">', page.text)]
         assert seqs == list(range(1, 101)) and "sk-hidden" not in page.text and "[redacted]" in page.text
         (nxt,) = re.findall(r'<a id="next" href="([^"]+)"', page.text)
         rest = c.get(nxt.replace("&amp;", "&"))
-        assert [int(s) for s in re.findall(r'<tr data-seq="(\d+)">', rest.text)] == list(range(101, 155))
+        assert [int(s) for s in re.findall(r'<tr data-seq="(\d+)">', rest.text)] == list(range(101, base + 155))
         assert 'id="next"' not in rest.text
         by_actor = c.get("/ui/audit", params={"actor": "key:"})
-        assert re.findall(r'<tr data-seq="(\d+)">', by_actor.text) == ["151", "152", "153"]
+        assert re.findall(r'<tr data-seq="(\d+)">', by_actor.text) == [str(base + n) for n in (151, 152, 153)]
         by_action = c.get("/ui/audit", params={"action": "tenants.", "tenant": ""})
-        assert re.findall(r'<tr data-seq="(\d+)">', by_action.text) == ["154"]
+        assert re.findall(r'<tr data-seq="(\d+)">', by_action.text) == [str(base + 154)]
         assert markup_of(by_action.text) == [] and "&lt;script&gt;" in by_action.text
         by_tenant = c.get("/ui/audit", params={"tenant": "t2"})
-        assert re.findall(r'<tr data-seq="(\d+)">', by_tenant.text) == ["151", "152", "153"]
+        assert re.findall(r'<tr data-seq="(\d+)">', by_tenant.text) == [str(base + n) for n in (151, 152, 153)]
         future = c.get("/ui/audit", params={"since": "2999-01-01T00:00:00"})
         assert "No entries" in future.text
         bad = c.get("/ui/audit", params={"since": "yesterday"})
@@ -159,6 +162,7 @@ def test_the_audit_page_filters_pages_and_shows_the_chain_verified(gw: Gateway) 
 
 
 def test_the_audit_export_holds_the_shown_range_with_its_chain(gw: Gateway) -> None:
+    base, prev = gw.runtime.store.audit_head()  # the gateway's own entries at start (its config)
     _entries(gw, 5)
     _entries(gw, 2, tenant="t2", actor="key:k2")
     with login(gw) as c:
@@ -168,15 +172,16 @@ def test_the_audit_export_holds_the_shown_range_with_its_chain(gw: Gateway) -> N
         assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
         assert r.headers["content-disposition"].startswith("attachment; filename=")
         lines = [orjson.loads(x) for x in r.text.splitlines()]
-        assert [x["seq"] for x in lines] == [1, 2, 3, 4, 5] and {x["tenant"] for x in lines} == {"t1"}
-        prev = GENESIS
+        assert [x["seq"] for x in lines] == [base + n for n in (1, 2, 3, 4, 5)] and {x["tenant"] for x in lines} == {
+            "t1"
+        }
         for x in lines:  # a contiguous range verifies on its own from its first entry's link
             assert x["prev_hash"] == prev
             store_entry = next(e for e in AuditLog(gw.runtime.store).entries() if e.seq == x["seq"])
             assert entry_hash(x["seq"], store_entry, prev) == x["hash"]
             prev = x["hash"]
         everything = c.get("/ui/audit/export", params={"since": "1h", "tenant": ""})
-        assert len(everything.text.splitlines()) == 7
+        assert len(everything.text.splitlines()) == base + 7
 
 
 def test_the_audit_page_says_where_the_chain_breaks(gw: Gateway, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ the process answers, the trace writer is healthy (/readyz 200) and no internal e
 
 One server for the module (PostgreSQL, the strictest store: NUL, index sizes) with the fake
 upstream; examples are bounded and derandomized, so a CI run is stable and takes well under a
-minute. schemathesis would need an OpenAPI document, which Keel does not publish yet.
+minute. schemathesis runs against the admin API's OpenAPI document in test_openapi.py.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from keel.api.app import create_app
 from keel.keys.auth import issue_key
 from keel.testing import FakeUpstream
+from keel.testing.oidc import FakeIssuer, FakeUser
 from tests.conftest import Gateway, base_config
 from tests.served import serve, storage
 
@@ -81,7 +82,13 @@ def target(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> 
     raw = base_config(upstream, "", tmp)
     raw["traces"]["blobs_url"] = f"file://{tmp}/blobs"  # uploaded files' bytes (PostgreSQL's default is ./.keel)
     raw["models"]["sim"]["slo"] = {"availability": 99.9, "p95_ms": 3000}  # /api/slo and /ui/slo compute one
-    with storage("postgres", tmp) as url, serve({**raw, "storage": {"url": url}}, tmp) as gw:
+    users = {"ann": FakeUser("pw", groups=("admins",))}  # /ui/sso/corp/... signs in at a real issuer
+    corp = {"client_id": "keel", "tenant": "t1", "roles": {"admins": "admin"}}
+    with (
+        FakeIssuer(users, {"keel": None}) as idp,
+        storage("postgres", tmp) as url,
+        serve({**raw, "storage": {"url": url}, "sso": {"providers": {"corp": {**corp, "issuer": idp.url}}}}, tmp) as gw,
+    ):
         store = gw.runtime.store
         store.create_tenant("fz")  # the tenant fuzzed admin calls may purge, limit or delete
         key_id = issue_key(store, "fz", name="sacrificial").row.id
@@ -399,8 +406,9 @@ ROUTES = [
     Route("GET", "/api/evals/runs/{run_id}/compare", "admin", query=("baseline", "max_regressions", "min_pass_rate", "alpha")),
     Route("GET", "/ui/prompts", "dashboard", query=("tenant",)),
     Route("GET", "/ui/prompts/{tenant}/{name}", "dashboard", query=("diff",)),
-    Route("GET", "/api/audit", "admin", query=("since", "until", "tenant", "after", "limit")),
+    Route("GET", "/api/audit", "admin", query=("since", "until", "tenant", "actor", "action", "target", "after", "limit")),
     Route("GET", "/api/audit/verify", "admin"),
+    Route("GET", "/api/audit/export", "admin", query=("since", "until", "tenant", "actor", "action", "target", "format")),
     Route("GET", "/api/agents/tools", "admin", query=("tenant",)),
     Route("POST", "/api/agents/tools", "admin", TOOL),
     Route("GET", "/api/agents/tools/{name}", "admin", query=("tenant",)),
@@ -430,6 +438,9 @@ ROUTES = [
     Route("GET", "/ui/teams", "dashboard", query=("tenant", "done")),
     Route("POST", "/ui/teams", "dashboard", form=True),
     Route("GET", "/ui/roles", "dashboard"),
+    Route("GET", "/ui/sso/{provider}/login", "sso", query=("next",)),
+    Route("GET", "/ui/sso/{provider}/callback", "sso", query=("code", "state", "error")),
+    Route("GET", "/api/whoami", "admin"),
     Route("GET", "/api/evals/online-rules", "admin"),
     Route("POST", "/api/evals/online-rules", "admin", {"name": "fz", "rate": 0.1, "feature": "f", "delay_s": 0,
         "scorers": [{"type": "icontains", "value": "x", "metric": "m"}]}),
@@ -460,6 +471,7 @@ ROUTES = [
     Route("GET", "/api/tokens", "admin", query=("user",)),
     Route("POST", "/api/tokens", "admin", {"user": "fz-user", "name": "ci", "scopes": ["keys.read"], "expires_in": 3600}),
     Route("POST", "/api/tokens/{token_id}/revoke", "admin"),
+    Route("GET", "/api/openapi.json", "probe"),  # public, like the probes
     Route("GET", "/healthz", "probe"),
     Route("GET", "/readyz", "probe"),
     Route("GET", "/metrics", "probe"),
@@ -510,6 +522,7 @@ def _param_values(t: Target, name: str) -> st.SearchStrategy[str]:
         "id:path": ["doc1", "dir/doc2", "missing"],
         "user_id": ["fz-user", "missing"],
         "token_id": ["pat_missing"],
+        "provider": ["corp", "missing"],
     }[name]
     return st.one_of(st.sampled_from(known), url_text.filter(lambda s: s and "/" not in s and s not in (".", "..")))
 
@@ -535,6 +548,7 @@ def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
         "id:path",
         "user_id",
         "token_id",
+        "provider",
     ):
         if "{" + name + "}" in path:
             value = draw(_param_values(t, name))
@@ -637,17 +651,16 @@ def _check(sent: Sent, r: httpx.Response) -> None:
         elif ctype.startswith("application/json"):
             r.json()
         return
-    if family == "dashboard":
-        download = status == 200 and sent.route.path == "/ui/audit/export" and ctype == "application/x-ndjson"
-        assert status in (303, 307) or ctype.startswith("text/html") or download, f"{status} {ctype} for {where}"
-        if status in (303, 307):
-            assert r.headers["location"].startswith("/ui"), where
+    if family in ("dashboard", "sso"):
+        _check_page(sent, r, where)
         return
     if ctype.startswith("text/event-stream"):
         assert "Internal gateway error" not in r.text, f"stream hid an internal error for {where}: {r.text[-500:]}"
         return
     if status < 400:
-        if family != "probe" or sent.route.path != "/metrics":
+        if ctype.startswith(("application/x-ndjson", "text/csv")):
+            _export(r, where)
+        elif family != "probe" or sent.route.path != "/metrics":
             r.json()
         return
     body = r.json()
@@ -655,6 +668,24 @@ def _check(sent: Sent, r: httpx.Response) -> None:
         assert body.get("type") == "error" and set(body["error"]) == {"type", "message"}, (where, body)
     else:
         assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, (where, body)
+
+
+def _export(r: httpx.Response, where: str) -> None:
+    """The audit export: JSONL (an object a line) or CSV (its header first)."""
+    if r.headers["content-type"].startswith("text/csv"):
+        assert r.text.startswith("seq,at,"), where
+    else:
+        assert all(isinstance(json.loads(line), dict) for line in r.text.splitlines()), where
+
+
+def _check_page(sent: Sent, r: httpx.Response, where: str) -> None:
+    """HTML or a redirect within the dashboard; SSO sign-in also starts at the (loopback) issuer."""
+    status, ctype = r.status_code, r.headers.get("content-type", "")
+    download = status == 200 and sent.route.path == "/ui/audit/export" and ctype == "application/x-ndjson"
+    assert status in (303, 307) or ctype.startswith("text/html") or download, f"{status} {ctype} for {where}"
+    if status in (303, 307):
+        allowed = ("/ui", "http://127.0.0.1:") if sent.route.family == "sso" else ("/ui",)
+        assert r.headers["location"].startswith(allowed), where
 
 
 def _asked_timeout(sent: Sent) -> bool:
@@ -681,6 +712,9 @@ def _budget(route: Route) -> int:
     return EXAMPLES if route.body is not None or route.query or route.form or "{" in route.path else EXAMPLES // 3
 
 
+# The gateway under test runs in this process: its background threads (jitter, sampling) draw from the
+# global `random` while Hypothesis draws an example, which Hypothesis reads as a strategy using `random`
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 @pytest.mark.parametrize("route", ROUTES, ids=[f"{r.method} {r.path}" for r in ROUTES])
 def test_fuzz(target: Target, route: Route) -> None:
     @settings(SETTINGS, max_examples=_budget(route) * max(1, EXPLORE))

@@ -5,14 +5,21 @@ It offers the `limits.webhook` sender to the limits capability through the `Thre
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
+
 from keel.alerts.rules import RuleEvaluator
-from keel.alerts.sender import AlertSender
+from keel.alerts.sender import AlertSender, RuleEvent
 from keel.alerts.slo import SloEvaluator, slos_of
 from keel.config import WebhookConfig
-from keel.gateway.capability import Context, Contribution, ThresholdAlert, Worker
+from keel.gateway.capability import AuditTrail, Context, Contribution, ThresholdAlert, Worker
 from keel.store.protocols import Store
+
+log = logging.getLogger("keel.alerts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +70,7 @@ def _rules(ctx: Context, limit_alerts: AlertSender | None) -> tuple[RuleEvaluato
     own = None if limit_alerts is not None and hook == config.limits.webhook else sender(hook, ctx.store)
     out = own or limit_alerts
     assert out is not None
-    return RuleEvaluator(a.rules, ctx.store, out.send, every_s=a.evaluate_every_s), own
+    return RuleEvaluator(a.rules, ctx.store, audited(out.send, ctx), every_s=a.evaluate_every_s), own
 
 
 def _slo(
@@ -81,4 +88,26 @@ def _slo(
     own = None if shared is not None else sender(hook, ctx.store)
     out = shared or own
     assert out is not None
-    return SloEvaluator(slos, ctx.store, out.send, every_s=config.alerts.evaluate_every_s), own
+    return SloEvaluator(slos, ctx.store, audited(out.send, ctx), every_s=config.alerts.evaluate_every_s), own
+
+
+def audited(send: Callable[[RuleEvent], None], ctx: Context) -> Callable[[RuleEvent], None]:
+    """`send`, and each state change (firing, resolved) an audit entry: appended in a thread, off the loop."""
+
+    def record(trail: AuditTrail, event: RuleEvent) -> None:
+        try:
+            trail("system:alerts", event.event, event.rule, tenant=event.tenant, result=orjson.loads(event.body()))
+        except Exception:
+            log.exception("could not record %s in the audit log", event.describe())
+
+    def send_and_record(event: RuleEvent) -> None:
+        send(event)
+        trail = ctx.find(AuditTrail)  # type: ignore[type-abstract]  # audit builds after alerts
+        if trail is None:
+            return
+        try:
+            asyncio.get_running_loop().run_in_executor(None, record, trail, event)
+        except RuntimeError:  # no loop: a caller evaluating by hand
+            record(trail, event)
+
+    return send_and_record

@@ -1,7 +1,7 @@
 """The agents' and audit log's admin routes.
 
-All behind the admin guard (api/guard.py), each route naming its permission:
-- `/api/audit`, `/api/audit/verify`: `audit.read` (a tenant's people: their tenant's entries).
+All behind the admin guard (api/guard.py), each route naming its permission (the audit log's routes are in
+api/audit_admin.py):
 - `/api/agents/tools`, `/api/agents/secrets`: an operator (naming `tenant`), a user or a tenant's virtual
   key (its own tenant). A secret's value goes in once (PUT) and never comes back out.
 - `/api/agents/runs`: started with a virtual key (the run's model steps are calls of that key); `"stream":
@@ -28,13 +28,11 @@ from keel.agents.views import call_view, run_view, secret_view, tool_view
 from keel.api.bounds import Bounds
 from keel.api.guard import Guard, Handler
 from keel.api.openai import JSON_TYPE, read_json
-from keel.audit.log import AuditLog, entry_json, parse_instant
+from keel.audit.log import AuditLog
 from keel.errors import InvalidRequest, KeelError, NotFound
 from keel.runtime.components import Runtime
 from keel.store.protocols.agents import ToolRow
 from keel.tenancy.actor import Actor
-
-MAX_AUDIT_PAGE = 1000
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -92,8 +90,6 @@ class AgentsAdmin:
 
         tools, secrets, runs = "/api/agents/tools", "/api/agents/secrets", "/api/agents/runs"
         return [
-            r("/api/audit", self.list_audit, "GET", "audit.read"),
-            r("/api/audit/verify", self.verify_audit, "GET", "audit.read"),
             r(tools, self.list_tools, "GET", "agents.read"),
             r(tools, self.add_tool, "POST", "agents.write"),
             r(tools + "/{name}", self.show_tool, "GET", "agents.read"),
@@ -108,33 +104,6 @@ class AgentsAdmin:
             r("/api/approvals/{call_id}/approve", self.approve, "POST", "approvals.decide"),
             r("/api/approvals/{call_id}/deny", self.deny, "POST", "approvals.decide"),
         ]
-
-    async def list_audit(self, request: Request, who: Actor) -> Response:
-        """?since=&until=&tenant=&after=<seq>&limit= — entries in chain order with their hashes."""
-        q = request.query_params
-        bounds: dict[str, float | None] = {}
-        for name in ("since", "until"):
-            try:
-                bounds[name] = None if q.get(name) is None else parse_instant(q[name], name)
-            except ValueError as exc:
-                raise InvalidRequest(str(exc), name) from None
-        after = _int(q, "after", 0, 0, 2**62)
-        limit = _int(q, "limit", 100, 1, MAX_AUDIT_PAGE)
-        tenant = who.scope(q.get("tenant"))
-        store = self._rt.store
-        rows = await asyncio.to_thread(
-            lambda: store.list_audit(
-                after_seq=after, since=bounds["since"], until=bounds["until"], tenant=tenant, limit=limit
-            )
-        )
-        data = [entry_json(e) for e in rows]
-        return _json({"data": data, "next_after": rows[-1].seq if len(rows) == limit else None})
-
-    async def verify_audit(self, request: Request, who: Actor) -> Response:
-        verdict = await asyncio.to_thread(self._audit.verify)
-        return _json(verdict.json(), 200 if verdict.ok else 409)
-
-    # ---- tools -----------------------------------------------------------------------------------------
 
     async def list_tools(self, request: Request, who: Actor) -> Response:
         tenant = who.tenant_for(request.query_params.get("tenant"))

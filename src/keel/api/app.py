@@ -19,6 +19,7 @@ from keel.alerts.slo import slos_of
 from keel.api.admin import Admin
 from keel.api.agents_admin import AgentsAdmin
 from keel.api.anthropic import AnthropicEdge
+from keel.api.audit_admin import AuditAdmin
 from keel.api.batches import BatchesEdge
 from keel.api.completions import Completions
 from keel.api.deferred import AsyncEdge
@@ -34,14 +35,17 @@ from keel.api.prompts_admin import PromptsAdmin
 from keel.api.rag_admin import RagAdmin
 from keel.api.rag_search import RagSearchEdge
 from keel.api.responses import ResponsesEdge
+from keel.api.sso_admin import SsoAdmin
 from keel.api.tenancy_admin import TenancyAdmin
 from keel.audit.log import AuditLog
+from keel.audit.siem import SiemShipper
 from keel.config.sections.server import CorsConfig
 from keel.dashboard.pages import Dashboard
 from keel.errors import KeelError, NotFound, RequestError
 from keel.gateway.warmth import WarmthBook
 from keel.runtime.components import Runtime
 from keel.tenancy.directory import Directory
+from keel.tenancy.sso import SignOn
 from keel.wire.anthropic_response import error_json as anthropic_error_json
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -144,13 +148,23 @@ def create_app(runtime: Runtime) -> FastPath:
         slos=slos_of(runtime.config.models),
         audit=runtime.find(AuditLog),
         directory=runtime.find(Directory),
+        sign_on=runtime.find(SignOn),
+        session_secret=runtime.config.sso.session_secret,
+        session_ttl_s=runtime.config.sso.session_ttl_s,
+        public_url=runtime.config.sso.public_url,
     )
     warmth = runtime.find(WarmthBook)
+    siem = runtime.find(SiemShipper)
     mcp = McpEdge(runtime)  # Keel's tools as an MCP server at /mcp
     guard = Guard(runtime)  # every admin route's: who is asking, may they, on which tenant; audit
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
+
+    async def openapi(request: Request) -> Response:
+        from keel.api.openapi.document import document_bytes  # built on first ask, then cached
+
+        return Response(document_bytes(), 200, media_type="application/json")
 
     async def readyz(request: Request) -> Response:
         # The key poller is the store probe (no query per probe): a database outage leaves the gateway
@@ -197,6 +211,8 @@ def create_app(runtime: Runtime) -> FastPath:
             # background workers (runtime/workers.py): "ok", or why one is not running until it restarts
             "workers": {name: why or "ok" for name, why in runtime.workers.health().items()},
         }
+        if siem is not None:  # the audit log's streaming export: its lag and failures (never unready for it)
+            body["audit_siem"] = siem.stats.json()
         if warmth:  # self-hosted servers' readiness; a warming one leaves the gateway ready (it reroutes)
             body["targets"] = {key: w.state for key, w in warmth.targets()}
         # Traces at risk take this process out; a stalled store does not (records wait, calls are served).
@@ -228,6 +244,7 @@ def create_app(runtime: Runtime) -> FastPath:
         *deferral.routes(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/api/openapi.json", openapi, methods=["GET"]),  # public: the admin API's OpenAPI document
         *Admin(runtime, guard).routes(),
         *PromptsAdmin(runtime, guard).routes(),
         *RagSearchEdge(runtime, guard).routes(),
@@ -236,6 +253,8 @@ def create_app(runtime: Runtime) -> FastPath:
         *EvalsAdmin(runtime, guard).routes(),
         *AgentsAdmin(runtime, guard).routes(),
         *TenancyAdmin(runtime, guard).routes(),  # users, teams, personal access tokens
+        *AuditAdmin(runtime, guard).routes(),  # audit queries, verify, range export
+        *SsoAdmin(runtime, guard).routes(),  # JWT bearers (a guard resolver); /api/whoami
         *mcp.routes(),
         *dashboard.routes(),
     ]

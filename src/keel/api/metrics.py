@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from keel.api.openai import bearer, error_response
+from keel.audit.siem import SiemShipper
 from keel.dashboard.throttle import LoginStats
 from keel.errors import AuthError
 from keel.gateway.warmth import STATES, WarmthBook
@@ -132,6 +133,15 @@ class MetricsEndpoint:
             out += [
                 _one("keel_alerts_sent_total", "counter", "Alert webhooks delivered.", sum(a.sent for a in senders)),
                 _one("keel_alerts_failed_total", "counter", "Alert webhooks given up on.", sum(a.failed for a in senders)),
+            ]  # fmt: skip
+        siem = rt.find(SiemShipper)
+        if siem is not None:
+            st = siem.stats
+            out += [
+                _one("keel_audit_siem_lag_entries", "gauge", "Audit entries not yet accepted by the SIEM receiver.", st.lag),
+                _one("keel_audit_siem_delivered_total", "counter", "Audit entries the SIEM receiver accepted.", st.delivered),
+                _one("keel_audit_siem_failures_total", "counter", "Failed SIEM deliveries (each retried).", st.failures),
+                _one("keel_audit_siem_up", "gauge", "1 while the last SIEM delivery succeeded (or none was due).", float(st.failing is None)),
             ]  # fmt: skip
         if rt.rules is not None:
             firing = [({"rule": name}, float(n)) for name, n in sorted(rt.rules.firing.items())]

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 
+from keel.cli.audited import record
 from keel.cli.context import store
 from keel.cli.output import Failure, emit_json, table, when
 from keel.keys.auth import issue_key, key_view
@@ -45,6 +46,7 @@ def run_create(args: argparse.Namespace) -> int:
             priority=args.priority,
             max_priority=args.max_priority,
         )
+        record(s, "key.create", issued.row.id, tenant=issued.row.tenant, after=key_view(issued.row))
     if args.json:
         emit_json({"key": issued.key, **key_view(issued.row)})
     else:
@@ -83,6 +85,8 @@ def run_revoke(args: argparse.Namespace) -> int:
 
     with store(args) as s:
         row = s.revoke_key(args.key_id, time.time())
+        if row is not None:
+            record(s, "key.revoke", row.id, tenant=row.tenant, after={"revoked_at": row.revoked_at})
     if row is None:
         raise Failure(f"no key with id '{args.key_id}'; see `keel keys list`")
     if args.json:

@@ -10,6 +10,7 @@ import argparse
 from dataclasses import asdict
 from typing import Any
 
+from keel.cli.audited import record
 from keel.cli.context import store
 from keel.cli.output import Failure, emit_json, table, when
 from keel.cli.remote import add_url, admin_get
@@ -81,6 +82,8 @@ def run_set(args: argparse.Namespace) -> int:
     limits = {kind: getattr(args, kind) for kind in KINDS if getattr(args, kind) is not None}
     with store(args) as s:
         row = s.set_limits(scope, subject, limits, args.on_store_error)
+        after = {"limits": row.limits, "on_store_error": row.on_store_error}
+        record(s, "limits.set", f"{scope}:{subject}", tenant=subject if scope == "tenant" else None, after=after)
     if args.json:
         emit_json(asdict(row))
     else:
@@ -106,6 +109,8 @@ def run_clear(args: argparse.Namespace) -> int:
     scope, subject = _scope(args)
     with store(args) as s:
         cleared = s.clear_limits(scope, subject)
+        if cleared:
+            record(s, "limits.clear", f"{scope}:{subject}", tenant=subject if scope == "tenant" else None)
     if not cleared:
         raise Failure(f"no limits are set for {scope} '{subject}'; see `keel limits list`")
     print(f"cleared the limits of {scope} {subject}; keel.yaml's defaults apply")

@@ -53,6 +53,7 @@ NOUNS = (
         "replay a traffic profile at 1x-10x against simulated providers; name the first bottleneck",
         "loadtest",
     ),
+    Noun("openapi", "print the admin API's OpenAPI document (JSON)", "openapi"),
     Noun("targets", "breaker state, latency and error rate per target (asks the running gateway)", "targets"),
 )
 

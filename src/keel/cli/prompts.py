@@ -11,10 +11,14 @@ from __future__ import annotations
 import argparse
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keel.cli.context import store
 from keel.cli.output import Failure, emit_json, table, when
+
+if TYPE_CHECKING:
+    from keel.audit.log import AuditLog
+    from keel.store.protocols import Store
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -181,7 +185,7 @@ def run_label(args: argparse.Namespace) -> int:
         raise Failure(f"'{args.version}' is not a version number (3 or v3)")
     with store(args) as s:
         try:
-            moved = Registry(s).set_label(
+            moved = Registry(s, _audit(s)).set_label(
                 args.tenant, args.name, args.label, version, by="cli", admin=True, protected=args.protected
             )
         except ContentError as err:
@@ -254,7 +258,7 @@ def run_rollout(args: argparse.Namespace) -> int:
     try:
         plan = plan_of(body, args.weight)
         with store(args) as s:
-            started = Registry(s).start_rollout(
+            started = Registry(s, _audit(s)).start_rollout(
                 args.tenant, args.name, args.label, version, args.weight, plan, by="cli", admin=True
             )
     except (ContentError, LabelRefused) as err:
@@ -279,7 +283,7 @@ def run_rollback(args: argparse.Namespace) -> int:
 
     with store(args) as s:
         try:
-            moved = Registry(s).rollback(args.tenant, args.name, args.label, by="cli", admin=True)
+            moved = Registry(s, _audit(s)).rollback(args.tenant, args.name, args.label, by="cli", admin=True)
         except ContentError as err:
             raise Failure(err.message) from None
     if moved is None:
@@ -332,3 +336,10 @@ def run_feedback(args: argparse.Namespace) -> int:
         return 0
     table([args.by, "scores", "mean"], [(r[args.by] or "-", r["count"], f"{r['mean_score']:.3f}") for r in rows])
     return 0
+
+
+def _audit(s: Store) -> AuditLog:
+    """The label moves and rollouts the CLI makes are audit entries, as the admin API's are."""
+    from keel.audit.log import AuditLog
+
+    return AuditLog(s)

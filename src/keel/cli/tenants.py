@@ -11,6 +11,7 @@ import asyncio
 import sys
 from dataclasses import asdict
 
+from keel.cli.audited import record
 from keel.cli.context import load_config, store
 from keel.cli.output import Failure, emit_json, table, when
 from keel.config import Config
@@ -65,6 +66,7 @@ def run_create(args: argparse.Namespace) -> int:
     regions = _regions(args.regions)
     with store(args) as s:
         row = s.create_tenant(args.name, regions)
+        record(s, "tenant.create", row.name, tenant=row.name, after={"regions": row.regions})
     if args.json:
         emit_json(asdict(row))
     elif row.regions is None:
@@ -78,6 +80,8 @@ def run_update(args: argparse.Namespace) -> int:
     regions = None if args.any_region else _regions(args.regions)
     with store(args) as s:
         row = s.set_tenant_regions(args.name, regions)
+        if row is not None:
+            record(s, "tenant.update", row.name, tenant=row.name, after={"regions": row.regions})
     if row is None:
         raise Failure(f"no tenant '{args.name}'; see `keel tenants list`")
     if args.json:

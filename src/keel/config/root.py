@@ -9,8 +9,9 @@ the names the file declares, whether it sets a part at all, which values the sch
 from __future__ import annotations
 
 from keel.config.parts import Model, Outline
-from keel.config.sections import alerts, batches, evals, jobs, online_evals, providers, routing, traces
+from keel.config.sections import alerts, batches, evals, jobs, online_evals, providers, routing, sso, traces
 from keel.config.sections.alerts import AlertsConfig
+from keel.config.sections.audit import AuditConfig
 from keel.config.sections.batches import AsyncCallsConfig, BatchesConfig
 from keel.config.sections.cache import LOCAL_THRESHOLDS, CacheConfig
 from keel.config.sections.evals import EvalsConfig
@@ -22,6 +23,7 @@ from keel.config.sections.resilience import ResilienceConfig
 from keel.config.sections.responses import ResponsesConfig
 from keel.config.sections.routing import AliasConfig
 from keel.config.sections.server import ServerConfig
+from keel.config.sections.sso import SsoConfig
 from keel.config.sections.storage import RedisConfig, StorageConfig
 from keel.config.sections.traces import MetricsConfig, OtelConfig, RedactionConfig, RetentionConfig, TracesConfig
 from keel.errors import ConfigIssue
@@ -50,6 +52,8 @@ class Config(Model):
     async_calls: AsyncCallsConfig = AsyncCallsConfig()
     online_evals: OnlineEvalsConfig = OnlineEvalsConfig()
     evals: EvalsConfig = EvalsConfig()
+    audit: AuditConfig = AuditConfig()  # the audit log's streaming export to a SIEM
+    sso: SsoConfig = SsoConfig()
 
 
 def cross_check(cfg: Config, outline: Outline) -> list[ConfigIssue]:
@@ -75,6 +79,10 @@ def cross_check(cfg: Config, outline: Outline) -> list[ConfigIssue]:
     if (oe.monitors or oe.drift) and not outline.given & {"online_evals.webhook", "alerts.webhook", "limits.webhook"}:
         fix = "set online_evals.webhook: {url: https://..., secret: ${KEEL_ALERT_SECRET}} (or alerts.webhook)"
         issues.append(ConfigIssue("online_evals.webhook", "monitors or drift checks need a webhook to alert", fix))
+    issues += sso.check(cfg.sso, outline)
+    if cfg.sso.providers and not outline.given & {"admin_token", "sso.session_secret"}:
+        fix = "set sso.session_secret: ${KEEL_SESSION_SECRET} (openssl rand -hex 32), the same on every replica"
+        issues.append(ConfigIssue("sso.session_secret", "SSO sign-ins need a key to sign dashboard sessions", fix))
     if outline.providers and "models" not in outline.given:
         fix = "add an alias under models: with its targets"
         issues.append(ConfigIssue("models", "providers are configured but no model alias is", fix))

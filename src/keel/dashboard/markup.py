@@ -71,7 +71,7 @@ def when(t: float | None) -> str:
 CSS = """
 *{box-sizing:border-box}body{margin:0;font:14px/1.4 system-ui,sans-serif;color:#1d2330;background:#f6f7f9}
 header{display:flex;gap:1.2em;align-items:center;padding:.6em 1.2em;background:#1d2330;color:#fff}
-header a{color:#cfd8ff;text-decoration:none}header b{margin-right:1em}header form{margin-left:auto}
+header a{color:#cfd8ff;text-decoration:none}header b{margin-right:1em}header form{margin-left:auto}#whoami{margin-left:auto;color:#cfd8ff}#whoami+form{margin-left:0}
 main{padding:1em 1.2em;max-width:1400px}h1{font-size:1.3em;margin:.2em 0 .6em}h2{font-size:1.05em;margin:1.2em 0 .4em}
 table{border-collapse:collapse;background:#fff;width:100%;margin-bottom:.6em}
 th,td{padding:.3em .6em;border-bottom:1px solid #e3e6ec;text-align:left;vertical-align:top}
@@ -104,12 +104,16 @@ NAV = (
 )
 
 
-def layout(title: str, body: Safe, *, signed_in: bool = True, nav: Sequence[tuple[str, str]] = NAV) -> Safe:
-    """The page around `body`; signed in, a header with `nav` (the pages the actor may open) and Log out."""
+def layout(
+    title: str, body: Safe, *, signed_in: bool = True, nav: Sequence[tuple[str, str]] = NAV, who: str | None = None
+) -> Safe:
+    """The page around `body`; signed in, a header with `nav` (the pages the actor may open), who is signed
+    in, and Log out."""
     links = join(h('<a href="{}">{}</a>', path, label) for path, label in nav)
     header = h(
-        '{}<form method="post" action="/ui/logout"><button type="submit">Log out</button></form>',
+        '{}{}<form method="post" action="/ui/logout"><button type="submit">Log out</button></form>',
         links,
+        h('<span id="whoami">{}</span>', who) if who else Safe(""),
     )
     return h(
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{} · Keel</title>'

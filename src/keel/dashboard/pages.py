@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, Protocol
 from urllib.parse import parse_qs, quote
 
@@ -33,8 +34,9 @@ from keel.dashboard.markup import CSS, NAV, Safe, View, h, layout
 from keel.dashboard.overview import WINDOWS, read_overview, render_overview
 from keel.dashboard.promptpages import PromptPageStore, read_list, read_prompt, render_prompt
 from keel.dashboard.promptpages import render_list as render_prompts
-from keel.dashboard.session import COOKIE, Sessions
+from keel.dashboard.session import COOKIE, TTL_S, Sessions, landing
 from keel.dashboard.slopages import render_slo
+from keel.dashboard.ssopages import SsoPages
 from keel.dashboard.throttle import LoginThrottle
 from keel.dashboard.tracepages import list_params, render_list, render_trace
 from keel.dashboard.userpages import UserPages, render_roles
@@ -43,9 +45,10 @@ from keel.evals.gate import Rule, compare_runs
 from keel.store.protocols import BlobStore, EvalStore, JobStore, SpanStore, TraceStore
 from keel.store.protocols.audit import AuditStore
 from keel.store.protocols.tenancy import TenancyStore
-from keel.tenancy.actor import OPERATOR, Actor
-from keel.tenancy.directory import PAT_PREFIX, Directory
+from keel.tenancy.actor import Actor
+from keel.tenancy.directory import PAT_PREFIX, Directory, actor_of
 from keel.tenancy.roles import may, sees_content
+from keel.tenancy.sso import SignOn
 from keel.traces.writer import read_spans, read_trace, trace_query
 
 _STYLE_HASH = base64.b64encode(hashlib.sha256(CSS.encode()).digest()).decode()
@@ -75,14 +78,11 @@ def _page(
     headers = dict(HEADERS)
     if timing:
         headers["server-timing"] = timing
-    return HTMLResponse(str(layout(title, body, signed_in=signed_in, nav=nav)), status, headers)
+    return HTMLResponse(str(layout(title, body, signed_in=signed_in, nav=nav, who=_WHO.get())), status, headers)
 
 
-def _next_path(value: str | None) -> str:
-    """Where to go after login: a dashboard path only (no open redirect)."""
-    if value and value.startswith("/ui") and "\\" not in value:
-        return value
-    return "/ui"
+_next_path = landing
+_WHO: ContextVar[str | None] = ContextVar("keel_dashboard_who", default=None)  # the signed-in label, per request
 
 
 class PageStore(
@@ -119,10 +119,15 @@ class Dashboard:
         slos: Mapping[str, SloConfig] | None = None,  # aliases' `slo:`
         audit: AuditLog | None = None,  # where the pages' changes are recorded; the audit page reads its chain
         directory: Directory | None = None,  # users and teams (default: one over `store`)
+        sign_on: SignOn | None = None,  # `sso.providers`: "Sign in with ..." beside the admin-token form
+        session_secret: str | None = None,  # `sso.session_secret`; default: derived from the admin token
+        session_ttl_s: float = TTL_S,
+        public_url: str | None = None,
     ) -> None:
         self._store = store
         self._blobs = blobs  # large payloads live there; the trace page reads them back
-        self._sessions = Sessions(admin_token)
+        self._sessions = Sessions(admin_token, session_ttl_s, session_secret)
+        self.sso = SsoPages(self._sessions, sign_on, HEADERS, public_url)
         self.throttle = throttle or LoginThrottle()
         self._stuck_after = stuck_after
         self._slos = dict(slos or {})
@@ -137,6 +142,7 @@ class Dashboard:
             Route("/ui/login", self.login_form, methods=["GET"]),
             Route("/ui/login", self.login, methods=["POST"]),
             Route("/ui/logout", self.logout, methods=["POST"]),
+            *self.sso.routes(),
             Route("/ui", self._guard(self.overview, PAGES["/ui"][0]), methods=["GET"]),
             Route("/ui/traces", self._guard(self.traces, PAGES["/ui/traces"][0]), methods=["GET"]),
             Route("/ui/traces/{trace_id}", self._guard(self.trace, PAGES["/ui/traces"][0]), methods=["GET"]),
@@ -168,42 +174,61 @@ class Dashboard:
         async def endpoint(request: Request) -> Response:
             if not self._sessions.enabled:
                 return self._disabled()
-            actor = await self.actor(request)
-            if actor is None:
+            signed_in = await self._signed_in(request)
+            if signed_in is None:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse(f"/ui/login?next={quote(target, safe='')}", 303, HEADERS)
+            actor, who = signed_in
             request.state.actor = actor
             for name, value in (*request.path_params.items(), *request.query_params.multi_items()):
                 if "\x00" in name or "\x00" in value:  # they reach store queries; PostgreSQL refuses NUL
                     body = h('<h1>Bad request</h1><p class="error">{}</p>', "Parameters must not contain NUL.")
                     return self._view(request, View("Bad request", body, 400))
-            if not can(actor, permission):
-                if request.method == "POST":  # a refused change is audited like the admin API's
-                    action = f"{permission} POST {request.url.path}"
-                    result = {"status": 403, "outcome": "refused"}
-                    await self._audit.record(
-                        actor.id, action, None, tenant=actor.tenant, source_ip=actor.ip, result=result
-                    )
-                return self._view(request, _refused(permission))
-            return await page(request)
+            label = _WHO.set(who)
+            try:
+                if not can(actor, permission):
+                    if request.method == "POST":  # a refused change is audited like the admin API's
+                        action = f"{permission} POST {request.url.path}"
+                        result = {"status": 403, "outcome": "refused"}
+                        await self._audit.record(
+                            actor.id, action, None, tenant=actor.tenant, source_ip=actor.ip, result=result
+                        )
+                    return self._view(request, _refused(permission))
+                return await page(request)
+            finally:
+                _WHO.reset(label)
 
         return endpoint
 
     async def actor(self, request: Request) -> Actor | None:
-        """Who is asking: the one place a credential becomes an Actor (None: nobody, or a bad credential).
-        A session cookie from the admin-token login is the platform operator. A personal access token as
-        `Authorization: Bearer keel_pat_…` is its user (scripts reading pages or the audit export; never
-        a browser's forms, which need the session's CSRF token)."""
+        """Who is asking (None: nobody, or a bad credential)."""
+        signed_in = await self._signed_in(request)
+        return None if signed_in is None else signed_in[0]
+
+    async def _signed_in(self, request: Request) -> tuple[Actor, str] | None:
+        """The one place a credential becomes an Actor, with the label the header shows. A session cookie
+        names the admin token's operator or a user (signed in through SSO): a user is read back from the
+        directory, so a role change applies at once and a disabled or removed user is signed out. A
+        personal access token as `Authorization: Bearer keel_pat_…` is its user (scripts reading pages or
+        the audit export; never a browser's forms, which need the session's CSRF token)."""
         ip = request.client.host if request.client else None
-        if self._sessions.valid(request.cookies.get(COOKIE)):
-            return Actor("operator", "admin", None, frozenset({OPERATOR}), ip=ip)
+        who = self._sessions.read(request.cookies.get(COOKIE))
+        if who is not None:
+            if not who.actor.startswith("user:"):
+                return who.as_actor(ip), who.label
+            user = await asyncio.to_thread(self._store.get_user, who.actor.removeprefix("user:"))
+            if user is None or user.disabled_at is not None:
+                return None
+            actor = actor_of(user, ip=ip)
+            return actor, who.label if set(user.roles) == set(who.roles) else _label(actor, who.name)
         auth = request.headers.get("authorization") or ""
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if token.startswith(PAT_PREFIX):
             try:
-                return await self._directory.resolve(token, ip)
+                actor = await self._directory.resolve(token, ip)
             except AuthError:
                 return None
+            return actor, _label(actor, None)
         return None
 
     def _view(self, request: Request, view: View, timing: str | None = None) -> Response:
@@ -213,21 +238,22 @@ class Dashboard:
         return _page(view.title, view.body, view.status, timing, nav=nav)
 
     def _disabled(self) -> Response:
-        body = h("<h1>Dashboard disabled</h1><p>{}</p>", "Set admin_token in keel.yaml to use the dashboard.")
+        fix = "Set admin_token (or sso.session_secret with sso.providers) in keel.yaml to use the dashboard."
+        body = h("<h1>Dashboard disabled</h1><p>{}</p>", fix)
         return _page("Disabled", body, 403, signed_in=False)
 
     # ---- login and logout
 
     def _login_page(self, next_path: str, error: str | None = None, status: int = 200) -> Response:
         message = h('<p class="error" id="login-error">{}</p>', error) if error else Safe("")
-        body = h(
-            '<div class="login"><h1>Keel dashboard</h1>{}<form method="post" action="/ui/login">'
-            '<input type="hidden" name="next" value="{}">'
+        form = h(
+            '<form method="post" action="/ui/login"><input type="hidden" name="next" value="{}">'
             '<label>Admin token<input type="password" name="token" autocomplete="current-password" autofocus></label>'
-            '<button type="submit">Log in</button></form></div>',
-            message,
+            '<button type="submit">Log in</button></form>',
             next_path,
         )
+        form = form if self._sessions.has_token else Safe("")  # SSO only: no token to type
+        body = h('<div class="login"><h1>Keel dashboard</h1>{}{}{}</div>', message, self.sso.links(next_path), form)
         return _page("Log in", body, status, signed_in=False)
 
     async def login_form(self, request: Request) -> Response:
@@ -267,7 +293,8 @@ class Dashboard:
         return response
 
     async def logout(self, request: Request) -> Response:
-        response = RedirectResponse("/ui/login", 303, HEADERS)
+        ended = await self.sso.logout(request, self._sessions.read(request.cookies.get(COOKIE)))
+        response = ended or RedirectResponse("/ui/login", 303, HEADERS)
         response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
         return response
 
@@ -466,6 +493,11 @@ def _scoped(request: Request) -> dict[str, str]:
     if request.state.actor.tenant is not None:
         params["tenant"] = request.state.actor.tenant
     return params
+
+
+def _label(actor: Actor, name: str | None) -> str:
+    roles = ", ".join(sorted(actor.roles))
+    return f"{name or actor.id} ({roles}{f' in {actor.tenant}' if actor.tenant else ''})"
 
 
 def _refused(permission: str) -> View:

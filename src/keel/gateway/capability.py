@@ -73,6 +73,14 @@ class ThresholdAlert(Protocol):
     def __call__(self, charge: Charge, threshold: float, used: float) -> None: ...
 
 
+class AuditTrail(Protocol):
+    """Port: records in the audit log a change no admin call made (a retention sweep that deleted data, an
+    alert rule firing or resolving). Offered by audit; traces and alerts build before it, so they find it
+    when they run (`ctx.find(AuditTrail)` inside their workers). Blocking: call it off the event loop."""
+
+    def __call__(self, actor: str, action: str, target: str | None, *, tenant: str | None, result: Any) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Pipeline:
     """The composed pipeline (trace → … → invoke), offered once every builder has run: a job handler

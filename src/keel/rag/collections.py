@@ -64,8 +64,12 @@ def collection_in(body: Mapping[str, Any]) -> CollectionIn:
         field = str(exc).split(":", 1)[0]
         raise SpecError(str(exc), field) from None
     description = body.get("description")
-    if description is not None and (not isinstance(description, str) or len(description) > MAX_DESCRIPTION):
-        raise SpecError(f"'description' must be a string of at most {MAX_DESCRIPTION} characters.", "description")
+    if description is not None and (
+        not isinstance(description, str) or len(description) > MAX_DESCRIPTION or "\x00" in description
+    ):  # NUL: PostgreSQL refuses it in text
+        raise SpecError(
+            f"'description' must be a string of at most {MAX_DESCRIPTION} characters, without NUL.", "description"
+        )
     return CollectionIn(name, model, chunking, description)
 
 

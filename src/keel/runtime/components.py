@@ -53,6 +53,7 @@ from keel.runtime.workers import Workers
 from keel.store.open import open_store
 from keel.store.protocols import BlobStore, BreakerStore, LimitStore, Store
 from keel.tenancy import builder as tenancy
+from keel.tenancy import sso
 from keel.traces import builder as traces
 from keel.traces.metrics import Metrics
 from keel.traces.otel import SpanExporter
@@ -81,6 +82,7 @@ BUILDERS: tuple[Builder, ...] = (
     evals.build,  # eval suite runs as jobs (through the pipeline), datasets
     agents.build,  # tools, secrets, sandbox, runs and approvals; the runs worker
     tenancy.build,  # users, teams, roles and personal access tokens (Directory) the admin guard resolves
+    sso.build,  # OpenID Connect sign-in and JWT bearers (SignOn), when `sso.providers` lists any
 )
 
 

@@ -7,7 +7,7 @@ import logging
 import time
 
 from keel.config import Config
-from keel.gateway.capability import Context, Contribution, CredentialScrub, Worker
+from keel.gateway.capability import AuditTrail, Context, Contribution, CredentialScrub, Worker
 from keel.store.open import open_blobs
 from keel.store.protocols import BlobStore, Store
 from keel.traces.genai import upstreams
@@ -60,12 +60,13 @@ def build(ctx: Context) -> Contribution:
 
     policy = RetentionPolicy.from_config(config.retention)
     every = config.retention.sweep_every_s
-    retention = Worker("retention", lambda: _sweep(store, blobs, policy), every, first_s=min(every, 60.0))
+    retention = Worker("retention", lambda: _sweep(store, blobs, policy, ctx), every, first_s=min(every, 60.0))
     return Contribution([("trace", stage)], workers=[retention], start=starts, close=[close])
 
 
-async def _sweep(store: Store, blobs: BlobStore, policy: RetentionPolicy) -> None:
-    """Old traces and orphan blobs leave, off the request path (in a thread); a flaky store is retried next time."""
+async def _sweep(store: Store, blobs: BlobStore, policy: RetentionPolicy, ctx: Context) -> None:
+    """Old traces and orphan blobs leave, off the request path (in a thread); a flaky store is retried next time.
+    A sweep that deleted something is an audit entry (`retention.sweep`, its counts)."""
     try:
         report = await asyncio.to_thread(sweep, store, blobs, policy, time.time())
     except Exception:
@@ -77,6 +78,14 @@ async def _sweep(store: Store, blobs: BlobStore, policy: RetentionPolicy) -> Non
             "retention: deleted %d traces, %d blobs, %d orphan blobs, %d stored responses",
             *(r.traces, r.blobs, r.orphan_blobs, r.responses),
         )
+        trail = ctx.find(AuditTrail)  # type: ignore[type-abstract]  # audit builds after traces
+        if trail is not None:
+            counts = {"traces": r.traces, "spans": r.spans, "blobs": r.blobs, "orphan_blobs": r.orphan_blobs,
+                      "responses": r.responses, "traces_by_tenant": r.by_tenant}  # fmt: skip
+            try:
+                await asyncio.to_thread(trail, "system:retention", "retention.sweep", None, tenant=None, result=counts)
+            except Exception:
+                log.exception("could not record the retention sweep in the audit log")
 
 
 def blobs_from(config: Config) -> BlobStore:

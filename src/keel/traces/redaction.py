@@ -371,4 +371,6 @@ def known_secrets(config: Config, env: Mapping[str, str] = os.environ) -> list[s
         found += [env[k] for k in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN") if env.get(k)]
     found += [s for s in (config.admin_token, config.otel.secret_key, config.otel.api_key) if s]
     found += [v for v in config.otel.headers.values()]
+    found += [p.client_secret for p in config.sso.providers.values() if p.client_secret]
+    found += [config.sso.session_secret] if config.sso.session_secret else []
     return found

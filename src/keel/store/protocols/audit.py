@@ -63,13 +63,27 @@ class AuditStore(Protocol):
         until: float | None = None,
         tenant: str | None = None,
         limit: int = 1000,
+        actor: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
     ) -> list[AuditEntry]:
-        """Entries with seq > after_seq (and at in [since, until), of `tenant`), in seq order."""
+        """Entries with seq > after_seq (and at in [since, until), of `tenant`, by `actor`, whose action
+        starts with `action`, on `target`), in seq order."""
         ...
 
     def audit_head(self) -> tuple[int, str]:
         """The chain's last seq and hash as the appenders left them ((0, GENESIS) when empty)."""
         ...
+
+    def audit_seq_range(self, since: float | None, until: float | None) -> tuple[int, int] | None:
+        """The first and last seq of the entries with `at` in [since, until), None if there are none."""
+        ...
+
+    def audit_mark(self, name: str) -> str | None:
+        """A named value the audit capability keeps between runs (the SIEM cursor), None if never set."""
+        ...
+
+    def set_audit_mark(self, name: str, value: str, at: float) -> None: ...
 
 
 __all__ = ["GENESIS", "AuditDraft", "AuditEntry", "AuditStore", "entry_hash"]

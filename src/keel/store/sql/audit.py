@@ -48,9 +48,15 @@ class SqlAudit:
         until: float | None = None,
         tenant: str | None = None,
         limit: int = 1000,
+        actor: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
     ) -> list[AuditEntry]:
         m = self._db.dialect.mark
         clauses: list[tuple[str, Any]] = [("seq >", after_seq), ("at >=", since), ("at <", until), ("tenant =", tenant)]
+        clauses += [("actor =", actor), ("target =", target)]
+        if action:  # a prefix, compared as text (no LIKE: '%' and '_' in it mean themselves)
+            clauses.append((f"substr(action, 1, {len(action)}) =", action))
         kept = [(c, v) for c, v in clauses if v is not None]
         where = " AND ".join(f"{c} {m}" for c, _ in kept)
         sql = f"SELECT {_COLS} FROM audit_log WHERE {where} ORDER BY seq LIMIT {int(limit)}"
@@ -63,3 +69,26 @@ class SqlAudit:
             row = s.fetchone(f"SELECT seq, hash FROM audit_head WHERE chain = {m}", (CHAIN,))
         assert row is not None, "audit_head has no chain row: run `keel db migrate`"
         return int(row[0]), str(row[1])
+
+    def audit_seq_range(self, since: float | None, until: float | None) -> tuple[int, int] | None:
+        m = self._db.dialect.mark
+        kept = [(c, v) for c, v in (("at >=", since), ("at <", until)) if v is not None]
+        where = " AND ".join(f"{c} {m}" for c, _ in kept) or "TRUE"
+        with self._db.session() as s:
+            row = s.fetchone(f"SELECT MIN(seq), MAX(seq) FROM audit_log WHERE {where}", tuple(v for _, v in kept))
+        return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
+
+    def audit_mark(self, name: str) -> str | None:
+        m = self._db.dialect.mark
+        with self._db.session() as s:
+            row = s.fetchone(f"SELECT value FROM audit_marks WHERE name = {m}", (name,))
+        return None if row is None else str(row[0])
+
+    def set_audit_mark(self, name: str, value: str, at: float) -> None:
+        m = self._db.dialect.mark
+        sql = (
+            f"INSERT INTO audit_marks (name, value, at) VALUES ({m}, {m}, {m})"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value, at = excluded.at"
+        )
+        with self._db.transaction() as s:
+            s.execute(sql, (name, value, at))

@@ -1,0 +1,35 @@
+"""`audit`: the audit log's streaming export to a customer's SIEM (keel.audit.siem).
+
+    audit:
+      siem: {url: https://siem.example/keel, secret: ${KEEL_SIEM_SECRET}, batch: 100, interval_s: 5}
+
+Entries go out in seq order, in batches of at most `batch`, signed with HMAC-SHA256 like Keel's other
+webhooks; a batch that fails is retried with backoff (1 s doubling to `backoff_max_s`) and the cursor moves
+only past what the receiver accepted: at least once, the receiver dedupes on `seq`.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from keel.config.parts import Model
+
+
+class SiemConfig(Model):
+    url: str
+    secret: str = Field(min_length=1)  # HMAC-SHA256 key for the x-keel-signature header
+    batch: int = Field(100, ge=1, le=1000)  # entries per POST at most
+    interval_s: float = Field(5.0, gt=0, le=3600)  # how often to look for new entries once caught up
+    timeout_s: float = Field(10.0, gt=0, le=300)
+    backoff_max_s: float = Field(60.0, gt=0, le=3600)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")) or len(v) < 10:
+            raise ValueError("must be an http:// or https:// URL, e.g. https://siem.example/keel")
+        return v
+
+
+class AuditConfig(Model):
+    siem: SiemConfig | None = None
