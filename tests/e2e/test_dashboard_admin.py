@@ -18,6 +18,8 @@ import orjson
 import pytest
 
 from keel.audit.log import AuditLog
+from keel.dashboard.forms import csrf_token
+from keel.dashboard.session import COOKIE, Sessions, SignedIn
 from keel.keys.auth import KEY_PREFIX, issue_key
 from keel.store.protocols.audit import entry_hash
 from keel.tenancy.roles import KEY_PERMISSIONS, MATRIX, PERMISSIONS
@@ -376,3 +378,29 @@ def test_a_tenant_admin_manages_its_own_tenant_below_owner(gw: Gateway) -> None:
         token = csrf(operator.get("/ui/users"))
         r = operator.post("/ui/users/own/role", data={"csrf": token, "role": "viewer"})
         assert r.status_code == 303 and gw.runtime.store.get_user("own").roles == ("viewer",)  # type: ignore[union-attr]
+
+
+def test_a_signed_in_users_session_follows_the_directory(gw: Gateway) -> None:
+    """A session naming a user (as an SSO sign-in makes) takes the user's roles from the directory on
+    every request: a role change applies at once, a disabled user is sent back to the login form."""
+    pat(gw, "vic", "t1", "viewer")
+    cookie = Sessions(gw.admin).issue(SignedIn("user:vic", "t1", ("viewer",), 0, "Vic"))
+    admin = {"authorization": f"Bearer {gw.admin}"}
+    with httpx.Client(base_url=gw.url, timeout=10, cookies={COOKIE: cookie}) as c:
+        home = c.get("/ui")
+        assert home.status_code == 200 and "Vic (viewer in t1)" in home.text and "/ui/users" not in nav(home)
+        refused = c.post("/ui/keys", data={"csrf": csrf_token(cookie), "tenant": "t1", "name": "x"})
+        assert refused.status_code == 403 and "(keys.write)" in refused.text
+        assert c.get("/ui/users").status_code == 403
+        r = httpx.patch(gw.url + "/api/users/vic", json={"roles": ["admin"]}, headers=admin)
+        assert r.status_code == 200, r.text
+        assert c.get("/ui/users").status_code == 200  # the same cookie, the new role
+        created = c.post("/ui/keys", data={"csrf": csrf_token(cookie), "tenant": "t1", "name": "by-vic"})
+        assert created.status_code == 201
+        entries = [e for e in AuditLog(gw.runtime.store).entries() if e.action == "keys.write POST /ui/keys"]
+        outcomes = [(e.actor, orjson.loads(e.detail).get("result", {}).get("outcome")) for e in entries]
+        assert outcomes == [("user:vic", "refused"), ("user:vic", None)]  # refused as a viewer, then made as admin
+        r = httpx.patch(gw.url + "/api/users/vic", json={"disabled": True}, headers=admin)
+        assert r.status_code == 200, r.text
+        gone = c.get("/ui")
+        assert gone.status_code == 303 and gone.headers["location"].startswith("/ui/login")
