@@ -4,7 +4,7 @@ Appends --entries audit entries (5 tenants, 50 actors, 20 actions, spread over t
 store (SQLite by default, or --url postgresql://...), then requests through the dashboard's own ASGI
 routes with a logged-in session: the first page with the chain verified afresh (every request after a
 new entry walks the whole chain), the same page with the verdict reused, a filter on an actor that
-matches nothing (the page scans its bound and stops), and the JSONL export of one tenant's range.
+matches nothing, a tenant and action filter, and the JSONL export of one tenant's range.
 
     python bench/dashboard_audit.py                    # 20,000 entries into a temp SQLite file
     python bench/dashboard_audit.py --entries 100000

@@ -17,11 +17,11 @@ import httpx
 import orjson
 import pytest
 
+from keel.audit.export import TRAILER, read_jsonl, verify_file
 from keel.audit.log import AuditLog
 from keel.dashboard.forms import csrf_token
 from keel.dashboard.session import COOKIE, Sessions, SignedIn
 from keel.keys.auth import KEY_PREFIX, issue_key
-from keel.store.protocols.audit import entry_hash
 from keel.tenancy.roles import KEY_PERMISSIONS, MATRIX, PERMISSIONS
 from keel.testing import FakeUpstream
 from tests.conftest import Gateway, base_config, until
@@ -149,7 +149,7 @@ def test_the_audit_page_filters_pages_and_shows_the_chain_verified(gw: Gateway) 
         rest = c.get(nxt.replace("&amp;", "&"))
         assert [int(s) for s in re.findall(r'<tr data-seq="(\d+)">', rest.text)] == list(range(101, base + 155))
         assert 'id="next"' not in rest.text
-        by_actor = c.get("/ui/audit", params={"actor": "key:"})
+        by_actor = c.get("/ui/audit", params={"actor": "key:k2"})
         assert re.findall(r'<tr data-seq="(\d+)">', by_actor.text) == [str(base + n) for n in (151, 152, 153)]
         by_action = c.get("/ui/audit", params={"action": "tenants.", "tenant": ""})
         assert re.findall(r'<tr data-seq="(\d+)">', by_action.text) == [str(base + 154)]
@@ -163,7 +163,7 @@ def test_the_audit_page_filters_pages_and_shows_the_chain_verified(gw: Gateway) 
         assert c.get("/ui/audit", params={"after": "-1"}).status_code == 400
 
 
-def test_the_audit_export_holds_the_shown_range_with_its_chain(gw: Gateway) -> None:
+def test_the_audit_export_holds_the_shown_range_and_verifies_on_its_own(gw: Gateway) -> None:
     base, prev = gw.runtime.store.audit_head()  # the gateway's own entries at start (its config)
     _entries(gw, 5)
     _entries(gw, 2, tenant="t2", actor="key:k2")
@@ -173,17 +173,22 @@ def test_the_audit_export_holds_the_shown_range_with_its_chain(gw: Gateway) -> N
         r = c.get(link.replace("&amp;", "&"))
         assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
         assert r.headers["content-disposition"].startswith("attachment; filename=")
-        lines = [orjson.loads(x) for x in r.text.splitlines()]
-        assert [x["seq"] for x in lines] == [base + n for n in (1, 2, 3, 4, 5)] and {x["tenant"] for x in lines} == {
-            "t1"
-        }
-        for x in lines:  # a contiguous range verifies on its own from its first entry's link
-            assert x["prev_hash"] == prev
-            store_entry = next(e for e in AuditLog(gw.runtime.store).entries() if e.seq == x["seq"])
-            assert entry_hash(x["seq"], store_entry, prev) == x["hash"]
-            prev = x["hash"]
+        rows = list(read_jsonl(r.content.splitlines()))
+        entries = [x for x in rows if TRAILER not in x]
+        assert [x["seq"] for x in entries] == [base + n for n in (1, 2, 3, 4, 5)]
+        assert {x["tenant"] for x in entries} == {"t1"} and entries[0]["prev_hash"] == prev
+        verdict = verify_file(rows)
+        assert verdict.ok and verdict.entries == 5, verdict.problems
         everything = c.get("/ui/audit/export", params={"since": "1h", "tenant": ""})
-        assert len(everything.text.splitlines()) == base + 7
+        whole = list(read_jsonl(everything.content.splitlines()))
+        assert len(whole) == base + 7 + 1 and verify_file(whole).ok  # every entry, and the trailer
+        tampered = [
+            dict(x, detail_json=x["detail_json"].replace("1", "9")) if x.get("seq") == base + 2 else x for x in rows
+        ]
+        assert not verify_file(tampered).ok
+        csv = c.get("/ui/audit/export", params={"tenant": "t1", "format": "csv"})
+        assert csv.headers["content-type"].startswith("text/csv") and len(csv.text.splitlines()) == 1 + 5
+        assert c.get("/ui/audit/export", params={"format": "xml"}).status_code == 400
 
 
 def test_the_audit_page_says_where_the_chain_breaks(gw: Gateway, tmp_path: Path) -> None:
@@ -352,7 +357,8 @@ def test_an_auditor_sees_its_tenants_audit_and_usage_only(gw: Gateway) -> None:
         tenants = set(re.findall(r'<tr data-seq="\d+"><td class="n">\d+</td><td>[^<]+</td><td>([^<]+)</td>', page.text))
         assert tenants == {"t1"}
         export = c.get("/ui/audit/export", params={"since": "1h"})
-        assert {orjson.loads(x)["tenant"] for x in export.text.splitlines()} == {"t1"}
+        lines = [orjson.loads(x) for x in export.text.splitlines()]
+        assert {x["tenant"] for x in lines if TRAILER not in x} == {"t1"} and TRAILER in lines[-1]
         for path in ("/ui/traces", f"/ui/traces/{mine}", "/ui/keys", "/ui/jobs", "/ui/prompts", "/ui/users"):
             assert c.get(path).status_code == 403, path
 

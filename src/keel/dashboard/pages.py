@@ -24,6 +24,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from keel.alerts.slo import statuses
+from keel.audit.export import FORMATS
 from keel.audit.log import AuditLog
 from keel.config import SloConfig
 from keel.dashboard.auditpages import Verifier, audit_query, export_response, read_audit, render_audit, render_error
@@ -451,7 +452,11 @@ class Dashboard:
         except ValueError as exc:
             shown = {k: request.query_params.get(k, "") for k in ("since", "until", "actor", "action", "tenant")}
             return self._view(request, render_error(shown, str(exc), actor.tenant is not None))
-        return export_response(self._audit, query)
+        fmt = request.query_params.get("format") or "jsonl"
+        if fmt not in FORMATS:
+            shown = {k: request.query_params.get(k, "") for k in ("since", "until", "actor", "action", "tenant")}
+            return self._view(request, render_error(shown, f"'format' must be one of: {', '.join(FORMATS)}.", False))
+        return export_response(self._store, query, fmt)
 
     # ---- users, teams, roles
 
