@@ -1,23 +1,51 @@
-"""Per-tool-call overhead of the agent runtime's policy and audit: schema validation + policy decision
-(in memory), and one audit append (a transaction on the store), on SQLite and, when reachable, PostgreSQL.
+"""The agent runtime's own cost, over the work it drives (issue 18's targets):
 
-    PYTHONPATH=src python bench/agents.py [--calls 500] [--postgres postgresql://127.0.0.1/test]
+1. policy + audit per tool call: schema validation + policy decision (in memory) and one audit entry,
+   committed, on SQLite and, with --postgres, PostgreSQL; sequential (one commit each) and from
+   `--concurrency` callers at once through the group-commit writer (`AuditLog.record`: callers queued
+   together share one commit; the figure is wall time / entries).
+2. the loop's per-step overhead: a run of `--steps` model steps through `keel serve` in a process of its
+   own (SQLite; the fake upstream answering at once; each step but the last calls one HTTP tool), against
+   the same model calls and tool calls made directly over HTTP; (run - direct) / steps.
 
-Target (issue 18): policy and audit overhead per tool call <= 1 ms. Prints p50/p90 per part.
+    PYTHONPATH=src python bench/agents.py [--calls 500] [--postgres postgresql://127.0.0.1/test] [--steps 20]
+
+Targets: policy + audit <= 1 ms per tool call; the loop adds <= 2 ms per step. Noisy on a shared
+machine: read it as indicative.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import os
+import pathlib
+import re
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import yaml
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from tests.agents.tool_service import tool_service
+from tests.conftest import base_config
 
 from keel.agents.loop import _invalid
 from keel.agents.policy import decide
 from keel.agents.tools import parse_spec
 from keel.audit.log import AuditLog
 from keel.store.open import open_store
+from keel.testing import FakeUpstream
+from keel.testing.fake_upstream import Script
 
 SPEC = parse_spec({
     "name": "pay", "kind": "http", "http": {"url": "http://127.0.0.1/pay"},
@@ -32,7 +60,7 @@ ARGS = {"amount": 42.5, "to": "acme", "memo": "invoice 7", "api_key": "sk-hidden
 def show(name: str, xs: list[float]) -> float:
     q = statistics.quantiles(xs, n=10)
     p50 = statistics.median(xs)
-    print(f"{name:<44} p50 {p50 * 1000:7.3f} ms  p90 {q[8] * 1000:7.3f} ms")
+    print(f"{name:<52} p50 {p50 * 1000:7.3f} ms  p90 {q[8] * 1000:7.3f} ms")
     return p50
 
 
@@ -46,7 +74,9 @@ def bench_policy(n: int) -> float:
     return show("schema validation + policy decision", times)
 
 
-def bench_audit(url: str, name: str, n: int) -> float:
+def bench_audit(url: str, name: str, n: int, concurrency: int) -> float:
+    """Sequential appends (p50 per entry), then `n` entries from `concurrency` callers through the group
+    writer: returns the per-entry figure of the group run."""
     store = open_store(url)
     log = AuditLog(store)
     times = []
@@ -55,27 +85,177 @@ def bench_audit(url: str, name: str, n: int) -> float:
             t = time.perf_counter()
             log.append("key:k1", "tool.run", "pay", tenant="t1", arguments=ARGS, result={"ok": True, "call": str(i)})
             times.append(time.perf_counter() - t)
+        show(f"audit append, one commit each ({name})", times)
+
+        async def group() -> tuple[float, list[float]]:
+            waits: list[float] = []
+
+            async def caller(k: int) -> None:
+                for i in range(n // concurrency):
+                    t = time.perf_counter()
+                    await log.record("key:k1", "tool.run", "pay", tenant="t1", arguments=ARGS,
+                                     result={"ok": True, "call": f"{k}.{i}"})  # fmt: skip
+                    waits.append(time.perf_counter() - t)
+
+            t = time.perf_counter()
+            await asyncio.gather(*(caller(k) for k in range(concurrency)))
+            return time.perf_counter() - t, waits
+
+        before = log._group.batches
+        wall, waits = asyncio.run(group())
+        batches = log._group.batches - before
+        per = wall / len(waits)
+        show(f"audit record, {concurrency} callers, wait per entry ({name})", waits)
+        print(f"{'':<52} {per * 1000:7.3f} ms per entry of wall time ({len(waits)} entries, {batches} commits)")
         assert log.verify().ok
     finally:
+        log.close()
         store.close()
-    return show(f"audit append ({name})", times)
+    return per
+
+
+def completion(call_id: str) -> dict[str, Any]:
+    calls = [{"id": call_id, "type": "function", "function": {"name": "lookup", "arguments": '{"q": "acme"}'}}]
+    return {
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": calls},
+                     "finish_reason": "tool_calls"}],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25},
+    }  # fmt: skip
+
+
+async def direct_tools(url: str, n: int) -> float:
+    """`n` calls of the tool's URL as the executor makes them (aiohttp, one session), in seconds."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        t = time.perf_counter()
+        for _ in range(n):
+            async with http.get(url, params={"q": "acme"}) as resp:
+                await resp.read()
+        return time.perf_counter() - t
+
+
+@contextlib.contextmanager
+def gateway(up: FakeUpstream, tmp: pathlib.Path) -> Iterator[tuple[str, str, str]]:
+    """`keel serve` in a process of its own (so the fake upstream, the tool service and this client do not
+    share its GIL): (url, virtual key, admin token)."""
+    raw = base_config(up, f"sqlite:///{tmp}/keel.db", tmp)
+    port = free_port()
+    raw["server"] = {"port": port}
+    (tmp / "keel.yaml").write_text(yaml.safe_dump(raw))
+    log = tmp / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "KEEL_CONFIG"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "keel.cli.main", "serve"], cwd=tmp, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=out, env=env)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            found = re.search(r"created tenant 'default' and key (sk-keel-\S+)", log.read_text(errors="replace"))
+            if found:
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).raise_for_status()
+                    break
+                except httpx.HTTPError:
+                    pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"bench: keel serve did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", found.group(1), raw["admin_token"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bench_loop(steps: int, rounds: int) -> float:
+    """(run - direct model calls - direct tool calls) / steps, from the medians over `rounds` runs."""
+    took: list[tuple[float, float, float]] = []
+    with (
+        FakeUpstream() as up,
+        tool_service() as svc,
+        tempfile.TemporaryDirectory() as d,
+        gateway(up, pathlib.Path(d)) as (url, key, token),
+    ):
+        admin = httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=30)
+        keyed = httpx.Client(base_url=url, headers={"authorization": f"Bearer {key}"}, timeout=30)
+        tool = {"tenant": "default", "name": "lookup", "kind": "http", "description": "find a customer",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+                "http": {"method": "GET", "url": svc.url + "/echo"}}  # fmt: skip
+        admin.post("/api/agents/tools", json=tool).raise_for_status()
+        function = {"type": "function", "function": {"name": "lookup", "description": "find a customer",
+                                                     "parameters": tool["parameters"]}}  # fmt: skip
+
+        def script() -> None:
+            up.script(*[Script(body_override=completion(f"call_{i}")) for i in range(steps - 1)], Script(text="done"))
+
+        for r in range(rounds + 1):
+            script()
+            t = time.perf_counter()
+            res = keyed.post("/api/agents/runs", json={"model": "gpt-4o-mini", "input": "find acme",
+                                                       "tools": ["lookup"], "max_steps": steps})  # fmt: skip
+            run_s = time.perf_counter() - t
+            run = res.json()
+            assert run["state"] == "done", run
+            run = admin.get(f"/api/agents/runs/{run['id']}").json()
+            messages = run["messages"]
+            # the same model calls, made directly: each step's input is the messages before its answer
+            inputs = [messages[:i] for i, m in enumerate(messages) if m["role"] == "assistant"]
+            assert len(inputs) == steps, (len(inputs), steps)
+            script()
+            t = time.perf_counter()
+            for msgs in inputs:
+                keyed.post("/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": msgs,
+                                                         "tools": [function]}).raise_for_status()  # fmt: skip
+            model_s = time.perf_counter() - t
+            tool_s = asyncio.run(direct_tools(svc.url + "/echo", steps - 1))
+            if r:  # the first round warms up
+                took.append((run_s, model_s, tool_s))
+                print(f"  run {run_s * 1000:7.1f} ms   model calls {model_s * 1000:7.1f} ms   tool calls "
+                      f"{tool_s * 1000:6.1f} ms")  # fmt: skip
+        admin.close()
+        keyed.close()
+    run_s, model_s, tool_s = (statistics.median(x[i] for x in took) for i in range(3))
+    over = (run_s - model_s - tool_s) / steps
+    print(
+        f"{'the loop per step, over its model and tool calls':<52} {over * 1000:7.3f} ms (medians of {rounds} rounds)"
+    )
+    return over
 
 
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--calls", type=int, default=500)
+    p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--postgres", help="a PostgreSQL URL (a fresh schema is NOT made: use a scratch database)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=9)
     a = p.parse_args()
     policy = bench_policy(a.calls)
     with tempfile.TemporaryDirectory() as d:
-        audit = bench_audit(f"sqlite:///{d}/bench.db", "SQLite, WAL", a.calls)
+        audit = bench_audit(f"sqlite:///{d}/bench.db", "SQLite, WAL", a.calls, a.concurrency)
     if a.postgres:
-        audit = max(audit, bench_audit(a.postgres, "PostgreSQL", a.calls))
+        audit = max(audit, bench_audit(a.postgres, "PostgreSQL", a.calls, a.concurrency))
     total = policy + audit
+    met = total <= 0.001
     print(
-        f"policy + audit per tool call, p50: {total * 1000:.3f} ms (target <= 1 ms: {'met' if total <= 0.001 else 'MISSED'})"
+        f"policy + audit per tool call (grouped): {total * 1000:.3f} ms (target <= 1 ms: {'met' if met else 'MISSED'})"
     )
-    return 0 if total <= 0.001 else 1
+    loop = bench_loop(a.steps, a.rounds) if a.steps > 1 else 0.0
+    print(f"loop overhead per step: {loop * 1000:.3f} ms (target <= 2 ms: {'met' if loop <= 0.002 else 'MISSED'})")
+    return 0 if met and loop <= 0.002 else 1
 
 
 if __name__ == "__main__":

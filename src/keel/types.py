@@ -193,6 +193,7 @@ class Principal:
     regions: tuple[str, ...] | None = None  # data residency: provider regions allowed; None = any
     priority: int = 0  # default priority of the key's calls in a saturated target's queue
     max_priority: int = 0  # the most a call may ask for with x-keel-priority
+    team: str | None = None  # the key's team, as limits name it: "tenant:team"
 
 
 Status = Literal["ok", "error", "partial"]

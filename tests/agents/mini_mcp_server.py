@@ -15,7 +15,16 @@ def tool_result(args):
         "token_set": bool(os.environ.get("MINI_TOKEN")),
         "echo": args.get("say", ""),
         "token_echo": os.environ.get("MINI_TOKEN", ""),
+        "net_socket": os.environ.get("KEEL_NET_SOCKET", ""),
     }
+    if args.get("connect"):  # host:port through Keel's allow-list proxy: its answer's status line
+        import socket
+
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(os.environ["KEEL_NET_SOCKET"])
+        s.sendall(f"CONNECT {args['connect']} HTTP/1.1\r\n\r\n".encode())
+        seen["connect"] = s.recv(200).decode("latin-1").split("\r\n")[0]
+        s.close()
     return {"content": [{"type": "text", "text": json.dumps(seen)}], "isError": False}
 
 
@@ -28,7 +37,7 @@ def answer(msg):
             "serverInfo": {"name": "mini", "version": "1"},
         }
     if method == "tools/list":
-        schema = {"type": "object", "properties": {"say": {"type": "string"}}}
+        schema = {"type": "object", "properties": {"say": {"type": "string"}, "connect": {"type": "string"}}}
         return {"tools": [{"name": "whoami", "description": "where am I", "inputSchema": schema}]}
     if method == "tools/call":
         return tool_result(params.get("arguments") or {})

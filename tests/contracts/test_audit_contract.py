@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -63,6 +64,33 @@ def test_a_chain_links_each_entry_to_the_one_before(store: Store) -> None:
     assert all(entry_hash(e.seq, e, e.prev_hash) == e.hash for e in entries)
     assert store.audit_head() == (3, entries[-1].hash)
     assert log.verify().ok and log.verify().checked == 3
+
+
+def test_concurrent_records_commit_in_groups_as_one_chain(store: Store) -> None:
+    """40 callers at once through the group-commit writer, between plain appends: every caller gets its own
+    committed entry, numbered without gaps, and the chain verifies."""
+    import asyncio
+
+    log = AuditLog(store)
+    fill(log, 2)
+
+    async def many() -> list[Any]:
+        return await asyncio.gather(
+            *(log.record("key:k", "tool.run", f"t{i}", tenant="t1", arguments={"i": i}) for i in range(40))
+        )
+
+    try:
+        got = asyncio.run(many())
+        fill(log, 1)
+        assert sorted(e.seq for e in got) == list(range(3, 43))
+        stored = {e.seq: e for e in log.entries()}
+        assert all(stored[e.seq] == e for e in got)  # what each caller was told is what was committed
+        assert {e.target for e in got} == {f"t{i}" for i in range(40)}
+        assert log.verify().ok and log.verify().checked == 43
+        several = store.append_audits([])
+        assert several == []
+    finally:
+        log.close()
 
 
 def test_arguments_are_redacted_before_they_are_hashed(store: Store) -> None:
@@ -176,3 +204,66 @@ def test_the_cli_verifies_and_exports(tmp_path: Path) -> None:
     print(f"\n  keel audit verify after an edit: {bad.stdout.strip()}")
     assert bad.returncode == 1
     assert "entry 2 does not match its hash (edited)" in bad.stdout
+
+
+def test_erasing_a_subject_keeps_the_chain_verifiable_and_still_catches_edits(store: Store, storage_url: str) -> None:
+    log = AuditLog(store)
+    log.append("user:alice", "tool.run", "pay", tenant="acme", arguments={"who": "alice", "n": 1}, source_ip="10.0.0.9")
+    log.append("admin", "key.create", "alice", tenant="acme", after={"user": "alice"})
+    log.append("user:bob", "tool.run", "pay", tenant="acme", arguments={"who": "bob"})
+    log.append("admin", "tenant.create", "globex", after={"name": "globex"})
+    erased = log.erase("acme", "alice")
+    assert (erased.entries, erased.v1) == (2, [])
+    entries = {e.seq: e for e in log.entries()}
+    assert (entries[1].actor, entries[1].target, entries[1].detail, entries[1].source_ip) == (
+        "[erased]", None, '{"erased":true}', None,
+    )  # fmt: skip
+    assert entries[1].tenant == "acme" and entries[1].action == "tool.run"  # the tenant stays: a user was erased
+    assert "alice" not in str(entries[2]) and "alice" not in (entries[1].salts or "")
+    assert entries[3].actor == "user:bob" and log.verify().ok
+    assert log.erase("acme", "alice").entries == 0  # idempotent
+    assert log.erase("acme").entries == 3 and log.verify().ok  # the whole tenant: bob's entry and the tenant field
+    assert all(e.tenant is None for e in log.entries() if e.seq <= 3)
+    assert next(e for e in log.entries() if e.seq == 4).target == "globex"
+    for sql in (
+        "UPDATE audit_log SET action = 'tool.denied' WHERE seq = 1",  # a field that was never erased
+        "UPDATE audit_log SET actor = 'mallory' WHERE seq = 2",  # an erased field given a value
+        'UPDATE audit_log SET digests = \'{"actor":"00"}\' WHERE seq = 3',  # a digest replaced
+    ):
+        seq = int(sql.rsplit(" ", 1)[1])
+        before = next(e for e in log.entries() if e.seq == seq)
+        tamper(storage_url, sql)
+        verdict = log.verify()
+        assert (verdict.ok, verdict.bad_seq) == (False, seq), sql
+        _restore(storage_url, before)
+        assert log.verify().ok
+
+
+def _restore(url: str, e: Any) -> None:
+    """Put an entry back as it was (the test's own repair of its tampering)."""
+    cols = {"action": e.action, "actor": e.actor, "digests": e.digests}
+    sets = ", ".join(f"{c} = '{v}'" for c, v in cols.items())
+    tamper(url, f"UPDATE audit_log SET {sets} WHERE seq = {e.seq}")
+
+
+def test_entries_hashed_the_old_way_still_verify_and_erase_only_with_the_purge_entry_listing_them(
+    store: Store, storage_url: str
+) -> None:
+    import hashlib
+
+    prev = GENESIS
+    for seq, actor in ((1, "user:alice"), (2, "admin")):  # as appended before scheme 2: every field hashed
+        body = [seq, 1000.0 + seq, "acme", actor, "tool.run", "alice", '{"who":"alice"}', None, prev]
+        digest = hashlib.sha256(orjson.dumps(body)).hexdigest()
+        tamper(storage_url, f"INSERT INTO audit_log (seq, at, tenant, actor, action, target, detail, source_ip, prev_hash, hash)"
+               f" VALUES ({seq}, {1000.0 + seq}, 'acme', '{actor}', 'tool.run', 'alice', '{{\"who\":\"alice\"}}', NULL, '{prev}', '{digest}');"
+               f" UPDATE audit_head SET seq = {seq}, hash = '{digest}' WHERE chain = 'main'")  # fmt: skip
+        prev = digest
+    log = AuditLog(store)
+    assert log.verify().ok and log.verify().checked == 2
+    erased = log.erase("acme", "alice")
+    assert erased.v1 == [1, 2]
+    unlisted = log.verify()
+    assert (unlisted.ok, unlisted.bad_seq) == (False, 1) and "no purge entry lists it" in (unlisted.reason or "")
+    log.append("admin", "user.purge", "alice", tenant="acme", result={"erased_v1": erased.v1})
+    assert log.verify().ok and log.verify().checked == 3

@@ -449,7 +449,7 @@ def test_clear_limits(store: Store) -> None:
         ("tenant", "acme", {}, None, "nothing to set"),
         ("tenant", "acme", {"rpm": 5}, "maybe", "on_store_error must be 'open', 'closed' or none"),
         ("key", "k1", {"rpm": 5}, "closed", "on_store_error is chosen per tenant"),
-        ("user", "ann", {"rpm": 5}, None, "scope must be 'tenant' or 'key', not 'user'"),
+        ("user", "ann", {"rpm": 5}, None, "scope must be 'tenant', 'key' or 'team', not 'user'"),
         ("tenant", "nobody", {"rpm": 5}, None, "no tenant 'nobody'"),
         ("key", "k-nope", {"rpm": 5}, None, "no key with id 'k-nope'"),
         ("key", "acme", {"rpm": 5}, None, "no key with id 'acme'"),  # a tenant's name is not a key id

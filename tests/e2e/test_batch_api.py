@@ -333,8 +333,10 @@ def test_a_tenant_purge_deletes_its_files_and_batches(gw: Gateway) -> None:
 
     r = httpx.post(f"{gw.url}/api/tenants/t1/purge", json={}, headers={"authorization": f"Bearer {gw.admin}"})
 
-    assert r.status_code == 200 and (r.json()["batches"], r.json()["files"]) == (1, 2)
-    assert c.files.list().data == [] and c.batches.list().data == []
-    with pytest.raises(openai.NotFoundError):
-        c.files.content(b.output_file_id)
+    # rows per store: the batch and its line's result; the input and the output file
+    assert r.status_code == 200 and (r.json()["counts"]["batches"], r.json()["counts"]["files"]) == (2, 2)
+    store = gw.runtime.store
+    assert store.get_file("t1", b.output_file_id) is None and store.list_batches("t1") == []
+    with pytest.raises(openai.AuthenticationError):  # the tenant went whole, its keys too
+        c.files.list()
     assert list(blobs.list("files/")) == []

@@ -36,7 +36,7 @@ from keel.api.app import create_app
 from keel.keys.auth import issue_key
 from keel.testing import FakeUpstream
 from keel.testing.oidc import FakeIssuer, FakeUser
-from tests.conftest import Gateway, base_config
+from tests.conftest import Gateway, base_config, until
 from tests.served import serve, storage
 
 EXAMPLES = 50  # per route taking input; x3 for the model routes' bodies, /3 for routes without input
@@ -109,6 +109,14 @@ def target(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> 
                 put = {"tenant": "t1", "text": "hello world", "groups": ["g"]}
                 stored = client.put(f"/api/rag/collections/fzc/documents/{doc}", json=put, headers=admin)
                 assert stored.status_code in (200, 201, 202), stored.text
+            docs = "/api/rag/collections/fzc/documents"
+
+            def indexed() -> bool:
+                data = client.get(docs, params={"tenant": "t1"}, headers=admin).json()["data"]
+                return len(data) == 2 and all(d["status"] == "indexed" for d in data)
+
+            # indexing imports numpy in a worker thread: done before hypothesis draws (it looks numpy up)
+            assert until(indexed)
             login = client.post("/ui/login", data={"token": gw.admin, "next": "/ui"})
             assert login.status_code == 303
             session = login.cookies["keel_ui"]
@@ -348,9 +356,10 @@ ROUTES = [
     Route("POST", "/api/tenants", "admin", {"name": "fz-new", "regions": ["us"]}),
     Route("PATCH", "/api/tenants/{name}", "admin", {"regions": ["us", "eu"]}),
     Route("POST", "/api/tenants/{name}/purge", "admin", {"user": "u1", "revoke_keys": False, "delete_tenant": False}),
+    Route("DELETE", "/api/tenants/{name}/users/{user}", "admin"),
     Route("POST", "/api/retention/sweep", "admin"),
     Route("GET", "/api/keys", "admin", query=("tenant",)),
-    Route("POST", "/api/keys", "admin", {"tenant": "fz", "name": "k", "user": "u", "models": ["sim"], "priority": 1, "max_priority": 2}),
+    Route("POST", "/api/keys", "admin", {"tenant": "fz", "name": "k", "user": "u", "models": ["sim"], "priority": 1, "max_priority": 2, "team": "fzt"}),
     Route("POST", "/api/keys/{key_id}/revoke", "admin"),
     Route("GET", "/api/traces", "admin", query=("since", "until", "limit", "tenant", "user", "feature", "alias", "status")),
     Route("GET", "/api/traces/{trace_id}", "admin"),
@@ -358,7 +367,7 @@ ROUTES = [
     Route("GET", "/api/usage", "admin", query=("by", "since", "until", "grain", "tenant", "limit")),
     Route("GET", "/api/targets", "admin"),
     Route("GET", "/api/limits", "admin"),
-    Route("GET", "/api/limits/usage", "admin", query=("tenant", "key", "user", "feature", "alias")),
+    Route("GET", "/api/limits/usage", "admin", query=("tenant", "key", "user", "feature", "alias", "team")),
     Route("PUT", "/api/limits/{scope}/{subject}", "admin", {"limits": {"rpm": 1000, "daily_usd": 5.5}, "on_store_error": "open"}),
     Route("DELETE", "/api/limits/{scope}/{subject}", "admin"),
     Route("POST", "/v1/files", "openai", multipart=True),
@@ -407,6 +416,9 @@ ROUTES = [
     Route("GET", "/ui/prompts", "dashboard", query=("tenant",)),
     Route("GET", "/ui/prompts/{tenant}/{name}", "dashboard", query=("diff",)),
     Route("GET", "/api/audit", "admin", query=("since", "until", "tenant", "actor", "action", "target", "after", "limit")),
+    Route("GET", "/ui/approvals", "dashboard", query=("tenant", "call", "result")),
+    Route("POST", "/ui/approvals/{call_id}/{action}", "dashboard"),
+    Route("GET", "/api/audit", "admin", query=("since", "until", "tenant", "after", "limit")),
     Route("GET", "/api/audit/verify", "admin"),
     Route("GET", "/api/audit/export", "admin", query=("since", "until", "tenant", "actor", "action", "target", "format")),
     Route("GET", "/api/agents/tools", "admin", query=("tenant",)),
@@ -420,8 +432,10 @@ ROUTES = [
     Route("GET", "/api/agents/runs", "openai", query=("tenant", "state", "limit")),
     Route("GET", "/api/agents/runs/{run_id}", "openai"),
     Route("GET", "/api/approvals", "admin", query=("tenant", "state")),
-    Route("POST", "/api/approvals/{call_id}/approve", "admin"),
-    Route("POST", "/api/approvals/{call_id}/deny", "admin"),
+    Route("POST", "/api/approvals/{call_id}/approve", "admin", query=("exp", "sig")),
+    Route("POST", "/api/approvals/{call_id}/deny", "admin", query=("exp", "sig")),
+    Route("GET", "/api/approvals/{call_id}/approve", "admin", query=("exp", "sig")),  # a signed link's page
+    Route("GET", "/api/approvals/{call_id}/deny", "admin", query=("exp", "sig")),
     Route("POST", "/mcp", "mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fz_tool", "arguments": {"amount": 1}}}),
     Route("GET", "/api/slo", "admin"),
     Route("GET", "/ui/slo", "dashboard"),
@@ -523,6 +537,9 @@ def _param_values(t: Target, name: str) -> st.SearchStrategy[str]:
         "user_id": ["fz-user", "missing"],
         "token_id": ["pat_missing"],
         "provider": ["corp", "missing"],
+        "call_id": ["run_0:call_0", "missing"],
+        "action": ["approve", "deny", "other"],
+        "user": ["u1", "missing"],
     }[name]
     return st.one_of(st.sampled_from(known), url_text.filter(lambda s: s and "/" not in s and s not in (".", "..")))
 
@@ -549,6 +566,9 @@ def requests(draw: st.DrawFn, t: Target, route: Route) -> Sent:
         "user_id",
         "token_id",
         "provider",
+        "call_id",
+        "action",
+        "user",
     ):
         if "{" + name + "}" in path:
             value = draw(_param_values(t, name))
@@ -675,7 +695,8 @@ def _export(r: httpx.Response, where: str) -> None:
     if r.headers["content-type"].startswith("text/csv"):
         assert r.text.startswith("seq,at,"), where
     else:
-        assert all(isinstance(json.loads(line), dict) for line in r.text.splitlines()), where
+        # split on "\n" only: a JSON string may hold U+2028 or U+0085 raw, which str.splitlines() splits on
+        assert all(isinstance(json.loads(line), dict) for line in r.text.split("\n") if line), where
 
 
 def _check_page(sent: Sent, r: httpx.Response, where: str) -> None:

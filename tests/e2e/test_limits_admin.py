@@ -84,7 +84,7 @@ def test_refusals_name_what_to_fix(gateway: Gateway) -> None:
         ("GET", "/api/limits/usage", None, {"tenant": "nobody"}, 404, None, "No tenant 'nobody'."),
         ("GET", "/api/limits/usage", None, {"tenant": "t1", "key": "key_nope"}, 404, None, "No key with id 'key_nope'"),
         ("GET", "/api/limits/usage", None, {"tenant": "t1", "alias": "nope"}, 400, "alias", "Unknown alias 'nope'"),
-        ("GET", "/api/limits/usage", None, {"tenant": "t1", "team": "x"}, 400, "team", "Unknown parameter 'team'"),
+        ("GET", "/api/limits/usage", None, {"tenant": "t1", "squad": "x"}, 400, "squad", "Unknown parameter 'squad'"),
     ]
     for method, path, body, params, status, param, message in cases:
         got = api(gateway, method, path, body, **params)

@@ -238,6 +238,7 @@ ADMIN_CASES = [
     ("PATCH", "/api/tenants/t1", {"regions": [5]}, "regions"),
     ("POST", "/api/tenants/t1/purge", {"user": "a\x00"}, "user"),
     ("POST", "/api/tenants/t1/purge", {"user": 5}, "user"),
+    ("DELETE", "/api/tenants/t1/users/a%00", None, "user"),
     ("PUT", "/api/limits/tenant/t%00", {"limits": {"rpm": 5}}, "subject"),
     ("GET", "/api/traces/%00abc", None, "trace_id"),
     ("GET", "/api/traces?user=a%00", None, "user"),

@@ -128,9 +128,11 @@ def test_purging_a_user_then_a_tenant_deletes_theirs_and_nothing_else(
     assert span_counts(gw, owned) == dict.fromkeys(before, 4)
 
     # one user, with the CLI: a separate process opening the stores named in keel.yaml
-    report = json.loads(keel(tmp_path, "-c", str(tmp_path / "keel.yaml"), "tenants", "purge", "t1", "--user", "alice", "--yes", "--json").stdout)  # fmt: skip
-    assert {k: report[k] for k in ("traces", "blobs", "cache_entries", "vectors")} == {
-        "traces": 4, "blobs": 1, "cache_entries": 3, "vectors": 3,
+    receipt = json.loads(keel(tmp_path, "-c", str(tmp_path / "keel.yaml"), "tenants", "purge", "t1", "--user", "alice", "--yes", "--json").stdout)  # fmt: skip
+    report = receipt["counts"]
+    assert receipt["subject"] == {"tenant": "t1", "user": "alice"} and len(receipt["digest"]) == 64
+    assert {k: report[k] for k in ("traces", "trace_blobs", "cache_entries", "cache_vectors")} == {
+        "traces": 4, "trace_blobs": 1, "cache_entries": 3, "cache_vectors": 3,
     }  # fmt: skip
     assert report["rollups"] > 0
     assert report["spans"] == 4 and span_counts(gw, owned) == {**dict.fromkeys(before, 4), ("t1", "alice"): 0}
@@ -151,9 +153,9 @@ def test_purging_a_user_then_a_tenant_deletes_theirs_and_nothing_else(
     before = snapshot(gw, tmp_path)
     r = httpx.post(f"{gw.url}/api/tenants/t2/purge", json={}, headers={"authorization": f"Bearer {gw.admin}"}, timeout=30)  # fmt: skip
     assert r.status_code == 200, r.text
-    body = r.json()
-    assert {k: body[k] for k in ("traces", "blobs", "cache_entries", "vectors")} == {
-        "traces": 8, "blobs": 2, "cache_entries": 6, "vectors": 6,
+    body = r.json()["counts"]
+    assert {k: body[k] for k in ("traces", "trace_blobs", "cache_entries", "cache_vectors")} == {
+        "traces": 8, "trace_blobs": 2, "cache_entries": 6, "cache_vectors": 6,
     }  # fmt: skip
     assert body["spans"] == 8 and span_counts(gw, owned) == {**dict.fromkeys(owned, 0), ("t1", "bob"): 4}
     after = snapshot(gw, tmp_path)
@@ -162,8 +164,9 @@ def test_purging_a_user_then_a_tenant_deletes_theirs_and_nothing_else(
     assert {w: c for w, c in after.items() if w[0] == "t1"} == {w: c for w, c in before.items() if w[0] == "t1"}
     assert _tenant_calls(gw, "t2") == 0  # a whole tenant's rollups go with it
     assert len(blob_files(tmp_path)) == 1  # bob's
-    # the tenant and its keys stay unless asked: its key still works
-    assert ask(gw, "hello again", key=keys["t2"], user="carol")[1]["x-keel-cache"] == "miss"
+    # the tenant and its keys went with it
+    with pytest.raises(openai.AuthenticationError):
+        ask(gw, "hello again", key=keys["t2"], user="carol")
 
 
 def _tenant_calls(gw: Gateway, tenant: str) -> int:
@@ -182,13 +185,8 @@ def test_delete_tenant_revokes_its_keys_everywhere_then_deletes_keys_and_tenant(
     httpx.put(f"{gw.url}/api/limits/tenant/t2", json={"limits": {"rpm": 100}}, headers=admin).raise_for_status()
     r = httpx.post(f"{gw.url}/api/tenants/t2/purge", json={"delete_tenant": True}, headers=admin, timeout=30)
     assert r.status_code == 200, r.text
-    body = r.json()
-    assert (body["keys_revoked"], body["keys_deleted"], body["limit_overrides"], body["tenant_deleted"]) == (
-        1,
-        1,
-        1,
-        True,
-    )
+    body = r.json()["counts"]
+    assert (body["keys_revoked"], body["keys"], body["limit_overrides"], body["tenant"]) == (1, 1, 1, 1)
     assert body["traces"] == 8
     with pytest.raises(openai.AuthenticationError):
         ask(gw, "anyone there?", key=keys["t2"])

@@ -311,7 +311,7 @@ def test_purge_and_retention_delete_stored_responses(gateway: Gateway, up: FakeU
         r = c.responses.create(model="gpt-4o-mini", input="hi", user="u1")
         kept = c.responses.create(model="gpt-4o-mini", input="hi", user="u2")
     admin = {"authorization": f"Bearer {gateway.admin}"}
-    report = httpx.post(gateway.url + "/api/tenants/t1/purge", json={"user": "u1"}, headers=admin).json()
+    report = httpx.post(gateway.url + "/api/tenants/t1/purge", json={"user": "u1"}, headers=admin).json()["counts"]
     assert report["responses"] == 1
     store = gateway.runtime.store
     assert store.get_response("t1", r.id) is None and store.get_response("t1", kept.id) is not None

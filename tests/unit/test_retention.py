@@ -16,7 +16,8 @@ import yaml
 
 from keel.store.open import open_blobs, open_store
 from keel.store.protocols import BlobStore, DeletedTraces, Store, TraceQuery, UsageQuery
-from keel.traces.retention import RetentionPolicy, orphan_blobs, purge, sweep
+from keel.tenancy.deletion import Stores, purge
+from keel.traces.retention import RetentionPolicy, orphan_blobs, sweep
 from keel.traces.spans import child_span
 from keel.traces.writer import TraceWriter, blob_key, read_trace
 from keel.types import Span, TraceRecord
@@ -133,11 +134,12 @@ def test_spans_leave_with_their_rows_by_retention_and_purge(store: Store) -> Non
     assert (report.traces, report.spans) == (5, 5 * 2 + 1)
     assert (spans_of(store, old), spans_of(store, young), store.trace_spans("agent-run")) == (0, 6, [])
 
-    user = asyncio.run(purge(store, None, None, None, "acme", "alice"))  # one user: their traces' spans only
-    assert (user.traces, user.spans, spans_of(store, alice), spans_of(store, young)) == (2, 4, 0, 6)
+    user = asyncio.run(purge(Stores(store), "acme", "alice")).counts  # one user: their traces' spans only
+    assert (user["traces"], user["spans"], spans_of(store, alice), spans_of(store, young)) == (2, 4, 0, 6)
     store.append_spans([Span("agent-2", "s", None, "job", "agent", NOW, tenant="acme")])
-    whole = asyncio.run(purge(store, None, None, None, "acme"))  # a tenant: every span of it
-    assert (whole.traces, whole.spans, spans_of(store, young), store.trace_spans("agent-2")) == (3, 7, 0, [])
+    whole = asyncio.run(purge(Stores(store), "acme")).counts  # a tenant: every span of it
+    spans = whole["spans"] + whole["orphan_spans"]
+    assert (whole["traces"], spans, spans_of(store, young), store.trace_spans("agent-2")) == (3, 7, 0, [])
     assert spans_of(store, globex) == 4  # another tenant's: untouched
 
 

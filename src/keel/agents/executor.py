@@ -25,6 +25,7 @@ from keel.agents.tools import ToolSpec
 class ToolResult:
     ok: bool
     output: str  # scrubbed and capped; an error's message when not ok
+    network: tuple[str, ...] = ()  # a code tool's allow-list proxy decisions ("host:port allowed|refused: why")
 
 
 class Executor:
@@ -42,8 +43,9 @@ class Executor:
             values = {s.name: self._vault.reveal(tenant, s.name, tool=spec.name, actor=actor) for s in spec.secrets}
         except SecretError as exc:
             return ToolResult(False, str(exc))
+        egress: list[str] = []
         try:
-            ok, text = await asyncio.wait_for(self._dispatch(spec, args, call_id, values), spec.timeout_s + 1.0)
+            ok, text = await asyncio.wait_for(self._dispatch(spec, args, call_id, values, egress), spec.timeout_s + 1.0)
         except TimeoutError:
             ok, text = False, f"tool '{spec.name}' timed out after {spec.timeout_s:g} s"
         except SandboxUnavailable as exc:
@@ -55,10 +57,10 @@ class Executor:
         text = scrub(text, values.values())
         if len(text) > spec.max_output:
             text = text[: spec.max_output] + f"\n[output truncated at {spec.max_output} characters]"
-        return ToolResult(ok, text)
+        return ToolResult(ok, text, tuple(egress))
 
     async def _dispatch(
-        self, spec: ToolSpec, args: dict[str, Any], call_id: str, values: Mapping[str, str]
+        self, spec: ToolSpec, args: dict[str, Any], call_id: str, values: Mapping[str, str], egress: list[str]
     ) -> tuple[bool, str]:
         env = {s.env: s.format.replace("{value}", values[s.name]) for s in spec.secrets if s.env}
         limits = Limits(wall_s=spec.timeout_s, output_bytes=spec.max_output * 4)
@@ -66,7 +68,12 @@ class Executor:
             assert spec.code is not None
             limits = Limits(wall_s=spec.timeout_s, output_bytes=spec.max_output * 4, cpu_s=spec.code.cpu_s,
                             memory_mb=spec.code.memory_mb)  # fmt: skip
-            out = await self._sandbox.run_python(spec.code.source, args, env=env, limits=limits)
+            out = await self._sandbox.run_python(
+                spec.code.source, args, env=env, limits=limits, network=spec.code.network
+            )
+            egress += [
+                f"{d.host}:{d.port} " + ("allowed" if d.allowed else f"refused: {d.reason}") for d in out.network
+            ]
             if out.timed_out:
                 return False, f"timed out after {spec.timeout_s:g} s"
             if out.exit_code != 0 and not out.truncated:
@@ -87,7 +94,7 @@ class Executor:
             if mark in url:
                 url = url.replace(mark, quote(str(rest.pop(key)), safe=""))
         headers = {**spec.http.headers, "Idempotency-Key": call_id, "User-Agent": "keel-tools"}
-        query: dict[str, str] = {}
+        query = {k: _text(rest.pop(k)) for k in spec.http.query if k in rest}
         for s in spec.secrets:
             value = s.format.replace("{value}", values[s.name])
             if s.header:
@@ -96,7 +103,7 @@ class Executor:
                 query[s.query] = value
         body = None
         if spec.http.method in ("GET", "DELETE"):
-            query.update({k: v if isinstance(v, str) else orjson.dumps(v).decode() for k, v in rest.items()})
+            query.update({k: _text(v) for k, v in rest.items()})
         else:
             body = orjson.dumps(rest)
             headers["Content-Type"] = "application/json"
@@ -112,3 +119,7 @@ class Executor:
             if resp.status >= 400:
                 return False, f"HTTP {resp.status}: {text}"
             return True, text
+
+
+def _text(v: Any) -> str:
+    return v if isinstance(v, str) else orjson.dumps(v).decode()

@@ -27,8 +27,10 @@ from typing import Any
 import orjson
 
 from keel.agents.approvals import decide as decide_call
+from keel.agents.budgets import ToolBudgets
+from keel.agents.definitions import AgentSpec, parse_agent
 from keel.agents.executor import Executor, ToolResult
-from keel.agents.policy import RateWindow, decide
+from keel.agents.policy import Subject, decide
 from keel.agents.tools import ToolSpec, parse_spec
 from keel.audit.log import AuditLog
 from keel.errors import InvalidRequest, KeelError
@@ -56,12 +58,14 @@ class Caller:
     allowed: tuple[str, ...] | None
     actor: str  # who, for the audit log: key:<id> or admin
     source_ip: str | None = None
+    roles: tuple[str, ...] = ()  # the caller's roles, when the edge knows them (tool policies' `roles`)
 
 
 def _principal_json(c: Caller) -> dict[str, Any]:
     p = c.principal
     return {"tenant": p.tenant, "key_id": p.key_id, "key_name": p.key_name, "user": p.user, "regions": p.regions,
-            "priority": p.priority, "max_priority": p.max_priority, "allowed": c.allowed, "actor": c.actor}  # fmt: skip
+            "priority": p.priority, "max_priority": p.max_priority, "allowed": c.allowed, "actor": c.actor,
+            "roles": list(c.roles)}  # fmt: skip
 
 
 def _caller(data: dict[str, Any]) -> Caller:
@@ -70,7 +74,7 @@ def _caller(data: dict[str, Any]) -> Caller:
     principal = Principal(p["tenant"], p["key_id"], p.get("key_name"), p.get("user"), regions, p.get("priority", 0),
                           p.get("max_priority", 0))  # fmt: skip
     allowed = tuple(p["allowed"]) if p.get("allowed") is not None else None
-    return Caller(principal, allowed, p.get("actor") or f"key:{p['key_id']}")
+    return Caller(principal, allowed, p.get("actor") or f"key:{p['key_id']}", roles=tuple(p.get("roles") or ()))
 
 
 class Runs:
@@ -78,19 +82,31 @@ class Runs:
 
     def __init__(
         self, store: Store, pipeline: Callable[[], Handler], executor: Executor, audit: AuditLog, put_span: Callable[[Span], None],
-        put_record: Callable[[TraceRecord], None],
+        put_record: Callable[[TraceRecord], None], budgets: ToolBudgets,
     ) -> None:  # fmt: skip
         self._store, self._pipeline, self._exec, self._audit = store, pipeline, executor, audit
         self._put_span, self._put_record = put_span, put_record
-        self._rates = RateWindow()
+        self._budgets = budgets
+        self._fresh: dict[str, CallRow] = {}  # calls this process just stored, not waiting for anyone
+        self.on_pending: Callable[[CallRow], None] | None = None  # a call now waits for a person (the webhook)
+        self._specs: dict[tuple[str, bytes], ToolSpec] = {}
         self._mine: set[str] = set()  # runs this process is advancing now
         self._store_down = False
 
     # ---- tools -------------------------------------------------------------------------------------
 
     def tool(self, tenant: str, name: str) -> ToolSpec | None:
+        """The tool as stored now; parsed (and its schema checked) once per version of its spec."""
         row = self._store.get_tool(tenant, name)
-        return None if row is None else parse_spec({**row.spec, "name": name})
+        if row is None:
+            return None
+        key = (name, orjson.dumps(row.spec, option=orjson.OPT_SORT_KEYS))
+        spec = self._specs.get(key)
+        if spec is None:
+            if len(self._specs) >= 4096:
+                self._specs.clear()
+            spec = self._specs[key] = parse_spec({**row.spec, "name": name})
+        return spec
 
     # ---- starting and advancing --------------------------------------------------------------------
 
@@ -105,7 +121,34 @@ class Runs:
         await emit({"type": "run.started", "run_id": run.id, "trace_id": data["trace_id"]})
         return await self._advance(run, emit)
 
+    def _named(self, tenant: str, body: dict[str, Any]) -> tuple[dict[str, Any], AgentSpec | None]:
+        """`body` with a named agent's settings filled in (its alias, tools, step limit, system prompt)."""
+        name = body.get("agent")
+        if name is None:
+            return body, None
+        row = self._store.get_agent(tenant, name) if isinstance(name, str) else None
+        if row is None:
+            raise InvalidRequest(f"No agent '{name}' for this tenant (keel agents add).", "agent")
+        if body.get("model") is not None or body.get("tools") is not None:
+            raise InvalidRequest(
+                "A named agent brings its model and tools: give 'agent' or 'model', not both.", "agent"
+            )
+        agent = parse_agent({**row.spec, "name": row.name})
+        out = {**body, "model": agent.model, "tools": list(agent.tools)}
+        asked = body.get("max_steps")  # at most the agent's own limit; a bad value is refused below
+        out["max_steps"] = (
+            agent.max_steps if asked is None else min(asked, agent.max_steps) if type(asked) is int else asked
+        )
+        if agent.system:
+            messages = body.get("messages")
+            if messages is None and isinstance(body.get("input"), str):
+                messages = [{"role": "user", "content": body["input"]}]
+            if isinstance(messages, list):
+                out["messages"] = [{"role": "system", "content": agent.system}, *messages]
+        return out, agent
+
     def _new_run(self, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        body, agent = self._named(caller.principal.tenant, body)
         client_tools = body.get("client_tools") or []
         model = body.get("model")
         if not isinstance(model, str) or not model:
@@ -137,7 +180,8 @@ class Runs:
             "deadline": time.time() + float(seconds), "max_cost_usd": budget, "cost_usd": 0.0,
             "principal": _principal_json(caller), "trace_id": "trc_" + secrets.token_hex(12),
             "started_at": time.time(), "steps": [], "pending": [], "answer": None, "error": None,
-            "client_tools": client_tools,
+            "client_tools": client_tools, "agent": agent.name if agent else None,
+            "roles": sorted({*caller.roles, *(agent.roles if agent else ())}),
         }  # fmt: skip
 
     async def _advance(self, run: RunRow, emit: Emit) -> RunRow:
@@ -165,6 +209,8 @@ class Runs:
             return await self._save(run, "failed", data, final=True)
         finally:
             self._mine.discard(run.id)
+            for key in [k for k in self._fresh if k.startswith(run.id + ":")]:
+                del self._fresh[key]  # left by a step that failed before its calls were settled
 
     def _over(self, data: dict[str, Any], steps: int) -> str | None:
         if steps >= data["max_steps"]:
@@ -242,18 +288,20 @@ class Runs:
             data["answer"] = response.content
             data["handoff"] = [c for c in calls if c["function"]["name"] in client]
             return True
-        data["pending"] = [await self._propose(run_id, caller, data, c, emit) for c in calls]
+        known = {s.name: s for s in specs if s is not None}  # read for this step already
+        data["pending"] = [await self._propose(run_id, caller, data, c, emit, known) for c in calls]
         return False
 
     async def _propose(
-        self, run_id: str, caller: Caller, data: dict[str, Any], call: dict[str, Any], emit: Emit
-    ) -> dict[str, str]:
+        self, run_id: str, caller: Caller, data: dict[str, Any], call: dict[str, Any], emit: Emit,
+        known: dict[str, ToolSpec],
+    ) -> dict[str, str]:  # fmt: skip
         """Store the model's tool call with the policy's decision; {call id, tool call id} for _settle."""
         tenant, fn = caller.principal.tenant, call["function"]
         name, now = fn["name"], time.time()
         key = f"{run_id}:{call['id']}"  # the idempotency key: stable across restarts of this run
         state, result, args, ttl = "allowed", None, {}, 3600.0
-        spec = self.tool(tenant, name) if name in data["tools"] else None
+        spec = known.get(name) if name in data["tools"] else None
         if spec is None:
             state, result = "failed", f"error: '{name}' is not a tool of this run"
         else:
@@ -266,23 +314,27 @@ class Runs:
             if problem is not None:
                 state, result = "failed", f"error: invalid arguments for '{name}': {problem}"
             else:
-                verdict = decide(spec, args)
-                wait = self._rates.admit(tenant, name, spec.rate_per_minute)
+                verdict = decide(spec, args, Subject(data.get("agent"), frozenset(data.get("roles") or ())))
+                refused = None if verdict == "deny" else await self._budgets.admit(tenant, spec)
                 if verdict == "deny":
                     state, result = "denied", f"error: tool '{name}' is denied by policy"
-                elif wait is not None:
-                    state, result = "failed", f"error: tool '{name}' is rate-limited; retry in {wait:.0f} s"
+                elif refused is not None:
+                    state, result = "failed", refused
                 elif verdict == "approve":
                     state = "pending"
         row = CallRow(key, run_id, tenant, name, args if isinstance(args, dict) else {}, state, result,  # type: ignore[arg-type]
                       "policy" if state in ("denied", "allowed") else None, now + ttl, now, now)  # fmt: skip
         row = await asyncio.to_thread(self._store.add_call, row)
+        if row.state != "pending":
+            self._fresh[row.id] = row  # only this process moves it now: _settle need not read it back
         if state in ("denied", "pending"):
             action = "tool.denied" if state == "denied" else "approval.requested"
             await self._audit.record(
                 caller.actor, action, name, tenant=tenant, arguments=args, result={"call": key, "run": run_id}
             )
         if state == "pending":
+            if row.state == "pending" and self.on_pending is not None:
+                self.on_pending(row)
             await emit({"type": "approval.required", "run_id": run_id, "call_id": key, "tool": name, "arguments": args})
         return {"call_id": key, "tool_call_id": call["id"]}
 
@@ -290,14 +342,15 @@ class Runs:
 
     async def _settle(self, run_id: str, caller: Caller, data: dict[str, Any], emit: Emit) -> bool:
         """Run or refuse each pending tool call; True while any still waits for an approver."""
-        rows = [await asyncio.to_thread(self._store.get_call, p["call_id"]) for p in data["pending"]]
+        rows = [self._fresh.pop(p["call_id"], None) or await asyncio.to_thread(self._store.get_call, p["call_id"])
+                for p in data["pending"]]  # fmt: skip
         now = time.time()
-        for row in rows:
+        for i, row in enumerate(rows):
             assert row is not None
             if row.state == "pending" and now > row.expires_at:
-                await asyncio.to_thread(self._store.move_call, row.id, ("pending",), "expired", now=now,
+                moved = await asyncio.to_thread(self._store.move_call, row.id, ("pending",), "expired", now=now,
                                         result=f"error: the approval for '{row.tool}' expired", decided_by="expiry")  # fmt: skip
-        rows = [await asyncio.to_thread(self._store.get_call, p["call_id"]) for p in data["pending"]]
+                rows[i] = moved or await asyncio.to_thread(self._store.get_call, row.id)  # decided meanwhile
         if any(r is not None and r.state == "pending" for r in rows):
             return True
         for pending, row in zip(data["pending"], rows, strict=True):
@@ -338,9 +391,12 @@ class Runs:
             else (result.output if result.output.startswith("error") else f"error: {result.output}")
         )
         state: CallState = "done" if result.ok else "failed"
-        await asyncio.to_thread(self._store.move_call, row.id, ("running",), state, now=time.time(), result=text)
-        await self._audit.record(caller.actor, "tool.run", row.tool, tenant=row.tenant, arguments=row.arguments,
-                                 result={"ok": result.ok, "call": row.id, "chars": len(text)})  # fmt: skip
+        # the call's outcome and its audit entry commit side by side: both durable before the model hears it
+        await asyncio.gather(
+            asyncio.to_thread(self._store.move_call, row.id, ("running",), state, now=time.time(), result=text),
+            self._audit.record(caller.actor, "tool.run", row.tool, tenant=row.tenant, arguments=row.arguments,
+                               result={"ok": result.ok, "call": row.id, "chars": len(text), **_egress(result)}),
+        )  # fmt: skip
         self._step_tool(data, row, state, text, started)
         self._span(data, "tool", row.tool, started, status="ok" if result.ok else "error",
                    attributes={"call_id": row.id, "arguments": row.arguments, "result": text[:1000],
@@ -365,25 +421,27 @@ class Runs:
         problem = _invalid(spec, args)
         if problem is not None:
             return False, f"error: invalid arguments for '{name}': {problem}"
-        verdict = decide(spec, args)
+        verdict = decide(spec, args, Subject(None, frozenset(caller.roles)))
         if verdict != "allow":
             why = "is denied by policy" if verdict == "deny" else "needs a person's approval: start it in an agent run"
             await self._audit.record(caller.actor, "tool.denied", name, tenant=tenant, arguments=args,
                                      source_ip=caller.source_ip, result={"policy": verdict, "via": "mcp"})  # fmt: skip
             return False, f"error: tool '{name}' {why}"
-        wait = self._rates.admit(tenant, name, spec.rate_per_minute)
-        if wait is not None:
-            return False, f"error: tool '{name}' is rate-limited; retry in {wait:.0f} s"
+        refused = await self._budgets.admit(tenant, spec)
+        if refused is not None:
+            return False, refused
         now = time.time()
         key = "mcp_" + secrets.token_hex(12)
         row = CallRow(key, "mcp", tenant, name, args, "running", None, "policy", now, now, now)
         await asyncio.to_thread(self._store.add_call, row)
         result = await self._exec.run(tenant, spec, args, key, caller.actor)
         text = result.output
-        await asyncio.to_thread(self._store.move_call, key, ("running",), "done" if result.ok else "failed", now=time.time(),
-                                result=text)  # fmt: skip
-        await self._audit.record(caller.actor, "tool.run", name, tenant=tenant, arguments=args, source_ip=caller.source_ip,
-                                 result={"ok": result.ok, "call": key, "via": "mcp", "chars": len(text)})  # fmt: skip
+        await asyncio.gather(
+            asyncio.to_thread(self._store.move_call, key, ("running",), "done" if result.ok else "failed",
+                              now=time.time(), result=text),
+            self._audit.record(caller.actor, "tool.run", name, tenant=tenant, arguments=args, source_ip=caller.source_ip,
+                               result={"ok": result.ok, "call": key, "via": "mcp", "chars": len(text), **_egress(result)}),
+        )  # fmt: skip
         return result.ok, text
 
     # ---- approvals and resumption ------------------------------------------------------------------
@@ -444,12 +502,26 @@ class Runs:
                 await self.resume(run.id)
 
 
+def _egress(result: ToolResult) -> dict[str, Any]:
+    """The audit entry's network part: what the tool's sandbox tried to reach, and the proxy's answer."""
+    return {"network": list(result.network)} if result.network else {}
+
+
+_VALIDATORS: dict[bytes, Any] = {}  # a tool's parameter schema (canonical JSON) -> its compiled validator
+
+
 def _invalid(spec: ToolSpec, args: Any) -> str | None:
     import jsonschema  # type: ignore[import-untyped]
 
     if not isinstance(args, dict):
         return "the arguments must be a JSON object"
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(spec.parameters).iter_errors(args))
+    key = orjson.dumps(spec.parameters, option=orjson.OPT_SORT_KEYS)
+    validator = _VALIDATORS.get(key)
+    if validator is None:
+        if len(_VALIDATORS) >= 1024:
+            _VALIDATORS.clear()
+        validator = _VALIDATORS[key] = jsonschema.Draft202012Validator(spec.parameters)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(args))
     return None if error is None else f"{'/'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}"[:500]
 
 

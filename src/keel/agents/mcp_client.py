@@ -1,7 +1,8 @@
 """Keel as an MCP client (the official `mcp` SDK): list and call the tools of a registered server, over
 stdio (the server started inside the sandbox, one session per call) or streamable HTTP. A stdio server's
 secrets are environment variables in its sandbox; an HTTP server's are request headers (the `env` name is
-the header name)."""
+the header name). A stdio server with `network` gets the sandbox's allow-list proxy (its socket path in
+KEEL_NET_SOCKET: it speaks CONNECT host:port there)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from keel.agents.sandbox.netproxy import SOCKET as NET_SOCKET
+from keel.agents.sandbox.netproxy import NetProxy
 from keel.agents.sandbox.runner import Limits
 
 if TYPE_CHECKING:
@@ -28,14 +31,22 @@ async def session(server: McpTool, env: Mapping[str, str], limits: Limits) -> As
     from mcp.client.streamable_http import streamable_http_client
 
     if server.transport == "stdio":
-        spec = {"command": list(server.command), "limits": asdict(limits), "env": dict(env)}
+        spec: dict[str, Any] = {"command": list(server.command), "limits": asdict(limits), "env": dict(env)}
         here = str(Path(__file__).resolve().parents[2])  # this keel, not another one on the default path
-        params = StdioServerParameters(
-            command=sys.executable,
-            args=["-m", "keel.agents.sandbox.launch", json.dumps(spec)],
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": here},  # the launcher's; the sandbox gets `env` only
-        )
-        async with stdio_client(params) as (read, write), ClientSession(read, write) as s:
+        async with contextlib.AsyncExitStack() as stack:
+            if server.network:  # its way out: the allow-list proxy's socket, at KEEL_NET_SOCKET in the sandbox
+                proxy = NetProxy(server.network)
+                await proxy.start()
+                stack.push_async_callback(proxy.aclose)
+                spec["net_dir"] = proxy.directory
+                spec["env"] = {**spec["env"], "KEEL_NET_SOCKET": NET_SOCKET}
+            params = StdioServerParameters(
+                command=sys.executable,
+                args=["-m", "keel.agents.sandbox.launch", json.dumps(spec)],
+                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": here},  # the launcher's; the sandbox gets `env` only
+            )
+            read, write = await stack.enter_async_context(stdio_client(params))
+            s = await stack.enter_async_context(ClientSession(read, write))
             await s.initialize()
             yield s
         return

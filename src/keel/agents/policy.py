@@ -1,17 +1,16 @@
 """Policy: a tool's decision for one call (allow, deny, approve), from its rules' conditions on the
-call's arguments, and per-tool rate limits.
+call's arguments (per-tool rate limits and budgets: keel.agents.budgets).
 
 A condition is `<argument path> <operator> <JSON literal>` (`amount > 100`, `to.country in ["US", "CA"]`,
 `dry_run == false`): no expressions, nothing evaluated. A condition whose argument is missing or of another
-type does not hold.
+type does not hold. A rule may also name the roles and the named agents it is for.
 """
 
 from __future__ import annotations
 
-import collections
+import functools
 import operator
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -64,29 +63,27 @@ class Condition:
             return False
 
 
-def decide(spec: ToolSpec, args: dict[str, Any]) -> str:
-    """allow | deny | approve for this call of `spec`."""
+_compiled = functools.lru_cache(maxsize=4096)(Condition.parse)  # a condition's text parses once
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who a call is made for, as rules name it: the run's named agent (if any) and the roles in play."""
+
+    agent: str | None = None
+    roles: frozenset[str] = frozenset()
+
+
+ANYONE = Subject()
+
+
+def decide(spec: ToolSpec, args: dict[str, Any], who: Subject = ANYONE) -> str:
+    """allow | deny | approve for this call of `spec` by `who`: the first rule that applies decides."""
     for rule in spec.policy.rules:
-        if rule.when is None or Condition.parse(rule.when).holds(args):
+        if rule.roles is not None and who.roles.isdisjoint(rule.roles):
+            continue
+        if rule.agents is not None and who.agent not in rule.agents:
+            continue
+        if rule.when is None or _compiled(rule.when).holds(args):
             return rule.action
     return spec.policy.default
-
-
-class RateWindow:
-    """Calls per minute per (tenant, tool) in this process: a sliding window of call times."""
-
-    def __init__(self) -> None:
-        self._calls: dict[tuple[str, str], collections.deque[float]] = {}
-
-    def admit(self, tenant: str, tool: str, per_minute: int | None, now: float | None = None) -> float | None:
-        """None when admitted (and counted); else the seconds until a call would be."""
-        if per_minute is None:
-            return None
-        now = time.monotonic() if now is None else now
-        q = self._calls.setdefault((tenant, tool), collections.deque())
-        while q and q[0] <= now - 60.0:
-            q.popleft()
-        if len(q) >= per_minute:
-            return q[0] + 60.0 - now
-        q.append(now)
-        return None

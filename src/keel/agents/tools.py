@@ -1,6 +1,6 @@
 """A tenant's tool: what the model sees (name, description, JSON-schema parameters), how Keel runs it
 (`http`, `code` in the sandbox, or `mcp`: a tool of a registered MCP server), its bounds (timeout, output
-cap, calls per minute), the secrets it may use and where they go, and its policy.
+cap, rate limits and budgets on the shared counters), the secrets it may use and where they go, and its policy.
 
 Specs arrive as JSON (admin API, CLI YAML) and are checked whole here (`parse_spec`): unknown keys are
 refused, and each error names its field.
@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from keel.agents.policy import Condition
+from keel.agents.sandbox.netproxy import parse_entry
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 Action = Literal["allow", "deny", "approve"]
@@ -48,7 +49,12 @@ class SecretUse(_Strict):
 
 
 class Rule(_Strict):
+    """Applies when its condition holds and the run's subject matches: one of `roles` (the caller's or the
+    named agent's), one of `agents` (the run's named agent). Unset: any."""
+
     when: str | None = None  # a condition on the arguments: "amount > 100"
+    roles: tuple[str, ...] | None = None
+    agents: tuple[str, ...] | None = None
     action: Action
 
     @field_validator("when")
@@ -67,16 +73,40 @@ class Policy(_Strict):
     approval_ttl_s: float = Field(3600.0, gt=0, le=30 * 86400)
 
 
+class ToolLimits(_Strict):
+    """Per-tool limits on the shared counters (keel.agents.budgets), per tenant."""
+
+    rpm: int | None = Field(None, ge=1, le=1_000_000)  # calls per minute
+    calls_day: int | None = Field(None, ge=1, le=100_000_000)  # calls per UTC day
+    usd_day: float | None = Field(None, gt=0)  # spend per UTC day, at usd_per_call a call
+    usd_per_call: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def priced(self) -> ToolLimits:
+        if self.usd_day is not None and not self.usd_per_call:
+            raise ValueError("usd_day needs usd_per_call (what one call of the tool costs)")
+        return self
+
+
 class HttpTool(_Strict):
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     url: str = Field(pattern=r"^https?://", max_length=2048)  # {param} placeholders are filled, URL-quoted
     headers: dict[str, str] = {}
+    query: tuple[str, ...] = ()  # arguments sent in the query string whatever the method (OpenAPI `in: query`)
 
 
 class CodeTool(_Strict):
     source: str = Field(min_length=1, max_length=256 * 1024)  # sees `args`; prints its result
     memory_mb: int = Field(256, ge=16, le=4096)
     cpu_s: int = Field(5, ge=1, le=300)
+    network: tuple[str, ...] = Field((), max_length=32)  # host:port it may reach, through the sandbox's proxy
+
+    @field_validator("network")
+    @classmethod
+    def reachable(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in v:
+            parse_entry(entry)
+        return v
 
 
 class McpTool(_Strict):
@@ -84,6 +114,7 @@ class McpTool(_Strict):
     command: tuple[str, ...] = ()  # stdio: the server's command line, run in the sandbox
     url: str | None = None  # http: the server's streamable HTTP endpoint
     tool: str | None = None  # the server's tool name (default: this tool's name)
+    network: tuple[str, ...] = Field((), max_length=32)  # stdio: host:port it may reach (sandbox netproxy)
 
     @model_validator(mode="after")
     def where(self) -> McpTool:
@@ -91,6 +122,10 @@ class McpTool(_Strict):
             raise ValueError("a stdio MCP server needs its command")
         if self.transport == "http" and not self.url:
             raise ValueError("an http MCP server needs its url")
+        if self.network and self.transport != "stdio":
+            raise ValueError("network applies to a stdio server's sandbox")
+        for entry in self.network:
+            parse_entry(entry)
         return self
 
 
@@ -101,7 +136,8 @@ class ToolSpec(_Strict):
     parameters: dict[str, Any] = {"type": "object", "properties": {}}
     timeout_s: float = Field(10.0, gt=0, le=300)
     max_output: int = Field(16_384, ge=64, le=1024 * 1024)
-    rate_per_minute: int | None = Field(None, ge=1, le=1_000_000)
+    rate_per_minute: int | None = Field(None, ge=1, le=1_000_000)  # the same as limits.rpm
+    limits: ToolLimits | None = None
     secrets: tuple[SecretUse, ...] = ()
     policy: Policy = Policy()
     http: HttpTool | None = None

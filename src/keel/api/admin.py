@@ -19,21 +19,21 @@ from keel.api.bounds import Bounds, read_body
 from keel.api.guard import Guard, Handler
 from keel.api.openai import JSON_TYPE, read_json
 from keel.api.replay import ReplayAsk, replay
-from keel.errors import ErrorKind, InvalidRequest, NotFound, ProviderError
+from keel.errors import ErrorKind, InvalidRequest, NotFound, PermissionDenied, ProviderError
 from keel.gateway.warmth import WarmthBook
-from keel.jobs.batch import purge_batches
 from keel.keys.auth import issue_key, key_view
 from keel.limits.book import KINDS, Estimate, Subject, kind_of
 from keel.rag.ingest import Ingestor
 from keel.runtime.components import Runtime
 from keel.store.protocols import Charge, LimitStoreUnavailable, UnknownSubject
 from keel.tenancy.actor import Actor
-from keel.tenancy.roles import sees_content
-from keel.traces.retention import RetentionPolicy, purge, sweep
+from keel.tenancy.deletion import Stores, purge
+from keel.tenancy.roles import sees_content, team_bound
+from keel.traces.retention import RetentionPolicy, sweep
 from keel.traces.rollups import usage_query, usage_view
 from keel.traces.writer import read_spans, read_trace, trace_query, trace_view
 
-_USAGE_PARAMS = ("tenant", "key", "user", "feature", "alias")
+_USAGE_PARAMS = ("tenant", "key", "user", "feature", "alias", "team")
 MAX_NAME = 256  # characters of a tenant, key or user name: what every store can index
 PRIORITY = (-(2**31), 2**31 - 1)  # a key's priority fits every store's integer column
 
@@ -113,8 +113,8 @@ def _purge_body(body: Any) -> tuple[str | None, bool, bool]:
 
 def _limit_path(request: Request) -> tuple[str, str]:
     scope, subject = request.path_params["scope"], request.path_params["subject"]
-    if scope not in ("tenant", "key"):
-        raise NotFound(f"No limit scope '{scope}': overrides are set per tenant or per key id.")
+    if scope not in ("tenant", "key", "team"):
+        raise NotFound(f"No limit scope '{scope}': overrides are set per tenant, key id or team (tenant:team).")
     return scope, subject
 
 
@@ -163,7 +163,18 @@ class Admin:
             g.route("/api/tenants", self.list_tenants, ["GET"], "tenants.read"),
             g.route("/api/tenants", self.create_tenant, ["POST"], "tenants.manage"),
             g.route("/api/tenants/{name}", self.update_tenant, ["PATCH"], "tenants.write", tenant_param="name"),
-            g.route("/api/tenants/{name}/purge", self.purge_tenant, ["POST"], "data.purge", tenant_param="name"),
+            # a purge writes its own entry (tenant.purge, user.purge): the generic one would name the subject again
+            g.route(
+                "/api/tenants/{name}/purge", self.purge_tenant, ["POST"], "data.purge", tenant_param="name", audit=False
+            ),
+            g.route(
+                "/api/tenants/{name}/users/{user}",
+                self.purge_user,
+                ["DELETE"],
+                "data.purge",
+                tenant_param="name",
+                audit=False,
+            ),
             g.route("/api/retention/sweep", self.sweep, ["POST"], "retention.run"),
             g.route("/api/keys", self.list_keys, ["GET"], "keys.read"),
             g.route("/api/keys", self.create_key, ["POST"], "keys.write"),
@@ -226,36 +237,35 @@ class Admin:
         return _json(asdict(row))
 
     async def purge_tenant(self, request: Request, actor: Actor) -> Response:
-        """Delete a tenant's data, or one user's: {"user": "u1"}; also {"revoke_keys": true} or
-        {"delete_tenant": true} (revokes, then deletes its keys, limits and the tenant itself)."""
-        body = await self._json_or(request, {})
-        user, revoke, delete = _purge_body(body)
+        """Delete a tenant from every store (its keys and row too), or one user's data: {"user": "u1"}.
+        Answers the receipt (keel.tenancy.deletion). `revoke_keys` and `delete_tenant` are accepted for
+        old callers: both always happen now."""
+        user, _, delete = _purge_body(await self._json_or(request, {}))
+        if delete and user is not None:
+            raise InvalidRequest("delete_tenant removes a whole tenant: leave out the user", "user")
+        return await self._purge(request.path_params["name"], user, actor)
+
+    async def purge_user(self, request: Request, actor: Actor) -> Response:
+        """DELETE /api/tenants/{name}/users/{user}: one user's data within the tenant; answers the receipt."""
+        return await self._purge(request.path_params["name"], request.path_params["user"], actor)
+
+    async def _purge(self, tenant: str, user: str | None, actor: Actor) -> Response:
         rt = self._rt
         cache, vectors = None, None
         if rt.cache_stage is not None:
             await rt.cache_stage.drain()  # answers being written now would outlive the purge
             cache, vectors = rt.cache_stage.stores
-        try:
-            report = await purge(
-                rt.store,
-                rt.blobs,
-                cache,
-                vectors,
-                request.path_params["name"],
-                user,
-                revoke_keys=revoke,
-                delete_tenant=delete,
-                revocation_wait_s=2 * rt.config.server.revocation_poll_s,
-                batch_size=rt.config.retention.batch_size,
-            )
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), "user") from None
-        gone: dict[str, int] = {}
-        if user is None:  # a whole tenant: its batches and uploaded files too, and its RAG collections
-            gone = await asyncio.to_thread(purge_batches, rt.store, rt.blobs, request.path_params["name"])
-            if (rag := rt.find(Ingestor)) is not None:
-                gone |= await rag.purge_tenant(request.path_params["name"])
-        return _json({**asdict(report), **gone})
+        stores = Stores(
+            rt.store,
+            rt.blobs,
+            cache,
+            vectors,
+            rt.find(Ingestor),
+            rt.config.retention.batch_size,
+            revocation_wait_s=2 * rt.config.server.revocation_poll_s,
+        )
+        receipt = await purge(stores, tenant, user, actor=actor.id)
+        return _json(receipt.json())
 
     async def sweep(self, request: Request, actor: Actor) -> Response:
         """One retention pass now: old traces by the configured policy, then orphan blobs."""
@@ -265,6 +275,8 @@ class Admin:
 
     async def list_keys(self, request: Request, actor: Actor) -> Response:
         rows = await asyncio.to_thread(self._rt.store.list_keys, actor.scope(request.query_params.get("tenant")))
+        if team_bound(actor):
+            rows = [k for k in rows if k.team is not None and k.team == actor.team]
         return _json({"data": [key_view(k) for k in rows]})
 
     async def create_key(self, request: Request, actor: Actor) -> Response:
@@ -272,6 +284,13 @@ class Admin:
         if not isinstance(body, dict):
             raise InvalidRequest('The body must be an object: {"tenant": "acme", "name": "ci"}.', None)
         tenant = actor.tenant_for(body.get("tenant"), "keys") if actor.tenant else _name(body, "tenant")
+        team = _text(body, "team")
+        if team_bound(actor) and team != actor.team:
+            raise PermissionDenied(f"{actor.id} creates keys of its own team only: 'team': {actor.team!r}.")
+        if team is not None and team not in {
+            t.name for t in await asyncio.to_thread(self._rt.store.list_teams, tenant)
+        }:
+            raise NotFound(f"No team '{team}' in tenant '{tenant}': add it first (keel teams add).")
         models = body.get("models")
         if models is not None and not (isinstance(models, list) and all(_storable_name(m) for m in models)):
             raise InvalidRequest("'models' must be an array of aliases.", "models")
@@ -285,6 +304,7 @@ class Admin:
                 models=tuple(models) if models is not None else None,
                 priority=_priority(body, "priority") or 0,
                 max_priority=_priority(body, "max_priority"),
+                team=team,
             )
         except ValueError as exc:
             param = "max_priority" if "priority" in str(exc) else "tenant"
@@ -321,7 +341,7 @@ class Admin:
         if actor.tenant is None:
             return
         keys = {k.id: k for k in await asyncio.to_thread(self._rt.store.list_keys, actor.tenant)}
-        if key_id not in keys:
+        if key_id not in keys or (team_bound(actor) and (keys[key_id].team is None or keys[key_id].team != actor.team)):
             raise NotFound(f"No key with id '{key_id}'.")
 
     async def replay_trace(self, request: Request, actor: Actor) -> Response:
@@ -384,7 +404,14 @@ class Admin:
         rows = await asyncio.to_thread(self._rt.store.list_limits)
         if actor.tenant is not None:
             keys = {k.id for k in await asyncio.to_thread(self._rt.store.list_keys, actor.tenant)}
-            rows = [o for o in rows if (o.scope, o.subject) == ("tenant", actor.tenant) or o.subject in keys]
+            team_of = f"{actor.tenant}:"
+            rows = [
+                o
+                for o in rows
+                if (o.scope, o.subject) == ("tenant", actor.tenant)
+                or (o.scope == "key" and o.subject in keys)
+                or (o.scope == "team" and o.subject.startswith(team_of) and ":" not in o.subject[len(team_of) :])
+            ]
         return _json({"data": [asdict(o) for o in rows]})
 
     async def set_limits(self, request: Request, actor: Actor) -> Response:
@@ -422,7 +449,11 @@ class Admin:
         if actor.tenant is not None and (scope, subject) != ("tenant", actor.tenant):
             if scope == "tenant":
                 raise NotFound(f"No tenant '{subject}'.")
-            await self._own_key(actor, subject)
+            if scope == "team":
+                if subject.rpartition(":")[0] != actor.tenant:
+                    raise NotFound(f"No team '{subject}' (tenant:team).")
+            else:
+                await self._own_key(actor, subject)
         return scope, subject
 
     async def _usage_subject(self, query: dict[str, str]) -> Subject:
@@ -435,9 +466,12 @@ class Admin:
             raise InvalidRequest("'tenant' is required.", "tenant")
         if await asyncio.to_thread(self._rt.store.get_tenant, tenant) is None:
             raise NotFound(f"No tenant '{tenant}'.")
-        if key is not None and key not in {k.id for k in await asyncio.to_thread(self._rt.store.list_keys, tenant)}:
+        keys = {k.id: k for k in await asyncio.to_thread(self._rt.store.list_keys, tenant)}
+        if key is not None and key not in keys:
             raise NotFound(f"No key with id '{key}' in tenant '{tenant}'.")
         alias = query.get("alias") or None
         if alias is not None and alias not in self._rt.config.models:
             raise InvalidRequest(f"Unknown alias '{alias}'; use: {', '.join(self._rt.config.models)}.", "alias")
-        return Subject(tenant, key, query.get("user") or None, query.get("feature") or None, alias)
+        team = query.get("team") or (keys[key].team if key is not None else None)
+        user, feature = query.get("user") or None, query.get("feature") or None
+        return Subject(tenant, key, user, feature, alias, None if team is None else f"{tenant}:{team}")

@@ -7,13 +7,16 @@ api/audit_admin.py):
 - `/api/agents/runs`: started with a virtual key (the run's model steps are calls of that key); `"stream":
   true` answers with the run's events as SSE.
 - `/api/approvals`: `approvals.decide`; approve or deny a pending tool call. A second decision changes
-  nothing and says so.
+  nothing and says so. `/api/approvals/{id}/approve|deny?exp=&sig=`: a signed link from the approval
+  webhook instead of a credential (GET shows the call and a button, POST decides; keel.agents.links).
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -21,17 +24,18 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from keel.agents.links import Links
 from keel.agents.loop import Caller, Runs
 from keel.agents.secrets import SecretError, Vault
 from keel.agents.tools import SpecError, parse_spec
 from keel.agents.views import call_view, run_view, secret_view, tool_view
 from keel.api.bounds import Bounds
 from keel.api.guard import Guard, Handler
-from keel.api.openai import JSON_TYPE, read_json
-from keel.audit.log import AuditLog
-from keel.errors import InvalidRequest, KeelError, NotFound
+from keel.api.openai import JSON_TYPE, error_response, read_json
+from keel.audit.log import AuditLog, redact
+from keel.errors import InvalidRequest, KeelError, NotFound, PermissionDenied
 from keel.runtime.components import Runtime
-from keel.store.protocols.agents import ToolRow
+from keel.store.protocols.agents import CallRow, ToolRow
 from keel.tenancy.actor import Actor
 
 
@@ -54,7 +58,7 @@ def _int(params: Any, name: str, default: int, low: int, high: int) -> int:
 
 def _short(request: Request) -> None:
     for value in (*request.path_params.values(), *request.query_params.values()):
-        if len(value) > 512:
+        if len(value) > 512 or "\x00" in value:
             raise InvalidRequest("Parameters must be at most 512 characters, without NUL.", None)
 
 
@@ -70,7 +74,7 @@ def _caller(who: Actor) -> Caller:
     """A run's caller: the virtual key its model steps are calls of."""
     if who.principal is None:
         raise InvalidRequest("Start a run with a virtual key: its model steps are that key's calls.", "authorization")
-    return Caller(who.principal, who.models, who.id, who.ip)
+    return Caller(who.principal, who.models, who.id, who.ip, tuple(sorted(who.roles)))
 
 
 class AgentsAdmin:
@@ -101,8 +105,10 @@ class AgentsAdmin:
             r(runs, self.list_runs, "GET", "agents.read"),
             r(runs + "/{run_id}", self.show_run, "GET", "agents.read"),
             r("/api/approvals", self.list_approvals, "GET", "approvals.decide"),
-            r("/api/approvals/{call_id}/approve", self.approve, "POST", "approvals.decide"),
-            r("/api/approvals/{call_id}/deny", self.deny, "POST", "approvals.decide"),
+            self._signed(r("/api/approvals/{call_id}/approve", self.approve, "POST", "approvals.decide"), "approve"),
+            self._signed(r("/api/approvals/{call_id}/deny", self.deny, "POST", "approvals.decide"), "deny"),
+            Route("/api/approvals/{call_id}/approve", self._link_page("approve"), methods=["GET"]),
+            Route("/api/approvals/{call_id}/deny", self._link_page("deny"), methods=["GET"]),
         ]
 
     async def list_tools(self, request: Request, who: Actor) -> Response:
@@ -172,8 +178,6 @@ class AgentsAdmin:
         body = await read_json(request, self._bounds)
         if not isinstance(body, dict):
             raise InvalidRequest("The body is {model, input | messages, tools, max_steps, stream}.", None)
-        if body.get("agent") is not None and body.get("model") is None:
-            body["model"] = body["agent"]  # an agent is, for now, the alias its steps call
         if not body.get("stream"):
             run = await self._runs.start(caller, body)
             return _json(run_view(run), 200)
@@ -247,3 +251,75 @@ class AgentsAdmin:
             raise NotFound(f"No tool call '{call_id}'.")
         # the run goes on from the runs worker of whichever gateway claims it (within 0.5 s)
         return _json({**call_view(row), "changed": moved}, 200 if moved else 409)
+
+    # ---- signed approval links (keel.agents.links) ----------------------------------------------------
+
+    def _signed(self, guarded: Route, action: str) -> Route:
+        """A POST carrying `sig` is a signed link's decision (no credential); any other goes to the guard."""
+        admin = guarded.endpoint
+
+        async def endpoint(request: Request) -> Response:
+            if "sig" not in request.query_params:
+                return await admin(request)  # type: ignore[no-any-return]
+            try:
+                call_id = self._link(request, action)
+                row, moved = await self._runs.decide(call_id, action == "approve", by="link")
+                if row is None:
+                    raise NotFound(f"No tool call '{call_id}'.")
+                return _json({**call_view(row), "changed": moved}, 200 if moved else 409)
+            except KeelError as err:
+                return error_response(err)
+
+        return Route(guarded.path, endpoint, methods=["POST"])
+
+    def _link_page(self, action: str) -> Callable[[Request], Any]:
+        """GET of a link: what it would do, and a button that POSTs the decision (opening it decides nothing)."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                call_id = self._link(request, action)
+                row = await asyncio.to_thread(self._rt.store.get_call, call_id)
+                if row is None:
+                    raise NotFound(f"No tool call '{call_id}'.")
+            except KeelError as err:
+                return error_response(err)
+            return Response(_link_html(row, action), media_type="text/html; charset=utf-8")
+
+        return endpoint
+
+    def _link(self, request: Request, action: str) -> str:
+        _short(request)
+        links = self._rt.find(Links)
+        if links is None:
+            raise PermissionDenied("Approval links are off: set admin_token in keel.yaml.")
+        q, call_id = request.query_params, request.path_params["call_id"]
+        why = links.check(call_id, action, q.get("sig", ""), q.get("exp", ""), time.time())
+        if why is not None:
+            raise PermissionDenied(f"This approval link cannot be used: {why}.")
+        return str(call_id)
+
+
+def dashboard_decide(runtime: Runtime) -> Callable[[str, bool, str], Awaitable[tuple[CallRow | None, bool]]] | None:
+    """The dashboard's approve/deny: the same decision as the admin API's (None without the agents)."""
+    runs = runtime.find(Runs)
+    if runs is None:
+        return None
+
+    async def decide(call_id: str, approve: bool, by: str) -> tuple[CallRow | None, bool]:
+        return await runs.decide(call_id, approve, by=by)
+
+    return decide
+
+
+def _link_html(row: CallRow, action: str) -> str:
+    args = html.escape(orjson.dumps(redact(row.arguments), option=orjson.OPT_INDENT_2).decode())
+    if row.state != "pending":
+        act = f"<p>This call is already <b>{html.escape(row.state)}</b>: the link changes nothing.</p>"
+    else:
+        act = f'<form method="post"><button type="submit">{action.capitalize()} this call</button></form>'
+    return (
+        f"<!doctype html><title>Keel: {action} {html.escape(row.tool)}</title>"
+        f"<h1>{action.capitalize()} a call of <code>{html.escape(row.tool)}</code>?</h1>"
+        f"<p>Tenant <code>{html.escape(row.tenant)}</code>, run <code>{html.escape(row.run_id)}</code>.</p>"
+        f"<pre>{args}</pre>{act}"
+    )

@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from keel.alerts.slo import slos_of
 from keel.api.admin import Admin
-from keel.api.agents_admin import AgentsAdmin
+from keel.api.agents_admin import AgentsAdmin, dashboard_decide
 from keel.api.anthropic import AnthropicEdge
 from keel.api.audit_admin import AuditAdmin
 from keel.api.batches import BatchesEdge
@@ -152,6 +152,7 @@ def create_app(runtime: Runtime) -> FastPath:
         session_secret=runtime.config.sso.session_secret,
         session_ttl_s=runtime.config.sso.session_ttl_s,
         public_url=runtime.config.sso.public_url,
+        decide=dashboard_decide(runtime),  # approvals in the dashboard
     )
     warmth = runtime.find(WarmthBook)
     siem = runtime.find(SiemShipper)

@@ -3,8 +3,9 @@
 
 A tenant's people manage their own tenant (`users.manage`); only an operator adds an operator (the admin
 token exists to bootstrap the first one), and only an owner or an operator grants `owner`. `/api/tokens`
-is the caller's own tokens; with `users.manage`, `?user=` (or `"user"` in the body) names someone else of
-the tenant. A token's secret is in the creation answer only.
+is the caller's own tokens; with `users.manage`, `?user=` names someone else of the tenant whose tokens
+to list or revoke. Only an operator issues a token for someone else (it would act as them), which is how
+the admin token bootstraps the first operator's. A token's secret is in the creation answer only.
 """
 
 from __future__ import annotations
@@ -180,6 +181,8 @@ class TenancyAdmin:
         """{name?, scopes?: [permission, ...], expires_in?: seconds, user?}: the token is in this answer only."""
         body = await self._body(request)
         user = await self._whose(actor, body.get("user"))
+        if actor.id != f"user:{user}" and not actor.operator:  # a token for someone else acts as them
+            raise PermissionDenied(f"{actor.id} creates tokens for itself only; an operator issues others' tokens.")
         scopes = body.get("scopes")
         if scopes is not None and not (isinstance(scopes, list) and all(type(s) is str for s in scopes)):
             raise InvalidRequest("'scopes' must be an array of permission names.", "scopes")

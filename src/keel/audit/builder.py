@@ -1,8 +1,10 @@
 """The audit capability's builder: offers the `AuditLog` over the runtime's store and the `AuditTrail` port;
-records the config a start brings (audit.changes); streams the log to a SIEM when `audit.siem` is set."""
+records the config a start brings (audit.changes); streams the log to a SIEM when `audit.siem` is set; its
+group-commit writer commits what is queued at shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from keel.audit.changes import Trail, record_config
@@ -25,4 +27,7 @@ def build(ctx: Context) -> Contribution:
     def recorded() -> None:
         record_config(audit, store, config, time.time())
 
-    return Contribution(workers=workers, start=[recorded])
+    async def close() -> None:
+        await asyncio.to_thread(audit.close)
+
+    return Contribution(workers=workers, start=[recorded], close=[close])

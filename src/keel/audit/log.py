@@ -8,26 +8,44 @@ the caller names as secret are replaced before anything is hashed or stored), fr
 numbering (a deleted entry), a link to a hash other than the previous entry's (reordered or deleted), an
 entry whose content no longer matches its hash (edited), or a head that the last entry does not reach
 (the newest entries deleted).
+
+`erase` serves purges: it replaces the subject-bearing fields of the entries naming a tenant or user with
+tombstones, keeping each field's digest (hashing scheme 2, see keel.store.protocols.audit), so `verify`
+still passes and still catches any other edit. Entries hashed before scheme 2 cannot keep a digest: once
+erased, their content is no longer checked, only their place in the chain, and the purge's own entry
+must list their seq (`erased_v1`), else `verify` fails on them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import secrets as _secrets
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from keel.store.protocols.audit import GENESIS, AuditDraft, AuditEntry, AuditStore, entry_hash
+from keel.audit.group import GroupCommit
+from keel.store.protocols.audit import (
+    GENESIS,
+    SUBJECT_FIELDS,
+    AuditDraft,
+    AuditEntry,
+    AuditStore,
+    entry_hash,
+    field_digest,
+    tombstone,
+)
 
 REDACTED = "[redacted]"
 SECRET_KEYS = re.compile(r"pass(word)?|secret|token|api[_-]?key|authorization|cookie|credential|private", re.I)
 MAX_DETAIL = 16_384  # characters of an entry's detail JSON; longer values are cut
 MAX_STRING = 2_048  # characters of one string inside the detail
 PAGE = 1000
+PURGE_ACTIONS = ("tenant.purge", "user.purge")  # entries recording a deletion (never erased)
 
 
 def redact(value: Any, secrets: Iterable[str] = ()) -> Any:
@@ -50,6 +68,18 @@ def redact(value: Any, secrets: Iterable[str] = ()) -> Any:
         return walk(str(v), None)
 
     return walk(value, None)
+
+
+def _draft(
+    actor: str, action: str, target: str | None, tenant: str | None, arguments: Any, before: Any, after: Any,
+    result: Any, source_ip: str | None, secrets: Iterable[str], now: float | None,
+) -> AuditDraft:  # fmt: skip
+    fields = {"arguments": arguments, "before": before, "after": after, "result": result}
+    detail = orjson.dumps(redact({k: v for k, v in fields.items() if v is not None}, secrets)).decode()
+    if len(detail) > MAX_DETAIL:
+        detail = orjson.dumps({"truncated": detail[:MAX_DETAIL]}).decode()
+    salts = orjson.dumps({f: _secrets.token_hex(16) for f in SUBJECT_FIELDS}).decode()
+    return AuditDraft(time.time() if now is None else now, tenant, actor, action, target, detail, source_ip, salts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +114,7 @@ class AuditLog:
 
     def __init__(self, store: AuditStore) -> None:
         self._store = store
+        self._group = GroupCommit(store)
 
     def append(
         self,
@@ -100,15 +131,30 @@ class AuditLog:
         secrets: Iterable[str] = (),
         now: float | None = None,
     ) -> AuditEntry:
-        fields = {"arguments": arguments, "before": before, "after": after, "result": result}
-        detail = orjson.dumps(redact({k: v for k, v in fields.items() if v is not None}, secrets)).decode()
-        if len(detail) > MAX_DETAIL:
-            detail = orjson.dumps({"truncated": detail[:MAX_DETAIL]}).decode()
-        draft = AuditDraft(time.time() if now is None else now, tenant, actor, action, target, detail, source_ip)
+        draft = _draft(actor, action, target, tenant, arguments, before, after, result, source_ip, secrets, now)
         return self._store.append_audit(draft)
 
-    async def record(self, actor: str, action: str, target: str | None = None, **kw: Any) -> AuditEntry:
-        return await asyncio.to_thread(lambda: self.append(actor, action, target, **kw))
+    async def record(
+        self,
+        actor: str,
+        action: str,
+        target: str | None = None,
+        *,
+        tenant: str | None = None,
+        arguments: Any = None,
+        before: Any = None,
+        after: Any = None,
+        result: Any = None,
+        source_ip: str | None = None,
+        secrets: Iterable[str] = (),
+    ) -> AuditEntry:
+        """`append` off the event loop, through the group-commit writer: returns once the entry is committed,
+        sharing the commit with whatever other callers queued meanwhile."""
+        draft = _draft(actor, action, target, tenant, arguments, before, after, result, source_ip, secrets, None)
+        return await asyncio.wrap_future(self._group.submit(draft))
+
+    def close(self) -> None:
+        self._group.close()
 
     def entries(
         self, *, since: float | None = None, until: float | None = None, tenant: str | None = None
@@ -121,9 +167,35 @@ class AuditLog:
                 return
             after = page[-1].seq
 
+    def erase(self, tenant: str, user: str | None = None) -> Erased:
+        """Tombstone the subject-bearing fields of every entry naming the tenant (all five fields) or the
+        user within it (all but the tenant). Idempotent: an erased entry no longer matches."""
+        names = SUBJECT_FIELDS if user is None else tuple(f for f in SUBJECT_FIELDS if f != "tenant")
+        out, after = Erased(), 0
+        while page := self._store.audit_naming(tenant, user, after_seq=after, limit=PAGE):
+            for e in page:
+                self._erase_one(e, names, out)
+            after = page[-1].seq
+        return out
+
+    def _erase_one(self, e: AuditEntry, names: tuple[str, ...], out: Erased) -> None:
+        fields = {f: tombstone(f) for f in names}
+        if e.salts is None:  # scheme 1: no digest to keep; the purge entry lists it
+            self._store.erase_audit(e.seq, fields, None, orjson.dumps({"scheme": 1}).decode())
+            out.v1.append(e.seq)
+            return
+        salts: dict[str, str] = orjson.loads(e.salts)
+        digests: dict[str, str] = orjson.loads(e.digests or "{}")
+        for f in names:
+            if f not in digests:
+                digests[f] = field_digest(salts.pop(f), getattr(e, f))
+        self._store.erase_audit(e.seq, fields, orjson.dumps(salts).decode(), orjson.dumps(digests).decode())
+        out.entries += 1
+
     def verify(self) -> Verdict:
         head_seq, head_hash = self._store.audit_head()  # first: entries appended while walking are not judged
         prev_seq, prev_hash, checked = 0, GENESIS, 0
+        unlisted: set[int] = set()  # erased scheme-1 entries no purge entry has listed yet
         for e in self.entries():
             if e.seq > head_seq:
                 break
@@ -132,9 +204,17 @@ class AuditLog:
             if e.prev_hash != prev_hash:
                 why = f"entry {e.seq} does not follow entry {prev_seq}: its link names another hash (reordered or deleted)"
                 return Verdict(False, checked, e.seq, why)
-            if entry_hash(e.seq, e, e.prev_hash) != e.hash:
+            if not _holds(e):
                 return Verdict(False, checked, e.seq, f"entry {e.seq} does not match its hash (edited)")
+            if e.salts is None and e.digests is not None:
+                unlisted.add(e.seq)
+            if e.action in PURGE_ACTIONS:
+                unlisted -= _listed_v1(e)
             prev_seq, prev_hash, checked = e.seq, e.hash, checked + 1
+        if unlisted:
+            bad = min(unlisted)
+            why = f"entry {bad} was erased but no purge entry lists it (edited)"
+            return Verdict(False, bad - 1, bad, why)
         if (head_seq, head_hash) != (prev_seq, prev_hash):
             return Verdict(
                 False,
@@ -151,6 +231,32 @@ class AuditLog:
         from its first entry's prev_hash."""
         for e in self.entries(since=since, until=until, tenant=tenant):
             yield orjson.dumps(entry_json(e)) + b"\n"
+
+
+@dataclass(slots=True)
+class Erased:
+    entries: int = 0  # scheme-2 entries erased (their digests kept)
+    v1: list[int] = field(default_factory=list)  # scheme-1 entries erased: the purge entry lists them
+
+
+def _holds(e: AuditEntry) -> bool:
+    """The entry matches its hash; an erased field holds its tombstone; an erased scheme-1 entry holds
+    only tombstones (its content is no longer checked)."""
+    if e.salts is None and e.digests is not None:
+        return all(getattr(e, f) == tombstone(f) for f in SUBJECT_FIELDS if f != "tenant")
+    try:
+        digests: dict[str, str] = orjson.loads(e.digests or "{}")
+        return entry_hash(e.seq, e, e.prev_hash) == e.hash and all(getattr(e, f) == tombstone(f) for f in digests)
+    except (KeyError, ValueError, TypeError):
+        return False
+
+
+def _listed_v1(e: AuditEntry) -> set[int]:
+    try:
+        listed = orjson.loads(e.detail).get("result", {}).get("erased_v1", [])
+        return {int(x) for x in listed}
+    except (ValueError, TypeError, AttributeError):
+        return set()
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -18,6 +18,7 @@ def register(p: argparse.ArgumentParser) -> None:
     create.add_argument("--tenant", required=True)
     create.add_argument("--user", help="attribute every call of this key to a user")
     create.add_argument("--name", help="a label to recognise the key by")
+    create.add_argument("--team", help="the tenant's team it belongs to (limits per team; keel teams add)")
     create.add_argument("--models", help="comma-separated aliases this key may use (default: all)")
     create.add_argument("--priority", type=int, default=0, help="its calls' priority when a target is saturated")
     create.add_argument("--max-priority", type=int, help="the most x-keel-priority may ask for (default: --priority)")
@@ -37,6 +38,8 @@ def run_create(args: argparse.Namespace) -> int:
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None
     with store(args) as s:
+        if args.team is not None and args.team not in {t.name for t in s.list_teams(args.tenant)}:
+            raise Failure(f"no team '{args.team}' in tenant '{args.tenant}'; add it with `keel teams add`")
         issued = issue_key(
             s,
             args.tenant,
@@ -45,6 +48,7 @@ def run_create(args: argparse.Namespace) -> int:
             models=models,
             priority=args.priority,
             max_priority=args.max_priority,
+            team=args.team,
         )
         record(s, "key.create", issued.row.id, tenant=issued.row.tenant, after=key_view(issued.row))
     if args.json:
@@ -63,11 +67,12 @@ def run_list(args: argparse.Namespace) -> int:
         emit_json([key_view(k) for k in rows])
         return 0
     table(
-        ["id", "tenant", "prefix", "name", "user", "models", "created", "revoked"],
+        ["id", "tenant", "team", "prefix", "name", "user", "models", "created", "revoked"],
         [
             (
                 k.id,
                 k.tenant,
+                k.team or "",
                 k.prefix + "…",
                 k.name,
                 k.user,

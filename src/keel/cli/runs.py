@@ -1,9 +1,10 @@
-"""`keel runs list|show`: agent runs in the configured store; `show` prints the step tree (model steps
+"""`keel runs list|show|replay [--live]`: agent runs in the configured store; `show` prints the step tree (model steps
 with their tokens and cost, tool calls with arguments, approvals and results, the answer)."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from keel.cli.context import store
 from keel.cli.output import Failure, emit_json, table, when
@@ -22,6 +23,7 @@ def register(p: argparse.ArgumentParser) -> None:
     show.set_defaults(run=run_show)
     rp = verbs.add_parser("replay", help="send the model steps again with the recorded tool results; show divergence")
     rp.add_argument("run_id")
+    rp.add_argument("--live", action="store_true", help="run it again for real under today's tools and policy")
     rp.set_defaults(run=run_replay)
 
 
@@ -68,6 +70,8 @@ def run_replay(args: argparse.Namespace) -> int:
             row = runtime.store.get_run(args.run_id)
             if row is None:
                 raise Failure(f"no run '{args.run_id}'")
+            if args.live:
+                return await live(runtime, row)
             tools = [{"type": "function", "function": {"name": r.name, "description": r.spec.get("description", ""),
                       "parameters": r.spec["parameters"]}} for r in runtime.store.list_tools(row.tenant)
                      if r.name in row.data["tools"]]  # fmt: skip
@@ -83,3 +87,25 @@ def run_replay(args: argparse.Namespace) -> int:
         return 1 if diverged else 0
 
     return asyncio.run(go())
+
+
+async def live(runtime: Any, row: Any) -> int:
+    """`replay --live`: a new run, tools and all; its steps beside the recorded ones. Exit 1 on divergence."""
+    from keel.agents.loop import Runs
+    from keel.agents.replay import replay_live
+    from keel.errors import KeelError
+
+    try:
+        new, steps = await replay_live(runtime.get(Runs), row)
+    except KeelError as err:
+        raise Failure(f"the live replay could not start: {err.message}") from None
+    print(f"live run {new.id} ({new.state}) against {row.id}")
+    for s in steps:
+        print(
+            f"step {s.n}: {'same' if s.same else 'DIVERGES'}\n  recorded: {s.recorded[:300]}\n  live:     {s.replayed[:300]}"
+        )
+    diverged = next((s for s in steps if not s.same), None)
+    if new.state == "waiting":
+        print(f"the live run waits for approval of {', '.join(p['call_id'] for p in new.data['pending'])}")
+    print(f"diverges at step {diverged.n}" if diverged else f"no divergence in {len(steps)} steps")
+    return 1 if diverged else 0

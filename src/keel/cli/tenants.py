@@ -1,7 +1,8 @@
 """`keel tenants create|list|update|purge`. A tenant may be restricted to provider regions (data residency).
 
-`purge` deletes a tenant's data, or one user's within it, from the configured stores (see
-keel/retention.py); caches held in a gateway's memory are reached only through its admin API.
+`purge` deletes a tenant (or one user's data within it) from every configured store and prints the
+receipt (keel/tenancy/deletion.py); caches held in a gateway's memory are reached only through its
+admin API.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ import argparse
 import asyncio
 import sys
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from keel.cli.audited import record
 from keel.cli.context import load_config, store
 from keel.cli.output import Failure, emit_json, table, when
 from keel.config import Config
 from keel.store.open import open_cache, open_vectors
-from keel.store.protocols import BlobStore, CacheStore, Store, VectorIndex
-from keel.traces.retention import PurgeReport, purge
+from keel.store.protocols import CacheStore, Store, VectorIndex
+
+if TYPE_CHECKING:
+    from keel.tenancy.deletion import Receipt
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -37,13 +41,11 @@ def register(p: argparse.ArgumentParser) -> None:
     which.add_argument("--any-region", action="store_true", help="lift the region restriction")
     update.add_argument("--json", action="store_true")
     update.set_defaults(run=run_update)
-    rm = verbs.add_parser("purge", help="delete a tenant's data, or one user's: traces, blobs, cache entries, rollups")
+    rm = verbs.add_parser("purge", help="delete a tenant (or one user's data) from every store; prints the receipt")
     rm.add_argument("name")
     rm.add_argument("--user", help="only this user's data within the tenant")
-    rm.add_argument("--revoke-keys", action="store_true", help="first revoke its keys (with --user: the user's keys)")
-    rm.add_argument(
-        "--delete-tenant", action="store_true", help="also delete its keys, limit overrides and the tenant itself"
-    )
+    rm.add_argument("--revoke-keys", action="store_true", help=argparse.SUPPRESS)  # always now: kept for scripts
+    rm.add_argument("--delete-tenant", action="store_true", help=argparse.SUPPRESS)  # likewise
     rm.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     rm.add_argument("--json", action="store_true")
     rm.set_defaults(run=run_purge)
@@ -105,28 +107,45 @@ def run_purge(args: argparse.Namespace) -> int:
     if args.delete_tenant and args.user:
         raise Failure("--delete-tenant removes a whole tenant: leave out --user")
     whose = f"user '{args.user}' of tenant '{args.name}'" if args.user else f"tenant '{args.name}'"
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise Failure(f"this deletes every trace, blob and cache entry of {whose}: add --yes to go ahead")
-        if input(f"Delete all data of {whose}? Type the tenant name to confirm: ").strip() != args.name:
-            raise Failure("not confirmed; nothing deleted")
-    cfg = load_config(args)
+    confirm(args, whose)
     with store(args) as s:
-        report = asyncio.run(_purge(cfg, s, args))
-    if args.json:
-        emit_json(asdict(report))
-        return 0
-    print(f"purged {whose}:")
-    for kind, n in _counts(report):
-        print(f"  {kind:<16} {n}")
-    for note in report.notes:
-        print(f"  note: {note}")
+        receipt = asyncio.run(purge_with(load_config(args), s, args.name, args.user))
+    show_receipt(args, receipt, whose)
     return 0
 
 
-async def _purge(cfg: Config, s: Store, args: argparse.Namespace) -> PurgeReport:
-    """Open the caches the gateway uses (memory ones cannot be reached from here), then purge."""
+def confirm(args: argparse.Namespace, whose: str) -> None:
+    if args.yes:
+        return
+    what = "everything Keel holds of" if args.user else "everything Keel holds of, and the tenant itself:"
+    if not sys.stdin.isatty():
+        raise Failure(f"this deletes {what} {whose}: add --yes to go ahead")
+    if input(f"Delete {what} {whose}? Type the tenant name to confirm: ").strip() != args.name:
+        raise Failure("not confirmed; nothing deleted")
+
+
+def show_receipt(args: argparse.Namespace, receipt: Receipt, whose: str) -> None:
+    if args.json:
+        emit_json(receipt.json())
+        return
+    print(f"purged {whose} (audit entry {receipt.audit_seq}, receipt digest {receipt.digest}):")
+    for kind, n in sorted(receipt.counts.items()):
+        if n:
+            print(f"  {kind:<18} {n}")
+    if none := sorted(kind for kind, n in receipt.counts.items() if not n):
+        print(f"  nothing held in: {', '.join(none)}")
+    for note in receipt.notes:
+        print(f"  note: {note}")
+
+
+async def purge_with(cfg: Config, s: Store, tenant: str, user: str | None) -> Receipt:
+    """Open the caches, blobs and RAG index the gateway uses (memory ones cannot be reached from here),
+    then run the one purge cascade (keel.tenancy.deletion)."""
     from keel.cache.builder import cache_urls  # the capabilities' imports only for this verb
+    from keel.rag.documents import Library
+    from keel.rag.index import Index
+    from keel.rag.ingest import Ingestor
+    from keel.tenancy.deletion import Stores, purge
     from keel.traces.builder import blobs_from
 
     url, vectors_url = cache_urls(cfg)
@@ -137,58 +156,25 @@ async def _purge(cfg: Config, s: Store, args: argparse.Namespace) -> PurgeReport
         if where == "memory://":
             notes.append(
                 f"the {kind} lives in the gateway's memory: purge it there with"
-                f" POST /api/tenants/{args.name}/purge (or restart the gateway)"
+                f" POST /api/tenants/{tenant}/purge (or restart the gateway)"
             )
     if url is not None and url != "memory://":
         cache = open_cache(url, max_entries=cfg.cache.max_entries)
     if vectors_url is not None and vectors_url != "memory://":
         vectors = open_vectors(vectors_url, max_entries=cfg.cache.max_entries)
     blobs = blobs_from(cfg)
+    index = Index(s)
     try:
-        report = await purge(
-            s,
-            blobs,
-            cache,
-            vectors,
-            args.name,
-            args.user,
-            revoke_keys=args.revoke_keys,
-            delete_tenant=args.delete_tenant,
-            revocation_wait_s=2 * cfg.server.revocation_poll_s,
-            batch_size=cfg.retention.batch_size,
+        rag = Ingestor(Library(s, blobs, cfg.jobs), index)
+        stores = Stores(
+            s, blobs, cache, vectors, rag, cfg.retention.batch_size, revocation_wait_s=2 * cfg.server.revocation_poll_s
         )
-        if args.user is None:  # a whole tenant: its RAG collections, documents, index and blobs too
-            notes.append(await _purge_rag(cfg, s, blobs, args.name))
+        receipt = await purge(stores, tenant, user, actor="cli")
     finally:
         for c in (cache, vectors):
             if c is not None:
                 await c.aclose()
-        blobs.close()
-    report.notes.extend(notes)
-    return report
-
-
-async def _purge_rag(cfg: Config, s: Store, blobs: BlobStore, tenant: str) -> str:
-    from keel.rag.documents import Library
-    from keel.rag.index import Index
-    from keel.rag.ingest import Ingestor
-
-    index = Index(s)
-    try:
-        gone = await Ingestor(Library(s, blobs, cfg.jobs), index).purge_tenant(tenant)
-    finally:
         await index.aclose()
-    return "rag: " + ", ".join(f"{kind} {n}" for kind, n in gone.items())
-
-
-def _counts(r: PurgeReport) -> list[tuple[str, object]]:
-    rows: list[tuple[str, object]] = [("traces", r.traces), ("payload blobs", r.blobs)]
-    rows += [("cache entries", "-" if r.cache_entries is None else r.cache_entries)]
-    rows += [("cache vectors", "-" if r.vectors is None else r.vectors), ("rollup rows", r.rollups)]
-    rows.append(("stored responses", r.responses))
-    if r.keys_revoked:
-        rows.append(("keys revoked", r.keys_revoked))
-    if r.tenant_deleted or r.keys_deleted:
-        rows += [("keys deleted", r.keys_deleted), ("limit overrides", r.limit_overrides)]
-        rows.append(("tenant deleted", "yes" if r.tenant_deleted else "no (none existed)"))
-    return rows
+        blobs.close()
+    receipt.notes.extend(notes)
+    return receipt

@@ -1,6 +1,6 @@
-"""`keel tools add|list|show|remove` and `keel tools secrets set|list|remove|rotate`: a tenant's tools and
+"""`keel tools add|list|show|remove|import-openapi` and `keel tools secrets set|list|remove|rotate`: a tenant's tools and
 secrets in the configured store. A tool is a YAML (or JSON) file holding its spec (name, kind, description,
-parameters, http|code|mcp, secrets, policy, timeout_s, max_output, rate_per_minute). A secret's value is
+parameters, http|code|mcp, secrets, policy, timeout_s, max_output, limits: {rpm, calls_day, usd_day, usd_per_call}). A secret's value is
 read from stdin or --value-env, never from the command line, and never printed.
 """
 
@@ -36,6 +36,15 @@ def register(p: argparse.ArgumentParser) -> None:
     rm.add_argument("name")
     rm.add_argument("--tenant", required=True)
     rm.set_defaults(run=run_remove)
+    imp = verbs.add_parser("import-openapi", help="register an http tool per operation of an OpenAPI 3 document")
+    imp.add_argument("tenant")
+    imp.add_argument("file", help="the document, JSON or YAML")
+    imp.add_argument("--only", help="operationIds to import, comma-separated (default: all)")
+    imp.add_argument("--base-url", help="the API's URL (default: the document's servers[0].url)")
+    imp.add_argument("--writes", choices=("approve", "allow", "deny"), default="approve",
+                     help="the policy of operations other than GET (default: approve)")  # fmt: skip
+    imp.add_argument("--json", action="store_true")
+    imp.set_defaults(run=run_import)
     secrets = verbs.add_parser("secrets", help="a tenant's secrets (values go in once and never come out)")
     sv = secrets.add_subparsers(dest="secret_verb", metavar="VERB", required=True)
     put = sv.add_parser("set", help="set a secret; its value from stdin, or --value-env VAR")
@@ -81,6 +90,40 @@ def run_add(args: argparse.Namespace) -> int:
         emit_json({"tenant": args.tenant, "name": spec.name, **stored})
     else:
         print(f"{'replaced' if before else 'added'} tool {spec.name} ({spec.kind}) for {args.tenant}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    import yaml
+
+    from keel.agents.openapi import OpenApiError, tools_from_openapi
+    from keel.agents.tools import SpecError, parse_spec
+    from keel.audit.log import AuditLog
+    from keel.store.protocols.agents import ToolRow
+
+    try:
+        doc = yaml.safe_load(Path(args.file).read_text())  # JSON is YAML
+        only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+        specs = [parse_spec(d) for d in tools_from_openapi(doc, base_url=args.base_url, only=only, writes=args.writes)]
+    except (OSError, yaml.YAMLError, OpenApiError) as exc:
+        raise Failure(f"{args.file}: {exc}") from None
+    except SpecError as err:
+        raise Failure(f"{args.file}: {err.message}") from None
+    with store(args) as s:
+        for spec in specs:
+            stored = spec.model_dump(mode="json", exclude={"name"})
+            before = s.get_tool(args.tenant, spec.name)
+            s.put_tool(ToolRow(args.tenant, spec.name, stored, time.time()))
+            AuditLog(s).append("cli", "tool.register", spec.name, tenant=args.tenant,
+                               before=before.spec if before else None, after=stored)  # fmt: skip
+    if args.json:
+        emit_json(
+            [{"tenant": args.tenant, "name": x.name, **x.model_dump(mode="json", exclude={"name"})} for x in specs]
+        )
+    else:
+        for x in specs:
+            assert x.http is not None
+            print(f"imported {x.name}: {x.http.method} {x.http.url} (policy {x.policy.default})")
     return 0
 
 

@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from keel.cli import users_purge
 from keel.cli.context import store
 from keel.cli.output import Failure, emit_json, table, when
 from keel.errors import KeelError
@@ -33,6 +34,7 @@ def roles_of(text: str) -> tuple[str, ...]:
 
 def register(p: argparse.ArgumentParser) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    users_purge.register(verbs)  # `keel users purge TENANT USER`: the user's data, with a receipt
     add = verbs.add_parser("add", help="add a user to a tenant with roles (or an operator)")
     add.add_argument("id", nargs="?", help="the user's id (default: generated)")
     add.add_argument("--tenant", help="their tenant (not with --operator)")

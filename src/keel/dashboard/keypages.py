@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -135,7 +135,7 @@ class KeyPages:
         rows = await asyncio.to_thread(self._store.list_keys, actor.tenant)
         return next((r for r in rows if r.id == key_id and visible(actor, r)), None)
 
-    async def _record(self, request: Request, actor: Actor, action: str, row: KeyRow, **detail: object) -> None:
+    async def _record(self, request: Request, actor: Actor, action: str, row: KeyRow, **detail: Any) -> None:
         if self._audit is not None:
             ip = request.client.host if request.client else None
             await self._audit.record(actor.id, action, row.id, tenant=row.tenant, source_ip=ip, **detail)

@@ -1,4 +1,5 @@
-"""The dashboard's routes: login and logout, the overview, the trace list and one trace.
+"""The dashboard's routes: login and logout, the overview, the trace list and one trace, jobs, SLOs, evals,
+prompts, and the approvals waiting for a person (the one page that changes something: POST, same-origin).
 
 Every page but the login form needs a valid session cookie, else it redirects to the login form
 (which names only the path to come back to, never a credential). Store reads run in worker threads.
@@ -27,6 +28,7 @@ from keel.alerts.slo import statuses
 from keel.audit.export import FORMATS
 from keel.audit.log import AuditLog
 from keel.config import SloConfig
+from keel.dashboard.approvalpages import render_approvals
 from keel.dashboard.auditpages import Verifier, audit_query, export_response, read_audit, render_audit, render_error
 from keel.dashboard.evalpages import render_run, render_runs
 from keel.dashboard.jobpages import jobs_query, render_jobs
@@ -43,7 +45,7 @@ from keel.dashboard.tracepages import list_params, render_list, render_trace
 from keel.dashboard.userpages import UserPages, render_roles
 from keel.errors import AuthError, InvalidRequest
 from keel.evals.gate import Rule, compare_runs
-from keel.store.protocols import BlobStore, EvalStore, JobStore, SpanStore, TraceStore
+from keel.store.protocols import AgentStore, BlobStore, CallRow, EvalStore, JobStore, SpanStore, TraceStore
 from keel.store.protocols.audit import AuditStore
 from keel.store.protocols.tenancy import TenancyStore
 from keel.tenancy.actor import Actor
@@ -66,6 +68,7 @@ HEADERS = {
 MAX_FORM = 4096
 log = logging.getLogger("keel.dashboard")
 Page = Callable[[Request], Awaitable[Response]]
+Decide = Callable[[str, bool, str], Awaitable[tuple[CallRow | None, bool]]]  # (call id, approve, by)
 
 
 def _page(
@@ -87,10 +90,19 @@ _WHO: ContextVar[str | None] = ContextVar("keel_dashboard_who", default=None)  #
 
 
 class PageStore(
-    TraceStore, SpanStore, JobStore, EvalStore, PromptPageStore, KeyPageStore, AuditStore, TenancyStore, Protocol
+    TraceStore,
+    SpanStore,
+    JobStore,
+    EvalStore,
+    PromptPageStore,
+    AgentStore,
+    KeyPageStore,
+    AuditStore,
+    TenancyStore,
+    Protocol,
 ):
     """What the pages read: traces, their rollups and spans; jobs; eval runs; prompts, rollouts and feedback;
-    keys (and write: create, revoke); the audit log."""
+    tool calls waiting for approval; keys (and write: create, revoke); the audit log; users and teams."""
 
 
 # Each page and form, the permission it needs (tenancy's matrix says which roles hold it), and the nav.
@@ -106,6 +118,7 @@ PAGES: dict[str, tuple[str, str | None]] = {  # path -> (permission, nav label o
     "/ui/users": ("users.read", "Users"),
     "/ui/teams": ("users.read", "Teams"),
     "/ui/roles": ("users.read", "Roles"),
+    "/ui/approvals": ("approvals.decide", "Approvals"),
 }
 
 
@@ -124,6 +137,7 @@ class Dashboard:
         session_secret: str | None = None,  # `sso.session_secret`; default: derived from the admin token
         session_ttl_s: float = TTL_S,
         public_url: str | None = None,
+        decide: Decide | None = None,  # approve or deny a pending tool call (keel.agents: Runs.decide)
     ) -> None:
         self._store = store
         self._blobs = blobs  # large payloads live there; the trace page reads them back
@@ -137,6 +151,7 @@ class Dashboard:
         self._verifier = Verifier(self._audit, store)
         self._directory = directory or Directory(store)
         self._people = UserPages(self._directory, audit)
+        self._decide = decide
 
     def routes(self) -> list[Route]:
         return [
@@ -166,6 +181,8 @@ class Dashboard:
             Route("/ui/teams", self._guard(self.teams, "users.read"), methods=["GET"]),
             Route("/ui/teams", self._guard(self.add_team, "users.manage"), methods=["POST"]),
             Route("/ui/roles", self._guard(self.roles, "users.read"), methods=["GET"]),
+            Route("/ui/approvals", self._guard(self.approvals, "approvals.decide"), methods=["GET"]),
+            Route("/ui/approvals/{call_id}/{action}", self._guard(self.decide, "approvals.decide"), methods=["POST"]),
         ]
 
     def _guard(self, page: Page, permission: str) -> Page:
@@ -362,6 +379,32 @@ class Dashboard:
         found = await asyncio.to_thread(statuses, self._slos, self._store, time.time())
         t1 = time.perf_counter()
         return self._view(request, View("SLOs", render_slo(found)), _timing(t0, t1, time.perf_counter()))
+
+    async def approvals(self, request: Request) -> Response:
+        q = request.query_params
+        tenant = request.state.actor.tenant or (q.get("tenant") or "").strip()
+        rows = await asyncio.to_thread(lambda: self._store.list_calls(tenant=tenant or None, state="pending"))
+        return self._view(request, View("Approvals", render_approvals(tenant, rows, q.get("call"), q.get("result"))))
+
+    async def decide(self, request: Request) -> Response:
+        call_id, action = request.path_params["call_id"], request.path_params["action"]
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"{request.url.scheme}://{request.url.netloc}":
+            body = h('<h1>Forbidden</h1><p class="error">{}</p>', "A cross-site form.")
+            return self._view(request, View("Forbidden", body, 403))
+        actor: Actor = request.state.actor
+        missing = View("Not found", h("<h1>Not found</h1><p>{}</p>", f"No tool call '{call_id}'."), 404)
+        if action not in ("approve", "deny") or self._decide is None:
+            return self._view(request, View("Not found", h("<h1>Not found</h1><p>{}</p>", "No such decision."), 404))
+        if actor.tenant is not None:  # another tenant's call is not found
+            call = await asyncio.to_thread(self._store.get_call, call_id)
+            if call is None or call.tenant != actor.tenant:
+                return self._view(request, missing)
+        row, moved = await self._decide(call_id, action == "approve", actor.id)
+        if row is None:
+            return self._view(request, missing)
+        result = ("approved" if action == "approve" else "denied") if moved else "unchanged"
+        return RedirectResponse(f"/ui/approvals?call={quote(call_id, safe='')}&result={result}", 303, HEADERS)
 
     async def evals(self, request: Request) -> Response:
         runs = await asyncio.to_thread(self._store.list_eval_runs, request.state.actor.tenant, limit=100)

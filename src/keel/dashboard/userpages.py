@@ -10,6 +10,7 @@ through `h`.
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 from starlette.requests import Request
@@ -142,7 +143,7 @@ class UserPages:
                                      source_ip=_ip(request), after={"tenant": row.tenant, "name": row.name})  # fmt: skip
         return _back("/ui/teams", row.tenant, f"Team {row.name} added.")
 
-    async def _record(self, request: Request, actor: Actor, action: str, row: UserRow, **detail: object) -> None:
+    async def _record(self, request: Request, actor: Actor, action: str, row: UserRow, **detail: Any) -> None:
         if self._audit is not None:
             await self._audit.record(actor.id, action, f"user:{row.id}", tenant=row.tenant, source_ip=_ip(request),
                                      **detail)  # fmt: skip

@@ -259,11 +259,3 @@ class BatchRunner:
         if now is None:
             raise Permanent(f"batch {batch.id} is gone")
         return now
-
-
-def purge_batches(store: Store, blobs: BlobStore | None, tenant: str) -> dict[str, int]:
-    """A tenant purge's part here: its batches, their results, its files and their bytes. Blocking."""
-    batches, keys = store.delete_tenant_batches(tenant)
-    if keys and blobs is not None:
-        blobs.delete(keys)  # rows first: a failure leaves bytes no row points at, never a row without its bytes
-    return {"batches": batches, "files": len(keys)}

@@ -70,6 +70,7 @@ def issue_key(
     models: tuple[str, ...] | None = None,
     priority: int = 0,
     max_priority: int | None = None,
+    team: str | None = None,
 ) -> IssuedKey:
     ceiling = priority if max_priority is None else max_priority
     if ceiling < priority:
@@ -88,6 +89,7 @@ def issue_key(
         models=models,
         priority=priority,
         max_priority=ceiling,
+        team=team,
     )
     store.create_key(row)
     return IssuedKey(key, row)
@@ -281,6 +283,7 @@ class Authenticator:
             regions=tenant.regions,
             priority=row.priority,
             max_priority=row.max_priority,
+            team=None if row.team is None else f"{row.tenant}:{row.team}",
         )
         return _Entry(principal, row.models, now + self._ttl, now + self._ttl / 2, now)
 

@@ -29,7 +29,7 @@ KINDS: dict[str, tuple[Window, str]] = {
     "usd_total": ("total", "usd"),
 }
 QUOTA_KINDS = frozenset({"tokens_day", "tokens_month", "usd_day", "usd_month", "usd_total"})
-SCOPES = ("tenant", "key", "user", "feature", "alias")
+SCOPES = ("tenant", "key", "user", "feature", "alias", "team")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,7 @@ class Subject:
     user: str | None
     feature: str | None
     alias: str | None
+    team: str | None = None  # the key's team as "tenant:team" (team names hold no ':')
 
     def get(self, scope: str) -> str | None:
         return getattr(self, scope)  # type: ignore[no-any-return]
@@ -69,7 +70,7 @@ class LimitBook:
         set_at: Mapping[tuple[str, str], float] | None = None,
     ) -> None:
         self._defaults = tuple(defaults)
-        self._overrides = dict(overrides)  # (scope, subject) → kind → limit, for tenant and key scopes
+        self._overrides = dict(overrides)  # (scope, subject) → kind → limit, for tenant, key and team scopes
         self._default_fail = on_store_error
         self._fail_modes = dict(fail_modes or {})  # tenant → "open" | "closed"
         self._set_at = {f"{scope}={subject}": at for (scope, subject), at in (set_at or {}).items()}
@@ -100,7 +101,7 @@ class LimitBook:
             prefix = "|".join(f"{s}={v}" for s, v in zip(rule.scope, values, strict=True))
             for kind, limit in rule.limits.items():
                 out[(prefix, kind)] = limit
-        for scope in ("tenant", "key"):
+        for scope in ("tenant", "key", "team"):
             subject = who.get(scope)
             for kind, limit in self._overrides.get((scope, subject or ""), {}).items():
                 out[(f"{scope}={subject}", kind)] = limit  # an override replaces the default

@@ -93,14 +93,15 @@ class LimitsStage:
             before, self._book = self._book, book
             for ended in self._ended:
                 who = ended[1]
-                if ("tenant", who.tenant) in changed or ("key", who.key or "") in changed:
+                if {("tenant", who.tenant), ("key", who.key or ""), ("team", who.team or "")} & changed:
                     self._charge_missed(ended, before)
         self._trim()
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
         assert call.principal is not None and call.plan is not None
         book = self._book
-        who = Subject(call.principal.tenant, call.principal.key_id, call.user, call.feature, call.request.model)
+        p = call.principal
+        who = Subject(p.tenant, p.key_id, call.user, call.feature, call.request.model, p.team)
         charges = book.charges(who, lambda: self._estimate(call))
         if not charges:
             reply = await next(call)

@@ -116,5 +116,10 @@ def sees_content(actor: Actor, viewer_content: bool) -> bool:
     return viewer_content and "viewer" in actor.roles and not scoped_out and actor.kind != "key"
 
 
+def team_bound(actor: Actor) -> bool:
+    """Whether `actor` reaches only its own team's keys: a developer who is not also an owner or admin."""
+    return actor.kind == "user" and "developer" in actor.roles and not ({"owner", "admin"} & actor.roles)
+
+
 def unknown_scopes(scopes: Iterable[str]) -> list[str]:
     return sorted(s for s in scopes if s not in PERMISSIONS)

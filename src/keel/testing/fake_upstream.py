@@ -281,7 +281,7 @@ class FakeUpstream:
             body = None
         headers = {name.lower(): value for name, value in request.headers.items()}
         kept = body if self._max_recorded is None or len(raw) <= self._max_recorded else None
-        entry = {"path": request.path, "headers": headers, "json": kept, "streamed": 0}
+        entry = {"path": request.path, "query": dict(request.query), "headers": headers, "json": kept, "streamed": 0}
         entry |= {"size": len(raw), "at": time.monotonic()}
         with self._lock:
             self._requests.append(entry)

@@ -1,4 +1,4 @@
-"""Retention and deletion: old raw traces swept away, and a tenant's or one user's data purged on request.
+"""Retention: old raw traces swept away; the bounded deletes a purge (keel.tenancy.deletion) reuses.
 
 Traces leave in bounded batches (`batch_size` rows per DELETE, a short pause between), so neither a
 sweep nor a purge ever holds the trace writer up behind one giant statement; each batch's payload
@@ -9,13 +9,12 @@ user's own rows (dimension `user`) and sessions. A trace's child spans go right 
 ids each batch deleted); a sweep then deletes spans older than the cut-off by their own start (spans
 of traces without a row, or left behind by a crash between the two deletes), and a tenant purge
 deletes all of the tenant's. Stored Responses API responses (`previous_response_id` state) are
-raw content too: they follow the same cut-offs, and a purge deletes the tenant's or the user's. Store calls block: `sweep` runs in a thread; `purge` is async because
-the caches are.
+raw content too: they follow the same cut-offs, and a purge deletes the tenant's or the user's. Store
+calls block: `sweep` runs in a thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from keel.config import RetentionConfig
-from keel.store.protocols import BlobStore, CacheStore, KeyStore, ResponseStore, SpanStore, TraceDeletion, VectorIndex
+from keel.store.protocols import BlobStore, ResponseStore, SpanStore, TraceDeletion
 from keel.traces.writer import BLOB_PREFIX, trace_id_of
 
 log = logging.getLogger("keel.retention")
@@ -54,24 +53,6 @@ class SweepReport:
     blobs: int = 0
     orphan_blobs: int = 0
     by_tenant: dict[str, int] = field(default_factory=dict)  # "*": every tenant on the default
-    spans: int = 0
-    responses: int = 0  # stored Responses API responses
-
-
-@dataclass(slots=True)
-class PurgeReport:
-    tenant: str
-    user: str | None
-    traces: int = 0
-    blobs: int = 0
-    cache_entries: int | None = None  # None: no cache, or one this process cannot reach (see notes)
-    vectors: int | None = None
-    rollups: int = 0
-    keys_revoked: int = 0
-    keys_deleted: int = 0
-    limit_overrides: int = 0
-    tenant_deleted: bool = False
-    notes: list[str] = field(default_factory=list)
     spans: int = 0
     responses: int = 0  # stored Responses API responses
 
@@ -198,63 +179,3 @@ def orphan_blobs(store: TraceDeletion, blobs: BlobStore, older_than: float) -> l
     for i in range(0, len(ids), 500):
         present |= store.trace_ids_present(ids[i : i + 500])
     return [key for trace_id, key in candidates.items() if trace_id not in present]
-
-
-class PurgeStore(TraceDeletion, SpanStore, ResponseStore, KeyStore, Protocol):
-    """What a purge needs of the store."""
-
-
-async def purge(
-    store: PurgeStore,
-    blobs: BlobStore | None,
-    cache: CacheStore | None,
-    vectors: VectorIndex | None,
-    tenant: str,
-    user: str | None = None,
-    *,
-    revoke_keys: bool = False,
-    delete_tenant: bool = False,
-    revocation_wait_s: float = 0.0,
-    batch_size: int = 1000,
-) -> PurgeReport:
-    """Delete a tenant's data (or one user's within it): traces, payload blobs, cache entries, rollups.
-
-    `revoke_keys` first revokes the keys (the user's own keys, for a user purge) and waits
-    `revocation_wait_s` so every gateway has dropped them before data is deleted; `delete_tenant`
-    (whole tenant only) implies it and finally deletes the keys, limit overrides and the tenant row.
-    """
-    if delete_tenant and user is not None:
-        raise ValueError("delete_tenant removes a whole tenant: leave out the user")
-    report = PurgeReport(tenant, user)
-    if revoke_keys or delete_tenant:
-        report.keys_revoked = await asyncio.to_thread(_revoke, store, tenant, user)
-        if report.keys_revoked:
-            await asyncio.sleep(revocation_wait_s)
-    d = await asyncio.to_thread(
-        delete_batches, store, blobs, batch_size=batch_size, pause_s=0.0, tenant=tenant, user=user
-    )
-    report.traces, report.blobs, report.spans = d.rows, d.blobs, d.spans
-    report.responses = await asyncio.to_thread(
-        delete_responses, store, batch_size=batch_size, pause_s=0.0, tenant=tenant, user=user
-    )
-    if user is None:  # a whole tenant: also spans whose trace has no row
-        report.spans += await asyncio.to_thread(delete_spans, store, batch_size=batch_size, pause_s=0.0, tenant=tenant)
-    if cache is not None:
-        report.cache_entries = await cache.purge(tenant, user)
-    if vectors is not None:
-        report.vectors = await vectors.purge(tenant, user)
-    report.rollups = await asyncio.to_thread(store.delete_rollups, tenant, user, sorted(d.sessions))
-    if delete_tenant:
-        counts = await asyncio.to_thread(store.delete_tenant, tenant)
-        report.keys_deleted, report.limit_overrides = counts["keys"], counts["limit_overrides"]
-        report.tenant_deleted = counts["tenants"] > 0
-    return report
-
-
-def _revoke(store: KeyStore, tenant: str, user: str | None) -> int:
-    now, n = time.time(), 0
-    for key in store.list_keys(tenant):
-        if key.revoked_at is None and (user is None or key.user == user):
-            store.revoke_key(key.id, now)
-            n += 1
-    return n

@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-    argv_ = box.argv(spec["command"], fd, limits.disk_mb)
+    argv_ = box.argv(spec["command"], fd, limits.disk_mb, spec.get("net_dir"))  # net_dir: the allow-list proxy
     env = {"PATH": "/usr/bin:/bin", "HOME": "/sandbox", "LANG": "C.UTF-8", **spec.get("env", {})}
     os.execve(box.bwrap, argv_, env)
     return 127

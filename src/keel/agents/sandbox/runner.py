@@ -9,6 +9,8 @@ namespace has only a loopback of its own: nothing outside is reachable), with:
 - every capability dropped, a new session (no terminal injection), --die-with-parent;
 - a seccomp filter (seccomp.py); rlimits on CPU seconds, address space, processes, open files, file size;
 - an environment of PATH, HOME, LANG and only the variables the caller passes (a tool's declared secrets);
+- no network, or, for a tool that lists `network: [host:port, ...]`, only those through an allow-list
+  proxy on a Unix socket (netproxy.py);
 - a wall clock (the whole process group is killed past it) and an output cap (killed past it, truncated).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import resource
@@ -25,6 +28,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from keel.agents.sandbox.netproxy import HELPER, Decision, NetProxy
+from keel.agents.sandbox.netproxy import MOUNT as NET_MOUNT
 from keel.agents.sandbox.seccomp import SeccompUnavailable, filter_bpf
 
 WORK_DIR = "/sandbox"
@@ -34,7 +39,9 @@ UID_BASE, UID_SPAN = 3_000_000, 1_000_000  # uids no account uses: one per run
 BOOT = (
     "import json,sys\n"
     "d=json.loads(sys.stdin.buffer.read())\n"
-    "exec(compile(d['code'],'<tool>','exec'),{'__name__':'__main__','args':d['args']})\n"
+    "g={'__name__':'__main__','args':d['args']}\n"
+    "if d.get('net'):exec(d['net'],g)\n"
+    "exec(compile(d['code'],'<tool>','exec'),g)\n"
 )
 MAX_CODE = 256 * 1024
 
@@ -75,6 +82,7 @@ class Outcome:
     truncated: bool = False  # stdout passed the cap: cut there, the process killed
     signal: int | None = None  # the signal that ended it (a negative return code)
     seconds: float = 0.0
+    network: tuple[Decision, ...] = ()  # the allow-list proxy's decisions, when the run had one
 
     @property
     def ok(self) -> bool:
@@ -93,8 +101,10 @@ class Sandbox:
         self.ro_binds = tuple(ro_binds)
         self._checked = False
 
-    def argv(self, command: Sequence[str], seccomp_fd: int, tmpfs_mb: int = 64) -> list[str]:
-        """bubblewrap's command line around `command`."""
+    def argv(
+        self, command: Sequence[str], seccomp_fd: int, tmpfs_mb: int = 64, net_dir: str | None = None
+    ) -> list[str]:
+        """bubblewrap's command line around `command` (`net_dir`: the allow-list proxy's socket directory)."""
         out = [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
         for path in self.ro_binds:
             out += ["--ro-bind", path, path]
@@ -116,6 +126,8 @@ class Sandbox:
             "--tmpfs",
             WORK_DIR,
         ]
+        if net_dir is not None:
+            out += ["--ro-bind", net_dir, NET_MOUNT]
         out += [
             "--remount-ro",
             "/",
@@ -161,6 +173,21 @@ class Sandbox:
         stdin: bytes = b"",
         env: Mapping[str, str] | None = None,
         limits: Limits = Limits(),
+        network: Sequence[str] = (),
+    ) -> Outcome:
+        """Run `command` in the sandbox; with `network` (host:port entries), behind the allow-list proxy."""
+        if not network:
+            return await self._run(command, stdin, env, limits, None)
+        proxy = NetProxy(network)
+        await proxy.start()
+        try:
+            out = await self._run(command, stdin, env, limits, proxy.directory)
+        finally:
+            await proxy.aclose()
+        return dataclasses.replace(out, network=tuple(proxy.decisions))
+
+    async def _run(
+        self, command: Sequence[str], stdin: bytes, env: Mapping[str, str] | None, limits: Limits, net_dir: str | None
     ) -> Outcome:
         bpf = self._prepare()
         uid = UID_BASE + random.randrange(UID_SPAN)
@@ -171,7 +198,7 @@ class Sandbox:
             base = {"PATH": "/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
-                *self.argv(command, fd, limits.disk_mb),
+                *self.argv(command, fd, limits.disk_mb, net_dir),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
@@ -196,14 +223,18 @@ class Sandbox:
         *,
         env: Mapping[str, str] | None = None,
         limits: Limits = Limits(),
+        network: Sequence[str] = (),
     ) -> Outcome:
-        """Run a code tool: `code` sees its arguments as `args`; what it prints is its result."""
+        """Run a code tool: `code` sees its arguments as `args`; what it prints is its result. With
+        `network`, its globals also hold `connect(host, port)` and `fetch(url, ...)` (netproxy.HELPER)."""
         import orjson
 
         if len(code) > MAX_CODE:
             raise ValueError(f"a code tool's code is at most {MAX_CODE} characters")
-        stdin = orjson.dumps({"code": code, "args": args})
-        return await self.run([self.python, "-I", "-S", "-c", BOOT], stdin=stdin, env=env, limits=limits)
+        stdin = orjson.dumps({"code": code, "args": args, "net": HELPER if network else None})
+        return await self.run(
+            [self.python, "-I", "-S", "-c", BOOT], stdin=stdin, env=env, limits=limits, network=network
+        )
 
 
 async def _finish(proc: asyncio.subprocess.Process, stdin: bytes, limits: Limits, started: float) -> Outcome:

@@ -53,6 +53,7 @@ class AlertsConfig(Model):
     evaluate_every_s: float = Field(20.0, gt=0, le=3600)
     webhook: WebhookConfig | None = None  # default: limits.webhook
     rules: list[AlertRuleConfig] = []
+    public_url: str | None = Field(None, pattern=r"^https?://")  # the gateway as approvers reach it (approval links)
 
 
 def check(alerts: AlertsConfig, outline: Outline) -> list[ConfigIssue]:

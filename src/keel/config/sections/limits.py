@@ -8,7 +8,7 @@ from pydantic import Field, field_validator
 
 from keel.config.parts import Model, WebhookConfig
 
-LimitScope = Literal["tenant", "key", "user", "feature", "alias"]
+LimitScope = Literal["tenant", "key", "user", "feature", "alias", "team"]
 
 
 class LimitRule(Model):

@@ -56,7 +56,7 @@ from keel.store.protocols.prompts import (
     PromptVersion,
     RolloutPlan,
 )
-from keel.store.protocols.purge import DeletedTraces, TraceDeletion
+from keel.store.protocols.purge import DeletedTraces, SubjectErasure, TraceDeletion
 from keel.store.protocols.rag_docs import (
     CollectionRow,
     DocStatus,
@@ -158,6 +158,7 @@ __all__ = [
     "SpanStore",
     "Store",
     "StoredResponse",
+    "SubjectErasure",
     "TeamRow",
     "TenancyStore",
     "TenantRow",

@@ -2,18 +2,29 @@
 
 `append_audit` serialises appenders (one chain even with many processes): it takes the chain's head row
 in its transaction, numbers the entry head+1, seals it with `entry_hash` and moves the head, all or
-nothing. The store never updates or deletes an entry; `keel.audit` verifies what it reads back.
+nothing. The store never deletes an entry, and updates one only to erase its subject-bearing fields
+(`erase_audit`, for a purge); `keel.audit` verifies what it reads back.
+
+Two hashing schemes. Scheme 1 (entries without `salts`): sha256 over every field. Scheme 2: sha256 over
+the position, time, action, the previous hash and one salted digest per subject-bearing field (tenant,
+actor, target, detail, source_ip), so a purge can replace such a field with a tombstone, keeping its
+digest in `digests` and dropping its salt: the chain still verifies and no guess of the erased value
+can be confirmed against it. `salts` and `digests` are JSON objects keyed by field name.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
 GENESIS = "0" * 64  # the prev_hash of the first entry
+SUBJECT_FIELDS = ("tenant", "actor", "target", "detail", "source_ip")  # what may name a person or tenant
+ERASED = "[erased]"  # what an erased actor holds
+ERASED_DETAIL = '{"erased":true}'  # what an erased detail holds; other erased fields hold NULL
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +38,7 @@ class AuditDraft:
     target: str | None
     detail: str
     source_ip: str | None
+    salts: str | None = None  # scheme 2: {field: hex salt}; None: scheme 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,18 +53,40 @@ class AuditEntry:
     source_ip: str | None
     prev_hash: str
     hash: str
+    salts: str | None = None
+    digests: str | None = None  # the erased fields' digests; on a scheme-1 entry: erased, content unchecked
+
+
+def tombstone(name: str) -> str | None:
+    """What an erased field holds."""
+    return ERASED if name == "actor" else ERASED_DETAIL if name == "detail" else None
+
+
+def field_digest(salt: str, value: Any) -> str:
+    return hashlib.sha256(bytes.fromhex(salt) + orjson.dumps(value)).hexdigest()
 
 
 def entry_hash(seq: int, draft: AuditDraft | AuditEntry, prev_hash: str) -> str:
-    """sha256 over the entry's position, every field and the previous hash (canonical JSON)."""
+    """Scheme 1: sha256 over the position, every field and the previous hash (canonical JSON). Scheme 2:
+    the subject-bearing fields enter through their salted digests (the stored digest once erased).
+    KeyError or ValueError: the salts or digests do not cover every field (tampered)."""
     d = draft
-    body = [seq, d.at, d.tenant, d.actor, d.action, d.target, d.detail, d.source_ip, prev_hash]
-    return hashlib.sha256(orjson.dumps(body)).hexdigest()
+    if d.salts is None:
+        body: list[Any] = [seq, d.at, d.tenant, d.actor, d.action, d.target, d.detail, d.source_ip, prev_hash]
+        return hashlib.sha256(orjson.dumps(body)).hexdigest()
+    salts: Mapping[str, str] = orjson.loads(d.salts)
+    digests: Mapping[str, str] = orjson.loads(getattr(d, "digests", None) or "{}")
+    parts = [digests[f] if f in digests else field_digest(salts[f], getattr(d, f)) for f in SUBJECT_FIELDS]
+    return hashlib.sha256(orjson.dumps([2, seq, d.at, d.action, *parts, prev_hash])).hexdigest()
 
 
 class AuditStore(Protocol):
     def append_audit(self, draft: AuditDraft) -> AuditEntry:
         """Number, seal and store one entry after the chain's head, serialised with every other appender."""
+        ...
+
+    def append_audits(self, drafts: Sequence[AuditDraft]) -> list[AuditEntry]:
+        """`append_audit` for several entries in one transaction, chained in the given order (group commit)."""
         ...
 
     def list_audit(
@@ -85,5 +119,27 @@ class AuditStore(Protocol):
 
     def set_audit_mark(self, name: str, value: str, at: float) -> None: ...
 
+    def audit_naming(self, tenant: str, user: str | None, *, after_seq: int, limit: int) -> list[AuditEntry]:
+        """Entries with seq > after_seq that may name the subject, in seq order: a tenant's (its own, and
+        any whose target is the tenant or whose detail holds it as a JSON string); a user's within a
+        tenant (actor, target or a JSON string of the detail naming the user id). Once erased, an entry no
+        longer matches."""
+        ...
 
-__all__ = ["GENESIS", "AuditDraft", "AuditEntry", "AuditStore", "entry_hash"]
+    def erase_audit(self, seq: int, fields: Mapping[str, Any], salts: str | None, digests: str) -> None:
+        """Replace entry `seq`'s `fields` (tombstones), its salts and digests; nothing else changes."""
+        ...
+
+
+__all__ = [
+    "ERASED",
+    "ERASED_DETAIL",
+    "GENESIS",
+    "SUBJECT_FIELDS",
+    "AuditDraft",
+    "AuditEntry",
+    "AuditStore",
+    "entry_hash",
+    "field_digest",
+    "tombstone",
+]

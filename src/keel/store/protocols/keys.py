@@ -27,6 +27,7 @@ class KeyRow:
     revoked_at: float | None = None
     priority: int = 0  # its calls' priority in a saturated target's wait queue (higher first)
     max_priority: int = 0  # the most an `x-keel-priority` header may ask for
+    team: str | None = None  # the tenant's team it belongs to (limits per team)
 
 
 class KeyStore(Protocol):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,4 +50,16 @@ class TraceDeletion(Protocol):
 
     def delete_tenant(self, name: str) -> dict[str, int]:
         """Delete a tenant's keys, limit overrides, prompts and the tenant itself; counts per kind."""
+        ...
+
+
+class SubjectErasure(Protocol):
+    """Deleting one subject's rows (a whole tenant, or one user within it) from one store, by kind."""
+
+    def erase_subject(
+        self, kind: str, tenant: str, user: str | None, limit: int, drop_blobs: Callable[[Sequence[str]], None]
+    ) -> int:
+        """Delete (or, for a user's name on the tenant's own rows, anonymise) the subject's rows of `kind`,
+        `limit` rows per statement, calling `drop_blobs` with the blob keys of each batch before its rows
+        go. Returns the rows changed; 0 for a kind this store holds nothing of for the subject."""
         ...

@@ -76,6 +76,33 @@ class SqlAgents:
         with self._db.session() as s:
             return s.execute(f"DELETE FROM agent_secrets{where}", params) > 0
 
+    def put_agent(self, row: ToolRow) -> None:
+        d = self._db.dialect
+        sql = (
+            f"INSERT INTO agent_defs ({_TOOL}) VALUES ({d.marks(4)}) ON CONFLICT (tenant, name) DO UPDATE"
+            " SET spec = excluded.spec, updated_at = excluded.updated_at"
+        )
+        with self._db.session() as s:
+            s.execute(sql, (row.tenant, row.name, _dump(row.spec), row.updated_at))
+
+    def get_agent(self, tenant: str, name: str) -> ToolRow | None:
+        where, params = self._where([("tenant", tenant), ("name", name)])
+        with self._db.session() as s:
+            row = s.fetchone(f"SELECT {_TOOL} FROM agent_defs{where}", params)
+        return None if row is None else _tool(row)
+
+    def list_agents(self, tenant: str | None = None) -> list[ToolRow]:
+        where, params = self._where([("tenant", tenant)])
+        with self._db.session() as s:
+            return [
+                _tool(r) for r in s.fetchall(f"SELECT {_TOOL} FROM agent_defs{where} ORDER BY tenant, name", params)
+            ]
+
+    def delete_agent(self, tenant: str, name: str) -> bool:
+        where, params = self._where([("tenant", tenant), ("name", name)])
+        with self._db.session() as s:
+            return s.execute(f"DELETE FROM agent_defs{where}", params) > 0
+
     def put_tool(self, row: ToolRow) -> None:
         d = self._db.dialect
         sql = (

@@ -7,17 +7,25 @@ is sealed with the hash of the one committed before it, whatever the number of p
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from keel.store.protocols.audit import AuditDraft, AuditEntry, entry_hash
+from keel.store.protocols.audit import SUBJECT_FIELDS, AuditDraft, AuditEntry, entry_hash
 from keel.store.sql.dialect import Database, Row
 
-_COLS = "seq, at, tenant, actor, action, target, detail, source_ip, prev_hash, hash"
+_COLS = "seq, at, tenant, actor, action, target, detail, source_ip, prev_hash, hash, salts, digests"
 CHAIN = "main"
+PURGE_ACTIONS = ("tenant.purge", "user.purge")  # the entries recording a deletion: never erased
 
 
 def _entry(r: Row) -> AuditEntry:
-    return AuditEntry(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+    return AuditEntry(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11])
+
+
+def _json_string(value: str) -> str:
+    """A LIKE pattern matching `value` as a whole JSON string inside a detail."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '%"' + escaped.replace("!", "!!").replace("%", "!%").replace("_", "!_") + '"%'
 
 
 class SqlAudit:
@@ -26,7 +34,7 @@ class SqlAudit:
     def append_audit(self, draft: AuditDraft) -> AuditEntry:
         m = self._db.dialect.mark
         take = f"UPDATE audit_head SET seq = seq + 1 WHERE chain = {m} RETURNING seq, hash"
-        insert = f"INSERT INTO audit_log ({_COLS}) VALUES ({self._db.dialect.marks(10)})"
+        insert = f"INSERT INTO audit_log ({_COLS}) VALUES ({self._db.dialect.marks(12)})"
         seal = f"UPDATE audit_head SET hash = {m} WHERE chain = {m}"
         with self._db.transaction() as s:
             head = s.fetchone(take, (CHAIN,))
@@ -34,11 +42,35 @@ class SqlAudit:
             seq, prev = int(head[0]), str(head[1])
             sealed = entry_hash(seq, draft, prev)
             entry = AuditEntry(seq, draft.at, draft.tenant, draft.actor, draft.action, draft.target, draft.detail,
-                               draft.source_ip, prev, sealed)  # fmt: skip
+                               draft.source_ip, prev, sealed, draft.salts)  # fmt: skip
             s.execute(insert, (seq, draft.at, draft.tenant, draft.actor, draft.action, draft.target, draft.detail,
-                               draft.source_ip, prev, sealed))  # fmt: skip
+                               draft.source_ip, prev, sealed, draft.salts, None))  # fmt: skip
             s.execute(seal, (sealed, CHAIN))
         return entry
+
+    def append_audits(self, drafts: Sequence[AuditDraft]) -> list[AuditEntry]:
+        """Several entries in one transaction (one commit flush), numbered and chained in the given order."""
+        if not drafts:
+            return []
+        m = self._db.dialect.mark
+        take = f"UPDATE audit_head SET seq = seq + {m} WHERE chain = {m} RETURNING seq, hash"
+        insert = f"INSERT INTO audit_log ({_COLS}) VALUES ({self._db.dialect.marks(12)})"
+        seal = f"UPDATE audit_head SET hash = {m} WHERE chain = {m}"
+        entries: list[AuditEntry] = []
+        with self._db.transaction() as s:
+            head = s.fetchone(take, (len(drafts), CHAIN))
+            assert head is not None, "audit_head has no chain row: run `keel db migrate`"
+            seq, prev = int(head[0]) - len(drafts), str(head[1])
+            for d in drafts:
+                seq += 1
+                sealed = entry_hash(seq, d, prev)
+                entries.append(AuditEntry(seq, d.at, d.tenant, d.actor, d.action, d.target, d.detail, d.source_ip,
+                                          prev, sealed, d.salts))  # fmt: skip
+                prev = sealed
+            s.executemany(insert, [(e.seq, e.at, e.tenant, e.actor, e.action, e.target, e.detail, e.source_ip,
+                                    e.prev_hash, e.hash, e.salts, None) for e in entries])  # fmt: skip
+            s.execute(seal, (prev, CHAIN))
+        return entries
 
     def list_audit(
         self,
@@ -92,3 +124,25 @@ class SqlAudit:
         )
         with self._db.transaction() as s:
             s.execute(sql, (name, value, at))
+
+    def audit_naming(self, tenant: str, user: str | None, *, after_seq: int, limit: int) -> list[AuditEntry]:
+        m = self._db.dialect.mark
+        if user is None:
+            who = f"(tenant = {m} OR target = {m} OR detail LIKE {m} ESCAPE '!')"
+            params: list[Any] = [tenant, tenant, _json_string(tenant)]
+        else:
+            who = f"tenant = {m} AND (actor = {m} OR actor = {m} OR target = {m} OR detail LIKE {m} ESCAPE '!')"
+            params = [tenant, user, f"user:{user}", user, _json_string(user)]
+        skip = ", ".join([m] * len(PURGE_ACTIONS))
+        sql = f"SELECT {_COLS} FROM audit_log WHERE seq > {m} AND {who} AND action NOT IN ({skip}) ORDER BY seq"
+        with self._db.session() as s:
+            rows = s.fetchall(f"{sql} LIMIT {int(limit)}", (after_seq, *params, *PURGE_ACTIONS))
+        return [_entry(r) for r in rows]
+
+    def erase_audit(self, seq: int, fields: Mapping[str, Any], salts: str | None, digests: str) -> None:
+        m = self._db.dialect.mark
+        names = [f for f in SUBJECT_FIELDS if f in fields]
+        sets = ", ".join(f"{f} = {m}" for f in names)
+        sql = f"UPDATE audit_log SET {sets}, salts = {m}, digests = {m} WHERE seq = {m}"
+        with self._db.transaction() as s:
+            s.execute(sql, (*(fields[f] for f in names), salts, digests, seq))

@@ -10,7 +10,11 @@ from keel.store.sql.dialect import Database
 from keel.store.sql.rows import ALERT_STATES_SQL, LIMIT_COLUMNS, flip_sql, limit_from_row, limits_json, missing_owner
 
 _LIMITS = ", ".join(LIMIT_COLUMNS)
-_OWNER = {"tenant": "SELECT 1 FROM tenants WHERE name = {m}", "key": "SELECT 1 FROM api_keys WHERE id = {m}"}
+_OWNER = {
+    "tenant": "SELECT 1 FROM tenants WHERE name = {m}",
+    "key": "SELECT 1 FROM api_keys WHERE id = {m}",
+    "team": "SELECT 1 FROM tenancy_teams WHERE tenant || ':' || name = {m}",  # a team's subject: tenant:team
+}
 
 
 def _set_limits_sql(mark: str, json_mark: str, scope: str) -> str:

@@ -39,7 +39,7 @@ _ATTR = {"user_id": "user"}
 TENANT_COLUMNS = ("name", "created_at", "regions", "viewer_content")
 KEY_COLUMNS = (
     "id", "tenant", "key_hash", "prefix", "created_at", "name", "user_id", "models", "revoked_at",
-    "priority", "max_priority",
+    "priority", "max_priority", "team",
 )  # fmt: skip
 LIMIT_COLUMNS = ("scope", "subject", "limits", "on_store_error", "updated_at")
 LIMIT_KINDS = tuple(name for name in LimitRule.model_fields if name != "scope")  # as in keel.yaml
@@ -139,16 +139,16 @@ def key_to_row(k: KeyRow) -> tuple[Any, ...]:
     models = None if k.models is None else _dump(list(k.models))
     return (
         k.id, k.tenant, k.key_hash, k.prefix, k.created_at, k.name, k.user, models, k.revoked_at,
-        k.priority, k.max_priority,
+        k.priority, k.max_priority, k.team,
     )  # fmt: skip
 
 
 def key_from_row(row: Sequence[Any]) -> KeyRow:
-    kid, tenant, key_hash, prefix, created, name, user, models, revoked, priority, max_priority = row
+    kid, tenant, key_hash, prefix, created, name, user, models, revoked, priority, max_priority, team = row
     if isinstance(models, str):
         models = orjson.loads(models)
     models = None if models is None else tuple(models)
-    return KeyRow(kid, tenant, key_hash, prefix, created, name, user, models, revoked, priority, max_priority)
+    return KeyRow(kid, tenant, key_hash, prefix, created, name, user, models, revoked, priority, max_priority, team)
 
 
 def regions_json(regions: tuple[str, ...] | None) -> str | None:
@@ -191,8 +191,8 @@ def _column(attr: str) -> str:
 
 def limits_json(scope: str, limits: Mapping[str, float], on_store_error: str | None) -> str:
     """An override's limits as stored: JSON text. Checked as keel.yaml checks its defaults."""
-    if scope not in ("tenant", "key"):
-        raise ValueError(f"scope must be 'tenant' or 'key', not {scope!r}")
+    if scope not in ("tenant", "key", "team"):
+        raise ValueError(f"scope must be 'tenant', 'key' or 'team', not {scope!r}")
     if on_store_error not in (None, "open", "closed"):
         raise ValueError(f"on_store_error must be 'open', 'closed' or none, not {on_store_error!r}")
     if on_store_error is not None and scope != "tenant":
@@ -222,6 +222,8 @@ def limit_from_row(row: Sequence[Any]) -> LimitOverride:
 def missing_owner(scope: str, subject: str) -> str:
     if scope == "tenant":
         return f"no tenant '{subject}'; see `keel tenants list`"
+    if scope == "team":
+        return f"no team '{subject}' (tenant:team); see `keel teams list`"
     return f"no key with id '{subject}'; see `keel keys list`"
 
 

@@ -13,6 +13,7 @@ from keel.store.sql.agents import SqlAgents
 from keel.store.sql.audit import SqlAudit
 from keel.store.sql.batches import SqlBatches
 from keel.store.sql.dialect import Database
+from keel.store.sql.erase import SqlErasure
 from keel.store.sql.evals import SqlEvals
 from keel.store.sql.feedback import SqlFeedback
 from keel.store.sql.jobs import SqlJobs
@@ -33,6 +34,7 @@ class SqlStore(
     SqlKeys,
     SqlTraces,
     SqlPurge,
+    SqlErasure,
     SqlLimits,
     SqlSpans,
     SqlJobs,
