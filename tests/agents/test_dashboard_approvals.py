@@ -51,4 +51,6 @@ def test_an_approver_approves_in_the_dashboard(agw: Gateway, up: FakeUpstream, s
         done = until(lambda: (v := a.get(f"/api/agents/runs/{run['id']}").json())["state"] in ("done", "failed") and v)
     assert done["state"] == "done", done
     assert len(service.payments) == 1
-    assert [s["decided_by"] for s in done["steps"] if s["kind"] == "tool"] == ["dashboard"]
+    assert [s["decided_by"] for s in done["steps"] if s["kind"] == "tool"] == [
+        "admin"
+    ]  # the signed-in actor: the admin-token session

@@ -22,7 +22,7 @@ import pytest
 
 from keel.keys.auth import issue_key
 from keel.testing import FakeUpstream, Script
-from tests.conftest import Gateway, base_config
+from tests.conftest import Gateway, base_config, until
 
 CHROMIUM = os.environ.get("KEEL_TEST_CHROMIUM", "/usr/bin/chromium")
 XSS = "<script>window.__xss = 1</script> what is 2+2?"
@@ -239,4 +239,58 @@ def test_the_prompt_pages_in_chromium_show_a_rollouts_variants_side_by_side(
     assert "OLD..NEW" in page.inner_text("#error")
     page.goto(gw.url + "/ui/prompts/t1/nope")
     assert "No prompt nope" in page.inner_text("h1")
+    context.close()
+
+
+def test_keys_and_the_audit_log_in_chromium(browser: Any, make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> None:
+    """Create a key on the page (shown once, and it works), revoke it through the confirm step (then it is
+    refused), and find both changes on the audit page with the chain verified and an export to download."""
+    gw: Gateway = make_gateway(base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path))
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    page.on("dialog", lambda d: pytest.fail(f"a dialog opened: {d.message}"))
+    page.goto(gw.url + "/ui/keys")
+    page.fill('input[name="token"]', gw.admin)
+    page.click('button[type="submit"]')
+    assert page.url == gw.url + "/ui/keys"
+    assert page.locator("#keys tr[data-key]").count() == 1  # the fixture's key
+
+    page.select_option('#create-key select[name="tenant"]', "t1")
+    page.fill('#create-key input[name="name"]', "browser " + XSS)
+    page.click('#create-key button[type="submit"]')
+    key = page.inner_text("#new-key").strip()
+    assert key.startswith("sk-keel-") and "shown only this once" in page.inner_text("main")
+    chat(gw, key, "gpt-4o-mini", "chat")  # the new key serves calls
+    page.click("text=Back to keys")
+    assert key not in page.content() and page.locator("#keys tr[data-key]").count() == 2
+    (row,) = [k for k in gw.runtime.store.list_keys("t1") if k.name and k.name.startswith("browser")]
+    page.click(f'tr[data-key="{row.id}"] a.revoke')
+    assert "cannot be undone" in page.inner_text("main")
+    page.click("#confirm-revoke")
+    assert f"Key {row.id} revoked." in page.inner_text("#notice")
+    assert page.evaluate("window.__xss") is None
+    with openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=10) as c:
+
+        def refused() -> bool:
+            try:
+                c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+            except openai.AuthenticationError:
+                return True
+            return False
+
+        assert until(refused, timeout=10)
+
+    page.click("text=Audit")
+    assert page.get_attribute("#chain", "data-ok") == "true"
+    page.fill('input[name="action"]', "keys.write")
+    page.click('form.filters button[type="submit"]')
+    rows = page.locator("#audit tr[data-seq]")
+    assert rows.count() == 2
+    assert "POST /ui/keys" in rows.nth(0).inner_text() and f"/ui/keys/{row.id}/revoke" in rows.nth(1).inner_text()
+    assert all(rows.nth(i).locator("td").nth(3).inner_text() == "admin" for i in range(2))
+    with page.expect_download() as download:
+        page.click("#export")
+    lines = Path(download.value.path()).read_text().splitlines()
+    entries = [json.loads(x) for x in lines][:-1]  # the last line is the export's trailer
+    assert [x["target"] for x in entries] == [row.id, row.id] and key not in "".join(lines)
     context.close()

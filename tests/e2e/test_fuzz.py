@@ -440,6 +440,19 @@ ROUTES = [
     Route("POST", "/mcp", "mcp", {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fz_tool", "arguments": {"amount": 1}}}),
     Route("GET", "/api/slo", "admin"),
     Route("GET", "/ui/slo", "dashboard"),
+    Route("GET", "/ui/keys", "dashboard", query=("tenant", "state", "revoked")),
+    Route("POST", "/ui/keys", "dashboard", form=True),
+    Route("GET", "/ui/keys/{key_id}/revoke", "dashboard"),
+    Route("POST", "/ui/keys/{key_id}/revoke", "dashboard", form=True),
+    Route("GET", "/ui/audit", "dashboard", query=("since", "until", "actor", "action", "tenant", "after")),
+    Route("GET", "/ui/audit/export", "dashboard", query=("since", "until", "actor", "action", "tenant")),
+    Route("GET", "/ui/users", "dashboard", query=("tenant", "done")),
+    Route("POST", "/ui/users", "dashboard", form=True),
+    Route("POST", "/ui/users/{user_id}/role", "dashboard", form=True),
+    Route("POST", "/ui/users/{user_id}/disable", "dashboard", form=True),
+    Route("GET", "/ui/teams", "dashboard", query=("tenant", "done")),
+    Route("POST", "/ui/teams", "dashboard", form=True),
+    Route("GET", "/ui/roles", "dashboard"),
     Route("GET", "/ui/sso/{provider}/login", "sso", query=("next",)),
     Route("GET", "/ui/sso/{provider}/callback", "sso", query=("code", "state", "error")),
     Route("GET", "/api/whoami", "admin"),
@@ -691,7 +704,8 @@ def _export(r: httpx.Response, where: str) -> None:
 def _check_page(sent: Sent, r: httpx.Response, where: str) -> None:
     """HTML or a redirect within the dashboard; SSO sign-in also starts at the (loopback) issuer."""
     status, ctype = r.status_code, r.headers.get("content-type", "")
-    assert status in (303, 307) or ctype.startswith("text/html"), f"{status} {ctype} for {where}"
+    download = status == 200 and sent.route.path == "/ui/audit/export" and ctype == "application/x-ndjson"
+    assert status in (303, 307) or ctype.startswith("text/html") or download, f"{status} {ctype} for {where}"
     if status in (303, 307):
         allowed = ("/ui", "http://127.0.0.1:") if sent.route.family == "sso" else ("/ui",)
         assert r.headers["location"].startswith(allowed), where

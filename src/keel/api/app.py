@@ -37,12 +37,14 @@ from keel.api.rag_search import RagSearchEdge
 from keel.api.responses import ResponsesEdge
 from keel.api.sso_admin import SsoAdmin
 from keel.api.tenancy_admin import TenancyAdmin
+from keel.audit.log import AuditLog
 from keel.audit.siem import SiemShipper
 from keel.config.sections.server import CorsConfig
 from keel.dashboard.pages import Dashboard
 from keel.errors import KeelError, NotFound, RequestError
 from keel.gateway.warmth import WarmthBook
 from keel.runtime.components import Runtime
+from keel.tenancy.directory import Directory
 from keel.tenancy.sso import SignOn
 from keel.wire.anthropic_response import error_json as anthropic_error_json
 
@@ -144,6 +146,8 @@ def create_app(runtime: Runtime) -> FastPath:
         runtime.config.admin_token,
         stuck_after=runtime.config.jobs.stuck_after,
         slos=slos_of(runtime.config.models),
+        audit=runtime.find(AuditLog),
+        directory=runtime.find(Directory),
         sign_on=runtime.find(SignOn),
         session_secret=runtime.config.sso.session_secret,
         session_ttl_s=runtime.config.sso.session_ttl_s,

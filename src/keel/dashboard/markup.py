@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 
 class Safe(str):
     """Markup that is already escaped."""
 
     __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """A page for the dashboard to lay out: its title, body and status."""
+
+    title: str
+    body: Safe
+    status: int = 200
 
 
 def esc(value: object) -> Safe:
@@ -78,15 +88,32 @@ pre{white-space:pre-wrap;word-break:break-word;background:#fff;border:1px solid 
 .login{max-width:340px;margin:10vh auto;background:#fff;padding:1.4em;border:1px solid #e3e6ec}
 .add{color:#0a6b2a}.del{color:#a40000}.rollout{background:#fff;border:1px solid #e3e6ec;padding:.4em .8em;margin:.4em 0}
 #facts th{width:18em}.login form{display:flex;flex-direction:column;gap:.6em}nav.windows a{margin-right:.6em}nav.windows a.on{font-weight:700}
+.notice{color:#0a6b2a}.ok{color:#0a6b2a}details pre{max-height:20em;overflow:auto}td.matrix{text-align:center}
 """
 
 
-def layout(title: str, body: Safe, *, signed_in: bool = True, who: str | None = None) -> Safe:
-    nav = Safe(
-        '<a href="/ui">Overview</a><a href="/ui/traces">Traces</a><a href="/ui/jobs">Jobs</a><a href="/ui/prompts">Prompts</a>'
-        '<a href="/ui/evals">Evals</a><a href="/ui/slo">SLOs</a><a href="/ui/approvals">Approvals</a>'
-        + (str(h('<span id="whoami">{}</span>', who)) if who else "")
-        + '<form method="post" action="/ui/logout"><button type="submit">Log out</button></form>'
+NAV = (
+    ("/ui", "Overview"),
+    ("/ui/traces", "Traces"),
+    ("/ui/jobs", "Jobs"),
+    ("/ui/prompts", "Prompts"),
+    ("/ui/evals", "Evals"),
+    ("/ui/slo", "SLOs"),
+    ("/ui/keys", "Keys"),
+    ("/ui/audit", "Audit"),
+)
+
+
+def layout(
+    title: str, body: Safe, *, signed_in: bool = True, nav: Sequence[tuple[str, str]] = NAV, who: str | None = None
+) -> Safe:
+    """The page around `body`; signed in, a header with `nav` (the pages the actor may open), who is signed
+    in, and Log out."""
+    links = join(h('<a href="{}">{}</a>', path, label) for path, label in nav)
+    header = h(
+        '{}{}<form method="post" action="/ui/logout"><button type="submit">Log out</button></form>',
+        links,
+        h('<span id="whoami">{}</span>', who) if who else Safe(""),
     )
     return h(
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{} · Keel</title>'
@@ -94,6 +121,6 @@ def layout(title: str, body: Safe, *, signed_in: bool = True, who: str | None = 
         "<body><header><b>Keel</b>{}</header><main>{}</main></body></html>",
         title,
         Safe(CSS),
-        nav if signed_in else Safe(""),
+        header if signed_in else Safe(""),
         body,
     )

@@ -98,17 +98,22 @@ def _list_row(r: TraceRecord) -> Safe:
 # ---- one trace ------------------------------------------------------------------------------------
 
 
-def render_trace(r: TraceRecord, spans: list[Span] | None = None) -> Safe:
+def render_trace(r: TraceRecord, spans: list[Span] | None = None, *, content: bool = True) -> Safe:
+    """The whole call; without `content` (the actor's role may not see prompts and responses) everything
+    but them."""
+    hidden = Safe('<p class="muted" id="content-hidden">Hidden: your role does not show prompts and responses.</p>')
     return join(
         [
             h('<h1>Trace <code id="trace-id">{}</code></h1>', r.id),
             _facts(r),
             h("<h2>Spans</h2>{}", _spans(r, spans or [])),
-            h('<h2>Messages</h2><div id="messages">{}</div>', _messages(r.request)),
-            h('<h2>Response</h2><div id="response">{}</div>', _response(r)),
+            h('<h2>Messages</h2><div id="messages">{}</div>', _messages(r.request) if content else hidden),
+            h('<h2>Response</h2><div id="response">{}</div>', _response(r) if content else hidden),
             h("<h2>Attempts</h2>{}", _attempts(r.attempt_log)),
             h('<h2>Routing decision</h2><pre id="route">{}</pre>', _json(r.route) if r.route else "–"),
-            h("<h2>Raw request</h2><details><summary>JSON</summary><pre>{}</pre></details>", _json(r.request)),
+            h("<h2>Raw request</h2><details><summary>JSON</summary><pre>{}</pre></details>", _json(r.request))
+            if content
+            else Safe(""),
         ]
     )
 
