@@ -2,8 +2,8 @@
 scores per stage (lexical, vector, fused, rerank) and why each was kept.
 
 Body: `{"query", "top_k"?, "filters"?, "mode"?, "candidates"?, "freshness"?: {"half_life_days"}}`. With a
-virtual key the search runs as that key (its tenant, its user, its groups: keel.rag.acl); the body cannot name anyone else. A person
-(an operator, or a user holding `rag.search`) names the `tenant` (a user: only their own, the default),
+virtual key the search runs as that key (its tenant, its user, its groups: keel.rag.acl); the body cannot
+name anyone else. A person (an operator, or a user holding `rag.search`) names the `tenant` (a user: only their own, the default),
 and may name `user` and `groups` to search as them, or `"all": true` for the tenant's every document,
 and `build` to search a shadow build.
 """
