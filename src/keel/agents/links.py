@@ -43,9 +43,9 @@ class Links:
 
     def check(self, call_id: str, action: str, sig: str, exp: str, now: float) -> str | None:
         """None when the link is genuine and unexpired; else why not."""
-        if action not in ACTIONS or not exp.isdigit() or len(exp) > 12:
+        if action not in ACTIONS or not (exp.isascii() and exp.isdigit()) or len(exp) > 12:  # '¹'.isdigit() too
             return "the link is malformed"
-        if not hmac.compare_digest(self._sig(call_id, action, int(exp)), sig):
+        if not hmac.compare_digest(self._sig(call_id, action, int(exp)).encode(), sig.encode()):  # sig: any text
             return "the link's signature does not match"
         if int(exp) <= now:
             return "the link has expired"

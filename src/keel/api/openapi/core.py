@@ -82,19 +82,14 @@ CALL: Schema = obj(
     cost_usd=null(NUM),
 )
 PURGE: Schema = obj(
-    ("tenant", "traces", "blobs"),
-    tenant=STR,
-    user=null(STR),
-    traces=INT,
-    blobs=INT,
-    cache_entries=null(INT),
-    vectors=null(INT),
-    rollups=INT,
-    keys_revoked=INT,
-    keys_deleted=INT,
-    limit_overrides=INT,
-    tenant_deleted=BOOL,
+    ("subject", "started_at", "finished_at", "counts", "notes", "audit_seq", "digest"),
+    subject=obj(("tenant", "user"), tenant=STR, user=null(STR)),
+    started_at=TIME,
+    finished_at=TIME,
+    counts={"type": "object", "additionalProperties": INT, "description": "rows (or files) deleted per store"},
     notes=arr(STR),
+    audit_seq=null(INT),
+    digest=STR,
 )
 SWEEP: Schema = obj(("traces", "blobs"), traces=INT, blobs=INT, orphan_blobs=INT, by_tenant=OBJ)
 USAGE_ROW: Schema = obj(
@@ -184,7 +179,7 @@ CORE: tuple[Op, ...] = (
     Op(
         "POST",
         "/api/tenants/{name}/purge",
-        "Delete a tenant's data, or one user's",
+        "Delete a tenant (every store, its keys and row), or one user's data: the receipt",
         {200: PURGE},
         body=obj(user=NAME, revoke_keys=BOOL, delete_tenant=BOOL) | {"additionalProperties": False},
         body_required=False,

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from keel import __version__
-from keel.api.openapi import agents, core, evals, jobs, prompts, rag
+from keel.api.openapi import agents, core, evals, jobs, prompts, rag, tenancy
 from keel.api.openapi.agents import AGENTS
 from keel.api.openapi.core import CORE
 from keel.api.openapi.evals import EVALS
@@ -22,6 +22,7 @@ from keel.api.openapi.meta import META
 from keel.api.openapi.prompts import PROMPTS
 from keel.api.openapi.rag import RAG
 from keel.api.openapi.spec import SLUG, STR, Op, Schema, null, obj
+from keel.api.openapi.tenancy import TENANCY
 
 AREAS: dict[str, tuple[Op, ...]] = {
     "admin": CORE,
@@ -30,13 +31,14 @@ AREAS: dict[str, tuple[Op, ...]] = {
     "evals": EVALS,
     "rag": RAG,
     "agents": AGENTS,
+    "tenancy": TENANCY,
     "meta": META,
 }
 
 # Shapes shown by name under components/schemas (each area's NAMED): where an Op uses that very schema
 # object, the document refers to it by name instead of repeating it.
 NAMED: dict[str, Schema] = {
-    name: schema for area in (core, jobs, prompts, evals, rag, agents) for name, schema in area.NAMED.items()
+    name: schema for area in (core, jobs, prompts, evals, rag, agents, tenancy) for name, schema in area.NAMED.items()
 }
 ERROR: Schema = obj(
     ("error",),
@@ -104,7 +106,7 @@ def operation(op: Op, tag: str) -> dict[str, Any]:
     ]
     responses: dict[str, Any] = {}
     for status, schema in sorted(op.ok.items()):
-        content: dict[str, Any] = {"application/json": {"schema": schema}}
+        content: dict[str, Any] = {media: {"schema": schema} for media in op.media}
         if op.streams and status == 200:
             content["text/event-stream"] = {"schema": SSE_EVENT}
         responses[str(status)] = {"description": "OK" if status < 300 else "Conflict", "content": content}

@@ -13,8 +13,9 @@ from typing import Any
 Schema = dict[str, Any]
 
 # Security requirements (OpenAPI: any one of the listed entries suffices). Every scheme is a bearer token.
-ADMIN: tuple[str, ...] = ("adminToken",)
-EITHER: tuple[str, ...] = ("adminToken", "virtualKey")  # the admin token (any tenant) or a tenant's key (its own)
+# the admin token, a person's personal access token or SSO JWT (as their roles allow), or a tenant's virtual key
+ADMIN: tuple[str, ...] = ("adminToken", "personalAccessToken", "jwtBearer")
+EITHER: tuple[str, ...] = (*ADMIN, "virtualKey")
 KEY: tuple[str, ...] = ("virtualKey",)
 PUBLIC: tuple[str, ...] = ()
 
@@ -45,6 +46,7 @@ class Op:
     errors: tuple[int, ...] = COMMON_ERRORS
     extra_content: dict[str, Schema] = field(default_factory=dict)  # more request media types (multipart …)
     streams: bool = False  # a 200 may be text/event-stream (`"stream": true`)
+    media: tuple[str, ...] = ("application/json",)  # the success answers' media types (an export: ndjson, csv)
     description: str = ""
 
 
@@ -109,4 +111,5 @@ def q(name: str, schema: Schema = STR, description: str = "", required: bool = F
     return Param(name, schema, description, required)
 
 
+USER_SCHEMES = ADMIN  # the admin API's people
 TENANT_Q = q("tenant", SLUG, "the tenant (admin token); a virtual key acts on its own tenant")
