@@ -12,7 +12,8 @@ import pytest
 
 from keel.store.open import open_store
 from keel.store.protocols import Store, StoredResponse
-from keel.traces.retention import RetentionPolicy, purge, sweep
+from keel.tenancy.deletion import Stores, purge
+from keel.traces.retention import RetentionPolicy, sweep
 
 NOW = time.time()
 
@@ -86,5 +87,5 @@ def test_retention_sweep_and_purge_delete_responses(store: Store) -> None:
     assert report.responses == 1
     assert store.get_response("acme", "resp_old") is None and store.get_response("acme", "resp_recent") is not None
     assert store.get_response("forever", "resp_kept") is not None
-    purged = asyncio.run(purge(store, None, None, None, "forever"))
-    assert purged.responses == 1 and store.get_response("forever", "resp_kept") is None
+    receipt = asyncio.run(purge(Stores(store), "forever"))
+    assert receipt.counts["responses"] == 1 and store.get_response("forever", "resp_kept") is None

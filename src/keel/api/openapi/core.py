@@ -280,7 +280,7 @@ NAMED: dict[str, Schema] = {
     "Trace": TRACE,
     "TraceDetail": FULL_TRACE,
     "ReplayedCall": CALL,
-    "PurgeReport": PURGE,
+    "PurgeReceipt": PURGE,
     "SweepReport": SWEEP,
     "UsageRow": USAGE_ROW,
     "Slo": SLO,
