@@ -130,6 +130,7 @@ def test_the_int8_embedder_serves_paraphrases_with_its_own_vectors_and_threshold
     (tmp_path / "b").mkdir()
     raw = semantic_config(up, tmp_path / "b", vectors, embedder="local-int8")
     del raw["cache"]["semantic"]["threshold"]
+    raw["cache"]["read_timeout_ms"] = 30_000  # a loaded CI machine: this test is about matching, not speed
     int8 = make_gateway(raw)
     assert int8.runtime.config.cache.semantic.served_threshold == 0.966
     _, h = ask(int8, PARAPHRASE)
