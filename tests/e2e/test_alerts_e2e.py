@@ -7,7 +7,7 @@ from typing import Any
 
 import openai
 
-from keel.alerts.sender import sign
+from keel.wire.webhook import sign
 from keel.testing import FakeUpstream
 from tests.conftest import base_config, until
 from tests.unit.test_alerts import Receiver, receiver  # noqa: F401  (the fixture)

@@ -28,7 +28,6 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-import numpy  # noqa: F401  # imported whole before the gateway's threads import it lazily: hypothesis reads sys.modules["numpy"]
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -41,6 +40,7 @@ import orjson
 
 from keel.store.counters import period_id
 from keel.store.protocols import Charge
+from keel.wire.webhook import sign
 
 if TYPE_CHECKING:
     import aiohttp  # imported when a sender is built: a gateway with no webhook never loads it (~0.2 s of start-up)
@@ -155,12 +155,6 @@ class Decided(Protocol):
 
 
 Event = Crossing | Decided
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """The `x-keel-signature` value for one attempt."""
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
 
 
 def _retryable(status: int) -> bool:

@@ -12,14 +12,12 @@ The request: POST, JSON body `{"source": "keel.audit", "entries": [entry, ...], 
 (entries as `GET /api/audit` shows them, with their chain fields: the receiver can verify the links).
 Headers: `x-keel-event: audit.entries`, `x-keel-delivery-id: audit-<first>-<last>`, `x-keel-timestamp`
 and `x-keel-signature: sha256=<hex HMAC-SHA256 of "{timestamp}.{raw body}">`, the scheme of Keel's other
-webhooks (keel.alerts.sender: a sibling capability, so the three lines are repeated in `sign` here).
+webhooks (keel.wire.webhook.sign, shared with keel.alerts.sender).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +29,7 @@ import orjson
 from keel.audit.log import entry_json
 from keel.config.sections.audit import SiemConfig
 from keel.store.protocols.audit import AuditEntry, AuditStore
+from keel.wire.webhook import sign
 
 if TYPE_CHECKING:
     import aiohttp
@@ -38,12 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("keel.audit")
 MARK = "siem"
 EVENT = "audit.entries"
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """The `x-keel-signature` value: the same scheme as keel.alerts.sender.sign."""
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"sha256={digest}"
 
 
 @dataclass(slots=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from keel.cli import audited
 from keel.cli.context import store
 from keel.cli.output import Failure, emit_json, table, when
 
@@ -44,7 +45,6 @@ def register(p: argparse.ArgumentParser) -> None:
 def run_add(args: argparse.Namespace) -> int:
     from keel.agents.definitions import parse_agent
     from keel.agents.tools import SpecError
-    from keel.audit.log import AuditLog
     from keel.store.protocols.agents import ToolRow
 
     data = {"name": args.name, "model": args.model, "tools": _names(args.tools), "max_steps": args.max_steps,
@@ -60,8 +60,8 @@ def run_add(args: argparse.Namespace) -> int:
             raise Failure(f"no tool {', '.join(missing)} for tenant '{args.tenant}' (keel tools add)")
         before = s.get_agent(args.tenant, agent.name)
         s.put_agent(ToolRow(args.tenant, agent.name, stored, time.time()))
-        AuditLog(s).append("cli", "agent.register", agent.name, tenant=args.tenant,
-                           before=before.spec if before else None, after=stored)  # fmt: skip
+        audited.record(s, "agent.register", agent.name, tenant=args.tenant,
+                       before=before.spec if before else None, after=stored)  # fmt: skip
     if args.json:
         emit_json({"tenant": args.tenant, "name": agent.name, **stored})
     else:
@@ -91,12 +91,10 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    from keel.audit.log import AuditLog
-
     with store(args) as s:
         before = s.get_agent(args.tenant, args.name)
         if before is None or not s.delete_agent(args.tenant, args.name):
             raise Failure(f"no agent '{args.name}' for tenant '{args.tenant}'")
-        AuditLog(s).append("cli", "agent.remove", args.name, tenant=args.tenant, before=before.spec)
+        audited.record(s, "agent.remove", args.name, tenant=args.tenant, before=before.spec)
     print(f"removed agent {args.name}")
     return 0

@@ -20,10 +20,10 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from keel.alerts.sender import sign
 from keel.errors import InvalidRequest
 from keel.jobs.errors import Permanent
 from keel.store.protocols import Job, JobContext
+from keel.wire.webhook import sign
 
 if TYPE_CHECKING:
     import aiohttp
