@@ -7,8 +7,8 @@ from typing import Any
 
 import openai
 
-from keel.wire.webhook import sign
 from keel.testing import FakeUpstream
+from keel.wire.webhook import sign
 from tests.conftest import base_config, until
 from tests.unit.test_alerts import Receiver, receiver  # noqa: F401  (the fixture)
 
