@@ -30,9 +30,11 @@ ASK: Any = [{"role": "user", "content": PROMPT}]
 STATIC = "Keel is degraded right now; please try again shortly."
 DOWN = Script(status=503)
 RESILIENCE = {
-    "ttft_timeout_s": 0.5,
-    "idle_timeout_s": 0.5,
-    "total_timeout_s": 3,
+    # 1.5 s, not less: on a loaded 2-core CI machine a healthy fake upstream's first token can take
+    # longer than 0.5 s, which failed the backup of a fallback test once
+    "ttft_timeout_s": 1.5,
+    "idle_timeout_s": 1.5,
+    "total_timeout_s": 6,
     "backoff_ms": 10,
     "retry_after_cap_s": 1,
     "breaker": {"failures": 3, "cooldown_s": 0.5},
@@ -209,7 +211,7 @@ def test_connection_reset_is_served_by_backup(gw: Gateway, up: FakeUpstream, b: 
 
 def test_slow_first_token_falls_back_invisibly(gw: Gateway, up: FakeUpstream, b: FakeUpstream) -> None:
     # Streams only: a one-body answer has no first token, so only the total deadline applies to it.
-    up.script(Script(ttft=2))  # the TTFT deadline is 0.5 s
+    up.script(Script(ttft=4))  # the TTFT deadline is 1.5 s
     served(ask(gw, stream=True), "target", "backup")
     t = trace(gw)
     assert (t.status, t.attempts) == ("ok", 2)
@@ -262,7 +264,7 @@ def test_stream_cut_mid_answer_raises_in_the_sdk(gw: Gateway, up: FakeUpstream, 
 
 
 def test_stream_stall_raises_in_the_sdk(gw: Gateway, up: FakeUpstream, b: FakeUpstream) -> None:
-    up.script(Script(chunk_delay=2))  # the idle deadline is 0.5 s
+    up.script(Script(chunk_delay=4))  # the idle deadline is 1.5 s
     text, err = broken_stream(gw)
     assert text == "echo: "
     assert isinstance(err.body, dict) and err.body["code"] == "timeout"
