@@ -6,6 +6,7 @@ the provider's notes); other stages may add their own facts to it, and no stage 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 
@@ -38,6 +39,13 @@ class TraceStage:
     async def __call__(self, call: Call, next: Handler) -> Reply:
         try:
             reply = await next(call)
+        except asyncio.CancelledError:
+            # An in-process caller (a job past its timeout, a worker handing work back) stopped waiting
+            # before an answer: the call may still have cost upstream time, so it is recorded too.
+            if call.principal is not None:
+                _closed(call.trace, call.t0)
+                self._put(call, None)
+            raise
         except Exception as exc:
             if call.principal is None:
                 self.unauthenticated += 1
@@ -117,4 +125,10 @@ def _fail(record: TraceRecord, err: KeelError, t0: float) -> None:
     record.error_kind = err.kind
     record.error_message = err.message
     record.http_status = err.status
+    record.latency_ms = (time.perf_counter() - t0) * 1000
+
+
+def _closed(record: TraceRecord, t0: float) -> None:
+    record.status, record.error_kind, record.http_status = "error", "client_closed", 499
+    record.error_message = "the caller stopped waiting before the call was answered"
     record.latency_ms = (time.perf_counter() - t0) * 1000
