@@ -40,6 +40,7 @@ SERVICE_KEY = "keel:rag-rerank"  # the principal's key id of a person's (not a k
 FEATURE = "keel.rag-rerank"
 SETTING_TTL_S = 30.0
 Outcome = Literal["applied", "bad_answer", "timeout", "failed"]
+OUTCOMES: tuple[Outcome, ...] = ("applied", "bad_answer", "timeout", "failed")
 _FIELDS = ("model", "top_n", "weight", "timeout_s")
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 INSTRUCTIONS = (
