@@ -59,7 +59,7 @@ def ids(body: dict[str, Any]) -> list[str]:
 
 
 def test_search_reorders_as_graded_and_skips_bad_answers(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> None:
-    gw, admin, key = start(make_gateway, up, tmp_path)
+    gw, _, key = start(make_gateway, up, tmp_path)
     url = f"{gw.url}/api/rag/collections/kb/search"
     plain = httpx.post(url, json={"query": "vacation days", "rerank": False}, headers=key).json()
     fused = ids(plain)
@@ -151,7 +151,7 @@ def test_overrides_and_the_setting_routes(make_gateway: Any, up: FakeUpstream, t
 
 
 def test_chat_rag_call_reranks_and_its_span_shows_it(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> None:
-    gw, admin, key = start(make_gateway, up, tmp_path)
+    gw, _, key = start(make_gateway, up, tmp_path)
     store = gw.runtime.store
     url = f"{gw.url}/api/rag/collections/kb/search"
     fused = ids(httpx.post(url, json={"query": "How many vacation days do I get?", "rerank": False},
