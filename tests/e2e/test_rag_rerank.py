@@ -59,7 +59,7 @@ def ids(body: dict[str, Any]) -> list[str]:
 
 
 def test_search_reorders_as_graded_and_skips_bad_answers(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> None:
-    gw, _, key = start(make_gateway, up, tmp_path)
+    gw, admin, key = start(make_gateway, up, tmp_path)
     url = f"{gw.url}/api/rag/collections/kb/search"
     plain = httpx.post(url, json={"query": "vacation days", "rerank": False}, headers=key).json()
     fused = ids(plain)
@@ -74,6 +74,12 @@ def test_search_reorders_as_graded_and_skips_bad_answers(make_gateway: Any, up: 
     asked = up.requests[-1]["json"]
     assert asked["model"] == "gpt-4o-mini" and "Query: vacation days" in asked["messages"][1]["content"]
     assert all(f"[{n}] {d.title()}" in asked["messages"][1]["content"] for n, d in enumerate(fused, 1))
+
+    up.script(grades(0, 1, 3))  # a person's search grades as the tenant's rerank service principal
+    as_admin = httpx.post(url, json={"query": "vacation days", "tenant": "t1", "all": True}, headers=admin).json()
+    assert as_admin["rerank"]["outcome"] == "applied" and ids(as_admin) == list(reversed(fused))
+    grader = next(t for t in gw.traces() if t.id == as_admin["rerank"]["trace_id"])
+    assert grader.key_id == "keel:rag-rerank" and grader.tenant == "t1"
 
     up.script(grades(3, 0, 3))
     top_1 = httpx.post(url, json={"query": "vacation days", "top_k": 1}, headers=key).json()
@@ -100,7 +106,7 @@ def test_search_reorders_as_graded_and_skips_bad_answers(make_gateway: Any, up: 
     assert ids(late) == fused
 
     metrics = httpx.get(f"{gw.url}/metrics").text
-    for outcome, n in (("applied", 2), ("bad_answer", 3), ("failed", 1), ("timeout", 1)):
+    for outcome, n in (("applied", 3), ("bad_answer", 3), ("failed", 1), ("timeout", 1)):
         assert f'keel_rag_rerank_total{{outcome="{outcome}"}} {n}' in metrics
 
 
@@ -163,8 +169,9 @@ def test_chat_rag_call_reranks_and_its_span_shows_it(make_gateway: Any, up: Fake
         messages=[{"role": "user", "content": "How many vacation days do I get?"}],
         extra_body={"rag": {"collection": "kb", "top_k": 3}},
     )
-    cited = [c["document_id"] for c in (response.model_extra or {})["citations"]]
-    assert cited == list(reversed(fused))
+    citations = (response.model_extra or {})["citations"]
+    cited = [c["document_id"] for c in citations]
+    assert cited == list(reversed(fused)) and citations[0]["score"] == 1.0  # the blended score (weight 1)
     chat = next(t for t in gw.traces() if t.alias == "sim")
     assert until(lambda: any(s.kind == "retrieval" for s in store.trace_spans(chat.id)))
     retrieval = next(s for s in store.trace_spans(chat.id) if s.kind == "retrieval")

@@ -181,7 +181,7 @@ def _citation(n: int, h: Hit) -> dict[str, Any]:
         "version": h.version,
         "source": h.source,
         "chunk": {"id": h.chunk_id, "ordinal": h.ordinal, "heading_path": list(h.heading_path), "text": h.text},
-        "score": h.scores["fused"],
+        "score": h.scores.get("final", h.scores["fused"]),  # reranked: the blended score the order follows
     }
 
 
