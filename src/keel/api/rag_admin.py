@@ -93,6 +93,7 @@ class RagAdmin:
         tenant = caller.tenant_for(body.get("tenant", request.query_params.get("tenant")))
         c = collection_in(body)
         row, created = await asyncio.to_thread(self._library.create_collection, tenant, c)
+        self._forget_rerank(tenant, c.name)
         return _json(collection_view(row), 201 if created else 200)
 
     async def list_collections(self, request: Request, caller: Actor) -> Response:
@@ -110,6 +111,7 @@ class RagAdmin:
         tenant, name = caller.tenant_for(request.query_params.get("tenant")), request.path_params["collection"]
         await asyncio.to_thread(self._library.collection, tenant, name)
         gone = await self._rt.get(Ingestor).drop_collection(tenant, name)
+        self._forget_rerank(tenant, name)
         return _json({"object": "rag.collection", "name": name, "deleted": True, **gone})
 
     async def set_rerank(self, request: Request, caller: Actor) -> Response:
@@ -125,10 +127,14 @@ class RagAdmin:
 
     async def _rerank(self, tenant: str, name: str, spec: Any) -> Response:
         row = await asyncio.to_thread(self._library.set_rerank, tenant, name, spec)
+        self._forget_rerank(tenant, name)
+        return _json(collection_view(row))
+
+    def _forget_rerank(self, tenant: str, name: str) -> None:
+        """This process reads the new setting at once (others within keel.rag.rerank.SETTING_TTL_S)."""
         reranker = self._rt.find(Reranker)
         if reranker is not None:
             reranker.forget(tenant, name)
-        return _json(collection_view(row))
 
     async def rechunk(self, request: Request, caller: Actor) -> Response:
         """Body {"chunking": {...}}: re-chunk the stored text into a shadow index, then swap (a job)."""
