@@ -130,6 +130,13 @@ def test_overrides_and_the_setting_routes(make_gateway: Any, up: FakeUpstream, t
         refused = httpx.post(url, json={"query": "x", "rerank": bad}, headers=key)
         assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
 
+    from keel.keys.auth import issue_key
+
+    only_sim = issue_key(gw.runtime.store, "t1", name="sim only", models=("sim",)).key
+    limited = httpx.post(url, json={"query": "vacation days"}, headers={"authorization": f"Bearer {only_sim}"})
+    assert limited.status_code == 200 and ids(limited.json()) == fused  # the key may not call the grader's alias
+    assert limited.json()["rerank"]["reason"].startswith("failed: HTTP 404"), limited.json()["rerank"]
+
     setting = f"{gw.url}/api/rag/collections/kb/rerank"
     dropped = httpx.delete(setting, params={"tenant": "t1"}, headers=admin)
     assert dropped.status_code == 200 and dropped.json()["rerank"] is None

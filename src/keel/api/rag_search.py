@@ -67,7 +67,8 @@ class RagSearchEdge:
         query = await self._query(actor, body, collection)
         assert self._index is not None and self._reranker is not None
         try:
-            result = await self._reranker.search(self._index, query, body.get("rerank"), "rerank", actor.principal)
+            rerank, who = body.get("rerank"), actor.principal
+            result = await self._reranker.search(self._index, query, rerank, "rerank", who, actor.models)
         except NoIndex:
             raise NotFound(f"Collection '{collection}' has no index in tenant '{query.tenant}'.") from None
         return Response(orjson.dumps(result_json(collection, result)), 200, media_type=JSON_TYPE)

@@ -189,18 +189,33 @@ class Reranker:
         self._known.pop((tenant, collection), None)
 
     async def search(
-        self, index: Index, query: SearchQuery, raw: object, param: str, principal: Principal | None
+        self,
+        index: Index,
+        query: SearchQuery,
+        raw: object,
+        param: str,
+        principal: Principal | None,
+        allowed: tuple[str, ...] | None = None,
     ) -> SearchResult:
-        """`index.search(query)`, reranked as the request (`raw`: its `rerank` field) and the collection ask."""
+        """`index.search(query)`, reranked as the request (`raw`: its `rerank` field) and the collection ask;
+        the grading call runs as `principal` with its key's aliases (`allowed`), so a key limited to some
+        aliases cannot grade with another (the call fails and reranking is skipped, saying so)."""
         spec = choose(raw, await self.setting(query.tenant, query.collection), param)
         if spec is None:
             return await index.search(query)
         wide = dataclasses.replace(query, top_k=max(query.top_k, spec.top_n))
         result = await index.search(wide)
-        return await self.rerank(result, query.text, spec, query.top_k, principal, query.tenant)
+        return await self.rerank(result, query.text, spec, query.top_k, principal, query.tenant, allowed)
 
     async def rerank(
-        self, result: SearchResult, query: str, spec: RerankSpec, top_k: int, principal: Principal | None, tenant: str
+        self,
+        result: SearchResult,
+        query: str,
+        spec: RerankSpec,
+        top_k: int,
+        principal: Principal | None,
+        tenant: str,
+        allowed: tuple[str, ...] | None = None,
     ) -> SearchResult:
         """`result` reordered by the grades, or as it is with the reason reranking was skipped."""
         hits = list(result.hits[: spec.top_n])
@@ -210,7 +225,7 @@ class Reranker:
             report.update(outcome="skipped", reason="no candidates")
             return _with(result, result.hits[:top_k], report, started)
         who = principal if principal is not None else Principal(tenant, SERVICE_KEY, "rag rerank")
-        caller = Caller(who, timeout_s=spec.timeout_s, feature=FEATURE)
+        caller = Caller(who, allowed=allowed, timeout_s=spec.timeout_s, feature=FEATURE)
         body = {"model": spec.model, "messages": prompt(query, hits), "temperature": 0}
         outcome, grades, reason, trace = await self._ask(body, caller, spec.timeout_s, len(hits))
         self.outcomes[outcome] += 1

@@ -96,7 +96,8 @@ class RetrieveStage:
         )
         started = time.time()
         try:
-            result = await self._reranker.search(self._index, query, rag.get("rerank"), "rag.rerank", principal)
+            rerank = rag.get("rerank")
+            result = await self._reranker.search(self._index, query, rerank, "rag.rerank", principal, call.allowed)
         except NoIndex:
             raise NotFound(f"RAG collection '{collection}' has no index in this tenant.") from None
         except BadSearch as err:
