@@ -43,6 +43,20 @@ def test_collections_are_created_once(store: Store) -> None:
     )
 
 
+def test_a_collections_rerank_setting_is_kept_and_cleared(store: Store) -> None:
+    setting = {"model": "judge", "top_n": 5, "weight": 0.5, "timeout_s": 2.0}
+    row = CollectionRow("t1", "kb", "local", {}, None, 1.0, 1.0, setting)
+    assert store.create_collection(row) == (row, True) and store.get_collection("t1", "kb") == row
+    assert store.create_collection(CollectionRow("t1", "plain", "local", {}, None, 1.0, 1.0))[0].rerank is None
+    cleared = store.set_collection_rerank("t1", "kb", None, 2.0)
+    assert cleared is not None and cleared.rerank is None and cleared.updated_at == 2.0
+    again = store.set_collection_rerank("t1", "kb", {**setting, "top_n": 9}, 3.0)
+    assert again is not None and again.rerank == {**setting, "top_n": 9}
+    assert store.list_collections("t1")[0].rerank == {**setting, "top_n": 9}
+    assert store.set_collection_rerank("t1", "nope", setting, 4.0) is None
+    assert store.set_collection_rerank("t2", "kb", setting, 4.0) is None
+
+
 def test_versions_unchanged_puts_updates_and_tombstones(store: Store) -> None:
     first, result = store.put_document(doc(metadata={"b": 1, "a": [1]}, users=("u",)), "k1", 10.0)
     assert (first.version, first.status, result) == (1, "queued", "created")

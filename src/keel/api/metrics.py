@@ -18,6 +18,7 @@ from keel.dashboard.throttle import LoginStats
 from keel.errors import AuthError
 from keel.gateway.warmth import STATES, WarmthBook
 from keel.jobs.pool import JobPool
+from keel.rag.rerank import OUTCOMES, Reranker
 from keel.runtime.components import Runtime
 from keel.traces.metrics import CONTENT_TYPE, Family, Kind, Labels
 
@@ -36,7 +37,13 @@ class MetricsEndpoint:
         if self._token is not None and not hmac.compare_digest((bearer(request) or "").encode(), self._token):
             return error_response(AuthError("/metrics needs the admin token (metrics.require_token is true)."))
         assert self._rt.metrics is not None  # the route exists only when metrics are enabled
-        families = [*await self._breakers(), *self._process(), *self._cold_starts(), *await self._jobs()]
+        families = [
+            *await self._breakers(),
+            *self._process(),
+            *self._cold_starts(),
+            *await self._jobs(),
+            *self._rerank(),
+        ]
         body = self._rt.metrics.render(families)
         return Response(body, 200, media_type=CONTENT_TYPE)
 
@@ -151,6 +158,16 @@ class MetricsEndpoint:
                 )
             )
         return out
+
+    def _rerank(self) -> list[Family]:
+        """RAG reranking outcomes in this process (keel.rag.rerank): applied, or why it was skipped."""
+        reranker = self._rt.find(Reranker)
+        if reranker is None:
+            return []
+        counts = [({"outcome": o}, float(reranker.outcomes[o])) for o in OUTCOMES]
+        return [
+            Family("keel_rag_rerank_total", "counter", "RAG rerank calls, by outcome (skipped unless applied).", counts)
+        ]
 
     def _cold_starts(self) -> list[Family]:
         """Self-hosted servers' readiness (gateway/warmth.py), per target and per provider."""

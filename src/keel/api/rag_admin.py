@@ -27,10 +27,11 @@ from keel.api.guard import Guard, Handler
 from keel.api.openai import JSON_TYPE
 from keel.errors import InvalidRequest, KeelError, NotFound
 from keel.rag.chunk import ChunkingSpec
-from keel.rag.collections import SpecError, check_name, collection_in, collection_view
+from keel.rag.collections import SpecError, check_name, collection_in, collection_view, rerank_in
 from keel.rag.documents import KIND_RECHUNK, Library, check_id, document_view, fields_from
 from keel.rag.ingest import Ingestor
 from keel.rag.parse import kind_of
+from keel.rag.rerank import Reranker
 from keel.runtime.components import Runtime
 from keel.store.protocols.rag_docs import DOC_STATUSES
 from keel.tenancy.actor import Actor
@@ -66,6 +67,8 @@ class RagAdmin:
             r(base + "/{collection}", self.get_collection, "GET", "rag.read"),
             r(base + "/{collection}", self.drop_collection, "DELETE", "rag.write"),
             r(base + "/{collection}/rechunk", self.rechunk, "POST", "rag.write"),
+            r(base + "/{collection}/rerank", self.set_rerank, "PUT", "rag.write"),
+            r(base + "/{collection}/rerank", self.drop_rerank, "DELETE", "rag.write"),
             r(doc, self.list_documents, "GET", "rag.read"),
             r(doc + "/{id:path}", self.put, "PUT", "rag.write"),
             r(doc + "/{id:path}", self.get_document, "GET", "rag.read"),
@@ -90,6 +93,7 @@ class RagAdmin:
         tenant = caller.tenant_for(body.get("tenant", request.query_params.get("tenant")))
         c = collection_in(body)
         row, created = await asyncio.to_thread(self._library.create_collection, tenant, c)
+        self._forget_rerank(tenant, c.name)
         return _json(collection_view(row), 201 if created else 200)
 
     async def list_collections(self, request: Request, caller: Actor) -> Response:
@@ -107,7 +111,30 @@ class RagAdmin:
         tenant, name = caller.tenant_for(request.query_params.get("tenant")), request.path_params["collection"]
         await asyncio.to_thread(self._library.collection, tenant, name)
         gone = await self._rt.get(Ingestor).drop_collection(tenant, name)
+        self._forget_rerank(tenant, name)
         return _json({"object": "rag.collection", "name": name, "deleted": True, **gone})
+
+    async def set_rerank(self, request: Request, caller: Actor) -> Response:
+        """Body {model, top_n?, weight?, timeout_s?} (and `tenant` for an operator): the collection's reranking."""
+        body = await self._json(request, self._body_limit)
+        tenant = caller.tenant_for(body.pop("tenant", request.query_params.get("tenant")))
+        spec = rerank_in(body, "")
+        return await self._rerank(tenant, request.path_params["collection"], spec)
+
+    async def drop_rerank(self, request: Request, caller: Actor) -> Response:
+        tenant = caller.tenant_for(request.query_params.get("tenant"))
+        return await self._rerank(tenant, request.path_params["collection"], None)
+
+    async def _rerank(self, tenant: str, name: str, spec: Any) -> Response:
+        row = await asyncio.to_thread(self._library.set_rerank, tenant, name, spec)
+        self._forget_rerank(tenant, name)
+        return _json(collection_view(row))
+
+    def _forget_rerank(self, tenant: str, name: str) -> None:
+        """This process reads the new setting at once (others within keel.rag.rerank.SETTING_TTL_S)."""
+        reranker = self._rt.find(Reranker)
+        if reranker is not None:
+            reranker.forget(tenant, name)
 
     async def rechunk(self, request: Request, caller: Actor) -> Response:
         """Body {"chunking": {...}}: re-chunk the stored text into a shadow index, then swap (a job)."""

@@ -1,7 +1,8 @@
 """`POST /api/rag/collections/{collection}/search`: hybrid search over HTTP, hits with their document,
 scores per stage (lexical, vector, fused, rerank) and why each was kept.
 
-Body: `{"query", "top_k"?, "filters"?, "mode"?, "candidates"?, "freshness"?: {"half_life_days"}}`. With a
+Body: `{"query", "top_k"?, "filters"?, "mode"?, "candidates"?, "freshness"?: {"half_life_days"}, "rerank"?}`
+(`rerank`: fields overriding the collection's reranking, or false; keel.rag.rerank). With a
 virtual key the search runs as that key (its tenant, its user, its groups: keel.rag.acl); the body cannot
 name anyone else. A person (an operator, or a user holding `rag.search`) names the `tenant` (a user: only their own, the default),
 and may name `user` and `groups` to search as them, or `"all": true` for the tenant's every document,
@@ -22,6 +23,7 @@ from keel.api.guard import Guard
 from keel.api.openai import JSON_TYPE, read_json
 from keel.errors import InvalidRequest, KeelError, NotFound, PermissionDenied
 from keel.rag.index import Index, NoIndex
+from keel.rag.rerank import Reranker
 from keel.rag.retrieve import KeyGroups
 from keel.rag.search import (
     MAX_CANDIDATES,
@@ -36,7 +38,9 @@ from keel.rag.search import (
 from keel.runtime.components import Runtime
 from keel.tenancy.actor import Actor
 
-_FIELDS = {"query", "top_k", "filters", "mode", "candidates", "freshness", "tenant", "user", "groups", "all", "build"}
+_FIELDS = {
+    "query", "top_k", "filters", "mode", "candidates", "freshness", "tenant", "user", "groups", "all", "build", "rerank",
+}  # fmt: skip
 _ADMIN_ONLY = ("tenant", "user", "groups", "all", "build")
 
 
@@ -45,6 +49,7 @@ class RagSearchEdge:
         self._rt = runtime
         self._index = runtime.find(Index)  # absent when a runtime is built without keel.rag.builder
         self._groups = runtime.find(KeyGroups)
+        self._reranker = runtime.find(Reranker)
         self._guard = guard
         self._bounds = Bounds.of(runtime.config.server)
 
@@ -60,9 +65,10 @@ class RagSearchEdge:
             raise InvalidRequest("The request body must be a JSON object.", None)
         collection = request.path_params["collection"]
         query = await self._query(actor, body, collection)
-        assert self._index is not None
+        assert self._index is not None and self._reranker is not None
         try:
-            result = await self._index.search(query)
+            rerank, who = body.get("rerank"), actor.principal
+            result = await self._reranker.search(self._index, query, rerank, "rerank", who, actor.models)
         except NoIndex:
             raise NotFound(f"Collection '{collection}' has no index in tenant '{query.tenant}'.") from None
         return Response(orjson.dumps(result_json(collection, result)), 200, media_type=JSON_TYPE)
@@ -138,6 +144,7 @@ def result_json(collection: str, result: SearchResult) -> dict[str, Any]:
         "fusion": result.fusion,
         "candidates": dict(result.candidates),
         "timings_ms": dict(result.ms),
+        "rerank": dict(result.rerank) if result.rerank is not None else None,
         "data": [
             {
                 "document": {

@@ -4,7 +4,9 @@
 hit with its scores and why it was kept. `reindex` rebuilds a collection's index for another embedding
 model in a shadow build with a progress bar, then swaps; if it fails the old index keeps serving (exit 1).
 `eval` prints nDCG@10, Recall@10/100 and MRR@10 of hybrid search beside BM25-only and vector-only on
-the same index. `groups` sets the groups a virtual key searches as (keel.rag.acl).
+the same index; `--rerank ALIAS` adds a row of hybrid search reranked by that chat alias (keel.rag.rerank,
+through a gateway runtime built from the config, as the tenant's rerank service principal), with how many
+queries the reranker skipped. `groups` sets the groups a virtual key searches as (keel.rag.acl).
 The verbs join the `rag` noun (`register_verbs`), whose ingestion verbs live in keel.cli.rag.
 """
 
@@ -57,6 +59,10 @@ def register_verbs(verbs: Any) -> None:
     _tenant(e)
     e.add_argument("--queries", required=True, type=Path, help="JSON lines: {_id, text}")
     e.add_argument("--qrels", required=True, type=Path, help="TSV: query-id, corpus-id, score")
+    e.add_argument("--rerank", metavar="ALIAS", help="add a row reranked by this chat alias (through the gateway)")
+    e.add_argument("--rerank-top-n", type=int, default=20, help="candidates graded per query (1-50)")
+    e.add_argument("--rerank-weight", type=float, default=0.7, help="the grade's share of the final score (0-1)")
+    e.add_argument("--rerank-timeout", type=float, default=30.0, help="seconds per grading call")
     e.add_argument("--json", action="store_true")
     e.set_defaults(run=run_eval)
     b = verbs.add_parser("builds", help="a collection's index builds: model, state, chunks")
@@ -161,33 +167,81 @@ def run_reindex(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from keel.rag import evaluate
-    from keel.rag.search import SearchQuery
 
     try:
         queries = evaluate.read_queries(args.queries)
         qrels = evaluate.read_qrels(args.qrels)
     except (OSError, ValueError) as exc:
         raise Failure(str(exc)) from None
-
-    async def body(index: Index) -> dict[str, evaluate.Scores]:
-        out = {}
-        for mode in ("hybrid", "lexical", "vector"):
-            run = {}
-            for qid, text in queries.items():
-                q = SearchQuery(args.tenant, args.collection, text, 100, everything=True, mode=mode)
-                run[qid] = [h.document_id for h in (await index.search(q)).hits]
-            out[mode] = evaluate.score(run, qrels)
-        return out
-
-    scores = _with_index(args, body)
     names = {"hybrid": "hybrid", "lexical": "BM25 only", "vector": "vector only"}
+    if args.rerank:
+        scores, skipped = _reranked_eval(args, queries, qrels)
+        names["rerank"] = f"hybrid + rerank {args.rerank}"
+    else:
+        scores, skipped = _with_index(args, lambda index: _eval_runs(index, None, args, queries, qrels)), None
     if args.json:
-        emit_json({names[m]: _scores(s) for m, s in scores.items()})
+        emit_json({names[m]: _scores(s) for m, s in scores.items()} | ({"rerank_skipped": skipped} if skipped else {}))
         return 0
     rows = [[names[m], f"{s.ndcg10:.3f}", f"{s.recall10:.3f}", f"{s.recall100:.3f}", f"{s.mrr10:.3f}", s.queries]
             for m, s in scores.items()]  # fmt: skip
     table(["search", "nDCG@10", "Recall@10", "Recall@100", "MRR@10", "queries"], rows)
+    if skipped:
+        print("reranking skipped for " + ", ".join(f"{n} quer{'y' if n == 1 else 'ies'} ({why})"
+                                                    for why, n in sorted(skipped.items())))  # fmt: skip
     return 0
+
+
+async def _eval_runs(index: Index, rerank: Any, args: argparse.Namespace, queries: Any, qrels: Any) -> dict[str, Any]:
+    """Scores per mode (and, with `rerank` = (Reranker, RerankSpec), of hybrid reranked)."""
+    from keel.rag import evaluate
+    from keel.rag.search import SearchQuery
+
+    out = {}
+    runs: dict[str, dict[str, list[str]]] = {"hybrid": {}, "lexical": {}, "vector": {}, "rerank": {}}
+    for mode in ("hybrid", "lexical", "vector"):
+        for qid, text in queries.items():
+            q = SearchQuery(args.tenant, args.collection, text, 100, everything=True, mode=mode)
+            result = await index.search(q)
+            runs[mode][qid] = [h.document_id for h in result.hits]
+            if mode == "hybrid" and rerank is not None:
+                reranker, spec = rerank
+                graded = await reranker.rerank(result, text, spec, 100, None, args.tenant)
+                runs["rerank"][qid] = [h.document_id for h in graded.hits]
+        out[mode] = evaluate.score(runs[mode], qrels)
+    if rerank is not None:
+        out["rerank"] = evaluate.score(runs["rerank"], qrels)
+    return out
+
+
+def _reranked_eval(args: argparse.Namespace, queries: Any, qrels: Any) -> tuple[dict[str, Any], dict[str, int]]:
+    """The eval through a runtime built from the config (no HTTP listener): the reranker needs its gateway."""
+    from keel.cli.context import load_config
+    from keel.rag.index import Index, NoIndex
+    from keel.rag.rerank import Reranker, parse_spec
+    from keel.rag.search import BadSearch
+    from keel.runtime.components import Runtime
+
+    raw = {"model": args.rerank, "top_n": args.rerank_top_n, "weight": args.rerank_weight,
+           "timeout_s": args.rerank_timeout}  # fmt: skip
+    try:
+        spec = parse_spec(raw, "rerank")
+    except BadSearch as exc:
+        raise Failure(f"--{exc.param.replace('.', '-').replace('_', '-')}: {exc}") from None
+
+    async def go() -> tuple[dict[str, Any], dict[str, int]]:
+        runtime = Runtime.build(load_config(args))
+        try:
+            reranker = runtime.get(Reranker)
+            before = dict(reranker.outcomes)
+            scores = await _eval_runs(runtime.get(Index), (reranker, spec), args, queries, qrels)
+            skipped = {o: n - before.get(o, 0) for o, n in reranker.outcomes.items() if o != "applied"}
+            return scores, {o: n for o, n in skipped.items() if n}
+        except NoIndex as exc:
+            raise Failure(str(exc)) from None
+        finally:
+            await runtime.aclose()
+
+    return asyncio.run(go())
 
 
 def _scores(s: Any) -> dict[str, Any]:

@@ -1,13 +1,15 @@
-"""The RAG index's builder: the `Index` (offered to ingestion and the edges), the `retrieve` slot, and
-embedding models by alias through the gateway's providers."""
+"""The RAG index's builder: the `Index` (offered to ingestion and the edges), the `retrieve` slot, the
+`Reranker` (grading through the composed pipeline), and embedding models by alias through the gateway's
+providers."""
 
 from __future__ import annotations
 
 from keel.gateway.builder import GatewayParts
-from keel.gateway.capability import Context, Contribution
+from keel.gateway.capability import Context, Contribution, Pipeline
 from keel.providers.base import Provider
 from keel.rag.index import Index
 from keel.rag.index_models import Models
+from keel.rag.rerank import Reranker
 from keel.rag.retrieve import KeyGroups, RetrieveStage
 from keel.traces.otel import SpanExporter
 from keel.traces.writer import TraceWriter
@@ -29,6 +31,8 @@ def build(ctx: Context) -> Contribution:
     ctx.add(index)
     groups = KeyGroups(ctx.store, index.run)
     ctx.add(groups)
+    reranker = Reranker(lambda: ctx.get(Pipeline).handler, ctx.store, index.run, config.traces.store_payloads)
+    ctx.add(reranker)
     writer, exporter = ctx.get(TraceWriter), ctx.find(SpanExporter)
 
     def put_span(span: Span) -> None:
@@ -36,4 +40,4 @@ def build(ctx: Context) -> Contribution:
         if exporter is not None:
             exporter.put_span(span)
 
-    return Contribution([("retrieve", RetrieveStage(index, groups, put_span))], close=[index.aclose])
+    return Contribution([("retrieve", RetrieveStage(index, groups, put_span, reranker))], close=[index.aclose])

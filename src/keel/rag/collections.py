@@ -15,6 +15,8 @@ from typing import Any
 
 from keel.rag.chunk import ChunkingSpec
 from keel.rag.index import IndexSpec
+from keel.rag.rerank import RerankSpec, parse_spec
+from keel.rag.search import BadSearch
 from keel.store.protocols import CollectionRow
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -36,6 +38,7 @@ class CollectionIn:
     model: str
     chunking: ChunkingSpec
     description: str | None
+    rerank: RerankSpec | None = None
 
 
 def check_name(name: Any, field: str = "name") -> str:
@@ -49,11 +52,11 @@ def check_name(name: Any, field: str = "name") -> str:
 
 
 def collection_in(body: Mapping[str, Any]) -> CollectionIn:
-    """A collection from a request body {name, model?, chunking?, description?}."""
-    unknown = set(body) - {"name", "model", "chunking", "description", "tenant"}
+    """A collection from a request body {name, model?, chunking?, description?, rerank?}."""
+    unknown = set(body) - {"name", "model", "chunking", "description", "tenant", "rerank"}
     if unknown:
         key = sorted(unknown)[0]
-        raise SpecError(f"Unknown field '{key}': use name, model, chunking, description.", key)
+        raise SpecError(f"Unknown field '{key}': use name, model, chunking, description, rerank.", key)
     name = check_name(body.get("name"))
     model = body.get("model", DEFAULT_MODEL)
     if not isinstance(model, str) or not 1 <= len(model) <= 256 or "\x00" in model:
@@ -70,12 +73,23 @@ def collection_in(body: Mapping[str, Any]) -> CollectionIn:
         raise SpecError(
             f"'description' must be a string of at most {MAX_DESCRIPTION} characters, without NUL.", "description"
         )
-    return CollectionIn(name, model, chunking, description)
+    return CollectionIn(name, model, chunking, description, rerank_in(body.get("rerank")))
+
+
+def rerank_in(raw: Any, param: str = "rerank") -> RerankSpec | None:
+    """A collection's reranking setting (keel.rag.rerank) from a body; None (or absent): none."""
+    if raw is None:
+        return None
+    try:
+        return parse_spec(raw, param)
+    except BadSearch as err:
+        raise SpecError(str(err), err.param) from None
 
 
 def new_row(tenant: str, c: CollectionIn, now: float | None = None) -> CollectionRow:
     at = time.time() if now is None else now
-    return CollectionRow(tenant, c.name, c.model, c.chunking.json(), c.description, at, at)
+    rerank = c.rerank.json() if c.rerank is not None else None
+    return CollectionRow(tenant, c.name, c.model, c.chunking.json(), c.description, at, at, rerank)
 
 
 def same_spec(row: CollectionRow, c: CollectionIn) -> bool:
@@ -96,6 +110,7 @@ def collection_view(row: CollectionRow, counts: Mapping[str, int] | None = None)
         "description": row.description,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
+        "rerank": dict(row.rerank) if row.rerank is not None else None,
     }
     if counts is not None:
         view["documents"] = dict(counts)

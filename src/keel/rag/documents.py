@@ -26,6 +26,7 @@ from keel.config import JobsConfig
 from keel.errors import InvalidRequest, NotFound, RequestError
 from keel.rag.collections import CollectionIn, new_row, same_spec
 from keel.rag.parse import KINDS, kind_of
+from keel.rag.rerank import RerankSpec
 from keel.store.protocols import (
     FINAL_STATES,
     BlobStore,
@@ -156,7 +157,19 @@ class Library:
                 f"Collection '{c.name}' exists with model '{row.model}' and chunking {dict(row.chunking)}:"
                 " change them by re-indexing it, not by creating it again."
             )
+        asked = c.rerank.json() if c.rerank is not None else None
+        if not created and asked is not None and dict(row.rerank or {}) != asked:
+            raise Conflict(
+                f"Collection '{c.name}' exists with rerank {row.rerank}: set it with"
+                f" PUT /api/rag/collections/{c.name}/rerank."
+            )
         return row, created
+
+    def set_rerank(self, tenant: str, name: str, rerank: RerankSpec | None) -> CollectionRow:
+        row = self.store.set_collection_rerank(tenant, name, rerank.json() if rerank else None, self.clock())
+        if row is None:
+            raise NotFound(f"No collection '{name}'.")
+        return row
 
     def collection(self, tenant: str, name: str) -> CollectionRow:
         row = self.store.get_collection(tenant, name)

@@ -1,12 +1,13 @@
-"""The `retrieve` slot: a chat call with `rag: {collection, top_k, filters, mode, template, freshness}` (extra_body)
-is answered over the collection's chunks that its caller may read.
+"""The `retrieve` slot: a chat call with `rag: {collection, top_k, filters, mode, template, freshness, rerank}`
+(extra_body) is answered over the collection's chunks that its caller may read.
 
 The caller is the virtual key's: its tenant, its user (the key's, never the body's `user`, which any key
 holder could set) and its groups (`keel rag groups KEY --set a,b`; keel.rag.acl). The query is the last
 user turn. The hits go into a system message built by a versioned context template (`TEMPLATES`; the
 call may name one, default the newest), numbered so the model can cite [n]; the response carries
 `citations` (document id, title, chunk, score, n) and the retrieval is a `retrieval` span of the call's
-trace, with what was retrieved and why. No hit: the template says so, and citations are [].
+trace, with what was retrieved and why. `rerank` overrides the collection's reranking (keel.rag.rerank:
+an object of fields to change, or false); the reranking call runs as the same key. No hit: the template says so, and citations are [].
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from keel.errors import InvalidRequest, NotFound
 from keel.gateway.call import Call, Reply, ResponseFields
 from keel.gateway.pipeline import Handler
 from keel.rag.index import Index, NoIndex
+from keel.rag.rerank import Reranker
 from keel.rag.search import MAX_TOP_K, BadSearch, Hit, SearchQuery, SearchResult, parse_filters, parse_freshness
 from keel.store.protocols.rag_index import RagIndexStore
 from keel.traces.spans import child_span
@@ -62,10 +64,11 @@ class KeyGroups:
 
 
 class RetrieveStage:
-    def __init__(self, index: Index, groups: KeyGroups, put_span: Callable[[Span], None]) -> None:
+    def __init__(self, index: Index, groups: KeyGroups, put_span: Callable[[Span], None], reranker: Reranker) -> None:
         self._index = index
         self._groups = groups
         self._put_span = put_span
+        self._reranker = reranker
 
     async def __call__(self, call: Call, next: Handler) -> Reply:
         request = call.request
@@ -75,7 +78,8 @@ class RetrieveStage:
 
     async def _retrieve(self, call: Call, request: ChatRequest) -> None:
         assert call.principal is not None  # the auth slot runs first
-        collection, top_k, filters, mode, template, half_life = _options(request.extra["rag"])
+        rag = request.extra["rag"]
+        collection, top_k, filters, mode, template, half_life = _options(rag)
         text = _question(request)
         principal = call.principal
         groups = await self._groups.of(principal.key_id)
@@ -92,9 +96,12 @@ class RetrieveStage:
         )
         started = time.time()
         try:
-            result = await self._index.search(query)
+            rerank = rag.get("rerank")
+            result = await self._reranker.search(self._index, query, rerank, "rag.rerank", principal, call.allowed)
         except NoIndex:
             raise NotFound(f"RAG collection '{collection}' has no index in this tenant.") from None
+        except BadSearch as err:
+            raise InvalidRequest(str(err), err.param) from None
         hits = _bounded(result.hits)
         context = Message("system", TEMPLATES[template].format(sources=_sources(hits) or NO_SOURCES))
         at = next((i for i, m in enumerate(request.messages) if m.role not in ("system", "developer")), 0)
@@ -111,8 +118,10 @@ class RetrieveStage:
 
 def _options(raw: Any) -> tuple[str, int, Any, Any, str, float | None]:
     if not isinstance(raw, dict):
-        raise InvalidRequest("'rag' must be an object: {collection, top_k, filters, mode, template, freshness}.", "rag")
-    unknown = set(raw) - {"collection", "top_k", "filters", "mode", "template", "freshness"}
+        raise InvalidRequest(
+            "'rag' must be an object: {collection, top_k, filters, mode, template, freshness, rerank}.", "rag"
+        )
+    unknown = set(raw) - {"collection", "top_k", "filters", "mode", "template", "freshness", "rerank"}
     if unknown:
         raise InvalidRequest(f"Unknown field 'rag.{sorted(unknown)[0]}'.", f"rag.{sorted(unknown)[0]}")
     collection = raw.get("collection")
@@ -173,7 +182,7 @@ def _citation(n: int, h: Hit) -> dict[str, Any]:
         "version": h.version,
         "source": h.source,
         "chunk": {"id": h.chunk_id, "ordinal": h.ordinal, "heading_path": list(h.heading_path), "text": h.text},
-        "score": h.scores["fused"],
+        "score": h.scores.get("final", h.scores["fused"]),  # reranked: the blended score the order follows
     }
 
 
@@ -199,6 +208,7 @@ def _span_attributes(
         "caller": {"user": q.user, "groups": list(groups)},
         "candidates": dict(result.candidates),
         "ms": dict(result.ms),
+        "rerank": dict(result.rerank) if result.rerank is not None else None,
         "hits": [
             {"n": n, "document_id": h.document_id, "chunk": h.ordinal, "scores": dict(h.scores), "why": h.why}
             for n, h in enumerate(hits, 1)

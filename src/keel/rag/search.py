@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from keel.store.protocols.rag_index import Filter, FilterOp
 
@@ -65,7 +65,7 @@ class Hit:
     metadata: Mapping[str, object]
     source: str
     updated_at: float
-    scores: Mapping[str, float | None]  # lexical, vector, fused (after any decay), rerank, freshness (its factor)
+    scores: Mapping[str, float | None]  # lexical, vector, fused (after any decay), rerank, final, freshness
     ranks: Mapping[str, int | None]  # lexical, vector (1-based, within their candidate lists)
     why: str
 
@@ -79,6 +79,7 @@ class SearchResult:
     hits: tuple[Hit, ...]
     candidates: Mapping[str, int] = field(default_factory=dict)  # lexical, vector, admitted documents
     ms: Mapping[str, float] = field(default_factory=dict)  # embed, admitted, lexical, vector, fuse, fetch, total
+    rerank: Mapping[str, Any] | None = None  # keel.rag.rerank's report: its spec, outcome, reason, trace_id, ms
 
 
 MAX_HALF_LIFE_DAYS = 36500.0

@@ -40,7 +40,7 @@ PERMISSIONS: dict[str, str] = {
     "evals.run": "start eval runs",
     "online_evals.manage": "online eval rules, which score every tenant's calls (operator)",
     "rag.read": "RAG collections and documents",
-    "rag.write": "create, fill, re-chunk and drop RAG collections",
+    "rag.write": "create, fill, re-chunk, set reranking of and drop RAG collections",
     "rag.search": "search RAG collections",
     "agents.read": "agent tools and runs",
     "agents.write": "add and remove agent tools",

@@ -29,6 +29,27 @@ from keel.api.openapi.spec import (
 
 CHUNKING: Schema = obj(max_tokens=INT, overlap=INT, strategy=STR)
 CHUNKING_IN: Schema = closed(obj(max_tokens={"type": "integer", "minimum": 16, "maximum": 8192}, overlap=limit(8)))
+RERANK: Schema = closed(
+    obj(
+        ("model",),
+        model={"type": "string", "minLength": 1, "maxLength": 256, "description": "a chat alias that grades"},
+        top_n={"type": "integer", "minimum": 1, "maximum": 50},
+        weight={"type": "number", "minimum": 0, "maximum": 1, "description": "the grade's share of the final score"},
+        timeout_s={"type": "number", "exclusiveMinimum": 0, "maximum": 120},
+    )
+)
+RERANK_OVERRIDE: Schema = {"oneOf": [{k: v for k, v in RERANK.items() if k != "required"}, {"const": False}]}
+RERANK_REPORT: Schema = obj(
+    ("outcome",),
+    model=STR,
+    top_n=INT,
+    weight=NUM,
+    timeout_s=NUM,
+    outcome=enum("applied", "skipped"),
+    reason=null(STR),
+    trace_id=null(STR),
+    ms=NUM,
+)
 COLLECTION: Schema = obj(
     ("object", "tenant", "name", "model"),
     object={"const": "rag.collection"},
@@ -39,6 +60,7 @@ COLLECTION: Schema = obj(
     description=null(STR),
     created_at=TIME,
     updated_at=TIME,
+    rerank=null(RERANK),
 )
 DOC_STATUSES = ("queued", "parsing", "chunking", "embedding", "indexed", "failed", "deleted")
 DOCUMENT: Schema = obj(
@@ -112,6 +134,7 @@ SEARCH: Schema = obj(
     fusion=null(STR),
     candidates={"type": "object", "additionalProperties": INT},
     timings_ms={"type": "object", "additionalProperties": NUM},
+    rerank=null(RERANK_REPORT),
     data=arr(HIT),
 )
 BASE = "/api/rag/collections"
@@ -123,7 +146,17 @@ RAG: tuple[Op, ...] = (
         BASE,
         "Create a collection (an existing one with the same settings: 200)",
         {201: COLLECTION, 200: COLLECTION},
-        body=closed(obj(("name", "model"), tenant=SLUG, name=SLUG, model=STR, chunking=CHUNKING_IN, description=STR)),
+        body=closed(
+            obj(
+                ("name", "model"),
+                tenant=SLUG,
+                name=SLUG,
+                model=STR,
+                chunking=CHUNKING_IN,
+                description=STR,
+                rerank=RERANK,
+            )
+        ),
         security=EITHER,
         errors=(*COMMON_ERRORS, 409),
     ),
@@ -159,6 +192,22 @@ RAG: tuple[Op, ...] = (
         body=closed(obj(("chunking",), tenant=SLUG, chunking=CHUNKING_IN)),
         security=EITHER,
         errors=(*COMMON_ERRORS, 409),
+    ),
+    Op(
+        "PUT",
+        BASE + "/{collection}/rerank",
+        "Set the collection's reranking: an LLM alias grades the top_n candidates (keel.rag.rerank)",
+        {200: COLLECTION},
+        body={**RERANK, "properties": {**RERANK["properties"], "tenant": SLUG}},
+        security=EITHER,
+    ),
+    Op(
+        "DELETE",
+        BASE + "/{collection}/rerank",
+        "Turn the collection's reranking off",
+        {200: COLLECTION},
+        query=(TENANT_Q,),
+        security=EITHER,
     ),
     Op(
         "GET",
@@ -211,6 +260,8 @@ RAG: tuple[Op, ...] = (
             groups=arr(SLUG, maxItems=64),
             all=BOOL,
             build=STR,
+            freshness=closed(obj(("half_life_days",), half_life_days={"type": "number", "exclusiveMinimum": 0})),
+            rerank=RERANK_OVERRIDE,
         )
         | {"additionalProperties": False},
         security=EITHER,
@@ -223,4 +274,5 @@ NAMED: dict[str, Schema] = {
     "DocumentIn": PUT_DOC,
     "SearchHit": HIT,
     "SearchResult": SEARCH,
+    "Rerank": RERANK,
 }

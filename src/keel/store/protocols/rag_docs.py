@@ -31,6 +31,7 @@ class CollectionRow:
     description: str | None
     created_at: float
     updated_at: float
+    rerank: Mapping[str, Any] | None = None  # {model, top_n, weight, timeout_s} (keel.rag.rerank); None: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +112,12 @@ class RagDocStore(Protocol):
         self, tenant: str, name: str, model: str, chunking: Mapping[str, Any], now: float
     ) -> CollectionRow | None:
         """A new spec, once its index is rebuilt (re-index); None when there is no such collection."""
+        ...
+
+    def set_collection_rerank(
+        self, tenant: str, name: str, rerank: Mapping[str, Any] | None, now: float
+    ) -> CollectionRow | None:
+        """The collection's reranking setting (None: off); None when there is no such collection."""
         ...
 
     def delete_collection(self, tenant: str, name: str) -> int:

@@ -15,7 +15,7 @@ import orjson
 from keel.store.protocols.rag_docs import CollectionRow, DocumentIn, DocumentRow, DocUpdate, PutResult
 from keel.store.sql.dialect import Database, Row
 
-_COLL = "tenant, name, model, chunking, description, created_at, updated_at"
+_COLL = "tenant, name, model, chunking, description, created_at, updated_at, rerank"
 _DOC = (
     "tenant, collection, id, version, title, source, content_hash, content_type, bytes, metadata, users, acl_groups,"
     " valid_until, status, stage, error, progress_done, progress_total, chunks, indexed_version, job_id, created_at,"
@@ -29,7 +29,8 @@ def _dumps(value: Any) -> str:
 
 
 def _collection(r: Row) -> CollectionRow:
-    return CollectionRow(r[0], r[1], r[2], orjson.loads(r[3]), r[4], r[5], r[6])
+    rerank = orjson.loads(r[7]) if r[7] is not None else None
+    return CollectionRow(r[0], r[1], r[2], orjson.loads(r[3]), r[4], r[5], r[6], rerank)
 
 
 def _document(r: Row) -> DocumentRow:
@@ -63,7 +64,7 @@ class SqlRagDocs:
 
     def create_collection(self, row: CollectionRow) -> tuple[CollectionRow, bool]:
         d = self._db.dialect
-        insert = f"INSERT INTO rag_collections ({_COLL}) VALUES ({d.marks(7)}) ON CONFLICT DO NOTHING RETURNING {_COLL}"
+        insert = f"INSERT INTO rag_collections ({_COLL}) VALUES ({d.marks(8)}) ON CONFLICT DO NOTHING RETURNING {_COLL}"
         find = f"SELECT {_COLL} FROM rag_collections WHERE tenant = {d.mark} AND name = {d.mark}"
         values = (
             row.tenant,
@@ -73,6 +74,7 @@ class SqlRagDocs:
             row.description,
             row.created_at,
             row.updated_at,
+            None if row.rerank is None else _dumps(row.rerank),
         )
         with self._db.transaction() as s:
             made = s.fetchone(insert, values)
@@ -105,6 +107,15 @@ class SqlRagDocs:
         )
         with self._db.transaction() as s:
             row = s.fetchone(sql, (model, _dumps(chunking), now, tenant, name))
+        return None if row is None else _collection(row)
+
+    def set_collection_rerank(
+        self, tenant: str, name: str, rerank: Mapping[str, Any] | None, now: float
+    ) -> CollectionRow | None:
+        m = self._db.dialect.mark
+        sql = f"UPDATE rag_collections SET rerank = {m}, updated_at = {m} WHERE tenant = {m} AND name = {m} RETURNING {_COLL}"
+        with self._db.transaction() as s:
+            row = s.fetchone(sql, (None if rerank is None else _dumps(rerank), now, tenant, name))
         return None if row is None else _collection(row)
 
     def delete_collection(self, tenant: str, name: str) -> int:
