@@ -28,6 +28,8 @@ from keel.keys.auth import issue_key
 from keel.runtime.components import Runtime
 from keel.testing import FakeUpstream
 
+from .postgres import Databases
+
 PG_URL = os.environ.get("KEEL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 LOOPBACK = ("127.", "::1", "localhost")
 
@@ -101,19 +103,28 @@ def postgres_url_or_skip() -> str:
     return PG_URL
 
 
-@pytest.fixture
-def pg_schema_url() -> Iterator[str]:
-    """A fresh schema in the real PostgreSQL, dropped afterwards."""
-    import psycopg
+@pytest.fixture(scope="session")
+def pg_databases() -> Iterator[Databases]:
+    """This process's database for tests in the real PostgreSQL (tests/postgres.py), dropped at the end."""
+    databases = Databases(postgres_url_or_skip())
+    yield databases
+    databases.close()
 
-    base = postgres_url_or_skip()
-    schema = "keel_test_" + secrets.token_hex(4)
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in base else "?"
-    yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+@pytest.fixture
+def pg_schema_url(pg_databases: Databases) -> Iterator[str]:
+    """A schema of this test's own in the real PostgreSQL, every migration applied; recycled afterwards."""
+    url = pg_databases.migrated()
+    yield url
+    pg_databases.release(url)
+
+
+@pytest.fixture
+def pg_empty_url(pg_databases: Databases) -> Iterator[str]:
+    """An empty schema of this test's own (no migration applied), for tests of the migrations."""
+    url = pg_databases.empty()
+    yield url
+    pg_databases.release(url)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -256,7 +267,8 @@ def make_gateway(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
-def gateway(make_gateway: Any, up: FakeUpstream, storage_url: str, tmp_path: Path) -> Gateway:
+def gateway(storage_url: str, make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> Gateway:
+    """A gateway on `storage_url`, stopped before its store is given back (fixtures tear down in reverse)."""
     return make_gateway(base_config(up, storage_url, tmp_path))  # type: ignore[no-any-return]
 
 
