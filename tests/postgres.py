@@ -1,21 +1,24 @@
 """PostgreSQL for tests: each test gets a migrated schema of its own, without paying for the migrations.
 
 Creating a schema's ~50 tables and ~100 indexes and dropping them again is catalog work that cost
-0.4 s idle and 1–2 s on the loaded CI machine, for ~600 cases. So each process (each xdist worker:
-they never share anything) has a database of its own, `keel_w_…`, migrated once into a `seed` schema
-nobody is handed, and recycles the schemas its tests used. Giving one back (`release`), in order:
+0.4 s idle and 1–2 s on the loaded CI machine, for ~600 cases. So each process (each xdist worker)
+claims a slot — a session advisory lock held while it runs — and with it a database of its own,
+`keel_w_<slot>`, which no other process touches meanwhile. Its `keel_seed` schema is migrated once,
+and rebuilt only when the migration files change (their digest is the database's comment); it is never
+handed out. The schemas tests used are recycled; giving one back (`release`), in order:
 
-1. every other connection to the worker's database is terminated (waiting until it is gone): what a
+1. every other connection to the slot's database is terminated (waiting until it is gone): what a
    test left behind cannot write into the next test's schema;
 2. a schema whose catalog (tables, columns, defaults, indexes, constraints, sequences, functions,
-   types) no longer matches `seed`'s is dropped, never reused;
-3. otherwise every row is deleted, the rows the migrations seeded are copied back from `seed`, every
-   sequence is set back to `seed`'s state, and the schema is renamed to a fresh random name — so a pool reconnecting with
-   the old URL finds nothing rather than the next test's tables.
+   types) no longer matches `keel_seed`'s is dropped, never reused;
+3. otherwise every row is deleted, the rows the migrations seeded are copied back from `keel_seed`,
+   every sequence is set back to `keel_seed`'s state, and the schema is renamed to a fresh random
+   name — so a pool reconnecting with the old URL finds nothing rather than the next test's tables.
 
-A test thus starts from exactly what the migrations leave: the same catalog, the same rows, fresh
-sequences. Tests of the migrations themselves ask for an empty schema (`empty`).
-URLs keep the shape the per-test schemas always had: `…/<db>?options=-csearch_path%3D<schema>`.
+A test thus starts from what the migrations leave: the same catalog, the same rows, the same
+sequences. Tests of the migrations themselves ask for an empty schema (`empty`). The databases stay
+between sessions (schemas a killed session left are recycled the same way when the slot is next
+claimed). URLs keep the shape the per-test schemas always had: `…/<db>?options=-csearch_path%3D<schema>`.
 """
 
 from __future__ import annotations
@@ -51,6 +54,19 @@ SELECT md5(string_agg(replace(item, %(s)s || '.', ''), E'\\n' ORDER BY item)) FR
 """
 
 
+CLAIM = "SELECT pg_try_advisory_lock(hashtext('keel_test_slot'), %s)"
+
+
+def _migrations_digest() -> str:
+    """Names and text of every PostgreSQL migration: a slot's database migrated by others is rebuilt."""
+    import hashlib
+
+    from keel.store import migrations
+
+    text = "".join(f"{name}\n{sql}\n" for _, name, sql in migrations.pending("postgres", set()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _name(prefix: str) -> str:
     return prefix + secrets.token_hex(6)
 
@@ -61,10 +77,11 @@ class Databases:
     def __init__(self, base: str) -> None:
         self._base = base
         self._db: str | None = None
+        self._holder: Any = None  # the connection holding this process's slot (a session advisory lock)
         self._spare: list[str] = []  # clean, migrated schemas
         self._seeded: list[str] = []  # tables whose rows the migrations insert
         self._fingerprint = ""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # claiming the database recycles what a previous session left
 
     def url(self, schema: str, db: str | None = None) -> str:
         parts = urlsplit(self._base)
@@ -90,10 +107,11 @@ class Databases:
 
     def release(self, url: str) -> None:
         """Give back a schema from `migrated` or `empty`: recycled if still as migrated, else dropped."""
+        self._recycle(self._database(), url.rsplit("%3D", 1)[1])
+
+    def _recycle(self, db: str, schema: str) -> None:
         import psycopg
 
-        schema = url.rsplit("%3D", 1)[1]
-        db = self._database()
         with psycopg.connect(self.url("pg_catalog", db), autocommit=True) as conn:
             conn.execute(
                 "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
@@ -110,11 +128,11 @@ class Databases:
             self._spare.append(fresh)
 
     def close(self) -> None:
-        """Drop this process's database, if it made one."""
+        """Free this process's slot; its database stays, for the next session to recycle."""
         with self._lock:
-            db, self._db = self._db, None
-        if db is not None:
-            self._admin(None, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+            holder, self._holder, self._db = self._holder, None, None
+        if holder is not None:
+            holder.close()
 
     def _reset_sql(self, conn: Any, schema: str) -> str:
         """Empty every table (DELETE: a TRUNCATE makes new files for ~150 relations, as slow as a new
@@ -137,25 +155,44 @@ class Databases:
     def _database(self) -> str:
         with self._lock:
             if self._db is None:
-                self._db = self._create_database()
+                self._db = self._claim_database()
             return self._db
 
-    def _create_database(self) -> str:
+    def _claim_database(self) -> str:
+        """The database of the first free slot, migrated (again, if the migrations changed since)."""
         import psycopg
 
-        db = _name("keel_w_")
-        self._admin(None, f"CREATE DATABASE {db} TEMPLATE template0")
+        holder = psycopg.connect(self._base, autocommit=True, connect_timeout=10, application_name="keel-test-slot")
         try:
-            self._admin(db, f"CREATE SCHEMA {SEED}")
-            self._migrate(self.url(SEED, db))
-            with psycopg.connect(self.url(SEED, db), autocommit=True) as conn:
-                self._fingerprint = self._catalog(conn, SEED)
-                tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (SEED,)).fetchall()
-                self._seeded = [t for (t,) in tables if conn.execute(f"SELECT 1 FROM {t} LIMIT 1".encode()).fetchone()]
+            slot = next(i for i in range(1000) if holder.execute(CLAIM, (i,)).fetchone() == (True,))
+            db, version = f"keel_w_{slot}", _migrations_digest()
+            found = holder.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (db,)
+            ).fetchone()
+            if found != (version,):  # absent, half-built, or migrated by other files
+                holder.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)".encode())
+                holder.execute(f"CREATE DATABASE {db} TEMPLATE template0".encode())
+                self._admin(db, f"CREATE SCHEMA {SEED}")
+                self._migrate(self.url(SEED, db))
+                holder.execute(f"COMMENT ON DATABASE {db} IS '{version}'".encode())
+            self._load_seed(db)
         except BaseException:
-            self._admin(None, f"DROP DATABASE {db} WITH (FORCE)")
+            holder.close()
             raise
+        self._holder = holder
         return db
+
+    def _load_seed(self, db: str) -> None:
+        """What a clean schema looks like, and the schemas a previous session left, recycled."""
+        import psycopg
+
+        with psycopg.connect(self.url(SEED, db), autocommit=True) as conn:
+            self._fingerprint = self._catalog(conn, SEED)
+            tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (SEED,)).fetchall()
+            self._seeded = [t for (t,) in tables if conn.execute(f"SELECT 1 FROM {t} LIMIT 1".encode()).fetchone()]
+            left = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname ~ '^keel_[se]_'").fetchall()
+        for (schema,) in left:
+            self._recycle(db, schema)
 
     @staticmethod
     def _migrate(url: str) -> None:
