@@ -60,6 +60,35 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_tls() -> Iterator[None]:
+    """One TLS context per verify setting for every httpx client tests make (the SDKs' clients too).
+
+    httpx builds a context per client, loading the CA bundle: 70–150 ms each on the CI machine, and the
+    suite makes thousands of clients. A context is safe to share (no test speaks HTTP/2, the one thing
+    that sets ALPN on it per connection); a client given its own context or certificate keeps it.
+    """
+    import ssl
+
+    import httpx._transports.default as transports
+    from httpx._config import create_ssl_context
+
+    made: dict[tuple[bool, str | None, str | None], ssl.SSLContext] = {}
+
+    def shared(verify: Any = True, cert: Any = None, trust_env: bool = True) -> ssl.SSLContext:
+        if cert is not None or not isinstance(verify, bool):
+            return create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        env = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")) if trust_env else (None, None)
+        key = (verify, *env)
+        if key not in made:
+            made[key] = create_ssl_context(verify=verify, trust_env=trust_env)
+        return made[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(transports, "create_ssl_context", shared)
+        yield
+
+
 # ---- outside world ---------------------------------------------------------------------------
 
 
@@ -111,20 +140,30 @@ def pg_databases() -> Iterator[Databases]:
     databases.close()
 
 
+@pytest.fixture(autouse=True)
+def pg_handback() -> Iterator[list[Callable[[], None]]]:
+    """Gives this test's PostgreSQL schemas back after every other fixture's teardown (an autouse fixture is
+    set up first, so torn down last): a gateway a test started is stopped before its store is recycled."""
+    pending: list[Callable[[], None]] = []
+    yield pending
+    for release in reversed(pending):
+        release()
+
+
 @pytest.fixture
-def pg_schema_url(pg_databases: Databases) -> Iterator[str]:
+def pg_schema_url(pg_databases: Databases, pg_handback: list[Callable[[], None]]) -> str:
     """A schema of this test's own in the real PostgreSQL, every migration applied; recycled afterwards."""
     url = pg_databases.migrated()
-    yield url
-    pg_databases.release(url)
+    pg_handback.append(lambda: pg_databases.release(url))
+    return url
 
 
 @pytest.fixture
-def pg_empty_url(pg_databases: Databases) -> Iterator[str]:
+def pg_empty_url(pg_databases: Databases, pg_handback: list[Callable[[], None]]) -> str:
     """An empty schema of this test's own (no migration applied), for tests of the migrations."""
     url = pg_databases.empty()
-    yield url
-    pg_databases.release(url)
+    pg_handback.append(lambda: pg_databases.release(url))
+    return url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -267,8 +306,7 @@ def make_gateway(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
-def gateway(storage_url: str, make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> Gateway:
-    """A gateway on `storage_url`, stopped before its store is given back (fixtures tear down in reverse)."""
+def gateway(make_gateway: Any, up: FakeUpstream, storage_url: str, tmp_path: Path) -> Gateway:
     return make_gateway(base_config(up, storage_url, tmp_path))  # type: ignore[no-any-return]
 
 
