@@ -2,8 +2,8 @@
 
 `Backend`: open async stores of one kind (memory, Redis, SQLite cache, pgvector), run a body, close
 them all. `SqlBackend`: one of the SQL stores' URLs from conftest's `storage_url` matrix (SQLite on
-a temporary file, a fresh schema in the real PostgreSQL), with its dialect and raw SQL on a fresh
-connection for what a protocol does not expose (the migrations ledger).
+a temporary file, a migrated schema of its own in the real PostgreSQL: tests/postgres.py), with its
+dialect and raw SQL on a fresh connection for what a protocol does not expose (the migrations ledger).
 """
 
 from __future__ import annotations

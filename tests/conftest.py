@@ -28,6 +28,8 @@ from keel.keys.auth import issue_key
 from keel.runtime.components import Runtime
 from keel.testing import FakeUpstream
 
+from .postgres import Databases
+
 PG_URL = os.environ.get("KEEL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 LOOPBACK = ("127.", "::1", "localhost")
 
@@ -56,6 +58,35 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_tls() -> Iterator[None]:
+    """One TLS context per verify setting for every httpx client tests make (the SDKs' clients too).
+
+    httpx builds a context per client, loading the CA bundle: 70–150 ms each on the CI machine, and the
+    suite makes thousands of clients. A context is safe to share (no test speaks HTTP/2, the one thing
+    that sets ALPN on it per connection); a client given its own context or certificate keeps it.
+    """
+    import ssl
+
+    import httpx._transports.default as transports
+    from httpx._config import create_ssl_context
+
+    made: dict[tuple[bool, str | None, str | None], ssl.SSLContext] = {}
+
+    def shared(verify: Any = True, cert: Any = None, trust_env: bool = True) -> ssl.SSLContext:
+        if cert is not None or not isinstance(verify, bool):
+            return create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        env = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")) if trust_env else (None, None)
+        key = (verify, *env)
+        if key not in made:
+            made[key] = create_ssl_context(verify=verify, trust_env=trust_env)
+        return made[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(transports, "create_ssl_context", shared)
+        yield
 
 
 # ---- outside world ---------------------------------------------------------------------------
@@ -101,19 +132,38 @@ def postgres_url_or_skip() -> str:
     return PG_URL
 
 
-@pytest.fixture
-def pg_schema_url() -> Iterator[str]:
-    """A fresh schema in the real PostgreSQL, dropped afterwards."""
-    import psycopg
+@pytest.fixture(scope="session")
+def pg_databases() -> Iterator[Databases]:
+    """This process's database for tests in the real PostgreSQL (tests/postgres.py), dropped at the end."""
+    databases = Databases(postgres_url_or_skip())
+    yield databases
+    databases.close()
 
-    base = postgres_url_or_skip()
-    schema = "keel_test_" + secrets.token_hex(4)
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in base else "?"
-    yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+@pytest.fixture(autouse=True)
+def pg_handback() -> Iterator[list[Callable[[], None]]]:
+    """Gives this test's PostgreSQL schemas back after every other fixture's teardown (an autouse fixture is
+    set up first, so torn down last): a gateway a test started is stopped before its store is recycled."""
+    pending: list[Callable[[], None]] = []
+    yield pending
+    for release in reversed(pending):
+        release()
+
+
+@pytest.fixture
+def pg_schema_url(pg_databases: Databases, pg_handback: list[Callable[[], None]]) -> str:
+    """A schema of this test's own in the real PostgreSQL, every migration applied; recycled afterwards."""
+    url = pg_databases.migrated()
+    pg_handback.append(lambda: pg_databases.release(url))
+    return url
+
+
+@pytest.fixture
+def pg_empty_url(pg_databases: Databases, pg_handback: list[Callable[[], None]]) -> str:
+    """An empty schema of this test's own (no migration applied), for tests of the migrations."""
+    url = pg_databases.empty()
+    pg_handback.append(lambda: pg_databases.release(url))
+    return url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -1,8 +1,9 @@
 """One contract suite for the `Store` protocol, run against every SQL backend (tests/backends.py).
 
 SQLite runs on a temporary file. PostgreSQL runs on the real server at 127.0.0.1:5432 (trust
-auth, database `test`); each test gets its own schema, dropped afterwards. Without that server the
-PostgreSQL cases skip locally and fail in CI.
+auth); each test gets its own database, already migrated (a copy of a template: tests/postgres.py),
+dropped afterwards; the tests of the migrations themselves start from an empty one (`empty`). Without
+that server the PostgreSQL cases skip locally and fail in CI.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +29,14 @@ from tests.backends import SqlBackend
 @pytest.fixture
 def backend(storage_url: str) -> SqlBackend:
     return SqlBackend.of(storage_url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty(request: pytest.FixtureRequest, tmp_path: Path) -> SqlBackend:
+    """A store no migration has touched yet."""
+    if request.param == "sqlite":
+        return SqlBackend.of(f"sqlite:///{tmp_path}/keel.db")
+    return SqlBackend.of(request.getfixturevalue("pg_empty_url"))
 
 
 @pytest.fixture
@@ -50,7 +60,8 @@ def _trace(tid: str, at: float, **fields: Any) -> TraceRecord:
 # ---- migrations
 
 
-def test_migrate_applies_each_file_once_and_records_it(backend: SqlBackend) -> None:
+def test_migrate_applies_each_file_once_and_records_it(empty: SqlBackend) -> None:
+    backend = empty
     files = [(version, name) for version, name, _ in migrations.pending(backend.dialect, set())]
     assert "0001_init" in [name for _, name in files]
     fresh = open_store(backend.url, migrate=False)
@@ -65,7 +76,8 @@ def test_migrate_applies_each_file_once_and_records_it(backend: SqlBackend) -> N
     assert all(0 < applied_at <= time.time() for _, _, applied_at in ledger)
 
 
-def test_concurrent_migrations_apply_each_file_exactly_once(backend: SqlBackend) -> None:
+def test_concurrent_migrations_apply_each_file_exactly_once(empty: SqlBackend) -> None:
+    backend = empty
     expected = sorted(name for _, name, _ in migrations.pending(backend.dialect, set()))
     stores = [open_store(backend.url, migrate=False) for _ in range(8)]
     start = threading.Barrier(len(stores))
