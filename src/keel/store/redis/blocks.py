@@ -38,6 +38,7 @@ from keel.store.protocols import Admission, Charge, Reservation, Window
 HOLD_S = 1.0  # a block admits for this long after its grant, then what is left goes back
 SHARE = 64  # a block is at most 1/SHARE of its limit
 RATE_SHARE = 8  # ... and at most 1/RATE_SHARE of a second's worth of it
+ASKING_S = 0.5  # while a call asks Redis for a counter's block, others do not (unless its answer is this late)
 MAX_SLOTS = 256  # concurrency slots per block (each is a member of the lease set)
 _RATE_S: dict[Window, float] = {"minute": MINUTE_S, "day": 86_400.0, "month": 30 * 86_400.0}
 
@@ -95,6 +96,7 @@ class Blocks:
         self._send = send  # queues adjustments for Redis (not awaited on any call's path)
         self._blocks: dict[str, Block] = {}
         self._held: dict[str, list[Hold]] = {}  # reservation id → its holds
+        self._asking: dict[str, float] = {}  # key → when a call went to ask Redis for its block
         self._ids = itertools.count()
         self._prefix = "b" + secrets.token_hex(6) + ":"
         self.local = 0  # admissions made from blocks
@@ -127,8 +129,20 @@ class Blocks:
         for c, k in zip(charges, keys, strict=True):
             b = self._blocks.get(k)
             fresh = b is not None and b.takes(c, now) and b.left >= b.granted / 2
-            out.append(0.0 if fresh else grant_size(c))
+            if fresh or self._asking.get(k, -ASKING_S) > now - ASKING_S:
+                out.append(0.0)  # (one call at a time asks: calls meanwhile go exact, without a block)
+                continue
+            want = grant_size(c)
+            if want:
+                self._asking[k] = now
+            out.append(want)
         return out
+
+    def unask(self, keys: Sequence[str], wants: Sequence[float]) -> None:
+        """The admission that asked for these blocks was refused or failed: another call may ask."""
+        for k, want in zip(keys, wants, strict=True):
+            if want:
+                self._asking.pop(k, None)
 
     def install(
         self,
@@ -145,6 +159,7 @@ class Blocks:
         for c, k, want, got, u in zip(charges, keys, wants, grants, used, strict=True):
             if not want:
                 continue
+            self._asking.pop(k, None)
             old = self._blocks.pop(k, None)
             if old is not None:
                 self._retire(old)

@@ -194,6 +194,8 @@ class RedisLimits:
         try:
             out = await self._client.evalsha(_RESERVE, keys, args)
         except (RedisError, OSError) as exc:
+            if blocks is not None:
+                blocks.unask(keys, wants)
             self._failed(exc, "admissions follow each tenant's fail-open/closed choice")
             raise LimitStoreUnavailable(f"Redis is unreachable: {exc}") from exc
         n = len(charges)
@@ -203,6 +205,8 @@ class RedisLimits:
                 grants = [float(v) for v in out[2 + n : 2 + 2 * n]]
                 blocks.install(charges, keys, wants, grants, used=used, lease=lease, now=now)
             return Admission(Reservation(lease, now, tuple(charges)), None, None, used)
+        if blocks is not None:
+            blocks.unask(keys, wants)
         i, flat = int(out[1]) - 1, out[2 + n :]
         buckets = [(int(flat[j]), float(flat[j + 1])) for j in range(0, len(flat), 2)]
         return Admission(None, i, retry_after(charges[i], now, buckets), used)
