@@ -30,6 +30,8 @@ import redis
 import yaml
 
 from keel.keys.auth import issue_key
+from keel.store.protocols import LimitStore
+from keel.store.redis.limits import RedisLimits
 from keel.testing import FakeUpstream, Script
 from tests.conftest import ADMIN, REDIS_URL, Gateway, base_config
 from tests.e2e.test_serve_process import KEEL, free_port, wait_healthy
@@ -228,6 +230,30 @@ def test_two_gateway_processes_sharing_redis_admit_at_most_60_calls_in_a_minute_
         assert f"rpm 60 for tenant={tenant}" in err.message
         wait = retry_after(err)
         assert wait is not None and 1 <= int(wait) <= 60
+
+
+def test_calls_under_large_limits_are_admitted_from_blocks_and_counted_exactly_once_they_go_back(
+    make_gateway: Make, up: FakeUpstream, tmp_path: Path, tenant: str
+) -> None:
+    limits = {
+        "defaults": [
+            {"scope": ["tenant"], "rpm": 1_000_000, "tpm": 1_000_000_000},
+            {"scope": ["key"], "concurrency": 10_000},
+        ]
+    }
+    gw, key = limited(make_gateway, up, tmp_path, tenant, limits=limits)
+    store = gw.runtime.get(LimitStore)  # type: ignore[type-abstract]
+    assert isinstance(store, RedisLimits) and store.blocks is not None
+    local = store.blocks.local
+    with client(gw, key) as c:
+        for _ in range(30):
+            c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=50)
+    assert store.blocks.local - local >= 25  # no Redis round trip on their path (blocks admit for 1 s)
+    eventually(lambda: len(traces_of(gw, tenant)) == 30)
+    spent = sum(tokens(t) for t in traces_of(gw, tenant))
+    # what the calls did not use goes back with their blocks: then the counters hold exactly the 30 calls
+    eventually(lambda: usage(gw, tenant) == {"rpm": 30, "tpm": spent})
+    assert usage(gw, tenant) == {"rpm": 30, "tpm": spent}
 
 
 # ---- streams settle with what they consumed ------------------------------------------------

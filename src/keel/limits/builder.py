@@ -20,7 +20,7 @@ REFRESH_S = 2.0  # per-tenant and per-key overrides reach every process within t
 
 def build(ctx: Context) -> Contribution:
     config = ctx.config
-    limits = open_limits(config.redis.url)
+    limits = open_limits(config.redis.url, blocks=True)  # no round trip on most calls' path
     ctx.add(limits, as_=LimitStore)
     stage = LimitsStage(
         limits,

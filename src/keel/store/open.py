@@ -53,12 +53,13 @@ def open_breakers(redis_url: str | None, policy: BreakerPolicy) -> BreakerStore:
     return MemoryBreakers(policy)
 
 
-def open_limits(redis_url: str | None) -> LimitStore:
-    """Limit counters shared through Redis at `redis_url` (redis://...), else in this process only."""
+def open_limits(redis_url: str | None, *, blocks: bool = False) -> LimitStore:
+    """Limit counters shared through Redis at `redis_url` (redis://...), else in this process only.
+    `blocks`: Redis counters admit from per-process blocks of large limits (keel.store.redis.blocks)."""
     if redis_url:
         from keel.store.redis.limits import RedisLimits
 
-        return RedisLimits(redis_url)
+        return RedisLimits(redis_url, blocks=blocks)
     from keel.store.memory.counters import MemoryLimits
 
     return MemoryLimits()

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 
 from keel.store.counters import MINUTE_S, demand, live, minute_usage, period_end, period_id, retry_after, second
 from keel.store.protocols import Admission, Charge, LimitStoreUnavailable, Reservation, Window
+from keel.store.redis.blocks import Blocks, Return
 from keel.store.redis.client import Redis, RedisError, Script
 
 log = logging.getLogger("keel.store.redis_limits")
@@ -57,16 +58,17 @@ _KIND: dict[Window, str] = {"minute": "m", "concurrent": "c", "day": "p", "month
 _LUA_FMT = "local function fmt(x) return string.format('%.17g', x) end\n"
 
 # KEYS[i]: charge i's key. ARGV: now, now_s (its whole second), lease id, lease expiry, then for each
-# charge i: ARGV[4i+1..4i+4] = kind (m|c|p), limit, amount, ttl_s (0: none).
-# Returns {1, 0, used after...} or {0, refused (1-based), used before..., [second, amount]... of a
-# refused minute charge}.
+# charge i: ARGV[5i..5i+4] = kind (m|c|p), limit, amount, ttl_s (0: none), block wanted (0: none).
+# Returns {1, 0, used after..., block granted...} or {0, refused (1-based), used before...,
+# [second, amount]... of a refused minute charge}. A block is granted (added to the counter with the
+# call's amount; for c, that many members "<lease>:<i>") only if the counter stays under half its limit.
 _RESERVE = Script(
     _LUA_FMT
     + """
 local now_s, n = tonumber(ARGV[2]), #KEYS
 local used, refused = {}, 0
 for i = 1, n do
-  local key, kind, u = KEYS[i], ARGV[4 * i + 1], 0
+  local key, kind, u = KEYS[i], ARGV[5 * i], 0
   if kind == 'm' then
     local h, dead = redis.call('HGETALL', key), {}
     for j = 1, #h, 2 do
@@ -80,33 +82,38 @@ for i = 1, n do
     u = tonumber(redis.call('GET', key) or '0')
   end
   used[i] = u
-  if refused == 0 and u + tonumber(ARGV[4 * i + 3]) > tonumber(ARGV[4 * i + 2]) + 1e-9 then refused = i end
+  if refused == 0 and u + tonumber(ARGV[5 * i + 2]) > tonumber(ARGV[5 * i + 1]) + 1e-9 then refused = i end
 end
 if refused > 0 then
   local out = {0, refused}
   for i = 1, n do out[#out + 1] = fmt(used[i]) end
-  if ARGV[4 * refused + 1] == 'm' then
+  if ARGV[5 * refused] == 'm' then
     local h = redis.call('HGETALL', KEYS[refused])
     for j = 1, #h do out[#out + 1] = h[j] end
   end
   return out
 end
-local out = {1, 0}
+local out, grants = {1, 0}, {}
 for i = 1, n do
-  local key, kind, amount, ttl = KEYS[i], ARGV[4 * i + 1], tonumber(ARGV[4 * i + 3]), ARGV[4 * i + 4]
+  local key, kind, amount, ttl = KEYS[i], ARGV[5 * i], tonumber(ARGV[5 * i + 2]), ARGV[5 * i + 3]
+  local want, grant = tonumber(ARGV[5 * i + 4]), 0
+  if want > 0 and used[i] + amount + want <= tonumber(ARGV[5 * i + 1]) / 2 then grant = want end
   if kind == 'm' then
-    redis.call('HSET', key, ARGV[2], fmt(tonumber(redis.call('HGET', key, ARGV[2]) or '0') + amount))
+    redis.call('HSET', key, ARGV[2], fmt(tonumber(redis.call('HGET', key, ARGV[2]) or '0') + amount + grant))
     redis.call('EXPIRE', key, ttl)
   elseif kind == 'c' then
     redis.call('ZADD', key, ARGV[4], ARGV[3])
+    for j = 1, grant do redis.call('ZADD', key, ARGV[4], ARGV[3] .. ':' .. j) end
     redis.call('EXPIRE', key, ttl)
   elseif ttl == '0' then
-    redis.call('SET', key, fmt(used[i] + amount))
+    redis.call('SET', key, fmt(used[i] + amount + grant))
   else
-    redis.call('SET', key, fmt(used[i] + amount), 'EX', ttl)
+    redis.call('SET', key, fmt(used[i] + amount + grant), 'EX', ttl)
   end
   out[#out + 1] = fmt(used[i] + amount)
+  grants[i] = fmt(grant)
 end
+for i = 1, n do out[#out + 1] = grants[i] end
 return out
 """
 )
@@ -143,7 +150,8 @@ _BATCH = 64  # settlements per EVALSHA: under load they share round trips
 
 
 class RedisLimits:
-    def __init__(self, url: str, *, prefix: str = "keel:limit:", lease_s: float = 900.0) -> None:
+    def __init__(self, url: str, *, prefix: str = "keel:limit:", lease_s: float = 900.0, blocks: bool = False) -> None:
+        """`blocks`: admit from blocks of large counters' allowance held in this process (keel.store.redis.blocks)."""
         self._prefix = prefix
         self._lease_s = lease_s
         self._lease_ttl = math.ceil(lease_s) + MINUTE_S
@@ -152,6 +160,7 @@ class RedisLimits:
         self._adjuster: asyncio.Task[None] | None = None
         self._down_until = 0.0
         self._warned_at = float("-inf")
+        self.blocks = Blocks(self._key, self._give_back) if blocks else None
 
     def _key(self, counter: str, window: Window, at: float) -> str:
         return f"{self._prefix}{counter}:{period_id(window, at) or window}"
@@ -172,30 +181,45 @@ class RedisLimits:
         lease = secrets.token_hex(8)
         if not charges:
             return Admission(Reservation(lease, now, ()), None, None, ())
+        blocks = self.blocks
+        if blocks is not None and (local := blocks.take(charges, now)) is not None:
+            return local
         if time.monotonic() < self._down_until:
             raise LimitStoreUnavailable("Redis was unreachable a moment ago")
         keys = [self._key(c.counter, c.window, now) for c in charges]
+        wants = blocks.wants(charges, keys, now) if blocks is not None else [0.0] * len(charges)
         args = [repr(now), str(second(now)), lease, repr(now + self._lease_s)]
-        for c in charges:
-            args += [_KIND[c.window], repr(c.limit), repr(demand(c)), str(self._ttl(c.window, now, now))]
+        for c, want in zip(charges, wants, strict=True):
+            args += [_KIND[c.window], repr(c.limit), repr(demand(c)), str(self._ttl(c.window, now, now)), repr(want)]
         try:
             out = await self._client.evalsha(_RESERVE, keys, args)
         except (RedisError, OSError) as exc:
+            if blocks is not None:
+                blocks.unask(keys, wants)
             self._failed(exc, "admissions follow each tenant's fail-open/closed choice")
             raise LimitStoreUnavailable(f"Redis is unreachable: {exc}") from exc
         n = len(charges)
         used = tuple(float(v) for v in out[2 : 2 + n])
         if out[0] == 1:
+            if blocks is not None:
+                grants = [float(v) for v in out[2 + n : 2 + 2 * n]]
+                blocks.install(charges, keys, wants, grants, used=used, lease=lease, now=now)
             return Admission(Reservation(lease, now, tuple(charges)), None, None, used)
+        if blocks is not None:
+            blocks.unask(keys, wants)
         i, flat = int(out[1]) - 1, out[2 + n :]
         buckets = [(int(flat[j]), float(flat[j + 1])) for j in range(0, len(flat), 2)]
         return Admission(None, i, retry_after(charges[i], now, buckets), used)
 
     async def settle(self, reservation: Reservation, actual: Sequence[float], now: float) -> None:
+        if self.blocks is not None and self.blocks.settle(reservation, actual, now):
+            return
         deltas = [amount - c.amount for c, amount in zip(reservation.charges, actual, strict=True)]
         await self._apply(reservation, deltas, now)
 
     async def release(self, reservation: Reservation, now: float) -> None:
+        if self.blocks is not None and self.blocks.settle(reservation, [0.0] * len(reservation.charges), now):
+            return
         await self._apply(reservation, [-c.amount for c in reservation.charges], now)
 
     async def _apply(self, reservation: Reservation, deltas: Sequence[float], now: float) -> None:
@@ -215,13 +239,28 @@ class RedisLimits:
                 continue  # its period ended long ago: its key is gone
             keys.append(self._key(c.counter, c.window, at))
             args += [_KIND[c.window], field, repr(delta), str(ttl)]
-        if not keys:
-            return
+        if keys:
+            await self._queue(keys, args, reservation.id)
+
+    def _queue(self, keys: list[str], args: list[str], label: str) -> asyncio.Future[None]:
+        """Queue one adjustment for the next ADJUST call (sent later); its future is done once it was tried."""
         done = asyncio.get_running_loop().create_future()
-        self._adjustments.append((keys, args, reservation.id, done))
+        self._adjustments.append((keys, args, label, done))
         if self._adjuster is None or self._adjuster.done():
             self._adjuster = asyncio.ensure_future(self._adjust_batches())
-        await done
+        return done
+
+    def _give_back(self, back: list[Return], label: str) -> None:
+        """Blocks' remainders and the settlements of calls whose block went back: queued, never awaited."""
+        keys: list[str] = []
+        args: list[str] = []
+        for key, kind, field, delta, window, at, now in back:
+            ttl = self._ttl(window, at, now)
+            if ttl is not None:
+                keys.append(key)
+                args += [kind, field, repr(delta), str(ttl)]
+        if keys:
+            self._queue(keys, args, label)
 
     async def _adjust_batches(self) -> None:
         """Run every settlement that queued meanwhile as one EVALSHA (the script loops over its keys)."""
@@ -262,6 +301,8 @@ class RedisLimits:
             log.warning("limits: Redis is unreachable or failing (%s); %s", exc, meanwhile)
 
     async def aclose(self) -> None:
+        if self.blocks is not None:
+            self.blocks.close()
         if self._adjuster is not None:
             await self._adjuster
         await self._client.aclose()
