@@ -56,7 +56,7 @@ from keel.store.protocols.prompts import (
     PromptVersion,
     RolloutPlan,
 )
-from keel.store.protocols.purge import DeletedTraces, SubjectErasure, TraceDeletion
+from keel.store.protocols.purge import DeletedTraces, RagAclErasure, SubjectErasure, TraceDeletion
 from keel.store.protocols.rag_docs import (
     CollectionRow,
     DocStatus,
@@ -144,6 +144,7 @@ __all__ = [
     "PromptVersion",
     "PutResult",
     "QueueDepth",
+    "RagAclErasure",
     "RagDocStore",
     "RagIndexStore",
     "Recovered",

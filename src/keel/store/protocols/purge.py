@@ -63,3 +63,14 @@ class SubjectErasure(Protocol):
         `limit` rows per statement, calling `drop_blobs` with the blob keys of each batch before its rows
         go. Returns the rows changed; 0 for a kind this store holds nothing of for the subject."""
         ...
+
+
+class RagAclErasure(Protocol):
+    """Taking one user out of every RAG access list of a tenant (documents and the index's copies)."""
+
+    def erase_rag_user(self, tenant: str, user: str, limit: int) -> dict[str, int]:
+        """Remove `user` from the access lists of the tenant's documents (`rag_acls`) and of its index
+        (`rag_acl_index`: rewritten index rows plus stray access rows), `limit` rows per transaction. A
+        list left with no users and no groups becomes closed (`[""]`: admin searches only), never the
+        whole tenant. Returns the rows rewritten per kind."""
+        ...

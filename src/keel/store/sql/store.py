@@ -22,6 +22,7 @@ from keel.store.sql.limits import SqlLimits
 from keel.store.sql.online import SqlOnline
 from keel.store.sql.prompts import SqlPrompts
 from keel.store.sql.purge import SqlPurge
+from keel.store.sql.rag_acl import SqlRagAcl
 from keel.store.sql.rag_docs import SqlRagDocs
 from keel.store.sql.rag_index import SqlRagIndex
 from keel.store.sql.responses import SqlResponses
@@ -35,6 +36,7 @@ class SqlStore(
     SqlTraces,
     SqlPurge,
     SqlErasure,
+    SqlRagAcl,
     SqlLimits,
     SqlSpans,
     SqlJobs,
