@@ -35,6 +35,7 @@ from keel.store.protocols.jobs import (
     Recovered,
 )
 from keel.store.protocols.keys import KeyRow, KeyStore, TenantRow
+from keel.store.protocols.leases import Lease, LeaseStore
 from keel.store.protocols.limits import (
     Admission,
     Charge,
@@ -126,6 +127,8 @@ __all__ = [
     "KeyRow",
     "KeyStore",
     "LabelMove",
+    "Lease",
+    "LeaseStore",
     "LimitConfigStore",
     "LimitOverride",
     "LimitStore",

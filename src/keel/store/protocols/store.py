@@ -11,6 +11,7 @@ from keel.store.protocols.evals import EvalStore
 from keel.store.protocols.feedback import FeedbackStore
 from keel.store.protocols.jobs import JobStore
 from keel.store.protocols.keys import KeyStore
+from keel.store.protocols.leases import LeaseStore
 from keel.store.protocols.limits import LimitConfigStore
 from keel.store.protocols.online import OnlineEvalStore
 from keel.store.protocols.prompts import PromptStore
@@ -36,6 +37,7 @@ class Store(
     SubjectErasure,
     RagAclErasure,
     LimitConfigStore,
+    LeaseStore,
     Migrator,
     SpanStore,
     JobStore,

@@ -18,6 +18,7 @@ from keel.store.sql.evals import SqlEvals
 from keel.store.sql.feedback import SqlFeedback
 from keel.store.sql.jobs import SqlJobs
 from keel.store.sql.keys import SqlKeys
+from keel.store.sql.leases import SqlLeases
 from keel.store.sql.limits import SqlLimits
 from keel.store.sql.online import SqlOnline
 from keel.store.sql.prompts import SqlPrompts
@@ -38,6 +39,7 @@ class SqlStore(
     SqlErasure,
     SqlRagAcl,
     SqlLimits,
+    SqlLeases,
     SqlSpans,
     SqlJobs,
     SqlBatches,
