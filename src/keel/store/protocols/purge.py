@@ -48,10 +48,6 @@ class TraceDeletion(Protocol):
         """Which of `ids` have a trace row (the orphan-blob sweep asks)."""
         ...
 
-    def delete_tenant(self, name: str) -> dict[str, int]:
-        """Delete a tenant's keys, limit overrides, prompts and the tenant itself; counts per kind."""
-        ...
-
 
 class SubjectErasure(Protocol):
     """Deleting one subject's rows (a whole tenant, or one user within it) from one store, by kind."""
