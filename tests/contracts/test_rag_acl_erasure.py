@@ -58,29 +58,29 @@ def principals(store: Store, tenant: str) -> set[tuple[str, str]]:
 
 def test_a_purged_user_leaves_every_access_list_and_a_list_left_empty_is_closed(store: Store) -> None:
     refs = [
-        put(store, "t1", "both", (ULY, VERA)),
-        put(store, "t1", "alone", (ULY,)),
-        put(store, "t1", "grouped", (ULY,), ("ops",)),
-        put(store, "t1", "open", ()),
-        put(store, "t2", "other", (ULY,)),
+        put(store, "acl1", "both", (ULY, VERA)),
+        put(store, "acl1", "alone", (ULY,)),
+        put(store, "acl1", "grouped", (ULY,), ("ops",)),
+        put(store, "acl1", "open", ()),
+        put(store, "acl2", "other", (ULY,)),
     ]
-    stale = put(store, "t1", "racing", (ULY,))  # an ingestion job read it before the purge...
+    stale = put(store, "acl1", "racing", (ULY,))  # an ingestion job read it before the purge...
     index = Index(store)
 
     async def write() -> None:
-        for t in ("t1", "t2"):
+        for t in ("acl1", "acl2"):
             await index.ensure(t, "kb", SPEC)
         for ref in refs:
             await index.replace(ref, [ChunkIn(0, "alpha text", (), ref.document_id, 2)])
 
     asyncio.run(write())
-    assert found(index, "t1", ULY) == ["alone", "both", "grouped", "open"]
+    assert found(index, "acl1", ULY) == ["alone", "both", "grouped", "open"]
 
-    counts = store.erase_rag_user("t1", ULY, 2)  # batches of 2: the paging is exercised
+    counts = store.erase_rag_user("acl1", ULY, 2)  # batches of 2: the paging is exercised
     assert counts == {"rag_acls": 4, "rag_acl_index": 3}, counts
     asyncio.run(index.replace(stale, [ChunkIn(0, "alpha text", (), "racing", 2)]))  # ...and writes after it
 
-    lists = {d.id: (d.users, d.groups) for d in store.list_documents("t1", "kb")}
+    lists = {d.id: (d.users, d.groups) for d in store.list_documents("acl1", "kb")}
     assert lists == {
         "both": ((VERA,), ()),
         "alone": (("",), ()),
@@ -88,12 +88,12 @@ def test_a_purged_user_leaves_every_access_list_and_a_list_left_empty_is_closed(
         "open": ((), ()),
         "racing": (("",), ()),
     }
-    assert not {p for p in principals(store, "t1") if ULY in p[1]}
-    assert ("alone", "u:") in principals(store, "t1") and ("racing", "u:") in principals(store, "t1")
-    assert found(index, "t1", ULY) == ["open"]
-    assert found(index, "t1", VERA) == ["both", "open"]
-    assert found(index, "t1", None) == ["open"]  # the closed lists are not the whole tenant's
-    assert found(index, "t1", None, everything=True) == ["alone", "both", "grouped", "open", "racing"]
-    assert found(index, "t2", ULY) == ["other"]  # another tenant's lists: untouched
-    assert store.erase_rag_user("t1", ULY, 2) == {"rag_acls": 0, "rag_acl_index": 0}  # idempotent
+    assert not {p for p in principals(store, "acl1") if ULY in p[1]}
+    assert ("alone", "u:") in principals(store, "acl1") and ("racing", "u:") in principals(store, "acl1")
+    assert found(index, "acl1", ULY) == ["open"]
+    assert found(index, "acl1", VERA) == ["both", "open"]
+    assert found(index, "acl1", None) == ["open"]  # the closed lists are not the whole tenant's
+    assert found(index, "acl1", None, everything=True) == ["alone", "both", "grouped", "open", "racing"]
+    assert found(index, "acl2", ULY) == ["other"]  # another tenant's lists: untouched
+    assert store.erase_rag_user("acl1", ULY, 2) == {"rag_acls": 0, "rag_acl_index": 0}  # idempotent
     asyncio.run(index.aclose())
