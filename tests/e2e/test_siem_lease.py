@@ -2,25 +2,24 @@
 127.0.0.1. One worker holds the lease and ships (`/readyz` says `active`, the other `standby`; the metric
 keel_audit_siem_active says the same); `kill -9` of the holder once it has shipped what there was; more
 changes are made; the other worker takes the lease over and ships them. The receiver counts every seq:
-each arrived exactly once, none is missing."""
+each arrived exactly once, none is missing. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
 import pytest
 import yaml
 
+from keel.store.open import open_store
 from tests.e2e.test_audit_siem import Receiver
 from tests.e2e.test_serve_process import KEEL, free_port, wait_healthy
 from tests.e2e.test_workers import config, pid_alive, wait_for
@@ -41,9 +40,11 @@ def seqs(r: Receiver) -> Counter[int]:
     return Counter(e["seq"] for _, body in list(r.requests) for e in orjson.loads(body)["entries"])
 
 
-def query(db: Path, sql: str) -> Any:
-    with closing(sqlite3.connect(db)) as c:
-        return c.execute(sql).fetchone()
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_schema_url"))
+    return f"sqlite:///{tmp_path / 'k.db'}"
 
 
 def roles(url: str) -> dict[str, str]:
@@ -68,39 +69,42 @@ def create(url: str, name: str) -> bool:
 
 
 def test_one_worker_ships_and_another_takes_over_after_kill_9_with_nothing_twice_or_lost(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: Receiver, storage: str
 ) -> None:
     port = free_port()
     siem = {"url": f"http://127.0.0.1:{receiver.port}/intake", "secret": "s" * 16, "batch": 4,
             "interval_s": 0.1, "timeout_s": 1, "lease_s": 2}  # fmt: skip
-    raw = config(tmp_path, port, admin_token=ADMIN, audit={"siem": siem})
+    raw = config(tmp_path, port, storage, admin_token=ADMIN, audit={"siem": siem})
     (tmp_path / "keel.yaml").write_text(yaml.safe_dump(raw))
-    db, log = tmp_path / "k.db", tmp_path / "serve.log"
+    log = tmp_path / "serve.log"
     with log.open("wb") as err:
         proc = subprocess.Popen(
             [*KEEL, "serve", "--workers", "2"], cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=err, stderr=err
         )
     url = f"http://127.0.0.1:{port}"
+    stack = ExitStack()
     try:
         wait_healthy(proc, url, log, timeout=45)
+        db = open_store(storage, migrate=False)  # migrated by `keel serve`
+        stack.callback(db.close)
 
         def changes(prefix: str, n: int) -> int:
             for i in range(n):
                 name = f"{prefix}{i}"
                 wait_for(f"tenant {name} created", lambda name=name: create(url, name))
-            return int(query(db, "SELECT max(seq) FROM audit_log")[0])
+            return db.audit_head()[0]
 
         def shipped(head: int) -> bool:  # the receiver has every seq up to head and the cursor is there
-            mark = query(db, "SELECT value FROM audit_marks WHERE name = 'siem'")
-            return set(seqs(receiver)) >= set(range(1, head + 1)) and mark is not None and int(mark[0]) >= head
+            mark = db.audit_mark("siem")
+            return set(seqs(receiver)) >= set(range(1, head + 1)) and mark is not None and int(mark) >= head
 
         head = changes("before", 9)
         wait_for("the first entries shipped", lambda: shipped(head), 45)
         held = wait_for("both workers answering /readyz", lambda: both if len(both := roles(url)) == 2 else None, 45)
         assert sorted(held.values()) == ["active", "standby"], held
         holder = int(next(pid for pid, role in held.items() if role == "active"))
-        lease = query(db, "SELECT holder, token FROM leases WHERE name = 'audit-siem'")
-        assert f":{holder}:" in lease[0], (lease, held)
+        lease = db.get_lease("audit-siem")
+        assert lease is not None and f":{holder}:" in lease.holder, (lease, held)
         metrics = httpx.get(url + "/metrics", headers={"authorization": f"Bearer {ADMIN}"}).text
         assert "keel_audit_siem_active" in metrics
 
@@ -108,12 +112,13 @@ def test_one_worker_ships_and_another_takes_over_after_kill_9_with_nothing_twice
         wait_for("the holder gone", lambda: not pid_alive(holder))
         head = changes("after", 9)
         wait_for("the entries after the kill shipped by another worker", lambda: shipped(head), 60)
-        taken = query(db, "SELECT holder, token FROM leases WHERE name = 'audit-siem'")
-        assert f":{holder}:" not in taken[0] and taken[1] > lease[1], (lease, taken)
+        taken = db.get_lease("audit-siem")
+        assert taken is not None and f":{holder}:" not in taken.holder and taken.token > lease.token, (lease, taken)
         got = seqs(receiver)
         assert sorted(got) == list(range(1, max(got) + 1)), "a seq is missing"
         assert {s: n for s, n in got.items() if n > 1} == {}, "a seq was shipped twice"
     finally:
+        stack.close()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
