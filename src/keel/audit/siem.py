@@ -141,6 +141,8 @@ class SiemShipper:
                 await self._sleep(backoff)
                 continue
             backoff = 0.0
+            if not await self._renew():  # the cursor moves only under the lease (a paused holder's is stale)
+                return
             await asyncio.to_thread(self._advance, page)
             if len(page) < self._cfg.batch:
                 await self._sleep(idle)
