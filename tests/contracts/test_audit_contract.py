@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from keel.audit.log import REDACTED, AuditLog
+from keel.audit.log import REDACTED, AuditLog, Checkpoint
 from keel.store.open import open_store
 from keel.store.protocols import GENESIS, Store, entry_hash
 
@@ -134,6 +134,30 @@ def test_verify_names_the_first_bad_entry(store: Store, storage_url: str, sql: s
     assert verdict.bad_seq == bad
     assert word in (verdict.reason or "")
     assert verdict.checked == bad - 1
+
+
+def test_verify_new_walks_only_the_entries_after_a_checkpoint_and_still_catches_their_edits(
+    store: Store, storage_url: str
+) -> None:
+    log = AuditLog(store)
+    fill(log, 4)
+    verdict, at = log.verify_new(None)
+    assert verdict.ok and verdict.checked == 4 and at.seq == 4 and at.hash == store.audit_head()[1]
+    assert log.verify_new(at) == (verdict, at)  # nothing new: nothing walked, same head
+    fill(log, 3)
+    verdict, later = log.verify_new(at)
+    assert verdict.ok and verdict.checked == 7 and later.seq == 7
+    fill(log, 2)
+    tamper(storage_url, "UPDATE audit_log SET actor = 'someone else' WHERE seq = 8")
+    verdict, kept = log.verify_new(later)
+    assert (verdict.ok, verdict.bad_seq, verdict.checked, kept) == (False, 8, 7, later), verdict
+    tamper(storage_url, "UPDATE audit_log SET hash = 'x' WHERE seq = 7")  # the checkpoint's own entry
+    verdict, _ = log.verify_new(later)
+    assert (verdict.ok, verdict.bad_seq) == (False, 7) and "since it was verified" in (verdict.reason or "")
+    # an edit before the checkpoint is not walked again incrementally; the whole chain finds it
+    tamper(storage_url, "UPDATE audit_log SET actor = 'someone else' WHERE seq = 2")
+    assert log.verify_new(Checkpoint(9, store.list_audit(after_seq=8, limit=1)[0].hash))[0].ok
+    assert log.verify().bad_seq == 2
 
 
 def _append_many(url: str, who: str, n: int) -> None:

@@ -118,10 +118,15 @@ def test_a_tenant_purge_takes_its_files_batches_and_results_only(store: Store) -
     store.record_results([LineResult("batch_0001", "a", 1, True, "{}")])
     store.record_results([LineResult("batch_0002", "a", 1, True, "{}")])
 
-    assert store.delete_tenant_batches("acme") == (1, ["files/acme/1"])
+    dropped: list[str] = []
+
+    def erase(kind: str) -> int:  # the purge's path (keel.tenancy.deletion)
+        return store.erase_subject(kind, "acme", None, 100, dropped.extend)
+
+    assert (erase("files"), erase("batches"), dropped) == (1, 2, ["files/acme/1"])  # the batch and its result
 
     assert store.get_file(None, "file-0001") is None and store.get_batch(None, "batch_0001") is None
     assert store.batch_results("batch_0001") == []
     assert store.get_batch("globex", "batch_0002") is not None and len(store.batch_results("batch_0002")) == 1
     assert store.get_file("globex", "file-0002") is not None
-    assert store.delete_tenant_batches("acme") == (0, [])
+    assert (erase("files"), erase("batches")) == (0, 0)

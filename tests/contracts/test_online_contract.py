@@ -58,5 +58,5 @@ def test_scores_once_per_trace_rule_and_scorer_and_their_rollups(store: Store) -
         "t4",
         "t3",
     ]
-    assert store.delete_tenant("t1")["eval_scores"] == 5
+    assert store.erase_subject("eval_scores", "t1", None, 2, lambda keys: None) == 5  # the purge's path
     assert store.score_rollup(ScoreQuery(since=0, until=100)) == []

@@ -118,8 +118,9 @@ def test_deleting_a_tenant_deletes_its_prompts_only(store: Store) -> None:
         push(store, "p", content("x"), tenant=tenant)
         store.set_prompt_label(tenant, "p", "production", 1, protected=None, by=None, now=NOW)
         store.put_feedback(Feedback(f"trace-{tenant}", "", tenant, 1.0, "ok", "p@1", "m", NOW))
-    counts = store.delete_tenant("gone")
-    assert counts["prompts"] == 4  # one version, one label, its history entry, one feedback score
+    kinds = ("prompt_feedback", "prompts")
+    erased = [store.erase_subject(kind, "gone", None, 100, lambda keys: None) for kind in kinds]
+    assert erased == [1, 3]  # one feedback score; one version, one label, its history entry (the purge's path)
     assert [v.tenant for v in store.list_prompt_versions()] == ["kept"]
     assert [lb.tenant for lb in store.list_prompt_labels()] == ["kept"]
     assert store.prompt_label_history("gone", "p") == [] and len(store.prompt_label_history("kept", "p")) == 1

@@ -181,6 +181,8 @@ def test_the_siem_section_refuses_unknown_keys_and_non_http_urls(tmp_path: Path)
         ({"url": "https://siem.example/x", "secret": "s", "batchsize": 5}, "audit.siem.batchsize"),
         ({"url": "ftp://siem.example/x", "secret": "s"}, "audit.siem.url"),
         ({"url": "https://siem.example/x", "secret": "s", "batch": 0}, "audit.siem.batch"),
+        ({"url": "https://siem.example/x", "secret": "s", "timeout_s": 10, "lease_s": 10}, "lease_s (10) must exceed"),
+        ({"url": "https://siem.example/x", "secret": "s", "timeout_s": 40}, "lease_s (30) must exceed timeout_s (40)"),
     ]:
         (tmp_path / "keel.yaml").write_text(yaml.safe_dump({**base, "audit": {"siem": siem}}))
         with pytest.raises(ConfigError) as info:

@@ -194,11 +194,13 @@ def test_the_audit_page_says_where_the_chain_breaks(gw: Gateway, tmp_path: Path)
     _entries(gw, 4)
     with login(gw) as c:
         assert 'data-ok="true"' in c.get("/ui/audit").text
+        verified = gw.runtime.store.audit_head()[0]
+        _entries(gw, 2)  # the head moves: the page verifies the entries appended since the last verified head
         with sqlite3.connect(tmp_path / "keel.db") as db:
-            db.execute("UPDATE audit_log SET detail = ? WHERE seq = 3", ('{"after":{"i":99}}',))
-        _entries(gw, 1)  # the head moves: the page verifies again at once
+            db.execute("UPDATE audit_log SET detail = ? WHERE seq = ?", ('{"after":{"i":99}}', verified + 1))
         page = c.get("/ui/audit")
-        assert 'data-ok="false"' in page.text and "Chain broken at entry 3" in page.text, page.text
+        assert 'data-ok="false"' in page.text and f"Chain broken at entry {verified + 1}" in page.text, page.text
+        assert 'data-ok="false"' in c.get("/ui/audit").text  # and it stays broken
 
 
 # ---- users, teams and roles

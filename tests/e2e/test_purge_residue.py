@@ -175,6 +175,21 @@ class Seeder:
                                                            "tools": [f"pay_{mark}"]}))  # fmt: skip
         assert run["state"] == "waiting", run
 
+    def shared_docs(self, tenant: str) -> None:
+        """Documents of the tenant shared with users by name: one with two users, one with one alone."""
+        mark = MARK[tenant]
+        docs = f"/api/rag/collections/c-{mark}/documents"
+        for name, users in (("pair", [ULY, VERA]), ("solo", [ULY])):
+            put = {"tenant": tenant, "text": f"{mark} {name} notes", "title": name, "users": users}
+            self.ok(self.admin.put(f"{docs}/{name}-{mark}", json=put), 200, 201, 202)
+        assert until(
+            lambda: {d["status"] for d in self.admin.get(docs, params={"tenant": tenant}).json()["data"]} == {"indexed"}
+        )
+
+    def access_lists(self, tenant: str) -> dict[str, list[str]]:
+        docs = self.admin.get(f"/api/rag/collections/c-{MARK[tenant]}/documents", params={"tenant": tenant})
+        return {d["id"]: d["users"] for d in self.ok(docs)["data"]}
+
 
 # ---- the scan -------------------------------------------------------------------------------------------
 
@@ -298,6 +313,7 @@ def purge_and_scan(gw: Gateway, seed: Seeder, storage_url: str, tmp_path: Path) 
     seed.user_data(GONE, ANN)
     seed.user_data(KEEP, ULY)
     seed.user_data(KEEP, VERA)
+    seed.shared_docs(KEEP)
     gw.traces()
     gone = [GONE, ANN, MARK[GONE], MARK[ANN]]
     uly = [ULY, MARK[ULY]]
@@ -332,6 +348,10 @@ def purge_and_scan(gw: Gateway, seed: Seeder, storage_url: str, tmp_path: Path) 
     # three chat calls, the stored response's, the async call's, the batch line's, the eval item's
     assert user_receipt["counts"]["traces"] == 7 and user_receipt["counts"]["keys"] == 1
     assert user_receipt["counts"]["prompt_feedback"] == 0  # the crashed run's part is not done twice
+    # the user's id out of the RAG access lists (documents and index); the list they were alone on is closed
+    assert (user_receipt["counts"]["rag_acls"], user_receipt["counts"]["rag_acl_index"]) == (2, 2)
+    lists = seed.access_lists(KEEP)
+    assert (lists[f"pair-{MARK[KEEP]}"], lists[f"solo-{MARK[KEEP]}"]) == ([VERA], [""]), lists
     nobody = seed.ok(seed.admin.delete(f"/api/tenants/{KEEP}/users/nobody-at-all"))
     assert nobody["subject"] == {"tenant": KEEP, "user": "nobody-at-all"} and set(nobody["counts"].values()) == {0}
 

@@ -148,6 +148,7 @@ class MetricsEndpoint:
                 _one("keel_audit_siem_lag_entries", "gauge", "Audit entries not yet accepted by the SIEM receiver.", st.lag),
                 _one("keel_audit_siem_delivered_total", "counter", "Audit entries the SIEM receiver accepted.", st.delivered),
                 _one("keel_audit_siem_failures_total", "counter", "Failed SIEM deliveries (each retried).", st.failures),
+                _one("keel_audit_siem_active", "gauge", "1 while this process holds the SIEM lease and ships the audit stream.", float(st.role == "active")),
                 _one("keel_audit_siem_up", "gauge", "1 while the last SIEM delivery succeeded (or none was due).", float(st.failing is None)),
             ]  # fmt: skip
         if rt.rules is not None:

@@ -4,7 +4,8 @@ An entry says who (actor), did what (action) to what (target), with which argume
 values and result summary (all in `detail`, redacted: values under secret-looking keys and any value
 the caller names as secret are replaced before anything is hashed or stored), from where, when.
 
-`verify` walks the chain from the first entry and names the first one that does not hold: a gap in the
+`verify` walks the chain from the first entry (`verify_new`: from a checkpoint an earlier one returned,
+for the entries appended since) and names the first one that does not hold: a gap in the
 numbering (a deleted entry), a link to a hash other than the previous entry's (reordered or deleted), an
 entry whose content no longer matches its hash (edited), or a head that the last entry does not reach
 (the newest entries deleted).
@@ -93,6 +94,14 @@ class Verdict:
         return {"ok": self.ok, "checked": self.checked, "bad_seq": self.bad_seq, "reason": self.reason}
 
 
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Where a verification reached: the last entry that held, and its hash."""
+
+    seq: int = 0
+    hash: str = GENESIS
+
+
 def entry_json(e: AuditEntry) -> dict[str, Any]:
     return {
         "seq": e.seq,
@@ -159,9 +168,8 @@ class AuditLog:
         self._group.close()
 
     def entries(
-        self, *, since: float | None = None, until: float | None = None, tenant: str | None = None
+        self, *, since: float | None = None, until: float | None = None, tenant: str | None = None, after: int = 0
     ) -> Iterator[AuditEntry]:
-        after = 0
         while True:
             page = self._store.list_audit(after_seq=after, since=since, until=until, tenant=tenant, limit=PAGE)
             yield from page
@@ -195,36 +203,43 @@ class AuditLog:
         out.entries += 1
 
     def verify(self) -> Verdict:
+        """The whole chain, from its first entry."""
+        return self.verify_new(None)[0]
+
+    def verify_new(self, since: Checkpoint | None) -> tuple[Verdict, Checkpoint]:
+        """The entries appended after `since` (a checkpoint an earlier verify returned; None: the whole
+        chain), linked to it; and the checkpoint to go on from (the head reached, or `since` if they do not
+        hold). The checkpoint's own entry must still carry its hash; entries before it are not walked again
+        (an edit there is found by a whole-chain `verify`)."""
+        start = since or Checkpoint()
         head_seq, head_hash = self._store.audit_head()  # first: entries appended while walking are not judged
-        prev_seq, prev_hash, checked = 0, GENESIS, 0
+        if start.seq and [e.hash for e in self._store.list_audit(after_seq=start.seq - 1, limit=1)] != [start.hash]:
+            why = f"entry {start.seq} changed since it was verified (edited or deleted)"
+            return Verdict(False, start.seq - 1, start.seq, why), start
+        prev_seq, prev_hash = start.seq, start.hash
         unlisted: set[int] = set()  # erased scheme-1 entries no purge entry has listed yet
-        for e in self.entries():
+        for e in self.entries(after=start.seq):
             if e.seq > head_seq:
                 break
             if e.seq != prev_seq + 1:
-                return Verdict(False, checked, prev_seq + 1, f"entry {prev_seq + 1} is missing (deleted)")
+                return Verdict(False, prev_seq, prev_seq + 1, f"entry {prev_seq + 1} is missing (deleted)"), start
             if e.prev_hash != prev_hash:
                 why = f"entry {e.seq} does not follow entry {prev_seq}: its link names another hash (reordered or deleted)"
-                return Verdict(False, checked, e.seq, why)
+                return Verdict(False, prev_seq, e.seq, why), start
             if not _holds(e):
-                return Verdict(False, checked, e.seq, f"entry {e.seq} does not match its hash (edited)")
+                return Verdict(False, prev_seq, e.seq, f"entry {e.seq} does not match its hash (edited)"), start
             if e.salts is None and e.digests is not None:
                 unlisted.add(e.seq)
             if e.action in PURGE_ACTIONS:
                 unlisted -= _listed_v1(e)
-            prev_seq, prev_hash, checked = e.seq, e.hash, checked + 1
+            prev_seq, prev_hash = e.seq, e.hash
         if unlisted:
             bad = min(unlisted)
-            why = f"entry {bad} was erased but no purge entry lists it (edited)"
-            return Verdict(False, bad - 1, bad, why)
+            return Verdict(False, bad - 1, bad, f"entry {bad} was erased but no purge entry lists it (edited)"), start
         if (head_seq, head_hash) != (prev_seq, prev_hash):
-            return Verdict(
-                False,
-                checked,
-                prev_seq + 1,
-                f"the chain ends at entry {prev_seq} but its head is entry {head_seq} (later entries deleted)",
-            )
-        return Verdict(True, checked)
+            why = f"the chain ends at entry {prev_seq} but its head is entry {head_seq} (later entries deleted)"
+            return Verdict(False, prev_seq, prev_seq + 1, why), start
+        return Verdict(True, prev_seq), Checkpoint(prev_seq, prev_hash)
 
     def export(
         self, *, since: float | None = None, until: float | None = None, tenant: str | None = None

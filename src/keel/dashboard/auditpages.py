@@ -4,14 +4,17 @@ shown.
 
 Queries and exports are the audit capability's own (`keel.audit.export`: the store filters, the export
 pages in bounded memory and its JSONL ends with a trailer that lets the file verify on its own), so the
-page shows exactly what `GET /api/audit` and `keel audit export` would. Verification walks the whole
-chain, so its verdict is kept for `VERIFY_TTL_S` while the chain's head has not moved. Audit details are
+page shows exactly what `GET /api/audit` and `keel audit export` would. Verification is incremental: a
+view walks only the entries appended since the last verified head (the whole chain every
+`FULL_VERIFY_S`, and after a break), and a verdict is kept for `VERIFY_TTL_S` while the head has not
+moved. Audit details are
 redacted when written; they still reach the page only through `h`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -22,13 +25,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from keel.audit.export import AuditQuery, QueryError, export
-from keel.audit.log import AuditLog, Verdict
+from keel.audit.log import AuditLog, Checkpoint, Verdict
 from keel.dashboard.markup import Safe, View, h, join, when
 from keel.store.protocols.audit import AuditEntry, AuditStore
 from keel.tenancy.actor import Actor
 
 PAGE = 100  # entries shown per page
 VERIFY_TTL_S = 10.0
+FULL_VERIFY_S = 3600.0  # the whole chain again: finds an edit of an entry verified before
 FILTERS = ("since", "until", "actor", "action", "tenant")
 
 
@@ -88,12 +92,19 @@ def export_response(store: AuditStore, view: AuditView, fmt: str) -> Response:
 
 
 class Verifier:
-    """`AuditLog.verify`, its verdict reused for `ttl_s` while the chain's head stays where it was."""
+    """The chain's verdict for the page: `AuditLog.verify_new` from the last verified head, so a page view
+    walks only the entries appended since; the whole chain again every `full_s` (an edit before the
+    checkpoint is found then) and after a verdict that did not hold. A verdict is reused for `ttl_s` while
+    the head stays where it was."""
 
-    def __init__(self, log: AuditLog, store: AuditStore, ttl_s: float = VERIFY_TTL_S) -> None:
-        self._log, self._store, self._ttl_s = log, store, ttl_s
+    def __init__(
+        self, log: AuditLog, store: AuditStore, ttl_s: float = VERIFY_TTL_S, full_s: float = FULL_VERIFY_S
+    ) -> None:
+        self._log, self._store, self._ttl_s, self._full_s = log, store, ttl_s, full_s
         self._lock = threading.Lock()
         self._last: tuple[tuple[int, str], float, Verdict] | None = None
+        self._checkpoint: Checkpoint | None = None
+        self._full_at = -math.inf  # monotonic
 
     def verdict(self) -> tuple[Verdict, float]:
         """The verdict and when it was reached (blocking: run it in a worker thread)."""
@@ -102,7 +113,10 @@ class Verifier:
             last = self._last
             if last is not None and last[0] == head and time.monotonic() - last[1] < self._ttl_s:
                 return last[2], time.time() - (time.monotonic() - last[1])
-            verdict = self._log.verify()
+            if self._checkpoint is None or time.monotonic() - self._full_at >= self._full_s:
+                self._checkpoint, self._full_at = None, time.monotonic()
+            verdict, checkpoint = self._log.verify_new(self._checkpoint)
+            self._checkpoint = checkpoint if verdict.ok else None
             self._last = (head, time.monotonic(), verdict)
             return verdict, time.time()
 

@@ -1,6 +1,7 @@
 """Who may read a document, and why a hit was admitted.
 
-A document's access list is users and groups; both empty means the whole tenant. A caller is a tenant,
+A document's access list is users and groups; both empty means the whole tenant, and `users: [""]`
+means closed (admin searches only: what a user purge leaves of a list naming only them). A caller is a tenant,
 a user and groups (`Access`). The store applies the rule inside every candidate query
 (keel.store.sql.rag_index); this module says it again in words, for the `why` of each hit, and finds a
 caller's groups: from its virtual key's metadata (`groups`: a list, or a comma-separated string), or

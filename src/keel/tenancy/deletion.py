@@ -16,7 +16,8 @@ run deleted).
 What "a user's data" means, per store: their traces with spans and payload blobs, their cache entries
 and vectors, their own usage rollups and sessions, their stored responses, feedback they gave or that
 was given on their calls, online scores and dataset items of their calls, eval runs and batches made
-with their keys (results, files, jobs), limit overrides and RAG groups of their keys, the keys
+with their keys (results, files, jobs), limit overrides and RAG groups of their keys, their id in
+the tenant's RAG access lists (a list left empty becomes closed, `[""]`, never the whole tenant), the keys
 themselves, and the audit entries naming them (erased, not deleted: the chain stays verifiable). Their
 name on the tenant's prompts (author, label moves, rollouts) is set to NULL: the prompts are the
 tenant's. Agent runs, tools, secrets and RAG collections belong to the tenant, not to one user.
@@ -181,6 +182,17 @@ async def _rag(r: _Run) -> int:
     return 0
 
 
+async def _rag_acls(r: _Run) -> int:
+    """A user's id out of the tenant's RAG access lists; a list left empty becomes closed, not open."""
+    if r.subject.user is None:
+        return 0
+    s = r.stores
+    counts = await asyncio.to_thread(s.store.erase_rag_user, r.subject.tenant, r.subject.user, s.batch_size)
+    for kind, n in counts.items():
+        r.receipt.counts[kind] = r.receipt.counts.get(kind, 0) + n
+    return 0
+
+
 async def _audit(r: _Run) -> int:
     erased = await asyncio.to_thread(AuditLog(r.stores.store).erase, r.subject.tenant, r.subject.user)
     r.receipt.counts["audit_erased_v1"] = len(erased.v1)
@@ -208,6 +220,7 @@ PURGERS: tuple[tuple[str, Purger], ...] = (
     ("cache_vectors", _vectors),
     ("rollups", _rollups),
     ("rag", _rag),
+    ("rag_acls", _rag_acls),  # counted as rag_acls and rag_acl_index
     ("limit_alerts", _rows("limit_alerts")),
     ("limit_overrides", _rows("limit_overrides")),
     ("rag_key_groups", _rows("rag_key_groups")),
@@ -230,7 +243,7 @@ async def purge(stores: Stores, tenant: str, user: str | None = None, *, actor: 
     receipt.counts["jobs_cancelled"] = await asyncio.to_thread(_cancel_jobs, stores.store, subject)
     for name, purger in PURGERS:
         n = await purger(run)
-        if name != "rag":
+        if name not in ("rag", "rag_acls"):
             receipt.counts[name] = receipt.counts.get(name, 0) + n
     receipt.finished_at = time.time()
     receipt.seal()

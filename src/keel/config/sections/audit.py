@@ -5,12 +5,14 @@
 
 Entries go out in seq order, in batches of at most `batch`, signed with HMAC-SHA256 like Keel's other
 webhooks; a batch that fails is retried with backoff (1 s doubling to `backoff_max_s`) and the cursor moves
-only past what the receiver accepted: at least once, the receiver dedupes on `seq`.
+only past what the receiver accepted: at least once, the receiver dedupes on `seq`. One process per
+deployment ships (it holds a lease of `lease_s`, default 30, renewed before each batch; it must exceed
+`timeout_s`); the others stand by and take over within `lease_s` when it dies.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from keel.config.parts import Model
 
@@ -22,6 +24,7 @@ class SiemConfig(Model):
     interval_s: float = Field(5.0, gt=0, le=3600)  # how often to look for new entries once caught up
     timeout_s: float = Field(10.0, gt=0, le=300)
     backoff_max_s: float = Field(60.0, gt=0, le=3600)
+    lease_s: float = Field(30.0, gt=0, le=3600)  # one process ships: it holds this lease, renewed per batch
 
     @field_validator("url")
     @classmethod
@@ -29,6 +32,15 @@ class SiemConfig(Model):
         if not v.startswith(("http://", "https://")) or len(v) < 10:
             raise ValueError("must be an http:// or https:// URL, e.g. https://siem.example/keel")
         return v
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_post(self) -> SiemConfig:
+        if self.lease_s <= self.timeout_s:
+            raise ValueError(
+                f"lease_s ({self.lease_s:g}) must exceed timeout_s ({self.timeout_s:g}): a POST still running when"
+                f" the lease runs out could be sent again by the next shipper; raise lease_s (e.g. {self.timeout_s * 3:g})"
+            )
+        return self
 
 
 class AuditConfig(Model):

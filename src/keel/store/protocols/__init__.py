@@ -35,6 +35,7 @@ from keel.store.protocols.jobs import (
     Recovered,
 )
 from keel.store.protocols.keys import KeyRow, KeyStore, TenantRow
+from keel.store.protocols.leases import Lease, LeaseStore
 from keel.store.protocols.limits import (
     Admission,
     Charge,
@@ -56,7 +57,7 @@ from keel.store.protocols.prompts import (
     PromptVersion,
     RolloutPlan,
 )
-from keel.store.protocols.purge import DeletedTraces, SubjectErasure, TraceDeletion
+from keel.store.protocols.purge import DeletedTraces, RagAclErasure, SubjectErasure, TraceDeletion
 from keel.store.protocols.rag_docs import (
     CollectionRow,
     DocStatus,
@@ -126,6 +127,8 @@ __all__ = [
     "KeyRow",
     "KeyStore",
     "LabelMove",
+    "Lease",
+    "LeaseStore",
     "LimitConfigStore",
     "LimitOverride",
     "LimitStore",
@@ -144,6 +147,7 @@ __all__ = [
     "PromptVersion",
     "PutResult",
     "QueueDepth",
+    "RagAclErasure",
     "RagDocStore",
     "RagIndexStore",
     "Recovered",

@@ -114,8 +114,3 @@ class BatchStore(Protocol):
     def count_results(self, batch_id: str) -> tuple[int, int]:
         """(ok, failed) results recorded."""
         ...
-
-    def delete_tenant_batches(self, tenant: str) -> tuple[int, list[str]]:
-        """Delete a tenant's batches, their line results and its files (a tenant purge); the batches
-        deleted and the deleted files' blob keys (their bytes are the caller's to delete)."""
-        ...

@@ -48,10 +48,6 @@ class TraceDeletion(Protocol):
         """Which of `ids` have a trace row (the orphan-blob sweep asks)."""
         ...
 
-    def delete_tenant(self, name: str) -> dict[str, int]:
-        """Delete a tenant's keys, limit overrides, prompts and the tenant itself; counts per kind."""
-        ...
-
 
 class SubjectErasure(Protocol):
     """Deleting one subject's rows (a whole tenant, or one user within it) from one store, by kind."""
@@ -62,4 +58,15 @@ class SubjectErasure(Protocol):
         """Delete (or, for a user's name on the tenant's own rows, anonymise) the subject's rows of `kind`,
         `limit` rows per statement, calling `drop_blobs` with the blob keys of each batch before its rows
         go. Returns the rows changed; 0 for a kind this store holds nothing of for the subject."""
+        ...
+
+
+class RagAclErasure(Protocol):
+    """Taking one user out of every RAG access list of a tenant (documents and the index's copies)."""
+
+    def erase_rag_user(self, tenant: str, user: str, limit: int) -> dict[str, int]:
+        """Remove `user` from the access lists of the tenant's documents (`rag_acls`) and of its index
+        (`rag_acl_index`: rewritten index rows plus stray access rows), `limit` rows per transaction. A
+        list left with no users and no groups becomes closed (`[""]`: admin searches only), never the
+        whole tenant. Returns the rows rewritten per kind."""
         ...

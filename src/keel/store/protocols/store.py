@@ -11,10 +11,11 @@ from keel.store.protocols.evals import EvalStore
 from keel.store.protocols.feedback import FeedbackStore
 from keel.store.protocols.jobs import JobStore
 from keel.store.protocols.keys import KeyStore
+from keel.store.protocols.leases import LeaseStore
 from keel.store.protocols.limits import LimitConfigStore
 from keel.store.protocols.online import OnlineEvalStore
 from keel.store.protocols.prompts import PromptStore
-from keel.store.protocols.purge import SubjectErasure, TraceDeletion
+from keel.store.protocols.purge import RagAclErasure, SubjectErasure, TraceDeletion
 from keel.store.protocols.rag_docs import RagDocStore
 from keel.store.protocols.rag_index import RagIndexStore
 from keel.store.protocols.responses import ResponseStore
@@ -34,7 +35,9 @@ class Store(
     TraceStore,
     TraceDeletion,
     SubjectErasure,
+    RagAclErasure,
     LimitConfigStore,
+    LeaseStore,
     Migrator,
     SpanStore,
     JobStore,

@@ -177,17 +177,6 @@ class SqlBatches:
         counts = {bool(ok): n for ok, n in rows}
         return counts.get(True, 0), counts.get(False, 0)
 
-    def delete_tenant_batches(self, tenant: str) -> tuple[int, list[str]]:
-        m = self._db.dialect.mark
-        with self._db.transaction() as s:
-            s.execute(
-                f"DELETE FROM batch_results WHERE batch_id IN (SELECT id FROM batches WHERE tenant = {m})", (tenant,)
-            )
-            batches = s.execute(f"DELETE FROM batches WHERE tenant = {m}", (tenant,))
-            keys = [r[0] for r in s.fetchall(f"SELECT blob_key FROM files WHERE tenant = {m}", (tenant,))]
-            s.execute(f"DELETE FROM files WHERE tenant = {m}", (tenant,))
-        return batches, keys
-
 
 def _count(row: Sequence[Any] | None) -> int:
     return 0 if row is None else int(row[0])

@@ -95,24 +95,6 @@ def rollup_deletes(mark: str, tenant: str, user: str | None, sessions: Sequence[
     return out
 
 
-def tenant_deletes(mark: str, tenant: str) -> list[tuple[str, str, list[Any]]]:
-    """(kind, statement, params) removing a tenant's limit overrides, prompts (with their feedback, rollouts
-    and label history), online scores, keys and row, in that order."""
-    keys = f"SELECT id FROM api_keys WHERE tenant = {mark}"
-    return [
-        ("limit_overrides", f"DELETE FROM limit_overrides WHERE scope = 'key' AND subject IN ({keys})", [tenant]),
-        ("limit_overrides", f"DELETE FROM limit_overrides WHERE scope = 'tenant' AND subject = {mark}", [tenant]),
-        ("prompts", f"DELETE FROM prompt_feedback WHERE tenant = {mark}", [tenant]),
-        ("prompts", f"DELETE FROM prompt_label_history WHERE tenant = {mark}", [tenant]),
-        ("prompts", f"DELETE FROM prompt_rollouts WHERE tenant = {mark}", [tenant]),
-        ("prompts", f"DELETE FROM prompt_labels WHERE tenant = {mark}", [tenant]),
-        ("prompts", f"DELETE FROM prompt_versions WHERE tenant = {mark}", [tenant]),
-        ("eval_scores", f"DELETE FROM eval_scores WHERE tenant = {mark}", [tenant]),
-        ("keys", f"DELETE FROM api_keys WHERE tenant = {mark}", [tenant]),
-        ("tenants", f"DELETE FROM tenants WHERE name = {mark}", [tenant]),
-    ]
-
-
 def deleted(rows: Sequence[Sequence[Any]]) -> DeletedTraces:
     """What `trace_delete`'s returned rows (blob key, session, id) say was deleted."""
     return DeletedTraces(
@@ -173,10 +155,3 @@ class SqlPurge:
             for chunk in chunks(list(ids), IN_CHUNK):
                 found.update(r[0] for r in s.fetchall(*present_query(self._db.dialect.mark, chunk)))
         return found
-
-    def delete_tenant(self, name: str) -> dict[str, int]:
-        counts = {"limit_overrides": 0, "prompts": 0, "eval_scores": 0, "keys": 0, "tenants": 0}
-        with self._db.transaction() as s:
-            for kind, sql, params in tenant_deletes(self._db.dialect.mark, name):
-                counts[kind] += s.execute(sql, params)
-        return counts

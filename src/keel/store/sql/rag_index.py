@@ -29,6 +29,7 @@ from keel.store.protocols.rag_index import (
     query_terms,
 )
 from keel.store.sql.dialect import Database, Dialect, Row, Session
+from keel.store.sql.rag_acl import principals
 
 _BUILD_COLS = "id, tenant, collection, model, spec, state, created_at, dim, error"
 _DOC_COLS = "tenant, collection, document_id, version, title, metadata, users, groups_, valid_until, updated_at, source"
@@ -50,12 +51,6 @@ def _doc(r: Row) -> DocRow:
         r[0], r[1], r[2], int(r[3]), r[4], metadata, tuple(orjson.loads(r[6])), tuple(orjson.loads(r[7])),
         r[8], float(r[9]), r[10],
     )  # fmt: skip
-
-
-def _principals(doc: DocRow) -> list[str]:
-    if not doc.users and not doc.groups:
-        return ["*"]
-    return sorted({"u:" + u for u in doc.users} | {"g:" + g for g in doc.groups})
 
 
 class Conditions:
@@ -224,6 +219,7 @@ class SqlRagIndex:
             self._before_write(dim)
         with self._db.transaction() as s:
             self._lock_builds(s, doc.tenant, doc.collection, exclusive=False)
+            doc = self._current_acl(s, doc)
             if every:
                 now = s.fetchall(
                     f"SELECT id FROM rag_builds WHERE tenant = {m} AND collection = {m} AND state IN ('active', 'shadow')",
@@ -264,13 +260,27 @@ class SqlRagIndex:
             s.execute(f"DELETE FROM rag_access WHERE doc = {m}", (doc_id,))
             s.executemany(
                 f"INSERT INTO rag_access (tenant, collection, principal, doc) VALUES ({d.marks(4)})",
-                [(doc.tenant, doc.collection, p, doc_id) for p in _principals(doc)],
+                [(doc.tenant, doc.collection, p, doc_id) for p in principals(doc.users, doc.groups)],
             )
             written = 0
             for build, chunks in builds.items():
                 self._drop_chunks(s, f"doc = {m} AND build = {m}", (doc_id, build))
                 written += self._insert_chunks(s, build, doc_id, doc.version, chunks)
             return written
+
+    def _current_acl(self, s: Session, doc: DocRow) -> DocRow:
+        """The document's access lists as they are now (a purge may have rewritten them since the job read
+        them), read under FOR SHARE so a purge's rewrite waits for this write or this write for it."""
+        d = self._db.dialect
+        lock = " FOR SHARE" if d.name == "postgres" else ""
+        row = s.fetchone(
+            f"SELECT users, acl_groups FROM rag_documents WHERE tenant = {d.mark} AND collection = {d.mark}"
+            f" AND id = {d.mark}{lock}",
+            (doc.tenant, doc.collection, doc.document_id),
+        )
+        if row is None:
+            return doc
+        return dataclasses.replace(doc, users=tuple(orjson.loads(row[0])), groups=tuple(orjson.loads(row[1])))
 
     def rag_copy(self, build: str, doc: int, version: int, chunks: Sequence[ChunkRow]) -> int:
         m = self._db.dialect.mark

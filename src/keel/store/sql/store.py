@@ -18,10 +18,12 @@ from keel.store.sql.evals import SqlEvals
 from keel.store.sql.feedback import SqlFeedback
 from keel.store.sql.jobs import SqlJobs
 from keel.store.sql.keys import SqlKeys
+from keel.store.sql.leases import SqlLeases
 from keel.store.sql.limits import SqlLimits
 from keel.store.sql.online import SqlOnline
 from keel.store.sql.prompts import SqlPrompts
 from keel.store.sql.purge import SqlPurge
+from keel.store.sql.rag_acl import SqlRagAcl
 from keel.store.sql.rag_docs import SqlRagDocs
 from keel.store.sql.rag_index import SqlRagIndex
 from keel.store.sql.responses import SqlResponses
@@ -35,7 +37,9 @@ class SqlStore(
     SqlTraces,
     SqlPurge,
     SqlErasure,
+    SqlRagAcl,
     SqlLimits,
+    SqlLeases,
     SqlSpans,
     SqlJobs,
     SqlBatches,
