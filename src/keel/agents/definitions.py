@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from keel.agents.tools import NAME, SpecError
 
+RESERVED = frozenset({"tools", "secrets", "runs"})  # /api/agents/<these> are other routes
+
 
 class AgentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -27,6 +29,8 @@ class AgentSpec(BaseModel):
     def named(cls, v: str) -> str:
         if not NAME.match(v):
             raise ValueError("1 to 64 letters, digits, '_' or '-'")
+        if v in RESERVED:
+            raise ValueError(f"'{v}' is taken by an agents route ({', '.join(sorted(RESERVED))})")
         return v
 
     @field_validator("tools", "roles")

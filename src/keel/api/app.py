@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from keel.alerts.slo import slos_of
 from keel.api.admin import Admin
 from keel.api.agents_admin import AgentsAdmin, dashboard_decide
+from keel.api.agents_named import NamedAgents
 from keel.api.anthropic import AnthropicEdge
 from keel.api.audit_admin import AuditAdmin
 from keel.api.batches import BatchesEdge
@@ -253,6 +254,7 @@ def create_app(runtime: Runtime) -> FastPath:
         *OnlineEvalsAdmin(runtime, guard).routes(),
         *EvalsAdmin(runtime, guard).routes(),
         *AgentsAdmin(runtime, guard).routes(),
+        *NamedAgents(runtime, guard).routes(),  # after tools/secrets/runs: /api/agents/{name} must not shadow them
         *TenancyAdmin(runtime, guard).routes(),  # users, teams, personal access tokens
         *AuditAdmin(runtime, guard).routes(),  # audit queries, verify, range export
         *SsoAdmin(runtime, guard).routes(),  # JWT bearers (a guard resolver); /api/whoami
