@@ -28,7 +28,7 @@ import orjson
 
 from keel.agents.approvals import decide as decide_call
 from keel.agents.budgets import ToolBudgets
-from keel.agents.definitions import AgentSpec, parse_agent
+from keel.agents.definitions import AgentSpec, owner_roles, parse_agent
 from keel.agents.executor import Executor, ToolResult
 from keel.agents.policy import Subject, decide
 from keel.agents.tools import ToolSpec, parse_spec
@@ -181,7 +181,7 @@ class Runs:
             "principal": _principal_json(caller), "trace_id": "trc_" + secrets.token_hex(12),
             "started_at": time.time(), "steps": [], "pending": [], "answer": None, "error": None,
             "client_tools": client_tools, "agent": agent.name if agent else None,
-            "roles": sorted({*caller.roles, *(agent.roles if agent else ())}),
+            "roles": sorted({*caller.roles, *owner_roles(self._store, caller.principal), *(agent.roles if agent else ())}),
         }  # fmt: skip
 
     async def _advance(self, run: RunRow, emit: Emit) -> RunRow:
@@ -421,7 +421,8 @@ class Runs:
         problem = _invalid(spec, args)
         if problem is not None:
             return False, f"error: invalid arguments for '{name}': {problem}"
-        verdict = decide(spec, args, Subject(None, frozenset(caller.roles)))
+        owner = await asyncio.to_thread(owner_roles, self._store, caller.principal)
+        verdict = decide(spec, args, Subject(None, frozenset((*caller.roles, *owner))))
         if verdict != "allow":
             why = "is denied by policy" if verdict == "deny" else "needs a person's approval: start it in an agent run"
             await self._audit.record(caller.actor, "tool.denied", name, tenant=tenant, arguments=args,
