@@ -10,7 +10,9 @@ succeeds, and with its id as the HTTP Idempotency-Key; a call found `running` af
 again: the model hears that its outcome is unknown.
 
 Every model step and tool call is a span of the run's trace, and a step of the run's durable record
-(`keel runs show`).
+(`keel runs show`). A tool call's audit is two entries: `tool.run` (who, which tool, the arguments),
+committed while the tool executes and before its result is used, so a crash mid-tool leaves evidence; and
+`tool.result` (ok, size, egress) committed beside the call's outcome, before the model hears it.
 """
 
 from __future__ import annotations
@@ -384,17 +386,21 @@ class Runs:
         if result is None:
             assert spec is not None
             await emit({"type": "tool.started", "run_id": row.run_id, "call_id": row.id, "tool": row.tool})
-            result = await self._exec.run(row.tenant, spec, row.arguments, row.id, caller.actor)
+            _, result = await asyncio.gather(
+                self._audit.record(caller.actor, "tool.run", row.tool, tenant=row.tenant, arguments=row.arguments,
+                                   source_ip=caller.source_ip, result={"call": row.id, "run": row.run_id}),
+                self._exec.run(row.tenant, spec, row.arguments, row.id, caller.actor),
+            )  # fmt: skip
         text = (
             result.output
             if result.ok
             else (result.output if result.output.startswith("error") else f"error: {result.output}")
         )
         state: CallState = "done" if result.ok else "failed"
-        # the call's outcome and its audit entry commit side by side: both durable before the model hears it
+        # the call's outcome and its tool.result entry commit side by side, before the model hears it
         await asyncio.gather(
             asyncio.to_thread(self._store.move_call, row.id, ("running",), state, now=time.time(), result=text),
-            self._audit.record(caller.actor, "tool.run", row.tool, tenant=row.tenant, arguments=row.arguments,
+            self._audit.record(caller.actor, "tool.result", row.tool, tenant=row.tenant, source_ip=caller.source_ip,
                                result={"ok": result.ok, "call": row.id, "chars": len(text), **_egress(result)}),
         )  # fmt: skip
         self._step_tool(data, row, state, text, started)
@@ -435,12 +441,16 @@ class Runs:
         key = "mcp_" + secrets.token_hex(12)
         row = CallRow(key, "mcp", tenant, name, args, "running", None, "policy", now, now, now)
         await asyncio.to_thread(self._store.add_call, row)
-        result = await self._exec.run(tenant, spec, args, key, caller.actor)
+        _, result = await asyncio.gather(
+            self._audit.record(caller.actor, "tool.run", name, tenant=tenant, arguments=args, source_ip=caller.source_ip,
+                               result={"call": key, "via": "mcp"}),
+            self._exec.run(tenant, spec, args, key, caller.actor),
+        )  # fmt: skip
         text = result.output
         await asyncio.gather(
             asyncio.to_thread(self._store.move_call, key, ("running",), "done" if result.ok else "failed",
                               now=time.time(), result=text),
-            self._audit.record(caller.actor, "tool.run", name, tenant=tenant, arguments=args, source_ip=caller.source_ip,
+            self._audit.record(caller.actor, "tool.result", name, tenant=tenant, source_ip=caller.source_ip,
                                result={"ok": result.ok, "call": key, "via": "mcp", "chars": len(text), **_egress(result)}),
         )  # fmt: skip
         return result.ok, text
