@@ -386,11 +386,12 @@ class Runs:
         if result is None:
             assert spec is not None
             await emit({"type": "tool.started", "run_id": row.run_id, "call_id": row.id, "tool": row.tool})
-            _, result = await asyncio.gather(
+            _, ran = await asyncio.gather(
                 self._audit.record(caller.actor, "tool.run", row.tool, tenant=row.tenant, arguments=row.arguments,
                                    source_ip=caller.source_ip, result={"call": row.id, "run": row.run_id}),
                 self._exec.run(row.tenant, spec, row.arguments, row.id, caller.actor),
             )  # fmt: skip
+            result = ran
         text = (
             result.output
             if result.ok
