@@ -50,6 +50,8 @@ def test_named_agents_crud_over_http_is_audited(agw: Gateway, up: FakeUpstream) 
         assert a.delete("/api/agents/second", params={"tenant": "t1"}).status_code == 404
         assert [e["target"] for e in _audit(a, "agent.remove")] == ["second"]
         assert a.get("/api/audit/verify").json()["ok"] is True
+        # this machine allows per-run cgroups (v1, writable): readyz says the sandbox uses them
+        assert a.get("/readyz").json()["sandbox_cgroups"] == "ok"
 
         # with a virtual key: its own tenant only, and runs start by the agent's name
         with keyed(agw) as k:

@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from keel.agents.sandbox import Sandbox
 from keel.alerts.slo import slos_of
 from keel.api.admin import Admin
 from keel.api.agents_admin import AgentsAdmin, dashboard_decide
@@ -213,6 +214,9 @@ def create_app(runtime: Runtime) -> FastPath:
             # background workers (runtime/workers.py): "ok", or why one is not running until it restarts
             "workers": {name: why or "ok" for name, why in runtime.workers.health().items()},
         }
+        sandbox = runtime.find(Sandbox)
+        if sandbox is not None:  # code tools run with the rlimits alone where cgroups cannot be made
+            body["sandbox_cgroups"] = sandbox.cgroup_problem or "ok"
         if siem is not None:  # the audit log's streaming export: its lag and failures (never unready for it)
             body["audit_siem"] = siem.stats.json()
         if warmth:  # self-hosted servers' readiness; a warming one leaves the gateway ready (it reroutes)
