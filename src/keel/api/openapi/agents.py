@@ -69,6 +69,7 @@ CODE_TOOL: Schema = closed(
         source={"type": "string", "minLength": 1, "maxLength": 256 * 1024},
         memory_mb={"type": "integer", "minimum": 16, "maximum": 4096},
         cpu_s={"type": "integer", "minimum": 1, "maximum": 300},
+        cpus={"type": "number", "exclusiveMinimum": 0, "maximum": 16},
     )
 )
 MCP_TOOL: Schema = closed(
