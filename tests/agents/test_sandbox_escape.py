@@ -168,6 +168,22 @@ ATTEMPTS = [
         SYSCALL.format(call="libc.syscall(250, 0, 0, 0, 0, 0)"),
         lambda o: "REFUSED -1 1" in o.stdout,
     ),
+    Attempt(  # each child stays under its RLIMIT_AS (256 MiB); only the run's memory cgroup sums them
+        "memory spread over processes (each under its rlimit)",
+        "import os\nkids = []\nfor i in range(6):\n    pid = os.fork()\n    if pid == 0:\n"
+        "        x = bytearray(150 * 1024 * 1024)\n        for j in range(0, len(x), 4096): x[j] = 1\n"
+        "        os._exit(0)\n    kids.append(pid)\n"
+        "print('KILLED' if any(os.waitpid(p, 0)[1] for p in kids) else 'ALL FED', 6 * 150, 'MiB asked')\n",
+        lambda o: "KILLED" in o.stdout and o.cgroup is not None and o.cgroup.oom_kills > 0,
+        Limits(cpu_s=10, wall_s=30, memory_mb=256, processes=16),
+    ),
+    Attempt(  # RLIMIT_CPU counts seconds per process; only the cgroup's quota caps cores at once
+        "CPU spin on every core (each under its CPU seconds)",
+        "import os, time\nfor i in range(3):\n    if os.fork() == 0:\n        break\n"
+        "t = time.process_time()\nwhile time.process_time() - t < 0.05: pass\nprint('SPUN')\n",
+        lambda o: o.exit_code == 0 and o.cgroup is not None and o.cgroup.cpu_throttled > 0,
+        Limits(cpu_s=2, wall_s=30, cpus=0.05),
+    ),
     Attempt(
         "see the host's processes",
         "import os\npids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
@@ -183,6 +199,8 @@ def sandbox_runs() -> None:
         asyncio.run(SANDBOX.check())
     except SandboxUnavailable as exc:
         pytest.fail(f"the sandbox cannot run on this machine: {exc}")
+    if SANDBOX.cgroup_problem is not None:  # this machine allows them (cgroup v1, writable): say so, loudly
+        pytest.fail(f"the sandbox runs without per-run cgroups here: {SANDBOX.cgroup_problem}")
 
 
 @pytest.mark.parametrize("attempt", ATTEMPTS, ids=[a.name for a in ATTEMPTS])
@@ -191,7 +209,12 @@ def test_escape_attempt_is_refused_or_contained(attempt: Attempt, monkeypatch: p
     out = asyncio.run(SANDBOX.run_python(attempt.code, {}, limits=attempt.limits))
     shown = (out.stdout.strip().splitlines() or ["(no output)"])[-1][:160]
     state = "timed out" if out.timed_out else "truncated" if out.truncated else f"exit {out.exit_code}"
-    print(f"\n  escape attempt: {attempt.name:<45} -> {state}, signal {out.signal}: {shown}")
+    usage = (
+        ""
+        if out.cgroup is None
+        else f" [cgroup: {out.cgroup.oom_kills} OOM kills, {out.cgroup.cpu_throttled} throttled]"
+    )
+    print(f"\n  escape attempt: {attempt.name:<45} -> {state}, signal {out.signal}: {shown}{usage}")
     assert attempt.contained(out), f"NOT contained: {attempt.name}: {out}"
 
 
@@ -218,3 +241,12 @@ def test_no_bubblewrap_means_a_refusal_naming_it() -> None:
     lone = Sandbox(bwrap="/nonexistent/bwrap")
     with pytest.raises(SandboxUnavailable, match="bubblewrap"):
         asyncio.run(lone.run_python("print(1)", {}))
+
+
+def test_without_writable_cgroups_the_rlimits_still_hold(tmp_path: Path) -> None:
+    bare = Sandbox(cgroup_root=str(tmp_path / "no-cgroups"))
+    assert bare.cgroup_problem is not None and "no cgroup v1 'memory' hierarchy" in bare.cgroup_problem
+    bomb = "x = bytearray(1024 * 1024 * 1024)\nprint('ALLOCATED')\n"
+    out = asyncio.run(bare.run_python(bomb, {}, limits=SHORT))
+    print(f"\n  without cgroups ({bare.cgroup_problem}): memory bomb -> exit {out.exit_code}")
+    assert out.cgroup is None and out.exit_code != 0 and "ALLOCATED" not in out.stdout and "MemoryError" in out.stderr

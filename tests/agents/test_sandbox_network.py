@@ -120,7 +120,7 @@ def test_a_runs_network_decisions_are_in_its_audit_entry(svc: ToolService, agw: 
     with keyed(agw) as k:
         run = k.post("/api/agents/runs", json={"model": "gpt-4o-mini", "input": "go", "tools": ["net"]}).json()
     assert run["state"] == "done", run
-    (entry,) = [e for e in AuditLog(agw.runtime.store).entries() if e.action == "tool.run"]
+    (entry,) = [e for e in AuditLog(agw.runtime.store).entries() if e.action == "tool.result"]
     network = json.loads(entry.detail)["result"]["network"]
     print(f"\naudited: {network}")
     assert network[0] == f"127.0.0.1:{port} allowed"

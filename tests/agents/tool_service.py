@@ -1,9 +1,10 @@
 """A real HTTP service for tools to call (stdlib, on 127.0.0.1): `/echo` answers with the query and the
 headers it got (as a careless API does, secrets included); `/pay` counts side effects per Idempotency-Key
-and in total; `/count` reports them."""
+and in total; `/count` reports them; `POST /hang` sets `entered` and answers only once `release` is set."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ class ToolService:
         self.payments: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.url = ""
+        self.entered = threading.Event()
+        self.release = threading.Event()
 
 
 @contextmanager
@@ -49,6 +52,12 @@ def tool_service() -> Iterator[ToolService]:
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
+            if urlparse(self.path).path == "/hang":
+                svc.entered.set()
+                svc.release.wait(120)
+                with contextlib.suppress(OSError):  # its caller may be gone (killed mid-call)
+                    self._send({"released": True})
+                return
             with svc.lock:
                 svc.payments.append({"body": body, "key": self.headers.get("Idempotency-Key")})
                 n = len(svc.payments)
@@ -61,6 +70,7 @@ def tool_service() -> Iterator[ToolService]:
     try:
         yield svc
     finally:
+        svc.release.set()
         server.shutdown()
         server.server_close()
         thread.join(5)

@@ -35,7 +35,9 @@ def master_key() -> MasterKey | None:
 def build(ctx: Context) -> Contribution:
     audit = ctx.get(AuditLog)
     vault = Vault(ctx.store, master_key(), audit)
-    executor = Executor(vault, Sandbox())
+    sandbox = Sandbox()  # per-run cgroups where the host allows; readyz says when it does not
+    ctx.add(sandbox)
+    executor = Executor(vault, sandbox)
     writer = ctx.get(TraceWriter)
     budgets = ToolBudgets(ctx.get(LimitStore))  # type: ignore[type-abstract]
     runs = Runs(ctx.store, lambda: ctx.get(Pipeline).handler, executor, audit, writer.put_span, writer.put, budgets)

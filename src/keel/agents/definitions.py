@@ -9,6 +9,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from keel.agents.tools import NAME, SpecError
+from keel.store.protocols.tenancy import TenancyStore
+from keel.types import Principal
+
+RESERVED = frozenset({"tools", "secrets", "runs"})  # /api/agents/<these> are other routes
 
 
 class AgentSpec(BaseModel):
@@ -27,6 +31,8 @@ class AgentSpec(BaseModel):
     def named(cls, v: str) -> str:
         if not NAME.match(v):
             raise ValueError("1 to 64 letters, digits, '_' or '-'")
+        if v in RESERVED:
+            raise ValueError(f"'{v}' is taken by an agents route ({', '.join(sorted(RESERVED))})")
         return v
 
     @field_validator("tools", "roles")
@@ -47,3 +53,14 @@ def parse_agent(data: Any) -> AgentSpec:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or None
         raise SpecError(f"{field or 'agent'}: {err['msg']}", field) from None
+
+
+def owner_roles(store: TenancyStore, principal: Principal) -> tuple[str, ...]:
+    """The roles a virtual key's runs act as: those of the user it was issued for (`user`), when that names
+    an enabled user of the key's own tenant; none otherwise (a free-text `user` is attribution only)."""
+    if not principal.user:
+        return ()
+    user = store.get_user(principal.user)
+    if user is None or user.tenant != principal.tenant or user.disabled_at is not None:
+        return ()
+    return tuple(sorted(user.roles))

@@ -67,7 +67,7 @@ class Executor:
         if spec.kind == "code":
             assert spec.code is not None
             limits = Limits(wall_s=spec.timeout_s, output_bytes=spec.max_output * 4, cpu_s=spec.code.cpu_s,
-                            memory_mb=spec.code.memory_mb)  # fmt: skip
+                            memory_mb=spec.code.memory_mb, cpus=spec.code.cpus)  # fmt: skip
             out = await self._sandbox.run_python(
                 spec.code.source, args, env=env, limits=limits, network=spec.code.network
             )

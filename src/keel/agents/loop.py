@@ -10,7 +10,9 @@ succeeds, and with its id as the HTTP Idempotency-Key; a call found `running` af
 again: the model hears that its outcome is unknown.
 
 Every model step and tool call is a span of the run's trace, and a step of the run's durable record
-(`keel runs show`).
+(`keel runs show`). A tool call's audit is two entries: `tool.run` (who, which tool, the arguments),
+committed while the tool executes and before its result is used, so a crash mid-tool leaves evidence; and
+`tool.result` (ok, size, egress) committed beside the call's outcome, before the model hears it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import orjson
 
 from keel.agents.approvals import decide as decide_call
 from keel.agents.budgets import ToolBudgets
-from keel.agents.definitions import AgentSpec, parse_agent
+from keel.agents.definitions import AgentSpec, owner_roles, parse_agent
 from keel.agents.executor import Executor, ToolResult
 from keel.agents.policy import Subject, decide
 from keel.agents.tools import ToolSpec, parse_spec
@@ -181,7 +183,7 @@ class Runs:
             "principal": _principal_json(caller), "trace_id": "trc_" + secrets.token_hex(12),
             "started_at": time.time(), "steps": [], "pending": [], "answer": None, "error": None,
             "client_tools": client_tools, "agent": agent.name if agent else None,
-            "roles": sorted({*caller.roles, *(agent.roles if agent else ())}),
+            "roles": sorted({*caller.roles, *owner_roles(self._store, caller.principal), *(agent.roles if agent else ())}),
         }  # fmt: skip
 
     async def _advance(self, run: RunRow, emit: Emit) -> RunRow:
@@ -384,17 +386,22 @@ class Runs:
         if result is None:
             assert spec is not None
             await emit({"type": "tool.started", "run_id": row.run_id, "call_id": row.id, "tool": row.tool})
-            result = await self._exec.run(row.tenant, spec, row.arguments, row.id, caller.actor)
+            _, ran = await asyncio.gather(
+                self._audit.record(caller.actor, "tool.run", row.tool, tenant=row.tenant, arguments=row.arguments,
+                                   source_ip=caller.source_ip, result={"call": row.id, "run": row.run_id}),
+                self._exec.run(row.tenant, spec, row.arguments, row.id, caller.actor),
+            )  # fmt: skip
+            result = ran
         text = (
             result.output
             if result.ok
             else (result.output if result.output.startswith("error") else f"error: {result.output}")
         )
         state: CallState = "done" if result.ok else "failed"
-        # the call's outcome and its audit entry commit side by side: both durable before the model hears it
+        # the call's outcome and its tool.result entry commit side by side, before the model hears it
         await asyncio.gather(
             asyncio.to_thread(self._store.move_call, row.id, ("running",), state, now=time.time(), result=text),
-            self._audit.record(caller.actor, "tool.run", row.tool, tenant=row.tenant, arguments=row.arguments,
+            self._audit.record(caller.actor, "tool.result", row.tool, tenant=row.tenant, source_ip=caller.source_ip,
                                result={"ok": result.ok, "call": row.id, "chars": len(text), **_egress(result)}),
         )  # fmt: skip
         self._step_tool(data, row, state, text, started)
@@ -421,7 +428,8 @@ class Runs:
         problem = _invalid(spec, args)
         if problem is not None:
             return False, f"error: invalid arguments for '{name}': {problem}"
-        verdict = decide(spec, args, Subject(None, frozenset(caller.roles)))
+        owner = await asyncio.to_thread(owner_roles, self._store, caller.principal)
+        verdict = decide(spec, args, Subject(None, frozenset((*caller.roles, *owner))))
         if verdict != "allow":
             why = "is denied by policy" if verdict == "deny" else "needs a person's approval: start it in an agent run"
             await self._audit.record(caller.actor, "tool.denied", name, tenant=tenant, arguments=args,
@@ -434,12 +442,16 @@ class Runs:
         key = "mcp_" + secrets.token_hex(12)
         row = CallRow(key, "mcp", tenant, name, args, "running", None, "policy", now, now, now)
         await asyncio.to_thread(self._store.add_call, row)
-        result = await self._exec.run(tenant, spec, args, key, caller.actor)
+        _, result = await asyncio.gather(
+            self._audit.record(caller.actor, "tool.run", name, tenant=tenant, arguments=args, source_ip=caller.source_ip,
+                               result={"call": key, "via": "mcp"}),
+            self._exec.run(tenant, spec, args, key, caller.actor),
+        )  # fmt: skip
         text = result.output
         await asyncio.gather(
             asyncio.to_thread(self._store.move_call, key, ("running",), "done" if result.ok else "failed",
                               now=time.time(), result=text),
-            self._audit.record(caller.actor, "tool.run", name, tenant=tenant, arguments=args, source_ip=caller.source_ip,
+            self._audit.record(caller.actor, "tool.result", name, tenant=tenant, source_ip=caller.source_ip,
                                result={"ok": result.ok, "call": key, "via": "mcp", "chars": len(text), **_egress(result)}),
         )  # fmt: skip
         return result.ok, text

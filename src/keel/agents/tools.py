@@ -99,6 +99,7 @@ class CodeTool(_Strict):
     source: str = Field(min_length=1, max_length=256 * 1024)  # sees `args`; prints its result
     memory_mb: int = Field(256, ge=16, le=4096)
     cpu_s: int = Field(5, ge=1, le=300)
+    cpus: float = Field(1.0, gt=0, le=16)  # CPU time per second over all its processes (the run's cgroup)
     network: tuple[str, ...] = Field((), max_length=32)  # host:port it may reach, through the sandbox's proxy
 
     @field_validator("network")

@@ -28,7 +28,7 @@ from keel.runtime.components import Runtime
 from keel.store.protocols import Charge, LimitStoreUnavailable, UnknownSubject
 from keel.tenancy.actor import Actor
 from keel.tenancy.deletion import Stores, purge
-from keel.tenancy.roles import sees_content, team_bound
+from keel.tenancy.roles import key_owner_refusal, sees_content, team_bound
 from keel.traces.retention import RetentionPolicy, sweep
 from keel.traces.rollups import usage_query, usage_view
 from keel.traces.writer import read_spans, read_trace, trace_query, trace_view
@@ -291,6 +291,12 @@ class Admin:
             t.name for t in await asyncio.to_thread(self._rt.store.list_teams, tenant)
         }:
             raise NotFound(f"No team '{team}' in tenant '{tenant}': add it first (keel teams add).")
+        user = _text(body, "user")
+        refused = await asyncio.to_thread(key_owner_refusal, self._rt.store, actor, tenant, user)
+        if refused is not None:
+            err = PermissionDenied(refused)
+            err.param = "user"
+            raise err
         models = body.get("models")
         if models is not None and not (isinstance(models, list) and all(_storable_name(m) for m in models)):
             raise InvalidRequest("'models' must be an array of aliases.", "models")
@@ -300,7 +306,7 @@ class Admin:
                 self._rt.store,
                 tenant,
                 name=_text(body, "name"),
-                user=_text(body, "user"),
+                user=user,
                 models=tuple(models) if models is not None else None,
                 priority=_priority(body, "priority") or 0,
                 max_priority=_priority(body, "max_priority"),

@@ -15,9 +15,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from keel.agents.sandbox import Sandbox
 from keel.alerts.slo import slos_of
 from keel.api.admin import Admin
 from keel.api.agents_admin import AgentsAdmin, dashboard_decide
+from keel.api.agents_named import NamedAgents
 from keel.api.anthropic import AnthropicEdge
 from keel.api.audit_admin import AuditAdmin
 from keel.api.batches import BatchesEdge
@@ -212,6 +214,9 @@ def create_app(runtime: Runtime) -> FastPath:
             # background workers (runtime/workers.py): "ok", or why one is not running until it restarts
             "workers": {name: why or "ok" for name, why in runtime.workers.health().items()},
         }
+        sandbox = runtime.find(Sandbox)
+        if sandbox is not None:  # code tools run with the rlimits alone where cgroups cannot be made
+            body["sandbox_cgroups"] = sandbox.cgroup_problem or "ok"
         if siem is not None:  # the audit log's streaming export: its lag and failures (never unready for it)
             body["audit_siem"] = siem.stats.json()
         if warmth:  # self-hosted servers' readiness; a warming one leaves the gateway ready (it reroutes)
@@ -253,6 +258,7 @@ def create_app(runtime: Runtime) -> FastPath:
         *OnlineEvalsAdmin(runtime, guard).routes(),
         *EvalsAdmin(runtime, guard).routes(),
         *AgentsAdmin(runtime, guard).routes(),
+        *NamedAgents(runtime, guard).routes(),  # after tools/secrets/runs: /api/agents/{name} must not shadow them
         *TenancyAdmin(runtime, guard).routes(),  # users, teams, personal access tokens
         *AuditAdmin(runtime, guard).routes(),  # audit queries, verify, range export
         *SsoAdmin(runtime, guard).routes(),  # JWT bearers (a guard resolver); /api/whoami

@@ -22,14 +22,16 @@ from keel.dashboard.forms import csrf_field, read_form
 from keel.dashboard.markup import Safe, View, h, join, when
 from keel.keys.auth import issue_key, key_view
 from keel.store.protocols import KeyRow, KeyStore
+from keel.store.protocols.tenancy import TenancyStore
 from keel.tenancy.actor import Actor
+from keel.tenancy.roles import key_owner_refusal
 
 MAX_NAME = 256  # as the admin API: what every store can index
 STATES = ("active", "revoked", "all")
 
 
-class KeyPageStore(KeyStore, Protocol):
-    """What the keys page reads and writes."""
+class KeyPageStore(KeyStore, TenancyStore, Protocol):
+    """What the keys page reads and writes (users: whom a key may be issued for)."""
 
 
 def _team(row: KeyRow) -> str | None:
@@ -88,6 +90,9 @@ class KeyPages:
         if bad:
             message = f"'{bad[0]}' must be 1 to {MAX_NAME} characters without NUL."
             return View("Keys", _error(message), 400)
+        refused = await asyncio.to_thread(key_owner_refusal, self._store, actor, tenant, user) if tenant else None
+        if refused is not None:
+            return View("Refused", _error(refused), 403)
         try:
             issued = await asyncio.to_thread(issue_key, self._store, tenant, name=name, user=user, models=models)
         except ValueError as exc:

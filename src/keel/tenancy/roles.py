@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from keel.store.protocols.tenancy import TenancyStore
 from keel.tenancy.actor import OPERATOR, ROLES, Actor
 
 # permission -> what it allows (the reference `keel users` and the decision file print)
@@ -42,8 +43,8 @@ PERMISSIONS: dict[str, str] = {
     "rag.read": "RAG collections and documents",
     "rag.write": "create, fill, re-chunk, set reranking of and drop RAG collections",
     "rag.search": "search RAG collections",
-    "agents.read": "agent tools and runs",
-    "agents.write": "add and remove agent tools",
+    "agents.read": "agent tools, named agents and runs",
+    "agents.write": "add and remove agent tools and named agents",
     "agents.run": "start agent runs (with a virtual key: its calls are that key's)",
     "secrets.read": "list agent secrets' names (never values)",
     "secrets.write": "set and remove agent secrets",
@@ -123,3 +124,23 @@ def team_bound(actor: Actor) -> bool:
 
 def unknown_scopes(scopes: Iterable[str]) -> list[str]:
     return sorted(s for s in scopes if s not in PERMISSIONS)
+
+
+def may_own_key_of(issuer: Actor, owner_roles: Iterable[str]) -> bool:
+    """Whether `issuer` may issue a virtual key for a user holding `owner_roles`. A key's agent runs act as
+    its user's roles (tool policies name roles), so the issuer must hold every permission that user holds."""
+    return granted(owner_roles) <= permissions_of(issuer)
+
+
+def key_owner_refusal(store: TenancyStore, issuer: Actor, tenant: str, user: str | None) -> str | None:
+    """Why `issuer` may not issue a key of `tenant` for `user`, or None. A `user` that is no user of the
+    tenant is attribution only (its runs act with no roles), so anyone who may issue keys may name it."""
+    if user is None:
+        return None
+    row = store.get_user(user)
+    if row is None or row.tenant != tenant or may_own_key_of(issuer, row.roles):
+        return None
+    return (
+        f"{issuer.id} may not issue a key for '{user}' (roles: {', '.join(sorted(row.roles))}): "
+        "its runs would act with permissions the issuer lacks."
+    )

@@ -8,6 +8,8 @@ namespace has only a loopback of its own: nothing outside is reachable), with:
   /tmp; a fresh /proc (its own PID namespace) and a minimal /dev;
 - every capability dropped, a new session (no terminal injection), --die-with-parent;
 - a seccomp filter (seccomp.py); rlimits on CPU seconds, address space, processes, open files, file size;
+- where the host allows, a cgroup of its own (cgroups.py): memory summed over its processes, pids, and
+  `cpus` of CPU time per second; where it does not, the rlimits alone (`Sandbox.cgroup_problem` says why);
 - an environment of PATH, HOME, LANG and only the variables the caller passes (a tool's declared secrets);
 - no network, or, for a tool that lists `network: [host:port, ...]`, only those through an allow-list
   proxy on a Unix socket (netproxy.py);
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import random
 import resource
@@ -28,6 +31,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from keel.agents.sandbox.cgroups import ROOT as CGROUP_ROOT
+from keel.agents.sandbox.cgroups import Cgroups, RunCgroup, Usage
 from keel.agents.sandbox.netproxy import HELPER, Decision, NetProxy
 from keel.agents.sandbox.netproxy import MOUNT as NET_MOUNT
 from keel.agents.sandbox.seccomp import SeccompUnavailable, filter_bpf
@@ -44,6 +49,7 @@ BOOT = (
     "exec(compile(d['code'],'<tool>','exec'),g)\n"
 )
 MAX_CODE = 256 * 1024
+log = logging.getLogger("keel.agents.sandbox")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -60,6 +66,7 @@ class Limits:
     wall_s: float = 10.0
     output_bytes: int = 64 * 1024  # stdout; stderr keeps at most 8 KiB
     disk_mb: int = 64  # each of the private tmpfs (/sandbox, /tmp)
+    cpus: float = 1.0  # CPU time per second of wall clock, over all its processes (the cgroup's quota)
 
     def rlimits(self) -> list[tuple[int, int]]:
         mb = 1024 * 1024
@@ -83,6 +90,7 @@ class Outcome:
     signal: int | None = None  # the signal that ended it (a negative return code)
     seconds: float = 0.0
     network: tuple[Decision, ...] = ()  # the allow-list proxy's decisions, when the run had one
+    cgroup: Usage | None = None  # what the run's cgroup counted (None: no cgroup here)
 
     @property
     def ok(self) -> bool:
@@ -94,12 +102,35 @@ def _limit(pairs: list[tuple[int, int]]) -> None:
         resource.setrlimit(kind, (value, value))
 
 
+def _enter(cgroup: RunCgroup | None, limits: Limits, uid: int) -> None:
+    """In the child before exec: join the run's cgroup (as root), set the rlimits, become `uid`."""
+    if cgroup is not None:
+        cgroup.join()
+    _limit(limits.rlimits())
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+
+
 class Sandbox:
-    def __init__(self, *, bwrap: str | None = None, python: str = PYTHON, ro_binds: Sequence[str] = ("/usr",)) -> None:
+    def __init__(
+        self, *, bwrap: str | None = None, python: str = PYTHON, ro_binds: Sequence[str] = ("/usr",),
+        cgroup_root: str | None = CGROUP_ROOT,
+    ) -> None:  # fmt: skip
+        """`cgroup_root`: where the cgroup v1 hierarchies are mounted (None: no per-run cgroups)."""
         self.bwrap = bwrap or shutil.which("bwrap") or "bwrap"
         self.python = python
         self.ro_binds = tuple(ro_binds)
         self._checked = False
+        self._cgroups = Cgroups(cgroup_root) if cgroup_root is not None and os.geteuid() == 0 else None
+        if cgroup_root is None:
+            self.cgroup_problem: str | None = "per-run cgroups turned off"
+        elif self._cgroups is None:
+            self.cgroup_problem = "not running as root: cannot make per-run cgroups"
+        else:
+            self.cgroup_problem = self._cgroups.problem
+        if self.cgroup_problem is not None and cgroup_root is not None:
+            log.warning("sandbox: no per-run cgroups (%s); runs keep their rlimits only", self.cgroup_problem)
 
     def argv(
         self, command: Sequence[str], seccomp_fd: int, tmpfs_mb: int = 64, net_dir: str | None = None
@@ -191,6 +222,25 @@ class Sandbox:
     ) -> Outcome:
         bpf = self._prepare()
         uid = UID_BASE + random.randrange(UID_SPAN)
+        cg = None
+        if self._cgroups is not None and self.cgroup_problem is None:
+            try:
+                cg = await asyncio.to_thread(self._cgroups.create, limits.memory_mb, limits.processes, limits.cpus)
+            except OSError as exc:  # the rlimits still hold; say so loudly
+                log.warning("sandbox: could not make this run's cgroup (%s); rlimits only", exc)
+        try:
+            out = await self._spawn(command, stdin, env, limits, net_dir, bpf, uid, cg)
+        finally:
+            usage = None
+            if cg is not None:
+                usage = await asyncio.to_thread(cg.usage)
+                await asyncio.to_thread(cg.remove)
+        return dataclasses.replace(out, cgroup=usage)
+
+    async def _spawn(
+        self, command: Sequence[str], stdin: bytes, env: Mapping[str, str] | None, limits: Limits,
+        net_dir: str | None, bpf: bytes, uid: int, cg: RunCgroup | None,
+    ) -> Outcome:  # fmt: skip
         fd = os.memfd_create("keel-seccomp", 0)
         try:
             os.write(fd, bpf)
@@ -204,11 +254,8 @@ class Sandbox:
                 stderr=asyncio.subprocess.PIPE,
                 env={**base, **(env or {})},
                 pass_fds=(fd,),
-                user=uid,
-                group=uid,
-                extra_groups=[],
                 process_group=0,
-                preexec_fn=lambda: _limit(limits.rlimits()),
+                preexec_fn=lambda: _enter(cg, limits, uid),
             )
         except FileNotFoundError as exc:
             raise SandboxUnavailable(f"bubblewrap is not installed ({exc}): apt-get install bubblewrap") from None

@@ -69,6 +69,7 @@ CODE_TOOL: Schema = closed(
         source={"type": "string", "minLength": 1, "maxLength": 256 * 1024},
         memory_mb={"type": "integer", "minimum": 16, "maximum": 4096},
         cpu_s={"type": "integer", "minimum": 1, "maximum": 300},
+        cpus={"type": "number", "exclusiveMinimum": 0, "maximum": 16},
     )
 )
 MCP_TOOL: Schema = closed(
@@ -127,8 +128,49 @@ CALL: Schema = obj(
 )
 DECIDED: Schema = {**CALL, "properties": {**CALL["properties"], "changed": BOOL}}
 DELETED: Schema = obj(("deleted",), deleted=STR)
+AGENT_NAME: Schema = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9_-]{1,64}$",
+    "not": {"enum": ["tools", "secrets", "runs"]},
+}
+AGENT_FIELDS: dict[str, Schema] = {
+    "model": {"type": "string", "minLength": 1, "maxLength": 256},
+    "tools": arr(SLUG, maxItems=64, description="names of the tenant's registered tools"),
+    "max_steps": limit(64),
+    "system": null({"type": "string", "maxLength": 32768}),
+    "roles": arr(SLUG, maxItems=16, description="roles it acts as (tool policies' rules can name them)"),
+    "description": {"type": "string", "maxLength": 4096},
+}
+AGENT: Schema = obj(("tenant", "name", "model"), tenant=STR, name=STR, updated_at=TIME, **AGENT_FIELDS)
+AGENT_SPEC: Schema = closed(obj(("name", "model"), tenant=SLUG, name=AGENT_NAME, **AGENT_FIELDS))
+AGENT_REPLACE: Schema = closed(obj(("model",), tenant=SLUG, name=AGENT_NAME, **AGENT_FIELDS))
+NAMED_AGENTS: tuple[Op, ...] = (
+    Op("GET", "/api/agents", "A tenant's named agents", {200: page(AGENT)}, query=(TENANT_Q,), security=EITHER),
+    Op(
+        "POST",
+        "/api/agents",
+        "Create a named agent (409: the name is taken; tools, secrets and runs are refused)",
+        {201: AGENT},
+        body=AGENT_SPEC,
+        query=(TENANT_Q,),
+        security=EITHER,
+        errors=(*COMMON_ERRORS, 409),
+    ),
+    Op("GET", "/api/agents/{name}", "One named agent", {200: AGENT}, query=(TENANT_Q,), security=EITHER),
+    Op(
+        "PUT",
+        "/api/agents/{name}",
+        "Create or replace a named agent (201 new, 200 replaced)",
+        {201: AGENT, 200: AGENT},
+        body=AGENT_REPLACE,
+        query=(TENANT_Q,),
+        security=EITHER,
+    ),
+    Op("DELETE", "/api/agents/{name}", "Remove a named agent", {200: DELETED}, query=(TENANT_Q,), security=EITHER),
+)
 
 AGENTS: tuple[Op, ...] = (
+    *NAMED_AGENTS,
     Op(
         "GET",
         "/api/audit",

@@ -1,0 +1,84 @@
+"""The audit log keeps evidence of a tool call cut short: `tool.run` (who, which tool, the arguments) is
+committed while the tool executes, before its result is used, and `tool.result` after. `keel serve` runs as
+a real process and is killed (kill -9) while a tool hangs in a test HTTP service: the log holds the call's
+`tool.run` and no `tool.result`, and `keel audit verify` passes on it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import httpx
+import yaml
+
+from keel.audit.log import AuditLog
+from keel.keys.auth import issue_key
+from keel.store.open import open_store
+from keel.testing import FakeUpstream
+from keel.testing.fake_upstream import Script
+
+from .test_approval_crash import ADMIN, KEEL, env, free_port, serve
+from .test_runs import completion, until
+from .tool_service import tool_service
+
+
+def test_a_tool_cut_short_by_kill_9_leaves_its_tool_run_entry(
+    up: FakeUpstream, storage_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = {
+        "admin_token": ADMIN,
+        "server": {"host": "127.0.0.1", "port": port},
+        "storage": {"url": storage_url},
+        "traces": {"spill_dir": str(tmp_path / "spill")},
+        "providers": {"oai": {"type": "openai", "base_url": up.url + "/v1", "api_key": "sk-up"}},
+        "models": {"gpt-4o-mini": {"targets": [{"provider": "oai", "model": "gpt-4o-mini"}]}},
+    }
+    (tmp_path / "keel.yaml").write_text(yaml.safe_dump(config))
+    store = open_store(storage_url)
+    store.create_tenant("t1")
+    key = issue_key(store, "t1", name="crash").key
+    url = f"http://127.0.0.1:{port}"
+    log = AuditLog(store)
+
+    def entries(action: str) -> list[dict[str, object]]:
+        return [json.loads(e.detail) | {"target": e.target} for e in log.entries() if e.action == action]
+
+    with tool_service() as svc:
+        up.script(Script(body_override=completion(("call_h", "hang", {"order": 7}))), Script(text="never"))
+        with serve(tmp_path, "first", url) as gateway:
+            spec = {"tenant": "t1", "name": "hang", "kind": "http", "timeout_s": 120,
+                    "http": {"method": "POST", "url": svc.url + "/hang"}}  # fmt: skip
+            r = httpx.post(url + "/api/agents/tools", json=spec, headers={"authorization": f"Bearer {ADMIN}"})
+            assert r.status_code == 201, r.text
+            body = {"model": "gpt-4o-mini", "input": "go", "tools": ["hang"]}
+
+            def start() -> None:
+                with contextlib.suppress(httpx.HTTPError):  # the gateway dies under it
+                    httpx.post(url + "/api/agents/runs", json=body, headers={"authorization": f"Bearer {key}"},
+                               timeout=120)  # fmt: skip
+
+            client = threading.Thread(target=start, daemon=True)
+            client.start()
+            assert svc.entered.wait(60), "the tool was never called"
+            (started,) = until(lambda: entries("tool.run"), 30)  # committed while the tool still hangs
+            assert not svc.release.is_set()
+            os.kill(gateway.pid, signal.SIGKILL)
+            gateway.wait()
+            client.join(30)
+
+    print(f"\n  after kill -9 mid-tool: tool.run {started}; tool.result entries: {entries('tool.result')}")
+    assert started["target"] == "hang" and started["arguments"] == {"order": 7}
+    assert entries("tool.result") == []
+    verified = subprocess.run([*KEEL, "audit", "verify"], cwd=tmp_path, env=env(), capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    (call,) = [c for c in store.list_calls(tenant="t1") if c.tool == "hang"]
+    assert call.state == "running"  # and a resumed run reports it interrupted, never re-runs it
+    assert started["result"] == {"call": call.id, "run": call.run_id}
+    store.close()
