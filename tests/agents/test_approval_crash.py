@@ -17,6 +17,7 @@ import yaml
 
 from keel.keys.auth import issue_key
 from keel.store.open import open_store
+from keel.store.protocols import Store
 from keel.testing import FakeUpstream
 from keel.testing.fake_upstream import Script
 
@@ -63,23 +64,27 @@ def serve(tmp: Path, name: str, url: str) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait()
 
 
-def test_kill_9_between_approval_and_execution_and_a_double_approval_pay_once(
-    up: FakeUpstream, storage_url: str, tmp_path: Path
-) -> None:
+def configured(up: FakeUpstream, storage_url: str, tmp: Path) -> tuple[Store, str, str]:
+    """keel.yaml in `tmp` for a `keel serve` on a free port; the store, a key of tenant t1, and the URL."""
     port = free_port()
     config = {
         "admin_token": ADMIN,
         "server": {"host": "127.0.0.1", "port": port},
         "storage": {"url": storage_url},
-        "traces": {"spill_dir": str(tmp_path / "spill")},
+        "traces": {"spill_dir": str(tmp / "spill")},
         "providers": {"oai": {"type": "openai", "base_url": up.url + "/v1", "api_key": "sk-up"}},
         "models": {"gpt-4o-mini": {"targets": [{"provider": "oai", "model": "gpt-4o-mini"}]}},
     }
-    (tmp_path / "keel.yaml").write_text(yaml.safe_dump(config))
+    (tmp / "keel.yaml").write_text(yaml.safe_dump(config))
     store = open_store(storage_url)
     store.create_tenant("t1")
-    key = issue_key(store, "t1", name="crash").key
-    url = f"http://127.0.0.1:{port}"
+    return store, issue_key(store, "t1", name="crash").key, f"http://127.0.0.1:{port}"
+
+
+def test_kill_9_between_approval_and_execution_and_a_double_approval_pay_once(
+    up: FakeUpstream, storage_url: str, tmp_path: Path
+) -> None:
+    store, key, url = configured(up, storage_url, tmp_path)
     with tool_service() as svc:
         up.script(Script(body_override=completion(("call_p", "pay", {"amount": 500}))), Script(text="Paid once."))
         with serve(tmp_path, "first", url) as first:

@@ -14,15 +14,12 @@ import threading
 from pathlib import Path
 
 import httpx
-import yaml
 
 from keel.audit.log import AuditLog
-from keel.keys.auth import issue_key
-from keel.store.open import open_store
 from keel.testing import FakeUpstream
 from keel.testing.fake_upstream import Script
 
-from .test_approval_crash import ADMIN, KEEL, env, free_port, serve
+from .test_approval_crash import ADMIN, KEEL, configured, env, serve
 from .test_runs import completion, until
 from .tool_service import tool_service
 
@@ -30,20 +27,7 @@ from .tool_service import tool_service
 def test_a_tool_cut_short_by_kill_9_leaves_its_tool_run_entry(
     up: FakeUpstream, storage_url: str, tmp_path: Path
 ) -> None:
-    port = free_port()
-    config = {
-        "admin_token": ADMIN,
-        "server": {"host": "127.0.0.1", "port": port},
-        "storage": {"url": storage_url},
-        "traces": {"spill_dir": str(tmp_path / "spill")},
-        "providers": {"oai": {"type": "openai", "base_url": up.url + "/v1", "api_key": "sk-up"}},
-        "models": {"gpt-4o-mini": {"targets": [{"provider": "oai", "model": "gpt-4o-mini"}]}},
-    }
-    (tmp_path / "keel.yaml").write_text(yaml.safe_dump(config))
-    store = open_store(storage_url)
-    store.create_tenant("t1")
-    key = issue_key(store, "t1", name="crash").key
-    url = f"http://127.0.0.1:{port}"
+    store, key, url = configured(up, storage_url, tmp_path)
     log = AuditLog(store)
 
     def entries(action: str) -> list[dict[str, object]]:
