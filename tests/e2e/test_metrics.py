@@ -44,11 +44,14 @@ def total(samples: Samples, name: str, **match: str) -> float:
 
 
 def settled(gw: Gateway, calls: int) -> Samples:
-    """The scrape once `calls` calls have been counted (a stream is counted when it ends, just after the client sees it)."""
+    """The scrape once `calls` calls have been counted and their traces written (a stream is counted when it
+    ends, just after the client sees it; the trace writer flushes in the background after that)."""
     deadline = time.monotonic() + 5
     while True:
         samples = parse(scrape(gw).text)
-        if total(samples, "keel_calls_total") >= calls or time.monotonic() > deadline:
+        counted = total(samples, "keel_calls_total") >= calls
+        written = total(samples, "keel_traces_written_total") >= calls and total(samples, "keel_trace_queue_depth") == 0
+        if (counted and written) or time.monotonic() > deadline:
             return samples
         time.sleep(0.02)
 

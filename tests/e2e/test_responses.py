@@ -485,6 +485,7 @@ def test_a_responses_call_replays_unless_it_continues_a_conversation(gateway: Ga
         first = raw.parse()
         sent_first = sent(up)
         later = c.responses.with_raw_response.create(model="gpt-4o-mini", input="more", previous_response_id=first.id)
+    gateway.traces()  # the writer has flushed both calls' traces
     r = httpx.post(f"{gateway.url}/api/traces/{raw.headers['x-keel-trace-id']}/replay", headers=admin, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["replay"]["content"] == "echo: hello" and sent(up) == sent_first
