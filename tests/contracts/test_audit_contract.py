@@ -10,7 +10,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,6 @@ import pytest
 from keel.audit.log import REDACTED, AuditLog, Checkpoint
 from keel.store.open import open_store
 from keel.store.protocols import GENESIS, Store, entry_hash
-
-
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def tamper(url: str, sql: str) -> None:

@@ -5,7 +5,6 @@ entry before it, and names a file that was edited, thinned, reordered or cut."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -13,20 +12,10 @@ import pytest
 from keel.audit.export import AuditQuery, read_csv, read_jsonl, verify_file
 from keel.audit.export import export as export_range
 from keel.audit.log import AuditLog
-from keel.store.open import open_store
 from keel.store.protocols import Store
 
 DAY = 86_400.0
 T0 = 1_780_000_000.0  # a fixed day start: entries get explicit times
-
-
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def fill(log: AuditLog) -> None:

@@ -5,23 +5,12 @@ results recorded once per (batch, custom_id) however often they are recorded aga
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from keel.store.open import open_store
 from keel.store.protocols import BatchRow, FileRow, LineResult, Store
 
 NOW = time.time()
-
-
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def file(n: int, tenant: str = "acme", purpose: str = "batch") -> FileRow:

@@ -6,23 +6,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from keel.store.open import open_store
 from keel.store.protocols import DatasetItem, EvalResult, EvalRun, Store
 
 NOW = time.time()
-
-
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def item(i: int) -> DatasetItem:

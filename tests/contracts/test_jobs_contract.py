@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,15 +19,6 @@ from keel.store.open import open_job_wakeups, open_store
 from keel.store.protocols import Job, JobContext, JobQuery, JobSpec, Outcome, Progress, Store
 
 NOW = time.time()
-
-
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def claim(store: Store, *, now: float = NOW, limit: int = 10, lease_s: float = 30.0, **kw: Any) -> list[Job]:

@@ -6,21 +6,8 @@ exactly one wins."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
-import pytest
-
-from keel.store.open import open_store
 from keel.store.protocols import Store
-
-
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def test_one_holder_at_a_time_until_it_expires_then_a_new_token(store: Store) -> None:

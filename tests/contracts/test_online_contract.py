@@ -4,21 +4,9 @@ window, filter, list newest first; a tenant's deletion takes its scores."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from keel.store.open import open_store
 from keel.store.protocols import OnlineRule, ScoreQuery, ScoreRow, Store
-
-
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def row(trace: str, at: float, value: float, scorer: str = "quality", **kw: str | None) -> ScoreRow:

@@ -7,24 +7,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from keel.prompts.content import content_hash
-from keel.store.open import open_store
 from keel.store.protocols import Feedback, FeedbackRow, PromptContent, PromptVersion, Store
 
 NOW = time.time()
-
-
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def content(text: str, **kw: object) -> PromptContent:

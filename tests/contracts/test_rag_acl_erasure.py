@@ -7,26 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec
 from keel.rag.search import SearchQuery
-from keel.store.open import open_store
 from keel.store.protocols import DocumentIn, Store
 
 SPEC = IndexSpec("hash:64", {"max_tokens": 200})
 ULY, VERA = "uly7", "vera5"
-
-
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def put(store: Store, tenant: str, doc_id: str, users: tuple[str, ...], groups: tuple[str, ...] = ()) -> DocumentRef:

@@ -7,21 +7,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
-
-from keel.store.open import open_store
 from keel.store.protocols import CollectionRow, DocumentIn, DocUpdate, Store
-
-
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def doc(id: str = "a.md", content: str = "h1", **kw: object) -> DocumentIn:

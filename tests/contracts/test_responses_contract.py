@@ -6,25 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from keel.store.open import open_store
 from keel.store.protocols import Store, StoredResponse
 from keel.tenancy.deletion import Stores, purge
 from keel.traces.retention import RetentionPolicy, sweep
 
 NOW = time.time()
-
-
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def row(

@@ -5,26 +5,15 @@ deleted by trace, by tenant and by age in bounded statements."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import orjson
 import pytest
 
-from keel.store.open import open_store
 from keel.store.protocols import Store
 from keel.store.storable import MAX_SPAN_ATTRIBUTES, TAG
 from keel.types import Span, Usage
 
 NOW = time.time()
-
-
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def span(trace: str, sid: str, *, at: float = NOW, tenant: str | None = "acme", parent: str | None = None) -> Span:

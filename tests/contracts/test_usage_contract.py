@@ -12,14 +12,12 @@ import itertools
 import math
 import random
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from keel.errors import InvalidRequest
-from keel.store.open import open_store
 from keel.store.protocols import Store, TraceQuery, UsageQuery, UsageRow
 from keel.store.protocols.usage import hist_bounds, hist_bucket
 from keel.store.sql.usage import spans
@@ -33,15 +31,6 @@ FIGURES = (
     "reasoning_tokens", "cache_lookups", "cache_hits", "fallbacks",
 )  # fmt: skip
 ATTR = {"key": "key_id"}
-
-
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def _maybe(rng: random.Random, value: Any, p: float = 0.8) -> Any:
