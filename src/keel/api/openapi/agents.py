@@ -61,8 +61,10 @@ HTTP_TOOL: Schema = closed(
         method=enum("GET", "POST", "PUT", "PATCH", "DELETE"),
         url={"type": "string", "pattern": "^https?://", "maxLength": 2048},
         headers={"type": "object", "additionalProperties": STR},
+        query=arr(STR),
     )
 )
+NETWORK: Schema = arr({"type": "string", "pattern": "^.+:[0-9]{1,5}$"}, maxItems=32)
 CODE_TOOL: Schema = closed(
     obj(
         ("source",),
@@ -70,10 +72,18 @@ CODE_TOOL: Schema = closed(
         memory_mb={"type": "integer", "minimum": 16, "maximum": 4096},
         cpu_s={"type": "integer", "minimum": 1, "maximum": 300},
         cpus={"type": "number", "exclusiveMinimum": 0, "maximum": 16},
+        network=NETWORK,
     )
 )
 MCP_TOOL: Schema = closed(
-    obj(("transport",), transport=enum("stdio", "http"), command=arr(STR), url=null(STR), tool=null(STR))
+    obj(
+        ("transport",),
+        transport=enum("stdio", "http"),
+        command=arr(STR),
+        url=null(STR),
+        tool=null(STR),
+        network=NETWORK,
+    )
 )
 TOOL_COMMON: dict[str, Schema] = {
     "tenant": SLUG,
@@ -84,7 +94,17 @@ TOOL_COMMON: dict[str, Schema] = {
     "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
     "max_output": {"type": "integer", "minimum": 64, "maximum": 1024 * 1024},
     "rate_per_minute": null({"type": "integer", "minimum": 1, "maximum": 1_000_000}),
-    "secrets": arr(obj(("name",), name=SLUG, header=STR, query=STR, env=STR)),
+    "limits": null(
+        closed(
+            obj(
+                rpm=null({"type": "integer", "minimum": 1, "maximum": 1_000_000}),
+                calls_day=null({"type": "integer", "minimum": 1, "maximum": 100_000_000}),
+                usd_day=null({"type": "number", "exclusiveMinimum": 0}),
+                usd_per_call={"type": "number", "minimum": 0},
+            )
+        )
+    ),
+    "secrets": arr(closed(obj(("name",), name=SLUG, header=STR, query=STR, env=STR, format=STR))),
 }
 TOOL_SPEC: Schema = {
     "oneOf": [
