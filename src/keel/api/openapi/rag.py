@@ -28,7 +28,13 @@ from keel.api.openapi.spec import (
 )
 
 CHUNKING: Schema = obj(max_tokens=INT, overlap=INT, strategy=STR)
-CHUNKING_IN: Schema = closed(obj(max_tokens={"type": "integer", "minimum": 16, "maximum": 8192}, overlap=limit(8)))
+CHUNKING_IN: Schema = closed(
+    obj(
+        max_tokens={"type": "integer", "minimum": 16, "maximum": 8192},
+        overlap={"type": "integer", "minimum": 0, "maximum": 4096, "description": "at most max_tokens / 2"},
+        strategy=enum("structure", "sentences"),
+    )
+)
 RERANK: Schema = closed(
     obj(
         ("model",),

@@ -1,7 +1,8 @@
-"""The admin API's OpenAPI document describes the tool spec the handlers accept (keel.agents.tools): the
-closed schemas name exactly the models' fields, and full specs of each kind, as a client would send them,
-validate against the document. The document is hand-written, so a field added to a model without it
-fails here (http `query`, `network`, `limits` and a secret's `format` were missing)."""
+"""The admin API's OpenAPI document describes what the handlers accept (tools, agents, a collection's
+chunking and reranker): the closed schemas name exactly the models' fields, and full tool specs of each
+kind, as a client would send them, validate against the document. The document is hand-written, so a
+field added to a model without it fails here (a tool's http `query`, `network`, `limits`, a secret's
+`format` and chunking's `strategy` were missing)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ import jsonschema  # type: ignore[import-untyped]
 import pytest
 from pydantic import BaseModel
 
+from keel.agents.definitions import AgentSpec
 from keel.agents.tools import CodeTool, HttpTool, McpTool, SecretUse, ToolLimits, ToolSpec
-from keel.api.openapi.agents import CODE_TOOL, HTTP_TOOL, MCP_TOOL, TOOL_COMMON, TOOL_SPEC
+from keel.api.openapi.agents import AGENT_SPEC, CODE_TOOL, HTTP_TOOL, MCP_TOOL, TOOL_COMMON, TOOL_SPEC
+from keel.api.openapi.rag import CHUNKING_IN, RERANK
+from keel.rag.chunk import STRATEGIES, ChunkingSpec
+from keel.rag.rerank import RerankSpec
 
 KIND_FIELDS = {"name", "kind", "http", "code", "mcp"}
 
@@ -38,6 +43,13 @@ def props(schema: dict[str, Any]) -> set[str]:
 )
 def test_each_closed_schema_names_the_models_fields(schema: dict[str, Any], model: type[BaseModel]) -> None:
     assert props(schema) == set(model.model_fields)
+
+
+def test_agent_and_rag_settings_name_the_fields_their_parsers_take() -> None:
+    assert props(AGENT_SPEC) - {"tenant"} == set(AgentSpec.model_fields)
+    assert props(CHUNKING_IN) == set(ChunkingSpec.__dataclass_fields__)
+    assert tuple(CHUNKING_IN["properties"]["strategy"]["enum"]) == STRATEGIES
+    assert props(RERANK) == set(RerankSpec.__dataclass_fields__)
 
 
 def test_the_common_fields_are_the_specs_fields() -> None:
