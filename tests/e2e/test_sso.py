@@ -9,8 +9,10 @@ flow with PKCE, state checked, the session cookie naming the user and their mapp
 
 from __future__ import annotations
 
-import asyncio
+import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,6 @@ import httpx
 import pytest
 
 from keel.dashboard.session import Sessions
-from keel.tenancy.directory import Directory
 from keel.testing import FakeUpstream
 from keel.testing.oidc import FakeIssuer, FakeUser
 from tests.conftest import Gateway, base_config
@@ -110,10 +111,23 @@ def test_a_provider_without_jit_signs_in_only_users_added_beforehand(
     assert r.status_code == 403 and "ask an admin to add you" in r.json()["error"]["message"]
     admin = {"authorization": f"Bearer {gw.admin}"}
     assert httpx.get(gw.url + "/api/users", params={"tenant": "t1"}, headers=admin).json()["data"] == []
-    directory = gw.runtime.get(Directory)
-    added = asyncio.run(directory.add_user("t1", ("viewer",), user_id="ann", issuer=idp.url, subject="sub-ann"))
+    half = httpx.post(
+        gw.url + "/api/users", json={"tenant": "t1", "roles": ["viewer"], "issuer": idp.url}, headers=admin
+    )
+    assert half.status_code == 400 and half.json()["error"]["param"] == "subject", half.text
+    body = {"id": "ann", "tenant": "t1", "roles": ["viewer"], "issuer": idp.url, "subject": "sub-ann"}
+    added = httpx.post(gw.url + "/api/users", json=body, headers=admin)
+    assert added.status_code == 201 and added.json()["subject"] == "sub-ann", added.text
     me = whoami(gw, idp.mint("ann")).json()
-    assert me["id"] == f"user:{added.id}" and me["roles"] == ["admin", "viewer"]  # roles follow the mapping
+    assert me["id"] == "user:ann" and me["roles"] == ["admin", "viewer"]  # roles follow the mapping
+    twice = httpx.post(gw.url + "/api/users", json={**body, "id": "ann2"}, headers=admin)
+    assert twice.status_code == 400 and twice.json()["error"]["param"] == "subject", twice.text
+    # the CLI links the same way, on the configured store
+    cmd = [sys.executable, "-m", "keel.cli.main", "-c", str(tmp_path / "keel.yaml"), "users", "add", "bob"]
+    cmd += ["--tenant", "t1", "--roles", "viewer", "--issuer", idp.url, "--subject", "sub-bob", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and json.loads(out.stdout)["subject"] == "sub-bob", out.stderr
+    assert whoami(gw, idp.mint("bob")).json()["id"] == "user:bob"
 
 
 def test_bad_jwts_are_refused_without_echoing_them(gw: Gateway, idp: FakeIssuer) -> None:

@@ -90,12 +90,14 @@ class TenancyAdmin:
         return _json({"data": [user_view(u) for u in rows]})
 
     async def add_user(self, request: Request, actor: Actor) -> Response:
-        """{id?, tenant?, roles: [...], email?, name?, team?} or {id?, operator: true, email?, name?}."""
+        """{id?, tenant?, roles: [...], email?, name?, team?, issuer?, subject?} or {id?, operator: true, email?,
+        name?, issuer?, subject?}; issuer and subject (together) link the user to an SSO identity beforehand, for
+        a provider without `jit`."""
         body = await self._body(request)
         operator = body.get("operator", False)
         if type(operator) is not bool:
             raise InvalidRequest("'operator' must be true or false.", "operator")
-        ids = {f: _opt_text(body, f) for f in ("id", "email", "name", "team")}
+        ids = {f: _opt_text(body, f) for f in ("id", "email", "name", "team", "issuer", "subject")}
         roles: tuple[str, ...]
         if operator:
             if not actor.operator:
@@ -105,7 +107,7 @@ class TenancyAdmin:
             tenant, roles = actor.tenant_for(body.get("tenant"), "users"), _roles(body, True) or ()
             _grantable(actor, roles)
         row = await self._dir.add_user(tenant, roles, user_id=ids["id"], email=ids["email"], name=ids["name"],
-                                       team=ids["team"])  # fmt: skip
+                                       team=ids["team"], issuer=ids["issuer"], subject=ids["subject"])  # fmt: skip
         return _json(user_view(row), 201)
 
     async def show_user(self, request: Request, actor: Actor) -> Response:

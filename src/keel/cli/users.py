@@ -43,6 +43,8 @@ def register(p: argparse.ArgumentParser) -> None:
     add.add_argument("--email")
     add.add_argument("--name")
     add.add_argument("--team")
+    add.add_argument("--issuer", help="with --subject: their SSO identity, for a provider without jit")
+    add.add_argument("--subject", help="the identity provider's subject (`sub` claim) for them")
     add.add_argument("--json", action="store_true")
     add.set_defaults(run=run_add)
     ls = verbs.add_parser("list", help="list users")
@@ -96,6 +98,8 @@ def run_add(args: argparse.Namespace) -> int:
                 email=args.email,
                 name=args.name,
                 team=args.team,
+                issuer=args.issuer,
+                subject=args.subject,
             )
         )
     return _print(row, args, "added")

@@ -116,8 +116,17 @@ class Directory:
         """A user of `tenant` with `roles`; tenant None and roles ("operator",) make a platform operator."""
         if user_id is not None and not _ID.match(user_id):
             raise InvalidRequest("'id' is 1 to 128 letters, digits and _.@+- (starting with a letter or digit).", "id")
-        for value, field in ((email, "email"), (name, "name"), (team, "team")):
+        for value, field in (
+            (email, "email"),
+            (name, "name"),
+            (team, "team"),
+            (issuer, "issuer"),
+            (subject, "subject"),
+        ):
             _text(value, field)
+        if (issuer is None) != (subject is None):
+            missing = "subject" if subject is None else "issuer"
+            raise InvalidRequest(f"An SSO identity is an issuer and a subject together: name '{missing}' too.", missing)
         if tenant is None:
             if tuple(roles) != (OPERATOR,) or team is not None:
                 raise InvalidRequest("A user without a tenant is an operator: roles ['operator'], no team.", "roles")
@@ -131,7 +140,10 @@ class Directory:
         try:
             await asyncio.to_thread(self.store.create_user, row)
         except ValueError as exc:
-            raise InvalidRequest(str(exc), "id") from None
+            taken = None
+            if issuer is not None and subject is not None:
+                taken = await asyncio.to_thread(self.store.find_user_by_subject, issuer, subject)
+            raise InvalidRequest(str(exc), "id" if taken is None else "subject") from None
         return row
 
     async def list_users(self, tenant: str | None = None) -> list[UserRow]:

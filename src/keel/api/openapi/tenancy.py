@@ -75,7 +75,19 @@ TENANCY: tuple[Op, ...] = (
         "/api/users",
         "Add a user to a tenant with roles, or an operator",
         {201: USER},
-        body=closed(obj(id=STR, tenant=STR, roles=arr(ROLE), email=STR, name=STR, team=STR, operator=BOOL)),
+        body=closed(
+            obj(
+                id=STR,
+                tenant=STR,
+                roles=arr(ROLE),
+                email=STR,
+                name=STR,
+                team=STR,
+                operator=BOOL,
+                issuer={"type": "string", "description": "with subject: the user's SSO identity (no jit needed)"},
+                subject=STR,
+            )
+        ),
         security=USER_SCHEMES,
     ),
     Op("GET", "/api/users/{user_id}", "One user", {200: USER}, security=USER_SCHEMES),
