@@ -4,6 +4,7 @@
     python bench/rag.py speed              # p50/p99 of hybrid queries at 100,000 chunks, the ACL admitting 10%
     python bench/rag.py reindex            # the same index re-built for another model under continuous queries
     python bench/rag.py speed --url postgresql://…   # the same on PostgreSQL (filled once per schema)
+    python bench/rag.py write --chunks 20000   # ingestion's index writes: chunks per second, database size
 
 Quality reads /work/shared/data/retrieval/msmarco-5k in place (never copied) and embeds with the local
 MiniLM; its vectors are cached under $TMPDIR/keel-rag-bench (5,050 texts take minutes on 2 busy cores).
@@ -261,15 +262,37 @@ async def rebuild(index: Index) -> None:
     )
 
 
+async def write(args: argparse.Namespace) -> None:
+    """Fill a new SQLite index (synthetic vectors: the embedding is not what is measured) and report the
+    write rate and the file's size."""
+    models = Models()
+    models.add("synthetic", Synthetic(seed="a"))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(f"sqlite:///{tmp}/rag.db")
+        index = Index(store, models)
+        cpu, started = time.process_time(), time.perf_counter()
+        await fill(index, args.chunks)
+        took, cpu = time.perf_counter() - started, time.process_time() - cpu
+        await index.aclose()
+        store.close()
+        size = sum(f.stat().st_size for f in Path(tmp).iterdir())
+        print(
+            f"wrote {args.chunks} chunks in {took:.1f} s: {args.chunks / took:,.0f} chunks/s, CPU {cpu:.1f} s;"
+            f" database {size / 2**20:.0f} MB (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["quality", "speed", "reindex"])
+    parser.add_argument("what", choices=["quality", "speed", "reindex", "write"])
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--db", help="keep the synthetic index in this SQLite file (reused when it exists)")
     parser.add_argument("--url", help="a store URL instead (e.g. postgresql://…?options=-csearch_path%%3Dbench)")
     args = parser.parse_args()
     if args.what == "quality":
         asyncio.run(quality(args))
+    elif args.what == "write":
+        asyncio.run(write(args))
     elif args.what == "speed":
         asyncio.run(with_index(args, speed))
     else:

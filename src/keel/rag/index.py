@@ -276,7 +276,7 @@ class Index:
             return await self._in_database(q, build, access, now, vector, ms)
         t = time.perf_counter()
         allowed, matrix = await asyncio.gather(
-            self.run(self.store.rag_allowed, q.tenant, q.collection, access, q.filters, now),
+            self.run(self.store.rag_allowed, q.tenant, q.collection, access, q.filters, _expiry(q, now)),
             self.vectors.current(build.id, build.dim),
         )
         admitted = matrix.admitted(allowed)
@@ -302,7 +302,7 @@ class Index:
                 return empty
             t = time.perf_counter()
             found = await self.run(
-                self.store.rag_lexical, build.id, q.collection, q.text, access, q.filters, now, q.candidates
+                self.store.rag_lexical, build.id, q.collection, q.text, access, q.filters, _expiry(q, now), q.candidates
             )
             ms["lexical"] = _ms(t)
             return found
@@ -312,8 +312,9 @@ class Index:
                 return empty
             t = time.perf_counter()
             found = await self.run(
-                self.store.rag_vector_search, build.id, q.collection, vector, access, q.filters, now, q.candidates
-            )
+                self.store.rag_vector_search, build.id, q.collection, vector, access, q.filters, _expiry(q, now),
+                q.candidates,
+            )  # fmt: skip
             ms["vector"] = _ms(t)
             return found or empty
 
@@ -352,6 +353,11 @@ class Index:
 
 def _pairs(c: Candidates) -> list[tuple[int, float]]:
     return list(zip(c.ids, c.scores, strict=True))
+
+
+def _expiry(q: SearchQuery, now: float) -> float | None:
+    """The time documents must still be valid at, or None when the query keeps expired ones too."""
+    return now if q.exclude_expired else None
 
 
 def _ms(t: float) -> float:
