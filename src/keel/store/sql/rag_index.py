@@ -353,12 +353,16 @@ class SqlRagIndex:
 
     def rag_source_chunks(self, build: str, after: int, limit: int) -> list[tuple[int, int, str, ChunkRow]]:
         m = self._db.dialect.mark
+        # SQLite's planner takes the (build, id) index for `build = ?` and sorts the build's every row per
+        # page (0.2 s at 100,000 chunks, 300 pages a re-index); the (doc, build) index walks documents
+        # from `after` in order and stops at the limit (2-15 ms)
+        by_doc = " INDEXED BY rag_chunks_doc" if self._db.dialect.name == "sqlite" else ""
         with self._db.session() as s:
             rows = s.fetchall(
                 "SELECT c.doc, c.version, d.title, c.ordinal, c.text, c.heading_path, c.content_hash, c.tokens,"
                 " c.embedding FROM rag_chunks c JOIN rag_index_docs d ON d.id = c.doc"
-                f" WHERE c.build = {m} AND c.doc IN (SELECT DISTINCT doc FROM rag_chunks WHERE build = {m} AND doc > {m}"
-                f" ORDER BY doc LIMIT {m}) ORDER BY c.doc, c.ordinal",
+                f" WHERE c.build = {m} AND c.doc IN (SELECT DISTINCT doc FROM rag_chunks{by_doc} WHERE build = {m}"
+                f" AND doc > {m} ORDER BY doc LIMIT {m}) ORDER BY c.doc, c.ordinal",
                 (build, build, after, limit),
             )
         return [
