@@ -223,6 +223,7 @@ async def rebuild(index: Index) -> None:
     builds: list[str] = []
     latencies: list[float] = []
     failures = 0
+    stamps: list[float] = []  # when each query started
     done = asyncio.Event()
 
     async def load() -> None:
@@ -238,6 +239,7 @@ async def rebuild(index: Index) -> None:
                 failures += 1
                 print("query failed:", exc)
             latencies.append((time.perf_counter() - t) * 1000)
+            stamps.append(t)
 
     def progress(n: int, total: int) -> None:
         if n % 20000 < 400:
@@ -258,7 +260,14 @@ async def rebuild(index: Index) -> None:
         f"re-index of {rebuilt.chunks} chunks in {took:.0f} s under load: {len(latencies)} queries, {failures} failed,"
         f" {slow} slower than 2 x p99 ({2 * p99:.0f} ms), p50 {statistics.median(latencies):.1f} ms"
         f" p99 {pct(latencies, 0.99):.1f} ms max {max(latencies):.0f} ms; builds served: {builds[0]} then"
-        f" {builds[-1]}, {switches} switch(es)"
+        f" {builds[-1]}, {switches} switch(es); load average {os.getloadavg()[0]:.1f}"
+    )
+    swapped = started + took
+    slow_after = sum(1 for ms, t in zip(latencies, stamps, strict=True) if ms > 2 * p99 and t >= swapped)
+    worst = sorted(zip(latencies, stamps, strict=True), reverse=True)[:5]
+    print(
+        f"slow ones started after the swap: {slow_after}; the 5 slowest (ms @ s from the start):"
+        f" {', '.join(f'{ms:.0f} @ {t - started:.0f}' for ms, t in worst)}"
     )
 
 
