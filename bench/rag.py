@@ -4,6 +4,7 @@
     python bench/rag.py speed              # p50/p99 of hybrid queries at 100,000 chunks, the ACL admitting 10%
     python bench/rag.py reindex            # the same index re-built for another model under continuous queries
     python bench/rag.py speed --url postgresql://…   # the same on PostgreSQL (filled once per schema)
+    python bench/rag.py write --chunks 20000   # ingestion's index writes: chunks per second, database size
 
 Quality reads /work/shared/data/retrieval/msmarco-5k in place (never copied) and embeds with the local
 MiniLM; its vectors are cached under $TMPDIR/keel-rag-bench (5,050 texts take minutes on 2 busy cores).
@@ -222,6 +223,7 @@ async def rebuild(index: Index) -> None:
     builds: list[str] = []
     latencies: list[float] = []
     failures = 0
+    stamps: list[float] = []  # when each query started
     done = asyncio.Event()
 
     async def load() -> None:
@@ -237,6 +239,7 @@ async def rebuild(index: Index) -> None:
                 failures += 1
                 print("query failed:", exc)
             latencies.append((time.perf_counter() - t) * 1000)
+            stamps.append(t)
 
     def progress(n: int, total: int) -> None:
         if n % 20000 < 400:
@@ -257,19 +260,48 @@ async def rebuild(index: Index) -> None:
         f"re-index of {rebuilt.chunks} chunks in {took:.0f} s under load: {len(latencies)} queries, {failures} failed,"
         f" {slow} slower than 2 x p99 ({2 * p99:.0f} ms), p50 {statistics.median(latencies):.1f} ms"
         f" p99 {pct(latencies, 0.99):.1f} ms max {max(latencies):.0f} ms; builds served: {builds[0]} then"
-        f" {builds[-1]}, {switches} switch(es)"
+        f" {builds[-1]}, {switches} switch(es); load average {os.getloadavg()[0]:.1f}"
     )
+    swapped = started + took
+    slow_after = sum(1 for ms, t in zip(latencies, stamps, strict=True) if ms > 2 * p99 and t >= swapped)
+    worst = sorted(zip(latencies, stamps, strict=True), reverse=True)[:5]
+    print(
+        f"slow ones started after the swap: {slow_after}; the 5 slowest (ms @ s from the start):"
+        f" {', '.join(f'{ms:.0f} @ {t - started:.0f}' for ms, t in worst)}"
+    )
+
+
+async def write(args: argparse.Namespace) -> None:
+    """Fill a new SQLite index (synthetic vectors: the embedding is not what is measured) and report the
+    write rate and the file's size."""
+    models = Models()
+    models.add("synthetic", Synthetic(seed="a"))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(f"sqlite:///{tmp}/rag.db")
+        index = Index(store, models)
+        cpu, started = time.process_time(), time.perf_counter()
+        await fill(index, args.chunks)
+        took, cpu = time.perf_counter() - started, time.process_time() - cpu
+        await index.aclose()
+        store.close()
+        size = sum(f.stat().st_size for f in Path(tmp).iterdir())
+        print(
+            f"wrote {args.chunks} chunks in {took:.1f} s: {args.chunks / took:,.0f} chunks/s, CPU {cpu:.1f} s;"
+            f" database {size / 2**20:.0f} MB (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["quality", "speed", "reindex"])
+    parser.add_argument("what", choices=["quality", "speed", "reindex", "write"])
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--db", help="keep the synthetic index in this SQLite file (reused when it exists)")
     parser.add_argument("--url", help="a store URL instead (e.g. postgresql://…?options=-csearch_path%%3Dbench)")
     args = parser.parse_args()
     if args.what == "quality":
         asyncio.run(quality(args))
+    elif args.what == "write":
+        asyncio.run(write(args))
     elif args.what == "speed":
         asyncio.run(with_index(args, speed))
     else:

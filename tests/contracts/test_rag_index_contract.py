@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec, NoIndex
-from keel.rag.search import BadSearch, SearchQuery, parse_filters, parse_freshness
+from keel.rag.search import BadSearch, SearchQuery, parse_filters, parse_freshness, resolve_freshness
 from keel.store.open import open_store
 from keel.store.protocols import Access, Store
 
@@ -154,10 +154,19 @@ def test_decay_by_age_reorders_and_expired_documents_stay_out(store: Store) -> N
         assert "60 days old" in old.why and "half-life 30 days" in old.why
         ahead = await index.search(q("quarterly revenue", top_k=5, now=NOW - 90 * day, half_life_days=30))
         assert [h.scores["freshness"] for h in ahead.hits] == [1.0, 1.0, 1.0]  # dated after "now": no decay
-        for bad in ({"half_life_days": 0}, {"half_life_days": True}, {"days": 3}, 7):
+        kept = await index.search(q("quarterly revenue", top_k=5, now=NOW, exclude_expired=False))
+        assert ids(kept) == ["old", "new", "gone"]  # expired, yet asked for
+        assert "valid until" in kept.hits[2].why
+        bad_ones: list[object] = [{"half_life_days": 0}, {"half_life_days": True}, {"days": 3}, 7, {}]
+        for bad in [*bad_ones, {"exclude_expired": "no"}, {"half_life_days": "7"}]:
             with pytest.raises(BadSearch):
                 parse_freshness(bad)
-        assert parse_freshness({"half_life_days": 7}) == 7.0 and parse_freshness(None) is None
+        assert parse_freshness({"half_life_days": 7}) == {"half_life_days": 7.0} and parse_freshness(None) is None
+        collection = parse_freshness({"half_life_days": 30, "exclude_expired": False})
+        assert resolve_freshness(None, None) == (None, True)
+        assert resolve_freshness(collection, None) == (30.0, False)
+        assert resolve_freshness(collection, {"half_life_days": None}) == (None, False)  # no decay, asked
+        assert resolve_freshness(collection, {"exclude_expired": True, "half_life_days": 7}) == (7.0, True)
 
     run(store, body)
 

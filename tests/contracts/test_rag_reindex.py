@@ -132,3 +132,30 @@ def test_a_failed_rebuild_leaves_the_old_index_serving(store: Store) -> None:
         await index.aclose()
 
     asyncio.run(body())
+
+
+def test_a_shadow_failed_by_someone_else_midway_is_built_again(store: Store) -> None:
+    async def body() -> None:
+        rng = random.Random(3)
+        index = Index(store)
+        old = await index.ensure("t1", "kb", IndexSpec("hash:64", {}))
+        for n in range(200):
+            await index.replace(ref(n), body_of(rng, n))
+        gone: list[str] = []
+
+        def progress(done: int, total: int) -> None:
+            if not gone:  # after the first batch: another process fails this shadow (BuildGone)
+                (shadow,) = [b.id for b in store.rag_builds("t1", "kb") if b.state == "shadow"]
+                store.rag_set_state(shadow, "failed", "failed by another process")
+                gone.append(shadow)
+
+        rebuilt = await reindex(index, "t1", "kb", IndexSpec("hash:128", {}), progress=progress)
+        assert gone and rebuilt.build != gone[0] and rebuilt.previous == old
+        states = {b.id: b.state for b in await index.builds("t1", "kb")}
+        assert states == {old: "retired", gone[0]: "failed", rebuilt.build: "active"}
+        assert await index.run(store.rag_count, rebuilt.build) == 400 and rebuilt.chunks == 400
+        result = await index.search(SearchQuery("t1", "kb", " ".join(WORDS[:3]), top_k=3))
+        assert result.build == rebuilt.build and result.model == "hash-128@1" and result.hits
+        await index.aclose()
+
+    asyncio.run(body())

@@ -20,7 +20,7 @@ import pytest
 
 from keel.cli.main import main as keel
 from keel.runtime.components import Runtime
-from keel.store.protocols import Access, DocumentRow
+from keel.store.protocols import DocumentRow
 from keel.testing import FakeUpstream
 
 from ..conftest import ADMIN, Gateway, base_config, until
@@ -81,13 +81,14 @@ def chunks_of(store: Any, tenant: str, collection: str) -> dict[str, list[tuple[
     return out
 
 
-def lexical(rt: Runtime, collection: str, text: str) -> list[str]:
-    """The documents of the top full-text hits in the active build (an admin's view: every document)."""
-    store = rt.store
-    (build,) = [b for b in store.rag_builds("t1", collection) if b.state == "active"]
-    found = store.rag_lexical(build.id, collection, text, Access("t1", None, (), True), (), time.time(), 3)
-    views = {v.id: v for v in store.rag_chunks(found.ids)}
-    return [views[i].doc.document_id for i in found.ids]
+def lexical(gw: Gateway, collection: str, text: str) -> list[str]:
+    """The documents of the top full-text hits in the active build (an admin's view: every document), through
+    the search API (BM25 in process on SQLite, `ts_rank` on PostgreSQL with pgvector)."""
+    with admin(gw) as c:
+        body = {"query": text, "mode": "lexical", "top_k": 3, "tenant": "t1", "all": True}
+        r = c.post(f"/api/rag/collections/{collection}/search", json=body)
+    assert r.status_code == 200, r.text
+    return [h["document"]["id"] for h in r.json()["data"]]
 
 
 def ingest(gw: Gateway, tmp: Path, collection: str, *paths: Path, sync: bool = False) -> int:
@@ -121,7 +122,7 @@ def test_a_mixed_folder_is_indexed_but_the_corrupt_pdf_which_fails_with_its_reas
         assert shown["failed"] == {"stage": "parsing", "reason": broken.error}
         assert shown["job"]["state"] == "dead"
     for doc_id, phrase in phrases.items():
-        assert lexical(rag.runtime, "mixed", phrase)[:1] == [doc_id], phrase
+        assert lexical(rag, "mixed", phrase)[:1] == [doc_id], phrase
 
 
 def test_sync_updates_changed_skips_unchanged_and_tombstones_deleted_files(

@@ -167,3 +167,57 @@ def test_cli_search_reindex_builds_and_eval(up: FakeUpstream, tmp_path: Path) ->
     code, out, _ = keel(config, "rag", "eval", "kb", "--tenant", "t1", "--queries", str(tmp_path / "q.jsonl"),
                         "--qrels", str(tmp_path / "qrels.tsv"))  # fmt: skip
     assert code == 0 and "NDCG@10" in out and "BM25 only" in out
+
+
+def test_a_collections_freshness_defaults_apply_to_searches_and_requests_override_them(
+    make_gateway: Any, up: FakeUpstream, tmp_path: Path
+) -> None:
+    gw = make_gateway(base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path))
+    admin = {"authorization": f"Bearer {gw.admin}"}
+    collections = f"{gw.url}/api/rag/collections"
+    spec = {"tenant": "t1", "name": "news", "model": "hash:256"}
+    defaults = {"half_life_days": 30, "exclude_expired": False}
+    made = httpx.post(collections, json={**spec, "freshness": defaults}, headers=admin)
+    assert made.status_code == 201, made.text
+    assert made.json()["freshness"] == {"half_life_days": 30.0, "exclude_expired": False}
+    assert httpx.get(f"{collections}/news", params={"tenant": "t1"}, headers=admin).json()["freshness"] == {
+        "half_life_days": 30.0,
+        "exclude_expired": False,
+    }
+    again = httpx.post(collections, json={**spec, "freshness": {"half_life_days": 7}}, headers=admin)
+    assert again.status_code == 409 and "freshness" in again.text
+    bad = httpx.post(collections, json={**spec, "name": "x", "freshness": {"exclude_expired": 1}}, headers=admin)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "freshness.exclude_expired"
+    bad = httpx.post(collections, json={**spec, "name": "x", "freshness": {"half_life_days": 0}}, headers=admin)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "freshness.half_life_days"
+
+    now = time.time()
+
+    async def fill() -> None:
+        index = Index(gw.runtime.store)
+        await index.ensure("t1", "news", IndexSpec("hash:256", {}))
+        for doc_id, age_days, valid_until in (("fresh", 1, None), ("old", 60, None), ("expired", 2, now - 60)):
+            text = "Quarterly earnings report for the board."
+            ref = DocumentRef("t1", "news", doc_id, 1, "Earnings", {}, (), (), valid_until, now - age_days * 86400,
+                              f"news/{doc_id}")  # fmt: skip
+            await index.replace(ref, [ChunkIn(0, text, (), doc_id, len(text.split()))])
+        await index.aclose()
+
+    asyncio.run(fill())
+    url = f"{collections}/news/search"
+    as_key = {"authorization": f"Bearer {gw.key}"}
+    found = httpx.post(url, json={"query": "quarterly earnings"}, headers=as_key).json()["data"]
+    assert {h["document"]["id"] for h in found} == {"fresh", "old", "expired"}  # the collection keeps expired ones
+    assert found[-1]["document"]["id"] == "old" and all("half-life 30 days" in h["why"] for h in found)
+    asked = {"query": "quarterly earnings", "freshness": {"exclude_expired": True, "half_life_days": None}}
+    plain = httpx.post(url, json=asked, headers=as_key).json()["data"]
+    assert {h["document"]["id"] for h in plain} == {"fresh", "old"}
+    assert all(h["scores"]["freshness"] is None for h in plain)
+    client = openai.OpenAI(base_url=gw.base_url, api_key=gw.key)
+    response = client.chat.completions.create(
+        model="sim",
+        messages=[{"role": "user", "content": "What did the quarterly earnings report say?"}],
+        extra_body={"rag": {"collection": "news", "top_k": 3}},
+    )
+    cited = [c["document_id"] for c in (response.model_extra or {})["citations"]]
+    assert sorted(cited) == ["expired", "fresh", "old"] and cited[-1] == "old"  # the defaults, in a chat too

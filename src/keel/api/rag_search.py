@@ -1,8 +1,9 @@
 """`POST /api/rag/collections/{collection}/search`: hybrid search over HTTP, hits with their document,
 scores per stage (lexical, vector, fused, rerank) and why each was kept.
 
-Body: `{"query", "top_k"?, "filters"?, "mode"?, "candidates"?, "freshness"?: {"half_life_days"}, "rerank"?}`
-(`rerank`: fields overriding the collection's reranking, or false; keel.rag.rerank). With a
+Body: `{"query", "top_k"?, "filters"?, "mode"?, "candidates"?, "freshness"?: {"half_life_days"?, "exclude_expired"?}, "rerank"?}`
+(freshness fields override the collection's defaults one by one; `rerank`: fields overriding the collection's
+reranking, or false; keel.rag.rerank). With a
 virtual key the search runs as that key (its tenant, its user, its groups: keel.rag.acl); the body cannot
 name anyone else. A person (an operator, or a user holding `rag.search`) names the `tenant` (a user: only their own, the default),
 and may name `user` and `groups` to search as them, or `"all": true` for the tenant's every document,
@@ -22,6 +23,7 @@ from keel.api.bounds import Bounds
 from keel.api.guard import Guard
 from keel.api.openai import JSON_TYPE, read_json
 from keel.errors import InvalidRequest, KeelError, NotFound, PermissionDenied
+from keel.rag.collections import FreshnessDefaults
 from keel.rag.index import Index, NoIndex
 from keel.rag.rerank import Reranker
 from keel.rag.retrieve import KeyGroups
@@ -34,6 +36,7 @@ from keel.rag.search import (
     SearchResult,
     parse_filters,
     parse_freshness,
+    resolve_freshness,
 )
 from keel.runtime.components import Runtime
 from keel.tenancy.actor import Actor
@@ -50,6 +53,7 @@ class RagSearchEdge:
         self._index = runtime.find(Index)  # absent when a runtime is built without keel.rag.builder
         self._groups = runtime.find(KeyGroups)
         self._reranker = runtime.find(Reranker)
+        self._defaults = runtime.find(FreshnessDefaults)
         self._guard = guard
         self._bounds = Bounds.of(runtime.config.server)
 
@@ -88,7 +92,7 @@ class RagSearchEdge:
         if mode not in ("hybrid", "lexical", "vector"):
             raise InvalidRequest("'mode' must be hybrid, lexical or vector.", "mode")
         filters = parse_filters(body.get("filters"))
-        half_life = parse_freshness(body.get("freshness"))
+        freshness = parse_freshness(body.get("freshness"))
         principal = actor.principal
         if principal is None:
             tenant, user, groups, everything, build = _as_admin(body)
@@ -100,8 +104,10 @@ class RagSearchEdge:
             tenant, user, everything, build = principal.tenant, principal.user, False, None
             assert self._groups is not None
             groups = await self._groups.of(principal.key_id)
+        assert self._defaults is not None  # offered with the Index
+        half_life, exclude_expired = resolve_freshness(await self._defaults.of(tenant, collection), freshness)
         return SearchQuery(tenant, collection, text, top_k, user, groups, everything, filters, mode, candidates,
-                           build=build, half_life_days=half_life)  # fmt: skip
+                           build=build, half_life_days=half_life, exclude_expired=exclude_expired)  # fmt: skip
 
 
 def _int(body: dict[str, Any], name: str, default: int, most: int) -> int:

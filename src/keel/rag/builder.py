@@ -7,6 +7,7 @@ from __future__ import annotations
 from keel.gateway.builder import GatewayParts
 from keel.gateway.capability import Context, Contribution, Pipeline
 from keel.providers.base import Provider
+from keel.rag.collections import FreshnessDefaults
 from keel.rag.index import Index
 from keel.rag.index_models import Models
 from keel.rag.rerank import Reranker
@@ -33,6 +34,8 @@ def build(ctx: Context) -> Contribution:
     ctx.add(groups)
     reranker = Reranker(lambda: ctx.get(Pipeline).handler, ctx.store, index.run, config.traces.store_payloads)
     ctx.add(reranker)
+    defaults = FreshnessDefaults(ctx.store, index.run)
+    ctx.add(defaults)
     writer, exporter = ctx.get(TraceWriter), ctx.find(SpanExporter)
 
     def put_span(span: Span) -> None:
@@ -40,4 +43,6 @@ def build(ctx: Context) -> Contribution:
         if exporter is not None:
             exporter.put_span(span)
 
-    return Contribution([("retrieve", RetrieveStage(index, groups, put_span, reranker))], close=[index.aclose])
+    return Contribution(
+        [("retrieve", RetrieveStage(index, groups, defaults, put_span, reranker))], close=[index.aclose]
+    )

@@ -163,6 +163,11 @@ class Library:
                 f"Collection '{c.name}' exists with rerank {row.rerank}: set it with"
                 f" PUT /api/rag/collections/{c.name}/rerank."
             )
+        if not created and dict(row.freshness or {}) != dict(c.freshness or {}):
+            raise Conflict(
+                f"Collection '{c.name}' exists with freshness {dict(row.freshness or {})}: delete it to make it"
+                " with other defaults, or override them per search request."
+            )
         return row, created
 
     def set_rerank(self, tenant: str, name: str, rerank: RerankSpec | None) -> CollectionRow:

@@ -15,9 +15,12 @@ process (index_vectors.py); either way only over the documents the caller may se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
+import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -110,6 +113,8 @@ class Index:
         self.fusion = fusion
         self._clock = clock
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="keel-rag-index")
+        # re-index work (keel.rag.index_rebuild): one thread at a lower OS priority than the searches'
+        self._background = ThreadPoolExecutor(1, thread_name_prefix="keel-rag-rebuild", initializer=_lower_priority)
         self.vectors = VectorCache(self.run, store.rag_vectors, store.rag_count)
         self._inside: dict[int, bool] = {}  # vector width -> searched in the database (pgvector)?
 
@@ -117,8 +122,20 @@ class Index:
         """Run a store call in the index's threads."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
+    async def run_background(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a call in the re-index thread (niced: searches' threads go first when the cores are busy)."""
+        return await asyncio.get_running_loop().run_in_executor(self._background, fn, *args)
+
     async def aclose(self) -> None:
         self._pool.shutdown(wait=False)
+        self._background.shutdown(wait=False)
+
+    async def searches_in_database(self, dim: int) -> bool:
+        """Are vectors of `dim` (and full text) searched in the database (pgvector), not in process?"""
+        inside = self._inside.get(dim)
+        if inside is None:  # asked once per width: the answer is the backend's, not the build's
+            inside = self._inside[dim] = await self.run(self.store.rag_searches_vectors, dim)
+        return inside
 
     # ---- builds ------------------------------------------------------------------------------
 
@@ -269,14 +286,11 @@ class Index:
         empty = Candidates([], [])
         if build.dim is None:  # nothing was ever written to this build
             return empty, empty, None, 0
-        inside = self._inside.get(build.dim)
-        if inside is None:  # asked once per width: the answer is the backend's, not the build's
-            inside = self._inside[build.dim] = await self.run(self.store.rag_searches_vectors, build.dim)
-        if inside:
+        if await self.searches_in_database(build.dim):
             return await self._in_database(q, build, access, now, vector, ms)
         t = time.perf_counter()
         allowed, matrix = await asyncio.gather(
-            self.run(self.store.rag_allowed, q.tenant, q.collection, access, q.filters, now),
+            self.run(self.store.rag_allowed, q.tenant, q.collection, access, q.filters, _expiry(q, now)),
             self.vectors.current(build.id, build.dim),
         )
         admitted = matrix.admitted(allowed)
@@ -302,7 +316,7 @@ class Index:
                 return empty
             t = time.perf_counter()
             found = await self.run(
-                self.store.rag_lexical, build.id, q.collection, q.text, access, q.filters, now, q.candidates
+                self.store.rag_lexical, build.id, q.collection, q.text, access, q.filters, _expiry(q, now), q.candidates
             )
             ms["lexical"] = _ms(t)
             return found
@@ -312,8 +326,9 @@ class Index:
                 return empty
             t = time.perf_counter()
             found = await self.run(
-                self.store.rag_vector_search, build.id, q.collection, vector, access, q.filters, now, q.candidates
-            )
+                self.store.rag_vector_search, build.id, q.collection, vector, access, q.filters, _expiry(q, now),
+                q.candidates,
+            )  # fmt: skip
             ms["vector"] = _ms(t)
             return found or empty
 
@@ -350,8 +365,19 @@ class Index:
         return fused
 
 
+def _lower_priority() -> None:
+    """The calling thread's nice value 10 (Linux: per thread); where the OS refuses, it runs as it is."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
 def _pairs(c: Candidates) -> list[tuple[int, float]]:
     return list(zip(c.ids, c.scores, strict=True))
+
+
+def _expiry(q: SearchQuery, now: float) -> float | None:
+    """The time documents must still be valid at, or None when the query keeps expired ones too."""
+    return now if q.exclude_expired else None
 
 
 def _ms(t: float) -> float:

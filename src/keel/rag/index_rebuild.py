@@ -3,22 +3,39 @@
 The active build's chunks are read document by document, embedded again with the new model and copied
 into a shadow build; meanwhile ingestion's writes (`Index.replace` with no build) go into both builds and
 win over the copy (`rag_copy` skips a document the shadow already has or whose version moved on). When
-every document is copied, the shadow's vectors are loaded in this process, and it is activated in one
-transaction: searches switch from one build to the other between two queries. Any failure marks the shadow failed and leaves the old build serving.
+every document is copied it is activated in one transaction: searches switch from one build to the
+other between two queries. Any failure marks the shadow failed and leaves the old build serving.
 A chunking change needs the documents' parsed text, so ingestion (keel.rag.ingest) re-chunks instead.
+
+Searches keep their latency meanwhile (issue 17: none slower than twice the p99 before; decision 0060):
+- the reading, copying and loading run in the index's re-index thread, niced (`Index.run_background`);
+- the shadow's in-process index (vectors and postings) is loaded batch by batch as it fills, so the swap
+  finds it warm: no multi-second first read of 100,000 chunks at the end;
+- after each batch the re-index pauses `PAUSE` times what the batch took, so queries get the GIL and
+  the cores at least half the time; and while it runs the interpreter switches threads every
+  `SWITCH_S` (not 5 ms), so a query waiting for the GIL behind the re-index thread waits less.
+If the shadow vanishes midway (a purge, or another re-index failed it: `BuildGone`), the re-index starts
+again from a new shadow, at most `RESTARTS` times.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Callable
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from keel.rag.index import Index, IndexSpec, NoIndex, embed_text
-from keel.rag.index_models import BATCH
-from keel.store.protocols.rag_index import ChunkRow
+from keel.rag.index_models import BATCH, IndexModel
+from keel.store.protocols.rag_index import BuildRow, ChunkRow
 
 DOCS_PER_READ = 64
+PAUSE = 1.0  # the pause after a batch, as a share of the time the batch took
+SWITCH_S = 0.001  # the interpreter's thread switch interval while a re-index runs
+RESTARTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,46 +47,108 @@ class Rebuilt:
     documents: int
 
 
+class BuildGone(RuntimeError):
+    """The shadow being filled is no longer a shadow (purged, or failed by someone else)."""
+
+
 Progress = Callable[[int, int], None]  # chunks done, chunks in the old build
+_switching = [0, sys.getswitchinterval()]  # re-indexes running, the interval to restore
+
+
+@contextmanager
+def _short_switches() -> Iterator[None]:
+    if _switching[0] == 0:
+        _switching[1] = sys.getswitchinterval()
+        sys.setswitchinterval(min(SWITCH_S, _switching[1]))
+    _switching[0] += 1
+    try:
+        yield
+    finally:
+        _switching[0] -= 1
+        if _switching[0] == 0:
+            sys.setswitchinterval(_switching[1])
 
 
 async def reindex(
     index: Index, tenant: str, collection: str, spec: IndexSpec, *, progress: Progress | None = None
 ) -> Rebuilt:
+    with _short_switches():
+        for attempt in range(RESTARTS + 1):
+            try:
+                return await _rebuild(index, tenant, collection, spec, progress)
+            except BuildGone:
+                if attempt == RESTARTS:
+                    raise
+    raise AssertionError("unreachable")
+
+
+async def _rebuild(index: Index, tenant: str, collection: str, spec: IndexSpec, progress: Progress | None) -> Rebuilt:
     active = await index.active(tenant, collection)
     if active is None:
         raise NoIndex(f"collection {collection!r} has no index to rebuild")
     model = await index.models.get(spec.model)
     shadow = await index.open_shadow(tenant, collection, spec)
     store = index.store
-    total = await index.run(store.rag_count, active.id)
-    done = copied = documents = 0
-    after = 0
+    total = await index.run_background(store.rag_count, active.id)
+    done = copied = documents = after = 0
     try:
-        while rows := await index.run(store.rag_source_chunks, active.id, after, DOCS_PER_READ):
-            texts = [embed_text(title, chunk) for _, _, title, chunk in rows]
-            blobs: list[bytes] = []
-            for i in range(0, len(texts), BATCH):
-                matrix = await model.embed(texts[i : i + BATCH])
-                blobs.extend(row.tobytes() for row in matrix)
-            by_doc: dict[tuple[int, int], list[ChunkRow]] = {}
-            for (doc, version, _, c), blob in zip(rows, blobs, strict=True):
-                by_doc.setdefault((doc, version), []).append(
-                    ChunkRow(c.ordinal, c.text, c.heading_path, c.content_hash, c.tokens, blob)
-                )
-            for (doc, version), chunks in by_doc.items():
-                n = await index.run(functools.partial(store.rag_copy, shadow, doc, version, chunks))
-                copied += n
-                documents += n > 0
+        while rows := await index.run_background(store.rag_source_chunks, active.id, after, DOCS_PER_READ):
+            started = time.perf_counter()
+            await _shadow_row(index, tenant, collection, shadow)  # BuildGone before copying into it
+            n, d = await _copy(index, shadow, model, rows)
+            copied, documents = copied + n, documents + d
+            await _load(index, tenant, collection, shadow)
             after = rows[-1][0]
             done += len(rows)
             if progress is not None:
                 progress(done, total)
-        built = next((b for b in await index.builds(tenant, collection) if b.id == shadow), None)
-        if built is not None and built.dim is not None:  # this process's first queries on it need no load
-            await index.vectors.current(shadow, built.dim)
+            await asyncio.sleep(PAUSE * (time.perf_counter() - started))
+        await _load(index, tenant, collection, shadow)  # what ingestion wrote since the last batch
         await index.activate(tenant, collection, shadow)
     except BaseException as exc:
-        await index.fail(shadow, f"{type(exc).__name__}: {exc}")
+        if not isinstance(exc, BuildGone):
+            await index.fail(shadow, f"{type(exc).__name__}: {exc}")
+        else:
+            index.vectors.forget(shadow)
         raise
     return Rebuilt(shadow, active.id, model.model_id, copied, documents)
+
+
+async def _copy(
+    index: Index, shadow: str, model: IndexModel, rows: list[tuple[int, int, str, ChunkRow]]
+) -> tuple[int, int]:
+    """Embed one page of the old build's chunks with the new model and copy them, document by document,
+    into the shadow: (chunks copied, documents copied)."""
+    texts = [embed_text(title, chunk) for _, _, title, chunk in rows]
+    blobs: list[bytes] = []
+    for i in range(0, len(texts), BATCH):
+        matrix = await model.embed(texts[i : i + BATCH])
+        blobs.extend(row.tobytes() for row in matrix)
+    by_doc: dict[tuple[int, int], list[ChunkRow]] = {}
+    for (doc, version, _, c), blob in zip(rows, blobs, strict=True):
+        by_doc.setdefault((doc, version), []).append(
+            ChunkRow(c.ordinal, c.text, c.heading_path, c.content_hash, c.tokens, blob)
+        )
+    copied = documents = 0
+    for (doc, version), chunks in by_doc.items():
+        n = await index.run_background(functools.partial(index.store.rag_copy, shadow, doc, version, chunks))
+        copied += n
+        documents += n > 0
+    return copied, documents
+
+
+async def _load(index: Index, tenant: str, collection: str, shadow: str) -> None:
+    """Load the shadow's new rows into this process's in-process index (none where the database searches
+    vectors), in the re-index thread; BuildGone when the shadow is no longer one."""
+    built = await _shadow_row(index, tenant, collection, shadow)
+    if built.dim is not None and not await index.searches_in_database(built.dim):
+        await index.vectors.current(shadow, built.dim, run=index.run_background)
+
+
+async def _shadow_row(index: Index, tenant: str, collection: str, shadow: str) -> BuildRow:
+    built = next(
+        (b for b in await index.run_background(index.store.rag_builds, tenant, collection) if b.id == shadow), None
+    )
+    if built is None or built.state != "shadow":
+        raise BuildGone(f"build {shadow} of {tenant}/{collection} is {built.state if built else 'gone'}, not a shadow")
+    return built

@@ -167,16 +167,20 @@ class VectorCache:
         self._builds: dict[str, BuildVectors] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def current(self, build: str, dim: int) -> BuildVectors:
-        """The build's vectors including every row committed before this call."""
+    async def current(self, build: str, dim: int, *, run: Run | None = None) -> BuildVectors:
+        """The build's vectors including every row committed before this call. `run`: read and load the
+        new rows, however few, in those threads (a re-index loading its shadow build as it fills it,
+        in its own low-priority thread: no search holds a shadow)."""
         lock = self._locks.setdefault(build, asyncio.Lock())
         async with lock:
             found = self._builds.get(build)
             if found is None or found.dim != dim:
                 found = self._builds[build] = BuildVectors(dim, self._tokens)
-            rows = await self._run(self._vectors, build, found.last)
+            rows = await (run or self._run)(self._vectors, build, found.last)
             assert isinstance(rows, VectorRows)
-            if found.n == 0:  # a first read (seconds at 100,000 rows): off the event loop; no search holds it yet
+            if run is not None:
+                await run(found.extend, rows)
+            elif found.n == 0:  # a first read (seconds at 100,000 rows): off the event loop; no search holds it yet
                 await self._run(found.extend, rows)
             else:
                 found.extend(rows)

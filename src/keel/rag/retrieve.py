@@ -20,9 +20,20 @@ from typing import Any
 from keel.errors import InvalidRequest, NotFound
 from keel.gateway.call import Call, Reply, ResponseFields
 from keel.gateway.pipeline import Handler
+from keel.rag.collections import FreshnessDefaults
 from keel.rag.index import Index, NoIndex
 from keel.rag.rerank import Reranker
-from keel.rag.search import MAX_TOP_K, BadSearch, Hit, SearchQuery, SearchResult, parse_filters, parse_freshness
+from keel.rag.search import (
+    MAX_TOP_K,
+    BadSearch,
+    Freshness,
+    Hit,
+    SearchQuery,
+    SearchResult,
+    parse_filters,
+    parse_freshness,
+    resolve_freshness,
+)
 from keel.store.protocols.rag_index import RagIndexStore
 from keel.traces.spans import child_span
 from keel.types import ChatRequest, Message, Span
@@ -64,9 +75,17 @@ class KeyGroups:
 
 
 class RetrieveStage:
-    def __init__(self, index: Index, groups: KeyGroups, put_span: Callable[[Span], None], reranker: Reranker) -> None:
+    def __init__(
+        self,
+        index: Index,
+        groups: KeyGroups,
+        defaults: FreshnessDefaults,
+        put_span: Callable[[Span], None],
+        reranker: Reranker,
+    ) -> None:
         self._index = index
         self._groups = groups
+        self._defaults = defaults
         self._put_span = put_span
         self._reranker = reranker
 
@@ -79,10 +98,11 @@ class RetrieveStage:
     async def _retrieve(self, call: Call, request: ChatRequest) -> None:
         assert call.principal is not None  # the auth slot runs first
         rag = request.extra["rag"]
-        collection, top_k, filters, mode, template, half_life = _options(rag)
+        collection, top_k, filters, mode, template, freshness = _options(rag)
         text = _question(request)
         principal = call.principal
         groups = await self._groups.of(principal.key_id)
+        half_life, exclude_expired = resolve_freshness(await self._defaults.of(principal.tenant, collection), freshness)
         query = SearchQuery(
             principal.tenant,
             collection,
@@ -93,6 +113,7 @@ class RetrieveStage:
             filters=filters,
             mode=mode,
             half_life_days=half_life,
+            exclude_expired=exclude_expired,
         )
         started = time.time()
         try:
@@ -116,7 +137,7 @@ class RetrieveStage:
                                   attributes=_span_attributes(query, result, hits, template, groups)))  # fmt: skip
 
 
-def _options(raw: Any) -> tuple[str, int, Any, Any, str, float | None]:
+def _options(raw: Any) -> tuple[str, int, Any, Any, str, Freshness | None]:
     if not isinstance(raw, dict):
         raise InvalidRequest(
             "'rag' must be an object: {collection, top_k, filters, mode, template, freshness, rerank}.", "rag"
@@ -138,10 +159,10 @@ def _options(raw: Any) -> tuple[str, int, Any, Any, str, float | None]:
         raise InvalidRequest(f"'rag.template' must be one of {', '.join(TEMPLATES)}.", "rag.template")
     try:
         filters = parse_filters(raw.get("filters"), "rag.filters")
-        half_life = parse_freshness(raw.get("freshness"), "rag.freshness")
+        freshness = parse_freshness(raw.get("freshness"), "rag.freshness")
     except BadSearch as err:
         raise InvalidRequest(str(err), err.param) from None
-    return collection, top_k, filters, mode, template, half_life
+    return collection, top_k, filters, mode, template, freshness
 
 
 def _question(request: ChatRequest) -> str:

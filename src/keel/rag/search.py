@@ -51,6 +51,7 @@ class SearchQuery:
     now: float | None = None  # freshness is judged at this time (default: now)
     build: str | None = None  # a given build instead of the active one (evals of a shadow)
     half_life_days: float | None = None  # decay by age: a document's fused score halves every this many days
+    exclude_expired: bool = True  # documents past their valid_until are left out (inside the candidate queries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,19 +86,44 @@ class SearchResult:
 MAX_HALF_LIFE_DAYS = 36500.0
 
 
-def parse_freshness(raw: object, param: str = "freshness") -> float | None:
-    """`{"half_life_days": N}` (N > 0, at most 100 years): the half-life of a decay by age; None: no decay.
-    Documents past their `valid_until` are excluded either way."""
+Freshness = dict[str, float | bool | None]  # the fields a collection or a request states, and only those
+_FRESHNESS = ("half_life_days", "exclude_expired")
+
+
+def parse_freshness(raw: object, param: str = "freshness") -> Freshness | None:
+    """`{"half_life_days"?: N | null, "exclude_expired"?: bool}`: a decay by age (N > 0 days, at most 100
+    years; null: none) and whether documents past their `valid_until` are left out. Only the fields given
+    are kept: a request's override its collection's one by one (`resolve_freshness`). None: nothing given."""
     if raw is None:
         return None
-    if not isinstance(raw, Mapping) or set(raw) != {"half_life_days"}:
-        raise BadSearch(param, f"{param} must be an object {{half_life_days: N}}")
-    days = raw["half_life_days"]
-    if isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days <= MAX_HALF_LIFE_DAYS:
-        raise BadSearch(
-            f"{param}.half_life_days", f"half_life_days must be a number of days in (0, {MAX_HALF_LIFE_DAYS:g}]"
-        )
-    return float(days)
+    if not isinstance(raw, Mapping) or not raw or not set(raw) <= set(_FRESHNESS):
+        raise BadSearch(param, f"{param} must be an object {{half_life_days?: N | null, exclude_expired?: bool}}")
+    out: Freshness = {}
+    if "half_life_days" in raw:
+        days = raw["half_life_days"]
+        if days is not None and (
+            isinstance(days, bool) or not isinstance(days, (int, float)) or not 0 < days <= MAX_HALF_LIFE_DAYS
+        ):
+            raise BadSearch(
+                f"{param}.half_life_days",
+                f"half_life_days must be a number of days in (0, {MAX_HALF_LIFE_DAYS:g}], or null for no decay",
+            )
+        out["half_life_days"] = None if days is None else float(days)
+    if "exclude_expired" in raw:
+        if not isinstance(raw["exclude_expired"], bool):
+            raise BadSearch(f"{param}.exclude_expired", "exclude_expired must be true or false")
+        out["exclude_expired"] = raw["exclude_expired"]
+    return out
+
+
+def resolve_freshness(*layers: Mapping[str, object] | None) -> tuple[float | None, bool]:
+    """(half-life in days or None, exclude expired?) from the layers, later ones winning field by field
+    (a collection's defaults, then the request's); unstated: no decay, expired documents excluded."""
+    merged: dict[str, object] = {}
+    for layer in layers:
+        merged.update(layer or {})
+    days, exclude = merged.get("half_life_days"), merged.get("exclude_expired", True)
+    return (float(days) if isinstance(days, (int, float)) else None), bool(exclude)
 
 
 def parse_filters(raw: object, param: str = "filters") -> tuple[Filter, ...]:

@@ -56,6 +56,12 @@ RERANK_REPORT: Schema = obj(
     trace_id=null(STR),
     ms=NUM,
 )
+FRESHNESS: Schema = closed(
+    obj(
+        half_life_days=null({"type": "number", "exclusiveMinimum": 0, "maximum": 36500}),
+        exclude_expired=BOOL,
+    )
+)  # a collection's defaults; a search's fields override them one by one
 COLLECTION: Schema = obj(
     ("object", "tenant", "name", "model"),
     object={"const": "rag.collection"},
@@ -67,6 +73,7 @@ COLLECTION: Schema = obj(
     created_at=TIME,
     updated_at=TIME,
     rerank=null(RERANK),
+    freshness=null(FRESHNESS),
 )
 DOC_STATUSES = ("queued", "parsing", "chunking", "embedding", "indexed", "failed", "deleted")
 DOCUMENT: Schema = obj(
@@ -161,6 +168,7 @@ RAG: tuple[Op, ...] = (
                 chunking=CHUNKING_IN,
                 description=STR,
                 rerank=RERANK,
+                freshness=FRESHNESS,
             )
         ),
         security=EITHER,
@@ -261,12 +269,12 @@ RAG: tuple[Op, ...] = (
             candidates=limit(1000),
             mode=enum("hybrid", "lexical", "vector"),
             filters={"type": "object", "additionalProperties": STR},
+            freshness=FRESHNESS,
             tenant=SLUG,
             user=SLUG,
             groups=arr(SLUG, maxItems=64),
             all=BOOL,
             build=STR,
-            freshness=closed(obj(("half_life_days",), half_life_days={"type": "number", "exclusiveMinimum": 0})),
             rerank=RERANK_OVERRIDE,
         )
         | {"additionalProperties": False},

@@ -97,7 +97,7 @@ class PgRagVectors:
         vector: bytes,
         access: Access,
         filters: Sequence[Filter],
-        now: float,
+        now: float | None,
         limit: int,
     ) -> Candidates | None:
         dim = len(vector) // 4

@@ -32,6 +32,7 @@ class CollectionRow:
     created_at: float
     updated_at: float
     rerank: Mapping[str, Any] | None = None  # {model, top_n, weight, timeout_s} (keel.rag.rerank); None: off
+    freshness: Mapping[str, Any] | None = None  # search defaults {half_life_days?, exclude_expired?}; None: none
 
 
 @dataclass(frozen=True, slots=True)

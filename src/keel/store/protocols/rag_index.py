@@ -252,15 +252,25 @@ class RagIndexStore(Protocol):
     def rag_vectors(self, build: str, after: int) -> VectorRows: ...
 
     def rag_allowed(
-        self, tenant: str, collection: str, access: Access, filters: Sequence[Filter], now: float
+        self, tenant: str, collection: str, access: Access, filters: Sequence[Filter], now: float | None
     ) -> list[tuple[int, int]]:
-        """(doc row id, version) of every document the caller may see that passes the filters and is fresh."""
+        """(doc row id, version) of every document the caller may see that passes the filters and is valid at
+        `now` (None: expired ones too; so for every candidate query's `now`)."""
         ...
 
     def rag_lexical(
-        self, build: str, collection: str, text: str, access: Access, filters: Sequence[Filter], now: float, limit: int
+        self,
+        build: str,
+        collection: str,
+        text: str,
+        access: Access,
+        filters: Sequence[Filter],
+        now: float | None,
+        limit: int,
     ) -> Candidates:
-        """Full-text candidates of `build` (BM25 on SQLite, ts_rank on PostgreSQL), access and filters inside."""
+        """Full-text candidates of `build` by `ts_rank` in the database (PostgreSQL), access and filters inside.
+        Called only where `rag_searches_vectors` is true; SQLite keeps no full-text table (migration 0026)
+        and raises NotImplementedError: BM25 runs in process there (keel.rag.index_terms)."""
         ...
 
     def rag_vector_search(
@@ -270,7 +280,7 @@ class RagIndexStore(Protocol):
         vector: bytes,
         access: Access,
         filters: Sequence[Filter],
-        now: float,
+        now: float | None,
         limit: int,
     ) -> Candidates | None:
         """Nearest chunks by cosine similarity inside the database (pgvector), access and filters inside;

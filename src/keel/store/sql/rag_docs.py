@@ -15,7 +15,7 @@ import orjson
 from keel.store.protocols.rag_docs import CollectionRow, DocumentIn, DocumentRow, DocUpdate, PutResult
 from keel.store.sql.dialect import Database, Row
 
-_COLL = "tenant, name, model, chunking, description, created_at, updated_at, rerank"
+_COLL = "tenant, name, model, chunking, description, created_at, updated_at, rerank, freshness"
 _DOC = (
     "tenant, collection, id, version, title, source, content_hash, content_type, bytes, metadata, users, acl_groups,"
     " valid_until, status, stage, error, progress_done, progress_total, chunks, indexed_version, job_id, created_at,"
@@ -28,9 +28,12 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def _json(value: Any) -> Any:
+    return None if value is None else orjson.loads(value)
+
+
 def _collection(r: Row) -> CollectionRow:
-    rerank = orjson.loads(r[7]) if r[7] is not None else None
-    return CollectionRow(r[0], r[1], r[2], orjson.loads(r[3]), r[4], r[5], r[6], rerank)
+    return CollectionRow(r[0], r[1], r[2], orjson.loads(r[3]), r[4], r[5], r[6], _json(r[7]), _json(r[8]))
 
 
 def _document(r: Row) -> DocumentRow:
@@ -64,7 +67,7 @@ class SqlRagDocs:
 
     def create_collection(self, row: CollectionRow) -> tuple[CollectionRow, bool]:
         d = self._db.dialect
-        insert = f"INSERT INTO rag_collections ({_COLL}) VALUES ({d.marks(8)}) ON CONFLICT DO NOTHING RETURNING {_COLL}"
+        insert = f"INSERT INTO rag_collections ({_COLL}) VALUES ({d.marks(9)}) ON CONFLICT DO NOTHING RETURNING {_COLL}"
         find = f"SELECT {_COLL} FROM rag_collections WHERE tenant = {d.mark} AND name = {d.mark}"
         values = (
             row.tenant,
@@ -75,6 +78,7 @@ class SqlRagDocs:
             row.created_at,
             row.updated_at,
             None if row.rerank is None else _dumps(row.rerank),
+            None if row.freshness is None else _dumps(row.freshness),
         )
         with self._db.transaction() as s:
             made = s.fetchone(insert, values)

@@ -1,7 +1,7 @@
 """RAG index builds, documents, chunks and candidate queries over SQLite and PostgreSQL (`RagIndexStore`).
 
-The two dialects differ in full text (FTS5 `bm25()` over `rag_fts` / `tsvector` with `ts_rank`) and in how
-a metadata value is read (`json_extract` / `jsonb ->`); everything else is written once. Every candidate
+The two dialects differ in full text (PostgreSQL's `tsvector` with `ts_rank`; SQLite keeps none since
+migration 0026, its BM25 runs in process over `rag_vectors` rows) and in how a metadata value is read (`json_extract` / `jsonb ->`); everything else is written once. Every candidate
 query carries the same document conditions (`doc_conditions`): tenant and collection, the access list
 joined through `rag_access`, freshness (`valid_until`) and the caller's filters, all before the LIMIT.
 """
@@ -9,7 +9,6 @@ joined through `rag_access`, freshness (`valid_until`) and the caller's filters,
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,8 +36,6 @@ _CHUNK_COLS = "build, doc, version, ordinal, text, heading_path, content_hash, t
 _COLUMNS = {"updated_at": "d.updated_at", "valid_until": "d.valid_until", "source": "d.source", "title": "d.title"}
 _COLUMNS["document_id"] = "d.document_id"
 _IN_CHUNK = 500
-_PRUNE_FROM = 2000  # full-text rows from which very common query terms are left out
-_DF_TTL_S = 600.0
 
 
 def _build(r: Row) -> BuildRow:
@@ -75,7 +72,7 @@ def doc_conditions(
     collection: str,
     access: Access,
     filters: Sequence[Filter],
-    now: float,
+    now: float | None,
     *,
     scoped: bool = True,
 ) -> None:
@@ -93,7 +90,8 @@ def doc_conditions(
             collection,
             *principals,
         )
-    c.add(f"(d.valid_until IS NULL OR d.valid_until > {m})", now)
+    if now is not None:  # None: expired documents too (a search with exclude_expired false)
+        c.add(f"(d.valid_until IS NULL OR d.valid_until > {m})", now)
     for f in filters:
         _filter(c, f)
 
@@ -310,12 +308,6 @@ class SqlRagIndex:
                 for c in chunks
             ],
         )  # fmt: skip
-        if d.name == "sqlite":
-            s.execute(
-                "INSERT INTO rag_fts (rowid, text, build, doc, version) SELECT id, text, build, doc, version FROM rag_chunks"
-                f" WHERE doc = {d.mark} AND build = {d.mark}",
-                (doc, build),
-            )
         s.execute(f"UPDATE rag_builds SET dim = {d.mark} WHERE id = {d.mark} AND dim IS NULL", (dim, build))
         self._after_insert(s, build, doc, chunks, dim)
         return len(chunks)
@@ -327,8 +319,6 @@ class SqlRagIndex:
         """In the write's transaction: a backend that keeps vectors elsewhere too (pgvector) copies them."""
 
     def _drop_chunks(self, s: Session, where: str, params: Sequence[Any]) -> int:
-        if self._db.dialect.name == "sqlite":
-            s.execute(f"DELETE FROM rag_fts WHERE rowid IN (SELECT id FROM rag_chunks WHERE {where})", params)
         return s.execute(f"DELETE FROM rag_chunks WHERE {where}", params)
 
     def rag_remove(self, tenant: str, collection: str, document_id: str) -> int:
@@ -363,12 +353,16 @@ class SqlRagIndex:
 
     def rag_source_chunks(self, build: str, after: int, limit: int) -> list[tuple[int, int, str, ChunkRow]]:
         m = self._db.dialect.mark
+        # SQLite's planner takes the (build, id) index for `build = ?` and sorts the build's every row per
+        # page (0.2 s at 100,000 chunks, 300 pages a re-index); the (doc, build) index walks documents
+        # from `after` in order and stops at the limit (2-15 ms)
+        by_doc = " INDEXED BY rag_chunks_doc" if self._db.dialect.name == "sqlite" else ""
         with self._db.session() as s:
             rows = s.fetchall(
                 "SELECT c.doc, c.version, d.title, c.ordinal, c.text, c.heading_path, c.content_hash, c.tokens,"
                 " c.embedding FROM rag_chunks c JOIN rag_index_docs d ON d.id = c.doc"
-                f" WHERE c.build = {m} AND c.doc IN (SELECT DISTINCT doc FROM rag_chunks WHERE build = {m} AND doc > {m}"
-                f" ORDER BY doc LIMIT {m}) ORDER BY c.doc, c.ordinal",
+                f" WHERE c.build = {m} AND c.doc IN (SELECT DISTINCT doc FROM rag_chunks{by_doc} WHERE build = {m}"
+                f" AND doc > {m} ORDER BY doc LIMIT {m}) ORDER BY c.doc, c.ordinal",
                 (build, build, after, limit),
             )
         return [
@@ -394,7 +388,7 @@ class SqlRagIndex:
         )  # fmt: skip
 
     def rag_allowed(
-        self, tenant: str, collection: str, access: Access, filters: Sequence[Filter], now: float
+        self, tenant: str, collection: str, access: Access, filters: Sequence[Filter], now: float | None
     ) -> list[tuple[int, int]]:
         c = Conditions(self._db.dialect)
         m = c.d.mark
@@ -413,66 +407,33 @@ class SqlRagIndex:
             return [(int(r[0]), int(r[1])) for r in s.fetchall(sql, c.params)]
 
     def rag_lexical(
-        self, build: str, collection: str, text: str, access: Access, filters: Sequence[Filter], now: float, limit: int
+        self,
+        build: str,
+        collection: str,
+        text: str,
+        access: Access,
+        filters: Sequence[Filter],
+        now: float | None,
+        limit: int,
     ) -> Candidates:
         d = self._db.dialect
         m = d.mark
         terms = query_terms(text)
         if not terms:
             return Candidates([], [])
+        if d.name == "sqlite":  # rag_fts was dropped (0026): BM25 runs in process (keel.rag.index_terms)
+            raise NotImplementedError("SQLite keeps no full-text table: search it through keel.rag.index.Index")
         c = Conditions(d)
-        if d.name == "sqlite":
-            terms = self._informative(terms)
-            if not terms:
-                return Candidates([], [])
-            # the chunk's build, document and version are copied into rag_fts: no join per matching row,
-            # only a probe of the admitted (document, version) set, built once per query
-            docs = Conditions(d)
-            doc_conditions(docs, access.tenant, collection, access, filters, now)
-            sql = (
-                f"SELECT rowid, -bm25(rag_fts) AS score FROM rag_fts WHERE rag_fts MATCH {m} AND build = {m}"
-                f" AND (doc, version) IN (SELECT d.id, d.version FROM rag_index_docs d WHERE {docs.sql()})"
-                f" ORDER BY bm25(rag_fts) LIMIT {m}"
-            )
-            params = [" OR ".join('"' + t + '"' for t in terms), build, *docs.params, limit]
-        else:
-            c.add(f"c.tsv @@ q.q AND c.build = {m} AND c.version = d.version", build)
-            doc_conditions(c, access.tenant, collection, access, filters, now)
-            sql = (
-                f"SELECT c.id, ts_rank(c.tsv, q.q) AS score FROM (SELECT to_tsquery('english', {m}) AS q) q,"
-                f" rag_chunks c JOIN rag_index_docs d ON d.id = c.doc WHERE {c.sql()} ORDER BY score DESC, c.id LIMIT {m}"
-            )
-            params = [" | ".join(terms), *c.params, limit]
+        c.add(f"c.tsv @@ q.q AND c.build = {m} AND c.version = d.version", build)
+        doc_conditions(c, access.tenant, collection, access, filters, now)
+        sql = (
+            f"SELECT c.id, ts_rank(c.tsv, q.q) AS score FROM (SELECT to_tsquery('english', {m}) AS q) q,"
+            f" rag_chunks c JOIN rag_index_docs d ON d.id = c.doc WHERE {c.sql()} ORDER BY score DESC, c.id LIMIT {m}"
+        )
+        params = [" | ".join(terms), *c.params, limit]
         with self._db.session() as s:
             rows = s.fetchall(sql, params)
         return Candidates([int(r[0]) for r in rows], [float(r[1]) for r in rows])
-
-    def _informative(self, terms: list[str]) -> list[str]:
-        """The terms found in at most a quarter of the full-text rows (SQLite): BM25 gives the others
-        almost no weight (IDF ≤ log 3), and scoring every row that holds one costs seconds at 100,000.
-        Counts are bounded scans, kept per process for `_DF_TTL_S`."""
-        cache: dict[str, tuple[float, int]] = self.__dict__.setdefault("_rag_df", {})
-        now = time.monotonic()
-        with self._db.session() as s:
-            row = s.fetchone("SELECT max(rowid) FROM rag_fts")
-            total = int(row[0] or 0) if row else 0
-            if total < _PRUNE_FROM:
-                return terms
-            cap = total // 4
-            kept = []
-            for term in terms:
-                known = cache.get(term)
-                if known is None or known[0] < now:
-                    found = s.fetchone(
-                        "SELECT count(*) FROM (SELECT 1 FROM rag_fts WHERE rag_fts MATCH ? LIMIT ?)",
-                        ('"' + term + '"', cap + 1),
-                    )
-                    if len(cache) > 50_000:
-                        cache.clear()
-                    known = cache[term] = (now + _DF_TTL_S, int(found[0]) if found else 0)
-                if known[1] <= cap:
-                    kept.append(term)
-        return kept
 
     def rag_vector_search(
         self,
@@ -481,7 +442,7 @@ class SqlRagIndex:
         vector: bytes,
         access: Access,
         filters: Sequence[Filter],
-        now: float,
+        now: float | None,
         limit: int,
     ) -> Candidates | None:
         return None
