@@ -205,6 +205,8 @@ class SqlAgents:
             f" decided_by = COALESCE({m}, decided_by) WHERE id = {m} AND state IN ({d.marks(len(sources))})"
             f" RETURNING {_CALL}"
         )
-        with self._db.transaction() as s:
+        # PostgreSQL: the statement commits alone (one round trip); SQLite: its write transaction, which a
+        # RETURNING row fetched in autocommit would hold open until the statement is reset
+        with self._db.session() if d.name == "postgres" else self._db.transaction() as s:
             row = s.fetchone(sql, (to, now, result, decided_by, call_id, *sources))
         return None if row is None else _call(row)
