@@ -167,11 +167,20 @@ class SqlAgents:
         sql = f"INSERT INTO agent_calls ({_CALL}) VALUES ({d.marks(11)}) ON CONFLICT (id) DO NOTHING"
         values = (row.id, row.run_id, row.tenant, row.tool, _dump(row.arguments), row.state, row.result,
                   row.decided_by, row.expires_at, row.created_at, row.updated_at)  # fmt: skip
+        if d.name == "postgres":  # one round trip when the row is new: the insert returns it, committed alone
+            with self._db.session() as s:
+                found = s.fetchone(f"{sql} RETURNING {_CALL}", values)
+            return _call(found) if found is not None else self._stored_call(row.id)
         with self._db.transaction() as s:
             s.execute(sql, values)
             found = s.fetchone(f"SELECT {_CALL} FROM agent_calls WHERE id = {d.mark}", (row.id,))
         assert found is not None
         return _call(found)
+
+    def _stored_call(self, call_id: str) -> CallRow:
+        found = self.get_call(call_id)
+        assert found is not None  # the insert found it there; calls are never deleted while a run goes on
+        return found
 
     def get_call(self, call_id: str) -> CallRow | None:
         where, params = self._where([("id", call_id)])
