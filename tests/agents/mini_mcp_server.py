@@ -1,6 +1,7 @@
 """A stdio MCP server in plain stdlib Python (the sandbox holds only /usr: no SDK): newline-delimited
 JSON-RPC answering initialize, tools/list and tools/call. Its one tool, `whoami`, reports what the process
-sees of its world (uid, host files, its environment's declared secret), so a test can show where it ran."""
+sees of its world (uid, host files, its environment's declared secret), so a test can show where it ran;
+with `spread: [n, MiB]` it first forks n children that each touch that much memory and counts those killed."""
 
 import json
 import os
@@ -25,6 +26,18 @@ def tool_result(args):
         s.sendall(f"CONNECT {args['connect']} HTTP/1.1\r\n\r\n".encode())
         seen["connect"] = s.recv(200).decode("latin-1").split("\r\n")[0]
         s.close()
+    if args.get("spread"):  # [children, MiB each]: memory spread over processes, each under its rlimit
+        n, mib = args["spread"]
+        kids = []
+        for _ in range(n):
+            pid = os.fork()
+            if pid == 0:
+                x = bytearray(mib * 1024 * 1024)
+                for j in range(0, len(x), 4096):
+                    x[j] = 1
+                os._exit(0)
+            kids.append(pid)
+        seen["killed"] = sum(1 for p in kids if os.waitpid(p, 0)[1] != 0)
     return {"content": [{"type": "text", "text": json.dumps(seen)}], "isError": False}
 
 
@@ -37,7 +50,10 @@ def answer(msg):
             "serverInfo": {"name": "mini", "version": "1"},
         }
     if method == "tools/list":
-        schema = {"type": "object", "properties": {"say": {"type": "string"}, "connect": {"type": "string"}}}
+        schema = {
+            "type": "object",
+            "properties": {"say": {"type": "string"}, "connect": {"type": "string"}, "spread": {"type": "array"}},
+        }
         return {"tools": [{"name": "whoami", "description": "where am I", "inputSchema": schema}]}
     if method == "tools/call":
         return tool_result(params.get("arguments") or {})

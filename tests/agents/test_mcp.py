@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from keel.agents import mcp_client
+from keel.agents.sandbox import Limits, Sandbox
+from keel.agents.sandbox.cgroups import RunCgroup
+from keel.agents.tools import McpTool
 from keel.audit.log import AuditLog
 from keel.testing import FakeUpstream
 
@@ -104,3 +109,37 @@ def test_keel_calls_a_stdio_mcp_server_inside_the_sandbox(agw: Gateway) -> None:
     assert "etc" not in seen["root_dir"] and "work" not in seen["root_dir"]
     assert seen["echo"] == "hi" and seen["token_echo"] == "[secret]"  # the server printed the secret: scrubbed
     assert secret not in text
+
+
+class Noted(Sandbox):
+    """The sandbox, noting the cgroups it makes (to see them gone afterwards)."""
+
+    made: list[RunCgroup]
+
+    async def cgroup(self, limits: Limits) -> RunCgroup | None:
+        cg = await super().cgroup(limits)
+        self.made = [*getattr(self, "made", []), *([cg] if cg is not None else [])]
+        return cg
+
+
+def test_a_stdio_mcp_servers_children_share_its_memory_cgroup() -> None:
+    """Six children of a stdio MCP server, each under its RLIMIT_AS (256 MiB), touch 150 MiB each: only the
+    server's cgroup sums them (OOM kills past 256 MiB); without it (no Sandbox given: rlimits only) all
+    six are fed. The cgroup goes when the session ends."""
+    sandbox = Noted()
+    if sandbox.cgroup_problem is not None:  # this machine allows them (cgroup v1, root): say so, loudly
+        pytest.fail(f"the sandbox runs without per-run cgroups here: {sandbox.cgroup_problem}")
+    server = McpTool(transport="stdio", command=("/usr/bin/python3", "-I", "-S", "-c", SERVER))
+    limits = Limits(wall_s=60, cpu_s=20, memory_mb=256, processes=16)
+
+    def call(box: Sandbox | None) -> dict[str, Any]:
+        ok, text = asyncio.run(mcp_client.call_tool(server, "whoami", {"spread": [6, 150]}, {}, limits, box))
+        assert ok, text
+        seen: dict[str, Any] = json.loads(text)
+        return seen
+
+    boxed, bare = call(sandbox), call(None)
+    print(f"\n  6 x 150 MiB children: {boxed['killed']} killed in the server's cgroup, {bare['killed']} without one")
+    assert boxed["killed"] > 0 and bare["killed"] == 0
+    (made,) = sandbox.made
+    assert len(made.paths) == 3 and not any(os.path.exists(p) for p in made.paths)

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import yaml
 
 from keel.audit.log import AuditLog
 from keel.testing import FakeUpstream
@@ -65,4 +66,46 @@ def test_a_tool_cut_short_by_kill_9_leaves_its_tool_run_entry(
     (call,) = [c for c in store.list_calls(tenant="t1") if c.tool == "hang"]
     assert call.state == "running"  # and a resumed run reports it interrupted, never re-runs it
     assert started["result"] == {"call": call.id, "run": call.run_id}
+    store.close()
+
+
+def test_with_fast_outcomes_a_kill_9_after_the_tool_loses_nothing(
+    up: FakeUpstream, storage_url: str, tmp_path: Path
+) -> None:
+    """`audit.tool_outcomes: fast` (no WAL-flush wait for the outcome): `keel serve` killed (kill -9) while the
+    model is being told a tool's result still leaves the call `done` with its result, its `tool.result`
+    entry, a chain that verifies, and the side effect once — only a database server crash may lose them."""
+    store, key, url = configured(up, storage_url, tmp_path)
+    raw = yaml.safe_load((tmp_path / "keel.yaml").read_text())
+    (tmp_path / "keel.yaml").write_text(yaml.safe_dump({**raw, "audit": {"tool_outcomes": "fast"}}))
+    log = AuditLog(store)
+    with tool_service() as svc:
+        up.script(Script(body_override=completion(("call_p", "pay", {"amount": 5}))), Script(text="late", delay=20))
+        with serve(tmp_path, "first", url) as gateway:
+            spec = {"tenant": "t1", "name": "pay", "kind": "http", "http": {"method": "POST", "url": svc.url + "/pay"},
+                    "parameters": {"type": "object", "properties": {"amount": {"type": "number"}}}}  # fmt: skip
+            r = httpx.post(url + "/api/agents/tools", json=spec, headers={"authorization": f"Bearer {ADMIN}"})
+            assert r.status_code == 201, r.text
+            body = {"model": "gpt-4o-mini", "input": "pay", "tools": ["pay"]}
+
+            def start() -> None:
+                with contextlib.suppress(httpx.HTTPError):  # the gateway dies under it
+                    httpx.post(url + "/api/agents/runs", json=body, headers={"authorization": f"Bearer {key}"},
+                               timeout=60)  # fmt: skip
+
+            client = threading.Thread(target=start, daemon=True)
+            client.start()
+            (result,) = until(lambda: [e for e in log.entries() if e.action == "tool.result"], 30)
+            until(lambda: len(up.requests) >= 2, 30)  # the model is being told the result
+            os.kill(gateway.pid, signal.SIGKILL)
+            gateway.wait()
+            client.join(30)
+        assert len(svc.payments) == 1
+
+    (call,) = [c for c in store.list_calls(tenant="t1") if c.tool == "pay"]
+    assert call.state == "done" and call.result is not None and "r-1" in call.result
+    assert json.loads(result.detail)["result"]["call"] == call.id
+    verified = subprocess.run([*KEEL, "audit", "verify"], cwd=tmp_path, env=env(), capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
     store.close()

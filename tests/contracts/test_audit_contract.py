@@ -5,21 +5,28 @@ the chain or at its end) or a reorder made directly in the database; redaction h
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import pytest
 
-from keel.audit.log import REDACTED, AuditLog, Checkpoint
+from keel.audit.group import GroupCommit
+from keel.audit.log import REDACTED, AuditLog, Checkpoint, _draft
 from keel.store.open import open_store
-from keel.store.protocols import GENESIS, Store, entry_hash
+from keel.store.protocols import GENESIS, CallRow, Store, entry_hash
+from keel.store.protocols.agents import CallOutcome
+from keel.store.protocols.audit import AuditEntry
+from keel.store.sql.dialect import NO_FLUSH
 
 
 def tamper(url: str, sql: str) -> None:
@@ -59,8 +66,6 @@ def test_a_chain_links_each_entry_to_the_one_before(store: Store) -> None:
 def test_concurrent_records_commit_in_groups_as_one_chain(store: Store) -> None:
     """40 callers at once through the group-commit writer, between plain appends: every caller gets its own
     committed entry, numbered without gaps, and the chain verifies."""
-    import asyncio
-
     log = AuditLog(store)
     fill(log, 2)
 
@@ -281,3 +286,99 @@ def test_entries_hashed_the_old_way_still_verify_and_erase_only_with_the_purge_e
     assert (unlisted.ok, unlisted.bad_seq) == (False, 1) and "no purge entry lists it" in (unlisted.reason or "")
     log.append("admin", "user.purge", "alice", tenant="acme", result={"erased_v1": erased.v1})
     assert log.verify().ok and log.verify().checked == 3
+
+
+def running_call(store: Store, call_id: str) -> None:
+    now = time.time()
+    store.add_call(CallRow(call_id, "run-1", "t1", "pay", {"amount": 1}, "running", None, "policy", now + 60, now, now))
+
+
+def test_a_tool_result_and_its_call_outcome_commit_in_one_transaction(store: Store, storage_url: str) -> None:
+    """`tool.result` carries the call's move from running: both land, and a call no longer running (an earlier
+    outcome) is left as it is. Another appender moving the chain's head in between (a second process: this
+    store's remembered head is stale) changes nothing: the entries still chain, the outcome still lands."""
+    log = AuditLog(store)
+    for call_id in ("c1", "c2", "c3"):
+        running_call(store, call_id)
+    try:
+        fill(log, 1)
+
+        async def settle(call_id: str, state: Literal["done", "failed"], durable: bool) -> None:
+            await log.record("key:k", "tool.result", "pay", tenant="t1", result={"call": call_id}, durable=durable,
+                             outcome=CallOutcome(call_id, state, f"{state} {call_id}", time.time()))  # fmt: skip
+
+        asyncio.run(settle("c1", "done", True))
+        other = open_store(storage_url)
+        try:
+            fill(AuditLog(other), 2)
+        finally:
+            other.close()
+        asyncio.run(settle("c2", "failed", False))
+        asyncio.run(settle("c1", "failed", True))  # c1 is done already: not moved again
+        store.move_call("c3", ("running",), "done", now=time.time(), result="by hand")
+        asyncio.run(settle("c3", "failed", False))
+    finally:
+        log.close()
+    calls = {c.id: (c.state, c.result) for c in store.list_calls(tenant="t1")}
+    assert calls == {"c1": ("done", "done c1"), "c2": ("failed", "failed c2"), "c3": ("done", "by hand")}
+    actions = [e.action for e in log.entries()]
+    assert actions == ["tool.run", "tool.result", "tool.run", "tool.run", "tool.result", "tool.result", "tool.result"]
+    assert log.verify().ok and log.verify().checked == 7
+
+
+class Watched:
+    """The real store, noting each group commit's `durable`; its first commit waits until released."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.durable = store, list[bool]()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def append_audits(self, drafts: Any, *, durable: bool = True, outcomes: Any = ()) -> list[AuditEntry]:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(30)
+        self.durable.append(durable)
+        return self.store.append_audits(drafts, durable=durable, outcomes=outcomes)
+
+
+def test_a_group_skips_the_flush_wait_only_when_no_entry_in_it_asked_for_the_flush(store: Store) -> None:
+    """`durable=False` entries may share a commit that does not wait for the flush; one durable entry in a
+    batch makes the whole commit wait (its caller is told only about what is on disk)."""
+    watched = Watched(store)
+    group = GroupCommit(watched)  # type: ignore[arg-type]
+
+    def draft(action: str) -> Any:
+        return _draft("key:k", action, None, "t1", None, None, None, None, None, (), None)
+
+    try:
+        first = group.submit(draft("a"), durable=False)
+        assert watched.entered.wait(30)  # the writer holds `a` alone, in the store
+        queued = [group.submit(draft("b"), durable=False), group.submit(draft("c"))]
+        watched.release.set()
+        for f in (first, *queued):
+            f.result(30)
+        group.submit(draft("d"), durable=False).result(30)
+    finally:
+        group.close()
+    assert watched.durable == [False, True, False]
+    assert [e.action for e in AuditLog(store).entries()] == ["a", "b", "c", "d"]
+    assert AuditLog(store).verify().ok
+
+
+@pytest.mark.postgres
+def test_without_the_flush_wait_means_for_that_transaction_only(pg_schema_url: str) -> None:
+    """PostgreSQL: `durable=False` turns synchronous_commit off for its own transaction (SET LOCAL) or its own
+    autocommitted statement (NO_FLUSH); the pooled connection is back to the server's setting after."""
+    store = open_store(pg_schema_url)
+    db = store._db  # type: ignore[attr-defined]
+    setting = "SELECT current_setting('synchronous_commit')"
+    try:
+        with db.transaction(durable=False) as s:
+            assert s.fetchone(setting) == ("off",)
+        with db.transaction() as s:
+            assert s.fetchone(setting) == ("on",)
+        with db.session() as s:
+            assert s.fetchone(f"{setting} FROM {NO_FLUSH}") == ("off",)
+            assert s.fetchone(setting) == ("on",)
+    finally:
+        store.close()

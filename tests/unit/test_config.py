@@ -211,6 +211,7 @@ def test_missing_required_key_is_reported() -> None:
         ("server", "port", "eighty", "integer"),
         ("storage", "url", "mysql://db/keel", "sqlite:///"),
         ("traces", "queue_size", 0, "greater than or equal to 1"),
+        ("audit", "tool_outcomes", "sometimes", "'durable' or 'fast'"),
     ],
 )
 def test_bad_value_is_reported(section: str, key: str, value: Any, words: str) -> None:

@@ -40,7 +40,8 @@ def build(ctx: Context) -> Contribution:
     executor = Executor(vault, sandbox)
     writer = ctx.get(TraceWriter)
     budgets = ToolBudgets(ctx.get(LimitStore))  # type: ignore[type-abstract]
-    runs = Runs(ctx.store, lambda: ctx.get(Pipeline).handler, executor, audit, writer.put_span, writer.put, budgets)
+    runs = Runs(ctx.store, lambda: ctx.get(Pipeline).handler, executor, audit, writer.put_span, writer.put, budgets,
+                durable_outcomes=ctx.config.audit.tool_outcomes == "durable")  # fmt: skip
     ctx.add(vault)
     ctx.add(runs)
     workers, close = [Worker("agent-runs", runs.sweep, SWEEP_S)], [executor.aclose]

@@ -81,7 +81,7 @@ class Executor:
             return True, out.stdout
         if spec.kind == "mcp":
             assert spec.mcp is not None
-            return await mcp_client.call_tool(spec.mcp, spec.mcp.tool or spec.name, args, env, limits)
+            return await mcp_client.call_tool(spec.mcp, spec.mcp.tool or spec.name, args, env, limits, self._sandbox)
         return await self._http_call(spec, args, call_id, values)
 
     async def _http_call(

@@ -12,7 +12,8 @@ again: the model hears that its outcome is unknown.
 Every model step and tool call is a span of the run's trace, and a step of the run's durable record
 (`keel runs show`). A tool call's audit is two entries: `tool.run` (who, which tool, the arguments),
 committed while the tool executes and before its result is used, so a crash mid-tool leaves evidence; and
-`tool.result` (ok, size, egress) committed beside the call's outcome, before the model hears it.
+`tool.result` (ok, size, egress) committed in one transaction with the call's outcome, before the model hears it
+(`audit.tool_outcomes: fast`: without waiting for PostgreSQL's WAL flush; the claim and `tool.run` always do).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -39,7 +40,7 @@ from keel.errors import InvalidRequest, KeelError
 from keel.gateway.call import Call
 from keel.gateway.pipeline import Handler
 from keel.store.protocols import CallRow, Store
-from keel.store.protocols.agents import CallState, RunRow
+from keel.store.protocols.agents import CallOutcome, RunRow
 from keel.traces.spans import child_span
 from keel.types import Principal, Span, TraceRecord
 from keel.wire import openai_chat as wire
@@ -84,11 +85,12 @@ class Runs:
 
     def __init__(
         self, store: Store, pipeline: Callable[[], Handler], executor: Executor, audit: AuditLog, put_span: Callable[[Span], None],
-        put_record: Callable[[TraceRecord], None], budgets: ToolBudgets,
+        put_record: Callable[[TraceRecord], None], budgets: ToolBudgets, *, durable_outcomes: bool = True,
     ) -> None:  # fmt: skip
         self._store, self._pipeline, self._exec, self._audit = store, pipeline, executor, audit
         self._put_span, self._put_record = put_span, put_record
         self._budgets = budgets
+        self._durable = durable_outcomes  # False: a call's outcome and tool.result skip the WAL flush wait
         self._fresh: dict[str, CallRow] = {}  # calls this process just stored, not waiting for anyone
         self.on_pending: Callable[[CallRow], None] | None = None  # a call now waits for a person (the webhook)
         self._specs: dict[tuple[str, bytes], ToolSpec] = {}
@@ -397,13 +399,11 @@ class Runs:
             if result.ok
             else (result.output if result.output.startswith("error") else f"error: {result.output}")
         )
-        state: CallState = "done" if result.ok else "failed"
-        # the call's outcome and its tool.result entry commit side by side, before the model hears it
-        await asyncio.gather(
-            asyncio.to_thread(self._store.move_call, row.id, ("running",), state, now=time.time(), result=text),
-            self._audit.record(caller.actor, "tool.result", row.tool, tenant=row.tenant, source_ip=caller.source_ip,
-                               result={"ok": result.ok, "call": row.id, "chars": len(text), **_egress(result)}),
-        )  # fmt: skip
+        state: Literal["done", "failed"] = "done" if result.ok else "failed"
+        # the call's outcome and its tool.result entry commit in one transaction, before the model hears it
+        await self._audit.record(caller.actor, "tool.result", row.tool, tenant=row.tenant, source_ip=caller.source_ip,
+                                 result={"ok": result.ok, "call": row.id, "chars": len(text), **_egress(result)},
+                                 durable=self._durable, outcome=CallOutcome(row.id, state, text, time.time()))  # fmt: skip
         self._step_tool(data, row, state, text, started)
         self._span(data, "tool", row.tool, started, status="ok" if result.ok else "error",
                    attributes={"call_id": row.id, "arguments": row.arguments, "result": text[:1000],
@@ -448,12 +448,10 @@ class Runs:
             self._exec.run(tenant, spec, args, key, caller.actor),
         )  # fmt: skip
         text = result.output
-        await asyncio.gather(
-            asyncio.to_thread(self._store.move_call, key, ("running",), "done" if result.ok else "failed",
-                              now=time.time(), result=text),
-            self._audit.record(caller.actor, "tool.result", name, tenant=tenant, source_ip=caller.source_ip,
-                               result={"ok": result.ok, "call": key, "via": "mcp", "chars": len(text), **_egress(result)}),
-        )  # fmt: skip
+        outcome = CallOutcome(key, "done" if result.ok else "failed", text, time.time())
+        await self._audit.record(caller.actor, "tool.result", name, tenant=tenant, source_ip=caller.source_ip,
+                                 result={"ok": result.ok, "call": key, "via": "mcp", "chars": len(text),
+                                         **_egress(result)}, durable=self._durable, outcome=outcome)  # fmt: skip
         return result.ok, text
 
     # ---- approvals and resumption ------------------------------------------------------------------

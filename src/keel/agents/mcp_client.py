@@ -2,10 +2,12 @@
 stdio (the server started inside the sandbox, one session per call) or streamable HTTP. A stdio server's
 secrets are environment variables in its sandbox; an HTTP server's are request headers (the `env` name is
 the header name). A stdio server with `network` gets the sandbox's allow-list proxy (its socket path in
-KEEL_NET_SOCKET: it speaks CONNECT host:port there)."""
+KEEL_NET_SOCKET: it speaks CONNECT host:port there). Given the `Sandbox`, a stdio server also lives in a
+cgroup of its own (memory summed over its processes, pids, cpu: `limits`), removed with its session."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sys
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from keel.agents.sandbox.netproxy import SOCKET as NET_SOCKET
 from keel.agents.sandbox.netproxy import NetProxy
-from keel.agents.sandbox.runner import Limits
+from keel.agents.sandbox.runner import Limits, Sandbox
 
 if TYPE_CHECKING:
     from mcp import ClientSession
@@ -25,7 +27,9 @@ if TYPE_CHECKING:
 
 
 @contextlib.asynccontextmanager
-async def session(server: McpTool, env: Mapping[str, str], limits: Limits) -> AsyncIterator[ClientSession]:
+async def session(
+    server: McpTool, env: Mapping[str, str], limits: Limits, sandbox: Sandbox | None = None
+) -> AsyncIterator[ClientSession]:
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
     from mcp.client.streamable_http import streamable_http_client
@@ -40,6 +44,10 @@ async def session(server: McpTool, env: Mapping[str, str], limits: Limits) -> As
                 stack.push_async_callback(proxy.aclose)
                 spec["net_dir"] = proxy.directory
                 spec["env"] = {**spec["env"], "KEEL_NET_SOCKET": NET_SOCKET}
+            cg = None if sandbox is None else await sandbox.cgroup(limits)
+            if cg is not None:  # removed (what is left inside killed) after the server's stdio is closed
+                stack.push_async_callback(asyncio.to_thread, cg.remove)
+                spec["cgroup"] = list(cg.paths)
             params = StdioServerParameters(
                 command=sys.executable,
                 args=["-m", "keel.agents.sandbox.launch", json.dumps(spec)],
@@ -62,17 +70,23 @@ async def session(server: McpTool, env: Mapping[str, str], limits: Limits) -> As
         yield s
 
 
-async def list_tools(server: McpTool, env: Mapping[str, str] = {}, limits: Limits = Limits()) -> list[dict[str, Any]]:  # noqa: B008
-    async with session(server, env, limits) as s:
+async def list_tools(
+    server: McpTool,
+    env: Mapping[str, str] = {},
+    limits: Limits = Limits(),  # noqa: B008
+    sandbox: Sandbox | None = None,
+) -> list[dict[str, Any]]:
+    async with session(server, env, limits, sandbox) as s:
         listed = await s.list_tools()
     return [{"name": t.name, "description": t.description or "", "parameters": t.input_schema} for t in listed.tools]
 
 
 async def call_tool(
-    server: McpTool, name: str, args: dict[str, Any], env: Mapping[str, str], limits: Limits
-) -> tuple[bool, str]:
+    server: McpTool, name: str, args: dict[str, Any], env: Mapping[str, str], limits: Limits,
+    sandbox: Sandbox | None = None,
+) -> tuple[bool, str]:  # fmt: skip
     """(ok, text): the tool's text content joined; ok False when the server says it is an error."""
-    async with session(server, env, limits) as s:
+    async with session(server, env, limits, sandbox) as s:
         result = await s.call_tool(name, args, read_timeout_seconds=limits.wall_s)
     parts = []
     for item in result.content:

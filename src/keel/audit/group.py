@@ -5,6 +5,10 @@ one transaction (`AuditStore.append_audits`), then resolves each caller's future
 waits for its own entry to be committed, exactly as with one transaction per entry (nothing is weakened:
 an entry a caller was told about is durable), but concurrent callers share one commit flush instead of
 queueing on the chain's head row one flush each.
+
+An entry submitted with `durable=False` may be committed without waiting for the WAL flush
+(`AuditStore.append_audits`), but only in a batch of such entries: a batch holding any durable entry is
+committed durably, so a durable caller is never told about an entry that is not on disk.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import queue
 import threading
 from concurrent.futures import Future
 
+from keel.store.protocols.agents import CallOutcome
 from keel.store.protocols.audit import AuditDraft, AuditEntry, AuditStore
 
 MAX_BATCH = 256
 
-_Item = tuple[AuditDraft, "Future[AuditEntry]"]
+_Item = tuple[AuditDraft, bool, CallOutcome | None, "Future[AuditEntry]"]
 
 
 class GroupCommit:
@@ -28,14 +33,17 @@ class GroupCommit:
         self._lock = threading.Lock()
         self.batches = 0  # transactions committed, for benchmarks
 
-    def submit(self, draft: AuditDraft) -> Future[AuditEntry]:
-        """The entry's future: its sealed entry once committed, or the store's error."""
+    def submit(
+        self, draft: AuditDraft, *, durable: bool = True, outcome: CallOutcome | None = None
+    ) -> Future[AuditEntry]:
+        """The entry's future: its sealed entry once committed (flushed, unless `durable` is False), with
+        `outcome` in the same transaction; or the store's error."""
         done: Future[AuditEntry] = Future()
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="keel-audit-writer", daemon=True)
                 self._thread.start()
-            self._queue.put((draft, done))
+            self._queue.put((draft, durable, outcome, done))
         return done
 
     def close(self) -> None:
@@ -62,12 +70,14 @@ class GroupCommit:
                     stop = True
                     break
                 batch.append(item)
+            durable = any(d for _, d, _, _ in batch)
+            outcomes = [o for _, _, o, _ in batch if o is not None]
             try:
-                entries = self._store.append_audits([d for d, _ in batch])
+                entries = self._store.append_audits([e for e, _, _, _ in batch], durable=durable, outcomes=outcomes)
             except Exception as exc:  # each caller hears its entry was not written
-                for _, f in batch:
+                for *_, f in batch:
                     f.set_exception(exc)
                 continue
             self.batches += 1
-            for (_, f), entry in zip(batch, entries, strict=True):
+            for (*_, f), entry in zip(batch, entries, strict=True):
                 f.set_result(entry)

@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from keel.audit.group import GroupCommit
+from keel.store.protocols.agents import CallOutcome
 from keel.store.protocols.audit import (
     GENESIS,
     SUBJECT_FIELDS,
@@ -158,11 +159,15 @@ class AuditLog:
         result: Any = None,
         source_ip: str | None = None,
         secrets: Iterable[str] = (),
+        durable: bool = True,
+        outcome: CallOutcome | None = None,
     ) -> AuditEntry:
         """`append` off the event loop, through the group-commit writer: returns once the entry is committed,
-        sharing the commit with whatever other callers queued meanwhile."""
+        sharing the commit with whatever other callers queued meanwhile, and with `outcome` (the tool call
+        this entry records, moved from running) in the same transaction. `durable=False`: committed, but
+        perhaps not yet flushed (a database crash may lose it with the entries after it; see GroupCommit)."""
         draft = _draft(actor, action, target, tenant, arguments, before, after, result, source_ip, secrets, None)
-        return await asyncio.wrap_future(self._group.submit(draft))
+        return await asyncio.wrap_future(self._group.submit(draft, durable=durable, outcome=outcome))
 
     def close(self) -> None:
         self._group.close()

@@ -1,7 +1,8 @@
 """`python -m keel.agents.sandbox.launch SPEC`: exec a long-lived command (a stdio MCP server) in the
 sandbox, for callers that start the process themselves (the `mcp` SDK's stdio client). SPEC is JSON:
-{"command": [...], "limits": {...}}. It sets the rlimits, takes a uid of its own, writes the seccomp filter
-to an inheritable memfd and execs bubblewrap: the same walls as `Sandbox.run`.
+{"command": [...], "limits": {...}, "cgroup": [paths]}. It joins the server's cgroup (made and removed by
+its caller, `Sandbox.cgroup`), sets the rlimits, takes a uid of its own, writes the seccomp filter to an
+inheritable memfd and execs bubblewrap: the same walls as `Sandbox.run`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import random
 import sys
 
+from keel.agents.sandbox.cgroups import RunCgroup
 from keel.agents.sandbox.runner import UID_BASE, UID_SPAN, Limits, Sandbox, SandboxUnavailable, _limit
 
 
@@ -27,6 +29,8 @@ def main(argv: list[str]) -> int:
     os.write(fd, bpf)
     os.lseek(fd, 0, os.SEEK_SET)
     uid = UID_BASE + random.randrange(UID_SPAN)
+    if spec.get("cgroup"):  # as root, before the uid drop: every process of the server is born inside
+        RunCgroup(tuple(spec["cgroup"])).join()
     _limit(limits.rlimits())
     if os.geteuid() == 0:
         os.setgroups([])

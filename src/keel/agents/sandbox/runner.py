@@ -222,12 +222,7 @@ class Sandbox:
     ) -> Outcome:
         bpf = self._prepare()
         uid = UID_BASE + random.randrange(UID_SPAN)
-        cg = None
-        if self._cgroups is not None and self.cgroup_problem is None:
-            try:
-                cg = await asyncio.to_thread(self._cgroups.create, limits.memory_mb, limits.processes, limits.cpus)
-            except OSError as exc:  # the rlimits still hold; say so loudly
-                log.warning("sandbox: could not make this run's cgroup (%s); rlimits only", exc)
+        cg = await self.cgroup(limits)
         try:
             out = await self._spawn(command, stdin, env, limits, net_dir, bpf, uid, cg)
         finally:
@@ -236,6 +231,17 @@ class Sandbox:
                 usage = await asyncio.to_thread(cg.usage)
                 await asyncio.to_thread(cg.remove)
         return dataclasses.replace(out, cgroup=usage)
+
+    async def cgroup(self, limits: Limits) -> RunCgroup | None:
+        """A new cgroup with `limits` for one run or one stdio MCP server's life (None where cgroups cannot
+        be made here: the rlimits still hold). Its owner removes it (`RunCgroup.remove`, off the loop)."""
+        if self._cgroups is None or self.cgroup_problem is not None:
+            return None
+        try:
+            return await asyncio.to_thread(self._cgroups.create, limits.memory_mb, limits.processes, limits.cpus)
+        except OSError as exc:  # the rlimits still hold; say so loudly
+            log.warning("sandbox: could not make this run's cgroup (%s); rlimits only", exc)
+            return None
 
     async def _spawn(
         self, command: Sequence[str], stdin: bytes, env: Mapping[str, str] | None, limits: Limits,

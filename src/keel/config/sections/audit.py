@@ -1,7 +1,16 @@
-"""`audit`: the audit log's streaming export to a customer's SIEM (keel.audit.siem).
+"""`audit`: the audit log's streaming export to a customer's SIEM (keel.audit.siem), and how an agent tool
+call's outcome commits.
 
     audit:
       siem: {url: https://siem.example/keel, secret: ${KEEL_SIEM_SECRET}, batch: 100, interval_s: 5}
+      tool_outcomes: durable   # or fast (decision 0062)
+
+`tool_outcomes: fast` commits a tool call's `tool.result` entry and its call row's move to done|failed
+without waiting for PostgreSQL's WAL flush (synchronous_commit off for those transactions only). A Keel
+process killed at any point loses nothing; a crash of the database server or its OS can lose the last
+outcomes committed (at most ~3 × wal_writer_delay), in commit order: the chain stays valid and the call
+reads `running` (outcome unknown, never run again). The claim to `running`, `tool.run` and every other
+entry stay durable. No effect on SQLite, whose commits do not wait for a flush (synchronous=NORMAL).
 
 Entries go out in seq order, in batches of at most `batch`, signed with HMAC-SHA256 like Keel's other
 webhooks; a batch that fails is retried with backoff (1 s doubling to `backoff_max_s`) and the cursor moves
@@ -11,6 +20,8 @@ deployment ships (it holds a lease of `lease_s`, default 30, renewed before each
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -45,3 +56,4 @@ class SiemConfig(Model):
 
 class AuditConfig(Model):
     siem: SiemConfig | None = None
+    tool_outcomes: Literal["durable", "fast"] = "durable"  # fast: no WAL-flush wait for tool.result (0062)

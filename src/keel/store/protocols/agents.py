@@ -41,6 +41,17 @@ class ToolRow:
 
 
 @dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """A `running` call's move to done|failed, committed with the audit entry recording it
+    (`AuditStore.append_audits`): the call's row and its `tool.result` never disagree."""
+
+    call_id: str
+    state: Literal["done", "failed"]
+    result: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class RunRow:
     id: str
     tenant: str
@@ -137,4 +148,4 @@ class AgentStore(Protocol):
         ...
 
 
-__all__ = ["CALL_STATES", "AgentStore", "CallRow", "CallState", "RunRow", "SecretRow", "ToolRow"]
+__all__ = ["CALL_STATES", "AgentStore", "CallOutcome", "CallRow", "CallState", "RunRow", "SecretRow", "ToolRow"]

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from keel.store.protocols.agents import CallOutcome
+
 GENESIS = "0" * 64  # the prev_hash of the first entry
 SUBJECT_FIELDS = ("tenant", "actor", "target", "detail", "source_ip")  # what may name a person or tenant
 ERASED = "[erased]"  # what an erased actor holds
@@ -85,8 +87,13 @@ class AuditStore(Protocol):
         """Number, seal and store one entry after the chain's head, serialised with every other appender."""
         ...
 
-    def append_audits(self, drafts: Sequence[AuditDraft]) -> list[AuditEntry]:
-        """`append_audit` for several entries in one transaction, chained in the given order (group commit)."""
+    def append_audits(
+        self, drafts: Sequence[AuditDraft], *, durable: bool = True, outcomes: Sequence[CallOutcome] = ()
+    ) -> list[AuditEntry]:
+        """`append_audit` for several entries in one transaction, chained in the given order (group commit),
+        with `outcomes` (calls moved from running, if they still are) in the same transaction.
+        `durable=False`: the commit may return before the database flushed it; a database crash can then
+        lose these entries and any after them, never a gap (the head row moves in the same transaction)."""
         ...
 
     def list_audit(

@@ -167,11 +167,20 @@ class SqlAgents:
         sql = f"INSERT INTO agent_calls ({_CALL}) VALUES ({d.marks(11)}) ON CONFLICT (id) DO NOTHING"
         values = (row.id, row.run_id, row.tenant, row.tool, _dump(row.arguments), row.state, row.result,
                   row.decided_by, row.expires_at, row.created_at, row.updated_at)  # fmt: skip
+        if d.name == "postgres":  # one round trip when the row is new: the insert returns it, committed alone
+            with self._db.session() as s:
+                found = s.fetchone(f"{sql} RETURNING {_CALL}", values)
+            return _call(found) if found is not None else self._stored_call(row.id)
         with self._db.transaction() as s:
             s.execute(sql, values)
             found = s.fetchone(f"SELECT {_CALL} FROM agent_calls WHERE id = {d.mark}", (row.id,))
         assert found is not None
         return _call(found)
+
+    def _stored_call(self, call_id: str) -> CallRow:
+        found = self.get_call(call_id)
+        assert found is not None  # the insert found it there; calls are never deleted while a run goes on
+        return found
 
     def get_call(self, call_id: str) -> CallRow | None:
         where, params = self._where([("id", call_id)])
@@ -205,6 +214,8 @@ class SqlAgents:
             f" decided_by = COALESCE({m}, decided_by) WHERE id = {m} AND state IN ({d.marks(len(sources))})"
             f" RETURNING {_CALL}"
         )
-        with self._db.transaction() as s:
+        # PostgreSQL: the statement commits alone (one round trip); SQLite: its write transaction, which a
+        # RETURNING row fetched in autocommit would hold open until the statement is reset
+        with self._db.session() if d.name == "postgres" else self._db.transaction() as s:
             row = s.fetchone(sql, (to, now, result, decided_by, call_id, *sources))
         return None if row is None else _call(row)

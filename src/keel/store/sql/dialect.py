@@ -19,6 +19,11 @@ from typing import Any, Protocol
 Row = Sequence[Any]
 
 
+# PostgreSQL, a FROM item: the autocommitted statement naming it commits without waiting for its WAL flush
+# (synchronous_commit off for its own transaction; see Database.transaction's durable=False)
+NO_FLUSH = "(SELECT set_config('synchronous_commit', 'off', true)) AS no_flush"
+
+
 @dataclass(frozen=True, slots=True)
 class Dialect:
     name: str  # its migrations' folder: sqlite | postgres
@@ -85,9 +90,12 @@ class Database(Protocol):
         """A connection for a few autocommitted statements."""
         ...
 
-    def transaction(self) -> AbstractContextManager[Session]:
+    def transaction(self, *, durable: bool = True) -> AbstractContextManager[Session]:
         """A connection in one transaction: committed at the end of the block, rolled back on an error.
-        SQLite takes the write lock at once (BEGIN IMMEDIATE)."""
+        SQLite takes the write lock at once (BEGIN IMMEDIATE). `durable=False`: the commit may return
+        before its WAL reaches the disk (PostgreSQL's synchronous_commit off for this transaction; SQLite's
+        commits never wait for a flush here, synchronous=NORMAL): a crash of the database server or the OS
+        can lose the last such commits, in commit order, never one without those after it."""
         ...
 
     def refused(self, exc: Exception) -> bool:

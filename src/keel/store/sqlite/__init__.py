@@ -131,7 +131,7 @@ class _Sqlite:
         return session
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
+    def transaction(self, *, durable: bool = True) -> Iterator[Session]:
         session = self.session()
         session.conn.execute("BEGIN IMMEDIATE")
         try:
