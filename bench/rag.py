@@ -10,7 +10,7 @@ Quality reads /work/shared/data/retrieval/msmarco-5k in place (never copied) and
 MiniLM; its vectors are cached under $TMPDIR/keel-rag-bench (5,050 texts take minutes on 2 busy cores).
 The hybrid row is also printed on each half of the queries (odd/even position), since the fusion was
 chosen on this set. Speed and reindex use synthetic text (Zipf-distributed words) and synthetic unit
-vectors, 384-d, seeded per text, through the real index on SQLite (FTS5 + in-process vectors).
+vectors, 384-d, seeded per text, through the real index on SQLite (BM25 and vectors in process).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,19 @@ class CachedMiniLM:
 
 
 class Synthetic:
-    """Unit vectors seeded by each text's hash: the cost of real vectors without a model."""
+    """Unit vectors seeded by each text's hash: the cost of real vectors without a model. Like the
+    product's local model (keel.rag.index_models.LocalModel), it embeds in its own thread, not on the
+    event loop."""
 
     def __init__(self, dim: int = 384, seed: str = "a") -> None:
         self.dim, self._seed = dim, seed
         self.model_id = f"synthetic-{dim}-{seed}"
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="bench-embed")
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._embed, texts)
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for i, t in enumerate(texts):
             rng = np.random.default_rng(
@@ -181,7 +188,7 @@ async def with_index(args: argparse.Namespace, body: Any) -> None:
     models.add("synthetic-b", Synthetic(seed="b"))
     db = Path(args.db) if args.db else Path(tempfile.mkdtemp()) / "rag.db"
     store = open_store(args.url or f"sqlite:///{db}")
-    index = Index(store, models)
+    index = Index(store, models, url=store.url)  # a re-index loads its new build in a subprocess
     if await index.active("t", "big") is None:
         await fill(index, args.chunks)
     if args.url and args.url.startswith("postgres"):  # what autovacuum would have done by now

@@ -1,11 +1,13 @@
 """Shadow re-index for a model change under continuous queries, on SQLite and PostgreSQL: every query is
 answered, results switch from the old build to the new at one instant, documents written and removed
-during the rebuild are in the new build as they are in the old; a rebuild that fails midway leaves the
-old build serving and the shadow marked failed."""
+during the rebuild are in the new build as they are in the old; the new build, handed over by a
+subprocess (or loaded here when that fails), answers as one loaded in this process; a rebuild that fails
+midway leaves the old build serving and the shadow marked failed."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -69,10 +71,10 @@ async def _load(index: Index, stop: asyncio.Event, seen: list[tuple[str, str]], 
 
 
 @pytest.mark.timeout(180)
-def test_reindex_under_load_switches_at_one_instant(store: Store) -> None:
+def test_reindex_under_load_switches_at_one_instant(store: Store, caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
         rng = random.Random(1)
-        index = Index(store)
+        index = Index(store, url=store.url)  # the new build is handed over by a subprocess
         old = await index.ensure("t1", "kb", IndexSpec("hash:64", {"max_tokens": 100}))
         for n in range(150):
             await index.replace(ref(n), body_of(rng, n))
@@ -108,9 +110,45 @@ def test_reindex_under_load_switches_at_one_instant(store: Store) -> None:
         assert [(h.document_id, h.version) for h in changed.hits] == [("d3", 2)]
         added = await index.search(SearchQuery("t1", "kb", "added during the rebuild", top_k=1, mode="lexical"))
         assert [h.document_id for h in added.hits] == ["d500"]
+        await _same_as_loaded_here(index, store)
         await index.aclose()
 
-    asyncio.run(body())
+    with caplog.at_level(logging.WARNING, "keel.rag"):
+        asyncio.run(body())
+    assert not [r for r in caplog.records if "loaded in this process" in r.getMessage()]
+
+
+async def _same_as_loaded_here(index: Index, store: Store) -> None:
+    """The index's answers equal those of an index that loads the active build in this process."""
+    here = Index(store)
+    rng = random.Random(9)
+    for mode in ("hybrid", "lexical", "vector"):
+        for _ in range(10):
+            q = SearchQuery("t1", "kb", " ".join(rng.sample(WORDS, 3)), top_k=8, mode=mode)  # type: ignore[arg-type]
+            a, b = await index.search(q), await here.search(q)
+            assert [(h.chunk_id, h.scores) for h in a.hits] == [(h.chunk_id, h.scores) for h in b.hits]
+    await here.aclose()
+
+
+def test_a_subprocess_that_fails_leaves_the_new_build_to_be_loaded_here(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body() -> None:
+        rng = random.Random(4)
+        index = Index(store, url=f"sqlite:///{tmp_path}/other.db")  # a store without the build: the subprocess fails
+        await index.ensure("t1", "kb", IndexSpec("hash:64", {}))
+        for n in range(100):
+            await index.replace(ref(n), body_of(rng, n))
+        rebuilt = await reindex(index, "t1", "kb", IndexSpec("hash:128", {}))
+        result = await index.search(SearchQuery("t1", "kb", " ".join(WORDS[:3]), top_k=3))
+        assert result.build == rebuilt.build and result.hits
+        await _same_as_loaded_here(index, store)
+        await index.aclose()
+
+    with caplog.at_level(logging.WARNING, "keel.rag"):
+        asyncio.run(body())
+    (warned,) = [r.getMessage() for r in caplog.records if "loaded in this process" in r.getMessage()]
+    assert "no such table" in warned and str(tmp_path) not in warned
 
 
 def test_a_failed_rebuild_leaves_the_old_index_serving(store: Store) -> None:

@@ -107,8 +107,10 @@ class Index:
         fusion: Fusion = DEFAULT,
         threads: int = 4,
         clock: Callable[[], float] = time.time,
+        url: str | None = None,
     ) -> None:
         self.store = store
+        self.url = url  # the store's: a re-index loads its new build in a subprocess (keel.rag.index_export)
         self.models = models or Models()
         self.fusion = fusion
         self._clock = clock

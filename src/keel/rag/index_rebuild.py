@@ -8,9 +8,12 @@ other between two queries. Any failure marks the shadow failed and leaves the ol
 A chunking change needs the documents' parsed text, so ingestion (keel.rag.ingest) re-chunks instead.
 
 Searches keep their latency meanwhile (issue 17: none slower than twice the p99 before; decision 0060):
-- the reading, copying and loading run in the index's re-index thread, niced (`Index.run_background`);
-- the shadow's in-process index (vectors and postings) is loaded batch by batch as it fills, so the swap
-  finds it warm: no multi-second first read of 100,000 chunks at the end;
+- the reading and copying run in the index's re-index thread, niced (`Index.run_background`);
+- the shadow's in-process index (vectors and postings: seconds of Python at 100,000 chunks) is built by
+  a subprocess once the shadow is filled and handed over as arrays (keel.rag.index_export), so the swap
+  finds it warm and this process never tokenizes the build. Without the store's URL (or when the
+  subprocess fails) it is loaded here instead, in the re-index thread: batch by batch as the shadow
+  fills, or at the end;
 - after each batch the re-index pauses `PAUSE` times what the batch took, so queries get the GIL and
   the cores at least half the time; and while it runs the interpreter switches threads every
   `SWITCH_S` (not 5 ms), so a query waiting for the GIL behind the re-index thread waits less.
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from keel.rag.index import Index, IndexSpec, NoIndex, embed_text
+from keel.rag.index_export import ExportFailed, build_elsewhere
 from keel.rag.index_models import BATCH, IndexModel
 from keel.store.protocols.rag_index import BuildRow, ChunkRow
 
@@ -36,6 +42,7 @@ DOCS_PER_READ = 64
 PAUSE = 1.0  # the pause after a batch, as a share of the time the batch took
 SWITCH_S = 0.001  # the interpreter's thread switch interval while a re-index runs
 RESTARTS = 3
+log = logging.getLogger("keel.rag")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,13 +104,14 @@ async def _rebuild(index: Index, tenant: str, collection: str, spec: IndexSpec, 
             await _shadow_row(index, tenant, collection, shadow)  # BuildGone before copying into it
             n, d = await _copy(index, shadow, model, rows)
             copied, documents = copied + n, documents + d
-            await _load(index, tenant, collection, shadow)
+            if index.url is None:  # no other process can read the store: load here as the shadow fills
+                await _load(index, tenant, collection, shadow)
             after = rows[-1][0]
             done += len(rows)
             if progress is not None:
                 progress(done, total)
             await asyncio.sleep(PAUSE * (time.perf_counter() - started))
-        await _load(index, tenant, collection, shadow)  # what ingestion wrote since the last batch
+        await _warm(index, tenant, collection, shadow)
         await index.activate(tenant, collection, shadow)
     except BaseException as exc:
         if not isinstance(exc, BuildGone):
@@ -143,6 +151,22 @@ async def _load(index: Index, tenant: str, collection: str, shadow: str) -> None
     built = await _shadow_row(index, tenant, collection, shadow)
     if built.dim is not None and not await index.searches_in_database(built.dim):
         await index.vectors.current(shadow, built.dim, run=index.run_background)
+
+
+async def _warm(index: Index, tenant: str, collection: str, shadow: str) -> None:
+    """The shadow's in-process index, complete before the swap: built by a subprocess and handed over as
+    arrays where the index knows the store's URL, then the rows written since (ingestion's) read here."""
+    built = await _shadow_row(index, tenant, collection, shadow)
+    if built.dim is None or await index.searches_in_database(built.dim):
+        return
+    if index.url is not None:
+        try:
+            handed = await index.run_background(build_elsewhere, index.url, shadow, built.dim)
+        except (ExportFailed, OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("re-index of %s/%s: its new build is loaded in this process: %s", tenant, collection, exc)
+        else:
+            await index.vectors.adopt(shadow, handed)
+    await _load(index, tenant, collection, shadow)
 
 
 async def _shadow_row(index: Index, tenant: str, collection: str, shadow: str) -> BuildRow:

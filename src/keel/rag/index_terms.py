@@ -22,6 +22,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from keel.store.protocols.rag_index import Candidates
@@ -77,6 +78,28 @@ class Tokens:
         kept = terms >= 0  # words of 64 characters or more are no terms
         return terms[kept], np.bincount(rows[kept], minlength=len(texts)).astype(np.int64)
 
+    def stems(self) -> list[str]:
+        """The stems in term-number order: what another process needs to number words as this one did."""
+        with self._lock:
+            return list(self._terms)  # numbered in order of insertion
+
+    @classmethod
+    def numbered(cls, stems: Sequence[str]) -> Tokens:
+        """Tokens numbering stems as the process that listed them did (`stems`); new ones come after."""
+        tokens = cls()
+        tokens._terms = dict(zip(stems, range(len(stems)), strict=True))
+        return tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Postings:
+    """Every term's postings in one set of arrays, by term number: term t's rows (ascending) and term
+    frequencies are `rows[offsets[t]:offsets[t + 1]]` and `tf[…]`. A whole build in a few arrays."""
+
+    offsets: npt.NDArray[np.int64]
+    rows: npt.NDArray[np.int32]
+    tf: npt.NDArray[np.float32]
+
 
 class BuildTerms:
     """Postings per term: blocks of (row, term frequency) arrays, appended as rows load."""
@@ -90,6 +113,7 @@ class BuildTerms:
         self.lengths: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
         self._postings: dict[int, list[tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]]] = {}
         self._df: dict[int, int] = {}
+        self._base: Postings | None = None  # a build handed over whole: sliced into _postings on first use
         # blocks as loaded: (first row, offsets of each row's terms, the terms one row after the other)
         self._forward: list[tuple[int, npt.NDArray[np.int64], npt.NDArray[np.int32]]] = []
 
@@ -109,12 +133,62 @@ class BuildTerms:
         row_of = (row_of + self.n).astype(np.int32)
         tf32 = tf.astype(np.float32)
         for term, a, b in zip(term_of[starts].tolist(), starts.tolist(), ends.tolist(), strict=True):
-            self._postings.setdefault(term, []).append((row_of[a:b], tf32[a:b]))
+            (self._seed(term) or self._postings.setdefault(term, [])).append((row_of[a:b], tf32[a:b]))
             self._df[term] = self._df.get(term, 0) + b - a
         self.lengths = np.concatenate([self.lengths, lengths.astype(np.float32)])
         self._forward.append((self.n, np.r_[0, np.cumsum(lengths)], terms.astype(np.int32)))
         self.total += int(lengths.sum())
         self.n += len(texts)
+
+    @property
+    def tokens(self) -> Tokens:
+        return self._tokens
+
+    @classmethod
+    def handed(
+        cls, tokens: Tokens, postings: Postings, lengths: npt.NDArray[np.float32], terms: npt.NDArray[np.int32]
+    ) -> BuildTerms:
+        """A build's full text from arrays made elsewhere (`export`), numbered by `tokens`: no Python per
+        row or per term here; a term's postings are sliced out when a search or a write first needs them."""
+        import numpy as np
+
+        made = cls(tokens)
+        made.n, made.total, made.lengths = len(lengths), int(lengths.sum()), lengths
+        made._base = postings
+        made._forward = [(0, np.r_[0, np.cumsum(lengths.astype(np.int64))], terms)]
+        return made
+
+    def export(self) -> tuple[Postings, npt.NDArray[np.float32], npt.NDArray[np.int32]]:
+        """The postings, row lengths and forward index as arrays, for `handed` in another process."""
+        import numpy as np
+
+        count = len(self._tokens.stems())
+        offsets = np.zeros(count + 1, dtype=np.int64)
+        rows, tfs = [], []
+        for term in range(count):
+            found = self._of(term)
+            if found is not None:
+                rows.append(found[0])
+                tfs.append(found[1])
+            offsets[term + 1] = offsets[term] + (0 if found is None else len(found[0]))
+        postings = Postings(
+            offsets,
+            np.concatenate(rows) if rows else np.zeros(0, np.int32),
+            np.concatenate(tfs) if tfs else np.zeros(0, np.float32),
+        )
+        forward = np.concatenate([b[2] for b in self._forward]) if self._forward else np.zeros(0, np.int32)
+        return postings, self.lengths, forward.astype(np.int32, copy=False)
+
+    def _seed(self, term: int) -> list[tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]] | None:
+        """The term's posting blocks, sliced from a handed-over build's arrays on first use."""
+        blocks = self._postings.get(term)
+        base = self._base
+        if blocks is None and base is not None and 0 <= term < len(base.offsets) - 1:
+            a, b = int(base.offsets[term]), int(base.offsets[term + 1])
+            if b > a:
+                blocks = self._postings[term] = [(base.rows[a:b], base.tf[a:b])]
+                self._df[term] = b - a
+        return blocks
 
     def row_terms(self, row: int) -> npt.NDArray[np.int32]:
         """A row's terms in text order (the forward index: feedback reads the top chunks' words here)."""
@@ -124,7 +198,7 @@ class BuildTerms:
     def _of(self, term: int) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]] | None:
         import numpy as np
 
-        blocks = self._postings.get(term)
+        blocks = self._seed(term)
         if not blocks:
             return None
         if len(blocks) > _MERGE_AT:  # many small writes since: one array again
@@ -203,7 +277,7 @@ class BuildTerms:
         for row in rows:
             terms = self.row_terms(row).tolist()
             for term, tf in Counter(terms).items():
-                df = self._df.get(term, 0)
+                df = self._df.get(term, 0) if self._seed(term) else 0
                 if term not in asked and df > 1:  # a word of one chunk says nothing about the others
                     weight[term] = weight.get(term, 0.0) + tf / len(terms) * self._idf(df)
         best = sorted(weight.items(), key=lambda tw: (-tw[1], tw[0]))[:count]

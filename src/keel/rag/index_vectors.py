@@ -41,6 +41,22 @@ class BuildVectors:
         self.docs: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self.versions: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
 
+    @classmethod
+    def handed(
+        cls,
+        matrix: npt.NDArray[np.float32],
+        ids: npt.NDArray[np.int64],
+        docs: npt.NDArray[np.int64],
+        versions: npt.NDArray[np.int64],
+        terms: BuildTerms | None,
+    ) -> BuildVectors:
+        """A build loaded elsewhere (keel.rag.index_export), from its arrays: rows in chunk id order."""
+        made = cls(matrix.shape[1])
+        made.matrix, made.ids, made.docs, made.versions, made.terms = matrix, ids, docs, versions, terms
+        made.n = len(ids)
+        made.last = int(ids[-1]) if made.n else 0
+        return made
+
     def extend(self, rows: VectorRows) -> None:
         import numpy as np
 
@@ -192,6 +208,12 @@ class VectorCache:
                     await self._run(fresh.extend, await self._run(self._vectors, build, 0))
                     found = self._builds[build] = fresh
             return found
+
+    async def adopt(self, build: str, vectors: BuildVectors) -> None:
+        """Serve `build` from vectors loaded elsewhere (complete up to `vectors.last`); `current` reads
+        the rows written since."""
+        async with self._locks.setdefault(build, asyncio.Lock()):
+            self._builds[build] = vectors
 
     def forget(self, build: str) -> None:
         self._builds.pop(build, None)
