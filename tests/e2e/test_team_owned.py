@@ -1,0 +1,84 @@
+"""Prompts and RAG collections belong to a team, as keys do (decision 0064), over real HTTP on SQLite and
+PostgreSQL: a developer of team ml makes ml's, changes and lists only ml's (another team's, or a
+tenant-wide one, is 403 naming its owner); an owner or admin reaches every one and sets or clears `team`;
+a call that uses a prompt with a key is unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from keel.tenancy.directory import Directory
+from tests.conftest import Gateway
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def _people(gw: Gateway) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Teams ml and web in t1; a developer of each, and an admin: their headers."""
+    d = gw.runtime.get(Directory)
+
+    async def make() -> list[str]:
+        tokens = []
+        for team in ("ml", "web"):
+            await d.add_team("t1", team)
+        for uid, roles, team in (("dev", "developer", "ml"), ("webdev", "developer", "web"), ("ada", "admin", None)):
+            await d.add_user("t1", (roles,), user_id=uid, team=team)
+            tokens.append((await d.issue_token(uid)).token)
+        return tokens
+
+    dev, webdev, ada = asyncio.run(make())
+    return _auth(dev), _auth(webdev), _auth(ada)
+
+
+def _prompt(name: str, text: str = "hi", **extra: Any) -> dict[str, Any]:
+    return {"name": name, "messages": [{"role": "user", "content": text}], "alias": "sim", **extra}
+
+
+def test_a_developer_reaches_only_their_teams_prompts(gateway: Gateway) -> None:
+    gw = gateway
+    dev, webdev, ada = _people(gw)
+    post = lambda body, who: httpx.post(gw.url + "/api/prompts", json=body, headers=who)  # noqa: E731
+
+    old = post({**_prompt("old"), "tenant": "t1"}, _auth(gw.admin))  # the admin token: tenant-wide
+    assert old.status_code == 201 and old.json()["team"] is None
+    mine = post(_prompt("mine", label="production"), dev)
+    assert mine.status_code == 201 and mine.json()["team"] == "ml"
+    assert post(_prompt("theirs"), webdev).json()["team"] == "web"
+
+    refused = post(_prompt("other", team="web"), dev)
+    assert refused.status_code == 403 and "'team'" in refused.json()["error"]["message"]
+    for name, owner in (("theirs", "team 'web'"), ("old", "the whole tenant")):
+        pushed = post(_prompt(name, "v2"), dev)
+        assert pushed.status_code == 403 and owner in pushed.json()["error"]["message"], pushed.text
+        moved = httpx.put(f"{gw.url}/api/prompts/{name}/labels/production", json={"version": 1}, headers=dev)
+        assert moved.status_code == 403 and owner in moved.json()["error"]["message"]
+        back = httpx.post(f"{gw.url}/api/prompts/{name}/labels/production/rollback", headers=dev)
+        assert back.status_code == 403
+        rollout = {"label": "production", "to": 1, "weight": 10}
+        assert httpx.post(f"{gw.url}/api/prompts/{name}/rollouts", json=rollout, headers=dev).status_code == 403
+    assert [v["version"] for v in httpx.get(gw.url + "/api/prompts/theirs/versions", headers=dev).json()["data"]] == [1]
+    assert post(_prompt("mine", "v2"), dev).json()["version"] == 2
+    moved = httpx.put(f"{gw.url}/api/prompts/mine/labels/production", json={"version": 2}, headers=dev)
+    assert moved.status_code == 200
+
+    listed = lambda who: {p["name"]: p["team"] for p in httpx.get(gw.url + "/api/prompts", headers=who).json()["data"]}  # noqa: E731
+    assert listed(dev) == {"mine": "ml"}
+    assert listed(ada) == {"old": None, "mine": "ml", "theirs": "web"}
+
+    # an admin gives a prompt to a team (or back to the tenant) by pushing it with `team`
+    given = post(_prompt("old", team="ml"), ada)
+    assert (given.status_code, given.json()["team"], given.json()["created"]) == (200, "ml", False)
+    assert post(_prompt("old", "v2"), dev).status_code == 201
+    assert post(_prompt("x", team="nope"), ada).status_code == 404
+    assert post(_prompt("old", team=None), ada).json()["team"] is None
+    assert post(_prompt("old", "v3"), dev).status_code == 403
+
+    # using a prompt is unchanged: a key of no team calls team ml's prompt
+    body = {"model": "sim", "prompt": {"id": "mine", "label": "production"}}
+    call = httpx.post(gw.base_url + "/chat/completions", json=body, headers=_auth(gw.key))
+    assert call.status_code == 200, call.text
