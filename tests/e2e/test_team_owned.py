@@ -6,12 +6,15 @@ a call that uses a prompt with a key is unchanged."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from keel.tenancy.directory import Directory
+from keel.testing import FakeUpstream
 from tests.conftest import Gateway
+from tests.e2e.test_rag_ingest import MODEL, config
 
 
 def _auth(token: str) -> dict[str, str]:
@@ -82,3 +85,56 @@ def test_a_developer_reaches_only_their_teams_prompts(gateway: Gateway) -> None:
     body = {"model": "sim", "prompt": {"id": "mine", "label": "production"}}
     call = httpx.post(gw.base_url + "/chat/completions", json=body, headers=_auth(gw.key))
     assert call.status_code == 200, call.text
+
+
+def test_a_developer_reaches_only_their_teams_collections(
+    make_gateway: Any, up: FakeUpstream, storage_url: str, tmp_path: Path
+) -> None:
+    gw: Gateway = make_gateway(config(up, storage_url, tmp_path))
+    dev, webdev, ada = _people(gw)
+    base = gw.url + "/api/rag/collections"
+    post = lambda body, who: httpx.post(base, json={"model": MODEL, **body}, headers=who)  # noqa: E731
+
+    assert post({"name": "old", "tenant": "t1"}, _auth(gw.admin)).json()["team"] is None
+    mine = post({"name": "mine"}, dev)
+    assert mine.status_code == 201 and mine.json()["team"] == "ml"
+    assert post({"name": "theirs"}, webdev).json()["team"] == "web"
+    refused = post({"name": "other", "team": "web"}, dev)
+    assert refused.status_code == 403 and "'team'" in refused.json()["error"]["message"]
+
+    doc = {"text": "Keel is a gateway."}
+    for name, owner in (("theirs", "team 'web'"), ("old", "the whole tenant")):
+        put = httpx.put(f"{base}/{name}/documents/a.txt", json=doc, headers=dev)
+        assert put.status_code == 403 and owner in put.json()["error"]["message"], put.text
+        assert post({"name": name}, dev).status_code == 403
+        assert httpx.put(f"{base}/{name}/rerank", json={"model": "hash:64"}, headers=dev).status_code == 403
+        assert httpx.delete(f"{base}/{name}/rerank", headers=dev).status_code == 403
+        rechunk = {"chunking": {"max_tokens": 64, "overlap": 0}}
+        assert httpx.post(f"{base}/{name}/rechunk", json=rechunk, headers=dev).status_code == 403
+        assert httpx.delete(f"{base}/{name}/documents/a.txt", headers=dev).status_code == 403
+        assert httpx.delete(f"{base}/{name}", headers=dev).status_code == 403
+        assert httpx.get(f"{base}/{name}", headers=dev).status_code == 200  # reading is unchanged
+    assert httpx.put(f"{base}/mine/documents/a.txt", json=doc, headers=dev).status_code == 201
+
+    listed = lambda who: {c["name"]: c["team"] for c in httpx.get(base, headers=who).json()["data"]}  # noqa: E731
+    assert listed(dev) == {"mine": "ml"}
+    assert listed(ada) == {"old": None, "mine": "ml", "theirs": "web"}
+
+    # an admin gives a collection to a team, or back to the tenant, by creating it again with `team`
+    assert post({"name": "old", "team": "ml"}, ada).json()["team"] == "ml"
+    assert httpx.put(f"{base}/old/documents/a.txt", json=doc, headers=dev).status_code == 201
+    assert post({"name": "old", "team": None}, ada).json()["team"] is None
+    assert post({"name": "x", "team": "nope"}, ada).status_code == 404
+    assert httpx.delete(f"{base}/mine", headers=dev).status_code == 200
+
+
+def test_a_developer_runs_evals_as_their_teams_keys_only(gateway: Gateway) -> None:
+    gw = gateway
+    dev, _, _ = _people(gw)
+    admin = _auth(gw.admin)
+    keys = {t: httpx.post(gw.url + "/api/keys", json={"tenant": "t1", "team": t}, headers=admin).json()["id"]
+            for t in ("ml", "web")}  # fmt: skip
+    suite = {"prompts": ["{{q}}"], "providers": ["openai:sim"], "tests": [{"vars": {"q": "x"}}]}
+    run = lambda key_id: httpx.post(gw.url + "/api/evals/runs", json={"suite": suite, "key_id": key_id}, headers=dev)  # noqa: E731
+    assert run(keys["web"]).status_code == 404  # as the keys API: another team's key is not theirs to name
+    assert run(keys["ml"]).status_code == 201
