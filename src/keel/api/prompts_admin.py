@@ -70,10 +70,12 @@ class PromptsAdmin:
         return None
 
     async def _reach(self, caller: Actor, tenant: str, name: str) -> None:
-        """PermissionDenied unless `caller` may change prompt `name` (a developer: their team's only)."""
+        """PermissionDenied unless `caller` may change prompt `name` (a developer: their team's only); a
+        prompt that does not exist is left to the route's own 404."""
         if team_bound(caller):
             teams = await asyncio.to_thread(self._rt.store.prompt_teams, tenant)
-            check_reach(caller, f"Prompt '{name}'", teams.get((tenant, name)))
+            if (tenant, name) in teams:
+                check_reach(caller, f"Prompt '{name}'", teams[(tenant, name)])
 
     async def _body(self, request: Request) -> dict[str, Any]:
         body = await read_json(request, self._bounds)
@@ -89,6 +91,7 @@ class PromptsAdmin:
     async def push(self, request: Request, caller: Actor) -> Response:
         body = await self._body(request)
         tenant = caller.tenant_for(body.get("tenant"))
+        check_name(body.get("name"))  # a bad body is a 400 before who may push it is asked
         owner = await asked_owner(self._rt.store, caller, tenant, body)
         registry, admin = self._prompts.registry, caller.can("prompts.protected")
         pushed = await asyncio.to_thread(

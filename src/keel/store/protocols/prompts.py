@@ -136,8 +136,8 @@ class PromptStore(Protocol):
         """Give the prompt to `team` (None: tenant-wide), claimed or not."""
         ...
 
-    def prompt_teams(self, tenant: str | None = None) -> dict[tuple[str, str], str]:
-        """(tenant, name) -> team of every team-owned prompt (tenant-wide ones are absent)."""
+    def prompt_teams(self, tenant: str | None = None) -> dict[tuple[str, str], str | None]:
+        """(tenant, name) -> team (None: tenant-wide) of every prompt claimed or given."""
         ...
 
     def list_prompt_versions(
