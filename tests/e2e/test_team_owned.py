@@ -6,6 +6,7 @@ a call that uses a prompt with a key is unchanged."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,8 @@ def test_a_developer_reaches_only_their_teams_prompts(gateway: Gateway) -> None:
     listed = lambda who: {p["name"]: p["team"] for p in httpx.get(gw.url + "/api/prompts", headers=who).json()["data"]}  # noqa: E731
     assert listed(dev) == {"mine": "ml"}
     assert listed(ada) == {"old": None, "mine": "ml", "theirs": "web"}
+    page = lambda who: set(re.findall(r'data-prompt="([^"]+)"', httpx.get(gw.url + "/ui/prompts", headers=who).text))  # noqa: E731
+    assert (page(dev), page(ada)) == ({"mine"}, {"old", "mine", "theirs"})  # the dashboard lists as the API does
 
     # an admin gives a prompt to a team (or back to the tenant) by pushing it with `team`
     given = post(_prompt("old", team="ml"), ada)
