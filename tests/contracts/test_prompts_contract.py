@@ -147,3 +147,16 @@ def test_a_rollout_moves_the_label_once_per_transition_and_every_move_is_in_the_
         (1, (), "ops"), (1, ((2, 50.0),), "guard"), (1, ((2, 10.0),), "admin"), (1, (), "admin")
     ]  # fmt: skip
     assert store.prompt_label_history("t1", "r", "staging") == []
+
+
+def test_a_prompt_is_claimed_once_and_given_to_a_team_or_the_tenant(store: Store) -> None:
+    assert store.claim_prompt("t1", "p", "ml") == "ml"
+    assert store.claim_prompt("t1", "p", "web") == "ml"  # the first claim holds
+    assert store.claim_prompt("t1", "q", None) is None
+    assert store.claim_prompt("t1", "q", "web") is None  # tenant-wide is a claim too
+    assert store.claim_prompt("t2", "p", "web") == "web"  # per tenant
+    store.set_prompt_team("t1", "q", "web")
+    store.set_prompt_team("t1", "p", None)
+    store.set_prompt_team("t1", "new", "ml")
+    assert store.prompt_teams("t1") == {("t1", "p"): None, ("t1", "q"): "web", ("t1", "new"): "ml"}
+    assert store.prompt_teams() == {("t1", "p"): None, ("t1", "q"): "web", ("t1", "new"): "ml", ("t2", "p"): "web"}

@@ -253,7 +253,7 @@ TABLES = {  # receipt kind -> the tables its rows live in, and how a tenant's ro
     "responses": ["responses"],
     "jobs": ["jobs"],
     "files": ["files"],
-    "prompts": ["prompt_versions", "prompt_labels", "prompt_label_history", "prompt_rollouts"],
+    "prompts": ["prompt_versions", "prompt_labels", "prompt_label_history", "prompt_rollouts", "prompts"],
     "agent_tools": ["agent_tools"],
     "agent_secrets": ["agent_secrets"],
     "agent_runs": ["agent_runs", "agent_calls"],

@@ -27,6 +27,7 @@ from keel.evals.runner import Options, create_run
 from keel.runtime.components import Runtime
 from keel.store.protocols import EvalRun
 from keel.tenancy.actor import Actor
+from keel.tenancy.roles import reaches_team
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -63,7 +64,8 @@ class EvalsAdmin:
             if not isinstance(named, str):
                 raise InvalidRequest("Name the key the run calls the gateway as: 'key_id' (and 'tenant').", "key_id")
             key_id = named
-            if key_id not in {k.id for k in await asyncio.to_thread(self._rt.store.list_keys, tenant)}:
+            keys = await asyncio.to_thread(self._rt.store.list_keys, tenant)
+            if key_id not in {k.id for k in keys if reaches_team(who, k.team)}:  # a developer: their team's keys
                 raise NotFound(f"No key with id '{key_id}' in tenant '{tenant}'.")
         options = Options(
             repeat=_int(body, "repeat", 1), concurrency=_int(body, "concurrency", 4),

@@ -3,7 +3,8 @@
 Behind the admin guard (api/guard.py): an operator names the tenant (`tenant` in the query or body);
 a user or a tenant's virtual key acts on its own tenant only, so clients that render prompts themselves
 read them with the key they call with. A protected label moves only for `prompts.protected` (operators,
-owners, admins). A write refreshes this
+owners, admins). A prompt belongs to a team or to the whole tenant (api/owners.py): a developer pushes,
+labels and rolls out their team's only, and lists those. A write refreshes this
 process's served prompts at once; other gateways within their refresh period (2 s).
 """
 
@@ -21,14 +22,16 @@ from starlette.routing import Route
 from keel.api.bounds import Bounds
 from keel.api.guard import Guard, Handler
 from keel.api.openai import JSON_TYPE, read_json
+from keel.api.owners import asked_owner, check_reach
 from keel.errors import InvalidRequest, KeelError, NotFound, PermissionDenied
 from keel.prompts import feedback
 from keel.prompts.builder import Prompts
 from keel.prompts.content import ContentError, check_name
 from keel.prompts.guards import plan_of
-from keel.prompts.registry import LabelRefused, label_view, move_view, rollout_view, version_view
+from keel.prompts.registry import LabelRefused, TeamRefused, label_view, move_view, rollout_view, version_view
 from keel.runtime.components import Runtime
 from keel.tenancy.actor import Actor
+from keel.tenancy.roles import reaches_team, team_bound
 from keel.traces.writer import parse_window
 
 
@@ -62,9 +65,17 @@ class PromptsAdmin:
     def _translate(err: Exception) -> KeelError | None:
         if isinstance(err, ContentError):
             return InvalidRequest(err.message, err.field)
-        if isinstance(err, LabelRefused):
+        if isinstance(err, LabelRefused | TeamRefused):
             return PermissionDenied(str(err))
         return None
+
+    async def _reach(self, caller: Actor, tenant: str, name: str) -> None:
+        """PermissionDenied unless `caller` may change prompt `name` (a developer: their team's only); a
+        prompt that does not exist is left to the route's own 404."""
+        if team_bound(caller):
+            teams = await asyncio.to_thread(self._rt.store.prompt_teams, tenant)
+            if (tenant, name) in teams:
+                check_reach(caller, f"Prompt '{name}'", teams[(tenant, name)])
 
     async def _body(self, request: Request) -> dict[str, Any]:
         body = await read_json(request, self._bounds)
@@ -75,17 +86,27 @@ class PromptsAdmin:
     async def list_prompts(self, request: Request, caller: Actor) -> Response:
         tenant = caller.scope(request.query_params.get("tenant"))
         rows = await asyncio.to_thread(self._prompts.registry.summaries, tenant)
-        return _json({"data": rows})
+        return _json({"data": [r for r in rows if reaches_team(caller, r["team"])]})
 
     async def push(self, request: Request, caller: Actor) -> Response:
         body = await self._body(request)
         tenant = caller.tenant_for(body.get("tenant"))
-        registry = self._prompts.registry
+        check_name(body.get("name"))  # a bad body is a 400 before who may push it is asked
+        owner = await asked_owner(self._rt.store, caller, tenant, body)
+        registry, admin = self._prompts.registry, caller.can("prompts.protected")
         pushed = await asyncio.to_thread(
-            registry.push, tenant, body, author=caller.id, admin=caller.can("prompts.protected")
+            lambda: registry.push(
+                tenant,
+                body,
+                author=caller.id,
+                admin=admin,
+                team=owner.team,
+                give=owner.given,
+                own_only=team_bound(caller),
+            )
         )
         await self._prompts.sync.refresh()
-        view = {**version_view(pushed.version), "created": pushed.created}
+        view = {**version_view(pushed.version), "team": pushed.team, "created": pushed.created}
         if pushed.label is not None:
             view["label"] = label_view(pushed.label)
         return _json(view, 201 if pushed.created else 200)
@@ -125,6 +146,7 @@ class PromptsAdmin:
         if protected is not None and type(protected) is not bool:
             raise InvalidRequest("'protected' must be true or false.", "protected")
         rollout = _rollout(body.get("rollout"))
+        await self._reach(caller, tenant, name)
         registry = self._prompts.registry
         moved = await asyncio.to_thread(
             lambda: registry.set_label(
@@ -158,6 +180,7 @@ class PromptsAdmin:
         if not isinstance(weight, int | float) or isinstance(weight, bool) or not 0 < weight <= 100:
             raise InvalidRequest("'weight' must be a percent above 0, at most 100.", "weight")
         plan = plan_of(body, float(weight))
+        await self._reach(caller, tenant, name)
         registry = self._prompts.registry
         started = await asyncio.to_thread(
             lambda: registry.start_rollout(
@@ -178,6 +201,7 @@ class PromptsAdmin:
     async def rollback(self, request: Request, caller: Actor) -> Response:
         name, label = request.path_params["name"], request.path_params["label"]
         tenant = caller.tenant_for(request.query_params.get("tenant"))  # no body: `tenant` in the query (admin token)
+        await self._reach(caller, tenant, name)
         registry = self._prompts.registry
         moved = await asyncio.to_thread(
             lambda: registry.rollback(tenant, name, label, by=caller.id, admin=caller.can("prompts.protected"))

@@ -5,7 +5,9 @@ body); a user or a tenant's virtual key acts on its own tenant only. A document 
 "metadata"?, "users"?, "groups"?, "valid_until"?, "source"?}`) or as multipart/form-data (a `file` part,
 the same fields as form fields, `metadata`/`users`/`groups` as JSON text). The answer is the document
 with its status: 201 for a new document, 200 for a new version or an unchanged one (`"result"` says
-which). Ingestion runs as a job; GET shows its progress, its stage and, when failed, why.
+which). Ingestion runs as a job; GET shows its progress, its stage and, when failed, why. A collection
+belongs to a team or to the whole tenant (api/owners.py): a developer creates, fills, changes and lists
+their team's only; reading and searching are unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from starlette.routing import Route
 from keel.api.bounds import TooLarge, check_depth, read_body
 from keel.api.guard import Guard, Handler
 from keel.api.openai import JSON_TYPE
+from keel.api.owners import asked_owner, check_reach
 from keel.errors import InvalidRequest, KeelError, NotFound
 from keel.rag.chunk import ChunkingSpec
 from keel.rag.collections import SpecError, check_name, collection_in, collection_view, rerank_in
@@ -35,6 +38,7 @@ from keel.rag.rerank import Reranker
 from keel.runtime.components import Runtime
 from keel.store.protocols.rag_docs import DOC_STATUSES
 from keel.tenancy.actor import Actor
+from keel.tenancy.roles import reaches_team, team_bound
 
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024  # one document's bytes, as JSON text or a file
 FORM_SLACK = 256 * 1024  # multipart framing and the fields beside the file
@@ -92,14 +96,29 @@ class RagAdmin:
         body = await self._json(request, self._body_limit)
         tenant = caller.tenant_for(body.get("tenant", request.query_params.get("tenant")))
         c = collection_in(body)
-        row, created = await asyncio.to_thread(self._library.create_collection, tenant, c)
+        owner = await asked_owner(self._rt.store, caller, tenant, body)
+        lib = self._library
+        row, created = await asyncio.to_thread(lib.create_collection, tenant, c, owner.team)
+        if not created:
+            check_reach(caller, f"Collection '{c.name}'", row.team)
+            if owner.given and row.team != owner.team:
+                given = await asyncio.to_thread(lib.store.set_collection_team, tenant, c.name, owner.team)
+                row = given if given is not None else row
         self._forget_rerank(tenant, c.name)
         return _json(collection_view(row), 201 if created else 200)
 
     async def list_collections(self, request: Request, caller: Actor) -> Response:
         tenant = caller.scope(request.query_params.get("tenant"))
         rows = await asyncio.to_thread(self._library.store.list_collections, tenant)
-        return _json({"object": "list", "data": [collection_view(r) for r in rows]})
+        data = [collection_view(r) for r in rows if reaches_team(caller, r.team)]
+        return _json({"object": "list", "data": data})
+
+    async def _reach(self, caller: Actor, tenant: str, name: str) -> None:
+        """PermissionDenied unless `caller` may change collection `name` (a developer: their team's only);
+        NotFound when there is none."""
+        if team_bound(caller):
+            row = await asyncio.to_thread(self._library.collection, tenant, name)
+            check_reach(caller, f"Collection '{name}'", row.team)
 
     async def get_collection(self, request: Request, caller: Actor) -> Response:
         tenant, name = caller.tenant_for(request.query_params.get("tenant")), request.path_params["collection"]
@@ -110,6 +129,7 @@ class RagAdmin:
     async def drop_collection(self, request: Request, caller: Actor) -> Response:
         tenant, name = caller.tenant_for(request.query_params.get("tenant")), request.path_params["collection"]
         await asyncio.to_thread(self._library.collection, tenant, name)
+        await self._reach(caller, tenant, name)
         gone = await self._rt.get(Ingestor).drop_collection(tenant, name)
         self._forget_rerank(tenant, name)
         return _json({"object": "rag.collection", "name": name, "deleted": True, **gone})
@@ -119,10 +139,12 @@ class RagAdmin:
         body = await self._json(request, self._body_limit)
         tenant = caller.tenant_for(body.pop("tenant", request.query_params.get("tenant")))
         spec = rerank_in(body, "")
+        await self._reach(caller, tenant, request.path_params["collection"])
         return await self._rerank(tenant, request.path_params["collection"], spec)
 
     async def drop_rerank(self, request: Request, caller: Actor) -> Response:
         tenant = caller.tenant_for(request.query_params.get("tenant"))
+        await self._reach(caller, tenant, request.path_params["collection"])
         return await self._rerank(tenant, request.path_params["collection"], None)
 
     async def _rerank(self, tenant: str, name: str, spec: Any) -> Response:
@@ -149,6 +171,7 @@ class RagAdmin:
             raise InvalidRequest(str(exc), str(exc).split(":", 1)[0]) from None
         lib = self._library
         await asyncio.to_thread(lib.collection, tenant, name)
+        await self._reach(caller, tenant, name)
         payload = {"tenant": tenant, "collection": name, "chunking": spec.json()}
         key = f"rag.rechunk:{name}:{orjson.dumps(spec.json(), option=orjson.OPT_SORT_KEYS).decode()}"
         job = await asyncio.to_thread(lib.enqueue, KIND_RECHUNK, payload, tenant, key[:256])
@@ -171,6 +194,7 @@ class RagAdmin:
             fields, data, filename, media = fields_from(body), text.encode(), None, "text/plain"
             if fields.kind is None and kind_of(doc_id) not in TEXT_KINDS:  # text, whatever the id looks like
                 fields = dataclasses.replace(fields, kind="txt")
+        await self._reach(caller, tenant, name)
         lib = self._library
         row, result = await asyncio.to_thread(
             lambda: lib.put(tenant, name, doc_id, data, fields, filename=filename, media_type=media)
@@ -239,6 +263,7 @@ class RagAdmin:
     async def delete(self, request: Request, caller: Actor) -> Response:
         tenant, name = caller.tenant_for(request.query_params.get("tenant")), request.path_params["collection"]
         doc_id = check_id(request.path_params["id"])
+        await self._reach(caller, tenant, name)
         row = await asyncio.to_thread(self._library.delete, tenant, name, doc_id)
         self._wake()
         return _json({**document_view(row), "deleted": True})

@@ -50,7 +50,7 @@ from keel.store.protocols.audit import AuditStore
 from keel.store.protocols.tenancy import TenancyStore
 from keel.tenancy.actor import Actor
 from keel.tenancy.directory import PAT_PREFIX, Directory, actor_of
-from keel.tenancy.roles import may, sees_content
+from keel.tenancy.roles import may, reaches_team, sees_content
 from keel.tenancy.sso import SignOn
 from keel.traces.writer import read_spans, read_trace, trace_query
 
@@ -439,6 +439,7 @@ class Dashboard:
     async def prompts(self, request: Request) -> Response:
         tenant = request.state.actor.tenant or request.query_params.get("tenant") or None
         rows = await asyncio.to_thread(read_list, self._store, tenant)
+        rows = [r for r in rows if reaches_team(request.state.actor, r["team"])]  # as /api/prompts lists
         return self._view(request, View("Prompts", render_prompts(rows)))
 
     async def prompt(self, request: Request) -> Response:

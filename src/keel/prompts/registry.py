@@ -22,11 +22,16 @@ class LabelRefused(PermissionError):
     """A protected label, moved without the admin token."""
 
 
+class TeamRefused(PermissionError):
+    """A push, by someone who reaches only their team's prompts, to a prompt of another team or of none."""
+
+
 @dataclass(frozen=True, slots=True)
 class Pushed:
     version: PromptVersion
     created: bool
     label: PromptLabel | None = None
+    team: str | None = None  # the prompt's team (None: tenant-wide)
 
 
 class Registry:
@@ -36,13 +41,23 @@ class Registry:
         self._store = store
         self._audit = audit
 
-    def push(self, tenant: str, body: dict[str, Any], *, author: str | None, admin: bool) -> Pushed:
+    def push(
+        self, tenant: str, body: dict[str, Any], *, author: str | None, admin: bool, team: str | None = None,
+        give: bool = False, own_only: bool = False,
+    ) -> Pushed:  # fmt: skip
         """Store `body` ({name, messages, …, message?, label?}) as a version, or find the equal one; point
-        `label` at it when given."""
+        `label` at it when given. A new prompt is `team`'s; `give` gives an existing one to `team` too;
+        `own_only` refuses (TeamRefused) a prompt that is not `team`'s, before anything is stored."""
         name = check_name(body.get("name"))
         content = content_of(body)
         message = _text(body, "message")
         author = _text(body, "author") or author
+        if give:
+            self._store.set_prompt_team(tenant, name, team)
+        owner = team if give else self._store.claim_prompt(tenant, name, team)
+        if own_only and owner != team:
+            whose = f"team '{owner}'" if owner is not None else "the whole tenant"
+            raise TeamRefused(f"Prompt '{name}' belongs to {whose}: only team {team!r}'s prompts are yours to push.")
         version, created = self._store.push_prompt(
             tenant, name, content, content_hash(content), message=message, author=author, now=time.time()
         )
@@ -50,7 +65,7 @@ class Registry:
         moved = None
         if label is not None:
             moved = self.set_label(tenant, name, check_name(label, "label"), version.version, by=author, admin=admin)
-        return Pushed(version, created, moved)
+        return Pushed(version, created, moved, owner)
 
     def set_label(
         self, tenant: str, name: str, label: str, version: int, *, by: str | None, admin: bool,
@@ -140,10 +155,14 @@ class Registry:
         return self._store.get_prompt_version(tenant, name, version)
 
     def summaries(self, tenant: str | None) -> list[dict[str, Any]]:
-        """One row per prompt: its latest version and labels."""
+        """One row per prompt: its team, its latest version and labels."""
         rows: dict[tuple[str, str], dict[str, Any]] = {}
+        teams = self._store.prompt_teams(tenant)
         for v in self._store.list_prompt_versions(tenant):
-            row = rows.setdefault((v.tenant, v.name), {"tenant": v.tenant, "name": v.name, "labels": {}})
+            row = rows.setdefault(
+                (v.tenant, v.name),
+                {"tenant": v.tenant, "name": v.name, "team": teams.get((v.tenant, v.name)), "labels": {}},
+            )
             row.update(latest=v.version, updated_at=v.created_at, author=v.author, message=v.message)
         for lb in self._store.list_prompt_labels(tenant):
             found = rows.get((lb.tenant, lb.name))

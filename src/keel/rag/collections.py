@@ -69,7 +69,7 @@ def check_name(name: Any, field: str = "name") -> str:
 
 def collection_in(body: Mapping[str, Any]) -> CollectionIn:
     """A collection from a request body {name, model?, chunking?, description?, rerank?, freshness?}."""
-    unknown = set(body) - {"name", "model", "chunking", "description", "tenant", "rerank", "freshness"}
+    unknown = set(body) - {"name", "model", "chunking", "description", "tenant", "rerank", "freshness", "team"}
     if unknown:
         key = sorted(unknown)[0]
         raise SpecError(f"Unknown field '{key}': use name, model, chunking, description, rerank, freshness.", key)
@@ -106,10 +106,10 @@ def rerank_in(raw: Any, param: str = "rerank") -> RerankSpec | None:
         raise SpecError(str(err), err.param) from None
 
 
-def new_row(tenant: str, c: CollectionIn, now: float | None = None) -> CollectionRow:
+def new_row(tenant: str, c: CollectionIn, now: float | None = None, team: str | None = None) -> CollectionRow:
     at = time.time() if now is None else now
     rerank = c.rerank.json() if c.rerank is not None else None
-    return CollectionRow(tenant, c.name, c.model, c.chunking.json(), c.description, at, at, rerank, c.freshness)
+    return CollectionRow(tenant, c.name, c.model, c.chunking.json(), c.description, at, at, rerank, c.freshness, team)
 
 
 def same_spec(row: CollectionRow, c: CollectionIn) -> bool:
@@ -132,6 +132,7 @@ def collection_view(row: CollectionRow, counts: Mapping[str, int] | None = None)
         "updated_at": row.updated_at,
         "rerank": dict(row.rerank) if row.rerank is not None else None,
         "freshness": None if row.freshness is None else dict(row.freshness),
+        "team": row.team,
     }
     if counts is not None:
         view["documents"] = dict(counts)

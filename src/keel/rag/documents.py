@@ -150,8 +150,9 @@ class Library:
 
     # ---- collections -----------------------------------------------------------------------------
 
-    def create_collection(self, tenant: str, c: CollectionIn) -> tuple[CollectionRow, bool]:
-        row, created = self.store.create_collection(new_row(tenant, c, self.clock()))
+    def create_collection(self, tenant: str, c: CollectionIn, team: str | None = None) -> tuple[CollectionRow, bool]:
+        """Make the collection (`team`'s; None: the tenant's), or find the same one made before."""
+        row, created = self.store.create_collection(new_row(tenant, c, self.clock(), team))
         if not created and not same_spec(row, c):
             raise Conflict(
                 f"Collection '{c.name}' exists with model '{row.model}' and chunking {dict(row.chunking)}:"

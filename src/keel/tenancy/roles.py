@@ -33,7 +33,7 @@ PERMISSIONS: dict[str, str] = {
     "jobs.read": "list and show jobs",
     "jobs.write": "cancel and retry jobs",
     "prompts.read": "read prompts, versions, labels, rollouts, history",
-    "prompts.write": "push prompts, move labels, start rollouts, roll back",
+    "prompts.write": "push prompts, move labels, start rollouts, roll back (a developer: their team's only)",
     "prompts.protected": "protect labels and move protected ones",
     "feedback.read": "feedback summaries",
     "feedback.write": "record feedback on a call",
@@ -41,7 +41,7 @@ PERMISSIONS: dict[str, str] = {
     "evals.run": "start eval runs",
     "online_evals.manage": "online eval rules, which score every tenant's calls (operator)",
     "rag.read": "RAG collections and documents",
-    "rag.write": "create, fill, re-chunk, set reranking of and drop RAG collections",
+    "rag.write": "create, fill, re-chunk, set reranking of and drop RAG collections (a developer: their team's)",
     "rag.search": "search RAG collections",
     "agents.read": "agent tools, named agents and runs",
     "agents.write": "add and remove agent tools and named agents",
@@ -118,8 +118,15 @@ def sees_content(actor: Actor, viewer_content: bool) -> bool:
 
 
 def team_bound(actor: Actor) -> bool:
-    """Whether `actor` reaches only its own team's keys: a developer who is not also an owner or admin."""
+    """Whether `actor` reaches only its own team's keys, prompts and RAG collections: a developer who is not
+    also an owner or admin."""
     return actor.kind == "user" and "developer" in actor.roles and not ({"owner", "admin"} & actor.roles)
+
+
+def reaches_team(actor: Actor, team: str | None) -> bool:
+    """Whether `actor` may change (and lists) a thing of `team` (None: tenant-wide, which a team-bound
+    developer only uses)."""
+    return not team_bound(actor) or (team is not None and team == actor.team)
 
 
 def unknown_scopes(scopes: Iterable[str]) -> list[str]:

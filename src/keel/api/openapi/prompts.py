@@ -72,10 +72,12 @@ ROLLOUT: Schema = obj(
 MOVE: Schema = obj(
     ("label", "at", "version"), label=STR, at=TIME, version=INT, rollout=arr(SHARE), actor=null(STR), reason=null(STR)
 )
+TEAM = null(STR)  # the team a prompt belongs to; null: the whole tenant (decision 0064)
 SUMMARY: Schema = obj(
     ("tenant", "name", "labels", "latest"),
     tenant=STR,
     name=STR,
+    team=TEAM,
     labels={"type": "object", "additionalProperties": INT},
     latest=INT,
     updated_at=TIME,
@@ -94,11 +96,12 @@ PUSH: Schema = obj(
     response_format=OBJ,
     message=STR,
     label=SLUG,
+    team=TEAM,  # a developer: their own team's (the default); others: set or clear it
 )
 PUSHED: Schema = {
     **VERSION,
-    "properties": {**VERSION["properties"], "created": BOOL, "label": LABEL},
-    "required": [*VERSION["required"], "created"],
+    "properties": {**VERSION["properties"], "created": BOOL, "label": LABEL, "team": TEAM},
+    "required": [*VERSION["required"], "created", "team"],
 }
 POSITIVE: Schema = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
 PROMPT_ERRORS = (*COMMON_ERRORS, 409)

@@ -74,6 +74,7 @@ COLLECTION: Schema = obj(
     updated_at=TIME,
     rerank=null(RERANK),
     freshness=null(FRESHNESS),
+    team=null(STR),  # the team it belongs to; null: the whole tenant (decision 0064)
 )
 DOC_STATUSES = ("queued", "parsing", "chunking", "embedding", "indexed", "failed", "deleted")
 DOCUMENT: Schema = obj(
@@ -169,6 +170,7 @@ RAG: tuple[Op, ...] = (
                 description=STR,
                 rerank=RERANK,
                 freshness=FRESHNESS,
+                team=null(STR),  # a developer: their own team's (the default); others: set or clear it
             )
         ),
         security=EITHER,

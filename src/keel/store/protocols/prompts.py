@@ -127,6 +127,19 @@ class PromptStore(Protocol):
 
     def get_prompt_version(self, tenant: str, name: str, version: int) -> PromptVersion | None: ...
 
+    def claim_prompt(self, tenant: str, name: str, team: str | None) -> str | None:
+        """The team the prompt belongs to (None: tenant-wide); a prompt not yet claimed becomes `team`'s.
+        One statement, so two pushes of a new name agree on its owner."""
+        ...
+
+    def set_prompt_team(self, tenant: str, name: str, team: str | None) -> None:
+        """Give the prompt to `team` (None: tenant-wide), claimed or not."""
+        ...
+
+    def prompt_teams(self, tenant: str | None = None) -> dict[tuple[str, str], str | None]:
+        """(tenant, name) -> team (None: tenant-wide) of every prompt claimed or given."""
+        ...
+
     def list_prompt_versions(
         self, tenant: str | None = None, name: str | None = None, *, since: float | None = None
     ) -> list[PromptVersion]:

@@ -33,6 +33,7 @@ class CollectionRow:
     updated_at: float
     rerank: Mapping[str, Any] | None = None  # {model, top_n, weight, timeout_s} (keel.rag.rerank); None: off
     freshness: Mapping[str, Any] | None = None  # search defaults {half_life_days?, exclude_expired?}; None: none
+    team: str | None = None  # the tenant's team it belongs to; None: the whole tenant's (decision 0064)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +124,10 @@ class RagDocStore(Protocol):
 
     def delete_collection(self, tenant: str, name: str) -> int:
         """The collection and its document rows; how many rows went."""
+        ...
+
+    def set_collection_team(self, tenant: str, name: str, team: str | None) -> CollectionRow | None:
+        """Give the collection to `team` (None: the whole tenant); None when there is no such collection."""
         ...
 
     def put_document(self, doc: DocumentIn, blob_key: str, now: float) -> tuple[DocumentRow, PutResult]:

@@ -78,6 +78,7 @@ TENANT_SCOPE: dict[str, tuple[Step, ...]] = {
         _t("prompt_rollouts", ("tenant", "name", "label")),
         _t("prompt_labels", ("tenant", "name", "label")),
         _t("prompt_versions", ("tenant", "name", "version")),
+        _t("prompts", ("tenant", "name")),
     ),
     "agent_runs": (_t("agent_calls", ("id",)), _t("agent_runs", ("id",))),
     "agent_tools": (_t("agent_tools", ("tenant", "name")),),

@@ -109,6 +109,29 @@ class SqlPrompts:
                     return _version(made), True
         raise RuntimeError(f"prompt '{name}': {_PUSH_TRIES} concurrent pushes took every version number tried")
 
+    def claim_prompt(self, tenant: str, name: str, team: str | None) -> str | None:
+        m = self._db.dialect.mark
+        claim = f"INSERT INTO prompts (tenant, name, team) VALUES ({m}, {m}, {m}) ON CONFLICT DO NOTHING"
+        with self._db.transaction() as s:
+            s.execute(claim, (tenant, name, team))
+            row = s.fetchone(f"SELECT team FROM prompts WHERE tenant = {m} AND name = {m}", (tenant, name))
+        return None if row is None else row[0]
+
+    def set_prompt_team(self, tenant: str, name: str, team: str | None) -> None:
+        m = self._db.dialect.mark
+        sql = (
+            f"INSERT INTO prompts (tenant, name, team) VALUES ({m}, {m}, {m})"
+            " ON CONFLICT (tenant, name) DO UPDATE SET team = excluded.team"
+        )
+        with self._db.transaction() as s:
+            s.execute(sql, (tenant, name, team))
+
+    def prompt_teams(self, tenant: str | None = None) -> dict[tuple[str, str], str | None]:
+        where, params = _where([("tenant =", tenant)], self._db.dialect.mark)
+        sql = f"SELECT tenant, name, team FROM prompts{where}"
+        with self._db.session() as s:
+            return {(r[0], r[1]): r[2] for r in s.fetchall(sql, params)}
+
     def get_prompt_version(self, tenant: str, name: str, version: int) -> PromptVersion | None:
         m = self._db.dialect.mark
         sql = f"SELECT {_VERSION_COLS} FROM prompt_versions WHERE tenant = {m} AND name = {m} AND version = {m}"

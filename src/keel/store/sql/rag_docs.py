@@ -15,7 +15,7 @@ import orjson
 from keel.store.protocols.rag_docs import CollectionRow, DocumentIn, DocumentRow, DocUpdate, PutResult
 from keel.store.sql.dialect import Database, Row
 
-_COLL = "tenant, name, model, chunking, description, created_at, updated_at, rerank, freshness"
+_COLL = "tenant, name, model, chunking, description, created_at, updated_at, rerank, freshness, team"
 _DOC = (
     "tenant, collection, id, version, title, source, content_hash, content_type, bytes, metadata, users, acl_groups,"
     " valid_until, status, stage, error, progress_done, progress_total, chunks, indexed_version, job_id, created_at,"
@@ -33,7 +33,7 @@ def _json(value: Any) -> Any:
 
 
 def _collection(r: Row) -> CollectionRow:
-    return CollectionRow(r[0], r[1], r[2], orjson.loads(r[3]), r[4], r[5], r[6], _json(r[7]), _json(r[8]))
+    return CollectionRow(r[0], r[1], r[2], orjson.loads(r[3]), r[4], r[5], r[6], _json(r[7]), _json(r[8]), r[9])
 
 
 def _document(r: Row) -> DocumentRow:
@@ -67,7 +67,9 @@ class SqlRagDocs:
 
     def create_collection(self, row: CollectionRow) -> tuple[CollectionRow, bool]:
         d = self._db.dialect
-        insert = f"INSERT INTO rag_collections ({_COLL}) VALUES ({d.marks(9)}) ON CONFLICT DO NOTHING RETURNING {_COLL}"
+        insert = (
+            f"INSERT INTO rag_collections ({_COLL}) VALUES ({d.marks(10)}) ON CONFLICT DO NOTHING RETURNING {_COLL}"
+        )
         find = f"SELECT {_COLL} FROM rag_collections WHERE tenant = {d.mark} AND name = {d.mark}"
         values = (
             row.tenant,
@@ -79,6 +81,7 @@ class SqlRagDocs:
             row.updated_at,
             None if row.rerank is None else _dumps(row.rerank),
             None if row.freshness is None else _dumps(row.freshness),
+            row.team,
         )
         with self._db.transaction() as s:
             made = s.fetchone(insert, values)
@@ -120,6 +123,13 @@ class SqlRagDocs:
         sql = f"UPDATE rag_collections SET rerank = {m}, updated_at = {m} WHERE tenant = {m} AND name = {m} RETURNING {_COLL}"
         with self._db.transaction() as s:
             row = s.fetchone(sql, (None if rerank is None else _dumps(rerank), now, tenant, name))
+        return None if row is None else _collection(row)
+
+    def set_collection_team(self, tenant: str, name: str, team: str | None) -> CollectionRow | None:
+        m = self._db.dialect.mark
+        sql = f"UPDATE rag_collections SET team = {m} WHERE tenant = {m} AND name = {m} RETURNING {_COLL}"
+        with self._db.transaction() as s:
+            row = s.fetchone(sql, (team, tenant, name))
         return None if row is None else _collection(row)
 
     def delete_collection(self, tenant: str, name: str) -> int:
