@@ -178,12 +178,12 @@ class RedisLimits:
         return ttl if ttl > 0 else None
 
     async def reserve(self, charges: Sequence[Charge], now: float) -> Admission:
-        lease = secrets.token_hex(8)
         if not charges:
-            return Admission(Reservation(lease, now, ()), None, None, ())
+            return Admission(Reservation(secrets.token_hex(8), now, ()), None, None, ())
         blocks = self.blocks
         if blocks is not None and (local := blocks.take(charges, now)) is not None:
             return local
+        lease = secrets.token_hex(8)
         if time.monotonic() < self._down_until:
             raise LimitStoreUnavailable("Redis was unreachable a moment ago")
         keys = [self._key(c.counter, c.window, now) for c in charges]
