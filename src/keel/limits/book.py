@@ -135,11 +135,13 @@ class LimitBook:
         self._counters[who] = counters
         return counters
 
-
-def actual_amounts(charges: Iterable[Charge], tokens: float, usd: float) -> list[float]:
-    """What each charge really cost once the call ended (requests stay 1)."""
-    by_unit = {"request": 1.0, "tokens": tokens, "usd": usd}
-    return [by_unit[KINDS[kind_of(c)][1]] for c in charges]
+    def amounts(self, who: Subject, tokens: float, usd: float) -> list[float]:
+        """What each of `charges(who, ...)` really cost once the call ended, in their order (requests stay 1)."""
+        counters = self._counters.get(who)
+        if counters is None:
+            counters = self._counters_of(who)
+        spent = (1.0, tokens, usd)
+        return [spent[unit] for _, unit in counters]
 
 
 def kind_of(charge: Charge) -> str:
@@ -164,7 +166,7 @@ def warnings(
     marks = sorted(thresholds)
     out = []
     for charge, value in zip(charges, used, strict=True):
-        if charge.window not in QUOTA_WINDOWS or not charge.limit:
+        if charge.window not in QUOTA_WINDOWS or not charge.limit or not marks or value < marks[0] * charge.limit:
             continue
         reached = [t for t in marks if value >= t * charge.limit]
         if reached:

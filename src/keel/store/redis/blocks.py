@@ -136,7 +136,7 @@ class Blocks:
         self.local += 1
         if due and self._renew is not None:
             self._renew(charges, now)  # (wants() lets one call at a time ask for a counter's block)
-        return Admission(Reservation(rid, now, tuple(charges)), None, None, tuple(b.usage() for b in blocks))
+        return Admission(Reservation(rid, now, tuple(charges)), None, None, tuple([b.usage() for b in blocks]))
 
     def wants(self, charges: Sequence[Charge], keys: Sequence[str], now: float) -> list[float]:
         """For an admission going to Redis: the block to ask for on each counter (0: none)."""

@@ -254,10 +254,14 @@ class RedisLimits:
         self.renewed += 1
 
     async def settle(self, reservation: Reservation, actual: Sequence[float], now: float) -> None:
-        if self.blocks is not None and self.blocks.settle(reservation, actual, now):
+        if self.settle_at_once(reservation, actual, now):
             return
         deltas = [amount - c.amount for c, amount in zip(reservation.charges, actual, strict=True)]
         await self._apply(reservation, deltas, now)
+
+    def settle_at_once(self, reservation: Reservation, actual: Sequence[float], now: float) -> bool:
+        """A call admitted from blocks settles in them (what goes to Redis is queued, not awaited)."""
+        return self.blocks is not None and self.blocks.settle(reservation, actual, now)
 
     async def release(self, reservation: Reservation, now: float) -> None:
         if self.blocks is not None and self.blocks.settle(reservation, [0.0] * len(reservation.charges), now):
