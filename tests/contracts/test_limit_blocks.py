@@ -187,7 +187,7 @@ def test_the_next_block_is_taken_in_the_background_before_the_current_one_runs_o
         counters = [(tokens.counter, tokens.window), (slots.counter, slots.window)]
         try:
             first = await s.reserve([tokens, slots], T0)  # exact: takes the blocks
-            local = await s.reserve([tokens, slots], T0 + 0.6)  # past half the blocks' time: renews them
+            local = await s.reserve([tokens, slots], T0 + 0.8)  # past 3/4 of the blocks' time: renews them
             assert first.reservation is not None and local.reservation is not None
             await renewed(s, 1)
             assert s.blocks is not None and s.blocks.granted == 4
@@ -211,10 +211,10 @@ def test_past_half_its_limit_a_counter_gets_no_new_block_and_calls_go_exact(redi
             assert (await check.reserve([charge("total", 6_400, 3_000)], T0)).reservation is not None
             assert (await s.reserve([limit], T0)).reservation is not None  # exact, with a block: 3,101
             assert (await check.reserve([charge("total", 6_400, 100)], T0)).reservation is not None  # 3,201
-            assert (await s.reserve([limit], T0 + 0.6)).reservation is not None  # local; asks for the next block
+            assert (await s.reserve([limit], T0 + 0.8)).reservation is not None  # local; asks for the next block
             await renewed(s, 1)
             assert s.blocks is not None and s.blocks.local == 1 and s.blocks.granted == 1
-            assert (await s.reserve([limit], T0 + 0.7)).reservation is not None  # no block left: exact
+            assert (await s.reserve([limit], T0 + 0.9)).reservation is not None  # no block left: exact
             assert s.blocks.local == 1
             await s.aclose()
             assert await check.usage([(limit.counter, "total")], T0 + 1) == [3_000.0 + 100 + 3]

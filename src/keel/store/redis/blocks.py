@@ -7,7 +7,7 @@ shared counter at once, as if spent, and later calls whose every charge fits in 
 are admitted here, with no round trip. A call that ends gives its reservation back to its block
 (estimate minus actual); a block stops admitting `HOLD_S` after it was granted (or at the end of its
 UTC day or month) and what is left of it goes back to Redis then, asynchronously, and on close.
-A call admitted from a block past `RENEW_S` of its time, or spent past half, also has the next block
+A call admitted from a block past `RENEW_S` (3/4 of its time), or spent past half, has the next block
 asked for in the background (`renew`, decision 0063-prefetched-admission-blocks): it replaces the old
 one before it runs out, so no call waits on Redis while its counters stay under half their limits.
 
@@ -41,7 +41,7 @@ from keel.store.protocols import Admission, Charge, Reservation, Window
 HOLD_S = 1.0  # a block admits for this long after its grant, then what is left goes back
 SHARE = 64  # a block is at most 1/SHARE of its limit
 RATE_SHARE = 8  # ... and at most 1/RATE_SHARE of a second's worth of it
-RENEW_S = HOLD_S / 2  # a block this old is renewed in the background by the next call admitted from it
+RENEW_S = HOLD_S * 3 / 4  # a block this old is renewed in the background by the next call admitted from it
 ASKING_S = 0.5  # while a call asks Redis for a counter's block, others do not (unless its answer is this late)
 MAX_SLOTS = 256  # concurrency slots per block (each is a member of the lease set)
 _RATE_S: dict[Window, float] = {"minute": MINUTE_S, "day": 86_400.0, "month": 30 * 86_400.0}
@@ -229,8 +229,9 @@ class Blocks:
             return
         b.live = False
         back: list[Return]
-        if b.window == "concurrent":
-            back = [(b.key, "c", f"{b.lease}:{s}", 0.0, b.window, b.at, b.until) for s in b.slots]
+        if b.window == "concurrent":  # every free slot in one adjustment: "<lease>|<i>,<j>,..."
+            slots = ",".join(map(str, b.slots))
+            back = [(b.key, "s", f"{b.lease}|{slots}", 0.0, b.window, b.at, b.until)] if slots else []
             b.slots = []
         elif b.left:  # (a minute block's bucket stays live long after its HOLD_S)
             back = [_give_back(b, -b.left, b.until)]

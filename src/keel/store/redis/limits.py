@@ -119,8 +119,9 @@ return out
 """
 )
 
-# KEYS[i]: a key to adjust. ARGV[4i-3..4i] = kind (m|c|p), field (a second, or the lease id), delta,
-# ttl_s (0: none). Adds delta (never below 0) or, for c, ends the lease.
+# KEYS[i]: a key to adjust. ARGV[4i-3..4i] = kind (m|c|s|p), field (a second, the lease id, or for s
+# "<lease>|<i>,<j>,..."), delta, ttl_s (0: none). Adds delta (never below 0); c ends the lease; s ends
+# a concurrency block's free slots "<lease>:<i>" (one adjustment, not one per slot).
 _ADJUST = Script(
     _LUA_FMT
     + """
@@ -129,6 +130,11 @@ for i = 1, #KEYS do
   local delta = tonumber(ARGV[4 * i - 1])
   if kind == 'c' then
     redis.call('ZREM', key, field)
+  elseif kind == 's' then
+    local lease, slots = string.match(field, '^(.*)|([%d,]*)$')
+    local members = {}
+    for n in string.gmatch(slots, '%d+') do members[#members + 1] = lease .. ':' .. n end
+    if #members > 0 then redis.call('ZREM', key, unpack(members)) end
   elseif kind == 'm' then
     local v = tonumber(redis.call('HGET', key, field) or '0') + delta
     if v > 0 then
