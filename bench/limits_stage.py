@@ -4,7 +4,7 @@ Runs the real `LimitsStage` (bench/run.py's four counters: rpm, tpm, usd_day per
 per key; never reached) in front of a next stage that only answers, with 50 concurrent callers, and
 the same calls without the stage; prints the difference in this process's CPU per call. Counters in
 memory or in the Redis at 127.0.0.1:6379 (with admission blocks, as the gateway runs them; keys under
-a random prefix). The garbage collector is frozen and tuned as `keel serve` does. Pin it to one core
+a random prefix, deleted afterwards). The garbage collector is frozen and tuned as `keel serve` does. Pin it to one core
 (`taskset -c 1`) and alternate checkouts (PYTHONPATH=<tree>/src) to compare them.
 """
 
@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import redis
 import uvloop
 
 from keel.config import LimitsConfig
@@ -40,6 +41,7 @@ LIMITS = LimitsConfig.model_validate(
 PLAN = RoutePlan("bench", (Target("up", "gpt-4o-mini"),), "default")
 REQUEST = ChatRequest("bench", (Message("user", "Say hello to the benchmark."),), max_tokens=16)
 CALLERS = 50
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 async def _no_events() -> AsyncIterator[ChatEvent]:
@@ -75,12 +77,8 @@ async def cpu_per_call(one: Callable[[], Awaitable[None]], calls: int) -> float:
 
 
 async def main(limits: str, calls: int) -> None:
-    store: LimitStore
-    if limits == "redis":
-        prefix = f"keel:bench:{secrets.token_hex(4)}:"
-        store = RedisLimits("redis://127.0.0.1:6379/0", prefix=prefix, blocks=True)
-    else:
-        store = MemoryLimits()
+    prefix = f"keel:bench:{secrets.token_hex(4)}:"
+    store: LimitStore = RedisLimits(REDIS_URL, prefix=prefix, blocks=True) if limits == "redis" else MemoryLimits()
     stage = LimitsStage(store, book_from(LIMITS, []), PriceBook.bundled())
 
     async def through_stage() -> None:
@@ -103,6 +101,11 @@ async def main(limits: str, calls: int) -> None:
         f"limits {limits}: the stage adds {staged - base:.1f} µs CPU per call ({staged:.1f} with, {base:.1f} without)"
     )
     await store.aclose()
+    if limits == "redis":
+        with redis.Redis.from_url(REDIS_URL) as sync:
+            keys = list(sync.scan_iter(match=f"{prefix}*"))
+            if keys:
+                sync.delete(*keys)
 
 
 if __name__ == "__main__":
