@@ -4,7 +4,8 @@ Several `RedisLimits(blocks=True)` stores on one key prefix stand for gateway pr
 Redis. What must hold: their combined admissions never pass a limit beyond the documented slack (none
 for calendar windows, totals and concurrency; one block per store for the sliding minute); small limits
 stay exact; what a block has left goes back on close; settlements come back to the shared counter;
-an unreachable Redis is met as without blocks. Time is the `now` passed in, as in the contract suite.
+an unreachable Redis is met as without blocks; the next block is taken in the background before the
+current one runs out, charging nothing of its own. Time is the `now` passed in, as in the contract suite.
 """
 
 from __future__ import annotations
@@ -164,6 +165,59 @@ def test_a_call_settled_after_its_block_went_back_settles_in_redis(redis_url: st
             await s.aclose()
             # first and third keep their estimates (never settled), local its actual; no block left held
             assert await check.usage(counters, T0 + 2) == [240.0, 2.0]
+        finally:
+            await closed(s, check)
+
+    asyncio.run(body())
+
+
+async def renewed(store: RedisLimits, n: int) -> None:
+    """Until `n` background renewals were answered."""
+    while store.renewed < n:
+        await asyncio.sleep(0.01)
+
+
+def test_the_next_block_is_taken_in_the_background_before_the_current_one_runs_out(
+    redis_url: str, redis_prefix: str
+) -> None:
+    async def body() -> None:
+        [s] = stores(redis_url, redis_prefix, 1)
+        check = RedisLimits(redis_url, prefix=redis_prefix)
+        tokens, slots = charge("day", 86_400 * 8_000, 100), charge("concurrent", 6_400)  # blocks of 1,000 and 100
+        counters = [(tokens.counter, tokens.window), (slots.counter, slots.window)]
+        try:
+            first = await s.reserve([tokens, slots], T0)  # exact: takes the blocks
+            local = await s.reserve([tokens, slots], T0 + 0.8)  # past 3/4 of the blocks' time: renews them
+            assert first.reservation is not None and local.reservation is not None
+            await renewed(s, 1)
+            assert s.blocks is not None and s.blocks.granted == 4
+            later = await s.reserve([tokens, slots], T0 + 1.2)  # the first blocks are out of time, not the new
+            assert later.reservation is not None and s.blocks.local == 2
+            await s.aclose()
+            # three calls in flight, each counted once: the renewal charged nothing (no lease, no tokens)
+            assert await check.usage(counters, T0 + 1.2) == [300.0, 3.0]
+        finally:
+            await closed(s, check)
+
+    asyncio.run(body())
+
+
+def test_past_half_its_limit_a_counter_gets_no_new_block_and_calls_go_exact(redis_url: str, redis_prefix: str) -> None:
+    async def body() -> None:
+        [s] = stores(redis_url, redis_prefix, 1)
+        check = RedisLimits(redis_url, prefix=redis_prefix)
+        limit = charge("total", 6_400)  # blocks of 100 while under 3,200
+        try:
+            assert (await check.reserve([charge("total", 6_400, 3_000)], T0)).reservation is not None
+            assert (await s.reserve([limit], T0)).reservation is not None  # exact, with a block: 3,101
+            assert (await check.reserve([charge("total", 6_400, 100)], T0)).reservation is not None  # 3,201
+            assert (await s.reserve([limit], T0 + 0.8)).reservation is not None  # local; asks for the next block
+            await renewed(s, 1)
+            assert s.blocks is not None and s.blocks.local == 1 and s.blocks.granted == 1
+            assert (await s.reserve([limit], T0 + 0.9)).reservation is not None  # no block left: exact
+            assert s.blocks.local == 1
+            await s.aclose()
+            assert await check.usage([(limit.counter, "total")], T0 + 1) == [3_000.0 + 100 + 3]
         finally:
             await closed(s, check)
 

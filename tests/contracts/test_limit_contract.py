@@ -297,6 +297,22 @@ def test_settle_replaces_the_estimate_with_the_actual(backend: Backend) -> None:
     backend.run(body)
 
 
+def test_settle_at_once_settles_without_io_or_says_it_cannot(backend: Backend) -> None:
+    async def body() -> None:
+        s = backend.open()
+        charges = [charge("day", 1e6, 1000), charge("concurrent", 10)]
+        r = await admit(s, charges, T0)
+        if isinstance(s, MemoryLimits):
+            assert s.settle_at_once(r, [40, 1], T0 + 1)  # counters in the process: done now
+        else:
+            assert not s.settle_at_once(r, [40, 1], T0 + 1)  # an exact admission settles in Redis
+            assert await usage_of(s, charges, T0 + 1) == [1000.0, 1.0]  # ...and nothing was done
+            await s.settle(r, [40, 1], T0 + 1)
+        assert await usage_of(s, charges, T0 + 1) == [40.0, 0.0]
+
+    backend.run(body)
+
+
 def test_settle_adjusts_the_bucket_and_period_it_was_added_to(backend: Backend) -> None:
     async def body() -> None:
         s = backend.open()

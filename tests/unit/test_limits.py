@@ -49,6 +49,19 @@ def test_charges_take_window_and_amount_from_the_kind() -> None:
     }
 
 
+def test_a_subjects_counters_are_kept_yet_each_call_gets_its_own_amounts() -> None:
+    book = LimitBook([Rule(("tenant",), {"rpm": 60, "tpm": 1000, "usd_day": 5}), Rule(("user",), {"tpm": 10})], {})
+    for tokens, usd in ((300, 0.25), (7, 0.5)):
+        assert [c.amount for c in book.charges(ANN, Estimate(tokens, usd))] == [1.0, tokens, usd, tokens]
+        assert book.amounts(ANN, tokens + 1, usd / 2) == [1.0, tokens + 1, usd / 2, tokens + 1]  # charges' order
+    assert [c.counter for c in book.charges(ANONYMOUS, Estimate(1, 1))] == [
+        "tenant=acme|rpm",
+        "tenant=acme|tpm",
+        "tenant=acme|usd_day",
+    ]
+    assert book.amounts(ANONYMOUS, 5, 0.5) == [1.0, 5, 0.5]
+
+
 def test_combination_scopes_apply_only_when_every_dimension_is_known() -> None:
     book = LimitBook(
         [

@@ -29,6 +29,9 @@ KINDS: dict[str, tuple[Window, str]] = {
     "usd_total": ("total", "usd"),
 }
 QUOTA_KINDS = frozenset({"tokens_day", "tokens_month", "usd_day", "usd_month", "usd_total"})
+QUOTA_WINDOWS = frozenset({"day", "month", "total"})  # the windows of QUOTA_KINDS, and only theirs
+_UNIT = {"request": 0, "tokens": 1, "usd": 2}  # a unit's place in the amounts tuple of `charges`
+_SUBJECTS_KEPT = 4096  # subjects whose counters a book keeps worked out (user and feature come from calls)
 SCOPES = ("tenant", "key", "user", "feature", "alias", "team")
 
 
@@ -74,6 +77,8 @@ class LimitBook:
         self._default_fail = on_store_error
         self._fail_modes = dict(fail_modes or {})  # tenant → "open" | "closed"
         self._set_at = {f"{scope}={subject}": at for (scope, subject), at in (set_at or {}).items()}
+        # subject → (its charge of one request, unit) per limit that applies: rules are walked once per subject
+        self._counters: dict[Subject, tuple[tuple[Charge, int], ...]] = {}
 
     def changed(self, before: LimitBook) -> set[tuple[str, str]]:
         """The (scope, subject) overrides that differ from `before`'s, fail modes included."""
@@ -109,20 +114,34 @@ class LimitBook:
 
     def charges(self, who: Subject, estimate: Estimate | Callable[[], Estimate]) -> list[Charge]:
         """The charges of one call. `estimate` may be a callable: it is only worked out if a limit applies."""
-        rules = self.rules_for(who)
-        if not rules:
+        counters = self._counters.get(who)
+        if counters is None:
+            counters = self._counters_of(who)
+        if not counters:
             return []
         est = estimate() if callable(estimate) else estimate
-        amounts = {"request": 1.0, "tokens": est.tokens, "usd": est.usd}
-        return [
-            Charge(f"{prefix}|{kind}", KINDS[kind][0], limit, amounts[KINDS[kind][1]]) for prefix, kind, limit in rules
-        ]
+        amounts = (1.0, est.tokens, est.usd)
+        return [c if not unit else Charge(c.counter, c.window, c.limit, amounts[unit]) for c, unit in counters]
 
+    def _counters_of(self, who: Subject) -> tuple[tuple[Charge, int], ...]:
+        """`who`'s charges of one request, each with its unit, kept: the same subjects call again and again,
+        and a book never changes. A charge counting requests is used as it is (its amount is always 1)."""
+        counters = tuple(
+            (Charge(f"{prefix}|{kind}", KINDS[kind][0], limit, 1.0), _UNIT[KINDS[kind][1]])
+            for prefix, kind, limit in self.rules_for(who)
+        )
+        if len(self._counters) >= _SUBJECTS_KEPT:
+            self._counters.clear()  # many distinct users or features: start over rather than grow
+        self._counters[who] = counters
+        return counters
 
-def actual_amounts(charges: Iterable[Charge], tokens: float, usd: float) -> list[float]:
-    """What each charge really cost once the call ended (requests stay 1)."""
-    by_unit = {"request": 1.0, "tokens": tokens, "usd": usd}
-    return [by_unit[KINDS[kind_of(c)][1]] for c in charges]
+    def amounts(self, who: Subject, tokens: float, usd: float) -> list[float]:
+        """What each of `charges(who, ...)` really cost once the call ended, in their order (requests stay 1)."""
+        counters = self._counters.get(who)
+        if counters is None:
+            counters = self._counters_of(who)
+        spent = (1.0, tokens, usd)
+        return [spent[unit] for _, unit in counters]
 
 
 def kind_of(charge: Charge) -> str:
@@ -147,7 +166,7 @@ def warnings(
     marks = sorted(thresholds)
     out = []
     for charge, value in zip(charges, used, strict=True):
-        if kind_of(charge) not in QUOTA_KINDS or not charge.limit:
+        if charge.window not in QUOTA_WINDOWS or not charge.limit or not marks or value < marks[0] * charge.limit:
             continue
         reached = [t for t in marks if value >= t * charge.limit]
         if reached:

@@ -27,7 +27,7 @@ from keel.errors import ErrorKind, ProviderError
 from keel.gateway.call import Call, Outcome, Reply
 from keel.gateway.pipeline import Handler
 from keel.gateway.routing import estimate_prompt_tokens
-from keel.limits.book import Estimate, LimitBook, Subject, actual_amounts, refusal, warnings
+from keel.limits.book import Estimate, LimitBook, Subject, refusal, warnings
 from keel.providers.prices import PriceBook, cost_of
 from keel.store.protocols import Charge, LimitStore, LimitStoreUnavailable, Reservation
 from keel.types import ChatRequest, Usage
@@ -155,7 +155,9 @@ class LimitsStage:
         usd = outcome.cost_usd or 0.0
         now = time.time()
         if reservation is not None:
-            self._spawn(self._store.settle(reservation, actual_amounts(reservation.charges, tokens, usd), now))
+            actual = book.amounts(who, tokens, usd)  # (the charges it was admitted on, in their order)
+            if not self._store.settle_at_once(reservation, actual, now):
+                self._spawn(self._store.settle(reservation, actual, now))
         ended = (now, who, tokens, usd, book)
         if book is not self._book:
             self._charge_missed(ended, None)

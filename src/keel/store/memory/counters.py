@@ -105,8 +105,12 @@ class MemoryLimits:
         return Admission(reservation, None, None, tuple(u + demand(c) for c, u in zip(charges, used, strict=True)))
 
     async def settle(self, reservation: Reservation, actual: Sequence[float], now: float) -> None:
+        self.settle_at_once(reservation, actual, now)
+
+    def settle_at_once(self, reservation: Reservation, actual: Sequence[float], now: float) -> bool:
         for c, amount in zip(reservation.charges, actual, strict=True):
             self._adjust(c, amount - c.amount, reservation, now)
+        return True
 
     async def release(self, reservation: Reservation, now: float) -> None:
         for c in reservation.charges:

@@ -7,6 +7,9 @@ shared counter at once, as if spent, and later calls whose every charge fits in 
 are admitted here, with no round trip. A call that ends gives its reservation back to its block
 (estimate minus actual); a block stops admitting `HOLD_S` after it was granted (or at the end of its
 UTC day or month) and what is left of it goes back to Redis then, asynchronously, and on close.
+A call admitted from a block past `RENEW_S` (3/4 of its time), or spent past half, has the next block
+asked for in the background (`renew`, decision 0063-prefetched-admission-blocks): it replaces the old
+one before it runs out, so no call waits on Redis while its counters stay under half their limits.
 
 Sizes: at most 1/64 of the limit, and at most 1/8 of a second's worth of it for windows with a rate
 (rpm/tpm: limit/60 per second; day and month likewise); concurrency blocks are at most 256 slots.
@@ -38,6 +41,7 @@ from keel.store.protocols import Admission, Charge, Reservation, Window
 HOLD_S = 1.0  # a block admits for this long after its grant, then what is left goes back
 SHARE = 64  # a block is at most 1/SHARE of its limit
 RATE_SHARE = 8  # ... and at most 1/RATE_SHARE of a second's worth of it
+RENEW_S = HOLD_S * 3 / 4  # a block this old is renewed in the background by the next call admitted from it
 ASKING_S = 0.5  # while a call asks Redis for a counter's block, others do not (unless its answer is this late)
 MAX_SLOTS = 256  # concurrency slots per block (each is a member of the lease set)
 _RATE_S: dict[Window, float] = {"minute": MINUTE_S, "day": 86_400.0, "month": 30 * 86_400.0}
@@ -45,6 +49,8 @@ _RATE_S: dict[Window, float] = {"minute": MINUTE_S, "day": 86_400.0, "month": 30
 # (key, kind, field, delta, window, at, now): one adjustment to a charge added `at`, sent later with ADJUST
 Return = tuple[str, str, str, float, Window, float, float]
 Send = Callable[[list[Return], str], None]
+# asks Redis, off the call's path, for new blocks on these charges' counters (amount 0: the call is admitted)
+Renew = Callable[[Sequence[Charge], float], None]
 
 
 def grant_size(charge: Charge) -> float:
@@ -83,6 +89,10 @@ class Block:
             return False
         return bool(self.slots) if self.window == "concurrent" else self.left >= charge.amount
 
+    def due(self, now: float) -> bool:
+        """Past half its time or spent past half: time to ask for the next one."""
+        return now >= self.at + RENEW_S or self.left < self.granted / 2
+
 
 # A block admission's hold on each of its charges: (block, slot number; -1 when not concurrency)
 Hold = tuple[Block, int]
@@ -91,9 +101,10 @@ Hold = tuple[Block, int]
 class Blocks:
     """The blocks of one `RedisLimits`: local admissions, grants to install, and what goes back."""
 
-    def __init__(self, key: Callable[[str, Window, float], str], send: Send) -> None:
+    def __init__(self, key: Callable[[str, Window, float], str], send: Send, renew: Renew | None = None) -> None:
         self._key = key
         self._send = send  # queues adjustments for Redis (not awaited on any call's path)
+        self._renew = renew  # None: a block is replaced only by an exact admission, once it is due
         self._blocks: dict[str, Block] = {}
         self._held: dict[str, list[Hold]] = {}  # reservation id → its holds
         self._asking: dict[str, float] = {}  # key → when a call went to ask Redis for its block
@@ -105,10 +116,12 @@ class Blocks:
     def take(self, charges: Sequence[Charge], now: float) -> Admission | None:
         """Admit from this process's blocks if every charge fits in one; None: go to Redis."""
         blocks = []
+        due = False
         for c in charges:
             b = self._blocks.get(self._key(c.counter, c.window, now))
             if b is None or not b.takes(c, now):
                 return None
+            due = due or b.due(now)
             blocks.append(b)
         holds: list[Hold] = []
         for c, b in zip(charges, blocks, strict=True):
@@ -121,14 +134,16 @@ class Blocks:
         rid = f"{self._prefix}{next(self._ids)}"
         self._held[rid] = holds
         self.local += 1
-        return Admission(Reservation(rid, now, tuple(charges)), None, None, tuple(b.usage() for b in blocks))
+        if due and self._renew is not None:
+            self._renew(charges, now)  # (wants() lets one call at a time ask for a counter's block)
+        return Admission(Reservation(rid, now, tuple(charges)), None, None, tuple([b.usage() for b in blocks]))
 
     def wants(self, charges: Sequence[Charge], keys: Sequence[str], now: float) -> list[float]:
         """For an admission going to Redis: the block to ask for on each counter (0: none)."""
         out = []
         for c, k in zip(charges, keys, strict=True):
             b = self._blocks.get(k)
-            fresh = b is not None and b.takes(c, now) and b.left >= b.granted / 2
+            fresh = b is not None and b.takes(c, now) and not b.due(now)
             if fresh or self._asking.get(k, -ASKING_S) > now - ASKING_S:
                 out.append(0.0)  # (one call at a time asks: calls meanwhile go exact, without a block)
                 continue
@@ -214,8 +229,9 @@ class Blocks:
             return
         b.live = False
         back: list[Return]
-        if b.window == "concurrent":
-            back = [(b.key, "c", f"{b.lease}:{s}", 0.0, b.window, b.at, b.until) for s in b.slots]
+        if b.window == "concurrent":  # every free slot in one adjustment: "<lease>|<i>,<j>,..."
+            slots = ",".join(map(str, b.slots))
+            back = [(b.key, "s", f"{b.lease}|{slots}", 0.0, b.window, b.at, b.until)] if slots else []
             b.slots = []
         elif b.left:  # (a minute block's bucket stays live long after its HOLD_S)
             back = [_give_back(b, -b.left, b.until)]

@@ -62,6 +62,7 @@ _LUA_FMT = "local function fmt(x) return string.format('%.17g', x) end\n"
 # Returns {1, 0, used after..., block granted...} or {0, refused (1-based), used before...,
 # [second, amount]... of a refused minute charge}. A block is granted (added to the counter with the
 # call's amount; for c, that many members "<lease>:<i>") only if the counter stays under half its limit.
+# Amount 0 asks for blocks alone (a renewal, keel.store.redis.blocks): for c, the lease itself is not added.
 _RESERVE = Script(
     _LUA_FMT
     + """
@@ -102,7 +103,7 @@ for i = 1, n do
     redis.call('HSET', key, ARGV[2], fmt(tonumber(redis.call('HGET', key, ARGV[2]) or '0') + amount + grant))
     redis.call('EXPIRE', key, ttl)
   elseif kind == 'c' then
-    redis.call('ZADD', key, ARGV[4], ARGV[3])
+    if amount > 0 then redis.call('ZADD', key, ARGV[4], ARGV[3]) end
     for j = 1, grant do redis.call('ZADD', key, ARGV[4], ARGV[3] .. ':' .. j) end
     redis.call('EXPIRE', key, ttl)
   elseif ttl == '0' then
@@ -118,8 +119,9 @@ return out
 """
 )
 
-# KEYS[i]: a key to adjust. ARGV[4i-3..4i] = kind (m|c|p), field (a second, or the lease id), delta,
-# ttl_s (0: none). Adds delta (never below 0) or, for c, ends the lease.
+# KEYS[i]: a key to adjust. ARGV[4i-3..4i] = kind (m|c|s|p), field (a second, the lease id, or for s
+# "<lease>|<i>,<j>,..."), delta, ttl_s (0: none). Adds delta (never below 0); c ends the lease; s ends
+# a concurrency block's free slots "<lease>:<i>" (one adjustment, not one per slot).
 _ADJUST = Script(
     _LUA_FMT
     + """
@@ -128,6 +130,11 @@ for i = 1, #KEYS do
   local delta = tonumber(ARGV[4 * i - 1])
   if kind == 'c' then
     redis.call('ZREM', key, field)
+  elseif kind == 's' then
+    local lease, slots = string.match(field, '^(.*)|([%d,]*)$')
+    local members = {}
+    for n in string.gmatch(slots, '%d+') do members[#members + 1] = lease .. ':' .. n end
+    if #members > 0 then redis.call('ZREM', key, unpack(members)) end
   elseif kind == 'm' then
     local v = tonumber(redis.call('HGET', key, field) or '0') + delta
     if v > 0 then
@@ -160,7 +167,9 @@ class RedisLimits:
         self._adjuster: asyncio.Task[None] | None = None
         self._down_until = 0.0
         self._warned_at = float("-inf")
-        self.blocks = Blocks(self._key, self._give_back) if blocks else None
+        self.blocks = Blocks(self._key, self._give_back, self._renew) if blocks else None
+        self._renewals: set[asyncio.Task[None]] = set()
+        self.renewed = 0  # renewals answered (blocks asked for in the background, granted or not)
 
     def _key(self, counter: str, window: Window, at: float) -> str:
         return f"{self._prefix}{counter}:{period_id(window, at) or window}"
@@ -178,19 +187,17 @@ class RedisLimits:
         return ttl if ttl > 0 else None
 
     async def reserve(self, charges: Sequence[Charge], now: float) -> Admission:
-        lease = secrets.token_hex(8)
         if not charges:
-            return Admission(Reservation(lease, now, ()), None, None, ())
+            return Admission(Reservation(secrets.token_hex(8), now, ()), None, None, ())
         blocks = self.blocks
         if blocks is not None and (local := blocks.take(charges, now)) is not None:
             return local
+        lease = secrets.token_hex(8)
         if time.monotonic() < self._down_until:
             raise LimitStoreUnavailable("Redis was unreachable a moment ago")
         keys = [self._key(c.counter, c.window, now) for c in charges]
         wants = blocks.wants(charges, keys, now) if blocks is not None else [0.0] * len(charges)
-        args = [repr(now), str(second(now)), lease, repr(now + self._lease_s)]
-        for c, want in zip(charges, wants, strict=True):
-            args += [_KIND[c.window], repr(c.limit), repr(demand(c)), str(self._ttl(c.window, now, now)), repr(want)]
+        args = self._reserve_args(charges, [demand(c) for c in charges], wants, lease, now)
         try:
             out = await self._client.evalsha(_RESERVE, keys, args)
         except (RedisError, OSError) as exc:
@@ -211,11 +218,56 @@ class RedisLimits:
         buckets = [(int(flat[j]), float(flat[j + 1])) for j in range(0, len(flat), 2)]
         return Admission(None, i, retry_after(charges[i], now, buckets), used)
 
+    def _reserve_args(
+        self, charges: Sequence[Charge], amounts: Sequence[float], wants: Sequence[float], lease: str, now: float
+    ) -> list[str]:
+        args = [repr(now), str(second(now)), lease, repr(now + self._lease_s)]
+        for c, amount, want in zip(charges, amounts, wants, strict=True):
+            args += [_KIND[c.window], repr(c.limit), repr(amount), str(self._ttl(c.window, now, now)), repr(want)]
+        return args
+
+    def _renew(self, charges: Sequence[Charge], now: float) -> None:
+        """A call admitted from blocks found one due: ask for the next blocks in the background."""
+        assert self.blocks is not None
+        keys = [self._key(c.counter, c.window, now) for c in charges]
+        wants = self.blocks.wants(charges, keys, now)
+        asked = [i for i, want in enumerate(wants) if want]
+        if not asked or time.monotonic() < self._down_until:
+            self.blocks.unask(keys, wants)
+            return
+        task = asyncio.ensure_future(
+            self._take_blocks([charges[i] for i in asked], [keys[i] for i in asked], [wants[i] for i in asked], now)
+        )
+        self._renewals.add(task)
+        task.add_done_callback(self._renewals.discard)
+
+    async def _take_blocks(self, charges: list[Charge], keys: list[str], wants: list[float], now: float) -> None:
+        """One EVALSHA of the admission script charging nothing, asking only for blocks (sent later)."""
+        assert self.blocks is not None
+        lease = secrets.token_hex(8)
+        args = self._reserve_args(charges, [0.0] * len(charges), wants, lease, now)
+        try:
+            out = await self._client.evalsha(_RESERVE, keys, args, later=True)
+        except (RedisError, OSError) as exc:
+            self.blocks.unask(keys, wants)
+            self._failed(exc, "admissions follow each tenant's fail-open/closed choice")
+            return
+        n = len(charges)
+        used = [float(v) for v in out[2 : 2 + n]]
+        # refused (a counter already past its limit): no block, the old ones go back, calls go exact
+        grants = [float(v) for v in out[2 + n : 2 + 2 * n]] if out[0] == 1 else [0.0] * n
+        self.blocks.install(charges, keys, wants, grants, used=used, lease=lease, now=now)
+        self.renewed += 1
+
     async def settle(self, reservation: Reservation, actual: Sequence[float], now: float) -> None:
-        if self.blocks is not None and self.blocks.settle(reservation, actual, now):
+        if self.settle_at_once(reservation, actual, now):
             return
         deltas = [amount - c.amount for c, amount in zip(reservation.charges, actual, strict=True)]
         await self._apply(reservation, deltas, now)
+
+    def settle_at_once(self, reservation: Reservation, actual: Sequence[float], now: float) -> bool:
+        """A call admitted from blocks settles in them (what goes to Redis is queued, not awaited)."""
+        return self.blocks is not None and self.blocks.settle(reservation, actual, now)
 
     async def release(self, reservation: Reservation, now: float) -> None:
         if self.blocks is not None and self.blocks.settle(reservation, [0.0] * len(reservation.charges), now):
@@ -301,6 +353,7 @@ class RedisLimits:
             log.warning("limits: Redis is unreachable or failing (%s); %s", exc, meanwhile)
 
     async def aclose(self) -> None:
+        await asyncio.gather(*self._renewals, return_exceptions=True)
         if self.blocks is not None:
             self.blocks.close()
         if self._adjuster is not None:
