@@ -18,6 +18,7 @@ import orjson
 from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec
 from keel.testing import FakeUpstream, Script
 from tests.conftest import base_config, until
+from tests.e2e.test_rag_search import keel
 
 DOCS = {
     "handbook": "Vacation policy: employees get 25 vacation days per year.",
@@ -205,12 +206,8 @@ def test_chat_rag_call_reranks_and_its_span_shows_it(make_gateway: Any, up: Fake
 
 
 def test_cli_eval_adds_a_reranked_row(up: FakeUpstream, tmp_path: Path) -> None:
-    import contextlib
-    import io
-
     import yaml
 
-    from keel.cli.main import main as keel_main
     from keel.store.open import open_store
 
     config = tmp_path / "keel.yaml"
@@ -221,13 +218,7 @@ def test_cli_eval_adds_a_reranked_row(up: FakeUpstream, tmp_path: Path) -> None:
     finally:
         store.close()
 
-    def keel(*argv: str) -> tuple[int, str]:
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            code = keel_main(["--config", str(config), *argv])
-        return code, out.getvalue()
-
-    code, out = keel("rag", "search", "kb", "vacation days", "--tenant", "t1", "--all", "--json")
+    code, out, _ = keel(config, "rag", "search", "kb", "vacation days", "--tenant", "t1", "--all", "--json")
     fused = ids(orjson.loads(out))
     assert code == 0 and len(fused) == 3
     (tmp_path / "q.jsonl").write_text('{"_id": "q1", "text": "vacation days"}\n{"_id": "q2", "text": "vacation"}\n')
@@ -235,12 +226,12 @@ def test_cli_eval_adds_a_reranked_row(up: FakeUpstream, tmp_path: Path) -> None:
     up.script(grades(0, 0, 3), Script(text="I cannot grade these."))  # q1 graded; q2's answer is garbage
     argv = ("rag", "eval", "kb", "--tenant", "t1", "--queries", str(tmp_path / "q.jsonl"), "--qrels",
             str(tmp_path / "qrels.tsv"), "--rerank", "gpt-4o-mini", "--rerank-top-n", "3")  # fmt: skip
-    code, out = keel(*argv, "--json")
+    code, out, _ = keel(config, *argv, "--json")
     scores = orjson.loads(out)
     assert code == 0, out
     assert scores["hybrid"]["mrr@10"] < 1.0  # q1's relevant document is third in fused order
     assert scores["hybrid + rerank gpt-4o-mini"]["mrr@10"] == 1.0  # graded first; q2 skipped keeps fused order
     assert scores["rerank_skipped"] == {"bad_answer": 1}
     assert [r["json"]["model"] for r in up.requests] == ["gpt-4o-mini", "gpt-4o-mini"]
-    code, out = keel(*argv[:-2], "--rerank-top-n", "99")
+    code, out, _ = keel(config, *argv[:-2], "--rerank-top-n", "99")
     assert code == 1
