@@ -25,6 +25,21 @@ from .test_runs import completion, until
 from .tool_service import tool_service
 
 
+def run_in_background(url: str, key: str, spec: dict[str, object], body: dict[str, object]) -> threading.Thread:
+    """Register the tool `spec` over the admin API, then start a run of `body` in a thread that outlives
+    the gateway's kill (its answer is never read)."""
+    r = httpx.post(url + "/api/agents/tools", json=spec, headers={"authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 201, r.text
+
+    def start() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # the gateway dies under it
+            httpx.post(url + "/api/agents/runs", json=body, headers={"authorization": f"Bearer {key}"}, timeout=120)
+
+    client = threading.Thread(target=start, daemon=True)
+    client.start()
+    return client
+
+
 def test_a_tool_cut_short_by_kill_9_leaves_its_tool_run_entry(
     up: FakeUpstream, storage_url: str, tmp_path: Path
 ) -> None:
@@ -39,17 +54,7 @@ def test_a_tool_cut_short_by_kill_9_leaves_its_tool_run_entry(
         with serve(tmp_path, "first", url) as gateway:
             spec = {"tenant": "t1", "name": "hang", "kind": "http", "timeout_s": 120,
                     "http": {"method": "POST", "url": svc.url + "/hang"}}  # fmt: skip
-            r = httpx.post(url + "/api/agents/tools", json=spec, headers={"authorization": f"Bearer {ADMIN}"})
-            assert r.status_code == 201, r.text
-            body = {"model": "gpt-4o-mini", "input": "go", "tools": ["hang"]}
-
-            def start() -> None:
-                with contextlib.suppress(httpx.HTTPError):  # the gateway dies under it
-                    httpx.post(url + "/api/agents/runs", json=body, headers={"authorization": f"Bearer {key}"},
-                               timeout=120)  # fmt: skip
-
-            client = threading.Thread(target=start, daemon=True)
-            client.start()
+            client = run_in_background(url, key, spec, {"model": "gpt-4o-mini", "input": "go", "tools": ["hang"]})
             assert svc.entered.wait(60), "the tool was never called"
             (started,) = until(lambda: entries("tool.run"), 30)  # committed while the tool still hangs
             assert not svc.release.is_set()
@@ -84,17 +89,7 @@ def test_with_fast_outcomes_a_kill_9_after_the_tool_loses_nothing(
         with serve(tmp_path, "first", url) as gateway:
             spec = {"tenant": "t1", "name": "pay", "kind": "http", "http": {"method": "POST", "url": svc.url + "/pay"},
                     "parameters": {"type": "object", "properties": {"amount": {"type": "number"}}}}  # fmt: skip
-            r = httpx.post(url + "/api/agents/tools", json=spec, headers={"authorization": f"Bearer {ADMIN}"})
-            assert r.status_code == 201, r.text
-            body = {"model": "gpt-4o-mini", "input": "pay", "tools": ["pay"]}
-
-            def start() -> None:
-                with contextlib.suppress(httpx.HTTPError):  # the gateway dies under it
-                    httpx.post(url + "/api/agents/runs", json=body, headers={"authorization": f"Bearer {key}"},
-                               timeout=60)  # fmt: skip
-
-            client = threading.Thread(target=start, daemon=True)
-            client.start()
+            client = run_in_background(url, key, spec, {"model": "gpt-4o-mini", "input": "pay", "tools": ["pay"]})
             (result,) = until(lambda: [e for e in log.entries() if e.action == "tool.result"], 30)
             until(lambda: len(up.requests) >= 2, 30)  # the model is being told the result
             os.kill(gateway.pid, signal.SIGKILL)
