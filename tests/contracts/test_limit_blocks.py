@@ -172,9 +172,13 @@ def test_a_call_settled_after_its_block_went_back_settles_in_redis(redis_url: st
 
 
 async def renewed(store: RedisLimits, n: int) -> None:
-    """Until `n` background renewals were answered."""
-    while store.renewed < n:
-        await asyncio.sleep(0.01)
+    """Until `n` background renewals were answered (at most 10 s: a renewal never sent fails the test)."""
+
+    async def wait() -> None:
+        while store.renewed < n:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(wait(), 10)
 
 
 def test_the_next_block_is_taken_in_the_background_before_the_current_one_runs_out(
