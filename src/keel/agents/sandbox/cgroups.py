@@ -11,6 +11,7 @@ bubblewrap (so every process of the run is born inside), and removed after, its 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import signal
@@ -21,6 +22,7 @@ ROOT = "/sys/fs/cgroup"
 CONTROLLERS = ("memory", "pids", "cpu")
 PARENT = "keel-sandbox"
 PERIOD_US = 100_000
+log = logging.getLogger("keel.agents.sandbox")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,7 @@ class RunCgroup:
             if not left and all(self._rmdir(p) for p in self.paths):
                 return
             time.sleep(0.005)
+        log.warning("sandbox: a run's cgroup could not be removed within 1 s (left in place): %s", self.paths[0])
 
     @staticmethod
     def _rmdir(path: str) -> bool:
