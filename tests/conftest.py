@@ -173,6 +173,18 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("pg_schema_url"))
 
 
+@pytest.fixture
+def store(storage_url: str) -> Iterator[Any]:
+    """One opened store over the backend `storage_url` names (SQLite, PostgreSQL), closed after the test."""
+    from keel.store.open import open_store
+
+    opened = open_store(storage_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
 # ---- Redis (shared counters and breakers) ------------------------------------------------------
 
 REDIS_URL = os.environ.get("KEEL_TEST_REDIS", "redis://127.0.0.1:6379/0")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +18,11 @@ from keel.alerts.sender import RuleEvent
 from keel.audit.changes import Trail, record_config
 from keel.audit.log import AuditLog
 from keel.gateway.capability import AuditTrail, Context
-from keel.store.open import open_store
 from keel.store.protocols import Store
 from keel.testing import FakeUpstream
 from keel.types import TraceRecord
 
 from ..conftest import base_config
-
-
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def parsed(raw: dict[str, Any]) -> keel_config.Config:

@@ -14,7 +14,6 @@ import math
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ import psycopg
 import pytest
 
 from keel.providers.prices import PriceBook
-from keel.store.open import open_store
 from keel.store.protocols import Store, TraceQuery, UsageQuery
 from keel.testing import FakeUpstream, Script
 from keel.traces.rollups import usage_view
@@ -94,15 +92,6 @@ def test_bad_upstream_usage_is_clamped_flagged_and_every_usage_query_still_answe
 
 
 # ---- the store: numbers no column can hold --------------------------------------------------------
-
-
-@pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 T0 = 1_700_006_400.0  # a UTC midnight

@@ -28,15 +28,6 @@ DAY = 86400.0
 
 
 @pytest.fixture
-def store(storage_url: str) -> Iterator[Store]:
-    opened = open_store(storage_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
-@pytest.fixture
 def blobs(tmp_path: Path) -> BlobStore:
     return open_blobs(f"file://{tmp_path}/blobs")
 
