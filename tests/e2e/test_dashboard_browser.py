@@ -115,6 +115,8 @@ def check_overview_against_the_api(page: Any, gw: Gateway) -> None:
 def test_the_dashboard_in_chromium_shows_what_the_api_says(
     browser: Any, make_gateway: Any, up: FakeUpstream, tmp_path: Path
 ) -> None:
+    from playwright.sync_api import expect
+
     gw: Gateway = make_gateway(base_config(up, f"sqlite:///{tmp_path}/keel.db", tmp_path))
     ids = traffic(gw, up)
     context = browser.new_context()
@@ -144,12 +146,16 @@ def test_the_dashboard_in_chromium_shows_what_the_api_says(
     want = api(gw, "/api/traces", tenant="t2", status="error", since="1h")
     assert len(want) == 1
     rows = page.locator("#traces tr[data-trace]")
+    # the submit navigates: read the rows once the new page has them (Playwright's retrying expect), not at once
+    expect(rows).to_have_count(len(want))
     assert [rows.nth(i).get_attribute("data-trace") for i in range(rows.count())] == [t["id"] for t in want]
     page.fill('input[name="tenant"]', "")
     page.select_option('select[name="status"]', "")
     page.fill('input[name="feature"]', "chat")
     page.click('form.filters button[type="submit"]')
-    assert page.locator("#traces tr[data-trace]").count() == len(api(gw, "/api/traces", feature="chat", since="1h"))
+    expect(page.locator("#traces tr[data-trace]")).to_have_count(
+        len(api(gw, "/api/traces", feature="chat", since="1h"))
+    )
 
     page.click(f'tr[data-trace="{ids["xss"]}"] a')
     assert page.inner_text("#trace-id") == ids["xss"]
