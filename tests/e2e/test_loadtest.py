@@ -84,7 +84,8 @@ def test_without_the_cap_nothing_is_blamed(tmp_path: Path) -> None:
     write_config(tmp_path, {})
     out = keel_cli("-c", "keel.yaml", "loadtest", "run", "profile.yaml", "--multiples", "1,10", cwd=tmp_path)
     assert "Nothing broke up to 10x." in out.stdout
-    assert any(line.split()[:2] == ["10", "10.0"] for line in out.stdout.splitlines())  # the 10x row
+    # the 10x row; "10*" when the load generator fell behind on a loaded machine (the report says so)
+    assert any(line.split()[:2] in (["10", "10.0"], ["10*", "10.0"]) for line in out.stdout.splitlines()), out.stdout
 
 
 def test_refuses_traffic_to_a_non_loopback_address(tmp_path: Path) -> None:

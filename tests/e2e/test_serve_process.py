@@ -70,7 +70,7 @@ def wait_healthy(proc: subprocess.Popen[bytes], url: str, log: Path, timeout: fl
             with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
                 if r.status == 200:
                     return
-        except (urllib.error.URLError, ConnectionError):
+        except OSError:  # refused, reset, or a read timed out (TimeoutError: urllib does not wrap it) while it starts
             pass
         if proc.poll() is not None:
             break

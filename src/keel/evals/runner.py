@@ -150,7 +150,7 @@ class EvalRunner:
         todo = [(it, r) for it in suite.items() for r in range(repeat) if (it.key, r) not in recorded]
         progress = _Progress(run, ctx, done=len(recorded))
         embed = (
-            self._embed()
+            await asyncio.to_thread(self._embed)  # the first use loads the model: seconds, off the event loop
             if any(a.kind in ("similar", "answer-relevance") for t in suite.tests for a in t.asserts)
             else None
         )
