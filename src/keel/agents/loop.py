@@ -11,7 +11,7 @@ again: the model hears that its outcome is unknown.
 
 Every model step and tool call is a span of the run's trace, and a step of the run's durable record
 (`keel runs show`). A tool call's audit is two entries: `tool.run` (who, which tool, the arguments),
-committed while the tool executes and before its result is used, so a crash mid-tool leaves evidence; and
+committed in one transaction with the claim, before the tool starts, so a crash mid-tool leaves evidence; and
 `tool.result` (ok, size, egress) committed in one transaction with the call's outcome, before the model hears it
 (`audit.tool_outcomes: fast`: without waiting for PostgreSQL's WAL flush; the claim and `tool.run` always do).
 """
@@ -24,7 +24,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import orjson
@@ -40,7 +40,7 @@ from keel.errors import InvalidRequest, KeelError
 from keel.gateway.call import Call
 from keel.gateway.pipeline import Handler
 from keel.store.protocols import CallRow, Store
-from keel.store.protocols.agents import CallOutcome, RunRow
+from keel.store.protocols.agents import CallClaim, CallOutcome, RunRow
 from keel.traces.spans import child_span
 from keel.types import Principal, Span, TraceRecord
 from keel.wire import openai_chat as wire
@@ -367,9 +367,9 @@ class Runs:
     async def _result(self, caller: Caller, data: dict[str, Any], row: CallRow, emit: Emit) -> str:
         started = time.time()
         if row.state in ("approved", "allowed"):
-            claimed = await asyncio.to_thread(self._store.move_call, row.id, (row.state,), "running", now=started)
-            if claimed is not None:
-                return await self._execute(caller, data, claimed, emit)
+            spec = self.tool(row.tenant, row.tool)
+            if await self._claim(caller, row, spec, started):
+                return await self._execute(caller, data, replace(row, state="running", updated_at=started), spec, emit)
             now_row = await asyncio.to_thread(self._store.get_call, row.id)
             row = now_row if now_row is not None else row
         if row.state == "running":
@@ -381,19 +381,27 @@ class Runs:
                    attributes={"call_id": row.id, "state": row.state, "arguments": row.arguments, "result": text[:1000]})  # fmt: skip
         return text
 
-    async def _execute(self, caller: Caller, data: dict[str, Any], row: CallRow, emit: Emit) -> str:
+    async def _claim(self, caller: Caller, row: CallRow, spec: ToolSpec | None, now: float) -> bool:
+        """Move the call to running (at most once: one claimant wins); with its `tool.run` entry in the same
+        durable transaction, so the evidence is on disk before the tool starts. A removed tool is claimed
+        alone (it will not run: its outcome says so)."""
+        claim = CallClaim(row.id, (row.state,), now)
+        if spec is None:
+            return await asyncio.to_thread(self._store.move_call, row.id, claim.sources, "running", now=now) is not None
+        entry = await self._audit.claim(claim, caller.actor, "tool.run", row.tool, tenant=row.tenant,
+                                        arguments=row.arguments, source_ip=caller.source_ip,
+                                        result={"call": row.id, "run": row.run_id})  # fmt: skip
+        return entry is not None
+
+    async def _execute(
+        self, caller: Caller, data: dict[str, Any], row: CallRow, spec: ToolSpec | None, emit: Emit
+    ) -> str:
         started = time.time()
-        spec = self.tool(row.tenant, row.tool)
-        result = ToolResult(False, f"error: tool '{row.tool}' was removed") if spec is None else None
-        if result is None:
-            assert spec is not None
+        if spec is None:
+            result = ToolResult(False, f"error: tool '{row.tool}' was removed")
+        else:
             await emit({"type": "tool.started", "run_id": row.run_id, "call_id": row.id, "tool": row.tool})
-            _, ran = await asyncio.gather(
-                self._audit.record(caller.actor, "tool.run", row.tool, tenant=row.tenant, arguments=row.arguments,
-                                   source_ip=caller.source_ip, result={"call": row.id, "run": row.run_id}),
-                self._exec.run(row.tenant, spec, row.arguments, row.id, caller.actor),
-            )  # fmt: skip
-            result = ran
+            result = await self._exec.run(row.tenant, spec, row.arguments, row.id, caller.actor)
         text = (
             result.output
             if result.ok

@@ -52,6 +52,17 @@ class CallOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class CallClaim:
+    """A call's move to `running` from one of `sources`, committed with the audit entry recording it
+    (`tool.run`, `AuditStore.append_audits`): the entry is written only if the call moves, so of two
+    claimants exactly one runs the tool and one entry says so."""
+
+    call_id: str
+    sources: tuple[CallState, ...]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class RunRow:
     id: str
     tenant: str
@@ -148,4 +159,14 @@ class AgentStore(Protocol):
         ...
 
 
-__all__ = ["CALL_STATES", "AgentStore", "CallOutcome", "CallRow", "CallState", "RunRow", "SecretRow", "ToolRow"]
+__all__ = [
+    "CALL_STATES",
+    "AgentStore",
+    "CallClaim",
+    "CallOutcome",
+    "CallRow",
+    "CallState",
+    "RunRow",
+    "SecretRow",
+    "ToolRow",
+]
