@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -170,38 +171,43 @@ def bench_split(url: str, name: str, n: int, concurrency: int, tool_ms: float) -
 
 
 def bench_call(url: str, name: str, n: int, tool_ms: float, durable: bool) -> float | None:
-    """A tool call's commits exactly as the loop makes them, one caller, each piece timed (p50 over `n`):
-    the proposed call row, the claim to `running` with `tool.run` in its transaction (before 0066: the claim
-    alone, then `tool.run` beside the tool), the tool (what its wait grows by), then the outcome's move
-    beside `tool.result` (`durable=False`: `audit.tool_outcomes: fast`). Returns policy-and-audit's share:
-    tool.run's cost (its wait over the tool, or what it adds to the claim) + the outcome commit."""
+    """A tool call's commits exactly as the loop makes them, one caller, each piece timed (p50 over `n`).
+    Since 0066: the claim stores the call as running with `tool.run` in its transaction, then the tool runs.
+    Before: the proposed call row, the claim to `running`, then `tool.run` beside the tool. Both end with the
+    outcome's move beside `tool.result` (`durable=False`: `audit.tool_outcomes: fast`). Returns policy-and-
+    audit's share: what `tool.run` adds (its wait over the tool; since 0066, the claim's time over the same
+    call stored as running without an entry) + the outcome commit."""
     store = open_store(url)
     if not hasattr(store, "_audit_seen") and not durable:  # a base commit without audit.tool_outcomes
         store.close()
         return None
     log = AuditLog(store)
     fast = {} if durable else {"durable": False}
-    merged = hasattr(log, "claim")  # 0066: tool.run commits with the claim
+    merged = hasattr(log, "claim")  # 0066
 
     async def tool() -> None:  # woken by the thread's completion, as an I/O tool is by its socket
         await asyncio.to_thread(time.sleep, tool_ms / 1000)
 
-    async def one(i: int, took: dict[str, list[float]]) -> None:
+    def proposed(i: int | str) -> CallRow:
         now = time.time()
         key = f"bench-{os.getpid()}-{time.monotonic_ns()}-{i}"
-        row = CallRow(key, "run-b", "t1", "pay", ARGS, "allowed", None, "policy", now + 60, now, now)
+        return CallRow(key, "run-b", "t1", "pay", ARGS, "allowed", None, "policy", now + 60, now, now)
+
+    async def one(i: int, took: dict[str, list[float]]) -> None:
+        row = proposed(i)
+        key, now, run = row.id, row.created_at, {"call": row.id, "run": "run-b"}
         t0 = time.perf_counter()
-        await asyncio.to_thread(store.add_call, row)
-        t1 = time.perf_counter()
-        run = {"call": key, "run": "run-b"}
         if merged:
             from keel.store.protocols.agents import CallClaim
 
-            claim = CallClaim(key, ("allowed",), now)
+            t1 = t0
+            claim = CallClaim(key, ("allowed",), now, row)
             assert await log.claim(claim, "key:k1", "tool.run", "pay", tenant="t1", arguments=ARGS, result=run)
             t2 = time.perf_counter()
             await tool()
         else:
+            await asyncio.to_thread(store.add_call, row)
+            t1 = time.perf_counter()
             await asyncio.to_thread(store.move_call, key, ("allowed",), "running", now=now)
             t2 = time.perf_counter()
             await asyncio.gather(
@@ -231,32 +237,31 @@ def bench_call(url: str, name: str, n: int, tool_ms: float, durable: bool) -> fl
             t = time.perf_counter()
             await tool()
             took["bare"].append(time.perf_counter() - t)
-            if merged:  # what the claim costs without its entry, for tool.run's share
-                now = time.time()
-                key = f"bench-{os.getpid()}-{time.monotonic_ns()}-p{i}"
-                row = CallRow(key, "run-b", "t1", "pay", ARGS, "allowed", None, "policy", now + 60, now, now)
-                await asyncio.to_thread(store.add_call, row)
+            if merged:  # the same call stored as running without its entry: what at-most-once costs alone
+                row = proposed(f"p{i}")
                 t = time.perf_counter()
-                await asyncio.to_thread(store.move_call, key, ("allowed",), "running", now=now)
+                await asyncio.to_thread(store.add_call, replace(row, state="running"))
                 took["plain"].append(time.perf_counter() - t)
         return {k: statistics.median(v) if v else 0.0 for k, v in took.items()}
 
     try:
         p50 = asyncio.run(run())
         wait = max(0.0, p50["run"] - p50["bare"])
-        entry = max(0.0, p50["claim"] - p50["plain"]) if merged else wait
+        entry = max(0.0, p50["claim"] - p50["plain"]) if merged else 0.0
         mode = "durable" if durable else "fast"
-        alone = f" (alone {p50['plain'] * 1000:.3f} ms)" if merged else ""
-        print(f"{f'a tool call as the loop commits it ({name}, {mode})':<52} p50: call row {p50['row'] * 1000:.3f} ms,"
-              f" claim{' + tool.run' if merged else ''} {p50['claim'] * 1000:.3f} ms{alone},"
-              f" wait over a {tool_ms:g} ms tool +{wait * 1000:.3f} ms, outcome + tool.result"
-              f" {p50['outcome'] * 1000:.3f} ms; all but the tool"
+        parts = (
+            f"claim storing the call + tool.run {p50['claim'] * 1000:.3f} ms (the row alone {p50['plain'] * 1000:.3f} ms)"
+            if merged
+            else f"call row {p50['row'] * 1000:.3f} ms, claim {p50['claim'] * 1000:.3f} ms"
+        )
+        print(f"{f'a tool call as the loop commits it ({name}, {mode})':<52} p50: {parts}, wait over a {tool_ms:g} ms"
+              f" tool +{wait * 1000:.3f} ms, outcome + tool.result {p50['outcome'] * 1000:.3f} ms; all but the tool"
               f" {(p50['row'] + p50['claim'] + wait + p50['outcome']) * 1000:.3f} ms")  # fmt: skip
         assert log.verify().ok
     finally:
         log.close()
         store.close()
-    return entry + (wait if merged else 0.0) + p50["outcome"]
+    return entry + wait + p50["outcome"]
 
 
 def completion(call_id: str) -> dict[str, Any]:

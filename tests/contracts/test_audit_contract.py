@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -362,11 +363,24 @@ def test_a_claimed_entry_is_written_only_if_its_call_moves_to_running(store: Sto
         won = [e for e in asyncio.run(race()) if e is not None]
         assert len(won) == 1 and won[0].seq == 5
         assert log.append("admin", "note").seq == 6
+        # a call that needed no approval is stored by its claim (as running); a second claim of it is lost,
+        # as is a stored row's claim from `allowed` once it runs
+        new = CallRow("c", "run-1", "t1", "pay", {"amount": 2}, "allowed", None, "policy", now + 60, now, now)
+        got = store.append_audits([draft("run c"), draft("run c again")],
+                                  claims=[CallClaim("c", ("allowed",), now, new)] * 2)  # fmt: skip
+        assert [e.seq if e else None for e in got] == [7, None]
+        stored = store.get_call("c")
+        assert stored is not None and (stored.state, stored.arguments) == ("running", {"amount": 2})
+        store.add_call(replace(new, id="d"))  # stored as allowed (an approval-free call of an older process)
+        got = store.append_audits([draft("run d")], claims=[CallClaim("d", ("allowed",), now, replace(new, id="d"))])
+        assert [e.seq if e else None for e in got] == [8]
     finally:
         log.close()
-    assert {c.id: c.state for c in store.list_calls(tenant="t1")} == {"a": "running", "b": "running"}
-    assert [e.action for e in log.entries()] == ["tool.run", "run a", "note", "tool.run", "tool.run", "note"]
-    assert log.verify().ok and log.verify().checked == 6
+    states = {c.id: c.state for c in store.list_calls(tenant="t1")}
+    assert states == {"a": "running", "b": "running", "c": "running", "d": "running"}
+    actions = [e.action for e in log.entries()]
+    assert actions == ["tool.run", "run a", "note", "tool.run", "tool.run", "note", "run c", "run d"]
+    assert log.verify().ok and log.verify().checked == 8
 
 
 class Watched:

@@ -328,9 +328,12 @@ class Runs:
                     state = "pending"
         row = CallRow(key, run_id, tenant, name, args if isinstance(args, dict) else {}, state, result,  # type: ignore[arg-type]
                       "policy" if state in ("denied", "allowed") else None, now + ttl, now, now)  # fmt: skip
-        row = await asyncio.to_thread(self._store.add_call, row)
-        if row.state != "pending":
-            self._fresh[row.id] = row  # only this process moves it now: _settle need not read it back
+        if state == "allowed":  # stored by its claim, with tool.run: one commit (a restart before it re-proposes it)
+            self._fresh[row.id] = row
+        else:
+            row = await asyncio.to_thread(self._store.add_call, row)
+            if row.state != "pending":
+                self._fresh[row.id] = row  # only this process moves it now: _settle need not read it back
         if state in ("denied", "pending"):
             action = "tool.denied" if state == "denied" else "approval.requested"
             await self._audit.record(
@@ -347,7 +350,7 @@ class Runs:
     async def _settle(self, run_id: str, caller: Caller, data: dict[str, Any], emit: Emit) -> bool:
         """Run or refuse each pending tool call; True while any still waits for an approver."""
         rows = [self._fresh.pop(p["call_id"], None) or await asyncio.to_thread(self._store.get_call, p["call_id"])
-                for p in data["pending"]]  # fmt: skip
+                or await self._again(run_id, caller, data, p, emit) for p in data["pending"]]  # fmt: skip
         now = time.time()
         for i, row in enumerate(rows):
             assert row is not None
@@ -363,6 +366,20 @@ class Runs:
             data["messages"].append({"role": "tool", "tool_call_id": pending["tool_call_id"], "content": text})
         data["pending"] = []
         return False
+
+    async def _again(
+        self, run_id: str, caller: Caller, data: dict[str, Any], pending: dict[str, str], emit: Emit
+    ) -> CallRow | None:
+        """A call proposed without approval whose claim never happened (this run's process stopped before it):
+        it never ran, so it is proposed again (decided by the tool's policy now) and stored by its claim."""
+        calls = [c for m in data["messages"] if m["role"] == "assistant" for c in m.get("tool_calls") or ()]
+        call = next((c for c in reversed(calls) if c["id"] == pending["tool_call_id"]), None)
+        if call is None:
+            return None
+        known = {s.name: s for n in data["tools"] if (s := self.tool(caller.principal.tenant, n)) is not None}
+        again = await self._propose(run_id, caller, data, call, emit, known)
+        key = again["call_id"]
+        return self._fresh.pop(key, None) or await asyncio.to_thread(self._store.get_call, key)
 
     async def _result(self, caller: Caller, data: dict[str, Any], row: CallRow, emit: Emit) -> str:
         started = time.time()
@@ -385,8 +402,10 @@ class Runs:
         """Move the call to running (at most once: one claimant wins); with its `tool.run` entry in the same
         durable transaction, so the evidence is on disk before the tool starts. A removed tool is claimed
         alone (it will not run: its outcome says so)."""
-        claim = CallClaim(row.id, (row.state,), now)
+        claim = CallClaim(row.id, (row.state,), now, row if row.state == "allowed" else None)
         if spec is None:
+            if row.state == "allowed":  # not stored yet (it needed no approval)
+                await asyncio.to_thread(self._store.add_call, row)
             return await asyncio.to_thread(self._store.move_call, row.id, claim.sources, "running", now=now) is not None
         entry = await self._audit.claim(claim, caller.actor, "tool.run", row.tool, tenant=row.tenant,
                                         arguments=row.arguments, source_ip=caller.source_ip,

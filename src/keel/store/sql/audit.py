@@ -1,8 +1,10 @@
 """The audit chain over any SQL dialect (`AuditStore`).
 
-An append's first statement moves the head row (seq + 1): on PostgreSQL that row lock queues every
-other appender until this transaction commits, on SQLite BEGIN IMMEDIATE already did; so each entry
-is sealed with the hash of the one committed before it, whatever the number of processes.
+An append's first statement takes the head row: on PostgreSQL that row lock queues every other appender
+until this transaction commits, on SQLite BEGIN IMMEDIATE already did; so each entry is sealed with the
+hash of the one committed before it, whatever the number of processes. A tool call's claim (and, for a
+call that needed no approval, its row) goes in the transaction of its `tool.run` entry, after the head:
+every writer locks the head first, then call rows.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import orjson
 
 from keel.store.protocols.agents import CallClaim, CallOutcome
 from keel.store.protocols.audit import SUBJECT_FIELDS, AuditDraft, AuditEntry, entry_hash
@@ -57,14 +61,16 @@ class SqlAudit:
         SQLite, and the claims are made one by one before the entries are chained."""
         if not drafts:
             return []
-        wanted = [c for c in claims if c is not None]
+        moves = [c for c in claims if c is not None and c.row is None]
+        new = [c for c in claims if c is not None and c.row is not None]
         seen = self._audit_seen
-        if seen is not None and self._db.dialect.name == "postgres":
+        ids = [c.call_id for c in (*moves, *new)]
+        if seen is not None and self._db.dialect.name == "postgres" and len(set(ids)) == len(ids):
             entries = _chain(drafts, *seen)
-            sql = _one_trip(len(entries), len(outcomes), tuple(len(c.sources) for c in wanted), durable)
+            sql = _one_trip(len(entries), len(outcomes), tuple(len(c.sources) for c in moves), len(new), durable)
             try:
                 with self._db.session() as s:
-                    stored = s.execute(sql, _one_trip_params(seen, entries, outcomes, wanted))
+                    stored = s.execute(sql, _one_trip_params(seen, entries, outcomes, moves, new))
             except self._db.duplicate:  # a claim was lost (the statement's guard): nothing was written
                 stored = -1
             if stored == len(entries):
@@ -197,11 +203,29 @@ def _chain(drafts: Sequence[AuditDraft], seq: int, prev: str) -> list[AuditEntry
 
 
 def _claim(s: Session, m: str, claim: CallClaim | None) -> bool:
-    """Make the claim (None: nothing to make) in the transaction of `s`; did the call move?"""
+    """Make the claim (None: nothing to make) in the transaction of `s`; did the call move (or go in)?"""
     if claim is None:
         return True
-    sql = f"UPDATE agent_calls SET state = 'running', updated_at = {m} WHERE id = {m} AND state IN ({', '.join([m] * len(claim.sources))})"
+    if claim.row is not None:
+        r = claim.row
+        sql = f"INSERT INTO agent_calls ({_CALL_NEW}) VALUES ({', '.join([m] * 10)}) {_UPSERT}"
+        return s.execute(sql, (r.id, r.run_id, r.tenant, r.tool, _json(r.arguments), "running", r.decided_by,
+                               r.expires_at, r.created_at, claim.at)) > 0  # fmt: skip
+    sources = ", ".join([m] * len(claim.sources))
+    sql = f"UPDATE agent_calls SET state = 'running', updated_at = {m} WHERE id = {m} AND state IN ({sources})"
     return s.execute(sql, (claim.at, claim.call_id, *claim.sources)) > 0
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# a call stored by its claim (it needed no approval): inserted as running, or moved from allowed if stored
+_CALL_NEW = "id, run_id, tenant, tool, arguments, state, decided_by, expires_at, created_at, updated_at"
+_UPSERT = (
+    "ON CONFLICT (id) DO UPDATE SET state = 'running', updated_at = excluded.updated_at"
+    " WHERE agent_calls.state = 'allowed'"
+)
 
 
 # PostgreSQL, one statement: the head moves from (seq, hash) to the last entry's only if it is still there
@@ -211,43 +235,59 @@ def _claim(s: Session, m: str, claim: CallClaim | None) -> bool:
 _ENTRY = "(%s::bigint, %s::float8, " + ", ".join(["%s::text"] * 10) + ")"
 _OUTCOME = "(%s::text, %s::text, %s::float8, %s::text)"
 _CLAIM = "(%%s::text, %%s::float8, ARRAY[%s]::text[])"
+_NEW = "(" + ", ".join(["%s::text"] * 7 + ["%s::float8"] * 3) + ")"
 
 
 @functools.lru_cache(maxsize=64)
-def _one_trip(entries: int, outcomes: int, claims: tuple[int, ...], durable: bool) -> str:
-    """`claims`: the number of source states of each claim. A lost claim (fewer calls moved than claimed)
-    fails the whole statement with a duplicate key on the head row, so nothing of it is written."""
-    head = "UPDATE audit_head SET seq = %s, hash = %s WHERE chain = %s AND seq = %s AND hash = %s RETURNING seq"
-    claimed = (
-        ", claimed AS (UPDATE agent_calls c SET state = 'running', updated_at = k.at FROM (VALUES"
-        f" {', '.join(_CLAIM % ', '.join(['%s'] * n) for n in claims)}) AS k(id, at, sources), head"
-        " WHERE c.id = k.id AND c.state = ANY(k.sources) RETURNING 1),"
-        " lost AS (INSERT INTO audit_head (chain, seq, hash) SELECT chain, 0, '' FROM audit_head WHERE chain = %s"
-        f" AND EXISTS (SELECT FROM head) AND (SELECT count(*) FROM claimed) <> {len(claims)} RETURNING 1)"
-        if claims
-        else ""
-    )
-    moved = (
-        f", moved AS (UPDATE agent_calls c SET state = o.state, updated_at = o.at, result = o.result FROM (VALUES"
-        f" {', '.join([_OUTCOME] * outcomes)}) AS o(id, state, at, result), head WHERE c.id = o.id"
-        " AND c.state = 'running' RETURNING 1)"
-        if outcomes
-        else ""
-    )
+def _one_trip(entries: int, outcomes: int, moves: tuple[int, ...], new: int, durable: bool) -> str:
+    """`moves`: the number of source states of each claim of a stored call; `new`: claims that store their
+    call. A lost claim (fewer calls moved than claimed) fails the whole statement with a duplicate key on
+    the head row, so nothing of it is written."""
+    ctes = ["head AS (UPDATE audit_head SET seq = %s, hash = %s WHERE chain = %s AND seq = %s AND hash = %s"
+            " RETURNING seq)"]  # fmt: skip
+    if moves:
+        ctes.append(
+            "claimed AS (UPDATE agent_calls c SET state = 'running', updated_at = k.at FROM (VALUES"
+            f" {', '.join(_CLAIM % ', '.join(['%s'] * n) for n in moves)}) AS k(id, at, sources), head"
+            " WHERE c.id = k.id AND c.state = ANY(k.sources) RETURNING 1)"
+        )
+    if new:
+        ctes.append(
+            f"stored AS (INSERT INTO agent_calls ({_CALL_NEW}) SELECT n.* FROM (VALUES"
+            f" {', '.join([_NEW] * new)}) AS n, head {_UPSERT} RETURNING 1)"
+        )
+    if moves or new:
+        counted = " + ".join(f"(SELECT count(*) FROM {c})" for c, k in (("claimed", moves), ("stored", new)) if k)
+        ctes.append(
+            "lost AS (INSERT INTO audit_head (chain, seq, hash) SELECT chain, 0, '' FROM audit_head WHERE chain = %s"
+            f" AND EXISTS (SELECT FROM head) AND {counted} <> {len(moves) + new} RETURNING 1)"
+        )
+    if outcomes:
+        ctes.append(
+            "moved AS (UPDATE agent_calls c SET state = o.state, updated_at = o.at, result = o.result FROM (VALUES"
+            f" {', '.join([_OUTCOME] * outcomes)}) AS o(id, state, at, result), head WHERE c.id = o.id"
+            " AND c.state = 'running' RETURNING 1)"
+        )
     rows = ", ".join([_ENTRY] * entries)
     fast = "" if durable else f", {NO_FLUSH}"
     return (
-        f"WITH head AS ({head}){claimed}{moved} INSERT INTO audit_log ({_COLS})"
+        f"WITH {', '.join(ctes)} INSERT INTO audit_log ({_COLS})"
         f" SELECT e.* FROM (VALUES {rows}) AS e({_COLS}), head{fast}"
     )
 
 
 def _one_trip_params(
-    seen: tuple[int, str], entries: Sequence[AuditEntry], outcomes: Sequence[CallOutcome], claims: Sequence[CallClaim]
+    seen: tuple[int, str],
+    entries: Sequence[AuditEntry],
+    outcomes: Sequence[CallOutcome],
+    moves: Sequence[CallClaim],
+    new: Sequence[CallClaim],
 ) -> tuple[Any, ...]:
-    claimed = [x for c in claims for x in (c.call_id, c.at, *c.sources)]
-    guard = (CHAIN,) if claims else ()
-    moves = [x for o in outcomes for x in (o.call_id, o.state, o.at, o.result)]
+    claimed = [x for c in moves for x in (c.call_id, c.at, *c.sources)]
+    stored = [x for c in new if (r := c.row) for x in (r.id, r.run_id, r.tenant, r.tool, _json(r.arguments), "running",
+                                                       r.decided_by, r.expires_at, r.created_at, c.at)]  # fmt: skip
+    guard = (CHAIN,) if moves or new else ()
+    moved = [x for o in outcomes for x in (o.call_id, o.state, o.at, o.result)]
     rows = [x for e in entries for x in (e.seq, e.at, e.tenant, e.actor, e.action, e.target, e.detail, e.source_ip,
                                          e.prev_hash, e.hash, e.salts, None)]  # fmt: skip
-    return (entries[-1].seq, entries[-1].hash, CHAIN, seen[0], seen[1], *claimed, *guard, *moves, *rows)
+    return (entries[-1].seq, entries[-1].hash, CHAIN, seen[0], seen[1], *claimed, *stored, *guard, *moved, *rows)
