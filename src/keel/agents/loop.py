@@ -6,8 +6,9 @@ its policy, rate-limited, executed at most once), until the model answers, `max_
 the cost budget. A tool whose policy says `approve` leaves its call `pending` and the run `waiting`;
 once every pending call is decided (approved, denied or expired), the runs worker (or whoever approved, in
 this process) claims the run and goes on. A call runs only after the one conditional move to `running`
-succeeds, and with its id as the HTTP Idempotency-Key; a call found `running` after a crash is never run
-again: the model hears that its outcome is unknown.
+succeeds (a call that needs no approval is stored by that move: one commit), and with its id as the HTTP
+Idempotency-Key; a call found `running` after a crash is never run again: the model hears that its outcome
+is unknown; a pending call with no row never ran, and is proposed again.
 
 Every model step and tool call is a span of the run's trace, and a step of the run's durable record
 (`keel runs show`). A tool call's audit is two entries: `tool.run` (who, which tool, the arguments),
