@@ -11,6 +11,7 @@
    the same model calls and tool calls made directly over HTTP; (run - direct) / steps.
 
     PYTHONPATH=src python bench/agents.py [--calls 500] [--postgres postgresql://127.0.0.1/test] [--steps 20]
+    PYTHONPATH=src python bench/agents.py --shapes --calls 200 [--postgres URL]   # main's tool call vs 0066's
 
 Targets: policy + audit <= 1 ms per tool call; the loop adds <= 2 ms per step. Noisy on a shared
 machine: read it as indicative.
@@ -264,6 +265,74 @@ def bench_call(url: str, name: str, n: int, tool_ms: float, durable: bool) -> fl
     return entry + wait + p50["outcome"]
 
 
+def bench_shapes(url: str, n: int, tool_ms: float, durable: bool) -> None:
+    """Main's shape of a tool call (call row, claim, `tool.run` beside the tool, outcome) against 0066's
+    (the claim storing the call with `tool.run`, the tool, the outcome), in one process on one database,
+    alternating call by call (so the flush of the moment weighs on both alike): p50 per call minus the
+    bare tool, and of the outcome commit alone."""
+    from keel.store.protocols.agents import CallClaim, CallOutcome
+
+    store = open_store(url)
+    log = AuditLog(store)
+
+    async def tool() -> None:
+        await asyncio.to_thread(time.sleep, tool_ms / 1000)
+
+    def proposed() -> CallRow:
+        now = time.time()
+        return CallRow(f"shape-{os.getpid()}-{time.monotonic_ns()}", "r", "t1", "pay", ARGS, "allowed", None,
+                       "policy", now + 60, now, now)  # fmt: skip
+
+    async def outcome(key: str) -> float:
+        t = time.perf_counter()
+        await log.record("key:k1", "tool.result", "pay", tenant="t1", result={"ok": True, "call": key},
+                         outcome=CallOutcome(key, "done", "ok", time.time()), durable=durable)  # fmt: skip
+        return time.perf_counter() - t
+
+    async def old() -> tuple[float, float]:
+        t, r = time.perf_counter(), proposed()
+        await asyncio.to_thread(store.add_call, r)
+        await asyncio.to_thread(store.move_call, r.id, ("allowed",), "running", now=r.created_at)
+        await asyncio.gather(log.record("key:k1", "tool.run", "pay", tenant="t1", arguments=ARGS, result={"call": r.id}),
+                             tool())  # fmt: skip
+        o = await outcome(r.id)
+        return time.perf_counter() - t, o
+
+    async def new() -> tuple[float, float]:
+        t, r = time.perf_counter(), proposed()
+        claim = CallClaim(r.id, ("allowed",), r.created_at, r)
+        assert await log.claim(claim, "key:k1", "tool.run", "pay", tenant="t1", arguments=ARGS, result={"call": r.id})
+        await tool()
+        o = await outcome(r.id)
+        return time.perf_counter() - t, o
+
+    async def run() -> None:
+        took: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
+        bare = []
+        for _ in range(n // 10):
+            await old()
+            await new()
+        for i in range(n):
+            for name in ("old", "new") if i % 2 else ("new", "old"):
+                took[name].append(await (old() if name == "old" else new()))
+            t = time.perf_counter()
+            await tool()
+            bare.append(time.perf_counter() - t)
+        b = statistics.median(bare)
+        call = {k: (statistics.median(x for x, _ in v) - b) * 1000 for k, v in took.items()}
+        out = {k: statistics.median(o for _, o in v) * 1000 for k, v in took.items()}
+        print(f"{'durable' if durable else 'fast'}, alternating call by call ({n} each): a call but the tool"
+              f" {call['old']:.3f} ms (main's shape) -> {call['new']:.3f} ms (0066); the outcome commit"
+              f" {out['old']:.3f} -> {out['new']:.3f} ms")  # fmt: skip
+
+    try:
+        asyncio.run(run())
+        assert log.verify().ok
+    finally:
+        log.close()
+        store.close()
+
+
 def completion(call_id: str) -> dict[str, Any]:
     calls = [{"id": call_id, "type": "function", "function": {"name": "lookup", "arguments": '{"q": "acme"}'}}]
     return {
@@ -400,7 +469,12 @@ def main() -> int:
     p.add_argument("--calls-only", action="store_true", help="only the loop-shaped tool call, not the audit alone")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--shapes", action="store_true", help="only main's tool-call shape against 0066's, alternating")
     a = p.parse_args()
+    if a.shapes:
+        for durable in (True, False):
+            bench_shapes(a.postgres or f"sqlite:///{tempfile.mkdtemp()}/bench.db", a.calls, a.tool_ms, durable)
+        return 0
     policy = bench_policy(a.calls)
     urls = [("SQLite, WAL", None), *([("PostgreSQL", a.postgres)] if a.postgres else [])]
     met = True
