@@ -11,6 +11,7 @@
    the same model calls and tool calls made directly over HTTP; (run - direct) / steps.
 
     PYTHONPATH=src python bench/agents.py [--calls 500] [--postgres postgresql://127.0.0.1/test] [--steps 20]
+    PYTHONPATH=src python bench/agents.py --shapes --calls 200 [--postgres URL]   # main's tool call vs 0066's
 
 Targets: policy + audit <= 1 ms per tool call; the loop adds <= 2 ms per step. Noisy on a shared
 machine: read it as indicative.
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -170,33 +172,50 @@ def bench_split(url: str, name: str, n: int, concurrency: int, tool_ms: float) -
 
 
 def bench_call(url: str, name: str, n: int, tool_ms: float, durable: bool) -> float | None:
-    """A tool call's commits exactly as the loop makes them, one caller, each piece timed (p50 over `n`):
-    the proposed call row, the claim to `running` (both durable: at most once), `tool.run` beside the tool
-    (what the tool's wait grows by), then the outcome's move beside `tool.result` (`durable=False`:
-    `audit.tool_outcomes: fast`). Returns policy-and-audit's share: tool.run's wait + the outcome commit."""
+    """A tool call's commits exactly as the loop makes them, one caller, each piece timed (p50 over `n`).
+    Since 0066: the claim stores the call as running with `tool.run` in its transaction, then the tool runs.
+    Before: the proposed call row, the claim to `running`, then `tool.run` beside the tool. Both end with the
+    outcome's move beside `tool.result` (`durable=False`: `audit.tool_outcomes: fast`). Returns policy-and-
+    audit's share: what `tool.run` adds (its wait over the tool; since 0066, the claim's time over the same
+    call stored as running without an entry) + the outcome commit."""
     store = open_store(url)
     if not hasattr(store, "_audit_seen") and not durable:  # a base commit without audit.tool_outcomes
         store.close()
         return None
     log = AuditLog(store)
     fast = {} if durable else {"durable": False}
+    merged = hasattr(log, "claim")  # 0066
 
     async def tool() -> None:  # woken by the thread's completion, as an I/O tool is by its socket
         await asyncio.to_thread(time.sleep, tool_ms / 1000)
 
-    async def one(i: int, took: dict[str, list[float]]) -> None:
+    def proposed(i: int | str) -> CallRow:
         now = time.time()
         key = f"bench-{os.getpid()}-{time.monotonic_ns()}-{i}"
-        row = CallRow(key, "run-b", "t1", "pay", ARGS, "allowed", None, "policy", now + 60, now, now)
+        return CallRow(key, "run-b", "t1", "pay", ARGS, "allowed", None, "policy", now + 60, now, now)
+
+    async def one(i: int, took: dict[str, list[float]]) -> None:
+        row = proposed(i)
+        key, now, run = row.id, row.created_at, {"call": row.id, "run": "run-b"}
         t0 = time.perf_counter()
-        await asyncio.to_thread(store.add_call, row)
-        t1 = time.perf_counter()
-        await asyncio.to_thread(store.move_call, key, ("allowed",), "running", now=now)
-        t2 = time.perf_counter()
-        await asyncio.gather(log.record("key:k1", "tool.run", "pay", tenant="t1", arguments=ARGS,
-                                        result={"call": key, "run": "run-b"}), tool())  # fmt: skip
+        if merged:
+            from keel.store.protocols.agents import CallClaim
+
+            t1 = t0
+            claim = CallClaim(key, ("allowed",), now, row)
+            assert await log.claim(claim, "key:k1", "tool.run", "pay", tenant="t1", arguments=ARGS, result=run)
+            t2 = time.perf_counter()
+            await tool()
+        else:
+            await asyncio.to_thread(store.add_call, row)
+            t1 = time.perf_counter()
+            await asyncio.to_thread(store.move_call, key, ("allowed",), "running", now=now)
+            t2 = time.perf_counter()
+            await asyncio.gather(
+                log.record("key:k1", "tool.run", "pay", tenant="t1", arguments=ARGS, result=run), tool()
+            )
         t3 = time.perf_counter()
-        if hasattr(store, "_audit_seen"):  # one transaction for both (this branch)
+        if hasattr(store, "_audit_seen"):  # one transaction for both (0062)
             from keel.store.protocols.agents import CallOutcome
 
             await log.record("key:k1", "tool.result", "pay", tenant="t1", result={"ok": True, "call": key, "chars": 2},
@@ -211,7 +230,7 @@ def bench_call(url: str, name: str, n: int, tool_ms: float, durable: bool) -> fl
             took[part].append(dt)
 
     async def run() -> dict[str, float]:
-        took: dict[str, list[float]] = {"row": [], "claim": [], "run": [], "outcome": [], "bare": []}
+        took: dict[str, list[float]] = {"row": [], "claim": [], "run": [], "outcome": [], "bare": [], "plain": []}
         for i in range(n // 10):  # warm up
             await one(i, {k: [] for k in took})
         for i in range(n):
@@ -219,20 +238,99 @@ def bench_call(url: str, name: str, n: int, tool_ms: float, durable: bool) -> fl
             t = time.perf_counter()
             await tool()
             took["bare"].append(time.perf_counter() - t)
-        return {k: statistics.median(v) for k, v in took.items()}
+            if merged:  # the same call stored as running without its entry: what at-most-once costs alone
+                row = proposed(f"p{i}")
+                t = time.perf_counter()
+                await asyncio.to_thread(store.add_call, replace(row, state="running"))
+                took["plain"].append(time.perf_counter() - t)
+        return {k: statistics.median(v) if v else 0.0 for k, v in took.items()}
 
     try:
         p50 = asyncio.run(run())
         wait = max(0.0, p50["run"] - p50["bare"])
+        entry = max(0.0, p50["claim"] - p50["plain"]) if merged else 0.0
         mode = "durable" if durable else "fast"
-        print(f"{f'a tool call as the loop commits it ({name}, {mode})':<52} p50: call row {p50['row'] * 1000:.3f} ms,"
-              f" claim {p50['claim'] * 1000:.3f} ms, tool.run wait over a {tool_ms:g} ms tool "
-              f"+{wait * 1000:.3f} ms, outcome + tool.result {p50['outcome'] * 1000:.3f} ms")  # fmt: skip
+        parts = (
+            f"claim storing the call + tool.run {p50['claim'] * 1000:.3f} ms (the row alone {p50['plain'] * 1000:.3f} ms)"
+            if merged
+            else f"call row {p50['row'] * 1000:.3f} ms, claim {p50['claim'] * 1000:.3f} ms"
+        )
+        print(f"{f'a tool call as the loop commits it ({name}, {mode})':<52} p50: {parts}, wait over a {tool_ms:g} ms"
+              f" tool +{wait * 1000:.3f} ms, outcome + tool.result {p50['outcome'] * 1000:.3f} ms; all but the tool"
+              f" {(p50['row'] + p50['claim'] + wait + p50['outcome']) * 1000:.3f} ms")  # fmt: skip
         assert log.verify().ok
     finally:
         log.close()
         store.close()
-    return wait + p50["outcome"]
+    return entry + wait + p50["outcome"]
+
+
+def bench_shapes(url: str, n: int, tool_ms: float, durable: bool) -> None:
+    """Main's shape of a tool call (call row, claim, `tool.run` beside the tool, outcome) against 0066's
+    (the claim storing the call with `tool.run`, the tool, the outcome), in one process on one database,
+    alternating call by call (so the flush of the moment weighs on both alike): p50 per call minus the
+    bare tool, and of the outcome commit alone."""
+    from keel.store.protocols.agents import CallClaim, CallOutcome
+
+    store = open_store(url)
+    log = AuditLog(store)
+
+    async def tool() -> None:
+        await asyncio.to_thread(time.sleep, tool_ms / 1000)
+
+    def proposed() -> CallRow:
+        now = time.time()
+        return CallRow(f"shape-{os.getpid()}-{time.monotonic_ns()}", "r", "t1", "pay", ARGS, "allowed", None,
+                       "policy", now + 60, now, now)  # fmt: skip
+
+    async def outcome(key: str) -> float:
+        t = time.perf_counter()
+        await log.record("key:k1", "tool.result", "pay", tenant="t1", result={"ok": True, "call": key},
+                         outcome=CallOutcome(key, "done", "ok", time.time()), durable=durable)  # fmt: skip
+        return time.perf_counter() - t
+
+    async def old() -> tuple[float, float]:
+        t, r = time.perf_counter(), proposed()
+        await asyncio.to_thread(store.add_call, r)
+        await asyncio.to_thread(store.move_call, r.id, ("allowed",), "running", now=r.created_at)
+        await asyncio.gather(log.record("key:k1", "tool.run", "pay", tenant="t1", arguments=ARGS, result={"call": r.id}),
+                             tool())  # fmt: skip
+        o = await outcome(r.id)
+        return time.perf_counter() - t, o
+
+    async def new() -> tuple[float, float]:
+        t, r = time.perf_counter(), proposed()
+        claim = CallClaim(r.id, ("allowed",), r.created_at, r)
+        assert await log.claim(claim, "key:k1", "tool.run", "pay", tenant="t1", arguments=ARGS, result={"call": r.id})
+        await tool()
+        o = await outcome(r.id)
+        return time.perf_counter() - t, o
+
+    async def run() -> None:
+        took: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
+        bare = []
+        for _ in range(n // 10):
+            await old()
+            await new()
+        for i in range(n):
+            for name in ("old", "new") if i % 2 else ("new", "old"):
+                took[name].append(await (old() if name == "old" else new()))
+            t = time.perf_counter()
+            await tool()
+            bare.append(time.perf_counter() - t)
+        b = statistics.median(bare)
+        call = {k: (statistics.median(x for x, _ in v) - b) * 1000 for k, v in took.items()}
+        out = {k: statistics.median(o for _, o in v) * 1000 for k, v in took.items()}
+        print(f"{'durable' if durable else 'fast'}, alternating call by call ({n} each): a call but the tool"
+              f" {call['old']:.3f} ms (main's shape) -> {call['new']:.3f} ms (0066); the outcome commit"
+              f" {out['old']:.3f} -> {out['new']:.3f} ms")  # fmt: skip
+
+    try:
+        asyncio.run(run())
+        assert log.verify().ok
+    finally:
+        log.close()
+        store.close()
 
 
 def completion(call_id: str) -> dict[str, Any]:
@@ -371,7 +469,12 @@ def main() -> int:
     p.add_argument("--calls-only", action="store_true", help="only the loop-shaped tool call, not the audit alone")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--shapes", action="store_true", help="only main's tool-call shape against 0066's, alternating")
     a = p.parse_args()
+    if a.shapes:
+        for durable in (True, False):
+            bench_shapes(a.postgres or f"sqlite:///{tempfile.mkdtemp()}/bench.db", a.calls, a.tool_ms, durable)
+        return 0
     policy = bench_policy(a.calls)
     urls = [("SQLite, WAL", None), *([("PostgreSQL", a.postgres)] if a.postgres else [])]
     met = True

@@ -277,3 +277,41 @@ def test_a_chat_call_with_keel_tools_runs_them_and_hands_client_tools_back(
     assert [c.function.name for c in r.choices[0].message.tool_calls or []] == ["get_weather"]
     assert {t["function"]["name"] for t in up.requests[-1]["json"]["tools"]} == {"lookup", "get_weather"}
     client.close()
+
+
+def test_a_call_whose_claim_never_happened_is_proposed_again_on_resume_and_runs_once(
+    agw: Gateway, up: FakeUpstream, service: ToolService
+) -> None:
+    """A call that needs no approval is stored by its claim, with its `tool.run` entry (one commit). A run
+    whose process stopped after saving the step but before that claim has the call pending and no row of
+    it: the runs worker resumes it, proposes the call again (the policy decides it now), runs it once, and
+    the run completes; resuming again changes nothing."""
+    register(agw, service)
+    up.script(Script(body_override=completion(("call_p", "pay", {"amount": 5}))), Script(text="Paid."))
+    with keyed(agw) as k:
+        r = k.post("/api/agents/runs", json={"model": "gpt-4o-mini", "input": "pay", "tools": ["pay"]})
+    assert r.status_code == 200 and r.json()["state"] == "done", r.text
+    store = agw.runtime.store
+    first = store.get_run(r.json()["id"])
+    assert first is not None
+    # the same run as it was saved after its first model step, under a new id: its call has no row yet
+    data = dict(first.data, id="run_stopped", trace_id="trc_stopped", answer=None)
+    data["messages"] = first.data["messages"][:2]
+    data["steps"] = first.data["steps"][:1]
+    data["pending"] = [{"call_id": "run_stopped:call_p", "tool_call_id": "call_p"}]
+    assert store.get_call("run_stopped:call_p") is None
+    up.script(Script(text="Paid, again."))
+    stale = time.time() - 3600  # its process is gone: the runs worker takes it over
+    store.put_run(type(first)("run_stopped", "t1", "running", data, stale, stale))
+    with admin(agw) as a:
+        done = until(lambda: (v := a.get("/api/agents/runs/run_stopped").json())["state"] in ("done", "failed") and v)
+    assert done["state"] == "done" and done["answer"] == "Paid, again.", done
+    assert [p["key"] for p in service.payments] == [f"{first.id}:call_p", "run_stopped:call_p"]
+    call = store.get_call("run_stopped:call_p")
+    assert call is not None and call.state == "done"
+    log = AuditLog(store)
+    runs = [json.loads(e.detail)["result"]["call"] for e in log.entries() if e.action == "tool.run"]
+    assert runs == [f"{first.id}:call_p", "run_stopped:call_p"]
+    assert log.verify().ok
+    time.sleep(1.5)  # three sweeps of the runs worker: nothing is run again
+    assert len(service.payments) == 2

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ from keel.audit.group import GroupCommit
 from keel.audit.log import REDACTED, AuditLog, Checkpoint, _draft
 from keel.store.open import open_store
 from keel.store.protocols import GENESIS, CallRow, Store, entry_hash
-from keel.store.protocols.agents import CallOutcome
+from keel.store.protocols.agents import CallClaim, CallOutcome
 from keel.store.protocols.audit import AuditEntry
 from keel.store.sql.dialect import NO_FLUSH
 
@@ -326,6 +327,62 @@ def test_a_tool_result_and_its_call_outcome_commit_in_one_transaction(store: Sto
     assert log.verify().ok and log.verify().checked == 7
 
 
+def test_a_claimed_entry_is_written_only_if_its_call_moves_to_running(store: Store, storage_url: str) -> None:
+    """`tool.run` with its claim: the entry goes in only with the call's move to running. In one batch a call
+    claimed twice is moved once (one entry), a call not in the claim's source state is not moved (no entry),
+    and the batch's other entries still chain; two callers claiming one call: one wins; another appender
+    moving the head in between (a second process) changes nothing of that."""
+    log = AuditLog(store)
+    now = time.time()
+    for call_id in ("a", "b"):
+        store.add_call(CallRow(call_id, "run-1", "t1", "pay", {}, "allowed", None, "policy", now + 60, now, now))
+
+    def draft(action: str) -> Any:
+        return _draft("key:k", action, "pay", "t1", None, None, None, {"call": action}, None, (), None)
+
+    try:
+        fill(log, 1)  # the store now knows the head (PostgreSQL: the one-statement path is tried first)
+        claims = [CallClaim("a", ("allowed",), now), CallClaim("a", ("allowed",), now),
+                  CallClaim("b", ("approved",), now), None]  # fmt: skip
+        got = store.append_audits([draft("run a"), draft("run a again"), draft("run b"), draft("note")], claims=claims)
+        assert [(e.seq, orjson.loads(e.detail)["result"]["call"]) if e else None for e in got] == [
+            (2, "run a"), None, None, (3, "note")
+        ]  # fmt: skip
+        assert {c.id: c.state for c in store.list_calls(tenant="t1")} == {"a": "running", "b": "allowed"}
+        other = open_store(storage_url)
+        try:
+            fill(AuditLog(other), 1)
+        finally:
+            other.close()
+
+        async def race() -> list[Any]:
+            claim = CallClaim("b", ("allowed",), time.time())
+            return list(await asyncio.gather(*(log.claim(claim, "key:k", "tool.run", "pay", tenant="t1",
+                                                         result={"call": "b", "by": i}) for i in range(2))))  # fmt: skip
+
+        won = [e for e in asyncio.run(race()) if e is not None]
+        assert len(won) == 1 and won[0].seq == 5
+        assert log.append("admin", "note").seq == 6
+        # a call that needed no approval is stored by its claim (as running); a second claim of it is lost,
+        # as is a stored row's claim from `allowed` once it runs
+        new = CallRow("c", "run-1", "t1", "pay", {"amount": 2}, "allowed", None, "policy", now + 60, now, now)
+        got = store.append_audits([draft("run c"), draft("run c again")],
+                                  claims=[CallClaim("c", ("allowed",), now, new)] * 2)  # fmt: skip
+        assert [e.seq if e else None for e in got] == [7, None]
+        stored = store.get_call("c")
+        assert stored is not None and (stored.state, stored.arguments) == ("running", {"amount": 2})
+        store.add_call(replace(new, id="d"))  # stored as allowed (an approval-free call of an older process)
+        got = store.append_audits([draft("run d")], claims=[CallClaim("d", ("allowed",), now, replace(new, id="d"))])
+        assert [e.seq if e else None for e in got] == [8]
+    finally:
+        log.close()
+    states = {c.id: c.state for c in store.list_calls(tenant="t1")}
+    assert states == {"a": "running", "b": "running", "c": "running", "d": "running"}
+    actions = [e.action for e in log.entries()]
+    assert actions == ["tool.run", "run a", "note", "tool.run", "tool.run", "note", "run c", "run d"]
+    assert log.verify().ok and log.verify().checked == 8
+
+
 class Watched:
     """The real store, noting each group commit's `durable`; its first commit waits until released."""
 
@@ -333,12 +390,14 @@ class Watched:
         self.store, self.durable = store, list[bool]()
         self.entered, self.release = threading.Event(), threading.Event()
 
-    def append_audits(self, drafts: Any, *, durable: bool = True, outcomes: Any = ()) -> list[AuditEntry]:
+    def append_audits(
+        self, drafts: Any, *, durable: bool = True, outcomes: Any = (), claims: Any = ()
+    ) -> list[AuditEntry | None]:
         if not self.entered.is_set():
             self.entered.set()
             assert self.release.wait(30)
         self.durable.append(durable)
-        return self.store.append_audits(drafts, durable=durable, outcomes=outcomes)
+        return self.store.append_audits(drafts, durable=durable, outcomes=outcomes, claims=claims)
 
 
 def test_a_group_skips_the_flush_wait_only_when_no_entry_in_it_asked_for_the_flush(store: Store) -> None:

@@ -6,12 +6,13 @@ its policy, rate-limited, executed at most once), until the model answers, `max_
 the cost budget. A tool whose policy says `approve` leaves its call `pending` and the run `waiting`;
 once every pending call is decided (approved, denied or expired), the runs worker (or whoever approved, in
 this process) claims the run and goes on. A call runs only after the one conditional move to `running`
-succeeds, and with its id as the HTTP Idempotency-Key; a call found `running` after a crash is never run
-again: the model hears that its outcome is unknown.
+succeeds (a call that needs no approval is stored by that move: one commit), and with its id as the HTTP
+Idempotency-Key; a call found `running` after a crash is never run again: the model hears that its outcome
+is unknown; a pending call with no row never ran, and is proposed again.
 
 Every model step and tool call is a span of the run's trace, and a step of the run's durable record
 (`keel runs show`). A tool call's audit is two entries: `tool.run` (who, which tool, the arguments),
-committed while the tool executes and before its result is used, so a crash mid-tool leaves evidence; and
+committed in one transaction with the claim, before the tool starts, so a crash mid-tool leaves evidence; and
 `tool.result` (ok, size, egress) committed in one transaction with the call's outcome, before the model hears it
 (`audit.tool_outcomes: fast`: without waiting for PostgreSQL's WAL flush; the claim and `tool.run` always do).
 """
@@ -24,7 +25,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import orjson
@@ -40,7 +41,7 @@ from keel.errors import InvalidRequest, KeelError
 from keel.gateway.call import Call
 from keel.gateway.pipeline import Handler
 from keel.store.protocols import CallRow, Store
-from keel.store.protocols.agents import CallOutcome, RunRow
+from keel.store.protocols.agents import CallClaim, CallOutcome, RunRow
 from keel.traces.spans import child_span
 from keel.types import Principal, Span, TraceRecord
 from keel.wire import openai_chat as wire
@@ -328,9 +329,12 @@ class Runs:
                     state = "pending"
         row = CallRow(key, run_id, tenant, name, args if isinstance(args, dict) else {}, state, result,  # type: ignore[arg-type]
                       "policy" if state in ("denied", "allowed") else None, now + ttl, now, now)  # fmt: skip
-        row = await asyncio.to_thread(self._store.add_call, row)
-        if row.state != "pending":
-            self._fresh[row.id] = row  # only this process moves it now: _settle need not read it back
+        if state == "allowed":  # stored by its claim, with tool.run: one commit (a restart before it re-proposes it)
+            self._fresh[row.id] = row
+        else:
+            row = await asyncio.to_thread(self._store.add_call, row)
+            if row.state != "pending":
+                self._fresh[row.id] = row  # only this process moves it now: _settle need not read it back
         if state in ("denied", "pending"):
             action = "tool.denied" if state == "denied" else "approval.requested"
             await self._audit.record(
@@ -347,7 +351,7 @@ class Runs:
     async def _settle(self, run_id: str, caller: Caller, data: dict[str, Any], emit: Emit) -> bool:
         """Run or refuse each pending tool call; True while any still waits for an approver."""
         rows = [self._fresh.pop(p["call_id"], None) or await asyncio.to_thread(self._store.get_call, p["call_id"])
-                for p in data["pending"]]  # fmt: skip
+                or await self._again(run_id, caller, data, p, emit) for p in data["pending"]]  # fmt: skip
         now = time.time()
         for i, row in enumerate(rows):
             assert row is not None
@@ -364,12 +368,26 @@ class Runs:
         data["pending"] = []
         return False
 
+    async def _again(
+        self, run_id: str, caller: Caller, data: dict[str, Any], pending: dict[str, str], emit: Emit
+    ) -> CallRow | None:
+        """A call proposed without approval whose claim never happened (this run's process stopped before it):
+        it never ran, so it is proposed again (decided by the tool's policy now) and stored by its claim."""
+        calls = [c for m in data["messages"] if m["role"] == "assistant" for c in m.get("tool_calls") or ()]
+        call = next((c for c in reversed(calls) if c["id"] == pending["tool_call_id"]), None)
+        if call is None:
+            return None
+        known = {s.name: s for n in data["tools"] if (s := self.tool(caller.principal.tenant, n)) is not None}
+        again = await self._propose(run_id, caller, data, call, emit, known)
+        key = again["call_id"]
+        return self._fresh.pop(key, None) or await asyncio.to_thread(self._store.get_call, key)
+
     async def _result(self, caller: Caller, data: dict[str, Any], row: CallRow, emit: Emit) -> str:
         started = time.time()
         if row.state in ("approved", "allowed"):
-            claimed = await asyncio.to_thread(self._store.move_call, row.id, (row.state,), "running", now=started)
-            if claimed is not None:
-                return await self._execute(caller, data, claimed, emit)
+            spec = self.tool(row.tenant, row.tool)
+            if await self._claim(caller, row, spec, started):
+                return await self._execute(caller, data, replace(row, state="running", updated_at=started), spec, emit)
             now_row = await asyncio.to_thread(self._store.get_call, row.id)
             row = now_row if now_row is not None else row
         if row.state == "running":
@@ -381,19 +399,29 @@ class Runs:
                    attributes={"call_id": row.id, "state": row.state, "arguments": row.arguments, "result": text[:1000]})  # fmt: skip
         return text
 
-    async def _execute(self, caller: Caller, data: dict[str, Any], row: CallRow, emit: Emit) -> str:
+    async def _claim(self, caller: Caller, row: CallRow, spec: ToolSpec | None, now: float) -> bool:
+        """Move the call to running (at most once: one claimant wins); with its `tool.run` entry in the same
+        durable transaction, so the evidence is on disk before the tool starts. A removed tool is claimed
+        alone (it will not run: its outcome says so)."""
+        claim = CallClaim(row.id, (row.state,), now, row if row.state == "allowed" else None)
+        if spec is None:
+            if row.state == "allowed":  # not stored yet (it needed no approval)
+                await asyncio.to_thread(self._store.add_call, row)
+            return await asyncio.to_thread(self._store.move_call, row.id, claim.sources, "running", now=now) is not None
+        entry = await self._audit.claim(claim, caller.actor, "tool.run", row.tool, tenant=row.tenant,
+                                        arguments=row.arguments, source_ip=caller.source_ip,
+                                        result={"call": row.id, "run": row.run_id})  # fmt: skip
+        return entry is not None
+
+    async def _execute(
+        self, caller: Caller, data: dict[str, Any], row: CallRow, spec: ToolSpec | None, emit: Emit
+    ) -> str:
         started = time.time()
-        spec = self.tool(row.tenant, row.tool)
-        result = ToolResult(False, f"error: tool '{row.tool}' was removed") if spec is None else None
-        if result is None:
-            assert spec is not None
+        if spec is None:
+            result = ToolResult(False, f"error: tool '{row.tool}' was removed")
+        else:
             await emit({"type": "tool.started", "run_id": row.run_id, "call_id": row.id, "tool": row.tool})
-            _, ran = await asyncio.gather(
-                self._audit.record(caller.actor, "tool.run", row.tool, tenant=row.tenant, arguments=row.arguments,
-                                   source_ip=caller.source_ip, result={"call": row.id, "run": row.run_id}),
-                self._exec.run(row.tenant, spec, row.arguments, row.id, caller.actor),
-            )  # fmt: skip
-            result = ran
+            result = await self._exec.run(row.tenant, spec, row.arguments, row.id, caller.actor)
         text = (
             result.output
             if result.ok

@@ -9,6 +9,9 @@ queueing on the chain's head row one flush each.
 An entry submitted with `durable=False` may be committed without waiting for the WAL flush
 (`AuditStore.append_audits`), but only in a batch of such entries: a batch holding any durable entry is
 committed durably, so a durable caller is never told about an entry that is not on disk.
+
+An entry submitted with a `claim` is written only if its call moves to running in that transaction; its
+future holds None when the claim was lost (another claimant moved the call first).
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ import queue
 import threading
 from concurrent.futures import Future
 
-from keel.store.protocols.agents import CallOutcome
+from keel.store.protocols.agents import CallClaim, CallOutcome
 from keel.store.protocols.audit import AuditDraft, AuditEntry, AuditStore
 
 MAX_BATCH = 256
 
-_Item = tuple[AuditDraft, bool, CallOutcome | None, "Future[AuditEntry]"]
+_Item = tuple[AuditDraft, bool, CallOutcome | None, CallClaim | None, "Future[AuditEntry | None]"]
 
 
 class GroupCommit:
@@ -34,16 +37,22 @@ class GroupCommit:
         self.batches = 0  # transactions committed, for benchmarks
 
     def submit(
-        self, draft: AuditDraft, *, durable: bool = True, outcome: CallOutcome | None = None
-    ) -> Future[AuditEntry]:
+        self,
+        draft: AuditDraft,
+        *,
+        durable: bool = True,
+        outcome: CallOutcome | None = None,
+        claim: CallClaim | None = None,
+    ) -> Future[AuditEntry | None]:
         """The entry's future: its sealed entry once committed (flushed, unless `durable` is False), with
-        `outcome` in the same transaction; or the store's error."""
-        done: Future[AuditEntry] = Future()
+        `outcome` and `claim` in the same transaction (None: the claim was lost, nothing written); or the
+        store's error."""
+        done: Future[AuditEntry | None] = Future()
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="keel-audit-writer", daemon=True)
                 self._thread.start()
-            self._queue.put((draft, durable, outcome, done))
+            self._queue.put((draft, durable, outcome, claim, done))
         return done
 
     def close(self) -> None:
@@ -70,10 +79,13 @@ class GroupCommit:
                     stop = True
                     break
                 batch.append(item)
-            durable = any(d for _, d, _, _ in batch)
-            outcomes = [o for _, _, o, _ in batch if o is not None]
+            durable = any(d for _, d, _, _, _ in batch)
+            outcomes = [o for _, _, o, _, _ in batch if o is not None]
+            claims = [c for *_, c, _ in batch] if any(c for *_, c, _ in batch) else []
             try:
-                entries = self._store.append_audits([e for e, _, _, _ in batch], durable=durable, outcomes=outcomes)
+                entries = self._store.append_audits(
+                    [e for e, *_ in batch], durable=durable, outcomes=outcomes, claims=claims
+                )
             except Exception as exc:  # each caller hears its entry was not written
                 for *_, f in batch:
                     f.set_exception(exc)

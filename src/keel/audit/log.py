@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from keel.audit.group import GroupCommit
-from keel.store.protocols.agents import CallOutcome
+from keel.store.protocols.agents import CallClaim, CallOutcome
 from keel.store.protocols.audit import (
     GENESIS,
     SUBJECT_FIELDS,
@@ -167,7 +167,27 @@ class AuditLog:
         this entry records, moved from running) in the same transaction. `durable=False`: committed, but
         perhaps not yet flushed (a database crash may lose it with the entries after it; see GroupCommit)."""
         draft = _draft(actor, action, target, tenant, arguments, before, after, result, source_ip, secrets, None)
-        return await asyncio.wrap_future(self._group.submit(draft, durable=durable, outcome=outcome))
+        entry = await asyncio.wrap_future(self._group.submit(draft, durable=durable, outcome=outcome))
+        assert entry is not None  # no claim: unconditional
+        return entry
+
+    async def claim(
+        self,
+        claim: CallClaim,
+        actor: str,
+        action: str,
+        target: str | None = None,
+        *,
+        tenant: str | None = None,
+        arguments: Any = None,
+        result: Any = None,
+        source_ip: str | None = None,
+    ) -> AuditEntry | None:
+        """Move a tool call to running and record it (`tool.run`) in one durable transaction, through the
+        group-commit writer: the entry, once the call moved and both are flushed; None, with nothing
+        written, when the call was no longer in one of the claim's source states (another claimant won)."""
+        draft = _draft(actor, action, target, tenant, arguments, None, None, result, source_ip, (), None)
+        return await asyncio.wrap_future(self._group.submit(draft, claim=claim))
 
     def close(self) -> None:
         self._group.close()

@@ -52,6 +52,19 @@ class CallOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class CallClaim:
+    """A call's move to `running` from one of `sources`, committed with the audit entry recording it
+    (`tool.run`, `AuditStore.append_audits`): the entry is written only if the call moves, so of two
+    claimants exactly one runs the tool and one entry says so. With `row` (sources must be `allowed`), the
+    claim also stores the call if it is not stored yet; a stored one moves from `allowed` as usual."""
+
+    call_id: str
+    sources: tuple[CallState, ...]
+    at: float
+    row: CallRow | None = None  # a call that needed no approval, not stored yet: the claim stores it as running
+
+
+@dataclass(frozen=True, slots=True)
 class RunRow:
     id: str
     tenant: str
@@ -148,4 +161,14 @@ class AgentStore(Protocol):
         ...
 
 
-__all__ = ["CALL_STATES", "AgentStore", "CallOutcome", "CallRow", "CallState", "RunRow", "SecretRow", "ToolRow"]
+__all__ = [
+    "CALL_STATES",
+    "AgentStore",
+    "CallClaim",
+    "CallOutcome",
+    "CallRow",
+    "CallState",
+    "RunRow",
+    "SecretRow",
+    "ToolRow",
+]

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from keel.store.protocols.agents import CallOutcome
+from keel.store.protocols.agents import CallClaim, CallOutcome
 
 GENESIS = "0" * 64  # the prev_hash of the first entry
 SUBJECT_FIELDS = ("tenant", "actor", "target", "detail", "source_ip")  # what may name a person or tenant
@@ -88,10 +88,17 @@ class AuditStore(Protocol):
         ...
 
     def append_audits(
-        self, drafts: Sequence[AuditDraft], *, durable: bool = True, outcomes: Sequence[CallOutcome] = ()
-    ) -> list[AuditEntry]:
+        self,
+        drafts: Sequence[AuditDraft],
+        *,
+        durable: bool = True,
+        outcomes: Sequence[CallOutcome] = (),
+        claims: Sequence[CallClaim | None] = (),
+    ) -> list[AuditEntry | None]:
         """`append_audit` for several entries in one transaction, chained in the given order (group commit),
         with `outcomes` (calls moved from running, if they still are) in the same transaction.
+        `claims[i]` (if given) makes draft i conditional: the call moves to running in this transaction and
+        the draft is chained only if it moved; else it is left out (None in its place), and the others go on.
         `durable=False`: the commit may return before the database flushed it; a database crash can then
         lose these entries and any after them, never a gap (the head row moves in the same transaction)."""
         ...
