@@ -113,6 +113,10 @@ class Runs:
             spec = self._specs[key] = parse_spec({**row.spec, "name": name})
         return spec
 
+    async def tools(self, tenant: str, names: list[str]) -> list[ToolSpec | None]:
+        """`tool` for each name, read in one trip off the event loop (each is a store read)."""
+        return await asyncio.to_thread(lambda: [self.tool(tenant, n) for n in names])
+
     # ---- starting and advancing --------------------------------------------------------------------
 
     async def start(self, caller: Caller, body: dict[str, Any], emit: Emit = _quiet) -> RunRow:
@@ -251,7 +255,7 @@ class Runs:
     async def _model_step(self, run_id: str, caller: Caller, data: dict[str, Any], emit: Emit) -> bool:
         """One pipeline call; True when the model answered (no tool calls)."""
         tenant = caller.principal.tenant
-        specs = [self.tool(tenant, n) for n in data["tools"]]
+        specs = await self.tools(tenant, data["tools"])
         body = {"model": data["model"], "messages": data["messages"]}
         if specs:
             body["tools"] = [s.function() for s in specs if s is not None]
@@ -377,7 +381,7 @@ class Runs:
         call = next((c for c in reversed(calls) if c["id"] == pending["tool_call_id"]), None)
         if call is None:
             return None
-        known = {s.name: s for n in data["tools"] if (s := self.tool(caller.principal.tenant, n)) is not None}
+        known = {s.name: s for s in await self.tools(caller.principal.tenant, data["tools"]) if s is not None}
         again = await self._propose(run_id, caller, data, call, emit, known)
         key = again["call_id"]
         return self._fresh.pop(key, None) or await asyncio.to_thread(self._store.get_call, key)
@@ -385,7 +389,7 @@ class Runs:
     async def _result(self, caller: Caller, data: dict[str, Any], row: CallRow, emit: Emit) -> str:
         started = time.time()
         if row.state in ("approved", "allowed"):
-            spec = self.tool(row.tenant, row.tool)
+            (spec,) = await self.tools(row.tenant, [row.tool])
             if await self._claim(caller, row, spec, started):
                 return await self._execute(caller, data, replace(row, state="running", updated_at=started), spec, emit)
             now_row = await asyncio.to_thread(self._store.get_call, row.id)
