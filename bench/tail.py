@@ -61,6 +61,28 @@ def timed(self, batch):
     write(self, batch)
     out.write(f"write:{len(batch)} {t:.6f} {time.monotonic() - t:.6f}\\n")
 traces.TraceWriter._write = timed
+try:  # with --limits redis: each admission that waited on Redis, each background block renewal
+    from keel.store.redis import limits as rl
+except ImportError:
+    rl = None
+if rl is not None:
+    reserve = rl.RedisLimits.reserve
+    async def reserve_timed(self, charges, now):
+        blocks = getattr(self, "blocks", None)
+        t, local = time.monotonic(), blocks.local if blocks is not None else 0
+        try:
+            return await reserve(self, charges, now)
+        finally:
+            if blocks is None or blocks.local == local:
+                out.write(f"exact {t:.6f} {time.monotonic() - t:.6f}\\n")
+    rl.RedisLimits.reserve = reserve_timed
+    take = getattr(rl.RedisLimits, "_take_blocks", None)
+    if take is not None:
+        async def take_timed(self, *args):
+            t = time.monotonic()
+            await take(self, *args)
+            out.write(f"renew {t:.6f} {time.monotonic() - t:.6f}\\n")
+        rl.RedisLimits._take_blocks = take_timed
 import atexit
 atexit.register(out.flush)
 from keel.cli.main import main
@@ -263,7 +285,7 @@ def report(result: dict[str, Any], names: dict[int, str]) -> list[str]:
     whole = sampler.between(sampler.samples[0][0], sampler.samples[-1][0]) if sampler.samples else {}
     lines.append("CPU per thread over the phase (ms): " + _threads(whole, names))
     events = result["events"]
-    for kind in ("gc0", "gc1", "gc2", "write"):
+    for kind in ("gc0", "gc1", "gc2", "write", "exact", "renew"):
         mine = [e for e in events if e[0].startswith(kind)]
         if mine:
             ms = sorted(e[2] * 1000 for e in mine)
@@ -299,10 +321,13 @@ def main() -> int:
     )
     parser.add_argument("--profile", help="write py-spy's raw (collapsed) stacks of the phase to this file")
     parser.add_argument("--extra", default="", help="more top-level YAML for keel.yaml")
+    parser.add_argument(
+        "--limits", choices=["none", "memory", "redis"], default="none", help="the limits stage, as bench/run.py's"
+    )
     args = parser.parse_args()
     pinned = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
     with tempfile.TemporaryDirectory(prefix="keel-tail-") as tmp:
-        bench = bench_run.Bench(Path(tmp), pinned, extra=args.extra)
+        bench = bench_run.Bench(Path(tmp), pinned, args.limits, extra=args.extra)
         events = Path(tmp) / "events.txt"
         if args.attribute:
             os.environ["KEEL_TAIL_EVENTS"] = str(events)
