@@ -9,6 +9,9 @@ includes whatever it does in the background while traffic is light.
 `--preload S` first loads the gateway at 50 connections for S seconds (wrk, the 0 ms upstream), as a
 side-by-side run does before its one-connection phase: a large database, a large WAL, a trace backlog.
 
+`--limits redis` (or memory) turns the limits stage on with bench/run.py's four counters; with
+`--attribute` each admission that waited on Redis and each background block renewal is timed too.
+
 `--spills N` drops a spill file of N records into the gateway's spill dir before each block of gateway
 calls, as a store outage or a queue overflow leaves; the writer loads it back while the calls run.
 
@@ -338,7 +341,12 @@ def main() -> int:
                     raise SystemExit("tail: --preload needs wrk (apt-get install -y wrk)")
                 w = bench_run.run_wrk(bench, max(1, round(args.preload)))
                 print(f"preload: {w['requests']} calls at 50 connections ({w['rps']:.0f}/s); writer: {writer(bench)}")
-            result = measure(bench, args.calls, args.attribute, args.profile, args.spills)
+            try:
+                result = measure(bench, args.calls, args.attribute, args.profile, args.spills)
+            except Exception:
+                log = (Path(tmp) / "gateway.log").read_text().splitlines()[-30:]
+                print("tail: gateway log tail:\n" + "\n".join(log), file=sys.stderr)
+                raise
             names = thread_names(bench.procs["gateway"].pid) if args.attribute else {}
             print(f"after the phase, writer: {writer(bench)}")
             if not args.attribute:  # now: a gateway with a backlog of spills may be slow to stop

@@ -88,6 +88,9 @@ def test_a_concurrency_block_is_sized_to_the_slots_in_use() -> None:
         for step in range(1, 6):
             hold(int(granted(T0 + 4.5 + 1.5 * step)), T0 + 4.6 + 1.5 * step)  # every slot in use
         assert granted(T0 + 20) == 256  # capped
+        assert granted(T0 + 21.5) == MIN_SLOTS
+        held = [blocks.take([slots], T0 + 21.6) for _ in range(MIN_SLOTS // 2 + 1)]  # past half in use, now
+        assert all(held) and granted(T0 + 21.7) == 2 * MIN_SLOTS  # twice the block: a burst grows fast
 
     asyncio.run(body())
 

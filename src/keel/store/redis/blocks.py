@@ -14,7 +14,7 @@ one before it runs out, so no call waits on Redis while its counters stay under 
 Sizes: at most 1/64 of the limit, and at most 1/8 of a second's worth of it for windows with a rate
 (rpm/tpm: limit/60 per second; day and month likewise); concurrency blocks are at most 256 slots, and
 sized to what this process uses: `MIN_SLOTS` at first, then twice the most slots the counter's last
-block had in use at once. Each slot is a member of the lease set, added and removed one by one in
+block had in use at once (twice its size when more than half of it is in use as the next is asked for). Each slot is a member of the lease set, added and removed one by one in
 Redis (~4 µs each), and a grant rides with the first call after a quiet second: 256 slots put ~1 ms
 of script on that call's path where one connection needs one or two.
 A block is granted only while the shared counter, this call and the block included, stays under
@@ -159,6 +159,8 @@ class Blocks:
             want = grant_size(c)
             if want and c.window == "concurrent":
                 used = b.peak if b is not None else self._peaks.get(k, 0)  # the counter's last block
+                if b is not None and b.left < b.granted / 2:
+                    used = max(used, int(b.granted))  # spent past half now: double it (a burst grows fast)
                 want = min(want, float(max(MIN_SLOTS, 2 * used)))
             if want:
                 self._asking[k] = now
