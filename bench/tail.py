@@ -9,6 +9,9 @@ includes whatever it does in the background while traffic is light.
 `--preload S` first loads the gateway at 50 connections for S seconds (wrk, the 0 ms upstream), as a
 side-by-side run does before its one-connection phase: a large database, a large WAL, a trace backlog.
 
+`--limits redis` (or memory) turns the limits stage on with bench/run.py's four counters; with
+`--attribute` each admission that waited on Redis and each background block renewal is timed too.
+
 `--spills N` drops a spill file of N records into the gateway's spill dir before each block of gateway
 calls, as a store outage or a queue overflow leaves; the writer loads it back while the calls run.
 
@@ -61,6 +64,28 @@ def timed(self, batch):
     write(self, batch)
     out.write(f"write:{len(batch)} {t:.6f} {time.monotonic() - t:.6f}\\n")
 traces.TraceWriter._write = timed
+try:  # with --limits redis: each admission that waited on Redis, each background block renewal
+    from keel.store.redis import limits as rl
+except ImportError:
+    rl = None
+if rl is not None:
+    reserve = rl.RedisLimits.reserve
+    async def reserve_timed(self, charges, now):
+        blocks = getattr(self, "blocks", None)
+        t, local = time.monotonic(), blocks.local if blocks is not None else 0
+        try:
+            return await reserve(self, charges, now)
+        finally:
+            if blocks is None or blocks.local == local:
+                out.write(f"exact {t:.6f} {time.monotonic() - t:.6f}\\n")
+    rl.RedisLimits.reserve = reserve_timed
+    take = getattr(rl.RedisLimits, "_take_blocks", None)
+    if take is not None:
+        async def take_timed(self, *args):
+            t = time.monotonic()
+            await take(self, *args)
+            out.write(f"renew {t:.6f} {time.monotonic() - t:.6f}\\n")
+        rl.RedisLimits._take_blocks = take_timed
 import atexit
 atexit.register(out.flush)
 from keel.cli.main import main
@@ -263,7 +288,7 @@ def report(result: dict[str, Any], names: dict[int, str]) -> list[str]:
     whole = sampler.between(sampler.samples[0][0], sampler.samples[-1][0]) if sampler.samples else {}
     lines.append("CPU per thread over the phase (ms): " + _threads(whole, names))
     events = result["events"]
-    for kind in ("gc0", "gc1", "gc2", "write"):
+    for kind in ("gc0", "gc1", "gc2", "write", "exact", "renew"):
         mine = [e for e in events if e[0].startswith(kind)]
         if mine:
             ms = sorted(e[2] * 1000 for e in mine)
@@ -299,10 +324,13 @@ def main() -> int:
     )
     parser.add_argument("--profile", help="write py-spy's raw (collapsed) stacks of the phase to this file")
     parser.add_argument("--extra", default="", help="more top-level YAML for keel.yaml")
+    parser.add_argument(
+        "--limits", choices=["none", "memory", "redis"], default="none", help="the limits stage, as bench/run.py's"
+    )
     args = parser.parse_args()
     pinned = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
     with tempfile.TemporaryDirectory(prefix="keel-tail-") as tmp:
-        bench = bench_run.Bench(Path(tmp), pinned, extra=args.extra)
+        bench = bench_run.Bench(Path(tmp), pinned, args.limits, extra=args.extra)
         events = Path(tmp) / "events.txt"
         if args.attribute:
             os.environ["KEEL_TAIL_EVENTS"] = str(events)
@@ -313,7 +341,12 @@ def main() -> int:
                     raise SystemExit("tail: --preload needs wrk (apt-get install -y wrk)")
                 w = bench_run.run_wrk(bench, max(1, round(args.preload)))
                 print(f"preload: {w['requests']} calls at 50 connections ({w['rps']:.0f}/s); writer: {writer(bench)}")
-            result = measure(bench, args.calls, args.attribute, args.profile, args.spills)
+            try:
+                result = measure(bench, args.calls, args.attribute, args.profile, args.spills)
+            except Exception:
+                log = (Path(tmp) / "gateway.log").read_text().splitlines()[-30:]
+                print("tail: gateway log tail:\n" + "\n".join(log), file=sys.stderr)
+                raise
             names = thread_names(bench.procs["gateway"].pid) if args.attribute else {}
             print(f"after the phase, writer: {writer(bench)}")
             if not args.attribute:  # now: a gateway with a backlog of spills may be slow to stop

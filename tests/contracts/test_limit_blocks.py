@@ -19,7 +19,7 @@ import pytest
 
 from keel.store.counters import second
 from keel.store.protocols import Admission, Charge, LimitStoreUnavailable, Window
-from keel.store.redis.blocks import grant_size
+from keel.store.redis.blocks import MIN_SLOTS, Blocks, grant_size
 from keel.store.redis.limits import RedisLimits
 from keel.testing.proxy import TcpProxy
 from tests.contracts.test_limit_contract import T0
@@ -61,6 +61,38 @@ def test_block_sizes() -> None:
     assert grant_size(charge("minute", 600)) == 0  # 1.25 per block: a small limit stays exact
     assert grant_size(charge("total", 640, amount=6)) == 0  # a block of 10 is under two calls of 6
     assert grant_size(charge("concurrent", 127)) == 0
+
+
+def test_a_concurrency_block_is_sized_to_the_slots_in_use() -> None:
+    async def body() -> None:
+        blocks = Blocks(lambda counter, window, at: counter, lambda back, label: None)
+        slots = charge("concurrent", 100_000)  # at most 256 slots
+
+        def granted(now: float) -> float:
+            [want] = blocks.wants([slots], [slots.counter], now)
+            blocks.install([slots], [slots.counter], [want], [want], used=[0.0], lease="l", now=now)
+            return want
+
+        def hold(n: int, now: float) -> None:  # n calls in flight at once, then they end
+            admissions = [blocks.take([slots], now) for _ in range(n)]
+            for a in admissions:
+                assert a is not None and a.reservation is not None
+                assert blocks.settle(a.reservation, [1.0], now)
+
+        assert granted(T0) == MIN_SLOTS  # no use seen yet
+        hold(6, T0)
+        assert granted(T0 + 1.5) == 12  # twice the most in use at once
+        hold(12, T0 + 1.6)
+        assert granted(T0 + 3) == 24
+        assert granted(T0 + 4.5) == MIN_SLOTS  # the last block saw no call
+        for step in range(1, 6):
+            hold(int(granted(T0 + 4.5 + 1.5 * step)), T0 + 4.6 + 1.5 * step)  # every slot in use
+        assert granted(T0 + 20) == 256  # capped
+        assert granted(T0 + 21.5) == MIN_SLOTS
+        held = [blocks.take([slots], T0 + 21.6) for _ in range(MIN_SLOTS // 2 + 1)]  # past half in use, now
+        assert all(held) and granted(T0 + 21.7) == 2 * MIN_SLOTS  # twice the block: a burst grows fast
+
+    asyncio.run(body())
 
 
 def test_stores_sharing_a_redis_never_admit_past_a_total(redis_url: str, redis_prefix: str) -> None:
@@ -130,18 +162,19 @@ def test_a_block_goes_back_on_close_and_settlements_reach_the_counter(redis_url:
         counters = [(tokens.counter, tokens.window), (slots.counter, slots.window)]
         try:
             reservations = []
-            for _ in range(20):
+            for _ in range(4):  # (under half a first concurrency block: no renewal)
                 admission = await s.reserve([tokens, slots], T0)
                 assert admission.reservation is not None
                 reservations.append(admission.reservation)
-            assert s.blocks is not None and s.blocks.local == 19  # the first call took the blocks
-            assert await check.usage(counters, T0) == [100 + 10_000.0, 1 + 100.0]  # each block counted as spent
-            for r in reservations[:10]:
+            assert s.blocks is not None and s.blocks.local == 3  # the first call took the blocks
+            # each block counted as spent (a concurrency block starts small: MIN_SLOTS)
+            assert await check.usage(counters, T0) == [100 + 10_000.0, 1.0 + MIN_SLOTS]
+            for r in reservations[:2]:
                 await s.settle(r, [7.0, 1.0], T0)
-            for r in reservations[10:]:
+            for r in reservations[2:]:
                 await s.release(r, T0)
             await s.aclose()
-            assert await check.usage(counters, T0) == [70.0, 0.0]  # the real spend; every slot free
+            assert await check.usage(counters, T0) == [14.0, 0.0]  # the real spend; every slot free
         finally:
             await closed(s, check)
 
