@@ -3,6 +3,7 @@
     python bench/rag.py quality            # nDCG@10, Recall@10/100, MRR@10: hybrid beside BM25-only and vector-only
     python bench/rag.py speed              # p50/p99 of hybrid queries at 100,000 chunks, the ACL admitting 10%
     python bench/rag.py reindex            # the same index re-built for another model under continuous queries
+    python bench/rag.py reindex --model hash:384   # ... for a product model (the copy process embeds it itself)
     python bench/rag.py speed --url postgresql://…   # the same on PostgreSQL (filled once per schema)
     python bench/rag.py write --chunks 20000   # ingestion's index writes: chunks per second, database size
 
@@ -174,6 +175,7 @@ async def timed_queries(index: Index, n: int, rng: random.Random, mode: Mode = "
     return out
 
 
+MODEL = ["synthetic-b"]  # the model `reindex` builds for (--model)
 CPU: list[float] = []
 STAGES: dict[str, list[float]] = {}  # the last run's milliseconds per stage (SearchResult.ms)
 
@@ -254,7 +256,7 @@ async def rebuild(index: Index) -> None:
 
     loader = asyncio.create_task(load())
     started = time.perf_counter()
-    rebuilt = await reindex(index, "t", "big", IndexSpec("synthetic-b", {}), progress=progress)
+    rebuilt = await reindex(index, "t", "big", IndexSpec(MODEL[0], {}), progress=progress)
     took = time.perf_counter() - started
     answered = len(builds)
     while len(builds) < answered + 50:  # queries answered by the new build, after the swap
@@ -302,9 +304,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["quality", "speed", "reindex", "write"])
     parser.add_argument("--chunks", type=int, default=100_000)
+    parser.add_argument(
+        "--model", default="synthetic-b", help="reindex: the new build's model (a product one: hash:384, local)"
+    )
     parser.add_argument("--db", help="keep the synthetic index in this SQLite file (reused when it exists)")
     parser.add_argument("--url", help="a store URL instead (e.g. postgresql://…?options=-csearch_path%%3Dbench)")
     args = parser.parse_args()
+    MODEL[0] = args.model
     if args.what == "quality":
         asyncio.run(quality(args))
     elif args.what == "write":
