@@ -135,7 +135,7 @@ def copy_page(store: RagIndexStore, shadow: str, rows: Sequence[SourceRow], blob
     return copied, documents
 
 
-async def _model(name: str, model_id: str) -> IndexModel | None:
+async def own_model(name: str, model_id: str) -> IndexModel | None:
     """The new model, if this process can build the very same one."""
     from keel.rag.index_models import Models, UnknownModel
 
@@ -157,7 +157,7 @@ async def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
     hello = orjson.loads(first)
     store = open_store(hello["url"], migrate=False)
     try:
-        model = await _model(hello["model"], hello["model_id"])
+        model = await own_model(hello["model"], hello["model_id"])
         _send(out, orjson.dumps({"embeds": model is not None}))
         while (asked := _receive(inp)) is not None:
             rows = store.rag_source_chunks(hello["source"], orjson.loads(asked)["after"], hello["docs"])
