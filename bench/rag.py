@@ -3,7 +3,9 @@
     python bench/rag.py quality            # nDCG@10, Recall@10/100, MRR@10: hybrid beside BM25-only and vector-only
     python bench/rag.py speed              # p50/p99 of hybrid queries at 100,000 chunks, the ACL admitting 10%
     python bench/rag.py reindex            # the same index re-built for another model under continuous queries
+    python bench/rag.py reindex --model hash:384   # ... for a product model (the copy process embeds it itself)
     python bench/rag.py speed --url postgresql://…   # the same on PostgreSQL (filled once per schema)
+    python bench/rag.py cost --chunks 20000 --db FILE   # a re-index without queries: this process's CPU a page
     python bench/rag.py write --chunks 20000   # ingestion's index writes: chunks per second, database size
 
 Quality reads /work/shared/data/retrieval/msmarco-5k in place (never copied) and embeds with the local
@@ -22,6 +24,7 @@ import itertools
 import json
 import os
 import random
+import resource
 import statistics
 import tempfile
 import time
@@ -174,6 +177,7 @@ async def timed_queries(index: Index, n: int, rng: random.Random, mode: Mode = "
     return out
 
 
+MODEL = ["synthetic-b"]  # the model `reindex` builds for (--model)
 CPU: list[float] = []
 STAGES: dict[str, list[float]] = {}  # the last run's milliseconds per stage (SearchResult.ms)
 
@@ -254,7 +258,7 @@ async def rebuild(index: Index) -> None:
 
     loader = asyncio.create_task(load())
     started = time.perf_counter()
-    rebuilt = await reindex(index, "t", "big", IndexSpec("synthetic-b", {}), progress=progress)
+    rebuilt = await reindex(index, "t", "big", IndexSpec(MODEL[0], {}), progress=progress)
     took = time.perf_counter() - started
     answered = len(builds)
     while len(builds) < answered + 50:  # queries answered by the new build, after the swap
@@ -275,6 +279,45 @@ async def rebuild(index: Index) -> None:
     print(
         f"slow ones started after the swap: {slow_after}; the 5 slowest (ms @ s from the start):"
         f" {', '.join(f'{ms:.0f} @ {t - started:.0f}' for ms, t in worst)}"
+    )
+
+
+async def cost(index: Index) -> None:
+    """A re-index with no queries: what it costs the serving process (its CPU, all threads) and how late a
+    10 ms sleep on its event loop wakes meanwhile (what a query waiting for the GIL or the loop sees);
+    CPU time, unlike query latency, barely moves with other processes' load. The probe wakes every 10 ms;
+    its own CPU (measured alone first) is taken off."""
+    late: list[float] = []
+    pages = [0]
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        while not done.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            late.append((time.perf_counter() - t) * 1000 - 10)
+
+    def progress(n: int, total: int) -> None:
+        pages[0] += 1
+
+    calibrate = time.process_time()  # the probe's own CPU per wake-up, alone (subtracted below)
+    prober = asyncio.create_task(probe())
+    await asyncio.sleep(3)
+    per_wake = (time.process_time() - calibrate) / max(len(late), 1)
+    late.clear()
+    cpu, children, started = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    rebuilt = await reindex(index, "t", "big", IndexSpec(MODEL[0], {}), progress=progress)
+    took, cpu = time.perf_counter() - started, time.process_time() - cpu - per_wake * len(late)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done.set()
+    await prober
+    sub = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    print(
+        f"re-index of {rebuilt.chunks} chunks ({pages[0]} pages, model {MODEL[0]}) in {took:.1f} s: this process's CPU"
+        f" {cpu:.2f} s ({cpu * 1000 / max(pages[0], 1):.1f} ms a page; the probe's {per_wake * 1e6:.0f} us a wake-up"
+        f" taken off), subprocesses' {sub:.2f} s; event-loop lateness p50 {statistics.median(late):.2f}"
+        f" p99 {pct(late, 0.99):.2f} max {max(late):.0f} ms; load average {os.getloadavg()[0]:.1f} on"
+        f" {os.cpu_count()} cores"
     )
 
 
@@ -300,17 +343,23 @@ async def write(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["quality", "speed", "reindex", "write"])
+    parser.add_argument("what", choices=["quality", "speed", "reindex", "cost", "write"])
     parser.add_argument("--chunks", type=int, default=100_000)
+    parser.add_argument(
+        "--model", default="synthetic-b", help="reindex: the new build's model (a product one: hash:384, local)"
+    )
     parser.add_argument("--db", help="keep the synthetic index in this SQLite file (reused when it exists)")
     parser.add_argument("--url", help="a store URL instead (e.g. postgresql://…?options=-csearch_path%%3Dbench)")
     args = parser.parse_args()
+    MODEL[0] = args.model
     if args.what == "quality":
         asyncio.run(quality(args))
     elif args.what == "write":
         asyncio.run(write(args))
     elif args.what == "speed":
         asyncio.run(with_index(args, speed))
+    elif args.what == "cost":
+        asyncio.run(with_index(args, cost))
     else:
         asyncio.run(with_index(args, rebuild))
 

@@ -1,8 +1,10 @@
 """Shadow re-index for a model change under continuous queries, on SQLite and PostgreSQL: every query is
 answered, results switch from the old build to the new at one instant, documents written and removed
-during the rebuild are in the new build as they are in the old; the new build, handed over by a
-subprocess (or loaded here when that fails), answers as one loaded in this process; a rebuild that fails
-midway leaves the old build serving and the shadow marked failed."""
+during the rebuild are in the new build as they are in the old; the copy, done by a subprocess (which
+embeds with the new model itself, or has this process embed a model only it has; or here when that
+process fails), writes the vectors this process would; the new build, handed over by a subprocess (or
+loaded here when that fails), answers as one loaded in this process; a rebuild that fails midway leaves
+the old build serving and the shadow marked failed."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 
 from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec
+from keel.rag.index_copy import own_model
 from keel.rag.index_models import HashModel
 from keel.rag.index_rebuild import reindex
 from keel.rag.search import SearchQuery
@@ -42,6 +45,31 @@ def ref(n: int, version: int = 1) -> DocumentRef:
 
 def body_of(rng: random.Random, n: int) -> list[ChunkIn]:
     return [ChunkIn(i, " ".join(rng.choices(WORDS, k=8)), (), f"{n}-{i}", 8) for i in range(2)]
+
+
+class Counting:
+    """A model only this process has (as an alias of its gateway): counts the texts it embeds."""
+
+    def __init__(self) -> None:
+        self.model_id = "counting-48@1"
+        self.texts: list[str] = []
+        self._inner = HashModel(48)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.texts.extend(texts)
+        return await self._inner.embed(texts)
+
+
+async def _embedded_as_here(index: Index, store: Store, build: str, model: HashModel) -> None:
+    """The build's vectors are those `model` gives here for each chunk's text (and its title)."""
+    ids = [h.chunk_id for h in (await index.search(SearchQuery("t1", "kb", WORDS[0], top_k=20, mode="lexical"))).hits]
+    views = {v.id: v for v in await index.run(store.rag_chunks, ids)}
+    stored = await index.run(store.rag_embeddings, ids)
+    assert stored.ids and all(views[i].build == build for i in stored.ids)
+    for i, blob in zip(stored.ids, stored.embeddings, strict=True):
+        view = views[i]
+        expected = await model.embed([f"{view.doc.title}\n{view.text}"])
+        assert np.frombuffer(blob, dtype=np.float32).tolist() == expected[0].tolist()
 
 
 class Failing:
@@ -111,16 +139,39 @@ def test_reindex_under_load_switches_at_one_instant(store: Store, caplog: pytest
         added = await index.search(SearchQuery("t1", "kb", "added during the rebuild", top_k=1, mode="lexical"))
         assert [h.document_id for h in added.hits] == ["d500"]
         await _same_as_loaded_here(index, store)
+        await _embedded_as_here(index, store, rebuilt.build, HashModel(128))  # by the copy process
         await index.aclose()
 
     with caplog.at_level(logging.WARNING, "keel.rag"):
         asyncio.run(body())
-    assert not [r for r in caplog.records if "loaded in this process" in r.getMessage()]
+    assert not [r for r in caplog.records if "in this process" in r.getMessage()]
+
+
+def test_the_copy_process_has_a_model_only_this_process_has_embed_here(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body() -> None:
+        rng = random.Random(6)
+        index = Index(store, url=store.url)
+        model = Counting()
+        index.models.add("counting", model)
+        await index.ensure("t1", "kb", IndexSpec("hash:64", {}))
+        for n in range(150):
+            await index.replace(ref(n), body_of(rng, n))
+        rebuilt = await reindex(index, "t1", "kb", IndexSpec("counting", {}))
+        assert rebuilt.chunks == 300 and len(model.texts) == 300  # every chunk, once
+        await _embedded_as_here(index, store, rebuilt.build, HashModel(48))
+        await _same_as_loaded_here(index, store)
+        await index.aclose()
+
+    with caplog.at_level(logging.WARNING, "keel.rag"):
+        asyncio.run(body())
+    assert not [r for r in caplog.records if "in this process" in r.getMessage()]
 
 
 async def _same_as_loaded_here(index: Index, store: Store) -> None:
     """The index's answers equal those of an index that loads the active build in this process."""
-    here = Index(store)
+    here = Index(store, index.models)
     rng = random.Random(9)
     for mode in ("hybrid", "lexical", "vector"):
         for _ in range(10):
@@ -149,6 +200,8 @@ def test_a_subprocess_that_fails_leaves_the_new_build_to_be_loaded_here(
         asyncio.run(body())
     (warned,) = [r.getMessage() for r in caplog.records if "loaded in this process" in r.getMessage()]
     assert "no such table" in warned and str(tmp_path) not in warned
+    (copied,) = [r.getMessage() for r in caplog.records if "copy goes on in this process" in r.getMessage()]
+    assert "no such table" in copied and str(tmp_path) not in copied
 
 
 def test_a_failed_rebuild_leaves_the_old_index_serving(store: Store) -> None:
@@ -197,3 +250,9 @@ def test_a_shadow_failed_by_someone_else_midway_is_built_again(store: Store) -> 
         await index.aclose()
 
     asyncio.run(body())
+
+
+def test_the_copy_process_embeds_only_with_the_very_model_asked_for() -> None:
+    assert asyncio.run(own_model("hash:128", "hash-128@1")) is not None
+    assert asyncio.run(own_model("hash:128", "hash-128@2")) is None  # a model of that name, other weights
+    assert asyncio.run(own_model("counting", "counting-48@1")) is None  # this process's own: embedded here

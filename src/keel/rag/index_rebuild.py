@@ -7,8 +7,12 @@ every document is copied it is activated in one transaction: searches switch fro
 other between two queries. Any failure marks the shadow failed and leaves the old build serving.
 A chunking change needs the documents' parsed text, so ingestion (keel.rag.ingest) re-chunks instead.
 
-Searches keep their latency meanwhile (issue 17: none slower than twice the p99 before; decision 0060):
-- the reading and copying run in the index's re-index thread, niced (`Index.run_background`);
+Searches keep their latency meanwhile (issue 17: none slower than twice the p99 before; decisions 0060,
+0067):
+- where the index knows the store's URL, a niced subprocess reads, embeds (when it can build the model
+  itself) and writes each page (keel.rag.index_copy): this process only says which page is next. Else,
+  or when that process fails, the reading and copying run here in the index's re-index thread, niced
+  (`Index.run_background`), from where the copy had got to (`rag_copy` skips documents already copied);
 - the shadow's in-process index (vectors and postings: seconds of Python at 100,000 chunks) is built by
   a subprocess once the shadow is filled and handed over as arrays (keel.rag.index_export), so the swap
   finds it warm and this process never tokenizes the build. Without the store's URL (or when the
@@ -34,9 +38,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from keel.rag.index import Index, IndexSpec, NoIndex, embed_text
+from keel.rag.index_copy import Copier, CopyFailed, SourceRow, by_document
 from keel.rag.index_export import ExportFailed, build_elsewhere
 from keel.rag.index_models import BATCH, IndexModel
-from keel.store.protocols.rag_index import BuildRow, ChunkRow
+from keel.store.protocols.rag_index import BuildRow
 
 DOCS_PER_READ = 64
 PAUSE = 1.0  # the pause after a batch, as a share of the time the batch took
@@ -95,19 +100,27 @@ async def _rebuild(index: Index, tenant: str, collection: str, spec: IndexSpec, 
         raise NoIndex(f"collection {collection!r} has no index to rebuild")
     model = await index.models.get(spec.model)
     shadow = await index.open_shadow(tenant, collection, spec)
-    store = index.store
-    total = await index.run_background(store.rag_count, active.id)
+    total = await index.run_background(index.store.rag_count, active.id)
     done = copied = documents = after = 0
+    copier = await _start_copier(index, active.id, shadow, spec.model, model)
     try:
-        while rows := await index.run_background(store.rag_source_chunks, active.id, after, DOCS_PER_READ):
+        while True:
             started = time.perf_counter()
             await _shadow_row(index, tenant, collection, shadow)  # BuildGone before copying into it
-            n, d = await _copy(index, shadow, model, rows)
-            copied, documents = copied + n, documents + d
-            if index.url is None:  # no other process can read the store: load here as the shadow fills
-                await _load(index, tenant, collection, shadow)
-            after = rows[-1][0]
-            done += len(rows)
+            if copier is not None:
+                try:
+                    page = await _copy_elsewhere(index, copier, model, after)
+                except CopyFailed as exc:
+                    log.warning("re-index of %s/%s: its copy goes on in this process: %s", tenant, collection, exc)
+                    await index.run_background(copier.close)
+                    copier = None
+                    continue
+            else:
+                page = await _copy_here(index, tenant, collection, active.id, shadow, model, after)
+            if page is None:
+                break
+            rows, after, n, d = page
+            copied, documents, done = copied + n, documents + d, done + rows
             if progress is not None:
                 progress(done, total)
             await asyncio.sleep(PAUSE * (time.perf_counter() - started))
@@ -119,26 +132,63 @@ async def _rebuild(index: Index, tenant: str, collection: str, spec: IndexSpec, 
         else:
             index.vectors.forget(shadow)
         raise
+    finally:
+        if copier is not None:
+            await index.run_background(copier.close)
     return Rebuilt(shadow, active.id, model.model_id, copied, documents)
 
 
-async def _copy(
-    index: Index, shadow: str, model: IndexModel, rows: list[tuple[int, int, str, ChunkRow]]
-) -> tuple[int, int]:
-    """Embed one page of the old build's chunks with the new model and copy them, document by document,
-    into the shadow: (chunks copied, documents copied)."""
-    texts = [embed_text(title, chunk) for _, _, title, chunk in rows]
+Page = tuple[int, int, int, int]  # rows read, the last document, chunks copied, documents copied
+
+
+async def _start_copier(index: Index, source: str, shadow: str, name: str, model: IndexModel) -> Copier | None:
+    """The copy process, where the index knows the store's URL (None: the copy runs here)."""
+    if index.url is None:
+        return None
+    start = functools.partial(Copier, index.url, source, shadow, name, model.model_id, DOCS_PER_READ)
+    try:
+        return await index.run_background(start)
+    except (CopyFailed, OSError) as exc:
+        log.warning("re-index of build %s: its copy runs in this process: %s", source, exc)
+        return None
+
+
+async def _copy_elsewhere(index: Index, copier: Copier, model: IndexModel, after: int) -> Page | None:
+    """One page copied by the copy process; embedded here first when it cannot build the model itself."""
+    page = await index.run_background(copier.page, after)
+    if not page["rows"]:
+        return None
+    if "texts" in page:
+        blob = b"".join(await _embed(model, page["texts"]))
+        page = {**page, **await index.run_background(copier.vectors, blob)}
+    return int(page["rows"]), int(page["last"]), int(page["copied"]), int(page["documents"])
+
+
+async def _copy_here(
+    index: Index, tenant: str, collection: str, source: str, shadow: str, model: IndexModel, after: int
+) -> Page | None:
+    rows = await index.run_background(index.store.rag_source_chunks, source, after, DOCS_PER_READ)
+    if not rows:
+        return None
+    n, d = await _copy(index, shadow, model, rows)
+    if index.url is None:  # no other process can read the store: load here as the shadow fills
+        await _load(index, tenant, collection, shadow)
+    return len(rows), rows[-1][0], n, d
+
+
+async def _embed(model: IndexModel, texts: list[str]) -> list[bytes]:
     blobs: list[bytes] = []
     for i in range(0, len(texts), BATCH):
-        matrix = await model.embed(texts[i : i + BATCH])
-        blobs.extend(row.tobytes() for row in matrix)
-    by_doc: dict[tuple[int, int], list[ChunkRow]] = {}
-    for (doc, version, _, c), blob in zip(rows, blobs, strict=True):
-        by_doc.setdefault((doc, version), []).append(
-            ChunkRow(c.ordinal, c.text, c.heading_path, c.content_hash, c.tokens, blob)
-        )
+        blobs.extend(row.tobytes() for row in await model.embed(texts[i : i + BATCH]))
+    return blobs
+
+
+async def _copy(index: Index, shadow: str, model: IndexModel, rows: list[SourceRow]) -> tuple[int, int]:
+    """Embed one page of the old build's chunks with the new model and copy them, document by document,
+    into the shadow: (chunks copied, documents copied)."""
+    blobs = await _embed(model, [embed_text(title, chunk) for _, _, title, chunk in rows])
     copied = documents = 0
-    for (doc, version), chunks in by_doc.items():
+    for (doc, version), chunks in by_document(rows, blobs).items():
         n = await index.run_background(functools.partial(index.store.rag_copy, shadow, doc, version, chunks))
         copied += n
         documents += n > 0

@@ -1,0 +1,193 @@
+"""A re-index's copy done by another process: pages of the old build read, embedded and written into the
+shadow there (decision 0067).
+
+Copying 100,000 chunks is, in the serving process, ~1,600 pages of Python (rows read and converted,
+chunk rows bound into inserts, a transaction per document) that takes the GIL in turns with the searches:
+a search waits for it at each of its many hand-overs. So a re-index started with the store's URL runs
+`python -m keel.rag.index_copy` (niced 10; the URL on its pipe, never in a process listing) and only
+tells it which page to copy next. Where that process can build the new model itself (the same
+`model_id`: `hash:<dim>`, `local`) it embeds too and the serving process does nothing per chunk; else
+(an alias: the gateway's, here) it sends the page's texts back, this process embeds them and sends the
+vectors. Messages are length-prefixed frames on its stdin/stdout: JSON, or raw float32 rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any, cast
+
+import orjson
+
+from keel.store.protocols.rag_index import ChunkRow
+
+if TYPE_CHECKING:
+    from keel.rag.index_models import IndexModel
+    from keel.store.protocols.rag_index import RagIndexStore
+
+SourceRow = tuple[int, int, str, ChunkRow]  # document row, its version, its title, the chunk
+_HEAD = struct.Struct(">I")
+STOP_S = 10.0
+
+
+class CopyFailed(RuntimeError):
+    """The copy process stopped (its stderr's last line, the URL redacted, is the message)."""
+
+
+def by_document(rows: Sequence[SourceRow], blobs: Sequence[bytes]) -> dict[tuple[int, int], list[ChunkRow]]:
+    """A page's chunks with their new vectors, grouped per (document, version) as `rag_copy` takes them."""
+    out: dict[tuple[int, int], list[ChunkRow]] = {}
+    for (doc, version, _, c), blob in zip(rows, blobs, strict=True):
+        out.setdefault((doc, version), []).append(
+            ChunkRow(c.ordinal, c.text, c.heading_path, c.content_hash, c.tokens, blob)
+        )
+    return out
+
+
+def _send(out: IO[bytes], payload: bytes) -> None:
+    out.write(_HEAD.pack(len(payload)) + payload)
+    out.flush()
+
+
+def _receive(inp: IO[bytes]) -> bytes | None:
+    head = inp.read(_HEAD.size)
+    if len(head) < _HEAD.size:
+        return None
+    (size,) = _HEAD.unpack(head)
+    payload = inp.read(size)
+    if len(payload) < size:
+        return None
+    return payload
+
+
+class Copier:
+    """The serving process's end of one copy process; its calls block (run them in the re-index thread)."""
+
+    def __init__(self, url: str, source: str, shadow: str, model: str, model_id: str, docs: int) -> None:
+        self._url = url
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close(), with the process)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "keel.rag.index_copy"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self._stderr,
+        )  # fmt: skip
+        hello = {"url": url, "source": source, "shadow": shadow, "model": model, "model_id": model_id, "docs": docs}
+        try:
+            self.embeds = bool(self._ask(orjson.dumps(hello))["embeds"])
+        except BaseException:
+            self.close()
+            raise
+
+    def _ask(self, payload: bytes) -> dict[str, Any]:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        try:
+            _send(self._proc.stdin, payload)
+            answer = _receive(self._proc.stdout)
+        except OSError:
+            answer = None
+        if answer is None:
+            raise CopyFailed(self._why())
+        return cast(dict[str, Any], orjson.loads(answer))
+
+    def page(self, after: int) -> dict[str, Any]:
+        """Copy the page of documents after `after`: {"rows": n, "last": doc, "copied": c, "documents": d},
+        or, where this process must embed, {"rows": n, "last": doc, "texts": [...]} (then `vectors`);
+        {"rows": 0} at the end of the build."""
+        return self._ask(orjson.dumps({"after": after}))
+
+    def vectors(self, blob: bytes) -> dict[str, Any]:
+        """The page's vectors, row after row: {"copied": c, "documents": d}."""
+        return self._ask(blob)
+
+    def _why(self) -> str:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(STOP_S)
+        self._stderr.seek(0)
+        lines = self._stderr.read().decode(errors="replace").strip().splitlines()
+        last = lines[-1] if lines else f"exit status {self._proc.returncode}"
+        return last.replace(self._url, "<storage url>")[:500]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self._proc.stdin is not None:
+                self._proc.stdin.close()  # end of input: it exits
+        try:
+            self._proc.wait(STOP_S)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+        self._stderr.close()
+
+
+def copy_page(store: RagIndexStore, shadow: str, rows: Sequence[SourceRow], blobs: Sequence[bytes]) -> tuple[int, int]:
+    """`rag_copy` each document of a page into the shadow: (chunks copied, documents copied)."""
+    copied = documents = 0
+    for (doc, version), chunks in by_document(rows, blobs).items():
+        n = store.rag_copy(shadow, doc, version, chunks)
+        copied, documents = copied + n, documents + (n > 0)
+    return copied, documents
+
+
+async def own_model(name: str, model_id: str) -> IndexModel | None:
+    """The new model, if this process can build the very same one."""
+    from keel.rag.index_models import Models, UnknownModel
+
+    try:
+        model = await Models().get(name)
+    except UnknownModel:
+        return None
+    return model if model.model_id == model_id else None
+
+
+async def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
+    from keel.rag.index import embed_text
+    from keel.rag.index_models import BATCH
+    from keel.store.open import open_store
+
+    first = _receive(inp)
+    if first is None:
+        return
+    hello = orjson.loads(first)
+    store = open_store(hello["url"], migrate=False)
+    try:
+        model = await own_model(hello["model"], hello["model_id"])
+        _send(out, orjson.dumps({"embeds": model is not None}))
+        while (asked := _receive(inp)) is not None:
+            rows = store.rag_source_chunks(hello["source"], orjson.loads(asked)["after"], hello["docs"])
+            if not rows:
+                _send(out, orjson.dumps({"rows": 0}))
+                continue
+            texts = [embed_text(title, c) for _, _, title, c in rows]
+            page: dict[str, Any] = {"rows": len(rows), "last": rows[-1][0]}
+            if model is None:
+                _send(out, orjson.dumps({**page, "texts": texts}))
+                blob = _receive(inp)
+                if blob is None:
+                    return
+                width = len(blob) // len(rows)
+                blobs = [blob[i * width : (i + 1) * width] for i in range(len(rows))]
+            else:
+                blobs = []
+                for i in range(0, len(texts), BATCH):
+                    blobs.extend(row.tobytes() for row in await model.embed(texts[i : i + BATCH]))
+            copied, documents = copy_page(store, hello["shadow"], rows, blobs)
+            _send(out, orjson.dumps({**page, "copied": copied, "documents": documents}))
+    finally:
+        store.close()
+
+
+def main() -> int:
+    os.nice(10)  # the serving process's searches go first
+    asyncio.run(_serve(sys.stdin.buffer, sys.stdout.buffer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
