@@ -34,6 +34,22 @@ PG_URL = os.environ.get("KEEL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/te
 LOOPBACK = ("127.", "::1", "localhost")
 
 
+# ---- order: the long tests first ------------------------------------------------------------
+
+LONG_S = 120.0  # a test that declares a timeout above this is one of the suite's few minute-long tests
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that declare a long timeout run first, the rest in collection order: under `-n 2 --dist worksteal`
+    one of them started near the end left the other worker idle for its minute or two."""
+
+    def declared(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("timeout")
+        return float(marker.args[0]) if marker is not None and marker.args else 0.0
+
+    items.sort(key=lambda item: declared(item) <= LONG_S)  # stable: modules stay together within each group
+
+
 # ---- the network: loopback only ------------------------------------------------------------
 
 
