@@ -78,8 +78,12 @@ def test_a_rule_at_ten_percent_samples_within_two_points_over_5000_calls(make_ga
     assert until(lambda: score_count(gw, "ten") == stats.selected, timeout=60)
     rows = gw.runtime.store.list_scores(ScoreQuery(since=0, until=time.time() + 60, rule="ten", limit=10))
     assert {(r.feature, r.alias, r.scorer, r.passed) for r in rows} == {("support", "sim", "json", False)}
-    spans = gw.runtime.store.trace_spans(rows[0].trace_id)
-    [score] = [s for s in spans if s.kind == "score"]
+
+    def score_spans() -> list[Any]:  # a span goes through the trace writer's queue, a score row straight to the store
+        return [s for s in gw.runtime.store.trace_spans(rows[0].trace_id) if s.kind == "score"]
+
+    assert until(lambda: bool(score_spans()), timeout=30)
+    [score] = score_spans()
     assert (score.name, score.span_id, score.attributes["keel.score.rule"]) == ("json", "score:ten:json", "ten")
     with admin(gw) as a:
         by_feature = a.get("/api/evals/online-scores", params={"since": "1h", "by": "feature"}).json()["data"]
