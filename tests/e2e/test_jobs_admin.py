@@ -57,6 +57,17 @@ def keel(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*KEEL, *args], cwd=tmp, capture_output=True, text=True, timeout=60)
 
 
+def keel_side_by_side(tmp: Path, *commands: tuple[str, ...]) -> list[subprocess.CompletedProcess[str]]:
+    """Commands that change nothing, run at once (each is a fresh interpreter: a second or more of imports)."""
+    pipe = subprocess.PIPE
+    procs = [subprocess.Popen([*KEEL, *args], cwd=tmp, stdout=pipe, stderr=pipe, text=True) for args in commands]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
 def test_admin_api_lists_shows_cancels_and_retries_jobs(gw: Gateway) -> None:
     store = gw.runtime.store
     a, b = store.enqueue_jobs([JobSpec("orphan", {"n": 1}, tenant="t1"), JobSpec("other", tenant="t2")], time.time())
@@ -124,22 +135,25 @@ def test_cli_lists_shows_cancels_and_retries_jobs(gw: Gateway, tmp_path: Path) -
     (a,) = store.enqueue_jobs([JobSpec("orphan", {"n": 1}, tenant="t1")], time.time())
     stuck = make_stuck(gw)
 
-    listed = keel(tmp_path, "jobs", "list", "--json")
+    listed, stuck_only, table, shown, missing = keel_side_by_side(
+        tmp_path,
+        ("jobs", "list", "--json"),
+        ("jobs", "list", "--state", "stuck", "--json"),
+        ("jobs", "list", "--tenant", "t1"),
+        ("jobs", "show", a.id),
+        ("jobs", "show", "job_nope"),
+    )
     assert listed.returncode == 0, listed.stderr
     assert [(j["id"], j["state"]) for j in json.loads(listed.stdout)] == [(stuck, "stuck"), (a.id, "queued")]
-    only = json.loads(keel(tmp_path, "jobs", "list", "--state", "stuck", "--json").stdout)
-    assert [j["id"] for j in only] == [stuck]
-    table = keel(tmp_path, "jobs", "list", "--tenant", "t1")
+    assert [j["id"] for j in json.loads(stuck_only.stdout)] == [stuck]
     assert "STATE" in table.stdout and "stuck" in table.stdout
-
-    shown = keel(tmp_path, "jobs", "show", a.id)
     assert shown.returncode == 0 and "orphan" in shown.stdout
+    assert missing.returncode == 1 and "no job job_nope" in missing.stderr
+
     assert json.loads(keel(tmp_path, "jobs", "cancel", a.id, "--json").stdout)["state"] == "cancelled"
     assert json.loads(keel(tmp_path, "jobs", "retry", a.id, "--json").stdout)["state"] == "queued"
     refused = keel(tmp_path, "jobs", "retry", a.id)
     assert refused.returncode == 1 and "only dead or cancelled" in refused.stderr
-    missing = keel(tmp_path, "jobs", "show", "job_nope")
-    assert missing.returncode == 1 and "no job job_nope" in missing.stderr
 
 
 def test_dashboard_jobs_page_shows_depths_and_stuck_jobs_escaped(gw: Gateway) -> None:

@@ -1,6 +1,10 @@
 """A `keel worker` killed with `kill -9` while it embeds a document (MiniLM, the real model): once its lease
 expires a second worker ingests that document again from its bytes, and every document ends indexed with
-each chunk exactly once (no duplicates, no leftovers of the killed attempt), on SQLite and PostgreSQL."""
+each chunk exactly once (no duplicates, no leftovers of the killed attempt), on SQLite and PostgreSQL.
+
+One document is long (~270 chunks: more than a second of embedding even on an idle machine, so the kill
+lands between two of its batches); the two others are short (under one batch), so the second worker
+re-embeds the killed document, not the whole corpus three times over."""
 
 from __future__ import annotations
 
@@ -69,8 +73,9 @@ def test_a_worker_killed_mid_ingestion_resumes_without_duplicate_chunks(storage_
         library.create_collection(
             "t1", collection_in({"name": "crash", "model": "local", "chunking": {"max_tokens": 48}})
         )
-        for i in range(3):  # short chunks, many batches: a kill lands between two of one document's batches
-            library.put("t1", "crash", f"notes-{i}.md", long_markdown(i).encode(), Fields())
+        for i, sections in enumerate((30, 2, 2)):  # short chunks, many batches: the kill lands between two
+            text = long_markdown(i, sections).encode()  # of the long document's batches
+            library.put("t1", "crash", f"notes-{i}.md", text, Fields())
         with worker(tmp_path, "first", "worker") as first:
             killed_in = until(lambda: mid_embedding(store), 120)
             os.kill(first.pid, signal.SIGKILL)
