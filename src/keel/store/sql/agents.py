@@ -13,6 +13,7 @@ _SECRET = "tenant, name, sealed, key_id, created_at"
 _TOOL = "tenant, name, spec, updated_at"
 _RUN = "id, tenant, state, data, created_at, updated_at"
 _CALL = "id, run_id, tenant, tool, arguments, state, result, decided_by, expires_at, created_at, updated_at"
+CALL_COLUMNS = _CALL  # a call row's columns, in `call_values` order (the audit's claims store calls too)
 
 
 def _secret(r: Row) -> SecretRow:
@@ -36,6 +37,12 @@ def _call(r: Row) -> CallRow:
 
 def _dump(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def call_values(row: CallRow) -> tuple[Any, ...]:
+    """`row` as the values of an insert into `CALL_COLUMNS`."""
+    return (row.id, row.run_id, row.tenant, row.tool, _dump(row.arguments), row.state, row.result,
+            row.decided_by, row.expires_at, row.created_at, row.updated_at)  # fmt: skip
 
 
 class SqlAgents:
@@ -165,8 +172,7 @@ class SqlAgents:
     def add_call(self, row: CallRow) -> CallRow:
         d = self._db.dialect
         sql = f"INSERT INTO agent_calls ({_CALL}) VALUES ({d.marks(11)}) ON CONFLICT (id) DO NOTHING"
-        values = (row.id, row.run_id, row.tenant, row.tool, _dump(row.arguments), row.state, row.result,
-                  row.decided_by, row.expires_at, row.created_at, row.updated_at)  # fmt: skip
+        values = call_values(row)
         if d.name == "postgres":  # one round trip when the row is new: the insert returns it, committed alone
             with self._db.session() as s:
                 found = s.fetchone(f"{sql} RETURNING {_CALL}", values)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-import orjson
-
-from keel.store.protocols.agents import CallClaim, CallOutcome
+from keel.store.protocols.agents import CallClaim, CallOutcome, CallRow
 from keel.store.protocols.audit import SUBJECT_FIELDS, AuditDraft, AuditEntry, entry_hash
+from keel.store.sql.agents import CALL_COLUMNS, call_values
 from keel.store.sql.dialect import NO_FLUSH, Database, Row, Session
 
 _COLS = "seq, at, tenant, actor, action, target, detail, source_ip, prev_hash, hash, salts, digests"
@@ -207,21 +207,19 @@ def _claim(s: Session, m: str, claim: CallClaim | None) -> bool:
     if claim is None:
         return True
     if claim.row is not None:
-        r = claim.row
-        sql = f"INSERT INTO agent_calls ({_CALL_NEW}) VALUES ({', '.join([m] * 10)}) {_UPSERT}"
-        return s.execute(sql, (r.id, r.run_id, r.tenant, r.tool, _json(r.arguments), "running", r.decided_by,
-                               r.expires_at, r.created_at, claim.at)) > 0  # fmt: skip
+        sql = f"INSERT INTO agent_calls ({CALL_COLUMNS}) VALUES ({', '.join([m] * 11)}) {_UPSERT}"
+        return s.execute(sql, _stored(claim, claim.row)) > 0
     sources = ", ".join([m] * len(claim.sources))
     sql = f"UPDATE agent_calls SET state = 'running', updated_at = {m} WHERE id = {m} AND state IN ({sources})"
     return s.execute(sql, (claim.at, claim.call_id, *claim.sources)) > 0
 
 
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
+def _stored(claim: CallClaim, row: CallRow) -> tuple[Any, ...]:
+    """The values of a call stored by its claim (it needed no approval): running since the claim."""
+    return call_values(replace(row, state="running", updated_at=claim.at))
 
 
-# a call stored by its claim (it needed no approval): inserted as running, or moved from allowed if stored
-_CALL_NEW = "id, run_id, tenant, tool, arguments, state, decided_by, expires_at, created_at, updated_at"
+# a call stored by its claim: inserted as running, or moved from allowed if it is stored already
 _UPSERT = (
     "ON CONFLICT (id) DO UPDATE SET state = 'running', updated_at = excluded.updated_at"
     " WHERE agent_calls.state = 'allowed'"
@@ -235,7 +233,7 @@ _UPSERT = (
 _ENTRY = "(%s::bigint, %s::float8, " + ", ".join(["%s::text"] * 10) + ")"
 _OUTCOME = "(%s::text, %s::text, %s::float8, %s::text)"
 _CLAIM = "(%%s::text, %%s::float8, ARRAY[%s]::text[])"
-_NEW = "(" + ", ".join(["%s::text"] * 7 + ["%s::float8"] * 3) + ")"
+_NEW = "(" + ", ".join(["%s::text"] * 8 + ["%s::float8"] * 3) + ")"  # CALL_COLUMNS
 
 
 @functools.lru_cache(maxsize=64)
@@ -253,7 +251,7 @@ def _one_trip(entries: int, outcomes: int, moves: tuple[int, ...], new: int, dur
         )
     if new:
         ctes.append(
-            f"stored AS (INSERT INTO agent_calls ({_CALL_NEW}) SELECT n.* FROM (VALUES"
+            f"stored AS (INSERT INTO agent_calls ({CALL_COLUMNS}) SELECT n.* FROM (VALUES"
             f" {', '.join([_NEW] * new)}) AS n, head {_UPSERT} RETURNING 1)"
         )
     if moves or new:
@@ -284,8 +282,7 @@ def _one_trip_params(
     new: Sequence[CallClaim],
 ) -> tuple[Any, ...]:
     claimed = [x for c in moves for x in (c.call_id, c.at, *c.sources)]
-    stored = [x for c in new if (r := c.row) for x in (r.id, r.run_id, r.tenant, r.tool, _json(r.arguments), "running",
-                                                       r.decided_by, r.expires_at, r.created_at, c.at)]  # fmt: skip
+    stored = [x for c in new if c.row is not None for x in _stored(c, c.row)]
     guard = (CHAIN,) if moves or new else ()
     moved = [x for o in outcomes for x in (o.call_id, o.state, o.at, o.result)]
     rows = [x for e in entries for x in (e.seq, e.at, e.tenant, e.actor, e.action, e.target, e.detail, e.source_ip,
