@@ -14,9 +14,10 @@ one before it runs out, so no call waits on Redis while its counters stay under 
 Sizes: at most 1/64 of the limit, and at most 1/8 of a second's worth of it for windows with a rate
 (rpm/tpm: limit/60 per second; day and month likewise); concurrency blocks are at most 256 slots, and
 sized to what this process uses: `MIN_SLOTS` at first, then twice the most slots the counter's last
-block had in use at once (twice its size when more than half of it is in use as the next is asked for). Each slot is a member of the lease set, added and removed one by one in
-Redis (~4 µs each), and a grant rides with the first call after a quiet second: 256 slots put ~1 ms
-of script on that call's path where one connection needs one or two.
+block had in use at once (twice its size when more than half of it is in use as the next is asked
+for). Each slot is a member of the lease set, added and removed one by one in Redis (~4 µs each), and
+a grant rides with the first call after a quiet second: 256 slots put ~1 ms of script on that call's
+path where one connection needs one or two (decision 0065).
 A block is granted only while the shared counter, this call and the block included, stays under
 half its limit: near a limit every call is exact. A counter whose block would cover fewer than two
 calls of this size (a small limit) is never blocked, so its calls stay exact, one round trip each.
