@@ -151,16 +151,24 @@ class Forwarder:
 
     async def _relay(self, passage: Passage, first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         error: KeelError | None = None
+        finished = False
         try:
+            if b"data: [DONE]" in first:
+                finished = True
+                self.finish(passage, None)
             yield first
             async for chunk in chunks:
+                if not finished and b"data: [DONE]" in chunk:  # traced before the answer's end reaches the client
+                    finished = True
+                    self.finish(passage, None)
                 yield chunk
         except KeelError as err:
             error = err
             yield b"data: " + orjson.dumps({"error": {"message": err.message, "type": err.type}}) + b"\n\n"
         finally:
             await _close(chunks)
-            self.finish(passage, error)
+            if not finished:
+                self.finish(passage, error)
 
     def headers(self, passage: Passage) -> dict[str, str]:
         r = passage.record
