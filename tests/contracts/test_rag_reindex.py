@@ -2,22 +2,26 @@
 answered, results switch from the old build to the new at one instant, documents written and removed
 during the rebuild are in the new build as they are in the old; the copy, done by a subprocess (which
 embeds with the new model itself, or has this process embed a model only it has; or here when that
-process fails), writes the vectors this process would; the new build, handed over by a subprocess (or
-loaded here when that fails), answers as one loaded in this process; a rebuild that fails midway leaves
-the old build serving and the shadow marked failed."""
+process fails, or is stopped for not answering in time), writes the vectors this process would; the new
+build, handed over by a subprocess (or loaded here when that fails), answers as one loaded in this
+process; a rebuild that fails midway leaves the old build serving and the shadow marked failed."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
+import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
 
+from keel.rag import index_copy
 from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec
 from keel.rag.index_copy import own_model
 from keel.rag.index_models import HashModel
@@ -256,3 +260,69 @@ def test_the_copy_process_embeds_only_with_the_very_model_asked_for() -> None:
     assert asyncio.run(own_model("hash:128", "hash-128@1")) is not None
     assert asyncio.run(own_model("hash:128", "hash-128@2")) is None  # a model of that name, other weights
     assert asyncio.run(own_model("counting", "counting-48@1")) is None  # this process's own: embedded here
+
+
+class _When(logging.Handler):
+    """Calls `then` once, as the re-index logs a message containing `text` (in the event loop's thread)."""
+
+    def __init__(self, text: str, then: Callable[[], None]) -> None:
+        super().__init__()
+        self._text, self._then, self.done = text, then, False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.done and self._text in record.getMessage():
+            self.done = True
+            self._then()
+
+
+def _connect(url: str) -> Any:
+    """A connection of the test's own to the store's database (SQLite: autocommit, transactions by hand)."""
+    if url.startswith("sqlite:///"):
+        return sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    return psycopg.connect(url)
+
+
+def _hold_a_lock(url: str) -> Any:
+    """A connection holding what the copy process needs next: SQLite's write lock; on PostgreSQL the row of
+    the document 80 (in the second page of 64), which `rag_copy` locks, so the process stops mid-page."""
+    conn = _connect(url)
+    if isinstance(conn, sqlite3.Connection):
+        conn.execute("BEGIN IMMEDIATE")
+    else:
+        conn.execute("SELECT id FROM rag_index_docs ORDER BY id OFFSET 80 LIMIT 1 FOR UPDATE")
+    return conn
+
+
+@pytest.mark.timeout(120)
+def test_a_copy_process_stuck_on_a_lock_is_stopped_and_the_copy_goes_on_here(
+    store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_copy, "PAGE_S", 1.0)
+    held: list[Any] = []
+    released = _When("timed out", lambda: held[0].close())  # the lock lasts until the copy process is stopped
+
+    def progress(done: int, total: int) -> None:
+        if not held:  # after the first page
+            held.append(_hold_a_lock(store.url))
+
+    async def body() -> None:
+        rng = random.Random(7)
+        index = Index(store, url=store.url)
+        old = await index.ensure("t1", "kb", IndexSpec("hash:64", {}))
+        for n in range(150):
+            await index.replace(ref(n), body_of(rng, n))
+        rebuilt = await reindex(index, "t1", "kb", IndexSpec("hash:128", {}), progress=progress)
+        assert await index.run(store.rag_count, rebuilt.build) == await index.run(store.rag_count, old) == 300
+        await _embedded_as_here(index, store, rebuilt.build, HashModel(128))
+        await index.aclose()
+
+    logging.getLogger("keel.rag").addHandler(released)
+    try:
+        with caplog.at_level(logging.WARNING, "keel.rag"):
+            asyncio.run(body())
+    finally:
+        logging.getLogger("keel.rag").removeHandler(released)
+        for conn in held:
+            conn.close()
+    (warned,) = [r.getMessage() for r in caplog.records if "copy goes on in this process" in r.getMessage()]
+    assert "timed out (no answer in 1 s)" in warned and released.done

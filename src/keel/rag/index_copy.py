@@ -8,7 +8,9 @@ a search waits for it at each of its many hand-overs. So a re-index started with
 tells it which page to copy next. Where that process can build the new model itself (the same
 `model_id`: `hash:<dim>`, `local`) it embeds too and the serving process does nothing per chunk; else
 (an alias: the gateway's, here) it sends the page's texts back, this process embeds them and sends the
-vectors. Messages are length-prefixed frames on its stdin/stdout: JSON, or raw float32 rows.
+vectors. Messages are length-prefixed frames on its stdin/stdout: JSON, or raw float32 rows. A process
+that does not answer within `PAGE_S` (stuck on a lock, a hung disk) is killed, and the re-index goes on
+in the serving process from the same page.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import selectors
 import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any, cast
 
 import orjson
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
 SourceRow = tuple[int, int, str, ChunkRow]  # document row, its version, its title, the chunk
 _HEAD = struct.Struct(">I")
 STOP_S = 10.0
+PAGE_S = 120.0  # the longest the copy process may take to answer (a page, or its start)
 
 
 class CopyFailed(RuntimeError):
@@ -55,12 +60,13 @@ def _send(out: IO[bytes], payload: bytes) -> None:
     out.flush()
 
 
-def _receive(inp: IO[bytes]) -> bytes | None:
-    head = inp.read(_HEAD.size)
+def _receive(read: Callable[[int], bytes]) -> bytes | None:
+    """The next frame, `read(n)` giving up to n bytes (fewer: the end of the input); None at the end."""
+    head = read(_HEAD.size)
     if len(head) < _HEAD.size:
         return None
     (size,) = _HEAD.unpack(head)
-    payload = inp.read(size)
+    payload = read(size)
     if len(payload) < size:
         return None
     return payload
@@ -76,6 +82,10 @@ class Copier:
             [sys.executable, "-m", "keel.rag.index_copy"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self._stderr,
         )  # fmt: skip
+        assert self._proc.stdout is not None
+        self._out = self._proc.stdout.fileno()  # read with os.read: a buffered read could not stop at a deadline
+        self._ready = selectors.DefaultSelector()
+        self._ready.register(self._out, selectors.EVENT_READ)
         hello = {"url": url, "source": source, "shadow": shadow, "model": model, "model_id": model_id, "docs": docs}
         try:
             self.embeds = bool(self._ask(orjson.dumps(hello))["embeds"])
@@ -84,15 +94,32 @@ class Copier:
             raise
 
     def _ask(self, payload: bytes) -> dict[str, Any]:
-        assert self._proc.stdin is not None and self._proc.stdout is not None
+        assert self._proc.stdin is not None
+        deadline = time.monotonic() + PAGE_S
         try:
             _send(self._proc.stdin, payload)
-            answer = _receive(self._proc.stdout)
+            answer = _receive(lambda n: self._read(n, deadline))
+        except TimeoutError:
+            self._proc.kill()
+            raise CopyFailed(f"the copy process timed out (no answer in {PAGE_S:g} s) and was stopped") from None
         except OSError:
             answer = None
         if answer is None:
             raise CopyFailed(self._why())
         return cast(dict[str, Any], orjson.loads(answer))
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        """Up to `n` bytes of the process's answer (fewer: it ended); TimeoutError at `deadline`."""
+        parts: list[bytes] = []
+        while n:
+            if not self._ready.select(deadline - time.monotonic()):
+                raise TimeoutError
+            part = os.read(self._out, n)
+            if not part:
+                break
+            parts.append(part)
+            n -= len(part)
+        return b"".join(parts)
 
     def page(self, after: int) -> dict[str, Any]:
         """Copy the page of documents after `after`: {"rows": n, "last": doc, "copied": c, "documents": d},
@@ -121,6 +148,7 @@ class Copier:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
+        self._ready.close()
         if self._proc.stdout is not None:
             self._proc.stdout.close()
         self._stderr.close()
@@ -151,7 +179,7 @@ async def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
     from keel.rag.index_models import BATCH
     from keel.store.open import open_store
 
-    first = _receive(inp)
+    first = _receive(inp.read)
     if first is None:
         return
     hello = orjson.loads(first)
@@ -159,7 +187,7 @@ async def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
     try:
         model = await own_model(hello["model"], hello["model_id"])
         _send(out, orjson.dumps({"embeds": model is not None}))
-        while (asked := _receive(inp)) is not None:
+        while (asked := _receive(inp.read)) is not None:
             rows = store.rag_source_chunks(hello["source"], orjson.loads(asked)["after"], hello["docs"])
             if not rows:
                 _send(out, orjson.dumps({"rows": 0}))
@@ -168,7 +196,7 @@ async def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
             page: dict[str, Any] = {"rows": len(rows), "last": rows[-1][0]}
             if model is None:
                 _send(out, orjson.dumps({**page, "texts": texts}))
-                blob = _receive(inp)
+                blob = _receive(inp.read)
                 if blob is None:
                     return
                 width = len(blob) // len(rows)
