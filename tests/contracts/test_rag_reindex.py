@@ -14,6 +14,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -289,7 +290,8 @@ def _hold_a_lock(url: str) -> Any:
     if isinstance(conn, sqlite3.Connection):
         conn.execute("BEGIN IMMEDIATE")
     else:
-        conn.execute("SELECT id FROM rag_index_docs ORDER BY id OFFSET 80 LIMIT 1 FOR UPDATE")
+        nth = "SELECT id FROM rag_index_docs ORDER BY id OFFSET 80 LIMIT 1"  # FOR UPDATE here locks those skipped
+        conn.execute(f"SELECT id FROM rag_index_docs WHERE id = ({nth}) FOR UPDATE")
     return conn
 
 
@@ -313,6 +315,7 @@ def test_a_copy_process_stuck_on_a_lock_is_stopped_and_the_copy_goes_on_here(
             await index.replace(ref(n), body_of(rng, n))
         rebuilt = await reindex(index, "t1", "kb", IndexSpec("hash:128", {}), progress=progress)
         assert await index.run(store.rag_count, rebuilt.build) == await index.run(store.rag_count, old) == 300
+        assert (rebuilt.chunks, rebuilt.documents) == (300, 150)  # PostgreSQL: the page stopped midway too
         await _embedded_as_here(index, store, rebuilt.build, HashModel(128))
         await index.aclose()
 
@@ -326,3 +329,60 @@ def test_a_copy_process_stuck_on_a_lock_is_stopped_and_the_copy_goes_on_here(
             conn.close()
     (warned,) = [r.getMessage() for r in caplog.records if "copy goes on in this process" in r.getMessage()]
     assert "timed out (no answer in 1 s)" in warned and released.done
+
+
+def _poison(url: str) -> None:
+    """Inserting the chunks of document 80 (in the second page of 64) fails, until `_cure`."""
+    with closing(_connect(url)) as conn:
+        (doc,) = conn.execute("SELECT id FROM rag_index_docs ORDER BY id LIMIT 1 OFFSET 80").fetchone()
+        if isinstance(conn, sqlite3.Connection):
+            conn.execute(
+                f"CREATE TRIGGER poison BEFORE INSERT ON rag_chunks WHEN NEW.doc = {doc}"
+                " BEGIN SELECT RAISE(ABORT, 'poisoned chunk'); END"
+            )
+            return
+        conn.execute(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql"
+            " AS $$ BEGIN RAISE EXCEPTION 'poisoned chunk'; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER poison BEFORE INSERT ON rag_chunks FOR EACH ROW"
+            f" WHEN (NEW.doc = {doc}) EXECUTE FUNCTION poison()"
+        )
+        conn.commit()
+
+
+def _cure(url: str) -> None:
+    with closing(_connect(url)) as conn:
+        if isinstance(conn, sqlite3.Connection):
+            conn.execute("DROP TRIGGER poison")
+            return
+        conn.execute("DROP TRIGGER poison ON rag_chunks")
+        conn.execute("DROP FUNCTION poison()")
+        conn.commit()
+
+
+def test_counts_are_true_when_the_copy_process_died_mid_page(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """Its page is copied again here, where `rag_copy` skips the documents it had written: still counted."""
+    cured = _When("copy goes on in this process", lambda: _cure(store.url))
+
+    async def body() -> None:
+        rng = random.Random(8)
+        index = Index(store, url=store.url)
+        old = await index.ensure("t1", "kb", IndexSpec("hash:64", {}))
+        for n in range(150):
+            await index.replace(ref(n), body_of(rng, n))
+        _poison(store.url)
+        rebuilt = await reindex(index, "t1", "kb", IndexSpec("hash:128", {}))
+        assert await index.run(store.rag_count, rebuilt.build) == await index.run(store.rag_count, old) == 300
+        assert (rebuilt.chunks, rebuilt.documents) == (300, 150)
+        await index.aclose()
+
+    logging.getLogger("keel.rag").addHandler(cured)
+    try:
+        with caplog.at_level(logging.WARNING, "keel.rag"):
+            asyncio.run(body())
+    finally:
+        logging.getLogger("keel.rag").removeHandler(cured)
+    (warned,) = [r.getMessage() for r in caplog.records if "copy goes on in this process" in r.getMessage()]
+    assert "poison" in warned  # the copy process died of it

@@ -122,13 +122,12 @@ class Copier:
         return b"".join(parts)
 
     def page(self, after: int) -> dict[str, Any]:
-        """Copy the page of documents after `after`: {"rows": n, "last": doc, "copied": c, "documents": d},
-        or, where this process must embed, {"rows": n, "last": doc, "texts": [...]} (then `vectors`);
-        {"rows": 0} at the end of the build."""
+        """Copy the page of documents after `after`: {"rows": n, "last": doc}, or, where this process must
+        embed, {"rows": n, "last": doc, "texts": [...]} (then `vectors`); {"rows": 0} at the end of the build."""
         return self._ask(orjson.dumps({"after": after}))
 
     def vectors(self, blob: bytes) -> dict[str, Any]:
-        """The page's vectors, row after row: {"copied": c, "documents": d}."""
+        """The page's vectors, row after row; {} once the page is copied."""
         return self._ask(blob)
 
     def _why(self) -> str:
@@ -154,13 +153,10 @@ class Copier:
         self._stderr.close()
 
 
-def copy_page(store: RagIndexStore, shadow: str, rows: Sequence[SourceRow], blobs: Sequence[bytes]) -> tuple[int, int]:
-    """`rag_copy` each document of a page into the shadow: (chunks copied, documents copied)."""
-    copied = documents = 0
+def copy_page(store: RagIndexStore, shadow: str, rows: Sequence[SourceRow], blobs: Sequence[bytes]) -> None:
+    """`rag_copy` each document of a page into the shadow."""
     for (doc, version), chunks in by_document(rows, blobs).items():
-        n = store.rag_copy(shadow, doc, version, chunks)
-        copied, documents = copied + n, documents + (n > 0)
-    return copied, documents
+        store.rag_copy(shadow, doc, version, chunks)
 
 
 async def own_model(name: str, model_id: str) -> IndexModel | None:
@@ -205,8 +201,8 @@ async def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
                 blobs = []
                 for i in range(0, len(texts), BATCH):
                     blobs.extend(row.tobytes() for row in await model.embed(texts[i : i + BATCH]))
-            copied, documents = copy_page(store, hello["shadow"], rows, blobs)
-            _send(out, orjson.dumps({**page, "copied": copied, "documents": documents}))
+            copy_page(store, hello["shadow"], rows, blobs)
+            _send(out, orjson.dumps(page))
     finally:
         store.close()
 

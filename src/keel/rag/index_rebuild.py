@@ -55,7 +55,7 @@ class Rebuilt:
     build: str
     previous: str
     model: str
-    chunks: int  # chunks copied (documents written meanwhile by ingestion are not counted)
+    chunks: int  # in the new build just before the swap, as its store counts them (ingestion's writes too)
     documents: int
 
 
@@ -101,7 +101,7 @@ async def _rebuild(index: Index, tenant: str, collection: str, spec: IndexSpec, 
     model = await index.models.get(spec.model)
     shadow = await index.open_shadow(tenant, collection, spec)
     total = await index.run_background(index.store.rag_count, active.id)
-    done = copied = documents = after = 0
+    done = after = 0
     copier = await _start_copier(index, active.id, shadow, spec.model, model)
     try:
         while True:
@@ -119,12 +119,16 @@ async def _rebuild(index: Index, tenant: str, collection: str, spec: IndexSpec, 
                 page = await _copy_here(index, tenant, collection, active.id, shadow, model, after)
             if page is None:
                 break
-            rows, after, n, d = page
-            copied, documents, done = copied + n, documents + d, done + rows
+            rows, after = page
+            done += rows
             if progress is not None:
                 progress(done, total)
             await asyncio.sleep(PAUSE * (time.perf_counter() - started))
         await _warm(index, tenant, collection, shadow)
+        # counted, not summed per page: a page a failed copy process had half written is copied again here,
+        # and `rag_copy` skips (counts 0 for) the documents it had written
+        chunks = await index.run_background(index.store.rag_count, shadow)
+        documents = await index.run_background(index.store.rag_count_documents, shadow)
         await index.activate(tenant, collection, shadow)
     except BaseException as exc:
         if not isinstance(exc, BuildGone):
@@ -135,10 +139,10 @@ async def _rebuild(index: Index, tenant: str, collection: str, spec: IndexSpec, 
     finally:
         if copier is not None:
             await index.run_background(copier.close)
-    return Rebuilt(shadow, active.id, model.model_id, copied, documents)
+    return Rebuilt(shadow, active.id, model.model_id, chunks, documents)
 
 
-Page = tuple[int, int, int, int]  # rows read, the last document, chunks copied, documents copied
+Page = tuple[int, int]  # rows read, the last document
 
 
 async def _start_copier(index: Index, source: str, shadow: str, name: str, model: IndexModel) -> Copier | None:
@@ -161,7 +165,7 @@ async def _copy_elsewhere(index: Index, copier: Copier, model: IndexModel, after
     if "texts" in page:
         blob = b"".join(await _embed(model, page["texts"]))
         page = {**page, **await index.run_background(copier.vectors, blob)}
-    return int(page["rows"]), int(page["last"]), int(page["copied"]), int(page["documents"])
+    return int(page["rows"]), int(page["last"])
 
 
 async def _copy_here(
@@ -170,10 +174,10 @@ async def _copy_here(
     rows = await index.run_background(index.store.rag_source_chunks, source, after, DOCS_PER_READ)
     if not rows:
         return None
-    n, d = await _copy(index, shadow, model, rows)
+    await _copy(index, shadow, model, rows)
     if index.url is None:  # no other process can read the store: load here as the shadow fills
         await _load(index, tenant, collection, shadow)
-    return len(rows), rows[-1][0], n, d
+    return len(rows), rows[-1][0]
 
 
 async def _embed(model: IndexModel, texts: list[str]) -> list[bytes]:
@@ -183,16 +187,12 @@ async def _embed(model: IndexModel, texts: list[str]) -> list[bytes]:
     return blobs
 
 
-async def _copy(index: Index, shadow: str, model: IndexModel, rows: list[SourceRow]) -> tuple[int, int]:
+async def _copy(index: Index, shadow: str, model: IndexModel, rows: list[SourceRow]) -> None:
     """Embed one page of the old build's chunks with the new model and copy them, document by document,
-    into the shadow: (chunks copied, documents copied)."""
+    into the shadow."""
     blobs = await _embed(model, [embed_text(title, chunk) for _, _, title, chunk in rows])
-    copied = documents = 0
     for (doc, version), chunks in by_document(rows, blobs).items():
-        n = await index.run_background(functools.partial(index.store.rag_copy, shadow, doc, version, chunks))
-        copied += n
-        documents += n > 0
-    return copied, documents
+        await index.run_background(functools.partial(index.store.rag_copy, shadow, doc, version, chunks))
 
 
 async def _load(index: Index, tenant: str, collection: str, shadow: str) -> None:

@@ -249,6 +249,10 @@ class RagIndexStore(Protocol):
 
     def rag_count(self, build: str) -> int: ...
 
+    def rag_count_documents(self, build: str) -> int:
+        """The documents with chunks in `build`."""
+        ...
+
     def rag_vectors(self, build: str, after: int) -> VectorRows: ...
 
     def rag_allowed(

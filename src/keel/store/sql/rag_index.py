@@ -375,6 +375,13 @@ class SqlRagIndex:
             row = s.fetchone(f"SELECT count(*) FROM rag_chunks WHERE build = {self._db.dialect.mark}", (build,))
         return int(row[0]) if row else 0
 
+    def rag_count_documents(self, build: str) -> int:
+        with self._db.session() as s:
+            row = s.fetchone(
+                f"SELECT count(DISTINCT doc) FROM rag_chunks WHERE build = {self._db.dialect.mark}", (build,)
+            )
+        return int(row[0]) if row else 0
+
     def rag_vectors(self, build: str, after: int) -> VectorRows:
         m = self._db.dialect.mark
         with self._db.session() as s:
