@@ -160,3 +160,6 @@ def test_a_prompt_is_claimed_once_and_given_to_a_team_or_the_tenant(store: Store
     store.set_prompt_team("t1", "new", "ml")
     assert store.prompt_teams("t1") == {("t1", "p"): None, ("t1", "q"): "web", ("t1", "new"): "ml"}
     assert store.prompt_teams() == {("t1", "p"): None, ("t1", "q"): "web", ("t1", "new"): "ml", ("t2", "p"): "web"}
+    assert store.prompt_teams("t1", "p") == {("t1", "p"): None}  # one prompt's, tenant-wide
+    assert store.prompt_teams("t2", "p") == {("t2", "p"): "web"}
+    assert store.prompt_teams("t1", "unclaimed") == {}

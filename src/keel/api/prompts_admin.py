@@ -73,7 +73,7 @@ class PromptsAdmin:
         """PermissionDenied unless `caller` may change prompt `name` (a developer: their team's only); a
         prompt that does not exist is left to the route's own 404."""
         if team_bound(caller):
-            teams = await asyncio.to_thread(self._rt.store.prompt_teams, tenant)
+            teams = await asyncio.to_thread(self._rt.store.prompt_teams, tenant, name)
             if (tenant, name) in teams:
                 check_reach(caller, f"Prompt '{name}'", teams[(tenant, name)])
 

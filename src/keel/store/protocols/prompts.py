@@ -136,8 +136,9 @@ class PromptStore(Protocol):
         """Give the prompt to `team` (None: tenant-wide), claimed or not."""
         ...
 
-    def prompt_teams(self, tenant: str | None = None) -> dict[tuple[str, str], str | None]:
-        """(tenant, name) -> team (None: tenant-wide) of every prompt claimed or given."""
+    def prompt_teams(self, tenant: str | None = None, name: str | None = None) -> dict[tuple[str, str], str | None]:
+        """(tenant, name) -> team (None: tenant-wide) of every prompt claimed or given: of one tenant and/or
+        name."""
         ...
 
     def list_prompt_versions(

@@ -126,8 +126,8 @@ class SqlPrompts:
         with self._db.transaction() as s:
             s.execute(sql, (tenant, name, team))
 
-    def prompt_teams(self, tenant: str | None = None) -> dict[tuple[str, str], str | None]:
-        where, params = _where([("tenant =", tenant)], self._db.dialect.mark)
+    def prompt_teams(self, tenant: str | None = None, name: str | None = None) -> dict[tuple[str, str], str | None]:
+        where, params = _where([("tenant =", tenant), ("name =", name)], self._db.dialect.mark)
         sql = f"SELECT tenant, name, team FROM prompts{where}"
         with self._db.session() as s:
             return {(r[0], r[1]): r[2] for r in s.fetchall(sql, params)}
