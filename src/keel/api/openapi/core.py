@@ -254,7 +254,14 @@ CORE: tuple[Op, ...] = (
         "/api/limits/usage",
         "Every counter that applies to a subject, with its limit and usage now",
         {200: page(COUNTER)},
-        query=(q("tenant", STR, required=True), q("key"), q("user"), q("feature"), q("alias")),
+        query=(
+            q("tenant", STR, required=True),
+            q("key", STR, "a key's id: its own limits (overrides on the key, rules scoped to keys) and its team's"),
+            q("user"),
+            q("feature"),
+            q("alias"),
+            q("team", STR, "a team of the tenant (default: the key's team)"),
+        ),
         errors=(400, 401, 403, 404, 503),
     ),
     Op(
