@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `keel serve` sets it: read when numpy loads, just below
 import numpy as np
 
 from keel.rag import evaluate
@@ -192,7 +193,8 @@ async def with_index(args: argparse.Namespace, body: Any) -> None:
     models.add("synthetic-b", Synthetic(seed="b"))
     db = Path(args.db) if args.db else Path(tempfile.mkdtemp()) / "rag.db"
     store = open_store(args.url or f"sqlite:///{db}")
-    index = Index(store, models, url=store.url)  # a re-index loads its new build in a subprocess
+    # a re-index loads its new build in a subprocess
+    index = Index(store, models, url=store.url, in_process_mb=args.in_process_mb)
     if await index.active("t", "big") is None:
         await fill(index, args.chunks)
     if args.url and args.url.startswith("postgres"):  # what autovacuum would have done by now
@@ -200,9 +202,26 @@ async def with_index(args: argparse.Namespace, body: Any) -> None:
 
         with psycopg.connect(args.url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
+        rss, started = _rss_mb(), time.perf_counter()
+        here = await index.hold("t", "big")
+        print(
+            f"searched {'in process' if here else 'in the database (pgvector + full text)'}"
+            f" (rag.in_process_mb {args.in_process_mb})"
+            + (
+                f": loaded in {time.perf_counter() - started:.1f} s, ~{index.vectors.nbytes / 2**20:.0f} MiB"
+                f" estimated, RSS +{_rss_mb() - rss:.0f} MiB"
+                if here
+                else ""
+            )
+        )
     await body(index)
     await index.aclose()
     store.close()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 async def speed(index: Index) -> None:
@@ -350,6 +369,10 @@ def main() -> None:
     )
     parser.add_argument("--db", help="keep the synthetic index in this SQLite file (reused when it exists)")
     parser.add_argument("--url", help="a store URL instead (e.g. postgresql://…?options=-csearch_path%%3Dbench)")
+    parser.add_argument(
+        "--in-process-mb", type=int, default=1024,
+        help="PostgreSQL: rag.in_process_mb (0: pgvector and full text in the database; default as the gateway's)",
+    )  # fmt: skip
     args = parser.parse_args()
     MODEL[0] = args.model
     if args.what == "quality":

@@ -35,9 +35,10 @@ class Doc:
     chunks: list[ChunkIn]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "pgvector"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "pgvector", "pgvector-held"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """SQLite (vectors in process), PostgreSQL without pgvector (in process too), with pgvector (HNSW)."""
+    """SQLite (vectors in process), PostgreSQL without pgvector (in process too), with pgvector (HNSW and
+    full text in the database), and with pgvector where the builds fit `in_process_mb` (in process)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/keel.db"
     else:
@@ -71,11 +72,13 @@ def may_read(doc: DocumentRef, tenant: str, user: str | None, groups: set[str]) 
 
 
 @pytest.mark.timeout(300)  # 1,500 searches and 250 writes: on a busy PostgreSQL this passes a minute
-def test_acl_fuzz_zero_leaks_and_brute_force_equal(store: Store) -> None:
+def test_acl_fuzz_zero_leaks_and_brute_force_equal(store: Store, request: pytest.FixtureRequest) -> None:
     rng = random.Random(20261203)
+    kind = request.node.callspec.params["store"]
+    in_database = kind == "pgvector"  # pgvector-held: in process while it fits; elsewhere always in process
 
     async def body() -> None:
-        index = Index(store)
+        index = Index(store, in_process_mb={"pgvector-held": 64}.get(kind, 0))
         model = await index.models.get(SPEC.model)
         for tenant in TENANTS:
             await index.ensure(tenant, "c", SPEC)
@@ -91,6 +94,7 @@ def test_acl_fuzz_zero_leaks_and_brute_force_equal(store: Store) -> None:
 
         for n in range(200):
             await put(random_doc(rng, n))
+        assert [await index.hold(t, "c") for t in TENANTS] == [not in_database] * len(TENANTS)
         checked = leaks = 0
         for q in range(500):
             if q == 250:  # new versions with new access lists: the old ones must stop admitting at once
@@ -115,6 +119,7 @@ def test_acl_fuzz_zero_leaks_and_brute_force_equal(store: Store) -> None:
                     SearchQuery(**{**_fields(base), "mode": mode, "top_k": top_k})  # type: ignore[arg-type]
                 )
                 got = [(h.document_id, h.ordinal) for h in result.hits]
+                assert (result.candidates["documents"] < 0) is in_database
                 leaks += sum(1 for g in got if g not in admitted)
                 if mode == "vector":
                     qv = (await model.embed([text]))[0]

@@ -19,6 +19,7 @@ from keel.config.sections.jobs import JobsConfig
 from keel.config.sections.limits import LimitsConfig
 from keel.config.sections.online_evals import OnlineEvalsConfig
 from keel.config.sections.providers import PriceConfig, ProviderConfig
+from keel.config.sections.rag import RagConfig
 from keel.config.sections.resilience import ResilienceConfig
 from keel.config.sections.responses import ResponsesConfig
 from keel.config.sections.routing import AliasConfig
@@ -54,6 +55,7 @@ class Config(Model):
     evals: EvalsConfig = EvalsConfig()
     audit: AuditConfig = AuditConfig()  # the audit log's streaming export to a SIEM
     sso: SsoConfig = SsoConfig()
+    rag: RagConfig = RagConfig()
 
 
 def cross_check(cfg: Config, outline: Outline) -> list[ConfigIssue]:

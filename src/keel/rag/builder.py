@@ -28,7 +28,7 @@ def build(ctx: Context) -> Contribution:
         t = found.targets[0]
         return parts.providers[t.provider], Target(t.provider, t.model)
 
-    index = Index(ctx.store, Models(alias), url=ctx.store.url)
+    index = Index(ctx.store, Models(alias), url=ctx.store.url, in_process_mb=config.rag.in_process_mb)
     ctx.add(index)
     groups = KeyGroups(ctx.store, index.run)
     ctx.add(groups)

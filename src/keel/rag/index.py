@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import secrets
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +51,9 @@ from keel.store.protocols.rag_index import (
 __all__ = ["ChunkIn", "DocumentRef", "Index", "IndexSpec", "NoIndex", "SearchQuery", "SearchResult"]
 T = TypeVar("T")
 WRITE_TRIES = 5
+ROW_TERMS_BYTES = 1024  # a row's full text in process, as guessed before a build loads (~85 tokens)
+RETRY_S = 60.0  # a build that did not fit the in-process budget, or failed to load, is tried again after this
+log = logging.getLogger("keel.rag")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +113,13 @@ class Index:
         threads: int = 4,
         clock: Callable[[], float] = time.time,
         url: str | None = None,
+        in_process_mb: int = 0,
     ) -> None:
         self.store = store
         self.url = url  # the store's: a re-index loads its new build in a subprocess (keel.rag.index_export)
+        # where the database can search a build (pgvector), the memory this process may give to searching
+        # builds in process instead (decision 0068; `rag.in_process_mb`); 0: always in the database there
+        self.in_process_bytes = in_process_mb * 2**20
         self.models = models or Models()
         self.fusion = fusion
         self._clock = clock
@@ -119,6 +128,8 @@ class Index:
         self._background = ThreadPoolExecutor(1, thread_name_prefix="keel-rag-rebuild", initializer=_lower_priority)
         self.vectors = VectorCache(self.run, store.rag_vectors, store.rag_count)
         self._inside: dict[int, bool] = {}  # vector width -> searched in the database (pgvector)?
+        self._loading: dict[str, asyncio.Task[None]] = {}  # builds being loaded to be searched in process
+        self._not_before: dict[str, float] = {}  # build -> when to try loading it again (too big, or failed)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call in the index's threads."""
@@ -129,15 +140,79 @@ class Index:
         return await asyncio.get_running_loop().run_in_executor(self._background, fn, *args)
 
     async def aclose(self) -> None:
+        for task in list(self._loading.values()):
+            task.cancel()
         self._pool.shutdown(wait=False)
         self._background.shutdown(wait=False)
 
     async def searches_in_database(self, dim: int) -> bool:
-        """Are vectors of `dim` (and full text) searched in the database (pgvector), not in process?"""
+        """Can vectors of `dim` (and full text) be searched in the database (pgvector)? Then a build is
+        searched in process only while it fits `in_process_bytes` (`searched_here`)."""
         inside = self._inside.get(dim)
         if inside is None:  # asked once per width: the answer is the backend's, not the build's
             inside = self._inside[dim] = await self.run(self.store.rag_searches_vectors, dim)
         return inside
+
+    def fits(self, rows: int, dim: int) -> bool:
+        """Would a build of `rows` chunks fit the in-process budget beside the builds loaded now?"""
+        return self.vectors.nbytes + rows * (dim * 4 + 24 + ROW_TERMS_BYTES) <= self.in_process_bytes
+
+    def searched_here(self, build: BuildRow) -> bool:
+        """Is `build`, which the database could search, searched in process? Only once loaded whole within
+        the budget: its first search starts the load in the background (in a subprocess where the store's
+        URL is known, so searches keep the GIL) and the database answers meanwhile; a build that outgrew
+        the budget goes back to the database."""
+        if self.in_process_bytes <= 0 or build.dim is None:
+            return False
+        if build.id in self._loading:
+            return False
+        if self.vectors.holds(build.id):
+            if self.vectors.nbytes <= self.in_process_bytes:
+                return True
+            log.info("RAG build %s no longer fits rag.in_process_mb: searched in the database", build.id)
+            self.vectors.forget(build.id)
+            self._not_before[build.id] = time.monotonic() + RETRY_S
+            return False
+        if self._not_before.get(build.id, 0.0) <= time.monotonic():
+            self._loading[build.id] = asyncio.get_running_loop().create_task(self._load(build.id, build.dim))
+        return False
+
+    async def _load(self, build: str, dim: int) -> None:
+        try:
+            rows = await self.run_background(self.store.rag_count, build)
+            if not self.fits(rows, dim):
+                self._not_before[build] = time.monotonic() + RETRY_S
+                return
+            if self.url is not None:
+                from keel.rag.index_export import ExportFailed, build_elsewhere
+
+                try:
+                    handed = await self.run_background(build_elsewhere, self.url, build, dim)
+                except (ExportFailed, OSError, subprocess.TimeoutExpired) as exc:
+                    log.warning("RAG build %s is loaded in this process: %s", build, exc)
+                else:
+                    await self.vectors.adopt(build, handed)
+            await self.vectors.current(build, dim, run=self.run_background)
+        except Exception:
+            log.exception("RAG build %s could not be loaded: searched in the database", build)
+            self.vectors.forget(build)
+            self._not_before[build] = time.monotonic() + RETRY_S
+        finally:
+            self._loading.pop(build, None)
+
+    async def hold(self, tenant: str, collection: str) -> bool:
+        """Load the collection's active build to be searched in process now, if the budget allows (where
+        the database could search it); True when it is searched in process."""
+        build = await self.active(tenant, collection)
+        if build is None or build.dim is None:
+            return False
+        if not await self.searches_in_database(build.dim):
+            return True
+        self.searched_here(build)
+        task = self._loading.get(build.id)
+        if task is not None:
+            await asyncio.shield(task)
+        return self.searched_here(build)
 
     # ---- builds ------------------------------------------------------------------------------
 
@@ -248,6 +323,9 @@ class Index:
     async def search(self, query: SearchQuery) -> SearchResult:
         started = time.perf_counter()
         builds = await self.builds(query.tenant, query.collection)
+        for b in builds:  # another process swapped or dropped them: free their memory here
+            if b.state in ("retired", "failed") and b.id != query.build and self.vectors.holds(b.id):
+                self.vectors.forget(b.id)
         wanted = query.build
         build = next((b for b in builds if (b.id == wanted if wanted else b.state == "active")), None)
         if build is None:
@@ -288,7 +366,7 @@ class Index:
         empty = Candidates([], [])
         if build.dim is None:  # nothing was ever written to this build
             return empty, empty, None, 0
-        if await self.searches_in_database(build.dim):
+        if await self.searches_in_database(build.dim) and not self.searched_here(build):
             return await self._in_database(q, build, access, now, vector, ms)
         t = time.perf_counter()
         allowed, matrix = await asyncio.gather(

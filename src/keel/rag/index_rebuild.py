@@ -124,7 +124,7 @@ async def _rebuild(index: Index, tenant: str, collection: str, spec: IndexSpec, 
             if progress is not None:
                 progress(done, total)
             await asyncio.sleep(PAUSE * (time.perf_counter() - started))
-        await _warm(index, tenant, collection, shadow)
+        await _warm(index, tenant, collection, shadow, active.id)
         # counted, not summed per page: a page a failed copy process had half written is copied again here,
         # and `rag_copy` skips (counts 0 for) the documents it had written
         chunks = await index.run_background(index.store.rag_count, shadow)
@@ -203,12 +203,18 @@ async def _load(index: Index, tenant: str, collection: str, shadow: str) -> None
         await index.vectors.current(shadow, built.dim, run=index.run_background)
 
 
-async def _warm(index: Index, tenant: str, collection: str, shadow: str) -> None:
+async def _warm(index: Index, tenant: str, collection: str, shadow: str, old: str) -> None:
     """The shadow's in-process index, complete before the swap: built by a subprocess and handed over as
-    arrays where the index knows the store's URL, then the rows written since (ingestion's) read here."""
+    arrays where the index knows the store's URL, then the rows written since (ingestion's) read here.
+    Where the database could search it (pgvector), only if the old build was searched in process here and
+    the new one fits the budget beside it: else the swap lands in the database, as the old one was."""
     built = await _shadow_row(index, tenant, collection, shadow)
-    if built.dim is None or await index.searches_in_database(built.dim):
+    if built.dim is None:
         return
+    if await index.searches_in_database(built.dim):
+        rows = await index.run_background(index.store.rag_count, shadow)
+        if not (index.vectors.holds(old) and index.fits(rows, built.dim)):
+            return
     if index.url is not None:
         try:
             handed = await index.run_background(build_elsewhere, index.url, shadow, built.dim)
@@ -216,7 +222,7 @@ async def _warm(index: Index, tenant: str, collection: str, shadow: str) -> None
             log.warning("re-index of %s/%s: its new build is loaded in this process: %s", tenant, collection, exc)
         else:
             await index.vectors.adopt(shadow, handed)
-    await _load(index, tenant, collection, shadow)
+    await index.vectors.current(shadow, built.dim, run=index.run_background)
 
 
 async def _shadow_row(index: Index, tenant: str, collection: str, shadow: str) -> BuildRow:

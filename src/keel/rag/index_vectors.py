@@ -81,6 +81,13 @@ class BuildVectors:
             self.terms.extend(rows.texts)
         self.n, self.last = need, int(rows.ids[-1])
 
+    @property
+    def nbytes(self) -> int:
+        """About the memory it holds: its arrays as allocated, and 12 bytes per token of full text (the
+        forward index, a posting's row and its term frequency)."""
+        arrays = self.matrix.nbytes + self.ids.nbytes + self.docs.nbytes + self.versions.nbytes
+        return int(arrays + (12 * self.terms.total if self.terms is not None else 0))
+
     def admitted(self, allowed: Sequence[tuple[int, int]]) -> npt.NDArray[np.bool_]:
         """The mask of rows whose (document, version) is among the allowed pairs: what a search scores."""
         import numpy as np
@@ -218,3 +225,14 @@ class VectorCache:
     def forget(self, build: str) -> None:
         self._builds.pop(build, None)
         self._locks.pop(build, None)
+
+    def holds(self, build: str) -> bool:
+        return build in self._builds
+
+    def held(self) -> list[str]:
+        return list(self._builds)
+
+    @property
+    def nbytes(self) -> int:
+        """About the memory the loaded builds hold (BuildVectors.nbytes)."""
+        return sum(b.nbytes for b in list(self._builds.values()))

@@ -1,0 +1,131 @@
+"""A pgvector build searched in process while it fits `rag.in_process_mb` (decision 0068): the first search
+is answered by the database while the build loads in the background (by a subprocess where the index
+knows the store's URL), later ones in process with the same access; a build too big for the budget, or
+that outgrows it, stays in (goes back to) the database; a build another process retired is let go; a
+re-index of a held build swaps to a new build already held."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec
+from keel.rag.index_rebuild import reindex
+from keel.rag.search import SearchQuery
+from keel.store.open import open_store
+from keel.store.protocols import Store
+
+WORDS = [f"hw{i}x" for i in range(50)]
+SPEC = IndexSpec("hash:64", {})
+
+
+@pytest.fixture
+def store(pgvector_schema_url: str) -> Iterator[Store]:
+    opened = open_store(pgvector_schema_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def ref(n: int, groups: tuple[str, ...]) -> DocumentRef:
+    return DocumentRef("t1", "kb", f"d{n}", 1, f"doc {n}", {}, (), groups, None, time.time(), "test")
+
+
+async def fill(index: Index, docs: int, first: int = 0, spec: IndexSpec = SPEC) -> None:
+    rng = random.Random(first)
+    await index.ensure("t1", "kb", spec)
+    for n in range(first, first + docs):
+        chunks = [ChunkIn(i, " ".join(rng.choices(WORDS, k=6)), (), f"{n}-{i}", 6) for i in range(2)]
+        await index.replace(ref(n, ("readers",) if n % 3 == 0 else ("others",)), chunks)
+
+
+def query(text: str, mode: str = "lexical") -> SearchQuery:
+    return SearchQuery("t1", "kb", text, top_k=200, groups=("readers",), mode=mode, candidates=1000)  # type: ignore[arg-type]
+
+
+async def until_held(index: Index, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (await index.search(query(WORDS[0]))).candidates["documents"] >= 0:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+def test_first_search_answers_from_the_database_then_in_process_alike(store: Store) -> None:
+    async def body() -> None:
+        index = Index(store, url=store.url, in_process_mb=64)  # the load runs in keel.rag.index_export
+        await fill(index, 60)
+        words = " ".join(WORDS[:3])
+        first = await index.search(query(words))
+        assert first.candidates["documents"] == -1  # the database answered while the build loads
+        assert await until_held(index)
+        later = await index.search(query(words))
+        assert later.candidates["documents"] == 20  # the 20 documents group "readers" may read
+        assert {h.document_id for h in later.hits} == {h.document_id for h in first.hits}
+        assert all(int(h.document_id[1:]) % 3 == 0 for h in later.hits)
+        await fill(index, 3, first=60)  # written after the load: read before the next search
+        assert "d60" in {h.document_id for h in (await index.search(query(" ".join(WORDS)))).hits}
+        await index.aclose()
+
+    asyncio.run(body())
+
+
+def test_a_build_over_the_budget_stays_in_the_database_and_one_outgrowing_it_goes_back(store: Store) -> None:
+    async def body() -> None:
+        small = Index(store, in_process_mb=1)
+        await fill(small, 500)  # 1,000 chunks: ~1.3 MB guessed before a load
+        assert not await small.hold("t1", "kb")
+        assert (await small.search(query(WORDS[1]))).candidates["documents"] == -1
+        await small.aclose()
+
+        index = Index(store, in_process_mb=2)
+        await index.run(store.rag_purge, "t1", "kb")
+        wide = IndexSpec("hash:256", {})
+        await fill(index, 150, spec=wide)  # 300 chunks of 1 KB vectors: fits (as allocated, for 1,024 rows)
+        assert await index.hold("t1", "kb")
+        await fill(index, 400, first=150, spec=wide)  # 1,100 chunks: grown past 2 MiB while held
+        assert (await index.search(query(WORDS[1]))).candidates["documents"] == 184  # the new rows read in
+        assert (await index.search(query(WORDS[1]))).candidates["documents"] == -1  # then over the budget
+        build = await index.active("t1", "kb")
+        assert build is not None and not index.vectors.holds(build.id)
+        await index.aclose()
+
+    asyncio.run(body())
+
+
+def test_a_build_retired_by_another_process_is_let_go_and_the_new_one_held(store: Store) -> None:
+    async def body() -> None:
+        serving = Index(store, url=store.url, in_process_mb=64)
+        other = Index(store, url=store.url, in_process_mb=64)  # another replica, which re-indexes
+        await fill(serving, 30)
+        assert await serving.hold("t1", "kb")
+        old = await serving.active("t1", "kb")
+        assert old is not None and serving.vectors.holds(old.id)
+        done = await reindex(other, "t1", "kb", IndexSpec("hash:32", {}))
+        assert other.vectors.nbytes == 0  # it held neither build: the swap landed in the database there
+        result = await serving.search(query(WORDS[2]))
+        assert result.build == done.build and not serving.vectors.holds(old.id)
+        assert await until_held(serving)
+        await serving.aclose()
+        await other.aclose()
+
+    asyncio.run(body())
+
+
+def test_a_reindex_of_a_held_build_swaps_to_a_new_build_already_held(store: Store) -> None:
+    async def body() -> None:
+        index = Index(store, url=store.url, in_process_mb=64)
+        await fill(index, 30)
+        assert await index.hold("t1", "kb")
+        done = await reindex(index, "t1", "kb", IndexSpec("hash:32", {}))
+        result = await index.search(query(WORDS[3]))
+        assert result.build == done.build and result.candidates["documents"] == 10
+        await index.aclose()
+
+    asyncio.run(body())
