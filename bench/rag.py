@@ -36,6 +36,7 @@ from typing import Any
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as `keel serve` sets it: read when numpy loads, just below
 import numpy as np
 
+from keel.cli.serve import tune_gc
 from keel.rag import evaluate
 from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec
 from keel.rag.index_models import Models
@@ -188,6 +189,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def with_index(args: argparse.Namespace, body: Any) -> None:
+    tune_gc()  # the collector as `keel serve` sets it
     models = Models()
     models.add("synthetic", Synthetic(seed="a"))
     models.add("synthetic-b", Synthetic(seed="b"))
@@ -254,6 +256,7 @@ async def rebuild(index: Index) -> None:
     latencies: list[float] = []
     failures = 0
     stamps: list[float] = []  # when each query started
+    stages: list[dict[str, float]] = []  # each query's milliseconds per stage (SearchResult.ms)
     done = asyncio.Event()
 
     async def load() -> None:
@@ -265,8 +268,10 @@ async def rebuild(index: Index) -> None:
                     SearchQuery("t", "big", synthetic_text(rng, 4, query=True), groups=("readers",))
                 )
                 builds.append(result.build)
+                stages.append(dict(result.ms))
             except Exception as exc:  # counted, never expected
                 failures += 1
+                stages.append({})
                 print("query failed:", exc)
             latencies.append((time.perf_counter() - t) * 1000)
             stamps.append(t)
@@ -294,11 +299,12 @@ async def rebuild(index: Index) -> None:
     )
     swapped = started + took
     slow_after = sum(1 for ms, t in zip(latencies, stamps, strict=True) if ms > 2 * p99 and t >= swapped)
-    worst = sorted(zip(latencies, stamps, strict=True), reverse=True)[:5]
+    worst = sorted(zip(latencies, stamps, stages, strict=True), key=lambda x: -x[0])[:5]
     print(
         f"slow ones started after the swap: {slow_after}; the 5 slowest (ms @ s from the start):"
-        f" {', '.join(f'{ms:.0f} @ {t - started:.0f}' for ms, t in worst)}"
+        f" {', '.join(f'{ms:.0f} @ {t - started:.1f}' for ms, t, _ in worst)}; the re-index took {took:.1f} s"
     )
+    print("their stages (ms):", *(" ".join(f"{k} {v:.0f}" for k, v in s.items()) for _, _, s in worst), sep="\n  ")
 
 
 async def cost(index: Index) -> None:

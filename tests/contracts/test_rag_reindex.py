@@ -386,3 +386,45 @@ def test_counts_are_true_when_the_copy_process_died_mid_page(store: Store, caplo
         logging.getLogger("keel.rag").removeHandler(cured)
     (warned,) = [r.getMessage() for r in caplog.records if "copy goes on in this process" in r.getMessage()]
     assert "poison" in warned  # the copy process died of it
+
+
+class Held:
+    """A model whose query embedding waits for a gate: a search holds there, between listing the builds
+    and reading the active one's vectors, while the test swaps builds."""
+
+    def __init__(self) -> None:
+        self.model_id = "held-48@1"
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+        self._inner = HashModel(48)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if len(texts) == 1 and texts[0] == "held query":
+            self.waiting.set()
+            await self.gate.wait()
+        return await self._inner.embed(texts)
+
+
+def test_a_search_whose_build_a_swap_let_go_answers_from_the_new_build_without_loading_the_old(store: Store) -> None:
+    async def body() -> None:
+        rng = random.Random(4)
+        index = Index(store)
+        held = Held()
+        index.models.add("held", held)
+        await index.ensure("t1", "kb", IndexSpec("held", {}))
+        for n in range(20):
+            await index.replace(ref(n), body_of(rng, n))
+        old = await index.active("t1", "kb")
+        assert old is not None
+        await index.search(SearchQuery("t1", "kb", WORDS[0]))  # the old build loaded here
+        assert index.vectors.holds(old.id)
+        search = asyncio.create_task(index.search(SearchQuery("t1", "kb", "held query")))
+        await held.waiting.wait()  # it listed the builds: the old one is active
+        done = await reindex(index, "t1", "kb", IndexSpec("hash:32", {}))
+        held.gate.set()
+        result = await search
+        assert result.build == done.build != old.id  # answered wholly from the new build
+        assert not index.vectors.holds(old.id)  # and the retired one was not loaded back
+        await index.aclose()
+
+    asyncio.run(body())

@@ -93,7 +93,7 @@ def uvicorn_options(cfg: keel_config.Config, args: argparse.Namespace) -> dict[s
     }
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     # Long-lived start-up objects leave the collector's view, and young collections run less often:
     # full collections over them were the gateway's worst latency tail.
     gc.collect()
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     runtime = Runtime.build(cfg)
     bootstrap(runtime.store)
     print(f"keel: serving on http://{host}:{port}/v1 (storage {_redacted(cfg.storage.url)})", file=sys.stderr)
-    _tune_gc()
+    tune_gc()
     # uvicorn drains on SIGTERM (the lifespan flushes traces), then re-raises the signal: make that a clean exit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(create_app(runtime), host=host, port=port, **uvicorn_options(cfg, args))
@@ -216,7 +216,7 @@ def _worker(cfg: keel_config.Config, args: argparse.Namespace, sock: socket.sock
     os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which forwards one SIGTERM
     _die_with_parent()
     runtime = Runtime.build(cfg)
-    _tune_gc()
+    tune_gc()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # uvicorn re-raises it after the drain
     headers = [(WORKER_HEADER, str(os.getpid()))]  # uvicorn adds it as it adds `server`: no per-call code
     server = uvicorn.Server(uvicorn.Config(create_app(runtime), headers=headers, **uvicorn_options(cfg, args)))

@@ -34,7 +34,7 @@ import orjson
 from keel.rag.acl import admitted_because
 from keel.rag.fusion import DEFAULT, Fused, Fusion, fuse
 from keel.rag.index_models import BATCH, Models
-from keel.rag.index_vectors import BuildVectors, VectorCache
+from keel.rag.index_vectors import BuildVectors, LetGo, VectorCache
 from keel.rag.search import Hit, SearchQuery, SearchResult
 from keel.store.protocols.rag_index import (
     Access,
@@ -51,6 +51,7 @@ from keel.store.protocols.rag_index import (
 __all__ = ["ChunkIn", "DocumentRef", "Index", "IndexSpec", "NoIndex", "SearchQuery", "SearchResult"]
 T = TypeVar("T")
 WRITE_TRIES = 5
+SEARCH_TRIES = 3
 ROW_TERMS_BYTES = 1024  # a row's full text in process, as guessed before a build loads (~85 tokens)
 RETRY_S = 60.0  # a build that did not fit the in-process budget, or failed to load, is tried again after this
 log = logging.getLogger("keel.rag")
@@ -164,7 +165,7 @@ class Index:
         the budget goes back to the database."""
         if self.in_process_bytes <= 0 or build.dim is None:
             return False
-        if build.id in self._loading:
+        if build.id in self._loading or self.vectors.let_go_lately(build.id):  # let go: the database answers
             return False
         if self.vectors.holds(build.id):
             if self.vectors.nbytes <= self.in_process_bytes:
@@ -245,15 +246,15 @@ class Index:
         old = await self.active(tenant, collection)
         await self.run(self.store.rag_activate, tenant, collection, build)
         if old is not None and old.id != build:
-            self.vectors.forget(old.id)
+            self.vectors.let_go(old.id)
 
     async def fail(self, build: str, error: str) -> None:
         await self.run(self.store.rag_set_state, build, "failed", error[:2000])
-        self.vectors.forget(build)
+        self.vectors.let_go(build)
 
     async def purge(self, tenant: str, collection: str | None = None) -> int:
         for b in await self.run(self.store.rag_builds, tenant, collection):
-            self.vectors.forget(b.id)
+            self.vectors.let_go(b.id)
         return await self.run(self.store.rag_purge, tenant, collection)
 
     # ---- writes ------------------------------------------------------------------------------
@@ -321,11 +322,19 @@ class Index:
     # ---- search ------------------------------------------------------------------------------
 
     async def search(self, query: SearchQuery) -> SearchResult:
+        """Answered wholly from one build: a search whose build a swap let go before it read it starts
+        again on the build active now."""
+        for _ in range(SEARCH_TRIES - 1):
+            with contextlib.suppress(LetGo):
+                return await self._search(query)
+        return await self._search(query)
+
+    async def _search(self, query: SearchQuery) -> SearchResult:
         started = time.perf_counter()
         builds = await self.builds(query.tenant, query.collection)
         for b in builds:  # another process swapped or dropped them: free their memory here
             if b.state in ("retired", "failed") and b.id != query.build and self.vectors.holds(b.id):
-                self.vectors.forget(b.id)
+                self.vectors.let_go(b.id)
         wanted = query.build
         build = next((b for b in builds if (b.id == wanted if wanted else b.state == "active")), None)
         if build is None:
@@ -371,7 +380,7 @@ class Index:
         t = time.perf_counter()
         allowed, matrix = await asyncio.gather(
             self.run(self.store.rag_allowed, q.tenant, q.collection, access, q.filters, _expiry(q, now)),
-            self.vectors.current(build.id, build.dim),
+            self.vectors.current(build.id, build.dim, again=q.build is not None),
         )
         admitted = matrix.admitted(allowed)
         ms["admitted"] = _ms(t)

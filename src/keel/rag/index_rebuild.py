@@ -134,7 +134,7 @@ async def _rebuild(index: Index, tenant: str, collection: str, spec: IndexSpec, 
         if not isinstance(exc, BuildGone):
             await index.fail(shadow, f"{type(exc).__name__}: {exc}")
         else:
-            index.vectors.forget(shadow)
+            index.vectors.let_go(shadow)
         raise
     finally:
         if copier is not None:

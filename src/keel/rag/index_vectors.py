@@ -13,6 +13,7 @@ twice the build's live rows; then it is read again.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -179,6 +180,25 @@ def _grow(a: npt.NDArray[G], shape: tuple[int, ...]) -> npt.NDArray[G]:
     return out
 
 
+LET_GO_S = 600.0  # how long a build let go is remembered, so that no late search loads it back
+
+
+class LetGo(LookupError):
+    """The build a search listed was let go (a swap retired it) before the search read it."""
+
+
+def out_of_collections() -> None:
+    """Keep a build just loaded out of the collector's full passes. Its full text is tens of thousands of
+    containers (a posting list per term) that live as long as the build: each full collection walked them
+    all (16 ms at 100,000 chunks, every slow query of bench/rag.py's re-index and control runs). The young
+    garbage is collected first, then every tracked object frozen (as `keel serve` does once at start-up):
+    refcounting still frees a build let go, since its containers hold no cycles."""
+    import gc
+
+    gc.collect(1)
+    gc.freeze()
+
+
 class VectorCache:
     """Loaded builds of this process: read lazily, kept current by reading new rows before each search."""
 
@@ -189,18 +209,23 @@ class VectorCache:
         self._tokens = Tokens()
         self._builds: dict[str, BuildVectors] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._gone: dict[str, float] = {}  # builds let go lately -> when
 
-    async def current(self, build: str, dim: int, *, run: Run | None = None) -> BuildVectors:
+    async def current(self, build: str, dim: int, *, run: Run | None = None, again: bool = False) -> BuildVectors:
         """The build's vectors including every row committed before this call. `run`: read and load the
         new rows, however few, in those threads (a re-index loading its shadow build as it fills it,
-        in its own low-priority thread: no search holds a shadow)."""
+        in its own low-priority thread: no search holds a shadow). A build let go lately raises LetGo
+        unless loaded with `run` or asked for `again` (a search naming that build)."""
         lock = self._locks.setdefault(build, asyncio.Lock())
         async with lock:
             found = self._builds.get(build)
+            if found is None and run is None and not again and build in self._gone:
+                raise LetGo(f"build {build} was let go while a search was on its way to it")
             if found is None or found.dim != dim:
                 found = self._builds[build] = BuildVectors(dim, self._tokens)
             rows = await (run or self._run)(self._vectors, build, found.last)
             assert isinstance(rows, VectorRows)
+            first = found.n == 0 and len(rows.ids) > 0
             if run is not None:
                 await run(found.extend, rows)
             elif found.n == 0:  # a first read (seconds at 100,000 rows): off the event loop; no search holds it yet
@@ -214,6 +239,9 @@ class VectorCache:
                     fresh = BuildVectors(dim, self._tokens)
                     await self._run(fresh.extend, await self._run(self._vectors, build, 0))
                     found = self._builds[build] = fresh
+                    first = True
+            if first:
+                await self._run(out_of_collections)
             return found
 
     async def adopt(self, build: str, vectors: BuildVectors) -> None:
@@ -221,10 +249,23 @@ class VectorCache:
         the rows written since."""
         async with self._locks.setdefault(build, asyncio.Lock()):
             self._builds[build] = vectors
+        await self._run(out_of_collections)
 
     def forget(self, build: str) -> None:
+        """Drop the build's vectors here (it may be loaded again)."""
         self._builds.pop(build, None)
         self._locks.pop(build, None)
+
+    def let_go(self, build: str) -> None:
+        """Drop a build no search should read any more (retired by a swap, failed, purged): a search that
+        listed it before and reads it now gets LetGo (and starts again) instead of loading it back."""
+        self.forget(build)
+        now = time.monotonic()
+        self._gone = {b: t for b, t in self._gone.items() if t > now - LET_GO_S}
+        self._gone[build] = now
+
+    def let_go_lately(self, build: str) -> bool:
+        return build in self._gone and build not in self._builds
 
     def holds(self, build: str) -> bool:
         return build in self._builds
