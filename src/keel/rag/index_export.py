@@ -86,7 +86,9 @@ def load(folder: Path) -> BuildVectors:
 def main(argv: list[str]) -> int:
     build, dim, folder = argv
     url = sys.stdin.read().strip()
-    os.nice(10)  # the serving process's searches go first
+    from keel.rag.index_copy import idle_priority
+
+    idle_priority()  # the serving process's searches go first
     from keel.store.open import open_store
 
     store = open_store(url, migrate=False)
