@@ -12,7 +12,6 @@ Rows written after the subprocess read the build are then loaded as usual (Vecto
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
