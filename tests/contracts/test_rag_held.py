@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec
 from keel.rag.index_rebuild import reindex
 from keel.rag.search import SearchQuery
-from keel.store.open import open_store
 from keel.store.protocols import Store
 
 WORDS = [f"hw{i}x" for i in range(50)]
@@ -24,12 +22,9 @@ SPEC = IndexSpec("hash:64", {})
 
 
 @pytest.fixture
-def store(pgvector_schema_url: str) -> Iterator[Store]:
-    opened = open_store(pgvector_schema_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
+def storage_url(pgvector_schema_url: str) -> str:
+    """PostgreSQL with pgvector only (the suite's `store` opens it)."""
+    return pgvector_schema_url
 
 
 def ref(n: int, groups: tuple[str, ...]) -> DocumentRef:
