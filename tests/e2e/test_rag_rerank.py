@@ -7,6 +7,7 @@ rerank; /metrics counts the outcomes."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,8 @@ def test_search_reorders_as_graded_and_skips_bad_answers(make_gateway: Any, up: 
     metrics = httpx.get(f"{gw.url}/metrics").text
     for outcome, n in (("applied", 3), ("bad_answer", 3), ("failed", 1), ("timeout", 1)):
         assert f'keel_rag_rerank_total{{outcome="{outcome}"}} {n}' in metrics
+    held = re.search(r"^keel_rag_in_process_bytes (\S+)$", metrics, re.M)  # SQLite: the build searched in process
+    assert held and float(held.group(1)) > 0 and re.search(r"^keel_rag_in_process_builds 1(\.0)?$", metrics, re.M)
 
 
 def test_overrides_and_the_setting_routes(make_gateway: Any, up: FakeUpstream, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from keel.dashboard.throttle import LoginStats
 from keel.errors import AuthError
 from keel.gateway.warmth import STATES, WarmthBook
 from keel.jobs.pool import JobPool
+from keel.rag.index import Index
 from keel.rag.rerank import OUTCOMES, Reranker
 from keel.runtime.components import Runtime
 from keel.traces.metrics import CONTENT_TYPE, Family, Kind, Labels
@@ -161,14 +162,24 @@ class MetricsEndpoint:
         return out
 
     def _rerank(self) -> list[Family]:
-        """RAG reranking outcomes in this process (keel.rag.rerank): applied, or why it was skipped."""
+        """RAG reranking outcomes in this process (keel.rag.rerank): applied, or why it was skipped; and the
+        memory its in-process indexes hold against `rag.in_process_mb` (decision 0068)."""
+        out: list[Family] = []
         reranker = self._rt.find(Reranker)
-        if reranker is None:
-            return []
-        counts = [({"outcome": o}, float(reranker.outcomes[o])) for o in OUTCOMES]
-        return [
-            Family("keel_rag_rerank_total", "counter", "RAG rerank calls, by outcome (skipped unless applied).", counts)
-        ]
+        if reranker is not None:
+            counts = [({"outcome": o}, float(reranker.outcomes[o])) for o in OUTCOMES]
+            out.append(
+                Family(
+                    "keel_rag_rerank_total", "counter", "RAG rerank calls, by outcome (skipped unless applied).", counts
+                )
+            )
+        index = self._rt.find(Index)
+        if index is not None:
+            out += [
+                _one("keel_rag_in_process_bytes", "gauge", "Memory the RAG builds searched in this process hold (estimated).", index.vectors.nbytes),
+                _one("keel_rag_in_process_builds", "gauge", "RAG builds searched in this process.", len(index.vectors.held())),
+            ]  # fmt: skip
+        return out
 
     def _cold_starts(self) -> list[Family]:
         """Self-hosted servers' readiness (gateway/warmth.py), per target and per provider."""
