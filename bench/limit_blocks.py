@@ -24,6 +24,7 @@ import redis
 
 from keel.store.protocols import Charge
 from keel.store.redis.limits import RedisLimits
+from limits import evalsha_stats
 
 URL = "redis://127.0.0.1:6379/0"
 CHARGES = [
@@ -33,12 +34,6 @@ CHARGES = [
     Charge("key=k|concurrency", "concurrent", 1e5, 1.0),
 ]
 ACTUAL = [1.0, 30.0, 0.00001, 1.0]
-
-
-def evalsha_stats(r: redis.Redis) -> tuple[int, int]:
-    """(calls, usec) of EVALSHA so far."""
-    stats = r.info("commandstats").get("cmdstat_evalsha", {"calls": 0, "usec": 0})
-    return int(stats["calls"]), int(stats["usec"])
 
 
 async def grants(prefix: str, r: redis.Redis) -> None:
