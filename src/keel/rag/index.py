@@ -33,7 +33,7 @@ import orjson
 
 from keel.rag.acl import admitted_because
 from keel.rag.fusion import DEFAULT, Fused, Fusion, fuse
-from keel.rag.index_models import BATCH, Models
+from keel.rag.index_models import Models, embed_rows
 from keel.rag.index_vectors import BuildVectors, LetGo, VectorCache
 from keel.rag.search import Hit, SearchQuery, SearchResult
 from keel.store.protocols.rag_index import (
@@ -307,14 +307,7 @@ class Index:
         self, name: str, title: str, chunks: Sequence[ChunkIn], progress: Callable[[int], None] | None
     ) -> list[bytes]:
         model = await self.models.get(name)
-        texts = [embed_text(title, c) for c in chunks]
-        blobs: list[bytes] = []
-        for i in range(0, len(texts), BATCH):
-            matrix = await model.embed(texts[i : i + BATCH])
-            blobs.extend(row.tobytes() for row in matrix)
-            if progress is not None:
-                progress(len(blobs))
-        return blobs
+        return await embed_rows(model, [embed_text(title, c) for c in chunks], progress)
 
     async def remove(self, tenant: str, collection: str, document_id: str) -> int:
         return await self.run(self.store.rag_remove, tenant, collection, document_id)

@@ -172,7 +172,7 @@ async def own_model(name: str, model_id: str) -> IndexModel | None:
 
 async def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
     from keel.rag.index import embed_text
-    from keel.rag.index_models import BATCH
+    from keel.rag.index_models import embed_rows
     from keel.store.open import open_store
 
     first = _receive(inp.read)
@@ -198,9 +198,7 @@ async def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
                 width = len(blob) // len(rows)
                 blobs = [blob[i * width : (i + 1) * width] for i in range(len(rows))]
             else:
-                blobs = []
-                for i in range(0, len(texts), BATCH):
-                    blobs.extend(row.tobytes() for row in await model.embed(texts[i : i + BATCH]))
+                blobs = await embed_rows(model, texts)
             copy_page(store, hello["shadow"], rows, blobs)
             _send(out, orjson.dumps(page))
     finally:

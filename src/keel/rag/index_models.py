@@ -45,6 +45,19 @@ class IndexModel(Protocol):
         ...
 
 
+async def embed_rows(
+    model: IndexModel, texts: Sequence[str], progress: Callable[[int], None] | None = None
+) -> list[bytes]:
+    """Each text's vector as float32 bytes, embedded `BATCH` texts a call (`progress`: texts done, after
+    each call)."""
+    blobs: list[bytes] = []
+    for i in range(0, len(texts), BATCH):
+        blobs.extend(row.tobytes() for row in await model.embed(texts[i : i + BATCH]))
+        if progress is not None:
+            progress(len(blobs))
+    return blobs
+
+
 class LocalModel:
     def __init__(self, model: LocalEmbedder) -> None:
         self._model = model

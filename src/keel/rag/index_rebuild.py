@@ -38,9 +38,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from keel.rag.index import Index, IndexSpec, NoIndex, embed_text
-from keel.rag.index_copy import Copier, CopyFailed, SourceRow, by_document
+from keel.rag.index_copy import Copier, CopyFailed, SourceRow, copy_page
 from keel.rag.index_export import ExportFailed, build_elsewhere
-from keel.rag.index_models import BATCH, IndexModel
+from keel.rag.index_models import IndexModel, embed_rows
 from keel.store.protocols.rag_index import BuildRow
 
 DOCS_PER_READ = 64
@@ -163,7 +163,7 @@ async def _copy_elsewhere(index: Index, copier: Copier, model: IndexModel, after
     if not page["rows"]:
         return None
     if "texts" in page:
-        blob = b"".join(await _embed(model, page["texts"]))
+        blob = b"".join(await embed_rows(model, page["texts"]))
         page = {**page, **await index.run_background(copier.vectors, blob)}
     return int(page["rows"]), int(page["last"])
 
@@ -180,19 +180,11 @@ async def _copy_here(
     return len(rows), rows[-1][0]
 
 
-async def _embed(model: IndexModel, texts: list[str]) -> list[bytes]:
-    blobs: list[bytes] = []
-    for i in range(0, len(texts), BATCH):
-        blobs.extend(row.tobytes() for row in await model.embed(texts[i : i + BATCH]))
-    return blobs
-
-
 async def _copy(index: Index, shadow: str, model: IndexModel, rows: list[SourceRow]) -> None:
     """Embed one page of the old build's chunks with the new model and copy them, document by document,
-    into the shadow."""
-    blobs = await _embed(model, [embed_text(title, chunk) for _, _, title, chunk in rows])
-    for (doc, version), chunks in by_document(rows, blobs).items():
-        await index.run_background(functools.partial(index.store.rag_copy, shadow, doc, version, chunks))
+    into the shadow (as the copy process does)."""
+    blobs = await embed_rows(model, [embed_text(title, chunk) for _, _, title, chunk in rows])
+    await index.run_background(copy_page, index.store, shadow, rows, blobs)
 
 
 async def _load(index: Index, tenant: str, collection: str, shadow: str) -> None:
