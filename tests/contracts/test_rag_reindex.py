@@ -13,7 +13,7 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -276,6 +276,22 @@ class _When(logging.Handler):
             self._then()
 
 
+def _copy_went_on_here(
+    body: Callable[[], Coroutine[Any, Any, None]], when: _When, caplog: pytest.LogCaptureFixture
+) -> str:
+    """Run `body` with `when` listening to the re-index's log: the one warning that the copy went on in
+    this process."""
+    logger = logging.getLogger("keel.rag")
+    logger.addHandler(when)
+    try:
+        with caplog.at_level(logging.WARNING, "keel.rag"):
+            asyncio.run(body())
+    finally:
+        logger.removeHandler(when)
+    (warned,) = [r.getMessage() for r in caplog.records if "copy goes on in this process" in r.getMessage()]
+    return warned
+
+
 def _connect(url: str) -> Any:
     """A connection of the test's own to the store's database (SQLite: autocommit, transactions by hand)."""
     if url.startswith("sqlite:///"):
@@ -319,15 +335,11 @@ def test_a_copy_process_stuck_on_a_lock_is_stopped_and_the_copy_goes_on_here(
         await _embedded_as_here(index, store, rebuilt.build, HashModel(128))
         await index.aclose()
 
-    logging.getLogger("keel.rag").addHandler(released)
     try:
-        with caplog.at_level(logging.WARNING, "keel.rag"):
-            asyncio.run(body())
+        warned = _copy_went_on_here(body, released, caplog)
     finally:
-        logging.getLogger("keel.rag").removeHandler(released)
         for conn in held:
             conn.close()
-    (warned,) = [r.getMessage() for r in caplog.records if "copy goes on in this process" in r.getMessage()]
     assert "timed out (no answer in 1 s)" in warned and released.done
 
 
@@ -378,14 +390,7 @@ def test_counts_are_true_when_the_copy_process_died_mid_page(store: Store, caplo
         assert (rebuilt.chunks, rebuilt.documents) == (300, 150)
         await index.aclose()
 
-    logging.getLogger("keel.rag").addHandler(cured)
-    try:
-        with caplog.at_level(logging.WARNING, "keel.rag"):
-            asyncio.run(body())
-    finally:
-        logging.getLogger("keel.rag").removeHandler(cured)
-    (warned,) = [r.getMessage() for r in caplog.records if "copy goes on in this process" in r.getMessage()]
-    assert "poison" in warned  # the copy process died of it
+    assert "poison" in _copy_went_on_here(body, cured, caplog)  # the copy process died of it
 
 
 class Held:
