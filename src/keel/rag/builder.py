@@ -1,11 +1,13 @@
 """The RAG index's builder: the `Index` (offered to ingestion and the edges), the `retrieve` slot, the
-`Reranker` (grading through the composed pipeline), and embedding models by alias through the gateway's
-providers."""
+`Reranker` (grading through the composed pipeline), embedding models by alias through the gateway's
+providers, and a worker that drops builds a re-index retired (or that failed) a grace after they ended."""
 
 from __future__ import annotations
 
+import time
+
 from keel.gateway.builder import GatewayParts
-from keel.gateway.capability import Context, Contribution, Pipeline
+from keel.gateway.capability import Context, Contribution, Pipeline, Worker
 from keel.providers.base import Provider
 from keel.rag.collections import FreshnessDefaults
 from keel.rag.index import Index
@@ -15,6 +17,9 @@ from keel.rag.retrieve import KeyGroups, RetrieveStage
 from keel.traces.otel import SpanExporter
 from keel.traces.writer import TraceWriter
 from keel.types import Span, Target
+
+ENDED_EVERY_S = 60.0
+ENDED_GRACE_S = 60.0  # a retired build stays this long after its swap, for searches that listed it before
 
 
 def build(ctx: Context) -> Contribution:
@@ -43,6 +48,11 @@ def build(ctx: Context) -> Contribution:
         if exporter is not None:
             exporter.put_span(span)
 
+    async def drop_ended() -> None:
+        await index.drop_ended(time.time() - ENDED_GRACE_S)
+
     return Contribution(
-        [("retrieve", RetrieveStage(index, groups, defaults, put_span, reranker))], close=[index.aclose]
+        [("retrieve", RetrieveStage(index, groups, defaults, put_span, reranker))],
+        workers=[Worker("rag-ended-builds", drop_ended, every_s=ENDED_EVERY_S)],
+        close=[index.aclose],
     )

@@ -131,6 +131,7 @@ class Index:
         self._inside: dict[int, bool] = {}  # vector width -> searched in the database (pgvector)?
         self._loading: dict[str, asyncio.Task[None]] = {}  # builds being loaded to be searched in process
         self._not_before: dict[str, float] = {}  # build -> when to try loading it again (too big, or failed)
+        self._owners: dict[str, tuple[str, str]] = {}  # held or just searched build -> (tenant, collection)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call in the index's threads."""
@@ -243,6 +244,9 @@ class Index:
         return await self.run(self.store.rag_add_build, row)
 
     async def activate(self, tenant: str, collection: str, build: str) -> None:
+        """Swap `build` in (made ready for the database to search first: pgvector's HNSW index, in one
+        pass) and retire the old build, which `drop_ended` drops a grace later."""
+        await self.run_background(self.store.rag_prepare, build)
         old = await self.active(tenant, collection)
         await self.run(self.store.rag_activate, tenant, collection, build)
         if old is not None and old.id != build:
@@ -251,6 +255,19 @@ class Index:
     async def fail(self, build: str, error: str) -> None:
         await self.run(self.store.rag_set_state, build, "failed", error[:2000])
         self.vectors.let_go(build)
+
+    async def drop_ended(self, before: float) -> int:
+        """Drop every build retired or failed before `before` (its chunks, vectors and row), so a re-index
+        leaves one build's data, not two: a grace after the swap, for the searches that listed the old
+        build before it. The builds dropped."""
+        dropped = 0
+        while found := await self.run(self.store.rag_ended_builds, before):
+            for b in found:
+                self.vectors.let_go(b.id)
+                chunks = await self.run_background(self.store.rag_drop_build, b.id)
+                log.info("RAG build %s of %s/%s (%s) dropped: %d chunks", b.id, b.tenant, b.collection, b.state, chunks)
+                dropped += 1
+        return dropped
 
     async def purge(self, tenant: str, collection: str | None = None) -> int:
         for b in await self.run(self.store.rag_builds, tenant, collection):
@@ -325,9 +342,7 @@ class Index:
     async def _search(self, query: SearchQuery) -> SearchResult:
         started = time.perf_counter()
         builds = await self.builds(query.tenant, query.collection)
-        for b in builds:  # another process swapped or dropped them: free their memory here
-            if b.state in ("retired", "failed") and b.id != query.build and self.vectors.holds(b.id):
-                self.vectors.let_go(b.id)
+        self._let_go_ended(query, builds)
         wanted = query.build
         build = next((b for b in builds if (b.id == wanted if wanted else b.state == "active")), None)
         if build is None:
@@ -359,6 +374,21 @@ class Index:
         counts = {"lexical": len(lexical.ids), "vector": len(vectors.ids), "documents": admitted}
         fusion = self.fusion.describe() if query.mode == "hybrid" else query.mode
         return SearchResult(build.id, build.model, query.mode, fusion, hits, counts, ms)
+
+    def _let_go_ended(self, query: SearchQuery, builds: Sequence[BuildRow]) -> None:
+        """Free the memory of this collection's builds that another process retired, failed or dropped."""
+        owner, listed = (query.tenant, query.collection), {b.id for b in builds}
+        for known, where in list(self._owners.items()):  # as many as the builds held here, and these
+            gone = where == owner and known not in listed  # dropped (`drop_ended`) by another process
+            if gone and self.vectors.holds(known):
+                self.vectors.let_go(known)
+            if gone or not self.vectors.holds(known):
+                del self._owners[known]
+        for b in builds:
+            if b.state not in ("retired", "failed"):
+                self._owners[b.id] = owner  # perhaps loaded by this search
+            elif b.id != query.build and self.vectors.holds(b.id):
+                self.vectors.let_go(b.id)
 
     async def _candidates(
         self, q: SearchQuery, build: BuildRow, access: Access, now: float, vector: bytes | None, ms: dict[str, float]

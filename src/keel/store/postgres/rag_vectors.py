@@ -1,18 +1,26 @@
-"""pgvector for the RAG index: chunk vectors also in `rag_vectors_<dim>` with an HNSW index, searched in
-the database with the access filter and the caller's filters in the same query.
+"""pgvector for the RAG index: chunk vectors also in `rag_vectors_<dim>`, with an HNSW index per build
+(partial: `WHERE build = '<id>'`), searched in the database with the access filter and the caller's
+filters in the same query.
 
 The table of a dimension is made on the first write of vectors that wide (pgvector's column has one
 dimension), outside the write's transaction and under an advisory lock; where the extension cannot be
 created the index searches vectors in process as on SQLite (`rag_vector_search` → None). Rows go with
-their chunk (ON DELETE CASCADE). pgvector before 0.8 filters after the HNSW scan, which can come back
-short of `limit` when the caller may read a small share of the build: then the same query runs again
-exact (index scans off), so a filter never starves the candidates; from 0.8 on, iterative scans do it.
+their chunk (ON DELETE CASCADE). A build's HNSW index is made when it starts to serve: at its first write
+when it is made active (a new collection's, still empty), else by `rag_prepare` just before a shadow is
+activated, built in one pass, concurrently, in one backend (decision 0069: filling a shadow of 100,000
+chunks into an HNSW index shared by every build cost ~5 ms of database CPU a chunk, one insert at a time,
+and slowed every search on a shared machine for the 18 minutes it took). A build without its index (a
+shadow searched by name) is searched exactly. Dropping a build drops its index first, so its deletes
+never walk an HNSW graph. pgvector before 0.8 filters after the HNSW scan, which can come back
+short of `limit` when the caller may read a small share of the build: then the query runs again exact
+(ordered by an expression no index serves), so a filter never starves the candidates; from 0.8 on, iterative scans do it.
 Such a caller's next searches of the build go exact at once for `SHORT_S` (decision 0067: at 100,000
 chunks and an ACL admitting 10 %, the HNSW attempt was half the vector query's time, and always short).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -29,12 +37,19 @@ CREATE TABLE IF NOT EXISTS rag_vectors_{dim} (
   version INTEGER NOT NULL,
   embedding vector({dim}) NOT NULL
 );
-CREATE INDEX IF NOT EXISTS rag_vectors_{dim}_hnsw ON rag_vectors_{dim} USING hnsw (embedding vector_cosine_ops);
 CREATE INDEX IF NOT EXISTS rag_vectors_{dim}_build ON rag_vectors_{dim} (build, doc)
 """
 EF_SEARCH = 200
 SHORT_S = 60.0  # how long a search found short after the HNSW scan sends the same caller's straight to exact
 _SHORT_KEPT = 4096
+_BUILD_ID = re.compile(r"[a-z0-9_]{1,48}")  # ids `Index` makes ("b_" + hex): safe in a name and a literal
+_HNSW_MEMORY_MB = (64, 4096)  # maintenance_work_mem bounds for one build's index (the graph fits: one pass)
+_HNSW_ROW_BYTES = 600  # an element's neighbour lists and header beside its vector, for the memory asked
+
+
+def hnsw_name(build: str) -> str | None:
+    """The name of `build`'s HNSW index (None: an id this store never makes, searched exactly)."""
+    return f"rag_hnsw_{build}" if _BUILD_ID.fullmatch(build) else None
 
 
 def _literal(blob: bytes) -> str:
@@ -48,14 +63,65 @@ class PgRagVectors:
     _rag_dims: dict[int, bool]
     _rag_lock: threading.Lock
     _rag_short: dict[tuple[object, ...], float]  # (build, who, filters) -> until when to go exact at once
+    _rag_indexed: set[str]  # builds whose HNSW index this process made or found not due (shadows)
 
-    def _before_write(self, dim: int) -> None:
-        self._vector_table(dim)
+    def _before_write(self, dim: int, builds: Sequence[str]) -> None:
+        if not self._vector_table(dim):
+            return
+        for build in builds:  # an active build writes into its index from its first chunk (a new collection's)
+            if build not in self._rag_indexed:
+                with self._db.session() as s:
+                    row = s.fetchone("SELECT state FROM rag_builds WHERE id = %s", (build,))
+                if row is not None and row[0] == "active":
+                    self._make_hnsw(build, dim)
+                self._rag_indexed.add(build)  # a shadow gets its index from rag_prepare
+
+    def rag_prepare(self, build: str) -> None:
+        with self._db.session() as s:
+            row = s.fetchone("SELECT dim FROM rag_builds WHERE id = %s", (build,))
+        if row is not None and row[0] is not None and self._vector_table(int(row[0])):
+            self._make_hnsw(build, int(row[0]))
+
+    def _make_hnsw(self, build: str, dim: int) -> None:
+        """`build`'s HNSW index, built concurrently (writes go on) in one pass with the memory it needs, in
+        one backend; one maker at a time (an advisory lock); a half-made one (a failed build) is remade."""
+        name = hnsw_name(build)
+        if name is None:
+            return
+        with self._db.session() as s:
+            s.execute("SELECT pg_advisory_lock(hashtext(%s))", ("keel_rag_hnsw:" + build,))
+            try:
+                valid = s.fetchone("SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", (name,))
+                if valid is not None and valid[0]:
+                    return
+                if valid is not None:
+                    s.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+                rows = s.fetchone(f"SELECT count(*) FROM rag_vectors_{int(dim)} WHERE build = %s", (build,))
+                low, high = _HNSW_MEMORY_MB
+                mb = min(high, max(low, int(rows[0] if rows else 0) * (dim * 4 + _HNSW_ROW_BYTES) * 5 // 4 >> 20))
+                s.execute(f"SET maintenance_work_mem = '{mb}MB'")
+                s.execute("SET max_parallel_maintenance_workers = 0")
+                try:
+                    s.execute(
+                        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON rag_vectors_{int(dim)}"
+                        f" USING hnsw (embedding vector_cosine_ops) WHERE build = '{build}'"
+                    )
+                finally:
+                    s.execute("RESET maintenance_work_mem")
+                    s.execute("RESET max_parallel_maintenance_workers")
+            finally:
+                s.execute("SELECT pg_advisory_unlock(hashtext(%s))", ("keel_rag_hnsw:" + build,))
+
+    def _before_drop(self, build: str) -> None:
+        name = hnsw_name(build)
+        if name is not None:
+            with self._db.session() as s:
+                s.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
 
     def _vector_table(self, dim: int) -> bool:
         """Is there a pgvector table for `dim` (made now if the extension can be had)?"""
         if not hasattr(self, "_rag_dims"):
-            self._rag_dims, self._rag_lock, self._rag_short = {}, threading.Lock(), {}
+            self._rag_dims, self._rag_lock, self._rag_short, self._rag_indexed = {}, threading.Lock(), {}, set()
         known = self._rag_dims.get(dim)
         if known is not None:
             return known
@@ -110,12 +176,15 @@ class PgRagVectors:
         if not self._vector_table(dim):
             return None
         c = Conditions(self._db.dialect)
-        c.add("v.build = %s AND v.version = d.version", build)
+        if hnsw_name(build) is not None:  # a literal: the planner matches it to the build's partial index
+            c.add(f"v.build = '{build}' AND v.version = d.version")
+        else:
+            c.add("v.build = %s AND v.version = d.version", build)
         doc_conditions(c, access.tenant, collection, access, filters, now)
         q = _literal(vector)
-        sql = (
+        select = (
             f"SELECT v.chunk, 1 - (v.embedding <=> %s::vector) FROM rag_vectors_{dim} v"
-            f" JOIN rag_index_docs d ON d.id = v.doc WHERE {c.sql()} ORDER BY v.embedding <=> %s::vector LIMIT %s"
+            f" JOIN rag_index_docs d ON d.id = v.doc WHERE {c.sql()} ORDER BY "
         )
         params = [q, *c.params, q, limit]
         who = (build, access.everything, tuple(access.principals()), repr(filters), now is None, limit)
@@ -125,10 +194,11 @@ class PgRagVectors:
             rows = []
             if not exact:
                 s.execute(f"SET LOCAL hnsw.ef_search = {max(EF_SEARCH, min(limit, 1000))}")
-                rows = s.fetchall(sql, params)
+                rows = s.fetchall(select + "v.embedding <=> %s::vector LIMIT %s", params)
             if len(rows) < limit:  # perhaps starved by the filter after the HNSW scan: exact, to be sure
-                s.execute("SET LOCAL enable_indexscan = off")
-                rows = s.fetchall(sql, params)
+                # an order no index gives, so exact whatever plan the connection's prepared statement keeps
+                # (a planner setting such as enable_indexscan does not re-plan one: it answered from HNSW)
+                rows = s.fetchall(select + "(v.embedding <=> %s::vector) + 0 LIMIT %s", params)
                 if not exact:
                     if len(self._rag_short) >= _SHORT_KEPT:
                         self._rag_short.clear()

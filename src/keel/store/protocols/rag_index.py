@@ -3,7 +3,8 @@ filter on, their chunks with vectors, and the candidate queries of hybrid search
 
 A build is `shadow` while it fills, `active` while it serves (at most one per collection), then
 `retired`; `rag_activate` swaps the two in one transaction, so every search sees the old or the new
-build, never a mix. Documents are per collection, shared by its builds; chunks are per build and
+build, never a mix. A retired (or failed) build is dropped a grace after it ended (`rag_ended_builds`,
+`rag_drop_build`), so searches that listed it before the swap still find it. Documents are per collection, shared by its builds; chunks are per build and
 carry the document version they were cut from, so a chunk of an older version never matches.
 
 The access filter is part of every candidate query (`Access`): the tenant, then the document's
@@ -220,6 +221,21 @@ class RagIndexStore(Protocol):
 
     def rag_activate(self, tenant: str, collection: str, build: str) -> None:
         """Make `build` (a shadow of this collection) the active one and retire the old, in one transaction."""
+        ...
+
+    def rag_ended_builds(self, before: float, limit: int = 100) -> list[BuildRow]:
+        """Retired and failed builds of every tenant that ended (were retired or failed) before `before`,
+        the oldest first: what `rag_drop_build` is for."""
+        ...
+
+    def rag_prepare(self, build: str) -> None:
+        """Before a shadow is activated: whatever the database needs to search it fast (pgvector: the
+        build's HNSW index, made only now so that filling a shadow inserts no vector into one)."""
+        ...
+
+    def rag_drop_build(self, build: str) -> int:
+        """Delete a retired or failed build: its chunks (a page a transaction), its vectors and its row;
+        the chunks removed. 0 when there is no such build; ValueError when it is shadow or active."""
         ...
 
     def rag_write(self, doc: DocRow, builds: Mapping[str, Sequence[ChunkRow]], *, every: bool = False) -> int:

@@ -9,6 +9,7 @@ joined through `rag_access`, freshness (`valid_until`) and the caller's filters,
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ _CHUNK_COLS = "build, doc, version, ordinal, text, heading_path, content_hash, t
 _COLUMNS = {"updated_at": "d.updated_at", "valid_until": "d.valid_until", "source": "d.source", "title": "d.title"}
 _COLUMNS["document_id"] = "d.document_id"
 _IN_CHUNK = 500
+_DROP_PAGE = 2000  # chunks deleted a transaction when a build is dropped
 
 
 def _build(r: Row) -> BuildRow:
@@ -188,8 +190,22 @@ class SqlRagIndex:
 
     def rag_set_state(self, build: str, state: BuildState, error: str | None = None) -> None:
         m = self._db.dialect.mark
+        ended = time.time() if state in ("retired", "failed") else None
         with self._db.session() as s:
-            s.execute(f"UPDATE rag_builds SET state = {m}, error = {m} WHERE id = {m}", (state, error, build))
+            s.execute(
+                f"UPDATE rag_builds SET state = {m}, error = {m}, ended_at = {m} WHERE id = {m}",
+                (state, error, ended, build),
+            )
+
+    def rag_ended_builds(self, before: float, limit: int = 100) -> list[BuildRow]:
+        m = self._db.dialect.mark
+        with self._db.session() as s:
+            rows = s.fetchall(
+                f"SELECT {_BUILD_COLS} FROM rag_builds WHERE ended_at < {m} AND state IN ('retired', 'failed')"
+                f" ORDER BY ended_at LIMIT {m}",
+                (before, limit),
+            )
+        return [_build(r) for r in rows]
 
     def rag_activate(self, tenant: str, collection: str, build: str) -> None:
         m = self._db.dialect.mark
@@ -202,11 +218,39 @@ class SqlRagIndex:
             if row is None or row[0] not in ("shadow", "active"):
                 raise ValueError(f"build {build!r} is not a shadow of {tenant}/{collection}")
             s.execute(
-                f"UPDATE rag_builds SET state = 'retired' WHERE tenant = {m} AND collection = {m}"
+                f"UPDATE rag_builds SET state = 'retired', ended_at = {m} WHERE tenant = {m} AND collection = {m}"
                 f" AND state = 'active' AND id <> {m}",
-                (tenant, collection, build),
+                (time.time(), tenant, collection, build),
             )
             s.execute(f"UPDATE rag_builds SET state = 'active' WHERE id = {m}", (build,))
+
+    def rag_prepare(self, build: str) -> None:
+        """Before `build` serves: what the database needs to search it (SQLite: nothing)."""
+
+    def rag_drop_build(self, build: str) -> int:
+        m = self._db.dialect.mark
+        with self._db.session() as s:
+            row = s.fetchone(f"SELECT state FROM rag_builds WHERE id = {m}", (build,))
+        if row is None:
+            return 0
+        if row[0] not in ("retired", "failed"):
+            raise ValueError(f"build {build!r} is {row[0]}: only a retired or failed build is dropped")
+        self._before_drop(build)
+        dropped = 0
+        while True:  # a page a transaction: writers of other builds wait at most one page
+            with self._db.transaction() as s:
+                n = self._drop_chunks(
+                    s, f"id IN (SELECT id FROM rag_chunks WHERE build = {m} LIMIT {_DROP_PAGE})", (build,)
+                )
+            dropped += n
+            if n < _DROP_PAGE:
+                break
+        with self._db.session() as s:
+            s.execute(f"DELETE FROM rag_builds WHERE id = {m} AND state IN ('retired', 'failed')", (build,))
+        return dropped
+
+    def _before_drop(self, build: str) -> None:
+        """Before a build's chunks go: a backend that indexes each build elsewhere too drops that index."""
 
     # ---- writes ------------------------------------------------------------------------------
 
@@ -214,7 +258,7 @@ class SqlRagIndex:
         d = self._db.dialect
         m = d.mark
         for dim in {len(c.embedding) // 4 for chunks in builds.values() for c in chunks}:
-            self._before_write(dim)
+            self._before_write(dim, list(builds))
         with self._db.transaction() as s:
             self._lock_builds(s, doc.tenant, doc.collection, exclusive=False)
             doc = self._current_acl(s, doc)
@@ -283,7 +327,7 @@ class SqlRagIndex:
     def rag_copy(self, build: str, doc: int, version: int, chunks: Sequence[ChunkRow]) -> int:
         m = self._db.dialect.mark
         if chunks:
-            self._before_write(len(chunks[0].embedding) // 4)
+            self._before_write(len(chunks[0].embedding) // 4, [build])
         lock = " FOR UPDATE" if self._db.dialect.name == "postgres" else ""  # SQLite: its one writer
         with self._db.transaction() as s:
             # the document's row stays locked to commit: a write or removal of it racing this copy either
@@ -312,8 +356,9 @@ class SqlRagIndex:
         self._after_insert(s, build, doc, chunks, dim)
         return len(chunks)
 
-    def _before_write(self, dim: int) -> None:
-        """Before a write's transaction: a backend that keeps vectors elsewhere too makes their table."""
+    def _before_write(self, dim: int, builds: Sequence[str]) -> None:
+        """Before a write's transaction into `builds`: a backend that keeps vectors elsewhere too makes
+        their table (and what an active build needs to be searched there)."""
 
     def _after_insert(self, s: Session, build: str, doc: int, chunks: Sequence[ChunkRow], dim: int) -> None:
         """In the write's transaction: a backend that keeps vectors elsewhere too (pgvector) copies them."""
@@ -340,6 +385,9 @@ class SqlRagIndex:
         where, params = f"tenant = {m}", [tenant]
         if collection is not None:
             where, params = where + f" AND collection = {m}", [tenant, collection]
+        with self._db.session() as s:
+            for row in s.fetchall(f"SELECT id FROM rag_builds WHERE {where}", params):
+                self._before_drop(row[0])
         with self._db.transaction() as s:
             n = self._drop_chunks(s, f"build IN (SELECT id FROM rag_builds WHERE {where})", params)
             n += self._drop_chunks(s, f"doc IN (SELECT id FROM rag_index_docs WHERE {where})", params)
