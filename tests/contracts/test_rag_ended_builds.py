@@ -49,7 +49,9 @@ async def fill(index: Index, docs: int) -> None:
     rng = random.Random(7)
     await index.ensure("t1", "kb", IndexSpec("hash:64", {}))
     for n in range(docs):
-        await index.replace(ref(n), [ChunkIn(i, " ".join(rng.choices(WORDS, k=6)), (), f"{n}-{i}", 6) for i in range(2)])
+        await index.replace(
+            ref(n), [ChunkIn(i, " ".join(rng.choices(WORDS, k=6)), (), f"{n}-{i}", 6) for i in range(2)]
+        )
 
 
 def query() -> SearchQuery:
