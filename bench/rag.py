@@ -28,7 +28,7 @@ import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -276,7 +276,36 @@ async def rebuild(index: Index) -> None:
             latencies.append((time.perf_counter() - t) * 1000)
             stamps.append(t)
 
+    copied = [0.0]  # when the copy's last page was written: then the new build's load and index, the swap
+    readied: list[float] = []  # when the store began and ended making the new build ready (pgvector: HNSW)
+    prepare = index.store.rag_prepare
+
+    def timed_prepare(build: str) -> None:
+        readied.append(time.perf_counter())
+        try:
+            prepare(build)
+        finally:
+            readied.append(time.perf_counter())
+
+    index.store.rag_prepare = timed_prepare  # type: ignore[method-assign]
+    calls: dict[str, list[tuple[float, float]]] = {"rag_allowed": [], "rows since": []}  # (start, ms)
+
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                calls[name].append((t, (time.perf_counter() - t) * 1000))
+
+        return call
+
+    allowed, since = index.store.rag_allowed, index.vectors._vectors
+    index.store.rag_allowed = timed("rag_allowed", allowed)  # type: ignore[method-assign]
+    index.vectors._vectors = timed("rows since", since)  # the admitted stage: both, at once
+
     def progress(n: int, total: int) -> None:
+        copied[0] = time.perf_counter()
         if n % 20000 < 400:
             print(f"  re-indexed {n}/{total} chunks", flush=True)
 
@@ -299,6 +328,20 @@ async def rebuild(index: Index) -> None:
     )
     swapped = started + took
     slow_after = sum(1 for ms, t in zip(latencies, stamps, strict=True) if ms > 2 * p99 and t >= swapped)
+    index.store.rag_prepare, index.store.rag_allowed, index.vectors._vectors = prepare, allowed, since  # type: ignore[method-assign]
+    phases = [("copy", started, copied[0]), ("load", copied[0], readied[0]), ("ready", *readied[:2])]
+    for name, begin, end in [*phases, ("swap", readied[1], swapped)]:  # ready: pgvector's HNSW index made
+        during = [ms for ms, t in zip(latencies, stamps, strict=True) if begin <= t < end]
+        print(
+            f"  {name}: {end - begin:.1f} s, {len(during)} queries, {sum(1 for ms in during if ms > 2 * p99)}"
+            " slower than 2 x p99"
+            + (f", p50 {statistics.median(during):.1f} ms max {max(during):.0f} ms" if during else "")
+            + "".join(
+                f"; {call} p50 {statistics.median(ms):.1f} max {max(ms):.0f}"
+                for call, timings in calls.items()
+                if (ms := [ms for t, ms in timings if begin <= t < end])
+            )
+        )
     worst = sorted(zip(latencies, stamps, stages, strict=True), key=lambda x: -x[0])[:5]
     print(
         f"slow ones started after the swap: {slow_after}; the 5 slowest (ms @ s from the start):"

@@ -16,6 +16,7 @@ from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec, NoIndex
 from keel.rag.search import BadSearch, SearchQuery, parse_filters, parse_freshness, resolve_freshness
 from keel.store.open import open_store
 from keel.store.protocols import Access, Store
+from keel.store.sql import rag_index
 
 SPEC = IndexSpec("hash:64", {"max_tokens": 200})
 NOW = time.time()
@@ -227,5 +228,21 @@ def test_vectors_are_searched_in_the_database_only_with_pgvector(store: Store, r
         assert alone is not None and len(alone.ids) == 1  # the access filter inside the database query
         result = await index.search(q("vectors", groups=("g",)))
         assert sorted(ids(result)) == ["a", "b"] and all(h.scores["vector"] is not None for h in result.hits)
+
+    run(store, body)
+
+
+def test_a_builds_rows_are_read_in_pages_whole_and_in_order(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rag_index, "_VECTOR_PAGE", 3)  # 11 chunks: pages of 3, 3, 3 and 2
+
+    async def body(index: Index) -> None:
+        build = await index.ensure("t1", "c", IndexSpec("hash:32", {}))
+        for n in range(4):
+            await index.replace(doc(f"d{n}"), chunks(*[f"text {n} {i}" for i in range(3 if n < 3 else 2)]))
+        everything = await index.run(store.rag_vectors, build, 0)
+        assert len(everything.ids) == 11 and list(everything.ids) == sorted(everything.ids)
+        assert len(set(everything.texts)) == 11
+        since = await index.run(store.rag_vectors, build, everything.ids[4])
+        assert list(since.ids) == list(everything.ids[5:])
 
     run(store, body)
