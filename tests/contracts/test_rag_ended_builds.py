@@ -10,7 +10,6 @@ import asyncio
 import random
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,11 @@ WORDS = [f"ew{i}x" for i in range(40)]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "pgvector"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Store]]:
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The suite's `store` on SQLite, PostgreSQL without pgvector, and with it."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/keel.db"
-    else:
-        url = request.getfixturevalue("pg_schema_url" if request.param == "postgres" else "pgvector_schema_url")
-    opened = open_store(url)
-    try:
-        yield request.param, opened
-    finally:
-        opened.close()
+        return f"sqlite:///{tmp_path}/keel.db"
+    return str(request.getfixturevalue("pg_schema_url" if request.param == "postgres" else "pgvector_schema_url"))
 
 
 def ref(n: int) -> DocumentRef:
@@ -69,11 +63,7 @@ def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
         return c.execute(last).fetchall()
 
 
-def test_a_retired_build_is_dropped_after_its_grace_and_the_active_one_answers_alike(
-    backend: tuple[str, Store],
-) -> None:
-    _, store = backend
-
+def test_a_retired_build_is_dropped_after_its_grace_and_the_active_one_answers_alike(store: Store) -> None:
     async def body() -> None:
         index = Index(store)
         await fill(index, 40)
@@ -97,9 +87,7 @@ def test_a_retired_build_is_dropped_after_its_grace_and_the_active_one_answers_a
     asyncio.run(body())
 
 
-def test_a_failed_build_is_dropped_and_one_a_process_held_is_let_go_there(backend: tuple[str, Store]) -> None:
-    _, store = backend
-
+def test_a_failed_build_is_dropped_and_one_a_process_held_is_let_go_there(store: Store) -> None:
     async def body() -> None:
         here, there = Index(store), Index(store)  # two processes over one store
         await fill(here, 30)
