@@ -315,13 +315,13 @@ def _hold_a_lock(url: str) -> Any:
 def test_a_copy_process_stuck_on_a_lock_is_stopped_and_the_copy_goes_on_here(
     store: Store, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(index_copy, "PAGE_S", 1.0)
     held: list[Any] = []
     released = _When("timed out", lambda: held[0].close())  # the lock lasts until the copy process is stopped
 
     def progress(done: int, total: int) -> None:
-        if not held:  # after the first page
-            held.append(_hold_a_lock(store.url))
+        if not held:  # after the first page: from now on the process may take 1 s (a busy machine's start
+            held.append(_hold_a_lock(store.url))  # and first page can take longer, which is not under test)
+            monkeypatch.setattr(index_copy, "PAGE_S", 1.0)
 
     async def body() -> None:
         rng = random.Random(7)
