@@ -161,7 +161,7 @@ def run_reindex(args: argparse.Namespace) -> int:
         raise Failure(f"re-index failed, the old index keeps serving: {type(exc).__name__}: {exc}") from None
     sys.stderr.write("\n")
     print(f"active build {done.build} ({done.model}): {done.chunks} chunks of {done.documents} documents"
-          f" re-embedded; {done.previous} retired (a running gateway drops it a minute from now)")  # fmt: skip
+          f" re-embedded; {done.previous} retired (a running gateway drops it within two minutes)")  # fmt: skip
     return 0
 
 
