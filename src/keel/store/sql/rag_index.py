@@ -306,6 +306,7 @@ class SqlRagIndex:
                 [(doc.tenant, doc.collection, p, doc_id) for p in principals(doc.users, doc.groups)],
             )
             written = 0
+            self._order_ids(s, [b for b, chunks in builds.items() if chunks])
             for build, chunks in builds.items():
                 self._drop_chunks(s, f"doc = {m} AND build = {m}", (doc_id, build))
                 written += self._insert_chunks(s, build, doc_id, doc.version, chunks)
@@ -338,7 +339,20 @@ class SqlRagIndex:
                 return 0
             if s.fetchone(f"SELECT 1 FROM rag_chunks WHERE doc = {m} AND build = {m} LIMIT 1", (doc, build)):
                 return 0
+            self._order_ids(s, [build] if chunks else [])
             return self._insert_chunks(s, build, doc, version, chunks)
+
+    def _order_ids(self, s: Session, builds: Sequence[str]) -> None:
+        """Before a transaction's first chunk of `builds` takes an id, and held to its commit: a build's
+        chunks are committed in id order, as `rag_vectors(build, after)` (a process's in-process index reading
+        "the rows since N") needs. PostgreSQL hands out a sequence's ids at insert, not at commit: a write
+        that took ids below another's and committed after it was skipped for good by every process that read
+        in between. Writers of one build wait for each other from insert to commit (milliseconds; the embedder
+        before is not held); builds in sorted order, so two writers never wait on each other. SQLite's one
+        writer already orders them."""
+        if self._db.dialect.name == "postgres":
+            for build in sorted(builds):
+                s.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("keel-rag-ids:" + build,))
 
     def _insert_chunks(self, s: Session, build: str, doc: int, version: int, chunks: Sequence[ChunkRow]) -> int:
         d = self._db.dialect
