@@ -46,7 +46,7 @@ def query(text: str, mode: str = "lexical") -> SearchQuery:
 async def until_held(index: Index, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (await index.search(query(WORDS[0]))).candidates["documents"] >= 0:
+        if (await index.search(query(WORDS[0]))).searched == "process":
             return True
         await asyncio.sleep(0.05)
     return False
@@ -58,7 +58,8 @@ def test_first_search_answers_from_the_database_then_in_process_alike(store: Sto
         await fill(index, 60)
         words = " ".join(WORDS[:3])
         first = await index.search(query(words))
-        assert first.candidates["documents"] == -1  # the database answered while the build loads
+        assert first.searched == "database"  # the database answered while the build loads
+        assert "documents" not in first.candidates  # it admits documents inside its queries, uncounted
         assert await until_held(index)
         later = await index.search(query(words))
         assert later.candidates["documents"] == 20  # the 20 documents group "readers" may read
@@ -76,7 +77,7 @@ def test_a_build_over_the_budget_stays_in_the_database_and_one_outgrowing_it_goe
         small = Index(store, in_process_mb=1)
         await fill(small, 500)  # 1,000 chunks: ~1.3 MB guessed before a load
         assert not await small.hold("t1", "kb")
-        assert (await small.search(query(WORDS[1]))).candidates["documents"] == -1
+        assert (await small.search(query(WORDS[1]))).searched == "database"
         await small.aclose()
 
         index = Index(store, in_process_mb=2)
@@ -86,7 +87,7 @@ def test_a_build_over_the_budget_stays_in_the_database_and_one_outgrowing_it_goe
         assert await index.hold("t1", "kb")
         await fill(index, 400, first=150, spec=wide)  # 1,100 chunks: grown past 2 MiB while held
         assert (await index.search(query(WORDS[1]))).candidates["documents"] == 184  # the new rows read in
-        assert (await index.search(query(WORDS[1]))).candidates["documents"] == -1  # then over the budget
+        assert (await index.search(query(WORDS[1]))).searched == "database"  # then over the budget
         build = await index.active("t1", "kb")
         assert build is not None and not index.vectors.holds(build.id)
         await index.aclose()

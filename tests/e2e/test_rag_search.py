@@ -104,6 +104,7 @@ def test_search_api_as_key_and_as_admin(make_gateway: Any, up: FakeUpstream, tmp
     decayed = httpx.post(url, json={"query": "vacation", "freshness": {"half_life_days": 30}}, headers=as_key).json()
     assert all(0 < h["scores"]["freshness"] <= 1 and "half-life 30 days" in h["why"] for h in decayed["data"])
     assert hit["document"]["metadata"] == {"kind": "policy"} and body["build"] and body["fusion"].startswith("convex")
+    assert body["searched"] == "process" and body["candidates"]["documents"] == 2  # SQLite: held in process
     admin = {"authorization": f"Bearer {gw.admin}"}
     as_alice = httpx.post(url, json={"query": "vacation", "tenant": "t1", "user": "alice"}, headers=admin).json()
     assert {h["document"]["id"] for h in as_alice["data"]} == {"handbook", "alice-review", "lunch"}

@@ -149,6 +149,7 @@ def result_json(collection: str, result: SearchResult) -> dict[str, Any]:
         "mode": result.mode,
         "fusion": result.fusion,
         "candidates": dict(result.candidates),
+        "searched": result.searched,
         "timings_ms": dict(result.ms),
         "rerank": dict(result.rerank) if result.rerank is not None else None,
         "data": [

@@ -371,9 +371,12 @@ class Index:
         hits = tuple(_hit(f, views[f.id], access, query, now) for f in fused if f.id in views)
         ms["fetch"] = _ms(t)
         ms["total"] = _ms(started)
-        counts = {"lexical": len(lexical.ids), "vector": len(vectors.ids), "documents": admitted}
+        counts = {"lexical": len(lexical.ids), "vector": len(vectors.ids)}
+        if admitted is not None:  # the database admits documents inside its candidate queries, uncounted
+            counts["documents"] = admitted
         fusion = self.fusion.describe() if query.mode == "hybrid" else query.mode
-        return SearchResult(build.id, build.model, query.mode, fusion, hits, counts, ms)
+        where = "process" if admitted is not None else "database"
+        return SearchResult(build.id, build.model, query.mode, fusion, hits, counts, ms, searched=where)
 
     def _let_go_ended(self, query: SearchQuery, builds: Sequence[BuildRow]) -> None:
         """Free the memory of this collection's builds that another process retired, failed or dropped."""
@@ -392,7 +395,7 @@ class Index:
 
     async def _candidates(
         self, q: SearchQuery, build: BuildRow, access: Access, now: float, vector: bytes | None, ms: dict[str, float]
-    ) -> tuple[Candidates, Candidates, BuildVectors | None, int]:
+    ) -> tuple[Candidates, Candidates, BuildVectors | None, int | None]:
         """Both candidate lists, the access filter inside each: in process over the build's rows (one
         admitted-rows mask for both), or in the database where it searches vectors (pgvector)."""
         empty = Candidates([], [])
@@ -420,7 +423,7 @@ class Index:
 
     async def _in_database(
         self, q: SearchQuery, build: BuildRow, access: Access, now: float, vector: bytes | None, ms: dict[str, float]
-    ) -> tuple[Candidates, Candidates, BuildVectors | None, int]:
+    ) -> tuple[Candidates, Candidates, BuildVectors | None, int | None]:
         empty = Candidates([], [])
 
         async def lexical() -> Candidates:
@@ -449,7 +452,7 @@ class Index:
         if q.mode == "hybrid" and vector is not None:  # the candidates' own vectors, for exact cosines and feedback
             matrix = BuildVectors(build.dim or 0)
             matrix.extend(await self.run(self.store.rag_embeddings, sorted({*lex.ids, *vec.ids})))
-        return lex, vec, matrix, -1
+        return lex, vec, matrix, None
 
     async def _fuse(
         self, q: SearchQuery, lex: Candidates, vec: Candidates, matrix: BuildVectors | None, vector: bytes | None

@@ -228,6 +228,7 @@ def _span_attributes(
         "template": template,
         "caller": {"user": q.user, "groups": list(groups)},
         "candidates": dict(result.candidates),
+        "searched": result.searched,
         "ms": dict(result.ms),
         "rerank": dict(result.rerank) if result.rerank is not None else None,
         "hits": [

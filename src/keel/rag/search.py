@@ -78,9 +78,10 @@ class SearchResult:
     mode: Mode
     fusion: str
     hits: tuple[Hit, ...]
-    candidates: Mapping[str, int] = field(default_factory=dict)  # lexical, vector, admitted documents
+    candidates: Mapping[str, int] = field(default_factory=dict)  # lexical, vector, admitted documents (in process)
     ms: Mapping[str, float] = field(default_factory=dict)  # embed, admitted, lexical, vector, fuse, fetch, total
     rerank: Mapping[str, Any] | None = None  # keel.rag.rerank's report: its spec, outcome, reason, trace_id, ms
+    searched: str = "process"  # where the candidates came from: "process" (a build held here) or "database"
 
 
 MAX_HALF_LIFE_DAYS = 36500.0
