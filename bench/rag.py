@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import itertools
 import json
@@ -237,7 +238,7 @@ async def speed(index: Index) -> None:
             f"{mode:>8}: p50 {statistics.median(ms):.1f} ms  p99 {pct(ms, 0.99):.1f} ms  CPU {CPU[-1]:.1f} ms/query"
             f"  (300 queries, ACL admits 10%; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
         )
-        stages = [s for s in ("embed", "admitted", "lexical", "vector", "fuse", "fetch") if s in STAGES]
+        stages = [s for s in ("builds", "embed", "admitted", "lexical", "vector", "fuse", "fetch") if s in STAGES]
         print(
             " " * 10
             + "  ".join(f"{s} {statistics.median(STAGES[s]):.1f}/{pct(STAGES[s], 0.99):.1f}" for s in stages)
@@ -309,6 +310,16 @@ async def rebuild(index: Index) -> None:
         if n % 20000 < 400:
             print(f"  re-indexed {n}/{total} chunks", flush=True)
 
+    pauses: list[tuple[float, int, float]] = []  # the collector's passes: (start, generation, ms)
+    gc_began = [0.0]
+
+    def collector(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_began[0] = time.perf_counter()
+        else:
+            pauses.append((gc_began[0], info["generation"], (time.perf_counter() - gc_began[0]) * 1000))
+
+    gc.callbacks.append(collector)
     loader = asyncio.create_task(load())
     started = time.perf_counter()
     rebuilt = await reindex(index, "t", "big", IndexSpec(MODEL[0], {}), progress=progress)
@@ -318,6 +329,7 @@ async def rebuild(index: Index) -> None:
         await asyncio.sleep(0.05)
     done.set()
     await loader
+    gc.callbacks.remove(collector)
     switches = sum(1 for a, b in itertools.pairwise(builds) if a != b)
     slow = sum(1 for ms in latencies if ms > 2 * p99)
     print(
@@ -341,13 +353,24 @@ async def rebuild(index: Index) -> None:
                 for call, timings in calls.items()
                 if (ms := [ms for t, ms in timings if begin <= t < end])
             )
+            + "; collector passes (gen 0/1/2) "
+            + "/".join(str(sum(1 for t, g, _ in pauses if g == gen and begin <= t < end)) for gen in (0, 1, 2))
+            + f", longest {max((ms for t, _, ms in pauses if begin <= t < end), default=0):.0f} ms"
         )
     worst = sorted(zip(latencies, stamps, stages, strict=True), key=lambda x: -x[0])[:5]
     print(
         f"slow ones started after the swap: {slow_after}; the 5 slowest (ms @ s from the start):"
         f" {', '.join(f'{ms:.0f} @ {t - started:.1f}' for ms, t, _ in worst)}; the re-index took {took:.1f} s"
     )
-    print("their stages (ms):", *(" ".join(f"{k} {v:.0f}" for k, v in s.items()) for _, _, s in worst), sep="\n  ")
+    print(
+        "their stages (ms), and the collector's passes during each:",
+        *(
+            " ".join(f"{k} {v:.0f}" for k, v in s.items())
+            + "".join(f"; gen {g} {p:.0f} ms" for b, g, p in pauses if t <= b < t + ms / 1000 and p >= 1)
+            for ms, t, s in worst
+        ),
+        sep="\n  ",
+    )
 
 
 async def cost(index: Index) -> None:

@@ -343,13 +343,13 @@ class Index:
         started = time.perf_counter()
         builds = await self.builds(query.tenant, query.collection)
         self._let_go_ended(query, builds)
+        ms: dict[str, float] = {"builds": _ms(started)}
         wanted = query.build
         build = next((b for b in builds if (b.id == wanted if wanted else b.state == "active")), None)
         if build is None:
             raise NoIndex(f"collection {query.collection!r} has no index" + (f" build {wanted}" if wanted else ""))
         access = Access(query.tenant, query.user, query.groups, query.everything)
         now = query.now if query.now is not None else self._clock()
-        ms: dict[str, float] = {}
         vector: bytes | None = None
         if query.mode != "lexical" and build.dim is not None:
             t = time.perf_counter()
