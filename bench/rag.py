@@ -246,6 +246,25 @@ async def speed(index: Index) -> None:
         )
 
 
+class GcPasses:
+    """The collector's passes while a re-index runs: (start, generation, ms) each."""
+
+    def __init__(self) -> None:
+        self.passes: list[tuple[float, int, float]] = []
+        self._began = 0.0
+
+    def seen(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.passes.append((self._began, info["generation"], (time.perf_counter() - self._began) * 1000))
+
+    def between(self, begin: float, end: float) -> str:
+        inside = [(g, ms) for t, g, ms in self.passes if begin <= t < end]
+        counts = "/".join(str(sum(1 for g, _ in inside if g == gen)) for gen in (0, 1, 2))
+        return f"; collector passes (gen 0/1/2) {counts}, longest {max((ms for _, ms in inside), default=0):.0f} ms"
+
+
 async def rebuild(index: Index) -> None:
     rng = random.Random(3)
     base = await timed_queries(index, 200, rng)
@@ -310,16 +329,8 @@ async def rebuild(index: Index) -> None:
         if n % 20000 < 400:
             print(f"  re-indexed {n}/{total} chunks", flush=True)
 
-    pauses: list[tuple[float, int, float]] = []  # the collector's passes: (start, generation, ms)
-    gc_began = [0.0]
-
-    def collector(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            gc_began[0] = time.perf_counter()
-        else:
-            pauses.append((gc_began[0], info["generation"], (time.perf_counter() - gc_began[0]) * 1000))
-
-    gc.callbacks.append(collector)
+    pauses = GcPasses()
+    gc.callbacks.append(pauses.seen)
     loader = asyncio.create_task(load())
     started = time.perf_counter()
     rebuilt = await reindex(index, "t", "big", IndexSpec(MODEL[0], {}), progress=progress)
@@ -329,7 +340,7 @@ async def rebuild(index: Index) -> None:
         await asyncio.sleep(0.05)
     done.set()
     await loader
-    gc.callbacks.remove(collector)
+    gc.callbacks.remove(pauses.seen)
     switches = sum(1 for a, b in itertools.pairwise(builds) if a != b)
     slow = sum(1 for ms in latencies if ms > 2 * p99)
     print(
@@ -353,9 +364,7 @@ async def rebuild(index: Index) -> None:
                 for call, timings in calls.items()
                 if (ms := [ms for t, ms in timings if begin <= t < end])
             )
-            + "; collector passes (gen 0/1/2) "
-            + "/".join(str(sum(1 for t, g, _ in pauses if g == gen and begin <= t < end)) for gen in (0, 1, 2))
-            + f", longest {max((ms for t, _, ms in pauses if begin <= t < end), default=0):.0f} ms"
+            + pauses.between(begin, end)
         )
     worst = sorted(zip(latencies, stamps, stages, strict=True), key=lambda x: -x[0])[:5]
     print(
@@ -366,7 +375,7 @@ async def rebuild(index: Index) -> None:
         "their stages (ms), and the collector's passes during each:",
         *(
             " ".join(f"{k} {v:.0f}" for k, v in s.items())
-            + "".join(f"; gen {g} {p:.0f} ms" for b, g, p in pauses if t <= b < t + ms / 1000 and p >= 1)
+            + "".join(f"; gen {g} {p:.0f} ms" for b, g, p in pauses.passes if t <= b < t + ms / 1000 and p >= 1)
             for ms, t, s in worst
         ),
         sep="\n  ",

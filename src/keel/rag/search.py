@@ -79,7 +79,7 @@ class SearchResult:
     fusion: str
     hits: tuple[Hit, ...]
     candidates: Mapping[str, int] = field(default_factory=dict)  # lexical, vector, admitted documents (in process)
-    ms: Mapping[str, float] = field(default_factory=dict)  # builds, embed, admitted, lexical, vector, fuse, fetch, total
+    ms: Mapping[str, float] = field(default_factory=dict)  # builds, embed, admitted, lexical, vector, fuse, fetch…
     rerank: Mapping[str, Any] | None = None  # keel.rag.rerank's report: its spec, outcome, reason, trace_id, ms
     searched: str = "process"  # where the candidates came from: "process" (a build held here) or "database"
 
