@@ -7,6 +7,7 @@
     python bench/rag.py speed --url postgresql://…   # the same on PostgreSQL (filled once per schema)
     python bench/rag.py cost --chunks 20000 --db FILE   # a re-index without queries: this process's CPU a page
     python bench/rag.py write --chunks 20000   # ingestion's index writes: chunks per second, database size
+    python bench/rag.py write --chunks 20000 --writers 4 --url postgresql://…   # the same, 4 documents at once
 
 Quality reads /work/shared/data/retrieval/msmarco-5k in place (never copied) and embeds with the local
 MiniLM; its vectors are cached under $TMPDIR/keel-rag-bench (5,050 texts take minutes on 2 busy cores).
@@ -148,18 +149,23 @@ def synthetic_text(rng: random.Random, n: int, *, query: bool = False) -> str:
     return " ".join(words)
 
 
-async def fill(index: Index, chunks: int, per_doc: int = 5) -> None:
-    rng = random.Random(1)
+async def fill(index: Index, chunks: int, per_doc: int = 5, writers: int = 1) -> None:
+    """`writers` tasks write the documents at once (each its share, d mod writers), as ingestion's workers do."""
     await index.ensure("t", "big", IndexSpec("synthetic", {}))
     started = time.perf_counter()
-    for d in range(chunks // per_doc):
-        allowed = d % 10 == 0  # 10% of the documents admit group "readers"
-        groups = ("readers",) if allowed else (f"team{d % 97}",)
-        ref = DocumentRef("t", "big", f"d{d}", 1, f"doc {d}", {"n": d}, (), groups, None, 0.0, "synthetic")
-        body = [ChunkIn(i, synthetic_text(rng, 60), (), f"{d}-{i}", 60) for i in range(per_doc)]
-        await index.replace(ref, body)
-        if d % 2000 == 0:
-            print(f"  {d * per_doc} chunks, {time.perf_counter() - started:.0f} s", flush=True)
+
+    async def writer(k: int) -> None:
+        rng = random.Random(1 + k)
+        for d in range(k, chunks // per_doc, writers):
+            allowed = d % 10 == 0  # 10% of the documents admit group "readers"
+            groups = ("readers",) if allowed else (f"team{d % 97}",)
+            ref = DocumentRef("t", "big", f"d{d}", 1, f"doc {d}", {"n": d}, (), groups, None, 0.0, "synthetic")
+            body = [ChunkIn(i, synthetic_text(rng, 60), (), f"{d}-{i}", 60) for i in range(per_doc)]
+            await index.replace(ref, body)
+            if d % 2000 == 0:
+                print(f"  {d * per_doc} chunks, {time.perf_counter() - started:.0f} s", flush=True)
+
+    await asyncio.gather(*(writer(k) for k in range(writers)))
 
 
 async def timed_queries(index: Index, n: int, rng: random.Random, mode: Mode = "hybrid") -> list[float]:
@@ -422,22 +428,25 @@ async def cost(index: Index) -> None:
 
 
 async def write(args: argparse.Namespace) -> None:
-    """Fill a new SQLite index (synthetic vectors: the embedding is not what is measured) and report the
-    write rate and the file's size."""
+    """Fill a new index (synthetic vectors: the embedding is not what is measured) with `--writers` tasks at
+    once and report the write rate and, on SQLite, the file's size. `--url`: a PostgreSQL schema, emptied of
+    RAG rows first."""
     models = Models()
     models.add("synthetic", Synthetic(seed="a"))
     with tempfile.TemporaryDirectory() as tmp:
-        store = open_store(f"sqlite:///{tmp}/rag.db")
-        index = Index(store, models)
+        store = open_store(args.url or f"sqlite:///{tmp}/rag.db")
+        index = Index(store, models, threads=max(4, args.writers))
+        if args.url:
+            await index.run(store.rag_purge, "t")
         cpu, started = time.process_time(), time.perf_counter()
-        await fill(index, args.chunks)
+        await fill(index, args.chunks, writers=args.writers)
         took, cpu = time.perf_counter() - started, time.process_time() - cpu
         await index.aclose()
         store.close()
-        size = sum(f.stat().st_size for f in Path(tmp).iterdir())
+        size = "" if args.url else f"; database {sum(f.stat().st_size for f in Path(tmp).iterdir()) / 2**20:.0f} MB"
         print(
-            f"wrote {args.chunks} chunks in {took:.1f} s: {args.chunks / took:,.0f} chunks/s, CPU {cpu:.1f} s;"
-            f" database {size / 2**20:.0f} MB (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+            f"wrote {args.chunks} chunks in {took:.1f} s with {args.writers} writer(s): {args.chunks / took:,.0f}"
+            f" chunks/s, CPU {cpu:.1f} s{size} (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
         )
 
 
@@ -448,6 +457,7 @@ def main() -> None:
     parser.add_argument(
         "--model", default="synthetic-b", help="reindex: the new build's model (a product one: hash:384, local)"
     )
+    parser.add_argument("--writers", type=int, default=1, help="write: documents written at once")
     parser.add_argument("--db", help="keep the synthetic index in this SQLite file (reused when it exists)")
     parser.add_argument("--url", help="a store URL instead (e.g. postgresql://…?options=-csearch_path%%3Dbench)")
     parser.add_argument(
