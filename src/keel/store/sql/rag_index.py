@@ -167,7 +167,8 @@ class SqlRagIndex:
         if self._db.dialect.name == "postgres":
             kind = "" if exclusive else "_shared"
             s.execute(
-                f"SELECT pg_advisory_xact_lock{kind}(hashtext(%s))", ("keel-rag:" + tenant + "\x1f" + collection,)
+                f"SELECT pg_advisory_xact_lock{kind}(hashtext(current_schema() || %s))",  # a lock per schema
+                (":keel-rag:" + tenant + "\x1f" + collection,),
             )
 
     def rag_add_build(self, build: BuildRow) -> BuildRow:
