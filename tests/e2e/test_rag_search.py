@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,13 @@ def test_cli_search_reindex_builds_and_eval(up: FakeUpstream, tmp_path: Path) ->
     assert states == [("active", "hash-128@1", 4), ("retired", "hash-256@1", 4)]
     code, _, err = keel(config, "rag", "reindex", "kb", "--tenant", "t1", "--model", "nope")
     assert code == 1 and "unknown embedding model" in err
+    with sqlite3.connect(tmp_path / "keel.db") as db:  # the retired build ended two minutes ago
+        db.execute("UPDATE rag_builds SET ended_at = ended_at - 120 WHERE state = 'retired'")
+    code, out, err = keel(config, "rag", "reindex", "kb", "--tenant", "t1", "--model", "hash:64")
+    assert code == 0 and "dropped 1 build(s) retired or failed over 60 s ago" in err, err
+    code, out, _ = keel(config, "rag", "builds", "kb", "--tenant", "t1", "--json")
+    states = sorted((b["state"], b["model"]) for b in orjson.loads(out))
+    assert states == [("active", "hash-64@1"), ("retired", "hash-128@1")]  # the one within its grace stays
     (tmp_path / "q.jsonl").write_text('{"_id": "q1", "text": "vacation days"}\n{"_id": "q2", "text": "lunch"}\n')
     (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\thandbook\t2\nq2\tlunch\t1\n")
     code, out, _ = keel(config, "rag", "eval", "kb", "--tenant", "t1", "--queries", str(tmp_path / "q.jsonl"),

@@ -133,6 +133,7 @@ def _num(x: float | None) -> str:
 
 
 def run_reindex(args: argparse.Namespace) -> int:
+    from keel.rag.builder import ENDED_GRACE_S
     from keel.rag.index import IndexSpec
     from keel.rag.index_rebuild import reindex
 
@@ -150,6 +151,9 @@ def run_reindex(args: argparse.Namespace) -> int:
         if active is None:
             raise Failure(f"collection {args.collection!r} of tenant {args.tenant!r} has no index")
         chunking = orjson.loads(active.spec).get("chunking", {})
+        dropped = await index.drop_ended(time.time() - ENDED_GRACE_S)  # as a gateway's worker would: with
+        if dropped:  # none running, re-indexes from here would otherwise keep every old build
+            sys.stderr.write(f"dropped {dropped} build(s) retired or failed over {ENDED_GRACE_S:.0f} s ago\n")
         return await reindex(index, args.tenant, args.collection, IndexSpec(args.model, chunking), progress=progress)
 
     try:
@@ -161,7 +165,8 @@ def run_reindex(args: argparse.Namespace) -> int:
         raise Failure(f"re-index failed, the old index keeps serving: {type(exc).__name__}: {exc}") from None
     sys.stderr.write("\n")
     print(f"active build {done.build} ({done.model}): {done.chunks} chunks of {done.documents} documents"
-          f" re-embedded; {done.previous} retired (a running gateway drops it within two minutes)")  # fmt: skip
+          f" re-embedded; {done.previous} retired (dropped within two minutes by a running gateway, else by"
+          " the next `keel rag reindex` a minute from now)")  # fmt: skip
     return 0
 
 
