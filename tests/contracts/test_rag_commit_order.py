@@ -1,13 +1,15 @@
 """A build's chunks are committed in id order on PostgreSQL, so a process that reads "the rows since N"
 before each search (its in-process index) never skips a write that took its ids earlier and committed
 later. The slow writer is held, for real, inside its transaction after its rows took their ids: a trigger
-the test adds waits on an advisory lock the test holds."""
+the test adds waits on an advisory lock the test holds. And on pgvector, a write while another session
+makes the build's HNSW index neither waits for it nor deadlocks with it (decision 0070)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec
 from keel.rag.search import SearchQuery
 from keel.store.open import open_store
+from keel.store.postgres.rag_vectors import hnsw_name
 
 pytestmark = pytest.mark.postgres
 
@@ -84,3 +87,71 @@ def test_a_write_that_took_ids_first_and_committed_last_is_not_skipped(pg_schema
         control.execute("DROP TRIGGER IF EXISTS keel_test_hold ON rag_chunks")
         control.close()
         store.close()
+
+
+def test_a_write_while_another_session_makes_the_builds_hnsw_index_neither_waits_nor_deadlocks(
+    pgvector_schema_url: str,
+) -> None:
+    """A new collection's first writes make its build's HNSW index (decision 0069). A writer that waited
+    in `pg_advisory_lock` for the session making it held a snapshot there, which that session's CREATE
+    INDEX CONCURRENTLY waits for: a deadlock (four writers on a new collection hit it at once). Here the
+    maker is the test's own session, holding the makers' lock when the write starts."""
+    url = pgvector_schema_url
+    store = open_store(url)
+    maker = psycopg.connect(url, autocommit=True)
+    try:
+
+        async def body() -> None:
+            first = Index(store)  # makes the vector table (a first collection, its index made at once)
+            await first.ensure("t1", "kb", IndexSpec("hash:64", {}))
+            await first.replace(ref("a"), [ChunkIn(0, "first words", (), "a", 2)])
+            await first.ensure("t1", "kb2", IndexSpec("hash:64", {}))
+            build = (await first.active("t1", "kb2")).id  # type: ignore[union-attr]
+            await first.aclose()
+            name, key = hnsw_name(build), "keel_rag_hnsw:" + build
+            maker.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+            other = open_store(url)  # a process that never wrote to kb2: its first write makes the index
+            writer = Index(other)
+            try:
+                write = asyncio.create_task(
+                    writer.replace(
+                        DocumentRef("t1", "kb2", "b", 1, "b", {}, (), (), None, time.time(), "t"),
+                        [ChunkIn(0, "second words", (), "b", 2)],
+                    )
+                )
+                # before the mend the write waits for the lock (its snapshot held); after it, it goes on
+                await until(lambda: write.done() or _waiting_on(maker, key), "the write to finish or to wait")
+                making = asyncio.create_task(
+                    asyncio.to_thread(
+                        maker.execute,
+                        f"CREATE INDEX CONCURRENTLY {name} ON rag_vectors_64"
+                        f" USING hnsw (embedding vector_cosine_ops) WHERE build = '{build}'",
+                    )
+                )
+                assert await write == 1
+                await making  # no deadlock on either side
+                maker.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+                valid = maker.execute(
+                    "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (name,)
+                ).fetchone()
+                assert valid == (True,)
+                found = await writer.search(SearchQuery("t1", "kb2", "second", top_k=5))
+                assert [h.document_id for h in found.hits] == ["b"]
+            finally:
+                await writer.aclose()
+                other.close()
+
+        asyncio.run(body())
+    finally:
+        maker.close()
+        store.close()
+
+
+def _waiting_on(conn: psycopg.Connection[Any], key: str) -> bool:
+    """Is a session waiting for the advisory lock of `key`?"""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        " AND objid::bigint = (hashtext(%s)::bigint & 4294967295)",
+        (key,),
+    ).fetchone()
+    return bool(row and row[0])

@@ -44,6 +44,7 @@ SHORT_S = 60.0  # how long a search found short after the HNSW scan sends the sa
 _SHORT_KEPT = 4096
 _BUILD_ID = re.compile(r"[a-z0-9_]{1,48}")  # ids `Index` makes ("b_" + hex): safe in a name and a literal
 _HNSW_MEMORY_MB = (64, 4096)  # maintenance_work_mem bounds for one build's index (the graph fits: one pass)
+HNSW_WAIT_S = 3600.0  # how long a swap waits for another session making the new build's HNSW index
 _HNSW_ROW_BYTES = 600  # an element's neighbour lists and header beside its vector, for the memory asked
 
 
@@ -72,28 +73,39 @@ class PgRagVectors:
             if build not in self._rag_indexed:
                 with self._db.session() as s:
                     row = s.fetchone("SELECT state FROM rag_builds WHERE id = %s", (build,))
-                if row is not None and row[0] == "active":
-                    self._make_hnsw(build, dim)
+                if row is not None and row[0] == "active" and not self._make_hnsw(build, dim, wait=False):
+                    continue  # another session is making it (its concurrent build takes this write's rows)
                 self._rag_indexed.add(build)  # a shadow gets its index from rag_prepare
 
     def rag_prepare(self, build: str) -> None:
         with self._db.session() as s:
             row = s.fetchone("SELECT dim FROM rag_builds WHERE id = %s", (build,))
         if row is not None and row[0] is not None and self._vector_table(int(row[0])):
-            self._make_hnsw(build, int(row[0]))
+            self._make_hnsw(build, int(row[0]), wait=True)
 
-    def _make_hnsw(self, build: str, dim: int) -> None:
+    def _make_hnsw(self, build: str, dim: int, *, wait: bool) -> bool:
         """`build`'s HNSW index, built concurrently (writes go on) in one pass with the memory it needs, in
-        one backend; one maker at a time (an advisory lock); a half-made one (a failed build) is remade."""
+        one backend; a half-made one (a failed build) is remade. One maker at a time (an advisory lock),
+        taken by trying, never by waiting in `pg_advisory_lock`: a session blocked there holds a snapshot,
+        which the maker's CREATE INDEX CONCURRENTLY waits for — a deadlock (decision 0070; four writers on a
+        new collection hit it at once). `wait`: until the lock is had (at most HNSW_WAIT_S), else give up
+        at once when another session makes it. True: the index is there."""
         name = hnsw_name(build)
         if name is None:
-            return
+            return True
+        key = ("keel_rag_hnsw:" + build,)
+        deadline = time.monotonic() + HNSW_WAIT_S
         with self._db.session() as s:
-            s.execute("SELECT pg_advisory_lock(hashtext(%s))", ("keel_rag_hnsw:" + build,))
+            while not (got := s.fetchone("SELECT pg_try_advisory_lock(hashtext(%s))", key)) or not got[0]:
+                if not wait:
+                    return False
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another session has been making {name} for over {HNSW_WAIT_S:.0f} s")
+                time.sleep(0.2)
             try:
                 valid = s.fetchone("SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", (name,))
                 if valid is not None and valid[0]:
-                    return
+                    return True
                 if valid is not None:
                     s.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
                 rows = s.fetchone(f"SELECT count(*) FROM rag_vectors_{int(dim)} WHERE build = %s", (build,))
@@ -109,8 +121,9 @@ class PgRagVectors:
                 finally:
                     s.execute("RESET maintenance_work_mem")
                     s.execute("RESET max_parallel_maintenance_workers")
+                return True
             finally:
-                s.execute("SELECT pg_advisory_unlock(hashtext(%s))", ("keel_rag_hnsw:" + build,))
+                s.execute("SELECT pg_advisory_unlock(hashtext(%s))", key)
 
     def _before_drop(self, build: str) -> None:
         name = hnsw_name(build)
