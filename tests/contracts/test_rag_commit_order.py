@@ -2,7 +2,8 @@
 before each search (its in-process index) never skips a write that took its ids earlier and committed
 later. The slow writer is held, for real, inside its transaction after its rows took their ids: a trigger
 the test adds waits on an advisory lock the test holds. And on pgvector, a write while another session
-makes the build's HNSW index neither waits for it nor deadlocks with it (decision 0070)."""
+makes the build's HNSW index neither waits for it nor deadlocks with it, and neither does the drop of an
+ended build's index while a swap makes the new one's (decision 0070)."""
 
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def test_a_write_while_another_session_makes_the_builds_hnsw_index_neither_waits
             build = (await first.active("t1", "kb2")).id  # type: ignore[union-attr]
             await first.aclose()
             name, key = hnsw_name(build), "keel_rag_hnsw:" + build
-            maker.execute("SELECT pg_advisory_lock(hashtext(%s))", (key,))
+            maker.execute("SELECT pg_advisory_lock(hashtext(current_schema() || %s))", (":" + key,))
             other = open_store(url)  # a process that never wrote to kb2: its first write makes the index
             writer = Index(other)
             try:
@@ -130,7 +131,7 @@ def test_a_write_while_another_session_makes_the_builds_hnsw_index_neither_waits
                 )
                 assert await write == 1
                 await making  # no deadlock on either side
-                maker.execute("SELECT pg_advisory_unlock(hashtext(%s))", (key,))
+                maker.execute("SELECT pg_advisory_unlock(hashtext(current_schema() || %s))", (":" + key,))
                 valid = maker.execute(
                     "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (name,)
                 ).fetchone()
@@ -151,7 +152,68 @@ def _waiting_on(conn: psycopg.Connection[Any], key: str) -> bool:
     """Is a session waiting for the advisory lock of `key`?"""
     row = conn.execute(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-        " AND objid::bigint = (hashtext(%s)::bigint & 4294967295)",
-        (key,),
+        " AND objid::bigint = (hashtext(current_schema() || %s)::bigint & 4294967295)",
+        (":" + key,),
     ).fetchone()
     return bool(row and row[0])
+
+
+def test_dropping_an_ended_build_while_a_shadows_hnsw_index_is_made_neither_deadlocks(
+    pgvector_schema_url: str,
+) -> None:
+    """The gateway drops ended builds (their HNSW index: DROP INDEX CONCURRENTLY) while a swap makes the
+    new build's (CREATE INDEX CONCURRENTLY): on one table each waited for the other's snapshot and
+    PostgreSQL killed one (decision 0070). The test stalls the real maker at its start with a transaction
+    holding the table as a writer would, starts the real drop, then lets the maker go."""
+    url = pgvector_schema_url
+    store = open_store(url)
+    stall = psycopg.connect(url)
+    watch = psycopg.connect(url, autocommit=True)
+
+    def waiting(sql: str) -> bool:
+        row = watch.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            " AND query LIKE %s",
+            (sql + "%",),
+        ).fetchone()
+        return bool(row and row[0])
+
+    async def body() -> None:
+        index = Index(store)
+        await index.ensure("t1", "kb", IndexSpec("hash:64", {}))
+        for n in range(20):
+            await index.replace(ref(f"d{n}"), [ChunkIn(0, f"words of document {n}", (), f"h{n}", 4)])
+        shadow = await index.open_shadow("t1", "kb", IndexSpec("hash:64", {"v": 2}))
+        await index.replace(ref("d0"), [ChunkIn(0, "words of document 0", (), "h0", 4)], build=shadow)
+        old = (await index.active("t1", "kb")).id  # type: ignore[union-attr]
+        newer = await index.open_shadow("t1", "kb", IndexSpec("hash:64", {"v": 3}))
+        await index.replace(ref("d1"), [ChunkIn(0, "words of document 1", (), "h1", 4)], build=newer)
+        await index.activate("t1", "kb", shadow)  # `old` retired, with its HNSW index
+        assert watch.execute("SELECT to_regclass(%s)", (hnsw_name(old),)).fetchone() != (None,)
+        stall.execute("LOCK TABLE rag_vectors_64 IN ROW EXCLUSIVE MODE")  # a writer's transaction, open
+        making = asyncio.create_task(asyncio.to_thread(store.rag_prepare, newer))
+        await until(lambda: waiting("CREATE INDEX CONCURRENTLY"), "the maker to wait for the open writer")
+        dropping = asyncio.create_task(asyncio.to_thread(store.rag_drop_build, old))
+        # before the mend the drop's DROP INDEX CONCURRENTLY waits for the table (its snapshot held);
+        # after it, the drop waits for the maker's lock without one: give it a second to show either
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and not waiting("DROP INDEX CONCURRENTLY"):
+            await asyncio.sleep(0.02)
+        stall.commit()
+        await making  # no deadlock on either side
+        assert await dropping == 20  # its chunks
+        names = (hnsw_name(newer), hnsw_name(old))
+        rows = watch.execute(
+            "SELECT c.relname, i.indisvalid FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
+            " WHERE c.relname = ANY(%s)",
+            (list(names),),
+        ).fetchall()
+        assert rows == [(hnsw_name(newer), True)]
+        await index.aclose()
+
+    try:
+        asyncio.run(body())
+    finally:
+        stall.close()
+        watch.close()
+        store.close()

@@ -44,13 +44,40 @@ SHORT_S = 60.0  # how long a search found short after the HNSW scan sends the sa
 _SHORT_KEPT = 4096
 _BUILD_ID = re.compile(r"[a-z0-9_]{1,48}")  # ids `Index` makes ("b_" + hex): safe in a name and a literal
 _HNSW_MEMORY_MB = (64, 4096)  # maintenance_work_mem bounds for one build's index (the graph fits: one pass)
-HNSW_WAIT_S = 3600.0  # how long a swap waits for another session making the new build's HNSW index
+HNSW_WAIT_S = 3600.0  # how long a swap or a drop waits for another session's index change
 _HNSW_ROW_BYTES = 600  # an element's neighbour lists and header beside its vector, for the memory asked
 
 
 def hnsw_name(build: str) -> str | None:
     """The name of `build`'s HNSW index (None: an id this store never makes, searched exactly)."""
     return f"rag_hnsw_{build}" if _BUILD_ID.fullmatch(build) else None
+
+
+# One concurrent index change at a time over a schema's RAG vector tables: a CREATE INDEX CONCURRENTLY
+# (a build's HNSW index) and a DROP INDEX CONCURRENTLY (an ended build's) on one table deadlocked, each
+# waiting for the other's snapshot (decision 0070).
+_INDEX_CHANGES = "keel_rag_index_changes"
+
+
+def _take(s: Session, key: str, *, wait: bool, what: str) -> bool:
+    """This session's advisory lock on `key` (per schema), only ever tried: a session blocked in
+    `pg_advisory_lock` holds a snapshot, which the holder's CREATE INDEX CONCURRENTLY waits for — a deadlock
+    (decision 0070: four writers on a new collection hit it at once). `wait`: try every 0.2 s for at most
+    HNSW_WAIT_S; else False at once when another session holds it."""
+    deadline = time.monotonic() + HNSW_WAIT_S
+    while True:
+        got = s.fetchone("SELECT pg_try_advisory_lock(hashtext(current_schema() || %s))", (":" + key,))
+        if got is not None and got[0]:
+            return True
+        if not wait:
+            return False
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited over {HNSW_WAIT_S:.0f} s for another session's index change {what}")
+        time.sleep(0.2)
+
+
+def _release(s: Session, key: str) -> None:
+    s.execute("SELECT pg_advisory_unlock(hashtext(current_schema() || %s))", (":" + key,))
 
 
 def _literal(blob: bytes) -> str:
@@ -85,51 +112,56 @@ class PgRagVectors:
 
     def _make_hnsw(self, build: str, dim: int, *, wait: bool) -> bool:
         """`build`'s HNSW index, built concurrently (writes go on) in one pass with the memory it needs, in
-        one backend; a half-made one (a failed build) is remade. One maker at a time (an advisory lock),
-        taken by trying, never by waiting in `pg_advisory_lock`: a session blocked there holds a snapshot,
-        which the maker's CREATE INDEX CONCURRENTLY waits for — a deadlock (decision 0070; four writers on a
-        new collection hit it at once). `wait`: until the lock is had (at most HNSW_WAIT_S), else give up
-        at once when another session makes it. True: the index is there."""
+        one backend; a half-made one (a failed build) is remade. One maker a build (`keel_rag_hnsw:<build>`;
+        `wait` False: when another session makes it, give up at once — its build takes this write's rows),
+        and one concurrent index change at a time in the schema (`_INDEX_CHANGES`). True: the index is there."""
         name = hnsw_name(build)
         if name is None:
             return True
-        key = ("keel_rag_hnsw:" + build,)
-        deadline = time.monotonic() + HNSW_WAIT_S
         with self._db.session() as s:
-            while not (got := s.fetchone("SELECT pg_try_advisory_lock(hashtext(%s))", key)) or not got[0]:
-                if not wait:
-                    return False
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"another session has been making {name} for over {HNSW_WAIT_S:.0f} s")
-                time.sleep(0.2)
+            if not _take(s, "keel_rag_hnsw:" + build, wait=wait, what=f"making {name}"):
+                return False
             try:
                 valid = s.fetchone("SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = to_regclass(%s)", (name,))
                 if valid is not None and valid[0]:
                     return True
-                if valid is not None:
-                    s.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
-                rows = s.fetchone(f"SELECT count(*) FROM rag_vectors_{int(dim)} WHERE build = %s", (build,))
-                low, high = _HNSW_MEMORY_MB
-                mb = min(high, max(low, int(rows[0] if rows else 0) * (dim * 4 + _HNSW_ROW_BYTES) * 5 // 4 >> 20))
-                s.execute(f"SET maintenance_work_mem = '{mb}MB'")
-                s.execute("SET max_parallel_maintenance_workers = 0")
+                _take(s, _INDEX_CHANGES, wait=True, what=f"to make {name}")
                 try:
-                    s.execute(
-                        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON rag_vectors_{int(dim)}"
-                        f" USING hnsw (embedding vector_cosine_ops) WHERE build = '{build}'"
-                    )
+                    if valid is not None:
+                        s.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+                    self._create_hnsw(s, name, build, dim)
                 finally:
-                    s.execute("RESET maintenance_work_mem")
-                    s.execute("RESET max_parallel_maintenance_workers")
+                    _release(s, _INDEX_CHANGES)
                 return True
             finally:
-                s.execute("SELECT pg_advisory_unlock(hashtext(%s))", key)
+                _release(s, "keel_rag_hnsw:" + build)
+
+    def _create_hnsw(self, s: Session, name: str, build: str, dim: int) -> None:
+        rows = s.fetchone(f"SELECT count(*) FROM rag_vectors_{int(dim)} WHERE build = %s", (build,))
+        low, high = _HNSW_MEMORY_MB
+        mb = min(high, max(low, int(rows[0] if rows else 0) * (dim * 4 + _HNSW_ROW_BYTES) * 5 // 4 >> 20))
+        s.execute(f"SET maintenance_work_mem = '{mb}MB'")
+        s.execute("SET max_parallel_maintenance_workers = 0")
+        try:
+            s.execute(
+                f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON rag_vectors_{int(dim)}"
+                f" USING hnsw (embedding vector_cosine_ops) WHERE build = '{build}'"
+            )
+        finally:
+            s.execute("RESET maintenance_work_mem")
+            s.execute("RESET max_parallel_maintenance_workers")
 
     def _before_drop(self, build: str) -> None:
         name = hnsw_name(build)
         if name is not None:
             with self._db.session() as s:
-                s.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+                if s.fetchone("SELECT to_regclass(%s)", (name,)) == (None,):
+                    return
+                _take(s, _INDEX_CHANGES, wait=True, what=f"to drop {name}")
+                try:
+                    s.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+                finally:
+                    _release(s, _INDEX_CHANGES)
 
     def _vector_table(self, dim: int) -> bool:
         """Is there a pgvector table for `dim` (made now if the extension can be had)?"""
