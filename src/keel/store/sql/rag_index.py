@@ -349,11 +349,11 @@ class SqlRagIndex:
         "the rows since N") needs. PostgreSQL hands out a sequence's ids at insert, not at commit: a write
         that took ids below another's and committed after it was skipped for good by every process that read
         in between. Writers of one build wait for each other from insert to commit (milliseconds; the embedder
-        before is not held); builds in sorted order, so two writers never wait on each other. SQLite's one
-        writer already orders them."""
+        before is not held); builds in sorted order, so no two writers wait on each other in a cycle. SQLite's
+        one writer already orders them."""
         if self._db.dialect.name == "postgres":
             for build in sorted(builds):
-                s.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("keel-rag-ids:" + build,))
+                s.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || %s))", (":keel-rag-ids:" + build,))
 
     def _insert_chunks(self, s: Session, build: str, doc: int, version: int, chunks: Sequence[ChunkRow]) -> int:
         d = self._db.dialect
