@@ -25,7 +25,7 @@ pytestmark = pytest.mark.postgres
 HOLD = 7_700_117  # the test's advisory lock key
 
 TRIGGER = f"""
-CREATE FUNCTION keel_test_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION keel_test_hold() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.text LIKE 'slow %' THEN PERFORM pg_advisory_xact_lock_shared({HOLD}); END IF;
     RETURN NEW;
@@ -86,6 +86,7 @@ def test_a_write_that_took_ids_first_and_committed_last_is_not_skipped(pg_schema
         asyncio.run(body())
     finally:
         control.execute("DROP TRIGGER IF EXISTS keel_test_hold ON rag_chunks")
+        control.execute("DROP FUNCTION IF EXISTS keel_test_hold()")  # the schema is recycled, functions and all
         control.close()
         store.close()
 
