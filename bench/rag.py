@@ -314,6 +314,13 @@ async def rebuild(index: Index) -> None:
             readied.append(time.perf_counter())
 
     index.store.rag_prepare = timed_prepare  # type: ignore[method-assign]
+    activate = index.store.rag_activate
+
+    def timed_activate(*args: Any) -> Any:
+        readied.extend([time.perf_counter()] * (2 - len(readied)))  # none made before a held build's swap
+        return activate(*args)
+
+    index.store.rag_activate = timed_activate  # type: ignore[method-assign]
     calls: dict[str, list[tuple[float, float]]] = {"rag_allowed": [], "rows since": []}  # (start, ms)
 
     def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -358,6 +365,7 @@ async def rebuild(index: Index) -> None:
     swapped = started + took
     slow_after = sum(1 for ms, t in zip(latencies, stamps, strict=True) if ms > 2 * p99 and t >= swapped)
     index.store.rag_prepare, index.store.rag_allowed, index.vectors._vectors = prepare, allowed, since  # type: ignore[method-assign]
+    index.store.rag_activate = activate  # type: ignore[method-assign]
     phases = [("copy", started, copied[0]), ("load", copied[0], readied[0]), ("ready", *readied[:2])]
     for name, begin, end in [*phases, ("swap", readied[1], swapped)]:  # ready: pgvector's HNSW index made
         during = [ms for ms, t in zip(latencies, stamps, strict=True) if begin <= t < end]

@@ -2,7 +2,8 @@
 is answered by the database while the build loads in the background (by a subprocess where the index
 knows the store's URL), later ones in process with the same access; a build too big for the budget, or
 that outgrows it, stays in (goes back to) the database; a build another process retired is let go; a
-re-index of a held build swaps to a new build already held."""
+re-index of a held build swaps to a new build already held, whose HNSW index is made only once a process
+searches it in the database."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec
 from keel.rag.index_rebuild import reindex
 from keel.rag.search import SearchQuery
+from keel.store.open import open_store
 from keel.store.protocols import Store
 
 WORDS = [f"hw{i}x" for i in range(50)]
@@ -125,3 +127,55 @@ def test_a_reindex_of_a_held_build_swaps_to_a_new_build_already_held(store: Stor
         await index.aclose()
 
     asyncio.run(body())
+
+
+def test_a_build_swapped_in_held_gets_its_hnsw_index_only_once_searched_in_the_database(store: Store) -> None:
+    """Decision 0070: the swapping process holds the new build, so no HNSW index is built beside its
+    searches; a later write (another process's) does not build it either; a process that searches the
+    build in the database for good (its budget 0) gets it made by its worker, and the answers agree."""
+    url = pgvector_url_of(store)
+
+    async def body() -> None:
+        index = Index(store, url=store.url, in_process_mb=64)
+        await fill(index, 30)
+        assert await index.hold("t1", "kb")
+        done = await reindex(index, "t1", "kb", IndexSpec("hash:32", {}))
+        assert index.vectors.holds(done.build) and not hnsw_valid(url, done.build)
+        other_store = open_store(url)  # another process writes to the new active build: still none
+        other = Index(other_store)
+        await other.replace(ref(99, ("readers",)), [ChunkIn(0, f"{WORDS[3]} written later", (), "late", 3)])
+        assert not hnsw_valid(url, done.build)
+        assert await other.make_database_indexes() == 0  # it never searched the build in the database
+        in_db = await other.search(query(WORDS[3], mode="vector"))  # budget 0: the database, exactly
+        assert in_db.searched == "database" and not hnsw_valid(url, done.build)
+        assert await other.make_database_indexes() == 1  # the gateway's worker pass
+        assert hnsw_valid(url, done.build)
+        again = await other.search(query(WORDS[3], mode="vector"))
+        held = await index.search(query(WORDS[3], mode="vector"))
+        assert held.searched == "process" and held.build == again.build == done.build
+        assert (
+            {h.document_id for h in again.hits}
+            == {h.document_id for h in held.hits}
+            == {h.document_id for h in in_db.hits}
+        )
+        await other.aclose()
+        other_store.close()
+        await index.aclose()
+
+    asyncio.run(body())
+
+
+def pgvector_url_of(store: Store) -> str:
+    assert store.url is not None
+    return store.url
+
+
+def hnsw_valid(url: str, build: str) -> bool:
+    import psycopg
+
+    from keel.store.postgres.rag_vectors import hnsw_name
+
+    with psycopg.connect(url, autocommit=True) as c:
+        row = c.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (hnsw_name(build),))
+        found = row.fetchone()
+    return bool(found and found[0])

@@ -1,6 +1,7 @@
 """The RAG index's builder: the `Index` (offered to ingestion and the edges), the `retrieve` slot, the
 `Reranker` (grading through the composed pipeline), embedding models by alias through the gateway's
-providers, and a worker that drops builds a re-index retired (or that failed) a grace after they ended."""
+providers, a worker that drops builds a re-index retired (or that failed) a grace after they ended, and
+one that makes the database index of builds this process searched there."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from keel.types import Span, Target
 
 ENDED_EVERY_S = 60.0
 ENDED_GRACE_S = 60.0  # a retired build stays this long after its swap, for searches that listed it before
+INDEXES_EVERY_S = 30.0  # how soon a build searched in the database gets its index there (pgvector's HNSW)
 
 
 def build(ctx: Context) -> Contribution:
@@ -51,8 +53,14 @@ def build(ctx: Context) -> Contribution:
     async def drop_ended() -> None:
         await index.drop_ended(time.time() - ENDED_GRACE_S)
 
+    async def make_indexes() -> None:
+        await index.make_database_indexes()
+
     return Contribution(
         [("retrieve", RetrieveStage(index, groups, defaults, put_span, reranker))],
-        workers=[Worker("rag-ended-builds", drop_ended, every_s=ENDED_EVERY_S)],
+        workers=[
+            Worker("rag-ended-builds", drop_ended, every_s=ENDED_EVERY_S),
+            Worker("rag-database-indexes", make_indexes, every_s=INDEXES_EVERY_S),
+        ],
         close=[index.aclose],
     )

@@ -132,6 +132,7 @@ class Index:
         self._loading: dict[str, asyncio.Task[None]] = {}  # builds being loaded to be searched in process
         self._not_before: dict[str, float] = {}  # build -> when to try loading it again (too big, or failed)
         self._owners: dict[str, tuple[str, str]] = {}  # held or just searched build -> (tenant, collection)
+        self._database_searched: set[str] = set()  # builds this process searched in the database for good (not loading)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call in the index's threads."""
@@ -244,9 +245,13 @@ class Index:
         return await self.run(self.store.rag_add_build, row)
 
     async def activate(self, tenant: str, collection: str, build: str) -> None:
-        """Swap `build` in (made ready for the database to search first: pgvector's HNSW index, in one
-        pass) and retire the old build, which `drop_ended` drops a grace later."""
-        await self.run_background(self.store.rag_prepare, build)
+        """Swap `build` in and retire the old build, which `drop_ended` drops a grace later. A build this
+        process will not search in process is first made ready for the database to search (pgvector's HNSW
+        index, in one pass); one held here is not: the index is made when a process searches the build in
+        the database (`make_database_indexes`), where it fits nobody's budget or for a replica set to 0
+        (decision 0070: the index build beside the searches was most of a re-index's slow queries)."""
+        if not self.vectors.holds(build):
+            await self.run_background(self.store.rag_prepare, build)
         old = await self.active(tenant, collection)
         await self.run(self.store.rag_activate, tenant, collection, build)
         if old is not None and old.id != build:
@@ -255,6 +260,21 @@ class Index:
     async def fail(self, build: str, error: str) -> None:
         await self.run(self.store.rag_set_state, build, "failed", error[:2000])
         self.vectors.let_go(build)
+
+    async def make_database_indexes(self) -> int:
+        """Make what the database needs to search the builds this process searched there (pgvector's HNSW
+        index, where a swap held in process left it out); each once, in the re-index thread. A gateway's
+        worker calls it, so a one-off CLI search never waits for an index build. The builds made ready."""
+        done = 0
+        for build in sorted(self._database_searched):
+            try:
+                await self.run_background(self.store.rag_prepare, build)
+            except Exception:
+                log.exception("RAG build %s: its database index could not be made; tried again later", build)
+                continue
+            self._database_searched.discard(build)
+            done += 1
+        return done
 
     async def drop_ended(self, before: float) -> int:
         """Drop every build retired or failed before `before` (its chunks, vectors and row), so a re-index
@@ -402,6 +422,8 @@ class Index:
         if build.dim is None:  # nothing was ever written to this build
             return empty, empty, None, 0
         if await self.searches_in_database(build.dim) and not self.searched_here(build):
+            if build.id not in self._loading and q.build is None:
+                self._database_searched.add(build.id)  # for good: its database index is due (`make_database_indexes`)
             return await self._in_database(q, build, access, now, vector, ms)
         t = time.perf_counter()
         allowed, matrix = await asyncio.gather(

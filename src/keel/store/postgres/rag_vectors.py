@@ -96,13 +96,18 @@ class PgRagVectors:
     def _before_write(self, dim: int, builds: Sequence[str]) -> None:
         if not self._vector_table(dim):
             return
-        for build in builds:  # an active build writes into its index from its first chunk (a new collection's)
-            if build not in self._rag_indexed:
-                with self._db.session() as s:
-                    row = s.fetchone("SELECT state FROM rag_builds WHERE id = %s", (build,))
-                if row is not None and row[0] == "active" and not self._make_hnsw(build, dim, wait=False):
+        for build in builds:  # an empty active build (a new collection's) writes into its index from its first
+            if build not in self._rag_indexed:  # chunk; a shadow, or a build swapped in without one, gets it
+                with self._db.session() as s:  # from rag_prepare (before its swap, or when searched there)
+                    row = s.fetchone(
+                        f"SELECT state, EXISTS (SELECT 1 FROM rag_vectors_{int(dim)} WHERE build = %s)"
+                        " FROM rag_builds WHERE id = %s",
+                        (build, build),
+                    )
+                new = row is not None and row[0] == "active" and not row[1]
+                if new and not self._make_hnsw(build, dim, wait=False):
                     continue  # another session is making it (its concurrent build takes this write's rows)
-                self._rag_indexed.add(build)  # a shadow gets its index from rag_prepare
+                self._rag_indexed.add(build)
 
     def rag_prepare(self, build: str) -> None:
         with self._db.session() as s:
