@@ -158,6 +158,10 @@ def test_a_build_swapped_in_held_gets_its_hnsw_index_only_once_searched_in_the_d
             == {h.document_id for h in held.hits}
             == {h.document_id for h in in_db.hits}
         )
+        second = await reindex(index, "t1", "kb", IndexSpec("hash:48", {}))  # held: no index again
+        assert (await other.search(query(WORDS[3], mode="vector"))).build == second.build  # noted by `other`
+        await reindex(index, "t1", "kb", IndexSpec("hash:40", {}))  # `second` retired before the worker ran
+        assert await other.make_database_indexes() == 0 and not hnsw_valid(url, second.build)
         await other.aclose()
         other_store.close()
         await index.aclose()

@@ -132,7 +132,9 @@ class Index:
         self._loading: dict[str, asyncio.Task[None]] = {}  # builds being loaded to be searched in process
         self._not_before: dict[str, float] = {}  # build -> when to try loading it again (too big, or failed)
         self._owners: dict[str, tuple[str, str]] = {}  # held or just searched build -> (tenant, collection)
-        self._database_searched: set[str] = set()  # builds this process searched in the database for good (not loading)
+        self._database_searched: dict[
+            str, tuple[str, str]
+        ] = {}  # build -> (tenant, collection)  # builds this process searched in the database for good (not loading)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call in the index's threads."""
@@ -266,14 +268,15 @@ class Index:
         index, where a swap held in process left it out); each once, in the re-index thread. A gateway's
         worker calls it, so a one-off CLI search never waits for an index build. The builds made ready."""
         done = 0
-        for build in sorted(self._database_searched):
+        for build, (tenant, collection) in sorted(self._database_searched.items()):
             try:
-                await self.run_background(self.store.rag_prepare, build)
+                if any(b.id == build and b.state == "active" for b in await self.builds(tenant, collection)):
+                    await self.run_background(self.store.rag_prepare, build)
+                    done += 1
             except Exception:
                 log.exception("RAG build %s: its database index could not be made; tried again later", build)
                 continue
-            self._database_searched.discard(build)
-            done += 1
+            del self._database_searched[build]  # made, or no longer active (swapped out since)
         return done
 
     async def drop_ended(self, before: float) -> int:
@@ -423,7 +426,10 @@ class Index:
             return empty, empty, None, 0
         if await self.searches_in_database(build.dim) and not self.searched_here(build):
             if build.id not in self._loading and q.build is None:
-                self._database_searched.add(build.id)  # for good: its database index is due (`make_database_indexes`)
+                self._database_searched[build.id] = (
+                    q.tenant,
+                    q.collection,
+                )  # for good: its database index is due (`make_database_indexes`)
             return await self._in_database(q, build, access, now, vector, ms)
         t = time.perf_counter()
         allowed, matrix = await asyncio.gather(
