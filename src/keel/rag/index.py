@@ -132,9 +132,8 @@ class Index:
         self._loading: dict[str, asyncio.Task[None]] = {}  # builds being loaded to be searched in process
         self._not_before: dict[str, float] = {}  # build -> when to try loading it again (too big, or failed)
         self._owners: dict[str, tuple[str, str]] = {}  # held or just searched build -> (tenant, collection)
-        self._database_searched: dict[
-            str, tuple[str, str]
-        ] = {}  # build -> (tenant, collection)  # builds this process searched in the database for good (not loading)
+        # builds this process searched in the database for good (not while loading) -> (tenant, collection)
+        self._database_searched: dict[str, tuple[str, str]] = {}
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call in the index's threads."""
@@ -425,11 +424,8 @@ class Index:
         if build.dim is None:  # nothing was ever written to this build
             return empty, empty, None, 0
         if await self.searches_in_database(build.dim) and not self.searched_here(build):
-            if build.id not in self._loading and q.build is None:
-                self._database_searched[build.id] = (
-                    q.tenant,
-                    q.collection,
-                )  # for good: its database index is due (`make_database_indexes`)
+            if build.id not in self._loading and q.build is None:  # for good: its database index is due
+                self._database_searched[build.id] = (q.tenant, q.collection)
             return await self._in_database(q, build, access, now, vector, ms)
         t = time.perf_counter()
         allowed, matrix = await asyncio.gather(
