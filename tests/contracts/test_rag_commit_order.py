@@ -19,6 +19,7 @@ from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec
 from keel.rag.search import SearchQuery
 from keel.store.open import open_store
 from keel.store.postgres.rag_vectors import hnsw_name
+from keel.store.sql.rag_index import PG_LOCK_KEY
 
 pytestmark = pytest.mark.postgres
 
@@ -111,7 +112,7 @@ def test_a_write_while_another_session_makes_the_builds_hnsw_index_neither_waits
             build = (await first.active("t1", "kb2")).id  # type: ignore[union-attr]
             await first.aclose()
             name, key = hnsw_name(build), "keel_rag_hnsw:" + build
-            maker.execute("SELECT pg_advisory_lock(hashtext(current_schema() || %s))", (":" + key,))
+            maker.execute(f"SELECT pg_advisory_lock({PG_LOCK_KEY})", (key,))  # as a maker holds it
             other = open_store(url)  # a process that never wrote to kb2: its first write makes the index
             writer = Index(other)
             try:
@@ -132,7 +133,7 @@ def test_a_write_while_another_session_makes_the_builds_hnsw_index_neither_waits
                 )
                 assert await write == 1
                 await making  # no deadlock on either side
-                maker.execute("SELECT pg_advisory_unlock(hashtext(current_schema() || %s))", (":" + key,))
+                maker.execute(f"SELECT pg_advisory_unlock({PG_LOCK_KEY})", (key,))
                 valid = maker.execute(
                     "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (name,)
                 ).fetchone()
@@ -153,8 +154,8 @@ def _waiting_on(conn: psycopg.Connection[Any], key: str) -> bool:
     """Is a session waiting for the advisory lock of `key`?"""
     row = conn.execute(
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-        " AND objid::bigint = (hashtext(current_schema() || %s)::bigint & 4294967295)",
-        (":" + key,),
+        f" AND objid::bigint = ({PG_LOCK_KEY}::bigint & 4294967295)",
+        (key,),
     ).fetchone()
     return bool(row and row[0])
 

@@ -133,8 +133,7 @@ def _num(x: float | None) -> str:
 
 
 def run_reindex(args: argparse.Namespace) -> int:
-    from keel.rag.builder import ENDED_GRACE_S
-    from keel.rag.index import IndexSpec
+    from keel.rag.index import ENDED_GRACE_S, IndexSpec
     from keel.rag.index_rebuild import reindex
 
     started = time.monotonic()

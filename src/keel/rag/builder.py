@@ -11,7 +11,7 @@ from keel.gateway.builder import GatewayParts
 from keel.gateway.capability import Context, Contribution, Pipeline, Worker
 from keel.providers.base import Provider
 from keel.rag.collections import FreshnessDefaults
-from keel.rag.index import Index
+from keel.rag.index import ENDED_GRACE_S, Index
 from keel.rag.index_models import Models
 from keel.rag.rerank import Reranker
 from keel.rag.retrieve import KeyGroups, RetrieveStage
@@ -20,7 +20,6 @@ from keel.traces.writer import TraceWriter
 from keel.types import Span, Target
 
 ENDED_EVERY_S = 60.0
-ENDED_GRACE_S = 60.0  # a retired build stays this long after its swap, for searches that listed it before
 INDEXES_EVERY_S = 30.0  # how soon a build searched in the database gets its index there (pgvector's HNSW)
 
 

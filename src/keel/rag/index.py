@@ -53,6 +53,7 @@ T = TypeVar("T")
 WRITE_TRIES = 5
 SEARCH_TRIES = 3
 ROW_TERMS_BYTES = 1024  # a row's full text in process, as guessed before a build loads (~85 tokens)
+ENDED_GRACE_S = 60.0  # a retired build stays this long after its swap, for searches that listed it before
 RETRY_S = 60.0  # a build that did not fit the in-process budget, or failed to load, is tried again after this
 log = logging.getLogger("keel.rag")
 
@@ -265,17 +266,20 @@ class Index:
     async def make_database_indexes(self) -> int:
         """Make what the database needs to search the builds this process searched there (pgvector's HNSW
         index, where a swap held in process left it out); each once, in the re-index thread. A gateway's
-        worker calls it, so a one-off CLI search never waits for an index build. The builds made ready."""
-        done = 0
+        worker calls it, so a one-off CLI search never waits for an index build. The builds made ready; a
+        build that failed is kept for the next pass, and the pass raises once the others are done."""
+        done, failed = 0, []
         for build, (tenant, collection) in sorted(self._database_searched.items()):
             try:
                 if any(b.id == build and b.state == "active" for b in await self.builds(tenant, collection)):
                     await self.run_background(self.store.rag_prepare, build)
                     done += 1
-            except Exception:
-                log.exception("RAG build %s: its database index could not be made; tried again later", build)
+            except Exception as exc:
+                failed.append(f"{build}: {type(exc).__name__}: {exc}")
                 continue
             del self._database_searched[build]  # made, or no longer active (swapped out since)
+        if failed:
+            raise RuntimeError("RAG database indexes not made (tried again next pass): " + "; ".join(failed))
         return done
 
     async def drop_ended(self, before: float) -> int:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 from keel.store.protocols.rag_index import Access, Candidates, ChunkRow, Filter
 from keel.store.sql.dialect import Database, Session
-from keel.store.sql.rag_index import Conditions, doc_conditions
+from keel.store.sql.rag_index import PG_LOCK_KEY, Conditions, doc_conditions
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS rag_vectors_{dim} (
@@ -66,7 +66,7 @@ def _take(s: Session, key: str, *, wait: bool, what: str) -> bool:
     HNSW_WAIT_S; else False at once when another session holds it."""
     deadline = time.monotonic() + HNSW_WAIT_S
     while True:
-        got = s.fetchone("SELECT pg_try_advisory_lock(hashtext(current_schema() || %s))", (":" + key,))
+        got = s.fetchone(f"SELECT pg_try_advisory_lock({PG_LOCK_KEY})", (key,))
         if got is not None and got[0]:
             return True
         if not wait:
@@ -77,7 +77,7 @@ def _take(s: Session, key: str, *, wait: bool, what: str) -> bool:
 
 
 def _release(s: Session, key: str) -> None:
-    s.execute("SELECT pg_advisory_unlock(hashtext(current_schema() || %s))", (":" + key,))
+    s.execute(f"SELECT pg_advisory_unlock({PG_LOCK_KEY})", (key,))
 
 
 def _literal(blob: bytes) -> str:
@@ -94,11 +94,14 @@ class PgRagVectors:
     _rag_indexed: set[str]  # builds whose HNSW index this process made or found not due (shadows)
 
     def _before_write(self, dim: int, builds: Sequence[str]) -> None:
+        """An empty active build (a new collection's) gets its HNSW index before its first chunk, and inserts
+        keep it current; a shadow, or a build swapped in without one, gets it from `rag_prepare` (before its
+        swap, or once a process searches it in the database), never from a write."""
         if not self._vector_table(dim):
             return
-        for build in builds:  # an empty active build (a new collection's) writes into its index from its first
-            if build not in self._rag_indexed:  # chunk; a shadow, or a build swapped in without one, gets it
-                with self._db.session() as s:  # from rag_prepare (before its swap, or when searched there)
+        for build in builds:
+            if build not in self._rag_indexed:
+                with self._db.session() as s:
                     row = s.fetchone(
                         f"SELECT state, EXISTS (SELECT 1 FROM rag_vectors_{int(dim)} WHERE build = %s)"
                         " FROM rag_builds WHERE id = %s",

@@ -39,6 +39,9 @@ _COLUMNS["document_id"] = "d.document_id"
 _IN_CHUNK = 500
 _DROP_PAGE = 2000  # chunks deleted a transaction when a build is dropped
 _VECTOR_PAGE = 20_000  # rows a read of a build's vectors takes at a time
+# PostgreSQL: an advisory lock's key for a name, in this schema only (two deployments or test schemas in one
+# database never wait on each other's locks)
+PG_LOCK_KEY = "hashtext(current_schema() || ':' || %s)"
 
 
 def _build(r: Row) -> BuildRow:
@@ -167,8 +170,7 @@ class SqlRagIndex:
         if self._db.dialect.name == "postgres":
             kind = "" if exclusive else "_shared"
             s.execute(
-                f"SELECT pg_advisory_xact_lock{kind}(hashtext(current_schema() || %s))",  # a lock per schema
-                (":keel-rag:" + tenant + "\x1f" + collection,),
+                f"SELECT pg_advisory_xact_lock{kind}({PG_LOCK_KEY})", ("keel-rag:" + tenant + "\x1f" + collection,)
             )
 
     def rag_add_build(self, build: BuildRow) -> BuildRow:
@@ -353,7 +355,7 @@ class SqlRagIndex:
         one writer already orders them."""
         if self._db.dialect.name == "postgres":
             for build in sorted(builds):
-                s.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || %s))", (":keel-rag-ids:" + build,))
+                s.execute(f"SELECT pg_advisory_xact_lock({PG_LOCK_KEY})", ("keel-rag-ids:" + build,))
 
     def _insert_chunks(self, s: Session, build: str, doc: int, version: int, chunks: Sequence[ChunkRow]) -> int:
         d = self._db.dialect
