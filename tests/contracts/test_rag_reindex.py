@@ -301,7 +301,8 @@ def _connect(url: str) -> Any:
 
 def _hold_a_lock(url: str) -> Any:
     """A connection holding what the copy process needs next: SQLite's write lock; on PostgreSQL the row of
-    the document 80 (in the second page of 64), which `rag_copy` locks, so the process stops mid-page."""
+    the document 80 (in the second page of 64), which `rag_copy` locks (with the rest of its page, before
+    writing any of it), so the process stops on the second page."""
     conn = _connect(url)
     if isinstance(conn, sqlite3.Connection):
         conn.execute("BEGIN IMMEDIATE")
@@ -331,7 +332,7 @@ def test_a_copy_process_stuck_on_a_lock_is_stopped_and_the_copy_goes_on_here(
             await index.replace(ref(n), body_of(rng, n))
         rebuilt = await reindex(index, "t1", "kb", IndexSpec("hash:128", {}), progress=progress)
         assert await index.run(store.rag_count, rebuilt.build) == await index.run(store.rag_count, old) == 300
-        assert (rebuilt.chunks, rebuilt.documents) == (300, 150)  # PostgreSQL: the page stopped midway too
+        assert (rebuilt.chunks, rebuilt.documents) == (300, 150)  # PostgreSQL: stopped on the second page
         await _embedded_as_here(index, store, rebuilt.build, HashModel(128))
         await index.aclose()
 
@@ -374,9 +375,24 @@ def _cure(url: str) -> None:
         conn.commit()
 
 
+def _shadow_documents(url: str) -> int:
+    with closing(_connect(url)) as conn:
+        (n,) = conn.execute(
+            "SELECT count(DISTINCT c.doc) FROM rag_chunks c JOIN rag_builds b ON b.id = c.build WHERE b.state = 'shadow'"
+        ).fetchone()
+    return int(n)
+
+
 def test_counts_are_true_when_the_copy_process_died_mid_page(store: Store, caplog: pytest.LogCaptureFixture) -> None:
-    """Its page is copied again here, where `rag_copy` skips the documents it had written: still counted."""
-    cured = _When("copy goes on in this process", lambda: _cure(store.url))
+    """A page is one transaction: the process died on the second page's document 80, and the shadow then
+    holds the first page whole and nothing of the second, which is copied again here: still counted."""
+    held: list[int] = []
+
+    def cure() -> None:
+        held.append(_shadow_documents(store.url))
+        _cure(store.url)
+
+    cured = _When("copy goes on in this process", cure)
 
     async def body() -> None:
         rng = random.Random(8)
@@ -391,6 +407,7 @@ def test_counts_are_true_when_the_copy_process_died_mid_page(store: Store, caplo
         await index.aclose()
 
     assert "poison" in _copy_went_on_here(body, cured, caplog)  # the copy process died of it
+    assert held == [64]  # one document a transaction: 80
 
 
 class Held:

@@ -154,9 +154,9 @@ class Copier:
 
 
 def copy_page(store: RagIndexStore, shadow: str, rows: Sequence[SourceRow], blobs: Sequence[bytes]) -> None:
-    """`rag_copy` each document of a page into the shadow."""
-    for (doc, version), chunks in by_document(rows, blobs).items():
-        store.rag_copy(shadow, doc, version, chunks)
+    """A page's documents into the shadow, in one transaction (`rag_copy`): one commit a page, not one a
+    document."""
+    store.rag_copy(shadow, [(doc, version, chunks) for (doc, version), chunks in by_document(rows, blobs).items()])
 
 
 async def own_model(name: str, model_id: str) -> IndexModel | None:

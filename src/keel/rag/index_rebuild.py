@@ -125,8 +125,8 @@ async def _rebuild(index: Index, tenant: str, collection: str, spec: IndexSpec, 
                 progress(done, total)
             await asyncio.sleep(PAUSE * (time.perf_counter() - started))
         await _warm(index, tenant, collection, shadow, active.id)
-        # counted, not summed per page: a page a failed copy process had half written is copied again here,
-        # and `rag_copy` skips (counts 0 for) the documents it had written
+        # counted, not summed per page: a page a failed copy process had written (it died before answering)
+        # is copied again here, and `rag_copy` skips (counts 0 for) the documents it had written
         chunks = await index.run_background(index.store.rag_count, shadow)
         documents = await index.run_background(index.store.rag_count_documents, shadow)
         await index.activate(tenant, collection, shadow)

@@ -245,9 +245,10 @@ class RagIndexStore(Protocol):
         `BuildsChanged` (a shadow opened or a swap happened meanwhile: embed for the new set and retry)."""
         ...
 
-    def rag_copy(self, build: str, doc: int, version: int, chunks: Sequence[ChunkRow]) -> int:
-        """A re-index writes a document's chunks into `build`: only while the document is still at `version`
-        and the build has none of its chunks (a concurrent write won). The chunks written."""
+    def rag_copy(self, build: str, docs: Sequence[tuple[int, int, Sequence[ChunkRow]]]) -> int:
+        """A re-index writes documents' chunks into `build`, (document row, version, chunks) each, in one
+        transaction: each only while it is still at its version and the build has none of its chunks (a
+        concurrent write won). The chunks written."""
         ...
 
     def rag_remove(self, tenant: str, collection: str, document_id: str) -> int:

@@ -329,21 +329,28 @@ class SqlRagIndex:
             return doc
         return dataclasses.replace(doc, users=tuple(orjson.loads(row[0])), groups=tuple(orjson.loads(row[1])))
 
-    def rag_copy(self, build: str, doc: int, version: int, chunks: Sequence[ChunkRow]) -> int:
-        m = self._db.dialect.mark
-        if chunks:
-            self._before_write(len(chunks[0].embedding) // 4, [build])
-        lock = " FOR UPDATE" if self._db.dialect.name == "postgres" else ""  # SQLite: its one writer
+    def rag_copy(self, build: str, docs: Sequence[tuple[int, int, Sequence[ChunkRow]]]) -> int:
+        d = self._db.dialect
+        m = d.mark
+        docs = [doc for doc in docs if doc[2]]
+        if not docs:
+            return 0
+        self._before_write(len(docs[0][2][0].embedding) // 4, [build])
+        ids = sorted({doc for doc, _, _ in docs})
+        within = f"IN ({d.marks(len(ids))})"
+        lock = " FOR UPDATE" if d.name == "postgres" else ""  # SQLite: its one writer
         with self._db.transaction() as s:
-            # the document's row stays locked to commit: a write or removal of it racing this copy either
-            # commits first (the version check fails, or the row is gone) or waits and replaces the copy
-            row = s.fetchone(f"SELECT version FROM rag_index_docs WHERE id = {m}{lock}", (doc,))
-            if row is None or int(row[0]) != version:
-                return 0
-            if s.fetchone(f"SELECT 1 FROM rag_chunks WHERE doc = {m} AND build = {m} LIMIT 1", (doc, build)):
-                return 0
-            self._order_ids(s, [build] if chunks else [])
-            return self._insert_chunks(s, build, doc, version, chunks)
+            # the documents' rows stay locked to commit: a write or removal of one racing this copy either
+            # commits first (the version check fails, or the row is gone) or waits and replaces the copy.
+            # All of them before the id lock below, in id order: a writer takes its document's row before
+            # that lock too, so no writer holding it ever waits for a row held here
+            rows = s.fetchall(f"SELECT id, version FROM rag_index_docs WHERE id {within} ORDER BY id{lock}", ids)
+            now = {int(r[0]): int(r[1]) for r in rows}
+            copied = f"SELECT DISTINCT doc FROM rag_chunks WHERE build = {m} AND doc {within}"
+            have = {int(r[0]) for r in s.fetchall(copied, (build, *ids))}
+            due = [(doc, v, chunks) for doc, v, chunks in docs if now.get(doc) == v and doc not in have]
+            self._order_ids(s, [build] if due else [])
+            return sum(self._insert_chunks(s, build, doc, version, chunks) for doc, version, chunks in due)
 
     def _order_ids(self, s: Session, builds: Sequence[str]) -> None:
         """Before a transaction's first chunk of `builds` takes an id, and held to its commit: a build's
