@@ -407,7 +407,7 @@ def test_counts_are_true_when_the_copy_process_died_mid_page(store: Store, caplo
         await index.aclose()
 
     assert "poison" in _copy_went_on_here(body, cured, caplog)  # the copy process died of it
-    assert held == [64]  # one document a transaction: 80
+    assert held == [64]  # with a transaction a document (the code before 0071): 80
 
 
 class Held:
