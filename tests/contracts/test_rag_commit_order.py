@@ -3,7 +3,8 @@ before each search (its in-process index) never skips a write that took its ids 
 later. The slow writer is held, for real, inside its transaction after its rows took their ids: a trigger
 the test adds waits on an advisory lock the test holds. And on pgvector, a write while another session
 makes the build's HNSW index neither waits for it nor deadlocks with it, and neither does the drop of an
-ended build's index while a swap makes the new one's (decision 0070)."""
+ended build's index while a swap makes the new one's (decision 0070). A re-index's copied page (one
+transaction) and a write of one of its documents do not deadlock either (0071)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import psycopg
 import pytest
 
 from keel.rag.index import ChunkIn, DocumentRef, Index, IndexSpec
+from keel.rag.index_models import HashModel
 from keel.rag.search import SearchQuery
 from keel.store.open import open_store
 from keel.store.postgres.rag_vectors import hnsw_name
+from keel.store.protocols.rag_index import ChunkRow
 from keel.store.sql.rag_index import PG_LOCK_KEY
 
 pytestmark = pytest.mark.postgres
@@ -218,4 +221,66 @@ def test_dropping_an_ended_build_while_a_shadows_hnsw_index_is_made_neither_dead
     finally:
         stall.close()
         watch.close()
+        store.close()
+
+
+DOC_TRIGGER = f"""
+CREATE OR REPLACE FUNCTION keel_test_hold_doc() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.document_id = 'd1' THEN PERFORM pg_advisory_xact_lock_shared({HOLD}); END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER keel_test_hold_doc AFTER UPDATE ON rag_index_docs FOR EACH ROW EXECUTE FUNCTION keel_test_hold_doc();
+"""
+
+
+def test_a_copied_page_and_a_write_of_one_of_its_documents_neither_deadlock(pg_schema_url: str) -> None:
+    """A re-index copies a page of documents in one transaction (decision 0071). A write of one of them
+    holds its document's row and then takes the build's id lock; the copy must lock every row of its
+    page before that lock, or the two wait on each other. The writer is held, for real, between the two
+    (a trigger on its row's update waits on an advisory lock the test holds) while the copy starts."""
+    store = open_store(pg_schema_url)
+    control = psycopg.connect(pg_schema_url, autocommit=True)
+
+    def waiting() -> int:
+        row = control.execute(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE NOT l.granted AND a.datname = current_database()"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    async def body() -> None:
+        index = Index(store)
+        await index.ensure("t1", "kb", IndexSpec("hash:64", {}))
+        for n in range(3):
+            await index.replace(ref(f"d{n}"), [ChunkIn(0, f"first words of {n}", (), f"h{n}", 4)])
+        shadow = await index.open_shadow("t1", "kb", IndexSpec("hash:128", {}))
+        rows = dict(control.execute("SELECT document_id, id FROM rag_index_docs WHERE collection = 'kb'").fetchall())
+        vector = (await HashModel(128).embed(["copied"]))[0].tobytes()
+        page = [(rows[f"d{n}"], 1, [ChunkRow(0, f"first words of {n}", (), f"h{n}", 4, vector)]) for n in range(3)]
+        control.execute(DOC_TRIGGER)
+        control.execute("SELECT pg_advisory_lock(%s)", (HOLD,))
+        newer = DocumentRef("t1", "kb", "d1", 2, "d1", {}, (), (), None, time.time(), "test")
+        write = asyncio.create_task(index.replace(newer, [ChunkIn(0, "second words of 1", (), "n1", 4)]))
+        await until(lambda: waiting() == 1, "the writer to hold d1's row and wait")
+        copy = asyncio.create_task(asyncio.to_thread(store.rag_copy, shadow, page))
+        await until(lambda: waiting() == 2, "the copy to wait for d1's row")
+        control.execute("SELECT pg_advisory_unlock(%s)", (HOLD,))
+        # before the mend's order (the id lock first) PostgreSQL found a deadlock here and killed one
+        written, copied = await asyncio.wait_for(asyncio.gather(write, copy), 30)
+        assert written == 2 and copied == 2  # d1 into both builds; the copy, d0 and d2 (d1 moved on)
+        found = control.execute(
+            "SELECT d.document_id, c.version, c.text FROM rag_chunks c JOIN rag_index_docs d ON d.id = c.doc"
+            " WHERE c.build = %s ORDER BY d.document_id",
+            (shadow,),
+        ).fetchall()
+        assert found == [("d0", 1, "first words of 0"), ("d1", 2, "second words of 1"), ("d2", 1, "first words of 2")]
+        await index.aclose()
+
+    try:
+        asyncio.run(body())
+    finally:
+        control.execute("DROP TRIGGER IF EXISTS keel_test_hold_doc ON rag_index_docs")
+        control.execute("DROP FUNCTION IF EXISTS keel_test_hold_doc()")
+        control.close()
         store.close()
