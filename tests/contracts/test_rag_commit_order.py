@@ -49,16 +49,18 @@ async def until(check: Callable[[], bool], what: str) -> None:
         await asyncio.sleep(0.02)
 
 
+def _waiting(conn: psycopg.Connection[Any]) -> int:
+    """Backends of this database waiting for a lock."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE NOT l.granted AND a.datname = current_database()"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def test_a_write_that_took_ids_first_and_committed_last_is_not_skipped(pg_schema_url: str) -> None:
     store = open_store(pg_schema_url)
     control = psycopg.connect(pg_schema_url, autocommit=True)
-
-    def waiting() -> int:  # backends of this database waiting for a lock
-        row = control.execute(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE NOT l.granted AND a.datname = current_database()"
-        ).fetchone()
-        return int(row[0]) if row else 0
 
     async def body() -> None:
         writer, reader = Index(store), Index(store)  # two processes over one store
@@ -69,10 +71,10 @@ def test_a_write_that_took_ids_first_and_committed_last_is_not_skipped(pg_schema
         control.execute(TRIGGER)
         control.execute("SELECT pg_advisory_lock(%s)", (HOLD,))
         slow = asyncio.create_task(writer.replace(ref("slow"), [ChunkIn(0, "slow zebra chunk", (), "s", 3)]))
-        await until(lambda: waiting() == 1, "the slow writer to hold its ids and wait")
+        await until(lambda: _waiting(control) == 1, "the slow writer to hold its ids and wait")
         fast = asyncio.create_task(writer.replace(ref("fast"), [ChunkIn(0, "fast otter chunk", (), "f", 3)]))
         # before the mend the fast write commits at once; after it, it waits for the slow one
-        await until(lambda: fast.done() or waiting() == 2, "the fast writer to commit or to wait")
+        await until(lambda: fast.done() or _waiting(control) == 2, "the fast writer to commit or to wait")
         await reader.search(SearchQuery("t1", "kb", "otter", top_k=10))  # reads whatever has committed
         control.execute("SELECT pg_advisory_unlock(%s)", (HOLD,))
         await asyncio.gather(slow, fast)
@@ -242,13 +244,6 @@ def test_a_copied_page_and_a_write_of_one_of_its_documents_neither_deadlock(pg_s
     store = open_store(pg_schema_url)
     control = psycopg.connect(pg_schema_url, autocommit=True)
 
-    def waiting() -> int:
-        row = control.execute(
-            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE NOT l.granted AND a.datname = current_database()"
-        ).fetchone()
-        return int(row[0]) if row else 0
-
     async def body() -> None:
         index = Index(store)
         await index.ensure("t1", "kb", IndexSpec("hash:64", {}))
@@ -262,9 +257,9 @@ def test_a_copied_page_and_a_write_of_one_of_its_documents_neither_deadlock(pg_s
         control.execute("SELECT pg_advisory_lock(%s)", (HOLD,))
         newer = DocumentRef("t1", "kb", "d1", 2, "d1", {}, (), (), None, time.time(), "test")
         write = asyncio.create_task(index.replace(newer, [ChunkIn(0, "second words of 1", (), "n1", 4)]))
-        await until(lambda: waiting() == 1, "the writer to hold d1's row and wait")
+        await until(lambda: _waiting(control) == 1, "the writer to hold d1's row and wait")
         copy = asyncio.create_task(asyncio.to_thread(store.rag_copy, shadow, page))
-        await until(lambda: waiting() == 2, "the copy to wait for d1's row")
+        await until(lambda: _waiting(control) == 2, "the copy to wait for d1's row")
         control.execute("SELECT pg_advisory_unlock(%s)", (HOLD,))
         # before the mend's order (the id lock first) PostgreSQL found a deadlock here and killed one
         written, copied = await asyncio.wait_for(asyncio.gather(write, copy), 30)
