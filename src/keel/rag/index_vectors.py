@@ -6,8 +6,8 @@ version of each row; every search first reads the rows written since (chunk ids 
 rows commit in id order: decision 0070), so writes of this process and others are seen at once. A search
 scores, by cosine and by BM25, only the rows whose (document, version) the store admitted for the caller
 (`rag_allowed`: the tenant, the access list, filters, freshness; one mask for both), so the access filter
-is inside the candidate sets, never applied to a top-k after the fact. Rows of replaced or removed documents stay until the matrix holds
-twice the build's live rows; then it is read again.
+is inside the candidate sets, never applied to a top-k after the fact. Rows of replaced or removed
+documents stay until the matrix holds twice the build's live rows; then it is read again.
 """
 
 from __future__ import annotations

@@ -313,6 +313,8 @@ class SqlRagIndex:
             for build, chunks in builds.items():
                 self._drop_chunks(s, f"doc = {m} AND build = {m}", (doc_id, build))
                 written += self._insert_chunks(s, build, doc_id, doc.version, chunks)
+                if chunks:
+                    self._set_dim(s, build, len(chunks[0].embedding) // 4)
             return written
 
     def _current_acl(self, s: Session, doc: DocRow) -> DocRow:
@@ -332,10 +334,11 @@ class SqlRagIndex:
     def rag_copy(self, build: str, docs: Sequence[tuple[int, int, Sequence[ChunkRow]]]) -> int:
         d = self._db.dialect
         m = d.mark
-        docs = [doc for doc in docs if doc[2]]
+        docs = [(doc, version, chunks) for doc, version, chunks in docs if chunks]
         if not docs:
             return 0
-        self._before_write(len(docs[0][2][0].embedding) // 4, [build])
+        dim = len(docs[0][2][0].embedding) // 4
+        self._before_write(dim, [build])
         ids = sorted({doc for doc, _, _ in docs})
         within = f"IN ({d.marks(len(ids))})"
         lock = " FOR UPDATE" if d.name == "postgres" else ""  # SQLite: its one writer
@@ -350,7 +353,10 @@ class SqlRagIndex:
             have = {int(r[0]) for r in s.fetchall(copied, (build, *ids))}
             due = [(doc, v, chunks) for doc, v, chunks in docs if now.get(doc) == v and doc not in have]
             self._order_ids(s, [build] if due else [])
-            return sum(self._insert_chunks(s, build, doc, version, chunks) for doc, version, chunks in due)
+            written = sum(self._insert_chunks(s, build, doc, version, chunks) for doc, version, chunks in due)
+            if written:
+                self._set_dim(s, build, dim)
+            return written
 
     def _order_ids(self, s: Session, builds: Sequence[str]) -> None:
         """Before a transaction's first chunk of `builds` takes an id, and held to its commit: a build's
@@ -377,9 +383,13 @@ class SqlRagIndex:
                 for c in chunks
             ],
         )  # fmt: skip
-        s.execute(f"UPDATE rag_builds SET dim = {d.mark} WHERE id = {d.mark} AND dim IS NULL", (dim, build))
         self._after_insert(s, build, doc, chunks, dim)
         return len(chunks)
+
+    def _set_dim(self, s: Session, build: str, dim: int) -> None:
+        """A build's vector width, recorded with its first chunks (once a write, not once a document)."""
+        m = self._db.dialect.mark
+        s.execute(f"UPDATE rag_builds SET dim = {m} WHERE id = {m} AND dim IS NULL", (dim, build))
 
     def _before_write(self, dim: int, builds: Sequence[str]) -> None:
         """Before a write's transaction into `builds`: a backend that keeps vectors elsewhere too makes
