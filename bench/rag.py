@@ -271,6 +271,30 @@ class GcPasses:
         return f"; collector passes (gen 0/1/2) {counts}, longest {max((ms for _, ms in inside), default=0):.0f} ms"
 
 
+def client_io(url: str) -> tuple[int, int] | None:
+    """PostgreSQL 16+: the buffers client backends (searches and writers, not the background writer or
+    the checkpointer) have evicted and written themselves since the server started (pg_stat_io); else None."""
+    if not url.startswith("postgres"):
+        return None
+    import psycopg
+
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT sum(evictions), sum(writes) FROM pg_stat_io WHERE backend_type = 'client backend'"
+            ).fetchone()
+    except psycopg.Error:  # before 16: no pg_stat_io
+        return None
+    return (int(row[0] or 0), int(row[1] or 0)) if row else None
+
+
+def print_io_since(url: str, before: tuple[int, int] | None) -> None:
+    if before is not None and (now := client_io(url)) is not None:
+        print(
+            f"  database: client backends evicted {now[0] - before[0]} buffers, wrote {now[1] - before[1]} (pg_stat_io)"
+        )
+
+
 BEFORE = 1000  # queries before the re-index: its threshold is twice their p99 (the 10th slowest; of 200
 # queries, the 2nd slowest moved 15.5-30.5 ms between runs of one machine)
 
@@ -348,6 +372,7 @@ async def rebuild(index: Index) -> None:
 
     pauses = GcPasses()
     gc.callbacks.append(pauses.seen)
+    io = client_io(index.store.url)
     loader = asyncio.create_task(load())
     started = time.perf_counter()
     print(f"re-index started at {time.strftime('%H:%M:%S')}", flush=True)
@@ -385,6 +410,7 @@ async def rebuild(index: Index) -> None:
             )
             + pauses.between(begin, end)
         )
+    print_io_since(index.store.url, io)
     worst = sorted(zip(latencies, stamps, stages, strict=True), key=lambda x: -x[0])[:5]
     print(
         f"slow ones started after the swap: {slow_after}; the 5 slowest (ms @ s from the start):"

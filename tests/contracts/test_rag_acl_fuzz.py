@@ -1,6 +1,6 @@
 """ACL fuzz on every SQL backend: 200 random documents of two tenants with random access lists, 500
 random queries by random users and groups (halfway, 50 documents get new versions with new access
-lists). Zero results a caller may not see, and what the index returns equals a brute-force reference:
+lists and expiries; a sixth of the documents are past their valid_until). Zero results a caller may not see, and what the index returns equals a brute-force reference:
 in vector mode the exact top-k by cosine among the admitted chunks, in lexical mode exactly the admitted
 chunks holding a query word, in hybrid mode the admitted chunks (the candidate lists cover them all;
 beyond top_k, top_k of them)."""
@@ -55,7 +55,8 @@ def random_doc(rng: random.Random, n: int, version: int = 1, tenant: str | None 
     shared = rng.random() < 0.25
     users = () if shared else tuple(rng.sample(USERS, rng.randint(0, 2)))
     groups = () if shared else tuple(rng.sample(GROUPS, rng.randint(0 if users else 1, 2)))
-    ref = DocumentRef(tenant, "c", f"d{n}", version, f"doc {n}", {}, users, groups, None, time.time(), "fuzz")
+    valid_until = rng.choice([None, None, None, None, time.time() + 3600, time.time() - 3600])  # a sixth expired
+    ref = DocumentRef(tenant, "c", f"d{n}", version, f"doc {n}", {}, users, groups, valid_until, time.time(), "fuzz")
     chunks = [
         ChunkIn(i, " ".join(rng.choices(WORDS, k=rng.randint(3, 8))), (), f"{n}-{version}-{i}", 5)
         for i in range(rng.randint(1, 3))
@@ -64,7 +65,7 @@ def random_doc(rng: random.Random, n: int, version: int = 1, tenant: str | None 
 
 
 def may_read(doc: DocumentRef, tenant: str, user: str | None, groups: set[str]) -> bool:
-    if doc.tenant != tenant:
+    if doc.tenant != tenant or (doc.valid_until is not None and doc.valid_until <= time.time()):
         return False
     if not doc.users and not doc.groups:
         return True
@@ -97,7 +98,7 @@ def test_acl_fuzz_zero_leaks_and_brute_force_equal(store: Store, request: pytest
         assert [await index.hold(t, "c") for t in TENANTS] == [not in_database] * len(TENANTS)
         checked = leaks = 0
         for q in range(500):
-            if q == 250:  # new versions with new access lists: the old ones must stop admitting at once
+            if q == 250:  # new versions, new access lists and expiries: the old ones must stop admitting at once
                 for key in rng.sample(sorted(docs), 50):
                     old = docs[key].ref
                     await put(random_doc(rng, int(old.document_id[1:]), old.version + 1, old.tenant))

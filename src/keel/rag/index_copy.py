@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any, cast
 
@@ -215,9 +216,21 @@ def idle_priority() -> None:
             os.nice(19)
 
 
+def said_last(exc: BaseException) -> int:
+    """The traceback, then the error in one line as stderr's last (what the serving process reports: a
+    database error's own last lines are its context, e.g. "COPY rag_chunks, line 33"); exit status 1."""
+    traceback.print_exception(exc)
+    first = str(exc).strip().split("\n", 1)[0]
+    print(f"{type(exc).__name__}: {first}" if first else type(exc).__name__, file=sys.stderr, flush=True)
+    return 1
+
+
 def main() -> int:
     idle_priority()  # the serving process's searches go first
-    asyncio.run(_serve(sys.stdin.buffer, sys.stdout.buffer))
+    try:
+        asyncio.run(_serve(sys.stdin.buffer, sys.stdout.buffer))
+    except Exception as exc:
+        return said_last(exc)
     return 0
 
 

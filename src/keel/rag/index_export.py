@@ -85,18 +85,21 @@ def load(folder: Path) -> BuildVectors:
 def main(argv: list[str]) -> int:
     build, dim, folder = argv
     url = sys.stdin.read().strip()
-    from keel.rag.index_copy import idle_priority
+    from keel.rag.index_copy import idle_priority, said_last
 
     idle_priority()  # the serving process's searches go first
     from keel.store.open import open_store
 
-    store = open_store(url, migrate=False)
     try:
-        vectors = BuildVectors(int(dim), Tokens())
-        vectors.extend(store.rag_vectors(build, 0))
-        save(vectors, Path(folder))
-    finally:
-        store.close()
+        store = open_store(url, migrate=False)
+        try:
+            vectors = BuildVectors(int(dim), Tokens())
+            vectors.extend(store.rag_vectors(build, 0))
+            save(vectors, Path(folder))
+        finally:
+            store.close()
+    except Exception as exc:
+        return said_last(exc)
     return 0
 
 

@@ -98,6 +98,17 @@ class _Session:
         with self._conn.cursor() as cur:
             cur.executemany(sql, rows)
 
+    def copy_rows(self, table: str, columns: Sequence[str], types: Sequence[str], rows: Sequence[Row]) -> None:
+        """Rows into `table` by one binary COPY: `types` are the columns' types, in order (a value typed
+        "bytea" is sent as it is: the column's type reads it, e.g. pgvector's binary form)."""
+        with (
+            self._conn.cursor() as cur,
+            cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as cp,
+        ):
+            cp.set_types(list(types))
+            for row in rows:
+                cp.write_row(row)
+
     def insert_new(
         self, table: str, columns: tuple[str, ...], rows: Sequence[Row], json: frozenset[str] = frozenset()
     ) -> list[int]:

@@ -21,13 +21,15 @@ chunks and an ACL admitting 10 %, the HNSW attempt was half the vector query's t
 from __future__ import annotations
 
 import re
+import struct
 import threading
 import time
 from collections.abc import Sequence
+from typing import Protocol, cast
 
 from keel.store.protocols.rag_index import Access, Candidates, ChunkRow, Filter
-from keel.store.sql.dialect import Database, Session
-from keel.store.sql.rag_index import PG_LOCK_KEY, Conditions, doc_conditions
+from keel.store.sql.dialect import Database, Row, Session
+from keel.store.sql.rag_index import CHUNK_COLS, PG_LOCK_KEY, Conditions, chunk_rows, doc_conditions
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS rag_vectors_{dim} (
@@ -84,6 +86,20 @@ def _literal(blob: bytes) -> str:
     import numpy as np
 
     return "[" + ",".join(map(repr, np.frombuffer(blob, dtype=np.float32).astype(float).tolist())) + "]"
+
+
+def _big_endian(blob: bytes) -> bytes:
+    import numpy as np
+
+    return np.frombuffer(blob, dtype=np.float32).astype(">f4").tobytes()
+
+
+class _Copies(Protocol):
+    def copy_rows(self, table: str, columns: Sequence[str], types: Sequence[str], rows: Sequence[Row]) -> None: ...
+
+
+_CHUNK_TYPES = ("int8", "text", "int8", "int4", "int4", "text", "text", "text", "int4", "bytea")  # id, CHUNK_COLS
+_VECTOR_TYPES = ("int8", "text", "int8", "int4", "bytea")
 
 
 class PgRagVectors:
@@ -201,16 +217,35 @@ class PgRagVectors:
             return False
         return True
 
-    def _after_insert(self, s: Session, build: str, doc: int, chunks: Sequence[ChunkRow], dim: int) -> None:
-        if not self._rag_dims.get(dim):
-            return
-        found = s.fetchall("SELECT ordinal, id FROM rag_chunks WHERE doc = %s AND build = %s", (doc, build))
-        ids = {int(r[0]): int(r[1]) for r in found}
-        s.executemany(
-            f"INSERT INTO rag_vectors_{int(dim)} (chunk, build, doc, version, embedding)"
-            " SELECT %s, build, doc, version, %s::vector FROM rag_chunks WHERE id = %s",
-            [(ids[c.ordinal], _literal(c.embedding), ids[c.ordinal]) for c in chunks],
+    def _insert_chunks(self, s: Session, build: str, docs: Sequence[tuple[int, int, Sequence[ChunkRow]]]) -> int:
+        """A write's chunks by binary COPY (decision 0072: ~0.15 ms of database CPU a chunk against ~0.35 by
+        INSERT with each vector parsed from text), their ids taken first from the sequence, in order (the
+        caller holds the build's id-order lock); with pgvector, their vectors too, in pgvector's binary form."""
+        rows = chunk_rows(build, docs)
+        if not rows:
+            return 0
+        copies = cast(_Copies, s)
+        ids = [
+            int(r[0])
+            for r in s.fetchall(
+                "SELECT nextval(pg_get_serial_sequence('rag_chunks', 'id')) FROM generate_series(1, %s)", (len(rows),)
+            )
+        ]
+        ids.sort()
+        copies.copy_rows(
+            "rag_chunks",
+            ("id", *CHUNK_COLS.split(", ")),
+            _CHUNK_TYPES,
+            [(i, *r) for i, r in zip(ids, rows, strict=True)],
         )
+        dim = len(rows[0][-1]) // 4
+        if self._rag_dims.get(dim):
+            head = struct.pack(">hh", dim, 0)  # pgvector's binary form: dimensions, a zero, big-endian float4s
+            copies.copy_rows(
+                f"rag_vectors_{int(dim)}", ("chunk", "build", "doc", "version", "embedding"), _VECTOR_TYPES,
+                [(i, r[0], r[1], r[2], head + _big_endian(r[-1])) for i, r in zip(ids, rows, strict=True)],
+            )  # fmt: skip
+        return len(rows)
 
     def rag_searches_vectors(self, dim: int) -> bool:
         return self._vector_table(dim)

@@ -12,11 +12,12 @@ either commits first (and is rewritten here) or writes the rewritten lists.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-from keel.store.sql.dialect import Database, Session
+from keel.store.sql.dialect import Database, Dialect, Session
 
 CLOSED: tuple[str, ...] = ("",)  # an access list nobody but an admin search is admitted by
 
@@ -29,11 +30,32 @@ def without(users: list[str], groups: list[str], user: str) -> list[str] | None:
     return rest if rest or groups else list(CLOSED)
 
 
-def principals(users: list[str] | tuple[str, ...], groups: list[str] | tuple[str, ...]) -> list[str]:
+def principals(users: Sequence[str], groups: Sequence[str]) -> list[str]:
     """The rag_access rows of an access list ('*' for the whole tenant)."""
     if not users and not groups:
         return ["*"]
     return sorted({"u:" + u for u in users} | {"g:" + g for g in groups})
+
+
+def write_access(
+    s: Session,
+    d: Dialect,
+    tenant: str,
+    collection: str,
+    doc: int,
+    version: int,
+    valid_until: float | None,
+    users: Sequence[str],
+    groups: Sequence[str],
+) -> None:
+    """A document's access rows, replacing those it had: each carries the document's version and
+    valid_until, so a search reads the documents it may see from rag_access alone (decision 0072). In the
+    transaction that writes the same into the document's row (rag_index_docs)."""
+    s.execute(f"DELETE FROM rag_access WHERE doc = {d.mark}", (doc,))
+    s.executemany(
+        f"INSERT INTO rag_access (tenant, collection, principal, doc, version, valid_until) VALUES ({d.marks(6)})",
+        [(tenant, collection, p, doc, version, valid_until) for p in principals(users, groups)],
+    )
 
 
 def _like(user: str) -> str:
@@ -92,22 +114,18 @@ class SqlRagAcl:
         while True:
             with self._db.transaction() as s:
                 rows = s.fetchall(
-                    f"SELECT id, tenant, collection, users, groups_ FROM rag_index_docs WHERE tenant = {m}"
-                    f" AND users LIKE {m} ESCAPE '!' AND id > {m} ORDER BY id LIMIT {int(limit)}{lock}",
+                    f"SELECT id, collection, users, groups_, version, valid_until FROM rag_index_docs WHERE"
+                    f" tenant = {m} AND users LIKE {m} ESCAPE '!' AND id > {m} ORDER BY id LIMIT {int(limit)}{lock}",
                     (tenant, _like(user), after),
                 )
-                for doc, _, collection, users, groups in rows:
+                for doc, collection, users, groups, version, valid_until in rows:
                     rest = without(_loads(users), _loads(groups), user)
                     if rest is None:
                         continue
                     s.execute(
                         f"UPDATE rag_index_docs SET users = {m} WHERE id = {m}", (orjson.dumps(rest).decode(), doc)
                     )
-                    s.execute(f"DELETE FROM rag_access WHERE doc = {m}", (doc,))
-                    s.executemany(
-                        f"INSERT INTO rag_access (tenant, collection, principal, doc) VALUES ({d.marks(4)})",
-                        [(tenant, collection, p, doc) for p in principals(rest, _loads(groups))],
-                    )
+                    write_access(s, d, tenant, collection, doc, version, valid_until, rest, _loads(groups))
                     n += 1
                 if rows:
                     after = int(rows[-1][0])

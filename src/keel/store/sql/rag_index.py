@@ -29,11 +29,11 @@ from keel.store.protocols.rag_index import (
     query_terms,
 )
 from keel.store.sql.dialect import Database, Dialect, Row, Session
-from keel.store.sql.rag_acl import principals
+from keel.store.sql.rag_acl import write_access
 
 _BUILD_COLS = "id, tenant, collection, model, spec, state, created_at, dim, error"
 _DOC_COLS = "tenant, collection, document_id, version, title, metadata, users, groups_, valid_until, updated_at, source"
-_CHUNK_COLS = "build, doc, version, ordinal, text, heading_path, content_hash, tokens, embedding"
+CHUNK_COLS = "build, doc, version, ordinal, text, heading_path, content_hash, tokens, embedding"
 _COLUMNS = {"updated_at": "d.updated_at", "valid_until": "d.valid_until", "source": "d.source", "title": "d.title"}
 _COLUMNS["document_id"] = "d.document_id"
 _IN_CHUNK = 500
@@ -54,6 +54,16 @@ def _doc(r: Row) -> DocRow:
         r[0], r[1], r[2], int(r[3]), r[4], metadata, tuple(orjson.loads(r[6])), tuple(orjson.loads(r[7])),
         r[8], float(r[9]), r[10],
     )  # fmt: skip
+
+
+def chunk_rows(build: str, docs: Sequence[tuple[int, int, Sequence[ChunkRow]]]) -> list[tuple[Any, ...]]:
+    """rag_chunks rows (`CHUNK_COLS`) of `docs`' chunks."""
+    return [
+        (build, doc, version, c.ordinal, c.text, orjson.dumps(list(c.heading_path)).decode(), c.content_hash,
+         c.tokens, c.embedding)
+        for doc, version, chunks in docs
+        for c in chunks
+    ]  # fmt: skip
 
 
 class Conditions:
@@ -303,16 +313,12 @@ class SqlRagIndex:
                 doc_id = int(found[0])
                 sets = ", ".join(f"{c} = {d.json_mark if c == 'metadata' else m}" for c in _DOC_COLS.split(", ")[3:])
                 s.execute(f"UPDATE rag_index_docs SET {sets} WHERE id = {m}", (*values[3:], doc_id))
-            s.execute(f"DELETE FROM rag_access WHERE doc = {m}", (doc_id,))
-            s.executemany(
-                f"INSERT INTO rag_access (tenant, collection, principal, doc) VALUES ({d.marks(4)})",
-                [(doc.tenant, doc.collection, p, doc_id) for p in principals(doc.users, doc.groups)],
-            )
+            write_access(s, d, doc.tenant, doc.collection, doc_id, doc.version, doc.valid_until, doc.users, doc.groups)
             written = 0
             self._order_ids(s, [b for b, chunks in builds.items() if chunks])
             for build, chunks in builds.items():
                 self._drop_chunks(s, f"doc = {m} AND build = {m}", (doc_id, build))
-                written += self._insert_chunks(s, build, doc_id, doc.version, chunks)
+                written += self._insert_chunks(s, build, [(doc_id, doc.version, chunks)])
                 if chunks:
                     self._set_dim(s, build, len(chunks[0].embedding) // 4)
             return written
@@ -353,7 +359,7 @@ class SqlRagIndex:
             have = {int(r[0]) for r in s.fetchall(copied, (build, *ids))}
             due = [(doc, v, chunks) for doc, v, chunks in docs if now.get(doc) == v and doc not in have]
             self._order_ids(s, [build] if due else [])
-            written = sum(self._insert_chunks(s, build, doc, version, chunks) for doc, version, chunks in due)
+            written = self._insert_chunks(s, build, due)
             if written:
                 self._set_dim(s, build, dim)
             return written
@@ -370,21 +376,12 @@ class SqlRagIndex:
             for build in sorted(builds):
                 s.execute(f"SELECT pg_advisory_xact_lock({PG_LOCK_KEY})", ("keel-rag-ids:" + build,))
 
-    def _insert_chunks(self, s: Session, build: str, doc: int, version: int, chunks: Sequence[ChunkRow]) -> int:
-        d = self._db.dialect
-        if not chunks:
-            return 0
-        dim = len(chunks[0].embedding) // 4
-        s.executemany(
-            f"INSERT INTO rag_chunks ({_CHUNK_COLS}) VALUES ({d.marks(9)})",
-            [
-                (build, doc, version, c.ordinal, c.text, orjson.dumps(list(c.heading_path)).decode(), c.content_hash,
-                 c.tokens, c.embedding)
-                for c in chunks
-            ],
-        )  # fmt: skip
-        self._after_insert(s, build, doc, chunks, dim)
-        return len(chunks)
+    def _insert_chunks(self, s: Session, build: str, docs: Sequence[tuple[int, int, Sequence[ChunkRow]]]) -> int:
+        """The chunks of `docs` (document row, version, chunks) into `build`, ids in order; their count."""
+        rows = chunk_rows(build, docs)
+        if rows:
+            s.executemany(f"INSERT INTO rag_chunks ({CHUNK_COLS}) VALUES ({self._db.dialect.marks(9)})", rows)
+        return len(rows)
 
     def _set_dim(self, s: Session, build: str, dim: int) -> None:
         """A build's vector width, recorded with its first chunks (once a write, not once a document)."""
@@ -394,9 +391,6 @@ class SqlRagIndex:
     def _before_write(self, dim: int, builds: Sequence[str]) -> None:
         """Before a write's transaction into `builds`: a backend that keeps vectors elsewhere too makes
         their table (and what an active build needs to be searched there)."""
-
-    def _after_insert(self, s: Session, build: str, doc: int, chunks: Sequence[ChunkRow], dim: int) -> None:
-        """In the write's transaction: a backend that keeps vectors elsewhere too (pgvector) copies them."""
 
     def _drop_chunks(self, s: Session, where: str, params: Sequence[Any]) -> int:
         return s.execute(f"DELETE FROM rag_chunks WHERE {where}", params)
@@ -498,6 +492,16 @@ class SqlRagIndex:
         if access.everything:
             doc_conditions(c, tenant, collection, access, filters, now)
             sql = f"SELECT d.id, d.version FROM rag_index_docs d WHERE {c.sql()}"
+        elif not filters:  # the access rows alone (they carry their document's version and valid_until, 0072):
+            # one range of their key, never a read of each document's row
+            principals = access.principals()
+            c.add(f"x.tenant = {m} AND x.collection = {m}", tenant, collection)
+            c.add(f"x.principal IN ({c.d.marks(len(principals))})", *principals)
+            if now is not None:
+                c.add(f"(x.valid_until IS NULL OR x.valid_until > {m})", now)
+            with self._db.session() as s:
+                rows = s.fetchall(f"SELECT x.doc, x.version FROM rag_access x WHERE {c.sql()}", c.params)
+            return list(dict.fromkeys((int(r[0]), int(r[1])) for r in rows))  # one admitted through two principals
         else:  # the caller's documents, from the access list's key: the access rows carry their document's
             # tenant and collection, so d is reached by its key
             principals = access.principals()
