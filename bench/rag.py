@@ -271,28 +271,31 @@ class GcPasses:
         return f"; collector passes (gen 0/1/2) {counts}, longest {max((ms for _, ms in inside), default=0):.0f} ms"
 
 
-def client_io(url: str) -> tuple[int, int] | None:
+def client_io(url: str) -> dict[str, tuple[int, int]] | None:
     """PostgreSQL 16+: the buffers client backends (searches and writers, not the background writer or
-    the checkpointer) have evicted and written themselves since the server started (pg_stat_io); else None."""
+    the checkpointer) have evicted and written themselves since the server started, per context
+    (pg_stat_io: "normal" is the shared pool, "bulkwrite" a COPY's own ring); else None."""
     if not url.startswith("postgres"):
         return None
     import psycopg
 
     try:
         with psycopg.connect(url, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT sum(evictions), sum(writes) FROM pg_stat_io WHERE backend_type = 'client backend'"
-            ).fetchone()
+            rows = conn.execute(
+                "SELECT context, sum(evictions), sum(writes) FROM pg_stat_io WHERE backend_type = 'client backend'"
+                " GROUP BY context"
+            ).fetchall()
     except psycopg.Error:  # before 16: no pg_stat_io
         return None
-    return (int(row[0] or 0), int(row[1] or 0)) if row else None
+    return {str(r[0]): (int(r[1] or 0), int(r[2] or 0)) for r in rows}
 
 
-def print_io_since(url: str, before: tuple[int, int] | None) -> None:
-    if before is not None and (now := client_io(url)) is not None:
-        print(
-            f"  database: client backends evicted {now[0] - before[0]} buffers, wrote {now[1] - before[1]} (pg_stat_io)"
-        )
+def print_io_since(url: str, before: dict[str, tuple[int, int]] | None) -> None:
+    if before is None or (now := client_io(url)) is None:
+        return
+    moved = {c: (e - before.get(c, (0, 0))[0], w - before.get(c, (0, 0))[1]) for c, (e, w) in now.items()}
+    said = ", ".join(f"{c} {e} evicted / {w} written" for c, (e, w) in sorted(moved.items()) if e or w)
+    print(f"  database: buffers client backends evicted and wrote themselves (pg_stat_io): {said or 'none'}")
 
 
 BEFORE = 1000  # queries before the re-index: its threshold is twice their p99 (the 10th slowest; of 200

@@ -5,7 +5,7 @@ filters in the same query.
 The table of a dimension is made on the first write of vectors that wide (pgvector's column has one
 dimension), outside the write's transaction and under an advisory lock; where the extension cannot be
 created the index searches vectors in process as on SQLite (`rag_vector_search` → None). Rows go with
-their chunk (ON DELETE CASCADE). A build's HNSW index is made when it starts to serve: at its first write
+their chunk (ON DELETE CASCADE). Chunks and vectors are written by binary COPY (decision 0072). A build's HNSW index is made when it starts to serve: at its first write
 when it is made active (a new collection's, still empty), else by `rag_prepare` just before a shadow is
 activated, built in one pass, concurrently, in one backend (decision 0069: filling a shadow of 100,000
 chunks into an HNSW index shared by every build cost ~5 ms of database CPU a chunk, one insert at a time,

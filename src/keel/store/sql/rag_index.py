@@ -4,6 +4,8 @@ The two dialects differ in full text (PostgreSQL's `tsvector` with `ts_rank`; SQ
 migration 0026, its BM25 runs in process over `rag_vectors` rows) and in how a metadata value is read (`json_extract` / `jsonb ->`); everything else is written once. Every candidate
 query carries the same document conditions (`doc_conditions`): tenant and collection, the access list
 joined through `rag_access`, freshness (`valid_until`) and the caller's filters, all before the LIMIT.
+An access row carries its document's version and valid_until (decision 0072), so the documents a caller
+may see (`rag_allowed`, for the in-process index) are one range of rag_access's key.
 """
 
 from __future__ import annotations
