@@ -26,12 +26,14 @@ STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 
 
 def pid_alive(pid: int) -> bool:
+    """Running, not a zombie; a process reaped between the two looks is gone (its /proc entry vanishes:
+    reading it raises ProcessLookupError)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+    return state != "Z"
 
 
 def wait_for(what: str, check: Any, timeout: float = 20.0) -> Any:

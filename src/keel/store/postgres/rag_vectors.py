@@ -1,21 +1,22 @@
 """pgvector for the RAG index: chunk vectors also in `rag_vectors_<dim>`, with an HNSW index per build
-(partial: `WHERE build = '<id>'`), searched in the database with the access filter and the caller's
-filters in the same query.
+(partial: `WHERE build = '<id>'`), searched in the database with the access filter and the caller's filters
+in the same query.
 
 The table of a dimension is made on the first write of vectors that wide (pgvector's column has one
 dimension), outside the write's transaction and under an advisory lock; where the extension cannot be
-created the index searches vectors in process as on SQLite (`rag_vector_search` → None). Rows go with
-their chunk (ON DELETE CASCADE). Chunks and vectors are written by binary COPY (decision 0072). A build's HNSW index is made when it starts to serve: at its first write
-when it is made active (a new collection's, still empty), else by `rag_prepare` just before a shadow is
-activated, built in one pass, concurrently, in one backend (decision 0069: filling a shadow of 100,000
-chunks into an HNSW index shared by every build cost ~5 ms of database CPU a chunk, one insert at a time,
-and slowed every search on a shared machine for the 18 minutes it took). A build without its index (a
-shadow searched by name) is searched exactly. Dropping a build drops its index first, so its deletes
-never walk an HNSW graph. pgvector before 0.8 filters after the HNSW scan, which can come back
-short of `limit` when the caller may read a small share of the build: then the query runs again exact
-(ordered by an expression no index serves), so a filter never starves the candidates; from 0.8 on, iterative scans do it.
-Such a caller's next searches of the build go exact at once for `SHORT_S` (decision 0067: at 100,000
-chunks and an ACL admitting 10 %, the HNSW attempt was half the vector query's time, and always short).
+created the index searches vectors in process as on SQLite (`rag_vector_search` → None). Rows go with their
+chunk (ON DELETE CASCADE). Chunks and vectors are written by binary COPY (decision 0072). A build's HNSW
+index is made when it starts to serve: at its first write when it is made active (a new collection's, still
+empty), else by `rag_prepare` just before a shadow is activated, built in one pass, concurrently, in one
+backend (decision 0069: filling a shadow of 100,000 chunks into an HNSW index shared by every build cost ~5
+ms of database CPU a chunk, one insert at a time, and slowed every search on a shared machine for the 18
+minutes it took). A build without its index (a shadow searched by name) is searched exactly. Dropping a
+build drops its index first, so its deletes never walk an HNSW graph. pgvector before 0.8 filters after the
+HNSW scan, which can come back short of `limit` when the caller may read a small share of the build: then
+the query runs again exact (ordered by an expression no index serves), so a filter never starves the
+candidates; from 0.8 on, iterative scans do it. Such a caller's next searches of the build go exact at once
+for `SHORT_S` (decision 0067: at 100,000 chunks and an ACL admitting 10 %, the HNSW attempt was half the
+vector query's time, and always short).
 """
 
 from __future__ import annotations
