@@ -6,6 +6,7 @@
     python bench/rag.py reindex --model hash:384   # ... for a product model (the copy process embeds it itself)
     python bench/rag.py speed --url postgresql://…   # the same on PostgreSQL (filled once per schema)
     python bench/rag.py cost --chunks 20000 --db FILE   # a re-index without queries: this process's CPU a page
+    python bench/rag.py cost --chunks 20000 --url postgresql://…   # ... and the database server's CPU (if local)
     python bench/rag.py write --chunks 20000   # ingestion's index writes: chunks per second, database size
     python bench/rag.py write --chunks 20000 --writers 4 --url postgresql://…   # the same, 4 documents at once
 
@@ -430,6 +431,24 @@ async def rebuild(index: Index) -> None:
     )
 
 
+def database_cpu() -> float | None:
+    """CPU seconds of the PostgreSQL server's processes on this machine so far, the exited ones included
+    (from /proc; the bench's pgserver runs here); None where there are none to see."""
+    total, seen = 0, False
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if not f.read().startswith("postgres"):
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        # utime, stime, and those of its reaped children (the postmaster's: backends that have exited)
+        total, seen = total + sum(int(x) for x in fields[11:15]), True
+    return total / os.sysconf("SC_CLK_TCK") if seen else None
+
+
 async def cost(index: Index) -> None:
     """A re-index with no queries: what it costs the serving process (its CPU, all threads) and how late a
     10 ms sleep on its event loop wakes meanwhile (what a query waiting for the GIL or the loop sees);
@@ -453,10 +472,13 @@ async def cost(index: Index) -> None:
     await asyncio.sleep(3)
     per_wake = (time.process_time() - calibrate) / max(len(late), 1)
     late.clear()
+    database = database_cpu() if index.store.url.startswith("postgres") else None
     cpu, children, started = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     rebuilt = await reindex(index, "t", "big", IndexSpec(MODEL[0], {}), progress=progress)
     took, cpu = time.perf_counter() - started, time.process_time() - cpu - per_wake * len(late)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if database is not None and (now := database_cpu()) is not None:
+        print(f"  the database server's processes (PostgreSQL, this machine): CPU {now - database:.2f} s")
     done.set()
     await prober
     sub = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
